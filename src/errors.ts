@@ -1,0 +1,44 @@
+/**
+ * The one error type of mailfront: a stable `code`, a failure `kind` that decides retry, log
+ * level, wire text and metric label (each in exactly one place), and whether the client was
+ * already answered. Messages may name hosts and users; they never hold secrets.
+ */
+
+/** What went wrong, in the words that decide what happens next. */
+export type FailureKind =
+  | 'config' // configuration is invalid
+  | 'auth-failed' // wrong password or unknown user
+  | 'auth-tempfail' // the directory could not answer (down, timed out, broken entry)
+  | 'no-route' // user without a store, unknown store, store without a current master
+  | 'connect' // backend slot unreachable or refused the connection
+  | 'backend-login' // backend refused our login or spoke nonsense
+  | 'in-use' // backend says the mailbox is locked
+  | 'limit' // a size, time or count bound was exceeded
+  | 'client-protocol' // the client broke the protocol
+  | 'aborted' // the session ended while the operation waited
+  | 'internal'; // a bug
+
+export class MailfrontError extends Error {
+  override readonly name = 'MailfrontError';
+  constructor(
+    /** Stable, grep-able identifier, e.g. 'LDAP_UNREACHABLE'. */
+    readonly code: string,
+    readonly kind: FailureKind,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/** Wraps anything thrown into a MailfrontError, keeping MailfrontErrors as they are. */
+export function asMailfrontError(error: unknown, fallbackCode = 'INTERNAL'): MailfrontError {
+  if (error instanceof MailfrontError) return error;
+  const message = error instanceof Error ? error.message : String(error);
+  return new MailfrontError(fallbackCode, 'internal', message, { cause: error });
+}
+
+/** True for failures worth retrying against the same or another backend slot. */
+export function isRetryable(kind: FailureKind): boolean {
+  return kind === 'connect';
+}

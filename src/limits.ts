@@ -1,0 +1,47 @@
+/**
+ * Every size and time bound of mailfront in one place, with units in the names and the reason.
+ * Config may override the ones marked "default"; the others are protocol facts.
+ */
+
+/** Longest pre-auth command line we accept (RFC 7162 §4 recommends 8192 octets for servers). */
+export const MAX_LINE_BYTES = 8192;
+
+/** Largest literal before login: a LOGIN/AUTHENTICATE argument never needs more. */
+export const MAX_PREAUTH_LITERAL_BYTES = 4096;
+
+/** Largest non-synchronising literal ({N+}) accepted before login; RFC 7888 LITERAL- bound. */
+export const MAX_NONSYNC_LITERAL_BYTES = 4096;
+
+/** Bad or unknown commands tolerated before login before the connection is closed. */
+export const MAX_BAD_COMMANDS = 5;
+
+/** Commands (of any kind) accepted before login: a client that needs more is not a mail client. */
+export const MAX_PREAUTH_COMMANDS = 50;
+
+/** Failed login attempts on one connection before it is closed. */
+export const MAX_AUTH_ATTEMPTS = 3;
+
+/** Default time from accept to a successful login (Dovecot's login_timeout is 60 s too). */
+export const DEFAULT_PREAUTH_TIMEOUT_MS = 60_000;
+
+/** Default idle time for a spliced session: RFC 9051 §5.4 asks servers to allow 30 min of inactivity. */
+export const DEFAULT_IDLE_TIMEOUT_MS = 31 * 60_000;
+
+/** Default time to connect to a backend slot. */
+export const DEFAULT_BACKEND_CONNECT_TIMEOUT_MS = 5_000;
+
+/** Default time for the whole backend login dialogue after connect. */
+export const DEFAULT_BACKEND_LOGIN_TIMEOUT_MS = 15_000;
+
+/** Default time for one LDAP operation, and to connect to an LDAP server. */
+export const DEFAULT_LDAP_OPERATION_TIMEOUT_MS = 5_000;
+export const DEFAULT_LDAP_CONNECT_TIMEOUT_MS = 3_000;
+
+/** Delay before answering a failed login: same for unknown user and wrong password. */
+export const DEFAULT_AUTH_FAILURE_DELAY_MS = 2_000;
+
+/** Bytes the backend login dialogue will buffer before calling the backend broken. */
+export const MAX_BACKEND_RESPONSE_BYTES = 64 * 1024;
+
+/** Pipelined client bytes kept while a login is in progress. */
+export const MAX_PIPELINED_BYTES = 64 * 1024;

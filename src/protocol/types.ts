@@ -1,0 +1,148 @@
+/**
+ * The contract between the session orchestrator and a protocol adapter (IMAP, POP3).
+ * Adapters are sans-I/O: they take bytes and return actions; they own no socket, timer,
+ * directory client or config object. Everything they need is passed in as plain options.
+ */
+
+/** Credentials decoded from the client; `password` is a secret and must never be logged. */
+export interface Credentials {
+  /** The login name exactly as the client sent it (normalisation happens in auth/). */
+  readonly user: string;
+  readonly password: string;
+  /** SASL authorization identity, when the client sent a non-empty one. */
+  readonly authzid?: string;
+  /** How the client authenticated: for logs and metrics only. */
+  readonly mechanism: 'LOGIN' | 'PLAIN' | 'SASL-LOGIN' | 'USER-PASS';
+}
+
+/** Why a login attempt did not succeed, as the session decided it; decides the wire text. */
+export type LoginRefusal =
+  | 'auth-failed' // wrong password or unknown user: one fixed text
+  | 'unavailable' // directory or backend outage, user without a store: temporary failure
+  | 'limit' // throttled or over a connection limit
+  | 'in-use'; // the backend says the mailbox is locked (POP3 [IN-USE])
+
+/** What the pre-auth machine asks the session to do, in order. */
+export type PreauthAction =
+  /** Write these bytes to the client. */
+  | { readonly type: 'send'; readonly data: string }
+  /**
+   * Upgrade the client connection to TLS now (after the preceding sends are flushed).
+   * The machine has already discarded every byte that followed the STARTTLS/STLS command;
+   * the session must also discard anything it has read but not yet fed.
+   */
+  | { readonly type: 'starttls' }
+  /**
+   * Authenticate these credentials and log in to the backend. Until the session calls
+   * `loginSucceeded` or `loginFailed`, the machine only buffers further input.
+   */
+  | { readonly type: 'login'; readonly credentials: Credentials }
+  /** The client sent ID parameters before login (IMAP); keys lower-cased. */
+  | { readonly type: 'client-id'; readonly params: ReadonlyMap<string, string | null> }
+  /** End the connection after the preceding sends; `reason` is a stable word for logs/metrics. */
+  | { readonly type: 'close'; readonly reason: PreauthCloseReason };
+
+export type PreauthCloseReason =
+  | 'logout' // client said LOGOUT/QUIT
+  | 'protocol-error' // unknown command before login, garbage, or too many bad commands
+  | 'limit' // line, literal or command-count limit exceeded
+  | 'timeout'
+  | 'shutdown';
+
+/** Facts about the client connection that change what the adapter offers. */
+export interface PreauthOptions {
+  /** The connection is already TLS (implicit TLS listener, or after STARTTLS). */
+  readonly tlsActive: boolean;
+  /** STARTTLS/STLS may be offered (the listener has a certificate and is not implicit TLS). */
+  readonly starttlsAvailable: boolean;
+  /** Plaintext credentials are accepted without TLS on this listener (trusted network). */
+  readonly plaintextWithoutTls: boolean;
+  /** Text after the greeting's OK, e.g. "mailfront ready". */
+  readonly greetingText: string;
+}
+
+/** Result of a successful backend login as the client should see it. */
+export interface LoginSuccess {
+  /** Bytes to send to the client (tagged OK with the backend's post-login capabilities, or +OK). */
+  readonly reply: string;
+  /** Bytes the client sent after its login command, to be forwarded to the backend first. */
+  readonly pipelined: Uint8Array;
+}
+
+/** A pre-auth state machine for one client connection. */
+export interface PreauthMachine {
+  /** The greeting to send on accept (and nothing else). */
+  greeting(): PreauthAction[];
+  /** Feed bytes from the client; returns what to do. Never throws on any input. */
+  receive(chunk: Uint8Array): PreauthAction[];
+  /** The TLS handshake after a `starttls` action completed. */
+  tlsStarted(): PreauthAction[];
+  /**
+   * The backend accepted the login. `backendCapabilities` is the backend's post-login
+   * capability list (IMAP), or null when not applicable or unknown.
+   */
+  loginSucceeded(backendCapabilities: string | null): LoginSuccess;
+  /** The login was refused; `text` is a human sentence (never a secret). Resumes processing buffered input. */
+  loginFailed(refusal: LoginRefusal, text?: string): PreauthAction[];
+  /** The pre-auth deadline passed: a BYE/-ERR and a close. */
+  timedOut(): PreauthAction[];
+  /** The server is shutting down: a BYE/-ERR and a close. */
+  shuttingDown(): PreauthAction[];
+}
+
+/** How mailfront logs in to a backend slot on the user's behalf. */
+export type BackendLoginMode = 'replay' | 'master-user' | 'sasl-authzid';
+
+export interface BackendLoginOptions {
+  readonly mode: BackendLoginMode;
+  /** The user as routed (normalised). */
+  readonly user: string;
+  /** The user's password (mode 'replay'). */
+  readonly password: string;
+  /** Proxy account: Dovecot master user (mode 'master-user') or Cyrus proxyservers account (mode 'sasl-authzid'). */
+  readonly proxyUser?: string;
+  readonly proxyPassword?: string;
+  /** Separator between user and master user for 'master-user' LOGIN (Dovecot default '*'). */
+  readonly masterUserSeparator?: string;
+  /** Issue STARTTLS before logging in. */
+  readonly starttls: boolean;
+  /** Forward the client's address (IMAP ID x-originating-ip / POP3 XCLIENT) when set. */
+  readonly forward?: { readonly ip: string; readonly port: number; readonly sessionId: string };
+}
+
+/** What the backend login machine asks the session to do. */
+export type BackendAction =
+  | { readonly type: 'send'; readonly data: Uint8Array }
+  /** Upgrade the backend connection to TLS now; the machine discarded bytes after the OK. */
+  | { readonly type: 'starttls' }
+  /**
+   * Logged in. `capabilities` is the post-login capability list (IMAP) or null.
+   * `leftover` are bytes the backend sent after the login reply (to relay to the client).
+   */
+  | { readonly type: 'done'; readonly capabilities: string | null; readonly leftover: Uint8Array }
+  /**
+   * Login failed. `refusal` classifies it; `detail` is the backend's text for the log
+   * (never shown to the client as is).
+   */
+  | { readonly type: 'fail'; readonly refusal: 'auth-failed' | 'unavailable' | 'in-use'; readonly detail: string };
+
+/** A backend login dialogue as explicit named states (the state name appears in logs). */
+export interface BackendLoginMachine {
+  readonly state: string;
+  /** Feed bytes from the backend (the greeting first). */
+  receive(chunk: Uint8Array): BackendAction[];
+  /** The TLS handshake after a `starttls` action completed. */
+  tlsStarted(): BackendAction[];
+}
+
+/** A protocol adapter: the per-protocol half of a session (a vtable, as in Dovecot's login proxy). */
+export interface ProtocolAdapter {
+  readonly name: 'imap' | 'pop3';
+  createPreauth(options: PreauthOptions): PreauthMachine;
+  createBackendLogin(options: BackendLoginOptions): BackendLoginMachine;
+  /**
+   * Bytes to send a spliced client before closing it because its master was demoted, or null
+   * when nothing can be sent safely mid-stream (POP3).
+   */
+  drainNotice(text: string): string | null;
+}
