@@ -1,0 +1,385 @@
+/**
+ * The IMAP backend login dialogue: mailfront logging in to a backend slot on the user's behalf,
+ * as explicit named states (greeting, capability, starttls, tls-handshake, id, login,
+ * post-capability, done, failed). Credentials go out only as literals or SASL PLAIN.
+ * Must not: open connections, time anything out, or show backend text to the client.
+ */
+
+import { MAX_BACKEND_RESPONSE_BYTES } from '../../limits.js';
+import { encodePlain, hasUnsafeCharacters } from '../sasl.js';
+import { ByteQueue } from './bytes.js';
+import type { BackendAction, BackendLoginMachine, BackendLoginOptions } from '../types.js';
+import { capabilityAtoms, parseResponseLine, quoteString, safeText, type ResponseLine } from './wire.js';
+
+/** The dialogue's states, in the order they are normally passed. */
+export type ImapBackendState =
+  | 'greeting' // waiting for "* OK"
+  | 'capability' // CAPABILITY sent (greeting had none, or after TLS)
+  | 'starttls' // STARTTLS sent
+  | 'tls-handshake' // waiting for the session's tlsStarted()
+  | 'id' // ID with the client's address sent
+  | 'login' // LOGIN or AUTHENTICATE sent, possibly waiting for "+" continuations
+  | 'post-capability' // logged in, CAPABILITY sent because the OK carried none
+  | 'done'
+  | 'failed';
+
+type Refusal = Extract<BackendAction, { type: 'fail' }>['refusal'];
+
+/** RFC 7888: LITERAL- allows non-synchronising literals of up to 4096 octets. */
+const LITERAL_MINUS_MAX_BYTES = 4096;
+
+/** Longest literal size string we parse from a backend; MAX_BACKEND_RESPONSE_BYTES has fewer digits. */
+const MAX_LITERAL_DIGITS = String(MAX_BACKEND_RESPONSE_BYTES).length;
+
+const LF = 0x0a;
+
+/** Response codes of a NO to LOGIN that mean a temporary or server-side problem rather than wrong credentials (RFC 5530). */
+const UNAVAILABLE_CODES = new Set(['UNAVAILABLE', 'SERVERBUG', 'LIMIT', 'PRIVACYREQUIRED', 'OVERQUOTA']);
+
+/** Reads backend responses line by line, skipping over literals, with a bound on one response. */
+class ResponseReader {
+  private readonly input = new ByteQueue();
+  private firstLine: string | null = null;
+  private segmentParts: Uint8Array[] = [];
+  private responseBytes = 0;
+  private literalRemaining = 0;
+
+  push(chunk: Uint8Array): void {
+    this.input.push(chunk);
+  }
+
+  /** Drops everything buffered (after STARTTLS). */
+  discard(): void {
+    this.input.clear();
+  }
+
+  /** The unconsumed bytes, exactly as received. */
+  takeBuffered(): Uint8Array {
+    return this.input.take();
+  }
+
+  /** The first line of the next complete response; 'too-long' past the bound; null for more input. */
+  next(): string | 'too-long' | null {
+    for (;;) {
+      if (this.literalRemaining > 0) {
+        const take = Math.min(this.literalRemaining, this.input.length);
+        this.input.consume(take);
+        this.literalRemaining -= take;
+        if (this.literalRemaining > 0) return null;
+      }
+      const input = this.input.view();
+      const budget = MAX_BACKEND_RESPONSE_BYTES - this.responseBytes;
+      const window = Math.min(input.length, budget);
+      const lf = input.subarray(0, window).indexOf(LF);
+      if (lf < 0) {
+        if (window === budget) return 'too-long';
+        this.segmentParts.push(input.slice(0, window));
+        this.responseBytes += window;
+        this.input.consume(window);
+        return null;
+      }
+      this.segmentParts.push(input.slice(0, lf));
+      this.responseBytes += lf + 1;
+      this.input.consume(lf + 1);
+      let segment = Buffer.concat(this.segmentParts).toString('latin1');
+      this.segmentParts = [];
+      if (segment.endsWith('\r')) segment = segment.slice(0, -1);
+      this.firstLine ??= segment;
+      // Untagged data (ID, LIST, ...) may carry literals: "{N}" at a line end announces N octets
+      // that belong to the same response (RFC 3501 §4.3).
+      const literal = /\{(\d+)\+?\}$/.exec(segment);
+      if (literal !== null) {
+        const digits = literal[1] as string;
+        if (digits.length > MAX_LITERAL_DIGITS || this.responseBytes + Number(digits) > MAX_BACKEND_RESPONSE_BYTES) return 'too-long';
+        this.responseBytes += Number(digits);
+        this.literalRemaining = Number(digits);
+        continue;
+      }
+      const line = this.firstLine;
+      this.firstLine = null;
+      this.responseBytes = 0;
+      return line;
+    }
+  }
+}
+
+/** The IMAP backend login machine; see BackendLoginMachine for the contract. */
+export class ImapBackendLoginMachine implements BackendLoginMachine {
+  private current: ImapBackendState = 'greeting';
+  private readonly reader = new ResponseReader();
+  private tagCounter = 0;
+  private tag = '';
+  /** The backend's capability list as sent, or null when not (or no longer) known. */
+  private capabilities: string | null = null;
+  private tlsDone = false;
+  private idDone = false;
+  /** Parts of the login command still waiting for a "+" continuation. */
+  private continuations: Uint8Array[] = [];
+  private loginCapabilities: string | null = null;
+
+  constructor(private readonly options: BackendLoginOptions) {}
+
+  /** The current state's name, for logs. */
+  get state(): ImapBackendState {
+    return this.current;
+  }
+
+  receive(chunk: Uint8Array): BackendAction[] {
+    switch (this.current) {
+      case 'greeting':
+      case 'capability':
+      case 'starttls':
+      case 'id':
+      case 'login':
+      case 'post-capability':
+        this.reader.push(chunk);
+        return this.run([]);
+      case 'tls-handshake':
+      case 'done':
+      case 'failed':
+        return [];
+    }
+  }
+
+  tlsStarted(): BackendAction[] {
+    if (this.current !== 'tls-handshake') return [];
+    this.tlsDone = true;
+    // RFC 3501 §6.2.1: capabilities learned before TLS must be discarded and asked for again.
+    this.capabilities = null;
+    const out: BackendAction[] = [];
+    this.command(out, 'CAPABILITY', 'capability');
+    return out;
+  }
+
+  private run(out: BackendAction[]): BackendAction[] {
+    while (this.current !== 'done' && this.current !== 'failed' && this.current !== 'tls-handshake') {
+      const line = this.reader.next();
+      if (line === null) break;
+      if (line === 'too-long') {
+        this.fail(out, 'unavailable', `${this.current}: response longer than ${MAX_BACKEND_RESPONSE_BYTES} bytes`);
+        break;
+      }
+      this.onResponse(parseResponseLine(line), line, out);
+    }
+    return out;
+  }
+
+  private onResponse(response: ResponseLine, line: string, out: BackendAction[]): void {
+    switch (this.current) {
+      case 'greeting':
+        return this.onGreeting(response, line, out);
+      case 'capability':
+        if (this.takeUntaggedCapability(response)) return;
+        return this.onTagged(response, line, out, () => {
+          if (this.capabilities === null) return this.fail(out, 'unavailable', 'capability: no CAPABILITY in the reply');
+          this.next(out);
+        });
+      case 'starttls':
+        return this.onTagged(response, line, out, () => {
+          // Bytes after the OK were sent in plaintext and could be a man in the middle's: drop them.
+          this.reader.discard();
+          this.current = 'tls-handshake';
+          out.push({ type: 'starttls' });
+        });
+      case 'id':
+        // The reply's content does not matter, and NO or BAD only means the backend ignores us.
+        if (response.kind === 'tagged' && response.tag === this.tag) {
+          this.idDone = true;
+          return this.next(out);
+        }
+        return this.onUnexpected(response, line, out);
+      case 'login':
+        return this.onLoginResponse(response, line, out);
+      case 'post-capability':
+        if (response.kind === 'untagged' && response.word === 'CAPABILITY') {
+          this.loginCapabilities = capabilityAtoms(response.rest).join(' ');
+          return;
+        }
+        if (response.kind === 'tagged' && response.tag === this.tag) {
+          // Already logged in: a failed CAPABILITY only means the client has to ask itself.
+          return this.finish(out, response.word === 'OK' ? this.loginCapabilities : null);
+        }
+        return this.onUnexpected(response, line, out);
+      case 'tls-handshake':
+      case 'done':
+      case 'failed':
+        return;
+    }
+  }
+
+  private onGreeting(response: ResponseLine, line: string, out: BackendAction[]): void {
+    if (response.kind !== 'untagged' || response.word !== 'OK') {
+      // PREAUTH would mean the backend logged us in as someone already; BYE means it is refusing.
+      return this.fail(out, 'unavailable', `greeting: ${line}`);
+    }
+    const problem = this.credentialsProblem();
+    if (problem !== null) return this.fail(out, problem.refusal, `greeting: ${problem.detail}`);
+    if (response.codeName === 'CAPABILITY' && response.codeArgs !== null) {
+      this.capabilities = capabilityAtoms(response.codeArgs).join(' ');
+    }
+    this.next(out);
+  }
+
+  /** Untagged responses while waiting for a tagged one: CAPABILITY is kept, BYE ends it, the rest is ignored. */
+  private takeUntaggedCapability(response: ResponseLine): boolean {
+    if (response.kind !== 'untagged' || response.word !== 'CAPABILITY') return false;
+    this.capabilities = capabilityAtoms(response.rest).join(' ');
+    return true;
+  }
+
+  private onTagged(response: ResponseLine, line: string, out: BackendAction[], ok: () => void): void {
+    if (response.kind === 'tagged' && response.tag === this.tag) {
+      if (response.word === 'OK') return ok();
+      return this.fail(out, 'unavailable', `${this.current}: ${line}`);
+    }
+    this.onUnexpected(response, line, out);
+  }
+
+  private onUnexpected(response: ResponseLine, line: string, out: BackendAction[]): void {
+    if (response.kind === 'untagged' && response.word !== 'BYE') return;
+    this.fail(out, 'unavailable', `${this.current}: unexpected response: ${line}`);
+  }
+
+  private onLoginResponse(response: ResponseLine, line: string, out: BackendAction[]): void {
+    if (response.kind === 'continuation') {
+      const part = this.continuations.shift();
+      if (part === undefined) return this.fail(out, 'unavailable', `login: unexpected continuation: ${line}`);
+      out.push({ type: 'send', data: part });
+      return;
+    }
+    if (response.kind === 'untagged') {
+      if (response.word === 'CAPABILITY') {
+        this.loginCapabilities = capabilityAtoms(response.rest).join(' ');
+        return;
+      }
+      return this.onUnexpected(response, line, out);
+    }
+    if (response.tag !== this.tag) return this.onUnexpected(response, line, out);
+    switch (response.word) {
+      case 'OK': {
+        if (response.codeName === 'CAPABILITY' && response.codeArgs !== null) {
+          this.loginCapabilities = capabilityAtoms(response.codeArgs).join(' ');
+        }
+        if (this.loginCapabilities !== null) return this.finish(out, this.loginCapabilities);
+        return this.command(out, 'CAPABILITY', 'post-capability');
+      }
+      case 'NO':
+        return this.fail(out, classifyLoginNo(response.codeName), `login: ${line}`);
+      default:
+        return this.fail(out, 'unavailable', `login: ${line}`);
+    }
+  }
+
+  /** Takes the next step once the current one is complete. */
+  private next(out: BackendAction[]): void {
+    if (this.options.starttls && !this.tlsDone) {
+      if (this.capabilities === null) return this.command(out, 'CAPABILITY', 'capability');
+      if (!this.hasCapability('STARTTLS')) return this.fail(out, 'unavailable', 'starttls: the backend does not offer STARTTLS');
+      return this.command(out, 'STARTTLS', 'starttls');
+    }
+    if (this.capabilities === null) return this.command(out, 'CAPABILITY', 'capability');
+    const forward = this.options.forward;
+    if (forward !== undefined && !this.idDone) {
+      const fields: string[] = [];
+      const add = (name: string, value: string): void => {
+        const quoted = quoteString(value);
+        if (quoted !== null) fields.push(`"${name}" ${quoted}`);
+      };
+      add('x-originating-ip', forward.ip);
+      if (Number.isInteger(forward.port) && forward.port >= 0 && forward.port <= 65535) add('x-originating-port', String(forward.port));
+      add('x-session-id', forward.sessionId);
+      return this.command(out, `ID (${fields.join(' ')})`, 'id');
+    }
+    this.login(out);
+  }
+
+  private login(out: BackendAction[]): void {
+    const { mode, user, password, proxyUser = '', proxyPassword = '' } = this.options;
+    switch (mode) {
+      case 'replay':
+        return this.loginCommand(out, user, password);
+      case 'master-user':
+        return this.loginCommand(out, `${user}${this.options.masterUserSeparator ?? '*'}${proxyUser}`, proxyPassword);
+      case 'sasl-authzid': {
+        const response = encodePlain(user, proxyUser, proxyPassword);
+        // RFC 4959: with SASL-IR the response rides on the command; otherwise it waits for "+".
+        if (this.hasCapability('SASL-IR')) return this.command(out, `AUTHENTICATE PLAIN ${response}`, 'login');
+        this.continuations = [Buffer.from(`${response}\r\n`)];
+        return this.command(out, 'AUTHENTICATE PLAIN', 'login');
+      }
+    }
+  }
+
+  /** LOGIN with both arguments as literals, so that no character needs quoting (as nginx does). */
+  private loginCommand(out: BackendAction[], loginUser: string, loginPassword: string): void {
+    this.tag = this.nextTag();
+    const literalPlus = this.hasCapability('LITERAL+');
+    const literalMinus = this.hasCapability('LITERAL-');
+    const groups: Buffer[] = [];
+    let current: Buffer[] = [Buffer.from(`${this.tag} LOGIN `)];
+    [loginUser, loginPassword].forEach((value, index) => {
+      const bytes = Buffer.from(value, 'utf8');
+      if (index > 0) current.push(Buffer.from(' '));
+      if (literalPlus || (literalMinus && bytes.length <= LITERAL_MINUS_MAX_BYTES)) {
+        current.push(Buffer.from(`{${bytes.length}+}\r\n`), bytes);
+      } else {
+        // A synchronising literal: the rest waits for the backend's "+".
+        current.push(Buffer.from(`{${bytes.length}}\r\n`));
+        groups.push(Buffer.concat(current));
+        current = [bytes];
+      }
+    });
+    current.push(Buffer.from('\r\n'));
+    groups.push(Buffer.concat(current));
+    const [first, ...rest] = groups;
+    this.continuations = rest;
+    this.current = 'login';
+    if (first !== undefined) out.push({ type: 'send', data: first });
+  }
+
+  /** What makes the configured credentials unsendable, if anything. */
+  private credentialsProblem(): { refusal: Refusal; detail: string } | null {
+    const { mode, user, password, proxyUser, proxyPassword, masterUserSeparator } = this.options;
+    if (mode !== 'replay' && (proxyUser === undefined || proxyPassword === undefined || proxyUser === '')) {
+      return { refusal: 'unavailable', detail: `login mode ${mode} needs a proxy user and password` };
+    }
+    const sent = mode === 'replay' ? [user, password] : [user, proxyUser ?? '', proxyPassword ?? '', masterUserSeparator ?? ''];
+    // Never send CR, LF or NUL, even inside a literal: the session should have refused them already.
+    if (user === '' || sent.some(hasUnsafeCharacters)) return { refusal: 'auth-failed', detail: 'credentials with unsafe characters' };
+    return null;
+  }
+
+  private hasCapability(name: string): boolean {
+    return this.capabilities !== null && capabilityAtoms(this.capabilities).some((atom) => atom.toUpperCase() === name);
+  }
+
+  private nextTag(): string {
+    this.tagCounter++;
+    return `mf${this.tagCounter}`;
+  }
+
+  private command(out: BackendAction[], text: string, state: ImapBackendState): void {
+    this.tag = this.nextTag();
+    this.current = state;
+    out.push({ type: 'send', data: Buffer.from(`${this.tag} ${text}\r\n`) });
+  }
+
+  private finish(out: BackendAction[], capabilities: string | null): void {
+    this.current = 'done';
+    out.push({ type: 'done', capabilities, leftover: this.reader.takeBuffered() });
+  }
+
+  private fail(out: BackendAction[], refusal: Refusal, detail: string): void {
+    this.current = 'failed';
+    this.reader.discard();
+    out.push({ type: 'fail', refusal, detail: safeText(detail) });
+  }
+}
+
+/** Classifies a tagged NO to LOGIN/AUTHENTICATE by its RFC 5530 response code. */
+export function classifyLoginNo(codeName: string | null): Refusal {
+  if (codeName === 'INUSE') return 'in-use';
+  if (codeName !== null && UNAVAILABLE_CODES.has(codeName)) return 'unavailable';
+  // AUTHENTICATIONFAILED, AUTHORIZATIONFAILED, EXPIRED, no code at all: the credentials were refused.
+  return 'auth-failed';
+}

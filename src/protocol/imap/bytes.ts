@@ -1,0 +1,62 @@
+/**
+ * A growable byte queue for received input: amortised O(1) appends and consumption, so that a
+ * peer sending one byte at a time cannot make buffering quadratic.
+ * Must not: interpret the bytes.
+ */
+
+/** Received bytes not yet consumed, in order. */
+export class ByteQueue {
+  private buffer = new Uint8Array(0);
+  private start = 0;
+  private end = 0;
+
+  /** Number of bytes held. */
+  get length(): number {
+    return this.end - this.start;
+  }
+
+  /** Appends a copy of `chunk`. */
+  push(chunk: Uint8Array): void {
+    if (chunk.length === 0) return;
+    if (this.end + chunk.length > this.buffer.length) {
+      const live = this.end - this.start;
+      // Compact in place only while the queue is at most half full; otherwise grow, so that
+      // every byte is moved a bounded number of times on average.
+      if (live + chunk.length <= this.buffer.length / 2) {
+        this.buffer.copyWithin(0, this.start, this.end);
+      } else {
+        const grown = new Uint8Array(Math.max(2 * this.buffer.length, live + chunk.length, 1024));
+        grown.set(this.buffer.subarray(this.start, this.end), 0);
+        this.buffer = grown;
+      }
+      this.start = 0;
+      this.end = live;
+    }
+    this.buffer.set(chunk, this.end);
+    this.end += chunk.length;
+  }
+
+  /** The bytes held, as a view that is only valid until the next `push`. */
+  view(): Uint8Array {
+    return this.buffer.subarray(this.start, this.end);
+  }
+
+  /** Drops the first `count` bytes. */
+  consume(count: number): void {
+    this.start = Math.min(this.start + count, this.end);
+    if (this.start === this.end) this.clear();
+  }
+
+  /** Returns a copy of every byte held and empties the queue. */
+  take(): Uint8Array {
+    const bytes = this.buffer.slice(this.start, this.end);
+    this.clear();
+    return bytes;
+  }
+
+  /** Empties the queue. */
+  clear(): void {
+    this.start = 0;
+    this.end = 0;
+  }
+}

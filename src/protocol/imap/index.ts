@@ -1,0 +1,20 @@
+/**
+ * The IMAP protocol adapter: the pre-auth machine, the backend login dialogue and the drain
+ * notice, behind the ProtocolAdapter interface the session uses for every protocol.
+ * Must not: hold state of its own or do any I/O.
+ */
+
+import type { ProtocolAdapter } from '../types.js';
+import { ImapBackendLoginMachine } from './backend.js';
+import { ImapPreauthMachine } from './preauth.js';
+import { safeText } from './wire.js';
+
+/** The IMAP adapter. */
+export const imapAdapter: ProtocolAdapter = Object.freeze({
+  name: 'imap',
+  createPreauth: (options) => new ImapPreauthMachine(options),
+  createBackendLogin: (options) => new ImapBackendLoginMachine(options),
+  // RFC 9051 §7.1.5: an untagged BYE may be sent at any time, even mid-stream; [UNAVAILABLE]
+  // (RFC 5530) tells the client to come back, and the store's new master will answer it.
+  drainNotice: (text) => `* BYE [UNAVAILABLE] ${safeText(text)}\r\n`,
+} satisfies ProtocolAdapter);

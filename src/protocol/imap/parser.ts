@@ -1,0 +1,426 @@
+/**
+ * The IMAP pre-auth command parser: a resumable reader in the style of nginx's ngx_mail_parse.
+ * It owns the framing of command lines and literals and checks every size bound where the bytes
+ * are read; all its state lives in the object, so input may arrive split at any byte. It never
+ * reads past the end of the command (or line) it returns: what stays buffered is exactly what the
+ * client sent next (pipelined bytes, or bytes to discard after STARTTLS).
+ * Must not: decide what a command means, build wire responses, or do any I/O.
+ *
+ * Lines end in CRLF; a bare LF is accepted as well (as Dovecot does), a CR anywhere else is a
+ * syntax error. Line length counts every byte of the command's lines, line ends included, but not
+ * literal data.
+ */
+
+import { MAX_LINE_BYTES, MAX_NONSYNC_LITERAL_BYTES, MAX_PREAUTH_LITERAL_BYTES } from '../../limits.js';
+import { ByteQueue } from './bytes.js';
+
+/** One argument of a command: an atom, a string (quoted or literal) or a parenthesised list. */
+export type ImapArg =
+  | { readonly type: 'atom'; readonly value: string }
+  | { readonly type: 'string'; readonly value: string }
+  | { readonly type: 'list'; readonly items: readonly ImapArg[] };
+
+/** A complete command line: tag, upper-cased command name, arguments. */
+export interface ImapCommand {
+  readonly tag: string;
+  readonly name: string;
+  readonly args: readonly ImapArg[];
+}
+
+/** Why a line was rejected; the first group only costs the line, the second ends the connection. */
+export type ParseProblem =
+  | 'empty-line'
+  | 'syntax'
+  | 'bad-tag'
+  | 'nul'
+  | 'eight-bit'
+  | 'bad-utf8'
+  | 'line-too-long'
+  | 'literal-too-big'
+  | 'nonsync-literal-too-big'
+  | 'command-too-big'
+  | 'foreign-protocol';
+
+/** What one parsing step produced. */
+export type ParseEvent =
+  | { readonly type: 'command'; readonly command: ImapCommand }
+  /** A synchronising literal was accepted: the client waits for a "+" continuation. */
+  | { readonly type: 'continue' }
+  /** A raw line (SASL response), from `nextLine`. */
+  | { readonly type: 'line'; readonly text: string }
+  /**
+   * The line was rejected. When `fatal`, the parser stopped reading for good: either a bound was
+   * exceeded or the line announced literal data that must never be read as commands (the nginx rule).
+   */
+  | { readonly type: 'problem'; readonly problem: ParseProblem; readonly tag: string | null; readonly fatal: boolean };
+
+/** Literal bytes of one command: two LOGIN arguments at their largest; ID values are far smaller. */
+const MAX_COMMAND_LITERAL_BYTES = 2 * MAX_PREAUTH_LITERAL_BYTES;
+
+/** Nesting of parenthesised lists: pre-auth commands (ID) need one level. */
+const MAX_LIST_DEPTH = 4;
+
+const LF = 0x0a;
+const CR = 0x0d;
+const SP = 0x20;
+const DQUOTE = 0x22;
+const PLUS = 0x2b;
+const LPAREN = 0x28;
+const RPAREN = 0x29;
+const BACKSLASH = 0x5c;
+const LBRACE = 0x7b;
+const RBRACE = 0x7d;
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * A tag or command word that starts another protocol's request. A browser can be made to POST an
+ * HTML form to an IMAP port and an SMTP client may dial the wrong port: closing at once means
+ * nothing in such a request is ever executed or echoed back (cross-protocol attacks, as go-imap
+ * and Mozilla's port banning guard against). HTTP methods are case-sensitive, SMTP verbs are not.
+ */
+const HTTP_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'OPTIONS', 'CONNECT', 'TRACE', 'PATCH']);
+const SMTP_VERBS = new Set(['HELO', 'EHLO']);
+
+type Token =
+  | { readonly kind: 'atom'; readonly value: string }
+  | { readonly kind: 'string'; readonly value: string }
+  | { readonly kind: 'open' }
+  | { readonly kind: 'close' };
+
+const OPEN: Token = { kind: 'open' };
+const CLOSE: Token = { kind: 'close' };
+
+type SegmentResult =
+  | { readonly problem: ParseProblem }
+  | { readonly problem: null; readonly literal: { readonly digits: string; readonly nonsync: boolean } | null; readonly needSeparator: boolean };
+
+/** A resumable IMAP command reader for one client connection. */
+export class ImapCommandParser {
+  private readonly input = new ByteQueue();
+  private dead = false;
+
+  // The line segment being read (the bytes of a line up to its end, or up to a literal).
+  private segmentParts: Uint8Array[] = [];
+  private lineBytes = 0;
+
+  // The command being read.
+  private segmentIndex = 0;
+  private tokens: Token[] = [];
+  private needSeparator = false;
+  private tag: string | null = null;
+  private deferredProblem: ParseProblem | null = null;
+  private literalBytes = 0;
+  private literalRemaining = 0;
+  private literalParts: Uint8Array[] = [];
+  private inLiteral = false;
+
+  /** Appends received bytes (copied) to the input buffer; after a fatal problem they are dropped. */
+  push(chunk: Uint8Array): void {
+    if (!this.dead) this.input.push(chunk);
+  }
+
+  /** Number of received bytes not yet consumed. */
+  get bufferedBytes(): number {
+    return this.input.length;
+  }
+
+  /** Returns the unconsumed bytes exactly as received and forgets them. */
+  takeBuffered(): Uint8Array {
+    return this.input.take();
+  }
+
+  /** Forgets all buffered input and any partly read command (after STARTTLS). */
+  reset(): void {
+    this.input.clear();
+    this.segmentParts = [];
+    this.lineBytes = 0;
+    this.resetCommand();
+  }
+
+  /** Reads on towards the next command; null when more input is needed (or after a fatal problem). */
+  nextCommand(): ParseEvent | null {
+    while (!this.dead) {
+      if (this.inLiteral) {
+        if (!this.readLiteral()) return null;
+        continue;
+      }
+      const segment = this.readSegment();
+      if (segment === null) return null;
+      if (segment === 'too-long') return this.fatal('line-too-long', this.tag);
+      const event = this.onSegment(segment);
+      if (event !== null) return event;
+    }
+    return null;
+  }
+
+  /** Reads one raw line (a SASL response) without interpreting it; null when more input is needed. */
+  nextLine(): ParseEvent | null {
+    if (this.dead) return null;
+    const segment = this.readSegment();
+    if (segment === null) return null;
+    if (segment === 'too-long') return this.fatal('line-too-long', null);
+    this.lineBytes = 0;
+    return { type: 'line', text: latin1(segment) };
+  }
+
+  private fatal(problem: ParseProblem, tag: string | null): ParseEvent {
+    this.dead = true;
+    this.input.clear();
+    return { type: 'problem', problem, tag, fatal: true };
+  }
+
+  private resetCommand(): void {
+    this.segmentIndex = 0;
+    this.tokens = [];
+    this.needSeparator = false;
+    this.tag = null;
+    this.deferredProblem = null;
+    this.literalBytes = 0;
+    this.literalRemaining = 0;
+    this.literalParts = [];
+    this.inLiteral = false;
+    this.lineBytes = 0;
+  }
+
+  /** A line segment without its line end, 'too-long' when the line bound is crossed, or null for more input. */
+  private readSegment(): Uint8Array | 'too-long' | null {
+    const input = this.input.view();
+    const budget = MAX_LINE_BYTES - this.lineBytes;
+    const window = Math.min(input.length, budget);
+    const lf = input.subarray(0, window).indexOf(LF);
+    if (lf < 0) {
+      // The bound is checked here, where bytes are read: never buffer beyond it.
+      if (window === budget) return 'too-long';
+      this.segmentParts.push(input.slice(0, window));
+      this.lineBytes += window;
+      this.input.consume(window);
+      return null;
+    }
+    this.segmentParts.push(input.slice(0, lf));
+    this.lineBytes += lf + 1;
+    this.input.consume(lf + 1);
+    const joined = concat(this.segmentParts);
+    this.segmentParts = [];
+    return joined.length > 0 && joined[joined.length - 1] === CR ? joined.subarray(0, joined.length - 1) : joined;
+  }
+
+  /** Reads literal data; true when the literal is complete. */
+  private readLiteral(): boolean {
+    const input = this.input.view();
+    const take = Math.min(this.literalRemaining, input.length);
+    if (take > 0) {
+      this.literalParts.push(input.slice(0, take));
+      this.input.consume(take);
+      this.literalRemaining -= take;
+    }
+    if (this.literalRemaining > 0) return false;
+    let value = '';
+    try {
+      value = utf8.decode(concat(this.literalParts));
+    } catch {
+      this.deferredProblem ??= 'bad-utf8';
+    }
+    this.tokens.push({ kind: 'string', value });
+    this.literalParts = [];
+    this.inLiteral = false;
+    this.needSeparator = true;
+    return true;
+  }
+
+  /** Handles one complete line segment; returns an event, or null to read on (a non-synchronising literal follows). */
+  private onSegment(segment: Uint8Array): ParseEvent | null {
+    const first = this.segmentIndex === 0;
+    this.segmentIndex++;
+    if (first) {
+      if (segment.length === 0) return this.reject('empty-line');
+      if (isForeignProtocol(segment)) return this.fatal('foreign-protocol', null);
+    }
+    const result = tokenizeSegment(segment, this.needSeparator, this.tokens);
+    if (first) this.tag = validTag(this.tokens[0]);
+    let problem: ParseProblem | null = result.problem;
+    if (problem === null && first) {
+      if (this.tag === null) problem = 'bad-tag';
+      else if (this.tokens[1]?.kind !== 'atom') problem = 'syntax';
+    }
+    if (problem !== null) {
+      // nginx's rule: a rejected line that announces a literal ends the connection, because
+      // the literal data that follows must never be read as commands.
+      if (endsWithLiteralMarker(segment)) return this.fatal(problem, this.tag);
+      return this.reject(problem);
+    }
+    if (result.problem === null && result.literal !== null) {
+      const { digits, nonsync } = result.literal;
+      const limit = nonsync ? MAX_NONSYNC_LITERAL_BYTES : MAX_PREAUTH_LITERAL_BYTES;
+      // Compare digit counts before converting, so that no size can overflow or allocate.
+      const tooBig = digits.length > String(limit).length || Number(digits) > limit;
+      if (tooBig) return this.fatal(nonsync ? 'nonsync-literal-too-big' : 'literal-too-big', this.tag);
+      const size = Number(digits);
+      if (this.literalBytes + size > MAX_COMMAND_LITERAL_BYTES) return this.fatal('command-too-big', this.tag);
+      this.literalBytes += size;
+      this.literalRemaining = size;
+      this.inLiteral = true;
+      this.needSeparator = true;
+      return nonsync ? null : { type: 'continue' };
+    }
+    if (this.deferredProblem !== null) return this.reject(this.deferredProblem);
+    const command = buildCommand(this.tokens);
+    if (command === null) return this.reject('syntax');
+    this.resetCommand();
+    return { type: 'command', command };
+  }
+
+  private reject(problem: ParseProblem): ParseEvent {
+    const tag = this.tag;
+    this.resetCommand();
+    return { type: 'problem', problem, tag, fatal: false };
+  }
+}
+
+function isAtomChar(c: number): boolean {
+  // RFC 3501 ATOM-CHAR, widened by list-wildcards and "]" so that post-auth commands parse
+  // far enough to be refused by name.
+  return c > SP && c < 0x7f && c !== LPAREN && c !== RPAREN && c !== LBRACE && c !== DQUOTE && c !== BACKSLASH;
+}
+
+function tokenizeSegment(segment: Uint8Array, needSeparator: boolean, out: Token[]): SegmentResult {
+  if (segment.includes(0)) return { problem: 'nul' };
+  let separatorNeeded = needSeparator;
+  let i = 0;
+  while (i < segment.length) {
+    const c = segment[i] as number;
+    if (c === SP) {
+      // Runs of spaces and a trailing space are tolerated; they change nothing.
+      separatorNeeded = false;
+      i++;
+      continue;
+    }
+    if (c === RPAREN) {
+      out.push(CLOSE);
+      separatorNeeded = true;
+      i++;
+      continue;
+    }
+    if (separatorNeeded) return { problem: c >= 0x80 ? 'eight-bit' : 'syntax' };
+    if (c === LPAREN) {
+      out.push(OPEN);
+      i++;
+      continue;
+    }
+    if (c === DQUOTE) {
+      const chars: number[] = [];
+      let j = i + 1;
+      for (;;) {
+        if (j >= segment.length) return { problem: 'syntax' };
+        const b = segment[j] as number;
+        if (b === DQUOTE) break;
+        if (b === BACKSLASH) {
+          const escaped = segment[j + 1];
+          if (escaped !== DQUOTE && escaped !== BACKSLASH) return { problem: 'syntax' };
+          chars.push(escaped);
+          j += 2;
+          continue;
+        }
+        if (b >= 0x80) return { problem: 'eight-bit' };
+        if (b === CR) return { problem: 'syntax' };
+        chars.push(b);
+        j++;
+      }
+      out.push({ kind: 'string', value: String.fromCharCode(...chars) });
+      separatorNeeded = true;
+      i = j + 1;
+      continue;
+    }
+    if (c === LBRACE) {
+      let j = i + 1;
+      while (j < segment.length && (segment[j] as number) >= 0x30 && (segment[j] as number) <= 0x39) j++;
+      const digits = latin1(segment.subarray(i + 1, j));
+      const nonsync = segment[j] === PLUS;
+      if (nonsync) j++;
+      // A literal announcement is only valid as the very last thing on its line.
+      if (digits.length === 0 || segment[j] !== RBRACE || j !== segment.length - 1) return { problem: 'syntax' };
+      return { problem: null, literal: { digits, nonsync }, needSeparator: true };
+    }
+    if (isAtomChar(c)) {
+      let j = i;
+      while (j < segment.length && isAtomChar(segment[j] as number)) j++;
+      out.push({ kind: 'atom', value: latin1(segment.subarray(i, j)) });
+      separatorNeeded = true;
+      i = j;
+      continue;
+    }
+    return { problem: c >= 0x80 ? 'eight-bit' : 'syntax' };
+  }
+  return { problem: null, literal: null, needSeparator: separatorNeeded };
+}
+
+/** True when the line ends in "{digits}" or "{digits+}", whatever came before. */
+function endsWithLiteralMarker(segment: Uint8Array): boolean {
+  let j = segment.length - 1;
+  if (segment[j] !== RBRACE) return false;
+  j--;
+  if (segment[j] === PLUS) j--;
+  const lastDigit = j;
+  while (j >= 0 && (segment[j] as number) >= 0x30 && (segment[j] as number) <= 0x39) j--;
+  return j < lastDigit && segment[j] === LBRACE;
+}
+
+function isForeignProtocol(segment: Uint8Array): boolean {
+  const space = segment.indexOf(SP);
+  const word = latin1(space < 0 ? segment : segment.subarray(0, space));
+  return HTTP_METHODS.has(word) || SMTP_VERBS.has(word.toUpperCase());
+}
+
+function validTag(token: Token | undefined): string | null {
+  if (token?.kind !== 'atom') return null;
+  // RFC 3501: tag = 1*<any ASTRING-CHAR except "+">; list-wildcards are not ASTRING-CHARs.
+  return /[+%*]/.test(token.value) ? null : token.value;
+}
+
+function buildCommand(tokens: readonly Token[]): ImapCommand | null {
+  const [tag, name] = tokens;
+  if (tag?.kind !== 'atom' || name?.kind !== 'atom') return null;
+  const root: ImapArg[] = [];
+  const stack: ImapArg[][] = [root];
+  for (const token of tokens.slice(2)) {
+    const top = stack[stack.length - 1] as ImapArg[];
+    switch (token.kind) {
+      case 'open': {
+        if (stack.length > MAX_LIST_DEPTH) return null;
+        const items: ImapArg[] = [];
+        top.push({ type: 'list', items });
+        stack.push(items);
+        break;
+      }
+      case 'close':
+        if (stack.length === 1) return null;
+        stack.pop();
+        break;
+      case 'atom':
+        top.push({ type: 'atom', value: token.value });
+        break;
+      case 'string':
+        top.push({ type: 'string', value: token.value });
+        break;
+    }
+  }
+  if (stack.length !== 1) return null;
+  return { tag: tag.value, name: name.value.toUpperCase(), args: root };
+}
+
+function concat(parts: readonly Uint8Array[]): Uint8Array {
+  if (parts.length === 1) return parts[0] as Uint8Array;
+  let length = 0;
+  for (const part of parts) length += part.length;
+  const out = new Uint8Array(length);
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.length;
+  }
+  return out;
+}
+
+function latin1(bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
+}

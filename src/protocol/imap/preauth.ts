@@ -1,0 +1,415 @@
+/**
+ * The IMAP pre-auth state machine for one client connection: greeting, CAPABILITY, NOOP, LOGOUT,
+ * ID, STARTTLS, LOGIN and AUTHENTICATE (PLAIN, LOGIN, SASL-IR), with every pre-auth bound.
+ * It owns the client-facing wire text before login, in one place.
+ * Must not: authenticate anyone, touch sockets, timers, config or logs; it only returns actions.
+ */
+
+import { MAX_AUTH_ATTEMPTS, MAX_BAD_COMMANDS, MAX_PIPELINED_BYTES, MAX_PREAUTH_COMMANDS } from '../../limits.js';
+import { decodeLoginField, decodePlain, hasUnsafeCharacters, LOGIN_PASSWORD_CHALLENGE, LOGIN_USERNAME_CHALLENGE } from '../sasl.js';
+import type {
+  Credentials,
+  LoginRefusal,
+  LoginSuccess,
+  PreauthAction,
+  PreauthCloseReason,
+  PreauthMachine,
+  PreauthOptions,
+} from '../types.js';
+import { ImapCommandParser, type ImapArg, type ImapCommand, type ParseEvent, type ParseProblem } from './parser.js';
+import { safeText } from './wire.js';
+
+type Phase =
+  | 'command' // reading commands
+  | 'authenticate' // inside an AUTHENTICATE exchange, reading SASL response lines
+  | 'login-pending' // a 'login' action is out; input is only buffered
+  | 'starttls-pending' // STARTTLS accepted; input is discarded until the handshake is done
+  | 'logged-in' // loginSucceeded: the session splices from here
+  | 'closed';
+
+interface SaslExchange {
+  readonly tag: string;
+  readonly mechanism: 'PLAIN' | 'LOGIN';
+  /** The LOGIN mechanism's user name once received. */
+  user: string | null;
+}
+
+/** RFC 2971 §3.3: at most 30 pairs, field names up to 30 octets, values up to 1024 octets. */
+const MAX_ID_PAIRS = 30;
+const MAX_ID_FIELD_BYTES = 30;
+const MAX_ID_VALUE_BYTES = 1024;
+
+const AUTH_FAILED_TEXT = 'NO [AUTHENTICATIONFAILED] Authentication failed.';
+
+/** What a rejected line gets: the tagged BAD text, and for fatal problems the BYE text and close reason. */
+const PROBLEM_RESPONSES: Record<ParseProblem, { readonly bad: string; readonly bye: string; readonly reason: PreauthCloseReason }> = {
+  'empty-line': { bad: 'Empty command line', bye: 'Invalid command with literal data', reason: 'protocol-error' },
+  syntax: { bad: 'Syntax error', bye: 'Invalid command with literal data', reason: 'protocol-error' },
+  'bad-tag': { bad: 'Invalid tag', bye: 'Invalid command with literal data', reason: 'protocol-error' },
+  nul: { bad: 'NUL characters are not allowed', bye: 'Invalid command with literal data', reason: 'protocol-error' },
+  'eight-bit': { bad: '8-bit characters are only allowed in literals', bye: 'Invalid command with literal data', reason: 'protocol-error' },
+  'bad-utf8': { bad: 'Literal is not valid UTF-8', bye: 'Invalid command with literal data', reason: 'protocol-error' },
+  'line-too-long': { bad: '[TOOBIG] Command line too long', bye: '[LIMIT] Command line too long', reason: 'limit' },
+  'literal-too-big': { bad: '[TOOBIG] Literal too big', bye: '[LIMIT] Literal too big', reason: 'limit' },
+  // RFC 7888 (LITERAL-): a server answers an oversized non-synchronising literal with [TOOBIG]
+  // and, having no way to skip the data safely, closes the connection.
+  'nonsync-literal-too-big': { bad: '[TOOBIG] Non-synchronizing literal too big', bye: '[LIMIT] Literal too big', reason: 'limit' },
+  'command-too-big': { bad: '[TOOBIG] Command too big', bye: '[LIMIT] Command too big', reason: 'limit' },
+  'foreign-protocol': { bad: 'Not an IMAP command', bye: 'This is an IMAP server', reason: 'protocol-error' },
+};
+
+/** Commands of the authenticated and selected states (RFC 9051 §6.3, §6.4 and extensions) get a clearer BAD. */
+const AFTER_LOGIN_COMMANDS = new Set([
+  'SELECT', 'EXAMINE', 'CREATE', 'DELETE', 'RENAME', 'SUBSCRIBE', 'UNSUBSCRIBE', 'LIST', 'LSUB', 'NAMESPACE',
+  'STATUS', 'APPEND', 'IDLE', 'ENABLE', 'CHECK', 'CLOSE', 'UNSELECT', 'EXPUNGE', 'SEARCH', 'FETCH', 'STORE',
+  'COPY', 'MOVE', 'UID', 'GETQUOTA', 'GETQUOTAROOT', 'SETQUOTA', 'GETACL', 'SETACL', 'MYRIGHTS', 'LISTRIGHTS',
+  'DELETEACL', 'GETMETADATA', 'SETMETADATA', 'SORT', 'THREAD', 'COMPRESS', 'NOTIFY',
+]);
+
+/** The IMAP pre-auth machine; see PreauthMachine for the contract. */
+export class ImapPreauthMachine implements PreauthMachine {
+  private readonly parser = new ImapCommandParser();
+  private phase: Phase = 'command';
+  private tlsActive: boolean;
+  private sasl: SaslExchange | null = null;
+  private loginTag = '';
+  private commands = 0;
+  private badCommands = 0;
+  private failedLogins = 0;
+
+  constructor(private readonly options: PreauthOptions) {
+    this.tlsActive = options.tlsActive;
+  }
+
+  greeting(): PreauthAction[] {
+    return [send(`* OK [CAPABILITY ${this.capabilities()}] ${safeText(this.options.greetingText)}\r\n`)];
+  }
+
+  receive(chunk: Uint8Array): PreauthAction[] {
+    switch (this.phase) {
+      case 'command':
+      case 'authenticate':
+        this.parser.push(chunk);
+        return this.run([]);
+      case 'login-pending':
+        this.parser.push(chunk);
+        return this.parser.bufferedBytes > MAX_PIPELINED_BYTES ? this.tooMuchPipelined([]) : [];
+      case 'starttls-pending':
+        // RFC 3501 §6.2.1 / CVE-2011-0411 class: bytes sent before the TLS handshake must never be
+        // executed after it, or a man in the middle could inject commands into the TLS session.
+        return [];
+      case 'logged-in':
+      case 'closed':
+        return [];
+    }
+  }
+
+  tlsStarted(): PreauthAction[] {
+    if (this.phase !== 'starttls-pending') return [];
+    this.tlsActive = true;
+    this.parser.reset();
+    this.phase = 'command';
+    return [];
+  }
+
+  loginSucceeded(backendCapabilities: string | null): LoginSuccess {
+    if (this.phase !== 'login-pending') throw new Error(`loginSucceeded in phase ${this.phase}`);
+    this.phase = 'logged-in';
+    const capabilities = backendCapabilities === null ? null : safeText(backendCapabilities, Number.MAX_SAFE_INTEGER);
+    const code = capabilities === null || capabilities === '' ? '' : `[CAPABILITY ${capabilities}] `;
+    return { reply: `${this.loginTag} OK ${code}Logged in\r\n`, pipelined: this.parser.takeBuffered() };
+  }
+
+  loginFailed(refusal: LoginRefusal, text?: string): PreauthAction[] {
+    if (this.phase !== 'login-pending') return [];
+    const out: PreauthAction[] = [];
+    const given = text === undefined ? '' : safeText(text);
+    switch (refusal) {
+      case 'auth-failed':
+        // One fixed text whatever happened, so that a wrong password and an unknown user look the same.
+        push(out, `${this.loginTag} ${AUTH_FAILED_TEXT}\r\n`);
+        break;
+      case 'unavailable':
+        push(out, `${this.loginTag} NO [UNAVAILABLE] ${given || 'Temporary failure, please try again later.'}\r\n`);
+        break;
+      case 'limit':
+        push(out, `${this.loginTag} NO [LIMIT] ${given || 'Too many login attempts or connections, please try again later.'}\r\n`);
+        break;
+      case 'in-use':
+        push(out, `${this.loginTag} NO [INUSE] ${given || 'Mailbox is in use, please try again later.'}\r\n`);
+        break;
+    }
+    this.phase = 'command';
+    if (this.countFailedLogin(out)) return out;
+    return this.run(out);
+  }
+
+  timedOut(): PreauthAction[] {
+    if (this.phase === 'closed' || this.phase === 'logged-in') return [];
+    return this.close([], '* BYE Autologout; idle for too long\r\n', 'timeout');
+  }
+
+  shuttingDown(): PreauthAction[] {
+    if (this.phase === 'closed' || this.phase === 'logged-in') return [];
+    return this.close([], '* BYE [UNAVAILABLE] Server shutting down\r\n', 'shutdown');
+  }
+
+  /** The pre-auth capability list; only what is really supported before login. */
+  private capabilities(): string {
+    const caps = ['IMAP4rev1', 'SASL-IR', 'ID', 'LITERAL-'];
+    if (this.options.starttlsAvailable && !this.tlsActive) caps.push('STARTTLS');
+    // RFC 3501 §6.2.3, RFC 9051 §6.2.3: no plaintext mechanism is offered where it is refused.
+    if (this.plaintextAllowed()) caps.push('AUTH=PLAIN', 'AUTH=LOGIN');
+    else caps.push('LOGINDISABLED');
+    return caps.join(' ');
+  }
+
+  private plaintextAllowed(): boolean {
+    return this.tlsActive || this.options.plaintextWithoutTls;
+  }
+
+  /** Processes buffered input for as long as the phase reads commands or SASL lines. */
+  private run(out: PreauthAction[]): PreauthAction[] {
+    for (;;) {
+      let event: ParseEvent | null;
+      if (this.phase === 'command') event = this.parser.nextCommand();
+      else if (this.phase === 'authenticate') event = this.parser.nextLine();
+      else return out;
+      if (event === null) return out;
+      switch (event.type) {
+        case 'continue':
+          push(out, '+ Ready for literal data\r\n');
+          break;
+        case 'line':
+          this.onSaslResponse(event.text, out);
+          break;
+        case 'problem': {
+          const response = PROBLEM_RESPONSES[event.problem];
+          if (event.fatal) {
+            const bad = event.tag === null ? '' : `${event.tag} BAD ${response.bad}\r\n`;
+            return this.close(out, `${bad}* BYE ${response.bye}\r\n`, response.reason);
+          }
+          if (this.countCommand(out)) this.bad(out, event.tag, response.bad);
+          break;
+        }
+        case 'command':
+          if (this.countCommand(out)) this.onCommand(event.command, out);
+          break;
+      }
+    }
+  }
+
+  /** Counts a command line; false (and closed) when there were too many. */
+  private countCommand(out: PreauthAction[]): boolean {
+    this.commands++;
+    if (this.commands <= MAX_PREAUTH_COMMANDS) return true;
+    this.close(out, '* BYE [LIMIT] Too many commands before login\r\n', 'limit');
+    return false;
+  }
+
+  private onCommand(command: ImapCommand, out: PreauthAction[]): void {
+    const { tag, name, args } = command;
+    switch (name) {
+      case 'CAPABILITY':
+        if (args.length > 0) return this.bad(out, tag, 'CAPABILITY takes no arguments');
+        push(out, `* CAPABILITY ${this.capabilities()}\r\n${tag} OK Capability completed.\r\n`);
+        return;
+      case 'NOOP':
+        if (args.length > 0) return this.bad(out, tag, 'NOOP takes no arguments');
+        push(out, `${tag} OK NOOP completed.\r\n`);
+        return;
+      case 'LOGOUT':
+        if (args.length > 0) return this.bad(out, tag, 'LOGOUT takes no arguments');
+        this.close(out, `* BYE Logging out\r\n${tag} OK Logout completed.\r\n`, 'logout');
+        return;
+      case 'ID':
+        return this.onId(tag, args, out);
+      case 'STARTTLS':
+        return this.onStarttls(tag, args, out);
+      case 'LOGIN':
+        return this.onLogin(tag, args, out);
+      case 'AUTHENTICATE':
+        return this.onAuthenticate(tag, args, out);
+      default:
+        return this.bad(out, tag, AFTER_LOGIN_COMMANDS.has(name) ? 'Command is not allowed before login' : 'Unknown command');
+    }
+  }
+
+  private onId(tag: string, args: readonly ImapArg[], out: PreauthAction[]): void {
+    const [arg] = args;
+    if (args.length !== 1 || arg === undefined) return this.bad(out, tag, 'ID takes one argument');
+    if (arg.type === 'atom' && arg.value.toUpperCase() === 'NIL') {
+      push(out, `* ID ("name" "mailfront")\r\n${tag} OK ID completed.\r\n`);
+      return;
+    }
+    if (arg.type !== 'list') return this.bad(out, tag, 'Invalid ID parameters');
+    const params = parseIdParams(arg.items);
+    if (params === null) return this.bad(out, tag, 'Invalid ID parameters');
+    out.push({ type: 'client-id', params });
+    push(out, `* ID ("name" "mailfront")\r\n${tag} OK ID completed.\r\n`);
+  }
+
+  private onStarttls(tag: string, args: readonly ImapArg[], out: PreauthAction[]): void {
+    if (args.length > 0) return this.bad(out, tag, 'STARTTLS takes no arguments');
+    if (this.tlsActive) return this.bad(out, tag, 'TLS is already active');
+    if (!this.options.starttlsAvailable) return this.bad(out, tag, 'STARTTLS is not available');
+    push(out, `${tag} OK Begin TLS negotiation now.\r\n`);
+    out.push({ type: 'starttls' });
+    this.parser.reset();
+    this.phase = 'starttls-pending';
+  }
+
+  private onLogin(tag: string, args: readonly ImapArg[], out: PreauthAction[]): void {
+    const [userArg, passwordArg] = args;
+    const user = astring(userArg);
+    const password = astring(passwordArg);
+    if (args.length !== 2 || user === null || password === null) return this.bad(out, tag, 'Invalid LOGIN arguments');
+    if (!this.plaintextAllowed()) return this.privacyRequired(tag, out);
+    this.startLogin(tag, { user, password, mechanism: 'LOGIN' }, out);
+  }
+
+  private onAuthenticate(tag: string, args: readonly ImapArg[], out: PreauthAction[]): void {
+    const [mechanismArg, initialArg] = args;
+    if (args.length > 2 || mechanismArg?.type !== 'atom') return this.bad(out, tag, 'Invalid AUTHENTICATE arguments');
+    const mechanism = mechanismArg.value.toUpperCase();
+    if (mechanism !== 'PLAIN' && mechanism !== 'LOGIN') {
+      return this.bad(out, tag, 'Unsupported authentication mechanism', 'NO');
+    }
+    let initial: string | null = null;
+    if (initialArg !== undefined) {
+      if (initialArg.type !== 'atom') return this.bad(out, tag, 'Invalid initial response');
+      // RFC 4959 §3: "=" stands for an empty initial response.
+      initial = initialArg.value === '=' ? '' : initialArg.value;
+    }
+    if (!this.plaintextAllowed()) return this.privacyRequired(tag, out);
+    this.sasl = { tag, mechanism, user: null };
+    this.phase = 'authenticate';
+    if (initial !== null) return this.onSaslResponse(initial, out);
+    push(out, mechanism === 'PLAIN' ? '+ \r\n' : `+ ${LOGIN_USERNAME_CHALLENGE}\r\n`);
+  }
+
+  private onSaslResponse(line: string, out: PreauthAction[]): void {
+    const sasl = this.sasl;
+    if (sasl === null) return;
+    // RFC 9051 §6.2.2: a line of "*" cancels the exchange, answered with a tagged BAD.
+    if (line === '*') return this.endSasl(() => push(out, `${sasl.tag} BAD Authentication cancelled.\r\n`));
+    if (sasl.mechanism === 'PLAIN') {
+      const decoded = decodePlain(line);
+      if (!decoded.ok) {
+        return this.endSasl(() =>
+          decoded.reason === 'bad-characters' ? this.refuseLocally(sasl.tag, out) : this.bad(out, sasl.tag, 'Invalid SASL response'),
+        );
+      }
+      const credentials: Credentials =
+        decoded.authzid === ''
+          ? { user: decoded.user, password: decoded.password, mechanism: 'PLAIN' }
+          : { user: decoded.user, password: decoded.password, authzid: decoded.authzid, mechanism: 'PLAIN' };
+      return this.endSasl(() => this.startLogin(sasl.tag, credentials, out));
+    }
+    const field = decodeLoginField(line);
+    if (!field.ok) {
+      return this.endSasl(() =>
+        field.reason === 'bad-characters' ? this.refuseLocally(sasl.tag, out) : this.bad(out, sasl.tag, 'Invalid SASL response'),
+      );
+    }
+    if (sasl.user === null) {
+      sasl.user = field.value;
+      push(out, `+ ${LOGIN_PASSWORD_CHALLENGE}\r\n`);
+      return;
+    }
+    const user = sasl.user;
+    return this.endSasl(() => this.startLogin(sasl.tag, { user, password: field.value, mechanism: 'SASL-LOGIN' }, out));
+  }
+
+  /** Leaves the SASL exchange, then lets `next` decide the new phase. */
+  private endSasl(next: () => void): void {
+    this.sasl = null;
+    this.phase = 'command';
+    next();
+  }
+
+  private startLogin(tag: string, credentials: Credentials, out: PreauthAction[]): void {
+    const { user, password } = credentials;
+    // Never hand on what could not be replayed safely; an empty user or password can never be
+    // right (and an empty password is an anonymous bind to many LDAP servers).
+    if (user === '' || password === '' || hasUnsafeCharacters(user) || hasUnsafeCharacters(password)) {
+      return this.refuseLocally(tag, out);
+    }
+    this.loginTag = tag;
+    this.phase = 'login-pending';
+    out.push({ type: 'login', credentials });
+    // Checked after the action, as it is for input arriving later, so that the outcome does not
+    // depend on how the input was split into chunks.
+    if (this.parser.bufferedBytes > MAX_PIPELINED_BYTES) this.tooMuchPipelined(out);
+  }
+
+  private tooMuchPipelined(out: PreauthAction[]): PreauthAction[] {
+    return this.close(out, '* BYE [LIMIT] Too much input while logging in\r\n', 'limit');
+  }
+
+  private refuseLocally(tag: string, out: PreauthAction[]): void {
+    push(out, `${tag} ${AUTH_FAILED_TEXT}\r\n`);
+    this.countFailedLogin(out);
+  }
+
+  /** Counts a failed login; true (and closed) when that was one too many. */
+  private countFailedLogin(out: PreauthAction[]): boolean {
+    this.failedLogins++;
+    if (this.failedLogins < MAX_AUTH_ATTEMPTS) return false;
+    this.close(out, '* BYE Too many failed login attempts\r\n', 'limit');
+    return true;
+  }
+
+  private privacyRequired(tag: string, out: PreauthAction[]): void {
+    // RFC 5530 §3: PRIVACYREQUIRED; counted as a bad command, the client ignored LOGINDISABLED.
+    this.bad(out, tag, '[PRIVACYREQUIRED] Plaintext authentication is not allowed without TLS.', 'NO');
+  }
+
+  private bad(out: PreauthAction[], tag: string | null, text: string, status: 'BAD' | 'NO' = 'BAD'): void {
+    push(out, `${tag ?? '*'} ${status} ${text}\r\n`);
+    this.badCommands++;
+    if (this.badCommands >= MAX_BAD_COMMANDS) this.close(out, '* BYE Too many invalid commands\r\n', 'protocol-error');
+  }
+
+  private close(out: PreauthAction[], data: string, reason: PreauthCloseReason): PreauthAction[] {
+    push(out, data);
+    out.push({ type: 'close', reason });
+    this.phase = 'closed';
+    this.parser.reset();
+    return out;
+  }
+}
+
+function send(data: string): PreauthAction {
+  return { type: 'send', data };
+}
+
+/** Appends a send, merged with a send right before it so that one write carries a burst of replies. */
+function push(out: PreauthAction[], data: string): void {
+  const last = out[out.length - 1];
+  if (last?.type === 'send') out[out.length - 1] = send(last.data + data);
+  else out.push(send(data));
+}
+
+function astring(arg: ImapArg | undefined): string | null {
+  return arg !== undefined && arg.type !== 'list' ? arg.value : null;
+}
+
+function parseIdParams(items: readonly ImapArg[]): Map<string, string | null> | null {
+  if (items.length % 2 !== 0 || items.length > 2 * MAX_ID_PAIRS) return null;
+  const params = new Map<string, string | null>();
+  for (let i = 0; i < items.length; i += 2) {
+    const field = items[i];
+    const value = items[i + 1];
+    if (field?.type !== 'string' || Buffer.byteLength(field.value) > MAX_ID_FIELD_BYTES) return null;
+    let parsed: string | null;
+    if (value?.type === 'atom' && value.value.toUpperCase() === 'NIL') parsed = null;
+    else if (value?.type === 'string' && Buffer.byteLength(value.value) <= MAX_ID_VALUE_BYTES) parsed = value.value;
+    else return null;
+    // ID values end up in logs: control characters there would forge log lines.
+    if (/[\x00-\x1f\x7f]/.test(field.value) || (parsed !== null && /[\x00-\x1f\x7f]/.test(parsed))) return null;
+    const key = field.value.toLowerCase();
+    if (!params.has(key)) params.set(key, parsed);
+  }
+  return params;
+}

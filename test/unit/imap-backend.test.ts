@@ -1,0 +1,271 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import fc from 'fast-check';
+import { MAX_BACKEND_RESPONSE_BYTES } from '../../src/limits.js';
+import { classifyLoginNo } from '../../src/protocol/imap/backend.js';
+import { imapAdapter } from '../../src/protocol/imap/index.js';
+import { backendTrace, BACKEND_DEFAULTS, bytes, chunkers, runBackend, TLS, utf8 } from './imap-testkit.js';
+
+const DOVECOT_GREETING =
+  '* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ STARTTLS AUTH=PLAIN AUTH=LOGIN] Dovecot (Debian) ready.\r\n';
+const DOVECOT_POST_LOGIN =
+  'IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT SORT=DISPLAY THREAD=REFERENCES THREAD=REFS THREAD=ORDEREDSUBJECT ' +
+  'MULTIAPPEND URL-PARTIAL CATENATE UNSELECT CHILDREN NAMESPACE UIDPLUS LIST-EXTENDED I18NLEVEL=1 CONDSTORE QRESYNC ESEARCH ' +
+  'ESORT SEARCHRES WITHIN CONTEXT=SEARCH LIST-STATUS BINARY MOVE SNIPPET=FUZZY PREVIEW=FUZZY PREVIEW STATUS=SIZE SAVEDATE ' +
+  'LITERAL+ NOTIFY SPECIAL-USE';
+const CYRUS_GREETING = '* OK [CAPABILITY IMAP4rev1 LITERAL+ ID ENABLE STARTTLS AUTH=PLAIN SASL-IR] localhost Cyrus IMAP 3.6.1 server ready\r\n';
+const CYRUS_POST_LOGIN =
+  'IMAP4rev1 LITERAL+ ID ENABLE ACL RIGHTS=kxten QUOTA MAILBOX-REFERRALS NAMESPACE UIDPLUS NO_ATOMIC_RENAME UNSELECT CHILDREN ' +
+  'MULTIAPPEND BINARY CATENATE CONDSTORE ESEARCH SORT SORT=MODSEQ SORT=DISPLAY SORT=UID THREAD=ORDEREDSUBJECT THREAD=REFERENCES ' +
+  'THREAD=REFS METADATA LIST-EXTENDED LIST-STATUS LIST-MYRIGHTS LIST-METADATA WITHIN QRESYNC SCAN XLIST XMOVE MOVE SPECIAL-USE ' +
+  'CREATE-SPECIAL-USE DIGEST=SHA1 X-REPLICATION STATUS=SIZE OBJECTID SAVEDATE X-CREATEDMODSEQ PREVIEW=FUZZY IDLE APPENDLIMIT=2147483647';
+const CYRUS_LOGIN_OK = `OK [CAPABILITY ${CYRUS_POST_LOGIN}] Success (tls protection) SESSIONID=<cyrus-1234-1700000000-1-5678>\r\n`;
+
+const b64 = (text: string): string => Buffer.from(text, 'utf8').toString('base64');
+const latin = (text: string): string => Buffer.from(text, 'utf8').toString('latin1');
+
+describe('IMAP backend login: Dovecot 2.3', () => {
+  it('replays the password as LITERAL+ literals after forwarding the client address with ID', () => {
+    const password = 'p\u00e4"ss';
+    const trace = backendTrace({ password, forward: { ip: '2001:db8::7', port: 50123, sessionId: 'sess-"1"' } }, [
+      DOVECOT_GREETING +
+        '* ID ("name" "Dovecot")\r\nmf1 OK ID completed (0.001 + 0.000 secs).\r\n' +
+        `mf2 OK [CAPABILITY ${DOVECOT_POST_LOGIN}] Logged in\r\n`,
+    ]);
+    assert.deepStrictEqual(trace, [
+      'send mf1 ID ("x-originating-ip" "2001:db8::7" "x-originating-port" "50123" "x-session-id" "sess-\\"1\\"")\r\n' +
+        `mf2 LOGIN {5+}\r\nalice {6+}\r\n${latin(password)}\r\n`,
+      `done ${DOVECOT_POST_LOGIN}`,
+      'state done',
+      'leftover ',
+    ]);
+  });
+
+  it('logs in as a master user', () => {
+    const options = { mode: 'master-user', proxyUser: 'mfproxy', proxyPassword: 'm4ster' } as const;
+    const phases = [DOVECOT_GREETING + `mf1 OK [CAPABILITY ${DOVECOT_POST_LOGIN}] Logged in\r\n`];
+    assert.deepStrictEqual(backendTrace(options, phases), [
+      'send mf1 LOGIN {13+}\r\nalice*mfproxy {6+}\r\nm4ster\r\n',
+      `done ${DOVECOT_POST_LOGIN}`,
+      'state done',
+      'leftover ',
+    ]);
+    assert.deepStrictEqual(backendTrace({ ...options, masterUserSeparator: '%' }, phases)[0], 'send mf1 LOGIN {13+}\r\nalice%mfproxy {6+}\r\nm4ster\r\n');
+  });
+
+  it('goes on when ID is refused, and keeps what follows the login reply', () => {
+    assert.deepStrictEqual(
+      backendTrace({ forward: { ip: '192.0.2.1', port: 1, sessionId: 'x' } }, [
+        DOVECOT_GREETING + 'mf1 BAD Error in IMAP command ID: Unknown command.\r\n' + `mf2 OK [CAPABILITY ${DOVECOT_POST_LOGIN}] Logged in\r\n` + '* 3 EXISTS\r\n* 1 RECENT\r\n',
+      ]),
+      [
+        'send mf1 ID ("x-originating-ip" "192.0.2.1" "x-originating-port" "1" "x-session-id" "x")\r\nmf2 LOGIN {5+}\r\nalice {6+}\r\nsecret\r\n',
+        `done ${DOVECOT_POST_LOGIN}`,
+        'state done',
+        'leftover * 3 EXISTS\r\n* 1 RECENT\r\n',
+      ],
+    );
+  });
+
+  it('reports a wrong password as auth-failed and an outage as unavailable', () => {
+    assert.deepStrictEqual(backendTrace({}, [DOVECOT_GREETING + 'mf1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n']), [
+      'send mf1 LOGIN {5+}\r\nalice {6+}\r\nsecret\r\n',
+      'fail auth-failed login: mf1 NO [AUTHENTICATIONFAILED] Authentication failed.',
+      'state failed',
+    ]);
+    assert.deepStrictEqual(
+      backendTrace({}, [DOVECOT_GREETING + 'mf1 NO [UNAVAILABLE] Temporary authentication failure. [host:2024-01-01 10:00:00]\r\n'])[1],
+      'fail unavailable login: mf1 NO [UNAVAILABLE] Temporary authentication failure. [host:2024-01-01 10:00:00]',
+    );
+    assert.deepStrictEqual(backendTrace({}, [DOVECOT_GREETING + 'mf1 NO [INUSE] Mailbox is locked\r\n'])[1], 'fail in-use login: mf1 NO [INUSE] Mailbox is locked');
+    assert.deepStrictEqual(backendTrace({}, [DOVECOT_GREETING + 'mf1 NO Login failed\r\n'])[1], 'fail auth-failed login: mf1 NO Login failed');
+    assert.deepStrictEqual(backendTrace({}, [DOVECOT_GREETING + 'mf1 BAD Error in IMAP command\r\n'])[1], 'fail unavailable login: mf1 BAD Error in IMAP command');
+    assert.deepStrictEqual(
+      backendTrace({}, [DOVECOT_GREETING + '* BYE Server shutting down.\r\n'])[1],
+      'fail unavailable login: unexpected response: * BYE Server shutting down.',
+    );
+  });
+});
+
+describe('IMAP backend login: Cyrus 3.6', () => {
+  it('logs in with SASL PLAIN and an authorization identity after STARTTLS, discarding bytes after the OK', () => {
+    const options = { mode: 'sasl-authzid', proxyUser: 'mailfront', proxyPassword: 'pr0xy', starttls: true } as const;
+    // If the injected lines after the STARTTLS OK were read, the capabilities would lack SASL-IR.
+    const trace = backendTrace(options, [
+      CYRUS_GREETING + 'mf1 OK Begin TLS negotiation now\r\n' + '* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\nmf2 OK injected\r\n',
+      TLS,
+      '* CAPABILITY IMAP4rev1 LITERAL+ ID ENABLE AUTH=PLAIN SASL-IR\r\nmf2 OK Completed\r\n' + `mf3 ${CYRUS_LOGIN_OK}`,
+    ]);
+    assert.deepStrictEqual(trace, [
+      'send mf1 STARTTLS\r\n',
+      'starttls',
+      'tls-started in tls-handshake',
+      `send mf2 CAPABILITY\r\nmf3 AUTHENTICATE PLAIN ${b64('alice\0mailfront\0pr0xy')}\r\n`,
+      `done ${CYRUS_POST_LOGIN}`,
+      'state done',
+      'leftover ',
+    ]);
+  });
+
+  it('waits for the continuation when SASL-IR is not offered', () => {
+    const options = { mode: 'sasl-authzid', proxyUser: 'mailfront', proxyPassword: 'pr0xy' } as const;
+    assert.deepStrictEqual(
+      backendTrace(options, ['* OK [CAPABILITY IMAP4rev1 LITERAL+ ID ENABLE AUTH=PLAIN] localhost Cyrus IMAP 3.6.1 server ready\r\n+ \r\n' + `mf1 ${CYRUS_LOGIN_OK}`]),
+      [`send mf1 AUTHENTICATE PLAIN\r\n${b64('alice\0mailfront\0pr0xy')}\r\n`, `done ${CYRUS_POST_LOGIN}`, 'state done', 'leftover '],
+    );
+  });
+
+  it('refuses to go on without STARTTLS when it is required', () => {
+    assert.deepStrictEqual(backendTrace({ starttls: true }, ['* OK [CAPABILITY IMAP4rev1 LITERAL+ AUTH=PLAIN] ready\r\n']), [
+      'fail unavailable starttls: the backend does not offer STARTTLS',
+      'state failed',
+    ]);
+    assert.deepStrictEqual(backendTrace({ starttls: true }, [CYRUS_GREETING + 'mf1 NO [UNAVAILABLE] TLS not configured\r\n']), [
+      'send mf1 STARTTLS\r\n',
+      'fail unavailable starttls: mf1 NO [UNAVAILABLE] TLS not configured',
+      'state failed',
+    ]);
+  });
+});
+
+describe('IMAP backend login: other servers', () => {
+  it('uses synchronising literals without LITERAL+, and asks for capabilities after login', () => {
+    assert.deepStrictEqual(
+      backendTrace({}, [
+        '* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] Old server ready\r\n+ OK\r\n+ Ready for additional command text\r\nmf1 OK Logged in\r\n' +
+          '* CAPABILITY IMAP4rev1 IDLE  UIDPLUS\r\nmf2 OK Capability completed\r\n* 1 EXISTS\r\n',
+      ]),
+      [
+        'send mf1 LOGIN {5}\r\nalice {6}\r\nsecret\r\nmf2 CAPABILITY\r\n',
+        'done IMAP4rev1 IDLE UIDPLUS',
+        'state done',
+        'leftover * 1 EXISTS\r\n',
+      ],
+    );
+  });
+
+  it('uses LITERAL- only up to 4096 octets', () => {
+    const password = 'x'.repeat(5000);
+    assert.deepStrictEqual(
+      backendTrace({ password }, ['* OK [CAPABILITY IMAP4rev1 LITERAL- AUTH=PLAIN] ready\r\n+ go ahead\r\nmf1 OK [CAPABILITY IMAP4rev1 LITERAL-] ok\r\n']),
+      [`send mf1 LOGIN {5+}\r\nalice {5000}\r\n${password}\r\n`, 'done IMAP4rev1 LITERAL-', 'state done', 'leftover '],
+    );
+  });
+
+  it('asks for capabilities when the greeting has none, and takes an untagged CAPABILITY before the OK', () => {
+    assert.deepStrictEqual(
+      backendTrace({}, [
+        '* OK IMAP server ready\r\n* CAPABILITY IMAP4rev1 LITERAL+\r\nmf1 OK done\r\n' +
+          '* CAPABILITY IMAP4rev1 IDLE\r\n* ID ("name" {7}\r\nDovecot)\r\nmf2 OK Logged in\r\n',
+      ]),
+      ['send mf1 CAPABILITY\r\nmf2 LOGIN {5+}\r\nalice {6+}\r\nsecret\r\n', 'done IMAP4rev1 IDLE', 'state done', 'leftover '],
+    );
+  });
+
+  it('fails on greetings it cannot log in after', () => {
+    for (const greeting of ['* PREAUTH [CAPABILITY IMAP4rev1] Logged in as alice', '* BYE Too many connections', 'HTTP/1.1 400 Bad Request', '+ hello']) {
+      assert.deepStrictEqual(backendTrace({}, [`${greeting}\r\n`]), [`fail unavailable greeting: ${greeting}`, 'state failed']);
+    }
+  });
+
+  it('fails on unexpected responses', () => {
+    assert.deepStrictEqual(backendTrace({}, ['* OK ready\r\n+ more\r\n']), [
+      'send mf1 CAPABILITY\r\n',
+      'fail unavailable capability: unexpected response: + more',
+      'state failed',
+    ]);
+    assert.deepStrictEqual(backendTrace({}, ['* OK ready\r\nmf1 OK no capabilities\r\n']), [
+      'send mf1 CAPABILITY\r\n',
+      'fail unavailable capability: no CAPABILITY in the reply',
+      'state failed',
+    ]);
+    assert.deepStrictEqual(backendTrace({}, ['* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\nzz9 OK what\r\n']), [
+      'send mf1 LOGIN {5+}\r\nalice {6+}\r\nsecret\r\n',
+      'fail unavailable login: unexpected response: zz9 OK what',
+      'state failed',
+    ]);
+    assert.deepStrictEqual(backendTrace({}, ['* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\n+ again\r\n']), [
+      'send mf1 LOGIN {5+}\r\nalice {6+}\r\nsecret\r\n',
+      'fail unavailable login: unexpected continuation: + again',
+      'state failed',
+    ]);
+  });
+
+  it('never sends credentials with CR, LF or NUL, nor logs in without a proxy account', () => {
+    for (const options of [{ password: 'se\r\ncret' }, { user: 'al\0ice' }, { mode: 'master-user', proxyUser: 'p\n', proxyPassword: 'x' }] as const) {
+      assert.deepStrictEqual(backendTrace(options, [DOVECOT_GREETING + 'mf1 OK Logged in\r\n']), [
+        'fail auth-failed greeting: credentials with unsafe characters',
+        'state failed',
+      ]);
+    }
+    assert.deepStrictEqual(backendTrace({ mode: 'sasl-authzid' }, [DOVECOT_GREETING]), [
+      'fail unavailable greeting: login mode sasl-authzid needs a proxy user and password',
+      'state failed',
+    ]);
+  });
+
+  it('bounds one response, literals included', () => {
+    const long = bytes(`* OK ${'x'.repeat(MAX_BACKEND_RESPONSE_BYTES)}\r\n`);
+    for (const { chunk } of chunkers(3)) {
+      assert.deepStrictEqual(runBackend({}, [long], chunk), [
+        `fail unavailable greeting: response longer than ${MAX_BACKEND_RESPONSE_BYTES} bytes`,
+        'state failed',
+      ]);
+    }
+    assert.deepStrictEqual(backendTrace({}, [DOVECOT_GREETING + '* ID ("name" {99999999999999999999}\r\n']).slice(1), [
+      `fail unavailable login: response longer than ${MAX_BACKEND_RESPONSE_BYTES} bytes`,
+      'state failed',
+    ]);
+  });
+
+  it('names its states and ignores input after the end', () => {
+    const machine = imapAdapter.createBackendLogin({ ...BACKEND_DEFAULTS, starttls: true });
+    assert.equal(machine.state, 'greeting');
+    machine.receive(utf8(CYRUS_GREETING));
+    assert.equal(machine.state, 'starttls');
+    assert.deepStrictEqual(machine.receive(utf8('mf1 OK go\r\n')), [{ type: 'starttls' }]);
+    assert.equal(machine.state, 'tls-handshake');
+    assert.deepStrictEqual(machine.receive(utf8('* junk\r\n')), []);
+    assert.equal(machine.tlsStarted().length, 1);
+    assert.equal(machine.state, 'capability');
+    assert.deepStrictEqual(machine.tlsStarted(), []);
+  });
+
+  it('classifies NO responses by their RFC 5530 code', () => {
+    assert.equal(classifyLoginNo(null), 'auth-failed');
+    assert.equal(classifyLoginNo('AUTHENTICATIONFAILED'), 'auth-failed');
+    assert.equal(classifyLoginNo('EXPIRED'), 'auth-failed');
+    assert.equal(classifyLoginNo('UNAVAILABLE'), 'unavailable');
+    assert.equal(classifyLoginNo('SERVERBUG'), 'unavailable');
+    assert.equal(classifyLoginNo('INUSE'), 'in-use');
+  });
+});
+
+describe('IMAP backend login: random responses', () => {
+  const pieces = [
+    '* OK ', '* CAPABILITY ', '[CAPABILITY IMAP4rev1 LITERAL+ SASL-IR STARTTLS] ', 'IMAP4rev1 ', 'LITERAL- ', 'mf1 ', 'mf2 ', 'mf3 ',
+    'OK ', 'NO ', 'BAD ', '[AUTHENTICATIONFAILED] ', '[UNAVAILABLE] ', '* BYE ', '* PREAUTH ', '+ ', '{3}\r\n', '{99999999}\r\n',
+    '\r\n', '\n', 'text ', '\x00', '\xff',
+  ];
+  const input = fc.array(fc.constantFrom(...pieces), { maxLength: 40 }).map((parts) => parts.join(''));
+  const options = fc.record({
+    mode: fc.constantFrom('replay', 'master-user', 'sasl-authzid'),
+    starttls: fc.boolean(),
+    proxyUser: fc.constant('proxy'),
+    proxyPassword: fc.constant('pw'),
+  });
+
+  it('never throws, and gives the same result however the responses are split', () => {
+    fc.assert(
+      fc.property(input, options, fc.array(fc.nat(), { maxLength: 6 }), (text, opts, cuts) => {
+        const data = Buffer.from(text, 'latin1');
+        const positions = [...new Set(cuts.map((c) => c % (data.length + 1)))].sort((x, y) => x - y);
+        const cut = (b: Uint8Array): Uint8Array[] => [0, ...positions].map((from, i) => b.subarray(from, [...positions, b.length][i]));
+        const expected = runBackend(opts, [data], (b) => [b]);
+        assert.deepStrictEqual(runBackend(opts, [data], cut), expected);
+        assert.deepStrictEqual(runBackend(opts, [data], (b) => Array.from(b, (_, i) => b.subarray(i, i + 1))), expected);
+      }),
+      { numRuns: 500 },
+    );
+  });
+});

@@ -1,0 +1,168 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { MAX_LINE_BYTES } from '../../src/limits.js';
+import { ImapCommandParser, type ImapArg, type ParseEvent } from '../../src/protocol/imap/parser.js';
+import { bytes, chunkers, latin1, utf8 } from './imap-testkit.js';
+
+/** Feeds the input in chunks, reading commands after each; returns the events as plain text, then what stays buffered. */
+function parse(input: Uint8Array, chunk: (b: Uint8Array) => Uint8Array[]): string[] {
+  const parser = new ImapCommandParser();
+  const events: string[] = [];
+  for (const piece of chunk(input)) {
+    parser.push(piece);
+    for (let event = parser.nextCommand(); event !== null; event = parser.nextCommand()) events.push(show(event));
+  }
+  events.push(`buffered ${latin1(parser.takeBuffered())}`);
+  return events;
+}
+
+function show(event: ParseEvent): string {
+  switch (event.type) {
+    case 'command':
+      return `${event.command.tag} ${event.command.name}${event.command.args.map((a) => ` ${showArg(a)}`).join('')}`;
+    case 'continue':
+      return '+';
+    case 'line':
+      return `line ${event.text}`;
+    case 'problem':
+      return `${event.fatal ? 'FATAL' : 'BAD'} ${event.problem} tag=${event.tag}`;
+  }
+}
+
+function showArg(arg: ImapArg): string {
+  switch (arg.type) {
+    case 'atom':
+      return arg.value;
+    case 'string':
+      return JSON.stringify(arg.value);
+    case 'list':
+      return `(${arg.items.map(showArg).join(' ')})`;
+  }
+}
+
+/** Parses whole, split at every position (every 61st beyond 1 KiB) and byte by byte; all must agree. */
+function events(input: string | Uint8Array): string[] {
+  const data = bytes(input);
+  const expected = parse(data, (b) => [b]);
+  const all = chunkers(data.length);
+  for (const [i, { label, chunk }] of all.entries()) {
+    if (i < 1024 || i % 61 === 0 || i === all.length - 1) assert.deepStrictEqual(parse(data, chunk), expected, label);
+  }
+  return expected;
+}
+
+describe('IMAP command parser', () => {
+  it('reads atoms, quoted strings with escapes, and lists', () => {
+    assert.deepStrictEqual(events('a1 login alice "pa ss\\"wo\\\\rd"\r\nb2 ID ("name" "x" "os" NIL)\r\n'), [
+      'a1 LOGIN alice "pa ss\\"wo\\\\rd"',
+      'b2 ID ("name" "x" "os" NIL)',
+      'buffered ',
+    ]);
+  });
+
+  it('reads synchronising literals and asks for each one', () => {
+    assert.deepStrictEqual(events('a LOGIN {5}\r\nalice {6}\r\nsecret\r\n'), ['+', '+', 'a LOGIN "alice" "secret"', 'buffered ']);
+  });
+
+  it('reads non-synchronising literals without asking', () => {
+    assert.deepStrictEqual(events('a LOGIN {5+}\r\nalice {5+}\r\nse\r\nt\r\n'), ['a LOGIN "alice" "se\\r\\nt"', 'buffered ']);
+  });
+
+  it('decodes literals as UTF-8 and refuses invalid UTF-8 after reading the whole command', () => {
+    assert.deepStrictEqual(events(utf8('a LOGIN {5}\r\nj\u00fcrg x\r\n')), ['+', 'a LOGIN "j\u00fcrg" x', 'buffered ']);
+    assert.deepStrictEqual(events(Buffer.from('a LOGIN {1}\r\n\xff x\r\nb NOOP\r\n', 'latin1')), ['+', 'BAD bad-utf8 tag=a', 'b NOOP', 'buffered ']);
+  });
+
+  it('accepts a bare LF as line end and tolerates extra spaces', () => {
+    assert.deepStrictEqual(events('a NOOP\nb  LOGIN  x y \r\n'), ['a NOOP', 'b LOGIN x y', 'buffered ']);
+  });
+
+  it('stops at the end of each command, leaving the rest buffered as received', () => {
+    const parser = new ImapCommandParser();
+    parser.push(bytes('a LOGIN x y\r\nb SELECT "INBOX"\r\n\xff\x00 partial'));
+    assert.equal(show(parser.nextCommand() as ParseEvent), 'a LOGIN x y');
+    assert.equal(latin1(parser.takeBuffered()), 'b SELECT "INBOX"\r\n\xff\x00 partial');
+  });
+
+  it('rejects bad lines without losing the next command', () => {
+    assert.deepStrictEqual(
+      events('\r\na NOOP\x00\r\nb LOGIN "x\xe9" y\r\nc LOGIN "unterminated\r\n* NOOP\r\nd+ NOOP\r\ne\r\nf NOOP)\r\ng ID ((((((x))))))\r\nh NOOP\rX\r\ni NOOP\r\n'),
+      [
+        'BAD empty-line tag=null',
+        'BAD nul tag=null',
+        'BAD eight-bit tag=b',
+        'BAD syntax tag=c',
+        'BAD bad-tag tag=null',
+        'BAD bad-tag tag=null',
+        'BAD syntax tag=e',
+        'BAD syntax tag=f',
+        'BAD syntax tag=g',
+        'BAD syntax tag=h',
+        'i NOOP',
+        'buffered ',
+      ],
+    );
+  });
+
+  it('ends the connection when a rejected line announces a literal (nginx rule)', () => {
+    // The literal data would otherwise be read as a command: here it is a LOGIN.
+    assert.deepStrictEqual(events('a LOGIN "x {13}\r\nb LOGIN u p\r\n'), ['FATAL syntax tag=a', 'buffered ']);
+    assert.deepStrictEqual(events('* LOGIN {13+}\r\nb LOGIN u p\r\n'), ['FATAL bad-tag tag=null', 'buffered ']);
+    assert.deepStrictEqual(events('a {13}\r\nb LOGIN u p\r\n'), ['FATAL syntax tag=a', 'buffered ']);
+  });
+
+  it('rejects huge literal sizes by their digit count, without reading the data', () => {
+    for (const size of ['4294967296', '99999999999999999999', '4097', '00000']) {
+      assert.deepStrictEqual(events(`a LOGIN {${size}}\r\nb LOGIN u p\r\n`), ['FATAL literal-too-big tag=a', 'buffered ']);
+    }
+    assert.deepStrictEqual(events('a LOGIN {4097+}\r\nb LOGIN u p\r\n'), ['FATAL nonsync-literal-too-big tag=a', 'buffered ']);
+    assert.deepStrictEqual(events('a LOGIN {18446744073709551617+}\r\nb LOGIN u p\r\n'), ['FATAL nonsync-literal-too-big tag=a', 'buffered ']);
+  });
+
+  it('accepts literals up to the bound and bounds the literal bytes of one command', () => {
+    const big = 'x'.repeat(4096);
+    assert.deepStrictEqual(events(`a LOGIN {4096+}\r\n${big} {4096+}\r\n${big}\r\n`).length, 2);
+    assert.deepStrictEqual(events(`a ID ({4096+}\r\n${big} {4096+}\r\n${big} {1+}\r\nx)\r\n`), ['FATAL command-too-big tag=a', 'buffered ']);
+  });
+
+  it('bounds the line length, literal data excluded, without buffering beyond it', () => {
+    const exact = `a NOOP${' '.repeat(MAX_LINE_BYTES - 8)}\r\n`;
+    assert.equal(exact.length, MAX_LINE_BYTES);
+    assert.deepStrictEqual(parse(bytes(exact), (b) => [b]), ['a NOOP', 'buffered ']);
+    const over = `a NOOP${' '.repeat(MAX_LINE_BYTES - 7)}\r\n`;
+    assert.deepStrictEqual(parse(bytes(over), (b) => [b]), ['FATAL line-too-long tag=null', 'buffered ']);
+    // The bound is checked as bytes arrive: MAX_LINE_BYTES bytes without a line end are enough.
+    const parser = new ImapCommandParser();
+    parser.push(bytes('a'.repeat(MAX_LINE_BYTES - 1)));
+    assert.equal(parser.nextCommand(), null);
+    parser.push(bytes('a'));
+    assert.equal(show(parser.nextCommand() as ParseEvent), 'FATAL line-too-long tag=null');
+    parser.push(bytes('b NOOP\r\n'));
+    assert.equal(parser.nextCommand(), null);
+    // Literal data does not count towards the line, the lines around it do.
+    const literal = 'y'.repeat(4000);
+    const half = ' '.repeat(MAX_LINE_BYTES / 2);
+    assert.deepStrictEqual(parse(bytes(`a ID ("k"${half}{4000+}\r\n${literal})\r\n`), (b) => [b]).length, 2);
+    assert.deepStrictEqual(parse(bytes(`a ID ("k"${half}{4000+}\r\n${literal}${half})\r\n`), (b) => [b]), [
+      'FATAL line-too-long tag=a',
+      'buffered ',
+    ]);
+  });
+
+  it('closes at once on HTTP and SMTP requests (cross-protocol attacks)', () => {
+    for (const line of ['GET / HTTP/1.1', 'POST /form HTTP/1.1', 'ehlo attacker.example', 'HELO x', 'CONNECT host:993 HTTP/1.1']) {
+      assert.deepStrictEqual(events(`${line}\r\na LOGIN u p\r\n`), ['FATAL foreign-protocol tag=null', 'buffered ']);
+    }
+    // HTTP methods are case-sensitive: "get" is an ordinary (unknown) IMAP tag.
+    assert.deepStrictEqual(events('get NOOP\r\n'), ['get NOOP', 'buffered ']);
+  });
+
+  it('reads raw lines for SASL responses', () => {
+    const parser = new ImapCommandParser();
+    parser.push(bytes('a AUTHENTICATE PLAIN\r\nAGFsaWNlAHNlY3JldA==\r\n*\nb NOOP\r\n'));
+    assert.equal(show(parser.nextCommand() as ParseEvent), 'a AUTHENTICATE PLAIN');
+    assert.equal(show(parser.nextLine() as ParseEvent), 'line AGFsaWNlAHNlY3JldA==');
+    assert.equal(show(parser.nextLine() as ParseEvent), 'line *');
+    assert.equal(show(parser.nextCommand() as ParseEvent), 'b NOOP');
+  });
+});
