@@ -1,0 +1,293 @@
+/**
+ * The POP3 backend login dialogue: greeting, optional STLS, CAPA, optional XCLIENT, then
+ * USER/PASS or AUTH PLAIN, as explicit named states (the state name appears in logs).
+ * Sans-I/O: backend bytes in, BackendActions out. It owns what is said to the backend before
+ * the splice; it must not touch sockets, timers, config or logs, and never sends a credential
+ * holding CR, LF or NUL.
+ */
+
+import { MAX_BACKEND_RESPONSE_BYTES } from '../../limits.js';
+import { encodePlain, hasUnsafeCharacters } from '../sasl.js';
+import type { BackendAction, BackendLoginMachine, BackendLoginOptions } from '../types.js';
+import { LineReader, lineText, oneLine } from './lines.js';
+
+/** The backend dialogue's states, named after what the machine waits for. */
+export type Pop3BackendState =
+  | 'greeting' // the backend's +OK banner
+  | 'stls' // the reply to STLS
+  | 'tls-handshake' // the session's TLS handshake (tlsStarted)
+  | 'capa' // the first line of the reply to CAPA
+  | 'capa-list' // the capability lines, up to "."
+  | 'xclient' // the reply to XCLIENT
+  | 'user' // the reply to USER
+  | 'pass' // the reply to PASS
+  | 'auth' // the reply to AUTH PLAIN: +OK, -ERR or a "+ " continuation
+  | 'auth-response' // the reply after the PLAIN response was sent on a continuation
+  | 'done'
+  | 'failed';
+
+type Refusal = 'auth-failed' | 'unavailable' | 'in-use';
+
+// RFC 5034 §4: a client must not send an initial response that makes the AUTH command longer
+// than RFC 2449's 255 octets; it waits for the empty challenge and sends the response then.
+const MAX_AUTH_COMMAND_BYTES = 255;
+
+// Dovecot ignores a SESSION value longer than this (LOGIN_MAX_SESSION_ID_LEN).
+const MAX_SESSION_ID_CHARS = 64;
+
+/** The POP3 backend login machine; create one per backend connection. */
+export class Pop3BackendLogin implements BackendLoginMachine {
+  readonly #options: BackendLoginOptions;
+  readonly #input = new LineReader();
+  #state: Pop3BackendState = 'greeting';
+  #consumedBytes = 0;
+  #xclient = false;
+  #pendingPassword = '';
+  #saslResponse = '';
+
+  constructor(options: BackendLoginOptions) {
+    this.#options = options;
+  }
+
+  /** The current state's name, for logs. */
+  get state(): Pop3BackendState {
+    return this.#state;
+  }
+
+  receive(chunk: Uint8Array): BackendAction[] {
+    switch (this.#state) {
+      case 'tls-handshake':
+        // Bytes after the STLS +OK and before the handshake are discarded: a man in the middle
+        // could otherwise inject responses that we would read as sent under TLS.
+        return [];
+      case 'done':
+      case 'failed':
+        return [];
+      case 'greeting':
+      case 'stls':
+      case 'capa':
+      case 'capa-list':
+      case 'xclient':
+      case 'user':
+      case 'pass':
+      case 'auth':
+      case 'auth-response':
+        this.#input.push(chunk);
+        return this.#drain();
+    }
+  }
+
+  tlsStarted(): BackendAction[] {
+    if (this.#state !== 'tls-handshake') return [];
+    return this.#sendCapa();
+  }
+
+  #drain(): BackendAction[] {
+    const actions: BackendAction[] = [];
+    while (this.#state !== 'done' && this.#state !== 'failed' && this.#state !== 'tls-handshake') {
+      const line = this.#input.takeLine();
+      if (line === null) {
+        // The dialogue before login is small; a backend that sends this much is broken or hostile.
+        if (this.#consumedBytes + this.#input.pendingBytes >= MAX_BACKEND_RESPONSE_BYTES) {
+          actions.push(this.#fail('unavailable', 'backend response too long'));
+        }
+        break;
+      }
+      this.#consumedBytes += line.wireBytes;
+      if (this.#consumedBytes > MAX_BACKEND_RESPONSE_BYTES) {
+        actions.push(this.#fail('unavailable', 'backend response too long'));
+        break;
+      }
+      actions.push(...this.#line(lineText(line.content)));
+    }
+    return actions;
+  }
+
+  #line(line: string): BackendAction[] {
+    const kind = replyKind(line);
+    switch (this.#state) {
+      case 'greeting':
+        if (kind === 'err') return [this.#fail('unavailable', `greeting: ${oneLine(line)}`)];
+        if (kind !== 'ok') return [this.#fail('unavailable', `unexpected greeting: ${oneLine(line)}`)];
+        // Dovecot's extension: a trusted client is told in the banner that XCLIENT works, to
+        // save the CAPA round trip (pop3-login's "[XCLIENT]" greeting prefix).
+        this.#xclient = /^\+OK \[XCLIENT\]/i.test(line);
+        if (this.#options.starttls) {
+          this.#state = 'stls';
+          return [sendLine('STLS')];
+        }
+        return this.#sendCapa();
+      case 'stls':
+        if (kind !== 'ok') return [this.#fail('unavailable', `STLS refused: ${oneLine(line)}`)];
+        this.#state = 'tls-handshake';
+        this.#input.clear();
+        return [{ type: 'starttls' }];
+      case 'capa':
+        if (kind === 'ok') {
+          this.#state = 'capa-list';
+          return [];
+        }
+        // RFC 2449 §5: a server without CAPA answers -ERR; it simply has no capabilities to list.
+        if (kind === 'err') return this.#afterCapabilities();
+        return [this.#fail('unavailable', `unexpected CAPA reply: ${oneLine(line)}`)];
+      case 'capa-list': {
+        if (line === '.') return this.#afterCapabilities();
+        // RFC 1939 §3: a multi-line response's lines starting with "." are byte-stuffed.
+        const capability = line.startsWith('.') ? line.slice(1) : line;
+        if (/^XCLIENT(?: |$)/i.test(capability)) this.#xclient = true;
+        return [];
+      }
+      case 'xclient':
+        // A refused XCLIENT only costs the client's address in the backend's logs.
+        if (kind === 'ok' || kind === 'err') return this.#sendLogin();
+        return [this.#fail('unavailable', `unexpected XCLIENT reply: ${oneLine(line)}`)];
+      case 'user':
+        if (kind === 'ok') {
+          this.#state = 'pass';
+          return [sendLine(`PASS ${this.#passwordToSend()}`)];
+        }
+        return [this.#loginRefused(line, kind)];
+      case 'pass':
+      case 'auth-response':
+        if (kind === 'ok') return [this.#done()];
+        return [this.#loginRefused(line, kind)];
+      case 'auth':
+        if (kind === 'continue') {
+          this.#state = 'auth-response';
+          return [sendLine(this.#saslResponse)];
+        }
+        if (kind === 'ok') return [this.#done()];
+        return [this.#loginRefused(line, kind)];
+      case 'tls-handshake':
+      case 'done':
+      case 'failed':
+        return [];
+    }
+  }
+
+  #sendCapa(): BackendAction[] {
+    this.#state = 'capa';
+    return [sendLine('CAPA')];
+  }
+
+  #afterCapabilities(): BackendAction[] {
+    const forward = this.#options.forward;
+    if (forward !== undefined && this.#xclient) {
+      const command = xclientCommand(forward);
+      if (command !== null) {
+        this.#state = 'xclient';
+        return [sendLine(command)];
+      }
+    }
+    return this.#sendLogin();
+  }
+
+  #sendLogin(): BackendAction[] {
+    const { mode, user } = this.#options;
+    switch (mode) {
+      case 'replay':
+        return this.#sendUser(user, this.#options.password);
+      case 'master-user': {
+        const { proxyUser, proxyPassword } = this.#options;
+        if (proxyUser === undefined || proxyPassword === undefined) {
+          return [this.#fail('unavailable', 'master-user login needs proxyUser and proxyPassword')];
+        }
+        // Dovecot's master user login: "user*master" with the master user's password.
+        const separator = this.#options.masterUserSeparator ?? '*';
+        return this.#sendUser(`${user}${separator}${proxyUser}`, proxyPassword);
+      }
+      case 'sasl-authzid': {
+        const { proxyUser, proxyPassword } = this.#options;
+        if (proxyUser === undefined || proxyPassword === undefined) {
+          return [this.#fail('unavailable', 'sasl-authzid login needs proxyUser and proxyPassword')];
+        }
+        if ([user, proxyUser, proxyPassword].some(hasUnsafeCharacters) || user.length === 0) {
+          return [this.#fail('auth-failed', 'credentials cannot be sent safely')];
+        }
+        // RFC 4616: authzid NUL authcid NUL password; Cyrus lets the proxyservers account
+        // (authcid) act as the user (authzid).
+        this.#saslResponse = encodePlain(user, proxyUser, proxyPassword);
+        this.#state = 'auth';
+        const withInitial = `AUTH PLAIN ${this.#saslResponse}`;
+        return [sendLine(withInitial.length + 2 <= MAX_AUTH_COMMAND_BYTES ? withInitial : 'AUTH PLAIN')];
+      }
+    }
+  }
+
+  #sendUser(loginName: string, password: string): BackendAction[] {
+    // USER takes one argument (RFC 1939 §7): a space would split it, CR/LF would start a new command.
+    if (loginName.length === 0 || hasUnsafeCharacters(loginName) || loginName.includes(' ') || hasUnsafeCharacters(password)) {
+      return [this.#fail('auth-failed', 'credentials cannot be sent safely')];
+    }
+    this.#pendingPassword = password;
+    this.#state = 'user';
+    return [sendLine(`USER ${loginName}`)];
+  }
+
+  #passwordToSend(): string {
+    const password = this.#pendingPassword;
+    this.#pendingPassword = '';
+    return password;
+  }
+
+  #done(): BackendAction {
+    this.#state = 'done';
+    this.#saslResponse = '';
+    return { type: 'done', capabilities: null, leftover: this.#input.takeAll() };
+  }
+
+  #loginRefused(line: string, kind: ReplyKind): BackendAction {
+    if (kind !== 'err') return this.#fail('unavailable', `unexpected login reply: ${oneLine(line)}`);
+    return this.#fail(classifyRefusal(line), oneLine(line));
+  }
+
+  #fail(refusal: Refusal, detail: string): BackendAction {
+    this.#state = 'failed';
+    this.#input.clear();
+    this.#pendingPassword = '';
+    this.#saslResponse = '';
+    return { type: 'fail', refusal, detail };
+  }
+}
+
+type ReplyKind = 'ok' | 'err' | 'continue' | 'other';
+
+function replyKind(line: string): ReplyKind {
+  if (/^\+OK(?: |$)/i.test(line)) return 'ok';
+  if (/^-ERR(?: |$)/i.test(line)) return 'err';
+  // RFC 5034 §4: a continuation is "+" SP base64; some servers omit the space when it is empty.
+  if (line === '+' || line.startsWith('+ ')) return 'continue';
+  return 'other';
+}
+
+/** Maps a backend's -ERR to a refusal by its RFC 2449/3206 response code. */
+export function classifyRefusal(line: string): Refusal {
+  const code = /^-ERR \[([^\]]*)\]/i.exec(line)?.[1]?.toUpperCase() ?? '';
+  if (code === 'IN-USE' || code.startsWith('IN-USE/')) return 'in-use';
+  // [SYS/TEMP] and [SYS/PERM] are the server's own trouble, never the user's password
+  // (RFC 3206 §4); [LOGIN-DELAY] (RFC 2449 §8.1) means "not now".
+  if (code === 'SYS' || code.startsWith('SYS/') || code === 'LOGIN-DELAY' || code.startsWith('LOGIN-DELAY/')) {
+    return 'unavailable';
+  }
+  return 'auth-failed';
+}
+
+/** Dovecot's XCLIENT command, or null when the values cannot be sent safely. */
+function xclientCommand(forward: NonNullable<BackendLoginOptions['forward']>): string | null {
+  const { ip, port, sessionId } = forward;
+  const ipv4 = /^\d{1,3}(?:\.\d{1,3}){3}$/;
+  const ipv6 = /^[0-9A-Fa-f:.]+$/;
+  if (!(ipv4.test(ip) || (ip.includes(':') && ipv6.test(ip)))) return null;
+  let command = `XCLIENT ADDR=${ip}`;
+  if (Number.isInteger(port) && port >= 0 && port <= 65535) command += ` PORT=${port}`;
+  if (sessionId.length <= MAX_SESSION_ID_CHARS && /^[A-Za-z0-9+/=._-]+$/.test(sessionId)) {
+    command += ` SESSION=${sessionId}`;
+  }
+  return command;
+}
+
+const encoder = new TextEncoder();
+
+function sendLine(line: string): BackendAction {
+  return { type: 'send', data: encoder.encode(`${line}\r\n`) };
+}

@@ -1,0 +1,277 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { MAX_BACKEND_RESPONSE_BYTES } from '../../src/limits.js';
+import { classifyRefusal, pop3Adapter } from '../../src/protocol/pop3/index.js';
+import type { BackendLoginOptions } from '../../src/protocol/types.js';
+import { backendEverySplit, TLS, type Event } from './pop3-harness.js';
+
+// Transcripts as Dovecot 2.3 pop3-login and Cyrus 3.6 pop3d send them.
+const DOVECOT_GREETING = '+OK Dovecot (Debian) ready.\r\n';
+const DOVECOT_TRUSTED_GREETING = '+OK [XCLIENT] Dovecot (Debian) ready.\r\n';
+const dovecotCapa = (...extra: string[]): string =>
+  ['+OK', 'CAPA', 'TOP', 'UIDL', 'RESP-CODES', 'PIPELINING', 'AUTH-RESP-CODE', 'STLS', 'USER', 'SASL PLAIN LOGIN', ...extra, '.', ''].join('\r\n');
+const DOVECOT_LOGGED_IN = '+OK Logged in.\r\n';
+const DOVECOT_LOCKED = "-ERR [IN-USE] Couldn't open INBOX: Mailbox is locked\r\n";
+const DOVECOT_AUTH_FAILED = '-ERR [AUTH] Authentication failed.\r\n';
+
+const CYRUS_GREETING = '+OK localhost Cyrus POP3 3.6.1 server ready <1896583371.1714060800@localhost>\r\n';
+const CYRUS_CAPA = [
+  '+OK List of capabilities follows',
+  'SASL PLAIN LOGIN',
+  'STLS',
+  'EXPIRE NEVER',
+  'LOGIN-DELAY 0',
+  'TOP',
+  'UIDL',
+  'PIPELINING',
+  'RESP-CODES',
+  'AUTH-RESP-CODE',
+  'USER',
+  'IMPLEMENTATION Cyrus POP3 3.6.1',
+  '.',
+  '',
+].join('\r\n');
+const CYRUS_LOGGED_IN = '+OK Mailbox locked and ready\r\n';
+
+const REPLAY: BackendLoginOptions = { mode: 'replay', user: 'alice', password: 'pass word', starttls: false };
+const MASTER: BackendLoginOptions = { mode: 'master-user', user: 'alice', password: 'unused', proxyUser: 'mailfront', proxyPassword: 'master secret', starttls: false };
+const AUTHZID: BackendLoginOptions = { mode: 'sasl-authzid', user: 'alice', password: 'unused', proxyUser: 'mailfront', proxyPassword: 'proxy secret', starttls: false };
+const FORWARD = { ip: '192.0.2.7', port: 50123, sessionId: 'Qk1hU2Vzc2lvbg' };
+
+const send = (line: string): Event => ({ send: `${line}\r\n` });
+const DONE: Event = { done: { capabilities: null } };
+const fail = (refusal: string, detail: string): Event => ({ fail: { refusal, detail } });
+const b64 = (s: string): string => Buffer.from(s, 'utf8').toString('base64');
+
+describe('pop3 backend login: Dovecot', () => {
+  it('replays USER and PASS after CAPA', () => {
+    const run = backendEverySplit(REPLAY, [DOVECOT_GREETING, dovecotCapa(), '+OK\r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(run.events, [send('CAPA'), send('USER alice'), send('PASS pass word'), DONE]);
+    assert.equal(run.state, 'done');
+  });
+
+  it('gives the same result when the whole transcript arrives in one chunk', () => {
+    const run = backendEverySplit(REPLAY, [DOVECOT_GREETING + dovecotCapa() + '+OK\r\n' + DOVECOT_LOGGED_IN]);
+    assert.deepEqual(run.events, [send('CAPA'), send('USER alice'), send('PASS pass word'), DONE]);
+  });
+
+  it('relays what the backend sent after its login reply', () => {
+    const run = backendEverySplit(REPLAY, [DOVECOT_GREETING, dovecotCapa(), '+OK\r\n', `${DOVECOT_LOGGED_IN}+OK 2 messages (320 octets)\r\n`]);
+    assert.deepEqual(run.events, [send('CAPA'), send('USER alice'), send('PASS pass word'), DONE, { relayed: '+OK 2 messages (320 octets)\r\n' }]);
+  });
+
+  it('logs in as a master user with "user*master"', () => {
+    const run = backendEverySplit(MASTER, [DOVECOT_GREETING, dovecotCapa(), '+OK\r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(run.events, [send('CAPA'), send('USER alice*mailfront'), send('PASS master secret'), DONE]);
+  });
+
+  it('uses a configured master user separator', () => {
+    const run = backendEverySplit({ ...MASTER, masterUserSeparator: '%' }, [DOVECOT_GREETING, dovecotCapa(), '+OK\r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(run.events, [send('CAPA'), send('USER alice%mailfront'), send('PASS master secret'), DONE]);
+  });
+
+  it('issues STLS, discards what follows its +OK, and asks CAPA again under TLS', () => {
+    const script = [
+      DOVECOT_GREETING,
+      // A man in the middle appends a fake login reply to the STLS answer.
+      '+OK Begin TLS negotiation now.\r\n+OK Logged in.\r\n',
+      '-ERR more injected\r\n',
+      TLS,
+      dovecotCapa().replace('STLS\r\n', ''),
+      '+OK\r\n',
+      DOVECOT_LOGGED_IN,
+    ] as const;
+    const run = backendEverySplit({ ...REPLAY, starttls: true }, script);
+    assert.deepEqual(run.events, [send('STLS'), { starttls: true }, send('CAPA'), send('USER alice'), send('PASS pass word'), DONE]);
+  });
+
+  it('fails as unavailable when STLS is refused', () => {
+    const run = backendEverySplit({ ...REPLAY, starttls: true }, [DOVECOT_GREETING, '-ERR TLS support isn\'t enabled.\r\n']);
+    assert.deepEqual(run.events, [send('STLS'), fail('unavailable', "STLS refused: -ERR TLS support isn't enabled.")]);
+    assert.equal(run.state, 'failed');
+  });
+
+  it('forwards the client address with XCLIENT when CAPA lists it', () => {
+    const run = backendEverySplit({ ...REPLAY, forward: FORWARD }, [DOVECOT_GREETING, dovecotCapa('XCLIENT'), '+OK Updated\r\n', '+OK\r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(run.events, [
+      send('CAPA'),
+      send('XCLIENT ADDR=192.0.2.7 PORT=50123 SESSION=Qk1hU2Vzc2lvbg'),
+      send('USER alice'),
+      send('PASS pass word'),
+      DONE,
+    ]);
+  });
+
+  it('forwards with XCLIENT when the greeting says [XCLIENT] (Dovecot trusted networks)', () => {
+    const run = backendEverySplit({ ...REPLAY, forward: { ...FORWARD, ip: '2001:db8::7' } }, [DOVECOT_TRUSTED_GREETING, dovecotCapa(), '+OK Updated\r\n', '+OK\r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(run.events.slice(0, 3), [send('CAPA'), send('XCLIENT ADDR=2001:db8::7 PORT=50123 SESSION=Qk1hU2Vzc2lvbg'), send('USER alice')]);
+  });
+
+  it('goes on to log in when XCLIENT is refused', () => {
+    const run = backendEverySplit({ ...REPLAY, forward: FORWARD }, [DOVECOT_GREETING, dovecotCapa('XCLIENT'), '-ERR Unknown command.\r\n', '+OK\r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(run.events.at(-1), DONE);
+  });
+
+  it('does not send XCLIENT to an untrusting backend, nor without a forward option', () => {
+    const untrusted = backendEverySplit({ ...REPLAY, forward: FORWARD }, [DOVECOT_GREETING, dovecotCapa(), '+OK\r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(untrusted.events, [send('CAPA'), send('USER alice'), send('PASS pass word'), DONE]);
+    const unasked = backendEverySplit(REPLAY, [DOVECOT_TRUSTED_GREETING, dovecotCapa('XCLIENT'), '+OK\r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(unasked.events, [send('CAPA'), send('USER alice'), send('PASS pass word'), DONE]);
+  });
+
+  it('leaves out XCLIENT values that could not be sent safely', () => {
+    const run = backendEverySplit({ ...REPLAY, forward: { ip: '192.0.2.7', port: 70000, sessionId: 'a b\r\nDELE 1' } }, [DOVECOT_GREETING, dovecotCapa('XCLIENT'), '+OK\r\n', '+OK\r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(run.events[1], send('XCLIENT ADDR=192.0.2.7'));
+    const badIp = backendEverySplit({ ...REPLAY, forward: { ...FORWARD, ip: '1.2.3.4 PORT=1' } }, [DOVECOT_GREETING, dovecotCapa('XCLIENT'), '+OK\r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(badIp.events, [send('CAPA'), send('USER alice'), send('PASS pass word'), DONE]);
+  });
+
+  it('reports a locked mailbox as in-use', () => {
+    const run = backendEverySplit(REPLAY, [DOVECOT_GREETING, dovecotCapa(), '+OK\r\n', DOVECOT_LOCKED]);
+    assert.deepEqual(run.events.at(-1), fail('in-use', "-ERR [IN-USE] Couldn't open INBOX: Mailbox is locked"));
+  });
+
+  it('reports a refused password as auth-failed, with the backend text only as detail', () => {
+    const run = backendEverySplit(REPLAY, [DOVECOT_GREETING, dovecotCapa(), '+OK\r\n', DOVECOT_AUTH_FAILED]);
+    assert.deepEqual(run.events.at(-1), fail('auth-failed', '-ERR [AUTH] Authentication failed.'));
+  });
+
+  it('reports a temporary backend failure as unavailable', () => {
+    const run = backendEverySplit(REPLAY, [DOVECOT_GREETING, dovecotCapa(), '+OK\r\n', '-ERR [SYS/TEMP] Temporary authentication failure.\r\n']);
+    assert.deepEqual(run.events.at(-1), fail('unavailable', '-ERR [SYS/TEMP] Temporary authentication failure.'));
+  });
+
+  it('fails a refused USER without sending the password', () => {
+    const run = backendEverySplit(REPLAY, [DOVECOT_GREETING, dovecotCapa(), '-ERR [AUTH] No such user\r\n']);
+    assert.deepEqual(run.events, [send('CAPA'), send('USER alice'), fail('auth-failed', '-ERR [AUTH] No such user')]);
+  });
+});
+
+describe('pop3 backend login: Cyrus', () => {
+  it('logs in with SASL PLAIN and an authorization identity', () => {
+    const run = backendEverySplit(AUTHZID, [CYRUS_GREETING, CYRUS_CAPA, CYRUS_LOGGED_IN]);
+    const response = b64('alice\0mailfront\0proxy secret');
+    assert.deepEqual(run.events, [send('CAPA'), send(`AUTH PLAIN ${response}`), DONE]);
+  });
+
+  it('sends the PLAIN response on a continuation when the backend asks for one', () => {
+    const run = backendEverySplit(AUTHZID, [CYRUS_GREETING, CYRUS_CAPA, '+ \r\n', CYRUS_LOGGED_IN]);
+    const response = b64('alice\0mailfront\0proxy secret');
+    assert.deepEqual(run.events, [send('CAPA'), send(`AUTH PLAIN ${response}`), send(response), DONE]);
+  });
+
+  it('waits for the empty challenge when the initial response would pass 255 octets (RFC 5034 §4)', () => {
+    const options = { ...AUTHZID, proxyPassword: 'p'.repeat(200) };
+    const response = b64(`alice\0mailfront\0${'p'.repeat(200)}`);
+    const run = backendEverySplit(options, [CYRUS_GREETING, CYRUS_CAPA, '+\r\n', CYRUS_LOGGED_IN]);
+    assert.deepEqual(run.events, [send('CAPA'), send('AUTH PLAIN'), send(response), DONE]);
+  });
+
+  it('replays USER and PASS', () => {
+    const run = backendEverySplit(REPLAY, [CYRUS_GREETING, CYRUS_CAPA, '+OK Name is a valid mailbox\r\n', CYRUS_LOGGED_IN]);
+    assert.deepEqual(run.events, [send('CAPA'), send('USER alice'), send('PASS pass word'), DONE]);
+  });
+
+  it('reports a refused SASL login as auth-failed and a locked maildrop as in-use', () => {
+    const refused = backendEverySplit(AUTHZID, [CYRUS_GREETING, CYRUS_CAPA, '-ERR [AUTH] authentication failure\r\n']);
+    assert.deepEqual(refused.events.at(-1), fail('auth-failed', '-ERR [AUTH] authentication failure'));
+    const locked = backendEverySplit(AUTHZID, [CYRUS_GREETING, CYRUS_CAPA, '-ERR [IN-USE] Unable to lock maildrop\r\n']);
+    assert.deepEqual(locked.events.at(-1), fail('in-use', '-ERR [IN-USE] Unable to lock maildrop'));
+  });
+
+  it('fails when the backend challenges again after the response', () => {
+    const run = backendEverySplit(AUTHZID, [CYRUS_GREETING, CYRUS_CAPA, '+ \r\n', '+ \r\n']);
+    assert.deepEqual(run.events.at(-1), fail('unavailable', 'unexpected login reply: +'));
+  });
+});
+
+describe('pop3 backend login: failures and limits', () => {
+  it('fails as unavailable on an -ERR or a foreign greeting', () => {
+    const refused = backendEverySplit(REPLAY, ['-ERR [SYS/TEMP] Too many connections\r\n']);
+    assert.deepEqual(refused.events, [fail('unavailable', 'greeting: -ERR [SYS/TEMP] Too many connections')]);
+    const imap = backendEverySplit(REPLAY, ['* OK [CAPABILITY IMAP4rev1] Dovecot ready.\r\n']);
+    assert.deepEqual(imap.events, [fail('unavailable', 'unexpected greeting: * OK [CAPABILITY IMAP4rev1] Dovecot ready.')]);
+  });
+
+  it('takes an -ERR to CAPA as no capabilities', () => {
+    const run = backendEverySplit({ ...REPLAY, forward: FORWARD }, ['+OK POP3 ready\r\n', '-ERR Unknown command\r\n', '+OK\r\n', '+OK\r\n']);
+    assert.deepEqual(run.events, [send('CAPA'), send('USER alice'), send('PASS pass word'), DONE]);
+  });
+
+  it('reads byte-stuffed capability lines without ending the list early', () => {
+    const capa = '+OK\r\n..\r\n..XCLIENT\r\nUSER\r\n.\r\n';
+    const run = backendEverySplit({ ...REPLAY, forward: FORWARD }, ['+OK ready\r\n', capa, '+OK\r\n', '+OK\r\n']);
+    // ".XCLIENT" (un-stuffed) is not XCLIENT.
+    assert.deepEqual(run.events, [send('CAPA'), send('USER alice'), send('PASS pass word'), DONE]);
+  });
+
+  it('never sends credentials holding CR, LF or NUL, nor a USER with a space', () => {
+    const unsafe: BackendLoginOptions[] = [
+      { ...REPLAY, password: 'secret\r\nDELE 1' },
+      { ...REPLAY, user: 'alice\0' },
+      { ...REPLAY, user: 'alice bob' },
+      { ...REPLAY, user: '' },
+      { ...MASTER, proxyPassword: 'x\ny' },
+      { ...AUTHZID, user: 'alice\0admin' },
+      { ...AUTHZID, proxyPassword: 'a\rb' },
+    ];
+    for (const options of unsafe) {
+      const run = backendEverySplit(options, [DOVECOT_GREETING, dovecotCapa(), '+OK\r\n', DOVECOT_LOGGED_IN]);
+      assert.deepEqual(run.events, [send('CAPA'), fail('auth-failed', 'credentials cannot be sent safely')], JSON.stringify(options));
+    }
+  });
+
+  it('fails as unavailable when a proxy account is missing', () => {
+    const { proxyUser: _u, ...noProxyUser } = MASTER;
+    const run = backendEverySplit(noProxyUser, [DOVECOT_GREETING, dovecotCapa()]);
+    assert.deepEqual(run.events.at(-1), fail('unavailable', 'master-user login needs proxyUser and proxyPassword'));
+    const { proxyPassword: _p, ...noProxyPassword } = AUTHZID;
+    const sasl = backendEverySplit(noProxyPassword, [CYRUS_GREETING, CYRUS_CAPA]);
+    assert.deepEqual(sasl.events.at(-1), fail('unavailable', 'sasl-authzid login needs proxyUser and proxyPassword'));
+  });
+
+  it('fails on a backend line that never ends', () => {
+    const run = backendEverySplit(REPLAY, ['+OK ' + 'x'.repeat(MAX_BACKEND_RESPONSE_BYTES)]);
+    assert.deepEqual(run.events, [fail('unavailable', 'backend response too long')]);
+  });
+
+  it('fails on an endless capability list', () => {
+    const capa = '+OK\r\n' + 'X-CAPABILITY-PADDING\r\n'.repeat(Math.ceil(MAX_BACKEND_RESPONSE_BYTES / 22) + 1);
+    const run = backendEverySplit(REPLAY, [DOVECOT_GREETING, capa, '.\r\n']);
+    assert.deepEqual(run.events, [send('CAPA'), fail('unavailable', 'backend response too long')]);
+  });
+
+  it('reads nothing more after failing or finishing', () => {
+    const machine = pop3Adapter.createBackendLogin(REPLAY);
+    assert.equal(machine.state, 'greeting');
+    assert.equal(machine.receive(Buffer.from('-ERR no\r\n'))[0]?.type, 'fail');
+    assert.deepEqual(machine.receive(Buffer.from('+OK\r\n')), []);
+    assert.deepEqual(machine.tlsStarted(), []);
+  });
+
+  it('names its states as the dialogue goes', () => {
+    const machine = pop3Adapter.createBackendLogin({ ...AUTHZID, starttls: true });
+    const states = [machine.state];
+    for (const input of [CYRUS_GREETING, '+OK Begin TLS negotiation\r\n']) {
+      machine.receive(Buffer.from(input));
+      states.push(machine.state);
+    }
+    machine.tlsStarted();
+    states.push(machine.state);
+    machine.receive(Buffer.from('+OK List follows\r\n'));
+    states.push(machine.state);
+    machine.receive(Buffer.from('.\r\n'));
+    states.push(machine.state);
+    assert.deepEqual(states, ['greeting', 'stls', 'tls-handshake', 'capa', 'capa-list', 'auth']);
+  });
+
+  it('classifies response codes as RFC 2449 and RFC 3206 define them', () => {
+    assert.equal(classifyRefusal('-ERR [IN-USE] locked'), 'in-use');
+    assert.equal(classifyRefusal('-ERR [SYS/TEMP] later'), 'unavailable');
+    assert.equal(classifyRefusal('-ERR [SYS/PERM] broken'), 'unavailable');
+    assert.equal(classifyRefusal('-ERR [LOGIN-DELAY] too soon'), 'unavailable');
+    assert.equal(classifyRefusal('-ERR [AUTH] no'), 'auth-failed');
+    assert.equal(classifyRefusal('-ERR Authentication failed.'), 'auth-failed');
+    assert.equal(classifyRefusal('-ERR'), 'auth-failed');
+  });
+});
