@@ -1,0 +1,206 @@
+/**
+ * The LDAP directory (ldapts): search the user with a service account, then bind as the found
+ * DN to check the password. Several servers are tried in order; every call has a deadline.
+ * Owns its LDAP connections; knows nothing of protocols, sessions or the store map.
+ */
+import { readFileSync } from 'node:fs';
+import type { ConnectionOptions } from 'node:tls';
+import { Client, InvalidCredentialsError, ResultCodeError } from 'ldapts';
+import type { DirectoryConfig } from '../config/schema.js';
+import { MailfrontError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { Directory, DirectoryUser } from './directory.js';
+
+/** Escapes a value for use inside an LDAP search filter (RFC 4515 §3). */
+export function escapeFilterValue(value: string): string {
+  return value.replace(/[*()\\\0]/g, (c) => `\\${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
+/** Builds the user search filter from the configured template. */
+export function userFilter(template: string, user: string): string {
+  return template.split('{user}').join(escapeFilterValue(user));
+}
+
+/** True for an error that says the server (not the request) is the problem: try the next one. */
+function isServerFailure(error: unknown): boolean {
+  if (!(error instanceof ResultCodeError)) return true;
+  // busy (51), unavailable (52), unwillingToPerform (53), other (80)
+  return [51, 52, 53, 80].includes(error.code);
+}
+
+function attributeText(value: unknown): string | null {
+  const first = Array.isArray(value) ? value[0] : value;
+  if (typeof first === 'string') return first.length > 0 ? first : null;
+  if (Buffer.isBuffer(first)) return first.length > 0 ? first.toString('utf8') : null;
+  return null;
+}
+
+/** Rejects with an `aborted` error when `signal` fires, so callers never wait past their owner. */
+function raceAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) {
+    promise.catch(() => undefined);
+    return Promise.reject(new MailfrontError('ABORTED', 'aborted', 'the session ended during a directory lookup'));
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(new MailfrontError('ABORTED', 'aborted', 'the session ended during a directory lookup'));
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(e);
+      },
+    );
+  });
+}
+
+interface ServiceConnection {
+  readonly url: string;
+  readonly client: Client;
+}
+
+/** An LDAP directory over one or more servers. */
+export class LdapDirectory implements Directory {
+  private service: Promise<ServiceConnection> | null = null;
+  private readonly tlsOptions: ConnectionOptions;
+  private closed = false;
+
+  constructor(
+    private readonly config: DirectoryConfig,
+    private readonly log: Logger,
+  ) {
+    this.tlsOptions = config.caFile ? { ca: readFileSync(config.caFile), minVersion: 'TLSv1.2' } : { minVersion: 'TLSv1.2' };
+  }
+
+  private newClient(url: string): Client {
+    return new Client({
+      url,
+      timeout: this.config.operationTimeoutMs,
+      connectTimeout: this.config.connectTimeoutMs,
+      tlsOptions: { ...this.tlsOptions, servername: new URL(url).hostname },
+      strictDN: true,
+      // ldapts reconnects transparently; without a replayed bind a search would run anonymously
+      // and could answer "no such user" for a directory glitch. (Not applied after StartTLS,
+      // so serviceConnection() also checks isConnected before each use.)
+      autoRebind: !this.config.starttls,
+    });
+  }
+
+  private async openBound(url: string, dn: string, password: string): Promise<Client> {
+    const client = this.newClient(url);
+    try {
+      if (this.config.starttls && url.startsWith('ldap:')) await client.startTLS({ ...this.tlsOptions, servername: new URL(url).hostname });
+      await client.bind(dn, password);
+      return client;
+    } catch (error) {
+      await client.unbind().catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /** The bound service connection, opened on the first server that answers. */
+  private serviceConnection(): Promise<ServiceConnection> {
+    if (this.service === null) {
+      const opening = (async () => {
+        const failures: string[] = [];
+        for (const url of this.config.urls) {
+          try {
+            const client = await this.openBound(url, this.config.bindDn, this.config.bindPassword);
+            return { url, client };
+          } catch (error) {
+            failures.push(`${url}: ${error instanceof Error ? error.message : String(error)}`);
+            if (error instanceof InvalidCredentialsError) {
+              this.log.error({ event: 'directory.service_bind_refused', url, bindDn: this.config.bindDn }, 'the directory refused the service account');
+            }
+          }
+        }
+        throw new MailfrontError('LDAP_UNREACHABLE', 'auth-tempfail', `no directory server answered: ${failures.join('; ')}`);
+      })();
+      this.service = opening;
+      opening.catch(() => {
+        if (this.service === opening) this.service = null;
+      });
+    }
+    return this.service;
+  }
+
+  private dropService(connection: ServiceConnection): void {
+    void this.service?.then((current) => {
+      if (current === connection) this.service = null;
+    }, () => undefined);
+    connection.client.unbind().catch(() => undefined);
+  }
+
+  private async search(user: string): Promise<{ url: string; dn: string; store: string | null } | null> {
+    const filter = userFilter(this.config.userFilter, user);
+    // One retry on a fresh connection: the kept one may have been closed by the server or be half-dead.
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const connection = await this.serviceConnection();
+      if (!connection.client.isConnected) {
+        this.dropService(connection);
+        continue;
+      }
+      try {
+        const { searchEntries } = await connection.client.search(this.config.baseDn, {
+          scope: 'sub',
+          filter,
+          attributes: [this.config.storeAttribute],
+          sizeLimit: 2,
+          timeLimit: Math.ceil(this.config.operationTimeoutMs / 1000),
+        });
+        if (searchEntries.length === 0) return null;
+        if (searchEntries.length > 1) throw new MailfrontError('LDAP_AMBIGUOUS_USER', 'auth-tempfail', `the user search found more than one entry for "${user}"`);
+        const entry = searchEntries[0]!;
+        return { url: connection.url, dn: entry.dn, store: attributeText(entry[this.config.storeAttribute]) };
+      } catch (error) {
+        if (error instanceof MailfrontError) throw error;
+        if (error instanceof ResultCodeError && error.code === 4) {
+          throw new MailfrontError('LDAP_AMBIGUOUS_USER', 'auth-tempfail', `the user search found more than one entry for "${user}"`);
+        }
+        this.dropService(connection);
+        if (attempt === 1 || !isServerFailure(error)) {
+          throw new MailfrontError('LDAP_SEARCH_FAILED', 'auth-tempfail', `the user search failed on ${connection.url}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+        }
+      }
+    }
+    throw new MailfrontError('LDAP_SEARCH_FAILED', 'auth-tempfail', 'the user search failed');
+  }
+
+  private async checkPassword(url: string, dn: string, password: string): Promise<boolean> {
+    const client = this.newClient(url);
+    try {
+      if (this.config.starttls && url.startsWith('ldap:')) await client.startTLS({ ...this.tlsOptions, servername: new URL(url).hostname });
+      await client.bind(dn, password);
+      return true;
+    } catch (error) {
+      if (error instanceof InvalidCredentialsError) return false;
+      throw new MailfrontError('LDAP_BIND_FAILED', 'auth-tempfail', `the user bind failed on ${url}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+    } finally {
+      client.unbind().catch(() => undefined);
+    }
+  }
+
+  async authenticate(user: string, password: string, signal: AbortSignal): Promise<DirectoryUser> {
+    if (this.closed) throw new MailfrontError('LDAP_CLOSED', 'auth-tempfail', 'the directory is shutting down');
+    const work = (async (): Promise<DirectoryUser> => {
+      const found = await this.search(user);
+      if (found === null) throw new MailfrontError('UNKNOWN_USER', 'auth-failed', `no directory entry for "${user}"`);
+      // RFC 4513 §5.1.2: a simple bind with an empty password is an unauthenticated bind and succeeds.
+      if (password.length === 0 || !(await this.checkPassword(found.url, found.dn, password))) {
+        throw new MailfrontError('WRONG_PASSWORD', 'auth-failed', `wrong password for "${user}"`);
+      }
+      return { user, dn: found.dn, store: found.store };
+    })();
+    return raceAbort(work, signal);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const service = this.service;
+    this.service = null;
+    if (service) await service.then((c) => c.client.unbind(), () => undefined).catch(() => undefined);
+  }
+}

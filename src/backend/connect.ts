@@ -1,0 +1,181 @@
+/**
+ * Dialling a backend slot and running the protocol's backend login dialogue over the socket:
+ * connect with a deadline, optional TLS (implicit or STARTTLS, verified against a CA file),
+ * and a login that ends with a socket ready to splice. Owns no policy about which slot.
+ */
+import { connect as netConnect } from 'node:net';
+import type { Socket } from 'node:net';
+import { readFileSync } from 'node:fs';
+import { connect as tlsConnect } from 'node:tls';
+import type { ConnectionOptions, TLSSocket } from 'node:tls';
+import type { BackendConfig, Protocol } from '../config/schema.js';
+import { MailfrontError } from '../errors.js';
+import type { BackendLoginMachine } from '../protocol/types.js';
+import type { Slot } from '../routing/storemap.js';
+
+/** A backend connection after a successful login. */
+export interface BackendSession {
+  readonly socket: Socket;
+  /** The backend's post-login capabilities (IMAP), or null. */
+  readonly capabilities: string | null;
+  /** Bytes the backend sent after its login reply. */
+  readonly leftover: Uint8Array;
+}
+
+/** The TCP port of `slot` for `protocol` under the backend TLS mode; throws `no-route` if the slot has none. */
+export function slotPort(slot: Slot, protocol: Protocol, tls: BackendConfig['tls']): number {
+  const implicit = tls === 'implicit';
+  const port = protocol === 'imap' ? (implicit ? slot.imapsPort : slot.imapPort) : implicit ? slot.pop3sPort : slot.pop3Port;
+  if (port === undefined) {
+    const key = `${protocol}${implicit ? 's' : ''}_port`;
+    throw new MailfrontError('SLOT_NO_PORT', 'no-route', `slot "${slot.name}" of store "${slot.store}" has no ${key}`);
+  }
+  return port;
+}
+
+const caCache = new Map<string, Buffer>();
+function tlsOptionsFor(slot: Slot, config: BackendConfig): ConnectionOptions {
+  let ca: Buffer | undefined;
+  if (config.caFile !== undefined) {
+    ca = caCache.get(config.caFile);
+    if (ca === undefined) {
+      ca = readFileSync(config.caFile);
+      caCache.set(config.caFile, ca);
+    }
+  }
+  return { ...(ca ? { ca } : {}), servername: config.tlsServername ?? slot.host, minVersion: 'TLSv1.2', rejectUnauthorized: true };
+}
+
+/** Rejects when the signal fires, destroying `socket`. */
+function onAbort(signal: AbortSignal, socket: Socket, reject: (e: unknown) => void, what: string): () => void {
+  const listener = (): void => {
+    socket.destroy();
+    reject(new MailfrontError('ABORTED', 'aborted', `the session ended during ${what}`));
+  };
+  signal.addEventListener('abort', listener, { once: true });
+  return () => signal.removeEventListener('abort', listener);
+}
+
+/** Opens a TCP (or implicit TLS) connection to `slot` within the configured deadline. */
+export function dialSlot(slot: Slot, protocol: Protocol, config: BackendConfig, signal: AbortSignal): Promise<Socket> {
+  const port = slotPort(slot, protocol, config.tls);
+  return new Promise<Socket>((resolve, reject) => {
+    const socket: Socket =
+      config.tls === 'implicit' ? tlsConnect({ host: slot.host, port, ...tlsOptionsFor(slot, config) }) : netConnect({ host: slot.host, port });
+    const readyEvent = config.tls === 'implicit' ? 'secureConnect' : 'connect';
+    const fail = (code: string, message: string, cause?: unknown): void => {
+      cleanup();
+      socket.destroy();
+      reject(new MailfrontError(code, 'connect', `slot "${slot.name}" (${slot.host}:${port}): ${message}`, cause === undefined ? undefined : { cause }));
+    };
+    const timer = setTimeout(() => fail('BACKEND_CONNECT_TIMEOUT', `no connection within ${config.connectTimeoutMs} ms`), config.connectTimeoutMs);
+    const onError = (error: Error): void => fail('BACKEND_CONNECT_FAILED', error.message, error);
+    const onReady = (): void => {
+      cleanup();
+      resolve(socket);
+    };
+    const removeAbort = onAbort(signal, socket, (e) => {
+      cleanup();
+      reject(e);
+    }, 'a backend connect');
+    function cleanup(): void {
+      clearTimeout(timer);
+      removeAbort();
+      socket.off('error', onError);
+      socket.off(readyEvent, onReady);
+    }
+    socket.once('error', onError);
+    socket.once(readyEvent, onReady);
+  });
+}
+
+/**
+ * Drives `machine` over `socket` until it logs in or fails, within `config.loginTimeoutMs`.
+ * On success the socket is paused, has no listeners of ours left, and may have been replaced by
+ * a TLS socket (STARTTLS). On failure the socket is destroyed.
+ */
+export function loginToBackend(initial: Socket, slot: Slot, machine: BackendLoginMachine, config: BackendConfig, signal: AbortSignal): Promise<BackendSession> {
+  return new Promise<BackendSession>((resolve, reject) => {
+    let socket: Socket = initial;
+    let finished = false;
+    const timer = setTimeout(() => fail(new MailfrontError('BACKEND_LOGIN_TIMEOUT', 'backend-login', `slot "${slot.name}": no login within ${config.loginTimeoutMs} ms (state ${machine.state})`)), config.loginTimeoutMs);
+    const removeAbort = onAbort(signal, initial, (e) => fail(e), 'the backend login');
+
+    function detach(): void {
+      socket.off('data', onData);
+      socket.off('error', onError);
+      socket.off('close', onClose);
+    }
+    function fail(error: unknown): void {
+      if (finished) return;
+      finished = true;
+      clearTimeout(timer);
+      removeAbort();
+      detach();
+      socket.destroy();
+      reject(error);
+    }
+    function onError(error: Error): void {
+      fail(new MailfrontError('BACKEND_CONNECTION_ERROR', 'connect', `slot "${slot.name}": ${error.message} (state ${machine.state})`, { cause: error }));
+    }
+    function onClose(): void {
+      fail(new MailfrontError('BACKEND_CLOSED', 'connect', `slot "${slot.name}" closed the connection during login (state ${machine.state})`));
+    }
+    function onData(chunk: Buffer): void {
+      if (!finished) perform(machine.receive(chunk));
+    }
+    function attach(s: Socket): void {
+      s.on('data', onData);
+      s.on('error', onError);
+      s.on('close', onClose);
+    }
+    function perform(actions: ReturnType<BackendLoginMachine['receive']>): void {
+      for (const action of actions) {
+        if (finished) return;
+        switch (action.type) {
+          case 'send':
+            socket.write(action.data);
+            break;
+          case 'starttls': {
+            detach();
+            socket.pause();
+            const plain = socket;
+            const secure: TLSSocket = tlsConnect({ socket: plain, ...tlsOptionsFor(slot, config) });
+            socket = secure;
+            attach(secure);
+            // Data listeners are attached after the handshake completes, so bytes buffered
+            // before it (a STARTTLS injection) never reach the machine.
+            secure.off('data', onData);
+            secure.once('secureConnect', () => {
+              if (finished) return;
+              secure.on('data', onData);
+              perform(machine.tlsStarted());
+            });
+            return;
+          }
+          case 'done':
+            finished = true;
+            clearTimeout(timer);
+            removeAbort();
+            detach();
+            socket.pause();
+            resolve({ socket, capabilities: action.capabilities, leftover: action.leftover });
+            return;
+          case 'fail': {
+            // A backend that refuses a login the directory accepted is a fault of the fleet, not of
+            // the user: the client gets a temporary failure (kind backend-login), never "wrong password".
+            const [code, kind] = action.refusal === 'in-use' ? (['BACKEND_MAILBOX_IN_USE', 'in-use'] as const) : action.refusal === 'auth-failed' ? (['BACKEND_REFUSED_LOGIN', 'backend-login'] as const) : (['BACKEND_UNAVAILABLE', 'backend-login'] as const);
+            fail(new MailfrontError(code, kind, `slot "${slot.name}": ${action.detail} (state ${machine.state})`));
+            return;
+          }
+          default: {
+            const exhaustive: never = action;
+            throw new Error(`unknown backend action ${JSON.stringify(exhaustive)}`);
+          }
+        }
+      }
+    }
+    attach(socket);
+    socket.resume();
+  });
+}

@@ -1,0 +1,99 @@
+/**
+ * Loading configuration and store-map files from disk: YAML parsing with line numbers,
+ * `*_file` secrets, relative paths, and one ConfigError listing every problem at once.
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { LineCounter, parseDocument } from 'yaml';
+import { MailfrontError } from '../errors.js';
+import type { BackendConfig, Config } from './schema.js';
+import { readConfig } from './schema.js';
+import { StoreMap, readStoreMap } from '../routing/storemap.js';
+import type { ConfigIssue } from './validate.js';
+import { IssueList, deepFreeze } from './validate.js';
+
+/** A config or store-map file that cannot be used; `issues` lists every problem. */
+export class ConfigError extends MailfrontError {
+  constructor(
+    readonly file: string,
+    readonly issues: readonly ConfigIssue[],
+  ) {
+    super('CONFIG_INVALID', 'config', `${file}: ${issues.length} problem${issues.length === 1 ? '' : 's'}\n${issues.map((i) => `  ${i.path || '(top)'}: expected ${i.expected}, found ${i.found}`).join('\n')}`);
+  }
+}
+
+function parseYamlFile(file: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new ConfigError(file, [{ path: '', expected: 'a readable file', found: (error as NodeJS.ErrnoException).code ?? String(error) }]);
+  }
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    throw new ConfigError(
+      file,
+      doc.errors.map((e) => {
+        const pos = lineCounter.linePos(e.pos[0]);
+        return { path: `line ${pos.line} column ${pos.col}`, expected: 'valid YAML', found: e.message.split('\n')[0] ?? e.code };
+      }),
+    );
+  }
+  return doc.toJS({ maxAliasCount: 100 });
+}
+
+/** Replaces every `<name>_password_file: PATH` with `<name>_password: <file content, trimmed>`. */
+function inlineSecretFiles(node: unknown, resolvePath: (p: string) => string, path: string, issues: IssueList): void {
+  if (node === null || typeof node !== 'object') return;
+  for (const [key, value] of Object.entries(node as Record<string, unknown>)) {
+    const childPath = Array.isArray(node) ? `${path}[${key}]` : path === '' ? key : `${path}.${key}`;
+    if (key.endsWith('_password_file') && !Array.isArray(node)) {
+      const target = key.slice(0, -'_file'.length);
+      const obj = node as Record<string, unknown>;
+      delete obj[key];
+      if (obj[target] !== undefined) {
+        issues.add(childPath, `either ${target} or ${key}, not both`, 'both');
+      } else if (typeof value !== 'string') {
+        issues.add(childPath, 'a file name', value);
+      } else {
+        try {
+          obj[target] = readFileSync(resolvePath(value), 'utf8').replace(/\r?\n$/, '');
+        } catch (error) {
+          issues.add(childPath, 'a readable file', (error as NodeJS.ErrnoException).code ?? String(error));
+        }
+      }
+    } else {
+      inlineSecretFiles(value, resolvePath, childPath, issues);
+    }
+  }
+}
+
+function resolverFor(file: string): (p: string) => string {
+  const base = dirname(file);
+  return (p) => (p === '' || isAbsolute(p) ? p : resolve(base, p));
+}
+
+/** Loads and validates a config file; throws ConfigError listing every problem. */
+export function loadConfig(fileName: string): Config {
+  const file = resolve(fileName);
+  const resolvePath = resolverFor(file);
+  const doc = parseYamlFile(file);
+  const issues = new IssueList();
+  inlineSecretFiles(doc, resolvePath, '', issues);
+  const config = readConfig(doc, file, resolvePath, issues);
+  if (issues.issues.length > 0) throw new ConfigError(file, issues.issues);
+  return deepFreeze(config);
+}
+
+/** Loads and validates a store-map file as version `version`; throws ConfigError listing every problem. */
+export function loadStoreMap(fileName: string, version: number, globalBackend: BackendConfig): StoreMap {
+  const file = resolve(fileName);
+  const resolvePath = resolverFor(file);
+  const doc = parseYamlFile(file);
+  const issues = new IssueList();
+  inlineSecretFiles(doc, resolvePath, '', issues);
+  const map = readStoreMap(doc, version, globalBackend, resolvePath, issues);
+  if (issues.issues.length > 0) throw new ConfigError(file, issues.issues);
+  return deepFreeze(map);
+}

@@ -1,0 +1,238 @@
+/**
+ * mailfront's configuration: its types, its defaults and the reader that turns a parsed YAML
+ * document into a frozen Config or a complete list of issues. File access is in load.ts.
+ */
+import { isIP } from 'node:net';
+import {
+  DEFAULT_AUTH_FAILURE_DELAY_MS,
+  DEFAULT_BACKEND_CONNECT_TIMEOUT_MS,
+  DEFAULT_BACKEND_LOGIN_TIMEOUT_MS,
+  DEFAULT_IDLE_TIMEOUT_MS,
+  DEFAULT_LDAP_CONNECT_TIMEOUT_MS,
+  DEFAULT_LDAP_OPERATION_TIMEOUT_MS,
+  DEFAULT_PREAUTH_TIMEOUT_MS,
+} from '../limits.js';
+import type { BackendLoginMode } from '../protocol/types.js';
+import {
+  IssueList,
+  at,
+  bool,
+  int,
+  oneOf,
+  optStr,
+  port,
+  readMapping,
+  readSection,
+  str,
+  strList,
+} from './validate.js';
+
+export type Protocol = 'imap' | 'pop3';
+export type ListenerTls = 'none' | 'starttls' | 'implicit';
+export type BackendTls = 'none' | 'starttls' | 'implicit';
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+export interface TlsFiles {
+  readonly cert: string;
+  readonly key: string;
+}
+
+export interface ListenerConfig {
+  readonly name: string;
+  readonly protocol: Protocol;
+  readonly host: string;
+  readonly port: number;
+  readonly tls: ListenerTls;
+  /** Accept plaintext credentials without TLS (a trusted network, e.g. a webmail server). */
+  readonly plaintextWithoutTls: boolean;
+  readonly certificate?: TlsFiles;
+}
+
+export interface DirectoryConfig {
+  readonly urls: readonly string[];
+  readonly bindDn: string;
+  readonly bindPassword: string;
+  readonly baseDn: string;
+  /** Search filter with `{user}` where the escaped user name goes. */
+  readonly userFilter: string;
+  readonly storeAttribute: string;
+  readonly starttls: boolean;
+  readonly caFile?: string;
+  readonly connectTimeoutMs: number;
+  readonly operationTimeoutMs: number;
+}
+
+export interface BackendConfig {
+  readonly loginMode: BackendLoginMode;
+  readonly proxyUser?: string;
+  readonly proxyPassword?: string;
+  readonly masterUserSeparator: string;
+  readonly tls: BackendTls;
+  readonly caFile?: string;
+  /** Name expected in the backend's certificate; defaults to the slot's host. */
+  readonly tlsServername?: string;
+  readonly forwardClientAddress: boolean;
+  readonly connectTimeoutMs: number;
+  readonly loginTimeoutMs: number;
+}
+
+export interface UsernameConfig {
+  readonly lowercase: boolean;
+}
+
+export interface SessionConfig {
+  readonly greeting: string;
+  readonly preauthTimeoutMs: number;
+  readonly idleTimeoutMs: number;
+  readonly authFailureDelayMs: number;
+}
+
+export interface Config {
+  /** Absolute path of the file this was read from (relative paths in it resolve against its folder). */
+  readonly file: string;
+  readonly logLevel: LogLevel;
+  readonly listeners: readonly ListenerConfig[];
+  readonly directory: DirectoryConfig;
+  readonly storeMapFile: string;
+  readonly backend: BackendConfig;
+  readonly usernames: UsernameConfig;
+  readonly session: SessionConfig;
+}
+
+const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+const LOGIN_MODES: readonly BackendLoginMode[] = ['replay', 'master-user', 'sasl-authzid'];
+const TLS_MODES: readonly ListenerTls[] = ['none', 'starttls', 'implicit'];
+
+/** Secrets may be given inline or as `<key>_file` (read by load.ts before this runs). */
+export const SECRET_KEYS = ['bind_password', 'proxy_password'] as const;
+
+/** Reads a whole config document; `resolvePath` makes file names absolute. */
+export function readConfig(doc: unknown, file: string, resolvePath: (p: string) => string, issues: IssueList): Config {
+  const root = readSection(doc, '', ['log', 'listeners', 'directory', 'store_map', 'backend', 'usernames', 'session'], issues) ?? {};
+  const log = root['log'] === undefined ? {} : readSection(root['log'], 'log', ['level'], issues) ?? {};
+  const storeMap = readSection(root['store_map'], 'store_map', ['file'], issues) ?? {};
+  return {
+    file,
+    logLevel: oneOf(log, 'level', 'log', issues, LOG_LEVELS, 'info'),
+    listeners: readListeners(root['listeners'], resolvePath, issues),
+    directory: readDirectory(root['directory'], resolvePath, issues),
+    storeMapFile: resolvePath(str(storeMap, 'file', 'store_map', issues)),
+    backend: readBackend(root['backend'], 'backend', resolvePath, issues),
+    usernames: readUsernames(root['usernames'], issues),
+    session: readSessionSettings(root['session'], issues),
+  };
+}
+
+function readListeners(v: unknown, resolvePath: (p: string) => string, issues: IssueList): ListenerConfig[] {
+  if (!Array.isArray(v) || v.length === 0) {
+    issues.add('listeners', 'a non-empty list of listeners', v);
+    return [];
+  }
+  const seen = new Map<string, string>();
+  return v.map((item, i) => {
+    const path = at('listeners', i);
+    const o = readSection(item, path, ['name', 'protocol', 'host', 'port', 'tls', 'plaintext_without_tls', 'certificate'], issues) ?? {};
+    const protocol = oneOf<Protocol>(o, 'protocol', path, issues, ['imap', 'pop3']);
+    const host = str(o, 'host', path, issues, '0.0.0.0');
+    if (isIP(host) === 0) issues.add(at(path, 'host'), 'an IPv4 or IPv6 address', host);
+    const listenPort = port(o, 'port', path, issues);
+    const name = str(o, 'name', path, issues, `${protocol}-${listenPort}`);
+    const tls = oneOf(o, 'tls', path, issues, TLS_MODES, 'none');
+    const endpoint = `${host}:${listenPort}`;
+    const earlier = seen.get(endpoint);
+    if (earlier !== undefined) issues.add(at(path, 'port'), `an address and port no other listener uses (${earlier} has it)`, endpoint);
+    seen.set(endpoint, path);
+    let certificate: TlsFiles | undefined;
+    if (o['certificate'] !== undefined) {
+      const c = readSection(o['certificate'], at(path, 'certificate'), ['cert', 'key'], issues) ?? {};
+      certificate = { cert: resolvePath(str(c, 'cert', at(path, 'certificate'), issues)), key: resolvePath(str(c, 'key', at(path, 'certificate'), issues)) };
+    } else if (tls !== 'none') {
+      issues.add(at(path, 'certificate'), `cert and key files (tls is "${tls}")`, undefined);
+    }
+    return {
+      name,
+      protocol,
+      host,
+      port: listenPort,
+      tls,
+      plaintextWithoutTls: bool(o, 'plaintext_without_tls', path, issues, false),
+      ...(certificate ? { certificate } : {}),
+    };
+  });
+}
+
+function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: IssueList): DirectoryConfig {
+  const path = 'directory';
+  const o = readSection(v, path, ['urls', 'bind_dn', 'bind_password', 'base_dn', 'user_filter', 'store_attribute', 'starttls', 'ca_file', 'connect_timeout_ms', 'operation_timeout_ms'], issues) ?? {};
+  const urls = strList(o, 'urls', path, issues);
+  urls.forEach((u, i) => {
+    if (!/^ldaps?:\/\/[^/]+\/?$/.test(u)) issues.add(at(at(path, 'urls'), i), 'an ldap:// or ldaps:// URL with host and optional port', u);
+  });
+  const userFilter = str(o, 'user_filter', path, issues, '(&(objectClass=inetOrgPerson)(uid={user}))');
+  if (!userFilter.includes('{user}') || !userFilter.startsWith('(') || !userFilter.endsWith(')')) {
+    issues.add(at(path, 'user_filter'), 'an LDAP filter in parentheses containing {user}', userFilter);
+  }
+  const caFile = optStr(o, 'ca_file', path, issues);
+  return {
+    urls,
+    bindDn: str(o, 'bind_dn', path, issues),
+    bindPassword: str(o, 'bind_password', path, issues),
+    baseDn: str(o, 'base_dn', path, issues),
+    userFilter,
+    storeAttribute: str(o, 'store_attribute', path, issues, 'mailStore'),
+    starttls: bool(o, 'starttls', path, issues, false),
+    ...(caFile !== undefined ? { caFile: resolvePath(caFile) } : {}),
+    connectTimeoutMs: int(o, 'connect_timeout_ms', path, issues, 100, 120_000, DEFAULT_LDAP_CONNECT_TIMEOUT_MS),
+    operationTimeoutMs: int(o, 'operation_timeout_ms', path, issues, 100, 120_000, DEFAULT_LDAP_OPERATION_TIMEOUT_MS),
+  };
+}
+
+/** Keys of a backend section; a store may override any of them. */
+export const BACKEND_KEYS = ['login_mode', 'proxy_user', 'proxy_password', 'master_user_separator', 'tls', 'ca_file', 'tls_servername', 'forward_client_address', 'connect_timeout_ms', 'login_timeout_ms'] as const;
+
+/** Reads a backend section; `base` supplies the values a store-level override leaves out. */
+export function readBackend(v: unknown, path: string, resolvePath: (p: string) => string, issues: IssueList, base?: BackendConfig): BackendConfig {
+  const o = readSection(v ?? {}, path, BACKEND_KEYS, issues) ?? {};
+  const loginMode = oneOf(o, 'login_mode', path, issues, LOGIN_MODES, base?.loginMode ?? 'replay');
+  const proxyUser = optStr(o, 'proxy_user', path, issues) ?? base?.proxyUser;
+  const proxyPassword = optStr(o, 'proxy_password', path, issues) ?? base?.proxyPassword;
+  if (loginMode !== 'replay') {
+    if (proxyUser === undefined) issues.add(at(path, 'proxy_user'), `the proxy account's name (login_mode is "${loginMode}")`, undefined);
+    if (proxyPassword === undefined) issues.add(at(path, 'proxy_password'), `the proxy account's password (login_mode is "${loginMode}")`, undefined);
+  }
+  const caFile = optStr(o, 'ca_file', path, issues);
+  const servername = optStr(o, 'tls_servername', path, issues) ?? base?.tlsServername;
+  const resolvedCa = caFile !== undefined ? resolvePath(caFile) : base?.caFile;
+  return {
+    loginMode,
+    ...(proxyUser !== undefined ? { proxyUser } : {}),
+    ...(proxyPassword !== undefined ? { proxyPassword } : {}),
+    masterUserSeparator: str(o, 'master_user_separator', path, issues, base?.masterUserSeparator ?? '*'),
+    tls: oneOf(o, 'tls', path, issues, TLS_MODES, base?.tls ?? 'none'),
+    ...(resolvedCa !== undefined ? { caFile: resolvedCa } : {}),
+    ...(servername !== undefined ? { tlsServername: servername } : {}),
+    forwardClientAddress: bool(o, 'forward_client_address', path, issues, base?.forwardClientAddress ?? true),
+    connectTimeoutMs: int(o, 'connect_timeout_ms', path, issues, 100, 120_000, base?.connectTimeoutMs ?? DEFAULT_BACKEND_CONNECT_TIMEOUT_MS),
+    loginTimeoutMs: int(o, 'login_timeout_ms', path, issues, 100, 300_000, base?.loginTimeoutMs ?? DEFAULT_BACKEND_LOGIN_TIMEOUT_MS),
+  };
+}
+
+function readUsernames(v: unknown, issues: IssueList): UsernameConfig {
+  const o = v === undefined ? {} : readSection(v, 'usernames', ['lowercase'], issues) ?? {};
+  return { lowercase: bool(o, 'lowercase', 'usernames', issues, true) };
+}
+
+function readSessionSettings(v: unknown, issues: IssueList): SessionConfig {
+  const path = 'session';
+  const o = v === undefined ? {} : readSection(v, path, ['greeting', 'preauth_timeout_ms', 'idle_timeout_ms', 'auth_failure_delay_ms'], issues) ?? {};
+  const greeting = str(o, 'greeting', path, issues, 'mailfront ready.');
+  if (/[\r\n\0]/.test(greeting)) issues.add(at(path, 'greeting'), 'one line of text', greeting);
+  return {
+    greeting,
+    preauthTimeoutMs: int(o, 'preauth_timeout_ms', path, issues, 1_000, 600_000, DEFAULT_PREAUTH_TIMEOUT_MS),
+    idleTimeoutMs: int(o, 'idle_timeout_ms', path, issues, 1_000, 24 * 3_600_000, DEFAULT_IDLE_TIMEOUT_MS),
+    authFailureDelayMs: int(o, 'auth_failure_delay_ms', path, issues, 0, 60_000, DEFAULT_AUTH_FAILURE_DELAY_MS),
+  };
+}
+
+export { readMapping };

@@ -1,0 +1,127 @@
+/**
+ * A small validation toolkit for plain YAML data: each check reads one value at a path and
+ * records every problem (path + what was expected) instead of stopping at the first, so an
+ * operator sees all mistakes of a config file at once. Knows nothing of mailfront's schema.
+ */
+
+/** One problem found in a config document. */
+export interface ConfigIssue {
+  readonly path: string;
+  readonly expected: string;
+  readonly found: string;
+}
+
+/** Collects issues while a document is read. */
+export class IssueList {
+  readonly issues: ConfigIssue[] = [];
+  add(path: string, expected: string, value: unknown): void {
+    this.issues.push({ path, expected, found: describe(value) });
+  }
+}
+
+/** Short description of a value for an error message; never prints long strings in full. */
+export function describe(value: unknown): string {
+  if (value === undefined) return 'nothing';
+  if (value === null) return 'null';
+  if (typeof value === 'string') return value.length > 40 ? `a string of ${value.length} characters` : JSON.stringify(value);
+  if (Array.isArray(value)) return `a list of ${value.length}`;
+  if (typeof value === 'object') return 'a mapping';
+  return `${typeof value} ${String(value)}`;
+}
+
+/** Joins a path and a key the way issues print them (`a.b[2].c`). */
+export function at(path: string, key: string | number): string {
+  if (typeof key === 'number') return `${path}[${key}]`;
+  return path === '' ? key : `${path}.${key}`;
+}
+
+/** A plain mapping, or undefined (with an issue) when the value is something else. */
+export function readMapping(v: unknown, path: string, issues: IssueList): Record<string, unknown> | undefined {
+  if (v !== null && typeof v === 'object' && !Array.isArray(v)) return v as Record<string, unknown>;
+  issues.add(path, 'a mapping', v);
+  return undefined;
+}
+
+/** Reports keys that the schema does not know (typos must not pass silently). */
+export function rejectUnknownKeys(obj: Record<string, unknown>, known: readonly string[], path: string, issues: IssueList): void {
+  for (const key of Object.keys(obj)) {
+    if (!known.includes(key)) issues.add(at(path, key), `one of the known keys (${known.join(', ')})`, `unknown key "${key}"`);
+  }
+}
+
+/** Reads a mapping with only the listed keys. */
+export function readSection(v: unknown, path: string, known: readonly string[], issues: IssueList): Record<string, unknown> | undefined {
+  const obj = readMapping(v, path, issues);
+  if (obj) rejectUnknownKeys(obj, known, path, issues);
+  return obj;
+}
+
+/** A non-empty string. */
+export function str(obj: Record<string, unknown>, key: string, path: string, issues: IssueList, fallback?: string): string {
+  const v = obj[key];
+  if (v === undefined && fallback !== undefined) return fallback;
+  if (typeof v === 'string' && v.length > 0) return v;
+  issues.add(at(path, key), 'a non-empty string', v);
+  return fallback ?? '';
+}
+
+/** An optional non-empty string. */
+export function optStr(obj: Record<string, unknown>, key: string, path: string, issues: IssueList): string | undefined {
+  if (obj[key] === undefined || obj[key] === null) return undefined;
+  return str(obj, key, path, issues);
+}
+
+/** A boolean with a default. */
+export function bool(obj: Record<string, unknown>, key: string, path: string, issues: IssueList, fallback: boolean): boolean {
+  const v = obj[key];
+  if (v === undefined) return fallback;
+  if (typeof v === 'boolean') return v;
+  issues.add(at(path, key), 'true or false', v);
+  return fallback;
+}
+
+/** An integer within [min, max], with a default (`??` semantics: an explicit 0 is kept). */
+export function int(obj: Record<string, unknown>, key: string, path: string, issues: IssueList, min: number, max: number, fallback?: number): number {
+  const v = obj[key];
+  if (v === undefined && fallback !== undefined) return fallback;
+  if (typeof v === 'number' && Number.isInteger(v) && v >= min && v <= max) return v;
+  issues.add(at(path, key), `an integer from ${min} to ${max}`, v);
+  return fallback ?? min;
+}
+
+/** One of a fixed set of words. */
+export function oneOf<T extends string>(obj: Record<string, unknown>, key: string, path: string, issues: IssueList, choices: readonly T[], fallback?: T): T {
+  const v = obj[key];
+  if (v === undefined && fallback !== undefined) return fallback;
+  if (typeof v === 'string' && (choices as readonly string[]).includes(v)) return v as T;
+  issues.add(at(path, key), `one of ${choices.map((c) => JSON.stringify(c)).join(', ')}`, v);
+  return fallback ?? (choices[0] as T);
+}
+
+/** A TCP port number. */
+export function port(obj: Record<string, unknown>, key: string, path: string, issues: IssueList): number {
+  return int(obj, key, path, issues, 1, 65535);
+}
+
+/** An optional TCP port number. */
+export function optPort(obj: Record<string, unknown>, key: string, path: string, issues: IssueList): number | undefined {
+  return obj[key] === undefined ? undefined : port(obj, key, path, issues);
+}
+
+/** A non-empty list of non-empty strings (a single string is taken as a list of one). */
+export function strList(obj: Record<string, unknown>, key: string, path: string, issues: IssueList): string[] {
+  const v = obj[key];
+  const list = typeof v === 'string' ? [v] : v;
+  if (Array.isArray(list) && list.length > 0 && list.every((s) => typeof s === 'string' && s.length > 0)) return list as string[];
+  issues.add(at(path, key), 'a non-empty list of strings', v);
+  return [];
+}
+
+/** Deep-freezes a plain data structure so that nothing can change a loaded config. */
+export function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const child of Object.values(value as object)) deepFreeze(child);
+  }
+  return value;
+}

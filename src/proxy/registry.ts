@@ -1,0 +1,70 @@
+/**
+ * The registry of spliced sessions, indexed by store, slot and user, so that a failover can
+ * close every session on a demoted master and an operator can find or kick sessions.
+ * Holds handles only; it never touches sockets itself.
+ */
+
+/** What the registry knows about one spliced session. */
+export interface SessionEntry {
+  readonly id: string;
+  readonly protocol: 'imap' | 'pop3';
+  readonly user: string;
+  readonly store: string;
+  readonly slot: string;
+  readonly clientAddress: string;
+  readonly startedAt: number;
+  /** Closes the session; `reason` is logged by the session itself. */
+  close(reason: 'kicked' | 'drained' | 'shutdown'): void;
+}
+
+/** Spliced sessions by id, slot and user. */
+export class SessionRegistry {
+  private readonly byId = new Map<string, SessionEntry>();
+  private readonly bySlot = new Map<string, Set<SessionEntry>>();
+  private readonly byUser = new Map<string, Set<SessionEntry>>();
+
+  get size(): number {
+    return this.byId.size;
+  }
+
+  add(entry: SessionEntry): void {
+    this.byId.set(entry.id, entry);
+    addTo(this.bySlot, entry.slot, entry);
+    addTo(this.byUser, entry.user, entry);
+  }
+
+  remove(entry: SessionEntry): void {
+    if (this.byId.get(entry.id) !== entry) return;
+    this.byId.delete(entry.id);
+    removeFrom(this.bySlot, entry.slot, entry);
+    removeFrom(this.byUser, entry.user, entry);
+  }
+
+  /** Sessions spliced to `slot`. */
+  onSlot(slot: string): SessionEntry[] {
+    return [...(this.bySlot.get(slot) ?? [])];
+  }
+
+  /** Sessions of `user`. */
+  ofUser(user: string): SessionEntry[] {
+    return [...(this.byUser.get(user) ?? [])];
+  }
+
+  /** Every session. */
+  all(): SessionEntry[] {
+    return [...this.byId.values()];
+  }
+}
+
+function addTo(index: Map<string, Set<SessionEntry>>, key: string, entry: SessionEntry): void {
+  let set = index.get(key);
+  if (set === undefined) index.set(key, (set = new Set()));
+  set.add(entry);
+}
+
+function removeFrom(index: Map<string, Set<SessionEntry>>, key: string, entry: SessionEntry): void {
+  const set = index.get(key);
+  if (set === undefined) return;
+  set.delete(entry);
+  if (set.size === 0) index.delete(key);
+}

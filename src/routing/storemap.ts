@@ -1,0 +1,96 @@
+/**
+ * The store map: stores, their slots, preferred and current master; an immutable, versioned
+ * value. Resolving a store gives its current master slot and nothing else: mailfront never
+ * routes to any other slot. Reading a store-map document lives here too; watching files and
+ * other sources does not.
+ */
+import { isIP } from 'node:net';
+import type { BackendConfig } from '../config/schema.js';
+import { readBackend } from '../config/schema.js';
+import { IssueList, at, optPort, readMapping, readSection, str } from '../config/validate.js';
+import { MailfrontError } from '../errors.js';
+
+export interface Slot {
+  readonly name: string;
+  readonly store: string;
+  readonly host: string;
+  readonly imapPort?: number;
+  readonly imapsPort?: number;
+  readonly pop3Port?: number;
+  readonly pop3sPort?: number;
+}
+
+export interface Store {
+  readonly name: string;
+  readonly slots: ReadonlyMap<string, Slot>;
+  readonly preferredMaster: string;
+  readonly currentMaster: string;
+  /** How to log in to this store's slots (the global backend section with this store's overrides). */
+  readonly backend: BackendConfig;
+}
+
+/** A store map version: what every login routed after it was built uses. */
+export class StoreMap {
+  constructor(
+    readonly version: number,
+    readonly stores: ReadonlyMap<string, Store>,
+  ) {}
+
+  /** The current master slot of `storeName`; throws a `no-route` error when there is none. */
+  currentMaster(storeName: string): { store: Store; slot: Slot } {
+    const store = this.stores.get(storeName);
+    if (store === undefined) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${storeName}" is not in the store map (version ${this.version})`);
+    const slot = store.slots.get(store.currentMaster);
+    if (slot === undefined) throw new MailfrontError('NO_CURRENT_MASTER', 'no-route', `store "${storeName}" has no current master slot`);
+    return { store, slot };
+  }
+
+  /** True when the store's current master is not its preferred master. */
+  static isBackwards(store: Store): boolean {
+    return store.currentMaster !== store.preferredMaster;
+  }
+}
+
+/** Reads a store-map document; `globalBackend` is the config's backend section that stores override. */
+export function readStoreMap(doc: unknown, version: number, globalBackend: BackendConfig, resolvePath: (p: string) => string, issues: IssueList): StoreMap {
+  const root = readSection(doc, '', ['stores'], issues) ?? {};
+  const storesDoc = readMapping(root['stores'], 'stores', issues) ?? {};
+  const stores = new Map<string, Store>();
+  const slotOwners = new Map<string, string>();
+  if (Object.keys(storesDoc).length === 0) issues.add('stores', 'at least one store', storesDoc);
+  for (const [storeName, storeDoc] of Object.entries(storesDoc)) {
+    const path = at('stores', storeName);
+    const o = readSection(storeDoc, path, ['slots', 'current_master', 'preferred_master', 'backend'], issues);
+    if (!o) continue;
+    const slotsDoc = readMapping(o['slots'], at(path, 'slots'), issues) ?? {};
+    const slots = new Map<string, Slot>();
+    for (const [slotName, slotDoc] of Object.entries(slotsDoc)) {
+      const slotPath = at(at(path, 'slots'), slotName);
+      const owner = slotOwners.get(slotName);
+      if (owner !== undefined) issues.add(slotPath, `a slot name used by one store only (store "${owner}" has it too)`, slotName);
+      slotOwners.set(slotName, storeName);
+      const s = readSection(slotDoc, slotPath, ['host', 'imap_port', 'imaps_port', 'pop3_port', 'pop3s_port'], issues) ?? {};
+      const host = str(s, 'host', slotPath, issues);
+      if (host !== '' && isIP(host) === 0 && !/^[A-Za-z0-9.-]+$/.test(host)) issues.add(at(slotPath, 'host'), 'an IP address or host name', host);
+      const ports = {
+        imapPort: optPort(s, 'imap_port', slotPath, issues),
+        imapsPort: optPort(s, 'imaps_port', slotPath, issues),
+        pop3Port: optPort(s, 'pop3_port', slotPath, issues),
+        pop3sPort: optPort(s, 'pop3s_port', slotPath, issues),
+      };
+      if (Object.values(ports).every((p) => p === undefined)) issues.add(slotPath, 'at least one of imap_port, imaps_port, pop3_port, pop3s_port', s);
+      const slot: Slot = { name: slotName, store: storeName, host };
+      for (const [k, p] of Object.entries(ports)) if (p !== undefined) Object.assign(slot, { [k]: p });
+      slots.set(slotName, slot);
+    }
+    if (slots.size === 0) issues.add(at(path, 'slots'), 'at least one slot', o['slots']);
+    const currentMaster = str(o, 'current_master', path, issues);
+    const preferredMaster = str(o, 'preferred_master', path, issues, currentMaster);
+    for (const [key, value] of [['current_master', currentMaster], ['preferred_master', preferredMaster]] as const) {
+      if (value !== '' && slots.size > 0 && !slots.has(value)) issues.add(at(path, key), `one of this store's slots (${[...slots.keys()].join(', ')})`, value);
+    }
+    const backend = o['backend'] === undefined ? globalBackend : readBackend(o['backend'], at(path, 'backend'), resolvePath, issues, globalBackend);
+    stores.set(storeName, { name: storeName, slots, preferredMaster, currentMaster, backend });
+  }
+  return new StoreMap(version, stores);
+}

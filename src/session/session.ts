@@ -1,0 +1,344 @@
+/**
+ * The one orchestrator of a client session: greeting, pre-auth dialogue (through the protocol
+ * adapter), authentication, routing to the store's current master, backend login, splice and
+ * a single teardown. Every failure is turned into wire text, log level and reason here, once.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
+import type { SecureContext } from 'node:tls';
+import type { Directory } from '../auth/directory.js';
+import { normalizeUser } from '../auth/directory.js';
+import { dialSlot, loginToBackend } from '../backend/connect.js';
+import type { BackendSession } from '../backend/connect.js';
+import type { Config, ListenerConfig } from '../config/schema.js';
+import { MailfrontError, asMailfrontError } from '../errors.js';
+import type { FailureKind } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { SessionEntry, SessionRegistry } from '../proxy/registry.js';
+import { splice } from '../proxy/splice.js';
+import type { Splice, SpliceEndReason } from '../proxy/splice.js';
+import type { Credentials, LoginRefusal, PreauthAction, PreauthCloseReason, PreauthMachine, ProtocolAdapter } from '../protocol/types.js';
+import type { Slot, StoreMap } from '../routing/storemap.js';
+
+/** The phases of a session, in order. */
+export type SessionPhase = 'greeting' | 'preauth' | 'authenticating' | 'backend-login' | 'spliced' | 'closing';
+
+/** Why a session ended (a stable word for logs and metrics). */
+export type SessionEndReason = PreauthCloseReason | SpliceEndReason | 'client-closed-preauth' | 'client-error-preauth' | 'tls-failed';
+
+/** What a session needs from the process; read at the moment of use so reloads apply to new logins. */
+export interface SessionContext {
+  readonly config: () => Config;
+  readonly storeMap: () => StoreMap;
+  readonly directory: Directory;
+  readonly registry: SessionRegistry;
+  readonly log: Logger;
+  /** The server certificate for STARTTLS, when the listener has one. */
+  readonly secureContext: () => SecureContext | undefined;
+  /** Called once per session end (for counters kept by the server). */
+  readonly onEnd?: (reason: SessionEndReason) => void;
+}
+
+/** Human sentences for temporary failures; never name hosts or users (those go to the log). */
+const UNAVAILABLE_TEXT: Record<string, string> = {
+  'auth-tempfail': 'Authentication service temporarily unavailable, try again later.',
+  'no-route': 'Your mailbox is temporarily unavailable, try again later.',
+  connect: 'Your mail server is temporarily unavailable, try again later.',
+  'backend-login': 'Your mail server is temporarily unavailable, try again later.',
+  internal: 'Internal error, try again later.',
+};
+
+/** Maps a failure kind to what the client is told; decided here and nowhere else. */
+function refusalFor(kind: FailureKind): LoginRefusal {
+  switch (kind) {
+    case 'auth-failed':
+      return 'auth-failed';
+    case 'in-use':
+      return 'in-use';
+    case 'limit':
+      return 'limit';
+    case 'auth-tempfail':
+    case 'no-route':
+    case 'connect':
+    case 'backend-login':
+    case 'config':
+    case 'client-protocol':
+    case 'aborted':
+    case 'internal':
+      return 'unavailable';
+  }
+}
+
+let sessionCounter = 0;
+const sessionPrefix = randomBytes(3).toString('hex');
+/** A short id unique within the process and unlikely to repeat across processes. */
+function newSessionId(): string {
+  sessionCounter = (sessionCounter + 1) % 0x1000000;
+  return `${sessionPrefix}${sessionCounter.toString(16).padStart(6, '0')}`;
+}
+
+function delay(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (ms <= 0 || signal.aborted) return resolve();
+    const timer = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
+
+/** Runs one client session on `socket` until it ends. Never rejects. */
+export class Session {
+  readonly id = newSessionId();
+  private phase: SessionPhase = 'greeting';
+  private socket: Socket;
+  private readonly machine: PreauthMachine;
+  private readonly abort = new AbortController();
+  private readonly log: Logger;
+  private readonly startedAt = Date.now();
+  private readonly clientAddress: string;
+  private readonly clientPort: number;
+  private preauthTimer: NodeJS.Timeout | undefined;
+  private tlsActive: boolean;
+  private user: string | undefined;
+  private store: string | undefined;
+  private slot: string | undefined;
+  private splice: Splice | undefined;
+  private entry: SessionEntry | undefined;
+  private readonly onData = (chunk: Buffer): void => this.perform(this.machine.receive(chunk));
+  private readonly onPreauthError = (error: Error): void => {
+    this.log.debug({ event: 'session.client_error', err: error.message }, 'client connection error before login');
+    this.finish('client-error-preauth');
+  };
+  private readonly onPreauthClose = (): void => this.finish('client-closed-preauth');
+
+  constructor(
+    socket: Socket,
+    listener: ListenerConfig,
+    private readonly adapter: ProtocolAdapter,
+    private readonly context: SessionContext,
+    tlsActive: boolean,
+  ) {
+    this.socket = socket;
+    this.tlsActive = tlsActive;
+    this.clientAddress = socket.remoteAddress ?? 'unknown';
+    this.clientPort = socket.remotePort ?? 0;
+    this.log = context.log.child({ session: this.id });
+    const config = context.config();
+    this.machine = adapter.createPreauth({
+      tlsActive,
+      starttlsAvailable: listener.tls === 'starttls' && !tlsActive,
+      plaintextWithoutTls: listener.plaintextWithoutTls,
+      greetingText: config.session.greeting,
+    });
+    this.log.info({ event: 'session.started', protocol: adapter.name, listener: listener.name, client: this.clientAddress, clientPort: this.clientPort, tls: tlsActive }, 'session started');
+    this.preauthTimer = setTimeout(() => {
+      if (this.phase === 'preauth' || this.phase === 'greeting') this.perform(this.machine.timedOut());
+      else if (this.phase === 'authenticating' || this.phase === 'backend-login') this.abort.abort();
+    }, config.session.preauthTimeoutMs);
+    this.attachPreauth(socket);
+    this.perform(this.machine.greeting());
+    if (this.phase === 'greeting') this.phase = 'preauth';
+  }
+
+  /** The server is stopping: sessions before login get a BYE; spliced ones are closed by the registry. */
+  shutdown(): void {
+    if (this.phase === 'preauth' || this.phase === 'greeting') this.perform(this.machine.shuttingDown());
+    else if (this.phase === 'authenticating' || this.phase === 'backend-login') {
+      this.abort.abort();
+      this.perform(this.machine.shuttingDown());
+    } else if (this.phase === 'spliced') this.splice?.close('shutdown', this.adapter.drainNotice('Server shutting down'));
+  }
+
+  /** Like shutdown(), but leaves a spliced session running (used while draining). */
+  shutdownIfNotSpliced(): void {
+    if (this.phase !== 'spliced') this.shutdown();
+  }
+
+  private attachPreauth(socket: Socket): void {
+    socket.on('data', this.onData);
+    socket.on('error', this.onPreauthError);
+    socket.on('close', this.onPreauthClose);
+  }
+
+  private detachPreauth(socket: Socket): void {
+    socket.off('data', this.onData);
+    socket.off('error', this.onPreauthError);
+    socket.off('close', this.onPreauthClose);
+  }
+
+  private perform(actions: PreauthAction[]): void {
+    for (const action of actions) {
+      if (this.phase === 'closing' || this.phase === 'spliced') return;
+      switch (action.type) {
+        case 'send':
+          this.socket.write(action.data);
+          break;
+        case 'starttls':
+          this.startTls();
+          return;
+        case 'login':
+          this.phase = 'authenticating';
+          void this.login(action.credentials);
+          break;
+        case 'client-id':
+          this.log.debug({ event: 'session.client_id', params: Object.fromEntries(action.params) }, 'client sent ID');
+          break;
+        case 'close':
+          this.socket.end();
+          this.finish(action.reason);
+          return;
+        default: {
+          const exhaustive: never = action;
+          throw new Error(`unknown pre-auth action ${JSON.stringify(exhaustive)}`);
+        }
+      }
+    }
+  }
+
+  private startTls(): void {
+    const secureContext = this.context.secureContext();
+    const plain = this.socket;
+    this.detachPreauth(plain);
+    plain.pause();
+    if (secureContext === undefined) {
+      this.finish('tls-failed');
+      return;
+    }
+    // Wrapping the socket hands every later byte to the TLS layer: plaintext a client queued
+    // behind STARTTLS is never read as a command (the machine dropped what it had already).
+    const secure = new TLSSocket(plain, { isServer: true, secureContext });
+    this.socket = secure;
+    secure.once('secure', () => {
+      this.tlsActive = true;
+      this.attachPreauth(secure);
+      this.perform(this.machine.tlsStarted());
+    });
+    secure.on('error', (error) => {
+      if (!this.tlsActive) {
+        this.log.info({ event: 'session.tls_failed', err: error.message }, 'TLS handshake failed');
+        this.finish('tls-failed');
+      }
+    });
+    plain.on('close', () => this.finish('client-closed-preauth'));
+  }
+
+  private async login(credentials: Credentials): Promise<void> {
+    const config = this.context.config();
+    const started = Date.now();
+    const user = normalizeUser(credentials.user, config.usernames);
+    try {
+      if (user === null) throw new MailfrontError('INVALID_USERNAME', 'auth-failed', 'the user name is empty, too long or has control characters');
+      this.user = user;
+      const found = await this.context.directory.authenticate(user, credentials.password, this.abort.signal);
+      this.log.info({ event: 'session.authenticated', user, mechanism: credentials.mechanism }, 'user authenticated');
+      if (found.store === null) throw new MailfrontError('USER_WITHOUT_STORE', 'no-route', `the directory entry ${found.dn} has no store attribute`);
+      this.store = found.store;
+      const map = this.context.storeMap();
+      const { store, slot } = map.currentMaster(found.store);
+      this.slot = slot.name;
+      this.phase = 'backend-login';
+      const backend = await this.connectBackend(slot, store.backend, user, credentials.password);
+      this.startSplice(backend);
+    } catch (caught) {
+      const error = asMailfrontError(caught);
+      if (this.phase === 'closing') return;
+      if (error.kind === 'aborted' && (this.socket.destroyed || this.phase !== 'authenticating' && this.phase !== 'backend-login')) return;
+      this.phase = 'preauth';
+      this.slot = undefined;
+      const refusal = refusalFor(error.kind);
+      const fields = { event: 'session.login_failed', user: user ?? undefined, store: this.store, code: error.code, kind: error.kind, reason: error.message };
+      if (refusal === 'auth-failed') {
+        this.log.info(fields, 'login failed');
+        // Same answer after the same time for an unknown user and a wrong password.
+        await delay(started + config.session.authFailureDelayMs - Date.now(), this.abort.signal);
+      } else {
+        this.log.error(fields, 'login could not be completed');
+      }
+      this.store = undefined;
+      if (this.phase === 'preauth' && !this.socket.destroyed) this.perform(this.machine.loginFailed(refusal, UNAVAILABLE_TEXT[error.kind]));
+    }
+  }
+
+  private async connectBackend(slot: Slot, backendConfig: Config['backend'], user: string, password: string): Promise<BackendSession> {
+    const socket = await dialSlot(slot, this.adapter.name, backendConfig, this.abort.signal);
+    this.log.debug({ event: 'session.backend_connected', store: slot.store, slot: slot.name }, 'backend connected');
+    const machine = this.adapter.createBackendLogin({
+      mode: backendConfig.loginMode,
+      user,
+      password,
+      ...(backendConfig.proxyUser !== undefined ? { proxyUser: backendConfig.proxyUser } : {}),
+      ...(backendConfig.proxyPassword !== undefined ? { proxyPassword: backendConfig.proxyPassword } : {}),
+      masterUserSeparator: backendConfig.masterUserSeparator,
+      starttls: backendConfig.tls === 'starttls',
+      ...(backendConfig.forwardClientAddress ? { forward: { ip: this.clientAddress, port: this.clientPort, sessionId: this.id } } : {}),
+    });
+    return loginToBackend(socket, slot, machine, backendConfig, this.abort.signal);
+  }
+
+  private startSplice(backend: BackendSession): void {
+    if (this.phase !== 'backend-login' || this.socket.destroyed) {
+      backend.socket.destroy();
+      return;
+    }
+    clearTimeout(this.preauthTimer);
+    const success = this.machine.loginSucceeded(backend.capabilities);
+    this.detachPreauth(this.socket);
+    this.phase = 'spliced';
+    this.socket.write(success.reply);
+    const running = splice(this.socket, backend.socket, success.pipelined, backend.leftover, this.context.config().session.idleTimeoutMs);
+    this.splice = running;
+    const entry: SessionEntry = {
+      id: this.id,
+      protocol: this.adapter.name,
+      user: this.user ?? '',
+      store: this.store ?? '',
+      slot: this.slot ?? '',
+      clientAddress: this.clientAddress,
+      startedAt: this.startedAt,
+      close: (reason) => running.close(reason, this.adapter.drainNotice(reason === 'drained' ? 'Mailbox moved to another server, please reconnect' : reason === 'kicked' ? 'Disconnected by an administrator' : 'Server shutting down')),
+    };
+    this.entry = entry;
+    this.context.registry.add(entry);
+    this.log.info({ event: 'session.spliced', user: this.user, store: this.store, slot: this.slot }, 'spliced to backend');
+    void running.ended.then((reason) => this.finish(reason));
+  }
+
+  /** Ends the session exactly once: timers, sockets, registry, one log line. */
+  private finish(reason: SessionEndReason): void {
+    if (this.phase === 'closing') return;
+    const phaseAtEnd = this.phase;
+    this.phase = 'closing';
+    clearTimeout(this.preauthTimer);
+    this.abort.abort();
+    if (this.entry) this.context.registry.remove(this.entry);
+    if (phaseAtEnd !== 'spliced') {
+      // Let a final BYE/-ERR flush, but never wait on a client that does not read.
+      if (!this.socket.destroyed) {
+        this.socket.end();
+        setTimeout(() => this.socket.destroy(), 1_000).unref();
+      }
+    }
+    this.log.info(
+      {
+        event: 'session.finished',
+        reason,
+        phase: phaseAtEnd,
+        protocol: this.adapter.name,
+        user: this.user,
+        store: this.store,
+        slot: phaseAtEnd === 'spliced' ? this.slot : undefined,
+        client: this.clientAddress,
+        bytesFromClient: this.socket.bytesRead,
+        bytesToClient: this.socket.bytesWritten,
+        durationMs: Date.now() - this.startedAt,
+      },
+      'session finished',
+    );
+    this.context.onEnd?.(reason);
+  }
+}

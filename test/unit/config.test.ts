@@ -1,0 +1,140 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { ConfigError, loadConfig, loadStoreMap } from '../../src/config/load.js';
+
+function writeTemp(files: Record<string, string>): string {
+  const dir = mkdtempSync(join(tmpdir(), 'mf-config-'));
+  for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text);
+  return dir;
+}
+
+/** Runs `fn`, which must throw a ConfigError, and returns that error. */
+function configErrorOf(fn: () => unknown): ConfigError {
+  try {
+    fn();
+  } catch (error) {
+    assert.ok(error instanceof ConfigError, `expected a ConfigError, got ${String(error)}`);
+    return error;
+  }
+  assert.fail('expected a ConfigError, nothing was thrown');
+}
+
+const GOOD = `
+listeners:
+  - { protocol: imap, host: 127.0.0.1, port: 1143, tls: none }
+directory:
+  urls: [ldap://127.0.0.1:389]
+  bind_dn: cn=mailfront,dc=example,dc=org
+  bind_password_file: ldap.secret
+  base_dn: ou=people,dc=example,dc=org
+store_map: { file: stores.yaml }
+`;
+
+const STORES = `
+stores:
+  store1:
+    current_master: slot1
+    slots:
+      slot1: { host: 127.0.0.1, imap_port: 1430 }
+      slot2: { host: 127.0.0.1, imap_port: 1431 }
+`;
+
+test('a good config loads with defaults, secrets from files, and is frozen', () => {
+  const dir = writeTemp({ 'mf.yaml': GOOD, 'ldap.secret': 's3cret\n', 'stores.yaml': STORES });
+  const config = loadConfig(join(dir, 'mf.yaml'));
+  assert.equal(config.directory.bindPassword, 's3cret');
+  assert.equal(config.storeMapFile, join(dir, 'stores.yaml'));
+  assert.equal(config.backend.loginMode, 'replay');
+  assert.equal(config.session.authFailureDelayMs, 2000);
+  assert.equal(config.listeners[0]?.plaintextWithoutTls, false);
+  assert.ok(Object.isFrozen(config.listeners[0]));
+  const map = loadStoreMap(config.storeMapFile, 7, config.backend);
+  assert.equal(map.version, 7);
+  assert.equal(map.currentMaster('store1').slot.name, 'slot1');
+  assert.equal(map.stores.get('store1')?.preferredMaster, 'slot1');
+});
+
+test('every config problem is reported at once, each with its path and what was expected', () => {
+  const dir = writeTemp({
+    'bad.yaml': `
+listeners:
+  - { protocol: smtp, host: localhost, port: 70000, tls: implicit }
+  - { protocol: imap, host: 127.0.0.1, port: 143, tls: none, colour: blue }
+directory:
+  urls: [http://x]
+  bind_dn: cn=x
+  bind_password: p
+  base_dn: dc=x
+  user_filter: uid=%u
+backend: { login_mode: master-user }
+session: { preauth_timeout_ms: -5 }
+`,
+  });
+  const error = configErrorOf(() => loadConfig(join(dir, 'bad.yaml')));
+  const paths = error.issues.map((i) => i.path);
+  for (const expected of [
+    'listeners[0].protocol',
+    'listeners[0].host',
+    'listeners[0].port',
+    'listeners[0].certificate',
+    'listeners[1].colour',
+    'directory.urls[0]',
+    'directory.user_filter',
+    'store_map',
+    'backend.proxy_user',
+    'backend.proxy_password',
+    'session.preauth_timeout_ms',
+  ]) {
+    assert.ok(paths.includes(expected), `missing issue for ${expected}: ${paths.join(', ')}`);
+  }
+  const port = error.issues.find((i) => i.path === 'listeners[0].port');
+  assert.equal(port?.expected, 'an integer from 1 to 65535');
+  assert.match(error.message, /listeners\[0\]\.port: expected an integer from 1 to 65535, found number 70000/);
+});
+
+test('YAML syntax errors name the line', () => {
+  const dir = writeTemp({ 'broken.yaml': 'listeners:\n  - protocol: imap\n   port: [\n' });
+  const error = configErrorOf(() => loadConfig(join(dir, 'broken.yaml')));
+  assert.match(error.issues[0]?.path ?? '', /^line \d+ column \d+$/);
+});
+
+test('a missing file is a config error, not a crash', () => {
+  assert.throws(() => loadConfig('/nonexistent/mailfront.yaml'), (e: unknown) => e instanceof ConfigError && /a readable file/.test(e.message));
+});
+
+test('store map: current master must be one of the store\'s slots; slot names are unique across stores', () => {
+  const dir = writeTemp({ 'mf.yaml': GOOD, 'ldap.secret': 'x', 'stores.yaml': STORES });
+  const config = loadConfig(join(dir, 'mf.yaml'));
+  writeFileSync(
+    join(dir, 'stores.yaml'),
+    `
+stores:
+  store1:
+    current_master: slot9
+    slots: { slot1: { host: 127.0.0.1, imap_port: 1 } }
+  store2:
+    current_master: slot1
+    preferred_master: slot1
+    slots: { slot1: { host: 127.0.0.1 } }
+  store3:
+    current_master: slot3
+    backend: { login_mode: sasl-authzid }
+    slots: { slot3: { host: 127.0.0.1, imap_port: 2 } }
+`,
+  );
+  const error = configErrorOf(() => loadStoreMap(config.storeMapFile, 2, config.backend));
+  const paths = error.issues.map((i) => i.path);
+  assert.ok(paths.includes('stores.store1.current_master'), paths.join(', '));
+  assert.ok(paths.includes('stores.store2.slots.slot1'), paths.join(', '));
+  assert.ok(paths.includes('stores.store3.backend.proxy_user'), paths.join(', '));
+});
+
+test('routing refuses unknown stores', () => {
+  const dir = writeTemp({ 'mf.yaml': GOOD, 'ldap.secret': 'x', 'stores.yaml': STORES });
+  const config = loadConfig(join(dir, 'mf.yaml'));
+  const map = loadStoreMap(config.storeMapFile, 1, config.backend);
+  assert.throws(() => map.currentMaster('store9'), (e: unknown) => e instanceof Error && 'kind' in e && e.kind === 'no-route');
+});
