@@ -4,6 +4,7 @@
  * Owns its LDAP connections; knows nothing of protocols, sessions or the store map.
  */
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { Client, InvalidCredentialsError, ResultCodeError } from 'ldapts';
 import type { DirectoryConfig } from '../config/schema.js';
@@ -75,12 +76,19 @@ export class LdapDirectory implements Directory {
     this.tlsOptions = config.caFile ? { ca: readFileSync(config.caFile), minVersion: 'TLSv1.2' } : { minVersion: 'TLSv1.2' };
   }
 
+  /** TLS options for `url`'s host; SNI only for names (RFC 6066 forbids IP addresses there). */
+  private tlsFor(url: string): ConnectionOptions {
+    const host = new URL(url).hostname;
+    return isIP(host) === 0 ? { ...this.tlsOptions, servername: host } : { ...this.tlsOptions };
+  }
+
   private newClient(url: string): Client {
     return new Client({
       url,
       timeout: this.config.operationTimeoutMs,
       connectTimeout: this.config.connectTimeoutMs,
-      tlsOptions: { ...this.tlsOptions, servername: new URL(url).hostname },
+      // ldapts speaks TLS from the first byte whenever tlsOptions are given, so only for ldaps://.
+      ...(url.startsWith('ldaps:') ? { tlsOptions: this.tlsFor(url) } : {}),
       strictDN: true,
       // ldapts reconnects transparently; without a replayed bind a search would run anonymously
       // and could answer "no such user" for a directory glitch. (Not applied after StartTLS,
@@ -92,7 +100,7 @@ export class LdapDirectory implements Directory {
   private async openBound(url: string, dn: string, password: string): Promise<Client> {
     const client = this.newClient(url);
     try {
-      if (this.config.starttls && url.startsWith('ldap:')) await client.startTLS({ ...this.tlsOptions, servername: new URL(url).hostname });
+      if (this.config.starttls && url.startsWith('ldap:')) await client.startTLS(this.tlsFor(url));
       await client.bind(dn, password);
       return client;
     } catch (error) {
@@ -172,7 +180,7 @@ export class LdapDirectory implements Directory {
   private async checkPassword(url: string, dn: string, password: string): Promise<boolean> {
     const client = this.newClient(url);
     try {
-      if (this.config.starttls && url.startsWith('ldap:')) await client.startTLS({ ...this.tlsOptions, servername: new URL(url).hostname });
+      if (this.config.starttls && url.startsWith('ldap:')) await client.startTLS(this.tlsFor(url));
       await client.bind(dn, password);
       return true;
     } catch (error) {

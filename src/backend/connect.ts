@@ -3,10 +3,10 @@
  * connect with a deadline, optional TLS (implicit or STARTTLS, verified against a CA file),
  * and a login that ends with a socket ready to splice. Owns no policy about which slot.
  */
-import { connect as netConnect } from 'node:net';
+import { connect as netConnect, isIP } from 'node:net';
 import type { Socket } from 'node:net';
 import { readFileSync } from 'node:fs';
-import { connect as tlsConnect } from 'node:tls';
+import { checkServerIdentity, connect as tlsConnect } from 'node:tls';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import type { BackendConfig, Protocol } from '../config/schema.js';
 import { MailfrontError } from '../errors.js';
@@ -43,7 +43,9 @@ function tlsOptionsFor(slot: Slot, config: BackendConfig): ConnectionOptions {
       caCache.set(config.caFile, ca);
     }
   }
-  return { ...(ca ? { ca } : {}), servername: config.tlsServername ?? slot.host, minVersion: 'TLSv1.2', rejectUnauthorized: true };
+  const name = config.tlsServername ?? slot.host;
+  // The certificate is checked against `name` either way; SNI carries host names only (RFC 6066 §3).
+  return { ...(ca ? { ca } : {}), ...(isIP(name) === 0 ? { servername: name } : {}), checkServerIdentity: (_host, cert) => checkServerIdentity(name, cert), minVersion: 'TLSv1.2', rejectUnauthorized: true };
 }
 
 /** Rejects when the signal fires, destroying `socket`. */

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { createServer as createNetServer } from 'node:net';
 import type { Server, Socket } from 'node:net';
 import { createSecureContext, createServer as createTlsServer } from 'node:tls';
-import type { SecureContext, TLSSocket } from 'node:tls';
+import type { SecureContext, SecureContextOptions, TLSSocket } from 'node:tls';
 import type { ListenerConfig } from '../config/schema.js';
 import { MailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -15,11 +15,13 @@ import type { ProtocolAdapter } from '../protocol/types.js';
 import { Session } from '../session/session.js';
 import type { SessionContext } from '../session/session.js';
 
-/** Loads a listener's certificate and key into a TLS context (TLS 1.2 at least). */
-export function loadSecureContext(listener: ListenerConfig): SecureContext | undefined {
+/** Reads a listener's certificate and key as TLS options (TLS 1.2 at least). */
+export function loadTlsOptions(listener: ListenerConfig): SecureContextOptions | undefined {
   if (listener.certificate === undefined) return undefined;
   try {
-    return createSecureContext({ cert: readFileSync(listener.certificate.cert), key: readFileSync(listener.certificate.key), minVersion: 'TLSv1.2' });
+    const options: SecureContextOptions = { cert: readFileSync(listener.certificate.cert), key: readFileSync(listener.certificate.key), minVersion: 'TLSv1.2' };
+    createSecureContext(options); // fails here, at start-up, on a bad key or certificate
+    return options;
   } catch (error) {
     throw new MailfrontError('TLS_FILES_UNUSABLE', 'config', `listener "${listener.name}": cannot load certificate ${listener.certificate.cert} / key ${listener.certificate.key}: ${error instanceof Error ? error.message : String(error)}`);
   }
@@ -29,6 +31,7 @@ export function loadSecureContext(listener: ListenerConfig): SecureContext | und
 export class Listener {
   readonly sessions = new Set<Session>();
   private server: Server | undefined;
+  private tlsOptions: SecureContextOptions | undefined;
   private secureContext: SecureContext | undefined;
 
   constructor(
@@ -37,7 +40,8 @@ export class Listener {
     private readonly context: Omit<SessionContext, 'secureContext'>,
     private readonly log: Logger,
   ) {
-    this.secureContext = loadSecureContext(config);
+    this.tlsOptions = loadTlsOptions(config);
+    this.secureContext = this.tlsOptions ? createSecureContext(this.tlsOptions) : undefined;
   }
 
   /** The address actually bound (useful with port 0 in tests). */
@@ -59,7 +63,7 @@ export class Listener {
     };
     let server: Server;
     if (this.config.tls === 'implicit') {
-      const tlsServer = createTlsServer({ ...(this.secureContext ? { secureContext: this.secureContext } : {}), handshakeTimeout: this.context.config().session.preauthTimeoutMs }, (socket: TLSSocket) => accept(socket, true));
+      const tlsServer = createTlsServer({ ...this.tlsOptions, handshakeTimeout: this.context.config().session.preauthTimeoutMs }, (socket: TLSSocket) => accept(socket, true));
       tlsServer.on('tlsClientError', (error, socket) => {
         this.log.info({ event: 'session.tls_failed', listener: this.config.name, client: socket.remoteAddress, err: error.message }, 'TLS handshake failed');
         socket.destroy();
