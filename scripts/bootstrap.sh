@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Prepares everything the tests and the demo need:
+#   1. node_modules (npm ci when missing or older than package-lock.json)
+#   2. Debian packages for the real servers (slapd, Dovecot, SASL, openssl, Cyrus' libraries)
+#   3. Cyrus IMAP unpacked into <repo>/.cache/cyrus (it conflicts with Dovecot in apt, so it is
+#      never installed; its .debs are fetched with `apt-get download` and unpacked with `dpkg -x`)
+# Non-interactive: works with CI=true and without stdin. Messages are prefixed "bootstrap:".
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+
+export DEBIAN_FRONTEND=noninteractive
+
+say() { echo "bootstrap: $*" >&2; }
+die() { echo "bootstrap: $*" >&2; exit 1; }
+
+IS_ROOT=0
+if [ "$(id -u)" = "0" ]; then IS_ROOT=1; fi
+
+# --- 1. node_modules -------------------------------------------------------------------------
+if [ ! -d node_modules ] || [ ! -f node_modules/.package-lock.json ] \
+  || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  say "installing node modules (npm ci)"
+  npm ci --no-audit --no-fund </dev/null >&2
+fi
+
+# --- 2. Debian packages ----------------------------------------------------------------------
+PACKAGES=(slapd ldap-utils dovecot-imapd dovecot-pop3d sasl2-bin libsasl2-modules
+  libsasl2-modules-db libical3 libpcre3 libxapian30 openssl)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  status="$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)"
+  if [ "$status" != "installed" ]; then missing+=("$pkg"); fi
+done
+
+ensure_policy_rc_d() {
+  # Keep Debian from starting the packaged daemons on their default ports.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    say "writing /usr/sbin/policy-rc.d (exit 101) so packaged daemons do not start"
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+  fi
+}
+
+APT_UPDATED=0
+apt_update_once() {
+  if [ "$APT_UPDATED" = "0" ]; then
+    apt-get update -q </dev/null >&2
+    APT_UPDATED=1
+  fi
+}
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$IS_ROOT" = "1" ]; then
+    ensure_policy_rc_d
+    say "installing missing Debian packages: ${missing[*]}"
+    apt_update_once
+    apt-get install -y -q "${missing[@]}" </dev/null >&2
+  else
+    say "missing Debian packages: ${missing[*]}"
+    echo "sudo apt-get install -y ${missing[*]}"
+    exit 1
+  fi
+fi
+
+# --- 3. Cyrus IMAP, unpacked privately -------------------------------------------------------
+CYRUS_ROOT="$REPO_ROOT/.cache/cyrus"
+CYRUS_DEBS=(cyrus-common cyrus-imapd cyrus-pop3d cyrus-clients)
+
+cyrus_manual_steps() {
+  say "could not fetch Cyrus IMAP; run these steps (network access to the Debian mirror needed):"
+  echo "(d=\$(mktemp -d) && cd \"\$d\" && apt-get download ${CYRUS_DEBS[*]} && mkdir -p '$CYRUS_ROOT' && for f in *.deb; do dpkg -x \"\$f\" '$CYRUS_ROOT'; done)"
+}
+
+if [ ! -x "$CYRUS_ROOT/usr/lib/cyrus/bin/master" ]; then
+  # Neither `apt-get download` nor `dpkg -x` needs root; only refreshing the package lists does.
+  say "fetching Cyrus IMAP (${CYRUS_DEBS[*]}) with apt-get download"
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  # As root, apt-get download runs as the _apt sandbox user, which must be able to write here.
+  chmod 777 "$tmp"
+  if ! (cd "$tmp" && apt-get download -q "${CYRUS_DEBS[@]}" </dev/null >&2); then
+    if [ "$IS_ROOT" = "1" ]; then
+      say "apt-get download failed; updating the package lists and retrying"
+      apt_update_once
+      if ! (cd "$tmp" && apt-get download -q "${CYRUS_DEBS[@]}" </dev/null >&2); then
+        cyrus_manual_steps
+        exit 1
+      fi
+    else
+      say "apt-get download failed (the package lists may be stale: sudo apt-get update)"
+      cyrus_manual_steps
+      exit 1
+    fi
+  fi
+  rm -rf "$CYRUS_ROOT.partial"
+  mkdir -p "$CYRUS_ROOT.partial"
+  for deb in "$tmp"/*.deb; do
+    say "unpacking $(basename "$deb")"
+    dpkg -x "$deb" "$CYRUS_ROOT.partial"
+  done
+  [ -x "$CYRUS_ROOT.partial/usr/lib/cyrus/bin/master" ] \
+    || die "Cyrus master binary not found after unpacking"
+  rm -rf "$CYRUS_ROOT"
+  mv "$CYRUS_ROOT.partial" "$CYRUS_ROOT"
+  rm -rf "$tmp"
+  trap - EXIT
+  say "Cyrus IMAP unpacked into $CYRUS_ROOT"
+fi
+
+# Every Cyrus binary the tests run must find its shared libraries.
+cyrus_missing="$(
+  for bin in master imapd pop3d ctl_cyrusdb; do
+    LD_LIBRARY_PATH="$CYRUS_ROOT/usr/lib/x86_64-linux-gnu" ldd "$CYRUS_ROOT/usr/lib/cyrus/bin/$bin" 2>/dev/null \
+      | awk '/not found/ { print $1 }'
+  done | sort -u | tr '\n' ' '
+)"
+if [ -n "$cyrus_missing" ]; then
+  say "Cyrus IMAP in $CYRUS_ROOT cannot find these shared libraries: $cyrus_missing"
+  say "install the Debian packages that provide them (apt-file search LIB), e.g. libical3 libpcre3 libxapian30"
+  exit 1
+fi
+
+exit 0

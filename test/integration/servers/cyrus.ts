@@ -1,0 +1,324 @@
+// A private Cyrus IMAP 3.6 instance (imapd + pop3d under master) on free loopback ports.
+// Cyrus conflicts with Dovecot in apt, so scripts/bootstrap.sh unpacks its .debs into
+// <repo>/.cache/cyrus; the binaries run from there with LD_LIBRARY_PATH.
+import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { chmod, chown, cp, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { LineClient, quoteImap } from './lineclient.js';
+import { freePort } from './ports.js';
+import { run, spawnDaemon, waitForPort, type Daemon } from './process.js';
+import { tmpDir, type TmpDir } from './tmp.js';
+
+/** Cyrus runs as `nobody` (its compiled-in `cyrus` user does not exist here). */
+export const NOBODY_UID = 65534;
+export const NOGROUP_GID = 65534;
+
+export interface CyrusUser {
+  readonly name: string;
+  readonly password: string;
+}
+
+export interface CyrusOptions {
+  readonly users: readonly CyrusUser[];
+  /** Listed in `proxyservers`: may log in with SASL PLAIN authzid=<user>, authcid=<proxyAdmin>. */
+  readonly proxyAdmin: CyrusUser;
+  /** Create user.<name> for every user at start (default true). */
+  readonly createMailboxes?: boolean;
+  /** failedloginpause in seconds (Cyrus' default is 3; 0 here to keep tests fast). */
+  readonly failedLoginPauseSeconds?: number;
+}
+
+export interface Cyrus {
+  readonly host: '127.0.0.1';
+  readonly imapPort: number;
+  readonly pop3Port: number;
+  readonly dir: string;
+  /** PID of the Cyrus master (changes on restart). */
+  readonly pid: number;
+  /** The Cyrus admin (`admins: cyrus`), a SASL user in the instance's sasldb. */
+  readonly adminUser: string;
+  readonly adminPassword: string;
+  readonly proxyAdmin: CyrusUser;
+  /** Stops master (and its imapd/pop3d children) and removes the directory. Idempotent. */
+  stop(): Promise<void>;
+  /** Stops and starts master again on the same ports; mailboxes are kept. */
+  restart(): Promise<void>;
+  /** Stops the daemon but keeps its directory, ports and mail, to simulate an outage. */
+  stopOnly(): Promise<void>;
+  /** Starts the daemon again on the same ports after stopOnly(). */
+  startAgain(): Promise<void>;
+  /**
+   * SIGSTOP to the master and all its processes (resolves once they are stopped): connections are
+   * still accepted by the kernel but never answered, like a hung backend. Await it.
+   */
+  pause(): Promise<void>;
+  /** SIGCONT after pause(). */
+  resume(): void;
+  /** Logs in as the admin and runs CREATE user.<name> (altnamespace). Idempotent. */
+  createMailbox(user: string): Promise<void>;
+  /** Appends a message to the user's INBOX (proxy admin login with authzid = user). */
+  deliver(user: string, rfc822: Buffer | string): Promise<void>;
+  /** Master's stdout/stderr (Cyrus itself logs to syslog, which is not captured here). */
+  readLog(): Promise<string>;
+}
+
+/** The repository root: the nearest ancestor with mailfront's package.json. */
+export function repoRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const pkg = join(dir, 'package.json');
+    if (existsSync(pkg)) {
+      try {
+        const parsed = JSON.parse(readFileSync(pkg, 'utf8')) as { name?: unknown };
+        if (parsed.name === 'mailfront') return dir;
+      } catch {
+        // keep looking
+      }
+    }
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error('cyrus: cannot find the mailfront repository root');
+    dir = parent;
+  }
+}
+
+/** Where Cyrus was unpacked (MAILFRONT_CYRUS_ROOT overrides <repo>/.cache/cyrus). */
+export function cyrusRoot(): string {
+  return process.env['MAILFRONT_CYRUS_ROOT'] ?? join(repoRoot(), '.cache', 'cyrus');
+}
+
+/** True if every directory from / down to `path` lets `other` users (like nobody) traverse it. */
+function traversableByOthers(path: string): boolean {
+  let dir = path;
+  for (;;) {
+    const st = statSync(dir);
+    if (st.uid !== NOBODY_UID && (st.mode & 0o001) === 0) return false;
+    const parent = dirname(dir);
+    if (parent === dir) return true;
+    dir = parent;
+  }
+}
+
+let privateCopy: Promise<string> | undefined;
+
+/**
+ * Cyrus' services run as `nobody` and exec the binaries from the unpacked root. If `nobody` cannot
+ * reach it (e.g. the repo lives under /root), use a per-process copy under os.tmpdir() instead.
+ */
+function reachableCyrusRoot(root: string): Promise<string> {
+  if (traversableByOthers(join(root, 'usr', 'lib', 'cyrus', 'bin'))) return Promise.resolve(root);
+  privateCopy ??= (async () => {
+    const copy = tmpDir('cyrus-root');
+    await cp(join(root, 'usr', 'lib'), join(copy.path, 'usr', 'lib'), { recursive: true, verbatimSymlinks: true });
+    await chmodTree(copy.path);
+    return copy.path;
+  })();
+  return privateCopy;
+}
+
+async function chmodTree(path: string): Promise<void> {
+  await chmod(path, 0o755);
+  for (const entry of await readdir(path, { withFileTypes: true })) {
+    if (entry.isDirectory()) await chmodTree(join(path, entry.name));
+  }
+}
+
+async function chownTree(path: string, uid: number, gid: number): Promise<void> {
+  await chown(path, uid, gid);
+  for (const entry of await readdir(path, { withFileTypes: true })) {
+    const child = join(path, entry.name);
+    if (entry.isDirectory()) await chownTree(child, uid, gid);
+    else await chown(child, uid, gid);
+  }
+}
+
+export async function startCyrus(options: CyrusOptions): Promise<Cyrus> {
+  const unpacked = cyrusRoot();
+  if (!existsSync(join(unpacked, 'usr', 'lib', 'cyrus', 'bin', 'master'))) {
+    throw new Error(`cyrus: ${join(unpacked, 'usr', 'lib', 'cyrus', 'bin', 'master')} is missing; run: bash scripts/bootstrap.sh`);
+  }
+  const root = await reachableCyrusRoot(unpacked);
+  const bin = join(root, 'usr', 'lib', 'cyrus', 'bin');
+  const tmp: TmpDir = tmpDir('cyrus');
+  const dir = tmp.path;
+  if (/\s/.test(dir) || /\s/.test(bin)) throw new Error('cyrus: paths with whitespace cannot be used in cyrus.conf');
+  const adminUser = 'cyrus';
+  const adminPassword = `admin-${randomBytes(6).toString('hex')}`;
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    LD_LIBRARY_PATH: [join(root, 'usr', 'lib', 'x86_64-linux-gnu'), process.env['LD_LIBRARY_PATH']]
+      .filter((p): p is string => p !== undefined && p !== '')
+      .join(':'),
+  };
+  let daemon: Daemon | undefined;
+  let stopped = false;
+  let stopping: Promise<void> | undefined;
+  try {
+    const imapPort = await freePort();
+    const pop3Port = await freePort();
+    const imapdConf = join(dir, 'imapd.conf');
+    const cyrusConf = join(dir, 'cyrus.conf');
+    const pidFile = join(dir, 'master.pid');
+    const logFile = join(dir, 'master.log');
+    const conf = join(dir, 'conf');
+    // configdirectory/socket is needed by imapd for IDLE ("bind: No such file or directory" otherwise).
+    for (const sub of ['proc', 'lock', 'socket', 'log', 'db', 'sieve', 'user', 'quota', 'msg']) {
+      await mkdir(join(conf, sub), { recursive: true });
+    }
+    await mkdir(join(dir, 'spool'));
+    await writeFile(
+      imapdConf,
+      [
+        `configdirectory: ${conf}`,
+        `partition-default: ${join(dir, 'spool')}`,
+        `proc_path: ${join(conf, 'proc')}`,
+        `mboxname_lockpath: ${join(conf, 'lock')}`,
+        `sievedir: ${join(conf, 'sieve')}`,
+        `idlesocket: ${join(conf, 'socket', 'idle')}`,
+        `notifysocket: ${join(conf, 'socket', 'notify')}`,
+        `lmtpsocket: ${join(conf, 'socket', 'lmtp')}`,
+        `statuscache_db_path: ${join(conf, 'statuscache.db')}`,
+        `duplicate_db_path: ${join(conf, 'deliver.db')}`,
+        `tls_sessions_db_path: ${join(conf, 'tls_sessions.db')}`,
+        `ptscache_db_path: ${join(conf, 'ptscache.db')}`,
+        'cyrus_user: nobody',
+        'servername: localhost',
+        `admins: ${adminUser}`,
+        `proxyservers: ${options.proxyAdmin.name}`,
+        'allowplaintext: yes',
+        'altnamespace: yes',
+        'unixhierarchysep: no',
+        'delete_mode: immediate',
+        'expunge_mode: immediate',
+        'sasl_pwcheck_method: auxprop',
+        'sasl_auxprop_plugin: sasldb',
+        `sasl_sasldb_path: ${join(dir, 'sasldb2')}`,
+        'sasl_mech_list: PLAIN LOGIN',
+        'popminpoll: 0',
+        `failedloginpause: ${options.failedLoginPauseSeconds ?? 0}`,
+        '',
+      ].join('\n'),
+    );
+    await writeFile(
+      cyrusConf,
+      [
+        'START {',
+        `  recover cmd="${join(bin, 'ctl_cyrusdb')} -C ${imapdConf} -r"`,
+        '}',
+        'SERVICES {',
+        `  imap cmd="${join(bin, 'imapd')} -C ${imapdConf}" listen="127.0.0.1:${imapPort}" prefork=1 maxchild=2000`,
+        `  pop3 cmd="${join(bin, 'pop3d')} -C ${imapdConf}" listen="127.0.0.1:${pop3Port}" prefork=1 maxchild=2000`,
+        '}',
+        'EVENTS {',
+        '}',
+        '',
+      ].join('\n'),
+    );
+    const sasldb = join(dir, 'sasldb2');
+    for (const user of [{ name: adminUser, password: adminPassword }, options.proxyAdmin, ...options.users]) {
+      await run('saslpasswd2', ['-f', sasldb, '-u', 'localhost', '-c', '-p', user.name], { input: user.password });
+    }
+    await chownTree(dir, NOBODY_UID, NOGROUP_GID);
+
+    const launch = async (): Promise<void> => {
+      const d = spawnDaemon({
+        name: 'cyrus master',
+        command: join(bin, 'master'),
+        // Without -d master stays in the foreground (our PID is master's); -D keeps stderr open.
+        args: ['-C', imapdConf, '-M', cyrusConf, '-p', pidFile, '-D'],
+        logFile,
+        cwd: dir,
+        env,
+        // On SIGTERM master does kill(0, SIGTERM): its own process group, not ours.
+        ownProcessGroup: true,
+      });
+      daemon = d;
+      await waitForPort(imapPort, { daemon: d });
+      await waitForPort(pop3Port, { daemon: d });
+    };
+    await launch();
+
+    const createMailbox = async (user: string): Promise<void> => {
+      const client = await LineClient.connect(imapPort);
+      try {
+        await client.readLine();
+        await client.imapOk(`LOGIN ${quoteImap(adminUser)} ${quoteImap(adminPassword)}`);
+        const result = await client.imap(`CREATE ${quoteImap(`user.${user}`)}`);
+        if (result.status !== 'OK' && !/ALREADYEXISTS|already exists/i.test(result.text)) {
+          throw new Error(`cyrus: CREATE user.${user} failed: ${result.status} ${result.text}`);
+        }
+        await client.imap('LOGOUT').catch(() => undefined);
+      } finally {
+        client.close();
+      }
+    };
+
+    if (options.createMailboxes ?? true) {
+      for (const user of options.users) await createMailbox(user.name);
+    }
+
+    const cyrus: Cyrus = {
+      host: '127.0.0.1',
+      imapPort,
+      pop3Port,
+      dir,
+      get pid(): number {
+        return daemon?.pid ?? -1;
+      },
+      adminUser,
+      adminPassword,
+      proxyAdmin: options.proxyAdmin,
+      stop(): Promise<void> {
+        stopping ??= (async () => {
+          stopped = true;
+          try {
+            await daemon?.stop();
+          } finally {
+            await tmp.remove();
+          }
+        })();
+        return stopping;
+      },
+      async restart(): Promise<void> {
+        await cyrus.stopOnly();
+        await cyrus.startAgain();
+      },
+      async stopOnly(): Promise<void> {
+        if (stopped) throw new Error('cyrus: stopOnly() after stop()');
+        await daemon?.stop();
+      },
+      async pause(): Promise<void> {
+        await daemon?.pause();
+      },
+      resume(): void {
+        daemon?.resume();
+      },
+      async startAgain(): Promise<void> {
+        if (stopped) throw new Error('cyrus: startAgain() after stop()');
+        if (daemon && !daemon.hasExited()) return;
+        await launch();
+      },
+      createMailbox,
+      async deliver(user: string, rfc822: Buffer | string): Promise<void> {
+        const client = await LineClient.connect(imapPort);
+        try {
+          await client.readLine();
+          const auth = await client.authenticatePlain(user, options.proxyAdmin.name, options.proxyAdmin.password);
+          if (auth.status !== 'OK') throw new Error(`cyrus: proxy login as ${user} failed: ${auth.status} ${auth.text}`);
+          const result = await client.append('INBOX', rfc822);
+          if (result.status !== 'OK') throw new Error(`cyrus: APPEND for ${user} failed: ${result.status} ${result.text}`);
+          await client.imap('LOGOUT').catch(() => undefined);
+        } finally {
+          client.close();
+        }
+      },
+      readLog: () => readFile(logFile, 'utf8').catch(() => ''),
+    };
+    return cyrus;
+  } catch (err) {
+    await (daemon as Daemon | undefined)?.stop().catch(() => undefined);
+    await tmp.remove().catch(() => undefined);
+    throw err;
+  }
+}

@@ -1,0 +1,327 @@
+// A private OpenLDAP slapd (plain slapd.conf, back_mdb) on a free loopback port.
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { makeCerts } from './certs.js';
+import { freePort } from './ports.js';
+import { run, spawnDaemon, waitForPort, type Daemon } from './process.js';
+import { tmpDir, type TmpDir } from './tmp.js';
+
+export const LDAP_BASE_DN = 'dc=example,dc=org';
+export const LDAP_PEOPLE_DN = `ou=people,${LDAP_BASE_DN}`;
+export const LDAP_SERVICE_DN = `cn=mailfront,${LDAP_BASE_DN}`;
+export const LDAP_ROOT_DN = `cn=admin,${LDAP_BASE_DN}`;
+/** The custom schema: auxiliary objectClass `mailfrontUser` with the single-valued `mailStore`. */
+export const LDAP_USER_OBJECT_CLASS = 'mailfrontUser';
+export const LDAP_STORE_ATTRIBUTE = 'mailStore';
+
+export const MAILFRONT_SCHEMA = `# mailfront test schema (private OIDs under 1.3.6.1.4.1.99999)
+attributetype ( 1.3.6.1.4.1.99999.1.1.1 NAME '${LDAP_STORE_ATTRIBUTE}'
+  DESC 'mailfront: name of the store that holds this user'
+  EQUALITY caseIgnoreMatch
+  SUBSTR caseIgnoreSubstringsMatch
+  SYNTAX 1.3.6.1.4.1.1466.115.121.1.15
+  SINGLE-VALUE )
+
+objectclass ( 1.3.6.1.4.1.99999.1.2.1 NAME '${LDAP_USER_OBJECT_CLASS}'
+  DESC 'mailfront: a mail user routed by mailfront'
+  SUP top AUXILIARY
+  MAY ( ${LDAP_STORE_ATTRIBUTE} ) )
+`;
+
+export interface SlapdUser {
+  readonly uid: string;
+  readonly password: string;
+  /** Value of mailStore (the user's store name); omitted when not given. */
+  readonly store?: string;
+  readonly mail?: string;
+}
+
+export interface SlapdOptions {
+  readonly users: readonly SlapdUser[];
+  /** Also listen on ldaps:// with the test certificate (StartTLS on ldap:// works too then). */
+  readonly tls?: boolean;
+  /** Password of the service account cn=mailfront (default: a fixed test password). */
+  readonly servicePassword?: string;
+}
+
+export interface Slapd {
+  readonly host: '127.0.0.1';
+  /** ldap://127.0.0.1:PORT */
+  readonly url: string;
+  readonly port: number;
+  /** ldaps://127.0.0.1:PORT when tls */
+  readonly ldapsUrl?: string;
+  readonly ldapsPort?: number;
+  /** The test CA that signed the server certificate, when tls. */
+  readonly caFile?: string;
+  readonly baseDn: string;
+  readonly usersDn: string;
+  /** The service account (cn=mailfront,dc=example,dc=org) that may search and read ou=people. */
+  readonly bindDn: string;
+  readonly bindPassword: string;
+  /** The rootdn (bypasses ACLs); used by modify(). */
+  readonly rootDn: string;
+  readonly rootPassword: string;
+  readonly dir: string;
+  /** PID of the running slapd (changes on restart). */
+  readonly pid: number;
+  /** DN of a user entry: uid=<escaped uid>,ou=people,dc=example,dc=org */
+  userDn(uid: string): string;
+  /** Stops slapd and removes its directory. Idempotent. */
+  stop(): Promise<void>;
+  /** Stops and starts slapd again on the same port(s) with the same data. */
+  restart(): Promise<void>;
+  /** Stops slapd but keeps its directory and port(s), to simulate a directory outage. */
+  stopOnly(): Promise<void>;
+  /** Starts slapd again (on the same ports, same data) after stopOnly(). */
+  startAgain(): Promise<void>;
+  /**
+   * SIGSTOP (resolves once slapd is really stopped): connections are still accepted by the kernel
+   * but never answered, like a hung server. Await it.
+   */
+  pause(): Promise<void>;
+  /** SIGCONT after pause(). */
+  resume(): void;
+  /** Applies LDIF (changetype add/modify/delete...) with ldapmodify bound as the rootdn. */
+  modify(ldif: string): Promise<void>;
+  addUser(user: SlapdUser): Promise<void>;
+  deleteUser(uid: string): Promise<void>;
+  setPassword(uid: string, password: string): Promise<void>;
+  /** Sets (or with undefined removes) the user's mailStore. */
+  setStore(uid: string, store: string | undefined): Promise<void>;
+  readLog(): Promise<string>;
+}
+
+const DEFAULT_SERVICE_PASSWORD = 'mailfront-service-secret';
+
+/** {SSHA} as slappasswd makes it: base64(sha1(password + salt) + salt). */
+export function sshaHash(password: string): string {
+  const salt = randomBytes(8);
+  const digest = createHash('sha1').update(Buffer.from(password, 'utf8')).update(salt).digest();
+  return `{SSHA}${Buffer.concat([digest, salt]).toString('base64')}`;
+}
+
+/** Escapes an attribute value for use in a DN (RFC 4514). */
+export function escapeDnValue(value: string): string {
+  let out = value.replace(/[\\,+"<>;=\0]/g, (c) => (c === '\0' ? '\\00' : `\\${c}`));
+  if (out.startsWith(' ') || out.startsWith('#')) out = `\\${out}`;
+  if (out.endsWith(' ') && out.length > 1) out = `${out.slice(0, -1)}\\ `;
+  return out;
+}
+
+/** One LDIF line, base64-encoded when the value is not a SAFE-STRING (RFC 2849). */
+export function ldifLine(attribute: string, value: string): string {
+  const safe = /^[\x01-\x09\x0b\x0c\x0e-\x1f\x21-\x39\x3b\x3d-\x7f][\x01-\x09\x0b\x0c\x0e-\x7f]*$/.test(value) && !value.endsWith(' ');
+  if (value === '' || safe) return `${attribute}: ${value}`;
+  return `${attribute}:: ${Buffer.from(value, 'utf8').toString('base64')}`;
+}
+
+function userEntry(user: SlapdUser): string {
+  const lines = [
+    ldifLine('dn', `uid=${escapeDnValue(user.uid)},${LDAP_PEOPLE_DN}`),
+    'objectClass: inetOrgPerson',
+    `objectClass: ${LDAP_USER_OBJECT_CLASS}`,
+    ldifLine('uid', user.uid),
+    ldifLine('cn', user.uid),
+    ldifLine('sn', user.uid),
+    ldifLine('userPassword', sshaHash(user.password)),
+  ];
+  if (user.store !== undefined) lines.push(ldifLine(LDAP_STORE_ATTRIBUTE, user.store));
+  if (user.mail !== undefined) lines.push(ldifLine('mail', user.mail));
+  return `${lines.join('\n')}\n`;
+}
+
+function slapdConf(dir: string, rootPassword: string, tls: { certFile: string; keyFile: string; caFile: string } | undefined): string {
+  const lines = [
+    '# mailfront test slapd',
+    'include /etc/ldap/schema/core.schema',
+    'include /etc/ldap/schema/cosine.schema',
+    'include /etc/ldap/schema/inetorgperson.schema',
+    `include ${join(dir, 'mailfront.schema')}`,
+    `pidfile ${join(dir, 'slapd.pid')}`,
+    `argsfile ${join(dir, 'slapd.args')}`,
+    'modulepath /usr/lib/ldap',
+    'moduleload back_mdb',
+    'sizelimit 1000',
+  ];
+  if (tls) {
+    lines.push(
+      `TLSCACertificateFile ${tls.caFile}`,
+      `TLSCertificateFile ${tls.certFile}`,
+      `TLSCertificateKeyFile ${tls.keyFile}`,
+    );
+  }
+  lines.push(
+    '',
+    'database mdb',
+    'maxsize 268435456',
+    `suffix "${LDAP_BASE_DN}"`,
+    `rootdn "${LDAP_ROOT_DN}"`,
+    `rootpw ${sshaHash(rootPassword)}`,
+    `directory ${join(dir, 'data')}`,
+    'index objectClass eq',
+    'index uid eq',
+    `index ${LDAP_STORE_ATTRIBUTE} eq`,
+    '',
+    '# Passwords: only for binding (anonymous auth); a user may change its own; nobody reads them.',
+    'access to attrs=userPassword',
+    '  by self =w',
+    '  by anonymous auth',
+    '  by * none',
+    '# People: the service account reads everything (but passwords), users read themselves.',
+    `access to dn.subtree="${LDAP_PEOPLE_DN}"`,
+    `  by dn.exact="${LDAP_SERVICE_DN}" read`,
+    '  by self read',
+    '  by anonymous auth',
+    '  by * none',
+    'access to *',
+    `  by dn.exact="${LDAP_SERVICE_DN}" read`,
+    '  by anonymous auth',
+    '  by * none',
+    '',
+  );
+  return lines.join('\n');
+}
+
+function baseLdif(servicePassword: string): string {
+  return [
+    `dn: ${LDAP_BASE_DN}`,
+    'objectClass: top',
+    'objectClass: dcObject',
+    'objectClass: organization',
+    'o: mailfront tests',
+    'dc: example',
+    '',
+    `dn: ${LDAP_PEOPLE_DN}`,
+    'objectClass: organizationalUnit',
+    'ou: people',
+    '',
+    `dn: ${LDAP_SERVICE_DN}`,
+    'objectClass: organizationalRole',
+    'objectClass: simpleSecurityObject',
+    'cn: mailfront',
+    'description: mailfront service account',
+    ldifLine('userPassword', sshaHash(servicePassword)),
+    '',
+  ].join('\n');
+}
+
+export async function startSlapd(options: SlapdOptions): Promise<Slapd> {
+  const tmp: TmpDir = tmpDir('slapd');
+  const dir = tmp.path;
+  const rootPassword = `root-${randomBytes(6).toString('hex')}`;
+  const bindPassword = options.servicePassword ?? DEFAULT_SERVICE_PASSWORD;
+  let daemon: Daemon | undefined;
+  let stopped = false;
+  let stopping: Promise<void> | undefined;
+
+  try {
+    const port = await freePort();
+    const ldapsPort = options.tls ? await freePort() : undefined;
+    const certs = options.tls ? await makeCerts(dir) : undefined;
+    const confFile = join(dir, 'slapd.conf');
+    const logFile = join(dir, 'slapd.log');
+    await mkdir(join(dir, 'data'), { mode: 0o700 });
+    await writeFile(join(dir, 'mailfront.schema'), MAILFRONT_SCHEMA);
+    await writeFile(confFile, slapdConf(dir, rootPassword, certs));
+    const ldif = [baseLdif(bindPassword), ...options.users.map(userEntry)].join('\n');
+    await writeFile(join(dir, 'data.ldif'), ldif, { mode: 0o600 });
+    await run('slapadd', ['-q', '-f', confFile, '-l', join(dir, 'data.ldif')]);
+
+    const url = `ldap://127.0.0.1:${port}`;
+    const ldapsUrl = ldapsPort !== undefined ? `ldaps://127.0.0.1:${ldapsPort}` : undefined;
+    const listen = [`${url}/`, ...(ldapsUrl ? [`${ldapsUrl}/`] : [])].join(' ');
+
+    const launch = async (): Promise<void> => {
+      const d = spawnDaemon({
+        name: 'slapd',
+        command: '/usr/sbin/slapd',
+        args: ['-f', confFile, '-h', listen, '-d', '0'],
+        logFile,
+        cwd: dir,
+      });
+      daemon = d;
+      await waitForPort(port, { daemon: d });
+      if (ldapsPort !== undefined) await waitForPort(ldapsPort, { daemon: d });
+    };
+
+    const ldapmodify = async (text: string): Promise<void> => {
+      await run('ldapmodify', ['-x', '-H', url, '-D', LDAP_ROOT_DN, '-w', rootPassword], {
+        input: text,
+        env: { ...process.env, LDAPNOINIT: '1' },
+      });
+    };
+
+    await launch();
+
+    const userDn = (uid: string): string => `uid=${escapeDnValue(uid)},${LDAP_PEOPLE_DN}`;
+    const slapd: Slapd = {
+      host: '127.0.0.1',
+      url,
+      port,
+      ...(ldapsUrl !== undefined && ldapsPort !== undefined ? { ldapsUrl, ldapsPort } : {}),
+      ...(certs ? { caFile: certs.caFile } : {}),
+      baseDn: LDAP_BASE_DN,
+      usersDn: LDAP_PEOPLE_DN,
+      bindDn: LDAP_SERVICE_DN,
+      bindPassword,
+      rootDn: LDAP_ROOT_DN,
+      rootPassword,
+      dir,
+      get pid(): number {
+        return daemon?.pid ?? -1;
+      },
+      userDn,
+      stop(): Promise<void> {
+        stopping ??= (async () => {
+          stopped = true;
+          try {
+            await daemon?.stop();
+          } finally {
+            await tmp.remove();
+          }
+        })();
+        return stopping;
+      },
+      async restart(): Promise<void> {
+        await slapd.stopOnly();
+        await slapd.startAgain();
+      },
+      async stopOnly(): Promise<void> {
+        if (stopped) throw new Error('slapd: stopOnly() after stop()');
+        await daemon?.stop();
+      },
+      async startAgain(): Promise<void> {
+        if (stopped) throw new Error('slapd: startAgain() after stop()');
+        if (daemon && !daemon.hasExited()) return;
+        await launch();
+      },
+      async pause(): Promise<void> {
+        await daemon?.pause();
+      },
+      resume(): void {
+        daemon?.resume();
+      },
+      modify: ldapmodify,
+      addUser: (user: SlapdUser) => ldapmodify(userEntry(user).replace('\n', '\nchangetype: add\n')),
+      deleteUser: (uid: string) => ldapmodify(`${ldifLine('dn', userDn(uid))}\nchangetype: delete\n`),
+      setPassword: (uid: string, password: string) =>
+        ldapmodify(
+          `${ldifLine('dn', userDn(uid))}\nchangetype: modify\nreplace: userPassword\n${ldifLine('userPassword', sshaHash(password))}\n-\n`,
+        ),
+      setStore: (uid: string, store: string | undefined) =>
+        ldapmodify(
+          store === undefined
+            ? `${ldifLine('dn', userDn(uid))}\nchangetype: modify\nreplace: ${LDAP_STORE_ATTRIBUTE}\n-\n`
+            : `${ldifLine('dn', userDn(uid))}\nchangetype: modify\nreplace: ${LDAP_STORE_ATTRIBUTE}\n${ldifLine(LDAP_STORE_ATTRIBUTE, store)}\n-\n`,
+        ),
+      readLog: () => readFile(logFile, 'utf8').catch(() => ''),
+    };
+    return slapd;
+  } catch (err) {
+    await (daemon as Daemon | undefined)?.stop().catch(() => undefined);
+    await tmp.remove().catch(() => undefined);
+    throw err;
+  }
+}
