@@ -1,0 +1,181 @@
+/**
+ * Test fixture: runs mailfront in this process with a config written from the real servers the
+ * test started (slapd, Dovecot, Cyrus), on free loopback ports, and captures its log lines.
+ */
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { loadConfig } from '../../src/config/load.js';
+import { Mailfront } from '../../src/main.js';
+import { makeCerts, freePort, tmpDir } from './servers/index.js';
+import type { Slapd, TestCerts } from './servers/index.js';
+
+export interface SlotSpec {
+  readonly host?: string;
+  readonly imapPort?: number;
+  readonly imapsPort?: number;
+  readonly pop3Port?: number;
+  readonly pop3sPort?: number;
+}
+
+export interface StoreSpec {
+  readonly currentMaster: string;
+  readonly preferredMaster?: string;
+  readonly slots: Record<string, SlotSpec>;
+  readonly backend?: Record<string, unknown>;
+}
+
+export interface FrontOptions {
+  readonly slapd: Slapd;
+  readonly stores: Record<string, StoreSpec>;
+  readonly backend?: Record<string, unknown>;
+  readonly session?: Record<string, unknown>;
+  readonly directory?: Record<string, unknown>;
+}
+
+export interface Front {
+  readonly mailfront: Mailfront;
+  /** Plain IMAP with STARTTLS; plaintext credentials refused without TLS. */
+  readonly imapPort: number;
+  /** Implicit TLS IMAP. */
+  readonly imapsPort: number;
+  /** Plain IMAP where plaintext credentials are allowed (a trusted webmail network). */
+  readonly imapTrustedPort: number;
+  readonly pop3Port: number;
+  readonly pop3sPort: number;
+  readonly pop3TrustedPort: number;
+  readonly certs: TestCerts;
+  /** The test CA as PEM, for clients. */
+  readonly caPem: string;
+  readonly storesFile: string;
+  readonly configFile: string;
+  /** Every log line mailfront wrote, parsed. */
+  readonly logs: Array<Record<string, unknown>>;
+  /** Every log line as written (for secret scans). */
+  readonly rawLogs: string[];
+  /** Rewrites the store map file (the mailfront process is not told). */
+  writeStores(stores: Record<string, StoreSpec>): Promise<void>;
+  stop(): Promise<void>;
+}
+
+function storesDocument(stores: Record<string, StoreSpec>): unknown {
+  return {
+    stores: Object.fromEntries(
+      Object.entries(stores).map(([name, s]) => [
+        name,
+        {
+          current_master: s.currentMaster,
+          ...(s.preferredMaster ? { preferred_master: s.preferredMaster } : {}),
+          ...(s.backend ? { backend: s.backend } : {}),
+          slots: Object.fromEntries(
+            Object.entries(s.slots).map(([slot, p]) => [
+              slot,
+              {
+                host: p.host ?? '127.0.0.1',
+                ...(p.imapPort ? { imap_port: p.imapPort } : {}),
+                ...(p.imapsPort ? { imaps_port: p.imapsPort } : {}),
+                ...(p.pop3Port ? { pop3_port: p.pop3Port } : {}),
+                ...(p.pop3sPort ? { pop3s_port: p.pop3sPort } : {}),
+              },
+            ]),
+          ),
+        },
+      ]),
+    ),
+  };
+}
+
+/** Starts mailfront with listeners for IMAP, IMAPS, POP3, POP3S and trusted plaintext variants. */
+export async function startFront(options: FrontOptions): Promise<Front> {
+  const dir = tmpDir('front');
+  const certs = await makeCerts(dir.path);
+  const [imapPort, imapsPort, imapTrustedPort, pop3Port, pop3sPort, pop3TrustedPort] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort(), freePort()]);
+  const certificate = { cert: certs.certFile, key: certs.keyFile };
+  const storesFile = join(dir.path, 'stores.yaml');
+  const configFile = join(dir.path, 'mailfront.yaml');
+  const writeStores = (stores: Record<string, StoreSpec>): Promise<void> => writeFile(storesFile, stringify(storesDocument(stores)));
+  await writeStores(options.stores);
+  await writeFile(join(dir.path, 'ldap.secret'), `${options.slapd.bindPassword}\n`);
+  await writeFile(
+    configFile,
+    stringify({
+      log: { level: 'debug' },
+      listeners: [
+        { name: 'imap', protocol: 'imap', host: '127.0.0.1', port: imapPort, tls: 'starttls', certificate },
+        { name: 'imaps', protocol: 'imap', host: '127.0.0.1', port: imapsPort, tls: 'implicit', certificate },
+        { name: 'imap-webmail', protocol: 'imap', host: '127.0.0.1', port: imapTrustedPort, tls: 'none', plaintext_without_tls: true },
+        { name: 'pop3', protocol: 'pop3', host: '127.0.0.1', port: pop3Port, tls: 'starttls', certificate },
+        { name: 'pop3s', protocol: 'pop3', host: '127.0.0.1', port: pop3sPort, tls: 'implicit', certificate },
+        { name: 'pop3-webmail', protocol: 'pop3', host: '127.0.0.1', port: pop3TrustedPort, tls: 'none', plaintext_without_tls: true },
+      ],
+      directory: {
+        urls: [options.slapd.url],
+        bind_dn: options.slapd.bindDn,
+        bind_password_file: 'ldap.secret',
+        base_dn: options.slapd.usersDn,
+        user_filter: '(&(objectClass=inetOrgPerson)(uid={user}))',
+        store_attribute: 'mailStore',
+        connect_timeout_ms: 1000,
+        operation_timeout_ms: 2000,
+        ...options.directory,
+      },
+      store_map: { file: 'stores.yaml' },
+      backend: { login_mode: 'replay', connect_timeout_ms: 1000, login_timeout_ms: 5000, ...options.backend },
+      session: { auth_failure_delay_ms: 300, preauth_timeout_ms: 5000, ...options.session },
+    }),
+  );
+  const logs: Array<Record<string, unknown>> = [];
+  const rawLogs: string[] = [];
+  const mailfront = await Mailfront.start(loadConfig(configFile), {
+    logDestination: {
+      write(line: string) {
+        rawLogs.push(line);
+        logs.push(JSON.parse(line) as Record<string, unknown>);
+      },
+    },
+  });
+  return {
+    mailfront,
+    imapPort,
+    imapsPort,
+    imapTrustedPort,
+    pop3Port,
+    pop3sPort,
+    pop3TrustedPort,
+    certs,
+    caPem: await readFile(certs.caFile, 'utf8'),
+    storesFile,
+    configFile,
+    logs,
+    rawLogs,
+    writeStores,
+    async stop() {
+      await mailfront.stop(500);
+      await dir.remove();
+    },
+  };
+}
+
+/** Waits until `predicate` holds for a log line (from index `since` on), or fails after `timeoutMs`. */
+export async function waitForLog(front: Front, predicate: (line: Record<string, unknown>) => boolean, timeoutMs = 5_000, since = 0): Promise<Record<string, unknown>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const found = front.logs.slice(since).find(predicate);
+    if (found) return found;
+    if (Date.now() > deadline) throw new Error(`no matching log line within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** A test message of about `bytes` bytes with a recognisable body. */
+export function makeMessage(subject: string, bytes = 200): Buffer {
+  const header = `From: sender@example.org\r\nTo: user@example.org\r\nSubject: ${subject}\r\nMessage-ID: <${subject.replace(/\W/g, '')}@test>\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\n\r\n`;
+  const lines: string[] = [];
+  let size = header.length;
+  for (let i = 0; size < bytes; i++) {
+    const line = `${subject} line ${i} ${'x'.repeat(60)}\r\n`;
+    lines.push(line);
+    size += line.length;
+  }
+  return Buffer.from(header + lines.join(''));
+}

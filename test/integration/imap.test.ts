@@ -1,0 +1,470 @@
+/**
+ * IMAP through mailfront against real servers: slapd for the directory, two Dovecot slots of
+ * store "alpha" (master and replica), a Dovecot with a master user for store "beta", and Cyrus
+ * (SASL authzid) for store "gamma". Clients: imapflow and raw sockets.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { connect as netConnect } from 'node:net';
+import { after, before, describe, test } from 'node:test';
+import { ImapFlow } from 'imapflow';
+import type { ImapFlowOptions } from 'imapflow';
+import { LineClient, startCyrus, startDovecot, startSlapd } from './servers/index.js';
+import type { Cyrus, Dovecot, Slapd } from './servers/index.js';
+import { makeMessage, startFront, waitForLog } from './front.js';
+import type { Front, StoreSpec } from './front.js';
+
+const PASSWORDS = {
+  alice: 'Alice-pw-9f3e',
+  bob: 'Bob-pw-71c2',
+  carol: 'Carol-pw-5a1d',
+  dave: 'Dave-pw-0b77',
+  erin: 'Erin-pw-c0de',
+};
+const MASTER = { name: 'proxymaster', password: 'Master-pw-31aa' };
+const CYRUS_PROXY = { name: 'proxyadmin', password: 'Cyrus-proxy-pw-88' };
+
+let slapd: Slapd;
+let alphaMaster: Dovecot;
+let alphaReplica: Dovecot;
+let beta: Dovecot;
+let cyrus: Cyrus;
+let front: Front;
+let storesAtStart: Record<string, StoreSpec>;
+const bigMessage = makeMessage('big', 10 * 1024 * 1024);
+
+function client(port: number, user: string, password: string, extra: Partial<ImapFlowOptions> = {}): ImapFlow {
+  return new ImapFlow({
+    host: '127.0.0.1',
+    port,
+    secure: false,
+    doSTARTTLS: true,
+    tls: { ca: front.caPem, servername: 'localhost' },
+    auth: { user, pass: password },
+    logger: false,
+    ...extra,
+  } as ImapFlowOptions);
+}
+
+async function subjects(c: ImapFlow): Promise<string[]> {
+  const lock = await c.getMailboxLock('INBOX');
+  try {
+    const out: string[] = [];
+    for await (const m of c.fetch('1:*', { envelope: true })) out.push(m.envelope?.subject ?? '');
+    return out;
+  } finally {
+    lock.release();
+  }
+}
+
+before(async () => {
+  slapd = await startSlapd({
+    users: [
+      { uid: 'alice', password: PASSWORDS.alice, store: 'alpha' },
+      { uid: 'bob', password: PASSWORDS.bob, store: 'beta' },
+      { uid: 'carol', password: PASSWORDS.carol, store: 'gamma' },
+      { uid: 'dave', password: PASSWORDS.dave }, // no store
+      { uid: 'erin', password: PASSWORDS.erin, store: 'nowhere' }, // unknown store
+    ],
+  });
+  [alphaMaster, alphaReplica, beta, cyrus] = await Promise.all([
+    startDovecot({ name: 'alpha-master', users: [{ name: 'alice', password: PASSWORDS.alice }], tls: true }),
+    startDovecot({ name: 'alpha-replica', users: [{ name: 'alice', password: PASSWORDS.alice }] }),
+    startDovecot({ name: 'beta', users: [{ name: 'bob', password: 'bob-backend-only' }], masterUser: MASTER }),
+    startCyrus({ users: [{ name: 'carol', password: 'carol-backend-only' }], proxyAdmin: CYRUS_PROXY }),
+  ]);
+  await alphaMaster.deliver('alice', makeMessage('alpha master hello'));
+  await alphaMaster.deliver('alice', bigMessage);
+  await alphaReplica.deliver('alice', makeMessage('alpha REPLICA must never be seen'));
+  await beta.deliver('bob', makeMessage('beta hello'));
+  await cyrus.deliver('carol', makeMessage('gamma hello'));
+  storesAtStart = {
+      alpha: {
+        currentMaster: 'slot-a1',
+        preferredMaster: 'slot-a1',
+        slots: {
+          'slot-a1': { imapPort: alphaMaster.imapPort, imapsPort: alphaMaster.imapsPort!, pop3Port: alphaMaster.pop3Port },
+          'slot-a2': { imapPort: alphaReplica.imapPort, pop3Port: alphaReplica.pop3Port },
+        },
+      },
+      beta: {
+        currentMaster: 'slot-b1',
+        slots: { 'slot-b1': { imapPort: beta.imapPort, pop3Port: beta.pop3Port } },
+        backend: { login_mode: 'master-user', proxy_user: MASTER.name, proxy_password: MASTER.password },
+      },
+      gamma: {
+        currentMaster: 'slot-c1',
+        slots: { 'slot-c1': { imapPort: cyrus.imapPort, pop3Port: cyrus.pop3Port } },
+        backend: { login_mode: 'sasl-authzid', proxy_user: CYRUS_PROXY.name, proxy_password: CYRUS_PROXY.password },
+      },
+  };
+  front = await startFront({ slapd, stores: storesAtStart });
+});
+
+after(async () => {
+  await front?.stop();
+  await Promise.all([slapd?.stop(), alphaMaster?.stop(), alphaReplica?.stop(), beta?.stop(), cyrus?.stop()]);
+});
+
+describe('IMAP sessions through mailfront', () => {
+  test('LOGIN over STARTTLS reaches the current master: SELECT, FETCH 10 MB byte-identical, APPEND', async () => {
+    const c = client(front.imapPort, 'alice', PASSWORDS.alice);
+    await c.connect();
+    try {
+      assert.deepEqual((await subjects(c)).slice(0, 1), ['alpha master hello']);
+      const lock = await c.getMailboxLock('INBOX');
+      try {
+        const { content } = await c.download("2", undefined, { uid: false });
+        assert.ok(content);
+        const chunks: Buffer[] = [];
+        for await (const chunk of content) chunks.push(chunk as Buffer);
+        const body = Buffer.concat(chunks);
+        assert.equal(body.length, bigMessage.length);
+        assert.equal(createHash('sha256').update(body).digest('hex'), createHash('sha256').update(bigMessage).digest('hex'));
+      } finally {
+        lock.release();
+      }
+      await c.append('INBOX', makeMessage('appended through mailfront'));
+      assert.ok((await subjects(c)).includes('appended through mailfront'));
+    } finally {
+      await c.logout();
+    }
+    // The APPEND landed on the master slot's disk, not anywhere else.
+    assert.ok((await subjectsDirect(alphaMaster.imapPort, 'alice', PASSWORDS.alice)).includes('appended through mailfront'));
+    assert.ok(!(await subjectsDirect(alphaReplica.imapPort, 'alice', PASSWORDS.alice)).includes('appended through mailfront'));
+  });
+
+  test('AUTHENTICATE PLAIN over implicit TLS', async () => {
+    const c = client(front.imapsPort, 'alice', PASSWORDS.alice, { secure: true, doSTARTTLS: false, auth: { user: 'alice', pass: PASSWORDS.alice, loginMethod: 'AUTH=PLAIN' } } as Partial<ImapFlowOptions>);
+    await c.connect();
+    try {
+      assert.equal((await subjects(c))[0], 'alpha master hello');
+    } finally {
+      await c.logout();
+    }
+    const line = await waitForLog(front, (l) => l['event'] === 'session.authenticated' && l['mechanism'] === 'PLAIN');
+    assert.equal(line['user'], 'alice');
+  });
+
+  test('an IDLE notification arrives through the splice', async () => {
+    const c = client(front.imapPort, 'alice', PASSWORDS.alice);
+    await c.connect();
+    try {
+      await c.mailboxOpen('INBOX');
+      const before = (c.mailbox as { exists: number }).exists;
+      const arrived = new Promise<number>((resolve) => c.on('exists', (e: { count: number }) => resolve(e.count)));
+      const idle = c.idle();
+      await new Promise((r) => setTimeout(r, 300));
+      await alphaMaster.deliver('alice', makeMessage('delivered during IDLE'));
+      const count = await Promise.race([arrived, new Promise<number>((_, reject) => setTimeout(() => reject(new Error('no EXISTS within 10 s')), 10_000))]);
+      assert.ok(count > before);
+      void idle;
+    } finally {
+      await c.logout();
+    }
+  });
+
+  test('master-user login mode: store beta user lands on beta (checked by content)', async () => {
+    const c = client(front.imapPort, 'bob', PASSWORDS.bob);
+    await c.connect();
+    try {
+      assert.deepEqual(await subjects(c), ['beta hello']);
+    } finally {
+      await c.logout();
+    }
+    assert.match(await beta.readLog(), /master/i);
+  });
+
+  test('SASL PLAIN authzid login mode against Cyrus: store gamma user lands on Cyrus', async () => {
+    const c = client(front.imapPort, 'carol', PASSWORDS.carol);
+    await c.connect();
+    try {
+      assert.deepEqual(await subjects(c), ['gamma hello']);
+    } finally {
+      await c.logout();
+    }
+  });
+
+  test('commands pipelined after LOGIN are forwarded, with the backend capabilities in the tagged OK', async () => {
+    const raw = await LineClient.connect(front.imapTrustedPort);
+    try {
+      await raw.readLine();
+      raw.write(`a1 LOGIN alice "${PASSWORDS.alice}"\r\na2 SELECT INBOX\r\na3 LOGOUT\r\n`);
+      const lines: string[] = [];
+      for (;;) {
+        const line = await raw.readLine();
+        lines.push(line);
+        if (line.startsWith('a3 ')) break;
+      }
+      assert.match(lines.find((l) => l.startsWith('a1 ')) ?? '', /^a1 OK \[CAPABILITY IMAP4rev1 .*\] /);
+      assert.match(lines.find((l) => l.startsWith('a2 ')) ?? '', /^a2 OK \[READ-WRITE\]/);
+      assert.ok(lines.some((l) => /^\* \d+ EXISTS$/.test(l)));
+    } finally {
+      raw.close();
+    }
+  });
+
+  test('the session end is logged once with user, store, slot, client, bytes, duration and reason; no secret is logged', async () => {
+    const mark = front.logs.length;
+    const c = client(front.imapPort, 'alice', PASSWORDS.alice);
+    await c.connect();
+    await c.logout();
+    const finished = await waitForLog(front, (l) => l['event'] === 'session.finished' && l['user'] === 'alice' && l['phase'] === 'spliced', 5_000, mark);
+    assert.equal(front.logs.slice(mark).filter((l) => l['event'] === 'session.finished' && l['session'] === finished['session']).length, 1);
+    assert.equal(finished['store'], 'alpha');
+    assert.equal(finished['slot'], 'slot-a1');
+    assert.equal(finished['client'], '127.0.0.1');
+    assert.equal(typeof finished['bytesFromClient'], 'number');
+    assert.ok((finished['bytesToClient'] as number) > 0);
+    assert.equal(typeof finished['durationMs'], 'number');
+    assert.ok(typeof finished['reason'] === 'string');
+    assert.equal(typeof finished['session'], 'string');
+  });
+});
+
+describe('IMAP towards TLS backends and address forwarding', () => {
+  const alphaWith = (backend: Record<string, unknown>) => ({
+    alpha: {
+      currentMaster: 'slot-a1',
+      slots: { 'slot-a1': { imapPort: alphaMaster.imapPort, imapsPort: alphaMaster.imapsPort!, pop3Port: alphaMaster.pop3Port, pop3sPort: alphaMaster.pop3sPort! } },
+      backend,
+    },
+  });
+
+  async function restoreStores(): Promise<void> {
+    await front.writeStores(storesAtStart);
+    front.mailfront.reloadStoreMap();
+  }
+
+  for (const tls of ['starttls', 'implicit'] as const) {
+    test(`backend TLS (${tls}) verified against the CA file`, async () => {
+      await front.writeStores(alphaWith({ tls, ca_file: alphaMaster.caFile!, tls_servername: 'localhost' }));
+      front.mailfront.reloadStoreMap();
+      try {
+        await loginThroughTlsBackend(tls);
+      } finally {
+        await restoreStores();
+      }
+    });
+  }
+
+  async function loginThroughTlsBackend(tls: 'starttls' | 'implicit'): Promise<void> {
+      const c = client(front.imapPort, 'alice', PASSWORDS.alice);
+      await c.connect();
+      try {
+        assert.equal((await subjects(c))[0], 'alpha master hello');
+      } finally {
+        await c.logout();
+      }
+      // Without the CA the backend's certificate is not trusted: the login fails as unavailable.
+      await front.writeStores(alphaWith({ tls }));
+      front.mailfront.reloadStoreMap();
+      const refused = client(front.imapPort, 'alice', PASSWORDS.alice);
+      await assert.rejects(refused.connect(), (e: { serverResponseCode?: string }) => e.serverResponseCode === 'UNAVAILABLE');
+      await waitForLog(front, (l) => l['event'] === 'session.login_failed' && /certificate/i.test(String(l['reason'])));
+  }
+
+  test('the client address and session id reach Dovecot through ID', async () => {
+    const mark = front.logs.length;
+    const c = client(front.imapPort, 'alice', PASSWORDS.alice);
+    await c.connect();
+    await c.logout();
+    const spliced = await waitForLog(front, (l) => l['event'] === 'session.spliced' && l['user'] === 'alice', 5_000, mark);
+    const session = String(spliced['session']);
+    const deadline = Date.now() + 3_000;
+    while (!(await alphaMaster.readLog()).includes(session) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.match(await alphaMaster.readLog(), new RegExp(`session=<${session}>`));
+  });
+});
+
+describe('IMAP failures', () => {
+  async function rawLogin(user: string, password: string, port = front.imapTrustedPort): Promise<{ line: string; ms: number }> {
+    const raw = await LineClient.connect(port);
+    try {
+      await raw.readLine();
+      const started = Date.now();
+      raw.write(`t1 LOGIN {${Buffer.byteLength(user)}+}\r\n${user} {${Buffer.byteLength(password)}+}\r\n${password}\r\n`);
+      for (;;) {
+        const line = await raw.readLine();
+        if (line.startsWith('t1 ')) return { line, ms: Date.now() - started };
+      }
+    } finally {
+      raw.close();
+    }
+  }
+
+  test('wrong password and unknown user get the same answer after the same delay', async () => {
+    const wrong = await rawLogin('alice', 'not-the-password');
+    const unknown = await rawLogin('nosuchuser', 'whatever');
+    assert.equal(wrong.line, 't1 NO [AUTHENTICATIONFAILED] Authentication failed.');
+    assert.equal(unknown.line, wrong.line);
+    assert.ok(wrong.ms >= 280 && unknown.ms >= 280, `${wrong.ms} / ${unknown.ms}`);
+  });
+
+  test('an empty password is refused (an LDAP unauthenticated bind would "succeed")', async () => {
+    assert.equal((await rawLogin('alice', '')).line, 't1 NO [AUTHENTICATIONFAILED] Authentication failed.');
+  });
+
+  test('LDAP filter metacharacters in the user name never match another entry', async () => {
+    for (const user of ['*', 'al*', ')(uid=*', 'alice)(uid=*', 'a\\2a', 'alice\\']) {
+      const { line } = await rawLogin(user, PASSWORDS.alice);
+      assert.equal(line, 't1 NO [AUTHENTICATIONFAILED] Authentication failed.', `user ${JSON.stringify(user)}`);
+    }
+  });
+
+  test('a NUL in the user name is refused before the directory', async () => {
+    const raw = await LineClient.connect(front.imapTrustedPort);
+    try {
+      await raw.readLine();
+      raw.write(`t1 LOGIN {6+}\r\nal\0ice {${PASSWORDS.alice.length}+}\r\n${PASSWORDS.alice}\r\n`);
+      const line = await raw.readLine();
+      assert.match(line, /^t1 (NO|BAD) /);
+      assert.doesNotMatch(line, /^t1 OK/);
+    } finally {
+      raw.close();
+    }
+  });
+
+  test('a user without a store, and a user of an unknown store, get NO [UNAVAILABLE] and an error log', async () => {
+    const noStore = await rawLogin('dave', PASSWORDS.dave);
+    assert.match(noStore.line, /^t1 NO \[UNAVAILABLE\] /);
+    const unknownStore = await rawLogin('erin', PASSWORDS.erin);
+    assert.match(unknownStore.line, /^t1 NO \[UNAVAILABLE\] /);
+    const log = await waitForLog(front, (l) => l['event'] === 'session.login_failed' && l['code'] === 'UNKNOWN_STORE');
+    assert.equal(log['level'], 'error');
+    assert.match(String(log['reason']), /nowhere/);
+  });
+
+  test('plaintext LOGIN without TLS is refused with LOGINDISABLED / PRIVACYREQUIRED', async () => {
+    const raw = await LineClient.connect(front.imapPort);
+    try {
+      const greeting = await raw.readLine();
+      assert.match(greeting, /LOGINDISABLED/);
+      assert.match(greeting, /STARTTLS/);
+      const result = await raw.imap(`LOGIN alice "${PASSWORDS.alice}"`);
+      assert.equal(result.status, 'NO');
+      assert.match(result.text, /^\[PRIVACYREQUIRED\]/);
+      const auth = await raw.imap(`AUTHENTICATE PLAIN ${Buffer.from(`\0alice\0${PASSWORDS.alice}`).toString('base64')}`);
+      assert.equal(auth.status, 'NO');
+      assert.match(auth.text, /^\[PRIVACYREQUIRED\]/);
+    } finally {
+      raw.close();
+    }
+  });
+
+  test('a stopped backend gives NO [UNAVAILABLE] and an error log naming the slot', async () => {
+    await beta.stop();
+    try {
+      const { line } = await rawLogin('bob', PASSWORDS.bob);
+      assert.match(line, /^t1 NO \[UNAVAILABLE\] /);
+      const log = await waitForLog(front, (l) => l['event'] === 'session.login_failed' && /slot-b1/.test(String(l['reason'])));
+      assert.equal(log['kind'], 'connect');
+      assert.equal(log['level'], 'error');
+    } finally {
+      beta = await startDovecot({ name: 'beta', users: [{ name: 'bob', password: 'bob-backend-only' }], masterUser: MASTER });
+    }
+  });
+
+  test('a stopped directory gives NO [UNAVAILABLE], not an authentication failure', async () => {
+    await slapd.stopOnly();
+    try {
+      const { line } = await rawLogin('alice', PASSWORDS.alice);
+      assert.match(line, /^t1 NO \[UNAVAILABLE\] /);
+      await waitForLog(front, (l) => l['event'] === 'session.login_failed' && l['kind'] === 'auth-tempfail');
+    } finally {
+      await slapd.startAgain();
+    }
+    const { line } = await rawLogin('alice', PASSWORDS.alice);
+    assert.match(line, /^t1 OK /);
+  });
+});
+
+describe('hostile IMAP input', () => {
+  test('a {4294967296} literal is refused and its bytes are never read as commands', async () => {
+    const raw = await LineClient.connect(front.imapTrustedPort);
+    try {
+      await raw.readLine();
+      raw.write(`a LOGIN {4294967296}\r\nb LOGIN alice "${PASSWORDS.alice}"\r\n`);
+      const lines = await linesUntilClosed(raw);
+      assert.ok(lines.some((l) => /^(a BAD|\* BYE)/.test(l)), lines.join(' | '));
+      assert.ok(!lines.some((l) => l.startsWith('b ')), lines.join(' | '));
+    } finally {
+      raw.close();
+    }
+  });
+
+  test('an overlong line ends the connection with a BYE', async () => {
+    const raw = await LineClient.connect(front.imapTrustedPort);
+    try {
+      await raw.readLine();
+      raw.write(`a NOOP ${'x'.repeat(70_000)}\r\n`);
+      const line = await raw.readLine();
+      assert.match(line, /^(\* BYE|a BAD)/);
+      assert.ok(await raw.waitClosed(3_000));
+    } finally {
+      raw.close();
+    }
+  });
+
+  test('commands smuggled after STARTTLS in the same packet are discarded', async () => {
+    const socket = netConnect(front.imapPort, '127.0.0.1');
+    const received: Buffer[] = [];
+    socket.on('data', (d: Buffer) => received.push(d));
+    await new Promise((r) => socket.once('data', r));
+    socket.write(`s1 STARTTLS\r\ns2 LOGIN alice "${PASSWORDS.alice}"\r\ns3 CAPABILITY\r\n`);
+    await new Promise((r) => setTimeout(r, 500));
+    const text = Buffer.concat(received).toString('latin1');
+    assert.match(text, /s1 OK/);
+    assert.doesNotMatch(text, /s2 |s3 /);
+    socket.destroy();
+  });
+
+  test('CR/LF inside SASL-decoded credentials is refused and nothing reaches a backend', async () => {
+    const authenticatedBefore = front.logs.filter((l) => l['event'] === 'session.authenticated').length;
+    const raw = await LineClient.connect(front.imapTrustedPort);
+    try {
+      await raw.readLine();
+      const blob = Buffer.from(`\0alice\0${PASSWORDS.alice}\r\nx2 DELETE INBOX`).toString('base64');
+      const result = await raw.imap(`AUTHENTICATE PLAIN ${blob}`);
+      assert.notEqual(result.status, 'OK');
+      const lf = await raw.imap(`AUTHENTICATE PLAIN ${Buffer.from(`\0alice\nx\0${PASSWORDS.alice}`).toString('base64')}`);
+      assert.notEqual(lf.status, 'OK');
+    } finally {
+      raw.close();
+    }
+    assert.equal(front.logs.filter((l) => l['event'] === 'session.authenticated').length, authenticatedBefore);
+  });
+});
+
+/** Every line the server sends until it closes the connection (fails if it does not within 3 s). */
+async function linesUntilClosed(raw: LineClient): Promise<string[]> {
+  const lines: string[] = [];
+  for (;;) {
+    try {
+      lines.push(await raw.readLine(3_000));
+    } catch (error) {
+      assert.match(String(error), /connection closed/, `the server kept the connection open; lines so far: ${lines.join(' | ')}`);
+      return lines;
+    }
+  }
+}
+
+/** Subjects in INBOX read directly from a backend (not through mailfront). */
+async function subjectsDirect(port: number, user: string, password: string): Promise<string[]> {
+  const c = new ImapFlow({ host: '127.0.0.1', port, secure: false, doSTARTTLS: false, auth: { user, pass: password }, logger: false } as ImapFlowOptions);
+  await c.connect();
+  try {
+    return await subjects(c);
+  } finally {
+    await c.logout();
+  }
+}
+
+test('no password, proxy secret or SASL blob appears in any log line', () => {
+  const secrets = [...Object.values(PASSWORDS), MASTER.password, CYRUS_PROXY.password];
+  const blobs = Object.entries(PASSWORDS).flatMap(([user, pw]) => [Buffer.from(`\0${user}\0${pw}`).toString('base64'), Buffer.from(pw).toString('base64')]);
+  assert.ok(front.rawLogs.length > 50, 'the suite produced logs');
+  for (const line of front.rawLogs) {
+    for (const secret of [...secrets, ...blobs]) assert.ok(!line.includes(secret), `a secret appears in: ${line}`);
+  }
+});

@@ -1,0 +1,136 @@
+/**
+ * The LDAP directory against a real slapd: search + bind, several URLs tried in order, ldaps
+ * and StartTLS verified against the test CA, a hung server answered within the deadline, and
+ * recovery after the server restarts.
+ */
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { LdapDirectory } from '../../src/auth/ldap.js';
+import type { DirectoryConfig } from '../../src/config/schema.js';
+import { MailfrontError } from '../../src/errors.js';
+import { createLogger } from '../../src/log.js';
+import { freePort, startSlapd } from './servers/index.js';
+import type { Slapd } from './servers/index.js';
+
+let slapd: Slapd;
+const log = createLogger('silent');
+
+before(async () => {
+  slapd = await startSlapd({ tls: true, users: [{ uid: 'alice', password: 'alice-pw', store: 'alpha' }, { uid: 'nostore', password: 'ns-pw' }] });
+});
+after(async () => {
+  await slapd?.stop();
+});
+
+function directory(overrides: Partial<DirectoryConfig>): LdapDirectory {
+  return new LdapDirectory(
+    {
+      urls: [slapd.url],
+      bindDn: slapd.bindDn,
+      bindPassword: slapd.bindPassword,
+      baseDn: slapd.usersDn,
+      userFilter: '(&(objectClass=inetOrgPerson)(uid={user}))',
+      storeAttribute: 'mailStore',
+      starttls: false,
+      connectTimeoutMs: 500,
+      operationTimeoutMs: 1000,
+      ...overrides,
+    },
+    log,
+  );
+}
+
+async function failure(promise: Promise<unknown>): Promise<MailfrontError> {
+  try {
+    await promise;
+  } catch (error) {
+    assert.ok(error instanceof MailfrontError, String(error));
+    return error;
+  }
+  assert.fail('expected a failure');
+}
+
+const signal = new AbortController().signal;
+
+test('search then bind: the store comes from the directory; wrong password and unknown user are auth-failed', async () => {
+  const d = directory({});
+  try {
+    assert.deepEqual(await d.authenticate('alice', 'alice-pw', signal), { user: 'alice', dn: 'uid=alice,ou=people,dc=example,dc=org', store: 'alpha' });
+    assert.equal((await d.authenticate('nostore', 'ns-pw', signal)).store, null);
+    assert.equal((await failure(d.authenticate('alice', 'wrong', signal))).kind, 'auth-failed');
+    assert.equal((await failure(d.authenticate('nobody', 'x', signal))).kind, 'auth-failed');
+    assert.equal((await failure(d.authenticate('*', 'alice-pw', signal))).kind, 'auth-failed');
+  } finally {
+    await d.close();
+  }
+});
+
+test('a server that is down is skipped for the next URL', async () => {
+  const deadPort = await freePort();
+  const d = directory({ urls: [`ldap://127.0.0.1:${deadPort}`, slapd.url] });
+  try {
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha');
+  } finally {
+    await d.close();
+  }
+});
+
+test('ldaps:// and StartTLS are verified against the CA file', async () => {
+  for (const overrides of [{ urls: [slapd.ldapsUrl!] }, { starttls: true }]) {
+    const good = directory({ ...overrides, caFile: slapd.caFile! });
+    try {
+      assert.equal((await good.authenticate('alice', 'alice-pw', signal)).store, 'alpha');
+    } finally {
+      await good.close();
+    }
+    // Without the CA the certificate is not trusted: a temporary failure, never a login.
+    const untrusted = directory(overrides);
+    try {
+      assert.equal((await failure(untrusted.authenticate('alice', 'alice-pw', signal))).kind, 'auth-tempfail');
+    } finally {
+      await untrusted.close();
+    }
+  }
+});
+
+test('a hung server is a temporary failure within the operation deadline', async () => {
+  const d = directory({});
+  try {
+    await d.authenticate('alice', 'alice-pw', signal);
+    await slapd.pause();
+    const started = Date.now();
+    const error = await failure(d.authenticate('alice', 'alice-pw', signal));
+    assert.equal(error.kind, 'auth-tempfail');
+    assert.ok(Date.now() - started < 5_000, `took ${Date.now() - started} ms`);
+  } finally {
+    slapd.resume();
+    await d.close();
+  }
+});
+
+test('after the directory restarts, logins work again on the same directory object', async () => {
+  const d = directory({});
+  try {
+    await d.authenticate('alice', 'alice-pw', signal);
+    await slapd.stopOnly();
+    assert.equal((await failure(d.authenticate('alice', 'alice-pw', signal))).kind, 'auth-tempfail');
+    await slapd.startAgain();
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha');
+  } finally {
+    await d.close();
+  }
+});
+
+test('a session that ends stops the wait at once', async () => {
+  const d = directory({});
+  try {
+    await slapd.pause();
+    const controller = new AbortController();
+    const pending = d.authenticate('alice', 'alice-pw', controller.signal);
+    setTimeout(() => controller.abort(), 50);
+    assert.equal((await failure(pending)).kind, 'aborted');
+  } finally {
+    slapd.resume();
+    await d.close();
+  }
+});

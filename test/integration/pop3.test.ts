@@ -1,0 +1,271 @@
+/**
+ * POP3 through mailfront against real servers: slapd, a Dovecot slot (replay), a Dovecot with
+ * a master user, and Cyrus pop3d (SASL authzid). Clients: python3 poplib and raw sockets; a
+ * scripted backend only to inject a locked mailbox.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { readdir } from 'node:fs/promises';
+import { connect as netConnect, createServer } from 'node:net';
+import type { Server } from 'node:net';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { promisify } from 'node:util';
+import { LineClient, repoRoot, startCyrus, startDovecot, startSlapd } from './servers/index.js';
+import type { Cyrus, Dovecot, Slapd } from './servers/index.js';
+import { makeMessage, startFront, waitForLog } from './front.js';
+import type { Front } from './front.js';
+
+const run = promisify(execFile);
+const PASSWORDS = { alice: 'Alice-pop-4411', bob: 'Bob-pop-7d2e', carol: 'Carol-pop-90fa', lena: 'Lena-pop-1c1c' };
+const MASTER = { name: 'popmaster', password: 'Master-pop-5b5b' };
+const CYRUS_PROXY = { name: 'proxyadmin', password: 'Cyrus-pop-proxy-66' };
+
+let slapd: Slapd;
+let alpha: Dovecot;
+let beta: Dovecot;
+let cyrus: Cyrus;
+let locked: Server;
+let front: Front;
+const bigMessage = makeMessage('pop big', 10 * 1024 * 1024);
+
+interface PopResult {
+  welcome?: string;
+  login?: string;
+  results?: unknown[];
+  quit?: string;
+  error?: string;
+}
+
+async function poplib(request: { port: number; user: string; password: string; mode: 'plain' | 'stls' | 'ssl'; actions?: string[] }): Promise<PopResult> {
+  const script = join(repoRoot(), 'test/integration/clients/pop3client.py');
+  const { stdout } = await run('python3', [script, JSON.stringify({ cafile: front.certs.caFile, ...request })], { timeout: 60_000, maxBuffer: 1 << 20 });
+  return JSON.parse(stdout) as PopResult;
+}
+
+const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+before(async () => {
+  slapd = await startSlapd({
+    users: [
+      { uid: 'alice', password: PASSWORDS.alice, store: 'alpha' },
+      { uid: 'bob', password: PASSWORDS.bob, store: 'beta' },
+      { uid: 'carol', password: PASSWORDS.carol, store: 'gamma' },
+      { uid: 'lena', password: PASSWORDS.lena, store: 'locked' },
+    ],
+  });
+  [alpha, beta, cyrus] = await Promise.all([
+    startDovecot({ name: 'pop-alpha', users: [{ name: 'alice', password: PASSWORDS.alice }], tls: true }),
+    startDovecot({ name: 'pop-beta', users: [{ name: 'bob', password: 'bob-backend-only' }], masterUser: MASTER }),
+    startCyrus({ users: [{ name: 'carol', password: 'carol-backend-only' }], proxyAdmin: CYRUS_PROXY }),
+  ]);
+  // A backend whose mailbox is always locked: real servers only say so under a race.
+  locked = createServer((socket) => {
+    socket.write('+OK fake ready.\r\n');
+    socket.on('data', (data: Buffer) => {
+      for (const line of data.toString('latin1').split('\r\n').filter(Boolean)) {
+        if (/^CAPA/i.test(line)) socket.write('+OK\r\nUSER\r\nRESP-CODES\r\n.\r\n');
+        else if (/^USER/i.test(line)) socket.write('+OK\r\n');
+        else if (/^PASS/i.test(line)) socket.write('-ERR [IN-USE] Mailbox is locked by another POP3 session\r\n');
+        else socket.write('-ERR\r\n');
+      }
+    });
+    socket.on('error', () => undefined);
+  });
+  await new Promise<void>((r) => locked.listen(0, '127.0.0.1', r));
+  await alpha.deliver('alice', makeMessage('pop alpha one'));
+  await alpha.deliver('alice', bigMessage);
+  await alpha.deliver('alice', makeMessage('pop alpha three'));
+  await beta.deliver('bob', makeMessage('pop beta'));
+  await cyrus.deliver('carol', makeMessage('pop gamma'));
+  front = await startFront({
+    slapd,
+    stores: {
+      alpha: { currentMaster: 'pa1', slots: { pa1: { imapPort: alpha.imapPort, pop3Port: alpha.pop3Port, pop3sPort: alpha.pop3sPort! } } },
+      beta: {
+        currentMaster: 'pb1',
+        slots: { pb1: { imapPort: beta.imapPort, pop3Port: beta.pop3Port } },
+        backend: { login_mode: 'master-user', proxy_user: MASTER.name, proxy_password: MASTER.password },
+      },
+      gamma: {
+        currentMaster: 'pc1',
+        slots: { pc1: { imapPort: cyrus.imapPort, pop3Port: cyrus.pop3Port } },
+        backend: { login_mode: 'sasl-authzid', proxy_user: CYRUS_PROXY.name, proxy_password: CYRUS_PROXY.password },
+      },
+      locked: { currentMaster: 'pl1', slots: { pl1: { pop3Port: (locked.address() as { port: number }).port } } },
+    },
+  });
+});
+
+after(async () => {
+  await front?.stop();
+  await new Promise((r) => locked?.close(r));
+  await Promise.all([slapd?.stop(), alpha?.stop(), beta?.stop(), cyrus?.stop()]);
+});
+
+describe('POP3 sessions through mailfront (python3 poplib)', () => {
+  test('STLS: STAT, LIST, UIDL and RETR of a 10 MB message byte-identical', async () => {
+    const r = await poplib({ port: front.pop3Port, user: 'alice', password: PASSWORDS.alice, mode: 'stls', actions: ['stat', 'list', 'uidl', 'retr:2'] });
+    assert.equal(r.error, undefined, r.error);
+    assert.match(r.login ?? '', /^\+OK/);
+    const [stat, list, uidl, retr] = r.results as [[number, number], string[], string[], { size: number; sha256: string }];
+    assert.equal(stat[0], 3);
+    assert.equal(list.length, 3);
+    assert.equal(uidl.length, 3);
+    assert.equal(retr.size, bigMessage.length);
+    assert.equal(retr.sha256, sha256(bigMessage));
+  });
+
+  test('POP3S (implicit TLS) works and DELE + QUIT really deletes on the backend', async () => {
+    const newDir = join(alpha.mailDir('alice'), 'cur');
+    const r = await poplib({ port: front.pop3sPort, user: 'alice', password: PASSWORDS.alice, mode: 'ssl', actions: ['dele:3'] });
+    assert.equal(r.error, undefined, r.error);
+    assert.match(r.quit ?? '', /^\+OK/);
+    const after = await poplib({ port: front.pop3TrustedPort, user: 'alice', password: PASSWORDS.alice, mode: 'plain', actions: ['stat'] });
+    assert.equal((after.results?.[0] as number[])[0], 2);
+    const files = [...(await readdir(newDir).catch(() => [])), ...(await readdir(join(alpha.mailDir('alice'), 'new')).catch(() => []))];
+    assert.equal(files.length, 2);
+  });
+
+  test('master-user mode (Dovecot) and SASL authzid mode (Cyrus pop3d) land on their stores', async () => {
+    const b = await poplib({ port: front.pop3Port, user: 'bob', password: PASSWORDS.bob, mode: 'stls', actions: ['stat'] });
+    assert.equal(b.error, undefined, b.error);
+    assert.equal((b.results?.[0] as number[])[0], 1);
+    const c = await poplib({ port: front.pop3Port, user: 'carol', password: PASSWORDS.carol, mode: 'stls', actions: ['stat', 'retr:1'] });
+    assert.equal(c.error, undefined, c.error);
+    assert.equal((c.results?.[0] as number[])[0], 1);
+    assert.equal((c.results?.[1] as { sha256: string }).sha256, sha256(makeMessage('pop gamma')));
+  });
+
+  test('AUTH PLAIN with an initial response, and pipelined commands after it are kept', async () => {
+    const raw = await LineClient.connect(front.pop3TrustedPort);
+    try {
+      await raw.readLine();
+      raw.write(`AUTH PLAIN ${Buffer.from(`\0alice\0${PASSWORDS.alice}`).toString('base64')}\r\nSTAT\r\nQUIT\r\n`);
+      assert.match(await raw.readLine(), /^\+OK/);
+      assert.match(await raw.readLine(), /^\+OK \d+ \d+$/);
+      assert.match(await raw.readLine(), /^\+OK/);
+    } finally {
+      raw.close();
+    }
+  });
+
+  test('the client address and session id reach Dovecot through XCLIENT', async () => {
+    const mark = front.logs.length;
+    await poplib({ port: front.pop3TrustedPort, user: 'alice', password: PASSWORDS.alice, mode: 'plain', actions: ['stat'] });
+    const spliced = await waitForLog(front, (l) => l['event'] === 'session.spliced' && l['store'] === 'alpha', 5_000, mark);
+    const session = String(spliced['session']);
+    const deadline = Date.now() + 3_000;
+    while (!(await alpha.readLog()).includes(session) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.match(await alpha.readLog(), new RegExp(`session=<${session}>`));
+  });
+});
+
+describe('POP3 failures', () => {
+  async function rawPass(user: string, password: string): Promise<{ line: string; ms: number }> {
+    const raw = await LineClient.connect(front.pop3TrustedPort);
+    try {
+      await raw.readLine();
+      raw.write(`USER ${user}\r\n`);
+      await raw.readLine();
+      const started = Date.now();
+      raw.write(`PASS ${password}\r\n`);
+      return { line: await raw.readLine(), ms: Date.now() - started };
+    } finally {
+      raw.close();
+    }
+  }
+
+  test('wrong password and unknown user: the same -ERR [AUTH] after the same delay', async () => {
+    const wrong = await rawPass('alice', 'nope');
+    const unknown = await rawPass('nobody', 'nope');
+    assert.equal(wrong.line, '-ERR [AUTH] Authentication failed.');
+    assert.equal(unknown.line, wrong.line);
+    assert.ok(wrong.ms >= 280 && unknown.ms >= 280, `${wrong.ms} / ${unknown.ms}`);
+  });
+
+  test('a locked mailbox is relayed as -ERR [IN-USE]', async () => {
+    const { line } = await rawPass('lena', PASSWORDS.lena);
+    assert.match(line, /^-ERR \[IN-USE\] /);
+  });
+
+  test('a stopped backend and a stopped directory are -ERR [SYS/TEMP]', async () => {
+    await beta.stop();
+    try {
+      assert.match((await rawPass('bob', PASSWORDS.bob)).line, /^-ERR \[SYS\/TEMP\] /);
+    } finally {
+      beta = await startDovecot({ name: 'pop-beta', users: [{ name: 'bob', password: 'bob-backend-only' }], masterUser: MASTER });
+    }
+    await slapd.stopOnly();
+    try {
+      assert.match((await rawPass('alice', PASSWORDS.alice)).line, /^-ERR \[SYS\/TEMP\] /);
+    } finally {
+      await slapd.startAgain();
+    }
+  });
+
+  test('plaintext USER/PASS without TLS is refused on a listener that requires TLS', async () => {
+    const raw = await LineClient.connect(front.pop3Port);
+    try {
+      await raw.readLine();
+      const capa = await raw.pop3Multi('CAPA');
+      assert.ok(capa.includes('STLS'));
+      assert.ok(!capa.some((l) => l.startsWith('SASL') || l === 'USER'));
+      raw.send('USER alice');
+      assert.match(await raw.readLine(), /^-ERR \[AUTH\] /);
+    } finally {
+      raw.close();
+    }
+  });
+});
+
+describe('hostile POP3 input', () => {
+  test('commands smuggled after STLS in the same packet are discarded', async () => {
+    const socket = netConnect(front.pop3Port, '127.0.0.1');
+    const received: Buffer[] = [];
+    socket.on('data', (d: Buffer) => received.push(d));
+    await new Promise((r) => socket.once('data', r));
+    socket.write(`STLS\r\nUSER alice\r\nPASS ${PASSWORDS.alice}\r\nSTAT\r\n`);
+    await new Promise((r) => setTimeout(r, 500));
+    const lines = Buffer.concat(received).toString('latin1').split('\r\n').filter(Boolean);
+    assert.equal(lines.length, 2, lines.join(' | ')); // greeting and the STLS answer, nothing else
+    assert.match(lines[1] ?? '', /^\+OK/);
+    socket.destroy();
+  });
+
+  test('CR/LF inside AUTH PLAIN credentials is refused before any backend', async () => {
+    const authenticatedBefore = front.logs.filter((l) => l['event'] === 'session.authenticated').length;
+    const raw = await LineClient.connect(front.pop3TrustedPort);
+    try {
+      await raw.readLine();
+      const blob = Buffer.from(`\0alice\0${PASSWORDS.alice}\r\nDELE 1`).toString('base64');
+      raw.send(`AUTH PLAIN ${blob}`);
+      assert.match(await raw.readLine(), /^-ERR/);
+    } finally {
+      raw.close();
+    }
+    assert.equal(front.logs.filter((l) => l['event'] === 'session.authenticated').length, authenticatedBefore);
+  });
+
+  test('an overlong line ends the connection', async () => {
+    const raw = await LineClient.connect(front.pop3TrustedPort);
+    try {
+      await raw.readLine();
+      raw.write(`USER ${'x'.repeat(100_000)}\r\n`);
+      assert.match(await raw.readLine(), /^-ERR/);
+      assert.ok(await raw.waitClosed(3_000));
+    } finally {
+      raw.close();
+    }
+  });
+});
+
+test('no password, proxy secret or SASL blob appears in any log line', () => {
+  const secrets = [...Object.values(PASSWORDS), MASTER.password, CYRUS_PROXY.password];
+  const blobs = Object.entries(PASSWORDS).flatMap(([user, pw]) => [Buffer.from(`\0${user}\0${pw}`).toString('base64'), Buffer.from(pw).toString('base64')]);
+  assert.ok(front.rawLogs.length > 50, 'the suite produced logs');
+  for (const line of front.rawLogs) {
+    for (const secret of [...secrets, ...blobs]) assert.ok(!line.includes(secret), `a secret appears in: ${line}`);
+  }
+});
