@@ -3,6 +3,7 @@
  * Nothing else creates long-lived objects. Used by the CLI's `serve` and by tests.
  */
 import type { Directory } from './auth/directory.js';
+import { MailfrontError } from './errors.js';
 import { LdapDirectory } from './auth/ldap.js';
 import { loadStoreMap } from './config/load.js';
 import type { Config } from './config/schema.js';
@@ -16,7 +17,7 @@ import type { StoreMap } from './routing/storemap.js';
 import { Listener } from './server/listeners.js';
 import type { DestinationStream } from 'pino';
 
-const ADAPTERS: Record<Config['listeners'][number]['protocol'], ProtocolAdapter> = { imap: imapAdapter, pop3: pop3Adapter };
+const ADAPTERS: Partial<Record<Config['listeners'][number]['protocol'], ProtocolAdapter>> = { imap: imapAdapter, pop3: pop3Adapter };
 
 export interface StartOptions {
   /** Where log lines go (stdout by default). */
@@ -48,7 +49,9 @@ export class Mailfront {
     log.info({ event: 'storemap.loaded', version: 1, stores: mailfront.storeMap.stores.size, file: config.storeMapFile }, 'store map loaded');
     try {
       for (const listenerConfig of config.listeners) {
-        const listener = new Listener(listenerConfig, ADAPTERS[listenerConfig.protocol], {
+        const adapter = ADAPTERS[listenerConfig.protocol];
+        if (adapter === undefined) throw new MailfrontError('PROTOCOL_UNAVAILABLE', 'config', `listener "${listenerConfig.name}": protocol ${listenerConfig.protocol} is not built in`);
+        const listener = new Listener(listenerConfig, adapter, {
           config: () => mailfront.config,
           storeMap: () => mailfront.storeMap,
           directory,

@@ -25,9 +25,13 @@ export interface BackendSession {
 /** The TCP port of `slot` for `protocol` under the backend TLS mode; throws `no-route` if the slot has none. */
 export function slotPort(slot: Slot, protocol: Protocol, tls: BackendConfig['tls']): number {
   const implicit = tls === 'implicit';
-  const port = protocol === 'imap' ? (implicit ? slot.imapsPort : slot.imapPort) : implicit ? slot.pop3sPort : slot.pop3Port;
+  const ports: Record<Protocol, [number | undefined, string]> = {
+    imap: implicit ? [slot.imapsPort, 'imaps_port'] : [slot.imapPort, 'imap_port'],
+    pop3: implicit ? [slot.pop3sPort, 'pop3s_port'] : [slot.pop3Port, 'pop3_port'],
+    managesieve: implicit ? [undefined, 'sieve_port with backend tls other than implicit'] : [slot.sievePort, 'sieve_port'],
+  };
+  const [port, key] = ports[protocol];
   if (port === undefined) {
-    const key = `${protocol}${implicit ? 's' : ''}_port`;
     throw new MailfrontError('SLOT_NO_PORT', 'no-route', `slot "${slot.name}" of store "${slot.store}" has no ${key}`);
   }
   return port;

@@ -12,7 +12,7 @@ import {
   DEFAULT_LDAP_OPERATION_TIMEOUT_MS,
   DEFAULT_PREAUTH_TIMEOUT_MS,
 } from '../limits.js';
-import type { BackendLoginMode } from '../protocol/types.js';
+import type { BackendLoginMode, ProtocolName } from '../protocol/types.js';
 import {
   IssueList,
   at,
@@ -27,7 +27,7 @@ import {
   strList,
 } from './validate.js';
 
-export type Protocol = 'imap' | 'pop3';
+export type Protocol = ProtocolName;
 export type ListenerTls = 'none' | 'starttls' | 'implicit';
 export type BackendTls = 'none' | 'starttls' | 'implicit';
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
@@ -132,7 +132,7 @@ function readListeners(v: unknown, resolvePath: (p: string) => string, issues: I
   return v.map((item, i) => {
     const path = at('listeners', i);
     const o = readSection(item, path, ['name', 'protocol', 'host', 'port', 'tls', 'plaintext_without_tls', 'certificate'], issues) ?? {};
-    const protocol = oneOf<Protocol>(o, 'protocol', path, issues, ['imap', 'pop3']);
+    const protocol = oneOf<Protocol>(o, 'protocol', path, issues, ['imap', 'pop3', 'managesieve']);
     const host = str(o, 'host', path, issues, '0.0.0.0');
     if (isIP(host) === 0) issues.add(at(path, 'host'), 'an IPv4 or IPv6 address', host);
     const listenPort = port(o, 'port', path, issues);

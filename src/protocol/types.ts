@@ -135,9 +135,12 @@ export interface BackendLoginMachine {
   tlsStarted(): BackendAction[];
 }
 
+/** The protocols mailfront fronts. */
+export type ProtocolName = 'imap' | 'pop3' | 'managesieve';
+
 /** A protocol adapter: the per-protocol half of a session (a vtable, as in Dovecot's login proxy). */
 export interface ProtocolAdapter {
-  readonly name: 'imap' | 'pop3';
+  readonly name: ProtocolName;
   createPreauth(options: PreauthOptions): PreauthMachine;
   createBackendLogin(options: BackendLoginOptions): BackendLoginMachine;
   /**

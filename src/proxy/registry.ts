@@ -4,10 +4,12 @@
  * Holds handles only; it never touches sockets itself.
  */
 
+import type { ProtocolName } from '../protocol/types.js';
+
 /** What the registry knows about one spliced session. */
 export interface SessionEntry {
   readonly id: string;
-  readonly protocol: 'imap' | 'pop3';
+  readonly protocol: ProtocolName;
   readonly user: string;
   readonly store: string;
   readonly slot: string;

@@ -18,6 +18,8 @@ export interface Slot {
   readonly imapsPort?: number;
   readonly pop3Port?: number;
   readonly pop3sPort?: number;
+  /** ManageSieve (RFC 5804), STARTTLS only: there is no implicit-TLS port for it. */
+  readonly sievePort?: number;
 }
 
 export interface Store {
@@ -69,7 +71,7 @@ export function readStoreMap(doc: unknown, version: number, globalBackend: Backe
       const owner = slotOwners.get(slotName);
       if (owner !== undefined) issues.add(slotPath, `a slot name used by one store only (store "${owner}" has it too)`, slotName);
       slotOwners.set(slotName, storeName);
-      const s = readSection(slotDoc, slotPath, ['host', 'imap_port', 'imaps_port', 'pop3_port', 'pop3s_port'], issues) ?? {};
+      const s = readSection(slotDoc, slotPath, ['host', 'imap_port', 'imaps_port', 'pop3_port', 'pop3s_port', 'sieve_port'], issues) ?? {};
       const host = str(s, 'host', slotPath, issues);
       if (host !== '' && isIP(host) === 0 && !/^[A-Za-z0-9.-]+$/.test(host)) issues.add(at(slotPath, 'host'), 'an IP address or host name', host);
       const ports = {
@@ -77,8 +79,9 @@ export function readStoreMap(doc: unknown, version: number, globalBackend: Backe
         imapsPort: optPort(s, 'imaps_port', slotPath, issues),
         pop3Port: optPort(s, 'pop3_port', slotPath, issues),
         pop3sPort: optPort(s, 'pop3s_port', slotPath, issues),
+        sievePort: optPort(s, 'sieve_port', slotPath, issues),
       };
-      if (Object.values(ports).every((p) => p === undefined)) issues.add(slotPath, 'at least one of imap_port, imaps_port, pop3_port, pop3s_port', s);
+      if (Object.values(ports).every((p) => p === undefined)) issues.add(slotPath, 'at least one of imap_port, imaps_port, pop3_port, pop3s_port, sieve_port', s);
       const slot: Slot = { name: slotName, store: storeName, host };
       for (const [k, p] of Object.entries(ports)) if (p !== undefined) Object.assign(slot, { [k]: p });
       slots.set(slotName, slot);
