@@ -26,8 +26,8 @@ if [ ! -d node_modules ] || [ ! -f node_modules/.package-lock.json ] \
 fi
 
 # --- 2. Debian packages ----------------------------------------------------------------------
-PACKAGES=(slapd ldap-utils dovecot-imapd dovecot-pop3d sasl2-bin libsasl2-modules
-  libsasl2-modules-db libical3 libpcre3 libxapian30 openssl)
+PACKAGES=(slapd ldap-utils dovecot-imapd dovecot-pop3d dovecot-managesieved sasl2-bin libsasl2-modules
+  libsasl2-modules-db libical3 libpcre3 libxapian30 openssl redis-server haproxy prometheus sieve-connect)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
