@@ -3,6 +3,7 @@
  * name the user's store. Also the one username normalisation every other part uses, so that
  * no two spellings of one user are treated differently.
  */
+import { domainToASCII } from 'node:url';
 import type { UsernameConfig } from '../config/schema.js';
 
 /** A user the directory has authenticated. */
@@ -23,6 +24,8 @@ export interface Directory {
    * (the directory could not answer), or `aborted` when `signal` fired first.
    */
   authenticate(user: string, password: string, signal: AbortSignal): Promise<DirectoryUser>;
+  /** Finds a user without checking a password (operator tooling); null when there is no such user. */
+  lookup(user: string, signal: AbortSignal): Promise<DirectoryUser | null>;
   /** Releases connections. */
   close(): Promise<void>;
 }
@@ -30,11 +33,52 @@ export interface Directory {
 /** The longest user name accepted; longer ones are refused before any directory lookup. */
 export const MAX_USER_BYTES = 256;
 
-/** Normalises a login name (trim, optional lower-casing); null when it can never be valid. */
+/**
+ * Characters that no login name has and that matching rules ignore or fold away: controls (C0,
+ * DEL, C1), format characters (soft hyphen, zero-width spaces and joiners, bidi controls, BOM),
+ * lone surrogates, line and paragraph separators, the combining grapheme joiner, variation
+ * selectors and U+FFFD (what undecodable bytes become). LDAP's caseIgnoreMatch (RFC 4518 §2.2)
+ * maps several of them to nothing, so "al\u00ADice" would find alice's entry while throttling,
+ * caches and logs saw another user.
+ */
+const FORBIDDEN_IN_USER = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}\u034f\u180b-\u180d\ufe00-\ufe0f\ufffd\u{e0100}-\u{e01ef}]/u;
+
+/**
+ * Normalises a login name; null when it can never be valid. Every part of mailfront (throttling,
+ * caches, the directory, backends, logs) uses the result, so that two spellings of one user are
+ * one user: trimmed, Unicode NFKC (full-width and ligature forms fold as LDAP folds them), runs
+ * of spaces made one, lower-cased when configured, the domain part always lower-cased, and the
+ * domain stripped, added or checked as `usernames.domain` and `usernames.local_domains` say.
+ */
 export function normalizeUser(raw: string, config: UsernameConfig): string | null {
   const trimmed = raw.trim();
   if (trimmed.length === 0 || Buffer.byteLength(trimmed) > MAX_USER_BYTES) return null;
   // Control characters have no place in a login name and could forge log lines or protocol lines.
-  if (/[\u0000-\u001f\u007f]/.test(trimmed)) return null;
-  return config.lowercase ? trimmed.toLowerCase() : trimmed;
+  if (FORBIDDEN_IN_USER.test(trimmed)) return null;
+  let name = trimmed.normalize('NFKC').replace(/\s+/gu, ' ');
+  // Lower-casing can leave a sequence that is no longer NFKC (U+0130 → i + U+0307).
+  if (config.lowercase) name = name.toLowerCase().normalize('NFKC');
+  const at = name.lastIndexOf('@');
+  const localDomains = config.localDomains ?? [];
+  const mode = config.domain ?? 'keep';
+  let local = at < 0 ? name : name.slice(0, at);
+  let domain = at < 0 ? null : name.slice(at + 1).trim().toLowerCase();
+  if (local.trim() === '' || domain === '') return null;
+  if (localDomains.length > 0 || mode !== 'keep') {
+    // A second "@" would make "which part is the domain" a matter of opinion between us and the directory.
+    if (local.includes('@')) return null;
+    if (domain !== null) {
+      // Compared as ASCII, so that a user typing müller.example matches xn--mller-kva.example.
+      const ascii = domainToASCII(domain);
+      const matched = localDomains.find((d) => d === ascii);
+      if (matched === undefined) return null;
+      domain = matched;
+    }
+  }
+  if (mode === 'strip') domain = null;
+  else if (mode === 'qualify' && domain === null) domain = localDomains[0] ?? null;
+  local = local.trim();
+  const user = domain === null ? local : `${local}@${domain}`;
+  if (Buffer.byteLength(user) > MAX_USER_BYTES) return null;
+  return user;
 }

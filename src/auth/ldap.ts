@@ -205,6 +205,11 @@ export class LdapDirectory implements Directory {
     return raceAbort(work, signal);
   }
 
+  async lookup(user: string, signal: AbortSignal): Promise<DirectoryUser | null> {
+    const work = this.search(user).then((found) => (found === null ? null : { user, dn: found.dn, store: found.store }));
+    return raceAbort(work, signal);
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     const service = this.service;

@@ -52,6 +52,15 @@ function tlsOptionsFor(slot: Slot, config: BackendConfig): ConnectionOptions {
   return { ...(ca ? { ca } : {}), ...(isIP(name) === 0 ? { servername: name } : {}), checkServerIdentity: (_host, cert) => checkServerIdentity(name, cert), minVersion: 'TLSv1.2', rejectUnauthorized: true };
 }
 
+/**
+ * A TLS failure (an untrusted or mismatched certificate, a failed handshake) is not an
+ * unreachable slot: waiting will not fix it, so it is a login failure, never retried.
+ */
+function connectionFailureKind(error: NodeJS.ErrnoException): 'connect' | 'backend-login' {
+  const code = error.code ?? '';
+  return /^(ERR_TLS|ERR_SSL|CERT_|UNABLE_TO_|DEPTH_ZERO|SELF_SIGNED|HOSTNAME_MISMATCH|ERR_OSSL)/.test(code) || /certificate|handshake|\bssl\b|\btls\b/i.test(error.message) ? 'backend-login' : 'connect';
+}
+
 /** Rejects when the signal fires, destroying `socket`. */
 function onAbort(signal: AbortSignal, socket: Socket, reject: (e: unknown) => void, what: string): () => void {
   const listener = (): void => {
@@ -69,10 +78,10 @@ export function dialSlot(slot: Slot, protocol: Protocol, config: BackendConfig, 
     const socket: Socket =
       config.tls === 'implicit' ? tlsConnect({ host: slot.host, port, ...tlsOptionsFor(slot, config) }) : netConnect({ host: slot.host, port });
     const readyEvent = config.tls === 'implicit' ? 'secureConnect' : 'connect';
-    const fail = (code: string, message: string, cause?: unknown): void => {
+    const fail = (code: string, message: string, cause?: NodeJS.ErrnoException): void => {
       cleanup();
       socket.destroy();
-      reject(new MailfrontError(code, 'connect', `slot "${slot.name}" (${slot.host}:${port}): ${message}`, cause === undefined ? undefined : { cause }));
+      reject(new MailfrontError(code, cause ? connectionFailureKind(cause) : 'connect', `slot "${slot.name}" (${slot.host}:${port}): ${message}`, cause === undefined ? undefined : { cause }));
     };
     const timer = setTimeout(() => fail('BACKEND_CONNECT_TIMEOUT', `no connection within ${config.connectTimeoutMs} ms`), config.connectTimeoutMs);
     const onError = (error: Error): void => fail('BACKEND_CONNECT_FAILED', error.message, error);
@@ -121,8 +130,8 @@ export function loginToBackend(initial: Socket, slot: Slot, machine: BackendLogi
       socket.destroy();
       reject(error);
     }
-    function onError(error: Error): void {
-      fail(new MailfrontError('BACKEND_CONNECTION_ERROR', 'connect', `slot "${slot.name}": ${error.message} (state ${machine.state})`, { cause: error }));
+    function onError(error: NodeJS.ErrnoException): void {
+      fail(new MailfrontError('BACKEND_CONNECTION_ERROR', connectionFailureKind(error), `slot "${slot.name}": ${error.message} (state ${machine.state})`, { cause: error }));
     }
     function onClose(): void {
       fail(new MailfrontError('BACKEND_CLOSED', 'connect', `slot "${slot.name}" closed the connection during login (state ${machine.state})`));
@@ -184,4 +193,51 @@ export function loginToBackend(initial: Socket, slot: Slot, machine: BackendLogi
     attach(socket);
     socket.resume();
   });
+}
+
+/** Reads the first line a slot sends; resolves with it (without CRLF). */
+function readGreeting(socket: Socket, signal: AbortSignal): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let buffered = Buffer.alloc(0);
+    const done = (error: Error | null, line?: string): void => {
+      socket.off('data', onData);
+      socket.off('error', onError);
+      socket.off('close', onClose);
+      signal.removeEventListener('abort', onAbort);
+      if (error) reject(error);
+      else resolve(line ?? '');
+    };
+    const onData = (chunk: Buffer): void => {
+      buffered = Buffer.concat([buffered, chunk]);
+      const lf = buffered.indexOf(0x0a);
+      if (lf >= 0) done(null, buffered.subarray(0, lf).toString('latin1').replace(/\r$/, ''));
+      else if (buffered.length > 4096) done(new Error('greeting longer than 4096 bytes'));
+    };
+    const onError = (error: Error): void => done(error);
+    const onClose = (): void => done(new Error('closed before the greeting'));
+    const onAbort = (): void => done(new Error('no greeting in time'));
+    socket.on('data', onData);
+    socket.once('error', onError);
+    socket.once('close', onClose);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/**
+ * Probes a slot for health: connect and read a positive greeting, or, given a login machine for
+ * a probe account, log in. Always closes the connection.
+ */
+export async function probeSlot(slot: Slot, protocol: Protocol, config: BackendConfig, signal: AbortSignal, login?: BackendLoginMachine): Promise<void> {
+  const socket = await dialSlot(slot, protocol, config, signal);
+  try {
+    if (login) {
+      const session = await loginToBackend(socket, slot, login, config, signal);
+      session.socket.destroy();
+      return;
+    }
+    const greeting = await readGreeting(socket, signal);
+    if (!/^(\* OK|\+OK|"IMPLEMENTATION")/i.test(greeting)) throw new Error(`unexpected greeting: ${greeting.slice(0, 80)}`);
+  } finally {
+    socket.destroy();
+  }
 }

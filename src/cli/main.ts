@@ -1,41 +1,154 @@
 #!/usr/bin/env node
 /**
- * The `mailfront` command line: `serve`, `check-config`. Parses arguments, prints, and sets
- * the exit code; everything else is done by main.ts and config/.
+ * The `mailfront` command line. `serve` and `check-config` work on a config file; the operator
+ * commands (stores, whereis, failover, sessions, kick, reload) talk to a running instance's
+ * admin API, whose address and token they take from the same config file (or --url/--token).
+ * Parses arguments, prints, and sets the exit code; nothing else.
  */
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { ConfigError, loadConfig, loadStoreMap } from '../config/load.js';
+import { ConfigError, buildStoreMap, loadConfig } from '../config/load.js';
 import { Mailfront } from '../main.js';
+import { createStoreMapSource } from '../routing/sources.js';
 
 const VERSION = (JSON.parse(readFileSync(join(dirname(fileURLToPath(import.meta.url)), '../../../package.json'), 'utf8')) as { version: string }).version;
+const DEFAULT_CONFIG = '/etc/mailfront/mailfront.yaml';
+
+const COMMON = `Options:
+  -c, --config FILE   config file (default ${DEFAULT_CONFIG})
+  -h, --help          this help
+  -V, --version       print the version`;
+const REMOTE = `${COMMON}
+      --url URL       admin API base URL (default: http.host/http.port of the config)
+      --token TOKEN   admin API token (default: admin.token of the config)
+      --json          print the API's JSON instead of a table`;
 
 const HELP: Record<string, string> = {
   '': `Usage: mailfront <command> [options]
 
 Commands:
-  serve          run the frontend (listeners, LDAP, store map)
-  check-config   validate a config file and its store map without starting
+  serve                 run the frontend (listeners, LDAP, store map, admin API)
+  check-config [FILE]   validate a config file and its store map without starting
+  stores                list stores: masters, backwards stores, slot health, sessions
+  whereis USER          a user's store, current master, address and live sessions
+  failover STORE SLOT   make SLOT the current master of STORE (written to the store map source)
+  sessions              list spliced sessions (--user, --store, --slot filter)
+  kick USER             close every session of USER (or --slot SLOT for a whole slot)
+  reload                re-read the store map now (as SIGHUP does)
 
-Options:
-  -c, --config FILE   config file (default /etc/mailfront/mailfront.yaml)
-  -h, --help          this help; 'mailfront <command> --help' for a command
-  -V, --version       print the version
+'mailfront <command> --help' describes one command.
+${COMMON}
 `,
   serve: `Usage: mailfront serve [-c FILE]
 
-Runs mailfront in the foreground with the config FILE. Logs are JSON lines on stdout.
+Runs mailfront in the foreground. Logs are JSON lines on stdout.
 Signals: SIGHUP re-reads the store map; SIGTERM/SIGINT stop accepting, say BYE to sessions
 before login and drain spliced sessions (up to 10 s) before exiting.
+${COMMON}
 `,
   'check-config': `Usage: mailfront check-config [FILE | -c FILE]
 
-Validates FILE and the store map it names. Prints every problem with its path and what was
-expected, and exits 1 when there is any; prints a summary and exits 0 otherwise.
+Validates FILE and the store map it names (a file, or the LDAP store entries). Prints every
+problem with its path and what was expected and exits 1, or prints a summary and exits 0.
+${COMMON}
+`,
+  stores: `Usage: mailfront stores [-c FILE]
+
+One line per slot: store, slot, master or replica, health, sessions. A store whose current
+master is not its preferred master is flagged BACKWARDS.
+${REMOTE}
+`,
+  whereis: `Usage: mailfront whereis USER [-c FILE]
+
+Looks USER up in the directory and prints the store, its current master and address, and the
+user's live sessions.
+${REMOTE}
+`,
+  failover: `Usage: mailfront failover STORE SLOT [-c FILE]
+
+Makes SLOT the current master of STORE in the store map's source of truth (the YAML file or
+the LDAP store entry). New logins go to SLOT at once; sessions on the old master are closed
+over the configured spread window.
+${REMOTE}
+`,
+  sessions: `Usage: mailfront sessions [--user USER] [--store STORE] [--slot SLOT] [-c FILE]
+
+Lists spliced sessions.
+${REMOTE}
+`,
+  kick: `Usage: mailfront kick USER | --slot SLOT | --session ID [-c FILE]
+
+Closes sessions of a user, of a slot, or one session.
+${REMOTE}
+`,
+  reload: `Usage: mailfront reload [-c FILE]
+
+Re-reads the store map now; a broken one is rejected and the last good one stays in force.
+${REMOTE}
 `,
 };
+
+interface Remote {
+  readonly url: string;
+  readonly token: string;
+}
+
+function remoteFrom(values: { config?: string | undefined; url?: string | undefined; token?: string | undefined }): Remote {
+  let url = values.url;
+  let token = values.token ?? process.env['MAILFRONT_ADMIN_TOKEN'];
+  if (url === undefined || token === undefined) {
+    const config = loadConfig(values.config ?? DEFAULT_CONFIG);
+    if (url === undefined) {
+      if (config.http === undefined) throw new Error(`${config.file} has no http section: the admin API is not listening (or give --url)`);
+      const host = config.http.host === '0.0.0.0' ? '127.0.0.1' : config.http.host === '::' ? '::1' : config.http.host;
+      url = `http://${host.includes(':') ? `[${host}]` : host}:${config.http.port}`;
+    }
+    token ??= config.admin.token;
+  }
+  if (token === undefined) throw new Error('no admin token: set admin.token in the config, MAILFRONT_ADMIN_TOKEN, or --token');
+  return { url: url.replace(/\/$/, ''), token };
+}
+
+async function call(remote: Remote, method: 'GET' | 'POST', path: string, body?: unknown): Promise<Record<string, unknown>> {
+  let response: Response;
+  try {
+    response = await fetch(`${remote.url}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${remote.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+      signal: AbortSignal.timeout(30_000),
+    });
+  } catch (error) {
+    throw new Error(`cannot reach the admin API at ${remote.url}: ${error instanceof Error ? (error.cause instanceof Error ? error.cause.message : error.message) : String(error)}`);
+  }
+  const json = (await response.json().catch(() => ({}))) as Record<string, unknown>;
+  if (!response.ok) throw new Error(`${response.status}: ${String(json['error'] ?? response.statusText)}`);
+  return json;
+}
+
+/** Prints rows as aligned columns. */
+function table(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd();
+  return `${[line(header), ...rows.map(line)].join('\n')}\n`;
+}
+
+interface SessionJson {
+  id: string;
+  protocol: string;
+  user: string;
+  store: string;
+  slot: string;
+  client: string;
+  startedAt: string;
+}
+
+function sessionsTable(sessions: SessionJson[]): string {
+  if (sessions.length === 0) return 'no sessions\n';
+  return table(['SESSION', 'PROTOCOL', 'USER', 'STORE', 'SLOT', 'CLIENT', 'STARTED'], sessions.map((s) => [s.id, s.protocol, s.user, s.store, s.slot, s.client, s.startedAt]));
+}
 
 async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -45,36 +158,106 @@ async function main(argv: string[]): Promise<number> {
       config: { type: 'string', short: 'c' },
       help: { type: 'boolean', short: 'h' },
       version: { type: 'boolean', short: 'V' },
+      url: { type: 'string' },
+      token: { type: 'string' },
+      json: { type: 'boolean' },
+      user: { type: 'string' },
+      store: { type: 'string' },
+      slot: { type: 'string' },
+      session: { type: 'string' },
     },
   });
   const [command = '', ...rest] = positionals;
+  const out = (text: string): void => void process.stdout.write(text);
   if (values.version) {
-    process.stdout.write(`mailfront ${VERSION}\n`);
+    out(`mailfront ${VERSION}\n`);
     return 0;
   }
   if (values.help || command === '' || command === 'help') {
-    process.stdout.write(HELP[command] ?? HELP['']!);
+    const topic = command === 'help' ? (rest[0] ?? '') : command;
+    out(HELP[topic] ?? HELP['']!);
     return command === '' && !values.help ? 2 : 0;
   }
-  const configFile = values.config ?? rest[0] ?? '/etc/mailfront/mailfront.yaml';
+  const usage = (): number => {
+    process.stderr.write(HELP[command] ?? HELP['']!);
+    return 2;
+  };
+  const printJson = (value: unknown): void => out(`${JSON.stringify(value, null, 2)}\n`);
   switch (command) {
     case 'check-config': {
-      const config = loadConfig(configFile);
-      const map = loadStoreMap(config.storeMapFile, 1, config.backend);
-      const slots = [...map.stores.values()].reduce((n, s) => n + s.slots.size, 0);
-      process.stdout.write(`${config.file}: OK (${config.listeners.length} listeners, ${map.stores.size} stores, ${slots} slots)\n`);
+      const config = loadConfig(values.config ?? rest[0] ?? DEFAULT_CONFIG);
+      const source = createStoreMapSource(config.storeMap);
+      try {
+        const map = buildStoreMap(await source.load(), source.description, 1, config);
+        const slots = [...map.stores.values()].reduce((n, s) => n + s.slots.size, 0);
+        out(`${config.file}: OK (${config.listeners.length} listeners, ${map.stores.size} stores, ${slots} slots from ${source.description})\n`);
+      } finally {
+        await source.close();
+      }
       return 0;
     }
     case 'serve': {
-      const config = loadConfig(configFile);
+      const config = loadConfig(values.config ?? rest[0] ?? DEFAULT_CONFIG);
       const mailfront = await Mailfront.start(config);
-      process.on('SIGHUP', () => mailfront.reloadStoreMap());
+      process.on('SIGHUP', () => void mailfront.reloadStoreMap('signal'));
       const stop = (): void => {
         void mailfront.stop().then(() => process.exit(0));
       };
       process.once('SIGTERM', stop);
       process.once('SIGINT', stop);
       return -1;
+    }
+    case 'stores': {
+      const json = await call(remoteFrom(values), 'GET', '/api/stores');
+      if (values.json) return printJson(json), 0;
+      const stores = json['stores'] as Array<{ store: string; backwards: boolean; preferredMaster: string; slots: Array<{ slot: string; host: string; master: boolean; health: string; sessions: number }> }>;
+      const rows = stores.flatMap((s) =>
+        s.slots.map((slot) => [s.store, slot.slot, slot.host, slot.master ? 'master' : 'replica', slot.slot === s.preferredMaster ? 'yes' : '', slot.health, String(slot.sessions), s.backwards && slot.master ? 'BACKWARDS' : '']),
+      );
+      out(`store map version ${String(json['version'])}\n`);
+      out(table(['STORE', 'SLOT', 'HOST', 'ROLE', 'PREFERRED', 'HEALTH', 'SESSIONS', ''], rows));
+      const backwards = stores.filter((s) => s.backwards).map((s) => s.store);
+      if (backwards.length > 0) out(`backwards stores (current master is not the preferred master): ${backwards.join(', ')}\n`);
+      return 0;
+    }
+    case 'whereis': {
+      if (rest[0] === undefined) return usage();
+      const json = await call(remoteFrom(values), 'GET', `/api/whereis/${encodeURIComponent(rest[0])}`);
+      if (values.json) return printJson(json), 0;
+      out(`user            ${String(json['user'])}\ndirectory entry ${String(json['dn'])}\nstore           ${String(json['store'] ?? '-')}\ncurrent master  ${String(json['currentMaster'] ?? '-')}\naddress         ${String(json['address'] ?? '-')} ${json['ports'] ? JSON.stringify(json['ports']) : ''}\n`);
+      if (json['problem']) out(`problem         ${String(json['problem'])}\n`);
+      out(sessionsTable(json['sessions'] as SessionJson[]));
+      return 0;
+    }
+    case 'failover': {
+      const [store, slot] = rest;
+      if (store === undefined || slot === undefined) return usage();
+      const json = await call(remoteFrom(values), 'POST', `/api/stores/${encodeURIComponent(store)}/failover`, { slot });
+      if (values.json) return printJson(json), 0;
+      out(`store ${store}: current master is now ${slot} (store map version ${String(json['version'])})\n`);
+      return 0;
+    }
+    case 'sessions': {
+      const query = new URLSearchParams();
+      for (const key of ['user', 'store', 'slot'] as const) if (values[key] !== undefined) query.set(key, values[key]);
+      const json = await call(remoteFrom(values), 'GET', `/api/sessions${query.size > 0 ? `?${query}` : ''}`);
+      if (values.json) return printJson(json), 0;
+      out(sessionsTable(json['sessions'] as SessionJson[]));
+      return 0;
+    }
+    case 'kick': {
+      const body = rest[0] !== undefined ? { user: rest[0] } : values.slot !== undefined ? { slot: values.slot } : values.session !== undefined ? { session: values.session } : undefined;
+      if (body === undefined) return usage();
+      const json = await call(remoteFrom(values), 'POST', '/api/kick', body);
+      if (values.json) return printJson(json), 0;
+      out(`closed ${(json['kicked'] as unknown[]).length} session(s)\n`);
+      return 0;
+    }
+    case 'reload': {
+      const json = await call(remoteFrom(values), 'POST', '/api/reload');
+      if (values.json) return printJson(json), 0;
+      out(json['ok'] ? `store map version ${String(json['version'])} in force\n` : `rejected: ${String(json['error'])}; version ${String(json['version'])} stays in force\n`);
+      return json['ok'] ? 0 : 1;
     }
     default:
       process.stderr.write(`mailfront: unknown command "${command}"\n\n${HELP['']}`);

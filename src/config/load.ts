@@ -6,11 +6,13 @@ import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
 import { MailfrontError } from '../errors.js';
-import type { BackendConfig, Config } from './schema.js';
+import type { Config } from './schema.js';
 import { readConfig } from './schema.js';
 import { StoreMap, readStoreMap } from '../routing/storemap.js';
 import type { ConfigIssue } from './validate.js';
 import { IssueList, deepFreeze } from './validate.js';
+
+export { resolverFor };
 
 /** A config or store-map file that cannot be used; `issues` lists every problem. */
 export class ConfigError extends MailfrontError {
@@ -43,12 +45,12 @@ function parseYamlFile(file: string): unknown {
   return doc.toJS({ maxAliasCount: 100 });
 }
 
-/** Replaces every `<name>_password_file: PATH` with `<name>_password: <file content, trimmed>`. */
+/** Replaces every `<name>_password_file: PATH` (and `token_file`) with the key without `_file` set to the file's content. */
 function inlineSecretFiles(node: unknown, resolvePath: (p: string) => string, path: string, issues: IssueList): void {
   if (node === null || typeof node !== 'object') return;
   for (const [key, value] of Object.entries(node as Record<string, unknown>)) {
     const childPath = Array.isArray(node) ? `${path}[${key}]` : path === '' ? key : `${path}.${key}`;
-    if (key.endsWith('_password_file') && !Array.isArray(node)) {
+    if ((key.endsWith('_password_file') || key === 'token_file') && !Array.isArray(node)) {
       const target = key.slice(0, -'_file'.length);
       const obj = node as Record<string, unknown>;
       delete obj[key];
@@ -86,14 +88,25 @@ export function loadConfig(fileName: string): Config {
   return deepFreeze(config);
 }
 
-/** Loads and validates a store-map file as version `version`; throws ConfigError listing every problem. */
-export function loadStoreMap(fileName: string, version: number, globalBackend: BackendConfig): StoreMap {
+/** Reads a store-map YAML file into a plain document (secrets from files inlined). */
+export function readStoreMapFile(fileName: string): unknown {
   const file = resolve(fileName);
-  const resolvePath = resolverFor(file);
   const doc = parseYamlFile(file);
   const issues = new IssueList();
-  inlineSecretFiles(doc, resolvePath, '', issues);
-  const map = readStoreMap(doc, version, globalBackend, resolvePath, issues);
+  inlineSecretFiles(doc, resolverFor(file), '', issues);
   if (issues.issues.length > 0) throw new ConfigError(file, issues.issues);
-  return deepFreeze(map);
+  return doc;
+}
+
+/** Builds store-map version `version` from a document; throws ConfigError (naming `origin`) listing every problem. */
+export function buildStoreMap(doc: unknown, origin: string, version: number, config: Pick<Config, 'backend' | 'backendProfiles'>, resolvePath: (p: string) => string = resolverFor(resolve(origin))): StoreMap {
+  const issues = new IssueList();
+  const map = readStoreMap(doc, version, config.backend, config.backendProfiles, resolvePath, issues);
+  if (issues.issues.length > 0) throw new ConfigError(origin, issues.issues);
+  return map;
+}
+
+/** Loads and validates a store-map file as version `version`; throws ConfigError listing every problem. */
+export function loadStoreMap(fileName: string, version: number, config: Pick<Config, 'backend' | 'backendProfiles'>): StoreMap {
+  return buildStoreMap(readStoreMapFile(fileName), resolve(fileName), version, config);
 }

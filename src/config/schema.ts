@@ -76,8 +76,18 @@ export interface BackendConfig {
   readonly loginTimeoutMs: number;
 }
 
+/** How a domain part in a login name is treated (see UsernameConfig). */
+export type UsernameDomainMode = 'keep' | 'strip' | 'qualify';
+
 export interface UsernameConfig {
   readonly lowercase: boolean;
+  /**
+   * `keep` (default): the name as typed, its domain part lower-cased; `strip`: `user@<local domain>`
+   * is the user `user`; `qualify`: a bare `user` is `user@<first local domain>`.
+   */
+  readonly domain?: UsernameDomainMode;
+  /** The local mail domains (lower-case ASCII); when any are set, names in other domains are refused. */
+  readonly localDomains?: readonly string[];
 }
 
 export interface SessionConfig {
@@ -87,14 +97,61 @@ export interface SessionConfig {
   readonly authFailureDelayMs: number;
 }
 
+/** Where the store map comes from: a YAML file, or store entries in LDAP. */
+export type StoreMapSourceConfig =
+  | { readonly kind: 'file'; readonly file: string; readonly watch: boolean }
+  | {
+      readonly kind: 'ldap';
+      readonly urls: readonly string[];
+      readonly bindDn: string;
+      readonly bindPassword: string;
+      readonly baseDn: string;
+      readonly pollIntervalMs: number;
+      readonly starttls: boolean;
+      readonly caFile?: string;
+      readonly operationTimeoutMs: number;
+    };
+
+export interface FailoverConfig {
+  /** Sessions on a demoted master are closed at random moments spread over this window. */
+  readonly drainSpreadMs: number;
+  /** A login whose master is unreachable is retried (following the store map) for this long. */
+  readonly holdMs: number;
+}
+
+export interface HealthConfig {
+  readonly intervalMs: number;
+  readonly timeoutMs: number;
+  /** When set, a probe also logs in with this account (replay mode). */
+  readonly probeUser?: string;
+  readonly probePassword?: string;
+}
+
+/** The HTTP listener for metrics, health and the admin API. */
+export interface HttpConfig {
+  readonly host: string;
+  readonly port: number;
+}
+
+export interface AdminConfig {
+  /** Bearer token for the admin API; the API is off when absent. */
+  readonly token?: string;
+}
+
 export interface Config {
   /** Absolute path of the file this was read from (relative paths in it resolve against its folder). */
   readonly file: string;
   readonly logLevel: LogLevel;
   readonly listeners: readonly ListenerConfig[];
   readonly directory: DirectoryConfig;
-  readonly storeMapFile: string;
+  readonly storeMap: StoreMapSourceConfig;
   readonly backend: BackendConfig;
+  /** Named backend settings a store can refer to with `backend_profile`. */
+  readonly backendProfiles: ReadonlyMap<string, BackendConfig>;
+  readonly failover: FailoverConfig;
+  readonly health: HealthConfig;
+  readonly admin: AdminConfig;
+  readonly http?: HttpConfig;
   readonly usernames: UsernameConfig;
   readonly session: SessionConfig;
 }
@@ -104,20 +161,26 @@ const LOGIN_MODES: readonly BackendLoginMode[] = ['replay', 'master-user', 'sasl
 const TLS_MODES: readonly ListenerTls[] = ['none', 'starttls', 'implicit'];
 
 /** Secrets may be given inline or as `<key>_file` (read by load.ts before this runs). */
-export const SECRET_KEYS = ['bind_password', 'proxy_password'] as const;
+export const SECRET_KEYS = ['bind_password', 'proxy_password', 'probe_password', 'token'] as const;
 
 /** Reads a whole config document; `resolvePath` makes file names absolute. */
 export function readConfig(doc: unknown, file: string, resolvePath: (p: string) => string, issues: IssueList): Config {
-  const root = readSection(doc, '', ['log', 'listeners', 'directory', 'store_map', 'backend', 'usernames', 'session'], issues) ?? {};
+  const root = readSection(doc, '', ['log', 'listeners', 'directory', 'store_map', 'backend', 'backend_profiles', 'usernames', 'session', 'failover', 'health', 'admin', 'http'], issues) ?? {};
   const log = root['log'] === undefined ? {} : readSection(root['log'], 'log', ['level'], issues) ?? {};
-  const storeMap = readSection(root['store_map'], 'store_map', ['file'], issues) ?? {};
+  const directory = readDirectory(root['directory'], resolvePath, issues);
+  const backend = readBackend(root['backend'], 'backend', resolvePath, issues);
   return {
     file,
     logLevel: oneOf(log, 'level', 'log', issues, LOG_LEVELS, 'info'),
     listeners: readListeners(root['listeners'], resolvePath, issues),
-    directory: readDirectory(root['directory'], resolvePath, issues),
-    storeMapFile: resolvePath(str(storeMap, 'file', 'store_map', issues)),
-    backend: readBackend(root['backend'], 'backend', resolvePath, issues),
+    directory,
+    storeMap: readStoreMapSource(root['store_map'], directory, resolvePath, issues),
+    backend,
+    backendProfiles: readBackendProfiles(root['backend_profiles'], backend, resolvePath, issues),
+    failover: readFailover(root['failover'], issues),
+    health: readHealth(root['health'], issues),
+    admin: readAdmin(root['admin'], issues),
+    ...(root['http'] !== undefined ? { http: readHttp(root['http'], issues) } : {}),
     usernames: readUsernames(root['usernames'], issues),
     session: readSessionSettings(root['session'], issues),
   };
@@ -217,9 +280,86 @@ export function readBackend(v: unknown, path: string, resolvePath: (p: string) =
   };
 }
 
+function readStoreMapSource(v: unknown, directory: DirectoryConfig, resolvePath: (p: string) => string, issues: IssueList): StoreMapSourceConfig {
+  const path = 'store_map';
+  const o = readSection(v, path, ['file', 'watch', 'ldap'], issues) ?? {};
+  if ((o['file'] === undefined) === (o['ldap'] === undefined)) {
+    issues.add(path, 'exactly one of file or ldap', o);
+    return { kind: 'file', file: '', watch: false };
+  }
+  if (o['file'] !== undefined) return { kind: 'file', file: resolvePath(str(o, 'file', path, issues)), watch: bool(o, 'watch', path, issues, true) };
+  const lpath = at(path, 'ldap');
+  const l = readSection(o['ldap'], lpath, ['urls', 'bind_dn', 'bind_password', 'base_dn', 'poll_interval_ms', 'starttls', 'ca_file', 'operation_timeout_ms'], issues) ?? {};
+  const urls = l['urls'] === undefined ? [...directory.urls] : strList(l, 'urls', lpath, issues);
+  const caFile = optStr(l, 'ca_file', lpath, issues);
+  const resolvedCa = caFile !== undefined ? resolvePath(caFile) : directory.caFile;
+  return {
+    kind: 'ldap',
+    urls,
+    bindDn: str(l, 'bind_dn', lpath, issues, directory.bindDn),
+    bindPassword: str(l, 'bind_password', lpath, issues, directory.bindPassword),
+    baseDn: str(l, 'base_dn', lpath, issues),
+    pollIntervalMs: int(l, 'poll_interval_ms', lpath, issues, 100, 3_600_000, 1_000),
+    starttls: bool(l, 'starttls', lpath, issues, directory.starttls),
+    ...(resolvedCa !== undefined ? { caFile: resolvedCa } : {}),
+    operationTimeoutMs: int(l, 'operation_timeout_ms', lpath, issues, 100, 120_000, directory.operationTimeoutMs),
+  };
+}
+
+function readBackendProfiles(v: unknown, base: BackendConfig, resolvePath: (p: string) => string, issues: IssueList): ReadonlyMap<string, BackendConfig> {
+  const profiles = new Map<string, BackendConfig>();
+  if (v === undefined) return profiles;
+  const o = readMapping(v, 'backend_profiles', issues) ?? {};
+  for (const [name, section] of Object.entries(o)) profiles.set(name, readBackend(section, at('backend_profiles', name), resolvePath, issues, base));
+  return profiles;
+}
+
+function readFailover(v: unknown, issues: IssueList): FailoverConfig {
+  const o = v === undefined ? {} : readSection(v, 'failover', ['drain_spread_ms', 'hold_ms'], issues) ?? {};
+  return {
+    drainSpreadMs: int(o, 'drain_spread_ms', 'failover', issues, 0, 600_000, 2_000),
+    holdMs: int(o, 'hold_ms', 'failover', issues, 0, 600_000, 15_000),
+  };
+}
+
+function readHealth(v: unknown, issues: IssueList): HealthConfig {
+  const o = v === undefined ? {} : readSection(v, 'health', ['interval_ms', 'timeout_ms', 'probe_user', 'probe_password'], issues) ?? {};
+  const probeUser = optStr(o, 'probe_user', 'health', issues);
+  const probePassword = optStr(o, 'probe_password', 'health', issues);
+  if ((probeUser === undefined) !== (probePassword === undefined)) issues.add('health', 'probe_user and probe_password together', o);
+  return {
+    intervalMs: int(o, 'interval_ms', 'health', issues, 0, 3_600_000, 5_000),
+    timeoutMs: int(o, 'timeout_ms', 'health', issues, 100, 120_000, 3_000),
+    ...(probeUser !== undefined && probePassword !== undefined ? { probeUser, probePassword } : {}),
+  };
+}
+
+function readHttp(v: unknown, issues: IssueList): HttpConfig {
+  const o = readSection(v, 'http', ['host', 'port'], issues) ?? {};
+  const host = str(o, 'host', 'http', issues, '127.0.0.1');
+  if (isIP(host) === 0) issues.add('http.host', 'an IPv4 or IPv6 address', host);
+  return { host, port: int(o, 'port', 'http', issues, 0, 65535, 9143) };
+}
+
+function readAdmin(v: unknown, issues: IssueList): AdminConfig {
+  const o = v === undefined ? {} : readSection(v, 'admin', ['token'], issues) ?? {};
+  const token = optStr(o, 'token', 'admin', issues);
+  if (token !== undefined && token.length < 16) issues.add('admin.token', 'a token of at least 16 characters', `a string of ${token.length} characters`);
+  return token !== undefined ? { token } : {};
+}
+
 function readUsernames(v: unknown, issues: IssueList): UsernameConfig {
-  const o = v === undefined ? {} : readSection(v, 'usernames', ['lowercase'], issues) ?? {};
-  return { lowercase: bool(o, 'lowercase', 'usernames', issues, true) };
+  const path = 'usernames';
+  const o = v === undefined ? {} : readSection(v, path, ['lowercase', 'domain', 'local_domains'], issues) ?? {};
+  const domain = oneOf<UsernameDomainMode>(o, 'domain', path, issues, ['keep', 'strip', 'qualify'], 'keep');
+  const localDomains = o['local_domains'] === undefined ? [] : strList(o, 'local_domains', path, issues).map((d) => d.toLowerCase());
+  localDomains.forEach((d, i) => {
+    if (!/^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/.test(d)) {
+      issues.add(at(at(path, 'local_domains'), i), 'a domain name in ASCII (internationalised names as xn--…)', d);
+    }
+  });
+  if (domain !== 'keep' && localDomains.length === 0) issues.add(at(path, 'local_domains'), `the local mail domains (domain is "${domain}")`, undefined);
+  return { lowercase: bool(o, 'lowercase', path, issues, true), domain, localDomains };
 }
 
 function readSessionSettings(v: unknown, issues: IssueList): SessionConfig {

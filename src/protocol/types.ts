@@ -135,6 +135,16 @@ export interface BackendLoginMachine {
   tlsStarted(): BackendAction[];
 }
 
+/**
+ * Follows the backend-to-client byte stream of a spliced session (without changing it) to tell
+ * whether a notice such as an untagged BYE could be inserted now without landing inside a
+ * response or a literal.
+ */
+export interface ResponseBoundaryTracker {
+  observe(chunk: Uint8Array): void;
+  atBoundary(): boolean;
+}
+
 /** The protocols mailfront fronts. */
 export type ProtocolName = 'imap' | 'pop3' | 'managesieve';
 
@@ -148,4 +158,6 @@ export interface ProtocolAdapter {
    * when nothing can be sent safely mid-stream (POP3).
    */
   drainNotice(text: string): string | null;
+  /** A tracker for where drainNotice may be inserted; absent when there is no notice to insert. */
+  createResponseTracker?(): ResponseBoundaryTracker;
 }

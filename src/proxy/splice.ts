@@ -4,6 +4,7 @@
  * exactly once. No parsing and no copies per chunk after login.
  */
 import type { Socket } from 'node:net';
+import type { ResponseBoundaryTracker } from '../protocol/types.js';
 
 /** Why a splice ended. */
 export type SpliceEndReason = 'client-closed' | 'backend-closed' | 'client-error' | 'backend-error' | 'idle-timeout' | 'kicked' | 'drained' | 'shutdown';
@@ -21,7 +22,7 @@ export interface Splice {
  * client sent after its login command) and `leftover` to the client (bytes the backend sent
  * after its login reply).
  */
-export function splice(client: Socket, backend: Socket, pipelined: Uint8Array, leftover: Uint8Array, idleTimeoutMs: number): Splice {
+export function splice(client: Socket, backend: Socket, pipelined: Uint8Array, leftover: Uint8Array, idleTimeoutMs: number, tracker: ResponseBoundaryTracker | null = null): Splice {
   let endReason: SpliceEndReason | null = null;
   let resolveEnded!: (r: SpliceEndReason) => void;
   const ended = new Promise<SpliceEndReason>((r) => (resolveEnded = r));
@@ -59,7 +60,11 @@ export function splice(client: Socket, backend: Socket, pipelined: Uint8Array, l
   backend.setNoDelay(true);
 
   if (pipelined.length > 0) backend.write(pipelined);
-  if (leftover.length > 0) client.write(leftover);
+  if (leftover.length > 0) {
+    tracker?.observe(leftover);
+    client.write(leftover);
+  }
+  if (tracker) backend.on('data', (chunk: Buffer) => tracker.observe(chunk));
   client.pipe(backend, { end: false });
   backend.pipe(client, { end: false });
   client.resume();
@@ -72,7 +77,9 @@ export function splice(client: Socket, backend: Socket, pipelined: Uint8Array, l
       endReason = reason;
       backend.unpipe(client);
       backend.destroy();
-      if (notice !== null && client.writable) {
+      // A notice is written only between two responses; in the middle of one (a literal, say)
+      // the client would read it as data, so then the connection just closes.
+      if (notice !== null && client.writable && (tracker?.atBoundary() ?? false)) {
         client.end(notice);
         // A client that does not read must not hold its socket open.
         setTimeout(() => client.destroy(), 1_000).unref();

@@ -54,7 +54,7 @@ export class StoreMap {
 }
 
 /** Reads a store-map document; `globalBackend` is the config's backend section that stores override. */
-export function readStoreMap(doc: unknown, version: number, globalBackend: BackendConfig, resolvePath: (p: string) => string, issues: IssueList): StoreMap {
+export function readStoreMap(doc: unknown, version: number, globalBackend: BackendConfig, profiles: ReadonlyMap<string, BackendConfig>, resolvePath: (p: string) => string, issues: IssueList): StoreMap {
   const root = readSection(doc, '', ['stores'], issues) ?? {};
   const storesDoc = readMapping(root['stores'], 'stores', issues) ?? {};
   const stores = new Map<string, Store>();
@@ -62,7 +62,7 @@ export function readStoreMap(doc: unknown, version: number, globalBackend: Backe
   if (Object.keys(storesDoc).length === 0) issues.add('stores', 'at least one store', storesDoc);
   for (const [storeName, storeDoc] of Object.entries(storesDoc)) {
     const path = at('stores', storeName);
-    const o = readSection(storeDoc, path, ['slots', 'current_master', 'preferred_master', 'backend'], issues);
+    const o = readSection(storeDoc, path, ['slots', 'current_master', 'preferred_master', 'backend', 'backend_profile'], issues);
     if (!o) continue;
     const slotsDoc = readMapping(o['slots'], at(path, 'slots'), issues) ?? {};
     const slots = new Map<string, Slot>();
@@ -92,7 +92,14 @@ export function readStoreMap(doc: unknown, version: number, globalBackend: Backe
     for (const [key, value] of [['current_master', currentMaster], ['preferred_master', preferredMaster]] as const) {
       if (value !== '' && slots.size > 0 && !slots.has(value)) issues.add(at(path, key), `one of this store's slots (${[...slots.keys()].join(', ')})`, value);
     }
-    const backend = o['backend'] === undefined ? globalBackend : readBackend(o['backend'], at(path, 'backend'), resolvePath, issues, globalBackend);
+    let base = globalBackend;
+    if (o['backend_profile'] !== undefined) {
+      const name = str(o, 'backend_profile', path, issues);
+      const profile = profiles.get(name);
+      if (profile === undefined) issues.add(at(path, 'backend_profile'), `one of the config's backend_profiles (${[...profiles.keys()].join(', ') || 'none defined'})`, name);
+      else base = profile;
+    }
+    const backend = o['backend'] === undefined ? base : readBackend(o['backend'], at(path, 'backend'), resolvePath, issues, base);
     stores.set(storeName, { name: storeName, slots, preferredMaster, currentMaster, backend });
   }
   return new StoreMap(version, stores);

@@ -238,11 +238,8 @@ export class Session {
       this.log.info({ event: 'session.authenticated', user, mechanism: credentials.mechanism }, 'user authenticated');
       if (found.store === null) throw new MailfrontError('USER_WITHOUT_STORE', 'no-route', `the directory entry ${found.dn} has no store attribute`);
       this.store = found.store;
-      const map = this.context.storeMap();
-      const { store, slot } = map.currentMaster(found.store);
-      this.slot = slot.name;
       this.phase = 'backend-login';
-      const backend = await this.connectBackend(slot, store.backend, user, credentials.password);
+      const backend = await this.loginToCurrentMaster(found.store, user, credentials.password, config);
       this.startSplice(backend);
     } catch (caught) {
       const error = asMailfrontError(caught);
@@ -261,6 +258,34 @@ export class Session {
       }
       this.store = undefined;
       if (this.phase === 'preauth' && !this.socket.destroyed) this.perform(this.machine.loginFailed(refusal, UNAVAILABLE_TEXT[error.kind]));
+    }
+  }
+
+  /**
+   * Logs in to the store's current master. While the master is unreachable the login is held
+   * and retried, reading the store map afresh each time so that a failover during the wait is
+   * followed. A login that completes on a slot that stopped being master meanwhile is dropped
+   * and retried: no session is ever spliced to a demoted master.
+   */
+  private async loginToCurrentMaster(storeName: string, user: string, password: string, config: Config): Promise<BackendSession> {
+    const deadline = Date.now() + config.failover.holdMs;
+    for (let attempt = 1; ; attempt++) {
+      const { store, slot } = this.context.storeMap().currentMaster(storeName);
+      this.slot = slot.name;
+      try {
+        const backend = await this.connectBackend(slot, store.backend, user, password);
+        const now = this.context.storeMap().currentMaster(storeName).slot;
+        if (now.name === slot.name) return backend;
+        backend.socket.destroy();
+        if (Date.now() >= deadline) throw new MailfrontError('MASTER_KEEPS_CHANGING', 'no-route', `store "${storeName}" changed its master during every login attempt`);
+        this.log.warn({ event: 'session.master_changed_during_login', store: storeName, slot: slot.name, currentMaster: now.name }, 'the master changed during backend login; following it');
+      } catch (caught) {
+        const error = asMailfrontError(caught);
+        if (error.kind !== 'connect' || Date.now() >= deadline) throw error;
+        this.log.warn({ event: 'session.backend_retry', store: storeName, slot: slot.name, attempt, err: error.message }, 'current master unreachable; holding the login');
+        await delay(Math.min(250 * attempt, 1_000, deadline - Date.now()), this.abort.signal);
+        if (this.abort.signal.aborted) throw new MailfrontError('ABORTED', 'aborted', 'the session ended while its login was held');
+      }
     }
   }
 
@@ -290,7 +315,7 @@ export class Session {
     this.detachPreauth(this.socket);
     this.phase = 'spliced';
     this.socket.write(success.reply);
-    const running = splice(this.socket, backend.socket, success.pipelined, backend.leftover, this.context.config().session.idleTimeoutMs);
+    const running = splice(this.socket, backend.socket, success.pipelined, backend.leftover, this.context.config().session.idleTimeoutMs, this.adapter.createResponseTracker?.() ?? null);
     this.splice = running;
     const entry: SessionEntry = {
       id: this.id,

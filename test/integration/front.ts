@@ -16,6 +16,7 @@ export interface SlotSpec {
   readonly imapsPort?: number;
   readonly pop3Port?: number;
   readonly pop3sPort?: number;
+  readonly sievePort?: number;
 }
 
 export interface StoreSpec {
@@ -31,6 +32,10 @@ export interface FrontOptions {
   readonly backend?: Record<string, unknown>;
   readonly session?: Record<string, unknown>;
   readonly directory?: Record<string, unknown>;
+  /** Adds ManageSieve listeners (sievePort with STARTTLS, sieveTrustedPort with plaintext allowed). */
+  readonly sieve?: boolean;
+  readonly failover?: Record<string, unknown>;
+  readonly admin?: Record<string, unknown>;
 }
 
 export interface Front {
@@ -44,6 +49,10 @@ export interface Front {
   readonly pop3Port: number;
   readonly pop3sPort: number;
   readonly pop3TrustedPort: number;
+  /** ManageSieve with STARTTLS; plaintext credentials refused without TLS (when `sieve`). */
+  readonly sievePort?: number;
+  /** ManageSieve where plaintext credentials are allowed (when `sieve`). */
+  readonly sieveTrustedPort?: number;
   readonly certs: TestCerts;
   /** The test CA as PEM, for clients. */
   readonly caPem: string;
@@ -76,6 +85,7 @@ function storesDocument(stores: Record<string, StoreSpec>): unknown {
                 ...(p.imapsPort ? { imaps_port: p.imapsPort } : {}),
                 ...(p.pop3Port ? { pop3_port: p.pop3Port } : {}),
                 ...(p.pop3sPort ? { pop3s_port: p.pop3sPort } : {}),
+                ...(p.sievePort ? { sieve_port: p.sievePort } : {}),
               },
             ]),
           ),
@@ -85,12 +95,23 @@ function storesDocument(stores: Record<string, StoreSpec>): unknown {
   };
 }
 
+/** The admin API token of every test instance. */
+export const ADMIN_TOKEN = 'test-admin-token-0123456789';
+
 /** Starts mailfront with listeners for IMAP, IMAPS, POP3, POP3S and trusted plaintext variants. */
 export async function startFront(options: FrontOptions): Promise<Front> {
   const dir = tmpDir('front');
   const certs = await makeCerts(dir.path);
   const [imapPort, imapsPort, imapTrustedPort, pop3Port, pop3sPort, pop3TrustedPort] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort(), freePort()]);
   const certificate = { cert: certs.certFile, key: certs.keyFile };
+  const [sievePort, sieveTrustedPort] = options.sieve ? await Promise.all([freePort(), freePort()]) : [];
+  const sieveListeners =
+    sievePort !== undefined && sieveTrustedPort !== undefined
+      ? [
+          { name: 'sieve', protocol: 'managesieve', host: '127.0.0.1', port: sievePort, tls: 'starttls', certificate },
+          { name: 'sieve-webmail', protocol: 'managesieve', host: '127.0.0.1', port: sieveTrustedPort, tls: 'none', plaintext_without_tls: true },
+        ]
+      : [];
   const storesFile = join(dir.path, 'stores.yaml');
   const configFile = join(dir.path, 'mailfront.yaml');
   const writeStores = (stores: Record<string, StoreSpec>): Promise<void> => writeFile(storesFile, stringify(storesDocument(stores)));
@@ -107,6 +128,7 @@ export async function startFront(options: FrontOptions): Promise<Front> {
         { name: 'pop3', protocol: 'pop3', host: '127.0.0.1', port: pop3Port, tls: 'starttls', certificate },
         { name: 'pop3s', protocol: 'pop3', host: '127.0.0.1', port: pop3sPort, tls: 'implicit', certificate },
         { name: 'pop3-webmail', protocol: 'pop3', host: '127.0.0.1', port: pop3TrustedPort, tls: 'none', plaintext_without_tls: true },
+        ...sieveListeners,
       ],
       directory: {
         urls: [options.slapd.url],
@@ -122,6 +144,10 @@ export async function startFront(options: FrontOptions): Promise<Front> {
       store_map: { file: 'stores.yaml' },
       backend: { login_mode: 'replay', connect_timeout_ms: 1000, login_timeout_ms: 5000, ...options.backend },
       session: { auth_failure_delay_ms: 300, preauth_timeout_ms: 5000, ...options.session },
+      failover: { hold_ms: 1000, drain_spread_ms: 200, ...options.failover },
+      health: { interval_ms: 0 },
+      admin: { token: ADMIN_TOKEN, ...options.admin },
+      http: { host: '127.0.0.1', port: 0 },
     }),
   );
   const logs: Array<Record<string, unknown>> = [];
@@ -142,6 +168,8 @@ export async function startFront(options: FrontOptions): Promise<Front> {
     pop3Port,
     pop3sPort,
     pop3TrustedPort,
+    ...(sievePort !== undefined ? { sievePort } : {}),
+    ...(sieveTrustedPort !== undefined ? { sieveTrustedPort } : {}),
     certs,
     caPem: await readFile(certs.caFile, 'utf8'),
     storesFile,

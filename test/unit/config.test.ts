@@ -46,12 +46,12 @@ test('a good config loads with defaults, secrets from files, and is frozen', () 
   const dir = writeTemp({ 'mf.yaml': GOOD, 'ldap.secret': 's3cret\n', 'stores.yaml': STORES });
   const config = loadConfig(join(dir, 'mf.yaml'));
   assert.equal(config.directory.bindPassword, 's3cret');
-  assert.equal(config.storeMapFile, join(dir, 'stores.yaml'));
+  assert.deepEqual(config.storeMap, { kind: 'file', file: join(dir, 'stores.yaml'), watch: true });
   assert.equal(config.backend.loginMode, 'replay');
   assert.equal(config.session.authFailureDelayMs, 2000);
   assert.equal(config.listeners[0]?.plaintextWithoutTls, false);
   assert.ok(Object.isFrozen(config.listeners[0]));
-  const map = loadStoreMap(config.storeMapFile, 7, config.backend);
+  const map = loadStoreMap(join(dir, 'stores.yaml'), 7, config);
   assert.equal(map.version, 7);
   assert.equal(map.currentMaster('store1').slot.name, 'slot1');
   assert.equal(map.stores.get('store1')?.preferredMaster, 'slot1');
@@ -125,7 +125,7 @@ stores:
     slots: { slot3: { host: 127.0.0.1, imap_port: 2 } }
 `,
   );
-  const error = configErrorOf(() => loadStoreMap(config.storeMapFile, 2, config.backend));
+  const error = configErrorOf(() => loadStoreMap(join(dir, 'stores.yaml'), 2, config));
   const paths = error.issues.map((i) => i.path);
   assert.ok(paths.includes('stores.store1.current_master'), paths.join(', '));
   assert.ok(paths.includes('stores.store2.slots.slot1'), paths.join(', '));
@@ -135,6 +135,6 @@ stores:
 test('routing refuses unknown stores', () => {
   const dir = writeTemp({ 'mf.yaml': GOOD, 'ldap.secret': 'x', 'stores.yaml': STORES });
   const config = loadConfig(join(dir, 'mf.yaml'));
-  const map = loadStoreMap(config.storeMapFile, 1, config.backend);
+  const map = loadStoreMap(join(dir, 'stores.yaml'), 1, config);
   assert.throws(() => map.currentMaster('store9'), (e: unknown) => e instanceof Error && 'kind' in e && e.kind === 'no-route');
 });

@@ -8,6 +8,7 @@ import type { ProtocolAdapter } from '../types.js';
 import { ImapBackendLoginMachine } from './backend.js';
 import { ImapPreauthMachine } from './preauth.js';
 import { safeText } from './wire.js';
+import { ImapResponseBoundary } from './boundary.js';
 
 /** The IMAP adapter. */
 export const imapAdapter: ProtocolAdapter = Object.freeze({
@@ -17,4 +18,5 @@ export const imapAdapter: ProtocolAdapter = Object.freeze({
   // RFC 9051 §7.1.5: an untagged BYE may be sent at any time, even mid-stream; [UNAVAILABLE]
   // (RFC 5530) tells the client to come back, and the store's new master will answer it.
   drainNotice: (text) => `* BYE [UNAVAILABLE] ${safeText(text)}\r\n`,
+  createResponseTracker: () => new ImapResponseBoundary(),
 } satisfies ProtocolAdapter);

@@ -1,4 +1,4 @@
-// A private Cyrus IMAP 3.6 instance (imapd + pop3d under master) on free loopback ports.
+// A private Cyrus IMAP 3.6 instance (imapd + pop3d, optionally timsieved, under master) on free loopback ports.
 // Cyrus conflicts with Dovecot in apt, so scripts/bootstrap.sh unpacks its .debs into
 // <repo>/.cache/cyrus; the binaries run from there with LD_LIBRARY_PATH.
 import { randomBytes } from 'node:crypto';
@@ -28,12 +28,18 @@ export interface CyrusOptions {
   readonly createMailboxes?: boolean;
   /** failedloginpause in seconds (Cyrus' default is 3; 0 here to keep tests fast). */
   readonly failedLoginPauseSeconds?: number;
+  /** timsieved (ManageSieve) on a free port; scripts under sievedir in the instance's directory. */
+  readonly sieve?: boolean;
 }
 
 export interface Cyrus {
   readonly host: '127.0.0.1';
   readonly imapPort: number;
   readonly pop3Port: number;
+  /** timsieved when the sieve option is set. */
+  readonly sievePort?: number;
+  /** sievedir of imapd.conf. */
+  readonly sieveDir: string;
   readonly dir: string;
   /** PID of the Cyrus master (changes on restart). */
   readonly pid: number;
@@ -157,6 +163,7 @@ export async function startCyrus(options: CyrusOptions): Promise<Cyrus> {
   try {
     const imapPort = await freePort();
     const pop3Port = await freePort();
+    const sievePort = options.sieve ? await freePort() : undefined;
     const imapdConf = join(dir, 'imapd.conf');
     const cyrusConf = join(dir, 'cyrus.conf');
     const pidFile = join(dir, 'master.pid');
@@ -209,6 +216,7 @@ export async function startCyrus(options: CyrusOptions): Promise<Cyrus> {
         'SERVICES {',
         `  imap cmd="${join(bin, 'imapd')} -C ${imapdConf}" listen="127.0.0.1:${imapPort}" prefork=1 maxchild=2000`,
         `  pop3 cmd="${join(bin, 'pop3d')} -C ${imapdConf}" listen="127.0.0.1:${pop3Port}" prefork=1 maxchild=2000`,
+        ...(sievePort !== undefined ? [`  sieve cmd="${join(bin, 'timsieved')} -C ${imapdConf}" listen="127.0.0.1:${sievePort}" prefork=1 maxchild=200`] : []),
         '}',
         'EVENTS {',
         '}',
@@ -236,6 +244,7 @@ export async function startCyrus(options: CyrusOptions): Promise<Cyrus> {
       daemon = d;
       await waitForPort(imapPort, { daemon: d });
       await waitForPort(pop3Port, { daemon: d });
+      if (sievePort !== undefined) await waitForPort(sievePort, { daemon: d });
     };
     await launch();
 
@@ -262,6 +271,8 @@ export async function startCyrus(options: CyrusOptions): Promise<Cyrus> {
       host: '127.0.0.1',
       imapPort,
       pop3Port,
+      ...(sievePort !== undefined ? { sievePort } : {}),
+      sieveDir: join(conf, 'sieve'),
       dir,
       get pid(): number {
         return daemon?.pid ?? -1;

@@ -1,4 +1,4 @@
-// A private Dovecot 2.3 instance (IMAP + POP3) on free loopback ports.
+// A private Dovecot 2.3 instance (IMAP + POP3, optionally ManageSieve) on free loopback ports.
 // Several instances run side by side: each has its own base_dir, state_dir, log and instance_name.
 import { randomBytes } from 'node:crypto';
 import { chown, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
@@ -33,6 +33,14 @@ export interface DovecotOptions {
   readonly haproxy?: boolean;
   /** auth_failure_delay in seconds (Dovecot's default is 2; 0 here to keep tests fast). */
   readonly authFailureDelaySeconds?: number;
+  /** Pigeonhole ManageSieve on a free port; scripts in ~/sieve, the active one linked from ~/.dovecot.sieve. */
+  readonly sieve?: boolean;
+  /**
+   * client_limit of the imap and pop3 services (default 1: a process per session). Above 1, one
+   * process serves that many sessions and lives on (service_count = 0): thousands of idle
+   * sessions (the benchmark) then need tens of processes instead of thousands.
+   */
+  readonly mailProcessClientLimit?: number;
 }
 
 export interface Dovecot {
@@ -44,6 +52,8 @@ export interface Dovecot {
   readonly pop3sPort?: number;
   readonly imapHaproxyPort?: number;
   readonly pop3HaproxyPort?: number;
+  /** ManageSieve (STARTTLS when tls) when the sieve option is set. */
+  readonly sievePort?: number;
   /** The test CA when tls. */
   readonly caFile?: string;
   /** The greeting text after "* OK " / "+OK ". */
@@ -92,6 +102,7 @@ interface Ports {
   pop3s?: number;
   imapHaproxy?: number;
   pop3Haproxy?: number;
+  sieve?: number;
 }
 
 function dovecotConf(
@@ -103,11 +114,13 @@ function dovecotConf(
   certs: { certFile: string; keyFile: string } | undefined,
   hasMaster: boolean,
   authFailureDelaySeconds: number,
+  mailProcessClientLimit: number,
 ): string {
   const listener = (name: string, port: number | undefined, extra: string[] = []): string[] =>
     port === undefined
       ? [`  inet_listener ${name} {`, '    port = 0', '  }']
       : [`  inet_listener ${name} {`, '    address = 127.0.0.1', `    port = ${port}`, ...extra.map((l) => `    ${l}`), '  }'];
+  const mailProcessLimits = mailProcessClientLimit > 1 ? [`  client_limit = ${mailProcessClientLimit}`, '  service_count = 0'] : [];
   const lines = [
     '# mailfront test Dovecot instance',
     `instance_name = ${instanceName}`,
@@ -116,7 +129,7 @@ function dovecotConf(
     `log_path = ${join(dir, 'dovecot.log')}`,
     `info_log_path = ${join(dir, 'dovecot.log')}`,
     'log_timestamp = "%Y-%m-%d %H:%M:%S "',
-    'protocols = imap pop3',
+    `protocols = imap pop3${ports.sieve !== undefined ? ' sieve' : ''}`,
     'listen = 127.0.0.1',
     `login_greeting = ${greeting}`,
     `login_trusted_networks = ${trustedNetworks}`,
@@ -179,9 +192,11 @@ function dovecotConf(
     '}',
     'service imap {',
     '  process_limit = 5000',
+    ...mailProcessLimits,
     '}',
     'service pop3 {',
     '  process_limit = 5000',
+    ...mailProcessLimits,
     '}',
     '# No per-IP auth penalty: every test client comes from 127.0.0.1.',
     'service anvil {',
@@ -198,8 +213,27 @@ function dovecotConf(
     'protocol pop3 {',
     '  mail_max_userip_connections = 10000',
     '}',
-    '',
   );
+  if (ports.sieve !== undefined) {
+    lines.push(
+      'service managesieve-login {',
+      ...listener('sieve', ports.sieve),
+      '  service_count = 0',
+      '  process_limit = 4',
+      '  process_min_avail = 1',
+      '}',
+      'service managesieve {',
+      '  process_limit = 5000',
+      '}',
+      'protocol sieve {',
+      '  mail_max_userip_connections = 10000',
+      '}',
+      'plugin {',
+      '  sieve = file:~/sieve;active=~/.dovecot.sieve',
+      '}',
+    );
+  }
+  lines.push('');
   return lines.join('\n');
 }
 
@@ -239,6 +273,7 @@ export async function startDovecot(options: DovecotOptions): Promise<Dovecot> {
       ports.imapHaproxy = await freePort();
       ports.pop3Haproxy = await freePort();
     }
+    if (options.sieve) ports.sieve = await freePort();
     const certs = options.tls ? await makeCerts(dir) : undefined;
     const instanceName = `mailfront-${options.name}-${randomBytes(4).toString('hex')}`;
     const greeting = `${options.name} ready.`;
@@ -259,12 +294,12 @@ export async function startDovecot(options: DovecotOptions): Promise<Dovecot> {
     await writeFile(
       confFile,
       dovecotConf(dir, instanceName, greeting, ports, options.trustedNetworks ?? '127.0.0.0/8', certs, options.masterUser !== undefined,
-        options.authFailureDelaySeconds ?? 0),
+        options.authFailureDelaySeconds ?? 0, options.mailProcessClientLimit ?? 1),
     );
     const mailDir = (user: string): string => join(dir, 'home', user, 'Maildir');
     for (const user of options.users) await ensureMaildir(mailDir(user.name));
 
-    const allPorts = [ports.imap, ports.pop3, ports.imaps, ports.pop3s, ports.imapHaproxy, ports.pop3Haproxy].filter(
+    const allPorts = [ports.imap, ports.pop3, ports.imaps, ports.pop3s, ports.imapHaproxy, ports.pop3Haproxy, ports.sieve].filter(
       (p): p is number => p !== undefined,
     );
     const launch = async (): Promise<void> => {
@@ -294,6 +329,7 @@ export async function startDovecot(options: DovecotOptions): Promise<Dovecot> {
       ...(ports.pop3s !== undefined ? { pop3sPort: ports.pop3s } : {}),
       ...(ports.imapHaproxy !== undefined ? { imapHaproxyPort: ports.imapHaproxy } : {}),
       ...(ports.pop3Haproxy !== undefined ? { pop3HaproxyPort: ports.pop3Haproxy } : {}),
+      ...(ports.sieve !== undefined ? { sievePort: ports.sieve } : {}),
       ...(certs ? { caFile: certs.caFile } : {}),
       ...(options.masterUser ? { masterUser: options.masterUser } : {}),
       greeting,

@@ -1,7 +1,9 @@
 // A private OpenLDAP slapd (plain slapd.conf, back_mdb) on a free loopback port.
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { makeCerts } from './certs.js';
 import { freePort } from './ports.js';
 import { run, spawnDaemon, waitForPort, type Daemon } from './process.js';
@@ -15,19 +17,20 @@ export const LDAP_ROOT_DN = `cn=admin,${LDAP_BASE_DN}`;
 export const LDAP_USER_OBJECT_CLASS = 'mailfrontUser';
 export const LDAP_STORE_ATTRIBUTE = 'mailStore';
 
-export const MAILFRONT_SCHEMA = `# mailfront test schema (private OIDs under 1.3.6.1.4.1.99999)
-attributetype ( 1.3.6.1.4.1.99999.1.1.1 NAME '${LDAP_STORE_ATTRIBUTE}'
-  DESC 'mailfront: name of the store that holds this user'
-  EQUALITY caseIgnoreMatch
-  SUBSTR caseIgnoreSubstringsMatch
-  SYNTAX 1.3.6.1.4.1.1466.115.121.1.15
-  SINGLE-VALUE )
+/** The schema mailfront ships (config/ldap/mailfront.schema): users' mailStore, store and slot entries. */
+export const MAILFRONT_SCHEMA = readFileSync(join(repoRootDir(), 'config/ldap/mailfront.schema'), 'utf8');
+/** Where store entries live in the test directory. */
+export const LDAP_STORES_DN = `ou=stores,${LDAP_BASE_DN}`;
 
-objectclass ( 1.3.6.1.4.1.99999.1.2.1 NAME '${LDAP_USER_OBJECT_CLASS}'
-  DESC 'mailfront: a mail user routed by mailfront'
-  SUP top AUXILIARY
-  MAY ( ${LDAP_STORE_ATTRIBUTE} ) )
-`;
+function repoRootDir(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'config/ldap/mailfront.schema'))) {
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error('slapd: cannot find config/ldap/mailfront.schema above the harness');
+    dir = parent;
+  }
+  return dir;
+}
 
 export interface SlapdUser {
   readonly uid: string;
@@ -163,6 +166,7 @@ function slapdConf(dir: string, rootPassword: string, tls: { certFile: string; k
     'index objectClass eq',
     'index uid eq',
     `index ${LDAP_STORE_ATTRIBUTE} eq`,
+    'index cn eq',
     '',
     '# Passwords: only for binding (anonymous auth); a user may change its own; nobody reads them.',
     'access to attrs=userPassword',
@@ -196,6 +200,10 @@ function baseLdif(servicePassword: string): string {
     `dn: ${LDAP_PEOPLE_DN}`,
     'objectClass: organizationalUnit',
     'ou: people',
+    '',
+    `dn: ${LDAP_STORES_DN}`,
+    'objectClass: organizationalUnit',
+    'ou: stores',
     '',
     `dn: ${LDAP_SERVICE_DN}`,
     'objectClass: organizationalRole',

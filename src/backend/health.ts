@@ -1,0 +1,90 @@
+/**
+ * Slot health checks: every slot of the store map is probed periodically (connect and read the
+ * greeting; with a probe account, also log in). Results are kept for status and metrics. It
+ * never changes routing: promoting a replica stays the operator's decision.
+ */
+import type { Logger } from '../log.js';
+import type { Slot, StoreMap } from '../routing/storemap.js';
+
+/** The last probe of one slot. */
+export interface SlotHealth {
+  readonly up: boolean;
+  readonly checkedAt: number;
+  readonly latencyMs: number;
+  /** Why the last probe failed. */
+  readonly error?: string;
+  /** Consecutive failed probes. */
+  readonly failures: number;
+}
+
+/** Probes one slot; resolves when healthy, rejects with the reason otherwise. */
+export type SlotProbe = (slot: Slot, signal: AbortSignal) => Promise<void>;
+
+/** Probes every slot of the current store map on an interval. */
+export class SlotHealthMonitor {
+  private readonly results = new Map<string, SlotHealth>();
+  private timer: NodeJS.Timeout | undefined;
+  private readonly abort = new AbortController();
+  private running = false;
+
+  constructor(
+    private readonly storeMap: () => StoreMap | null,
+    private readonly probe: SlotProbe,
+    private readonly intervalMs: number,
+    private readonly timeoutMs: number,
+    private readonly log: Logger,
+    private readonly onResult: (slot: Slot, health: SlotHealth) => void = () => undefined,
+  ) {}
+
+  /** Starts probing (an interval of 0 disables it). */
+  start(): void {
+    if (this.intervalMs === 0 || this.running) return;
+    this.running = true;
+    const tick = async (): Promise<void> => {
+      await this.probeAll();
+      if (this.running) this.timer = setTimeout(() => void tick(), this.intervalMs);
+    };
+    void tick();
+  }
+
+  stop(): void {
+    this.running = false;
+    clearTimeout(this.timer);
+    this.abort.abort();
+  }
+
+  /** The last result for `slot`, if probed. */
+  get(slot: string): SlotHealth | undefined {
+    return this.results.get(slot);
+  }
+
+  /** Probes every slot once, in parallel. */
+  async probeAll(): Promise<void> {
+    const map = this.storeMap();
+    if (map === null) return;
+    const slots = [...map.stores.values()].flatMap((s) => [...s.slots.values()]);
+    for (const name of this.results.keys()) if (!slots.some((s) => s.name === name)) this.results.delete(name);
+    await Promise.all(slots.map((slot) => this.probeOne(slot)));
+  }
+
+  private async probeOne(slot: Slot): Promise<void> {
+    const started = Date.now();
+    const signal = AbortSignal.any([this.abort.signal, AbortSignal.timeout(this.timeoutMs)]);
+    const before = this.results.get(slot.name);
+    let health: SlotHealth;
+    try {
+      await this.probe(slot, signal);
+      health = { up: true, checkedAt: Date.now(), latencyMs: Date.now() - started, failures: 0 };
+    } catch (error) {
+      if (this.abort.signal.aborted) return;
+      health = { up: false, checkedAt: Date.now(), latencyMs: Date.now() - started, error: error instanceof Error ? error.message : String(error), failures: (before?.failures ?? 0) + 1 };
+    }
+    this.results.set(slot.name, health);
+    if (before === undefined || before.up !== health.up) {
+      const fields = { event: 'slot.health', store: slot.store, slot: slot.name, up: health.up, err: health.error };
+      if (health.up) this.log.info(fields, 'slot is up');
+      else this.log.warn(fields, 'slot is down');
+    }
+    this.onResult(slot, health);
+  }
+}

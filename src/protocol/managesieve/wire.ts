@@ -1,0 +1,465 @@
+/**
+ * ManageSieve framing (RFC 5804 §1.2, §4) for both directions: a resumable reader that turns
+ * bytes into logical lines of tokens (atoms, quoted strings, literals, response-code parentheses),
+ * and the helpers that write strings back. It checks every size bound where the bytes are read
+ * and never reads past the end of the line it returns, so what stays buffered is exactly what
+ * the peer sent next (pipelined bytes, or bytes to drop after STARTTLS).
+ * Must not: decide what a command or response means, or do any I/O.
+ *
+ * A logical line is one or more CRLF-terminated segments: a segment that ends in "{N}" or "{N+}"
+ * is followed by N octets of literal data, and the line goes on after them. A bare LF also ends
+ * a segment (as Dovecot and Cyrus accept); a CR anywhere else is a syntax error.
+ */
+
+/** One element of a line. Strings are quoted strings or literals, already unquoted. */
+export type SieveToken =
+  | { readonly kind: 'atom'; readonly value: string }
+  | { readonly kind: 'string'; readonly value: string }
+  | { readonly kind: 'open' }
+  | { readonly kind: 'close' };
+
+/** Why a line was rejected; `fatal` problems leave the reader dead. */
+export type SieveProblem = 'empty-line' | 'syntax' | 'nul' | 'bad-utf8' | 'line-too-long' | 'literal-too-big' | 'foreign-protocol';
+
+/** What one reading step produced; `wireBytes` counts everything the line used, literals included. */
+export type SieveParseEvent =
+  | { readonly type: 'line'; readonly tokens: readonly SieveToken[]; readonly wireBytes: number }
+  | { readonly type: 'problem'; readonly problem: SieveProblem; readonly fatal: boolean; readonly wireBytes: number };
+
+/** The bounds and checks of one direction. */
+export interface SieveReaderOptions {
+  /** Bytes of a line's segments, line ends included, literal data excluded. */
+  readonly maxLineBytes: number;
+  /** Octets of one literal. */
+  readonly maxLiteralBytes: number;
+  /** Octets of all literals of one line together. */
+  readonly maxLineLiteralBytes: number;
+  /** Strings must be valid UTF-8 (RFC 5804 §4 "UTF8-2 / UTF8-3 / UTF8-4"); otherwise they are read leniently. */
+  readonly strictUtf8: boolean;
+  /** Close at once on a first line that belongs to HTTP or SMTP (client side only). */
+  readonly rejectForeignProtocols: boolean;
+}
+
+const LF = 0x0a;
+const CR = 0x0d;
+const SP = 0x20;
+const DQUOTE = 0x22;
+const LPAREN = 0x28;
+const RPAREN = 0x29;
+const PLUS = 0x2b;
+const BACKSLASH = 0x5c;
+const LBRACE = 0x7b;
+const RBRACE = 0x7d;
+
+const strictDecoder = new TextDecoder('utf-8', { fatal: true });
+const lenientDecoder = new TextDecoder('utf-8');
+
+/**
+ * First words of other protocols' requests. A browser can be made to POST a form to port 4190 and
+ * an SMTP client may dial the wrong port; answering such lines one by one would let them drive
+ * the dialogue (cross-protocol attacks), so the connection ends without a reply. HTTP methods are
+ * case-sensitive, SMTP verbs are not.
+ */
+const HTTP_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'OPTIONS', 'CONNECT', 'TRACE', 'PATCH', 'PRI']);
+const SMTP_VERBS = new Set(['HELO', 'EHLO']);
+
+/** Received bytes not yet consumed; amortised O(1) appends and consumption, so byte-at-a-time input stays linear. */
+class InputQueue {
+  #buffer = new Uint8Array(0);
+  #start = 0;
+  #end = 0;
+
+  get length(): number {
+    return this.#end - this.#start;
+  }
+
+  push(chunk: Uint8Array): void {
+    if (chunk.length === 0) return;
+    if (this.#end + chunk.length > this.#buffer.length) {
+      const live = this.#end - this.#start;
+      if (live + chunk.length <= this.#buffer.length / 2) {
+        this.#buffer.copyWithin(0, this.#start, this.#end);
+      } else {
+        const grown = new Uint8Array(Math.max(2 * this.#buffer.length, live + chunk.length, 256));
+        grown.set(this.#buffer.subarray(this.#start, this.#end));
+        this.#buffer = grown;
+      }
+      this.#start = 0;
+      this.#end = live;
+    }
+    this.#buffer.set(chunk, this.#end);
+    this.#end += chunk.length;
+  }
+
+  /** A view valid until the next push. */
+  view(): Uint8Array {
+    return this.#buffer.subarray(this.#start, this.#end);
+  }
+
+  consume(count: number): void {
+    this.#start = Math.min(this.#start + count, this.#end);
+    if (this.#start === this.#end) this.clear();
+  }
+
+  take(): Uint8Array {
+    const bytes = this.#buffer.slice(this.#start, this.#end);
+    this.clear();
+    return bytes;
+  }
+
+  clear(): void {
+    this.#start = 0;
+    this.#end = 0;
+  }
+}
+
+type SegmentResult =
+  | { readonly problem: SieveProblem }
+  | { readonly problem: null; readonly literal: { readonly digits: string } | null };
+
+/** A resumable ManageSieve line reader for one direction of one connection. */
+export class SieveReader {
+  readonly #options: SieveReaderOptions;
+  readonly #input = new InputQueue();
+  #dead = false;
+  // The segment being read and the logical line it belongs to.
+  #segmentParts: Uint8Array[] = [];
+  #segmentBytes = 0;
+  #lineBytes = 0;
+  #wireBytes = 0;
+  #segmentIndex = 0;
+  #tokens: SieveToken[] = [];
+  #needSeparator = false;
+  #deferred: SieveProblem | null = null;
+  #literalRemaining = 0;
+  #literalParts: Uint8Array[] = [];
+  #lineLiteralBytes = 0;
+  #inLiteral = false;
+
+  constructor(options: SieveReaderOptions) {
+    this.#options = options;
+  }
+
+  /** Appends a copy of `chunk`; after a fatal problem input is dropped. */
+  push(chunk: Uint8Array): void {
+    if (!this.#dead) this.#input.push(chunk);
+  }
+
+  /** Received bytes not yet consumed. */
+  get bufferedBytes(): number {
+    return this.#input.length;
+  }
+
+  /** The unconsumed bytes exactly as received; they are forgotten. */
+  takeBuffered(): Uint8Array {
+    return this.#input.take();
+  }
+
+  /** Forgets every buffered byte and any partly read line (after STARTTLS). */
+  reset(): void {
+    this.#input.clear();
+    this.#resetLine();
+  }
+
+  /** Reads on towards the next line; null when more input is needed (or the reader is dead). */
+  next(): SieveParseEvent | null {
+    while (!this.#dead) {
+      if (this.#inLiteral) {
+        if (!this.#readLiteral()) return null;
+        continue;
+      }
+      const segment = this.#readSegment();
+      if (segment === null) return null;
+      if (segment === 'too-long') return this.#fatal('line-too-long');
+      const event = this.#onSegment(segment);
+      if (event !== null) return event;
+    }
+    return null;
+  }
+
+  #fatal(problem: SieveProblem): SieveParseEvent {
+    const wireBytes = this.#wireBytes;
+    this.#dead = true;
+    this.#input.clear();
+    this.#resetLine();
+    return { type: 'problem', problem, fatal: true, wireBytes };
+  }
+
+  #reject(problem: SieveProblem): SieveParseEvent {
+    const wireBytes = this.#wireBytes;
+    this.#resetLine();
+    return { type: 'problem', problem, fatal: false, wireBytes };
+  }
+
+  #resetLine(): void {
+    this.#segmentParts = [];
+    this.#segmentBytes = 0;
+    this.#lineBytes = 0;
+    this.#wireBytes = 0;
+    this.#segmentIndex = 0;
+    this.#tokens = [];
+    this.#needSeparator = false;
+    this.#deferred = null;
+    this.#literalRemaining = 0;
+    this.#literalParts = [];
+    this.#lineLiteralBytes = 0;
+    this.#inLiteral = false;
+  }
+
+  /** The next segment without its line end; 'too-long' once the line bound is reached without one. */
+  #readSegment(): Uint8Array | 'too-long' | null {
+    const input = this.#input.view();
+    const budget = this.#options.maxLineBytes - this.#lineBytes - this.#segmentBytes;
+    const window = Math.min(input.length, budget);
+    const lf = input.subarray(0, window).indexOf(LF);
+    if (lf < 0) {
+      // Checked where the bytes are read: nothing beyond the bound is ever buffered as a line.
+      if (window === budget) return 'too-long';
+      if (window === 0) return null;
+      this.#segmentParts.push(input.slice(0, window));
+      this.#segmentBytes += window;
+      this.#input.consume(window);
+      return null;
+    }
+    this.#segmentParts.push(input.slice(0, lf));
+    this.#lineBytes += this.#segmentBytes + lf + 1;
+    this.#wireBytes += this.#segmentBytes + lf + 1;
+    this.#segmentBytes = 0;
+    this.#input.consume(lf + 1);
+    const joined = concat(this.#segmentParts);
+    this.#segmentParts = [];
+    return joined.length > 0 && joined[joined.length - 1] === CR ? joined.subarray(0, joined.length - 1) : joined;
+  }
+
+  /** Reads literal data; true once the literal is complete. */
+  #readLiteral(): boolean {
+    const input = this.#input.view();
+    const take = Math.min(this.#literalRemaining, input.length);
+    if (take > 0) {
+      this.#literalParts.push(input.slice(0, take));
+      this.#input.consume(take);
+      this.#literalRemaining -= take;
+      this.#wireBytes += take;
+    }
+    if (this.#literalRemaining > 0) return false;
+    const data = concat(this.#literalParts);
+    const value = this.#decode(data);
+    if (value === null) this.#deferred ??= 'bad-utf8';
+    this.#tokens.push({ kind: 'string', value: value ?? '' });
+    this.#literalParts = [];
+    this.#inLiteral = false;
+    this.#needSeparator = true;
+    return true;
+  }
+
+  #decode(bytes: Uint8Array): string | null {
+    if (!this.#options.strictUtf8) return lenientDecoder.decode(bytes);
+    try {
+      return strictDecoder.decode(bytes);
+    } catch {
+      return null;
+    }
+  }
+
+  /** Handles a complete segment: a line event, a problem, or null when literal data follows. */
+  #onSegment(segment: Uint8Array): SieveParseEvent | null {
+    const first = this.#segmentIndex === 0;
+    this.#segmentIndex++;
+    if (first) {
+      if (segment.length === 0) return this.#reject('empty-line');
+      if (this.#options.rejectForeignProtocols && isForeignProtocol(segment)) return this.#fatal('foreign-protocol');
+    }
+    const result = this.#tokenize(segment);
+    if (result.problem !== null) {
+      // nginx's rule: a rejected line that announces a literal ends the connection, because its
+      // data could not be skipped safely and must never be read as commands.
+      if (endsWithLiteralMarker(segment)) return this.#fatal(result.problem);
+      return this.#reject(result.problem);
+    }
+    if (result.literal !== null) {
+      const { digits } = result.literal;
+      const limit = this.#options.maxLiteralBytes;
+      // Digit counts are compared before converting, so that no size can overflow or allocate.
+      if (digits.length > String(limit).length || Number(digits) > limit) return this.#fatal('literal-too-big');
+      const size = Number(digits);
+      if (this.#lineLiteralBytes + size > this.#options.maxLineLiteralBytes) return this.#fatal('literal-too-big');
+      this.#lineLiteralBytes += size;
+      this.#literalRemaining = size;
+      this.#inLiteral = true;
+      return null;
+    }
+    if (this.#deferred !== null) return this.#reject(this.#deferred);
+    const event: SieveParseEvent = { type: 'line', tokens: this.#tokens, wireBytes: this.#wireBytes };
+    this.#resetLine();
+    return event;
+  }
+
+  #tokenize(segment: Uint8Array): SegmentResult {
+    if (segment.includes(0)) return { problem: 'nul' };
+    const out = this.#tokens;
+    let separatorNeeded = this.#needSeparator;
+    let i = 0;
+    while (i < segment.length) {
+      const c = segment[i] as number;
+      if (c === SP) {
+        separatorNeeded = false;
+        i++;
+        continue;
+      }
+      if (c === RPAREN) {
+        out.push({ kind: 'close' });
+        separatorNeeded = true;
+        i++;
+        continue;
+      }
+      if (separatorNeeded) return { problem: 'syntax' };
+      if (c === LPAREN) {
+        out.push({ kind: 'open' });
+        i++;
+        continue;
+      }
+      if (c === DQUOTE) {
+        const bytes: number[] = [];
+        let j = i + 1;
+        for (;;) {
+          if (j >= segment.length) return { problem: 'syntax' };
+          const b = segment[j] as number;
+          if (b === DQUOTE) break;
+          if (b === BACKSLASH) {
+            // RFC 5804 §4: QUOTED-SPECIALS are the only characters that may be escaped.
+            const escaped = segment[j + 1];
+            if (escaped !== DQUOTE && escaped !== BACKSLASH) return { problem: 'syntax' };
+            bytes.push(escaped);
+            j += 2;
+            continue;
+          }
+          if (b === CR) return { problem: 'syntax' };
+          bytes.push(b);
+          j++;
+        }
+        const value = this.#decode(Uint8Array.from(bytes));
+        if (value === null) return { problem: 'bad-utf8' };
+        out.push({ kind: 'string', value });
+        separatorNeeded = true;
+        i = j + 1;
+        continue;
+      }
+      if (c === LBRACE) {
+        let j = i + 1;
+        while (j < segment.length && isDigit(segment[j] as number)) j++;
+        const digits = latin1(segment.subarray(i + 1, j));
+        // RFC 5804 §4: clients send "{N+}", servers "{N}"; both are read the same way, since
+        // ManageSieve has no continuation request to wait for.
+        if (segment[j] === PLUS) j++;
+        if (digits.length === 0 || segment[j] !== RBRACE || j !== segment.length - 1) return { problem: 'syntax' };
+        this.#needSeparator = true;
+        return { problem: null, literal: { digits } };
+      }
+      if (isAtomChar(c)) {
+        let j = i;
+        while (j < segment.length && isAtomChar(segment[j] as number)) j++;
+        out.push({ kind: 'atom', value: latin1(segment.subarray(i, j)) });
+        separatorNeeded = true;
+        i = j;
+        continue;
+      }
+      return { problem: 'syntax' };
+    }
+    this.#needSeparator = separatorNeeded;
+    return { problem: null, literal: null };
+  }
+}
+
+function isDigit(c: number): boolean {
+  return c >= 0x30 && c <= 0x39;
+}
+
+function isAtomChar(c: number): boolean {
+  return c > SP && c < 0x7f && c !== DQUOTE && c !== LPAREN && c !== RPAREN && c !== LBRACE && c !== BACKSLASH;
+}
+
+/** True when the segment ends in "{digits}" or "{digits+}", whatever came before. */
+function endsWithLiteralMarker(segment: Uint8Array): boolean {
+  let j = segment.length - 1;
+  if (segment[j] !== RBRACE) return false;
+  j--;
+  if (segment[j] === PLUS) j--;
+  const lastDigit = j;
+  while (j >= 0 && isDigit(segment[j] as number)) j--;
+  return j < lastDigit && segment[j] === LBRACE;
+}
+
+function isForeignProtocol(segment: Uint8Array): boolean {
+  const space = segment.indexOf(SP);
+  const word = latin1(space < 0 ? segment : segment.subarray(0, space));
+  return HTTP_METHODS.has(word) || SMTP_VERBS.has(word.toUpperCase());
+}
+
+function concat(parts: readonly Uint8Array[]): Uint8Array {
+  if (parts.length === 1) return parts[0] as Uint8Array;
+  let length = 0;
+  for (const part of parts) length += part.length;
+  const out = new Uint8Array(length);
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.length;
+  }
+  return out;
+}
+
+function latin1(bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
+}
+
+/** RFC 5804 §4: a quoted string holds at most 1024 octets; longer values go as literals. */
+const MAX_QUOTED_BYTES = 1024;
+
+/**
+ * A ManageSieve string for `value`: quoted when RFC 5804 allows it, otherwise a literal, in the
+ * form the sender must use ("{N}" from a server, "{N+}" from a client; §4 literal-s2c/-c2s).
+ */
+export function sieveString(value: string, from: 'server' | 'client'): string {
+  const bytes = Buffer.byteLength(value, 'utf8');
+  if (bytes <= MAX_QUOTED_BYTES && !/[\0\r\n]/.test(value)) return `"${value.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
+  return from === 'server' ? `{${bytes}}\r\n${value}` : `{${bytes}+}\r\n${value}`;
+}
+
+/** Replaces control characters with spaces and bounds the length, so text is safe on one line (and in a log). */
+export function oneLineText(text: string, maxChars = 200): string {
+  const cleaned = text.replace(/[\x00-\x1f\x7f]+/g, ' ').trim();
+  return cleaned.length > maxChars ? `${cleaned.slice(0, maxChars)}...` : cleaned;
+}
+
+/** A response line (RFC 5804 §4 response-oknobye) taken apart, or null for a data line. */
+export interface SieveResponse {
+  readonly status: 'OK' | 'NO' | 'BYE';
+  /** The response code's first word, upper-cased (e.g. TRYLATER, SASL, TAG), or null. */
+  readonly code: string | null;
+  /** The human text, or '' when there is none. */
+  readonly text: string;
+}
+
+/** Reads a line's tokens as OK/NO/BYE with an optional response code and text; null for anything else. */
+export function parseResponse(tokens: readonly SieveToken[]): SieveResponse | null {
+  const [head, ...rest] = tokens;
+  if (head?.kind !== 'atom') return null;
+  const word = head.value.toUpperCase();
+  const status = word === 'OK' || word === 'NO' || word === 'BYE' ? word : null;
+  if (status === null) return null;
+  let code: string | null = null;
+  let i = 0;
+  if (rest[0]?.kind === 'open') {
+    const name = rest[1];
+    code = name?.kind === 'atom' || name?.kind === 'string' ? name.value.toUpperCase() : '';
+    let depth = 0;
+    for (; i < rest.length; i++) {
+      const token = rest[i] as SieveToken;
+      if (token.kind === 'open') depth++;
+      else if (token.kind === 'close' && --depth === 0) break;
+    }
+    i++;
+  }
+  const textToken = rest[i];
+  return { status, code, text: textToken?.kind === 'string' ? textToken.value : '' };
+}

@@ -1,0 +1,125 @@
+/**
+ * The store map in force and how it changes: loads documents from a source, builds a new
+ * version for each change (or keeps the last good one and says why), reports every store
+ * whose current master changed, and writes failovers to the source of truth. Knows nothing
+ * of sessions: whoever listens to the changes drains them.
+ */
+import { buildStoreMap } from '../config/load.js';
+import type { Config } from '../config/schema.js';
+import { MailfrontError, asMailfrontError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { StoreMapSource } from './sources.js';
+import { StoreMap } from './storemap.js';
+
+/** A store whose current master changed (`to` is null when the store left the map). */
+export interface MasterChange {
+  readonly store: string;
+  readonly from: string;
+  readonly to: string | null;
+}
+
+/** What a reload did. */
+export interface ReloadResult {
+  readonly ok: boolean;
+  /** The version in force afterwards. */
+  readonly version: number;
+  readonly changes: readonly MasterChange[];
+  readonly error?: string;
+}
+
+/** The masters that differ between two store maps. */
+export function masterChanges(before: StoreMap, after: StoreMap): MasterChange[] {
+  const changes: MasterChange[] = [];
+  for (const [name, store] of before.stores) {
+    const next = after.stores.get(name);
+    if (next === undefined) changes.push({ store: name, from: store.currentMaster, to: null });
+    else if (next.currentMaster !== store.currentMaster) changes.push({ store: name, from: store.currentMaster, to: next.currentMaster });
+  }
+  return changes;
+}
+
+/** Holds the store map in force. */
+export class StoreMapHolder {
+  private map: StoreMap | null = null;
+  private versionCounter = 0;
+  private queue: Promise<unknown> = Promise.resolve();
+  private lastResult: ReloadResult | null = null;
+
+  constructor(
+    readonly source: StoreMapSource,
+    private readonly config: () => Pick<Config, 'backend' | 'backendProfiles'>,
+    private readonly log: Logger,
+    private readonly onChanges: (changes: readonly MasterChange[], map: StoreMap) => void,
+  ) {}
+
+  /** The store map in force; throws before the first successful load. */
+  get current(): StoreMap {
+    if (this.map === null) throw new MailfrontError('STOREMAP_NOT_LOADED', 'no-route', 'no store map has been loaded');
+    return this.map;
+  }
+
+  /** True once a store map is in force. */
+  get loaded(): boolean {
+    return this.map !== null;
+  }
+
+  /** The outcome of the last reload, for status and metrics. */
+  get last(): ReloadResult | null {
+    return this.lastResult;
+  }
+
+  /** Re-reads the source; one reload at a time, in order. A broken document leaves the map in force. */
+  reload(trigger: string): Promise<ReloadResult> {
+    const run = this.queue.then(() => this.reloadNow(trigger));
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private async reloadNow(trigger: string): Promise<ReloadResult> {
+    const version = this.versionCounter + 1;
+    let next: StoreMap;
+    try {
+      const doc = await this.source.load();
+      next = buildStoreMap(doc, this.source.description, version, this.config());
+    } catch (caught) {
+      const error = asMailfrontError(caught);
+      const inForce = this.map?.version ?? 0;
+      this.log.error({ event: 'storemap.rejected', source: this.source.description, trigger, versionInForce: inForce, err: error.message }, 'store map update rejected; the last good map stays in force');
+      this.lastResult = { ok: false, version: inForce, changes: [], error: error.message };
+      return this.lastResult;
+    }
+    const before = this.map;
+    if (before !== null && sameTopology(before, next)) {
+      this.lastResult = { ok: true, version: before.version, changes: [] };
+      return this.lastResult;
+    }
+    this.versionCounter = version;
+    this.map = next;
+    const changes = before === null ? [] : masterChanges(before, next);
+    this.log.info({ event: 'storemap.loaded', source: this.source.description, trigger, version, stores: next.stores.size, failovers: changes }, 'store map loaded');
+    this.lastResult = { ok: true, version, changes };
+    if (changes.length > 0) this.onChanges(changes, next);
+    return this.lastResult;
+  }
+
+  /** Makes `slot` the current master of `store` in the source of truth, then reloads. */
+  async failover(store: string, slot: string): Promise<ReloadResult> {
+    const known = this.current.stores.get(store);
+    if (known === undefined) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${store}" is not in the store map`);
+    if (!known.slots.has(slot)) throw new MailfrontError('UNKNOWN_SLOT', 'no-route', `slot "${slot}" is not a slot of store "${store}" (slots: ${[...known.slots.keys()].join(', ')})`);
+    await this.source.setCurrentMaster(store, slot);
+    this.log.warn({ event: 'storemap.failover_written', store, from: known.currentMaster, to: slot, source: this.source.description }, 'failover written to the store map source');
+    return this.reload('failover');
+  }
+}
+
+/** True when two maps route and describe every store identically (backend settings included). */
+function sameTopology(a: StoreMap, b: StoreMap): boolean {
+  return JSON.stringify(describe(a)) === JSON.stringify(describe(b));
+}
+
+function describe(map: StoreMap): unknown {
+  return [...map.stores.values()].map((s) => [s.name, s.currentMaster, s.preferredMaster, [...s.slots.values()], s.backend]);
+}
+
+export { StoreMap };

@@ -1,0 +1,232 @@
+/**
+ * Where store-map documents come from and where a failover is written: a YAML file (watched)
+ * or store entries in LDAP (polled). A source only produces plain documents in the store-map
+ * file's shape; validation and versioning happen in the holder. Owns its file watcher, timer
+ * and LDAP connection.
+ */
+import { watch } from 'node:fs';
+import type { FSWatcher } from 'node:fs';
+import { readFile, rename, writeFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { isIP } from 'node:net';
+import type { ConnectionOptions } from 'node:tls';
+import { Attribute, Change, Client } from 'ldapts';
+import { parseDocument } from 'yaml';
+import { escapeFilterValue } from '../auth/ldap.js';
+import { readStoreMapFile } from '../config/load.js';
+import type { StoreMapSourceConfig } from '../config/schema.js';
+import { MailfrontError } from '../errors.js';
+
+/** A store-map source. */
+export interface StoreMapSource {
+  /** Names the source in logs ("file /etc/mailfront/stores.yaml", "ldap ou=stores,..."). */
+  readonly description: string;
+  /** Reads the current document. */
+  load(): Promise<unknown>;
+  /** Calls `onChange` whenever the source may have changed (debounced); returns a stop function. */
+  watch(onChange: () => void): () => void;
+  /** Writes a new current master for `store` into the source of truth. */
+  setCurrentMaster(store: string, slot: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** A YAML store-map file, watched for changes (editors replace files, so the folder is watched). */
+export class FileStoreMapSource implements StoreMapSource {
+  readonly description: string;
+  constructor(
+    private readonly file: string,
+    private readonly watchEnabled: boolean,
+  ) {
+    this.description = `file ${file}`;
+  }
+
+  load(): Promise<unknown> {
+    return Promise.resolve().then(() => readStoreMapFile(this.file));
+  }
+
+  watch(onChange: () => void): () => void {
+    if (!this.watchEnabled) return () => undefined;
+    let timer: NodeJS.Timeout | undefined;
+    let watcher: FSWatcher | undefined;
+    try {
+      watcher = watch(dirname(this.file), { persistent: false }, (_event, name) => {
+        if (name !== null && name !== basename(this.file)) return;
+        clearTimeout(timer);
+        // Editors write in several steps; read once they are done.
+        timer = setTimeout(onChange, 100);
+      });
+      watcher.on('error', () => undefined);
+    } catch {
+      return () => undefined;
+    }
+    return () => {
+      clearTimeout(timer);
+      watcher?.close();
+    };
+  }
+
+  async setCurrentMaster(store: string, slot: string): Promise<void> {
+    const text = await readFile(this.file, 'utf8');
+    const doc = parseDocument(text);
+    if (!doc.hasIn(['stores', store])) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${store}" is not in ${this.file}`);
+    // Editing the parsed document keeps the operator's comments and layout.
+    doc.setIn(['stores', store, 'current_master'], slot);
+    const temp = join(dirname(this.file), `.${basename(this.file)}.${process.pid}.tmp`);
+    await writeFile(temp, doc.toString());
+    await rename(temp, this.file);
+  }
+
+  async close(): Promise<void> {}
+}
+
+function first(value: unknown): string | undefined {
+  const v = Array.isArray(value) ? value[0] : value;
+  if (typeof v === 'string') return v;
+  if (Buffer.isBuffer(v)) return v.toString('utf8');
+  return undefined;
+}
+
+function lowerDn(dn: string): string {
+  return dn.replace(/\s*,\s*/g, ',').toLowerCase();
+}
+
+const SLOT_PORTS = [
+  ['mailfrontImapPort', 'imap_port'],
+  ['mailfrontImapsPort', 'imaps_port'],
+  ['mailfrontPop3Port', 'pop3_port'],
+  ['mailfrontPop3sPort', 'pop3s_port'],
+  ['mailfrontSievePort', 'sieve_port'],
+] as const;
+
+/** Turns mailfrontStore / mailfrontSlot entries into a store-map document. */
+export function storeEntriesToDocument(entries: ReadonlyArray<Record<string, unknown> & { dn: string }>): unknown {
+  const stores: Record<string, Record<string, unknown>> = {};
+  const storeByDn = new Map<string, Record<string, unknown>>();
+  const isClass = (e: Record<string, unknown>, name: string): boolean => {
+    const classes = e['objectClass'];
+    const list = Array.isArray(classes) ? classes : [classes];
+    return list.some((c) => String(c).toLowerCase() === name.toLowerCase());
+  };
+  for (const entry of entries) {
+    if (!isClass(entry, 'mailfrontStore')) continue;
+    const name = first(entry['cn']) ?? '';
+    const store: Record<string, unknown> = { current_master: first(entry['mailfrontCurrentMaster']), slots: {} };
+    const preferred = first(entry['mailfrontPreferredMaster']);
+    if (preferred !== undefined) store['preferred_master'] = preferred;
+    const profile = first(entry['mailfrontBackendProfile']);
+    if (profile !== undefined) store['backend_profile'] = profile;
+    stores[name] = store;
+    storeByDn.set(lowerDn(entry.dn), store);
+  }
+  for (const entry of entries) {
+    if (!isClass(entry, 'mailfrontSlot')) continue;
+    const parentDn = lowerDn(entry.dn).replace(/^(?:[^,\\]|\\.)*,/, '');
+    const store = storeByDn.get(parentDn);
+    if (store === undefined) continue;
+    const slot: Record<string, unknown> = { host: first(entry['mailfrontHost']) };
+    for (const [attribute, key] of SLOT_PORTS) {
+      const value = first(entry[attribute]);
+      if (value !== undefined) slot[key] = Number(value);
+    }
+    (store['slots'] as Record<string, unknown>)[first(entry['cn']) ?? ''] = slot;
+  }
+  return { stores };
+}
+
+/** Store entries in LDAP, polled; a failover is an LDAP modify of mailfrontCurrentMaster. */
+export class LdapStoreMapSource implements StoreMapSource {
+  readonly description: string;
+  private client: Client | null = null;
+  private readonly tls: ConnectionOptions;
+  private lastFingerprint = '';
+
+  constructor(private readonly config: Extract<StoreMapSourceConfig, { kind: 'ldap' }>) {
+    this.description = `ldap ${config.baseDn}`;
+    this.tls = { minVersion: 'TLSv1.2', ...(config.caFile ? { ca: readFileSync(config.caFile) } : {}) };
+  }
+
+  private tlsFor(url: string): ConnectionOptions {
+    const host = new URL(url).hostname;
+    return isIP(host) === 0 ? { ...this.tls, servername: host } : this.tls;
+  }
+
+  private async connection(): Promise<Client> {
+    if (this.client?.isConnected) return this.client;
+    await this.client?.unbind().catch(() => undefined);
+    this.client = null;
+    const failures: string[] = [];
+    for (const url of this.config.urls) {
+      const client = new Client({ url, timeout: this.config.operationTimeoutMs, connectTimeout: this.config.operationTimeoutMs, ...(url.startsWith('ldaps:') ? { tlsOptions: this.tlsFor(url) } : {}) });
+      try {
+        if (this.config.starttls && url.startsWith('ldap:')) await client.startTLS(this.tlsFor(url));
+        await client.bind(this.config.bindDn, this.config.bindPassword);
+        this.client = client;
+        return client;
+      } catch (error) {
+        failures.push(`${url}: ${error instanceof Error ? error.message : String(error)}`);
+        await client.unbind().catch(() => undefined);
+      }
+    }
+    throw new MailfrontError('STOREMAP_LDAP_UNREACHABLE', 'config', `no store-map LDAP server answered: ${failures.join('; ')}`);
+  }
+
+  async load(): Promise<unknown> {
+    const client = await this.connection();
+    try {
+      const { searchEntries } = await client.search(this.config.baseDn, {
+        scope: 'sub',
+        filter: '(|(objectClass=mailfrontStore)(objectClass=mailfrontSlot))',
+        attributes: ['objectClass', 'cn', 'mailfrontCurrentMaster', 'mailfrontPreferredMaster', 'mailfrontBackendProfile', 'mailfrontHost', ...SLOT_PORTS.map(([a]) => a)],
+      });
+      return storeEntriesToDocument(searchEntries);
+    } catch (error) {
+      await this.client?.unbind().catch(() => undefined);
+      this.client = null;
+      throw new MailfrontError('STOREMAP_LDAP_SEARCH_FAILED', 'config', `store-map search failed: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+    }
+  }
+
+  watch(onChange: () => void): () => void {
+    // Polling keeps every instance of a fleet within one interval of the replicated truth; only
+    // a changed document is reported, so an unchanged poll builds no new version.
+    let stopped = false;
+    let timer: NodeJS.Timeout | undefined;
+    const poll = async (): Promise<void> => {
+      try {
+        const fingerprint = JSON.stringify(await this.load());
+        if (fingerprint !== this.lastFingerprint) {
+          const first = this.lastFingerprint === '';
+          this.lastFingerprint = fingerprint;
+          if (!first) onChange();
+        }
+      } catch {
+        // Unreachable LDAP: the last good map stays in force; the holder logs on the next change.
+      }
+      if (!stopped) timer = setTimeout(() => void poll(), this.config.pollIntervalMs);
+    };
+    void poll();
+    return () => {
+      stopped = true;
+      clearTimeout(timer);
+    };
+  }
+
+  async setCurrentMaster(store: string, slot: string): Promise<void> {
+    const client = await this.connection();
+    const { searchEntries } = await client.search(this.config.baseDn, { scope: 'sub', filter: `(&(objectClass=mailfrontStore)(cn=${escapeFilterValue(store)}))`, attributes: ['cn'] });
+    const entry = searchEntries[0];
+    if (entry === undefined) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${store}" has no entry under ${this.config.baseDn}`);
+    await client.modify(entry.dn, new Change({ operation: 'replace', modification: new Attribute({ type: 'mailfrontCurrentMaster', values: [slot] }) }));
+  }
+
+  async close(): Promise<void> {
+    await this.client?.unbind().catch(() => undefined);
+    this.client = null;
+  }
+}
+
+/** The source a config names. */
+export function createStoreMapSource(config: StoreMapSourceConfig): StoreMapSource {
+  return config.kind === 'file' ? new FileStoreMapSource(config.file, config.watch) : new LdapStoreMapSource(config);
+}

@@ -1,0 +1,196 @@
+/**
+ * The admin API: stores (masters, backwards, slot health, session counts), sessions, where a
+ * user lives, failover of a store to a named slot (written to the source of truth), kick, and
+ * reload. JSON over HTTP, bearer-token protected; meant for loopback. Owns no state: it asks
+ * the objects it is given.
+ */
+import { timingSafeEqual, createHash } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Directory } from '../auth/directory.js';
+import { normalizeUser } from '../auth/directory.js';
+import type { SlotHealthMonitor } from '../backend/health.js';
+import type { UsernameConfig } from '../config/schema.js';
+import { MailfrontError, asMailfrontError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { SessionEntry, SessionRegistry } from '../proxy/registry.js';
+import type { ReloadResult, StoreMapHolder } from '../routing/holder.js';
+import { StoreMap } from '../routing/storemap.js';
+
+/** What the admin API works on. */
+export interface AdminContext {
+  readonly token: () => string | undefined;
+  readonly holder: StoreMapHolder;
+  readonly registry: SessionRegistry;
+  readonly health: SlotHealthMonitor;
+  readonly directory: Directory;
+  readonly usernames: () => UsernameConfig;
+  readonly log: Logger;
+  /** Re-reads config and store map as SIGHUP does. */
+  readonly reload: () => Promise<ReloadResult>;
+}
+
+/** Largest request body accepted (a failover or kick request is a few dozen bytes). */
+const MAX_BODY_BYTES = 4096;
+
+function sessionView(s: SessionEntry): Record<string, unknown> {
+  return { id: s.id, protocol: s.protocol, user: s.user, store: s.store, slot: s.slot, client: s.clientAddress, startedAt: new Date(s.startedAt).toISOString() };
+}
+
+/** Stores as the `stores` command shows them. */
+export function storesView(map: StoreMap, registry: SessionRegistry, health: SlotHealthMonitor): unknown[] {
+  return [...map.stores.values()].map((store) => ({
+    store: store.name,
+    currentMaster: store.currentMaster,
+    preferredMaster: store.preferredMaster,
+    backwards: StoreMap.isBackwards(store),
+    sessions: [...store.slots.keys()].reduce((n, slot) => n + registry.onSlot(slot).length, 0),
+    slots: [...store.slots.values()].map((slot) => {
+      const h = health.get(slot.name);
+      return {
+        slot: slot.name,
+        host: slot.host,
+        ports: { imap: slot.imapPort, imaps: slot.imapsPort, pop3: slot.pop3Port, pop3s: slot.pop3sPort, sieve: slot.sievePort },
+        master: slot.name === store.currentMaster,
+        health: h === undefined ? 'unknown' : h.up ? 'up' : 'down',
+        healthError: h?.error,
+        checkedAt: h ? new Date(h.checkedAt).toISOString() : undefined,
+        sessions: registry.onSlot(slot.name).length,
+      };
+    }),
+  }));
+}
+
+function tokenMatches(given: string, expected: string): boolean {
+  // Compare digests so that neither length nor content leaks through timing.
+  return timingSafeEqual(createHash('sha256').update(given).digest(), createHash('sha256').update(expected).digest());
+}
+
+async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > MAX_BODY_BYTES) throw new MailfrontError('ADMIN_BODY_TOO_LARGE', 'limit', `request body over ${MAX_BODY_BYTES} bytes`);
+    chunks.push(chunk as Buffer);
+  }
+  if (size === 0) return {};
+  try {
+    const value: unknown = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    if (value !== null && typeof value === 'object' && !Array.isArray(value)) return value as Record<string, unknown>;
+  } catch {
+    // fall through
+  }
+  throw new MailfrontError('ADMIN_BAD_JSON', 'client-protocol', 'the request body must be a JSON object');
+}
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  const text = `${JSON.stringify(body, null, 2)}\n`;
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
+  res.end(text);
+}
+
+function statusFor(error: MailfrontError): number {
+  switch (error.kind) {
+    case 'no-route':
+      return 404;
+    case 'client-protocol':
+    case 'limit':
+      return 400;
+    case 'auth-tempfail':
+    case 'connect':
+      return 503;
+    default:
+      return 500;
+  }
+}
+
+/** Handles requests under /api/; resolves false for any other path. */
+export function createAdminHandler(context: AdminContext): (req: IncomingMessage, res: ServerResponse) => Promise<boolean> {
+  return async (req, res) => {
+    const url = new URL(req.url ?? '/', 'http://admin.invalid');
+    if (!url.pathname.startsWith('/api/')) return false;
+    const token = context.token();
+    if (token === undefined) {
+      send(res, 404, { error: 'the admin API is disabled (admin.token is not set)' });
+      return true;
+    }
+    const auth = req.headers.authorization ?? '';
+    if (!auth.startsWith('Bearer ') || !tokenMatches(auth.slice(7), token)) {
+      send(res, 401, { error: 'a valid bearer token is required' });
+      return true;
+    }
+    try {
+      await route(context, req, res, url);
+    } catch (caught) {
+      const error = asMailfrontError(caught);
+      send(res, statusFor(error), { error: error.message, code: error.code });
+    }
+    return true;
+  };
+}
+
+async function route(context: AdminContext, req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
+  const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent); // ['api', ...]
+  const method = req.method ?? 'GET';
+  const [, resource, name, action] = parts;
+  if (method === 'GET' && resource === 'stores' && name === undefined) {
+    const map = context.holder.current;
+    return send(res, 200, { version: map.version, lastReload: context.holder.last, stores: storesView(map, context.registry, context.health) });
+  }
+  if (method === 'GET' && resource === 'sessions') {
+    const user = url.searchParams.get('user');
+    const normalised = user === null ? null : normalizeUser(user, context.usernames());
+    const store = url.searchParams.get('store');
+    const slot = url.searchParams.get('slot');
+    const sessions = context.registry.all().filter((s) => (normalised === null || s.user === normalised) && (store === null || s.store === store) && (slot === null || s.slot === slot));
+    return send(res, 200, { sessions: sessions.map(sessionView) });
+  }
+  if (method === 'GET' && resource === 'whereis' && name !== undefined) {
+    const user = normalizeUser(name, context.usernames());
+    if (user === null) throw new MailfrontError('INVALID_USERNAME', 'client-protocol', 'not a valid user name');
+    const found = await context.directory.lookup(user, AbortSignal.timeout(10_000));
+    if (found === null) throw new MailfrontError('UNKNOWN_USER', 'no-route', `no directory entry for "${user}"`);
+    const map = context.holder.current;
+    const store = found.store === null ? undefined : map.stores.get(found.store);
+    const master = store?.slots.get(store.currentMaster);
+    return send(res, 200, {
+      user,
+      dn: found.dn,
+      store: found.store,
+      currentMaster: store?.currentMaster ?? null,
+      address: master ? `${master.host}` : null,
+      ports: master ? { imap: master.imapPort, imaps: master.imapsPort, pop3: master.pop3Port, pop3s: master.pop3sPort, sieve: master.sievePort } : null,
+      problem: found.store === null ? 'the directory entry names no store' : store === undefined ? `store "${found.store}" is not in the store map` : null,
+      sessions: context.registry.ofUser(user).map(sessionView),
+    });
+  }
+  if (method === 'POST' && resource === 'stores' && name !== undefined && action === 'failover') {
+    const body = await readJson(req);
+    const slot = body['slot'];
+    if (typeof slot !== 'string' || slot === '') throw new MailfrontError('ADMIN_BAD_REQUEST', 'client-protocol', 'body must be {"slot": "<slot name>"}');
+    context.log.warn({ event: 'admin.failover', store: name, slot }, 'failover requested through the admin API');
+    const result = await context.holder.failover(name, slot);
+    return send(res, result.ok ? 200 : 500, result);
+  }
+  if (method === 'POST' && resource === 'kick') {
+    const body = await readJson(req);
+    let sessions: SessionEntry[];
+    if (typeof body['user'] === 'string') {
+      const user = normalizeUser(body['user'], context.usernames());
+      sessions = user === null ? [] : context.registry.ofUser(user);
+    } else if (typeof body['slot'] === 'string') {
+      sessions = context.registry.onSlot(body['slot']);
+    } else if (typeof body['session'] === 'string') {
+      sessions = context.registry.all().filter((s) => s.id === body['session']);
+    } else {
+      throw new MailfrontError('ADMIN_BAD_REQUEST', 'client-protocol', 'body must name a "user", a "slot" or a "session"');
+    }
+    context.log.warn({ event: 'admin.kick', user: body['user'], slot: body['slot'], session: body['session'], sessions: sessions.length }, 'kick requested through the admin API');
+    for (const s of sessions) s.close('kicked');
+    return send(res, 200, { kicked: sessions.map(sessionView) });
+  }
+  if (method === 'POST' && resource === 'reload') {
+    return send(res, 200, await context.reload());
+  }
+  send(res, 404, { error: `no such endpoint: ${method} ${url.pathname}` });
+}
