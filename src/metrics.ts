@@ -1,0 +1,346 @@
+/**
+ * Every Prometheus metric of mailfront, defined here and nowhere else, on a registry of its own
+ * (never prom-client's global one, so tests and several instances in one process do not mix).
+ * Base units (seconds, bytes), `_total` on counters, names prefixed `mailfront_`, and labels
+ * bounded by config (store, slot, listener names) or by the fixed unions below. Users and IP
+ * addresses never become labels: they go to the logs. This module measures nothing by itself
+ * (besides the standard process metrics); the session, directory and backend code call it.
+ */
+import { performance } from 'node:perf_hooks';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { FailureKind } from './errors.js';
+import type { PreauthCloseReason, ProtocolName } from './protocol/types.js';
+import type { SpliceEndReason } from './proxy/splice.js';
+
+/** The phases of a session (the same words as session.ts's SessionPhase). */
+export type SessionPhaseLabel = 'greeting' | 'preauth' | 'authenticating' | 'backend-login' | 'spliced' | 'closing';
+
+/** Why a session ended (the same words as session.ts's SessionEndReason). */
+export type SessionEndReasonLabel = PreauthCloseReason | SpliceEndReason | 'client-closed-preauth' | 'client-error-preauth' | 'tls-failed';
+
+/** How a login attempt ended: `success` or the failure kind that decided the answer. */
+export type LoginResult = 'success' | FailureKind;
+
+/** Why credentials were refused (only failures of kind `auth-failed`). */
+export type AuthFailureReason = 'unknown-user' | 'wrong-password' | 'invalid-username' | 'other';
+
+/** One LDAP request as the directory code sees it. */
+export type LdapOperation = 'connect' | 'service-bind' | 'search' | 'user-bind';
+
+/** How an LDAP request ended; a refused user bind is `invalid-credentials`, not an error. */
+export type LdapResult = 'success' | 'invalid-credentials' | 'timeout' | 'error';
+
+/** How a backend connect or login ended. */
+export type BackendResult = 'success' | 'timeout' | 'refused' | 'in-use' | 'error' | 'aborted';
+
+/** Which way proxied bytes went. */
+export type ByteDirection = 'client-to-backend' | 'backend-to-client';
+
+/** How a config or store-map (re)load ended. */
+export type ReloadOutcome = 'success' | 'failure';
+
+/** What a listener did with a connection's PROXY protocol header. */
+export type ProxyHeaderResult = 'accepted' | 'local' | 'untrusted' | 'malformed' | 'timeout' | 'closed';
+
+/** The part of a store map the metrics need (StoreMap['stores'] fits it). */
+export type StoreMapShape = ReadonlyMap<string, { readonly currentMaster: string; readonly preferredMaster: string; readonly slots: ReadonlyMap<string, unknown> }>;
+
+/** Tracks one session's phase and end; returned by `Metrics.sessionStarted`. */
+export interface SessionMetrics {
+  /** Moves the session to `phase` in `mailfront_sessions_active` ('closing' is ignored: `ended` records the phase before it). */
+  phase(phase: SessionPhaseLabel): void;
+  /** Ends the session once (later calls do nothing): active gauge, end counter and duration, labelled with the phase it was in. */
+  ended(reason: SessionEndReasonLabel): void;
+}
+
+export interface MetricsOptions {
+  /** Register the standard process_* and nodejs_* metrics (default true). */
+  readonly processMetrics?: boolean;
+  /** mailfront's version, for `mailfront_build_info`. */
+  readonly version?: string;
+  /** Protocols whose series start at 0 instead of appearing at first use (default imap, pop3). */
+  readonly protocols?: readonly ProtocolName[];
+  /** Monotonic clock in milliseconds (tests); default performance.now. */
+  readonly nowMs?: () => number;
+}
+
+/** The phases a session spends time in ('closing' is the instant of teardown, reported through `ended`). */
+const PHASES: readonly SessionPhaseLabel[] = ['greeting', 'preauth', 'authenticating', 'backend-login', 'spliced'];
+const DIRECTIONS: readonly ByteDirection[] = ['client-to-backend', 'backend-to-client'];
+
+/** LDAP answers in milliseconds when healthy; the top buckets catch the operation timeout (5 s). */
+const LDAP_BUCKETS_SECONDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+/** Connects are sub-millisecond on a LAN; the default connect deadline is 5 s. */
+const BACKEND_CONNECT_BUCKETS_SECONDS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+/** A login dialogue is a few round trips plus the backend's auth; the default deadline is 15 s. */
+const BACKEND_LOGIN_BUCKETS_SECONDS = [0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30];
+/** Sessions last from a health check (ms) to a day of IDLE. */
+const SESSION_BUCKETS_SECONDS = [0.01, 0.1, 1, 5, 15, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 24 * 3600];
+
+/**
+ * Gauges that prom-client's default metrics name with `_total`, which promtool's lint rejects for
+ * non-counters; their per-type siblings (`nodejs_active_handles{type}` …) carry the same numbers.
+ */
+const LINT_FAILING_DEFAULT_METRICS = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];
+
+/** Maps a MailfrontError code of kind `auth-failed` to its metric reason (the one place that does). */
+export function authFailureReason(code: string): AuthFailureReason {
+  switch (code) {
+    case 'UNKNOWN_USER':
+      return 'unknown-user';
+    case 'WRONG_PASSWORD':
+      return 'wrong-password';
+    case 'INVALID_USERNAME':
+      return 'invalid-username';
+    default:
+      return 'other';
+  }
+}
+
+/** Maps a backend failure's MailfrontError code and kind to its metric result (the one place that does). */
+export function backendFailureResult(code: string, kind: FailureKind): BackendResult {
+  if (kind === 'aborted') return 'aborted';
+  if (kind === 'in-use') return 'in-use';
+  if (code.endsWith('_TIMEOUT')) return 'timeout';
+  if (code === 'BACKEND_REFUSED_LOGIN') return 'refused';
+  return 'error';
+}
+
+/** All of mailfront's metrics on one registry; main creates one, tests create their own. */
+export class Metrics {
+  /** The registry `/metrics` serves. */
+  readonly registry = new Registry();
+  private readonly nowMs: () => number;
+  /** Label sets set outside storeMapLoaded, so that a new map can drop those of vanished slots and stores. */
+  private readonly slotUpSeries = new Map<string, { store: string; slot: string }>();
+  private readonly throttledSeries = new Set<string>();
+
+  /** Client connections accepted, by protocol. */
+  private readonly sessionsTotal: Counter<'protocol'>;
+  /** Sessions open now, by protocol and the phase they are in. */
+  private readonly sessionsActive: Gauge<'protocol' | 'phase'>;
+  /** Sessions ended, by protocol, the phase they were in and why they ended. */
+  private readonly sessionsEndedTotal: Counter<'protocol' | 'phase' | 'reason'>;
+  /** Time from accept to close, by protocol and the phase the session ended in. */
+  private readonly sessionDuration: Histogram<'protocol' | 'phase'>;
+  /** Login attempts, by protocol and result (`success` or the failure kind). */
+  private readonly loginsTotal: Counter<'protocol' | 'result'>;
+  /** Credentials refused, by reason (unknown user, wrong password …). */
+  private readonly authFailuresTotal: Counter<'reason'>;
+  /** Duration of LDAP requests, by operation and result. */
+  private readonly ldapRequestDuration: Histogram<'operation' | 'result'>;
+  /** Time to open a connection (TCP, or implicit TLS) to a store's slot, by store and result. */
+  private readonly backendConnectDuration: Histogram<'store' | 'result'>;
+  /** Time of the backend login dialogue after connect, by store and result. */
+  private readonly backendLoginDuration: Histogram<'store' | 'result'>;
+  /** Bytes passed through spliced sessions, by direction. */
+  private readonly proxiedBytesTotal: Counter<'direction'>;
+  /** Version of the store map in force. */
+  private readonly storeMapVersion: Gauge;
+  /** 1 if the last store-map load succeeded, 0 if it was rejected (the previous map stays in force). */
+  private readonly storeMapLastLoadSuccess: Gauge;
+  /** Unix time of the last store-map load attempt. */
+  private readonly storeMapLastLoadTimestamp: Gauge;
+  /** Store-map loads (start-up and reloads), by result. */
+  private readonly storeMapLoadsTotal: Counter<'result'>;
+  /** 1 for the slot that is its store's current master, 0 for the others. */
+  private readonly slotCurrentMaster: Gauge<'store' | 'slot'>;
+  /** 1 when a store's current master is not its preferred master. */
+  private readonly storeBackwards: Gauge<'store'>;
+  /** 1 when the last health check of a slot succeeded, 0 when it failed. */
+  private readonly slotUp: Gauge<'store' | 'slot'>;
+  /** Changes of a store's current master, by store. */
+  private readonly failoversTotal: Counter<'store'>;
+  /** 1 while logins to a store's slots are held back (e.g. reconnects spread after a failover). */
+  private readonly backendThrottled: Gauge<'store'>;
+  /** Config reloads (SIGHUP), by result. */
+  private readonly configReloadsTotal: Counter<'result'>;
+  /** 1 if the last config reload succeeded, 0 if it was rejected (the previous config stays in force). */
+  private readonly configLastReloadSuccess: Gauge;
+  /** PROXY protocol headers handled by listeners, by listener and result. */
+  private readonly proxyHeadersTotal: Counter<'listener' | 'result'>;
+  /** Client addresses offered with IMAP ID before login, by whether they were honoured. */
+  private readonly clientIdAddressesTotal: Counter<'result'>;
+
+  constructor(options: MetricsOptions = {}) {
+    this.nowMs = options.nowMs ?? (() => performance.now());
+    const registers = [this.registry];
+    const counter = <L extends string>(name: string, help: string, labelNames: readonly L[]): Counter<L> => new Counter({ name, help, labelNames, registers });
+    const gauge = <L extends string>(name: string, help: string, labelNames: readonly L[]): Gauge<L> => new Gauge({ name, help, labelNames, registers });
+    const histogram = <L extends string>(name: string, help: string, labelNames: readonly L[], buckets: number[]): Histogram<L> => new Histogram({ name, help, labelNames, buckets, registers });
+
+    this.sessionsTotal = counter('mailfront_sessions_total', 'Client connections accepted, by protocol.', ['protocol']);
+    this.sessionsActive = gauge('mailfront_sessions_active', 'Sessions open now, by protocol and phase.', ['protocol', 'phase']);
+    this.sessionsEndedTotal = counter('mailfront_sessions_ended_total', 'Sessions ended, by protocol, phase at the end and reason.', ['protocol', 'phase', 'reason']);
+    this.sessionDuration = histogram('mailfront_session_duration_seconds', 'Time from accept to close, by protocol and phase at the end.', ['protocol', 'phase'], SESSION_BUCKETS_SECONDS);
+    this.loginsTotal = counter('mailfront_logins_total', 'Login attempts, by protocol and result (success or the failure kind).', ['protocol', 'result']);
+    this.authFailuresTotal = counter('mailfront_auth_failures_total', 'Credentials refused, by reason.', ['reason']);
+    this.ldapRequestDuration = histogram('mailfront_ldap_request_duration_seconds', 'Duration of LDAP requests, by operation and result.', ['operation', 'result'], LDAP_BUCKETS_SECONDS);
+    this.backendConnectDuration = histogram('mailfront_backend_connect_duration_seconds', 'Time to connect to a slot, by store and result.', ['store', 'result'], BACKEND_CONNECT_BUCKETS_SECONDS);
+    this.backendLoginDuration = histogram('mailfront_backend_login_duration_seconds', 'Time of the backend login dialogue, by store and result.', ['store', 'result'], BACKEND_LOGIN_BUCKETS_SECONDS);
+    this.proxiedBytesTotal = counter('mailfront_proxied_bytes_total', 'Bytes passed through spliced sessions, by direction.', ['direction']);
+    this.storeMapVersion = gauge('mailfront_store_map_version', 'Version of the store map in force.', []);
+    this.storeMapLastLoadSuccess = gauge('mailfront_store_map_last_load_success', '1 if the last store-map load succeeded, 0 if it was rejected.', []);
+    this.storeMapLastLoadTimestamp = gauge('mailfront_store_map_last_load_timestamp_seconds', 'Unix time of the last store-map load attempt.', []);
+    this.storeMapLoadsTotal = counter('mailfront_store_map_loads_total', 'Store-map loads (start-up and reloads), by result.', ['result']);
+    this.slotCurrentMaster = gauge('mailfront_slot_current_master', '1 for the slot that is its store\'s current master, 0 for the others.', ['store', 'slot']);
+    this.storeBackwards = gauge('mailfront_store_backwards', '1 when a store\'s current master is not its preferred master.', ['store']);
+    this.slotUp = gauge('mailfront_slot_up', '1 when the last health check of a slot succeeded, 0 when it failed.', ['store', 'slot']);
+    this.failoversTotal = counter('mailfront_failovers_total', 'Changes of a store\'s current master, by store.', ['store']);
+    this.backendThrottled = gauge('mailfront_backend_throttled', '1 while logins to a store\'s slots are held back.', ['store']);
+    this.configReloadsTotal = counter('mailfront_config_reloads_total', 'Config reloads, by result.', ['result']);
+    this.configLastReloadSuccess = gauge('mailfront_config_last_reload_success', '1 if the last config reload succeeded, 0 if it was rejected.', []);
+    this.proxyHeadersTotal = counter('mailfront_proxy_headers_total', 'PROXY protocol headers handled by listeners, by listener and result.', ['listener', 'result']);
+    this.clientIdAddressesTotal = counter('mailfront_client_id_addresses_total', 'Client addresses offered with IMAP ID before login, by whether they were honoured.', ['result']);
+    const buildInfo = gauge('mailfront_build_info', 'Always 1; the labels name the running build.', ['version', 'nodejs_version']);
+    buildInfo.set({ version: options.version ?? 'unknown', nodejs_version: process.versions.node }, 1);
+
+    // Series that exist from the start read 0 instead of "no data" on dashboards and in rate().
+    for (const protocol of options.protocols ?? ['imap', 'pop3']) {
+      this.sessionsTotal.inc({ protocol }, 0);
+      for (const phase of PHASES) this.sessionsActive.set({ protocol, phase }, 0);
+      this.loginsTotal.inc({ protocol, result: 'success' }, 0);
+    }
+    for (const direction of DIRECTIONS) this.proxiedBytesTotal.inc({ direction }, 0);
+    this.configLastReloadSuccess.set(1);
+
+    if (options.processMetrics ?? true) {
+      collectDefaultMetrics({ register: this.registry });
+      for (const name of LINT_FAILING_DEFAULT_METRICS) this.registry.removeSingleMetric(name);
+    }
+  }
+
+  /** Counts an accepted connection and returns the tracker the session reports its phases and end to. */
+  sessionStarted(protocol: ProtocolName): SessionMetrics {
+    const startedMs = this.nowMs();
+    let phase: SessionPhaseLabel = 'greeting';
+    let ended = false;
+    this.sessionsTotal.inc({ protocol });
+    this.sessionsActive.inc({ protocol, phase });
+    return {
+      phase: (next) => {
+        if (ended || next === phase || next === 'closing') return;
+        this.sessionsActive.dec({ protocol, phase });
+        phase = next;
+        this.sessionsActive.inc({ protocol, phase });
+      },
+      ended: (reason) => {
+        if (ended) return;
+        ended = true;
+        this.sessionsActive.dec({ protocol, phase });
+        this.sessionsEndedTotal.inc({ protocol, phase, reason });
+        this.sessionDuration.observe({ protocol, phase }, Math.max(0, this.nowMs() - startedMs) / 1000);
+      },
+    };
+  }
+
+  /** Counts a login attempt's outcome. */
+  loginResult(protocol: ProtocolName, result: LoginResult): void {
+    this.loginsTotal.inc({ protocol, result });
+  }
+
+  /** Counts refused credentials (see `authFailureReason` for error codes). */
+  authFailure(reason: AuthFailureReason): void {
+    this.authFailuresTotal.inc({ reason });
+  }
+
+  /** Records one LDAP request. */
+  ldapRequest(operation: LdapOperation, result: LdapResult, seconds: number): void {
+    this.ldapRequestDuration.observe({ operation, result }, seconds);
+  }
+
+  /** Records one connect to a slot of `store`. */
+  backendConnect(store: string, result: BackendResult, seconds: number): void {
+    this.backendConnectDuration.observe({ store, result }, seconds);
+  }
+
+  /** Records one backend login dialogue on a slot of `store`. */
+  backendLogin(store: string, result: BackendResult, seconds: number): void {
+    this.backendLoginDuration.observe({ store, result }, seconds);
+  }
+
+  /** Adds spliced bytes in one direction. */
+  bytesProxied(direction: ByteDirection, bytes: number): void {
+    if (bytes > 0) this.proxiedBytesTotal.inc({ direction }, bytes);
+  }
+
+  /** A store map is in force: version, per-store and per-slot gauges; series of stores and slots it no longer has are dropped. */
+  storeMapLoaded(version: number, stores: StoreMapShape): void {
+    this.storeMapLoadsTotal.inc({ result: 'success' });
+    this.storeMapLastLoadSuccess.set(1);
+    this.storeMapLastLoadTimestamp.set(Date.now() / 1000);
+    this.storeMapVersion.set(version);
+    const slotKeys = new Set<string>();
+    this.slotCurrentMaster.reset();
+    this.storeBackwards.reset();
+    for (const [storeName, store] of stores) {
+      this.storeBackwards.set({ store: storeName }, store.currentMaster === store.preferredMaster ? 0 : 1);
+      for (const slotName of store.slots.keys()) {
+        slotKeys.add(`${storeName}\0${slotName}`);
+        this.slotCurrentMaster.set({ store: storeName, slot: slotName }, slotName === store.currentMaster ? 1 : 0);
+      }
+    }
+    for (const [key, labels] of this.slotUpSeries) {
+      if (!slotKeys.has(key)) {
+        this.slotUp.remove(labels);
+        this.slotUpSeries.delete(key);
+      }
+    }
+    for (const store of this.throttledSeries) {
+      if (!stores.has(store)) {
+        this.backendThrottled.remove({ store });
+        this.throttledSeries.delete(store);
+      }
+    }
+  }
+
+  /** A store-map load was rejected; the previous map stays in force. */
+  storeMapRejected(): void {
+    this.storeMapLoadsTotal.inc({ result: 'failure' });
+    this.storeMapLastLoadSuccess.set(0);
+    this.storeMapLastLoadTimestamp.set(Date.now() / 1000);
+  }
+
+  /** Records a slot health check. */
+  slotHealth(store: string, slot: string, up: boolean): void {
+    this.slotUpSeries.set(`${store}\0${slot}`, { store, slot });
+    this.slotUp.set({ store, slot }, up ? 1 : 0);
+  }
+
+  /** Counts a change of `store`'s current master. */
+  failover(store: string): void {
+    this.failoversTotal.inc({ store });
+  }
+
+  /** Marks logins to `store` as held back or released. */
+  throttleBackend(store: string, throttled: boolean): void {
+    this.throttledSeries.add(store);
+    this.backendThrottled.set({ store }, throttled ? 1 : 0);
+  }
+
+  /** Counts a config reload's outcome. */
+  configReloaded(result: ReloadOutcome): void {
+    this.configReloadsTotal.inc({ result });
+    this.configLastReloadSuccess.set(result === 'success' ? 1 : 0);
+  }
+
+  /** Counts what a listener did with a PROXY protocol header. */
+  proxyHeader(listener: string, result: ProxyHeaderResult): void {
+    this.proxyHeadersTotal.inc({ listener, result });
+  }
+
+  /** Counts a client address offered with IMAP ID before login (honoured only from trusted networks). */
+  clientIdAddress(honoured: boolean): void {
+    this.clientIdAddressesTotal.inc({ result: honoured ? 'honoured' : 'ignored' });
+  }
+
+  /** The text exposition of every metric, and its content type. */
+  async exposition(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+
+  /** Names of every metric family on the registry (for consistency checks such as the dashboard's). */
+  metricNames(): string[] {
+    return this.registry.getMetricsAsArray().map((m) => m.name);
+  }
+}

@@ -1,0 +1,234 @@
+/**
+ * The operations HTTP listener: GET /metrics (Prometheus text exposition), /healthz (the process
+ * is alive), /readyz (ready for traffic, from a readiness callback), and routes other modules add
+ * by prefix (the admin API). Bound to loopback unless configured otherwise. Owns its server and
+ * its connections; it decides nothing about readiness itself and never touches sessions.
+ */
+import { createServer } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import { isIP } from 'node:net';
+import { MailfrontError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics.js';
+import { IssueList, at, int, readSection, str } from '../config/validate.js';
+
+/** Where the HTTP listener binds. */
+export interface HttpConfig {
+  readonly host: string;
+  readonly port: number;
+}
+
+/** Keys of the `http` config section. */
+export const HTTP_KEYS = ['host', 'port'] as const;
+
+/** Default bind address: metrics and the admin API are not for the Internet. */
+export const DEFAULT_HTTP_HOST = '127.0.0.1';
+/** Default port, in the 9100–9999 range where Prometheus exporters conventionally listen. */
+export const DEFAULT_HTTP_PORT = 9143;
+
+/** A bound on how long /readyz waits for the readiness callback (a load balancer's probe times out too). */
+export const READINESS_TIMEOUT_MS = 2_000;
+/** Time allowed for a request's headers: nothing served here needs longer, and slowloris needs more. */
+const HEADERS_TIMEOUT_MS = 10_000;
+/** Time allowed for a whole request, body included (admin requests are small). */
+const REQUEST_TIMEOUT_MS = 30_000;
+
+/** One thing /readyz checks, e.g. `listeners`, `store-map`, `directory`. */
+export interface ReadinessCheck {
+  readonly name: string;
+  readonly ok: boolean;
+  /** Why it is not ready (shown in the 503 body; never secrets). */
+  readonly detail?: string;
+}
+
+/** The answer of a readiness callback; ready only when every check is ok. */
+export interface Readiness {
+  readonly ready: boolean;
+  readonly checks: readonly ReadinessCheck[];
+}
+
+/** Builds a Readiness from checks (ready when all are ok). */
+export function readinessOf(checks: readonly ReadinessCheck[]): Readiness {
+  return { ready: checks.every((c) => c.ok), checks };
+}
+
+/** Handles a request for a registered route; `url` is the parsed request URL. */
+export type RouteHandler = (request: IncomingMessage, response: ServerResponse, url: URL) => void | Promise<void>;
+
+export interface HttpServerOptions {
+  readonly metrics: Metrics;
+  /** Called for every GET /readyz; may be async (bounded by READINESS_TIMEOUT_MS). */
+  readonly readiness: () => Readiness | Promise<Readiness>;
+  readonly log: Logger;
+}
+
+interface Route {
+  readonly method: string;
+  readonly prefix: string;
+  readonly handler: RouteHandler;
+}
+
+/** Reads the optional `http` section; undefined (no HTTP listener) when the section is absent. */
+export function readHttpConfig(v: unknown, path: string, issues: IssueList): HttpConfig | undefined {
+  if (v === undefined || v === null) return undefined;
+  const o = readSection(v, path, HTTP_KEYS, issues) ?? {};
+  const host = str(o, 'host', path, issues, DEFAULT_HTTP_HOST);
+  if (isIP(host) === 0) issues.add(at(path, 'host'), 'an IPv4 or IPv6 address', host);
+  // Port 0 binds any free port (tests); the address is then logged and available from address().
+  return { host, port: int(o, 'port', path, issues, 0, 65535, DEFAULT_HTTP_PORT) };
+}
+
+/** True when `path` is `prefix` or below it (`/admin` matches `/admin` and `/admin/x`, not `/administrator`). */
+function underPrefix(path: string, prefix: string): boolean {
+  if (prefix === '/') return true;
+  const base = prefix.endsWith('/') ? prefix.slice(0, -1) : prefix;
+  return path === base || path.startsWith(`${base}/`);
+}
+
+function send(response: ServerResponse, status: number, contentType: string, body: string, headers: Record<string, string> = {}): void {
+  response.writeHead(status, { 'content-type': contentType, 'cache-control': 'no-store', ...headers });
+  response.end(response.req.method === 'HEAD' ? undefined : body);
+}
+
+function sendJson(response: ServerResponse, status: number, value: unknown): void {
+  send(response, status, 'application/json; charset=utf-8', `${JSON.stringify(value)}\n`);
+}
+
+/** The HTTP listener for /metrics, /healthz, /readyz and added routes. */
+export class HttpServer {
+  private server: Server | undefined;
+  private readonly routes: Route[] = [];
+
+  constructor(
+    private config: HttpConfig,
+    private readonly options: HttpServerOptions,
+  ) {}
+
+  /**
+   * Adds a handler for requests with `method` (or any method, with `*`) whose path is `pathPrefix`
+   * or below it; the longest matching prefix wins. The built-in paths (/metrics, /healthz, /readyz)
+   * cannot be taken.
+   */
+  route(method: string, pathPrefix: string, handler: RouteHandler): void {
+    if (!pathPrefix.startsWith('/')) throw new Error(`http route: the path prefix must start with "/", got ${JSON.stringify(pathPrefix)}`);
+    this.routes.push({ method: method.toUpperCase(), prefix: pathPrefix, handler });
+    this.routes.sort((a, b) => b.prefix.length - a.prefix.length);
+  }
+
+  /** Binds the listener; rejects with a config error naming the address when it cannot. */
+  listen(): Promise<void> {
+    return this.bind(this.config).then((server) => {
+      this.server = server;
+    });
+  }
+
+  /**
+   * Moves the listener to `config` (after a reload): binds the new address first, so a failure
+   * leaves the old one serving, then closes the old one. Nothing happens when the address is unchanged.
+   */
+  async rebind(config: HttpConfig): Promise<void> {
+    if (config.host === this.config.host && config.port === this.config.port && this.server !== undefined) return;
+    const next = await this.bind(config);
+    const previous = this.server;
+    this.server = next;
+    this.config = config;
+    if (previous !== undefined) await this.closeServer(previous);
+  }
+
+  /** The address actually bound (useful with port 0 in tests). */
+  address(): { host: string; port: number } {
+    const a = this.server?.address();
+    if (a === null || a === undefined || typeof a === 'string') throw new Error('the HTTP listener is not bound');
+    return { host: a.address, port: a.port };
+  }
+
+  /** Stops listening and closes every connection (keep-alive ones included). */
+  async close(): Promise<void> {
+    const server = this.server;
+    this.server = undefined;
+    if (server !== undefined) await this.closeServer(server);
+  }
+
+  private closeServer(server: Server): Promise<void> {
+    return new Promise((resolve) => {
+      server.close(() => resolve());
+      server.closeIdleConnections();
+      // A scrape in progress gets a moment to finish; a stuck client does not hold up a stop.
+      setTimeout(() => server.closeAllConnections(), 1_000).unref();
+    });
+  }
+
+  private bind(config: HttpConfig): Promise<Server> {
+    const server = createServer({ headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS }, (request, response) => {
+      this.handle(request, response).catch((error: unknown) => {
+        this.options.log.error({ event: 'http.error', method: request.method, path: request.url, err: error instanceof Error ? error.message : String(error) }, 'HTTP handler failed');
+        if (!response.headersSent) sendJson(response, 500, { error: 'internal error' });
+        else response.destroy();
+      });
+    });
+    return new Promise((resolve, reject) => {
+      const onError = (error: NodeJS.ErrnoException): void => reject(new MailfrontError('LISTEN_FAILED', 'config', `HTTP listener cannot bind ${config.host}:${config.port}: ${error.code ?? error.message}`));
+      server.once('error', onError);
+      server.listen({ host: config.host, port: config.port }, () => {
+        server.off('error', onError);
+        server.on('error', (error) => this.options.log.error({ event: 'http.listener_error', err: error.message }, 'HTTP listener error'));
+        const a = server.address();
+        this.options.log.info({ event: 'http.bound', address: `${config.host}:${typeof a === 'object' && a !== null ? a.port : config.port}` }, 'HTTP listening');
+        resolve(server);
+      });
+    });
+  }
+
+  private async handle(request: IncomingMessage, response: ServerResponse): Promise<void> {
+    const method = request.method ?? 'GET';
+    const url = new URL(request.url ?? '/', 'http://localhost');
+    const path = url.pathname;
+    const builtIn = this.builtIn(path);
+    if (builtIn !== undefined) {
+      if (method !== 'GET' && method !== 'HEAD') return send(response, 405, 'text/plain; charset=utf-8', 'method not allowed\n', { allow: 'GET, HEAD' });
+      return builtIn(response);
+    }
+    const matching = this.routes.filter((r) => underPrefix(path, r.prefix));
+    if (matching.length === 0) return send(response, 404, 'text/plain; charset=utf-8', 'not found\n');
+    // The longest prefix decides which handler owns the path; other methods under it are a 405, not a 404.
+    const longest = matching[0]!.prefix.length;
+    const owners = matching.filter((r) => r.prefix.length === longest);
+    const route = owners.find((r) => r.method === method) ?? owners.find((r) => r.method === '*');
+    if (route === undefined) return send(response, 405, 'text/plain; charset=utf-8', 'method not allowed\n', { allow: [...new Set(owners.map((r) => r.method))].join(', ') });
+    await route.handler(request, response, url);
+  }
+
+  private builtIn(path: string): ((response: ServerResponse) => Promise<void> | void) | undefined {
+    switch (path) {
+      case '/metrics':
+        return async (response) => {
+          const { contentType, body } = await this.options.metrics.exposition();
+          send(response, 200, contentType, body);
+        };
+      case '/healthz':
+        return (response) => send(response, 200, 'text/plain; charset=utf-8', 'ok\n');
+      case '/readyz':
+        return async (response) => {
+          const readiness = await this.readiness();
+          const notReady = readiness.checks.filter((c) => !c.ok);
+          sendJson(response, readiness.ready ? 200 : 503, { ready: readiness.ready, ...(readiness.ready ? {} : { notReady }), checks: readiness.checks });
+        };
+      default:
+        return undefined;
+    }
+  }
+
+  private async readiness(): Promise<Readiness> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<Readiness>((resolve) => {
+      timer = setTimeout(() => resolve(readinessOf([{ name: 'readiness', ok: false, detail: `no answer within ${READINESS_TIMEOUT_MS} ms` }])), READINESS_TIMEOUT_MS);
+    });
+    try {
+      return await Promise.race([Promise.resolve().then(() => this.options.readiness()), timeout]);
+    } catch (error) {
+      return readinessOf([{ name: 'readiness', ok: false, detail: error instanceof Error ? error.message : String(error) }]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}

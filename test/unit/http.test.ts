@@ -1,0 +1,175 @@
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { request } from 'node:http';
+import { IssueList } from '../../src/config/validate.js';
+import { createLogger } from '../../src/log.js';
+import { Metrics } from '../../src/metrics.js';
+import { DEFAULT_HTTP_HOST, DEFAULT_HTTP_PORT, HttpServer, READINESS_TIMEOUT_MS, readHttpConfig, readinessOf } from '../../src/server/http.js';
+import type { Readiness } from '../../src/server/http.js';
+
+interface Reply {
+  readonly status: number;
+  readonly headers: Record<string, string | string[] | undefined>;
+  readonly body: string;
+}
+
+function call(port: number, method: string, path: string): Promise<Reply> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, method, path, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+describe('http listener', () => {
+  const log = createLogger('silent');
+  const metrics = new Metrics({ processMetrics: false, version: '9.9.9' });
+  let readiness: () => Readiness | Promise<Readiness> = () => readinessOf([{ name: 'listeners', ok: true }]);
+  const server = new HttpServer({ host: '127.0.0.1', port: 0 }, { metrics, log, readiness: () => readiness() });
+  let port = 0;
+
+  before(async () => {
+    server.route('GET', '/api', (_req, res, url) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ path: url.pathname, q: url.searchParams.get('q') }));
+    });
+    server.route('POST', '/api/failover', (_req, res) => {
+      res.writeHead(202);
+      res.end('accepted');
+    });
+    server.route('*', '/any', (req, res) => {
+      res.writeHead(200);
+      res.end(req.method);
+    });
+    server.route('GET', '/broken', () => {
+      throw new Error('handler bug');
+    });
+    await server.listen();
+    port = server.address().port;
+  });
+  after(() => server.close());
+
+  it('answers /healthz with 200 ok, HEAD without a body, other methods with 405', async () => {
+    const get = await call(port, 'GET', '/healthz');
+    assert.equal(get.status, 200);
+    assert.equal(get.body, 'ok\n');
+    assert.equal(get.headers['cache-control'], 'no-store');
+    const head = await call(port, 'HEAD', '/healthz');
+    assert.equal(head.status, 200);
+    assert.equal(head.body, '');
+    const post = await call(port, 'POST', '/healthz');
+    assert.equal(post.status, 405);
+    assert.equal(post.headers['allow'], 'GET, HEAD');
+  });
+
+  it('answers /readyz from the readiness callback, listing what is not ready', async () => {
+    const ready = await call(port, 'GET', '/readyz');
+    assert.equal(ready.status, 200);
+    assert.deepEqual(JSON.parse(ready.body), { ready: true, checks: [{ name: 'listeners', ok: true }] });
+    readiness = () => readinessOf([{ name: 'listeners', ok: true }, { name: 'store-map', ok: true }, { name: 'directory', ok: false, detail: 'no LDAP server answered' }]);
+    const notReady = await call(port, 'GET', '/readyz');
+    assert.equal(notReady.status, 503);
+    assert.deepEqual(JSON.parse(notReady.body).notReady, [{ name: 'directory', ok: false, detail: 'no LDAP server answered' }]);
+    readiness = async () => readinessOf([{ name: 'directory', ok: true }]);
+    assert.equal((await call(port, 'GET', '/readyz')).status, 200);
+  });
+
+  it('is not ready when the readiness callback throws or does not answer in time', async () => {
+    readiness = () => {
+      throw new Error('store map holder missing');
+    };
+    const thrown = await call(port, 'GET', '/readyz');
+    assert.equal(thrown.status, 503);
+    assert.match(thrown.body, /store map holder missing/);
+    readiness = () => new Promise(() => undefined);
+    const started = Date.now();
+    const hung = await call(port, 'GET', '/readyz');
+    assert.equal(hung.status, 503);
+    assert.ok(Date.now() - started >= READINESS_TIMEOUT_MS - 50);
+    assert.match(hung.body, /no answer within/);
+    readiness = () => readinessOf([]);
+  });
+
+  it('serves /metrics in the Prometheus text format', async () => {
+    metrics.failover('store1');
+    const reply = await call(port, 'GET', '/metrics');
+    assert.equal(reply.status, 200);
+    assert.match(String(reply.headers['content-type']), /^text\/plain; version=0\.0\.4/);
+    assert.match(reply.body, /^mailfront_failovers_total\{store="store1"\} 1$/m);
+    assert.match(reply.body, /^mailfront_build_info\{version="9\.9\.9"/m);
+  });
+
+  it('hands paths under a route prefix to its handler, longest prefix first', async () => {
+    const a = await call(port, 'GET', '/api/stores?q=1');
+    assert.equal(a.status, 200);
+    assert.deepEqual(JSON.parse(a.body), { path: '/api/stores', q: '1' });
+    assert.equal((await call(port, 'GET', '/api')).status, 200);
+    assert.equal((await call(port, 'POST', '/api/failover/store1')).status, 202);
+    const wrongMethod = await call(port, 'DELETE', '/api/stores');
+    assert.equal(wrongMethod.status, 405);
+    assert.equal(wrongMethod.headers['allow'], 'GET');
+    assert.equal((await call(port, 'GET', '/apis')).status, 404);
+    assert.equal((await call(port, 'GET', '/')).status, 404);
+    assert.equal((await call(port, 'PATCH', '/any/thing')).body, 'PATCH');
+  });
+
+  it('answers 500 when a handler fails, and keeps serving', async () => {
+    const reply = await call(port, 'GET', '/broken');
+    assert.equal(reply.status, 500);
+    assert.doesNotMatch(reply.body, /handler bug/);
+    assert.equal((await call(port, 'GET', '/healthz')).status, 200);
+  });
+
+  it('refuses routes that do not start with /', () => {
+    assert.throws(() => server.route('GET', 'api', () => undefined), /must start with "\/"/);
+  });
+});
+
+describe('http listener: binding', () => {
+  const log = createLogger('silent');
+  const metrics = new Metrics({ processMetrics: false });
+
+  it('moves to a new address on rebind, keeping the old one when the new one cannot be bound', async () => {
+    const server = new HttpServer({ host: '127.0.0.1', port: 0 }, { metrics, log, readiness: () => readinessOf([]) });
+    const other = new HttpServer({ host: '127.0.0.1', port: 0 }, { metrics, log, readiness: () => readinessOf([]) });
+    await server.listen();
+    await other.listen();
+    try {
+      const first = server.address().port;
+      await assert.rejects(server.rebind({ host: '127.0.0.1', port: other.address().port }), (e: Error & { code?: string }) => e.code === 'LISTEN_FAILED');
+      assert.equal((await call(first, 'GET', '/healthz')).status, 200);
+      await server.rebind({ host: '127.0.0.2', port: first });
+      assert.equal(server.address().host, '127.0.0.2');
+      await assert.rejects(call(first, 'GET', '/healthz'));
+      await server.rebind({ host: '127.0.0.2', port: first });
+      assert.equal(server.address().port, first);
+    } finally {
+      await server.close();
+      await other.close();
+    }
+  });
+});
+
+describe('http config', () => {
+  it('is off when the section is absent, and defaults to loopback port 9143', () => {
+    const issues = new IssueList();
+    assert.equal(readHttpConfig(undefined, 'http', issues), undefined);
+    assert.deepEqual(readHttpConfig({}, 'http', issues), { host: DEFAULT_HTTP_HOST, port: DEFAULT_HTTP_PORT });
+    assert.deepEqual(readHttpConfig({ host: '::1', port: 9200 }, 'http', issues), { host: '::1', port: 9200 });
+    assert.deepEqual(issues.issues, []);
+    assert.equal(DEFAULT_HTTP_HOST, '127.0.0.1');
+  });
+
+  it('reports every problem with its path', () => {
+    const issues = new IssueList();
+    readHttpConfig({ host: 'localhost', port: 70000, tls: true }, 'http', issues);
+    assert.deepEqual(issues.issues.map((i) => i.path).sort(), ['http.host', 'http.port', 'http.tls']);
+    const notMapping = new IssueList();
+    readHttpConfig('127.0.0.1:9143', 'http', notMapping);
+    assert.deepEqual(notMapping.issues.map((i) => i.path), ['http']);
+  });
+});

@@ -1,0 +1,167 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { Metrics, authFailureReason, backendFailureResult } from '../../src/metrics.js';
+import type { SessionEndReasonLabel, SessionPhaseLabel } from '../../src/metrics.js';
+import type { SessionEndReason, SessionPhase } from '../../src/session/session.js';
+
+// The metric label unions must take every phase and end reason the session uses (compile-time check).
+const phaseFits: (p: SessionPhase) => SessionPhaseLabel = (p) => p;
+const reasonFits: (r: SessionEndReason) => SessionEndReasonLabel = (r) => r;
+void phaseFits;
+void reasonFits;
+
+/** The value of one series in the registry, or undefined when the series does not exist. */
+async function value(metrics: Metrics, name: string, labels: Record<string, string> = {}): Promise<number | undefined> {
+  const metric = metrics.registry.getSingleMetric(name);
+  assert.ok(metric, `metric ${name} exists`);
+  const { values } = await metric.get();
+  const sameLabels = (got: Record<string, unknown>): boolean =>
+    Object.keys(got).length === Object.keys(labels).length && Object.entries(labels).every(([k, l]) => String(got[k]) === l);
+  const match = values.find((v) => ((v as { metricName?: string }).metricName ?? name) === name && sameLabels(v.labels));
+  return match?.value;
+}
+
+/** The _count of a histogram series. */
+async function count(metrics: Metrics, name: string, labels: Record<string, string>): Promise<number | undefined> {
+  const metric = metrics.registry.getSingleMetric(name);
+  assert.ok(metric, `metric ${name} exists`);
+  const { values } = await metric.get();
+  const match = values.find((v) => (v as { metricName?: string }).metricName === `${name}_count` && Object.entries(labels).every(([k, l]) => String(v.labels[k]) === l));
+  return match?.value;
+}
+
+describe('metrics', () => {
+  it('tracks a session through its phases, and ends it once', async () => {
+    let now = 1_000;
+    const metrics = new Metrics({ processMetrics: false, nowMs: () => now });
+    const session = metrics.sessionStarted('imap');
+    assert.equal(await value(metrics, 'mailfront_sessions_total', { protocol: 'imap' }), 1);
+    assert.equal(await value(metrics, 'mailfront_sessions_active', { protocol: 'imap', phase: 'greeting' }), 1);
+    session.phase('preauth');
+    session.phase('authenticating');
+    session.phase('backend-login');
+    session.phase('spliced');
+    assert.equal(await value(metrics, 'mailfront_sessions_active', { protocol: 'imap', phase: 'greeting' }), 0);
+    assert.equal(await value(metrics, 'mailfront_sessions_active', { protocol: 'imap', phase: 'spliced' }), 1);
+    now += 2_500;
+    session.phase('closing');
+    session.ended('client-closed');
+    session.ended('shutdown');
+    session.phase('preauth');
+    assert.equal(await value(metrics, 'mailfront_sessions_active', { protocol: 'imap', phase: 'spliced' }), 0);
+    assert.equal(await value(metrics, 'mailfront_sessions_active', { protocol: 'imap', phase: 'preauth' }), 0);
+    assert.equal(await value(metrics, 'mailfront_sessions_ended_total', { protocol: 'imap', phase: 'spliced', reason: 'client-closed' }), 1);
+    assert.equal(await value(metrics, 'mailfront_sessions_ended_total', { protocol: 'imap', phase: 'spliced', reason: 'shutdown' }), undefined);
+    assert.equal(await count(metrics, 'mailfront_session_duration_seconds', { protocol: 'imap', phase: 'spliced' }), 1);
+    const sum = (await metrics.registry.getSingleMetric('mailfront_session_duration_seconds')!.get()).values.find((v) => (v as { metricName?: string }).metricName === 'mailfront_session_duration_seconds_sum');
+    assert.equal(sum?.value, 2.5);
+  });
+
+  it('starts the series of the configured protocols at 0', async () => {
+    const metrics = new Metrics({ processMetrics: false, protocols: ['pop3'] });
+    assert.equal(await value(metrics, 'mailfront_sessions_total', { protocol: 'pop3' }), 0);
+    assert.equal(await value(metrics, 'mailfront_sessions_active', { protocol: 'pop3', phase: 'spliced' }), 0);
+    assert.equal(await value(metrics, 'mailfront_sessions_total', { protocol: 'imap' }), undefined);
+    assert.equal(await value(metrics, 'mailfront_proxied_bytes_total', { direction: 'client-to-backend' }), 0);
+  });
+
+  it('counts logins, auth failures, LDAP and backend timings, bytes', async () => {
+    const metrics = new Metrics({ processMetrics: false });
+    metrics.loginResult('pop3', 'success');
+    metrics.loginResult('pop3', 'auth-failed');
+    metrics.authFailure(authFailureReason('WRONG_PASSWORD'));
+    metrics.ldapRequest('search', 'success', 0.002);
+    metrics.backendConnect('store1', 'success', 0.001);
+    metrics.backendLogin('store1', backendFailureResult('BACKEND_LOGIN_TIMEOUT', 'backend-login'), 15);
+    metrics.bytesProxied('backend-to-client', 1234);
+    metrics.bytesProxied('backend-to-client', 0);
+    assert.equal(await value(metrics, 'mailfront_logins_total', { protocol: 'pop3', result: 'success' }), 1);
+    assert.equal(await value(metrics, 'mailfront_logins_total', { protocol: 'pop3', result: 'auth-failed' }), 1);
+    assert.equal(await value(metrics, 'mailfront_auth_failures_total', { reason: 'wrong-password' }), 1);
+    assert.equal(await count(metrics, 'mailfront_ldap_request_duration_seconds', { operation: 'search', result: 'success' }), 1);
+    assert.equal(await count(metrics, 'mailfront_backend_connect_duration_seconds', { store: 'store1', result: 'success' }), 1);
+    assert.equal(await count(metrics, 'mailfront_backend_login_duration_seconds', { store: 'store1', result: 'timeout' }), 1);
+    assert.equal(await value(metrics, 'mailfront_proxied_bytes_total', { direction: 'backend-to-client' }), 1234);
+  });
+
+  it('maps error codes to bounded reasons', () => {
+    assert.equal(authFailureReason('UNKNOWN_USER'), 'unknown-user');
+    assert.equal(authFailureReason('INVALID_USERNAME'), 'invalid-username');
+    assert.equal(authFailureReason('SOMETHING_NEW'), 'other');
+    assert.equal(backendFailureResult('BACKEND_CONNECT_TIMEOUT', 'connect'), 'timeout');
+    assert.equal(backendFailureResult('BACKEND_CONNECT_FAILED', 'connect'), 'error');
+    assert.equal(backendFailureResult('BACKEND_REFUSED_LOGIN', 'backend-login'), 'refused');
+    assert.equal(backendFailureResult('BACKEND_MAILBOX_IN_USE', 'in-use'), 'in-use');
+    assert.equal(backendFailureResult('ABORTED', 'aborted'), 'aborted');
+  });
+
+  it('follows the store map: version, masters, backwards stores, and drops slots that left it', async () => {
+    const metrics = new Metrics({ processMetrics: false });
+    const slots = (...names: string[]): Map<string, unknown> => new Map(names.map((n) => [n, {}]));
+    metrics.storeMapLoaded(1, new Map([
+      ['store1', { currentMaster: 'slot101', preferredMaster: 'slot101', slots: slots('slot101', 'slot102') }],
+      ['store2', { currentMaster: 'slot202', preferredMaster: 'slot201', slots: slots('slot201', 'slot202') }],
+    ]));
+    metrics.slotHealth('store1', 'slot102', false);
+    metrics.slotHealth('store2', 'slot201', true);
+    metrics.throttleBackend('store2', true);
+    assert.equal(await value(metrics, 'mailfront_store_map_version'), 1);
+    assert.equal(await value(metrics, 'mailfront_store_map_last_load_success'), 1);
+    assert.equal(await value(metrics, 'mailfront_slot_current_master', { store: 'store2', slot: 'slot202' }), 1);
+    assert.equal(await value(metrics, 'mailfront_slot_current_master', { store: 'store2', slot: 'slot201' }), 0);
+    assert.equal(await value(metrics, 'mailfront_store_backwards', { store: 'store2' }), 1);
+    assert.equal(await value(metrics, 'mailfront_slot_up', { store: 'store1', slot: 'slot102' }), 0);
+
+    metrics.storeMapRejected();
+    assert.equal(await value(metrics, 'mailfront_store_map_last_load_success'), 0);
+    assert.equal(await value(metrics, 'mailfront_store_map_version'), 1);
+
+    metrics.failover('store1');
+    metrics.storeMapLoaded(3, new Map([['store1', { currentMaster: 'slot102', preferredMaster: 'slot101', slots: slots('slot101', 'slot102') }]]));
+    assert.equal(await value(metrics, 'mailfront_store_map_version'), 3);
+    assert.equal(await value(metrics, 'mailfront_failovers_total', { store: 'store1' }), 1);
+    assert.equal(await value(metrics, 'mailfront_store_map_loads_total', { result: 'success' }), 2);
+    assert.equal(await value(metrics, 'mailfront_store_map_loads_total', { result: 'failure' }), 1);
+    assert.equal(await value(metrics, 'mailfront_store_backwards', { store: 'store1' }), 1);
+    assert.equal(await value(metrics, 'mailfront_store_backwards', { store: 'store2' }), undefined);
+    assert.equal(await value(metrics, 'mailfront_slot_current_master', { store: 'store2', slot: 'slot202' }), undefined);
+    assert.equal(await value(metrics, 'mailfront_slot_up', { store: 'store2', slot: 'slot201' }), undefined);
+    assert.equal(await value(metrics, 'mailfront_slot_up', { store: 'store1', slot: 'slot102' }), 0);
+    assert.equal(await value(metrics, 'mailfront_backend_throttled', { store: 'store2' }), undefined);
+  });
+
+  it('names every metric by the rules: mailfront_ prefix, _total on counters only, base units, no user or address label', async () => {
+    const metrics = new Metrics();
+    const families = await metrics.registry.getMetricsAsJSON();
+    const forbiddenLabels = /^(user|username|login|ip|address|client|client_address|remote|host|session)$/;
+    for (const family of families) {
+      assert.match(family.name, /^(mailfront|process|nodejs)_[a-z0-9_]+$/, family.name);
+      const type = String(family.type);
+      if (type === 'counter') assert.match(family.name, /_total$/, `${family.name} is a counter`);
+      else assert.doesNotMatch(family.name, /_total$/, `${family.name} is a ${type}`);
+      assert.doesNotMatch(family.name, /_(ms|milliseconds|kb|kilobytes|mb|minutes|hours)(_|$)/, `${family.name} uses base units`);
+      if (type === 'histogram') assert.match(family.name, /_(seconds|bytes)$/, `${family.name} has a unit`);
+      for (const v of family.values) for (const label of Object.keys(v.labels)) assert.doesNotMatch(label, forbiddenLabels, `${family.name} has label ${label}`);
+      assert.ok(family.help.length > 0, `${family.name} has help`);
+    }
+    // Process metrics are there, unprefixed, on this registry only.
+    assert.ok(metrics.metricNames().includes('process_cpu_seconds_total'));
+    assert.ok(metrics.metricNames().includes('nodejs_eventloop_lag_seconds'));
+  });
+
+  it('keeps two instances apart', async () => {
+    const a = new Metrics({ processMetrics: false });
+    const b = new Metrics({ processMetrics: false });
+    a.failover('store1');
+    assert.equal(await value(a, 'mailfront_failovers_total', { store: 'store1' }), 1);
+    assert.equal(await value(b, 'mailfront_failovers_total', { store: 'store1' }), undefined);
+  });
+
+  it('labels the build', async () => {
+    const metrics = new Metrics({ processMetrics: false, version: '1.2.3' });
+    assert.equal(await value(metrics, 'mailfront_build_info', { version: '1.2.3', nodejs_version: process.versions.node }), 1);
+    const { body, contentType } = await metrics.exposition();
+    assert.match(contentType, /^text\/plain/);
+    assert.match(body, /^mailfront_build_info\{version="1.2.3",nodejs_version="[^"]+"\} 1$/m);
+  });
+});
