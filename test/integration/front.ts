@@ -36,6 +36,8 @@ export interface FrontOptions {
   readonly sieve?: boolean;
   readonly failover?: Record<string, unknown>;
   readonly admin?: Record<string, unknown>;
+  /** Read the store map from LDAP store entries under this base (polled every 100 ms) instead of the file. */
+  readonly storeMapLdapBase?: string;
 }
 
 export interface Front {
@@ -141,7 +143,9 @@ export async function startFront(options: FrontOptions): Promise<Front> {
         operation_timeout_ms: 2000,
         ...options.directory,
       },
-      store_map: { file: 'stores.yaml' },
+      store_map: options.storeMapLdapBase
+        ? { ldap: { base_dn: options.storeMapLdapBase, bind_dn: options.slapd.rootDn, bind_password: options.slapd.rootPassword, poll_interval_ms: 100 } }
+        : { file: 'stores.yaml' },
       backend: { login_mode: 'replay', connect_timeout_ms: 1000, login_timeout_ms: 5000, ...options.backend },
       session: { auth_failure_delay_ms: 300, preauth_timeout_ms: 5000, ...options.session },
       failover: { hold_ms: 1000, drain_spread_ms: 200, ...options.failover },

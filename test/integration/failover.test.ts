@@ -1,0 +1,312 @@
+/**
+ * Failover through mailfront with real servers: store alpha has two Dovecot slots (a1, a2),
+ * store beta one (b1). Sessions IDLE on alpha's master are drained when the master changes by
+ * file edit, by LDAP modify and by the admin API; beta's sessions stay; reconnects land on
+ * the new master; no login lands on the old master after the change; a login held while the
+ * master is down follows a failover; a broken update leaves the last good map in force.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { promisify } from 'node:util';
+import { ImapFlow } from 'imapflow';
+import type { ImapFlowOptions } from 'imapflow';
+import { LDAP_STORES_DN, LineClient, repoRoot, startDovecot, startSlapd } from './servers/index.js';
+import type { Dovecot, Slapd } from './servers/index.js';
+import { ADMIN_TOKEN, makeMessage, startFront, waitForLog } from './front.js';
+import type { Front, StoreSpec } from './front.js';
+
+const run = promisify(execFile);
+const PASSWORD = 'Failover-pw-1d2c';
+const ALPHA_USERS = ['ann', 'ari', 'ava', 'axel', 'amy'];
+const SESSIONS_ON_MASTER = 50;
+const SPREAD_MS = 300;
+
+let slapd: Slapd;
+let a1: Dovecot;
+let a2: Dovecot;
+let b1: Dovecot;
+
+function storesWith(alphaMaster: 'a1' | 'a2'): Record<string, StoreSpec> {
+  return {
+    alpha: { currentMaster: alphaMaster, preferredMaster: 'a1', slots: { a1: { imapPort: a1.imapPort, pop3Port: a1.pop3Port }, a2: { imapPort: a2.imapPort, pop3Port: a2.pop3Port } } },
+    beta: { currentMaster: 'b1', slots: { b1: { imapPort: b1.imapPort, pop3Port: b1.pop3Port } } },
+  };
+}
+
+function client(front: Front, user: string): ImapFlow {
+  return new ImapFlow({ host: '127.0.0.1', port: front.imapTrustedPort, secure: false, doSTARTTLS: false, auth: { user, pass: PASSWORD }, logger: false, maxIdleTime: 0 } as ImapFlowOptions);
+}
+
+/** The subject of the first message a user sees: says which slot served the login. */
+async function servedBy(front: Front, user: string): Promise<string> {
+  const c = client(front, user);
+  await c.connect();
+  try {
+    const lock = await c.getMailboxLock('INBOX');
+    try {
+      const message = await c.fetchOne('1', { envelope: true });
+      return message ? (message.envelope?.subject ?? '') : '';
+    } finally {
+      lock.release();
+    }
+  } finally {
+    await c.logout();
+  }
+}
+
+interface Idler {
+  readonly user: string;
+  readonly client: ImapFlow;
+  closedAt: number | null;
+}
+
+async function idleSessions(front: Front, users: readonly string[], count: number): Promise<Idler[]> {
+  const idlers: Idler[] = [];
+  for (let i = 0; i < count; i += 10) {
+    const batch = await Promise.all(
+      Array.from({ length: Math.min(10, count - i) }, async (_, j) => {
+        const user = users[(i + j) % users.length]!;
+        const c = client(front, user);
+        const idler: Idler = { user, client: c, closedAt: null };
+        c.on('close', () => (idler.closedAt ??= Date.now()));
+        c.on('error', () => undefined);
+        await c.connect();
+        await c.mailboxOpen('INBOX');
+        void c.idle().catch(() => undefined);
+        return idler;
+      }),
+    );
+    idlers.push(...batch);
+  }
+  await new Promise((r) => setTimeout(r, 300));
+  return idlers;
+}
+
+async function waitAllClosed(idlers: readonly Idler[], timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (idlers.some((i) => i.closedAt === null) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+}
+
+async function closeAll(idlers: readonly Idler[]): Promise<void> {
+  await Promise.all(idlers.map((i) => (i.closedAt === null ? i.client.logout().catch(() => i.client.close()) : undefined)));
+}
+
+/** Checks one failover: all sessions on the old master closed within the window, beta's open, new logins on the new master. */
+async function expectDrained(front: Front, changedAt: number, alphaIdlers: Idler[], betaIdlers: Idler[], newMaster: 'a1' | 'a2'): Promise<void> {
+  await waitAllClosed(alphaIdlers, SPREAD_MS + 5_000);
+  const open = alphaIdlers.filter((i) => i.closedAt === null).length;
+  assert.equal(open, 0, `${open} of ${alphaIdlers.length} sessions on the old master are still open`);
+  const lastClose = Math.max(...alphaIdlers.map((i) => i.closedAt!));
+  assert.ok(lastClose - changedAt <= SPREAD_MS + 1_000, `the last old session closed ${lastClose - changedAt} ms after the change`);
+  // The other store's sessions are untouched and still work.
+  for (const b of betaIdlers) assert.equal(b.closedAt, null, 'a session of store beta was closed');
+  await Promise.all(betaIdlers.map((b) => b.client.noop()));
+  assert.equal(await servedBy(front, 'ann'), `I am ${newMaster}`);
+  // No session was spliced to the old master after the change.
+  const oldMaster = newMaster === 'a1' ? 'a2' : 'a1';
+  const late = front.logs.filter((l) => l['event'] === 'session.spliced' && l['slot'] === oldMaster && Date.parse(String(l['time'])) > changedAt);
+  assert.deepEqual(late, []);
+}
+
+before(async () => {
+  slapd = await startSlapd({ users: [...ALPHA_USERS.map((uid) => ({ uid, password: PASSWORD, store: 'alpha' })), { uid: 'bea', password: PASSWORD, store: 'beta' }] });
+  const alphaUsers = ALPHA_USERS.map((name) => ({ name, password: PASSWORD }));
+  [a1, a2, b1] = await Promise.all([
+    startDovecot({ name: 'fo-a1', users: alphaUsers }),
+    startDovecot({ name: 'fo-a2', users: alphaUsers }),
+    startDovecot({ name: 'fo-b1', users: [{ name: 'bea', password: PASSWORD }] }),
+  ]);
+  for (const user of ALPHA_USERS) {
+    await a1.deliver(user, makeMessage('I am a1'));
+    await a2.deliver(user, makeMessage('I am a2'));
+  }
+  await b1.deliver('bea', makeMessage('I am b1'));
+});
+
+after(async () => {
+  await Promise.all([slapd?.stop(), a1?.stop(), a2?.stop(), b1?.stop()]);
+});
+
+describe('failover by file edit and by the admin API (file store map)', () => {
+  let front: Front;
+  before(async () => {
+    front = await startFront({ slapd, stores: storesWith('a1'), failover: { drain_spread_ms: SPREAD_MS, hold_ms: 5_000 } });
+  });
+  after(async () => {
+    await front?.stop();
+  });
+
+  test(`editing the store map file drains all ${SESSIONS_ON_MASTER} sessions of the old master within the window`, async () => {
+    assert.equal(await servedBy(front, 'ann'), 'I am a1');
+    const alpha = await idleSessions(front, ALPHA_USERS, SESSIONS_ON_MASTER);
+    const beta = await idleSessions(front, ['bea'], 5);
+    assert.equal(front.mailfront.registry.onSlot('a1').length, SESSIONS_ON_MASTER);
+    const changedAt = Date.now();
+    await front.writeStores(storesWith('a2'));
+    try {
+      await expectDrained(front, changedAt, alpha, beta, 'a2');
+      const drained = await waitForLog(front, (l) => l['event'] === 'failover.drain' && l['store'] === 'alpha');
+      assert.equal(drained['sessions'], SESSIONS_ON_MASTER);
+    } finally {
+      await closeAll([...alpha, ...beta]);
+    }
+  });
+
+  test('the admin API fails the store back: written to the file, sessions drained, reconnects on the new master', async () => {
+    const alpha = await idleSessions(front, ALPHA_USERS, 10);
+    const address = front.mailfront.httpAddress()!;
+    const changedAt = Date.now();
+    const response = await fetch(`http://127.0.0.1:${address.port}/api/stores/alpha/failover`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ slot: 'a1' }) });
+    assert.equal(response.status, 200, await response.clone().text());
+    try {
+      await expectDrained(front, changedAt, alpha, [], 'a1');
+      assert.match(await readFile(front.storesFile, 'utf8'), /current_master: a1/);
+    } finally {
+      await closeAll(alpha);
+    }
+  });
+
+  test('the admin API refuses without the token and names unknown slots', async () => {
+    const { port } = front.mailfront.httpAddress()!;
+    assert.equal((await fetch(`http://127.0.0.1:${port}/api/stores`)).status, 401);
+    assert.equal((await fetch(`http://127.0.0.1:${port}/api/stores`, { headers: { authorization: 'Bearer wrong-token-wrong-token' } })).status, 401);
+    const bad = await fetch(`http://127.0.0.1:${port}/api/stores/alpha/failover`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: JSON.stringify({ slot: 'b1' }) });
+    assert.equal(bad.status, 404);
+    assert.match(((await bad.json()) as { error: string }).error, /not a slot of store "alpha"/);
+  });
+
+  test('the CLI: stores, whereis, sessions, kick, failover, reload', async () => {
+    const { port } = front.mailfront.httpAddress()!;
+    const cli = async (...args: string[]): Promise<string> => (await run(process.execPath, [join(repoRoot(), 'dist/src/cli/main.js'), ...args, '--url', `http://127.0.0.1:${port}`, '--token', ADMIN_TOKEN])).stdout;
+    const c = client(front, 'ann');
+    await c.connect();
+    try {
+      const stores = await cli('stores');
+      assert.match(stores, /alpha\s+a1\s+127\.0\.0\.1\s+master\s+yes/);
+      assert.match(stores, /alpha\s+a2\s+127\.0\.0\.1\s+replica/);
+      const whereis = await cli('whereis', 'ANN');
+      assert.match(whereis, /store\s+alpha/);
+      assert.match(whereis, /current master\s+a1/);
+      assert.match(whereis, /ann\s+alpha\s+a1/);
+      assert.match(await cli('sessions', '--store', 'alpha'), /ann/);
+      const closed = new Promise((r) => c.once('close', r));
+      assert.match(await cli('kick', 'ann'), /closed 1 session/);
+      await closed;
+    } finally {
+      c.close();
+    }
+    assert.match(await cli('failover', 'alpha', 'a2'), /current master is now a2/);
+    assert.match(await cli('stores'), /backwards stores .*: alpha/);
+    assert.match(await cli('reload'), /in force/);
+    await cli('failover', 'alpha', 'a1');
+  });
+
+  test('a login held while the master is down follows a failover made during the hold', async () => {
+    await a1.stopOnly();
+    try {
+      const raw = await LineClient.connect(front.imapTrustedPort);
+      try {
+        await raw.readLine();
+        raw.send(`t1 LOGIN ann ${PASSWORD}`);
+        await waitForLog(front, (l) => l['event'] === 'session.backend_retry' && l['slot'] === 'a1');
+        await front.writeStores(storesWith('a2'));
+        const reply = await raw.readLine(8_000);
+        assert.match(reply, /^t1 OK /);
+        raw.send('t2 EXAMINE INBOX');
+        raw.send('t3 FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])');
+        const lines: string[] = [];
+        for (let line = await raw.readLine(); !line.startsWith('t3 '); line = await raw.readLine()) lines.push(line);
+        assert.ok(lines.some((l) => l.includes('I am a2')), lines.join(' | '));
+      } finally {
+        raw.close();
+      }
+    } finally {
+      await a1.startAgain();
+      await front.writeStores(storesWith('a1'));
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  });
+
+  test('a master that stays down: the held login ends with NO [UNAVAILABLE] after the hold time', async () => {
+    await b1.stopOnly();
+    try {
+      const raw = await LineClient.connect(front.imapTrustedPort);
+      try {
+        await raw.readLine();
+        const started = Date.now();
+        raw.send(`t1 LOGIN bea ${PASSWORD}`);
+        assert.match(await raw.readLine(10_000), /^t1 NO \[UNAVAILABLE\] /);
+        assert.ok(Date.now() - started >= 4_000, `answered after ${Date.now() - started} ms, before the 5 s hold ended`);
+      } finally {
+        raw.close();
+      }
+    } finally {
+      await b1.startAgain();
+    }
+  });
+
+  test('a broken store-map update is rejected and the last good map stays in force', async () => {
+    const version = front.mailfront.currentStoreMap().version;
+    const good = await readFile(front.storesFile, 'utf8');
+    await writeFile(front.storesFile, 'stores:\n  alpha:\n    current_master: a9\n    slots: {}\n');
+    try {
+      const result = await front.mailfront.reloadStoreMap('test');
+      assert.equal(result.ok, false);
+      assert.equal(front.mailfront.currentStoreMap().version, version);
+      assert.match(result.error ?? '', /stores\.alpha\.slots/);
+      await waitForLog(front, (l) => l['event'] === 'storemap.rejected');
+      assert.equal(await servedBy(front, 'ann'), 'I am a1');
+    } finally {
+      await writeFile(front.storesFile, good);
+    }
+  });
+});
+
+describe('failover by LDAP modify (store entries in the directory)', () => {
+  let front: Front;
+  const storeLdif = (store: string, master: string, slots: Record<string, Dovecot>): string =>
+    [
+      `dn: cn=${store},${LDAP_STORES_DN}`,
+      'changetype: add',
+      'objectClass: mailfrontStore',
+      `cn: ${store}`,
+      `mailfrontCurrentMaster: ${master}`,
+      `mailfrontPreferredMaster: ${master}`,
+      '',
+      ...Object.entries(slots).flatMap(([name, d]) => [`dn: cn=${name},cn=${store},${LDAP_STORES_DN}`, 'changetype: add', 'objectClass: mailfrontSlot', `cn: ${name}`, 'mailfrontHost: 127.0.0.1', `mailfrontImapPort: ${d.imapPort}`, `mailfrontPop3Port: ${d.pop3Port}`, '']),
+    ].join('\n');
+
+  before(async () => {
+    await slapd.modify(storeLdif('alpha', 'a1', { a1, a2 }) + '\n' + storeLdif('beta', 'b1', { b1 }));
+    front = await startFront({ slapd, stores: storesWith('a1'), storeMapLdapBase: LDAP_STORES_DN, failover: { drain_spread_ms: SPREAD_MS } });
+  });
+  after(async () => {
+    await front?.stop();
+  });
+
+  test(`an LDAP modify of mailfrontCurrentMaster drains all ${SESSIONS_ON_MASTER} sessions within the window`, async () => {
+    assert.equal(await servedBy(front, 'ann'), 'I am a1');
+    const alpha = await idleSessions(front, ALPHA_USERS, SESSIONS_ON_MASTER);
+    const beta = await idleSessions(front, ['bea'], 5);
+    const changedAt = Date.now();
+    await slapd.modify(`dn: cn=alpha,${LDAP_STORES_DN}\nchangetype: modify\nreplace: mailfrontCurrentMaster\nmailfrontCurrentMaster: a2\n`);
+    try {
+      // The poll interval (100 ms here, 1 s by default) adds to the window.
+      await expectDrained(front, changedAt, alpha, beta, 'a2');
+    } finally {
+      await closeAll([...alpha, ...beta]);
+    }
+  });
+
+  test('the admin API writes a failover into LDAP', async () => {
+    const { port } = front.mailfront.httpAddress()!;
+    const response = await fetch(`http://127.0.0.1:${port}/api/stores/alpha/failover`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: JSON.stringify({ slot: 'a1' }) });
+    assert.equal(response.status, 200, await response.clone().text());
+    assert.equal(await servedBy(front, 'ann'), 'I am a1');
+    const { stdout } = await run('ldapsearch', ['-x', '-LLL', '-H', slapd.url, '-D', slapd.rootDn, '-w', slapd.rootPassword, '-b', `cn=alpha,${LDAP_STORES_DN}`, '-s', 'base', 'mailfrontCurrentMaster']);
+    assert.match(stdout, /mailfrontCurrentMaster: a1/);
+  });
+});
