@@ -3,14 +3,21 @@
  * registry, health monitor, admin API → listeners; failover drains and shutdown. Nothing else
  * creates long-lived objects. Used by the CLI's `serve` and by tests.
  */
-import { createServer } from 'node:http';
-import type { Server } from 'node:http';
+import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { DestinationStream } from 'pino';
 import type { Directory } from './auth/directory.js';
 import { LdapDirectory } from './auth/ldap.js';
 import { SlotHealthMonitor } from './backend/health.js';
 import { probeSlot } from './backend/connect.js';
+import { loadConfig } from './config/load.js';
 import type { Config } from './config/schema.js';
+import { Metrics } from './metrics.js';
+import { CidrSet } from './net/cidr.js';
+import { HttpServer, readinessOf } from './server/http.js';
+import type { Readiness } from './server/http.js';
+import { encodeProxyV2Local } from './server/proxy-protocol.js';
 import { MailfrontError } from './errors.js';
 import { createLogger } from './log.js';
 import type { Logger } from './log.js';
@@ -24,7 +31,7 @@ import type { MasterChange, ReloadResult } from './routing/holder.js';
 import { createStoreMapSource } from './routing/sources.js';
 import type { Slot, StoreMap } from './routing/storemap.js';
 import { createAdminHandler } from './server/admin.js';
-import { Listener } from './server/listeners.js';
+import { Listener, needsRebind } from './server/listeners.js';
 
 const ADAPTERS: Record<Config['listeners'][number]['protocol'], ProtocolAdapter> = { imap: imapAdapter, pop3: pop3Adapter, managesieve: managesieveAdapter };
 
@@ -33,9 +40,13 @@ export interface StartOptions {
   readonly logDestination?: DestinationStream;
   /** A directory to use instead of LDAP (tests that inject failures). */
   readonly directory?: Directory;
-  /** An HTTP listener for the admin API (host and port; port 0 picks a free one). */
+  /** An HTTP listener for metrics, health and the admin API, instead of the config's `http`. */
   readonly http?: { readonly host: string; readonly port: number };
+  /** Standard process_* metrics (default true; tests running several instances turn them off). */
+  readonly processMetrics?: boolean;
 }
+
+const VERSION = (JSON.parse(readFileSync(join(dirname(fileURLToPath(import.meta.url)), '../../package.json'), 'utf8')) as { version: string }).version;
 
 /** A running mailfront process. */
 export class Mailfront {
@@ -43,43 +54,50 @@ export class Mailfront {
   readonly listeners: Listener[] = [];
   readonly holder: StoreMapHolder;
   readonly health: SlotHealthMonitor;
+  readonly metrics: Metrics;
   private readonly drainTimers = new Set<NodeJS.Timeout>();
   private stopWatching: () => void = () => undefined;
-  private httpServer: Server | undefined;
+  private http: HttpServer | undefined;
+  private trusted: CidrSet;
   private stopping = false;
 
   private constructor(
     private config: Config,
     readonly log: Logger,
-    readonly directory: Directory,
+    private directory: Directory,
+    private readonly ownsDirectory: boolean,
+    metrics: Metrics,
   ) {
-    this.holder = new StoreMapHolder(createStoreMapSource(config.storeMap), () => this.config, log, (changes) => this.drain(changes));
-    this.health = new SlotHealthMonitor(() => (this.holder.loaded ? this.holder.current : null), (slot, signal) => this.probe(slot, signal), config.health.intervalMs, config.health.timeoutMs, log);
+    this.metrics = metrics;
+    this.trusted = new CidrSet(config.trustedNetworks);
+    this.holder = new StoreMapHolder(createStoreMapSource(config.storeMap), () => this.config, log, {
+      changes: (changes) => this.drain(changes),
+      loaded: (map) => metrics.storeMapLoaded(map.version, map.stores),
+      rejected: () => metrics.storeMapRejected(),
+    });
+    this.health = new SlotHealthMonitor(
+      () => (this.holder.loaded ? this.holder.current : null),
+      (slot, signal) => this.probe(slot, signal),
+      config.health.intervalMs,
+      config.health.timeoutMs,
+      log,
+      (slot, health) => metrics.slotHealth(slot.store, slot.name, health.up),
+    );
   }
 
   /** Loads the store map, binds every listener and starts serving. */
   static async start(config: Config, options: StartOptions = {}): Promise<Mailfront> {
     const log = createLogger(config.logLevel, options.logDestination);
+    const metrics = new Metrics({ version: VERSION, processMetrics: options.processMetrics ?? true, protocols: [...new Set(config.listeners.map((l) => l.protocol))] });
     const directory = options.directory ?? new LdapDirectory(config.directory, log.child({ component: 'directory' }));
-    const mailfront = new Mailfront(config, log, directory);
+    const mailfront = new Mailfront(config, log, directory, options.directory === undefined, metrics);
     try {
       const first = await mailfront.holder.reload('start');
       if (!first.ok) throw new MailfrontError('STOREMAP_UNUSABLE', 'config', `cannot start without a store map: ${first.error ?? 'unknown error'}`);
       mailfront.stopWatching = mailfront.holder.source.watch(() => void mailfront.holder.reload('change'));
-      for (const listenerConfig of config.listeners) {
-        const adapter = ADAPTERS[listenerConfig.protocol];
-        const listener = new Listener(listenerConfig, adapter, {
-          config: () => mailfront.config,
-          storeMap: () => mailfront.holder.current,
-          directory,
-          registry: mailfront.registry,
-          log,
-        }, log);
-        mailfront.listeners.push(listener);
-        await listener.listen();
-      }
+      for (const listenerConfig of config.listeners) await mailfront.addListener(listenerConfig);
       const http = options.http ?? config.http;
-      if (http) await mailfront.listenHttp(http.host, http.port);
+      if (http) await mailfront.startHttp(http);
       mailfront.health.start();
     } catch (error) {
       await mailfront.stop(0);
@@ -88,57 +106,123 @@ export class Mailfront {
     return mailfront;
   }
 
+  private async addListener(listenerConfig: Config['listeners'][number]): Promise<Listener> {
+    const listener = new Listener(listenerConfig, ADAPTERS[listenerConfig.protocol], {
+      config: () => this.config,
+      storeMap: () => this.holder.current,
+      directory: () => this.directory,
+      registry: this.registry,
+      metrics: this.metrics,
+      trustedNetworks: () => this.trusted,
+      log: this.log,
+    }, this.log);
+    await listener.listen();
+    this.listeners.push(listener);
+    return listener;
+  }
+
   /** The store map in force. */
   currentStoreMap(): StoreMap {
     return this.holder.current;
   }
 
-  /** Re-reads the store map (SIGHUP, admin API); a broken one leaves the last good map in force. */
+  /** Re-reads the store map (admin API, tests); a broken one leaves the last good map in force. */
   reloadStoreMap(trigger = 'signal'): Promise<ReloadResult> {
     return this.holder.reload(trigger);
   }
 
-  /** The HTTP address of the admin API, when it listens. */
-  httpAddress(): { host: string; port: number } | undefined {
-    const a = this.httpServer?.address();
-    return a && typeof a === 'object' ? { host: a.address, port: a.port } : undefined;
+  /**
+   * SIGHUP: re-reads the config file and the store map. Spliced sessions are never dropped:
+   * new settings apply to new sessions; a listener whose address, protocol or TLS mode changed
+   * is bound anew and the old one stops accepting; removed listeners stop accepting. A broken
+   * config is rejected whole and the running one stays in force.
+   */
+  async reload(): Promise<{ ok: boolean; error?: string; storeMap: ReloadResult }> {
+    let next: Config;
+    try {
+      next = loadConfig(this.config.file);
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      this.log.error({ event: 'config.rejected', file: this.config.file, err: message }, 'config reload rejected; the running config stays in force');
+      this.metrics.configReloaded('failure');
+      return { ok: false, error: message, storeMap: await this.holder.reload('signal') };
+    }
+    const problems: string[] = [];
+    for (const listenerConfig of next.listeners) {
+      const current = this.listeners.find((l) => l.config.name === listenerConfig.name && l.listening);
+      try {
+        if (current === undefined) await this.addListener(listenerConfig);
+        else if (needsRebind(current.config, listenerConfig)) {
+          await this.addListener(listenerConfig);
+          await current.stopAccepting();
+        } else current.reconfigure(listenerConfig);
+      } catch (error) {
+        problems.push(error instanceof Error ? error.message : String(error));
+      }
+    }
+    for (const listener of this.listeners) {
+      if (listener.listening && !next.listeners.some((l) => l.name === listener.config.name && !needsRebind(l, listener.config))) {
+        if (!next.listeners.some((l) => l.name === listener.config.name)) await listener.stopAccepting();
+      }
+    }
+    if (JSON.stringify(next.directory) !== JSON.stringify(this.config.directory) && this.ownsDirectory) {
+      const previous = this.directory;
+      this.directory = new LdapDirectory(next.directory, this.log.child({ component: 'directory' }));
+      void previous.close();
+    }
+    this.config = next;
+    this.trusted = new CidrSet(next.trustedNetworks);
+    this.log.level = next.logLevel;
+    if (next.http && this.http) await this.http.rebind(next.http).catch((error: unknown) => problems.push(error instanceof Error ? error.message : String(error)));
+    for (const p of problems) this.log.error({ event: 'config.partially_applied', err: p }, 'part of the new config could not be applied');
+    this.metrics.configReloaded(problems.length === 0 ? 'success' : 'failure');
+    this.log.info({ event: 'config.reloaded', file: next.file, listeners: next.listeners.length }, 'config reloaded');
+    return { ok: problems.length === 0, ...(problems.length > 0 ? { error: problems.join('; ') } : {}), storeMap: await this.holder.reload('signal') };
   }
 
-  private async listenHttp(host: string, port: number): Promise<void> {
+  /** The HTTP address of metrics, health and the admin API, when it listens. */
+  httpAddress(): { host: string; port: number } | undefined {
+    return this.http?.address();
+  }
+
+  /** Ready: listeners bound, a store map in force, the directory reachable, not stopping. */
+  async readiness(): Promise<Readiness> {
+    const directory = this.directory;
+    let reachable = false;
+    try {
+      reachable = await directory.reachable(AbortSignal.timeout(1_500));
+    } catch {
+      reachable = false;
+    }
+    return readinessOf([
+      { name: 'listeners', ok: this.listeners.length > 0 && this.listeners.every((l) => l.listening || !this.config.listeners.some((c) => c.name === l.config.name && !needsRebind(c, l.config))), detail: `${this.listeners.filter((l) => l.listening).length} bound` },
+      { name: 'store_map', ok: this.holder.loaded, detail: this.holder.loaded ? `version ${this.holder.current.version}` : 'not loaded' },
+      { name: 'directory', ok: reachable, detail: reachable ? 'reachable' : 'unreachable' },
+      { name: 'accepting', ok: !this.stopping, detail: this.stopping ? 'stopping' : 'accepting' },
+    ]);
+  }
+
+  private async startHttp(address: { host: string; port: number }): Promise<void> {
+    const http = new HttpServer(address, { metrics: this.metrics, log: this.log, readiness: () => this.readiness() });
     const admin = createAdminHandler({
       token: () => this.config.admin.token,
       holder: this.holder,
       registry: this.registry,
       health: this.health,
-      directory: this.directory,
+      directory: () => this.directory,
       usernames: () => this.config.usernames,
       log: this.log,
       reload: () => this.reloadStoreMap('api'),
     });
-    const server = createServer((req, res) => {
-      admin(req, res).then(
-        (handled) => {
-          if (!handled) {
-            res.writeHead(404, { 'content-type': 'text/plain' });
-            res.end('not found\n');
-          }
-        },
-        (error: unknown) => {
-          this.log.error({ event: 'http.error', err: error instanceof Error ? error.message : String(error) }, 'admin request failed');
-          if (!res.headersSent) res.writeHead(500);
-          res.end();
-        },
-      );
+    http.route('*', '/api', async (req, res) => {
+      if (!(await admin(req, res))) {
+        res.writeHead(404);
+        res.end();
+      }
     });
-    this.httpServer = server;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen({ host, port }, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    this.log.info({ event: 'http.bound', address: `${host}:${this.httpAddress()?.port}` }, 'admin API listening');
+    await http.listen();
+    this.http = http;
+    this.log.info({ event: 'http.bound', address: `${address.host}:${http.address().port}` }, 'metrics, health and admin API listening');
   }
 
   /** Probes a slot with the protocol it serves (IMAP when it has an IMAP port). */
@@ -146,13 +230,14 @@ export class Mailfront {
     const store = this.holder.current.stores.get(slot.store);
     if (store === undefined) return Promise.reject(new Error('store left the map'));
     const protocol = slot.imapPort !== undefined || slot.imapsPort !== undefined ? 'imap' : slot.pop3Port !== undefined || slot.pop3sPort !== undefined ? 'pop3' : 'managesieve';
-    const adapter = ADAPTERS[protocol];
     const { probeUser, probePassword } = this.config.health;
     const login =
-      adapter && probeUser !== undefined && probePassword !== undefined
-        ? adapter.createBackendLogin({ mode: 'replay', user: probeUser, password: probePassword, starttls: store.backend.tls === 'starttls' })
+      probeUser !== undefined && probePassword !== undefined
+        ? ADAPTERS[protocol].createBackendLogin({ mode: 'replay', user: probeUser, password: probePassword, starttls: store.backend.tls === 'starttls' })
         : undefined;
-    return probeSlot(slot, protocol, store.backend, signal, login);
+    // A slot behind a PROXY-protocol port expects a header; LOCAL says "a check, no client".
+    const header = store.backend.proxyProtocol === 'v2' ? encodeProxyV2Local() : store.backend.proxyProtocol === 'v1' ? Buffer.from('PROXY UNKNOWN\r\n') : null;
+    return probeSlot(slot, protocol, store.backend, signal, login, header);
   }
 
   /**
@@ -162,6 +247,7 @@ export class Mailfront {
   private drain(changes: readonly MasterChange[]): void {
     const spreadMs = this.config.failover.drainSpreadMs;
     for (const change of changes) {
+      this.metrics.failover(change.store);
       const sessions = this.registry.onSlot(change.from).filter((s) => s.store === change.store);
       this.log.warn({ event: 'failover.drain', store: change.store, from: change.from, to: change.to, sessions: sessions.length, spreadMs }, 'master changed; draining sessions on the old master');
       for (const session of sessions) {
@@ -176,9 +262,9 @@ export class Mailfront {
 
   /**
    * Stops accepting, says BYE to sessions before login, and gives spliced sessions up to
-   * `drainMs` to end on their own before closing them.
+   * `drainMs` (default: shutdown.drain_timeout_ms) to end on their own before closing them.
    */
-  async stop(drainMs = 10_000): Promise<void> {
+  async stop(drainMs = this.config.shutdown.drainTimeoutMs): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
     this.log.info({ event: 'server.stopping', sessions: this.registry.size, drainMs }, 'stopping');
@@ -192,9 +278,7 @@ export class Mailfront {
     for (const session of sessions()) session.shutdown();
     while (sessions().length > 0 && Date.now() < deadline + 2_000) await new Promise((r) => setTimeout(r, 20));
     for (const timer of this.drainTimers) clearTimeout(timer);
-    const closed = new Promise<void>((resolve) => (this.httpServer ? this.httpServer.close(() => resolve()) : resolve()));
-    this.httpServer?.closeAllConnections();
-    await closed;
+    await this.http?.close();
     await this.holder.source.close();
     await this.directory.close();
     this.log.info({ event: 'server.stopped' }, 'stopped');

@@ -26,6 +26,8 @@ export interface Directory {
   authenticate(user: string, password: string, signal: AbortSignal): Promise<DirectoryUser>;
   /** Finds a user without checking a password (operator tooling); null when there is no such user. */
   lookup(user: string, signal: AbortSignal): Promise<DirectoryUser | null>;
+  /** True when the directory answers now (readiness checks). */
+  reachable(signal: AbortSignal): Promise<boolean>;
   /** Releases connections. */
   close(): Promise<void>;
 }

@@ -210,6 +210,15 @@ export class LdapDirectory implements Directory {
     return raceAbort(work, signal);
   }
 
+  async reachable(signal: AbortSignal): Promise<boolean> {
+    try {
+      const connection = await raceAbort(this.serviceConnection(), signal);
+      return connection.client.isConnected;
+    } catch {
+      return false;
+    }
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     const service = this.service;

@@ -71,36 +71,54 @@ function onAbort(signal: AbortSignal, socket: Socket, reject: (e: unknown) => vo
   return () => signal.removeEventListener('abort', listener);
 }
 
-/** Opens a TCP (or implicit TLS) connection to `slot` within the configured deadline. */
-export function dialSlot(slot: Slot, protocol: Protocol, config: BackendConfig, signal: AbortSignal): Promise<Socket> {
+/**
+ * Opens a TCP connection to `slot` within the configured deadline; writes `proxyHeader` (PROXY
+ * protocol) first when given, then does the TLS handshake for implicit TLS.
+ */
+export function dialSlot(slot: Slot, protocol: Protocol, config: BackendConfig, signal: AbortSignal, proxyHeader: Buffer | null = null): Promise<Socket> {
   const port = slotPort(slot, protocol, config.tls);
   return new Promise<Socket>((resolve, reject) => {
-    const socket: Socket =
-      config.tls === 'implicit' ? tlsConnect({ host: slot.host, port, ...tlsOptionsFor(slot, config) }) : netConnect({ host: slot.host, port });
-    const readyEvent = config.tls === 'implicit' ? 'secureConnect' : 'connect';
+    let socket: Socket = netConnect({ host: slot.host, port, noDelay: true });
+    let settled = false;
     const fail = (code: string, message: string, cause?: NodeJS.ErrnoException): void => {
+      if (settled) return;
+      settled = true;
       cleanup();
       socket.destroy();
       reject(new MailfrontError(code, cause ? connectionFailureKind(cause) : 'connect', `slot "${slot.name}" (${slot.host}:${port}): ${message}`, cause === undefined ? undefined : { cause }));
     };
     const timer = setTimeout(() => fail('BACKEND_CONNECT_TIMEOUT', `no connection within ${config.connectTimeoutMs} ms`), config.connectTimeoutMs);
     const onError = (error: Error): void => fail('BACKEND_CONNECT_FAILED', error.message, error);
-    const onReady = (): void => {
+    const onAbortSignal = (): void => {
+      if (settled) return;
+      settled = true;
+      cleanup();
+      socket.destroy();
+      reject(new MailfrontError('ABORTED', 'aborted', 'the session ended during a backend connect'));
+    };
+    function cleanup(): void {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', onAbortSignal);
+      socket.off('error', onError);
+    }
+    const ready = (): void => {
+      if (settled) return;
+      settled = true;
       cleanup();
       resolve(socket);
     };
-    const removeAbort = onAbort(signal, socket, (e) => {
-      cleanup();
-      reject(e);
-    }, 'a backend connect');
-    function cleanup(): void {
-      clearTimeout(timer);
-      removeAbort();
-      socket.off('error', onError);
-      socket.off(readyEvent, onReady);
-    }
+    if (signal.aborted) return onAbortSignal();
+    signal.addEventListener('abort', onAbortSignal, { once: true });
     socket.once('error', onError);
-    socket.once(readyEvent, onReady);
+    socket.once('connect', () => {
+      if (proxyHeader !== null) socket.write(proxyHeader);
+      if (config.tls !== 'implicit') return ready();
+      socket.off('error', onError);
+      const secure = tlsConnect({ socket, ...tlsOptionsFor(slot, config) });
+      socket = secure;
+      secure.once('error', onError);
+      secure.once('secureConnect', ready);
+    });
   });
 }
 
@@ -227,8 +245,8 @@ function readGreeting(socket: Socket, signal: AbortSignal): Promise<string> {
  * Probes a slot for health: connect and read a positive greeting, or, given a login machine for
  * a probe account, log in. Always closes the connection.
  */
-export async function probeSlot(slot: Slot, protocol: Protocol, config: BackendConfig, signal: AbortSignal, login?: BackendLoginMachine): Promise<void> {
-  const socket = await dialSlot(slot, protocol, config, signal);
+export async function probeSlot(slot: Slot, protocol: Protocol, config: BackendConfig, signal: AbortSignal, login?: BackendLoginMachine, proxyHeader: Buffer | null = null): Promise<void> {
+  const socket = await dialSlot(slot, protocol, config, signal, proxyHeader);
   try {
     if (login) {
       const session = await loginToBackend(socket, slot, login, config, signal);

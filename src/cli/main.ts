@@ -44,8 +44,9 @@ ${COMMON}
   serve: `Usage: mailfront serve [-c FILE]
 
 Runs mailfront in the foreground. Logs are JSON lines on stdout.
-Signals: SIGHUP re-reads the store map; SIGTERM/SIGINT stop accepting, say BYE to sessions
-before login and drain spliced sessions (up to 10 s) before exiting.
+Signals: SIGHUP re-reads the config and the store map without dropping a spliced session
+(listeners whose address changed are bound anew); SIGTERM/SIGINT stop accepting, say BYE to
+sessions before login and drain spliced sessions (up to shutdown.drain_timeout_ms) before exiting.
 ${COMMON}
 `,
   'check-config': `Usage: mailfront check-config [FILE | -c FILE]
@@ -199,7 +200,7 @@ async function main(argv: string[]): Promise<number> {
     case 'serve': {
       const config = loadConfig(values.config ?? rest[0] ?? DEFAULT_CONFIG);
       const mailfront = await Mailfront.start(config);
-      process.on('SIGHUP', () => void mailfront.reloadStoreMap('signal'));
+      process.on('SIGHUP', () => void mailfront.reload());
       const stop = (): void => {
         void mailfront.stop().then(() => process.exit(0));
       };

@@ -12,7 +12,12 @@ import {
   DEFAULT_LDAP_OPERATION_TIMEOUT_MS,
   DEFAULT_PREAUTH_TIMEOUT_MS,
 } from '../limits.js';
+import { parseCidr } from '../net/cidr.js';
 import type { BackendLoginMode, ProtocolName } from '../protocol/types.js';
+import { readHttpConfig } from '../server/http.js';
+import type { HttpConfig } from '../server/http.js';
+import { BACKEND_PROXY_PROTOCOLS, readProxyConfig } from '../server/proxy-protocol.js';
+import type { BackendProxyProtocol, ProxyListenerConfig } from '../server/proxy-protocol.js';
 import {
   IssueList,
   at,
@@ -46,6 +51,8 @@ export interface ListenerConfig {
   /** Accept plaintext credentials without TLS (a trusted network, e.g. a webmail server). */
   readonly plaintextWithoutTls: boolean;
   readonly certificate?: TlsFiles;
+  /** PROXY protocol from trusted load balancers (absent: none accepted). */
+  readonly proxyProtocol?: ProxyListenerConfig;
 }
 
 export interface DirectoryConfig {
@@ -74,6 +81,8 @@ export interface BackendConfig {
   readonly forwardClientAddress: boolean;
   readonly connectTimeoutMs: number;
   readonly loginTimeoutMs: number;
+  /** Announce the client to the slot with a PROXY header (Dovecot `haproxy = yes` listeners, Cyrus -H). */
+  readonly proxyProtocol: BackendProxyProtocol;
 }
 
 /** How a domain part in a login name is treated (see UsernameConfig). */
@@ -127,10 +136,9 @@ export interface HealthConfig {
   readonly probePassword?: string;
 }
 
-/** The HTTP listener for metrics, health and the admin API. */
-export interface HttpConfig {
-  readonly host: string;
-  readonly port: number;
+export interface ShutdownConfig {
+  /** On SIGTERM, spliced sessions get this long to end on their own before they are closed. */
+  readonly drainTimeoutMs: number;
 }
 
 export interface AdminConfig {
@@ -152,6 +160,9 @@ export interface Config {
   readonly health: HealthConfig;
   readonly admin: AdminConfig;
   readonly http?: HttpConfig;
+  /** Networks of trusted clients (webmail servers): their ID x-originating-ip is believed. */
+  readonly trustedNetworks: readonly string[];
+  readonly shutdown: ShutdownConfig;
   readonly usernames: UsernameConfig;
   readonly session: SessionConfig;
 }
@@ -165,7 +176,7 @@ export const SECRET_KEYS = ['bind_password', 'proxy_password', 'probe_password',
 
 /** Reads a whole config document; `resolvePath` makes file names absolute. */
 export function readConfig(doc: unknown, file: string, resolvePath: (p: string) => string, issues: IssueList): Config {
-  const root = readSection(doc, '', ['log', 'listeners', 'directory', 'store_map', 'backend', 'backend_profiles', 'usernames', 'session', 'failover', 'health', 'admin', 'http'], issues) ?? {};
+  const root = readSection(doc, '', ['log', 'listeners', 'directory', 'store_map', 'backend', 'backend_profiles', 'usernames', 'session', 'failover', 'health', 'admin', 'http', 'trusted_networks', 'shutdown'], issues) ?? {};
   const log = root['log'] === undefined ? {} : readSection(root['log'], 'log', ['level'], issues) ?? {};
   const directory = readDirectory(root['directory'], resolvePath, issues);
   const backend = readBackend(root['backend'], 'backend', resolvePath, issues);
@@ -180,7 +191,9 @@ export function readConfig(doc: unknown, file: string, resolvePath: (p: string) 
     failover: readFailover(root['failover'], issues),
     health: readHealth(root['health'], issues),
     admin: readAdmin(root['admin'], issues),
-    ...(root['http'] !== undefined ? { http: readHttp(root['http'], issues) } : {}),
+    ...(root['http'] !== undefined ? { http: readHttpConfig(root['http'], 'http', issues)! } : {}),
+    trustedNetworks: readTrustedNetworks(root, issues),
+    shutdown: readShutdown(root['shutdown'], issues),
     usernames: readUsernames(root['usernames'], issues),
     session: readSessionSettings(root['session'], issues),
   };
@@ -194,7 +207,8 @@ function readListeners(v: unknown, resolvePath: (p: string) => string, issues: I
   const seen = new Map<string, string>();
   return v.map((item, i) => {
     const path = at('listeners', i);
-    const o = readSection(item, path, ['name', 'protocol', 'host', 'port', 'tls', 'plaintext_without_tls', 'certificate'], issues) ?? {};
+    const o = readSection(item, path, ['name', 'protocol', 'host', 'port', 'tls', 'plaintext_without_tls', 'certificate', 'proxy_protocol'], issues) ?? {};
+    const proxyProtocol = readProxyConfig(o['proxy_protocol'], at(path, 'proxy_protocol'), issues, (n) => parseCidr(n) !== null);
     const protocol = oneOf<Protocol>(o, 'protocol', path, issues, ['imap', 'pop3', 'managesieve']);
     const host = str(o, 'host', path, issues, '0.0.0.0');
     if (isIP(host) === 0) issues.add(at(path, 'host'), 'an IPv4 or IPv6 address', host);
@@ -220,6 +234,7 @@ function readListeners(v: unknown, resolvePath: (p: string) => string, issues: I
       tls,
       plaintextWithoutTls: bool(o, 'plaintext_without_tls', path, issues, false),
       ...(certificate ? { certificate } : {}),
+      ...(proxyProtocol ? { proxyProtocol } : {}),
     };
   });
 }
@@ -251,7 +266,7 @@ function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: I
 }
 
 /** Keys of a backend section; a store may override any of them. */
-export const BACKEND_KEYS = ['login_mode', 'proxy_user', 'proxy_password', 'master_user_separator', 'tls', 'ca_file', 'tls_servername', 'forward_client_address', 'connect_timeout_ms', 'login_timeout_ms'] as const;
+export const BACKEND_KEYS = ['login_mode', 'proxy_user', 'proxy_password', 'master_user_separator', 'tls', 'ca_file', 'tls_servername', 'forward_client_address', 'connect_timeout_ms', 'login_timeout_ms', 'proxy_protocol'] as const;
 
 /** Reads a backend section; `base` supplies the values a store-level override leaves out. */
 export function readBackend(v: unknown, path: string, resolvePath: (p: string) => string, issues: IssueList, base?: BackendConfig): BackendConfig {
@@ -277,6 +292,7 @@ export function readBackend(v: unknown, path: string, resolvePath: (p: string) =
     forwardClientAddress: bool(o, 'forward_client_address', path, issues, base?.forwardClientAddress ?? true),
     connectTimeoutMs: int(o, 'connect_timeout_ms', path, issues, 100, 120_000, base?.connectTimeoutMs ?? DEFAULT_BACKEND_CONNECT_TIMEOUT_MS),
     loginTimeoutMs: int(o, 'login_timeout_ms', path, issues, 100, 300_000, base?.loginTimeoutMs ?? DEFAULT_BACKEND_LOGIN_TIMEOUT_MS),
+    proxyProtocol: oneOf(o, 'proxy_protocol', path, issues, BACKEND_PROXY_PROTOCOLS, base?.proxyProtocol ?? 'none'),
   };
 }
 
@@ -334,11 +350,18 @@ function readHealth(v: unknown, issues: IssueList): HealthConfig {
   };
 }
 
-function readHttp(v: unknown, issues: IssueList): HttpConfig {
-  const o = readSection(v, 'http', ['host', 'port'], issues) ?? {};
-  const host = str(o, 'host', 'http', issues, '127.0.0.1');
-  if (isIP(host) === 0) issues.add('http.host', 'an IPv4 or IPv6 address', host);
-  return { host, port: int(o, 'port', 'http', issues, 0, 65535, 9143) };
+function readTrustedNetworks(root: Record<string, unknown>, issues: IssueList): string[] {
+  if (root['trusted_networks'] === undefined) return [];
+  const list = strList(root, 'trusted_networks', '', issues);
+  list.forEach((n, i) => {
+    if (parseCidr(n) === null) issues.add(at('trusted_networks', i), 'an IP address or CIDR block (10.0.0.0/8, 2001:db8::/32)', n);
+  });
+  return list;
+}
+
+function readShutdown(v: unknown, issues: IssueList): ShutdownConfig {
+  const o = v === undefined ? {} : readSection(v, 'shutdown', ['drain_timeout_ms'], issues) ?? {};
+  return { drainTimeoutMs: int(o, 'drain_timeout_ms', 'shutdown', issues, 0, 3_600_000, 10_000) };
 }
 
 function readAdmin(v: unknown, issues: IssueList): AdminConfig {

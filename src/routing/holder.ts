@@ -38,6 +38,16 @@ export function masterChanges(before: StoreMap, after: StoreMap): MasterChange[]
   return changes;
 }
 
+/** Who hears about store-map versions. */
+export interface StoreMapObserver {
+  /** Stores whose current master changed, with the new map (already in force). */
+  changes(changes: readonly MasterChange[], map: StoreMap): void;
+  /** A new version is in force. */
+  loaded?(map: StoreMap): void;
+  /** An update was rejected. */
+  rejected?(error: string): void;
+}
+
 /** Holds the store map in force. */
 export class StoreMapHolder {
   private map: StoreMap | null = null;
@@ -49,7 +59,7 @@ export class StoreMapHolder {
     readonly source: StoreMapSource,
     private readonly config: () => Pick<Config, 'backend' | 'backendProfiles'>,
     private readonly log: Logger,
-    private readonly onChanges: (changes: readonly MasterChange[], map: StoreMap) => void,
+    private readonly observer: StoreMapObserver,
   ) {}
 
   /** The store map in force; throws before the first successful load. */
@@ -86,6 +96,7 @@ export class StoreMapHolder {
       const inForce = this.map?.version ?? 0;
       this.log.error({ event: 'storemap.rejected', source: this.source.description, trigger, versionInForce: inForce, err: error.message }, 'store map update rejected; the last good map stays in force');
       this.lastResult = { ok: false, version: inForce, changes: [], error: error.message };
+      this.observer.rejected?.(error.message);
       return this.lastResult;
     }
     const before = this.map;
@@ -98,7 +109,8 @@ export class StoreMapHolder {
     const changes = before === null ? [] : masterChanges(before, next);
     this.log.info({ event: 'storemap.loaded', source: this.source.description, trigger, version, stores: next.stores.size, failovers: changes }, 'store map loaded');
     this.lastResult = { ok: true, version, changes };
-    if (changes.length > 0) this.onChanges(changes, next);
+    this.observer.loaded?.(next);
+    if (changes.length > 0) this.observer.changes(changes, next);
     return this.lastResult;
   }
 

@@ -22,7 +22,7 @@ export interface AdminContext {
   readonly holder: StoreMapHolder;
   readonly registry: SessionRegistry;
   readonly health: SlotHealthMonitor;
-  readonly directory: Directory;
+  readonly directory: () => Directory;
   readonly usernames: () => UsernameConfig;
   readonly log: Logger;
   /** Re-reads config and store map as SIGHUP does. */
@@ -148,7 +148,7 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
   if (method === 'GET' && resource === 'whereis' && name !== undefined) {
     const user = normalizeUser(name, context.usernames());
     if (user === null) throw new MailfrontError('INVALID_USERNAME', 'client-protocol', 'not a valid user name');
-    const found = await context.directory.lookup(user, AbortSignal.timeout(10_000));
+    const found = await context.directory().lookup(user, AbortSignal.timeout(10_000));
     if (found === null) throw new MailfrontError('UNKNOWN_USER', 'no-route', `no directory entry for "${user}"`);
     const map = context.holder.current;
     const store = found.store === null ? undefined : map.stores.get(found.store);

@@ -1,19 +1,24 @@
 /**
- * Client-facing listeners: plain (with STARTTLS) and implicit TLS, one server per configured
- * listener, each handing accepted sockets to a new Session. Owns the listening sockets and the
- * set of live sessions for shutdown; knows nothing of protocols beyond picking the adapter.
+ * Client-facing listeners: plain (with STARTTLS) and implicit TLS, one TCP server per
+ * configured listener. A connection from a trusted load balancer first gives its PROXY header
+ * (which names the real client); an implicit-TLS connection then does its handshake; then a
+ * Session takes over. Owns the listening sockets and the set of live sessions for shutdown;
+ * knows nothing of protocols beyond picking the adapter.
  */
 import { readFileSync } from 'node:fs';
 import { createServer as createNetServer } from 'node:net';
 import type { Server, Socket } from 'node:net';
-import { createSecureContext, createServer as createTlsServer } from 'node:tls';
-import type { SecureContext, SecureContextOptions, TLSSocket } from 'node:tls';
+import { TLSSocket, createSecureContext } from 'node:tls';
+import type { SecureContext, SecureContextOptions } from 'node:tls';
 import type { ListenerConfig } from '../config/schema.js';
-import { MailfrontError } from '../errors.js';
+import { MailfrontError, asMailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { CidrSet } from '../net/cidr.js';
 import type { ProtocolAdapter } from '../protocol/types.js';
 import { Session } from '../session/session.js';
 import type { SessionContext } from '../session/session.js';
+import { acceptProxyHeader, socketEndpoints } from './proxy-protocol.js';
+import type { ConnectionEndpoints } from './proxy-protocol.js';
 
 /** Reads a listener's certificate and key as TLS options (TLS 1.2 at least). */
 export function loadTlsOptions(listener: ListenerConfig): SecureContextOptions | undefined {
@@ -27,59 +32,124 @@ export function loadTlsOptions(listener: ListenerConfig): SecureContextOptions |
   }
 }
 
+/** True when two listener configs need different sockets (anything else can change in place). */
+export function needsRebind(a: ListenerConfig, b: ListenerConfig): boolean {
+  return a.host !== b.host || a.port !== b.port || a.protocol !== b.protocol || a.tls !== b.tls;
+}
+
 /** One bound listener and the sessions it accepted. */
 export class Listener {
   readonly sessions = new Set<Session>();
   private server: Server | undefined;
-  private tlsOptions: SecureContextOptions | undefined;
   private secureContext: SecureContext | undefined;
+  private proxyTrusted: CidrSet;
 
   constructor(
-    readonly config: ListenerConfig,
+    private listenerConfig: ListenerConfig,
     private readonly adapter: ProtocolAdapter,
     private readonly context: Omit<SessionContext, 'secureContext'>,
     private readonly log: Logger,
   ) {
-    this.tlsOptions = loadTlsOptions(config);
-    this.secureContext = this.tlsOptions ? createSecureContext(this.tlsOptions) : undefined;
+    const tls = loadTlsOptions(listenerConfig);
+    this.secureContext = tls ? createSecureContext(tls) : undefined;
+    this.proxyTrusted = new CidrSet(listenerConfig.proxyProtocol?.trustedNetworks ?? []);
+  }
+
+  get config(): ListenerConfig {
+    return this.listenerConfig;
+  }
+
+  /** Takes new settings that need no new socket (certificate, PROXY networks, plaintext policy); new sessions use them. */
+  reconfigure(next: ListenerConfig): void {
+    const tls = loadTlsOptions(next);
+    this.secureContext = tls ? createSecureContext(tls) : undefined;
+    this.proxyTrusted = new CidrSet(next.proxyProtocol?.trustedNetworks ?? []);
+    this.listenerConfig = next;
   }
 
   /** The address actually bound (useful with port 0 in tests). */
   address(): { host: string; port: number } {
     const a = this.server?.address();
-    if (a === null || a === undefined || typeof a === 'string') throw new Error(`listener ${this.config.name} is not bound`);
+    if (a === null || a === undefined || typeof a === 'string') throw new Error(`listener ${this.listenerConfig.name} is not bound`);
     return { host: a.address, port: a.port };
+  }
+
+  /** True while the listener accepts connections. */
+  get listening(): boolean {
+    return this.server?.listening ?? false;
+  }
+
+  private async accept(raw: Socket): Promise<void> {
+    const config = this.listenerConfig;
+    const metrics = this.context.metrics;
+    const timeoutMs = this.context.config().session.preauthTimeoutMs;
+    raw.on('error', () => undefined); // errors before the session owns the socket end in close()
+    let endpoints: ConnectionEndpoints;
+    if (config.proxyProtocol) {
+      try {
+        endpoints = await acceptProxyHeader(raw, { isTrusted: (ip) => this.proxyTrusted.contains(ip), timeoutMs: config.proxyProtocol.headerTimeoutMs });
+        metrics.proxyHeader(config.name, endpoints.header === undefined ? 'untrusted' : endpoints.header.kind === 'proxied' ? 'accepted' : 'local');
+      } catch (caught) {
+        const error = asMailfrontError(caught);
+        metrics.proxyHeader(config.name, error.code === 'PROXY_HEADER_TIMEOUT' ? 'timeout' : error.code === 'PROXY_HEADER_CLOSED' ? 'closed' : 'malformed');
+        this.log.info({ event: 'session.proxy_header_refused', listener: config.name, peer: raw.remoteAddress, code: error.code, err: error.message }, 'PROXY header refused');
+        raw.destroy();
+        return;
+      }
+    } else {
+      const { peer, local } = socketEndpoints(raw);
+      endpoints = { client: peer, local, peer };
+    }
+    let socket: Socket = raw;
+    if (config.tls === 'implicit') {
+      const secureContext = this.secureContext;
+      if (secureContext === undefined) return void raw.destroy();
+      const secure = new TLSSocket(raw, { isServer: true, secureContext });
+      const ok = await new Promise<boolean>((resolve) => {
+        const timer = setTimeout(() => resolve(false), timeoutMs);
+        secure.once('secure', () => {
+          clearTimeout(timer);
+          resolve(true);
+        });
+        secure.once('error', (error) => {
+          clearTimeout(timer);
+          this.log.info({ event: 'session.tls_failed', listener: config.name, client: endpoints.client.address, err: error.message }, 'TLS handshake failed');
+          resolve(false);
+        });
+        secure.once('close', () => resolve(false));
+      });
+      if (!ok) return void secure.destroy();
+      socket = secure;
+    }
+    const context: SessionContext = {
+      ...this.context,
+      secureContext: () => this.secureContext,
+      onEnd: (reason) => {
+        this.sessions.delete(session);
+        this.context.onEnd?.(reason);
+      },
+    };
+    const session = new Session(socket, config, this.adapter, context, config.tls === 'implicit', endpoints);
+    this.sessions.add(session);
   }
 
   /** Binds the listener; rejects with a config error naming the address when it cannot. */
   listen(): Promise<void> {
-    const context: SessionContext = { ...this.context, secureContext: () => this.secureContext };
-    const accept = (socket: Socket, tlsActive: boolean): void => {
-      const session = new Session(socket, this.config, this.adapter, { ...context, onEnd: (reason) => {
-        this.sessions.delete(session);
-        this.context.onEnd?.(reason);
-      } }, tlsActive);
-      this.sessions.add(session);
-    };
-    let server: Server;
-    if (this.config.tls === 'implicit') {
-      const tlsServer = createTlsServer({ ...this.tlsOptions, handshakeTimeout: this.context.config().session.preauthTimeoutMs }, (socket: TLSSocket) => accept(socket, true));
-      tlsServer.on('tlsClientError', (error, socket) => {
-        this.log.info({ event: 'session.tls_failed', listener: this.config.name, client: socket.remoteAddress, err: error.message }, 'TLS handshake failed');
-        socket.destroy();
+    const server = createNetServer({ noDelay: true }, (raw) => {
+      this.accept(raw).catch((error: unknown) => {
+        this.log.error({ event: 'listener.accept_failed', listener: this.listenerConfig.name, err: error instanceof Error ? error.message : String(error) }, 'accepting a connection failed');
+        raw.destroy();
       });
-      server = tlsServer;
-    } else {
-      server = createNetServer((socket) => accept(socket, false));
-    }
+    });
     this.server = server;
+    const config = this.listenerConfig;
     return new Promise((resolve, reject) => {
-      const onError = (error: NodeJS.ErrnoException): void => reject(new MailfrontError('LISTEN_FAILED', 'config', `listener "${this.config.name}" cannot bind ${this.config.host}:${this.config.port}: ${error.code ?? error.message}`));
+      const onError = (error: NodeJS.ErrnoException): void => reject(new MailfrontError('LISTEN_FAILED', 'config', `listener "${config.name}" cannot bind ${config.host}:${config.port}: ${error.code ?? error.message}`));
       server.once('error', onError);
-      server.listen({ host: this.config.host, port: this.config.port, backlog: 1024 }, () => {
+      server.listen({ host: config.host, port: config.port, backlog: 1024 }, () => {
         server.off('error', onError);
-        server.on('error', (error) => this.log.error({ event: 'listener.error', listener: this.config.name, err: error.message }, 'listener error'));
-        this.log.info({ event: 'listener.bound', listener: this.config.name, protocol: this.config.protocol, address: `${this.config.host}:${this.address().port}`, tls: this.config.tls }, 'listening');
+        server.on('error', (error) => this.log.error({ event: 'listener.error', listener: config.name, err: error.message }, 'listener error'));
+        this.log.info({ event: 'listener.bound', listener: config.name, protocol: config.protocol, address: `${config.host}:${this.address().port}`, tls: config.tls, proxyProtocol: config.proxyProtocol !== undefined }, 'listening');
         resolve();
       });
     });

@@ -8,6 +8,12 @@ import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import type { SecureContext } from 'node:tls';
 import type { Directory } from '../auth/directory.js';
+import { isIP } from 'node:net';
+import type { Metrics, SessionMetrics } from '../metrics.js';
+import { authFailureReason, backendFailureResult } from '../metrics.js';
+import type { CidrSet } from '../net/cidr.js';
+import { backendProxyHeader, startsWithProxySignature } from '../server/proxy-protocol.js';
+import type { ConnectionEndpoints } from '../server/proxy-protocol.js';
 import { normalizeUser } from '../auth/directory.js';
 import { dialSlot, loginToBackend } from '../backend/connect.js';
 import type { BackendSession } from '../backend/connect.js';
@@ -31,7 +37,10 @@ export type SessionEndReason = PreauthCloseReason | SpliceEndReason | 'client-cl
 export interface SessionContext {
   readonly config: () => Config;
   readonly storeMap: () => StoreMap;
-  readonly directory: Directory;
+  readonly directory: () => Directory;
+  readonly metrics: Metrics;
+  /** Clients whose ID x-originating-ip is believed (webmail servers). */
+  readonly trustedNetworks: () => CidrSet;
   readonly registry: SessionRegistry;
   readonly log: Logger;
   /** The server certificate for STARTTLS, when the listener has one. */
@@ -100,8 +109,12 @@ export class Session {
   private readonly abort = new AbortController();
   private readonly log: Logger;
   private readonly startedAt = Date.now();
-  private readonly clientAddress: string;
-  private readonly clientPort: number;
+  private clientAddress: string;
+  private clientPort: number;
+  private readonly endpoints: ConnectionEndpoints;
+  private readonly tracker: SessionMetrics;
+  private firstChunk = true;
+  private bytesAtSplice = { read: 0, written: 0 };
   private preauthTimer: NodeJS.Timeout | undefined;
   private tlsActive: boolean;
   private user: string | undefined;
@@ -109,7 +122,22 @@ export class Session {
   private slot: string | undefined;
   private splice: Splice | undefined;
   private entry: SessionEntry | undefined;
-  private readonly onData = (chunk: Buffer): void => this.perform(this.machine.receive(chunk));
+  private readonly onData = (chunk: Buffer): void => {
+    if (this.firstChunk) {
+      this.firstChunk = false;
+      // A PROXY header from a peer that is not a trusted balancer is an attempt to forge the
+      // client address: never treat it as a (garbled) command.
+      if (startsWithProxySignature(chunk)) {
+        this.log.info({ event: 'session.proxy_header_refused', client: this.clientAddress }, 'PROXY header from an untrusted peer');
+        this.context.metrics.proxyHeader(this.listenerName, 'untrusted');
+        this.socket.destroy();
+        this.finish('protocol-error');
+        return;
+      }
+    }
+    this.perform(this.machine.receive(chunk));
+  };
+  private readonly listenerName: string;
   private readonly onPreauthError = (error: Error): void => {
     this.log.debug({ event: 'session.client_error', err: error.message }, 'client connection error before login');
     this.finish('client-error-preauth');
@@ -122,12 +150,16 @@ export class Session {
     private readonly adapter: ProtocolAdapter,
     private readonly context: SessionContext,
     tlsActive: boolean,
+    endpoints: ConnectionEndpoints,
   ) {
     this.socket = socket;
     this.tlsActive = tlsActive;
-    this.clientAddress = socket.remoteAddress ?? 'unknown';
-    this.clientPort = socket.remotePort ?? 0;
+    this.endpoints = endpoints;
+    this.clientAddress = endpoints.client.address;
+    this.clientPort = endpoints.client.port;
+    this.listenerName = listener.name;
     this.log = context.log.child({ session: this.id });
+    this.tracker = context.metrics.sessionStarted(adapter.name);
     const config = context.config();
     this.machine = adapter.createPreauth({
       tlsActive,
@@ -135,14 +167,19 @@ export class Session {
       plaintextWithoutTls: listener.plaintextWithoutTls,
       greetingText: config.session.greeting,
     });
-    this.log.info({ event: 'session.started', protocol: adapter.name, listener: listener.name, client: this.clientAddress, clientPort: this.clientPort, tls: tlsActive }, 'session started');
+    this.log.info({ event: 'session.started', protocol: adapter.name, listener: listener.name, client: this.clientAddress, clientPort: this.clientPort, ...(endpoints.header?.kind === 'proxied' ? { via: endpoints.peer.address } : {}), tls: tlsActive }, 'session started');
     this.preauthTimer = setTimeout(() => {
       if (this.phase === 'preauth' || this.phase === 'greeting') this.perform(this.machine.timedOut());
       else if (this.phase === 'authenticating' || this.phase === 'backend-login') this.abort.abort();
     }, config.session.preauthTimeoutMs);
     this.attachPreauth(socket);
     this.perform(this.machine.greeting());
-    if (this.phase === 'greeting') this.phase = 'preauth';
+    if (this.phase === 'greeting') this.setPhase('preauth');
+  }
+
+  private setPhase(phase: Exclude<SessionPhase, 'closing'>): void {
+    this.phase = phase;
+    this.tracker.phase(phase);
   }
 
   /** The server is stopping: sessions before login get a BYE; spliced ones are closed by the registry. */
@@ -182,11 +219,11 @@ export class Session {
           this.startTls();
           return;
         case 'login':
-          this.phase = 'authenticating';
+          this.setPhase('authenticating');
           void this.login(action.credentials);
           break;
         case 'client-id':
-          this.log.debug({ event: 'session.client_id', params: Object.fromEntries(action.params) }, 'client sent ID');
+          this.clientId(action.params);
           break;
         case 'close':
           this.socket.end();
@@ -198,6 +235,27 @@ export class Session {
         }
       }
     }
+  }
+
+  /**
+   * A webmail server on a trusted network may name its user's address with ID
+   * x-originating-ip (and -port); from anyone else the claim is ignored.
+   */
+  private clientId(params: ReadonlyMap<string, string | null>): void {
+    const ip = params.get('x-originating-ip');
+    this.log.debug({ event: 'session.client_id', params: Object.fromEntries(params) }, 'client sent ID');
+    if (ip === undefined || ip === null) return;
+    const trusted = this.context.trustedNetworks().contains(this.endpoints.client.address);
+    const valid = isIP(ip) !== 0;
+    this.context.metrics.clientIdAddress(trusted && valid);
+    if (!trusted || !valid) {
+      this.log.info({ event: 'session.client_id_ignored', claimed: ip, trusted, valid }, 'x-originating-ip ignored');
+      return;
+    }
+    const port = Number(params.get('x-originating-port'));
+    this.log.info({ event: 'session.client_id_honoured', client: ip, via: this.endpoints.client.address }, 'client address from a trusted ID');
+    this.clientAddress = ip;
+    this.clientPort = Number.isInteger(port) && port > 0 && port < 65536 ? port : 0;
   }
 
   private startTls(): void {
@@ -234,20 +292,23 @@ export class Session {
     try {
       if (user === null) throw new MailfrontError('INVALID_USERNAME', 'auth-failed', 'the user name is empty, too long or has control characters');
       this.user = user;
-      const found = await this.context.directory.authenticate(user, credentials.password, this.abort.signal);
+      const found = await this.context.directory().authenticate(user, credentials.password, this.abort.signal);
       this.log.info({ event: 'session.authenticated', user, mechanism: credentials.mechanism }, 'user authenticated');
       if (found.store === null) throw new MailfrontError('USER_WITHOUT_STORE', 'no-route', `the directory entry ${found.dn} has no store attribute`);
       this.store = found.store;
-      this.phase = 'backend-login';
+      this.setPhase('backend-login');
       const backend = await this.loginToCurrentMaster(found.store, user, credentials.password, config);
       this.startSplice(backend);
+      this.context.metrics.loginResult(this.adapter.name, 'success');
     } catch (caught) {
       const error = asMailfrontError(caught);
       if (this.phase === 'closing') return;
       if (error.kind === 'aborted' && (this.socket.destroyed || this.phase !== 'authenticating' && this.phase !== 'backend-login')) return;
-      this.phase = 'preauth';
+      this.setPhase('preauth');
       this.slot = undefined;
       const refusal = refusalFor(error.kind);
+      this.context.metrics.loginResult(this.adapter.name, error.kind);
+      if (error.kind === 'auth-failed') this.context.metrics.authFailure(authFailureReason(error.code));
       const fields = { event: 'session.login_failed', user: user ?? undefined, store: this.store, code: error.code, kind: error.kind, reason: error.message };
       if (refusal === 'auth-failed') {
         this.log.info(fields, 'login failed');
@@ -290,8 +351,20 @@ export class Session {
   }
 
   private async connectBackend(slot: Slot, backendConfig: Config['backend'], user: string, password: string): Promise<BackendSession> {
-    const socket = await dialSlot(slot, this.adapter.name, backendConfig, this.abort.signal);
-    this.log.debug({ event: 'session.backend_connected', store: slot.store, slot: slot.name }, 'backend connected');
+    const metrics = this.context.metrics;
+    const connectStarted = performance.now();
+    let socket: Socket;
+    try {
+      const proxyHeader = backendProxyHeader(backendConfig.proxyProtocol, { address: this.clientAddress, port: this.clientPort }, this.endpoints.local);
+      socket = await dialSlot(slot, this.adapter.name, backendConfig, this.abort.signal, proxyHeader);
+      metrics.backendConnect(slot.store, 'success', (performance.now() - connectStarted) / 1000);
+    } catch (caught) {
+      const error = asMailfrontError(caught);
+      metrics.backendConnect(slot.store, backendFailureResult(error.code, error.kind), (performance.now() - connectStarted) / 1000);
+      throw error;
+    }
+    this.log.info({ event: 'session.backend_connected', store: slot.store, slot: slot.name }, 'backend connected');
+    const loginStarted = performance.now();
     const machine = this.adapter.createBackendLogin({
       mode: backendConfig.loginMode,
       user,
@@ -302,7 +375,15 @@ export class Session {
       starttls: backendConfig.tls === 'starttls',
       ...(backendConfig.forwardClientAddress ? { forward: { ip: this.clientAddress, port: this.clientPort, sessionId: this.id } } : {}),
     });
-    return loginToBackend(socket, slot, machine, backendConfig, this.abort.signal);
+    try {
+      const session = await loginToBackend(socket, slot, machine, backendConfig, this.abort.signal);
+      metrics.backendLogin(slot.store, 'success', (performance.now() - loginStarted) / 1000);
+      return session;
+    } catch (caught) {
+      const error = asMailfrontError(caught);
+      metrics.backendLogin(slot.store, backendFailureResult(error.code, error.kind), (performance.now() - loginStarted) / 1000);
+      throw error;
+    }
   }
 
   private startSplice(backend: BackendSession): void {
@@ -313,8 +394,9 @@ export class Session {
     clearTimeout(this.preauthTimer);
     const success = this.machine.loginSucceeded(backend.capabilities);
     this.detachPreauth(this.socket);
-    this.phase = 'spliced';
+    this.setPhase('spliced');
     this.socket.write(success.reply);
+    this.bytesAtSplice = { read: this.socket.bytesRead, written: this.socket.bytesWritten };
     const running = splice(this.socket, backend.socket, success.pipelined, backend.leftover, this.context.config().session.idleTimeoutMs, this.adapter.createResponseTracker?.() ?? null);
     this.splice = running;
     const entry: SessionEntry = {
@@ -325,7 +407,10 @@ export class Session {
       slot: this.slot ?? '',
       clientAddress: this.clientAddress,
       startedAt: this.startedAt,
-      close: (reason) => running.close(reason, this.adapter.drainNotice(reason === 'drained' ? 'Mailbox moved to another server, please reconnect' : reason === 'kicked' ? 'Disconnected by an administrator' : 'Server shutting down')),
+      close: (reason) => {
+        this.log.info({ event: reason === 'kicked' ? 'session.kicked' : reason === 'drained' ? 'session.drained' : 'session.shutdown', user: this.user, store: this.store, slot: this.slot }, `session closed: ${reason}`);
+        running.close(reason, this.adapter.drainNotice(reason === 'drained' ? 'Mailbox moved to another server, please reconnect' : reason === 'kicked' ? 'Disconnected by an administrator' : 'Server shutting down'));
+      },
     };
     this.entry = entry;
     this.context.registry.add(entry);
@@ -341,6 +426,11 @@ export class Session {
     clearTimeout(this.preauthTimer);
     this.abort.abort();
     if (this.entry) this.context.registry.remove(this.entry);
+    if (phaseAtEnd === 'spliced') {
+      this.context.metrics.bytesProxied('client-to-backend', Math.max(0, this.socket.bytesRead - this.bytesAtSplice.read));
+      this.context.metrics.bytesProxied('backend-to-client', Math.max(0, this.socket.bytesWritten - this.bytesAtSplice.written));
+    }
+    this.tracker.ended(reason);
     if (phaseAtEnd !== 'spliced') {
       // Let a final BYE/-ERR flush, but never wait on a client that does not read.
       if (!this.socket.destroyed) {

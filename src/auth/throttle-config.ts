@@ -1,0 +1,132 @@
+/**
+ * The `throttle` config section: penalties and refusals after failed logins, the trusted networks
+ * exempt from per-address counting, and the optional Redis that a fleet shares counters through.
+ * Reads plain YAML data into a typed value with the validate.ts helpers; must not open files or
+ * connections (the Redis password arrives inline, `auth_password_file` is resolved by the loader).
+ */
+import { parseCidr } from '../net/cidr.js';
+import { IssueList, at, bool, int, optStr, readSection, str } from '../config/validate.js';
+
+/** Where counters are shared when several mailfront instances serve the same users. */
+export interface ThrottleRedisConfig {
+  /** `redis://host:port/db` or `rediss://…`; no password in it (use `auth_password`). */
+  readonly url: string;
+  readonly username?: string;
+  readonly password?: string;
+  /** Prepended to every key, so that one Redis can serve several purposes. */
+  readonly keyPrefix: string;
+  /** Deadline of every Redis call; past it the call counts as failed and local counters answer. */
+  readonly timeoutMs: number;
+}
+
+/** Auth-failure throttling, as the Throttle uses it. */
+export interface ThrottleConfig {
+  readonly enabled: boolean;
+  /** Penalty after the first counted failure; doubles with each further one. */
+  readonly baseDelayMs: number;
+  /** Cap of the penalty. */
+  readonly maxDelayMs: number;
+  /** Distinct wrong passwords for one user within the window before logins as that user are refused. */
+  readonly failuresPerUser: number;
+  /** Distinct failed logins from one client address within the window before its logins are refused. */
+  readonly failuresPerAddress: number;
+  /** How long a failure is remembered after the last counted one. */
+  readonly failureWindowMs: number;
+  /** How long logins are refused once a limit is reached. */
+  readonly refusalMs: number;
+  /** Address blocks (CIDR) exempt from per-address counting, e.g. the webmail servers. */
+  readonly trustedNetworks: readonly string[];
+  /** Users and addresses tracked in memory at most (least recently used ones are forgotten first). */
+  readonly maxTrackedSubjects: number;
+  readonly redis?: ThrottleRedisConfig;
+}
+
+/**
+ * Defaults sized for about 100,000 mailboxes behind a few instances: a person who mistypes a
+ * password a few times waits a few seconds more each time; a guesser gets ten tries per user and
+ * thirty per address every quarter hour; 100,000 tracked subjects take about 40 MB at most
+ * (measured in test/unit/throttle.test.ts).
+ */
+export const THROTTLE_DEFAULTS = {
+  enabled: true,
+  baseDelayMs: 1_000,
+  // Dovecot's auth penalty stops at 15 s too: longer and clients time out and retry at once.
+  maxDelayMs: 15_000,
+  failuresPerUser: 10,
+  // Higher than per user: offices and carrier-grade NAT put many users behind one address.
+  failuresPerAddress: 30,
+  failureWindowMs: 15 * 60_000,
+  refusalMs: 10 * 60_000,
+  maxTrackedSubjects: 100_000,
+  redisKeyPrefix: 'mailfront:throttle:',
+  // A local Redis answers in well under a millisecond; a login must not wait on a sick one.
+  redisTimeoutMs: 250,
+} as const;
+
+const KEYS = ['enabled', 'base_delay_ms', 'max_delay_ms', 'failures_per_user', 'failures_per_address', 'failure_window_ms', 'refusal_ms', 'trusted_networks', 'max_tracked', 'redis'] as const;
+const REDIS_KEYS = ['url', 'username', 'auth_password', 'key_prefix', 'timeout_ms'] as const;
+
+/** Reads the `throttle` section (absent: defaults); every problem goes to `issues`. */
+export function readThrottleConfig(v: unknown, path: string, issues: IssueList): ThrottleConfig {
+  const o = v === undefined ? {} : readSection(v, path, KEYS, issues) ?? {};
+  const d = THROTTLE_DEFAULTS;
+  const baseDelayMs = int(o, 'base_delay_ms', path, issues, 0, 60_000, d.baseDelayMs);
+  const maxDelayMs = int(o, 'max_delay_ms', path, issues, 0, 300_000, d.maxDelayMs);
+  if (maxDelayMs < baseDelayMs) issues.add(at(path, 'max_delay_ms'), `at least base_delay_ms (${baseDelayMs})`, maxDelayMs);
+  const redis = o['redis'] === undefined ? undefined : readRedis(o['redis'], at(path, 'redis'), issues);
+  return {
+    enabled: bool(o, 'enabled', path, issues, d.enabled),
+    baseDelayMs,
+    maxDelayMs,
+    failuresPerUser: int(o, 'failures_per_user', path, issues, 1, 1_000_000, d.failuresPerUser),
+    failuresPerAddress: int(o, 'failures_per_address', path, issues, 1, 1_000_000, d.failuresPerAddress),
+    failureWindowMs: int(o, 'failure_window_ms', path, issues, 1_000, 7 * 24 * 3_600_000, d.failureWindowMs),
+    refusalMs: int(o, 'refusal_ms', path, issues, 1_000, 7 * 24 * 3_600_000, d.refusalMs),
+    trustedNetworks: readNetworks(o, 'trusted_networks', path, issues),
+    maxTrackedSubjects: int(o, 'max_tracked', path, issues, 100, 10_000_000, d.maxTrackedSubjects),
+    ...(redis !== undefined ? { redis } : {}),
+  };
+}
+
+/** Reads a list of address blocks (a single string is a list of one; absent is empty). */
+export function readNetworks(o: Record<string, unknown>, key: string, path: string, issues: IssueList): string[] {
+  const v = o[key];
+  if (v === undefined || v === null) return [];
+  const list = typeof v === 'string' ? [v] : v;
+  if (!Array.isArray(list)) {
+    issues.add(at(path, key), 'a list of address blocks such as 10.0.0.0/8 or 2001:db8::/32', v);
+    return [];
+  }
+  const out: string[] = [];
+  list.forEach((item, i) => {
+    if (typeof item === 'string' && parseCidr(item) !== null) out.push(item);
+    else issues.add(at(at(path, key), i), 'an address block such as 10.0.0.0/8 or 2001:db8::/32, without host bits', item);
+  });
+  return out;
+}
+
+function readRedis(v: unknown, path: string, issues: IssueList): ThrottleRedisConfig {
+  const o = readSection(v, path, REDIS_KEYS, issues) ?? {};
+  const url = str(o, 'url', path, issues);
+  let parsed: URL | undefined;
+  try {
+    parsed = new URL(url);
+  } catch {
+    parsed = undefined;
+  }
+  if (parsed === undefined || (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') || parsed.hostname === '') {
+    issues.add(at(path, 'url'), 'a redis:// or rediss:// URL with a host', url);
+  } else if (parsed.password !== '') {
+    // A password in a URL ends up in process listings, shell histories and error messages.
+    issues.add(at(path, 'url'), 'a URL without a password (use auth_password_file)', 'a URL with a password');
+  }
+  const username = optStr(o, 'username', path, issues);
+  const password = optStr(o, 'auth_password', path, issues);
+  return {
+    url,
+    ...(username !== undefined ? { username } : {}),
+    ...(password !== undefined ? { password } : {}),
+    keyPrefix: str(o, 'key_prefix', path, issues, THROTTLE_DEFAULTS.redisKeyPrefix),
+    timeoutMs: int(o, 'timeout_ms', path, issues, 10, 10_000, THROTTLE_DEFAULTS.redisTimeoutMs),
+  };
+}

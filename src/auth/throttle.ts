@@ -1,0 +1,600 @@
+/**
+ * Auth-failure throttling: per user and per client address, failed logins earn a penalty that
+ * doubles up to a cap, and past a limit logins are refused for a while. The same wrong password
+ * tried again does not count again (a phone retrying a stale password is not a guesser); the
+ * machine never keeps passwords, only keyed fingerprints of them. Trusted networks (webmail) are
+ * not counted per address, only per user. Counters live in memory, or in Redis so that a fleet
+ * shares them; when Redis is unreachable or slow, local counters answer until it is back.
+ *
+ * Owns the counters and their stores. Must not: decide wire text, wait (it returns delays for the
+ * session to apply), log a password or fingerprint, or ever reject (a broken store lets logins through
+ * to the directory rather than locking everyone out).
+ */
+import { createHash, createHmac, randomBytes } from 'node:crypto';
+import { ErrorReply, createClient } from '@redis/client';
+import { LRUCache } from 'lru-cache';
+import type { Logger } from '../log.js';
+import { addressKey } from '../net/cidr.js';
+import type { ThrottleConfig, ThrottleRedisConfig } from './throttle-config.js';
+
+/** One login attempt as the throttle sees it. */
+export interface LoginAttempt {
+  /** The normalised user, or null when the name could not be normalised (only the address counts then). */
+  readonly user: string | null;
+  /** The client address as the socket reports it. */
+  readonly address: string;
+  /** The address is on a trusted network: not counted per address. */
+  readonly trusted: boolean;
+}
+
+/** What the throttle says about an attempt. */
+export interface ThrottleVerdict {
+  /** Over a limit: answer 'limit' without asking the directory. */
+  readonly refused: boolean;
+  /** Which counter refused, for logs. */
+  readonly refusedBy?: 'user' | 'address';
+  /** For how long the refusal lasts (for logs). */
+  readonly refusedForMs: number;
+  /** Penalty to add before answering a failed login. */
+  readonly delayMs: number;
+}
+
+/** The state of one counted subject (a user or an address). */
+export interface SubjectState {
+  /** Counted failures within the window. */
+  readonly failures: number;
+  /** Time left of a refusal; 0 when logins are allowed. */
+  readonly refusedForMs: number;
+}
+
+/** A subject to count a failure for, with the limit that starts its refusal. */
+export interface SubjectLimit {
+  readonly key: string;
+  readonly limit: number;
+}
+
+/** How long failures and refusals last, and how many fingerprints are kept per subject. */
+export interface FailurePolicy {
+  readonly failureWindowMs: number;
+  readonly refusalMs: number;
+  readonly fingerprintsKept: number;
+}
+
+/** Where counters live. Implementations never reject. */
+export interface ThrottleStore {
+  /** The state of each key, in order. */
+  read(keys: readonly string[]): Promise<SubjectState[]>;
+  /** Counts a failure for each subject unless it already holds `fingerprint`; returns the new states. */
+  addFailure(subjects: readonly SubjectLimit[], fingerprint: string): Promise<SubjectState[]>;
+  /** Forgets the keys. */
+  clear(keys: readonly string[]): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Wrong passwords remembered per subject: enough for a client cycling through a few stale ones. */
+export const FINGERPRINTS_KEPT = 8;
+
+/** 96 bits: collisions between two wrong passwords of one user are out of reach. */
+const FINGERPRINT_BYTES = 12;
+
+/** A clock in milliseconds; injectable for tests. */
+export type Clock = () => number;
+
+const monotonic: Clock = () => performance.timeOrigin + performance.now();
+
+interface MemoryEntry {
+  failures: number;
+  fingerprints: string[];
+  refusedUntil: number;
+}
+
+/**
+ * Counters in this process, bounded: at most `maxEntries` subjects (least recently used forgotten
+ * first), each forgotten `failureWindowMs` after its last counted failure, so that an attacker
+ * spraying user names or addresses cannot grow memory without bound.
+ */
+export class MemoryThrottleStore implements ThrottleStore {
+  private readonly cache: LRUCache<string, MemoryEntry>;
+
+  constructor(
+    private readonly policy: FailurePolicy,
+    maxEntries: number,
+    private readonly now: Clock = monotonic,
+  ) {
+    // ttlResolution 0: lru-cache would otherwise cache the time for a tick, and refusals end on time.
+    this.cache = new LRUCache<string, MemoryEntry>({ max: maxEntries, ttl: policy.failureWindowMs, ttlResolution: 0, perf: { now } });
+  }
+
+  /** Subjects tracked now (for tests and metrics). */
+  get size(): number {
+    return this.cache.size;
+  }
+
+  read(keys: readonly string[]): Promise<SubjectState[]> {
+    return Promise.resolve(this.readNow(keys));
+  }
+
+  /** The synchronous form of read(). */
+  readNow(keys: readonly string[]): SubjectState[] {
+    const now = this.now();
+    return keys.map((key) => stateOf(this.cache.get(key), now));
+  }
+
+  addFailure(subjects: readonly SubjectLimit[], fingerprint: string): Promise<SubjectState[]> {
+    const now = this.now();
+    return Promise.resolve(
+      subjects.map(({ key, limit }) => {
+        const entry = this.cache.get(key) ?? { failures: 0, fingerprints: [], refusedUntil: 0 };
+        if (entry.fingerprints.includes(fingerprint)) return stateOf(entry, now);
+        entry.fingerprints.push(fingerprint);
+        if (entry.fingerprints.length > this.policy.fingerprintsKept) entry.fingerprints.shift();
+        entry.failures++;
+        if (entry.failures >= limit) entry.refusedUntil = now + this.policy.refusalMs;
+        this.cache.set(key, entry, { ttl: Math.max(this.policy.failureWindowMs, entry.refusedUntil - now) });
+        return stateOf(entry, now);
+      }),
+    );
+  }
+
+  clear(keys: readonly string[]): Promise<void> {
+    for (const key of keys) this.cache.delete(key);
+    return Promise.resolve();
+  }
+
+  close(): Promise<void> {
+    this.cache.clear();
+    return Promise.resolve();
+  }
+}
+
+function stateOf(entry: MemoryEntry | undefined, now: number): SubjectState {
+  if (entry === undefined) return { failures: 0, refusedForMs: 0 };
+  return { failures: entry.failures, refusedForMs: Math.max(0, entry.refusedUntil - now) };
+}
+
+/** Redis state for logs and metrics: 'up' shares counters; otherwise local counters answer. */
+export type RedisState = 'connecting' | 'up' | 'down';
+
+/**
+ * One hash per subject: n = failures, p = the recent fingerprints concatenated (fixed length
+ * each), b = refused until (Redis server time, ms). One script call per attempt keeps it atomic
+ * for the whole fleet and uses one clock, Redis's own.
+ */
+const FAILURE_SCRIPT = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local fp = ARGV[1]
+local window = tonumber(ARGV[2])
+local refusal = tonumber(ARGV[3])
+local keep = tonumber(ARGV[4])
+local len = string.len(fp)
+local out = {}
+for i, key in ipairs(KEYS) do
+  local limit = tonumber(ARGV[4 + i])
+  local v = redis.call('HMGET', key, 'n', 'p', 'b')
+  local n = tonumber(v[1]) or 0
+  local p = v[2] or ''
+  local b = tonumber(v[3]) or 0
+  local seen = false
+  for j = 1, string.len(p), len do
+    if string.sub(p, j, j + len - 1) == fp then seen = true break end
+  end
+  if not seen then
+    n = n + 1
+    p = p .. fp
+    if string.len(p) > keep * len then p = string.sub(p, -keep * len) end
+    if n >= limit then b = now + refusal end
+    redis.call('HSET', key, 'n', n, 'p', p, 'b', string.format('%.0f', b))
+    redis.call('PEXPIRE', key, math.max(window, b - now))
+  end
+  out[#out + 1] = n
+  out[#out + 1] = math.max(0, b - now)
+end
+return out
+`;
+
+const READ_SCRIPT = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('HMGET', key, 'n', 'b')
+  out[#out + 1] = tonumber(v[1]) or 0
+  out[#out + 1] = math.max(0, (tonumber(v[2]) or 0) - now)
+end
+return out
+`;
+
+interface Script {
+  readonly body: string;
+  readonly sha: string;
+}
+
+function script(body: string): Script {
+  return { body, sha: createHash('sha1').update(body).digest('hex') };
+}
+
+const FAILURE = script(FAILURE_SCRIPT);
+const READ = script(READ_SCRIPT);
+
+type Client = ReturnType<typeof createClient>;
+
+/** Options of a RedisThrottleStore. */
+export interface RedisThrottleStoreOptions {
+  readonly redis: ThrottleRedisConfig;
+  readonly policy: FailurePolicy;
+  /** The local counters: every failure is counted here too, and they answer while Redis is down. */
+  readonly local: MemoryThrottleStore;
+  readonly log: Logger;
+  /** Called on every change of the Redis state (turn it into a metric). */
+  readonly onStateChange?: (state: RedisState) => void;
+  /** Time between reconnection attempts while Redis is down (default 1 s). */
+  readonly retryIntervalMs?: number;
+}
+
+class RedisTimeout extends Error {}
+
+/** A TCP and TLS handshake plus a PING on a busy machine; nothing waits on it but the retry. */
+const CONNECT_TIMEOUT_MIN_MS = 2_000;
+
+/**
+ * Counters shared through Redis. Each call has a deadline; a failed or late call marks Redis down
+ * (one warning), drops the connection, and local counters answer until a background reconnect
+ * succeeds (one info line). Failures are always counted locally as well, so that the local view
+ * is warm when Redis goes away.
+ */
+export class RedisThrottleStore implements ThrottleStore {
+  private client: Client | undefined;
+  private stateNow: RedisState = 'connecting';
+  private retryTimer: NodeJS.Timeout | undefined;
+  private connecting: Promise<void> | undefined;
+  private closed = false;
+  private readonly retryIntervalMs: number;
+
+  constructor(private readonly options: RedisThrottleStoreOptions) {
+    this.retryIntervalMs = options.retryIntervalMs ?? 1_000;
+    this.connecting = this.connect();
+  }
+
+  /** The Redis state now. */
+  get state(): RedisState {
+    return this.stateNow;
+  }
+
+  /** Resolves once the first connection attempt has ended (either way). */
+  async ready(): Promise<RedisState> {
+    await this.connecting;
+    return this.stateNow;
+  }
+
+  async read(keys: readonly string[]): Promise<SubjectState[]> {
+    const reply = await this.run(READ, keys.map((k) => this.key(k)), []);
+    return reply === null ? this.options.local.readNow(keys) : pairs(reply, keys.length);
+  }
+
+  async addFailure(subjects: readonly SubjectLimit[], fingerprint: string): Promise<SubjectState[]> {
+    const { policy } = this.options;
+    const local = await this.options.local.addFailure(subjects, fingerprint);
+    const reply = await this.run(
+      FAILURE,
+      subjects.map((s) => this.key(s.key)),
+      [fingerprint, String(policy.failureWindowMs), String(policy.refusalMs), String(policy.fingerprintsKept), ...subjects.map((s) => String(s.limit))],
+    );
+    return reply === null ? local : pairs(reply, subjects.length);
+  }
+
+  async clear(keys: readonly string[]): Promise<void> {
+    await this.options.local.clear(keys);
+    const client = this.client;
+    if (this.stateNow !== 'up' || client === undefined || keys.length === 0) return;
+    await this.guard(client, client.sendCommand(['DEL', ...keys.map((k) => this.key(k))]));
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.retryTimer);
+    await this.connecting;
+    this.dropClient();
+  }
+
+  private key(subject: string): string {
+    return `${this.options.redis.keyPrefix}${subject}`;
+  }
+
+  /** Runs a script; null when Redis is not usable (the caller answers from local counters). */
+  private async run(s: Script, keys: readonly string[], args: readonly string[]): Promise<unknown[] | null> {
+    const client = this.client;
+    if (this.stateNow !== 'up' || client === undefined) return null;
+    const call = (command: 'EVALSHA' | 'EVAL'): Promise<unknown> =>
+      client.sendCommand([command, command === 'EVALSHA' ? s.sha : s.body, String(keys.length), ...keys, ...args]);
+    const first = await this.guard(client, call('EVALSHA'), true);
+    if (first instanceof Error && /^NOSCRIPT/.test(first.message)) {
+      const second = await this.guard(client, call('EVAL'));
+      return Array.isArray(second) ? second : null;
+    }
+    return Array.isArray(first) ? first : null;
+  }
+
+  /**
+   * Waits for a Redis reply within the deadline. A timeout or a lost connection marks Redis down;
+   * with `passErrors`, an error reply (Redis answered) is returned for the caller to look at.
+   */
+  private async guard(client: Client, pending: Promise<unknown>, passErrors = false): Promise<unknown> {
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new RedisTimeout(`no answer within ${this.options.redis.timeoutMs} ms`)), this.options.redis.timeoutMs);
+    });
+    // The command may still settle after we stopped waiting for it.
+    pending.catch(() => undefined);
+    try {
+      return await Promise.race([pending, deadline]);
+    } catch (error) {
+      const err = error instanceof Error ? error : new Error(String(error));
+      if (err instanceof ErrorReply && passErrors) return err;
+      if (client === this.client) this.markDown(err.message);
+      return null;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private setState(state: RedisState, reason?: string): void {
+    if (state === this.stateNow) return;
+    const before = this.stateNow;
+    this.stateNow = state;
+    const fields = { event: 'throttle.redis_state', state, before, url: this.options.redis.url };
+    if (state === 'up') this.options.log.info(fields, before === 'connecting' ? 'throttle counters are shared through Redis' : 'Redis is back; throttle counters are shared again');
+    else if (state === 'down') this.options.log.warn({ ...fields, reason }, 'Redis is unreachable; throttle counters are local to this instance until it is back');
+    this.options.onStateChange?.(state);
+  }
+
+  private markDown(reason: string): void {
+    if (this.closed) return;
+    this.dropClient();
+    this.setState('down', reason);
+    this.scheduleRetry();
+  }
+
+  private scheduleRetry(): void {
+    if (this.closed || this.retryTimer !== undefined) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.connecting = this.connect();
+    }, this.retryIntervalMs);
+    this.retryTimer.unref();
+  }
+
+  private dropClient(): void {
+    const client = this.client;
+    this.client = undefined;
+    if (client === undefined) return;
+    try {
+      // destroy() fails every pending command at once: nothing waits on a hung Redis.
+      client.destroy();
+    } catch {
+      // already closed
+    }
+  }
+
+  /**
+   * Opens a fresh connection and proves it with a PING. This runs in the background (local
+   * counters answer meanwhile), so it gets a longer deadline than a call a login waits on.
+   */
+  private async connect(): Promise<void> {
+    const { redis } = this.options;
+    const deadlineMs = Math.max(CONNECT_TIMEOUT_MIN_MS, redis.timeoutMs);
+    const client: Client = createClient({
+      url: redis.url,
+      ...(redis.username !== undefined ? { username: redis.username } : {}),
+      ...(redis.password !== undefined ? { password: redis.password } : {}),
+      socket: { connectTimeout: deadlineMs, reconnectStrategy: false },
+      // Fail at once while disconnected rather than queue behind a dead connection.
+      disableOfflineQueue: true,
+    });
+    // An 'error' event without a listener would crash the process.
+    client.on('error', (error: unknown) => {
+      if (client === this.client && !this.closed) this.markDown(error instanceof Error ? error.message : String(error));
+    });
+    client.on('end', () => {
+      if (client === this.client && !this.closed) this.markDown('connection closed');
+    });
+    const attempt = (async () => {
+      await client.connect();
+      await client.sendCommand(['PING']);
+    })();
+    attempt.catch(() => undefined);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        attempt,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new RedisTimeout(`no connection within ${deadlineMs} ms`)), deadlineMs);
+        }),
+      ]);
+      if (this.closed) {
+        client.destroy();
+        return;
+      }
+      this.client = client;
+      this.setState('up');
+    } catch (error) {
+      try {
+        client.destroy();
+      } catch {
+        // never opened
+      }
+      if (this.closed) return;
+      this.setState('down', error instanceof Error ? error.message : String(error));
+      this.scheduleRetry();
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+function pairs(reply: unknown[], count: number): SubjectState[] {
+  const out: SubjectState[] = [];
+  for (let i = 0; i < count; i++) out.push({ failures: Number(reply[i * 2] ?? 0), refusedForMs: Number(reply[i * 2 + 1] ?? 0) });
+  return out;
+}
+
+/** Options of a Throttle. */
+export interface ThrottleOptions {
+  /** Key of the password fingerprints; random per process by default (see the report on fleets). */
+  readonly fingerprintKey?: Uint8Array;
+  /** Where refusals are logged (never with a password or fingerprint). */
+  readonly log?: Logger;
+}
+
+/** Options of Throttle.fromConfig. */
+export interface FromConfigOptions {
+  /** Called on every change of the Redis state (turn it into a metric). */
+  readonly onRedisState?: (state: RedisState) => void;
+  /** A fingerprint key shared by the fleet, so that one wrong password counts once fleet-wide. */
+  readonly fingerprintKey?: Uint8Array;
+  /** Time between reconnection attempts while Redis is down. */
+  readonly retryIntervalMs?: number;
+}
+
+const ALLOW: ThrottleVerdict = Object.freeze({ refused: false, refusedForMs: 0, delayMs: 0 });
+
+/**
+ * The throttle a session asks before authenticating (`check`) and tells after (`recordFailure`,
+ * `recordSuccess`). Every method resolves, never rejects.
+ */
+export class Throttle {
+  private readonly fingerprintKey: Uint8Array;
+
+  constructor(
+    private readonly config: ThrottleConfig,
+    private readonly store: ThrottleStore,
+    private readonly options: ThrottleOptions = {},
+  ) {
+    this.fingerprintKey = options.fingerprintKey ?? randomBytes(32);
+  }
+
+  /** Builds the throttle a config asks for: memory counters, or Redis-shared ones with local fallback. */
+  static fromConfig(config: ThrottleConfig, log: Logger, options: FromConfigOptions = {}): Throttle {
+    const policy: FailurePolicy = { failureWindowMs: config.failureWindowMs, refusalMs: config.refusalMs, fingerprintsKept: FINGERPRINTS_KEPT };
+    const local = new MemoryThrottleStore(policy, config.maxTrackedSubjects);
+    const store =
+      config.redis === undefined || !config.enabled
+        ? local
+        : new RedisThrottleStore({
+            redis: config.redis,
+            policy,
+            local,
+            log,
+            ...(options.onRedisState ? { onStateChange: options.onRedisState } : {}),
+            ...(options.retryIntervalMs !== undefined ? { retryIntervalMs: options.retryIntervalMs } : {}),
+          });
+    return new Throttle(config, store, { log, ...(options.fingerprintKey ? { fingerprintKey: options.fingerprintKey } : {}) });
+  }
+
+  /** Where counters live now: 'memory', or the Redis state ('up' = shared with the fleet). */
+  get sharing(): 'memory' | RedisState {
+    return this.store instanceof RedisThrottleStore ? this.store.state : 'memory';
+  }
+
+  /** Resolves once the store is usable or has fallen back (the first Redis connection attempt ended). */
+  async ready(): Promise<void> {
+    if (this.store instanceof RedisThrottleStore) await this.store.ready();
+  }
+
+  /** Before authenticating: refused when a limit is reached; delayMs is the penalty earned so far. */
+  async check(attempt: LoginAttempt): Promise<ThrottleVerdict> {
+    if (!this.config.enabled) return ALLOW;
+    const subjects = this.subjects(attempt);
+    try {
+      return this.verdict(subjects, await this.store.read(subjects.map((s) => s.key)));
+    } catch {
+      return ALLOW;
+    }
+  }
+
+  /**
+   * After a failed login: counts it (unless this user and password already failed within the
+   * window) and returns how long to wait before answering. The password is only fingerprinted.
+   */
+  async recordFailure(attempt: LoginAttempt, password: string): Promise<ThrottleVerdict> {
+    if (!this.config.enabled) return ALLOW;
+    const subjects = this.subjects(attempt);
+    try {
+      const states = await this.store.addFailure(subjects, this.fingerprint(attempt.user, password));
+      const verdict = this.verdict(subjects, states);
+      if (verdict.refused) {
+        this.options.log?.warn(
+          { event: 'throttle.refusing', by: verdict.refusedBy, user: attempt.user ?? undefined, client: attempt.address, refusedForMs: verdict.refusedForMs },
+          'too many failed logins: refusing logins for a while',
+        );
+      }
+      return verdict;
+    } catch {
+      return ALLOW;
+    }
+  }
+
+  /**
+   * After a successful login: the user's own count starts over. The address's count does not:
+   * an attacker who owns one mailbox could otherwise wipe his address's record at will.
+   */
+  async recordSuccess(attempt: LoginAttempt): Promise<void> {
+    if (!this.config.enabled || attempt.user === null) return;
+    try {
+      await this.store.clear([userKey(attempt.user)]);
+    } catch {
+      // nothing to undo
+    }
+  }
+
+  /** Closes the store's connections. */
+  close(): Promise<void> {
+    return this.store.close();
+  }
+
+  /** The penalty after `failures` counted failures: base, doubling, capped. */
+  delayFor(failures: number): number {
+    if (failures <= 0) return 0;
+    return Math.min(this.config.maxDelayMs, this.config.baseDelayMs * 2 ** Math.min(failures - 1, 30));
+  }
+
+  private subjects(attempt: LoginAttempt): (SubjectLimit & { readonly by: 'user' | 'address' })[] {
+    const out: (SubjectLimit & { readonly by: 'user' | 'address' })[] = [];
+    if (attempt.user !== null) out.push({ key: userKey(attempt.user), limit: this.config.failuresPerUser, by: 'user' });
+    if (!attempt.trusted) out.push({ key: `a:${addressKey(attempt.address)}`, limit: this.config.failuresPerAddress, by: 'address' });
+    return out;
+  }
+
+  private verdict(subjects: readonly { readonly by: 'user' | 'address' }[], states: readonly SubjectState[]): ThrottleVerdict {
+    let failures = 0;
+    let refusedBy: 'user' | 'address' | undefined;
+    let refusedForMs = 0;
+    states.forEach((state, i) => {
+      failures = Math.max(failures, state.failures);
+      if (state.refusedForMs > refusedForMs) {
+        refusedForMs = state.refusedForMs;
+        refusedBy = subjects[i]?.by;
+      }
+    });
+    const delayMs = this.delayFor(failures);
+    return refusedBy === undefined ? { refused: false, refusedForMs: 0, delayMs } : { refused: true, refusedBy, refusedForMs, delayMs };
+  }
+
+  /**
+   * HMAC of user and password together: the same password sprayed over many users counts once
+   * per user, also against the address; and nothing stored can be reversed without the key.
+   */
+  private fingerprint(user: string | null, password: string): string {
+    return createHmac('sha256', this.fingerprintKey)
+      .update(user ?? '')
+      .update('\0')
+      .update(password)
+      .digest()
+      .subarray(0, FINGERPRINT_BYTES)
+      .toString('base64url');
+  }
+}
+
+function userKey(user: string): string {
+  return `u:${user}`;
+}

@@ -1,0 +1,156 @@
+/**
+ * IP address blocks (CIDR) for IPv4 and IPv6, and the address keys that per-address counters use.
+ * IPv4 and IPv4-mapped IPv6 (`::ffff:a.b.c.d`) are one address space here: a dual-stack listener
+ * reports IPv4 clients as `::ffff:10.1.2.3`, and that must match a rule written as `10.0.0.0/8`.
+ * Must not: resolve host names, do I/O, or know what the blocks are used for.
+ */
+import { isIP } from 'node:net';
+
+/**
+ * IPv6 addresses are counted per /64: a single customer line (or a single cloud VM) usually gets
+ * a whole /64 (RFC 6177), so counting single IPv6 addresses would let one attacker rotate through
+ * 2^64 of them.
+ */
+export const IPV6_SUBJECT_PREFIX_BITS = 64;
+
+/** An address block in the 128-bit space (IPv4 blocks are stored as IPv4-mapped IPv6). */
+export interface Cidr {
+  /** The network address, 16 bytes, host bits zero. */
+  readonly network: Uint8Array;
+  /** Prefix length in the 128-bit space (an IPv4 /8 is 104 here). */
+  readonly prefixBits: number;
+  /** The block as written in the config, for messages. */
+  readonly text: string;
+}
+
+const V4_MAPPED_PREFIX = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+
+function parseV4(text: string): number[] | null {
+  if (isIP(text) !== 4) return null;
+  return text.split('.').map(Number);
+}
+
+function parseV6(text: string): Uint8Array | null {
+  if (isIP(text) !== 6) return null;
+  let body = text;
+  // An IPv4 tail ("::ffff:1.2.3.4") becomes two hex groups.
+  const lastColon = body.lastIndexOf(':');
+  if (body.indexOf('.', lastColon) >= 0) {
+    const v4 = parseV4(body.slice(lastColon + 1));
+    if (v4 === null) return null;
+    const [a, b, c, d] = v4 as [number, number, number, number];
+    body = `${body.slice(0, lastColon + 1)}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
+  }
+  const halves = body.split('::');
+  const head = halves[0] === undefined || halves[0] === '' ? [] : halves[0].split(':');
+  const tail = halves.length < 2 || halves[1] === undefined || halves[1] === '' ? [] : halves[1].split(':');
+  const missing = 8 - head.length - tail.length;
+  if (missing < 0 || (halves.length === 1 && missing !== 0)) return null;
+  const groups = [...head, ...Array<string>(halves.length === 2 ? missing : 0).fill('0'), ...tail];
+  const out = new Uint8Array(16);
+  groups.forEach((group, i) => {
+    const value = parseInt(group, 16);
+    out[i * 2] = value >> 8;
+    out[i * 2 + 1] = value & 0xff;
+  });
+  return out;
+}
+
+/** Parses an IP literal into 16 bytes (IPv4 as IPv4-mapped IPv6); a zone id (`%eth0`) is ignored; null when it is not an IP literal. */
+export function parseAddress(text: string): Uint8Array | null {
+  const zone = text.indexOf('%');
+  const bare = zone >= 0 ? text.slice(0, zone) : text;
+  const v4 = parseV4(bare);
+  if (v4 !== null) return Uint8Array.from([...V4_MAPPED_PREFIX, ...v4]);
+  return parseV6(bare);
+}
+
+function isV4Mapped(bytes: Uint8Array): boolean {
+  return V4_MAPPED_PREFIX.every((b, i) => bytes[i] === b);
+}
+
+function maskInPlace(bytes: Uint8Array, prefixBits: number): void {
+  for (let i = 0; i < 16; i++) {
+    const keep = Math.max(0, Math.min(8, prefixBits - i * 8));
+    bytes[i] = (bytes[i] as number) & ((0xff << (8 - keep)) & 0xff);
+  }
+}
+
+/**
+ * Parses `10.0.0.0/8`, `2001:db8::/32`, or a single address (`192.0.2.7` = /32, `::1` = /128).
+ * Null when it is not a block, or when host bits are set (`10.0.0.1/8` is almost always a typo).
+ */
+export function parseCidr(text: string): Cidr | null {
+  const slash = text.indexOf('/');
+  const addressText = slash < 0 ? text : text.slice(0, slash);
+  if (addressText.includes('%')) return null;
+  const address = parseAddress(addressText);
+  if (address === null) return null;
+  const v4 = isIP(addressText) === 4;
+  const maxBits = v4 ? 32 : 128;
+  let bits = maxBits;
+  if (slash >= 0) {
+    const suffix = text.slice(slash + 1);
+    if (!/^\d{1,3}$/.test(suffix) || Number(suffix) > maxBits) return null;
+    bits = Number(suffix);
+  }
+  const prefixBits = v4 ? 96 + bits : bits;
+  const network = Uint8Array.from(address);
+  maskInPlace(network, prefixBits);
+  if (!network.every((b, i) => b === address[i])) return null;
+  return { network, prefixBits, text };
+}
+
+function inBlock(address: Uint8Array, block: Cidr): boolean {
+  const full = block.prefixBits >> 3;
+  for (let i = 0; i < full; i++) if (address[i] !== block.network[i]) return false;
+  const rest = block.prefixBits & 7;
+  if (rest === 0) return true;
+  const mask = (0xff << (8 - rest)) & 0xff;
+  return ((address[full] as number) & mask) === block.network[full];
+}
+
+/** A set of address blocks that answers "is this client address inside one of them?". */
+export class CidrSet {
+  private readonly blocks: readonly Cidr[];
+
+  /** Throws on a text that is not a block: validate config with parseCidr first. */
+  constructor(blocks: readonly (Cidr | string)[]) {
+    this.blocks = blocks.map((b) => {
+      if (typeof b !== 'string') return b;
+      const parsed = parseCidr(b);
+      if (parsed === null) throw new Error(`not an address block: ${b}`);
+      return parsed;
+    });
+  }
+
+  /** Number of blocks. */
+  get size(): number {
+    return this.blocks.length;
+  }
+
+  /** True when `address` (an IP literal as a socket reports it) is in one of the blocks; false for anything that is not an IP literal. */
+  contains(address: string): boolean {
+    if (this.blocks.length === 0) return false;
+    const parsed = parseAddress(address);
+    if (parsed === null) return false;
+    return this.blocks.some((block) => inBlock(parsed, block));
+  }
+}
+
+/**
+ * The key a per-address counter uses for a client: the dotted IPv4 address (also for
+ * IPv4-mapped IPv6), or the IPv6 network of `ipv6PrefixBits` as `2001:db8:0:1::/64`.
+ * Anything that is not an IP literal is returned as it is.
+ */
+export function addressKey(address: string, ipv6PrefixBits = IPV6_SUBJECT_PREFIX_BITS): string {
+  const parsed = parseAddress(address);
+  if (parsed === null) return address;
+  if (isV4Mapped(parsed)) return Array.from(parsed.subarray(12)).join('.');
+  maskInPlace(parsed, ipv6PrefixBits);
+  const groups: string[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push((((parsed[i] as number) << 8) | (parsed[i + 1] as number)).toString(16));
+  // Written uncompressed after the last non-zero group within the prefix: stable and unambiguous.
+  const kept = Math.ceil(ipv6PrefixBits / 16);
+  return `${groups.slice(0, kept).join(':')}${kept < 8 ? '::' : ''}/${ipv6PrefixBits}`;
+}

@@ -1,0 +1,156 @@
+/**
+ * Connection limits: how many client connections the process holds in total and per client
+ * address (checked at accept), and how many sessions one user has at once (checked once the user
+ * is known). Each admitted connection gets a lease whose release is idempotent, so a session that
+ * ends along several paths at once can never leak or double-free a slot.
+ * Owns the counts and the `connection_limits` config section. Must not: touch sockets, write wire
+ * text (the session picks the answer from the limit's name) or log.
+ */
+import { addressKey } from '../net/cidr.js';
+import { IssueList, int, readSection } from '../config/validate.js';
+
+/** The limits in force. */
+export interface ConnectionLimitsConfig {
+  /** Client connections of the whole process, TLS handshakes and spliced sessions included. */
+  readonly maxConnections: number;
+  /** Client connections from one address (an IPv6 /64 is one address); trusted networks are exempt. */
+  readonly maxConnectionsPerAddress: number;
+  /** Sessions of one user at once, from anywhere. */
+  readonly maxSessionsPerUser: number;
+}
+
+/** Which limit refused. */
+export type ConnectionLimitName = 'total' | 'address' | 'user';
+
+/**
+ * Defaults for about 100,000 mailboxes over a few instances: every mail client of a busy hour
+ * fits (IDLE keeps one connection per client open), one address cannot take more than a large
+ * office needs, and a user's phones and desktops (Thunderbird opens up to 5 connections per
+ * account) fit in twenty sessions. 10,000 spliced sessions need 20,000 file descriptors.
+ */
+export const CONNECTION_LIMIT_DEFAULTS: ConnectionLimitsConfig = Object.freeze({
+  maxConnections: 10_000,
+  maxConnectionsPerAddress: 100,
+  maxSessionsPerUser: 20,
+});
+
+/** A held connection slot; `release()` may be called any number of times. */
+export interface ConnectionLease {
+  /** The counting key of the client address. */
+  readonly addressKey: string;
+  /** The user this lease counts a session for, if any. */
+  readonly user: string | undefined;
+  readonly released: boolean;
+  /**
+   * Counts a session for `user` (replacing a user claimed before); false, and nothing claimed,
+   * when the user is at the limit. A released lease claims nothing.
+   */
+  claimUser(user: string): boolean;
+  /** Stops counting the user (a login that failed after the claim). Idempotent. */
+  releaseUser(): void;
+  /** Frees the connection slot and the user's session slot. Idempotent. */
+  release(): void;
+}
+
+/** What admit() answers. */
+export type Admission = { readonly admitted: true; readonly lease: ConnectionLease } | { readonly admitted: false; readonly limit: 'total' | 'address' };
+
+/** Counts connections and sessions against the limits. */
+export class ConnectionLimiter {
+  private total = 0;
+  private readonly byAddress = new Map<string, number>();
+  private readonly byUser = new Map<string, number>();
+
+  constructor(private limits: ConnectionLimitsConfig = CONNECTION_LIMIT_DEFAULTS) {}
+
+  /** New limits apply to new connections and claims; held leases stay valid. */
+  setLimits(limits: ConnectionLimitsConfig): void {
+    this.limits = limits;
+  }
+
+  /** Connections held now. */
+  get connections(): number {
+    return this.total;
+  }
+
+  /** Connections held now from this address's counting key. */
+  connectionsFrom(address: string): number {
+    return this.byAddress.get(addressKey(address)) ?? 0;
+  }
+
+  /** Sessions counted for this user now. */
+  sessionsOf(user: string): number {
+    return this.byUser.get(user) ?? 0;
+  }
+
+  /** Distinct addresses and users tracked (both drop to 0 when every lease is released). */
+  get tracked(): { readonly addresses: number; readonly users: number } {
+    return { addresses: this.byAddress.size, users: this.byUser.size };
+  }
+
+  /** At accept: a lease, or the limit that refuses the connection. Trusted addresses skip the per-address limit. */
+  admit(address: string, trusted: boolean): Admission {
+    if (this.total >= this.limits.maxConnections) return { admitted: false, limit: 'total' };
+    const key = addressKey(address);
+    const fromAddress = this.byAddress.get(key) ?? 0;
+    if (!trusted && fromAddress >= this.limits.maxConnectionsPerAddress) return { admitted: false, limit: 'address' };
+    this.total++;
+    this.byAddress.set(key, fromAddress + 1);
+    return { admitted: true, lease: this.lease(key) };
+  }
+
+  private lease(key: string): ConnectionLease {
+    let released = false;
+    let user: string | undefined;
+    const releaseUser = (): void => {
+      if (user === undefined) return;
+      decrement(this.byUser, user);
+      user = undefined;
+    };
+    return {
+      addressKey: key,
+      get user() {
+        return user;
+      },
+      get released() {
+        return released;
+      },
+      claimUser: (next: string): boolean => {
+        if (released) return false;
+        if (next === user) return true;
+        const held = this.byUser.get(next) ?? 0;
+        if (held >= this.limits.maxSessionsPerUser) return false;
+        releaseUser();
+        this.byUser.set(next, held + 1);
+        user = next;
+        return true;
+      },
+      releaseUser,
+      release: (): void => {
+        if (released) return;
+        released = true;
+        releaseUser();
+        this.total--;
+        decrement(this.byAddress, key);
+      },
+    };
+  }
+}
+
+function decrement(map: Map<string, number>, key: string): void {
+  const n = (map.get(key) ?? 0) - 1;
+  // Deleting at zero keeps the maps as small as the live connections, whatever the churn.
+  if (n <= 0) map.delete(key);
+  else map.set(key, n);
+}
+
+/** Reads the `connection_limits` section (absent: defaults). */
+export function readConnectionLimitsConfig(v: unknown, path: string, issues: IssueList): ConnectionLimitsConfig {
+  const o = v === undefined ? {} : readSection(v, path, ['max_connections', 'max_connections_per_address', 'max_sessions_per_user'], issues) ?? {};
+  const d = CONNECTION_LIMIT_DEFAULTS;
+  return {
+    maxConnections: int(o, 'max_connections', path, issues, 1, 1_000_000, d.maxConnections),
+    maxConnectionsPerAddress: int(o, 'max_connections_per_address', path, issues, 1, 1_000_000, d.maxConnectionsPerAddress),
+    maxSessionsPerUser: int(o, 'max_sessions_per_user', path, issues, 1, 100_000, d.maxSessionsPerUser),
+  };
+}
