@@ -66,6 +66,8 @@ interface ServiceConnection {
 /** An LDAP directory over one or more servers. */
 export class LdapDirectory implements Directory {
   private service: Promise<ServiceConnection> | null = null;
+  /** The connection `service` resolved to, so that a dead one can be dropped synchronously. */
+  private serviceOpen: ServiceConnection | null = null;
   private readonly tlsOptions: ConnectionOptions;
   private closed = false;
 
@@ -112,12 +114,15 @@ export class LdapDirectory implements Directory {
   /** The bound service connection, opened on the first server that answers. */
   private serviceConnection(): Promise<ServiceConnection> {
     if (this.service === null) {
+      const slot: { opening?: Promise<ServiceConnection> } = {};
       const opening = (async () => {
         const failures: string[] = [];
         for (const url of this.config.urls) {
           try {
             const client = await this.openBound(url, this.config.bindDn, this.config.bindPassword);
-            return { url, client };
+            const connection = { url, client };
+            if (this.service === slot.opening) this.serviceOpen = connection;
+            return connection;
           } catch (error) {
             failures.push(`${url}: ${error instanceof Error ? error.message : String(error)}`);
             if (error instanceof InvalidCredentialsError) {
@@ -127,6 +132,7 @@ export class LdapDirectory implements Directory {
         }
         throw new MailfrontError('LDAP_UNREACHABLE', 'auth-tempfail', `no directory server answered: ${failures.join('; ')}`);
       })();
+      slot.opening = opening;
       this.service = opening;
       opening.catch(() => {
         if (this.service === opening) this.service = null;
@@ -136,9 +142,10 @@ export class LdapDirectory implements Directory {
   }
 
   private dropService(connection: ServiceConnection): void {
-    void this.service?.then((current) => {
-      if (current === connection) this.service = null;
-    }, () => undefined);
+    if (this.serviceOpen === connection) {
+      this.serviceOpen = null;
+      this.service = null;
+    }
     connection.client.unbind().catch(() => undefined);
   }
 
@@ -212,7 +219,11 @@ export class LdapDirectory implements Directory {
 
   async reachable(signal: AbortSignal): Promise<boolean> {
     try {
-      const connection = await raceAbort(this.serviceConnection(), signal);
+      let connection = await raceAbort(this.serviceConnection(), signal);
+      if (!connection.client.isConnected) {
+        this.dropService(connection);
+        connection = await raceAbort(this.serviceConnection(), signal);
+      }
       return connection.client.isConnected;
     } catch {
       return false;
@@ -223,6 +234,7 @@ export class LdapDirectory implements Directory {
     this.closed = true;
     const service = this.service;
     this.service = null;
+    this.serviceOpen = null;
     if (service) await service.then((c) => c.client.unbind(), () => undefined).catch(() => undefined);
   }
 }

@@ -9,9 +9,9 @@ import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { ConfigError, buildStoreMap, loadConfig } from '../config/load.js';
-import { Mailfront } from '../main.js';
-import { createStoreMapSource } from '../routing/sources.js';
+// Heavy modules (LDAP, metrics, the server) are imported by the commands that use them, so
+// that --help, --version and the remote commands start quickly.
+const loadConfig = async (file: string) => (await import('../config/load.js')).loadConfig(file);
 
 const VERSION = (JSON.parse(readFileSync(join(dirname(fileURLToPath(import.meta.url)), '../../../package.json'), 'utf8')) as { version: string }).version;
 const DEFAULT_CONFIG = '/etc/mailfront/mailfront.yaml';
@@ -96,11 +96,11 @@ interface Remote {
   readonly token: string;
 }
 
-function remoteFrom(values: { config?: string | undefined; url?: string | undefined; token?: string | undefined }): Remote {
+async function remoteFrom(values: { config?: string | undefined; url?: string | undefined; token?: string | undefined }): Promise<Remote> {
   let url = values.url;
   let token = values.token ?? process.env['MAILFRONT_ADMIN_TOKEN'];
   if (url === undefined || token === undefined) {
-    const config = loadConfig(values.config ?? DEFAULT_CONFIG);
+    const config = await loadConfig(values.config ?? DEFAULT_CONFIG);
     if (url === undefined) {
       if (config.http === undefined) throw new Error(`${config.file} has no http section: the admin API is not listening (or give --url)`);
       const host = config.http.host === '0.0.0.0' ? '127.0.0.1' : config.http.host === '::' ? '::1' : config.http.host;
@@ -186,7 +186,9 @@ async function main(argv: string[]): Promise<number> {
   const printJson = (value: unknown): void => out(`${JSON.stringify(value, null, 2)}\n`);
   switch (command) {
     case 'check-config': {
-      const config = loadConfig(values.config ?? rest[0] ?? DEFAULT_CONFIG);
+      const config = await loadConfig(values.config ?? rest[0] ?? DEFAULT_CONFIG);
+      const { buildStoreMap } = await import('../config/load.js');
+      const { createStoreMapSource } = await import('../routing/sources.js');
       const source = createStoreMapSource(config.storeMap);
       try {
         const map = buildStoreMap(await source.load(), source.description, 1, config);
@@ -198,7 +200,8 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'serve': {
-      const config = loadConfig(values.config ?? rest[0] ?? DEFAULT_CONFIG);
+      const config = await loadConfig(values.config ?? rest[0] ?? DEFAULT_CONFIG);
+      const { Mailfront } = await import('../main.js');
       const mailfront = await Mailfront.start(config);
       process.on('SIGHUP', () => void mailfront.reload());
       const stop = (): void => {
@@ -209,7 +212,7 @@ async function main(argv: string[]): Promise<number> {
       return -1;
     }
     case 'stores': {
-      const json = await call(remoteFrom(values), 'GET', '/api/stores');
+      const json = await call(await remoteFrom(values), 'GET', '/api/stores');
       if (values.json) return printJson(json), 0;
       const stores = json['stores'] as Array<{ store: string; backwards: boolean; preferredMaster: string; slots: Array<{ slot: string; host: string; master: boolean; health: string; sessions: number }> }>;
       const rows = stores.flatMap((s) =>
@@ -223,7 +226,7 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'whereis': {
       if (rest[0] === undefined) return usage();
-      const json = await call(remoteFrom(values), 'GET', `/api/whereis/${encodeURIComponent(rest[0])}`);
+      const json = await call(await remoteFrom(values), 'GET', `/api/whereis/${encodeURIComponent(rest[0])}`);
       if (values.json) return printJson(json), 0;
       out(`user            ${String(json['user'])}\ndirectory entry ${String(json['dn'])}\nstore           ${String(json['store'] ?? '-')}\ncurrent master  ${String(json['currentMaster'] ?? '-')}\naddress         ${String(json['address'] ?? '-')} ${json['ports'] ? JSON.stringify(json['ports']) : ''}\n`);
       if (json['problem']) out(`problem         ${String(json['problem'])}\n`);
@@ -233,7 +236,7 @@ async function main(argv: string[]): Promise<number> {
     case 'failover': {
       const [store, slot] = rest;
       if (store === undefined || slot === undefined) return usage();
-      const json = await call(remoteFrom(values), 'POST', `/api/stores/${encodeURIComponent(store)}/failover`, { slot });
+      const json = await call(await remoteFrom(values), 'POST', `/api/stores/${encodeURIComponent(store)}/failover`, { slot });
       if (values.json) return printJson(json), 0;
       out(`store ${store}: current master is now ${slot} (store map version ${String(json['version'])})\n`);
       return 0;
@@ -241,7 +244,7 @@ async function main(argv: string[]): Promise<number> {
     case 'sessions': {
       const query = new URLSearchParams();
       for (const key of ['user', 'store', 'slot'] as const) if (values[key] !== undefined) query.set(key, values[key]);
-      const json = await call(remoteFrom(values), 'GET', `/api/sessions${query.size > 0 ? `?${query}` : ''}`);
+      const json = await call(await remoteFrom(values), 'GET', `/api/sessions${query.size > 0 ? `?${query}` : ''}`);
       if (values.json) return printJson(json), 0;
       out(sessionsTable(json['sessions'] as SessionJson[]));
       return 0;
@@ -249,13 +252,13 @@ async function main(argv: string[]): Promise<number> {
     case 'kick': {
       const body = rest[0] !== undefined ? { user: rest[0] } : values.slot !== undefined ? { slot: values.slot } : values.session !== undefined ? { session: values.session } : undefined;
       if (body === undefined) return usage();
-      const json = await call(remoteFrom(values), 'POST', '/api/kick', body);
+      const json = await call(await remoteFrom(values), 'POST', '/api/kick', body);
       if (values.json) return printJson(json), 0;
       out(`closed ${(json['kicked'] as unknown[]).length} session(s)\n`);
       return 0;
     }
     case 'reload': {
-      const json = await call(remoteFrom(values), 'POST', '/api/reload');
+      const json = await call(await remoteFrom(values), 'POST', '/api/reload');
       if (values.json) return printJson(json), 0;
       out(json['ok'] ? `store map version ${String(json['version'])} in force\n` : `rejected: ${String(json['error'])}; version ${String(json['version'])} stays in force\n`);
       return json['ok'] ? 0 : 1;
@@ -271,7 +274,7 @@ main(process.argv.slice(2)).then(
     if (code >= 0) process.exitCode = code;
   },
   (error: unknown) => {
-    if (error instanceof ConfigError) process.stderr.write(`mailfront: invalid configuration\n${error.message}\n`);
+    if ((error as { code?: unknown }).code === 'CONFIG_INVALID') process.stderr.write(`mailfront: invalid configuration\n${(error as Error).message}\n`);
     else process.stderr.write(`mailfront: ${error instanceof Error ? error.message : String(error)}\n`);
     process.exitCode = 1;
   },

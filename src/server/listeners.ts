@@ -155,10 +155,11 @@ export class Listener {
     });
   }
 
-  /** Stops accepting connections; live sessions are left alone. */
+  /** Stops accepting connections at once; live sessions are left alone. */
   stopAccepting(): Promise<void> {
     const server = this.server;
-    if (server === undefined || !server.listening) return Promise.resolve();
-    return new Promise((resolve) => server.close(() => resolve()));
+    // close() stops listening now; its callback would wait for every session to end.
+    if (server !== undefined && server.listening) server.close();
+    return Promise.resolve();
   }
 }
