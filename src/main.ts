@@ -10,6 +10,8 @@ import type { DestinationStream } from 'pino';
 import type { Directory } from './auth/directory.js';
 import { LdapDirectory } from './auth/ldap.js';
 import { SlotHealthMonitor } from './backend/health.js';
+import { Throttle } from './auth/throttle.js';
+import { ConnectionLimiter } from './server/connection-limits.js';
 import { probeSlot } from './backend/connect.js';
 import { loadConfig } from './config/load.js';
 import type { Config } from './config/schema.js';
@@ -59,6 +61,8 @@ export class Mailfront {
   private stopWatching: () => void = () => undefined;
   private http: HttpServer | undefined;
   private trusted: CidrSet;
+  private throttle: Throttle;
+  readonly limiter: ConnectionLimiter;
   private stopping = false;
 
   private constructor(
@@ -70,6 +74,8 @@ export class Mailfront {
   ) {
     this.metrics = metrics;
     this.trusted = new CidrSet(config.trustedNetworks);
+    this.throttle = this.createThrottle(config);
+    this.limiter = new ConnectionLimiter(config.connectionLimits);
     this.holder = new StoreMapHolder(createStoreMapSource(config.storeMap), () => this.config, log, {
       changes: (changes) => this.drain(changes),
       loaded: (map) => metrics.storeMapLoaded(map.version, map.stores),
@@ -106,6 +112,11 @@ export class Mailfront {
     return mailfront;
   }
 
+  private createThrottle(config: Config): Throttle {
+    if (config.throttle.redis) this.metrics.throttleRedis(false);
+    return Throttle.fromConfig(config.throttle, this.log.child({ component: 'throttle' }), { onRedisState: (state) => this.metrics.throttleRedis(state === 'up') });
+  }
+
   private async addListener(listenerConfig: Config['listeners'][number]): Promise<Listener> {
     const listener = new Listener(listenerConfig, ADAPTERS[listenerConfig.protocol], {
       config: () => this.config,
@@ -114,6 +125,8 @@ export class Mailfront {
       registry: this.registry,
       metrics: this.metrics,
       trustedNetworks: () => this.trusted,
+      throttle: () => this.throttle,
+      limiter: this.limiter,
       log: this.log,
     }, this.log);
     await listener.listen();
@@ -172,6 +185,12 @@ export class Mailfront {
     }
     this.config = next;
     this.trusted = new CidrSet(next.trustedNetworks);
+    this.limiter.setLimits(next.connectionLimits);
+    if (JSON.stringify(next.throttle) !== JSON.stringify(this.config.throttle)) {
+      const previous = this.throttle;
+      this.throttle = this.createThrottle(next);
+      void previous.close();
+    }
     this.log.level = next.logLevel;
     if (next.http && this.http) await this.http.rebind(next.http).catch((error: unknown) => problems.push(error instanceof Error ? error.message : String(error)));
     for (const p of problems) this.log.error({ event: 'config.partially_applied', err: p }, 'part of the new config could not be applied');
@@ -280,6 +299,7 @@ export class Mailfront {
     for (const timer of this.drainTimers) clearTimeout(timer);
     await this.http?.close();
     await this.holder.source.close();
+    await this.throttle.close();
     await this.directory.close();
     this.log.info({ event: 'server.stopped' }, 'stopped');
   }

@@ -113,7 +113,6 @@ export class Metrics {
   private readonly nowMs: () => number;
   /** Label sets set outside storeMapLoaded, so that a new map can drop those of vanished slots and stores. */
   private readonly slotUpSeries = new Map<string, { store: string; slot: string }>();
-  private readonly throttledSeries = new Set<string>();
 
   /** Client connections accepted, by protocol. */
   private readonly sessionsTotal: Counter<'protocol'>;
@@ -152,7 +151,9 @@ export class Metrics {
   /** Changes of a store's current master, by store. */
   private readonly failoversTotal: Counter<'store'>;
   /** 1 while logins to a store's slots are held back (e.g. reconnects spread after a failover). */
-  private readonly backendThrottled: Gauge<'store'>;
+  private readonly throttleRedisUp: Gauge<string>;
+  private readonly throttleRefusalsTotal: Counter<'by'>;
+  private readonly connectionsRefusedTotal: Counter<'limit'>;
   /** Config reloads (SIGHUP), by result. */
   private readonly configReloadsTotal: Counter<'result'>;
   /** 1 if the last config reload succeeded, 0 if it was rejected (the previous config stays in force). */
@@ -187,7 +188,9 @@ export class Metrics {
     this.storeBackwards = gauge('mailfront_store_backwards', '1 when a store\'s current master is not its preferred master.', ['store']);
     this.slotUp = gauge('mailfront_slot_up', '1 when the last health check of a slot succeeded, 0 when it failed.', ['store', 'slot']);
     this.failoversTotal = counter('mailfront_failovers_total', 'Changes of a store\'s current master, by store.', ['store']);
-    this.backendThrottled = gauge('mailfront_backend_throttled', '1 while logins to a store\'s slots are held back.', ['store']);
+    this.throttleRedisUp = gauge('mailfront_throttle_redis_up', '1 while auth-failure counters are shared through Redis, 0 while local counters stand in (only with throttle.redis).', []);
+    this.throttleRefusalsTotal = counter('mailfront_throttle_refusals_total', 'Logins refused by auth-failure throttling, by what reached its limit (user or address).', ['by']);
+    this.connectionsRefusedTotal = counter('mailfront_connections_refused_total', 'Connections or sessions refused by a connection limit, by limit (total, address, user).', ['limit']);
     this.configReloadsTotal = counter('mailfront_config_reloads_total', 'Config reloads, by result.', ['result']);
     this.configLastReloadSuccess = gauge('mailfront_config_last_reload_success', '1 if the last config reload succeeded, 0 if it was rejected.', []);
     this.proxyHeadersTotal = counter('mailfront_proxy_headers_total', 'PROXY protocol headers handled by listeners, by listener and result.', ['listener', 'result']);
@@ -286,12 +289,6 @@ export class Metrics {
         this.slotUpSeries.delete(key);
       }
     }
-    for (const store of this.throttledSeries) {
-      if (!stores.has(store)) {
-        this.backendThrottled.remove({ store });
-        this.throttledSeries.delete(store);
-      }
-    }
   }
 
   /** A store-map load was rejected; the previous map stays in force. */
@@ -312,10 +309,19 @@ export class Metrics {
     this.failoversTotal.inc({ store });
   }
 
-  /** Marks logins to `store` as held back or released. */
-  throttleBackend(store: string, throttled: boolean): void {
-    this.throttledSeries.add(store);
-    this.backendThrottled.set({ store }, throttled ? 1 : 0);
+  /** Whether throttle counters are shared through Redis now (false: local fallback). */
+  throttleRedis(up: boolean): void {
+    this.throttleRedisUp.set(up ? 1 : 0);
+  }
+
+  /** Counts a login refused by the throttle. */
+  throttleRefusal(by: 'user' | 'address'): void {
+    this.throttleRefusalsTotal.inc({ by });
+  }
+
+  /** Counts a connection (or, for 'user', a login) refused by a connection limit. */
+  connectionRefused(limit: 'total' | 'address' | 'user'): void {
+    this.connectionsRefusedTotal.inc({ limit });
   }
 
   /** Counts a config reload's outcome. */

@@ -4,7 +4,6 @@
  * Reads plain YAML data into a typed value with the validate.ts helpers; must not open files or
  * connections (the Redis password arrives inline, `auth_password_file` is resolved by the loader).
  */
-import { parseCidr } from '../net/cidr.js';
 import { IssueList, at, bool, int, optStr, readSection, str } from '../config/validate.js';
 
 /** Where counters are shared when several mailfront instances serve the same users. */
@@ -34,8 +33,6 @@ export interface ThrottleConfig {
   readonly failureWindowMs: number;
   /** How long logins are refused once a limit is reached. */
   readonly refusalMs: number;
-  /** Address blocks (CIDR) exempt from per-address counting, e.g. the webmail servers. */
-  readonly trustedNetworks: readonly string[];
   /** Users and addresses tracked in memory at most (least recently used ones are forgotten first). */
   readonly maxTrackedSubjects: number;
   readonly redis?: ThrottleRedisConfig;
@@ -63,7 +60,7 @@ export const THROTTLE_DEFAULTS = {
   redisTimeoutMs: 250,
 } as const;
 
-const KEYS = ['enabled', 'base_delay_ms', 'max_delay_ms', 'failures_per_user', 'failures_per_address', 'failure_window_ms', 'refusal_ms', 'trusted_networks', 'max_tracked', 'redis'] as const;
+const KEYS = ['enabled', 'base_delay_ms', 'max_delay_ms', 'failures_per_user', 'failures_per_address', 'failure_window_ms', 'refusal_ms', 'max_tracked', 'redis'] as const;
 const REDIS_KEYS = ['url', 'username', 'auth_password', 'key_prefix', 'timeout_ms'] as const;
 
 /** Reads the `throttle` section (absent: defaults); every problem goes to `issues`. */
@@ -82,28 +79,11 @@ export function readThrottleConfig(v: unknown, path: string, issues: IssueList):
     failuresPerAddress: int(o, 'failures_per_address', path, issues, 1, 1_000_000, d.failuresPerAddress),
     failureWindowMs: int(o, 'failure_window_ms', path, issues, 1_000, 7 * 24 * 3_600_000, d.failureWindowMs),
     refusalMs: int(o, 'refusal_ms', path, issues, 1_000, 7 * 24 * 3_600_000, d.refusalMs),
-    trustedNetworks: readNetworks(o, 'trusted_networks', path, issues),
     maxTrackedSubjects: int(o, 'max_tracked', path, issues, 100, 10_000_000, d.maxTrackedSubjects),
     ...(redis !== undefined ? { redis } : {}),
   };
 }
 
-/** Reads a list of address blocks (a single string is a list of one; absent is empty). */
-export function readNetworks(o: Record<string, unknown>, key: string, path: string, issues: IssueList): string[] {
-  const v = o[key];
-  if (v === undefined || v === null) return [];
-  const list = typeof v === 'string' ? [v] : v;
-  if (!Array.isArray(list)) {
-    issues.add(at(path, key), 'a list of address blocks such as 10.0.0.0/8 or 2001:db8::/32', v);
-    return [];
-  }
-  const out: string[] = [];
-  list.forEach((item, i) => {
-    if (typeof item === 'string' && parseCidr(item) !== null) out.push(item);
-    else issues.add(at(at(path, key), i), 'an address block such as 10.0.0.0/8 or 2001:db8::/32, without host bits', item);
-  });
-  return out;
-}
 
 function readRedis(v: unknown, path: string, issues: IssueList): ThrottleRedisConfig {
   const o = readSection(v, path, REDIS_KEYS, issues) ?? {};

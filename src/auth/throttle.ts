@@ -158,9 +158,11 @@ export type RedisState = 'connecting' | 'up' | 'down';
 /**
  * One hash per subject: n = failures, p = the recent fingerprints concatenated (fixed length
  * each), b = refused until (Redis server time, ms). One script call per attempt keeps it atomic
- * for the whole fleet and uses one clock, Redis's own.
+ * for the whole fleet and uses one clock, Redis's own. (replicate_commands: Redis before 5 would
+ * refuse writes after TIME; it is a no-op since.)
  */
 const FAILURE_SCRIPT = `
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local fp = ARGV[1]
@@ -234,6 +236,9 @@ export interface RedisThrottleStoreOptions {
 
 class RedisTimeout extends Error {}
 
+/** Error replies are logged at most this often (they come with every call while they last). */
+const ERROR_REPLY_LOG_INTERVAL_MS = 60_000;
+
 /** A TCP and TLS handshake plus a PING on a busy machine; nothing waits on it but the retry. */
 const CONNECT_TIMEOUT_MIN_MS = 2_000;
 
@@ -249,6 +254,7 @@ export class RedisThrottleStore implements ThrottleStore {
   private retryTimer: NodeJS.Timeout | undefined;
   private connecting: Promise<void> | undefined;
   private closed = false;
+  private lastErrorReplyLogAt = 0;
   private readonly retryIntervalMs: number;
 
   constructor(private readonly options: RedisThrottleStoreOptions) {
@@ -308,7 +314,12 @@ export class RedisThrottleStore implements ThrottleStore {
     const call = (command: 'EVALSHA' | 'EVAL'): Promise<unknown> =>
       client.sendCommand([command, command === 'EVALSHA' ? s.sha : s.body, String(keys.length), ...keys, ...args]);
     const first = await this.guard(client, call('EVALSHA'), true);
-    if (first instanceof Error && /^NOSCRIPT/.test(first.message)) {
+    if (first instanceof Error) {
+      if (!/^NOSCRIPT/.test(first.message)) {
+        this.reportErrorReply(first.message);
+        return null;
+      }
+      // Redis restarted or its script cache was flushed: send the script itself once.
       const second = await this.guard(client, call('EVAL'));
       return Array.isArray(second) ? second : null;
     }
@@ -330,12 +341,25 @@ export class RedisThrottleStore implements ThrottleStore {
       return await Promise.race([pending, deadline]);
     } catch (error) {
       const err = error instanceof Error ? error : new Error(String(error));
-      if (err instanceof ErrorReply && passErrors) return err;
+      if (err instanceof ErrorReply) {
+        // Redis is up but refuses (out of memory, read-only replica, ...): local counters answer
+        // this call; the connection stays.
+        if (passErrors) return err;
+        this.reportErrorReply(err.message);
+        return null;
+      }
       if (client === this.client) this.markDown(err.message);
       return null;
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  private reportErrorReply(message: string): void {
+    const now = Date.now();
+    if (now - this.lastErrorReplyLogAt < ERROR_REPLY_LOG_INTERVAL_MS) return;
+    this.lastErrorReplyLogAt = now;
+    this.options.log.warn({ event: 'throttle.redis_refused', url: this.options.redis.url, reason: message }, 'Redis refused a throttle call; local counters answered');
   }
 
   private setState(state: RedisState, reason?: string): void {

@@ -14,6 +14,12 @@ import {
 } from '../limits.js';
 import { parseCidr } from '../net/cidr.js';
 import type { BackendLoginMode, ProtocolName } from '../protocol/types.js';
+import { readThrottleConfig } from '../auth/throttle-config.js';
+import type { ThrottleConfig } from '../auth/throttle-config.js';
+import { readConnectionLimitsConfig } from '../server/connection-limits.js';
+import type { ConnectionLimitsConfig } from '../server/connection-limits.js';
+import { readTlsPolicy } from '../server/tls-config.js';
+import type { TlsPolicy } from '../server/tls-config.js';
 import { readHttpConfig } from '../server/http.js';
 import type { HttpConfig } from '../server/http.js';
 import { BACKEND_PROXY_PROTOCOLS, readProxyConfig } from '../server/proxy-protocol.js';
@@ -27,6 +33,7 @@ import {
   optStr,
   port,
   readMapping,
+  readNetworks,
   readSection,
   str,
   strList,
@@ -163,6 +170,10 @@ export interface Config {
   /** Networks of trusted clients (webmail servers): their ID x-originating-ip is believed. */
   readonly trustedNetworks: readonly string[];
   readonly shutdown: ShutdownConfig;
+  readonly throttle: ThrottleConfig;
+  readonly connectionLimits: ConnectionLimitsConfig;
+  /** TLS versions and ciphers of every client-facing listener. */
+  readonly tls: TlsPolicy;
   readonly usernames: UsernameConfig;
   readonly session: SessionConfig;
 }
@@ -172,11 +183,11 @@ const LOGIN_MODES: readonly BackendLoginMode[] = ['replay', 'master-user', 'sasl
 const TLS_MODES: readonly ListenerTls[] = ['none', 'starttls', 'implicit'];
 
 /** Secrets may be given inline or as `<key>_file` (read by load.ts before this runs). */
-export const SECRET_KEYS = ['bind_password', 'proxy_password', 'probe_password', 'token'] as const;
+export const SECRET_KEYS = ['bind_password', 'proxy_password', 'probe_password', 'token', 'auth_password'] as const;
 
 /** Reads a whole config document; `resolvePath` makes file names absolute. */
 export function readConfig(doc: unknown, file: string, resolvePath: (p: string) => string, issues: IssueList): Config {
-  const root = readSection(doc, '', ['log', 'listeners', 'directory', 'store_map', 'backend', 'backend_profiles', 'usernames', 'session', 'failover', 'health', 'admin', 'http', 'trusted_networks', 'shutdown'], issues) ?? {};
+  const root = readSection(doc, '', ['log', 'listeners', 'directory', 'store_map', 'backend', 'backend_profiles', 'usernames', 'session', 'failover', 'health', 'admin', 'http', 'trusted_networks', 'shutdown', 'throttle', 'connection_limits', 'tls'], issues) ?? {};
   const log = root['log'] === undefined ? {} : readSection(root['log'], 'log', ['level'], issues) ?? {};
   const directory = readDirectory(root['directory'], resolvePath, issues);
   const backend = readBackend(root['backend'], 'backend', resolvePath, issues);
@@ -192,8 +203,11 @@ export function readConfig(doc: unknown, file: string, resolvePath: (p: string) 
     health: readHealth(root['health'], issues),
     admin: readAdmin(root['admin'], issues),
     ...(root['http'] !== undefined ? { http: readHttpConfig(root['http'], 'http', issues)! } : {}),
-    trustedNetworks: readTrustedNetworks(root, issues),
+    trustedNetworks: readNetworks(root, 'trusted_networks', '', issues),
     shutdown: readShutdown(root['shutdown'], issues),
+    throttle: readThrottleConfig(root['throttle'], 'throttle', issues),
+    connectionLimits: readConnectionLimitsConfig(root['connection_limits'], 'connection_limits', issues),
+    tls: readTlsPolicy(root['tls'], 'tls', issues),
     usernames: readUsernames(root['usernames'], issues),
     session: readSessionSettings(root['session'], issues),
   };
@@ -348,15 +362,6 @@ function readHealth(v: unknown, issues: IssueList): HealthConfig {
     timeoutMs: int(o, 'timeout_ms', 'health', issues, 100, 120_000, 3_000),
     ...(probeUser !== undefined && probePassword !== undefined ? { probeUser, probePassword } : {}),
   };
-}
-
-function readTrustedNetworks(root: Record<string, unknown>, issues: IssueList): string[] {
-  if (root['trusted_networks'] === undefined) return [];
-  const list = strList(root, 'trusted_networks', '', issues);
-  list.forEach((n, i) => {
-    if (parseCidr(n) === null) issues.add(at('trusted_networks', i), 'an IP address or CIDR block (10.0.0.0/8, 2001:db8::/32)', n);
-  });
-  return list;
 }
 
 function readShutdown(v: unknown, issues: IssueList): ShutdownConfig {

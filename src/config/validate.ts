@@ -3,6 +3,7 @@
  * records every problem (path + what was expected) instead of stopping at the first, so an
  * operator sees all mistakes of a config file at once. Knows nothing of mailfront's schema.
  */
+import { parseCidr } from '../net/cidr.js';
 
 /** One problem found in a config document. */
 export interface ConfigIssue {
@@ -115,6 +116,23 @@ export function strList(obj: Record<string, unknown>, key: string, path: string,
   if (Array.isArray(list) && list.length > 0 && list.every((s) => typeof s === 'string' && s.length > 0)) return list as string[];
   issues.add(at(path, key), 'a non-empty list of strings', v);
   return [];
+}
+
+/** Reads a list of address blocks (a single string is a list of one; absent is empty). */
+export function readNetworks(o: Record<string, unknown>, key: string, path: string, issues: IssueList): string[] {
+  const v = o[key];
+  if (v === undefined || v === null) return [];
+  const list = typeof v === 'string' ? [v] : v;
+  if (!Array.isArray(list)) {
+    issues.add(at(path, key), 'a list of address blocks such as 10.0.0.0/8 or 2001:db8::/32', v);
+    return [];
+  }
+  const out: string[] = [];
+  list.forEach((item, i) => {
+    if (typeof item === 'string' && parseCidr(item) !== null) out.push(item);
+    else issues.add(at(at(path, key), i), 'an address block such as 10.0.0.0/8 or 2001:db8::/32, without host bits', item);
+  });
+  return out;
 }
 
 /** Deep-freezes a plain data structure so that nothing can change a loaded config. */

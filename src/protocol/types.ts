@@ -158,6 +158,11 @@ export interface ProtocolAdapter {
    * when nothing can be sent safely mid-stream (POP3).
    */
   drainNotice(text: string): string | null;
+  /**
+   * The whole answer to a connection refused before its greeting because a connection limit
+   * is reached: 'total' (the server is full) or 'address' (too many from this client).
+   */
+  connectionRefusal(limit: 'total' | 'address', text: string): string;
   /** A tracker for where drainNotice may be inserted; absent when there is no notice to insert. */
   createResponseTracker?(): ResponseBoundaryTracker;
 }

@@ -5,11 +5,9 @@
  * Session takes over. Owns the listening sockets and the set of live sessions for shutdown;
  * knows nothing of protocols beyond picking the adapter.
  */
-import { readFileSync } from 'node:fs';
 import { createServer as createNetServer } from 'node:net';
 import type { Server, Socket } from 'node:net';
-import { TLSSocket, createSecureContext } from 'node:tls';
-import type { SecureContext, SecureContextOptions } from 'node:tls';
+import { TLSSocket } from 'node:tls';
 import type { ListenerConfig } from '../config/schema.js';
 import { MailfrontError, asMailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -18,19 +16,9 @@ import type { ProtocolAdapter } from '../protocol/types.js';
 import { Session } from '../session/session.js';
 import type { SessionContext } from '../session/session.js';
 import { acceptProxyHeader, socketEndpoints } from './proxy-protocol.js';
+import { TlsContextHolder } from './tls-config.js';
 import type { ConnectionEndpoints } from './proxy-protocol.js';
 
-/** Reads a listener's certificate and key as TLS options (TLS 1.2 at least). */
-export function loadTlsOptions(listener: ListenerConfig): SecureContextOptions | undefined {
-  if (listener.certificate === undefined) return undefined;
-  try {
-    const options: SecureContextOptions = { cert: readFileSync(listener.certificate.cert), key: readFileSync(listener.certificate.key), minVersion: 'TLSv1.2' };
-    createSecureContext(options); // fails here, at start-up, on a bad key or certificate
-    return options;
-  } catch (error) {
-    throw new MailfrontError('TLS_FILES_UNUSABLE', 'config', `listener "${listener.name}": cannot load certificate ${listener.certificate.cert} / key ${listener.certificate.key}: ${error instanceof Error ? error.message : String(error)}`);
-  }
-}
 
 /** True when two listener configs need different sockets (anything else can change in place). */
 export function needsRebind(a: ListenerConfig, b: ListenerConfig): boolean {
@@ -41,7 +29,7 @@ export function needsRebind(a: ListenerConfig, b: ListenerConfig): boolean {
 export class Listener {
   readonly sessions = new Set<Session>();
   private server: Server | undefined;
-  private secureContext: SecureContext | undefined;
+  private tls: TlsContextHolder | undefined;
   private proxyTrusted: CidrSet;
 
   constructor(
@@ -50,8 +38,7 @@ export class Listener {
     private readonly context: Omit<SessionContext, 'secureContext'>,
     private readonly log: Logger,
   ) {
-    const tls = loadTlsOptions(listenerConfig);
-    this.secureContext = tls ? createSecureContext(tls) : undefined;
+    this.tls = listenerConfig.certificate ? new TlsContextHolder(listenerConfig.certificate, context.config().tls) : undefined;
     this.proxyTrusted = new CidrSet(listenerConfig.proxyProtocol?.trustedNetworks ?? []);
   }
 
@@ -59,10 +46,21 @@ export class Listener {
     return this.listenerConfig;
   }
 
-  /** Takes new settings that need no new socket (certificate, PROXY networks, plaintext policy); new sessions use them. */
+  /**
+   * Takes new settings that need no new socket (certificate files re-read, TLS policy, PROXY
+   * networks, plaintext policy); new sessions use them. A certificate that cannot be used is
+   * reported and the working one stays.
+   */
   reconfigure(next: ListenerConfig): void {
-    const tls = loadTlsOptions(next);
-    this.secureContext = tls ? createSecureContext(tls) : undefined;
+    const policy = this.context.config().tls;
+    if (next.certificate === undefined) this.tls = undefined;
+    else if (this.tls === undefined || next.certificate.cert !== this.listenerConfig.certificate?.cert || next.certificate.key !== this.listenerConfig.certificate.key) {
+      this.tls = new TlsContextHolder(next.certificate, policy);
+    } else {
+      const result = this.tls.reload(policy);
+      if (!result.ok) throw result.error;
+      this.log.info({ event: 'listener.certificate_reloaded', listener: next.name, subject: result.certificate.subject, validTo: result.certificate.validTo, fingerprint: result.certificate.fingerprint256 }, 'certificate reloaded');
+    }
     this.proxyTrusted = new CidrSet(next.proxyProtocol?.trustedNetworks ?? []);
     this.listenerConfig = next;
   }
@@ -100,9 +98,23 @@ export class Listener {
       const { peer, local } = socketEndpoints(raw);
       endpoints = { client: peer, local, peer };
     }
+    const trusted = this.context.trustedNetworks().contains(endpoints.client.address);
+    const admission = this.context.limiter.admit(endpoints.client.address, trusted);
+    if (!admission.admitted) {
+      this.log.warn({ event: 'session.refused', listener: config.name, client: endpoints.client.address, limit: admission.limit }, 'connection limit reached');
+      metrics.connectionRefused(admission.limit);
+      const text = admission.limit === 'total' ? 'Too many connections, try again later.' : 'Too many connections from your address.';
+      // An implicit-TLS client cannot read a plaintext answer: it just gets the close.
+      if (config.tls === 'implicit') raw.destroy();
+      else raw.end(this.adapter.connectionRefusal(admission.limit, text));
+      setTimeout(() => raw.destroy(), 1_000).unref();
+      return;
+    }
+    const lease = admission.lease;
+    raw.once('close', () => lease.release());
     let socket: Socket = raw;
     if (config.tls === 'implicit') {
-      const secureContext = this.secureContext;
+      const secureContext = this.tls?.context;
       if (secureContext === undefined) return void raw.destroy();
       const secure = new TLSSocket(raw, { isServer: true, secureContext });
       const ok = await new Promise<boolean>((resolve) => {
@@ -123,13 +135,13 @@ export class Listener {
     }
     const context: SessionContext = {
       ...this.context,
-      secureContext: () => this.secureContext,
+      secureContext: () => this.tls?.context,
       onEnd: (reason) => {
         this.sessions.delete(session);
         this.context.onEnd?.(reason);
       },
     };
-    const session = new Session(socket, config, this.adapter, context, config.tls === 'implicit', endpoints);
+    const session = new Session(socket, config, this.adapter, context, config.tls === 'implicit', endpoints, lease);
     this.sessions.add(session);
   }
 

@@ -12,6 +12,8 @@ import { isIP } from 'node:net';
 import type { Metrics, SessionMetrics } from '../metrics.js';
 import { authFailureReason, backendFailureResult } from '../metrics.js';
 import type { CidrSet } from '../net/cidr.js';
+import type { Throttle } from '../auth/throttle.js';
+import type { ConnectionLease, ConnectionLimiter } from '../server/connection-limits.js';
 import { backendProxyHeader, startsWithProxySignature } from '../server/proxy-protocol.js';
 import type { ConnectionEndpoints } from '../server/proxy-protocol.js';
 import { normalizeUser } from '../auth/directory.js';
@@ -41,6 +43,8 @@ export interface SessionContext {
   readonly metrics: Metrics;
   /** Clients whose ID x-originating-ip is believed (webmail servers). */
   readonly trustedNetworks: () => CidrSet;
+  readonly throttle: () => Throttle;
+  readonly limiter: ConnectionLimiter;
   readonly registry: SessionRegistry;
   readonly log: Logger;
   /** The server certificate for STARTTLS, when the listener has one. */
@@ -57,6 +61,9 @@ const UNAVAILABLE_TEXT: Record<string, string> = {
   'backend-login': 'Your mail server is temporarily unavailable, try again later.',
   internal: 'Internal error, try again later.',
 };
+
+/** What a client refused by a limit (throttle, sessions per user) is told; names no counts. */
+const LIMIT_TEXT = 'Too many login attempts or sessions, try again later.';
 
 /** Maps a failure kind to what the client is told; decided here and nowhere else. */
 function refusalFor(kind: FailureKind): LoginRefusal {
@@ -114,6 +121,8 @@ export class Session {
   private readonly endpoints: ConnectionEndpoints;
   private readonly tracker: SessionMetrics;
   private firstChunk = true;
+  /** The client address came from a trusted webmail's ID: count it per address, not exempt. */
+  private addressForwarded = false;
   private bytesAtSplice = { read: 0, written: 0 };
   private preauthTimer: NodeJS.Timeout | undefined;
   private tlsActive: boolean;
@@ -151,6 +160,7 @@ export class Session {
     private readonly context: SessionContext,
     tlsActive: boolean,
     endpoints: ConnectionEndpoints,
+    private readonly lease: ConnectionLease,
   ) {
     this.socket = socket;
     this.tlsActive = tlsActive;
@@ -256,6 +266,7 @@ export class Session {
     this.log.info({ event: 'session.client_id_honoured', client: ip, via: this.endpoints.client.address }, 'client address from a trusted ID');
     this.clientAddress = ip;
     this.clientPort = Number.isInteger(port) && port > 0 && port < 65536 ? port : 0;
+    this.addressForwarded = true;
   }
 
   private startTls(): void {
@@ -289,36 +300,59 @@ export class Session {
     const config = this.context.config();
     const started = Date.now();
     const user = normalizeUser(credentials.user, config.usernames);
+    const throttle = this.context.throttle();
+    const attempt = {
+      user,
+      address: this.clientAddress,
+      // A webmail server is exempt from per-address counting, unless it named its user's address.
+      trusted: !this.addressForwarded && this.context.trustedNetworks().contains(this.clientAddress),
+    };
+    let penaltyMs = 0;
     try {
-      if (user === null) throw new MailfrontError('INVALID_USERNAME', 'auth-failed', 'the user name is empty, too long or has control characters');
+      const verdict = await throttle.check(attempt);
+      if (verdict.refused) {
+        this.context.metrics.throttleRefusal(verdict.refusedBy ?? 'user');
+        throw new MailfrontError('THROTTLED', 'limit', `too many failed logins for this ${verdict.refusedBy ?? 'user'}; refused for ${Math.ceil(verdict.refusedForMs / 1000)} s more`);
+      }
+      if (user === null) throw new MailfrontError('INVALID_USERNAME', 'auth-failed', 'the user name is empty, too long, not in a local domain, or has control characters');
       this.user = user;
       const found = await this.context.directory().authenticate(user, credentials.password, this.abort.signal);
+      void throttle.recordSuccess(attempt);
       this.log.info({ event: 'session.authenticated', user, mechanism: credentials.mechanism }, 'user authenticated');
       if (found.store === null) throw new MailfrontError('USER_WITHOUT_STORE', 'no-route', `the directory entry ${found.dn} has no store attribute`);
       this.store = found.store;
+      if (!this.lease.claimUser(user)) {
+        this.context.metrics.connectionRefused('user');
+        throw new MailfrontError('USER_SESSION_LIMIT', 'limit', `user "${user}" has ${config.connectionLimits.maxSessionsPerUser} sessions already`);
+      }
       this.setPhase('backend-login');
       const backend = await this.loginToCurrentMaster(found.store, user, credentials.password, config);
       this.startSplice(backend);
       this.context.metrics.loginResult(this.adapter.name, 'success');
     } catch (caught) {
       const error = asMailfrontError(caught);
+      this.lease.releaseUser();
       if (this.phase === 'closing') return;
       if (error.kind === 'aborted' && (this.socket.destroyed || this.phase !== 'authenticating' && this.phase !== 'backend-login')) return;
       this.setPhase('preauth');
       this.slot = undefined;
       const refusal = refusalFor(error.kind);
       this.context.metrics.loginResult(this.adapter.name, error.kind);
-      if (error.kind === 'auth-failed') this.context.metrics.authFailure(authFailureReason(error.code));
-      const fields = { event: 'session.login_failed', user: user ?? undefined, store: this.store, code: error.code, kind: error.kind, reason: error.message };
-      if (refusal === 'auth-failed') {
+      if (error.kind === 'auth-failed') {
+        this.context.metrics.authFailure(authFailureReason(error.code));
+        penaltyMs = (await throttle.recordFailure(attempt, credentials.password)).delayMs;
+      }
+      const fields = { event: 'session.login_failed', user: user ?? undefined, store: this.store, code: error.code, kind: error.kind, reason: error.message, ...(penaltyMs > 0 ? { penaltyMs } : {}) };
+      if (refusal === 'auth-failed' || refusal === 'limit') {
         this.log.info(fields, 'login failed');
-        // Same answer after the same time for an unknown user and a wrong password.
-        await delay(started + config.session.authFailureDelayMs - Date.now(), this.abort.signal);
+        // Same answer after the same time for an unknown user and a wrong password (and a
+        // throttled login looks no faster); repeated failures add the throttle's penalty.
+        await delay(started + config.session.authFailureDelayMs + penaltyMs - Date.now(), this.abort.signal);
       } else {
         this.log.error(fields, 'login could not be completed');
       }
       this.store = undefined;
-      if (this.phase === 'preauth' && !this.socket.destroyed) this.perform(this.machine.loginFailed(refusal, UNAVAILABLE_TEXT[error.kind]));
+      if (this.phase === 'preauth' && !this.socket.destroyed) this.perform(this.machine.loginFailed(refusal, refusal === 'limit' ? LIMIT_TEXT : UNAVAILABLE_TEXT[error.kind]));
     }
   }
 

@@ -2,6 +2,7 @@
  * Test fixture: runs mailfront in this process with a config written from the real servers the
  * test started (slapd, Dovecot, Cyrus), on free loopback ports, and captures its log lines.
  */
+import { mkdirSync, openSync, writeFileSync, writeSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
@@ -38,6 +39,10 @@ export interface FrontOptions {
   readonly admin?: Record<string, unknown>;
   /** Read the store map from LDAP store entries under this base (polled every 100 ms) instead of the file. */
   readonly storeMapLdapBase?: string;
+  /** Auth-failure throttling (off unless given: most tests log in wrongly on purpose, from one address). */
+  readonly throttle?: Record<string, unknown>;
+  readonly connectionLimits?: Record<string, unknown>;
+  readonly trustedNetworks?: readonly string[];
 }
 
 export interface Front {
@@ -100,6 +105,33 @@ function storesDocument(stores: Record<string, StoreSpec>): unknown {
 /** The admin API token of every test instance. */
 export const ADMIN_TOKEN = 'test-admin-token-0123456789';
 
+/**
+ * The suite-wide secret scan (test/integration/zz-secrets.test.ts): when MAILFRONT_TEST_LOG_DIR is
+ * set (scripts/test.sh sets it), every mailfront log line goes to a file there as well, and every
+ * secret a test file registers goes to `<pid>-secrets.json` next to it.
+ */
+const suiteLogDir = process.env['MAILFRONT_TEST_LOG_DIR'];
+const registeredSecrets = new Set<string>();
+let suiteLogCount = 0;
+
+/** Registers passwords, proxy secrets and SASL blobs that must never appear in a log line of the suite. */
+export function registerSecrets(secrets: readonly string[]): void {
+  for (const secret of secrets) registeredSecrets.add(secret);
+  if (suiteLogDir === undefined) return;
+  mkdirSync(suiteLogDir, { recursive: true });
+  writeFileSync(join(suiteLogDir, `${process.pid}-secrets.json`), `${JSON.stringify([...registeredSecrets].sort(), null, 1)}\n`);
+}
+
+/** Opens this instance's suite log file and returns its line writer (a no-op when the scan is off). */
+function openSuiteLog(): (line: string) => void {
+  if (suiteLogDir === undefined) return () => undefined;
+  mkdirSync(suiteLogDir, { recursive: true });
+  // Synchronous appends: a line is on disk even if the test process dies right after writing it.
+  // The file stays open until the process exits, so that lines logged after stop() count too.
+  const fd = openSync(join(suiteLogDir, `${process.pid}-${++suiteLogCount}.log`), 'a');
+  return (line) => writeSync(fd, line.endsWith('\n') ? line : `${line}\n`);
+}
+
 /** Starts mailfront with listeners for IMAP, IMAPS, POP3, POP3S and trusted plaintext variants. */
 export async function startFront(options: FrontOptions): Promise<Front> {
   const dir = tmpDir('front');
@@ -149,6 +181,9 @@ export async function startFront(options: FrontOptions): Promise<Front> {
       backend: { login_mode: 'replay', connect_timeout_ms: 1000, login_timeout_ms: 5000, ...options.backend },
       session: { auth_failure_delay_ms: 300, preauth_timeout_ms: 5000, ...options.session },
       failover: { hold_ms: 1000, drain_spread_ms: 200, ...options.failover },
+      throttle: options.throttle ?? { enabled: false },
+      connection_limits: { max_connections: 20000, max_connections_per_address: 20000, max_sessions_per_user: 1000, ...options.connectionLimits },
+      ...(options.trustedNetworks ? { trusted_networks: options.trustedNetworks } : {}),
       health: { interval_ms: 0 },
       admin: { token: ADMIN_TOKEN, ...options.admin },
       http: { host: '127.0.0.1', port: 0 },
@@ -156,9 +191,19 @@ export async function startFront(options: FrontOptions): Promise<Front> {
   );
   const logs: Array<Record<string, unknown>> = [];
   const rawLogs: string[] = [];
+  const writeSuiteLog = openSuiteLog();
+  // Every secret this fixture hands to mailfront is one mailfront must never log.
+  const proxyPasswords = [options.backend, ...Object.values(options.stores).map((store) => store.backend)].map((b) => b?.['proxy_password']);
+  registerSecrets([
+    options.slapd.bindPassword,
+    ADMIN_TOKEN,
+    ...(options.storeMapLdapBase ? [options.slapd.rootPassword] : []),
+    ...proxyPasswords.filter((p): p is string => typeof p === 'string'),
+  ]);
   const mailfront = await Mailfront.start(loadConfig(configFile), {
     logDestination: {
       write(line: string) {
+        writeSuiteLog(line);
         rawLogs.push(line);
         logs.push(JSON.parse(line) as Record<string, unknown>);
       },

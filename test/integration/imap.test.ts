@@ -11,7 +11,7 @@ import { ImapFlow } from 'imapflow';
 import type { ImapFlowOptions } from 'imapflow';
 import { LineClient, startCyrus, startDovecot, startSlapd } from './servers/index.js';
 import type { Cyrus, Dovecot, Slapd } from './servers/index.js';
-import { makeMessage, startFront, waitForLog } from './front.js';
+import { makeMessage, registerSecrets, startFront, waitForLog } from './front.js';
 import type { Front, StoreSpec } from './front.js';
 
 const PASSWORDS = {
@@ -23,6 +23,12 @@ const PASSWORDS = {
 };
 const MASTER = { name: 'proxymaster', password: 'Master-pw-31aa' };
 const CYRUS_PROXY = { name: 'proxyadmin', password: 'Cyrus-proxy-pw-88' };
+registerSecrets([
+  ...Object.values(PASSWORDS),
+  MASTER.password,
+  CYRUS_PROXY.password,
+  ...Object.entries(PASSWORDS).map(([user, pw]) => Buffer.from(`\0${user}\0${pw}`).toString('base64')),
+]);
 
 let slapd: Slapd;
 let alphaMaster: Dovecot;

@@ -42,7 +42,9 @@ function exerciseEveryHelper(metrics: Metrics): void {
   record('storeMapRejected', () => metrics.storeMapRejected());
   record('slotHealth', () => metrics.slotHealth('store1', 'slot102', false));
   record('failover', () => metrics.failover('store1'));
-  record('throttleBackend', () => metrics.throttleBackend('store1', true));
+  record('throttleRedis', () => metrics.throttleRedis(false));
+  record('throttleRefusal', () => metrics.throttleRefusal('address'));
+  record('connectionRefused', () => metrics.connectionRefused('user'));
   record('configReloaded', () => metrics.configReloaded('failure'));
   record('proxyHeader', () => metrics.proxyHeader('imap', 'untrusted'));
   record('clientIdAddress', () => metrics.clientIdAddress(true));

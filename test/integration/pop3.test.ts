@@ -14,13 +14,19 @@ import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { LineClient, repoRoot, startCyrus, startDovecot, startSlapd } from './servers/index.js';
 import type { Cyrus, Dovecot, Slapd } from './servers/index.js';
-import { makeMessage, startFront, waitForLog } from './front.js';
+import { makeMessage, registerSecrets, startFront, waitForLog } from './front.js';
 import type { Front } from './front.js';
 
 const run = promisify(execFile);
 const PASSWORDS = { alice: 'Alice-pop-4411', bob: 'Bob-pop-7d2e', carol: 'Carol-pop-90fa', lena: 'Lena-pop-1c1c' };
 const MASTER = { name: 'popmaster', password: 'Master-pop-5b5b' };
 const CYRUS_PROXY = { name: 'proxyadmin', password: 'Cyrus-pop-proxy-66' };
+registerSecrets([
+  ...Object.values(PASSWORDS),
+  MASTER.password,
+  CYRUS_PROXY.password,
+  ...Object.entries(PASSWORDS).map(([user, pw]) => Buffer.from(`\0${user}\0${pw}`).toString('base64')),
+]);
 
 let slapd: Slapd;
 let alpha: Dovecot;

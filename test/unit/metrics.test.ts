@@ -104,7 +104,6 @@ describe('metrics', () => {
     ]));
     metrics.slotHealth('store1', 'slot102', false);
     metrics.slotHealth('store2', 'slot201', true);
-    metrics.throttleBackend('store2', true);
     assert.equal(await value(metrics, 'mailfront_store_map_version'), 1);
     assert.equal(await value(metrics, 'mailfront_store_map_last_load_success'), 1);
     assert.equal(await value(metrics, 'mailfront_slot_current_master', { store: 'store2', slot: 'slot202' }), 1);

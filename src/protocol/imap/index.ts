@@ -19,4 +19,6 @@ export const imapAdapter: ProtocolAdapter = Object.freeze({
   // (RFC 5530) tells the client to come back, and the store's new master will answer it.
   drainNotice: (text) => `* BYE [UNAVAILABLE] ${safeText(text)}\r\n`,
   createResponseTracker: () => new ImapResponseBoundary(),
+  // RFC 5530: [UNAVAILABLE] for a temporary server-side condition, [LIMIT] for a per-client one.
+  connectionRefusal: (limit, text) => `* BYE [${limit === 'total' ? 'UNAVAILABLE' : 'LIMIT'}] ${safeText(text)}\r\n`,
 } satisfies ProtocolAdapter);

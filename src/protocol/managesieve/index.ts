@@ -20,6 +20,7 @@ export const managesieveAdapter: ProtocolAdapter = Object.freeze({
   // store's new master answers the reconnect. Written only between responses (the tracker).
   drainNotice: (text) => `BYE (TRYLATER) ${sieveString(oneLineText(text), 'server')}\r\n`,
   createResponseTracker: () => new ManageSieveResponseBoundary(),
+  connectionRefusal: (_limit, text) => `BYE (TRYLATER) ${sieveString(oneLineText(text), 'server')}\r\n`,
 } satisfies ProtocolAdapter);
 
 export { ManageSievePreauth, PREAUTH_SIEVE_EXTENSIONS } from './preauth.js';

@@ -16,6 +16,8 @@ export const pop3Adapter: ProtocolAdapter = Object.freeze({
   // A line inserted into a spliced POP3 stream could land inside a multi-line RETR response
   // and corrupt a message; the connection is just closed.
   drainNotice: () => null,
+  // RFC 3206 has no per-client limit code; SYS/TEMP says "try again later" either way.
+  connectionRefusal: (_limit, text) => `-ERR [SYS/TEMP] ${text.replace(/[\r\n\0]/g, ' ')}\r\n`,
 } satisfies ProtocolAdapter);
 
 export { Pop3Preauth, type Pop3PreauthState } from './preauth.js';

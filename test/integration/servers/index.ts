@@ -7,5 +7,6 @@ export * from './haproxy.js';
 export * from './lineclient.js';
 export * from './ports.js';
 export * from './process.js';
+export * from './redis.js';
 export * from './slapd.js';
 export * from './tmp.js';

@@ -10,6 +10,8 @@ export interface LineClientOptions {
   readonly tls?: { readonly ca?: string | Buffer; readonly servername?: string; readonly rejectUnauthorized?: boolean };
   /** Per-read deadline (default 10 s). */
   readonly timeoutMs?: number;
+  /** Connect from this loopback address (127.0.0.0/8), to look like another client. */
+  readonly localAddress?: string;
 }
 
 export type ImapStatus = 'OK' | 'NO' | 'BAD';
@@ -65,11 +67,12 @@ export class LineClient {
         ? tlsConnect({
             host,
             port,
+            ...(options.localAddress !== undefined ? { localAddress: options.localAddress } : {}),
             servername: tls.servername ?? 'localhost',
             rejectUnauthorized: tls.rejectUnauthorized ?? true,
             ...(tls.ca !== undefined ? { ca: tls.ca } : {}),
           })
-        : netConnect({ host, port });
+        : netConnect({ host, port, ...(options.localAddress !== undefined ? { localAddress: options.localAddress } : {}) });
       const timer = setTimeout(() => {
         socket.destroy();
         reject(new Error(`connect ${host}:${port} timed out`));

@@ -1,0 +1,175 @@
+/**
+ * Abuse limits through a running mailfront (real slapd and Dovecot): auth-failure throttling
+ * for IMAP and POP3 alike (growing delay, refusal past the threshold, the same wrong password
+ * not counted twice, trusted webmail exempt per address but not per user, counters shared
+ * through a real Redis by two instances and local fallback when Redis stops), and connection
+ * limits in total, per address and per user, each with its own answer.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { LineClient, startDovecot, startRedis, startSlapd } from './servers/index.js';
+import type { Dovecot, Redis, Slapd } from './servers/index.js';
+import { startFront, waitForLog } from './front.js';
+import type { Front } from './front.js';
+
+const PASSWORD = 'Limits-pw-3b9e';
+let slapd: Slapd;
+let dovecot: Dovecot;
+let redis: Redis;
+
+const stores = () => ({ alpha: { currentMaster: 's1', slots: { s1: { imapPort: dovecot.imapPort, pop3Port: dovecot.pop3Port } } } });
+const THROTTLE = { enabled: true, base_delay_ms: 200, max_delay_ms: 800, failures_per_user: 4, failures_per_address: 6, refusal_ms: 60_000 };
+
+before(async () => {
+  const users = ['tina', 'tom', 'ted', 'una', 'uwe', 'val', 'vic', 'wes'];
+  slapd = await startSlapd({ users: users.map((uid) => ({ uid, password: PASSWORD, store: 'alpha' })) });
+  dovecot = await startDovecot({ name: 'limits', users: users.map((name) => ({ name, password: PASSWORD })) });
+  redis = await startRedis();
+});
+after(async () => {
+  await Promise.all([slapd?.stop(), dovecot?.stop(), redis?.stop()]);
+});
+
+async function imapLogin(front: Front, user: string, password: string, localAddress = '127.0.0.1'): Promise<{ line: string; ms: number }> {
+  const raw = await LineClient.connect(front.imapTrustedPort, { localAddress });
+  try {
+    await raw.readLine();
+    const started = Date.now();
+    raw.send(`t1 LOGIN ${user} ${password}`);
+    const line = await raw.readLine(10_000);
+    return { line, ms: Date.now() - started };
+  } finally {
+    raw.close();
+  }
+}
+
+async function pop3Login(front: Front, user: string, password: string, localAddress = '127.0.0.1'): Promise<string> {
+  const raw = await LineClient.connect(front.pop3TrustedPort, { localAddress });
+  try {
+    await raw.readLine();
+    raw.send(`USER ${user}`);
+    await raw.readLine();
+    raw.send(`PASS ${password}`);
+    return await raw.readLine(10_000);
+  } finally {
+    raw.close();
+  }
+}
+
+describe('auth-failure throttling', () => {
+  let front: Front;
+  before(async () => {
+    front = await startFront({ slapd, stores: stores(), throttle: THROTTLE, trustedNetworks: ['127.0.0.9/32'], session: { auth_failure_delay_ms: 100 } });
+  });
+  after(async () => {
+    await front?.stop();
+  });
+
+  test('failures add a growing delay; the same wrong password does not grow it; past the threshold logins are refused', async () => {
+    const first = await imapLogin(front, 'tina', 'wrong-1');
+    const second = await imapLogin(front, 'tina', 'wrong-2');
+    const third = await imapLogin(front, 'tina', 'wrong-3');
+    assert.equal(first.line, 't1 NO [AUTHENTICATIONFAILED] Authentication failed.');
+    assert.ok(second.ms > first.ms + 100 && third.ms > second.ms + 100, `delays ${first.ms}, ${second.ms}, ${third.ms} ms do not grow`);
+    const repeated = await imapLogin(front, 'tina', 'wrong-3');
+    assert.ok(repeated.ms < third.ms + 150, `repeating a wrong password grew the delay: ${third.ms} → ${repeated.ms} ms`);
+    await imapLogin(front, 'tina', 'wrong-4');
+    // Four distinct wrong passwords: tina is refused now, even with the right one, for IMAP and POP3 alike.
+    assert.match((await imapLogin(front, 'tina', PASSWORD)).line, /^t1 NO \[LIMIT\] /);
+    assert.match(await pop3Login(front, 'tina', PASSWORD), /^-ERR \[SYS\/TEMP\] /);
+    await waitForLog(front, (l) => l['event'] === 'session.login_failed' && l['code'] === 'THROTTLED');
+    // Another user from the same address still gets in: the address is below its own threshold.
+    assert.match((await imapLogin(front, 'tom', PASSWORD)).line, /^t1 OK /);
+  });
+
+  test('an address past its threshold is refused for every user; the trusted webmail network is exempt per address', async () => {
+    for (const [i, user] of ['una', 'uwe', 'val', 'vic', 'wes', 'una'].entries()) await pop3Login(front, user, `bad-${i}`, '127.0.0.7');
+    assert.match((await imapLogin(front, 'ted', PASSWORD, '127.0.0.7')).line, /^t1 NO \[LIMIT\] /);
+    for (const [i, user] of ['una', 'uwe', 'val', 'vic', 'wes', 'uwe', 'val'].entries()) await pop3Login(front, user, `bad-webmail-${i}`, '127.0.0.9');
+    assert.match((await imapLogin(front, 'ted', PASSWORD, '127.0.0.9')).line, /^t1 OK /);
+  });
+});
+
+describe('throttle counters shared through Redis', () => {
+  let one: Front;
+  let two: Front;
+  before(async () => {
+    const throttle = { ...THROTTLE, base_delay_ms: 0, max_delay_ms: 0, redis: { url: redis.url, timeout_ms: 200 } };
+    one = await startFront({ slapd, stores: stores(), throttle, session: { auth_failure_delay_ms: 50 } });
+    two = await startFront({ slapd, stores: stores(), throttle, session: { auth_failure_delay_ms: 50 } });
+    await new Promise((r) => setTimeout(r, 300));
+  });
+  after(async () => {
+    await one?.stop();
+    await two?.stop();
+  });
+
+  test('failures counted on one instance refuse the user on the other', async () => {
+    for (const i of [1, 2]) await imapLogin(one, 'val', `shared-${i}`);
+    for (const i of [3, 4]) await imapLogin(two, 'val', `shared-${i}`);
+    assert.match((await imapLogin(one, 'val', PASSWORD)).line, /^t1 NO \[LIMIT\] /);
+    assert.match((await imapLogin(two, 'val', PASSWORD)).line, /^t1 NO \[LIMIT\] /);
+  });
+
+  test('with Redis down, logins go on with local counters, and logs and metrics say so', async () => {
+    await redis.stopOnly();
+    try {
+      assert.match((await imapLogin(one, 'vic', PASSWORD)).line, /^t1 OK /);
+      await waitForLog(one, (l) => l['component'] === 'throttle' && l['level'] === 'warn');
+      const { port } = one.mailfront.httpAddress()!;
+      assert.match(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text(), /^mailfront_throttle_redis_up 0$/m);
+    } finally {
+      await redis.startAgain();
+    }
+  });
+});
+
+describe('connection limits', () => {
+  let front: Front;
+  before(async () => {
+    front = await startFront({ slapd, stores: stores(), connectionLimits: { max_connections: 6, max_connections_per_address: 3, max_sessions_per_user: 1 } });
+  });
+  after(async () => {
+    await front?.stop();
+  });
+
+  test('per address: the next connection gets BYE [LIMIT] (IMAP) / -ERR [SYS/TEMP] (POP3)', async () => {
+    const held = await Promise.all([1, 2, 3].map(() => LineClient.connect(front.imapTrustedPort, { localAddress: '127.0.0.4' })));
+    try {
+      for (const c of held) await c.readLine();
+      const imap = await LineClient.connect(front.imapTrustedPort, { localAddress: '127.0.0.4' });
+      assert.match(await imap.readLine(), /^\* BYE \[LIMIT\] /);
+      imap.close();
+      const pop3 = await LineClient.connect(front.pop3TrustedPort, { localAddress: '127.0.0.4' });
+      assert.match(await pop3.readLine(), /^-ERR \[SYS\/TEMP\] /);
+      pop3.close();
+    } finally {
+      for (const c of held) c.close();
+    }
+  });
+
+  test('in total: BYE [UNAVAILABLE]; per user: a second session gets NO [LIMIT]', async () => {
+    await new Promise((r) => setTimeout(r, 200));
+    const held = await Promise.all(['127.0.0.21', '127.0.0.22', '127.0.0.23', '127.0.0.24', '127.0.0.25', '127.0.0.26'].map((a) => LineClient.connect(front.imapTrustedPort, { localAddress: a })));
+    try {
+      for (const c of held) await c.readLine();
+      const extra = await LineClient.connect(front.imapTrustedPort, { localAddress: '127.0.0.27' });
+      assert.match(await extra.readLine(), /^\* BYE \[UNAVAILABLE\] /);
+      extra.close();
+    } finally {
+      for (const c of held) c.close();
+    }
+    await new Promise((r) => setTimeout(r, 200));
+    const first = await LineClient.connect(front.imapTrustedPort);
+    try {
+      await first.readLine();
+      first.send(`a LOGIN wes ${PASSWORD}`);
+      assert.match(await first.readLine(), /^a OK /);
+      assert.match((await imapLogin(front, 'wes', PASSWORD)).line, /^t1 NO \[LIMIT\] /);
+    } finally {
+      first.close();
+    }
+    await new Promise((r) => setTimeout(r, 200));
+    assert.match((await imapLogin(front, 'wes', PASSWORD)).line, /^t1 OK /);
+  });
+});

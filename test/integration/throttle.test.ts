@@ -1,0 +1,199 @@
+/**
+ * The throttle against a real redis-server: two instances sharing Redis see each other's
+ * failures; Redis stopped or hung → local counters, one warning, a state callback, and every
+ * call within its deadline; Redis back → shared again. Also what Redis holds: no passwords,
+ * and every key expires.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { createClient } from '@redis/client';
+import { pino } from 'pino';
+import { Throttle } from '../../src/auth/throttle.js';
+import type { LoginAttempt, RedisState } from '../../src/auth/throttle.js';
+import type { ThrottleConfig } from '../../src/auth/throttle-config.js';
+import { startRedis } from './servers/index.js';
+import type { Redis } from './servers/index.js';
+
+// Generous for a loaded CI machine; a hung Redis still shows as calls returning in this time.
+const TIMEOUT_MS = 400;
+const RETRY_MS = 200;
+const WRONG_PASSWORDS = Array.from({ length: 12 }, (_, i) => `Wrong-pw-${i}-a81f`);
+
+let redis: Redis;
+
+before(async () => {
+  redis = await startRedis();
+});
+
+after(async () => {
+  await redis?.stop();
+});
+
+interface Instance {
+  readonly throttle: Throttle;
+  readonly lines: Record<string, unknown>[];
+  readonly states: RedisState[];
+}
+
+const open: Throttle[] = [];
+
+async function instance(prefix: string, fingerprintKey?: Uint8Array): Promise<Instance> {
+  const config: ThrottleConfig = {
+    enabled: true,
+    baseDelayMs: 100,
+    maxDelayMs: 1_600,
+    failuresPerUser: 5,
+    failuresPerAddress: 8,
+    failureWindowMs: 60_000,
+    refusalMs: 30_000,
+    maxTrackedSubjects: 10_000,
+    redis: { url: redis.url, keyPrefix: prefix, timeoutMs: TIMEOUT_MS },
+  };
+  const lines: Record<string, unknown>[] = [];
+  const states: RedisState[] = [];
+  const log = pino({ level: 'debug' }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
+  const throttle = Throttle.fromConfig(config, log, { onRedisState: (s) => states.push(s), retryIntervalMs: RETRY_MS, ...(fingerprintKey ? { fingerprintKey } : {}) });
+  open.push(throttle);
+  await throttle.ready();
+  await until('the first connection to Redis', () => throttle.sharing === 'up');
+  return { throttle, lines, states };
+}
+
+after(async () => {
+  await Promise.all(open.map((t) => t.close()));
+});
+
+const from = (user: string, address: string): LoginAttempt => ({ user, address, trusted: false });
+
+async function until(what: string, predicate: () => boolean, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function redisStateLines(lines: readonly Record<string, unknown>[]): string[] {
+  return lines.filter((l) => l['event'] === 'throttle.redis_state').map((l) => `${String(l['level'])} ${String(l['state'])}`);
+}
+
+describe('throttle counters shared through Redis', () => {
+  test('two instances see each other\'s failures, per user and per address', async () => {
+    const a = await instance('t1:');
+    const b = await instance('t1:');
+    assert.equal(a.throttle.sharing, 'up');
+    for (let i = 0; i < 4; i++) await a.throttle.recordFailure(from('alice', '192.0.2.1'), WRONG_PASSWORDS[i] ?? '');
+    const seenByB = await b.throttle.check(from('alice', '198.51.100.1'));
+    assert.equal(seenByB.refused, false);
+    assert.equal(seenByB.delayMs, 800, 'B sees the four failures A counted');
+    const fifth = await b.throttle.recordFailure(from('alice', '198.51.100.1'), WRONG_PASSWORDS[4] ?? '');
+    assert.equal(fifth.refused, true);
+    assert.equal(fifth.refusedBy, 'user');
+    assert.equal((await a.throttle.check(from('alice', '203.0.113.1'))).refused, true, 'A refuses alice too');
+
+    for (let i = 0; i < 8; i++) await b.throttle.recordFailure(from(`sprayed${i}`, '192.0.2.50'), 'Spring2025!');
+    const address = await a.throttle.check(from('bob', '192.0.2.50'));
+    assert.equal(address.refused, true);
+    assert.equal(address.refusedBy, 'address');
+    assert.deepEqual(redisStateLines(a.lines), ['30 up'], 'one info line when Redis was reached');
+  });
+
+  test('with a fleet-wide fingerprint key, one wrong password counts once across instances', async () => {
+    const key = new Uint8Array(32).fill(3);
+    const a = await instance('t2:', key);
+    const b = await instance('t2:', key);
+    await a.throttle.recordFailure(from('carol', '192.0.2.2'), 'stale-password');
+    const again = await b.throttle.recordFailure(from('carol', '192.0.2.3'), 'stale-password');
+    assert.equal(again.delayMs, 100, 'still one failure');
+    const other = await instance('t2:');
+    assert.equal((await other.throttle.recordFailure(from('carol', '192.0.2.3'), 'stale-password')).delayMs, 200, 'a per-process key counts it again, once per instance');
+  });
+
+  test('Redis holds no password, and every key it holds expires', async () => {
+    const a = await instance('t3:');
+    await a.throttle.recordFailure(from('dave', '2001:db8:7:7::1'), WRONG_PASSWORDS[7] ?? '');
+    const raw = createClient({ url: redis.url });
+    raw.on('error', () => undefined);
+    await raw.connect();
+    try {
+      const keys = (await raw.sendCommand(['KEYS', 't3:*'])) as string[];
+      assert.deepEqual([...keys].sort(), ['t3:a:2001:db8:7:7::/64', 't3:u:dave']);
+      for (const key of keys) {
+        const ttl = Number(await raw.sendCommand(['PTTL', key]));
+        assert.ok(ttl > 0 && ttl <= 60_000, `${key} expires (PTTL ${ttl})`);
+        const text = JSON.stringify(await raw.sendCommand(['HGETALL', key]));
+        assert.ok(!WRONG_PASSWORDS.some((pw) => text.includes(pw) || text.includes(Buffer.from(pw).toString('base64'))), `a password in ${key}: ${text}`);
+      }
+    } finally {
+      raw.destroy();
+    }
+  });
+
+  test('Redis answering with an error: local counters answer, the connection stays, one warning', async () => {
+    const a = await instance('t6:');
+    const raw = createClient({ url: redis.url });
+    raw.on('error', () => undefined);
+    await raw.connect();
+    try {
+      await raw.sendCommand(['SET', 't6:u:henry', 'not a hash']);
+    } finally {
+      raw.destroy();
+    }
+    for (let i = 0; i < 5; i++) await a.throttle.recordFailure(from('henry', '192.0.2.20'), WRONG_PASSWORDS[i] ?? '');
+    assert.equal((await a.throttle.check(from('henry', '192.0.2.20'))).refused, true, 'counted locally');
+    assert.equal(a.throttle.sharing, 'up');
+    assert.equal(a.lines.filter((l) => l['event'] === 'throttle.redis_refused').length, 1);
+    assert.match(String(a.lines.find((l) => l['event'] === 'throttle.redis_refused')?.['reason']), /WRONGTYPE/);
+  });
+
+  test('Redis stopped: local counters answer at once, one warning; Redis back: shared again, one info line', async () => {
+    const a = await instance('t4:');
+    const b = await instance('t4:');
+    await redis.stopOnly();
+    try {
+      const started = Date.now();
+      for (let i = 0; i < 5; i++) await a.throttle.recordFailure(from('erin', '192.0.2.9'), WRONG_PASSWORDS[i] ?? '');
+      const local = await a.throttle.check(from('erin', '192.0.2.9'));
+      assert.ok(Date.now() - started < 10 * TIMEOUT_MS, 'no call waits for the dead Redis');
+      assert.equal(local.refused, true, 'A keeps throttling with its own counters');
+      assert.equal(a.throttle.sharing, 'down');
+      assert.equal((await b.throttle.check(from('erin', '192.0.2.9'))).refused, false, 'B has not seen A\'s local failures');
+      await new Promise((r) => setTimeout(r, 3 * RETRY_MS));
+      for (let i = 0; i < 20; i++) await a.throttle.check(from('erin', '192.0.2.9'));
+      assert.deepEqual(redisStateLines(a.lines), ['30 up', '40 down'], 'one warning, however many calls and retries');
+      assert.deepEqual(a.states, ['up', 'down']);
+    } finally {
+      await redis.startAgain();
+    }
+    await until('A back on Redis', () => a.throttle.sharing === 'up');
+    await until('B back on Redis', () => b.throttle.sharing === 'up');
+    assert.deepEqual(redisStateLines(a.lines), ['30 up', '40 down', '30 up']);
+    assert.match(String(a.lines.find((l) => l['event'] === 'throttle.redis_state' && l['state'] === 'up' && l['before'] === 'down')?.['msg']), /back/);
+    for (let i = 0; i < 5; i++) await a.throttle.recordFailure(from('frank', '192.0.2.10'), WRONG_PASSWORDS[i] ?? '');
+    assert.equal((await b.throttle.check(from('frank', '192.0.2.11'))).refused, true, 'shared again');
+  });
+
+  test('Redis hung (SIGSTOP): every call returns within its deadline on local counters; resumed: shared again', async () => {
+    const a = await instance('t5:');
+    await a.throttle.recordFailure(from('gina', '192.0.2.12'), WRONG_PASSWORDS[0] ?? '');
+    await redis.pause();
+    try {
+      const started = Date.now();
+      const first = await a.throttle.recordFailure(from('gina', '192.0.2.12'), WRONG_PASSWORDS[1] ?? '');
+      const firstMs = Date.now() - started;
+      assert.ok(firstMs < TIMEOUT_MS + 200, `the first call after the hang took ${firstMs} ms`);
+      assert.equal(first.delayMs, 200, 'the local counters had both failures');
+      const more = Date.now();
+      for (let i = 0; i < 20; i++) await a.throttle.check(from('gina', '192.0.2.12'));
+      assert.ok(Date.now() - more < 200, 'once Redis is known down, calls do not wait for it at all');
+      assert.equal(a.throttle.sharing, 'down');
+      // Reconnection attempts time out too, and stay quiet.
+      await new Promise((r) => setTimeout(r, 3 * (RETRY_MS + TIMEOUT_MS)));
+      assert.deepEqual(redisStateLines(a.lines), ['30 up', '40 down']);
+    } finally {
+      redis.resume();
+    }
+    await until('A back on Redis', () => a.throttle.sharing === 'up');
+    assert.deepEqual(a.states, ['up', 'down', 'up']);
+  });
+});

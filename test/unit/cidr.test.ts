@@ -1,0 +1,67 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { CidrSet, addressKey, parseAddress, parseCidr } from '../../src/net/cidr.js';
+
+test('IPv4 blocks match IPv4 and IPv4-mapped IPv6 clients', () => {
+  const set = new CidrSet(['10.0.0.0/8', '192.0.2.128/25', '198.51.100.7']);
+  assert.equal(set.contains('10.200.3.4'), true);
+  assert.equal(set.contains('::ffff:10.200.3.4'), true);
+  assert.equal(set.contains('::FFFF:10.0.0.1'), true);
+  assert.equal(set.contains('::ffff:a00:1'), true, 'the mapped address written in hex');
+  assert.equal(set.contains('11.0.0.1'), false);
+  assert.equal(set.contains('192.0.2.127'), false);
+  assert.equal(set.contains('192.0.2.128'), true);
+  assert.equal(set.contains('192.0.2.255'), true);
+  assert.equal(set.contains('198.51.100.7'), true);
+  assert.equal(set.contains('198.51.100.8'), false);
+  // An IPv4 rule must not match IPv6 addresses that merely end in the same bytes.
+  assert.equal(set.contains('::10.200.3.4'), false);
+  assert.equal(set.contains('64:ff9b::10.200.3.4'), false);
+});
+
+test('IPv6 blocks, compressed forms, zone ids and non-byte prefix lengths', () => {
+  const set = new CidrSet(['2001:db8::/32', 'fd00:1:2::/47', '::1']);
+  assert.equal(set.contains('2001:db8:ffff::1'), true);
+  assert.equal(set.contains('2001:0db8:0000:0000:0000:0000:0000:0001'), true);
+  assert.equal(set.contains('2001:db9::1'), false);
+  assert.equal(set.contains('fd00:1:2::1'), true);
+  assert.equal(set.contains('fd00:1:3:ffff::1'), true, '/47 covers fd00:1:2:: to fd00:1:3:ffff:…');
+  assert.equal(set.contains('fd00:1:4::1'), false);
+  assert.equal(set.contains('::1'), true);
+  assert.equal(set.contains('::2'), false);
+  assert.equal(set.contains('fe80::1%eth0'), false);
+  assert.equal(new CidrSet(['fe80::/10']).contains('fe80::1%eth0'), true);
+  assert.equal(new CidrSet(['::ffff:10.0.0.0/104']).contains('10.9.9.9'), true, 'a mapped block matches plain IPv4');
+  assert.equal(new CidrSet(['0.0.0.0/0']).contains('203.0.113.9'), true);
+  assert.equal(new CidrSet(['0.0.0.0/0']).contains('2001:db8::1'), false, 'IPv4 "everything" is not IPv6 everything');
+  assert.equal(new CidrSet(['::/0']).contains('2001:db8::1'), true);
+});
+
+test('anything that is not an address never matches and never throws', () => {
+  const set = new CidrSet(['0.0.0.0/0', '::/0']);
+  for (const junk of ['', 'unknown', 'localhost', '1.2.3', '1.2.3.4.5', '01.2.3.4', '1.2.3.256', ':::', '1::2::3', 'g::1', '::ffff:1.2.3.999']) {
+    assert.equal(set.contains(junk), false, junk);
+    assert.equal(parseAddress(junk), null, junk);
+  }
+});
+
+test('config blocks: typos and host bits are refused', () => {
+  for (const bad of ['10.0.0.1/8', '10.0.0.0/33', '2001:db8::1/32', '2001:db8::/129', '10.0.0.0/', '10.0.0.0/-1', '10.0.0.0/08x', 'example.org/24', 'fe80::%eth0/64', '']) {
+    assert.equal(parseCidr(bad), null, bad);
+  }
+  assert.equal(parseCidr('10.0.0.0/8')?.prefixBits, 104);
+  assert.equal(parseCidr('2001:db8::/32')?.prefixBits, 32);
+  assert.equal(parseCidr('192.0.2.1')?.prefixBits, 128);
+  assert.throws(() => new CidrSet(['10.0.0.1/8']), /not an address block/);
+});
+
+test('address keys: IPv4 as is (also when mapped), IPv6 by its /64', () => {
+  assert.equal(addressKey('192.0.2.9'), '192.0.2.9');
+  assert.equal(addressKey('::ffff:192.0.2.9'), '192.0.2.9');
+  assert.equal(addressKey('2001:db8:1:2:aaaa:bbbb:cccc:dddd'), '2001:db8:1:2::/64');
+  assert.equal(addressKey('2001:db8:1:2::1'), addressKey('2001:0DB8:1:2:ffff::9'), 'one /64, one key');
+  assert.notEqual(addressKey('2001:db8:1:2::1'), addressKey('2001:db8:1:3::1'));
+  assert.equal(addressKey('2001:db8::1', 128), '2001:db8:0:0:0:0:0:1/128');
+  assert.equal(addressKey('2001:db8::1', 48), '2001:db8:0::/48');
+  assert.equal(addressKey('unknown'), 'unknown');
+});

@@ -1,0 +1,128 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import fc from 'fast-check';
+import { CONNECTION_LIMIT_DEFAULTS, ConnectionLimiter, readConnectionLimitsConfig } from '../../src/server/connection-limits.js';
+import type { ConnectionLease } from '../../src/server/connection-limits.js';
+import { IssueList } from '../../src/config/validate.js';
+
+const LIMITS = { maxConnections: 5, maxConnectionsPerAddress: 2, maxSessionsPerUser: 2 };
+
+function admitOk(limiter: ConnectionLimiter, address: string, trusted = false): ConnectionLease {
+  const admission = limiter.admit(address, trusted);
+  assert.ok(admission.admitted, `admitted ${address}`);
+  return admission.lease;
+}
+
+test('per-address limit, with IPv4-mapped and IPv6 /64 counted as one address; trusted networks exempt', () => {
+  const limiter = new ConnectionLimiter(LIMITS);
+  admitOk(limiter, '192.0.2.1');
+  admitOk(limiter, '::ffff:192.0.2.1');
+  assert.deepEqual(limiter.admit('192.0.2.1', false), { admitted: false, limit: 'address' });
+  admitOk(limiter, '2001:db8:0:1::1');
+  admitOk(limiter, '2001:db8:0:1::2');
+  assert.deepEqual(limiter.admit('2001:db8:0:1:ffff::9', false), { admitted: false, limit: 'address' });
+  assert.equal(limiter.connectionsFrom('::ffff:192.0.2.1'), 2);
+  const webmail = admitOk(limiter, '192.0.2.1', true);
+  assert.equal(limiter.connections, 5);
+  // The total applies to trusted addresses too.
+  assert.deepEqual(limiter.admit('10.0.0.1', true), { admitted: false, limit: 'total' });
+  webmail.release();
+  admitOk(limiter, '10.0.0.1', true);
+});
+
+test('per-user sessions: claimed after login, released with the connection, a failed claim holds nothing', () => {
+  const limiter = new ConnectionLimiter(LIMITS);
+  const a = admitOk(limiter, '192.0.2.1');
+  const b = admitOk(limiter, '192.0.2.2');
+  const c = admitOk(limiter, '192.0.2.3');
+  assert.equal(a.claimUser('alice'), true);
+  assert.equal(b.claimUser('alice'), true);
+  assert.equal(c.claimUser('alice'), false, 'third session of alice');
+  assert.equal(c.user, undefined);
+  assert.equal(limiter.sessionsOf('alice'), 2);
+  assert.equal(c.claimUser('bob'), true, 'the refused lease can still log in as someone else');
+  a.releaseUser();
+  a.releaseUser();
+  assert.equal(limiter.sessionsOf('alice'), 1);
+  assert.equal(a.claimUser('alice'), true);
+  assert.equal(a.claimUser('alice'), true, 'claiming the same user again counts once');
+  assert.equal(limiter.sessionsOf('alice'), 2);
+  assert.equal(a.claimUser('carol'), true, 'a new claim replaces the old one');
+  assert.equal(limiter.sessionsOf('alice'), 1);
+  for (const lease of [a, b, c, a, b, c]) lease.release();
+  assert.equal(limiter.connections, 0);
+  assert.deepEqual(limiter.tracked, { addresses: 0, users: 0 });
+  assert.equal(a.claimUser('dave'), false, 'a released lease claims nothing');
+  assert.equal(limiter.sessionsOf('dave'), 0);
+});
+
+test('new limits apply to new connections; held leases stay valid', () => {
+  const limiter = new ConnectionLimiter(LIMITS);
+  const held = [admitOk(limiter, '192.0.2.1'), admitOk(limiter, '192.0.2.1')];
+  limiter.setLimits({ ...LIMITS, maxConnectionsPerAddress: 1 });
+  assert.equal(limiter.admit('192.0.2.1', false).admitted, false);
+  held[0]?.release();
+  assert.equal(limiter.admit('192.0.2.1', false).admitted, false, 'still one held, the new limit is one');
+  held[1]?.release();
+  assert.equal(limiter.admit('192.0.2.1', false).admitted, true);
+});
+
+test('any interleaving of admits, claims and releases (released twice or more) keeps exact counts and leaks nothing', () => {
+  type Op = { kind: 'admit'; address: number; trusted: boolean } | { kind: 'claim'; lease: number; user: number } | { kind: 'releaseUser'; lease: number } | { kind: 'release'; lease: number };
+  const op: fc.Arbitrary<Op> = fc.oneof(
+    fc.record({ kind: fc.constant('admit' as const), address: fc.nat(4), trusted: fc.boolean() }),
+    fc.record({ kind: fc.constant('claim' as const), lease: fc.nat(30), user: fc.nat(3) }),
+    fc.record({ kind: fc.constant('releaseUser' as const), lease: fc.nat(30) }),
+    fc.record({ kind: fc.constant('release' as const), lease: fc.nat(30) }),
+  );
+  fc.assert(
+    fc.property(fc.array(op, { maxLength: 200 }), (ops) => {
+      const limiter = new ConnectionLimiter({ maxConnections: 8, maxConnectionsPerAddress: 3, maxSessionsPerUser: 2 });
+      const leases: { lease: ConnectionLease; address: string; trusted: boolean }[] = [];
+      for (const o of ops) {
+        if (o.kind === 'admit') {
+          const address = `192.0.2.${o.address}`;
+          const live = leases.filter((l) => !l.lease.released);
+          const fromAddress = live.filter((l) => l.address === address).length;
+          const admission = limiter.admit(address, o.trusted);
+          const expected = live.length >= 8 ? 'total' : !o.trusted && fromAddress >= 3 ? 'address' : 'ok';
+          assert.equal(admission.admitted ? 'ok' : admission.limit, expected);
+          if (admission.admitted) leases.push({ lease: admission.lease, address, trusted: o.trusted });
+          continue;
+        }
+        const entry = leases[o.lease];
+        if (entry === undefined) continue;
+        if (o.kind === 'claim') {
+          const user = `user${o.user}`;
+          const others = leases.filter((l) => l !== entry && !l.lease.released && l.lease.user === user).length;
+          const before = entry.lease.user;
+          const expected = !entry.lease.released && (before === user || others < 2);
+          assert.equal(entry.lease.claimUser(user), expected);
+          assert.equal(entry.lease.user, expected ? user : before);
+        } else if (o.kind === 'releaseUser') entry.lease.releaseUser();
+        else entry.lease.release();
+        const live = leases.filter((l) => !l.lease.released);
+        assert.equal(limiter.connections, live.length);
+        for (let u = 0; u < 4; u++) assert.equal(limiter.sessionsOf(`user${u}`), live.filter((l) => l.lease.user === `user${u}`).length);
+      }
+      for (const l of leases) l.lease.release();
+      assert.equal(limiter.connections, 0);
+      assert.deepEqual(limiter.tracked, { addresses: 0, users: 0 });
+    }),
+    { numRuns: 300 },
+  );
+});
+
+test('config: defaults, values and mistakes', () => {
+  const issues = new IssueList();
+  assert.deepEqual(readConnectionLimitsConfig(undefined, 'connection_limits', issues), CONNECTION_LIMIT_DEFAULTS);
+  assert.deepEqual(readConnectionLimitsConfig({ max_connections: 50, max_connections_per_address: 5, max_sessions_per_user: 3 }, 'connection_limits', issues), {
+    maxConnections: 50,
+    maxConnectionsPerAddress: 5,
+    maxSessionsPerUser: 3,
+  });
+  assert.deepEqual(issues.issues, []);
+  const bad = new IssueList();
+  readConnectionLimitsConfig({ max_connections: 0, max_sessions_per_user: 'many', per_ip: 3 }, 'connection_limits', bad);
+  assert.deepEqual(bad.issues.map((i) => i.path).sort(), ['connection_limits.max_connections', 'connection_limits.max_sessions_per_user', 'connection_limits.per_ip']);
+});

@@ -1,0 +1,291 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { pino } from 'pino';
+import { MemoryThrottleStore, Throttle, FINGERPRINTS_KEPT } from '../../src/auth/throttle.js';
+import type { FailurePolicy, LoginAttempt, SubjectLimit, SubjectState, ThrottleStore } from '../../src/auth/throttle.js';
+import { THROTTLE_DEFAULTS, readThrottleConfig } from '../../src/auth/throttle-config.js';
+import type { ThrottleConfig } from '../../src/auth/throttle-config.js';
+import { IssueList } from '../../src/config/validate.js';
+
+const CONFIG: ThrottleConfig = {
+  enabled: true,
+  baseDelayMs: 1_000,
+  maxDelayMs: 8_000,
+  failuresPerUser: 5,
+  failuresPerAddress: 8,
+  failureWindowMs: 60_000,
+  refusalMs: 30_000,
+  maxTrackedSubjects: 1_000,
+};
+
+function setup(config: Partial<ThrottleConfig> = {}): { throttle: Throttle; store: MemoryThrottleStore; clock: { now: number }; lines: Record<string, unknown>[] } {
+  const merged = { ...CONFIG, ...config };
+  const clock = { now: 1_000_000 };
+  const policy: FailurePolicy = { failureWindowMs: merged.failureWindowMs, refusalMs: merged.refusalMs, fingerprintsKept: FINGERPRINTS_KEPT };
+  const store = new MemoryThrottleStore(policy, merged.maxTrackedSubjects, () => clock.now);
+  const lines: Record<string, unknown>[] = [];
+  const log = pino({ level: 'debug' }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
+  return { throttle: new Throttle(merged, store, { log }), store, clock, lines };
+}
+
+// A real collection before each heap reading, even without --expose-gc on the command line.
+setFlagsFromString('--expose-gc');
+const collect = runInNewContext('gc') as () => void;
+
+const from = (user: string | null, address = '192.0.2.10', trusted = false): LoginAttempt => ({ user, address, trusted });
+
+test('each distinct wrong password doubles the penalty, up to the cap', async () => {
+  const { throttle } = setup();
+  assert.deepEqual(await throttle.check(from('alice')), { refused: false, refusedForMs: 0, delayMs: 0 });
+  const delays: number[] = [];
+  for (let i = 1; i <= 4; i++) delays.push((await throttle.recordFailure(from('alice'), `wrong-${i}`)).delayMs);
+  assert.deepEqual(delays, [1_000, 2_000, 4_000, 8_000]);
+  assert.equal((await throttle.check(from('alice'))).delayMs, 8_000, 'check reports the penalty earned so far');
+  assert.equal(throttle.delayFor(1_000), 8_000, 'no overflow for huge counts');
+  assert.equal(throttle.delayFor(0), 0);
+});
+
+test('the same wrong password tried again does not grow the penalty or the count', async () => {
+  const { throttle } = setup();
+  for (let i = 0; i < 20; i++) {
+    const verdict = await throttle.recordFailure(from('alice'), 'stale-password');
+    assert.equal(verdict.delayMs, 1_000);
+    assert.equal(verdict.refused, false);
+  }
+  assert.equal((await throttle.recordFailure(from('alice'), 'another')).delayMs, 2_000);
+  // Still remembered after another one came in between (a client cycling two stale passwords).
+  assert.equal((await throttle.recordFailure(from('alice'), 'stale-password')).delayMs, 2_000);
+});
+
+test('the limit per user refuses logins for the refusal time, also from other addresses', async () => {
+  const { throttle, clock, lines } = setup();
+  for (let i = 1; i < CONFIG.failuresPerUser; i++) {
+    assert.equal((await throttle.recordFailure(from('alice', `198.51.100.${i}`), `guess-${i}`)).refused, false);
+  }
+  const last = await throttle.recordFailure(from('alice', '198.51.100.99'), 'guess-last');
+  assert.equal(last.refused, true);
+  assert.equal(last.refusedBy, 'user');
+  assert.equal(last.refusedForMs, CONFIG.refusalMs);
+  const fromElsewhere = await throttle.check(from('alice', '203.0.113.5'));
+  assert.equal(fromElsewhere.refused, true);
+  assert.equal(fromElsewhere.refusedBy, 'user');
+  assert.equal((await throttle.check(from('bob', '203.0.113.5'))).refused, false, 'other users are not affected');
+  const logged = lines.find((l) => l['event'] === 'throttle.refusing');
+  assert.equal(logged?.['by'], 'user');
+  assert.equal(logged?.['user'], 'alice');
+  assert.ok(!JSON.stringify(lines).includes('guess-'), 'no password in the log');
+
+  clock.now += CONFIG.refusalMs - 1;
+  assert.equal((await throttle.check(from('alice'))).refused, true);
+  clock.now += 1;
+  const after = await throttle.check(from('alice'));
+  assert.equal(after.refused, false, 'the refusal ends');
+  assert.equal(after.delayMs, CONFIG.maxDelayMs, 'the count is still remembered within the window');
+  // One more distinct failure within the window refuses again at once.
+  assert.equal((await throttle.recordFailure(from('alice'), 'guess-again')).refused, true);
+});
+
+test('failures are forgotten a window after the last counted one', async () => {
+  const { throttle, clock } = setup();
+  await throttle.recordFailure(from('alice'), 'one');
+  clock.now += CONFIG.failureWindowMs - 1_000;
+  await throttle.recordFailure(from('alice'), 'two');
+  clock.now += CONFIG.failureWindowMs - 1_000;
+  assert.equal((await throttle.check(from('alice'))).delayMs, 2_000, 'the window restarted with the second failure');
+  clock.now += 2_000;
+  assert.equal((await throttle.check(from('alice'))).delayMs, 0);
+});
+
+test('the limit per address refuses every login from it; spraying one password over many users counts per user', async () => {
+  const { throttle } = setup();
+  let verdict = await throttle.check(from('x'));
+  for (let i = 1; i <= CONFIG.failuresPerAddress; i++) verdict = await throttle.recordFailure(from(`user${i}`, '192.0.2.66'), 'Summer2024!');
+  assert.equal(verdict.refused, true);
+  assert.equal(verdict.refusedBy, 'address');
+  const next = await throttle.check(from('someone-else', '192.0.2.66'));
+  assert.equal(next.refused, true);
+  assert.equal(next.refusedBy, 'address');
+  assert.equal((await throttle.check(from('someone-else', '192.0.2.67'))).refused, false);
+  assert.equal((await throttle.check(from('user1', '192.0.2.67'))).refused, false, 'one failure for user1 is far from its limit');
+});
+
+test('an IPv4-mapped address is the same address; an IPv6 /64 is one address', async () => {
+  const { throttle } = setup();
+  for (let i = 1; i <= CONFIG.failuresPerAddress; i++) {
+    const address = i % 2 === 0 ? '192.0.2.77' : '::ffff:192.0.2.77';
+    await throttle.recordFailure(from(`u${i}`, address), 'pw');
+  }
+  assert.equal((await throttle.check(from('z', '192.0.2.77'))).refused, true);
+  for (let i = 1; i <= CONFIG.failuresPerAddress; i++) await throttle.recordFailure(from(`v${i}`, `2001:db8:5:6::${i.toString(16)}`), 'pw');
+  assert.equal((await throttle.check(from('z', '2001:db8:5:6:ffff::1'))).refused, true, 'the same /64');
+  assert.equal((await throttle.check(from('z', '2001:db8:5:7::1'))).refused, false, 'the next /64');
+});
+
+test('trusted networks are not counted per address, but still per user', async () => {
+  const { throttle } = setup();
+  for (let i = 1; i <= 3 * CONFIG.failuresPerAddress; i++) {
+    const verdict = await throttle.recordFailure(from(`webmail-user${i}`, '10.0.0.5', true), `pw${i}`);
+    assert.equal(verdict.refused, false);
+  }
+  assert.equal((await throttle.check(from('fresh', '10.0.0.5', true))).refused, false);
+  for (let i = 1; i <= CONFIG.failuresPerUser; i++) await throttle.recordFailure(from('carol', '10.0.0.5', true), `guess${i}`);
+  const carol = await throttle.check(from('carol', '10.0.0.5', true));
+  assert.equal(carol.refused, true);
+  assert.equal(carol.refusedBy, 'user');
+});
+
+test('a success starts the user over but never the address', async () => {
+  const { throttle } = setup();
+  for (let i = 1; i < CONFIG.failuresPerUser; i++) await throttle.recordFailure(from('dave', '192.0.2.1'), `typo${i}`);
+  for (let i = 1; i < CONFIG.failuresPerAddress - 1; i++) await throttle.recordFailure(from(`other${i}`, '192.0.2.1'), 'x');
+  await throttle.recordSuccess(from('dave', '192.0.2.1'));
+  assert.equal((await throttle.recordFailure(from('dave', '192.0.2.2'), 'typo-again')).delayMs, 1_000, 'dave starts over');
+  // An attacker owning one mailbox cannot clear his address by logging in to it.
+  await throttle.recordSuccess(from('attackers-own', '192.0.2.1'));
+  const verdict = await throttle.recordFailure(from('victim', '192.0.2.1'), 'guess');
+  assert.equal(verdict.refused, true);
+  assert.equal(verdict.refusedBy, 'address');
+});
+
+test('an unusable user name still counts against the address', async () => {
+  const { throttle } = setup();
+  let verdict = await throttle.check(from(null));
+  for (let i = 1; i <= CONFIG.failuresPerAddress; i++) verdict = await throttle.recordFailure(from(null, '192.0.2.200'), `p${i}`);
+  assert.equal(verdict.refused, true);
+});
+
+test('disabled: never refuses, never delays, stores nothing', async () => {
+  const { throttle, store } = setup({ enabled: false });
+  for (let i = 0; i < 50; i++) assert.deepEqual(await throttle.recordFailure(from('alice'), `p${i}`), { refused: false, refusedForMs: 0, delayMs: 0 });
+  assert.equal((await throttle.check(from('alice'))).refused, false);
+  assert.equal(store.size, 0);
+});
+
+test('the store sees only a fixed-length keyed fingerprint, never the password', async () => {
+  const seen: string[] = [];
+  const spy: ThrottleStore = {
+    read: (keys) => Promise.resolve(keys.map((): SubjectState => ({ failures: 0, refusedForMs: 0 }))),
+    addFailure: (subjects: readonly SubjectLimit[], fingerprint: string) => {
+      seen.push(fingerprint, ...subjects.map((s) => s.key));
+      return Promise.resolve(subjects.map(() => ({ failures: 1, refusedForMs: 0 })));
+    },
+    clear: () => Promise.resolve(),
+    close: () => Promise.resolve(),
+  };
+  const a = new Throttle(CONFIG, spy);
+  const b = new Throttle(CONFIG, spy);
+  const password = 'Correct-Horse-Battery';
+  await a.recordFailure(from('alice'), password);
+  await a.recordFailure(from('alice'), password);
+  await a.recordFailure(from('bob'), password);
+  await b.recordFailure(from('alice'), password);
+  const [fp1, , , fp2, , , fp3, , , fp4] = seen;
+  assert.equal(fp1, fp2, 'stable within a process');
+  assert.notEqual(fp1, fp3, 'the user is part of it: one password over many users counts per user');
+  assert.notEqual(fp1, fp4, 'keyed per process');
+  for (const fp of [fp1, fp3, fp4]) assert.match(fp ?? '', /^[A-Za-z0-9_-]{16}$/);
+  assert.ok(!seen.some((s) => s.includes(password) || s.includes(Buffer.from(password).toString('base64'))));
+  const shared = new Uint8Array(32).fill(7);
+  seen.length = 0;
+  await new Throttle(CONFIG, spy, { fingerprintKey: shared }).recordFailure(from('alice'), password);
+  await new Throttle(CONFIG, spy, { fingerprintKey: shared }).recordFailure(from('alice'), password);
+  assert.equal(seen[0], seen[3], 'a shared key gives the same fingerprint on every instance');
+});
+
+test('a store that throws lets logins through rather than locking everyone out', async () => {
+  const broken: ThrottleStore = {
+    read: () => Promise.reject(new Error('boom')),
+    addFailure: () => Promise.reject(new Error('boom')),
+    clear: () => Promise.reject(new Error('boom')),
+    close: () => Promise.resolve(),
+  };
+  const throttle = new Throttle(CONFIG, broken);
+  assert.equal((await throttle.check(from('alice'))).refused, false);
+  assert.equal((await throttle.recordFailure(from('alice'), 'x')).refused, false);
+  await throttle.recordSuccess(from('alice'));
+});
+
+test('memory stays bounded while user names are sprayed: least recently used subjects go first', async (t) => {
+  const { throttle, store } = setup({ maxTrackedSubjects: 1_000, failuresPerAddress: 1_000_000 });
+  for (let i = 0; i < 20_000; i++) await throttle.recordFailure(from(`spray${i}`, '203.0.113.1'), 'pw');
+  assert.ok(store.size <= 1_000, `tracked ${store.size}`);
+  // The sprayer's own address is used all the time, so it stays tracked and keeps counting.
+  const verdict = await throttle.check(from('anyone', '203.0.113.1'));
+  assert.equal(verdict.delayMs, CONFIG.maxDelayMs);
+
+  // What a full default-sized table costs.
+  const big = setup({ maxTrackedSubjects: THROTTLE_DEFAULTS.maxTrackedSubjects, failuresPerAddress: 1_000_000 });
+  collect();
+  const before = process.memoryUsage().heapUsed;
+  for (let i = 0; i < THROTTLE_DEFAULTS.maxTrackedSubjects; i++) {
+    await big.throttle.recordFailure(from(`someone.with.a.long.name.${i}@example.org`, '10.0.0.1', true), `pw${i % 3}`);
+  }
+  collect();
+  const perSubject = (process.memoryUsage().heapUsed - before) / big.store.size;
+  t.diagnostic(`memory throttle store: ${big.store.size} subjects, about ${Math.round(perSubject)} bytes each (${Math.round((perSubject * big.store.size) / 1_048_576)} MiB)`);
+  assert.ok(perSubject < 1_024, `${perSubject} bytes per tracked subject`);
+});
+
+test('config: defaults, every key, and every mistake reported with its path', () => {
+  const issues = new IssueList();
+  const defaults = readThrottleConfig(undefined, 'throttle', issues);
+  assert.deepEqual(issues.issues, []);
+  assert.equal(defaults.enabled, true);
+  assert.equal(defaults.failuresPerUser, THROTTLE_DEFAULTS.failuresPerUser);
+  assert.equal(defaults.redis, undefined);
+
+  const full = readThrottleConfig(
+    {
+      enabled: true,
+      base_delay_ms: 500,
+      max_delay_ms: 4000,
+      failures_per_user: 3,
+      failures_per_address: 7,
+      failure_window_ms: 120000,
+      refusal_ms: 60000,
+      max_tracked: 5000,
+      redis: { url: 'redis://127.0.0.1:6379/2', username: 'mf', auth_password: 's3cret', key_prefix: 'mf:', timeout_ms: 100 },
+    },
+    'throttle',
+    issues,
+  );
+  assert.deepEqual(issues.issues, []);
+  assert.deepEqual(full, {
+    enabled: true,
+    baseDelayMs: 500,
+    maxDelayMs: 4000,
+    failuresPerUser: 3,
+    failuresPerAddress: 7,
+    failureWindowMs: 120000,
+    refusalMs: 60000,
+    maxTrackedSubjects: 5000,
+    redis: { url: 'redis://127.0.0.1:6379/2', username: 'mf', password: 's3cret', keyPrefix: 'mf:', timeoutMs: 100 },
+  });
+
+  const bad = new IssueList();
+  readThrottleConfig(
+    {
+      base_delay_ms: 5000,
+      max_delay_ms: 1000,
+      failures_per_user: 0,
+      colour: 'red',
+      redis: { url: 'redis://:hunter2@127.0.0.1:6379', timeout_ms: 0 },
+    },
+    'throttle',
+    bad,
+  );
+  const paths = bad.issues.map((i) => i.path).sort();
+  assert.deepEqual(paths, [
+    'throttle.colour',
+    'throttle.failures_per_user',
+    'throttle.max_delay_ms',
+    'throttle.redis.timeout_ms',
+    'throttle.redis.url',
+  ]);
+  assert.ok(!JSON.stringify(bad.issues).includes('hunter2'), 'the password in the URL is not echoed');
+  const notRedis = new IssueList();
+  readThrottleConfig({ redis: { url: 'http://127.0.0.1' } }, 'throttle', notRedis);
+  assert.deepEqual(notRedis.issues.map((i) => i.path), ['throttle.redis.url']);
+});

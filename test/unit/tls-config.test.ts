@@ -1,0 +1,173 @@
+import assert from 'node:assert/strict';
+import { X509Certificate } from 'node:crypto';
+import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { connect, createServer } from 'node:tls';
+import type { ConnectionOptions, SecureVersion, Server } from 'node:tls';
+import { IssueList } from '../../src/config/validate.js';
+import { MailfrontError } from '../../src/errors.js';
+import { INTERMEDIATE_CIPHERS, TLS_POLICY_DEFAULTS, TlsContextHolder, readTlsPolicy } from '../../src/server/tls-config.js';
+import { makeCerts, run } from '../integration/servers/index.js';
+import type { TestCerts } from '../integration/servers/index.js';
+
+let dir: string;
+let certs: TestCerts;
+/** The test CA's server certificate as a listener names it. */
+let files: { cert: string; key: string };
+/** A second, self-signed certificate and key (another identity). */
+let other: { cert: string; key: string };
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'mf-tls-'));
+  certs = await makeCerts(dir);
+  files = { cert: certs.certFile, key: certs.keyFile };
+  other = { cert: join(dir, 'other.crt'), key: join(dir, 'other.key') };
+  await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', other.key, '-out', other.cert, '-days', '30', '-subj', '/CN=other.test']);
+});
+
+after(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function serve(holder: TlsContextHolder): Promise<{ server: Server; port: number }> {
+  const server = createServer(holder.options, (socket) => socket.end('hello\r\n'));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  return { server, port: typeof address === 'object' && address !== null ? address.port : 0 };
+}
+
+interface Handshake {
+  readonly ok: boolean;
+  readonly protocol?: string | null;
+  readonly cipher?: string;
+  readonly fingerprint?: string;
+  readonly error?: string;
+}
+
+function handshake(port: number, options: ConnectionOptions = {}): Promise<Handshake> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port, rejectUnauthorized: false, ...options }, () => {
+      const result: Handshake = { ok: true, protocol: socket.getProtocol(), cipher: socket.getCipher().name, fingerprint: socket.getPeerCertificate().fingerprint256 };
+      socket.destroy();
+      resolve(result);
+    });
+    socket.on('error', (error) => resolve({ ok: false, error: error.message }));
+  });
+}
+
+const fingerprintOf = async (file: string): Promise<string> => new X509Certificate(await readFile(file)).fingerprint256;
+
+test('policy: safe defaults, every key, and a cipher list OpenSSL cannot use is reported', () => {
+  const issues = new IssueList();
+  assert.deepEqual(readTlsPolicy(undefined, 'tls', issues), TLS_POLICY_DEFAULTS);
+  assert.equal(TLS_POLICY_DEFAULTS.minVersion, 'TLSv1.2');
+  assert.ok(INTERMEDIATE_CIPHERS.includes('TLS_AES_128_GCM_SHA256') && !/RC4|3DES|CBC|SHA:|NULL/.test(INTERMEDIATE_CIPHERS));
+  assert.deepEqual(readTlsPolicy({ min_version: 'TLSv1.3', ciphers: 'TLS_AES_256_GCM_SHA384', honor_cipher_order: true }, 'tls', issues), {
+    minVersion: 'TLSv1.3',
+    ciphers: 'TLS_AES_256_GCM_SHA384',
+    honorCipherOrder: true,
+  });
+  assert.deepEqual(issues.issues, []);
+  const bad = new IssueList();
+  readTlsPolicy({ min_version: 'TLSv1', ciphers: 'NO-SUCH-CIPHER', colour: 1 }, 'listeners[0].tls_policy', bad);
+  assert.deepEqual(bad.issues.map((i) => i.path).sort(), ['listeners[0].tls_policy.ciphers', 'listeners[0].tls_policy.colour', 'listeners[0].tls_policy.min_version']);
+});
+
+test('the default policy: TLS 1.3 negotiated, TLS 1.1 refused, TLS 1.2 only with forward-secret AEAD suites', async () => {
+  const holder = new TlsContextHolder(files);
+  const { server, port } = await serve(holder);
+  try {
+    const modern = await handshake(port);
+    assert.equal(modern.protocol, 'TLSv1.3');
+    assert.equal(modern.fingerprint, await fingerprintOf(certs.certFile));
+    const old = await handshake(port, { minVersion: 'TLSv1', maxVersion: 'TLSv1.1' as SecureVersion });
+    assert.equal(old.ok, false);
+    const tls12 = await handshake(port, { maxVersion: 'TLSv1.2' });
+    assert.equal(tls12.protocol, 'TLSv1.2');
+    assert.match(tls12.cipher ?? '', /^ECDHE-ECDSA-(AES\d+-GCM|CHACHA20)/);
+    const weak = await handshake(port, { maxVersion: 'TLSv1.2', ciphers: 'ECDHE-ECDSA-AES128-SHA:AES128-SHA' });
+    assert.equal(weak.ok, false, 'CBC suites are not offered');
+  } finally {
+    server.close();
+  }
+});
+
+test('min_version TLSv1.3 refuses TLS 1.2 clients; honor_cipher_order picks the server order', async () => {
+  const strict = new TlsContextHolder(files, { minVersion: 'TLSv1.3', ciphers: INTERMEDIATE_CIPHERS, honorCipherOrder: false });
+  const a = await serve(strict);
+  try {
+    assert.equal((await handshake(a.port, { maxVersion: 'TLSv1.2' })).ok, false);
+    assert.equal((await handshake(a.port)).protocol, 'TLSv1.3');
+  } finally {
+    a.server.close();
+  }
+  const ordered = new TlsContextHolder(files, { minVersion: 'TLSv1.2', ciphers: 'ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256', honorCipherOrder: true });
+  const b = await serve(ordered);
+  try {
+    const result = await handshake(b.port, { maxVersion: 'TLSv1.2', ciphers: 'ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305' });
+    assert.equal(result.cipher, 'ECDHE-ECDSA-CHACHA20-POLY1305');
+  } finally {
+    b.server.close();
+  }
+});
+
+test('reload takes new files; a broken, mismatched, missing or expired one leaves the working context in force', async () => {
+  const live = { cert: join(dir, 'live.crt'), key: join(dir, 'live.key') };
+  await copyFile(certs.certFile, live.cert);
+  await copyFile(certs.keyFile, live.key);
+  let clock = Date.now();
+  const holder = new TlsContextHolder(live, TLS_POLICY_DEFAULTS, () => clock);
+  const first = holder.certificate.fingerprint256;
+  const { server, port } = await serve(holder);
+  try {
+    assert.equal((await handshake(port)).fingerprint, first);
+
+    // The new certificate with the old key: refused, the old pair stays.
+    await copyFile(other.cert, live.cert);
+    const mismatch = holder.reload();
+    assert.equal(mismatch.ok, false);
+    assert.ok(!mismatch.ok && mismatch.error instanceof MailfrontError && mismatch.error.kind === 'config');
+    assert.match(!mismatch.ok ? mismatch.error.message : '', /key values mismatch|live\.crt/);
+    assert.equal(holder.certificate.fingerprint256, first);
+
+    // Both new files: taken; new handshakes see the new certificate once the server is told.
+    await copyFile(other.key, live.key);
+    const ok = holder.reload();
+    assert.ok(ok.ok);
+    assert.equal(ok.certificate.subject, 'CN=other.test');
+    server.setSecureContext(holder.options);
+    const second = await handshake(port);
+    assert.equal(second.fingerprint, await fingerprintOf(other.cert));
+
+    for (const [what, prepare] of [
+      ['garbage', () => writeFile(live.cert, 'not a certificate\n')],
+      ['missing', () => rm(live.cert)],
+    ] as const) {
+      await prepare();
+      const result = holder.reload();
+      assert.equal(result.ok, false, what);
+      assert.equal(holder.certificate.fingerprint256, second.fingerprint, what);
+    }
+    await copyFile(other.cert, live.cert);
+    clock = Date.now() + 31 * 86_400_000;
+    const expired = holder.reload();
+    assert.ok(!expired.ok);
+    assert.match(expired.error.message, /expired/);
+    clock = Date.now();
+    assert.ok(holder.reload().ok);
+    // The context for STARTTLS is the same one.
+    assert.equal((await handshake(port)).fingerprint, second.fingerprint);
+  } finally {
+    server.close();
+  }
+});
+
+test('unusable files at start-up are a config error naming them', () => {
+  assert.throws(
+    () => new TlsContextHolder({ cert: join(dir, 'nope.crt'), key: join(dir, 'nope.key') }),
+    (error: unknown) => error instanceof MailfrontError && error.kind === 'config' && error.code === 'TLS_FILES_UNUSABLE' && /nope\.crt/.test(error.message),
+  );
+  assert.throws(() => new TlsContextHolder({ cert: certs.certFile, key: other.key }), /TLS|key values mismatch|cannot use/);
+});
