@@ -8,6 +8,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { DestinationStream } from 'pino';
 import type { Directory } from './auth/directory.js';
+import { CachingDirectory } from './auth/cache.js';
 import { LdapDirectory } from './auth/ldap.js';
 import { SlotHealthMonitor } from './backend/health.js';
 import { Throttle } from './auth/throttle.js';
@@ -49,6 +50,12 @@ export interface StartOptions {
 }
 
 const VERSION = (JSON.parse(readFileSync(join(dirname(fileURLToPath(import.meta.url)), '../../package.json'), 'utf8')) as { version: string }).version;
+
+/** The LDAP directory, behind the authentication cache when it is on. */
+function createDirectory(config: Config, log: Logger, metrics: Metrics): Directory {
+  const ldap = new LdapDirectory(config.directory, log.child({ component: 'directory' }), metrics);
+  return config.directory.authCacheTtlMs > 0 ? new CachingDirectory(ldap, config.directory.authCacheTtlMs, config.directory.cacheMaxEntries) : ldap;
+}
 
 /** A running mailfront process. */
 export class Mailfront {
@@ -95,7 +102,7 @@ export class Mailfront {
   static async start(config: Config, options: StartOptions = {}): Promise<Mailfront> {
     const log = createLogger(config.logLevel, options.logDestination);
     const metrics = new Metrics({ version: VERSION, processMetrics: options.processMetrics ?? true, protocols: [...new Set(config.listeners.map((l) => l.protocol))] });
-    const directory = options.directory ?? new LdapDirectory(config.directory, log.child({ component: 'directory' }));
+    const directory = options.directory ?? createDirectory(config, log, metrics);
     const mailfront = new Mailfront(config, log, directory, options.directory === undefined, metrics);
     try {
       const first = await mailfront.holder.reload('start');
@@ -180,7 +187,7 @@ export class Mailfront {
     }
     if (JSON.stringify(next.directory) !== JSON.stringify(this.config.directory) && this.ownsDirectory) {
       const previous = this.directory;
-      this.directory = new LdapDirectory(next.directory, this.log.child({ component: 'directory' }));
+      this.directory = createDirectory(next, this.log, this.metrics);
       void previous.close();
     }
     this.config = next;

@@ -11,6 +11,9 @@ import type { DirectoryConfig } from '../config/schema.js';
 import { MailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Directory, DirectoryUser } from './directory.js';
+import { performance } from 'node:perf_hooks';
+import { LRUCache } from 'lru-cache';
+import type { LdapOperation, LdapResult, Metrics } from '../metrics.js';
 
 /** Escapes a value for use inside an LDAP search filter (RFC 4515 §3). */
 export function escapeFilterValue(value: string): string {
@@ -58,6 +61,16 @@ function raceAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
   });
 }
 
+/** Idle user-bind connections kept per server; a bind simply replaces the previous identity. */
+const MAX_IDLE_BIND_CONNECTIONS = 16;
+
+/** How a failed LDAP call is reported in metrics. */
+function ldapResult(error: unknown): LdapResult {
+  if (error instanceof InvalidCredentialsError) return 'invalid-credentials';
+  const message = error instanceof Error ? error.message : String(error);
+  return /timeout|timed out/i.test(message) ? 'timeout' : 'error';
+}
+
 interface ServiceConnection {
   readonly url: string;
   readonly client: Client;
@@ -70,12 +83,31 @@ export class LdapDirectory implements Directory {
   private serviceOpen: ServiceConnection | null = null;
   private readonly tlsOptions: ConnectionOptions;
   private closed = false;
+  /** Idle connections for user binds, per URL (opening one per login costs a TCP and maybe a TLS handshake). */
+  private readonly bindIdle = new Map<string, Client[]>();
+  /** user → entry found by the last search, for `config.entryCacheTtlMs`. */
+  private readonly entries: LRUCache<string, { url: string; dn: string; store: string | null }> | null;
 
   constructor(
     private readonly config: DirectoryConfig,
     private readonly log: Logger,
+    private readonly metrics?: Metrics,
   ) {
     this.tlsOptions = config.caFile ? { ca: readFileSync(config.caFile), minVersion: 'TLSv1.2' } : { minVersion: 'TLSv1.2' };
+    this.entries = config.entryCacheTtlMs > 0 ? new LRUCache({ max: config.cacheMaxEntries, ttl: config.entryCacheTtlMs }) : null;
+  }
+
+  /** Times an LDAP call for metrics. */
+  private async timed<T>(operation: LdapOperation, work: () => Promise<T>): Promise<T> {
+    const started = performance.now();
+    try {
+      const result = await work();
+      this.metrics?.ldapRequest(operation, 'success', (performance.now() - started) / 1000);
+      return result;
+    } catch (error) {
+      this.metrics?.ldapRequest(operation, ldapResult(error), (performance.now() - started) / 1000);
+      throw error;
+    }
   }
 
   /** TLS options for `url`'s host; SNI only for names (RFC 6066 forbids IP addresses there). */
@@ -119,7 +151,7 @@ export class LdapDirectory implements Directory {
         const failures: string[] = [];
         for (const url of this.config.urls) {
           try {
-            const client = await this.openBound(url, this.config.bindDn, this.config.bindPassword);
+            const client = await this.timed('service-bind', () => this.openBound(url, this.config.bindDn, this.config.bindPassword));
             const connection = { url, client };
             if (this.service === slot.opening) this.serviceOpen = connection;
             return connection;
@@ -150,6 +182,14 @@ export class LdapDirectory implements Directory {
   }
 
   private async search(user: string): Promise<{ url: string; dn: string; store: string | null } | null> {
+    const cached = this.entries?.get(user);
+    if (cached !== undefined) return cached;
+    const found = await this.searchDirectory(user);
+    if (found !== null) this.entries?.set(user, found);
+    return found;
+  }
+
+  private async searchDirectory(user: string): Promise<{ url: string; dn: string; store: string | null } | null> {
     const filter = userFilter(this.config.userFilter, user);
     // One retry on a fresh connection: the kept one may have been closed by the server or be half-dead.
     for (let attempt = 0; attempt < 2; attempt++) {
@@ -159,13 +199,15 @@ export class LdapDirectory implements Directory {
         continue;
       }
       try {
-        const { searchEntries } = await connection.client.search(this.config.baseDn, {
-          scope: 'sub',
-          filter,
-          attributes: [this.config.storeAttribute],
-          sizeLimit: 2,
-          timeLimit: Math.ceil(this.config.operationTimeoutMs / 1000),
-        });
+        const { searchEntries } = await this.timed('search', () =>
+          connection.client.search(this.config.baseDn, {
+            scope: 'sub',
+            filter,
+            attributes: [this.config.storeAttribute],
+            sizeLimit: 2,
+            timeLimit: Math.ceil(this.config.operationTimeoutMs / 1000),
+          }),
+        );
         if (searchEntries.length === 0) return null;
         if (searchEntries.length > 1) throw new MailfrontError('LDAP_AMBIGUOUS_USER', 'auth-tempfail', `the user search found more than one entry for "${user}"`);
         const entry = searchEntries[0]!;
@@ -184,17 +226,34 @@ export class LdapDirectory implements Directory {
     throw new MailfrontError('LDAP_SEARCH_FAILED', 'auth-tempfail', 'the user search failed');
   }
 
+  /** Checks a password with a simple bind on a pooled bind connection (never the search connection). */
   private async checkPassword(url: string, dn: string, password: string): Promise<boolean> {
-    const client = this.newClient(url);
+    const idle = this.bindIdle.get(url) ?? [];
+    this.bindIdle.set(url, idle);
+    let client = idle.pop();
+    let keep = false;
     try {
-      if (this.config.starttls && url.startsWith('ldap:')) await client.startTLS(this.tlsFor(url));
-      await client.bind(dn, password);
+      if (client === undefined || !client.isConnected) {
+        client?.unbind().catch(() => undefined);
+        // No autoRebind here: a reconnect must never replay the previous user's bind.
+        client = new Client({ url, timeout: this.config.operationTimeoutMs, connectTimeout: this.config.connectTimeoutMs, ...(url.startsWith('ldaps:') ? { tlsOptions: this.tlsFor(url) } : {}), strictDN: true });
+        if (this.config.starttls && url.startsWith('ldap:')) await client.startTLS(this.tlsFor(url));
+      }
+      const bound = client;
+      await this.timed('user-bind', () => bound.bind(dn, password));
+      keep = true;
       return true;
     } catch (error) {
-      if (error instanceof InvalidCredentialsError) return false;
+      if (error instanceof InvalidCredentialsError) {
+        keep = true;
+        return false;
+      }
       throw new MailfrontError('LDAP_BIND_FAILED', 'auth-tempfail', `the user bind failed on ${url}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
     } finally {
-      client.unbind().catch(() => undefined);
+      if (client !== undefined) {
+        if (keep && !this.closed && idle.length < MAX_IDLE_BIND_CONNECTIONS) idle.push(client);
+        else client.unbind().catch(() => undefined);
+      }
     }
   }
 
@@ -235,6 +294,8 @@ export class LdapDirectory implements Directory {
     const service = this.service;
     this.service = null;
     this.serviceOpen = null;
+    for (const idle of this.bindIdle.values()) for (const client of idle.splice(0)) client.unbind().catch(() => undefined);
+    this.entries?.clear();
     if (service) await service.then((c) => c.client.unbind(), () => undefined).catch(() => undefined);
   }
 }

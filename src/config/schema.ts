@@ -74,6 +74,11 @@ export interface DirectoryConfig {
   readonly caFile?: string;
   readonly connectTimeoutMs: number;
   readonly operationTimeoutMs: number;
+  /** How long a user's entry (DN and store) found by a search is reused; 0 turns it off. */
+  readonly entryCacheTtlMs: number;
+  /** How long a successful authentication is reused for the same user and password; 0 turns it off. */
+  readonly authCacheTtlMs: number;
+  readonly cacheMaxEntries: number;
 }
 
 export interface BackendConfig {
@@ -255,7 +260,7 @@ function readListeners(v: unknown, resolvePath: (p: string) => string, issues: I
 
 function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: IssueList): DirectoryConfig {
   const path = 'directory';
-  const o = readSection(v, path, ['urls', 'bind_dn', 'bind_password', 'base_dn', 'user_filter', 'store_attribute', 'starttls', 'ca_file', 'connect_timeout_ms', 'operation_timeout_ms'], issues) ?? {};
+  const o = readSection(v, path, ['urls', 'bind_dn', 'bind_password', 'base_dn', 'user_filter', 'store_attribute', 'starttls', 'ca_file', 'connect_timeout_ms', 'operation_timeout_ms', 'entry_cache_ttl_ms', 'auth_cache_ttl_ms', 'cache_max_entries'], issues) ?? {};
   const urls = strList(o, 'urls', path, issues);
   urls.forEach((u, i) => {
     if (!/^ldaps?:\/\/[^/]+\/?$/.test(u)) issues.add(at(at(path, 'urls'), i), 'an ldap:// or ldaps:// URL with host and optional port', u);
@@ -276,6 +281,9 @@ function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: I
     ...(caFile !== undefined ? { caFile: resolvePath(caFile) } : {}),
     connectTimeoutMs: int(o, 'connect_timeout_ms', path, issues, 100, 120_000, DEFAULT_LDAP_CONNECT_TIMEOUT_MS),
     operationTimeoutMs: int(o, 'operation_timeout_ms', path, issues, 100, 120_000, DEFAULT_LDAP_OPERATION_TIMEOUT_MS),
+    entryCacheTtlMs: int(o, 'entry_cache_ttl_ms', path, issues, 0, 3_600_000, 30_000),
+    authCacheTtlMs: int(o, 'auth_cache_ttl_ms', path, issues, 0, 3_600_000, 60_000),
+    cacheMaxEntries: int(o, 'cache_max_entries', path, issues, 1, 10_000_000, 100_000),
   };
 }
 

@@ -173,6 +173,9 @@ export async function startFront(options: FrontOptions): Promise<Front> {
         store_attribute: 'mailStore',
         connect_timeout_ms: 1000,
         operation_timeout_ms: 2000,
+        // Off by default: most tests change the directory under a running mailfront.
+        entry_cache_ttl_ms: 0,
+        auth_cache_ttl_ms: 0,
         ...options.directory,
       },
       store_map: options.storeMapLdapBase

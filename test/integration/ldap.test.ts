@@ -34,6 +34,9 @@ function directory(overrides: Partial<DirectoryConfig>): LdapDirectory {
       starttls: false,
       connectTimeoutMs: 500,
       operationTimeoutMs: 1000,
+      entryCacheTtlMs: 0,
+      authCacheTtlMs: 0,
+      cacheMaxEntries: 1000,
       ...overrides,
     },
     log,
@@ -131,6 +134,44 @@ test('a session that ends stops the wait at once', async () => {
     assert.equal((await failure(pending)).kind, 'aborted');
   } finally {
     slapd.resume();
+    await d.close();
+  }
+});
+
+test('the entry cache skips the search for a known user and still checks every password', async () => {
+  const d = directory({ entryCacheTtlMs: 60_000 });
+  try {
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha');
+    await slapd.setStore('alice', 'beta');
+    // Within the TTL the cached entry answers (no search), but the bind still checks the password.
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha');
+    assert.equal((await failure(d.authenticate('alice', 'wrong', signal))).kind, 'auth-failed');
+    const fresh = directory({});
+    try {
+      assert.equal((await fresh.authenticate('alice', 'alice-pw', signal)).store, 'beta');
+    } finally {
+      await fresh.close();
+    }
+  } finally {
+    await slapd.setStore('alice', 'alpha');
+    await d.close();
+  }
+});
+
+test('the authentication cache answers a repeated login without LDAP, never a wrong password, and keeps no password', async () => {
+  const { CachingDirectory } = await import('../../src/auth/cache.js');
+  const d = new CachingDirectory(directory({}), 60_000, 100);
+  try {
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha');
+    await slapd.stopOnly();
+    try {
+      assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha');
+      assert.equal((await failure(d.authenticate('alice', 'wrong', signal))).kind, 'auth-tempfail');
+      assert.ok(!JSON.stringify([...(d as unknown as { successes: Map<string, unknown> }).successes.entries()]).includes('alice-pw'));
+    } finally {
+      await slapd.startAgain();
+    }
+  } finally {
     await d.close();
   }
 });

@@ -1,0 +1,50 @@
+/**
+ * A cache of successful authentications in front of any Directory, so that webmail servers that
+ * log in on every page view do not cost an LDAP search and bind each time. Keys are keyed
+ * hashes (HMAC-SHA256, random per-process key) of user and password: the password itself is
+ * never stored, and a wrong password never matches. Failures are never cached. Only the user's
+ * store name is cached, never a slot: routing always reads the store map in force.
+ */
+import { createHmac, randomBytes } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
+import type { Directory, DirectoryUser } from './directory.js';
+
+/** A Directory that remembers successful authentications for `ttlMs`. */
+export class CachingDirectory implements Directory {
+  private readonly key = randomBytes(32);
+  private readonly successes: LRUCache<string, DirectoryUser>;
+
+  constructor(
+    private readonly inner: Directory,
+    ttlMs: number,
+    maxEntries: number,
+  ) {
+    this.successes = new LRUCache({ max: maxEntries, ttl: ttlMs });
+  }
+
+  private fingerprint(user: string, password: string): string {
+    return createHmac('sha256', this.key).update(user).update('\0').update(password).digest('base64url');
+  }
+
+  async authenticate(user: string, password: string, signal: AbortSignal): Promise<DirectoryUser> {
+    const key = this.fingerprint(user, password);
+    const cached = this.successes.get(key);
+    if (cached !== undefined) return cached;
+    const found = await this.inner.authenticate(user, password, signal);
+    this.successes.set(key, found);
+    return found;
+  }
+
+  lookup(user: string, signal: AbortSignal): Promise<DirectoryUser | null> {
+    return this.inner.lookup(user, signal);
+  }
+
+  reachable(signal: AbortSignal): Promise<boolean> {
+    return this.inner.reachable(signal);
+  }
+
+  async close(): Promise<void> {
+    this.successes.clear();
+    await this.inner.close();
+  }
+}
