@@ -98,6 +98,8 @@ export class Listener {
       const { peer, local } = socketEndpoints(raw);
       endpoints = { client: peer, local, peer };
     }
+    // A client that hung up while its header was read leaves nothing to serve.
+    if (raw.destroyed || raw.remoteAddress === undefined) return void raw.destroy();
     const trusted = this.context.trustedNetworks().contains(endpoints.client.address);
     const admission = this.context.limiter.admit(endpoints.client.address, trusted);
     if (!admission.admitted) {

@@ -126,7 +126,6 @@ describe('metrics', () => {
     assert.equal(await value(metrics, 'mailfront_slot_current_master', { store: 'store2', slot: 'slot202' }), undefined);
     assert.equal(await value(metrics, 'mailfront_slot_up', { store: 'store2', slot: 'slot201' }), undefined);
     assert.equal(await value(metrics, 'mailfront_slot_up', { store: 'store1', slot: 'slot102' }), 0);
-    assert.equal(await value(metrics, 'mailfront_backend_throttled', { store: 'store2' }), undefined);
   });
 
   it('names every metric by the rules: mailfront_ prefix, _total on counters only, base units, no user or address label', async () => {
