@@ -163,11 +163,19 @@ export function loginToBackend(initial: Socket, slot: Slot, machine: BackendLogi
       s.on('close', onClose);
     }
     function perform(actions: ReturnType<BackendLoginMachine['receive']>): void {
+      // Consecutive sends (e.g. CAPABILITY, ID, LOGIN) leave in one write: one syscall, one packet.
+      let pending: Uint8Array[] = [];
+      const flush = (): void => {
+        if (pending.length === 1) socket.write(pending[0]!);
+        else if (pending.length > 1) socket.write(Buffer.concat(pending));
+        pending = [];
+      };
       for (const action of actions) {
         if (finished) return;
+        if (action.type !== 'send') flush();
         switch (action.type) {
           case 'send':
-            socket.write(action.data);
+            pending.push(action.data);
             break;
           case 'starttls': {
             detach();
@@ -207,6 +215,7 @@ export function loginToBackend(initial: Socket, slot: Slot, machine: BackendLogi
           }
         }
       }
+      flush();
     }
     attach(socket);
     socket.resume();

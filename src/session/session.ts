@@ -219,11 +219,26 @@ export class Session {
   }
 
   private perform(actions: PreauthAction[]): void {
+    // Consecutive sends (untagged and tagged lines of one answer) leave in one write.
+    let pending = '';
+    const flush = (): void => {
+      if (pending !== '') this.socket.write(pending);
+      pending = '';
+    };
+    try {
+      this.performEach(actions, (data) => (pending += data), flush);
+    } finally {
+      flush();
+    }
+  }
+
+  private performEach(actions: PreauthAction[], send: (data: string) => void, flush: () => void): void {
     for (const action of actions) {
       if (this.phase === 'closing' || this.phase === 'spliced') return;
+      if (action.type !== 'send') flush();
       switch (action.type) {
         case 'send':
-          this.socket.write(action.data);
+          send(action.data);
           break;
         case 'starttls':
           this.startTls();
@@ -397,7 +412,7 @@ export class Session {
       metrics.backendConnect(slot.store, backendFailureResult(error.code, error.kind), (performance.now() - connectStarted) / 1000);
       throw error;
     }
-    this.log.info({ event: 'session.backend_connected', store: slot.store, slot: slot.name }, 'backend connected');
+    this.log.debug({ event: 'session.backend_connected', store: slot.store, slot: slot.name }, 'backend connected');
     const loginStarted = performance.now();
     const machine = this.adapter.createBackendLogin({
       mode: backendConfig.loginMode,
