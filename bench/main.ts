@@ -1,0 +1,673 @@
+/**
+ * mailfront's benchmark: real slapd and Dovecot backends, mailfront as its own process, and the
+ * same workloads aimed straight at Dovecot, through mailfront and (when installed) through nginx's
+ * mail proxy, in one run. Prints each figure with its ratio to the direct connection and to nginx,
+ * checks the goals of docs/performance.md, and writes the results as JSON and Markdown.
+ *
+ * Run with `npm run bench` (bench/run.sh). Every workload is bounded by a count and a time; the
+ * settings come from BENCH_* environment variables (see SETTINGS below).
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { hostname, loadavg } from 'node:os';
+import { join, resolve } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { fetchThroughput, loginLoop, noopRoundTrips, openIdleSessions, type FetchResult, type LoginLoopResult, type LoginTarget, type NoopResult } from './load.js';
+import { CLOCK_TICKS_PER_S, cpuSeconds, fileLimit, systemCpuSeconds, machineDescription, machineTicks, openFiles, rssBytes, treeCpuSeconds, treeRssBytes } from './procstat.js';
+import { formatSummary, summariseFile } from './profile-summary.js';
+import { canForceGc, forceGc } from './inspector.js';
+import { freePort } from '../test/integration/servers/index.js';
+import { MAILFRONT_MAIN, directPorts, nginxMissing, startBackends, startMailfront, startNginx, type Backends, type BenchUser, type MailfrontProcess, type NginxProcess, type Stores } from './setup.js';
+
+const REPO_ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
+
+function envInt(name: string, fallback: number): number {
+  const v = process.env[name];
+  if (v === undefined || v === '') return fallback;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a non-negative number, got ${v}`);
+  return Math.floor(n);
+}
+
+const PHASES = ['noop', 'fetch', 'imap', 'master-user', 'pop3', 'idle', 'idle-tls'] as const;
+type Phase = (typeof PHASES)[number];
+
+/** Every knob, with its environment variable and default. */
+const SETTINGS = {
+  users: envInt('BENCH_USERS', 1000),
+  stores: envInt('BENCH_STORES', 2),
+  concurrency: envInt('BENCH_CONCURRENCY', 20),
+  logins: envInt('BENCH_LOGINS', 3000),
+  loginSeconds: envInt('BENCH_SECONDS', 20),
+  /** Logins (of users kept out of the cold pass) that warm the JIT of a fresh mailfront. */
+  jitWarmupLogins: envInt('BENCH_JIT_WARMUP', 100),
+  noops: envInt('BENCH_NOOPS', 2000),
+  fetches: envInt('BENCH_FETCHES', 50),
+  fetchBytes: envInt('BENCH_FETCH_BYTES', 10 * 1024 * 1024),
+  idleSessions: envInt('BENCH_IDLE_SESSIONS', 10_000),
+  /** Fewer by default: each TLS session costs a handshake on both sides, and the figure is per session. */
+  idleTlsSessions: envInt('BENCH_IDLE_TLS_SESSIONS', 5_000),
+  idleSeconds: envInt('BENCH_IDLE_SECONDS', 90),
+  idleConcurrency: envInt('BENCH_IDLE_CONCURRENCY', 40),
+  /** client_limit of the login backends' imap/pop3 processes (1: Dovecot's default, a process per session). */
+  dovecotClientLimit: envInt('BENCH_DOVECOT_CLIENT_LIMIT', 1),
+  /** The same for the backends of the idle-session measure, which must hold thousands of sessions. */
+  idleDovecotClientLimit: envInt('BENCH_IDLE_DOVECOT_CLIENT_LIMIT', 500),
+  nginxWorkers: envInt('BENCH_NGINX_WORKERS', 1),
+  /** nginx's mail proxy_buffer (default: nginx's own, one memory page). */
+  nginxProxyBuffer: process.env['BENCH_NGINX_PROXY_BUFFER'] ?? '',
+  timeoutSeconds: envInt('BENCH_TIMEOUT_S', 900),
+  nginx: (process.env['BENCH_NGINX'] ?? 'auto') !== '0',
+  profile: process.env['BENCH_PROFILE'] === '1',
+  only: (process.env['BENCH_ONLY'] ?? '').split(',').map((s) => s.trim()).filter((s) => s !== ''),
+  mailfrontConfig: JSON.parse(process.env['BENCH_MAILFRONT_CONFIG'] ?? '{}') as Record<string, unknown>,
+  /** Extra node options for every mailfront process, e.g. "--max-semi-space-size=4 --trace-gc". */
+  mailfrontNodeArgs: (process.env['BENCH_MAILFRONT_NODE_ARGS'] ?? '').split(/\s+/).filter((a) => a !== ''),
+  outDir: resolve(process.env['BENCH_OUT_DIR'] ?? join(REPO_ROOT, 'bench/results')),
+  label: process.env['BENCH_LABEL'] ?? '',
+  /** Wait up to this long, before starting, for the machine to be quiet (under 25 % busy over 3 s). */
+  waitQuietSeconds: envInt('BENCH_WAIT_QUIET_S', 0),
+};
+
+for (const p of SETTINGS.only) if (!(PHASES as readonly string[]).includes(p)) throw new Error(`BENCH_ONLY: unknown phase ${p} (phases: ${PHASES.join(', ')})`);
+const want = (p: Phase): boolean => SETTINGS.only.length === 0 || SETTINGS.only.includes(p);
+
+function say(text: string): void {
+  process.stderr.write(`bench: ${text}\n`);
+}
+
+function version(command: string, args: string[]): string {
+  // slapd -VV and nginx -v print to stderr.
+  const r = spawnSync(command, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  return `${r.stdout ?? ''}\n${r.stderr ?? ''}`.trim().split('\n')[0]?.trim() ?? '';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Counters sampled around each workload
+
+interface Sampled<T> {
+  readonly result: T;
+  /** CPU seconds used during the workload, by process group. */
+  readonly cpu: Record<string, number>;
+  /** Share of the whole machine's CPU that was busy. */
+  readonly machineBusy: number;
+  /**
+   * CPU not accounted to the benchmark's processes, in cores (busy machine time minus the groups
+   * and this process): other work on the machine, and kernel threads such as ksoftirqd doing
+   * loopback network work. High values mean the figures of that step are skewed.
+   */
+  readonly foreignCores: number;
+}
+
+async function sampled<T>(pids: Record<string, () => number>, work: () => Promise<T>): Promise<Sampled<T>> {
+  const before = Object.fromEntries(Object.entries(pids).map(([k, f]) => [k, f()]));
+  const m0 = machineTicks();
+  const self0 = process.cpuUsage();
+  const t0 = performance.now();
+  const result = await work();
+  // Give Dovecot's master a moment to reap the session processes that just ended, so their CPU
+  // is counted (a child's CPU reaches the parent's cutime only once it is reaped).
+  await sleep(300);
+  const seconds = (performance.now() - t0) / 1000;
+  const self = process.cpuUsage(self0);
+  const m1 = machineTicks();
+  const cpu = Object.fromEntries(Object.entries(pids).map(([k, f]) => [k, f() - (before[k] ?? 0)]));
+  const busySeconds = (m1.busy - m0.busy) / CLOCK_TICKS_PER_S;
+  const known = Object.entries(cpu).filter(([k]) => !k.includes('.')).reduce((n, [, v]) => n + v, 0) + (self.user + self.system) / 1e6;
+  return {
+    result,
+    cpu,
+    machineBusy: (m1.busy - m0.busy) / Math.max(1, m1.total - m0.total),
+    foreignCores: Math.max(0, busySeconds - known) / Math.max(0.001, seconds),
+  };
+}
+
+/**
+ * With BENCH_WAIT_QUIET_S, waits (at most that long) until the machine is under 25 % busy over
+ * 2 s: other work on the machine skews every figure, and the login rate most.
+ */
+async function quietGate(what: string): Promise<void> {
+  if (SETTINGS.waitQuietSeconds <= 0) return;
+  const start = Date.now();
+  let lastSaid = 0;
+  for (;;) {
+    const m0 = machineTicks();
+    await sleep(2000);
+    const m1 = machineTicks();
+    const busy = (m1.busy - m0.busy) / Math.max(1, m1.total - m0.total);
+    if (busy < 0.25) {
+      if (lastSaid > 0) say(`quiet after ${((Date.now() - start) / 1000).toFixed(0)} s`);
+      return;
+    }
+    if (Date.now() - start > SETTINGS.waitQuietSeconds * 1000) {
+      say(`the machine did not become quiet within ${SETTINGS.waitQuietSeconds} s (${(busy * 100).toFixed(0)} % busy): going on (${what})`);
+      return;
+    }
+    if (Date.now() - lastSaid > 30_000) {
+      say(`waiting for a quiet machine before ${what} (${(busy * 100).toFixed(0)} % busy)`);
+      lastSaid = Date.now();
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results
+
+interface LoginFigure {
+  readonly loop: LoginLoopResult;
+  /** CPU seconds per 1,000 logins, by process group. */
+  readonly cpuPer1000: Record<string, number>;
+  readonly machineBusy: number;
+  /** Cores busy outside the benchmark's processes (other work, kernel threads). */
+  readonly foreignCores: number;
+}
+
+interface IdleFigure {
+  readonly sessions: number;
+  readonly errors: number;
+  readonly firstError?: string;
+  readonly openSeconds: number;
+  /** RSS as it stands, garbage included, before and after opening the sessions. */
+  readonly rssBeforeBytes: number;
+  readonly rssAfterBytes: number;
+  readonly bytesPerSession: number;
+  /** RSS after a forced full GC (mailfront; equal to the above for nginx, which has no GC). */
+  readonly rssBeforeGcBytes: number;
+  readonly rssAfterGcBytes: number;
+  readonly bytesPerSessionAfterGc: number;
+  /** Whether a full GC was forced before the "after GC" samples (mailfront with an inspector). */
+  readonly forcedGc: boolean;
+  readonly openFilesAfter: number;
+}
+
+interface Results {
+  noop: Partial<Record<Mode, NoopResult>>;
+  fetch: Partial<Record<Mode, FetchResult & { readonly foreignCores: number }>>;
+  imap: Partial<Record<'direct' | 'mailfront-cold' | 'mailfront' | 'mailfront-master-user' | 'nginx', LoginFigure>>;
+  pop3: Partial<Record<Mode, LoginFigure>>;
+  idle: Partial<Record<'mailfront' | 'mailfront-tls' | 'nginx' | 'nginx-tls', IdleFigure>>;
+  profiles: Record<string, string>;
+}
+
+type Mode = 'direct' | 'mailfront' | 'nginx';
+
+function per1000(cpu: Record<string, number>, logins: number): Record<string, number> {
+  return Object.fromEntries(Object.entries(cpu).map(([k, v]) => [k, logins > 0 ? (v * 1000) / logins : NaN]));
+}
+
+// ---------------------------------------------------------------------------------------------
+
+interface World {
+  readonly backends: Backends;
+  readonly nginx: NginxProcess | null;
+  readonly users: readonly BenchUser[];
+}
+
+function directTarget(w: World, user: BenchUser, protocol: 'imap' | 'pop3'): LoginTarget {
+  return { port: directPorts(w.backends, user)[protocol], user: user.user, password: user.password };
+}
+
+/** Process groups whose CPU is counted for a login workload. */
+function cpuGroups(w: World, mailfront: MailfrontProcess | null): Record<string, () => number> {
+  const groups: Record<string, () => number> = {
+    dovecot: () => [...w.backends.stores.values()].reduce((n, d) => n + treeCpuSeconds(d.pid), 0),
+    slapd: () => cpuSeconds(w.backends.slapd.pid),
+  };
+  if (mailfront !== null) {
+    groups['mailfront'] = () => cpuSeconds(mailfront.pid);
+    // The kernel part: on loopback a write also runs the receiver's TCP input, charged to the writer.
+    groups['mailfront.sys'] = () => systemCpuSeconds(mailfront.pid);
+  }
+  if (w.nginx !== null) {
+    const nginx = w.nginx;
+    groups['nginx'] = () => treeCpuSeconds(nginx.master.pid);
+    groups['authHttp'] = () => cpuSeconds(nginx.authHttp.pid);
+  }
+  return groups;
+}
+
+async function loginFigure(w: World, mailfront: MailfrontProcess | null, options: Parameters<typeof loginLoop>[0]): Promise<LoginFigure> {
+  const s = await sampled(cpuGroups(w, mailfront), () => loginLoop(options));
+  if (s.result.errors > 0) say(`  ${s.result.errors} errors; first: ${s.result.firstError ?? ''}`);
+  return { loop: s.result, cpuPer1000: per1000(s.cpu, s.result.logins), machineBusy: s.machineBusy, foreignCores: s.foreignCores };
+}
+
+function describeLogin(name: string, f: LoginFigure): string {
+  const cpu = Object.entries(f.cpuPer1000).filter(([, v]) => v > 0.005).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ');
+  return `${name}: ${f.loop.logins} logins in ${f.loop.seconds.toFixed(1)} s = ${f.loop.perSecond.toFixed(0)}/s; login p50 ${f.loop.loginMs.p50.toFixed(2)} ms p99 ${f.loop.loginMs.p99.toFixed(2)} ms; errors ${f.loop.errors}; CPU s/1000 logins: ${cpu}; load generator ${(f.loop.loadCpuShare * 100).toFixed(0)} % of a core; machine ${(f.machineBusy * 100).toFixed(0)} % busy, ${f.foreignCores.toFixed(2)} cores busy outside the benchmark`;
+}
+
+/** Median of `n` RSS samples taken `gapMs` apart. */
+async function settledRss(read: () => number, n = 5, gapMs = 300): Promise<number> {
+  const samples: number[] = [];
+  for (let i = 0; i < n; i++) {
+    samples.push(read());
+    await sleep(gapMs);
+  }
+  samples.sort((a, b) => a - b);
+  return samples[Math.floor(samples.length / 2)] ?? 0;
+}
+
+/** Waits (bounded) until `pid` has at most / at least `target` open files. */
+async function waitOpenFiles(pid: number, target: number, direction: 'down' | 'up', timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const n = openFiles(pid);
+    if (direction === 'down' ? n <= target : n >= target) return;
+    await sleep(100);
+  }
+}
+
+/**
+ * Memory per idle spliced session: RSS of `pid` (tree when `tree`) before and after opening
+ * `count` sessions that LOGIN, SELECT and IDLE, after a warm-up of 200 opened and closed sessions.
+ */
+async function idleFigure(w: World, options: { pid: number; tree: boolean; port: number; tls: boolean; count: number; label: string; gc?: () => Promise<void> }): Promise<IdleFigure> {
+  const rss = (): number => (options.tree ? treeRssBytes(options.pid) : rssBytes(options.pid));
+  const fds = (): number => (options.tree ? 0 : openFiles(options.pid));
+  const target = (i: number): LoginTarget => {
+    const u = w.users[i % w.users.length]!;
+    return { port: options.port, user: u.user, password: u.password };
+  };
+  const fd0 = fds();
+  const warm = await openIdleSessions({ count: 200, concurrency: SETTINGS.idleConcurrency, maxSeconds: 30, target, tls: options.tls });
+  warm.closeAll();
+  if (!options.tree) await waitOpenFiles(options.pid, fd0 + 5, 'down', 10_000);
+  await sleep(1000);
+  const before = await settledRss(rss);
+  await options.gc?.();
+  const beforeGc = options.gc ? await settledRss(rss) : before;
+  say(`  ${options.label}: RSS ${(before / 1048576).toFixed(1)} MiB before${options.gc ? ` (${(beforeGc / 1048576).toFixed(1)} MiB after a full GC)` : ''}; opening ${options.count} sessions (LOGIN, SELECT, IDLE)`);
+  const sessions = await openIdleSessions({ count: options.count, concurrency: SETTINGS.idleConcurrency, maxSeconds: SETTINGS.idleSeconds, target, tls: options.tls });
+  const opened = sessions.clients.length;
+  if (sessions.errors > 0) say(`  ${sessions.errors} sessions failed; first: ${sessions.firstError ?? ''}`);
+  if (!options.tree) await waitOpenFiles(options.pid, fd0 + 2 * opened, 'up', 5_000);
+  await sleep(2000);
+  const after = await settledRss(rss);
+  await options.gc?.();
+  const afterGc = options.gc ? await settledRss(rss) : after;
+  const openFilesAfter = fds();
+  const kib = (a: number, b: number): string => ((a - b) / Math.max(1, opened) / 1024).toFixed(2);
+  say(`  ${options.label}: ${opened} sessions open in ${sessions.seconds.toFixed(1)} s; RSS ${(after / 1048576).toFixed(1)} MiB: ${kib(after, before)} KiB per session${options.gc ? `; after a full GC ${(afterGc / 1048576).toFixed(1)} MiB: ${kib(afterGc, beforeGc)} KiB per session` : ''}`);
+  sessions.closeAll();
+  if (!options.tree) await waitOpenFiles(options.pid, fd0 + 5, 'down', 30_000);
+  else await sleep(2000);
+  return {
+    sessions: opened,
+    errors: sessions.errors,
+    ...(sessions.firstError !== undefined ? { firstError: sessions.firstError } : {}),
+    openSeconds: sessions.seconds,
+    rssBeforeBytes: before,
+    rssAfterBytes: after,
+    bytesPerSession: (after - before) / Math.max(1, opened),
+    rssBeforeGcBytes: beforeGc,
+    rssAfterGcBytes: afterGc,
+    bytesPerSessionAfterGc: (afterGc - beforeGc) / Math.max(1, opened),
+    forcedGc: options.gc !== undefined,
+    openFilesAfter,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function run(): Promise<void> {
+  const startedAt = new Date();
+  const machine = machineDescription();
+  const limits = fileLimit();
+  // mailfront holds two descriptors per spliced session; leave room for listeners, LDAP and logs.
+  const idleCap = Math.floor((limits.soft - 256) / 2);
+  const idleCount = Math.min(SETTINGS.idleSessions, idleCap);
+  const idleTlsCount = Math.min(SETTINGS.idleTlsSessions, idleCap);
+  if (idleCount < SETTINGS.idleSessions) {
+    say(`the open-file limit is ${limits.soft} (hard ${limits.hard}): idle sessions capped at ${idleCount} (2 descriptors each in mailfront)`);
+  }
+  const versions = {
+    node: process.version,
+    dovecot: version('/usr/sbin/dovecot', ['--version']),
+    slapd: version('/usr/sbin/slapd', ['-VV']).replace(/^@\(#\) \$OpenLDAP: /, 'OpenLDAP ').replace(/ \(.*$/, ''),
+    nginx: version('/usr/sbin/nginx', ['-v']),
+    /** When the mailfront under test was built (its CLI's mtime): the commit below may have moved on since. */
+    mailfrontBuiltAt: (() => {
+      try {
+        return statSync(MAILFRONT_MAIN).mtime.toISOString();
+      } catch {
+        return 'unknown';
+      }
+    })(),
+    mailfront: (() => {
+      try {
+        return execFileSync('git', ['-C', REPO_ROOT, 'describe', '--always', '--dirty'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+      } catch {
+        return 'unknown';
+      }
+    })(),
+  };
+  await quietGate('start');
+  const loadBefore = loadavg();
+  if ((loadBefore[0] ?? 0) > machine.cores * 0.5) say(`warning: the machine is busy (load average ${loadBefore.map((x) => x.toFixed(2)).join(' ')}): other work skews every figure`);
+  say(`machine: ${machine.cores} × ${machine.cpu}, ${machine.memoryGiB} GiB, Linux ${machine.kernel}; ${versions.node}; ${versions.dovecot ? `Dovecot ${versions.dovecot}` : ''}`);
+
+  say(`starting slapd and ${SETTINGS.stores} Dovecot stores with ${SETTINGS.users} users`);
+  const backends = await startBackends({
+    userCount: SETTINGS.users,
+    storeCount: SETTINGS.stores,
+    fetchMessageBytes: SETTINGS.fetchBytes,
+    dovecotClientLimit: SETTINGS.dovecotClientLimit,
+  });
+  let nginx: NginxProcess | null = null;
+  const missing = nginxMissing();
+  const mailfronts: MailfrontProcess[] = [];
+  const results: Results = { noop: {}, fetch: {}, imap: {}, pop3: {}, idle: {}, profiles: {} };
+  const profileDir = join(SETTINGS.outDir, 'profiles');
+  const nodeArgs = (name: string): string[] =>
+    SETTINGS.profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=mailfront-${name}-${startedAt.getTime()}.cpuprofile`] : [];
+  const mf = async (name: string, loginMode: 'replay' | 'master-user', stores?: Stores, extraNodeArgs: string[] = []): Promise<MailfrontProcess> => {
+    const p = await startMailfront(backends, { name, loginMode, extraConfig: SETTINGS.mailfrontConfig, nodeArgs: [...SETTINGS.mailfrontNodeArgs, ...nodeArgs(name), ...extraNodeArgs], ...(stores !== undefined ? { stores } : {}) });
+    mailfronts.push(p);
+    return p;
+  };
+  const stopMailfront = async (p: MailfrontProcess, name: string): Promise<void> => {
+    await p.stop();
+    mailfronts.splice(mailfronts.indexOf(p), 1);
+    if (SETTINGS.profile) {
+      const file = readdirSync(profileDir).find((f) => f.startsWith(`mailfront-${name}-${startedAt.getTime()}`));
+      if (file !== undefined) {
+        results.profiles[name] = join(profileDir, file);
+        say(`profile of mailfront (${name}): ${join(profileDir, file)}\n${formatSummary(summariseFile(join(profileDir, file)))}`);
+      }
+    }
+  };
+  try {
+    if (missing !== null) {
+      say(`nginx column skipped: ${missing}`);
+    } else if (SETTINGS.nginx) {
+      nginx = await startNginx(backends, { workers: SETTINGS.nginxWorkers, fileLimit: limits.soft, proxyBuffer: SETTINGS.nginxProxyBuffer });
+    }
+    const w: World = { backends, nginx, users: backends.users };
+    const n = w.users.length;
+    const userAt = (i: number): BenchUser => w.users[((i % n) + n) % n]!;
+    const fetchUser = backends.fetchUser;
+
+    // Every user logs in once, straight to Dovecot, before anything is measured: a user's first
+    // SELECT creates the mailbox indexes, which would otherwise be charged to whichever mode ran first.
+    const prewarm = await loginLoop({ protocol: 'imap', concurrency: SETTINGS.concurrency, maxLogins: n, maxSeconds: 120, target: (i) => directTarget(w, userAt(i), 'imap') });
+    say(`backend warm-up: ${prewarm.logins} direct logins, one per user, in ${prewarm.seconds.toFixed(1)} s (${prewarm.errors} errors)`);
+    if (prewarm.errors > 0) throw new Error(`backend warm-up failed: ${prewarm.firstError ?? ''}`);
+
+    const main = await mf('main', 'replay');
+    const modes: Array<[Mode, (protocol: 'imap' | 'pop3', user: BenchUser) => LoginTarget]> = [
+      ['direct', (protocol, user) => directTarget(w, user, protocol)],
+      ['mailfront', (protocol, user) => ({ port: protocol === 'imap' ? main.imapPort : main.pop3Port, user: user.user, password: user.password })],
+      ...(nginx !== null
+        ? [['nginx', (protocol: 'imap' | 'pop3', user: BenchUser) => ({ port: protocol === 'imap' ? nginx!.imapPort : nginx!.pop3Port, user: user.user, password: user.password })] as [Mode, (protocol: 'imap' | 'pop3', user: BenchUser) => LoginTarget]]
+        : []),
+    ];
+
+    if (want('noop')) {
+      await quietGate('noop');
+      say(`NOOP round trips: ${SETTINGS.noops} NOOPs on one session per mode, one mode after the other in turn (after 200 untimed)`);
+      await sleep(2000); // let the fresh mailfront settle
+      const targets = Object.fromEntries(modes.map(([mode, target]) => [mode, target('imap', fetchUser)])) as Record<Mode, LoginTarget>;
+      results.noop = await noopRoundTrips(targets, SETTINGS.noops, 200);
+      for (const [mode] of modes) {
+        const r = results.noop[mode]!.ms;
+        say(`  ${mode}: p50 ${r.p50.toFixed(3)} ms, p99 ${r.p99.toFixed(3)} ms, mean ${r.mean.toFixed(3)} ms, max ${r.max.toFixed(3)} ms`);
+      }
+    }
+
+    if (want('fetch')) {
+      await quietGate('fetch');
+      say(`FETCH: BODY.PEEK[] of a ${(SETTINGS.fetchBytes / 1048576).toFixed(0)} MiB message, ${SETTINGS.fetches} times (after 1 untimed)`);
+      for (const [mode, target] of modes) {
+        const s = await sampled(cpuGroups(w, main), () => fetchThroughput(target('imap', fetchUser), SETTINGS.fetches, 10));
+        results.fetch[mode] = { ...s.result, foreignCores: s.foreignCores };
+        const r = s.result;
+        const cpu = Object.entries(s.cpu).filter(([, v]) => v > 0.005).map(([k, v]) => `${k} ${(v / r.seconds * 100).toFixed(0)} %`).join(', ');
+        say(`  ${mode}: ${r.fetches} × ${(r.bytes / r.fetches / 1e6).toFixed(1)} MB in ${r.seconds.toFixed(2)} s = ${r.megabytesPerSecond.toFixed(0)} MB/s; CPU of a core: ${cpu}, load generator ${(r.loadCpuShare * 100).toFixed(0)} %; machine ${(s.machineBusy * 100).toFixed(0)} % busy, ${s.foreignCores.toFixed(2)} cores busy outside the benchmark`);
+      }
+    }
+
+    const loop = (protocol: 'imap' | 'pop3', target: (i: number) => LoginTarget, maxLogins = SETTINGS.logins) =>
+      ({ protocol, concurrency: SETTINGS.concurrency, maxLogins, maxSeconds: SETTINGS.loginSeconds, target });
+
+    if (want('imap')) {
+      await quietGate('imap');
+      say(`IMAP logins (connect, LOGIN, SELECT INBOX, LOGOUT): ${SETTINGS.concurrency} clients, up to ${SETTINGS.logins} logins or ${SETTINGS.loginSeconds} s`);
+      const f = await loginFigure(w, null, loop('imap', (i) => directTarget(w, userAt(i), 'imap')));
+      results.imap.direct = f;
+      say(`  ${describeLogin('direct', f)}`);
+      // A fresh mailfront: JIT warm-up with users kept out of the cold pass, then every other
+      // user once (the cold pass: nothing cached), then the steady state (the warm pass).
+      const fresh = await mf('imap', 'replay');
+      const warmup = Math.min(SETTINGS.jitWarmupLogins, Math.floor(n / 10));
+      const coldUsers = n - warmup;
+      await loginLoop({ ...loop('imap', (i) => ({ port: fresh.imapPort, ...account(userAt(coldUsers + i)) }), warmup) });
+      const cold = await loginFigure(w, fresh, { ...loop('imap', (i) => ({ port: fresh.imapPort, ...account(userAt(i)) }), coldUsers), maxSeconds: Math.max(SETTINGS.loginSeconds, 60) });
+      results.imap['mailfront-cold'] = cold;
+      say(`  ${describeLogin('mailfront, cold (each user\'s first login)', cold)}`);
+      const warm = await loginFigure(w, fresh, loop('imap', (i) => ({ port: fresh.imapPort, ...account(userAt(i)) })));
+      results.imap.mailfront = warm;
+      say(`  ${describeLogin('mailfront, warm', warm)}`);
+      await stopMailfront(fresh, 'imap');
+      if (nginx !== null) {
+        const nx = nginx;
+        const g = await loginFigure(w, null, loop('imap', (i) => ({ port: nx.imapPort, ...account(userAt(i)) })));
+        results.imap.nginx = g;
+        say(`  ${describeLogin('nginx', g)}`);
+      }
+    }
+
+    if (want('master-user')) {
+      await quietGate('master-user');
+      const master = await mf('master-user', 'master-user');
+      await loginLoop(loop('imap', (i) => ({ port: master.imapPort, ...account(userAt(n - 1 - i)) }), Math.min(SETTINGS.jitWarmupLogins, Math.floor(n / 10))));
+      const f = await loginFigure(w, master, loop('imap', (i) => ({ port: master.imapPort, ...account(userAt(i)) })));
+      results.imap['mailfront-master-user'] = f;
+      say(`  ${describeLogin('mailfront, master-user login', f)}`);
+      await stopMailfront(master, 'master-user');
+    }
+
+    if (want('pop3')) {
+      await quietGate('pop3');
+      say(`POP3 logins (connect, USER, PASS, STAT, QUIT): ${SETTINGS.concurrency} clients, up to ${SETTINGS.logins} logins or ${SETTINGS.loginSeconds} s`);
+      for (const [mode, target] of modes) {
+        const f = await loginFigure(w, mode === 'mailfront' ? main : null, loop('pop3', (i) => target('pop3', userAt(i))));
+        results.pop3[mode] = f;
+        say(`  ${describeLogin(mode, f)}`);
+      }
+    }
+    await stopMailfront(main, 'main');
+
+    if (want('idle') || want('idle-tls')) {
+      say(`idle spliced sessions: Dovecot instances whose processes serve ${SETTINGS.idleDovecotClientLimit} sessions each, a fresh mailfront and a fresh nginx for each measure`);
+      const many = await backends.startManySessionStores(SETTINGS.idleDovecotClientLimit);
+      if (!canForceGc()) say('no WebSocket client in this Node (run it with --experimental-websocket): mailfront\'s memory is measured without a forced GC');
+      // mailfront's inspector, on loopback, lets the bench force a full GC before reading RSS.
+      const gcArgs = (port: number): string[] => (canForceGc() ? [`--inspect=127.0.0.1:${port}`] : []);
+      const gcOption = (port: number): { gc?: () => Promise<void> } => (canForceGc() ? { gc: () => forceGc(port) } : {});
+      try {
+        const idleNginx = async (work: (p: NginxProcess) => Promise<void>): Promise<void> => {
+          if (nginx === null) return;
+          const p = await startNginx(backends, { workers: SETTINGS.nginxWorkers, fileLimit: limits.soft, proxyBuffer: SETTINGS.nginxProxyBuffer, stores: many });
+          try {
+            await work(p);
+          } finally {
+            await p.stop();
+          }
+        };
+        if (want('idle')) {
+          await quietGate('idle');
+          say(`plaintext: ${idleCount} sessions`);
+          const inspect = await freePort();
+          const p = await mf('idle', 'replay', many, gcArgs(inspect));
+          results.idle.mailfront = await idleFigure(w, { pid: p.pid, tree: false, port: p.imapPort, tls: false, count: idleCount, label: 'mailfront', ...gcOption(inspect) });
+          await stopMailfront(p, 'idle');
+          await idleNginx(async (x) => {
+            results.idle.nginx = await idleFigure(w, { pid: x.master.pid, tree: true, port: x.imapPort, tls: false, count: idleCount, label: 'nginx' });
+          });
+        }
+        if (want('idle-tls')) {
+          await quietGate('idle-tls');
+          say(`TLS (implicit TLS 1.3 on the client side, plaintext to Dovecot): ${idleTlsCount} sessions`);
+          const inspect = await freePort();
+          const p = await mf('idle-tls', 'replay', many, gcArgs(inspect));
+          results.idle['mailfront-tls'] = await idleFigure(w, { pid: p.pid, tree: false, port: p.imapsPort, tls: true, count: idleTlsCount, label: 'mailfront TLS', ...gcOption(inspect) });
+          await stopMailfront(p, 'idle-tls');
+          await idleNginx(async (x) => {
+            results.idle['nginx-tls'] = await idleFigure(w, { pid: x.master.pid, tree: true, port: x.imapsPort, tls: true, count: idleTlsCount, label: 'nginx TLS' });
+          });
+        }
+      } finally {
+        await many.stop();
+      }
+    }
+  } finally {
+    for (const p of [...mailfronts]) await p.stop().catch(() => undefined);
+    await nginx?.stop().catch(() => undefined);
+    await backends.stop();
+  }
+
+  const finishedAt = new Date();
+  const command = process.env['BENCH_COMMAND'] ?? 'npm run bench';
+  const report = buildReport(results, nginx !== null);
+  const figures = [...Object.values(results.imap), ...Object.values(results.pop3)];
+  const foreign = figures.length > 0 ? figures.reduce((n, f) => n + f.foreignCores, 0) / figures.length : NaN;
+  const settings = { ...SETTINGS, idleSessionsMeasured: idleCount, idleTlsSessionsMeasured: idleTlsCount, fileLimit: limits };
+  const doc = {
+    command,
+    label: SETTINGS.label,
+    startedAt: startedAt.toISOString(),
+    seconds: (finishedAt.getTime() - startedAt.getTime()) / 1000,
+    host: hostname(),
+    machine,
+    loadAverage: { before: loadBefore, after: loadavg() },
+    versions,
+    settings,
+    results,
+    goals: report.goals,
+  };
+  mkdirSync(SETTINGS.outDir, { recursive: true });
+  const stamp = startedAt.toISOString().replace(/[:.]/g, '-');
+  const jsonFile = join(SETTINGS.outDir, `bench-${stamp}.json`);
+  const mdFile = join(SETTINGS.outDir, `bench-${stamp}.md`);
+  writeFileSync(jsonFile, `${JSON.stringify(doc, null, 2)}\n`);
+  const markdown = [
+    `Run ${startedAt.toISOString()} (${doc.seconds.toFixed(0)} s), \`${command}\`${SETTINGS.label ? `, ${SETTINGS.label}` : ''}; mailfront ${versions.mailfront} (built ${versions.mailfrontBuiltAt}); ${machine.cores} × ${machine.cpu}; ${versions.node}; Dovecot ${versions.dovecot}; ${versions.slapd}; ${versions.nginx || 'no nginx'}.`,
+    `Load average at the start ${loadBefore.map((x) => x.toFixed(2)).join(' ')}; CPU busy outside the benchmark's processes (other work, kernel threads) averaged ${Number.isNaN(foreign) ? '—' : foreign.toFixed(2)} cores during the login measures.`,
+    '',
+    report.table,
+    '',
+    report.goalTable,
+    '',
+  ].join('\n');
+  writeFileSync(mdFile, markdown);
+  process.stdout.write(`\n${markdown}\n`);
+  say(`results: ${jsonFile} and ${mdFile}`);
+}
+
+function account(u: BenchUser): { user: string; password: string } {
+  return { user: u.user, password: u.password };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table and the goals
+
+interface Goal {
+  readonly goal: string;
+  readonly measured: string;
+  readonly met: boolean | null;
+  readonly by: string;
+}
+
+function buildReport(r: Results, haveNginx: boolean): { table: string; goalTable: string; goals: Goal[] } {
+  const rows: string[][] = [];
+  const fmt = (x: number | undefined, digits = 0): string => (x === undefined || Number.isNaN(x) ? '—' : x.toFixed(digits));
+  const ratio = (a: number | undefined, b: number | undefined): string => (a === undefined || b === undefined || !(b > 0) || Number.isNaN(a) ? '—' : `${(a / b).toFixed(2)}×`);
+  const row = (measure: string, direct: number | undefined, mailfront: number | undefined, nginx: number | undefined, digits: number): void => {
+    rows.push([measure, fmt(direct, digits), fmt(mailfront, digits), haveNginx ? fmt(nginx, digits) : 'n/a', ratio(mailfront, direct), haveNginx ? ratio(mailfront, nginx) : 'n/a']);
+  };
+  const cpuOf = (f: LoginFigure | undefined, keys: string[]): number | undefined => (f === undefined ? undefined : keys.reduce((n, k) => n + (f.cpuPer1000[k] ?? 0), 0));
+  const im = r.imap;
+  row('IMAP logins/s (connect, LOGIN, SELECT, LOGOUT; mailfront warm)', im.direct?.loop.perSecond, im.mailfront?.loop.perSecond, im.nginx?.loop.perSecond, 0);
+  row('IMAP logins/s, mailfront cold (each user\'s first login)', im.direct?.loop.perSecond, im['mailfront-cold']?.loop.perSecond, im.nginx?.loop.perSecond, 0);
+  row('IMAP logins/s, mailfront master-user login', im.direct?.loop.perSecond, im['mailfront-master-user']?.loop.perSecond, im.nginx?.loop.perSecond, 0);
+  row('IMAP login latency p50, ms (connect → LOGIN OK)', im.direct?.loop.loginMs.p50, im.mailfront?.loop.loginMs.p50, im.nginx?.loop.loginMs.p50, 2);
+  row('IMAP login latency p99, ms', im.direct?.loop.loginMs.p99, im.mailfront?.loop.loginMs.p99, im.nginx?.loop.loginMs.p99, 2);
+  row('proxy CPU s per 1,000 IMAP logins, cold (nginx: + auth_http)', undefined, cpuOf(im['mailfront-cold'], ['mailfront']), cpuOf(im.nginx, ['nginx', 'authHttp']), 2);
+  row('proxy CPU s per 1,000 IMAP logins, warm (nginx: + auth_http)', undefined, cpuOf(im.mailfront, ['mailfront']), cpuOf(im.nginx, ['nginx', 'authHttp']), 2);
+  row('slapd CPU s per 1,000 IMAP logins (warm)', cpuOf(im.direct, ['slapd']), cpuOf(im.mailfront, ['slapd']), cpuOf(im.nginx, ['slapd']), 2);
+  row('Dovecot CPU s per 1,000 IMAP logins (warm)', cpuOf(im.direct, ['dovecot']), cpuOf(im.mailfront, ['dovecot']), cpuOf(im.nginx, ['dovecot']), 2);
+  const p3 = r.pop3;
+  row('POP3 logins/s (connect, USER, PASS, STAT, QUIT)', p3.direct?.loop.perSecond, p3.mailfront?.loop.perSecond, p3.nginx?.loop.perSecond, 0);
+  row('POP3 login latency p50, ms', p3.direct?.loop.loginMs.p50, p3.mailfront?.loop.loginMs.p50, p3.nginx?.loop.loginMs.p50, 2);
+  row('POP3 login latency p99, ms', p3.direct?.loop.loginMs.p99, p3.mailfront?.loop.loginMs.p99, p3.nginx?.loop.loginMs.p99, 2);
+  row('proxy CPU s per 1,000 POP3 logins (nginx: + auth_http)', undefined, cpuOf(p3.mailfront, ['mailfront']), cpuOf(p3.nginx, ['nginx', 'authHttp']), 2);
+  row('FETCH of a 10 MiB message, MB/s', r.fetch.direct?.megabytesPerSecond, r.fetch.mailfront?.megabytesPerSecond, r.fetch.nginx?.megabytesPerSecond, 0);
+  row('NOOP round trip p50, ms', r.noop.direct?.ms.p50, r.noop.mailfront?.ms.p50, r.noop.nginx?.ms.p50, 3);
+  row('NOOP round trip p99, ms', r.noop.direct?.ms.p99, r.noop.mailfront?.ms.p99, r.noop.nginx?.ms.p99, 3);
+  const kib = (f: IdleFigure | undefined): number | undefined => (f === undefined ? undefined : f.bytesPerSession / 1024);
+  // nginx has no GC: its RSS is its figure in both rows. mailfront's "after GC" needs a forced GC.
+  const kibGc = (f: IdleFigure | undefined, gcBased: boolean): number | undefined =>
+    f === undefined || (gcBased && !f.forcedGc) ? undefined : f.bytesPerSessionAfterGc / 1024;
+  row(`memory per idle spliced session, KiB RSS (plaintext, ${r.idle.mailfront?.sessions ?? '—'} sessions; mailfront after a full GC)`, undefined, kibGc(r.idle.mailfront, true), kibGc(r.idle.nginx, false), 2);
+  row('  same, RSS as found (garbage from the logins included)', undefined, kib(r.idle.mailfront), kib(r.idle.nginx), 2);
+  row(`memory per idle spliced session, KiB RSS (TLS, ${r.idle['mailfront-tls']?.sessions ?? '—'} sessions; mailfront after a full GC)`, undefined, kibGc(r.idle['mailfront-tls'], true), kibGc(r.idle['nginx-tls'], false), 2);
+  row('  same, RSS as found', undefined, kib(r.idle['mailfront-tls']), kib(r.idle['nginx-tls']), 2);
+  const header = ['measure', 'direct', 'mailfront', 'nginx', 'mailfront ÷ direct', 'mailfront ÷ nginx'];
+  const md = (cells: string[][]): string => [
+    `| ${header.join(' | ')} |`,
+    `| ${header.map((_, i) => (i === 0 ? '---' : '---:')).join(' | ')} |`,
+    ...cells.map((c) => `| ${c.join(' | ')} |`),
+  ].join('\n');
+
+  const goals: Goal[] = [];
+  const atLeast = (goal: string, a: number | undefined, b: number | undefined, min: number): void => {
+    if (a === undefined || b === undefined) return void goals.push({ goal, measured: '—', met: null, by: 'not measured' });
+    const x = a / b;
+    goals.push({ goal, measured: `${x.toFixed(2)}×`, met: x >= min, by: x >= min ? `+${((x / min - 1) * 100).toFixed(0)} %` : `${((x / min - 1) * 100).toFixed(0)} % (needs ${(min * b).toFixed(0)}, has ${a.toFixed(0)})` });
+  };
+  const atMost = (goal: string, v: number | undefined, max: number, unit: string, digits: number): void => {
+    if (v === undefined || Number.isNaN(v)) return void goals.push({ goal, measured: '—', met: null, by: 'not measured' });
+    goals.push({ goal, measured: `${v.toFixed(digits)} ${unit}`, met: v <= max, by: v <= max ? `${(max - v).toFixed(digits)} ${unit} to spare` : `${(v - max).toFixed(digits)} ${unit} over (${(v / max).toFixed(2)}× the goal)` });
+  };
+  atLeast('IMAP login rate ≥ 0.95× direct', im.mailfront?.loop.perSecond, im.direct?.loop.perSecond, 0.95);
+  atLeast('IMAP login rate ≥ 1.2× nginx', im.mailfront?.loop.perSecond, im.nginx?.loop.perSecond, 1.2);
+  atLeast('POP3 login rate ≥ 0.95× direct', p3.mailfront?.loop.perSecond, p3.direct?.loop.perSecond, 0.95);
+  atLeast('POP3 login rate ≥ 1.2× nginx', p3.mailfront?.loop.perSecond, p3.nginx?.loop.perSecond, 1.2);
+  atMost('CPU per 1,000 IMAP logins, cold cache ≤ 0.6 s', cpuOf(im['mailfront-cold'], ['mailfront']), 0.6, 's', 2);
+  atMost('CPU per 1,000 IMAP logins, warm cache ≤ 0.3 s', cpuOf(im.mailfront, ['mailfront']), 0.3, 's', 2);
+  atLeast('FETCH ≥ 0.9× direct', r.fetch.mailfront?.megabytesPerSecond, r.fetch.direct?.megabytesPerSecond, 0.9);
+  atLeast('FETCH ≥ 1.25× nginx', r.fetch.mailfront?.megabytesPerSecond, r.fetch.nginx?.megabytesPerSecond, 1.25);
+  atMost('memory per idle plaintext session ≤ 9 KiB (after a full GC)', kibGc(r.idle.mailfront, true), 9, 'KiB', 2);
+  atMost('memory per idle plaintext session ≤ 9 KiB (RSS as found)', kib(r.idle.mailfront), 9, 'KiB', 2);
+  atMost('NOOP p99 added over direct ≤ 0.2 ms', r.noop.mailfront !== undefined && r.noop.direct !== undefined ? r.noop.mailfront.ms.p99 - r.noop.direct.ms.p99 : undefined, 0.2, 'ms', 3);
+  const goalTable = [
+    '| goal | measured | met | margin |',
+    '| --- | ---: | :---: | --- |',
+    ...goals.map((g) => `| ${g.goal} | ${g.measured} | ${g.met === null ? '—' : g.met ? 'yes' : '**no**'} | ${g.by} |`),
+  ].join('\n');
+  return { table: md(rows), goalTable, goals };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const watchdog = setTimeout(() => {
+  say(`the whole run took longer than BENCH_TIMEOUT_S=${SETTINGS.timeoutSeconds} s: stopping`);
+  process.exit(2); // the harness's exit hook kills every server this process started
+}, SETTINGS.timeoutSeconds * 1000);
+watchdog.unref();
+
+process.on('unhandledRejection', (error) => {
+  say(`unhandled rejection: ${error instanceof Error ? error.stack : String(error)}`);
+  process.exit(1);
+});
+
+run().then(
+  () => process.exit(0),
+  (error: unknown) => {
+    say(`failed: ${error instanceof Error ? error.stack : String(error)}`);
+    process.exit(1);
+  },
+);
