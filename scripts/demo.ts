@@ -77,11 +77,12 @@ async function main(): Promise<void> {
     }
 
     const certs = await makeCerts(SANDBOX);
-    const [imap, imaps, pop3, pop3s] = await Promise.all([portNear(1143), portNear(1993), portNear(1110), portNear(1995)]);
+    const [imap, imaps, pop3, pop3s, http] = await Promise.all([portNear(1143), portNear(1993), portNear(1110), portNear(1995), portNear(9143)]);
     const certificate = { cert: certs.certFile, key: certs.keyFile };
     const slot = (d: Dovecot) => ({ host: '127.0.0.1', imap_port: d.imapPort, pop3_port: d.pop3Port });
     writeFileSync(join(SANDBOX, 'ldap.secret'), `${slapd.bindPassword}\n`, { mode: 0o600 });
     writeFileSync(join(SANDBOX, 'backend.secret'), `${MASTER_USER.password}\n`, { mode: 0o600 });
+    writeFileSync(join(SANDBOX, 'admin.token'), `demo-admin-token-${process.pid}-0123456789\n`, { mode: 0o600 });
     writeFileSync(
       join(SANDBOX, 'stores.yaml'),
       stringify({
@@ -104,6 +105,10 @@ async function main(): Promise<void> {
         directory: { urls: [slapd.url], bind_dn: slapd.bindDn, bind_password_file: 'ldap.secret', base_dn: slapd.usersDn, store_attribute: 'mailStore' },
         store_map: { file: 'stores.yaml' },
         backend: { login_mode: 'master-user', proxy_user: MASTER_USER.name, proxy_password_file: 'backend.secret' },
+        failover: { drain_spread_ms: 1000 },
+        health: { interval_ms: 2000 },
+        http: { host: '127.0.0.1', port: http },
+        admin: { token_file: 'admin.token' },
       }),
     );
 
@@ -133,6 +138,7 @@ async function main(): Promise<void> {
       await new Promise((r) => setTimeout(r, 100));
     }
 
+    const cli = `node dist/src/cli/main.js -c ${join(SANDBOX, 'mailfront.yaml')}`;
     process.stdout.write(`
 mailfront demo is running (mailfront PID ${child.pid}).
 
@@ -147,10 +153,14 @@ Connect a client, e.g.:
   Any mail client: server 127.0.0.1, port ${imaps} (SSL/TLS) or ${imap} (STARTTLS), user alice, password ${PASSWORD}
   Each mailbox holds a message saying which slot it came from.
 
-Trigger a failover of store1 to its replica slot102:
-  edit ${join(SANDBOX, 'stores.yaml')} (store1 current_master: slot102), then
-  kill -HUP ${child.pid}
-  New logins of alice and bob now land on slot102 (the greeting message says so).
+Watch and fail over (the CLI talks to the admin API on 127.0.0.1:${http}):
+  ${cli} stores
+  ${cli} whereis alice
+  ${cli} failover store1 slot102
+  Sessions of store1 spliced to slot101 are closed within 1 s (IMAP clients get a BYE), and new
+  logins of alice and bob land on slot102 (its message says so). Editing
+  ${join(SANDBOX, 'stores.yaml')} does the same: the file is watched.
+  Metrics: curl http://127.0.0.1:${http}/metrics
 
 Logs (JSON lines): ${logFile}
 Press Ctrl-C to stop everything.
