@@ -86,6 +86,19 @@ function refusalFor(kind: FailureKind): LoginRefusal {
   }
 }
 
+/** Stands in for the pre-auth machine once a session is spliced: nothing more to parse. */
+const SPLICED: PreauthMachine = {
+  greeting: () => [],
+  receive: () => [],
+  tlsStarted: () => [],
+  loginSucceeded: () => {
+    throw new Error('the session is spliced already');
+  },
+  loginFailed: () => [],
+  timedOut: () => [],
+  shuttingDown: () => [],
+};
+
 let sessionCounter = 0;
 const sessionPrefix = randomBytes(3).toString('hex');
 /** A short id unique within the process and unlikely to repeat across processes. */
@@ -112,7 +125,7 @@ export class Session {
   readonly id = newSessionId();
   private phase: SessionPhase = 'greeting';
   private socket: Socket;
-  private readonly machine: PreauthMachine;
+  private machine: PreauthMachine;
   private readonly abort = new AbortController();
   private readonly log: Logger;
   private readonly startedAt = Date.now();
@@ -442,6 +455,8 @@ export class Session {
     }
     clearTimeout(this.preauthTimer);
     const success = this.machine.loginSucceeded(backend.capabilities);
+    // The pre-auth machine and its buffers are never used again: let them go (memory per idle session).
+    this.machine = SPLICED;
     this.detachPreauth(this.socket);
     this.setPhase('spliced');
     this.socket.write(success.reply);
