@@ -181,9 +181,7 @@ export class Mailfront {
       }
     }
     for (const listener of this.listeners) {
-      if (listener.listening && !next.listeners.some((l) => l.name === listener.config.name && !needsRebind(l, listener.config))) {
-        if (!next.listeners.some((l) => l.name === listener.config.name)) await listener.stopAccepting();
-      }
+      if (listener.listening && !next.listeners.some((l) => l.name === listener.config.name)) await listener.stopAccepting();
     }
     if (JSON.stringify(next.directory) !== JSON.stringify(this.config.directory) && this.ownsDirectory) {
       const previous = this.directory;
@@ -221,7 +219,7 @@ export class Mailfront {
       reachable = false;
     }
     return readinessOf([
-      { name: 'listeners', ok: this.listeners.length > 0 && this.listeners.every((l) => l.listening || !this.config.listeners.some((c) => c.name === l.config.name && !needsRebind(c, l.config))), detail: `${this.listeners.filter((l) => l.listening).length} bound` },
+      { name: 'listeners', ok: this.config.listeners.every((c) => this.listeners.some((l) => l.listening && l.config.name === c.name)), detail: `${this.listeners.filter((l) => l.listening).length} bound` },
       { name: 'store_map', ok: this.holder.loaded, detail: this.holder.loaded ? `version ${this.holder.current.version}` : 'not loaded' },
       { name: 'directory', ok: reachable, detail: reachable ? 'reachable' : 'unreachable' },
       { name: 'accepting', ok: !this.stopping, detail: this.stopping ? 'stopping' : 'accepting' },
