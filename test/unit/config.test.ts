@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -138,3 +138,32 @@ test('routing refuses unknown stores', () => {
   const map = loadStoreMap(join(dir, 'stores.yaml'), 1, config);
   assert.throws(() => map.currentMaster('store9'), (e: unknown) => e instanceof Error && 'kind' in e && e.kind === 'no-route');
 });
+
+test('the documented example in config/ is valid (secret and certificate files stood in for)', async () => {
+  const { readFileSync, mkdirSync } = await import('node:fs');
+  const { dirname: dirOf, resolve: resolvePath } = await import('node:path');
+  const { fileURLToPath } = await import('node:url');
+  let root = dirOf(fileURLToPath(import.meta.url));
+  while (!readdirSafe(join(root, 'config')).includes('mailfront.yaml')) root = resolvePath(root, '..');
+  const dir = mkdtempSync(join(tmpdir(), 'mf-example-'));
+  const secrets = join(dir, 'etc');
+  mkdirSync(join(secrets, 'tls'), { recursive: true });
+  const rewrite = (text: string): string => text.replaceAll('/etc/mailfront/', `${secrets}/`);
+  for (const name of ['ldap-password', 'backend-password', 'cyrus-proxy-password', 'admin-token', 'tls/cert.pem', 'tls/key.pem']) writeFileSync(join(secrets, name), name === 'admin-token' ? 'an-admin-token-of-enough-length\n' : 'x\n');
+  writeFileSync(join(dir, 'mailfront.yaml'), rewrite(readFileSync(join(root, 'config/mailfront.yaml'), 'utf8')));
+  writeFileSync(join(dir, 'stores.yaml'), rewrite(readFileSync(join(root, 'config/stores.yaml'), 'utf8')));
+  const config = loadConfig(join(dir, 'mailfront.yaml'));
+  assert.equal(config.listeners.length, 4);
+  assert.equal(config.admin.token, 'an-admin-token-of-enough-length');
+  const map = loadStoreMap(join(dir, 'stores.yaml'), 1, config);
+  assert.equal(map.stores.get('store3')?.backend.loginMode, 'sasl-authzid');
+  assert.equal(map.currentMaster('store2').slot.name, 'slot202');
+});
+
+function readdirSafe(path: string): string[] {
+  try {
+    return readdirSync(path);
+  } catch {
+    return [];
+  }
+}
