@@ -71,6 +71,49 @@ function ldapResult(error: unknown): LdapResult {
   return /timeout|timed out/i.test(message) ? 'timeout' : 'error';
 }
 
+/** How to reach one LDAP server. */
+export interface LdapClientOptions {
+  /** Base TLS options (CA, minimum version); SNI is added per URL. */
+  readonly tls: ConnectionOptions;
+  readonly starttls: boolean;
+  readonly operationTimeoutMs: number;
+  readonly connectTimeoutMs: number;
+  /**
+   * Replay the last bind after ldapts reconnects on its own: without it a service search would
+   * run anonymously and could answer "no such user" for a directory glitch. Never for user
+   * binds, whose identity must not be replayed. (ldapts does not apply it after StartTLS, so
+   * users of a service connection also check isConnected before each use.)
+   */
+  readonly autoRebind: boolean;
+}
+
+/**
+ * An ldapts client for `url`, TLS-secured as configured (StartTLS done), not yet bound. The one
+ * place that knows ldapts speaks TLS from the first byte whenever tlsOptions are given (so they
+ * are passed for ldaps:// only) and that SNI carries host names only (RFC 6066 §3).
+ */
+export async function openLdapClient(url: string, options: LdapClientOptions): Promise<Client> {
+  const host = new URL(url).hostname;
+  const tls: ConnectionOptions = isIP(host) === 0 ? { ...options.tls, servername: host } : { ...options.tls };
+  const client = new Client({
+    url,
+    timeout: options.operationTimeoutMs,
+    connectTimeout: options.connectTimeoutMs,
+    ...(url.startsWith('ldaps:') ? { tlsOptions: tls } : {}),
+    strictDN: true,
+    autoRebind: options.autoRebind && !options.starttls,
+  });
+  if (options.starttls && url.startsWith('ldap:')) {
+    try {
+      await client.startTLS(tls);
+    } catch (error) {
+      await client.unbind().catch(() => undefined);
+      throw error;
+    }
+  }
+  return client;
+}
+
 interface ServiceConnection {
   readonly url: string;
   readonly client: Client;
@@ -110,31 +153,14 @@ export class LdapDirectory implements Directory {
     }
   }
 
-  /** TLS options for `url`'s host; SNI only for names (RFC 6066 forbids IP addresses there). */
-  private tlsFor(url: string): ConnectionOptions {
-    const host = new URL(url).hostname;
-    return isIP(host) === 0 ? { ...this.tlsOptions, servername: host } : { ...this.tlsOptions };
-  }
-
-  private newClient(url: string): Client {
-    return new Client({
-      url,
-      timeout: this.config.operationTimeoutMs,
-      connectTimeout: this.config.connectTimeoutMs,
-      // ldapts speaks TLS from the first byte whenever tlsOptions are given, so only for ldaps://.
-      ...(url.startsWith('ldaps:') ? { tlsOptions: this.tlsFor(url) } : {}),
-      strictDN: true,
-      // ldapts reconnects transparently; without a replayed bind a search would run anonymously
-      // and could answer "no such user" for a directory glitch. (Not applied after StartTLS,
-      // so serviceConnection() also checks isConnected before each use.)
-      autoRebind: !this.config.starttls,
-    });
+  private clientOptions(autoRebind: boolean): LdapClientOptions {
+    const { starttls, operationTimeoutMs, connectTimeoutMs } = this.config;
+    return { tls: this.tlsOptions, starttls, operationTimeoutMs, connectTimeoutMs, autoRebind };
   }
 
   private async openBound(url: string, dn: string, password: string): Promise<Client> {
-    const client = this.newClient(url);
+    const client = await openLdapClient(url, this.clientOptions(true));
     try {
-      if (this.config.starttls && url.startsWith('ldap:')) await client.startTLS(this.tlsFor(url));
       await client.bind(dn, password);
       return client;
     } catch (error) {
@@ -235,9 +261,7 @@ export class LdapDirectory implements Directory {
     try {
       if (client === undefined || !client.isConnected) {
         client?.unbind().catch(() => undefined);
-        // No autoRebind here: a reconnect must never replay the previous user's bind.
-        client = new Client({ url, timeout: this.config.operationTimeoutMs, connectTimeout: this.config.connectTimeoutMs, ...(url.startsWith('ldaps:') ? { tlsOptions: this.tlsFor(url) } : {}), strictDN: true });
-        if (this.config.starttls && url.startsWith('ldap:')) await client.startTLS(this.tlsFor(url));
+        client = await openLdapClient(url, this.clientOptions(false));
       }
       const bound = client;
       await this.timed('user-bind', () => bound.bind(dn, password));

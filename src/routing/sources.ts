@@ -9,11 +9,10 @@ import type { FSWatcher } from 'node:fs';
 import { readFile, rename, writeFile } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { Attribute, Change, Client } from 'ldapts';
 import { parseDocument } from 'yaml';
-import { escapeFilterValue } from '../auth/ldap.js';
+import { escapeFilterValue, openLdapClient } from '../auth/ldap.js';
 import { readStoreMapFile } from '../config/load.js';
 import type { StoreMapSourceConfig } from '../config/schema.js';
 import { MailfrontError } from '../errors.js';
@@ -146,26 +145,21 @@ export class LdapStoreMapSource implements StoreMapSource {
     this.tls = { minVersion: 'TLSv1.2', ...(config.caFile ? { ca: readFileSync(config.caFile) } : {}) };
   }
 
-  private tlsFor(url: string): ConnectionOptions {
-    const host = new URL(url).hostname;
-    return isIP(host) === 0 ? { ...this.tls, servername: host } : this.tls;
-  }
-
   private async connection(): Promise<Client> {
     if (this.client?.isConnected) return this.client;
     await this.client?.unbind().catch(() => undefined);
     this.client = null;
     const failures: string[] = [];
     for (const url of this.config.urls) {
-      const client = new Client({ url, timeout: this.config.operationTimeoutMs, connectTimeout: this.config.operationTimeoutMs, ...(url.startsWith('ldaps:') ? { tlsOptions: this.tlsFor(url) } : {}) });
+      let client: Client | undefined;
       try {
-        if (this.config.starttls && url.startsWith('ldap:')) await client.startTLS(this.tlsFor(url));
+        client = await openLdapClient(url, { tls: this.tls, starttls: this.config.starttls, operationTimeoutMs: this.config.operationTimeoutMs, connectTimeoutMs: this.config.operationTimeoutMs, autoRebind: true });
         await client.bind(this.config.bindDn, this.config.bindPassword);
         this.client = client;
         return client;
       } catch (error) {
         failures.push(`${url}: ${error instanceof Error ? error.message : String(error)}`);
-        await client.unbind().catch(() => undefined);
+        await client?.unbind().catch(() => undefined);
       }
     }
     throw new MailfrontError('STOREMAP_LDAP_UNREACHABLE', 'config', `no store-map LDAP server answered: ${failures.join('; ')}`);
