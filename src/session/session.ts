@@ -126,7 +126,8 @@ export class Session {
   private phase: SessionPhase = 'greeting';
   private socket: Socket;
   private machine: PreauthMachine;
-  private readonly abort = new AbortController();
+  /** Cancels a login in progress; made at the first login and let go once spliced. */
+  private abortController: AbortController | undefined;
   private readonly log: Logger;
   private readonly startedAt = Date.now();
   private clientAddress: string;
@@ -136,7 +137,9 @@ export class Session {
   private firstChunk = true;
   /** The client address came from a trusted webmail's ID: count it per address, not exempt. */
   private addressForwarded = false;
-  private bytesAtSplice = { read: 0, written: 0 };
+  /** Client bytes before the splice; the splice counts the rest. */
+  private preauthBytesRead = 0;
+  private preauthBytesWritten = 0;
   private preauthTimer: NodeJS.Timeout | undefined;
   private tlsActive: boolean;
   private user: string | undefined;
@@ -193,7 +196,7 @@ export class Session {
     this.log.info({ event: 'session.started', protocol: adapter.name, listener: listener.name, client: this.clientAddress, clientPort: this.clientPort, ...(endpoints.header?.kind === 'proxied' ? { via: endpoints.peer.address } : {}), tls: tlsActive }, 'session started');
     this.preauthTimer = setTimeout(() => {
       if (this.phase === 'preauth' || this.phase === 'greeting') this.perform(this.machine.timedOut());
-      else if (this.phase === 'authenticating' || this.phase === 'backend-login') this.abort.abort();
+      else if (this.phase === 'authenticating' || this.phase === 'backend-login') this.abortController?.abort();
     }, config.session.preauthTimeoutMs);
     this.attachPreauth(socket);
     this.perform(this.machine.greeting());
@@ -209,7 +212,7 @@ export class Session {
   shutdown(): void {
     if (this.phase === 'preauth' || this.phase === 'greeting') this.perform(this.machine.shuttingDown());
     else if (this.phase === 'authenticating' || this.phase === 'backend-login') {
-      this.abort.abort();
+      this.abortController?.abort();
       this.perform(this.machine.shuttingDown());
     } else if (this.phase === 'spliced') this.splice?.close('shutdown', this.adapter.drainNotice('Server shutting down'));
   }
@@ -324,6 +327,11 @@ export class Session {
     plain.on('close', () => this.finish('client-closed-preauth'));
   }
 
+  private get abortSignal(): AbortSignal {
+    this.abortController ??= new AbortController();
+    return this.abortController.signal;
+  }
+
   private async login(credentials: Credentials): Promise<void> {
     const config = this.context.config();
     const started = Date.now();
@@ -344,7 +352,7 @@ export class Session {
       }
       if (user === null) throw new MailfrontError('INVALID_USERNAME', 'auth-failed', 'the user name is empty, too long, not in a local domain, or has control characters');
       this.user = user;
-      const found = await this.context.directory().authenticate(user, credentials.password, this.abort.signal);
+      const found = await this.context.directory().authenticate(user, credentials.password, this.abortSignal);
       void throttle.recordSuccess(attempt);
       this.log.info({ event: 'session.authenticated', user, mechanism: credentials.mechanism }, 'user authenticated');
       if (found.store === null) throw new MailfrontError('USER_WITHOUT_STORE', 'no-route', `the directory entry ${found.dn} has no store attribute`);
@@ -375,7 +383,7 @@ export class Session {
         this.log.info(fields, 'login failed');
         // Same answer after the same time for an unknown user and a wrong password (and a
         // throttled login looks no faster); repeated failures add the throttle's penalty.
-        await delay(started + config.session.authFailureDelayMs + penaltyMs - Date.now(), this.abort.signal);
+        await delay(started + config.session.authFailureDelayMs + penaltyMs - Date.now(), this.abortSignal);
       } else {
         this.log.error(fields, 'login could not be completed');
       }
@@ -406,8 +414,8 @@ export class Session {
         const error = asMailfrontError(caught);
         if (error.kind !== 'connect' || Date.now() >= deadline) throw error;
         this.log.warn({ event: 'session.backend_retry', store: storeName, slot: slot.name, attempt, err: error.message }, 'current master unreachable; holding the login');
-        await delay(Math.min(250 * attempt, 1_000, deadline - Date.now()), this.abort.signal);
-        if (this.abort.signal.aborted) throw new MailfrontError('ABORTED', 'aborted', 'the session ended while its login was held');
+        await delay(Math.min(250 * attempt, 1_000, deadline - Date.now()), this.abortSignal);
+        if (this.abortSignal.aborted) throw new MailfrontError('ABORTED', 'aborted', 'the session ended while its login was held');
       }
     }
   }
@@ -418,7 +426,7 @@ export class Session {
     let socket: Socket;
     try {
       const proxyHeader = backendProxyHeader(backendConfig.proxyProtocol, { address: this.clientAddress, port: this.clientPort }, this.endpoints.local);
-      socket = await dialSlot(slot, this.adapter.name, backendConfig, this.abort.signal, proxyHeader);
+      socket = await dialSlot(slot, this.adapter.name, backendConfig, this.abortSignal, proxyHeader);
       metrics.backendConnect(slot.store, 'success', (performance.now() - connectStarted) / 1000);
     } catch (caught) {
       const error = asMailfrontError(caught);
@@ -438,7 +446,7 @@ export class Session {
       ...(backendConfig.forwardClientAddress ? { forward: { ip: this.clientAddress, port: this.clientPort, sessionId: this.id } } : {}),
     });
     try {
-      const session = await loginToBackend(socket, slot, machine, backendConfig, this.abort.signal);
+      const session = await loginToBackend(socket, slot, machine, backendConfig, this.abortSignal);
       metrics.backendLogin(slot.store, 'success', (performance.now() - loginStarted) / 1000);
       return session;
     } catch (caught) {
@@ -454,13 +462,17 @@ export class Session {
       return;
     }
     clearTimeout(this.preauthTimer);
+    this.preauthTimer = undefined;
+    // The login is over: nothing is left to cancel (and no DOMException to make at the end).
+    this.abortController = undefined;
     const success = this.machine.loginSucceeded(backend.capabilities);
     // The pre-auth machine and its buffers are never used again: let them go (memory per idle session).
     this.machine = SPLICED;
     this.detachPreauth(this.socket);
     this.setPhase('spliced');
     this.socket.write(success.reply);
-    this.bytesAtSplice = { read: this.socket.bytesRead, written: this.socket.bytesWritten };
+    this.preauthBytesRead = this.socket.bytesRead;
+    this.preauthBytesWritten = this.socket.bytesWritten;
     const running = splice(this.socket, backend.socket, success.pipelined, backend.leftover, this.context.config().session.idleTimeoutMs, this.adapter.createResponseTracker?.() ?? null);
     this.splice = running;
     const entry: SessionEntry = {
@@ -488,11 +500,13 @@ export class Session {
     const phaseAtEnd = this.phase;
     this.phase = 'closing';
     clearTimeout(this.preauthTimer);
-    this.abort.abort();
+    this.abortController?.abort();
     if (this.entry) this.context.registry.remove(this.entry);
-    if (phaseAtEnd === 'spliced') {
-      this.context.metrics.bytesProxied('client-to-backend', Math.max(0, this.socket.bytesRead - this.bytesAtSplice.read));
-      this.context.metrics.bytesProxied('backend-to-client', Math.max(0, this.socket.bytesWritten - this.bytesAtSplice.written));
+    // The splice counts its own bytes: its direct relay writes past the socket's counters.
+    const spliced = this.splice;
+    if (spliced !== undefined) {
+      this.context.metrics.bytesProxied('client-to-backend', spliced.bytesFromClient);
+      this.context.metrics.bytesProxied('backend-to-client', spliced.bytesToClient);
     }
     this.tracker.ended(reason);
     if (phaseAtEnd !== 'spliced') {
@@ -512,8 +526,8 @@ export class Session {
         store: this.store,
         slot: phaseAtEnd === 'spliced' ? this.slot : undefined,
         client: this.clientAddress,
-        bytesFromClient: this.socket.bytesRead,
-        bytesToClient: this.socket.bytesWritten,
+        bytesFromClient: spliced !== undefined ? this.preauthBytesRead + spliced.bytesFromClient : this.socket.bytesRead,
+        bytesToClient: spliced !== undefined ? this.preauthBytesWritten + spliced.bytesToClient : this.socket.bytesWritten,
         durationMs: Date.now() - this.startedAt,
       },
       'session finished',

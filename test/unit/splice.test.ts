@@ -1,0 +1,176 @@
+// The splice over real loopback sockets: both relays (direct for plain TCP, stream when an end
+// is TLS), byte-identical bulk transfers both ways with a slow reader (backpressure), the order
+// of pipelined and leftover bytes, the idle sweep, half-closes, and a drain notice.
+import assert from 'node:assert/strict';
+import { randomBytes, createHash } from 'node:crypto';
+import { once } from 'node:events';
+import { connect, createServer } from 'node:net';
+import type { AddressInfo, Server, Socket } from 'node:net';
+import { test } from 'node:test';
+import { connect as tlsConnect, TLSSocket } from 'node:tls';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { splice } from '../../src/proxy/splice.js';
+import type { Splice } from '../../src/proxy/splice.js';
+import { ImapResponseBoundary } from '../../src/protocol/imap/boundary.js';
+import { testCertsPem } from '../integration/servers/certs.js';
+
+interface Pair {
+  /** The socket mailfront holds towards the client, and the client's own end. */
+  readonly front: Socket;
+  readonly user: Socket;
+}
+
+/** A connected pair of loopback TCP sockets (the accepted end and the connecting end). */
+async function tcpPair(): Promise<Pair> {
+  const server: Server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const accepted = once(server, 'connection') as Promise<[Socket]>;
+  const user = connect((server.address() as AddressInfo).port, '127.0.0.1');
+  const [[front]] = await Promise.all([accepted, once(user, 'connect')]);
+  server.close();
+  return { front, user };
+}
+
+/** The same, with TLS between the two ends. */
+async function tlsPair(): Promise<Pair> {
+  const { ca, cert, key } = await testCertsPem();
+  const { front: plain, user: plainUser } = await tcpPair();
+  const front = new TLSSocket(plain, { isServer: true, cert, key });
+  const user = tlsConnect({ socket: plainUser, ca, servername: 'localhost' });
+  await Promise.all([once(front, 'secure'), once(user, 'secureConnect')]);
+  return { front, user };
+}
+
+/** Reads `length` bytes from `socket`, pausing now and then like a slow client; returns their SHA-256. */
+function readAll(socket: Socket, length: number, slow: boolean): Promise<string> {
+  const hash = createHash('sha256');
+  let got = 0;
+  let chunks = 0;
+  return new Promise((resolve, reject) => {
+    const onData = (chunk: Buffer): void => {
+      hash.update(chunk);
+      got += chunk.length;
+      if (got > length) return reject(new Error(`${got - length} bytes more than were sent`));
+      if (got === length) {
+        socket.off('data', onData);
+        socket.off('error', reject);
+        return resolve(hash.digest('hex'));
+      }
+      if (slow && ++chunks % 8 === 0) {
+        socket.pause();
+        setTimeout(() => socket.resume(), 2);
+      }
+    };
+    socket.on('data', onData);
+    socket.on('error', reject);
+  });
+}
+
+/** Writes `data` in pieces of random size, respecting backpressure. */
+async function writeAll(socket: Socket, data: Buffer): Promise<void> {
+  for (let at = 0; at < data.length; ) {
+    const size = 1 + Math.floor(Math.random() * 200_000);
+    if (!socket.write(data.subarray(at, at + size))) await once(socket, 'drain');
+    at += size;
+  }
+}
+
+const sha = (data: Buffer): string => createHash('sha256').update(data).digest('hex');
+
+async function bulkBothWays(client: Pair, backend: Pair, expectRelay: Splice['relay']): Promise<void> {
+  const running = splice(client.front, backend.front, new Uint8Array(), new Uint8Array(), 60_000);
+  assert.equal(running.relay, expectRelay);
+  const down = randomBytes(12 * 1024 * 1024);
+  const up = randomBytes(5 * 1024 * 1024);
+  const [downHash, upHash] = await Promise.all([
+    readAll(client.user, down.length, true),
+    readAll(backend.user, up.length, true),
+    writeAll(backend.user, down),
+    writeAll(client.user, up),
+  ]);
+  assert.equal(downHash, sha(down), 'backend to client arrives byte-identical');
+  assert.equal(upHash, sha(up), 'client to backend arrives byte-identical');
+  assert.equal(running.bytesToClient, down.length);
+  assert.equal(running.bytesFromClient, up.length);
+  client.user.destroy();
+  assert.equal(await running.ended, 'client-closed');
+  assert.ok(backend.front.destroyed, 'the backend connection is closed with the client');
+}
+
+test('plain TCP on both ends uses the direct relay: 12 MB down and 5 MB up at once, slow readers, byte-identical', async () => {
+  await bulkBothWays(await tcpPair(), await tcpPair(), 'direct');
+});
+
+test('a TLS client uses the stream relay, byte-identical both ways', async () => {
+  await bulkBothWays(await tlsPair(), await tcpPair(), 'stream');
+});
+
+test('a client that stops reading stops the backend being read (bounded buffering), and nothing is lost when it resumes', async () => {
+  const client = await tcpPair();
+  const backend = await tcpPair();
+  const running = splice(client.front, backend.front, new Uint8Array(), new Uint8Array(), 60_000);
+  client.user.pause();
+  const data = randomBytes(64 * 1024 * 1024);
+  let sent = false;
+  const sending = writeAll(backend.user, data).then(() => (sent = true));
+  await sleep(500);
+  assert.equal(sent, false, 'backpressure reached the backend: 64 MB do not fit in the socket buffers');
+  assert.ok(client.front.writableLength <= 128 * 1024, `mailfront buffers at most one chunk (${client.front.writableLength} bytes queued)`);
+  const got = readAll(client.user, data.length, false);
+  client.user.resume();
+  await sending;
+  assert.equal(await got, sha(data));
+  running.close('kicked', null);
+  assert.equal(await running.ended, 'kicked');
+});
+
+test('pipelined bytes reach the backend and leftover bytes the client before anything relayed', async () => {
+  const client = await tcpPair();
+  const backend = await tcpPair();
+  const running = splice(client.front, backend.front, Buffer.from('a2 SELECT INBOX\r\n'), Buffer.from('* 3 EXISTS\r\n'), 60_000);
+  client.user.write('a3 NOOP\r\n');
+  backend.user.write('a2 OK done\r\n');
+  const toBackend = readAll(backend.user, 26, false);
+  const toClient = readAll(client.user, 24, false);
+  assert.equal(await toBackend, sha(Buffer.from('a2 SELECT INBOX\r\na3 NOOP\r\n')));
+  assert.equal(await toClient, sha(Buffer.from('* 3 EXISTS\r\na2 OK done\r\n')));
+  backend.user.end();
+  assert.equal(await running.ended, 'backend-closed', 'a half-close by the backend ends the session');
+  await once(client.user, 'close');
+});
+
+test('the idle sweep ends a quiet session, and traffic either way keeps it open', async () => {
+  const client = await tcpPair();
+  const backend = await tcpPair();
+  const started = Date.now();
+  const running = splice(client.front, backend.front, new Uint8Array(), new Uint8Array(), 400);
+  let ended: string | null = null;
+  void running.ended.then((r) => (ended = r));
+  client.user.resume();
+  backend.user.resume();
+  for (let i = 0; i < 6; i++) {
+    await sleep(150);
+    (i % 2 === 0 ? backend.user : client.user).write('x');
+  }
+  assert.equal(ended, null, 'a session with traffic every 150 ms stays open past its 400 ms idle timeout');
+  assert.equal(await running.ended, 'idle-timeout');
+  const quietFor = Date.now() - started - 900;
+  assert.ok(quietFor >= 350 && quietFor < 2_000, `closed after ${quietFor} ms of quiet`);
+});
+
+test('a drain notice is written at a response boundary, never inside a literal', async () => {
+  for (const [sent, expectNotice] of [['* 1 EXISTS\r\n', true], ['* 1 FETCH (BODY[] {100}\r\nhalf', false]] as const) {
+    const client = await tcpPair();
+    const backend = await tcpPair();
+    const running = splice(client.front, backend.front, new Uint8Array(), new Uint8Array(), 60_000, new ImapResponseBoundary());
+    const received: Buffer[] = [];
+    client.user.on('data', (chunk: Buffer) => received.push(chunk));
+    backend.user.write(sent);
+    while (Buffer.concat(received).length < sent.length) await sleep(5);
+    running.close('drained', '* BYE [UNAVAILABLE] moved\r\n');
+    await once(client.user, 'close');
+    assert.equal(await running.ended, 'drained');
+    assert.equal(Buffer.concat(received).toString('latin1'), expectNotice ? `${sent}* BYE [UNAVAILABLE] moved\r\n` : sent);
+  }
+});
