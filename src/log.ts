@@ -16,7 +16,18 @@ export type { Logger };
  */
 const REDACT_PATHS = ['password', 'bindPassword', 'proxyPassword', 'probePassword', 'bind_password', 'proxy_password', 'auth_password', 'token', 'sasl', 'credentials', 'authorization'];
 
-/** Creates the root logger writing JSON lines to `destination` (stdout by default). */
+/**
+ * Log lines waiting for stdout beyond this are dropped, not buffered without bound: a stalled
+ * log reader must not stall or swell the proxy.
+ */
+const MAX_PENDING_LOG_BYTES = 16 * 1024 * 1024;
+
+/**
+ * Creates the root logger writing JSON lines to `destination`. By default that is stdout,
+ * written asynchronously: lines logged while a write is in flight leave together in the next
+ * one (one write(2) per burst instead of one per line, measured at ~7 % of a login's CPU), and
+ * whatever is pending is flushed synchronously when the process exits.
+ */
 export function createLogger(level: string, destination?: DestinationStream): Logger {
   const options = {
     level,
@@ -25,5 +36,5 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
     timestamp: pino.stdTimeFunctions.isoTime,
     formatters: { level: (label: string) => ({ level: label }) },
   };
-  return destination ? pino(options, destination) : pino(options);
+  return pino(options, destination ?? pino.destination({ dest: 1, sync: false, maxLength: MAX_PENDING_LOG_BYTES }));
 }

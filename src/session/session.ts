@@ -143,6 +143,7 @@ export class Session {
   private preauthTimer: NodeJS.Timeout | undefined;
   private tlsActive: boolean;
   private user: string | undefined;
+  private mechanism: string | undefined;
   private store: string | undefined;
   private slot: string | undefined;
   private splice: Splice | undefined;
@@ -193,7 +194,7 @@ export class Session {
       plaintextWithoutTls: listener.plaintextWithoutTls,
       greetingText: config.session.greeting,
     });
-    this.log.info({ event: 'session.started', protocol: adapter.name, listener: listener.name, client: this.clientAddress, clientPort: this.clientPort, ...(endpoints.header?.kind === 'proxied' ? { via: endpoints.peer.address } : {}), tls: tlsActive }, 'session started');
+    this.log.debug({ event: 'session.started', protocol: adapter.name, listener: listener.name, client: this.clientAddress, clientPort: this.clientPort, ...(endpoints.header?.kind === 'proxied' ? { via: endpoints.peer.address } : {}), tls: tlsActive }, 'session started');
     this.preauthTimer = setTimeout(() => {
       if (this.phase === 'preauth' || this.phase === 'greeting') this.perform(this.machine.timedOut());
       else if (this.phase === 'authenticating' || this.phase === 'backend-login') this.abortController?.abort();
@@ -354,7 +355,8 @@ export class Session {
       this.user = user;
       const found = await this.context.directory().authenticate(user, credentials.password, this.abortSignal);
       void throttle.recordSuccess(attempt);
-      this.log.info({ event: 'session.authenticated', user, mechanism: credentials.mechanism }, 'user authenticated');
+      this.log.debug({ event: 'session.authenticated', user, mechanism: credentials.mechanism }, 'user authenticated');
+      this.mechanism = credentials.mechanism;
       if (found.store === null) throw new MailfrontError('USER_WITHOUT_STORE', 'no-route', `the directory entry ${found.dn} has no store attribute`);
       this.store = found.store;
       if (!this.lease.claimUser(user)) {
@@ -490,7 +492,8 @@ export class Session {
     };
     this.entry = entry;
     this.context.registry.add(entry);
-    this.log.info({ event: 'session.spliced', user: this.user, store: this.store, slot: this.slot }, 'spliced to backend');
+    // The one info line of a login (session.started and session.authenticated are debug): who, how, from where, to where.
+    this.log.info({ event: 'session.spliced', protocol: this.adapter.name, user: this.user, mechanism: this.mechanism, store: this.store, slot: this.slot, client: this.clientAddress, ...(this.endpoints.header?.kind === 'proxied' ? { via: this.endpoints.peer.address } : {}), listener: this.listenerName, tls: this.tlsActive }, 'spliced to backend');
     void running.ended.then((reason) => this.finish(reason));
   }
 

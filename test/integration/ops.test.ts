@@ -181,7 +181,7 @@ describe('two mailfront instances behind HAProxy with PROXY v2, Dovecot behind w
       await raw.waitClosed();
     }
     for (const instance of instances) {
-      const started = await waitFor(`a proxied session on ${instance.name}`, () => logLines(instance).find((l) => l['event'] === 'session.started' && l['client'] === '127.0.0.2'));
+      const started = await waitFor(`a proxied session on ${instance.name}`, () => logLines(instance).find((l) => l['event'] === 'session.spliced' && l['client'] === '127.0.0.2'));
       assert.equal(started['via'], '127.0.0.1');
     }
     await waitFor('rip=127.0.0.2 in the Dovecot log', async () => /Login: user=<alice>.*rip=127\.0\.0\.2/.test(await dovecot.readLog()));
