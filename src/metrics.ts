@@ -45,6 +45,16 @@ export type ProxyHeaderResult = 'accepted' | 'local' | 'untrusted' | 'malformed'
 /** The part of a store map the metrics need (StoreMap['stores'] fits it). */
 export type StoreMapShape = ReadonlyMap<string, { readonly currentMaster: string; readonly preferredMaster: string; readonly slots: ReadonlyMap<string, unknown> }>;
 
+/** The open-session counts of `protocol` in `counts`, made at first use. */
+function countsFor(counts: Map<ProtocolName, Record<SessionPhaseLabel, number>>, protocol: ProtocolName): Record<SessionPhaseLabel, number> {
+  let found = counts.get(protocol);
+  if (found === undefined) {
+    found = { greeting: 0, preauth: 0, authenticating: 0, 'backend-login': 0, spliced: 0, closing: 0 };
+    counts.set(protocol, found);
+  }
+  return found;
+}
+
 /** Tracks one session's phase and end; returned by `Metrics.sessionStarted`. */
 export interface SessionMetrics {
   /** Moves the session to `phase` in `mailfront_sessions_active` ('closing' is ignored: `ended` records the phase before it). */
@@ -116,8 +126,12 @@ export class Metrics {
 
   /** Client connections accepted, by protocol. */
   private readonly sessionsTotal: Counter<'protocol'>;
-  /** Sessions open now, by protocol and the phase they are in. */
-  private readonly sessionsActive: Gauge<'protocol' | 'phase'>;
+  /**
+   * Open sessions by protocol and phase, kept as plain numbers and copied into
+   * `mailfront_sessions_active` at scrape time: a phase change costs an increment, not two
+   * label lookups (a session changes phase four times on its way to the splice).
+   */
+  private readonly activeCounts = new Map<ProtocolName, Record<SessionPhaseLabel, number>>();
   /** Sessions ended, by protocol, the phase they were in and why they ended. */
   private readonly sessionsEndedTotal: Counter<'protocol' | 'phase' | 'reason'>;
   /** Time from accept to close, by protocol and the phase the session ended in. */
@@ -171,7 +185,17 @@ export class Metrics {
     const histogram = <L extends string>(name: string, help: string, labelNames: readonly L[], buckets: number[]): Histogram<L> => new Histogram({ name, help, labelNames, buckets, registers });
 
     this.sessionsTotal = counter('mailfront_sessions_total', 'Client connections accepted, by protocol.', ['protocol']);
-    this.sessionsActive = gauge('mailfront_sessions_active', 'Sessions open now, by protocol and phase.', ['protocol', 'phase']);
+    const sessionsActive = new Gauge({
+      name: 'mailfront_sessions_active',
+      help: 'Sessions open now, by protocol and phase.',
+      labelNames: ['protocol', 'phase'] as const,
+      registers,
+      collect: () => {
+        for (const [protocol, counts] of this.activeCounts) {
+          for (const phase of PHASES) sessionsActive.set({ protocol, phase }, counts[phase]);
+        }
+      },
+    });
     this.sessionsEndedTotal = counter('mailfront_sessions_ended_total', 'Sessions ended, by protocol, phase at the end and reason.', ['protocol', 'phase', 'reason']);
     this.sessionDuration = histogram('mailfront_session_duration_seconds', 'Time from accept to close, by protocol and phase at the end.', ['protocol', 'phase'], SESSION_BUCKETS_SECONDS);
     this.loginsTotal = counter('mailfront_logins_total', 'Login attempts, by protocol and result (success or the failure kind).', ['protocol', 'result']);
@@ -201,7 +225,7 @@ export class Metrics {
     // Series that exist from the start read 0 instead of "no data" on dashboards and in rate().
     for (const protocol of options.protocols ?? ['imap', 'pop3']) {
       this.sessionsTotal.inc({ protocol }, 0);
-      for (const phase of PHASES) this.sessionsActive.set({ protocol, phase }, 0);
+      countsFor(this.activeCounts, protocol);
       this.loginsTotal.inc({ protocol, result: 'success' }, 0);
     }
     for (const direction of DIRECTIONS) this.proxiedBytesTotal.inc({ direction }, 0);
@@ -218,19 +242,20 @@ export class Metrics {
     const startedMs = this.nowMs();
     let phase: SessionPhaseLabel = 'greeting';
     let ended = false;
+    const active = countsFor(this.activeCounts, protocol);
     this.sessionsTotal.inc({ protocol });
-    this.sessionsActive.inc({ protocol, phase });
+    active[phase]++;
     return {
       phase: (next) => {
         if (ended || next === phase || next === 'closing') return;
-        this.sessionsActive.dec({ protocol, phase });
+        active[phase]--;
         phase = next;
-        this.sessionsActive.inc({ protocol, phase });
+        active[phase]++;
       },
       ended: (reason) => {
         if (ended) return;
         ended = true;
-        this.sessionsActive.dec({ protocol, phase });
+        active[phase]--;
         this.sessionsEndedTotal.inc({ protocol, phase, reason });
         this.sessionDuration.observe({ protocol, phase }, Math.max(0, this.nowMs() - startedMs) / 1000);
       },

@@ -5,13 +5,15 @@
  * never stored, and a wrong password never matches. Failures are never cached. Only the user's
  * store name is cached, never a slot: routing always reads the store map in force.
  */
-import { createHmac, randomBytes } from 'node:crypto';
+import { createHmac, createSecretKey, randomBytes } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { Directory, DirectoryUser } from './directory.js';
 
 /** A Directory that remembers successful authentications for `ttlMs`. */
 export class CachingDirectory implements Directory {
-  private readonly key = randomBytes(32);
+  /** Made once: a raw key would be turned into a key object on every lookup. */
+  private readonly key: KeyObject = createSecretKey(randomBytes(32));
   private readonly successes: LRUCache<string, DirectoryUser>;
 
   constructor(
@@ -23,7 +25,8 @@ export class CachingDirectory implements Directory {
   }
 
   private fingerprint(user: string, password: string): string {
-    return createHmac('sha256', this.key).update(user).update('\0').update(password).digest('base64url');
+    // One update: user names never hold NUL (normalizeUser), so the separator is unambiguous.
+    return createHmac('sha256', this.key).update(`${user}\0${password}`).digest('base64url');
   }
 
   async authenticate(user: string, password: string, signal: AbortSignal): Promise<DirectoryUser> {

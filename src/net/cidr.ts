@@ -138,12 +138,17 @@ export class CidrSet {
   }
 }
 
+/** A dotted quad in canonical form (no leading zeros), as sockets report IPv4 peers. */
+const DOTTED_QUAD = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/;
+
 /**
  * The key a per-address counter uses for a client: the dotted IPv4 address (also for
  * IPv4-mapped IPv6), or the IPv6 network of `ipv6PrefixBits` as `2001:db8:0:1::/64`.
  * Anything that is not an IP literal is returned as it is.
  */
 export function addressKey(address: string, ipv6PrefixBits = IPV6_SUBJECT_PREFIX_BITS): string {
+  // A dotted quad as sockets report it is its own key (the common case, on every connection).
+  if (DOTTED_QUAD.test(address)) return address;
   const parsed = parseAddress(address);
   if (parsed === null) return address;
   if (isV4Mapped(parsed)) return Array.from(parsed.subarray(12)).join('.');
