@@ -19,7 +19,7 @@ import { CLOCK_TICKS_PER_S, cpuSeconds, fileLimit, systemCpuSeconds, machineDesc
 import { formatSummary, summariseFile } from './profile-summary.js';
 import { canForceGc, forceGc } from './inspector.js';
 import { freePort } from '../test/integration/servers/index.js';
-import { MAILFRONT_MAIN, directPorts, nginxMissing, startBackends, startMailfront, startNginx, type Backends, type BenchUser, type MailfrontProcess, type NginxProcess, type Stores } from './setup.js';
+import { MAILFRONT_MAIN, directPorts, nginxMissing, startBackends, startFloor, startMailfront, startNginx, type Backends, type BenchUser, type MailfrontProcess, type NginxProcess, type Stores } from './setup.js';
 
 const REPO_ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 
@@ -44,7 +44,7 @@ const SETTINGS = {
   /** Logins (of users kept out of the cold pass) that warm the JIT of a fresh mailfront. */
   jitWarmupLogins: envInt('BENCH_JIT_WARMUP', 100),
   noops: envInt('BENCH_NOOPS', 2000),
-  fetches: envInt('BENCH_FETCHES', 50),
+  fetches: envInt('BENCH_FETCHES', 200),
   fetchBytes: envInt('BENCH_FETCH_BYTES', 10 * 1024 * 1024),
   idleSessions: envInt('BENCH_IDLE_SESSIONS', 10_000),
   /** Fewer by default: each TLS session costs a handshake on both sides, and the figure is per session. */
@@ -185,7 +185,7 @@ interface IdleFigure {
 interface Results {
   noop: Partial<Record<Mode, NoopResult>>;
   fetch: Partial<Record<Mode, FetchResult & { readonly foreignCores: number }>>;
-  imap: Partial<Record<'direct' | 'mailfront-cold' | 'mailfront' | 'mailfront-master-user' | 'nginx', LoginFigure>>;
+  imap: Partial<Record<'direct' | 'mailfront-cold' | 'mailfront' | 'mailfront-master-user' | 'nginx' | 'floor', LoginFigure>>;
   pop3: Partial<Record<Mode, LoginFigure>>;
   idle: Partial<Record<'mailfront' | 'mailfront-tls' | 'nginx' | 'nginx-tls', IdleFigure>>;
   profiles: Record<string, string>;
@@ -228,8 +228,8 @@ function cpuGroups(w: World, mailfront: MailfrontProcess | null): Record<string,
   return groups;
 }
 
-async function loginFigure(w: World, mailfront: MailfrontProcess | null, options: Parameters<typeof loginLoop>[0]): Promise<LoginFigure> {
-  const s = await sampled(cpuGroups(w, mailfront), () => loginLoop(options));
+async function loginFigure(w: World, mailfront: MailfrontProcess | null, options: Parameters<typeof loginLoop>[0], extraGroups: Record<string, () => number> = {}): Promise<LoginFigure> {
+  const s = await sampled({ ...cpuGroups(w, mailfront), ...extraGroups }, () => loginLoop(options));
   if (s.result.errors > 0) say(`  ${s.result.errors} errors; first: ${s.result.firstError ?? ''}`);
   return { loop: s.result, cpuPer1000: per1000(s.cpu, s.result.logins), machineBusy: s.machineBusy, foreignCores: s.foreignCores };
 }
@@ -457,6 +457,16 @@ async function run(): Promise<void> {
         results.imap.nginx = g;
         say(`  ${describeLogin('nginx', g)}`);
       }
+      // The floor: the least a Node.js proxy does for the same logins (bench/floor.ts).
+      const floor = await startFloor(backends);
+      try {
+        await loginLoop(loop('imap', (i) => ({ port: floor.port, ...account(userAt(coldUsers + i)) }), warmup));
+        const fl = await loginFigure(w, null, loop('imap', (i) => ({ port: floor.port, ...account(userAt(i)) })), { floor: () => cpuSeconds(floor.pid) });
+        results.imap.floor = fl;
+        say(`  ${describeLogin('floor (bench/floor.ts: sockets, LOGIN replay and the splice, nothing else)', fl)}`);
+      } finally {
+        await floor.stop();
+      }
     }
 
     if (want('master-user')) {
@@ -597,6 +607,7 @@ function buildReport(r: Results, haveNginx: boolean): { table: string; goalTable
   row('IMAP login latency p99, ms', im.direct?.loop.loginMs.p99, im.mailfront?.loop.loginMs.p99, im.nginx?.loop.loginMs.p99, 2);
   row('proxy CPU s per 1,000 IMAP logins, cold (nginx: + auth_http)', undefined, cpuOf(im['mailfront-cold'], ['mailfront']), cpuOf(im.nginx, ['nginx', 'authHttp']), 2);
   row('proxy CPU s per 1,000 IMAP logins, warm (nginx: + auth_http)', undefined, cpuOf(im.mailfront, ['mailfront']), cpuOf(im.nginx, ['nginx', 'authHttp']), 2);
+  row('  the floor: a minimal Node.js relay (bench/floor.ts), CPU s per 1,000 IMAP logins', undefined, cpuOf(im.floor, ['floor']), undefined, 2);
   row('slapd CPU s per 1,000 IMAP logins (warm)', cpuOf(im.direct, ['slapd']), cpuOf(im.mailfront, ['slapd']), cpuOf(im.nginx, ['slapd']), 2);
   row('Dovecot CPU s per 1,000 IMAP logins (warm)', cpuOf(im.direct, ['dovecot']), cpuOf(im.mailfront, ['dovecot']), cpuOf(im.nginx, ['dovecot']), 2);
   const p3 = r.pop3;

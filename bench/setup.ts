@@ -134,6 +134,36 @@ export function directPorts(backends: Backends, user: BenchUser): { imap: number
   return { imap: d.imapPort, pop3: d.pop3Port };
 }
 
+/** bench/floor.ts as its own process, routing each user to its store's Dovecot. */
+export async function startFloor(backends: Backends): Promise<{ pid: number; port: number; stop(): Promise<void> }> {
+  const dir = tmpDir('bench-floor');
+  const port = await freePort();
+  const tableFile = join(dir.path, 'users.json');
+  await writeFile(tableFile, JSON.stringify(Object.fromEntries(backends.users.map((u) => [u.user, directPorts(backends, u).imap]))));
+  const daemon = spawnDaemon({
+    name: 'floor',
+    command: process.execPath,
+    args: [fileURLToPath(new URL('./floor.js', import.meta.url)), String(port), tableFile],
+    logFile: join(dir.path, 'floor.log'),
+    cwd: dir.path,
+  });
+  try {
+    await waitForPort(port, { daemon });
+  } catch (error) {
+    await daemon.stop();
+    await dir.remove();
+    throw error;
+  }
+  return {
+    pid: daemon.pid,
+    port,
+    async stop() {
+      await daemon.stop();
+      await dir.remove();
+    },
+  };
+}
+
 export interface MailfrontProcess {
   readonly daemon: Daemon;
   readonly pid: number;
