@@ -172,7 +172,7 @@ class SpliceSession implements Splice {
 
     const clientFd = directDescriptor(client);
     const backendFd = directDescriptor(backend);
-    if (clientFd >= 0 && backendFd >= 0 && userBufferSlots !== null) {
+    if (clientFd >= 0 && backendFd >= 0) {
       this.relay = 'direct';
       sharedReadBuffer ??= Buffer.allocUnsafeSlow(SHARED_READ_BYTES);
       this.relayDirect(client, backend, backendFd, false);
@@ -188,21 +188,14 @@ class SpliceSession implements Splice {
 
   /** Bytes read from `from` go straight to descriptor `toFd` (see the module comment). */
   private relayDirect(from: Socket, to: Socket, toFd: number, toClient: boolean): void {
+    // directDescriptor() gave a descriptor only when the slots exist.
     const slots = userBufferSlots!;
     const buffer = sharedReadBuffer!;
     // While a remainder is queued on `to`, `from` is not read.
-    const resume = (): void => {
-      if (this.endReason === null) from.resume();
-    };
+    const resume = this.resumer(from);
     const onRead = (length: number, chunk: Buffer): boolean => {
       if (this.endReason !== null) return false;
-      this.lastActivity = Date.now();
-      if (toClient) {
-        this.bytesToClient += length;
-        this.tracker?.observe(chunk.subarray(0, length));
-      } else {
-        this.bytesFromClient += length;
-      }
+      this.relayed(chunk, length, toClient);
       // Earlier writes still queued on the socket go first: then this chunk queues behind them.
       const taken = to.writableLength === 0 ? writeNow(toFd, chunk, length) : 0;
       if (taken < 0) {
@@ -223,22 +216,32 @@ class SpliceSession implements Splice {
 
   /** The portable relay: `data` events, and a pause until `drain` when `to` is full. */
   private relayStream(from: Socket, to: Socket, toClient: boolean): void {
-    const resume = (): void => {
-      if (this.endReason === null) from.resume();
-    };
+    const resume = this.resumer(from);
     from.on('data', (chunk: Buffer) => {
-      this.lastActivity = Date.now();
-      if (toClient) {
-        this.bytesToClient += chunk.length;
-        this.tracker?.observe(chunk);
-      } else {
-        this.bytesFromClient += chunk.length;
-      }
+      this.relayed(chunk, chunk.length, toClient);
       if (!to.write(chunk)) {
         from.pause();
         to.once('drain', resume);
       }
     });
+  }
+
+  /** Accounts for the first `length` bytes of `chunk` on their way: activity for the idle sweep, byte counts, the response tracker. */
+  private relayed(chunk: Buffer, length: number, toClient: boolean): void {
+    this.lastActivity = Date.now();
+    if (toClient) {
+      this.bytesToClient += length;
+      this.tracker?.observe(length === chunk.length ? chunk : chunk.subarray(0, length));
+    } else {
+      this.bytesFromClient += length;
+    }
+  }
+
+  /** Restarts reading `from` once its queued remainder has gone out, unless the splice has ended. */
+  private resumer(from: Socket): () => void {
+    return () => {
+      if (this.endReason === null) from.resume();
+    };
   }
 
   finish(reason: SpliceEndReason): void {
