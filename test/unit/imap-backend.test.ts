@@ -41,6 +41,22 @@ describe('IMAP backend login: Dovecot 2.3', () => {
     ]);
   });
 
+  it('sends ID and LOGIN in one write on the greeting, before the ID is answered', () => {
+    const machine = imapAdapter.createBackendLogin({ ...BACKEND_DEFAULTS, forward: { ip: '192.0.2.1', port: 1, sessionId: 'x' } });
+    const first = machine.receive(bytes(DOVECOT_GREETING));
+    assert.equal(first.length, 1);
+    assert.equal(first[0]?.type === 'send' && Buffer.from(first[0].data).toString('latin1'), 'mf1 ID ("x-originating-ip" "192.0.2.1" "x-originating-port" "1" "x-session-id" "x")\r\nmf2 LOGIN {5+}\r\nalice {6+}\r\nsecret\r\n');
+    assert.equal(machine.state, 'login');
+    // The ID's answer alone moves nothing; a stray tag still fails.
+    assert.deepStrictEqual(machine.receive(bytes('* ID NIL\r\nmf1 OK ID completed.\r\n')), []);
+    assert.equal(machine.state, 'login');
+    const done = machine.receive(bytes(`mf2 OK [CAPABILITY ${DOVECOT_POST_LOGIN}] Logged in\r\n`));
+    assert.equal(done[0]?.type, 'done');
+    const stray = imapAdapter.createBackendLogin({ ...BACKEND_DEFAULTS, forward: { ip: '192.0.2.1', port: 1, sessionId: 'x' } });
+    stray.receive(bytes(DOVECOT_GREETING));
+    assert.equal(stray.receive(bytes('mf7 OK what\r\n'))[0]?.type, 'fail');
+  });
+
   it('logs in as a master user', () => {
     const options = { mode: 'master-user', proxyUser: 'mfproxy', proxyPassword: 'm4ster' } as const;
     const phases = [DOVECOT_GREETING + `mf1 OK [CAPABILITY ${DOVECOT_POST_LOGIN}] Logged in\r\n`];

@@ -8,29 +8,11 @@ import { backendEverySplit, TLS, type Event } from './pop3-harness.js';
 // Transcripts as Dovecot 2.3 pop3-login and Cyrus 3.6 pop3d send them.
 const DOVECOT_GREETING = '+OK Dovecot (Debian) ready.\r\n';
 const DOVECOT_TRUSTED_GREETING = '+OK [XCLIENT] Dovecot (Debian) ready.\r\n';
-const dovecotCapa = (...extra: string[]): string =>
-  ['+OK', 'CAPA', 'TOP', 'UIDL', 'RESP-CODES', 'PIPELINING', 'AUTH-RESP-CODE', 'STLS', 'USER', 'SASL PLAIN LOGIN', ...extra, '.', ''].join('\r\n');
 const DOVECOT_LOGGED_IN = '+OK Logged in.\r\n';
 const DOVECOT_LOCKED = "-ERR [IN-USE] Couldn't open INBOX: Mailbox is locked\r\n";
 const DOVECOT_AUTH_FAILED = '-ERR [AUTH] Authentication failed.\r\n';
 
 const CYRUS_GREETING = '+OK localhost Cyrus POP3 3.6.1 server ready <1896583371.1714060800@localhost>\r\n';
-const CYRUS_CAPA = [
-  '+OK List of capabilities follows',
-  'SASL PLAIN LOGIN',
-  'STLS',
-  'EXPIRE NEVER',
-  'LOGIN-DELAY 0',
-  'TOP',
-  'UIDL',
-  'PIPELINING',
-  'RESP-CODES',
-  'AUTH-RESP-CODE',
-  'USER',
-  'IMPLEMENTATION Cyrus POP3 3.6.1',
-  '.',
-  '',
-].join('\r\n');
 const CYRUS_LOGGED_IN = '+OK Mailbox locked and ready\r\n';
 
 const REPLAY: BackendLoginOptions = { mode: 'replay', user: 'alice', password: 'pass word', starttls: false };
@@ -44,45 +26,44 @@ const fail = (refusal: string, detail: string): Event => ({ fail: { refusal, det
 const b64 = (s: string): string => Buffer.from(s, 'utf8').toString('base64');
 
 describe('pop3 backend login: Dovecot', () => {
-  it('replays USER and PASS after CAPA', () => {
-    const run = backendEverySplit(REPLAY, [DOVECOT_GREETING, dovecotCapa(), '+OK\r\n', DOVECOT_LOGGED_IN]);
-    assert.deepEqual(run.events, [send('CAPA'), send('USER alice'), send('PASS pass word'), DONE]);
+  it('replays USER and PASS straight after the greeting, with no CAPA', () => {
+    const run = backendEverySplit(REPLAY, [DOVECOT_GREETING, '+OK\r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(run.events, [send('USER alice'), send('PASS pass word'), DONE]);
     assert.equal(run.state, 'done');
   });
 
   it('gives the same result when the whole transcript arrives in one chunk', () => {
-    const run = backendEverySplit(REPLAY, [DOVECOT_GREETING + dovecotCapa() + '+OK\r\n' + DOVECOT_LOGGED_IN]);
-    assert.deepEqual(run.events, [send('CAPA'), send('USER alice'), send('PASS pass word'), DONE]);
+    const run = backendEverySplit(REPLAY, [DOVECOT_GREETING + '+OK\r\n' + DOVECOT_LOGGED_IN]);
+    assert.deepEqual(run.events, [send('USER alice'), send('PASS pass word'), DONE]);
   });
 
   it('relays what the backend sent after its login reply', () => {
-    const run = backendEverySplit(REPLAY, [DOVECOT_GREETING, dovecotCapa(), '+OK\r\n', `${DOVECOT_LOGGED_IN}+OK 2 messages (320 octets)\r\n`]);
-    assert.deepEqual(run.events, [send('CAPA'), send('USER alice'), send('PASS pass word'), DONE, { relayed: '+OK 2 messages (320 octets)\r\n' }]);
+    const run = backendEverySplit(REPLAY, [DOVECOT_GREETING, '+OK\r\n', `${DOVECOT_LOGGED_IN}+OK 2 messages (320 octets)\r\n`]);
+    assert.deepEqual(run.events, [send('USER alice'), send('PASS pass word'), DONE, { relayed: '+OK 2 messages (320 octets)\r\n' }]);
   });
 
   it('logs in as a master user with "user*master"', () => {
-    const run = backendEverySplit(MASTER, [DOVECOT_GREETING, dovecotCapa(), '+OK\r\n', DOVECOT_LOGGED_IN]);
-    assert.deepEqual(run.events, [send('CAPA'), send('USER alice*mailfront'), send('PASS master secret'), DONE]);
+    const run = backendEverySplit(MASTER, [DOVECOT_GREETING, '+OK\r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(run.events, [send('USER alice*mailfront'), send('PASS master secret'), DONE]);
   });
 
   it('uses a configured master user separator', () => {
-    const run = backendEverySplit({ ...MASTER, masterUserSeparator: '%' }, [DOVECOT_GREETING, dovecotCapa(), '+OK\r\n', DOVECOT_LOGGED_IN]);
-    assert.deepEqual(run.events, [send('CAPA'), send('USER alice%mailfront'), send('PASS master secret'), DONE]);
+    const run = backendEverySplit({ ...MASTER, masterUserSeparator: '%' }, [DOVECOT_GREETING, '+OK\r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(run.events, [send('USER alice%mailfront'), send('PASS master secret'), DONE]);
   });
 
-  it('issues STLS, discards what follows its +OK, and asks CAPA again under TLS', () => {
+  it('issues STLS, discards what follows its +OK, and logs in under TLS', () => {
     const script = [
       DOVECOT_GREETING,
       // A man in the middle appends a fake login reply to the STLS answer.
       '+OK Begin TLS negotiation now.\r\n+OK Logged in.\r\n',
       '-ERR more injected\r\n',
       TLS,
-      dovecotCapa().replace('STLS\r\n', ''),
       '+OK\r\n',
       DOVECOT_LOGGED_IN,
     ] as const;
     const run = backendEverySplit({ ...REPLAY, starttls: true }, script);
-    assert.deepEqual(run.events, [send('STLS'), { starttls: true }, send('CAPA'), send('USER alice'), send('PASS pass word'), DONE]);
+    assert.deepEqual(run.events, [send('STLS'), { starttls: true }, send('USER alice'), send('PASS pass word'), DONE]);
   });
 
   it('fails as unavailable when STLS is refused', () => {
@@ -91,96 +72,99 @@ describe('pop3 backend login: Dovecot', () => {
     assert.equal(run.state, 'failed');
   });
 
-  it('forwards the client address with XCLIENT when CAPA lists it', () => {
-    const run = backendEverySplit({ ...REPLAY, forward: FORWARD }, [DOVECOT_GREETING, dovecotCapa('XCLIENT'), '+OK Updated\r\n', '+OK\r\n', DOVECOT_LOGGED_IN]);
-    assert.deepEqual(run.events, [
-      send('CAPA'),
-      send('XCLIENT ADDR=192.0.2.7 PORT=50123 SESSION=Qk1hU2Vzc2lvbg'),
-      send('USER alice'),
-      send('PASS pass word'),
-      DONE,
-    ]);
+  it('pipelines XCLIENT and USER in one write when the greeting says [XCLIENT] (Dovecot trusted networks)', () => {
+    const run = backendEverySplit({ ...REPLAY, forward: FORWARD }, [DOVECOT_TRUSTED_GREETING, '+OK Updated\r\n+OK\r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(run.events, [{ send: 'XCLIENT ADDR=192.0.2.7 PORT=50123 SESSION=Qk1hU2Vzc2lvbg\r\nUSER alice\r\n' }, send('PASS pass word'), DONE]);
+    const v6 = backendEverySplit({ ...REPLAY, forward: { ...FORWARD, ip: '2001:db8::7' } }, [DOVECOT_TRUSTED_GREETING, '+OK Updated\r\n', '+OK\r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(v6.events[0], { send: 'XCLIENT ADDR=2001:db8::7 PORT=50123 SESSION=Qk1hU2Vzc2lvbg\r\nUSER alice\r\n' });
   });
 
-  it('forwards with XCLIENT when the greeting says [XCLIENT] (Dovecot trusted networks)', () => {
-    const run = backendEverySplit({ ...REPLAY, forward: { ...FORWARD, ip: '2001:db8::7' } }, [DOVECOT_TRUSTED_GREETING, dovecotCapa(), '+OK Updated\r\n', '+OK\r\n', DOVECOT_LOGGED_IN]);
-    assert.deepEqual(run.events.slice(0, 3), [send('CAPA'), send('XCLIENT ADDR=2001:db8::7 PORT=50123 SESSION=Qk1hU2Vzc2lvbg'), send('USER alice')]);
+  it('pipelines XCLIENT ahead of AUTH PLAIN, and of a master-user USER', () => {
+    const response = b64('alice\0mailfront\0proxy secret');
+    const sasl = backendEverySplit({ ...AUTHZID, forward: FORWARD }, [DOVECOT_TRUSTED_GREETING, '+OK\r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(sasl.events, [{ send: `XCLIENT ADDR=192.0.2.7 PORT=50123 SESSION=Qk1hU2Vzc2lvbg\r\nAUTH PLAIN ${response}\r\n` }, DONE]);
+    const master = backendEverySplit({ ...MASTER, forward: FORWARD }, [DOVECOT_TRUSTED_GREETING, '+OK\r\n', '+OK\r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(master.events.slice(1), [send('PASS master secret'), DONE]);
   });
 
-  it('goes on to log in when XCLIENT is refused', () => {
-    const run = backendEverySplit({ ...REPLAY, forward: FORWARD }, [DOVECOT_GREETING, dovecotCapa('XCLIENT'), '-ERR Unknown command.\r\n', '+OK\r\n', DOVECOT_LOGGED_IN]);
-    assert.deepEqual(run.events.at(-1), DONE);
+  it('goes on to log in when XCLIENT is refused, and fails on a refused USER behind it', () => {
+    const run = backendEverySplit({ ...REPLAY, forward: FORWARD }, [DOVECOT_TRUSTED_GREETING, '-ERR Unknown command.\r\n', '+OK\r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(run.events.slice(1), [send('PASS pass word'), DONE]);
+    const refused = backendEverySplit({ ...REPLAY, forward: FORWARD }, [DOVECOT_TRUSTED_GREETING, '+OK\r\n', '-ERR [AUTH] No such user\r\n']);
+    assert.deepEqual(refused.events.slice(1), [fail('auth-failed', '-ERR [AUTH] No such user')]);
+    const garbled = backendEverySplit({ ...REPLAY, forward: FORWARD }, [DOVECOT_TRUSTED_GREETING, '* what\r\n']);
+    assert.deepEqual(garbled.events.slice(1), [fail('unavailable', 'unexpected XCLIENT reply: * what')]);
   });
 
   it('does not send XCLIENT to an untrusting backend, nor without a forward option', () => {
-    const untrusted = backendEverySplit({ ...REPLAY, forward: FORWARD }, [DOVECOT_GREETING, dovecotCapa(), '+OK\r\n', DOVECOT_LOGGED_IN]);
-    assert.deepEqual(untrusted.events, [send('CAPA'), send('USER alice'), send('PASS pass word'), DONE]);
-    const unasked = backendEverySplit(REPLAY, [DOVECOT_TRUSTED_GREETING, dovecotCapa('XCLIENT'), '+OK\r\n', DOVECOT_LOGGED_IN]);
-    assert.deepEqual(unasked.events, [send('CAPA'), send('USER alice'), send('PASS pass word'), DONE]);
+    const untrusted = backendEverySplit({ ...REPLAY, forward: FORWARD }, [DOVECOT_GREETING, '+OK\r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(untrusted.events, [send('USER alice'), send('PASS pass word'), DONE]);
+    const unasked = backendEverySplit(REPLAY, [DOVECOT_TRUSTED_GREETING, '+OK\r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(unasked.events, [send('USER alice'), send('PASS pass word'), DONE]);
   });
 
   it('leaves out XCLIENT values that could not be sent safely', () => {
-    const run = backendEverySplit({ ...REPLAY, forward: { ip: '192.0.2.7', port: 70000, sessionId: 'a b\r\nDELE 1' } }, [DOVECOT_GREETING, dovecotCapa('XCLIENT'), '+OK\r\n', '+OK\r\n', DOVECOT_LOGGED_IN]);
-    assert.deepEqual(run.events[1], send('XCLIENT ADDR=192.0.2.7'));
-    const badIp = backendEverySplit({ ...REPLAY, forward: { ...FORWARD, ip: '1.2.3.4 PORT=1' } }, [DOVECOT_GREETING, dovecotCapa('XCLIENT'), '+OK\r\n', DOVECOT_LOGGED_IN]);
-    assert.deepEqual(badIp.events, [send('CAPA'), send('USER alice'), send('PASS pass word'), DONE]);
+    const run = backendEverySplit({ ...REPLAY, forward: { ip: '192.0.2.7', port: 70000, sessionId: 'a b\r\nDELE 1' } }, [DOVECOT_TRUSTED_GREETING, '+OK\r\n', '+OK\r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(run.events[0], { send: 'XCLIENT ADDR=192.0.2.7\r\nUSER alice\r\n' });
+    const badIp = backendEverySplit({ ...REPLAY, forward: { ...FORWARD, ip: '1.2.3.4 PORT=1' } }, [DOVECOT_TRUSTED_GREETING, '+OK\r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(badIp.events, [send('USER alice'), send('PASS pass word'), DONE]);
   });
 
   it('reports a locked mailbox as in-use', () => {
-    const run = backendEverySplit(REPLAY, [DOVECOT_GREETING, dovecotCapa(), '+OK\r\n', DOVECOT_LOCKED]);
+    const run = backendEverySplit(REPLAY, [DOVECOT_GREETING, '+OK\r\n', DOVECOT_LOCKED]);
     assert.deepEqual(run.events.at(-1), fail('in-use', "-ERR [IN-USE] Couldn't open INBOX: Mailbox is locked"));
   });
 
   it('reports a refused password as auth-failed, with the backend text only as detail', () => {
-    const run = backendEverySplit(REPLAY, [DOVECOT_GREETING, dovecotCapa(), '+OK\r\n', DOVECOT_AUTH_FAILED]);
+    const run = backendEverySplit(REPLAY, [DOVECOT_GREETING, '+OK\r\n', DOVECOT_AUTH_FAILED]);
     assert.deepEqual(run.events.at(-1), fail('auth-failed', '-ERR [AUTH] Authentication failed.'));
   });
 
   it('reports a temporary backend failure as unavailable', () => {
-    const run = backendEverySplit(REPLAY, [DOVECOT_GREETING, dovecotCapa(), '+OK\r\n', '-ERR [SYS/TEMP] Temporary authentication failure.\r\n']);
+    const run = backendEverySplit(REPLAY, [DOVECOT_GREETING, '+OK\r\n', '-ERR [SYS/TEMP] Temporary authentication failure.\r\n']);
     assert.deepEqual(run.events.at(-1), fail('unavailable', '-ERR [SYS/TEMP] Temporary authentication failure.'));
   });
 
   it('fails a refused USER without sending the password', () => {
-    const run = backendEverySplit(REPLAY, [DOVECOT_GREETING, dovecotCapa(), '-ERR [AUTH] No such user\r\n']);
-    assert.deepEqual(run.events, [send('CAPA'), send('USER alice'), fail('auth-failed', '-ERR [AUTH] No such user')]);
+    const run = backendEverySplit(REPLAY, [DOVECOT_GREETING, '-ERR [AUTH] No such user\r\n']);
+    assert.deepEqual(run.events, [send('USER alice'), fail('auth-failed', '-ERR [AUTH] No such user')]);
   });
 });
 
 describe('pop3 backend login: Cyrus', () => {
   it('logs in with SASL PLAIN and an authorization identity', () => {
-    const run = backendEverySplit(AUTHZID, [CYRUS_GREETING, CYRUS_CAPA, CYRUS_LOGGED_IN]);
+    const run = backendEverySplit(AUTHZID, [CYRUS_GREETING, CYRUS_LOGGED_IN]);
     const response = b64('alice\0mailfront\0proxy secret');
-    assert.deepEqual(run.events, [send('CAPA'), send(`AUTH PLAIN ${response}`), DONE]);
+    assert.deepEqual(run.events, [send(`AUTH PLAIN ${response}`), DONE]);
   });
 
   it('sends the PLAIN response on a continuation when the backend asks for one', () => {
-    const run = backendEverySplit(AUTHZID, [CYRUS_GREETING, CYRUS_CAPA, '+ \r\n', CYRUS_LOGGED_IN]);
+    const run = backendEverySplit(AUTHZID, [CYRUS_GREETING, '+ \r\n', CYRUS_LOGGED_IN]);
     const response = b64('alice\0mailfront\0proxy secret');
-    assert.deepEqual(run.events, [send('CAPA'), send(`AUTH PLAIN ${response}`), send(response), DONE]);
+    assert.deepEqual(run.events, [send(`AUTH PLAIN ${response}`), send(response), DONE]);
   });
 
   it('waits for the empty challenge when the initial response would pass 255 octets (RFC 5034 §4)', () => {
     const options = { ...AUTHZID, proxyPassword: 'p'.repeat(200) };
     const response = b64(`alice\0mailfront\0${'p'.repeat(200)}`);
-    const run = backendEverySplit(options, [CYRUS_GREETING, CYRUS_CAPA, '+\r\n', CYRUS_LOGGED_IN]);
-    assert.deepEqual(run.events, [send('CAPA'), send('AUTH PLAIN'), send(response), DONE]);
+    const run = backendEverySplit(options, [CYRUS_GREETING, '+\r\n', CYRUS_LOGGED_IN]);
+    assert.deepEqual(run.events, [send('AUTH PLAIN'), send(response), DONE]);
   });
 
   it('replays USER and PASS', () => {
-    const run = backendEverySplit(REPLAY, [CYRUS_GREETING, CYRUS_CAPA, '+OK Name is a valid mailbox\r\n', CYRUS_LOGGED_IN]);
-    assert.deepEqual(run.events, [send('CAPA'), send('USER alice'), send('PASS pass word'), DONE]);
+    const run = backendEverySplit(REPLAY, [CYRUS_GREETING, '+OK Name is a valid mailbox\r\n', CYRUS_LOGGED_IN]);
+    assert.deepEqual(run.events, [send('USER alice'), send('PASS pass word'), DONE]);
   });
 
   it('reports a refused SASL login as auth-failed and a locked maildrop as in-use', () => {
-    const refused = backendEverySplit(AUTHZID, [CYRUS_GREETING, CYRUS_CAPA, '-ERR [AUTH] authentication failure\r\n']);
+    const refused = backendEverySplit(AUTHZID, [CYRUS_GREETING, '-ERR [AUTH] authentication failure\r\n']);
     assert.deepEqual(refused.events.at(-1), fail('auth-failed', '-ERR [AUTH] authentication failure'));
-    const locked = backendEverySplit(AUTHZID, [CYRUS_GREETING, CYRUS_CAPA, '-ERR [IN-USE] Unable to lock maildrop\r\n']);
+    const locked = backendEverySplit(AUTHZID, [CYRUS_GREETING, '-ERR [IN-USE] Unable to lock maildrop\r\n']);
     assert.deepEqual(locked.events.at(-1), fail('in-use', '-ERR [IN-USE] Unable to lock maildrop'));
   });
 
   it('fails when the backend challenges again after the response', () => {
-    const run = backendEverySplit(AUTHZID, [CYRUS_GREETING, CYRUS_CAPA, '+ \r\n', '+ \r\n']);
+    const run = backendEverySplit(AUTHZID, [CYRUS_GREETING, '+ \r\n', '+ \r\n']);
     assert.deepEqual(run.events.at(-1), fail('unavailable', 'unexpected login reply: +'));
   });
 });
@@ -191,18 +175,6 @@ describe('pop3 backend login: failures and limits', () => {
     assert.deepEqual(refused.events, [fail('unavailable', 'greeting: -ERR [SYS/TEMP] Too many connections')]);
     const imap = backendEverySplit(REPLAY, ['* OK [CAPABILITY IMAP4rev1] Dovecot ready.\r\n']);
     assert.deepEqual(imap.events, [fail('unavailable', 'unexpected greeting: * OK [CAPABILITY IMAP4rev1] Dovecot ready.')]);
-  });
-
-  it('takes an -ERR to CAPA as no capabilities', () => {
-    const run = backendEverySplit({ ...REPLAY, forward: FORWARD }, ['+OK POP3 ready\r\n', '-ERR Unknown command\r\n', '+OK\r\n', '+OK\r\n']);
-    assert.deepEqual(run.events, [send('CAPA'), send('USER alice'), send('PASS pass word'), DONE]);
-  });
-
-  it('reads byte-stuffed capability lines without ending the list early', () => {
-    const capa = '+OK\r\n..\r\n..XCLIENT\r\nUSER\r\n.\r\n';
-    const run = backendEverySplit({ ...REPLAY, forward: FORWARD }, ['+OK ready\r\n', capa, '+OK\r\n', '+OK\r\n']);
-    // ".XCLIENT" (un-stuffed) is not XCLIENT.
-    assert.deepEqual(run.events, [send('CAPA'), send('USER alice'), send('PASS pass word'), DONE]);
   });
 
   it('never sends credentials holding CR, LF or NUL, nor a USER with a space', () => {
@@ -216,29 +188,23 @@ describe('pop3 backend login: failures and limits', () => {
       { ...AUTHZID, proxyPassword: 'a\rb' },
     ];
     for (const options of unsafe) {
-      const run = backendEverySplit(options, [DOVECOT_GREETING, dovecotCapa(), '+OK\r\n', DOVECOT_LOGGED_IN]);
-      assert.deepEqual(run.events, [send('CAPA'), fail('auth-failed', 'credentials cannot be sent safely')], JSON.stringify(options));
+      const run = backendEverySplit(options, [DOVECOT_GREETING, '+OK\r\n', DOVECOT_LOGGED_IN]);
+      assert.deepEqual(run.events, [fail('auth-failed', 'credentials cannot be sent safely')], JSON.stringify(options));
     }
   });
 
   it('fails as unavailable when a proxy account is missing', () => {
     const { proxyUser: _u, ...noProxyUser } = MASTER;
-    const run = backendEverySplit(noProxyUser, [DOVECOT_GREETING, dovecotCapa()]);
+    const run = backendEverySplit(noProxyUser, [DOVECOT_GREETING]);
     assert.deepEqual(run.events.at(-1), fail('unavailable', 'master-user login needs proxyUser and proxyPassword'));
     const { proxyPassword: _p, ...noProxyPassword } = AUTHZID;
-    const sasl = backendEverySplit(noProxyPassword, [CYRUS_GREETING, CYRUS_CAPA]);
+    const sasl = backendEverySplit(noProxyPassword, [CYRUS_GREETING]);
     assert.deepEqual(sasl.events.at(-1), fail('unavailable', 'sasl-authzid login needs proxyUser and proxyPassword'));
   });
 
   it('fails on a backend line that never ends', () => {
     const run = backendEverySplit(REPLAY, ['+OK ' + 'x'.repeat(MAX_BACKEND_RESPONSE_BYTES)]);
     assert.deepEqual(run.events, [fail('unavailable', 'backend response too long')]);
-  });
-
-  it('fails on an endless capability list', () => {
-    const capa = '+OK\r\n' + 'X-CAPABILITY-PADDING\r\n'.repeat(Math.ceil(MAX_BACKEND_RESPONSE_BYTES / 22) + 1);
-    const run = backendEverySplit(REPLAY, [DOVECOT_GREETING, capa, '.\r\n']);
-    assert.deepEqual(run.events, [send('CAPA'), fail('unavailable', 'backend response too long')]);
   });
 
   it('reads nothing more after failing or finishing', () => {
@@ -258,11 +224,14 @@ describe('pop3 backend login: failures and limits', () => {
     }
     machine.tlsStarted();
     states.push(machine.state);
-    machine.receive(Buffer.from('+OK List follows\r\n'));
-    states.push(machine.state);
-    machine.receive(Buffer.from('.\r\n'));
-    states.push(machine.state);
-    assert.deepEqual(states, ['greeting', 'stls', 'tls-handshake', 'capa', 'capa-list', 'auth']);
+    assert.deepEqual(states, ['greeting', 'stls', 'tls-handshake', 'auth']);
+    const forwarding = pop3Adapter.createBackendLogin({ ...REPLAY, forward: FORWARD });
+    const seen = [forwarding.state];
+    for (const input of [DOVECOT_TRUSTED_GREETING, '+OK\r\n', '+OK\r\n', DOVECOT_LOGGED_IN]) {
+      forwarding.receive(Buffer.from(input));
+      seen.push(forwarding.state);
+    }
+    assert.deepEqual(seen, ['greeting', 'xclient', 'user', 'pass', 'done']);
   });
 
   it('classifies response codes as RFC 2449 and RFC 3206 define them', () => {

@@ -17,8 +17,7 @@ export type ImapBackendState =
   | 'capability' // CAPABILITY sent (greeting had none, or after TLS)
   | 'starttls' // STARTTLS sent
   | 'tls-handshake' // waiting for the session's tlsStarted()
-  | 'id' // ID with the client's address sent
-  | 'login' // LOGIN or AUTHENTICATE sent, possibly waiting for "+" continuations
+  | 'login' // LOGIN or AUTHENTICATE sent (after a pipelined ID, if any), possibly waiting for "+" continuations
   | 'post-capability' // logged in, CAPABILITY sent because the OK carried none
   | 'done'
   | 'failed';
@@ -112,7 +111,8 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
   /** The backend's capability list as sent, or null when not (or no longer) known. */
   private capabilities: string | null = null;
   private tlsDone = false;
-  private idDone = false;
+  /** The tag of the ID pipelined ahead of the login command, until its reply is in. */
+  private idTag: string | null = null;
   /** Parts of the login command still waiting for a "+" continuation. */
   private continuations: Uint8Array[] = [];
   private loginCapabilities: string | null = null;
@@ -129,7 +129,6 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
       case 'greeting':
       case 'capability':
       case 'starttls':
-      case 'id':
       case 'login':
       case 'post-capability':
         this.reader.push(chunk);
@@ -181,13 +180,6 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
           this.current = 'tls-handshake';
           out.push({ type: 'starttls' });
         });
-      case 'id':
-        // The reply's content does not matter, and NO or BAD only means the backend ignores us.
-        if (response.kind === 'tagged' && response.tag === this.tag) {
-          this.idDone = true;
-          return this.next(out);
-        }
-        return this.onUnexpected(response, line, out);
       case 'login':
         return this.onLoginResponse(response, line, out);
       case 'post-capability':
@@ -254,6 +246,12 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
       }
       return this.onUnexpected(response, line, out);
     }
+    if (response.tag === this.idTag) {
+      // The pipelined ID's reply comes first. Its content does not matter, and NO or BAD only
+      // means that the backend ignores the forwarded address.
+      this.idTag = null;
+      return;
+    }
     if (response.tag !== this.tag) return this.onUnexpected(response, line, out);
     switch (response.word) {
       case 'OK': {
@@ -278,19 +276,28 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
       return this.command(out, 'STARTTLS', 'starttls');
     }
     if (this.capabilities === null) return this.command(out, 'CAPABILITY', 'capability');
-    const forward = this.options.forward;
-    if (forward !== undefined && !this.idDone) {
-      const fields: string[] = [];
-      const add = (name: string, value: string): void => {
-        const quoted = quoteString(value);
-        if (quoted !== null) fields.push(`"${name}" ${quoted}`);
-      };
-      add('x-originating-ip', forward.ip);
-      if (Number.isInteger(forward.port) && forward.port >= 0 && forward.port <= 65535) add('x-originating-port', String(forward.port));
-      add('x-session-id', forward.sessionId);
-      return this.command(out, `ID (${fields.join(' ')})`, 'id');
-    }
+    // The client's address goes out as an ID pipelined ahead of the login command, in the same
+    // write (as Dovecot's own proxy does): one round trip for both. The backend answers them in
+    // order, and LOGIN does not depend on ID's answer.
+    const id = this.options.forward !== undefined ? this.idCommand(this.options.forward) : null;
+    const at = out.length;
     this.login(out);
+    const first = out[at];
+    if (id !== null && first?.type === 'send') out[at] = { type: 'send', data: Buffer.concat([id, first.data]) };
+  }
+
+  /** The ID command carrying the client's address and port and the session id (tag kept in idTag). */
+  private idCommand(forward: NonNullable<BackendLoginOptions['forward']>): Buffer {
+    const fields: string[] = [];
+    const add = (name: string, value: string): void => {
+      const quoted = quoteString(value);
+      if (quoted !== null) fields.push(`"${name}" ${quoted}`);
+    };
+    add('x-originating-ip', forward.ip);
+    if (Number.isInteger(forward.port) && forward.port >= 0 && forward.port <= 65535) add('x-originating-port', String(forward.port));
+    add('x-session-id', forward.sessionId);
+    this.idTag = this.nextTag();
+    return Buffer.from(`${this.idTag} ID (${fields.join(' ')})\r\n`);
   }
 
   private login(out: BackendAction[]): void {

@@ -1,6 +1,8 @@
 /**
- * The POP3 backend login dialogue: greeting, optional STLS, CAPA, optional XCLIENT, then
- * USER/PASS or AUTH PLAIN, as explicit named states (the state name appears in logs).
+ * The POP3 backend login dialogue: greeting, optional STLS, then USER/PASS or AUTH PLAIN with an
+ * optional XCLIENT pipelined ahead of it, as explicit named states (the state name appears in logs).
+ * No CAPA: nothing in its answer changes what is sent. Whether the backend takes XCLIENT is read
+ * from its greeting, as Dovecot's own proxy does, which saves a round trip per login.
  * Sans-I/O: backend bytes in, BackendActions out. It owns what is said to the backend before
  * the splice; it must not touch sockets, timers, config or logs, and never sends a credential
  * holding CR, LF or NUL.
@@ -16,9 +18,7 @@ export type Pop3BackendState =
   | 'greeting' // the backend's +OK banner
   | 'stls' // the reply to STLS
   | 'tls-handshake' // the session's TLS handshake (tlsStarted)
-  | 'capa' // the first line of the reply to CAPA
-  | 'capa-list' // the capability lines, up to "."
-  | 'xclient' // the reply to XCLIENT
+  | 'xclient' // the reply to XCLIENT (the login command is already on its way behind it)
   | 'user' // the reply to USER
   | 'pass' // the reply to PASS
   | 'auth' // the reply to AUTH PLAIN: +OK, -ERR or a "+ " continuation
@@ -42,6 +42,8 @@ export class Pop3BackendLogin implements BackendLoginMachine {
   #state: Pop3BackendState = 'greeting';
   #consumedBytes = 0;
   #xclient = false;
+  /** The state the pipelined login command put the machine in, entered once XCLIENT is answered. */
+  #afterXclient: Pop3BackendState = 'user';
   #pendingPassword = '';
   #saslResponse = '';
 
@@ -65,8 +67,6 @@ export class Pop3BackendLogin implements BackendLoginMachine {
         return [];
       case 'greeting':
       case 'stls':
-      case 'capa':
-      case 'capa-list':
       case 'xclient':
       case 'user':
       case 'pass':
@@ -79,7 +79,7 @@ export class Pop3BackendLogin implements BackendLoginMachine {
 
   tlsStarted(): BackendAction[] {
     if (this.#state !== 'tls-handshake') return [];
-    return this.#sendCapa();
+    return this.#sendLogin();
   }
 
   #drain(): BackendAction[] {
@@ -109,37 +109,26 @@ export class Pop3BackendLogin implements BackendLoginMachine {
       case 'greeting':
         if (kind === 'err') return [this.#fail('unavailable', `greeting: ${oneLine(line)}`)];
         if (kind !== 'ok') return [this.#fail('unavailable', `unexpected greeting: ${oneLine(line)}`)];
-        // Dovecot's extension: a trusted client is told in the banner that XCLIENT works, to
-        // save the CAPA round trip (pop3-login's "[XCLIENT]" greeting prefix).
+        // Dovecot's extension: a trusted client is told in the banner that XCLIENT works
+        // (pop3-login's "[XCLIENT]" greeting prefix). Without it, XCLIENT would be refused.
         this.#xclient = /^\+OK \[XCLIENT\]/i.test(line);
         if (this.#options.starttls) {
           this.#state = 'stls';
           return [sendLine('STLS')];
         }
-        return this.#sendCapa();
+        return this.#sendLogin();
       case 'stls':
         if (kind !== 'ok') return [this.#fail('unavailable', `STLS refused: ${oneLine(line)}`)];
         this.#state = 'tls-handshake';
         this.#input.clear();
         return [{ type: 'starttls' }];
-      case 'capa':
-        if (kind === 'ok') {
-          this.#state = 'capa-list';
+      case 'xclient':
+        // A refused XCLIENT only costs the client's address in the backend's logs; the login
+        // command pipelined behind it is answered next.
+        if (kind === 'ok' || kind === 'err') {
+          this.#state = this.#afterXclient;
           return [];
         }
-        // RFC 2449 §5: a server without CAPA answers -ERR; it simply has no capabilities to list.
-        if (kind === 'err') return this.#afterCapabilities();
-        return [this.#fail('unavailable', `unexpected CAPA reply: ${oneLine(line)}`)];
-      case 'capa-list': {
-        if (line === '.') return this.#afterCapabilities();
-        // RFC 1939 §3: a multi-line response's lines starting with "." are byte-stuffed.
-        const capability = line.startsWith('.') ? line.slice(1) : line;
-        if (/^XCLIENT(?: |$)/i.test(capability)) this.#xclient = true;
-        return [];
-      }
-      case 'xclient':
-        // A refused XCLIENT only costs the client's address in the backend's logs.
-        if (kind === 'ok' || kind === 'err') return this.#sendLogin();
         return [this.#fail('unavailable', `unexpected XCLIENT reply: ${oneLine(line)}`)];
       case 'user':
         if (kind === 'ok') {
@@ -165,24 +154,20 @@ export class Pop3BackendLogin implements BackendLoginMachine {
     }
   }
 
-  #sendCapa(): BackendAction[] {
-    this.#state = 'capa';
-    return [sendLine('CAPA')];
-  }
-
-  #afterCapabilities(): BackendAction[] {
-    const forward = this.#options.forward;
-    if (forward !== undefined && this.#xclient) {
-      const command = xclientCommand(forward);
-      if (command !== null) {
-        this.#state = 'xclient';
-        return [sendLine(command)];
-      }
-    }
-    return this.#sendLogin();
-  }
-
+  /** The login command, with XCLIENT ahead of it in the same write when the backend takes it. */
   #sendLogin(): BackendAction[] {
+    const actions = this.#loginCommand();
+    const forward = this.#options.forward;
+    const first = actions[0];
+    if (forward === undefined || !this.#xclient || first?.type !== 'send') return actions;
+    const command = xclientCommand(forward);
+    if (command === null) return actions;
+    this.#afterXclient = this.#state;
+    this.#state = 'xclient';
+    return [{ type: 'send', data: Buffer.concat([encoder.encode(`${command}\r\n`), first.data]) }, ...actions.slice(1)];
+  }
+
+  #loginCommand(): BackendAction[] {
     const { mode, user } = this.#options;
     switch (mode) {
       case 'replay':
