@@ -139,7 +139,7 @@ export async function startFloor(backends: Backends): Promise<{ pid: number; por
   const dir = tmpDir('bench-floor');
   const port = await freePort();
   const tableFile = join(dir.path, 'users.json');
-  await writeFile(tableFile, JSON.stringify(Object.fromEntries(backends.users.map((u) => [u.user, directPorts(backends, u).imap]))));
+  await writeFile(tableFile, JSON.stringify(Object.fromEntries([...backends.users, backends.fetchUser].map((u) => [u.user, directPorts(backends, u).imap]))));
   const daemon = spawnDaemon({
     name: 'floor',
     command: process.execPath,
