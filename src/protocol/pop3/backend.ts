@@ -154,7 +154,11 @@ export class Pop3BackendLogin implements BackendLoginMachine {
     }
   }
 
-  /** The login command, with XCLIENT ahead of it in the same write when the backend takes it. */
+  /**
+   * The login command, with XCLIENT ahead of it in the same write when the backend takes it.
+   * Pipelining without CAPA's PIPELINING (RFC 2449 §6.6) is safe here: only Dovecot's greeting
+   * says [XCLIENT], and Dovecot reads pipelined commands in order (its own proxy sends these so).
+   */
   #sendLogin(): BackendAction[] {
     const actions = this.#loginCommand();
     const forward = this.#options.forward;
