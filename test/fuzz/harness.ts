@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import type { TestContext } from 'node:test';
 import fc from 'fast-check';
 import type { LoginRefusal, PreauthAction, PreauthMachine, PreauthOptions, ProtocolAdapter } from '../../src/protocol/types.js';
+import { mergeSends } from '../unit/machine-trace.js';
 
 /** How the fake session answers the i-th login. */
 export type Answer = { readonly ok: true } | { readonly ok: false; readonly refusal: LoginRefusal; readonly text?: string };
@@ -178,16 +179,6 @@ export function runSession(protocol: Protocol, session: Session, cuts: readonly 
   }
   if (forwarded !== null) trace.push(`forward ${Buffer.concat(forwarded).toString('latin1')}`);
   return mergeSends(trace);
-}
-
-function mergeSends(trace: readonly string[]): string[] {
-  const out: string[] = [];
-  for (const entry of trace) {
-    const last = out[out.length - 1];
-    if (entry.startsWith('send ') && last?.startsWith('send ')) out[out.length - 1] = last + entry.slice(5);
-    else out.push(entry);
-  }
-  return out;
 }
 
 /** Turns pieces (text as latin1, or bytes) into one byte array. */

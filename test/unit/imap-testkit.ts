@@ -6,14 +6,10 @@
 
 import assert from 'node:assert/strict';
 import { imapAdapter } from '../../src/protocol/imap/index.js';
-import type { BackendAction, BackendLoginOptions, LoginRefusal, PreauthAction, PreauthOptions } from '../../src/protocol/types.js';
+import type { BackendLoginOptions, LoginRefusal, PreauthAction, PreauthOptions } from '../../src/protocol/types.js';
+import { driveBackend, mergeSends, TLS, type Chunker, type Phase } from './machine-trace.js';
 
-/** Marks the TLS handshake between two input phases. */
-export const TLS = Symbol('tls');
-export type Phase = string | Uint8Array | typeof TLS;
-
-/** Turns one input phase into chunks. */
-export type Chunker = (bytes: Uint8Array) => Uint8Array[];
+export { TLS, type Chunker, type Phase };
 
 export function bytes(input: string | Uint8Array): Uint8Array {
   return typeof input === 'string' ? Buffer.from(input, 'latin1') : input;
@@ -40,16 +36,6 @@ export function chunkers(maxLength: number): { label: string; chunk: Chunker }[]
 
 function phaseLength(phases: readonly Phase[]): number {
   return Math.max(0, ...phases.map((p) => (p === TLS ? 0 : bytes(p).length)));
-}
-
-function mergeSends(trace: string[]): string[] {
-  const out: string[] = [];
-  for (const entry of trace) {
-    const last = out[out.length - 1];
-    if (entry.startsWith('send ') && last?.startsWith('send ')) out[out.length - 1] = last + entry.slice(5);
-    else out.push(entry);
-  }
-  return out;
 }
 
 export type LoginReply =
@@ -172,42 +158,8 @@ export const BACKEND_DEFAULTS: BackendLoginOptions = {
  */
 export function runBackend(options: Partial<BackendLoginOptions>, phases: readonly Phase[], chunk: Chunker): string[] {
   const machine = imapAdapter.createBackendLogin({ ...BACKEND_DEFAULTS, ...options });
-  const trace: string[] = [];
-  let leftover = null as Uint8Array[] | null;
-  let failed = false;
-  const record = (actions: BackendAction[]): void => {
-    for (const action of actions) {
-      switch (action.type) {
-        case 'send':
-          trace.push(`send ${latin1(action.data)}`);
-          break;
-        case 'starttls':
-          trace.push('starttls');
-          break;
-        case 'done':
-          trace.push(`done ${action.capabilities}`);
-          leftover = [action.leftover];
-          break;
-        case 'fail':
-          failed = true;
-          trace.push(`fail ${action.refusal} ${action.detail}`);
-          break;
-      }
-    }
-  };
-  for (const phase of phases) {
-    if (phase === TLS) {
-      trace.push(`tls-started in ${machine.state}`);
-      record(machine.tlsStarted());
-      continue;
-    }
-    for (const piece of chunk(bytes(phase))) {
-      if (leftover !== null) leftover.push(piece);
-      else if (!failed) record(machine.receive(piece));
-    }
-  }
-  trace.push(`state ${machine.state}`);
-  if (leftover !== null) trace.push(`leftover ${latin1(Buffer.concat(leftover))}`);
+  const { trace, relayed } = driveBackend(machine, phases, (phase) => chunk(bytes(phase)), latin1);
+  if (relayed !== null) trace.push(`leftover ${latin1(relayed)}`);
   return mergeSends(trace);
 }
 

@@ -7,12 +7,11 @@
 import assert from 'node:assert/strict';
 import { MAX_BACKEND_RESPONSE_BYTES, MAX_LINE_BYTES, MAX_PIPELINED_BYTES, MAX_PREAUTH_LITERAL_BYTES } from '../../src/limits.js';
 import { managesieveAdapter } from '../../src/protocol/managesieve/index.js';
-import type { BackendAction, BackendLoginOptions, LoginRefusal, PreauthAction, PreauthOptions } from '../../src/protocol/types.js';
+import type { BackendLoginOptions, LoginRefusal, PreauthAction, PreauthOptions } from '../../src/protocol/types.js';
+import { driveBackend, mergeSends, TLS, type Chunker, type Phase } from './machine-trace.js';
 
-/** Marks the TLS handshake between two input phases. */
-export const TLS = Symbol('tls');
-export type Phase = string | Uint8Array | typeof TLS;
-export type Chunker = (bytes: Uint8Array) => Uint8Array[];
+export { TLS, type Chunker, type Phase };
+
 
 export function bytes(input: string | Uint8Array): Uint8Array {
   return typeof input === 'string' ? Buffer.from(input, 'utf8') : input;
@@ -47,16 +46,6 @@ export function chunkers(phases: readonly Phase[]): { label: string; chunk: Chun
     { label: 'byte by byte', chunk: byteByByte },
     ...[...cuts].sort((a, b) => a - b).map((at) => ({ label: `split at ${at}`, chunk: splitAt(at) })),
   ];
-}
-
-function mergeSends(trace: string[]): string[] {
-  const out: string[] = [];
-  for (const entry of trace) {
-    const last = out[out.length - 1];
-    if (entry.startsWith('send ') && last?.startsWith('send ')) out[out.length - 1] = last + entry.slice(5);
-    else out.push(entry);
-  }
-  return out;
 }
 
 export type LoginReply = { readonly ok: true } | { readonly ok: false; readonly refusal: LoginRefusal; readonly text?: string };
@@ -168,42 +157,8 @@ export const BACKEND_DEFAULTS: BackendLoginOptions = { mode: 'replay', user: 'al
  */
 export function runBackend(options: Partial<BackendLoginOptions>, phases: readonly Phase[], chunk: Chunker): string[] {
   const machine = managesieveAdapter.createBackendLogin({ ...BACKEND_DEFAULTS, ...options });
-  const trace: string[] = [];
-  let relayed = null as Uint8Array[] | null;
-  let failed = false;
-  const record = (actions: BackendAction[]): void => {
-    for (const action of actions) {
-      switch (action.type) {
-        case 'send':
-          trace.push(`send ${text(action.data)}`);
-          break;
-        case 'starttls':
-          trace.push('starttls');
-          break;
-        case 'done':
-          trace.push(`done ${action.capabilities}`);
-          relayed = [action.leftover];
-          break;
-        case 'fail':
-          failed = true;
-          trace.push(`fail ${action.refusal} ${action.detail}`);
-          break;
-      }
-    }
-  };
-  for (const phase of phases) {
-    if (phase === TLS) {
-      trace.push(`tls-started in ${machine.state}`);
-      record(machine.tlsStarted());
-      continue;
-    }
-    for (const piece of chunk(bytes(phase))) {
-      if (relayed !== null) relayed.push(piece);
-      else if (!failed) record(machine.receive(piece));
-    }
-  }
-  trace.push(`state ${machine.state}`);
-  const leftover = relayed === null ? '' : text(Buffer.concat(relayed));
+  const { trace, relayed } = driveBackend(machine, phases, (phase) => chunk(bytes(phase)), text);
+  const leftover = relayed === null ? '' : text(relayed);
   if (leftover !== '') trace.push(`leftover ${leftover}`);
   return mergeSends(trace);
 }
