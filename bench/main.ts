@@ -19,7 +19,7 @@ import { CLOCK_TICKS_PER_S, cpuSeconds, fileLimit, systemCpuSeconds, machineDesc
 import { formatSummary, summariseFile } from './profile-summary.js';
 import { canForceGc, forceGc } from './inspector.js';
 import { freePort } from '../test/integration/servers/index.js';
-import { MAILFRONT_MAIN, directPorts, nginxMissing, startBackends, startFloor, startMailfront, startNginx, type Backends, type BenchUser, type MailfrontProcess, type NginxProcess, type Stores } from './setup.js';
+import { MAILFRONT_MAIN, directPorts, nginxMissing, startBackends, startFloor, startInstantBackend, startMailfront, startNginx, type Backends, type BenchUser, type MailfrontProcess, type NginxProcess, type Stores } from './setup.js';
 
 const REPO_ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 
@@ -31,7 +31,7 @@ function envInt(name: string, fallback: number): number {
   return Math.floor(n);
 }
 
-const PHASES = ['noop', 'fetch', 'imap', 'master-user', 'pop3', 'idle', 'idle-tls'] as const;
+const PHASES = ['noop', 'fetch', 'imap', 'cpu', 'master-user', 'pop3', 'idle', 'idle-tls'] as const;
 type Phase = (typeof PHASES)[number];
 
 /** Every knob, with its environment variable and default. */
@@ -43,6 +43,9 @@ const SETTINGS = {
   loginSeconds: envInt('BENCH_SECONDS', 20),
   /** Logins (of users kept out of the cold pass) that warm the JIT of a fresh mailfront. */
   jitWarmupLogins: envInt('BENCH_JIT_WARMUP', 100),
+  /** The `cpu` step: rounds per proxy (the proxies take turns) and logins per round. */
+  cpuRounds: envInt('BENCH_CPU_ROUNDS', 3),
+  cpuLogins: envInt('BENCH_CPU_LOGINS', 3000),
   noops: envInt('BENCH_NOOPS', 2000),
   fetches: envInt('BENCH_FETCHES', 200),
   fetchBytes: envInt('BENCH_FETCH_BYTES', 10 * 1024 * 1024),
@@ -164,6 +167,27 @@ interface LoginFigure {
   readonly foreignCores: number;
 }
 
+/** One proxy in the `cpu` step: CPU seconds per 1,000 logins against the instant backend, per round. */
+interface CpuFigure {
+  /** The proxy's own processes (mailfront; the floor; nginx's master and workers), user + system. */
+  readonly own: readonly number[];
+  /** The system (kernel) part of `own`; not measured for nginx (several processes). */
+  readonly sys: readonly number[];
+  /** nginx's auth_http service (its LDAP work); 0 for the others, whose LDAP work is in `own`. */
+  readonly auth: readonly number[];
+  /** The instant backend's CPU, to show it stayed small. */
+  readonly backend: readonly number[];
+  readonly perSecond: readonly number[];
+  readonly errors: number;
+  readonly foreignCores: readonly number[];
+}
+
+const median = (xs: readonly number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length === 0 ? NaN : s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+};
+
 interface IdleFigure {
   readonly sessions: number;
   readonly errors: number;
@@ -186,6 +210,7 @@ interface Results {
   noop: Partial<Record<Mode | 'floor', NoopResult>>;
   fetch: Partial<Record<Mode, FetchResult & { readonly foreignCores: number }>>;
   imap: Partial<Record<'direct' | 'mailfront-cold' | 'mailfront' | 'mailfront-master-user' | 'nginx' | 'floor', LoginFigure>>;
+  cpu: Partial<Record<'mailfront' | 'floor' | 'nginx', CpuFigure>>;
   pop3: Partial<Record<Mode, LoginFigure>>;
   idle: Partial<Record<'mailfront' | 'mailfront-tls' | 'nginx' | 'nginx-tls', IdleFigure>>;
   profiles: Record<string, string>;
@@ -359,7 +384,7 @@ async function run(): Promise<void> {
   let nginx: NginxProcess | null = null;
   const missing = nginxMissing();
   const mailfronts: MailfrontProcess[] = [];
-  const results: Results = { noop: {}, fetch: {}, imap: {}, pop3: {}, idle: {}, profiles: {} };
+  const results: Results = { noop: {}, fetch: {}, imap: {}, cpu: {}, pop3: {}, idle: {}, profiles: {} };
   const profileDir = join(SETTINGS.outDir, 'profiles');
   const nodeArgs = (name: string): string[] =>
     SETTINGS.profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=mailfront-${name}-${startedAt.getTime()}.cpuprofile`] : [];
@@ -476,6 +501,58 @@ async function run(): Promise<void> {
         say(`  ${describeLogin('floor (bench/floor.ts: sockets, LOGIN replay and the splice, nothing else)', fl)}`);
       } finally {
         await floor.stop();
+      }
+    }
+
+    if (want('cpu')) {
+      await quietGate('cpu');
+      // What each proxy itself spends on a login when nothing else competes for the CPU: behind
+      // Dovecot the two cores are saturated and every process's CPU per login grows with the
+      // contention. The proxies take turns, round after round, so a change in the VM's speed
+      // falls on all of them alike; each figure is the median of its rounds.
+      say(`CPU per IMAP login against an instant backend (bench/instant-backend.ts): ${SETTINGS.cpuRounds} rounds of ${SETTINGS.cpuLogins} logins per proxy, the proxies in turn`);
+      const instant = await startInstantBackend(backends);
+      interface Proxy {
+        readonly name: 'mailfront' | 'floor' | 'nginx';
+        readonly port: number;
+        readonly own: () => number;
+        readonly sys: () => number;
+        readonly auth: () => number;
+        readonly stop: () => Promise<void>;
+      }
+      const proxies: Proxy[] = [];
+      try {
+        const m = await mf('cpu', 'replay', instant.stores);
+        proxies.push({ name: 'mailfront', port: m.imapPort, own: () => cpuSeconds(m.pid), sys: () => systemCpuSeconds(m.pid), auth: () => 0, stop: () => stopMailfront(m, 'cpu') });
+        const fl = await startFloor(backends, instant.stores);
+        proxies.push({ name: 'floor', port: fl.port, own: () => cpuSeconds(fl.pid), sys: () => systemCpuSeconds(fl.pid), auth: () => 0, stop: () => fl.stop() });
+        if (nginx !== null) {
+          const nx = await startNginx(backends, { workers: SETTINGS.nginxWorkers, fileLimit: limits.soft, proxyBuffer: SETTINGS.nginxProxyBuffer, stores: instant.stores });
+          proxies.push({ name: 'nginx', port: nx.imapPort, own: () => treeCpuSeconds(nx.master.pid), sys: () => NaN, auth: () => cpuSeconds(nx.authHttp.pid), stop: () => nx.stop() });
+        }
+        // Untimed: one login per user (mailfront's caches, nginx's auth_http connections) and the JIT.
+        for (const p of proxies) await loginLoop({ ...loop('imap', (i) => ({ port: p.port, ...account(userAt(i)) }), n), maxSeconds: 120 });
+        const rounds = new Map(proxies.map((p) => [p.name, { own: [] as number[], sys: [] as number[], auth: [] as number[], backend: [] as number[], perSecond: [] as number[], errors: 0, foreignCores: [] as number[] }]));
+        for (let round = 1; round <= SETTINGS.cpuRounds; round++) {
+          for (const p of proxies) {
+            const s = await sampled({ own: p.own, 'own.sys': p.sys, auth: p.auth, backend: () => cpuSeconds(instant.pid) }, () => loginLoop(loop('imap', (i) => ({ port: p.port, ...account(userAt(i)) }), SETTINGS.cpuLogins)));
+            const r = rounds.get(p.name)!;
+            const k = (x: number | undefined): number => ((x ?? NaN) * 1000) / Math.max(1, s.result.logins);
+            r.own.push(k(s.cpu['own']));
+            r.sys.push(k(s.cpu['own.sys']));
+            r.auth.push(k(s.cpu['auth']));
+            r.backend.push(k(s.cpu['backend']));
+            r.perSecond.push(s.result.perSecond);
+            r.errors += s.result.errors;
+            r.foreignCores.push(s.foreignCores);
+            if (s.result.errors > 0) say(`  ${p.name}: ${s.result.errors} errors; first: ${s.result.firstError ?? ''}`);
+            say(`  round ${round}, ${p.name}: ${s.result.logins} logins at ${s.result.perSecond.toFixed(0)}/s; CPU s/1000 logins: ${p.name} ${k(s.cpu['own']).toFixed(3)}${p.name === 'nginx' ? ` + auth_http ${k(s.cpu['auth']).toFixed(3)}` : ` (system ${k(s.cpu['own.sys']).toFixed(3)})`}, instant backend ${k(s.cpu['backend']).toFixed(3)}; ${s.foreignCores.toFixed(2)} cores busy outside the benchmark`);
+          }
+        }
+        for (const [name, r] of rounds) results.cpu[name] = r;
+      } finally {
+        for (const p of proxies) await p.stop().catch(() => undefined);
+        await instant.stop();
       }
     }
 
@@ -621,6 +698,11 @@ function buildReport(r: Results, haveNginx: boolean): { table: string; goalTable
   row('proxy CPU s per 1,000 IMAP logins, cold (nginx: + auth_http)', undefined, cpuOf(im['mailfront-cold'], ['mailfront']), cpuOf(im.nginx, ['nginx', 'authHttp']), 2);
   row('proxy CPU s per 1,000 IMAP logins, warm (nginx: + auth_http)', undefined, cpuOf(im.mailfront, ['mailfront']), cpuOf(im.nginx, ['nginx', 'authHttp']), 2);
   row('  the floor: a minimal Node.js relay (bench/floor.ts), CPU s per 1,000 IMAP logins', undefined, cpuOf(im.floor, ['floor']), undefined, 2);
+  const cpuMedian = (f: CpuFigure | undefined, part: 'own' | 'sys' | 'auth' | 'both'): number | undefined =>
+    f === undefined ? undefined : part === 'both' ? median(f.own.map((x, i) => x + (f.auth[i] ?? 0))) : median(f[part]);
+  row(`proxy CPU s per 1,000 IMAP logins, instant backend (median of ${r.cpu.mailfront?.own.length ?? '—'} rounds; nginx: workers only)`, undefined, cpuMedian(r.cpu.mailfront, 'own'), cpuMedian(r.cpu.nginx, 'own'), 3);
+  row('  the same, nginx + auth_http', undefined, cpuMedian(r.cpu.mailfront, 'own'), cpuMedian(r.cpu.nginx, 'both'), 3);
+  row('  the floor (bench/floor.ts), instant backend', undefined, cpuMedian(r.cpu.floor, 'own'), undefined, 3);
   row('slapd CPU s per 1,000 IMAP logins (warm)', cpuOf(im.direct, ['slapd']), cpuOf(im.mailfront, ['slapd']), cpuOf(im.nginx, ['slapd']), 2);
   row('Dovecot CPU s per 1,000 IMAP logins (warm)', cpuOf(im.direct, ['dovecot']), cpuOf(im.mailfront, ['dovecot']), cpuOf(im.nginx, ['dovecot']), 2);
   const p3 = r.pop3;
@@ -664,6 +746,7 @@ function buildReport(r: Results, haveNginx: boolean): { table: string; goalTable
   atLeast('POP3 login rate ≥ 1.2× nginx', p3.mailfront?.loop.perSecond, p3.nginx?.loop.perSecond, 1.2);
   atMost('CPU per 1,000 IMAP logins, cold cache ≤ 0.6 s', cpuOf(im['mailfront-cold'], ['mailfront']), 0.6, 's', 2);
   atMost('CPU per 1,000 IMAP logins, warm cache ≤ 0.3 s', cpuOf(im.mailfront, ['mailfront']), 0.3, 's', 2);
+  atMost('CPU per 1,000 IMAP logins, warm cache ≤ 0.3 s (instant backend: the proxy alone)', cpuMedian(r.cpu.mailfront, 'own'), 0.3, 's', 3);
   atLeast('FETCH ≥ 0.9× direct', r.fetch.mailfront?.megabytesPerSecond, r.fetch.direct?.megabytesPerSecond, 0.9);
   atLeast('FETCH ≥ 1.25× nginx', r.fetch.mailfront?.megabytesPerSecond, r.fetch.nginx?.megabytesPerSecond, 1.25);
   atMost('memory per idle plaintext session ≤ 9 KiB (after a full GC)', kibGc(r.idle.mailfront, true), 9, 'KiB', 2);

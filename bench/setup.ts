@@ -30,12 +30,14 @@ export interface BenchUser extends Account {
   readonly store: string;
 }
 
-export type Stores = ReadonlyMap<string, Dovecot>;
+/** Where a store's master listens: a Dovecot, or the instant backend of the `cpu` step. */
+export type StorePorts = Pick<Dovecot, 'imapPort' | 'pop3Port'>;
+export type Stores = ReadonlyMap<string, StorePorts>;
 
 export interface Backends {
   readonly slapd: Slapd;
   /** Store name → its (only, master) Dovecot slot, with Dovecot's default process per session. */
-  readonly stores: Stores;
+  readonly stores: ReadonlyMap<string, Dovecot>;
   /** Users the login and idle workloads cycle over. */
   readonly users: readonly BenchUser[];
   /** The user whose INBOX holds the large message. */
@@ -47,7 +49,7 @@ export interface Backends {
    * Starts a second Dovecot per store (same users) whose imap/pop3 processes each serve
    * `clientLimit` sessions: what thousands of idle sessions need. The caller stops them.
    */
-  startManySessionStores(clientLimit: number): Promise<Stores & { stop(): Promise<void> }>;
+  startManySessionStores(clientLimit: number): Promise<ReadonlyMap<string, Dovecot> & { stop(): Promise<void> }>;
   stop(): Promise<void>;
 }
 
@@ -134,12 +136,17 @@ export function directPorts(backends: Backends, user: BenchUser): { imap: number
   return { imap: d.imapPort, pop3: d.pop3Port };
 }
 
-/** bench/floor.ts as its own process, routing each user to its store's Dovecot. */
-export async function startFloor(backends: Backends): Promise<{ pid: number; port: number; stop(): Promise<void> }> {
+/** bench/floor.ts as its own process, routing each user to its store's master (by default the store's Dovecot). */
+export async function startFloor(backends: Backends, stores: Stores = backends.stores): Promise<{ pid: number; port: number; stop(): Promise<void> }> {
   const dir = tmpDir('bench-floor');
   const port = await freePort();
   const tableFile = join(dir.path, 'users.json');
-  await writeFile(tableFile, JSON.stringify(Object.fromEntries([...backends.users, backends.fetchUser].map((u) => [u.user, directPorts(backends, u).imap]))));
+  const imapPortOf = (u: BenchUser): number => {
+    const ports = stores.get(u.store);
+    if (ports === undefined) throw new Error(`no master for ${u.store}`);
+    return ports.imapPort;
+  };
+  await writeFile(tableFile, JSON.stringify(Object.fromEntries([...backends.users, backends.fetchUser].map((u) => [u.user, imapPortOf(u)]))));
   const daemon = spawnDaemon({
     name: 'floor',
     command: process.execPath,
@@ -157,6 +164,38 @@ export async function startFloor(backends: Backends): Promise<{ pid: number; por
   return {
     pid: daemon.pid,
     port,
+    async stop() {
+      await daemon.stop();
+      await dir.remove();
+    },
+  };
+}
+
+/**
+ * bench/instant-backend.ts as its own process, standing in for every store's master: the
+ * backend of the `cpu` step. Its POP3 port is one nobody listens on (the step logs in over IMAP).
+ */
+export async function startInstantBackend(backends: Backends): Promise<{ pid: number; stores: Stores; stop(): Promise<void> }> {
+  const dir = tmpDir('bench-instant');
+  const port = await freePort();
+  const daemon = spawnDaemon({
+    name: 'instant backend',
+    command: process.execPath,
+    args: [fileURLToPath(new URL('./instant-backend.js', import.meta.url)), String(port)],
+    logFile: join(dir.path, 'instant-backend.log'),
+    cwd: dir.path,
+  });
+  try {
+    await waitForPort(port, { daemon });
+  } catch (error) {
+    await daemon.stop();
+    await dir.remove();
+    throw error;
+  }
+  const unused = await freePort();
+  return {
+    pid: daemon.pid,
+    stores: new Map([...backends.stores.keys()].map((store) => [store, { imapPort: port, pop3Port: unused }])),
     async stop() {
       await daemon.stop();
       await dir.remove();

@@ -1,0 +1,87 @@
+/**
+ * An IMAP server that answers at once and does nothing else: the backend of the bench's `cpu`
+ * step, which measures what a proxy itself spends on a login when nothing else on the machine
+ * competes for the CPU. With Dovecot behind it, a login costs Dovecot 5 to 9 ms of CPU, the two
+ * cores are saturated, and every process's CPU per login grows with the contention (the floor
+ * relay needs about twice as much as with this backend). This server costs a small fraction of
+ * a proxy's work, so the proxies' figures can be set side by side.
+ *
+ * It speaks just enough IMAP for the login loop and for the proxies in front of it: a greeting
+ * with capabilities, ID, CAPABILITY, LOGIN (quoted strings, atoms or synchronizing literals, as
+ * nginx sends them), SELECT, NOOP and LOGOUT. Every login succeeds: the proxies check the
+ * password against LDAP before they get here. Each batch of input gets one write of output, as
+ * Dovecot corks its answers.
+ *
+ * Usage: node dist/bench/instant-backend.js PORT
+ */
+import { createServer, type Socket } from 'node:net';
+
+const CAPABILITIES = 'IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ AUTH=PLAIN';
+/** Longest command line or literal accepted: the login loop sends a few dozen bytes. */
+const MAX_PENDING = 16 * 1024;
+
+function serve(socket: Socket): void {
+  socket.on('error', () => socket.destroy());
+  socket.write(`* OK [CAPABILITY ${CAPABILITIES}] instant backend ready\r\n`);
+  let pending = '';
+  /** Bytes of a synchronizing literal still to skip. */
+  let literal = 0;
+  /** The command so far, when it continues after a literal. */
+  let command = '';
+  socket.on('data', (chunk: Buffer) => {
+    pending += chunk.toString('latin1');
+    if (pending.length > MAX_PENDING) return void socket.destroy();
+    let out = '';
+    let close = false;
+    for (;;) {
+      if (literal > 0) {
+        if (pending.length < literal) break;
+        command += pending.slice(0, literal);
+        pending = pending.slice(literal);
+        literal = 0;
+      }
+      const end = pending.indexOf('\r\n');
+      if (end < 0) break;
+      const line = pending.slice(0, end);
+      pending = pending.slice(end + 2);
+      const announced = /\{(\d+)(\+?)\}$/.exec(line);
+      if (announced !== null) {
+        command += line;
+        literal = Number(announced[1]);
+        if (announced[2] === '') out += '+ go ahead\r\n';
+        continue;
+      }
+      const [tag = '*', verb = ''] = (command + line).split(' ', 2);
+      command = '';
+      switch (verb.toUpperCase()) {
+        case 'LOGIN':
+          out += `${tag} OK [CAPABILITY ${CAPABILITIES}] Logged in\r\n`;
+          break;
+        case 'ID':
+          out += `* ID NIL\r\n${tag} OK ID completed\r\n`;
+          break;
+        case 'CAPABILITY':
+          out += `* CAPABILITY ${CAPABILITIES}\r\n${tag} OK Capability completed\r\n`;
+          break;
+        case 'SELECT':
+          out += `* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n* 0 EXISTS\r\n* 0 RECENT\r\n* OK [UIDVALIDITY 1] UIDs valid\r\n* OK [UIDNEXT 1] Predicted next UID\r\n${tag} OK [READ-WRITE] Select completed\r\n`;
+          break;
+        case 'NOOP':
+          out += `${tag} OK NOOP completed\r\n`;
+          break;
+        case 'LOGOUT':
+          out += `* BYE Logging out\r\n${tag} OK Logout completed\r\n`;
+          close = true;
+          break;
+        default:
+          out += `${tag} BAD Not supported here\r\n`;
+      }
+      if (close) break;
+    }
+    if (close) socket.end(out);
+    else if (out !== '') socket.write(out);
+  });
+}
+
+const port = Number(process.argv[2]);
+createServer({ noDelay: true }, serve).listen(port, '127.0.0.1');
