@@ -5,6 +5,7 @@
  */
 import { domainToASCII } from 'node:url';
 import type { UsernameConfig } from '../config/schema.js';
+import type { Cancellation } from '../cancel.js';
 
 /** A user the directory has authenticated. */
 export interface DirectoryUser {
@@ -23,11 +24,11 @@ export interface Directory {
    * a MailfrontError of kind `auth-failed` (wrong password, unknown user) or `auth-tempfail`
    * (the directory could not answer), or `aborted` when `signal` fired first.
    */
-  authenticate(user: string, password: string, signal: AbortSignal): Promise<DirectoryUser>;
+  authenticate(user: string, password: string, signal: Cancellation): Promise<DirectoryUser>;
   /** Finds a user without checking a password (operator tooling); null when there is no such user. */
-  lookup(user: string, signal: AbortSignal): Promise<DirectoryUser | null>;
+  lookup(user: string, signal: Cancellation): Promise<DirectoryUser | null>;
   /** True when the directory answers now (readiness checks). */
-  reachable(signal: AbortSignal): Promise<boolean>;
+  reachable(signal: Cancellation): Promise<boolean>;
   /** Releases connections. */
   close(): Promise<void>;
 }

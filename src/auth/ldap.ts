@@ -14,6 +14,7 @@ import type { Directory, DirectoryUser } from './directory.js';
 import { performance } from 'node:perf_hooks';
 import { LRUCache } from 'lru-cache';
 import type { LdapOperation, LdapResult, Metrics } from '../metrics.js';
+import type { Cancellation } from '../cancel.js';
 
 /** Escapes a value for use inside an LDAP search filter (RFC 4515 §3). */
 export function escapeFilterValue(value: string): string {
@@ -40,7 +41,7 @@ function attributeText(value: unknown): string | null {
 }
 
 /** Rejects with an `aborted` error when `signal` fires, so callers never wait past their owner. */
-function raceAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+function raceAbort<T>(promise: Promise<T>, signal: Cancellation): Promise<T> {
   if (signal.aborted) {
     promise.catch(() => undefined);
     return Promise.reject(new MailfrontError('ABORTED', 'aborted', 'the session ended during a directory lookup'));
@@ -281,7 +282,7 @@ export class LdapDirectory implements Directory {
     }
   }
 
-  async authenticate(user: string, password: string, signal: AbortSignal): Promise<DirectoryUser> {
+  async authenticate(user: string, password: string, signal: Cancellation): Promise<DirectoryUser> {
     if (this.closed) throw new MailfrontError('LDAP_CLOSED', 'auth-tempfail', 'the directory is shutting down');
     const work = (async (): Promise<DirectoryUser> => {
       const found = await this.search(user);
@@ -295,12 +296,12 @@ export class LdapDirectory implements Directory {
     return raceAbort(work, signal);
   }
 
-  async lookup(user: string, signal: AbortSignal): Promise<DirectoryUser | null> {
+  async lookup(user: string, signal: Cancellation): Promise<DirectoryUser | null> {
     const work = this.search(user).then((found) => (found === null ? null : { user, dn: found.dn, store: found.store }));
     return raceAbort(work, signal);
   }
 
-  async reachable(signal: AbortSignal): Promise<boolean> {
+  async reachable(signal: Cancellation): Promise<boolean> {
     try {
       let connection = await raceAbort(this.serviceConnection(), signal);
       if (!connection.client.isConnected) {

@@ -12,6 +12,7 @@ import type { BackendConfig, Protocol } from '../config/schema.js';
 import { MailfrontError } from '../errors.js';
 import type { BackendLoginMachine } from '../protocol/types.js';
 import type { Slot } from '../routing/storemap.js';
+import type { Cancellation } from '../cancel.js';
 
 /** A backend connection after a successful login. */
 export interface BackendSession {
@@ -62,7 +63,7 @@ function connectionFailureKind(error: NodeJS.ErrnoException): 'connect' | 'backe
 }
 
 /** Rejects when the signal fires, destroying `socket`. */
-function onAbort(signal: AbortSignal, socket: Socket, reject: (e: unknown) => void, what: string): () => void {
+function onAbort(signal: Cancellation, socket: Socket, reject: (e: unknown) => void, what: string): () => void {
   const listener = (): void => {
     socket.destroy();
     reject(new MailfrontError('ABORTED', 'aborted', `the session ended during ${what}`));
@@ -75,7 +76,7 @@ function onAbort(signal: AbortSignal, socket: Socket, reject: (e: unknown) => vo
  * Opens a TCP connection to `slot` within the configured deadline; writes `proxyHeader` (PROXY
  * protocol) first when given, then does the TLS handshake for implicit TLS.
  */
-export function dialSlot(slot: Slot, protocol: Protocol, config: BackendConfig, signal: AbortSignal, proxyHeader: Buffer | null = null): Promise<Socket> {
+export function dialSlot(slot: Slot, protocol: Protocol, config: BackendConfig, signal: Cancellation, proxyHeader: Buffer | null = null): Promise<Socket> {
   const port = slotPort(slot, protocol, config.tls);
   return new Promise<Socket>((resolve, reject) => {
     let socket: Socket = netConnect({ host: slot.host, port, noDelay: true });
@@ -127,7 +128,7 @@ export function dialSlot(slot: Slot, protocol: Protocol, config: BackendConfig, 
  * On success the socket is paused, has no listeners of ours left, and may have been replaced by
  * a TLS socket (STARTTLS). On failure the socket is destroyed.
  */
-export function loginToBackend(initial: Socket, slot: Slot, machine: BackendLoginMachine, config: BackendConfig, signal: AbortSignal): Promise<BackendSession> {
+export function loginToBackend(initial: Socket, slot: Slot, machine: BackendLoginMachine, config: BackendConfig, signal: Cancellation): Promise<BackendSession> {
   return new Promise<BackendSession>((resolve, reject) => {
     let socket: Socket = initial;
     let finished = false;
@@ -223,7 +224,7 @@ export function loginToBackend(initial: Socket, slot: Slot, machine: BackendLogi
 }
 
 /** Reads the first line a slot sends; resolves with it (without CRLF). */
-function readGreeting(socket: Socket, signal: AbortSignal): Promise<string> {
+function readGreeting(socket: Socket, signal: Cancellation): Promise<string> {
   return new Promise((resolve, reject) => {
     let buffered = Buffer.alloc(0);
     const done = (error: Error | null, line?: string): void => {
@@ -254,7 +255,7 @@ function readGreeting(socket: Socket, signal: AbortSignal): Promise<string> {
  * Probes a slot for health: connect and read a positive greeting, or, given a login machine for
  * a probe account, log in. Always closes the connection.
  */
-export async function probeSlot(slot: Slot, protocol: Protocol, config: BackendConfig, signal: AbortSignal, login?: BackendLoginMachine, proxyHeader: Buffer | null = null): Promise<void> {
+export async function probeSlot(slot: Slot, protocol: Protocol, config: BackendConfig, signal: Cancellation, login?: BackendLoginMachine, proxyHeader: Buffer | null = null): Promise<void> {
   const socket = await dialSlot(slot, protocol, config, signal, proxyHeader);
   try {
     if (login) {

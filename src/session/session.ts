@@ -28,6 +28,7 @@ import { splice } from '../proxy/splice.js';
 import type { Splice, SpliceEndReason } from '../proxy/splice.js';
 import type { Credentials, LoginRefusal, PreauthAction, PreauthCloseReason, PreauthMachine, ProtocolAdapter } from '../protocol/types.js';
 import type { Slot, StoreMap } from '../routing/storemap.js';
+import { Canceller, type Cancellation } from '../cancel.js';
 
 /** The phases of a session, in order. */
 export type SessionPhase = 'greeting' | 'preauth' | 'authenticating' | 'backend-login' | 'spliced' | 'closing';
@@ -107,7 +108,7 @@ function newSessionId(): string {
   return `${sessionPrefix}${sessionCounter.toString(16).padStart(6, '0')}`;
 }
 
-function delay(ms: number, signal: AbortSignal): Promise<void> {
+function delay(ms: number, signal: Cancellation): Promise<void> {
   return new Promise((resolve) => {
     if (ms <= 0 || signal.aborted) return resolve();
     const timer = setTimeout(done, ms);
@@ -127,7 +128,7 @@ export class Session {
   private socket: Socket;
   private machine: PreauthMachine;
   /** Cancels a login in progress; made at the first login and let go once spliced. */
-  private abortController: AbortController | undefined;
+  private canceller: Canceller | undefined;
   private readonly log: Logger;
   private readonly startedAt = Date.now();
   private clientAddress: string;
@@ -197,7 +198,7 @@ export class Session {
     this.log.debug({ event: 'session.started', protocol: adapter.name, listener: listener.name, client: this.clientAddress, clientPort: this.clientPort, ...(endpoints.header?.kind === 'proxied' ? { via: endpoints.peer.address } : {}), tls: tlsActive }, 'session started');
     this.preauthTimer = setTimeout(() => {
       if (this.phase === 'preauth' || this.phase === 'greeting') this.perform(this.machine.timedOut());
-      else if (this.phase === 'authenticating' || this.phase === 'backend-login') this.abortController?.abort();
+      else if (this.phase === 'authenticating' || this.phase === 'backend-login') this.canceller?.abort();
     }, config.session.preauthTimeoutMs);
     this.attachPreauth(socket);
     this.perform(this.machine.greeting());
@@ -213,7 +214,7 @@ export class Session {
   shutdown(): void {
     if (this.phase === 'preauth' || this.phase === 'greeting') this.perform(this.machine.shuttingDown());
     else if (this.phase === 'authenticating' || this.phase === 'backend-login') {
-      this.abortController?.abort();
+      this.canceller?.abort();
       this.perform(this.machine.shuttingDown());
     } else if (this.phase === 'spliced') this.splice?.close('shutdown', this.adapter.drainNotice('Server shutting down'));
   }
@@ -328,9 +329,9 @@ export class Session {
     plain.on('close', () => this.finish('client-closed-preauth'));
   }
 
-  private get abortSignal(): AbortSignal {
-    this.abortController ??= new AbortController();
-    return this.abortController.signal;
+  private get cancellation(): Cancellation {
+    this.canceller ??= new Canceller();
+    return this.canceller;
   }
 
   private async login(credentials: Credentials): Promise<void> {
@@ -353,7 +354,7 @@ export class Session {
       }
       if (user === null) throw new MailfrontError('INVALID_USERNAME', 'auth-failed', 'the user name is empty, too long, not in a local domain, or has control characters');
       this.user = user;
-      const found = await this.context.directory().authenticate(user, credentials.password, this.abortSignal);
+      const found = await this.context.directory().authenticate(user, credentials.password, this.cancellation);
       void throttle.recordSuccess(attempt);
       this.log.debug({ event: 'session.authenticated', user, mechanism: credentials.mechanism }, 'user authenticated');
       this.mechanism = credentials.mechanism;
@@ -385,7 +386,7 @@ export class Session {
         this.log.info(fields, 'login failed');
         // Same answer after the same time for an unknown user and a wrong password (and a
         // throttled login looks no faster); repeated failures add the throttle's penalty.
-        await delay(started + config.session.authFailureDelayMs + penaltyMs - Date.now(), this.abortSignal);
+        await delay(started + config.session.authFailureDelayMs + penaltyMs - Date.now(), this.cancellation);
       } else {
         this.log.error(fields, 'login could not be completed');
       }
@@ -416,8 +417,8 @@ export class Session {
         const error = asMailfrontError(caught);
         if (error.kind !== 'connect' || Date.now() >= deadline) throw error;
         this.log.warn({ event: 'session.backend_retry', store: storeName, slot: slot.name, attempt, err: error.message }, 'current master unreachable; holding the login');
-        await delay(Math.min(250 * attempt, 1_000, deadline - Date.now()), this.abortSignal);
-        if (this.abortSignal.aborted) throw new MailfrontError('ABORTED', 'aborted', 'the session ended while its login was held');
+        await delay(Math.min(250 * attempt, 1_000, deadline - Date.now()), this.cancellation);
+        if (this.cancellation.aborted) throw new MailfrontError('ABORTED', 'aborted', 'the session ended while its login was held');
       }
     }
   }
@@ -428,7 +429,7 @@ export class Session {
     let socket: Socket;
     try {
       const proxyHeader = backendProxyHeader(backendConfig.proxyProtocol, { address: this.clientAddress, port: this.clientPort }, this.endpoints.local);
-      socket = await dialSlot(slot, this.adapter.name, backendConfig, this.abortSignal, proxyHeader);
+      socket = await dialSlot(slot, this.adapter.name, backendConfig, this.cancellation, proxyHeader);
       metrics.backendConnect(slot.store, 'success', (performance.now() - connectStarted) / 1000);
     } catch (caught) {
       const error = asMailfrontError(caught);
@@ -448,7 +449,7 @@ export class Session {
       ...(backendConfig.forwardClientAddress ? { forward: { ip: this.clientAddress, port: this.clientPort, sessionId: this.id } } : {}),
     });
     try {
-      const session = await loginToBackend(socket, slot, machine, backendConfig, this.abortSignal);
+      const session = await loginToBackend(socket, slot, machine, backendConfig, this.cancellation);
       metrics.backendLogin(slot.store, 'success', (performance.now() - loginStarted) / 1000);
       return session;
     } catch (caught) {
@@ -465,8 +466,8 @@ export class Session {
     }
     clearTimeout(this.preauthTimer);
     this.preauthTimer = undefined;
-    // The login is over: nothing is left to cancel (and no DOMException to make at the end).
-    this.abortController = undefined;
+    // The login is over: nothing is left to cancel.
+    this.canceller = undefined;
     const success = this.machine.loginSucceeded(backend.capabilities);
     // The pre-auth machine and its buffers are never used again: let them go (memory per idle session).
     this.machine = SPLICED;
@@ -503,7 +504,7 @@ export class Session {
     const phaseAtEnd = this.phase;
     this.phase = 'closing';
     clearTimeout(this.preauthTimer);
-    this.abortController?.abort();
+    this.canceller?.abort();
     if (this.entry) this.context.registry.remove(this.entry);
     // The splice counts its own bytes: its direct relay writes past the socket's counters.
     const spliced = this.splice;

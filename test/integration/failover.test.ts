@@ -7,6 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -28,6 +29,18 @@ let slapd: Slapd;
 let a1: Dovecot;
 let a2: Dovecot;
 let b1: Dovecot;
+
+/** Connections this host holds ESTABLISHED to 127.0.0.1:`port`: mailfront's side of its connections to that backend. */
+function establishedTo(port: number): number {
+  const remote = `0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  return readFileSync('/proc/net/tcp', 'utf8')
+    .split('\n')
+    .slice(1)
+    .filter((line) => {
+      const fields = line.trim().split(/\s+/);
+      return fields[2] === remote && fields[3] === '01';
+    }).length;
+}
 
 function storesWith(alphaMaster: 'a1' | 'a2'): Record<string, StoreSpec> {
   return {
@@ -245,6 +258,47 @@ describe('failover by file edit and by the admin API (file store map)', () => {
       }
     } finally {
       await b1.startAgain();
+    }
+  });
+
+  test('a client that hangs up while its login is held ends the hold: no more connect attempts are made for it', async () => {
+    await b1.stopOnly();
+    try {
+      const since = front.logs.length;
+      const raw = await LineClient.connect(front.imapTrustedPort);
+      await raw.readLine();
+      raw.send(`t1 LOGIN bea ${PASSWORD}`);
+      const retry = await waitForLog(front, (l) => l['event'] === 'session.backend_retry' && l['slot'] === 'b1', 5_000, since);
+      const session = retry['session'];
+      raw.close();
+      const finished = await waitForLog(front, (l) => l['event'] === 'session.finished' && l['session'] === session, 2_000, since);
+      assert.equal(finished['phase'], 'backend-login');
+      // Retries come every 250 ms to 1 s: a hold that went on would log another within this wait.
+      const after = front.logs.length;
+      await new Promise((r) => setTimeout(r, 1_500));
+      assert.deepEqual(front.logs.slice(after).filter((l) => l['session'] === session), []);
+    } finally {
+      await b1.startAgain();
+    }
+  });
+
+  test('a client that hangs up during the backend login: mailfront closes its backend connection at once', async () => {
+    // A stopped Dovecot: the kernel completes the connect, the greeting never comes.
+    await b1.pause();
+    try {
+      const since = front.logs.length;
+      const before = establishedTo(b1.imapPort);
+      const raw = await LineClient.connect(front.imapTrustedPort);
+      await raw.readLine();
+      raw.send(`t1 LOGIN bea ${PASSWORD}`);
+      const connected = await waitForLog(front, (l) => l['event'] === 'session.backend_connected' && l['slot'] === 'b1', 5_000, since);
+      assert.equal(establishedTo(b1.imapPort), before + 1);
+      raw.close();
+      const finished = await waitForLog(front, (l) => l['event'] === 'session.finished' && l['session'] === connected['session'], 2_000, since);
+      assert.equal(finished['phase'], 'backend-login');
+      assert.equal(establishedTo(b1.imapPort), before);
+    } finally {
+      b1.resume();
     }
   });
 
