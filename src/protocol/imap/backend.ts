@@ -9,7 +9,7 @@ import { MAX_BACKEND_RESPONSE_BYTES } from '../../limits.js';
 import { encodePlain, hasUnsafeCharacters } from '../sasl.js';
 import { ByteQueue } from './bytes.js';
 import type { BackendAction, BackendLoginMachine, BackendLoginOptions } from '../types.js';
-import { capabilityAtoms, parseResponseLine, quoteString, safeText, type ResponseLine } from './wire.js';
+import { capabilityAtoms, normalCapabilityList, parseResponseLine, quoteString, safeText, type ResponseLine } from './wire.js';
 
 /** The dialogue's states, in the order they are normally passed. */
 export type ImapBackendState =
@@ -31,6 +31,7 @@ const LITERAL_MINUS_MAX_BYTES = 4096;
 const MAX_LITERAL_DIGITS = String(MAX_BACKEND_RESPONSE_BYTES).length;
 
 const LF = 0x0a;
+const CR = 0x0d;
 
 /** Response codes of a NO to LOGIN that mean a temporary or server-side problem rather than wrong credentials (RFC 5530). */
 const UNAVAILABLE_CODES = new Set(['UNAVAILABLE', 'SERVERBUG', 'LIMIT', 'PRIVACYREQUIRED', 'OVERQUOTA']);
@@ -77,16 +78,23 @@ class ResponseReader {
         this.input.consume(window);
         return null;
       }
-      this.segmentParts.push(input.slice(0, lf));
+      // The usual case, a whole line in one read, is decoded straight from the queue.
+      const end = lf > 0 && input[lf - 1] === CR ? lf - 1 : lf;
+      let segment: string;
+      if (this.segmentParts.length === 0) {
+        segment = Buffer.from(input.buffer, input.byteOffset, end).toString('latin1');
+      } else {
+        this.segmentParts.push(input.slice(0, lf));
+        segment = Buffer.concat(this.segmentParts).toString('latin1');
+        this.segmentParts = [];
+        if (segment.endsWith('\r')) segment = segment.slice(0, -1);
+      }
       this.responseBytes += lf + 1;
       this.input.consume(lf + 1);
-      let segment = Buffer.concat(this.segmentParts).toString('latin1');
-      this.segmentParts = [];
-      if (segment.endsWith('\r')) segment = segment.slice(0, -1);
       this.firstLine ??= segment;
       // Untagged data (ID, LIST, ...) may carry literals: "{N}" at a line end announces N octets
       // that belong to the same response (RFC 3501 §4.3).
-      const literal = /\{(\d+)\+?\}$/.exec(segment);
+      const literal = segment.endsWith('}') ? /\{(\d+)\+?\}$/.exec(segment) : null;
       if (literal !== null) {
         const digits = literal[1] as string;
         if (digits.length > MAX_LITERAL_DIGITS || this.responseBytes + Number(digits) > MAX_BACKEND_RESPONSE_BYTES) return 'too-long';
@@ -110,6 +118,8 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
   private tag = '';
   /** The backend's capability list as sent, or null when not (or no longer) known. */
   private capabilities: string | null = null;
+  /** The same atoms upper-cased, for hasCapability(). */
+  private capabilitySet: ReadonlySet<string> = new Set();
   private tlsDone = false;
   /** The tag of the ID pipelined ahead of the login command, until its reply is in. */
   private idTag: string | null = null;
@@ -144,7 +154,7 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
     if (this.current !== 'tls-handshake') return [];
     this.tlsDone = true;
     // RFC 3501 §6.2.1: capabilities learned before TLS must be discarded and asked for again.
-    this.capabilities = null;
+    this.setCapabilities(null);
     const out: BackendAction[] = [];
     this.command(out, 'CAPABILITY', 'capability');
     return out;
@@ -184,7 +194,7 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
         return this.onLoginResponse(response, line, out);
       case 'post-capability':
         if (response.kind === 'untagged' && response.word === 'CAPABILITY') {
-          this.loginCapabilities = capabilityAtoms(response.rest).join(' ');
+          this.loginCapabilities = normalCapabilityList(response.rest);
           return;
         }
         if (response.kind === 'tagged' && response.tag === this.tag) {
@@ -207,7 +217,7 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
     const problem = this.credentialsProblem();
     if (problem !== null) return this.fail(out, problem.refusal, `greeting: ${problem.detail}`);
     if (response.codeName === 'CAPABILITY' && response.codeArgs !== null) {
-      this.capabilities = capabilityAtoms(response.codeArgs).join(' ');
+      this.setCapabilities(response.codeArgs);
     }
     this.next(out);
   }
@@ -215,7 +225,7 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
   /** Untagged responses while waiting for a tagged one: CAPABILITY is kept, BYE ends it, the rest is ignored. */
   private takeUntaggedCapability(response: ResponseLine): boolean {
     if (response.kind !== 'untagged' || response.word !== 'CAPABILITY') return false;
-    this.capabilities = capabilityAtoms(response.rest).join(' ');
+    this.setCapabilities(response.rest);
     return true;
   }
 
@@ -241,7 +251,7 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
     }
     if (response.kind === 'untagged') {
       if (response.word === 'CAPABILITY') {
-        this.loginCapabilities = capabilityAtoms(response.rest).join(' ');
+        this.loginCapabilities = normalCapabilityList(response.rest);
         return;
       }
       return this.onUnexpected(response, line, out);
@@ -256,7 +266,7 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
     switch (response.word) {
       case 'OK': {
         if (response.codeName === 'CAPABILITY' && response.codeArgs !== null) {
-          this.loginCapabilities = capabilityAtoms(response.codeArgs).join(' ');
+          this.loginCapabilities = normalCapabilityList(response.codeArgs);
         }
         if (this.loginCapabilities !== null) return this.finish(out, this.loginCapabilities);
         return this.command(out, 'CAPABILITY', 'post-capability');
@@ -322,23 +332,22 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
     this.tag = this.nextTag();
     const literalPlus = this.hasCapability('LITERAL+');
     const literalMinus = this.hasCapability('LITERAL-');
-    const groups: Buffer[] = [];
-    let current: Buffer[] = [Buffer.from(`${this.tag} LOGIN `)];
+    // Built as text and encoded once per write: the literals' contents are UTF-8, the rest ASCII.
+    const groups: string[] = [];
+    let current = `${this.tag} LOGIN `;
     [loginUser, loginPassword].forEach((value, index) => {
-      const bytes = Buffer.from(value, 'utf8');
-      if (index > 0) current.push(Buffer.from(' '));
-      if (literalPlus || (literalMinus && bytes.length <= LITERAL_MINUS_MAX_BYTES)) {
-        current.push(Buffer.from(`{${bytes.length}+}\r\n`), bytes);
+      const length = Buffer.byteLength(value, 'utf8');
+      if (index > 0) current += ' ';
+      if (literalPlus || (literalMinus && length <= LITERAL_MINUS_MAX_BYTES)) {
+        current += `{${length}+}\r\n${value}`;
       } else {
         // A synchronising literal: the rest waits for the backend's "+".
-        current.push(Buffer.from(`{${bytes.length}}\r\n`));
-        groups.push(Buffer.concat(current));
-        current = [bytes];
+        groups.push(`${current}{${length}}\r\n`);
+        current = value;
       }
     });
-    current.push(Buffer.from('\r\n'));
-    groups.push(Buffer.concat(current));
-    const [first, ...rest] = groups;
+    groups.push(`${current}\r\n`);
+    const [first, ...rest] = groups.map((group) => Buffer.from(group, 'utf8'));
     this.continuations = rest;
     this.current = 'login';
     if (first !== undefined) out.push({ type: 'send', data: first });
@@ -356,8 +365,14 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
     return null;
   }
 
+  private setCapabilities(list: string | null): void {
+    const atoms = list === null ? [] : capabilityAtoms(list);
+    this.capabilities = list === null ? null : atoms.join(' ');
+    this.capabilitySet = new Set(atoms.map((atom) => atom.toUpperCase()));
+  }
+
   private hasCapability(name: string): boolean {
-    return this.capabilities !== null && capabilityAtoms(this.capabilities).some((atom) => atom.toUpperCase() === name);
+    return this.capabilitySet.has(name);
   }
 
   private nextTag(): string {

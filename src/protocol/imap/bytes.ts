@@ -4,9 +4,11 @@
  * Must not: interpret the bytes.
  */
 
+const EMPTY = new Uint8Array(0);
+
 /** Received bytes not yet consumed, in order. */
 export class ByteQueue {
-  private buffer = new Uint8Array(0);
+  private buffer: Uint8Array = EMPTY;
   private start = 0;
   private end = 0;
 
@@ -25,7 +27,11 @@ export class ByteQueue {
       if (live + chunk.length <= this.buffer.length / 2) {
         this.buffer.copyWithin(0, this.start, this.end);
       } else {
-        const grown = new Uint8Array(Math.max(2 * this.buffer.length, live + chunk.length, 1024));
+        // From node's shared pool when small: no fresh ArrayBuffer, no zero-filling (every byte
+        // read is written first). The machines let go of their queue at login. Held as a plain
+        // Uint8Array, so that slice() copies as callers expect (Buffer's slice() is a view).
+        const pooled = Buffer.allocUnsafe(Math.max(2 * this.buffer.length, live + chunk.length, 1024));
+        const grown = new Uint8Array(pooled.buffer, pooled.byteOffset, pooled.length);
         grown.set(this.buffer.subarray(this.start, this.end), 0);
         this.buffer = grown;
       }

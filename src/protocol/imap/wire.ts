@@ -16,6 +16,12 @@ export function quoteString(value: string): string | null {
   return `"${value.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
 }
 
+/** A capability list with its atoms separated by single spaces, as the server spelled them. */
+export function normalCapabilityList(list: string): string {
+  // The usual list needs no change; splitting one of 40 atoms costs more than this scan.
+  return /^ | {2}| $/.test(list) ? capabilityAtoms(list).join(' ') : list;
+}
+
 /** Splits a capability list into its atoms, keeping the spelling the server used. */
 export function capabilityAtoms(list: string): string[] {
   return list.split(' ').filter((atom) => atom.length > 0);
