@@ -4,9 +4,13 @@
  * Must not: hold state, decide what a response means for a session, or do any I/O.
  */
 
+const CONTROL = /[\x00-\x1f\x7f]/;
+const CONTROLS = /[\x00-\x1f\x7f]/g;
+
 /** Replaces control characters with spaces and bounds the length, so text is safe on one wire line or log line. */
 export function safeText(text: string, maxLength = 200): string {
-  const cleaned = text.replace(/[\x00-\x1f\x7f]/g, ' ').trim();
+  // Most text has no control character: one scan, no copy (a backend's capability list is long).
+  const cleaned = (CONTROL.test(text) ? text.replace(CONTROLS, ' ') : text).trim();
   return cleaned.length > maxLength ? `${cleaned.slice(0, maxLength)}...` : cleaned;
 }
 
