@@ -40,6 +40,8 @@ const SETTINGS = {
   stores: envInt('BENCH_STORES', 2),
   concurrency: envInt('BENCH_CONCURRENCY', 20),
   logins: envInt('BENCH_LOGINS', 3000),
+  /** The warm login loops are split into this many rounds, the modes taking turns. */
+  loginRounds: envInt('BENCH_LOGIN_ROUNDS', 3),
   loginSeconds: envInt('BENCH_SECONDS', 20),
   /** Logins (of users kept out of the cold pass) that warm the JIT of a fresh mailfront. */
   jitWarmupLogins: envInt('BENCH_JIT_WARMUP', 100),
@@ -159,7 +161,10 @@ async function quietGate(what: string): Promise<void> {
 // Results
 
 interface LoginFigure {
+  /** With rounds: logins, errors and seconds summed; the rate and latencies the rounds' medians. */
   readonly loop: LoginLoopResult;
+  /** The rounds the figure was taken in, when it was (each mode's rounds alternate with the others'). */
+  readonly rounds?: ReadonlyArray<{ readonly perSecond: number; readonly cpuPer1000: Record<string, number> }>;
   /** CPU seconds per 1,000 logins, by process group. */
   readonly cpuPer1000: Record<string, number>;
   readonly machineBusy: number;
@@ -257,6 +262,54 @@ async function loginFigure(w: World, mailfront: MailfrontProcess | null, options
   const s = await sampled({ ...cpuGroups(w, mailfront), ...extraGroups }, () => loginLoop(options));
   if (s.result.errors > 0) say(`  ${s.result.errors} errors; first: ${s.result.firstError ?? ''}`);
   return { loop: s.result, cpuPer1000: per1000(s.cpu, s.result.logins), machineBusy: s.machineBusy, foreignCores: s.foreignCores };
+}
+
+/**
+ * Login figures taken in rounds, the modes in turn (A B C, A B C, …): the VM's speed drifts by
+ * tens of per cent within minutes, and a figure taken after another in one block would carry
+ * the drift into their ratio. Each mode's figure is the median of its rounds.
+ */
+async function loginRounds<K extends string>(modes: ReadonlyArray<readonly [K, () => Promise<LoginFigure>]>, rounds: number): Promise<Record<K, LoginFigure>> {
+  const taken = new Map<K, LoginFigure[]>(modes.map(([k]) => [k, []]));
+  for (let round = 1; round <= rounds; round++) {
+    for (const [mode, measure] of modes) {
+      const f = await measure();
+      taken.get(mode)!.push(f);
+      say(`    round ${round}: ${describeLogin(mode, f)}`);
+    }
+  }
+  const out = {} as Record<K, LoginFigure>;
+  for (const [mode, figures] of taken) out[mode] = combineRounds(figures);
+  return out;
+}
+
+function combineRounds(figures: readonly LoginFigure[]): LoginFigure {
+  const mid = (f: (x: LoginFigure) => number): number => median(figures.map(f));
+  const pct = (f: (x: LoginFigure) => LoginLoopResult['loginMs']): LoginLoopResult['loginMs'] => ({
+    p50: mid((x) => f(x).p50),
+    p99: mid((x) => f(x).p99),
+    mean: mid((x) => f(x).mean),
+    max: Math.max(...figures.map((x) => f(x).max)),
+    n: figures.reduce((n, x) => n + f(x).n, 0),
+  });
+  const firstError = figures.find((x) => x.loop.firstError !== undefined)?.loop.firstError;
+  const groups = [...new Set(figures.flatMap((x) => Object.keys(x.cpuPer1000)))];
+  return {
+    loop: {
+      logins: figures.reduce((n, x) => n + x.loop.logins, 0),
+      errors: figures.reduce((n, x) => n + x.loop.errors, 0),
+      ...(firstError !== undefined ? { firstError } : {}),
+      seconds: figures.reduce((n, x) => n + x.loop.seconds, 0),
+      perSecond: mid((x) => x.loop.perSecond),
+      loginMs: pct((x) => x.loop.loginMs),
+      sessionMs: pct((x) => x.loop.sessionMs),
+      loadCpuShare: mid((x) => x.loop.loadCpuShare),
+    },
+    rounds: figures.map((x) => ({ perSecond: x.loop.perSecond, cpuPer1000: x.cpuPer1000 })),
+    cpuPer1000: Object.fromEntries(groups.map((g) => [g, mid((x) => x.cpuPer1000[g] ?? NaN)])),
+    machineBusy: mid((x) => x.machineBusy),
+    foreignCores: mid((x) => x.foreignCores),
+  };
 }
 
 function describeLogin(name: string, f: LoginFigure): string {
@@ -469,12 +522,9 @@ async function run(): Promise<void> {
 
     if (want('imap')) {
       await quietGate('imap');
-      say(`IMAP logins (connect, LOGIN, SELECT INBOX, LOGOUT): ${SETTINGS.concurrency} clients, up to ${SETTINGS.logins} logins or ${SETTINGS.loginSeconds} s`);
-      const f = await loginFigure(w, null, loop('imap', (i) => directTarget(w, userAt(i), 'imap')));
-      results.imap.direct = f;
-      say(`  ${describeLogin('direct', f)}`);
+      say(`IMAP logins (connect, LOGIN, SELECT INBOX, LOGOUT): ${SETTINGS.concurrency} clients; the warm figures in ${SETTINGS.loginRounds} rounds of ${Math.ceil(SETTINGS.logins / SETTINGS.loginRounds)} logins (or ${SETTINGS.loginSeconds} s), the modes in turn`);
       // A fresh mailfront: JIT warm-up with users kept out of the cold pass, then every other
-      // user once (the cold pass: nothing cached), then the steady state (the warm pass).
+      // user once (the cold pass: nothing cached), then the steady state (the warm rounds).
       const fresh = await mf('imap', 'replay');
       const warmup = Math.min(SETTINGS.jitWarmupLogins, Math.floor(n / 10));
       const coldUsers = n - warmup;
@@ -482,26 +532,32 @@ async function run(): Promise<void> {
       const cold = await loginFigure(w, fresh, { ...loop('imap', (i) => ({ port: fresh.imapPort, ...account(userAt(i)) }), coldUsers), maxSeconds: Math.max(SETTINGS.loginSeconds, 60) });
       results.imap['mailfront-cold'] = cold;
       say(`  ${describeLogin('mailfront, cold (each user\'s first login)', cold)}`);
-      const warm = await loginFigure(w, fresh, loop('imap', (i) => ({ port: fresh.imapPort, ...account(userAt(i)) })));
-      results.imap.mailfront = warm;
-      say(`  ${describeLogin('mailfront, warm', warm)}`);
-      await stopMailfront(fresh, 'imap');
-      if (nginx !== null) {
-        const nx = nginx;
-        const g = await loginFigure(w, null, loop('imap', (i) => ({ port: nx.imapPort, ...account(userAt(i)) })));
-        results.imap.nginx = g;
-        say(`  ${describeLogin('nginx', g)}`);
-      }
       // The floor: the least a Node.js proxy does for the same logins (bench/floor.ts).
       const floor = await startFloor(backends);
       try {
         await loginLoop(loop('imap', (i) => ({ port: floor.port, ...account(userAt(coldUsers + i)) }), warmup));
-        const fl = await loginFigure(w, null, loop('imap', (i) => ({ port: floor.port, ...account(userAt(i)) })), { floor: () => cpuSeconds(floor.pid) });
-        results.imap.floor = fl;
-        say(`  ${describeLogin('floor (bench/floor.ts: sockets, LOGIN replay and the splice, nothing else)', fl)}`);
+        const perRound = Math.ceil(SETTINGS.logins / SETTINGS.loginRounds);
+        // Each mode's rounds start where its last one stopped, so the users keep cycling.
+        const offsets = new Map<string, number>();
+        const roundOf = (mode: string, port: number, group: Record<string, () => number>, proc: MailfrontProcess | null) => async (): Promise<LoginFigure> => {
+          const offset = offsets.get(mode) ?? 0;
+          const f = await loginFigure(w, proc, loop('imap', (i) => (mode === 'direct' ? directTarget(w, userAt(offset + i), 'imap') : { port, ...account(userAt(offset + i)) }), perRound), group);
+          offsets.set(mode, offset + f.loop.logins + f.loop.errors);
+          return f;
+        };
+        const nx = nginx;
+        const figures = await loginRounds([
+          ['direct', roundOf('direct', 0, {}, null)],
+          ['mailfront', roundOf('mailfront', fresh.imapPort, {}, fresh)],
+          ...(nx !== null ? [['nginx', roundOf('nginx', nx.imapPort, {}, null)] as const] : []),
+          ['floor', roundOf('floor', floor.port, { floor: () => cpuSeconds(floor.pid) }, null)],
+        ] as const, SETTINGS.loginRounds);
+        Object.assign(results.imap, figures);
+        for (const [mode, f] of Object.entries(figures)) say(`  ${describeLogin(`${mode} (median of ${SETTINGS.loginRounds} rounds)`, f)}`);
       } finally {
         await floor.stop();
       }
+      await stopMailfront(fresh, 'imap');
     }
 
     if (want('cpu')) {
@@ -568,15 +624,24 @@ async function run(): Promise<void> {
 
     if (want('pop3')) {
       await quietGate('pop3');
-      say(`POP3 logins (connect, USER, PASS, STAT, QUIT): ${SETTINGS.concurrency} clients, up to ${SETTINGS.logins} logins or ${SETTINGS.loginSeconds} s`);
-      for (const [mode, target] of modes) {
-        // mailfront's caches have expired since the IMAP step: an untimed pass, one login per
-        // user, makes this the warm figure, as the IMAP row's is (the cold cost is the IMAP row's).
-        if (mode === 'mailfront') await loginLoop({ ...loop('pop3', (i) => target('pop3', userAt(i)), n), maxSeconds: 120 });
-        const f = await loginFigure(w, mode === 'mailfront' ? main : null, loop('pop3', (i) => target('pop3', userAt(i))));
-        results.pop3[mode] = f;
-        say(`  ${describeLogin(mode, f)}`);
-      }
+      say(`POP3 logins (connect, USER, PASS, STAT, QUIT): ${SETTINGS.concurrency} clients, ${SETTINGS.loginRounds} rounds of ${Math.ceil(SETTINGS.logins / SETTINGS.loginRounds)} logins (or ${SETTINGS.loginSeconds} s), the modes in turn`);
+      // An untimed pass, one login per user, makes mailfront's figure the warm one, as the IMAP
+      // row's is (the cold cost is the IMAP row's).
+      const mailfrontTarget = modes.find(([m]) => m === 'mailfront')![1];
+      await loginLoop({ ...loop('pop3', (i) => mailfrontTarget('pop3', userAt(i)), n), maxSeconds: 120 });
+      const perRound = Math.ceil(SETTINGS.logins / SETTINGS.loginRounds);
+      const offsets = new Map<string, number>();
+      const figures = await loginRounds(
+        modes.map(([mode, target]) => [mode, async (): Promise<LoginFigure> => {
+          const offset = offsets.get(mode) ?? 0;
+          const f = await loginFigure(w, mode === 'mailfront' ? main : null, loop('pop3', (i) => target('pop3', userAt(offset + i)), perRound));
+          offsets.set(mode, offset + f.loop.logins + f.loop.errors);
+          return f;
+        }] as const),
+        SETTINGS.loginRounds,
+      );
+      Object.assign(results.pop3, figures);
+      for (const [mode, f] of Object.entries(figures)) say(`  ${describeLogin(`${mode} (median of ${SETTINGS.loginRounds} rounds)`, f)}`);
     }
     await stopMailfront(main, 'main');
 
