@@ -213,7 +213,8 @@ interface IdleFigure {
 
 interface Results {
   noop: Partial<Record<Mode | 'floor', NoopResult>>;
-  fetch: Partial<Record<Mode, FetchResult & { readonly foreignCores: number }>>;
+  /** The median round's rate; `rounds` holds each round's. */
+  fetch: Partial<Record<Mode, FetchResult & { readonly foreignCores: number; readonly rounds?: readonly number[] }>>;
   imap: Partial<Record<'direct' | 'mailfront-cold' | 'mailfront' | 'mailfront-master-user' | 'nginx' | 'floor', LoginFigure>>;
   cpu: Partial<Record<'mailfront' | 'floor' | 'nginx', CpuFigure>>;
   pop3: Partial<Record<Mode, LoginFigure>>;
@@ -507,13 +508,31 @@ async function run(): Promise<void> {
 
     if (want('fetch')) {
       await quietGate('fetch');
-      say(`FETCH: BODY.PEEK[] of a ${(SETTINGS.fetchBytes / 1048576).toFixed(0)} MiB message, ${SETTINGS.fetches} times (after 1 untimed)`);
-      for (const [mode, target] of modes) {
-        const s = await sampled(cpuGroups(w, main), () => fetchThroughput(target('imap', fetchUser), SETTINGS.fetches, 10));
-        results.fetch[mode] = { ...s.result, foreignCores: s.foreignCores };
-        const r = s.result;
-        const cpu = Object.entries(s.cpu).filter(([, v]) => v > 0.005).map(([k, v]) => `${k} ${(v / r.seconds * 100).toFixed(0)} %`).join(', ');
-        say(`  ${mode}: ${r.fetches} × ${(r.bytes / r.fetches / 1e6).toFixed(1)} MB in ${r.seconds.toFixed(2)} s = ${r.megabytesPerSecond.toFixed(0)} MB/s; CPU of a core: ${cpu}, load generator ${(r.loadCpuShare * 100).toFixed(0)} %; machine ${(s.machineBusy * 100).toFixed(0)} % busy, ${s.foreignCores.toFixed(2)} cores busy outside the benchmark`);
+      const perRound = Math.ceil(SETTINGS.fetches / SETTINGS.loginRounds);
+      say(`FETCH: BODY.PEEK[] of a ${(SETTINGS.fetchBytes / 1048576).toFixed(0)} MiB message, ${SETTINGS.loginRounds} rounds of ${perRound} per mode (after 1 untimed each), the modes in turn`);
+      // In rounds, as the login figures: the VM's speed drifts between one mode's block and the next.
+      const rounds = new Map<Mode, Array<FetchResult & { readonly foreignCores: number }>>(modes.map(([m]) => [m, []]));
+      for (let round = 1; round <= SETTINGS.loginRounds; round++) {
+        for (const [mode, target] of modes) {
+          const s = await sampled(cpuGroups(w, main), () => fetchThroughput(target('imap', fetchUser), perRound, 10));
+          rounds.get(mode)!.push({ ...s.result, foreignCores: s.foreignCores });
+          const r = s.result;
+          const cpu = Object.entries(s.cpu).filter(([, v]) => v > 0.005).map(([k, v]) => `${k} ${(v / r.seconds * 100).toFixed(0)} %`).join(', ');
+          say(`  round ${round}, ${mode}: ${r.fetches} × ${(r.bytes / r.fetches / 1e6).toFixed(1)} MB in ${r.seconds.toFixed(2)} s = ${r.megabytesPerSecond.toFixed(0)} MB/s; CPU of a core: ${cpu}, load generator ${(r.loadCpuShare * 100).toFixed(0)} %; machine ${(s.machineBusy * 100).toFixed(0)} % busy, ${s.foreignCores.toFixed(2)} cores busy outside the benchmark`);
+        }
+      }
+      for (const [mode, rs] of rounds) {
+        const f = {
+          fetches: rs.reduce((n, r) => n + r.fetches, 0),
+          bytes: rs.reduce((n, r) => n + r.bytes, 0),
+          seconds: rs.reduce((n, r) => n + r.seconds, 0),
+          megabytesPerSecond: median(rs.map((r) => r.megabytesPerSecond)),
+          loadCpuShare: median(rs.map((r) => r.loadCpuShare)),
+          foreignCores: median(rs.map((r) => r.foreignCores)),
+          rounds: rs.map((r) => r.megabytesPerSecond),
+        };
+        results.fetch[mode] = f;
+        say(`  ${mode}: median of ${rs.length} rounds ${f.megabytesPerSecond.toFixed(0)} MB/s (rounds: ${f.rounds.map((x) => x.toFixed(0)).join(', ')})`);
       }
     }
 

@@ -22,6 +22,7 @@ import {
   type Dovecot,
   type Slapd,
   type TestCerts,
+  type TmpDir,
 } from '../test/integration/servers/index.js';
 import type { AuthHttpConfig } from './auth-http.js';
 import type { Account } from './load.js';
@@ -147,11 +148,19 @@ export async function startFloor(backends: Backends, stores: Stores = backends.s
     return ports.imapPort;
   };
   await writeFile(tableFile, JSON.stringify(Object.fromEntries([...backends.users, backends.fetchUser].map((u) => [u.user, imapPortOf(u)]))));
+  return { port, ...(await spawnScript(dir, 'floor', [String(port), tableFile], port)) };
+}
+
+/**
+ * A bench script next to this file (`NAME.js`) as its own process, working in `dir` (removed
+ * when it stops), once it listens on `port`.
+ */
+async function spawnScript(dir: TmpDir, name: string, args: readonly string[], port: number): Promise<{ pid: number; stop(): Promise<void> }> {
   const daemon = spawnDaemon({
-    name: 'floor',
+    name,
     command: process.execPath,
-    args: [fileURLToPath(new URL('./floor.js', import.meta.url)), String(port), tableFile],
-    logFile: join(dir.path, 'floor.log'),
+    args: [fileURLToPath(new URL(`./${name}.js`, import.meta.url)), ...args],
+    logFile: join(dir.path, `${name}.log`),
     cwd: dir.path,
   });
   try {
@@ -163,7 +172,6 @@ export async function startFloor(backends: Backends, stores: Stores = backends.s
   }
   return {
     pid: daemon.pid,
-    port,
     async stop() {
       await daemon.stop();
       await dir.remove();
@@ -176,31 +184,10 @@ export async function startFloor(backends: Backends, stores: Stores = backends.s
  * backend of the `cpu` step. Its POP3 port is one nobody listens on (the step logs in over IMAP).
  */
 export async function startInstantBackend(backends: Backends): Promise<{ pid: number; stores: Stores; stop(): Promise<void> }> {
-  const dir = tmpDir('bench-instant');
   const port = await freePort();
-  const daemon = spawnDaemon({
-    name: 'instant backend',
-    command: process.execPath,
-    args: [fileURLToPath(new URL('./instant-backend.js', import.meta.url)), String(port)],
-    logFile: join(dir.path, 'instant-backend.log'),
-    cwd: dir.path,
-  });
-  try {
-    await waitForPort(port, { daemon });
-  } catch (error) {
-    await daemon.stop();
-    await dir.remove();
-    throw error;
-  }
   const unused = await freePort();
-  return {
-    pid: daemon.pid,
-    stores: new Map([...backends.stores.keys()].map((store) => [store, { imapPort: port, pop3Port: unused }])),
-    async stop() {
-      await daemon.stop();
-      await dir.remove();
-    },
-  };
+  const script = await spawnScript(tmpDir('bench-instant'), 'instant-backend', [String(port)], port);
+  return { ...script, stores: new Map([...backends.stores.keys()].map((store) => [store, { imapPort: port, pop3Port: unused }])) };
 }
 
 export interface MailfrontProcess {

@@ -261,18 +261,31 @@ describe('failover by file edit and by the admin API (file store map)', () => {
     }
   });
 
+  /**
+   * Sends LOGIN for bea (store beta, slot b1), waits for `event` on b1, calls `whileWaiting`, hangs
+   * up, and waits until mailfront has ended that session in its backend login. Returns its id.
+   */
+  async function hangUpDuring(event: string, whileWaiting: () => void = () => undefined): Promise<unknown> {
+    const since = front.logs.length;
+    const raw = await LineClient.connect(front.imapTrustedPort);
+    try {
+      await raw.readLine();
+      raw.send(`t1 LOGIN bea ${PASSWORD}`);
+      const seen = await waitForLog(front, (l) => l['event'] === event && l['slot'] === 'b1', 5_000, since);
+      whileWaiting();
+      raw.close();
+      const finished = await waitForLog(front, (l) => l['event'] === 'session.finished' && l['session'] === seen['session'], 2_000, since);
+      assert.equal(finished['phase'], 'backend-login');
+      return seen['session'];
+    } finally {
+      raw.close();
+    }
+  }
+
   test('a client that hangs up while its login is held ends the hold: no more connect attempts are made for it', async () => {
     await b1.stopOnly();
     try {
-      const since = front.logs.length;
-      const raw = await LineClient.connect(front.imapTrustedPort);
-      await raw.readLine();
-      raw.send(`t1 LOGIN bea ${PASSWORD}`);
-      const retry = await waitForLog(front, (l) => l['event'] === 'session.backend_retry' && l['slot'] === 'b1', 5_000, since);
-      const session = retry['session'];
-      raw.close();
-      const finished = await waitForLog(front, (l) => l['event'] === 'session.finished' && l['session'] === session, 2_000, since);
-      assert.equal(finished['phase'], 'backend-login');
+      const session = await hangUpDuring('session.backend_retry');
       // Retries come every 250 ms to 1 s: a hold that went on would log another within this wait.
       const after = front.logs.length;
       await new Promise((r) => setTimeout(r, 1_500));
@@ -286,16 +299,8 @@ describe('failover by file edit and by the admin API (file store map)', () => {
     // A stopped Dovecot: the kernel completes the connect, the greeting never comes.
     await b1.pause();
     try {
-      const since = front.logs.length;
       const before = establishedTo(b1.imapPort);
-      const raw = await LineClient.connect(front.imapTrustedPort);
-      await raw.readLine();
-      raw.send(`t1 LOGIN bea ${PASSWORD}`);
-      const connected = await waitForLog(front, (l) => l['event'] === 'session.backend_connected' && l['slot'] === 'b1', 5_000, since);
-      assert.equal(establishedTo(b1.imapPort), before + 1);
-      raw.close();
-      const finished = await waitForLog(front, (l) => l['event'] === 'session.finished' && l['session'] === connected['session'], 2_000, since);
-      assert.equal(finished['phase'], 'backend-login');
+      await hangUpDuring('session.backend_connected', () => assert.equal(establishedTo(b1.imapPort), before + 1));
       assert.equal(establishedTo(b1.imapPort), before);
     } finally {
       b1.resume();
