@@ -129,6 +129,84 @@ export function readTail(file: string, lines = 40): string {
 }
 
 /** Starts a daemon in the foreground of a child process (detached: false unless ownProcessGroup). */
+/**
+ * One daemon that a harness can stop for good, stop and start again on the same ports (an
+ * outage), or pause (a hung server). What differs per server is how it is spawned, how to tell
+ * it is ready, and what to clean up after the final stop.
+ */
+export interface Restartable {
+  /** PID of the running process (changes on startAgain), -1 when there is none. */
+  readonly pid: number;
+  /** The process now; undefined only if the first launch failed. */
+  readonly daemon: Daemon | undefined;
+  /** Stops the daemon, then runs the cleanup. Idempotent. */
+  stop(): Promise<void>;
+  /** Stops the daemon, keeping its ports and files. */
+  stopOnly(): Promise<void>;
+  /** Launches it again after stopOnly(); does nothing while it runs. */
+  startAgain(): Promise<void>;
+  /** SIGSTOP to the daemon and its descendants; resolves once they are stopped. */
+  pause(): Promise<void>;
+  /** SIGCONT after pause(). */
+  resume(): void;
+}
+
+/**
+ * Launches `spawn()` and waits for `ready()`. If the first launch fails, the process is stopped,
+ * `cleanup()` runs and the error is thrown.
+ */
+export async function restartable(name: string, spawn: () => Daemon, ready: (daemon: Daemon) => Promise<void>, cleanup: () => Promise<void>): Promise<Restartable> {
+  let daemon: Daemon | undefined;
+  let stopping: Promise<void> | undefined;
+  let stopped = false;
+  const launch = async (): Promise<void> => {
+    const d = spawn();
+    daemon = d;
+    await ready(d);
+  };
+  try {
+    await launch();
+  } catch (error) {
+    await (daemon as Daemon | undefined)?.stop().catch(() => undefined);
+    await cleanup().catch(() => undefined);
+    throw error;
+  }
+  return {
+    get pid(): number {
+      return daemon?.pid ?? -1;
+    },
+    get daemon(): Daemon | undefined {
+      return daemon;
+    },
+    stop(): Promise<void> {
+      stopping ??= (async () => {
+        stopped = true;
+        try {
+          await daemon?.stop();
+        } finally {
+          await cleanup();
+        }
+      })();
+      return stopping;
+    },
+    async stopOnly(): Promise<void> {
+      if (stopped) throw new Error(`${name}: stopOnly() after stop()`);
+      await daemon?.stop();
+    },
+    async startAgain(): Promise<void> {
+      if (stopped) throw new Error(`${name}: startAgain() after stop()`);
+      if (daemon && !daemon.hasExited()) return;
+      await launch();
+    },
+    async pause(): Promise<void> {
+      await daemon?.pause();
+    },
+    resume(): void {
+      daemon?.resume();
+    },
+  };
+}
+
 export function spawnDaemon(spec: DaemonSpec): Daemon {
   installExitHook();
   const logFd = openSync(spec.logFile, 'a');

@@ -3,7 +3,7 @@
 // a hung server (the kernel still accepts connections, nothing answers).
 import { join } from 'node:path';
 import { freePort } from './ports.js';
-import { spawnDaemon, waitForPort, type Daemon } from './process.js';
+import { restartable, spawnDaemon, waitForPort } from './process.js';
 import { tmpDir } from './tmp.js';
 
 export interface Redis {
@@ -37,30 +37,20 @@ export async function startRedis(options: RedisOptions = {}): Promise<Redis> {
   const tmp = tmpDir('redis');
   const port = await freePort();
   const logFile = join(tmp.path, 'redis.log');
-  let daemon: Daemon | undefined;
-  let stopping: Promise<void> | undefined;
-  let stopped = false;
-
-  const launch = async (): Promise<void> => {
-    const d = spawnDaemon({
-      name: 'redis-server',
-      command: '/usr/bin/redis-server',
-      // No config file: everything on the command line, nothing saved, nothing reachable from outside.
-      args: ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', tmp.path, '--daemonize', 'no', '--protected-mode', 'yes', ...(options.args ?? [])],
-      logFile,
-      cwd: tmp.path,
-    });
-    daemon = d;
-    await waitForPort(port, { daemon: d });
-  };
-
-  try {
-    await launch();
-  } catch (error) {
-    await (daemon as Daemon | undefined)?.stop().catch(() => undefined);
-    await tmp.remove().catch(() => undefined);
-    throw error;
-  }
+  const life = await restartable(
+    'redis',
+    () =>
+      spawnDaemon({
+        name: 'redis-server',
+        command: '/usr/bin/redis-server',
+        // No config file: everything on the command line, nothing saved, nothing reachable from outside.
+        args: ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', tmp.path, '--daemonize', 'no', '--protected-mode', 'yes', ...(options.args ?? [])],
+        logFile,
+        cwd: tmp.path,
+      }),
+    (daemon) => waitForPort(port, { daemon }),
+    () => tmp.remove(),
+  );
 
   const redis: Redis = {
     host: '127.0.0.1',
@@ -68,35 +58,14 @@ export async function startRedis(options: RedisOptions = {}): Promise<Redis> {
     url: `redis://127.0.0.1:${port}`,
     dir: tmp.path,
     get pid(): number {
-      return daemon?.pid ?? -1;
+      return life.pid;
     },
-    stop(): Promise<void> {
-      stopping ??= (async () => {
-        stopped = true;
-        try {
-          await daemon?.stop();
-        } finally {
-          await tmp.remove();
-        }
-      })();
-      return stopping;
-    },
-    async stopOnly(): Promise<void> {
-      if (stopped) throw new Error('redis: stopOnly() after stop()');
-      await daemon?.stop();
-    },
-    async startAgain(): Promise<void> {
-      if (stopped) throw new Error('redis: startAgain() after stop()');
-      if (daemon && !daemon.hasExited()) return;
-      await launch();
-    },
-    async pause(): Promise<void> {
-      await daemon?.pause();
-    },
-    resume(): void {
-      daemon?.resume();
-    },
-    readLog: () => daemon?.logTail(200) ?? '',
+    stop: () => life.stop(),
+    stopOnly: () => life.stopOnly(),
+    startAgain: () => life.startAgain(),
+    pause: () => life.pause(),
+    resume: () => life.resume(),
+    readLog: () => life.daemon?.logTail(200) ?? '',
   };
   return redis;
 }

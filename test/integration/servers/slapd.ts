@@ -6,7 +6,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { makeCerts } from './certs.js';
 import { freePort } from './ports.js';
-import { run, spawnDaemon, waitForPort, type Daemon } from './process.js';
+import { restartable, run, spawnDaemon, waitForPort, type Daemon } from './process.js';
 import { tmpDir, type TmpDir } from './tmp.js';
 
 export const LDAP_BASE_DN = 'dc=example,dc=org';
@@ -220,10 +220,6 @@ export async function startSlapd(options: SlapdOptions): Promise<Slapd> {
   const dir = tmp.path;
   const rootPassword = `root-${randomBytes(6).toString('hex')}`;
   const bindPassword = options.servicePassword ?? DEFAULT_SERVICE_PASSWORD;
-  let daemon: Daemon | undefined;
-  let stopped = false;
-  let stopping: Promise<void> | undefined;
-
   try {
     const port = await freePort();
     const ldapsPort = options.tls ? await freePort() : undefined;
@@ -241,17 +237,9 @@ export async function startSlapd(options: SlapdOptions): Promise<Slapd> {
     const ldapsUrl = ldapsPort !== undefined ? `ldaps://127.0.0.1:${ldapsPort}` : undefined;
     const listen = [`${url}/`, ...(ldapsUrl ? [`${ldapsUrl}/`] : [])].join(' ');
 
-    const launch = async (): Promise<void> => {
-      const d = spawnDaemon({
-        name: 'slapd',
-        command: '/usr/sbin/slapd',
-        args: ['-f', confFile, '-h', listen, '-d', '0'],
-        logFile,
-        cwd: dir,
-      });
-      daemon = d;
-      await waitForPort(port, { daemon: d });
-      if (ldapsPort !== undefined) await waitForPort(ldapsPort, { daemon: d });
+    const ready = async (daemon: Daemon): Promise<void> => {
+      await waitForPort(port, { daemon });
+      if (ldapsPort !== undefined) await waitForPort(ldapsPort, { daemon });
     };
 
     const ldapmodify = async (text: string): Promise<void> => {
@@ -261,7 +249,7 @@ export async function startSlapd(options: SlapdOptions): Promise<Slapd> {
       });
     };
 
-    await launch();
+    const life = await restartable('slapd', () => spawnDaemon({ name: 'slapd', command: '/usr/sbin/slapd', args: ['-f', confFile, '-h', listen, '-d', '0'], logFile, cwd: dir }), ready, () => tmp.remove());
 
     const userDn = (uid: string): string => `uid=${escapeDnValue(uid)},${LDAP_PEOPLE_DN}`;
     const slapd: Slapd = {
@@ -278,39 +266,18 @@ export async function startSlapd(options: SlapdOptions): Promise<Slapd> {
       rootPassword,
       dir,
       get pid(): number {
-        return daemon?.pid ?? -1;
+        return life.pid;
       },
       userDn,
-      stop(): Promise<void> {
-        stopping ??= (async () => {
-          stopped = true;
-          try {
-            await daemon?.stop();
-          } finally {
-            await tmp.remove();
-          }
-        })();
-        return stopping;
-      },
+      stop: () => life.stop(),
       async restart(): Promise<void> {
-        await slapd.stopOnly();
-        await slapd.startAgain();
+        await life.stopOnly();
+        await life.startAgain();
       },
-      async stopOnly(): Promise<void> {
-        if (stopped) throw new Error('slapd: stopOnly() after stop()');
-        await daemon?.stop();
-      },
-      async startAgain(): Promise<void> {
-        if (stopped) throw new Error('slapd: startAgain() after stop()');
-        if (daemon && !daemon.hasExited()) return;
-        await launch();
-      },
-      async pause(): Promise<void> {
-        await daemon?.pause();
-      },
-      resume(): void {
-        daemon?.resume();
-      },
+      stopOnly: () => life.stopOnly(),
+      startAgain: () => life.startAgain(),
+      pause: () => life.pause(),
+      resume: () => life.resume(),
       modify: ldapmodify,
       addUser: (user: SlapdUser) => ldapmodify(userEntry(user).replace('\n', '\nchangetype: add\n')),
       deleteUser: (uid: string) => ldapmodify(`${ldifLine('dn', userDn(uid))}\nchangetype: delete\n`),
@@ -328,7 +295,7 @@ export async function startSlapd(options: SlapdOptions): Promise<Slapd> {
     };
     return slapd;
   } catch (err) {
-    await (daemon as Daemon | undefined)?.stop().catch(() => undefined);
+    // A failed launch has stopped its process already (restartable).
     await tmp.remove().catch(() => undefined);
     throw err;
   }
