@@ -8,7 +8,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LineClient, quoteImap } from './lineclient.js';
 import { freePort } from './ports.js';
-import { run, spawnDaemon, waitForPort, type Daemon } from './process.js';
+import { lifecycleOf, restartable, run, spawnDaemon, waitForPort, type Daemon, type Restartable } from './process.js';
 import { tmpDir, type TmpDir } from './tmp.js';
 
 /** Cyrus runs as `nobody` (its compiled-in `cyrus` user does not exist here). */
@@ -157,9 +157,7 @@ export async function startCyrus(options: CyrusOptions): Promise<Cyrus> {
       .filter((p): p is string => p !== undefined && p !== '')
       .join(':'),
   };
-  let daemon: Daemon | undefined;
-  let stopped = false;
-  let stopping: Promise<void> | undefined;
+  let life: Restartable | undefined;
   try {
     const imapPort = await freePort();
     const pop3Port = await freePort();
@@ -229,8 +227,8 @@ export async function startCyrus(options: CyrusOptions): Promise<Cyrus> {
     }
     await chownTree(dir, NOBODY_UID, NOGROUP_GID);
 
-    const launch = async (): Promise<void> => {
-      const d = spawnDaemon({
+    const spawn = (): Daemon =>
+      spawnDaemon({
         name: 'cyrus master',
         command: join(bin, 'master'),
         // Without -d master stays in the foreground (our PID is master's); -D keeps stderr open.
@@ -241,12 +239,13 @@ export async function startCyrus(options: CyrusOptions): Promise<Cyrus> {
         // On SIGTERM master does kill(0, SIGTERM): its own process group, not ours.
         ownProcessGroup: true,
       });
-      daemon = d;
-      await waitForPort(imapPort, { daemon: d });
-      await waitForPort(pop3Port, { daemon: d });
-      if (sievePort !== undefined) await waitForPort(sievePort, { daemon: d });
+    const ready = async (daemon: Daemon): Promise<void> => {
+      await waitForPort(imapPort, { daemon });
+      await waitForPort(pop3Port, { daemon });
+      if (sievePort !== undefined) await waitForPort(sievePort, { daemon });
     };
-    await launch();
+    const started = await restartable('cyrus', spawn, ready, () => tmp.remove());
+    life = started;
 
     const createMailbox = async (user: string): Promise<void> => {
       const client = await LineClient.connect(imapPort);
@@ -275,41 +274,12 @@ export async function startCyrus(options: CyrusOptions): Promise<Cyrus> {
       sieveDir: join(conf, 'sieve'),
       dir,
       get pid(): number {
-        return daemon?.pid ?? -1;
+        return started.pid;
       },
       adminUser,
       adminPassword,
       proxyAdmin: options.proxyAdmin,
-      stop(): Promise<void> {
-        stopping ??= (async () => {
-          stopped = true;
-          try {
-            await daemon?.stop();
-          } finally {
-            await tmp.remove();
-          }
-        })();
-        return stopping;
-      },
-      async restart(): Promise<void> {
-        await cyrus.stopOnly();
-        await cyrus.startAgain();
-      },
-      async stopOnly(): Promise<void> {
-        if (stopped) throw new Error('cyrus: stopOnly() after stop()');
-        await daemon?.stop();
-      },
-      async pause(): Promise<void> {
-        await daemon?.pause();
-      },
-      resume(): void {
-        daemon?.resume();
-      },
-      async startAgain(): Promise<void> {
-        if (stopped) throw new Error('cyrus: startAgain() after stop()');
-        if (daemon && !daemon.hasExited()) return;
-        await launch();
-      },
+      ...lifecycleOf(started),
       createMailbox,
       async deliver(user: string, rfc822: Buffer | string): Promise<void> {
         const client = await LineClient.connect(imapPort);
@@ -328,8 +298,9 @@ export async function startCyrus(options: CyrusOptions): Promise<Cyrus> {
     };
     return cyrus;
   } catch (err) {
-    await (daemon as Daemon | undefined)?.stop().catch(() => undefined);
-    await tmp.remove().catch(() => undefined);
+    // After a launch, stop() stops the process and removes the directory (mailbox creation may
+    // fail after it); a failed launch has stopped its process already.
+    await (life?.stop() ?? tmp.remove()).catch(() => undefined);
     throw err;
   }
 }

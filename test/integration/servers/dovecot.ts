@@ -6,7 +6,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { makeCerts } from './certs.js';
 import { freePort } from './ports.js';
-import { spawnDaemon, waitForPort, type Daemon } from './process.js';
+import { lifecycleOf, restartable, spawnDaemon, waitForPort, type Daemon, type Restartable } from './process.js';
 import { sshaHash } from './slapd.js';
 import { tmpDir, type TmpDir } from './tmp.js';
 
@@ -260,9 +260,7 @@ export async function startDovecot(options: DovecotOptions): Promise<Dovecot> {
   if (!/^[A-Za-z0-9_.-]+$/.test(options.name)) throw new Error(`dovecot: name must be [A-Za-z0-9_.-]+, got ${options.name}`);
   const tmp: TmpDir = tmpDir(`dovecot-${options.name}`);
   const dir = tmp.path;
-  let daemon: Daemon | undefined;
-  let stopped = false;
-  let stopping: Promise<void> | undefined;
+  let life: Restartable | undefined;
   try {
     const ports: Ports = { imap: await freePort(), pop3: await freePort() };
     if (options.tls) {
@@ -302,23 +300,17 @@ export async function startDovecot(options: DovecotOptions): Promise<Dovecot> {
     const allPorts = [ports.imap, ports.pop3, ports.imaps, ports.pop3s, ports.imapHaproxy, ports.pop3Haproxy, ports.sieve].filter(
       (p): p is number => p !== undefined,
     );
-    const launch = async (): Promise<void> => {
-      const d = spawnDaemon({
-        name: `dovecot ${options.name}`,
-        command: '/usr/sbin/dovecot',
-        args: ['-c', confFile, '-F'],
-        logFile: stderrFile,
-        cwd: dir,
-      });
-      daemon = d;
+    const ready = async (daemon: Daemon): Promise<void> => {
       try {
-        for (const port of allPorts) await waitForPort(port, { daemon: d });
+        for (const port of allPorts) await waitForPort(port, { daemon });
       } catch (err) {
         const log = await readFile(logFile, 'utf8').catch(() => '');
         throw new Error(`${(err as Error).message}\n--- ${logFile}:\n${log.split('\n').slice(-30).join('\n')}`);
       }
     };
-    await launch();
+    const spawn = (): Daemon => spawnDaemon({ name: `dovecot ${options.name}`, command: '/usr/sbin/dovecot', args: ['-c', confFile, '-F'], logFile: stderrFile, cwd: dir });
+    const started = await restartable(`dovecot ${options.name}`, spawn, ready, () => tmp.remove());
+    life = started;
 
     const dovecot: Dovecot = {
       name: options.name,
@@ -336,39 +328,10 @@ export async function startDovecot(options: DovecotOptions): Promise<Dovecot> {
       dir,
       instanceName,
       get pid(): number {
-        return daemon?.pid ?? -1;
+        return started.pid;
       },
       logFile,
-      stop(): Promise<void> {
-        stopping ??= (async () => {
-          stopped = true;
-          try {
-            await daemon?.stop();
-          } finally {
-            await tmp.remove();
-          }
-        })();
-        return stopping;
-      },
-      async restart(): Promise<void> {
-        await dovecot.stopOnly();
-        await dovecot.startAgain();
-      },
-      async stopOnly(): Promise<void> {
-        if (stopped) throw new Error(`dovecot ${options.name}: stopOnly() after stop()`);
-        await daemon?.stop();
-      },
-      async pause(): Promise<void> {
-        await daemon?.pause();
-      },
-      resume(): void {
-        daemon?.resume();
-      },
-      async startAgain(): Promise<void> {
-        if (stopped) throw new Error(`dovecot ${options.name}: startAgain() after stop()`);
-        if (daemon && !daemon.hasExited()) return;
-        await launch();
-      },
+      ...lifecycleOf(started),
       mailDir,
       async deliver(user: string, rfc822: Buffer | string): Promise<string> {
         const maildir = mailDir(user);
@@ -387,8 +350,9 @@ export async function startDovecot(options: DovecotOptions): Promise<Dovecot> {
     };
     return dovecot;
   } catch (err) {
-    await (daemon as Daemon | undefined)?.stop().catch(() => undefined);
-    await tmp.remove().catch(() => undefined);
+    // After a launch, stop() stops the process and removes the directory; a failed launch has
+    // stopped its process already.
+    await (life?.stop() ?? tmp.remove()).catch(() => undefined);
     throw err;
   }
 }

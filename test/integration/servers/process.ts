@@ -151,6 +151,21 @@ export interface Restartable {
   resume(): void;
 }
 
+/** The lifecycle methods of a harness object, delegating to `life`; spread them in (`pid` stays a getter of its own). */
+export function lifecycleOf(life: Restartable): Pick<Restartable, 'stop' | 'stopOnly' | 'startAgain' | 'pause' | 'resume'> & { restart(): Promise<void> } {
+  return {
+    stop: () => life.stop(),
+    stopOnly: () => life.stopOnly(),
+    startAgain: () => life.startAgain(),
+    async restart(): Promise<void> {
+      await life.stopOnly();
+      await life.startAgain();
+    },
+    pause: () => life.pause(),
+    resume: () => life.resume(),
+  };
+}
+
 /**
  * Launches `spawn()` and waits for `ready()`. If the first launch fails, the process is stopped,
  * `cleanup()` runs and the error is thrown.

@@ -3,7 +3,7 @@
 // a hung server (the kernel still accepts connections, nothing answers).
 import { join } from 'node:path';
 import { freePort } from './ports.js';
-import { restartable, spawnDaemon, waitForPort } from './process.js';
+import { lifecycleOf, restartable, spawnDaemon, waitForPort } from './process.js';
 import { tmpDir } from './tmp.js';
 
 export interface Redis {
@@ -60,11 +60,7 @@ export async function startRedis(options: RedisOptions = {}): Promise<Redis> {
     get pid(): number {
       return life.pid;
     },
-    stop: () => life.stop(),
-    stopOnly: () => life.stopOnly(),
-    startAgain: () => life.startAgain(),
-    pause: () => life.pause(),
-    resume: () => life.resume(),
+    ...lifecycleOf(life),
     readLog: () => life.daemon?.logTail(200) ?? '',
   };
   return redis;

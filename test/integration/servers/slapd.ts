@@ -6,7 +6,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { makeCerts } from './certs.js';
 import { freePort } from './ports.js';
-import { restartable, run, spawnDaemon, waitForPort, type Daemon } from './process.js';
+import { lifecycleOf, restartable, run, spawnDaemon, waitForPort, type Daemon } from './process.js';
 import { tmpDir, type TmpDir } from './tmp.js';
 
 export const LDAP_BASE_DN = 'dc=example,dc=org';
@@ -269,15 +269,7 @@ export async function startSlapd(options: SlapdOptions): Promise<Slapd> {
         return life.pid;
       },
       userDn,
-      stop: () => life.stop(),
-      async restart(): Promise<void> {
-        await life.stopOnly();
-        await life.startAgain();
-      },
-      stopOnly: () => life.stopOnly(),
-      startAgain: () => life.startAgain(),
-      pause: () => life.pause(),
-      resume: () => life.resume(),
+      ...lifecycleOf(life),
       modify: ldapmodify,
       addUser: (user: SlapdUser) => ldapmodify(userEntry(user).replace('\n', '\nchangetype: add\n')),
       deleteUser: (uid: string) => ldapmodify(`${ldifLine('dn', userDn(uid))}\nchangetype: delete\n`),
