@@ -40,8 +40,8 @@ const SETTINGS = {
   stores: envInt('BENCH_STORES', 2),
   concurrency: envInt('BENCH_CONCURRENCY', 20),
   logins: envInt('BENCH_LOGINS', 3000),
-  /** The warm login loops are split into this many rounds, the modes taking turns. */
-  loginRounds: envInt('BENCH_LOGIN_ROUNDS', 3),
+  /** The warm login loops and the FETCHes are split into this many rounds, the modes taking turns. */
+  rounds: envInt('BENCH_ROUNDS', 3),
   loginSeconds: envInt('BENCH_SECONDS', 20),
   /** Logins (of users kept out of the cold pass) that warm the JIT of a fresh mailfront. */
   jitWarmupLogins: envInt('BENCH_JIT_WARMUP', 100),
@@ -508,11 +508,11 @@ async function run(): Promise<void> {
 
     if (want('fetch')) {
       await quietGate('fetch');
-      const perRound = Math.ceil(SETTINGS.fetches / SETTINGS.loginRounds);
-      say(`FETCH: BODY.PEEK[] of a ${(SETTINGS.fetchBytes / 1048576).toFixed(0)} MiB message, ${SETTINGS.loginRounds} rounds of ${perRound} per mode (after 1 untimed each), the modes in turn`);
+      const perRound = Math.ceil(SETTINGS.fetches / SETTINGS.rounds);
+      say(`FETCH: BODY.PEEK[] of a ${(SETTINGS.fetchBytes / 1048576).toFixed(0)} MiB message, ${SETTINGS.rounds} rounds of ${perRound} per mode (after 1 untimed each), the modes in turn`);
       // In rounds, as the login figures: the VM's speed drifts between one mode's block and the next.
       const rounds = new Map<Mode, Array<FetchResult & { readonly foreignCores: number }>>(modes.map(([m]) => [m, []]));
-      for (let round = 1; round <= SETTINGS.loginRounds; round++) {
+      for (let round = 1; round <= SETTINGS.rounds; round++) {
         for (const [mode, target] of modes) {
           const s = await sampled(cpuGroups(w, main), () => fetchThroughput(target('imap', fetchUser), perRound, 10));
           rounds.get(mode)!.push({ ...s.result, foreignCores: s.foreignCores });
@@ -541,7 +541,7 @@ async function run(): Promise<void> {
 
     if (want('imap')) {
       await quietGate('imap');
-      say(`IMAP logins (connect, LOGIN, SELECT INBOX, LOGOUT): ${SETTINGS.concurrency} clients; the warm figures in ${SETTINGS.loginRounds} rounds of ${Math.ceil(SETTINGS.logins / SETTINGS.loginRounds)} logins (or ${SETTINGS.loginSeconds} s), the modes in turn`);
+      say(`IMAP logins (connect, LOGIN, SELECT INBOX, LOGOUT): ${SETTINGS.concurrency} clients; the warm figures in ${SETTINGS.rounds} rounds of ${Math.ceil(SETTINGS.logins / SETTINGS.rounds)} logins (or ${SETTINGS.loginSeconds} s), the modes in turn`);
       // A fresh mailfront: JIT warm-up with users kept out of the cold pass, then every other
       // user once (the cold pass: nothing cached), then the steady state (the warm rounds).
       const fresh = await mf('imap', 'replay');
@@ -555,7 +555,7 @@ async function run(): Promise<void> {
       const floor = await startFloor(backends);
       try {
         await loginLoop(loop('imap', (i) => ({ port: floor.port, ...account(userAt(coldUsers + i)) }), warmup));
-        const perRound = Math.ceil(SETTINGS.logins / SETTINGS.loginRounds);
+        const perRound = Math.ceil(SETTINGS.logins / SETTINGS.rounds);
         // Each mode's rounds start where its last one stopped, so the users keep cycling.
         const offsets = new Map<string, number>();
         const roundOf = (mode: string, port: number, group: Record<string, () => number>, proc: MailfrontProcess | null) => async (): Promise<LoginFigure> => {
@@ -570,9 +570,9 @@ async function run(): Promise<void> {
           ['mailfront', roundOf('mailfront', fresh.imapPort, {}, fresh)],
           ...(nx !== null ? [['nginx', roundOf('nginx', nx.imapPort, {}, null)] as const] : []),
           ['floor', roundOf('floor', floor.port, { floor: () => cpuSeconds(floor.pid) }, null)],
-        ] as const, SETTINGS.loginRounds);
+        ] as const, SETTINGS.rounds);
         Object.assign(results.imap, figures);
-        for (const [mode, f] of Object.entries(figures)) say(`  ${describeLogin(`${mode} (median of ${SETTINGS.loginRounds} rounds)`, f)}`);
+        for (const [mode, f] of Object.entries(figures)) say(`  ${describeLogin(`${mode} (median of ${SETTINGS.rounds} rounds)`, f)}`);
       } finally {
         await floor.stop();
       }
@@ -643,12 +643,12 @@ async function run(): Promise<void> {
 
     if (want('pop3')) {
       await quietGate('pop3');
-      say(`POP3 logins (connect, USER, PASS, STAT, QUIT): ${SETTINGS.concurrency} clients, ${SETTINGS.loginRounds} rounds of ${Math.ceil(SETTINGS.logins / SETTINGS.loginRounds)} logins (or ${SETTINGS.loginSeconds} s), the modes in turn`);
+      say(`POP3 logins (connect, USER, PASS, STAT, QUIT): ${SETTINGS.concurrency} clients, ${SETTINGS.rounds} rounds of ${Math.ceil(SETTINGS.logins / SETTINGS.rounds)} logins (or ${SETTINGS.loginSeconds} s), the modes in turn`);
       // An untimed pass, one login per user, makes mailfront's figure the warm one, as the IMAP
       // row's is (the cold cost is the IMAP row's).
       const mailfrontTarget = modes.find(([m]) => m === 'mailfront')![1];
       await loginLoop({ ...loop('pop3', (i) => mailfrontTarget('pop3', userAt(i)), n), maxSeconds: 120 });
-      const perRound = Math.ceil(SETTINGS.logins / SETTINGS.loginRounds);
+      const perRound = Math.ceil(SETTINGS.logins / SETTINGS.rounds);
       const offsets = new Map<string, number>();
       const figures = await loginRounds(
         modes.map(([mode, target]) => [mode, async (): Promise<LoginFigure> => {
@@ -657,10 +657,10 @@ async function run(): Promise<void> {
           offsets.set(mode, offset + f.loop.logins + f.loop.errors);
           return f;
         }] as const),
-        SETTINGS.loginRounds,
+        SETTINGS.rounds,
       );
       Object.assign(results.pop3, figures);
-      for (const [mode, f] of Object.entries(figures)) say(`  ${describeLogin(`${mode} (median of ${SETTINGS.loginRounds} rounds)`, f)}`);
+      for (const [mode, f] of Object.entries(figures)) say(`  ${describeLogin(`${mode} (median of ${SETTINGS.rounds} rounds)`, f)}`);
     }
     await stopMailfront(main, 'main');
 
