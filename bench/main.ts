@@ -63,7 +63,7 @@ const SETTINGS = {
   nginxWorkers: envInt('BENCH_NGINX_WORKERS', 1),
   /** nginx's mail proxy_buffer (default: nginx's own, one memory page). */
   nginxProxyBuffer: process.env['BENCH_NGINX_PROXY_BUFFER'] ?? '',
-  timeoutSeconds: envInt('BENCH_TIMEOUT_S', 900),
+  timeoutSeconds: envInt('BENCH_TIMEOUT_S', 1800),
   nginx: (process.env['BENCH_NGINX'] ?? 'auto') !== '0',
   profile: process.env['BENCH_PROFILE'] === '1',
   only: (process.env['BENCH_ONLY'] ?? '').split(',').map((s) => s.trim()).filter((s) => s !== ''),

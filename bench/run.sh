@@ -41,7 +41,7 @@ say "open-file limit: $(ulimit -n)"
 npx tsc -p tsconfig.json
 
 export BENCH_COMMAND="npm run bench${*:+ -- $*}"
-limit="${BENCH_TIMEOUT_S:-900}"
+limit="${BENCH_TIMEOUT_S:-1800}"
 # The bench stops itself after BENCH_TIMEOUT_S; timeout(1) is the backstop (SIGTERM: the harness
 # kills every server it started).
 # --experimental-websocket (Node >= 20.10): the bench forces a GC in mailfront through its
