@@ -100,40 +100,73 @@ export class ConnectionLimiter {
   }
 
   private lease(key: string): ConnectionLease {
-    let released = false;
-    let user: string | undefined;
-    const releaseUser = (): void => {
-      if (user === undefined) return;
-      decrement(this.byUser, user);
-      user = undefined;
-    };
-    return {
-      addressKey: key,
-      get user() {
-        return user;
-      },
-      get released() {
-        return released;
-      },
-      claimUser: (next: string): boolean => {
-        if (released) return false;
-        if (next === user) return true;
-        const held = this.byUser.get(next) ?? 0;
-        if (held >= this.limits.maxSessionsPerUser) return false;
-        releaseUser();
-        this.byUser.set(next, held + 1);
-        user = next;
-        return true;
-      },
-      releaseUser,
-      release: (): void => {
-        if (released) return;
-        released = true;
-        releaseUser();
-        this.total--;
-        decrement(this.byAddress, key);
-      },
-    };
+    return new Lease(key, this.counts);
+  }
+
+  /** What every lease of this limiter changes; one object, shared, not closures per connection. */
+  private readonly counts: LeaseCounts = {
+    claimUser: (user) => {
+      const held = this.byUser.get(user) ?? 0;
+      if (held >= this.limits.maxSessionsPerUser) return false;
+      this.byUser.set(user, held + 1);
+      return true;
+    },
+    releaseUser: (user) => decrement(this.byUser, user),
+    releaseConnection: (key) => {
+      this.total--;
+      decrement(this.byAddress, key);
+    },
+  };
+}
+
+interface LeaseCounts {
+  claimUser(user: string): boolean;
+  releaseUser(user: string): void;
+  releaseConnection(addressKey: string): void;
+}
+
+/**
+ * One connection's lease. A class rather than an object literal with getters and closures: it is
+ * made at every accept and held for the whole session (time per login, memory per idle session).
+ */
+class Lease implements ConnectionLease {
+  private heldUser: string | undefined;
+  private isReleased = false;
+
+  constructor(
+    readonly addressKey: string,
+    private readonly counts: LeaseCounts,
+  ) {}
+
+  get user(): string | undefined {
+    return this.heldUser;
+  }
+
+  get released(): boolean {
+    return this.isReleased;
+  }
+
+  claimUser(next: string): boolean {
+    if (this.isReleased) return false;
+    if (next === this.heldUser) return true;
+    // The new user is counted first: at the limit, the user claimed before stays claimed.
+    if (!this.counts.claimUser(next)) return false;
+    this.releaseUser();
+    this.heldUser = next;
+    return true;
+  }
+
+  releaseUser(): void {
+    if (this.heldUser === undefined) return;
+    this.counts.releaseUser(this.heldUser);
+    this.heldUser = undefined;
+  }
+
+  release(): void {
+    if (this.isReleased) return;
+    this.isReleased = true;
+    this.releaseUser();
+    this.counts.releaseConnection(this.addressKey);
   }
 }
 
