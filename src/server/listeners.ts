@@ -31,6 +31,8 @@ export class Listener {
   private server: Server | undefined;
   private tls: TlsContextHolder | undefined;
   private proxyTrusted: CidrSet;
+  /** What every session of this listener gets: one object for all of them, not one each. */
+  private readonly sessionContext: SessionContext;
 
   constructor(
     private listenerConfig: ListenerConfig,
@@ -40,6 +42,14 @@ export class Listener {
   ) {
     this.tls = listenerConfig.certificate ? new TlsContextHolder(listenerConfig.certificate, context.config().tls) : undefined;
     this.proxyTrusted = new CidrSet(listenerConfig.proxyProtocol?.trustedNetworks ?? []);
+    this.sessionContext = {
+      ...context,
+      secureContext: () => this.tls?.context,
+      onEnd: (reason, session) => {
+        this.sessions.delete(session);
+        context.onEnd?.(reason, session);
+      },
+    };
   }
 
   get config(): ListenerConfig {
@@ -135,15 +145,7 @@ export class Listener {
       if (!ok) return void secure.destroy();
       socket = secure;
     }
-    const context: SessionContext = {
-      ...this.context,
-      secureContext: () => this.tls?.context,
-      onEnd: (reason) => {
-        this.sessions.delete(session);
-        this.context.onEnd?.(reason);
-      },
-    };
-    const session = new Session(socket, config, this.adapter, context, config.tls === 'implicit', endpoints, lease);
+    const session = new Session(socket, config, this.adapter, this.sessionContext, config.tls === 'implicit', endpoints, lease);
     this.sessions.add(session);
   }
 

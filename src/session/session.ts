@@ -50,8 +50,8 @@ export interface SessionContext {
   readonly log: Logger;
   /** The server certificate for STARTTLS, when the listener has one. */
   readonly secureContext: () => SecureContext | undefined;
-  /** Called once per session end (for counters kept by the server). */
-  readonly onEnd?: (reason: SessionEndReason) => void;
+  /** Called once per session end, with the session (for the listener's set and counters kept by the server). */
+  readonly onEnd?: (reason: SessionEndReason, session: Session) => void;
 }
 
 /** Human sentences for temporary failures; never name hosts or users (those go to the log). */
@@ -536,6 +536,6 @@ export class Session {
       },
       'session finished',
     );
-    this.context.onEnd?.(reason);
+    this.context.onEnd?.(reason, this);
   }
 }
