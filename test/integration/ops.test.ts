@@ -77,11 +77,11 @@ async function startInstance(name: string): Promise<Instance> {
   return instance;
 }
 
+/** The complete lines of an instance's log so far: mailfront writes in batches, and a read may land in the middle of one. */
 function logLines(instance: Instance): Array<Record<string, unknown>> {
-  return readFileSync(instance.logFile, 'utf8')
-    .split('\n')
-    .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
+  const lines = readFileSync(instance.logFile, 'utf8').split('\n');
+  lines.pop(); // empty after a final newline, or a line still being written
+  return lines.filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
 }
 
 async function waitFor<T>(what: string, probe: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 5_000): Promise<T> {
