@@ -116,10 +116,8 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
   private readonly reader = new ResponseReader();
   private tagCounter = 0;
   private tag = '';
-  /** The backend's capability list as sent, or null when not (or no longer) known. */
-  private capabilities: string | null = null;
-  /** The same atoms upper-cased, for hasCapability(). */
-  private capabilitySet: ReadonlySet<string> = new Set();
+  /** The backend's capabilities, upper-cased, or null when not (or no longer) known. */
+  private capabilities: ReadonlySet<string> | null = null;
   private tlsDone = false;
   /** The tag of the ID pipelined ahead of the login command, until its reply is in. */
   private idTag: string | null = null;
@@ -366,13 +364,11 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
   }
 
   private setCapabilities(list: string | null): void {
-    const atoms = list === null ? [] : capabilityAtoms(list);
-    this.capabilities = list === null ? null : atoms.join(' ');
-    this.capabilitySet = new Set(atoms.map((atom) => atom.toUpperCase()));
+    this.capabilities = list === null ? null : new Set(capabilityAtoms(list).map((atom) => atom.toUpperCase()));
   }
 
   private hasCapability(name: string): boolean {
-    return this.capabilitySet.has(name);
+    return this.capabilities?.has(name) ?? false;
   }
 
   private nextTag(): string {
