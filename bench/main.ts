@@ -267,19 +267,25 @@ async function loginFigure(w: World, mailfront: MailfrontProcess | null, options
 }
 
 /**
- * Login figures taken in rounds, the modes in turn (A B C, A B C, …): the VM's speed drifts by
- * tens of per cent within minutes, and a figure taken after another in one block would carry
- * the drift into their ratio. Each mode's figure is the median of its rounds.
+ * Measures in rounds, the modes in turn (A B C, A B C, …): the VM's speed drifts by tens of per
+ * cent within minutes, and a figure taken after another in one block would carry the drift into
+ * their ratio. Returns each mode's rounds in order; `describe` says each as it is taken.
  */
-async function loginRounds<K extends string>(modes: ReadonlyArray<readonly [K, () => Promise<LoginFigure>]>, rounds: number): Promise<Record<K, LoginFigure>> {
-  const taken = new Map<K, LoginFigure[]>(modes.map(([k]) => [k, []]));
+async function inTurn<K extends string, T>(modes: ReadonlyArray<readonly [K, () => Promise<T>]>, rounds: number, describe: (mode: K, round: number, value: T) => string): Promise<Map<K, T[]>> {
+  const taken = new Map<K, T[]>(modes.map(([k]) => [k, []]));
   for (let round = 1; round <= rounds; round++) {
     for (const [mode, measure] of modes) {
-      const f = await measure();
-      taken.get(mode)!.push(f);
-      say(`    round ${round}: ${describeLogin(mode, f)}`);
+      const value = await measure();
+      taken.get(mode)!.push(value);
+      say(describe(mode, round, value));
     }
   }
+  return taken;
+}
+
+/** Login figures in rounds (inTurn); each mode's figure is the median of its rounds. */
+async function loginRounds<K extends string>(modes: ReadonlyArray<readonly [K, () => Promise<LoginFigure>]>, rounds: number): Promise<Record<K, LoginFigure>> {
+  const taken = await inTurn(modes, rounds, (mode, round, f) => `    round ${round}: ${describeLogin(mode, f)}`);
   const out = {} as Record<K, LoginFigure>;
   for (const [mode, figures] of taken) out[mode] = combineRounds(figures);
   return out;
@@ -511,25 +517,24 @@ async function run(): Promise<void> {
       await quietGate('fetch');
       const perRound = Math.ceil(SETTINGS.fetches / SETTINGS.rounds);
       say(`FETCH: BODY.PEEK[] of a ${(SETTINGS.fetchBytes / 1048576).toFixed(0)} MiB message, ${SETTINGS.rounds} rounds of ${perRound} per mode (after 1 untimed each), the modes in turn`);
-      // In rounds, as the login figures: the VM's speed drifts between one mode's block and the next.
-      const rounds = new Map<Mode, Array<FetchResult & { readonly foreignCores: number }>>(modes.map(([m]) => [m, []]));
-      for (let round = 1; round <= SETTINGS.rounds; round++) {
-        for (const [mode, target] of modes) {
-          const s = await sampled(cpuGroups(w, main), () => fetchThroughput(target('imap', fetchUser), perRound, 10));
-          rounds.get(mode)!.push({ ...s.result, foreignCores: s.foreignCores });
+      const rounds = await inTurn(
+        modes.map(([mode, target]) => [mode, () => sampled(cpuGroups(w, main), () => fetchThroughput(target('imap', fetchUser), perRound, 10))] as const),
+        SETTINGS.rounds,
+        (mode, round, s) => {
           const r = s.result;
           const cpu = Object.entries(s.cpu).filter(([, v]) => v > 0.005).map(([k, v]) => `${k} ${(v / r.seconds * 100).toFixed(0)} %`).join(', ');
-          say(`  round ${round}, ${mode}: ${r.fetches} × ${(r.bytes / r.fetches / 1e6).toFixed(1)} MB in ${r.seconds.toFixed(2)} s = ${r.megabytesPerSecond.toFixed(0)} MB/s; CPU of a core: ${cpu}, load generator ${(r.loadCpuShare * 100).toFixed(0)} %; machine ${(s.machineBusy * 100).toFixed(0)} % busy, ${s.foreignCores.toFixed(2)} cores busy outside the benchmark`);
-        }
-      }
-      for (const [mode, rs] of rounds) {
+          return `  round ${round}, ${mode}: ${r.fetches} × ${(r.bytes / r.fetches / 1e6).toFixed(1)} MB in ${r.seconds.toFixed(2)} s = ${r.megabytesPerSecond.toFixed(0)} MB/s; CPU of a core: ${cpu}, load generator ${(r.loadCpuShare * 100).toFixed(0)} %; machine ${(s.machineBusy * 100).toFixed(0)} % busy, ${s.foreignCores.toFixed(2)} cores busy outside the benchmark`;
+        },
+      );
+      for (const [mode, samples] of rounds) {
+        const rs = samples.map((x) => x.result);
         const f = {
           fetches: rs.reduce((n, r) => n + r.fetches, 0),
           bytes: rs.reduce((n, r) => n + r.bytes, 0),
           seconds: rs.reduce((n, r) => n + r.seconds, 0),
           megabytesPerSecond: median(rs.map((r) => r.megabytesPerSecond)),
           loadCpuShare: median(rs.map((r) => r.loadCpuShare)),
-          foreignCores: median(rs.map((r) => r.foreignCores)),
+          foreignCores: median(samples.map((x) => x.foreignCores)),
           rounds: rs.map((r) => r.megabytesPerSecond),
         };
         results.fetch[mode] = f;
@@ -611,24 +616,27 @@ async function run(): Promise<void> {
         }
         // Untimed: one login per user (mailfront's caches, nginx's auth_http connections) and the JIT.
         for (const p of proxies) await loginLoop({ ...loop('imap', (i) => ({ port: p.port, ...account(userAt(i)) }), n), maxSeconds: 120 });
-        const rounds = new Map(proxies.map((p) => [p.name, { own: [] as number[], sys: [] as number[], auth: [] as number[], backend: [] as number[], perSecond: [] as number[], errors: 0, foreignCores: [] as number[] }]));
-        for (let round = 1; round <= SETTINGS.cpuRounds; round++) {
-          for (const p of proxies) {
+        const rounds = await inTurn(
+          proxies.map((p) => [p.name, async () => {
             const s = await sampled({ own: p.own, 'own.sys': p.sys, auth: p.auth, backend: () => cpuSeconds(instant.pid) }, () => loginLoop(loop('imap', (i) => ({ port: p.port, ...account(userAt(i)) }), SETTINGS.cpuLogins)));
-            const r = rounds.get(p.name)!;
             const k = (x: number | undefined): number => ((x ?? NaN) * 1000) / Math.max(1, s.result.logins);
-            r.own.push(k(s.cpu['own']));
-            r.sys.push(k(s.cpu['own.sys']));
-            r.auth.push(k(s.cpu['auth']));
-            r.backend.push(k(s.cpu['backend']));
-            r.perSecond.push(s.result.perSecond);
-            r.errors += s.result.errors;
-            r.foreignCores.push(s.foreignCores);
-            if (s.result.errors > 0) say(`  ${p.name}: ${s.result.errors} errors; first: ${s.result.firstError ?? ''}`);
-            say(`  round ${round}, ${p.name}: ${s.result.logins} logins at ${s.result.perSecond.toFixed(0)}/s; CPU s/1000 logins: ${p.name} ${k(s.cpu['own']).toFixed(3)}${p.name === 'nginx' ? ` + auth_http ${k(s.cpu['auth']).toFixed(3)}` : ` (system ${k(s.cpu['own.sys']).toFixed(3)})`}, instant backend ${k(s.cpu['backend']).toFixed(3)}; ${s.foreignCores.toFixed(2)} cores busy outside the benchmark`);
-          }
+            return { loop: s.result, own: k(s.cpu['own']), sys: k(s.cpu['own.sys']), auth: k(s.cpu['auth']), backend: k(s.cpu['backend']), foreignCores: s.foreignCores };
+          }] as const),
+          SETTINGS.cpuRounds,
+          (name, round, r) =>
+            `  round ${round}, ${name}: ${r.loop.logins} logins at ${r.loop.perSecond.toFixed(0)}/s; CPU s/1000 logins: ${name} ${r.own.toFixed(3)}${name === 'nginx' ? ` + auth_http ${r.auth.toFixed(3)}` : ` (system ${r.sys.toFixed(3)})`}, instant backend ${r.backend.toFixed(3)}; ${r.foreignCores.toFixed(2)} cores busy outside the benchmark${r.loop.errors > 0 ? `; ${r.loop.errors} errors, the first: ${r.loop.firstError ?? ''}` : ''}`,
+        );
+        for (const [name, rs] of rounds) {
+          results.cpu[name] = {
+            own: rs.map((r) => r.own),
+            sys: rs.map((r) => r.sys),
+            auth: rs.map((r) => r.auth),
+            backend: rs.map((r) => r.backend),
+            perSecond: rs.map((r) => r.loop.perSecond),
+            errors: rs.reduce((n, r) => n + r.loop.errors, 0),
+            foreignCores: rs.map((r) => r.foreignCores),
+          };
         }
-        for (const [name, r] of rounds) results.cpu[name] = r;
       } finally {
         for (const p of proxies) await p.stop().catch(() => undefined);
         await instant.stop();
