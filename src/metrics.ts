@@ -7,8 +7,9 @@
  * (besides the standard process metrics); the session, directory and backend code call it.
  */
 import { performance } from 'node:perf_hooks';
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { FailureKind } from './errors.js';
+import { CounterFamily, HistogramFamily } from './metric-families.js';
 import type { PreauthCloseReason, ProtocolName } from './protocol/types.js';
 import type { SpliceEndReason } from './proxy/splice.js';
 
@@ -125,7 +126,7 @@ export class Metrics {
   private readonly slotUpSeries = new Map<string, { store: string; slot: string }>();
 
   /** Client connections accepted, by protocol. */
-  private readonly sessionsTotal: Counter<'protocol'>;
+  private readonly sessionsTotal: CounterFamily<'protocol'>;
   /**
    * Open sessions by protocol and phase, kept as plain numbers and copied into
    * `mailfront_sessions_active` at scrape time: a phase change costs an increment, not two
@@ -133,21 +134,21 @@ export class Metrics {
    */
   private readonly activeCounts = new Map<ProtocolName, Record<SessionPhaseLabel, number>>();
   /** Sessions ended, by protocol, the phase they were in and why they ended. */
-  private readonly sessionsEndedTotal: Counter<'protocol' | 'phase' | 'reason'>;
+  private readonly sessionsEndedTotal: CounterFamily<'protocol' | 'phase' | 'reason'>;
   /** Time from accept to close, by protocol and the phase the session ended in. */
-  private readonly sessionDuration: Histogram<'protocol' | 'phase'>;
+  private readonly sessionDuration: HistogramFamily<'protocol' | 'phase'>;
   /** Login attempts, by protocol and result (`success` or the failure kind). */
-  private readonly loginsTotal: Counter<'protocol' | 'result'>;
+  private readonly loginsTotal: CounterFamily<'protocol' | 'result'>;
   /** Credentials refused, by reason (unknown user, wrong password …). */
   private readonly authFailuresTotal: Counter<'reason'>;
   /** Duration of LDAP requests, by operation and result. */
-  private readonly ldapRequestDuration: Histogram<'operation' | 'result'>;
+  private readonly ldapRequestDuration: HistogramFamily<'operation' | 'result'>;
   /** Time to open a connection (TCP, or implicit TLS) to a store's slot, by store and result. */
-  private readonly backendConnectDuration: Histogram<'store' | 'result'>;
+  private readonly backendConnectDuration: HistogramFamily<'store' | 'result'>;
   /** Time of the backend login dialogue after connect, by store and result. */
-  private readonly backendLoginDuration: Histogram<'store' | 'result'>;
+  private readonly backendLoginDuration: HistogramFamily<'store' | 'result'>;
   /** Bytes passed through spliced sessions, by direction. */
-  private readonly proxiedBytesTotal: Counter<'direction'>;
+  private readonly proxiedBytesTotal: CounterFamily<'direction'>;
   /** Version of the store map in force. */
   private readonly storeMapVersion: Gauge;
   /** 1 if the last store-map load succeeded, 0 if it was rejected (the previous map stays in force). */
@@ -182,9 +183,11 @@ export class Metrics {
     const registers = [this.registry];
     const counter = <L extends string>(name: string, help: string, labelNames: readonly L[]): Counter<L> => new Counter({ name, help, labelNames, registers });
     const gauge = <L extends string>(name: string, help: string, labelNames: readonly L[]): Gauge<L> => new Gauge({ name, help, labelNames, registers });
-    const histogram = <L extends string>(name: string, help: string, labelNames: readonly L[], buckets: number[]): Histogram<L> => new Histogram({ name, help, labelNames, buckets, registers });
+    // The families on every login's path are mailfront's own (see metric-families.ts); the rest are prom-client's.
+    const hotCounter = <L extends string>(name: string, help: string, labelNames: readonly L[]): CounterFamily<L> => new CounterFamily(name, help, labelNames, this.registry);
+    const histogram = <L extends string>(name: string, help: string, labelNames: readonly L[], buckets: readonly number[]): HistogramFamily<L> => new HistogramFamily(name, help, labelNames, buckets, this.registry);
 
-    this.sessionsTotal = counter('mailfront_sessions_total', 'Client connections accepted, by protocol.', ['protocol']);
+    this.sessionsTotal = hotCounter('mailfront_sessions_total', 'Client connections accepted, by protocol.', ['protocol']);
     const sessionsActive = new Gauge({
       name: 'mailfront_sessions_active',
       help: 'Sessions open now, by protocol and phase.',
@@ -196,14 +199,14 @@ export class Metrics {
         }
       },
     });
-    this.sessionsEndedTotal = counter('mailfront_sessions_ended_total', 'Sessions ended, by protocol, phase at the end and reason.', ['protocol', 'phase', 'reason']);
+    this.sessionsEndedTotal = hotCounter('mailfront_sessions_ended_total', 'Sessions ended, by protocol, phase at the end and reason.', ['protocol', 'phase', 'reason']);
     this.sessionDuration = histogram('mailfront_session_duration_seconds', 'Time from accept to close, by protocol and phase at the end.', ['protocol', 'phase'], SESSION_BUCKETS_SECONDS);
-    this.loginsTotal = counter('mailfront_logins_total', 'Login attempts, by protocol and result (success or the failure kind).', ['protocol', 'result']);
+    this.loginsTotal = hotCounter('mailfront_logins_total', 'Login attempts, by protocol and result (success or the failure kind).', ['protocol', 'result']);
     this.authFailuresTotal = counter('mailfront_auth_failures_total', 'Credentials refused, by reason.', ['reason']);
     this.ldapRequestDuration = histogram('mailfront_ldap_request_duration_seconds', 'Duration of LDAP requests, by operation and result.', ['operation', 'result'], LDAP_BUCKETS_SECONDS);
     this.backendConnectDuration = histogram('mailfront_backend_connect_duration_seconds', 'Time to connect to a slot, by store and result.', ['store', 'result'], BACKEND_CONNECT_BUCKETS_SECONDS);
     this.backendLoginDuration = histogram('mailfront_backend_login_duration_seconds', 'Time of the backend login dialogue, by store and result.', ['store', 'result'], BACKEND_LOGIN_BUCKETS_SECONDS);
-    this.proxiedBytesTotal = counter('mailfront_proxied_bytes_total', 'Bytes passed through spliced sessions, by direction.', ['direction']);
+    this.proxiedBytesTotal = hotCounter('mailfront_proxied_bytes_total', 'Bytes passed through spliced sessions, by direction.', ['direction']);
     this.storeMapVersion = gauge('mailfront_store_map_version', 'Version of the store map in force.', []);
     this.storeMapLastLoadSuccess = gauge('mailfront_store_map_last_load_success', '1 if the last store-map load succeeded, 0 if it was rejected.', []);
     this.storeMapLastLoadTimestamp = gauge('mailfront_store_map_last_load_timestamp_seconds', 'Unix time of the last store-map load attempt.', []);
