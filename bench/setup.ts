@@ -227,6 +227,8 @@ export async function startMailfront(backends: Backends, options: {
   readonly nodeArgs: readonly string[];
   /** The stores to route to (default: the backends' own). */
   readonly stores?: Stores;
+  /** The CLI to run (default: this build's, MAILFRONT_MAIN); bench/compare.ts runs another build's. */
+  readonly main?: string;
 }): Promise<MailfrontProcess> {
   const stores = options.stores ?? backends.stores;
   const dir = tmpDir(`bench-${options.name}`);
@@ -271,7 +273,7 @@ export async function startMailfront(backends: Backends, options: {
   const daemon = spawnDaemon({
     name: `mailfront ${options.name}`,
     command: process.execPath,
-    args: [...options.nodeArgs, MAILFRONT_MAIN, 'serve', '-c', configFile],
+    args: [...options.nodeArgs, options.main ?? MAILFRONT_MAIN, 'serve', '-c', configFile],
     logFile,
     cwd: dir.path,
   });
