@@ -20,7 +20,11 @@ interface Sample {
   readonly metricName?: string;
 }
 
-/** Label values joined into a Map key; NUL does not occur in the bounded values used as labels. */
+/**
+ * Label values joined into a Map key with NUL. Of mailfront's labels only a store name is free
+ * text, and it is never the last label, so even a store name with a NUL in it cannot make two
+ * label sets share a key: the others come from fixed unions without one.
+ */
 function keyOf<L extends string>(labelNames: readonly L[], labels: Readonly<Record<L, string>>): string {
   let key = labels[labelNames[0] as L] ?? '';
   for (let i = 1; i < labelNames.length; i++) key += '\0' + labels[labelNames[i] as L];
