@@ -20,6 +20,9 @@ import { TlsContextHolder } from './tls-config.js';
 import type { ConnectionEndpoints } from './proxy-protocol.js';
 
 
+/** Errors before a session owns its socket end in 'close'; one handler for every connection, not a closure each. */
+function ignoreSocketError(): void {}
+
 /** True when two listener configs need different sockets (anything else can change in place). */
 export function needsRebind(a: ListenerConfig, b: ListenerConfig): boolean {
   return a.host !== b.host || a.port !== b.port || a.protocol !== b.protocol || a.tls !== b.tls;
@@ -91,7 +94,7 @@ export class Listener {
     const config = this.listenerConfig;
     const metrics = this.context.metrics;
     const timeoutMs = this.context.config().session.preauthTimeoutMs;
-    raw.on('error', () => undefined); // errors before the session owns the socket end in close()
+    raw.on('error', ignoreSocketError);
     let endpoints: ConnectionEndpoints;
     if (config.proxyProtocol) {
       try {
