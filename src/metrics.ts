@@ -64,6 +64,46 @@ export interface SessionMetrics {
   ended(reason: SessionEndReasonLabel): void;
 }
 
+/** What the sessions of one protocol share: their open counts and the families their ends go to. */
+interface SessionFamilies {
+  readonly protocol: ProtocolName;
+  readonly active: Record<SessionPhaseLabel, number>;
+  readonly endedTotal: CounterFamily<'protocol' | 'phase' | 'reason'>;
+  readonly duration: HistogramFamily<'protocol' | 'phase'>;
+  readonly nowMs: () => number;
+}
+
+/** One session's tracker. It lives as long as its session, so it is four fields and no closures. */
+class SessionTracker implements SessionMetrics {
+  private current: SessionPhaseLabel = 'greeting';
+  private done = false;
+
+  constructor(
+    private readonly shared: SessionFamilies,
+    private readonly startedMs: number,
+  ) {
+    shared.active.greeting++;
+  }
+
+  phase(next: SessionPhaseLabel): void {
+    if (this.done || next === this.current || next === 'closing') return;
+    const active = this.shared.active;
+    active[this.current]--;
+    this.current = next;
+    active[next]++;
+  }
+
+  ended(reason: SessionEndReasonLabel): void {
+    if (this.done) return;
+    this.done = true;
+    const { protocol, active, endedTotal, duration, nowMs } = this.shared;
+    const phase = this.current;
+    active[phase]--;
+    endedTotal.inc({ protocol, phase, reason });
+    duration.observe({ protocol, phase }, Math.max(0, nowMs() - this.startedMs) / 1000);
+  }
+}
+
 export interface MetricsOptions {
   /** Register the standard process_* and nodejs_* metrics (default true). */
   readonly processMetrics?: boolean;
@@ -133,6 +173,8 @@ export class Metrics {
    * label lookups (a session changes phase four times on its way to the splice).
    */
   private readonly activeCounts = new Map<ProtocolName, Record<SessionPhaseLabel, number>>();
+  /** What the sessions of each protocol share, made at the first session. */
+  private readonly sessionFamilies = new Map<ProtocolName, SessionFamilies>();
   /** Sessions ended, by protocol, the phase they were in and why they ended. */
   private readonly sessionsEndedTotal: CounterFamily<'protocol' | 'phase' | 'reason'>;
   /** Time from accept to close, by protocol and the phase the session ended in. */
@@ -242,27 +284,13 @@ export class Metrics {
 
   /** Counts an accepted connection and returns the tracker the session reports its phases and end to. */
   sessionStarted(protocol: ProtocolName): SessionMetrics {
-    const startedMs = this.nowMs();
-    let phase: SessionPhaseLabel = 'greeting';
-    let ended = false;
-    const active = countsFor(this.activeCounts, protocol);
+    let shared = this.sessionFamilies.get(protocol);
+    if (shared === undefined) {
+      shared = { protocol, active: countsFor(this.activeCounts, protocol), endedTotal: this.sessionsEndedTotal, duration: this.sessionDuration, nowMs: this.nowMs };
+      this.sessionFamilies.set(protocol, shared);
+    }
     this.sessionsTotal.inc({ protocol });
-    active[phase]++;
-    return {
-      phase: (next) => {
-        if (ended || next === phase || next === 'closing') return;
-        active[phase]--;
-        phase = next;
-        active[phase]++;
-      },
-      ended: (reason) => {
-        if (ended) return;
-        ended = true;
-        active[phase]--;
-        this.sessionsEndedTotal.inc({ protocol, phase, reason });
-        this.sessionDuration.observe({ protocol, phase }, Math.max(0, this.nowMs() - startedMs) / 1000);
-      },
-    };
+    return new SessionTracker(shared, this.nowMs());
   }
 
   /** Counts a login attempt's outcome. */
