@@ -107,8 +107,9 @@ interface Sampled<T> {
   readonly machineBusy: number;
   /**
    * CPU not accounted to the benchmark's processes, in cores (busy machine time minus the groups
-   * and this process): other work on the machine, and kernel threads such as ksoftirqd doing
-   * loopback network work. High values mean the figures of that step are skewed.
+   * and this process): other work on the machine, kernel threads such as ksoftirqd doing
+   * loopback network work, and time the hypervisor stole for other guests (/proc/stat counts it
+   * as busy). High values mean the figures of that step are skewed.
    */
   readonly foreignCores: number;
 }

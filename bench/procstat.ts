@@ -74,13 +74,16 @@ export function openFiles(pid: number): number {
   }
 }
 
-/** Busy and total CPU ticks of the whole machine, summed over all cores (/proc/stat). */
-export function machineTicks(): { busy: number; total: number } {
+/**
+ * Busy and total CPU ticks of the whole machine, summed over all cores (/proc/stat), and of those
+ * the ticks stolen by the hypervisor for other guests (busy for us, yet no work of ours).
+ */
+export function machineTicks(): { busy: number; total: number; steal: number } {
   const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0] ?? '';
   const v = line.trim().split(/\s+/).slice(1).map(Number);
   const total = v.reduce((a, b) => a + b, 0);
   const idle = (v[3] ?? 0) + (v[4] ?? 0); // idle + iowait
-  return { busy: total - idle, total };
+  return { busy: total - idle, total, steal: v[7] ?? 0 };
 }
 
 /** A description of the machine for the results: CPU model, cores, memory, kernel. */
