@@ -202,7 +202,7 @@ export interface MailfrontProcess {
 }
 
 /** Deep-merges plain objects (arrays and scalars in `extra` replace). */
-function merge(base: Record<string, unknown>, extra: Record<string, unknown>): Record<string, unknown> {
+export function merge(base: Record<string, unknown>, extra: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = { ...base };
   for (const [k, v] of Object.entries(extra)) {
     const b = out[k];
