@@ -4,8 +4,8 @@
  *
  * Why not prom-client's own: its `inc` and `observe` check and hash the label object and, for a
  * histogram, turn the bucket bound into a property name on every call. `perf` put its three
- * histogram observations and five counter increments per login at ~25 µs, a twentieth of
- * mailfront's CPU per warm login. Here a call joins the label values into a key, finds the series
+ * histogram observations and five counter increments per login at ~25 µs, about 4 % of
+ * mailfront's CPU per warm login behind a scripted backend. Here a call joins the label values into a key, finds the series
  * in a Map and adds to numbers. Label names and values are checked by the TypeScript types of the
  * callers (all in metrics.ts), not at run time.
  *
@@ -40,10 +40,12 @@ abstract class Family<L extends string, S extends { readonly labels: Readonly<Re
     readonly name: string,
     readonly help: string,
     protected readonly labelNames: readonly L[],
-    registry: Registry,
-  ) {
-    // The registry formats whatever get() returns; it takes any metric of this shape.
+  ) {}
+
+  /** Adds the family to `registry`, which formats whatever get() returns; returns the family. */
+  registerOn(registry: Registry): this {
     registry.registerMetric(this as unknown as Metric);
+    return this;
   }
 
   abstract readonly type: 'counter' | 'histogram';
@@ -110,8 +112,8 @@ export class HistogramFamily<L extends string> extends Family<L, HistogramSeries
   readonly type = 'histogram';
   private readonly bounds: Float64Array;
 
-  constructor(name: string, help: string, labelNames: readonly L[], bounds: readonly number[], registry: Registry) {
-    super(name, help, labelNames, registry);
+  constructor(name: string, help: string, labelNames: readonly L[], bounds: readonly number[]) {
+    super(name, help, labelNames);
     if (bounds.some((b, i) => !Number.isFinite(b) || (i > 0 && b <= (bounds[i - 1] as number)))) {
       throw new Error(`histogram ${name}: bucket bounds must be finite and ascending`);
     }

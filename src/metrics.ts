@@ -226,8 +226,8 @@ export class Metrics {
     const counter = <L extends string>(name: string, help: string, labelNames: readonly L[]): Counter<L> => new Counter({ name, help, labelNames, registers });
     const gauge = <L extends string>(name: string, help: string, labelNames: readonly L[]): Gauge<L> => new Gauge({ name, help, labelNames, registers });
     // The families on every login's path are mailfront's own (see metric-families.ts); the rest are prom-client's.
-    const hotCounter = <L extends string>(name: string, help: string, labelNames: readonly L[]): CounterFamily<L> => new CounterFamily(name, help, labelNames, this.registry);
-    const histogram = <L extends string>(name: string, help: string, labelNames: readonly L[], buckets: readonly number[]): HistogramFamily<L> => new HistogramFamily(name, help, labelNames, buckets, this.registry);
+    const hotCounter = <L extends string>(name: string, help: string, labelNames: readonly L[]): CounterFamily<L> => new CounterFamily(name, help, labelNames).registerOn(this.registry);
+    const histogram = <L extends string>(name: string, help: string, labelNames: readonly L[], buckets: readonly number[]): HistogramFamily<L> => new HistogramFamily(name, help, labelNames, buckets).registerOn(this.registry);
 
     this.sessionsTotal = hotCounter('mailfront_sessions_total', 'Client connections accepted, by protocol.', ['protocol']);
     const sessionsActive = new Gauge({

@@ -31,7 +31,7 @@ describe('metric families', () => {
   it('expose a histogram exactly as prom-client does for the same observations', async () => {
     const ours = new Registry();
     const theirs = new Registry();
-    const family = new HistogramFamily('x_seconds', 'Help text.', ['store', 'result'], BOUNDS, ours);
+    const family = new HistogramFamily('x_seconds', 'Help text.', ['store', 'result'], BOUNDS).registerOn(ours);
     const reference = new Histogram({ name: 'x_seconds', help: 'Help text.', labelNames: ['store', 'result'], buckets: BOUNDS, registers: [theirs] });
     for (const [store, result, value] of OBSERVATIONS) {
       family.observe({ store, result }, value);
@@ -45,7 +45,7 @@ describe('metric families', () => {
   it('expose a counter exactly as prom-client does, zero series included', async () => {
     const ours = new Registry();
     const theirs = new Registry();
-    const family = new CounterFamily('y_total', 'Help.', ['protocol', 'result'], ours);
+    const family = new CounterFamily('y_total', 'Help.', ['protocol', 'result']).registerOn(ours);
     const reference = new Counter({ name: 'y_total', help: 'Help.', labelNames: ['protocol', 'result'], registers: [theirs] });
     const calls: [string, string, number | undefined][] = [['imap', 'success', 0], ['imap', 'success', undefined], ['pop3', 'auth-failed', 3], ['imap', 'success', 2.5]];
     for (const [protocol, result, by] of calls) {
@@ -57,7 +57,7 @@ describe('metric families', () => {
 
   it('keep series apart when one label value is a prefix of another, and reset to none', async () => {
     const registry = new Registry();
-    const family = new CounterFamily('z_total', 'Help.', ['a', 'b'], registry);
+    const family = new CounterFamily('z_total', 'Help.', ['a', 'b']).registerOn(registry);
     family.inc({ a: 'x', b: 'yz' });
     family.inc({ a: 'xy', b: 'z' });
     const text = await registry.metrics();
@@ -68,7 +68,7 @@ describe('metric families', () => {
   });
 
   it('refuse bucket bounds that are not ascending', () => {
-    assert.throws(() => new HistogramFamily('w', 'h', ['a'], [1, 1], new Registry()), /ascending/);
-    assert.throws(() => new HistogramFamily('w', 'h', ['a'], [1, Infinity], new Registry()), /finite/);
+    assert.throws(() => new HistogramFamily('w', 'h', ['a'], [1, 1]), /ascending/);
+    assert.throws(() => new HistogramFamily('w', 'h', ['a'], [1, Infinity]), /finite/);
   });
 });
