@@ -1,7 +1,7 @@
 /**
  * Two builds of mailfront side by side: CPU per warm IMAP login of this build against another
  * (a git ref, built into a temporary worktree), both in front of the instant backend
- * (bench/instant-backend.ts) and the same slapd, in alternating rounds.
+ * (bench/instant-backend.ts) and the same slapd, loaded at the same time in rounds.
  *
  * Why: the VM's speed drifts by tens of per cent within minutes, more than most single changes
  * save, so a figure from `npm run bench` before a change and one after say little about the
@@ -49,10 +49,19 @@ const median = (xs: readonly number[]): number => {
 function buildRef(gitRef: string): { main: string; label: string; remove(): void } {
   const commit = execFileSync('git', ['-C', REPO_ROOT, 'rev-parse', '--short', `${gitRef}^{commit}`], { encoding: 'utf8' }).trim();
   const dir = mkdtempSync(join(tmpdir(), 'mailfront-compare-'));
+  let removed = false;
   const remove = (): void => {
-    execFileSync('git', ['-C', REPO_ROOT, 'worktree', 'remove', '--force', dir], { stdio: 'ignore' });
+    if (removed) return;
+    removed = true;
+    try {
+      execFileSync('git', ['-C', REPO_ROOT, 'worktree', 'remove', '--force', dir], { stdio: 'ignore' });
+    } catch {
+      // Not registered yet, or already gone: the directory is removed below either way.
+    }
     rmSync(dir, { recursive: true, force: true });
   };
+  // Also on an interrupted run (the server harness stops its daemons on SIGINT/SIGTERM itself).
+  process.once('exit', remove);
   try {
     execFileSync('git', ['-C', REPO_ROOT, 'worktree', 'add', '--detach', '--force', dir, commit], { stdio: 'ignore' });
     symlinkSync(join(REPO_ROOT, 'node_modules'), join(dir, 'node_modules'), 'dir');
@@ -73,11 +82,15 @@ const instant = await startInstantBackend(backends);
 const started: MailfrontProcess[] = [];
 try {
   const options = { loginMode: 'replay', extraConfig: { directory: { auth_cache_ttl_ms: 900_000 } }, nodeArgs: [], stores: instant.stores } as const;
+  const start = async (name: string, main?: string): Promise<MailfrontProcess> => {
+    const p = await startMailfront(backends, { ...options, name, ...(main !== undefined ? { main } : {}) });
+    started.push(p);
+    return p;
+  };
   const builds = [
-    { label: `this build`, process: await startMailfront(backends, { ...options, name: 'compare-this' }) },
-    { label: other.label, process: await startMailfront(backends, { ...options, name: 'compare-other', main: other.main }) },
+    { label: `this build`, process: await start('compare-this') },
+    { label: other.label, process: await start('compare-other', other.main) },
   ] as const;
-  started.push(...builds.map((b) => b.process));
   const users = backends.users;
   const run = (mf: MailfrontProcess, count: number, seconds: number) =>
     loginLoop({ protocol: 'imap', concurrency: CONCURRENCY, maxLogins: count, maxSeconds: seconds, target: (i) => ({ port: mf.imapPort, ...users[i % users.length]! }) });
