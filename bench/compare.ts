@@ -18,7 +18,7 @@ import { existsSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loginLoop } from './load.js';
+import { loginLoop, median } from './load.js';
 import { cpuSeconds, machineTicks } from './procstat.js';
 import { startBackends, startInstantBackend, startMailfront, type MailfrontProcess } from './setup.js';
 
@@ -38,12 +38,6 @@ const CONCURRENCY = 10;
 function say(text: string): void {
   process.stderr.write(`compare: ${text}\n`);
 }
-
-const median = (xs: readonly number[]): number => {
-  const sorted = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
-};
 
 /** Builds `ref` into a temporary worktree (sharing this checkout's node_modules); returns its CLI and a remover. */
 function buildRef(gitRef: string): { main: string; label: string; remove(): void } {

@@ -51,6 +51,13 @@ export interface Percentiles {
   readonly n: number;
 }
 
+/** The median of a list (the mean of the middle two for an even count); NaN when empty. */
+export function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length === 0 ? NaN : s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
 /** p50/p99/mean/max of a list of samples (nearest-rank). */
 export function percentiles(samples: readonly number[]): Percentiles {
   if (samples.length === 0) return { p50: NaN, p99: NaN, mean: NaN, max: NaN, n: 0 };

@@ -14,7 +14,7 @@ import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { fetchThroughput, loginLoop, noopRoundTrips, openIdleSessions, type FetchResult, type LoginLoopResult, type LoginTarget, type NoopResult } from './load.js';
+import { fetchThroughput, loginLoop, median, noopRoundTrips, openIdleSessions, type FetchResult, type LoginLoopResult, type LoginTarget, type NoopResult } from './load.js';
 import { CLOCK_TICKS_PER_S, cpuSeconds, fileLimit, systemCpuSeconds, machineDescription, machineTicks, openFiles, rssBytes, treeCpuSeconds, treeRssBytes } from './procstat.js';
 import { formatSummary, summariseFile } from './profile-summary.js';
 import { canForceGc, forceGc } from './inspector.js';
@@ -201,12 +201,6 @@ interface CpuFigure {
   readonly errors: number;
   readonly foreignCores: readonly number[];
 }
-
-const median = (xs: readonly number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length === 0 ? NaN : s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-};
 
 interface IdleFigure {
   readonly sessions: number;
