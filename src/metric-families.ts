@@ -5,9 +5,9 @@
  * Why not prom-client's own: its `inc` and `observe` check and hash the label object and, for a
  * histogram, turn the bucket bound into a property name on every call. `perf` put its three
  * histogram observations and five counter increments per login at ~25 µs, about 4 % of
- * mailfront's CPU per warm login behind a scripted backend. Here a call joins the label values into a key, finds the series
- * in a Map and adds to numbers. Label names and values are checked by the TypeScript types of the
- * callers (all in metrics.ts), not at run time.
+ * mailfront's CPU per warm login behind a scripted backend. Here a call joins the label values
+ * into a key, finds the series in a Map and adds to numbers. Label names and values are checked
+ * by the TypeScript types of the callers (all in metrics.ts), not at run time.
  *
  * Must not: define metrics (metrics.ts does), or measure anything.
  */

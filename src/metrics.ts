@@ -46,15 +46,6 @@ export type ProxyHeaderResult = 'accepted' | 'local' | 'untrusted' | 'malformed'
 /** The part of a store map the metrics need (StoreMap['stores'] fits it). */
 export type StoreMapShape = ReadonlyMap<string, { readonly currentMaster: string; readonly preferredMaster: string; readonly slots: ReadonlyMap<string, unknown> }>;
 
-/** The open-session counts of `protocol` in `counts`, made at first use. */
-function countsFor(counts: Map<ProtocolName, Record<SessionPhaseLabel, number>>, protocol: ProtocolName): Record<SessionPhaseLabel, number> {
-  let found = counts.get(protocol);
-  if (found === undefined) {
-    found = { greeting: 0, preauth: 0, authenticating: 0, 'backend-login': 0, spliced: 0, closing: 0 };
-    counts.set(protocol, found);
-  }
-  return found;
-}
 
 /** Tracks one session's phase and end; returned by `Metrics.sessionStarted`. */
 export interface SessionMetrics {
@@ -168,13 +159,12 @@ export class Metrics {
   /** Client connections accepted, by protocol. */
   private readonly sessionsTotal: CounterFamily<'protocol'>;
   /**
-   * Open sessions by protocol and phase, kept as plain numbers and copied into
-   * `mailfront_sessions_active` at scrape time: a phase change costs an increment, not two
-   * label lookups (a session changes phase four times on its way to the splice).
+   * What the sessions of each protocol share (see `sessionsOf`), among it their open counts by
+   * phase, kept as plain numbers and copied into `mailfront_sessions_active` at scrape time: a
+   * phase change costs an increment, not two label lookups (a session changes phase four times
+   * on its way to the splice).
    */
-  private readonly activeCounts = new Map<ProtocolName, Record<SessionPhaseLabel, number>>();
-  /** What the sessions of each protocol share, made at the first session. */
-  private readonly sessionFamilies = new Map<ProtocolName, SessionFamilies>();
+  private readonly protocolSessions = new Map<ProtocolName, SessionFamilies>();
   /** Sessions ended, by protocol, the phase they were in and why they ended. */
   private readonly sessionsEndedTotal: CounterFamily<'protocol' | 'phase' | 'reason'>;
   /** Time from accept to close, by protocol and the phase the session ended in. */
@@ -236,8 +226,8 @@ export class Metrics {
       labelNames: ['protocol', 'phase'] as const,
       registers,
       collect: () => {
-        for (const [protocol, counts] of this.activeCounts) {
-          for (const phase of PHASES) sessionsActive.set({ protocol, phase }, counts[phase]);
+        for (const { protocol, active } of this.protocolSessions.values()) {
+          for (const phase of PHASES) sessionsActive.set({ protocol, phase }, active[phase]);
         }
       },
     });
@@ -270,7 +260,7 @@ export class Metrics {
     // Series that exist from the start read 0 instead of "no data" on dashboards and in rate().
     for (const protocol of options.protocols ?? ['imap', 'pop3']) {
       this.sessionsTotal.inc({ protocol }, 0);
-      countsFor(this.activeCounts, protocol);
+      this.sessionsOf(protocol);
       this.loginsTotal.inc({ protocol, result: 'success' }, 0);
     }
     for (const direction of DIRECTIONS) this.proxiedBytesTotal.inc({ direction }, 0);
@@ -284,13 +274,19 @@ export class Metrics {
 
   /** Counts an accepted connection and returns the tracker the session reports its phases and end to. */
   sessionStarted(protocol: ProtocolName): SessionMetrics {
-    let shared = this.sessionFamilies.get(protocol);
-    if (shared === undefined) {
-      shared = { protocol, active: countsFor(this.activeCounts, protocol), endedTotal: this.sessionsEndedTotal, duration: this.sessionDuration, nowMs: this.nowMs };
-      this.sessionFamilies.set(protocol, shared);
-    }
     this.sessionsTotal.inc({ protocol });
-    return new SessionTracker(shared, this.nowMs());
+    return new SessionTracker(this.sessionsOf(protocol), this.nowMs());
+  }
+
+  /** What the sessions of `protocol` share, made at first use. */
+  private sessionsOf(protocol: ProtocolName): SessionFamilies {
+    let found = this.protocolSessions.get(protocol);
+    if (found === undefined) {
+      const active = { greeting: 0, preauth: 0, authenticating: 0, 'backend-login': 0, spliced: 0, closing: 0 };
+      found = { protocol, active, endedTotal: this.sessionsEndedTotal, duration: this.sessionDuration, nowMs: this.nowMs };
+      this.protocolSessions.set(protocol, found);
+    }
+    return found;
   }
 
   /** Counts a login attempt's outcome. */
