@@ -64,6 +64,14 @@ interface SessionFamilies {
   readonly nowMs: () => number;
 }
 
+/** Adds what the sessions of `protocol` share to `all`, with no session open yet; returns it. */
+function addProtocolSessions(all: Map<ProtocolName, SessionFamilies>, protocol: ProtocolName, endedTotal: SessionFamilies['endedTotal'], duration: SessionFamilies['duration'], nowMs: () => number): SessionFamilies {
+  const active = { greeting: 0, preauth: 0, authenticating: 0, 'backend-login': 0, spliced: 0, closing: 0 };
+  const added = { protocol, active, endedTotal, duration, nowMs };
+  all.set(protocol, added);
+  return added;
+}
+
 /** One session's tracker. It lives as long as its session, so it is four fields and no closures. */
 class SessionTracker implements SessionMetrics {
   private current: SessionPhaseLabel = 'greeting';
@@ -159,7 +167,7 @@ export class Metrics {
   /** Client connections accepted, by protocol. */
   private readonly sessionsTotal: CounterFamily<'protocol'>;
   /**
-   * What the sessions of each protocol share (see `sessionsOf`), among it their open counts by
+   * What the sessions of each protocol share, among it their open counts by
    * phase, kept as plain numbers and copied into `mailfront_sessions_active` at scrape time: a
    * phase change costs an increment, not two label lookups (a session changes phase four times
    * on its way to the splice).
@@ -260,7 +268,7 @@ export class Metrics {
     // Series that exist from the start read 0 instead of "no data" on dashboards and in rate().
     for (const protocol of options.protocols ?? ['imap', 'pop3']) {
       this.sessionsTotal.inc({ protocol }, 0);
-      this.sessionsOf(protocol);
+      if (!this.protocolSessions.has(protocol)) addProtocolSessions(this.protocolSessions, protocol, this.sessionsEndedTotal, this.sessionDuration, this.nowMs);
       this.loginsTotal.inc({ protocol, result: 'success' }, 0);
     }
     for (const direction of DIRECTIONS) this.proxiedBytesTotal.inc({ direction }, 0);
@@ -275,18 +283,8 @@ export class Metrics {
   /** Counts an accepted connection and returns the tracker the session reports its phases and end to. */
   sessionStarted(protocol: ProtocolName): SessionMetrics {
     this.sessionsTotal.inc({ protocol });
-    return new SessionTracker(this.sessionsOf(protocol), this.nowMs());
-  }
-
-  /** What the sessions of `protocol` share, made at first use. */
-  private sessionsOf(protocol: ProtocolName): SessionFamilies {
-    let found = this.protocolSessions.get(protocol);
-    if (found === undefined) {
-      const active = { greeting: 0, preauth: 0, authenticating: 0, 'backend-login': 0, spliced: 0, closing: 0 };
-      found = { protocol, active, endedTotal: this.sessionsEndedTotal, duration: this.sessionDuration, nowMs: this.nowMs };
-      this.protocolSessions.set(protocol, found);
-    }
-    return found;
+    const shared = this.protocolSessions.get(protocol) ?? addProtocolSessions(this.protocolSessions, protocol, this.sessionsEndedTotal, this.sessionDuration, this.nowMs);
+    return new SessionTracker(shared, this.nowMs());
   }
 
   /** Counts a login attempt's outcome. */
