@@ -128,7 +128,6 @@ export function readTail(file: string, lines = 40): string {
   }
 }
 
-/** Starts a daemon in the foreground of a child process (detached: false unless ownProcessGroup). */
 /**
  * One daemon that a harness can stop for good, stop and start again on the same ports (an
  * outage), or pause (a hung server). What differs per server is how it is spawned, how to tell
@@ -222,6 +221,7 @@ export async function restartable(name: string, spawn: () => Daemon, ready: (dae
   };
 }
 
+/** Starts a daemon in the foreground of a child process (detached: false unless ownProcessGroup). */
 export function spawnDaemon(spec: DaemonSpec): Daemon {
   installExitHook();
   const logFd = openSync(spec.logFile, 'a');
