@@ -13,6 +13,7 @@ import { MailfrontError } from '../errors.js';
 import type { BackendLoginMachine } from '../protocol/types.js';
 import type { Slot } from '../routing/storemap.js';
 import type { Cancellation } from '../cancel.js';
+import { writeNow } from '../net/write-now.js';
 
 /** A backend connection after a successful login. */
 export interface BackendSession {
@@ -112,7 +113,7 @@ export function dialSlot(slot: Slot, protocol: Protocol, config: BackendConfig, 
     signal.addEventListener('abort', onAbortSignal, { once: true });
     socket.once('error', onError);
     socket.once('connect', () => {
-      if (proxyHeader !== null) socket.write(proxyHeader);
+      if (proxyHeader !== null) writeNow(socket, proxyHeader);
       if (config.tls !== 'implicit') return ready();
       socket.off('error', onError);
       const secure = tlsConnect({ socket, ...tlsOptionsFor(slot, config) });
@@ -167,8 +168,8 @@ export function loginToBackend(initial: Socket, slot: Slot, machine: BackendLogi
       // Consecutive sends (e.g. CAPABILITY, ID, LOGIN) leave in one write: one syscall, one packet.
       let pending: Uint8Array[] = [];
       const flush = (): void => {
-        if (pending.length === 1) socket.write(pending[0]!);
-        else if (pending.length > 1) socket.write(Buffer.concat(pending));
+        if (pending.length === 1) writeNow(socket, pending[0]!);
+        else if (pending.length > 1) writeNow(socket, Buffer.concat(pending));
         pending = [];
       };
       for (const action of actions) {

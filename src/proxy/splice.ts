@@ -18,9 +18,8 @@
  * The idle deadline is one sweep per distinct timeout shared by every splice, not a timer per
  * socket (memory per idle session).
  */
-import { writeSync } from 'node:fs';
 import { Socket } from 'node:net';
-import { TLSSocket } from 'node:tls';
+import { plainDescriptor, writeToDescriptor } from '../net/write-now.js';
 import type { ResponseBoundaryTracker } from '../protocol/types.js';
 
 /** Why a splice ended. */
@@ -63,18 +62,18 @@ const userBufferSlots: UserBufferSlots | null = (() => {
 })();
 
 interface TcpHandle {
-  readonly fd: number;
   useUserBuffer(buffer: Uint8Array): void;
 }
 
 /** The descriptor of a plain TCP socket the direct relay may use, or -1. */
 function directDescriptor(socket: Socket): number {
-  if (socket instanceof TLSSocket || userBufferSlots === null || socket.destroyed) return -1;
-  const handle = (socket as unknown as { _handle?: Partial<TcpHandle> | null })._handle;
-  if (!handle || typeof handle.useUserBuffer !== 'function' || typeof handle.fd !== 'number' || handle.fd < 0) return -1;
+  const fd = userBufferSlots === null ? -1 : plainDescriptor(socket);
+  if (fd < 0) return -1;
+  const handle = (socket as unknown as { _handle: Partial<TcpHandle> })._handle;
+  if (typeof handle.useUserBuffer !== 'function') return -1;
   // Bytes node has read but nobody consumed yet would be skipped by the user buffer.
   if (socket.readableLength > 0) return -1;
-  return handle.fd;
+  return fd;
 }
 
 /** One sweep per idle timeout value checks every splice's last activity. */
@@ -119,16 +118,6 @@ function idleSweepFor(timeoutMs: number): IdleSweep {
     idleSweeps.set(timeoutMs, sweep);
   }
   return sweep;
-}
-
-/** Writes all of `chunk` to `fd` now if the kernel takes it; returns how much it took, or -1 on a broken connection. */
-function writeNow(fd: number, chunk: Buffer, length: number): number {
-  try {
-    return writeSync(fd, chunk, 0, length);
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    return code === 'EAGAIN' || code === 'EWOULDBLOCK' || code === 'EINTR' ? 0 : -1;
-  }
 }
 
 class SpliceSession implements Splice {
@@ -197,7 +186,7 @@ class SpliceSession implements Splice {
       if (this.endReason !== null) return false;
       this.relayed(chunk, length, toClient);
       // Earlier writes still queued on the socket go first: then this chunk queues behind them.
-      const taken = to.writableLength === 0 ? writeNow(toFd, chunk, length) : 0;
+      const taken = to.writableLength === 0 ? writeToDescriptor(toFd, chunk, length) : 0;
       if (taken < 0) {
         this.finish(toClient ? 'client-error' : 'backend-error');
         return false;

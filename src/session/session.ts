@@ -12,6 +12,7 @@ import { isIP } from 'node:net';
 import type { Metrics, SessionMetrics } from '../metrics.js';
 import { authFailureReason, backendFailureResult } from '../metrics.js';
 import type { CidrSet } from '../net/cidr.js';
+import { writeNow } from '../net/write-now.js';
 import type { Throttle } from '../auth/throttle.js';
 import type { ConnectionLease, ConnectionLimiter } from '../server/connection-limits.js';
 import { backendProxyHeader, startsWithProxySignature } from '../server/proxy-protocol.js';
@@ -240,7 +241,7 @@ export class Session {
     // Consecutive sends (untagged and tagged lines of one answer) leave in one write.
     let pending = '';
     const flush = (): void => {
-      if (pending !== '') this.socket.write(pending);
+      if (pending !== '') this.preauthBytesWritten += writeNow(this.socket, pending);
       pending = '';
     };
     try {
@@ -473,9 +474,8 @@ export class Session {
     this.machine = SPLICED;
     this.detachPreauth(this.socket);
     this.setPhase('spliced');
-    this.socket.write(success.reply);
+    this.preauthBytesWritten += writeNow(this.socket, success.reply);
     this.preauthBytesRead = this.socket.bytesRead;
-    this.preauthBytesWritten = this.socket.bytesWritten;
     const running = splice(this.socket, backend.socket, success.pipelined, backend.leftover, this.context.config().session.idleTimeoutMs, this.adapter.createResponseTracker?.() ?? null);
     this.splice = running;
     const entry: SessionEntry = {
@@ -531,7 +531,7 @@ export class Session {
         slot: phaseAtEnd === 'spliced' ? this.slot : undefined,
         client: this.clientAddress,
         bytesFromClient: spliced !== undefined ? this.preauthBytesRead + spliced.bytesFromClient : this.socket.bytesRead,
-        bytesToClient: spliced !== undefined ? this.preauthBytesWritten + spliced.bytesToClient : this.socket.bytesWritten,
+        bytesToClient: this.preauthBytesWritten + (spliced?.bytesToClient ?? 0),
         durationMs: Date.now() - this.startedAt,
       },
       'session finished',
