@@ -34,6 +34,23 @@ const LOG_BATCH_BYTES = 4096;
 const LOG_FLUSH_INTERVAL_MS = 200;
 
 /**
+ * The `time` field of a line, in ISO 8601 UTC as pino's isoTime writes it. Formatting a Date
+ * costs about 2 µs, and a login logs two lines: the text up to the second is kept and only the
+ * milliseconds are written for each line. Exported for its test.
+ */
+export function isoTimeField(now = Date.now()): string {
+  const second = now - (now % 1000);
+  if (second !== cachedSecond) {
+    cachedSecond = second;
+    cachedPrefix = `,"time":"${new Date(second).toISOString().slice(0, 20)}`;
+  }
+  const ms = now - second;
+  return `${cachedPrefix}${ms < 10 ? '00' : ms < 100 ? '0' : ''}${ms}Z"`;
+}
+let cachedSecond = Number.NaN;
+let cachedPrefix = '';
+
+/**
  * Creates the root logger writing JSON lines to `destination`. By default that is stdout,
  * written asynchronously in batches of LOG_BATCH_BYTES or every LOG_FLUSH_INTERVAL_MS, whichever
  * comes first; whatever is pending is flushed synchronously when the process exits.
@@ -43,7 +60,7 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
     level,
     base: { name: 'mailfront' },
     redact: { paths: REDACT_PATHS, censor: '[redacted]' },
-    timestamp: pino.stdTimeFunctions.isoTime,
+    timestamp: () => isoTimeField(),
     formatters: { level: (label: string) => ({ level: label }) },
   };
   return pino(options, destination ?? pino.destination({ dest: 1, sync: false, minLength: LOG_BATCH_BYTES, periodicFlush: LOG_FLUSH_INTERVAL_MS, maxLength: MAX_PENDING_LOG_BYTES }));
