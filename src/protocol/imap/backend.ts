@@ -111,6 +111,24 @@ class ResponseReader {
 }
 
 /** The IMAP backend login machine; see BackendLoginMachine for the contract. */
+/**
+ * Capability lists already taken apart. A backend announces the same one or two lists at every
+ * login, so each is split and upper-cased once; the sets are shared, hence read-only. Bounded:
+ * odd backends cannot make it grow past CAPABILITY_SETS_MAX lists.
+ */
+const capabilitySets = new Map<string, ReadonlySet<string>>();
+const CAPABILITY_SETS_MAX = 64;
+
+function capabilitySet(list: string): ReadonlySet<string> {
+  let set = capabilitySets.get(list);
+  if (set === undefined) {
+    set = new Set(capabilityAtoms(list).map((atom) => atom.toUpperCase()));
+    if (capabilitySets.size >= CAPABILITY_SETS_MAX) capabilitySets.clear();
+    capabilitySets.set(list, set);
+  }
+  return set;
+}
+
 export class ImapBackendLoginMachine implements BackendLoginMachine {
   private current: ImapBackendState = 'greeting';
   private readonly reader = new ResponseReader();
@@ -364,7 +382,7 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
   }
 
   private setCapabilities(list: string | null): void {
-    this.capabilities = list === null ? null : new Set(capabilityAtoms(list).map((atom) => atom.toUpperCase()));
+    this.capabilities = list === null ? null : capabilitySet(list);
   }
 
   private hasCapability(name: string): boolean {
