@@ -46,6 +46,9 @@ export const MAX_USER_BYTES = 256;
  */
 const FORBIDDEN_IN_USER = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}\u034f\u180b-\u180d\ufe00-\ufe0f\ufffd\u{e0100}-\u{e01ef}]/u;
 
+/** Printable ASCII without spaces: what nearly every login name is. */
+const PRINTABLE_ASCII_WORD = /^[\x21-\x7e]+$/;
+
 /**
  * Normalises a login name; null when it can never be valid. Every part of mailfront (throttling,
  * caches, the directory, backends, logs) uses the result, so that two spellings of one user are
@@ -56,11 +59,17 @@ const FORBIDDEN_IN_USER = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}\u034f\u180b-\u180d\uf
 export function normalizeUser(raw: string, config: UsernameConfig): string | null {
   const trimmed = raw.trim();
   if (trimmed.length === 0 || Buffer.byteLength(trimmed) > MAX_USER_BYTES) return null;
-  // Control characters have no place in a login name and could forge log lines or protocol lines.
-  if (FORBIDDEN_IN_USER.test(trimmed)) return null;
-  let name = trimmed.normalize('NFKC').replace(/\s+/gu, ' ');
-  // Lower-casing can leave a sequence that is no longer NFKC (U+0130 → i + U+0307).
-  if (config.lowercase) name = name.toLowerCase().normalize('NFKC');
+  let name: string;
+  if (PRINTABLE_ASCII_WORD.test(trimmed)) {
+    // The usual name: NFKC leaves it as it is, it has no space to fold and nothing forbidden.
+    name = config.lowercase ? trimmed.toLowerCase() : trimmed;
+  } else {
+    // Control characters have no place in a login name and could forge log lines or protocol lines.
+    if (FORBIDDEN_IN_USER.test(trimmed)) return null;
+    name = trimmed.normalize('NFKC').replace(/\s+/gu, ' ');
+    // Lower-casing can leave a sequence that is no longer NFKC (U+0130 → i + U+0307).
+    if (config.lowercase) name = name.toLowerCase().normalize('NFKC');
+  }
   const at = name.lastIndexOf('@');
   const localDomains = config.localDomains ?? [];
   const mode = config.domain ?? 'keep';
