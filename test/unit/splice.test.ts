@@ -4,43 +4,13 @@
 import assert from 'node:assert/strict';
 import { randomBytes, createHash } from 'node:crypto';
 import { once } from 'node:events';
-import { connect, createServer } from 'node:net';
-import type { AddressInfo, Server, Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { test } from 'node:test';
-import { connect as tlsConnect, TLSSocket } from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { splice } from '../../src/proxy/splice.js';
+import { tcpPair, tlsPair, type Pair } from './socket-pairs.js';
 import type { Splice } from '../../src/proxy/splice.js';
 import { ImapResponseBoundary } from '../../src/protocol/imap/boundary.js';
-import { testCertsPem } from '../integration/servers/certs.js';
-
-interface Pair {
-  /** The socket mailfront holds towards the client, and the client's own end. */
-  readonly front: Socket;
-  readonly user: Socket;
-}
-
-/** A connected pair of loopback TCP sockets (the accepted end and the connecting end). */
-async function tcpPair(): Promise<Pair> {
-  const server: Server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const accepted = once(server, 'connection') as Promise<[Socket]>;
-  const user = connect((server.address() as AddressInfo).port, '127.0.0.1');
-  const [[front]] = await Promise.all([accepted, once(user, 'connect')]);
-  server.close();
-  return { front, user };
-}
-
-/** The same, with TLS between the two ends. */
-async function tlsPair(): Promise<Pair> {
-  const { ca, cert, key } = await testCertsPem();
-  const { front: plain, user: plainUser } = await tcpPair();
-  const front = new TLSSocket(plain, { isServer: true, cert, key });
-  const user = tlsConnect({ socket: plainUser, ca, servername: 'localhost' });
-  await Promise.all([once(front, 'secure'), once(user, 'secureConnect')]);
-  return { front, user };
-}
 
 /** Reads `length` bytes from `socket`, pausing now and then like a slow client; returns their SHA-256. */
 function readAll(socket: Socket, length: number, slow: boolean): Promise<string> {
