@@ -13,7 +13,7 @@ import { MailfrontError } from '../errors.js';
 import type { BackendLoginMachine } from '../protocol/types.js';
 import type { Slot } from '../routing/storemap.js';
 import type { Cancellation } from '../cancel.js';
-import { writeNow } from '../net/write-now.js';
+import { writeNow } from '../net/direct-io.js';
 
 /** A backend connection after a successful login. */
 export interface BackendSession {

@@ -2,24 +2,26 @@
  * The splice: after backend login, bytes flow both ways untouched, with backpressure, an idle
  * deadline, and one end reported exactly once. No parsing and no copies per chunk after login.
  *
- * Two relays do the work, chosen per session:
+ * Two relays do the work, chosen per direction:
  *
- * - **Direct** (both ends plain TCP, the usual case behind a TLS-terminating balancer and for
- *   every backend connection): each socket reads into one buffer shared by the whole process
- *   (node's `onread` user buffer, installed after login), and the bytes are written to the other
- *   socket's descriptor with a synchronous `write(2)` before the read callback returns. The
- *   shared buffer is therefore free again at once: no buffer is allocated per read, none is
- *   held per session, and nothing is left for the garbage collector. When the kernel takes only
- *   part of a chunk, the rest is copied once, queued on the socket, and the reading side stops
- *   until it has gone out (backpressure both ways, at most one chunk buffered per direction).
- * - **Stream** (either end TLS, or a node without the user-buffer hooks): a `data` handler per
- *   direction that writes and pauses its source until `drain`.
+ * - **Direct** (the reading end plain TCP, the usual case behind a TLS-terminating balancer and
+ *   for every backend connection): reads go into one buffer shared by the whole process
+ *   (`readDirect()` in net/direct-io.ts; the session and the backend login read that way
+ *   already where they can), and the bytes are written to the other socket's descriptor with a
+ *   synchronous `write(2)` before the read callback returns. The shared buffer is therefore free
+ *   again at once: no buffer is allocated per read, none is held per session, and nothing is
+ *   left for the garbage collector. When the kernel takes only part of a chunk, the rest is
+ *   copied once, queued on the socket, and the reading side stops until it has gone out
+ *   (backpressure both ways, at most one chunk buffered per direction). When the other end is
+ *   TLS, each read is copied and queued on it, with a pause until `drain` when it is full.
+ * - **Stream** (the reading end TLS, bytes node had buffered already, or a node without the
+ *   user-buffer hooks): a `data` handler that writes and pauses its source until `drain`.
  *
  * The idle deadline is one sweep per distinct timeout shared by every splice, not a timer per
  * socket (memory per idle session).
  */
 import { Socket } from 'node:net';
-import { plainDescriptor, writeToDescriptor } from '../net/write-now.js';
+import { plainDescriptor, readDirect, writeToDescriptor } from '../net/direct-io.js';
 import type { ResponseBoundaryTracker } from '../protocol/types.js';
 
 /** Why a splice ended. */
@@ -36,44 +38,6 @@ export interface Splice {
   readonly bytesToClient: number;
   /** Which relay runs this splice (for tests and diagnostics). */
   readonly relay: 'direct' | 'stream';
-}
-
-/** The read size of the direct relay: a few large reads beat many small ones for big FETCHes. */
-const SHARED_READ_BYTES = 128 * 1024;
-let sharedReadBuffer: Buffer | undefined;
-
-/**
- * node's per-socket slots for a user read buffer (`net.Socket` `onread` option). They exist
- * only as symbols on the socket, so they are found by name once; without them (another node)
- * every session uses the stream relay.
- */
-interface UserBufferSlots {
-  readonly buffer: symbol;
-  readonly callback: symbol;
-  readonly generator: symbol;
-}
-const userBufferSlots: UserBufferSlots | null = (() => {
-  const symbols = Object.getOwnPropertySymbols(new Socket());
-  const find = (name: string): symbol | undefined => symbols.find((s) => s.description === name);
-  const buffer = find('kBuffer');
-  const callback = find('kBufferCb');
-  const generator = find('kBufferGen');
-  return buffer && callback && generator ? { buffer, callback, generator } : null;
-})();
-
-interface TcpHandle {
-  useUserBuffer(buffer: Uint8Array): void;
-}
-
-/** The descriptor of a plain TCP socket the direct relay may use, or -1. */
-function directDescriptor(socket: Socket): number {
-  const fd = userBufferSlots === null ? -1 : plainDescriptor(socket);
-  if (fd < 0) return -1;
-  const handle = (socket as unknown as { _handle: Partial<TcpHandle> })._handle;
-  if (typeof handle.useUserBuffer !== 'function') return -1;
-  // Bytes node has read but nobody consumed yet would be skipped by the user buffer.
-  if (socket.readableLength > 0) return -1;
-  return fd;
 }
 
 /** One sweep per idle timeout value checks every splice's last activity. */
@@ -159,52 +123,47 @@ class SpliceSession implements Splice {
       client.write(leftover);
     }
 
-    const clientFd = directDescriptor(client);
-    const backendFd = directDescriptor(backend);
-    if (clientFd >= 0 && backendFd >= 0) {
-      this.relay = 'direct';
-      sharedReadBuffer ??= Buffer.allocUnsafeSlow(SHARED_READ_BYTES);
-      this.relayDirect(client, backend, backendFd, false);
-      this.relayDirect(backend, client, clientFd, true);
-    } else {
-      this.relay = 'stream';
-      this.relayStream(client, backend, false);
-      this.relayStream(backend, client, true);
-    }
+    const up = this.relayDirect(client, backend, false) || this.relayStream(client, backend, false);
+    const down = this.relayDirect(backend, client, true) || this.relayStream(backend, client, true);
+    this.relay = up === 'direct' && down === 'direct' ? 'direct' : 'stream';
     client.resume();
     backend.resume();
   }
 
-  /** Bytes read from `from` go straight to descriptor `toFd` (see the module comment). */
-  private relayDirect(from: Socket, to: Socket, toFd: number, toClient: boolean): void {
-    // directDescriptor() gave a descriptor only when the slots exist.
-    const slots = userBufferSlots!;
-    const buffer = sharedReadBuffer!;
-    // While a remainder is queued on `to`, `from` is not read.
+  /**
+   * Reads `from` through the shared buffer and writes each read to `to`'s descriptor (see the
+   * module comment); 'direct' when both hold, 'stream' when `to` is TLS (each read is then
+   * copied and queued on it), null when `from` cannot be read that way.
+   */
+  private relayDirect(from: Socket, to: Socket, toClient: boolean): 'direct' | 'stream' | null {
+    const toFd = plainDescriptor(to);
     const resume = this.resumer(from);
-    const onRead = (length: number, chunk: Buffer): boolean => {
+    const started = readDirect(from, (length, chunk) => {
       if (this.endReason !== null) return false;
       this.relayed(chunk, length, toClient);
       // Earlier writes still queued on the socket go first: then this chunk queues behind them.
-      const taken = to.writableLength === 0 ? writeToDescriptor(toFd, chunk, length) : 0;
+      const taken = toFd >= 0 && to.writableLength === 0 ? writeToDescriptor(toFd, chunk, length) : 0;
       if (taken < 0) {
         this.finish(toClient ? 'client-error' : 'backend-error');
         return false;
       }
       if (taken === length) return true;
-      to.write(Buffer.from(chunk.subarray(taken, length)), resume);
+      // The shared buffer is read into again next: what is queued is a copy.
+      const rest = Buffer.from(chunk.subarray(taken, length));
+      if (toFd < 0) {
+        if (to.write(rest)) return true;
+        to.once('drain', resume);
+      } else {
+        to.write(rest, resume);
+      }
       from.pause();
       return false;
-    };
-    const target = from as unknown as Record<symbol, unknown>;
-    target[slots.buffer] = buffer;
-    target[slots.callback] = onRead;
-    target[slots.generator] = null;
-    (from as unknown as { _handle: TcpHandle })._handle.useUserBuffer(buffer);
+    });
+    return started ? (toFd >= 0 ? 'direct' : 'stream') : null;
   }
 
   /** The portable relay: `data` events, and a pause until `drain` when `to` is full. */
-  private relayStream(from: Socket, to: Socket, toClient: boolean): void {
+  private relayStream(from: Socket, to: Socket, toClient: boolean): 'stream' {
     const resume = this.resumer(from);
     from.on('data', (chunk: Buffer) => {
       this.relayed(chunk, chunk.length, toClient);
@@ -213,6 +172,7 @@ class SpliceSession implements Splice {
         to.once('drain', resume);
       }
     });
+    return 'stream';
   }
 
   /** Accounts for the first `length` bytes of `chunk` on their way: activity for the idle sweep, byte counts, the response tracker. */

@@ -12,7 +12,7 @@ import { isIP } from 'node:net';
 import type { Metrics, SessionMetrics } from '../metrics.js';
 import { authFailureReason, backendFailureResult } from '../metrics.js';
 import type { CidrSet } from '../net/cidr.js';
-import { writeNow } from '../net/write-now.js';
+import { writeNow } from '../net/direct-io.js';
 import type { Throttle } from '../auth/throttle.js';
 import type { ConnectionLease, ConnectionLimiter } from '../server/connection-limits.js';
 import { backendProxyHeader, startsWithProxySignature } from '../server/proxy-protocol.js';

@@ -8,6 +8,7 @@ import type { Socket } from 'node:net';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { splice } from '../../src/proxy/splice.js';
+import { readDirect } from '../../src/net/direct-io.js';
 import { tcpPair, tlsPair, type Pair } from './socket-pairs.js';
 import type { Splice } from '../../src/proxy/splice.js';
 import { ImapResponseBoundary } from '../../src/protocol/imap/boundary.js';
@@ -76,24 +77,39 @@ test('a TLS client uses the stream relay, byte-identical both ways', async () =>
   await bulkBothWays(await tlsPair(), await tcpPair(), 'stream');
 });
 
-test('a client that stops reading stops the backend being read (bounded buffering), and nothing is lost when it resumes', async () => {
+test('a client already read through the shared buffer (as before login) and a TLS backend: byte-identical both ways', async () => {
   const client = await tcpPair();
-  const backend = await tcpPair();
-  const running = splice(client.front, backend.front, new Uint8Array(), new Uint8Array(), 60_000);
-  client.user.pause();
-  const data = randomBytes(64 * 1024 * 1024);
-  let sent = false;
-  const sending = writeAll(backend.user, data).then(() => (sent = true));
-  await sleep(500);
-  assert.equal(sent, false, 'backpressure reached the backend: 64 MB do not fit in the socket buffers');
-  assert.ok(client.front.writableLength <= 128 * 1024, `mailfront buffers at most one chunk (${client.front.writableLength} bytes queued)`);
-  const got = readAll(client.user, data.length, false);
-  client.user.resume();
-  await sending;
-  assert.equal(await got, sha(data));
-  running.close('kicked', null);
-  assert.equal(await running.ended, 'kicked');
+  // The session reads a plain client through the shared buffer from the greeting on; the splice
+  // takes the reads over (the client's direction stays direct, the TLS backend's is a stream).
+  assert.equal(readDirect(client.front, () => true), true);
+  await bulkBothWays(client, await tlsPair(), 'stream');
 });
+
+for (const [name, clientPair] of [
+  ['plain', tcpPair],
+  ['TLS', tlsPair],
+] as const) {
+  test(`a ${name} client that stops reading stops the backend being read (bounded buffering), and nothing is lost when it resumes`, async () => {
+    const client = await clientPair();
+    const backend = await tcpPair();
+    const running = splice(client.front, backend.front, new Uint8Array(), new Uint8Array(), 60_000);
+    client.user.pause();
+    const data = randomBytes(64 * 1024 * 1024);
+    let sent = false;
+    const sending = writeAll(backend.user, data).then(() => (sent = true));
+    await sleep(500);
+    assert.equal(sent, false, 'backpressure reached the backend: 64 MB do not fit in the socket buffers');
+    // One chunk of the shared buffer at most; through TLS, plus what filled the stream to its mark.
+    const bound = 128 * 1024 + client.front.writableHighWaterMark;
+    assert.ok(client.front.writableLength <= bound, `mailfront buffers at most one chunk (${client.front.writableLength} bytes queued)`);
+    const got = readAll(client.user, data.length, false);
+    client.user.resume();
+    await sending;
+    assert.equal(await got, sha(data));
+    running.close('kicked', null);
+    assert.equal(await running.ended, 'kicked');
+  });
+}
 
 test('pipelined bytes reach the backend and leftover bytes the client before anything relayed', async () => {
   const client = await tcpPair();

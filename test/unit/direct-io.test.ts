@@ -1,12 +1,15 @@
-// writeNow over real loopback sockets: what the kernel does not take at once, what is queued
-// before, TLS, a string with multi-byte characters and a broken connection must all arrive (or
-// fail) exactly as through socket.write().
+// writeNow and readDirect over real loopback sockets. writeNow: what the kernel does not take at
+// once, what is queued before, TLS, a string with multi-byte characters and a broken connection
+// must all arrive (or fail) exactly as through socket.write(). readDirect: every byte arrives in
+// order through the shared buffer, pausing works, a second call only swaps the callback, and it
+// declines (changing nothing) for TLS and for bytes node holds already.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import type { Socket } from 'node:net';
 import { test } from 'node:test';
-import { plainDescriptor, writeNow } from '../../src/net/write-now.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { plainDescriptor, readDirect, writeNow } from '../../src/net/direct-io.js';
 import { tcpPair, tlsPair } from './socket-pairs.js';
 
 /** Everything `socket` receives until it ends. */
@@ -101,4 +104,83 @@ test('a connection the peer reset: writeNow does not throw, the socket reports t
   assert.equal(errors.length, 1);
   assert.match(String(errors[0]!.code), /^(ECONNRESET|EPIPE)$/);
   assert.match(errors[0]!.message, /write|read/);
+});
+
+/** Collects what readDirect() hands over, copied (the shared buffer is reused), until `length` bytes. */
+function collectDirect(length: number): { onRead: (length: number, buffer: Buffer) => boolean; done: Promise<Buffer> } {
+  const chunks: Buffer[] = [];
+  let got = 0;
+  let finish: (bytes: Buffer) => void = () => {};
+  const done = new Promise<Buffer>((resolve) => (finish = resolve));
+  const onRead = (size: number, buffer: Buffer): boolean => {
+    chunks.push(Buffer.from(buffer.subarray(0, size)));
+    got += size;
+    if (got >= length) finish(Buffer.concat(chunks));
+    return true;
+  };
+  return { onRead, done };
+}
+
+test('readDirect: 16 MiB arrive in order through the shared buffer, no data event is emitted', async () => {
+  const { front, user } = await tcpPair();
+  const data = Buffer.concat(Array.from({ length: 256 }, (_, i) => chunk(i)));
+  const { onRead, done } = collectDirect(data.length);
+  let dataEvents = 0;
+  front.on('data', () => dataEvents++);
+  assert.equal(readDirect(front, onRead), true);
+  user.end(data);
+  const bytes = await done;
+  assert.equal(bytes.length, data.length);
+  assert.ok(bytes.equals(data));
+  assert.equal(dataEvents, 0);
+  front.destroy();
+});
+
+test('readDirect: a callback returning false stops reading until resume(); a second call swaps the callback', async () => {
+  const { front, user } = await tcpPair();
+  const first: string[] = [];
+  assert.equal(
+    readDirect(front, (size, buffer) => {
+      first.push(buffer.toString('latin1', 0, size));
+      return false;
+    }),
+    true,
+  );
+  user.write('a1 NOOP\r\n');
+  while (first.length === 0) await sleep(5);
+  user.write('a2 NOOP\r\n');
+  await sleep(100);
+  // Paused: the second line waits in the kernel.
+  assert.deepEqual(first, ['a1 NOOP\r\n']);
+  const { onRead, done } = collectDirect(9);
+  assert.equal(readDirect(front, onRead), true);
+  front.resume();
+  assert.equal((await done).toString(), 'a2 NOOP\r\n');
+  assert.deepEqual(first, ['a1 NOOP\r\n'], 'the first callback is no longer called');
+  front.destroy();
+  user.destroy();
+});
+
+test('readDirect declines for TLS and for bytes node has read but not handed out; the stream then delivers everything', async () => {
+  const tls = await tlsPair();
+  assert.equal(readDirect(tls.front, () => true), false);
+  const gotTls = received(tls.front);
+  tls.user.end('a1 LOGIN\r\n');
+  assert.equal((await gotTls).toString(), 'a1 LOGIN\r\n');
+  tls.user.destroy();
+
+  const { front, user } = await tcpPair();
+  // One line read and held by the paused stream (as a PROXY header's remainder would be).
+  front.pause();
+  user.write('PROXY TCP4 192.0.2.1 198.51.100.2 1 2\r\na1 CAPABILITY\r\n');
+  front.on('readable', () => {});
+  while (front.readableLength === 0) await sleep(5);
+  front.removeAllListeners('readable');
+  front.pause();
+  assert.equal(readDirect(front, () => true), false);
+  const got = received(front);
+  user.end('a2 NOOP\r\n');
+  front.resume();
+  assert.equal((await got).toString(), 'PROXY TCP4 192.0.2.1 198.51.100.2 1 2\r\na1 CAPABILITY\r\na2 NOOP\r\n');
+  user.destroy();
 });
