@@ -13,7 +13,7 @@ import { MailfrontError } from '../errors.js';
 import type { BackendLoginMachine } from '../protocol/types.js';
 import type { Slot } from '../routing/storemap.js';
 import type { Cancellation } from '../cancel.js';
-import { writeNow } from '../net/direct-io.js';
+import { readDirect, writeNow } from '../net/direct-io.js';
 
 /** A backend connection after a successful login. */
 export interface BackendSession {
@@ -159,8 +159,14 @@ export function loginToBackend(initial: Socket, slot: Slot, machine: BackendLogi
     function onData(chunk: Buffer): void {
       if (!finished) perform(machine.receive(chunk));
     }
+    /** onData for reads through the shared buffer (net/direct-io.ts); the machines copy what they keep. */
+    function onDirectRead(length: number, buffer: Buffer): boolean {
+      onData(buffer.subarray(0, length));
+      return true;
+    }
     function attach(s: Socket): void {
-      s.on('data', onData);
+      // With STARTTLS ahead the socket's stream must stay as it is: then the login reads through 'data'.
+      if (config.tls !== 'none' || !readDirect(s, onDirectRead)) s.on('data', onData);
       s.on('error', onError);
       s.on('close', onClose);
     }

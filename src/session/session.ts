@@ -12,7 +12,7 @@ import { isIP } from 'node:net';
 import type { Metrics, SessionMetrics } from '../metrics.js';
 import { authFailureReason, backendFailureResult } from '../metrics.js';
 import type { CidrSet } from '../net/cidr.js';
-import { writeNow } from '../net/direct-io.js';
+import { readDirect, writeNow } from '../net/direct-io.js';
 import type { Throttle } from '../auth/throttle.js';
 import type { ConnectionLease, ConnectionLimiter } from '../server/connection-limits.js';
 import { backendProxyHeader, startsWithProxySignature } from '../server/proxy-protocol.js';
@@ -151,6 +151,7 @@ export class Session {
   private splice: Splice | undefined;
   private entry: SessionEntry | undefined;
   private readonly onData = (chunk: Buffer): void => {
+    this.preauthBytesRead += chunk.length;
     if (this.firstChunk) {
       this.firstChunk = false;
       // A PROXY header from a peer that is not a trusted balancer is an attempt to forge the
@@ -164,6 +165,11 @@ export class Session {
       }
     }
     this.perform(this.machine.receive(chunk));
+  };
+  /** onData for reads through the shared buffer (net/direct-io.ts); the machines copy what they keep. */
+  private readonly onDirectRead = (length: number, buffer: Buffer): boolean => {
+    this.onData(buffer.subarray(0, length));
+    return true;
   };
   private readonly listenerName: string;
   private readonly onPreauthError = (error: Error): void => {
@@ -201,7 +207,8 @@ export class Session {
       if (this.phase === 'preauth' || this.phase === 'greeting') this.perform(this.machine.timedOut());
       else if (this.phase === 'authenticating' || this.phase === 'backend-login') this.canceller?.abort();
     }, config.session.preauthTimeoutMs);
-    this.attachPreauth(socket);
+    // STARTTLS needs the socket's stream as it is: a session that may be offered it reads through 'data'.
+    this.attachPreauth(socket, !(listener.tls === 'starttls' && !tlsActive));
     this.perform(this.machine.greeting());
     if (this.phase === 'greeting') this.setPhase('preauth');
   }
@@ -225,8 +232,9 @@ export class Session {
     if (this.phase !== 'spliced') this.shutdown();
   }
 
-  private attachPreauth(socket: Socket): void {
-    socket.on('data', this.onData);
+  private attachPreauth(socket: Socket, direct: boolean): void {
+    if (direct && readDirect(socket, this.onDirectRead)) socket.resume();
+    else socket.on('data', this.onData);
     socket.on('error', this.onPreauthError);
     socket.on('close', this.onPreauthClose);
   }
@@ -318,7 +326,7 @@ export class Session {
     this.socket = secure;
     secure.once('secure', () => {
       this.tlsActive = true;
-      this.attachPreauth(secure);
+      this.attachPreauth(secure, false);
       this.perform(this.machine.tlsStarted());
     });
     secure.on('error', (error) => {
@@ -475,7 +483,6 @@ export class Session {
     this.detachPreauth(this.socket);
     this.setPhase('spliced');
     this.preauthBytesWritten += writeNow(this.socket, success.reply);
-    this.preauthBytesRead = this.socket.bytesRead;
     const running = splice(this.socket, backend.socket, success.pipelined, backend.leftover, this.context.config().session.idleTimeoutMs, this.adapter.createResponseTracker?.() ?? null);
     this.splice = running;
     const entry: SessionEntry = {
@@ -530,7 +537,7 @@ export class Session {
         store: this.store,
         slot: phaseAtEnd === 'spliced' ? this.slot : undefined,
         client: this.clientAddress,
-        bytesFromClient: spliced !== undefined ? this.preauthBytesRead + spliced.bytesFromClient : this.socket.bytesRead,
+        bytesFromClient: this.preauthBytesRead + (spliced?.bytesFromClient ?? 0),
         bytesToClient: this.preauthBytesWritten + (spliced?.bytesToClient ?? 0),
         durationMs: Date.now() - this.startedAt,
       },
