@@ -139,7 +139,7 @@ export class Session {
   private firstChunk = true;
   /** The client address came from a trusted webmail's ID: count it per address, not exempt. */
   private addressForwarded = false;
-  /** Client bytes before the splice; the splice counts the rest. */
+  /** Client bytes read and used before the splice; the splice counts the rest (pipelined commands included). */
   private preauthBytesRead = 0;
   private preauthBytesWritten = 0;
   private preauthTimer: NodeJS.Timeout | undefined;
@@ -483,6 +483,9 @@ export class Session {
     this.detachPreauth(this.socket);
     this.setPhase('spliced');
     this.preauthBytesWritten += writeNow(this.socket, success.reply);
+    // Commands the client sent behind its login were read here but reach the backend through
+    // the splice, which counts them as its own.
+    this.preauthBytesRead -= success.pipelined.length;
     const running = splice(this.socket, backend.socket, success.pipelined, backend.leftover, this.context.config().session.idleTimeoutMs, this.adapter.createResponseTracker?.() ?? null);
     this.splice = running;
     const entry: SessionEntry = {
