@@ -540,6 +540,7 @@ export class Session {
         store: this.store,
         slot: phaseAtEnd === 'spliced' ? this.slot : undefined,
         client: this.clientAddress,
+        clientPort: this.clientPort,
         bytesFromClient: this.preauthBytesRead + (spliced?.bytesFromClient ?? 0),
         bytesToClient: this.preauthBytesWritten + (spliced?.bytesToClient ?? 0),
         durationMs: Date.now() - this.startedAt,

@@ -248,6 +248,9 @@ describe('IMAP sessions through mailfront', () => {
         });
       listen(socket);
       await until(/\r\n/);
+      // Other tests' sessions for alice may end while this one runs: the client port tells this one apart.
+      const clientPort = socket.localPort;
+      assert.ok(clientPort);
       let sent = 0;
       const send = (line: string): void => {
         sent += Buffer.byteLength(line);
@@ -270,7 +273,8 @@ describe('IMAP sessions through mailfront', () => {
       send('a4 LOGOUT\r\n');
       await closed;
       assert.match(text, /^a4 OK/m);
-      const entry = await waitForLog(front, (l) => l['event'] === 'session.finished' && l['user'] === 'alice' && l['phase'] === 'spliced', 10_000, mark);
+      const entry = await waitForLog(front, (l) => l['event'] === 'session.finished' && l['user'] === 'alice' && l['clientPort'] === clientPort, 10_000, mark);
+      assert.equal(entry['phase'], 'spliced');
       assert.equal(entry['bytesFromClient'], sent);
       assert.equal(entry['bytesToClient'], Buffer.byteLength(text, 'latin1'));
     });
