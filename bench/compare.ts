@@ -12,6 +12,8 @@
  *
  * Usage: npm run build && node dist/bench/compare.js REF [ROUNDS] [SECONDS]
  *        (REF: any git ref, e.g. HEAD~1 or main; default 12 rounds of 3 s)
+ * COMPARE_NODE_ARGS: node options for this build's mailfront only, e.g. `--max-semi-space-size=2`;
+ * with REF=HEAD it measures what an option costs.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
@@ -26,6 +28,7 @@ const REPO_ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 const [ref, roundsArg, secondsArg] = process.argv.slice(2);
 const ROUNDS = Number(roundsArg ?? 12);
 const ROUND_SECONDS = Number(secondsArg ?? 3);
+const THIS_NODE_ARGS = (process.env['COMPARE_NODE_ARGS'] ?? '').split(/\s+/).filter((a) => a !== '');
 if (ref === undefined || ref.startsWith('-') || !(ROUNDS >= 1 && ROUNDS <= 100) || !(ROUND_SECONDS > 0 && ROUND_SECONDS <= 60)) {
   process.stderr.write('usage: node dist/bench/compare.js REF [ROUNDS (1-100)] [SECONDS per round (at most 60)]\n');
   process.exit(2);
@@ -75,15 +78,15 @@ const backends = await startBackends({ userCount: 1000, storeCount: 2, fetchMess
 const instant = await startInstantBackend(backends);
 const started: MailfrontProcess[] = [];
 try {
-  const options = { loginMode: 'replay', extraConfig: { directory: { auth_cache_ttl_ms: 900_000 } }, nodeArgs: [], stores: instant.stores } as const;
-  const start = async (name: string, main?: string): Promise<MailfrontProcess> => {
-    const p = await startMailfront(backends, { ...options, name, ...(main !== undefined ? { main } : {}) });
+  const options = { loginMode: 'replay', extraConfig: { directory: { auth_cache_ttl_ms: 900_000 } }, stores: instant.stores } as const;
+  const start = async (name: string, nodeArgs: readonly string[], main?: string): Promise<MailfrontProcess> => {
+    const p = await startMailfront(backends, { ...options, name, nodeArgs, ...(main !== undefined ? { main } : {}) });
     started.push(p);
     return p;
   };
   const builds = [
-    { label: `this build`, process: await start('compare-this') },
-    { label: other.label, process: await start('compare-other', other.main) },
+    { label: THIS_NODE_ARGS.length > 0 ? `this build (${THIS_NODE_ARGS.join(' ')})` : 'this build', process: await start('compare-this', THIS_NODE_ARGS) },
+    { label: other.label, process: await start('compare-other', [], other.main) },
   ] as const;
   const users = backends.users;
   const run = (mf: MailfrontProcess, count: number, seconds: number) =>
@@ -104,12 +107,12 @@ try {
       cpu[i as 0 | 1].push(((cpuSeconds(b.process.pid) - before[i]!) / r.logins) * 1000);
     });
     const [a, b] = [cpu[0][round] as number, cpu[1][round] as number];
-    say(`round ${round + 1}: this build ${a.toFixed(3)} s (${results[0]!.logins} logins), ${other.label} ${b.toFixed(3)} s (${results[1]!.logins}) per 1,000 logins; ratio ${(a / b).toFixed(3)}; ${(stolen * 100).toFixed(0)} % of the machine stolen by the hypervisor`);
+    say(`round ${round + 1}: ${builds[0].label} ${a.toFixed(3)} s (${results[0]!.logins} logins), ${other.label} ${b.toFixed(3)} s (${results[1]!.logins}) per 1,000 logins; ratio ${(a / b).toFixed(3)}; ${(stolen * 100).toFixed(0)} % of the machine stolen by the hypervisor`);
   }
   const ratios = cpu[0].map((a, i) => a / (cpu[1][i] as number));
   process.stdout.write(
-    `CPU s per 1,000 warm IMAP logins (median of ${ROUNDS} rounds): this build ${median(cpu[0]).toFixed(3)}, ${other.label} ${median(cpu[1]).toFixed(3)}\n` +
-      `this build ÷ ${other.label}, median of the rounds' ratios: ${median(ratios).toFixed(3)} (rounds: ${ratios.map((r) => r.toFixed(2)).join(', ')})\n`,
+    `CPU s per 1,000 warm IMAP logins (median of ${ROUNDS} rounds): ${builds[0].label} ${median(cpu[0]).toFixed(3)}, ${other.label} ${median(cpu[1]).toFixed(3)}\n` +
+      `${builds[0].label} ÷ ${other.label}, median of the rounds' ratios: ${median(ratios).toFixed(3)} (rounds: ${ratios.map((r) => r.toFixed(2)).join(', ')})\n`,
   );
 } finally {
   for (const p of started) await p.stop();
