@@ -10,9 +10,10 @@
  * Writes: one write(2) straight to the socket's descriptor. Before the splice a session writes
  * a handful of short lines (the greeting, the backend login commands, the login reply); through
  * `socket.write()` each one also costs a write request, a callback on the next tick and the
- * stream's bookkeeping, which is more CPU than the system call itself. The descriptor is non-blocking: whatever the kernel does not take at once, and
- * every write to a TLS socket, a socket still connecting or one with writes queued, goes through
- * `socket.write()` as before, so the order of bytes and the stream's error reporting are kept.
+ * stream's bookkeeping, which is more CPU than the system call itself. The descriptor is
+ * non-blocking: whatever the kernel does not take at once, and every write to a TLS socket, a
+ * socket still connecting or one with writes queued, goes through `socket.write()` as before,
+ * so the order of bytes and the stream's error reporting are kept.
  */
 import { writeSync } from 'node:fs';
 import { Socket } from 'node:net';
