@@ -72,6 +72,14 @@ export function readDirect(socket: Socket, onRead: DirectReader): boolean {
   return true;
 }
 
+/**
+ * True when `socket` is read through the shared buffer (readDirect() succeeded on it): node then
+ * emits no `data`, so a `data` listener would never see its bytes.
+ */
+export function readsDirect(socket: Socket): boolean {
+  return userBufferSlots !== null && sharedReadBuffer !== undefined && (socket as unknown as Record<symbol, unknown>)[userBufferSlots.buffer] === sharedReadBuffer;
+}
+
 /** The descriptor of an open, connected plain TCP socket, or -1 (TLS, connecting, closed, or no descriptor on this platform). */
 export function plainDescriptor(socket: Socket): number {
   if (socket instanceof TLSSocket || socket.destroyed || socket.connecting) return -1;

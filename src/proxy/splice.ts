@@ -21,7 +21,7 @@
  * socket (memory per idle session).
  */
 import { Socket } from 'node:net';
-import { plainDescriptor, readDirect, writeToDescriptor } from '../net/direct-io.js';
+import { plainDescriptor, readDirect, readsDirect, writeToDescriptor } from '../net/direct-io.js';
 import type { ResponseBoundaryTracker } from '../protocol/types.js';
 
 /** Why a splice ended. */
@@ -136,11 +136,19 @@ class SpliceSession implements Splice {
    * copied and queued on it), null when `from` cannot be read that way.
    */
   private relayDirect(from: Socket, to: Socket, toClient: boolean): 'direct' | 'stream' | null {
-    const toFd = plainDescriptor(to);
+    const toPlain = plainDescriptor(to) >= 0;
     const resume = this.resumer(from);
     const started = readDirect(from, (length, chunk) => {
       if (this.endReason !== null) return false;
       this.relayed(chunk, length, toClient);
+      // Looked up at every read, not kept: a socket destroyed without an error closes its
+      // descriptor at once, before its 'close' event, and the number may already belong to
+      // another connection.
+      const toFd = toPlain ? plainDescriptor(to) : -1;
+      if (toPlain && toFd < 0) {
+        this.finish(toClient ? 'client-closed' : 'backend-closed');
+        return false;
+      }
       // Earlier writes still queued on the socket go first: then this chunk queues behind them.
       const taken = toFd >= 0 && to.writableLength === 0 ? writeToDescriptor(toFd, chunk, length) : 0;
       if (taken < 0) {
@@ -150,7 +158,7 @@ class SpliceSession implements Splice {
       if (taken === length) return true;
       // The shared buffer is read into again next: what is queued is a copy.
       const rest = Buffer.from(chunk.subarray(taken, length));
-      if (toFd < 0) {
+      if (!toPlain) {
         if (to.write(rest)) return true;
         to.once('drain', resume);
       } else {
@@ -159,11 +167,18 @@ class SpliceSession implements Splice {
       from.pause();
       return false;
     });
-    return started ? (toFd >= 0 ? 'direct' : 'stream') : null;
+    return started ? (toPlain ? 'direct' : 'stream') : null;
   }
 
   /** The portable relay: `data` events, and a pause until `drain` when `to` is full. */
   private relayStream(from: Socket, to: Socket, toClient: boolean): 'stream' {
+    // A socket the session or the backend login read through the shared buffer emits no 'data':
+    // relayed this way, its bytes would be dropped in silence. readDirect() declines such a
+    // socket only once it is destroyed, so this cannot happen; if it ever does, the session ends.
+    if (readsDirect(from) && !from.destroyed) {
+      this.finish(toClient ? 'backend-error' : 'client-error');
+      return 'stream';
+    }
     const resume = this.resumer(from);
     from.on('data', (chunk: Buffer) => {
       this.relayed(chunk, chunk.length, toClient);

@@ -126,6 +126,25 @@ test('pipelined bytes reach the backend and leftover bytes the client before any
   await once(client.user, 'close');
 });
 
+test('a client socket destroyed without an error before a backend read is written: the splice ends, nothing goes to its closed descriptor', async () => {
+  const client = await tcpPair();
+  const backend = await tcpPair();
+  // The ends are reset when the splice closes with bytes unread.
+  client.user.on('error', () => {});
+  backend.user.on('error', () => {});
+  // destroy() closes the descriptor at once and emits 'close' only later. The tracker sees each
+  // chunk for the client just before it is written: destroying the client there is the window
+  // in which a descriptor kept from the start would be written to, closed (EBADF, ending the
+  // session as a client error) or already another connection's.
+  const tracker = { observe: () => client.front.destroy(), atBoundary: () => true };
+  const running = splice(client.front, backend.front, new Uint8Array(0), new Uint8Array(0), 60_000, tracker);
+  assert.equal(running.relay, 'direct');
+  backend.user.write('* 1 EXISTS\r\n');
+  assert.equal(await running.ended, 'client-closed');
+  client.user.destroy();
+  backend.user.destroy();
+});
+
 test('the idle sweep ends a quiet session, and traffic either way keeps it open', async () => {
   const client = await tcpPair();
   const backend = await tcpPair();
