@@ -196,9 +196,10 @@ export class Session {
     this.log = context.log.child({ session: this.id });
     this.tracker = context.metrics.sessionStarted(adapter.name);
     const config = context.config();
+    const starttlsAvailable = listener.tls === 'starttls' && !tlsActive;
     this.machine = adapter.createPreauth({
       tlsActive,
-      starttlsAvailable: listener.tls === 'starttls' && !tlsActive,
+      starttlsAvailable,
       plaintextWithoutTls: listener.plaintextWithoutTls,
       greetingText: config.session.greeting,
     });
@@ -208,7 +209,7 @@ export class Session {
       else if (this.phase === 'authenticating' || this.phase === 'backend-login') this.canceller?.abort();
     }, config.session.preauthTimeoutMs);
     // STARTTLS needs the socket's stream as it is: a session that may be offered it reads through 'data'.
-    this.attachPreauth(socket, !(listener.tls === 'starttls' && !tlsActive));
+    this.attachPreauth(socket, !starttlsAvailable);
     this.perform(this.machine.greeting());
     if (this.phase === 'greeting') this.setPhase('preauth');
   }

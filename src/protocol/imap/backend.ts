@@ -110,7 +110,6 @@ class ResponseReader {
   }
 }
 
-/** The IMAP backend login machine; see BackendLoginMachine for the contract. */
 /**
  * Capability lists already taken apart. A backend announces the same one or two lists at every
  * login, so each is split and upper-cased once; the sets are shared, hence read-only. Bounded:
@@ -129,6 +128,7 @@ function capabilitySet(list: string): ReadonlySet<string> {
   return set;
 }
 
+/** The IMAP backend login machine; see BackendLoginMachine for the contract. */
 export class ImapBackendLoginMachine implements BackendLoginMachine {
   private current: ImapBackendState = 'greeting';
   private readonly reader = new ResponseReader();
