@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { imapAdapter } from '../../src/protocol/imap/index.js';
 import type { BackendLoginOptions, LoginRefusal, PreauthAction, PreauthOptions } from '../../src/protocol/types.js';
 import { driveBackend, mergeSends, TLS, type Chunker, type Phase } from './machine-trace.js';
+import { feedShared } from './feed.js';
 
 export { TLS, type Chunker, type Phase };
 
@@ -119,7 +120,7 @@ export function runPreauth(script: PreauthScript, chunk: Chunker, respond: 'imme
         forwarded.push(piece);
         continue;
       }
-      record(machine.receive(piece));
+      record(feedShared((c) => machine.receive(c), piece));
       if (respond === 'immediately') answer();
     }
   }

@@ -4,6 +4,7 @@
  * login machine over a transcript. Each kit decides how bytes are read and printed.
  */
 import type { BackendAction, BackendLoginMachine } from '../../src/protocol/types.js';
+import { feedShared } from './feed.js';
 
 /** Marks the TLS handshake between two input phases. */
 export const TLS = Symbol('tls');
@@ -66,7 +67,7 @@ export function driveBackend(
     }
     for (const piece of pieces(phase)) {
       if (relayed !== null) relayed.push(piece);
-      else if (!failed) record(machine.receive(piece));
+      else if (!failed) record(feedShared((c) => machine.receive(c), piece));
     }
   }
   trace.push(`state ${machine.state}`);

@@ -9,6 +9,7 @@ import { MAX_BACKEND_RESPONSE_BYTES, MAX_LINE_BYTES, MAX_PIPELINED_BYTES, MAX_PR
 import { managesieveAdapter } from '../../src/protocol/managesieve/index.js';
 import type { BackendLoginOptions, LoginRefusal, PreauthAction, PreauthOptions } from '../../src/protocol/types.js';
 import { driveBackend, mergeSends, TLS, type Chunker, type Phase } from './machine-trace.js';
+import { feedShared } from './feed.js';
 
 export { TLS, type Chunker, type Phase };
 
@@ -123,7 +124,7 @@ export function runPreauth(script: PreauthScript, chunk: Chunker, respond: 'imme
         forwarded.push(piece);
         continue;
       }
-      record(machine.receive(piece));
+      record(feedShared((c) => machine.receive(c), piece));
       if (respond === 'immediately') answer();
     }
     answer();

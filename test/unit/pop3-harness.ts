@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import type { BackendAction, BackendLoginOptions, LoginRefusal, PreauthAction, PreauthOptions } from '../../src/protocol/types.js';
 import { pop3Adapter } from '../../src/protocol/pop3/index.js';
 import { MAX_BACKEND_RESPONSE_BYTES, MAX_LINE_BYTES, MAX_PIPELINED_BYTES } from '../../src/limits.js';
+import { feedShared } from './feed.js';
 
 const nearLimits = [MAX_LINE_BYTES, MAX_PIPELINED_BYTES, MAX_BACKEND_RESPONSE_BYTES];
 
@@ -97,7 +98,7 @@ export function runPreauth(
     }
     for (const piece of split(toBytes(segment))) {
       if (spliced !== null) spliced += text(piece);
-      else handle(machine.receive(piece));
+      else handle(feedShared((c) => machine.receive(c), piece));
     }
   }
   if (spliced !== null) events.push({ spliced });
@@ -137,7 +138,7 @@ export function runBackend(options: BackendLoginOptions, script: readonly Segmen
     }
     for (const piece of split(toBytes(segment))) {
       if (relayed !== null) relayed += text(piece);
-      else handle(machine.receive(piece));
+      else handle(feedShared((c) => machine.receive(c), piece));
     }
   }
   if (relayed !== null && relayed !== '') events.push({ relayed });
