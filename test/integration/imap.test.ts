@@ -5,14 +5,13 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { once } from 'node:events';
-import { connect as netConnect, type Socket } from 'node:net';
-import { connect as tlsConnect } from 'node:tls';
+import { connect as netConnect } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { ImapFlow } from 'imapflow';
 import type { ImapFlowOptions } from 'imapflow';
 import { LineClient, startCyrus, startDovecot, startSlapd } from './servers/index.js';
 import type { Cyrus, Dovecot, Slapd } from './servers/index.js';
+import { CountingClient } from './counting-client.js';
 import { makeMessage, registerSecrets, startFront, waitForLog } from './front.js';
 import type { Front, StoreSpec } from './front.js';
 
@@ -232,51 +231,24 @@ describe('IMAP sessions through mailfront', () => {
   for (const starttls of [false, true]) {
     test(`the session end counts every byte each way, a pipelined login included, exactly once (${starttls ? 'after STARTTLS' : 'plain TCP'})`, async () => {
       const mark = front.logs.length;
-      let socket: Socket = netConnect(starttls ? front.imapPort : front.imapTrustedPort, '127.0.0.1');
-      let text = '';
-      let onText: () => void = () => {};
-      const listen = (s: Socket): void => {
-        s.on('data', (chunk: Buffer) => {
-          text += chunk.toString('latin1');
-          onText();
-        });
-      };
-      const until = (pattern: RegExp): Promise<void> =>
-        new Promise((resolve) => {
-          onText = () => pattern.test(text) && resolve();
-          onText();
-        });
-      listen(socket);
-      await until(/\r\n/);
-      // Other tests' sessions for alice may end while this one runs: the client port tells this one apart.
-      const clientPort = socket.localPort;
-      assert.ok(clientPort);
-      let sent = 0;
-      const send = (line: string): void => {
-        sent += Buffer.byteLength(line);
-        socket.write(line);
-      };
+      const client = await CountingClient.connect(starttls ? front.imapPort : front.imapTrustedPort);
       if (starttls) {
-        send('s1 STARTTLS\r\n');
-        await until(/^s1 OK/m);
-        socket.removeAllListeners('data');
-        const secure = tlsConnect({ socket, ca: front.caPem, servername: 'localhost' });
-        await once(secure, 'secureConnect');
-        socket = secure;
-        listen(socket);
+        client.send('s1 STARTTLS\r\n');
+        await client.until(/^s1 OK/m);
+        await client.startTls(front.caPem);
       }
-      const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
       // The commands behind LOGIN are read before the login completes and handed to the splice.
-      send(`a1 LOGIN alice "${PASSWORDS.alice}"\r\na2 SELECT INBOX\r\na3 NOOP\r\n`);
-      await until(/^a3 OK/m);
+      client.send(`a1 LOGIN alice "${PASSWORDS.alice}"\r\na2 SELECT INBOX\r\na3 NOOP\r\n`);
+      await client.until(/^a3 OK/m);
       // And one after the splice is up.
-      send('a4 LOGOUT\r\n');
-      await closed;
-      assert.match(text, /^a4 OK/m);
-      const entry = await waitForLog(front, (l) => l['event'] === 'session.finished' && l['user'] === 'alice' && l['clientPort'] === clientPort, 10_000, mark);
+      client.send('a4 LOGOUT\r\n');
+      await client.closed;
+      assert.match(client.text, /^a4 OK/m);
+      // Other tests' sessions for alice may end while this one runs: the client port tells this one apart.
+      const entry = await waitForLog(front, (l) => l['event'] === 'session.finished' && l['user'] === 'alice' && l['clientPort'] === client.port, 10_000, mark);
       assert.equal(entry['phase'], 'spliced');
-      assert.equal(entry['bytesFromClient'], sent);
-      assert.equal(entry['bytesToClient'], Buffer.byteLength(text, 'latin1'));
+      assert.equal(entry['bytesFromClient'], client.sent);
+      assert.equal(entry['bytesToClient'], client.received);
     });
   }
 });

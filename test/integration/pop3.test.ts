@@ -14,6 +14,7 @@ import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { LineClient, repoRoot, startCyrus, startDovecot, startSlapd } from './servers/index.js';
 import type { Cyrus, Dovecot, Slapd } from './servers/index.js';
+import { CountingClient } from './counting-client.js';
 import { makeMessage, registerSecrets, startFront, waitForLog } from './front.js';
 import type { Front } from './front.js';
 
@@ -160,42 +161,22 @@ describe('POP3 sessions through mailfront (python3 poplib)', () => {
   for (const outcome of ['spliced', 'refused'] as const) {
     test(`the session end counts every byte each way exactly once (${outcome === 'spliced' ? 'a login with a pipelined STAT' : 'a wrong password, then QUIT'})`, async () => {
       const mark = front.logs.length;
-      const socket = netConnect(front.pop3TrustedPort, '127.0.0.1');
-      let text = '';
-      let onText: () => void = () => {};
-      socket.on('data', (chunk: Buffer) => {
-        text += chunk.toString('latin1');
-        onText();
-      });
-      const until = (pattern: RegExp): Promise<void> =>
-        new Promise((resolve) => {
-          onText = () => pattern.test(text) && resolve();
-          onText();
-        });
-      const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
-      await until(/\r\n/);
-      // Other tests' sessions for alice may end while this one runs: the client port tells this one apart.
-      const clientPort = socket.localPort;
-      assert.ok(clientPort);
-      let sent = 0;
-      const send = (line: string): void => {
-        sent += Buffer.byteLength(line);
-        socket.write(line);
-      };
+      const client = await CountingClient.connect(front.pop3TrustedPort);
       if (outcome === 'spliced') {
         // STAT rides behind PASS: read before the login completes, relayed by the splice.
-        send(`USER alice\r\nPASS ${PASSWORDS.alice}\r\nSTAT\r\n`);
-        await until(/^\+OK \d+ \d+\r\n/m);
+        client.send(`USER alice\r\nPASS ${PASSWORDS.alice}\r\nSTAT\r\n`);
+        await client.until(/^\+OK \d+ \d+\r\n/m);
       } else {
-        send('USER alice\r\nPASS not-the-password\r\n');
-        await until(/^-ERR \[AUTH\]/m);
+        client.send('USER alice\r\nPASS not-the-password\r\n');
+        await client.until(/^-ERR \[AUTH\]/m);
       }
-      send('QUIT\r\n');
-      await closed;
-      const entry = await waitForLog(front, (l) => l['event'] === 'session.finished' && l['clientPort'] === clientPort, 10_000, mark);
+      client.send('QUIT\r\n');
+      await client.closed;
+      // Other tests' sessions for alice may end while this one runs: the client port tells this one apart.
+      const entry = await waitForLog(front, (l) => l['event'] === 'session.finished' && l['clientPort'] === client.port, 10_000, mark);
       assert.equal(entry['phase'], outcome === 'spliced' ? 'spliced' : 'preauth');
-      assert.equal(entry['bytesFromClient'], sent);
-      assert.equal(entry['bytesToClient'], Buffer.byteLength(text, 'latin1'));
+      assert.equal(entry['bytesFromClient'], client.sent);
+      assert.equal(entry['bytesToClient'], client.received);
     });
   }
 
