@@ -31,6 +31,9 @@ function envInt(name: string, fallback: number): number {
   return Math.floor(n);
 }
 
+/** mailfront's config with both caches off: every login an LDAP search and a bind (the cold-cache figures). */
+const NO_CACHE = { directory: { auth_cache_ttl_ms: 0, entry_cache_ttl_ms: 0 } };
+
 const PHASES = ['noop', 'fetch', 'imap', 'cpu', 'master-user', 'pop3', 'idle', 'idle-tls'] as const;
 type Phase = (typeof PHASES)[number];
 
@@ -582,7 +585,7 @@ async function run(): Promise<void> {
       // Every login a cold-cache one, in steady state: a mailfront with both caches off, so that
       // each login searches and binds, its JIT brought to the steady state by its own logins. The
       // cold pass above also pays for V8 compiling a fresh process's LDAP path.
-      const nocache = await mf('imap-nocache', 'replay', undefined, [], { directory: { auth_cache_ttl_ms: 0, entry_cache_ttl_ms: 0 } });
+      const nocache = await mf('imap-nocache', 'replay', undefined, [], NO_CACHE);
       await loginLoop({ ...loop('imap', (i) => ({ port: nocache.imapPort, ...account(userAt(i)) }), SETTINGS.noCacheWarmupLogins), maxSeconds: 180 });
       // The floor: the least a Node.js proxy does for the same logins (bench/floor.ts).
       const floor = await startFloor(backends);
@@ -624,12 +627,13 @@ async function run(): Promise<void> {
       }
       const proxies: Proxy[] = [];
       try {
-        const m = await mf('cpu', 'replay', instant.stores);
-        proxies.push({ name: 'mailfront', port: m.imapPort, own: () => cpuSeconds(m.pid), sys: () => systemCpuSeconds(m.pid), auth: () => 0, stop: () => stopMailfront(m, 'cpu') });
-        // The cold-cache goal for the proxy alone: both caches off, so every login is an LDAP
-        // search and a bind.
-        const cold = await mf('cpu-nocache', 'replay', instant.stores, [], { directory: { auth_cache_ttl_ms: 0, entry_cache_ttl_ms: 0 } });
-        proxies.push({ name: 'mailfront-nocache', port: cold.imapPort, own: () => cpuSeconds(cold.pid), sys: () => systemCpuSeconds(cold.pid), auth: () => 0, stop: () => stopMailfront(cold, 'cpu-nocache') });
+        const addMailfront = async (name: 'mailfront' | 'mailfront-nocache', process: string, config: Record<string, unknown>): Promise<void> => {
+          const m = await mf(process, 'replay', instant.stores, [], config);
+          proxies.push({ name, port: m.imapPort, own: () => cpuSeconds(m.pid), sys: () => systemCpuSeconds(m.pid), auth: () => 0, stop: () => stopMailfront(m, process) });
+        };
+        await addMailfront('mailfront', 'cpu', {});
+        // The cold-cache goal for the proxy alone.
+        await addMailfront('mailfront-nocache', 'cpu-nocache', NO_CACHE);
         const fl = await startFloor(backends, instant.stores);
         proxies.push({ name: 'floor', port: fl.port, own: () => cpuSeconds(fl.pid), sys: () => systemCpuSeconds(fl.pid), auth: () => 0, stop: () => fl.stop() });
         if (nginx !== null) {
