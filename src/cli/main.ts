@@ -200,6 +200,8 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'serve': {
+      // Before the server's modules load, so that their functions are created under them.
+      (await import('./v8-flags.js')).applyServeV8Flags();
       const config = await loadConfig(values.config ?? rest[0] ?? DEFAULT_CONFIG);
       const { Mailfront } = await import('../main.js');
       const mailfront = await Mailfront.start(config);
