@@ -5,13 +5,18 @@
  *
  * Why: the VM's speed drifts by tens of per cent within minutes, more than most single changes
  * save, so a figure from `npm run bench` before a change and one after say little about the
- * change. Here both builds take logins at the same time, 10 clients each, for a few seconds a
- * round: whatever the machine does in a round, it does to both. Each round gives the ratio of
- * their CPU per login, and the median of those ratios is the result. The same build against
- * itself gave 0.986 (rounds from 0.94 to 1.12): differences of 2 or 3 % are within the noise.
+ * change. Here both builds take logins at the same time for a few seconds a round: whatever the
+ * machine does in a round, it does to both.
+ *
+ * Each build runs as several processes (COMPARE_PROCESSES, default 3): two processes of the same
+ * build can differ by up to 13 % in CPU per login for their whole life (what V8's compiler made
+ * of their first logins), so one process per build can show a difference that is not there. The
+ * result is the ratio of the two builds' means of their processes' medians, with every process's
+ * median printed beside it.
  *
  * Usage: npm run build && node dist/bench/compare.js REF [ROUNDS] [SECONDS]
  *        (REF: any git ref, e.g. HEAD~1 or main; default 12 rounds of 3 s)
+ * COMPARE_PROCESSES: processes per build (1 to 6).
  * COMPARE_NODE_ARGS: node options for this build's mailfront only, e.g. `--max-semi-space-size=2`;
  * with REF=HEAD it measures what an option costs.
  */
@@ -35,8 +40,13 @@ if (ref === undefined || ref.startsWith('-') || !(ROUNDS >= 1 && ROUNDS <= 100) 
 }
 /** Untimed logins per build first: the JIT and the auth cache warm up. */
 const WARMUP_LOGINS = 6000;
-/** Clients per build. */
-const CONCURRENCY = 10;
+const PROCESSES = Number(process.env['COMPARE_PROCESSES'] ?? 3);
+if (!(Number.isInteger(PROCESSES) && PROCESSES >= 1 && PROCESSES <= 6)) {
+  process.stderr.write('compare: COMPARE_PROCESSES must be a whole number from 1 to 6\n');
+  process.exit(2);
+}
+/** Clients per process: 20 in all, as the bench's login loops. */
+const CONCURRENCY = Math.max(2, Math.round(10 / PROCESSES));
 
 function say(text: string): void {
   process.stderr.write(`compare: ${text}\n`);
@@ -84,35 +94,47 @@ try {
     started.push(p);
     return p;
   };
-  const builds = [
-    { label: THIS_NODE_ARGS.length > 0 ? `this build (${THIS_NODE_ARGS.join(' ')})` : 'this build', process: await start('compare-this', THIS_NODE_ARGS) },
-    { label: other.label, process: await start('compare-other', [], other.main) },
-  ] as const;
+  const labels = [THIS_NODE_ARGS.length > 0 ? `this build (${THIS_NODE_ARGS.join(' ')})` : 'this build', other.label] as const;
+  // The builds' processes are started alternately, so that neither build gets all the early ports or PIDs.
+  const processes: Array<{ build: 0 | 1; process: MailfrontProcess }> = [];
+  for (let n = 0; n < PROCESSES; n++) {
+    processes.push({ build: 0, process: await start(`compare-this-${n}`, THIS_NODE_ARGS) });
+    processes.push({ build: 1, process: await start(`compare-other-${n}`, [], other.main) });
+  }
   const users = backends.users;
   const run = (mf: MailfrontProcess, count: number, seconds: number) =>
     loginLoop({ protocol: 'imap', concurrency: CONCURRENCY, maxLogins: count, maxSeconds: seconds, target: (i) => ({ port: mf.imapPort, ...users[i % users.length]! }) });
-  for (const b of builds) await run(b.process, WARMUP_LOGINS, 120);
-  say(`${ROUNDS} rounds of ${ROUND_SECONDS} s of warm IMAP logins, both builds at once (${CONCURRENCY} clients each)`);
-  const cpu: [number[], number[]] = [[], []];
+  await Promise.all(processes.map((p) => run(p.process, WARMUP_LOGINS, 180)));
+  say(`${ROUNDS} rounds of ${ROUND_SECONDS} s of warm IMAP logins, ${PROCESSES} processes of each build at once (${CONCURRENCY} clients each)`);
+  const cpu: number[][] = processes.map(() => []);
+  const buildMean = (build: 0 | 1, values: readonly number[]): number => {
+    const mine = values.filter((_, i) => processes[i]!.build === build);
+    return mine.reduce((sum, v) => sum + v, 0) / mine.length;
+  };
+  const roundRatios: number[] = [];
   for (let round = 0; round < ROUNDS; round++) {
-    const before = builds.map((b) => cpuSeconds(b.process.pid));
+    const before = processes.map((p) => cpuSeconds(p.process.pid));
     const ticksBefore = machineTicks();
-    const results = await Promise.all(builds.map((b) => run(b.process, 1_000_000, ROUND_SECONDS)));
+    const results = await Promise.all(processes.map((p) => run(p.process, 1_000_000, ROUND_SECONDS)));
     const ticksAfter = machineTicks();
     // Time the hypervisor gave to other guests: a round with much of it says little.
     const stolen = (ticksAfter.steal - ticksBefore.steal) / Math.max(1, ticksAfter.total - ticksBefore.total);
-    builds.forEach((b, i) => {
+    const perLogin = processes.map((p, i) => {
       const r = results[i]!;
-      if (r.errors > 0) throw new Error(`${b.label}: ${r.errors} failed logins, the first: ${r.firstError ?? ''}`);
-      cpu[i as 0 | 1].push(((cpuSeconds(b.process.pid) - before[i]!) / r.logins) * 1000);
+      if (r.errors > 0) throw new Error(`${labels[p.build]}: ${r.errors} failed logins, the first: ${r.firstError ?? ''}`);
+      return ((cpuSeconds(p.process.pid) - before[i]!) / Math.max(1, r.logins)) * 1000;
     });
-    const [a, b] = [cpu[0][round] as number, cpu[1][round] as number];
-    say(`round ${round + 1}: ${builds[0].label} ${a.toFixed(3)} s (${results[0]!.logins} logins), ${other.label} ${b.toFixed(3)} s (${results[1]!.logins}) per 1,000 logins; ratio ${(a / b).toFixed(3)}; ${(stolen * 100).toFixed(0)} % of the machine stolen by the hypervisor`);
+    perLogin.forEach((v, i) => cpu[i]!.push(v));
+    const [a, b] = [buildMean(0, perLogin), buildMean(1, perLogin)];
+    roundRatios.push(a / b);
+    say(`round ${round + 1}: ${labels[0]} ${a.toFixed(3)} s, ${labels[1]} ${b.toFixed(3)} s per 1,000 logins (means of the processes); ratio ${(a / b).toFixed(3)}; ${(stolen * 100).toFixed(0)} % of the machine stolen by the hypervisor`);
   }
-  const ratios = cpu[0].map((a, i) => a / (cpu[1][i] as number));
+  const medians = cpu.map((values) => median(values));
+  const [a, b] = [buildMean(0, medians), buildMean(1, medians)];
+  const each = (build: 0 | 1): string => medians.filter((_, i) => processes[i]!.build === build).map((m) => m.toFixed(3)).join(', ');
   process.stdout.write(
-    `CPU s per 1,000 warm IMAP logins (median of ${ROUNDS} rounds): ${builds[0].label} ${median(cpu[0]).toFixed(3)}, ${other.label} ${median(cpu[1]).toFixed(3)}\n` +
-      `${builds[0].label} ÷ ${other.label}, median of the rounds' ratios: ${median(ratios).toFixed(3)} (rounds: ${ratios.map((r) => r.toFixed(2)).join(', ')})\n`,
+    `CPU s per 1,000 warm IMAP logins, mean of ${PROCESSES} processes' medians over ${ROUNDS} rounds: ${labels[0]} ${a.toFixed(3)} (${each(0)}), ${labels[1]} ${b.toFixed(3)} (${each(1)})\n` +
+      `${labels[0]} ÷ ${labels[1]}: ${(a / b).toFixed(3)}; median of the rounds' ratios ${median(roundRatios).toFixed(3)} (rounds: ${roundRatios.map((r) => r.toFixed(2)).join(', ')})\n`,
   );
 } finally {
   for (const p of started) await p.stop();
