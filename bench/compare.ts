@@ -9,10 +9,10 @@
  * machine does in a round, it does to both.
  *
  * Each build runs as several processes (COMPARE_PROCESSES, default 3): two processes of the same
- * build can differ by up to 13 % in CPU per login for their whole life (what V8's compiler made
- * of their first logins), so one process per build can show a difference that is not there. The
- * result is the ratio of the two builds' means of their processes' medians, with every process's
- * median printed beside it.
+ * build kept CPU figures per login up to 13 % apart for their whole life (presumably what V8
+ * made of their first logins), so one process per build can show a difference that is not
+ * there. The result is the ratio of the two builds' means of their processes' medians, with
+ * every process's median printed beside it.
  *
  * Usage: npm run build && node dist/bench/compare.js REF [ROUNDS] [SECONDS]
  *        (REF: any git ref, e.g. HEAD~1 or main; default 12 rounds of 3 s)
@@ -45,7 +45,7 @@ if (!(Number.isInteger(PROCESSES) && PROCESSES >= 1 && PROCESSES <= 6)) {
   process.stderr.write('compare: COMPARE_PROCESSES must be a whole number from 1 to 6\n');
   process.exit(2);
 }
-/** Clients per process: 20 in all, as the bench's login loops. */
+/** Clients per process: about 20 in all, as in the bench's login loops. */
 const CONCURRENCY = Math.max(2, Math.round(10 / PROCESSES));
 
 function say(text: string): void {

@@ -28,7 +28,7 @@ export function serveV8Flags(nodeVersion: string = process.versions.node, execAr
   return FLAGS.filter((f) => f.nodeMajors.includes(major) && !execArgv.includes(f.flag)).map((f) => f.flag);
 }
 
-/** Sets serveV8Flags() in this process. Called before the server's modules load (and by bench/floor.ts, likewise). */
+/** Sets serveV8Flags() in this process. Called before the server's modules load. */
 export function applyServeV8Flags(): void {
   for (const flag of serveV8Flags()) setFlagsFromString(flag);
 }
