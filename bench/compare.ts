@@ -38,7 +38,7 @@ if (ref === undefined || ref.startsWith('-') || !(ROUNDS >= 1 && ROUNDS <= 100) 
   process.stderr.write('usage: node dist/bench/compare.js REF [ROUNDS (1-100)] [SECONDS per round (at most 60)]\n');
   process.exit(2);
 }
-/** Untimed logins per build first: the JIT and the auth cache warm up. */
+/** Untimed logins per process first, all processes at once: the JIT and the auth cache warm up. */
 const WARMUP_LOGINS = 6000;
 const PROCESSES = Number(process.env['COMPARE_PROCESSES'] ?? 3);
 if (!(Number.isInteger(PROCESSES) && PROCESSES >= 1 && PROCESSES <= 6)) {
