@@ -108,8 +108,7 @@ export class Listener {
         return;
       }
     } else {
-      const { peer, local } = socketEndpoints(raw);
-      endpoints = { client: peer, local, peer };
+      endpoints = socketEndpoints(raw);
     }
     // A client that hung up while its header was read leaves nothing to serve.
     if (raw.destroyed || raw.remoteAddress === undefined) return void raw.destroy();

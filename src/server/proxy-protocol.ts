@@ -291,11 +291,22 @@ export interface AcceptProxyOptions extends ReadProxyHeaderOptions {
   readonly isTrusted: (address: string) => boolean;
 }
 
-/** The socket's own endpoints, addresses in plain form. */
-export function socketEndpoints(socket: Socket): { peer: ProxyEndpoint; local: ProxyEndpoint } {
+/**
+ * The endpoints of a connection taken without a PROXY header: the peer is the client, and the
+ * local address is the socket's own, asked of the kernel (getsockname) only when something reads
+ * it. Only a PROXY header to the backend does, so a login without one skips the system call.
+ * Addresses are in plain form.
+ */
+export function socketEndpoints(socket: Socket): ConnectionEndpoints {
+  const peer: ProxyEndpoint = { address: plainAddress(socket.remoteAddress ?? 'unknown'), port: socket.remotePort ?? 0 };
+  let local: ProxyEndpoint | undefined;
   return {
-    peer: { address: plainAddress(socket.remoteAddress ?? 'unknown'), port: socket.remotePort ?? 0 },
-    local: { address: plainAddress(socket.localAddress ?? 'unknown'), port: socket.localPort ?? 0 },
+    client: peer,
+    peer,
+    get local(): ProxyEndpoint {
+      local ??= { address: plainAddress(socket.localAddress ?? 'unknown'), port: socket.localPort ?? 0 };
+      return local;
+    },
   };
 }
 
@@ -305,11 +316,11 @@ export function socketEndpoints(socket: Socket): { peer: ProxyEndpoint; local: P
  * close it if it sends a header: see `startsWithProxySignature`). Rejects like `readProxyHeader`.
  */
 export async function acceptProxyHeader(socket: Socket, options: AcceptProxyOptions): Promise<ConnectionEndpoints> {
-  const { peer, local } = socketEndpoints(socket);
-  if (!options.isTrusted(peer.address)) return { client: peer, local, peer };
+  const own = socketEndpoints(socket);
+  if (!options.isTrusted(own.peer.address)) return own;
   const header = await readProxyHeader(socket, options);
-  if (header.kind === 'proxied') return { client: header.source, local: header.destination, peer, header };
-  return { client: peer, local, peer, header };
+  if (header.kind === 'proxied') return { client: header.source, local: header.destination, peer: own.peer, header };
+  return { client: own.peer, local: own.local, peer: own.peer, header };
 }
 
 function addressFamily(source: ProxyEndpoint, destination: ProxyEndpoint): 4 | 6 {

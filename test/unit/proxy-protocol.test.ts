@@ -481,9 +481,11 @@ describe('proxy protocol: reading from a socket', () => {
         trusted = false;
         const b = await sendChunks(port, [wire]);
         while (results.length < 2) await new Promise((r) => setTimeout(r, 5));
-        const fromOther = (await results[1]) as { endpoints: { client: { address: string }; header?: unknown }; rest: string };
+        const fromOther = (await results[1]) as { endpoints: { client: { address: string }; local: { address: string; port: number }; header?: unknown }; rest: string };
         assert.equal(fromOther.endpoints.client.address, '127.0.0.1');
         assert.equal(fromOther.endpoints.header, undefined);
+        // Without a header the local end is the socket's own, asked of the kernel when first read.
+        assert.deepEqual(fromOther.endpoints.local, { address: '127.0.0.1', port });
         // Nothing was consumed: the session sees the header bytes and must close the connection.
         assert.ok(startsWithProxySignature(Buffer.from(fromOther.rest, 'latin1')));
         a.destroy();
