@@ -19,6 +19,7 @@ import { CLOCK_TICKS_PER_S, cpuSeconds, fileLimit, systemCpuSeconds, machineDesc
 import { formatSummary, summariseFile } from './profile-summary.js';
 import { canForceGc, forceGc } from './inspector.js';
 import { freePort } from '../test/integration/servers/index.js';
+import { cpuPlan, pinTree } from './pin.js';
 import { MAILFRONT_MAIN, directPorts, merge, nginxMissing, startBackends, startFloor, startInstantBackend, startMailfront, startNginx, type Backends, type BenchUser, type MailfrontProcess, type NginxProcess, type Stores } from './setup.js';
 
 const REPO_ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
@@ -91,7 +92,11 @@ const SETTINGS = {
   label: process.env['BENCH_LABEL'] ?? '',
   /** Wait up to this long, before starting, for the machine to be quiet (under 25 % busy over 3 s). */
   waitQuietSeconds: envInt('BENCH_WAIT_QUIET_S', 0),
+  /** Dovecot on the last CPU, everything else on the others (bench/pin.ts). */
+  pin: process.env['BENCH_PIN'] === '1',
 };
+const CPU_PLAN = SETTINGS.pin ? cpuPlan() : null;
+if (SETTINGS.pin && CPU_PLAN === null) throw new Error('BENCH_PIN=1 needs at least 2 CPUs');
 
 for (const p of SETTINGS.only) if (!(PHASES as readonly string[]).includes(p)) throw new Error(`BENCH_ONLY: unknown phase ${p} (phases: ${PHASES.join(', ')})`);
 const want = (p: Phase): boolean => SETTINGS.only.length === 0 || SETTINGS.only.includes(p);
@@ -449,6 +454,12 @@ async function run(): Promise<void> {
   if ((loadBefore[0] ?? 0) > machine.cores * 0.5) say(`warning: the machine is busy (load average ${loadBefore.map((x) => x.toFixed(2)).join(' ')}): other work skews every figure`);
   say(`machine: ${machine.cores} × ${machine.cpu}, ${machine.memoryGiB} GiB, Linux ${machine.kernel}; ${versions.node}; ${versions.dovecot ? `Dovecot ${versions.dovecot}` : ''}`);
 
+  // Every process the bench starts inherits its CPUs; each Dovecot is moved off them below.
+  if (CPU_PLAN !== null) pinTree(process.pid, CPU_PLAN.rest);
+  const pinDovecots = (dovecots: Iterable<{ readonly pid: number }>): void => {
+    if (CPU_PLAN === null) return;
+    for (const dovecot of dovecots) pinTree(dovecot.pid, CPU_PLAN.dovecot);
+  };
   say(`starting slapd and ${SETTINGS.stores} Dovecot stores with ${SETTINGS.users} users`);
   const backends = await startBackends({
     userCount: SETTINGS.users,
@@ -456,6 +467,8 @@ async function run(): Promise<void> {
     fetchMessageBytes: SETTINGS.fetchBytes,
     dovecotClientLimit: SETTINGS.dovecotClientLimit,
   });
+  pinDovecots(backends.stores.values());
+  if (CPU_PLAN !== null) say(`pinned (BENCH_PIN=1): Dovecot on CPU ${CPU_PLAN.dovecot}, everything else (slapd included) on CPU ${CPU_PLAN.rest}`);
   let nginx: NginxProcess | null = null;
   const missing = nginxMissing();
   const mailfronts: MailfrontProcess[] = [];
@@ -703,6 +716,7 @@ async function run(): Promise<void> {
     if (want('idle') || want('idle-tls')) {
       say(`idle spliced sessions: Dovecot instances whose processes serve ${SETTINGS.idleDovecotClientLimit} sessions each, a fresh mailfront and a fresh nginx for each measure`);
       const many = await backends.startManySessionStores(SETTINGS.idleDovecotClientLimit);
+      pinDovecots(many.values());
       if (!canForceGc()) say('no WebSocket client in this Node (run it with --experimental-websocket): mailfront\'s memory is measured without a forced GC');
       // mailfront's inspector, on loopback, lets the bench force a full GC before reading RSS.
       const gcArgs = (port: number): string[] => (canForceGc() ? [`--inspect=127.0.0.1:${port}`] : []);
@@ -775,7 +789,7 @@ async function run(): Promise<void> {
   writeFileSync(jsonFile, `${JSON.stringify(doc, null, 2)}\n`);
   const markdown = [
     `Run ${startedAt.toISOString()} (${doc.seconds.toFixed(0)} s), \`${command}\`${SETTINGS.label ? `, ${SETTINGS.label}` : ''}; mailfront ${versions.mailfront} (built ${versions.mailfrontBuiltAt}); ${machine.cores} × ${machine.cpu}; ${versions.node}; Dovecot ${versions.dovecot}; ${versions.slapd}; ${versions.nginx || 'no nginx'}.`,
-    `Load average at the start ${loadBefore.map((x) => x.toFixed(2)).join(' ')}; CPU busy outside the benchmark's processes (other work, kernel threads) averaged ${Number.isNaN(foreign) ? '—' : foreign.toFixed(2)} cores during the login measures.`,
+    `Load average at the start ${loadBefore.map((x) => x.toFixed(2)).join(' ')}; CPU busy outside the benchmark's processes (other work, kernel threads) averaged ${Number.isNaN(foreign) ? '—' : foreign.toFixed(2)} cores during the login measures.${CPU_PLAN !== null ? ` Pinned (BENCH_PIN=1): Dovecot on CPU ${CPU_PLAN.dovecot}, the load generator, slapd and the proxies on CPU ${CPU_PLAN.rest}.` : ''}`,
     '',
     report.table,
     '',
