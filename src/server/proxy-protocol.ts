@@ -295,19 +295,28 @@ export interface AcceptProxyOptions extends ReadProxyHeaderOptions {
  * The endpoints of a connection taken without a PROXY header: the peer is the client, and the
  * local address is the socket's own, asked of the kernel (getsockname) only when something reads
  * it. Only a PROXY header to the backend does, so a login without one skips the system call.
- * Addresses are in plain form.
+ * Addresses are in plain form. A class, not an object with a getter, so that a session holds no
+ * closure for it.
  */
+class SocketEndpoints implements ConnectionEndpoints {
+  readonly client: ProxyEndpoint;
+  readonly peer: ProxyEndpoint;
+  #local: ProxyEndpoint | undefined;
+
+  constructor(private readonly socket: Socket) {
+    this.peer = { address: plainAddress(socket.remoteAddress ?? 'unknown'), port: socket.remotePort ?? 0 };
+    this.client = this.peer;
+  }
+
+  get local(): ProxyEndpoint {
+    this.#local ??= { address: plainAddress(this.socket.localAddress ?? 'unknown'), port: this.socket.localPort ?? 0 };
+    return this.#local;
+  }
+}
+
+/** The endpoints of `socket` itself (see SocketEndpoints). */
 export function socketEndpoints(socket: Socket): ConnectionEndpoints {
-  const peer: ProxyEndpoint = { address: plainAddress(socket.remoteAddress ?? 'unknown'), port: socket.remotePort ?? 0 };
-  let local: ProxyEndpoint | undefined;
-  return {
-    client: peer,
-    peer,
-    get local(): ProxyEndpoint {
-      local ??= { address: plainAddress(socket.localAddress ?? 'unknown'), port: socket.localPort ?? 0 };
-      return local;
-    },
-  };
+  return new SocketEndpoints(socket);
 }
 
 /**
