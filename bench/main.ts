@@ -20,7 +20,7 @@ import { formatSummary, summariseFile } from './profile-summary.js';
 import { canForceGc, forceGc } from './inspector.js';
 import { freePort } from '../test/integration/servers/index.js';
 import { cpuPlan, pinTree } from './pin.js';
-import { MAILFRONT_MAIN, directPorts, merge, nginxMissing, startBackends, startFloor, startInstantBackend, startMailfront, startNginx, type Backends, type BenchUser, type MailfrontProcess, type NginxProcess, type Stores } from './setup.js';
+import { MAILFRONT_MAIN, PROXY_NODE, directPorts, merge, nginxMissing, startBackends, startFloor, startInstantBackend, startMailfront, startNginx, type Backends, type BenchUser, type MailfrontProcess, type NginxProcess, type Stores } from './setup.js';
 
 const REPO_ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 
@@ -429,7 +429,7 @@ async function run(): Promise<void> {
     say(`the open-file limit is ${limits.soft} (hard ${limits.hard}): idle sessions capped at ${idleCount} (2 descriptors each in mailfront)`);
   }
   const versions = {
-    node: process.version,
+    node: PROXY_NODE === process.execPath ? process.version : `${process.version}, mailfront and the floor on ${execFileSync(PROXY_NODE, ['--version'], { encoding: 'utf8' }).trim()} (BENCH_PROXY_NODE)`,
     dovecot: version('/usr/sbin/dovecot', ['--version']),
     slapd: version('/usr/sbin/slapd', ['-VV']).replace(/^@\(#\) \$OpenLDAP: /, 'OpenLDAP ').replace(/ \(.*$/, ''),
     nginx: version('/usr/sbin/nginx', ['-v']),

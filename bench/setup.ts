@@ -148,17 +148,17 @@ export async function startFloor(backends: Backends, stores: Stores = backends.s
     return ports.imapPort;
   };
   await writeFile(tableFile, JSON.stringify(Object.fromEntries([...backends.users, backends.fetchUser].map((u) => [u.user, imapPortOf(u)]))));
-  return { port, ...(await spawnScript(dir, 'floor', [String(port), tableFile], port)) };
+  return { port, ...(await spawnScript(dir, 'floor', [String(port), tableFile], port, PROXY_NODE)) };
 }
 
 /**
  * A bench script next to this file (`NAME.js`) as its own process, working in `dir` (removed
  * when it stops), once it listens on `port`.
  */
-async function spawnScript(dir: TmpDir, name: string, args: readonly string[], port: number): Promise<{ pid: number; stop(): Promise<void> }> {
+async function spawnScript(dir: TmpDir, name: string, args: readonly string[], port: number, node = process.execPath): Promise<{ pid: number; stop(): Promise<void> }> {
   const daemon = spawnDaemon({
     name,
-    command: process.execPath,
+    command: node,
     args: [fileURLToPath(new URL(`./${name}.js`, import.meta.url)), ...args],
     logFile: join(dir.path, `${name}.log`),
     cwd: dir.path,
@@ -217,6 +217,13 @@ export function merge(base: Record<string, unknown>, extra: Record<string, unkno
 export const MAILFRONT_MAIN = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 
 /**
+ * The node that runs the Node.js proxies under test, mailfront and the floor relay
+ * (`BENCH_PROXY_NODE`, e.g. another release's binary); the bench's own helpers (load generator,
+ * instant backend, nginx's auth_http service) stay on the node running the bench.
+ */
+export const PROXY_NODE = process.env['BENCH_PROXY_NODE'] || process.execPath;
+
+/**
  * Starts mailfront as a child process with listeners for plain IMAP and POP3 (plaintext allowed:
  * a trusted network) and IMAPS. `extraConfig` is merged into the generated config.
  */
@@ -272,7 +279,7 @@ export async function startMailfront(backends: Backends, options: {
   await writeFile(configFile, stringify(config));
   const daemon = spawnDaemon({
     name: `mailfront ${options.name}`,
-    command: process.execPath,
+    command: PROXY_NODE,
     args: [...options.nodeArgs, options.main ?? MAILFRONT_MAIN, 'serve', '-c', configFile],
     logFile,
     cwd: dir.path,
