@@ -442,14 +442,18 @@ export type BackendProxyProtocol = 'none' | 'v1' | 'v2';
 /** The choices of `backend.proxy_protocol`, for the backend section reader. */
 export const BACKEND_PROXY_PROTOCOLS: readonly BackendProxyProtocol[] = ['none', 'v1', 'v2'];
 
-/** The header to write first on a backend connection, or null for `none`. */
-export function backendProxyHeader(mode: BackendProxyProtocol, client: ProxyEndpoint, local: ProxyEndpoint): Buffer | null {
+/**
+ * The header to write first on a backend connection, or null for `none`. Takes the connection's
+ * endpoints, not its local address, so that `none` never reads `local` (for a connection without
+ * a PROXY header that read is a getsockname).
+ */
+export function backendProxyHeader(mode: BackendProxyProtocol, client: ProxyEndpoint, endpoints: Pick<ConnectionEndpoints, 'local'>): Buffer | null {
   switch (mode) {
     case 'none':
       return null;
     case 'v1':
-      return encodeProxyV1(client, local);
+      return encodeProxyV1(client, endpoints.local);
     case 'v2':
-      return encodeProxyV2(client, local);
+      return encodeProxyV2(client, endpoints.local);
   }
 }

@@ -438,7 +438,7 @@ export class Session {
     const connectStarted = performance.now();
     let socket: Socket;
     try {
-      const proxyHeader = backendProxyHeader(backendConfig.proxyProtocol, { address: this.clientAddress, port: this.clientPort }, this.endpoints.local);
+      const proxyHeader = backendProxyHeader(backendConfig.proxyProtocol, { address: this.clientAddress, port: this.clientPort }, this.endpoints);
       socket = await dialSlot(slot, this.adapter.name, backendConfig, this.cancellation, proxyHeader);
       metrics.backendConnect(slot.store, 'success', (performance.now() - connectStarted) / 1000);
     } catch (caught) {

@@ -292,9 +292,15 @@ describe('proxy protocol: encoders', () => {
   it('picks the header of a backend proxy_protocol mode', () => {
     const client = { address: '192.0.2.7', port: 1 };
     const local = { address: '198.51.100.1', port: 143 };
-    assert.equal(backendProxyHeader('none', client, local), null);
-    assert.deepEqual(backendProxyHeader('v1', client, local), encodeProxyV1(client, local));
-    assert.deepEqual(backendProxyHeader('v2', client, local), encodeProxyV2(client, local));
+    assert.deepEqual(backendProxyHeader('v1', client, { local }), encodeProxyV1(client, local));
+    assert.deepEqual(backendProxyHeader('v2', client, { local }), encodeProxyV2(client, local));
+    // `none` must not read the local address: for a connection without a header that is a system call.
+    const unread = {
+      get local(): never {
+        throw new Error('the local address was read');
+      },
+    };
+    assert.equal(backendProxyHeader('none', client, unread), null);
   });
 
   it('prints addresses plainly', () => {
