@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { test } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
@@ -288,4 +289,18 @@ test('config: defaults, every key, and every mistake reported with its path', ()
   const notRedis = new IssueList();
   readThrottleConfig({ redis: { url: 'http://127.0.0.1' } }, 'throttle', notRedis);
   assert.deepEqual(notRedis.issues.map((i) => i.path), ['throttle.redis.url']);
+});
+
+test('a process without throttle.redis never loads the Redis client library', () => {
+  // A fresh process: this one's module cache holds whatever other tests loaded. @redis/client is
+  // CommonJS, so once imported it is in the CommonJS cache.
+  const main = new URL('../../src/main.js', import.meta.url).href;
+  const script = `import ${JSON.stringify(main)};
+import { createRequire } from 'node:module';
+const loaded = Object.keys(createRequire(import.meta.url).cache);
+process.stdout.write(JSON.stringify({ modules: loaded.length, redis: loaded.filter((k) => k.includes('@redis')).length }));`;
+  const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' });
+  const { modules, redis } = JSON.parse(out) as { modules: number; redis: number };
+  assert.ok(modules > 0, 'the CommonJS cache is where the check looks (pino, at least, is there)');
+  assert.equal(redis, 0);
 });
