@@ -158,15 +158,22 @@ export class Mailfront {
    * config is rejected whole and the running one stays in force.
    */
   async reload(): Promise<{ ok: boolean; error?: string; storeMap: ReloadResult }> {
+    const previous = this.config;
     let next: Config;
+    // A changed directory section is built before anything changes: one that cannot be set up
+    // (an unreadable ca_file) rejects the config whole, like a config that does not validate.
+    let directory: Directory | undefined;
     try {
-      next = loadConfig(this.config.file);
+      next = loadConfig(previous.file);
+      if (this.ownsDirectory && JSON.stringify(next.directory) !== JSON.stringify(previous.directory)) directory = createDirectory(next, this.log, this.metrics);
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
-      this.log.error({ event: 'config.rejected', file: this.config.file, err: message }, 'config reload rejected; the running config stays in force');
+      this.log.error({ event: 'config.rejected', file: previous.file, err: message }, 'config reload rejected; the running config stays in force');
       this.metrics.configReloaded('failure');
       return { ok: false, error: message, storeMap: await this.holder.reload('signal') };
     }
+    // In force from here: listeners read their TLS policy from it, new logins everything else.
+    this.config = next;
     const problems: string[] = [];
     for (const listenerConfig of next.listeners) {
       const current = this.listeners.find((l) => l.config.name === listenerConfig.name && l.listening);
@@ -183,18 +190,17 @@ export class Mailfront {
     for (const listener of this.listeners) {
       if (listener.listening && !next.listeners.some((l) => l.name === listener.config.name)) await listener.stopAccepting();
     }
-    if (JSON.stringify(next.directory) !== JSON.stringify(this.config.directory) && this.ownsDirectory) {
-      const previous = this.directory;
-      this.directory = createDirectory(next, this.log, this.metrics);
-      void previous.close();
+    if (directory !== undefined) {
+      const replaced = this.directory;
+      this.directory = directory;
+      void replaced.close();
     }
-    this.config = next;
     this.trusted = new CidrSet(next.trustedNetworks);
     this.limiter.setLimits(next.connectionLimits);
-    if (JSON.stringify(next.throttle) !== JSON.stringify(this.config.throttle)) {
-      const previous = this.throttle;
+    if (JSON.stringify(next.throttle) !== JSON.stringify(previous.throttle)) {
+      const replaced = this.throttle;
       this.throttle = this.createThrottle(next);
-      void previous.close();
+      void replaced.close();
     }
     this.log.level = next.logLevel;
     if (next.http && this.http) await this.http.rebind(next.http).catch((error: unknown) => problems.push(error instanceof Error ? error.message : String(error)));

@@ -205,7 +205,13 @@ async function main(argv: string[]): Promise<number> {
       const config = await loadConfig(values.config ?? rest[0] ?? DEFAULT_CONFIG);
       const { Mailfront } = await import('../main.js');
       const mailfront = await Mailfront.start(config);
-      process.on('SIGHUP', () => void mailfront.reload());
+      // A reload that fails unexpectedly is logged; it must never take the process and its
+      // spliced sessions down (on Node 20 an unhandled rejection exits).
+      process.on('SIGHUP', () => {
+        mailfront.reload().catch((error: unknown) => {
+          mailfront.log.error({ event: 'config.reload_failed', err: error instanceof Error ? error.message : String(error) }, 'config reload failed');
+        });
+      });
       const stop = (): void => {
         void mailfront.stop().then(() => process.exit(0));
       };

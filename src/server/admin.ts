@@ -25,7 +25,7 @@ export interface AdminContext {
   readonly directory: () => Directory;
   readonly usernames: () => UsernameConfig;
   readonly log: Logger;
-  /** Re-reads config and store map as SIGHUP does. */
+  /** Re-reads the store map now (`mailfront reload`); the config file is re-read only on SIGHUP. */
   readonly reload: () => Promise<ReloadResult>;
 }
 

@@ -28,6 +28,12 @@ export function needsRebind(a: ListenerConfig, b: ListenerConfig): boolean {
   return a.host !== b.host || a.port !== b.port || a.protocol !== b.protocol || a.tls !== b.tls;
 }
 
+/** `config` with `certificate` in place of its own (none when undefined). */
+function withCertificate(config: ListenerConfig, certificate: ListenerConfig['certificate']): ListenerConfig {
+  const { certificate: _ignored, ...rest } = config;
+  return certificate === undefined ? rest : { ...rest, certificate };
+}
+
 /** One bound listener and the sessions it accepted. */
 export class Listener {
   readonly sessions = new Set<Session>();
@@ -66,15 +72,20 @@ export class Listener {
    */
   reconfigure(next: ListenerConfig): void {
     const policy = this.context.config().tls;
+    // What cannot fail is taken first, so that a certificate that cannot be used holds back
+    // nothing else. Until a new certificate is in force, the config in force names the files of
+    // the one that is: the next reload then tries the new files again.
+    const loaded = this.listenerConfig.certificate;
+    this.proxyTrusted = new CidrSet(next.proxyProtocol?.trustedNetworks ?? []);
+    this.listenerConfig = withCertificate(next, loaded);
     if (next.certificate === undefined) this.tls = undefined;
-    else if (this.tls === undefined || next.certificate.cert !== this.listenerConfig.certificate?.cert || next.certificate.key !== this.listenerConfig.certificate.key) {
+    else if (this.tls === undefined || next.certificate.cert !== loaded?.cert || next.certificate.key !== loaded.key) {
       this.tls = new TlsContextHolder(next.certificate, policy);
     } else {
       const result = this.tls.reload(policy);
       if (!result.ok) throw result.error;
       this.log.info({ event: 'listener.certificate_reloaded', listener: next.name, subject: result.certificate.subject, validTo: result.certificate.validTo, fingerprint: result.certificate.fingerprint256 }, 'certificate reloaded');
     }
-    this.proxyTrusted = new CidrSet(next.proxyProtocol?.trustedNetworks ?? []);
     this.listenerConfig = next;
   }
 

@@ -1,14 +1,15 @@
 /**
  * Session and process lifecycle with real servers: the idle deadline of a spliced session, slot
- * health probes as the admin API and metrics show them, and certificates re-read on reload
- * (a broken one leaves the working one in place).
+ * health probes as the admin API and metrics show them, certificates re-read on reload (a broken
+ * one leaves the working one in place), and what a reload takes at once or rejects whole.
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { copyFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { connect as tlsConnect } from 'node:tls';
+import { parse, stringify } from 'yaml';
 import { LineClient, run, startDovecot, startSlapd, tmpDir } from './servers/index.js';
 import type { Dovecot, Slapd } from './servers/index.js';
 import { ADMIN_TOKEN, startFront, waitForLog } from './front.js';
@@ -104,6 +105,98 @@ test('reload re-reads the certificate; an unusable one is reported and the worki
     assert.match(broken.error ?? '', /imaps|certificate|cert/i);
     assert.equal(await servedFingerprint(front.imapsPort), after);
   } finally {
+    await dir.remove();
+  }
+});
+
+/** Resolves to the TLS version negotiated, or to the handshake's error message. */
+function handshake(port: number, maxVersion: 'TLSv1.2' | 'TLSv1.3'): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false, maxVersion }, () => {
+      resolve(socket.getProtocol() ?? 'unknown');
+      socket.destroy();
+    });
+    socket.on('error', (error) => resolve(`error: ${error.message}`));
+  });
+}
+
+async function loginLine(port: number, password: string): Promise<string> {
+  const raw = await LineClient.connect(port);
+  try {
+    await raw.readLine();
+    raw.send(`a LOGIN liz ${password}`);
+    return await raw.readLine(10_000);
+  } finally {
+    raw.close();
+  }
+}
+
+test('a reload takes the throttle, the TLS policy and listener settings at once, and a directory that cannot be set up rejects it whole', async () => {
+  // The certificate test above leaves a broken certificate behind: start from a good one.
+  const dir = tmpDir('reloadcert');
+  const original = readFileSync(front.configFile, 'utf8');
+  const write = (change: (config: Record<string, unknown>) => void): void => {
+    const config = parse(original) as Record<string, unknown>;
+    change(config);
+    writeFileSync(front.configFile, stringify(config));
+  };
+  try {
+    const [cert, key] = [join(dir.path, 'cert.pem'), join(dir.path, 'key.pem')];
+    await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=localhost']);
+    copyFileSync(cert, front.certs.certFile);
+    copyFileSync(key, front.certs.keyFile);
+    assert.equal((await front.mailfront.reload()).ok, true);
+    assert.equal(await handshake(front.imapsPort, 'TLSv1.2'), 'TLSv1.2');
+
+    // One reload: the throttle (refuse a user after one failure) and TLS 1.3 only.
+    write((config) => {
+      config['throttle'] = { enabled: true, base_delay_ms: 0, failures_per_user: 1, failures_per_address: 1000, refusal_ms: 60_000 };
+      config['tls'] = { min_version: 'TLSv1.3' };
+    });
+    const applied = await front.mailfront.reload();
+    assert.equal(applied.ok, true, applied.error);
+    assert.match(await handshake(front.imapsPort, 'TLSv1.2'), /^error: /, 'the new TLS policy applies to the next handshake');
+    assert.equal(await handshake(front.imapsPort, 'TLSv1.3'), 'TLSv1.3');
+    assert.match(await loginLine(front.imapTrustedPort, 'not-the-password'), /^a NO \[AUTHENTICATIONFAILED\]/);
+    assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a NO \[LIMIT\]/, 'the new throttle refuses the user after one failure');
+
+    // A directory whose CA file cannot be read: the whole config is rejected, the process lives,
+    // and the running config stays (the throttle and the TLS policy too, though the file drops them).
+    const linesBefore = front.logs.length;
+    write((config) => {
+      (config['directory'] as Record<string, unknown>)['ca_file'] = join(dir.path, 'missing-ca.pem');
+    });
+    const rejected = await front.mailfront.reload();
+    assert.equal(rejected.ok, false);
+    assert.match(rejected.error ?? '', /missing-ca\.pem|ENOENT/);
+    await waitForLog(front, (l) => l['event'] === 'config.rejected', 5_000, linesBefore);
+    assert.match(await handshake(front.imapsPort, 'TLSv1.2'), /^error: /);
+    assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a NO \[LIMIT\]/);
+
+    // A certificate that cannot be used holds back nothing else: plaintext logins on the
+    // STARTTLS listener are allowed by the same reload that reports the certificate.
+    write((config) => {
+      const listeners = config['listeners'] as Array<Record<string, unknown>>;
+      const imap = listeners.find((l) => l['name'] === 'imap');
+      assert.ok(imap);
+      imap['plaintext_without_tls'] = true;
+    });
+    writeFileSync(front.certs.certFile, 'not a certificate\n');
+    const partial = await front.mailfront.reload();
+    assert.equal(partial.ok, false);
+    assert.match(partial.error ?? '', /certificate|cert/i);
+    assert.match(await loginLine(front.imapPort, PASSWORD), /^a OK /, 'plaintext_without_tls took effect despite the certificate');
+    // The working certificate is still served, and the next reload tries the files again.
+    assert.equal(await handshake(front.imapsPort, 'TLSv1.3'), 'TLSv1.3');
+    copyFileSync(cert, front.certs.certFile);
+    writeFileSync(front.configFile, original);
+    const restored = await front.mailfront.reload();
+    assert.equal(restored.ok, true, restored.error);
+    assert.equal(await handshake(front.imapsPort, 'TLSv1.2'), 'TLSv1.2');
+    assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /, 'the restored config has no throttle');
+    assert.match(await loginLine(front.imapPort, PASSWORD), /^a NO \[PRIVACYREQUIRED\]/);
+  } finally {
+    writeFileSync(front.configFile, original);
     await dir.remove();
   }
 });
