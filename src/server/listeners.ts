@@ -102,6 +102,7 @@ export class Listener {
   }
 
   private async accept(raw: Socket): Promise<void> {
+    const acceptedAt = Date.now();
     const config = this.listenerConfig;
     const metrics = this.context.metrics;
     const timeoutMs = this.context.config().session.preauthTimeoutMs;
@@ -143,7 +144,8 @@ export class Listener {
       if (secureContext === undefined) return void raw.destroy();
       const secure = new TLSSocket(raw, { isServer: true, secureContext });
       const ok = await new Promise<boolean>((resolve) => {
-        const timer = setTimeout(() => resolve(false), timeoutMs);
+        // The handshake spends the session's pre-auth time (it runs from accept).
+        const timer = setTimeout(() => resolve(false), Math.max(0, acceptedAt + timeoutMs - Date.now()));
         secure.once('secure', () => {
           clearTimeout(timer);
           resolve(true);
@@ -158,7 +160,7 @@ export class Listener {
       if (!ok) return void secure.destroy();
       socket = secure;
     }
-    const session = new Session(socket, config, this.adapter, this.sessionContext, config.tls === 'implicit', endpoints, lease);
+    const session = new Session(socket, config, this.adapter, this.sessionContext, config.tls === 'implicit', endpoints, lease, acceptedAt);
     this.sessions.add(session);
   }
 

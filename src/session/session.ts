@@ -131,7 +131,8 @@ export class Session {
   /** Cancels a login in progress; made at the first login and let go once spliced. */
   private canceller: Canceller | undefined;
   private readonly log: Logger;
-  private readonly startedAt = Date.now();
+  /** When the connection was accepted (before any PROXY header or TLS handshake). */
+  private readonly startedAt: number;
   private clientAddress: string;
   private clientPort: number;
   private readonly endpoints: ConnectionEndpoints;
@@ -186,7 +187,9 @@ export class Session {
     tlsActive: boolean,
     endpoints: ConnectionEndpoints,
     private readonly lease: ConnectionLease,
+    acceptedAt: number = Date.now(),
   ) {
+    this.startedAt = acceptedAt;
     this.socket = socket;
     this.tlsActive = tlsActive;
     this.endpoints = endpoints;
@@ -204,10 +207,13 @@ export class Session {
       greetingText: config.session.greeting,
     });
     this.log.debug({ event: 'session.started', protocol: adapter.name, listener: listener.name, client: this.clientAddress, clientPort: this.clientPort, ...(endpoints.header?.kind === 'proxied' ? { via: endpoints.peer.address } : {}), tls: tlsActive }, 'session started');
+    // preauth_timeout_ms runs from accept to a successful login, the PROXY header and an
+    // implicit-TLS handshake included. A login still running at the deadline is abandoned and
+    // the session ends with the protocol's timeout answer: a login is never a way around it.
     this.preauthTimer = setTimeout(() => {
-      if (this.phase === 'preauth' || this.phase === 'greeting') this.perform(this.machine.timedOut());
-      else if (this.phase === 'authenticating' || this.phase === 'backend-login') this.canceller?.abort();
-    }, config.session.preauthTimeoutMs);
+      if (this.phase === 'authenticating' || this.phase === 'backend-login') this.canceller?.abort();
+      if (this.phase !== 'spliced' && this.phase !== 'closing') this.perform(this.machine.timedOut());
+    }, Math.max(0, acceptedAt + config.session.preauthTimeoutMs - Date.now()));
     // STARTTLS needs the socket's stream as it is: a session that may be offered it reads through 'data'.
     this.attachPreauth(socket, !starttlsAvailable);
     this.perform(this.machine.greeting());

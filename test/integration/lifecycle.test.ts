@@ -7,6 +7,8 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { createServer } from 'node:net';
+import type { Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import { connect as tlsConnect } from 'node:tls';
 import { parse, stringify } from 'yaml';
@@ -198,5 +200,46 @@ test('a reload takes the throttle, the TLS policy and listener settings at once,
   } finally {
     writeFileSync(front.configFile, original);
     await dir.remove();
+  }
+});
+
+test('the pre-auth deadline ends a session whose login is still running, with the timeout answer', async () => {
+  // A backend that accepts and never greets: the backend login would wait login_timeout_ms (5 s),
+  // longer than the session's 1 s from accept to a successful login.
+  const held: Socket[] = [];
+  const silent = createServer((socket) => void held.push(socket));
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+  const address = silent.address();
+  assert.ok(address !== null && typeof address === 'object');
+  const slow = await startFront({
+    slapd,
+    stores: { alpha: { currentMaster: 's', slots: { s: { imapPort: address.port, pop3Port: address.port } } } },
+    session: { preauth_timeout_ms: 1_000 },
+  });
+  try {
+    for (const [port, login, timeout] of [
+      [slow.imapTrustedPort, `a LOGIN liz ${PASSWORD}`, /^\* BYE /],
+      [slow.pop3TrustedPort, null, /^-ERR /],
+    ] as const) {
+      const raw = await LineClient.connect(port);
+      const accepted = Date.now();
+      await raw.readLine();
+      if (login !== null) raw.send(login);
+      else {
+        raw.send('USER liz');
+        assert.match(await raw.readLine(), /^\+OK/);
+        raw.send(`PASS ${PASSWORD}`);
+      }
+      assert.match(await raw.readLine(5_000), timeout, 'the timeout answer, not a refused login');
+      assert.ok(await raw.waitClosed(2_000), 'the session was closed at the deadline');
+      const elapsed = Date.now() - accepted;
+      assert.ok(elapsed >= 900 && elapsed < 3_000, `closed ${elapsed} ms after accept`);
+      raw.close();
+    }
+    await waitForLog(slow, (l) => l['event'] === 'session.finished' && l['reason'] === 'timeout' && l['phase'] === 'backend-login');
+  } finally {
+    await slow.stop();
+    for (const socket of held) socket.destroy();
+    silent.close();
   }
 });
