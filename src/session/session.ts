@@ -208,11 +208,16 @@ export class Session {
     });
     this.log.debug({ event: 'session.started', protocol: adapter.name, listener: listener.name, client: this.clientAddress, clientPort: this.clientPort, ...(endpoints.header?.kind === 'proxied' ? { via: endpoints.peer.address } : {}), tls: tlsActive }, 'session started');
     // preauth_timeout_ms runs from accept to a successful login, the PROXY header and an
-    // implicit-TLS handshake included. A login still running at the deadline is abandoned and
-    // the session ends with the protocol's timeout answer: a login is never a way around it.
+    // implicit-TLS handshake included; a login in progress is no way around it. Such a login is
+    // abandoned and answered as unavailable (its catch runs in the microtasks the abort starts),
+    // then the session ends with the protocol's timeout answer.
     this.preauthTimer = setTimeout(() => {
-      if (this.phase === 'authenticating' || this.phase === 'backend-login') this.canceller?.abort();
-      if (this.phase !== 'spliced' && this.phase !== 'closing') this.perform(this.machine.timedOut());
+      if (this.phase === 'authenticating' || this.phase === 'backend-login') {
+        this.canceller?.abort();
+        setImmediate(() => this.perform(this.machine.timedOut()));
+      } else if (this.phase === 'preauth' || this.phase === 'greeting') {
+        this.perform(this.machine.timedOut());
+      }
     }, Math.max(0, acceptedAt + config.session.preauthTimeoutMs - Date.now()));
     // STARTTLS needs the socket's stream as it is: a session that may be offered it reads through 'data'.
     this.attachPreauth(socket, !starttlsAvailable);

@@ -203,7 +203,7 @@ test('a reload takes the throttle, the TLS policy and listener settings at once,
   }
 });
 
-test('the pre-auth deadline ends a session whose login is still running, with the timeout answer', async () => {
+test('the pre-auth deadline ends a session whose login is still running: the login is answered as unavailable, then the timeout answer', async () => {
   // A backend that accepts and never greets: the backend login would wait login_timeout_ms (5 s),
   // longer than the session's 1 s from accept to a successful login.
   const held: Socket[] = [];
@@ -217,9 +217,9 @@ test('the pre-auth deadline ends a session whose login is still running, with th
     session: { preauth_timeout_ms: 1_000 },
   });
   try {
-    for (const [port, login, timeout] of [
-      [slow.imapTrustedPort, `a LOGIN liz ${PASSWORD}`, /^\* BYE /],
-      [slow.pop3TrustedPort, null, /^-ERR /],
+    for (const [port, login, refused, timeout] of [
+      [slow.imapTrustedPort, `a LOGIN liz ${PASSWORD}`, /^a NO \[UNAVAILABLE\] /, /^\* BYE Autologout/],
+      [slow.pop3TrustedPort, null, /^-ERR \[SYS\/TEMP\] /, /^-ERR Autologout/],
     ] as const) {
       const raw = await LineClient.connect(port);
       const accepted = Date.now();
@@ -230,13 +230,15 @@ test('the pre-auth deadline ends a session whose login is still running, with th
         assert.match(await raw.readLine(), /^\+OK/);
         raw.send(`PASS ${PASSWORD}`);
       }
-      assert.match(await raw.readLine(5_000), timeout, 'the timeout answer, not a refused login');
+      assert.match(await raw.readLine(5_000), refused);
+      assert.match(await raw.readLine(1_000), timeout);
       assert.ok(await raw.waitClosed(2_000), 'the session was closed at the deadline');
       const elapsed = Date.now() - accepted;
       assert.ok(elapsed >= 900 && elapsed < 3_000, `closed ${elapsed} ms after accept`);
       raw.close();
     }
-    await waitForLog(slow, (l) => l['event'] === 'session.finished' && l['reason'] === 'timeout' && l['phase'] === 'backend-login');
+    await waitForLog(slow, (l) => l['event'] === 'session.login_failed' && l['code'] === 'ABORTED');
+    await waitForLog(slow, (l) => l['event'] === 'session.finished' && l['reason'] === 'timeout');
   } finally {
     await slow.stop();
     for (const socket of held) socket.destroy();
