@@ -91,6 +91,8 @@ class SpliceSession implements Splice {
   bytesToClient: number;
   lastActivity = Date.now();
   private endReason: SpliceEndReason | null = null;
+  /** close() is ending the client's side after a notice: finish() leaves it to flush (bounded by a timer). */
+  private clientEnding = false;
   private closedCount = 0;
   private resolveEnded!: (reason: SpliceEndReason) => void;
   private readonly sweep: IdleSweep;
@@ -211,7 +213,7 @@ class SpliceSession implements Splice {
   finish(reason: SpliceEndReason): void {
     if (this.endReason === null) this.endReason = reason;
     this.sweep.delete(this);
-    this.client.destroy();
+    if (!this.clientEnding) this.client.destroy();
     this.backend.destroy();
   }
 
@@ -225,16 +227,19 @@ class SpliceSession implements Splice {
     if (this.endReason !== null) return;
     this.endReason = reason;
     this.sweep.delete(this);
-    this.backend.destroy();
     // A notice is written only between two responses; in the middle of one (a literal, say)
     // the client would read it as data, so then the connection just closes.
     if (notice !== null && this.client.writable && (this.tracker?.atBoundary() ?? false)) {
+      // What is queued for the client goes out first, then the notice; the backend's close
+      // (just below) must not cut that short. (A socket error destroys the socket by itself.)
+      this.clientEnding = true;
       this.client.end(notice);
       // A client that does not read must not hold its socket open.
       setTimeout(() => this.client.destroy(), 1_000).unref();
     } else {
       this.client.destroy();
     }
+    this.backend.destroy();
   }
 }
 

@@ -179,3 +179,26 @@ test('a drain notice is written at a response boundary, never inside a literal',
     assert.equal(Buffer.concat(received).toString('latin1'), expectNotice ? `${sent}* BYE [UNAVAILABLE] moved\r\n` : sent);
   }
 });
+
+test('a drain notice reaches a client that is behind: what is queued for it goes out first, then the notice', async () => {
+  const client = await tcpPair();
+  const backend = await tcpPair();
+  // Whole response lines, far more than the loopback buffers hold while the client does not
+  // read (as the backend's bytes after its login reply, so that all of them are the splice's at
+  // once): most of them stay queued on mailfront's socket.
+  const leftover = Buffer.from(`* OK ${'x'.repeat(94)}\r\n`.repeat(160_000));
+  client.user.pause();
+  const running = splice(client.front, backend.front, new Uint8Array(), leftover, 60_000, new ImapResponseBoundary());
+  await sleep(50);
+  assert.ok(client.front.writableLength > 0, 'the client is behind');
+  running.close('drained', '* BYE [UNAVAILABLE] moved\r\n');
+  await sleep(100);
+  const received: Buffer[] = [];
+  client.user.on('data', (chunk: Buffer) => received.push(chunk));
+  client.user.resume();
+  await once(client.user, 'close');
+  assert.equal(await running.ended, 'drained');
+  const all = Buffer.concat(received);
+  assert.equal(all.length, leftover.length + '* BYE [UNAVAILABLE] moved\r\n'.length, 'every queued byte and the notice arrived');
+  assert.equal(all.subarray(all.length - 30).toString('latin1'), 'x\r\n* BYE [UNAVAILABLE] moved\r\n');
+});
