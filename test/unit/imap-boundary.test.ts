@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import fc from 'fast-check';
 import { ImapResponseBoundary } from '../../src/protocol/imap/boundary.js';
 
 /** Feeds `text` split at every position and returns the boundary state after each full feed. */
@@ -34,4 +35,49 @@ test('between responses is a boundary; inside a line or a literal is not', () =>
   assert.equal(boundaryAfter('* 1 FETCH (BODY[1] {3}\r\nabc BODY[2] {2}\r\nd'), false);
   assert.equal(boundaryAfter('* 1 FETCH (BODY[] {0}\r\n'), false);
   assert.equal(boundaryAfter('a1 OK done\r\n+ idling\r\n'), true);
+});
+
+/** The reference: parses the whole prefix from the start, line by line, literals skipped. */
+function referenceAtBoundary(bytes: Buffer): boolean {
+  let i = 0;
+  let inLine = false;
+  while (i < bytes.length) {
+    const lf = bytes.indexOf(0x0a, i);
+    if (lf < 0) return false;
+    const line = bytes.subarray(i, lf).toString('latin1');
+    const literal = /\{(\d{1,20})\+?\}\r?$/.exec(line);
+    i = lf + 1;
+    if (literal === null) {
+      inLine = false;
+      continue;
+    }
+    const size = Number(literal[1]);
+    if (i + size > bytes.length) return false;
+    i += size;
+    inLine = true;
+  }
+  return !inLine;
+}
+
+test('on random response streams cut at random places, the tracker agrees with a parse from the start', () => {
+  const piece = fc.oneof(
+    fc.constantFrom('* 1 EXISTS\r\n', 'a1 OK done\r\n', '* OK }\r\n', '* 2 FETCH (FLAGS (\\Seen))\r\n', '+ idling\r\n', ')\r\n', '\r\n', '}\r\n', '{3}', 'x'),
+    fc.string({ maxLength: 40 }).map((body) => `* 1 FETCH (BODY[] {${body.length}}\r\n${body}`),
+    fc.string({ maxLength: 40 }).map((body) => `* 1 FETCH (BODY[] {${body.length}+}\r\n${body})\r\n`),
+    fc.string({ maxLength: 60 }).map((text) => `* OK ${text.replace(/[\r\n]/g, '')}\r\n`),
+  );
+  fc.assert(
+    fc.property(fc.array(piece, { maxLength: 30 }), fc.array(fc.nat(200), { maxLength: 10 }), (pieces, cuts) => {
+      const bytes = Buffer.from(pieces.join(''), 'latin1');
+      const at = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort((a, b) => a - b);
+      const tracker = new ImapResponseBoundary();
+      let from = 0;
+      for (const to of [...at, bytes.length]) {
+        tracker.observe(bytes.subarray(from, to));
+        from = to;
+        assert.equal(tracker.atBoundary(), referenceAtBoundary(bytes.subarray(0, to)), `after ${to} of ${JSON.stringify(bytes.toString('latin1'))}`);
+      }
+    }),
+    { numRuns: 2_000 },
+  );
 });

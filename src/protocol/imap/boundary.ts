@@ -2,19 +2,28 @@
  * Tracks IMAP server responses in a spliced byte stream just enough to know whether the
  * stream sits between two responses: outside any literal (RFC 9051 §4.3) and at the start of a
  * line. Used only to decide whether an untagged BYE may be written before closing; it never
- * alters or buffers the stream. Cost per chunk: one native indexOf per line, none inside literals.
+ * alters or buffers the stream. Cost per chunk: one native indexOf and a byte comparison or two
+ * per line; only a line that ends in "}" (a literal may follow) or runs on into the next chunk
+ * is looked at as text, and the bytes inside literals are skipped unread.
  */
 import type { ResponseBoundaryTracker } from '../types.js';
 
 const LF = 0x0a;
+const CR = 0x0d;
+const CLOSE_BRACE = 0x7d;
 /** Enough of a line's end to see "{N}\r" for any literal size we would believe. */
 const TAIL_BYTES = 32;
 const LITERAL_AT_END = /\{(\d{1,20})\+?\}\r?$/;
+
+function latin1(chunk: Uint8Array, start: number, end: number): string {
+  return Buffer.from(chunk.buffer, chunk.byteOffset + start, end - start).toString('latin1');
+}
 
 /** IMAP response boundary tracker. */
 export class ImapResponseBoundary implements ResponseBoundaryTracker {
   private literalLeft = 0;
   private inLine = false;
+  /** The last bytes of a line that started in an earlier chunk; '' when the line starts in this one. */
   private tail = '';
 
   observe(chunk: Uint8Array): void {
@@ -27,23 +36,33 @@ export class ImapResponseBoundary implements ResponseBoundaryTracker {
         continue;
       }
       const lf = chunk.indexOf(LF, i);
-      const end = lf < 0 ? chunk.length : lf;
-      if (end > i) {
+      if (lf < 0) {
+        // The line runs on into the next chunk: keep its end to look at with the rest.
         this.inLine = true;
-        this.tail = (this.tail + Buffer.from(chunk.buffer, chunk.byteOffset + Math.max(i, end - TAIL_BYTES), end - Math.max(i, end - TAIL_BYTES)).toString('latin1')).slice(-TAIL_BYTES);
+        this.tail = (this.tail + latin1(chunk, Math.max(i, chunk.length - TAIL_BYTES), chunk.length)).slice(-TAIL_BYTES);
+        return;
       }
-      if (lf < 0) return;
+      const literal = this.literalEndingAt(chunk, i, lf);
       i = lf + 1;
-      const literal = LITERAL_AT_END.exec(this.tail);
-      this.tail = '';
-      if (literal) {
-        // The line goes on after the literal's bytes.
-        this.literalLeft = Number(literal[1]);
-        this.inLine = true;
-      } else {
-        this.inLine = false;
-      }
+      // The line goes on after a literal's bytes (even none: "{0}").
+      this.literalLeft = Math.max(literal, 0);
+      this.inLine = literal >= 0;
     }
+  }
+
+  /** The size of the literal announced at the end of the line [start, lf), or -1 for none. */
+  private literalEndingAt(chunk: Uint8Array, start: number, lf: number): number {
+    const pending = this.tail;
+    this.tail = '';
+    if (pending === '') {
+      // The usual line, whole in this chunk: no literal unless it ends in "}" or "}\r".
+      const last = lf > start && chunk[lf - 1] === CR ? lf - 2 : lf - 1;
+      if (last < start || chunk[last] !== CLOSE_BRACE) return -1;
+      const match = LITERAL_AT_END.exec(latin1(chunk, Math.max(start, lf - TAIL_BYTES), lf));
+      return match ? Number(match[1]) : -1;
+    }
+    const match = LITERAL_AT_END.exec((pending + latin1(chunk, Math.max(start, lf - TAIL_BYTES), lf)).slice(-TAIL_BYTES));
+    return match ? Number(match[1]) : -1;
   }
 
   atBoundary(): boolean {
