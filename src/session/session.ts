@@ -387,8 +387,8 @@ export class Session {
       }
       this.setPhase('backend-login');
       const backend = await this.loginToCurrentMaster(found.store, user, credentials.password, config);
-      this.startSplice(backend);
-      this.context.metrics.loginResult(this.adapter.name, 'success');
+      // A client that left (or a deadline that passed) while the backend answered: no success.
+      this.context.metrics.loginResult(this.adapter.name, this.startSplice(backend) ? 'success' : 'aborted');
     } catch (caught) {
       const error = asMailfrontError(caught);
       this.lease.releaseUser();
@@ -480,10 +480,11 @@ export class Session {
     }
   }
 
-  private startSplice(backend: BackendSession): void {
+  /** Splices the session to its logged-in backend; false (the backend closed) when the session can no longer be. */
+  private startSplice(backend: BackendSession): boolean {
     if (this.phase !== 'backend-login' || this.socket.destroyed) {
       backend.socket.destroy();
-      return;
+      return false;
     }
     clearTimeout(this.preauthTimer);
     this.preauthTimer = undefined;
@@ -518,6 +519,7 @@ export class Session {
     // The one info line of a login (session.started and session.authenticated are debug): who, how, from where, to where.
     this.log.info({ event: 'session.spliced', protocol: this.adapter.name, user: this.user, mechanism: this.mechanism, store: this.store, slot: this.slot, client: this.clientAddress, ...(this.endpoints.header?.kind === 'proxied' ? { via: this.endpoints.peer.address } : {}), listener: this.listenerName, tls: this.tlsActive }, 'spliced to backend');
     void running.ended.then((reason) => this.finish(reason));
+    return true;
   }
 
   /** Ends the session exactly once: timers, sockets, registry, one log line. */
