@@ -13,7 +13,7 @@ import { LdapDirectory } from './auth/ldap.js';
 import { SlotHealthMonitor } from './backend/health.js';
 import { Throttle } from './auth/throttle.js';
 import { ConnectionLimiter } from './server/connection-limits.js';
-import { probeSlot } from './backend/connect.js';
+import { forgetBackendCaFiles, probeSlot } from './backend/connect.js';
 import { loadConfig } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { Metrics } from './metrics.js';
@@ -174,6 +174,8 @@ export class Mailfront {
     }
     // In force from here: listeners read their TLS policy from it, new logins everything else.
     this.config = next;
+    // A reload re-reads files: backend CA files too (certificates are re-read by the listeners).
+    forgetBackendCaFiles();
     const problems: string[] = [];
     for (const listenerConfig of next.listeners) {
       const current = this.listeners.find((l) => l.config.name === listenerConfig.name && l.listening);

@@ -39,7 +39,13 @@ export function slotPort(slot: Slot, protocol: Protocol, tls: BackendConfig['tls
   return port;
 }
 
+/** Backend CA files, read once each; a reload empties it (forgetBackendCaFiles) so that a changed file is read again. */
 const caCache = new Map<string, Buffer>();
+
+/** Forgets the backend CA files read so far: the next TLS connection to a slot reads its file again. */
+export function forgetBackendCaFiles(): void {
+  caCache.clear();
+}
 function tlsOptionsFor(slot: Slot, config: BackendConfig): ConnectionOptions {
   let ca: Buffer | undefined;
   if (config.caFile !== undefined) {

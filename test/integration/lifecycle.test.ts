@@ -245,3 +245,31 @@ test('the pre-auth deadline ends a session whose login is still running: the log
     silent.close();
   }
 });
+
+test('a reload re-reads a backend CA file that changed in place', async () => {
+  const secure = await startDovecot({ name: 'life-tls', tls: true, users: [{ name: 'liz', password: PASSWORD }] });
+  const dir = tmpDir('backendca');
+  const ca = join(dir.path, 'backend-ca.pem');
+  const atStart = { alpha: { currentMaster: 'm', slots: { m: { imapPort: master.imapPort }, r: { imapPort: replica.imapPort } } } };
+  try {
+    assert.ok(secure.caFile !== undefined && secure.imapsPort !== undefined);
+    copyFileSync(secure.caFile, ca);
+    await front.writeStores({ alpha: { currentMaster: 't', slots: { t: { imapPort: secure.imapPort, imapsPort: secure.imapsPort } }, backend: { tls: 'implicit', ca_file: ca, tls_servername: 'localhost' } } });
+    assert.equal((await front.mailfront.reloadStoreMap('test')).ok, true);
+    assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /);
+    // Another CA in the same file: after a reload the backend's certificate is no longer trusted.
+    await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', join(dir.path, 'other.key'), '-out', ca, '-days', '2', '-subj', '/CN=Another CA']);
+    const mark = front.logs.length;
+    assert.equal((await front.mailfront.reload()).storeMap.ok, true);
+    assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a NO \[UNAVAILABLE\] /);
+    await waitForLog(front, (l) => l['event'] === 'session.login_failed' && /certificate/i.test(String(l['reason'])), 5_000, mark);
+    copyFileSync(secure.caFile, ca);
+    await front.mailfront.reload();
+    assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /);
+  } finally {
+    await front.writeStores(atStart);
+    await front.mailfront.reloadStoreMap('test');
+    await secure.stop();
+    await dir.remove();
+  }
+});
