@@ -80,6 +80,10 @@ export class Mailfront {
     metrics: Metrics,
   ) {
     this.metrics = metrics;
+    // Bytes of long sessions reach mailfront_proxied_bytes_total at every scrape, not only at their end.
+    metrics.beforeScrape(() => {
+      for (const entry of this.registry.values()) metrics.splicedTraffic(entry);
+    });
     this.trusted = new CidrSet(config.trustedNetworks);
     this.throttle = this.createThrottle(config);
     this.limiter = new ConnectionLimiter(config.connectionLimits);

@@ -37,6 +37,13 @@ export type BackendResult = 'success' | 'timeout' | 'refused' | 'in-use' | 'erro
 /** Which way proxied bytes went. */
 export type ByteDirection = 'client-to-backend' | 'backend-to-client';
 
+/** A spliced session's byte counts and how much of them the counter holds already (a registry entry). */
+export interface SplicedTraffic {
+  readonly traffic: { readonly bytesFromClient: number; readonly bytesToClient: number };
+  reportedFromClient: number;
+  reportedToClient: number;
+}
+
 /** How a config or store-map (re)load ended. */
 export type ReloadOutcome = 'success' | 'failure';
 
@@ -163,6 +170,7 @@ export class Metrics {
   private readonly nowMs: () => number;
   /** Label sets set outside storeMapLoaded, so that a new map can drop those of vanished slots and stores. */
   private readonly slotUpSeries = new Map<string, { store: string; slot: string }>();
+  private readonly scrapeHooks: Array<() => void> = [];
 
   /** Client connections accepted, by protocol. */
   private readonly sessionsTotal: CounterFamily<'protocol'>;
@@ -317,6 +325,24 @@ export class Metrics {
     if (bytes > 0) this.proxiedBytesTotal.inc({ direction }, bytes);
   }
 
+  /**
+   * Adds what a spliced session relayed since its last report to mailfront_proxied_bytes_total.
+   * Called for every live session before each scrape and once more when a session ends, so that
+   * the counter follows long sessions (IDLE) instead of jumping when they end.
+   */
+  splicedTraffic(session: SplicedTraffic): void {
+    const { bytesFromClient, bytesToClient } = session.traffic;
+    this.bytesProxied('client-to-backend', bytesFromClient - session.reportedFromClient);
+    this.bytesProxied('backend-to-client', bytesToClient - session.reportedToClient);
+    session.reportedFromClient = bytesFromClient;
+    session.reportedToClient = bytesToClient;
+  }
+
+  /** Runs `hook` at the start of every scrape (exposition), to bring counters kept elsewhere up to date. */
+  beforeScrape(hook: () => void): void {
+    this.scrapeHooks.push(hook);
+  }
+
   /** A store map is in force: version, per-store and per-slot gauges; series of stores and slots it no longer has are dropped. */
   storeMapLoaded(version: number, stores: StoreMapShape): void {
     this.storeMapLoadsTotal.inc({ result: 'success' });
@@ -392,6 +418,7 @@ export class Metrics {
 
   /** The text exposition of every metric, and its content type. */
   async exposition(): Promise<{ contentType: string; body: string }> {
+    for (const hook of this.scrapeHooks) hook();
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };
   }
 

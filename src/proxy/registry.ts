@@ -15,6 +15,11 @@ export interface SessionEntry {
   readonly slot: string;
   readonly clientAddress: string;
   readonly startedAt: number;
+  /** What the splice has relayed so far (its own counters, read when needed). */
+  readonly traffic: { readonly bytesFromClient: number; readonly bytesToClient: number };
+  /** Of that, what mailfront_proxied_bytes_total already holds (Metrics.splicedTraffic moves these on). */
+  reportedFromClient: number;
+  reportedToClient: number;
   /** Closes the session; `reason` is logged by the session itself. */
   close(reason: 'kicked' | 'drained' | 'shutdown'): void;
 }
@@ -55,6 +60,11 @@ export class SessionRegistry {
   /** Every session. */
   all(): SessionEntry[] {
     return [...this.byId.values()];
+  }
+
+  /** Every session, without a copy (do not add or remove while iterating). */
+  values(): IterableIterator<SessionEntry> {
+    return this.byId.values();
   }
 }
 

@@ -33,7 +33,7 @@ export interface AdminContext {
 const MAX_BODY_BYTES = 4096;
 
 function sessionView(s: SessionEntry): Record<string, unknown> {
-  return { id: s.id, protocol: s.protocol, user: s.user, store: s.store, slot: s.slot, client: s.clientAddress, startedAt: new Date(s.startedAt).toISOString() };
+  return { id: s.id, protocol: s.protocol, user: s.user, store: s.store, slot: s.slot, client: s.clientAddress, startedAt: new Date(s.startedAt).toISOString(), bytesFromClient: s.traffic.bytesFromClient, bytesToClient: s.traffic.bytesToClient };
 }
 
 /** Stores as the `stores` command shows them. */

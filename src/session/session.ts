@@ -509,6 +509,10 @@ export class Session {
       slot: this.slot ?? '',
       clientAddress: this.clientAddress,
       startedAt: this.startedAt,
+      traffic: running,
+      // The splice's counts start with the pipelined and leftover bytes: none reported yet.
+      reportedFromClient: 0,
+      reportedToClient: 0,
       close: (reason) => {
         this.log.info({ event: reason === 'kicked' ? 'session.kicked' : reason === 'drained' ? 'session.drained' : 'session.shutdown', user: this.user, store: this.store, slot: this.slot }, `session closed: ${reason}`);
         running.close(reason, this.adapter.drainNotice(reason === 'drained' ? 'Mailbox moved to another server, please reconnect' : reason === 'kicked' ? 'Disconnected by an administrator' : 'Server shutting down'));
@@ -529,13 +533,13 @@ export class Session {
     this.phase = 'closing';
     clearTimeout(this.preauthTimer);
     this.canceller?.abort();
-    if (this.entry) this.context.registry.remove(this.entry);
-    // The splice counts its own bytes: its direct relay writes past the socket's counters.
-    const spliced = this.splice;
-    if (spliced !== undefined) {
-      this.context.metrics.bytesProxied('client-to-backend', spliced.bytesFromClient);
-      this.context.metrics.bytesProxied('backend-to-client', spliced.bytesToClient);
+    // The splice counts its own bytes (its direct relay writes past the socket's counters); what
+    // the scrapes have not yet taken goes to the counter now.
+    if (this.entry) {
+      this.context.registry.remove(this.entry);
+      this.context.metrics.splicedTraffic(this.entry);
     }
+    const spliced = this.splice;
     this.tracker.ended(reason);
     if (phaseAtEnd !== 'spliced') {
       // Let a final BYE/-ERR flush, but never wait on a client that does not read.

@@ -273,3 +273,46 @@ test('a reload re-reads a backend CA file that changed in place', async () => {
     await dir.remove();
   }
 });
+
+test('mailfront_proxied_bytes_total follows a spliced session while it lasts, counts each byte once, and the admin API shows the bytes', async () => {
+  const { port } = front.mailfront.httpAddress()!;
+  const proxied = async (): Promise<{ up: number; down: number }> => {
+    const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    const value = (direction: string): number => Number(new RegExp(`^mailfront_proxied_bytes_total\\{direction="${direction}"\\} (\\d+)$`, 'm').exec(text)?.[1] ?? 0);
+    return { up: value('client-to-backend'), down: value('backend-to-client') };
+  };
+  /** Sends `command` with `tag` and returns every line up to the tagged one, CRLF counted. */
+  const command = async (raw: LineClient, tag: string, text: string): Promise<number> => {
+    raw.send(`${tag} ${text}`);
+    let bytes = 0;
+    for (;;) {
+      const line = await raw.readLine();
+      bytes += line.length + 2;
+      if (line.startsWith(`${tag} `)) return bytes;
+    }
+  };
+  // Sessions of earlier tests end asynchronously: start from none.
+  for (let i = 0; front.mailfront.registry.size > 0 && i < 100; i++) await new Promise((r) => setTimeout(r, 50));
+  const initial = await proxied();
+  const raw = await LineClient.connect(front.imapTrustedPort);
+  try {
+    await raw.readLine();
+    raw.send(`a LOGIN liz ${PASSWORD}`);
+    assert.match(await raw.readLine(), /^a OK/);
+    const received = await command(raw, 's1', 'SELECT INBOX');
+    const open = await proxied();
+    assert.equal(open.up - initial.up, 's1 SELECT INBOX\r\n'.length, 'the bytes sent so far are counted while the session is open');
+    assert.equal(open.down - initial.down, received, 'the bytes received so far are counted while the session is open');
+    const listed = (await (await fetch(`http://127.0.0.1:${port}/api/sessions?user=liz`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json()) as { sessions: Array<{ bytesFromClient: number; bytesToClient: number }> };
+    assert.deepEqual(listed.sessions.map((s) => [s.bytesFromClient, s.bytesToClient]), [['s1 SELECT INBOX\r\n'.length, received]]);
+    await command(raw, 's2', 'NOOP');
+    raw.send('s3 LOGOUT');
+    assert.ok(await raw.waitClosed(5_000));
+    await waitForLog(front, (l) => l['event'] === 'session.finished' && l['user'] === 'liz' && l['phase'] === 'spliced');
+    // The end adds only what the scrape had not taken: every byte sent after login, once.
+    const final = await proxied();
+    assert.equal(final.up - initial.up, 's1 SELECT INBOX\r\ns2 NOOP\r\ns3 LOGOUT\r\n'.length);
+  } finally {
+    raw.close();
+  }
+});
