@@ -165,7 +165,18 @@ export class LdapStoreMapSource implements StoreMapSource {
     throw new MailfrontError('STOREMAP_LDAP_UNREACHABLE', 'config', `no store-map LDAP server answered: ${failures.join('; ')}`);
   }
 
+  /**
+   * The store entries as a store-map document. The document handed out last is remembered, so
+   * that the poll reports any difference from what the holder has, including a change made
+   * between the start-up load and the first poll.
+   */
   async load(): Promise<unknown> {
+    const document = await this.search();
+    this.lastFingerprint = JSON.stringify(document);
+    return document;
+  }
+
+  private async search(): Promise<unknown> {
     const client = await this.connection();
     try {
       const { searchEntries } = await client.search(this.config.baseDn, {
@@ -183,17 +194,14 @@ export class LdapStoreMapSource implements StoreMapSource {
 
   watch(onChange: () => void): () => void {
     // Polling keeps every instance of a fleet within one interval of the replicated truth; only
-    // a changed document is reported, so an unchanged poll builds no new version.
+    // a document that differs from the one last loaded is reported, so an unchanged poll builds
+    // no new version. The holder's reload loads it (and so moves lastFingerprint on); a reload
+    // that failed is reported again at the next poll.
     let stopped = false;
     let timer: NodeJS.Timeout | undefined;
     const poll = async (): Promise<void> => {
       try {
-        const fingerprint = JSON.stringify(await this.load());
-        if (fingerprint !== this.lastFingerprint) {
-          const first = this.lastFingerprint === '';
-          this.lastFingerprint = fingerprint;
-          if (!first) onChange();
-        }
+        if (JSON.stringify(await this.search()) !== this.lastFingerprint) onChange();
       } catch {
         // Unreachable LDAP: the last good map stays in force; the holder logs on the next change.
       }

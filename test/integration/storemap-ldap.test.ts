@@ -1,0 +1,59 @@
+/**
+ * The LDAP store-map source against a real slapd: its poll reports every difference from the
+ * document it handed out last, so a failover written to LDAP between mailfront's start-up load
+ * and its first poll is not lost.
+ */
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { LdapStoreMapSource } from '../../src/routing/sources.js';
+import { LDAP_STORES_DN, startSlapd } from './servers/index.js';
+import type { Slapd } from './servers/index.js';
+
+let slapd: Slapd;
+let source: LdapStoreMapSource;
+const POLL_MS = 100;
+
+before(async () => {
+  slapd = await startSlapd({ users: [] });
+  await slapd.modify(
+    [
+      `dn: cn=gamma,${LDAP_STORES_DN}`,
+      'changetype: add',
+      'objectClass: mailfrontStore',
+      'cn: gamma',
+      'mailfrontCurrentMaster: g1',
+      '',
+      ...['g1', 'g2'].flatMap((slot, i) => [`dn: cn=${slot},cn=gamma,${LDAP_STORES_DN}`, 'changetype: add', 'objectClass: mailfrontSlot', `cn: ${slot}`, 'mailfrontHost: 127.0.0.1', `mailfrontImapPort: ${10143 + i}`, '']),
+    ].join('\n'),
+  );
+  source = new LdapStoreMapSource({ kind: 'ldap', urls: [slapd.url], bindDn: slapd.rootDn, bindPassword: slapd.rootPassword, baseDn: LDAP_STORES_DN, pollIntervalMs: POLL_MS, starttls: false, operationTimeoutMs: 2_000 });
+});
+after(async () => {
+  await source?.close();
+  await slapd?.stop();
+});
+
+const masterIn = (document: unknown): unknown => (document as { stores: Record<string, { current_master: string }> }).stores['gamma']?.current_master;
+
+test('a failover written between the start-up load and the first poll is reported by that poll; an unchanged poll reports nothing', async () => {
+  assert.equal(masterIn(await source.load()), 'g1');
+  // The failover lands after the load, before the watch starts polling.
+  await slapd.modify(`dn: cn=gamma,${LDAP_STORES_DN}\nchangetype: modify\nreplace: mailfrontCurrentMaster\nmailfrontCurrentMaster: g2\n`);
+  let changes = 0;
+  let loaded: unknown;
+  // As the holder does: a reported change is loaded.
+  const stop = source.watch(() => {
+    changes++;
+    void source.load().then((document) => (loaded = document));
+  });
+  try {
+    for (let i = 0; i < 50 && loaded === undefined; i++) await sleep(POLL_MS);
+    assert.equal(changes, 1, 'the first poll reported the change');
+    assert.equal(masterIn(loaded), 'g2');
+    await sleep(POLL_MS * 5);
+    assert.equal(changes, 1, 'polls of an unchanged directory report nothing');
+  } finally {
+    stop();
+  }
+});
