@@ -40,8 +40,15 @@ export class FileStoreMapSource implements StoreMapSource {
     this.description = `file ${file}`;
   }
 
+  /** The document load() handed out last (JSON), to see whether the file changed before the watch began. */
+  private lastLoaded: string | undefined;
+
   load(): Promise<unknown> {
-    return Promise.resolve().then(() => readStoreMapFile(this.file));
+    return Promise.resolve().then(() => {
+      const document = readStoreMapFile(this.file);
+      this.lastLoaded = JSON.stringify(document);
+      return document;
+    });
   }
 
   watch(onChange: () => void): () => void {
@@ -58,6 +65,12 @@ export class FileStoreMapSource implements StoreMapSource {
       watcher.on('error', () => undefined);
     } catch {
       return () => undefined;
+    }
+    // An edit between the last load and the watcher's start raised no event: look once now.
+    try {
+      if (this.lastLoaded !== undefined && JSON.stringify(readStoreMapFile(this.file)) !== this.lastLoaded) onChange();
+    } catch {
+      // An unreadable or broken file now: the watcher reports its next change.
     }
     return () => {
       clearTimeout(timer);

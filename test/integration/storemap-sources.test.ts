@@ -1,13 +1,16 @@
 /**
- * The LDAP store-map source against a real slapd: its poll reports every difference from the
- * document it handed out last, so a failover written to LDAP between mailfront's start-up load
- * and its first poll is not lost.
+ * The store-map sources: the LDAP one against a real slapd, whose poll reports every difference
+ * from the document it handed out last, and the file one, which looks once when its watch
+ * begins. Either way a failover written between mailfront's start-up load and the start of the
+ * watch is not lost.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { LdapStoreMapSource } from '../../src/routing/sources.js';
-import { LDAP_STORES_DN, startSlapd } from './servers/index.js';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { FileStoreMapSource, LdapStoreMapSource } from '../../src/routing/sources.js';
+import { LDAP_STORES_DN, startSlapd, tmpDir } from './servers/index.js';
 import type { Slapd } from './servers/index.js';
 
 let slapd: Slapd;
@@ -55,5 +58,35 @@ test('a failover written between the start-up load and the first poll is reporte
     assert.equal(changes, 1, 'polls of an unchanged directory report nothing');
   } finally {
     stop();
+  }
+});
+
+test('the file source: an edit between the load and the start of the watch is reported at once; an unchanged file is not', async () => {
+  const dir = tmpDir('storemap-file');
+  const file = join(dir.path, 'stores.yaml');
+  const document = (master: string): string => `stores:\n  gamma:\n    current_master: ${master}\n    slots:\n      g1: { host: 127.0.0.1, imap_port: 10143 }\n      g2: { host: 127.0.0.1, imap_port: 10144 }\n`;
+  try {
+    writeFileSync(file, document('g1'));
+    const quiet = new FileStoreMapSource(file, true);
+    assert.equal(masterIn(await quiet.load()), 'g1');
+    let quietChanges = 0;
+    const stopQuiet = quiet.watch(() => quietChanges++);
+    await sleep(300);
+    stopQuiet();
+    assert.equal(quietChanges, 0, 'nothing changed, nothing reported');
+
+    const files = new FileStoreMapSource(file, true);
+    assert.equal(masterIn(await files.load()), 'g1');
+    writeFileSync(file, document('g2'));
+    let changes = 0;
+    const stop = files.watch(() => changes++);
+    try {
+      assert.ok(changes >= 1, 'the edit made before the watch began is reported when it begins');
+      assert.equal(masterIn(await files.load()), 'g2');
+    } finally {
+      stop();
+    }
+  } finally {
+    await dir.remove();
   }
 });
