@@ -118,7 +118,7 @@ stores:
   store2:
     current_master: slot1
     preferred_master: slot1
-    slots: { slot1: { host: 127.0.0.1 } }
+    slots: { slot1: { host: 127.0.0.1, imap_port: 3 } }
   store3:
     current_master: slot3
     backend: { login_mode: sasl-authzid }
@@ -128,7 +128,11 @@ stores:
   const error = configErrorOf(() => loadStoreMap(join(dir, 'stores.yaml'), 2, config));
   const paths = error.issues.map((i) => i.path);
   assert.ok(paths.includes('stores.store1.current_master'), paths.join(', '));
-  assert.ok(paths.includes('stores.store2.slots.slot1'), paths.join(', '));
+  // store2's slot1 is complete in itself (host and port): its only fault is the name store1 has too.
+  const duplicate = error.issues.filter((i) => i.path === 'stores.store2.slots.slot1');
+  assert.equal(duplicate.length, 1, JSON.stringify(error.issues));
+  assert.match(duplicate[0]?.expected ?? '', /a slot name used by one store only \(store "store1" has it too\)/);
+  assert.ok(!paths.some((p) => p.startsWith('stores.store1.slots')), paths.join(', '));
   assert.ok(paths.includes('stores.store3.backend.proxy_user'), paths.join(', '));
 });
 
