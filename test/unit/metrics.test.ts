@@ -142,6 +142,15 @@ describe('metrics', () => {
       for (const v of family.values) for (const label of Object.keys(v.labels)) assert.doesNotMatch(label, forbiddenLabels, `${family.name} has label ${label}`);
       assert.ok(family.help.length > 0, `${family.name} has help`);
     }
+    // A fresh instance has series in only some families: the labels each family declares are
+    // checked too, so that a family no test has recorded into yet cannot carry a user or address.
+    const declared = metrics.registry.getMetricsAsArray().filter((m) => m.name.startsWith('mailfront_'));
+    assert.ok(declared.length >= 26, `${declared.length} mailfront_ families`);
+    for (const family of declared) {
+      const labelNames = (family as unknown as { labelNames?: unknown }).labelNames;
+      assert.ok(Array.isArray(labelNames) && labelNames.every((l) => typeof l === 'string'), `${family.name} declares its label names`);
+      for (const label of labelNames as string[]) assert.doesNotMatch(label, forbiddenLabels, `${family.name} declares label ${label}`);
+    }
     // Process metrics are there, unprefixed, on this registry only.
     assert.ok(metrics.metricNames().includes('process_cpu_seconds_total'));
     assert.ok(metrics.metricNames().includes('nodejs_eventloop_lag_seconds'));
