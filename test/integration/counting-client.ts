@@ -21,9 +21,9 @@ export class CountingClient {
     this.listen(socket);
   }
 
-  /** Connects and waits for the greeting's first line. */
-  static async connect(port: number): Promise<CountingClient> {
-    const client = new CountingClient(netConnect(port, '127.0.0.1'));
+  /** Connects (from `localAddress`, a loopback address, when given) and waits for the greeting's first line. */
+  static async connect(port: number, localAddress?: string): Promise<CountingClient> {
+    const client = new CountingClient(netConnect({ port, host: '127.0.0.1', ...(localAddress !== undefined ? { localAddress } : {}) }));
     await client.until(/\r\n/);
     client.port = client.socket.localPort ?? 0;
     return client;

@@ -103,6 +103,9 @@ function storesDocument(stores: Record<string, StoreSpec>): unknown {
   };
 }
 
+/** session.auth_failure_delay_ms of every test instance unless a test sets its own. */
+export const AUTH_FAILURE_DELAY_MS = 300;
+
 /** The admin API token of every test instance. */
 export const ADMIN_TOKEN = 'test-admin-token-0123456789';
 
@@ -183,7 +186,7 @@ export async function startFront(options: FrontOptions): Promise<Front> {
         ? { ldap: { base_dn: options.storeMapLdapBase, bind_dn: options.slapd.rootDn, bind_password: options.slapd.rootPassword, poll_interval_ms: 100 } }
         : { file: 'stores.yaml' },
       backend: { login_mode: 'replay', connect_timeout_ms: 1000, login_timeout_ms: 5000, ...options.backend },
-      session: { auth_failure_delay_ms: 300, preauth_timeout_ms: 5000, ...options.session },
+      session: { auth_failure_delay_ms: AUTH_FAILURE_DELAY_MS, preauth_timeout_ms: 5000, ...options.session },
       failover: { hold_ms: 1000, drain_spread_ms: 200, ...options.failover },
       throttle: options.throttle ?? { enabled: false },
       connection_limits: { max_connections: 20000, max_connections_per_address: 20000, max_sessions_per_user: 1000, ...options.connectionLimits },
@@ -246,6 +249,28 @@ export async function waitForLog(front: Front, predicate: (line: Record<string, 
     if (Date.now() > deadline) throw new Error(`no matching log line within ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/** The id of the session whose session.started line names `clientPort` (the client's local port), looked for from index `since` on. */
+export async function sessionIdOf(front: Front, clientPort: number, since = 0): Promise<string> {
+  const started = await waitForLog(front, (l) => l['event'] === 'session.started' && l['clientPort'] === clientPort, 5_000, since);
+  return String(started['session']);
+}
+
+/** The log lines of one session so far (every line a session logs carries its id). */
+export function linesOfSession(front: Front, session: string): Array<Record<string, unknown>> {
+  return front.logs.filter((l) => l['session'] === session);
+}
+
+/**
+ * The events in a session's log that only a login the session itself attempted writes: every
+ * login that reaches the session (and so the directory) logs session.authenticated or
+ * session.login_failed before its answer is sent. Empty for credentials the protocol layer
+ * refused on its own.
+ */
+export function loginEventsOf(front: Front, session: string): string[] {
+  const events = new Set(['session.authenticated', 'session.login_failed', 'session.backend_connected', 'session.backend_retry', 'session.spliced']);
+  return linesOfSession(front, session).map((l) => String(l['event'])).filter((e) => events.has(e));
 }
 
 /** A test message of about `bytes` bytes with a recognisable body. */
