@@ -2,12 +2,14 @@
  * Test fixture: runs mailfront in this process with a config written from the real servers the
  * test started (slapd, Dovecot, Cyrus), on free loopback ports, and captures its log lines.
  */
+import assert from 'node:assert/strict';
 import { mkdirSync, openSync, writeFileSync, writeSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { loadConfig } from '../../src/config/load.js';
 import { Mailfront } from '../../src/main.js';
+import { MIN_SECRET_CHARS, secretsIn } from './secrets.js';
 import { makeCerts, freePort, tmpDir } from './servers/index.js';
 import type { Slapd, TestCerts } from './servers/index.js';
 
@@ -118,12 +120,42 @@ const suiteLogDir = process.env['MAILFRONT_TEST_LOG_DIR'];
 const registeredSecrets = new Set<string>();
 let suiteLogCount = 0;
 
-/** Registers passwords, proxy secrets and SASL blobs that must never appear in a log line of the suite. */
+/**
+ * Registers passwords, proxy secrets and SASL blobs that must never appear in a log line of the
+ * suite. A secret too short for the scan to look for is refused here, where the test that sent
+ * it is named, rather than by the scan at the end of the suite.
+ */
 export function registerSecrets(secrets: readonly string[]): void {
+  const short = secrets.filter((s) => s.length < MIN_SECRET_CHARS);
+  if (short.length > 0) throw new Error(`secrets shorter than ${MIN_SECRET_CHARS} characters cannot be scanned for: ${JSON.stringify(short)}; make them longer`);
+  const before = registeredSecrets.size;
   for (const secret of secrets) registeredSecrets.add(secret);
-  if (suiteLogDir === undefined) return;
+  if (suiteLogDir === undefined || registeredSecrets.size === before) return;
   mkdirSync(suiteLogDir, { recursive: true });
   writeFileSync(join(suiteLogDir, `${process.pid}-secrets.json`), `${JSON.stringify([...registeredSecrets].sort(), null, 1)}\n`);
+}
+
+/**
+ * Registers the passwords a test sends, right and wrong alike: a wrong password is as secret as
+ * a right one (it is often a typo of it). An empty one has nothing to find and is skipped.
+ */
+export function registerPasswords(...passwords: string[]): void {
+  registerSecrets(passwords.filter((p) => p !== ''));
+}
+
+/** Fails, naming the line, when one of `lines` holds any secret this process registered, in any form the scan knows. */
+export function assertNoRegisteredSecret(lines: readonly string[], what = 'the log'): void {
+  assert.ok(registeredSecrets.size > 0, 'no secrets registered: the scan would pass on nothing');
+  const found = secretsIn(lines, registeredSecrets);
+  assert.deepEqual(found, [], `secrets in ${what}:\n${found.slice(0, 20).join('\n')}`);
+}
+
+/**
+ * A writer of mailfront log lines into the suite-wide scan (for tests that log through mailfront
+ * code without startFront, or read the log of a mailfront process); a no-op when the scan is off.
+ */
+export function suiteLogWriter(): (line: string) => void {
+  return openSuiteLog();
 }
 
 /** Opens this instance's suite log file and returns its line writer (a no-op when the scan is off). */
@@ -207,6 +239,8 @@ export async function startFront(options: FrontOptions): Promise<Front> {
     ...(options.storeMapLdapBase ? [options.slapd.rootPassword] : []),
     ...proxyPasswords.filter((p): p is string => typeof p === 'string'),
   ]);
+  // Every directory user's password is one a test may send through this instance.
+  registerPasswords(...options.slapd.userPasswords());
   const mailfront = await Mailfront.start(loadConfig(configFile), {
     logDestination: {
       write(line: string) {
@@ -234,6 +268,8 @@ export async function startFront(options: FrontOptions): Promise<Front> {
     rawLogs,
     writeStores,
     async stop() {
+      // Users added or given new passwords while this instance ran.
+      registerPasswords(...options.slapd.userPasswords());
       await mailfront.stop(500);
       await dir.remove();
     },

@@ -8,25 +8,9 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { MIN_SECRET_CHARS, formsOf } from './secrets.js';
 
 const dir = process.env['MAILFRONT_TEST_LOG_DIR'];
-
-/** Shorter secrets would match by chance; registering one is a mistake in the test. */
-const MIN_SECRET_CHARS = 6;
-
-/** The forms a secret could take in a log line: as is, JSON-escaped, and base64 at each of the 3 alignments. */
-function formsOf(secret: string): string[] {
-  const forms = new Set([secret, JSON.stringify(secret).slice(1, -1)]);
-  for (let pad = 0; pad < 3; pad++) {
-    // base64 of the secret preceded by `pad` bytes: the characters that depend only on the secret.
-    const encoded = Buffer.concat([Buffer.alloc(pad), Buffer.from(secret, 'utf8')]).toString('base64');
-    const start = Math.ceil((pad * 4) / 3) + (pad === 0 ? 0 : 1);
-    const end = encoded.length - 4;
-    if (end - start >= 8) forms.add(encoded.slice(start, end));
-  }
-  forms.add(Buffer.from(secret, 'utf8').toString('base64'));
-  return [...forms].filter((f) => f.length >= MIN_SECRET_CHARS);
-}
 
 test('no secret registered by any test file appears in any mailfront log line of the suite', { skip: dir === undefined ? 'MAILFRONT_TEST_LOG_DIR is not set (scripts/test.sh sets it)' : false }, (t) => {
   assert.ok(dir !== undefined);

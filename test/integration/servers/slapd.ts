@@ -94,6 +94,8 @@ export interface Slapd {
   /** Sets (or with undefined removes) the user's mailStore. */
   setStore(uid: string, store: string | undefined): Promise<void>;
   readLog(): Promise<string>;
+  /** The passwords of every user the directory was given (at start, addUser, setPassword): secrets for the log scans. */
+  userPasswords(): string[];
 }
 
 const DEFAULT_SERVICE_PASSWORD = 'mailfront-service-secret';
@@ -252,6 +254,7 @@ export async function startSlapd(options: SlapdOptions): Promise<Slapd> {
     const life = await restartable('slapd', () => spawnDaemon({ name: 'slapd', command: '/usr/sbin/slapd', args: ['-f', confFile, '-h', listen, '-d', '0'], logFile, cwd: dir }), ready, () => tmp.remove());
 
     const userDn = (uid: string): string => `uid=${escapeDnValue(uid)},${LDAP_PEOPLE_DN}`;
+    const passwords = new Set(options.users.map((u) => u.password));
     const slapd: Slapd = {
       host: '127.0.0.1',
       url,
@@ -271,12 +274,17 @@ export async function startSlapd(options: SlapdOptions): Promise<Slapd> {
       userDn,
       ...lifecycleOf(life),
       modify: ldapmodify,
-      addUser: (user: SlapdUser) => ldapmodify(userEntry(user).replace('\n', '\nchangetype: add\n')),
+      addUser: (user: SlapdUser) => {
+        passwords.add(user.password);
+        return ldapmodify(userEntry(user).replace('\n', '\nchangetype: add\n'));
+      },
       deleteUser: (uid: string) => ldapmodify(`${ldifLine('dn', userDn(uid))}\nchangetype: delete\n`),
-      setPassword: (uid: string, password: string) =>
-        ldapmodify(
+      setPassword: (uid: string, password: string) => {
+        passwords.add(password);
+        return ldapmodify(
           `${ldifLine('dn', userDn(uid))}\nchangetype: modify\nreplace: userPassword\n${ldifLine('userPassword', sshaHash(password))}\n-\n`,
-        ),
+        );
+      },
       setStore: (uid: string, store: string | undefined) =>
         ldapmodify(
           store === undefined
@@ -284,6 +292,7 @@ export async function startSlapd(options: SlapdOptions): Promise<Slapd> {
             : `${ldifLine('dn', userDn(uid))}\nchangetype: modify\nreplace: ${LDAP_STORE_ATTRIBUTE}\n${ldifLine(LDAP_STORE_ATTRIBUTE, store)}\n-\n`,
         ),
       readLog: () => readFile(logFile, 'utf8').catch(() => ''),
+      userPasswords: () => [...passwords],
     };
     return slapd;
   } catch (err) {
