@@ -12,7 +12,7 @@ import type { ImapFlowOptions } from 'imapflow';
 import { LineClient, startCyrus, startDovecot, startSlapd } from './servers/index.js';
 import type { Cyrus, Dovecot, Slapd } from './servers/index.js';
 import { CountingClient } from './counting-client.js';
-import { makeMessage, registerSecrets, startFront, waitForLog } from './front.js';
+import { AUTH_FAILURE_DELAY_MS, linesOfSession, loginEventsOf, makeMessage, registerSecrets, sessionIdOf, startFront, waitForLog } from './front.js';
 import type { Front, StoreSpec } from './front.js';
 
 const PASSWORDS = {
@@ -344,13 +344,21 @@ describe('IMAP failures', () => {
   });
 
   test('a NUL in the user name is refused before the directory', async () => {
+    const mark = front.logs.length;
     const raw = await LineClient.connect(front.imapTrustedPort);
     try {
       await raw.readLine();
+      const session = await sessionIdOf(front, raw.socket.localPort!, mark);
+      const started = Date.now();
       raw.write(`t1 LOGIN {6+}\r\nal\0ice {${PASSWORDS.alice.length}+}\r\n${PASSWORDS.alice}\r\n`);
       const line = await raw.readLine();
-      assert.match(line, /^t1 (NO|BAD) /);
-      assert.doesNotMatch(line, /^t1 OK/);
+      const ms = Date.now() - started;
+      assert.equal(line, 't1 NO [AUTHENTICATIONFAILED] Authentication failed.');
+      // Refused by the protocol layer: no login was started, so nothing went to the directory
+      // (a login that was would have logged its outcome before the answer, and been answered
+      // only after the auth failure delay).
+      assert.deepEqual(loginEventsOf(front, session), [], JSON.stringify(linesOfSession(front, session)));
+      assert.ok(ms < AUTH_FAILURE_DELAY_MS, `answered after ${ms} ms: the auth failure delay of a login that was attempted`);
     } finally {
       raw.close();
     }
@@ -451,19 +459,30 @@ describe('hostile IMAP input', () => {
   });
 
   test('CR/LF inside SASL-decoded credentials is refused and nothing reaches a backend', async () => {
-    const authenticatedBefore = front.logs.filter((l) => l['event'] === 'session.authenticated').length;
+    const mark = front.logs.length;
     const raw = await LineClient.connect(front.imapTrustedPort);
     try {
       await raw.readLine();
-      const blob = Buffer.from(`\0alice\0${PASSWORDS.alice}\r\nx2 DELETE INBOX`).toString('base64');
-      const result = await raw.imap(`AUTHENTICATE PLAIN ${blob}`);
-      assert.notEqual(result.status, 'OK');
-      const lf = await raw.imap(`AUTHENTICATE PLAIN ${Buffer.from(`\0alice\nx\0${PASSWORDS.alice}`).toString('base64')}`);
-      assert.notEqual(lf.status, 'OK');
+      const session = await sessionIdOf(front, raw.socket.localPort!, mark);
+      const timed = async (command: string): Promise<{ status: string; text: string; ms: number }> => {
+        const started = Date.now();
+        const result = await raw.imap(command);
+        return { status: result.status, text: result.text, ms: Date.now() - started };
+      };
+      // The right password with a command behind it, and a user name with a LF in it.
+      const crlf = await timed(`AUTHENTICATE PLAIN ${Buffer.from(`\0alice\0${PASSWORDS.alice}\r\nx2 DELETE INBOX`).toString('base64')}`);
+      const lf = await timed(`AUTHENTICATE PLAIN ${Buffer.from(`\0alice\nx\0${PASSWORDS.alice}`).toString('base64')}`);
+      for (const result of [crlf, lf]) {
+        assert.equal(`${result.status} ${result.text}`, 'NO [AUTHENTICATIONFAILED] Authentication failed.');
+        // Refused by the protocol layer, before any login: a login that reached the session
+        // (and the directory) is answered only after the auth failure delay.
+        assert.ok(result.ms < AUTH_FAILURE_DELAY_MS, `answered after ${result.ms} ms: the auth failure delay of a login that was attempted`);
+      }
+      // Every login the session attempts logs its outcome before the answer: there was none.
+      assert.deepEqual(loginEventsOf(front, session), [], JSON.stringify(linesOfSession(front, session)));
     } finally {
       raw.close();
     }
-    assert.equal(front.logs.filter((l) => l['event'] === 'session.authenticated').length, authenticatedBefore);
   });
 });
 
