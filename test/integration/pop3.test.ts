@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
-import { connect as netConnect, createServer } from 'node:net';
+import { createServer } from 'node:net';
 import type { Server } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -251,16 +251,29 @@ describe('POP3 failures', () => {
 
 describe('hostile POP3 input', () => {
   test('commands smuggled after STLS in the same packet are discarded', async () => {
-    const socket = netConnect(front.pop3Port, '127.0.0.1');
-    const received: Buffer[] = [];
-    socket.on('data', (d: Buffer) => received.push(d));
-    await new Promise((r) => socket.once('data', r));
-    socket.write(`STLS\r\nUSER alice\r\nPASS ${PASSWORDS.alice}\r\nSTAT\r\n`);
-    await new Promise((r) => setTimeout(r, 500));
-    const lines = Buffer.concat(received).toString('latin1').split('\r\n').filter(Boolean);
-    assert.equal(lines.length, 2, lines.join(' | ')); // greeting and the STLS answer, nothing else
-    assert.match(lines[1] ?? '', /^\+OK/);
-    socket.destroy();
+    const mark = front.logs.length;
+    const c = await CountingClient.connect(front.pop3Port);
+    const session = await sessionIdOf(front, c.port, mark);
+    c.send(`STLS\r\nUSER alice\r\nPASS ${PASSWORDS.alice}\r\nSTAT\r\n`);
+    await c.until(/^\+OK Begin TLS negotiation\r\n/m);
+    const plain = c.text;
+    // The greeting and the STLS answer, nothing else.
+    assert.equal(plain.split('\r\n').filter(Boolean).length, 2, plain);
+    // Over TLS, the first answer must be to the first command sent over TLS: smuggled commands
+    // executed after the handshake would be answered first (USER's +OK), or hold CAPA behind a login.
+    await c.startTls(front.caPem);
+    c.send('CAPA\r\n');
+    await c.until(/\r\n\.\r\n/);
+    const overTls = c.text.slice(plain.length);
+    assert.match(overTls, /^\+OK Capability list follows\r\n(?:[^\r.][^\r]*\r\n)*\.\r\n$/, overTls);
+    assert.match(overTls, /\r\nUSER\r\n/, 'the capabilities are those after TLS');
+    c.send('QUIT\r\n');
+    await c.closed;
+    assert.equal(c.text.slice(plain.length + overTls.length), '+OK Logging out\r\n');
+    const finished = await waitForLog(front, (l) => l['event'] === 'session.finished' && l['session'] === session, 5_000, mark);
+    assert.equal(finished['phase'], 'preauth');
+    assert.equal(finished['reason'], 'logout');
+    assert.deepEqual(loginEventsOf(front, session), [], 'the smuggled USER/PASS was never attempted');
   });
 
   test('CR/LF inside AUTH PLAIN credentials is refused before any backend', async () => {
