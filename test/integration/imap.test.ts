@@ -295,15 +295,24 @@ describe('IMAP towards TLS backends and address forwarding', () => {
   }
 
   test('the client address and session id reach Dovecot through ID', async () => {
+    // From 127.0.0.2: mailfront itself connects to Dovecot from 127.0.0.1, so Dovecot can only
+    // name 127.0.0.2 as the remote address if mailfront forwarded it.
     const mark = front.logs.length;
-    const c = client(front.imapPort, 'alice', PASSWORDS.alice);
-    await c.connect();
-    await c.logout();
-    const spliced = await waitForLog(front, (l) => l['event'] === 'session.spliced' && l['user'] === 'alice', 5_000, mark);
+    const c = await CountingClient.connect(front.imapPort, '127.0.0.2');
+    c.send('s1 STARTTLS\r\n');
+    await c.until(/^s1 OK/m);
+    await c.startTls(front.caPem);
+    c.send(`a1 LOGIN alice "${PASSWORDS.alice}"\r\n`);
+    await c.until(/^a1 OK/m);
+    c.send('a2 LOGOUT\r\n');
+    await c.closed;
+    const spliced = await waitForLog(front, (l) => l['event'] === 'session.spliced' && l['user'] === 'alice' && l['client'] === '127.0.0.2', 5_000, mark);
     const session = String(spliced['session']);
     const deadline = Date.now() + 3_000;
-    while (!(await alphaMaster.readLog()).includes(session) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    assert.match(await alphaMaster.readLog(), new RegExp(`session=<${session}>`));
+    while (!(await alphaMaster.readLog()).includes(`session=<${session}>`) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    const login = (await alphaMaster.readLog()).split('\n').find((l) => l.includes(`session=<${session}>`)) ?? '';
+    assert.match(login, /imap-login: Info: Login: user=<alice>/, login);
+    assert.match(login, /\brip=127\.0\.0\.2,/, login);
   });
 });
 

@@ -65,9 +65,9 @@ class SieveClient {
     this.attach(socket);
   }
 
-  static connect(port: number): Promise<SieveClient> {
+  static connect(port: number, localAddress?: string): Promise<SieveClient> {
     return new Promise((resolve, reject) => {
-      const socket = netConnect(port, '127.0.0.1');
+      const socket = netConnect({ port, host: '127.0.0.1', ...(localAddress !== undefined ? { localAddress } : {}) });
       socket.once('connect', () => resolve(new SieveClient(socket)));
       socket.once('error', reject);
     });
@@ -211,8 +211,8 @@ class SieveClient {
 }
 
 /** Connects to the trusted (plaintext) listener and logs in with SASL PLAIN. */
-async function loggedIn(user: string, password: string, port = front.sieveTrustedPort!): Promise<SieveClient> {
-  const client = await SieveClient.connect(port);
+async function loggedIn(user: string, password: string, port = front.sieveTrustedPort!, localAddress?: string): Promise<SieveClient> {
+  const client = await SieveClient.connect(port, localAddress);
   await client.response();
   await client.ok(`AUTHENTICATE "PLAIN" "${plainIr(user, password)}"`);
   return client;
@@ -429,15 +429,19 @@ describe('ManageSieve through mailfront: scripts land in the right store', () =>
   });
 
   test('the client address and session id reach Dovecot through XCLIENT', async () => {
+    // From 127.0.0.2: mailfront itself connects to Dovecot from 127.0.0.1, so Dovecot can only
+    // name 127.0.0.2 as the remote address if mailfront forwarded it.
     const mark = front.logs.length;
-    const client = await loggedIn('alice', PASSWORDS.alice);
+    const client = await loggedIn('alice', PASSWORDS.alice, front.sieveTrustedPort!, '127.0.0.2');
     await client.ok('LOGOUT');
     client.close();
-    const spliced = await waitForLog(front, (l) => l['event'] === 'session.spliced' && l['user'] === 'alice', 5_000, mark);
+    const spliced = await waitForLog(front, (l) => l['event'] === 'session.spliced' && l['user'] === 'alice' && l['client'] === '127.0.0.2', 5_000, mark);
     const session = String(spliced['session']);
     const deadline = Date.now() + 3_000;
-    while (!(await alphaMaster.readLog()).includes(session) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    assert.match(await alphaMaster.readLog(), new RegExp(`managesieve-login: Info: Login: user=<alice>.*session=<${session}>`));
+    while (!(await alphaMaster.readLog()).includes(`session=<${session}>`) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    const login = (await alphaMaster.readLog()).split('\n').find((l) => l.includes(`session=<${session}>`)) ?? '';
+    assert.match(login, /managesieve-login: Info: Login: user=<alice>/, login);
+    assert.match(login, /\brip=127\.0\.0\.2,/, login);
   });
 
   test('backend STARTTLS to Dovecot, verified against the CA file', async () => {

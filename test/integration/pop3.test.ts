@@ -181,13 +181,25 @@ describe('POP3 sessions through mailfront (python3 poplib)', () => {
   }
 
   test('the client address and session id reach Dovecot through XCLIENT', async () => {
+    // From 127.0.0.2: mailfront itself connects to Dovecot from 127.0.0.1, so Dovecot can only
+    // name 127.0.0.2 as the remote address if mailfront forwarded it.
     const mark = front.logs.length;
-    await poplib({ port: front.pop3TrustedPort, user: 'alice', password: PASSWORDS.alice, mode: 'plain', actions: ['stat'] });
-    const spliced = await waitForLog(front, (l) => l['event'] === 'session.spliced' && l['store'] === 'alpha', 5_000, mark);
+    const raw = await LineClient.connect(front.pop3TrustedPort, { localAddress: '127.0.0.2' });
+    try {
+      await raw.readLine();
+      await raw.pop3('USER alice');
+      await raw.pop3(`PASS ${PASSWORDS.alice}`);
+      await raw.pop3('QUIT');
+    } finally {
+      raw.close();
+    }
+    const spliced = await waitForLog(front, (l) => l['event'] === 'session.spliced' && l['store'] === 'alpha' && l['client'] === '127.0.0.2', 5_000, mark);
     const session = String(spliced['session']);
     const deadline = Date.now() + 3_000;
-    while (!(await alpha.readLog()).includes(session) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    assert.match(await alpha.readLog(), new RegExp(`session=<${session}>`));
+    while (!(await alpha.readLog()).includes(`session=<${session}>`) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    const login = (await alpha.readLog()).split('\n').find((l) => l.includes(`session=<${session}>`)) ?? '';
+    assert.match(login, /pop3-login: Info: Login: user=<alice>/, login);
+    assert.match(login, /\brip=127\.0\.0\.2,/, login);
   });
 });
 
