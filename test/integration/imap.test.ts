@@ -171,6 +171,8 @@ describe('IMAP sessions through mailfront', () => {
   });
 
   test('master-user login mode: store beta user lands on beta (checked by content)', async () => {
+    const mark = front.logs.length;
+    const logBefore = (await beta.readLog()).length;
     const c = client(front.imapPort, 'bob', PASSWORDS.bob);
     await c.connect();
     try {
@@ -178,7 +180,15 @@ describe('IMAP sessions through mailfront', () => {
     } finally {
       await c.logout();
     }
-    assert.match(await beta.readLog(), /master/i);
+    // This login, in beta's log: the master user logged in as bob (bob's own backend password is
+    // one mailfront never knew), and the login line carries this session's id.
+    const spliced = await waitForLog(front, (l) => l['event'] === 'session.spliced' && l['user'] === 'bob', 5_000, mark);
+    const session = String(spliced['session']);
+    const deadline = Date.now() + 3_000;
+    while (!(await beta.readLog()).slice(logBefore).includes(`session=<${session}>`) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    const log = (await beta.readLog()).slice(logBefore);
+    assert.match(log, /Master user logging in as bob\b/);
+    assert.match(log, new RegExp(`imap-login: Info: Login: user=<bob>.*session=<${session}>`));
   });
 
   test('SASL PLAIN authzid login mode against Cyrus: store gamma user lands on Cyrus', async () => {
