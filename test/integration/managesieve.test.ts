@@ -15,12 +15,18 @@ import { connect as tlsConnect } from 'node:tls';
 import type { TLSSocket } from 'node:tls';
 import { LineClient, startCyrus, startDovecot, startSlapd, tmpDir } from './servers/index.js';
 import type { Cyrus, Dovecot, Slapd, TmpDir } from './servers/index.js';
-import { AUTH_FAILURE_DELAY_MS, linesOfSession, loginEventsOf, sessionIdOf, startFront, waitForLog } from './front.js';
+import { AUTH_FAILURE_DELAY_MS, assertNoRegisteredSecret, linesOfSession, loginEventsOf, registerPasswords, registerSecrets, sessionIdOf, startFront, waitForLog } from './front.js';
 import type { Front, StoreSpec } from './front.js';
 
 const PASSWORDS = { alice: 'Alice-sieve-7e21', bob: 'Bob-sieve-3c9a', carol: 'Carol-sieve-55d0', dave: 'Dave-sieve-0f0f' };
 const MASTER = { name: 'sievemaster', password: 'Master-sieve-81b2' };
 const CYRUS_PROXY = { name: 'proxyadmin', password: 'Cyrus-sieve-proxy-4d' };
+registerSecrets([
+  ...Object.values(PASSWORDS),
+  MASTER.password,
+  CYRUS_PROXY.password,
+  ...Object.entries(PASSWORDS).map(([user, pw]) => Buffer.from(`\0${user}\0${pw}`).toString('base64')),
+]);
 
 let slapd: Slapd;
 let alphaMaster: Dovecot;
@@ -212,6 +218,7 @@ class SieveClient {
 
 /** Connects to the trusted (plaintext) listener and logs in with SASL PLAIN. */
 async function loggedIn(user: string, password: string, port = front.sieveTrustedPort!, localAddress?: string): Promise<SieveClient> {
+  registerPasswords(password);
   const client = await SieveClient.connect(port, localAddress);
   await client.response();
   await client.ok(`AUTHENTICATE "PLAIN" "${plainIr(user, password)}"`);
@@ -220,6 +227,7 @@ async function loggedIn(user: string, password: string, port = front.sieveTruste
 
 /** Runs sieve-connect (the Debian package) with the password on stdin. */
 function sieveConnect(user: string, password: string, action: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  registerPasswords(password);
   const args = ['--server', '127.0.0.1', '--port', String(front.sievePort), '--nosrv', '--user', user, '--passwordfd', '0', '--authmech', 'PLAIN', '--tlscafile', front.certs.caFile, '--tlshostname', 'localhost', ...action];
   return new Promise((resolve, reject) => {
     const child = spawn('sieve-connect', args, { stdio: ['pipe', 'pipe', 'pipe'] });
@@ -466,6 +474,7 @@ describe('ManageSieve through mailfront: scripts land in the right store', () =>
 
 describe('ManageSieve failures', () => {
   async function authenticate(user: string, password: string): Promise<{ line: string; ms: number }> {
+    registerPasswords(password);
     const client = await SieveClient.connect(front.sieveTrustedPort!);
     try {
       await client.response();
@@ -638,11 +647,9 @@ describe('hostile ManageSieve input', () => {
   });
 });
 
-test('no password, proxy secret or SASL blob appears in any log line', () => {
-  const secrets = [...Object.values(PASSWORDS), MASTER.password, CYRUS_PROXY.password];
-  const blobs = Object.entries(PASSWORDS).flatMap(([user, pw]) => [plainIr(user, pw), b64(pw), plainIr(user, pw, user)]);
+test('no password (right or wrong), proxy secret or SASL blob appears in any log line', () => {
   assert.ok(front.rawLogs.length > 50, 'the suite produced logs');
-  for (const line of front.rawLogs) {
-    for (const secret of [...secrets, ...blobs]) assert.ok(!line.includes(secret), `a secret appears in: ${line}`);
-  }
+  // Every secret this file registered: the users' passwords, the wrong ones the tests sent, the
+  // proxy and bind secrets, in every form the suite scan knows (base64 at each alignment too).
+  assertNoRegisteredSecret(front.rawLogs);
 });

@@ -15,7 +15,7 @@ import { promisify } from 'node:util';
 import { LineClient, repoRoot, startCyrus, startDovecot, startSlapd } from './servers/index.js';
 import type { Cyrus, Dovecot, Slapd } from './servers/index.js';
 import { CountingClient } from './counting-client.js';
-import { AUTH_FAILURE_DELAY_MS, linesOfSession, loginEventsOf, makeMessage, registerSecrets, sessionIdOf, startFront, waitForLog } from './front.js';
+import { AUTH_FAILURE_DELAY_MS, assertNoRegisteredSecret, linesOfSession, loginEventsOf, makeMessage, registerPasswords, registerSecrets, sessionIdOf, startFront, waitForLog } from './front.js';
 import type { Front } from './front.js';
 
 const run = promisify(execFile);
@@ -46,6 +46,7 @@ interface PopResult {
 }
 
 async function poplib(request: { port: number; user: string; password: string; mode: 'plain' | 'stls' | 'ssl'; actions?: string[] }): Promise<PopResult> {
+  registerPasswords(request.password);
   const script = join(repoRoot(), 'test/integration/clients/pop3client.py');
   const { stdout } = await run('python3', [script, JSON.stringify({ cafile: front.certs.caFile, ...request })], { timeout: 60_000, maxBuffer: 1 << 20 });
   return JSON.parse(stdout) as PopResult;
@@ -167,6 +168,7 @@ describe('POP3 sessions through mailfront (python3 poplib)', () => {
         client.send(`USER alice\r\nPASS ${PASSWORDS.alice}\r\nSTAT\r\n`);
         await client.until(/^\+OK \d+ \d+\r\n/m);
       } else {
+        registerPasswords('not-the-password');
         client.send('USER alice\r\nPASS not-the-password\r\n');
         await client.until(/^-ERR \[AUTH\]/m);
       }
@@ -205,6 +207,7 @@ describe('POP3 sessions through mailfront (python3 poplib)', () => {
 
 describe('POP3 failures', () => {
   async function rawPass(user: string, password: string): Promise<{ line: string; ms: number }> {
+    registerPasswords(password);
     const raw = await LineClient.connect(front.pop3TrustedPort);
     try {
       await raw.readLine();
@@ -330,11 +333,9 @@ describe('hostile POP3 input', () => {
   });
 });
 
-test('no password, proxy secret or SASL blob appears in any log line', () => {
-  const secrets = [...Object.values(PASSWORDS), MASTER.password, CYRUS_PROXY.password];
-  const blobs = Object.entries(PASSWORDS).flatMap(([user, pw]) => [Buffer.from(`\0${user}\0${pw}`).toString('base64'), Buffer.from(pw).toString('base64')]);
+test('no password (right or wrong), proxy secret or SASL blob appears in any log line', () => {
   assert.ok(front.rawLogs.length > 50, 'the suite produced logs');
-  for (const line of front.rawLogs) {
-    for (const secret of [...secrets, ...blobs]) assert.ok(!line.includes(secret), `a secret appears in: ${line}`);
-  }
+  // Every secret this file registered: the users' passwords, the wrong ones the tests sent, the
+  // proxy and bind secrets, in every form the suite scan knows (base64 at each alignment too).
+  assertNoRegisteredSecret(front.rawLogs);
 });
