@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { LineClient, startDovecot, startRedis, startSlapd } from './servers/index.js';
 import type { Dovecot, Redis, Slapd } from './servers/index.js';
-import { startFront, waitForLog } from './front.js';
+import { registerPasswords, startFront, waitForLog } from './front.js';
 import type { Front } from './front.js';
 
 const PASSWORD = 'Limits-pw-3b9e';
@@ -31,6 +31,7 @@ after(async () => {
 });
 
 async function imapLogin(front: Front, user: string, password: string, localAddress = '127.0.0.1'): Promise<{ line: string; ms: number }> {
+  registerPasswords(password);
   const raw = await LineClient.connect(front.imapTrustedPort, { localAddress });
   try {
     await raw.readLine();
@@ -44,6 +45,7 @@ async function imapLogin(front: Front, user: string, password: string, localAddr
 }
 
 async function pop3Login(front: Front, user: string, password: string, localAddress = '127.0.0.1'): Promise<string> {
+  registerPasswords(password);
   const raw = await LineClient.connect(front.pop3TrustedPort, { localAddress });
   try {
     await raw.readLine();
@@ -83,7 +85,7 @@ describe('auth-failure throttling', () => {
   });
 
   test('an address past its threshold is refused for every user; the trusted webmail network is exempt per address', async () => {
-    for (const [i, user] of ['una', 'uwe', 'val', 'vic', 'wes', 'una'].entries()) await pop3Login(front, user, `bad-${i}`, '127.0.0.7');
+    for (const [i, user] of ['una', 'uwe', 'val', 'vic', 'wes', 'una'].entries()) await pop3Login(front, user, `bad-addr-${i}`, '127.0.0.7');
     assert.match((await imapLogin(front, 'ted', PASSWORD, '127.0.0.7')).line, /^t1 NO \[LIMIT\] /);
     for (const [i, user] of ['una', 'uwe', 'val', 'vic', 'wes', 'uwe', 'val'].entries()) await pop3Login(front, user, `bad-webmail-${i}`, '127.0.0.9');
     assert.match((await imapLogin(front, 'ted', PASSWORD, '127.0.0.9')).line, /^t1 OK /);
