@@ -9,14 +9,26 @@ import { LdapDirectory } from '../../src/auth/ldap.js';
 import type { DirectoryConfig } from '../../src/config/schema.js';
 import { MailfrontError } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
+import { assertNoRegisteredSecret, registerPasswords, registerSecrets, suiteLogWriter } from './front.js';
 import { freePort, startSlapd } from './servers/index.js';
 import type { Slapd } from './servers/index.js';
 
 let slapd: Slapd;
-const log = createLogger('silent');
+// Every password these tests hand to the directory code, right and wrong: its log lines (kept
+// here and written to the suite-wide scan) must hold none of them.
+registerPasswords('alice-pw', 'nostore-pw', 'wrong-alice-pw', 'nobody-pw', 'not-the-service-pw');
+const logLines: string[] = [];
+const writeSuiteLog = suiteLogWriter();
+const log = createLogger('debug', {
+  write(line: string) {
+    logLines.push(line);
+    writeSuiteLog(line);
+  },
+});
 
 before(async () => {
-  slapd = await startSlapd({ tls: true, users: [{ uid: 'alice', password: 'alice-pw', store: 'alpha' }, { uid: 'nostore', password: 'ns-pw' }] });
+  slapd = await startSlapd({ tls: true, users: [{ uid: 'alice', password: 'alice-pw', store: 'alpha' }, { uid: 'nostore', password: 'nostore-pw' }] });
+  registerSecrets([slapd.bindPassword]);
 });
 after(async () => {
   await slapd?.stop();
@@ -59,9 +71,9 @@ test('search then bind: the store comes from the directory; wrong password and u
   const d = directory({});
   try {
     assert.deepEqual(await d.authenticate('alice', 'alice-pw', signal), { user: 'alice', dn: 'uid=alice,ou=people,dc=example,dc=org', store: 'alpha' });
-    assert.equal((await d.authenticate('nostore', 'ns-pw', signal)).store, null);
-    assert.equal((await failure(d.authenticate('alice', 'wrong', signal))).kind, 'auth-failed');
-    assert.equal((await failure(d.authenticate('nobody', 'x', signal))).kind, 'auth-failed');
+    assert.equal((await d.authenticate('nostore', 'nostore-pw', signal)).store, null);
+    assert.equal((await failure(d.authenticate('alice', 'wrong-alice-pw', signal))).kind, 'auth-failed');
+    assert.equal((await failure(d.authenticate('nobody', 'nobody-pw', signal))).kind, 'auth-failed');
     assert.equal((await failure(d.authenticate('*', 'alice-pw', signal))).kind, 'auth-failed');
   } finally {
     await d.close();
@@ -145,7 +157,7 @@ test('the entry cache skips the search for a known user and still checks every p
     await slapd.setStore('alice', 'beta');
     // Within the TTL the cached entry answers (no search), but the bind still checks the password.
     assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha');
-    assert.equal((await failure(d.authenticate('alice', 'wrong', signal))).kind, 'auth-failed');
+    assert.equal((await failure(d.authenticate('alice', 'wrong-alice-pw', signal))).kind, 'auth-failed');
     const fresh = directory({});
     try {
       assert.equal((await fresh.authenticate('alice', 'alice-pw', signal)).store, 'beta');
@@ -166,7 +178,7 @@ test('the authentication cache answers a repeated login without LDAP, never a wr
     await slapd.stopOnly();
     try {
       assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha');
-      assert.equal((await failure(d.authenticate('alice', 'wrong', signal))).kind, 'auth-tempfail');
+      assert.equal((await failure(d.authenticate('alice', 'wrong-alice-pw', signal))).kind, 'auth-tempfail');
       assert.ok(!JSON.stringify([...(d as unknown as { successes: Map<string, unknown> }).successes.entries()]).includes('alice-pw'));
     } finally {
       await slapd.startAgain();
@@ -174,4 +186,23 @@ test('the authentication cache answers a repeated login without LDAP, never a wr
   } finally {
     await d.close();
   }
+});
+
+test('a refused service account is a temporary failure, logged (the one line the directory writes) without its password', async () => {
+  const mark = logLines.length;
+  const d = directory({ bindPassword: 'not-the-service-pw' });
+  try {
+    const error = await failure(d.authenticate('alice', 'alice-pw', signal));
+    assert.equal(error.kind, 'auth-tempfail');
+    // The message becomes a session.login_failed reason in mailfront's log.
+    assert.doesNotMatch(error.message, /not-the-service-pw|alice-pw/);
+  } finally {
+    await d.close();
+  }
+  assert.ok(logLines.slice(mark).some((l) => (JSON.parse(l) as Record<string, unknown>)['event'] === 'directory.service_bind_refused'), logLines.slice(mark).join(''));
+});
+
+test('no password (right or wrong) and no bind secret appears in the directory\'s log lines', () => {
+  assert.ok(logLines.length > 0, 'the directory logged nothing: the scan would pass on nothing');
+  assertNoRegisteredSecret(logLines, "the directory's log");
 });
