@@ -278,3 +278,19 @@ test('--help and --version work on every subcommand', async () => {
     assert.match(version.stdout, /^mailfront \d+\.\d+\.\d+/);
   }
 });
+
+// The mailfront processes above log to files of their own, which startFront's capture never
+// sees: scan them here, and hand their lines to the suite-wide scan (zz-secrets.test.ts).
+test("no password, admin token or bind secret appears in the mailfront processes' log files", async () => {
+  const { assertNoRegisteredSecret, registerSecrets, suiteLogWriter } = await import('./front.js');
+  registerSecrets([PASSWORD, TOKEN, slapd.bindPassword]);
+  const writeSuiteLog = suiteLogWriter();
+  let count = 0;
+  for (const instance of instances) {
+    const lines = readFileSync(instance.logFile, 'utf8').split('\n').filter((l) => l !== '');
+    count += lines.length;
+    for (const line of lines) writeSuiteLog(line);
+    assertNoRegisteredSecret(lines, instance.logFile);
+  }
+  assert.ok(count > 0, 'the instances logged nothing: the scan would pass on nothing');
+});
