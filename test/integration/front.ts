@@ -108,6 +108,31 @@ function storesDocument(stores: Record<string, StoreSpec>): unknown {
 /** session.auth_failure_delay_ms of every test instance unless a test sets its own. */
 export const AUTH_FAILURE_DELAY_MS = 300;
 
+/**
+ * Logs in three times with a wrong password and three times as an unknown user, alternating, and
+ * asserts the same `answer` each time, after at least the failure delay, with medians within
+ * 100 ms of each other (the medians, so that one login slowed down by a busy machine does not
+ * decide): nothing tells an attacker whether the user exists.
+ */
+export async function assertSameFailure(
+  login: (user: string, password: string) => Promise<{ line: string; ms: number }>,
+  wrongPassword: readonly [string, string],
+  unknownUser: readonly [string, string],
+  answer: string,
+): Promise<void> {
+  const wrong: Array<{ line: string; ms: number }> = [];
+  const unknown: Array<{ line: string; ms: number }> = [];
+  for (let i = 0; i < 3; i++) {
+    wrong.push(await login(...wrongPassword));
+    unknown.push(await login(...unknownUser));
+  }
+  for (const result of [...wrong, ...unknown]) assert.equal(result.line, answer);
+  const median = (xs: Array<{ ms: number }>): number => xs.map((x) => x.ms).sort((a, b) => a - b)[1] as number;
+  const times = `wrong ${wrong.map((x) => x.ms).join('/')} ms, unknown ${unknown.map((x) => x.ms).join('/')} ms`;
+  assert.ok(median(wrong) >= AUTH_FAILURE_DELAY_MS - 20 && median(unknown) >= AUTH_FAILURE_DELAY_MS - 20, times);
+  assert.ok(Math.abs(median(wrong) - median(unknown)) < 100, times);
+}
+
 /** The admin API token of every test instance. */
 export const ADMIN_TOKEN = 'test-admin-token-0123456789';
 
