@@ -46,12 +46,22 @@ const caCache = new Map<string, Buffer>();
 export function forgetBackendCaFiles(): void {
   caCache.clear();
 }
+/**
+ * The TLS options for a connection to `slot`. Throws a MailfrontError (kind backend-login: a
+ * login failure, not an unreachable slot) when the CA file cannot be read; callers ask before
+ * they connect or inside their own error handling, never from a socket's event handler, where a
+ * throw would take the process down.
+ */
 function tlsOptionsFor(slot: Slot, config: BackendConfig): ConnectionOptions {
   let ca: Buffer | undefined;
   if (config.caFile !== undefined) {
     ca = caCache.get(config.caFile);
     if (ca === undefined) {
-      ca = readFileSync(config.caFile);
+      try {
+        ca = readFileSync(config.caFile);
+      } catch (error) {
+        throw new MailfrontError('BACKEND_CA_UNREADABLE', 'backend-login', `slot "${slot.name}": the backend CA file ${config.caFile} cannot be read (${(error as NodeJS.ErrnoException).code ?? String(error)})`);
+      }
       caCache.set(config.caFile, ca);
     }
   }
@@ -85,6 +95,12 @@ function onAbort(signal: Cancellation, socket: Socket, reject: (e: unknown) => v
  */
 export function dialSlot(slot: Slot, protocol: Protocol, config: BackendConfig, signal: Cancellation, proxyHeader: Buffer | null = null): Promise<Socket> {
   const port = slotPort(slot, protocol, config.tls);
+  let tlsOptions: ConnectionOptions | undefined;
+  try {
+    if (config.tls === 'implicit') tlsOptions = tlsOptionsFor(slot, config);
+  } catch (error) {
+    return Promise.reject(error);
+  }
   return new Promise<Socket>((resolve, reject) => {
     let socket: Socket = netConnect({ host: slot.host, port, noDelay: true });
     let settled = false;
@@ -120,9 +136,9 @@ export function dialSlot(slot: Slot, protocol: Protocol, config: BackendConfig, 
     socket.once('error', onError);
     socket.once('connect', () => {
       if (proxyHeader !== null) writeNow(socket, proxyHeader);
-      if (config.tls !== 'implicit') return ready();
+      if (tlsOptions === undefined) return ready();
       socket.off('error', onError);
-      const secure = tlsConnect({ socket, ...tlsOptionsFor(slot, config) });
+      const secure = tlsConnect({ socket, ...tlsOptions });
       socket = secure;
       secure.once('error', onError);
       secure.once('secureConnect', ready);
@@ -192,10 +208,17 @@ export function loginToBackend(initial: Socket, slot: Slot, machine: BackendLogi
             pending.push(action.data);
             break;
           case 'starttls': {
+            let tlsOptions: ConnectionOptions;
+            try {
+              tlsOptions = tlsOptionsFor(slot, config);
+            } catch (error) {
+              fail(error);
+              return;
+            }
             detach();
             socket.pause();
             const plain = socket;
-            const secure: TLSSocket = tlsConnect({ socket: plain, ...tlsOptionsFor(slot, config) });
+            const secure: TLSSocket = tlsConnect({ socket: plain, ...tlsOptions });
             socket = secure;
             attach(secure);
             // Data listeners are attached after the handshake completes, so bytes buffered

@@ -98,8 +98,12 @@ export function readStoreMapFile(fileName: string): unknown {
   return doc;
 }
 
-/** Builds store-map version `version` from a document; throws ConfigError (naming `origin`) listing every problem. */
-export function buildStoreMap(doc: unknown, origin: string, version: number, config: Pick<Config, 'backend' | 'backendProfiles'>, resolvePath: (p: string) => string = resolverFor(resolve(origin))): StoreMap {
+/**
+ * Builds store-map version `version` from a document; throws ConfigError (naming `origin`)
+ * listing every problem. Relative file names in it (a store's `ca_file`) resolve against the
+ * config file's folder, as the config's own do; without a config file, against `origin`'s.
+ */
+export function buildStoreMap(doc: unknown, origin: string, version: number, config: Pick<Config, 'backend' | 'backendProfiles'> & { readonly file?: string }, resolvePath: (p: string) => string = resolverFor(resolve(config.file ?? origin))): StoreMap {
   const issues = new IssueList();
   const map = readStoreMap(doc, version, config.backend, config.backendProfiles, resolvePath, issues);
   if (issues.issues.length > 0) throw new ConfigError(origin, issues.issues);

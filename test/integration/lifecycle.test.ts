@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { createServer } from 'node:net';
 import type { Socket } from 'node:net';
 import { after, before, test } from 'node:test';
@@ -246,15 +246,24 @@ test('the pre-auth deadline ends a session whose login is still running: the log
   }
 });
 
-test('a reload re-reads a backend CA file that changed in place', async () => {
+test('a backend CA file: relative to the config folder, re-read on reload when it changed in place, and an unreadable one refuses logins without harm', async () => {
   const secure = await startDovecot({ name: 'life-tls', tls: true, users: [{ name: 'liz', password: PASSWORD }] });
   const dir = tmpDir('backendca');
-  const ca = join(dir.path, 'backend-ca.pem');
+  // A relative name in the store map resolves against the config file's folder.
+  const ca = join(dirname(front.configFile), 'backend-ca.pem');
   const atStart = { alpha: { currentMaster: 'm', slots: { m: { imapPort: master.imapPort }, r: { imapPort: replica.imapPort } } } };
+  const tlsStore = (caFile: string) => ({ alpha: { currentMaster: 't', slots: { t: { imapPort: secure.imapPort, imapsPort: secure.imapsPort! } }, backend: { tls: 'implicit', ca_file: caFile, tls_servername: 'localhost' } } });
   try {
     assert.ok(secure.caFile !== undefined && secure.imapsPort !== undefined);
+    // A CA file that is not there: the login is refused as unavailable, and the process lives.
+    await front.writeStores(tlsStore('no-such-ca.pem'));
+    assert.equal((await front.mailfront.reloadStoreMap('test')).ok, true);
+    const before = front.logs.length;
+    assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a NO \[UNAVAILABLE\] /);
+    const failed = await waitForLog(front, (l) => l['event'] === 'session.login_failed' && l['code'] === 'BACKEND_CA_UNREADABLE', 5_000, before);
+    assert.match(String(failed['reason']), new RegExp(`${dirname(front.configFile)}/no-such-ca\\.pem`));
     copyFileSync(secure.caFile, ca);
-    await front.writeStores({ alpha: { currentMaster: 't', slots: { t: { imapPort: secure.imapPort, imapsPort: secure.imapsPort } }, backend: { tls: 'implicit', ca_file: ca, tls_servername: 'localhost' } } });
+    await front.writeStores(tlsStore('backend-ca.pem'));
     assert.equal((await front.mailfront.reloadStoreMap('test')).ok, true);
     assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /);
     // Another CA in the same file: after a reload the backend's certificate is no longer trusted.
