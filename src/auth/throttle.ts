@@ -431,14 +431,23 @@ export class RedisThrottleStore implements ThrottleStore {
       return;
     }
     if (this.closed) return;
-    const client: Client = createClient({
-      url: redis.url,
-      ...(redis.username !== undefined ? { username: redis.username } : {}),
-      ...(redis.password !== undefined ? { password: redis.password } : {}),
-      socket: { connectTimeout: deadlineMs, reconnectStrategy: false },
-      // Fail at once while disconnected rather than queue behind a dead connection.
-      disableOfflineQueue: true,
-    });
+    let client: Client;
+    try {
+      client = createClient({
+        url: redis.url,
+        ...(redis.username !== undefined ? { username: redis.username } : {}),
+        ...(redis.password !== undefined ? { password: redis.password } : {}),
+        socket: { connectTimeout: deadlineMs, reconnectStrategy: false },
+        // Fail at once while disconnected rather than queue behind a dead connection.
+        disableOfflineQueue: true,
+      });
+    } catch (error) {
+      // Options the library refuses (the config check should have caught them): local counters
+      // answer, as while Redis is down; never an unhandled rejection.
+      this.setState('down', `the Redis client refused its options: ${error instanceof Error ? error.message : String(error)}`);
+      this.scheduleRetry();
+      return;
+    }
     // An 'error' event without a listener would crash the process.
     client.on('error', (error: unknown) => {
       if (client === this.client && !this.closed) this.markDown(error instanceof Error ? error.message : String(error));

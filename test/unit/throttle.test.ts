@@ -289,6 +289,25 @@ test('config: defaults, every key, and every mistake reported with its path', ()
   const notRedis = new IssueList();
   readThrottleConfig({ redis: { url: 'http://127.0.0.1' } }, 'throttle', notRedis);
   assert.deepEqual(notRedis.issues.map((i) => i.path), ['throttle.redis.url']);
+  // The path is a database number or nothing: the client library throws on anything else.
+  for (const [url, ok] of [['redis://h/abc', false], ['redis://h/0/', false], ['redis://h/%30', false], ['redis://h:6379/15', true], ['redis://h', true], ['rediss://h/', true]] as const) {
+    const issues = new IssueList();
+    readThrottleConfig({ redis: { url } }, 'throttle', issues);
+    assert.equal(issues.issues.length === 0, ok, `${url}: ${JSON.stringify(issues.issues)}`);
+  }
+});
+
+test('a Redis URL the client library refuses leaves the throttle on local counters, and the process up', async () => {
+  // Past the config check (a Throttle made in code): the library throws in createClient.
+  const states: string[] = [];
+  const throttle = Throttle.fromConfig({ ...CONFIG, redis: { url: 'redis://127.0.0.1/abc', keyPrefix: 'mf:', timeoutMs: 100 } }, pino({ level: 'silent' }), { onRedisState: (state) => states.push(state) });
+  try {
+    for (let i = 0; i < 50 && !states.includes('down'); i++) await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(states, ['down']);
+    assert.equal((await throttle.check({ user: 'u', address: '192.0.2.1', trusted: false })).refused, false, 'local counters answer');
+  } finally {
+    await throttle.close();
+  }
 });
 
 test('a process without throttle.redis never loads the Redis client library', () => {
