@@ -12,12 +12,27 @@ export interface ConfigIssue {
   readonly found: string;
 }
 
+/** A key whose value is a secret (`bind_password`, `token`, …): its value is never described. */
+const SECRET_KEY = /(?:^|[._])(?:password|token|secret)$/i;
+
 /** Collects issues while a document is read. */
 export class IssueList {
   readonly issues: ConfigIssue[] = [];
   add(path: string, expected: string, value: unknown): void {
-    this.issues.push({ path, expected, found: describe(value) });
+    // Issues reach logs, the CLI and the admin API's answer: a secret's value must not.
+    const found = SECRET_KEY.test(path) ? describeShape(value) : describe(value);
+    this.issues.push({ path, expected, found });
   }
+}
+
+/** What kind of value it is, without any of its content. */
+function describeShape(value: unknown): string {
+  if (value === undefined) return 'nothing';
+  if (value === null) return 'null';
+  if (typeof value === 'string') return value === '' ? 'an empty string' : 'a string (not shown: a secret)';
+  if (Array.isArray(value)) return `a list of ${value.length}`;
+  if (typeof value === 'object') return 'a mapping';
+  return `a ${typeof value} (not shown: a secret)`;
 }
 
 /** Short description of a value for an error message; never prints long strings in full. */

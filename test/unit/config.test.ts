@@ -95,6 +95,32 @@ session: { preauth_timeout_ms: -5 }
   assert.match(error.message, /listeners\[0\]\.port: expected an integer from 1 to 65535, found number 70000/);
 });
 
+test('a secret of the wrong type is reported by its path and kind, never its value', () => {
+  const dir = writeTemp({
+    'secrets.yaml': `
+listeners:
+  - { name: imap, protocol: imap, host: 127.0.0.1, port: 143, tls: none }
+directory:
+  urls: [ldap://127.0.0.1]
+  bind_dn: cn=x
+  bind_password: 839201746
+  base_dn: dc=x
+store_map: { file: stores.yaml }
+health: { probe_user: probe, probe_password: 557123901 }
+admin: { token: 991827364512 }
+throttle: { redis: { url: 'redis://127.0.0.1', auth_password: true } }
+`,
+  });
+  const error = configErrorOf(() => loadConfig(join(dir, 'secrets.yaml')));
+  const paths = error.issues.map((i) => i.path);
+  for (const path of ['directory.bind_password', 'health.probe_password', 'admin.token', 'throttle.redis.auth_password']) {
+    assert.ok(paths.includes(path), `no issue for ${path}: ${paths.join(', ')}`);
+  }
+  for (const secret of ['839201746', '557123901', '991827364512']) assert.ok(!error.message.includes(secret), `${secret} is in: ${error.message}`);
+  assert.match(error.message, /directory\.bind_password: expected [^\n]*, found a number \(not shown: a secret\)/);
+  assert.match(error.message, /throttle\.redis\.auth_password: expected [^\n]*, found a boolean \(not shown: a secret\)/);
+});
+
 test('YAML syntax errors name the line', () => {
   const dir = writeTemp({ 'broken.yaml': 'listeners:\n  - protocol: imap\n   port: [\n' });
   const error = configErrorOf(() => loadConfig(join(dir, 'broken.yaml')));
