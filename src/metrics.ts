@@ -23,7 +23,7 @@ export type SessionEndReasonLabel = PreauthCloseReason | SpliceEndReason | 'clie
 export type LoginResult = 'success' | FailureKind;
 
 /** Why credentials were refused (only failures of kind `auth-failed`). */
-export type AuthFailureReason = 'unknown-user' | 'wrong-password' | 'invalid-username' | 'other';
+export type AuthFailureReason = 'unknown-user' | 'wrong-password' | 'invalid-username' | 'authzid-refused' | 'other';
 
 /** One LDAP request as the directory code sees it. */
 export type LdapOperation = 'connect' | 'service-bind' | 'search' | 'user-bind';
@@ -149,6 +149,8 @@ export function authFailureReason(code: string): AuthFailureReason {
       return 'wrong-password';
     case 'INVALID_USERNAME':
       return 'invalid-username';
+    case 'AUTHZID_REFUSED':
+      return 'authzid-refused';
     default:
       return 'other';
   }

@@ -374,6 +374,12 @@ export class Session {
         throw new MailfrontError('THROTTLED', 'limit', `too many failed logins for this ${verdict.refusedBy ?? 'user'}; refused for ${Math.ceil(verdict.refusedForMs / 1000)} s more`);
       }
       if (user === null) throw new MailfrontError('INVALID_USERNAME', 'auth-failed', 'the user name is empty, too long, not in a local domain, or has control characters');
+      // RFC 4616 §2: an authorization identity other than the authenticated one needs the right
+      // to act as it, and mailfront gives no client that right. Logging in as the authcid
+      // instead would put a client that asked for another mailbox in the wrong one.
+      if (credentials.authzid !== undefined && normalizeUser(credentials.authzid, config.usernames) !== user) {
+        throw new MailfrontError('AUTHZID_REFUSED', 'auth-failed', `the client asked to act as another user (authzid ${JSON.stringify(credentials.authzid.slice(0, 64))})`);
+      }
       this.user = user;
       const found = await this.context.directory().authenticate(user, credentials.password, this.cancellation);
       void throttle.recordSuccess(attempt);

@@ -396,6 +396,23 @@ describe('IMAP failures', () => {
     assert.match(String(log['reason']), /nowhere/);
   });
 
+  test('SASL PLAIN with an authorization identity: the same user is fine, another user is refused (RFC 4616 §2)', async () => {
+    const plain = (authzid: string): string => Buffer.from(`${authzid}\0alice\0${PASSWORDS.alice}`).toString('base64');
+    const raw = await LineClient.connect(front.imapTrustedPort);
+    try {
+      await raw.readLine();
+      const mark = front.logs.length;
+      const other = await raw.imap(`AUTHENTICATE PLAIN ${plain('bob')}`);
+      assert.equal(other.status, 'NO');
+      assert.match(other.text, /^\[AUTHENTICATIONFAILED\]/);
+      await waitForLog(front, (l) => l['event'] === 'session.login_failed' && l['code'] === 'AUTHZID_REFUSED', 5_000, mark);
+      const same = await raw.imap(`AUTHENTICATE PLAIN ${plain('alice')}`);
+      assert.equal(same.status, 'OK', same.text);
+    } finally {
+      raw.close();
+    }
+  });
+
   test('plaintext LOGIN without TLS is refused with LOGINDISABLED / PRIVACYREQUIRED', async () => {
     const raw = await LineClient.connect(front.imapPort);
     try {
