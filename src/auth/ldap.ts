@@ -105,11 +105,24 @@ export async function openLdapClient(url: string, options: LdapClientOptions): P
     autoRebind: options.autoRebind && !options.starttls,
   });
   if (options.starttls && url.startsWith('ldap:')) {
+    // ldapts bounds the connect and the extended operation, not the TLS handshake after it: a
+    // server that goes quiet there would hold the caller (and a cached service connection's
+    // every waiter) for ever. The whole upgrade gets the two deadlines together.
+    const deadlineMs = options.connectTimeoutMs + options.operationTimeoutMs;
+    let timer: NodeJS.Timeout | undefined;
     try {
-      await client.startTLS(tls);
+      await Promise.race([
+        client.startTLS(tls),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`no StartTLS handshake with ${url} within ${deadlineMs} ms`)), deadlineMs);
+        }),
+      ]);
     } catch (error) {
-      await client.unbind().catch(() => undefined);
+      // Not awaited: on a stalled handshake the unbind's write may never complete; it closes the socket regardless.
+      void client.unbind().catch(() => undefined);
       throw error;
+    } finally {
+      clearTimeout(timer);
     }
   }
   return client;

@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
+import { createServer } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { test } from 'node:test';
 import { normalizeUser } from '../../src/auth/directory.js';
-import { escapeFilterValue, userFilter } from '../../src/auth/ldap.js';
+import { escapeFilterValue, openLdapClient, userFilter } from '../../src/auth/ldap.js';
 
 test('LDAP filter values are escaped per RFC 4515', () => {
   assert.equal(escapeFilterValue('a*b'), 'a\\2ab');
@@ -17,4 +19,34 @@ test('user names are normalised in one way', () => {
   assert.equal(normalizeUser('   ', { lowercase: true }), null);
   assert.equal(normalizeUser('a\nb', { lowercase: true }), null);
   assert.equal(normalizeUser('x'.repeat(257), { lowercase: true }), null);
+});
+
+test('an LDAP server that accepts StartTLS and then never shakes hands: the open fails within its deadlines, and the next attempt dials again', async () => {
+  // Answers the StartTLS extended request with success ([APPLICATION 24], resultCode 0), then says nothing.
+  let dials = 0;
+  const sockets: Socket[] = [];
+  const server = createServer((socket) => {
+    dials++;
+    sockets.push(socket);
+    socket.on('error', () => undefined);
+    socket.once('data', (chunk) => {
+      if (!chunk.includes(0x77)) return;
+      const messageId = chunk[4] ?? 1;
+      socket.write(Buffer.from([0x30, 0x0c, 0x02, 0x01, messageId, 0x78, 0x07, 0x0a, 0x01, 0x00, 0x04, 0x00, 0x04, 0x00]));
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const url = `ldap://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  try {
+    for (let attempt = 1; attempt <= 2; attempt++) {
+      const started = Date.now();
+      await assert.rejects(openLdapClient(url, { tls: {}, starttls: true, connectTimeoutMs: 300, operationTimeoutMs: 300, autoRebind: false }), /StartTLS handshake/);
+      const ms = Date.now() - started;
+      assert.ok(ms >= 500 && ms < 3_000, `gave up after ${ms} ms`);
+      assert.equal(dials, attempt);
+    }
+  } finally {
+    for (const socket of sockets) socket.destroy();
+    server.close();
+  }
 });
