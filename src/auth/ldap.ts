@@ -298,12 +298,26 @@ export class LdapDirectory implements Directory {
   async authenticate(user: string, password: string, signal: Cancellation): Promise<DirectoryUser> {
     if (this.closed) throw new MailfrontError('LDAP_CLOSED', 'auth-tempfail', 'the directory is shutting down');
     const work = (async (): Promise<DirectoryUser> => {
-      const found = await this.search(user);
+      let found = await this.search(user);
       if (found === null) throw new MailfrontError('UNKNOWN_USER', 'auth-failed', `no directory entry for "${user}"`);
       // RFC 4513 §5.1.2: a simple bind with an empty password is an unauthenticated bind and succeeds.
-      if (password.length === 0 || !(await this.checkPassword(found.url, found.dn, password))) {
-        throw new MailfrontError('WRONG_PASSWORD', 'auth-failed', `wrong password for "${user}"`);
+      if (password.length === 0) throw new MailfrontError('WRONG_PASSWORD', 'auth-failed', `wrong password for "${user}"`);
+      let ok: boolean;
+      try {
+        ok = await this.checkPassword(found.url, found.dn, password);
+      } catch (error) {
+        // The server that found the entry (a cached one, perhaps found minutes ago) does not
+        // answer: forget the entry, look the user up again, which moves on to a server that
+        // answers, and bind there once.
+        if (!(error instanceof MailfrontError) || error.code !== 'LDAP_BIND_FAILED') throw error;
+        this.entries?.delete(user);
+        const failedUrl = found.url;
+        found = await this.search(user);
+        if (found === null) throw new MailfrontError('UNKNOWN_USER', 'auth-failed', `no directory entry for "${user}"`);
+        if (found.url === failedUrl) throw error;
+        ok = await this.checkPassword(found.url, found.dn, password);
       }
+      if (!ok) throw new MailfrontError('WRONG_PASSWORD', 'auth-failed', `wrong password for "${user}"`);
       return { user, dn: found.dn, store: found.store };
     })();
     return raceAbort(work, signal);

@@ -90,6 +90,22 @@ test('a server that is down is skipped for the next URL', async () => {
   }
 });
 
+test('a cached entry found on a server that has since died: the login moves on to the next server at once', async () => {
+  const second = await startSlapd({ users: [{ uid: 'alice', password: 'alice-pw', store: 'alpha' }], servicePassword: slapd.bindPassword });
+  registerSecrets([second.bindPassword]);
+  const d = directory({ urls: [second.url, slapd.url], entryCacheTtlMs: 60_000 });
+  try {
+    // Found on the first server, and cached with it.
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha');
+    await second.stop();
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha', 'the next server answered');
+    assert.equal((await failure(d.authenticate('alice', 'wrong-alice-pw', signal))).kind, 'auth-failed', 'and still checks the password');
+  } finally {
+    await d.close();
+    await second.stop();
+  }
+});
+
 test('ldaps:// and StartTLS are verified against the CA file', async () => {
   for (const overrides of [{ urls: [slapd.ldapsUrl!] }, { starttls: true }]) {
     const good = directory({ ...overrides, caFile: slapd.caFile! });
