@@ -32,6 +32,7 @@ import { SessionRegistry } from './proxy/registry.js';
 import { StoreMapHolder } from './routing/holder.js';
 import type { MasterChange, ReloadResult } from './routing/holder.js';
 import { createStoreMapSource } from './routing/sources.js';
+import type { StoreMapSource } from './routing/sources.js';
 import type { Slot, StoreMap } from './routing/storemap.js';
 import { createAdminHandler } from './server/admin.js';
 import { Listener, needsRebind } from './server/listeners.js';
@@ -167,10 +168,14 @@ export class Mailfront {
     // A changed directory section is built before anything changes: one that cannot be set up
     // (an unreadable ca_file) rejects the config whole, like a config that does not validate.
     let directory: Directory | undefined;
+    // Likewise a changed store_map section: its new source is made first (an LDAP one reads its CA file).
+    let storeMapSource: StoreMapSource | undefined;
     try {
       next = loadConfig(previous.file);
+      if (JSON.stringify(next.storeMap) !== JSON.stringify(previous.storeMap)) storeMapSource = createStoreMapSource(next.storeMap);
       if (this.ownsDirectory && JSON.stringify(next.directory) !== JSON.stringify(previous.directory)) directory = createDirectory(next, this.log, this.metrics);
     } catch (error) {
+      void storeMapSource?.close();
       const message = error instanceof Error ? error.message : String(error);
       this.log.error({ event: 'config.rejected', file: previous.file, err: message }, 'config reload rejected; the running config stays in force');
       this.metrics.configReloaded('failure');
@@ -201,6 +206,15 @@ export class Mailfront {
       this.directory = directory;
       void replaced.close();
     }
+    if (storeMapSource !== undefined) {
+      // The map in force stays until the new source gives a valid one (the reload below).
+      this.stopWatching();
+      const replaced = await this.holder.replaceSource(storeMapSource);
+      void replaced.close();
+      this.stopWatching = storeMapSource.watch(() => void this.holder.reload('change'));
+      this.log.info({ event: 'storemap.source_changed', source: storeMapSource.description }, 'store map source changed');
+    }
+    this.health.setTiming(next.health.intervalMs, next.health.timeoutMs);
     this.trusted = new CidrSet(next.trustedNetworks);
     this.limiter.setLimits(next.connectionLimits);
     if (JSON.stringify(next.throttle) !== JSON.stringify(previous.throttle)) {

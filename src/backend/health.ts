@@ -30,21 +30,31 @@ export class SlotHealthMonitor {
   constructor(
     private readonly storeMap: () => StoreMap | null,
     private readonly probe: SlotProbe,
-    private readonly intervalMs: number,
-    private readonly timeoutMs: number,
+    private intervalMs: number,
+    private timeoutMs: number,
     private readonly log: Logger,
     private readonly onResult: (slot: Slot, health: SlotHealth) => void = () => undefined,
   ) {}
 
   /** Starts probing (an interval of 0 disables it). */
   start(): void {
-    if (this.intervalMs === 0 || this.running) return;
+    if (this.intervalMs === 0 || this.running || this.abort.signal.aborted) return;
     this.running = true;
     const tick = async (): Promise<void> => {
       await this.probeAll();
       if (this.running) this.timer = setTimeout(() => void tick(), this.intervalMs);
     };
     void tick();
+  }
+
+  /** New timings (a reload): the next round uses them; an interval of 0 stops probing, another starts it. */
+  setTiming(intervalMs: number, timeoutMs: number): void {
+    this.timeoutMs = timeoutMs;
+    if (intervalMs === this.intervalMs) return;
+    this.intervalMs = intervalMs;
+    this.running = false;
+    clearTimeout(this.timer);
+    this.start();
   }
 
   stop(): void {

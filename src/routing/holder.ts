@@ -56,11 +56,31 @@ export class StoreMapHolder {
   private lastResult: ReloadResult | null = null;
 
   constructor(
-    readonly source: StoreMapSource,
+    private sourceNow: StoreMapSource,
     private readonly config: () => Pick<Config, 'backend' | 'backendProfiles'>,
     private readonly log: Logger,
     private readonly observer: StoreMapObserver,
   ) {}
+
+  /** Where store maps come from. */
+  get source(): StoreMapSource {
+    return this.sourceNow;
+  }
+
+  /**
+   * Takes store maps from `next` from now on (a reload that changed `store_map`): reloads already
+   * queued finish on the old source first. Returns the old source, for the caller to close. The
+   * map in force stays until `next` gives a valid one.
+   */
+  async replaceSource(next: StoreMapSource): Promise<StoreMapSource> {
+    const switched = this.queue.then(() => {
+      const old = this.sourceNow;
+      this.sourceNow = next;
+      return old;
+    });
+    this.queue = switched.catch(() => undefined);
+    return switched;
+  }
 
   /** The store map in force; throws before the first successful load. */
   get current(): StoreMap {

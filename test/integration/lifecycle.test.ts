@@ -325,3 +325,45 @@ test('mailfront_proxied_bytes_total follows a spliced session while it lasts, co
     raw.close();
   }
 });
+
+test('a reload takes a changed store_map section (another file, watched from then on) and new health timings', async () => {
+  const original = readFileSync(front.configFile, 'utf8');
+  const otherStores = join(dirname(front.configFile), 'other-stores.yaml');
+  const storesDoc = (current: string): string =>
+    stringify({ stores: { alpha: { current_master: current, slots: { m: { host: '127.0.0.1', imap_port: master.imapPort }, r: { host: '127.0.0.1', imap_port: replica.imapPort } } } } });
+  const write = (change: (config: Record<string, unknown>) => void): void => {
+    const config = parse(original) as Record<string, unknown>;
+    change(config);
+    writeFileSync(front.configFile, stringify(config));
+  };
+  const checkedAt = (): number => front.mailfront.health.get('m')?.checkedAt ?? 0;
+  try {
+    writeFileSync(otherStores, storesDoc('r'));
+    write((config) => {
+      config['store_map'] = { file: 'other-stores.yaml' };
+      config['health'] = { interval_ms: 0 };
+    });
+    const applied = await front.mailfront.reload();
+    assert.equal(applied.ok, true, applied.error);
+    assert.equal(applied.storeMap.ok, true, applied.storeMap.error);
+    assert.equal(front.mailfront.currentStoreMap().stores.get('alpha')?.currentMaster, 'r', 'the new file is in force');
+    // Watched: an edit of the new file is a failover.
+    writeFileSync(otherStores, storesDoc('m'));
+    for (let i = 0; i < 100 && front.mailfront.currentStoreMap().stores.get('alpha')?.currentMaster !== 'm'; i++) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(front.mailfront.currentStoreMap().stores.get('alpha')?.currentMaster, 'm', 'the new file is watched');
+    // health.interval_ms 0: no more probes.
+    await new Promise((r) => setTimeout(r, 400));
+    const stoppedAt = checkedAt();
+    await new Promise((r) => setTimeout(r, 600));
+    assert.equal(checkedAt(), stoppedAt, 'no probe after interval_ms became 0');
+  } finally {
+    writeFileSync(front.configFile, original);
+    const restored = await front.mailfront.reload();
+    assert.equal(restored.ok, true, restored.error);
+  }
+  // Back to the first file and 200 ms probes.
+  assert.equal(front.mailfront.currentStoreMap().stores.get('alpha')?.currentMaster, 'm');
+  const resumedFrom = checkedAt();
+  for (let i = 0; i < 40 && checkedAt() === resumedFrom; i++) await new Promise((r) => setTimeout(r, 50));
+  assert.ok(checkedAt() > resumedFrom, 'probing resumed with the restored interval');
+});
