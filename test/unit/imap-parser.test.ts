@@ -64,6 +64,14 @@ describe('IMAP command parser', () => {
     assert.deepStrictEqual(events('a LOGIN {5}\r\nalice {6}\r\nsecret\r\n'), ['+', '+', 'a LOGIN "alice" "secret"', 'buffered ']);
   });
 
+  it('takes literal sizes with leading zeros (RFC 9051: number = 1*DIGIT)', () => {
+    assert.deepStrictEqual(events('a LOGIN {05}\r\nalice {00006+}\r\nsecret\r\n'), ['+', 'a LOGIN "alice" "secret"', 'buffered ']);
+  });
+
+  it('a NUL answers with the tag when the tag is complete before it, untagged otherwise', () => {
+    assert.deepStrictEqual(events('a LOGIN al\x00 pw\r\nb\x00c NOOP\r\n\x00\r\n'), ['BAD nul tag=a', 'BAD nul tag=null', 'BAD nul tag=null', 'buffered ']);
+  });
+
   it('reads non-synchronising literals without asking', () => {
     assert.deepStrictEqual(events('a LOGIN {5+}\r\nalice {5+}\r\nse\r\nt\r\n'), ['a LOGIN "alice" "se\\r\\nt"', 'buffered ']);
   });
@@ -89,7 +97,7 @@ describe('IMAP command parser', () => {
       events('\r\na NOOP\x00\r\nb LOGIN "x\xe9" y\r\nc LOGIN "unterminated\r\n* NOOP\r\nd+ NOOP\r\ne\r\nf NOOP)\r\ng ID ((((((x))))))\r\nh NOOP\rX\r\ni NOOP\r\n'),
       [
         'BAD empty-line tag=null',
-        'BAD nul tag=null',
+        'BAD nul tag=a',
         'BAD eight-bit tag=b',
         'BAD syntax tag=c',
         'BAD bad-tag tag=null',
@@ -112,7 +120,7 @@ describe('IMAP command parser', () => {
   });
 
   it('rejects huge literal sizes by their digit count, without reading the data', () => {
-    for (const size of ['4294967296', '99999999999999999999', '4097', '00000']) {
+    for (const size of ['4294967296', '99999999999999999999', '4097', '0000004097']) {
       assert.deepStrictEqual(events(`a LOGIN {${size}}\r\nb LOGIN u p\r\n`), ['FATAL literal-too-big tag=a', 'buffered ']);
     }
     assert.deepStrictEqual(events('a LOGIN {4097+}\r\nb LOGIN u p\r\n'), ['FATAL nonsync-literal-too-big tag=a', 'buffered ']);

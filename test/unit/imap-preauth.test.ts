@@ -296,7 +296,7 @@ describe('IMAP pre-auth: hostile input', () => {
 
   it('answers NUL and syntax errors with BAD and reads on', () => {
     assert.deepStrictEqual(preauthTrace({ phases: ['a NO\x00OP\r\nb LOGIN "\xe9" x\r\n\r\nc NOOP\n'] }), [
-      'send * BAD NUL characters are not allowed\r\nb BAD 8-bit characters are only allowed in literals\r\n* BAD Empty command line\r\nc OK NOOP completed.\r\n',
+      'send a BAD NUL characters are not allowed\r\nb BAD 8-bit characters are only allowed in literals\r\n* BAD Empty command line\r\nc OK NOOP completed.\r\n',
     ]);
   });
 

@@ -31,6 +31,12 @@ describe('managesieve reader', () => {
     ]);
   });
 
+  it('takes literal sizes with leading zeros (RFC 5804: number = 1*DIGIT), still bounded by value', () => {
+    const { events } = read('AUTHENTICATE "PLAIN" {003+}\r\nabc\r\n');
+    assert.deepEqual(events, [{ type: 'line', tokens: [{ kind: 'atom', value: 'AUTHENTICATE' }, { kind: 'string', value: 'PLAIN' }, { kind: 'string', value: 'abc' }], wireBytes: 34 }]);
+    assert.deepEqual(read('NOOP {000017+}\r\nNOOP\r\n').events.map((e) => e.type === 'problem' && e.problem), ['literal-too-big']);
+  });
+
   it('never reads past the line it returns', () => {
     const reader = new SieveReader(CLIENT);
     reader.push(bytes('NOOP\r\nLISTSCRIPTS\r\npartial'));

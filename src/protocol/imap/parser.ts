@@ -237,7 +237,8 @@ export class ImapCommandParser {
       if (isForeignProtocol(segment)) return this.fatal('foreign-protocol', null);
     }
     const result = tokenizeSegment(segment, this.needSeparator, this.tokens);
-    if (first) this.tag = validTag(this.tokens[0]);
+    // A NUL stops the tokenizer before the first token; a tag complete before it still gets its tagged BAD.
+    if (first) this.tag = result.problem === 'nul' ? tagBeforeNul(segment) : validTag(this.tokens[0]);
     let problem: ParseProblem | null = result.problem;
     if (problem === null && first) {
       if (this.tag === null) problem = 'bad-tag';
@@ -250,7 +251,9 @@ export class ImapCommandParser {
       return this.reject(problem);
     }
     if (result.problem === null && result.literal !== null) {
-      const { digits, nonsync } = result.literal;
+      const { nonsync } = result.literal;
+      // RFC 9051 number = 1*DIGIT: leading zeros are legal and change nothing.
+      const digits = result.literal.digits.replace(/^0+(?=\d)/, '');
       const limit = nonsync ? MAX_NONSYNC_LITERAL_BYTES : MAX_PREAUTH_LITERAL_BYTES;
       // Compare digit counts before converting, so that no size can overflow or allocate.
       const tooBig = digits.length > String(limit).length || Number(digits) > limit;
@@ -369,6 +372,14 @@ function isForeignProtocol(segment: Uint8Array): boolean {
   const space = segment.indexOf(SP);
   const word = latin1(space < 0 ? segment : segment.subarray(0, space));
   return HTTP_METHODS.has(word) || SMTP_VERBS.has(word.toUpperCase());
+}
+
+/** The tag of a line with a NUL in it, when the tag ends (at a space) before the first NUL. */
+function tagBeforeNul(segment: Uint8Array): string | null {
+  const space = segment.indexOf(SP);
+  if (space <= 0 || space > segment.indexOf(0)) return null;
+  const tokens: Token[] = [];
+  return tokenizeSegment(segment.subarray(0, space), false, tokens).problem === null ? validTag(tokens[0]) : null;
 }
 
 function validTag(token: Token | undefined): string | null {

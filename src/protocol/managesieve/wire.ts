@@ -277,7 +277,8 @@ export class SieveReader {
       return this.#reject(result.problem);
     }
     if (result.literal !== null) {
-      const { digits } = result.literal;
+      // RFC 5804 number = 1*DIGIT: leading zeros are legal and change nothing.
+      const digits = result.literal.digits.replace(/^0+(?=\d)/, '');
       const limit = this.#options.maxLiteralBytes;
       // Digit counts are compared before converting, so that no size can overflow or allocate.
       if (digits.length > String(limit).length || Number(digits) > limit) return this.#fatal('literal-too-big');
