@@ -83,6 +83,22 @@ describe('IMAP backend login: Dovecot 2.3', () => {
     );
   });
 
+  it('passes [ALERT] lines of the login answer on to the client, before what follows it; drops other untagged lines', () => {
+    assert.deepStrictEqual(
+      backendTrace({}, [
+        DOVECOT_GREETING +
+          '* OK [ALERT] Your password expires in 3 days\r\n* OK unrelated chatter\r\n* NO [ALERT] Quota at 95%\x07\r\n' +
+          `mf1 OK [CAPABILITY ${DOVECOT_POST_LOGIN}] Logged in\r\n* 3 EXISTS\r\n`,
+      ]),
+      [
+        'send mf1 LOGIN {5+}\r\nalice {6+}\r\nsecret\r\n',
+        `done ${DOVECOT_POST_LOGIN}`,
+        'state done',
+        'leftover * OK [ALERT] Your password expires in 3 days\r\n* NO [ALERT] Quota at 95%\r\n* 3 EXISTS\r\n',
+      ],
+    );
+  });
+
   it('reports a wrong password as auth-failed and an outage as unavailable', () => {
     assert.deepStrictEqual(backendTrace({}, [DOVECOT_GREETING + 'mf1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n']), [
       'send mf1 LOGIN {5+}\r\nalice {6+}\r\nsecret\r\n',

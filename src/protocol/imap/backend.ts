@@ -142,6 +142,8 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
   /** Parts of the login command still waiting for a "+" continuation. */
   private continuations: Uint8Array[] = [];
   private loginCapabilities: string | null = null;
+  /** Untagged [ALERT] lines the backend sent with its login answer, for the client (RFC 9051 §7.1: presented to the user). */
+  private alerts: string[] = [];
 
   constructor(private readonly options: BackendLoginOptions) {}
 
@@ -268,6 +270,13 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
     if (response.kind === 'untagged') {
       if (response.word === 'CAPABILITY') {
         this.loginCapabilities = normalCapabilityList(response.rest);
+        return;
+      }
+      // "Your password expires soon", "quota almost full": the user must see it. Passed on as
+      // the first bytes after the login reply (untagged responses may come at any time); only
+      // a few, each one safe line.
+      if ((response.word === 'OK' || response.word === 'NO') && response.codeName === 'ALERT' && this.alerts.length < MAX_ALERTS) {
+        this.alerts.push(`* ${response.word} ${safeText(response.rest, MAX_ALERT_CHARS)}\r\n`);
         return;
       }
       return this.onUnexpected(response, line, out);
@@ -402,7 +411,9 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
 
   private finish(out: BackendAction[], capabilities: string | null): void {
     this.current = 'done';
-    out.push({ type: 'done', capabilities, leftover: this.reader.takeBuffered() });
+    const rest = this.reader.takeBuffered();
+    const leftover = this.alerts.length === 0 ? rest : Buffer.concat([Buffer.from(this.alerts.join(''), 'latin1'), rest]);
+    out.push({ type: 'done', capabilities, leftover });
   }
 
   private fail(out: BackendAction[], refusal: Refusal, detail: string): void {
@@ -411,6 +422,10 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
     out.push({ type: 'fail', refusal, detail: safeText(detail) });
   }
 }
+
+/** At most this many [ALERT] lines of a backend login reach the client, each at most this long. */
+const MAX_ALERTS = 4;
+const MAX_ALERT_CHARS = 400;
 
 /** Classifies a tagged NO to LOGIN/AUTHENTICATE by its RFC 5530 response code. */
 export function classifyLoginNo(codeName: string | null): Refusal {
