@@ -251,7 +251,10 @@ export class LdapDirectory implements Directory {
         if (searchEntries.length === 0) return null;
         if (searchEntries.length > 1) throw new MailfrontError('LDAP_AMBIGUOUS_USER', 'auth-tempfail', `the user search found more than one entry for "${user}"`);
         const entry = searchEntries[0]!;
-        return { url: connection.url, dn: entry.dn, store: attributeText(entry[this.config.storeAttribute]) };
+        // Attribute names are case-insensitive (RFC 4512 §2.5); the server answers in its schema's spelling.
+        const wanted = this.config.storeAttribute.toLowerCase();
+        const key = Object.keys(entry).find((k) => k.toLowerCase() === wanted);
+        return { url: connection.url, dn: entry.dn, store: key === undefined ? null : attributeText(entry[key]) };
       } catch (error) {
         if (error instanceof MailfrontError) throw error;
         if (error instanceof ResultCodeError && error.code === 4) {

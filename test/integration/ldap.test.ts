@@ -80,6 +80,15 @@ test('search then bind: the store comes from the directory; wrong password and u
   }
 });
 
+test('the store attribute is matched without regard to case, as LDAP attribute names are', async () => {
+  const d = directory({ storeAttribute: 'MAILSTORE' });
+  try {
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha');
+  } finally {
+    await d.close();
+  }
+});
+
 test('a server that is down is skipped for the next URL', async () => {
   const deadPort = await freePort();
   const d = directory({ urls: [`ldap://127.0.0.1:${deadPort}`, slapd.url] });
