@@ -22,7 +22,10 @@ export class CachingDirectory implements Directory {
     maxEntries: number,
   ) {
     this.successes = new LRUCache({ max: maxEntries, ttl: ttlMs });
+    this.ttlMs = ttlMs;
   }
+
+  private readonly ttlMs: number;
 
   private fingerprint(user: string, password: string): string {
     // One update: user names never hold NUL (normalizeUser), so the separator is unambiguous.
@@ -34,7 +37,11 @@ export class CachingDirectory implements Directory {
     const cached = this.successes.get(key);
     if (cached !== undefined) return cached;
     const found = await this.inner.authenticate(user, password, signal);
-    this.successes.set(key, found);
+    // The store may come from the inner directory's own cache of entries: the route is kept no
+    // longer than ttlMs after it was read from the directory, not ttlMs after this login (a user
+    // moved to another store is routed there within ttlMs, not ttlMs plus the entry cache's).
+    const age = found.readAt === undefined ? 0 : Date.now() - found.readAt;
+    if (age < this.ttlMs) this.successes.set(key, found, { ttl: this.ttlMs - age });
     return found;
   }
 

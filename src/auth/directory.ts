@@ -15,6 +15,8 @@ export interface DirectoryUser {
   readonly dn: string;
   /** The user's store, or null when the entry names none. */
   readonly store: string | null;
+  /** When the store was read from the directory (ms since the epoch), if it came from a cache of entries. */
+  readonly readAt?: number;
 }
 
 /** A directory of users. */

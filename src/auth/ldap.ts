@@ -143,7 +143,7 @@ export class LdapDirectory implements Directory {
   /** Idle connections for user binds, per URL (opening one per login costs a TCP and maybe a TLS handshake). */
   private readonly bindIdle = new Map<string, Client[]>();
   /** user → entry found by the last search, for `config.entryCacheTtlMs`. */
-  private readonly entries: LRUCache<string, { url: string; dn: string; store: string | null }> | null;
+  private readonly entries: LRUCache<string, { url: string; dn: string; store: string | null; readAt: number }> | null;
 
   constructor(
     private readonly config: DirectoryConfig,
@@ -221,7 +221,7 @@ export class LdapDirectory implements Directory {
     connection.client.unbind().catch(() => undefined);
   }
 
-  private async search(user: string): Promise<{ url: string; dn: string; store: string | null } | null> {
+  private async search(user: string): Promise<{ url: string; dn: string; store: string | null; readAt: number } | null> {
     const cached = this.entries?.get(user);
     if (cached !== undefined) return cached;
     const found = await this.searchDirectory(user);
@@ -229,7 +229,7 @@ export class LdapDirectory implements Directory {
     return found;
   }
 
-  private async searchDirectory(user: string): Promise<{ url: string; dn: string; store: string | null } | null> {
+  private async searchDirectory(user: string): Promise<{ url: string; dn: string; store: string | null; readAt: number } | null> {
     const filter = userFilter(this.config.userFilter, user);
     // One retry on a fresh connection: the kept one may have been closed by the server or be half-dead.
     for (let attempt = 0; attempt < 2; attempt++) {
@@ -254,7 +254,7 @@ export class LdapDirectory implements Directory {
         // Attribute names are case-insensitive (RFC 4512 §2.5); the server answers in its schema's spelling.
         const wanted = this.config.storeAttribute.toLowerCase();
         const key = Object.keys(entry).find((k) => k.toLowerCase() === wanted);
-        return { url: connection.url, dn: entry.dn, store: key === undefined ? null : attributeText(entry[key]) };
+        return { url: connection.url, dn: entry.dn, store: key === undefined ? null : attributeText(entry[key]), readAt: Date.now() };
       } catch (error) {
         if (error instanceof MailfrontError) throw error;
         if (error instanceof ResultCodeError && error.code === 4) {
@@ -321,7 +321,7 @@ export class LdapDirectory implements Directory {
         ok = await this.checkPassword(found.url, found.dn, password);
       }
       if (!ok) throw new MailfrontError('WRONG_PASSWORD', 'auth-failed', `wrong password for "${user}"`);
-      return { user, dn: found.dn, store: found.store };
+      return { user, dn: found.dn, store: found.store, readAt: found.readAt };
     })();
     return raceAbort(work, signal);
   }

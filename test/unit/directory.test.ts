@@ -2,7 +2,9 @@ import assert from 'node:assert/strict';
 import { createServer } from 'node:net';
 import type { AddressInfo, Socket } from 'node:net';
 import { test } from 'node:test';
+import { CachingDirectory } from '../../src/auth/cache.js';
 import { normalizeUser } from '../../src/auth/directory.js';
+import type { Directory } from '../../src/auth/directory.js';
 import { escapeFilterValue, openLdapClient, userFilter } from '../../src/auth/ldap.js';
 
 test('LDAP filter values are escaped per RFC 4515', () => {
@@ -49,4 +51,37 @@ test('an LDAP server that accepts StartTLS and then never shakes hands: the open
     for (const socket of sockets) socket.destroy();
     server.close();
   }
+});
+
+test('the authentication cache keeps a route no longer than its TTL after the store was read from the directory', async () => {
+  let calls = 0;
+  let readAt = Date.now();
+  const inner: Directory = {
+    authenticate: async (user) => {
+      calls++;
+      return { user, dn: `uid=${user}`, store: 'alpha', readAt };
+    },
+    lookup: async () => null,
+    reachable: async () => true,
+    close: async () => undefined,
+  };
+  const cache = new CachingDirectory(inner, 300, 100);
+  const signal = new AbortController().signal;
+  // Read just now: cached for the full 300 ms.
+  await cache.authenticate('alice', 'pw', signal);
+  await cache.authenticate('alice', 'pw', signal);
+  assert.equal(calls, 1);
+  // Read 250 ms ago (an entry cache's answer): cached for what is left, about 50 ms.
+  readAt = Date.now() - 250;
+  await cache.authenticate('bob', 'pw', signal);
+  await cache.authenticate('bob', 'pw', signal);
+  assert.equal(calls, 2, 'within what is left');
+  await new Promise((r) => setTimeout(r, 120));
+  await cache.authenticate('bob', 'pw', signal);
+  assert.equal(calls, 3, 'gone after what was left, long before 300 ms');
+  // Read longer ago than the TTL: not cached at all.
+  readAt = Date.now() - 1_000;
+  await cache.authenticate('carol', 'pw', signal);
+  await cache.authenticate('carol', 'pw', signal);
+  assert.equal(calls, 5);
 });
