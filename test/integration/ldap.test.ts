@@ -70,7 +70,9 @@ const signal = new AbortController().signal;
 test('search then bind: the store comes from the directory; wrong password and unknown user are auth-failed', async () => {
   const d = directory({});
   try {
-    assert.deepEqual(await d.authenticate('alice', 'alice-pw', signal), { user: 'alice', dn: 'uid=alice,ou=people,dc=example,dc=org', store: 'alpha' });
+    const { readAt, ...found } = await d.authenticate('alice', 'alice-pw', signal);
+    assert.deepEqual(found, { user: 'alice', dn: 'uid=alice,ou=people,dc=example,dc=org', store: 'alpha' });
+    assert.ok(readAt !== undefined && Math.abs(Date.now() - readAt) < 5_000, 'the directory says when it read the entry');
     assert.equal((await d.authenticate('nostore', 'nostore-pw', signal)).store, null);
     assert.equal((await failure(d.authenticate('alice', 'wrong-alice-pw', signal))).kind, 'auth-failed');
     assert.equal((await failure(d.authenticate('nobody', 'nobody-pw', signal))).kind, 'auth-failed');
