@@ -129,8 +129,17 @@ export function createAdminHandler(context: AdminContext): (req: IncomingMessage
   };
 }
 
+/** One path segment, percent-decoded; a broken escape is the client's error (400), not ours. */
+function decodePathPart(part: string): string {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    throw new MailfrontError('ADMIN_BAD_REQUEST', 'client-protocol', 'the path has a broken percent-escape');
+  }
+}
+
 async function route(context: AdminContext, req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
-  const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent); // ['api', ...]
+  const parts = url.pathname.split('/').filter(Boolean).map(decodePathPart); // ['api', ...]
   const method = req.method ?? 'GET';
   const [, resource, name, action] = parts;
   if (method === 'GET' && resource === 'stores' && name === undefined) {

@@ -367,3 +367,12 @@ test('a reload takes a changed store_map section (another file, watched from the
   for (let i = 0; i < 40 && checkedAt() === resumedFrom; i++) await new Promise((r) => setTimeout(r, 50));
   assert.ok(checkedAt() > resumedFrom, 'probing resumed with the restored interval');
 });
+
+test('the admin API answers a path with a broken percent-escape with 400, after the token check', async () => {
+  const { port } = front.mailfront.httpAddress()!;
+  const unauthorised = await fetch(`http://127.0.0.1:${port}/api/whereis/%E0%A4%A`);
+  assert.equal(unauthorised.status, 401);
+  const answer = await fetch(`http://127.0.0.1:${port}/api/whereis/%E0%A4%A`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+  assert.equal(answer.status, 400);
+  assert.equal(((await answer.json()) as { code: string }).code, 'ADMIN_BAD_REQUEST');
+});
