@@ -145,6 +145,21 @@ describe('IMAP pre-auth: LOGIN', () => {
     ]);
   });
 
+  it('does not count temporary failures (an outage, a locked mailbox) towards that limit', () => {
+    const down = { ok: false, refusal: 'unavailable' } as const;
+    const busy = { ok: false, refusal: 'in-use' } as const;
+    assert.deepStrictEqual(preauthTrace({ phases: ['a LOGIN u 1\r\nb LOGIN u 1\r\nc LOGIN u 1\r\nd LOGIN u 1\r\ne NOOP\r\n'], logins: [down, busy, down, down] }), [
+      login('u', '1'),
+      'send a NO [UNAVAILABLE] Temporary failure, please try again later.\r\n',
+      login('u', '1'),
+      'send b NO [INUSE] Mailbox is in use, please try again later.\r\n',
+      login('u', '1'),
+      'send c NO [UNAVAILABLE] Temporary failure, please try again later.\r\n',
+      login('u', '1'),
+      'send d NO [UNAVAILABLE] Temporary failure, please try again later.\r\ne OK NOOP completed.\r\n',
+    ]);
+  });
+
   it('never hands on credentials with CR, LF or NUL, or empty ones', () => {
     assert.deepStrictEqual(
       preauthTrace({ phases: ['a LOGIN {4+}\r\nu\r\nx p\r\nb LOGIN u {3+}\r\n\x00pw\r\nc LOGIN "" p\r\nd NOOP\r\n'] }),

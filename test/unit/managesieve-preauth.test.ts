@@ -213,6 +213,13 @@ describe('managesieve preauth: login outcomes', () => {
     assert.deepEqual(trace.slice(-2), ['send NO "Authentication failed."\r\nBYE "Too many failed login attempts."\r\n', 'close limit']);
   });
 
+  it('does not count temporary failures (an outage, a locked mailbox) towards that limit', () => {
+    const logins = [{ ok: false, refusal: 'unavailable' }, { ok: false, refusal: 'in-use' }, { ok: false, refusal: 'unavailable' }, { ok: false, refusal: 'unavailable' }] as const;
+    const trace = preauthTrace({ options: IMPLICIT_TLS, phases: [authenticate.repeat(4)], logins });
+    assert.equal(trace.filter((e) => e.startsWith('login ')).length, 4, 'every login was tried');
+    assert.ok(!trace.some((e) => e.startsWith('close')), 'the connection stays open');
+  });
+
   it('too much input while the login is pending ends the connection', () => {
     const flood = `NOOP "${'x'.repeat(1000)}"\r\n`.repeat(Math.ceil(MAX_PIPELINED_BYTES / 1000) + 2);
     const trace = preauthTrace({ options: IMPLICIT_TLS, phases: [authenticate + flood], respond: 'at-end' });

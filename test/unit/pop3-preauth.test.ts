@@ -344,6 +344,15 @@ describe('pop3 preauth: login results and pipelining', () => {
     assert.deepEqual(events.slice(-2), [{ send: '-ERR [AUTH] Authentication failed.\r\n' }, { close: 'limit' }]);
   });
 
+  it('does not count temporary failures (an outage, a locked mailbox) towards that limit', () => {
+    const tries = MAX_AUTH_ATTEMPTS + 1;
+    const script = ['USER a\r\nPASS 1\r\n'.repeat(tries)];
+    const refusals = Array.from({ length: tries }, (_, i) => ({ refuse: i % 2 === 0 ? ('unavailable' as const) : ('in-use' as const) }));
+    const events = preauthEverySplit(PORT_995, script, refusals);
+    assert.equal(events.filter((e) => 'login' in e).length, tries, 'every login was tried');
+    assert.ok(!events.some((e) => 'close' in e), 'the connection stays open');
+  });
+
   it('counts an empty password as a failed login', () => {
     const events = preauthEverySplit(PORT_995, ['USER a\r\nPASS\r\n'.repeat(MAX_AUTH_ATTEMPTS + 1)]);
     assert.deepEqual(events.slice(-2), [{ send: '-ERR [AUTH] Authentication failed.\r\n' }, { close: 'limit' }]);

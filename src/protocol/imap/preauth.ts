@@ -140,7 +140,9 @@ export class ImapPreauthMachine implements PreauthMachine {
         break;
     }
     this.phase = 'command';
-    if (this.countFailedLogin(out)) return out;
+    // Only refusals of the client's own doing count towards the limit: a backend outage
+    // (unavailable) or a locked mailbox (in-use) is no reason to close the connection.
+    if ((refusal === 'auth-failed' || refusal === 'limit') && this.countFailedLogin(out)) return out;
     return this.run(out);
   }
 

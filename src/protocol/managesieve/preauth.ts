@@ -142,7 +142,8 @@ export class ManageSievePreauth implements PreauthMachine {
     const out: PreauthAction[] = [];
     push(out, refusalLine(refusal, text));
     this.#phase = 'command';
-    if (this.#countFailedLogin(out)) return out;
+    // Only refusals of the client's own doing count towards the limit (not an outage or a locked mailbox).
+    if ((refusal === 'auth-failed' || refusal === 'limit') && this.#countFailedLogin(out)) return out;
     return this.#run(out);
   }
 

@@ -139,7 +139,8 @@ export class Pop3Preauth implements PreauthMachine {
   loginFailed(refusal: LoginRefusal, text?: string): PreauthAction[] {
     if (this.#state !== 'awaiting-login') return [];
     const actions: PreauthAction[] = [send(refusalLine(refusal, text))];
-    this.#failedLogins++;
+    // Only refusals of the client's own doing count towards the limit (not an outage or a locked mailbox).
+    if (refusal === 'auth-failed' || refusal === 'limit') this.#failedLogins++;
     if (this.#failedLogins >= MAX_AUTH_ATTEMPTS) {
       actions.push(...this.#close('limit'));
       return actions;
