@@ -226,6 +226,8 @@ export class Session {
   }
 
   private setPhase(phase: Exclude<SessionPhase, 'closing'>): void {
+    // A session that is closing stays closing, whatever a late step of its login wants.
+    if (this.phase === 'closing') return;
     this.phase = phase;
     this.tracker.phase(phase);
   }
@@ -367,8 +369,12 @@ export class Session {
       trusted: !this.addressForwarded && this.context.trustedNetworks().contains(this.clientAddress),
     };
     let penaltyMs = 0;
+    // Made now, before the first wait, so that a deadline or a hang-up during any step of the
+    // login (the throttle's Redis round trip included) cancels it.
+    const cancellation = this.cancellation;
     try {
       const verdict = await throttle.check(attempt);
+      if (cancellation.aborted) throw new MailfrontError('ABORTED', 'aborted', 'the login was cancelled while the throttle answered');
       if (verdict.refused) {
         this.context.metrics.throttleRefusal(verdict.refusedBy ?? 'user');
         throw new MailfrontError('THROTTLED', 'limit', `too many failed logins for this ${verdict.refusedBy ?? 'user'}; refused for ${Math.ceil(verdict.refusedForMs / 1000)} s more`);
@@ -381,7 +387,8 @@ export class Session {
         throw new MailfrontError('AUTHZID_REFUSED', 'auth-failed', `the client asked to act as another user (authzid ${JSON.stringify(credentials.authzid.slice(0, 64))})`);
       }
       this.user = user;
-      const found = await this.context.directory().authenticate(user, credentials.password, this.cancellation);
+      const found = await this.context.directory().authenticate(user, credentials.password, cancellation);
+      if (cancellation.aborted) throw new MailfrontError('ABORTED', 'aborted', 'the login was cancelled while the directory answered');
       void throttle.recordSuccess(attempt);
       this.log.debug({ event: 'session.authenticated', user, mechanism: credentials.mechanism }, 'user authenticated');
       this.mechanism = credentials.mechanism;

@@ -1,0 +1,78 @@
+// The pre-auth deadline against a login still waiting on the throttle (a Redis round trip): the
+// session ends at the deadline, and the login goes no further (no directory, no backend).
+import assert from 'node:assert/strict';
+import { Duplex } from 'node:stream';
+import { test } from 'node:test';
+import { Session } from '../../src/session/session.js';
+import type { SessionContext } from '../../src/session/session.js';
+import { imapAdapter } from '../../src/protocol/imap/index.js';
+import { Metrics } from '../../src/metrics.js';
+import { ConnectionLimiter } from '../../src/server/connection-limits.js';
+import { SessionRegistry } from '../../src/proxy/registry.js';
+import { CidrSet } from '../../src/net/cidr.js';
+import { createLogger } from '../../src/log.js';
+import type { Config, ListenerConfig } from '../../src/config/schema.js';
+import type { Socket } from 'node:net';
+
+class FakeSocket extends Duplex {
+  out = '';
+  readonly remoteAddress = '192.0.2.1';
+  readonly remotePort = 1234;
+  override _read(): void {}
+  override _write(chunk: Buffer, _encoding: BufferEncoding, done: () => void): void {
+    this.out += chunk.toString('latin1');
+    done();
+  }
+}
+
+test('a deadline that passes while the throttle answers ends the session; the login goes no further', async () => {
+  const steps: string[] = [];
+  const config = {
+    session: { greeting: 'hi', preauthTimeoutMs: 100, authFailureDelayMs: 0, idleTimeoutMs: 60_000 },
+    usernames: { lowercase: true },
+    connectionLimits: { maxSessionsPerUser: 10 },
+    failover: { holdMs: 0 },
+  } as unknown as Config;
+  const limiter = new ConnectionLimiter({ maxConnections: 100, maxConnectionsPerAddress: 100, maxSessionsPerUser: 10 });
+  const admission = limiter.admit('192.0.2.1', false);
+  assert.ok(admission.admitted);
+  const metrics = new Metrics({ version: 'test', processMetrics: false, protocols: ['imap'] });
+  let ended = '';
+  const context = {
+    config: () => config,
+    storeMap: () => {
+      steps.push('store map');
+      throw new Error('no store map in this test');
+    },
+    directory: () => ({
+      authenticate: async () => {
+        steps.push('directory');
+        return { user: 'bob', dn: 'uid=bob', store: 's1' };
+      },
+    }),
+    metrics,
+    trustedNetworks: () => new CidrSet([]),
+    throttle: () => ({
+      check: () => new Promise((resolve) => setTimeout(() => (steps.push('throttle answered'), resolve({ refused: false, refusedForMs: 0 })), 200)),
+      recordSuccess: async () => undefined,
+      recordFailure: async () => ({ delayMs: 0 }),
+    }),
+    limiter,
+    registry: new SessionRegistry(),
+    log: createLogger('silent'),
+    secureContext: () => undefined,
+    onEnd: (reason: string) => {
+      ended = reason;
+    },
+  } as unknown as SessionContext;
+  const socket = new FakeSocket();
+  const endpoints = { client: { address: '192.0.2.1', port: 1234 }, peer: { address: '192.0.2.1', port: 1234 }, local: { address: '127.0.0.1', port: 143 } };
+  const listener = { name: 'imap', tls: 'none', plaintextWithoutTls: true } as unknown as ListenerConfig;
+  new Session(socket as unknown as Socket, listener, imapAdapter, context, false, endpoints, admission.lease);
+  setTimeout(() => socket.push('a LOGIN bob secret-pw\r\n'), 50);
+  await new Promise((resolve) => setTimeout(resolve, 400));
+  assert.equal(ended, 'timeout');
+  assert.match(socket.out, /\* BYE Autologout[^\n]*\r\n$/);
+  assert.deepEqual(steps, ['throttle answered'], 'neither the directory nor the store map was asked after the deadline');
+  assert.doesNotMatch(await (await metrics.exposition()).body, /mailfront_logins_total\{protocol="imap",result="(?!success)[^"]*"\} [1-9]/);
+});
