@@ -26,6 +26,8 @@ export class SlotHealthMonitor {
   private timer: NodeJS.Timeout | undefined;
   private readonly abort = new AbortController();
   private running = false;
+  /** The current probe loop; a loop whose number is no longer this one stops. */
+  private loop = 0;
 
   constructor(
     private readonly storeMap: () => StoreMap | null,
@@ -40,9 +42,11 @@ export class SlotHealthMonitor {
   start(): void {
     if (this.intervalMs === 0 || this.running || this.abort.signal.aborted) return;
     this.running = true;
+    // A round still in flight from an earlier loop (before setTiming) must not schedule another.
+    const loop = ++this.loop;
     const tick = async (): Promise<void> => {
       await this.probeAll();
-      if (this.running) this.timer = setTimeout(() => void tick(), this.intervalMs);
+      if (this.running && loop === this.loop) this.timer = setTimeout(() => void tick(), this.intervalMs);
     };
     void tick();
   }
@@ -53,12 +57,14 @@ export class SlotHealthMonitor {
     if (intervalMs === this.intervalMs) return;
     this.intervalMs = intervalMs;
     this.running = false;
+    this.loop++;
     clearTimeout(this.timer);
     this.start();
   }
 
   stop(): void {
     this.running = false;
+    this.loop++;
     clearTimeout(this.timer);
     this.abort.abort();
   }
