@@ -158,11 +158,20 @@ export class Mailfront {
 
   /**
    * SIGHUP: re-reads the config file and the store map. Spliced sessions are never dropped:
-   * new settings apply to new sessions; a listener whose address, protocol or TLS mode changed
-   * is bound anew and the old one stops accepting; removed listeners stop accepting. A broken
-   * config is rejected whole and the running one stays in force.
+   * new settings apply to new sessions; a listener moved to a free address is bound anew and the
+   * old one stops accepting; removed listeners stop accepting. A broken config is rejected whole
+   * and the running one stays in force. Reloads run one at a time, in order (two SIGHUPs in a
+   * row must not interleave their steps).
    */
-  async reload(): Promise<{ ok: boolean; error?: string; storeMap: ReloadResult }> {
+  reload(): Promise<{ ok: boolean; error?: string; storeMap: ReloadResult }> {
+    const run = this.reloads.then(() => this.reloadNow());
+    this.reloads = run.catch(() => undefined);
+    return run;
+  }
+
+  private reloads: Promise<unknown> = Promise.resolve();
+
+  private async reloadNow(): Promise<{ ok: boolean; error?: string; storeMap: ReloadResult }> {
     const previous = this.config;
     let next: Config;
     // A changed directory section is built before anything changes: one that cannot be set up
@@ -211,7 +220,8 @@ export class Mailfront {
       this.stopWatching();
       const replaced = await this.holder.replaceSource(storeMapSource);
       void replaced.close();
-      this.stopWatching = storeMapSource.watch(() => void this.holder.reload('change'));
+      // stop() may have run meanwhile: it closed the holder's source; nothing is to be watched.
+      if (!this.stopping) this.stopWatching = storeMapSource.watch(() => void this.holder.reload('change'));
       this.log.info({ event: 'storemap.source_changed', source: storeMapSource.description }, 'store map source changed');
     }
     this.health.setTiming(next.health.intervalMs, next.health.timeoutMs);
