@@ -98,7 +98,7 @@ function readRedis(v: unknown, path: string, issues: IssueList): ThrottleRedisCo
     issues.add(at(path, 'url'), 'a redis:// or rediss:// URL with a host', url);
   } else if (parsed.password !== '') {
     // A password in a URL ends up in process listings, shell histories and error messages.
-    issues.add(at(path, 'url'), 'a URL without a password (use auth_password_file)', 'a URL with a password');
+    issues.addFinding(at(path, 'url'), 'a URL without a password (use auth_password_file)', 'a URL with a password');
   } else if (!/^\/?(?:\d+)?$/.test(parsed.pathname)) {
     // The path is the database number; the client library throws on anything else.
     issues.add(at(path, 'url'), 'a redis:// or rediss:// URL whose path, if any, is a database number (redis://host:6379/0)', url);

@@ -55,14 +55,14 @@ function inlineSecretFiles(node: unknown, resolvePath: (p: string) => string, pa
       const obj = node as Record<string, unknown>;
       delete obj[key];
       if (obj[target] !== undefined) {
-        issues.add(childPath, `either ${target} or ${key}, not both`, 'both');
+        issues.addFinding(childPath, `either ${target} or ${key}, not both`, 'both');
       } else if (typeof value !== 'string') {
         issues.add(childPath, 'a file name', value);
       } else {
         try {
           obj[target] = readFileSync(resolvePath(value), 'utf8').replace(/\r?\n$/, '');
         } catch (error) {
-          issues.add(childPath, 'a readable file', (error as NodeJS.ErrnoException).code ?? String(error));
+          issues.addFinding(childPath, 'a readable file', (error as NodeJS.ErrnoException).code ?? String(error));
         }
       }
     } else {

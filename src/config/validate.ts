@@ -23,6 +23,11 @@ export class IssueList {
     const found = SECRET_KEY.test(path) ? describeShape(value) : describe(value);
     this.issues.push({ path, expected, found });
   }
+
+  /** An issue whose finding is already words, not a value (printed as is). */
+  addFinding(path: string, expected: string, found: string): void {
+    this.issues.push({ path, expected, found });
+  }
 }
 
 /** What kind of value it is, without any of its content. */
@@ -61,7 +66,7 @@ export function readMapping(v: unknown, path: string, issues: IssueList): Record
 /** Reports keys that the schema does not know (typos must not pass silently). */
 export function rejectUnknownKeys(obj: Record<string, unknown>, known: readonly string[], path: string, issues: IssueList): void {
   for (const key of Object.keys(obj)) {
-    if (!known.includes(key)) issues.add(at(path, key), `one of the known keys (${known.join(', ')})`, `unknown key "${key}"`);
+    if (!known.includes(key)) issues.addFinding(at(path, key), `one of the known keys (${known.join(', ')})`, `an unknown key ${JSON.stringify(key)}`);
   }
 }
 
