@@ -152,6 +152,8 @@ export class LdapStoreMapSource implements StoreMapSource {
   private client: Client | null = null;
   private readonly tls: ConnectionOptions;
   private lastFingerprint = '';
+  /** Set by close(): a connection opened after it (by a poll in flight) is let go at once. */
+  private closed = false;
 
   constructor(private readonly config: Extract<StoreMapSourceConfig, { kind: 'ldap' }>) {
     this.description = `ldap ${config.baseDn}`;
@@ -164,17 +166,24 @@ export class LdapStoreMapSource implements StoreMapSource {
     this.client = null;
     const failures: string[] = [];
     for (const url of this.config.urls) {
+      if (this.closed) break;
       let client: Client | undefined;
       try {
         client = await openLdapClient(url, { tls: this.tls, starttls: this.config.starttls, operationTimeoutMs: this.config.operationTimeoutMs, connectTimeoutMs: this.config.operationTimeoutMs, autoRebind: true });
         await client.bind(this.config.bindDn, this.config.bindPassword);
-        this.client = client;
-        return client;
       } catch (error) {
         failures.push(`${url}: ${error instanceof Error ? error.message : String(error)}`);
         await client?.unbind().catch(() => undefined);
+        continue;
       }
+      if (this.closed) {
+        void client.unbind().catch(() => undefined);
+        break;
+      }
+      this.client = client;
+      return client;
     }
+    if (this.closed) throw new MailfrontError('STOREMAP_SOURCE_CLOSED', 'config', 'the store-map source was closed');
     throw new MailfrontError('STOREMAP_LDAP_UNREACHABLE', 'config', `no store-map LDAP server answered: ${failures.join('; ')}`);
   }
 
@@ -214,7 +223,8 @@ export class LdapStoreMapSource implements StoreMapSource {
     let timer: NodeJS.Timeout | undefined;
     const poll = async (): Promise<void> => {
       try {
-        if (JSON.stringify(await this.search()) !== this.lastFingerprint) onChange();
+        const fingerprint = JSON.stringify(await this.search());
+        if (!stopped && fingerprint !== this.lastFingerprint) onChange();
       } catch {
         // Unreachable LDAP: the last good map stays in force; the holder logs on the next change.
       }
@@ -236,6 +246,7 @@ export class LdapStoreMapSource implements StoreMapSource {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     await this.client?.unbind().catch(() => undefined);
     this.client = null;
   }

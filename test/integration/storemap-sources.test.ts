@@ -90,3 +90,14 @@ test('the file source: an edit between the load and the start of the watch is re
     await dir.remove();
   }
 });
+
+test('a closed LDAP source opens no connection any more: a load or poll after close() fails without one', async () => {
+  const closing = new LdapStoreMapSource({ kind: 'ldap', urls: [slapd.url], bindDn: slapd.rootDn, bindPassword: slapd.rootPassword, baseDn: LDAP_STORES_DN, pollIntervalMs: POLL_MS, starttls: false, operationTimeoutMs: 2_000 });
+  assert.equal(masterIn(await closing.load()), 'g2');
+  // A load in flight when the source is closed (a poll caught in its connect), and one after.
+  const inFlight = closing.load().then(() => 'loaded', (error: Error) => error.message);
+  await closing.close();
+  assert.match(await closing.load().then(() => 'loaded', (error: Error) => error.message), /closed/);
+  await inFlight;
+  assert.match(await closing.load().then(() => 'loaded', (error: Error) => error.message), /closed/);
+});
