@@ -19,14 +19,18 @@ for pkg in "${NGINX_PACKAGES[@]}"; do
 done
 if [ "${#nginx_missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = "0" ]; then
+    policy_ours=0
     if [ ! -e /usr/sbin/policy-rc.d ]; then
-      # Keep Debian from starting the packaged nginx on port 80.
+      # Keep Debian from starting the packaged nginx on port 80 while it installs (removed after).
       printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
       chmod 755 /usr/sbin/policy-rc.d
+      policy_ours=1
+      trap 'rm -f /usr/sbin/policy-rc.d' EXIT
     fi
     say "installing ${nginx_missing[*]} (the nginx comparison column)"
     apt-get update -q </dev/null >&2
     apt-get install -y -q "${nginx_missing[@]}" </dev/null >&2
+    if [ "$policy_ours" = "1" ]; then rm -f /usr/sbin/policy-rc.d; trap - EXIT; fi
   else
     say "nginx's mail proxy is not installed: the nginx column is skipped. To include it:"
     echo "sudo apt-get install -y ${nginx_missing[*]}"

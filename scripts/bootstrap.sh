@@ -26,8 +26,11 @@ if [ ! -d node_modules ] || [ ! -f node_modules/.package-lock.json ] \
 fi
 
 # --- 2. Debian packages ----------------------------------------------------------------------
+# Cyrus' own libraries need libical3 libpcre3 libxapian30 libjansson4 libpq5 libxml2 libsqlite3-0
+# (cyrus-common's Depends, never installed: see step 3); python3 is a test client (poplib).
 PACKAGES=(slapd ldap-utils dovecot-imapd dovecot-pop3d dovecot-managesieved sasl2-bin libsasl2-modules
-  libsasl2-modules-db libical3 libpcre3 libxapian30 openssl redis-server haproxy prometheus sieve-connect)
+  libsasl2-modules-db libical3 libpcre3 libxapian30 libjansson4 libpq5 libxml2 libsqlite3-0 openssl
+  redis-server haproxy prometheus sieve-connect python3)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -35,12 +38,22 @@ for pkg in "${PACKAGES[@]}"; do
   if [ "$status" != "installed" ]; then missing+=("$pkg"); fi
 done
 
+POLICY_RC_D_OURS=0
 ensure_policy_rc_d() {
-  # Keep Debian from starting the packaged daemons on their default ports.
+  # Keep Debian from starting the packaged daemons on their default ports while they install;
+  # removed again afterwards (remove_policy_rc_d), so later apt runs start services as usual.
   if [ ! -e /usr/sbin/policy-rc.d ]; then
-    say "writing /usr/sbin/policy-rc.d (exit 101) so packaged daemons do not start"
+    say "writing /usr/sbin/policy-rc.d (exit 101) while packages install, so packaged daemons do not start"
     printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
     chmod 755 /usr/sbin/policy-rc.d
+    POLICY_RC_D_OURS=1
+    trap remove_policy_rc_d EXIT
+  fi
+}
+remove_policy_rc_d() {
+  if [ "$POLICY_RC_D_OURS" = "1" ]; then
+    rm -f /usr/sbin/policy-rc.d
+    POLICY_RC_D_OURS=0
   fi
 }
 
@@ -58,11 +71,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
     say "installing missing Debian packages: ${missing[*]}"
     apt_update_once
     apt-get install -y -q "${missing[@]}" </dev/null >&2
+    remove_policy_rc_d
   else
     say "missing Debian packages: ${missing[*]}"
-    echo "sudo apt-get install -y ${missing[*]}"
+    echo "sudo apt-get update && sudo apt-get install -y ${missing[*]}"
+    say "then run this command again as root (sudo): the tests and the demo hand daemon files to the daemons' own users"
     exit 1
   fi
+fi
+if [ "$IS_ROOT" != "1" ]; then
+  # The harness chowns Dovecot's and Cyrus' files to their system users, which needs root.
+  die "the tests and the demo start slapd, Dovecot and Cyrus as their own users and must run as root: sudo npm test, or sudo npm run demo"
 fi
 
 # --- 3. Cyrus IMAP, unpacked privately -------------------------------------------------------

@@ -115,7 +115,8 @@ async function main(): Promise<void> {
     process.stdout.write('demo: starting mailfront...\n');
     const logFile = join(SANDBOX, 'mailfront.log');
     const { openSync } = await import('node:fs');
-    const out = openSync(logFile, 'a');
+    // A fresh log each run: the readiness check below must not find an earlier run's line.
+    const out = openSync(logFile, 'w');
     const child = spawn(process.execPath, ['--enable-source-maps', join(ROOT, 'dist/src/cli/main.js'), 'serve', '-c', join(SANDBOX, 'mailfront.yaml')], { stdio: ['ignore', out, out] });
     stoppers.push(
       () =>

@@ -202,16 +202,26 @@ async function main(argv: string[]): Promise<number> {
     case 'serve': {
       // Before the server's modules load, so that their functions are created under them.
       (await import('./v8-flags.js')).applyServeV8Flags();
-      const config = await loadConfig(values.config ?? rest[0] ?? DEFAULT_CONFIG);
-      const { Mailfront } = await import('../main.js');
-      const mailfront = await Mailfront.start(config);
-      // A reload that fails unexpectedly is logged; it must never take the process and its
-      // spliced sessions down (on Node 20 an unhandled rejection exits).
-      process.on('SIGHUP', () => {
+      // SIGHUP's default action ends the process: the handler is in place before the (possibly
+      // slow) start, and a SIGHUP during start reloads once it is done. A reload that fails
+      // unexpectedly is logged; it must never take the process and its spliced sessions down
+      // (on Node 20 an unhandled rejection exits).
+      let running: import('../main.js').Mailfront | undefined;
+      let reloadAfterStart = false;
+      const reload = (mailfront: import('../main.js').Mailfront): void => {
         mailfront.reload().catch((error: unknown) => {
           mailfront.log.error({ event: 'config.reload_failed', err: error instanceof Error ? error.message : String(error) }, 'config reload failed');
         });
+      };
+      process.on('SIGHUP', () => {
+        if (running === undefined) reloadAfterStart = true;
+        else reload(running);
       });
+      const config = await loadConfig(values.config ?? rest[0] ?? DEFAULT_CONFIG);
+      const { Mailfront } = await import('../main.js');
+      const mailfront = await Mailfront.start(config);
+      running = mailfront;
+      if (reloadAfterStart) reload(mailfront);
       const stop = (): void => {
         void mailfront.stop().then(() => process.exit(0));
       };
