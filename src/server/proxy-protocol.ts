@@ -395,9 +395,13 @@ export function encodeProxyV2Local(): Buffer {
 
 /** A PROXY v1 header line for `source` → `destination` (TCP4 when both are IPv4, else TCP6). */
 export function encodeProxyV1(source: ProxyEndpoint, destination: ProxyEndpoint): Buffer {
-  const family = addressFamily(source, destination);
-  const text = (e: ProxyEndpoint): string => (family === 4 ? e.address : isIPv4(e.address) ? `::ffff:${e.address}` : plainAddress(e.address));
-  return Buffer.from(`PROXY TCP${family} ${text(source)} ${text(destination)} ${checkPort(source.port)} ${checkPort(destination.port)}\r\n`, 'latin1');
+  // Plain forms first (::ffff:a.b.c.d is IPv4; no zone id, which v1 cannot carry), then the
+  // family: in a TCP6 line an IPv4 address is written mapped.
+  const plain = (e: ProxyEndpoint): ProxyEndpoint => ({ address: plainAddress(e.address.split('%')[0] ?? e.address), port: e.port });
+  const [from, to] = [plain(source), plain(destination)];
+  const family = addressFamily(from, to);
+  const text = (e: ProxyEndpoint): string => (family === 4 || !isIPv4(e.address) ? e.address : `::ffff:${e.address}`);
+  return Buffer.from(`PROXY TCP${family} ${text(from)} ${text(to)} ${checkPort(from.port)} ${checkPort(to.port)}\r\n`, 'latin1');
 }
 
 /** A listener's `proxy_protocol` section. */

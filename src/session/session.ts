@@ -15,7 +15,7 @@ import type { CidrSet } from '../net/cidr.js';
 import { readDirect, writeNow } from '../net/direct-io.js';
 import type { Throttle } from '../auth/throttle.js';
 import type { ConnectionLease, ConnectionLimiter } from '../server/connection-limits.js';
-import { backendProxyHeader, startsWithProxySignature } from '../server/proxy-protocol.js';
+import { backendProxyHeader, plainAddress, startsWithProxySignature } from '../server/proxy-protocol.js';
 import type { ConnectionEndpoints } from '../server/proxy-protocol.js';
 import { normalizeUser } from '../auth/directory.js';
 import { dialSlot, loginToBackend } from '../backend/connect.js';
@@ -105,7 +105,9 @@ let sessionCounter = 0;
 const sessionPrefix = randomBytes(3).toString('hex');
 /** A short id unique within the process and unlikely to repeat across processes. */
 function newSessionId(): string {
-  sessionCounter = (sessionCounter + 1) % 0x1000000;
+  // Never wraps: a session spliced for days must not share its id with a new one (the registry
+  // is keyed by it). Six hex digits until the 16.7 millionth session, more after.
+  sessionCounter++;
   return `${sessionPrefix}${sessionCounter.toString(16).padStart(6, '0')}`;
 }
 
@@ -312,7 +314,8 @@ export class Session {
     this.log.debug({ event: 'session.client_id', params: Object.fromEntries(params) }, 'client sent ID');
     if (ip === undefined || ip === null) return;
     const trusted = this.context.trustedNetworks().contains(this.endpoints.client.address);
-    const valid = isIP(ip) !== 0;
+    // A zone id means nothing beyond the webmail's own host, and no PROXY header can carry it.
+    const valid = isIP(ip) !== 0 && !ip.includes('%');
     this.context.metrics.clientIdAddress(trusted && valid);
     if (!trusted || !valid) {
       this.log.info({ event: 'session.client_id_ignored', claimed: ip, trusted, valid }, 'x-originating-ip ignored');
@@ -320,7 +323,8 @@ export class Session {
     }
     const port = Number(params.get('x-originating-port'));
     this.log.info({ event: 'session.client_id_honoured', client: ip, via: this.endpoints.client.address }, 'client address from a trusted ID');
-    this.clientAddress = ip;
+    // One spelling per address (::ffff:192.0.2.1 is 192.0.2.1) for limits, throttle, logs and the backend.
+    this.clientAddress = plainAddress(ip);
     this.clientPort = Number.isInteger(port) && port > 0 && port < 65536 ? port : 0;
     this.addressForwarded = true;
   }

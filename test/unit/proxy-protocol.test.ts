@@ -289,6 +289,21 @@ describe('proxy protocol: encoders', () => {
     assert.throws(() => encodeProxyV2({ address: '192.0.2.7', port: 70000 }, { address: '192.0.2.1', port: 2 }), /port 70000/);
   });
 
+  it('writes v1 lines a parser takes, whatever spelling the addresses come in (mapped IPv4, zone ids)', () => {
+    const cases: Array<[string, string, string]> = [
+      ['::ffff:192.0.2.1', '10.0.0.1', 'PROXY TCP4 192.0.2.1 10.0.0.1 5000 143\r\n'],
+      ['::ffff:192.0.2.1', '2001:db8::1', 'PROXY TCP6 ::ffff:192.0.2.1 2001:db8::1 5000 143\r\n'],
+      ['fe80::1%eth0', '10.0.0.1', 'PROXY TCP6 fe80::1 ::ffff:10.0.0.1 5000 143\r\n'],
+      ['2001:DB8:0:0::7', '::ffff:10.0.0.1', 'PROXY TCP6 2001:db8::7 ::ffff:10.0.0.1 5000 143\r\n'],
+    ];
+    for (const [source, destination, line] of cases) {
+      const encoded = encodeProxyV1({ address: source, port: 5000 }, { address: destination, port: 143 });
+      assert.equal(encoded.toString('latin1'), line);
+      const parsed = parseProxyHeader(encoded);
+      assert.equal(parsed.status, 'done', `${line}: ${JSON.stringify(parsed)}`);
+    }
+  });
+
   it('picks the header of a backend proxy_protocol mode', () => {
     const client = { address: '192.0.2.7', port: 1 };
     const local = { address: '198.51.100.1', port: 143 };
