@@ -155,7 +155,11 @@ export class Listener {
           this.log.info({ event: 'session.tls_failed', listener: config.name, client: endpoints.client.address, err: error.message }, 'TLS handshake failed');
           resolve(false);
         });
-        secure.once('close', () => resolve(false));
+        secure.once('close', () => {
+          // A client gone during the handshake: nothing is left to wait for (nor to keep alive until the deadline).
+          clearTimeout(timer);
+          resolve(false);
+        });
       });
       if (!ok) return void secure.destroy();
       socket = secure;
