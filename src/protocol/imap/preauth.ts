@@ -18,6 +18,7 @@ import type {
 } from '../types.js';
 import { ImapCommandParser, type ImapArg, type ImapCommand, type ParseEvent, type ParseProblem } from './parser.js';
 import { safeText } from './wire.js';
+import { countsAsFailedLogin } from '../rules.js';
 
 type Phase =
   | 'command' // reading commands
@@ -140,9 +141,7 @@ export class ImapPreauthMachine implements PreauthMachine {
         break;
     }
     this.phase = 'command';
-    // Only refusals of the client's own doing count towards the limit: a backend outage
-    // (unavailable) or a locked mailbox (in-use) is no reason to close the connection.
-    if ((refusal === 'auth-failed' || refusal === 'limit') && this.countFailedLogin(out)) return out;
+    if (countsAsFailedLogin(refusal) && this.countFailedLogin(out)) return out;
     return this.run(out);
   }
 

@@ -18,6 +18,7 @@ import {
 import { decodeLoginField, decodePlain, hasUnsafeCharacters, LOGIN_PASSWORD_CHALLENGE, LOGIN_USERNAME_CHALLENGE } from '../sasl.js';
 import type { Credentials, LoginRefusal, LoginSuccess, PreauthAction, PreauthCloseReason, PreauthMachine, PreauthOptions } from '../types.js';
 import { oneLineText, SieveReader, sieveString, type SieveProblem, type SieveToken } from './wire.js';
+import { countsAsFailedLogin } from '../rules.js';
 
 type Phase =
   | 'command' // reading commands
@@ -142,8 +143,7 @@ export class ManageSievePreauth implements PreauthMachine {
     const out: PreauthAction[] = [];
     push(out, refusalLine(refusal, text));
     this.#phase = 'command';
-    // Only refusals of the client's own doing count towards the limit (not an outage or a locked mailbox).
-    if ((refusal === 'auth-failed' || refusal === 'limit') && this.#countFailedLogin(out)) return out;
+    if (countsAsFailedLogin(refusal) && this.#countFailedLogin(out)) return out;
     return this.#run(out);
   }
 

@@ -29,6 +29,7 @@ import type {
   PreauthOptions,
 } from '../types.js';
 import { LineReader, lineText, oneLine } from './lines.js';
+import { countsAsFailedLogin } from '../rules.js';
 
 /**
  * Where the machine is. 'awaiting-login': a 'login' action is out and input is only buffered;
@@ -139,8 +140,7 @@ export class Pop3Preauth implements PreauthMachine {
   loginFailed(refusal: LoginRefusal, text?: string): PreauthAction[] {
     if (this.#state !== 'awaiting-login') return [];
     const actions: PreauthAction[] = [send(refusalLine(refusal, text))];
-    // Only refusals of the client's own doing count towards the limit (not an outage or a locked mailbox).
-    if (refusal === 'auth-failed' || refusal === 'limit') this.#failedLogins++;
+    if (countsAsFailedLogin(refusal)) this.#failedLogins++;
     if (this.#failedLogins >= MAX_AUTH_ATTEMPTS) {
       actions.push(...this.#close('limit'));
       return actions;
