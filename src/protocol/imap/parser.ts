@@ -13,6 +13,7 @@
 
 import { MAX_LINE_BYTES, MAX_NONSYNC_LITERAL_BYTES, MAX_PREAUTH_LITERAL_BYTES } from '../../limits.js';
 import { ByteQueue } from './bytes.js';
+import { literalSizeWithin } from '../rules.js';
 
 /** One argument of a command: an atom, a string (quoted or literal) or a parenthesised list. */
 export type ImapArg =
@@ -251,14 +252,9 @@ export class ImapCommandParser {
       return this.reject(problem);
     }
     if (result.problem === null && result.literal !== null) {
-      const { nonsync } = result.literal;
-      // RFC 9051 number = 1*DIGIT: leading zeros are legal and change nothing.
-      const digits = result.literal.digits.replace(/^0+(?=\d)/, '');
-      const limit = nonsync ? MAX_NONSYNC_LITERAL_BYTES : MAX_PREAUTH_LITERAL_BYTES;
-      // Compare digit counts before converting, so that no size can overflow or allocate.
-      const tooBig = digits.length > String(limit).length || Number(digits) > limit;
-      if (tooBig) return this.fatal(nonsync ? 'nonsync-literal-too-big' : 'literal-too-big', this.tag);
-      const size = Number(digits);
+      const { digits, nonsync } = result.literal;
+      const size = literalSizeWithin(digits, nonsync ? MAX_NONSYNC_LITERAL_BYTES : MAX_PREAUTH_LITERAL_BYTES);
+      if (size === null) return this.fatal(nonsync ? 'nonsync-literal-too-big' : 'literal-too-big', this.tag);
       if (this.literalBytes + size > MAX_COMMAND_LITERAL_BYTES) return this.fatal('command-too-big', this.tag);
       this.literalBytes += size;
       this.literalRemaining = size;

@@ -11,6 +11,8 @@
  * a segment (as Dovecot and Cyrus accept); a CR anywhere else is a syntax error.
  */
 
+import { literalSizeWithin } from '../rules.js';
+
 /** One element of a line. Strings are quoted strings or literals, already unquoted. */
 export type SieveToken =
   | { readonly kind: 'atom'; readonly value: string }
@@ -277,12 +279,8 @@ export class SieveReader {
       return this.#reject(result.problem);
     }
     if (result.literal !== null) {
-      // RFC 5804 number = 1*DIGIT: leading zeros are legal and change nothing.
-      const digits = result.literal.digits.replace(/^0+(?=\d)/, '');
-      const limit = this.#options.maxLiteralBytes;
-      // Digit counts are compared before converting, so that no size can overflow or allocate.
-      if (digits.length > String(limit).length || Number(digits) > limit) return this.#fatal('literal-too-big');
-      const size = Number(digits);
+      const size = literalSizeWithin(result.literal.digits, this.#options.maxLiteralBytes);
+      if (size === null) return this.#fatal('literal-too-big');
       if (this.#lineLiteralBytes + size > this.#options.maxLineLiteralBytes) return this.#fatal('literal-too-big');
       this.#lineLiteralBytes += size;
       this.#literalRemaining = size;
