@@ -18,14 +18,11 @@ export class CachingDirectory implements Directory {
 
   constructor(
     private readonly inner: Directory,
-    ttlMs: number,
+    private readonly ttlMs: number,
     maxEntries: number,
   ) {
     this.successes = new LRUCache({ max: maxEntries, ttl: ttlMs });
-    this.ttlMs = ttlMs;
   }
-
-  private readonly ttlMs: number;
 
   private fingerprint(user: string, password: string): string {
     // One update: user names never hold NUL (normalizeUser), so the separator is unambiguous.

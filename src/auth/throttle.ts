@@ -420,19 +420,10 @@ export class RedisThrottleStore implements ThrottleStore {
   private async connect(): Promise<void> {
     const { redis } = this.options;
     const deadlineMs = Math.max(CONNECT_TIMEOUT_MIN_MS, redis.timeoutMs);
-    let createClient: RedisModule['createClient'];
-    try {
-      ({ createClient } = await loadRedis());
-    } catch (error) {
-      // A broken installation: local counters answer, as they do while Redis is down.
-      if (this.closed) return;
-      this.setState('down', `the Redis client library did not load: ${error instanceof Error ? error.message : String(error)}`);
-      this.scheduleRetry();
-      return;
-    }
-    if (this.closed) return;
     let client: Client;
     try {
+      const { createClient } = await loadRedis();
+      if (this.closed) return;
       client = createClient({
         url: redis.url,
         ...(redis.username !== undefined ? { username: redis.username } : {}),
@@ -442,9 +433,10 @@ export class RedisThrottleStore implements ThrottleStore {
         disableOfflineQueue: true,
       });
     } catch (error) {
-      // Options the library refuses (the config check should have caught them): local counters
-      // answer, as while Redis is down; never an unhandled rejection.
-      this.setState('down', `the Redis client refused its options: ${error instanceof Error ? error.message : String(error)}`);
+      // A broken installation, or options the library refuses (the config check should have
+      // caught them): local counters answer, as while Redis is down; never an unhandled rejection.
+      if (this.closed) return;
+      this.setState('down', `the Redis client could not be set up: ${error instanceof Error ? error.message : String(error)}`);
       this.scheduleRetry();
       return;
     }
