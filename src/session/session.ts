@@ -111,6 +111,11 @@ function newSessionId(): string {
   return `${sessionPrefix}${sessionCounter.toString(16).padStart(6, '0')}`;
 }
 
+/** After a wait: a login whose session was cancelled meanwhile (deadline, hang-up, shutdown) goes no further. */
+function throwIfCancelled(cancellation: Cancellation, why: string): void {
+  if (cancellation.aborted) throw new MailfrontError('ABORTED', 'aborted', why);
+}
+
 function delay(ms: number, signal: Cancellation): Promise<void> {
   return new Promise((resolve) => {
     if (ms <= 0 || signal.aborted) return resolve();
@@ -378,7 +383,7 @@ export class Session {
     const cancellation = this.cancellation;
     try {
       const verdict = await throttle.check(attempt);
-      if (cancellation.aborted) throw new MailfrontError('ABORTED', 'aborted', 'the login was cancelled while the throttle answered');
+      throwIfCancelled(cancellation, 'the login was cancelled while the throttle answered');
       if (verdict.refused) {
         this.context.metrics.throttleRefusal(verdict.refusedBy ?? 'user');
         throw new MailfrontError('THROTTLED', 'limit', `too many failed logins for this ${verdict.refusedBy ?? 'user'}; refused for ${Math.ceil(verdict.refusedForMs / 1000)} s more`);
@@ -392,7 +397,7 @@ export class Session {
       }
       this.user = user;
       const found = await this.context.directory().authenticate(user, credentials.password, cancellation);
-      if (cancellation.aborted) throw new MailfrontError('ABORTED', 'aborted', 'the login was cancelled while the directory answered');
+      throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
       void throttle.recordSuccess(attempt);
       this.log.debug({ event: 'session.authenticated', user, mechanism: credentials.mechanism }, 'user authenticated');
       this.mechanism = credentials.mechanism;
@@ -456,7 +461,7 @@ export class Session {
         if (error.kind !== 'connect' || Date.now() >= deadline) throw error;
         this.log.warn({ event: 'session.backend_retry', store: storeName, slot: slot.name, attempt, err: error.message }, 'current master unreachable; holding the login');
         await delay(Math.min(250 * attempt, 1_000, deadline - Date.now()), this.cancellation);
-        if (this.cancellation.aborted) throw new MailfrontError('ABORTED', 'aborted', 'the session ended while its login was held');
+        throwIfCancelled(this.cancellation, 'the session ended while its login was held');
       }
     }
   }
