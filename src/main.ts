@@ -179,10 +179,11 @@ export class Mailfront {
     let directory: Directory | undefined;
     // Likewise a changed store_map section: its new source is made first (an LDAP one reads its CA file).
     let storeMapSource: StoreMapSource | undefined;
+    const changed = (section: 'storeMap' | 'directory' | 'throttle'): boolean => JSON.stringify(next[section]) !== JSON.stringify(previous[section]);
     try {
       next = loadConfig(previous.file);
-      if (JSON.stringify(next.storeMap) !== JSON.stringify(previous.storeMap)) storeMapSource = createStoreMapSource(next.storeMap);
-      if (this.ownsDirectory && JSON.stringify(next.directory) !== JSON.stringify(previous.directory)) directory = createDirectory(next, this.log, this.metrics);
+      if (changed('storeMap')) storeMapSource = createStoreMapSource(next.storeMap);
+      if (this.ownsDirectory && changed('directory')) directory = createDirectory(next, this.log, this.metrics);
     } catch (error) {
       void storeMapSource?.close();
       const message = error instanceof Error ? error.message : String(error);
@@ -227,7 +228,7 @@ export class Mailfront {
     this.health.setTiming(next.health.intervalMs, next.health.timeoutMs);
     this.trusted = new CidrSet(next.trustedNetworks);
     this.limiter.setLimits(next.connectionLimits);
-    if (JSON.stringify(next.throttle) !== JSON.stringify(previous.throttle)) {
+    if (changed('throttle')) {
       const replaced = this.throttle;
       this.throttle = this.createThrottle(next);
       void replaced.close();
