@@ -128,6 +128,14 @@ export async function openLdapClient(url: string, options: LdapClientOptions): P
   return client;
 }
 
+/** A user's entry as a search found it: on which server, its DN and store, and when it was read. */
+interface FoundEntry {
+  readonly url: string;
+  readonly dn: string;
+  readonly store: string | null;
+  readonly readAt: number;
+}
+
 interface ServiceConnection {
   readonly url: string;
   readonly client: Client;
@@ -143,7 +151,7 @@ export class LdapDirectory implements Directory {
   /** Idle connections for user binds, per URL (opening one per login costs a TCP and maybe a TLS handshake). */
   private readonly bindIdle = new Map<string, Client[]>();
   /** user → entry found by the last search, for `config.entryCacheTtlMs`. */
-  private readonly entries: LRUCache<string, { url: string; dn: string; store: string | null; readAt: number }> | null;
+  private readonly entries: LRUCache<string, FoundEntry> | null;
 
   constructor(
     private readonly config: DirectoryConfig,
@@ -221,7 +229,7 @@ export class LdapDirectory implements Directory {
     connection.client.unbind().catch(() => undefined);
   }
 
-  private async search(user: string): Promise<{ url: string; dn: string; store: string | null; readAt: number } | null> {
+  private async search(user: string): Promise<FoundEntry | null> {
     const cached = this.entries?.get(user);
     if (cached !== undefined) return cached;
     const found = await this.searchDirectory(user);
@@ -229,7 +237,7 @@ export class LdapDirectory implements Directory {
     return found;
   }
 
-  private async searchDirectory(user: string): Promise<{ url: string; dn: string; store: string | null; readAt: number } | null> {
+  private async searchDirectory(user: string): Promise<FoundEntry | null> {
     const filter = userFilter(this.config.userFilter, user);
     // One retry on a fresh connection: the kept one may have been closed by the server or be half-dead.
     for (let attempt = 0; attempt < 2; attempt++) {
@@ -301,8 +309,12 @@ export class LdapDirectory implements Directory {
   async authenticate(user: string, password: string, signal: Cancellation): Promise<DirectoryUser> {
     if (this.closed) throw new MailfrontError('LDAP_CLOSED', 'auth-tempfail', 'the directory is shutting down');
     const work = (async (): Promise<DirectoryUser> => {
-      let found = await this.search(user);
-      if (found === null) throw new MailfrontError('UNKNOWN_USER', 'auth-failed', `no directory entry for "${user}"`);
+      const entryOf = async (): Promise<FoundEntry> => {
+        const entry = await this.search(user);
+        if (entry === null) throw new MailfrontError('UNKNOWN_USER', 'auth-failed', `no directory entry for "${user}"`);
+        return entry;
+      };
+      let found = await entryOf();
       // RFC 4513 §5.1.2: a simple bind with an empty password is an unauthenticated bind and succeeds.
       if (password.length === 0) throw new MailfrontError('WRONG_PASSWORD', 'auth-failed', `wrong password for "${user}"`);
       let ok: boolean;
@@ -315,8 +327,7 @@ export class LdapDirectory implements Directory {
         if (!(error instanceof MailfrontError) || error.code !== 'LDAP_BIND_FAILED') throw error;
         this.entries?.delete(user);
         const failedUrl = found.url;
-        found = await this.search(user);
-        if (found === null) throw new MailfrontError('UNKNOWN_USER', 'auth-failed', `no directory entry for "${user}"`);
+        found = await entryOf();
         if (found.url === failedUrl) throw error;
         ok = await this.checkPassword(found.url, found.dn, password);
       }
