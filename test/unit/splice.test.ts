@@ -202,3 +202,28 @@ test('a drain notice reaches a client that is behind: what is queued for it goes
   assert.equal(all.length, leftover.length + '* BYE [UNAVAILABLE] moved\r\n'.length, 'every queued byte and the notice arrived');
   assert.equal(all.subarray(all.length - 30).toString('latin1'), 'x\r\n* BYE [UNAVAILABLE] moved\r\n');
 });
+
+for (const [name, clientPair] of [
+  ['plain', tcpPair],
+  ['TLS', tlsPair],
+] as const) {
+  test(`a backend that sends its last bytes and closes at once (FETCH and LOGOUT pipelined): a ${name} client that is behind still gets every byte`, async () => {
+    const client = await clientPair();
+    const backend = await tcpPair();
+    const running = splice(client.front, backend.front, new Uint8Array(), new Uint8Array(), 60_000);
+    client.user.pause();
+    // More than the loopback buffers hold, so that part of it waits in mailfront while the
+    // backend's close arrives; the last line is the one a client needs most.
+    const data = Buffer.concat([randomBytes(4 * 1024 * 1024 + 15_000), Buffer.from('\r\n* BYE Logging out\r\na3 OK Logout completed\r\n')]);
+    backend.user.end(data);
+    await sleep(300);
+    const received: Buffer[] = [];
+    client.user.on('data', (chunk: Buffer) => received.push(chunk));
+    client.user.resume();
+    await once(client.user, 'close');
+    assert.equal(await running.ended, 'backend-closed');
+    const all = Buffer.concat(received);
+    assert.equal(all.length, data.length, 'every byte the backend sent before closing reached the client');
+    assert.equal(sha(all), sha(data));
+  });
+}
