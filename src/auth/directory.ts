@@ -31,6 +31,12 @@ export interface Directory {
   lookup(user: string, signal: Cancellation): Promise<DirectoryUser | null>;
   /** True when the directory answers now (readiness checks). */
   reachable(signal: Cancellation): Promise<boolean>;
+  /**
+   * Drops what this directory remembers of `user` (already normalised): cached logins and a
+   * cached entry, so that the user's next login asks the directory again (after a password
+   * change or a lock, with `mailfront kick`). Returns how many cached items went.
+   */
+  forget(user: string): number;
   /** Releases connections. */
   close(): Promise<void>;
 }

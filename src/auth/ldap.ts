@@ -342,6 +342,10 @@ export class LdapDirectory implements Directory {
     return raceAbort(work, signal);
   }
 
+  forget(user: string): number {
+    return this.entries?.delete(user) === true ? 1 : 0;
+  }
+
   async reachable(signal: Cancellation): Promise<boolean> {
     try {
       let connection = await raceAbort(this.serviceConnection(), signal);

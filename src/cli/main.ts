@@ -35,7 +35,7 @@ Commands:
   whereis USER          a user's store, current master, address and live sessions
   failover STORE SLOT   make SLOT the current master of STORE (written to the store map source)
   sessions              list spliced sessions (--user, --store, --slot filter)
-  kick USER             close every session of USER (or --slot SLOT for a whole slot)
+  kick USER             close USER's sessions, forget USER's cached logins (or --slot SLOT)
   reload                re-read the store map now (as SIGHUP does)
 
 'mailfront <command> --help' describes one command.
@@ -81,7 +81,9 @@ ${REMOTE}
 `,
   kick: `Usage: mailfront kick USER | --slot SLOT | --session ID [-c FILE]
 
-Closes sessions of a user, of a slot, or one session.
+Closes sessions of a user, of a slot, or one session. For a user, also drops the user's cached
+logins and directory entry: the next login is checked against the directory (use it after
+changing or locking a password).
 ${REMOTE}
 `,
   reload: `Usage: mailfront reload [-c FILE]
@@ -272,7 +274,8 @@ async function main(argv: string[]): Promise<number> {
       if (body === undefined) return usage();
       const json = await call(await remoteFrom(values), 'POST', '/api/kick', body);
       if (values.json) return printJson(json), 0;
-      out(`closed ${(json['kicked'] as unknown[]).length} session(s)\n`);
+      const forgotten = typeof json['forgotten'] === 'number' ? `, forgot ${json['forgotten']} cached item(s) of the user` : '';
+      out(`closed ${(json['kicked'] as unknown[]).length} session(s)${forgotten}\n`);
       return 0;
     }
     case 'reload': {

@@ -184,9 +184,13 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
   if (method === 'POST' && resource === 'kick') {
     const body = await readJson(req);
     let sessions: SessionEntry[];
+    // Kicking a user also drops the user's cached logins and directory entry: after a password
+    // change or a lock, the old password must not log in again from the cache.
+    let forgotten: number | undefined;
     if (typeof body['user'] === 'string') {
       const user = normalizeUser(body['user'], context.usernames());
       sessions = user === null ? [] : context.registry.ofUser(user);
+      forgotten = user === null ? 0 : context.directory().forget(user);
     } else if (typeof body['slot'] === 'string') {
       sessions = context.registry.onSlot(body['slot']);
     } else if (typeof body['session'] === 'string') {
@@ -194,9 +198,9 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
     } else {
       throw new MailfrontError('ADMIN_BAD_REQUEST', 'client-protocol', 'body must name a "user", a "slot" or a "session"');
     }
-    context.log.warn({ event: 'admin.kick', user: body['user'], slot: body['slot'], session: body['session'], sessions: sessions.length }, 'kick requested through the admin API');
+    context.log.warn({ event: 'admin.kick', user: body['user'], slot: body['slot'], session: body['session'], sessions: sessions.length, forgotten }, 'kick requested through the admin API');
     for (const s of sessions) s.close('kicked');
-    return send(res, 200, { kicked: sessions.map(sessionView) });
+    return send(res, 200, { kicked: sessions.map(sessionView), ...(forgotten !== undefined ? { forgotten } : {}) });
   }
   if (method === 'POST' && resource === 'reload') {
     return send(res, 200, await context.reload());

@@ -369,3 +369,48 @@ describe('failover by LDAP modify (store entries in the directory)', () => {
     assert.match(stdout, /mailfrontCurrentMaster: a1/);
   });
 });
+
+describe('kicking a user with the caches on (a password changed after a compromise)', () => {
+  let front: Front;
+  before(async () => {
+    front = await startFront({ slapd, stores: storesWith('a1'), directory: { entry_cache_ttl_ms: 30_000, auth_cache_ttl_ms: 60_000 } });
+  });
+  after(async () => {
+    await front?.stop();
+  });
+
+  /** One IMAP LOGIN on the webmail listener; the tagged answer, and the connection while it is open. */
+  async function login(user: string, password: string): Promise<{ line: string; raw: LineClient }> {
+    const raw = await LineClient.connect(front.imapTrustedPort);
+    await raw.readLine();
+    raw.send(`t1 LOGIN ${user} ${password}`);
+    return { line: await raw.readLine(), raw };
+  }
+
+  test('the old password logs in from the cache until `mailfront kick USER`, which closes the sessions and forgets the cached login and entry', async () => {
+    const { port } = front.mailfront.httpAddress()!;
+    const cli = async (...args: string[]): Promise<string> => (await run(process.execPath, [join(repoRoot(), 'dist/src/cli/main.js'), ...args, '--url', `http://127.0.0.1:${port}`, '--token', ADMIN_TOKEN])).stdout;
+    const first = await login('amy', PASSWORD);
+    assert.match(first.line, /^t1 OK /);
+    first.raw.close();
+    await slapd.setPassword('amy', 'Failover-new-pw-7q');
+    try {
+      // The cache is on: the old password still works (the documented TTL), and this session is open.
+      const cached = await login('amy', PASSWORD);
+      assert.match(cached.line, /^t1 OK /, 'the cached login answers');
+      try {
+        assert.match(await cli('kick', 'amy'), /^closed 1 session\(s\), forgot 2 cached item\(s\) of the user$/m);
+        assert.match(await cached.raw.readLine(5_000), /^\* BYE /, 'the open session is closed');
+      } finally {
+        cached.raw.close();
+      }
+      const after = await login('amy', PASSWORD);
+      after.raw.close();
+      assert.equal(after.line, 't1 NO [AUTHENTICATIONFAILED] Authentication failed.', 'the old password goes to LDAP again and is refused');
+      const kick = await waitForLog(front, (l) => l['event'] === 'admin.kick' && l['user'] === 'amy');
+      assert.equal(kick['forgotten'], 2);
+    } finally {
+      await slapd.setPassword('amy', PASSWORD);
+    }
+  });
+});

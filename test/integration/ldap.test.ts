@@ -16,7 +16,7 @@ import type { Slapd } from './servers/index.js';
 let slapd: Slapd;
 // Every password these tests hand to the directory code, right and wrong: its log lines (kept
 // here and written to the suite-wide scan) must hold none of them.
-registerPasswords('alice-pw', 'nostore-pw', 'wrong-alice-pw', 'nobody-pw', 'not-the-service-pw');
+registerPasswords('alice-pw', 'alice-new-pw', 'nostore-pw', 'wrong-alice-pw', 'nobody-pw', 'not-the-service-pw');
 const logLines: string[] = [];
 const writeSuiteLog = suiteLogWriter();
 const log = createLogger('debug', {
@@ -232,4 +232,25 @@ test('a refused service account is a temporary failure, logged (the one line the
 test('no password (right or wrong) and no bind secret appears in the directory\'s log lines', () => {
   assert.ok(logLines.length > 0, 'the directory logged nothing: the scan would pass on nothing');
   assertNoRegisteredSecret(logLines, "the directory's log");
+});
+
+test("forget() drops one user's cached logins and entry: after a password change the old password is refused at once", async () => {
+  const { CachingDirectory } = await import('../../src/auth/cache.js');
+  const d = new CachingDirectory(directory({ entryCacheTtlMs: 60_000 }), 60_000, 100);
+  const cachedLogins = (): number => (d as unknown as { successes: { size: number } }).successes.size;
+  try {
+    await d.authenticate('alice', 'alice-pw', signal);
+    await d.authenticate('nostore', 'nostore-pw', signal);
+    await slapd.setPassword('alice', 'alice-new-pw');
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha', 'the cached login answers within its TTL');
+    assert.equal(cachedLogins(), 2);
+    assert.equal(d.forget('alice'), 2, "alice's cached login and her cached entry");
+    assert.equal(cachedLogins(), 1, "the other user's cached login stays");
+    assert.equal((await failure(d.authenticate('alice', 'alice-pw', signal))).kind, 'auth-failed');
+    assert.equal((await d.authenticate('alice', 'alice-new-pw', signal)).store, 'alpha');
+    assert.equal(d.forget('nobody'), 0);
+  } finally {
+    await slapd.setPassword('alice', 'alice-pw');
+    await d.close();
+  }
 });
