@@ -55,7 +55,7 @@ const VERSION = (JSON.parse(readFileSync(join(dirname(fileURLToPath(import.meta.
 /** The LDAP directory, behind the authentication cache when it is on. */
 function createDirectory(config: Config, log: Logger, metrics: Metrics): Directory {
   const ldap = new LdapDirectory(config.directory, log.child({ component: 'directory' }), metrics);
-  return config.directory.authCacheTtlMs > 0 ? new CachingDirectory(ldap, config.directory.authCacheTtlMs, config.directory.cacheMaxEntries) : ldap;
+  return config.directory.authCacheTtlMs > 0 ? new CachingDirectory(ldap, config.directory.authCacheTtlMs, config.directory.cacheMaxEntries, metrics) : ldap;
 }
 
 /** A running mailfront process. */
@@ -85,6 +85,7 @@ export class Mailfront {
     metrics.beforeScrape(() => {
       for (const entry of this.registry.values()) metrics.splicedTraffic(entry);
     });
+    metrics.directoryCacheEntries(() => this.directory.cacheEntries());
     this.trusted = new CidrSet(config.trustedNetworks);
     this.throttle = this.createThrottle(config);
     this.limiter = new ConnectionLimiter(config.connectionLimits);

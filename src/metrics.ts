@@ -37,6 +37,10 @@ export type BackendResult = 'success' | 'timeout' | 'refused' | 'in-use' | 'erro
 /** Which way proxied bytes went. */
 export type ByteDirection = 'client-to-backend' | 'backend-to-client';
 
+/** The directory's caches: `auth`, successful logins by user and password; `entry`, a user's DN and store. */
+export type DirectoryCache = 'auth' | 'entry';
+const DIRECTORY_CACHES: readonly DirectoryCache[] = ['auth', 'entry'];
+
 /** A spliced session's byte counts and how much of them the counter holds already (a registry entry). */
 export interface SplicedTraffic {
   readonly traffic: { readonly bytesFromClient: number; readonly bytesToClient: number };
@@ -227,6 +231,10 @@ export class Metrics {
   private readonly proxyHeadersTotal: Counter<'listener' | 'result'>;
   /** Client addresses offered with IMAP ID before login, by whether they were honoured. */
   private readonly clientIdAddressesTotal: Counter<'result'>;
+  /** Lookups in the directory's caches, by cache and result (one per login while a cache is on). */
+  private readonly directoryCacheLookupsTotal: CounterFamily<'cache' | 'result'>;
+  /** Where `mailfront_directory_cache_entries` is read at scrape time (the directory in force). */
+  private directoryCacheSizes: () => Partial<Record<DirectoryCache, number>> = () => ({});
 
   constructor(options: MetricsOptions = {}) {
     this.nowMs = options.nowMs ?? (() => performance.now());
@@ -272,6 +280,21 @@ export class Metrics {
     this.configLastReloadSuccess = gauge('mailfront_config_last_reload_success', '1 if the last config reload succeeded, 0 if it was rejected.', []);
     this.proxyHeadersTotal = counter('mailfront_proxy_headers_total', 'PROXY protocol headers handled by listeners, by listener and result.', ['listener', 'result']);
     this.clientIdAddressesTotal = counter('mailfront_client_id_addresses_total', 'Client addresses offered with IMAP ID before login, by whether they were honoured.', ['result']);
+    this.directoryCacheLookupsTotal = hotCounter('mailfront_directory_cache_lookups_total', 'Lookups in the directory caches (auth: successful logins by user and password; entry: users\' DN and store), by cache and result (hit or miss).', ['cache', 'result']);
+    const directoryCacheEntries = new Gauge({
+      name: 'mailfront_directory_cache_entries',
+      help: 'Entries held now by the directory caches (auth, entry); absent for a cache that is off.',
+      labelNames: ['cache'] as const,
+      registers,
+      collect: () => {
+        directoryCacheEntries.reset();
+        const sizes = this.directoryCacheSizes();
+        for (const cache of DIRECTORY_CACHES) {
+          const size = sizes[cache];
+          if (size !== undefined) directoryCacheEntries.set({ cache }, size);
+        }
+      },
+    });
     const buildInfo = gauge('mailfront_build_info', 'Always 1; the labels name the running build.', ['version', 'nodejs_version']);
     buildInfo.set({ version: options.version ?? 'unknown', nodejs_version: process.versions.node }, 1);
 
@@ -282,6 +305,7 @@ export class Metrics {
       this.loginsTotal.inc({ protocol, result: 'success' }, 0);
     }
     for (const direction of DIRECTIONS) this.proxiedBytesTotal.inc({ direction }, 0);
+    for (const cache of DIRECTORY_CACHES) for (const result of ['hit', 'miss']) this.directoryCacheLookupsTotal.inc({ cache, result }, 0);
     this.configLastReloadSuccess.set(1);
 
     if (options.processMetrics ?? true) {
@@ -416,6 +440,16 @@ export class Metrics {
   /** Counts a client address offered with IMAP ID before login (honoured only from trusted networks). */
   clientIdAddress(honoured: boolean): void {
     this.clientIdAddressesTotal.inc({ result: honoured ? 'honoured' : 'ignored' });
+  }
+
+  /** Counts a lookup in one of the directory's caches. */
+  directoryCacheLookup(cache: DirectoryCache, hit: boolean): void {
+    this.directoryCacheLookupsTotal.inc({ cache, result: hit ? 'hit' : 'miss' });
+  }
+
+  /** Where the directory caches' sizes are read at each scrape (the directory in force, which a reload may replace). */
+  directoryCacheEntries(sizes: () => Partial<Record<DirectoryCache, number>>): void {
+    this.directoryCacheSizes = sizes;
   }
 
   /** The text exposition of every metric, and its content type. */

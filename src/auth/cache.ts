@@ -9,6 +9,7 @@ import { createHmac, randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { Directory, DirectoryUser } from './directory.js';
 import type { Cancellation } from '../cancel.js';
+import type { Metrics } from '../metrics.js';
 
 /** A Directory that remembers successful authentications for `ttlMs`. */
 export class CachingDirectory implements Directory {
@@ -20,6 +21,7 @@ export class CachingDirectory implements Directory {
     private readonly inner: Directory,
     private readonly ttlMs: number,
     maxEntries: number,
+    private readonly metrics?: Metrics,
   ) {
     this.successes = new LRUCache({ max: maxEntries, ttl: ttlMs });
   }
@@ -32,6 +34,7 @@ export class CachingDirectory implements Directory {
   async authenticate(user: string, password: string, signal: Cancellation): Promise<DirectoryUser> {
     const key = this.fingerprint(user, password);
     const cached = this.successes.get(key);
+    this.metrics?.directoryCacheLookup('auth', cached !== undefined);
     if (cached !== undefined) return cached;
     const found = await this.inner.authenticate(user, password, signal);
     // The store may come from the inner directory's own cache of entries: the route is kept no
@@ -60,6 +63,10 @@ export class CachingDirectory implements Directory {
     });
     for (const key of keys) this.successes.delete(key);
     return keys.length + this.inner.forget(user);
+  }
+
+  cacheEntries(): Partial<Record<'auth' | 'entry', number>> {
+    return { ...this.inner.cacheEntries(), auth: this.successes.size };
   }
 
   async close(): Promise<void> {

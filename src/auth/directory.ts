@@ -37,6 +37,8 @@ export interface Directory {
    * change or a lock, with `mailfront kick`). Returns how many cached items went.
    */
   forget(user: string): number;
+  /** Entries each of this directory's caches holds now; a cache that is off is absent. */
+  cacheEntries(): Partial<Record<'auth' | 'entry', number>>;
   /** Releases connections. */
   close(): Promise<void>;
 }

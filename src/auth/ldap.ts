@@ -230,7 +230,9 @@ export class LdapDirectory implements Directory {
   }
 
   private async search(user: string): Promise<FoundEntry | null> {
-    const cached = this.entries?.get(user);
+    const entries = this.entries;
+    const cached = entries?.get(user);
+    if (entries !== null) this.metrics?.directoryCacheLookup('entry', cached !== undefined);
     if (cached !== undefined) return cached;
     const found = await this.searchDirectory(user);
     if (found !== null) this.entries?.set(user, found);
@@ -344,6 +346,10 @@ export class LdapDirectory implements Directory {
 
   forget(user: string): number {
     return this.entries?.delete(user) === true ? 1 : 0;
+  }
+
+  cacheEntries(): Partial<Record<'auth' | 'entry', number>> {
+    return this.entries === null ? {} : { entry: this.entries.size };
   }
 
   async reachable(signal: Cancellation): Promise<boolean> {

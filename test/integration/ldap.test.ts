@@ -9,6 +9,7 @@ import { LdapDirectory } from '../../src/auth/ldap.js';
 import type { DirectoryConfig } from '../../src/config/schema.js';
 import { MailfrontError } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
+import { Metrics } from '../../src/metrics.js';
 import { assertNoRegisteredSecret, registerPasswords, registerSecrets, suiteLogWriter } from './front.js';
 import { freePort, startSlapd } from './servers/index.js';
 import type { Slapd } from './servers/index.js';
@@ -34,7 +35,7 @@ after(async () => {
   await slapd?.stop();
 });
 
-function directory(overrides: Partial<DirectoryConfig>): LdapDirectory {
+function directory(overrides: Partial<DirectoryConfig>, metrics?: Metrics): LdapDirectory {
   return new LdapDirectory(
     {
       urls: [slapd.url],
@@ -52,6 +53,7 @@ function directory(overrides: Partial<DirectoryConfig>): LdapDirectory {
       ...overrides,
     },
     log,
+    metrics,
   );
 }
 
@@ -251,6 +253,32 @@ test("forget() drops one user's cached logins and entry: after a password change
     assert.equal(d.forget('nobody'), 0);
   } finally {
     await slapd.setPassword('alice', 'alice-pw');
+    await d.close();
+  }
+});
+
+test('the caches count their hits and misses and report their sizes in /metrics', async () => {
+  const { CachingDirectory } = await import('../../src/auth/cache.js');
+  const metrics = new Metrics({ processMetrics: false });
+  const d = new CachingDirectory(directory({ entryCacheTtlMs: 60_000 }, metrics), 60_000, 100, metrics);
+  metrics.directoryCacheEntries(() => d.cacheEntries());
+  const series = async (): Promise<string> => (await metrics.exposition()).body.split('\n').filter((l) => l.startsWith('mailfront_directory_cache_')).sort().join('\n');
+  try {
+    await d.authenticate('alice', 'alice-pw', signal); // auth miss, entry miss
+    await d.authenticate('alice', 'alice-pw', signal); // auth hit
+    await failure(d.authenticate('alice', 'wrong-alice-pw', signal)); // auth miss, entry hit
+    assert.equal(
+      await series(),
+      [
+        'mailfront_directory_cache_entries{cache="auth"} 1',
+        'mailfront_directory_cache_entries{cache="entry"} 1',
+        'mailfront_directory_cache_lookups_total{cache="auth",result="hit"} 1',
+        'mailfront_directory_cache_lookups_total{cache="auth",result="miss"} 2',
+        'mailfront_directory_cache_lookups_total{cache="entry",result="hit"} 1',
+        'mailfront_directory_cache_lookups_total{cache="entry",result="miss"} 1',
+      ].join('\n'),
+    );
+  } finally {
     await d.close();
   }
 });

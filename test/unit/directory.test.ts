@@ -64,6 +64,7 @@ test('the authentication cache keeps a route no longer than its TTL after the st
     lookup: async () => null,
     reachable: async () => true,
     forget: () => 0,
+    cacheEntries: () => ({}),
     close: async () => undefined,
   };
   const cache = new CachingDirectory(inner, 300, 100);
