@@ -49,6 +49,15 @@ async function writeAll(socket: Socket, data: Buffer): Promise<void> {
 
 const sha = (data: Buffer): string => createHash('sha256').update(data).digest('hex');
 
+/** Resumes a paused client end and collects everything it receives until the connection closes. */
+async function resumeUntilClosed(socket: Socket): Promise<Buffer> {
+  const received: Buffer[] = [];
+  socket.on('data', (chunk: Buffer) => received.push(chunk));
+  socket.resume();
+  await once(socket, 'close');
+  return Buffer.concat(received);
+}
+
 async function bulkBothWays(client: Pair, backend: Pair, expectRelay: Splice['relay']): Promise<void> {
   const running = splice(client.front, backend.front, new Uint8Array(), new Uint8Array(), 60_000);
   assert.equal(running.relay, expectRelay);
@@ -193,12 +202,8 @@ test('a drain notice reaches a client that is behind: what is queued for it goes
   assert.ok(client.front.writableLength > 0, 'the client is behind');
   running.close('drained', '* BYE [UNAVAILABLE] moved\r\n');
   await sleep(100);
-  const received: Buffer[] = [];
-  client.user.on('data', (chunk: Buffer) => received.push(chunk));
-  client.user.resume();
-  await once(client.user, 'close');
+  const all = await resumeUntilClosed(client.user);
   assert.equal(await running.ended, 'drained');
-  const all = Buffer.concat(received);
   assert.equal(all.length, leftover.length + '* BYE [UNAVAILABLE] moved\r\n'.length, 'every queued byte and the notice arrived');
   assert.equal(all.subarray(all.length - 30).toString('latin1'), 'x\r\n* BYE [UNAVAILABLE] moved\r\n');
 });
@@ -217,12 +222,8 @@ for (const [name, clientPair] of [
     const data = Buffer.concat([randomBytes(4 * 1024 * 1024 + 15_000), Buffer.from('\r\n* BYE Logging out\r\na3 OK Logout completed\r\n')]);
     backend.user.end(data);
     await sleep(300);
-    const received: Buffer[] = [];
-    client.user.on('data', (chunk: Buffer) => received.push(chunk));
-    client.user.resume();
-    await once(client.user, 'close');
+    const all = await resumeUntilClosed(client.user);
     assert.equal(await running.ended, 'backend-closed');
-    const all = Buffer.concat(received);
     assert.equal(all.length, data.length, 'every byte the backend sent before closing reached the client');
     assert.equal(sha(all), sha(data));
   });
