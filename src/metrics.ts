@@ -231,7 +231,7 @@ export class Metrics {
   private readonly proxyHeadersTotal: Counter<'listener' | 'result'>;
   /** Client addresses offered with IMAP ID before login, by whether they were honoured. */
   private readonly clientIdAddressesTotal: Counter<'result'>;
-  /** Lookups in the directory's caches, by cache and result (one per login while a cache is on). */
+  /** Lookups in the directory's caches, by cache and result (one per login and cache it reaches). */
   private readonly directoryCacheLookupsTotal: CounterFamily<'cache' | 'result'>;
   /** Where `mailfront_directory_cache_entries` is read at scrape time (the directory in force). */
   private directoryCacheSizes: () => Partial<Record<DirectoryCache, number>> = () => ({});

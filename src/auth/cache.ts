@@ -13,9 +13,11 @@ import type { Metrics } from '../metrics.js';
 
 /** A Directory that remembers successful authentications for `ttlMs`. */
 export class CachingDirectory implements Directory {
-  /** A raw key: node makes an HMAC from a Buffer key faster than from a KeyObject (6.1 against 6.9 µs). */
+  /** A raw key: an HMAC from a Buffer key measured as fast as from a KeyObject (about 1.6 µs each in a loop). */
   private readonly key: Buffer = randomBytes(32);
   private readonly successes: LRUCache<string, DirectoryUser>;
+  /** Counts forget() calls: a login that began before one does not cache its answer. */
+  private forgets = 0;
 
   constructor(
     private readonly inner: Directory,
@@ -36,12 +38,13 @@ export class CachingDirectory implements Directory {
     const cached = this.successes.get(key);
     this.metrics?.directoryCacheLookup('auth', cached !== undefined);
     if (cached !== undefined) return cached;
+    const forgets = this.forgets;
     const found = await this.inner.authenticate(user, password, signal);
     // The store may come from the inner directory's own cache of entries: the route is kept no
     // longer than ttlMs after it was read from the directory, not ttlMs after this login (a user
     // moved to another store is routed there within ttlMs, not ttlMs plus the entry cache's).
     const age = found.readAt === undefined ? 0 : Date.now() - found.readAt;
-    if (age < this.ttlMs) this.successes.set(key, found, { ttl: this.ttlMs - age });
+    if (age < this.ttlMs && forgets === this.forgets) this.successes.set(key, found, { ttl: this.ttlMs - age });
     return found;
   }
 
@@ -53,16 +56,22 @@ export class CachingDirectory implements Directory {
     return this.inner.reachable(signal);
   }
 
-  forget(user: string): number {
-    // Keys are keyed hashes: the user's are found by the entries they hold. A walk of the whole
+  forget(user: string, dns: Set<string> = new Set()): number {
+    this.forgets++;
+    // Keys are keyed hashes: the user's are found by the entries they hold. Walks of the whole
     // cache (a few milliseconds at 100,000 entries) on an operator's request, instead of an index
-    // by user kept up on every login.
+    // by user kept up on every login: first the DNs of the user's logins, then (with the DNs the
+    // inner directory knows) every login of those entries, whatever name it used.
+    this.successes.forEach((found) => {
+      if (found.user === user) dns.add(found.dn);
+    });
+    const forgottenInside = this.inner.forget(user, dns);
     const keys: string[] = [];
     this.successes.forEach((found, key) => {
-      if (found.user === user) keys.push(key);
+      if (found.user === user || dns.has(found.dn)) keys.push(key);
     });
     for (const key of keys) this.successes.delete(key);
-    return keys.length + this.inner.forget(user);
+    return keys.length + forgottenInside;
   }
 
   cacheEntries(): Partial<Record<'auth' | 'entry', number>> {

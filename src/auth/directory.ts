@@ -32,11 +32,14 @@ export interface Directory {
   /** True when the directory answers now (readiness checks). */
   reachable(signal: Cancellation): Promise<boolean>;
   /**
-   * Drops what this directory remembers of `user` (already normalised): cached logins and a
-   * cached entry, so that the user's next login asks the directory again (after a password
-   * change or a lock, with `mailfront kick`). Returns how many cached items went.
+   * Drops what this directory remembers of `user` (already normalised), and of every other name
+   * whose cached entry has one of the DNs in `dns` or the DN cached for `user` (one entry found
+   * under several names, e.g. with `usernames.lowercase` off): cached logins and entries, so that
+   * the next login asks the directory again (after a password change or a lock, with
+   * `mailfront kick`). A login already on its way to the directory when this is called does not
+   * put its answer in a cache. Adds the DNs it finds to `dns`; returns how many cached items went.
    */
-  forget(user: string): number;
+  forget(user: string, dns?: Set<string>): number;
   /** Entries each of this directory's caches holds now; a cache that is off is absent. */
   cacheEntries(): Partial<Record<'auth' | 'entry', number>>;
   /** Releases connections. */

@@ -152,6 +152,8 @@ export class LdapDirectory implements Directory {
   private readonly bindIdle = new Map<string, Client[]>();
   /** user → entry found by the last search, for `config.entryCacheTtlMs`. */
   private readonly entries: LRUCache<string, FoundEntry> | null;
+  /** Counts forget() calls: a search that began before one does not cache its answer. */
+  private forgets = 0;
 
   constructor(
     private readonly config: DirectoryConfig,
@@ -229,13 +231,20 @@ export class LdapDirectory implements Directory {
     connection.client.unbind().catch(() => undefined);
   }
 
-  private async search(user: string): Promise<FoundEntry | null> {
+  /**
+   * The user's entry, from the cache or a search. `login`: a login's lookup (counted in metrics,
+   * cached); `retry`: its second one, after the first entry's server failed (cached); `tooling`:
+   * whereis and kick (neither counted nor cached).
+   */
+  private async search(user: string, use: 'login' | 'retry' | 'tooling'): Promise<FoundEntry | null> {
     const entries = this.entries;
     const cached = entries?.get(user);
-    if (entries !== null) this.metrics?.directoryCacheLookup('entry', cached !== undefined);
+    if (use === 'login' && entries !== null) this.metrics?.directoryCacheLookup('entry', cached !== undefined);
     if (cached !== undefined) return cached;
+    const forgets = this.forgets;
     const found = await this.searchDirectory(user);
-    if (found !== null) this.entries?.set(user, found);
+    // A search that began before forget() must not put back what it dropped.
+    if (found !== null && use !== 'tooling' && forgets === this.forgets) entries?.set(user, found);
     return found;
   }
 
@@ -311,12 +320,12 @@ export class LdapDirectory implements Directory {
   async authenticate(user: string, password: string, signal: Cancellation): Promise<DirectoryUser> {
     if (this.closed) throw new MailfrontError('LDAP_CLOSED', 'auth-tempfail', 'the directory is shutting down');
     const work = (async (): Promise<DirectoryUser> => {
-      const entryOf = async (): Promise<FoundEntry> => {
-        const entry = await this.search(user);
+      const entryOf = async (use: 'login' | 'retry'): Promise<FoundEntry> => {
+        const entry = await this.search(user, use);
         if (entry === null) throw new MailfrontError('UNKNOWN_USER', 'auth-failed', `no directory entry for "${user}"`);
         return entry;
       };
-      let found = await entryOf();
+      let found = await entryOf('login');
       // RFC 4513 §5.1.2: a simple bind with an empty password is an unauthenticated bind and succeeds.
       if (password.length === 0) throw new MailfrontError('WRONG_PASSWORD', 'auth-failed', `wrong password for "${user}"`);
       let ok: boolean;
@@ -329,7 +338,7 @@ export class LdapDirectory implements Directory {
         if (!(error instanceof MailfrontError) || error.code !== 'LDAP_BIND_FAILED') throw error;
         this.entries?.delete(user);
         const failedUrl = found.url;
-        found = await entryOf();
+        found = await entryOf('retry');
         if (found.url === failedUrl) throw error;
         ok = await this.checkPassword(found.url, found.dn, password);
       }
@@ -340,12 +349,22 @@ export class LdapDirectory implements Directory {
   }
 
   async lookup(user: string, signal: Cancellation): Promise<DirectoryUser | null> {
-    const work = this.search(user).then((found) => (found === null ? null : { user, dn: found.dn, store: found.store }));
+    const work = this.search(user, 'tooling').then((found) => (found === null ? null : { user, dn: found.dn, store: found.store }));
     return raceAbort(work, signal);
   }
 
-  forget(user: string): number {
-    return this.entries?.delete(user) === true ? 1 : 0;
+  forget(user: string, dns: Set<string> = new Set()): number {
+    this.forgets++;
+    const entries = this.entries;
+    if (entries === null) return 0;
+    const own = entries.get(user);
+    if (own !== undefined) dns.add(own.dn);
+    const names: string[] = [];
+    entries.forEach((entry, name) => {
+      if (name === user || dns.has(entry.dn)) names.push(name);
+    });
+    for (const name of names) entries.delete(name);
+    return names.length;
   }
 
   cacheEntries(): Partial<Record<'auth' | 'entry', number>> {

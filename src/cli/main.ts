@@ -81,9 +81,9 @@ ${REMOTE}
 `,
   kick: `Usage: mailfront kick USER | --slot SLOT | --session ID [-c FILE]
 
-Closes sessions of a user, of a slot, or one session. For a user, also drops the user's cached
-logins and directory entry: the next login is checked against the directory (use it after
-changing or locking a password).
+Closes sessions of a user, of a slot, or one session, on this instance. For a user, also drops
+the user's cached logins and directory entry: the next login is checked against the directory
+(use it after changing or locking a password, on every instance of a fleet).
 ${REMOTE}
 `,
   reload: `Usage: mailfront reload [-c FILE]

@@ -185,12 +185,20 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
     const body = await readJson(req);
     let sessions: SessionEntry[];
     // Kicking a user also drops the user's cached logins and directory entry: after a password
-    // change or a lock, the old password must not log in again from the cache.
+    // change or a lock, the old password must not log in again from the cache. The entry's DN,
+    // looked up when the directory answers, also finds what is cached under another name of it.
     let forgotten: number | undefined;
     if (typeof body['user'] === 'string') {
       const user = normalizeUser(body['user'], context.usernames());
+      if (user === null) {
+        forgotten = 0;
+      } else {
+        const directory = context.directory();
+        const found = await directory.lookup(user, AbortSignal.timeout(10_000)).catch(() => null);
+        forgotten = directory.forget(user, new Set(found === null ? [] : [found.dn]));
+      }
+      // Read after the caches are cleared: a session spliced meanwhile is closed too.
       sessions = user === null ? [] : context.registry.ofUser(user);
-      forgotten = user === null ? 0 : context.directory().forget(user);
     } else if (typeof body['slot'] === 'string') {
       sessions = context.registry.onSlot(body['slot']);
     } else if (typeof body['session'] === 'string') {

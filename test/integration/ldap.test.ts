@@ -236,19 +236,23 @@ test('no password (right or wrong) and no bind secret appears in the directory\'
   assertNoRegisteredSecret(logLines, "the directory's log");
 });
 
-test("forget() drops one user's cached logins and entry: after a password change the old password is refused at once", async () => {
+test("forget() drops one user's cached logins and entries, under every name of the entry: after a password change the old password is refused at once", async () => {
   const { CachingDirectory } = await import('../../src/auth/cache.js');
   const d = new CachingDirectory(directory({ entryCacheTtlMs: 60_000 }), 60_000, 100);
   const cachedLogins = (): number => (d as unknown as { successes: { size: number } }).successes.size;
   try {
     await d.authenticate('alice', 'alice-pw', signal);
+    // The same entry under another name (uid matches without regard to case; mailfront
+    // lowercases names unless usernames.lowercase is off): cached apart.
+    await d.authenticate('ALICE', 'alice-pw', signal);
     await d.authenticate('nostore', 'nostore-pw', signal);
     await slapd.setPassword('alice', 'alice-new-pw');
     assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha', 'the cached login answers within its TTL');
-    assert.equal(cachedLogins(), 2);
-    assert.equal(d.forget('alice'), 2, "alice's cached login and her cached entry");
+    assert.equal(cachedLogins(), 3);
+    assert.equal(d.forget('alice'), 4, "alice's two cached logins and her entry cached under both names");
     assert.equal(cachedLogins(), 1, "the other user's cached login stays");
     assert.equal((await failure(d.authenticate('alice', 'alice-pw', signal))).kind, 'auth-failed');
+    assert.equal((await failure(d.authenticate('ALICE', 'alice-pw', signal))).kind, 'auth-failed');
     assert.equal((await d.authenticate('alice', 'alice-new-pw', signal)).store, 'alpha');
     assert.equal(d.forget('nobody'), 0);
   } finally {
@@ -278,6 +282,23 @@ test('the caches count their hits and misses and report their sizes in /metrics'
         'mailfront_directory_cache_lookups_total{cache="entry",result="miss"} 1',
       ].join('\n'),
     );
+  } finally {
+    await d.close();
+  }
+});
+
+test('a login on its way to the directory when forget() is called does not cache its answer', async () => {
+  const { CachingDirectory } = await import('../../src/auth/cache.js');
+  const d = new CachingDirectory(directory({ entryCacheTtlMs: 60_000 }), 60_000, 100);
+  const cachedLogins = (): number => (d as unknown as { successes: { size: number } }).successes.size;
+  try {
+    const inFlight = d.authenticate('alice', 'alice-pw', signal);
+    assert.equal(d.forget('alice'), 0, 'nothing cached yet');
+    assert.equal((await inFlight).store, 'alpha', 'the login itself completes');
+    assert.equal(cachedLogins(), 0, 'its answer was not cached');
+    assert.deepEqual(d.cacheEntries(), { entry: 0, auth: 0 }, 'nor its entry');
+    await d.authenticate('alice', 'alice-pw', signal);
+    assert.deepEqual(d.cacheEntries(), { entry: 1, auth: 1 }, 'the next login caches again');
   } finally {
     await d.close();
   }
