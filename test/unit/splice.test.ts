@@ -222,6 +222,7 @@ for (const [name, clientPair] of [
     const data = Buffer.concat([randomBytes(4 * 1024 * 1024 + 15_000), Buffer.from('\r\n* BYE Logging out\r\na3 OK Logout completed\r\n')]);
     backend.user.end(data);
     await sleep(300);
+    assert.ok(running.bytesToClient < data.length, `the client is behind: the backend's close is not read yet (${running.bytesToClient} of ${data.length} bytes relayed)`);
     const all = await resumeUntilClosed(client.user);
     assert.equal(await running.ended, 'backend-closed');
     assert.equal(all.length, data.length, 'every byte the backend sent before closing reached the client');
