@@ -24,11 +24,19 @@ export interface SessionEntry {
   close(reason: 'kicked' | 'drained' | 'shutdown'): void;
 }
 
+/**
+ * How long a kick is remembered for the logins that were under way when it came: longer than a
+ * login can last (the pre-auth deadline and the failover hold are at most 10 minutes each).
+ */
+const KICK_MEMORY_MS = 60 * 60 * 1000;
+
 /** Spliced sessions by id, slot and user. */
 export class SessionRegistry {
   private readonly byId = new Map<string, SessionEntry>();
   private readonly bySlot = new Map<string, Set<SessionEntry>>();
   private readonly byUser = new Map<string, Set<SessionEntry>>();
+  /** When each user was last kicked (ms since the epoch); only kicked users are here. */
+  private readonly kicks = new Map<string, number>();
 
   get size(): number {
     return this.byId.size;
@@ -60,6 +68,22 @@ export class SessionRegistry {
   /** Every session. */
   all(): SessionEntry[] {
     return [...this.byId.values()];
+  }
+
+  /**
+   * Records a kick of `user`. A login of the user that began before it and is still under way
+   * (not yet in the registry: at the directory, or held while its master is down) must not be
+   * spliced when it completes (kickedSince).
+   */
+  userKicked(user: string, at = Date.now()): void {
+    for (const [name, when] of this.kicks) if (at - when > KICK_MEMORY_MS) this.kicks.delete(name);
+    this.kicks.set(user, at);
+  }
+
+  /** True when `user` was kicked at or after `since` (ms since the epoch). */
+  kickedSince(user: string, since: number): boolean {
+    const at = this.kicks.get(user);
+    return at !== undefined && at >= since;
   }
 
   /** Every session, without a copy (do not add or remove while iterating). */

@@ -193,6 +193,8 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
       if (user === null) {
         forgotten = 0;
       } else {
+        // First: a login of the user under way now is not spliced when it completes.
+        context.registry.userKicked(user);
         const directory = context.directory();
         const found = await directory.lookup(user, AbortSignal.timeout(10_000)).catch(() => null);
         forgotten = directory.forget(user, new Set(found === null ? [] : [found.dn]));

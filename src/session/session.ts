@@ -409,6 +409,18 @@ export class Session {
       }
       this.setPhase('backend-login');
       const backend = await this.loginToCurrentMaster(found.store, user, credentials.password, config);
+      if (this.context.registry.kickedSince(user, started)) {
+        // An operator kicked the user while this login was under way (after a password change,
+        // say): it ends as a spliced session of the user would have, with the notice.
+        backend.socket.destroy();
+        this.lease.releaseUser();
+        this.context.metrics.loginResult(this.adapter.name, 'aborted');
+        this.log.info({ event: 'session.kicked', user, store: this.store, slot: this.slot, phase: 'backend-login' }, 'session closed: kicked during its login');
+        const notice = this.adapter.drainNotice('Disconnected by an administrator');
+        if (notice !== null && !this.socket.destroyed) this.preauthBytesWritten += writeNow(this.socket, notice);
+        this.finish('kicked');
+        return;
+      }
       // A client that left (or a deadline that passed) while the backend answered: no success.
       this.context.metrics.loginResult(this.adapter.name, this.startSplice(backend) ? 'success' : 'aborted');
     } catch (caught) {

@@ -373,7 +373,7 @@ describe('failover by LDAP modify (store entries in the directory)', () => {
 describe('kicking a user with the caches on (a password changed after a compromise)', () => {
   let front: Front;
   before(async () => {
-    front = await startFront({ slapd, stores: storesWith('a1'), directory: { entry_cache_ttl_ms: 30_000, auth_cache_ttl_ms: 60_000 } });
+    front = await startFront({ slapd, stores: storesWith('a1'), directory: { entry_cache_ttl_ms: 30_000, auth_cache_ttl_ms: 60_000 }, failover: { hold_ms: 5_000 } });
   });
   after(async () => {
     await front?.stop();
@@ -413,6 +413,33 @@ describe('kicking a user with the caches on (a password changed after a compromi
       assert.equal(kick['forgotten'], 2);
     } finally {
       await slapd.setPassword('amy', PASSWORD);
+    }
+  });
+
+  test('a login under way when its user is kicked (held while the master is down) is not spliced: the client gets the BYE', async () => {
+    const { port } = front.mailfront.httpAddress()!;
+    await a1.stopOnly();
+    let restarted = false;
+    const raw = await LineClient.connect(front.imapTrustedPort);
+    try {
+      await raw.readLine();
+      raw.send(`t1 LOGIN ava ${PASSWORD}`);
+      await waitForLog(front, (l) => l['event'] === 'session.backend_retry' && l['slot'] === 'a1');
+      const kickedAt = Date.now();
+      const response = await fetch(`http://127.0.0.1:${port}/api/kick`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: JSON.stringify({ user: 'ava' }) });
+      assert.equal(response.status, 200, await response.clone().text());
+      assert.deepEqual(((await response.json()) as { kicked: unknown[] }).kicked, [], 'nothing of hers is spliced yet');
+      await a1.startAgain();
+      restarted = true;
+      // The held login reaches the master again, and is closed instead of spliced.
+      assert.equal(await raw.readLine(8_000), '* BYE [UNAVAILABLE] Disconnected by an administrator');
+      const kicked = await waitForLog(front, (l) => l['event'] === 'session.kicked' && l['user'] === 'ava');
+      assert.equal(kicked['phase'], 'backend-login');
+      const spliced = front.logs.filter((l) => l['event'] === 'session.spliced' && l['user'] === 'ava' && Date.parse(String(l['time'])) >= kickedAt);
+      assert.deepEqual(spliced, [], 'no session of hers was spliced after the kick');
+    } finally {
+      raw.close();
+      if (!restarted) await a1.startAgain();
     }
   });
 });
