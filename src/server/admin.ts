@@ -185,22 +185,29 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
     const body = await readJson(req);
     let sessions: SessionEntry[];
     // Kicking a user also drops the user's cached logins and directory entry: after a password
-    // change or a lock, the old password must not log in again from the cache. The entry's DN,
-    // looked up when the directory answers, also finds what is cached under another name of it.
+    // change or a lock, the old password must not log in again from the cache.
     let forgotten: number | undefined;
+    let forgetOtherNames: (() => Promise<number>) | undefined;
     if (typeof body['user'] === 'string') {
       const user = normalizeUser(body['user'], context.usernames());
       if (user === null) {
         forgotten = 0;
+        sessions = [];
       } else {
-        // First: a login of the user under way now is not spliced when it completes.
+        // All at once, before any wait: a login of the user under way is not spliced when it
+        // completes, the caches forget the name (and the entries cached under it), and the
+        // sessions are closed.
         context.registry.userKicked(user);
         const directory = context.directory();
-        const found = await directory.lookup(user, AbortSignal.timeout(10_000)).catch(() => null);
-        forgotten = directory.forget(user, new Set(found === null ? [] : [found.dn]));
+        forgotten = directory.forget(user);
+        sessions = context.registry.ofUser(user);
+        // Then the entry's DN from the directory, when it answers, finds what is cached under
+        // another name of the same entry, which the caches alone may not know.
+        forgetOtherNames = async () => {
+          const found = await directory.lookup(user, AbortSignal.timeout(10_000)).catch(() => null);
+          return found === null ? 0 : directory.forget(user, new Set([found.dn]));
+        };
       }
-      // Read after the caches are cleared: a session spliced meanwhile is closed too.
-      sessions = user === null ? [] : context.registry.ofUser(user);
     } else if (typeof body['slot'] === 'string') {
       sessions = context.registry.onSlot(body['slot']);
     } else if (typeof body['session'] === 'string') {
@@ -208,8 +215,9 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
     } else {
       throw new MailfrontError('ADMIN_BAD_REQUEST', 'client-protocol', 'body must name a "user", a "slot" or a "session"');
     }
-    context.log.warn({ event: 'admin.kick', user: body['user'], slot: body['slot'], session: body['session'], sessions: sessions.length, forgotten }, 'kick requested through the admin API');
     for (const s of sessions) s.close('kicked');
+    if (forgetOtherNames !== undefined) forgotten = (forgotten ?? 0) + (await forgetOtherNames());
+    context.log.warn({ event: 'admin.kick', user: body['user'], slot: body['slot'], session: body['session'], sessions: sessions.length, forgotten }, 'kick requested through the admin API');
     return send(res, 200, { kicked: sessions.map(sessionView), ...(forgotten !== undefined ? { forgotten } : {}) });
   }
   if (method === 'POST' && resource === 'reload') {
