@@ -217,9 +217,9 @@ for (const [name, clientPair] of [
     const backend = await tcpPair();
     const running = splice(client.front, backend.front, new Uint8Array(), new Uint8Array(), 60_000);
     client.user.pause();
-    // More than the loopback buffers hold, so that part of it waits in mailfront while the
-    // backend's close arrives; the last line is the one a client needs most.
-    const data = Buffer.concat([randomBytes(4 * 1024 * 1024 + 15_000), Buffer.from('\r\n* BYE Logging out\r\na3 OK Logout completed\r\n')]);
+    // Far more than the loopback buffers hold (they took about 4 MB here), so that part of it
+    // waits while the backend's close arrives; the last line is the one a client needs most.
+    const data = Buffer.concat([randomBytes(16 * 1024 * 1024 + 15_000), Buffer.from('\r\n* BYE Logging out\r\na3 OK Logout completed\r\n')]);
     backend.user.end(data);
     await sleep(300);
     assert.ok(running.bytesToClient < data.length, `the client is behind: the backend's close is not read yet (${running.bytesToClient} of ${data.length} bytes relayed)`);
