@@ -141,11 +141,23 @@ interface ServiceConnection {
   readonly client: Client;
 }
 
+/** One of the service connections: the connection being opened or open, and the one it resolved to. */
+interface ServiceSlot {
+  opening: Promise<ServiceConnection> | null;
+  /** What `opening` resolved to, so that a dead connection can be dropped synchronously. */
+  open: ServiceConnection | null;
+}
+
 /** An LDAP directory over one or more servers. */
 export class LdapDirectory implements Directory {
-  private service: Promise<ServiceConnection> | null = null;
-  /** The connection `service` resolved to, so that a dead one can be dropped synchronously. */
-  private serviceOpen: ServiceConnection | null = null;
+  /**
+   * The service-bound connections for searches, `config.searchConnections` of them, each opened
+   * when a search first needs it; searches take them in turn. LDAP multiplexes operations on a
+   * connection, so each carries many searches at once; several spread them over the server's
+   * connection handling, and one that breaks holds up only its share until it is reopened.
+   */
+  private readonly serviceSlots: ServiceSlot[];
+  private nextServiceSlot = 0;
   private readonly tlsOptions: ConnectionOptions;
   private closed = false;
   /** Idle connections for user binds, per URL (opening one per login costs a TCP and maybe a TLS handshake). */
@@ -162,6 +174,7 @@ export class LdapDirectory implements Directory {
   ) {
     this.tlsOptions = config.caFile ? { ca: readFileSync(config.caFile), minVersion: 'TLSv1.2' } : { minVersion: 'TLSv1.2' };
     this.entries = config.entryCacheTtlMs > 0 ? new LRUCache({ max: config.cacheMaxEntries, ttl: config.entryCacheTtlMs }) : null;
+    this.serviceSlots = Array.from({ length: Math.max(1, config.searchConnections) }, () => ({ opening: null, open: null }));
   }
 
   /** Times an LDAP call for metrics. */
@@ -193,17 +206,24 @@ export class LdapDirectory implements Directory {
     }
   }
 
-  /** The bound service connection, opened on the first server that answers. */
-  private serviceConnection(): Promise<ServiceConnection> {
-    if (this.service === null) {
-      const slot: { opening?: Promise<ServiceConnection> } = {};
+  /** The next service slot in turn. */
+  private takeServiceSlot(): ServiceSlot {
+    const slot = this.serviceSlots[this.nextServiceSlot]!;
+    this.nextServiceSlot = (this.nextServiceSlot + 1) % this.serviceSlots.length;
+    return slot;
+  }
+
+  /** The slot's bound service connection, opened on the first server that answers. */
+  private serviceConnection(slot: ServiceSlot): Promise<ServiceConnection> {
+    if (slot.opening === null) {
+      const self: { opening?: Promise<ServiceConnection> } = {};
       const opening = (async () => {
         const failures: string[] = [];
         for (const url of this.config.urls) {
           try {
             const client = await this.timed('service-bind', () => this.openBound(url, this.config.bindDn, this.config.bindPassword));
             const connection = { url, client };
-            if (this.service === slot.opening) this.serviceOpen = connection;
+            if (slot.opening === self.opening) slot.open = connection;
             return connection;
           } catch (error) {
             failures.push(`${url}: ${error instanceof Error ? error.message : String(error)}`);
@@ -214,19 +234,19 @@ export class LdapDirectory implements Directory {
         }
         throw new MailfrontError('LDAP_UNREACHABLE', 'auth-tempfail', `no directory server answered: ${failures.join('; ')}`);
       })();
+      self.opening = opening;
       slot.opening = opening;
-      this.service = opening;
       opening.catch(() => {
-        if (this.service === opening) this.service = null;
+        if (slot.opening === opening) slot.opening = null;
       });
     }
-    return this.service;
+    return slot.opening;
   }
 
-  private dropService(connection: ServiceConnection): void {
-    if (this.serviceOpen === connection) {
-      this.serviceOpen = null;
-      this.service = null;
+  private dropService(slot: ServiceSlot, connection: ServiceConnection): void {
+    if (slot.open === connection) {
+      slot.open = null;
+      slot.opening = null;
     }
     connection.client.unbind().catch(() => undefined);
   }
@@ -250,11 +270,13 @@ export class LdapDirectory implements Directory {
 
   private async searchDirectory(user: string): Promise<FoundEntry | null> {
     const filter = userFilter(this.config.userFilter, user);
-    // One retry on a fresh connection: the kept one may have been closed by the server or be half-dead.
+    // One retry on a fresh connection in the same slot: the kept one may have been closed by the
+    // server or be half-dead.
+    const slot = this.takeServiceSlot();
     for (let attempt = 0; attempt < 2; attempt++) {
-      const connection = await this.serviceConnection();
+      const connection = await this.serviceConnection(slot);
       if (!connection.client.isConnected) {
-        this.dropService(connection);
+        this.dropService(slot, connection);
         continue;
       }
       try {
@@ -279,7 +301,7 @@ export class LdapDirectory implements Directory {
         if (error instanceof ResultCodeError && error.code === 4) {
           throw new MailfrontError('LDAP_AMBIGUOUS_USER', 'auth-tempfail', `the user search found more than one entry for "${user}"`);
         }
-        this.dropService(connection);
+        this.dropService(slot, connection);
         if (attempt === 1 || !isServerFailure(error)) {
           throw new MailfrontError('LDAP_SEARCH_FAILED', 'auth-tempfail', `the user search failed on ${connection.url}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
         }
@@ -373,10 +395,11 @@ export class LdapDirectory implements Directory {
 
   async reachable(signal: Cancellation): Promise<boolean> {
     try {
-      let connection = await raceAbort(this.serviceConnection(), signal);
+      const slot = this.takeServiceSlot();
+      let connection = await raceAbort(this.serviceConnection(slot), signal);
       if (!connection.client.isConnected) {
-        this.dropService(connection);
-        connection = await raceAbort(this.serviceConnection(), signal);
+        this.dropService(slot, connection);
+        connection = await raceAbort(this.serviceConnection(slot), signal);
       }
       return connection.client.isConnected;
     } catch {
@@ -386,11 +409,13 @@ export class LdapDirectory implements Directory {
 
   async close(): Promise<void> {
     this.closed = true;
-    const service = this.service;
-    this.service = null;
-    this.serviceOpen = null;
+    const opening = this.serviceSlots.map((slot) => slot.opening);
+    for (const slot of this.serviceSlots) {
+      slot.opening = null;
+      slot.open = null;
+    }
     for (const idle of this.bindIdle.values()) for (const client of idle.splice(0)) client.unbind().catch(() => undefined);
     this.entries?.clear();
-    if (service) await service.then((c) => c.client.unbind(), () => undefined).catch(() => undefined);
+    await Promise.all(opening.map((service) => service?.then((c) => c.client.unbind(), () => undefined).catch(() => undefined)));
   }
 }

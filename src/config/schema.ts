@@ -79,6 +79,8 @@ export interface DirectoryConfig {
   /** How long a successful authentication is reused for the same user and password; 0 turns it off. */
   readonly authCacheTtlMs: number;
   readonly cacheMaxEntries: number;
+  /** Service-bound connections the searches are spread over (opened as needed). */
+  readonly searchConnections: number;
 }
 
 export interface BackendConfig {
@@ -260,7 +262,7 @@ function readListeners(v: unknown, resolvePath: (p: string) => string, issues: I
 
 function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: IssueList): DirectoryConfig {
   const path = 'directory';
-  const o = readSection(v, path, ['urls', 'bind_dn', 'bind_password', 'base_dn', 'user_filter', 'store_attribute', 'starttls', 'ca_file', 'connect_timeout_ms', 'operation_timeout_ms', 'entry_cache_ttl_ms', 'auth_cache_ttl_ms', 'cache_max_entries'], issues) ?? {};
+  const o = readSection(v, path, ['urls', 'bind_dn', 'bind_password', 'base_dn', 'user_filter', 'store_attribute', 'starttls', 'ca_file', 'connect_timeout_ms', 'operation_timeout_ms', 'entry_cache_ttl_ms', 'auth_cache_ttl_ms', 'cache_max_entries', 'search_connections'], issues) ?? {};
   const urls = strList(o, 'urls', path, issues);
   urls.forEach((u, i) => {
     if (!/^ldaps?:\/\/[^/]+\/?$/.test(u)) issues.add(at(at(path, 'urls'), i), 'an ldap:// or ldaps:// URL with host and optional port', u);
@@ -284,6 +286,7 @@ function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: I
     entryCacheTtlMs: int(o, 'entry_cache_ttl_ms', path, issues, 0, 3_600_000, 30_000),
     authCacheTtlMs: int(o, 'auth_cache_ttl_ms', path, issues, 0, 3_600_000, 60_000),
     cacheMaxEntries: int(o, 'cache_max_entries', path, issues, 1, 10_000_000, 100_000),
+    searchConnections: int(o, 'search_connections', path, issues, 1, 64, 2),
   };
 }
 

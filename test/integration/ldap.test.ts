@@ -50,6 +50,8 @@ function directory(overrides: Partial<DirectoryConfig>, metrics?: Metrics): Ldap
       entryCacheTtlMs: 0,
       authCacheTtlMs: 0,
       cacheMaxEntries: 1000,
+      // Two, so that every test also runs searches over more than one connection.
+      searchConnections: 2,
       ...overrides,
     },
     log,
@@ -302,4 +304,23 @@ test('a login on its way to the directory when forget() is called does not cache
   } finally {
     await d.close();
   }
+});
+
+test('searches are spread over search_connections service connections, each bound once, opened as needed', async () => {
+  const metrics = new Metrics({ processMetrics: false });
+  const d = directory({ searchConnections: 3 }, metrics);
+  const serviceBinds = async (): Promise<string | undefined> => (await metrics.exposition()).body.split('\n').find((l) => l.startsWith('mailfront_ldap_request_duration_seconds_count{operation="service-bind",result="success"}'))?.split(' ')[1];
+  const searches = async (): Promise<string | undefined> => (await metrics.exposition()).body.split('\n').find((l) => l.startsWith('mailfront_ldap_request_duration_seconds_count{operation="search",result="success"}'))?.split(' ')[1];
+  const openSlots = (): number => (d as unknown as { serviceSlots: Array<{ open: unknown }> }).serviceSlots.filter((s) => s.open !== null).length;
+  try {
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha');
+    assert.equal(openSlots(), 1, 'one connection for the first search');
+    await Promise.all(Array.from({ length: 8 }, () => d.authenticate('alice', 'alice-pw', signal)));
+    assert.equal(openSlots(), 3);
+    assert.equal(await serviceBinds(), '3', 'each connection bound once, however many searches it carried');
+    assert.equal(await searches(), '9');
+  } finally {
+    await d.close();
+  }
+  assert.equal(openSlots(), 0, 'close() lets every connection go');
 });

@@ -49,6 +49,7 @@ test('a good config loads with defaults, secrets from files, and is frozen', () 
   assert.deepEqual(config.storeMap, { kind: 'file', file: join(dir, 'stores.yaml'), watch: true });
   assert.equal(config.backend.loginMode, 'replay');
   assert.equal(config.session.authFailureDelayMs, 2000);
+  assert.equal(config.directory.searchConnections, 2);
   assert.equal(config.listeners[0]?.plaintextWithoutTls, false);
   assert.ok(Object.isFrozen(config.listeners[0]));
   const map = loadStoreMap(join(dir, 'stores.yaml'), 7, config);
@@ -69,6 +70,7 @@ directory:
   bind_password: p
   base_dn: dc=x
   user_filter: uid=%u
+  search_connections: 0
 backend: { login_mode: master-user }
 session: { preauth_timeout_ms: -5 }
 `,
@@ -83,6 +85,7 @@ session: { preauth_timeout_ms: -5 }
     'listeners[1].colour',
     'directory.urls[0]',
     'directory.user_filter',
+    'directory.search_connections',
     'store_map',
     'backend.proxy_user',
     'backend.proxy_password',
@@ -93,6 +96,7 @@ session: { preauth_timeout_ms: -5 }
   const port = error.issues.find((i) => i.path === 'listeners[0].port');
   assert.equal(port?.expected, 'an integer from 1 to 65535');
   assert.match(error.message, /listeners\[0\]\.port: expected an integer from 1 to 65535, found number 70000/);
+  assert.match(error.message, /directory\.search_connections: expected an integer from 1 to 64, found number 0/);
 });
 
 test('a secret of the wrong type is reported by its path and kind, never its value', () => {
