@@ -215,22 +215,32 @@ export class LdapDirectory implements Directory {
 
   /** The slot's bound service connection, opened on the first server that answers. */
   private serviceConnection(slot: ServiceSlot): Promise<ServiceConnection> {
+    // A directory replaced by a reload is closed while its last logins still run: they get no
+    // new connection (one opened now would never be closed).
+    if (this.closed) return Promise.reject(new MailfrontError('LDAP_CLOSED', 'auth-tempfail', 'the directory is shutting down'));
     if (slot.opening === null) {
       const self: { opening?: Promise<ServiceConnection> } = {};
       const opening = (async () => {
         const failures: string[] = [];
         for (const url of this.config.urls) {
+          let client: Client;
           try {
-            const client = await this.timed('service-bind', () => this.openBound(url, this.config.bindDn, this.config.bindPassword));
-            const connection = { url, client };
-            if (slot.opening === self.opening) slot.open = connection;
-            return connection;
+            client = await this.timed('service-bind', () => this.openBound(url, this.config.bindDn, this.config.bindPassword));
           } catch (error) {
             failures.push(`${url}: ${error instanceof Error ? error.message : String(error)}`);
             if (error instanceof InvalidCredentialsError) {
               this.log.error({ event: 'directory.service_bind_refused', url, bindDn: this.config.bindDn }, 'the directory refused the service account');
             }
+            continue;
           }
+          // Closed while this connection was being opened: close() did not see it.
+          if (this.closed) {
+            client.unbind().catch(() => undefined);
+            throw new MailfrontError('LDAP_CLOSED', 'auth-tempfail', 'the directory is shutting down');
+          }
+          const connection = { url, client };
+          if (slot.opening === self.opening) slot.open = connection;
+          return connection;
         }
         throw new MailfrontError('LDAP_UNREACHABLE', 'auth-tempfail', `no directory server answered: ${failures.join('; ')}`);
       })();

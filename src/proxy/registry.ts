@@ -11,6 +11,8 @@ export interface SessionEntry {
   readonly id: string;
   readonly protocol: ProtocolName;
   readonly user: string;
+  /** The user's directory entry (the same for every name the entry answers to). */
+  readonly dn: string;
   readonly store: string;
   readonly slot: string;
   readonly clientAddress: string;
@@ -30,13 +32,16 @@ export interface SessionEntry {
  */
 const KICK_MEMORY_MS = 60 * 60 * 1000;
 
-/** Spliced sessions by id, slot and user. */
+/** Spliced sessions by id, slot, user and directory entry. */
 export class SessionRegistry {
   private readonly byId = new Map<string, SessionEntry>();
   private readonly bySlot = new Map<string, Set<SessionEntry>>();
   private readonly byUser = new Map<string, Set<SessionEntry>>();
-  /** When each user was last kicked (ms since the epoch); only kicked users are here. */
-  private readonly kicks = new Map<string, number>();
+  private readonly byDn = new Map<string, Set<SessionEntry>>();
+  /** Kicks so far: a login reads it when it starts, and no step of the clock can fool the count. */
+  private kickCount = 0;
+  /** The last kick of each user name (`u:` key) and directory entry (`d:` key): its number, and when (for pruning). */
+  private readonly kicks = new Map<string, { readonly count: number; readonly at: number }>();
 
   get size(): number {
     return this.byId.size;
@@ -46,6 +51,7 @@ export class SessionRegistry {
     this.byId.set(entry.id, entry);
     addTo(this.bySlot, entry.slot, entry);
     addTo(this.byUser, entry.user, entry);
+    addTo(this.byDn, entry.dn, entry);
   }
 
   remove(entry: SessionEntry): void {
@@ -53,6 +59,7 @@ export class SessionRegistry {
     this.byId.delete(entry.id);
     removeFrom(this.bySlot, entry.slot, entry);
     removeFrom(this.byUser, entry.user, entry);
+    removeFrom(this.byDn, entry.dn, entry);
   }
 
   /** Sessions spliced to `slot`. */
@@ -65,25 +72,40 @@ export class SessionRegistry {
     return [...(this.byUser.get(user) ?? [])];
   }
 
+  /** Sessions of `user` and of every name of the directory entries `dns`, each once. */
+  ofUserAndEntries(user: string, dns: Iterable<string>): SessionEntry[] {
+    const found = new Set(this.byUser.get(user) ?? []);
+    for (const dn of dns) for (const entry of this.byDn.get(dn) ?? []) found.add(entry);
+    return [...found];
+  }
+
   /** Every session. */
   all(): SessionEntry[] {
     return [...this.byId.values()];
   }
 
-  /**
-   * Records a kick of `user`. A login of the user that began before it and is still under way
-   * (not yet in the registry: at the directory, or held while its master is down) must not be
-   * spliced when it completes (kickedSince).
-   */
-  userKicked(user: string, at = Date.now()): void {
-    for (const [name, when] of this.kicks) if (at - when > KICK_MEMORY_MS) this.kicks.delete(name);
-    this.kicks.set(user, at);
+  /** The number of kicks so far; a login reads it when it starts (see kickedSince). */
+  get kicksSoFar(): number {
+    return this.kickCount;
   }
 
-  /** True when `user` was kicked at or after `since` (ms since the epoch). */
-  kickedSince(user: string, since: number): boolean {
-    const at = this.kicks.get(user);
-    return at !== undefined && at >= since;
+  /**
+   * Records a kick of `user` and of the directory entries `dns`. A login of them that began
+   * before it and is still under way (not yet in the registry: at the directory, or held while
+   * its master is down) must not be spliced when it completes (kickedSince).
+   */
+  userKicked(user: string, dns: Iterable<string> = []): void {
+    const now = Date.now();
+    for (const [key, kick] of this.kicks) if (Math.abs(now - kick.at) > KICK_MEMORY_MS) this.kicks.delete(key);
+    const kick = { count: ++this.kickCount, at: now };
+    this.kicks.set(`u:${user}`, kick);
+    for (const dn of dns) this.kicks.set(`d:${dn}`, kick);
+  }
+
+  /** True when `user` or the entry `dn` was kicked after a login read `kicksAtStart` (kicksSoFar) at its start. */
+  kickedSince(user: string, dn: string, kicksAtStart: number): boolean {
+    if (this.kickCount === kicksAtStart) return false;
+    return (this.kicks.get(`u:${user}`)?.count ?? 0) > kicksAtStart || (this.kicks.get(`d:${dn}`)?.count ?? 0) > kicksAtStart;
   }
 
   /** Every session, without a copy (do not add or remove while iterating). */

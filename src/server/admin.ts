@@ -194,18 +194,26 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
         forgotten = 0;
         sessions = [];
       } else {
-        // All at once, before any wait: a login of the user under way is not spliced when it
-        // completes, the caches forget the name (and the entries cached under it), and the
-        // sessions are closed.
-        context.registry.userKicked(user);
+        // All at once, before any wait: the caches forget the name and every name of the
+        // entries cached under it, a login of them under way is not spliced when it completes,
+        // and their sessions are closed.
         const directory = context.directory();
-        forgotten = directory.forget(user);
-        sessions = context.registry.ofUser(user);
-        // Then the entry's DN from the directory, when it answers, finds what is cached under
-        // another name of the same entry, which the caches alone may not know.
+        const dns = new Set<string>();
+        forgotten = directory.forget(user, dns);
+        context.registry.userKicked(user, dns);
+        sessions = context.registry.ofUserAndEntries(user, dns);
+        // Then the entry's DN from the directory, when it answers, finds what the caches did not
+        // know: the same again for it.
         forgetOtherNames = async () => {
           const found = await directory.lookup(user, AbortSignal.timeout(10_000)).catch(() => null);
-          return found === null ? 0 : directory.forget(user, new Set([found.dn]));
+          if (found === null || dns.has(found.dn)) return 0;
+          const more = new Set([found.dn]);
+          const count = directory.forget(user, more);
+          context.registry.userKicked(user, more);
+          const late = context.registry.ofUserAndEntries(user, more).filter((s) => !sessions.includes(s));
+          for (const s of late) s.close('kicked');
+          sessions.push(...late);
+          return count;
         };
       }
     } else if (typeof body['slot'] === 'string') {

@@ -56,6 +56,9 @@ export interface SessionContext {
 }
 
 /** Human sentences for temporary failures; never name hosts or users (those go to the log). */
+/** What a kicked client is told. */
+const KICKED_TEXT = 'Disconnected by an administrator';
+
 const UNAVAILABLE_TEXT: Record<string, string> = {
   'auth-tempfail': 'Authentication service temporarily unavailable, try again later.',
   'no-route': 'Your mailbox is temporarily unavailable, try again later.',
@@ -369,6 +372,7 @@ export class Session {
   private async login(credentials: Credentials): Promise<void> {
     const config = this.context.config();
     const started = Date.now();
+    const kicksAtStart = this.context.registry.kicksSoFar;
     const user = normalizeUser(credentials.user, config.usernames);
     const throttle = this.context.throttle();
     const attempt = {
@@ -409,20 +413,23 @@ export class Session {
       }
       this.setPhase('backend-login');
       const backend = await this.loginToCurrentMaster(found.store, user, credentials.password, config);
-      if (this.context.registry.kickedSince(user, started)) {
+      if (this.phase === 'backend-login' && !this.socket.destroyed && this.context.registry.kickedSince(user, found.dn, kicksAtStart)) {
         // An operator kicked the user while this login was under way (after a password change,
-        // say): it ends as a spliced session of the user would have, with the notice.
+        // say): the login is refused as unavailable, and the connection closed, as a spliced
+        // session of the user would have been.
         backend.socket.destroy();
         this.lease.releaseUser();
         this.context.metrics.loginResult(this.adapter.name, 'aborted');
         this.log.info({ event: 'session.kicked', user, store: this.store, slot: this.slot, phase: 'backend-login' }, 'session closed: kicked during its login');
-        const notice = this.adapter.drainNotice('Disconnected by an administrator');
+        this.setPhase('preauth');
+        this.perform(this.machine.loginFailed('unavailable', KICKED_TEXT));
+        const notice = this.adapter.drainNotice(KICKED_TEXT);
         if (notice !== null && !this.socket.destroyed) this.preauthBytesWritten += writeNow(this.socket, notice);
         this.finish('kicked');
         return;
       }
       // A client that left (or a deadline that passed) while the backend answered: no success.
-      this.context.metrics.loginResult(this.adapter.name, this.startSplice(backend) ? 'success' : 'aborted');
+      this.context.metrics.loginResult(this.adapter.name, this.startSplice(backend, found.dn) ? 'success' : 'aborted');
     } catch (caught) {
       const error = asMailfrontError(caught);
       this.lease.releaseUser();
@@ -515,7 +522,7 @@ export class Session {
   }
 
   /** Splices the session to its logged-in backend; false (the backend closed) when the session can no longer be. */
-  private startSplice(backend: BackendSession): boolean {
+  private startSplice(backend: BackendSession, dn: string): boolean {
     if (this.phase !== 'backend-login' || this.socket.destroyed) {
       backend.socket.destroy();
       return false;
@@ -539,6 +546,7 @@ export class Session {
       id: this.id,
       protocol: this.adapter.name,
       user: this.user ?? '',
+      dn,
       store: this.store ?? '',
       slot: this.slot ?? '',
       clientAddress: this.clientAddress,
@@ -549,7 +557,7 @@ export class Session {
       reportedToClient: 0,
       close: (reason) => {
         this.log.info({ event: reason === 'kicked' ? 'session.kicked' : reason === 'drained' ? 'session.drained' : 'session.shutdown', user: this.user, store: this.store, slot: this.slot }, `session closed: ${reason}`);
-        running.close(reason, this.adapter.drainNotice(reason === 'drained' ? 'Mailbox moved to another server, please reconnect' : reason === 'kicked' ? 'Disconnected by an administrator' : 'Server shutting down'));
+        running.close(reason, this.adapter.drainNotice(reason === 'drained' ? 'Mailbox moved to another server, please reconnect' : reason === 'kicked' ? KICKED_TEXT : 'Server shutting down'));
       },
     };
     this.entry = entry;

@@ -373,7 +373,7 @@ describe('failover by LDAP modify (store entries in the directory)', () => {
 describe('kicking a user with the caches on (a password changed after a compromise)', () => {
   let front: Front;
   before(async () => {
-    front = await startFront({ slapd, stores: storesWith('a1'), directory: { entry_cache_ttl_ms: 30_000, auth_cache_ttl_ms: 60_000 }, failover: { hold_ms: 5_000 } });
+    front = await startFront({ slapd, stores: storesWith('a1'), directory: { entry_cache_ttl_ms: 30_000, auth_cache_ttl_ms: 60_000 }, failover: { hold_ms: 30_000 } });
   });
   after(async () => {
     await front?.stop();
@@ -416,30 +416,44 @@ describe('kicking a user with the caches on (a password changed after a compromi
     }
   });
 
-  test('a login under way when its user is kicked (held while the master is down) is not spliced: the client gets the BYE', async () => {
-    const { port } = front.mailfront.httpAddress()!;
-    await a1.stopOnly();
-    let restarted = false;
-    const raw = await LineClient.connect(front.imapTrustedPort);
-    try {
-      await raw.readLine();
-      raw.send(`t1 LOGIN ava ${PASSWORD}`);
-      await waitForLog(front, (l) => l['event'] === 'session.backend_retry' && l['slot'] === 'a1');
-      const kickedAt = Date.now();
-      const response = await fetch(`http://127.0.0.1:${port}/api/kick`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: JSON.stringify({ user: 'ava' }) });
-      assert.equal(response.status, 200, await response.clone().text());
-      assert.deepEqual(((await response.json()) as { kicked: unknown[] }).kicked, [], 'nothing of hers is spliced yet');
-      await a1.startAgain();
-      restarted = true;
-      // The held login reaches the master again, and is closed instead of spliced.
-      assert.equal(await raw.readLine(8_000), '* BYE [UNAVAILABLE] Disconnected by an administrator');
-      const kicked = await waitForLog(front, (l) => l['event'] === 'session.kicked' && l['user'] === 'ava');
-      assert.equal(kicked['phase'], 'backend-login');
-      const spliced = front.logs.filter((l) => l['event'] === 'session.spliced' && l['user'] === 'ava' && Date.parse(String(l['time'])) >= kickedAt);
-      assert.deepEqual(spliced, [], 'no session of hers was spliced after the kick');
-    } finally {
-      raw.close();
-      if (!restarted) await a1.startAgain();
-    }
-  });
+  for (const protocol of ['imap', 'pop3'] as const) {
+    test(`a login under way when its user is kicked (${protocol}, held while the master is down) is not spliced: refused as unavailable, then closed`, async () => {
+      const { port } = front.mailfront.httpAddress()!;
+      await a1.stopOnly();
+      let restarted = false;
+      const raw = await LineClient.connect(protocol === 'imap' ? front.imapTrustedPort : front.pop3TrustedPort);
+      try {
+        await raw.readLine();
+        if (protocol === 'imap') {
+          raw.send(`t1 LOGIN ava ${PASSWORD}`);
+        } else {
+          raw.send('USER ava');
+          assert.match(await raw.readLine(), /^\+OK/);
+          raw.send(`PASS ${PASSWORD}`);
+        }
+        await waitForLog(front, (l) => l['event'] === 'session.backend_retry' && l['slot'] === 'a1' && Date.parse(String(l['time'])) >= Date.now() - 5_000);
+        const kickedAt = Date.now();
+        const response = await fetch(`http://127.0.0.1:${port}/api/kick`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: JSON.stringify({ user: 'ava' }) });
+        assert.equal(response.status, 200, await response.clone().text());
+        assert.deepEqual(((await response.json()) as { kicked: unknown[] }).kicked, [], 'nothing of hers is spliced yet');
+        await a1.startAgain();
+        restarted = true;
+        // The held login reaches the master again, and is refused instead of spliced.
+        if (protocol === 'imap') {
+          assert.equal(await raw.readLine(30_000), 't1 NO [UNAVAILABLE] Disconnected by an administrator');
+          assert.equal(await raw.readLine(), '* BYE [UNAVAILABLE] Disconnected by an administrator');
+        } else {
+          assert.equal(await raw.readLine(30_000), '-ERR [SYS/TEMP] Disconnected by an administrator');
+        }
+        assert.equal(await raw.waitClosed(5_000), true, "the connection is closed");
+        const kicked = await waitForLog(front, (l) => l['event'] === 'session.kicked' && l['user'] === 'ava' && Date.parse(String(l['time'])) >= kickedAt);
+        assert.equal(kicked['phase'], 'backend-login');
+        const spliced = front.logs.filter((l) => l['event'] === 'session.spliced' && l['user'] === 'ava' && Date.parse(String(l['time'])) >= kickedAt);
+        assert.deepEqual(spliced, [], 'no session of hers was spliced after the kick');
+      } finally {
+        raw.close();
+        if (!restarted) await a1.startAgain();
+      }
+    });
+  }
 });

@@ -140,7 +140,9 @@ test('ldaps:// and StartTLS are verified against the CA file', async () => {
 });
 
 test('a hung server is a temporary failure within the operation deadline', async () => {
-  const d = directory({});
+  // One search connection: the search runs on the connection the first login opened (with two,
+  // it would open the second one, and a hung bind would be tested instead).
+  const d = directory({ searchConnections: 1 });
   try {
     await d.authenticate('alice', 'alice-pw', signal);
     await slapd.pause();
@@ -311,7 +313,9 @@ test('searches are spread over search_connections service connections, each boun
   const d = directory({ searchConnections: 3 }, metrics);
   const serviceBinds = async (): Promise<string | undefined> => (await metrics.exposition()).body.split('\n').find((l) => l.startsWith('mailfront_ldap_request_duration_seconds_count{operation="service-bind",result="success"}'))?.split(' ')[1];
   const searches = async (): Promise<string | undefined> => (await metrics.exposition()).body.split('\n').find((l) => l.startsWith('mailfront_ldap_request_duration_seconds_count{operation="search",result="success"}'))?.split(' ')[1];
-  const openSlots = (): number => (d as unknown as { serviceSlots: Array<{ open: unknown }> }).serviceSlots.filter((s) => s.open !== null).length;
+  const slots = (): Array<{ open: { client: { unbind(): Promise<void> } } | null }> => (d as unknown as { serviceSlots: Array<{ open: { client: { unbind(): Promise<void> } } | null }> }).serviceSlots;
+  const openSlots = (): number => slots().filter((s) => s.open !== null).length;
+  let unbound = 0;
   try {
     assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha');
     assert.equal(openSlots(), 1, 'one connection for the first search');
@@ -319,8 +323,20 @@ test('searches are spread over search_connections service connections, each boun
     assert.equal(openSlots(), 3);
     assert.equal(await serviceBinds(), '3', 'each connection bound once, however many searches it carried');
     assert.equal(await searches(), '9');
+    for (const slot of slots()) {
+      const client = slot.open!.client;
+      const unbind = client.unbind.bind(client);
+      client.unbind = () => {
+        unbound++;
+        return unbind();
+      };
+    }
   } finally {
     await d.close();
   }
-  assert.equal(openSlots(), 0, 'close() lets every connection go');
+  assert.equal(openSlots(), 0);
+  assert.equal(unbound, 3, 'close() unbinds every connection');
+  // A closed directory (one a reload replaced) opens no connection for a late caller.
+  assert.equal(await d.reachable(signal), false);
+  assert.equal(await serviceBinds(), '3');
 });

@@ -1,0 +1,63 @@
+// POST /api/kick for a user, with a directory that answers slowly: the sessions close at once,
+// before the directory's lookup (for other names of the entry) returns; then those names'
+// sessions close too.
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { test } from 'node:test';
+import { createAdminHandler } from '../../src/server/admin.js';
+import type { AdminContext } from '../../src/server/admin.js';
+import type { Directory, DirectoryUser } from '../../src/auth/directory.js';
+import { SessionRegistry } from '../../src/proxy/registry.js';
+import type { SessionEntry } from '../../src/proxy/registry.js';
+import { createLogger } from '../../src/log.js';
+
+const TOKEN = 'admin-token-for-the-kick-test';
+
+function entry(id: string, user: string, dn: string, closed: string[]): SessionEntry {
+  return { id, protocol: 'imap', user, dn, store: 's', slot: 'a1', clientAddress: '127.0.0.1', startedAt: 0, traffic: { bytesFromClient: 0, bytesToClient: 0 }, reportedFromClient: 0, reportedToClient: 0, close: () => void closed.push(id) };
+}
+
+test('kick USER closes the sessions before the directory answers, then those of the other names of the entry it names', async () => {
+  const closed: string[] = [];
+  const registry = new SessionRegistry();
+  registry.add(entry('1', 'amy', 'uid=amy,dc=x', closed));
+  registry.add(entry('2', 'amy@example.com', 'uid=amy,dc=x', closed));
+  registry.add(entry('3', 'bob', 'uid=bob,dc=x', closed));
+  let answer!: (found: DirectoryUser | null) => void;
+  const forgotten: Array<{ user: string; dns: string[] }> = [];
+  const directory: Directory = {
+    authenticate: () => Promise.reject(new Error('not used')),
+    // Nothing cached under "amy" knows the entry: only the directory's answer names it.
+    lookup: () => new Promise((resolve) => (answer = resolve)),
+    reachable: async () => true,
+    forget: (user, dns) => {
+      forgotten.push({ user, dns: [...(dns ?? [])] });
+      return 1;
+    },
+    cacheEntries: () => ({}),
+    close: async () => undefined,
+  };
+  const context = { token: () => TOKEN, registry, directory: () => directory, usernames: () => ({ lowercase: true }), log: createLogger('silent') } as unknown as AdminContext;
+  const handler = createAdminHandler(context);
+  const server = createServer((req, res) => void handler(req, res));
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  try {
+    const kicksBefore = registry.kicksSoFar;
+    const response = fetch(`http://127.0.0.1:${(server.address() as AddressInfo).port}/api/kick`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}` }, body: JSON.stringify({ user: 'AMY' }) });
+    for (let i = 0; i < 100 && closed.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.deepEqual(closed, ['1'], "amy's session closed while the directory has not answered");
+    assert.equal(registry.kickedSince('amy', 'uid=unknown', kicksBefore), true, 'a login of amy under way will not be spliced');
+    answer({ user: 'amy', dn: 'uid=amy,dc=x', store: 's' });
+    const body = (await (await response).json()) as { kicked: Array<{ id: string }>; forgotten: number };
+    assert.deepEqual(closed, ['1', '2'], 'then the session under the other name of her entry');
+    assert.deepEqual(body.kicked.map((k) => k.id), ['1', '2']);
+    assert.equal(body.forgotten, 2);
+    assert.deepEqual(forgotten, [{ user: 'amy', dns: [] }, { user: 'amy', dns: ['uid=amy,dc=x'] }]);
+    assert.equal(registry.kickedSince('amy@example.com', 'uid=amy,dc=x', kicksBefore), true, 'and a login under the other name');
+  } finally {
+    server.close();
+  }
+});

@@ -1,0 +1,37 @@
+// The session registry's kick bookkeeping: logins under way when their user (or any name of
+// the user's directory entry) is kicked, counted without a clock.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { SessionRegistry } from '../../src/proxy/registry.js';
+import type { SessionEntry } from '../../src/proxy/registry.js';
+
+function entry(id: string, user: string, dn: string): SessionEntry {
+  return { id, protocol: 'imap', user, dn, store: 's', slot: 'a1', clientAddress: '127.0.0.1', startedAt: 0, traffic: { bytesFromClient: 0, bytesToClient: 0 }, reportedFromClient: 0, reportedToClient: 0, close: () => undefined };
+}
+
+test('a login is kicked when its user or its entry was kicked after it started, and not otherwise', () => {
+  const registry = new SessionRegistry();
+  const before = registry.kicksSoFar;
+  registry.userKicked('amy', ['uid=amy,dc=x']);
+  const after = registry.kicksSoFar;
+  assert.equal(registry.kickedSince('amy', 'uid=amy,dc=x', before), true);
+  assert.equal(registry.kickedSince('amy@example.com', 'uid=amy,dc=x', before), true, 'another name of the same entry');
+  assert.equal(registry.kickedSince('amy', 'uid=amy-other,dc=x', before), true, 'the name alone');
+  assert.equal(registry.kickedSince('bob', 'uid=bob,dc=x', before), false, 'another user');
+  assert.equal(registry.kickedSince('amy', 'uid=amy,dc=x', after), false, 'a login that started after the kick');
+  registry.userKicked('bob');
+  assert.equal(registry.kickedSince('amy', 'uid=amy,dc=x', after), false, "a later kick of someone else is not amy's");
+  assert.equal(registry.kickedSince('bob', 'uid=bob,dc=x', after), true);
+});
+
+test('sessions of a user and of every name of the kicked entries, each once', () => {
+  const registry = new SessionRegistry();
+  const a = entry('1', 'amy', 'uid=amy,dc=x');
+  const b = entry('2', 'amy@example.com', 'uid=amy,dc=x');
+  const c = entry('3', 'bob', 'uid=bob,dc=x');
+  for (const e of [a, b, c]) registry.add(e);
+  assert.deepEqual(registry.ofUserAndEntries('amy', []).map((e) => e.id), ['1']);
+  assert.deepEqual(registry.ofUserAndEntries('amy', ['uid=amy,dc=x']).map((e) => e.id).sort(), ['1', '2']);
+  registry.remove(b);
+  assert.deepEqual(registry.ofUserAndEntries('amy', ['uid=amy,dc=x']).map((e) => e.id), ['1'], 'the entry index follows removals');
+});
