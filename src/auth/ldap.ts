@@ -223,6 +223,7 @@ export class LdapDirectory implements Directory {
       const opening = (async () => {
         const failures: string[] = [];
         for (const url of this.config.urls) {
+          if (this.closed) throw new MailfrontError('LDAP_CLOSED', 'auth-tempfail', 'the directory is shutting down');
           let client: Client;
           try {
             client = await this.timed('service-bind', () => this.openBound(url, this.config.bindDn, this.config.bindPassword));

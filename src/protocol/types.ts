@@ -160,7 +160,9 @@ export interface ProtocolAdapter {
   drainNotice(text: string): string | null;
   /**
    * The whole answer to a connection refused before its greeting because a connection limit
-   * is reached: 'total' (the server is full) or 'address' (too many from this client).
+   * is reached: 'total' (the server is full) or 'address' (too many from this client). 'total'
+   * is also the last word to a client whose login is cut short (a kick): an untagged BYE, or
+   * POP3's -ERR [SYS/TEMP] as the answer to its PASS.
    */
   connectionRefusal(limit: 'total' | 'address', text: string): string;
   /** A tracker for where drainNotice may be inserted; absent when there is no notice to insert. */

@@ -40,7 +40,7 @@ export class SessionRegistry {
   private readonly byDn = new Map<string, Set<SessionEntry>>();
   /** Kicks so far: a login reads it when it starts, and no step of the clock can fool the count. */
   private kickCount = 0;
-  /** The last kick of each user name (`u:` key) and directory entry (`d:` key): its number, and when (for pruning). */
+  /** The last kick of each user name (`u:` key) and directory entry (`d:` key): its number, and when (performance.now(), for pruning). */
   private readonly kicks = new Map<string, { readonly count: number; readonly at: number }>();
 
   get size(): number {
@@ -92,14 +92,25 @@ export class SessionRegistry {
   /**
    * Records a kick of `user` and of the directory entries `dns`. A login of them that began
    * before it and is still under way (not yet in the registry: at the directory, or held while
-   * its master is down) must not be spliced when it completes (kickedSince).
+   * its master is down) must not be spliced when it completes (kickedSince). Returns the kick's
+   * number, for entriesKicked().
    */
-  userKicked(user: string, dns: Iterable<string> = []): void {
-    const now = Date.now();
-    for (const [key, kick] of this.kicks) if (Math.abs(now - kick.at) > KICK_MEMORY_MS) this.kicks.delete(key);
+  userKicked(user: string, dns: Iterable<string> = []): number {
+    const now = performance.now();
+    for (const [key, kick] of this.kicks) if (now - kick.at > KICK_MEMORY_MS) this.kicks.delete(key);
     const kick = { count: ++this.kickCount, at: now };
     this.kicks.set(`u:${user}`, kick);
     for (const dn of dns) this.kicks.set(`d:${dn}`, kick);
+    return kick.count;
+  }
+
+  /**
+   * Adds directory entries to kick number `count` (found after it, by a directory lookup): the
+   * logins of them that began before that kick, not the ones since.
+   */
+  entriesKicked(dns: Iterable<string>, count: number): void {
+    const kick = { count, at: performance.now() };
+    for (const dn of dns) if ((this.kicks.get(`d:${dn}`)?.count ?? 0) < count) this.kicks.set(`d:${dn}`, kick);
   }
 
   /** True when `user` or the entry `dn` was kicked after a login read `kicksAtStart` (kicksSoFar) at its start. */

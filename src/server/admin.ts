@@ -6,7 +6,7 @@
  */
 import { timingSafeEqual, createHash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Directory } from '../auth/directory.js';
+import type { Directory, DirectoryUser } from '../auth/directory.js';
 import { normalizeUser } from '../auth/directory.js';
 import type { SlotHealthMonitor } from '../backend/health.js';
 import type { UsernameConfig } from '../config/schema.js';
@@ -200,17 +200,21 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
         const directory = context.directory();
         const dns = new Set<string>();
         forgotten = directory.forget(user, dns);
-        context.registry.userKicked(user, dns);
+        const kick = context.registry.userKicked(user, dns);
         sessions = context.registry.ofUserAndEntries(user, dns);
         // Then the entry's DN from the directory, when it answers, finds what the caches did not
-        // know: the same again for it.
+        // know: the same again for it, for what was there at the kick (a login since, with the
+        // new password say, is left alone).
+        const atKick = new Set(context.registry.values());
         forgetOtherNames = async () => {
-          const found = await directory.lookup(user, AbortSignal.timeout(10_000)).catch(() => null);
+          const lookup = (d: Directory): Promise<DirectoryUser | null> => d.lookup(user, AbortSignal.timeout(10_000));
+          // A reload may replace (and close) the directory meanwhile: then the one in force answers.
+          const found = await lookup(directory).catch(() => (context.directory() !== directory ? lookup(context.directory()) : null)).catch(() => null);
           if (found === null || dns.has(found.dn)) return 0;
           const more = new Set([found.dn]);
-          const count = directory.forget(user, more);
-          context.registry.userKicked(user, more);
-          const late = context.registry.ofUserAndEntries(user, more).filter((s) => !sessions.includes(s));
+          const count = context.directory().forget(user, more);
+          context.registry.entriesKicked(more, kick);
+          const late = context.registry.ofUserAndEntries(user, more).filter((s) => atKick.has(s) && !sessions.includes(s));
           for (const s of late) s.close('kicked');
           sessions.push(...late);
           return count;

@@ -56,9 +56,6 @@ export interface SessionContext {
 }
 
 /** Human sentences for temporary failures; never name hosts or users (those go to the log). */
-/** What a kicked client is told. */
-const KICKED_TEXT = 'Disconnected by an administrator';
-
 const UNAVAILABLE_TEXT: Record<string, string> = {
   'auth-tempfail': 'Authentication service temporarily unavailable, try again later.',
   'no-route': 'Your mailbox is temporarily unavailable, try again later.',
@@ -66,6 +63,9 @@ const UNAVAILABLE_TEXT: Record<string, string> = {
   'backend-login': 'Your mail server is temporarily unavailable, try again later.',
   internal: 'Internal error, try again later.',
 };
+
+/** What a kicked client is told. */
+const KICKED_TEXT = 'Disconnected by an administrator';
 
 /** What a client refused by a limit (throttle, sessions per user) is told; names no counts. */
 const LIMIT_TEXT = 'Too many login attempts or sessions, try again later.';
@@ -415,16 +415,14 @@ export class Session {
       const backend = await this.loginToCurrentMaster(found.store, user, credentials.password, config);
       if (this.phase === 'backend-login' && !this.socket.destroyed && this.context.registry.kickedSince(user, found.dn, kicksAtStart)) {
         // An operator kicked the user while this login was under way (after a password change,
-        // say): the login is refused as unavailable, and the connection closed, as a spliced
-        // session of the user would have been.
+        // say): the connection is closed with the protocol's last word, as a spliced session of
+        // the user would have been. Not through the pre-auth machine: it would go on to run
+        // what the client sent behind its login (a LOGOUT, another LOGIN).
         backend.socket.destroy();
         this.lease.releaseUser();
         this.context.metrics.loginResult(this.adapter.name, 'aborted');
         this.log.info({ event: 'session.kicked', user, store: this.store, slot: this.slot, phase: 'backend-login' }, 'session closed: kicked during its login');
-        this.setPhase('preauth');
-        this.perform(this.machine.loginFailed('unavailable', KICKED_TEXT));
-        const notice = this.adapter.drainNotice(KICKED_TEXT);
-        if (notice !== null && !this.socket.destroyed) this.preauthBytesWritten += writeNow(this.socket, notice);
+        if (this.socket.writable) this.preauthBytesWritten += writeNow(this.socket, this.adapter.connectionRefusal('total', KICKED_TEXT));
         this.finish('kicked');
         return;
       }
