@@ -13,6 +13,8 @@ export interface SessionEntry {
   readonly user: string;
   /** The user's directory entry (the same for every name the entry answers to). */
   readonly dn: string;
+  /** The registry's kicksSoFar when the session's login began: kicks with a higher number are for it. */
+  readonly kicksAtLogin: number;
   readonly store: string;
   readonly slot: string;
   readonly clientAddress: string;

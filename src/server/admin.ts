@@ -191,8 +191,7 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
     if (typeof body['user'] === 'string') {
       const user = normalizeUser(body['user'], context.usernames());
       if (user === null) {
-        forgotten = 0;
-        sessions = [];
+        throw new MailfrontError('INVALID_USERNAME', 'client-protocol', 'not a valid user name');
       } else {
         // All at once, before any wait: the caches forget the name and every name of the
         // entries cached under it, a login of them under way is not spliced when it completes,
@@ -203,21 +202,24 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
         const kick = context.registry.userKicked(user, dns);
         sessions = context.registry.ofUserAndEntries(user, dns);
         // Then the entry's DN from the directory, when it answers, finds what the caches did not
-        // know: the same again for it, for what was there at the kick (a login since, with the
-        // new password say, is left alone).
-        const atKick = new Set(context.registry.values());
+        // know: the same again for it, for the logins begun before the kick (one begun since,
+        // with the new password say, is left alone), whether spliced by now or still under way.
         forgetOtherNames = async () => {
           const lookup = (d: Directory): Promise<DirectoryUser | null> => d.lookup(user, AbortSignal.timeout(10_000));
           // A reload may replace (and close) the directory meanwhile: then the one in force answers.
           const found = await lookup(directory).catch(() => (context.directory() !== directory ? lookup(context.directory()) : null)).catch(() => null);
           if (found === null || dns.has(found.dn)) return 0;
           const more = new Set([found.dn]);
-          const count = context.directory().forget(user, more);
           context.registry.entriesKicked(more, kick);
-          const late = context.registry.ofUserAndEntries(user, more).filter((s) => atKick.has(s) && !sessions.includes(s));
+          const late = context.registry.ofUserAndEntries(user, more).filter((s) => s.kicksAtLogin < kick && !sessions.includes(s));
           for (const s of late) s.close('kicked');
           sessions.push(...late);
-          return count;
+          try {
+            return context.directory().forget(user, more);
+          } catch (error) {
+            context.log.error({ event: 'admin.kick_forget_failed', user, err: error instanceof Error ? error.message : String(error) }, 'the caches could not forget the user');
+            return 0;
+          }
         };
       }
     } else if (typeof body['slot'] === 'string') {

@@ -427,7 +427,7 @@ export class Session {
         return;
       }
       // A client that left (or a deadline that passed) while the backend answered: no success.
-      this.context.metrics.loginResult(this.adapter.name, this.startSplice(backend, found.dn) ? 'success' : 'aborted');
+      this.context.metrics.loginResult(this.adapter.name, this.startSplice(backend, found.dn, kicksAtStart) ? 'success' : 'aborted');
     } catch (caught) {
       const error = asMailfrontError(caught);
       this.lease.releaseUser();
@@ -520,7 +520,7 @@ export class Session {
   }
 
   /** Splices the session to its logged-in backend; false (the backend closed) when the session can no longer be. */
-  private startSplice(backend: BackendSession, dn: string): boolean {
+  private startSplice(backend: BackendSession, dn: string, kicksAtLogin: number): boolean {
     if (this.phase !== 'backend-login' || this.socket.destroyed) {
       backend.socket.destroy();
       return false;
@@ -545,6 +545,7 @@ export class Session {
       protocol: this.adapter.name,
       user: this.user ?? '',
       dn,
+      kicksAtLogin,
       store: this.store ?? '',
       slot: this.slot ?? '',
       clientAddress: this.clientAddress,

@@ -15,8 +15,8 @@ import { createLogger } from '../../src/log.js';
 
 const TOKEN = 'admin-token-for-the-kick-test';
 
-function entry(id: string, user: string, dn: string, closed: string[]): SessionEntry {
-  return { id, protocol: 'imap', user, dn, store: 's', slot: 'a1', clientAddress: '127.0.0.1', startedAt: 0, traffic: { bytesFromClient: 0, bytesToClient: 0 }, reportedFromClient: 0, reportedToClient: 0, close: () => void closed.push(id) };
+function entry(id: string, user: string, dn: string, closed: string[], kicksAtLogin = 0): SessionEntry {
+  return { id, protocol: 'imap', user, dn, kicksAtLogin, store: 's', slot: 'a1', clientAddress: '127.0.0.1', startedAt: 0, traffic: { bytesFromClient: 0, bytesToClient: 0 }, reportedFromClient: 0, reportedToClient: 0, close: () => void closed.push(id) };
 }
 
 test('kick USER closes the sessions before the directory answers, then those of the other names of the entry it names', async () => {
@@ -53,11 +53,14 @@ test('kick USER closes the sessions before the directory answers, then those of 
     // While the directory is slow: a new login under the other name, made after the kick (with
     // the new password, say), is spliced. The kick is not for it.
     const kicksAfter = registry.kicksSoFar;
-    registry.add(entry('4', 'amy@example.com', 'uid=amy,dc=x', closed));
+    registry.add(entry('4', 'amy@example.com', 'uid=amy,dc=x', closed, kicksAfter));
+    // And a login under the other name that was under way at the kick, spliced just now: the
+    // kick is for it.
+    registry.add(entry('5', 'amy@example.com', 'uid=amy,dc=x', closed, kicksBefore));
     answer({ user: 'amy', dn: 'uid=amy,dc=x', store: 's' });
     const body = (await (await response).json()) as { kicked: Array<{ id: string }>; forgotten: number };
-    assert.deepEqual(closed, ['1', '2'], 'then the session under the other name of her entry');
-    assert.deepEqual(body.kicked.map((k) => k.id), ['1', '2']);
+    assert.deepEqual(closed, ['1', '2', '5'], 'then the sessions under the other name of her entry begun before the kick');
+    assert.deepEqual(body.kicked.map((k) => k.id), ['1', '2', '5']);
     assert.equal(body.forgotten, 2);
     assert.deepEqual(forgotten, [{ user: 'amy', dns: [] }, { user: 'amy', dns: ['uid=amy,dc=x'] }]);
     assert.equal(registry.kickedSince('amy@example.com', 'uid=amy,dc=x', kicksBefore), true, 'and a login under the other name that was under way');

@@ -5,8 +5,8 @@ import { test } from 'node:test';
 import { SessionRegistry } from '../../src/proxy/registry.js';
 import type { SessionEntry } from '../../src/proxy/registry.js';
 
-function entry(id: string, user: string, dn: string): SessionEntry {
-  return { id, protocol: 'imap', user, dn, store: 's', slot: 'a1', clientAddress: '127.0.0.1', startedAt: 0, traffic: { bytesFromClient: 0, bytesToClient: 0 }, reportedFromClient: 0, reportedToClient: 0, close: () => undefined };
+function entry(id: string, user: string, dn: string, kicksAtLogin = 0): SessionEntry {
+  return { id, protocol: 'imap', user, dn, kicksAtLogin, store: 's', slot: 'a1', clientAddress: '127.0.0.1', startedAt: 0, traffic: { bytesFromClient: 0, bytesToClient: 0 }, reportedFromClient: 0, reportedToClient: 0, close: () => undefined };
 }
 
 test('a login is kicked when its user or its entry was kicked after it started, and not otherwise', () => {
@@ -34,4 +34,17 @@ test('sessions of a user and of every name of the kicked entries, each once', ()
   assert.deepEqual(registry.ofUserAndEntries('amy', ['uid=amy,dc=x']).map((e) => e.id).sort(), ['1', '2']);
   registry.remove(b);
   assert.deepEqual(registry.ofUserAndEntries('amy', ['uid=amy,dc=x']).map((e) => e.id), ['1'], 'the entry index follows removals');
+});
+
+test('an entry found after a kick joins that kick, and a later kick of it is not undone', () => {
+  const registry = new SessionRegistry();
+  const start = registry.kicksSoFar;
+  const first = registry.userKicked('amy');
+  const between = registry.kicksSoFar;
+  registry.entriesKicked(['uid=amy,dc=x'], first);
+  assert.equal(registry.kickedSince('amy@example.com', 'uid=amy,dc=x', start), true, 'a login under another name begun before the kick');
+  assert.equal(registry.kickedSince('amy@example.com', 'uid=amy,dc=x', between), false, 'one begun after it');
+  const second = registry.userKicked('amy', ['uid=amy,dc=x']);
+  registry.entriesKicked(['uid=amy,dc=x'], first);
+  assert.equal(registry.kickedSince('amy@example.com', 'uid=amy,dc=x', second - 1), true, 'the later kick stands');
 });
