@@ -138,6 +138,40 @@ function decodePathPart(part: string): string {
   }
 }
 
+/**
+ * Kicks `user` (normalised): after a password change or a lock, the old password must not log
+ * in again, from a cache or through a login under way. All at once, before any wait: the caches
+ * forget the name and every name of the entries cached under it, the kick is recorded (a login
+ * of them under way is not spliced when it completes) and their sessions are closed. Then the
+ * entry's DN from the directory, when it answers, finds what the caches did not know, and the
+ * same is done for it, for the logins begun before the kick (one begun since, with the new
+ * password say, is left alone), spliced by now or still under way.
+ */
+async function kickUser(context: AdminContext, user: string): Promise<{ sessions: SessionEntry[]; forgotten: number }> {
+  const directory = context.directory();
+  const dns = new Set<string>();
+  let forgotten = directory.forget(user, dns);
+  const kick = context.registry.userKicked(user, dns);
+  const sessions = context.registry.ofUserAndEntries(user, dns);
+  for (const s of sessions) s.close('kicked');
+
+  const lookup = (d: Directory): Promise<DirectoryUser | null> => d.lookup(user, AbortSignal.timeout(10_000));
+  // A reload may replace (and close) the directory meanwhile: then the one in force answers.
+  const found = await lookup(directory).catch(() => (context.directory() !== directory ? lookup(context.directory()) : null)).catch(() => null);
+  if (found === null || dns.has(found.dn)) return { sessions, forgotten };
+  const more = new Set([found.dn]);
+  context.registry.entriesKicked(more, kick);
+  const late = context.registry.ofUserAndEntries(user, more).filter((s) => s.kicksAtLogin < kick && !sessions.includes(s));
+  for (const s of late) s.close('kicked');
+  sessions.push(...late);
+  try {
+    forgotten += context.directory().forget(user, more);
+  } catch (error) {
+    context.log.error({ event: 'admin.kick_forget_failed', user, err: error instanceof Error ? error.message : String(error) }, 'the caches could not forget the user');
+  }
+  return { sessions, forgotten };
+}
+
 async function route(context: AdminContext, req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
   const parts = url.pathname.split('/').filter(Boolean).map(decodePathPart); // ['api', ...]
   const method = req.method ?? 'GET';
@@ -184,53 +218,20 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
   if (method === 'POST' && resource === 'kick') {
     const body = await readJson(req);
     let sessions: SessionEntry[];
-    // Kicking a user also drops the user's cached logins and directory entry: after a password
-    // change or a lock, the old password must not log in again from the cache.
     let forgotten: number | undefined;
-    let forgetOtherNames: (() => Promise<number>) | undefined;
     if (typeof body['user'] === 'string') {
       const user = normalizeUser(body['user'], context.usernames());
-      if (user === null) {
-        throw new MailfrontError('INVALID_USERNAME', 'client-protocol', 'not a valid user name');
-      } else {
-        // All at once, before any wait: the caches forget the name and every name of the
-        // entries cached under it, a login of them under way is not spliced when it completes,
-        // and their sessions are closed.
-        const directory = context.directory();
-        const dns = new Set<string>();
-        forgotten = directory.forget(user, dns);
-        const kick = context.registry.userKicked(user, dns);
-        sessions = context.registry.ofUserAndEntries(user, dns);
-        // Then the entry's DN from the directory, when it answers, finds what the caches did not
-        // know: the same again for it, for the logins begun before the kick (one begun since,
-        // with the new password say, is left alone), whether spliced by now or still under way.
-        forgetOtherNames = async () => {
-          const lookup = (d: Directory): Promise<DirectoryUser | null> => d.lookup(user, AbortSignal.timeout(10_000));
-          // A reload may replace (and close) the directory meanwhile: then the one in force answers.
-          const found = await lookup(directory).catch(() => (context.directory() !== directory ? lookup(context.directory()) : null)).catch(() => null);
-          if (found === null || dns.has(found.dn)) return 0;
-          const more = new Set([found.dn]);
-          context.registry.entriesKicked(more, kick);
-          const late = context.registry.ofUserAndEntries(user, more).filter((s) => s.kicksAtLogin < kick && !sessions.includes(s));
-          for (const s of late) s.close('kicked');
-          sessions.push(...late);
-          try {
-            return context.directory().forget(user, more);
-          } catch (error) {
-            context.log.error({ event: 'admin.kick_forget_failed', user, err: error instanceof Error ? error.message : String(error) }, 'the caches could not forget the user');
-            return 0;
-          }
-        };
-      }
+      if (user === null) throw new MailfrontError('INVALID_USERNAME', 'client-protocol', 'not a valid user name');
+      ({ sessions, forgotten } = await kickUser(context, user));
     } else if (typeof body['slot'] === 'string') {
       sessions = context.registry.onSlot(body['slot']);
+      for (const s of sessions) s.close('kicked');
     } else if (typeof body['session'] === 'string') {
       sessions = context.registry.all().filter((s) => s.id === body['session']);
+      for (const s of sessions) s.close('kicked');
     } else {
       throw new MailfrontError('ADMIN_BAD_REQUEST', 'client-protocol', 'body must name a "user", a "slot" or a "session"');
     }
-    for (const s of sessions) s.close('kicked');
-    if (forgetOtherNames !== undefined) forgotten = (forgotten ?? 0) + (await forgetOtherNames());
     context.log.warn({ event: 'admin.kick', user: body['user'], slot: body['slot'], session: body['session'], sessions: sessions.length, forgotten }, 'kick requested through the admin API');
     return send(res, 200, { kicked: sessions.map(sessionView), ...(forgotten !== undefined ? { forgotten } : {}) });
   }
