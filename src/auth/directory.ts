@@ -37,7 +37,8 @@ export interface Directory {
    * under several names, e.g. with `usernames.lowercase` off): cached logins and entries, so that
    * the next login asks the directory again (after a password change or a lock, with
    * `mailfront kick`). A login already on its way to the directory when this is called does not
-   * put its answer in a cache (the admin API also keeps such a login from being spliced). Adds the DNs it finds to `dns`; returns how many cached items went.
+   * put its answer in a cache (the admin API also keeps such a login from being spliced). Adds
+   * the DNs it finds to `dns`; returns how many cached items went.
    */
   forget(user: string, dns?: Set<string>): number;
   /** Entries each of this directory's caches holds now; a cache that is off is absent. */

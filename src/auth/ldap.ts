@@ -128,6 +128,11 @@ export async function openLdapClient(url: string, options: LdapClientOptions): P
   return client;
 }
 
+/** What a call on a closed directory (shut down, or replaced by a reload) fails with. */
+function closedError(): MailfrontError {
+  return new MailfrontError('LDAP_CLOSED', 'auth-tempfail', 'the directory is shutting down');
+}
+
 /** A user's entry as a search found it: on which server, its DN and store, and when it was read. */
 interface FoundEntry {
   readonly url: string;
@@ -217,13 +222,13 @@ export class LdapDirectory implements Directory {
   private serviceConnection(slot: ServiceSlot): Promise<ServiceConnection> {
     // A directory replaced by a reload is closed while its last logins still run: they get no
     // new connection (one opened now would never be closed).
-    if (this.closed) return Promise.reject(new MailfrontError('LDAP_CLOSED', 'auth-tempfail', 'the directory is shutting down'));
+    if (this.closed) return Promise.reject(closedError());
     if (slot.opening === null) {
       const self: { opening?: Promise<ServiceConnection> } = {};
       const opening = (async () => {
         const failures: string[] = [];
         for (const url of this.config.urls) {
-          if (this.closed) throw new MailfrontError('LDAP_CLOSED', 'auth-tempfail', 'the directory is shutting down');
+          if (this.closed) throw closedError();
           let client: Client;
           try {
             client = await this.timed('service-bind', () => this.openBound(url, this.config.bindDn, this.config.bindPassword));
@@ -237,7 +242,7 @@ export class LdapDirectory implements Directory {
           // Closed while this connection was being opened: close() did not see it.
           if (this.closed) {
             client.unbind().catch(() => undefined);
-            throw new MailfrontError('LDAP_CLOSED', 'auth-tempfail', 'the directory is shutting down');
+            throw closedError();
           }
           const connection = { url, client };
           if (slot.opening === self.opening) slot.open = connection;
@@ -351,7 +356,7 @@ export class LdapDirectory implements Directory {
   }
 
   async authenticate(user: string, password: string, signal: Cancellation): Promise<DirectoryUser> {
-    if (this.closed) throw new MailfrontError('LDAP_CLOSED', 'auth-tempfail', 'the directory is shutting down');
+    if (this.closed) throw closedError();
     const work = (async (): Promise<DirectoryUser> => {
       const entryOf = async (use: 'login' | 'retry'): Promise<FoundEntry> => {
         const entry = await this.search(user, use);
