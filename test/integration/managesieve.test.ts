@@ -15,7 +15,7 @@ import { connect as tlsConnect } from 'node:tls';
 import type { TLSSocket } from 'node:tls';
 import { LineClient, startCyrus, startDovecot, startSlapd, tmpDir } from './servers/index.js';
 import type { Cyrus, Dovecot, Slapd, TmpDir } from './servers/index.js';
-import { AUTH_FAILURE_DELAY_MS, assertNoRegisteredSecret, assertSameFailure, linesOfSession, loginEventsOf, registerPasswords, registerSecrets, sessionIdOf, startFront, waitForLog } from './front.js';
+import { ADMIN_TOKEN, AUTH_FAILURE_DELAY_MS, assertNoRegisteredSecret, assertSameFailure, linesOfSession, loginEventsOf, registerPasswords, registerSecrets, sessionIdOf, startFront, waitForLog } from './front.js';
 import type { Front, StoreSpec } from './front.js';
 
 const PASSWORDS = { alice: 'Alice-sieve-7e21', bob: 'Bob-sieve-3c9a', carol: 'Carol-sieve-55d0', dave: 'Dave-sieve-0f0f' };
@@ -542,6 +542,50 @@ describe('ManageSieve failures', () => {
   });
 });
 
+/** The second front of the kick test (its logs are scanned for secrets too). */
+let heldFront: Front | undefined;
+
+describe('kicking a ManageSieve login under way', () => {
+  // A front of its own: logins are held 30 s, long enough to restart the master meanwhile.
+  let held: Front;
+  before(async () => {
+    held = await startFront({ slapd, stores: storesAtStart, sieve: true, failover: { hold_ms: 30_000 } });
+    heldFront = held;
+  });
+  after(async () => {
+    await held?.stop();
+  });
+
+  test('held while the master is down, a LOGOUT pipelined behind it: BYE (TRYLATER), closed, never spliced, the LOGOUT never run', async () => {
+    const { port } = held.mailfront.httpAddress()!;
+    await beta.stopOnly();
+    let restarted = false;
+    const client = await SieveClient.connect(held.sieveTrustedPort!);
+    try {
+      await client.response();
+      client.write(`AUTHENTICATE "PLAIN" "${plainIr('bob', PASSWORDS.bob)}"\r\nLOGOUT\r\n`);
+      await waitForLog(held, (l) => l['event'] === 'session.backend_retry' && l['slot'] === 'sb1', 10_000);
+      const kickedAt = Date.now();
+      const response = await fetch(`http://127.0.0.1:${port}/api/kick`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: JSON.stringify({ user: 'bob' }) });
+      assert.equal(response.status, 200, await response.clone().text());
+      assert.deepEqual(((await response.json()) as { kicked: unknown[] }).kicked, [], 'nothing of his is spliced yet');
+      await beta.startAgain();
+      restarted = true;
+      // Everything the client reads up to the close: the last word alone (no OK for the
+      // AUTHENTICATE, nothing from the backend for the LOGOUT).
+      assert.equal(await client.untilClosed(30_000), 'BYE (TRYLATER) "Disconnected by an administrator"\r\n');
+      const kicked = await waitForLog(held, (l) => l['event'] === 'session.kicked' && l['user'] === 'bob', 5_000);
+      assert.equal(kicked['phase'], 'backend-login');
+      const finished = await waitForLog(held, (l) => l['event'] === 'session.finished' && l['session'] === kicked['session'], 5_000);
+      assert.equal(finished['reason'], 'kicked');
+      assert.deepEqual(held.logs.filter((l) => l['event'] === 'session.spliced' && Date.parse(String(l['time'])) >= kickedAt), [], 'no session was spliced after the kick');
+    } finally {
+      client.close();
+      if (!restarted) await beta.startAgain();
+    }
+  });
+});
+
 describe('hostile ManageSieve input', () => {
   test('commands injected after STARTTLS in the same packet are never executed', async () => {
     const mark = front.logs.length;
@@ -640,4 +684,5 @@ test('no password (right or wrong), proxy secret or SASL blob appears in any log
   // Every secret this file registered: the users' passwords, the wrong ones the tests sent, the
   // proxy and bind secrets, in every form the suite scan knows (base64 at each alignment too).
   assertNoRegisteredSecret(front.rawLogs);
+  assertNoRegisteredSecret(heldFront?.rawLogs ?? []);
 });
