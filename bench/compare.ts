@@ -19,6 +19,8 @@
  * COMPARE_PROCESSES: processes per build (1 to 6).
  * COMPARE_NODE_ARGS: node options for this build's mailfront only, e.g. `--max-semi-space-size=2`;
  * with REF=HEAD it measures what an option costs.
+ * COMPARE_NODE: the node binary for this build's mailfront only (the other build runs on the
+ * bench's node, or BENCH_PROXY_NODE); with REF=HEAD it measures another Node.js release.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
@@ -34,6 +36,7 @@ const [ref, roundsArg, secondsArg] = process.argv.slice(2);
 const ROUNDS = Number(roundsArg ?? 12);
 const ROUND_SECONDS = Number(secondsArg ?? 3);
 const THIS_NODE_ARGS = (process.env['COMPARE_NODE_ARGS'] ?? '').split(/\s+/).filter((a) => a !== '');
+const THIS_NODE = process.env['COMPARE_NODE'] || undefined;
 if (ref === undefined || ref.startsWith('-') || !(ROUNDS >= 1 && ROUNDS <= 100) || !(ROUND_SECONDS > 0 && ROUND_SECONDS <= 60)) {
   process.stderr.write('usage: node dist/bench/compare.js REF [ROUNDS (1-100)] [SECONDS per round (at most 60)]\n');
   process.exit(2);
@@ -90,16 +93,17 @@ const started: MailfrontProcess[] = [];
 try {
   // startMailfront's own config keeps the auth cache for 900 s: every timed login is a cache hit.
   const options = { loginMode: 'replay', extraConfig: {}, stores: instant.stores } as const;
-  const start = async (name: string, nodeArgs: readonly string[], main?: string): Promise<MailfrontProcess> => {
-    const p = await startMailfront(backends, { ...options, name, nodeArgs, ...(main !== undefined ? { main } : {}) });
+  const start = async (name: string, nodeArgs: readonly string[], main?: string, node?: string): Promise<MailfrontProcess> => {
+    const p = await startMailfront(backends, { ...options, name, nodeArgs, ...(main !== undefined ? { main } : {}), ...(node !== undefined ? { node } : {}) });
     started.push(p);
     return p;
   };
-  const labels = [THIS_NODE_ARGS.length > 0 ? `this build (${THIS_NODE_ARGS.join(' ')})` : 'this build', other.label] as const;
+  const thisRuns = [...(THIS_NODE !== undefined ? [`node ${execFileSync(THIS_NODE, ['--version'], { encoding: 'utf8' }).trim()}`] : []), ...THIS_NODE_ARGS];
+  const labels = [thisRuns.length > 0 ? `this build (${thisRuns.join(' ')})` : 'this build', other.label] as const;
   // The builds' processes are started alternately, so that neither build gets all the early ports or PIDs.
   const processes: Array<{ build: 0 | 1; process: MailfrontProcess }> = [];
   for (let n = 0; n < PROCESSES; n++) {
-    processes.push({ build: 0, process: await start(`compare-this-${n}`, THIS_NODE_ARGS) });
+    processes.push({ build: 0, process: await start(`compare-this-${n}`, THIS_NODE_ARGS, undefined, THIS_NODE) });
     processes.push({ build: 1, process: await start(`compare-other-${n}`, [], other.main) });
   }
   const users = backends.users;

@@ -236,6 +236,8 @@ export async function startMailfront(backends: Backends, options: {
   readonly stores?: Stores;
   /** The CLI to run (default: this build's, MAILFRONT_MAIN); bench/compare.ts runs another build's. */
   readonly main?: string;
+  /** The node binary (default PROXY_NODE); bench/compare.ts can run one build on another release. */
+  readonly node?: string;
 }): Promise<MailfrontProcess> {
   const stores = options.stores ?? backends.stores;
   const dir = tmpDir(`bench-${options.name}`);
@@ -279,7 +281,7 @@ export async function startMailfront(backends: Backends, options: {
   await writeFile(configFile, stringify(config));
   const daemon = spawnDaemon({
     name: `mailfront ${options.name}`,
-    command: PROXY_NODE,
+    command: options.node ?? PROXY_NODE,
     args: [...options.nodeArgs, options.main ?? MAILFRONT_MAIN, 'serve', '-c', configFile],
     logFile,
     cwd: dir.path,
