@@ -30,8 +30,10 @@ done
 # A test file whose before() fails halfway (one daemon up, the next refused) would keep its
 # process alive through the daemons it started and hang the run: once its tests are done, the
 # file's process exits, and the harness's exit hook kills what it started (Node >= 20.14).
+# Its early exit can drop a file's last verdicts on their way through a pipe: a preload makes
+# every test process's stdout blocking (test/blocking-stdout.ts).
 force_exit=()
-if node --test-force-exit -e '' 2>/dev/null; then force_exit=(--test-force-exit); fi
+if node --test-force-exit -e '' 2>/dev/null; then force_exit=(--test-force-exit --import ./dist/test/blocking-stdout.js); fi
 set +e
 node --enable-source-maps --test --test-reporter=tap --test-timeout=300000 "${force_exit[@]}" "$@" "${main[@]}" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
