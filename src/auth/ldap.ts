@@ -83,7 +83,7 @@ export interface LdapClientOptions {
    * Replay the last bind after ldapts reconnects on its own: without it a service search would
    * run anonymously and could answer "no such user" for a directory glitch. Never for user
    * binds, whose identity must not be replayed. (ldapts does not apply it after StartTLS, so
-   * users of a service connection also check isConnected before each use.)
+   * users of a service connection also check that it is usable() before each use.)
    */
   readonly autoRebind: boolean;
 }
@@ -126,6 +126,18 @@ export async function openLdapClient(url: string, options: LdapClientOptions): P
     }
   }
   return client;
+}
+
+/**
+ * True when `client` can carry a request now. ldapts's `isConnected` is not enough after
+ * StartTLS: ldapts (8.2) goes on watching the plain socket under the TLS one and ignores its
+ * close, so a connection the server has closed (a restart, an idle timeout) looks connected for
+ * ever, and a request sent on it waits out the operation deadline. The TLS socket is checked too.
+ */
+function usable(client: Client): boolean {
+  if (!client.isConnected) return false;
+  const socket = (client as unknown as { socket?: { readonly destroyed: boolean; readonly writable: boolean } }).socket;
+  return socket !== undefined && !socket.destroyed && socket.writable;
 }
 
 /** What a call on a closed directory (shut down, or replaced by a reload) fails with. */
@@ -291,7 +303,7 @@ export class LdapDirectory implements Directory {
     const slot = this.takeServiceSlot();
     for (let attempt = 0; attempt < 2; attempt++) {
       const connection = await this.serviceConnection(slot);
-      if (!connection.client.isConnected) {
+      if (!usable(connection.client)) {
         this.dropService(slot, connection);
         continue;
       }
@@ -326,17 +338,41 @@ export class LdapDirectory implements Directory {
     throw new MailfrontError('LDAP_SEARCH_FAILED', 'auth-tempfail', 'the user search failed');
   }
 
-  /** Checks a password with a simple bind on a pooled bind connection (never the search connection). */
+  /**
+   * Checks a password with a simple bind on a kept bind connection (never a search connection),
+   * or a new one when none is kept. A kept connection whose bind gets no answer (a firewall or
+   * NAT forgot it, and no close was seen) says nothing about the server, and the others kept with
+   * it have likely gone the same way: they are closed, and the bind is tried once more on a new
+   * connection. An answer from the server, whatever it is, stands.
+   */
   private async checkPassword(url: string, dn: string, password: string): Promise<boolean> {
     const idle = this.bindIdle.get(url) ?? [];
     this.bindIdle.set(url, idle);
-    let client = idle.pop();
+    let kept = idle.pop();
+    // Connections the server has closed are dropped here: each would fail its bind.
+    while (kept !== undefined && !usable(kept)) {
+      kept.unbind().catch(() => undefined);
+      kept = idle.pop();
+    }
+    if (kept === undefined) return this.bindOnce(url, idle, undefined, dn, password);
+    try {
+      return await this.bindOnce(url, idle, kept, dn, password);
+    } catch (error) {
+      if (error instanceof MailfrontError && error.cause instanceof ResultCodeError) throw error;
+      for (const client of idle.splice(0)) client.unbind().catch(() => undefined);
+      return this.bindOnce(url, idle, undefined, dn, password);
+    }
+  }
+
+  /**
+   * One simple bind on `kept`, or on a new connection to `url`: true, false for a wrong password,
+   * or LDAP_BIND_FAILED. The connection goes back to `idle` after an answer, else it is closed.
+   */
+  private async bindOnce(url: string, idle: Client[], kept: Client | undefined, dn: string, password: string): Promise<boolean> {
+    let client = kept;
     let keep = false;
     try {
-      if (client === undefined || !client.isConnected) {
-        client?.unbind().catch(() => undefined);
-        client = await openLdapClient(url, this.clientOptions(false));
-      }
+      client ??= await openLdapClient(url, this.clientOptions(false));
       const bound = client;
       await this.timed('user-bind', () => bound.bind(dn, password));
       keep = true;
@@ -413,11 +449,11 @@ export class LdapDirectory implements Directory {
     try {
       const slot = this.takeServiceSlot();
       let connection = await raceAbort(this.serviceConnection(slot), signal);
-      if (!connection.client.isConnected) {
+      if (!usable(connection.client)) {
         this.dropService(slot, connection);
         connection = await raceAbort(this.serviceConnection(slot), signal);
       }
-      return connection.client.isConnected;
+      return usable(connection.client);
     } catch {
       return false;
     }

@@ -4,6 +4,8 @@
  * recovery after the server restarts.
  */
 import assert from 'node:assert/strict';
+import { createServer, connect as netConnect } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import { LdapDirectory } from '../../src/auth/ldap.js';
 import type { DirectoryConfig } from '../../src/config/schema.js';
@@ -156,16 +158,81 @@ test('a hung server is a temporary failure within the operation deadline', async
   }
 });
 
-test('after the directory restarts, logins work again on the same directory object', async () => {
-  const d = directory({});
+for (const [mode, overrides] of [['plain', {}], ['StartTLS', { starttls: true }]] as const) {
+  test(`after the directory restarts, every login works again on the same directory object, the first included; reachable() sees the stop (${mode})`, async () => {
+    const d = directory({ ...overrides, caFile: slapd.caFile! });
+    try {
+      // Three at once: three bind connections are kept, and the restart closes them all.
+      await Promise.all([1, 2, 3].map(() => d.authenticate('alice', 'alice-pw', signal)));
+      assert.equal(await d.reachable(signal), true);
+      await slapd.stopOnly();
+      try {
+        assert.equal(await d.reachable(signal), false, 'the closed connections are seen as closed');
+        assert.equal((await failure(d.authenticate('alice', 'alice-pw', signal))).kind, 'auth-tempfail');
+      } finally {
+        await slapd.startAgain();
+      }
+      for (let i = 1; i <= 3; i++) {
+        const started = Date.now();
+        assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha', `login ${i} after the restart`);
+        // No wait for an operation deadline (1 s) on a connection the server has closed.
+        assert.ok(Date.now() - started < 900, `login ${i} took ${Date.now() - started} ms`);
+      }
+      assert.equal(await d.reachable(signal), true);
+    } finally {
+      await d.close();
+    }
+  });
+}
+
+/**
+ * A loopback relay to `port` that can forget its flows the way a firewall or NAT does: forget()
+ * stops relaying on every flow open now, without a close or reset; new flows are relayed.
+ */
+async function forgetfulRelay(port: number): Promise<{ url: string; forget(): void; close(): Promise<void> }> {
+  const flows = new Set<{ frozen: boolean; sockets: Socket[] }>();
+  const server = createServer((client) => {
+    const upstream = netConnect(port, '127.0.0.1');
+    const flow = { frozen: false, sockets: [client, upstream] };
+    flows.add(flow);
+    client.on('data', (data) => flow.frozen || upstream.write(data));
+    upstream.on('data', (data) => flow.frozen || client.write(data));
+    for (const socket of flow.sockets) {
+      socket.on('error', () => undefined);
+      socket.on('close', () => {
+        if (flow.frozen) return;
+        flows.delete(flow);
+        for (const other of flow.sockets) other.destroy();
+      });
+    }
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port: relayPort } = server.address() as AddressInfo;
+  return {
+    url: `ldap://127.0.0.1:${relayPort}`,
+    forget: () => {
+      for (const flow of flows) flow.frozen = true;
+    },
+    close: async () => {
+      for (const flow of flows) for (const socket of flow.sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+test('kept bind connections that a firewall forgot cost one retry on a new connection, not a failed login', async () => {
+  const relay = await forgetfulRelay(slapd.port);
+  // The entry cache answers the searches: only the binds go over the forgotten flows.
+  const d = directory({ urls: [relay.url], entryCacheTtlMs: 60_000 });
   try {
-    await d.authenticate('alice', 'alice-pw', signal);
-    await slapd.stopOnly();
-    assert.equal((await failure(d.authenticate('alice', 'alice-pw', signal))).kind, 'auth-tempfail');
-    await slapd.startAgain();
-    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha');
+    await Promise.all([1, 2, 3].map(() => d.authenticate('alice', 'alice-pw', signal)));
+    relay.forget();
+    for (let i = 1; i <= 3; i++) assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha', `login ${i} after the flows were forgotten`);
+    // A wrong password is still refused on the new connection.
+    assert.equal((await failure(d.authenticate('alice', 'wrong-alice-pw', signal))).kind, 'auth-failed');
   } finally {
     await d.close();
+    await relay.close();
   }
 });
 
