@@ -27,6 +27,12 @@ import { Socket } from 'node:net';
 import { plainDescriptor, readDirect, readsDirect, writeToDescriptor } from '../net/direct-io.js';
 import type { ResponseBoundaryTracker } from '../protocol/types.js';
 
+/**
+ * How long a socket may take to send what is queued for it once the splice ends gracefully (a
+ * drain notice, or the other side's close): a peer that does not read must not hold it open.
+ */
+const LAST_BYTES_MS = 1_000;
+
 /** Why a splice ended. */
 export type SpliceEndReason = 'client-closed' | 'backend-closed' | 'client-error' | 'backend-error' | 'idle-timeout' | 'kicked' | 'drained' | 'shutdown';
 
@@ -94,8 +100,9 @@ class SpliceSession implements Splice {
   bytesToClient: number;
   lastActivity = Date.now();
   private endReason: SpliceEndReason | null = null;
-  /** close() is ending the client's side after a notice: finish() leaves it to flush (bounded by a timer). */
+  /** A side being ended after its last bytes (a notice, or the other side's close): finish() leaves it to flush, bounded by a timer. */
   private clientEnding = false;
+  private backendEnding = false;
   private closedCount = 0;
   private resolveEnded!: (reason: SpliceEndReason) => void;
   private readonly sweep: IdleSweep;
@@ -115,8 +122,8 @@ class SpliceSession implements Splice {
     client.on('error', () => this.finish('client-error'));
     backend.on('error', () => this.finish('backend-error'));
     // A half-close from either side ends the session: IMAP and POP3 have no use for half-open connections.
-    client.on('end', () => this.finish('client-closed'));
-    backend.on('end', () => this.finish('backend-closed'));
+    client.on('end', () => this.peerEnded(backend, 'client-closed'));
+    backend.on('end', () => this.peerEnded(client, 'backend-closed'));
     client.on('close', () => this.onClose('client-closed'));
     backend.on('close', () => this.onClose('backend-closed'));
     this.sweep = idleSweepFor(idleTimeoutMs);
@@ -186,6 +193,7 @@ class SpliceSession implements Splice {
     }
     const resume = this.resumer(from);
     from.on('data', (chunk: Buffer) => {
+      if (this.endReason !== null) return;
       this.relayed(chunk, chunk.length, toClient);
       if (!to.write(chunk)) {
         from.pause();
@@ -217,7 +225,29 @@ class SpliceSession implements Splice {
     if (this.endReason === null) this.endReason = reason;
     this.sweep.delete(this);
     if (!this.clientEnding) this.client.destroy();
-    this.backend.destroy();
+    if (!this.backendEnding) this.backend.destroy();
+  }
+
+  /**
+   * One side sent its end. What is still queued for the other side, `to` (below its socket's
+   * mark the relay keeps reading, so the end can arrive before those bytes leave: a backend's
+   * last line before it closes, a client's LOGOUT), goes out first, then `to` is ended too.
+   */
+  private peerEnded(to: Socket, reason: SpliceEndReason): void {
+    if (this.endReason === null && to.writableLength > 0 && to.writable) {
+      this.endReason = reason;
+      this.endAfterQueued(to);
+    }
+    this.finish(reason);
+  }
+
+  /** Ends `to` once its queued bytes are out, destroying it if that takes longer than LAST_BYTES_MS. */
+  private endAfterQueued(to: Socket, last?: string): void {
+    if (to === this.client) this.clientEnding = true;
+    else this.backendEnding = true;
+    if (last === undefined) to.end();
+    else to.end(last);
+    setTimeout(() => to.destroy(), LAST_BYTES_MS).unref();
   }
 
   private onClose(reason: SpliceEndReason): void {
@@ -235,10 +265,7 @@ class SpliceSession implements Splice {
     if (notice !== null && this.client.writable && (this.tracker?.atBoundary() ?? false)) {
       // What is queued for the client goes out first, then the notice; the backend's close
       // (just below) must not cut that short. (A socket error destroys the socket by itself.)
-      this.clientEnding = true;
-      this.client.end(notice);
-      // A client that does not read must not hold its socket open.
-      setTimeout(() => this.client.destroy(), 1_000).unref();
+      this.endAfterQueued(this.client, notice);
     } else {
       this.client.destroy();
     }

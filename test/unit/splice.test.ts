@@ -229,3 +229,49 @@ for (const [name, clientPair] of [
     assert.equal(sha(all), sha(data));
   });
 }
+
+for (const [direction, clientKind, backendKind] of [
+  ['down', 'plain', 'plain'],
+  ['down', 'TLS', 'plain'],
+  ['down', 'plain', 'TLS'],
+  ['up', 'plain', 'plain'],
+  ['up', 'TLS', 'plain'],
+  ['up', 'plain', 'TLS'],
+] as const) {
+  const [writerName, readerName] = direction === 'down' ? ['backend', `${clientKind} client`] : ['client', `${backendKind} backend`];
+  test(`a ${writerName} that writes a few KiB at a time to a ${readerName} that is behind, then its last line and its close: nothing is lost`, async () => {
+    const pair = (kind: 'plain' | 'TLS'): Promise<Pair> => (kind === 'TLS' ? tlsPair() : tcpPair());
+    const client = await pair(clientKind);
+    const backend = await pair(backendKind);
+    const running = splice(client.front, backend.front, new Uint8Array(), new Uint8Array(), 60_000);
+    const [writer, reader, readerFront] = direction === 'down' ? [backend.user, client.user, client.front] : [client.user, backend.user, backend.front];
+    reader.pause();
+    // Writes below the mark of the socket mailfront writes to: its relay goes on reading the
+    // writer while some of them wait, so the close can be read before they have left. First
+    // until the reader's socket buffers are full, then a few more, each read on its own.
+    const sent: Buffer[] = [];
+    const write = (): void => {
+      const piece = randomBytes(1024);
+      sent.push(piece);
+      writer.write(piece);
+    };
+    for (let i = 0; i < 20_000 && readerFront.writableLength === 0; i++) {
+      write();
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    assert.ok(readerFront.writableLength > 0, 'premise: mailfront holds bytes queued for the reader');
+    for (let i = 0; i < 8; i++) {
+      write();
+      await sleep(2);
+    }
+    const last = Buffer.from(direction === 'down' ? '\r\n* BYE Autologout; idle for too long\r\n' : 'a9 LOGOUT\r\n');
+    sent.push(last);
+    writer.end(last);
+    await sleep(300);
+    const all = await resumeUntilClosed(reader);
+    assert.equal(await running.ended, direction === 'down' ? 'backend-closed' : 'client-closed');
+    const want = Buffer.concat(sent);
+    assert.equal(all.length, want.length, 'every byte written before the close arrived');
+    assert.equal(sha(all), sha(want));
+  });
+}
