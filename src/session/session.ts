@@ -361,7 +361,10 @@ export class Session {
         this.finish('tls-failed');
       }
     });
-    plain.on('close', () => this.finish('client-closed-preauth'));
+    // Before the splice only: once spliced, the splice watches the TLS socket and says why the session ended.
+    plain.on('close', () => {
+      if (this.phase !== 'spliced') this.finish('client-closed-preauth');
+    });
   }
 
   private get cancellation(): Cancellation {

@@ -261,6 +261,8 @@ describe('IMAP sessions through mailfront', () => {
       // Other tests' sessions for alice may end while this one runs: the client port tells this one apart.
       const entry = await waitForLog(front, (l) => l['event'] === 'session.finished' && l['user'] === 'alice' && l['clientPort'] === client.port, 10_000, mark);
       assert.equal(entry['phase'], 'spliced');
+      // Dovecot closes after its LOGOUT answer; the end of the socket under TLS is not mistaken for a client leaving before login.
+      assert.equal(entry['reason'], 'backend-closed');
       assert.equal(entry['bytesFromClient'], client.sent);
       assert.equal(entry['bytesToClient'], client.received);
     });
