@@ -2,7 +2,7 @@
  * The splice: after backend login, bytes flow both ways untouched, with backpressure, an idle
  * deadline, and one end reported exactly once. No copies per chunk after login, and no parsing
  * beyond what a drain notice needs: for IMAP, the backend's bytes are scanned for line ends and
- * literal sizes (protocol/imap/boundary.ts, about 14 µs per 64 KiB of short lines, literals
+ * literal sizes (protocol/imap/boundary.ts, about 16 µs per 64 KiB of short lines, literals
  * skipped unread) so that a BYE is only ever written between two responses.
  *
  * Two relays do the work, chosen per direction:

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { constants, deflateRawSync } from 'node:zlib';
 import fc from 'fast-check';
 import { ImapResponseBoundary } from '../../src/protocol/imap/boundary.js';
 
@@ -37,13 +38,14 @@ test('between responses is a boundary; inside a line or a literal is not', () =>
   assert.equal(boundaryAfter('a1 OK done\r\n+ idling\r\n'), true);
 });
 
-/** The reference: parses the whole prefix from the start, line by line, literals skipped. */
+/** The reference: parses the whole prefix from the start, line by line, literals skipped; a line end without CR is no boundary, ever. */
 function referenceAtBoundary(bytes: Buffer): boolean {
   let i = 0;
   let inLine = false;
   while (i < bytes.length) {
     const lf = bytes.indexOf(0x0a, i);
     if (lf < 0) return false;
+    if (lf === 0 || bytes[lf - 1] !== 0x0d) return false;
     const line = bytes.subarray(i, lf).toString('latin1');
     const literal = /\{(\d{1,20})\+?\}\r?$/.exec(line);
     i = lf + 1;
@@ -80,4 +82,29 @@ test('on random response streams cut at random places, the tracker agrees with a
     }),
     { numRuns: 2_000 },
   );
+});
+
+test('after COMPRESS DEFLATE no cut of the compressed stream is a boundary, and a line end without CR ends the tracking', () => {
+  assert.equal(boundaryAfter('* 3 EXISTS\n'), false);
+  assert.equal(boundaryAfter('* 3 EXISTS\r\n* 4 EXISTS\n* 5 EXISTS\r\n'), false);
+  // Dovecot's answer to COMPRESS, then its responses compressed (RFC 4978): messages whose
+  // text (from a fixed-seed generator) leaves the compressed bytes varied.
+  let seed = 7;
+  const word = (): string => Array.from({ length: 3 + (seed % 7) }, () => String.fromCharCode(97 + ((seed = (seed * 1103515245 + 12345) % 2 ** 31) % 26))).join('');
+  const responses = Array.from({ length: 40 }, (_, n) => {
+    const body = Array.from({ length: 60 }, word).join(' ');
+    return `* ${n + 1} FETCH (UID ${1000 + n} BODY[TEXT] {${body.length}}\r\n${body})\r\n`;
+  });
+  const compressed = deflateRawSync(responses.join(''), { flush: constants.Z_SYNC_FLUSH });
+  const firstLf = compressed.indexOf(0x0a);
+  assert.ok(firstLf > 0 && compressed[firstLf - 1] !== 0x0d, 'premise: the compressed bytes hold a line feed without a CR before it');
+  const stream = Buffer.concat([Buffer.from('a1 OK Begin compression.\r\n'), compressed]);
+  const start = stream.length - compressed.length;
+  for (let cut = start + 1; cut <= stream.length; cut++) {
+    const t = new ImapResponseBoundary();
+    t.observe(stream.subarray(0, start));
+    assert.equal(t.atBoundary(), true);
+    t.observe(stream.subarray(start, cut));
+    assert.equal(t.atBoundary(), false, `a boundary after ${cut - start} compressed bytes`);
+  }
 });

@@ -5,6 +5,11 @@
  * alters or buffers the stream. Cost per chunk: one native indexOf and a byte comparison or two
  * per line; only a line that ends in "}" (a literal may follow) or runs on into the next chunk
  * is looked at as text, and the bytes inside literals are skipped unread.
+ *
+ * A line end without its CR outside a literal means the stream is not IMAP text: after COMPRESS
+ * DEFLATE (RFC 4978) the bytes are compressed, and a BYE written among them would garble the
+ * stream. From then on the tracker never answers "at a boundary", and a session is closed without
+ * a notice. (Before the first such byte, compressed data is read as an unfinished line.)
  */
 import type { ResponseBoundaryTracker } from '../types.js';
 
@@ -25,8 +30,15 @@ export class ImapResponseBoundary implements ResponseBoundaryTracker {
   private inLine = false;
   /** The last bytes of a line that started in an earlier chunk; '' when the line starts in this one. */
   private tail = '';
+  /** The last byte observed (-1: none yet). */
+  private lastByte = -1;
+  /** A line end without CR was seen: the stream is not IMAP text (see the module comment). */
+  private lost = false;
 
   observe(chunk: Uint8Array): void {
+    if (this.lost || chunk.length === 0) return;
+    const byteBefore = this.lastByte;
+    this.lastByte = chunk[chunk.length - 1]!;
     let i = 0;
     while (i < chunk.length) {
       if (this.literalLeft > 0) {
@@ -40,6 +52,10 @@ export class ImapResponseBoundary implements ResponseBoundaryTracker {
         // The line runs on into the next chunk: keep its end to look at with the rest.
         this.inLine = true;
         this.tail = (this.tail + latin1(chunk, Math.max(i, chunk.length - TAIL_BYTES), chunk.length)).slice(-TAIL_BYTES);
+        return;
+      }
+      if ((lf > 0 ? chunk[lf - 1] : byteBefore) !== CR) {
+        this.lost = true;
         return;
       }
       const literal = this.literalEndingAt(chunk, i, lf);
@@ -66,6 +82,6 @@ export class ImapResponseBoundary implements ResponseBoundaryTracker {
   }
 
   atBoundary(): boolean {
-    return this.literalLeft === 0 && !this.inLine;
+    return !this.lost && this.literalLeft === 0 && !this.inLine;
   }
 }
