@@ -9,9 +9,9 @@ import type { Config } from '../config/schema.js';
 import { MailfrontError, asMailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { StoreMapSource } from './sources.js';
-import { StoreMap } from './storemap.js';
+import { StoreMap, sameServer } from './storemap.js';
 
-/** A store whose current master changed (`to` is null when the store left the map). */
+/** A store whose current master changed (`to` is null when the store left the map; `to` is `from` when the master slot was pointed at another server). */
 export interface MasterChange {
   readonly store: string;
   readonly from: string;
@@ -33,7 +33,7 @@ export function masterChanges(before: StoreMap, after: StoreMap): MasterChange[]
   for (const [name, store] of before.stores) {
     const next = after.stores.get(name);
     if (next === undefined) changes.push({ store: name, from: store.currentMaster, to: null });
-    else if (next.currentMaster !== store.currentMaster) changes.push({ store: name, from: store.currentMaster, to: next.currentMaster });
+    else if (!sameServer(store.slots.get(store.currentMaster)!, next.slots.get(next.currentMaster)!)) changes.push({ store: name, from: store.currentMaster, to: next.currentMaster });
   }
   return changes;
 }

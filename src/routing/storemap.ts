@@ -31,6 +31,14 @@ export interface Store {
   readonly backend: BackendConfig;
 }
 
+/**
+ * True when two slots are the same server: the same name, host and ports. A slot kept under its
+ * name but pointed elsewhere is another server, and its sessions are on the old one.
+ */
+export function sameServer(a: Slot, b: Slot): boolean {
+  return a.name === b.name && a.host === b.host && a.imapPort === b.imapPort && a.imapsPort === b.imapsPort && a.pop3Port === b.pop3Port && a.pop3sPort === b.pop3sPort && a.sievePort === b.sievePort;
+}
+
 /** A store map version: what every login routed after it was built uses. */
 export class StoreMap {
   constructor(

@@ -28,6 +28,7 @@ import type { SessionEntry, SessionRegistry } from '../proxy/registry.js';
 import { splice } from '../proxy/splice.js';
 import type { Splice, SpliceEndReason } from '../proxy/splice.js';
 import type { Credentials, LoginRefusal, PreauthAction, PreauthCloseReason, PreauthMachine, ProtocolAdapter } from '../protocol/types.js';
+import { sameServer } from '../routing/storemap.js';
 import type { Slot, StoreMap } from '../routing/storemap.js';
 import { Canceller, type Cancellation } from '../cancel.js';
 
@@ -472,7 +473,7 @@ export class Session {
       try {
         const backend = await this.connectBackend(slot, store.backend, user, password);
         const now = this.context.storeMap().currentMaster(storeName).slot;
-        if (now.name === slot.name) return backend;
+        if (sameServer(now, slot)) return backend;
         backend.socket.destroy();
         if (Date.now() >= deadline) throw new MailfrontError('MASTER_KEEPS_CHANGING', 'no-route', `store "${storeName}" changed its master during every login attempt`);
         this.log.warn({ event: 'session.master_changed_during_login', store: storeName, slot: slot.name, currentMaster: now.name }, 'the master changed during backend login; following it');

@@ -182,6 +182,31 @@ describe('failover by file edit and by the admin API (file store map)', () => {
     }
   });
 
+  test('a master slot pointed at another server drains its sessions like a failover, and new logins reach the new server', async () => {
+    assert.equal(await servedBy(front, 'ann'), 'I am a1');
+    const alpha = await idleSessions(front, ALPHA_USERS, 10);
+    const onA1 = establishedTo(a1.imapPort);
+    assert.ok(onA1 >= 10, `premise: the sessions are on a1's server (${onA1} connections)`);
+    const moved = storesWith('a1');
+    // Same store, same master name; its address is now a2's server.
+    const alphaSpec = moved['alpha']!;
+    const changedAt = Date.now();
+    await front.writeStores({ ...moved, alpha: { ...alphaSpec, slots: { ...alphaSpec.slots, a1: { imapPort: a2.imapPort, pop3Port: a2.pop3Port } } } });
+    try {
+      await waitAllClosed(alpha, SPREAD_MS + 5_000);
+      assert.deepEqual(alpha.filter((i) => i.closedAt === null).map((i) => i.user), [], 'every session on the old server was closed');
+      const drained = await waitForLog(front, (l) => l['event'] === 'failover.drain' && l['store'] === 'alpha' && Date.parse(String(l['time'])) >= changedAt);
+      assert.deepEqual([drained['from'], drained['to'], drained['sessions']], ['a1', 'a1', 10]);
+      assert.equal(await servedBy(front, 'ann'), 'I am a2');
+    } finally {
+      await closeAll(alpha);
+      const restoredAt = front.logs.length;
+      await front.writeStores(storesWith('a1'));
+      await waitForLog(front, (l) => l['event'] === 'storemap.loaded', 5_000, restoredAt);
+    }
+    assert.equal(await servedBy(front, 'ann'), 'I am a1');
+  });
+
   test('the admin API refuses without the token and names unknown slots', async () => {
     const { port } = front.mailfront.httpAddress()!;
     assert.equal((await fetch(`http://127.0.0.1:${port}/api/stores`)).status, 401);
