@@ -134,14 +134,22 @@ export class StoreMapHolder {
     return this.lastResult;
   }
 
-  /** Makes `slot` the current master of `store` in the source of truth, then reloads. */
-  async failover(store: string, slot: string): Promise<ReloadResult> {
-    const known = this.current.stores.get(store);
-    if (known === undefined) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${store}" is not in the store map`);
-    if (!known.slots.has(slot)) throw new MailfrontError('UNKNOWN_SLOT', 'no-route', `slot "${slot}" is not a slot of store "${store}" (slots: ${[...known.slots.keys()].join(', ')})`);
-    await this.source.setCurrentMaster(store, slot);
-    this.log.warn({ event: 'storemap.failover_written', store, from: known.currentMaster, to: slot, source: this.source.description }, 'failover written to the store map source');
-    return this.reload('failover');
+  /**
+   * Makes `slot` the current master of `store` in the source of truth, then reloads. In the
+   * reloads' queue: failovers of several stores at once are written one after the other (each
+   * read-modify-write of the file sees the one before), and each reports its own reload.
+   */
+  failover(store: string, slot: string): Promise<ReloadResult> {
+    const run = this.queue.then(async () => {
+      const known = this.current.stores.get(store);
+      if (known === undefined) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${store}" is not in the store map`);
+      if (!known.slots.has(slot)) throw new MailfrontError('UNKNOWN_SLOT', 'no-route', `slot "${slot}" is not a slot of store "${store}" (slots: ${[...known.slots.keys()].join(', ')})`);
+      await this.source.setCurrentMaster(store, slot);
+      this.log.warn({ event: 'storemap.failover_written', store, from: known.currentMaster, to: slot, source: this.source.description }, 'failover written to the store map source');
+      return this.reloadNow('failover');
+    });
+    this.queue = run.catch(() => undefined);
+    return run;
   }
 }
 

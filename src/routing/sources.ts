@@ -42,6 +42,8 @@ export class FileStoreMapSource implements StoreMapSource {
 
   /** The document load() handed out last (JSON), to see whether the file changed before the watch began. */
   private lastLoaded: string | undefined;
+  /** Failovers written so far (names their temporary files). */
+  private writes = 0;
 
   load(): Promise<unknown> {
     return Promise.resolve().then(() => {
@@ -84,7 +86,8 @@ export class FileStoreMapSource implements StoreMapSource {
     if (!doc.hasIn(['stores', store])) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${store}" is not in ${this.file}`);
     // Editing the parsed document keeps the operator's comments and layout.
     doc.setIn(['stores', store, 'current_master'], slot);
-    const temp = join(dirname(this.file), `.${basename(this.file)}.${process.pid}.tmp`);
+    // Named per write as well as per process: two writes never share a temporary file.
+    const temp = join(dirname(this.file), `.${basename(this.file)}.${process.pid}.${++this.writes}.tmp`);
     await writeFile(temp, doc.toString());
     await rename(temp, this.file);
   }

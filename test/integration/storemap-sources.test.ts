@@ -10,6 +10,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FileStoreMapSource, LdapStoreMapSource } from '../../src/routing/sources.js';
+import { StoreMapHolder } from '../../src/routing/holder.js';
+import { createLogger } from '../../src/log.js';
+import { readBackend } from '../../src/config/schema.js';
+import { IssueList } from '../../src/config/validate.js';
 import { LDAP_STORES_DN, startSlapd, tmpDir } from './servers/index.js';
 import type { Slapd } from './servers/index.js';
 
@@ -100,4 +104,24 @@ test('a closed LDAP source opens no connection any more: a load or poll after cl
   assert.match(await closing.load().then(() => 'loaded', (error: Error) => error.message), /closed/);
   await inFlight;
   assert.match(await closing.load().then(() => 'loaded', (error: Error) => error.message), /closed/);
+});
+
+test('failovers of several stores at once through the file source: each written and reported, none lost', async () => {
+  const dir = tmpDir('storemap-failovers');
+  const file = join(dir.path, 'stores.yaml');
+  const names = ['s1', 's2', 's3', 's4'];
+  writeFileSync(file, `stores:\n${names.map((n, i) => `  ${n}:\n    current_master: ${n}a\n    slots:\n      ${n}a: { host: 127.0.0.1, imap_port: ${11143 + 2 * i} }\n      ${n}b: { host: 127.0.0.1, imap_port: ${11144 + 2 * i} }\n`).join('')}`);
+  const drained: string[] = [];
+  const holder = new StoreMapHolder(new FileStoreMapSource(file, false), () => ({ backend: readBackend(undefined, 'backend', (p) => p, new IssueList()), backendProfiles: new Map() }), createLogger('silent'), { changes: (changes) => drained.push(...changes.map((c) => `${c.store}:${c.from}>${c.to}`)) });
+  try {
+    assert.equal((await holder.reload('start')).ok, true);
+    const results = await Promise.all(names.map((n) => holder.failover(n, `${n}b`)));
+    for (const [i, n] of names.entries()) assert.deepEqual(results[i]!.changes, [{ store: n, from: `${n}a`, to: `${n}b` }], `the answer to ${n}'s failover reports ${n}'s change`);
+    for (const n of names) assert.equal(holder.current.stores.get(n)!.currentMaster, `${n}b`);
+    assert.deepEqual(drained.sort(), names.map((n) => `${n}:${n}a>${n}b`));
+    const written = (await holder.source.load()) as { stores: Record<string, { current_master: string }> };
+    assert.deepEqual(names.map((n) => written.stores[n]!.current_master), names.map((n) => `${n}b`));
+  } finally {
+    await dir.remove();
+  }
 });
