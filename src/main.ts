@@ -173,6 +173,8 @@ export class Mailfront {
   private reloads: Promise<unknown> = Promise.resolve();
 
   private async reloadNow(): Promise<{ ok: boolean; error?: string; storeMap: ReloadResult }> {
+    // A stopping server binds nothing again (a SIGHUP while it drains would reopen every listener).
+    if (this.stopping) return this.refuseWhileStopping();
     const previous = this.config;
     let next: Config;
     // A changed directory section is built before anything changes: one that cannot be set up
@@ -192,26 +194,38 @@ export class Mailfront {
       this.metrics.configReloaded('failure');
       return { ok: false, error: message, storeMap: await this.holder.reload('signal') };
     }
+    if (this.stopping) {
+      void directory?.close();
+      void storeMapSource?.close();
+      return this.refuseWhileStopping();
+    }
     // In force from here: listeners read their TLS policy from it, new logins everything else.
     this.config = next;
     // A reload re-reads files: backend CA files too (certificates are re-read by the listeners).
     forgetBackendCaFiles();
     const problems: string[] = [];
+    // A listener keeps its socket when the new config has one on the same address, whatever its
+    // name now (a renamed listener must not be stopped as removed); the others are bound anew,
+    // and those the new config no longer has stop accepting.
+    const before = this.listeners.filter((l) => l.listening);
+    const kept = new Set<Listener>();
     for (const listenerConfig of next.listeners) {
-      const current = this.listeners.find((l) => l.config.name === listenerConfig.name && l.listening);
+      const current = before.find((l) => !kept.has(l) && !needsRebind(l.config, listenerConfig));
       try {
-        if (current === undefined) await this.addListener(listenerConfig);
-        else if (needsRebind(current.config, listenerConfig)) {
-          await this.addListener(listenerConfig);
-          await current.stopAccepting();
-        } else current.reconfigure(listenerConfig);
+        if (current !== undefined) {
+          kept.add(current);
+          current.reconfigure(listenerConfig);
+          continue;
+        }
+        // Its address taken by a listener whose protocol or TLS mode changed: that one stops first.
+        const occupying = before.find((l) => !kept.has(l) && l.config.host === listenerConfig.host && l.config.port === listenerConfig.port);
+        await occupying?.stopAccepting();
+        await this.addListener(listenerConfig);
       } catch (error) {
         problems.push(error instanceof Error ? error.message : String(error));
       }
     }
-    for (const listener of this.listeners) {
-      if (listener.listening && !next.listeners.some((l) => l.name === listener.config.name)) await listener.stopAccepting();
-    }
+    for (const listener of before) if (!kept.has(listener)) await listener.stopAccepting();
     if (directory !== undefined) {
       const replaced = this.directory;
       this.directory = directory;
@@ -240,6 +254,12 @@ export class Mailfront {
     this.metrics.configReloaded(problems.length === 0 ? 'success' : 'failure');
     this.log.info({ event: 'config.reloaded', file: next.file, listeners: next.listeners.length }, 'config reloaded');
     return { ok: problems.length === 0, ...(problems.length > 0 ? { error: problems.join('; ') } : {}), storeMap: await this.holder.reload('signal') };
+  }
+
+  private refuseWhileStopping(): { ok: false; error: string; storeMap: ReloadResult } {
+    const error = 'the server is stopping';
+    this.log.warn({ event: 'config.reload_refused', err: error }, 'config reload refused: the server is stopping');
+    return { ok: false, error, storeMap: this.holder.last ?? { ok: false, version: 0, changes: [], error } };
   }
 
   /** The HTTP address of metrics, health and the admin API, when it listens. */
@@ -329,6 +349,8 @@ export class Mailfront {
   async stop(drainMs = this.config.shutdown.drainTimeoutMs): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    // A reload under way finishes first (it may be binding a listener); later ones are refused.
+    await this.reloads;
     this.log.info({ event: 'server.stopping', sessions: this.registry.size, drainMs }, 'stopping');
     this.stopWatching();
     this.health.stop();

@@ -226,6 +226,7 @@ function readListeners(v: unknown, resolvePath: (p: string) => string, issues: I
     return [];
   }
   const seen = new Map<string, string>();
+  const seenNames = new Map<string, string>();
   return v.map((item, i) => {
     const path = at('listeners', i);
     const o = readSection(item, path, ['name', 'protocol', 'host', 'port', 'tls', 'plaintext_without_tls', 'certificate', 'proxy_protocol'], issues) ?? {};
@@ -240,6 +241,10 @@ function readListeners(v: unknown, resolvePath: (p: string) => string, issues: I
     const earlier = seen.get(endpoint);
     if (earlier !== undefined) issues.add(at(path, 'port'), `an address and port no other listener uses (${earlier} has it)`, endpoint);
     seen.set(endpoint, path);
+    // A reload matches listeners by name as well as by address: two of one name cannot be told apart.
+    const named = seenNames.get(name);
+    if (named !== undefined) issues.add(at(path, 'name'), `a name no other listener has (${named} has it${o['name'] === undefined ? '; the default name is <protocol>-<port>, so listeners on one port need names of their own' : ''})`, name);
+    seenNames.set(name, path);
     let certificate: TlsFiles | undefined;
     if (o['certificate'] !== undefined) {
       const c = readSection(o['certificate'], at(path, 'certificate'), ['cert', 'key'], issues) ?? {};

@@ -376,3 +376,67 @@ test('the admin API answers a path with a broken percent-escape with 400, after 
   assert.equal(answer.status, 400);
   assert.equal(((await answer.json()) as { code: string }).code, 'ADMIN_BAD_REQUEST');
 });
+
+test('a reload that renames a listener keeps its socket and its sessions; one that changes its TLS mode on the same port binds it anew', async () => {
+  const original = readFileSync(front.configFile, 'utf8');
+  const write = (change: (listeners: Array<Record<string, unknown>>) => void): void => {
+    const config = parse(original) as Record<string, unknown>;
+    change(config['listeners'] as Array<Record<string, unknown>>);
+    writeFileSync(front.configFile, stringify(config));
+  };
+  const spliced = await LineClient.connect(front.imapTrustedPort);
+  try {
+    await spliced.readLine();
+    spliced.send(`s LOGIN liz ${PASSWORD}`);
+    assert.match(await spliced.readLine(), /^s OK/);
+    write((listeners) => {
+      listeners.find((l) => l['name'] === 'imap-webmail')!['name'] = 'imap-webmail-renamed';
+    });
+    const renamed = await front.mailfront.reload();
+    assert.equal(renamed.ok, true, renamed.error);
+    assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /, 'the renamed listener still accepts');
+    spliced.send('s2 NOOP');
+    assert.match(await spliced.readLine(), /^s2 OK/, 'the session on it goes on');
+
+    // The same port, plaintext allowed no more and STARTTLS offered: a listener of another kind.
+    write((listeners) => {
+      const webmail = listeners.find((l) => l['name'] === 'imap-webmail')!;
+      webmail['tls'] = 'starttls';
+      webmail['plaintext_without_tls'] = false;
+      webmail['certificate'] = listeners.find((l) => l['name'] === 'imap')!['certificate'];
+    });
+    const rebound = await front.mailfront.reload();
+    assert.equal(rebound.ok, true, rebound.error);
+    assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a NO \[PRIVACYREQUIRED\]/, 'the port is served by the new listener');
+    spliced.send('s3 NOOP');
+    assert.match(await spliced.readLine(), /^s3 OK/, 'the session accepted by the old listener goes on');
+  } finally {
+    spliced.close();
+    writeFileSync(front.configFile, original);
+    const restored = await front.mailfront.reload();
+    assert.equal(restored.ok, true, restored.error);
+  }
+  assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /);
+});
+
+test('a reload while the server stops is refused and binds nothing', async () => {
+  const stopping = await startFront({ slapd, stores: { alpha: { currentMaster: 'm', slots: { m: { imapPort: master.imapPort } } } } });
+  const spliced = await LineClient.connect(stopping.imapTrustedPort);
+  let stopped: Promise<void> | undefined;
+  try {
+    await spliced.readLine();
+    spliced.send(`s LOGIN liz ${PASSWORD}`);
+    assert.match(await spliced.readLine(), /^s OK/);
+    // The spliced session keeps the stop draining (up to drain_timeout_ms) while the reload comes.
+    stopped = stopping.mailfront.stop(5_000);
+    await waitForLog(stopping, (l) => l['event'] === 'server.stopping', 5_000);
+    const reload = await stopping.mailfront.reload();
+    assert.equal(reload.ok, false);
+    assert.match(reload.error ?? '', /stopping/);
+    await assert.rejects(LineClient.connect(stopping.imapTrustedPort), /ECONNREFUSED/, 'no listener was bound again');
+  } finally {
+    spliced.close();
+    await stopped;
+    await stopping.stop();
+  }
+});

@@ -99,6 +99,14 @@ session: { preauth_timeout_ms: -5 }
   assert.match(error.message, /directory\.search_connections: expected an integer from 1 to 64, found number 0/);
 });
 
+test('listener names are unique: two listeners on one port of two addresses need names of their own', () => {
+  const twoHomes = GOOD.replace('  - { protocol: imap, host: 127.0.0.1, port: 1143, tls: none }', '  - { protocol: imap, host: 127.0.0.1, port: 1143, tls: none }\n  - { protocol: imap, host: 127.0.0.2, port: 1143, tls: none }');
+  const dir = writeTemp({ 'mf.yaml': twoHomes, 'named.yaml': twoHomes.replace('host: 127.0.0.2,', 'name: imap-second, host: 127.0.0.2,'), 'ldap.secret': 's3cret\n' });
+  const error = configErrorOf(() => loadConfig(join(dir, 'mf.yaml')));
+  assert.match(error.message, /listeners\[1\]\.name: expected a name no other listener has \(listeners\[0\] has it; the default name is <protocol>-<port>, so listeners on one port need names of their own\), found "imap-1143"/);
+  assert.deepEqual(loadConfig(join(dir, 'named.yaml')).listeners.map((l) => l.name), ['imap-1143', 'imap-second']);
+});
+
 test('a secret of the wrong type is reported by its path and kind, never its value', () => {
   const dir = writeTemp({
     'secrets.yaml': `
