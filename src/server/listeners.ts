@@ -80,7 +80,8 @@ export class Listener {
     this.listenerConfig = withCertificate(next, loaded);
     if (next.certificate === undefined) this.tls = undefined;
     else if (this.tls === undefined || next.certificate.cert !== loaded?.cert || next.certificate.key !== loaded.key) {
-      this.tls = new TlsContextHolder(next.certificate, policy);
+      // Other files in place of a working certificate: an expired one is refused, as on a re-read.
+      this.tls = new TlsContextHolder(next.certificate, policy, Date.now, this.tls !== undefined);
     } else {
       const result = this.tls.reload(policy);
       if (!result.ok) throw result.error;

@@ -85,13 +85,18 @@ interface Loaded {
 export class TlsContextHolder {
   private loaded: Loaded;
 
-  /** Loads the files now; throws a MailfrontError of kind `config` naming the files when they cannot be used. */
+  /**
+   * Loads the files now; throws a MailfrontError of kind `config` naming the files when they
+   * cannot be used. `replacing`: these files take over from a working certificate (a reload that
+   * names other files), so, as in reload(), one that has expired or is not valid yet is refused.
+   */
   constructor(
     private readonly files: TlsFiles,
     private policy: TlsPolicy = TLS_POLICY_DEFAULTS,
     private readonly now: () => number = Date.now,
+    replacing = false,
   ) {
-    this.loaded = this.load(policy, false);
+    this.loaded = this.load(policy, replacing);
   }
 
   /** The context for new TLS sessions (STARTTLS: `new TLSSocket(socket, { secureContext })`). */

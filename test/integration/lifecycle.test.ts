@@ -440,3 +440,31 @@ test('a reload while the server stops is refused and binds nothing', async () =>
     await stopping.stop();
   }
 });
+
+test('a reload that names other certificate files refuses an expired certificate, and the working one stays', async () => {
+  const dir = tmpDir('expiredcert');
+  const original = readFileSync(front.configFile, 'utf8');
+  try {
+    // A CA signs a certificate valid for one day of 2020 (openssl ca takes the dates as given).
+    const file = (name: string): string => join(dir.path, name);
+    await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', file('ca.key'), '-out', file('ca.pem'), '-days', '2', '-subj', '/CN=expired-test-ca']);
+    await run('openssl', ['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', file('key.pem'), '-out', file('req.csr'), '-subj', '/CN=localhost']);
+    writeFileSync(file('index.txt'), '');
+    writeFileSync(file('serial'), '01\n');
+    writeFileSync(file('ca.cnf'), `[ca]\ndefault_ca = d\n[d]\ndatabase = ${file('index.txt')}\nserial = ${file('serial')}\nnew_certs_dir = ${dir.path}\ndefault_md = sha256\npolicy = p\n[p]\ncommonName = supplied\n`);
+    await run('openssl', ['ca', '-batch', '-config', file('ca.cnf'), '-cert', file('ca.pem'), '-keyfile', file('ca.key'), '-in', file('req.csr'), '-out', file('cert.pem'), '-startdate', '20200101000000Z', '-enddate', '20200102000000Z']);
+    const before = await servedFingerprint(front.imapsPort);
+    const config = parse(original) as Record<string, unknown>;
+    (config['listeners'] as Array<Record<string, unknown>>).find((l) => l['name'] === 'imaps')!['certificate'] = { cert: file('cert.pem'), key: file('key.pem') };
+    writeFileSync(front.configFile, stringify(config));
+    const refused = await front.mailfront.reload();
+    assert.equal(refused.ok, false);
+    assert.match(refused.error ?? '', /expired/);
+    assert.equal(await servedFingerprint(front.imapsPort), before, 'the working certificate is still served');
+  } finally {
+    writeFileSync(front.configFile, original);
+    const restored = await front.mailfront.reload();
+    assert.equal(restored.ok, true, restored.error);
+    await dir.remove();
+  }
+});
