@@ -36,7 +36,7 @@ Commands:
   failover STORE SLOT   make SLOT the current master of STORE (written to the store map source)
   sessions              list spliced sessions (--user, --store, --slot filter)
   kick USER             close USER's sessions, forget USER's cached logins (or --slot SLOT)
-  reload                re-read the store map now (as SIGHUP does)
+  reload                re-read the store map now (SIGHUP re-reads the config too)
 
 'mailfront <command> --help' describes one command.
 ${COMMON}

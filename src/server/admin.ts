@@ -183,6 +183,8 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
   if (method === 'GET' && resource === 'sessions') {
     const user = url.searchParams.get('user');
     const normalised = user === null ? null : normalizeUser(user, context.usernames());
+    // A name that is no user is the caller's mistake, not "no filter": listing everyone would mislead.
+    if (user !== null && normalised === null) throw new MailfrontError('INVALID_USERNAME', 'client-protocol', 'not a valid user name');
     const store = url.searchParams.get('store');
     const slot = url.searchParams.get('slot');
     const sessions = context.registry.all().filter((s) => (normalised === null || s.user === normalised) && (store === null || s.store === store) && (slot === null || s.slot === slot));

@@ -314,6 +314,10 @@ test('mailfront_proxied_bytes_total follows a spliced session while it lasts, co
     assert.equal(open.down - initial.down, received, 'the bytes received so far are counted while the session is open');
     const listed = (await (await fetch(`http://127.0.0.1:${port}/api/sessions?user=liz`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json()) as { sessions: Array<{ bytesFromClient: number; bytesToClient: number }> };
     assert.deepEqual(listed.sessions.map((s) => [s.bytesFromClient, s.bytesToClient]), [['s1 SELECT INBOX\r\n'.length, received]]);
+    // A name that is no user is refused, not taken for "every session".
+    const invalid = await fetch(`http://127.0.0.1:${port}/api/sessions?user=%20`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    assert.equal(invalid.status, 400);
+    assert.equal(((await invalid.json()) as { code: string }).code, 'INVALID_USERNAME');
     await command(raw, 's2', 'NOOP');
     raw.send('s3 LOGOUT');
     assert.ok(await raw.waitClosed(5_000));
