@@ -113,7 +113,7 @@ export class Mailfront {
     try {
       const first = await mailfront.holder.reload('start');
       if (!first.ok) throw new MailfrontError('STOREMAP_UNUSABLE', 'config', `cannot start without a store map: ${first.error ?? 'unknown error'}`);
-      mailfront.stopWatching = mailfront.holder.source.watch(() => void mailfront.holder.reload('change'));
+      mailfront.stopWatching = mailfront.holder.source.watch(() => void mailfront.holder.reload('change'), mailfront.onSourceHealth);
       for (const listenerConfig of config.listeners) await mailfront.addListener(listenerConfig);
       const http = options.http ?? config.http;
       if (http) await mailfront.startHttp(http);
@@ -237,7 +237,7 @@ export class Mailfront {
       const replaced = await this.holder.replaceSource(storeMapSource);
       void replaced.close();
       // stop() may have run meanwhile: it closed the holder's source; nothing is to be watched.
-      if (!this.stopping) this.stopWatching = storeMapSource.watch(() => void this.holder.reload('change'));
+      if (!this.stopping) this.stopWatching = storeMapSource.watch(() => void this.holder.reload('change'), this.onSourceHealth);
       this.log.info({ event: 'storemap.source_changed', source: storeMapSource.description }, 'store map source changed');
     }
     this.health.setTiming(next.health.intervalMs, next.health.timeoutMs);
@@ -255,6 +255,25 @@ export class Mailfront {
     this.log.info({ event: 'config.reloaded', file: next.file, listeners: next.listeners.length }, 'config reloaded');
     return { ok: problems.length === 0, ...(problems.length > 0 ? { error: problems.join('; ') } : {}), storeMap: await this.holder.reload('signal') };
   }
+
+  /** The store-map source's health was last reported as failing (logged once per outage). */
+  private sourceFailing = false;
+
+  /**
+   * Makes the store-map source's health visible: a metric always, a log line when it starts
+   * failing and when it recovers (an LDAP poll runs every few seconds; one line per outage).
+   */
+  private readonly onSourceHealth = (error: Error | null): void => {
+    this.metrics.storeMapSourceHealth(error === null);
+    const source = this.holder.source.description;
+    if (error !== null && !this.sourceFailing) {
+      this.sourceFailing = true;
+      this.log.error({ event: 'storemap.source_failed', source, err: error.message }, 'the store-map source cannot be read or watched; the map in force stays');
+    } else if (error === null && this.sourceFailing) {
+      this.sourceFailing = false;
+      this.log.info({ event: 'storemap.source_recovered', source }, 'the store-map source can be read again');
+    }
+  };
 
   private refuseWhileStopping(): { ok: false; error: string; storeMap: ReloadResult } {
     const error = 'the server is stopping';

@@ -211,6 +211,10 @@ export class Metrics {
   private readonly storeMapLastLoadTimestamp: Gauge;
   /** Store-map loads (start-up and reloads), by result. */
   private readonly storeMapLoadsTotal: Counter<'result'>;
+  /** 1 while the store-map source can be read and watched (every LDAP poll says), 0 while it cannot. */
+  private readonly storeMapSourceUp: Gauge;
+  /** Unix time of the last good look at the store-map source (an LDAP poll, or the start of a file watch). */
+  private readonly storeMapSourceLastSuccess: Gauge;
   /** 1 for the slot that is its store's current master, 0 for the others. */
   private readonly slotCurrentMaster: Gauge<'store' | 'slot'>;
   /** 1 when a store's current master is not its preferred master. */
@@ -269,6 +273,8 @@ export class Metrics {
     this.storeMapLastLoadSuccess = gauge('mailfront_store_map_last_load_success', '1 if the last store-map load succeeded, 0 if it was rejected.', []);
     this.storeMapLastLoadTimestamp = gauge('mailfront_store_map_last_load_timestamp_seconds', 'Unix time of the last store-map load attempt.', []);
     this.storeMapLoadsTotal = counter('mailfront_store_map_loads_total', 'Store-map loads (start-up and reloads), by result.', ['result']);
+    this.storeMapSourceUp = gauge('mailfront_store_map_source_up', '1 while the store-map source can be read and watched, 0 while it cannot (the map in force stays).', []);
+    this.storeMapSourceLastSuccess = gauge('mailfront_store_map_source_last_success_timestamp_seconds', 'Unix time of the last good look at the store-map source (each LDAP poll; the start of a file watch).', []);
     this.slotCurrentMaster = gauge('mailfront_slot_current_master', '1 for the slot that is its store\'s current master, 0 for the others.', ['store', 'slot']);
     this.storeBackwards = gauge('mailfront_store_backwards', '1 when a store\'s current master is not its preferred master.', ['store']);
     this.slotUp = gauge('mailfront_slot_up', '1 when the last health check of a slot succeeded, 0 when it failed.', ['store', 'slot']);
@@ -391,6 +397,12 @@ export class Metrics {
         this.slotUpSeries.delete(key);
       }
     }
+  }
+
+  /** Whether the store-map source could be read or watched just now. */
+  storeMapSourceHealth(up: boolean): void {
+    this.storeMapSourceUp.set(up ? 1 : 0);
+    if (up) this.storeMapSourceLastSuccess.set(Date.now() / 1000);
   }
 
   /** A store-map load was rejected; the previous map stays in force. */

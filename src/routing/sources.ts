@@ -23,8 +23,13 @@ export interface StoreMapSource {
   readonly description: string;
   /** Reads the current document. */
   load(): Promise<unknown>;
-  /** Calls `onChange` whenever the source may have changed (debounced); returns a stop function. */
-  watch(onChange: () => void): () => void;
+  /**
+   * Calls `onChange` whenever the source may have changed (debounced); returns a stop function.
+   * `onHealth` hears whether the source can be watched and read: null after each good look (an
+   * LDAP poll), the error when it cannot be (an unreachable LDAP server, a file that cannot be
+   * watched). The map in force stays either way; the caller makes it visible.
+   */
+  watch(onChange: () => void, onHealth?: (error: Error | null) => void): () => void;
   /** Writes a new current master for `store` into the source of truth. */
   setCurrentMaster(store: string, slot: string): Promise<void>;
   close(): Promise<void>;
@@ -53,7 +58,7 @@ export class FileStoreMapSource implements StoreMapSource {
     });
   }
 
-  watch(onChange: () => void): () => void {
+  watch(onChange: () => void, onHealth?: (error: Error | null) => void): () => void {
     if (!this.watchEnabled) return () => undefined;
     let timer: NodeJS.Timeout | undefined;
     let watcher: FSWatcher | undefined;
@@ -64,10 +69,14 @@ export class FileStoreMapSource implements StoreMapSource {
         // Editors write in several steps; read once they are done.
         timer = setTimeout(onChange, 100);
       });
-      watcher.on('error', () => undefined);
-    } catch {
+      // The watch has ended (its folder removed, say): edits are not seen until the next reload.
+      watcher.on('error', (error) => onHealth?.(new Error(`${this.file} is no longer watched: ${error.message}`)));
+    } catch (error) {
+      // No inotify watch left, say: the file is read on SIGHUP and `mailfront reload` only.
+      onHealth?.(new Error(`${this.file} cannot be watched: ${error instanceof Error ? error.message : String(error)}`));
       return () => undefined;
     }
+    onHealth?.(null);
     // An edit between the last load and the watcher's start raised no event: look once now.
     try {
       if (this.lastLoaded !== undefined && JSON.stringify(readStoreMapFile(this.file)) !== this.lastLoaded) onChange();
@@ -217,7 +226,7 @@ export class LdapStoreMapSource implements StoreMapSource {
     }
   }
 
-  watch(onChange: () => void): () => void {
+  watch(onChange: () => void, onHealth?: (error: Error | null) => void): () => void {
     // Polling keeps every instance of a fleet within one interval of the replicated truth; only
     // a document that differs from the one last loaded is reported, so an unchanged poll builds
     // no new version. The holder's reload loads it (and so moves lastFingerprint on); a reload
@@ -227,9 +236,11 @@ export class LdapStoreMapSource implements StoreMapSource {
     const poll = async (): Promise<void> => {
       try {
         const fingerprint = JSON.stringify(await this.search());
+        if (!stopped) onHealth?.(null);
         if (!stopped && fingerprint !== this.lastFingerprint) onChange();
-      } catch {
-        // Unreachable LDAP: the last good map stays in force; the holder logs on the next change.
+      } catch (error) {
+        // Unreachable LDAP: the last good map stays in force.
+        if (!stopped) onHealth?.(error instanceof Error ? error : new Error(String(error)));
       }
       if (!stopped) timer = setTimeout(() => void poll(), this.config.pollIntervalMs);
     };

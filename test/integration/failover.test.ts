@@ -393,6 +393,28 @@ describe('failover by LDAP modify (store entries in the directory)', () => {
     const { stdout } = await run('ldapsearch', ['-x', '-LLL', '-H', slapd.url, '-D', slapd.rootDn, '-w', slapd.rootPassword, '-b', `cn=alpha,${LDAP_STORES_DN}`, '-s', 'base', 'mailfrontCurrentMaster']);
     assert.match(stdout, /mailfrontCurrentMaster: a1/);
   });
+
+  test('an unreachable store-map directory is logged once and shown in metrics; the map in force stays; its return is logged too', async () => {
+    const { port } = front.mailfront.httpAddress()!;
+    const gauge = async (name: string): Promise<number> => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text())?.[1]);
+    assert.equal(await gauge('mailfront_store_map_source_up'), 1);
+    const seenAt = await gauge('mailfront_store_map_source_last_success_timestamp_seconds');
+    assert.ok(Date.now() / 1000 - seenAt < 5, 'each poll is a good look');
+    const mark = front.logs.length;
+    await slapd.stopOnly();
+    try {
+      await waitForLog(front, (l) => l['event'] === 'storemap.source_failed', 5_000, mark);
+      assert.equal(await gauge('mailfront_store_map_source_up'), 0);
+      // Many polls fail meanwhile (100 ms apart): one line for the outage.
+      await new Promise((r) => setTimeout(r, 600));
+      assert.equal(front.logs.slice(mark).filter((l) => l['event'] === 'storemap.source_failed').length, 1);
+      assert.equal(front.mailfront.currentStoreMap().stores.get('alpha')?.currentMaster, 'a1', 'the map in force stays');
+    } finally {
+      await slapd.startAgain();
+    }
+    await waitForLog(front, (l) => l['event'] === 'storemap.source_recovered', 10_000, mark);
+    assert.equal(await gauge('mailfront_store_map_source_up'), 1);
+  });
 });
 
 describe('kicking a user with the caches on (a password changed after a compromise)', () => {

@@ -41,6 +41,7 @@ function exerciseEveryHelper(metrics: Metrics): void {
   record('splicedTraffic', () => metrics.splicedTraffic({ traffic: { bytesFromClient: 10, bytesToClient: 900 }, reportedFromClient: 4, reportedToClient: 0 }));
   record('storeMapLoaded', () => metrics.storeMapLoaded(7, new Map([['store1', { currentMaster: 'slot101', preferredMaster: 'slot101', slots: new Map([['slot101', {}], ['slot102', {}]]) }]])));
   record('storeMapRejected', () => metrics.storeMapRejected());
+  record('storeMapSourceHealth', () => metrics.storeMapSourceHealth(true));
   record('slotHealth', () => metrics.slotHealth('store1', 'slot102', false));
   record('failover', () => metrics.failover('store1'));
   record('throttleRedis', () => metrics.throttleRedis(false));
