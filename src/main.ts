@@ -152,7 +152,7 @@ export class Mailfront {
     return this.holder.current;
   }
 
-  /** Re-reads the store map (admin API, tests); a broken one leaves the last good map in force. */
+  /** Re-reads the store map only (tests); a broken one leaves the last good map in force. */
   reloadStoreMap(trigger = 'signal'): Promise<ReloadResult> {
     return this.holder.reload(trigger);
   }
@@ -313,7 +313,7 @@ export class Mailfront {
       directory: () => this.directory,
       usernames: () => this.config.usernames,
       log: this.log,
-      reload: () => this.reloadStoreMap('api'),
+      reload: () => this.reload(),
     });
     http.route('*', '/api', async (req, res) => {
       if (!(await admin(req, res))) {

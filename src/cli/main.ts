@@ -36,7 +36,7 @@ Commands:
   failover STORE SLOT   make SLOT the current master of STORE (written to the store map source)
   sessions              list spliced sessions (--user, --store, --slot filter)
   kick USER             close USER's sessions, forget USER's cached logins (or --slot SLOT)
-  reload                re-read the store map now (SIGHUP re-reads the config too)
+  reload                re-read the config and the store map now (as SIGHUP does)
 
 'mailfront <command> --help' describes one command.
 ${COMMON}
@@ -88,7 +88,8 @@ ${REMOTE}
 `,
   reload: `Usage: mailfront reload [-c FILE]
 
-Re-reads the store map now; a broken one is rejected and the last good one stays in force.
+Re-reads the config file and the store map now, as SIGHUP does, without dropping a session. A
+broken config or store map is rejected and the one in force stays; the exit status is 1 then.
 ${REMOTE}
 `,
 };
@@ -281,7 +282,10 @@ async function main(argv: string[]): Promise<number> {
     case 'reload': {
       const json = await call(await remoteFrom(values), 'POST', '/api/reload');
       if (values.json) return printJson(json), 0;
-      out(json['ok'] ? `store map version ${String(json['version'])} in force\n` : `rejected: ${String(json['error'])}; version ${String(json['version'])} stays in force\n`);
+      const config = json['config'] as { ok: boolean; error?: string };
+      const storeMap = json['storeMap'] as { ok: boolean; version: number; error?: string };
+      out(config.ok ? 'config reloaded\n' : `config: ${String(config.error)}\n`);
+      out(storeMap.ok ? `store map version ${storeMap.version} in force\n` : `store map rejected: ${String(storeMap.error)}; version ${storeMap.version} stays in force\n`);
       return json['ok'] ? 0 : 1;
     }
     default:

@@ -25,8 +25,8 @@ export interface AdminContext {
   readonly directory: () => Directory;
   readonly usernames: () => UsernameConfig;
   readonly log: Logger;
-  /** Re-reads the store map now (`mailfront reload`); the config file is re-read only on SIGHUP. */
-  readonly reload: () => Promise<ReloadResult>;
+  /** Re-reads the config file and the store map now, as SIGHUP does (`mailfront reload`). */
+  readonly reload: () => Promise<{ readonly ok: boolean; readonly error?: string; readonly storeMap: ReloadResult }>;
 }
 
 /** Largest request body accepted (a failover or kick request is a few dozen bytes). */
@@ -238,7 +238,8 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
     return send(res, 200, { kicked: sessions.map(sessionView), ...(forgotten !== undefined ? { forgotten } : {}) });
   }
   if (method === 'POST' && resource === 'reload') {
-    return send(res, 200, await context.reload());
+    const { ok, error, storeMap } = await context.reload();
+    return send(res, 200, { ok: ok && storeMap.ok, config: { ok, ...(error !== undefined ? { error } : {}) }, storeMap });
   }
   send(res, 404, { error: `no such endpoint: ${method} ${url.pathname}` });
 }

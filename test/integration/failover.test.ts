@@ -238,7 +238,9 @@ describe('failover by file edit and by the admin API (file store map)', () => {
     }
     assert.match(await cli('failover', 'alpha', 'a2'), /current master is now a2/);
     assert.match(await cli('stores'), /backwards stores .*: alpha/);
-    assert.match(await cli('reload'), /in force/);
+    const reloadMark = front.logs.length;
+    assert.match(await cli('reload'), /^config reloaded\nstore map version \d+ in force$/m);
+    await waitForLog(front, (l) => l['event'] === 'config.reloaded', 5_000, reloadMark);
     await cli('failover', 'alpha', 'a1');
   });
 
