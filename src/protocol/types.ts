@@ -84,7 +84,10 @@ export interface PreauthMachine {
   loginSucceeded(backendCapabilities: string | null): LoginSuccess;
   /** The login was refused; `text` is a human sentence (never a secret). Resumes processing buffered input. */
   loginFailed(refusal: LoginRefusal, text?: string): PreauthAction[];
-  /** The pre-auth deadline passed: a BYE/-ERR and a close. */
+  /**
+   * The pre-auth deadline passed: a BYE/-ERR and a close; a login under way is answered as
+   * unavailable first, and nothing buffered behind it is run.
+   */
   timedOut(): PreauthAction[];
   /** The server is shutting down: a BYE/-ERR and a close. */
   shuttingDown(): PreauthAction[];

@@ -155,6 +155,8 @@ export class Session {
   private preauthBytesRead = 0;
   private preauthBytesWritten = 0;
   private preauthTimer: NodeJS.Timeout | undefined;
+  /** The pre-auth deadline cut a login short: the timeout answer ends the session. */
+  private loginTimedOut = false;
   private tlsActive: boolean;
   private user: string | undefined;
   private mechanism: string | undefined;
@@ -220,10 +222,12 @@ export class Session {
     this.log.debug({ event: 'session.started', protocol: adapter.name, listener: listener.name, client: this.clientAddress, clientPort: this.clientPort, ...(endpoints.header?.kind === 'proxied' ? { via: endpoints.peer.address } : {}), tls: tlsActive }, 'session started');
     // preauth_timeout_ms runs from accept to a successful login, the PROXY header and an
     // implicit-TLS handshake included; a login in progress is no way around it. Such a login is
-    // abandoned and answered as unavailable (its catch runs in the microtasks the abort starts),
-    // then the session ends with the protocol's timeout answer.
+    // abandoned (its catch runs in the microtasks the abort starts); on the next turn the
+    // machine's timeout answer answers it as unavailable and ends the session, without running
+    // what the client pipelined behind it.
     this.preauthTimer = setTimeout(() => {
       if (this.phase === 'authenticating' || this.phase === 'backend-login') {
+        this.loginTimedOut = true;
         this.canceller?.abort();
         setImmediate(() => this.perform(this.machine.timedOut()));
       } else if (this.phase === 'preauth' || this.phase === 'greeting') {
@@ -436,6 +440,13 @@ export class Session {
       const error = asMailfrontError(caught);
       this.lease.releaseUser();
       if (this.phase === 'closing') return;
+      if (this.loginTimedOut) {
+        // Cut short by the deadline: the timer's answer follows (the login's refusal, then the
+        // timeout), and nothing the client pipelined behind the login is run, as the refusal below would.
+        this.context.metrics.loginResult(this.adapter.name, error.kind);
+        this.log.error({ event: 'session.login_failed', user: user ?? undefined, store: this.store, code: error.code, kind: error.kind, reason: `the pre-auth deadline passed: ${error.message}` }, 'login could not be completed');
+        return;
+      }
       if (error.kind === 'aborted' && (this.socket.destroyed || this.phase !== 'authenticating' && this.phase !== 'backend-login')) return;
       this.setPhase('preauth');
       this.slot = undefined;

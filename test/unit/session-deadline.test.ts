@@ -11,6 +11,7 @@ import { ConnectionLimiter } from '../../src/server/connection-limits.js';
 import { SessionRegistry } from '../../src/proxy/registry.js';
 import { CidrSet } from '../../src/net/cidr.js';
 import { createLogger } from '../../src/log.js';
+import { MailfrontError } from '../../src/errors.js';
 import type { Config, ListenerConfig } from '../../src/config/schema.js';
 import type { Socket } from 'node:net';
 
@@ -75,4 +76,54 @@ test('a deadline that passes while the throttle answers ends the session; the lo
   assert.match(socket.out, /\* BYE Autologout[^\n]*\r\n$/);
   assert.deepEqual(steps, ['throttle answered'], 'neither the directory nor the store map was asked after the deadline');
   assert.doesNotMatch(await (await metrics.exposition()).body, /mailfront_logins_total\{protocol="imap",result="(?!success)[^"]*"\} [1-9]/);
+});
+
+test('a deadline that cuts a login short at the directory: the login answered as unavailable, the timeout answer, and nothing pipelined behind the login is run', async () => {
+  const steps: string[] = [];
+  const config = {
+    session: { greeting: 'hi', preauthTimeoutMs: 100, authFailureDelayMs: 0, idleTimeoutMs: 60_000 },
+    usernames: { lowercase: true },
+    connectionLimits: { maxSessionsPerUser: 10 },
+    failover: { holdMs: 0 },
+  } as unknown as Config;
+  const limiter = new ConnectionLimiter({ maxConnections: 100, maxConnectionsPerAddress: 100, maxSessionsPerUser: 10 });
+  const admission = limiter.admit('192.0.2.1', false);
+  assert.ok(admission.admitted);
+  let ended = '';
+  const context = {
+    config: () => config,
+    storeMap: () => {
+      throw new Error('no store map in this test');
+    },
+    // A directory that does not answer, and gives up when the login is cancelled (as LDAP does).
+    directory: () => ({
+      authenticate: (user: string, _password: string, signal: { addEventListener(type: 'abort', listener: () => void): void }) => {
+        steps.push(`directory ${user}`);
+        return new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(new MailfrontError('ABORTED', 'aborted', 'cancelled'))));
+      },
+    }),
+    metrics: new Metrics({ version: 'test', processMetrics: false, protocols: ['imap'] }),
+    trustedNetworks: () => new CidrSet([]),
+    throttle: () => ({ check: async () => ({ refused: false, refusedForMs: 0 }), recordSuccess: async () => undefined, recordFailure: async () => ({ delayMs: 0 }) }),
+    limiter,
+    registry: new SessionRegistry(),
+    log: createLogger('silent'),
+    secureContext: () => undefined,
+    onEnd: (reason: string) => {
+      ended = reason;
+    },
+  } as unknown as SessionContext;
+  const socket = new FakeSocket();
+  const endpoints = { client: { address: '192.0.2.1', port: 1234 }, peer: { address: '192.0.2.1', port: 1234 }, local: { address: '127.0.0.1', port: 143 } };
+  const listener = { name: 'imap', tls: 'none', plaintextWithoutTls: true } as unknown as ListenerConfig;
+  new Session(socket as unknown as Socket, listener, imapAdapter, context, false, endpoints, admission.lease);
+  setTimeout(() => socket.push('a LOGIN bob secret-pw\r\nb LOGIN carl other-pw\r\nc LOGOUT\r\n'), 20);
+  await new Promise((resolve) => setTimeout(resolve, 400));
+  assert.equal(ended, 'timeout');
+  const lines = socket.out.split('\r\n').filter((l) => l !== '');
+  assert.equal(lines.length, 3, `the greeting, the login's answer and the timeout answer only: ${JSON.stringify(lines)}`);
+  assert.match(lines[1]!, /^a NO \[UNAVAILABLE\] /);
+  assert.match(lines[2]!, /^\* BYE Autologout/);
+  assert.deepEqual(steps, ['directory bob']);
+  assert.equal(limiter.sessionsOf('bob'), 0, 'the user claim is released');
 });

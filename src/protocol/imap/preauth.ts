@@ -147,7 +147,10 @@ export class ImapPreauthMachine implements PreauthMachine {
 
   timedOut(): PreauthAction[] {
     if (this.phase === 'closed' || this.phase === 'logged-in') return [];
-    return this.close([], '* BYE Autologout; idle for too long\r\n', 'timeout');
+    const out: PreauthAction[] = [];
+    // A login still under way is answered first; what the client pipelined behind it is not run.
+    if (this.phase === 'login-pending') push(out, `${this.loginTag} NO [UNAVAILABLE] Temporary failure, please try again later.\r\n`);
+    return this.close(out, '* BYE Autologout; idle for too long\r\n', 'timeout');
   }
 
   shuttingDown(): PreauthAction[] {

@@ -149,7 +149,10 @@ export class ManageSievePreauth implements PreauthMachine {
 
   timedOut(): PreauthAction[] {
     if (this.#phase === 'closed' || this.#phase === 'logged-in') return [];
-    return this.#close([], 'BYE "Disconnected for inactivity."', 'timeout');
+    const out: PreauthAction[] = [];
+    // A login still under way is answered first; what the client pipelined behind it is not run.
+    if (this.#phase === 'login-pending') push(out, refusalLine('unavailable', undefined));
+    return this.#close(out, 'BYE "Disconnected for inactivity."', 'timeout');
   }
 
   shuttingDown(): PreauthAction[] {

@@ -152,7 +152,10 @@ export class Pop3Preauth implements PreauthMachine {
   }
 
   timedOut(): PreauthAction[] {
-    return this.#finalWords('-ERR Autologout; idle for too long', 'timeout');
+    // A login still under way is answered first; what the client pipelined behind it is not run.
+    const pending = this.#state === 'awaiting-login' ? [send(refusalLine('unavailable', undefined))] : [];
+    const last = this.#finalWords('-ERR Autologout; idle for too long', 'timeout');
+    return last.length === 0 ? [] : [...pending, ...last];
   }
 
   shuttingDown(): PreauthAction[] {
