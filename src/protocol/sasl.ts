@@ -1,7 +1,7 @@
 /**
  * SASL PLAIN (RFC 4616) and LOGIN (draft-murchison-sasl-login) decoding and encoding.
- * Pure functions; no I/O. Credentials with CR, LF or NUL inside a field are rejected here,
- * so that nothing unsafe can ever be replayed to a backend.
+ * Pure functions; no I/O. Credentials with CR, LF or NUL inside a field, or that are not UTF-8,
+ * are rejected here, so that nothing unsafe or altered can ever be replayed to a backend.
  */
 
 /** A decoded SASL result: credentials, or the reason they were refused. */
@@ -15,6 +15,18 @@ const BASE64_RE = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=
 export function decodeBase64Strict(text: string): Buffer | null {
   if (!BASE64_RE.test(text)) return null;
   return Buffer.from(text, 'base64');
+}
+
+/** RFC 4616 §2: the fields are UTF-8; bytes that are not cannot be passed on faithfully (they would become U+FFFD). */
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** A field as UTF-8 text, or null when its bytes are not valid UTF-8. */
+function utf8Text(bytes: Uint8Array): string | null {
+  try {
+    return utf8.decode(bytes);
+  } catch {
+    return null;
+  }
 }
 
 /** True when a credential field holds a character that must never reach a backend. */
@@ -36,7 +48,9 @@ export function decodePlain(base64: string): SaslDecodeResult {
   }
   parts.push(raw.subarray(start));
   if (parts.length !== 3) return { ok: false, reason: 'bad-format' };
-  const [authzid, user, password] = parts.map((p) => p.toString('utf8')) as [string, string, string];
+  const texts = parts.map(utf8Text);
+  if (texts.includes(null)) return { ok: false, reason: 'bad-characters' };
+  const [authzid, user, password] = texts as [string, string, string];
   if (user.length === 0) return { ok: false, reason: 'bad-format' };
   if ([authzid, user, password].some(hasUnsafeCharacters)) return { ok: false, reason: 'bad-characters' };
   return { ok: true, authzid, user, password };
@@ -46,8 +60,8 @@ export function decodePlain(base64: string): SaslDecodeResult {
 export function decodeLoginField(base64: string): { ok: true; value: string } | { ok: false; reason: 'bad-base64' | 'bad-characters' } {
   const raw = decodeBase64Strict(base64);
   if (raw === null) return { ok: false, reason: 'bad-base64' };
-  const value = raw.toString('utf8');
-  if (hasUnsafeCharacters(value)) return { ok: false, reason: 'bad-characters' };
+  const value = utf8Text(raw);
+  if (value === null || hasUnsafeCharacters(value)) return { ok: false, reason: 'bad-characters' };
   return { ok: true, value };
 }
 

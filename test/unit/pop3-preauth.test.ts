@@ -177,6 +177,14 @@ describe('pop3 preauth: AUTH PLAIN and AUTH LOGIN (RFC 5034)', () => {
     ]);
   });
 
+  it('refuses SASL credentials that are not UTF-8 instead of altering them (two Latin-1 passwords would both become "p\ufffdss")', () => {
+    const latin1 = (text: string): string => Buffer.from(text, 'latin1').toString('base64');
+    const script = [`AUTH PLAIN ${latin1('\0bob\0p\xe4ss')}\r\n`, `AUTH LOGIN ${latin1('b\xf6b')}\r\n`];
+    const events = preauthEverySplit(PORT_995, script);
+    assert.equal(hasLogin(events), false);
+    assert.deepEqual(events, [GREETING, { send: '-ERR [AUTH] Invalid characters in credentials\r\n' }, { send: '-ERR [AUTH] Invalid characters in credentials\r\n' }]);
+  });
+
   it('takes LOGIN with its two challenges', () => {
     const events = preauthEverySplit(PORT_995, ['AUTH LOGIN\r\n', `${b64('alice')}\r\n`, `${b64('s3cret pw')}\r\n`]);
     assert.deepEqual(events, [
