@@ -95,7 +95,9 @@ function readRedis(v: unknown, path: string, issues: IssueList): ThrottleRedisCo
     parsed = undefined;
   }
   if (parsed === undefined || (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') || parsed.hostname === '') {
-    issues.add(at(path, 'url'), 'a redis:// or rediss:// URL with a host', url);
+    // A URL that does not parse may still hold a password: what precedes an "@" is never shown.
+    const credentialsEnd = url.lastIndexOf('@');
+    issues.add(at(path, 'url'), 'a redis:// or rediss:// URL with a host', credentialsEnd < 0 ? url : `[credentials hidden]@${url.slice(credentialsEnd + 1)}`);
   } else if (parsed.password !== '') {
     // A password in a URL ends up in process listings, shell histories and error messages.
     issues.addFinding(at(path, 'url'), 'a URL without a password (use auth_password_file)', 'a URL with a password');

@@ -289,6 +289,14 @@ test('config: defaults, every key, and every mistake reported with its path', ()
   const notRedis = new IssueList();
   readThrottleConfig({ redis: { url: 'http://127.0.0.1' } }, 'throttle', notRedis);
   assert.deepEqual(notRedis.issues.map((i) => i.path), ['throttle.redis.url']);
+  // Nor in a URL that does not parse or has the wrong scheme.
+  for (const url of ['redis://:hunter2@127.0.0.1:99999', 'http://:hunter2@127.0.0.1', 'rediss//:hunter2@127.0.0.1']) {
+    const issues = new IssueList();
+    readThrottleConfig({ redis: { url } }, 'throttle', issues);
+    assert.deepEqual(issues.issues.map((i) => i.path), ['throttle.redis.url'], url);
+    assert.ok(!JSON.stringify(issues.issues).includes('hunter2'), `${url}: the password is not echoed`);
+    assert.match(JSON.stringify(issues.issues), /\[credentials hidden\]@127\.0\.0\.1/);
+  }
   // The path is a database number or nothing: the client library throws on anything else.
   for (const [url, ok] of [['redis://h/abc', false], ['redis://h/0/', false], ['redis://h/%30', false], ['redis://h:6379/15', true], ['redis://h', true], ['rediss://h/', true]] as const) {
     const issues = new IssueList();
