@@ -60,9 +60,28 @@ remove_policy_rc_d() {
 APT_UPDATED=0
 apt_update_once() {
   if [ "$APT_UPDATED" = "0" ]; then
-    apt-get update -q </dev/null >&2
+    apt-get update -q -o DPkg::Lock::Timeout=300 </dev/null >&2
     APT_UPDATED=1
   fi
+}
+
+# The packaged daemons this script installed are never used (every test and the demo run private
+# instances): they are kept from starting at boot as well, not only during the install.
+disable_packaged_daemons() {
+  local pkg unit
+  for pkg in "$@"; do
+    case "$pkg" in
+      slapd | dovecot-* | redis-server | haproxy | prometheus) ;;
+      *) continue ;;
+    esac
+    for unit in slapd dovecot redis-server haproxy prometheus prometheus-node-exporter; do
+      if [ -e "/lib/systemd/system/$unit.service" ] || [ -e "/etc/init.d/$unit" ]; then
+        # Works without a running systemd (only links change); update-rc.d covers the SysV scripts.
+        systemctl disable --quiet "$unit" 2>/dev/null || true
+        update-rc.d "$unit" disable >/dev/null 2>&1 || true
+      fi
+    done
+  done
 }
 
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -70,8 +89,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
     ensure_policy_rc_d
     say "installing missing Debian packages: ${missing[*]}"
     apt_update_once
-    apt-get install -y -q "${missing[@]}" </dev/null >&2
+    # A fresh cloud image may be running unattended-upgrades: wait for its lock rather than fail.
+    apt-get install -y -q -o DPkg::Lock::Timeout=300 "${missing[@]}" </dev/null >&2
     remove_policy_rc_d
+    say "keeping the packaged daemons from starting at boot (the tests and the demo run their own)"
+    disable_packaged_daemons "${missing[@]}"
   else
     say "missing Debian packages: ${missing[*]}"
     echo "sudo apt-get update && sudo apt-get install -y ${missing[*]}"
@@ -129,10 +151,12 @@ if [ ! -x "$CYRUS_ROOT/usr/lib/cyrus/bin/master" ]; then
   say "Cyrus IMAP unpacked into $CYRUS_ROOT"
 fi
 
-# Every Cyrus binary the tests run must find its shared libraries.
+# Every Cyrus binary the tests run must find its shared libraries (unpacked under the machine's
+# multiarch folder: x86_64-linux-gnu, aarch64-linux-gnu, ...).
+CYRUS_LIB_DIRS="$(find "$CYRUS_ROOT/usr/lib" -maxdepth 1 -type d -name '*-linux-gnu*' | tr '\n' ':')"
 cyrus_missing="$(
   for bin in master imapd pop3d ctl_cyrusdb; do
-    LD_LIBRARY_PATH="$CYRUS_ROOT/usr/lib/x86_64-linux-gnu" ldd "$CYRUS_ROOT/usr/lib/cyrus/bin/$bin" 2>/dev/null \
+    LD_LIBRARY_PATH="$CYRUS_LIB_DIRS" ldd "$CYRUS_ROOT/usr/lib/cyrus/bin/$bin" 2>/dev/null \
       | awk '/not found/ { print $1 }'
   done | sort -u | tr '\n' ' '
 )"

@@ -139,7 +139,8 @@ async function main(): Promise<void> {
       await new Promise((r) => setTimeout(r, 100));
     }
 
-    const cli = `node dist/src/cli/main.js -c ${join(SANDBOX, 'mailfront.yaml')}`;
+    // Absolute paths: the commands work from any folder.
+    const cli = `node ${join(ROOT, 'dist/src/cli/main.js')} -c ${join(SANDBOX, 'mailfront.yaml')}`;
     process.stdout.write(`
 mailfront demo is running (mailfront PID ${child.pid}).
 

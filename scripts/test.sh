@@ -3,6 +3,9 @@
 # node's test runner (TAP output ends with "# pass N" / "# fail N"). A run of zero tests fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The servers' tools (slapadd, saslpasswd2, slapd) live in /usr/sbin, which a root shell from
+# `su` without `-` does not have on its PATH.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 bash scripts/bootstrap.sh
 rm -rf dist
 npx tsc -p tsconfig.json

@@ -151,9 +151,11 @@ export async function startCyrus(options: CyrusOptions): Promise<Cyrus> {
   if (/\s/.test(dir) || /\s/.test(bin)) throw new Error('cyrus: paths with whitespace cannot be used in cyrus.conf');
   const adminUser = 'cyrus';
   const adminPassword = `admin-${randomBytes(6).toString('hex')}`;
+  // The unpacked libraries sit in the machine's multiarch folder (x86_64-linux-gnu, aarch64-linux-gnu, ...).
+  const libDirs = (await readdir(join(root, 'usr', 'lib'))).filter((name) => /-linux-gnu/.test(name)).map((name) => join(root, 'usr', 'lib', name));
   const env: NodeJS.ProcessEnv = {
     ...process.env,
-    LD_LIBRARY_PATH: [join(root, 'usr', 'lib', 'x86_64-linux-gnu'), process.env['LD_LIBRARY_PATH']]
+    LD_LIBRARY_PATH: [...libDirs, process.env['LD_LIBRARY_PATH']]
       .filter((p): p is string => p !== undefined && p !== '')
       .join(':'),
   };
