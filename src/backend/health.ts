@@ -95,6 +95,9 @@ export class SlotHealthMonitor {
       if (this.abort.signal.aborted) return;
       health = { up: false, checkedAt: Date.now(), latencyMs: Date.now() - started, error: error instanceof Error ? error.message : String(error), failures: (before?.failures ?? 0) + 1 };
     }
+    // A map loaded while the probe ran may have dropped the slot: its result is nobody's now
+    // (reported, it would bring back a metric series for a slot that no longer exists).
+    if (this.storeMap()?.stores.get(slot.store)?.slots.has(slot.name) !== true) return;
     this.results.set(slot.name, health);
     if (before === undefined || before.up !== health.up) {
       const fields = { event: 'slot.health', store: slot.store, slot: slot.name, up: health.up, err: health.error };

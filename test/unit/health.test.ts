@@ -29,3 +29,24 @@ test('new timings while a round of probes runs leave exactly one probe loop', as
   await new Promise((resolve) => setTimeout(resolve, 300));
   assert.equal(probes, after, 'stop() ended every loop');
 });
+
+test('a slot dropped from the map while it is probed reports nothing: no result, no metric series brought back', async () => {
+  const slot = { name: 'b', store: 's' };
+  let map = { stores: new Map([['s', { slots: new Map([['b', slot]]) }]]) } as unknown as StoreMap;
+  const reported: string[] = [];
+  const monitor = new SlotHealthMonitor(
+    () => map,
+    async () => {
+      // The map drops the slot while the probe runs (a store-map reload); then the probe fails.
+      map = { stores: new Map([['s', { slots: new Map() }]]) } as unknown as StoreMap;
+      throw new Error('no answer');
+    },
+    60_000,
+    1_000,
+    createLogger('silent'),
+    (s) => reported.push(s.name),
+  );
+  await monitor.probeAll();
+  assert.deepEqual(reported, []);
+  assert.equal(monitor.get('b'), undefined);
+});
