@@ -445,6 +445,11 @@ export class LdapDirectory implements Directory {
     return this.entries === null ? {} : { entry: this.entries.size };
   }
 
+  /**
+   * True when a directory server answers now: a base search of base_dn on a service connection,
+   * within the operation deadline. An open socket is not enough (a hung server keeps it open).
+   * Any LDAP answer counts, a refusal by an ACL included.
+   */
   async reachable(signal: Cancellation): Promise<boolean> {
     try {
       const slot = this.takeServiceSlot();
@@ -453,7 +458,16 @@ export class LdapDirectory implements Directory {
         this.dropService(slot, connection);
         connection = await raceAbort(this.serviceConnection(slot), signal);
       }
-      return usable(connection.client);
+      if (!usable(connection.client)) return false;
+      try {
+        await raceAbort(connection.client.search(this.config.baseDn, { scope: 'base', filter: '(objectClass=*)', attributes: ['1.1'], sizeLimit: 1 }), signal);
+      } catch (error) {
+        if (error instanceof ResultCodeError) return true;
+        // No answer in time: this connection is of no use to the searches either.
+        this.dropService(slot, connection);
+        return false;
+      }
+      return true;
     } catch {
       return false;
     }

@@ -236,6 +236,25 @@ test('kept bind connections that a firewall forgot cost one retry on a new conne
   }
 });
 
+test('reachable() asks the server: false while it hangs with its connection open, true once it answers', async () => {
+  const d = directory({ searchConnections: 1 });
+  try {
+    await d.authenticate('alice', 'alice-pw', signal);
+    assert.equal(await d.reachable(signal), true);
+    await slapd.pause();
+    try {
+      const started = Date.now();
+      assert.equal(await d.reachable(AbortSignal.timeout(3_000)), false, 'a hung server is not reachable');
+      assert.ok(Date.now() - started < 2_500, `answered in ${Date.now() - started} ms`);
+    } finally {
+      slapd.resume();
+    }
+    assert.equal(await d.reachable(signal), true);
+  } finally {
+    await d.close();
+  }
+});
+
 test('a session that ends stops the wait at once', async () => {
   const d = directory({});
   try {
