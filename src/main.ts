@@ -349,8 +349,8 @@ export class Mailfront {
     const spreadMs = this.config.failover.drainSpreadMs;
     for (const change of changes) {
       this.metrics.failover(change.store);
-      const sessions = this.registry.onSlot(change.from).filter((s) => s.store === change.store);
-      this.log.warn({ event: 'failover.drain', store: change.store, from: change.from, to: change.to, sessions: sessions.length, spreadMs }, 'master changed; draining sessions on the old master');
+      const sessions = this.registry.onSlot(change.from).filter((s) => s.store === change.store && (change.protocols === undefined || change.protocols.includes(s.protocol)));
+      this.log.warn({ event: 'failover.drain', store: change.store, from: change.from, to: change.to, ...(change.protocols !== undefined ? { protocols: change.protocols } : {}), sessions: sessions.length, spreadMs }, 'master changed; draining sessions on the old master');
       for (const session of sessions) {
         const timer = setTimeout(() => {
           this.drainTimers.delete(timer);

@@ -9,13 +9,16 @@ import type { Config } from '../config/schema.js';
 import { MailfrontError, asMailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { StoreMapSource } from './sources.js';
-import { StoreMap, sameServer } from './storemap.js';
+import type { ProtocolName } from '../protocol/types.js';
+import { StoreMap, movedProtocols } from './storemap.js';
 
 /** A store whose current master changed (`to` is null when the store left the map; `to` is `from` when the master slot was pointed at another server). */
 export interface MasterChange {
   readonly store: string;
   readonly from: string;
   readonly to: string | null;
+  /** The protocols whose sessions moved, when the master slot kept its name and host and only some of its ports changed; absent: all. */
+  readonly protocols?: readonly ProtocolName[];
 }
 
 /** What a reload did. */
@@ -32,8 +35,15 @@ export function masterChanges(before: StoreMap, after: StoreMap): MasterChange[]
   const changes: MasterChange[] = [];
   for (const [name, store] of before.stores) {
     const next = after.stores.get(name);
-    if (next === undefined) changes.push({ store: name, from: store.currentMaster, to: null });
-    else if (!sameServer(store.slots.get(store.currentMaster)!, next.slots.get(next.currentMaster)!)) changes.push({ store: name, from: store.currentMaster, to: next.currentMaster });
+    if (next === undefined) {
+      changes.push({ store: name, from: store.currentMaster, to: null });
+      continue;
+    }
+    const from = store.slots.get(store.currentMaster)!;
+    const to = next.slots.get(next.currentMaster)!;
+    const moved = movedProtocols(from, to);
+    if (from.name !== to.name || from.host !== to.host) changes.push({ store: name, from: from.name, to: to.name });
+    else if (moved.length > 0) changes.push({ store: name, from: from.name, to: to.name, protocols: moved });
   }
   return changes;
 }

@@ -9,6 +9,7 @@ import type { BackendConfig } from '../config/schema.js';
 import { readBackend } from '../config/schema.js';
 import { IssueList, at, optPort, readMapping, readSection, str } from '../config/validate.js';
 import { MailfrontError } from '../errors.js';
+import type { ProtocolName } from '../protocol/types.js';
 
 export interface Slot {
   readonly name: string;
@@ -31,12 +32,31 @@ export interface Store {
   readonly backend: BackendConfig;
 }
 
+/** The ports a session of each protocol may have been dialled on. */
+const PROTOCOL_PORTS: Readonly<Record<ProtocolName, readonly ('imapPort' | 'imapsPort' | 'pop3Port' | 'pop3sPort' | 'sievePort')[]>> = {
+  imap: ['imapPort', 'imapsPort'],
+  pop3: ['pop3Port', 'pop3sPort'],
+  managesieve: ['sievePort'],
+};
+
 /**
- * True when two slots are the same server: the same name, host and ports. A slot kept under its
- * name but pointed elsewhere is another server, and its sessions are on the old one.
+ * True when a `protocol` session on slot `a` is on the server slot `b` names: the same name and
+ * host, and the same ports for that protocol. A slot kept under its name but pointed elsewhere is
+ * another server, and its sessions are on the old one.
  */
-export function sameServer(a: Slot, b: Slot): boolean {
-  return a.name === b.name && a.host === b.host && a.imapPort === b.imapPort && a.imapsPort === b.imapsPort && a.pop3Port === b.pop3Port && a.pop3sPort === b.pop3sPort && a.sievePort === b.sievePort;
+export function sameServer(a: Slot, b: Slot, protocol: ProtocolName): boolean {
+  return a.name === b.name && a.host === b.host && PROTOCOL_PORTS[protocol].every((port) => a[port] === b[port]);
+}
+
+/**
+ * The protocols whose sessions on slot `before` are on another server in `after`: every one when
+ * the name or host changed; otherwise those with a port that changed or went (a port added
+ * carried no session).
+ */
+export function movedProtocols(before: Slot, after: Slot): ProtocolName[] {
+  const all = Object.keys(PROTOCOL_PORTS) as ProtocolName[];
+  if (before.name !== after.name || before.host !== after.host) return all;
+  return all.filter((protocol) => PROTOCOL_PORTS[protocol].some((port) => before[port] !== undefined && before[port] !== after[port]));
 }
 
 /** A store map version: what every login routed after it was built uses. */

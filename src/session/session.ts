@@ -484,7 +484,7 @@ export class Session {
       try {
         const backend = await this.connectBackend(slot, store.backend, user, password);
         const now = this.context.storeMap().currentMaster(storeName).slot;
-        if (sameServer(now, slot)) return backend;
+        if (sameServer(now, slot, this.adapter.name)) return backend;
         backend.socket.destroy();
         if (Date.now() >= deadline) throw new MailfrontError('MASTER_KEEPS_CHANGING', 'no-route', `store "${storeName}" changed its master during every login attempt`);
         this.log.warn({ event: 'session.master_changed_during_login', store: storeName, slot: slot.name, currentMaster: now.name }, 'the master changed during backend login; following it');
