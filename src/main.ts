@@ -131,7 +131,19 @@ export class Mailfront {
   }
 
   private async addListener(listenerConfig: Config['listeners'][number]): Promise<Listener> {
-    const listener = new Listener(listenerConfig, ADAPTERS[listenerConfig.protocol], {
+    return this.startListener(this.createListener(listenerConfig));
+  }
+
+  /** Binds a listener made by createListener() and keeps it. */
+  private async startListener(listener: Listener): Promise<Listener> {
+    await listener.listen();
+    this.listeners.push(listener);
+    return listener;
+  }
+
+  /** A listener for `listenerConfig`, not bound yet; throws when its certificate cannot be used. */
+  private createListener(listenerConfig: Config['listeners'][number]): Listener {
+    return new Listener(listenerConfig, ADAPTERS[listenerConfig.protocol], {
       config: () => this.config,
       storeMap: () => this.holder.current,
       directory: () => this.directory,
@@ -142,9 +154,6 @@ export class Mailfront {
       limiter: this.limiter,
       log: this.log,
     }, this.log);
-    await listener.listen();
-    this.listeners.push(listener);
-    return listener;
   }
 
   /** The store map in force. */
@@ -217,10 +226,25 @@ export class Mailfront {
           current.reconfigure(listenerConfig);
           continue;
         }
-        // Its address taken by a listener whose protocol or TLS mode changed: that one stops first.
+        // Its address taken by a listener whose protocol or TLS mode changed: the new one is made
+        // first (a certificate that cannot be used stops it here), then the old one lets go of
+        // the port; if the new one cannot bind, the old one takes the port back.
         const occupying = before.find((l) => !kept.has(l) && l.config.host === listenerConfig.host && l.config.port === listenerConfig.port);
-        await occupying?.stopAccepting();
-        await this.addListener(listenerConfig);
+        // It keeps the port unless the new one takes it over.
+        if (occupying !== undefined) kept.add(occupying);
+        const fresh = this.createListener(listenerConfig);
+        if (occupying === undefined) {
+          await this.startListener(fresh);
+          continue;
+        }
+        await occupying.stopAccepting();
+        try {
+          await this.startListener(fresh);
+          kept.delete(occupying);
+        } catch (error) {
+          await occupying.listen().catch(() => undefined);
+          throw error;
+        }
       } catch (error) {
         problems.push(error instanceof Error ? error.message : String(error));
       }

@@ -132,7 +132,9 @@ export class HttpServer {
     const previous = this.server;
     this.server = next;
     this.config = config;
-    if (previous !== undefined) await this.closeServer(previous);
+    // Not awaited: the request that asked for this reload (the admin API's) is on the old server
+    // and gets its answer there; connections still open after a second are closed.
+    if (previous !== undefined) void this.closeServer(previous);
   }
 
   /** The address actually bound (useful with port 0 in tests). */

@@ -12,7 +12,7 @@ import type { Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import { connect as tlsConnect } from 'node:tls';
 import { parse, stringify } from 'yaml';
-import { LineClient, run, startDovecot, startSlapd, tmpDir } from './servers/index.js';
+import { LineClient, freePort, run, startDovecot, startSlapd, tmpDir } from './servers/index.js';
 import type { Dovecot, Slapd } from './servers/index.js';
 import { ADMIN_TOKEN, startFront, waitForLog } from './front.js';
 import type { Front } from './front.js';
@@ -414,6 +414,16 @@ test('a reload that renames a listener keeps its socket and its sessions; one th
     assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a NO \[PRIVACYREQUIRED\]/, 'the port is served by the new listener');
     spliced.send('s3 NOOP');
     assert.match(await spliced.readLine(), /^s3 OK/, 'the session accepted by the old listener goes on');
+
+    // Implicit TLS on the same port with a key that is no key: refused, and the port stays served.
+    write((listeners) => {
+      const webmail = listeners.find((l) => l['name'] === 'imap-webmail')!;
+      webmail['tls'] = 'implicit';
+      webmail['certificate'] = { cert: front.certs.certFile, key: front.certs.caFile };
+    });
+    const broken = await front.mailfront.reload();
+    assert.equal(broken.ok, false);
+    assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a NO \[PRIVACYREQUIRED\]/, 'the listener in force still serves the port');
   } finally {
     spliced.close();
     writeFileSync(front.configFile, original);
@@ -470,5 +480,25 @@ test('a reload that names other certificate files refuses an expired certificate
     const restored = await front.mailfront.reload();
     assert.equal(restored.ok, true, restored.error);
     await dir.remove();
+  }
+});
+
+test('an admin API reload that moves the HTTP listener answers its caller, and the new address serves from then on', async () => {
+  const original = readFileSync(front.configFile, 'utf8');
+  const before = front.mailfront.httpAddress()!;
+  const port = await freePort();
+  try {
+    const config = parse(original) as Record<string, unknown>;
+    config['http'] = { host: '127.0.0.1', port };
+    writeFileSync(front.configFile, stringify(config));
+    const answer = await fetch(`http://127.0.0.1:${before.port}/api/reload`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    assert.equal(answer.status, 200);
+    assert.equal(((await answer.json()) as { ok: boolean }).ok, true);
+    assert.equal(front.mailfront.httpAddress()!.port, port);
+    assert.equal((await fetch(`http://127.0.0.1:${port}/healthz`)).status, 200);
+  } finally {
+    writeFileSync(front.configFile, original);
+    const restored = await front.mailfront.reload();
+    assert.equal(restored.ok, true, restored.error);
   }
 });
