@@ -66,23 +66,30 @@ apt_update_once() {
 }
 
 # The packaged daemons this script installed are never used (every test and the demo run private
-# instances): they are kept from starting at boot as well, not only during the install.
+# instances): they are kept from starting at boot as well, not only during the install. Only the
+# units of packages it installed: a daemon the machine had before is left as it was.
+disable_unit() {
+  if [ -e "/lib/systemd/system/$1.service" ] || [ -e "/etc/init.d/$1" ]; then
+    # Works without a running systemd (only links change); update-rc.d covers the SysV scripts.
+    systemctl disable --quiet "$1" 2>/dev/null || true
+    update-rc.d "$1" disable >/dev/null 2>&1 || true
+  fi
+}
 disable_packaged_daemons() {
-  local pkg unit
+  local pkg dovecot_done=0
   for pkg in "$@"; do
     case "$pkg" in
-      slapd | dovecot-* | redis-server | haproxy | prometheus) ;;
-      *) continue ;;
+      slapd | redis-server | haproxy | prometheus) disable_unit "$pkg" ;;
+      dovecot-*) if [ "$dovecot_done" = "0" ]; then disable_unit dovecot; dovecot_done=1; fi ;;
     esac
-    for unit in slapd dovecot redis-server haproxy prometheus prometheus-node-exporter; do
-      if [ -e "/lib/systemd/system/$unit.service" ] || [ -e "/etc/init.d/$unit" ]; then
-        # Works without a running systemd (only links change); update-rc.d covers the SysV scripts.
-        systemctl disable --quiet "$unit" 2>/dev/null || true
-        update-rc.d "$unit" disable >/dev/null 2>&1 || true
-      fi
-    done
   done
+  # prometheus recommends its node exporter: disabled when this install brought it in.
+  if [ "$NODE_EXPORTER_BEFORE" != "installed" ] \
+    && [ "$(dpkg-query -W -f='${db:Status-Status}' prometheus-node-exporter 2>/dev/null || true)" = "installed" ]; then
+    disable_unit prometheus-node-exporter
+  fi
 }
+NODE_EXPORTER_BEFORE="$(dpkg-query -W -f='${db:Status-Status}' prometheus-node-exporter 2>/dev/null || true)"
 
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$IS_ROOT" = "1" ]; then

@@ -463,7 +463,11 @@ export class LdapDirectory implements Directory {
         await raceAbort(connection.client.search(this.config.baseDn, { scope: 'base', filter: '(objectClass=*)', attributes: ['1.1'], sizeLimit: 1 }), signal);
       } catch (error) {
         if (error instanceof ResultCodeError) return true;
-        // No answer in time: this connection is of no use to the searches either.
+        // The caller stopped waiting (readiness has its own deadline): the connection may be
+        // only slow, and logins' searches share it; it is left to its own operation deadline.
+        if (signal.aborted) return false;
+        // The search failed on the connection (closed, or past the operation deadline): it is
+        // of no use to the searches either.
         this.dropService(slot, connection);
         return false;
       }

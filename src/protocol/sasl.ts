@@ -18,7 +18,7 @@ export function decodeBase64Strict(text: string): Buffer | null {
 }
 
 /** RFC 4616 §2: the fields are UTF-8; bytes that are not cannot be passed on faithfully (they would become U+FFFD). */
-const utf8 = new TextDecoder('utf-8', { fatal: true });
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 /** A field as UTF-8 text, or null when its bytes are not valid UTF-8. */
 function utf8Text(bytes: Uint8Array): string | null {

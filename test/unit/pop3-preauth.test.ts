@@ -185,6 +185,11 @@ describe('pop3 preauth: AUTH PLAIN and AUTH LOGIN (RFC 5034)', () => {
     assert.deepEqual(events, [GREETING, { send: '-ERR [AUTH] Invalid characters in credentials\r\n' }, { send: '-ERR [AUTH] Invalid characters in credentials\r\n' }]);
   });
 
+  it('passes a password that starts with U+FEFF on as it is (a decoder would drop it as a byte-order mark)', () => {
+    const events = preauthEverySplit(PORT_995, [`AUTH PLAIN ${b64('\0alice\0\ufeffsecret')}\r\n`]);
+    assert.deepEqual(events, [GREETING, login('alice', '\ufeffsecret', 'PLAIN')]);
+  });
+
   it('takes LOGIN with its two challenges', () => {
     const events = preauthEverySplit(PORT_995, ['AUTH LOGIN\r\n', `${b64('alice')}\r\n`, `${b64('s3cret pw')}\r\n`]);
     assert.deepEqual(events, [
