@@ -36,6 +36,7 @@ import type { StoreMapSource } from './routing/sources.js';
 import type { Slot, StoreMap } from './routing/storemap.js';
 import { createAdminHandler } from './server/admin.js';
 import { Listener, needsRebind } from './server/listeners.js';
+import { LoginGate } from './auth/login-gate.js';
 
 const ADAPTERS: Record<Config['listeners'][number]['protocol'], ProtocolAdapter> = { imap: imapAdapter, pop3: pop3Adapter, managesieve: managesieveAdapter };
 
@@ -66,6 +67,7 @@ export class Mailfront {
   readonly health: SlotHealthMonitor;
   readonly metrics: Metrics;
   private readonly drainTimers = new Set<NodeJS.Timeout>();
+  private readonly loginGate = new LoginGate();
   private stopWatching: () => void = () => undefined;
   private http: HttpServer | undefined;
   private trusted: CidrSet;
@@ -151,6 +153,7 @@ export class Mailfront {
       metrics: this.metrics,
       trustedNetworks: () => this.trusted,
       throttle: () => this.throttle,
+      loginGate: this.loginGate,
       limiter: this.limiter,
       log: this.log,
     }, this.log);

@@ -14,6 +14,7 @@ import { authFailureReason, backendFailureResult } from '../metrics.js';
 import type { CidrSet } from '../net/cidr.js';
 import { readDirect, writeNow } from '../net/direct-io.js';
 import type { Throttle } from '../auth/throttle.js';
+import type { LeaveGate, LoginGate } from '../auth/login-gate.js';
 import type { ConnectionLease, ConnectionLimiter } from '../server/connection-limits.js';
 import { backendProxyHeader, plainAddress, startsWithProxySignature } from '../server/proxy-protocol.js';
 import type { ConnectionEndpoints } from '../server/proxy-protocol.js';
@@ -47,6 +48,8 @@ export interface SessionContext {
   /** Clients whose ID x-originating-ip is believed (webmail servers). */
   readonly trustedNetworks: () => CidrSet;
   readonly throttle: () => Throttle;
+  /** A few password checks of one user at a time, so that the throttle sees each failure before the next check (auth/login-gate.ts). */
+  readonly loginGate: LoginGate;
   readonly limiter: ConnectionLimiter;
   readonly registry: SessionRegistry;
   readonly log: Logger;
@@ -393,7 +396,10 @@ export class Session {
     // Made now, before the first wait, so that a deadline or a hang-up during any step of the
     // login (the throttle's Redis round trip included) cancels it.
     const cancellation = this.cancellation;
+    // The user's turn at the gate lasts from the throttle's check until the check's outcome is counted.
+    let leaveGate: LeaveGate | undefined;
     try {
+      if (user !== null) leaveGate = this.context.loginGate.tryEnter(user) ?? (await this.context.loginGate.enter(user, cancellation));
       const verdict = await throttle.check(attempt);
       throwIfCancelled(cancellation, 'the login was cancelled while the throttle answered');
       if (verdict.refused) {
@@ -411,6 +417,7 @@ export class Session {
       const found = await this.context.directory().authenticate(user, credentials.password, cancellation);
       throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
       void throttle.recordSuccess(attempt);
+      leaveGate?.();
       this.log.debug({ event: 'session.authenticated', user, mechanism: credentials.mechanism }, 'user authenticated');
       this.mechanism = credentials.mechanism;
       if (found.store === null) throw new MailfrontError('USER_WITHOUT_STORE', 'no-route', `the directory entry ${found.dn} has no store attribute`);
@@ -456,6 +463,8 @@ export class Session {
         this.context.metrics.authFailure(authFailureReason(error.code));
         penaltyMs = (await throttle.recordFailure(attempt, credentials.password)).delayMs;
       }
+      // Counted: the next check of this user may go (not after the answer's delay below).
+      leaveGate?.();
       const fields = { event: 'session.login_failed', user: user ?? undefined, store: this.store, code: error.code, kind: error.kind, reason: error.message, ...(penaltyMs > 0 ? { penaltyMs } : {}) };
       if (refusal === 'auth-failed' || refusal === 'limit') {
         this.log.info(fields, 'login failed');
@@ -467,6 +476,9 @@ export class Session {
       }
       this.store = undefined;
       if (this.phase === 'preauth' && !this.socket.destroyed) this.perform(this.machine.loginFailed(refusal, refusal === 'limit' ? LIMIT_TEXT : UNAVAILABLE_TEXT[error.kind]));
+    } finally {
+      // Every way out (a cancelled login, a kick) leaves the gate; leaving twice does nothing.
+      leaveGate?.();
     }
   }
 

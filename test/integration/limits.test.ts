@@ -21,7 +21,7 @@ const stores = () => ({ alpha: { currentMaster: 's1', slots: { s1: { imapPort: d
 const THROTTLE = { enabled: true, base_delay_ms: 200, max_delay_ms: 800, failures_per_user: 4, failures_per_address: 6, refusal_ms: 60_000 };
 
 before(async () => {
-  const users = ['tina', 'tom', 'ted', 'una', 'uwe', 'val', 'vic', 'wes'];
+  const users = ['tina', 'tom', 'ted', 'una', 'uwe', 'val', 'vic', 'wes', 'xena'];
   slapd = await startSlapd({ users: users.map((uid) => ({ uid, password: PASSWORD, store: 'alpha' })) });
   dovecot = await startDovecot({ name: 'limits', users: users.map((name) => ({ name, password: PASSWORD })) });
   redis = await startRedis();
@@ -82,6 +82,28 @@ describe('auth-failure throttling', () => {
     await waitForLog(front, (l) => l['event'] === 'session.login_failed' && l['code'] === 'THROTTLED');
     // Another user from the same address still gets in: the address is below its own threshold.
     assert.match((await imapLogin(front, 'tom', PASSWORD)).line, /^t1 OK /);
+  });
+
+  test('a burst of parallel wrong passwords for one user: the directory checks at most the threshold plus the gate, the rest are refused', async () => {
+    const mark = front.logs.length;
+    // Twenty connections greeted first, then every LOGIN at once.
+    const clients = await Promise.all(Array.from({ length: 20 }, () => LineClient.connect(front.imapTrustedPort, { localAddress: '127.0.0.5' })));
+    const answers: string[] = [];
+    try {
+      await Promise.all(clients.map((c) => c.readLine()));
+      clients.forEach((c, i) => {
+        registerPasswords(`burst-wrong-${i}`);
+        c.send(`t1 LOGIN xena burst-wrong-${i}`);
+      });
+      answers.push(...(await Promise.all(clients.map((c) => c.readLine(10_000)))));
+    } finally {
+      for (const c of clients) c.close();
+    }
+    const checked = front.logs.slice(mark).filter((l) => l['event'] === 'session.login_failed' && l['user'] === 'xena' && l['code'] === 'WRONG_PASSWORD').length;
+    const refused = answers.filter((line) => /^t1 NO \[LIMIT\] /.test(line)).length;
+    // failures_per_user 4, four checks of one user at a time: 4 + 4 - 1 at most.
+    assert.ok(checked <= 7, `${checked} of the 20 wrong passwords reached the directory`);
+    assert.equal(checked + refused, 20, `every other login was refused by the throttle (${refused})`);
   });
 
   test('an address past its threshold is refused for every user; the trusted webmail network is exempt per address', async () => {

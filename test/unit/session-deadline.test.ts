@@ -13,6 +13,7 @@ import { SessionRegistry } from '../../src/proxy/registry.js';
 import { CidrSet } from '../../src/net/cidr.js';
 import { createLogger } from '../../src/log.js';
 import { MailfrontError } from '../../src/errors.js';
+import { LoginGate } from '../../src/auth/login-gate.js';
 import type { Config, ListenerConfig } from '../../src/config/schema.js';
 import type { Socket } from 'node:net';
 
@@ -58,6 +59,7 @@ function startSession(parts: (steps: string[]) => Pick<SessionContext, 'throttle
     },
     metrics,
     trustedNetworks: () => new CidrSet([]),
+    loginGate: new LoginGate(),
     limiter,
     registry: new SessionRegistry(),
     log: createLogger('silent'),
