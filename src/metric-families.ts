@@ -74,6 +74,11 @@ abstract class Family<L extends string, S extends { readonly labels: Readonly<Re
   reset(): void {
     this.series = new Map();
   }
+
+  /** Drops the series whose `label` has a value `keep` refuses (a store that left the map, say). */
+  retain(label: L, keep: (value: string) => boolean): void {
+    for (const [key, series] of this.series) if (!keep(series.labels[label])) this.series.delete(key);
+  }
 }
 
 interface CounterSeries<L extends string> {

@@ -176,6 +176,8 @@ export class Metrics {
   private readonly nowMs: () => number;
   /** Label sets set outside storeMapLoaded, so that a new map can drop those of vanished slots and stores. */
   private readonly slotUpSeries = new Map<string, { store: string; slot: string }>();
+  /** Stores with a failover count, so that one which left the map loses its series. */
+  private readonly failoverStores = new Set<string>();
   private readonly scrapeHooks: Array<() => void> = [];
 
   /** Client connections accepted, by protocol. */
@@ -397,6 +399,16 @@ export class Metrics {
         this.slotUpSeries.delete(key);
       }
     }
+    // A store that left the map keeps no series: the label sets stay as many as the stores.
+    const known = (store: string): boolean => stores.has(store);
+    this.backendConnectDuration.retain('store', known);
+    this.backendLoginDuration.retain('store', known);
+    for (const store of this.failoverStores) {
+      if (!known(store)) {
+        this.failoversTotal.remove({ store });
+        this.failoverStores.delete(store);
+      }
+    }
   }
 
   /** Whether the store-map source could be read or watched just now. */
@@ -421,6 +433,7 @@ export class Metrics {
   /** Counts a change of `store`'s current master. */
   failover(store: string): void {
     this.failoversTotal.inc({ store });
+    this.failoverStores.add(store);
   }
 
   /** Whether throttle counters are shared through Redis now (false: local fallback). */

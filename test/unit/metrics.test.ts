@@ -116,7 +116,12 @@ describe('metrics', () => {
     assert.equal(await value(metrics, 'mailfront_store_map_version'), 1);
 
     metrics.failover('store1');
+    metrics.failover('store2');
+    metrics.backendConnect('store2', 'success', 0.001);
+    metrics.backendLogin('store2', 'success', 0.01);
     metrics.storeMapLoaded(3, new Map([['store1', { currentMaster: 'slot102', preferredMaster: 'slot101', slots: slots('slot101', 'slot102') }]]));
+    // store2 left the map: none of its series is kept.
+    assert.doesNotMatch((await metrics.exposition()).body, /store="store2"/);
     assert.equal(await value(metrics, 'mailfront_store_map_version'), 3);
     assert.equal(await value(metrics, 'mailfront_failovers_total', { store: 'store1' }), 1);
     assert.equal(await value(metrics, 'mailfront_store_map_loads_total', { result: 'success' }), 2);
