@@ -10,7 +10,7 @@ import { MailfrontError, asMailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { StoreMapSource } from './sources.js';
 import type { ProtocolName } from '../protocol/types.js';
-import { StoreMap, movedProtocols } from './storemap.js';
+import { StoreMap, protocolsWithMovedPorts } from './storemap.js';
 
 /** A store whose current master changed (`to` is null when the store left the map; `to` is `from` when the master slot was pointed at another server). */
 export interface MasterChange {
@@ -41,9 +41,12 @@ export function masterChanges(before: StoreMap, after: StoreMap): MasterChange[]
     }
     const from = store.slots.get(store.currentMaster)!;
     const to = next.slots.get(next.currentMaster)!;
-    const moved = movedProtocols(from, to);
-    if (from.name !== to.name || from.host !== to.host) changes.push({ store: name, from: from.name, to: to.name });
-    else if (moved.length > 0) changes.push({ store: name, from: from.name, to: to.name, protocols: moved });
+    if (from.name !== to.name || from.host !== to.host) {
+      changes.push({ store: name, from: from.name, to: to.name });
+      continue;
+    }
+    const moved = protocolsWithMovedPorts(from, to);
+    if (moved.length > 0) changes.push({ store: name, from: from.name, to: to.name, protocols: moved });
   }
   return changes;
 }
@@ -82,14 +85,19 @@ export class StoreMapHolder {
    * queued finish on the old source first. Returns the old source, for the caller to close. The
    * map in force stays until `next` gives a valid one.
    */
-  async replaceSource(next: StoreMapSource): Promise<StoreMapSource> {
-    const switched = this.queue.then(() => {
+  replaceSource(next: StoreMapSource): Promise<StoreMapSource> {
+    return this.inTurn(() => {
       const old = this.sourceNow;
       this.sourceNow = next;
       return old;
     });
-    this.queue = switched.catch(() => undefined);
-    return switched;
+  }
+
+  /** Runs `work` after everything queued before it; a failure reaches the caller and holds up nothing after it. */
+  private inTurn<T>(work: () => T | Promise<T>): Promise<T> {
+    const run = this.queue.then(work);
+    this.queue = run.catch(() => undefined);
+    return run;
   }
 
   /** The store map in force; throws before the first successful load. */
@@ -110,9 +118,7 @@ export class StoreMapHolder {
 
   /** Re-reads the source; one reload at a time, in order. A broken document leaves the map in force. */
   reload(trigger: string): Promise<ReloadResult> {
-    const run = this.queue.then(() => this.reloadNow(trigger));
-    this.queue = run.catch(() => undefined);
-    return run;
+    return this.inTurn(() => this.reloadNow(trigger));
   }
 
   private async reloadNow(trigger: string): Promise<ReloadResult> {
@@ -150,7 +156,7 @@ export class StoreMapHolder {
    * read-modify-write of the file sees the one before), and each reports its own reload.
    */
   failover(store: string, slot: string): Promise<ReloadResult> {
-    const run = this.queue.then(async () => {
+    return this.inTurn(async () => {
       const known = this.current.stores.get(store);
       if (known === undefined) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${store}" is not in the store map`);
       if (!known.slots.has(slot)) throw new MailfrontError('UNKNOWN_SLOT', 'no-route', `slot "${slot}" is not a slot of store "${store}" (slots: ${[...known.slots.keys()].join(', ')})`);
@@ -158,8 +164,6 @@ export class StoreMapHolder {
       this.log.warn({ event: 'storemap.failover_written', store, from: known.currentMaster, to: slot, source: this.source.description }, 'failover written to the store map source');
       return this.reloadNow('failover');
     });
-    this.queue = run.catch(() => undefined);
-    return run;
   }
 }
 

@@ -49,14 +49,11 @@ export function sameServer(a: Slot, b: Slot, protocol: ProtocolName): boolean {
 }
 
 /**
- * The protocols whose sessions on slot `before` are on another server in `after`: every one when
- * the name or host changed; otherwise those with a port that changed or went (a port added
- * carried no session).
+ * For a slot kept under its name and host: the protocols whose sessions on `before` are on another
+ * port in `after`, one that changed or went (a port added carried no session).
  */
-export function movedProtocols(before: Slot, after: Slot): ProtocolName[] {
-  const all = Object.keys(PROTOCOL_PORTS) as ProtocolName[];
-  if (before.name !== after.name || before.host !== after.host) return all;
-  return all.filter((protocol) => PROTOCOL_PORTS[protocol].some((port) => before[port] !== undefined && before[port] !== after[port]));
+export function protocolsWithMovedPorts(before: Slot, after: Slot): ProtocolName[] {
+  return (Object.keys(PROTOCOL_PORTS) as ProtocolName[]).filter((protocol) => PROTOCOL_PORTS[protocol].some((port) => before[port] !== undefined && before[port] !== after[port]));
 }
 
 /** A store map version: what every login routed after it was built uses. */
