@@ -124,22 +124,7 @@ export class ImapPreauthMachine implements PreauthMachine {
   loginFailed(refusal: LoginRefusal, text?: string): PreauthAction[] {
     if (this.phase !== 'login-pending') return [];
     const out: PreauthAction[] = [];
-    const given = text === undefined ? '' : safeText(text);
-    switch (refusal) {
-      case 'auth-failed':
-        // One fixed text whatever happened, so that a wrong password and an unknown user look the same.
-        push(out, `${this.loginTag} ${AUTH_FAILED_TEXT}\r\n`);
-        break;
-      case 'unavailable':
-        push(out, `${this.loginTag} NO [UNAVAILABLE] ${given || 'Temporary failure, please try again later.'}\r\n`);
-        break;
-      case 'limit':
-        push(out, `${this.loginTag} NO [LIMIT] ${given || 'Too many login attempts or connections, please try again later.'}\r\n`);
-        break;
-      case 'in-use':
-        push(out, `${this.loginTag} NO [INUSE] ${given || 'Mailbox is in use, please try again later.'}\r\n`);
-        break;
-    }
+    push(out, this.refusalLine(refusal, text));
     this.phase = 'command';
     if (countsAsFailedLogin(refusal) && this.countFailedLogin(out)) return out;
     return this.run(out);
@@ -149,13 +134,29 @@ export class ImapPreauthMachine implements PreauthMachine {
     if (this.phase === 'closed' || this.phase === 'logged-in') return [];
     const out: PreauthAction[] = [];
     // A login still under way is answered first; what the client pipelined behind it is not run.
-    if (this.phase === 'login-pending') push(out, `${this.loginTag} NO [UNAVAILABLE] Temporary failure, please try again later.\r\n`);
+    if (this.phase === 'login-pending') push(out, this.refusalLine('unavailable'));
     return this.close(out, '* BYE Autologout; idle for too long\r\n', 'timeout');
   }
 
   shuttingDown(): PreauthAction[] {
     if (this.phase === 'closed' || this.phase === 'logged-in') return [];
     return this.close([], '* BYE [UNAVAILABLE] Server shutting down\r\n', 'shutdown');
+  }
+
+  /** The tagged answer refusing the pending login; `text` is a human sentence (never a secret). */
+  private refusalLine(refusal: LoginRefusal, text?: string): string {
+    const given = text === undefined ? '' : safeText(text);
+    switch (refusal) {
+      case 'auth-failed':
+        // One fixed text whatever happened, so that a wrong password and an unknown user look the same.
+        return `${this.loginTag} ${AUTH_FAILED_TEXT}\r\n`;
+      case 'unavailable':
+        return `${this.loginTag} NO [UNAVAILABLE] ${given || 'Temporary failure, please try again later.'}\r\n`;
+      case 'limit':
+        return `${this.loginTag} NO [LIMIT] ${given || 'Too many login attempts or connections, please try again later.'}\r\n`;
+      case 'in-use':
+        return `${this.loginTag} NO [INUSE] ${given || 'Mailbox is in use, please try again later.'}\r\n`;
+    }
   }
 
   /** The pre-auth capability list; only what is really supported before login. */
