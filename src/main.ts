@@ -128,8 +128,14 @@ export class Mailfront {
   }
 
   private createThrottle(config: Config): Throttle {
-    if (config.throttle.redis) this.metrics.throttleRedis(false);
-    return Throttle.fromConfig(config.throttle, this.log.child({ component: 'throttle' }), { onRedisState: (state) => this.metrics.throttleRedis(state === 'up') });
+    this.metrics.throttleRedis(config.throttle.enabled && config.throttle.redis !== undefined ? false : null);
+    // A throttle replaced by a reload may still report its Redis connection's end: only the one in force sets the gauge.
+    const throttle: Throttle = Throttle.fromConfig(config.throttle, this.log.child({ component: 'throttle' }), {
+      onRedisState: (state) => {
+        if (this.throttle === throttle) this.metrics.throttleRedis(state === 'up');
+      },
+    });
+    return throttle;
   }
 
   private async addListener(listenerConfig: Config['listeners'][number]): Promise<Listener> {

@@ -128,6 +128,7 @@ export interface MetricsOptions {
 /** The phases a session spends time in ('closing' is the instant of teardown, reported through `ended`). */
 const PHASES: readonly SessionPhaseLabel[] = ['greeting', 'preauth', 'authenticating', 'backend-login', 'spliced'];
 const DIRECTIONS: readonly ByteDirection[] = ['client-to-backend', 'backend-to-client'];
+const THROTTLE_REDIS_UP = 'mailfront_throttle_redis_up';
 
 /** LDAP answers in milliseconds when healthy; the top buckets catch the operation timeout (5 s). */
 const LDAP_BUCKETS_SECONDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -281,7 +282,9 @@ export class Metrics {
     this.storeBackwards = gauge('mailfront_store_backwards', '1 when a store\'s current master is not its preferred master.', ['store']);
     this.slotUp = gauge('mailfront_slot_up', '1 when the last health check of a slot succeeded, 0 when it failed.', ['store', 'slot']);
     this.failoversTotal = counter('mailfront_failovers_total', 'Changes of a store\'s current master, by store.', ['store']);
-    this.throttleRedisUp = gauge('mailfront_throttle_redis_up', '1 while auth-failure counters are shared through Redis, 0 while local counters stand in (only with throttle.redis).', []);
+    // Registered only while the throttle uses Redis (see throttleRedis()): a series that read 0
+    // without Redis would look like an outage on a dashboard or to an alert.
+    this.throttleRedisUp = new Gauge({ name: THROTTLE_REDIS_UP, help: '1 while auth-failure counters are shared through Redis, 0 while local counters stand in (present only while the throttle uses Redis).', registers: [] });
     this.throttleRefusalsTotal = counter('mailfront_throttle_refusals_total', 'Logins refused by auth-failure throttling, by what reached its limit (user or address).', ['by']);
     this.connectionsRefusedTotal = counter('mailfront_connections_refused_total', 'Connections or sessions refused by a connection limit, by limit (total, address, user).', ['limit']);
     this.configReloadsTotal = counter('mailfront_config_reloads_total', 'Config reloads, by result.', ['result']);
@@ -436,8 +439,14 @@ export class Metrics {
     this.failoverStores.add(store);
   }
 
-  /** Whether throttle counters are shared through Redis now (false: local fallback). */
-  throttleRedis(up: boolean): void {
+  /** Whether throttle counters are shared through Redis now (false: local fallback); null when the throttle does not use Redis (no series). */
+  throttleRedis(up: boolean | null): void {
+    const registered = this.registry.getSingleMetric(THROTTLE_REDIS_UP) !== undefined;
+    if (up === null) {
+      if (registered) this.registry.removeSingleMetric(THROTTLE_REDIS_UP);
+      return;
+    }
+    if (!registered) this.registry.registerMetric(this.throttleRedisUp);
     this.throttleRedisUp.set(up ? 1 : 0);
   }
 
@@ -483,8 +492,9 @@ export class Metrics {
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };
   }
 
-  /** Names of every metric family on the registry (for consistency checks such as the dashboard's). */
+  /** Names of every metric family mailfront can expose, those registered only at times included (for consistency checks such as the dashboard's). */
   metricNames(): string[] {
-    return this.registry.getMetricsAsArray().map((m) => m.name);
+    const names = this.registry.getMetricsAsArray().map((m) => m.name);
+    return names.includes(THROTTLE_REDIS_UP) ? names : [...names, THROTTLE_REDIS_UP];
   }
 }

@@ -6,7 +6,9 @@
  * limits in total, per address and per user, each with its own answer.
  */
 import assert from 'node:assert/strict';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
+import { parse, stringify } from 'yaml';
 import { LineClient, startDovecot, startRedis, startSlapd } from './servers/index.js';
 import type { Dovecot, Redis, Slapd } from './servers/index.js';
 import { registerPasswords, startFront, waitForLog } from './front.js';
@@ -144,6 +146,38 @@ describe('throttle counters shared through Redis', () => {
       assert.match(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text(), /^mailfront_throttle_redis_up 0$/m);
     } finally {
       await redis.startAgain();
+    }
+  });
+
+  test('the Redis series is there only while the throttle uses Redis, across reloads', async () => {
+    const { port } = two.mailfront.httpAddress()!;
+    const series = async (): Promise<string | undefined> => (await (await fetch(`http://127.0.0.1:${port}/metrics`)).text()).match(/^mailfront_throttle_redis_up .*$/m)?.[0];
+    const original = readFileSync(two.configFile, 'utf8');
+    const reloadWith = async (throttle: Record<string, unknown>): Promise<void> => {
+      const config = parse(original) as Record<string, unknown>;
+      config['throttle'] = { ...(config['throttle'] as Record<string, unknown>), ...throttle };
+      writeFileSync(two.configFile, stringify(config));
+      const result = await two.mailfront.reload();
+      assert.equal(result.ok, true, result.error);
+    };
+    // Redis may still be coming back from the test above (the client retries every second).
+    const up = async (): Promise<void> => {
+      const deadline = Date.now() + 5_000;
+      while ((await series()) !== 'mailfront_throttle_redis_up 1' && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      assert.equal(await series(), 'mailfront_throttle_redis_up 1');
+    };
+    try {
+      await up();
+      // Redis still named, the throttle off: no counters are shared, and no outage is shown.
+      await reloadWith({ enabled: false });
+      assert.equal(await series(), undefined);
+      await reloadWith({ enabled: true, redis: undefined });
+      assert.equal(await series(), undefined);
+      writeFileSync(two.configFile, original);
+      assert.equal((await two.mailfront.reload()).ok, true);
+      await up();
+    } finally {
+      writeFileSync(two.configFile, original);
     }
   });
 });

@@ -161,6 +161,20 @@ describe('metrics', () => {
     assert.ok(metrics.metricNames().includes('nodejs_eventloop_lag_seconds'));
   });
 
+  it('has a Redis throttle series only while the throttle uses Redis', async () => {
+    const metrics = new Metrics({ processMetrics: false });
+    const exposed = async (): Promise<string> => (await metrics.exposition()).body;
+    assert.doesNotMatch(await exposed(), /mailfront_throttle_redis_up/);
+    metrics.throttleRedis(false);
+    assert.match(await exposed(), /^mailfront_throttle_redis_up 0$/m);
+    metrics.throttleRedis(true);
+    assert.match(await exposed(), /^mailfront_throttle_redis_up 1$/m);
+    metrics.throttleRedis(null);
+    assert.doesNotMatch(await exposed(), /mailfront_throttle_redis_up/);
+    metrics.throttleRedis(true);
+    assert.match(await exposed(), /^# TYPE mailfront_throttle_redis_up gauge\nmailfront_throttle_redis_up 1$/m);
+  });
+
   it('keeps two instances apart', async () => {
     const a = new Metrics({ processMetrics: false });
     const b = new Metrics({ processMetrics: false });
