@@ -259,6 +259,7 @@ export class Mailfront {
       }
     }
     for (const listener of before) if (!kept.has(listener)) await listener.stopAccepting();
+    this.metrics.listenersInForce(this.listeners.filter((l) => l.listening).map((l) => l.config.name));
     if (directory !== undefined) {
       const replaced = this.directory;
       this.directory = directory;

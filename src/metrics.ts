@@ -235,7 +235,7 @@ export class Metrics {
   /** 1 if the last config reload succeeded, 0 if it was rejected (the previous config stays in force). */
   private readonly configLastReloadSuccess: Gauge;
   /** PROXY protocol headers handled by listeners, by listener and result. */
-  private readonly proxyHeadersTotal: Counter<'listener' | 'result'>;
+  private readonly proxyHeadersTotal: CounterFamily<'listener' | 'result'>;
   /** Client addresses offered with IMAP ID before login, by whether they were honoured. */
   private readonly clientIdAddressesTotal: Counter<'result'>;
   /** Lookups in the directory's caches, by cache and result (one per login and cache it reaches). */
@@ -289,7 +289,7 @@ export class Metrics {
     this.connectionsRefusedTotal = counter('mailfront_connections_refused_total', 'Connections or sessions refused by a connection limit, by limit (total, address, user).', ['limit']);
     this.configReloadsTotal = counter('mailfront_config_reloads_total', 'Config reloads, by result.', ['result']);
     this.configLastReloadSuccess = gauge('mailfront_config_last_reload_success', '1 if the last config reload succeeded, 0 if it was rejected.', []);
-    this.proxyHeadersTotal = counter('mailfront_proxy_headers_total', 'PROXY protocol headers handled by listeners, by listener and result.', ['listener', 'result']);
+    this.proxyHeadersTotal = hotCounter('mailfront_proxy_headers_total', 'PROXY protocol headers handled by listeners, by listener and result.', ['listener', 'result']);
     this.clientIdAddressesTotal = counter('mailfront_client_id_addresses_total', 'Client addresses offered with IMAP ID before login, by whether they were honoured.', ['result']);
     this.directoryCacheLookupsTotal = hotCounter('mailfront_directory_cache_lookups_total', 'Lookups in the directory caches (auth: successful logins by user and password; entry: users\' DN and store), by cache and result (hit or miss).', ['cache', 'result']);
     const directoryCacheEntries = new Gauge({
@@ -464,6 +464,11 @@ export class Metrics {
   configReloaded(result: ReloadOutcome): void {
     this.configReloadsTotal.inc({ result });
     this.configLastReloadSuccess.set(result === 'success' ? 1 : 0);
+  }
+
+  /** The listeners in force after a reload: the series of listeners it removed or renamed are dropped. */
+  listenersInForce(names: readonly string[]): void {
+    this.proxyHeadersTotal.retain('listener', (name) => names.includes(name));
   }
 
   /** Counts what a listener did with a PROXY protocol header. */

@@ -49,6 +49,7 @@ function exerciseEveryHelper(metrics: Metrics): void {
   record('connectionRefused', () => metrics.connectionRefused('user'));
   record('configReloaded', () => metrics.configReloaded('failure'));
   record('proxyHeader', () => metrics.proxyHeader('imap', 'untrusted'));
+  record('listenersInForce', () => metrics.listenersInForce(['imap']));
   record('clientIdAddress', () => metrics.clientIdAddress(true));
   record('directoryCacheLookup', () => metrics.directoryCacheLookup('auth', true));
   record('directoryCacheEntries', () => metrics.directoryCacheEntries(() => ({ auth: 3, entry: 2 })));

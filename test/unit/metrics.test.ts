@@ -175,6 +175,16 @@ describe('metrics', () => {
     assert.match(await exposed(), /^# TYPE mailfront_throttle_redis_up gauge\nmailfront_throttle_redis_up 1$/m);
   });
 
+  it('drops the PROXY header series of listeners a reload removed or renamed', async () => {
+    const metrics = new Metrics({ processMetrics: false });
+    metrics.proxyHeader('imap', 'accepted');
+    metrics.proxyHeader('imap', 'accepted');
+    metrics.proxyHeader('pop3-old', 'malformed');
+    metrics.listenersInForce(['imap', 'pop3']);
+    assert.equal(await value(metrics, 'mailfront_proxy_headers_total', { listener: 'imap', result: 'accepted' }), 2);
+    assert.equal(await value(metrics, 'mailfront_proxy_headers_total', { listener: 'pop3-old', result: 'malformed' }), undefined);
+  });
+
   it('keeps two instances apart', async () => {
     const a = new Metrics({ processMetrics: false });
     const b = new Metrics({ processMetrics: false });
