@@ -124,17 +124,40 @@ export class HttpServer {
 
   /**
    * Moves the listener to `config` (after a reload): binds the new address first, so a failure
-   * leaves the old one serving, then closes the old one. Nothing happens when the address is unchanged.
+   * leaves the old one serving, then closes the old one. Where the old socket holds the port the
+   * new address needs (a wildcard on the same port), it closes first and takes the port back on
+   * failure. Nothing happens when the address is unchanged.
    */
   async rebind(config: HttpConfig): Promise<void> {
     if (config.host === this.config.host && config.port === this.config.port && this.server !== undefined) return;
-    const next = await this.bind(config);
     const previous = this.server;
+    let previousClosing = false;
+    let next: Server;
+    try {
+      next = await this.bind(config);
+    } catch (error) {
+      // The same port on another address where one of the two is a wildcard (0.0.0.0 and
+      // 127.0.0.1, say): the old socket has to let go of the port first, and takes it back if
+      // the new one still cannot bind.
+      const inUse = error instanceof MailfrontError && (error.cause as NodeJS.ErrnoException | undefined)?.code === 'EADDRINUSE';
+      const held = previous?.address();
+      if (previous === undefined || typeof held !== 'object' || held === null || held.port !== config.port || !inUse) throw error;
+      // Stops accepting at once; the request that asked for this reload still gets its answer.
+      void this.closeServer(previous);
+      previousClosing = true;
+      try {
+        next = await this.bind(config);
+      } catch (second) {
+        this.server = await this.bind({ host: this.config.host, port: held.port }).catch(() => undefined);
+        if (this.server === undefined) this.options.log.error({ event: 'http.unbound', address: `${this.config.host}:${this.config.port}` }, 'the HTTP listener could not take its old address back');
+        throw second;
+      }
+    }
     this.server = next;
     this.config = config;
     // Not awaited: the request that asked for this reload (the admin API's) is on the old server
     // and gets its answer there; connections still open after a second are closed.
-    if (previous !== undefined) void this.closeServer(previous);
+    if (previous !== undefined && !previousClosing) void this.closeServer(previous);
   }
 
   /** The address actually bound (useful with port 0 in tests). */
@@ -169,7 +192,7 @@ export class HttpServer {
       });
     });
     return new Promise((resolve, reject) => {
-      const onError = (error: NodeJS.ErrnoException): void => reject(new MailfrontError('LISTEN_FAILED', 'config', `HTTP listener cannot bind ${config.host}:${config.port}: ${error.code ?? error.message}`));
+      const onError = (error: NodeJS.ErrnoException): void => reject(new MailfrontError('LISTEN_FAILED', 'config', `HTTP listener cannot bind ${config.host}:${config.port}: ${error.code ?? error.message}`, { cause: error }));
       server.once('error', onError);
       server.listen({ host: config.host, port: config.port }, () => {
         server.off('error', onError);

@@ -1,6 +1,8 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
+import { createServer as createNetServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { IssueList } from '../../src/config/validate.js';
 import { createLogger } from '../../src/log.js';
 import { Metrics } from '../../src/metrics.js';
@@ -13,9 +15,9 @@ interface Reply {
   readonly body: string;
 }
 
-function call(port: number, method: string, path: string): Promise<Reply> {
+function call(port: number, method: string, path: string, host = '127.0.0.1'): Promise<Reply> {
   return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, method, path, agent: false }, (res) => {
+    const req = request({ host, port, method, path, agent: false }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
@@ -150,6 +152,32 @@ describe('http listener: binding', () => {
     } finally {
       await server.close();
       await other.close();
+    }
+  });
+  it('moves between addresses that share a port when one of them covers the other', async () => {
+    // ::ffff:127.0.0.1 and 127.0.0.1 are one address to the kernel, as a wildcard and a host
+    // address on one port are: the new socket cannot bind while the old one holds the port.
+    const server = new HttpServer({ host: '127.0.0.1', port: 0 }, { metrics, log, readiness: () => readinessOf([]) });
+    await server.listen();
+    const port = server.address().port;
+    const blocker = createNetServer();
+    try {
+      await server.rebind({ host: '::ffff:127.0.0.1', port });
+      assert.equal(server.address().host, '::ffff:127.0.0.1');
+      assert.equal((await call(port, 'GET', '/healthz')).status, 200);
+      await server.rebind({ host: '127.0.0.1', port });
+      assert.equal(server.address().host, '127.0.0.1');
+      assert.equal((await call(port, 'GET', '/healthz')).status, 200);
+      // A new address that cannot be bound even with the port free: the old one takes it back.
+      await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.3', resolve));
+      const taken = (blocker.address() as AddressInfo).port;
+      await server.rebind({ host: '127.0.0.2', port: taken });
+      await assert.rejects(server.rebind({ host: '::ffff:127.0.0.3', port: taken }), (e: Error & { code?: string }) => e.code === 'LISTEN_FAILED');
+      assert.equal(server.address().host, '127.0.0.2');
+      assert.equal((await call(taken, 'GET', '/healthz', '127.0.0.2')).status, 200);
+    } finally {
+      blocker.close();
+      await server.close();
     }
   });
 });
