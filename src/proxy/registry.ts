@@ -28,6 +28,14 @@ export interface SessionEntry {
   close(reason: 'kicked' | 'drained' | 'shutdown'): void;
 }
 
+/** A backend login under way (connecting or logging in to `slot`): told when its store's master moves off that slot. */
+export interface BackendAttempt {
+  readonly store: string;
+  readonly slot: string;
+  readonly protocol: ProtocolName;
+  moved(): void;
+}
+
 /**
  * How long a kick is remembered for the logins that were under way when it came: longer than a
  * login can last (the pre-auth deadline and the failover hold are at most 10 minutes each).
@@ -44,6 +52,9 @@ export class SessionRegistry {
   private kickCount = 0;
   /** The last kick of each user name (`u:` key) and directory entry (`d:` key): its number, and when (performance.now(), for pruning). */
   private readonly kicks = new Map<string, { readonly count: number; readonly at: number }>();
+
+  /** Backend logins under way (a few per login in flight; see attemptStarted). */
+  private readonly attempts = new Set<BackendAttempt>();
 
   get size(): number {
     return this.byId.size;
@@ -119,6 +130,31 @@ export class SessionRegistry {
   kickedSince(user: string, dn: string, kicksAtStart: number): boolean {
     if (this.kickCount === kicksAtStart) return false;
     return (this.kicks.get(`u:${user}`)?.count ?? 0) > kicksAtStart || (this.kicks.get(`d:${dn}`)?.count ?? 0) > kicksAtStart;
+  }
+
+  /** A backend login begins: a failover off its slot before it ends tells it (masterMoved). */
+  attemptStarted(attempt: BackendAttempt): void {
+    this.attempts.add(attempt);
+  }
+
+  /** The backend login ended, whichever way. */
+  attemptEnded(attempt: BackendAttempt): void {
+    this.attempts.delete(attempt);
+  }
+
+  /**
+   * `store`'s master moved off `slot` (for `protocols` only, when given: a port re-pointed): the
+   * backend logins under way to it are told, so that they follow the failover at once instead of
+   * waiting for a master that may never answer. Returns how many were told.
+   */
+  masterMoved(store: string, slot: string, protocols?: readonly ProtocolName[]): number {
+    const told: BackendAttempt[] = [];
+    for (const a of this.attempts) if (a.store === store && a.slot === slot && (protocols === undefined || protocols.includes(a.protocol))) told.push(a);
+    for (const a of told) {
+      this.attempts.delete(a);
+      a.moved();
+    }
+    return told.length;
   }
 
   /** Every session, without a copy (do not add or remove while iterating). */

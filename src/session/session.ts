@@ -25,7 +25,7 @@ import type { Config, ListenerConfig } from '../config/schema.js';
 import { MailfrontError, asMailfrontError } from '../errors.js';
 import type { FailureKind } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { SessionEntry, SessionRegistry } from '../proxy/registry.js';
+import type { BackendAttempt, SessionEntry, SessionRegistry } from '../proxy/registry.js';
 import { splice } from '../proxy/splice.js';
 import type { Splice, SpliceEndReason } from '../proxy/splice.js';
 import type { Credentials, LoginRefusal, PreauthAction, PreauthCloseReason, PreauthMachine, ProtocolAdapter } from '../protocol/types.js';
@@ -485,16 +485,35 @@ export class Session {
   /**
    * Logs in to the store's current master. While the master is unreachable the login is held
    * and retried, reading the store map afresh each time so that a failover during the wait is
-   * followed. A login that completes on a slot that stopped being master meanwhile is dropped
-   * and retried: no session is ever spliced to a demoted master.
+   * followed. A failover off the slot while the login is connecting or logging in to it (a
+   * master that accepts connections and never greets, say) cuts that attempt short and the
+   * login goes on at once with the new master. A login that completes on a slot that stopped
+   * being master meanwhile is dropped and retried: no session is ever spliced to a demoted master.
    */
   private async loginToCurrentMaster(storeName: string, user: string, password: string, config: Config): Promise<BackendSession> {
     const deadline = Date.now() + config.failover.holdMs;
+    const registry = this.context.registry;
+    const session = this.cancellation;
     for (let attempt = 1; ; attempt++) {
       const { store, slot } = this.context.storeMap().currentMaster(storeName);
       this.slot = slot.name;
+      // The attempt's own cancellation: the session's end, or a failover off this slot.
+      const cancel = new Canceller();
+      const sessionEnded = (): void => cancel.abort();
+      session.addEventListener('abort', sessionEnded);
+      let moved = false;
+      const watch: BackendAttempt = {
+        store: storeName,
+        slot: slot.name,
+        protocol: this.adapter.name,
+        moved: () => {
+          moved = true;
+          cancel.abort();
+        },
+      };
+      registry.attemptStarted(watch);
       try {
-        const backend = await this.connectBackend(slot, store.backend, user, password);
+        const backend = await this.connectBackend(slot, store.backend, user, password, cancel);
         const now = this.context.storeMap().currentMaster(storeName).slot;
         if (sameServer(now, slot, this.adapter.name)) return backend;
         backend.socket.destroy();
@@ -502,21 +521,32 @@ export class Session {
         this.log.warn({ event: 'session.master_changed_during_login', store: storeName, slot: slot.name, currentMaster: now.name }, 'the master changed during backend login; following it');
       } catch (caught) {
         const error = asMailfrontError(caught);
+        throwIfCancelled(session, 'the session ended while its backend login was under way');
+        // Failed, or cut short, on a slot that is no longer the master: on to the new one now.
+        const now = this.context.storeMap().currentMaster(storeName).slot;
+        if (moved || !sameServer(now, slot, this.adapter.name)) {
+          if (Date.now() >= deadline) throw new MailfrontError('MASTER_KEEPS_CHANGING', 'no-route', `store "${storeName}" changed its master during every login attempt`);
+          this.log.warn({ event: 'session.master_changed_during_login', store: storeName, slot: slot.name, currentMaster: now.name, err: error.message }, 'the master changed during backend login; following it');
+          continue;
+        }
         if (error.kind !== 'connect' || Date.now() >= deadline) throw error;
         this.log.warn({ event: 'session.backend_retry', store: storeName, slot: slot.name, attempt, err: error.message }, 'current master unreachable; holding the login');
-        await delay(Math.min(250 * attempt, 1_000, deadline - Date.now()), this.cancellation);
-        throwIfCancelled(this.cancellation, 'the session ended while its login was held');
+        await delay(Math.min(250 * attempt, 1_000, deadline - Date.now()), session);
+        throwIfCancelled(session, 'the session ended while its login was held');
+      } finally {
+        registry.attemptEnded(watch);
+        session.removeEventListener('abort', sessionEnded);
       }
     }
   }
 
-  private async connectBackend(slot: Slot, backendConfig: Config['backend'], user: string, password: string): Promise<BackendSession> {
+  private async connectBackend(slot: Slot, backendConfig: Config['backend'], user: string, password: string, cancel: Cancellation): Promise<BackendSession> {
     const metrics = this.context.metrics;
     const connectStarted = performance.now();
     let socket: Socket;
     try {
       const proxyHeader = backendProxyHeader(backendConfig.proxyProtocol, { address: this.clientAddress, port: this.clientPort }, this.endpoints);
-      socket = await dialSlot(slot, this.adapter.name, backendConfig, this.cancellation, proxyHeader);
+      socket = await dialSlot(slot, this.adapter.name, backendConfig, cancel, proxyHeader);
       metrics.backendConnect(slot.store, 'success', (performance.now() - connectStarted) / 1000);
     } catch (caught) {
       const error = asMailfrontError(caught);
@@ -536,7 +566,7 @@ export class Session {
       ...(backendConfig.forwardClientAddress ? { forward: { ip: this.clientAddress, port: this.clientPort, sessionId: this.id } } : {}),
     });
     try {
-      const session = await loginToBackend(socket, slot, machine, backendConfig, this.cancellation);
+      const session = await loginToBackend(socket, slot, machine, backendConfig, cancel);
       metrics.backendLogin(slot.store, 'success', (performance.now() - loginStarted) / 1000);
       return session;
     } catch (caught) {

@@ -270,6 +270,45 @@ describe('failover by file edit and by the admin API (file store map)', () => {
     }
   });
 
+  test('a login waiting on a master that accepts and never greets follows a failover at once, IMAP and POP3 alike', async () => {
+    // A stopped Dovecot: the kernel completes the connect, the greeting never comes (the backend
+    // login's deadline is 15 s). The failover must not wait for it.
+    await a1.pause();
+    const imap = await LineClient.connect(front.imapTrustedPort);
+    const pop3 = await LineClient.connect(front.pop3TrustedPort);
+    try {
+      const since = front.logs.length;
+      await imap.readLine();
+      await pop3.readLine();
+      imap.send(`t1 LOGIN ann ${PASSWORD}`);
+      await pop3.pop3('USER ari');
+      pop3.send(`PASS ${PASSWORD}`);
+      for (const user of ['ann', 'ari']) {
+        await waitForLog(front, (l) => l['event'] === 'session.backend_connected' && l['slot'] === 'a1' && front.logs.some((m) => m['session'] === l['session'] && m['user'] === user), 5_000, since);
+      }
+      const failedOver = Date.now();
+      await front.writeStores(storesWith('a2'));
+      assert.match(await imap.readLine(5_000), /^t1 OK /);
+      assert.match(await pop3.readLine(5_000), /^\+OK/);
+      assert.ok(Date.now() - failedOver < 4_000, `answered ${Date.now() - failedOver} ms after the failover`);
+      const drain = front.logs.slice(since).find((l) => l['event'] === 'failover.drain' && l['from'] === 'a1');
+      assert.equal(drain?.['logins'], 2);
+      const spliced = front.logs.slice(since).filter((l) => l['event'] === 'session.spliced').map((l) => `${String(l['user'])}@${String(l['slot'])}`);
+      assert.deepEqual(spliced.sort(), ['ann@a2', 'ari@a2']);
+      imap.send('t2 EXAMINE INBOX');
+      imap.send('t3 FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])');
+      const lines: string[] = [];
+      for (let line = await imap.readLine(); !line.startsWith('t3 '); line = await imap.readLine()) lines.push(line);
+      assert.ok(lines.some((l) => l.includes('I am a2')), lines.join(' | '));
+    } finally {
+      imap.close();
+      pop3.close();
+      a1.resume();
+      await front.writeStores(storesWith('a1'));
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  });
+
   test('a master that stays down: the held login ends with NO [UNAVAILABLE] after the hold time', async () => {
     await b1.stopOnly();
     try {

@@ -48,3 +48,24 @@ test('an entry found after a kick joins that kick, and a later kick of it is not
   registry.entriesKicked(['uid=amy,dc=x'], first);
   assert.equal(registry.kickedSince('amy@example.com', 'uid=amy,dc=x', second - 1), true, 'the later kick stands');
 });
+
+test('a failover tells the backend logins under way to the old master of that store, for the protocols it moved', () => {
+  const registry = new SessionRegistry();
+  const told: string[] = [];
+  const attempt = (name: string, store: string, slot: string, protocol: 'imap' | 'pop3') => ({ store, slot, protocol, moved: () => told.push(name) });
+  const imap = attempt('imap-a1', 'alpha', 'a1', 'imap');
+  const pop3 = attempt('pop3-a1', 'alpha', 'a1', 'pop3');
+  const other = attempt('imap-a2', 'alpha', 'a2', 'imap');
+  const beta = attempt('beta-a1', 'beta', 'a1', 'imap');
+  const ended = attempt('ended', 'alpha', 'a1', 'imap');
+  for (const a of [imap, pop3, other, beta, ended]) registry.attemptStarted(a);
+  registry.attemptEnded(ended);
+  // A port re-pointed for POP3 only: only the POP3 login follows.
+  assert.equal(registry.masterMoved('alpha', 'a1', ['pop3']), 1);
+  assert.deepEqual(told, ['pop3-a1']);
+  assert.equal(registry.masterMoved('alpha', 'a1'), 1);
+  assert.deepEqual(told, ['pop3-a1', 'imap-a1']);
+  // Each is told once; the others (another slot, another store) never.
+  assert.equal(registry.masterMoved('alpha', 'a1'), 0);
+  assert.deepEqual(told, ['pop3-a1', 'imap-a1']);
+});
