@@ -3,6 +3,7 @@
  * Adapters are sans-I/O: they take bytes and return actions; they own no socket, timer,
  * directory client or config object. Everything they need is passed in as plain options.
  */
+import type { CommandGuard } from '../proxy/command-guard.js';
 
 /** Credentials decoded from the client; `password` is a secret and must never be logged. */
 export interface Credentials {
@@ -170,4 +171,10 @@ export interface ProtocolAdapter {
   connectionRefusal(limit: 'total' | 'address', text: string): string;
   /** A tracker for where drainNotice may be inserted; absent when there is no notice to insert. */
   createResponseTracker?(): ResponseBoundaryTracker;
+  /**
+   * A guard on what the spliced client sends (proxy/command-guard.ts), given the backend's
+   * post-login capabilities (IMAP) or null, and the last words to a client it stops; null when
+   * the backend needs none.
+   */
+  createCommandGuard?(backendCapabilities: string | null): { readonly guard: CommandGuard; readonly notice: string } | null;
 }

@@ -3,7 +3,8 @@
  * deadline, and one end reported exactly once. No copies per chunk after login, and no parsing
  * beyond what a drain notice needs: for IMAP, the backend's bytes are scanned for line ends and
  * literal sizes (protocol/imap/boundary.ts, about 16 µs per 64 KiB of short lines, literals
- * skipped unread) so that a BYE is only ever written between two responses.
+ * skipped unread) so that a BYE is only ever written between two responses; and where the
+ * backend offers UNAUTHENTICATE, the client's line starts are checked for it (command-guard.ts).
  *
  * Two relays do the work, chosen per direction:
  *
@@ -26,6 +27,7 @@
 import { Socket } from 'node:net';
 import { plainDescriptor, readDirect, readsDirect, writeToDescriptor } from '../net/direct-io.js';
 import type { ResponseBoundaryTracker } from '../protocol/types.js';
+import type { CommandGuard } from './command-guard.js';
 
 /**
  * How long a socket may take to send what is queued for it once the splice ends gracefully (a
@@ -34,7 +36,7 @@ import type { ResponseBoundaryTracker } from '../protocol/types.js';
 const LAST_BYTES_MS = 1_000;
 
 /** Why a splice ended. */
-export type SpliceEndReason = 'client-closed' | 'backend-closed' | 'client-error' | 'backend-error' | 'idle-timeout' | 'kicked' | 'drained' | 'shutdown';
+export type SpliceEndReason = 'client-closed' | 'backend-closed' | 'client-error' | 'backend-error' | 'idle-timeout' | 'kicked' | 'drained' | 'shutdown' | 'command-refused';
 
 /** A running splice. */
 export interface Splice {
@@ -114,6 +116,9 @@ class SpliceSession implements Splice {
     leftover: Uint8Array,
     idleTimeoutMs: number,
     private readonly tracker: ResponseBoundaryTracker | null,
+    private readonly guard: CommandGuard | null,
+    /** Written to the client (between responses) when the guard stops a command. */
+    private readonly refusalNotice: string | null,
   ) {
     this.ended = new Promise<SpliceEndReason>((resolve) => (this.resolveEnded = resolve));
     this.bytesFromClient = pipelined.length;
@@ -129,7 +134,14 @@ class SpliceSession implements Splice {
     this.sweep = idleSweepFor(idleTimeoutMs);
     this.sweep.add(this);
 
-    if (pipelined.length > 0) backend.write(pipelined);
+    if (pipelined.length > 0) {
+      if (guard?.refuses(pipelined, pipelined.length) === true) {
+        this.refuse();
+        this.relay = 'stream';
+        return;
+      }
+      backend.write(pipelined);
+    }
     if (leftover.length > 0) {
       tracker?.observe(leftover);
       client.write(leftover);
@@ -152,6 +164,10 @@ class SpliceSession implements Splice {
     const resume = this.resumer(from);
     const started = readDirect(from, (length, chunk) => {
       if (this.endReason !== null) return false;
+      if (!toClient && this.guard?.refuses(chunk, length) === true) {
+        this.refuse();
+        return false;
+      }
       this.relayed(chunk, length, toClient);
       // Looked up at every read, not kept: a socket destroyed without an error closes its
       // descriptor at once, before its 'close' event, and the number may already belong to
@@ -194,6 +210,10 @@ class SpliceSession implements Splice {
     const resume = this.resumer(from);
     from.on('data', (chunk: Buffer) => {
       if (this.endReason !== null) return;
+      if (!toClient && this.guard?.refuses(chunk, chunk.length) === true) {
+        this.refuse();
+        return;
+      }
       this.relayed(chunk, chunk.length, toClient);
       if (!to.write(chunk)) {
         from.pause();
@@ -256,7 +276,12 @@ class SpliceSession implements Splice {
     if (this.closedCount === 2) this.resolveEnded(this.endReason ?? reason);
   }
 
-  close(reason: Extract<SpliceEndReason, 'kicked' | 'drained' | 'shutdown'>, notice: string | null): void {
+  /** The guard stopped a command: the session ends, and the backend never sees that command's line end. */
+  private refuse(): void {
+    this.close('command-refused', this.refusalNotice);
+  }
+
+  close(reason: Extract<SpliceEndReason, 'kicked' | 'drained' | 'shutdown' | 'command-refused'>, notice: string | null): void {
     if (this.endReason !== null) return;
     this.endReason = reason;
     this.sweep.delete(this);
@@ -278,6 +303,15 @@ class SpliceSession implements Splice {
  * client sent after its login command) and `leftover` to the client (bytes the backend sent
  * after its login reply).
  */
-export function splice(client: Socket, backend: Socket, pipelined: Uint8Array, leftover: Uint8Array, idleTimeoutMs: number, tracker: ResponseBoundaryTracker | null = null): Splice {
-  return new SpliceSession(client, backend, pipelined, leftover, idleTimeoutMs, tracker);
+export function splice(
+  client: Socket,
+  backend: Socket,
+  pipelined: Uint8Array,
+  leftover: Uint8Array,
+  idleTimeoutMs: number,
+  tracker: ResponseBoundaryTracker | null = null,
+  guard: CommandGuard | null = null,
+  refusalNotice: string | null = null,
+): Splice {
+  return new SpliceSession(client, backend, pipelined, leftover, idleTimeoutMs, tracker, guard, refusalNotice);
 }

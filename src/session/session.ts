@@ -595,7 +595,8 @@ export class Session {
     // Commands the client sent behind its login were read here but reach the backend through
     // the splice, which counts them as its own.
     this.preauthBytesRead -= success.pipelined.length;
-    const running = splice(this.socket, backend.socket, success.pipelined, backend.leftover, this.context.config().session.idleTimeoutMs, this.adapter.createResponseTracker?.() ?? null);
+    const guarded = this.adapter.createCommandGuard?.(backend.capabilities) ?? null;
+    const running = splice(this.socket, backend.socket, success.pipelined, backend.leftover, this.context.config().session.idleTimeoutMs, this.adapter.createResponseTracker?.() ?? null, guarded?.guard ?? null, guarded?.notice ?? null);
     this.splice = running;
     const entry: SessionEntry = {
       id: this.id,
@@ -645,6 +646,10 @@ export class Session {
         this.socket.end();
         setTimeout(() => this.socket.destroy(), 1_000).unref();
       }
+    }
+    if (reason === 'command-refused') {
+      // A client trying to log out of the backend login mailfront made, to log in there again.
+      this.log.warn({ event: 'session.command_refused', command: 'UNAUTHENTICATE', protocol: this.adapter.name, user: this.user, store: this.store, slot: this.slot, client: this.clientAddress }, 'the client sent UNAUTHENTICATE: session closed, the command not passed on');
     }
     this.log.info(
       {

@@ -404,6 +404,47 @@ describe('ManageSieve through mailfront: scripts land in the right store', () =>
     assert.equal(await readlink(join(userDir, 'defaultbc')), 'mfgamma.bc');
   });
 
+  test('UNAUTHENTICATE, which Cyrus offers, never reaches it: the session closes with a BYE, split or pipelined alike', async () => {
+    // Passed on, it would take the backend connection back to the non-authenticated state, and
+    // the client could authenticate there as anyone Cyrus knows (carol's backend-only password,
+    // guesses the throttle never sees), from mailfront's address.
+    const notice = 'BYE "UNAUTHENTICATE is not available through this proxy; log in again on a new connection"\r\n';
+    const split = await loggedIn('carol', PASSWORDS.carol);
+    const mark = front.logs.length;
+    try {
+      const caps = await split.ok('CAPABILITY');
+      assert.ok(caps.data.some((l) => l.text === '"UNAUTHENTICATE"'), 'Cyrus offers it: the guard has something to guard');
+      split.write('unauth');
+      await new Promise((r) => setTimeout(r, 100));
+      split.write(`enticate\r\nAUTHENTICATE "PLAIN" "${plainIr('carol', 'carol-backend-only')}"\r\n`);
+      assert.equal(await split.untilClosed(), notice);
+    } finally {
+      split.close();
+    }
+    const refused = await waitForLog(front, (l) => l['event'] === 'session.command_refused', 3_000, mark);
+    assert.equal(refused['user'], 'carol');
+    assert.equal((await waitForLog(front, (l) => l['event'] === 'session.finished' && l['session'] === refused['session'], 3_000, mark))['reason'], 'command-refused');
+    // Pipelined in the login's own packet: stopped before the splice passes anything on.
+    const pipelined = await SieveClient.connect(front.sieveTrustedPort!);
+    try {
+      await pipelined.response();
+      pipelined.write(`AUTHENTICATE "PLAIN" "${plainIr('carol', PASSWORDS.carol)}"\r\nUNAUTHENTICATE\r\n`);
+      assert.equal(await pipelined.untilClosed(), `OK "Logged in."\r\n${notice}`);
+    } finally {
+      pipelined.close();
+    }
+    // Other commands, and the word inside a script, pass.
+    const client = await loggedIn('carol', PASSWORDS.carol);
+    try {
+      const body = '# UNAUTHENTICATE is not a Sieve command\r\nkeep;\r\n';
+      await client.ok(`PUTSCRIPT "mfguard" {${Buffer.byteLength(body)}+}\r\n${body}`);
+      await client.ok('DELETESCRIPT "mfguard"');
+      await client.ok('LOGOUT');
+    } finally {
+      client.close();
+    }
+  });
+
   test('AUTHENTICATE PLAIN without an initial response, and LOGIN step by step; commands pipelined after it reach the backend', async () => {
     const plainStep = await SieveClient.connect(front.sieveTrustedPort!);
     try {

@@ -12,6 +12,7 @@ import { readDirect } from '../../src/net/direct-io.js';
 import { tcpPair, tlsPair, type Pair } from './socket-pairs.js';
 import type { Splice } from '../../src/proxy/splice.js';
 import { ImapResponseBoundary } from '../../src/protocol/imap/boundary.js';
+import { UnauthenticateGuard } from '../../src/proxy/command-guard.js';
 
 /** Reads `length` bytes from `socket`, pausing now and then like a slow client; returns their SHA-256. */
 function readAll(socket: Socket, length: number, slow: boolean): Promise<string> {
@@ -187,6 +188,44 @@ test('a drain notice is written at a response boundary, never inside a literal',
     assert.equal(await running.ended, 'drained');
     assert.equal(Buffer.concat(received).toString('latin1'), expectNotice ? `${sent}* BYE [UNAVAILABLE] moved\r\n` : sent);
   }
+});
+
+/**
+ * The splice's end, waited for with a timer that keeps the process up: a refused client's socket
+ * stops being read, and the timer that closes it after its notice does not hold the process.
+ */
+async function endedWithin(running: Splice, ms = 3_000): Promise<string> {
+  return Promise.race([running.ended, sleep(ms).then(() => 'not ended')]);
+}
+
+for (const [name, pair] of [['plain', tcpPair], ['TLS', tlsPair]] as const) {
+  test(`a command the guard refuses (${name} client): the backend never gets its line end, the client gets the notice, the splice ends as command-refused`, async () => {
+    const client = await pair();
+    const backend = await tcpPair();
+    const running = splice(client.front, backend.front, new Uint8Array(), new Uint8Array(), 60_000, new ImapResponseBoundary(), new UnauthenticateGuard(true), '* BYE refused\r\n');
+    const toBackend: Buffer[] = [];
+    backend.user.on('data', (chunk: Buffer) => toBackend.push(chunk));
+    backend.user.on('error', () => undefined);
+    const toClient: Buffer[] = [];
+    client.user.on('data', (chunk: Buffer) => toClient.push(chunk));
+    client.user.write('a1 NOOP\r\nb2 UNAUTHEN');
+    while (Buffer.concat(toBackend).length < 19) await sleep(5);
+    client.user.write('TICATE\r\nc3 LOGIN other secret\r\n');
+    assert.equal(await endedWithin(running), 'command-refused');
+    assert.equal(Buffer.concat(toBackend).toString('latin1'), 'a1 NOOP\r\nb2 UNAUTHEN');
+    assert.equal(Buffer.concat(toClient).toString('latin1'), '* BYE refused\r\n');
+  });
+}
+
+test('a refused command pipelined behind the login never reaches the backend', async () => {
+  const client = await tcpPair();
+  const backend = await tcpPair();
+  const toBackend: Buffer[] = [];
+  backend.user.on('data', (chunk: Buffer) => toBackend.push(chunk));
+  backend.user.on('error', () => undefined);
+  const running = splice(client.front, backend.front, Buffer.from('b2 UNAUTHENTICATE\r\n'), new Uint8Array(), 60_000, new ImapResponseBoundary(), new UnauthenticateGuard(true), '* BYE refused\r\n');
+  assert.equal(await endedWithin(running), 'command-refused');
+  assert.equal(Buffer.concat(toBackend).length, 0);
 });
 
 test('a drain notice reaches a client that is behind: what is queued for it goes out first, then the notice', async () => {

@@ -4,6 +4,7 @@
  * Must not: hold state of its own or do any I/O.
  */
 
+import { UNAUTHENTICATE_REFUSED, UnauthenticateGuard } from '../../proxy/command-guard.js';
 import type { ProtocolAdapter } from '../types.js';
 import { ImapBackendLoginMachine } from './backend.js';
 import { ImapPreauthMachine } from './preauth.js';
@@ -19,6 +20,10 @@ export const imapAdapter: ProtocolAdapter = Object.freeze({
   // (RFC 5530) tells the client to come back, and the store's new master will answer it.
   drainNotice: (text) => `* BYE [UNAVAILABLE] ${safeText(text)}\r\n`,
   createResponseTracker: () => new ImapResponseBoundary(),
+  // A backend that offers UNAUTHENTICATE (RFC 8437) would let a spliced client log in there
+  // again as someone else: its sessions are guarded. Dovecot and Cyrus 3.6 do not offer it.
+  createCommandGuard: (capabilities) =>
+    capabilities === null || /(?:^| )UNAUTHENTICATE(?: |$)/i.test(capabilities) ? { guard: new UnauthenticateGuard(true), notice: `* BYE ${UNAUTHENTICATE_REFUSED}\r\n` } : null,
   // RFC 5530: [UNAVAILABLE] for a temporary server-side condition, [LIMIT] for a per-client one.
   connectionRefusal: (limit, text) => `* BYE [${limit === 'total' ? 'UNAVAILABLE' : 'LIMIT'}] ${safeText(text)}\r\n`,
 } satisfies ProtocolAdapter);

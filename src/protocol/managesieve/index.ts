@@ -5,6 +5,7 @@
  * Must not: hold state of its own or do any I/O.
  */
 
+import { UNAUTHENTICATE_REFUSED, UnauthenticateGuard } from '../../proxy/command-guard.js';
 import type { ProtocolAdapter } from '../types.js';
 import { ManageSieveBackendLogin } from './backend.js';
 import { ManageSieveResponseBoundary } from './boundary.js';
@@ -20,6 +21,9 @@ export const managesieveAdapter: ProtocolAdapter = Object.freeze({
   // store's new master answers the reconnect. Written only between responses (the tracker).
   drainNotice: (text) => `BYE (TRYLATER) ${sieveString(oneLineText(text), 'server')}\r\n`,
   createResponseTracker: () => new ManageSieveResponseBoundary(),
+  // Cyrus's timsieved offers UNAUTHENTICATE (RFC 5804 §2.14.1); its capabilities are not
+  // read after login, so every spliced session is guarded (ManageSieve traffic is small).
+  createCommandGuard: () => ({ guard: new UnauthenticateGuard(false), notice: `BYE ${sieveString(UNAUTHENTICATE_REFUSED, 'server')}\r\n` }),
   connectionRefusal: (_limit, text) => `BYE (TRYLATER) ${sieveString(oneLineText(text), 'server')}\r\n`,
 } satisfies ProtocolAdapter);
 
