@@ -17,7 +17,7 @@ import { forgetBackendCaFiles, probeSlot } from './backend/connect.js';
 import { loadConfig } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { Metrics } from './metrics.js';
-import { CidrSet } from './net/cidr.js';
+import { CidrSet, bindAddressesOverlap } from './net/cidr.js';
 import { HttpServer, readinessOf } from './server/http.js';
 import type { Readiness } from './server/http.js';
 import { encodeProxyV2Local } from './server/proxy-protocol.js';
@@ -238,7 +238,8 @@ export class Mailfront {
         // Its address taken by a listener whose protocol or TLS mode changed: the new one is made
         // first (a certificate that cannot be used stops it here), then the old one lets go of
         // the port; if the new one cannot bind, the old one takes the port back.
-        const occupying = before.find((l) => !kept.has(l) && l.config.host === listenerConfig.host && l.config.port === listenerConfig.port);
+        // (On the same port, an address the old one's covers or shares: 0.0.0.0 and 127.0.0.1, say.)
+        const occupying = before.find((l) => !kept.has(l) && l.config.port === listenerConfig.port && bindAddressesOverlap(l.config.host, listenerConfig.host));
         // It keeps the port unless the new one takes it over.
         if (occupying !== undefined) kept.add(occupying);
         const fresh = this.createListener(listenerConfig);

@@ -65,6 +65,22 @@ export function parseAddress(text: string): Uint8Array | null {
   return parseV6(bare);
 }
 
+/**
+ * Whether two listening addresses would take the same port from each other on Linux: the same
+ * address in any spelling (`::ffff:127.0.0.1` is 127.0.0.1), a wildcard (0.0.0.0 covers every
+ * IPv4 address; `::`, bound dual-stack as node does, covers every address of both families).
+ */
+export function bindAddressesOverlap(a: string, b: string): boolean {
+  const x = parseAddress(a);
+  const y = parseAddress(b);
+  if (x === null || y === null) return a === b;
+  const wildcard6 = (bytes: Uint8Array): boolean => bytes.every((byte) => byte === 0);
+  const wildcard4 = (bytes: Uint8Array): boolean => isV4Mapped(bytes) && bytes[12] === 0 && bytes[13] === 0 && bytes[14] === 0 && bytes[15] === 0;
+  if (wildcard6(x) || wildcard6(y)) return true;
+  if ((wildcard4(x) && isV4Mapped(y)) || (wildcard4(y) && isV4Mapped(x))) return true;
+  return x.every((byte, i) => byte === y[i]);
+}
+
 function isV4Mapped(bytes: Uint8Array): boolean {
   return V4_MAPPED_PREFIX.every((b, i) => bytes[i] === b);
 }

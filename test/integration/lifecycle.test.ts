@@ -433,6 +433,35 @@ test('a reload that renames a listener keeps its socket and its sessions; one th
   assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /);
 });
 
+test('a reload that moves a listener to an address sharing its port (a wildcard and a host, or an IPv4-mapped twin) lets go of the port first, and the port stays served', async () => {
+  // ::ffff:127.0.0.1 is 127.0.0.1 to the kernel, as 0.0.0.0 covers it: the new socket cannot
+  // bind while the old one holds the port (loopback only here; the wildcard case is the same code).
+  const original = readFileSync(front.configFile, 'utf8');
+  const move = (host: string): void => {
+    const config = parse(original) as Record<string, unknown>;
+    (config['listeners'] as Array<Record<string, unknown>>).find((l) => l['name'] === 'imap-webmail')!['host'] = host;
+    writeFileSync(front.configFile, stringify(config));
+  };
+  const spliced = await LineClient.connect(front.imapTrustedPort);
+  try {
+    await spliced.readLine();
+    spliced.send(`s LOGIN liz ${PASSWORD}`);
+    assert.match(await spliced.readLine(), /^s OK/);
+    move('::ffff:127.0.0.1');
+    const moved = await front.mailfront.reload();
+    assert.equal(moved.ok, true, moved.error);
+    assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /, 'the moved listener serves the port');
+    spliced.send('s2 NOOP');
+    assert.match(await spliced.readLine(), /^s2 OK/, 'the session accepted before the move goes on');
+  } finally {
+    spliced.close();
+    writeFileSync(front.configFile, original);
+    const restored = await front.mailfront.reload();
+    assert.equal(restored.ok, true, restored.error);
+  }
+  assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /);
+});
+
 test('a reload while the server stops is refused and binds nothing', async () => {
   const stopping = await startFront({ slapd, stores: { alpha: { currentMaster: 'm', slots: { m: { imapPort: master.imapPort } } } } });
   const spliced = await LineClient.connect(stopping.imapTrustedPort);

@@ -65,3 +65,14 @@ test('address keys: IPv4 as is (also when mapped), IPv6 by its /64', () => {
   assert.equal(addressKey('2001:db8::1', 48), '2001:db8:0::/48');
   assert.equal(addressKey('unknown'), 'unknown');
 });
+
+test('bindAddressesOverlap: the same address in any spelling, and wildcards, take a port from each other', async () => {
+  const { bindAddressesOverlap } = await import('../../src/net/cidr.js');
+  for (const [a, b] of [['127.0.0.1', '127.0.0.1'], ['127.0.0.1', '::ffff:127.0.0.1'], ['0.0.0.0', '127.0.0.2'], ['::', '127.0.0.1'], ['::', '::1'], ['0:0:0:0:0:0:0:1', '::1'], ['::', '0.0.0.0']]) {
+    assert.equal(bindAddressesOverlap(a!, b!), true, `${a} and ${b}`);
+    assert.equal(bindAddressesOverlap(b!, a!), true, `${b} and ${a}`);
+  }
+  for (const [a, b] of [['127.0.0.1', '127.0.0.2'], ['0.0.0.0', '::1'], ['::1', '127.0.0.1'], ['10.0.0.1', '::ffff:10.0.0.2']]) {
+    assert.equal(bindAddressesOverlap(a!, b!), false, `${a} and ${b}`);
+  }
+});
