@@ -12,7 +12,7 @@ import {
   DEFAULT_LDAP_OPERATION_TIMEOUT_MS,
   DEFAULT_PREAUTH_TIMEOUT_MS,
 } from '../limits.js';
-import { parseCidr } from '../net/cidr.js';
+import { parseAddress, parseCidr } from '../net/cidr.js';
 import type { BackendLoginMode, ProtocolName } from '../protocol/types.js';
 import { readThrottleConfig } from '../auth/throttle-config.js';
 import type { ThrottleConfig } from '../auth/throttle-config.js';
@@ -198,10 +198,21 @@ export function readConfig(doc: unknown, file: string, resolvePath: (p: string) 
   const log = root['log'] === undefined ? {} : readSection(root['log'], 'log', ['level'], issues) ?? {};
   const directory = readDirectory(root['directory'], resolvePath, issues);
   const backend = readBackend(root['backend'], 'backend', resolvePath, issues);
+  const logLevel = oneOf(log, 'level', 'log', issues, LOG_LEVELS, 'info');
+  const bindings: Binding[] = [];
+  const listeners = readListeners(root['listeners'], resolvePath, bindings, issues);
+  const httpStart = issues.issues.length;
+  const http = root['http'] !== undefined ? readHttpConfig(root['http'], 'http', issues)! : undefined;
+  // The HTTP listener binds in the same process: a port it shares with a listener fails the start
+  // as surely as two listeners on one. A section that had an issue stands in for defaults, and
+  // port 0 is any free port.
+  if (http !== undefined && http.port !== 0 && issues.issues.slice(httpStart).every((i) => i.path !== 'http' && i.path !== 'http.host' && i.path !== 'http.port')) {
+    checkBinding(bindingOf(http.host, http.port, 'http'), bindings, issues);
+  }
   return {
     file,
-    logLevel: oneOf(log, 'level', 'log', issues, LOG_LEVELS, 'info'),
-    listeners: readListeners(root['listeners'], resolvePath, issues),
+    logLevel,
+    listeners,
     directory,
     storeMap: readStoreMapSource(root['store_map'], directory, resolvePath, issues),
     backend,
@@ -209,7 +220,7 @@ export function readConfig(doc: unknown, file: string, resolvePath: (p: string) 
     failover: readFailover(root['failover'], issues),
     health: readHealth(root['health'], issues),
     admin: readAdmin(root['admin'], issues),
-    ...(root['http'] !== undefined ? { http: readHttpConfig(root['http'], 'http', issues)! } : {}),
+    ...(http !== undefined ? { http } : {}),
     trustedNetworks: readNetworks(root, 'trusted_networks', '', issues),
     shutdown: readShutdown(root['shutdown'], issues),
     throttle: readThrottleConfig(root['throttle'], 'throttle', issues),
@@ -220,12 +231,63 @@ export function readConfig(doc: unknown, file: string, resolvePath: (p: string) 
   };
 }
 
-function readListeners(v: unknown, resolvePath: (p: string) => string, issues: IssueList): ListenerConfig[] {
+/** What a socket listening on an address takes of its port (the path is the section's, for messages). */
+interface Binding {
+  readonly path: string;
+  readonly host: string;
+  readonly port: number;
+  /** The address as 16 bytes (IPv4 mapped, so ::ffff:a.b.c.d is a.b.c.d) and its zone, for equality. */
+  readonly key: string;
+  readonly ipv4: boolean;
+  /** `ipv4`: 0.0.0.0, every IPv4 address; `all`: ::, every IPv6 address and (dual-stack) every IPv4 one. */
+  readonly wildcard: 'ipv4' | 'all' | undefined;
+}
+
+function bindingOf(host: string, port: number, path: string): Binding | undefined {
+  const bytes = parseAddress(host);
+  if (bytes === null) return undefined;
+  const zone = host.indexOf('%');
+  const ipv4 = bytes.subarray(0, 12).every((b, i) => b === (i < 10 ? 0 : 0xff));
+  const zero = (from: number): boolean => bytes.subarray(from).every((b) => b === 0);
+  return { path, host, port, key: `${Buffer.from(bytes).toString('hex')}${zone >= 0 ? host.slice(zone) : ''}`, ipv4, wildcard: ipv4 ? (zero(12) ? 'ipv4' : undefined) : zero(0) ? 'all' : undefined };
+}
+
+function endpoint(b: Binding): string {
+  return b.host.includes(':') ? `[${b.host}]:${b.port}` : `${b.host}:${b.port}`;
+}
+
+/**
+ * Why `b` cannot bind beside `a`, or undefined when it can. Node binds :: dual-stack (libuv turns
+ * IPV6_V6ONLY off), so :: holds the port on IPv4 addresses too; an IPv4 wildcard holds it on
+ * every IPv4 address; SO_REUSEADDR lets none of these share a listening port on Linux.
+ */
+function clash(a: Binding, b: Binding): string | undefined {
+  if (a.port !== b.port) return undefined;
+  if (a.key === b.key) return `${a.path} has it`;
+  const wide = [a, b].find((x) => x.wildcard === 'all') ?? [a, b].find((x) => x.wildcard === 'ipv4' && a.ipv4 && b.ipv4);
+  if (wide === undefined) return undefined;
+  const reach = wide.wildcard === 'all' ? 'every IPv6 address and, dual-stack, every IPv4 address' : 'every IPv4 address';
+  return wide === a ? `${a.path} has ${endpoint(a)}, which takes port ${a.port} on ${reach}` : `${a.path} has ${endpoint(a)}, and ${b.host} would take port ${a.port} on ${reach}`;
+}
+
+/** Reports `b` when an earlier binding takes its address and port (the first one that does), and adds it to them. */
+function checkBinding(b: Binding | undefined, earlier: Binding[], issues: IssueList): void {
+  if (b === undefined) return;
+  for (const a of earlier) {
+    const why = clash(a, b);
+    if (why === undefined) continue;
+    issues.add(at(b.path, 'port'), `an address and port no other listener uses (${why})`, endpoint(b));
+    break;
+  }
+  earlier.push(b);
+}
+
+/** Reads the listeners; `bindings` receives the address and port of each. */
+function readListeners(v: unknown, resolvePath: (p: string) => string, bindings: Binding[], issues: IssueList): ListenerConfig[] {
   if (!Array.isArray(v) || v.length === 0) {
     issues.add('listeners', 'a non-empty list of listeners', v);
     return [];
   }
-  const seen = new Map<string, string>();
   const seenNames = new Map<string, string>();
   return v.map((item, i) => {
     const path = at('listeners', i);
@@ -237,10 +299,7 @@ function readListeners(v: unknown, resolvePath: (p: string) => string, issues: I
     const listenPort = port(o, 'port', path, issues);
     const name = str(o, 'name', path, issues, `${protocol}-${listenPort}`);
     const tls = oneOf(o, 'tls', path, issues, TLS_MODES, 'none');
-    const endpoint = `${host}:${listenPort}`;
-    const earlier = seen.get(endpoint);
-    if (earlier !== undefined) issues.add(at(path, 'port'), `an address and port no other listener uses (${earlier} has it)`, endpoint);
-    seen.set(endpoint, path);
+    checkBinding(bindingOf(host, listenPort, path), bindings, issues);
     // A reload matches listeners by name as well as by address: two of one name cannot be told apart.
     const named = seenNames.get(name);
     if (named !== undefined) issues.add(at(path, 'name'), `a name no other listener has (${named} has it${o['name'] === undefined ? '; the default name is <protocol>-<port>, so listeners on one port need names of their own' : ''})`, name);

@@ -107,6 +107,38 @@ test('listener names are unique: two listeners on one port of two addresses need
   assert.deepEqual(loadConfig(join(dir, 'named.yaml')).listeners.map((l) => l.name), ['imap-1143', 'imap-second']);
 });
 
+test('listeners (and the HTTP listener) cannot share a port where one address covers the other: a wildcard, or an IPv4-mapped twin', () => {
+  const dir = writeTemp({
+    'ldap.secret': 'x',
+    'mf.yaml': `
+listeners:
+  - { name: any4, protocol: imap, host: 0.0.0.0, port: 1143, tls: none, plaintext_without_tls: true }
+  - { name: loop4, protocol: imap, host: 127.0.0.1, port: 1143, tls: none, plaintext_without_tls: true }
+  - { name: any6, protocol: imap, host: "::", port: 1143, tls: none, plaintext_without_tls: true }
+  - { name: mapped, protocol: pop3, host: "::ffff:127.0.0.1", port: 1110, tls: none, plaintext_without_tls: true }
+  - { name: plain, protocol: pop3, host: 127.0.0.1, port: 1110, tls: none, plaintext_without_tls: true }
+  - { name: loop6, protocol: pop3, host: "::1", port: 1110, tls: none, plaintext_without_tls: true }
+  - { name: loop6-sieve, protocol: managesieve, host: "::1", port: 4190, tls: none, plaintext_without_tls: true }
+  - { name: any4-sieve, protocol: managesieve, host: 0.0.0.0, port: 4190, tls: none, plaintext_without_tls: true }
+http: { host: 127.0.0.1, port: 1110 }
+directory: { urls: [ldap://127.0.0.1], bind_dn: cn=x, bind_password_file: ldap.secret, base_dn: dc=x }
+store_map: { file: stores.yaml }
+`,
+  });
+  const error = configErrorOf(() => loadConfig(join(dir, 'mf.yaml')));
+  assert.deepEqual(
+    error.issues.filter((i) => i.path.endsWith('.port')).map((i) => `${i.path}: expected ${i.expected}, found ${i.found}`),
+    [
+      'listeners[1].port: expected an address and port no other listener uses (listeners[0] has 0.0.0.0:1143, which takes port 1143 on every IPv4 address), found "127.0.0.1:1143"',
+      'listeners[2].port: expected an address and port no other listener uses (listeners[0] has 0.0.0.0:1143, and :: would take port 1143 on every IPv6 address and, dual-stack, every IPv4 address), found "[::]:1143"',
+      'listeners[4].port: expected an address and port no other listener uses (listeners[3] has it), found "127.0.0.1:1110"',
+      'http.port: expected an address and port no other listener uses (listeners[3] has it), found "127.0.0.1:1110"',
+    ],
+  );
+  // ::1 and 127.0.0.1 are two addresses, and 0.0.0.0 covers IPv4 addresses only.
+  assert.deepEqual(error.issues.map((i) => i.path).filter((p) => !p.endsWith('.port')), [], error.message);
+});
+
 test('a secret of the wrong type is reported by its path and kind, never its value', () => {
   const dir = writeTemp({
     'secrets.yaml': `
