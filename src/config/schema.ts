@@ -294,16 +294,24 @@ function readListeners(v: unknown, resolvePath: (p: string) => string, bindings:
     const o = readSection(item, path, ['name', 'protocol', 'host', 'port', 'tls', 'plaintext_without_tls', 'certificate', 'proxy_protocol'], issues) ?? {};
     const proxyProtocol = readProxyConfig(o['proxy_protocol'], at(path, 'proxy_protocol'), issues, (n) => parseCidr(n) !== null);
     const protocol = oneOf<Protocol>(o, 'protocol', path, issues, ['imap', 'pop3', 'managesieve']);
+    // A host or port that had an issue is a stand-in (0.0.0.0, port 1): it would clash with
+    // others' addresses, and lend its port to a default name, for no fault of theirs.
+    const hostIssues = issues.issues.length;
     const host = str(o, 'host', path, issues, '0.0.0.0');
     if (isIP(host) === 0) issues.add(at(path, 'host'), 'an IPv4 or IPv6 address', host);
+    const portIssues = issues.issues.length;
     const listenPort = port(o, 'port', path, issues);
+    const portRead = issues.issues.length === portIssues;
+    const addressRead = portRead && portIssues === hostIssues;
     const name = str(o, 'name', path, issues, `${protocol}-${listenPort}`);
     const tls = oneOf(o, 'tls', path, issues, TLS_MODES, 'none');
-    checkBinding(bindingOf(host, listenPort, path), bindings, issues);
+    if (addressRead) checkBinding(bindingOf(host, listenPort, path), bindings, issues);
     // A reload matches listeners by name as well as by address: two of one name cannot be told apart.
-    const named = seenNames.get(name);
-    if (named !== undefined) issues.add(at(path, 'name'), `a name no other listener has (${named} has it${o['name'] === undefined ? '; the default name is <protocol>-<port>, so listeners on one port need names of their own' : ''})`, name);
-    seenNames.set(name, path);
+    if (portRead || o['name'] !== undefined) {
+      const named = seenNames.get(name);
+      if (named !== undefined) issues.add(at(path, 'name'), `a name no other listener has (${named} has it${o['name'] === undefined ? '; the default name is <protocol>-<port>, so listeners on one port need names of their own' : ''})`, name);
+      seenNames.set(name, path);
+    }
     let certificate: TlsFiles | undefined;
     if (o['certificate'] !== undefined) {
       const c = readSection(o['certificate'], at(path, 'certificate'), ['cert', 'key'], issues) ?? {};

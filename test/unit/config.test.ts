@@ -139,6 +139,29 @@ store_map: { file: stores.yaml }
   assert.deepEqual(error.issues.map((i) => i.path).filter((p) => !p.endsWith('.port')), [], error.message);
 });
 
+test('a listener whose host or port had an issue is not also reported as a duplicate of another (its stand-in address and default name are not its own)', () => {
+  const dir = writeTemp({
+    'mf.yaml': `
+listeners:
+  - { protocol: imap, host: 127.0.0.1, port: "143", tls: none, plaintext_without_tls: true }
+  - { protocol: imap, host: 127.0.0.1, port: 70000, tls: none, plaintext_without_tls: true }
+  - { name: bad-host, protocol: pop3, host: 12, port: 110, tls: none, plaintext_without_tls: true }
+  - { name: pop3, protocol: pop3, host: 127.0.0.1, port: 110, tls: none, plaintext_without_tls: true }
+directory: { urls: [ldap://127.0.0.1], bind_dn: cn=x, bind_password: x, base_dn: dc=x }
+store_map: { file: stores.yaml }
+`,
+  });
+  const error = configErrorOf(() => loadConfig(join(dir, 'mf.yaml')));
+  assert.deepEqual(
+    error.issues.map((i) => `${i.path}: expected ${i.expected}, found ${i.found}`),
+    [
+      'listeners[0].port: expected an integer from 1 to 65535, found "143"',
+      'listeners[1].port: expected an integer from 1 to 65535, found number 70000',
+      'listeners[2].host: expected a non-empty string, found number 12',
+    ],
+  );
+});
+
 test('a secret of the wrong type is reported by its path and kind, never its value', () => {
   const dir = writeTemp({
     'secrets.yaml': `
