@@ -435,7 +435,8 @@ export function readProxyConfig(v: unknown, path: string, issues: IssueList, val
   const o = readSection(v, path, PROXY_LISTENER_KEYS, issues) ?? {};
   const trustedNetworks = strList(o, 'trusted_networks', path, issues);
   trustedNetworks.forEach((n, i) => {
-    if (!validNetwork(n)) issues.add(at(at(path, 'trusted_networks'), i), 'an IP address or CIDR block (10.0.0.0/8, 2001:db8::/32)', n);
+    // Worded as the top-level trusted_networks: 10.0.0.1/8 (host bits set) is refused there too.
+    if (!validNetwork(n)) issues.add(at(at(path, 'trusted_networks'), i), 'an address block such as 10.0.0.0/8 or 2001:db8::/32, without host bits', n);
   });
   return { trustedNetworks, headerTimeoutMs: int(o, 'header_timeout_ms', path, issues, 100, 60_000, DEFAULT_PROXY_HEADER_TIMEOUT_MS) };
 }

@@ -162,6 +162,26 @@ store_map: { file: stores.yaml }
   );
 });
 
+test('a listener\'s proxy_protocol.trusted_networks refuses a block with host bits set in the words the top-level trusted_networks uses', () => {
+  const dir = writeTemp({
+    'mf.yaml': `
+listeners:
+  - { name: imap, protocol: imap, host: 127.0.0.1, port: 1143, tls: none, plaintext_without_tls: true, proxy_protocol: { trusted_networks: [10.0.0.1/8] } }
+trusted_networks: [10.0.0.1/8]
+directory: { urls: [ldap://127.0.0.1], bind_dn: cn=x, bind_password: x, base_dn: dc=x }
+store_map: { file: stores.yaml }
+`,
+  });
+  const error = configErrorOf(() => loadConfig(join(dir, 'mf.yaml')));
+  assert.deepEqual(
+    error.issues.map((i) => `${i.path}: expected ${i.expected}, found ${i.found}`),
+    [
+      'listeners[0].proxy_protocol.trusted_networks[0]: expected an address block such as 10.0.0.0/8 or 2001:db8::/32, without host bits, found "10.0.0.1/8"',
+      'trusted_networks[0]: expected an address block such as 10.0.0.0/8 or 2001:db8::/32, without host bits, found "10.0.0.1/8"',
+    ],
+  );
+});
+
 test('a secret of the wrong type is reported by its path and kind, never its value', () => {
   const dir = writeTemp({
     'secrets.yaml': `
