@@ -291,7 +291,8 @@ function readListeners(v: unknown, resolvePath: (p: string) => string, bindings:
   const seenNames = new Map<string, string>();
   return v.map((item, i) => {
     const path = at('listeners', i);
-    const o = readSection(item, path, ['name', 'protocol', 'host', 'port', 'tls', 'plaintext_without_tls', 'certificate', 'proxy_protocol'], issues) ?? {};
+    const section = readSection(item, path, ['name', 'protocol', 'host', 'port', 'tls', 'plaintext_without_tls', 'certificate', 'proxy_protocol'], issues);
+    const o = section ?? {};
     const proxyProtocol = readProxyConfig(o['proxy_protocol'], at(path, 'proxy_protocol'), issues, (n) => parseCidr(n) !== null);
     const protocol = oneOf<Protocol>(o, 'protocol', path, issues, ['imap', 'pop3', 'managesieve']);
     // A host or port that had an issue is a stand-in (0.0.0.0, port 1): it would clash with
@@ -319,13 +320,21 @@ function readListeners(v: unknown, resolvePath: (p: string) => string, bindings:
     } else if (tls !== 'none') {
       issues.add(at(path, 'certificate'), `cert and key files (tls is "${tls}")`, undefined);
     }
+    const plaintextWithoutTls = bool(o, 'plaintext_without_tls', path, issues, false);
+    // Without TLS and without plaintext logins nothing can log in: IMAP says LOGINDISABLED, POP3's
+    // CAPA offers neither USER nor SASL, and ManageSieve would greet with an empty SASL and no
+    // STARTTLS (RFC 5804 section 1.7 forbids that). Not said of a listener that is no mapping, or
+    // whose tls or plaintext_without_tls had an issue of its own.
+    if (section !== undefined && (o['tls'] === undefined || o['tls'] === 'none') && (o['plaintext_without_tls'] === undefined || o['plaintext_without_tls'] === false)) {
+      issues.add(at(path, 'plaintext_without_tls'), 'true on a listener without TLS (tls: none), or tls: starttls/implicit: without it no client can log in', o['plaintext_without_tls']);
+    }
     return {
       name,
       protocol,
       host,
       port: listenPort,
       tls,
-      plaintextWithoutTls: bool(o, 'plaintext_without_tls', path, issues, false),
+      plaintextWithoutTls,
       ...(certificate ? { certificate } : {}),
       ...(proxyProtocol ? { proxyProtocol } : {}),
     };

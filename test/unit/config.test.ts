@@ -24,7 +24,7 @@ function configErrorOf(fn: () => unknown): ConfigError {
 
 const GOOD = `
 listeners:
-  - { protocol: imap, host: 127.0.0.1, port: 1143, tls: none }
+  - { protocol: imap, host: 127.0.0.1, port: 1143, tls: starttls, certificate: { cert: cert.pem, key: key.pem } }
 directory:
   urls: [ldap://127.0.0.1:389]
   bind_dn: cn=mailfront,dc=example,dc=org
@@ -100,7 +100,8 @@ session: { preauth_timeout_ms: -5 }
 });
 
 test('listener names are unique: two listeners on one port of two addresses need names of their own', () => {
-  const twoHomes = GOOD.replace('  - { protocol: imap, host: 127.0.0.1, port: 1143, tls: none }', '  - { protocol: imap, host: 127.0.0.1, port: 1143, tls: none }\n  - { protocol: imap, host: 127.0.0.2, port: 1143, tls: none }');
+  const listener = '  - { protocol: imap, host: 127.0.0.1, port: 1143, tls: starttls, certificate: { cert: cert.pem, key: key.pem } }';
+  const twoHomes = GOOD.replace(listener, `${listener}\n${listener.replace('127.0.0.1', '127.0.0.2')}`);
   const dir = writeTemp({ 'mf.yaml': twoHomes, 'named.yaml': twoHomes.replace('host: 127.0.0.2,', 'name: imap-second, host: 127.0.0.2,'), 'ldap.secret': 's3cret\n' });
   const error = configErrorOf(() => loadConfig(join(dir, 'mf.yaml')));
   assert.match(error.message, /listeners\[1\]\.name: expected a name no other listener has \(listeners\[0\] has it; the default name is <protocol>-<port>, so listeners on one port need names of their own\), found "imap-1143"/);
@@ -180,6 +181,34 @@ store_map: { file: stores.yaml }
       'trusted_networks[0]: expected an address block such as 10.0.0.0/8 or 2001:db8::/32, without host bits, found "10.0.0.1/8"',
     ],
   );
+});
+
+test('a listener without TLS must allow plaintext logins: otherwise no client could log in on it', () => {
+  const dir = writeTemp({
+    'mf.yaml': `
+listeners:
+  - { name: imap, protocol: imap, host: 127.0.0.1, port: 1143 }
+  - { name: pop3, protocol: pop3, host: 127.0.0.1, port: 1110, tls: none, plaintext_without_tls: false }
+  - { name: sieve, protocol: managesieve, host: 127.0.0.1, port: 4190, tls: none }
+  - { name: webmail, protocol: imap, host: 127.0.0.1, port: 1144, tls: none, plaintext_without_tls: true }
+  - { name: imaps, protocol: imap, host: 127.0.0.1, port: 1993, tls: implicit, certificate: { cert: cert.pem, key: key.pem } }
+  - { name: typo, protocol: imap, host: 127.0.0.1, port: 1145, tls: nope, plaintext_without_tls: "yes" }
+directory: { urls: [ldap://127.0.0.1], bind_dn: cn=x, bind_password: x, base_dn: dc=x }
+store_map: { file: stores.yaml }
+`,
+  });
+  const error = configErrorOf(() => loadConfig(join(dir, 'mf.yaml')));
+  assert.deepEqual(
+    error.issues.filter((i) => !i.path.startsWith('listeners[5]')).map((i) => `${i.path}: expected ${i.expected}, found ${i.found}`),
+    [
+      'listeners[0].plaintext_without_tls: expected true on a listener without TLS (tls: none), or tls: starttls/implicit: without it no client can log in, found nothing',
+      'listeners[1].plaintext_without_tls: expected true on a listener without TLS (tls: none), or tls: starttls/implicit: without it no client can log in, found boolean false',
+      'listeners[2].plaintext_without_tls: expected true on a listener without TLS (tls: none), or tls: starttls/implicit: without it no client can log in, found nothing',
+    ],
+  );
+  // A listener whose keys are wrong is told about those, not about what its stand-ins would mean.
+  assert.deepEqual(error.issues.filter((i) => i.path.startsWith('listeners[5]')).map((i) => i.path), ['listeners[5].tls', 'listeners[5].plaintext_without_tls']);
+  assert.match(error.issues.find((i) => i.path === 'listeners[5].plaintext_without_tls')?.expected ?? '', /^true or false$/);
 });
 
 test('a secret of the wrong type is reported by its path and kind, never its value', () => {
