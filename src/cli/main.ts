@@ -51,8 +51,9 @@ ${COMMON}
 `,
   'check-config': `Usage: mailfront check-config [FILE | -c FILE]
 
-Validates FILE and the store map it names (a file, or the LDAP store entries). Prints every
-problem with its path and what was expected and exits 1, or prints a summary and exits 0.
+Validates FILE, loads each listener's certificate and key as serve would (binding nothing), and
+reads the store map FILE names (a file, or the LDAP store entries). Prints every problem with its
+path and what was expected and exits 1, or prints a summary and exits 0.
 ${COMMON}
 `,
   stores: `Usage: mailfront stores [-c FILE]
@@ -154,6 +155,37 @@ function sessionsTable(sessions: SessionJson[]): string {
   return table(['SESSION', 'PROTOCOL', 'USER', 'STORE', 'SLOT', 'CLIENT', 'STARTED'], sessions.map((s) => [s.id, s.protocol, s.user, s.store, s.slot, s.client, s.startedAt]));
 }
 
+/**
+ * Loads each listener's certificate and key as serve does (a TlsContextHolder with the config's
+ * policy: the files read, the key matched to the certificate; nothing bound), so that check-config
+ * finds what would stop serve. A file that cannot be read is named on its own.
+ */
+async function checkListenerCertificates(config: import('../config/schema.js').Config): Promise<import('../config/validate.js').ConfigIssue[]> {
+  const { TlsContextHolder } = await import('../server/tls-config.js');
+  const issues: import('../config/validate.js').ConfigIssue[] = [];
+  config.listeners.forEach((listener, i) => {
+    const files = listener.certificate;
+    if (files === undefined) return;
+    const path = `listeners[${i}].certificate`;
+    let readable = true;
+    for (const key of ['cert', 'key'] as const) {
+      try {
+        readFileSync(files[key]);
+      } catch (error) {
+        readable = false;
+        issues.push({ path: `${path}.${key}`, expected: `a readable file (${files[key]})`, found: (error as NodeJS.ErrnoException).code ?? String(error) });
+      }
+    }
+    if (!readable) return;
+    try {
+      new TlsContextHolder(files, config.tls);
+    } catch (error) {
+      issues.push({ path, expected: 'a PEM certificate and the key that belongs to it, usable with the tls policy', found: error instanceof Error ? error.message : String(error) });
+    }
+  });
+  return issues;
+}
+
 async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
@@ -190,7 +222,9 @@ async function main(argv: string[]): Promise<number> {
   switch (command) {
     case 'check-config': {
       const config = await loadConfig(values.config ?? rest[0] ?? DEFAULT_CONFIG);
-      const { buildStoreMap } = await import('../config/load.js');
+      const { ConfigError, buildStoreMap } = await import('../config/load.js');
+      const tlsIssues = await checkListenerCertificates(config);
+      if (tlsIssues.length > 0) throw new ConfigError(config.file, tlsIssues);
       const { createStoreMapSource } = await import('../routing/sources.js');
       const source = createStoreMapSource(config.storeMap);
       try {

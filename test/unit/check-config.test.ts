@@ -1,0 +1,66 @@
+// `mailfront check-config` run as the command it is: it must find what would stop `serve`,
+// certificate and key files included, and exit non-zero then.
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { generateKeyPairSync } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, before, test } from 'node:test';
+import { makeCerts } from '../integration/servers/index.js';
+import type { TestCerts } from '../integration/servers/index.js';
+
+const CLI = join(dirname(fileURLToPath(import.meta.url)), '../../src/cli/main.js');
+
+let dir: string;
+let certs: TestCerts;
+/** A key that belongs to no certificate here. */
+let strangerKey: string;
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'mf-check-config-'));
+  certs = await makeCerts(dir);
+  strangerKey = join(dir, 'stranger.key');
+  await writeFile(strangerKey, generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey.export({ type: 'pkcs8', format: 'pem' }));
+  await writeFile(join(dir, 'stores.yaml'), 'stores:\n  store1:\n    current_master: slot1\n    slots:\n      slot1: { host: 127.0.0.1, imap_port: 1430 }\n');
+});
+
+after(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+/** Writes a config with these listeners' certificates and runs check-config on it. */
+async function checkConfig(name: string, certificates: ReadonlyArray<{ cert: string; key: string }>): Promise<{ code: number; stdout: string; stderr: string }> {
+  const listeners = certificates.map((c, i) => `  - { name: imap${i}, protocol: imap, host: 127.0.0.1, port: ${1143 + i}, tls: starttls, certificate: { cert: ${JSON.stringify(c.cert)}, key: ${JSON.stringify(c.key)} } }`);
+  const file = join(dir, `${name}.yaml`);
+  await writeFile(file, `listeners:\n${listeners.join('\n')}\ndirectory: { urls: [ldap://127.0.0.1], bind_dn: cn=x, bind_password: x, base_dn: dc=x }\nstore_map: { file: stores.yaml, watch: false }\n`);
+  return new Promise((resolve) => {
+    execFile(process.execPath, [CLI, 'check-config', file], { timeout: 30_000 }, (error, stdout, stderr) => {
+      resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : -1, stdout, stderr });
+    });
+  });
+}
+
+test('check-config loads the listeners\' certificates and keys: usable ones pass', async () => {
+  const result = await checkConfig('good', [{ cert: certs.certFile, key: certs.keyFile }]);
+  assert.equal(result.code, 0, result.stderr);
+  assert.match(result.stdout, /: OK \(1 listeners, 1 stores, 1 slots from /);
+});
+
+test('check-config names the listener and the file when a certificate or key is missing, and exits 1', async () => {
+  const missing = join(dir, 'missing.crt');
+  const result = await checkConfig('missing', [{ cert: certs.certFile, key: certs.keyFile }, { cert: missing, key: certs.keyFile }]);
+  assert.equal(result.code, 1, result.stdout);
+  assert.match(result.stderr, /^mailfront: invalid configuration\n/);
+  assert.ok(result.stderr.includes(`listeners[1].certificate.cert: expected a readable file (${missing}), found ENOENT`), result.stderr);
+  assert.ok(!result.stderr.includes('listeners[0]'), result.stderr);
+});
+
+test('check-config refuses a key that does not belong to its certificate, and a file that is not a certificate', async () => {
+  const result = await checkConfig('mismatch', [{ cert: certs.certFile, key: strangerKey }, { cert: certs.keyFile, key: certs.keyFile }]);
+  assert.equal(result.code, 1, result.stdout);
+  assert.ok(result.stderr.includes(`listeners[0].certificate: expected a PEM certificate and the key that belongs to it, usable with the tls policy, found cannot use certificate ${certs.certFile} with key ${strangerKey}: `), result.stderr);
+  assert.match(result.stderr, /listeners\[0\]\.certificate: [^\n]*key values mismatch/);
+  assert.ok(result.stderr.includes(`listeners[1].certificate: expected a PEM certificate and the key that belongs to it, usable with the tls policy, found cannot use certificate ${certs.keyFile} with key ${certs.keyFile}: not a PEM certificate`), result.stderr);
+});
