@@ -81,6 +81,10 @@ describe('IMAP command parser', () => {
     assert.deepStrictEqual(events(Buffer.from('a LOGIN {1}\r\n\xff x\r\nb NOOP\r\n', 'latin1')), ['+', 'BAD bad-utf8 tag=a', 'b NOOP', 'buffered ']);
   });
 
+  it('keeps a leading U+FEFF in a literal: it is part of the argument, not a byte-order mark', () => {
+    assert.deepStrictEqual(events(utf8('a LOGIN {8}\r\n\ufeffalice {5}\r\n\ufeffpw\r\n')), ['+', '+', 'a LOGIN "\ufeffalice" "\ufeffpw"', 'buffered ']);
+  });
+
   it('accepts a bare LF as line end and tolerates extra spaces', () => {
     assert.deepStrictEqual(events('a NOOP\nb  LOGIN  x y \r\n'), ['a NOOP', 'b LOGIN x y', 'buffered ']);
   });

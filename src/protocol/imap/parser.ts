@@ -72,7 +72,12 @@ const BACKSLASH = 0x5c;
 const LBRACE = 0x7b;
 const RBRACE = 0x7d;
 
-const utf8 = new TextDecoder('utf-8', { fatal: true });
+/**
+ * Literals are UTF-8 text as the client sent it: a leading U+FEFF is a character of the
+ * argument, not a byte-order mark to drop (the decoder's default), or a LOGIN literal would
+ * lose it and "<U+FEFF>alice" would log in as alice (the SASL decoder keeps it too).
+ */
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 /**
  * A tag or command word that starts another protocol's request. A browser can be made to POST an
