@@ -172,11 +172,16 @@ export function loginToBackend(initial: Socket, slot: Slot, machine: BackendLogi
       socket.destroy();
       reject(error);
     }
+    // A close or reset before the login went out is an unreachable slot (a restart, a crash),
+    // worth waiting for; after it, it is the backend's answer to this login (Dovecot closes on
+    // a command longer than its input buffer) and would be the same on every attempt.
     function onError(error: NodeJS.ErrnoException): void {
-      fail(new MailfrontError('BACKEND_CONNECTION_ERROR', connectionFailureKind(error), `slot "${slot.name}": ${error.message} (state ${machine.state})`, { cause: error }));
+      const kind = machine.loginSent ? 'backend-login' : connectionFailureKind(error);
+      fail(new MailfrontError('BACKEND_CONNECTION_ERROR', kind, `slot "${slot.name}": ${error.message} (state ${machine.state})`, { cause: error }));
     }
     function onClose(): void {
-      fail(new MailfrontError('BACKEND_CLOSED', 'connect', `slot "${slot.name}" closed the connection during login (state ${machine.state})`));
+      if (machine.loginSent) fail(new MailfrontError('BACKEND_CLOSED', 'backend-login', `slot "${slot.name}" closed the connection in answer to the login (state ${machine.state})`));
+      else fail(new MailfrontError('BACKEND_CLOSED', 'connect', `slot "${slot.name}" closed the connection during login (state ${machine.state})`));
     }
     function onData(chunk: Buffer): void {
       if (!finished) perform(machine.receive(chunk));

@@ -133,6 +133,13 @@ export type BackendAction =
 /** A backend login dialogue as explicit named states (the state name appears in logs). */
 export interface BackendLoginMachine {
   readonly state: string;
+  /**
+   * True once the dialogue is past the greeting, the capabilities and STARTTLS, and the login
+   * has gone out (with an ID or XCLIENT ahead of it, if any): the backend was reached and is
+   * answering this login. A close or reset from then on is its refusal of this login (Dovecot
+   * closes on a command too long for its input buffer), not an unreachable slot to wait for.
+   */
+  readonly loginSent: boolean;
   /** Feed bytes from the backend (the greeting first). */
   receive(chunk: Uint8Array): BackendAction[];
   /** The TLS handshake after a `starttls` action completed. */

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { MAX_BACKEND_RESPONSE_BYTES } from '../../src/limits.js';
-import { classifyLoginNo } from '../../src/protocol/imap/backend.js';
+import { classifyLoginNo, LONG_CREDENTIALS_BYTES } from '../../src/protocol/imap/backend.js';
 import { imapAdapter } from '../../src/protocol/imap/index.js';
 import { backendTrace, BACKEND_DEFAULTS, bytes, chunkers, runBackend, TLS, utf8 } from './imap-testkit.js';
 
@@ -99,6 +99,51 @@ describe('IMAP backend login: Dovecot 2.3', () => {
     );
   });
 
+  it('replays credentials too long for its 1 KiB LOGIN buffer as AUTHENTICATE PLAIN with SASL-IR, behind the ID', () => {
+    const password = 'p'.repeat(3000);
+    const trace = backendTrace({ password, forward: { ip: '192.0.2.1', port: 1, sessionId: 'x' } }, [
+      DOVECOT_GREETING + 'mf1 OK ID completed.\r\n' + `mf2 OK [CAPABILITY ${DOVECOT_POST_LOGIN}] Logged in\r\n`,
+    ]);
+    assert.deepStrictEqual(trace, [
+      'send mf1 ID ("x-originating-ip" "192.0.2.1" "x-originating-port" "1" "x-session-id" "x")\r\n' + `mf2 AUTHENTICATE PLAIN ${b64(`\0alice\0${password}`)}\r\n`,
+      `done ${DOVECOT_POST_LOGIN}`,
+      'state done',
+      'leftover ',
+    ]);
+  });
+
+  it('counts the long-credentials bound in UTF-8 bytes of user and password together; up to it, LOGIN', () => {
+    const at = 'p'.repeat(LONG_CREDENTIALS_BYTES - 'alice'.length);
+    const phases = [DOVECOT_GREETING + `mf1 OK [CAPABILITY ${DOVECOT_POST_LOGIN}] Logged in\r\n`];
+    assert.deepStrictEqual(backendTrace({ password: at }, phases)[0], `send mf1 LOGIN {5+}\r\nalice {${at.length}+}\r\n${at}\r\n`);
+    // One character more, two bytes in UTF-8: over the bound.
+    const over = `${'p'.repeat(LONG_CREDENTIALS_BYTES - 'alice'.length - 1)}\u00e9`;
+    assert.deepStrictEqual(backendTrace({ password: over }, phases)[0], `send mf1 AUTHENTICATE PLAIN ${b64(`\0alice\0${over}`)}\r\n`);
+  });
+
+  it('sends long credentials on the continuation without SASL-IR, and keeps LOGIN where AUTH=PLAIN is not offered', () => {
+    const password = 'p'.repeat(3000);
+    assert.deepStrictEqual(backendTrace({ password }, ['* OK [CAPABILITY IMAP4rev1 LITERAL+ AUTH=PLAIN] ready\r\n+ \r\nmf1 OK [CAPABILITY IMAP4rev1] Logged in\r\n']), [
+      `send mf1 AUTHENTICATE PLAIN\r\n${b64(`\0alice\0${password}`)}\r\n`,
+      'done IMAP4rev1',
+      'state done',
+      'leftover ',
+    ]);
+    assert.deepStrictEqual(backendTrace({ password }, ['* OK [CAPABILITY IMAP4rev1 LITERAL+ AUTH=LOGIN] ready\r\nmf1 OK [CAPABILITY IMAP4rev1] Logged in\r\n'])[0], `send mf1 LOGIN {5+}\r\nalice {3000+}\r\n${password}\r\n`);
+  });
+
+  it('says the login went out only once it did: a close before it is an unreachable slot, after it a refusal', () => {
+    const machine = imapAdapter.createBackendLogin({ ...BACKEND_DEFAULTS, starttls: true });
+    assert.equal(machine.loginSent, false);
+    machine.receive(utf8('* OK [CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN] ready\r\nmf1 OK go\r\n'));
+    machine.tlsStarted();
+    assert.equal(machine.state, 'capability');
+    assert.equal(machine.loginSent, false);
+    machine.receive(utf8('* CAPABILITY IMAP4rev1 LITERAL+ AUTH=PLAIN\r\nmf2 OK done\r\n'));
+    assert.equal(machine.state, 'login');
+    assert.equal(machine.loginSent, true);
+  });
+
   it('reports a wrong password as auth-failed and an outage as unavailable', () => {
     assert.deepStrictEqual(backendTrace({}, [DOVECOT_GREETING + 'mf1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n']), [
       'send mf1 LOGIN {5+}\r\nalice {6+}\r\nsecret\r\n',
@@ -179,7 +224,8 @@ describe('IMAP backend login: other servers', () => {
   it('uses LITERAL- only up to 4096 octets', () => {
     const password = 'x'.repeat(5000);
     assert.deepStrictEqual(
-      backendTrace({ password }, ['* OK [CAPABILITY IMAP4rev1 LITERAL- AUTH=PLAIN] ready\r\n+ go ahead\r\nmf1 OK [CAPABILITY IMAP4rev1 LITERAL-] ok\r\n']),
+      // No AUTH=PLAIN: a password this long would go as AUTHENTICATE PLAIN otherwise.
+      backendTrace({ password }, ['* OK [CAPABILITY IMAP4rev1 LITERAL-] ready\r\n+ go ahead\r\nmf1 OK [CAPABILITY IMAP4rev1 LITERAL-] ok\r\n']),
       [`send mf1 LOGIN {5+}\r\nalice {5000}\r\n${password}\r\n`, 'done IMAP4rev1 LITERAL-', 'state done', 'leftover '],
     );
   });

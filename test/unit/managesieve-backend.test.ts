@@ -136,6 +136,24 @@ describe('managesieve backend login: STARTTLS and XCLIENT', () => {
     assert.equal(backendTrace({ forward: { ip: '::1', port: 70000, sessionId: 'bad id' } }, [dovecotGreeting(['"XCLIENT"'])])[0], 'send XCLIENT ADDR=::1\r\n');
   });
 
+  it('says the login went out once XCLIENT or AUTHENTICATE did, not while greeting or in STARTTLS', () => {
+    const tls = managesieveAdapter.createBackendLogin({ ...BACKEND_DEFAULTS, starttls: true });
+    tls.receive(Buffer.from(dovecotGreeting()));
+    assert.equal(tls.state, 'starttls');
+    assert.equal(tls.loginSent, false);
+    tls.receive(Buffer.from('OK "Begin TLS negotiation now."\r\n'));
+    tls.tlsStarted();
+    assert.equal(tls.loginSent, false);
+    tls.receive(Buffer.from(dovecotGreeting().replace('"STARTTLS"\r\n', '')));
+    assert.equal(tls.state, 'authenticate');
+    assert.equal(tls.loginSent, true);
+    const forwarding = managesieveAdapter.createBackendLogin({ ...BACKEND_DEFAULTS, forward: FORWARD });
+    assert.equal(forwarding.loginSent, false);
+    forwarding.receive(Buffer.from(dovecotGreeting(['"XCLIENT"'])));
+    assert.equal(forwarding.state, 'xclient');
+    assert.equal(forwarding.loginSent, true);
+  });
+
   it('names its state for the logs and ignores input once finished', () => {
     const machine = managesieveAdapter.createBackendLogin(BACKEND_DEFAULTS);
     assert.equal(machine.state, 'greeting');

@@ -1,6 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { MAX_BACKEND_RESPONSE_BYTES } from '../../src/limits.js';
+import { LONG_CREDENTIALS_BYTES } from '../../src/protocol/pop3/backend.js';
 import { classifyRefusal, pop3Adapter } from '../../src/protocol/pop3/index.js';
 import type { BackendLoginOptions } from '../../src/protocol/types.js';
 import { backendEverySplit, TLS, type Event } from './pop3-harness.js';
@@ -108,6 +109,43 @@ describe('pop3 backend login: Dovecot', () => {
     assert.deepEqual(run.events[0], { send: 'XCLIENT ADDR=192.0.2.7\r\nUSER alice\r\n' });
     const badIp = backendEverySplit({ ...REPLAY, forward: { ...FORWARD, ip: '1.2.3.4 PORT=1' } }, [DOVECOT_TRUSTED_GREETING, '+OK\r\n', DOVECOT_LOGGED_IN]);
     assert.deepEqual(badIp.events, [send('USER alice'), send('PASS pass word'), DONE]);
+  });
+
+  it('replays credentials too long for its 1 KiB line buffer as AUTH PLAIN, the response on the continuation', () => {
+    const password = 'p'.repeat(3000);
+    const response = b64(`\0alice\0${password}`);
+    const run = backendEverySplit({ ...REPLAY, password }, [DOVECOT_GREETING, '+ \r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(run.events, [send('AUTH PLAIN'), send(response), DONE]);
+    // Behind XCLIENT in the same write, as USER would be.
+    const forwarded = backendEverySplit({ ...REPLAY, password, forward: FORWARD }, [DOVECOT_TRUSTED_GREETING, '+OK\r\n', '+ \r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(forwarded.events, [{ send: 'XCLIENT ADDR=192.0.2.7 PORT=50123 SESSION=Qk1hU2Vzc2lvbg\r\nAUTH PLAIN\r\n' }, send(response), DONE]);
+    // A user name with a space, which USER could not carry, is fine in PLAIN.
+    const spaced = backendEverySplit({ ...REPLAY, user: 'al ice', password }, [DOVECOT_GREETING, '+ \r\n', DOVECOT_LOGGED_IN]);
+    assert.deepEqual(spaced.events, [send('AUTH PLAIN'), send(b64(`\0al ice\0${password}`)), DONE]);
+    const refused = backendEverySplit({ ...REPLAY, password }, [DOVECOT_GREETING, '+ \r\n', DOVECOT_AUTH_FAILED]);
+    assert.deepEqual(refused.events, [send('AUTH PLAIN'), send(response), fail('auth-failed', '-ERR [AUTH] Authentication failed.')]);
+  });
+
+  it('keeps USER and PASS up to the long-credentials bound, counted in UTF-8 bytes of both', () => {
+    const at = 'p'.repeat(LONG_CREDENTIALS_BYTES - 'alice'.length);
+    assert.deepEqual(backendEverySplit({ ...REPLAY, password: at }, [DOVECOT_GREETING, '+OK\r\n', DOVECOT_LOGGED_IN]).events, [send('USER alice'), send(`PASS ${at}`), DONE]);
+    const over = `${'p'.repeat(LONG_CREDENTIALS_BYTES - 'alice'.length - 1)}\u00e9`;
+    assert.deepEqual(backendEverySplit({ ...REPLAY, password: over }, [DOVECOT_GREETING, '+ \r\n', DOVECOT_LOGGED_IN]).events, [send('AUTH PLAIN'), send(b64(`\0alice\0${over}`)), DONE]);
+  });
+
+  it('says the login went out once USER or AUTH did, XCLIENT ahead of it or not', () => {
+    for (const [options, greeting] of [[{ ...REPLAY, starttls: true }, DOVECOT_GREETING], [{ ...REPLAY, forward: FORWARD }, DOVECOT_TRUSTED_GREETING]] as const) {
+      const machine = pop3Adapter.createBackendLogin(options);
+      assert.equal(machine.loginSent, false);
+      machine.receive(Buffer.from(greeting));
+      if (options.starttls) {
+        assert.equal(machine.loginSent, false);
+        machine.receive(Buffer.from('+OK Begin TLS negotiation\r\n'));
+        assert.equal(machine.loginSent, false);
+        machine.tlsStarted();
+      }
+      assert.equal(machine.loginSent, true, machine.state);
+    }
   });
 
   it('reports a locked mailbox as in-use', () => {

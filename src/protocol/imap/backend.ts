@@ -24,6 +24,17 @@ export type ImapBackendState =
 
 type Refusal = Extract<BackendAction, { type: 'fail' }>['refusal'];
 
+/**
+ * Replayed credentials longer than this (user and password, UTF-8 bytes) go out as AUTHENTICATE
+ * PLAIN instead of LOGIN when the backend offers it. Dovecot's imap-login reads all of a
+ * command's arguments, literals included, into a buffer of 1026 bytes (LOGIN_MAX_INBUF_SIZE) and
+ * answers a longer LOGIN with "* BYE Input buffer full" and a close; an AUTHENTICATE response is
+ * read into a buffer of its own, of 8 KiB (LOGIN_MAX_AUTH_BUF_SIZE). 900 leaves room for the
+ * literal headers and the space between them. Shorter credentials keep LOGIN, which every
+ * backend takes.
+ */
+export const LONG_CREDENTIALS_BYTES = 900;
+
 /** RFC 7888: LITERAL- allows non-synchronising literals of up to 4096 octets. */
 const LITERAL_MINUS_MAX_BYTES = 4096;
 
@@ -144,12 +155,17 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
   private loginCapabilities: string | null = null;
   /** Untagged [ALERT] lines the backend sent with its login answer, for the client (RFC 9051 §7.1: presented to the user). */
   private alerts: string[] = [];
+  private loginCommandSent = false;
 
   constructor(private readonly options: BackendLoginOptions) {}
 
   /** The current state's name, for logs. */
   get state(): ImapBackendState {
     return this.current;
+  }
+
+  get loginSent(): boolean {
+    return this.loginCommandSent;
   }
 
   receive(chunk: Uint8Array): BackendAction[] {
@@ -317,6 +333,7 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
     const id = this.options.forward !== undefined ? this.idCommand(this.options.forward) : null;
     const at = out.length;
     this.login(out);
+    this.loginCommandSent = true;
     const first = out[at];
     if (id !== null && first?.type === 'send') out[at] = { type: 'send', data: Buffer.concat([id, first.data]) };
   }
@@ -339,17 +356,23 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
     const { mode, user, password, proxyUser = '', proxyPassword = '' } = this.options;
     switch (mode) {
       case 'replay':
+        if (Buffer.byteLength(user, 'utf8') + Buffer.byteLength(password, 'utf8') > LONG_CREDENTIALS_BYTES && this.hasCapability('AUTH=PLAIN')) {
+          return this.authenticatePlain(out, encodePlain('', user, password));
+        }
         return this.loginCommand(out, user, password);
       case 'master-user':
         return this.loginCommand(out, `${user}${this.options.masterUserSeparator ?? '*'}${proxyUser}`, proxyPassword);
-      case 'sasl-authzid': {
-        const response = encodePlain(user, proxyUser, proxyPassword);
-        // RFC 4959: with SASL-IR the response rides on the command; otherwise it waits for "+".
-        if (this.hasCapability('SASL-IR')) return this.command(out, `AUTHENTICATE PLAIN ${response}`, 'login');
-        this.continuations = [Buffer.from(`${response}\r\n`)];
-        return this.command(out, 'AUTHENTICATE PLAIN', 'login');
-      }
+      case 'sasl-authzid':
+        return this.authenticatePlain(out, encodePlain(user, proxyUser, proxyPassword));
     }
+  }
+
+  /** AUTHENTICATE PLAIN with this base64 response. */
+  private authenticatePlain(out: BackendAction[], response: string): void {
+    // RFC 4959: with SASL-IR the response rides on the command; otherwise it waits for "+".
+    if (this.hasCapability('SASL-IR')) return this.command(out, `AUTHENTICATE PLAIN ${response}`, 'login');
+    this.continuations = [Buffer.from(`${response}\r\n`)];
+    return this.command(out, 'AUTHENTICATE PLAIN', 'login');
   }
 
   /** LOGIN with both arguments as literals, so that no character needs quoting (as nginx does). */

@@ -53,6 +53,7 @@ export class ManageSieveBackendLogin implements BackendLoginMachine {
   #capabilities: BackendCapabilities = emptyCapabilities();
   /** Bytes of the response being read (a capability list spans many lines). */
   #responseBytes = 0;
+  #loginSent = false;
 
   constructor(options: BackendLoginOptions) {
     this.#options = options;
@@ -61,6 +62,10 @@ export class ManageSieveBackendLogin implements BackendLoginMachine {
   /** The current state's name, for logs. */
   get state(): ManageSieveBackendState {
     return this.#state;
+  }
+
+  get loginSent(): boolean {
+    return this.#loginSent;
   }
 
   receive(chunk: Uint8Array): BackendAction[] {
@@ -197,6 +202,8 @@ export class ManageSieveBackendLogin implements BackendLoginMachine {
     }
     const forward = this.#options.forward;
     const command = forward !== undefined && this.#capabilities.xclient ? xclientCommand(forward) : null;
+    // The login starts here: XCLIENT goes out only when AUTHENTICATE follows it.
+    this.#loginSent = true;
     if (command !== null) {
       this.#state = 'xclient';
       out.push(sendLine(command));

@@ -1,7 +1,8 @@
 /**
  * The POP3 backend login dialogue: greeting, optional STLS, then USER/PASS or AUTH PLAIN with an
  * optional XCLIENT pipelined ahead of it, as explicit named states (the state name appears in logs).
- * No CAPA: nothing in its answer changes what is sent. Whether the backend takes XCLIENT is read
+ * No CAPA: nothing in its answer changes what is sent (credentials too long for PASS go out as
+ * AUTH PLAIN without asking, see LONG_CREDENTIALS_BYTES). Whether the backend takes XCLIENT is read
  * from its greeting, as Dovecot's own proxy does, which saves a round trip per login.
  * Sans-I/O: backend bytes in, BackendActions out. It owns what is said to the backend before
  * the splice; it must not touch sockets, timers, config or logs, and never sends a credential
@@ -32,6 +33,20 @@ type Refusal = 'auth-failed' | 'unavailable' | 'in-use';
 // than RFC 2449's 255 octets; it waits for the empty challenge and sends the response then.
 const MAX_AUTH_COMMAND_BYTES = 255;
 
+/**
+ * Replayed credentials longer than this (user and password, UTF-8 bytes) go out as AUTH PLAIN
+ * instead of USER/PASS. Dovecot's pop3-login reads a command line into a buffer of 1026 bytes
+ * (LOGIN_MAX_INBUF_SIZE) and answers a longer PASS with "-ERR Input buffer full" and a close;
+ * a SASL response sent on a continuation is read into a buffer of its own, of 8 KiB
+ * (LOGIN_MAX_AUTH_BUF_SIZE). Such a PASS is past RFC 2449's 255 octets anyway.
+ * The machine sends no CAPA, so it cannot see whether the backend offers SASL PLAIN: it relies
+ * on it for these credentials only. Dovecot offers PLAIN wherever it takes USER/PASS (both are
+ * plaintext authentication), and USER/PASS could not carry them there; a backend without it
+ * answers -ERR, a refused login like the one PASS would have had. Shorter credentials keep
+ * USER/PASS, which every POP3 server takes.
+ */
+export const LONG_CREDENTIALS_BYTES = 900;
+
 // Dovecot ignores a SESSION value longer than this (LOGIN_MAX_SESSION_ID_LEN).
 const MAX_SESSION_ID_CHARS = 64;
 
@@ -46,6 +61,7 @@ export class Pop3BackendLogin implements BackendLoginMachine {
   #afterXclient: Pop3BackendState = 'user';
   #pendingPassword = '';
   #saslResponse = '';
+  #loginSent = false;
 
   constructor(options: BackendLoginOptions) {
     this.#options = options;
@@ -54,6 +70,10 @@ export class Pop3BackendLogin implements BackendLoginMachine {
   /** The current state's name, for logs. */
   get state(): Pop3BackendState {
     return this.#state;
+  }
+
+  get loginSent(): boolean {
+    return this.#loginSent;
   }
 
   receive(chunk: Uint8Array): BackendAction[] {
@@ -163,6 +183,7 @@ export class Pop3BackendLogin implements BackendLoginMachine {
     const actions = this.#loginCommand();
     const forward = this.#options.forward;
     const first = actions[0];
+    if (first?.type === 'send') this.#loginSent = true;
     if (forward === undefined || !this.#xclient || first?.type !== 'send') return actions;
     const command = xclientCommand(forward);
     if (command === null) return actions;
@@ -174,8 +195,14 @@ export class Pop3BackendLogin implements BackendLoginMachine {
   #loginCommand(): BackendAction[] {
     const { mode, user } = this.#options;
     switch (mode) {
-      case 'replay':
-        return this.#sendUser(user, this.#options.password);
+      case 'replay': {
+        const { password } = this.#options;
+        if (encoder.encode(user).length + encoder.encode(password).length <= LONG_CREDENTIALS_BYTES) return this.#sendUser(user, password);
+        if (user.length === 0 || hasUnsafeCharacters(user) || hasUnsafeCharacters(password)) {
+          return [this.#fail('auth-failed', 'credentials cannot be sent safely')];
+        }
+        return this.#authPlain(encodePlain('', user, password));
+      }
       case 'master-user': {
         const { proxyUser, proxyPassword } = this.#options;
         if (proxyUser === undefined || proxyPassword === undefined) {
@@ -195,12 +222,17 @@ export class Pop3BackendLogin implements BackendLoginMachine {
         }
         // RFC 4616: authzid NUL authcid NUL password; Cyrus lets the proxyservers account
         // (authcid) act as the user (authzid).
-        this.#saslResponse = encodePlain(user, proxyUser, proxyPassword);
-        this.#state = 'auth';
-        const withInitial = `AUTH PLAIN ${this.#saslResponse}`;
-        return [sendLine(withInitial.length + 2 <= MAX_AUTH_COMMAND_BYTES ? withInitial : 'AUTH PLAIN')];
+        return this.#authPlain(encodePlain(user, proxyUser, proxyPassword));
       }
     }
+  }
+
+  /** AUTH PLAIN with this base64 response: on the command when it fits (RFC 5034 §4), else on the "+ " continuation. */
+  #authPlain(response: string): BackendAction[] {
+    this.#saslResponse = response;
+    this.#state = 'auth';
+    const withInitial = `AUTH PLAIN ${response}`;
+    return [sendLine(withInitial.length + 2 <= MAX_AUTH_COMMAND_BYTES ? withInitial : 'AUTH PLAIN')];
   }
 
   #sendUser(loginName: string, password: string): BackendAction[] {
