@@ -12,7 +12,7 @@ import {
   DEFAULT_LDAP_OPERATION_TIMEOUT_MS,
   DEFAULT_PREAUTH_TIMEOUT_MS,
 } from '../limits.js';
-import { parseAddress, parseCidr } from '../net/cidr.js';
+import { bindAddressesOverlap, isWildcard, parseAddress, parseCidr } from '../net/cidr.js';
 import type { BackendLoginMode, ProtocolName } from '../protocol/types.js';
 import { readThrottleConfig } from '../auth/throttle-config.js';
 import type { ThrottleConfig } from '../auth/throttle-config.js';
@@ -236,20 +236,10 @@ interface Binding {
   readonly path: string;
   readonly host: string;
   readonly port: number;
-  /** The address as 16 bytes (IPv4 mapped, so ::ffff:a.b.c.d is a.b.c.d) and its zone, for equality. */
-  readonly key: string;
-  readonly ipv4: boolean;
-  /** `ipv4`: 0.0.0.0, every IPv4 address; `all`: ::, every IPv6 address and (dual-stack) every IPv4 one. */
-  readonly wildcard: 'ipv4' | 'all' | undefined;
 }
 
 function bindingOf(host: string, port: number, path: string): Binding | undefined {
-  const bytes = parseAddress(host);
-  if (bytes === null) return undefined;
-  const zone = host.indexOf('%');
-  const ipv4 = bytes.subarray(0, 12).every((b, i) => b === (i < 10 ? 0 : 0xff));
-  const zero = (from: number): boolean => bytes.subarray(from).every((b) => b === 0);
-  return { path, host, port, key: `${Buffer.from(bytes).toString('hex')}${zone >= 0 ? host.slice(zone) : ''}`, ipv4, wildcard: ipv4 ? (zero(12) ? 'ipv4' : undefined) : zero(0) ? 'all' : undefined };
+  return parseAddress(host) === null ? undefined : { path, host, port };
 }
 
 function endpoint(b: Binding): string {
@@ -257,16 +247,15 @@ function endpoint(b: Binding): string {
 }
 
 /**
- * Why `b` cannot bind beside `a`, or undefined when it can. Node binds :: dual-stack (libuv turns
- * IPV6_V6ONLY off), so :: holds the port on IPv4 addresses too; an IPv4 wildcard holds it on
- * every IPv4 address; SO_REUSEADDR lets none of these share a listening port on Linux.
+ * Why `b` cannot bind beside `a`, or undefined when it can (bindAddressesOverlap: the same
+ * address in any spelling, or a wildcard that covers the other; SO_REUSEADDR lets none of these
+ * share a listening port on Linux).
  */
 function clash(a: Binding, b: Binding): string | undefined {
-  if (a.port !== b.port) return undefined;
-  if (a.key === b.key) return `${a.path} has it`;
-  const wide = [a, b].find((x) => x.wildcard === 'all') ?? [a, b].find((x) => x.wildcard === 'ipv4' && a.ipv4 && b.ipv4);
-  if (wide === undefined) return undefined;
-  const reach = wide.wildcard === 'all' ? 'every IPv6 address and, dual-stack, every IPv4 address' : 'every IPv4 address';
+  if (a.port !== b.port || !bindAddressesOverlap(a.host, b.host)) return undefined;
+  const wide = [a, b].find((x) => isWildcard(x.host) === 'all') ?? [a, b].find((x) => isWildcard(x.host) === 'ipv4');
+  if (wide === undefined || bindAddressesOverlap(a.host, b.host, true)) return `${a.path} has it`;
+  const reach = isWildcard(wide.host) === 'all' ? 'every IPv6 address and, dual-stack, every IPv4 address' : 'every IPv4 address';
   return wide === a ? `${a.path} has ${endpoint(a)}, which takes port ${a.port} on ${reach}` : `${a.path} has ${endpoint(a)}, and ${b.host} would take port ${a.port} on ${reach}`;
 }
 

@@ -65,20 +65,31 @@ export function parseAddress(text: string): Uint8Array | null {
   return parseV6(bare);
 }
 
+/** `ipv4` for 0.0.0.0 (every IPv4 address), `all` for :: (every address, bound dual-stack as node does), else undefined. */
+export function isWildcard(address: string): 'ipv4' | 'all' | undefined {
+  const bytes = parseAddress(address);
+  if (bytes === null) return undefined;
+  if (bytes.every((byte) => byte === 0)) return 'all';
+  return isV4Mapped(bytes) && bytes.subarray(12).every((byte) => byte === 0) ? 'ipv4' : undefined;
+}
+
 /**
  * Whether two listening addresses would take the same port from each other on Linux: the same
- * address in any spelling (`::ffff:127.0.0.1` is 127.0.0.1), a wildcard (0.0.0.0 covers every
- * IPv4 address; `::`, bound dual-stack as node does, covers every address of both families).
+ * address in any spelling (`::ffff:127.0.0.1` is 127.0.0.1; a zone id tells link-local ones
+ * apart), or a wildcard that covers the other (see isWildcard). `exactly`: the same address only.
  */
-export function bindAddressesOverlap(a: string, b: string): boolean {
+export function bindAddressesOverlap(a: string, b: string, exactly = false): boolean {
   const x = parseAddress(a);
   const y = parseAddress(b);
   if (x === null || y === null) return a === b;
-  const wildcard6 = (bytes: Uint8Array): boolean => bytes.every((byte) => byte === 0);
-  const wildcard4 = (bytes: Uint8Array): boolean => isV4Mapped(bytes) && bytes[12] === 0 && bytes[13] === 0 && bytes[14] === 0 && bytes[15] === 0;
-  if (wildcard6(x) || wildcard6(y)) return true;
-  if ((wildcard4(x) && isV4Mapped(y)) || (wildcard4(y) && isV4Mapped(x))) return true;
-  return x.every((byte, i) => byte === y[i]);
+  if (!exactly) {
+    const wa = isWildcard(a);
+    const wb = isWildcard(b);
+    if (wa === 'all' || wb === 'all') return true;
+    if ((wa === 'ipv4' && isV4Mapped(y)) || (wb === 'ipv4' && isV4Mapped(x))) return true;
+  }
+  const zone = (text: string): string => (text.includes('%') ? text.slice(text.indexOf('%')) : '');
+  return x.every((byte, i) => byte === y[i]) && zone(a) === zone(b);
 }
 
 function isV4Mapped(bytes: Uint8Array): boolean {
