@@ -10,7 +10,7 @@ import { readFile, rename, writeFile } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import type { ConnectionOptions } from 'node:tls';
-import { Attribute, Change, Client } from 'ldapts';
+import { Attribute, Change, Client, SizeLimitExceededError } from 'ldapts';
 import { parseDocument } from 'yaml';
 import { escapeFilterValue, openLdapClient } from '../auth/ldap.js';
 import { readStoreMapFile } from '../config/load.js';
@@ -213,17 +213,33 @@ export class LdapStoreMapSource implements StoreMapSource {
   private async search(): Promise<unknown> {
     const client = await this.connection();
     try {
+      // Paged (RFC 2696): a server that bounds each answer rather than the whole search (Active
+      // Directory's MaxPageSize, an OpenLDAP size.prtotal above size.hard) hands over every entry.
+      // No sizeLimit of our own: ldapts would return a truncated map as if it were whole.
       const { searchEntries } = await client.search(this.config.baseDn, {
         scope: 'sub',
         filter: '(|(objectClass=mailfrontStore)(objectClass=mailfrontSlot))',
         attributes: ['objectClass', 'cn', 'mailfrontCurrentMaster', 'mailfrontPreferredMaster', 'mailfrontBackendProfile', 'mailfrontHost', ...SLOT_PORTS.map(([a]) => a)],
+        paged: true,
       });
       return storeEntriesToDocument(searchEntries);
     } catch (error) {
       await this.client?.unbind().catch(() => undefined);
       this.client = null;
-      throw new MailfrontError('STOREMAP_LDAP_SEARCH_FAILED', 'config', `store-map search failed: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+      throw new MailfrontError('STOREMAP_LDAP_SEARCH_FAILED', 'config', `store-map search failed: ${this.searchFailure(error)}`, { cause: error });
     }
+  }
+
+  /** Why a search failed, in words that say what to do when a server limit is the reason. */
+  private searchFailure(error: unknown): string {
+    const message = error instanceof Error ? error.message : String(error);
+    // sizeLimitExceeded (4): the bind account may read fewer entries than there are stores and
+    // slots (OpenLDAP's default sizelimit is 500, and it bounds a paged search's total as well).
+    // ldapts's own text is only "Code: 0x4".
+    if (error instanceof SizeLimitExceededError) {
+      return `the server's size limit for ${this.config.bindDn} is smaller than the number of mailfrontStore and mailfrontSlot entries under ${this.config.baseDn} (sizeLimitExceeded); raise that account's limit (OpenLDAP: limits dn.exact="${this.config.bindDn}" size=unlimited)`;
+    }
+    return message;
   }
 
   watch(onChange: () => void, onHealth?: (error: Error | null) => void): () => void {

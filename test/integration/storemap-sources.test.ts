@@ -14,7 +14,7 @@ import { StoreMapHolder } from '../../src/routing/holder.js';
 import { createLogger } from '../../src/log.js';
 import { readBackend } from '../../src/config/schema.js';
 import { IssueList } from '../../src/config/validate.js';
-import { LDAP_STORES_DN, startSlapd, tmpDir } from './servers/index.js';
+import { LDAP_SERVICE_DN, LDAP_STORES_DN, startSlapd, tmpDir } from './servers/index.js';
 import type { Slapd } from './servers/index.js';
 
 let slapd: Slapd;
@@ -42,6 +42,18 @@ after(async () => {
 });
 
 const masterIn = (document: unknown): unknown => (document as { stores: Record<string, { current_master: string }> }).stores['gamma']?.current_master;
+
+/** LDIF adding store `name` (master `${name}a`) with `slots` slots under `parent`. */
+const storeLdif = (name: string, slots: number, parent = LDAP_STORES_DN): string =>
+  [
+    `dn: cn=${name},${parent}`,
+    'changetype: add',
+    'objectClass: mailfrontStore',
+    `cn: ${name}`,
+    `mailfrontCurrentMaster: ${name}a`,
+    '',
+    ...Array.from({ length: slots }, (_, i) => `${name}${String.fromCharCode(97 + i)}`).flatMap((slot) => [`dn: cn=${slot},cn=${name},${parent}`, 'changetype: add', 'objectClass: mailfrontSlot', `cn: ${slot}`, 'mailfrontHost: 127.0.0.1', '']),
+  ].join('\n');
 
 test('a failover written between the start-up load and the first poll is reported by that poll; an unchanged poll reports nothing', async () => {
   assert.equal(masterIn(await source.load()), 'g1');
@@ -123,5 +135,35 @@ test('failovers of several stores at once through the file source: each written 
     assert.deepEqual(names.map((n) => written.stores[n]!.current_master), names.map((n) => `${n}b`));
   } finally {
     await dir.remove();
+  }
+});
+
+test('the LDAP source reads the map in pages past a per-answer size limit; a map larger than the bind account may read fails with a message naming the limit to raise', async () => {
+  // The service account (not the rootdn, which no limit binds) may get 5 entries in one answer
+  // and 12 in a paged search: as Active Directory's MaxPageSize, or an OpenLDAP size.prtotal.
+  const limited = await startSlapd({ users: [], limits: [`dn.exact="${LDAP_SERVICE_DN}" size.soft=5 size.hard=5 size.prtotal=12`] });
+  const paged = new LdapStoreMapSource({ kind: 'ldap', urls: [limited.url], bindDn: limited.bindDn, bindPassword: limited.bindPassword, baseDn: LDAP_STORES_DN, pollIntervalMs: POLL_MS, starttls: false, operationTimeoutMs: 2_000 });
+  try {
+    for (const name of ['s1', 's2', 's3', 's4']) await limited.modify(storeLdif(name, 2));
+    const document = (await paged.load()) as { stores: Record<string, { slots: Record<string, unknown> }> };
+    assert.deepEqual(Object.keys(document.stores).sort(), ['s1', 's2', 's3', 's4'], 'all 12 entries read, 5 per answer at most');
+    assert.deepEqual(Object.keys(document.stores['s4']!.slots).sort(), ['s4a', 's4b']);
+
+    // The map grows past what the account may read at all: each poll fails, and says what to do.
+    await limited.modify(storeLdif('s5', 2));
+    const failure = await paged.load().then(() => 'loaded', (error: Error) => error.message);
+    assert.match(failure, /size limit for cn=mailfront,dc=example,dc=org/);
+    assert.ok(failure.includes(`limits dn.exact="${LDAP_SERVICE_DN}" size=unlimited`), failure);
+    const health: Array<Error | null> = [];
+    const stop = paged.watch(() => undefined, (error) => health.push(error));
+    try {
+      for (let i = 0; i < 50 && health.length === 0; i++) await sleep(POLL_MS);
+      assert.match(health[0]?.message ?? 'no failure reported', /size=unlimited/);
+    } finally {
+      stop();
+    }
+  } finally {
+    await paged.close();
+    await limited.stop();
   }
 });

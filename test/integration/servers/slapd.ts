@@ -46,6 +46,12 @@ export interface SlapdOptions {
   readonly tls?: boolean;
   /** Password of the service account cn=mailfront (default: a fixed test password). */
   readonly servicePassword?: string;
+  /**
+   * `limits` lines of the database (slapd.conf(5)), each "WHO LIMIT ...", e.g.
+   * `dn.exact="cn=mailfront,dc=example,dc=org" size=5`: one bind account's own size limits
+   * (the rootdn has none). Without it every account has the global `sizelimit 1000`.
+   */
+  readonly limits?: readonly string[];
 }
 
 export interface Slapd {
@@ -137,7 +143,7 @@ function userEntry(user: SlapdUser): string {
   return `${lines.join('\n')}\n`;
 }
 
-function slapdConf(dir: string, rootPassword: string, tls: { certFile: string; keyFile: string; caFile: string } | undefined): string {
+function slapdConf(dir: string, rootPassword: string, tls: { certFile: string; keyFile: string; caFile: string } | undefined, limits: readonly string[] = []): string {
   const lines = [
     '# mailfront test slapd',
     'include /etc/ldap/schema/core.schema',
@@ -169,6 +175,7 @@ function slapdConf(dir: string, rootPassword: string, tls: { certFile: string; k
     'index uid eq',
     `index ${LDAP_STORE_ATTRIBUTE} eq`,
     'index cn eq',
+    ...limits.map((limit) => `limits ${limit}`),
     '',
     '# Passwords: only for binding (anonymous auth); a user may change its own; nobody reads them.',
     'access to attrs=userPassword',
@@ -230,7 +237,7 @@ export async function startSlapd(options: SlapdOptions): Promise<Slapd> {
     const logFile = join(dir, 'slapd.log');
     await mkdir(join(dir, 'data'), { mode: 0o700 });
     await writeFile(join(dir, 'mailfront.schema'), MAILFRONT_SCHEMA);
-    await writeFile(confFile, slapdConf(dir, rootPassword, certs));
+    await writeFile(confFile, slapdConf(dir, rootPassword, certs, options.limits));
     const ldif = [baseLdif(bindPassword), ...options.users.map(userEntry)].join('\n');
     await writeFile(join(dir, 'data.ldif'), ldif, { mode: 0o600 });
     await run('slapadd', ['-q', '-f', confFile, '-l', join(dir, 'data.ldif')]);
