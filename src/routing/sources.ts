@@ -166,6 +166,8 @@ export class LdapStoreMapSource implements StoreMapSource {
   private lastFingerprint = '';
   /** Set by close(): a connection opened after it (by a poll in flight) is let go at once. */
   private closed = false;
+  /** The URL of the server that last took our bind: the one tried first on the next connection. */
+  private answered: string | undefined;
 
   constructor(private readonly config: Extract<StoreMapSourceConfig, { kind: 'ldap' }>) {
     this.description = `ldap ${config.baseDn}`;
@@ -177,7 +179,12 @@ export class LdapStoreMapSource implements StoreMapSource {
     await this.client?.unbind().catch(() => undefined);
     this.client = null;
     const failures: string[] = [];
-    for (const url of this.config.urls) {
+    // The server that answered last first, then the others in order. Going back to urls[0] after
+    // a dropped connection could read a replica that lags behind the server read so far and still
+    // names a master failed over from: its sessions would be drained onto the demoted slot, and
+    // back again once replication caught up.
+    const urls = this.answered === undefined ? this.config.urls : [this.answered, ...this.config.urls.filter((u) => u !== this.answered)];
+    for (const url of urls) {
       if (this.closed) break;
       let client: Client | undefined;
       try {
@@ -193,6 +200,7 @@ export class LdapStoreMapSource implements StoreMapSource {
         break;
       }
       this.client = client;
+      this.answered = url;
       return client;
     }
     if (this.closed) throw new MailfrontError('STOREMAP_SOURCE_CLOSED', 'config', 'the store-map source was closed');

@@ -167,3 +167,38 @@ test('the LDAP source reads the map in pages past a per-answer size limit; a map
     await limited.stop();
   }
 });
+
+test('the LDAP source goes back first to the server that answered last: a reconnect does not read a lagging replica listed before it', async () => {
+  // Two servers of the same tree that do not replicate: the first one listed plays a replica
+  // that was down while the failover was written to the second, and lags behind it.
+  const [first, second] = await Promise.all([startSlapd({ users: [] }), startSlapd({ users: [] })]);
+  // The service account, whose password both servers share.
+  const sticky = new LdapStoreMapSource({ kind: 'ldap', urls: [first.url, second.url], bindDn: first.bindDn, bindPassword: first.bindPassword, baseDn: LDAP_STORES_DN, pollIntervalMs: POLL_MS, starttls: false, operationTimeoutMs: 2_000 });
+  const loadSoon = async (): Promise<unknown> => {
+    let failure: unknown;
+    for (let i = 0; i < 10; i++) {
+      try {
+        return await sticky.load();
+      } catch (error) {
+        failure = error;
+        await sleep(100);
+      }
+    }
+    throw failure;
+  };
+  try {
+    for (const server of [first, second]) await server.modify(storeLdif('gamma', 2));
+    assert.equal(masterIn(await loadSoon()), 'gammaa', 'read from the first server');
+    await first.stopOnly();
+    assert.equal(masterIn(await loadSoon()), 'gammaa', 'read from the second server');
+    await second.modify(`dn: cn=gamma,${LDAP_STORES_DN}\nchangetype: modify\nreplace: mailfrontCurrentMaster\nmailfrontCurrentMaster: gammab\n`);
+    assert.equal(masterIn(await loadSoon()), 'gammab', 'the failover, read from the second server');
+    // The first server is back, without the failover; the connection to the second drops.
+    await first.startAgain();
+    await second.restart();
+    assert.equal(masterIn(await loadSoon()), 'gammab', 'the reconnect went to the second server again');
+  } finally {
+    await sticky.close();
+    await Promise.all([first.stop(), second.stop()]);
+  }
+});
