@@ -15,7 +15,7 @@ import { parseDocument } from 'yaml';
 import { escapeFilterValue, openLdapClient } from '../auth/ldap.js';
 import { readStoreMapFile } from '../config/load.js';
 import type { StoreMapSourceConfig } from '../config/schema.js';
-import { MailfrontError } from '../errors.js';
+import { asMailfrontError, MailfrontError } from '../errors.js';
 
 /** A store-map source. */
 export interface StoreMapSource {
@@ -123,10 +123,16 @@ const SLOT_PORTS = [
   ['mailfrontSievePort', 'sieve_port'],
 ] as const;
 
-/** Turns mailfrontStore / mailfrontSlot entries into a store-map document. */
+/**
+ * Turns mailfrontStore / mailfrontSlot entries into a store-map document. Two store entries
+ * with one name (cn, which LDAP matches regardless of case) make none: which of them counts
+ * would depend on the order of the search's answer, and a failover could be written to either.
+ */
 export function storeEntriesToDocument(entries: ReadonlyArray<Record<string, unknown> & { dn: string }>): unknown {
   const stores: Record<string, Record<string, unknown>> = {};
   const storeByDn = new Map<string, Record<string, unknown>>();
+  /** Store entries' DNs by lower-cased name. */
+  const dnsByName = new Map<string, string[]>();
   const isClass = (e: Record<string, unknown>, name: string): boolean => {
     const classes = e['objectClass'];
     const list = Array.isArray(classes) ? classes : [classes];
@@ -142,7 +148,15 @@ export function storeEntriesToDocument(entries: ReadonlyArray<Record<string, unk
     if (profile !== undefined) store['backend_profile'] = profile;
     stores[name] = store;
     storeByDn.set(lowerDn(entry.dn), store);
+    const dns = dnsByName.get(name.toLowerCase()) ?? [];
+    dnsByName.set(name.toLowerCase(), [...dns, entry.dn]);
   }
+  // Sorted, so that the same entries give the same message whatever the order of the answer.
+  const duplicates = [...dnsByName.entries()]
+    .filter(([, dns]) => dns.length > 1)
+    .sort(([a], [b]) => (a < b ? -1 : 1))
+    .map(([name, dns]) => `store "${name}" has ${dns.length} entries: ${dns.sort((a, b) => (lowerDn(a) < lowerDn(b) ? -1 : 1)).join(' and ')}`);
+  if (duplicates.length > 0) throw new MailfrontError('STOREMAP_DUPLICATE_STORE', 'config', `${duplicates.join('; ')} (a store name, which LDAP matches regardless of case, must be on one mailfrontStore entry)`);
   for (const entry of entries) {
     if (!isClass(entry, 'mailfrontSlot')) continue;
     const parentDn = lowerDn(entry.dn).replace(/^(?:[^,\\]|\\.)*,/, '');
@@ -213,12 +227,29 @@ export class LdapStoreMapSource implements StoreMapSource {
    * between the start-up load and the first poll.
    */
   async load(): Promise<unknown> {
-    const document = await this.search();
-    this.lastFingerprint = JSON.stringify(document);
-    return document;
+    const reading = await this.read();
+    this.lastFingerprint = reading.fingerprint;
+    if ('rejected' in reading) throw reading.rejected;
+    return reading.document;
   }
 
-  private async search(): Promise<unknown> {
+  /**
+   * The document the entries make, or why they make none. Either way the directory answered:
+   * entries that make no map (one store name on two entries) are rejected as a document that
+   * fails validation is, once per change, and the source stays healthy.
+   */
+  private async read(): Promise<{ readonly document: unknown; readonly fingerprint: string } | { readonly rejected: MailfrontError; readonly fingerprint: string }> {
+    const entries = await this.search();
+    try {
+      const document = storeEntriesToDocument(entries);
+      return { document, fingerprint: JSON.stringify(document) };
+    } catch (error) {
+      const rejected = asMailfrontError(error);
+      return { rejected, fingerprint: `rejected: ${rejected.message}` };
+    }
+  }
+
+  private async search(): Promise<Array<Record<string, unknown> & { dn: string }>> {
     const client = await this.connection();
     try {
       // Paged (RFC 2696): a server that bounds each answer rather than the whole search (Active
@@ -230,7 +261,7 @@ export class LdapStoreMapSource implements StoreMapSource {
         attributes: ['objectClass', 'cn', 'mailfrontCurrentMaster', 'mailfrontPreferredMaster', 'mailfrontBackendProfile', 'mailfrontHost', ...SLOT_PORTS.map(([a]) => a)],
         paged: true,
       });
-      return storeEntriesToDocument(searchEntries);
+      return searchEntries;
     } catch (error) {
       await this.client?.unbind().catch(() => undefined);
       this.client = null;
@@ -259,7 +290,7 @@ export class LdapStoreMapSource implements StoreMapSource {
     let timer: NodeJS.Timeout | undefined;
     const poll = async (): Promise<void> => {
       try {
-        const fingerprint = JSON.stringify(await this.search());
+        const { fingerprint } = await this.read();
         if (!stopped) onHealth?.(null);
         if (!stopped && fingerprint !== this.lastFingerprint) onChange();
       } catch (error) {
@@ -280,6 +311,8 @@ export class LdapStoreMapSource implements StoreMapSource {
     const { searchEntries } = await client.search(this.config.baseDn, { scope: 'sub', filter: `(&(objectClass=mailfrontStore)(cn=${escapeFilterValue(store)}))`, attributes: ['cn'] });
     const entry = searchEntries[0];
     if (entry === undefined) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${store}" has no entry under ${this.config.baseDn}`);
+    // A duplicate added since the map in force was read: writing to either could be the wrong one.
+    if (searchEntries.length > 1) throw new MailfrontError('STOREMAP_DUPLICATE_STORE', 'config', `store "${store}" has ${searchEntries.length} entries under ${this.config.baseDn} (${searchEntries.map((e) => e.dn).join(', ')}); no failover written`);
     await client.modify(entry.dn, new Change({ operation: 'replace', modification: new Attribute({ type: 'mailfrontCurrentMaster', values: [slot] }) }));
   }
 

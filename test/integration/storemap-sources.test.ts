@@ -52,7 +52,7 @@ const storeLdif = (name: string, slots: number, parent = LDAP_STORES_DN): string
     `cn: ${name}`,
     `mailfrontCurrentMaster: ${name}a`,
     '',
-    ...Array.from({ length: slots }, (_, i) => `${name}${String.fromCharCode(97 + i)}`).flatMap((slot) => [`dn: cn=${slot},cn=${name},${parent}`, 'changetype: add', 'objectClass: mailfrontSlot', `cn: ${slot}`, 'mailfrontHost: 127.0.0.1', '']),
+    ...Array.from({ length: slots }, (_, i) => `${name}${String.fromCharCode(97 + i)}`).flatMap((slot) => [`dn: cn=${slot},cn=${name},${parent}`, 'changetype: add', 'objectClass: mailfrontSlot', `cn: ${slot}`, 'mailfrontHost: 127.0.0.1', 'mailfrontImapPort: 143', '']),
   ].join('\n');
 
 test('a failover written between the start-up load and the first poll is reported by that poll; an unchanged poll reports nothing', async () => {
@@ -200,5 +200,40 @@ test('the LDAP source goes back first to the server that answered last: a reconn
   } finally {
     await sticky.close();
     await Promise.all([first.stop(), second.stop()]);
+  }
+});
+
+test('one store name on two LDAP entries: the map is rejected naming both, the map in force stays, the source stays healthy, and no failover is written', async () => {
+  // A tree of its own, beside ou=stores (which the other tests' source reads).
+  const base = `ou=duplicates,${slapd.baseDn}`;
+  await slapd.modify(`dn: ${base}\nchangetype: add\nobjectClass: organizationalUnit\nou: duplicates\n\ndn: ou=east,${base}\nchangetype: add\nobjectClass: organizationalUnit\nou: east\n`);
+  await slapd.modify(storeLdif('delta', 2, base));
+  const ldap = new LdapStoreMapSource({ kind: 'ldap', urls: [slapd.url], bindDn: slapd.rootDn, bindPassword: slapd.rootPassword, baseDn: base, pollIntervalMs: POLL_MS, starttls: false, operationTimeoutMs: 2_000 });
+  const rejected: string[] = [];
+  const holder = new StoreMapHolder(ldap, () => ({ backend: readBackend(undefined, 'backend', (p) => p, new IssueList()), backendProfiles: new Map() }), createLogger('silent'), { changes: () => undefined, rejected: (error) => rejected.push(error) });
+  const health: Array<Error | null> = [];
+  let stop = (): void => undefined;
+  try {
+    assert.equal((await holder.reload('start')).ok, true);
+    stop = ldap.watch(() => void holder.reload('change'), (error) => health.push(error));
+    // A second "delta", its master another slot, elsewhere under the base.
+    await slapd.modify(storeLdif('delta', 2, `ou=east,${base}`).replace(/deltaa/g, 'deltac').replace(/deltab/g, 'deltad'));
+    for (let i = 0; i < 50 && rejected.length === 0; i++) await sleep(POLL_MS);
+    await sleep(POLL_MS * 5);
+    assert.equal(rejected.length, 1, 'rejected once: later polls of the same entries report no change');
+    assert.ok(rejected[0]!.includes(`store "delta" has 2 entries: cn=delta,ou=duplicates,dc=example,dc=org and cn=delta,ou=east,ou=duplicates,dc=example,dc=org`), rejected[0]);
+    assert.equal(holder.current.stores.get('delta')!.currentMaster, 'deltaa', 'the map in force stays');
+    assert.ok(health.length > 1 && health.every((h) => h === null), 'the directory answered every poll');
+    await assert.rejects(ldap.setCurrentMaster('delta', 'deltab'), /store "delta" has 2 entries .*no failover written/);
+    await assert.rejects(holder.failover('delta', 'deltab'), /no failover written/);
+    assert.equal(holder.current.stores.get('delta')!.currentMaster, 'deltaa');
+
+    // The duplicate removed: the next poll loads the map again.
+    await slapd.modify(['deltac', 'deltad'].map((s) => `dn: cn=${s},cn=delta,ou=east,${base}\nchangetype: delete\n`).join('\n') + `\ndn: cn=delta,ou=east,${base}\nchangetype: delete\n`);
+    for (let i = 0; i < 50 && holder.last?.ok !== true; i++) await sleep(POLL_MS);
+    assert.deepEqual(holder.last, { ok: true, version: 1, changes: [] });
+  } finally {
+    stop();
+    await ldap.close();
   }
 });
