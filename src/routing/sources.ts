@@ -26,8 +26,9 @@ export interface StoreMapSource {
   /**
    * Calls `onChange` whenever the source may have changed (debounced); returns a stop function.
    * `onHealth` hears whether the source can be watched and read: null after each good look (an
-   * LDAP poll), the error when it cannot be (an unreachable LDAP server, a file that cannot be
-   * watched). The map in force stays either way; the caller makes it visible.
+   * LDAP poll, the start of a file watch, each read of a file that is not watched), the error
+   * when it cannot be (an unreachable LDAP server, a file that cannot be watched). The map in
+   * force stays either way; the caller makes it visible.
    */
   watch(onChange: () => void, onHealth?: (error: Error | null) => void): () => void;
   /** Writes a new current master for `store` into the source of truth. */
@@ -49,17 +50,29 @@ export class FileStoreMapSource implements StoreMapSource {
   private lastLoaded: string | undefined;
   /** Failovers written so far (names their temporary files). */
   private writes = 0;
+  /** Hears each good read while the file is not watched (watch() with `watch: false`). */
+  private onRead: ((error: Error | null) => void) | undefined;
 
   load(): Promise<unknown> {
     return Promise.resolve().then(() => {
       const document = readStoreMapFile(this.file);
       this.lastLoaded = JSON.stringify(document);
+      this.onRead?.(null);
       return document;
     });
   }
 
   watch(onChange: () => void, onHealth?: (error: Error | null) => void): () => void {
-    if (!this.watchEnabled) return () => undefined;
+    if (!this.watchEnabled) {
+      // Not watched, the file is looked at only when it is read (start-up, SIGHUP, a failover):
+      // each good read is a good look. Told nothing, the source's health would read as down for
+      // ever, its last good look never.
+      this.onRead = onHealth;
+      if (this.lastLoaded !== undefined) onHealth?.(null);
+      return () => {
+        if (this.onRead === onHealth) this.onRead = undefined;
+      };
+    }
     let timer: NodeJS.Timeout | undefined;
     let watcher: FSWatcher | undefined;
     try {

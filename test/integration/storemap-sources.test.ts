@@ -237,3 +237,31 @@ test('one store name on two LDAP entries: the map is rejected naming both, the m
     await ldap.close();
   }
 });
+
+test('the file source with watch off reports a good look at the start of its "watch" and at each good read, so its health does not read as down for ever', async () => {
+  const dir = tmpDir('storemap-unwatched');
+  const file = join(dir.path, 'stores.yaml');
+  const document = (master: string): string => `stores:\n  gamma:\n    current_master: ${master}\n    slots:\n      g1: { host: 127.0.0.1, imap_port: 10143 }\n      g2: { host: 127.0.0.1, imap_port: 10144 }\n`;
+  try {
+    writeFileSync(file, document('g1'));
+    const unwatched = new FileStoreMapSource(file, false);
+    assert.equal(masterIn(await unwatched.load()), 'g1');
+    const health: Array<Error | null> = [];
+    let changes = 0;
+    const stop = unwatched.watch(() => changes++, (error) => health.push(error));
+    assert.deepEqual(health, [null], 'the start-up load was a good look');
+    writeFileSync(file, document('g2'));
+    assert.equal(masterIn(await unwatched.load()), 'g2');
+    assert.deepEqual(health, [null, null], 'a read (SIGHUP) is a good look');
+    writeFileSync(file, 'stores: [');
+    await assert.rejects(unwatched.load());
+    assert.deepEqual(health, [null, null], 'a broken file is a rejected map, not a good look');
+    stop();
+    writeFileSync(file, document('g1'));
+    await unwatched.load();
+    assert.deepEqual(health, [null, null], 'nothing told once the watch is stopped');
+    assert.equal(changes, 0, 'an unwatched file reports no change');
+  } finally {
+    await dir.remove();
+  }
+});
