@@ -277,7 +277,7 @@ export class Metrics {
     this.storeMapLastLoadTimestamp = gauge('mailfront_store_map_last_load_timestamp_seconds', 'Unix time of the last store-map load attempt.', []);
     this.storeMapLoadsTotal = counter('mailfront_store_map_loads_total', 'Store-map loads (start-up and reloads), by result.', ['result']);
     this.storeMapSourceUp = gauge('mailfront_store_map_source_up', '1 while the store-map source can be read and watched, 0 while it cannot (the map in force stays).', []);
-    this.storeMapSourceLastSuccess = gauge('mailfront_store_map_source_last_success_timestamp_seconds', 'Unix time of the last good look at the store-map source (each LDAP poll; the start of a file watch).', []);
+    this.storeMapSourceLastSuccess = gauge('mailfront_store_map_source_last_success_timestamp_seconds', 'Unix time of the last good look at the store-map source (each LDAP poll; the start of a file watch; each read of a file that is not watched).', []);
     this.slotCurrentMaster = gauge('mailfront_slot_current_master', '1 for the slot that is its store\'s current master, 0 for the others.', ['store', 'slot']);
     this.storeBackwards = gauge('mailfront_store_backwards', '1 when a store\'s current master is not its preferred master.', ['store']);
     this.slotUp = gauge('mailfront_slot_up', '1 when the last health check of a slot succeeded, 0 when it failed.', ['store', 'slot']);
