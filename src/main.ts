@@ -410,7 +410,7 @@ export class Mailfront {
     this.log.info({ event: 'server.stopping', sessions: this.registry.size, drainMs }, 'stopping');
     this.stopWatching();
     this.health.stop();
-    await Promise.all(this.listeners.map((l) => l.stopAccepting()));
+    await Promise.all(this.listeners.map((l) => l.shutDown()));
     const sessions = () => this.listeners.flatMap((l) => [...l.sessions]);
     for (const session of sessions()) session.shutdownIfNotSpliced();
     const deadline = Date.now() + drainMs;

@@ -125,6 +125,7 @@ export class Listener {
     }
     // A client that hung up while its header was read leaves nothing to serve.
     if (raw.destroyed || raw.remoteAddress === undefined) return void raw.destroy();
+    if (this.shuttingDown) return this.refuseWhileShuttingDown(raw);
     const trusted = this.context.trustedNetworks().contains(endpoints.client.address);
     const admission = this.context.limiter.admit(endpoints.client.address, trusted);
     if (!admission.admitted) {
@@ -164,6 +165,8 @@ export class Listener {
       });
       if (!ok) return void secure.destroy();
       socket = secure;
+      // The server began to stop during the handshake: no new session is greeted now.
+      if (this.shuttingDown) return this.refuseWhileShuttingDown(secure);
     }
     const session = new Session(socket, config, this.adapter, this.sessionContext, config.tls === 'implicit', endpoints, lease, acceptedAt);
     this.sessions.add(session);
@@ -191,7 +194,24 @@ export class Listener {
     });
   }
 
-  /** Stops accepting connections at once; live sessions are left alone. */
+  /**
+   * The server is stopping: no more connections, and those accepted but not yet sessions (a
+   * PROXY header or a TLS handshake still under way) are refused when they get that far, so the
+   * shutdown's BYE to sessions not yet logged in cannot miss one that logs in after it.
+   */
+  shutDown(): Promise<void> {
+    this.shuttingDown = true;
+    return this.stopAccepting();
+  }
+
+  private shuttingDown = false;
+
+  private refuseWhileShuttingDown(socket: Socket): void {
+    socket.end(this.adapter.connectionRefusal('total', 'Server shutting down, try again later.'));
+    setTimeout(() => socket.destroy(), 1_000).unref();
+  }
+
+  /** Stops accepting connections at once; live sessions are left alone (a reload's listener that is replaced). */
   stopAccepting(): Promise<void> {
     const server = this.server;
     // close() stops listening now; its callback would wait for every session to end.

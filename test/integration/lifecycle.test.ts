@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { createServer } from 'node:net';
+import { connect as netConnect, createServer } from 'node:net';
 import type { Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import { connect as tlsConnect } from 'node:tls';
@@ -471,12 +471,24 @@ test('a reload while the server stops is refused and binds nothing', async () =>
     spliced.send(`s LOGIN liz ${PASSWORD}`);
     assert.match(await spliced.readLine(), /^s OK/);
     // The spliced session keeps the stop draining (up to drain_timeout_ms) while the reload comes.
+    const early = await new Promise<Socket>((resolve, reject) => {
+      const socket = netConnect(stopping.imapsPort, '127.0.0.1', () => resolve(socket));
+      socket.once('error', reject);
+    });
     stopped = stopping.mailfront.stop(5_000);
     await waitForLog(stopping, (l) => l['event'] === 'server.stopping', 5_000);
     const reload = await stopping.mailfront.reload();
     assert.equal(reload.ok, false);
     assert.match(reload.error ?? '', /stopping/);
     await assert.rejects(LineClient.connect(stopping.imapTrustedPort), /ECONNREFUSED/, 'no listener was bound again');
+    // A connection accepted before the stop that finishes its TLS handshake during it is not
+    // greeted as a new session (it could log in after the stop's BYE to those not logged in).
+    const late = tlsConnect({ socket: early, ca: stopping.caPem, servername: 'localhost' });
+    const said: Buffer[] = [];
+    late.on('data', (chunk: Buffer) => said.push(chunk));
+    late.on('error', () => undefined);
+    await new Promise((resolve) => late.once('close', resolve));
+    assert.match(Buffer.concat(said).toString('latin1'), /^\* BYE \[UNAVAILABLE\] Server shutting down/);
   } finally {
     spliced.close();
     await stopped;
