@@ -80,6 +80,16 @@ export function startsWithProxySignature(bytes: Uint8Array): boolean {
   return (bytes.length >= V1_SIGNATURE.length && agreesWith(bytes, V1_SIGNATURE)) || (bytes.length >= V2_SIGNATURE.length && agreesWith(bytes, V2_SIGNATURE));
 }
 
+/**
+ * What a connection's first bytes say so far: a whole v1 or v2 signature ('header'), bytes that
+ * can no longer become one ('not'), or a beginning of one that more bytes will decide ('more': a
+ * header sent a few bytes at a time must be found as surely as one sent whole).
+ */
+export function proxySignatureSoFar(bytes: Uint8Array): 'header' | 'not' | 'more' {
+  if (startsWithProxySignature(bytes)) return 'header';
+  return agreesWith(bytes, V1_SIGNATURE) || agreesWith(bytes, V2_SIGNATURE) ? 'more' : 'not';
+}
+
 /** An address as mailfront prints it everywhere: IPv4-mapped IPv6 as plain IPv4, IPv6 in RFC 5952 form. */
 export function plainAddress(address: string): string {
   if (isIPv4(address)) return address;

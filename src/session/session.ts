@@ -16,7 +16,7 @@ import { readDirect, writeNow } from '../net/direct-io.js';
 import type { Throttle } from '../auth/throttle.js';
 import type { LeaveGate, LoginGate } from '../auth/login-gate.js';
 import type { ConnectionLease, ConnectionLimiter } from '../server/connection-limits.js';
-import { backendProxyHeader, plainAddress, startsWithProxySignature } from '../server/proxy-protocol.js';
+import { backendProxyHeader, plainAddress, proxySignatureSoFar } from '../server/proxy-protocol.js';
 import type { ConnectionEndpoints } from '../server/proxy-protocol.js';
 import { normalizeUser } from '../auth/directory.js';
 import { dialSlot, loginToBackend } from '../backend/connect.js';
@@ -67,6 +67,9 @@ const UNAVAILABLE_TEXT: Record<string, string> = {
   'backend-login': 'Your mail server is temporarily unavailable, try again later.',
   internal: 'Internal error, try again later.',
 };
+
+/** No bytes yet. */
+const EMPTY = Buffer.alloc(0);
 
 /** What a kicked client is told. */
 const KICKED_TEXT = 'Disconnected by an administrator';
@@ -151,7 +154,8 @@ export class Session {
   private clientPort: number;
   private readonly endpoints: ConnectionEndpoints;
   private readonly tracker: SessionMetrics;
-  private firstChunk = true;
+  /** The first bytes while they may still be the start of a PROXY signature; null once decided. */
+  private firstBytes: Buffer | null = EMPTY;
   /** The client address came from a trusted webmail's ID: count it per address, not exempt. */
   private addressForwarded = false;
   /** Client bytes read and used before the splice; the splice counts the rest (pipelined commands included). */
@@ -167,13 +171,21 @@ export class Session {
   private slot: string | undefined;
   private splice: Splice | undefined;
   private entry: SessionEntry | undefined;
-  private readonly onData = (chunk: Buffer): void => {
-    this.preauthBytesRead += chunk.length;
-    if (this.firstChunk) {
-      this.firstChunk = false;
+  private readonly onData = (received: Buffer): void => {
+    this.preauthBytesRead += received.length;
+    let chunk = received;
+    if (this.firstBytes !== null) {
       // A PROXY header from a peer that is not a trusted balancer is an attempt to forge the
-      // client address: never treat it as a (garbled) command.
-      if (startsWithProxySignature(chunk)) {
+      // client address: never treat it as a (garbled) command. The first bytes are held (a copy:
+      // they may sit in the shared read buffer) until they can no longer begin a signature.
+      if (this.firstBytes.length > 0) chunk = Buffer.concat([this.firstBytes, received]);
+      const soFar = proxySignatureSoFar(chunk);
+      if (soFar === 'more') {
+        this.firstBytes = Buffer.from(chunk);
+        return;
+      }
+      this.firstBytes = null;
+      if (soFar === 'header') {
         this.log.info({ event: 'session.proxy_header_refused', client: this.clientAddress }, 'PROXY header from an untrusted peer');
         this.context.metrics.proxyHeader(this.listenerName, 'untrusted');
         this.socket.destroy();

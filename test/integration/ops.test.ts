@@ -191,6 +191,19 @@ describe('two mailfront instances behind HAProxy with PROXY v2, Dovecot behind w
     const forged = await Raw.open(instances[0]!.imapPort, '127.0.0.5');
     forged.socket.write('PROXY TCP4 198.51.100.9 127.0.0.1 5555 143\r\n');
     await forged.waitClosed();
+    // The same a byte at a time (v1), and v2's binary signature in two pieces.
+    const dribbled = await Raw.open(instances[0]!.imapPort, '127.0.0.5');
+    for (const byte of 'PROXY TCP4 198.51.100.9 127.0.0.1 5555 143\r\n') {
+      if (dribbled.socket.destroyed) break;
+      dribbled.socket.write(byte);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    await dribbled.waitClosed();
+    const v2 = await Raw.open(instances[0]!.imapPort, '127.0.0.5');
+    v2.socket.write(Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00]));
+    await new Promise((r) => setTimeout(r, 50));
+    v2.socket.write(Buffer.from([0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x21, 0x11, 0x00, 0x0c]));
+    await v2.waitClosed();
     const plain = await login(instances[0]!.imapPort, '127.0.0.5');
     plain.socket.destroy();
     await waitFor('rip=127.0.0.5 in the Dovecot log', async () => /rip=127\.0\.0\.5/.test(await dovecot.readLog()));

@@ -18,6 +18,7 @@ import {
   plainAddress,
   readProxyConfig,
   readProxyHeader,
+  proxySignatureSoFar,
   startsWithProxySignature,
 } from '../../src/server/proxy-protocol.js';
 import type { ProxyHeader, ProxyParseResult } from '../../src/server/proxy-protocol.js';
@@ -253,6 +254,13 @@ describe('proxy protocol: not a header', () => {
     assert.equal(startsWithProxySignature(encodeProxyV2Local()), true);
     assert.equal(startsWithProxySignature(Buffer.from('PROXY')), false);
     assert.equal(startsWithProxySignature(Buffer.from('a001 LOGIN')), false);
+  });
+
+  it('tells, from a first few bytes, a signature, a beginning of one, and bytes that cannot become one', () => {
+    assert.equal(proxySignatureSoFar(Buffer.from('PROXY TCP4')), 'header');
+    assert.equal(proxySignatureSoFar(encodeProxyV2Local()), 'header');
+    for (const start of ['P', 'PROX', 'PROXY', '\r\n', '\r\n\r\n\0\r\nQUI', '']) assert.equal(proxySignatureSoFar(Buffer.from(start, 'latin1')), 'more', JSON.stringify(start));
+    for (const other of ['a', 'PROXYX', 'PRO ', '\r\nx', 'a001 NOOP\r\n']) assert.equal(proxySignatureSoFar(Buffer.from(other, 'latin1')), 'not', JSON.stringify(other));
   });
 });
 
