@@ -397,9 +397,13 @@ export class Session {
     const started = Date.now();
     const kicksAtStart = this.context.registry.kicksSoFar;
     const user = normalizeUser(credentials.user, config.usernames);
+    // What the throttle, the login gate and the sessions-per-user limit count by: with
+    // usernames.lowercase off the directory still finds "ann" and "ANN" alike (uid matches
+    // without regard to case), and each spelling must not get limits of its own.
+    const subject = config.usernames.lowercase || user === null ? user : user.toLowerCase();
     const throttle = this.context.throttle();
     const attempt = {
-      user,
+      user: subject,
       address: this.clientAddress,
       // A webmail server is exempt from per-address counting, unless it named its user's address.
       trusted: !this.addressForwarded && this.context.trustedNetworks().contains(this.clientAddress),
@@ -411,7 +415,7 @@ export class Session {
     // The user's turn at the gate lasts from the throttle's check until the check's outcome is counted.
     let leaveGate: LeaveGate | undefined;
     try {
-      if (user !== null) leaveGate = this.context.loginGate.tryEnter(user) ?? (await this.context.loginGate.enter(user, cancellation));
+      if (subject !== null) leaveGate = this.context.loginGate.tryEnter(subject) ?? (await this.context.loginGate.enter(subject, cancellation));
       const verdict = await throttle.check(attempt);
       throwIfCancelled(cancellation, 'the login was cancelled while the throttle answered');
       if (verdict.refused) {
@@ -434,7 +438,7 @@ export class Session {
       this.mechanism = credentials.mechanism;
       if (found.store === null) throw new MailfrontError('USER_WITHOUT_STORE', 'no-route', `the directory entry ${found.dn} has no store attribute`);
       this.store = found.store;
-      if (!this.lease.claimUser(user)) {
+      if (!this.lease.claimUser(subject ?? user)) {
         this.context.metrics.connectionRefused('user');
         throw new MailfrontError('USER_SESSION_LIMIT', 'limit', `user "${user}" has ${config.connectionLimits.maxSessionsPerUser} sessions already`);
       }

@@ -46,6 +46,7 @@ export interface FrontOptions {
   readonly connectionLimits?: Record<string, unknown>;
   readonly trustedNetworks?: readonly string[];
   readonly health?: Record<string, unknown>;
+  readonly usernames?: Record<string, unknown>;
 }
 
 export interface Front {
@@ -249,6 +250,7 @@ export async function startFront(options: FrontOptions): Promise<Front> {
       connection_limits: { max_connections: 20000, max_connections_per_address: 20000, max_sessions_per_user: 1000, ...options.connectionLimits },
       ...(options.trustedNetworks ? { trusted_networks: options.trustedNetworks } : {}),
       health: { interval_ms: 0, ...options.health },
+      ...(options.usernames ? { usernames: options.usernames } : {}),
       admin: { token: ADMIN_TOKEN, ...options.admin },
       http: { host: '127.0.0.1', port: 0 },
     }),

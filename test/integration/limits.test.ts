@@ -116,6 +116,35 @@ describe('auth-failure throttling', () => {
   });
 });
 
+describe('throttling with usernames.lowercase off', () => {
+  let front: Front;
+  before(async () => {
+    front = await startFront({ slapd, stores: stores(), throttle: { ...THROTTLE, base_delay_ms: 0, max_delay_ms: 0, failures_per_user: 3 }, usernames: { lowercase: false }, connectionLimits: { max_sessions_per_user: 1 } });
+  });
+  after(async () => {
+    await front?.stop();
+  });
+
+  test('the spellings of one user share its failure count and its session limit (the directory finds them all)', async () => {
+    for (const [i, spelling] of ['wes', 'Wes', 'WES'].entries()) {
+      assert.match((await imapLogin(front, spelling, `case-${i}`)).line, /^t1 NO \[AUTHENTICATIONFAILED\]/);
+    }
+    for (const spelling of ['wes', 'wEs', 'WeS']) {
+      assert.match((await imapLogin(front, spelling, PASSWORD)).line, /^t1 NO \[LIMIT\] /, `${spelling} is refused with the others`);
+    }
+    // One session per user: a second spelling is the same user.
+    const held = await LineClient.connect(front.imapTrustedPort);
+    try {
+      await held.readLine();
+      held.send(`h LOGIN tom ${PASSWORD}`);
+      assert.match(await held.readLine(), /^h OK /);
+      assert.match((await imapLogin(front, 'TOM', PASSWORD)).line, /^t1 NO \[LIMIT\] /);
+    } finally {
+      held.close();
+    }
+  });
+});
+
 describe('throttle counters shared through Redis', () => {
   let one: Front;
   let two: Front;
