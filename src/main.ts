@@ -264,7 +264,9 @@ export class Mailfront {
     if (directory !== undefined) {
       const replaced = this.directory;
       this.directory = directory;
-      void replaced.close();
+      // Logins asking the old directory finish there: a search and a bind, each within its deadlines.
+      const { connectTimeoutMs, operationTimeoutMs } = previous.directory;
+      void replaced.close(2 * (connectTimeoutMs + operationTimeoutMs));
     }
     if (storeMapSource !== undefined) {
       // The map in force stays until the new source gives a valid one (the reload below).

@@ -79,8 +79,8 @@ export class CachingDirectory implements Directory {
     return { ...this.inner.cacheEntries(), auth: this.successes.size };
   }
 
-  async close(): Promise<void> {
+  async close(graceMs?: number): Promise<void> {
     this.successes.clear();
-    await this.inner.close();
+    await this.inner.close(graceMs);
   }
 }

@@ -43,8 +43,11 @@ export interface Directory {
   forget(user: string, dns?: Set<string>): number;
   /** Entries each of this directory's caches holds now; a cache that is off is absent. */
   cacheEntries(): Partial<Record<'auth' | 'entry', number>>;
-  /** Releases connections. */
-  close(): Promise<void>;
+  /**
+   * Releases connections. `graceMs`: a directory replaced by a reload lets the logins already
+   * asking it finish first, for up to that long (new ones go to its successor).
+   */
+  close(graceMs?: number): Promise<void>;
 }
 
 /** The longest user name accepted; longer ones are refused before any directory lookup. */

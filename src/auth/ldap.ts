@@ -177,6 +177,11 @@ export class LdapDirectory implements Directory {
   private nextServiceSlot = 0;
   private readonly tlsOptions: ConnectionOptions;
   private closed = false;
+  /** close() was called: no new login is taken (the ones under way may finish within its grace). */
+  private closing = false;
+  /** Logins and lookups under way, and who waits for them all to end (close() with a grace). */
+  private inFlight = 0;
+  private onIdle: (() => void) | null = null;
   /** Idle connections for user binds, per URL (opening one per login costs a TCP and maybe a TLS handshake). */
   private readonly bindIdle = new Map<string, Client[]>();
   /** user → entry found by the last search, for `config.entryCacheTtlMs`. */
@@ -392,8 +397,24 @@ export class LdapDirectory implements Directory {
   }
 
   async authenticate(user: string, password: string, signal: Cancellation): Promise<DirectoryUser> {
-    if (this.closed) throw closedError();
+    if (this.closing) throw closedError();
+    this.inFlight++;
     const work = (async (): Promise<DirectoryUser> => {
+      try {
+        return await this.authenticateNow(user, password);
+      } finally {
+        this.operationEnded();
+      }
+    })();
+    return raceAbort(work, signal);
+  }
+
+  private operationEnded(): void {
+    if (--this.inFlight === 0 && this.onIdle !== null) this.onIdle();
+  }
+
+  private async authenticateNow(user: string, password: string): Promise<DirectoryUser> {
+    {
       const entryOf = async (use: 'login' | 'retry'): Promise<FoundEntry> => {
         const entry = await this.search(user, use);
         if (entry === null) throw new MailfrontError('UNKNOWN_USER', 'auth-failed', `no directory entry for "${user}"`);
@@ -418,8 +439,7 @@ export class LdapDirectory implements Directory {
       }
       if (!ok) throw new MailfrontError('WRONG_PASSWORD', 'auth-failed', `wrong password for "${user}"`);
       return { user, dn: found.dn, store: found.store, readAt: found.readAt };
-    })();
-    return raceAbort(work, signal);
+    }
   }
 
   async lookup(user: string, signal: Cancellation): Promise<DirectoryUser | null> {
@@ -477,7 +497,18 @@ export class LdapDirectory implements Directory {
     }
   }
 
-  async close(): Promise<void> {
+  async close(graceMs = 0): Promise<void> {
+    this.closing = true;
+    if (graceMs > 0 && this.inFlight > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, graceMs);
+        this.onIdle = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.onIdle = null;
+    }
     this.closed = true;
     const opening = this.serviceSlots.map((slot) => slot.opening);
     for (const slot of this.serviceSlots) {

@@ -462,6 +462,33 @@ test('a reload that moves a listener to an address sharing its port (a wildcard 
   assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /);
 });
 
+test('a reload that replaces the directory lets the logins already asking the old one finish there', async () => {
+  const original = readFileSync(front.configFile, 'utf8');
+  assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /, 'the service connection is open');
+  const raw = await LineClient.connect(front.imapTrustedPort);
+  try {
+    await raw.readLine();
+    // slapd stopped: the login's search waits on the old directory's connection.
+    await slapd.pause();
+    raw.send(`a LOGIN liz ${PASSWORD}`);
+    await new Promise((r) => setTimeout(r, 200));
+    const config = parse(original) as Record<string, unknown>;
+    (config['directory'] as Record<string, unknown>)['operation_timeout_ms'] = 2_500;
+    writeFileSync(front.configFile, stringify(config));
+    const reloaded = await front.mailfront.reload();
+    assert.equal(reloaded.ok, true, reloaded.error);
+    await new Promise((r) => setTimeout(r, 300));
+    slapd.resume();
+    assert.match(await raw.readLine(10_000), /^a OK /, 'the login in flight finished on the old directory');
+  } finally {
+    slapd.resume();
+    raw.close();
+    writeFileSync(front.configFile, original);
+    assert.equal((await front.mailfront.reload()).ok, true);
+  }
+  assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /);
+});
+
 test('a reload while the server stops is refused and binds nothing', async () => {
   const stopping = await startFront({ slapd, stores: { alpha: { currentMaster: 'm', slots: { m: { imapPort: master.imapPort } } } } });
   const spliced = await LineClient.connect(stopping.imapTrustedPort);
