@@ -7,13 +7,14 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { runInNewContext } from 'node:vm';
 import { setFlagsFromString } from 'node:v8';
-import type { PreauthMachine, PreauthOptions, ProtocolAdapter } from '../../src/protocol/types.js';
+import type { PreauthOptions, ProtocolAdapter } from '../../src/protocol/types.js';
 import { pop3Adapter } from '../../src/protocol/pop3/index.js';
 import { LineReader } from '../../src/protocol/pop3/lines.js';
 import { managesieveAdapter } from '../../src/protocol/managesieve/index.js';
 import { SieveReader, type SieveParseEvent } from '../../src/protocol/managesieve/wire.js';
 import { imapAdapter } from '../../src/protocol/imap/index.js';
 import { ImapCommandParser, type ParseEvent } from '../../src/protocol/imap/parser.js';
+import { BACKEND_DEFAULTS } from './imap-testkit.js';
 import { MAX_LINE_BYTES, MAX_PREAUTH_LITERAL_BYTES } from '../../src/limits.js';
 
 // A real collection before each heap reading, even without --expose-gc on the command line.
@@ -31,13 +32,26 @@ function memory(): number {
 
 /** Bytes per machine that was fed `input` one byte per read (and is still reading). */
 function bytesPerDribbledMachine(adapter: ProtocolAdapter, input: string): number {
-  const MACHINES = 100;
-  const line = Buffer.from(input, 'latin1');
-  const machines: PreauthMachine[] = [];
-  const before = memory();
-  for (let m = 0; m < MACHINES; m++) {
+  return bytesPerDribbled(() => {
     const machine = adapter.createPreauth(OPTIONS);
     machine.greeting();
+    return machine;
+  }, input);
+}
+
+/** Anything fed input: a pre-auth machine or a backend login. */
+interface Receiver {
+  receive(chunk: Uint8Array): readonly unknown[];
+}
+
+/** The same for any machine that takes input. */
+function bytesPerDribbled(create: () => Receiver, input: string): number {
+  const MACHINES = 100;
+  const line = Buffer.from(input, 'latin1');
+  const machines: Receiver[] = [];
+  const before = memory();
+  for (let m = 0; m < MACHINES; m++) {
+    const machine = create();
     for (let i = 0; i < line.length; i++) {
       const actions = machine.receive(line.subarray(i, i + 1));
       assert.deepEqual(actions, [], `machine ${m} acted after byte ${i}`);
@@ -87,6 +101,13 @@ test('IMAP pre-auth: a literal dribbled one byte at a time stays within the per-
   const perMachine = bytesPerDribbledMachine(imapAdapter, `a LOGIN {${MAX_PREAUTH_LITERAL_BYTES}+}\r\n${'y'.repeat(MAX_PREAUTH_LITERAL_BYTES - 10)}`);
   t.diagnostic(`IMAP literal: about ${Math.round(perMachine / 1024)} KiB per machine`);
   assert.ok(perMachine < BUDGET_BYTES, `${Math.round(perMachine)} bytes per IMAP machine`);
+});
+
+test('IMAP backend login: a long response line dribbled one byte at a time stays within the per-connection budget', (t) => {
+  // The backend is trusted, but a slow or broken one must not cost more than a fast one either.
+  const perMachine = bytesPerDribbled(() => imapAdapter.createBackendLogin(BACKEND_DEFAULTS), `* OK ${LONG}`);
+  t.diagnostic(`IMAP backend: about ${Math.round(perMachine / 1024)} KiB per machine`);
+  assert.ok(perMachine < BUDGET_BYTES, `${Math.round(perMachine)} bytes per IMAP backend login`);
 });
 
 test('LineReader: lines, their wire bytes and the rest are the same one byte at a time as in one chunk', () => {

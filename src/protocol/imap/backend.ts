@@ -51,7 +51,10 @@ const UNAVAILABLE_CODES = new Set(['UNAVAILABLE', 'SERVERBUG', 'LIMIT', 'PRIVACY
 class ResponseReader {
   private readonly input = new ByteQueue();
   private firstLine: string | null = null;
-  private segmentParts: Uint8Array[] = [];
+  // The line being read stays in `input` until its LF is there (copying each read's bytes out
+  // held a Uint8Array per read); `scanned` is how much of it was already searched for the LF,
+  // so that each byte is scanned once.
+  private scanned = 0;
   private responseBytes = 0;
   private literalRemaining = 0;
 
@@ -62,11 +65,14 @@ class ResponseReader {
   /** Drops everything buffered (after STARTTLS). */
   discard(): void {
     this.input.clear();
+    this.scanned = 0;
   }
 
-  /** The unconsumed bytes, exactly as received. */
+  /** The unconsumed bytes, exactly as received (a partly read line is not among them); the reader is empty afterwards. */
   takeBuffered(): Uint8Array {
-    return this.input.take();
+    const rest = this.input.view().slice(this.scanned);
+    this.discard();
+    return rest;
   }
 
   /** The first line of the next complete response; 'too-long' past the bound; null for more input. */
@@ -81,25 +87,17 @@ class ResponseReader {
       const input = this.input.view();
       const budget = MAX_BACKEND_RESPONSE_BYTES - this.responseBytes;
       const window = Math.min(input.length, budget);
-      const lf = input.subarray(0, window).indexOf(LF);
-      if (lf < 0) {
+      const found = input.subarray(this.scanned, window).indexOf(LF);
+      if (found < 0) {
         if (window === budget) return 'too-long';
-        this.segmentParts.push(input.slice(0, window));
-        this.responseBytes += window;
-        this.input.consume(window);
+        this.scanned = window;
         return null;
       }
-      // The usual case, a whole line in one read, is decoded straight from the queue.
+      const lf = this.scanned + found;
+      this.scanned = 0;
+      // Decoded straight from the queue, however many reads the line took.
       const end = lf > 0 && input[lf - 1] === CR ? lf - 1 : lf;
-      let segment: string;
-      if (this.segmentParts.length === 0) {
-        segment = Buffer.from(input.buffer, input.byteOffset, end).toString('latin1');
-      } else {
-        this.segmentParts.push(input.slice(0, lf));
-        segment = Buffer.concat(this.segmentParts).toString('latin1');
-        this.segmentParts = [];
-        if (segment.endsWith('\r')) segment = segment.slice(0, -1);
-      }
+      const segment = Buffer.from(input.buffer, input.byteOffset, end).toString('latin1');
       this.responseBytes += lf + 1;
       this.input.consume(lf + 1);
       this.firstLine ??= segment;
