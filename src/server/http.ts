@@ -206,7 +206,14 @@ export class HttpServer {
 
   private async handle(request: IncomingMessage, response: ServerResponse): Promise<void> {
     const method = request.method ?? 'GET';
-    const url = new URL(request.url ?? '/', 'http://localhost');
+    let url: URL;
+    try {
+      url = new URL(request.url ?? '/', 'http://localhost');
+    } catch {
+      // Node's parser lets through request targets that are no URL (`http://[`, a port over
+      // 65535): the client's mistake, answered as one, not a handler failure logged as an error.
+      return send(response, 400, 'text/plain; charset=utf-8', 'bad request: the request target must be a path or an absolute http URL\n');
+    }
     const path = url.pathname;
     const builtIn = this.builtIn(path);
     if (builtIn !== undefined) {

@@ -1,7 +1,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
-import { createServer as createNetServer } from 'node:net';
+import { connect, createServer as createNetServer } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { IssueList } from '../../src/config/validate.js';
 import { createLogger } from '../../src/log.js';
@@ -128,6 +128,45 @@ describe('http listener', () => {
 
   it('refuses routes that do not start with /', () => {
     assert.throws(() => server.route('GET', 'api', () => undefined), /must start with "\/"/);
+  });
+});
+
+/** Sends `head` as the whole request (closing the connection after it) and returns the raw answer. */
+function raw(port: number, head: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: '127.0.0.1', port }, () => socket.end(head));
+    const chunks: Buffer[] = [];
+    socket.on('data', (c: Buffer) => chunks.push(c));
+    socket.on('end', () => resolve(Buffer.concat(chunks).toString('latin1')));
+    socket.on('error', reject);
+  });
+}
+
+describe('http listener: malformed request targets', () => {
+  const lines: Array<{ level: string; event?: string }> = [];
+  const log = createLogger('debug', { write: (line: string) => void lines.push(JSON.parse(line) as { level: string; event?: string }) });
+  const metrics = new Metrics({ processMetrics: false });
+  const server = new HttpServer({ host: '127.0.0.1', port: 0 }, { metrics, log, readiness: () => readinessOf([]) });
+  let port = 0;
+  before(async () => {
+    server.route('*', '/api', (_req, res) => void res.end('api'));
+    await server.listen();
+    port = server.address().port;
+  });
+  after(() => server.close());
+
+  it('answers 400 to a target that is no URL, without an error-level log line', async () => {
+    // Node's HTTP parser accepts these targets; only the URL parser refuses them.
+    for (const target of ['http://[', 'http://a:99999/metrics', 'http://[::1/api/stores', 'http://%zz/healthz', 'https://']) {
+      const before = lines.length;
+      const answer = await raw(port, `GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+      assert.match(answer, /^HTTP\/1\.1 400 /, target);
+      assert.match(answer, /request target must be a path or an absolute http URL/, target);
+      assert.deepEqual(lines.slice(before).filter((l) => l.level === 'error' || l.level === 'fatal' || l.event === 'http.error'), [], target);
+    }
+    // A valid absolute-form target is served by its path, and the listener goes on serving.
+    assert.match(await raw(port, 'GET http://a:9143/healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 200 [^]*\r\nok\n\r\n/);
+    assert.equal((await call(port, 'GET', '/healthz')).status, 200);
   });
 });
 
