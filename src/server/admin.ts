@@ -65,31 +65,47 @@ function tokenMatches(given: string, expected: string): boolean {
   return timingSafeEqual(createHash('sha256').update(given).digest(), createHash('sha256').update(expected).digest());
 }
 
-async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > MAX_BODY_BYTES) throw new MailfrontError('ADMIN_BODY_TOO_LARGE', 'limit', `request body over ${MAX_BODY_BYTES} bytes`);
-    chunks.push(chunk as Buffer);
-  }
-  if (size === 0) return {};
-  try {
-    const value: unknown = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-    if (value !== null && typeof value === 'object' && !Array.isArray(value)) return value as Record<string, unknown>;
-  } catch {
-    // fall through
-  }
-  throw new MailfrontError('ADMIN_BAD_JSON', 'client-protocol', 'the request body must be a JSON object');
+/**
+ * Reads the request body as a JSON object. One over MAX_BODY_BYTES is refused as soon as that is
+ * known: from its Content-Length, before any of it is read, or else when the chunks read pass the
+ * limit. The rest is then left to flow and be dropped, not destroyed: destroying the request
+ * resets the connection, and the client would never see the 413.
+ */
+function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
+  const tooLarge = (): MailfrontError => new MailfrontError('ADMIN_BODY_TOO_LARGE', 'limit', `request body over ${MAX_BODY_BYTES} bytes`);
+  if (Number(req.headers['content-length'] ?? 0) > MAX_BODY_BYTES) return Promise.reject(tooLarge());
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const onData = (chunk: Buffer): void => {
+      size += chunk.length;
+      if (size <= MAX_BODY_BYTES) return void chunks.push(chunk);
+      req.off('data', onData).off('end', onEnd);
+      reject(tooLarge());
+    };
+    const onEnd = (): void => {
+      if (size === 0) return resolve({});
+      try {
+        const value: unknown = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+        if (value !== null && typeof value === 'object' && !Array.isArray(value)) return resolve(value as Record<string, unknown>);
+      } catch {
+        // fall through
+      }
+      reject(new MailfrontError('ADMIN_BAD_JSON', 'client-protocol', 'the request body must be a JSON object'));
+    };
+    req.on('data', onData).on('end', onEnd).on('error', reject);
+  });
 }
 
-function send(res: ServerResponse, status: number, body: unknown): void {
+function send(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   const text = `${JSON.stringify(body, null, 2)}\n`;
-  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store', ...headers });
   res.end(text);
 }
 
 function statusFor(error: MailfrontError): number {
+  // 413 (RFC 9110 §15.5.14) for this limit only: 'limit' is also the kind of a throttle's refusal.
+  if (error.code === 'ADMIN_BODY_TOO_LARGE') return 413;
   switch (error.kind) {
     case 'no-route':
       return 404;
@@ -114,9 +130,11 @@ export function createAdminHandler(context: AdminContext): (req: IncomingMessage
       send(res, 404, { error: 'the admin API is disabled (admin.token is not set)' });
       return true;
     }
-    const auth = req.headers.authorization ?? '';
-    if (!auth.startsWith('Bearer ') || !tokenMatches(auth.slice(7), token)) {
-      send(res, 401, { error: 'a valid bearer token is required' });
+    // The scheme is case-insensitive (RFC 9110 §11.1), and one or more spaces end it (§11.4).
+    const credentials = /^bearer +(\S.*)$/i.exec(req.headers.authorization ?? '');
+    if (credentials === null || !tokenMatches(credentials[1]!, token)) {
+      // A 401 says how to authenticate (RFC 9110 §11.6.1); a token was given and is wrong: invalid_token (RFC 6750 §3.1).
+      send(res, 401, { error: 'a valid bearer token is required' }, { 'www-authenticate': `Bearer realm="mailfront"${credentials === null ? '' : ', error="invalid_token"'}` });
       return true;
     }
     try {
