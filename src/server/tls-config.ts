@@ -5,7 +5,7 @@
  * Must not: log, bind sockets, or watch files (the caller decides when to reload and what to say).
  */
 import { readFileSync } from 'node:fs';
-import { X509Certificate } from 'node:crypto';
+import { X509Certificate, constants } from 'node:crypto';
 import { createSecureContext } from 'node:tls';
 import type { SecureContext, SecureContextOptions } from 'node:tls';
 import type { TlsFiles } from '../config/schema.js';
@@ -60,8 +60,14 @@ export function readTlsPolicy(v: unknown, path: string, issues: IssueList): TlsP
   return policy;
 }
 
+/**
+ * The policy as context options. TLS 1.2 renegotiation is refused outright: no mail client needs
+ * it, and a client-initiated one costs the server a full handshake each time (Node only closes the
+ * connection after the third in ten minutes). Implicit-TLS and STARTTLS sockets both take it from
+ * the holder's context.
+ */
 function policyOptions(policy: TlsPolicy): SecureContextOptions {
-  return { minVersion: policy.minVersion, ciphers: policy.ciphers, honorCipherOrder: policy.honorCipherOrder };
+  return { minVersion: policy.minVersion, ciphers: policy.ciphers, honorCipherOrder: policy.honorCipherOrder, secureOptions: constants.SSL_OP_NO_RENEGOTIATION };
 }
 
 /** Facts about the certificate in force, for logs and metrics. */

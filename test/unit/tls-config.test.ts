@@ -4,7 +4,8 @@ import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { connect, createServer } from 'node:tls';
+import { createServer as createNetServer } from 'node:net';
+import { TLSSocket, connect, createServer } from 'node:tls';
 import type { ConnectionOptions, SecureVersion, Server } from 'node:tls';
 import { IssueList } from '../../src/config/validate.js';
 import { MailfrontError } from '../../src/errors.js';
@@ -160,6 +161,54 @@ test('reload takes new files; a broken, mismatched, missing or expired one leave
     // The context for STARTTLS is the same one.
     assert.equal((await handshake(port)).fingerprint, second.fingerprint);
   } finally {
+    server.close();
+  }
+});
+
+/** Asks for a TLS 1.2 renegotiation on a new connection to `port`: 'renegotiated', or the code of the error the client got. */
+function renegotiate(port: number): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port, rejectUnauthorized: false, maxVersion: 'TLSv1.2' }, () => {
+      const started = socket.renegotiate({ rejectUnauthorized: false }, (error) => {
+        resolve(error === null ? 'renegotiated' : String((error as NodeJS.ErrnoException).code ?? error.message));
+        socket.destroy();
+      });
+      if (!started) resolve('not started');
+    });
+    // A refusal comes as an alert the client fails on, not to the renegotiate() callback.
+    socket.on('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message));
+    socket.setTimeout(10_000, () => {
+      resolve('no answer');
+      socket.destroy();
+    });
+  });
+}
+
+test('TLS 1.2 renegotiation is refused, on sockets wrapped with the context (implicit TLS, STARTTLS) and on a server built from the options', async () => {
+  const holder = new TlsContextHolder(files);
+  // listeners.ts (implicit TLS) and session.ts (STARTTLS) both wrap the plain socket this way.
+  const wrapping = createNetServer((raw) => {
+    const secure = new TLSSocket(raw, { isServer: true, secureContext: holder.context });
+    secure.on('error', () => undefined);
+  });
+  await new Promise<void>((resolve) => wrapping.listen(0, '127.0.0.1', resolve));
+  const wrappingPort = (wrapping.address() as { port: number }).port;
+  // serve()'s server ends each connection at once; this one keeps it open for the request.
+  const server = createServer(holder.options, (secure) => secure.on('error', () => undefined));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as { port: number }).port;
+  try {
+    assert.equal(await renegotiate(wrappingPort), 'ERR_SSL_NO_RENEGOTIATION', 'wrapped socket');
+    assert.equal(await renegotiate(port), 'ERR_SSL_NO_RENEGOTIATION', 'server from the options');
+    // A reloaded context keeps the policy's options.
+    assert.ok(holder.reload().ok);
+    server.setSecureContext(holder.options);
+    assert.equal(await renegotiate(wrappingPort), 'ERR_SSL_NO_RENEGOTIATION', 'wrapped socket after a reload');
+    assert.equal(await renegotiate(port), 'ERR_SSL_NO_RENEGOTIATION', 'server from the options after a reload');
+    // The connection itself is fine before the request: TLS 1.2 is still offered.
+    assert.equal((await handshake(wrappingPort, { maxVersion: 'TLSv1.2' })).protocol, 'TLSv1.2');
+  } finally {
+    wrapping.close();
     server.close();
   }
 });
