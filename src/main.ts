@@ -70,6 +70,8 @@ export class Mailfront {
   private readonly loginGate = new LoginGate();
   private stopWatching: () => void = () => undefined;
   private http: HttpServer | undefined;
+  /** The HTTP listener follows the config's `http` section (not an address given to start()). */
+  private httpFromConfig = true;
   private trusted: CidrSet;
   private throttle: Throttle;
   readonly limiter: ConnectionLimiter;
@@ -118,6 +120,7 @@ export class Mailfront {
       mailfront.stopWatching = mailfront.holder.source.watch(() => void mailfront.holder.reload('change'), mailfront.onSourceHealth);
       for (const listenerConfig of config.listeners) await mailfront.addListener(listenerConfig);
       const http = options.http ?? config.http;
+      mailfront.httpFromConfig = options.http === undefined;
       if (http) await mailfront.startHttp(http);
       mailfront.health.start();
     } catch (error) {
@@ -286,7 +289,12 @@ export class Mailfront {
       void replaced.close();
     }
     this.log.level = next.logLevel;
-    if (next.http && this.http) await this.http.rebind(next.http).catch((error: unknown) => problems.push(error instanceof Error ? error.message : String(error)));
+    if (this.httpFromConfig) {
+      if (next.http && this.http) await this.http.rebind(next.http).catch((error: unknown) => problems.push(error instanceof Error ? error.message : String(error)));
+      // Said, not passed over in silence: the operator would take the section's change as done.
+      else if (next.http && !this.http) problems.push('the http section was added: the HTTP listener is started at the next restart');
+      else if (!next.http && this.http) problems.push('the http section was removed: the HTTP listener stays until the next restart');
+    }
     for (const p of problems) this.log.error({ event: 'config.partially_applied', err: p }, 'part of the new config could not be applied');
     this.metrics.configReloaded(problems.length === 0 ? 'success' : 'failure');
     this.log.info({ event: 'config.reloaded', file: next.file, listeners: next.listeners.length }, 'config reloaded');

@@ -489,6 +489,24 @@ test('a reload that replaces the directory lets the logins already asking the ol
   assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /);
 });
 
+test('a reload that removes the http section says it takes a restart, and the HTTP listener goes on', async () => {
+  const original = readFileSync(front.configFile, 'utf8');
+  const { port } = front.mailfront.httpAddress()!;
+  try {
+    const config = parse(original) as Record<string, unknown>;
+    delete config['http'];
+    writeFileSync(front.configFile, stringify(config));
+    const result = await front.mailfront.reload();
+    assert.equal(result.ok, false);
+    assert.match(result.error ?? '', /http section was removed.*restart/);
+    assert.equal((await fetch(`http://127.0.0.1:${port}/healthz`)).status, 200);
+  } finally {
+    writeFileSync(front.configFile, original);
+  }
+  const restored = await front.mailfront.reload();
+  assert.equal(restored.ok, true, restored.error);
+});
+
 test('a reload while the server stops is refused and binds nothing', async () => {
   const stopping = await startFront({ slapd, stores: { alpha: { currentMaster: 'm', slots: { m: { imapPort: master.imapPort } } } } });
   const spliced = await LineClient.connect(stopping.imapTrustedPort);
