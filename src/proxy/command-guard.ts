@@ -6,92 +6,68 @@
  * implements; RFC 8437 for IMAP) would take the connection back to the non-authenticated state
  * on that command, and the client could then authenticate there as anyone the backend knows,
  * with passwords the directory never checked and guesses the throttle never counts, from
- * mailfront's address. The guard looks at what the client sends and stops such a command
- * before its line end reaches the backend (a backend runs a command only at its CRLF).
+ * mailfront's address. The guard looks at what the client sends and stops such a command before
+ * the byte that ends its name reaches the backend (a backend's lexer needs that byte to see the
+ * word whole).
  *
- * It does not parse literals: it checks the start of every line the client sends, literal data
- * included. Every command starts at the start of a line, so nothing is missed; a line of literal
- * data that reads like the command (an APPEND of a message with a line "a UNAUTHENTICATE") is
- * refused too, which costs that session and nothing else. The scan is one pass: bytes past a
- * line's command name are skipped with indexOf.
+ * It does not follow the protocol's grammar, because the backend's parser need not either:
+ * timsieved, after a syntax error, goes on lexing in the middle of the line, so
+ * `*UNAUTHENTICATE` or `LISTSCRIPTS(UNAUTHENTICATE` run the command there, and a literal the
+ * server refuses leaves its data to be read as commands. So the word is refused wherever it
+ * stands as a word of its own (a run of ASCII letters, any case, with no letter either side), in
+ * strings and literal data too. The price: a script, message or search that holds the word by
+ * itself closes its session. Other words (STARTTLS, COMPRESS) are refused with it where they
+ * would hide what follows from the guard (an encrypted or compressed stream).
  */
 
-const LF = 0x0a;
-const CR = 0x0d;
-const SP = 0x20;
-const TAB = 0x09;
-const COMMAND = Buffer.from('UNAUTHENTICATE');
-
-/** What a client the guard stops is told before the connection closes. */
-export const UNAUTHENTICATE_REFUSED = 'UNAUTHENTICATE is not available through this proxy; log in again on a new connection';
-
-/** Whether a chunk on its way to the backend completes the command that must not reach it. */
+/** Whether a chunk on its way to the backend completes a word that must not reach it. */
 export interface CommandGuard {
-  /** True when `chunk` (the first `length` bytes) holds the forbidden command up to its end (SP, CR or LF): it must not be sent. */
+  /** True when `chunk` (the first `length` bytes) completes a forbidden word: it must not be sent. */
   refuses(chunk: Uint8Array, length: number): boolean;
 }
 
-const enum State {
-  /** At a line's start (IMAP: in the tag). */
-  Tag,
-  /** Matching the command name; `matched` bytes so far. */
-  Name,
-  /** The name matched in full: the next byte says whether it is the command or a longer word. */
-  AfterName,
-  /** Not the command: skipping to the line's end. */
-  Skip,
+/** What a client the guard stops is told before the connection closes. */
+export const UNAUTHENTICATE_REFUSED = 'UNAUTHENTICATE, STARTTLS and COMPRESS are not available through this proxy once logged in; log in again on a new connection';
+
+function isLetter(byte: number): boolean {
+  return (byte >= 0x41 && byte <= 0x5a) || (byte >= 0x61 && byte <= 0x7a);
 }
 
-/** The guard for one spliced session; `tagged` for IMAP (a tag and a space come before the command). */
-export class UnauthenticateGuard implements CommandGuard {
-  private state: State;
-  private matched = 0;
+/** Refuses the words given (ASCII letters, matched without regard to case) wherever they stand alone. */
+export class WordGuard implements CommandGuard {
+  private readonly words: readonly Uint8Array[];
+  /** The letters of the word being read, upper-cased, while it is no longer than the longest forbidden word. */
+  private readonly word: Uint8Array;
+  private length = 0;
+  /** The word being read is longer than any forbidden one. */
+  private tooLong = false;
 
-  constructor(private readonly tagged: boolean) {
-    this.state = tagged ? State.Tag : State.Name;
+  constructor(words: readonly string[]) {
+    this.words = words.map((w) => Buffer.from(w.toUpperCase(), 'latin1'));
+    this.word = new Uint8Array(Math.max(...words.map((w) => w.length)));
   }
 
   refuses(chunk: Uint8Array, length: number): boolean {
-    let i = 0;
-    while (i < length) {
+    for (let i = 0; i < length; i++) {
       const byte = chunk[i]!;
-      switch (this.state) {
-        case State.Skip: {
-          const lf = chunk.indexOf(LF, i);
-          if (lf < 0 || lf >= length) return false;
-          i = lf + 1;
-          this.lineStart();
-          continue;
-        }
-        case State.Tag:
-          if (byte === LF) this.lineStart();
-          else if (byte === SP) {
-            this.state = State.Name;
-            this.matched = 0;
-          } else if (byte === CR) this.state = State.Skip;
-          break;
-        case State.Name:
-          // Blanks before the name are passed over: a lenient backend parser may take them.
-          if (this.matched === 0 && (byte === SP || byte === TAB)) break;
-          // Matched without regard to case (an ASCII lower-case letter is compared upper-cased).
-          if ((byte >= 0x61 && byte <= 0x7a ? byte - 0x20 : byte) === COMMAND[this.matched]) {
-            this.matched++;
-            if (this.matched === COMMAND.length) this.state = State.AfterName;
-          } else if (byte === LF) this.lineStart();
-          else this.state = State.Skip;
-          break;
-        case State.AfterName:
-          if (byte === SP || byte === CR || byte === LF) return true;
-          this.state = State.Skip;
-          continue;
+      if (isLetter(byte)) {
+        if (this.length < this.word.length) this.word[this.length++] = byte & 0xdf;
+        else this.tooLong = true;
+        continue;
       }
-      i++;
+      if (this.length > 0 && !this.tooLong && this.forbidden()) return true;
+      this.length = 0;
+      this.tooLong = false;
     }
     return false;
   }
 
-  private lineStart(): void {
-    this.state = this.tagged ? State.Tag : State.Name;
-    this.matched = 0;
+  private forbidden(): boolean {
+    return this.words.some((w) => w.length === this.length && w.every((b, i) => b === this.word[i]));
   }
+}
+
+/** The guard for a spliced session whose backend may take UNAUTHENTICATE (see the module comment). */
+export function unauthenticateGuard(): WordGuard {
+  return new WordGuard(['UNAUTHENTICATE', 'STARTTLS', 'COMPRESS']);
 }

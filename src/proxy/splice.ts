@@ -4,7 +4,7 @@
  * beyond what a drain notice needs: for IMAP, the backend's bytes are scanned for line ends and
  * literal sizes (protocol/imap/boundary.ts, about 16 µs per 64 KiB of short lines, literals
  * skipped unread) so that a BYE is only ever written between two responses; and where the
- * backend offers UNAUTHENTICATE, the client's line starts are checked for it (command-guard.ts).
+ * backend offers UNAUTHENTICATE, the client's words are checked for it (command-guard.ts).
  *
  * Two relays do the work, chosen per direction:
  *

@@ -408,7 +408,7 @@ describe('ManageSieve through mailfront: scripts land in the right store', () =>
     // Passed on, it would take the backend connection back to the non-authenticated state, and
     // the client could authenticate there as anyone Cyrus knows (carol's backend-only password,
     // guesses the throttle never sees), from mailfront's address.
-    const notice = 'BYE "UNAUTHENTICATE is not available through this proxy; log in again on a new connection"\r\n';
+    const notice = 'BYE "UNAUTHENTICATE, STARTTLS and COMPRESS are not available through this proxy once logged in; log in again on a new connection"\r\n';
     const split = await loggedIn('carol', PASSWORDS.carol);
     const mark = front.logs.length;
     try {
@@ -433,10 +433,21 @@ describe('ManageSieve through mailfront: scripts land in the right store', () =>
     } finally {
       pipelined.close();
     }
-    // Other commands, and the word inside a script, pass.
+    // timsieved goes on lexing in the middle of a line after a syntax error: the word is
+    // refused wherever it stands, not only at a line's start.
+    for (const hidden of ['*UNAUTHENTICATE', '1UNAUTHENTICATE', 'LISTSCRIPTS(UNAUTHENTICATE']) {
+      const client = await loggedIn('carol', PASSWORDS.carol);
+      try {
+        client.write(`${hidden}\r\nAUTHENTICATE "PLAIN" "${plainIr('carol', 'carol-backend-only')}"\r\n`);
+        assert.equal(await client.untilClosed(), notice, hidden);
+      } finally {
+        client.close();
+      }
+    }
+    // Other commands, and longer words that contain it, pass.
     const client = await loggedIn('carol', PASSWORDS.carol);
     try {
-      const body = '# UNAUTHENTICATE is not a Sieve command\r\nkeep;\r\n';
+      const body = '# unauthenticated users get nothing\r\nkeep;\r\n';
       await client.ok(`PUTSCRIPT "mfguard" {${Buffer.byteLength(body)}+}\r\n${body}`);
       await client.ok('DELETESCRIPT "mfguard"');
       await client.ok('LOGOUT');

@@ -12,7 +12,7 @@ import { readDirect } from '../../src/net/direct-io.js';
 import { tcpPair, tlsPair, type Pair } from './socket-pairs.js';
 import type { Splice } from '../../src/proxy/splice.js';
 import { ImapResponseBoundary } from '../../src/protocol/imap/boundary.js';
-import { UnauthenticateGuard } from '../../src/proxy/command-guard.js';
+import { unauthenticateGuard } from '../../src/proxy/command-guard.js';
 
 /** Reads `length` bytes from `socket`, pausing now and then like a slow client; returns their SHA-256. */
 function readAll(socket: Socket, length: number, slow: boolean): Promise<string> {
@@ -202,7 +202,7 @@ for (const [name, pair] of [['plain', tcpPair], ['TLS', tlsPair]] as const) {
   test(`a command the guard refuses (${name} client): the backend never gets its line end, the client gets the notice, the splice ends as command-refused`, async () => {
     const client = await pair();
     const backend = await tcpPair();
-    const running = splice(client.front, backend.front, new Uint8Array(), new Uint8Array(), 60_000, new ImapResponseBoundary(), new UnauthenticateGuard(true), '* BYE refused\r\n');
+    const running = splice(client.front, backend.front, new Uint8Array(), new Uint8Array(), 60_000, new ImapResponseBoundary(), unauthenticateGuard(), '* BYE refused\r\n');
     const toBackend: Buffer[] = [];
     backend.user.on('data', (chunk: Buffer) => toBackend.push(chunk));
     backend.user.on('error', () => undefined);
@@ -223,7 +223,7 @@ test('a refused command pipelined behind the login never reaches the backend', a
   const toBackend: Buffer[] = [];
   backend.user.on('data', (chunk: Buffer) => toBackend.push(chunk));
   backend.user.on('error', () => undefined);
-  const running = splice(client.front, backend.front, Buffer.from('b2 UNAUTHENTICATE\r\n'), new Uint8Array(), 60_000, new ImapResponseBoundary(), new UnauthenticateGuard(true), '* BYE refused\r\n');
+  const running = splice(client.front, backend.front, Buffer.from('b2 UNAUTHENTICATE\r\n'), new Uint8Array(), 60_000, new ImapResponseBoundary(), unauthenticateGuard(), '* BYE refused\r\n');
   assert.equal(await endedWithin(running), 'command-refused');
   assert.equal(Buffer.concat(toBackend).length, 0);
 });
