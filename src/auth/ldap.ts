@@ -501,7 +501,8 @@ export class LdapDirectory implements Directory {
     this.closing = true;
     if (graceMs > 0 && this.inFlight > 0) {
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, graceMs);
+        // Not holding the process up: a stop does not wait for a replaced directory's logins.
+        const timer = setTimeout(resolve, graceMs).unref();
         this.onIdle = () => {
           clearTimeout(timer);
           resolve();

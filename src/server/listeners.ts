@@ -125,7 +125,11 @@ export class Listener {
     }
     // A client that hung up while its header was read leaves nothing to serve.
     if (raw.destroyed || raw.remoteAddress === undefined) return void raw.destroy();
-    if (this.shuttingDown) return this.refuseWhileShuttingDown(raw);
+    if (this.shuttingDown) {
+      // An implicit-TLS client cannot read a plaintext answer: it just gets the close.
+      if (config.tls === 'implicit') return void raw.destroy();
+      return this.refuseWhileShuttingDown(raw);
+    }
     const trusted = this.context.trustedNetworks().contains(endpoints.client.address);
     const admission = this.context.limiter.admit(endpoints.client.address, trusted);
     if (!admission.admitted) {

@@ -510,7 +510,12 @@ export class Session {
     const deadline = Date.now() + config.failover.holdMs;
     const registry = this.context.registry;
     const session = this.cancellation;
+    // A master that moves is followed at least once, whatever the hold (hold_ms 0, or an attempt
+    // that outlasted it); after that, only within the hold.
+    let movesFollowed = 0;
+    const mayFollow = (): boolean => movesFollowed++ === 0 || Date.now() < deadline;
     for (let attempt = 1; ; attempt++) {
+      throwIfCancelled(session, 'the session ended while its login was under way');
       const { store, slot } = this.context.storeMap().currentMaster(storeName);
       this.slot = slot.name;
       // The attempt's own cancellation: the session's end, or a failover off this slot.
@@ -533,7 +538,7 @@ export class Session {
         const now = this.context.storeMap().currentMaster(storeName).slot;
         if (sameServer(now, slot, this.adapter.name)) return backend;
         backend.socket.destroy();
-        if (Date.now() >= deadline) throw new MailfrontError('MASTER_KEEPS_CHANGING', 'no-route', `store "${storeName}" changed its master during every login attempt`);
+        if (!mayFollow()) throw new MailfrontError('MASTER_KEEPS_CHANGING', 'no-route', `store "${storeName}" changed its master during every login attempt`);
         this.log.warn({ event: 'session.master_changed_during_login', store: storeName, slot: slot.name, currentMaster: now.name }, 'the master changed during backend login; following it');
       } catch (caught) {
         const error = asMailfrontError(caught);
@@ -541,7 +546,7 @@ export class Session {
         // Failed, or cut short, on a slot that is no longer the master: on to the new one now.
         const now = this.context.storeMap().currentMaster(storeName).slot;
         if (moved || !sameServer(now, slot, this.adapter.name)) {
-          if (Date.now() >= deadline) throw new MailfrontError('MASTER_KEEPS_CHANGING', 'no-route', `store "${storeName}" changed its master during every login attempt`);
+          if (!mayFollow()) throw new MailfrontError('MASTER_KEEPS_CHANGING', 'no-route', `store "${storeName}" changed its master during every login attempt`);
           this.log.warn({ event: 'session.master_changed_during_login', store: storeName, slot: slot.name, currentMaster: now.name, err: error.message }, 'the master changed during backend login; following it');
           continue;
         }

@@ -390,6 +390,34 @@ describe('failover by file edit and by the admin API (file store map)', () => {
   });
 });
 
+describe('failover with failover.hold_ms 0 (no holding)', () => {
+  let front: Front;
+  before(async () => {
+    front = await startFront({ slapd, stores: storesWith('a1'), failover: { drain_spread_ms: SPREAD_MS, hold_ms: 0 } });
+  });
+  after(async () => {
+    await front?.stop();
+  });
+
+  test('a login waiting on a master that never greets still follows the one failover that cuts it short', async () => {
+    await a1.pause();
+    const imap = await LineClient.connect(front.imapTrustedPort);
+    try {
+      const since = front.logs.length;
+      await imap.readLine();
+      imap.send(`t1 LOGIN ann ${PASSWORD}`);
+      await waitForLog(front, (l) => l['event'] === 'session.backend_connected' && l['slot'] === 'a1', 5_000, since);
+      await front.writeStores(storesWith('a2'));
+      assert.match(await imap.readLine(5_000), /^t1 OK /);
+    } finally {
+      imap.close();
+      a1.resume();
+      await front.writeStores(storesWith('a1'));
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  });
+});
+
 describe('failover by LDAP modify (store entries in the directory)', () => {
   let front: Front;
   const storeLdif = (store: string, master: string, slots: Record<string, Dovecot>): string =>
