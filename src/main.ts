@@ -238,24 +238,24 @@ export class Mailfront {
           current.reconfigure(listenerConfig);
           continue;
         }
-        // Its address taken by a listener whose protocol or TLS mode changed: the new one is made
-        // first (a certificate that cannot be used stops it here), then the old one lets go of
-        // the port; if the new one cannot bind, the old one takes the port back.
-        // (On the same port, an address the old one's covers or shares: 0.0.0.0 and 127.0.0.1, say.)
-        const occupying = before.find((l) => !kept.has(l) && l.config.port === listenerConfig.port && bindAddressesOverlap(l.config.host, listenerConfig.host));
-        // It keeps the port unless the new one takes it over.
-        if (occupying !== undefined) kept.add(occupying);
+        // Its address taken by listeners whose protocol or TLS mode changed, or whose addresses
+        // it covers or shares on the same port (0.0.0.0 over 127.0.0.1 and 127.0.0.2, say): the
+        // new one is made first (a certificate that cannot be used stops it here), then the old
+        // ones let go of the port; if the new one cannot bind, they take the port back.
+        const occupying = before.filter((l) => !kept.has(l) && l.config.port === listenerConfig.port && bindAddressesOverlap(l.config.host, listenerConfig.host));
+        // They keep the port unless the new one takes it over.
+        for (const l of occupying) kept.add(l);
         const fresh = this.createListener(listenerConfig);
-        if (occupying === undefined) {
+        if (occupying.length === 0) {
           await this.startListener(fresh);
           continue;
         }
-        await occupying.stopAccepting();
+        for (const l of occupying) await l.stopAccepting();
         try {
           await this.startListener(fresh);
-          kept.delete(occupying);
+          for (const l of occupying) kept.delete(l);
         } catch (error) {
-          await occupying.listen().catch(() => undefined);
+          for (const l of occupying) await l.listen().catch(() => undefined);
           throw error;
         }
       } catch (error) {
