@@ -70,6 +70,21 @@ async function servedBy(front: Front, user: string): Promise<string> {
   }
 }
 
+/** Reads message 1's subject through a logged-in raw IMAP session: it says which slot serves it. */
+async function assertServedBy(raw: LineClient, subject: string): Promise<void> {
+  raw.send('t2 EXAMINE INBOX');
+  raw.send('t3 FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])');
+  const lines: string[] = [];
+  for (let line = await raw.readLine(); !line.startsWith('t3 '); line = await raw.readLine()) lines.push(line);
+  assert.ok(lines.some((l) => l.includes(subject)), lines.join(' | '));
+}
+
+/** Makes a1 alpha's master again, as the tests found it, and gives the drain a moment. */
+async function failBack(front: Front): Promise<void> {
+  await front.writeStores(storesWith('a1'));
+  await new Promise((r) => setTimeout(r, 500));
+}
+
 interface Idler {
   readonly user: string;
   readonly client: ImapFlow;
@@ -255,18 +270,13 @@ describe('failover by file edit and by the admin API (file store map)', () => {
         await front.writeStores(storesWith('a2'));
         const reply = await raw.readLine(8_000);
         assert.match(reply, /^t1 OK /);
-        raw.send('t2 EXAMINE INBOX');
-        raw.send('t3 FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])');
-        const lines: string[] = [];
-        for (let line = await raw.readLine(); !line.startsWith('t3 '); line = await raw.readLine()) lines.push(line);
-        assert.ok(lines.some((l) => l.includes('I am a2')), lines.join(' | '));
+        await assertServedBy(raw, 'I am a2');
       } finally {
         raw.close();
       }
     } finally {
       await a1.startAgain();
-      await front.writeStores(storesWith('a1'));
-      await new Promise((r) => setTimeout(r, 500));
+      await failBack(front);
     }
   });
 
@@ -295,17 +305,12 @@ describe('failover by file edit and by the admin API (file store map)', () => {
       assert.equal(drain?.['logins'], 2);
       const spliced = front.logs.slice(since).filter((l) => l['event'] === 'session.spliced').map((l) => `${String(l['user'])}@${String(l['slot'])}`);
       assert.deepEqual(spliced.sort(), ['ann@a2', 'ari@a2']);
-      imap.send('t2 EXAMINE INBOX');
-      imap.send('t3 FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])');
-      const lines: string[] = [];
-      for (let line = await imap.readLine(); !line.startsWith('t3 '); line = await imap.readLine()) lines.push(line);
-      assert.ok(lines.some((l) => l.includes('I am a2')), lines.join(' | '));
+      await assertServedBy(imap, 'I am a2');
     } finally {
       imap.close();
       pop3.close();
       a1.resume();
-      await front.writeStores(storesWith('a1'));
-      await new Promise((r) => setTimeout(r, 500));
+      await failBack(front);
     }
   });
 
@@ -412,8 +417,7 @@ describe('failover with failover.hold_ms 0 (no holding)', () => {
     } finally {
       imap.close();
       a1.resume();
-      await front.writeStores(storesWith('a1'));
-      await new Promise((r) => setTimeout(r, 500));
+      await failBack(front);
     }
   });
 });

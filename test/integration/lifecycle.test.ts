@@ -133,6 +133,29 @@ async function loginLine(port: number, password: string): Promise<string> {
   }
 }
 
+/** Writes the config with `change` made to its listeners (a parse of `original`, the file as the test found it). */
+function writeListeners(original: string, change: (listeners: Array<Record<string, unknown>>) => void): void {
+  const config = parse(original) as Record<string, unknown>;
+  change(config['listeners'] as Array<Record<string, unknown>>);
+  writeFileSync(front.configFile, stringify(config));
+}
+
+/** A session of liz logged in through the trusted listener (spliced to the master). */
+async function splicedSession(): Promise<LineClient> {
+  const spliced = await LineClient.connect(front.imapTrustedPort);
+  await spliced.readLine();
+  spliced.send(`s LOGIN liz ${PASSWORD}`);
+  assert.match(await spliced.readLine(), /^s OK/);
+  return spliced;
+}
+
+/** Puts the file back as the test found it and reloads it. */
+async function restoreConfig(original: string): Promise<void> {
+  writeFileSync(front.configFile, original);
+  const restored = await front.mailfront.reload();
+  assert.equal(restored.ok, true, restored.error);
+}
+
 test('a reload takes the throttle, the TLS policy and listener settings at once, and a directory that cannot be set up rejects it whole', async () => {
   // The certificate test above leaves a broken certificate behind: start from a good one.
   const dir = tmpDir('reloadcert');
@@ -383,16 +406,9 @@ test('the admin API answers a path with a broken percent-escape with 400, after 
 
 test('a reload that renames a listener keeps its socket and its sessions; one that changes its TLS mode on the same port binds it anew', async () => {
   const original = readFileSync(front.configFile, 'utf8');
-  const write = (change: (listeners: Array<Record<string, unknown>>) => void): void => {
-    const config = parse(original) as Record<string, unknown>;
-    change(config['listeners'] as Array<Record<string, unknown>>);
-    writeFileSync(front.configFile, stringify(config));
-  };
-  const spliced = await LineClient.connect(front.imapTrustedPort);
+  const write = (change: (listeners: Array<Record<string, unknown>>) => void): void => writeListeners(original, change);
+  const spliced = await splicedSession();
   try {
-    await spliced.readLine();
-    spliced.send(`s LOGIN liz ${PASSWORD}`);
-    assert.match(await spliced.readLine(), /^s OK/);
     write((listeners) => {
       listeners.find((l) => l['name'] === 'imap-webmail')!['name'] = 'imap-webmail-renamed';
     });
@@ -426,9 +442,7 @@ test('a reload that renames a listener keeps its socket and its sessions; one th
     assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a NO \[PRIVACYREQUIRED\]/, 'the listener in force still serves the port');
   } finally {
     spliced.close();
-    writeFileSync(front.configFile, original);
-    const restored = await front.mailfront.reload();
-    assert.equal(restored.ok, true, restored.error);
+    await restoreConfig(original);
   }
   assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /);
 });
@@ -437,17 +451,11 @@ test('a reload that moves a listener to an address sharing its port (a wildcard 
   // ::ffff:127.0.0.1 is 127.0.0.1 to the kernel, as 0.0.0.0 covers it: the new socket cannot
   // bind while the old one holds the port (loopback only here; the wildcard case is the same code).
   const original = readFileSync(front.configFile, 'utf8');
-  const move = (host: string): void => {
-    const config = parse(original) as Record<string, unknown>;
-    (config['listeners'] as Array<Record<string, unknown>>).find((l) => l['name'] === 'imap-webmail')!['host'] = host;
-    writeFileSync(front.configFile, stringify(config));
-  };
-  const spliced = await LineClient.connect(front.imapTrustedPort);
+  const spliced = await splicedSession();
   try {
-    await spliced.readLine();
-    spliced.send(`s LOGIN liz ${PASSWORD}`);
-    assert.match(await spliced.readLine(), /^s OK/);
-    move('::ffff:127.0.0.1');
+    writeListeners(original, (listeners) => {
+      listeners.find((l) => l['name'] === 'imap-webmail')!['host'] = '::ffff:127.0.0.1';
+    });
     const moved = await front.mailfront.reload();
     assert.equal(moved.ok, true, moved.error);
     assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /, 'the moved listener serves the port');
@@ -455,9 +463,7 @@ test('a reload that moves a listener to an address sharing its port (a wildcard 
     assert.match(await spliced.readLine(), /^s2 OK/, 'the session accepted before the move goes on');
   } finally {
     spliced.close();
-    writeFileSync(front.configFile, original);
-    const restored = await front.mailfront.reload();
-    assert.equal(restored.ok, true, restored.error);
+    await restoreConfig(original);
   }
   assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /);
 });
