@@ -4,7 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { LineCounter, parseDocument } from 'yaml';
+import { LineCounter, parseDocument, visit } from 'yaml';
 import { MailfrontError } from '../errors.js';
 import type { Config } from './schema.js';
 import { readConfig } from './schema.js';
@@ -42,7 +42,25 @@ function parseYamlFile(file: string): unknown {
       }),
     );
   }
-  return doc.toJS({ maxAliasCount: 100 });
+  try {
+    return doc.toJS({ maxAliasCount: 100 });
+  } catch {
+    // An alias (*name) with no anchor before it: a value that starts with "*", such as an
+    // unquoted password. The library's message names the alias, so it would show the secret.
+    let line: number | undefined;
+    visit(doc, {
+      Alias(_key, node) {
+        if (line === undefined && node.resolve(doc) === undefined && node.range !== undefined && node.range !== null) line = lineCounter.linePos(node.range[0]).line;
+      },
+    });
+    throw new ConfigError(file, [
+      {
+        path: line === undefined ? '' : `line ${line}`,
+        expected: 'YAML whose aliases (*name) each follow their anchor (&name) and expand to at most 100 nodes (quote a value that starts with *, & or !)',
+        found: line === undefined ? 'too many aliases' : 'an alias without an anchor',
+      },
+    ]);
+  }
 }
 
 /** Replaces every `<name>_password_file: PATH` (and `token_file`) with the key without `_file` set to the file's content. */

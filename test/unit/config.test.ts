@@ -243,6 +243,20 @@ test('YAML syntax errors name the line', () => {
   assert.match(error.issues[0]?.path ?? '', /^line \d+ column \d+$/);
 });
 
+test('an unquoted value that starts with * (an alias without an anchor) is a config error naming its line, never its text', () => {
+  const dir = writeTemp({
+    'mf.yaml': 'log:\n  level: info\ndirectory:\n  bind_password: *Zx9secretPw\n',
+    'good.yaml': GOOD,
+    'ldap.secret': 'x',
+    'stores.yaml': 'stores:\n  s:\n    current_master: a\n    slots:\n      a: { host: 127.0.0.1, imap_port: 143, proxy_password: *Cyrus5ecret }\n',
+  });
+  const error = configErrorOf(() => loadConfig(join(dir, 'mf.yaml')));
+  assert.deepEqual(error.issues.map((i) => i.path), ['line 4']);
+  assert.doesNotMatch(error.message, /Zx9secretPw/);
+  const storeError = configErrorOf(() => loadStoreMap(join(dir, 'stores.yaml'), 1, loadConfig(join(dir, 'good.yaml'))));
+  assert.doesNotMatch(storeError.message, /Cyrus5ecret/);
+});
+
 test('a missing file is a config error, not a crash', () => {
   assert.throws(() => loadConfig('/nonexistent/mailfront.yaml'), (e: unknown) => e instanceof ConfigError && /a readable file/.test(e.message));
 });
