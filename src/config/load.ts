@@ -24,6 +24,9 @@ export class ConfigError extends MailfrontError {
   }
 }
 
+/** What a YAML problem is told to be short of; most come from a value that needed quotes. */
+const YAML_EXPECTED = 'valid YAML (quote a value that starts with *, &, !, |, >, %, @, `, [, ], {, }, # or a quote)';
+
 function parseYamlFile(file: string): unknown {
   let text: string;
   try {
@@ -34,11 +37,13 @@ function parseYamlFile(file: string): unknown {
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length > 0) {
+    // By the library's error code, never its message: the message quotes the text at fault,
+    // which may be an unquoted secret (a password starting with "|" or "]", say).
     throw new ConfigError(
       file,
       doc.errors.map((e) => {
         const pos = lineCounter.linePos(e.pos[0]);
-        return { path: `line ${pos.line} column ${pos.col}`, expected: 'valid YAML', found: e.message.split('\n')[0] ?? e.code };
+        return { path: `line ${pos.line} column ${pos.col}`, expected: YAML_EXPECTED, found: e.code.toLowerCase().replaceAll('_', ' ') };
       }),
     );
   }
@@ -56,7 +61,7 @@ function parseYamlFile(file: string): unknown {
     throw new ConfigError(file, [
       {
         path: line === undefined ? '' : `line ${line}`,
-        expected: 'YAML whose aliases (*name) each follow their anchor (&name) and expand to at most 100 nodes (quote a value that starts with *, & or !)',
+        expected: `${YAML_EXPECTED}, whose aliases (*name) each follow their anchor (&name) and expand to at most 100 nodes`,
         found: line === undefined ? 'too many aliases' : 'an alias without an anchor',
       },
     ]);

@@ -257,6 +257,15 @@ test('an unquoted value that starts with * (an alias without an anchor) is a con
   assert.doesNotMatch(storeError.message, /Cyrus5ecret/);
 });
 
+test('a YAML error names its line and column, never the text at fault (an unquoted secret)', () => {
+  for (const start of ['|', '>', ']', '}', '!x!', '"\\u', '&a *']) {
+    const dir = writeTemp({ 'mf.yaml': `log:\n  level: info\ndirectory:\n  bind_password: ${start}Kx9-LdapBindSecret\n` });
+    const error = configErrorOf(() => loadConfig(join(dir, 'mf.yaml')));
+    assert.doesNotMatch(error.message, /Kx9-LdapBindSecret/, start);
+    assert.match(error.issues[0]?.path ?? '', /^line 4/, start);
+  }
+});
+
 test('a missing file is a config error, not a crash', () => {
   assert.throws(() => loadConfig('/nonexistent/mailfront.yaml'), (e: unknown) => e instanceof ConfigError && /a readable file/.test(e.message));
 });
