@@ -368,7 +368,6 @@ export class Mailfront {
     });
     await http.listen();
     this.http = http;
-    this.log.info({ event: 'http.bound', address: `${address.host}:${http.address().port}` }, 'metrics, health and admin API listening');
   }
 
   /** Probes a slot with the protocol it serves (IMAP when it has an IMAP port). */
