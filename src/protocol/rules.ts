@@ -2,7 +2,7 @@
  * Rules the IMAP, POP3 and ManageSieve machines share, so that each is written once.
  * Must not: do I/O, or know any protocol's wire text.
  */
-import type { LoginRefusal } from './types.js';
+import type { BackendLoginOptions, LoginRefusal } from './types.js';
 
 /**
  * Whether a refused login counts towards MAX_AUTH_ATTEMPTS: only refusals of the client's own
@@ -24,4 +24,31 @@ export function literalSizeWithin(digits: string, limit: number): number | null 
   if (significant.length > String(limit).length) return null;
   const size = Number(significant);
   return size > limit ? null : size;
+}
+
+/**
+ * `text` (a backend's answer, on its way into a log line or an error) with every form of the
+ * credentials mailfront sent it replaced by "[redacted]": a backend that quotes the command it
+ * refuses ("BAD Error in IMAP command LOGIN: ...") must not put a password in the log. Forms:
+ * the passwords as sent, as their UTF-8 bytes read as Latin-1 (how a line is decoded), base64
+ * (SASL LOGIN), and the SASL PLAIN messages mailfront sends. Only called on a failure.
+ */
+export function redactCredentials(text: string, options: Pick<BackendLoginOptions, 'user' | 'password' | 'proxyUser' | 'proxyPassword' | 'masterUserSeparator'>): string {
+  const { user, password, proxyUser, proxyPassword, masterUserSeparator = '*' } = options;
+  const secrets = [password, proxyPassword].filter((s): s is string => s !== undefined && s.length > 0);
+  if (secrets.length === 0) return text;
+  const forms = new Set<string>();
+  const b64 = (s: string): string => Buffer.from(s, 'utf8').toString('base64');
+  for (const secret of secrets) {
+    forms.add(secret);
+    forms.add(Buffer.from(secret, 'utf8').toString('latin1'));
+    forms.add(b64(secret));
+  }
+  const pairs: Array<[string, string]> = [[user, password]];
+  if (proxyUser !== undefined && proxyPassword !== undefined) pairs.push([proxyUser, proxyPassword], [`${user}${masterUserSeparator}${proxyUser}`, proxyPassword]);
+  for (const authzid of ['', user]) for (const [authcid, secret] of pairs) if (secret.length > 0) forms.add(b64(`${authzid}\0${authcid}\0${secret}`));
+  let out = text;
+  // Longest first: a password inside a PLAIN message is redacted with the message whole.
+  for (const form of [...forms].sort((a, b) => b.length - a.length)) if (out.includes(form)) out = out.split(form).join('[redacted]');
+  return out;
 }

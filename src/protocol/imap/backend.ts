@@ -10,6 +10,7 @@ import { encodePlain, hasUnsafeCharacters } from '../sasl.js';
 import { ByteQueue } from './bytes.js';
 import type { BackendAction, BackendLoginMachine, BackendLoginOptions } from '../types.js';
 import { capabilityAtoms, normalCapabilityList, parseResponseLine, quoteString, safeText, type ResponseLine } from './wire.js';
+import { redactCredentials } from '../rules.js';
 
 /** The dialogue's states, in the order they are normally passed. */
 export type ImapBackendState =
@@ -440,7 +441,7 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
   private fail(out: BackendAction[], refusal: Refusal, detail: string): void {
     this.current = 'failed';
     this.reader.discard();
-    out.push({ type: 'fail', refusal, detail: safeText(detail) });
+    out.push({ type: 'fail', refusal, detail: safeText(redactCredentials(detail, this.options)) });
   }
 }
 

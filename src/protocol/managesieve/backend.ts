@@ -9,6 +9,7 @@ import { MAX_BACKEND_RESPONSE_BYTES } from '../../limits.js';
 import { encodePlain, hasUnsafeCharacters } from '../sasl.js';
 import type { BackendAction, BackendLoginMachine, BackendLoginOptions } from '../types.js';
 import { oneLineText, parseResponse, SieveReader, sieveString, type SieveToken } from './wire.js';
+import { redactCredentials } from '../rules.js';
 
 /** The dialogue's states, named after what the machine waits for. */
 export type ManageSieveBackendState =
@@ -256,7 +257,7 @@ export class ManageSieveBackendLogin implements BackendLoginMachine {
   #fail(out: BackendAction[], refusal: Refusal, detail: string): void {
     this.#state = 'failed';
     this.#reader.reset();
-    out.push({ type: 'fail', refusal, detail: oneLineText(detail) });
+    out.push({ type: 'fail', refusal, detail: oneLineText(redactCredentials(detail, this.#options)) });
   }
 }
 

@@ -13,6 +13,7 @@ import { MAX_BACKEND_RESPONSE_BYTES } from '../../limits.js';
 import { encodePlain, hasUnsafeCharacters } from '../sasl.js';
 import type { BackendAction, BackendLoginMachine, BackendLoginOptions } from '../types.js';
 import { LineReader, lineText, oneLine } from './lines.js';
+import { redactCredentials } from '../rules.js';
 
 /** The backend dialogue's states, named after what the machine waits for. */
 export type Pop3BackendState =
@@ -267,7 +268,7 @@ export class Pop3BackendLogin implements BackendLoginMachine {
     this.#input.clear();
     this.#pendingPassword = '';
     this.#saslResponse = '';
-    return { type: 'fail', refusal, detail };
+    return { type: 'fail', refusal, detail: redactCredentials(detail, this.#options) };
   }
 }
 
