@@ -151,6 +151,9 @@ export function dialSlot(slot: Slot, protocol: Protocol, config: BackendConfig, 
  * On success the socket is paused, has no listeners of ours left, and may have been replaced by
  * a TLS socket (STARTTLS). On failure the socket is destroyed.
  */
+/** The code of a backend connection that closed (or was reset) after the login command went out. */
+export const CLOSED_AFTER_LOGIN = 'BACKEND_CLOSED_AFTER_LOGIN';
+
 export function loginToBackend(initial: Socket, slot: Slot, machine: BackendLoginMachine, config: BackendConfig, signal: Cancellation): Promise<BackendSession> {
   return new Promise<BackendSession>((resolve, reject) => {
     let socket: Socket = initial;
@@ -173,14 +176,16 @@ export function loginToBackend(initial: Socket, slot: Slot, machine: BackendLogi
       reject(error);
     }
     // A close or reset before the login went out is an unreachable slot (a restart, a crash),
-    // worth waiting for; after it, it is the backend's answer to this login (Dovecot closes on
-    // a command longer than its input buffer) and would be the same on every attempt.
+    // worth waiting for. After it, it is either a crash at that moment (the failover or the
+    // restart is worth waiting for too) or the backend's answer to this login (a command it will
+    // not take), which would be the same on every attempt: BACKEND_CLOSED_AFTER_LOGIN, held like
+    // an unreachable slot, and the session gives it one more attempt only (loginToCurrentMaster).
     function onError(error: NodeJS.ErrnoException): void {
-      const kind = machine.loginSent ? 'backend-login' : connectionFailureKind(error);
-      fail(new MailfrontError('BACKEND_CONNECTION_ERROR', kind, `slot "${slot.name}": ${error.message} (state ${machine.state})`, { cause: error }));
+      if (machine.loginSent) fail(new MailfrontError(CLOSED_AFTER_LOGIN, 'connect', `slot "${slot.name}": ${error.message} in answer to the login (state ${machine.state})`, { cause: error }));
+      else fail(new MailfrontError('BACKEND_CONNECTION_ERROR', connectionFailureKind(error), `slot "${slot.name}": ${error.message} (state ${machine.state})`, { cause: error }));
     }
     function onClose(): void {
-      if (machine.loginSent) fail(new MailfrontError('BACKEND_CLOSED', 'backend-login', `slot "${slot.name}" closed the connection in answer to the login (state ${machine.state})`));
+      if (machine.loginSent) fail(new MailfrontError(CLOSED_AFTER_LOGIN, 'connect', `slot "${slot.name}" closed the connection in answer to the login (state ${machine.state})`));
       else fail(new MailfrontError('BACKEND_CLOSED', 'connect', `slot "${slot.name}" closed the connection during login (state ${machine.state})`));
     }
     function onData(chunk: Buffer): void {

@@ -19,7 +19,7 @@ import type { ConnectionLease, ConnectionLimiter } from '../server/connection-li
 import { backendProxyHeader, plainAddress, proxySignatureSoFar } from '../server/proxy-protocol.js';
 import type { ConnectionEndpoints } from '../server/proxy-protocol.js';
 import { normalizeUser } from '../auth/directory.js';
-import { dialSlot, loginToBackend } from '../backend/connect.js';
+import { CLOSED_AFTER_LOGIN, dialSlot, loginToBackend } from '../backend/connect.js';
 import type { BackendSession } from '../backend/connect.js';
 import type { Config, ListenerConfig } from '../config/schema.js';
 import { MailfrontError, asMailfrontError } from '../errors.js';
@@ -514,6 +514,9 @@ export class Session {
     // that outlasted it); after that, only within the hold.
     let movesFollowed = 0;
     const mayFollow = (): boolean => movesFollowed++ === 0 || Date.now() < deadline;
+    // A backend that closed in answer to the login: a crash is waited for like any outage, but a
+    // backend that closes on this login every time is not asked a third time.
+    let closedAfterLogin = 0;
     for (let attempt = 1; ; attempt++) {
       throwIfCancelled(session, 'the session ended while its login was under way');
       const { store, slot } = this.context.storeMap().currentMaster(storeName);
@@ -550,6 +553,7 @@ export class Session {
           this.log.warn({ event: 'session.master_changed_during_login', store: storeName, slot: slot.name, currentMaster: now.name, err: error.message }, 'the master changed during backend login; following it');
           continue;
         }
+        if (error.code === CLOSED_AFTER_LOGIN && ++closedAfterLogin > 1) throw new MailfrontError(error.code, 'backend-login', `${error.message}, twice`, { cause: error });
         if (error.kind !== 'connect' || Date.now() >= deadline) throw error;
         this.log.warn({ event: 'session.backend_retry', store: storeName, slot: slot.name, attempt, err: error.message }, 'current master unreachable; holding the login');
         await delay(Math.min(250 * attempt, 1_000, deadline - Date.now()), session);

@@ -9,6 +9,8 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
@@ -310,6 +312,38 @@ describe('failover by file edit and by the admin API (file store map)', () => {
       imap.close();
       pop3.close();
       a1.resume();
+      await failBack(front);
+    }
+  });
+
+  test('a master that dies with the login in hand: the login is held and follows the failover', async () => {
+    // A scripted master (a crash at a precise moment is what the real ones cannot be made to do):
+    // it greets, takes the login command, and dies; it does not come back.
+    const crashing = createServer((socket) => {
+      socket.write('* OK [CAPABILITY IMAP4rev1 LITERAL+ ID AUTH=PLAIN] ready\r\n');
+      socket.on('data', (chunk: Buffer) => {
+        if (!/LOGIN/.test(chunk.toString('latin1'))) return;
+        socket.destroy();
+        crashing.close();
+      });
+    });
+    await new Promise<void>((resolve) => crashing.listen(0, '127.0.0.1', resolve));
+    const crashPort = (crashing.address() as AddressInfo).port;
+    const stores = storesWith('a1');
+    await front.writeStores({ ...stores, alpha: { ...stores['alpha']!, slots: { ...stores['alpha']!.slots, a1: { imapPort: crashPort, pop3Port: a1.pop3Port } } } });
+    await new Promise((r) => setTimeout(r, 300));
+    const raw = await LineClient.connect(front.imapTrustedPort);
+    try {
+      const since = front.logs.length;
+      await raw.readLine();
+      raw.send(`t1 LOGIN ann ${PASSWORD}`);
+      await waitForLog(front, (l) => l['event'] === 'session.backend_retry' && l['slot'] === 'a1', 5_000, since);
+      await front.writeStores(storesWith('a2'));
+      assert.match(await raw.readLine(5_000), /^t1 OK /);
+      await assertServedBy(raw, 'I am a2');
+    } finally {
+      raw.close();
+      crashing.close();
       await failBack(front);
     }
   });
