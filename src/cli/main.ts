@@ -211,7 +211,11 @@ async function main(argv: string[]): Promise<number> {
   }
   if (values.help || command === '' || command === 'help') {
     const topic = command === 'help' ? (rest[0] ?? '') : command;
-    out(HELP[topic] ?? HELP['']!);
+    if (HELP[topic] === undefined) {
+      process.stderr.write(`mailfront: unknown command "${topic}"\n\n${HELP['']}`);
+      return 2;
+    }
+    out(HELP[topic]);
     return command === '' && !values.help ? 2 : 0;
   }
   const usage = (): number => {
@@ -315,7 +319,8 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'reload': {
       const json = await call(await remoteFrom(values), 'POST', '/api/reload');
-      if (values.json) return printJson(json), 0;
+      // The exit code says whether the reload took, with --json too (scripts test it).
+      if (values.json) return printJson(json), json['ok'] ? 0 : 1;
       const config = json['config'] as { ok: boolean; error?: string };
       const storeMap = json['storeMap'] as { ok: boolean; version: number; error?: string };
       out(config.ok ? 'config reloaded\n' : `config: ${String(config.error)}\n`);

@@ -259,6 +259,16 @@ describe('failover by file edit and by the admin API (file store map)', () => {
     assert.match(await cli('reload'), /^config reloaded\nstore map version \d+ in force$/m);
     await waitForLog(front, (l) => l['event'] === 'config.reloaded', 5_000, reloadMark);
     await cli('failover', 'alpha', 'a1');
+    // A rejected reload is a failure to the shell, with --json too.
+    const config = await readFile(front.configFile, 'utf8');
+    await writeFile(front.configFile, 'listeners: [\n');
+    try {
+      for (const args of [['reload'], ['reload', '--json']]) {
+        await assert.rejects(cli(...args), (e: { code?: number }) => e.code === 1, args.join(' '));
+      }
+    } finally {
+      await writeFile(front.configFile, config);
+    }
   });
 
   test('a login held while the master is down follows a failover made during the hold', async () => {
