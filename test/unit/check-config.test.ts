@@ -30,11 +30,11 @@ after(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** Writes a config with these listeners' certificates and runs check-config on it. */
-async function checkConfig(name: string, certificates: ReadonlyArray<{ cert: string; key: string }>): Promise<{ code: number; stdout: string; stderr: string }> {
+/** Writes a config with these listeners' certificates (and `extra` lines, a directory CA file say) and runs check-config on it. */
+async function checkConfig(name: string, certificates: ReadonlyArray<{ cert: string; key: string }>, directoryExtra = '', storesFile = 'stores.yaml'): Promise<{ code: number; stdout: string; stderr: string }> {
   const listeners = certificates.map((c, i) => `  - { name: imap${i}, protocol: imap, host: 127.0.0.1, port: ${1143 + i}, tls: starttls, certificate: { cert: ${JSON.stringify(c.cert)}, key: ${JSON.stringify(c.key)} } }`);
   const file = join(dir, `${name}.yaml`);
-  await writeFile(file, `listeners:\n${listeners.join('\n')}\ndirectory: { urls: [ldap://127.0.0.1], bind_dn: cn=x, bind_password: x, base_dn: dc=x }\nstore_map: { file: stores.yaml, watch: false }\n`);
+  await writeFile(file, `listeners:\n${listeners.join('\n')}\ndirectory: { urls: [ldap://127.0.0.1], bind_dn: cn=x, bind_password: x, base_dn: dc=x${directoryExtra} }\nstore_map: { file: ${storesFile}, watch: false }\n`);
   return new Promise((resolve) => {
     execFile(process.execPath, [CLI, 'check-config', file], { timeout: 30_000 }, (error, stdout, stderr) => {
       resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : -1, stdout, stderr });
@@ -63,4 +63,16 @@ test('check-config refuses a key that does not belong to its certificate, and a 
   assert.ok(result.stderr.includes(`listeners[0].certificate: expected a PEM certificate and the key that belongs to it, usable with the tls policy, found cannot use certificate ${certs.certFile} with key ${strangerKey}: `), result.stderr);
   assert.match(result.stderr, /listeners\[0\]\.certificate: [^\n]*key values mismatch/);
   assert.ok(result.stderr.includes(`listeners[1].certificate: expected a PEM certificate and the key that belongs to it, usable with the tls policy, found cannot use certificate ${certs.keyFile} with key ${certs.keyFile}: not a PEM certificate`), result.stderr);
+});
+
+test('check-config names a CA file that cannot be read, in the config and in the store map, and exits 1', async () => {
+  const good = [{ cert: certs.certFile, key: certs.keyFile }];
+  const missing = join(dir, 'no-such-ca.pem');
+  const directory = await checkConfig('directory-ca', good, `, ca_file: ${JSON.stringify(missing)}`);
+  assert.equal(directory.code, 1, directory.stdout);
+  assert.ok(directory.stderr.includes(`directory.ca_file: expected a readable file (${missing}), found ENOENT`), directory.stderr);
+  await writeFile(join(dir, 'stores-ca.yaml'), `stores:\n  store1:\n    current_master: slot1\n    backend: { tls: implicit, ca_file: ${JSON.stringify(missing)} }\n    slots:\n      slot1: { host: 127.0.0.1, imaps_port: 1993 }\n`);
+  const store = await checkConfig('store-ca', good, '', 'stores-ca.yaml');
+  assert.equal(store.code, 1, store.stdout);
+  assert.ok(store.stderr.includes(`stores.store1.backend.ca_file: expected a readable file (${missing}), found ENOENT`), store.stderr);
 });
