@@ -3,7 +3,7 @@
  * DN to check the password. Several servers are tried in order; every call has a deadline.
  * Owns its LDAP connections; knows nothing of protocols, sessions or the store map.
  */
-import { readFileSync } from 'node:fs';
+import { readCaFile } from '../ca-file.js';
 import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { Client, InvalidCredentialsError, ResultCodeError } from 'ldapts';
@@ -194,7 +194,7 @@ export class LdapDirectory implements Directory {
     private readonly log: Logger,
     private readonly metrics?: Metrics,
   ) {
-    this.tlsOptions = config.caFile ? { ca: readFileSync(config.caFile), minVersion: 'TLSv1.2' } : { minVersion: 'TLSv1.2' };
+    this.tlsOptions = config.caFile ? { ca: readCaFile(config.caFile, 'directory.ca_file'), minVersion: 'TLSv1.2' } : { minVersion: 'TLSv1.2' };
     this.entries = config.entryCacheTtlMs > 0 ? new LRUCache({ max: config.cacheMaxEntries, ttl: config.entryCacheTtlMs }) : null;
     this.serviceSlots = Array.from({ length: Math.max(1, config.searchConnections) }, () => ({ opening: null, open: null }));
   }

@@ -137,3 +137,4 @@ export function buildStoreMap(doc: unknown, origin: string, version: number, con
 export function loadStoreMap(fileName: string, version: number, config: Pick<Config, 'backend' | 'backendProfiles'>): StoreMap {
   return buildStoreMap(readStoreMapFile(fileName), resolve(fileName), version, config);
 }
+

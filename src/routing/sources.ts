@@ -7,7 +7,7 @@
 import { watch } from 'node:fs';
 import type { FSWatcher } from 'node:fs';
 import { readFile, rename, writeFile } from 'node:fs/promises';
-import { readFileSync } from 'node:fs';
+import { readCaFile } from '../ca-file.js';
 import { basename, dirname, join } from 'node:path';
 import type { ConnectionOptions } from 'node:tls';
 import { Attribute, Change, Client, SizeLimitExceededError } from 'ldapts';
@@ -198,7 +198,7 @@ export class LdapStoreMapSource implements StoreMapSource {
 
   constructor(private readonly config: Extract<StoreMapSourceConfig, { kind: 'ldap' }>) {
     this.description = `ldap ${config.baseDn}`;
-    this.tls = { minVersion: 'TLSv1.2', ...(config.caFile ? { ca: readFileSync(config.caFile) } : {}) };
+    this.tls = { minVersion: 'TLSv1.2', ...(config.caFile ? { ca: readCaFile(config.caFile, 'store_map.ldap.ca_file') } : {}) };
   }
 
   private async connection(): Promise<Client> {
