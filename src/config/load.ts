@@ -95,7 +95,10 @@ function inlineSecretFiles(node: unknown, resolvePath: (p: string) => string, pa
 }
 
 function resolverFor(file: string): (p: string) => string {
-  const base = dirname(file);
+  return resolverIn(dirname(file));
+}
+
+function resolverIn(base: string): (p: string) => string {
   return (p) => (p === '' || isAbsolute(p) ? p : resolve(base, p));
 }
 
@@ -111,12 +114,16 @@ export function loadConfig(fileName: string): Config {
   return deepFreeze(config);
 }
 
-/** Reads a store-map YAML file into a plain document (secrets from files inlined). */
-export function readStoreMapFile(fileName: string): unknown {
+/**
+ * Reads a store-map YAML file into a plain document (secrets from files inlined). Relative names
+ * of secret files resolve against `baseDir` (the config file's folder, as its other relative
+ * names do), or the store map's own folder when there is no config.
+ */
+export function readStoreMapFile(fileName: string, baseDir?: string): unknown {
   const file = resolve(fileName);
   const doc = parseYamlFile(file);
   const issues = new IssueList();
-  inlineSecretFiles(doc, resolverFor(file), '', issues);
+  inlineSecretFiles(doc, baseDir === undefined ? resolverFor(file) : resolverIn(baseDir), '', issues);
   if (issues.issues.length > 0) throw new ConfigError(file, issues.issues);
   return doc;
 }

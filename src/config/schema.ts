@@ -122,7 +122,8 @@ export interface SessionConfig {
 
 /** Where the store map comes from: a YAML file, or store entries in LDAP. */
 export type StoreMapSourceConfig =
-  | { readonly kind: 'file'; readonly file: string; readonly watch: boolean }
+  /** `baseDir`: the config file's folder, against which the store map's relative file names resolve. */
+  | { readonly kind: 'file'; readonly file: string; readonly watch: boolean; readonly baseDir: string }
   | {
       readonly kind: 'ldap';
       readonly urls: readonly string[];
@@ -396,9 +397,9 @@ function readStoreMapSource(v: unknown, directory: DirectoryConfig, resolvePath:
   const o = readSection(v, path, ['file', 'watch', 'ldap'], issues) ?? {};
   if ((o['file'] === undefined) === (o['ldap'] === undefined)) {
     issues.add(path, 'exactly one of file or ldap', o);
-    return { kind: 'file', file: '', watch: false };
+    return { kind: 'file', file: '', watch: false, baseDir: resolvePath('.') };
   }
-  if (o['file'] !== undefined) return { kind: 'file', file: resolvePath(str(o, 'file', path, issues)), watch: bool(o, 'watch', path, issues, true) };
+  if (o['file'] !== undefined) return { kind: 'file', file: resolvePath(str(o, 'file', path, issues)), watch: bool(o, 'watch', path, issues, true), baseDir: resolvePath('.') };
   const lpath = at(path, 'ldap');
   const l = readSection(o['ldap'], lpath, ['urls', 'bind_dn', 'bind_password', 'base_dn', 'poll_interval_ms', 'starttls', 'ca_file', 'operation_timeout_ms'], issues) ?? {};
   const urls = l['urls'] === undefined ? [...directory.urls] : strList(l, 'urls', lpath, issues);

@@ -42,6 +42,8 @@ export class FileStoreMapSource implements StoreMapSource {
   constructor(
     private readonly file: string,
     private readonly watchEnabled: boolean,
+    /** The config file's folder: the store map's relative secret files resolve against it (default: the store map's folder). */
+    private readonly baseDir?: string,
   ) {
     this.description = `file ${file}`;
   }
@@ -55,7 +57,7 @@ export class FileStoreMapSource implements StoreMapSource {
 
   load(): Promise<unknown> {
     return Promise.resolve().then(() => {
-      const document = readStoreMapFile(this.file);
+      const document = readStoreMapFile(this.file, this.baseDir);
       this.lastLoaded = JSON.stringify(document);
       this.onRead?.(null);
       return document;
@@ -92,7 +94,7 @@ export class FileStoreMapSource implements StoreMapSource {
     onHealth?.(null);
     // An edit between the last load and the watcher's start raised no event: look once now.
     try {
-      if (this.lastLoaded !== undefined && JSON.stringify(readStoreMapFile(this.file)) !== this.lastLoaded) onChange();
+      if (this.lastLoaded !== undefined && JSON.stringify(readStoreMapFile(this.file, this.baseDir)) !== this.lastLoaded) onChange();
     } catch {
       // An unreadable or broken file now: the watcher reports its next change.
     }
@@ -338,5 +340,5 @@ export class LdapStoreMapSource implements StoreMapSource {
 
 /** The source a config names. */
 export function createStoreMapSource(config: StoreMapSourceConfig): StoreMapSource {
-  return config.kind === 'file' ? new FileStoreMapSource(config.file, config.watch) : new LdapStoreMapSource(config);
+  return config.kind === 'file' ? new FileStoreMapSource(config.file, config.watch, config.baseDir) : new LdapStoreMapSource(config);
 }

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -46,7 +46,7 @@ test('a good config loads with defaults, secrets from files, and is frozen', () 
   const dir = writeTemp({ 'mf.yaml': GOOD, 'ldap.secret': 's3cret\n', 'stores.yaml': STORES });
   const config = loadConfig(join(dir, 'mf.yaml'));
   assert.equal(config.directory.bindPassword, 's3cret');
-  assert.deepEqual(config.storeMap, { kind: 'file', file: join(dir, 'stores.yaml'), watch: true });
+  assert.deepEqual(config.storeMap, { kind: 'file', file: join(dir, 'stores.yaml'), watch: true, baseDir: dir });
   assert.equal(config.backend.loginMode, 'replay');
   assert.equal(config.session.authFailureDelayMs, 2000);
   assert.equal(config.directory.searchConnections, 2);
@@ -299,6 +299,21 @@ stores:
   assert.match(duplicate[0]?.expected ?? '', /a slot name used by one store only \(store "store1" has it too\)/);
   assert.ok(!paths.some((p) => p.startsWith('stores.store1.slots')), paths.join(', '));
   assert.ok(paths.includes('stores.store3.backend.proxy_user'), paths.join(', '));
+});
+
+test('a store map\'s relative file names resolve against the config file\'s folder, wherever the store map lives', async () => {
+  const dir = writeTemp({ 'mf.yaml': GOOD.replace('file: stores.yaml', 'file: state/stores.yaml'), 'ldap.secret': 'x', 'proxy.secret': 'from-config-folder\n' });
+  mkdirSync(join(dir, 'state'));
+  writeFileSync(join(dir, 'state', 'stores.yaml'), 'stores:\n  s:\n    current_master: a\n    backend: { login_mode: master-user, proxy_user: m, proxy_password_file: proxy.secret }\n    slots:\n      a: { host: 127.0.0.1, imap_port: 143 }\n');
+  const config = loadConfig(join(dir, 'mf.yaml'));
+  const { createStoreMapSource } = await import('../../src/routing/sources.js');
+  const source = createStoreMapSource(config.storeMap);
+  try {
+    const document = (await source.load()) as { stores: { s: { backend: { proxy_password: string } } } };
+    assert.equal(document.stores.s.backend.proxy_password, 'from-config-folder');
+  } finally {
+    await source.close();
+  }
 });
 
 test('routing refuses unknown stores', () => {
