@@ -24,6 +24,8 @@
 export interface CommandGuard {
   /** True when `chunk` (the first `length` bytes) completes a forbidden word: it must not be sent. */
   refuses(chunk: Uint8Array, length: number): boolean;
+  /** The word refused, once refuses() said true (for the log). */
+  readonly refused: string | null;
 }
 
 /** What a client the guard stops is told before the connection closes. */
@@ -41,6 +43,7 @@ export class WordGuard implements CommandGuard {
   private length = 0;
   /** The word being read is longer than any forbidden one. */
   private tooLong = false;
+  refused: string | null = null;
 
   constructor(words: readonly string[]) {
     this.words = words.map((w) => Buffer.from(w.toUpperCase(), 'latin1'));
@@ -63,7 +66,9 @@ export class WordGuard implements CommandGuard {
   }
 
   private forbidden(): boolean {
-    return this.words.some((w) => w.length === this.length && w.every((b, i) => b === this.word[i]));
+    const found = this.words.find((w) => w.length === this.length && w.every((b, i) => b === this.word[i]));
+    if (found !== undefined) this.refused = Buffer.from(found).toString('latin1');
+    return found !== undefined;
   }
 }
 

@@ -27,6 +27,7 @@ import type { FailureKind } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { BackendAttempt, SessionEntry, SessionRegistry } from '../proxy/registry.js';
 import { splice } from '../proxy/splice.js';
+import type { CommandGuard } from '../proxy/command-guard.js';
 import type { Splice, SpliceEndReason } from '../proxy/splice.js';
 import type { Credentials, LoginRefusal, PreauthAction, PreauthCloseReason, PreauthMachine, ProtocolAdapter } from '../protocol/types.js';
 import { sameServer } from '../routing/storemap.js';
@@ -171,6 +172,8 @@ export class Session {
   private slot: string | undefined;
   private splice: Splice | undefined;
   private entry: SessionEntry | undefined;
+  /** What guards the spliced client's commands, if anything (for the log of a refusal). */
+  private commandGuard: CommandGuard | undefined;
   private readonly onData = (received: Buffer): void => {
     this.preauthBytesRead += received.length;
     let chunk = received;
@@ -621,6 +624,7 @@ export class Session {
     // the splice, which counts them as its own.
     this.preauthBytesRead -= success.pipelined.length;
     const guarded = this.adapter.createCommandGuard?.(backend.capabilities) ?? null;
+    this.commandGuard = guarded?.guard;
     const running = splice(this.socket, backend.socket, success.pipelined, backend.leftover, this.context.config().session.idleTimeoutMs, this.adapter.createResponseTracker?.() ?? null, guarded?.guard ?? null, guarded?.notice ?? null);
     this.splice = running;
     const entry: SessionEntry = {
@@ -674,7 +678,8 @@ export class Session {
     }
     if (reason === 'command-refused') {
       // A client trying to log out of the backend login mailfront made, to log in there again.
-      this.log.warn({ event: 'session.command_refused', command: 'UNAUTHENTICATE', protocol: this.adapter.name, user: this.user, store: this.store, slot: this.slot, client: this.clientAddress }, 'the client sent UNAUTHENTICATE: session closed, the command not passed on');
+      const command = this.commandGuard?.refused ?? 'UNAUTHENTICATE';
+      this.log.warn({ event: 'session.command_refused', command, protocol: this.adapter.name, user: this.user, store: this.store, slot: this.slot, client: this.clientAddress }, `the client sent ${command}: session closed, the command not passed on`);
     }
     this.log.info(
       {

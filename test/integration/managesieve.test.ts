@@ -423,6 +423,7 @@ describe('ManageSieve through mailfront: scripts land in the right store', () =>
     }
     const refused = await waitForLog(front, (l) => l['event'] === 'session.command_refused', 3_000, mark);
     assert.equal(refused['user'], 'carol');
+    assert.equal(refused['command'], 'UNAUTHENTICATE');
     assert.equal((await waitForLog(front, (l) => l['event'] === 'session.finished' && l['session'] === refused['session'], 3_000, mark))['reason'], 'command-refused');
     // Pipelined in the login's own packet: stopped before the splice passes anything on.
     const pipelined = await SieveClient.connect(front.sieveTrustedPort!);

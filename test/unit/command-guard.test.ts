@@ -68,10 +68,15 @@ test('longer words, other commands and ordinary traffic pass', () => {
   }
 });
 
-test('the word at the very end of the stream waits for the byte that ends it', () => {
+test('the word at the very end of the stream waits for the byte that ends it, and the guard says which word it refused', () => {
   const guard = unauthenticateGuard();
   assert.equal(guard.refuses(Buffer.from('UNAUTHENTICATE'), 14), false);
+  assert.equal(guard.refused, null);
   assert.equal(guard.refuses(Buffer.from('\r\n'), 2), true);
+  assert.equal(guard.refused, 'UNAUTHENTICATE');
+  const other = unauthenticateGuard();
+  assert.equal(other.refuses(Buffer.from('a starttls\r\n'), 12), true);
+  assert.equal(other.refused, 'STARTTLS');
 });
 
 test('only the first `length` bytes of a chunk are looked at (the shared read buffer holds older bytes past them)', () => {
