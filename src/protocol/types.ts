@@ -180,8 +180,9 @@ export interface ProtocolAdapter {
   createResponseTracker?(): ResponseBoundaryTracker;
   /**
    * A guard on what the spliced client sends (proxy/command-guard.ts), given the backend's
-   * post-login capabilities (IMAP) or null, and the last words to a client it stops; null when
+   * post-login capabilities (IMAP) or null, and the last words to a client it stops, and the
+   * capabilities to show the client instead (without the commands the guard refuses); null when
    * the backend needs none.
    */
-  createCommandGuard?(backendCapabilities: string | null): { readonly guard: CommandGuard; readonly notice: string } | null;
+  createCommandGuard?(backendCapabilities: string | null): { readonly guard: CommandGuard; readonly notice: string; readonly capabilities?: string } | null;
 }

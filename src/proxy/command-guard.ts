@@ -17,7 +17,12 @@
  * stands as a word of its own (a run of ASCII letters, any case, with no letter either side), in
  * strings and literal data too. The price: a script, message or search that holds the word by
  * itself closes its session. Other words (STARTTLS, COMPRESS) are refused with it where they
- * would hide what follows from the guard (an encrypted or compressed stream).
+ * would hide what follows from the guard (an encrypted or compressed stream); on IMAP the login
+ * reply leaves them out of the capabilities, so that a client does not use them unasked.
+ *
+ * Words are matched in ASCII: Cyrus and Dovecot compare command names with the C library's
+ * isalpha and tolower in the C locale, so a Unicode look-alike (dotless i, long s) is no command
+ * to them.
  */
 
 /** Whether a chunk on its way to the backend completes a word that must not reach it. */
@@ -30,6 +35,11 @@ export interface CommandGuard {
 
 /** What a client the guard stops is told before the connection closes. */
 export const UNAUTHENTICATE_REFUSED = 'UNAUTHENTICATE, STARTTLS and COMPRESS are not available through this proxy once logged in; log in again on a new connection';
+
+/** The words refused on IMAP (RFC 8437 UNAUTHENTICATE; STARTTLS and RFC 4978 COMPRESS would hide what follows). */
+export const IMAP_GUARDED_WORDS = ['UNAUTHENTICATE', 'STARTTLS', 'COMPRESS'] as const;
+/** On ManageSieve (RFC 5804 has no compression; STARTTLS after login would hide what follows). */
+export const SIEVE_GUARDED_WORDS = ['UNAUTHENTICATE', 'STARTTLS'] as const;
 
 function isLetter(byte: number): boolean {
   return (byte >= 0x41 && byte <= 0x5a) || (byte >= 0x61 && byte <= 0x7a);
@@ -73,6 +83,6 @@ export class WordGuard implements CommandGuard {
 }
 
 /** The guard for a spliced session whose backend may take UNAUTHENTICATE (see the module comment). */
-export function unauthenticateGuard(): WordGuard {
-  return new WordGuard(['UNAUTHENTICATE', 'STARTTLS', 'COMPRESS']);
+export function unauthenticateGuard(words: readonly string[] = IMAP_GUARDED_WORDS): WordGuard {
+  return new WordGuard(words);
 }

@@ -614,7 +614,11 @@ export class Session {
     this.preauthTimer = undefined;
     // The login is over: nothing is left to cancel.
     this.canceller = undefined;
-    const success = this.machine.loginSucceeded(backend.capabilities);
+    // A guard on what the client sends, where the backend needs one; the login reply then shows
+    // the capabilities without the commands it refuses.
+    const guarded = this.adapter.createCommandGuard?.(backend.capabilities) ?? null;
+    this.commandGuard = guarded?.guard;
+    const success = this.machine.loginSucceeded(guarded?.capabilities ?? backend.capabilities);
     // The pre-auth machine and its buffers are never used again: let them go (memory per idle session).
     this.machine = SPLICED;
     this.detachPreauth(this.socket);
@@ -623,8 +627,7 @@ export class Session {
     // Commands the client sent behind its login were read here but reach the backend through
     // the splice, which counts them as its own.
     this.preauthBytesRead -= success.pipelined.length;
-    const guarded = this.adapter.createCommandGuard?.(backend.capabilities) ?? null;
-    this.commandGuard = guarded?.guard;
+
     const running = splice(this.socket, backend.socket, success.pipelined, backend.leftover, this.context.config().session.idleTimeoutMs, this.adapter.createResponseTracker?.() ?? null, guarded?.guard ?? null, guarded?.notice ?? null);
     this.splice = running;
     const entry: SessionEntry = {

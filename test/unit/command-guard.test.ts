@@ -95,3 +95,17 @@ test('which sessions are guarded: IMAP when the backend offers UNAUTHENTICATE (o
   assert.match(managesieveAdapter.createCommandGuard?.(null)?.notice ?? '', /^BYE ".+"\r\n$/);
   assert.equal(pop3Adapter.createCommandGuard, undefined);
 });
+
+test('a guarded IMAP login shows the capabilities without what the guard refuses, so that no client turns COMPRESS on by itself', () => {
+  const guarded = imapAdapter.createCommandGuard?.('IMAP4rev1 UNAUTHENTICATE COMPRESS=DEFLATE IDLE STARTTLS compress=x COMPRESSOR LITERAL+');
+  assert.equal(guarded?.capabilities, 'IMAP4rev1 IDLE COMPRESSOR LITERAL+');
+});
+
+test('ManageSieve refuses UNAUTHENTICATE and STARTTLS, not COMPRESS (no such thing there)', () => {
+  const sieve = managesieveAdapter.createCommandGuard?.(null)?.guard;
+  assert.ok(sieve);
+  const text = Buffer.from('PUTSCRIPT "v" {29+}\r\nPlease compress big files.\r\n\r\n');
+  assert.equal(sieve.refuses(text, text.length), false);
+  const bad = Buffer.from('starttls\r\n');
+  assert.equal(sieve.refuses(bad, bad.length), true);
+});

@@ -4,12 +4,23 @@
  * Must not: hold state of its own or do any I/O.
  */
 
-import { UNAUTHENTICATE_REFUSED, unauthenticateGuard } from '../../proxy/command-guard.js';
+import { IMAP_GUARDED_WORDS, UNAUTHENTICATE_REFUSED, unauthenticateGuard } from '../../proxy/command-guard.js';
 import type { ProtocolAdapter } from '../types.js';
 import { ImapBackendLoginMachine } from './backend.js';
 import { ImapPreauthMachine } from './preauth.js';
 import { safeText } from './wire.js';
 import { ImapResponseBoundary } from './boundary.js';
+
+/**
+ * A capability list without what the guard refuses (UNAUTHENTICATE, STARTTLS, COMPRESS=…): a
+ * client such as imapflow or Thunderbird turns COMPRESS on by itself when it is offered.
+ */
+function withoutGuarded(capabilities: string): string {
+  return capabilities
+    .split(' ')
+    .filter((atom) => atom !== '' && !IMAP_GUARDED_WORDS.some((word) => atom.toUpperCase() === word || atom.toUpperCase().startsWith(`${word}=`)))
+    .join(' ');
+}
 
 /** The IMAP adapter. */
 export const imapAdapter: ProtocolAdapter = Object.freeze({
@@ -23,7 +34,9 @@ export const imapAdapter: ProtocolAdapter = Object.freeze({
   // A backend that offers UNAUTHENTICATE (RFC 8437) would let a spliced client log in there
   // again as someone else: its sessions are guarded. Dovecot and Cyrus 3.6 do not offer it.
   createCommandGuard: (capabilities) =>
-    capabilities === null || /(?:^| )UNAUTHENTICATE(?: |$)/i.test(capabilities) ? { guard: unauthenticateGuard(), notice: `* BYE ${UNAUTHENTICATE_REFUSED}\r\n` } : null,
+    capabilities === null || /(?:^| )UNAUTHENTICATE(?: |$)/i.test(capabilities)
+      ? { guard: unauthenticateGuard(), notice: `* BYE ${UNAUTHENTICATE_REFUSED}\r\n`, ...(capabilities === null ? {} : { capabilities: withoutGuarded(capabilities) }) }
+      : null,
   // RFC 5530: [UNAVAILABLE] for a temporary server-side condition, [LIMIT] for a per-client one.
   connectionRefusal: (limit, text) => `* BYE [${limit === 'total' ? 'UNAVAILABLE' : 'LIMIT'}] ${safeText(text)}\r\n`,
 } satisfies ProtocolAdapter);

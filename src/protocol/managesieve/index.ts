@@ -5,7 +5,7 @@
  * Must not: hold state of its own or do any I/O.
  */
 
-import { UNAUTHENTICATE_REFUSED, unauthenticateGuard } from '../../proxy/command-guard.js';
+import { SIEVE_GUARDED_WORDS, UNAUTHENTICATE_REFUSED, unauthenticateGuard } from '../../proxy/command-guard.js';
 import type { ProtocolAdapter } from '../types.js';
 import { ManageSieveBackendLogin } from './backend.js';
 import { ManageSieveResponseBoundary } from './boundary.js';
@@ -23,7 +23,7 @@ export const managesieveAdapter: ProtocolAdapter = Object.freeze({
   createResponseTracker: () => new ManageSieveResponseBoundary(),
   // Cyrus's timsieved offers UNAUTHENTICATE (RFC 5804 §2.14.1); its capabilities are not
   // read after login, so every spliced session is guarded (ManageSieve traffic is small).
-  createCommandGuard: () => ({ guard: unauthenticateGuard(), notice: `BYE ${sieveString(UNAUTHENTICATE_REFUSED, 'server')}\r\n` }),
+  createCommandGuard: () => ({ guard: unauthenticateGuard(SIEVE_GUARDED_WORDS), notice: `BYE ${sieveString(UNAUTHENTICATE_REFUSED, 'server')}\r\n` }),
   connectionRefusal: (_limit, text) => `BYE (TRYLATER) ${sieveString(oneLineText(text), 'server')}\r\n`,
 } satisfies ProtocolAdapter);
 
