@@ -27,11 +27,13 @@ export function literalSizeWithin(digits: string, limit: number): number | null 
 }
 
 /**
- * `text` (a backend's answer, on its way into a log line or an error) with every form of the
- * credentials mailfront sent it replaced by "[redacted]": a backend that quotes the command it
- * refuses ("BAD Error in IMAP command LOGIN: ...") must not put a password in the log. Forms:
- * the passwords as sent, as their UTF-8 bytes read as Latin-1 (how a line is decoded), base64
- * (SASL LOGIN), and the SASL PLAIN messages mailfront sends. Only called on a failure.
+ * `text` (a backend's answer, on its way into a log line or an error), or in its place a note
+ * that it was withheld when it holds any form of the credentials mailfront sent: a backend that
+ * quotes the command it refuses ("BAD Error in IMAP command LOGIN: ...") must not put a password
+ * in the log. Withheld whole, not cut out: where a marker stood would tell a short password
+ * ("Authentication [redacted]ed"). Forms: the passwords as sent, as their UTF-8 bytes read as
+ * Latin-1 (how a line is decoded), base64 (SASL LOGIN), and the SASL PLAIN messages mailfront
+ * sends. Called on a failure only, before the text is shortened.
  */
 export function redactCredentials(text: string, options: Pick<BackendLoginOptions, 'user' | 'password' | 'proxyUser' | 'proxyPassword' | 'masterUserSeparator'>): string {
   const { user, password, proxyUser, proxyPassword, masterUserSeparator = '*' } = options;
@@ -47,8 +49,9 @@ export function redactCredentials(text: string, options: Pick<BackendLoginOption
   const pairs: Array<[string, string]> = [[user, password]];
   if (proxyUser !== undefined && proxyPassword !== undefined) pairs.push([proxyUser, proxyPassword], [`${user}${masterUserSeparator}${proxyUser}`, proxyPassword]);
   for (const authzid of ['', user]) for (const [authcid, secret] of pairs) if (secret.length > 0) forms.add(b64(`${authzid}\0${authcid}\0${secret}`));
-  let out = text;
-  // Longest first: a password inside a PLAIN message is redacted with the message whole.
-  for (const form of [...forms].sort((a, b) => b.length - a.length)) if (out.includes(form)) out = out.split(form).join('[redacted]');
-  return out;
+  for (const form of forms) if (text.includes(form)) return CREDENTIALS_WITHHELD;
+  return text;
 }
+
+/** What stands in the log for a backend's answer that quoted the credentials. */
+export const CREDENTIALS_WITHHELD = '[the backend\'s answer quoted the credentials sent to it: withheld]';

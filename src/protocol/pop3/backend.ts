@@ -259,8 +259,8 @@ export class Pop3BackendLogin implements BackendLoginMachine {
   }
 
   #loginRefused(line: string, kind: ReplyKind): BackendAction {
-    if (kind !== 'err') return this.#fail('unavailable', `unexpected login reply: ${oneLine(line)}`);
-    return this.#fail(classifyRefusal(line), oneLine(line));
+    if (kind !== 'err') return this.#fail('unavailable', `unexpected login reply: ${line}`);
+    return this.#fail(classifyRefusal(line), line);
   }
 
   #fail(refusal: Refusal, detail: string): BackendAction {
@@ -268,7 +268,8 @@ export class Pop3BackendLogin implements BackendLoginMachine {
     this.#input.clear();
     this.#pendingPassword = '';
     this.#saslResponse = '';
-    return { type: 'fail', refusal, detail: redactCredentials(detail, this.#options) };
+    // Redacted whole, then shortened: a password cut in two by the shortening would not be found.
+    return { type: 'fail', refusal, detail: oneLine(redactCredentials(detail, this.#options)) };
   }
 }
 
