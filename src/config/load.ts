@@ -36,12 +36,15 @@ function parseYamlFile(file: string): unknown {
   }
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
-  if (doc.errors.length > 0) {
+  // An unknown tag (`!abc`, a password starting with "!") is only a warning to the library, which
+  // then drops the tag from the value: a password would change without a word. It is an error here.
+  const problems = [...doc.errors, ...doc.warnings.filter((w) => w.code === 'TAG_RESOLVE_FAILED')];
+  if (problems.length > 0) {
     // By the library's error code, never its message: the message quotes the text at fault,
     // which may be an unquoted secret (a password starting with "|" or "]", say).
     throw new ConfigError(
       file,
-      doc.errors.map((e) => {
+      problems.map((e) => {
         const pos = lineCounter.linePos(e.pos[0]);
         return { path: `line ${pos.line} column ${pos.col}`, expected: YAML_EXPECTED, found: e.code.toLowerCase().replaceAll('_', ' ') };
       }),
