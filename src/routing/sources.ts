@@ -6,7 +6,7 @@
  */
 import { watch } from 'node:fs';
 import type { FSWatcher } from 'node:fs';
-import { readFile, rename, writeFile } from 'node:fs/promises';
+import { chmod, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { readCaFile } from '../ca-file.js';
 import { basename, dirname, join } from 'node:path';
 import type { ConnectionOptions } from 'node:tls';
@@ -112,7 +112,11 @@ export class FileStoreMapSource implements StoreMapSource {
     doc.setIn(['stores', store, 'current_master'], slot);
     // Named per write as well as per process: two writes never share a temporary file.
     const temp = join(dirname(this.file), `.${basename(this.file)}.${process.pid}.${++this.writes}.tmp`);
-    await writeFile(temp, doc.toString());
+    // Created with the old file's permissions, not the umask's: a store map holding a password
+    // inline must not become readable by all with a failover.
+    const { mode } = await stat(this.file);
+    await writeFile(temp, doc.toString(), { mode: mode & 0o7777 });
+    await chmod(temp, mode & 0o7777);
     await rename(temp, this.file);
   }
 
