@@ -485,14 +485,13 @@ export class Session {
       // Counted: the next check of this user may go (not after the answer's delay below).
       leaveGate?.();
       const fields = { event: 'session.login_failed', user: user ?? undefined, store: this.store, code: error.code, kind: error.kind, reason: error.message, ...(penaltyMs > 0 ? { penaltyMs } : {}) };
-      if (refusal === 'auth-failed' || refusal === 'limit') {
-        this.log.info(fields, 'login failed');
-        // Same answer after the same time for an unknown user and a wrong password (and a
-        // throttled login looks no faster); repeated failures add the throttle's penalty.
-        await delay(started + config.session.authFailureDelayMs + penaltyMs - Date.now(), this.cancellation);
-      } else {
-        this.log.error(fields, 'login could not be completed');
-      }
+      if (refusal === 'auth-failed' || refusal === 'limit') this.log.info(fields, 'login failed');
+      else this.log.error(fields, 'login could not be completed');
+      // Same answer after the same time for an unknown user and a wrong password (and a
+      // throttled login looks no faster); repeated failures add the throttle's penalty. Every
+      // other refusal waits as long: a client pipelining logins while the directory or its store
+      // is down gets one answer, and writes one error line, per delay, not one per command.
+      await delay(started + config.session.authFailureDelayMs + penaltyMs - Date.now(), this.cancellation);
       this.store = undefined;
       if (this.phase === 'preauth' && !this.socket.destroyed) this.perform(this.machine.loginFailed(refusal, refusal === 'limit' ? LIMIT_TEXT : UNAVAILABLE_TEXT[error.kind]));
     } finally {

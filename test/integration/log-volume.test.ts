@@ -1,0 +1,159 @@
+// What one client can make mailfront write to its log and count in its metrics: refusals of
+// logins, of connections, ID claims, TLS handshakes, abandoned logins and PROXY headers. No
+// directory or backend server runs here: the directory is a stand-in that fails as the test
+// says, and the store map names a slot nobody listens on.
+import { after, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect } from 'node:net';
+import type { Socket } from 'node:net';
+import { join } from 'node:path';
+import { writeFile } from 'node:fs/promises';
+import { stringify } from 'yaml';
+import { loadConfig } from '../../src/config/load.js';
+import type { Directory } from '../../src/auth/directory.js';
+import { MailfrontError } from '../../src/errors.js';
+import { Mailfront } from '../../src/main.js';
+import { suiteLogWriter } from './front.js';
+import { freePort, makeCerts, tmpDir } from './servers/index.js';
+
+const DELAY_MS = 300;
+const PREAUTH_MS = 1_500;
+
+/** A directory that answers every login with `authenticate` (by default: it is down). */
+function standInDirectory(authenticate?: Directory['authenticate']): Directory {
+  return {
+    authenticate: authenticate ?? (async () => {
+      throw new MailfrontError('LDAP_UNREACHABLE', 'auth-tempfail', 'no directory server answered: ldap://127.0.0.1:1: connect ECONNREFUSED');
+    }),
+    lookup: async () => null,
+    reachable: async () => true,
+    forget: () => 0,
+    cacheEntries: () => ({}),
+    close: async () => undefined,
+  };
+}
+
+interface Instance {
+  readonly mailfront: Mailfront;
+  readonly logs: Array<Record<string, unknown>>;
+  port(listener: string): number;
+  stop(): Promise<void>;
+}
+
+const running = new Set<Instance>();
+after(async () => {
+  for (const instance of running) await instance.stop();
+});
+
+/**
+ * mailfront with plaintext listeners imap, pop3 and sieve, an implicit-TLS listener imaps, and
+ * `extra` config on top; its log lines parsed in `logs`.
+ */
+async function start(directory: Directory, extra: Record<string, unknown> = {}, listenerExtra: Record<string, unknown> = {}): Promise<Instance> {
+  const dir = tmpDir('log-volume');
+  const certs = await makeCerts(dir.path);
+  const names = ['imap', 'pop3', 'sieve', 'imaps'] as const;
+  const ports = new Map<string, number>();
+  for (const name of names) ports.set(name, await freePort());
+  const plain = { host: '127.0.0.1', tls: 'none', plaintext_without_tls: true, ...listenerExtra };
+  await writeFile(join(dir.path, 'stores.yaml'), stringify({ stores: { alpha: { current_master: 's1', slots: { s1: { host: '127.0.0.1', imap_port: 1, pop3_port: 1, sieve_port: 1 } } } } }));
+  await writeFile(
+    join(dir.path, 'mailfront.yaml'),
+    stringify({
+      log: { level: 'info' },
+      listeners: [
+        { name: 'imap', protocol: 'imap', port: ports.get('imap'), ...plain },
+        { name: 'pop3', protocol: 'pop3', port: ports.get('pop3'), ...plain },
+        { name: 'sieve', protocol: 'managesieve', port: ports.get('sieve'), ...plain },
+        { name: 'imaps', protocol: 'imap', host: '127.0.0.1', port: ports.get('imaps'), tls: 'implicit', certificate: { cert: certs.certFile, key: certs.keyFile } },
+      ],
+      directory: { urls: ['ldap://127.0.0.1:1'], bind_dn: 'cn=reader', bind_password: 'reader-pw-unused', base_dn: 'dc=example' },
+      store_map: { file: 'stores.yaml' },
+      session: { auth_failure_delay_ms: DELAY_MS, preauth_timeout_ms: PREAUTH_MS },
+      throttle: { enabled: false },
+      health: { interval_ms: 0 },
+      ...extra,
+    }),
+  );
+  const logs: Array<Record<string, unknown>> = [];
+  const writeSuiteLog = suiteLogWriter();
+  const mailfront = await Mailfront.start(loadConfig(join(dir.path, 'mailfront.yaml')), {
+    directory,
+    processMetrics: false,
+    logDestination: {
+      write(line: string) {
+        writeSuiteLog(line);
+        logs.push(JSON.parse(line) as Record<string, unknown>);
+      },
+    },
+  });
+  let stopped = false;
+  const instance: Instance = {
+    mailfront,
+    logs,
+    port: (name) => ports.get(name) ?? assert.fail(`no listener ${name}`),
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      running.delete(instance);
+      await mailfront.stop(0);
+      await dir.remove();
+    },
+  };
+  running.add(instance);
+  return instance;
+}
+
+/** Connects, sends `input` right away, and resolves with all the server said once it closes (or after `limitMs`). */
+function converse(port: number, input: string, limitMs = 10_000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket: Socket = connect(port, '127.0.0.1');
+    let got = '';
+    socket.setEncoding('latin1');
+    socket.on('data', (chunk: string) => (got += chunk));
+    socket.on('error', reject);
+    socket.write(input);
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`the server did not close within ${limitMs} ms; it said ${JSON.stringify(got)}`));
+    }, limitMs);
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve(got);
+    });
+  });
+}
+
+const b64 = (s: string): string => Buffer.from(s).toString('base64');
+
+describe('a client pipelining logins while the directory is down', () => {
+  // Each protocol's way to pipeline 20 logins, and how its answers look.
+  const cases = [
+    { listener: 'imap', input: (i: number) => `a${i} LOGIN user${i} pw-${i}-xyz\r\n`, greeted: /^\* OK /, refusal: /^a(\d+) NO \[UNAVAILABLE\] /, last: /^\* BYE Autologout/ },
+    { listener: 'pop3', input: (i: number) => `AUTH PLAIN ${b64(`\0user${i}\0pw-${i}-xyz`)}\r\n`, greeted: /^\+OK /, refusal: /^-ERR \[SYS\/TEMP\] /, last: /^-ERR Autologout/ },
+    { listener: 'sieve', input: (i: number) => `AUTHENTICATE "PLAIN" "${b64(`\0user${i}\0pw-${i}-xyz`)}"\r\n`, greeted: /^OK /, refusal: /^NO \(TRYLATER\) /, last: /^BYE "Disconnected for inactivity\."/ },
+  ];
+  for (const { listener, input, greeted, refusal, last } of cases) {
+    it(`${listener}: each refusal waits the failure delay, so the log gets one error line per delay; the pre-auth deadline ends the session`, async (t) => {
+      const front = await start(standInDirectory());
+      t.after(() => front.stop());
+      let pipelined = '';
+      for (let i = 0; i < 20; i++) pipelined += input(i);
+      const since = front.logs.length;
+      const said = await converse(front.port(listener), pipelined);
+      const lines = said.split('\r\n').filter((l) => l !== '');
+      const refusals = lines.filter((l) => refusal.test(l));
+      const errors = front.logs.slice(since).filter((l) => l['event'] === 'session.login_failed');
+      // One refusal per delay up to the deadline, and one more for a login the deadline cut short.
+      const most = Math.ceil(PREAUTH_MS / DELAY_MS) + 1;
+      assert.ok(refusals.length >= 2 && refusals.length <= most, `between 2 and ${most} refusals before the deadline, not one per login: ${refusals.length}`);
+      assert.ok(errors.length >= refusals.length - 1 && errors.length <= refusals.length, `one error line per refused login: ${errors.length} lines, ${refusals.length} refusals`);
+      for (const line of errors) assert.equal(line['level'], 'error');
+      assert.deepEqual(lines.slice(lines.findIndex((l) => greeted.test(l)) + 1, -1), refusals, 'nothing but the refusals, in order, between the greeting and the last word');
+      if (listener === 'imap') assert.deepEqual(refusals.map((l) => Number(refusal.exec(l)?.[1])), refusals.map((_l, i) => i), 'the pipelined logins are answered in turn');
+      assert.match(lines[lines.length - 1] ?? '', last);
+      const finished = front.logs.slice(since).filter((l) => l['event'] === 'session.finished');
+      assert.deepEqual(finished.map((l) => l['reason']), ['timeout']);
+    });
+  }
+});
