@@ -18,7 +18,90 @@ import type { SessionContext } from '../session/session.js';
 import { acceptProxyHeader, socketEndpoints } from './proxy-protocol.js';
 import { TlsContextHolder } from './tls-config.js';
 import type { ConnectionEndpoints } from './proxy-protocol.js';
+import type { ConnectionLimiter } from './connection-limits.js';
 
+/** The least time between two lines about the connections one limit refused. */
+export const REFUSED_LOG_INTERVAL_MS = 10_000;
+
+/** The limits a connection can be refused by at accept (a user's sessions are counted at login). */
+type AcceptLimit = 'total' | 'address';
+
+/** Connections one limit refused that no line has told of yet. */
+interface RefusedSince {
+  refused: number;
+  /** One of them, for the line: the first refused since the last line. */
+  client: string;
+  listener: string;
+  readonly timer: NodeJS.Timeout;
+}
+
+/**
+ * The log of connections refused by a connection limit. A flood of connects is what the limits
+ * are there for, and a warn line for each would be a flood of its own (300 connects refused, 300
+ * lines): the first refusal by a limit is logged at once, and after it at most one line per
+ * interval and limit, with how many that limit refused since the last line and one of their
+ * addresses. mailfront_connections_refused_total counts every one as it happens.
+ */
+export class RefusedConnectionsLog {
+  private readonly pending = new Map<AcceptLimit, RefusedSince>();
+
+  constructor(
+    private readonly log: Logger,
+    private readonly intervalMs = REFUSED_LOG_INTERVAL_MS,
+  ) {}
+
+  /** A connection from `client` on `listener` was refused by `limit`. */
+  refused(limit: AcceptLimit, listener: string, client: string): void {
+    const since = this.pending.get(limit);
+    if (since === undefined) {
+      this.write(limit, 1, listener, client);
+      this.startInterval(limit);
+    } else if (since.refused++ === 0) {
+      since.client = client;
+      since.listener = listener;
+    }
+  }
+
+  /** Logs the refusals no line has told of yet (the server is stopping) and ends every interval. */
+  flush(): void {
+    for (const [limit, since] of this.pending) {
+      clearTimeout(since.timer);
+      if (since.refused > 0) this.write(limit, since.refused, since.listener, since.client);
+    }
+    this.pending.clear();
+  }
+
+  private startInterval(limit: AcceptLimit): void {
+    // Never what keeps the process up: a stop flushes what is left.
+    const timer = setTimeout(() => this.intervalEnded(limit), this.intervalMs).unref();
+    this.pending.set(limit, { refused: 0, client: '', listener: '', timer });
+  }
+
+  private intervalEnded(limit: AcceptLimit): void {
+    const since = this.pending.get(limit);
+    this.pending.delete(limit);
+    // A quiet interval ends the count: the next refusal is logged at once.
+    if (since === undefined || since.refused === 0) return;
+    this.write(limit, since.refused, since.listener, since.client);
+    this.startInterval(limit);
+  }
+
+  private write(limit: AcceptLimit, refused: number, listener: string, client: string): void {
+    this.log.warn({ event: 'session.refused', limit, refused, listener, client }, refused === 1 ? 'connection limit reached' : `connection limit reached: ${refused} connections refused`);
+  }
+}
+
+/**
+ * One refusal log per connection limiter, so per process: the listeners share the limits, and a
+ * flood spread over several listeners still gets one line per interval and limit.
+ */
+const refusedLogs = new WeakMap<ConnectionLimiter, RefusedConnectionsLog>();
+
+function refusedLogOf(limiter: ConnectionLimiter, log: Logger): RefusedConnectionsLog {
+  let refusedLog = refusedLogs.get(limiter);
+  if (refusedLog === undefined) refusedLogs.set(limiter, (refusedLog = new RefusedConnectionsLog(log)));
+  return refusedLog;
+}
 
 /** Errors before a session owns its socket end in 'close'; one handler for every connection, not a closure each. */
 function ignoreSocketError(): void {}
@@ -42,6 +125,7 @@ export class Listener {
   private proxyTrusted: CidrSet;
   /** What every session of this listener gets: one object for all of them, not one each. */
   private readonly sessionContext: SessionContext;
+  private readonly refusedLog: RefusedConnectionsLog;
 
   constructor(
     private listenerConfig: ListenerConfig,
@@ -51,6 +135,7 @@ export class Listener {
   ) {
     this.tls = listenerConfig.certificate ? new TlsContextHolder(listenerConfig.certificate, context.config().tls) : undefined;
     this.proxyTrusted = new CidrSet(listenerConfig.proxyProtocol?.trustedNetworks ?? []);
+    this.refusedLog = refusedLogOf(context.limiter, log);
     this.sessionContext = {
       ...context,
       secureContext: () => this.tls?.context,
@@ -133,7 +218,7 @@ export class Listener {
     const trusted = this.context.trustedNetworks().contains(endpoints.client.address);
     const admission = this.context.limiter.admit(endpoints.client.address, trusted);
     if (!admission.admitted) {
-      this.log.warn({ event: 'session.refused', listener: config.name, client: endpoints.client.address, limit: admission.limit }, 'connection limit reached');
+      this.refusedLog.refused(admission.limit, config.name, endpoints.client.address);
       metrics.connectionRefused(admission.limit);
       const text = admission.limit === 'total' ? 'Too many connections, try again later.' : 'Too many connections from your address.';
       // An implicit-TLS client cannot read a plaintext answer: it just gets the close.
@@ -205,6 +290,7 @@ export class Listener {
    */
   shutDown(): Promise<void> {
     this.shuttingDown = true;
+    this.refusedLog.flush();
     return this.stopAccepting();
   }
 

@@ -157,3 +157,43 @@ describe('a client pipelining logins while the directory is down', () => {
     });
   }
 });
+
+/** The value of one series in mailfront's exposition (0 when absent). */
+async function metric(front: Instance, series: string): Promise<number> {
+  const line = (await front.mailfront.metrics.exposition()).body.split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? 0 : Number(line.slice(series.length + 1));
+}
+
+/** Opens `count` connections one after the other and waits until the server closed each. */
+async function connectAndWaitForClose(port: number, count: number): Promise<void> {
+  for (let i = 0; i < count; i++) {
+    await new Promise<void>((resolve) => {
+      const socket = connect(port, '127.0.0.1');
+      socket.on('error', () => undefined);
+      socket.resume();
+      socket.on('close', () => resolve());
+    });
+  }
+}
+
+describe('connections refused by a connection limit', () => {
+  it('are logged once, not once each, and each is counted', async (t) => {
+    const front = await start(standInDirectory(), { connection_limits: { max_connections_per_address: 2 } });
+    t.after(() => front.stop());
+    const held = [connect(front.port('imap'), '127.0.0.1'), connect(front.port('pop3'), '127.0.0.1')];
+    t.after(() => held.forEach((s) => s.destroy()));
+    for (const socket of held) await new Promise((resolve) => socket.once('data', resolve));
+    const since = front.logs.length;
+    await connectAndWaitForClose(front.port('imap'), 30);
+    await connectAndWaitForClose(front.port('pop3'), 30);
+    await connectAndWaitForClose(front.port('imaps'), 30);
+    assert.equal(await metric(front, 'mailfront_connections_refused_total{limit="address"}'), 90);
+    const refused = front.logs.slice(since).filter((l) => l['event'] === 'session.refused');
+    assert.equal(refused.length, 1, 'the first refusal is logged; the others wait for the end of the interval');
+    assert.deepEqual([refused[0]?.['limit'], refused[0]?.['refused'], refused[0]?.['client']], ['address', 1, '127.0.0.1']);
+    // The rest are told of when the server stops, if the interval has not ended by then.
+    await front.stop();
+    const after = front.logs.slice(since).filter((l) => l['event'] === 'session.refused');
+    assert.deepEqual(after.map((l) => l['refused']), [1, 89]);
+  });
+});
