@@ -78,6 +78,24 @@ const KICKED_TEXT = 'Disconnected by an administrator';
 /** What a client refused by a limit (throttle, sessions per user) is told; names no counts. */
 const LIMIT_TEXT = 'Too many login attempts or sessions, try again later.';
 
+/** How much of a value a client sent with ID the log shows. */
+const LOGGED_CLAIM_CHARS = 64;
+
+/**
+ * The characters normalizeUser refuses in a login name (FORBIDDEN_IN_USER in auth/directory.ts):
+ * controls (C1's NEL among them), format characters (bidi controls), lone surrogates, line and
+ * paragraph separators, joiners, variation selectors and U+FFFD. A log viewer may break a line at
+ * them or show the text after them reversed, so a client's own words never reach the log with them.
+ */
+const UNLOGGABLE = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}\u034f\u180b-\u180d\ufe00-\ufe0f\ufffd\u{e0100}-\u{e01ef}]/gu;
+
+/** A value a client sent (an ID claim) as the log shows it: its first 64 characters, the unloggable ones replaced by U+FFFD. */
+export function loggableClaim(value: string): string {
+  const chars = Array.from(value);
+  const kept = chars.length > LOGGED_CLAIM_CHARS ? chars.slice(0, LOGGED_CLAIM_CHARS).join('') : value;
+  return kept.replace(UNLOGGABLE, '\ufffd');
+}
+
 /** Maps a failure kind to what the client is told; decided here and nowhere else. */
 function refusalFor(kind: FailureKind): LoginRefusal {
   switch (kind) {
@@ -159,6 +177,9 @@ export class Session {
   private firstBytes: Buffer | null = EMPTY;
   /** The client address came from a trusted webmail's ID: count it per address, not exempt. */
   private addressForwarded = false;
+  /** What the session logged of the client's ID commands so far (one line of each kind per session). */
+  private idLogged = false;
+  private idClaimLogged = false;
   /** Client bytes read and used before the splice; the splice counts the rest (pipelined commands included). */
   private preauthBytesRead = 0;
   private preauthBytesWritten = 0;
@@ -342,18 +363,30 @@ export class Session {
    */
   private clientId(params: ReadonlyMap<string, string | null>): void {
     const ip = params.get('x-originating-ip');
-    this.log.debug({ event: 'session.client_id', params: Object.fromEntries(params) }, 'client sent ID');
+    // A client may send ID dozens of times before login, each with values of up to 1 KiB: the
+    // log gets the first ID and the first address claimed, shortened and cleaned. The address in
+    // force is on the session's later lines (session.spliced, session.finished) in any case.
+    if (!this.idLogged) {
+      this.idLogged = true;
+      const logged = Object.fromEntries([...params].map(([field, value]) => [loggableClaim(field), value === null ? null : loggableClaim(value)]));
+      this.log.debug({ event: 'session.client_id', params: logged }, 'client sent ID');
+    }
     if (ip === undefined || ip === null) return;
     const trusted = this.context.trustedNetworks().contains(this.endpoints.client.address);
     // A zone id means nothing beyond the webmail's own host, and no PROXY header can carry it.
     const valid = isIP(ip) !== 0 && !ip.includes('%');
     this.context.metrics.clientIdAddress(trusted && valid);
+    const firstClaim = !this.idClaimLogged;
+    this.idClaimLogged = true;
     if (!trusted || !valid) {
-      this.log.info({ event: 'session.client_id_ignored', claimed: ip, trusted, valid }, 'x-originating-ip ignored');
+      if (firstClaim) {
+        const claimed = loggableClaim(ip);
+        this.log.info({ event: 'session.client_id_ignored', claimed, ...(claimed !== ip ? { claimedLength: ip.length } : {}), trusted, valid }, 'x-originating-ip ignored');
+      }
       return;
     }
     const port = Number(params.get('x-originating-port'));
-    this.log.info({ event: 'session.client_id_honoured', client: ip, via: this.endpoints.client.address }, 'client address from a trusted ID');
+    if (firstClaim) this.log.info({ event: 'session.client_id_honoured', client: ip, via: this.endpoints.client.address }, 'client address from a trusted ID');
     // One spelling per address (::ffff:192.0.2.1 is 192.0.2.1) for limits, throttle, logs and the backend.
     this.clientAddress = plainAddress(ip);
     this.clientPort = Number.isInteger(port) && port > 0 && port < 65536 ? port : 0;

@@ -105,7 +105,7 @@ async function start(directory: Directory, extra: Record<string, unknown> = {}, 
 }
 
 /** Connects, sends `input` right away, and resolves with all the server said once it closes (or after `limitMs`). */
-function converse(port: number, input: string, limitMs = 10_000): Promise<string> {
+function converse(port: number, input: string | Buffer, limitMs = 10_000): Promise<string> {
   return new Promise((resolve, reject) => {
     const socket: Socket = connect(port, '127.0.0.1');
     let got = '';
@@ -195,5 +195,26 @@ describe('connections refused by a connection limit', () => {
     await front.stop();
     const after = front.logs.slice(since).filter((l) => l['event'] === 'session.refused');
     assert.deepEqual(after.map((l) => l['refused']), [1, 89]);
+  });
+});
+
+describe('IMAP ID claims of a client address', () => {
+  it('are logged once per session, the first, at most 64 characters, with no separator or bidi control', async (t) => {
+    const front = await start(standInDirectory());
+    t.after(() => front.stop());
+    const odd = Buffer.from('10.0.0.1\u0085{"level":"error","event":"forged"}\u2028x\u202Eevil', 'utf8');
+    let more = '';
+    for (let i = 1; i < 40; i++) more += `i${i} ID ("x-originating-ip" "${'x'.repeat(1000)}")\r\n`;
+    const input = Buffer.concat([Buffer.from(`i0 ID ("x-originating-ip" {${odd.length}+}\r\n`), odd, Buffer.from(`)\r\n${more}z LOGOUT\r\n`)]);
+    const since = front.logs.length;
+    const said = await converse(front.port('imap'), input);
+    assert.equal(said.match(/^i\d+ OK ID completed/gm)?.length, 40, 'every ID is answered');
+    const claims = front.logs.slice(since).filter((l) => String(l['event']).startsWith('session.client_id'));
+    assert.equal(claims.length, 1, 'one line for 40 claims');
+    const claimed = String(claims[0]?.['claimed']);
+    assert.ok(Array.from(claimed).length <= 64, `${claimed.length} characters logged`);
+    assert.equal(claimed, '10.0.0.1\ufffd{"level":"error","event":"forged"}\ufffdx\ufffdevil');
+    assert.equal(claims[0]?.['claimedLength'], odd.toString('utf8').length);
+    assert.equal(await metric(front, 'mailfront_client_id_addresses_total{result="ignored"}'), 40, 'every claim is counted');
   });
 });

@@ -411,7 +411,9 @@ function parseIdParams(items: readonly ImapArg[]): Map<string, string | null> | 
     if (value?.type === 'atom' && value.value.toUpperCase() === 'NIL') parsed = null;
     else if (value?.type === 'string' && Buffer.byteLength(value.value) <= MAX_ID_VALUE_BYTES) parsed = value.value;
     else return null;
-    // ID values end up in logs: control characters there would forge log lines.
+    // ID values end up in logs: control characters there would forge log lines. (The session
+    // also logs no more than the first 64 characters of a value, other characters a log viewer
+    // could misread replaced: session.ts loggableClaim.)
     if (/[\x00-\x1f\x7f]/.test(field.value) || (parsed !== null && /[\x00-\x1f\x7f]/.test(parsed))) return null;
     const key = field.value.toLowerCase();
     if (!params.has(key)) params.set(key, parsed);
