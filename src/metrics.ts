@@ -54,6 +54,13 @@ export type ReloadOutcome = 'success' | 'failure';
 /** What a listener did with a connection's PROXY protocol header. */
 export type ProxyHeaderResult = 'accepted' | 'local' | 'untrusted' | 'malformed' | 'timeout' | 'closed';
 
+/**
+ * Why an implicit-TLS handshake came to nothing: an `error` (a client that speaks no TLS or
+ * offers nothing the policy accepts), the pre-auth deadline (`timeout`), or the client `closed`
+ * the connection first.
+ */
+export type TlsHandshakeFailureReason = 'error' | 'timeout' | 'closed';
+
 /** The part of a store map the metrics need (StoreMap['stores'] fits it). */
 export type StoreMapShape = ReadonlyMap<string, { readonly currentMaster: string; readonly preferredMaster: string; readonly slots: ReadonlyMap<string, unknown> }>;
 
@@ -236,6 +243,8 @@ export class Metrics {
   private readonly configLastReloadSuccess: Gauge;
   /** PROXY protocol headers handled by listeners, by listener and result. */
   private readonly proxyHeadersTotal: CounterFamily<'listener' | 'result'>;
+  /** Implicit-TLS handshakes that failed, before any session began, by listener and reason. */
+  private readonly tlsHandshakeFailuresTotal: CounterFamily<'listener' | 'reason'>;
   /** Client addresses offered with IMAP ID before login, by whether they were honoured. */
   private readonly clientIdAddressesTotal: Counter<'result'>;
   /** Lookups in the directory's caches, by cache and result (one per login and cache it reaches). */
@@ -290,6 +299,7 @@ export class Metrics {
     this.configReloadsTotal = counter('mailfront_config_reloads_total', 'Config reloads, by result.', ['result']);
     this.configLastReloadSuccess = gauge('mailfront_config_last_reload_success', '1 if the last config reload succeeded, 0 if it was rejected.', []);
     this.proxyHeadersTotal = hotCounter('mailfront_proxy_headers_total', 'PROXY protocol headers handled by listeners, by listener and result.', ['listener', 'result']);
+    this.tlsHandshakeFailuresTotal = hotCounter('mailfront_tls_handshake_failures_total', 'Implicit-TLS handshakes that failed before a session began, by listener and reason (error, timeout, closed).', ['listener', 'reason']);
     this.clientIdAddressesTotal = counter('mailfront_client_id_addresses_total', 'Client addresses offered with IMAP ID before login, by whether they were honoured.', ['result']);
     this.directoryCacheLookupsTotal = hotCounter('mailfront_directory_cache_lookups_total', 'Lookups in the directory caches (auth: successful logins by user and password; entry: users\' DN and store), by cache and result (hit or miss).', ['cache', 'result']);
     const directoryCacheEntries = new Gauge({
@@ -469,11 +479,17 @@ export class Metrics {
   /** The listeners in force after a reload: the series of listeners it removed or renamed are dropped. */
   listenersInForce(names: readonly string[]): void {
     this.proxyHeadersTotal.retain('listener', (name) => names.includes(name));
+    this.tlsHandshakeFailuresTotal.retain('listener', (name) => names.includes(name));
   }
 
   /** Counts what a listener did with a PROXY protocol header. */
   proxyHeader(listener: string, result: ProxyHeaderResult): void {
     this.proxyHeadersTotal.inc({ listener, result });
+  }
+
+  /** Counts an implicit-TLS handshake that failed on `listener` (no session began). */
+  tlsHandshakeFailure(listener: string, reason: TlsHandshakeFailureReason): void {
+    this.tlsHandshakeFailuresTotal.inc({ listener, reason });
   }
 
   /** Counts a client address offered with IMAP ID before login (honoured only from trusted networks). */

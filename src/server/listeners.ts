@@ -9,6 +9,7 @@ import { createServer as createNetServer } from 'node:net';
 import type { Server, Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import type { ListenerConfig } from '../config/schema.js';
+import type { TlsHandshakeFailureReason } from '../metrics.js';
 import { MailfrontError, asMailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { CidrSet } from '../net/cidr.js';
@@ -234,25 +235,30 @@ export class Listener {
       const secureContext = this.tls?.context;
       if (secureContext === undefined) return void raw.destroy();
       const secure = new TLSSocket(raw, { isServer: true, secureContext });
-      const ok = await new Promise<boolean>((resolve) => {
+      // No session exists yet: a failed handshake is counted and logged here, once (an error is followed by a close).
+      let settled = false;
+      const failure = await new Promise<TlsHandshakeFailureReason | null>((resolve) => {
+        const settle = (outcome: TlsHandshakeFailureReason | null): void => {
+          if (settled) return;
+          settled = true;
+          clearTimeout(timer);
+          resolve(outcome);
+        };
         // The handshake spends the session's pre-auth time (it runs from accept).
-        const timer = setTimeout(() => resolve(false), Math.max(0, acceptedAt + timeoutMs - Date.now()));
-        secure.once('secure', () => {
-          clearTimeout(timer);
-          resolve(true);
-        });
+        const timer = setTimeout(() => settle('timeout'), Math.max(0, acceptedAt + timeoutMs - Date.now()));
+        secure.once('secure', () => settle(null));
         secure.once('error', (error) => {
-          clearTimeout(timer);
-          this.log.info({ event: 'session.tls_failed', listener: config.name, client: endpoints.client.address, err: error.message }, 'TLS handshake failed');
-          resolve(false);
+          if (!settled) this.log.info({ event: 'session.tls_failed', listener: config.name, client: endpoints.client.address, reason: 'error', err: error.message }, 'TLS handshake failed');
+          settle('error');
         });
-        secure.once('close', () => {
-          // A client gone during the handshake: nothing is left to wait for (nor to keep alive until the deadline).
-          clearTimeout(timer);
-          resolve(false);
-        });
+        // A client gone during the handshake: nothing is left to wait for (nor to keep alive until the deadline).
+        secure.once('close', () => settle('closed'));
       });
-      if (!ok) return void secure.destroy();
+      if (failure !== null) {
+        metrics.tlsHandshakeFailure(config.name, failure);
+        if (failure === 'timeout') this.log.info({ event: 'session.tls_failed', listener: config.name, client: endpoints.client.address, reason: 'timeout', err: `no TLS handshake within the pre-auth time (${timeoutMs} ms from accept)` }, 'TLS handshake timed out');
+        return void secure.destroy();
+      }
       socket = secure;
       // The server began to stop during the handshake: no new session is greeted now.
       if (this.shuttingDown) return this.refuseWhileShuttingDown(secure);

@@ -218,3 +218,27 @@ describe('IMAP ID claims of a client address', () => {
     assert.equal(await metric(front, 'mailfront_client_id_addresses_total{result="ignored"}'), 40, 'every claim is counted');
   });
 });
+
+describe('implicit-TLS handshakes that fail', () => {
+  it('are counted by reason (error, timeout, closed), and an error or a timeout is logged at info', async (t) => {
+    const front = await start(standInDirectory());
+    t.after(() => front.stop());
+    const port = front.port('imaps');
+    const since = front.logs.length;
+    // Plaintext on the TLS port: a handshake error.
+    await converse(port, 'a LOGIN bob secret\r\n');
+    // A client that closes before saying anything.
+    await new Promise<void>((resolve) => {
+      const socket = connect(port, '127.0.0.1', () => socket.end());
+      socket.on('error', () => undefined);
+      socket.resume();
+      socket.on('close', () => resolve());
+    });
+    // A client that says nothing: the pre-auth deadline ends the handshake.
+    await converse(port, '');
+    const count = (reason: string): Promise<number> => metric(front, `mailfront_tls_handshake_failures_total{listener="imaps",reason="${reason}"}`);
+    assert.deepEqual([await count('error'), await count('closed'), await count('timeout')], [1, 1, 1]);
+    const failed = front.logs.slice(since).filter((l) => l['event'] === 'session.tls_failed');
+    assert.deepEqual(failed.map((l) => [l['level'], l['reason'], l['listener']]), [['info', 'error', 'imaps'], ['info', 'timeout', 'imaps']]);
+  });
+});

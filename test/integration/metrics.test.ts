@@ -50,6 +50,7 @@ function exerciseEveryHelper(metrics: Metrics): void {
   record('configReloaded', () => metrics.configReloaded('failure'));
   record('proxyHeader', () => metrics.proxyHeader('imap', 'untrusted'));
   record('listenersInForce', () => metrics.listenersInForce(['imap']));
+  record('tlsHandshakeFailure', () => metrics.tlsHandshakeFailure('imaps', 'timeout'));
   record('clientIdAddress', () => metrics.clientIdAddress(true));
   record('directoryCacheLookup', () => metrics.directoryCacheLookup('auth', true));
   record('directoryCacheEntries', () => metrics.directoryCacheEntries(() => ({ auth: 3, entry: 2 })));

@@ -185,6 +185,18 @@ describe('metrics', () => {
     assert.equal(await value(metrics, 'mailfront_proxy_headers_total', { listener: 'pop3-old', result: 'malformed' }), undefined);
   });
 
+  it('counts failed implicit-TLS handshakes by listener and reason, and drops the series of listeners a reload removed', async () => {
+    const metrics = new Metrics({ processMetrics: false });
+    metrics.tlsHandshakeFailure('imaps', 'error');
+    metrics.tlsHandshakeFailure('imaps', 'error');
+    metrics.tlsHandshakeFailure('imaps', 'timeout');
+    metrics.tlsHandshakeFailure('pop3s-old', 'closed');
+    metrics.listenersInForce(['imaps']);
+    assert.equal(await value(metrics, 'mailfront_tls_handshake_failures_total', { listener: 'imaps', reason: 'error' }), 2);
+    assert.equal(await value(metrics, 'mailfront_tls_handshake_failures_total', { listener: 'imaps', reason: 'timeout' }), 1);
+    assert.equal(await value(metrics, 'mailfront_tls_handshake_failures_total', { listener: 'pop3s-old', reason: 'closed' }), undefined);
+  });
+
   it('keeps two instances apart', async () => {
     const a = new Metrics({ processMetrics: false });
     const b = new Metrics({ processMetrics: false });
