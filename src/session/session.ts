@@ -498,7 +498,12 @@ export class Session {
     } catch (caught) {
       const error = asMailfrontError(caught);
       this.lease.releaseUser();
-      if (this.phase === 'closing') return;
+      // The session ended while its login was under way (the client hung up, the server is
+      // stopping): the attempt is counted as abandoned, and nothing more is said or logged.
+      if (this.phase === 'closing') {
+        this.context.metrics.loginResult(this.adapter.name, 'aborted');
+        return;
+      }
       if (this.loginTimedOut) {
         // Cut short by the deadline: the timer's answer follows (the login's refusal, then the
         // timeout), and nothing the client pipelined behind the login is run, as the refusal below would.
@@ -506,7 +511,10 @@ export class Session {
         this.log.error({ event: 'session.login_failed', user: user ?? undefined, store: this.store, code: error.code, kind: error.kind, reason: `the pre-auth deadline passed: ${error.message}` }, 'login could not be completed');
         return;
       }
-      if (error.kind === 'aborted' && (this.socket.destroyed || this.phase !== 'authenticating' && this.phase !== 'backend-login')) return;
+      if (error.kind === 'aborted' && (this.socket.destroyed || this.phase !== 'authenticating' && this.phase !== 'backend-login')) {
+        this.context.metrics.loginResult(this.adapter.name, 'aborted');
+        return;
+      }
       this.setPhase('preauth');
       this.slot = undefined;
       const refusal = refusalFor(error.kind);

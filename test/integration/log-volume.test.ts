@@ -242,3 +242,36 @@ describe('implicit-TLS handshakes that fail', () => {
     assert.deepEqual(failed.map((l) => [l['level'], l['reason'], l['listener']]), [['info', 'error', 'imaps'], ['info', 'timeout', 'imaps']]);
   });
 });
+
+describe('a login abandoned', () => {
+  it('because the client hung up or the server stopped is counted in mailfront_logins_total as aborted', async (t) => {
+    let asked = 0;
+    // A directory that answers only when the login is cancelled.
+    const front = await start(
+      standInDirectory((_user, _password, signal) => {
+        asked++;
+        return new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(new MailfrontError('ABORTED', 'aborted', 'cancelled')), { once: true }));
+      }),
+    );
+    t.after(() => front.stop());
+    const aborted = (): Promise<number> => metric(front, 'mailfront_logins_total{protocol="imap",result="aborted"}');
+    const waitFor = async (what: string, done: () => boolean | Promise<boolean>): Promise<void> => {
+      for (let i = 0; i < 250 && !(await done()); i++) await new Promise((resolve) => setTimeout(resolve, 20));
+      assert.ok(await done(), what);
+    };
+    const hangsUp = connect(front.port('imap'), '127.0.0.1');
+    hangsUp.on('error', () => undefined);
+    hangsUp.write('a LOGIN bob secret-pw\r\n');
+    await waitFor('the directory is asked', () => asked === 1);
+    hangsUp.destroy();
+    await waitFor('the login the client left is counted', async () => (await aborted()) === 1);
+    const stays = connect(front.port('pop3'), '127.0.0.1');
+    stays.on('error', () => undefined);
+    stays.resume();
+    stays.write(`AUTH PLAIN ${b64('\0carl\0other-pw')}\r\n`);
+    await waitFor('the directory is asked', () => asked === 2);
+    await front.stop();
+    assert.equal(await metric(front, 'mailfront_logins_total{protocol="pop3",result="aborted"}'), 1, 'the login the stop cut short is counted');
+    assert.equal(await aborted(), 1);
+  });
+});

@@ -98,7 +98,10 @@ test('a deadline that passes while the throttle answers ends the session; the lo
   assert.equal(session.ended(), 'timeout');
   assert.match(session.socket.out, /\* BYE Autologout[^\n]*\r\n$/);
   assert.deepEqual(session.steps, ['throttle answered'], 'neither the directory nor the store map was asked after the deadline');
-  assert.doesNotMatch(await (await session.metrics.exposition()).body, /mailfront_logins_total\{protocol="imap",result="(?!success)[^"]*"\} [1-9]/);
+  // Counted once, as abandoned; not as whatever a login that went on would have met.
+  const { body } = await session.metrics.exposition();
+  assert.match(body, /^mailfront_logins_total\{protocol="imap",result="aborted"\} 1$/m);
+  assert.doesNotMatch(body, /mailfront_logins_total\{protocol="imap",result="(?!success|aborted)[^"]*"\} [1-9]/);
 });
 
 test('a deadline that cuts a login short at the directory: the login answered as unavailable, the timeout answer, and nothing pipelined behind the login is run', async () => {
