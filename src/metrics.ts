@@ -51,7 +51,11 @@ export interface SplicedTraffic {
 /** How a config or store-map (re)load ended. */
 export type ReloadOutcome = 'success' | 'failure';
 
-/** What a listener did with a connection's PROXY protocol header. */
+/**
+ * What became of a PROXY protocol header: from a trusted balancer `accepted` or `local`, or
+ * refused as `malformed`, or not (wholly) sent before its `timeout` or the client `closed`;
+ * `untrusted`, a header sent by a peer outside the trusted networks (the connection is closed).
+ */
 export type ProxyHeaderResult = 'accepted' | 'local' | 'untrusted' | 'malformed' | 'timeout' | 'closed';
 
 /**
@@ -241,7 +245,7 @@ export class Metrics {
   private readonly configReloadsTotal: Counter<'result'>;
   /** 1 if the last config reload succeeded, 0 if it was rejected (the previous config stays in force). */
   private readonly configLastReloadSuccess: Gauge;
-  /** PROXY protocol headers handled by listeners, by listener and result. */
+  /** PROXY protocol headers expected from trusted balancers or sent by other peers, by listener and result. */
   private readonly proxyHeadersTotal: CounterFamily<'listener' | 'result'>;
   /** Implicit-TLS handshakes that failed, before any session began, by listener and reason. */
   private readonly tlsHandshakeFailuresTotal: CounterFamily<'listener' | 'reason'>;
@@ -298,7 +302,7 @@ export class Metrics {
     this.connectionsRefusedTotal = counter('mailfront_connections_refused_total', 'Connections or sessions refused by a connection limit, by limit (total, address, user).', ['limit']);
     this.configReloadsTotal = counter('mailfront_config_reloads_total', 'Config reloads, by result.', ['result']);
     this.configLastReloadSuccess = gauge('mailfront_config_last_reload_success', '1 if the last config reload succeeded, 0 if it was rejected.', []);
-    this.proxyHeadersTotal = hotCounter('mailfront_proxy_headers_total', 'PROXY protocol headers handled by listeners, by listener and result.', ['listener', 'result']);
+    this.proxyHeadersTotal = hotCounter('mailfront_proxy_headers_total', 'PROXY protocol headers, by listener and result (accepted, local, malformed, timeout, closed: from trusted balancers; untrusted: sent by another peer, connection closed).', ['listener', 'result']);
     this.tlsHandshakeFailuresTotal = hotCounter('mailfront_tls_handshake_failures_total', 'Implicit-TLS handshakes that failed before a session began, by listener and reason (error, timeout, closed).', ['listener', 'reason']);
     this.clientIdAddressesTotal = counter('mailfront_client_id_addresses_total', 'Client addresses offered with IMAP ID before login, by whether they were honoured.', ['result']);
     this.directoryCacheLookupsTotal = hotCounter('mailfront_directory_cache_lookups_total', 'Lookups in the directory caches (auth: successful logins by user and password; entry: users\' DN and store), by cache and result (hit or miss).', ['cache', 'result']);
@@ -482,7 +486,7 @@ export class Metrics {
     this.tlsHandshakeFailuresTotal.retain('listener', (name) => names.includes(name));
   }
 
-  /** Counts what a listener did with a PROXY protocol header. */
+  /** Counts what became of a PROXY protocol header (one a trusted balancer owed included, when it sent none). */
   proxyHeader(listener: string, result: ProxyHeaderResult): void {
     this.proxyHeadersTotal.inc({ listener, result });
   }

@@ -198,7 +198,9 @@ export class Listener {
     if (config.proxyProtocol) {
       try {
         endpoints = await acceptProxyHeader(raw, { isTrusted: (ip) => this.proxyTrusted.contains(ip), timeoutMs: config.proxyProtocol.headerTimeoutMs });
-        metrics.proxyHeader(config.name, endpoints.header === undefined ? 'untrusted' : endpoints.header.kind === 'proxied' ? 'accepted' : 'local');
+        // A peer outside the trusted networks is not asked for a header: none was read, none is
+        // counted. One it sends anyway is counted as untrusted by the session, which sees it.
+        if (endpoints.header !== undefined) metrics.proxyHeader(config.name, endpoints.header.kind === 'proxied' ? 'accepted' : 'local');
       } catch (caught) {
         const error = asMailfrontError(caught);
         metrics.proxyHeader(config.name, error.code === 'PROXY_HEADER_TIMEOUT' ? 'timeout' : error.code === 'PROXY_HEADER_CLOSED' ? 'closed' : 'malformed');

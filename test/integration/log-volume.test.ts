@@ -275,3 +275,17 @@ describe('a login abandoned', () => {
     assert.equal(await aborted(), 1);
   });
 });
+
+describe('PROXY headers from a peer outside the trusted networks', () => {
+  it('are counted as untrusted once each, and a connection that sends none is not counted', async (t) => {
+    const front = await start(standInDirectory(), {}, { proxy_protocol: { trusted_networks: ['127.0.0.2/32'] } });
+    t.after(() => front.stop());
+    const untrusted = (): Promise<number> => metric(front, 'mailfront_proxy_headers_total{listener="imap",result="untrusted"}');
+    const said = await converse(front.port('imap'), 'a LOGOUT\r\n');
+    assert.match(said, /^a OK /m, 'a client without a header is served');
+    assert.equal(await untrusted(), 0, 'no header, nothing counted');
+    const refused = await converse(front.port('imap'), 'PROXY TCP4 192.0.2.7 127.0.0.1 4000 143\r\na LOGOUT\r\n');
+    assert.doesNotMatch(refused, /^a OK /m, 'the connection that sent a header is closed');
+    assert.equal(await untrusted(), 1, 'one header, counted once');
+  });
+});
