@@ -484,6 +484,7 @@ export class Metrics {
   listenersInForce(names: readonly string[]): void {
     this.proxyHeadersTotal.retain('listener', (name) => names.includes(name));
     this.tlsHandshakeFailuresTotal.retain('listener', (name) => names.includes(name));
+    this.tlsHandshakeFailuresTotal.retain('listener', (name) => names.includes(name));
   }
 
   /** Counts what became of a PROXY protocol header (one a trusted balancer owed included, when it sent none). */
