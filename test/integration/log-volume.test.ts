@@ -13,8 +13,12 @@ import { loadConfig } from '../../src/config/load.js';
 import type { Directory } from '../../src/auth/directory.js';
 import { MailfrontError } from '../../src/errors.js';
 import { Mailfront } from '../../src/main.js';
-import { suiteLogWriter } from './front.js';
+import { registerPasswords, registerSecrets, suiteLogWriter } from './front.js';
 import { freePort, makeCerts, tmpDir } from './servers/index.js';
+
+// Every password and secret this file sends (the suite's secret scan reads its log lines too).
+registerPasswords('reader-pw-unused', 'plain-on-tls-pw', 'secret-pw', ...Array.from({ length: 100 }, (_, i) => `pw-${i}-xyz`));
+registerSecrets(Array.from({ length: 100 }, (_, i) => Buffer.from(`\0user${i}\0pw-${i}-xyz`).toString('base64')));
 
 const DELAY_MS = 300;
 const PREAUTH_MS = 1_500;
@@ -226,7 +230,7 @@ describe('implicit-TLS handshakes that fail', () => {
     const port = front.port('imaps');
     const since = front.logs.length;
     // Plaintext on the TLS port: a handshake error.
-    await converse(port, 'a LOGIN bob secret\r\n');
+    await converse(port, 'a LOGIN bob plain-on-tls-pw\r\n');
     // A client that closes before saying anything.
     await new Promise<void>((resolve) => {
       const socket = connect(port, '127.0.0.1', () => socket.end());
