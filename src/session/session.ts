@@ -499,7 +499,8 @@ export class Session {
       const error = asMailfrontError(caught);
       this.lease.releaseUser();
       // The session ended while its login was under way (the client hung up, the server is
-      // stopping): the attempt is counted as abandoned, and nothing more is said or logged.
+      // stopping, or the deadline's answer came first): the attempt is counted as abandoned,
+      // and nothing more is said or logged.
       if (this.phase === 'closing') {
         this.context.metrics.loginResult(this.adapter.name, 'aborted');
         return;
