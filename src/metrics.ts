@@ -302,7 +302,7 @@ export class Metrics {
     this.connectionsRefusedTotal = counter('mailfront_connections_refused_total', 'Connections or sessions refused by a connection limit, by limit (total, address, user).', ['limit']);
     this.configReloadsTotal = counter('mailfront_config_reloads_total', 'Config reloads, by result.', ['result']);
     this.configLastReloadSuccess = gauge('mailfront_config_last_reload_success', '1 if the last config reload succeeded, 0 if it was rejected.', []);
-    this.proxyHeadersTotal = hotCounter('mailfront_proxy_headers_total', 'PROXY protocol headers, by listener and result (accepted, local, malformed, timeout, closed: from trusted balancers; untrusted: sent by another peer, connection closed).', ['listener', 'result']);
+    this.proxyHeadersTotal = hotCounter('mailfront_proxy_headers_total', 'PROXY protocol headers, by listener and result (accepted, local, malformed, timeout, closed: from trusted balancers; untrusted: sent by another peer, connection closed; on an implicit-TLS listener such a header fails the TLS handshake instead).', ['listener', 'result']);
     this.tlsHandshakeFailuresTotal = hotCounter('mailfront_tls_handshake_failures_total', 'Implicit-TLS handshakes that failed before a session began, by listener and reason (error, timeout, closed).', ['listener', 'reason']);
     this.clientIdAddressesTotal = counter('mailfront_client_id_addresses_total', 'Client addresses offered with IMAP ID before login, by whether they were honoured.', ['result']);
     this.directoryCacheLookupsTotal = hotCounter('mailfront_directory_cache_lookups_total', 'Lookups in the directory caches (auth: successful logins by user and password; entry: users\' DN and store), by cache and result (hit or miss).', ['cache', 'result']);
@@ -483,7 +483,6 @@ export class Metrics {
   /** The listeners in force after a reload: the series of listeners it removed or renamed are dropped. */
   listenersInForce(names: readonly string[]): void {
     this.proxyHeadersTotal.retain('listener', (name) => names.includes(name));
-    this.tlsHandshakeFailuresTotal.retain('listener', (name) => names.includes(name));
     this.tlsHandshakeFailuresTotal.retain('listener', (name) => names.includes(name));
   }
 

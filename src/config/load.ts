@@ -4,13 +4,13 @@
  */
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { LineCounter, parseDocument, visit } from 'yaml';
+import { LineCounter, isScalar, parseDocument, visit } from 'yaml';
 import { MailfrontError } from '../errors.js';
 import type { Config } from './schema.js';
 import { readConfig } from './schema.js';
 import { StoreMap, readStoreMap } from '../routing/storemap.js';
 import type { ConfigIssue } from './validate.js';
-import { IssueList, deepFreeze } from './validate.js';
+import { IssueList, SECRET_KEY, deepFreeze } from './validate.js';
 
 export { resolverFor };
 
@@ -39,6 +39,19 @@ function parseYamlFile(file: string): unknown {
   // An unknown tag (`!abc`, a password starting with "!") is only a warning to the library, which
   // then drops the tag from the value: a password would change without a word. It is an error here.
   const problems = [...doc.errors, ...doc.warnings.filter((w) => w.code === 'TAG_RESOLVE_FAILED')];
+  // A secret with a tag or an anchor before it (`! abc`, `!!str abc`, `&a abc`) loses that part
+  // without a word: an unquoted password starting with "!" or "&". Quoted, it would be kept.
+  const secretsDecorated: Array<{ path: string; expected: string; found: string }> = [];
+  visit(doc, {
+    Pair(_key, pair) {
+      const key = isScalar(pair.key) ? String(pair.key.value) : '';
+      const value = pair.value;
+      if (!SECRET_KEY.test(key) || !isScalar(value) || (value.tag === undefined && value.anchor === undefined)) return;
+      const line = value.range ? lineCounter.linePos(value.range[0]).line : 0;
+      secretsDecorated.push({ path: `line ${line}`, expected: `${key}: a value in quotes (it starts with a YAML tag or anchor, ! or &, which would be dropped from it)`, found: 'a tag or an anchor (not shown: a secret)' });
+    },
+  });
+  if (problems.length === 0 && secretsDecorated.length > 0) throw new ConfigError(file, secretsDecorated);
   if (problems.length > 0) {
     // By the library's error code, never its message: the message quotes the text at fault,
     // which may be an unquoted secret (a password starting with "|" or "]", say).

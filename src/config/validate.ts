@@ -13,7 +13,7 @@ export interface ConfigIssue {
 }
 
 /** A key whose value is a secret (`bind_password`, `token`, …): its value is never described. */
-const SECRET_KEY = /(?:^|[._])(?:password|token|secret)$/i;
+export const SECRET_KEY = /(?:^|[._])(?:password|token|secret)$/i;
 
 /** Collects issues while a document is read. */
 export class IssueList {

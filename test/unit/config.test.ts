@@ -258,7 +258,7 @@ test('an unquoted value that starts with * (an alias without an anchor) is a con
 });
 
 test('a YAML error names its line and column, never the text at fault (an unquoted secret)', () => {
-  for (const start of ['|', '>', ']', '}', '!x!', '!', '"\\u', '&a *']) {
+  for (const start of ['|', '>', ']', '}', '!x!', '!', '! ', '!!str ', '&a ', '"\\u', '&a *']) {
     const dir = writeTemp({ 'mf.yaml': `log:\n  level: info\ndirectory:\n  bind_password: ${start}Kx9-LdapBindSecret\n` });
     const error = configErrorOf(() => loadConfig(join(dir, 'mf.yaml')));
     assert.doesNotMatch(error.message, /Kx9-LdapBindSecret/, start);
