@@ -61,7 +61,7 @@ export const MAX_USER_BYTES = 256;
  * maps several of them to nothing, so "al\u00ADice" would find alice's entry while throttling,
  * caches and logs saw another user.
  */
-const FORBIDDEN_IN_USER = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}\u034f\u180b-\u180d\ufe00-\ufe0f\ufffd\u{e0100}-\u{e01ef}]/u;
+export const FORBIDDEN_IN_USER = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}\u034f\u180b-\u180d\ufe00-\ufe0f\ufffd\u{e0100}-\u{e01ef}]/u;
 
 /** Printable ASCII without spaces: what nearly every login name is. */
 const PRINTABLE_ASCII_WORD = /^[\x21-\x7e]+$/;

@@ -18,7 +18,7 @@ import type { LeaveGate, LoginGate } from '../auth/login-gate.js';
 import type { ConnectionLease, ConnectionLimiter } from '../server/connection-limits.js';
 import { backendProxyHeader, plainAddress, proxySignatureSoFar } from '../server/proxy-protocol.js';
 import type { ConnectionEndpoints } from '../server/proxy-protocol.js';
-import { normalizeUser } from '../auth/directory.js';
+import { FORBIDDEN_IN_USER, normalizeUser } from '../auth/directory.js';
 import { CLOSED_AFTER_LOGIN, dialSlot, loginToBackend } from '../backend/connect.js';
 import type { BackendSession } from '../backend/connect.js';
 import type { Config, ListenerConfig } from '../config/schema.js';
@@ -82,12 +82,12 @@ const LIMIT_TEXT = 'Too many login attempts or sessions, try again later.';
 const LOGGED_CLAIM_CHARS = 64;
 
 /**
- * The characters normalizeUser refuses in a login name (FORBIDDEN_IN_USER in auth/directory.ts):
- * controls (C1's NEL among them), format characters (bidi controls), lone surrogates, line and
- * paragraph separators, joiners, variation selectors and U+FFFD. A log viewer may break a line at
- * them or show the text after them reversed, so a client's own words never reach the log with them.
+ * The characters normalizeUser refuses in a login name (FORBIDDEN_IN_USER): controls (C1's NEL
+ * among them), format characters (bidi controls), lone surrogates, line and paragraph separators,
+ * joiners, variation selectors and U+FFFD. A log viewer may break a line at them or show the text
+ * after them reversed, so a client's own words never reach the log with them.
  */
-const UNLOGGABLE = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}\u034f\u180b-\u180d\ufe00-\ufe0f\ufffd\u{e0100}-\u{e01ef}]/gu;
+const UNLOGGABLE = new RegExp(FORBIDDEN_IN_USER.source, 'gu');
 
 /** A value a client sent (an ID claim) as the log shows it: its first 64 characters, the unloggable ones replaced by U+FFFD. */
 export function loggableClaim(value: string): string {
