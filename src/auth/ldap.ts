@@ -179,7 +179,7 @@ export class LdapDirectory implements Directory {
   private closed = false;
   /** close() was called: no new login is taken (the ones under way may finish within its grace). */
   private closing = false;
-  /** Logins and lookups under way, and who waits for them all to end (close() with a grace). */
+  /** Logins under way, and who waits for them all to end (close() with a grace). */
   private inFlight = 0;
   private onIdle: (() => void) | null = null;
   /** Idle connections for user binds, per URL (opening one per login costs a TCP and maybe a TLS handshake). */
@@ -414,32 +414,30 @@ export class LdapDirectory implements Directory {
   }
 
   private async authenticateNow(user: string, password: string): Promise<DirectoryUser> {
-    {
-      const entryOf = async (use: 'login' | 'retry'): Promise<FoundEntry> => {
-        const entry = await this.search(user, use);
-        if (entry === null) throw new MailfrontError('UNKNOWN_USER', 'auth-failed', `no directory entry for "${user}"`);
-        return entry;
-      };
-      let found = await entryOf('login');
-      // RFC 4513 §5.1.2: a simple bind with an empty password is an unauthenticated bind and succeeds.
-      if (password.length === 0) throw new MailfrontError('WRONG_PASSWORD', 'auth-failed', `wrong password for "${user}"`);
-      let ok: boolean;
-      try {
-        ok = await this.checkPassword(found.url, found.dn, password);
-      } catch (error) {
-        // The server that found the entry (a cached one, perhaps found minutes ago) does not
-        // answer: forget the entry, look the user up again, which moves on to a server that
-        // answers, and bind there once.
-        if (!(error instanceof MailfrontError) || error.code !== 'LDAP_BIND_FAILED') throw error;
-        this.entries?.delete(user);
-        const failedUrl = found.url;
-        found = await entryOf('retry');
-        if (found.url === failedUrl) throw error;
-        ok = await this.checkPassword(found.url, found.dn, password);
-      }
-      if (!ok) throw new MailfrontError('WRONG_PASSWORD', 'auth-failed', `wrong password for "${user}"`);
-      return { user, dn: found.dn, store: found.store, readAt: found.readAt };
+    const entryOf = async (use: 'login' | 'retry'): Promise<FoundEntry> => {
+      const entry = await this.search(user, use);
+      if (entry === null) throw new MailfrontError('UNKNOWN_USER', 'auth-failed', `no directory entry for "${user}"`);
+      return entry;
+    };
+    let found = await entryOf('login');
+    // RFC 4513 §5.1.2: a simple bind with an empty password is an unauthenticated bind and succeeds.
+    if (password.length === 0) throw new MailfrontError('WRONG_PASSWORD', 'auth-failed', `wrong password for "${user}"`);
+    let ok: boolean;
+    try {
+      ok = await this.checkPassword(found.url, found.dn, password);
+    } catch (error) {
+      // The server that found the entry (a cached one, perhaps found minutes ago) does not
+      // answer: forget the entry, look the user up again, which moves on to a server that
+      // answers, and bind there once.
+      if (!(error instanceof MailfrontError) || error.code !== 'LDAP_BIND_FAILED') throw error;
+      this.entries?.delete(user);
+      const failedUrl = found.url;
+      found = await entryOf('retry');
+      if (found.url === failedUrl) throw error;
+      ok = await this.checkPassword(found.url, found.dn, password);
     }
+    if (!ok) throw new MailfrontError('WRONG_PASSWORD', 'auth-failed', `wrong password for "${user}"`);
+    return { user, dn: found.dn, store: found.store, readAt: found.readAt };
   }
 
   async lookup(user: string, signal: Cancellation): Promise<DirectoryUser | null> {
