@@ -557,7 +557,9 @@ export class Session {
     // A master that moves is followed at least once, whatever the hold (hold_ms 0, or an attempt
     // that outlasted it); after that, only within the hold.
     let movesFollowed = 0;
-    const mayFollow = (): boolean => movesFollowed++ === 0 || Date.now() < deadline;
+    const follow = (): void => {
+      if (movesFollowed++ > 0 && Date.now() >= deadline) throw new MailfrontError('MASTER_KEEPS_CHANGING', 'no-route', `store "${storeName}" changed its master during every login attempt`);
+    };
     // A backend that closed in answer to the login: a crash is waited for like any outage, but a
     // backend that closes on this login every time is not asked a third time.
     let closedAfterLogin = 0;
@@ -585,7 +587,7 @@ export class Session {
         const now = this.context.storeMap().currentMaster(storeName).slot;
         if (sameServer(now, slot, this.adapter.name)) return backend;
         backend.socket.destroy();
-        if (!mayFollow()) throw new MailfrontError('MASTER_KEEPS_CHANGING', 'no-route', `store "${storeName}" changed its master during every login attempt`);
+        follow();
         this.log.warn({ event: 'session.master_changed_during_login', store: storeName, slot: slot.name, currentMaster: now.name }, 'the master changed during backend login; following it');
       } catch (caught) {
         const error = asMailfrontError(caught);
@@ -593,7 +595,7 @@ export class Session {
         // Failed, or cut short, on a slot that is no longer the master: on to the new one now.
         const now = this.context.storeMap().currentMaster(storeName).slot;
         if (moved || !sameServer(now, slot, this.adapter.name)) {
-          if (!mayFollow()) throw new MailfrontError('MASTER_KEEPS_CHANGING', 'no-route', `store "${storeName}" changed its master during every login attempt`);
+          follow();
           this.log.warn({ event: 'session.master_changed_during_login', store: storeName, slot: slot.name, currentMaster: now.name, err: error.message }, 'the master changed during backend login; following it');
           continue;
         }
@@ -668,7 +670,6 @@ export class Session {
     // Commands the client sent behind its login were read here but reach the backend through
     // the splice, which counts them as its own.
     this.preauthBytesRead -= success.pipelined.length;
-
     const running = splice(this.socket, backend.socket, success.pipelined, backend.leftover, this.context.config().session.idleTimeoutMs, this.adapter.createResponseTracker?.() ?? null, guarded?.guard ?? null, guarded?.notice ?? null);
     this.splice = running;
     const entry: SessionEntry = {
