@@ -104,6 +104,9 @@ function refusedLogOf(limiter: ConnectionLimiter, log: Logger): RefusedConnectio
   return refusedLog;
 }
 
+/** What a connection that gets no session because the server is stopping is told. */
+const SHUTTING_DOWN_TEXT = 'Server shutting down, try again later.';
+
 /** Errors before a session owns its socket end in 'close'; one handler for every connection, not a closure each. */
 function ignoreSocketError(): void {}
 
@@ -213,22 +216,14 @@ export class Listener {
     }
     // A client that hung up while its header was read leaves nothing to serve.
     if (raw.destroyed || raw.remoteAddress === undefined) return void raw.destroy();
-    if (this.shuttingDown) {
-      // An implicit-TLS client cannot read a plaintext answer: it just gets the close.
-      if (config.tls === 'implicit') return void raw.destroy();
-      return this.refuseWhileShuttingDown(raw);
-    }
+    if (this.shuttingDown) return this.refuse(raw, config.tls === 'implicit', 'total', SHUTTING_DOWN_TEXT);
     const trusted = this.context.trustedNetworks().contains(endpoints.client.address);
     const admission = this.context.limiter.admit(endpoints.client.address, trusted);
     if (!admission.admitted) {
       this.refusedLog.refused(admission.limit, config.name, endpoints.client.address);
       metrics.connectionRefused(admission.limit);
       const text = admission.limit === 'total' ? 'Too many connections, try again later.' : 'Too many connections from your address.';
-      // An implicit-TLS client cannot read a plaintext answer: it just gets the close.
-      if (config.tls === 'implicit') raw.destroy();
-      else raw.end(this.adapter.connectionRefusal(admission.limit, text));
-      setTimeout(() => raw.destroy(), 1_000).unref();
-      return;
+      return this.refuse(raw, config.tls === 'implicit', admission.limit, text);
     }
     const lease = admission.lease;
     raw.once('close', () => lease.release());
@@ -239,6 +234,7 @@ export class Listener {
       const secure = new TLSSocket(raw, { isServer: true, secureContext });
       // No session exists yet: a failed handshake is counted and logged here, once (an error is followed by a close).
       let settled = false;
+      let errorMessage = '';
       const failure = await new Promise<TlsHandshakeFailureReason | null>((resolve) => {
         const settle = (outcome: TlsHandshakeFailureReason | null): void => {
           if (settled) return;
@@ -250,7 +246,7 @@ export class Listener {
         const timer = setTimeout(() => settle('timeout'), Math.max(0, acceptedAt + timeoutMs - Date.now()));
         secure.once('secure', () => settle(null));
         secure.once('error', (error) => {
-          if (!settled) this.log.info({ event: 'session.tls_failed', listener: config.name, client: endpoints.client.address, reason: 'error', err: error.message }, 'TLS handshake failed');
+          if (!settled) errorMessage = error.message;
           settle('error');
         });
         // A client gone during the handshake: nothing is left to wait for (nor to keep alive until the deadline).
@@ -258,12 +254,15 @@ export class Listener {
       });
       if (failure !== null) {
         metrics.tlsHandshakeFailure(config.name, failure);
-        if (failure === 'timeout') this.log.info({ event: 'session.tls_failed', listener: config.name, client: endpoints.client.address, reason: 'timeout', err: `no TLS handshake within the pre-auth time (${timeoutMs} ms from accept)` }, 'TLS handshake timed out');
+        if (failure !== 'closed') {
+          const err = failure === 'error' ? errorMessage : `no TLS handshake within the pre-auth time (${timeoutMs} ms from accept)`;
+          this.log.info({ event: 'session.tls_failed', listener: config.name, client: endpoints.client.address, reason: failure, err }, failure === 'error' ? 'TLS handshake failed' : 'TLS handshake timed out');
+        }
         return void secure.destroy();
       }
       socket = secure;
       // The server began to stop during the handshake: no new session is greeted now.
-      if (this.shuttingDown) return this.refuseWhileShuttingDown(secure);
+      if (this.shuttingDown) return this.refuse(secure, false, 'total', SHUTTING_DOWN_TEXT);
     }
     const session = new Session(socket, config, this.adapter, this.sessionContext, config.tls === 'implicit', endpoints, lease, acceptedAt);
     this.sessions.add(session);
@@ -304,8 +303,14 @@ export class Listener {
 
   private shuttingDown = false;
 
-  private refuseWhileShuttingDown(socket: Socket): void {
-    socket.end(this.adapter.connectionRefusal('total', 'Server shutting down, try again later.'));
+  /**
+   * Refuses a connection that is not a session (yet): the protocol's refusal line, then the close
+   * within a second. `beforeTls`: an implicit-TLS client before its handshake, which cannot read a
+   * plaintext line and just gets the close.
+   */
+  private refuse(socket: Socket, beforeTls: boolean, limit: 'total' | 'address', text: string): void {
+    if (beforeTls) socket.destroy();
+    else socket.end(this.adapter.connectionRefusal(limit, text));
     setTimeout(() => socket.destroy(), 1_000).unref();
   }
 
