@@ -395,7 +395,7 @@ export class Mailfront {
       this.metrics.failover(change.store);
       // Logins connecting or logging in to the old master go on with the new one at once.
       const logins = this.registry.masterMoved(change.store, change.from, change.protocols);
-      const sessions = this.registry.onSlot(change.from).filter((s) => s.store === change.store && (change.protocols === undefined || change.protocols.includes(s.protocol)));
+      const sessions = this.registry.splicedToMoved(change.store, change.from, change.protocols);
       this.log.warn({ event: 'failover.drain', store: change.store, from: change.from, to: change.to, ...(change.protocols !== undefined ? { protocols: change.protocols } : {}), sessions: sessions.length, logins, spreadMs }, 'master changed; draining sessions on the old master');
       for (const session of sessions) {
         const timer = setTimeout(() => {

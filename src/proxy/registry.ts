@@ -148,8 +148,7 @@ export class SessionRegistry {
    * waiting for a master that may never answer. Returns how many were told.
    */
   masterMoved(store: string, slot: string, protocols?: readonly ProtocolName[]): number {
-    const told: BackendAttempt[] = [];
-    for (const a of this.attempts) if (a.store === store && a.slot === slot && (protocols === undefined || protocols.includes(a.protocol))) told.push(a);
+    const told = [...this.attempts].filter((a) => movedOff(a, store, slot, protocols));
     for (const a of told) {
       this.attempts.delete(a);
       a.moved();
@@ -157,10 +156,20 @@ export class SessionRegistry {
     return told.length;
   }
 
+  /** Sessions spliced to `store`'s master that moved off `slot` (for `protocols` only, when given): the ones a failover drains. */
+  splicedToMoved(store: string, slot: string, protocols?: readonly ProtocolName[]): SessionEntry[] {
+    return [...(this.bySlot.get(slot) ?? [])].filter((entry) => movedOff(entry, store, slot, protocols));
+  }
+
   /** Every session, without a copy (do not add or remove while iterating). */
   values(): IterableIterator<SessionEntry> {
     return this.byId.values();
   }
+}
+
+/** Whether a session or a backend login was on `store`'s `slot` for one of `protocols` (all, when not given). */
+function movedOff(on: { readonly store: string; readonly slot: string; readonly protocol: ProtocolName }, store: string, slot: string, protocols: readonly ProtocolName[] | undefined): boolean {
+  return on.store === store && on.slot === slot && (protocols === undefined || protocols.includes(on.protocol));
 }
 
 function addTo(index: Map<string, Set<SessionEntry>>, key: string, entry: SessionEntry): void {
