@@ -186,21 +186,33 @@ async function checkListenerCertificates(config: import('../config/schema.js').C
   return issues;
 }
 
-/** Every CA file the config (and the store map, when given) names that cannot be read: serve would fail on it, or its slots be down. */
-function unreadableCaFiles(config: import('../config/schema.js').Config, stores?: ReadonlyMap<string, { readonly backend: { readonly caFile?: string } }>): import('../config/validate.js').ConfigIssue[] {
-  const named: Array<[string, string | undefined]> = [
+type CaFiles = ReadonlyArray<readonly [path: string, file: string | undefined]>;
+
+/** The CA files the config names, by config path. */
+function configCaFiles(config: import('../config/schema.js').Config): CaFiles {
+  return [
     ['directory.ca_file', config.directory.caFile],
     ['store_map.ldap.ca_file', config.storeMap.kind === 'ldap' ? config.storeMap.caFile : undefined],
     ['backend.ca_file', config.backend.caFile],
-    ...[...config.backendProfiles].map(([name, profile]): [string, string | undefined] => [`backend_profiles.${name}.ca_file`, profile.caFile]),
-    ...[...(stores ?? [])].map(([name, store]): [string, string | undefined] => [`stores.${name}.backend.ca_file`, store.backend.caFile]),
+    ...[...config.backendProfiles].map(([name, profile]) => [`backend_profiles.${name}.ca_file`, profile.caFile] as const),
   ];
+}
+
+/** The CA files the store map's stores name (their own, or the ones they inherit), by path. */
+function storeCaFiles(stores: ReadonlyMap<string, { readonly backend: { readonly caFile?: string } }>): CaFiles {
+  return [...stores].map(([name, store]) => [`stores.${name}.backend.ca_file`, store.backend.caFile] as const);
+}
+
+/**
+ * The CA files of `named` that cannot be read: serve would fail on them, or their slots be down.
+ * `checked`: files read already (an inherited default), not read or reported again.
+ */
+function unreadableCaFiles(named: CaFiles, checked = new Set<string>()): import('../config/validate.js').ConfigIssue[] {
   const issues: import('../config/validate.js').ConfigIssue[] = [];
-  const seen = new Set<string>();
   for (const [path, file] of named) {
     // A file named again (a profile's default, the store map's inherited one) is reported once.
-    if (file === undefined || seen.has(file)) continue;
-    seen.add(file);
+    if (file === undefined || checked.has(file)) continue;
+    checked.add(file);
     try {
       readFileSync(file);
     } catch (error) {
@@ -251,13 +263,14 @@ async function main(argv: string[]): Promise<number> {
     case 'check-config': {
       const config = await loadConfig(values.config ?? rest[0] ?? DEFAULT_CONFIG);
       const { ConfigError, buildStoreMap } = await import('../config/load.js');
-      const fileIssues = [...(await checkListenerCertificates(config)), ...unreadableCaFiles(config)];
+      const caChecked = new Set<string>();
+      const fileIssues = [...(await checkListenerCertificates(config)), ...unreadableCaFiles(configCaFiles(config), caChecked)];
       if (fileIssues.length > 0) throw new ConfigError(config.file, fileIssues);
       const { createStoreMapSource } = await import('../routing/sources.js');
       const source = createStoreMapSource(config.storeMap);
       try {
         const map = buildStoreMap(await source.load(), source.description, 1, config);
-        const storeIssues = unreadableCaFiles(config, map.stores);
+        const storeIssues = unreadableCaFiles(storeCaFiles(map.stores), caChecked);
         if (storeIssues.length > 0) throw new ConfigError(source.description, storeIssues);
         const slots = [...map.stores.values()].reduce((n, s) => n + s.slots.size, 0);
         out(`${config.file}: OK (${config.listeners.length} listeners, ${map.stores.size} stores, ${slots} slots from ${source.description})\n`);
