@@ -7,7 +7,7 @@
 
 import { MAX_BACKEND_RESPONSE_BYTES } from '../../limits.js';
 import { encodePlain, hasUnsafeCharacters } from '../sasl.js';
-import { ByteQueue } from './bytes.js';
+import { ByteQueue } from '../bytes.js';
 import type { BackendAction, BackendLoginMachine, BackendLoginOptions } from '../types.js';
 import { capabilityAtoms, normalCapabilityList, parseResponseLine, quoteString, safeText, type ResponseLine } from './wire.js';
 import { redactCredentials } from '../rules.js';

@@ -12,7 +12,7 @@
  */
 
 import { MAX_LINE_BYTES, MAX_NONSYNC_LITERAL_BYTES, MAX_PREAUTH_LITERAL_BYTES } from '../../limits.js';
-import { ByteQueue } from './bytes.js';
+import { ByteQueue } from '../bytes.js';
 import { literalSizeWithin } from '../rules.js';
 
 /** One argument of a command: an atom, a string (quoted or literal) or a parenthesised list. */

@@ -12,6 +12,7 @@
  */
 
 import { literalSizeWithin } from '../rules.js';
+import { ByteQueue } from '../bytes.js';
 
 /** One element of a line. Strings are quoted strings or literals, already unquoted. */
 export type SieveToken =
@@ -65,56 +66,6 @@ const lenientDecoder = new TextDecoder('utf-8');
 const HTTP_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'OPTIONS', 'CONNECT', 'TRACE', 'PATCH', 'PRI']);
 const SMTP_VERBS = new Set(['HELO', 'EHLO']);
 
-/** Received bytes not yet consumed; amortised O(1) appends and consumption, so byte-at-a-time input stays linear. */
-class InputQueue {
-  #buffer = new Uint8Array(0);
-  #start = 0;
-  #end = 0;
-
-  get length(): number {
-    return this.#end - this.#start;
-  }
-
-  push(chunk: Uint8Array): void {
-    if (chunk.length === 0) return;
-    if (this.#end + chunk.length > this.#buffer.length) {
-      const live = this.#end - this.#start;
-      if (live + chunk.length <= this.#buffer.length / 2) {
-        this.#buffer.copyWithin(0, this.#start, this.#end);
-      } else {
-        const grown = new Uint8Array(Math.max(2 * this.#buffer.length, live + chunk.length, 256));
-        grown.set(this.#buffer.subarray(this.#start, this.#end));
-        this.#buffer = grown;
-      }
-      this.#start = 0;
-      this.#end = live;
-    }
-    this.#buffer.set(chunk, this.#end);
-    this.#end += chunk.length;
-  }
-
-  /** A view valid until the next push. */
-  view(): Uint8Array {
-    return this.#buffer.subarray(this.#start, this.#end);
-  }
-
-  consume(count: number): void {
-    this.#start = Math.min(this.#start + count, this.#end);
-    if (this.#start === this.#end) this.clear();
-  }
-
-  take(): Uint8Array {
-    const bytes = this.#buffer.slice(this.#start, this.#end);
-    this.clear();
-    return bytes;
-  }
-
-  clear(): void {
-    this.#start = 0;
-    this.#end = 0;
-  }
-}
-
 type SegmentResult =
   | { readonly problem: SieveProblem }
   | { readonly problem: null; readonly literal: { readonly digits: string } | null };
@@ -122,7 +73,7 @@ type SegmentResult =
 /** A resumable ManageSieve line reader for one direction of one connection. */
 export class SieveReader {
   readonly #options: SieveReaderOptions;
-  readonly #input = new InputQueue();
+  readonly #input = new ByteQueue();
   #dead = false;
   // The logical line being read. The segment being read and a literal's data stay in #input
   // until they are complete (copying each read's bytes out held a Uint8Array per read: 8 KB

@@ -3,6 +3,7 @@
  * used by both directions. It owns only the bytes not yet taken as lines; it does not decide
  * limits, meaning or what to discard: its callers do.
  */
+import { ByteQueue } from '../bytes.js';
 
 /** One complete line: its content without the line end, and how many bytes it used on the wire. */
 export interface RawLine {
@@ -12,78 +13,54 @@ export interface RawLine {
 
 const LF = 0x0a;
 const CR = 0x0d;
-const EMPTY = Buffer.alloc(0);
 
 /**
  * Collects chunks and hands out complete lines; a bare LF also ends a line, as in Dovecot and Cyrus.
- * The bytes live in one growable buffer: a line that arrives one byte per read costs what its
+ * The bytes live in one growable queue: a line that arrives one byte per read costs what its
  * bytes cost, not a Buffer object per read (8 KB in 1-byte reads held 0.9 MB of heap).
  */
 export class LineReader {
-  #buffer: Buffer = EMPTY;
-  #start = 0;
-  #end = 0;
-  // Bytes after #start already searched without finding an LF: each byte is scanned once, so a
-  // line fed one byte at a time costs linear time, not quadratic.
+  #queue = new ByteQueue();
+  // Bytes at the queue's head already searched without finding an LF: each byte is scanned
+  // once, so a line fed one byte at a time costs linear time, not quadratic.
   #scanned = 0;
 
   /** Bytes held that are not yet part of a complete line (or not yet taken). */
   get pendingBytes(): number {
-    return this.#end - this.#start;
+    return this.#queue.length;
   }
 
   /** Appends a copy of `chunk` (the caller may reuse its buffer). */
   push(chunk: Uint8Array): void {
-    if (chunk.length === 0) return;
-    if (this.#end + chunk.length > this.#buffer.length) {
-      // Moved to the front when that frees enough room, otherwise grown by doubling: amortised
-      // O(1) per byte either way.
-      const live = this.#end - this.#start;
-      if (live + chunk.length <= this.#buffer.length / 2) {
-        this.#buffer.copyWithin(0, this.#start, this.#end);
-      } else {
-        const grown = Buffer.alloc(Math.max(2 * this.#buffer.length, live + chunk.length, 256));
-        this.#buffer.copy(grown, 0, this.#start, this.#end);
-        this.#buffer = grown;
-      }
-      this.#start = 0;
-      this.#end = live;
-    }
-    this.#buffer.set(chunk, this.#end);
-    this.#end += chunk.length;
+    this.#queue.push(chunk);
   }
 
   /** Removes and returns the next complete line, or null when no line end has arrived yet. */
   takeLine(): RawLine | null {
-    const lf = this.#buffer.subarray(0, this.#end).indexOf(LF, this.#start + this.#scanned);
+    const held = this.#queue.view();
+    const lf = held.indexOf(LF, this.#scanned);
     if (lf < 0) {
-      this.#scanned = this.#end - this.#start;
+      this.#scanned = held.length;
       return null;
     }
-    const wireBytes = lf + 1 - this.#start;
-    let end = lf;
-    if (end > this.#start && this.#buffer[end - 1] === CR) end--;
-    // A copy: the buffer is reused for later input, and the caller may keep the line.
-    const content = Buffer.from(this.#buffer.subarray(this.#start, end));
-    this.#start = lf + 1;
+    const end = lf > 0 && held[lf - 1] === CR ? lf - 1 : lf;
+    // A copy: the queue is reused for later input, and the caller may keep the line.
+    const content = Buffer.from(held.subarray(0, end));
+    this.#queue.consume(lf + 1);
     this.#scanned = 0;
-    if (this.#start === this.#end) this.#start = this.#end = 0;
-    return { content, wireBytes };
+    return { content, wireBytes: lf + 1 };
   }
 
-  /** Removes and returns every byte held, exactly as received. */
+  /** Removes and returns every byte held, exactly as received (a copy). */
   takeAll(): Uint8Array {
-    // A fresh copy, not a view of the reader's buffer (nor a slice of Node's shared pool).
-    const all = new Uint8Array(this.#buffer.subarray(this.#start, this.#end));
+    const all = this.#queue.take();
     this.clear();
     return all;
   }
 
-  /** Drops every byte held, and the buffer with them. */
+  /** Drops every byte held, and the queue's buffer with them. */
   clear(): void {
-    this.#buffer = EMPTY;
-    this.#start = 0;
-    this.#end = 0;
+    this.#queue = new ByteQueue();
     this.#scanned = 0;
   }
 }

@@ -1,6 +1,7 @@
 /**
- * A growable byte queue for received input: amortised O(1) appends and consumption, so that a
- * peer sending one byte at a time cannot make buffering quadratic.
+ * A growable byte queue for received input, shared by the IMAP, POP3 and ManageSieve readers:
+ * amortised O(1) appends and consumption, so that a peer sending one byte at a time cannot make
+ * buffering quadratic, nor cost an object per read.
  * Must not: interpret the bytes.
  */
 

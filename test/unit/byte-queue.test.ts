@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { ByteQueue } from '../../src/protocol/imap/bytes.js';
+import { ByteQueue } from '../../src/protocol/bytes.js';
 
 const text = (bytes: Uint8Array): string => Buffer.from(bytes).toString('latin1');
 
