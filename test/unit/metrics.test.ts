@@ -175,16 +175,14 @@ describe('metrics', () => {
     assert.match(await exposed(), /^# TYPE mailfront_throttle_redis_up gauge\nmailfront_throttle_redis_up 1$/m);
   });
 
-  it('drops the PROXY header and TLS handshake series of listeners a reload removed or renamed', async () => {
+  it('drops the PROXY header series of listeners a reload removed or renamed', async () => {
     const metrics = new Metrics({ processMetrics: false });
     metrics.proxyHeader('imap', 'accepted');
     metrics.proxyHeader('imap', 'accepted');
     metrics.proxyHeader('pop3-old', 'malformed');
-    metrics.tlsHandshakeFailure('pop3-old', 'timeout');
     metrics.listenersInForce(['imap', 'pop3']);
     assert.equal(await value(metrics, 'mailfront_proxy_headers_total', { listener: 'imap', result: 'accepted' }), 2);
     assert.equal(await value(metrics, 'mailfront_proxy_headers_total', { listener: 'pop3-old', result: 'malformed' }), undefined);
-    assert.equal(await value(metrics, 'mailfront_tls_handshake_failures_total', { listener: 'pop3-old', reason: 'timeout' }), undefined);
   });
 
   it('counts failed implicit-TLS handshakes by listener and reason, and drops the series of listeners a reload removed', async () => {
