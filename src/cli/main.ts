@@ -348,7 +348,14 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'kick': {
-      const body = rest[0] !== undefined ? { user: rest[0] } : values.slot !== undefined ? { slot: values.slot } : values.session !== undefined ? { session: values.session } : undefined;
+      // Exactly one of the three: a second one was ignored, and `kick alice --slot a2` closed
+      // every session of alice, not only those on a2.
+      const chosen = [...rest.map((user) => ({ user })), ...(values.slot !== undefined ? [{ slot: values.slot }] : []), ...(values.session !== undefined ? [{ session: values.session }] : [])];
+      if (chosen.length > 1) {
+        process.stderr.write(`mailfront kick: give one of USER, --slot SLOT or --session ID, not ${chosen.length} (${chosen.map((c) => Object.keys(c)[0]).join(', ')})\n\n`);
+        return usage();
+      }
+      const body = chosen[0];
       if (body === undefined) return usage();
       const json = await call(await remoteFrom(values), 'POST', '/api/kick', body);
       if (values.json) return printJson(json), 0;

@@ -292,6 +292,18 @@ test('--help and --version work on every subcommand', async () => {
   }
 });
 
+test('kick takes one of USER, --slot and --session: two are a usage error, not one of them silently', async () => {
+  for (const args of [['alice', '--slot', 'a2'], ['alice', 'bob'], ['--slot', 'a2', '--session', '7']]) {
+    // No server is asked: the URL would refuse the connection if it were.
+    const result = await run(process.execPath, [CLI(), 'kick', ...args, '--url', 'http://127.0.0.1:9', '--token', 'x']).then(
+      (done) => ({ code: 0, stderr: done.stderr }),
+      (failed: { code: number; stderr: string }) => ({ code: failed.code, stderr: failed.stderr }),
+    );
+    assert.equal(result.code, 2, `kick ${args.join(' ')}: ${result.stderr}`);
+    assert.match(result.stderr, /give one of USER, --slot SLOT or --session ID, not 2/);
+  }
+});
+
 // The mailfront processes above log to files of their own, which startFront's capture never
 // sees: scan them here, and hand their lines to the suite-wide scan (zz-secrets.test.ts).
 test("no password, admin token or bind secret appears in the mailfront processes' log files", async () => {
