@@ -67,6 +67,13 @@ export class StoreMapHolder {
   private versionCounter = 0;
   private queue: Promise<unknown> = Promise.resolve();
   private lastResult: ReloadResult | null = null;
+  /**
+   * The document the map in force was built from, and whose it is. The backend settings of a
+   * reloaded config reach logins through the map: when the source cannot give a usable document,
+   * this one is built again with the config in force, so that they apply at once rather than
+   * when the source can next be read and has changed.
+   */
+  private document: { readonly doc: unknown; readonly origin: string } | null = null;
 
   constructor(
     private sourceNow: StoreMapSource,
@@ -123,31 +130,58 @@ export class StoreMapHolder {
 
   private async reloadNow(trigger: string): Promise<ReloadResult> {
     const version = this.versionCounter + 1;
+    let doc: unknown;
     let next: StoreMap;
     try {
-      const doc = await this.source.load();
+      doc = await this.source.load();
       next = buildStoreMap(doc, this.source.description, version, this.config());
     } catch (caught) {
       const error = asMailfrontError(caught);
-      const inForce = this.map?.version ?? 0;
-      this.log.error({ event: 'storemap.rejected', source: this.source.description, trigger, versionInForce: inForce, err: error.message }, 'store map update rejected; the last good map stays in force');
-      this.lastResult = { ok: false, version: inForce, changes: [], error: error.message };
+      this.log.error({ event: 'storemap.rejected', source: this.source.description, trigger, versionInForce: this.map?.version ?? 0, err: error.message }, 'store map update rejected; the last good map stays in force');
       this.observer.rejected?.(error.message);
+      // The map in force stays, built anew with the config in force (a reload's backend settings).
+      const rebuilt = this.rebuildInForce(version, trigger);
+      this.lastResult = { ok: false, version: this.map?.version ?? 0, changes: rebuilt, error: error.message };
       return this.lastResult;
     }
+    this.document = { doc, origin: this.source.description };
     const before = this.map;
     if (before !== null && sameTopology(before, next)) {
       this.lastResult = { ok: true, version: before.version, changes: [] };
       return this.lastResult;
     }
-    this.versionCounter = version;
+    this.lastResult = { ok: true, version, changes: this.install(next, trigger, this.source.description) };
+    return this.lastResult;
+  }
+
+  /** Puts `next` in force and tells the observer; returns the master changes it brings. */
+  private install(next: StoreMap, trigger: string, source: string): MasterChange[] {
+    const before = this.map;
+    this.versionCounter = next.version;
     this.map = next;
     const changes = before === null ? [] : masterChanges(before, next);
-    this.log.info({ event: 'storemap.loaded', source: this.source.description, trigger, version, stores: next.stores.size, failovers: changes }, 'store map loaded');
-    this.lastResult = { ok: true, version, changes };
+    this.log.info({ event: 'storemap.loaded', source, trigger, version: next.version, stores: next.stores.size, failovers: changes }, 'store map loaded');
     this.observer.loaded?.(next);
     if (changes.length > 0) this.observer.changes(changes, next);
-    return this.lastResult;
+    return changes;
+  }
+
+  /**
+   * Builds the document of the map in force again with the config in force, and puts the result
+   * in force when it differs (the config's backend settings changed). A config that cannot build
+   * it is refused before it is committed (check()); should one get here, the map stays as it is.
+   */
+  private rebuildInForce(version: number, trigger: string): MasterChange[] {
+    const inForce = this.map;
+    if (this.document === null || inForce === null) return [];
+    let rebuilt: StoreMap;
+    try {
+      rebuilt = buildStoreMap(this.document.doc, this.document.origin, version, this.config());
+    } catch {
+      return [];
+    }
+    if (sameTopology(inForce, rebuilt)) return [];
+    return this.install(rebuilt, trigger, this.document.origin);
   }
 
   /**

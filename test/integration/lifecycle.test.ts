@@ -395,6 +395,30 @@ test('a reload takes a changed store_map section (another file, watched from the
   assert.ok(checkedAt() > resumedFrom, 'probing resumed with the restored interval');
 });
 
+test('a reload whose store map cannot be read puts its backend settings in force all the same: the map in force is built again with them', async () => {
+  const original = readFileSync(front.configFile, 'utf8');
+  const stores = readFileSync(front.storesFile, 'utf8');
+  const alpha = () => front.mailfront.currentStoreMap().stores.get('alpha')!;
+  const timeout = alpha().backend.connectTimeoutMs;
+  try {
+    // The source gives nothing usable (as an LDAP store map does while its servers are down).
+    writeFileSync(front.storesFile, 'stores: [\n');
+    const config = parse(original) as Record<string, Record<string, unknown>>;
+    config['backend']!['connect_timeout_ms'] = timeout + 1;
+    writeFileSync(front.configFile, stringify(config));
+    const reloaded = await front.mailfront.reload();
+    assert.equal(reloaded.ok, true, reloaded.error);
+    assert.equal(reloaded.storeMap.ok, false);
+    assert.equal(alpha().backend.connectTimeoutMs, timeout + 1, 'the new backend settings are in force');
+    assert.equal(alpha().currentMaster, 'm');
+    assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /);
+  } finally {
+    writeFileSync(front.storesFile, stores);
+    await restoreConfig(original);
+  }
+  assert.equal(alpha().backend.connectTimeoutMs, timeout);
+});
+
 test('the admin API answers a path with a broken percent-escape with 400, after the token check', async () => {
   const { port } = front.mailfront.httpAddress()!;
   const unauthorised = await fetch(`http://127.0.0.1:${port}/api/whereis/%E0%A4%A`);
