@@ -14,7 +14,7 @@ import { SlotHealthMonitor } from './backend/health.js';
 import { Throttle } from './auth/throttle.js';
 import { ConnectionLimiter } from './server/connection-limits.js';
 import { forgetBackendCaFiles, probeSlot } from './backend/connect.js';
-import { loadConfig } from './config/load.js';
+import { buildStoreMap, loadConfig } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { Metrics } from './metrics.js';
 import { CidrSet, bindAddressesOverlap } from './net/cidr.js';
@@ -201,12 +201,14 @@ export class Mailfront {
     // A changed directory section is built before anything changes: one that cannot be set up
     // (an unreadable ca_file) rejects the config whole, like a config that does not validate.
     let directory: Directory | undefined;
-    // Likewise a changed store_map section: its new source is made first (an LDAP one reads its CA file).
+    // Likewise a changed store_map section: its new source is made first (an LDAP one reads its CA
+    // file). And the store map must build with the new config (the backend profiles its stores name).
     let storeMapSource: StoreMapSource | undefined;
     const changed = (section: 'storeMap' | 'directory' | 'throttle'): boolean => JSON.stringify(next[section]) !== JSON.stringify(previous[section]);
     try {
       next = loadConfig(previous.file);
       if (changed('storeMap')) storeMapSource = createStoreMapSource(next.storeMap);
+      await this.checkStoreMap(next, storeMapSource);
       if (this.ownsDirectory && changed('directory')) directory = createDirectory(next, this.log, this.metrics);
     } catch (error) {
       void storeMapSource?.close();
@@ -299,6 +301,29 @@ export class Mailfront {
     this.metrics.configReloaded(problems.length === 0 ? 'success' : 'failure');
     this.log.info({ event: 'config.reloaded', file: next.file, listeners: next.listeners.length }, 'config reloaded');
     return { ok: problems.length === 0, ...(problems.length > 0 ? { error: problems.join('; ') } : {}), storeMap: await this.holder.reload('signal') };
+  }
+
+  /**
+   * Throws when the store map would not build with `next` (a store naming a backend profile it
+   * drops, say): the store map the reload leaves in force, that is the new source's when it can
+   * be read, else the one in force. Committed, such a config would have every later version of
+   * the map rejected, and failovers written to the source but never put in force.
+   */
+  private async checkStoreMap(next: Config, source: StoreMapSource | undefined): Promise<void> {
+    let doc: unknown;
+    try {
+      doc = await source?.load();
+    } catch {
+      // Unreadable now: the map in force stays until the source gives a valid one, so it must build.
+      source = undefined;
+    }
+    try {
+      if (source !== undefined) buildStoreMap(doc, source.description, 0, next);
+      else this.holder.check(next);
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      throw new MailfrontError('STOREMAP_CONFLICT', 'config', `${next.file}: the store map does not build with it (${source?.description ?? 'the map in force'}): ${message}`, { cause: error });
+    }
   }
 
   /** The store-map source's health was last reported as failing (logged once per outage). */

@@ -185,6 +185,15 @@ export class StoreMapHolder {
   }
 
   /**
+   * Throws the ConfigError the store map in force would give if built with `config` (a config
+   * about to be reloaded). A config that fails it must not be committed: every later version
+   * would be rejected under it, while the map in force still described the config before it.
+   */
+  check(config: Pick<Config, 'backend' | 'backendProfiles'> & { readonly file?: string }): void {
+    if (this.document !== null) buildStoreMap(this.document.doc, this.document.origin, 0, config);
+  }
+
+  /**
    * Makes `slot` the current master of `store` in the source of truth, then reloads. In the
    * reloads' queue: failovers of several stores at once are written one after the other (each
    * read-modify-write of the file sees the one before), and each reports its own reload.

@@ -419,6 +419,38 @@ test('a reload whose store map cannot be read puts its backend settings in force
   assert.equal(alpha().backend.connectTimeoutMs, timeout);
 });
 
+test('a reload that drops a backend profile a store uses is rejected whole: the config and the map in force stay, and store-map reloads and failovers go on', async () => {
+  const original = readFileSync(front.configFile, 'utf8');
+  const stores = readFileSync(front.storesFile, 'utf8');
+  const alpha = () => front.mailfront.currentStoreMap().stores.get('alpha')!;
+  const withProfile = parse(original) as Record<string, unknown>;
+  withProfile['backend_profiles'] = { fast: { connect_timeout_ms: 777 } };
+  try {
+    writeFileSync(front.configFile, stringify(withProfile));
+    assert.equal((await front.mailfront.reload()).ok, true);
+    const doc = parse(stores) as { stores: Record<string, Record<string, unknown>> };
+    doc.stores['alpha']!['backend_profile'] = 'fast';
+    writeFileSync(front.storesFile, stringify(doc));
+    assert.equal((await front.mailfront.reloadStoreMap('test')).ok, true);
+    assert.equal(alpha().backend.connectTimeoutMs, 777);
+    writeFileSync(front.configFile, original);
+    const dropped = await front.mailfront.reload();
+    assert.equal(dropped.ok, false);
+    assert.match(dropped.error ?? '', /stores\.alpha\.backend_profile: expected one of the config's backend_profiles/);
+    assert.equal(alpha().backend.connectTimeoutMs, 777);
+    // The config in force still has the profile: the map builds, and a failover is put in force.
+    assert.equal((await front.mailfront.reloadStoreMap('test')).ok, true);
+    const moved = await front.mailfront.holder.failover('alpha', 'r');
+    assert.equal(moved.ok, true, moved.error);
+    assert.equal(alpha().currentMaster, 'r');
+  } finally {
+    writeFileSync(front.storesFile, stores);
+    await front.mailfront.reloadStoreMap('test');
+    await restoreConfig(original);
+  }
+  assert.equal(alpha().currentMaster, 'm');
+});
+
 test('the admin API answers a path with a broken percent-escape with 400, after the token check', async () => {
   const { port } = front.mailfront.httpAddress()!;
   const unauthorised = await fetch(`http://127.0.0.1:${port}/api/whereis/%E0%A4%A`);
