@@ -3,6 +3,7 @@
  * registry, health monitor, admin API → listeners; failover drains and shutdown. Nothing else
  * creates long-lived objects. Used by the CLI's `serve` and by tests.
  */
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -59,6 +60,25 @@ function createDirectory(config: Config, log: Logger, metrics: Metrics): Directo
   return config.directory.authCacheTtlMs > 0 ? new CachingDirectory(ldap, config.directory.authCacheTtlMs, config.directory.cacheMaxEntries, metrics) : ldap;
 }
 
+/** The CA file a section names: directory.ca_file, store_map.ldap.ca_file (the directory's unless set). */
+function caFileOf(config: Config, section: 'directory' | 'storeMap'): string | undefined {
+  return section === 'directory' ? config.directory.caFile : config.storeMap.kind === 'ldap' ? config.storeMap.caFile : undefined;
+}
+
+/**
+ * The content of a CA file as the change test sees it: a CA renewed in place (the same path, new
+ * content) changes its section, so that a reload reads it. One that cannot be read is a change
+ * too: setting the section up then fails and rejects the reload, naming the file, as at start.
+ */
+function caFileState(file: string | undefined): string {
+  if (file === undefined) return 'none';
+  try {
+    return createHash('sha256').update(readFileSync(file)).digest('hex');
+  } catch (error) {
+    return `unreadable: ${(error as NodeJS.ErrnoException).code ?? String(error)}`;
+  }
+}
+
 /** A running mailfront process. */
 export class Mailfront {
   readonly registry = new SessionRegistry();
@@ -76,6 +96,8 @@ export class Mailfront {
   private throttle: Throttle;
   readonly limiter: ConnectionLimiter;
   private stopping = false;
+  /** The content of the CA files the directory and the store-map source in force were set up with (caFileState). */
+  private readonly caFilesInForce: Record<'directory' | 'storeMap', string>;
 
   private constructor(
     private config: Config,
@@ -90,6 +112,7 @@ export class Mailfront {
       for (const entry of this.registry.values()) metrics.splicedTraffic(entry);
     });
     metrics.directoryCacheEntries(() => this.directory.cacheEntries());
+    this.caFilesInForce = { directory: caFileState(caFileOf(config, 'directory')), storeMap: caFileState(caFileOf(config, 'storeMap')) };
     this.trusted = new CidrSet(config.trustedNetworks);
     this.throttle = this.createThrottle(config);
     this.limiter = new ConnectionLimiter(config.connectionLimits);
@@ -204,9 +227,13 @@ export class Mailfront {
     // Likewise a changed store_map section: its new source is made first (an LDAP one reads its CA
     // file). And the store map must build with the new config (the backend profiles its stores name).
     let storeMapSource: StoreMapSource | undefined;
-    const changed = (section: 'storeMap' | 'directory' | 'throttle'): boolean => JSON.stringify(next[section]) !== JSON.stringify(previous[section]);
+    // A section changes with its settings, or with the content of the CA file it names.
+    let caFiles = this.caFilesInForce;
+    const changed = (section: 'storeMap' | 'directory' | 'throttle'): boolean =>
+      JSON.stringify(next[section]) !== JSON.stringify(previous[section]) || (section !== 'throttle' && caFiles[section] !== this.caFilesInForce[section]);
     try {
       next = loadConfig(previous.file);
+      caFiles = { directory: caFileState(caFileOf(next, 'directory')), storeMap: caFileState(caFileOf(next, 'storeMap')) };
       if (changed('storeMap')) storeMapSource = createStoreMapSource(next.storeMap);
       await this.checkStoreMap(next, storeMapSource);
       if (this.ownsDirectory && changed('directory')) directory = createDirectory(next, this.log, this.metrics);
@@ -269,6 +296,7 @@ export class Mailfront {
     if (directory !== undefined) {
       const replaced = this.directory;
       this.directory = directory;
+      this.caFilesInForce.directory = caFiles.directory;
       // Logins asking the old directory finish there: a search and a bind, each within its deadlines.
       const { connectTimeoutMs, operationTimeoutMs } = previous.directory;
       void replaced.close(2 * (connectTimeoutMs + operationTimeoutMs));
@@ -277,6 +305,7 @@ export class Mailfront {
       // The map in force stays until the new source gives a valid one (the reload below).
       this.stopWatching();
       const replaced = await this.holder.replaceSource(storeMapSource);
+      this.caFilesInForce.storeMap = caFiles.storeMap;
       void replaced.close();
       // stop() may have run meanwhile: it closed the holder's source; nothing is to be watched.
       if (!this.stopping) this.stopWatching = storeMapSource.watch(() => void this.holder.reload('change'), this.onSourceHealth);
