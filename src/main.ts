@@ -302,13 +302,13 @@ export class Mailfront {
       void replaced.close(2 * (connectTimeoutMs + operationTimeoutMs));
     }
     if (storeMapSource !== undefined) {
-      // The map in force stays until the new source gives a valid one (the reload below).
+      // The map in force stays until the new source gives a valid one (the reload at the end,
+      // which the new source's watch follows).
       this.stopWatching();
+      this.stopWatching = () => undefined;
       const replaced = await this.holder.replaceSource(storeMapSource);
       this.caFilesInForce.storeMap = caFiles.storeMap;
       void replaced.close();
-      // stop() may have run meanwhile: it closed the holder's source; nothing is to be watched.
-      if (!this.stopping) this.stopWatching = storeMapSource.watch(() => void this.holder.reload('change'), this.onSourceHealth);
       this.log.info({ event: 'storemap.source_changed', source: storeMapSource.description }, 'store map source changed');
     }
     this.health.setTiming(next.health.intervalMs, next.health.timeoutMs);
@@ -329,7 +329,11 @@ export class Mailfront {
     for (const p of problems) this.log.error({ event: 'config.partially_applied', err: p }, 'part of the new config could not be applied');
     this.metrics.configReloaded(problems.length === 0 ? 'success' : 'failure');
     this.log.info({ event: 'config.reloaded', file: next.file, listeners: next.listeners.length }, 'config reloaded');
-    return { ok: problems.length === 0, ...(problems.length > 0 ? { error: problems.join('; ') } : {}), storeMap: await this.holder.reload('signal') };
+    const storeMap = await this.holder.reload('signal');
+    // A new source is watched once it has been read. stop() may have run meanwhile: it closed
+    // the holder's source; nothing is to be watched.
+    if (storeMapSource !== undefined && !this.stopping) this.stopWatching = storeMapSource.watch(() => void this.holder.reload('change'), this.onSourceHealth);
+    return { ok: problems.length === 0, ...(problems.length > 0 ? { error: problems.join('; ') } : {}), storeMap };
   }
 
   /**

@@ -207,8 +207,19 @@ export class LdapStoreMapSource implements StoreMapSource {
     this.tls = { minVersion: 'TLSv1.2', ...(config.caFile ? { ca: readCaFile(config.caFile, 'store_map.ldap.ca_file') } : {}) };
   }
 
-  private async connection(): Promise<Client> {
-    if (this.client?.isConnected) return this.client;
+  /** The connection being opened: every caller meanwhile (a poll and a load at once) waits for it. */
+  private opening: Promise<Client> | null = null;
+
+  private connection(): Promise<Client> {
+    if (this.client?.isConnected) return Promise.resolve(this.client);
+    // Each caller opening its own would leave all but the last one kept bound for ever.
+    this.opening ??= this.open().finally(() => {
+      this.opening = null;
+    });
+    return this.opening;
+  }
+
+  private async open(): Promise<Client> {
     await this.client?.unbind().catch(() => undefined);
     this.client = null;
     const failures: string[] = [];

@@ -5,14 +5,14 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { connect as netConnect, createServer } from 'node:net';
 import type { Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import { connect as tlsConnect } from 'node:tls';
 import { parse, stringify } from 'yaml';
-import { LineClient, freePort, run, startDovecot, startSlapd, tmpDir } from './servers/index.js';
+import { LDAP_STORES_DN, LineClient, freePort, run, startDovecot, startSlapd, tmpDir } from './servers/index.js';
 import type { Dovecot, Slapd } from './servers/index.js';
 import { ADMIN_TOKEN, startFront, waitForLog } from './front.js';
 import type { Front } from './front.js';
@@ -449,6 +449,55 @@ test('a reload that drops a backend profile a store uses is rejected whole: the 
     await restoreConfig(original);
   }
   assert.equal(alpha().currentMaster, 'm');
+});
+
+/** Connections of this process established to `port` on the loopback (from /proc: the sockets among its own descriptors). */
+function connectionsTo(port: number): number {
+  const inodes = new Set<string>();
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      const socket = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/self/fd/${fd}`));
+      if (socket) inodes.add(socket[1]!);
+    } catch {
+      // Closed meanwhile.
+    }
+  }
+  const remote = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  return readFileSync('/proc/net/tcp', 'utf8')
+    .split('\n')
+    .slice(1)
+    .map((line) => line.trim().split(/\s+/))
+    .filter((cols) => cols.length > 9 && cols[2]!.endsWith(remote) && cols[3] === '01' && inodes.has(cols[9]!)).length;
+}
+
+test('reloads that switch the store map to LDAP and back keep one LDAP connection while it is the source, and none after', async () => {
+  const original = readFileSync(front.configFile, 'utf8');
+  const ldap = parse(original) as Record<string, unknown>;
+  ldap['store_map'] = { ldap: { base_dn: LDAP_STORES_DN, bind_dn: slapd.rootDn, bind_password: slapd.rootPassword, poll_interval_ms: 100 } };
+  await slapd.modify(
+    [`dn: cn=alpha,${LDAP_STORES_DN}`, 'changetype: add', 'objectClass: mailfrontStore', 'cn: alpha', 'mailfrontCurrentMaster: m', '',
+     `dn: cn=m,cn=alpha,${LDAP_STORES_DN}`, 'changetype: add', 'objectClass: mailfrontSlot', 'cn: m', 'mailfrontHost: 127.0.0.1', `mailfrontImapPort: ${master.imapPort}`, ''].join('\n'),
+  );
+  const before = connectionsTo(slapd.port);
+  const settle = async (expected: number): Promise<number> => {
+    for (let i = 0; i < 50 && connectionsTo(slapd.port) !== expected; i++) await new Promise((r) => setTimeout(r, 20));
+    return connectionsTo(slapd.port);
+  };
+  try {
+    for (let round = 0; round < 3; round++) {
+      writeFileSync(front.configFile, stringify(ldap));
+      const switched = await front.mailfront.reload();
+      assert.equal(switched.storeMap.ok, true, switched.storeMap.error);
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(await settle(before + 1), before + 1, `round ${round}: one connection to the LDAP store map`);
+      await restoreConfig(original);
+      assert.equal(await settle(before), before, `round ${round}: back to the file, no LDAP connection left`);
+    }
+  } finally {
+    writeFileSync(front.configFile, original);
+    await front.mailfront.reload();
+    await slapd.modify(`dn: cn=m,cn=alpha,${LDAP_STORES_DN}\nchangetype: delete\n\ndn: cn=alpha,${LDAP_STORES_DN}\nchangetype: delete\n`);
+  }
 });
 
 test('the admin API answers a path with a broken percent-escape with 400, after the token check', async () => {

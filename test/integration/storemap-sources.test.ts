@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { chmodSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, readdirSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FileStoreMapSource, LdapStoreMapSource } from '../../src/routing/sources.js';
 import { StoreMapHolder } from '../../src/routing/holder.js';
@@ -116,6 +116,42 @@ test('a closed LDAP source opens no connection any more: a load or poll after cl
   assert.match(await closing.load().then(() => 'loaded', (error: Error) => error.message), /closed/);
   await inFlight;
   assert.match(await closing.load().then(() => 'loaded', (error: Error) => error.message), /closed/);
+});
+
+/** Connections of this process established to `port` on the loopback (from /proc: the sockets among its own descriptors). */
+function connectionsTo(port: number): number {
+  const inodes = new Set<string>();
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      const socket = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/self/fd/${fd}`));
+      if (socket) inodes.add(socket[1]!);
+    } catch {
+      // Closed meanwhile.
+    }
+  }
+  const remote = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  return readFileSync('/proc/net/tcp', 'utf8')
+    .split('\n')
+    .slice(1)
+    .map((line) => line.trim().split(/\s+/))
+    .filter((cols) => cols.length > 9 && cols[2]!.endsWith(remote) && cols[3] === '01' && inodes.has(cols[9]!)).length;
+}
+
+test('a poll and a load at once share the one connection being opened: none is left bound after close()', async () => {
+  const port = slapd.port;
+  const before = connectionsTo(port);
+  for (let round = 0; round < 3; round++) {
+    const fresh = new LdapStoreMapSource({ kind: 'ldap', urls: [slapd.url], bindDn: slapd.rootDn, bindPassword: slapd.rootPassword, baseDn: LDAP_STORES_DN, pollIntervalMs: POLL_MS, starttls: false, operationTimeoutMs: 2_000 });
+    // As a reload that switches to LDAP did: the watch's first poll and the holder's load, both before any connection.
+    const stop = fresh.watch(() => undefined);
+    assert.ok((await fresh.load()) !== undefined);
+    await sleep(3 * POLL_MS);
+    assert.equal(connectionsTo(port), before + 1, 'one connection while the source is open');
+    stop();
+    await fresh.close();
+  }
+  for (let i = 0; i < 50 && connectionsTo(port) !== before; i++) await sleep(20);
+  assert.equal(connectionsTo(port), before, 'every connection the sources opened is closed');
 });
 
 test('failovers of several stores at once through the file source: each written and reported, none lost', async () => {
