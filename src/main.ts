@@ -175,6 +175,12 @@ export class Mailfront {
     return listener;
   }
 
+  /** Drops a listener a reload stopped and that has nothing left (Listener.whenRetired()). */
+  private forgetListener(listener: Listener): void {
+    const index = this.listeners.indexOf(listener);
+    if (index >= 0 && !listener.listening) this.listeners.splice(index, 1);
+  }
+
   /** A listener for `listenerConfig`, not bound yet; throws when its certificate cannot be used. */
   private createListener(listenerConfig: Config['listeners'][number]): Listener {
     return new Listener(listenerConfig, ADAPTERS[listenerConfig.protocol], {
@@ -292,6 +298,8 @@ export class Mailfront {
       }
     }
     for (const listener of before) if (!kept.has(listener)) await listener.stopAccepting();
+    // Stopped listeners are let go of once their last session has ended.
+    for (const listener of this.listeners) if (!listener.listening) listener.whenRetired(() => this.forgetListener(listener));
     this.metrics.listenersInForce(this.listeners.filter((l) => l.listening).map((l) => l.config.name));
     if (directory !== undefined) {
       const replaced = this.directory;

@@ -146,6 +146,7 @@ export class Listener {
       onEnd: (reason, session) => {
         this.sessions.delete(session);
         context.onEnd?.(reason, session);
+        this.checkRetired();
       },
     };
   }
@@ -268,13 +269,41 @@ export class Listener {
     this.sessions.add(session);
   }
 
+  /** Connections accepted that are not sessions yet (a PROXY header or a TLS handshake under way). */
+  private accepting = 0;
+  /** Who hears that this listener, stopped, has nothing left (whenRetired()). */
+  private onRetired: (() => void) | null = null;
+
+  /**
+   * Calls `onRetired` once this listener, no longer accepting, has no session and no connection
+   * on its way to one: at once when it has none. The owner then lets go of it (a listener a
+   * reload stopped would otherwise be kept, with its server and TLS context, for good).
+   */
+  whenRetired(onRetired: () => void): void {
+    this.onRetired = onRetired;
+    this.checkRetired();
+  }
+
+  private checkRetired(): void {
+    const onRetired = this.onRetired;
+    if (onRetired === null || this.listening || this.sessions.size > 0 || this.accepting > 0) return;
+    this.onRetired = null;
+    onRetired();
+  }
+
   /** Binds the listener; rejects with a config error naming the address when it cannot. */
   listen(): Promise<void> {
     const server = createNetServer({ noDelay: true }, (raw) => {
-      this.accept(raw).catch((error: unknown) => {
-        this.log.error({ event: 'listener.accept_failed', listener: this.listenerConfig.name, err: error instanceof Error ? error.message : String(error) }, 'accepting a connection failed');
-        raw.destroy();
-      });
+      this.accepting++;
+      this.accept(raw)
+        .catch((error: unknown) => {
+          this.log.error({ event: 'listener.accept_failed', listener: this.listenerConfig.name, err: error instanceof Error ? error.message : String(error) }, 'accepting a connection failed');
+          raw.destroy();
+        })
+        .finally(() => {
+          this.accepting--;
+          this.checkRetired();
+        });
     });
     this.server = server;
     const config = this.listenerConfig;

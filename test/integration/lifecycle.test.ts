@@ -500,6 +500,38 @@ test('reloads that switch the store map to LDAP and back keep one LDAP connectio
   }
 });
 
+test('a listener a reload moved to another port is let go of once its last session ends; port flips do not pile up stopped listeners', async () => {
+  const original = readFileSync(front.configFile, 'utf8');
+  const count = front.mailfront.listeners.length;
+  const otherPort = await freePort();
+  const moveWebmail = (port: number): void =>
+    writeListeners(original, (listeners) => {
+      for (const l of listeners) if (l['name'] === 'imap-webmail') l['port'] = port;
+    });
+  try {
+    for (let i = 0; i < 5; i++) {
+      moveWebmail(i % 2 === 0 ? otherPort : front.imapTrustedPort);
+      assert.equal((await front.mailfront.reload()).ok, true);
+      assert.equal(front.mailfront.listeners.length, count, `flip ${i}: no stopped listener kept`);
+    }
+    // On the other port now; a session there keeps its listener until it ends.
+    const spliced = await LineClient.connect(otherPort);
+    await spliced.readLine();
+    spliced.send(`s LOGIN liz ${PASSWORD}`);
+    assert.match(await spliced.readLine(), /^s OK/);
+    moveWebmail(front.imapTrustedPort);
+    assert.equal((await front.mailfront.reload()).ok, true);
+    assert.equal(front.mailfront.listeners.length, count + 1, 'the stopped listener stays while its session lasts');
+    spliced.send('n NOOP');
+    assert.match(await spliced.readLine(), /^n OK/);
+    spliced.close();
+    for (let i = 0; i < 100 && front.mailfront.listeners.length !== count; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(front.mailfront.listeners.length, count, 'let go of once its session ended');
+  } finally {
+    await restoreConfig(original);
+  }
+});
+
 test('the admin API answers a path with a broken percent-escape with 400, after the token check', async () => {
   const { port } = front.mailfront.httpAddress()!;
   const unauthorised = await fetch(`http://127.0.0.1:${port}/api/whereis/%E0%A4%A`);
