@@ -29,6 +29,7 @@ import {
   at,
   bool,
   int,
+  ldapUrlList,
   oneOf,
   optStr,
   port,
@@ -402,7 +403,8 @@ function readStoreMapSource(v: unknown, directory: DirectoryConfig, resolvePath:
   if (o['file'] !== undefined) return { kind: 'file', file: resolvePath(str(o, 'file', path, issues)), watch: bool(o, 'watch', path, issues, true), baseDir: resolvePath('.') };
   const lpath = at(path, 'ldap');
   const l = readSection(o['ldap'], lpath, ['urls', 'bind_dn', 'bind_password', 'base_dn', 'poll_interval_ms', 'starttls', 'ca_file', 'operation_timeout_ms'], issues) ?? {};
-  const urls = l['urls'] === undefined ? [...directory.urls] : strList(l, 'urls', lpath, issues);
+  // Checked as the directory's are: a typo would replace a working source with one that never answers.
+  const urls = l['urls'] === undefined ? [...directory.urls] : ldapUrlList(l, 'urls', lpath, issues);
   const caFile = optStr(l, 'ca_file', lpath, issues);
   const resolvedCa = caFile !== undefined ? resolvePath(caFile) : directory.caFile;
   return {

@@ -138,6 +138,18 @@ export function strList(obj: Record<string, unknown>, key: string, path: string,
   return [];
 }
 
+/** An ldap:// or ldaps:// URL with a host and an optional port, and nothing after it. */
+const LDAP_URL = /^ldaps?:\/\/[^/]+\/?$/;
+
+/** A non-empty list of LDAP server URLs (strList); each that is not one is an issue naming its index. */
+export function ldapUrlList(obj: Record<string, unknown>, key: string, path: string, issues: IssueList): string[] {
+  const urls = strList(obj, key, path, issues);
+  urls.forEach((u, i) => {
+    if (!LDAP_URL.test(u)) issues.add(at(at(path, key), i), 'an ldap:// or ldaps:// URL with host and optional port', u);
+  });
+  return urls;
+}
+
 /** Reads a list of address blocks (a single string is a list of one; absent is empty). */
 export function readNetworks(o: Record<string, unknown>, key: string, path: string, issues: IssueList): string[] {
   const v = o[key];
