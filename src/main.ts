@@ -79,6 +79,15 @@ function caFileState(file: string | undefined): string {
   }
 }
 
+/**
+ * `error` with the listener's config path in front when its certificate is at fault, as
+ * check-config names it: serve and a reload would otherwise name only the files.
+ */
+function atListener(error: unknown, index: number, listener: Config['listeners'][number]): unknown {
+  if (!(error instanceof MailfrontError) || error.code !== 'TLS_FILES_UNUSABLE') return error;
+  return new MailfrontError(error.code, error.kind, `listeners[${index}] ("${listener.name}").certificate: ${error.message}`, { cause: error });
+}
+
 /** A running mailfront process. */
 export class Mailfront {
   readonly registry = new SessionRegistry();
@@ -141,7 +150,7 @@ export class Mailfront {
       const first = await mailfront.holder.reload('start');
       if (!first.ok) throw new MailfrontError('STOREMAP_UNUSABLE', 'config', `cannot start without a store map: ${first.error ?? 'unknown error'}`);
       mailfront.stopWatching = mailfront.holder.source.watch(() => void mailfront.holder.reload('change'), mailfront.onSourceHealth);
-      for (const listenerConfig of config.listeners) await mailfront.addListener(listenerConfig);
+      for (const [i, listenerConfig] of config.listeners.entries()) await mailfront.addListener(listenerConfig).catch((error: unknown) => Promise.reject(atListener(error, i, listenerConfig)));
       const http = options.http ?? config.http;
       mailfront.httpFromConfig = options.http === undefined;
       if (http) await mailfront.startHttp(http);
@@ -265,7 +274,7 @@ export class Mailfront {
     // and those the new config no longer has stop accepting.
     const before = this.listeners.filter((l) => l.listening);
     const kept = new Set<Listener>();
-    for (const listenerConfig of next.listeners) {
+    for (const [i, listenerConfig] of next.listeners.entries()) {
       const current = before.find((l) => !kept.has(l) && !needsRebind(l.config, listenerConfig));
       try {
         if (current !== undefined) {
@@ -293,7 +302,8 @@ export class Mailfront {
           for (const l of occupying) await l.listen().catch(() => undefined);
           throw error;
         }
-      } catch (error) {
+      } catch (caught) {
+        const error = atListener(caught, i, listenerConfig);
         problems.push(error instanceof Error ? error.message : String(error));
       }
     }

@@ -15,6 +15,8 @@ import { parse, stringify } from 'yaml';
 import { LDAP_STORES_DN, LineClient, freePort, run, startDovecot, startSlapd, tmpDir } from './servers/index.js';
 import type { Dovecot, Slapd } from './servers/index.js';
 import { ADMIN_TOKEN, startFront, waitForLog } from './front.js';
+import { loadConfig } from '../../src/config/load.js';
+import { Mailfront } from '../../src/main.js';
 import type { Front } from './front.js';
 
 const PASSWORD = 'Lifecycle-pw-6a6a';
@@ -104,8 +106,31 @@ test('reload re-reads the certificate; an unusable one is reported and the worki
     writeFileSync(front.certs.certFile, 'not a certificate\n');
     const broken = await front.mailfront.reload();
     assert.equal(broken.ok, false);
-    assert.match(broken.error ?? '', /imaps|certificate|cert/i);
+    // Named as check-config names it: the listener's config path, then the files.
+    assert.match(broken.error ?? '', /(^|; )listeners\[1\] \("imaps"\)\.certificate: cannot use certificate \S+ with key /);
     assert.equal(await servedFingerprint(front.imapsPort), after);
+  } finally {
+    await dir.remove();
+  }
+});
+
+test('a certificate that cannot be used stops serve with an error naming the listener and its config path', async () => {
+  const dir = tmpDir('badcert');
+  try {
+    const config = parse(readFileSync(front.configFile, 'utf8')) as Record<string, unknown>;
+    const broken = join(dir.path, 'broken.pem');
+    writeFileSync(broken, 'not a certificate\n');
+    const port = await freePort();
+    config['listeners'] = [
+      { name: 'webmail', protocol: 'imap', host: '127.0.0.1', port: await freePort(), tls: 'none', plaintext_without_tls: true },
+      { name: 'imaps-broken', protocol: 'imap', host: '127.0.0.1', port, tls: 'implicit', certificate: { cert: broken, key: front.certs.keyFile } },
+    ];
+    config['store_map'] = { file: front.storesFile };
+    delete config['http'];
+    const file = join(dir.path, 'mailfront.yaml');
+    writeFileSync(file, stringify(config));
+    writeFileSync(join(dir.path, 'ldap.secret'), readFileSync(join(dirname(front.configFile), 'ldap.secret')));
+    await assert.rejects(Mailfront.start(loadConfig(file), { logDestination: { write: () => undefined }, processMetrics: false }), /^MailfrontError: listeners\[1\] \("imaps-broken"\)\.certificate: cannot use certificate .*broken\.pem with key /);
   } finally {
     await dir.remove();
   }
