@@ -6,7 +6,7 @@
  */
 import { watch } from 'node:fs';
 import type { FSWatcher } from 'node:fs';
-import { chmod, readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { chmod, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { readCaFile } from '../ca-file.js';
 import { basename, dirname, join } from 'node:path';
 import type { ConnectionOptions } from 'node:tls';
@@ -115,9 +115,16 @@ export class FileStoreMapSource implements StoreMapSource {
     // Created with the old file's permissions, not the umask's: a store map holding a password
     // inline must not become readable by all with a failover.
     const { mode } = await stat(this.file);
-    await writeFile(temp, doc.toString(), { mode: mode & 0o7777 });
-    await chmod(temp, mode & 0o7777);
-    await rename(temp, this.file);
+    try {
+      await writeFile(temp, doc.toString(), { mode: mode & 0o7777 });
+      await chmod(temp, mode & 0o7777);
+      await rename(temp, this.file);
+    } catch (error) {
+      // A write that failed (a full disk, an immutable or read-only file) leaves no temporary
+      // file behind: each failover tried would add one to the folder.
+      await rm(temp, { force: true }).catch(() => undefined);
+      throw error;
+    }
   }
 
   async close(): Promise<void> {}
