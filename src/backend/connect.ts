@@ -71,12 +71,27 @@ function tlsOptionsFor(slot: Slot, config: BackendConfig): ConnectionOptions {
 }
 
 /**
- * A TLS failure (an untrusted or mismatched certificate, a failed handshake) is not an
- * unreachable slot: waiting will not fix it, so it is a login failure, never retried.
+ * The error codes of a TLS failure that waiting will not fix: the certificate did not verify
+ * (OpenSSL's X509_V_ERR_* names as Node reports them: CERT_HAS_EXPIRED, UNABLE_TO_GET_ISSUER_CERT,
+ * DEPTH_ZERO_SELF_SIGNED_CERT, ERROR_IN_CERT_NOT_AFTER_FIELD, ...), the name did not match
+ * (ERR_TLS_CERT_ALTNAME_INVALID), or the two sides cannot agree (ERR_SSL_*: a wrong version, no
+ * shared cipher, plaintext on a TLS port).
  */
-function connectionFailureKind(error: NodeJS.ErrnoException): 'connect' | 'backend-login' {
+const TLS_FAILURE_CODES = /^(ERR_TLS_|ERR_SSL_|ERR_OSSL_|CERT_|CRL_|UNABLE_TO_|DEPTH_ZERO_|SELF_SIGNED_|ERROR_IN_|HOSTNAME_MISMATCH$|INVALID_CA$|INVALID_PURPOSE$|PATH_LENGTH_EXCEEDED$)/;
+
+/**
+ * A TLS failure (an untrusted or mismatched certificate, a failed negotiation) is not an
+ * unreachable slot: waiting will not fix it, so it is a login failure, never retried. Decided by
+ * the error's code alone: a backend that closes or resets the connection during the handshake
+ * (a restart) fails with ECONNRESET and a message that speaks of TLS ("Client network socket
+ * disconnected before secure TLS connection was established"), and is an outage like any other
+ * reset, held for failover.hold_ms.
+ */
+export function connectionFailureKind(error: NodeJS.ErrnoException): 'connect' | 'backend-login' {
   const code = error.code ?? '';
-  return /^(ERR_TLS|ERR_SSL|CERT_|UNABLE_TO_|DEPTH_ZERO|SELF_SIGNED|HOSTNAME_MISMATCH|ERR_OSSL)/.test(code) || /certificate|handshake|\bssl\b|\btls\b/i.test(error.message) ? 'backend-login' : 'connect';
+  // OpenSSL 3's name for a peer that closed without close_notify: a close, not a disagreement.
+  if (code === 'ERR_SSL_UNEXPECTED_EOF_WHILE_READING') return 'connect';
+  return TLS_FAILURE_CODES.test(code) ? 'backend-login' : 'connect';
 }
 
 /** Rejects when the signal fires, destroying `socket`. */

@@ -1,0 +1,119 @@
+// Dialling a slot over TLS against fake backends on loopback: which failures are an outage to wait
+// for (kind connect) and which a TLS failure that waiting will not fix (kind backend-login).
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import type { AddressInfo, Server, Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { connectionFailureKind, dialSlot, loginToBackend } from '../../src/backend/connect.js';
+import type { BackendConfig } from '../../src/config/schema.js';
+import { MailfrontError } from '../../src/errors.js';
+import { ImapBackendLoginMachine } from '../../src/protocol/imap/backend.js';
+import type { Slot } from '../../src/routing/storemap.js';
+import { testCertsPem } from '../integration/servers/certs.js';
+
+let dir: string;
+let caFile: string;
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'mailfront-connect-'));
+  caFile = join(dir, 'ca.crt');
+  await writeFile(caFile, (await testCertsPem()).ca);
+});
+
+after(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+function backendConfig(tls: BackendConfig['tls'], extra: Partial<BackendConfig> = {}): BackendConfig {
+  return { loginMode: 'replay', masterUserSeparator: '*', tls, caFile, tlsServername: 'localhost', forwardClientAddress: false, connectTimeoutMs: 2_000, loginTimeoutMs: 2_000, proxyProtocol: 'none', ...extra } as BackendConfig;
+}
+
+/** A fake backend on loopback; `onConnection` plays it. */
+async function fakeBackend(onConnection: (socket: Socket) => void): Promise<{ server: Server; slot: Slot }> {
+  const server = createServer((socket) => {
+    socket.on('error', () => undefined);
+    onConnection(socket);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const port = (server.address() as AddressInfo).port;
+  const slot = { name: 's1', store: 'st', host: '127.0.0.1', imapPort: port, imapsPort: port } as unknown as Slot;
+  return { server, slot };
+}
+
+async function failureOf(promise: Promise<unknown>): Promise<MailfrontError> {
+  try {
+    await promise;
+  } catch (error) {
+    assert.ok(error instanceof MailfrontError, String(error));
+    return error;
+  }
+  assert.fail('expected a failure');
+}
+
+/** Implicit TLS: the backend reads the ClientHello, then `end`s (FIN) or resets the connection. */
+for (const how of ['closes', 'resets'] as const) {
+  test(`a backend that ${how} the connection during the implicit-TLS handshake is an outage (connect), not a TLS failure`, async () => {
+    const { server, slot } = await fakeBackend((socket) => socket.once('data', () => (how === 'closes' ? socket.end() : socket.resetAndDestroy())));
+    try {
+      const error = await failureOf(dialSlot(slot, 'imap', backendConfig('implicit'), new AbortController().signal));
+      assert.equal(error.kind, 'connect', `${error.code}: ${error.message}`);
+    } finally {
+      server.close();
+    }
+  });
+}
+
+test('a backend that resets the connection during the handshake after STARTTLS is an outage (connect)', async () => {
+  const { server, slot } = await fakeBackend((socket) => {
+    socket.write('* OK [CAPABILITY IMAP4rev1 STARTTLS] ready\r\n');
+    socket.on('data', (data) => {
+      const starttls = /^(\S+) STARTTLS\r\n/.exec(data.toString('latin1'));
+      if (starttls !== null) socket.write(`${starttls[1]} OK begin TLS\r\n`);
+      else socket.resetAndDestroy(); // the ClientHello
+    });
+  });
+  try {
+    const config = backendConfig('starttls');
+    const socket = await dialSlot(slot, 'imap', config, new AbortController().signal);
+    const machine = new ImapBackendLoginMachine({ mode: 'replay', user: 'u', password: 'p', starttls: true });
+    const error = await failureOf(loginToBackend(socket, slot, machine, config, new AbortController().signal));
+    assert.equal(error.kind, 'connect', `${error.code}: ${error.message}`);
+  } finally {
+    server.close();
+  }
+});
+
+test('a certificate the CA did not sign, or one for another name, is a TLS failure (backend-login)', async () => {
+  const { cert, key } = await testCertsPem();
+  const { TLSSocket } = await import('node:tls');
+  const { server, slot } = await fakeBackend((socket) => {
+    const secure = new TLSSocket(socket, { isServer: true, cert, key });
+    secure.on('error', () => undefined);
+  });
+  try {
+    const otherCa = join(dir, 'other-ca.crt');
+    // The server's own certificate as the only CA: it is not a CA, so nothing verifies.
+    await writeFile(otherCa, cert);
+    const untrusted = await failureOf(dialSlot(slot, 'imap', backendConfig('implicit', { caFile: otherCa }), new AbortController().signal));
+    assert.equal(untrusted.kind, 'backend-login', `${untrusted.code}: ${untrusted.message}`);
+    const misnamed = await failureOf(dialSlot(slot, 'imap', backendConfig('implicit', { tlsServername: 'imap.example.org' }), new AbortController().signal));
+    assert.equal(misnamed.kind, 'backend-login', `${misnamed.code}: ${misnamed.message}`);
+  } finally {
+    server.close();
+  }
+});
+
+test('connectionFailureKind: certificate and negotiation codes are backend-login; resets, closes and timeouts are connect, whatever the message says', () => {
+  const kind = (code: string, message = 'x'): string => connectionFailureKind(Object.assign(new Error(message), { code }));
+  for (const code of ['CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'ERROR_IN_CERT_NOT_AFTER_FIELD', 'ERR_TLS_CERT_ALTNAME_INVALID', 'ERR_SSL_WRONG_VERSION_NUMBER', 'ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE', 'HOSTNAME_MISMATCH', 'INVALID_CA']) {
+    assert.equal(kind(code), 'backend-login', code);
+  }
+  for (const code of ['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNREFUSED', 'ERR_SSL_UNEXPECTED_EOF_WHILE_READING']) {
+    assert.equal(kind(code, 'Client network socket disconnected before secure TLS connection was established'), 'connect', code);
+  }
+});
