@@ -296,6 +296,31 @@ describe('IMAP backend login: other servers', () => {
     ]);
   });
 
+  it('reads "{N}" at the end of a status response or continuation as text, and at the end of untagged data as a literal', () => {
+    // RFC 9051 §7.1: resp-text runs to the end of the line. Read as a literal, the NO below
+    // would leave the login waiting for 30 octets until its timeout.
+    assert.deepStrictEqual(backendTrace({}, [DOVECOT_GREETING + 'mf1 NO [AUTHENTICATIONFAILED] Authentication failed {30}\r\n']).slice(1), [
+      'fail auth-failed login: mf1 NO [AUTHENTICATIONFAILED] Authentication failed {30}',
+      'state failed',
+    ]);
+    assert.deepStrictEqual(backendTrace({}, [DOVECOT_GREETING + '* BYE going down {12}\r\n']).slice(1), ['fail unavailable login: unexpected response: * BYE going down {12}', 'state failed']);
+    // Untagged OK (an ALERT), a tagged OK and continuation requests: text too.
+    assert.deepStrictEqual(backendTrace({}, [DOVECOT_GREETING + '* OK [ALERT] quota {5}\r\nmf1 OK Logged in {7}\r\n* CAPABILITY IMAP4rev1\r\nmf2 OK done\r\n']), [
+      'send mf1 LOGIN {5+}\r\nalice {6+}\r\nsecret\r\nmf2 CAPABILITY\r\n',
+      'done IMAP4rev1',
+      'state done',
+      'leftover * OK [ALERT] quota {5}\r\n',
+    ]);
+    assert.deepStrictEqual(backendTrace({}, ['* OK [CAPABILITY IMAP4rev1] ready\r\n', '+ send it {4}\r\n', '+ \r\n', 'mf1 OK [CAPABILITY IMAP4rev1] in\r\n']), [
+      'send mf1 LOGIN {5}\r\nalice {6}\r\nsecret\r\n',
+      'done IMAP4rev1',
+      'state done',
+      'leftover ',
+    ]);
+    // Untagged data still skips its literal, and a line of the literal that looks like a tagged NO is not read.
+    assert.deepStrictEqual(backendTrace({}, [DOVECOT_GREETING + '* ID ("name" {13}\r\nmf1 NO haha\r\n)\r\nmf1 OK [CAPABILITY IMAP4rev1] Logged in\r\n']).slice(1), ['done IMAP4rev1', 'state done', 'leftover ']);
+  });
+
   it('names its states and ignores input after the end', () => {
     const machine = imapAdapter.createBackendLogin({ ...BACKEND_DEFAULTS, starttls: true });
     assert.equal(machine.state, 'greeting');

@@ -101,10 +101,14 @@ class ResponseReader {
       const segment = Buffer.from(input.buffer, input.byteOffset, end).toString('latin1');
       this.responseBytes += lf + 1;
       this.input.consume(lf + 1);
+      const first = this.firstLine === null;
       this.firstLine ??= segment;
       // Untagged data (ID, LIST, ...) may carry literals: "{N}" at a line end announces N octets
-      // that belong to the same response (RFC 3501 §4.3).
-      const literal = segment.endsWith('}') ? /\{(\d+)\+?\}$/.exec(segment) : null;
+      // that belong to the same response (RFC 3501 §4.3). A status response (tagged, untagged
+      // OK/NO/BAD/BYE/PREAUTH) or a continuation request ends in resp-text, plain text to the end
+      // of the line (RFC 3501 §7.1, RFC 9051 §7.1): "{30}" there is words, and waiting for 30
+      // octets would hold the login until its timeout.
+      const literal = segment.endsWith('}') && !(first && isStatusLine(segment)) ? /\{(\d+)\+?\}$/.exec(segment) : null;
       if (literal !== null) {
         const digits = literal[1] as string;
         if (digits.length > MAX_LITERAL_DIGITS || this.responseBytes + Number(digits) > MAX_BACKEND_RESPONSE_BYTES) return 'too-long';
@@ -118,6 +122,18 @@ class ResponseReader {
       return line;
     }
   }
+}
+
+/** Untagged status responses: their text runs to the end of the line. */
+const UNTAGGED_STATUS = /^\* (?:OK|NO|BAD|BYE|PREAUTH)(?: |$)/i;
+
+/**
+ * Whether the first line of a response is a status response or a continuation request, whose
+ * text can hold no literal: every tagged line (tag SP resp-cond-state), "+ ...", and untagged
+ * OK, NO, BAD, BYE and PREAUTH. Only other untagged lines are data that may.
+ */
+function isStatusLine(line: string): boolean {
+  return !line.startsWith('* ') || UNTAGGED_STATUS.test(line);
 }
 
 /**
