@@ -39,6 +39,26 @@ export function slotPort(slot: Slot, protocol: Protocol, tls: BackendConfig['tls
   return port;
 }
 
+/** The code of a login refused because of the identity it would assert to the backend. */
+export const IDENTITY_REFUSED = 'BACKEND_IDENTITY_REFUSED';
+
+/**
+ * Why `user` must not be asserted to a backend under `config`, or null when it may. In the trust
+ * modes (master-user, sasl-authzid) the backend takes the name mailfront sends on the proxy
+ * account's word, without a password of its own: a directory user whose name is the proxy
+ * account's, or a backend administrator's (Cyrus `admins`), would get that account's rights
+ * (Cyrus lets its admin SETACL and read any mailbox). Compared without regard to case, as Cyrus
+ * lower-cases authorization identities. In replay mode the backend checks the user's own
+ * password, so any name may go.
+ */
+export function assertedIdentityProblem(user: string, config: Pick<BackendConfig, 'loginMode' | 'proxyUser' | 'reservedUsers'>): string | null {
+  if (config.loginMode === 'replay') return null;
+  const name = user.toLowerCase();
+  if (config.proxyUser !== undefined && name === config.proxyUser.toLowerCase()) return `the name is the proxy account's (backend.proxy_user), which login_mode ${config.loginMode} never asserts`;
+  if (config.reservedUsers.includes(name)) return `the name is in backend.reserved_users (a backend administrator), which login_mode ${config.loginMode} never asserts`;
+  return null;
+}
+
 /** Backend CA files, read once each; a reload empties it (forgetBackendCaFiles) so that a changed file is read again. */
 const caCache = new Map<string, Buffer>();
 

@@ -98,7 +98,19 @@ export interface BackendConfig {
   readonly loginTimeoutMs: number;
   /** Announce the client to the slot with a PROXY header (Dovecot `haproxy = yes` listeners, Cyrus -H). */
   readonly proxyProtocol: BackendProxyProtocol;
+  /**
+   * Names never asserted to a backend in the trust modes (master-user, sasl-authzid), lower-cased:
+   * the backend's administrators. The proxy account is never asserted either, listed or not.
+   */
+  readonly reservedUsers: readonly string[];
 }
+
+/**
+ * backend.reserved_users when not set: `cyrus` is the administrator of Cyrus's shipped imapd.conf
+ * (`admins: cyrus`) and of its documentation; `root` and `admin` are the names install guides give
+ * an administrator otherwise. An operator with other admin names lists them (the list replaces this one).
+ */
+export const DEFAULT_RESERVED_USERS: readonly string[] = ['cyrus', 'root', 'admin'];
 
 /** How a domain part in a login name is treated (see UsernameConfig). */
 export type UsernameDomainMode = 'keep' | 'strip' | 'qualify';
@@ -363,7 +375,7 @@ function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: I
 }
 
 /** Keys of a backend section; a store may override any of them. */
-export const BACKEND_KEYS = ['login_mode', 'proxy_user', 'proxy_password', 'master_user_separator', 'tls', 'ca_file', 'tls_servername', 'forward_client_address', 'connect_timeout_ms', 'login_timeout_ms', 'proxy_protocol'] as const;
+export const BACKEND_KEYS = ['login_mode', 'proxy_user', 'proxy_password', 'master_user_separator', 'tls', 'ca_file', 'tls_servername', 'forward_client_address', 'connect_timeout_ms', 'login_timeout_ms', 'proxy_protocol', 'reserved_users'] as const;
 
 /** Reads a backend section; `base` supplies the values a store-level override leaves out. */
 export function readBackend(v: unknown, path: string, resolvePath: (p: string) => string, issues: IssueList, base?: BackendConfig): BackendConfig {
@@ -390,7 +402,21 @@ export function readBackend(v: unknown, path: string, resolvePath: (p: string) =
     connectTimeoutMs: int(o, 'connect_timeout_ms', path, issues, 100, 120_000, base?.connectTimeoutMs ?? DEFAULT_BACKEND_CONNECT_TIMEOUT_MS),
     loginTimeoutMs: int(o, 'login_timeout_ms', path, issues, 100, 300_000, base?.loginTimeoutMs ?? DEFAULT_BACKEND_LOGIN_TIMEOUT_MS),
     proxyProtocol: oneOf(o, 'proxy_protocol', path, issues, BACKEND_PROXY_PROTOCOLS, base?.proxyProtocol ?? 'none'),
+    reservedUsers: readReservedUsers(o, path, issues, base?.reservedUsers ?? DEFAULT_RESERVED_USERS),
   };
+}
+
+/** backend.reserved_users: a list of names (empty allowed: the proxy account stays reserved), lower-cased for comparison. */
+function readReservedUsers(o: Record<string, unknown>, path: string, issues: IssueList, fallback: readonly string[]): readonly string[] {
+  const v = o['reserved_users'];
+  if (v === undefined) return fallback;
+  const list = typeof v === 'string' ? [v] : v;
+  if (!Array.isArray(list) || !list.every((name) => typeof name === 'string' && name.trim() !== '')) {
+    issues.add(at(path, 'reserved_users'), 'a list of user names (the backend administrators, e.g. [cyrus]), possibly empty', v);
+    return fallback;
+  }
+  // Cyrus lower-cases authorization identities: CYRUS is cyrus there.
+  return (list as string[]).map((name) => name.trim().toLowerCase());
 }
 
 function readStoreMapSource(v: unknown, directory: DirectoryConfig, resolvePath: (p: string) => string, issues: IssueList): StoreMapSourceConfig {

@@ -21,7 +21,8 @@ export type LoginRefusal =
   | 'auth-failed' // wrong password or unknown user: one fixed text
   | 'unavailable' // directory or backend outage, user without a store: temporary failure
   | 'limit' // throttled or over a connection limit
-  | 'in-use'; // the backend says the mailbox is locked (POP3 [IN-USE])
+  | 'in-use' // the backend says the mailbox is locked (POP3 [IN-USE])
+  | 'not-authorized'; // authenticated, but never let in under that name (a backend administrator's, the proxy account's)
 
 /** What the pre-auth machine asks the session to do, in order. */
 export type PreauthAction =

@@ -19,7 +19,7 @@ import type { ConnectionLease, ConnectionLimiter } from '../server/connection-li
 import { backendProxyHeader, plainAddress, proxySignatureSoFar } from '../server/proxy-protocol.js';
 import type { ConnectionEndpoints } from '../server/proxy-protocol.js';
 import { FORBIDDEN_IN_USER, normalizeUser } from '../auth/directory.js';
-import { CLOSED_AFTER_LOGIN, dialSlot, loginToBackend } from '../backend/connect.js';
+import { CLOSED_AFTER_LOGIN, IDENTITY_REFUSED, assertedIdentityProblem, dialSlot, loginToBackend } from '../backend/connect.js';
 import type { BackendSession } from '../backend/connect.js';
 import type { Config, ListenerConfig } from '../config/schema.js';
 import { MailfrontError, asMailfrontError } from '../errors.js';
@@ -96,8 +96,12 @@ export function loggableClaim(value: string): string {
   return kept.replace(UNLOGGABLE, '\ufffd');
 }
 
-/** Maps a failure kind to what the client is told; decided here and nowhere else. */
-function refusalFor(kind: FailureKind): LoginRefusal {
+/** Maps a failure to what the client is told; decided here and nowhere else. */
+function refusalFor(error: MailfrontError): LoginRefusal {
+  // The user authenticated, but is not let in under a name the backend would take as its
+  // administrator or the proxy account (RFC 5530 AUTHORIZATIONFAILED).
+  if (error.code === IDENTITY_REFUSED) return 'not-authorized';
+  const kind: FailureKind = error.kind;
   switch (kind) {
     case 'auth-failed':
       return 'auth-failed';
@@ -518,7 +522,7 @@ export class Session {
       }
       this.setPhase('preauth');
       this.slot = undefined;
-      const refusal = refusalFor(error.kind);
+      const refusal = refusalFor(error);
       this.context.metrics.loginResult(this.adapter.name, error.kind);
       if (error.kind === 'auth-failed') {
         this.context.metrics.authFailure(authFailureReason(error.code));
@@ -612,6 +616,12 @@ export class Session {
   }
 
   private async connectBackend(slot: Slot, backendConfig: Config['backend'], user: string, password: string, cancel: Cancellation): Promise<BackendSession> {
+    // Checked before the slot is dialled: nothing of such a login reaches the backend. Kind
+    // config: a name of the directory that is also the backend's administrator or the proxy
+    // account is a setup the operator must change; the password was right, so it is no failure
+    // for the throttle.
+    const identityProblem = assertedIdentityProblem(user, backendConfig);
+    if (identityProblem !== null) throw new MailfrontError(IDENTITY_REFUSED, 'config', `user "${user}" of store "${slot.store}" not logged in: ${identityProblem}`);
     const metrics = this.context.metrics;
     const connectStarted = performance.now();
     let socket: Socket;

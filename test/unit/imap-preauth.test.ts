@@ -127,6 +127,11 @@ describe('IMAP pre-auth: LOGIN', () => {
       login('u', 'p'),
       'send a NO [INUSE] Mailbox is in use, please try again later.\r\n',
     ]);
+    // RFC 5530: authenticated, but not let in under that name.
+    assert.deepStrictEqual(preauthTrace({ phases: ['a LOGIN u p\r\n'], logins: [{ ok: false, refusal: 'not-authorized' }] }), [
+      login('u', 'p'),
+      'send a NO [AUTHORIZATIONFAILED] Authorization failed.\r\n',
+    ]);
     assert.deepStrictEqual(preauthTrace({ phases: ['a LOGIN u p\r\n'], logins: [{ ok: false, refusal: 'unavailable' }] }), [
       login('u', 'p'),
       'send a NO [UNAVAILABLE] Temporary failure, please try again later.\r\n',

@@ -207,6 +207,11 @@ describe('managesieve preauth: login outcomes', () => {
     );
   });
 
+  it('a login refused for its name (not-authorized) gets a plain NO', () => {
+    const trace = preauthTrace({ options: IMPLICIT_TLS, phases: [authenticate], logins: [{ ok: false, refusal: 'not-authorized' }] });
+    assert.equal(wire(trace).slice(GREETING_TLS.length - 5), 'NO "Authorization failed."\r\n');
+  });
+
   it(`closes after ${MAX_AUTH_ATTEMPTS} failed logins`, () => {
     const trace = preauthTrace({ options: IMPLICIT_TLS, phases: [authenticate.repeat(4)] });
     assert.equal(trace.filter((e) => e.startsWith('login ')).length, MAX_AUTH_ATTEMPTS);

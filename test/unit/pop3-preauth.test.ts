@@ -337,7 +337,7 @@ describe('pop3 preauth: login results and pipelining', () => {
   });
 
   it('answers each refusal with its RFC 2449/3206 response code', () => {
-    const refuse = (refusal: 'unavailable' | 'limit' | 'in-use', text?: string): string => {
+    const refuse = (refusal: 'unavailable' | 'limit' | 'in-use' | 'not-authorized', text?: string): string => {
       const machine = pop3Adapter.createPreauth(PORT_995);
       machine.receive(Buffer.from('USER alice\r\nPASS secret\r\n'));
       return sent(machine.loginFailed(refusal, text).map((a) => (a.type === 'send' ? { send: a.data } : { close: a.type })));
@@ -347,6 +347,8 @@ describe('pop3 preauth: login results and pipelining', () => {
     assert.equal(refuse('limit'), '-ERR [SYS/TEMP] Too many connections or login attempts, please try again later.\r\n');
     assert.equal(refuse('in-use', "Couldn't open INBOX: Mailbox is locked"), "-ERR [IN-USE] Couldn't open INBOX: Mailbox is locked\r\n");
     assert.equal(refuse('in-use'), '-ERR [IN-USE] Mailbox is locked by another session.\r\n');
+    // RFC 3206 §5: [AUTH]; one fixed text, whatever the session gives.
+    assert.equal(refuse('not-authorized', 'x'), '-ERR [AUTH] Authorization failed.\r\n');
   });
 
   it(`closes after ${MAX_AUTH_ATTEMPTS} failed logins`, () => {

@@ -41,6 +41,8 @@ const MAX_ID_FIELD_BYTES = 30;
 const MAX_ID_VALUE_BYTES = 1024;
 
 const AUTH_FAILED_TEXT = 'NO [AUTHENTICATIONFAILED] Authentication failed.';
+/** RFC 5530: authenticated, but the identity may not be used. */
+const NOT_AUTHORIZED_TEXT = 'NO [AUTHORIZATIONFAILED] Authorization failed.';
 
 /** What a rejected line gets: the tagged BAD text, and for fatal problems the BYE text and close reason. */
 const PROBLEM_RESPONSES: Record<ParseProblem, { readonly bad: string; readonly bye: string; readonly reason: PreauthCloseReason }> = {
@@ -156,6 +158,8 @@ export class ImapPreauthMachine implements PreauthMachine {
         return `${this.loginTag} NO [LIMIT] ${given || 'Too many login attempts or connections, please try again later.'}\r\n`;
       case 'in-use':
         return `${this.loginTag} NO [INUSE] ${given || 'Mailbox is in use, please try again later.'}\r\n`;
+      case 'not-authorized':
+        return `${this.loginTag} ${NOT_AUTHORIZED_TEXT}\r\n`;
     }
   }
 

@@ -57,6 +57,8 @@ const AFTER_LOGIN_COMMANDS = new Set([
 const LITERAL_LIMIT_BYTES = Math.min(MAX_PREAUTH_LITERAL_BYTES, MAX_NONSYNC_LITERAL_BYTES);
 
 const AUTH_FAILED_LINE = 'NO "Authentication failed."';
+/** RFC 5804 has no response code for it: a plain NO. */
+const NOT_AUTHORIZED_LINE = 'NO "Authorization failed."';
 
 /** Texts for rejected lines (NO) and for lines that end the connection (BYE). */
 const PROBLEM_TEXT: Record<SieveProblem, string> = {
@@ -421,5 +423,7 @@ function refusalLine(refusal: LoginRefusal, text: string | undefined): string {
     case 'in-use':
       // RFC 5804 has no "in use" code; TRYLATER says the same thing to a client.
       return `NO (TRYLATER) ${sieveString(given || 'Your account is in use, please try again later.', 'server')}`;
+    case 'not-authorized':
+      return NOT_AUTHORIZED_LINE;
   }
 }

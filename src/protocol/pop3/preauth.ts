@@ -68,6 +68,7 @@ const PLAINTEXT_REFUSED = '[AUTH] Plaintext authentication disallowed on non-sec
 
 // One fixed text whatever the cause, so that an unknown user and a wrong password look the same.
 const AUTH_FAILED_LINE = '-ERR [AUTH] Authentication failed.';
+const NOT_AUTHORIZED_LINE = '-ERR [AUTH] Authorization failed.';
 
 /** The POP3 pre-auth machine; create one per client connection. */
 export class Pop3Preauth implements PreauthMachine {
@@ -414,5 +415,8 @@ function refusalLine(refusal: LoginRefusal, text: string | undefined): string {
     case 'in-use':
       // RFC 2449 §8.1: [IN-USE] means the maildrop is locked by another session.
       return `-ERR [IN-USE] ${given || 'Mailbox is locked by another session.'}`;
+    case 'not-authorized':
+      // RFC 3206 §5: [AUTH], a refusal for a reason of authentication or policy.
+      return NOT_AUTHORIZED_LINE;
   }
 }
