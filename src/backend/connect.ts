@@ -48,11 +48,15 @@ export const IDENTITY_REFUSED = 'BACKEND_IDENTITY_REFUSED';
  * account's word, without a password of its own: a directory user whose name is the proxy
  * account's, or a backend administrator's (Cyrus `admins`), would get that account's rights
  * (Cyrus lets its admin SETACL and read any mailbox). Compared without regard to case, as Cyrus
- * lower-cases authorization identities. In replay mode the backend checks the user's own
- * password, so any name may go.
+ * lower-cases authorization identities. In master-user mode a name that holds the separator
+ * cannot be sent as one name. In replay mode the backend checks the user's own password, so any
+ * name may go.
  */
-export function assertedIdentityProblem(user: string, config: Pick<BackendConfig, 'loginMode' | 'proxyUser' | 'reservedUsers'>): string | null {
+export function assertedIdentityProblem(user: string, config: Pick<BackendConfig, 'loginMode' | 'proxyUser' | 'reservedUsers' | 'masterUserSeparator'>): string | null {
   if (config.loginMode === 'replay') return null;
+  // Dovecot splits "user*master" at the separator: "alice*bob" would be read as user alice with
+  // master user "bob*proxy" (a failed login at best).
+  if (config.loginMode === 'master-user' && user.includes(config.masterUserSeparator)) return `the name holds backend.master_user_separator "${config.masterUserSeparator}", where Dovecot would split it`;
   const name = user.toLowerCase();
   if (config.proxyUser !== undefined && name === config.proxyUser.toLowerCase()) return `the name is the proxy account's (backend.proxy_user), which login_mode ${config.loginMode} never asserts`;
   if (config.reservedUsers.includes(name)) return `the name is in backend.reserved_users (a backend administrator), which login_mode ${config.loginMode} never asserts`;

@@ -394,7 +394,7 @@ export function readBackend(v: unknown, path: string, resolvePath: (p: string) =
     loginMode,
     ...(proxyUser !== undefined ? { proxyUser } : {}),
     ...(proxyPassword !== undefined ? { proxyPassword } : {}),
-    masterUserSeparator: str(o, 'master_user_separator', path, issues, base?.masterUserSeparator ?? '*'),
+    masterUserSeparator: readSeparator(o, path, issues, base?.masterUserSeparator ?? '*'),
     tls: oneOf(o, 'tls', path, issues, TLS_MODES, base?.tls ?? 'none'),
     ...(resolvedCa !== undefined ? { caFile: resolvedCa } : {}),
     ...(servername !== undefined ? { tlsServername: servername } : {}),
@@ -404,6 +404,19 @@ export function readBackend(v: unknown, path: string, resolvePath: (p: string) =
     proxyProtocol: oneOf(o, 'proxy_protocol', path, issues, BACKEND_PROXY_PROTOCOLS, base?.proxyProtocol ?? 'none'),
     reservedUsers: readReservedUsers(o, path, issues, base?.reservedUsers ?? DEFAULT_RESERVED_USERS),
   };
+}
+
+/**
+ * backend.master_user_separator: one printable ASCII character. Dovecot's
+ * auth_master_user_separator is a single character (it splits the login name at the first
+ * occurrence of that character), so "**" made every master-user login fail.
+ */
+function readSeparator(o: Record<string, unknown>, path: string, issues: IssueList, fallback: string): string {
+  const v = o['master_user_separator'];
+  if (v === undefined) return fallback;
+  if (typeof v === 'string' && /^[\x21-\x7e]$/.test(v)) return v;
+  issues.add(at(path, 'master_user_separator'), 'one printable ASCII character, as Dovecot\'s auth_master_user_separator (e.g. "*")', v);
+  return fallback;
 }
 
 /** backend.reserved_users: a list of names (empty allowed: the proxy account stays reserved), lower-cased for comparison. */

@@ -9,7 +9,7 @@ import { assertedIdentityProblem } from '../../src/backend/connect.js';
 import { ConfigError, loadConfig, loadStoreMap } from '../../src/config/load.js';
 import { DEFAULT_RESERVED_USERS } from '../../src/config/schema.js';
 
-const CYRUS = { loginMode: 'sasl-authzid', proxyUser: 'ProxyAdmin', reservedUsers: DEFAULT_RESERVED_USERS } as const;
+const CYRUS = { loginMode: 'sasl-authzid', proxyUser: 'ProxyAdmin', reservedUsers: DEFAULT_RESERVED_USERS, masterUserSeparator: '*' } as const;
 
 test('sasl-authzid and master-user never assert the proxy account or a reserved name, in any case', () => {
   for (const loginMode of ['sasl-authzid', 'master-user'] as const) {
@@ -26,6 +26,31 @@ test('sasl-authzid and master-user never assert the proxy account or a reserved 
   // An empty list leaves the proxy account reserved.
   assert.notEqual(assertedIdentityProblem('proxyadmin', { ...CYRUS, reservedUsers: [] }), null);
   assert.equal(assertedIdentityProblem('cyrus', { ...CYRUS, reservedUsers: [] }), null);
+});
+
+test('master-user never sends a name that holds the separator, which Dovecot would split it at', () => {
+  const dovecot = { ...CYRUS, loginMode: 'master-user' } as const;
+  for (const user of ['alice*bob', '*', 'alice*']) assert.match(assertedIdentityProblem(user, dovecot) ?? '', /master_user_separator "\*"/, user);
+  assert.equal(assertedIdentityProblem('alice%bob', dovecot), null);
+  assert.notEqual(assertedIdentityProblem('alice%bob', { ...dovecot, masterUserSeparator: '%' }), null);
+  // sasl-authzid and replay send the name as one field: the separator means nothing there.
+  assert.equal(assertedIdentityProblem('alice*bob', CYRUS), null);
+  assert.equal(assertedIdentityProblem('alice*bob', { ...CYRUS, loginMode: 'replay' }), null);
+});
+
+test('backend.master_user_separator must be one character, as Dovecot\'s auth_master_user_separator is', () => {
+  assert.equal(load('').backend.masterUserSeparator, '*');
+  assert.equal(load('backend: { master_user_separator: "%" }\n').backend.masterUserSeparator, '%');
+  for (const bad of ['"**"', '""', '" "', '"é"', '3']) {
+    try {
+      load(`backend: { master_user_separator: ${bad} }\n`);
+      assert.fail(`accepted ${bad}`);
+    } catch (error) {
+      assert.ok(error instanceof ConfigError, String(error));
+      assert.deepEqual(error.issues.map((i) => i.path), ['backend.master_user_separator'], bad);
+      assert.match(error.issues[0]?.expected ?? '', /one printable ASCII character/);
+    }
+  }
 });
 
 test('replay asserts nothing: the backend checks the user\'s own password, so every name may go', () => {
