@@ -308,10 +308,15 @@ export function loginToBackend(initial: Socket, slot: Slot, machine: BackendLogi
   });
 }
 
-/** Reads the first line a slot sends; resolves with it (without CRLF). */
-function readGreeting(socket: Socket, signal: Cancellation): Promise<string> {
+/** Bytes a probe read past the line it wanted, for its next read. */
+interface ProbeInput {
+  rest: Buffer;
+}
+
+/** Reads the next line a slot sends; resolves with it (without CRLF). Bytes after it stay in `input`. */
+function readLine(socket: Socket, signal: Cancellation, input: ProbeInput = { rest: Buffer.alloc(0) }): Promise<string> {
   return new Promise((resolve, reject) => {
-    let buffered = Buffer.alloc(0);
+    let buffered = input.rest;
     const done = (error: Error | null, line?: string): void => {
       socket.off('data', onData);
       socket.off('error', onError);
@@ -320,36 +325,122 @@ function readGreeting(socket: Socket, signal: Cancellation): Promise<string> {
       if (error) reject(error);
       else resolve(line ?? '');
     };
+    const take = (): boolean => {
+      const lf = buffered.indexOf(0x0a);
+      if (lf >= 0) {
+        input.rest = buffered.subarray(lf + 1);
+        done(null, buffered.subarray(0, lf).toString('latin1').replace(/\r$/, ''));
+        return true;
+      }
+      if (buffered.length > 4096) {
+        done(new Error('line longer than 4096 bytes'));
+        return true;
+      }
+      return false;
+    };
     const onData = (chunk: Buffer): void => {
       buffered = Buffer.concat([buffered, chunk]);
-      const lf = buffered.indexOf(0x0a);
-      if (lf >= 0) done(null, buffered.subarray(0, lf).toString('latin1').replace(/\r$/, ''));
-      else if (buffered.length > 4096) done(new Error('greeting longer than 4096 bytes'));
+      take();
     };
     const onError = (error: Error): void => done(error);
-    const onClose = (): void => done(new Error('closed before the greeting'));
-    const onAbort = (): void => done(new Error('no greeting in time'));
+    const onClose = (): void => done(new Error('closed before the line'));
+    const onAbort = (): void => done(new Error('no answer in time'));
     socket.on('data', onData);
     socket.once('error', onError);
     socket.once('close', onClose);
     signal.addEventListener('abort', onAbort, { once: true });
+    if (signal.aborted) onAbort();
+    else take();
   });
 }
 
+/** At most this many lines of a greeting or an answer a probe reads before it gives up on the slot. */
+const PROBE_MAX_LINES = 64;
+
+/** Reads lines until one that `ends` says is the last; resolves with it. */
+async function readUntil(socket: Socket, signal: Cancellation, input: ProbeInput, ends: (line: string) => boolean, what: string): Promise<string> {
+  for (let i = 0; i < PROBE_MAX_LINES; i++) {
+    const line = await readLine(socket, signal, input);
+    if (ends(line)) return line;
+  }
+  throw new Error(`no end of ${what} within ${PROBE_MAX_LINES} lines`);
+}
+
 /**
- * Probes a slot for health: connect and read a positive greeting, or, given a login machine for
- * a probe account, log in. Always closes the connection.
+ * The probe's STARTTLS on a slot whose logins use it: the protocol's command (IMAP STARTTLS,
+ * POP3 STLS, ManageSieve STARTTLS) after the greeting, then a handshake verified as a login's
+ * is. A slot whose certificate expired or names another host fails every login; without this,
+ * a probe that only read the greeting showed it up.
+ */
+async function probeStartTls(socket: Socket, slot: Slot, protocol: Protocol, config: BackendConfig, signal: Cancellation, input: ProbeInput): Promise<void> {
+  let answer: string;
+  switch (protocol) {
+    case 'imap':
+      writeNow(socket, Buffer.from('mfprobe STARTTLS\r\n'));
+      answer = await readUntil(socket, signal, input, (line) => /^(mfprobe |\* BYE\b)/i.test(line), 'the STARTTLS answer');
+      if (!/^mfprobe OK\b/i.test(answer)) throw new Error(`STARTTLS refused: ${answer.slice(0, 80)}`);
+      break;
+    case 'pop3':
+      writeNow(socket, Buffer.from('STLS\r\n'));
+      answer = await readLine(socket, signal, input);
+      if (!/^\+OK\b/i.test(answer)) throw new Error(`STLS refused: ${answer.slice(0, 80)}`);
+      break;
+    case 'managesieve': {
+      const status = (line: string): boolean => /^(OK|NO|BYE)\b/i.test(line);
+      writeNow(socket, Buffer.from('STARTTLS\r\n'));
+      answer = await readUntil(socket, signal, input, status, 'the STARTTLS answer');
+      if (!/^OK\b/i.test(answer)) throw new Error(`STARTTLS refused: ${answer.slice(0, 80)}`);
+      break;
+    }
+  }
+  const tlsOptions = tlsOptionsFor(slot, config);
+  const secure = tlsConnect({ socket, ...tlsOptions });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const onAbort = (): void => reject(new Error('no TLS handshake in time'));
+      if (signal.aborted) return onAbort();
+      signal.addEventListener('abort', onAbort, { once: true });
+      secure.once('secureConnect', () => {
+        signal.removeEventListener('abort', onAbort);
+        resolve();
+      });
+      // Kept (not once) until the socket is destroyed: a second error must not go unhandled.
+      secure.on('error', (error) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(new Error(`STARTTLS handshake failed: ${error.message}`, { cause: error }));
+      });
+    });
+  } finally {
+    secure.destroy();
+  }
+}
+
+/**
+ * Probes a slot for health: connect and read a positive greeting (and on a slot whose logins use
+ * STARTTLS, do it and its verified handshake), or, given a login machine for a probe account,
+ * log in. Always closes the connection.
  */
 export async function probeSlot(slot: Slot, protocol: Protocol, config: BackendConfig, signal: Cancellation, login?: BackendLoginMachine, proxyHeader: Buffer | null = null): Promise<void> {
   const socket = await dialSlot(slot, protocol, config, signal, proxyHeader);
+  // Between two reads no listener of readLine's is attached: an error then must not go unhandled
+  // (the next read, or the close, reports the failure).
+  socket.on('error', () => undefined);
   try {
     if (login) {
       const session = await loginToBackend(socket, slot, login, config, signal);
       session.socket.destroy();
       return;
     }
-    const greeting = await readGreeting(socket, signal);
+    const input: ProbeInput = { rest: Buffer.alloc(0) };
+    const greeting = await readLine(socket, signal, input);
     if (!/^(\* OK|\+OK|"IMPLEMENTATION")/i.test(greeting)) throw new Error(`unexpected greeting: ${greeting.slice(0, 80)}`);
+    if (config.tls !== 'starttls') return;
+    // ManageSieve's greeting is its capability list, ended by OK.
+    if (protocol === 'managesieve') {
+      const end = await readUntil(socket, signal, input, (line) => /^(OK|NO|BYE)\b/i.test(line), 'the greeting');
+      if (!/^OK\b/i.test(end)) throw new Error(`unexpected greeting: ${end.slice(0, 80)}`);
+    }
+    await probeStartTls(socket, slot, protocol, config, signal, input);
   } finally {
     socket.destroy();
   }

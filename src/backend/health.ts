@@ -1,6 +1,6 @@
 /**
  * Slot health checks: every slot of the store map is probed periodically (connect and read the
- * greeting; with a probe account, also log in). Results are kept for status and metrics. It
+ * greeting, and do STARTTLS where the slot's logins do; with a probe account, log in). Results are kept for status and metrics. It
  * never changes routing: promoting a replica stays the operator's decision.
  */
 import type { Logger } from '../log.js';

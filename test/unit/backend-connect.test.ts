@@ -4,11 +4,12 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
+import { TLSSocket } from 'node:tls';
 import type { AddressInfo, Server, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { connectionFailureKind, dialSlot, loginToBackend } from '../../src/backend/connect.js';
+import { connectionFailureKind, dialSlot, loginToBackend, probeSlot } from '../../src/backend/connect.js';
 import type { BackendConfig } from '../../src/config/schema.js';
 import { MailfrontError } from '../../src/errors.js';
 import { ImapBackendLoginMachine } from '../../src/protocol/imap/backend.js';
@@ -41,7 +42,7 @@ async function fakeBackend(onConnection: (socket: Socket) => void): Promise<{ se
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   const port = (server.address() as AddressInfo).port;
-  const slot = { name: 's1', store: 'st', host: '127.0.0.1', imapPort: port, imapsPort: port } as unknown as Slot;
+  const slot = { name: 's1', store: 'st', host: '127.0.0.1', imapPort: port, imapsPort: port, pop3Port: port, sievePort: port } as unknown as Slot;
   return { server, slot };
 }
 
@@ -115,5 +116,66 @@ test('connectionFailureKind: certificate and negotiation codes are backend-login
   }
   for (const code of ['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNREFUSED', 'ERR_SSL_UNEXPECTED_EOF_WHILE_READING']) {
     assert.equal(kind(code, 'Client network socket disconnected before secure TLS connection was established'), 'connect', code);
+  }
+});
+
+/** A backend that offers STARTTLS the protocol's way and, once asked, does TLS with the test certificate. */
+const STARTTLS_BACKENDS = {
+  imap: { greeting: '* OK [CAPABILITY IMAP4rev1 STARTTLS] ready\r\n', command: /^(\S+) STARTTLS\r\n/, answer: (m: RegExpExecArray) => `${m[1]} OK Begin TLS\r\n` },
+  pop3: { greeting: '+OK ready\r\n', command: /^STLS\r\n/, answer: () => '+OK Begin TLS\r\n' },
+  managesieve: { greeting: '"IMPLEMENTATION" "fake"\r\n"SIEVE" "fileinto"\r\n"STARTTLS"\r\nOK "ready"\r\n', command: /^STARTTLS\r\n/, answer: () => 'OK "Begin TLS"\r\n' },
+} as const;
+
+for (const protocol of ['imap', 'pop3', 'managesieve'] as const) {
+  test(`the health probe of a ${protocol} slot with tls starttls does STARTTLS and a verified handshake: a certificate for another name is down`, async () => {
+    const { cert, key } = await testCertsPem();
+    const backend = STARTTLS_BACKENDS[protocol];
+    let asked = 0;
+    const { server, slot } = await fakeBackend((socket) => {
+      socket.write(backend.greeting);
+      socket.once('data', (data) => {
+        const command = backend.command.exec(data.toString('latin1'));
+        if (command === null) return void socket.end();
+        asked++;
+        socket.write(backend.answer(command));
+        const secure = new TLSSocket(socket, { isServer: true, cert, key });
+        secure.on('error', () => undefined);
+      });
+    });
+    try {
+      // The certificate names localhost: good for a slot known as localhost, not for another name.
+      await probeSlot(slot, protocol, backendConfig('starttls'), AbortSignal.timeout(2_000));
+      assert.equal(asked, 1, 'the probe asked for STARTTLS');
+      await assert.rejects(probeSlot(slot, protocol, backendConfig('starttls', { tlsServername: 'imap.example.org' }), AbortSignal.timeout(2_000)), /STARTTLS handshake failed: .*imap\.example\.org/);
+    } finally {
+      server.close();
+    }
+  });
+}
+
+test('the health probe of a slot with tls none reads the greeting only', async () => {
+  const received: string[] = [];
+  const { server, slot } = await fakeBackend((socket) => {
+    socket.write(STARTTLS_BACKENDS.imap.greeting);
+    socket.on('data', (data) => received.push(data.toString('latin1')));
+  });
+  try {
+    await probeSlot(slot, 'imap', backendConfig('none'), AbortSignal.timeout(2_000));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepEqual(received, []);
+  } finally {
+    server.close();
+  }
+});
+
+test('the health probe of a STARTTLS slot that refuses STARTTLS is down', async () => {
+  const { server, slot } = await fakeBackend((socket) => {
+    socket.write('+OK ready\r\n');
+    socket.once('data', () => socket.write('-ERR not here\r\n'));
+  });
+  try {
+    await assert.rejects(probeSlot(slot, 'pop3', backendConfig('starttls'), AbortSignal.timeout(2_000)), /STLS refused: -ERR not here/);
+  } finally {
+    server.close();
   }
 });
