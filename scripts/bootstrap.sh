@@ -5,6 +5,7 @@
 #   3. Cyrus IMAP unpacked into <repo>/.cache/cyrus (it conflicts with Dovecot in apt, so it is
 #      never installed; its .debs are fetched with `apt-get download` and unpacked with `dpkg -x`)
 # Non-interactive: works with CI=true and without stdin. Messages are prefixed "bootstrap:".
+# --packages-only (as root): step 2 alone, the command printed to a normal user missing packages.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,9 +19,17 @@ die() { echo "bootstrap: $*" >&2; exit 1; }
 IS_ROOT=0
 if [ "$(id -u)" = "0" ]; then IS_ROOT=1; fi
 
+PACKAGES_ONLY=0
+case "${1-}" in
+  "") ;;
+  --packages-only) PACKAGES_ONLY=1 ;;
+  *) die "unknown argument \"$1\" (usage: bootstrap.sh [--packages-only])" ;;
+esac
+if [ "$PACKAGES_ONLY" = "1" ] && [ "$IS_ROOT" != "1" ]; then die "--packages-only installs Debian packages and must run as root"; fi
+
 # --- 1. node_modules -------------------------------------------------------------------------
-if [ ! -d node_modules ] || [ ! -f node_modules/.package-lock.json ] \
-  || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+if [ "$PACKAGES_ONLY" = "0" ] && { [ ! -d node_modules ] || [ ! -f node_modules/.package-lock.json ] \
+  || [ package-lock.json -nt node_modules/.package-lock.json ]; }; then
   say "installing node modules (npm ci)"
   npm ci --no-audit --no-fund </dev/null >&2
 fi
@@ -75,14 +84,19 @@ disable_unit() {
     update-rc.d "$1" disable >/dev/null 2>&1 || true
   fi
 }
-disable_packaged_daemons() {
+# The daemons' units that packages "$@" bring.
+packaged_units() {
   local pkg dovecot_done=0
   for pkg in "$@"; do
     case "$pkg" in
-      slapd | redis-server | haproxy | prometheus) disable_unit "$pkg" ;;
-      dovecot-*) if [ "$dovecot_done" = "0" ]; then disable_unit dovecot; dovecot_done=1; fi ;;
+      slapd | redis-server | haproxy | prometheus) echo "$pkg" ;;
+      dovecot-*) if [ "$dovecot_done" = "0" ]; then echo dovecot; dovecot_done=1; fi ;;
     esac
   done
+}
+disable_packaged_daemons() {
+  local unit
+  for unit in $(packaged_units "$@"); do disable_unit "$unit"; done
   # prometheus recommends its node exporter: disabled when this install brought it in.
   if [ "$NODE_EXPORTER_BEFORE" != "installed" ] \
     && [ "$(dpkg-query -W -f='${db:Status-Status}' prometheus-node-exporter 2>/dev/null || true)" = "installed" ]; then
@@ -102,11 +116,27 @@ if [ "${#missing[@]}" -gt 0 ]; then
     say "keeping the packaged daemons from starting at boot (the tests and the demo run their own)"
     disable_packaged_daemons "${missing[@]}"
   else
+    # Not a bare `sudo apt-get install`: run as printed, it would start Debian's dovecot, slapd,
+    # redis, haproxy and prometheus on their default ports and leave them enabled at boot.
+    units="$(packaged_units "${missing[@]}" | tr '\n' ' ')"
+    # prometheus recommends its node exporter, which apt then installs and starts too.
+    case " $units" in *" prometheus "*) if [ "$NODE_EXPORTER_BEFORE" != "installed" ]; then units+="prometheus-node-exporter "; fi ;; esac
     say "missing Debian packages: ${missing[*]}"
-    echo "sudo apt-get update && sudo apt-get install -y ${missing[*]}"
-    say "then run this command again as root (sudo): the tests and the demo hand daemon files to the daemons' own users"
+    say "this installs them as root the way a root run does (packaged daemons kept from starting, and disabled at boot):"
+    echo "sudo bash $(printf '%q' "$REPO_ROOT/scripts/bootstrap.sh") --packages-only"
+    say "or by hand, as root: keep apt from starting daemons (a /usr/sbin/policy-rc.d that exits 101, removed afterwards), apt-get update, DEBIAN_FRONTEND=noninteractive apt-get install -y ${missing[*]}${units:+, then systemctl disable ${units% }}"
+    case "${npm_lifecycle_event-}" in
+      test) again="sudo npm test" ;;
+      demo) again="sudo npm run demo" ;;
+      *) again="this command again as root (sudo)" ;;
+    esac
+    say "then run $again: the tests and the demo hand daemon files to the daemons' own users"
     exit 1
   fi
+fi
+if [ "$PACKAGES_ONLY" = "1" ]; then
+  say "the Debian packages are in place"
+  exit 0
 fi
 if [ "$IS_ROOT" != "1" ]; then
   # The harness chowns Dovecot's and Cyrus' files to their system users, which needs root.
