@@ -379,6 +379,14 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+// A reader that stops early (`mailfront sessions | head -1`, `grep -q`) closes the pipe: what is
+// left to print has nowhere to go, which is no failure of the command; without a listener node
+// would end on an unhandled EPIPE with a stack trace. (serve's log lines do not go through here.)
+process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+  if (error.code !== 'EPIPE') throw error;
+  process.exit(process.exitCode ?? 0);
+});
+
 main(process.argv.slice(2)).then(
   (code) => {
     if (code >= 0) process.exitCode = code;
