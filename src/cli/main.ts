@@ -104,13 +104,16 @@ async function remoteFrom(values: { config?: string | undefined; url?: string | 
   let url = values.url;
   let token = values.token ?? process.env['MAILFRONT_ADMIN_TOKEN'];
   if (url === undefined || token === undefined) {
-    const config = await loadConfig(values.config ?? DEFAULT_CONFIG);
+    // Only the http and admin sections, and no secret file when the token is given: the whole
+    // config would need every secret file serve reads (an LDAP bind password, say).
+    const { loadAdminAccess } = await import('../config/load.js');
+    const config = loadAdminAccess(values.config ?? DEFAULT_CONFIG, token === undefined);
     if (url === undefined) {
       if (config.http === undefined) throw new Error(`${config.file} has no http section: the admin API is not listening (or give --url)`);
       const host = config.http.host === '0.0.0.0' ? '127.0.0.1' : config.http.host === '::' ? '::1' : config.http.host;
       url = `http://${host.includes(':') ? `[${host}]` : host}:${config.http.port}`;
     }
-    token ??= config.admin.token;
+    token ??= config.token;
   }
   if (token === undefined) throw new Error('no admin token: set admin.token in the config, MAILFRONT_ADMIN_TOKEN, or --token');
   return { url: url.replace(/\/$/, ''), token };

@@ -10,7 +10,9 @@ import type { Config } from './schema.js';
 import { readConfig } from './schema.js';
 import { StoreMap, readStoreMap } from '../routing/storemap.js';
 import type { ConfigIssue } from './validate.js';
-import { IssueList, SECRET_KEY, deepFreeze } from './validate.js';
+import { IssueList, SECRET_KEY, deepFreeze, optStr, readMapping, readSection } from './validate.js';
+import { readHttpConfig } from '../server/http.js';
+import type { HttpConfig } from '../server/http.js';
 
 export { resolverFor };
 
@@ -128,6 +130,36 @@ export function loadConfig(fileName: string): Config {
   const config = readConfig(doc, file, resolvePath, issues);
   if (issues.issues.length > 0) throw new ConfigError(file, issues.issues);
   return deepFreeze(config);
+}
+
+/** What the operator commands need of a config file: the admin API's address and token. */
+export interface AdminAccess {
+  /** Absolute path of the file. */
+  readonly file: string;
+  readonly http?: HttpConfig;
+  readonly token?: string;
+}
+
+/**
+ * Reads the `http` and `admin` sections of a config file, and nothing else, for the operator
+ * commands: whoever may read the file and the admin token need not read every secret serve
+ * needs (an LDAP bind password file readable by mailfront alone, say), nor have a config that
+ * serve would take. With `withToken` false (a token given otherwise), no secret file is read.
+ */
+export function loadAdminAccess(fileName: string, withToken: boolean): AdminAccess {
+  const file = resolve(fileName);
+  const issues = new IssueList();
+  const root = readMapping(parseYamlFile(file), '', issues) ?? {};
+  const http = readHttpConfig(root['http'], 'http', issues);
+  let token: string | undefined;
+  if (withToken && root['admin'] !== undefined && root['admin'] !== null) {
+    const sections = { admin: root['admin'] };
+    inlineSecretFiles(sections, resolverFor(file), '', issues);
+    const admin = readSection(sections.admin, 'admin', ['token'], issues) ?? {};
+    token = optStr(admin, 'token', 'admin', issues);
+  }
+  if (issues.issues.length > 0) throw new ConfigError(file, issues.issues);
+  return { file, ...(http !== undefined ? { http } : {}), ...(token !== undefined ? { token } : {}) };
 }
 
 /**

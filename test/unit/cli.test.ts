@@ -2,6 +2,11 @@
 // usage errors, and what the operator commands read of the config file.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
@@ -34,4 +39,47 @@ test('output to a reader that has gone (| head, | grep -q) ends the command quie
   const version = await cli(['stores', '--version'], { closeStdout: true });
   assert.equal(version.stderr, '');
   assert.equal(version.code, 0);
+});
+
+/** An admin API stand-in that answers GET /api/stores and records the tokens it was given. */
+async function fakeAdminApi(): Promise<{ port: number; tokens: string[]; close: () => void }> {
+  const tokens: string[] = [];
+  const server = createServer((req, res) => {
+    tokens.push(req.headers.authorization ?? '');
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ version: 3, stores: [] }));
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return { port: (server.address() as AddressInfo).port, tokens, close: () => server.close() };
+}
+
+test('the operator commands read only http and admin of the config: another secret file they cannot read is no error, and with --token no secret file is read', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'mf-cli-remote-'));
+  const api = await fakeAdminApi();
+  try {
+    const token = 'a-token-of-the-admin-api-0123456789';
+    await writeFile(join(dir, 'admin.token'), `${token}\n`);
+    // The LDAP bind password file is mailfront's alone (here: missing); listeners are not even
+    // valid. The operator commands need neither.
+    const config = join(dir, 'mailfront.yaml');
+    await writeFile(config, `listeners: nope\ndirectory: { urls: [ldap://127.0.0.1], bind_dn: cn=x, bind_password_file: ${join(dir, 'ldap.secret')}, base_dn: dc=x }\nstore_map: { file: stores.yaml }\nhttp: { host: 127.0.0.1, port: ${api.port} }\nadmin: { token_file: admin.token }\n`);
+    const stores = await cli(['stores', '-c', config]);
+    assert.equal(stores.code, 0, stores.stderr);
+    assert.match(stores.stdout, /^store map version 3\n/);
+    assert.deepEqual(api.tokens, [`Bearer ${token}`]);
+    // With --token, the token file is not read: it may be unreadable, or gone.
+    await rm(join(dir, 'admin.token'));
+    const given = await cli(['stores', '-c', config, '--token', 'the-token-given-on-the-command-line']);
+    assert.equal(given.code, 0, given.stderr);
+    assert.deepEqual(api.tokens.slice(1), ['Bearer the-token-given-on-the-command-line']);
+    // Without it, the token file's problem is named.
+    const missing = await cli(['stores', '-c', config]);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /admin\.token_file: expected a readable file.*, found ENOENT/);
+    assert.ok(!missing.stderr.includes('directory'), missing.stderr);
+  } finally {
+    api.close();
+    await rm(dir, { recursive: true, force: true });
+  }
 });
