@@ -53,7 +53,8 @@ ${COMMON}
 
 Validates FILE, loads each listener's certificate and key as serve would (binding nothing), and
 reads the store map FILE names (a file, or the LDAP store entries). Prints every problem with its
-path and what was expected and exits 1, or prints a summary and exits 0.
+path and what was expected and exits 1, or prints a summary and exits 0. FILE's own problems come
+alone (the rest is read once FILE is valid); those of its files and store map come together.
 ${COMMON}
 `,
   stores: `Usage: mailfront stores [-c FILE]
@@ -161,25 +162,28 @@ function sessionsTable(sessions: SessionJson[]): string {
 /**
  * Loads each listener's certificate and key as serve does (a TlsContextHolder with the config's
  * policy: the files read, the key matched to the certificate; nothing bound), so that check-config
- * finds what would stop serve. A file that cannot be read is named on its own.
+ * finds what would stop serve. A file that cannot be read is named on its own, once, under the
+ * first listener naming it (as CA files are).
  */
 async function checkListenerCertificates(config: import('../config/schema.js').Config): Promise<import('../config/validate.js').ConfigIssue[]> {
   const { TlsContextHolder } = await import('../server/tls-config.js');
   const issues: import('../config/validate.js').ConfigIssue[] = [];
+  const readable = new Map<string, boolean>();
   config.listeners.forEach((listener, i) => {
     const files = listener.certificate;
     if (files === undefined) return;
     const path = `listeners[${i}].certificate`;
-    let readable = true;
     for (const key of ['cert', 'key'] as const) {
+      if (readable.has(files[key])) continue;
       try {
         readFileSync(files[key]);
+        readable.set(files[key], true);
       } catch (error) {
-        readable = false;
+        readable.set(files[key], false);
         issues.push({ path: `${path}.${key}`, expected: `a readable file (${files[key]})`, found: (error as NodeJS.ErrnoException).code ?? String(error) });
       }
     }
-    if (!readable) return;
+    if (!readable.get(files.cert) || !readable.get(files.key)) return;
     try {
       new TlsContextHolder(files, config.tls);
     } catch (error) {
@@ -225,6 +229,12 @@ function unreadableCaFiles(named: CaFiles, checked = new Set<string>()): import(
   return issues;
 }
 
+/** The problems of several files (the config's, the store map's) as one error, printed together. */
+function allProblems(errors: readonly Error[]): Error {
+  if (errors.length === 1) return errors[0]!;
+  return Object.assign(new Error(errors.map((e) => e.message).join('\n')), { code: 'CONFIG_INVALID' });
+}
+
 async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
@@ -268,18 +278,27 @@ async function main(argv: string[]): Promise<number> {
       const { ConfigError, buildStoreMap } = await import('../config/load.js');
       const caChecked = new Set<string>();
       const fileIssues = [...(await checkListenerCertificates(config)), ...unreadableCaFiles(configCaFiles(config), caChecked)];
-      if (fileIssues.length > 0) throw new ConfigError(config.file, fileIssues);
+      // The store map is read even when the files above are not: every problem at once. (A config
+      // whose own values are wrong is reported alone: without it the rest cannot be read.)
+      const problems = fileIssues.length > 0 ? [new ConfigError(config.file, fileIssues)] : [];
       const { createStoreMapSource } = await import('../routing/sources.js');
       const source = createStoreMapSource(config.storeMap);
+      let summary = '';
       try {
         const map = buildStoreMap(await source.load(), source.description, 1, config);
         const storeIssues = unreadableCaFiles(storeCaFiles(map.stores), caChecked);
-        if (storeIssues.length > 0) throw new ConfigError(source.description, storeIssues);
+        if (storeIssues.length > 0) problems.push(new ConfigError(source.description, storeIssues));
         const slots = [...map.stores.values()].reduce((n, s) => n + s.slots.size, 0);
-        out(`${config.file}: OK (${config.listeners.length} listeners, ${map.stores.size} stores, ${slots} slots from ${source.description})\n`);
+        summary = `${config.file}: OK (${config.listeners.length} listeners, ${map.stores.size} stores, ${slots} slots from ${source.description})\n`;
+      } catch (error) {
+        if (problems.length === 0) throw error;
+        // After the config's files' problems, whatever kept the store map from loading.
+        problems.push(error instanceof ConfigError ? error : new ConfigError(source.description, [{ path: '', expected: 'a store map that can be read', found: error instanceof Error ? error.message : String(error) }]));
       } finally {
         await source.close();
       }
+      if (problems.length > 0) throw allProblems(problems);
+      out(summary);
       return 0;
     }
     case 'serve': {

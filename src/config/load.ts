@@ -29,6 +29,13 @@ export class ConfigError extends MailfrontError {
 /** What a YAML problem is told to be short of; most come from a value that needed quotes. */
 const YAML_EXPECTED = 'valid YAML (quote a value that starts with *, &, !, |, >, %, @, `, [, ], {, }, # or a quote)';
 
+/** The problems no quoting cures, by the library's error code: a hint about quotes would mislead. */
+const YAML_EXPECTED_BY_CODE: Readonly<Record<string, string>> = {
+  DUPLICATE_KEY: 'each key at most once in a mapping',
+  TAB_AS_INDENT: 'spaces, not tabs, for indentation',
+  MULTIPLE_DOCS: 'one YAML document (no --- between two)',
+};
+
 function parseYamlFile(file: string): unknown {
   let text: string;
   try {
@@ -61,7 +68,7 @@ function parseYamlFile(file: string): unknown {
       file,
       problems.map((e) => {
         const pos = lineCounter.linePos(e.pos[0]);
-        return { path: `line ${pos.line} column ${pos.col}`, expected: YAML_EXPECTED, found: e.code.toLowerCase().replaceAll('_', ' ') };
+        return { path: `line ${pos.line} column ${pos.col}`, expected: YAML_EXPECTED_BY_CODE[e.code] ?? YAML_EXPECTED, found: e.code.toLowerCase().replaceAll('_', ' ') };
       }),
     );
   }
@@ -86,9 +93,13 @@ function parseYamlFile(file: string): unknown {
   }
 }
 
-/** Replaces every `<name>_password_file: PATH` (and `token_file`) with the key without `_file` set to the file's content. */
-function inlineSecretFiles(node: unknown, resolvePath: (p: string) => string, path: string, issues: IssueList): void {
-  if (node === null || typeof node !== 'object') return;
+/**
+ * Replaces every `<name>_password_file: PATH` (and `token_file`) with the key without `_file` set
+ * to the file's content. Returns the paths of the keys left without a value because their file
+ * was not read (a problem named already: a second one, "found nothing", would be noise).
+ */
+function inlineSecretFiles(node: unknown, resolvePath: (p: string) => string, path: string, issues: IssueList, unread = new Set<string>()): Set<string> {
+  if (node === null || typeof node !== 'object') return unread;
   for (const [key, value] of Object.entries(node as Record<string, unknown>)) {
     const childPath = Array.isArray(node) ? `${path}[${key}]` : path === '' ? key : `${path}.${key}`;
     if ((key.endsWith('_password_file') || key === 'token_file') && !Array.isArray(node)) {
@@ -99,17 +110,26 @@ function inlineSecretFiles(node: unknown, resolvePath: (p: string) => string, pa
         issues.addFinding(childPath, `either ${target} or ${key}, not both`, 'both');
       } else if (typeof value !== 'string') {
         issues.add(childPath, 'a file name', value);
+        unread.add(path === '' ? target : `${path}.${target}`);
       } else {
+        const file = resolvePath(value);
         try {
-          obj[target] = readFileSync(resolvePath(value), 'utf8').replace(/\r?\n$/, '');
+          obj[target] = readFileSync(file, 'utf8').replace(/\r?\n$/, '');
         } catch (error) {
-          issues.addFinding(childPath, 'a readable file', (error as NodeJS.ErrnoException).code ?? String(error));
+          issues.addFinding(childPath, `a readable file (${file})`, (error as NodeJS.ErrnoException).code ?? String(error));
+          unread.add(path === '' ? target : `${path}.${target}`);
         }
       }
     } else {
-      inlineSecretFiles(value, resolvePath, childPath, issues);
+      inlineSecretFiles(value, resolvePath, childPath, issues, unread);
     }
   }
+  return unread;
+}
+
+/** `issues` without those about the values whose secret files were not read (`unread`). */
+function withoutUnread(issues: IssueList, unread: ReadonlySet<string>): ConfigIssue[] {
+  return issues.issues.filter((i) => !unread.has(i.path));
 }
 
 function resolverFor(file: string): (p: string) => string {
@@ -126,9 +146,9 @@ export function loadConfig(fileName: string): Config {
   const resolvePath = resolverFor(file);
   const doc = parseYamlFile(file);
   const issues = new IssueList();
-  inlineSecretFiles(doc, resolvePath, '', issues);
+  const unread = inlineSecretFiles(doc, resolvePath, '', issues);
   const config = readConfig(doc, file, resolvePath, issues);
-  if (issues.issues.length > 0) throw new ConfigError(file, issues.issues);
+  if (issues.issues.length > 0) throw new ConfigError(file, withoutUnread(issues, unread));
   return deepFreeze(config);
 }
 
@@ -154,9 +174,10 @@ export function loadAdminAccess(fileName: string, withToken: boolean): AdminAcce
   let token: string | undefined;
   if (withToken && root['admin'] !== undefined && root['admin'] !== null) {
     const sections = { admin: root['admin'] };
-    inlineSecretFiles(sections, resolverFor(file), '', issues);
+    const unread = inlineSecretFiles(sections, resolverFor(file), '', issues);
     const admin = readSection(sections.admin, 'admin', ['token'], issues) ?? {};
     token = optStr(admin, 'token', 'admin', issues);
+    if (issues.issues.length > 0) throw new ConfigError(file, withoutUnread(issues, unread));
   }
   if (issues.issues.length > 0) throw new ConfigError(file, issues.issues);
   return { file, ...(http !== undefined ? { http } : {}), ...(token !== undefined ? { token } : {}) };

@@ -35,6 +35,11 @@ async function checkConfig(name: string, certificates: ReadonlyArray<{ cert: str
   const listeners = certificates.map((c, i) => `  - { name: imap${i}, protocol: imap, host: 127.0.0.1, port: ${1143 + i}, tls: starttls, certificate: { cert: ${JSON.stringify(c.cert)}, key: ${JSON.stringify(c.key)} } }`);
   const file = join(dir, `${name}.yaml`);
   await writeFile(file, `listeners:\n${listeners.join('\n')}\ndirectory: { urls: [ldap://127.0.0.1], bind_dn: cn=x, bind_password: x, base_dn: dc=x${directoryExtra} }\nstore_map: { file: ${storesFile}, watch: false }\n`);
+  return run(file);
+}
+
+/** Runs check-config on `file`. */
+function run(file: string): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     execFile(process.execPath, [CLI, 'check-config', file], { timeout: 30_000 }, (error, stdout, stderr) => {
       resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : -1, stdout, stderr });
@@ -75,4 +80,45 @@ test('check-config names a CA file that cannot be read, in the config and in the
   const store = await checkConfig('store-ca', good, '', 'stores-ca.yaml');
   assert.equal(store.code, 1, store.stdout);
   assert.ok(store.stderr.includes(`stores.store1.backend.ca_file: expected a readable file (${missing}), found ENOENT`), store.stderr);
+});
+
+/** The problem lines check-config printed (indented, one per problem). */
+function problemLines(stderr: string): string[] {
+  return stderr.split('\n').filter((l) => l.startsWith('  '));
+}
+
+test('check-config reads the store map even when a listener\'s file is missing: both files\' problems in one run', async () => {
+  const missingCert = join(dir, 'gone.crt');
+  const missingCa = join(dir, 'gone-ca.pem');
+  await writeFile(join(dir, 'stores-gone-ca.yaml'), `stores:\n  store1:\n    current_master: slot1\n    backend: { tls: implicit, ca_file: ${JSON.stringify(missingCa)} }\n    slots:\n      slot1: { host: 127.0.0.1, imaps_port: 1993 }\n`);
+  const result = await checkConfig('both-files', [{ cert: missingCert, key: certs.keyFile }], '', 'stores-gone-ca.yaml');
+  assert.equal(result.code, 1, result.stdout);
+  assert.deepEqual(problemLines(result.stderr), [
+    `  listeners[0].certificate.cert: expected a readable file (${missingCert}), found ENOENT`,
+    `  stores.store1.backend.ca_file: expected a readable file (${missingCa}), found ENOENT`,
+  ]);
+  assert.match(result.stderr, /^mailfront: invalid configuration\n\S+both-files\.yaml: 1 problem\n.*\n[^\n]*stores-gone-ca\.yaml: 1 problem\n/);
+});
+
+test('check-config names a missing certificate file once, however many listeners name it', async () => {
+  const missing = join(dir, 'shared-missing.crt');
+  const result = await checkConfig('shared-missing', [{ cert: missing, key: certs.keyFile }, { cert: missing, key: certs.keyFile }]);
+  assert.equal(result.code, 1, result.stdout);
+  assert.deepEqual(problemLines(result.stderr), [`  listeners[0].certificate.cert: expected a readable file (${missing}), found ENOENT`]);
+});
+
+test('a secret file that cannot be read is one problem, naming the file as resolved', async () => {
+  const file = join(dir, 'secret-missing.yaml');
+  await writeFile(file, `listeners:\n  - { name: imap, protocol: imap, host: 127.0.0.1, port: 1143, tls: none, plaintext_without_tls: true }\ndirectory: { urls: [ldap://127.0.0.1], bind_dn: cn=x, bind_password_file: secrets/ldap, base_dn: dc=x }\nstore_map: { file: stores.yaml, watch: false }\n`);
+  const result = await run(file);
+  assert.equal(result.code, 1, result.stdout);
+  assert.deepEqual(problemLines(result.stderr), [`  directory.bind_password_file: expected a readable file (${join(dir, 'secrets/ldap')}), found ENOENT`]);
+});
+
+test('a key given twice is told as that, not as a value that needed quotes', async () => {
+  const file = join(dir, 'duplicate-key.yaml');
+  await writeFile(file, `listeners: []\nlisteners: []\n`);
+  const result = await run(file);
+  assert.equal(result.code, 1, result.stdout);
+  assert.deepEqual(problemLines(result.stderr), ['  line 2 column 1: expected each key at most once in a mapping, found duplicate key']);
 });
