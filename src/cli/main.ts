@@ -235,23 +235,35 @@ function allProblems(errors: readonly Error[]): Error {
   return Object.assign(new Error(errors.map((e) => e.message).join('\n')), { code: 'CONFIG_INVALID' });
 }
 
+const OPTIONS = {
+  config: { type: 'string', short: 'c' },
+  help: { type: 'boolean', short: 'h' },
+  version: { type: 'boolean', short: 'V' },
+  url: { type: 'string' },
+  token: { type: 'string' },
+  json: { type: 'boolean' },
+  user: { type: 'string' },
+  store: { type: 'string' },
+  slot: { type: 'string' },
+  session: { type: 'string' },
+} as const;
+
+/** How many arguments each command takes after its name (kick checks its own). */
+const MAX_ARGUMENTS: Readonly<Record<string, number>> = { serve: 1, 'check-config': 1, stores: 0, whereis: 1, failover: 2, sessions: 0, reload: 0 };
+
 async function main(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      config: { type: 'string', short: 'c' },
-      help: { type: 'boolean', short: 'h' },
-      version: { type: 'boolean', short: 'V' },
-      url: { type: 'string' },
-      token: { type: 'string' },
-      json: { type: 'boolean' },
-      user: { type: 'string' },
-      store: { type: 'string' },
-      slot: { type: 'string' },
-      session: { type: 'string' },
-    },
-  });
+  let parsed: ReturnType<typeof parseArgs<{ args: string[]; allowPositionals: true; options: typeof OPTIONS }>>;
+  try {
+    parsed = parseArgs({ args: argv, allowPositionals: true, options: OPTIONS });
+  } catch (error) {
+    // An unknown option, an option without its value (-c at the end), a value given to a switch
+    // (--json=1): a usage error like a missing argument, with the command's usage.
+    if (!String((error as { code?: unknown }).code).startsWith('ERR_PARSE_ARGS_')) throw error;
+    const command = parseArgs({ args: argv, allowPositionals: true, options: OPTIONS, strict: false }).positionals[0] ?? '';
+    process.stderr.write(`mailfront: ${(error as Error).message}\n\n${HELP[command] ?? HELP['']!}`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
   const [command = '', ...rest] = positionals;
   const out = (text: string): void => void process.stdout.write(text);
   if (values.version) {
@@ -272,6 +284,17 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   };
   const printJson = (value: unknown): void => out(`${JSON.stringify(value, null, 2)}\n`);
+  // An argument more than the command takes was ignored: `whereis a b` answered for a alone.
+  const allowed = MAX_ARGUMENTS[command];
+  if (allowed !== undefined && rest.length > allowed) {
+    process.stderr.write(`mailfront ${command}: unexpected argument "${rest[allowed]}"\n\n`);
+    return usage();
+  }
+  // Both named the config file, and -c won without a word.
+  if ((command === 'serve' || command === 'check-config') && rest[0] !== undefined && values.config !== undefined) {
+    process.stderr.write(`mailfront ${command}: give the config file as FILE or with -c, not both ("${rest[0]}" and "${values.config}")\n\n`);
+    return usage();
+  }
   switch (command) {
     case 'check-config': {
       const config = await loadConfig(values.config ?? rest[0] ?? DEFAULT_CONFIG);

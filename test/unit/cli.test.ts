@@ -83,3 +83,24 @@ test('the operator commands read only http and admin of the config: another secr
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('unknown or malformed options and extra arguments are usage errors: exit 2 with the command\'s usage', async () => {
+  // No server is asked: the URL would refuse the connection if it were.
+  const remote = ['--url', 'http://127.0.0.1:9', '--token', 'x'];
+  const cases: Array<{ args: string[]; command: string; says: RegExp }> = [
+    { args: ['stores', '--bogus', ...remote], command: 'stores', says: /Unknown option '--bogus'/ },
+    { args: ['stores', ...remote, '-c'], command: 'stores', says: /argument missing/ },
+    { args: ['stores', '--json=1', ...remote], command: 'stores', says: /--json/ },
+    { args: ['whereis', 'alice', 'bob', ...remote], command: 'whereis', says: /unexpected argument "bob"/ },
+    { args: ['failover', 'store1', 'a2', 'a3', ...remote], command: 'failover', says: /unexpected argument "a3"/ },
+    { args: ['reload', 'now', ...remote], command: 'reload', says: /unexpected argument "now"/ },
+    { args: ['check-config', '/nonexistent/a.yaml', '-c', '/nonexistent/b.yaml'], command: 'check-config', says: /not both \("\/nonexistent\/a\.yaml" and "\/nonexistent\/b\.yaml"\)/ },
+  ];
+  for (const { args, command, says } of cases) {
+    const result = await cli(args);
+    assert.equal(result.code, 2, `${args.join(' ')}: ${result.stderr}`);
+    assert.match(result.stderr, says, args.join(' '));
+    assert.ok(result.stderr.includes(`Usage: mailfront ${command} `), `${args.join(' ')}: ${result.stderr}`);
+    assert.equal(result.stdout, '');
+  }
+});
