@@ -244,7 +244,13 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
       if (user === null) throw new MailfrontError('INVALID_USERNAME', 'client-protocol', 'not a valid user name');
       ({ sessions, forgotten } = await kickUser(context, user));
     } else if (typeof body['slot'] === 'string') {
-      sessions = context.registry.onSlot(body['slot']);
+      const slot = body['slot'];
+      sessions = context.registry.onSlot(slot);
+      // A slot no store has (a typo) is said so: "closed 0 sessions" would read as done. A slot a
+      // reload took out of the store map may still carry sessions: those are closed.
+      if (sessions.length === 0 && ![...context.holder.current.stores.values()].some((store) => store.slots.has(slot))) {
+        throw new MailfrontError('UNKNOWN_SLOT', 'no-route', `no store has a slot "${slot}" (store map version ${context.holder.current.version}), and no session is on one`);
+      }
       for (const s of sessions) s.close('kicked');
     } else if (typeof body['session'] === 'string') {
       sessions = context.registry.all().filter((s) => s.id === body['session']);

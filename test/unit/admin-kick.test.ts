@@ -70,3 +70,32 @@ test('kick USER closes the sessions before the directory answers, then those of 
     server.close();
   }
 });
+
+test('kick --slot with a slot that no store has answers 404 saying so; a known slot without sessions, or a removed one with sessions, is kicked', async () => {
+  const closed: string[] = [];
+  const registry = new SessionRegistry();
+  // On a slot a reload took out of the store map: still there to be kicked.
+  registry.add({ ...entry('1', 'amy', 'uid=amy,dc=x', closed), slot: 'old9' });
+  const holder = { current: { version: 4, stores: new Map([['s', { slots: new Map([['a1', {}], ['a2', {}]]) }]]) } };
+  const context = { token: () => TOKEN, registry, holder, usernames: () => ({ lowercase: true }), log: createLogger('silent') } as unknown as AdminContext;
+  const handler = createAdminHandler(context);
+  const server = createServer((req, res) => void handler(req, res));
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const kick = async (slot: string): Promise<{ status: number; body: Record<string, unknown> }> => {
+    const response = await fetch(`http://127.0.0.1:${(server.address() as AddressInfo).port}/api/kick`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}` }, body: JSON.stringify({ slot }) });
+    return { status: response.status, body: (await response.json()) as Record<string, unknown> };
+  };
+  try {
+    const unknown = await kick('nope');
+    assert.equal(unknown.status, 404);
+    assert.deepEqual(unknown.body, { error: 'no store has a slot "nope" (store map version 4), and no session is on one', code: 'UNKNOWN_SLOT' });
+    assert.deepEqual(await kick('a2'), { status: 200, body: { kicked: [] } });
+    const removed = await kick('old9');
+    assert.equal(removed.status, 200);
+    assert.deepEqual(closed, ['1']);
+  } finally {
+    server.closeAllConnections();
+    server.close();
+  }
+});
