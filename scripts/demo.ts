@@ -162,7 +162,7 @@ Watch and fail over (the CLI talks to the admin API on 127.0.0.1:${http}):
   Sessions of store1 spliced to slot101 are closed within 1 s (IMAP clients get a BYE), and new
   logins of alice and bob land on slot102 (its message says so). Editing
   ${join(SANDBOX, 'stores.yaml')} does the same: the file is watched.
-  Metrics: curl http://127.0.0.1:${http}/metrics
+  Metrics: python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:${http}/metrics').read().decode())"
 
 Logs (JSON lines): ${logFile}
 Press Ctrl-C to stop everything.

@@ -35,7 +35,8 @@ Commands:
   whereis USER          a user's store, current master, address and live sessions
   failover STORE SLOT   make SLOT the current master of STORE (written to the store map source)
   sessions              list spliced sessions (--user, --store, --slot filter)
-  kick USER             close USER's sessions, forget USER's cached logins (or --slot SLOT)
+  kick USER             close USER's sessions, forget USER's cached logins (or --slot SLOT,
+                        or --session ID)
   reload                re-read the config and the store map now (as SIGHUP does)
 
 'mailfront <command> --help' describes one command.
@@ -59,8 +60,9 @@ ${COMMON}
 `,
   stores: `Usage: mailfront stores [-c FILE]
 
-One line per slot: store, slot, master or replica, health, sessions. A store whose current
-master is not its preferred master is flagged BACKWARDS.
+One line per slot: store, slot, host, master or replica, whether it is the store's preferred
+master, health, sessions. A store whose current master is not its preferred master is flagged
+BACKWARDS.
 ${REMOTE}
 `,
   whereis: `Usage: mailfront whereis USER [-c FILE]

@@ -104,3 +104,13 @@ test('unknown or malformed options and extra arguments are usage errors: exit 2 
     assert.equal(result.stdout, '');
   }
 });
+
+test('the help names what the commands print and take: stores\' host and preferred columns, kick\'s --session', async () => {
+  const stores = await cli(['stores', '--help']);
+  assert.equal(stores.code, 0);
+  // Every column of the table (STORE SLOT HOST ROLE PREFERRED HEALTH SESSIONS) is described, in order.
+  assert.match(stores.stdout.replace(/\s+/g, ' '), /One line per slot: store, slot, host, master or replica, whether it is the store's preferred master, health, sessions\./);
+  const main = await cli(['--help']);
+  const kick = /^ {2}kick .*(?:\n {20,}.*)*/m.exec(main.stdout)?.[0] ?? '';
+  for (const selector of ['USER', '--slot SLOT', '--session ID']) assert.ok(kick.includes(selector), `the kick line names ${selector}: ${kick}`);
+});
