@@ -4,7 +4,8 @@
  * tried again does not count again (a phone retrying a stale password is not a guesser); the
  * machine never keeps passwords, only keyed fingerprints of them. Trusted networks (webmail) are
  * not counted per address, only per user. Counters live in memory, or in Redis so that a fleet
- * shares them; when Redis is unreachable or slow, local counters answer until it is back.
+ * shares them; when Redis is unreachable or slow, local counters answer until it is back, and
+ * while it refuses writes, they answer where they are higher than Redis's.
  *
  * Owns the counters and their stores. Must not: decide wire text, wait (it returns delays for the
  * session to apply), log a password or fingerprint, or ever reject (a broken store lets logins through
@@ -152,14 +153,19 @@ function stateOf(entry: MemoryEntry | undefined, now: number): SubjectState {
   return { failures: entry.failures, refusedForMs: Math.max(0, entry.refusedUntil - now) };
 }
 
-/** Redis state for logs and metrics: 'up' shares counters; otherwise local counters answer. */
-export type RedisState = 'connecting' | 'up' | 'down';
+/**
+ * Redis state for logs and metrics: 'up' shares counters; 'read-only' (Redis answers but refuses
+ * writes) shares what Redis holds, and the local counters answer where they are higher; otherwise
+ * local counters answer.
+ */
+export type RedisState = 'connecting' | 'up' | 'read-only' | 'down';
 
 /**
  * One hash per subject: n = failures, p = the recent fingerprints concatenated (fixed length
  * each), b = refused until (Redis server time, ms). One script call per attempt keeps it atomic
  * for the whole fleet and uses one clock, Redis's own. (replicate_commands: Redis before 5 would
- * refuse writes after TIME; it is a no-op since.)
+ * refuse writes after TIME; it is a no-op since.) After the pairs, 1 if it wrote: a password
+ * already counted writes nothing, and succeeds even on a Redis that refuses writes.
  */
 const FAILURE_SCRIPT = `
 if redis.replicate_commands then redis.replicate_commands() end
@@ -171,6 +177,7 @@ local refusal = tonumber(ARGV[3])
 local keep = tonumber(ARGV[4])
 local len = string.len(fp)
 local out = {}
+local wrote = 0
 for i, key in ipairs(KEYS) do
   local limit = tonumber(ARGV[4 + i])
   local v = redis.call('HMGET', key, 'n', 'p', 'b')
@@ -188,10 +195,12 @@ for i, key in ipairs(KEYS) do
     if n >= limit then b = now + refusal end
     redis.call('HSET', key, 'n', n, 'p', p, 'b', string.format('%.0f', b))
     redis.call('PEXPIRE', key, math.max(window, b - now))
+    wrote = 1
   end
   out[#out + 1] = n
   out[#out + 1] = math.max(0, b - now)
 end
+out[#out + 1] = wrote
 return out
 `;
 
@@ -251,6 +260,13 @@ class RedisTimeout extends Error {}
 /** Error replies are logged at most this often (they come with every call while they last). */
 const ERROR_REPLY_LOG_INTERVAL_MS = 60_000;
 
+/**
+ * Error replies by which Redis refuses every write for a while, not one key's (out of memory with
+ * noeviction, a replica, a failed save with stop-writes-on-bgsave-error, too few replicas). Redis
+ * 7 starts a script's error with the code; earlier versions put it after a "-" in their own text.
+ */
+const WRITES_REFUSED = /(?:^|-)(?:OOM|READONLY|MISCONF|NOREPLICAS)\b/;
+
 /** A TCP and TLS handshake plus a PING on a busy machine; nothing waits on it but the retry. */
 const CONNECT_TIMEOUT_MIN_MS = 2_000;
 
@@ -258,7 +274,8 @@ const CONNECT_TIMEOUT_MIN_MS = 2_000;
  * Counters shared through Redis. Each call has a deadline; a failed or late call marks Redis down
  * (one warning), drops the connection, and local counters answer until a background reconnect
  * succeeds (one info line). Failures are always counted locally as well, so that the local view
- * is warm when Redis goes away.
+ * is warm when Redis goes away. A Redis that answers but refuses writes (out of memory, a replica)
+ * is 'read-only': reads answer the larger of its count and the local one until it takes a write.
  */
 export class RedisThrottleStore implements ThrottleStore {
   private client: Client | undefined;
@@ -267,6 +284,11 @@ export class RedisThrottleStore implements ThrottleStore {
   private connecting: Promise<void> | undefined;
   private closed = false;
   private lastErrorReplyLogAt = 0;
+  /**
+   * A failure write was refused since the last one Redis took: failures this instance counted are
+   * missing from Redis, so each read answers the larger of Redis's and the local state.
+   */
+  private localCounts = false;
   private readonly retryIntervalMs: number;
 
   constructor(private readonly options: RedisThrottleStoreOptions) {
@@ -287,7 +309,9 @@ export class RedisThrottleStore implements ThrottleStore {
 
   async read(keys: readonly string[]): Promise<SubjectState[]> {
     const reply = await this.run(READ, keys.map((k) => this.key(k)), []);
-    return reply === null ? this.options.local.readNow(keys) : pairs(reply, keys.length);
+    if (reply instanceof Error) this.reportErrorReply(reply.message);
+    if (!Array.isArray(reply)) return this.options.local.readNow(keys);
+    return this.withLocal(pairs(reply, keys.length), this.options.local.readNow(keys));
   }
 
   async addFailure(subjects: readonly SubjectLimit[], fingerprint: string): Promise<SubjectState[]> {
@@ -298,13 +322,16 @@ export class RedisThrottleStore implements ThrottleStore {
       subjects.map((s) => this.key(s.key)),
       [fingerprint, String(policy.failureWindowMs), String(policy.refusalMs), String(policy.fingerprintsKept), ...subjects.map((s) => String(s.limit))],
     );
-    return reply === null ? local : pairs(reply, subjects.length);
+    if (reply instanceof Error) this.writeRefused(reply.message);
+    if (!Array.isArray(reply)) return local;
+    if (Number(reply[subjects.length * 2]) === 1) this.writeTaken();
+    return this.withLocal(pairs(reply, subjects.length), local);
   }
 
   async clear(keys: readonly string[]): Promise<void> {
     await this.options.local.clear(keys);
     const client = this.client;
-    if (this.stateNow !== 'up' || client === undefined || keys.length === 0) return;
+    if (!this.usable || client === undefined || keys.length === 0) return;
     await this.guard(client, client.sendCommand(['DEL', ...keys.map((k) => this.key(k))]));
   }
 
@@ -319,23 +346,56 @@ export class RedisThrottleStore implements ThrottleStore {
     return `${this.options.redis.keyPrefix}${subject}`;
   }
 
-  /** Runs a script; null when Redis is not usable (the caller answers from local counters). */
-  private async run(s: Script, keys: readonly string[], args: readonly string[]): Promise<unknown[] | null> {
+  /** Redis answers calls ('up', or 'read-only': reads still count). */
+  private get usable(): boolean {
+    return this.stateNow === 'up' || this.stateNow === 'read-only';
+  }
+
+  /**
+   * Redis's states, or while failures were counted that Redis did not take, per key the larger
+   * of Redis's and the local one. Only then: local counters hold this instance's failures alone,
+   * never more than Redis while it takes them all (and a key deleted in Redis is forgotten).
+   */
+  private withLocal(shared: SubjectState[], local: readonly SubjectState[]): SubjectState[] {
+    if (!this.localCounts) return shared;
+    return shared.map((s, i) => {
+      const l = local[i] ?? s;
+      return { failures: Math.max(s.failures, l.failures), refusedForMs: Math.max(s.refusedForMs, l.refusedForMs) };
+    });
+  }
+
+  /**
+   * Redis answered a failure with an error: it counted nothing, so the local counters count
+   * along until a failure is written again. A refusal of every write is a state of its own.
+   */
+  private writeRefused(message: string): void {
+    this.localCounts = true;
+    if (WRITES_REFUSED.test(message)) {
+      if (this.stateNow === 'up') this.setState('read-only', message);
+    } else {
+      this.reportErrorReply(message);
+    }
+  }
+
+  /** Redis wrote a failure: it counts them again, alone. */
+  private writeTaken(): void {
+    this.localCounts = false;
+    if (this.stateNow === 'read-only') this.setState('up');
+  }
+
+  /**
+   * Runs a script; null when Redis is not usable (the caller answers from local counters), the
+   * error when Redis answered with one (for the caller to report).
+   */
+  private async run(s: Script, keys: readonly string[], args: readonly string[]): Promise<unknown[] | Error | null> {
     const client = this.client;
-    if (this.stateNow !== 'up' || client === undefined) return null;
+    if (!this.usable || client === undefined) return null;
     const call = (command: 'EVALSHA' | 'EVAL'): Promise<unknown> =>
       client.sendCommand([command, command === 'EVALSHA' ? s.sha : s.body, String(keys.length), ...keys, ...args]);
-    const first = await this.guard(client, call('EVALSHA'), true);
-    if (first instanceof Error) {
-      if (!/^NOSCRIPT/.test(first.message)) {
-        this.reportErrorReply(first.message);
-        return null;
-      }
-      // Redis restarted or its script cache was flushed: send the script itself once.
-      const second = await this.guard(client, call('EVAL'));
-      return Array.isArray(second) ? second : null;
-    }
-    return Array.isArray(first) ? first : null;
+    let reply = await this.guard(client, call('EVALSHA'), true);
+    // Redis restarted or its script cache was flushed: send the script itself once.
+    if (reply instanceof Error && /^NOSCRIPT/.test(reply.message)) reply = await this.guard(client, call('EVAL'), true);
+    return Array.isArray(reply) || reply instanceof Error ? reply : null;
   }
 
   /**
@@ -369,6 +429,8 @@ export class RedisThrottleStore implements ThrottleStore {
   }
 
   private reportErrorReply(message: string): void {
+    // The state line said so already.
+    if (this.stateNow === 'read-only' && WRITES_REFUSED.test(message)) return;
     const now = Date.now();
     if (now - this.lastErrorReplyLogAt < ERROR_REPLY_LOG_INTERVAL_MS) return;
     this.lastErrorReplyLogAt = now;
@@ -380,7 +442,8 @@ export class RedisThrottleStore implements ThrottleStore {
     const before = this.stateNow;
     this.stateNow = state;
     const fields = { event: 'throttle.redis_state', state, before, url: this.options.redis.url };
-    if (state === 'up') this.options.log.info(fields, before === 'connecting' ? 'throttle counters are shared through Redis' : 'Redis is back; throttle counters are shared again');
+    if (state === 'up') this.options.log.info(fields, before === 'connecting' ? 'throttle counters are shared through Redis' : before === 'read-only' ? 'Redis takes writes again; throttle counters are shared again' : 'Redis is back; throttle counters are shared again');
+    else if (state === 'read-only') this.options.log.warn({ ...fields, reason }, 'Redis refuses writes; this instance\'s own counts answer where they are higher than Redis\'s until it takes writes again');
     else if (state === 'down') this.options.log.warn({ ...fields, reason }, 'Redis is unreachable; throttle counters are local to this instance until it is back');
     this.options.onStateChange?.(state);
   }

@@ -1,8 +1,9 @@
 /**
  * The throttle against a real redis-server: two instances sharing Redis see each other's
  * failures; Redis stopped or hung → local counters, one warning, a state callback, and every
- * call within its deadline; Redis back → shared again. Also what Redis holds: no passwords,
- * and every key expires.
+ * call within its deadline; Redis back → shared again; Redis refusing writes → an instance's
+ * own counts answer where higher than Redis's. Also what Redis holds: no passwords, and every key
+ * expires.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -145,6 +146,53 @@ describe('throttle counters shared through Redis', () => {
     assert.equal(a.lines.filter((l) => l['event'] === 'throttle.redis_refused').length, 1);
     assert.match(String(a.lines.find((l) => l['event'] === 'throttle.redis_refused')?.['reason']), /WRONGTYPE/);
   });
+
+  for (const [mode, refuse, restore, reason] of [
+    ['out of memory', ['CONFIG', 'SET', 'maxmemory', '1'], ['CONFIG', 'SET', 'maxmemory', '0'], /^OOM/],
+    ['a read-only replica', ['REPLICAOF', '127.0.0.1', '1'], ['REPLICAOF', 'NO', 'ONE'], /^READONLY/],
+  ] as const) {
+    test(`Redis refusing writes (${mode}): an instance counts its own failures too and refuses at the limit; state read-only until a write is taken`, async () => {
+      const prefix = `t7${mode.length}:`;
+      const a = await instance(prefix);
+      const b = await instance(prefix);
+      const raw = createClient({ url: redis.url });
+      raw.on('error', () => undefined);
+      await raw.connect();
+      try {
+        await a.throttle.recordFailure(from('ivan', '192.0.2.30'), WRONG_PASSWORDS[0] ?? '');
+        await b.throttle.recordFailure(from('ivan', '192.0.2.31'), WRONG_PASSWORDS[1] ?? '');
+        assert.equal((await a.throttle.check(from('ivan', '192.0.2.30'))).delayMs, 200, 'two failures in Redis, not counted twice with the local one');
+        await raw.sendCommand([...refuse]);
+        // A's first wrong password is in Redis, its next four only in A's own counters.
+        for (let i = 2; i < 6; i++) {
+          const before = await a.throttle.check(from('ivan', '192.0.2.30'));
+          assert.equal(before.refused, false, `A's wrong password ${i} is let through`);
+          await a.throttle.recordFailure(from('ivan', '192.0.2.30'), WRONG_PASSWORDS[i] ?? '');
+        }
+        const refused = await a.throttle.check(from('ivan', '192.0.2.30'));
+        assert.equal(refused.refused, true, 'A\'s fifth distinct wrong password reached the limit of five');
+        assert.equal(refused.refusedBy, 'user');
+        assert.equal(a.throttle.sharing, 'read-only');
+        assert.deepEqual(a.states, ['up', 'read-only']);
+        const warning = a.lines.find((l) => l['event'] === 'throttle.redis_state' && l['state'] === 'read-only');
+        assert.equal(warning?.['level'], 40);
+        assert.match(String(warning?.['reason']), reason);
+        // A password already counted writes nothing, so Redis takes the call: not a write taken.
+        await a.throttle.recordFailure(from('ivan', '192.0.2.30'), WRONG_PASSWORDS[5] ?? '');
+        assert.equal(a.throttle.sharing, 'read-only');
+        assert.equal((await a.throttle.check(from('ivan', '192.0.2.30'))).refused, true);
+        assert.equal((await b.throttle.check(from('ivan', '192.0.2.31'))).refused, false, 'B has not seen A\'s local failures');
+        assert.equal(a.lines.filter((l) => l['event'] === 'throttle.redis_refused').length, 0, 'the state line says it, not a refusal line per call');
+      } finally {
+        await raw.sendCommand([...restore]);
+        raw.destroy();
+      }
+      await a.throttle.recordFailure(from('judy', '192.0.2.32'), WRONG_PASSWORDS[0] ?? '');
+      assert.equal(a.throttle.sharing, 'up', 'a write taken: shared again');
+      assert.deepEqual(a.states, ['up', 'read-only', 'up']);
+      assert.deepEqual(redisStateLines(a.lines), ['30 up', '40 read-only', '30 up']);
+    });
+  }
 
   test('Redis stopped: local counters answer at once, one warning; Redis back: shared again, one info line', async () => {
     const a = await instance('t4:');
