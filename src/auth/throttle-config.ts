@@ -2,8 +2,10 @@
  * The `throttle` config section: penalties and refusals after failed logins, the trusted networks
  * exempt from per-address counting, and the optional Redis that a fleet shares counters through.
  * Reads plain YAML data into a typed value with the validate.ts helpers; must not open files or
- * connections (the Redis password arrives inline, `auth_password_file` is resolved by the loader).
+ * connections (the Redis password arrives inline, `auth_password_file` is resolved by the loader;
+ * the TLS files are only named here, and read by each connection attempt and by check-config).
  */
+import { isAbsolute } from 'node:path';
 import { IssueList, at, bool, int, optStr, readSection, str } from '../config/validate.js';
 
 /** Where counters are shared when several mailfront instances serve the same users. */
@@ -16,6 +18,12 @@ export interface ThrottleRedisConfig {
   readonly keyPrefix: string;
   /** Deadline of every Redis call; past it the call counts as failed and local counters answer. */
   readonly timeoutMs: number;
+  /** With `rediss://`: PEM CA certificates to trust for Redis's certificate instead of the system's (absolute path). */
+  readonly caFile?: string;
+  /** With `rediss://`: PEM client certificate, for a Redis that asks for one (tls-auth-clients); with keyFile. */
+  readonly certFile?: string;
+  /** With `rediss://`: PEM key of certFile. */
+  readonly keyFile?: string;
 }
 
 /** Auth-failure throttling, as the Throttle uses it. */
@@ -61,16 +69,27 @@ export const THROTTLE_DEFAULTS = {
 } as const;
 
 const KEYS = ['enabled', 'base_delay_ms', 'max_delay_ms', 'failures_per_user', 'failures_per_address', 'failure_window_ms', 'refusal_ms', 'max_tracked', 'redis'] as const;
-const REDIS_KEYS = ['url', 'username', 'auth_password', 'key_prefix', 'timeout_ms'] as const;
+const REDIS_KEYS = ['url', 'username', 'auth_password', 'key_prefix', 'timeout_ms', 'ca_file', 'cert_file', 'key_file'] as const;
 
-/** Reads the `throttle` section (absent: defaults); every problem goes to `issues`. */
-export function readThrottleConfig(v: unknown, path: string, issues: IssueList): ThrottleConfig {
+/** The TLS files of `throttle.redis`: config key, field, and the TLS option each becomes. */
+export const REDIS_TLS_FILES = [
+  ['ca_file', 'caFile', 'ca'],
+  ['cert_file', 'certFile', 'cert'],
+  ['key_file', 'keyFile', 'key'],
+] as const;
+
+/**
+ * Reads the `throttle` section (absent: defaults); every problem goes to `issues`. `resolvePath`
+ * makes file names absolute (against the config file's folder); without it, a relative file name
+ * is a problem, not a name resolved against whatever folder the process runs in.
+ */
+export function readThrottleConfig(v: unknown, path: string, issues: IssueList, resolvePath?: (p: string) => string): ThrottleConfig {
   const o = v === undefined ? {} : readSection(v, path, KEYS, issues) ?? {};
   const d = THROTTLE_DEFAULTS;
   const baseDelayMs = int(o, 'base_delay_ms', path, issues, 0, 60_000, d.baseDelayMs);
   const maxDelayMs = int(o, 'max_delay_ms', path, issues, 0, 300_000, d.maxDelayMs);
   if (maxDelayMs < baseDelayMs) issues.add(at(path, 'max_delay_ms'), `at least base_delay_ms (${baseDelayMs})`, maxDelayMs);
-  const redis = o['redis'] === undefined ? undefined : readRedis(o['redis'], at(path, 'redis'), issues);
+  const redis = o['redis'] === undefined ? undefined : readRedis(o['redis'], at(path, 'redis'), issues, resolvePath);
   return {
     enabled: bool(o, 'enabled', path, issues, d.enabled),
     baseDelayMs,
@@ -85,7 +104,7 @@ export function readThrottleConfig(v: unknown, path: string, issues: IssueList):
 }
 
 
-function readRedis(v: unknown, path: string, issues: IssueList): ThrottleRedisConfig {
+function readRedis(v: unknown, path: string, issues: IssueList, resolvePath: ((p: string) => string) | undefined): ThrottleRedisConfig {
   const o = readSection(v, path, REDIS_KEYS, issues) ?? {};
   const url = str(o, 'url', path, issues);
   let parsed: URL | undefined;
@@ -107,11 +126,30 @@ function readRedis(v: unknown, path: string, issues: IssueList): ThrottleRedisCo
   }
   const username = optStr(o, 'username', path, issues);
   const password = optStr(o, 'auth_password', path, issues);
+  const files: { caFile?: string; certFile?: string; keyFile?: string } = {};
+  const named = new Set<string>();
+  for (const [key, field] of REDIS_TLS_FILES) {
+    const file = optStr(o, key, path, issues);
+    if (file === undefined) continue;
+    named.add(key);
+    if (file === '') continue;
+    // Not ignored: the operator would believe the connection is checked against the CA.
+    if (parsed !== undefined && parsed.protocol !== 'rediss:') issues.addFinding(at(path, key), 'a rediss:// url (the file is for TLS, which a redis:// url does not use)', `a ${parsed.protocol}// url`);
+    else if (resolvePath !== undefined) files[field] = resolvePath(file);
+    else if (isAbsolute(file)) files[field] = file;
+    else issues.add(at(path, key), 'an absolute file name', file);
+  }
+  // One without the other is of no use, and Redis would only tell by failing the handshake.
+  if (named.has('cert_file') !== named.has('key_file')) {
+    const missing = named.has('cert_file') ? 'key_file' : 'cert_file';
+    issues.addFinding(at(path, missing), 'a file name: a client certificate (cert_file) goes with its key (key_file)', 'nothing');
+  }
   return {
     url,
     ...(username !== undefined ? { username } : {}),
     ...(password !== undefined ? { password } : {}),
     keyPrefix: str(o, 'key_prefix', path, issues, THROTTLE_DEFAULTS.redisKeyPrefix),
     timeoutMs: int(o, 'timeout_ms', path, issues, 10, 10_000, THROTTLE_DEFAULTS.redisTimeoutMs),
+    ...files,
   };
 }

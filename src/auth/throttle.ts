@@ -11,11 +11,16 @@
  * session to apply), log a password or fingerprint, or ever reject (a broken store lets logins through
  * to the directory rather than locking everyone out).
  */
-import { createHash, createHmac, randomBytes } from 'node:crypto';
+import { X509Certificate, createHash, createHmac, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createSecureContext } from 'node:tls';
 import type { createClient } from '@redis/client';
 import { LRUCache } from 'lru-cache';
+import { readCaFile } from '../ca-file.js';
+import type { ConfigIssue } from '../config/validate.js';
 import type { Logger } from '../log.js';
 import { addressKey } from '../net/cidr.js';
+import { REDIS_TLS_FILES } from './throttle-config.js';
 import type { ThrottleConfig, ThrottleRedisConfig } from './throttle-config.js';
 
 /** One login attempt as the throttle sees it. */
@@ -240,6 +245,59 @@ let redisModule: Promise<RedisModule> | undefined;
 function loadRedis(): Promise<RedisModule> {
   redisModule ??= import('@redis/client');
   return redisModule;
+}
+
+/** Where the TLS options of `throttle.redis` are named in the config. */
+const TLS_FILES_PATH = 'throttle.redis';
+
+/**
+ * The TLS options the config's files give (none: the system's CAs, no client certificate), read
+ * anew by each connection attempt, so that a renewed certificate is used from the next one.
+ * Throws an error naming the config key of a file that cannot be read.
+ */
+function redisTlsOptions(redis: ThrottleRedisConfig): { tls: true; ca?: Buffer; cert?: Buffer; key?: Buffer } | Record<string, never> {
+  const options: { ca?: Buffer; cert?: Buffer; key?: Buffer } = {};
+  for (const [key, field, option] of REDIS_TLS_FILES) {
+    const file = redis[field];
+    if (file !== undefined) options[option] = readCaFile(file, `${TLS_FILES_PATH}.${key}`);
+  }
+  return Object.keys(options).length === 0 ? {} : { tls: true, ...options };
+}
+
+/**
+ * What would keep `throttle.redis` from connecting over TLS, for check-config: a file that cannot
+ * be read, or files that make no TLS context (a key not the certificate's, a file not PEM).
+ * Reads the files; connects to nothing.
+ */
+export function redisTlsIssues(config: ThrottleConfig): ConfigIssue[] {
+  const redis = config.redis;
+  if (redis === undefined) return [];
+  const issues: ConfigIssue[] = [];
+  const options: { ca?: Buffer; cert?: Buffer; key?: Buffer } = {};
+  for (const [key, field, option] of REDIS_TLS_FILES) {
+    const file = redis[field];
+    if (file === undefined) continue;
+    try {
+      options[option] = readFileSync(file);
+    } catch (error) {
+      issues.push({ path: `${TLS_FILES_PATH}.${key}`, expected: `a readable file (${file})`, found: (error as NodeJS.ErrnoException).code ?? String(error) });
+    }
+  }
+  if (issues.length > 0 || Object.keys(options).length === 0) return issues;
+  if (options.ca !== undefined) {
+    // The TLS context takes a CA file without a certificate in it, and then trusts nothing.
+    try {
+      new X509Certificate(options.ca);
+    } catch (error) {
+      issues.push({ path: `${TLS_FILES_PATH}.ca_file`, expected: `PEM CA certificates (${redis.caFile ?? ''})`, found: error instanceof Error ? error.message : String(error) });
+    }
+  }
+  try {
+    createSecureContext(options);
+  } catch (error) {
+    issues.push({ path: TLS_FILES_PATH, expected: 'a PEM client certificate (cert_file) and the key that belongs to it (key_file)', found: error instanceof Error ? error.message : String(error) });
+  }
+  return issues;
 }
 
 /** Options of a RedisThrottleStore. */
@@ -484,6 +542,16 @@ export class RedisThrottleStore implements ThrottleStore {
     const { redis } = this.options;
     const deadlineMs = Math.max(CONNECT_TIMEOUT_MIN_MS, redis.timeoutMs);
     let client: Client;
+    let tls: ReturnType<typeof redisTlsOptions>;
+    try {
+      tls = redisTlsOptions(redis);
+    } catch (error) {
+      // A file gone or unreadable: local counters answer, and the next attempt reads it again.
+      if (this.closed) return;
+      this.setState('down', error instanceof Error ? error.message : String(error));
+      this.scheduleRetry();
+      return;
+    }
     try {
       const { createClient } = await loadRedis();
       if (this.closed) return;
@@ -491,7 +559,7 @@ export class RedisThrottleStore implements ThrottleStore {
         url: redis.url,
         ...(redis.username !== undefined ? { username: redis.username } : {}),
         ...(redis.password !== undefined ? { password: redis.password } : {}),
-        socket: { connectTimeout: deadlineMs, reconnectStrategy: false },
+        socket: { connectTimeout: deadlineMs, reconnectStrategy: false, ...tls },
         // Fail at once while disconnected rather than queue behind a dead connection.
         disableOfflineQueue: true,
       });

@@ -303,6 +303,7 @@ async function main(argv: string[]): Promise<number> {
       const { ConfigError, buildStoreMap } = await import('../config/load.js');
       const caChecked = new Set<string>();
       const fileIssues = [...(await checkListenerCertificates(config)), ...unreadableCaFiles(configCaFiles(config), caChecked)];
+      fileIssues.push(...(await import('../auth/throttle.js')).redisTlsIssues(config.throttle));
       // The store map is read even when the files above are not: every problem at once. (A config
       // whose own values are wrong is reported alone: without it the rest cannot be read.)
       const problems = fileIssues.length > 0 ? [new ConfigError(config.file, fileIssues)] : [];

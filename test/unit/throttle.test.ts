@@ -305,6 +305,32 @@ test('config: defaults, every key, and every mistake reported with its path', ()
   }
 });
 
+test('config: throttle.redis.ca_file, cert_file and key_file, resolved against the config\'s folder; with redis://, one without the other, or relative without a folder: reported', () => {
+  const resolve = (p: string): string => (p.startsWith('/') ? p : `/etc/mailfront/${p}`);
+  const issues = new IssueList();
+  const tls = readThrottleConfig({ redis: { url: 'rediss://redis.example:6380', ca_file: 'redis-ca.pem', cert_file: '/etc/ssl/mf.crt', key_file: 'mf.key' } }, 'throttle', issues, resolve);
+  assert.deepEqual(issues.issues, []);
+  assert.deepEqual(tls.redis, { url: 'rediss://redis.example:6380', keyPrefix: THROTTLE_DEFAULTS.redisKeyPrefix, timeoutMs: THROTTLE_DEFAULTS.redisTimeoutMs, caFile: '/etc/mailfront/redis-ca.pem', certFile: '/etc/ssl/mf.crt', keyFile: '/etc/mailfront/mf.key' });
+
+  const plain = new IssueList();
+  readThrottleConfig({ redis: { url: 'redis://redis.example', ca_file: '/etc/ssl/ca.pem' } }, 'throttle', plain, resolve);
+  assert.deepEqual(plain.issues, [{ path: 'throttle.redis.ca_file', expected: 'a rediss:// url (the file is for TLS, which a redis:// url does not use)', found: 'a redis:// url' }]);
+
+  for (const [given, missing] of [['cert_file', 'key_file'], ['key_file', 'cert_file']] as const) {
+    const half = new IssueList();
+    readThrottleConfig({ redis: { url: 'rediss://redis.example', [given]: '/etc/ssl/x.pem' } }, 'throttle', half, resolve);
+    assert.deepEqual(half.issues.map((i) => i.path), [`throttle.redis.${missing}`], given);
+  }
+
+  const noFolder = new IssueList();
+  const absolute = readThrottleConfig({ redis: { url: 'rediss://redis.example', ca_file: '/etc/ssl/ca.pem', cert_file: 'mf.crt', key_file: '' } }, 'throttle', noFolder);
+  assert.deepEqual(noFolder.issues, [
+    { path: 'throttle.redis.cert_file', expected: 'an absolute file name', found: '"mf.crt"' },
+    { path: 'throttle.redis.key_file', expected: 'a non-empty string', found: '""' },
+  ]);
+  assert.equal(absolute.redis?.caFile, '/etc/ssl/ca.pem');
+});
+
 test('a Redis URL the client library refuses leaves the throttle on local counters, and the process up', async () => {
   // Past the config check (a Throttle made in code): the library throws in createClient.
   const states: string[] = [];
