@@ -309,11 +309,27 @@ export interface RedisThrottleStoreOptions {
   readonly log: Logger;
   /** Called on every change of the Redis state (turn it into a metric). */
   readonly onStateChange?: (state: RedisState) => void;
-  /** Time between reconnection attempts while Redis is down (default 1 s). */
+  /** Time between reconnection attempts while Redis is down (default 1 s; longer after flaps). */
   readonly retryIntervalMs?: number;
 }
 
 class RedisTimeout extends Error {}
+
+/** Settles with `pending`, or rejects with a RedisTimeout after `ms`. */
+async function within<T>(pending: Promise<T>, ms: number, message: string): Promise<T> {
+  pending.catch(() => undefined);
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      pending,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new RedisTimeout(message)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 /** Error replies are logged at most this often (they come with every call while they last). */
 const ERROR_REPLY_LOG_INTERVAL_MS = 60_000;
@@ -325,8 +341,30 @@ const ERROR_REPLY_LOG_INTERVAL_MS = 60_000;
  */
 const WRITES_REFUSED = /(?:^|-)(?:OOM|READONLY|MISCONF|NOREPLICAS)\b/;
 
-/** A TCP and TLS handshake plus a PING on a busy machine; nothing waits on it but the retry. */
+/** A TCP and TLS handshake on a busy machine; nothing waits on it but the retry. */
 const CONNECT_TIMEOUT_MIN_MS = 2_000;
+
+/**
+ * PINGs in a row that a new connection must have answered, each within timeout_ms, before Redis
+ * counts as up. Calls get no longer; and a Redis busy part of the time (a slow command from
+ * another client) may answer one PING in time by luck, seldom three.
+ */
+const PROOF_PINGS = 3;
+
+/**
+ * An 'up' that ends sooner than this is a flap: each one in a row doubles the wait before the
+ * next reconnection attempt, up to MAX_RETRY_INTERVAL_MS. An 'up' that lasts starts over.
+ */
+const FLAP_MS = 60_000;
+const MAX_RETRY_INTERVAL_MS = 60_000;
+
+/**
+ * State lines: the first few changes are logged as they come; while the state keeps changing
+ * (changes less than this apart), at most one line this often, which counts the changes not
+ * logged since the one before and gives the state then in force.
+ */
+const STATE_LOG_INTERVAL_MS = 60_000;
+const STATE_LINES_AT_ONCE = 3;
 
 /**
  * Counters shared through Redis. Each call has a deadline; a failed or late call marks Redis down
@@ -348,6 +386,19 @@ export class RedisThrottleStore implements ThrottleStore {
    */
   private localCounts = false;
   private readonly retryIntervalMs: number;
+  /** When the state last became 'up' from a connection attempt (undefined while not usable). */
+  private upSince: number | undefined;
+  /** Flaps in a row (see FLAP_MS). */
+  private flaps = 0;
+  /** State lines logged since the state last stayed unchanged for STATE_LOG_INTERVAL_MS. */
+  private stateLines = 0;
+  private lastStateLineAt = 0;
+  private lastStateChangeAt = 0;
+  /** State changes not logged since the last line, and the last one's previous state and reason. */
+  private unloggedChanges = 0;
+  private unloggedBefore: RedisState = 'connecting';
+  private unloggedReason: string | undefined;
+  private stateLineTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly options: RedisThrottleStoreOptions) {
     this.retryIntervalMs = options.retryIntervalMs ?? 1_000;
@@ -396,6 +447,7 @@ export class RedisThrottleStore implements ThrottleStore {
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.retryTimer);
+    clearTimeout(this.stateLineTimer);
     await this.connecting;
     this.dropClient();
   }
@@ -499,15 +551,45 @@ export class RedisThrottleStore implements ThrottleStore {
     if (state === this.stateNow) return;
     const before = this.stateNow;
     this.stateNow = state;
-    const fields = { event: 'throttle.redis_state', state, before, url: this.options.redis.url };
+    const now = Date.now();
+    if (now - this.lastStateChangeAt >= STATE_LOG_INTERVAL_MS) this.stateLines = 0;
+    this.lastStateChangeAt = now;
+    if (this.stateLines < STATE_LINES_AT_ONCE || now - this.lastStateLineAt >= STATE_LOG_INTERVAL_MS) {
+      this.logState(before, reason);
+    } else {
+      // Flapping: the line waits for the interval's end and then gives the state in force.
+      this.unloggedChanges++;
+      this.unloggedBefore = before;
+      this.unloggedReason = reason;
+      if (this.stateLineTimer === undefined && !this.closed) {
+        this.stateLineTimer = setTimeout(() => this.logState(this.unloggedBefore, this.unloggedReason), this.lastStateLineAt + STATE_LOG_INTERVAL_MS - now);
+        this.stateLineTimer.unref();
+      }
+    }
+    this.options.onStateChange?.(state);
+  }
+
+  /** Logs the state in force; `changes` counts the changes not logged since the line before. */
+  private logState(before: RedisState, reason: string | undefined): void {
+    clearTimeout(this.stateLineTimer);
+    this.stateLineTimer = undefined;
+    if (this.closed) return;
+    this.stateLines++;
+    this.lastStateLineAt = Date.now();
+    const state = this.stateNow;
+    const fields = { event: 'throttle.redis_state', state, before, url: this.options.redis.url, ...(this.unloggedChanges > 0 ? { changes: this.unloggedChanges } : {}) };
+    this.unloggedChanges = 0;
     if (state === 'up') this.options.log.info(fields, before === 'connecting' ? 'throttle counters are shared through Redis' : before === 'read-only' ? 'Redis takes writes again; throttle counters are shared again' : 'Redis is back; throttle counters are shared again');
     else if (state === 'read-only') this.options.log.warn({ ...fields, reason }, 'Redis refuses writes; this instance\'s own counts answer where they are higher than Redis\'s until it takes writes again');
     else if (state === 'down') this.options.log.warn({ ...fields, reason }, 'Redis is unreachable; throttle counters are local to this instance until it is back');
-    this.options.onStateChange?.(state);
   }
 
   private markDown(reason: string): void {
     if (this.closed) return;
+    if (this.upSince !== undefined) {
+      this.flaps = Date.now() - this.upSince < FLAP_MS ? this.flaps + 1 : 0;
+      this.upSince = undefined;
+    }
     this.dropClient();
     this.setState('down', reason);
     this.scheduleRetry();
@@ -515,10 +597,13 @@ export class RedisThrottleStore implements ThrottleStore {
 
   private scheduleRetry(): void {
     if (this.closed || this.retryTimer !== undefined) return;
+    // After flaps, longer: a Redis that answers only some calls in time is not hammered with
+    // reconnections, nor the state (the metric, the log) turned over every other second.
+    const delayMs = this.flaps === 0 ? this.retryIntervalMs : Math.max(this.retryIntervalMs, Math.min(MAX_RETRY_INTERVAL_MS, this.retryIntervalMs * 2 ** Math.min(this.flaps, 16)));
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
       this.connecting = this.connect();
-    }, this.retryIntervalMs);
+    }, delayMs);
     this.retryTimer.unref();
   }
 
@@ -535,8 +620,10 @@ export class RedisThrottleStore implements ThrottleStore {
   }
 
   /**
-   * Opens a fresh connection and proves it with a PING. This runs in the background (local
-   * counters answer meanwhile), so it gets a longer deadline than a call a login waits on.
+   * Opens a fresh connection and proves it with PINGs (PROOF_PINGS). This runs in the background
+   * (local counters answer meanwhile), so the TCP and TLS handshake get a longer deadline than a
+   * call a login waits on; the PINGs do not: a Redis that answers them only after timeout_ms would
+   * fail the first call again (it flapped, up and down every few seconds).
    */
   private async connect(): Promise<void> {
     const { redis } = this.options;
@@ -578,24 +665,15 @@ export class RedisThrottleStore implements ThrottleStore {
     client.on('end', () => {
       if (client === this.client && !this.closed) this.markDown('connection closed');
     });
-    const attempt = (async () => {
-      await client.connect();
-      await client.sendCommand(['PING']);
-    })();
-    attempt.catch(() => undefined);
-    let timer: NodeJS.Timeout | undefined;
     try {
-      await Promise.race([
-        attempt,
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new RedisTimeout(`no connection within ${deadlineMs} ms`)), deadlineMs);
-        }),
-      ]);
+      await within(client.connect(), deadlineMs, `no connection within ${deadlineMs} ms`);
+      for (let i = 0; i < PROOF_PINGS; i++) await within(client.sendCommand(['PING']), redis.timeoutMs, `PING not answered within ${redis.timeoutMs} ms`);
       if (this.closed) {
         client.destroy();
         return;
       }
       this.client = client;
+      this.upSince = Date.now();
       this.setState('up');
     } catch (error) {
       try {
@@ -606,8 +684,6 @@ export class RedisThrottleStore implements ThrottleStore {
       if (this.closed) return;
       this.setState('down', error instanceof Error ? error.message : String(error));
       this.scheduleRetry();
-    } finally {
-      clearTimeout(timer);
     }
   }
 }

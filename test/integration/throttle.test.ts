@@ -2,8 +2,8 @@
  * The throttle against a real redis-server: two instances sharing Redis see each other's
  * failures; Redis stopped or hung → local counters, one warning, a state callback, and every
  * call within its deadline; Redis back → shared again; Redis refusing writes → an instance's
- * own counts answer where higher than Redis's. Also what Redis holds: no passwords, and every key
- * expires.
+ * own counts answer where higher than Redis's; Redis slow or flapping → few state changes and
+ * lines. Also what Redis holds: no passwords, and every key expires.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -38,7 +38,7 @@ interface Instance {
 
 const open: Throttle[] = [];
 
-async function instance(prefix: string, fingerprintKey?: Uint8Array): Promise<Instance> {
+async function instance(prefix: string, fingerprintKey?: Uint8Array, url = redis.url): Promise<Instance> {
   const config: ThrottleConfig = {
     enabled: true,
     baseDelayMs: 100,
@@ -48,7 +48,7 @@ async function instance(prefix: string, fingerprintKey?: Uint8Array): Promise<In
     failureWindowMs: 60_000,
     refusalMs: 30_000,
     maxTrackedSubjects: 10_000,
-    redis: { url: redis.url, keyPrefix: prefix, timeoutMs: TIMEOUT_MS },
+    redis: { url, keyPrefix: prefix, timeoutMs: TIMEOUT_MS },
   };
   const lines: Record<string, unknown>[] = [];
   const states: RedisState[] = [];
@@ -243,5 +243,56 @@ describe('throttle counters shared through Redis', () => {
     }
     await until('A back on Redis', () => a.throttle.sharing === 'up');
     assert.deepEqual(a.states, ['up', 'down', 'up']);
+  });
+
+  test('Redis slow (it answers after timeout_ms, within the connection deadline): the state does not flap up and down, and its lines stay few', async () => {
+    const slow = await startRedis({ args: ['--enable-debug-command', 'yes'] });
+    try {
+      const a = await instance('t8:', undefined, slow.url);
+      const raw = createClient({ url: slow.url });
+      raw.on('error', () => undefined);
+      await raw.connect();
+      // Every command waits behind another client's DEBUG SLEEP, longer than timeout_ms and
+      // shorter than the 2 s a connection gets: a PING is answered in time by luck, now and then.
+      let sleeping = true;
+      const sleeper = (async () => {
+        for (let i = 0; sleeping && i < 100; i++) await raw.sendCommand(['DEBUG', 'SLEEP', String((1.5 * TIMEOUT_MS) / 1000)]);
+      })();
+      try {
+        const end = Date.now() + 6_000;
+        for (let n = 0; Date.now() < end; n++) {
+          await a.throttle.check(from(`slow${n}`, '192.0.2.60'));
+          await a.throttle.recordFailure(from(`slow${n}`, '192.0.2.60'), WRONG_PASSWORDS[0] ?? '');
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      } finally {
+        sleeping = false;
+        await sleeper;
+        raw.destroy();
+      }
+      const lines = redisStateLines(a.lines);
+      assert.deepEqual(lines.slice(0, 2), ['30 up', '40 down']);
+      assert.ok(lines.length <= 3, `state lines: ${lines.join(', ')}`);
+      assert.ok(a.states.length <= 4, `state changes: ${a.states.join(', ')}`);
+      await until('A back on Redis once it is fast again', () => a.throttle.sharing === 'up', 15_000);
+    } finally {
+      await slow.stop();
+    }
+  });
+
+  test('Redis going down and coming back again and again: every change reaches the state callback, the first three are logged, the rest wait for the minute\'s line', async () => {
+    const a = await instance('t9:');
+    for (let i = 0; i < 3; i++) {
+      await redis.stopOnly();
+      try {
+        await until('A sees Redis down', () => a.throttle.sharing === 'down');
+      } finally {
+        await redis.startAgain();
+      }
+      // Each flap in a row doubles the wait before the next attempt: 0.4, 0.8, 1.6 s here.
+      await until('A back on Redis', () => a.throttle.sharing === 'up', 10_000);
+    }
+    assert.deepEqual(a.states, ['up', 'down', 'up', 'down', 'up', 'down', 'up']);
+    assert.deepEqual(redisStateLines(a.lines), ['30 up', '40 down', '30 up']);
   });
 });
