@@ -18,7 +18,7 @@ export interface ThrottleRedisConfig {
   readonly keyPrefix: string;
   /** Deadline of every Redis call; past it the call counts as failed and local counters answer. */
   readonly timeoutMs: number;
-  /** With `rediss://`: PEM CA certificates to trust for Redis's certificate instead of the system's (absolute path). */
+  /** With `rediss://`: PEM CA certificates to trust for Redis's certificate instead of the system's (made absolute against the config file's folder). */
   readonly caFile?: string;
   /** With `rediss://`: PEM client certificate, for a Redis that asks for one (tls-auth-clients); with keyFile. */
   readonly certFile?: string;

@@ -237,7 +237,7 @@ export function readConfig(doc: unknown, file: string, resolvePath: (p: string) 
     ...(http !== undefined ? { http } : {}),
     trustedNetworks: readNetworks(root, 'trusted_networks', '', issues),
     shutdown: readShutdown(root['shutdown'], issues),
-    throttle: readThrottleConfig(root['throttle'], 'throttle', issues),
+    throttle: readThrottleConfig(root['throttle'], 'throttle', issues, resolvePath),
     connectionLimits: readConnectionLimitsConfig(root['connection_limits'], 'connection_limits', issues),
     tls: readTlsPolicy(root['tls'], 'tls', issues),
     usernames: readUsernames(root['usernames'], issues),

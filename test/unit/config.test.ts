@@ -316,6 +316,14 @@ test('a store map\'s relative file names resolve against the config file\'s fold
   }
 });
 
+test("throttle.redis's TLS files, like every file name of the config, resolve against the config file's folder", () => {
+  const dir = writeTemp({ 'mf.yaml': `${GOOD}throttle:\n  redis: { url: 'rediss://127.0.0.1:6380', ca_file: redis-ca.pem, cert_file: tls/mf.crt, key_file: /etc/mf/mf.key }\n`, 'ldap.secret': 'x' });
+  const redis = loadConfig(join(dir, 'mf.yaml')).throttle.redis;
+  assert.equal(redis?.caFile, join(dir, 'redis-ca.pem'));
+  assert.equal(redis?.certFile, join(dir, 'tls', 'mf.crt'));
+  assert.equal(redis?.keyFile, '/etc/mf/mf.key');
+});
+
 test('routing refuses unknown stores', () => {
   const dir = writeTemp({ 'mf.yaml': GOOD, 'ldap.secret': 'x', 'stores.yaml': STORES });
   const config = loadConfig(join(dir, 'mf.yaml'));
