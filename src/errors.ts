@@ -8,6 +8,7 @@
 export type FailureKind =
   | 'config' // configuration is invalid
   | 'auth-failed' // wrong password or unknown user
+  | 'not-authorized' // the user authenticated, but may not log in under that name (a backend administrator's, the proxy account's)
   | 'auth-tempfail' // the directory could not answer (down, timed out, broken entry)
   | 'no-route' // user without a store, unknown store, store without a current master
   | 'connect' // backend slot unreachable or refused the connection

@@ -98,13 +98,14 @@ export function loggableClaim(value: string): string {
 
 /** Maps a failure to what the client is told; decided here and nowhere else. */
 function refusalFor(error: MailfrontError): LoginRefusal {
-  // The user authenticated, but is not let in under a name the backend would take as its
-  // administrator or the proxy account (RFC 5530 AUTHORIZATIONFAILED).
-  if (error.code === IDENTITY_REFUSED) return 'not-authorized';
   const kind: FailureKind = error.kind;
   switch (kind) {
     case 'auth-failed':
       return 'auth-failed';
+    // The user authenticated, but is not let in under a name the backend would take as its
+    // administrator or the proxy account (RFC 5530 AUTHORIZATIONFAILED).
+    case 'not-authorized':
+      return 'not-authorized';
     case 'in-use':
       return 'in-use';
     case 'limit':
@@ -621,7 +622,7 @@ export class Session {
     // account is a setup the operator must change; the password was right, so it is no failure
     // for the throttle.
     const identityProblem = assertedIdentityProblem(user, backendConfig);
-    if (identityProblem !== null) throw new MailfrontError(IDENTITY_REFUSED, 'config', `user "${user}" of store "${slot.store}" not logged in: ${identityProblem}`);
+    if (identityProblem !== null) throw new MailfrontError(IDENTITY_REFUSED, 'not-authorized', `user "${user}" of store "${slot.store}" not logged in: ${identityProblem}`);
     const metrics = this.context.metrics;
     const connectStarted = performance.now();
     let socket: Socket;

@@ -81,6 +81,7 @@ test('IMAP: directory user "cyrus" (the Cyrus admin) gets NO [AUTHORIZATIONFAILE
       const failed = linesOfSession(front, session).find((l) => l['event'] === 'session.login_failed');
       assert.equal(failed?.['level'], 'error');
       assert.equal(failed?.['code'], 'BACKEND_IDENTITY_REFUSED');
+      assert.equal(failed?.['kind'], 'not-authorized', 'the kind mailfront_logins_total counts it under');
       assert.equal(failed?.['user'], 'cyrus');
       assert.match(String(failed?.['reason']), /reserved_users/);
       assert.equal(failed?.['penaltyMs'], undefined);
