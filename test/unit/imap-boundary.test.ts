@@ -36,6 +36,20 @@ test('between responses is a boundary; inside a line or a literal is not', () =>
   assert.equal(boundaryAfter('* 1 FETCH (BODY[1] {3}\r\nabc BODY[2] {2}\r\nd'), false);
   assert.equal(boundaryAfter('* 1 FETCH (BODY[] {0}\r\n'), false);
   assert.equal(boundaryAfter('a1 OK done\r\n+ idling\r\n'), true);
+  // A status response's text ends at its line end, whatever it ends with: a mailbox name the
+  // client chose, quoted back in an error, announces no literal.
+  assert.equal(boundaryAfter(`a2 NO [NONEXISTENT] Mailbox doesn't exist: x{5}\r\n`), true);
+  assert.equal(boundaryAfter('* OK [ALERT] see {12}\r\n* 3 EXISTS\r\n'), true);
+  assert.equal(boundaryAfter('* BYE going {3}\r\n'), true);
+  assert.equal(boundaryAfter('+ {5}\r\n'), true);
+  assert.equal(boundaryAfter(`${'averyveryverylongtag'.repeat(2)} BAD x{5}\r\n`), true);
+  // Data responses and a line after a literal still announce one.
+  assert.equal(boundaryAfter('* LIST () "/" {5}\r\nINBOX\r\n'), true);
+  assert.equal(boundaryAfter('* LIST () "/" {5}\r\nINB'), false);
+  assert.equal(boundaryAfter('* 1 FETCH (BODY[1] {2}\r\nab BODY[2] OK {3}\r\nabc)\r\n'), true);
+  assert.equal(boundaryAfter('* 1 FETCH (BODY[1] {2}\r\nab BODY[2] OK {3}\r\nab'), false);
+  // An atom that begins with a status word is not one.
+  assert.equal(boundaryAfter('* OKAY {3}\r\nabc'), false);
 });
 
 /** The reference: parses the whole prefix from the start, line by line, literals skipped; a line end without CR is no boundary, ever. */
@@ -47,7 +61,10 @@ function referenceAtBoundary(bytes: Buffer): boolean {
     if (lf < 0) return false;
     if (lf === 0 || bytes[lf - 1] !== 0x0d) return false;
     const line = bytes.subarray(i, lf).toString('latin1');
-    const literal = /\{(\d{1,20})\+?\}\r?$/.exec(line);
+    // A status response or a continuation request is text to its end (RFC 9051 §7.1); a line
+    // that follows a literal continues a response, whatever it starts with.
+    const status = !inLine && /^(?:\+(?: |\r|$)|[^ \r]+ (?:OK|NO|BAD|BYE|PREAUTH)(?:[ \r]|$))/i.test(line);
+    const literal = status ? null : /\{(\d{1,20})\+?\}\r?$/.exec(line);
     i = lf + 1;
     if (literal === null) {
       inLine = false;
@@ -67,6 +84,7 @@ test('on random response streams cut at random places, the tracker agrees with a
     fc.string({ maxLength: 40 }).map((body) => `* 1 FETCH (BODY[] {${body.length}}\r\n${body}`),
     fc.string({ maxLength: 40 }).map((body) => `* 1 FETCH (BODY[] {${body.length}+}\r\n${body})\r\n`),
     fc.string({ maxLength: 60 }).map((text) => `* OK ${text.replace(/[\r\n]/g, '')}\r\n`),
+    fc.constantFrom('a7 NO x{4}\r\n', '* BYE {3}', '+ {2}\r\n', '* LIST () "/" {3}\r\n', 'abc'),
   );
   fc.assert(
     fc.property(fc.array(piece, { maxLength: 30 }), fc.array(fc.nat(200), { maxLength: 10 }), (pieces, cuts) => {

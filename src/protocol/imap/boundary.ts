@@ -19,6 +19,14 @@ const CLOSE_BRACE = 0x7d;
 /** Enough of a line's end to see "{N}\r" for any literal size we would believe. */
 const TAIL_BYTES = 32;
 const LITERAL_AT_END = /\{(\d{1,20})\+?\}\r?$/;
+/** Enough of a response's start to see its tag (or "*", "+") and the word after it. */
+const HEAD_BYTES = 64;
+/**
+ * A status response (tagged, or untagged OK/NO/BAD/BYE/PREAUTH) or a continuation request: its
+ * text is resp-text (RFC 9051 §7.1), plain text whatever it ends with. "a NO Mailbox doesn't
+ * exist: x{5}", a mailbox name the client chose, announces no literal.
+ */
+const STATUS_RESPONSE = /^(?:\+(?: |\r|$)|[^ \r]+ (?:OK|NO|BAD|BYE|PREAUTH)(?:[ \r]|$))/i;
 
 function latin1(chunk: Uint8Array, start: number, end: number): string {
   return Buffer.from(chunk.buffer, chunk.byteOffset + start, end - start).toString('latin1');
@@ -34,6 +42,10 @@ export class ImapResponseBoundary implements ResponseBoundaryTracker {
   private lastByte = -1;
   /** A line end without CR was seen: the stream is not IMAP text (see the module comment). */
   private lost = false;
+  /** The line under way is a response's first (no literal in it yet): a status response may end it. */
+  private firstLine = true;
+  /** The first bytes of a response's first line that runs on into later chunks. */
+  private head = '';
 
   observe(chunk: Uint8Array): void {
     if (this.lost || chunk.length === 0) return;
@@ -49,7 +61,9 @@ export class ImapResponseBoundary implements ResponseBoundaryTracker {
       }
       const lf = chunk.indexOf(LF, i);
       if (lf < 0) {
-        // The line runs on into the next chunk: keep its end to look at with the rest.
+        // The line runs on into the next chunk: keep its end to look at with the rest (and, for a
+        // response's first line, its start).
+        if (this.firstLine && this.head.length < HEAD_BYTES) this.head += latin1(chunk, i, Math.min(chunk.length, i + HEAD_BYTES - this.head.length));
         this.inLine = true;
         this.tail = (this.tail + latin1(chunk, Math.max(i, chunk.length - TAIL_BYTES), chunk.length)).slice(-TAIL_BYTES);
         return;
@@ -58,7 +72,15 @@ export class ImapResponseBoundary implements ResponseBoundaryTracker {
         this.lost = true;
         return;
       }
-      const literal = this.literalEndingAt(chunk, i, lf);
+      let literal = this.literalEndingAt(chunk, i, lf);
+      if (literal >= 0 && this.firstLine) {
+        // Rare: only a line ending in "{N}" gets here.
+        const head = this.head.length < HEAD_BYTES ? this.head + latin1(chunk, i, Math.min(lf, i + HEAD_BYTES - this.head.length)) : this.head;
+        if (STATUS_RESPONSE.test(head)) literal = -1;
+      }
+      this.head = '';
+      // The response goes on after a literal; after a line with none the next one starts.
+      this.firstLine = literal < 0;
       i = lf + 1;
       // The line goes on after a literal's bytes (even none: "{0}").
       this.literalLeft = Math.max(literal, 0);
