@@ -114,6 +114,32 @@ describe('auth-failure throttling', () => {
     for (const [i, user] of ['una', 'uwe', 'val', 'vic', 'wes', 'uwe', 'val'].entries()) await pop3Login(front, user, `bad-webmail-${i}`, '127.0.0.9');
     assert.match((await imapLogin(front, 'ted', PASSWORD, '127.0.0.9')).line, /^t1 OK /);
   });
+
+  test('a trusted webmail server that forwards its client\'s address (IMAP ID x-originating-ip) has that address counted: past its threshold it is refused, another address forwarded by the same server is not', async () => {
+    /** One IMAP login from the trusted webmail address 127.0.0.9, on behalf of `claimed`. */
+    const forwardedLogin = async (claimed: string, user: string, password: string): Promise<string> => {
+      registerPasswords(password);
+      const raw = await LineClient.connect(front.imapTrustedPort, { localAddress: '127.0.0.9' });
+      try {
+        await raw.readLine();
+        raw.send(`t0 ID ("x-originating-ip" "${claimed}")`);
+        for (let line = await raw.readLine(); !line.startsWith('t0 '); line = await raw.readLine());
+        raw.send(`t1 LOGIN ${user} ${password}`);
+        return await raw.readLine(10_000);
+      } finally {
+        raw.close();
+      }
+    };
+    // failures_per_address 6, each for another (unknown) user: no user reaches its own threshold.
+    for (let i = 0; i < THROTTLE.failures_per_address; i++) {
+      assert.match(await forwardedLogin('192.0.2.77', `fwd-nobody-${i}`, `fwd-wrong-${i}`), /^t1 NO \[AUTHENTICATIONFAILED\] /);
+    }
+    assert.match(await forwardedLogin('192.0.2.77', 'ted', PASSWORD), /^t1 NO \[LIMIT\] /, 'the forwarded address is past its threshold');
+    const refused = await waitForLog(front, (l) => l['event'] === 'throttle.refusing' && l['client'] === '192.0.2.77');
+    assert.equal(refused['by'], 'address');
+    // The webmail server itself, and its other users, are not refused.
+    assert.match(await forwardedLogin('192.0.2.78', 'ted', PASSWORD), /^t1 OK /);
+  });
 });
 
 describe('throttling with usernames.lowercase off', () => {
@@ -235,8 +261,15 @@ describe('connection limits', () => {
     }
   });
 
+  /** Waits until mailfront has let go of every connection the test closed (and so of their users' sessions). */
+  async function released(): Promise<void> {
+    const deadline = Date.now() + 5_000;
+    while (front.mailfront.limiter.connections > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(front.mailfront.limiter.connections, 0, 'connections the test closed are still counted');
+  }
+
   test('in total: BYE [UNAVAILABLE]; per user: a second session gets NO [LIMIT]', async () => {
-    await new Promise((r) => setTimeout(r, 200));
+    await released();
     const held = await Promise.all(['127.0.0.21', '127.0.0.22', '127.0.0.23', '127.0.0.24', '127.0.0.25', '127.0.0.26'].map((a) => LineClient.connect(front.imapTrustedPort, { localAddress: a })));
     try {
       for (const c of held) await c.readLine();
@@ -246,7 +279,7 @@ describe('connection limits', () => {
     } finally {
       for (const c of held) c.close();
     }
-    await new Promise((r) => setTimeout(r, 200));
+    await released();
     const first = await LineClient.connect(front.imapTrustedPort);
     try {
       await first.readLine();
@@ -256,7 +289,8 @@ describe('connection limits', () => {
     } finally {
       first.close();
     }
-    await new Promise((r) => setTimeout(r, 200));
+    await released();
+    assert.equal(front.mailfront.limiter.sessionsOf('wes'), 0);
     assert.match((await imapLogin(front, 'wes', PASSWORD)).line, /^t1 OK /);
   });
 });
