@@ -81,10 +81,24 @@ async function assertServedBy(raw: LineClient, subject: string): Promise<void> {
   assert.ok(lines.some((l) => l.includes(subject)), lines.join(' | '));
 }
 
-/** Makes a1 alpha's master again, as the tests found it, and gives the drain a moment. */
+/** Waits until the store map in force has `slot` as alpha's master, on `imapPort` (mailfront has read a write of the file). */
+async function alphaMasterInForce(front: Front, slot: string, imapPort: number): Promise<void> {
+  const inForce = (): boolean => {
+    const master = front.mailfront.currentStoreMap().currentMaster('alpha').slot;
+    return master.name === slot && master.imapPort === imapPort;
+  };
+  const deadline = Date.now() + 5_000;
+  while (!inForce() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  assert.ok(inForce(), `alpha's master in force is not ${slot} on port ${imapPort}`);
+}
+
+/** Makes a1 alpha's master again, as the tests found it, and waits until a2's sessions are drained. */
 async function failBack(front: Front): Promise<void> {
   await front.writeStores(storesWith('a1'));
-  await new Promise((r) => setTimeout(r, 500));
+  await alphaMasterInForce(front, 'a1', a1.imapPort);
+  const deadline = Date.now() + SPREAD_MS + 5_000;
+  while (front.mailfront.registry.onSlot('a2').length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(front.mailfront.registry.onSlot('a2').length, 0, 'sessions on a2 are left after the fail-back');
 }
 
 interface Idler {
@@ -124,20 +138,33 @@ async function closeAll(idlers: readonly Idler[]): Promise<void> {
   await Promise.all(idlers.map((i) => (i.closedAt === null ? i.client.logout().catch(() => i.client.close()) : undefined)));
 }
 
-/** Checks one failover: all sessions on the old master closed within the window, beta's open, new logins on the new master. */
-async function expectDrained(front: Front, changedAt: number, alphaIdlers: Idler[], betaIdlers: Idler[], newMaster: 'a1' | 'a2'): Promise<void> {
+/**
+ * Checks one failover (made after log line `mark`): all sessions on the old master closed within
+ * the window after the drain began, beta's open, new logins on the new master. With
+ * `spread`, also that the closes were spread over the window, not made at once.
+ */
+async function expectDrained(front: Front, mark: number, alphaIdlers: Idler[], betaIdlers: Idler[], newMaster: 'a1' | 'a2', spread = false): Promise<void> {
+  const drain = await waitForLog(front, (l) => l['event'] === 'failover.drain' && l['store'] === 'alpha', 10_000, mark);
+  const drainedAt = Date.parse(String(drain['time']));
   await waitAllClosed(alphaIdlers, SPREAD_MS + 5_000);
   const open = alphaIdlers.filter((i) => i.closedAt === null).length;
   assert.equal(open, 0, `${open} of ${alphaIdlers.length} sessions on the old master are still open`);
-  const lastClose = Math.max(...alphaIdlers.map((i) => i.closedAt!));
-  assert.ok(lastClose - changedAt <= SPREAD_MS + 1_000, `the last old session closed ${lastClose - changedAt} ms after the change`);
+  const closes = alphaIdlers.map((i) => i.closedAt!);
+  const lastClose = Math.max(...closes);
+  assert.ok(lastClose - drainedAt <= SPREAD_MS + 1_000, `the last old session closed ${lastClose - drainedAt} ms after the drain began`);
+  if (spread) {
+    // Each close is at a random moment in the window: the chance that 50 fall within a third of
+    // it is about 50 * 3^-49. Closed at once, they would all fall within a few milliseconds.
+    const firstClose = Math.min(...closes);
+    assert.ok(lastClose - firstClose >= SPREAD_MS / 3, `the ${closes.length} sessions closed within ${lastClose - firstClose} ms of each other, not spread over ${SPREAD_MS} ms`);
+  }
   // The other store's sessions are untouched and still work.
   for (const b of betaIdlers) assert.equal(b.closedAt, null, 'a session of store beta was closed');
   await Promise.all(betaIdlers.map((b) => b.client.noop()));
   assert.equal(await servedBy(front, 'ann'), `I am ${newMaster}`);
   // No session was spliced to the old master after the change.
   const oldMaster = newMaster === 'a1' ? 'a2' : 'a1';
-  const late = front.logs.filter((l) => l['event'] === 'session.spliced' && l['slot'] === oldMaster && Date.parse(String(l['time'])) > changedAt);
+  const late = front.logs.filter((l) => l['event'] === 'session.spliced' && l['slot'] === oldMaster && Date.parse(String(l['time'])) > drainedAt);
   assert.deepEqual(late, []);
 }
 
@@ -174,11 +201,11 @@ describe('failover by file edit and by the admin API (file store map)', () => {
     const alpha = await idleSessions(front, ALPHA_USERS, SESSIONS_ON_MASTER);
     const beta = await idleSessions(front, ['bea'], 5);
     assert.equal(front.mailfront.registry.onSlot('a1').length, SESSIONS_ON_MASTER);
-    const changedAt = Date.now();
+    const mark = front.logs.length;
     await front.writeStores(storesWith('a2'));
     try {
-      await expectDrained(front, changedAt, alpha, beta, 'a2');
-      const drained = await waitForLog(front, (l) => l['event'] === 'failover.drain' && l['store'] === 'alpha');
+      await expectDrained(front, mark, alpha, beta, 'a2', true);
+      const drained = await waitForLog(front, (l) => l['event'] === 'failover.drain' && l['store'] === 'alpha', 5_000, mark);
       assert.equal(drained['sessions'], SESSIONS_ON_MASTER);
     } finally {
       await closeAll([...alpha, ...beta]);
@@ -188,14 +215,42 @@ describe('failover by file edit and by the admin API (file store map)', () => {
   test('the admin API fails the store back: written to the file, sessions drained, reconnects on the new master', async () => {
     const alpha = await idleSessions(front, ALPHA_USERS, 10);
     const address = front.mailfront.httpAddress()!;
-    const changedAt = Date.now();
+    const mark = front.logs.length;
     const response = await fetch(`http://127.0.0.1:${address.port}/api/stores/alpha/failover`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ slot: 'a1' }) });
     assert.equal(response.status, 200, await response.clone().text());
     try {
-      await expectDrained(front, changedAt, alpha, [], 'a1');
+      await expectDrained(front, mark, alpha, [], 'a1');
       assert.match(await readFile(front.storesFile, 'utf8'), /current_master: a1/);
     } finally {
       await closeAll(alpha);
+    }
+  });
+
+  test('a drain says `* BYE [UNAVAILABLE]` to a spliced IMAP client before closing it, and closes a spliced POP3 session without a word', async () => {
+    const imap = await LineClient.connect(front.imapTrustedPort);
+    const pop3 = await LineClient.connect(front.pop3TrustedPort);
+    try {
+      await imap.readLine();
+      imap.send(`t1 LOGIN ann ${PASSWORD}`);
+      assert.match(await imap.readLine(), /^t1 OK /);
+      await pop3.readLine();
+      await pop3.pop3('USER ari');
+      await pop3.pop3(`PASS ${PASSWORD}`);
+      const mark = front.logs.length;
+      await front.writeStores(storesWith('a2'));
+      assert.equal(await imap.readLine(SPREAD_MS + 5_000), '* BYE [UNAVAILABLE] Mailbox moved to another server, please reconnect');
+      assert.equal(await imap.waitClosed(5_000), true, 'the IMAP session is closed after its BYE');
+      // POP3 has no way to say goodbye mid-stream: a line could land inside a message.
+      assert.equal(await pop3.waitClosed(SPREAD_MS + 5_000), true, 'the POP3 session is closed');
+      await assert.rejects(pop3.readLine(100), /closed/, 'nothing is said to the POP3 client');
+      const drained = await waitForLog(front, (l) => l['event'] === 'failover.drain' && l['store'] === 'alpha', 5_000, mark);
+      assert.equal(drained['sessions'], 2);
+      const closed = front.logs.slice(mark).filter((l) => l['event'] === 'session.drained').map((l) => String(l['user']));
+      assert.deepEqual(closed.sort(), ['ann', 'ari']);
+    } finally {
+      imap.close();
+      pop3.close();
+      await failBack(front);
     }
   });
 
@@ -341,7 +396,7 @@ describe('failover by file edit and by the admin API (file store map)', () => {
     const crashPort = (crashing.address() as AddressInfo).port;
     const stores = storesWith('a1');
     await front.writeStores({ ...stores, alpha: { ...stores['alpha']!, slots: { ...stores['alpha']!.slots, a1: { imapPort: crashPort, pop3Port: a1.pop3Port } } } });
-    await new Promise((r) => setTimeout(r, 300));
+    await alphaMasterInForce(front, 'a1', crashPort);
     const raw = await LineClient.connect(front.imapTrustedPort);
     try {
       const since = front.logs.length;
@@ -492,11 +547,10 @@ describe('failover by LDAP modify (store entries in the directory)', () => {
     assert.equal(await servedBy(front, 'ann'), 'I am a1');
     const alpha = await idleSessions(front, ALPHA_USERS, SESSIONS_ON_MASTER);
     const beta = await idleSessions(front, ['bea'], 5);
-    const changedAt = Date.now();
+    const mark = front.logs.length;
     await slapd.modify(`dn: cn=alpha,${LDAP_STORES_DN}\nchangetype: modify\nreplace: mailfrontCurrentMaster\nmailfrontCurrentMaster: a2\n`);
     try {
-      // The poll interval (100 ms here, 1 s by default) adds to the window.
-      await expectDrained(front, changedAt, alpha, beta, 'a2');
+      await expectDrained(front, mark, alpha, beta, 'a2', true);
     } finally {
       await closeAll([...alpha, ...beta]);
     }
