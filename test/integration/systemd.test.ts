@@ -73,7 +73,8 @@ describe('deploy/mailfront.service', () => {
     await unitWithStub((unitPath) => {
       const result = spawnSync(systemdAnalyze, ['security', '--offline=true', unitPath], { encoding: 'utf8' });
       if (result.status !== 0 && /unrecognized option|offline/i.test(result.stderr)) {
-        t.diagnostic(`this systemd-analyze cannot analyse units offline: ${result.stderr.trim()}`);
+        // Skipped, not passed: nothing was checked (scripts/test.sh fails a run with skips).
+        t.skip(`this systemd-analyze cannot analyse units offline (systemd 250 or later can): ${result.stderr.trim()}`);
         return;
       }
       const level = /Overall exposure level for \S+: ([\d.]+)/.exec(result.stdout)?.[1];
