@@ -67,22 +67,23 @@ test('the authentication cache keeps a route no longer than its TTL after the st
     cacheEntries: () => ({}),
     close: async () => undefined,
   };
-  const cache = new CachingDirectory(inner, 300, 100);
+  // Margins of hundreds of milliseconds either side: a busy machine's timers are late by tens.
+  const cache = new CachingDirectory(inner, 1_500, 100);
   const signal = new AbortController().signal;
-  // Read just now: cached for the full 300 ms.
+  // Read just now: cached for the full 1.5 s.
   await cache.authenticate('alice', 'pw', signal);
   await cache.authenticate('alice', 'pw', signal);
   assert.equal(calls, 1);
-  // Read 250 ms ago (an entry cache's answer): cached for what is left, about 50 ms.
-  readAt = Date.now() - 250;
+  // Read 1.1 s ago (an entry cache's answer): cached for what is left, about 400 ms.
+  readAt = Date.now() - 1_100;
   await cache.authenticate('bob', 'pw', signal);
   await cache.authenticate('bob', 'pw', signal);
   assert.equal(calls, 2, 'within what is left');
-  await new Promise((r) => setTimeout(r, 120));
+  await new Promise((r) => setTimeout(r, 700));
   await cache.authenticate('bob', 'pw', signal);
-  assert.equal(calls, 3, 'gone after what was left, long before 300 ms');
+  assert.equal(calls, 3, 'gone after what was left, long before the 1.5 s TTL');
   // Read longer ago than the TTL: not cached at all.
-  readAt = Date.now() - 1_000;
+  readAt = Date.now() - 2_000;
   await cache.authenticate('carol', 'pw', signal);
   await cache.authenticate('carol', 'pw', signal);
   assert.equal(calls, 5);
