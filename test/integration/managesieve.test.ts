@@ -739,3 +739,20 @@ test('no password (right or wrong), proxy secret or SASL blob appears in any log
   assertNoRegisteredSecret(front.rawLogs);
   assertNoRegisteredSecret(heldFront?.rawLogs ?? []);
 });
+
+test('over a connection limit a ManageSieve client gets BYE (TRYLATER) (RFC 5804 §1.3), and the connection is closed', async () => {
+  const limited = await startFront({ slapd, stores: storesAtStart, sieve: true, connectionLimits: { max_connections_per_address: 1 } });
+  const held = await SieveClient.connect(limited.sieveTrustedPort!, '127.0.0.31');
+  try {
+    assert.equal((await held.response()).status, 'OK', 'the first connection is greeted');
+    const refused = await SieveClient.connect(limited.sieveTrustedPort!, '127.0.0.31');
+    try {
+      assert.match(await refused.untilClosed(), /^BYE \(TRYLATER\) "[^"\r\n]+"\r\n$/);
+    } finally {
+      refused.close();
+    }
+  } finally {
+    held.close();
+    await limited.stop();
+  }
+});
