@@ -1,0 +1,124 @@
+/**
+ * What a stop (SIGTERM) does to a running `mailfront serve` process, as the README's
+ * "SIGTERM / SIGINT" entry says: /readyz answers 503 from the moment the stop begins (a load
+ * balancer takes the instance out while spliced sessions drain), a spliced IMAP session is told
+ * `* BYE [UNAVAILABLE] Server shutting down` when the drain deadline passes, and the log's last
+ * line, `server.stopped`, is on disk when the process has exited.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { openSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { stringify } from 'yaml';
+import { LineClient, freePort, startDovecot, startSlapd, tmpDir } from './servers/index.js';
+import type { Dovecot, Slapd, TmpDir } from './servers/index.js';
+import { makeMessage, registerPasswords, registerSecrets, suiteLogWriter } from './front.js';
+
+const PASSWORD = 'Stop-pw-6e1f';
+const DRAIN_MS = 2_000;
+
+let slapd: Slapd;
+let dovecot: Dovecot;
+let dir: TmpDir;
+
+before(async () => {
+  slapd = await startSlapd({ users: [{ uid: 'sam', password: PASSWORD, store: 'alpha' }] });
+  dovecot = await startDovecot({ name: 'stop', users: [{ name: 'sam', password: PASSWORD }] });
+  await dovecot.deliver('sam', makeMessage('before the stop'));
+  dir = tmpDir('stop');
+  registerSecrets([slapd.bindPassword]);
+  registerPasswords(PASSWORD);
+});
+after(async () => {
+  await Promise.all([slapd?.stop(), dovecot?.stop(), dir?.remove()]);
+});
+
+/** The complete JSON lines of a log file (a line still being written is left out). */
+function logLines(file: string): Array<Record<string, unknown>> {
+  const lines = readFileSync(file, 'utf8').split('\n');
+  lines.pop();
+  return lines.filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+async function readyz(httpPort: number): Promise<{ status: number; body: string } | null> {
+  try {
+    const response = await fetch(`http://127.0.0.1:${httpPort}/readyz`, { signal: AbortSignal.timeout(2_000) });
+    return { status: response.status, body: await response.text() };
+  } catch {
+    return null;
+  }
+}
+
+test('SIGTERM: /readyz answers 503 while spliced sessions drain, a spliced IMAP session is told "Server shutting down", and the log ends with server.stopped at exit', async () => {
+  const [imapPort, httpPort] = [await freePort(), await freePort()];
+  writeFileSync(join(dir.path, 'ldap.secret'), `${slapd.bindPassword}\n`);
+  writeFileSync(join(dir.path, 'stores.yaml'), stringify({ stores: { alpha: { current_master: 's1', slots: { s1: { host: '127.0.0.1', imap_port: dovecot.imapPort } } } } }));
+  const configFile = join(dir.path, 'mailfront.yaml');
+  writeFileSync(
+    configFile,
+    stringify({
+      log: { level: 'info' },
+      listeners: [{ name: 'imap', protocol: 'imap', host: '127.0.0.1', port: imapPort, tls: 'none', plaintext_without_tls: true }],
+      directory: { urls: [slapd.url], bind_dn: slapd.bindDn, bind_password_file: 'ldap.secret', base_dn: slapd.usersDn, store_attribute: 'mailStore', connect_timeout_ms: 1000, operation_timeout_ms: 2000 },
+      store_map: { file: 'stores.yaml' },
+      backend: { login_mode: 'replay' },
+      http: { host: '127.0.0.1', port: httpPort },
+      admin: { token: 'stop-test-admin-token-0123' },
+      health: { interval_ms: 0 },
+      shutdown: { drain_timeout_ms: DRAIN_MS },
+    }),
+  );
+  registerSecrets(['stop-test-admin-token-0123']);
+  const logFile = join(dir.path, 'mailfront.log');
+  const out = openSync(logFile, 'a');
+  // The CLI of the build this test file belongs to.
+  const cli = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+  const child = spawn(process.execPath, ['--enable-source-maps', cli, 'serve', '-c', configFile], { stdio: ['ignore', out, out] });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  let raw: LineClient | undefined;
+  try {
+    // Ready: bound, the store map loaded, the directory reachable.
+    const deadline = Date.now() + 15_000;
+    while ((await readyz(httpPort))?.status !== 200) {
+      if (child.exitCode !== null || Date.now() > deadline) throw new Error(`mailfront did not become ready: ${readFileSync(logFile, 'utf8')}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    raw = await LineClient.connect(imapPort);
+    await raw.readLine();
+    raw.send(`a1 LOGIN sam ${PASSWORD}`);
+    assert.match(await raw.readLine(), /^a1 OK /);
+
+    child.kill('SIGTERM');
+    // The spliced session keeps the process (and its HTTP listener) up for the drain: /readyz
+    // must say no from the start of the stop, long before the drain deadline.
+    const stopped = Date.now();
+    let answer = await readyz(httpPort);
+    while (answer?.status !== 503 && Date.now() - stopped < DRAIN_MS / 2) {
+      await new Promise((r) => setTimeout(r, 50));
+      answer = await readyz(httpPort);
+    }
+    assert.equal(answer?.status, 503, `/readyz during the stop: ${JSON.stringify(answer)}`);
+    assert.match(answer.body, /stopping/);
+    // The session did not end on its own: at the deadline it is told why it is closed.
+    assert.equal(await raw.readLine(DRAIN_MS + 5_000), '* BYE [UNAVAILABLE] Server shutting down');
+    assert.equal(await raw.waitClosed(5_000), true, 'the session is closed after its BYE');
+    assert.equal(await exited, 0);
+    const lines = logLines(logFile);
+    const stoppedLine = lines.find((l) => l['event'] === 'server.stopped');
+    assert.ok(stoppedLine, `no server.stopped line; the log ends: ${lines.slice(-3).map((l) => String(l['event'])).join(', ')}`);
+    // The last line logged, by its time. (Not always the file's last line: the process exits with
+    // an earlier asynchronous write possibly still in flight, which then lands after it.)
+    const stoppedAt = Date.parse(String(stoppedLine['time']));
+    assert.deepEqual(lines.filter((l) => Date.parse(String(l['time'])) > stoppedAt).map((l) => l['event']), [], 'lines logged after server.stopped');
+    const finished = lines.find((l) => l['event'] === 'session.finished' && l['user'] === 'sam');
+    assert.equal(finished?.['reason'], 'shutdown', 'the spliced session was ended by the stop');
+  } finally {
+    raw?.close();
+    if (child.exitCode === null) child.kill('SIGKILL');
+    // Into the suite's secret scan.
+    const write = suiteLogWriter();
+    for (const line of readFileSync(logFile, 'utf8').split('\n')) if (line !== '') write(line);
+  }
+});
