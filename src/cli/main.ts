@@ -253,6 +253,25 @@ const OPTIONS = {
 /** How many arguments each command takes after its name (kick checks its own). */
 const MAX_ARGUMENTS: Readonly<Record<string, number>> = { serve: 1, 'check-config': 1, stores: 0, whereis: 1, failover: 2, sessions: 0, reload: 0 };
 
+/** How long a stopping server waits for its log lines to reach a log reader that is slow. */
+const LOG_FLUSH_AT_EXIT_MS = 5_000;
+
+/**
+ * Resolves once every line logged so far is written, or after `ms` (a log reader that has
+ * stalled). Exiting with a batch still being written by libuv's thread pool loses it, or lets
+ * the lines the exit handler writes at once land before it: `server.stopped` was not always the
+ * log's last line.
+ */
+function logWritten(log: import('../log.js').Logger, ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    log.flush(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
 async function main(argv: string[]): Promise<number> {
   let parsed: ReturnType<typeof parseArgs<{ args: string[]; allowPositionals: true; options: typeof OPTIONS }>>;
   try {
@@ -351,7 +370,10 @@ async function main(argv: string[]): Promise<number> {
       running = mailfront;
       if (reloadAfterStart) reload(mailfront);
       const stop = (): void => {
-        void mailfront.stop().then(() => process.exit(0));
+        void mailfront
+          .stop()
+          .then(() => logWritten(mailfront.log, LOG_FLUSH_AT_EXIT_MS))
+          .then(() => process.exit(0));
       };
       process.once('SIGTERM', stop);
       process.once('SIGINT', stop);

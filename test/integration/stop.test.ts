@@ -6,8 +6,8 @@
  * line, `server.stopped`, is on disk when the process has exited.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { openSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -120,5 +120,84 @@ test('SIGTERM: /readyz answers 503 while spliced sessions drain, a spliced IMAP 
     // Into the suite's secret scan.
     const write = suiteLogWriter();
     for (const line of readFileSync(logFile, 'utf8').split('\n')) if (line !== '') write(line);
+  }
+});
+
+test('a stop while the log reader lags: every line reaches it, in order, server.stopped last', async () => {
+  const [imapPort] = [await freePort()];
+  const configFile = join(dir.path, 'lagging.yaml');
+  writeFileSync(join(dir.path, 'ldap.secret'), `${slapd.bindPassword}\n`);
+  writeFileSync(join(dir.path, 'stores.yaml'), stringify({ stores: { alpha: { current_master: 's1', slots: { s1: { host: '127.0.0.1', imap_port: dovecot.imapPort } } } } }));
+  writeFileSync(
+    configFile,
+    stringify({
+      log: { level: 'info' },
+      listeners: [{ name: 'imap', protocol: 'imap', host: '127.0.0.1', port: imapPort, tls: 'none', plaintext_without_tls: true }],
+      directory: { urls: [slapd.url], bind_dn: slapd.bindDn, bind_password_file: 'ldap.secret', base_dn: slapd.usersDn, store_attribute: 'mailStore', connect_timeout_ms: 1000, operation_timeout_ms: 2000 },
+      store_map: { file: 'stores.yaml' },
+      backend: { login_mode: 'replay' },
+      health: { interval_ms: 0 },
+      connection_limits: { max_sessions_per_user: 100 },
+      shutdown: { drain_timeout_ms: 300 },
+    }),
+  );
+  // stdout is a FIFO (a pipe's 64 KiB) whose reader starts reading only when told: the logins'
+  // lines fill it, so the server's last batches are still being written when it stops.
+  const fifo = join(dir.path, 'log.fifo');
+  const go = join(dir.path, 'log.go');
+  const logFile = join(dir.path, 'lagging.log');
+  execFileSync('mkfifo', [fifo]);
+  const reader = spawn('sh', ['-c', `exec 3<"${fifo}"; n=0; while [ ! -e "${go}" ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done; cat <&3 > "${logFile}"`], { stdio: 'ignore' });
+  const readerDone = new Promise<void>((resolve) => reader.once('exit', () => resolve()));
+  const out = openSync(fifo, 'w');
+  const cli = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+  const child = spawn(process.execPath, [cli, 'serve', '-c', configFile], { stdio: ['ignore', out, out] });
+  closeSync(out);
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const held: LineClient[] = [];
+  try {
+    const login = async (): Promise<LineClient> => {
+      const deadline = Date.now() + 15_000;
+      for (;;) {
+        try {
+          const client = await LineClient.connect(imapPort);
+          await client.readLine();
+          client.send(`a1 LOGIN sam ${PASSWORD}`);
+          assert.match(await client.readLine(), /^a1 OK /);
+          return client;
+        } catch (error) {
+          if (child.exitCode !== null || Date.now() > deadline) throw error;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      }
+    };
+    // About 800 bytes of log per login and logout: well past what the FIFO holds.
+    for (let i = 0; i < 150; i++) {
+      const client = await login();
+      client.send('a2 LOGOUT');
+      await client.waitClosed(5_000);
+      client.close();
+    }
+    // And sessions whose end lines the stop writes in a burst, just before server.stopped.
+    for (let i = 0; i < 30; i++) held.push(await login());
+    child.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 1_500));
+    writeFileSync(go, '');
+    assert.equal(await exited, 0);
+    await readerDone;
+    const text = readFileSync(logFile, 'utf8');
+    assert.ok(text.endsWith('\n'), 'the log ends inside a line');
+    const lines = text.split('\n').filter((l) => l !== '');
+    const events = lines.map((l) => (JSON.parse(l) as Record<string, unknown>)['event']);
+    assert.equal(events.at(-1), 'server.stopped', `the log ends: ${events.slice(-3).join(', ')}`);
+    assert.equal(events.filter((e) => e === 'session.spliced').length, 180);
+    assert.equal(events.filter((e) => e === 'session.finished').length, 180, 'a session end line was lost');
+    const write = suiteLogWriter();
+    for (const line of lines) write(line);
+  } finally {
+    for (const client of held) client.close();
+    if (child.exitCode === null) child.kill('SIGKILL');
+    writeFileSync(go, '');
+    if (reader.exitCode === null) reader.kill('SIGKILL');
   }
 });
