@@ -25,6 +25,7 @@
  * socket (memory per idle session).
  */
 import { Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
 import { plainDescriptor, readDirect, readsDirect, writeToDescriptor } from '../net/direct-io.js';
 import type { ResponseBoundaryTracker } from '../protocol/types.js';
 import type { CommandGuard } from './command-guard.js';
@@ -252,9 +253,13 @@ class SpliceSession implements Splice {
    * One side sent its end. What is still queued for the other side, `to` (below its socket's
    * mark the relay keeps reading, so the end can arrive before those bytes leave: a backend's
    * last line before it closes, a client's LOGOUT), goes out first, then `to` is ended too.
+   * A TLS socket is ended so even with nothing queued: its end() sends the close_notify alert
+   * (RFC 8446 §6.1) before the TCP close, where destroy() would close the connection without
+   * one, and clients that check (python ssl with suppress_ragged_eofs=False, openssl s_client)
+   * report the end of every spliced session over TLS as a truncation attack.
    */
   private peerEnded(to: Socket, reason: SpliceEndReason): void {
-    if (this.endReason === null && to.writableLength > 0 && to.writable) {
+    if (this.endReason === null && to.writable && (to.writableLength > 0 || to instanceof TLSSocket)) {
       this.endReason = reason;
       this.endAfterQueued(to);
     }
