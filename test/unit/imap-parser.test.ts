@@ -81,6 +81,27 @@ describe('IMAP command parser', () => {
     assert.deepStrictEqual(events(Buffer.from('a LOGIN {1}\r\n\xff x\r\nb NOOP\r\n', 'latin1')), ['+', 'BAD bad-utf8 tag=a', 'b NOOP', 'buffered ']);
   });
 
+  it('reads UTF-8 in quoted strings (RFC 9051 §9), escapes included', () => {
+    assert.deepStrictEqual(events(utf8('a LOGIN "jos\u00e9" "p\u00e4ss \\"w\u20ac\\" \u{1f600}"\r\nb ID ("name" "K\u00f6nig")\r\n')), [
+      'a LOGIN "jos\u00e9" "p\u00e4ss \\"w\u20ac\\" \u{1f600}"',
+      'b ID ("name" "K\u00f6nig")',
+      'buffered ',
+    ]);
+    assert.deepStrictEqual(events(utf8('a LOGIN "\ufeffalice" x\r\n')), ['a LOGIN "\ufeffalice" x', 'buffered ']);
+  });
+
+  it('refuses quoted strings that are not UTF-8, and 8-bit bytes outside strings, reading on', () => {
+    // Latin-1, a lone continuation byte, a sequence cut by the quote, an overlong "/", a surrogate, beyond U+10FFFF.
+    for (const bad of ['jos\xe9', '\x80', 'x\xc3', '\xc0\xaf', '\xed\xa0\x80', '\xf4\x90\x80\x80']) {
+      assert.deepStrictEqual(events(Buffer.from(`a LOGIN "${bad}" x\r\nb NOOP\r\n`, 'latin1')), ['BAD bad-utf8 tag=a', 'b NOOP', 'buffered '], JSON.stringify(bad));
+    }
+    assert.deepStrictEqual(events(utf8('a LOGIN jos\u00e9 x\r\nb LOGIN "x"\u00e9 y\r\nc NOOP\r\n')), ['BAD eight-bit tag=a', 'BAD eight-bit tag=b', 'c NOOP', 'buffered ']);
+    // NUL and CR stay refused in a string with UTF-8 in it.
+    assert.deepStrictEqual(events(utf8('a LOGIN "\u00e9\x00" x\r\nb LOGIN "\u00e9\rx" y\r\nc NOOP\r\n')), ['BAD nul tag=a', 'BAD syntax tag=b', 'c NOOP', 'buffered ']);
+    // A line refused for its quoted string still ends the connection when it announces a literal.
+    assert.deepStrictEqual(events(Buffer.from('a LOGIN "\xe9" {13}\r\nb LOGIN u p\r\n', 'latin1')), ['FATAL bad-utf8 tag=a', 'buffered ']);
+  });
+
   it('keeps a leading U+FEFF in a literal: it is part of the argument, not a byte-order mark', () => {
     assert.deepStrictEqual(events(utf8('a LOGIN {8}\r\n\ufeffalice {5}\r\n\ufeffpw\r\n')), ['+', '+', 'a LOGIN "\ufeffalice" "\ufeffpw"', 'buffered ']);
   });
@@ -98,7 +119,7 @@ describe('IMAP command parser', () => {
 
   it('rejects bad lines without losing the next command', () => {
     assert.deepStrictEqual(
-      events('\r\na NOOP\x00\r\nb LOGIN "x\xe9" y\r\nc LOGIN "unterminated\r\n* NOOP\r\nd+ NOOP\r\ne\r\nf NOOP)\r\ng ID ((((((x))))))\r\nh NOOP\rX\r\ni NOOP\r\n'),
+      events('\r\na NOOP\x00\r\nb LOGIN x\xe9 y\r\nc LOGIN "unterminated\r\n* NOOP\r\nd+ NOOP\r\ne\r\nf NOOP)\r\ng ID ((((((x))))))\r\nh NOOP\rX\r\ni NOOP\r\n'),
       [
         'BAD empty-line tag=null',
         'BAD nul tag=a',

@@ -67,6 +67,17 @@ describe('IMAP pre-auth: LOGIN', () => {
     ]);
   });
 
+  it('takes quoted strings with UTF-8 (imapflow sends LOGIN "jos\u00e9" so), and refuses other 8-bit bytes', () => {
+    assert.deepStrictEqual(preauthTrace({ phases: [utf8('a LOGIN "jos\u00e9" "p\u00e4ss \\"\u20ac\\""\r\n')], logins: [OK] }), [
+      login('jos\u00e9', 'p\u00e4ss "\u20ac"'),
+      'send a OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n',
+      'forward ',
+    ]);
+    assert.deepStrictEqual(preauthTrace({ phases: ['a LOGIN "jos\xe9" x\r\nb LOGIN jos\xe9 x\r\n'] }), [
+      'send a BAD Strings must be valid UTF-8\r\nb BAD 8-bit characters are only allowed in strings\r\n',
+    ]);
+  });
+
   it('takes synchronising literals, asking for each', () => {
     assert.deepStrictEqual(preauthTrace({ phases: ['a LOGIN {5}\r\nalice {6}\r\nsecret\r\n'], logins: [OK] }), [
       `send ${READY}${READY}`,
@@ -316,7 +327,7 @@ describe('IMAP pre-auth: hostile input', () => {
 
   it('answers NUL and syntax errors with BAD and reads on', () => {
     assert.deepStrictEqual(preauthTrace({ phases: ['a NO\x00OP\r\nb LOGIN "\xe9" x\r\n\r\nc NOOP\n'] }), [
-      'send a BAD NUL characters are not allowed\r\nb BAD 8-bit characters are only allowed in literals\r\n* BAD Empty command line\r\nc OK NOOP completed.\r\n',
+      'send a BAD NUL characters are not allowed\r\nb BAD Strings must be valid UTF-8\r\n* BAD Empty command line\r\nc OK NOOP completed.\r\n',
     ]);
   });
 

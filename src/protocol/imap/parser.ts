@@ -73,7 +73,7 @@ const LBRACE = 0x7b;
 const RBRACE = 0x7d;
 
 /**
- * Literals are UTF-8 text as the client sent it: a leading U+FEFF is a character of the
+ * Literals and quoted strings are UTF-8 text as the client sent it: a leading U+FEFF is a character of the
  * argument, not a byte-order mark to drop (the decoder's default), or a LOGIN literal would
  * lose it and "<U+FEFF>alice" would log in as alice (the SASL decoder keeps it too).
  */
@@ -323,6 +323,10 @@ function tokenizeSegment(segment: Uint8Array, needSeparator: boolean, out: Token
     }
     if (c === DQUOTE) {
       const chars: number[] = [];
+      // RFC 9051 §9 (QUOTED-CHAR) allows UTF-8 in a quoted string, and clients send it there
+      // (imapflow's LOGIN "josé" "…"); other 8-bit bytes are refused, as in literals. Only a
+      // string with such bytes is decoded: ASCII ones are built from their bytes as they are.
+      let eightBit = false;
       let j = i + 1;
       for (;;) {
         if (j >= segment.length) return { problem: 'syntax' };
@@ -335,12 +339,22 @@ function tokenizeSegment(segment: Uint8Array, needSeparator: boolean, out: Token
           j += 2;
           continue;
         }
-        if (b >= 0x80) return { problem: 'eight-bit' };
-        if (b === CR) return { problem: 'syntax' };
+        if (b >= 0x80) eightBit = true;
+        else if (b === CR) return { problem: 'syntax' };
         chars.push(b);
         j++;
       }
-      out.push({ kind: 'string', value: String.fromCharCode(...chars) });
+      let value: string;
+      if (!eightBit) {
+        value = String.fromCharCode(...chars);
+      } else {
+        try {
+          value = utf8.decode(Uint8Array.from(chars));
+        } catch {
+          return { problem: 'bad-utf8' };
+        }
+      }
+      out.push({ kind: 'string', value });
       separatorNeeded = true;
       i = j + 1;
       continue;

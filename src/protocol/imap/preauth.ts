@@ -50,8 +50,8 @@ const PROBLEM_RESPONSES: Record<ParseProblem, { readonly bad: string; readonly b
   syntax: { bad: 'Syntax error', bye: 'Invalid command with literal data', reason: 'protocol-error' },
   'bad-tag': { bad: 'Invalid tag', bye: 'Invalid command with literal data', reason: 'protocol-error' },
   nul: { bad: 'NUL characters are not allowed', bye: 'Invalid command with literal data', reason: 'protocol-error' },
-  'eight-bit': { bad: '8-bit characters are only allowed in literals', bye: 'Invalid command with literal data', reason: 'protocol-error' },
-  'bad-utf8': { bad: 'Literal is not valid UTF-8', bye: 'Invalid command with literal data', reason: 'protocol-error' },
+  'eight-bit': { bad: '8-bit characters are only allowed in strings', bye: 'Invalid command with literal data', reason: 'protocol-error' },
+  'bad-utf8': { bad: 'Strings must be valid UTF-8', bye: 'Invalid command with literal data', reason: 'protocol-error' },
   'line-too-long': { bad: '[TOOBIG] Command line too long', bye: '[LIMIT] Command line too long', reason: 'limit' },
   'literal-too-big': { bad: '[TOOBIG] Literal too big', bye: '[LIMIT] Literal too big', reason: 'limit' },
   // RFC 7888 (LITERAL-): a server answers an oversized non-synchronising literal with [TOOBIG]
