@@ -382,8 +382,32 @@ describe('IMAP pre-auth: timeouts, shutdown, drain', () => {
     const machine = imapAdapter.createPreauth(TLS_CLIENT);
     machine.receive(utf8('a LOGIN u p\r\nb NOOP'));
     const success = machine.loginSucceeded('IMAP4rev1\r\n* BYE');
-    assert.equal(success.reply, 'a OK [CAPABILITY IMAP4rev1  * BYE] Logged in\r\n');
+    assert.equal(success.reply, 'a OK [CAPABILITY IMAP4rev1 * BYE] Logged in\r\n');
     assert.equal(latin1(success.pipelined), 'b NOOP');
+  });
+
+  it('leaves the capabilities of the not-authenticated state out of the login reply (Cyrus lists them after login)', () => {
+    const reply = (capabilities: string | null): string => {
+      const machine = imapAdapter.createPreauth(TLS_CLIENT);
+      machine.receive(utf8('a LOGIN u p\r\n'));
+      return machine.loginSucceeded(capabilities).reply;
+    };
+    const cyrus = 'IMAP4rev1 LITERAL+ ID ENABLE AUTH=PLAIN auth=login SASL-IR STARTTLS LOGINDISABLED IDLE COMPRESS=DEFLATE XAUTH=X X-STARTTLS';
+    const kept = 'a OK [CAPABILITY IMAP4rev1 LITERAL+ ID ENABLE SASL-IR IDLE COMPRESS=DEFLATE XAUTH=X X-STARTTLS] Logged in\r\n';
+    // Twice: a list seen before (kept from the first login) gets the same answer.
+    assert.equal(reply(cyrus), kept);
+    assert.equal(reply(cyrus), kept);
+    assert.equal(reply('AUTH=PLAIN STARTTLS LOGINDISABLED'), 'a OK Logged in\r\n', 'no empty code');
+    assert.equal(reply(''), 'a OK Logged in\r\n');
+    assert.equal(reply(null), 'a OK Logged in\r\n');
+  });
+
+  it('shows a guarded backend login reply without what the guard refuses, nor what belongs before login', () => {
+    const capabilities = 'IMAP4rev1 UNAUTHENTICATE STARTTLS COMPRESS=DEFLATE AUTH=PLAIN IDLE';
+    const guarded = imapAdapter.createCommandGuard?.(capabilities);
+    const machine = imapAdapter.createPreauth(TLS_CLIENT);
+    machine.receive(utf8('a LOGIN u p\r\n'));
+    assert.equal(machine.loginSucceeded(guarded?.capabilities ?? capabilities).reply, 'a OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n');
   });
 
   it('words the drain notice as an untagged BYE', () => {

@@ -44,6 +44,33 @@ const AUTH_FAILED_TEXT = 'NO [AUTHENTICATIONFAILED] Authentication failed.';
 /** RFC 5530: authenticated, but the identity may not be used. */
 const NOT_AUTHORIZED_TEXT = 'NO [AUTHORIZATIONFAILED] Authorization failed.';
 
+/**
+ * Capabilities that only mean something before login (RFC 9051 §6.2: STARTTLS, LOGINDISABLED,
+ * AUTH=…). Cyrus still lists them after login; the login reply leaves them out.
+ */
+const PREAUTH_ONLY_CAPABILITY = /^(?:STARTTLS|LOGINDISABLED|AUTH=.*)$/i;
+
+/**
+ * The login reply's capability code for each post-login list a backend sent. A backend sends
+ * the same list at every login, so each is cleaned and filtered once, not per login (as its
+ * backend login machine splits it once). Bounded: odd backends cannot make it grow past
+ * LOGIN_CAPABILITY_CODES_MAX lists.
+ */
+const loginCapabilityCodes = new Map<string, string>();
+const LOGIN_CAPABILITY_CODES_MAX = 64;
+
+function loginCapabilityCode(list: string): string {
+  let code = loginCapabilityCodes.get(list);
+  if (code === undefined) {
+    const atoms = safeText(list, Number.MAX_SAFE_INTEGER).split(' ');
+    const kept = atoms.filter((atom) => atom !== '' && !PREAUTH_ONLY_CAPABILITY.test(atom)).join(' ');
+    code = kept === '' ? '' : `[CAPABILITY ${kept}] `;
+    if (loginCapabilityCodes.size >= LOGIN_CAPABILITY_CODES_MAX) loginCapabilityCodes.clear();
+    loginCapabilityCodes.set(list, code);
+  }
+  return code;
+}
+
 /** What a rejected line gets: the tagged BAD text, and for fatal problems the BYE text and close reason. */
 const PROBLEM_RESPONSES: Record<ParseProblem, { readonly bad: string; readonly bye: string; readonly reason: PreauthCloseReason }> = {
   'empty-line': { bad: 'Empty command line', bye: 'Invalid command with literal data', reason: 'protocol-error' },
@@ -118,8 +145,7 @@ export class ImapPreauthMachine implements PreauthMachine {
   loginSucceeded(backendCapabilities: string | null): LoginSuccess {
     if (this.phase !== 'login-pending') throw new Error(`loginSucceeded in phase ${this.phase}`);
     this.phase = 'logged-in';
-    const capabilities = backendCapabilities === null ? null : safeText(backendCapabilities, Number.MAX_SAFE_INTEGER);
-    const code = capabilities === null || capabilities === '' ? '' : `[CAPABILITY ${capabilities}] `;
+    const code = backendCapabilities === null ? '' : loginCapabilityCode(backendCapabilities);
     return { reply: `${this.loginTag} OK ${code}Logged in\r\n`, pipelined: this.parser.takeBuffered() };
   }
 
