@@ -121,7 +121,8 @@ export type BackendAction =
   /** Upgrade the backend connection to TLS now; the machine discarded bytes after the OK. */
   | { readonly type: 'starttls' }
   /**
-   * Logged in. `capabilities` is the post-login capability list (IMAP) or null.
+   * Logged in. `capabilities` is the post-login capability list (IMAP), whether the greeting offered
+   * UNAUTHENTICATE (ManageSieve: "UNAUTHENTICATE" or ""), or null.
    * `leftover` are bytes the backend sent after the login reply (to relay to the client).
    */
   | { readonly type: 'done'; readonly capabilities: string | null; readonly leftover: Uint8Array }

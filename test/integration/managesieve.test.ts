@@ -354,6 +354,23 @@ describe('ManageSieve through mailfront: scripts land in the right store', () =>
     assert.equal((await dovecotScripts(alphaReplica, 'alice')).files.size, 0, 'nothing on the replica');
   });
 
+  test('Dovecot offers no UNAUTHENTICATE: its sessions are not guarded, and a vacation text that says STARTTLS or UNAUTHENTICATE is uploaded', async () => {
+    const client = await SieveClient.connect(front.sievePort!);
+    try {
+      await client.response();
+      await client.starttls(front.caPem);
+      await client.ok(`AUTHENTICATE "PLAIN" "${plainIr('alice', PASSWORDS.alice)}"`);
+      const body = 'require "vacation";\r\nvacation :subject "Away" "Our server requires STARTTLS now; UNAUTHENTICATE is gone.";\r\n';
+      await client.ok(`PUTSCRIPT "mf-words" {${Buffer.byteLength(body)}+}\r\n${body}`);
+      const got = await client.ok('GETSCRIPT "mf-words"');
+      assert.deepEqual(got.data[0]?.literals, [body]);
+      await client.ok('DELETESCRIPT "mf-words"');
+      await client.ok('LOGOUT');
+    } finally {
+      client.close();
+    }
+  });
+
   test('sieve-connect, master-user login to Dovecot: upload, activate, list, download', async () => {
     const local = join(scratch.path, 'beta.sieve');
     const body = script('beta-sieve-connect');

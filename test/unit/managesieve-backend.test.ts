@@ -35,18 +35,30 @@ const FORWARD = { ip: '192.0.2.7', port: 50123, sessionId: 'a1b2c3d4e5f6' };
 describe('managesieve backend login: the three login modes', () => {
   it('replay: SASL PLAIN with the user\'s own credentials, then done without capabilities', () => {
     const trace = backendTrace({}, [dovecotGreeting(), 'OK "Logged in."\r\n']);
-    assert.deepEqual(trace, [authenticate('', 'alice', 'secret'), 'done null', 'state done']);
+    assert.deepEqual(trace, [authenticate('', 'alice', 'secret'), 'done ', 'state done']);
   });
 
   it('master-user: Dovecot\'s "user*master" with the master password, and another separator', () => {
     const options = { mode: 'master-user', proxyUser: 'proxy', proxyPassword: 'master-pw' } as const;
-    assert.deepEqual(backendTrace(options, [dovecotGreeting(), 'OK "Logged in."\r\n']), [authenticate('', 'alice*proxy', 'master-pw'), 'done null', 'state done']);
+    assert.deepEqual(backendTrace(options, [dovecotGreeting(), 'OK "Logged in."\r\n']), [authenticate('', 'alice*proxy', 'master-pw'), 'done ', 'state done']);
     assert.deepEqual(backendTrace({ ...options, masterUserSeparator: '%' }, [dovecotGreeting(), 'OK\r\n'])[0], authenticate('', 'alice%proxy', 'master-pw'));
+  });
+
+  it('tells the session whether the greeting offered UNAUTHENTICATE (Cyrus does, Dovecot not), after STARTTLS from the re-sent list', () => {
+    assert.deepEqual(backendTrace({}, [CYRUS_GREETING, 'OK\r\n']).at(-2), 'done UNAUTHENTICATE');
+    assert.deepEqual(backendTrace({}, [dovecotGreeting(), 'OK\r\n']).at(-2), 'done ');
+    const tls = (after: string): string[] => backendTrace({ starttls: true }, [dovecotGreeting(), 'OK\r\n', TLS, after, 'OK\r\n']);
+    assert.equal(tls(dovecotGreeting(['"UNAUTHENTICATE"'])).at(-2), 'done UNAUTHENTICATE');
+    assert.equal(backendTrace({ starttls: true }, [dovecotGreeting(['"UNAUTHENTICATE"']), 'OK\r\n', TLS, dovecotGreeting(), 'OK\r\n']).at(-2), 'done ', 'what the greeting said before TLS is forgotten');
+    // The adapter guards the first, not the second; unknown (null) is guarded.
+    assert.notEqual(managesieveAdapter.createCommandGuard?.('UNAUTHENTICATE'), null);
+    assert.equal(managesieveAdapter.createCommandGuard?.(''), null);
+    assert.notEqual(managesieveAdapter.createCommandGuard?.(null), null);
   });
 
   it('sasl-authzid: authzid = the user, authcid = the proxy account (Cyrus proxyservers)', () => {
     const trace = backendTrace({ mode: 'sasl-authzid', proxyUser: 'proxyadmin', proxyPassword: 'proxy-pw' }, [CYRUS_GREETING, 'OK\r\n']);
-    assert.deepEqual(trace, [authenticate('alice', 'proxyadmin', 'proxy-pw'), 'done null', 'state done']);
+    assert.deepEqual(trace, [authenticate('alice', 'proxyadmin', 'proxy-pw'), 'done UNAUTHENTICATE', 'state done']);
   });
 
   it('an initial response longer than a quoted string may be (1024 octets) goes as a {N+} literal', () => {
@@ -116,7 +128,7 @@ describe('managesieve backend login: STARTTLS and XCLIENT', () => {
       dovecotGreeting().replace('"STARTTLS"\r\n', ''),
       'OK "Logged in."\r\n',
     ]);
-    assert.deepEqual(trace, ['send STARTTLS\r\n', 'starttls', 'tls-started in tls-handshake', authenticate('', 'alice', 'secret'), 'done null', 'state done']);
+    assert.deepEqual(trace, ['send STARTTLS\r\n', 'starttls', 'tls-started in tls-handshake', authenticate('', 'alice', 'secret'), 'done ', 'state done']);
   });
 
   it('STARTTLS asked for but not offered, or refused, fails', () => {
@@ -126,11 +138,11 @@ describe('managesieve backend login: STARTTLS and XCLIENT', () => {
 
   it('XCLIENT forwards the client address where the backend offers it (Dovecot, to trusted networks)', () => {
     const trace = backendTrace({ forward: FORWARD }, [dovecotGreeting(['"XCLIENT"']), 'OK "Updated"\r\n', 'OK "Logged in."\r\n']);
-    assert.deepEqual(trace, [`send XCLIENT ADDR=192.0.2.7 PORT=50123 SESSION=a1b2c3d4e5f6\r\n${authenticate('', 'alice', 'secret').slice(5)}`, 'done null', 'state done']);
+    assert.deepEqual(trace, [`send XCLIENT ADDR=192.0.2.7 PORT=50123 SESSION=a1b2c3d4e5f6\r\n${authenticate('', 'alice', 'secret').slice(5)}`, 'done ', 'state done']);
   });
 
   it('a refused XCLIENT only costs the address; no XCLIENT where it is not offered or the values are unsafe', () => {
-    assert.deepEqual(backendTrace({ forward: FORWARD }, [dovecotGreeting(['"XCLIENT"']), 'NO "Not trusted"\r\n', 'OK\r\n']).slice(1), ['done null', 'state done']);
+    assert.deepEqual(backendTrace({ forward: FORWARD }, [dovecotGreeting(['"XCLIENT"']), 'NO "Not trusted"\r\n', 'OK\r\n']).slice(1), ['done ', 'state done']);
     assert.deepEqual(backendTrace({ forward: FORWARD }, [dovecotGreeting(), 'OK\r\n'])[0], authenticate('', 'alice', 'secret'));
     assert.deepEqual(backendTrace({ forward: { ip: '1.2.3.4 SESSION=x', port: 1, sessionId: 's' } }, [dovecotGreeting(['"XCLIENT"']), 'OK\r\n'])[0], authenticate('', 'alice', 'secret'));
     assert.equal(backendTrace({ forward: { ip: '::1', port: 70000, sessionId: 'bad id' } }, [dovecotGreeting(['"XCLIENT"'])])[0], 'send XCLIENT ADDR=::1\r\n');

@@ -38,6 +38,8 @@ interface BackendCapabilities {
   saslMechanisms: string[];
   starttls: boolean;
   xclient: boolean;
+  /** RFC 5804 §2.14.1: a spliced client could log in there again as someone else. */
+  unauthenticate: boolean;
 }
 
 /** The ManageSieve backend login machine; create one per backend connection. */
@@ -182,6 +184,10 @@ export class ManageSieveBackendLogin implements BackendLoginMachine {
         // Dovecot's managesieve-login lists XCLIENT to its login_trusted_networks only.
         this.#capabilities.xclient = true;
         return;
+      case 'UNAUTHENTICATE':
+        // Cyrus's timsieved lists it in its greeting; Dovecot's Pigeonhole does not offer it.
+        this.#capabilities.unauthenticate = true;
+        return;
     }
   }
 
@@ -250,8 +256,9 @@ export class ManageSieveBackendLogin implements BackendLoginMachine {
   #done(out: BackendAction[]): void {
     this.#state = 'done';
     // No CAPABILITY round trip after login: the client's reply carries none (RFC 5804 §2.1),
-    // and a client that asks gets the backend's own answer through the splice.
-    out.push({ type: 'done', capabilities: null, leftover: this.#reader.takeBuffered() });
+    // and a client that asks gets the backend's own answer through the splice. What the session
+    // is told is whether the greeting offered UNAUTHENTICATE (its command guard depends on it).
+    out.push({ type: 'done', capabilities: this.#capabilities.unauthenticate ? 'UNAUTHENTICATE' : '', leftover: this.#reader.takeBuffered() });
   }
 
   #fail(out: BackendAction[], refusal: Refusal, detail: string): void {
@@ -262,7 +269,7 @@ export class ManageSieveBackendLogin implements BackendLoginMachine {
 }
 
 function emptyCapabilities(): BackendCapabilities {
-  return { saslMechanisms: [], starttls: false, xclient: false };
+  return { saslMechanisms: [], starttls: false, xclient: false, unauthenticate: false };
 }
 
 /** Dovecot's XCLIENT command (managesieve-login), or null when the values cannot be sent safely. */

@@ -21,9 +21,12 @@ export const managesieveAdapter: ProtocolAdapter = Object.freeze({
   // store's new master answers the reconnect. Written only between responses (the tracker).
   drainNotice: (text) => `BYE (TRYLATER) ${sieveString(oneLineText(text), 'server')}\r\n`,
   createResponseTracker: () => new ManageSieveResponseBoundary(),
-  // Cyrus's timsieved offers UNAUTHENTICATE (RFC 5804 §2.14.1); its capabilities are not
-  // read after login, so every spliced session is guarded (ManageSieve traffic is small).
-  createCommandGuard: () => ({ guard: unauthenticateGuard(SIEVE_GUARDED_WORDS), notice: `BYE ${sieveString(UNAUTHENTICATE_REFUSED, 'server')}\r\n` }),
+  // Cyrus's timsieved offers UNAUTHENTICATE (RFC 5804 §2.14.1) in its greeting: those sessions
+  // are guarded. Dovecot's Pigeonhole does not offer it, and its sessions are not: the guard
+  // refuses the words in a script too, and a vacation text that says STARTTLS could not be
+  // uploaded. (The backend login passes on '' or 'UNAUTHENTICATE'; null, unknown, is guarded.)
+  createCommandGuard: (capabilities) =>
+    capabilities === null || /(?:^| )UNAUTHENTICATE(?: |$)/i.test(capabilities) ? { guard: unauthenticateGuard(SIEVE_GUARDED_WORDS), notice: `BYE ${sieveString(UNAUTHENTICATE_REFUSED, 'server')}\r\n` } : null,
   connectionRefusal: (_limit, text) => `BYE (TRYLATER) ${sieveString(oneLineText(text), 'server')}\r\n`,
 } satisfies ProtocolAdapter);
 
