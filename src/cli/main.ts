@@ -250,6 +250,24 @@ const OPTIONS = {
   session: { type: 'string' },
 } as const;
 
+/** The options of the commands that talk to a running server's admin API. */
+const REMOTE_OPTIONS = ['config', 'url', 'token', 'json'] as const;
+
+/**
+ * The options each command takes, besides --help and --version. Another known option was
+ * ignored without a word: `kick --user alice --slot a2` closed every session on a2.
+ */
+const COMMAND_OPTIONS: Readonly<Record<string, readonly (keyof typeof OPTIONS)[]>> = {
+  serve: ['config'],
+  'check-config': ['config'],
+  stores: REMOTE_OPTIONS,
+  whereis: REMOTE_OPTIONS,
+  failover: REMOTE_OPTIONS,
+  sessions: [...REMOTE_OPTIONS, 'user', 'store', 'slot'],
+  kick: [...REMOTE_OPTIONS, 'slot', 'session'],
+  reload: REMOTE_OPTIONS,
+};
+
 /** How many arguments each command takes after its name (kick checks its own). */
 const MAX_ARGUMENTS: Readonly<Record<string, number>> = { serve: 1, 'check-config': 1, stores: 0, whereis: 1, failover: 2, sessions: 0, reload: 0 };
 
@@ -305,6 +323,12 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   };
   const printJson = (value: unknown): void => out(`${JSON.stringify(value, null, 2)}\n`);
+  const takes = COMMAND_OPTIONS[command];
+  const foreign = takes === undefined ? [] : Object.keys(values).filter((key) => key !== 'help' && key !== 'version' && !(takes as readonly string[]).includes(key));
+  if (foreign.length > 0) {
+    process.stderr.write(`mailfront ${command}: ${foreign.map((key) => `--${key}`).join(', ')} ${foreign.length === 1 ? 'is not an option' : 'are not options'} of this command\n\n`);
+    return usage();
+  }
   // An argument more than the command takes was ignored: `whereis a b` answered for a alone.
   const allowed = MAX_ARGUMENTS[command];
   if (allowed !== undefined && rest.length > allowed) {
@@ -452,10 +476,12 @@ async function main(argv: string[]): Promise<number> {
 // A reader that stops early (`mailfront sessions | head -1`, `grep -q`) closes the pipe: what is
 // left to print has nowhere to go, which is no failure of the command; without a listener node
 // would end on an unhandled EPIPE with a stack trace. (serve's log lines do not go through here.)
-process.stdout.on('error', (error: NodeJS.ErrnoException) => {
-  if (error.code !== 'EPIPE') throw error;
-  process.exit(process.exitCode ?? 0);
-});
+// The same for stderr (`mailfront kick 2>&1 | head -c0`): the command's exit code stays its own.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code !== 'EPIPE') throw error;
+  });
+}
 
 main(process.argv.slice(2)).then(
   (code) => {

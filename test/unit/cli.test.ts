@@ -19,15 +19,16 @@ interface Run {
   readonly stderr: string;
 }
 
-/** Runs the CLI with `args`; `closeStdout`: the reader of its output goes away at once (`| head -0`). */
-function cli(args: readonly string[], options: { closeStdout?: boolean; env?: NodeJS.ProcessEnv } = {}): Promise<Run> {
+/** Runs the CLI with `args`; `closeStdout`/`closeStderr`: the reader of that output goes away at once (`| head -0`). */
+function cli(args: readonly string[], options: { closeStdout?: boolean; closeStderr?: boolean; env?: NodeJS.ProcessEnv } = {}): Promise<Run> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: options.env ?? process.env, timeout: 30_000 });
     let stdout = '';
     let stderr = '';
     if (options.closeStdout) child.stdout.destroy();
     else child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    if (options.closeStderr) child.stderr.destroy();
+    else child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     child.on('close', (code) => resolve({ code, stdout, stderr }));
   });
 }
@@ -39,6 +40,8 @@ test('output to a reader that has gone (| head, | grep -q) ends the command quie
   const version = await cli(['stores', '--version'], { closeStdout: true });
   assert.equal(version.stderr, '');
   assert.equal(version.code, 0);
+  // A usage error whose stderr reader has gone (`mailfront kick 2>&1 | head -c0`) still exits 2.
+  for (let i = 0; i < 3; i++) assert.equal((await cli(['kick'], { closeStderr: true })).code, 2);
 });
 
 /** An admin API stand-in that answers GET /api/stores and records the tokens it was given. */
@@ -95,6 +98,11 @@ test('unknown or malformed options and extra arguments are usage errors: exit 2 
     { args: ['failover', 'store1', 'a2', 'a3', ...remote], command: 'failover', says: /unexpected argument "a3"/ },
     { args: ['reload', 'now', ...remote], command: 'reload', says: /unexpected argument "now"/ },
     { args: ['check-config', '/nonexistent/a.yaml', '-c', '/nonexistent/b.yaml'], command: 'check-config', says: /not both \("\/nonexistent\/a\.yaml" and "\/nonexistent\/b\.yaml"\)/ },
+    // Options of other commands: kick --user alice --slot a2 closed every session on a2.
+    { args: ['kick', '--user', 'alice', '--slot', 'a2', ...remote], command: 'kick', says: /--user is not an option of this command/ },
+    { args: ['kick', 'alice', '--store', 's1', ...remote], command: 'kick', says: /--store is not an option of this command/ },
+    { args: ['sessions', '--session', 'x', ...remote], command: 'sessions', says: /--session is not an option/ },
+    { args: ['serve', '--json', '--url', 'http://127.0.0.1:9'], command: 'serve', says: /--json, --url are not options of this command/ },
   ];
   for (const { args, command, says } of cases) {
     const result = await cli(args);
