@@ -36,10 +36,11 @@ fi
 
 # --- 2. Debian packages ----------------------------------------------------------------------
 # Cyrus' own libraries need libical3 libpcre3 libxapian30 libjansson4 libpq5 libxml2 libsqlite3-0
-# (cyrus-common's Depends, never installed: see step 3); python3 is a test client (poplib).
+# (cyrus-common's Depends, never installed: see step 3); python3 is a test client (poplib);
+# systemd brings systemd-analyze, which checks the shipped unit (a container may lack it).
 PACKAGES=(slapd ldap-utils dovecot-imapd dovecot-pop3d dovecot-managesieved sasl2-bin libsasl2-modules
   libsasl2-modules-db libical3 libpcre3 libxapian30 libjansson4 libpq5 libxml2 libsqlite3-0 openssl
-  redis-server haproxy prometheus sieve-connect python3)
+  redis-server haproxy prometheus sieve-connect systemd python3)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -4,13 +4,31 @@
 // on their default ports and enabled at boot. Without stdin and with CI=true it never prompts.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
 
-const BOOTSTRAP = join(dirname(fileURLToPath(import.meta.url)), '../../../scripts/bootstrap.sh');
+const BOOTSTRAP_SOURCE = join(dirname(fileURLToPath(import.meta.url)), '../../../scripts/bootstrap.sh');
+
+/**
+ * A copy of the script in a checkout of its own that every user can read: the real one may be
+ * under /root, where a CI clones, and out of a normal user's reach. Its node_modules is up to
+ * date, so step 1 has nothing to do.
+ */
+function bootstrapCopy(dir: string): string {
+  const repo = join(dir, 'repo');
+  mkdirSync(join(repo, 'scripts'), { recursive: true });
+  mkdirSync(join(repo, 'node_modules'));
+  writeFileSync(join(repo, 'package-lock.json'), '{}\n');
+  writeFileSync(join(repo, 'node_modules', '.package-lock.json'), '{}\n');
+  const past = new Date(Date.now() - 60_000);
+  utimesSync(join(repo, 'package-lock.json'), past, past);
+  copyFileSync(BOOTSTRAP_SOURCE, join(repo, 'scripts', 'bootstrap.sh'));
+  for (const path of [repo, join(repo, 'scripts'), join(repo, 'node_modules')]) chmodSync(path, 0o755);
+  return join(repo, 'scripts', 'bootstrap.sh');
+}
 const NOBODY = 65534;
 
 /** A folder of fake commands: dpkg-query says every package is missing; apt-get records how it was run. */
@@ -34,7 +52,8 @@ test('bootstrap as a normal user with packages missing prints a command that ins
   try {
     const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${fake.dir}:${process.env['PATH'] ?? ''}`, CI: 'true', npm_lifecycle_event: 'test' };
     delete env['DEBIAN_FRONTEND'];
-    const asUser = spawnSync('bash', [BOOTSTRAP], { env, uid: NOBODY, gid: NOBODY, stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8', timeout: 60_000 });
+    const bootstrap = bootstrapCopy(fake.dir);
+    const asUser = spawnSync('bash', [bootstrap], { env, uid: NOBODY, gid: NOBODY, stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8', timeout: 60_000 });
     assert.equal(asUser.status, 1, asUser.stderr);
     // The package list stays visible for those who install by hand, with what they must do too.
     assert.match(asUser.stderr, /missing Debian packages: slapd ldap-utils dovecot-imapd .* python3\n/);
