@@ -40,8 +40,23 @@ export const DEFAULT_LDAP_CONNECT_TIMEOUT_MS = 3_000;
 /** Delay before answering a failed login: same for unknown user and wrong password. */
 export const DEFAULT_AUTH_FAILURE_DELAY_MS = 2_000;
 
-/** Bytes the backend login dialogue will buffer before calling the backend broken. */
+/**
+ * Bytes one backend response in the login dialogue may take (its literals, a ManageSieve
+ * capability list, included) before the backend is called broken. POP3's replies are one line
+ * each, so there it bounds the whole dialogue.
+ */
 export const MAX_BACKEND_RESPONSE_BYTES = 64 * 1024;
+
+/**
+ * Bytes and responses (lines, for ManageSieve) one whole IMAP or ManageSieve backend login
+ * dialogue may take. Untagged responses are ignored while a login waits for its tagged one, so
+ * without a bound on the dialogue a backend streaming "* OK filler" kept the login parsing on
+ * the event loop until the login timeout (8 s of CPU in 15 s for one login). Real dialogues are
+ * a few KiB and at most about 25 responses (Cyrus with STARTTLS: its capability list twice,
+ * 9 lines each; Dovecot's post-login capability list, the longest line, is under 1 KiB).
+ */
+export const MAX_BACKEND_DIALOGUE_BYTES = 256 * 1024;
+export const MAX_BACKEND_DIALOGUE_RESPONSES = 100;
 
 /** Pipelined client bytes kept while a login is in progress. */
 export const MAX_PIPELINED_BYTES = 64 * 1024;

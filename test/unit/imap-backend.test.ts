@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import { MAX_BACKEND_RESPONSE_BYTES } from '../../src/limits.js';
+import { MAX_BACKEND_DIALOGUE_BYTES, MAX_BACKEND_DIALOGUE_RESPONSES, MAX_BACKEND_RESPONSE_BYTES } from '../../src/limits.js';
 import { classifyLoginNo, LONG_CREDENTIALS_BYTES } from '../../src/protocol/imap/backend.js';
 import { imapAdapter } from '../../src/protocol/imap/index.js';
 import { backendTrace, BACKEND_DEFAULTS, bytes, chunkers, runBackend, TLS, utf8 } from './imap-testkit.js';
@@ -294,6 +294,55 @@ describe('IMAP backend login: other servers', () => {
       `fail unavailable login: response longer than ${MAX_BACKEND_RESPONSE_BYTES} bytes`,
       'state failed',
     ]);
+  });
+
+  it('bounds the whole dialogue: a backend that keeps sending untagged responses fails the login', () => {
+    // Untagged responses while the LOGIN is answered are ignored, and each is small: without a
+    // bound on the dialogue the stream kept the login parsing until its timeout.
+    const whole = (b: Uint8Array): Uint8Array[] => [b];
+    const filler = '* OK filler\r\n';
+    const flood = [DOVECOT_GREETING, ...Array.from({ length: MAX_BACKEND_DIALOGUE_RESPONSES + 50 }, () => filler), 'mf1 OK [CAPABILITY IMAP4rev1] Logged in\r\n'];
+    assert.deepStrictEqual(runBackend({}, flood, whole).slice(1), [
+      `fail unavailable login: more than ${MAX_BACKEND_DIALOGUE_RESPONSES} responses in the login dialogue`,
+      'state failed',
+    ]);
+    // The same in one read.
+    assert.deepStrictEqual(runBackend({}, [flood.join('')], whole).slice(1), [
+      `fail unavailable login: more than ${MAX_BACKEND_DIALOGUE_RESPONSES} responses in the login dialogue`,
+      'state failed',
+    ]);
+    // In bytes: a few responses, each under the bound of one, that add up past the dialogue's.
+    const big = `* OK ${'x'.repeat(MAX_BACKEND_RESPONSE_BYTES - 100)}\r\n`;
+    const count = Math.ceil(MAX_BACKEND_DIALOGUE_BYTES / big.length) + 1;
+    assert.deepStrictEqual(runBackend({}, [DOVECOT_GREETING, ...Array.from({ length: count }, () => big), 'mf1 OK [CAPABILITY IMAP4rev1] Logged in\r\n'], whole).slice(1), [
+      `fail unavailable login: login dialogue longer than ${MAX_BACKEND_DIALOGUE_BYTES} bytes`,
+      'state failed',
+    ]);
+    // Literals count too.
+    const literal = `* ID ("name" {${MAX_BACKEND_RESPONSE_BYTES - 100}}\r\n${'y'.repeat(MAX_BACKEND_RESPONSE_BYTES - 100)})\r\n`;
+    assert.deepStrictEqual(runBackend({}, [DOVECOT_GREETING, ...Array.from({ length: count }, () => literal), 'mf1 OK [CAPABILITY IMAP4rev1] Logged in\r\n'], whole).slice(1), [
+      `fail unavailable login: login dialogue longer than ${MAX_BACKEND_DIALOGUE_BYTES} bytes`,
+      'state failed',
+    ]);
+    // The counts run across STARTTLS and every state.
+    const perState = Math.floor(MAX_BACKEND_DIALOGUE_RESPONSES / 2);
+    const some = (n: number): string => filler.repeat(n);
+    assert.deepStrictEqual(
+      runBackend({ starttls: true }, [CYRUS_GREETING + some(perState) + 'mf1 OK go\r\n', TLS, some(perState) + `* CAPABILITY IMAP4rev1 LITERAL+ AUTH=PLAIN\r\nmf2 OK done\r\n`, CYRUS_LOGIN_OK], whole).slice(-2),
+      [`fail unavailable capability: more than ${MAX_BACKEND_DIALOGUE_RESPONSES} responses in the login dialogue`, 'state failed'],
+    );
+  });
+
+  it('a real dialogue stays far inside the bound of the whole dialogue', () => {
+    // Cyrus with STARTTLS, an ID and its long post-login capability list: the most a login reads.
+    const trace = runBackend({ starttls: true, forward: { ip: '192.0.2.1', port: 1, sessionId: 'x' } }, [
+      CYRUS_GREETING + 'mf1 OK Begin TLS negotiation now\r\n',
+      TLS,
+      `* CAPABILITY IMAP4rev1 LITERAL+ ID ENABLE AUTH=PLAIN SASL-IR\r\nmf2 OK Completed\r\n`,
+      '* ID ("name" "Cyrus IMAPD" "version" "3.6.1-Debian-3.6.1-4+deb12u5" "vendor" "Project Cyrus" "support-url" "https://www.cyrusimap.org" "os" "Linux" "os-version" "6.1.0" "environment" "Built w/Cyrus SASL 2.1.28; Running w/Cyrus SASL 2.1.28; Built w/OpenSSL 3.0.15; Running w/OpenSSL 3.0.15")\r\nmf3 OK Completed\r\n',
+      'mf4 ' + CYRUS_LOGIN_OK,
+    ], (b) => [b]);
+    assert.equal(trace.at(-3), `done ${CYRUS_POST_LOGIN}`);
   });
 
   it('reads "{N}" at the end of a status response or continuation as text, and at the end of untagged data as a literal', () => {

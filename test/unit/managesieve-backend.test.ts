@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { MAX_BACKEND_RESPONSE_BYTES } from '../../src/limits.js';
+import { MAX_BACKEND_DIALOGUE_BYTES, MAX_BACKEND_DIALOGUE_RESPONSES, MAX_BACKEND_RESPONSE_BYTES } from '../../src/limits.js';
 import { managesieveAdapter } from '../../src/protocol/managesieve/index.js';
-import { backendTrace, BACKEND_DEFAULTS, TLS } from './managesieve-harness.js';
+import { backendTrace, BACKEND_DEFAULTS, runBackend, TLS, type Phase } from './managesieve-harness.js';
 
 const b64 = (s: string): string => Buffer.from(s, 'utf8').toString('base64');
 
@@ -112,9 +112,47 @@ describe('managesieve backend login: refusals', () => {
   it('a response over the bound fails, however it arrives', () => {
     const long = `"IMPLEMENTATION" "${'x'.repeat(MAX_BACKEND_RESPONSE_BYTES)}"\r\nOK\r\n`;
     assert.deepEqual(backendTrace({}, [long]), ['fail unavailable backend response too long', 'state failed']);
-    const many = `${'"X-CAP" "0123456789012345678901234567890123456789"\r\n'.repeat(Math.ceil(MAX_BACKEND_RESPONSE_BYTES / 50))}OK\r\n`;
+    // Fewer lines than a dialogue may hold (MAX_BACKEND_DIALOGUE_RESPONSES), each well under the bound.
+    const many = `${`"X-CAP" "${'0123456789'.repeat(100)}"\r\n`.repeat(Math.ceil(MAX_BACKEND_RESPONSE_BYTES / 1000))}OK\r\n`;
     assert.deepEqual(backendTrace({}, [many]), ['fail unavailable backend response too long', 'state failed']);
     assert.deepEqual(backendTrace({}, ['"SIEVE" {99999999999}\r\n']), ['fail unavailable unreadable backend response (literal-too-big)', 'state failed']);
+  });
+});
+
+describe('managesieve backend login: the bound of the whole dialogue', () => {
+  const whole = (b: Uint8Array): Uint8Array[] => [b];
+
+  it('a capability list of more lines than a dialogue may hold fails, though its bytes are few', () => {
+    const lines = Array.from({ length: MAX_BACKEND_DIALOGUE_RESPONSES }, (_, i) => `"X-CAP${i}" "v"`);
+    assert.deepEqual(runBackend({}, [dovecotGreeting(lines), 'OK\r\n'], whole), [
+      `fail unavailable greeting: more than ${MAX_BACKEND_DIALOGUE_RESPONSES} lines in the login dialogue`,
+      'state failed',
+    ]);
+  });
+
+  it('responses each under the bound of one fail once the dialogue passes its bound in bytes', () => {
+    // Every status line starts the bound of one response again: greeting, STARTTLS's reply,
+    // the capabilities after TLS and XCLIENT's reply, each of 60 KiB, then the AUTHENTICATE's.
+    const text = (n: number): string => 'x'.repeat(n);
+    const capabilities = (extra: string[]): string => dovecotGreeting(['"XCLIENT"', ...extra]);
+    const padding = Array.from({ length: 20 }, (_, i) => `"X-PAD${i}" "${text(3000)}"`);
+    const phases: Phase[] = [
+      capabilities(padding),
+      `OK "${text(60_000)}"\r\n`,
+      TLS,
+      capabilities(padding).replace('"STARTTLS"\r\n', ''),
+      `OK "${text(60_000)}"\r\n`,
+      `OK "${text(30_000)}"\r\n`,
+    ];
+    assert.deepEqual(runBackend({ starttls: true, forward: FORWARD }, phases, whole).slice(-2), [
+      `fail unavailable authenticate: login dialogue longer than ${MAX_BACKEND_DIALOGUE_BYTES} bytes`,
+      'state failed',
+    ]);
+  });
+
+  it('the real servers\' dialogues stay far inside it', () => {
+    assert.deepEqual(runBackend({ starttls: true }, [dovecotGreeting(), 'OK "Begin TLS negotiation now."\r\n', TLS, dovecotGreeting().replace('"STARTTLS"\r\n', ''), 'OK "Logged in."\r\n'], whole).slice(-2), ['done ', 'state done']);
+    assert.deepEqual(runBackend({ mode: 'sasl-authzid', proxyUser: 'proxy', proxyPassword: 'pw' }, [CYRUS_GREETING, 'OK "Success"\r\n'], whole).slice(-2), ['done UNAUTHENTICATE', 'state done']);
   });
 });
 

@@ -5,7 +5,7 @@
  * Must not: open connections, time anything out, or show backend text to the client.
  */
 
-import { MAX_BACKEND_RESPONSE_BYTES } from '../../limits.js';
+import { MAX_BACKEND_DIALOGUE_BYTES, MAX_BACKEND_DIALOGUE_RESPONSES, MAX_BACKEND_RESPONSE_BYTES } from '../../limits.js';
 import { encodePlain, hasUnsafeCharacters } from '../sasl.js';
 import { ByteQueue } from '../bytes.js';
 import type { BackendAction, BackendLoginMachine, BackendLoginOptions } from '../types.js';
@@ -48,7 +48,7 @@ const CR = 0x0d;
 /** Response codes of a NO to LOGIN that mean a temporary or server-side problem rather than wrong credentials (RFC 5530). */
 const UNAVAILABLE_CODES = new Set(['UNAVAILABLE', 'SERVERBUG', 'LIMIT', 'PRIVACYREQUIRED', 'OVERQUOTA']);
 
-/** Reads backend responses line by line, skipping over literals, with a bound on one response. */
+/** Reads backend responses line by line, skipping over literals, with a bound on one response; counts the bytes read in all. */
 class ResponseReader {
   private readonly input = new ByteQueue();
   private firstLine: string | null = null;
@@ -58,6 +58,8 @@ class ResponseReader {
   private scanned = 0;
   private responseBytes = 0;
   private literalRemaining = 0;
+  /** Bytes of every response read so far, literals included (the machine bounds the dialogue with it). */
+  dialogueBytes = 0;
 
   push(chunk: Uint8Array): void {
     this.input.push(chunk);
@@ -82,6 +84,7 @@ class ResponseReader {
       if (this.literalRemaining > 0) {
         const take = Math.min(this.literalRemaining, this.input.length);
         this.input.consume(take);
+        this.dialogueBytes += take;
         this.literalRemaining -= take;
         if (this.literalRemaining > 0) return null;
       }
@@ -100,6 +103,7 @@ class ResponseReader {
       const end = lf > 0 && input[lf - 1] === CR ? lf - 1 : lf;
       const segment = Buffer.from(input.buffer, input.byteOffset, end).toString('latin1');
       this.responseBytes += lf + 1;
+      this.dialogueBytes += lf + 1;
       this.input.consume(lf + 1);
       const first = this.firstLine === null;
       this.firstLine ??= segment;
@@ -171,6 +175,8 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
   /** Untagged [ALERT] lines the backend sent with its login answer, for the client (RFC 9051 §7.1: presented to the user). */
   private alerts: string[] = [];
   private loginCommandSent = false;
+  /** Responses read so far, of any kind. */
+  private responses = 0;
 
   constructor(private readonly options: BackendLoginOptions) {}
 
@@ -215,6 +221,17 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
       if (line === null) break;
       if (line === 'too-long') {
         this.fail(out, 'unavailable', `${this.current}: response longer than ${MAX_BACKEND_RESPONSE_BYTES} bytes`);
+        break;
+      }
+      // Untagged responses are ignored while a tagged one is awaited: a backend that keeps
+      // sending them would keep the login (and this loop) going until the login timeout.
+      this.responses++;
+      if (this.reader.dialogueBytes > MAX_BACKEND_DIALOGUE_BYTES) {
+        this.fail(out, 'unavailable', `${this.current}: login dialogue longer than ${MAX_BACKEND_DIALOGUE_BYTES} bytes`);
+        break;
+      }
+      if (this.responses > MAX_BACKEND_DIALOGUE_RESPONSES) {
+        this.fail(out, 'unavailable', `${this.current}: more than ${MAX_BACKEND_DIALOGUE_RESPONSES} responses in the login dialogue`);
         break;
       }
       this.onResponse(parseResponseLine(line), line, out);

@@ -5,7 +5,7 @@
  * Must not: open connections, time anything out, or show backend text to the client.
  */
 
-import { MAX_BACKEND_RESPONSE_BYTES } from '../../limits.js';
+import { MAX_BACKEND_DIALOGUE_BYTES, MAX_BACKEND_DIALOGUE_RESPONSES, MAX_BACKEND_RESPONSE_BYTES } from '../../limits.js';
 import { encodePlain, hasUnsafeCharacters } from '../sasl.js';
 import type { BackendAction, BackendLoginMachine, BackendLoginOptions } from '../types.js';
 import { oneLineText, parseResponse, SieveReader, sieveString, type SieveToken } from './wire.js';
@@ -56,6 +56,9 @@ export class ManageSieveBackendLogin implements BackendLoginMachine {
   #capabilities: BackendCapabilities = emptyCapabilities();
   /** Bytes of the response being read (a capability list spans many lines). */
   #responseBytes = 0;
+  /** Bytes and lines of the whole dialogue so far. */
+  #dialogueBytes = 0;
+  #lines = 0;
   #loginSent = false;
 
   constructor(options: BackendLoginOptions) {
@@ -106,6 +109,18 @@ export class ManageSieveBackendLogin implements BackendLoginMachine {
       this.#responseBytes += event.wireBytes;
       if (this.#responseBytes > MAX_BACKEND_RESPONSE_BYTES || (event.type === 'problem' && event.problem === 'line-too-long')) {
         this.#fail(out, 'unavailable', 'backend response too long');
+        break;
+      }
+      // Each state takes a bounded response, but the bound starts again at every status line:
+      // the dialogue as a whole is bounded too, in bytes and in lines (parsing is the cost).
+      this.#dialogueBytes += event.wireBytes;
+      this.#lines++;
+      if (this.#dialogueBytes > MAX_BACKEND_DIALOGUE_BYTES) {
+        this.#fail(out, 'unavailable', `${this.#state}: login dialogue longer than ${MAX_BACKEND_DIALOGUE_BYTES} bytes`);
+        break;
+      }
+      if (this.#lines > MAX_BACKEND_DIALOGUE_RESPONSES) {
+        this.#fail(out, 'unavailable', `${this.#state}: more than ${MAX_BACKEND_DIALOGUE_RESPONSES} lines in the login dialogue`);
         break;
       }
       if (event.type === 'problem') {
