@@ -22,13 +22,16 @@
  *   user-buffer hooks): a `data` handler that writes and pauses its source until `drain`.
  *
  * The idle deadline is one sweep per distinct timeout shared by every splice, not a timer per
- * socket (memory per idle session).
+ * socket (memory per idle session). The same sweep ends a splice stalled behind a peer that does
+ * not read: while a direction waits for its peer, its source is not read, so that source's close
+ * would go unseen until the idle timeout.
  */
 import { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import { plainDescriptor, readDirect, readsDirect, writeToDescriptor } from '../net/direct-io.js';
 import type { ResponseBoundaryTracker } from '../protocol/types.js';
 import type { CommandGuard } from './command-guard.js';
+import { SPLICE_STALL_TIMEOUT_MS } from '../limits.js';
 
 /**
  * How long a socket may take to send what is queued for it once the splice ends gracefully (a
@@ -37,7 +40,7 @@ import type { CommandGuard } from './command-guard.js';
 const LAST_BYTES_MS = 1_000;
 
 /** Why a splice ended. */
-export type SpliceEndReason = 'client-closed' | 'backend-closed' | 'client-error' | 'backend-error' | 'idle-timeout' | 'kicked' | 'drained' | 'shutdown' | 'command-refused';
+export type SpliceEndReason = 'client-closed' | 'backend-closed' | 'client-error' | 'backend-error' | 'idle-timeout' | 'stalled' | 'kicked' | 'drained' | 'shutdown' | 'command-refused';
 
 /** A running splice. */
 export interface Splice {
@@ -56,8 +59,12 @@ export interface Splice {
 class IdleSweep {
   private readonly members = new Set<SpliceSession>();
   private timer: NodeJS.Timeout | undefined;
+  /** Quiet time after which a splice held back by backpressure is looked at (SPLICE_STALL_TIMEOUT_MS). */
+  private readonly stallMs: number;
 
-  constructor(private readonly timeoutMs: number) {}
+  constructor(private readonly timeoutMs: number) {
+    this.stallMs = Math.min(timeoutMs, SPLICE_STALL_TIMEOUT_MS);
+  }
 
   add(member: SpliceSession): void {
     this.members.add(member);
@@ -81,7 +88,14 @@ class IdleSweep {
   private sweep(): void {
     const now = Date.now();
     for (const member of this.members) {
-      if (now - member.lastActivity >= this.timeoutMs) member.finish('idle-timeout');
+      const quiet = now - member.lastActivity;
+      if (quiet < this.stallMs) continue;
+      if (member.waiting()) {
+        // A queue that moved is a peer reading slowly: that is activity, never a stall.
+        if (!member.queueMoved()) member.finish('stalled');
+      } else if (quiet >= this.timeoutMs) {
+        member.finish('idle-timeout');
+      }
     }
   }
 }
@@ -102,6 +116,13 @@ class SpliceSession implements Splice {
   bytesFromClient: number;
   bytesToClient: number;
   lastActivity = Date.now();
+  /**
+   * For each direction held back until its peer takes what is queued for it (paused on
+   * backpressure), the bytes that were still queued when last looked at; -1 while it flows.
+   * Set at a pause and cleared at the resume, never per chunk.
+   */
+  private queuedForClient = -1;
+  private queuedForBackend = -1;
   private endReason: SpliceEndReason | null = null;
   /** A side being ended after its last bytes (a notice, or the other side's close): finish() leaves it to flush, bounded by a timer. */
   private clientEnding = false;
@@ -162,7 +183,7 @@ class SpliceSession implements Splice {
    */
   private relayDirect(from: Socket, to: Socket, toClient: boolean): 'direct' | 'stream' | null {
     const toPlain = plainDescriptor(to) >= 0;
-    const resume = this.resumer(from);
+    const resume = this.resumer(from, to);
     const started = readDirect(from, (length, chunk) => {
       if (this.endReason !== null) return false;
       if (!toClient && this.guard?.refuses(chunk, length) === true) {
@@ -194,6 +215,7 @@ class SpliceSession implements Splice {
         to.write(rest, resume);
       }
       from.pause();
+      this.paused(to);
       return false;
     });
     return started ? (toPlain ? 'direct' : 'stream') : null;
@@ -208,7 +230,7 @@ class SpliceSession implements Splice {
       this.finish(toClient ? 'backend-error' : 'client-error');
       return 'stream';
     }
-    const resume = this.resumer(from);
+    const resume = this.resumer(from, to);
     from.on('data', (chunk: Buffer) => {
       if (this.endReason !== null) return;
       if (!toClient && this.guard?.refuses(chunk, chunk.length) === true) {
@@ -218,6 +240,7 @@ class SpliceSession implements Splice {
       this.relayed(chunk, chunk.length, toClient);
       if (!to.write(chunk)) {
         from.pause();
+        this.paused(to);
         to.once('drain', resume);
       }
     });
@@ -235,11 +258,47 @@ class SpliceSession implements Splice {
     }
   }
 
-  /** Restarts reading `from` once its queued remainder has gone out, unless the splice has ended. */
-  private resumer(from: Socket): () => void {
+  /** Restarts reading `from` once its queued remainder has gone out to `to`, unless the splice has ended. */
+  private resumer(from: Socket, to: Socket): () => void {
     return () => {
-      if (this.endReason === null) from.resume();
+      if (this.endReason !== null) return;
+      // What was queued went out: the peer reads.
+      this.lastActivity = Date.now();
+      if (to === this.client) this.queuedForClient = -1;
+      else this.queuedForBackend = -1;
+      from.resume();
     };
+  }
+
+  /** `to`'s peer does not keep up: the direction towards it waits (see queuedForClient). */
+  private paused(to: Socket): void {
+    if (to === this.client) this.queuedForClient = queuedBytes(to);
+    else this.queuedForBackend = queuedBytes(to);
+  }
+
+  /** Whether a direction waits for its peer to read (for the sweep). */
+  waiting(): boolean {
+    return this.queuedForClient >= 0 || this.queuedForBackend >= 0;
+  }
+
+  /**
+   * Whether the bytes queued towards a waiting peer changed since they were last looked at (the
+   * peer is reading, however slowly); if so, counts that as activity. Called by the sweep only.
+   */
+  queueMoved(): boolean {
+    let moved = false;
+    if (this.queuedForClient >= 0) {
+      const queued = queuedBytes(this.client);
+      moved ||= queued !== this.queuedForClient;
+      this.queuedForClient = queued;
+    }
+    if (this.queuedForBackend >= 0) {
+      const queued = queuedBytes(this.backend);
+      moved ||= queued !== this.queuedForBackend;
+      this.queuedForBackend = queued;
+    }
+    if (moved) this.lastActivity = Date.now();
+    return moved;
   }
 
   finish(reason: SpliceEndReason): void {
@@ -301,6 +360,18 @@ class SpliceSession implements Splice {
     }
     this.backend.destroy();
   }
+}
+
+/**
+ * Bytes not yet taken by the kernel for `socket`: what node queued, and what libuv still holds
+ * of a write under way (for TLS, the TCP handle's under it, where the encrypted bytes wait).
+ * node's queue only shrinks when a whole write is done, libuv's as the peer reads; node's own
+ * socket timeout tells an active write by the latter (net.js, Socket.prototype._onTimeout).
+ */
+function queuedBytes(socket: Socket): number {
+  type Handle = { writeQueueSize?: number; _parent?: Handle } | null | undefined;
+  const handle = (socket as unknown as { _handle: Handle })._handle;
+  return socket.writableLength + (handle?._parent?.writeQueueSize ?? handle?.writeQueueSize ?? 0);
 }
 
 /**
