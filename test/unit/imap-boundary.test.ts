@@ -43,6 +43,9 @@ test('between responses is a boundary; inside a line or a literal is not', () =>
   assert.equal(boundaryAfter('* BYE going {3}\r\n'), true);
   assert.equal(boundaryAfter('+ {5}\r\n'), true);
   assert.equal(boundaryAfter(`${'averyveryverylongtag'.repeat(2)} BAD x{5}\r\n`), true);
+  // A tag longer than a chunk's worth of head (the client chooses it).
+  const longTag = 't'.repeat(200);
+  assert.equal(boundaryAfter(`${longTag} NO [NONEXISTENT] no such mailbox: x{5}\r\n`), true);
   // Data responses and a line after a literal still announce one.
   assert.equal(boundaryAfter('* LIST () "/" {5}\r\nINBOX\r\n'), true);
   assert.equal(boundaryAfter('* LIST () "/" {5}\r\nINB'), false);

@@ -16,11 +16,15 @@ import type { ResponseBoundaryTracker } from '../types.js';
 const LF = 0x0a;
 const CR = 0x0d;
 const CLOSE_BRACE = 0x7d;
+const SPACE = 0x20;
 /** Enough of a line's end to see "{N}\r" for any literal size we would believe. */
 const TAIL_BYTES = 32;
 const LITERAL_AT_END = /\{(\d{1,20})\+?\}\r?$/;
-/** Enough of a response's start to see its tag (or "*", "+") and the word after it. */
-const HEAD_BYTES = 64;
+/**
+ * The most of a response's start kept to see its tag (or "*", "+") and the word after it: a tag
+ * is the client's choice, and one longer than this is taken for a data response's.
+ */
+const HEAD_BYTES = 8192 + 16;
 /**
  * A status response (tagged, or untagged OK/NO/BAD/BYE/PREAUTH) or a continuation request: its
  * text is resp-text (RFC 9051 §7.1), plain text whatever it ends with. "a NO Mailbox doesn't
@@ -63,7 +67,7 @@ export class ImapResponseBoundary implements ResponseBoundaryTracker {
       if (lf < 0) {
         // The line runs on into the next chunk: keep its end to look at with the rest (and, for a
         // response's first line, its start).
-        if (this.firstLine && this.head.length < HEAD_BYTES) this.head += latin1(chunk, i, Math.min(chunk.length, i + HEAD_BYTES - this.head.length));
+        if (this.firstLine && !this.headKnown()) this.head += latin1(chunk, i, this.headEnd(chunk, i, chunk.length));
         this.inLine = true;
         this.tail = (this.tail + latin1(chunk, Math.max(i, chunk.length - TAIL_BYTES), chunk.length)).slice(-TAIL_BYTES);
         return;
@@ -75,7 +79,7 @@ export class ImapResponseBoundary implements ResponseBoundaryTracker {
       let literal = this.literalEndingAt(chunk, i, lf);
       if (literal >= 0 && this.firstLine) {
         // Rare: only a line ending in "{N}" gets here.
-        const head = this.head.length < HEAD_BYTES ? this.head + latin1(chunk, i, Math.min(lf, i + HEAD_BYTES - this.head.length)) : this.head;
+        const head = this.headKnown() ? this.head : this.head + latin1(chunk, i, this.headEnd(chunk, i, lf));
         if (STATUS_RESPONSE.test(head)) literal = -1;
       }
       this.head = '';
@@ -101,6 +105,19 @@ export class ImapResponseBoundary implements ResponseBoundaryTracker {
     }
     const match = LITERAL_AT_END.exec((pending + latin1(chunk, Math.max(start, lf - TAIL_BYTES), lf)).slice(-TAIL_BYTES));
     return match ? Number(match[1]) : -1;
+  }
+
+  /** Where the head's part in chunk [i, end) ends: past the first space and 8 bytes, within HEAD_BYTES. */
+  private headEnd(chunk: Uint8Array, i: number, end: number): number {
+    const cap = Math.min(end, i + HEAD_BYTES - this.head.length);
+    const space = this.head.includes(' ') ? i - 1 : chunk.indexOf(SPACE, i);
+    return space >= 0 && space < cap ? Math.min(cap, space + 9) : cap;
+  }
+
+  /** The head holds the tag and the word after it (8 bytes: "PREAUTH" and what ends it), or all it may. */
+  private headKnown(): boolean {
+    const space = this.head.indexOf(' ');
+    return (space >= 0 && this.head.length > space + 8) || this.head.length >= HEAD_BYTES;
   }
 
   atBoundary(): boolean {
