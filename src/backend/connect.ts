@@ -97,25 +97,37 @@ function tlsOptionsFor(slot: Slot, config: BackendConfig): ConnectionOptions {
 /**
  * The error codes of a TLS failure that waiting will not fix: the certificate did not verify
  * (OpenSSL's X509_V_ERR_* names as Node reports them: CERT_HAS_EXPIRED, UNABLE_TO_GET_ISSUER_CERT,
- * DEPTH_ZERO_SELF_SIGNED_CERT, ERROR_IN_CERT_NOT_AFTER_FIELD, ...), the name did not match
- * (ERR_TLS_CERT_ALTNAME_INVALID), or the two sides cannot agree (ERR_SSL_*: a wrong version, no
- * shared cipher, plaintext on a TLS port).
+ * DEPTH_ZERO_SELF_SIGNED_CERT, ERROR_IN_CERT_NOT_AFTER_FIELD, ...; UNSPECIFIED for those Node has
+ * no name for: a SHA-1 signature "CA signature digest algorithm too weak", "EE certificate key too
+ * weak", an unhandled critical extension), the name did not match (ERR_TLS_CERT_ALTNAME_INVALID),
+ * or the two sides cannot agree (ERR_SSL_*, EPROTO: a wrong version, no shared cipher, plaintext
+ * on a TLS port).
  */
-const TLS_FAILURE_CODES = /^(ERR_TLS_|ERR_SSL_|ERR_OSSL_|CERT_|CRL_|UNABLE_TO_|DEPTH_ZERO_|SELF_SIGNED_|ERROR_IN_|HOSTNAME_MISMATCH$|INVALID_CA$|INVALID_PURPOSE$|PATH_LENGTH_EXCEEDED$)/;
+const TLS_FAILURE_CODES = /^(ERR_TLS_|ERR_SSL_|ERR_OSSL_|CERT_|CRL_|UNABLE_TO_|DEPTH_ZERO_|SELF_SIGNED_|ERROR_IN_|HOSTNAME_MISMATCH$|INVALID_CA$|INVALID_PURPOSE$|PATH_LENGTH_EXCEEDED$|UNSPECIFIED$|EPROTO$)/;
+
+/**
+ * The codes of a connection that closed, was reset or went silent: during a TLS handshake too
+ * they mean a backend that went away (a restart), not one whose TLS is wrong. Node reports a
+ * close before the handshake completed as ECONNRESET ("Client network socket disconnected before
+ * secure TLS connection was established"); OpenSSL 3 names a close without close_notify
+ * ERR_SSL_UNEXPECTED_EOF_WHILE_READING.
+ */
+const OUTAGE_CODES = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNREFUSED', 'ECONNABORTED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENETDOWN', 'EHOSTDOWN', 'ERR_SSL_UNEXPECTED_EOF_WHILE_READING']);
 
 /**
  * A TLS failure (an untrusted or mismatched certificate, a failed negotiation) is not an
  * unreachable slot: waiting will not fix it, so it is a login failure, never retried. Decided by
- * the error's code alone: a backend that closes or resets the connection during the handshake
- * (a restart) fails with ECONNRESET and a message that speaks of TLS ("Client network socket
- * disconnected before secure TLS connection was established"), and is an outage like any other
- * reset, held for failover.hold_ms.
+ * the error's code, and by when it happened: a backend that closes or resets the connection
+ * during the handshake (a restart) fails with ECONNRESET and a message that speaks of TLS
+ * ("Client network socket disconnected before secure TLS connection was established"), and is an
+ * outage like any other reset, held for failover.hold_ms; any other error during the handshake
+ * (`duringTlsHandshake`: after the TCP connect, before secureConnect) is OpenSSL refusing the
+ * peer, whatever code Node gives it, and so a TLS failure.
  */
-export function connectionFailureKind(error: NodeJS.ErrnoException): 'connect' | 'backend-login' {
+export function connectionFailureKind(error: NodeJS.ErrnoException, duringTlsHandshake = false): 'connect' | 'backend-login' {
   const code = error.code ?? '';
-  // OpenSSL 3's name for a peer that closed without close_notify: a close, not a disagreement.
-  if (code === 'ERR_SSL_UNEXPECTED_EOF_WHILE_READING') return 'connect';
-  return TLS_FAILURE_CODES.test(code) ? 'backend-login' : 'connect';
+  if (OUTAGE_CODES.has(code)) return 'connect';
+  return duringTlsHandshake || TLS_FAILURE_CODES.test(code) ? 'backend-login' : 'connect';
 }
 
 /** Rejects when the signal fires, destroying `socket`. */
@@ -143,12 +155,14 @@ export function dialSlot(slot: Slot, protocol: Protocol, config: BackendConfig, 
   return new Promise<Socket>((resolve, reject) => {
     let socket: Socket = netConnect({ host: slot.host, port, noDelay: true });
     let settled = false;
+    // Set once the TCP connection is up and the TLS handshake runs over it.
+    let handshaking = false;
     const fail = (code: string, message: string, cause?: NodeJS.ErrnoException): void => {
       if (settled) return;
       settled = true;
       cleanup();
       socket.destroy();
-      reject(new MailfrontError(code, cause ? connectionFailureKind(cause) : 'connect', `slot "${slot.name}" (${slot.host}:${port}): ${message}`, cause === undefined ? undefined : { cause }));
+      reject(new MailfrontError(code, cause ? connectionFailureKind(cause, handshaking) : 'connect', `slot "${slot.name}" (${slot.host}:${port}): ${message}`, cause === undefined ? undefined : { cause }));
     };
     const timer = setTimeout(() => fail('BACKEND_CONNECT_TIMEOUT', `no connection within ${config.connectTimeoutMs} ms`), config.connectTimeoutMs);
     const onError = (error: Error): void => fail('BACKEND_CONNECT_FAILED', error.message, error);
@@ -177,6 +191,7 @@ export function dialSlot(slot: Slot, protocol: Protocol, config: BackendConfig, 
       if (proxyHeader !== null) writeNow(socket, proxyHeader);
       if (tlsOptions === undefined) return ready();
       socket.off('error', onError);
+      handshaking = true;
       const secure = tlsConnect({ socket, ...tlsOptions });
       socket = secure;
       secure.once('error', onError);
@@ -197,6 +212,8 @@ export function loginToBackend(initial: Socket, slot: Slot, machine: BackendLogi
   return new Promise<BackendSession>((resolve, reject) => {
     let socket: Socket = initial;
     let finished = false;
+    // Between STARTTLS's handshake start and its secureConnect.
+    let handshaking = false;
     const timer = setTimeout(() => fail(new MailfrontError('BACKEND_LOGIN_TIMEOUT', 'backend-login', `slot "${slot.name}": no login within ${config.loginTimeoutMs} ms (state ${machine.state})`)), config.loginTimeoutMs);
     const removeAbort = onAbort(signal, initial, (e) => fail(e), 'the backend login');
 
@@ -221,7 +238,7 @@ export function loginToBackend(initial: Socket, slot: Slot, machine: BackendLogi
     // an unreachable slot, and the session gives it one more attempt only (loginToCurrentMaster).
     function onError(error: NodeJS.ErrnoException): void {
       if (machine.loginSent) fail(new MailfrontError(CLOSED_AFTER_LOGIN, 'connect', `slot "${slot.name}": ${error.message} in answer to the login (state ${machine.state})`, { cause: error }));
-      else fail(new MailfrontError('BACKEND_CONNECTION_ERROR', connectionFailureKind(error), `slot "${slot.name}": ${error.message} (state ${machine.state})`, { cause: error }));
+      else fail(new MailfrontError('BACKEND_CONNECTION_ERROR', connectionFailureKind(error, handshaking), `slot "${slot.name}": ${error.message} (state ${machine.state})`, { cause: error }));
     }
     function onClose(): void {
       if (machine.loginSent) fail(new MailfrontError(CLOSED_AFTER_LOGIN, 'connect', `slot "${slot.name}" closed the connection in answer to the login (state ${machine.state})`));
@@ -269,11 +286,13 @@ export function loginToBackend(initial: Socket, slot: Slot, machine: BackendLogi
             const plain = socket;
             const secure: TLSSocket = tlsConnect({ socket: plain, ...tlsOptions });
             socket = secure;
+            handshaking = true;
             attach(secure);
             // Data listeners are attached after the handshake completes, so bytes buffered
             // before it (a STARTTLS injection) never reach the machine.
             secure.off('data', onData);
             secure.once('secureConnect', () => {
+              handshaking = false;
               if (finished) return;
               secure.on('data', onData);
               perform(machine.tlsStarted());
