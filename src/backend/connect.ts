@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs';
 import { checkServerIdentity, connect as tlsConnect } from 'node:tls';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import type { BackendConfig, Protocol } from '../config/schema.js';
+import { reservedUsersOf } from '../config/schema.js';
 import { MailfrontError } from '../errors.js';
 import type { BackendLoginMachine } from '../protocol/types.js';
 import type { Slot } from '../routing/storemap.js';
@@ -43,14 +44,30 @@ export function slotPort(slot: Slot, protocol: Protocol, tls: BackendConfig['tls
 export const IDENTITY_REFUSED = 'BACKEND_IDENTITY_REFUSED';
 
 /**
+ * Whether `name` (lower-cased) is the reserved name `entry` to a backend. Cyrus with virtdomains
+ * reads a domain in a name (after the last '@', or a '%') and drops its defaultdomain, so
+ * "cyrus@example.com" is its admin `cyrus` there: an entry without '@' matches the local part as
+ * well as the whole name. An entry with '@' names one account in one domain and matches the whole
+ * name only.
+ */
+function isReservedName(name: string, entry: string): boolean {
+  if (name === entry) return true;
+  if (entry.includes('@')) return false;
+  const at = name.lastIndexOf('@');
+  const local = at >= 0 ? name.slice(0, at) : name;
+  const percent = local.indexOf('%');
+  return local === entry || (percent >= 0 && local.slice(0, percent) === entry);
+}
+
+/**
  * Why `user` must not be asserted to a backend under `config`, or null when it may. In the trust
  * modes (master-user, sasl-authzid) the backend takes the name mailfront sends on the proxy
  * account's word, without a password of its own: a directory user whose name is the proxy
  * account's, or a backend administrator's (Cyrus `admins`), would get that account's rights
  * (Cyrus lets its admin SETACL and read any mailbox). Compared without regard to case, as Cyrus
- * lower-cases authorization identities. In master-user mode a name that holds the separator
- * cannot be sent as one name. In replay mode the backend checks the user's own password, so any
- * name may go.
+ * lower-cases authorization identities, and by local part too (isReservedName). In master-user
+ * mode a name that holds the separator cannot be sent as one name. In replay mode the backend
+ * checks the user's own password, so any name may go.
  */
 export function assertedIdentityProblem(user: string, config: Pick<BackendConfig, 'loginMode' | 'proxyUser' | 'reservedUsers' | 'masterUserSeparator'>): string | null {
   if (config.loginMode === 'replay') return null;
@@ -58,8 +75,8 @@ export function assertedIdentityProblem(user: string, config: Pick<BackendConfig
   // master user "bob*proxy" (a failed login at best).
   if (config.loginMode === 'master-user' && user.includes(config.masterUserSeparator)) return `the name holds backend.master_user_separator "${config.masterUserSeparator}", where Dovecot would split it`;
   const name = user.toLowerCase();
-  if (config.proxyUser !== undefined && name === config.proxyUser.toLowerCase()) return `the name is the proxy account's (backend.proxy_user), which login_mode ${config.loginMode} never asserts`;
-  if (config.reservedUsers.includes(name)) return `the name is in backend.reserved_users (a backend administrator), which login_mode ${config.loginMode} never asserts`;
+  if (config.proxyUser !== undefined && isReservedName(name, config.proxyUser.toLowerCase())) return `the name is the proxy account's (backend.proxy_user), which login_mode ${config.loginMode} never asserts`;
+  if (reservedUsersOf(config).some((entry) => isReservedName(name, entry))) return `the name is in backend.reserved_users (a backend administrator), which login_mode ${config.loginMode} never asserts`;
   return null;
 }
 

@@ -101,16 +101,25 @@ export interface BackendConfig {
   /**
    * Names never asserted to a backend in the trust modes (master-user, sasl-authzid), lower-cased:
    * the backend's administrators. The proxy account is never asserted either, listed or not.
+   * Undefined when the config does not set it: then the login mode's default applies
+   * (reservedUsersOf), also in a profile or store that changes the mode.
    */
-  readonly reservedUsers: readonly string[];
+  readonly reservedUsers?: readonly string[];
 }
 
 /**
- * backend.reserved_users when not set: `cyrus` is the administrator of Cyrus's shipped imapd.conf
- * (`admins: cyrus`) and of its documentation; `root` and `admin` are the names install guides give
- * an administrator otherwise. An operator with other admin names lists them (the list replaces this one).
+ * backend.reserved_users when not set, by login mode. sasl-authzid is Cyrus's: `cyrus` is the
+ * administrator of its shipped imapd.conf (`admins: cyrus`) and of its documentation. In
+ * master-user mode (Dovecot) a name carries no privilege of its own (Dovecot's master users log
+ * in as "user*master", which the separator check refuses), so mailboxes named admin or root are
+ * ordinary users there. An operator with other admin names lists them (the list replaces these).
  */
-export const DEFAULT_RESERVED_USERS: readonly string[] = ['cyrus', 'root', 'admin'];
+export const DEFAULT_RESERVED_USERS: Readonly<Record<BackendLoginMode, readonly string[]>> = { 'sasl-authzid': ['cyrus'], 'master-user': [], replay: [] };
+
+/** The reserved names in force for `config`: its own list, or its login mode's default. */
+export function reservedUsersOf(config: Pick<BackendConfig, 'loginMode' | 'reservedUsers'>): readonly string[] {
+  return config.reservedUsers ?? DEFAULT_RESERVED_USERS[config.loginMode];
+}
 
 /** How a domain part in a login name is treated (see UsernameConfig). */
 export type UsernameDomainMode = 'keep' | 'strip' | 'qualify';
@@ -390,6 +399,7 @@ export function readBackend(v: unknown, path: string, resolvePath: (p: string) =
   const caFile = optStr(o, 'ca_file', path, issues);
   const servername = optStr(o, 'tls_servername', path, issues) ?? base?.tlsServername;
   const resolvedCa = caFile !== undefined ? resolvePath(caFile) : base?.caFile;
+  const reservedUsers = readReservedUsers(o, path, issues, base?.reservedUsers);
   return {
     loginMode,
     ...(proxyUser !== undefined ? { proxyUser } : {}),
@@ -402,7 +412,7 @@ export function readBackend(v: unknown, path: string, resolvePath: (p: string) =
     connectTimeoutMs: int(o, 'connect_timeout_ms', path, issues, 100, 120_000, base?.connectTimeoutMs ?? DEFAULT_BACKEND_CONNECT_TIMEOUT_MS),
     loginTimeoutMs: int(o, 'login_timeout_ms', path, issues, 100, 300_000, base?.loginTimeoutMs ?? DEFAULT_BACKEND_LOGIN_TIMEOUT_MS),
     proxyProtocol: oneOf(o, 'proxy_protocol', path, issues, BACKEND_PROXY_PROTOCOLS, base?.proxyProtocol ?? 'none'),
-    reservedUsers: readReservedUsers(o, path, issues, base?.reservedUsers ?? DEFAULT_RESERVED_USERS),
+    ...(reservedUsers !== undefined ? { reservedUsers } : {}),
   };
 }
 
@@ -419,8 +429,12 @@ function readSeparator(o: Record<string, unknown>, path: string, issues: IssueLi
   return fallback;
 }
 
-/** backend.reserved_users: a list of names (empty allowed: the proxy account stays reserved), lower-cased for comparison. */
-function readReservedUsers(o: Record<string, unknown>, path: string, issues: IssueList, fallback: readonly string[]): readonly string[] {
+/**
+ * backend.reserved_users: a list of names (empty allowed: the proxy account stays reserved),
+ * lower-cased for comparison; `fallback` (the inherited list, or undefined for the mode's default)
+ * when not set.
+ */
+function readReservedUsers(o: Record<string, unknown>, path: string, issues: IssueList, fallback: readonly string[] | undefined): readonly string[] | undefined {
   const v = o['reserved_users'];
   if (v === undefined) return fallback;
   const list = typeof v === 'string' ? [v] : v;

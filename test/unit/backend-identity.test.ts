@@ -1,5 +1,6 @@
 // The identity mailfront asserts to a backend in the trust modes: never the proxy account or a
-// backend administrator (backend.reserved_users), whatever the case; and how the option is read.
+// backend administrator (backend.reserved_users), whatever the case or domain; and how the option
+// is read (its default depends on the login mode).
 import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -7,9 +8,9 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { assertedIdentityProblem } from '../../src/backend/connect.js';
 import { ConfigError, loadConfig, loadStoreMap } from '../../src/config/load.js';
-import { DEFAULT_RESERVED_USERS } from '../../src/config/schema.js';
+import { reservedUsersOf } from '../../src/config/schema.js';
 
-const CYRUS = { loginMode: 'sasl-authzid', proxyUser: 'ProxyAdmin', reservedUsers: DEFAULT_RESERVED_USERS, masterUserSeparator: '*' } as const;
+const CYRUS = { loginMode: 'sasl-authzid', proxyUser: 'ProxyAdmin', reservedUsers: ['cyrus', 'root', 'admin'], masterUserSeparator: '*' } as const;
 
 test('sasl-authzid and master-user never assert the proxy account or a reserved name, in any case', () => {
   for (const loginMode of ['sasl-authzid', 'master-user'] as const) {
@@ -19,13 +20,37 @@ test('sasl-authzid and master-user never assert the proxy account or a reserved 
     }
     assert.match(assertedIdentityProblem('proxyadmin', config) ?? '', /backend\.proxy_user/);
     assert.match(assertedIdentityProblem('cyrus', config) ?? '', /backend\.reserved_users/);
-    for (const user of ['carol', 'cyrus2', 'cyrus@example.org', 'proxyadmin2', 'administrator']) {
+    for (const user of ['carol', 'cyrus2', 'carol@example.org', 'proxyadmin2', 'administrator', 'root.cyrus', 'admin-cyrus@example.org']) {
       assert.equal(assertedIdentityProblem(user, config), null, `${loginMode} ${user}`);
     }
   }
   // An empty list leaves the proxy account reserved.
   assert.notEqual(assertedIdentityProblem('proxyadmin', { ...CYRUS, reservedUsers: [] }), null);
   assert.equal(assertedIdentityProblem('cyrus', { ...CYRUS, reservedUsers: [] }), null);
+});
+
+test('an entry without @ is reserved in every domain (Cyrus virtdomains drops its defaultdomain, and reads % as @); one with @ only as written', () => {
+  const config = { ...CYRUS, reservedUsers: ['cyrus', 'mailadmin@example.org'] };
+  for (const user of ['cyrus@example.com', 'Cyrus@Example.COM', 'cyrus%example.com', 'cyrus%a@example.com', 'cyrus@', 'MailAdmin@example.org', 'proxyadmin@example.com', 'proxyadmin%example.com']) {
+    assert.notEqual(assertedIdentityProblem(user, config), null, user);
+  }
+  assert.match(assertedIdentityProblem('cyrus@example.com', config) ?? '', /backend\.reserved_users/);
+  assert.match(assertedIdentityProblem('proxyadmin@example.com', config) ?? '', /backend\.proxy_user/);
+  for (const user of ['carol@example.com', 'mailadmin', 'mailadmin@example.com', 'cyrus.x@example.com', 'x@cyrus', 'x%cyrus']) {
+    assert.equal(assertedIdentityProblem(user, config), null, user);
+  }
+  // A proxy account named with its domain is reserved as written.
+  assert.notEqual(assertedIdentityProblem('proxy@example.com', { ...config, proxyUser: 'proxy@example.com' }), null);
+  assert.equal(assertedIdentityProblem('proxy@example.org', { ...config, proxyUser: 'proxy@example.com' }), null);
+});
+
+test('not set, reserved_users is [cyrus] in sasl-authzid (Cyrus) and empty in master-user (Dovecot: admin and root are ordinary mailboxes); the proxy account is reserved in both', () => {
+  const { reservedUsers: _, ...unset } = CYRUS;
+  assert.match(assertedIdentityProblem('cyrus@example.com', unset) ?? '', /backend\.reserved_users/);
+  for (const user of ['root', 'admin', 'carol']) assert.equal(assertedIdentityProblem(user, unset), null, user);
+  const dovecot = { ...unset, loginMode: 'master-user' } as const;
+  for (const user of ['cyrus', 'root', 'admin', 'admin@example.com']) assert.equal(assertedIdentityProblem(user, dovecot), null, user);
+  assert.match(assertedIdentityProblem('proxyadmin', dovecot) ?? '', /backend\.proxy_user/);
 });
 
 test('master-user never sends a name that holds the separator, which Dovecot would split it at', () => {
@@ -71,8 +96,10 @@ function load(backend: string, stores = 'stores: {}\n'): ReturnType<typeof loadC
   return loadConfig(join(dir, 'mf.yaml'));
 }
 
-test('backend.reserved_users: defaults to cyrus, root and admin; a list replaces it, lower-cased; a store inherits it or sets its own', () => {
-  assert.deepEqual(load('').backend.reservedUsers, ['cyrus', 'root', 'admin']);
+test('backend.reserved_users: not set, the login mode\'s default; a list replaces it, lower-cased; a profile or store inherits it or sets its own', () => {
+  assert.equal(load('').backend.reservedUsers, undefined);
+  assert.deepEqual(reservedUsersOf(load('backend: { login_mode: sasl-authzid, proxy_user: p, proxy_password: pw }\n').backend), ['cyrus']);
+  assert.deepEqual(reservedUsersOf(load('backend: { login_mode: master-user, proxy_user: p, proxy_password: pw }\n').backend), []);
   assert.deepEqual(load('backend: { reserved_users: [Cyrus, " mailadmin "] }\n').backend.reservedUsers, ['cyrus', 'mailadmin']);
   assert.deepEqual(load('backend: { reserved_users: [] }\n').backend.reservedUsers, []);
   const stores = `
@@ -87,6 +114,17 @@ stores:
   const map = loadStoreMap(join(dir, 'stores.yaml'), 1, config);
   assert.deepEqual(map.stores.get('a')?.backend.reservedUsers, ['cyrus', 'mailadmin']);
   assert.deepEqual(map.stores.get('b')?.backend.reservedUsers, ['sysadmin']);
+  // Not set anywhere: a store that turns to sasl-authzid gets Cyrus's default, one on master-user Dovecot's.
+  const modes = `
+stores:
+  c: { current_master: s1, slots: { s1: { host: 127.0.0.1, imap_port: 1430 } }, backend: { login_mode: sasl-authzid } }
+  d: { current_master: s2, slots: { s2: { host: 127.0.0.1, imap_port: 1431 } } }
+`;
+  writeFileSync(join(dir, 'mf.yaml'), `${BASE}backend: { login_mode: master-user, proxy_user: p, proxy_password: pw }\n`);
+  writeFileSync(join(dir, 'stores.yaml'), modes);
+  const byMode = loadStoreMap(join(dir, 'stores.yaml'), 1, loadConfig(join(dir, 'mf.yaml')));
+  assert.deepEqual(reservedUsersOf(byMode.stores.get('c')!.backend), ['cyrus']);
+  assert.deepEqual(reservedUsersOf(byMode.stores.get('d')!.backend), []);
 });
 
 test('backend.reserved_users that is not a list of names is an error naming the path', () => {

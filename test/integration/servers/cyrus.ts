@@ -30,6 +30,8 @@ export interface CyrusOptions {
   readonly failedLoginPauseSeconds?: number;
   /** timsieved (ManageSieve) on a free port; scripts under sievedir in the instance's directory. */
   readonly sieve?: boolean;
+  /** More imapd.conf lines (e.g. 'virtdomains: userid'), after the harness's own. */
+  readonly imapdConf?: readonly string[];
 }
 
 export interface Cyrus {
@@ -204,6 +206,7 @@ export async function startCyrus(options: CyrusOptions): Promise<Cyrus> {
         'sasl_mech_list: PLAIN LOGIN',
         'popminpoll: 0',
         `failedloginpause: ${options.failedLoginPauseSeconds ?? 0}`,
+        ...(options.imapdConf ?? []),
         '',
       ].join('\n'),
     );
