@@ -79,6 +79,16 @@ function caFileState(file: string | undefined): string {
   }
 }
 
+/** Whether the store-map document `doc` builds with `config`. */
+function buildsWith(doc: unknown, origin: string, config: Config): boolean {
+  try {
+    buildStoreMap(doc, origin, 0, config);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * `error` with the listener's config path in front when its certificate is at fault, as
  * check-config names it: serve and a reload would otherwise name only the files.
@@ -356,24 +366,41 @@ export class Mailfront {
 
   /**
    * Throws when the store map would not build with `next` (a store naming a backend profile it
-   * drops, say): the store map the reload leaves in force, that is the new source's when it can
-   * be read, else the one in force. Committed, such a config would have every later version of
-   * the map rejected, and failovers written to the source but never put in force.
+   * drops, say): the store map the reload leaves in force, that is what the source (the new one,
+   * or the one in force, read again) gives now when it can be read, else the map in force.
+   * Committed, such a config would have every later version of the map rejected, and failovers
+   * written to the source but never put in force. The source in force is read as it is now, not
+   * as its map in force was: a profile renamed in the config and the store map at once builds
+   * with the new config only from the new map.
    */
   private async checkStoreMap(next: Config, source: StoreMapSource | undefined): Promise<void> {
+    const reading = source ?? this.holder.source;
     let doc: unknown;
+    let readable = true;
     try {
-      doc = await source?.load();
+      doc = await reading.load();
     } catch {
-      // Unreadable now: the map in force stays until the source gives a valid one, so it must build.
-      source = undefined;
+      // Unreadable now (a transient LDAP failure, a file caught mid-write): the map in force
+      // stays until the source gives a valid one, so it must build.
+      readable = false;
     }
+    let against = readable ? reading.description : 'the map in force';
     try {
-      if (source !== undefined) buildStoreMap(doc, source.description, 0, next);
-      else this.holder.check(next);
+      if (readable) {
+        try {
+          buildStoreMap(doc, reading.description, 0, next);
+          return;
+        } catch (error) {
+          // The source in force giving a map that builds with no config (one broken on its own)
+          // is rejected by the reload whatever the config: the map in force stays, and must build.
+          if (source !== undefined || buildsWith(doc, reading.description, this.config)) throw error;
+          against = 'the map in force';
+        }
+      }
+      this.holder.check(next);
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
-      throw new MailfrontError('STOREMAP_CONFLICT', 'config', `${next.file}: the store map does not build with it (${source?.description ?? 'the map in force'}): ${message}`, { cause: error });
+      throw new MailfrontError('STOREMAP_CONFLICT', 'config', `${next.file}: the store map does not build with it (${against}): ${message}`, { cause: error });
     }
   }
 

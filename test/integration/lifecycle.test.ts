@@ -557,6 +557,58 @@ test('a listener a reload moved to another port is let go of once its last sessi
   }
 });
 
+test('a backend profile renamed in the config and the store map at once is taken by one reload: the new config is checked against the map as the source gives it now', async () => {
+  const original = readFileSync(front.configFile, 'utf8');
+  const stores = readFileSync(front.storesFile, 'utf8');
+  const alpha = () => front.mailfront.currentStoreMap().stores.get('alpha')!;
+  const config = (profiles: Record<string, unknown>, timeout?: number): string => {
+    const doc = parse(original) as Record<string, Record<string, unknown>>;
+    doc['backend_profiles'] = profiles;
+    if (timeout !== undefined) doc['backend']!['connect_timeout_ms'] = timeout;
+    return stringify(doc);
+  };
+  const map = (profile: string): string => {
+    const doc = parse(stores) as { stores: Record<string, Record<string, unknown>> };
+    doc.stores['alpha']!['backend_profile'] = profile;
+    return stringify(doc);
+  };
+  const timeout = alpha().backend.connectTimeoutMs;
+  try {
+    writeFileSync(front.configFile, config({ fast: { connect_timeout_ms: 777 } }));
+    assert.equal((await front.mailfront.reload()).ok, true);
+    writeFileSync(front.storesFile, map('fast'));
+    assert.equal((await front.mailfront.reloadStoreMap('test')).ok, true);
+    assert.equal(alpha().backend.connectTimeoutMs, 777);
+    // The rename, in both files, then one SIGHUP: each side must not be checked against the other's old version.
+    writeFileSync(front.storesFile, map('quick'));
+    writeFileSync(front.configFile, config({ quick: { connect_timeout_ms: 888 } }));
+    const renamed = await front.mailfront.reload();
+    assert.equal(renamed.ok, true, renamed.error);
+    assert.equal(renamed.storeMap.ok, true, renamed.storeMap.error);
+    assert.equal(alpha().backend.connectTimeoutMs, 888);
+    // A store map broken on its own (a profile no config has) leaves the map in force, which
+    // builds with the new config: the config is taken, and the map in force built with it.
+    writeFileSync(front.storesFile, map('nowhere'));
+    writeFileSync(front.configFile, config({ quick: { connect_timeout_ms: 889 } }));
+    const beside = await front.mailfront.reload();
+    assert.equal(beside.ok, true, beside.error);
+    assert.equal(beside.storeMap.ok, false);
+    assert.equal(alpha().backend.connectTimeoutMs, 889);
+    // The source as it is now does build with the config in force: a config it does not build with is refused.
+    writeFileSync(front.storesFile, map('quick'));
+    writeFileSync(front.configFile, config({ fast: { connect_timeout_ms: 777 } }, 1_999));
+    const dropped = await front.mailfront.reload();
+    assert.equal(dropped.ok, false);
+    assert.match(dropped.error ?? '', /stores\.alpha\.backend_profile: expected one of the config's backend_profiles/);
+    assert.equal(alpha().backend.connectTimeoutMs, 889);
+  } finally {
+    writeFileSync(front.storesFile, stores);
+    await front.mailfront.reloadStoreMap('test');
+    await restoreConfig(original);
+  }
+  assert.equal(alpha().backend.connectTimeoutMs, timeout);
+});
+
 test('the admin API answers a path with a broken percent-escape with 400, after the token check', async () => {
   const { port } = front.mailfront.httpAddress()!;
   const unauthorised = await fetch(`http://127.0.0.1:${port}/api/whereis/%E0%A4%A`);
