@@ -5,6 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { readCaCertificates } from './ca-file.js';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { DestinationStream } from 'pino';
@@ -55,28 +56,55 @@ export interface StartOptions {
 const VERSION = (JSON.parse(readFileSync(join(dirname(fileURLToPath(import.meta.url)), '../../package.json'), 'utf8')) as { version: string }).version;
 
 /** The LDAP directory, behind the authentication cache when it is on. */
-function createDirectory(config: Config, log: Logger, metrics: Metrics): Directory {
-  const ldap = new LdapDirectory(config.directory, log.child({ component: 'directory' }), metrics);
+function createDirectory(config: Config, log: Logger, metrics: Metrics, ca: CaFileRead): Directory {
+  const ldap = new LdapDirectory(config.directory, log.child({ component: 'directory' }), metrics, caContent(ca));
   return config.directory.authCacheTtlMs > 0 ? new CachingDirectory(ldap, config.directory.authCacheTtlMs, config.directory.cacheMaxEntries, metrics) : ldap;
 }
 
 /** The CA file a section names: directory.ca_file, store_map.ldap.ca_file (the directory's unless set). */
-function caFileOf(config: Config, section: 'directory' | 'storeMap'): string | undefined {
+function caFileOf(config: Config, section: CaSection): string | undefined {
   return section === 'directory' ? config.directory.caFile : config.storeMap.kind === 'ldap' ? config.storeMap.caFile : undefined;
 }
 
+type CaSection = 'directory' | 'storeMap';
+const CA_FILE_KEYS: Record<CaSection, string> = { directory: 'directory.ca_file', storeMap: 'store_map.ldap.ca_file' };
+
 /**
- * The content of a CA file as the change test sees it: a CA renewed in place (the same path, new
- * content) changes its section, so that a reload reads it. One that cannot be read is a change
- * too: setting the section up then fails and rejects the reload, naming the file, as at start.
+ * A section's CA file, read once: `state` is what the change test compares (a CA renewed in
+ * place, the same path with new content, changes its section, so that a reload sets it up
+ * anew), the hash of exactly the bytes in `content`, which the section is set up with. One that
+ * cannot be read, or holds no usable certificate, has `error` instead (a state of its own, so a
+ * change): setting the section up with it throws that error, which rejects the reload naming the
+ * file, as at start.
  */
-function caFileState(file: string | undefined): string {
-  if (file === undefined) return 'none';
+interface CaFileRead {
+  readonly state: string;
+  readonly content?: Buffer;
+  readonly error?: unknown;
+}
+
+function readCaFileOnce(file: string | undefined, key: string): CaFileRead {
+  if (file === undefined) return { state: 'none' };
   try {
-    return createHash('sha256').update(readFileSync(file)).digest('hex');
+    const content = readCaCertificates(file, key);
+    return { state: createHash('sha256').update(content).digest('hex'), content };
   } catch (error) {
-    return `unreadable: ${(error as NodeJS.ErrnoException).code ?? String(error)}`;
+    return { state: `unusable: ${error instanceof Error ? error.message : String(error)}`, error };
   }
+}
+
+/** The CA files of the directory and the store-map source of `config`, each read once (one file named by both: once in all). */
+function readCaFiles(config: Config): Record<CaSection, CaFileRead> {
+  const directory = readCaFileOnce(caFileOf(config, 'directory'), CA_FILE_KEYS.directory);
+  const storeMapFile = caFileOf(config, 'storeMap');
+  const storeMap = storeMapFile !== undefined && storeMapFile === caFileOf(config, 'directory') && directory.error === undefined ? directory : readCaFileOnce(storeMapFile, CA_FILE_KEYS.storeMap);
+  return { directory, storeMap };
+}
+
+/** The content to set a section up with; throws the reason when its CA file cannot be used. */
+function caContent(read: CaFileRead): Buffer | undefined {
+  if (read.error !== undefined) throw read.error;
+  return read.content;
 }
 
 /** Whether the store-map document `doc` builds with `config`. */
@@ -115,8 +143,8 @@ export class Mailfront {
   private throttle: Throttle;
   readonly limiter: ConnectionLimiter;
   private stopping = false;
-  /** The content of the CA files the directory and the store-map source in force were set up with (caFileState). */
-  private readonly caFilesInForce: Record<'directory' | 'storeMap', string>;
+  /** The content of the CA files the directory and the store-map source in force were set up with (CaFileRead's state). */
+  private readonly caFilesInForce: Record<CaSection, string>;
 
   private constructor(
     private config: Config,
@@ -124,6 +152,7 @@ export class Mailfront {
     private directory: Directory,
     private readonly ownsDirectory: boolean,
     metrics: Metrics,
+    caFiles: Record<CaSection, CaFileRead>,
   ) {
     this.metrics = metrics;
     // Bytes of long sessions reach mailfront_proxied_bytes_total at every scrape, not only at their end.
@@ -131,11 +160,11 @@ export class Mailfront {
       for (const entry of this.registry.values()) metrics.splicedTraffic(entry);
     });
     metrics.directoryCacheEntries(() => this.directory.cacheEntries());
-    this.caFilesInForce = { directory: caFileState(caFileOf(config, 'directory')), storeMap: caFileState(caFileOf(config, 'storeMap')) };
+    this.caFilesInForce = { directory: caFiles.directory.state, storeMap: caFiles.storeMap.state };
     this.trusted = new CidrSet(config.trustedNetworks);
     this.throttle = this.createThrottle(config);
     this.limiter = new ConnectionLimiter(config.connectionLimits);
-    this.holder = new StoreMapHolder(createStoreMapSource(config.storeMap), () => this.config, log, {
+    this.holder = new StoreMapHolder(createStoreMapSource(config.storeMap, caContent(caFiles.storeMap)), () => this.config, log, {
       changes: (changes) => this.drain(changes),
       loaded: (map) => metrics.storeMapLoaded(map.version, map.stores),
       rejected: () => metrics.storeMapRejected(),
@@ -154,8 +183,10 @@ export class Mailfront {
   static async start(config: Config, options: StartOptions = {}): Promise<Mailfront> {
     const log = createLogger(config.logLevel, options.logDestination);
     const metrics = new Metrics({ version: VERSION, processMetrics: options.processMetrics ?? true, protocols: [...new Set(config.listeners.map((l) => l.protocol))] });
-    const directory = options.directory ?? createDirectory(config, log, metrics);
-    const mailfront = new Mailfront(config, log, directory, options.directory === undefined, metrics);
+    // Read once: what the directory and the store-map source are set up with is what a reload compares.
+    const caFiles = readCaFiles(config);
+    const directory = options.directory ?? createDirectory(config, log, metrics, caFiles.directory);
+    const mailfront = new Mailfront(config, log, directory, options.directory === undefined, metrics, caFiles);
     try {
       const first = await mailfront.holder.reload('start');
       if (!first.ok) throw new MailfrontError('STOREMAP_UNUSABLE', 'config', `cannot start without a store map: ${first.error ?? 'unknown error'}`);
@@ -253,15 +284,15 @@ export class Mailfront {
     // file). And the store map must build with the new config (the backend profiles its stores name).
     let storeMapSource: StoreMapSource | undefined;
     // A section changes with its settings, or with the content of the CA file it names.
-    let caFiles = this.caFilesInForce;
+    let caFiles: Record<CaSection, CaFileRead> | undefined;
     const changed = (section: 'storeMap' | 'directory' | 'throttle'): boolean =>
-      JSON.stringify(next[section]) !== JSON.stringify(previous[section]) || (section !== 'throttle' && caFiles[section] !== this.caFilesInForce[section]);
+      JSON.stringify(next[section]) !== JSON.stringify(previous[section]) || (section !== 'throttle' && caFiles !== undefined && caFiles[section].state !== this.caFilesInForce[section]);
     try {
       next = loadConfig(previous.file);
-      caFiles = { directory: caFileState(caFileOf(next, 'directory')), storeMap: caFileState(caFileOf(next, 'storeMap')) };
-      if (changed('storeMap')) storeMapSource = createStoreMapSource(next.storeMap);
+      caFiles = readCaFiles(next);
+      if (changed('storeMap')) storeMapSource = createStoreMapSource(next.storeMap, caContent(caFiles.storeMap));
       await this.checkStoreMap(next, storeMapSource);
-      if (this.ownsDirectory && changed('directory')) directory = createDirectory(next, this.log, this.metrics);
+      if (this.ownsDirectory && changed('directory')) directory = createDirectory(next, this.log, this.metrics, caFiles.directory);
     } catch (error) {
       void storeMapSource?.close();
       const message = error instanceof Error ? error.message : String(error);
@@ -324,7 +355,7 @@ export class Mailfront {
     if (directory !== undefined) {
       const replaced = this.directory;
       this.directory = directory;
-      this.caFilesInForce.directory = caFiles.directory;
+      this.caFilesInForce.directory = caFiles!.directory.state;
       // Logins asking the old directory finish there: a search and a bind, each within its deadlines.
       const { connectTimeoutMs, operationTimeoutMs } = previous.directory;
       void replaced.close(2 * (connectTimeoutMs + operationTimeoutMs));
@@ -335,7 +366,7 @@ export class Mailfront {
       this.stopWatching();
       this.stopWatching = () => undefined;
       const replaced = await this.holder.replaceSource(storeMapSource);
-      this.caFilesInForce.storeMap = caFiles.storeMap;
+      this.caFilesInForce.storeMap = caFiles!.storeMap.state;
       void replaced.close();
       this.log.info({ event: 'storemap.source_changed', source: storeMapSource.description }, 'store map source changed');
     }

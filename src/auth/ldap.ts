@@ -3,7 +3,7 @@
  * DN to check the password. Several servers are tried in order; every call has a deadline.
  * Owns its LDAP connections; knows nothing of protocols, sessions or the store map.
  */
-import { readCaFile } from '../ca-file.js';
+import { readCaCertificates } from '../ca-file.js';
 import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { Client, InvalidCredentialsError, ResultCodeError } from 'ldapts';
@@ -193,8 +193,10 @@ export class LdapDirectory implements Directory {
     private readonly config: DirectoryConfig,
     private readonly log: Logger,
     private readonly metrics?: Metrics,
+    /** directory.ca_file's content as the caller read it (a reload hands over the bytes it hashed); read here when not given. */
+    ca: Buffer | undefined = config.caFile ? readCaCertificates(config.caFile, 'directory.ca_file') : undefined,
   ) {
-    this.tlsOptions = config.caFile ? { ca: readCaFile(config.caFile, 'directory.ca_file'), minVersion: 'TLSv1.2' } : { minVersion: 'TLSv1.2' };
+    this.tlsOptions = ca ? { ca, minVersion: 'TLSv1.2' } : { minVersion: 'TLSv1.2' };
     this.entries = config.entryCacheTtlMs > 0 ? new LRUCache({ max: config.cacheMaxEntries, ttl: config.entryCacheTtlMs }) : null;
     this.serviceSlots = Array.from({ length: Math.max(1, config.searchConnections) }, () => ({ opening: null, open: null }));
   }

@@ -7,7 +7,7 @@
 import { watch } from 'node:fs';
 import type { FSWatcher } from 'node:fs';
 import { chmod, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { readCaFile } from '../ca-file.js';
+import { readCaCertificates } from '../ca-file.js';
 import { basename, dirname, join } from 'node:path';
 import type { ConnectionOptions } from 'node:tls';
 import { Attribute, Change, Client, SizeLimitExceededError } from 'ldapts';
@@ -209,9 +209,13 @@ export class LdapStoreMapSource implements StoreMapSource {
   /** The URL of the server that last took our bind: the one tried first on the next connection. */
   private answered: string | undefined;
 
-  constructor(private readonly config: Extract<StoreMapSourceConfig, { kind: 'ldap' }>) {
+  /** `ca`: store_map.ldap.ca_file's content as the caller read it; read here when not given. */
+  constructor(
+    private readonly config: Extract<StoreMapSourceConfig, { kind: 'ldap' }>,
+    ca: Buffer | undefined = config.caFile ? readCaCertificates(config.caFile, 'store_map.ldap.ca_file') : undefined,
+  ) {
     this.description = `ldap ${config.baseDn}`;
-    this.tls = { minVersion: 'TLSv1.2', ...(config.caFile ? { ca: readCaFile(config.caFile, 'store_map.ldap.ca_file') } : {}) };
+    this.tls = { minVersion: 'TLSv1.2', ...(ca ? { ca } : {}) };
   }
 
   /** The connection being opened: every caller meanwhile (a poll and a load at once) waits for it. */
@@ -360,7 +364,7 @@ export class LdapStoreMapSource implements StoreMapSource {
   }
 }
 
-/** The source a config names. */
-export function createStoreMapSource(config: StoreMapSourceConfig): StoreMapSource {
-  return config.kind === 'file' ? new FileStoreMapSource(config.file, config.watch, config.baseDir) : new LdapStoreMapSource(config);
+/** The source a config names; `ca`: its LDAP CA file's content when the caller read it already. */
+export function createStoreMapSource(config: StoreMapSourceConfig, ca?: Buffer): StoreMapSource {
+  return config.kind === 'file' ? new FileStoreMapSource(config.file, config.watch, config.baseDir) : new LdapStoreMapSource(config, ca);
 }

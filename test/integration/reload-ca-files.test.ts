@@ -2,7 +2,8 @@
  * CA files renewed in place (the same path, new content) on reload: directory.ca_file and
  * store_map.ldap.ca_file are part of their sections' change test by content, so a reload sets the
  * directory or the store-map source up anew with the new CA; a reload that changes nothing keeps
- * them.
+ * them. A CA file with no usable certificate (empty, cut short mid-rewrite, garbage), which Node's
+ * TLS takes without a word and then trusts nothing, rejects the reload naming the file.
  */
 import assert from 'node:assert/strict';
 import { copyFileSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -90,9 +91,47 @@ test('store_map.ldap.ca_file renewed in place: a reload puts a source with the n
     assert.equal(unreadable.ok, false);
     assert.match(unreadable.error ?? '', /store_map\.ldap\.ca_file: cannot read .*storemap-ca\.pem: ENOENT/);
     assert.equal(front.mailfront.holder.source, renewed);
+    writeFileSync(ca, 'not a certificate\n');
+    const garbage = await front.mailfront.reload();
+    assert.equal(garbage.ok, false);
+    assert.match(garbage.error ?? '', /store_map\.ldap\.ca_file: .*storemap-ca\.pem holds no PEM certificate/);
+    assert.equal(front.mailfront.holder.source, renewed);
   } finally {
     writeFileSync(front.configFile, original);
     await front.mailfront.reload();
+    await front.stop();
+  }
+});
+
+test('directory.ca_file with no usable certificate (cut short mid-rewrite, empty, garbage) rejects the reload naming the file; the directory in force keeps serving logins', async () => {
+  const ca = join(dir.path, 'dir-ca-cut.pem');
+  copyFileSync(slapd.caFile!, ca);
+  const front = await startFront({ slapd, stores: { alpha: { currentMaster: 'm', slots: { m: { imapPort: master.imapPort } } } }, directory: { urls: [slapd.ldapsUrl!], ca_file: ca } });
+  try {
+    assert.match(await loginLine(front.imapTrustedPort), /^a OK /);
+    const pem = readFileSync(slapd.caFile!, 'utf8');
+    const inForce = (front.mailfront as unknown as { directory: unknown }).directory;
+    const cases: Array<[string, string, RegExp]> = [
+      ['cut short', pem.slice(0, pem.length / 2), /ends inside a PEM certificate/],
+      ['cut short after its first line', pem.slice(0, 40), /ends inside a PEM certificate/],
+      ['empty', '', /holds no PEM certificate .*the file is empty/],
+      ['garbage', 'garbage\n', /holds no PEM certificate/],
+      ['a certificate whose body is damaged', pem.replace(/\n[A-Za-z0-9+/]{20}/, '\n!!!!'), /cannot be parsed/],
+    ];
+    for (const [what, content, reason] of cases) {
+      writeFileSync(ca, content);
+      const reloaded = await front.mailfront.reload();
+      assert.equal(reloaded.ok, false, what);
+      assert.match(reloaded.error ?? '', /directory\.ca_file: .*dir-ca-cut\.pem /, what);
+      assert.match(reloaded.error ?? '', reason, what);
+      assert.equal((front.mailfront as unknown as { directory: unknown }).directory, inForce, `${what}: the directory in force stays`);
+      assert.match(await loginLine(front.imapTrustedPort), /^a OK /, what);
+    }
+    // The renewal finished: the same content as in force, nothing to change.
+    writeFileSync(ca, pem);
+    assert.equal((await front.mailfront.reload()).ok, true);
+    assert.match(await loginLine(front.imapTrustedPort), /^a OK /);
+  } finally {
     await front.stop();
   }
 });
