@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { checkCaCertificates } from '../ca-file.js';
 // Heavy modules (LDAP, metrics, the server) are imported by the commands that use them, so
 // that --help, --version and the remote commands start quickly.
 const loadConfig = async (file: string) => (await import('../config/load.js')).loadConfig(file);
@@ -222,10 +223,18 @@ function unreadableCaFiles(named: CaFiles, checked = new Set<string>()): import(
     // A file named again (a profile's default, the store map's inherited one) is reported once.
     if (file === undefined || checked.has(file)) continue;
     checked.add(file);
+    let content: Buffer;
     try {
-      readFileSync(file);
+      content = readFileSync(file);
     } catch (error) {
       issues.push({ path, expected: `a readable file (${file})`, found: (error as NodeJS.ErrnoException).code ?? String(error) });
+      continue;
+    }
+    // What serve refuses too: a file with no certificate, or one cut short, trusts nothing.
+    try {
+      checkCaCertificates(content, file, path);
+    } catch (error) {
+      issues.push({ path, expected: `PEM CA certificates (${file})`, found: (error as Error).message.slice(`${path}: ${file} `.length) });
     }
   }
   return issues;

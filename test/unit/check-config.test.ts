@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -80,6 +80,22 @@ test('check-config names a CA file that cannot be read, in the config and in the
   const store = await checkConfig('store-ca', good, '', 'stores-ca.yaml');
   assert.equal(store.code, 1, store.stdout);
   assert.ok(store.stderr.includes(`stores.store1.backend.ca_file: expected a readable file (${missing}), found ENOENT`), store.stderr);
+});
+
+test('check-config refuses a CA file with no usable certificate (empty, garbage, cut short), as serve and a reload do', async () => {
+  const good = [{ cert: certs.certFile, key: certs.keyFile }];
+  const garbage = join(dir, 'garbage-ca.pem');
+  await writeFile(garbage, 'not a certificate\n');
+  const directory = await checkConfig('directory-garbage-ca', good, `, ca_file: ${JSON.stringify(garbage)}`);
+  assert.equal(directory.code, 1, directory.stdout);
+  assert.ok(directory.stderr.includes(`directory.ca_file: expected PEM CA certificates (${garbage}), found holds no PEM certificate`), directory.stderr);
+  const cut = join(dir, 'cut-ca.pem');
+  const pem = await readFile(certs.caFile, 'utf8');
+  await writeFile(cut, pem.slice(0, pem.length / 2));
+  await writeFile(join(dir, 'stores-cut-ca.yaml'), `stores:\n  store1:\n    current_master: slot1\n    backend: { tls: implicit, ca_file: ${JSON.stringify(cut)} }\n    slots:\n      slot1: { host: 127.0.0.1, imaps_port: 1993 }\n`);
+  const store = await checkConfig('store-cut-ca', good, '', 'stores-cut-ca.yaml');
+  assert.equal(store.code, 1, store.stdout);
+  assert.ok(store.stderr.includes(`stores.store1.backend.ca_file: expected PEM CA certificates (${cut}), found ends inside a PEM certificate`), store.stderr);
 });
 
 /** The problem lines check-config printed (indented, one per problem). */
