@@ -5,7 +5,7 @@
  * machine never keeps passwords, only keyed fingerprints of them. Trusted networks (webmail) are
  * not counted per address, only per user. Counters live in memory, or in Redis so that a fleet
  * shares them; when Redis is unreachable or slow, local counters answer until it is back, and
- * while it refuses writes, they answer where they are higher than Redis's.
+ * the failures it refused to write are added to its counts until they expire.
  *
  * Owns the counters and their stores. Must not: decide wire text, wait (it returns delays for the
  * session to apply), log a password or fingerprint, or ever reject (a broken store lets logins through
@@ -116,6 +116,11 @@ export class MemoryThrottleStore implements ThrottleStore {
     return this.cache.size;
   }
 
+  /** At most this many subjects are tracked. */
+  get capacity(): number {
+    return this.cache.max;
+  }
+
   read(keys: readonly string[]): Promise<SubjectState[]> {
     return Promise.resolve(this.readNow(keys));
   }
@@ -142,6 +147,18 @@ export class MemoryThrottleStore implements ThrottleStore {
     );
   }
 
+  /**
+   * Starts a refusal of `key` if its count has reached `limit` and none is running: for counts
+   * kept apart from others, that reach a limit together with them.
+   */
+  refuseAt(key: string, limit: number): void {
+    const entry = this.cache.get(key);
+    const now = this.now();
+    if (entry === undefined || entry.failures < limit || entry.refusedUntil > now) return;
+    entry.refusedUntil = now + this.policy.refusalMs;
+    this.cache.set(key, entry, { ttl: Math.max(this.cache.getRemainingTTL(key), entry.refusedUntil - now) });
+  }
+
   clear(keys: readonly string[]): Promise<void> {
     for (const key of keys) this.cache.delete(key);
     return Promise.resolve();
@@ -160,8 +177,8 @@ function stateOf(entry: MemoryEntry | undefined, now: number): SubjectState {
 
 /**
  * Redis state for logs and metrics: 'up' shares counters; 'read-only' (Redis answers but refuses
- * writes) shares what Redis holds, and the local counters answer where they are higher; otherwise
- * local counters answer.
+ * writes) shares what Redis holds, plus the failures this instance counted that Redis refused;
+ * otherwise local counters answer.
  */
 export type RedisState = 'connecting' | 'up' | 'read-only' | 'down';
 
@@ -169,8 +186,12 @@ export type RedisState = 'connecting' | 'up' | 'read-only' | 'down';
  * One hash per subject: n = failures, p = the recent fingerprints concatenated (fixed length
  * each), b = refused until (Redis server time, ms). One script call per attempt keeps it atomic
  * for the whole fleet and uses one clock, Redis's own. (replicate_commands: Redis before 5 would
- * refuse writes after TIME; it is a no-op since.) After the pairs, 1 if it wrote: a password
- * already counted writes nothing, and succeeds even on a Redis that refuses writes.
+ * refuse writes after TIME; it is a no-op since.) Per key three numbers: the count, the time
+ * left of the refusal, and 1 if it wrote, 0 if the password was counted already, -1 if Redis
+ * refused the write (the count and refusal are then Redis's as they were); after them, the
+ * refusal's error text, or '' when none was refused. A write is attempted with pcall, so that a
+ * Redis refusing writes (out of memory, a replica) still says, per key, whether it held the
+ * password: only a failure it did not hold is one it missed.
  */
 const FAILURE_SCRIPT = `
 if redis.replicate_commands then redis.replicate_commands() end
@@ -182,7 +203,7 @@ local refusal = tonumber(ARGV[3])
 local keep = tonumber(ARGV[4])
 local len = string.len(fp)
 local out = {}
-local wrote = 0
+local refused = ''
 for i, key in ipairs(KEYS) do
   local limit = tonumber(ARGV[4 + i])
   local v = redis.call('HMGET', key, 'n', 'p', 'b')
@@ -193,19 +214,28 @@ for i, key in ipairs(KEYS) do
   for j = 1, string.len(p), len do
     if string.sub(p, j, j + len - 1) == fp then seen = true break end
   end
+  local status = 0
   if not seen then
-    n = n + 1
-    p = p .. fp
-    if string.len(p) > keep * len then p = string.sub(p, -keep * len) end
-    if n >= limit then b = now + refusal end
-    redis.call('HSET', key, 'n', n, 'p', p, 'b', string.format('%.0f', b))
-    redis.call('PEXPIRE', key, math.max(window, b - now))
-    wrote = 1
+    local np = p .. fp
+    if string.len(np) > keep * len then np = string.sub(np, -keep * len) end
+    local nb = b
+    if n + 1 >= limit then nb = now + refusal end
+    local w = redis.pcall('HSET', key, 'n', n + 1, 'p', np, 'b', string.format('%.0f', nb))
+    if type(w) == 'table' and w.err then
+      status = -1
+      refused = w.err
+    else
+      n = n + 1
+      b = nb
+      redis.call('PEXPIRE', key, math.max(window, b - now))
+      status = 1
+    end
   end
   out[#out + 1] = n
   out[#out + 1] = math.max(0, b - now)
+  out[#out + 1] = status
 end
-out[#out + 1] = wrote
+out[#out + 1] = refused
 return out
 `;
 
@@ -304,7 +334,10 @@ export function redisTlsIssues(config: ThrottleConfig): ConfigIssue[] {
 export interface RedisThrottleStoreOptions {
   readonly redis: ThrottleRedisConfig;
   readonly policy: FailurePolicy;
-  /** The local counters: every failure is counted here too, and they answer while Redis is down. */
+  /**
+   * The local counters: every failure is counted here too, and they answer while Redis is down.
+   * Failures Redis refused to write are kept apart as well, up to as many subjects as these.
+   */
   readonly local: MemoryThrottleStore;
   readonly log: Logger;
   /** Called on every change of the Redis state (turn it into a metric). */
@@ -371,7 +404,8 @@ const STATE_LINES_AT_ONCE = 3;
  * (one warning), drops the connection, and local counters answer until a background reconnect
  * succeeds (one info line). Failures are always counted locally as well, so that the local view
  * is warm when Redis goes away. A Redis that answers but refuses writes (out of memory, a replica)
- * is 'read-only': reads answer the larger of its count and the local one until it takes a write.
+ * is 'read-only' until it takes one; each failure it refused is counted per key apart (`missed`)
+ * and added to Redis's count by every read until it expires, whatever the state by then.
  */
 export class RedisThrottleStore implements ThrottleStore {
   private client: Client | undefined;
@@ -381,10 +415,13 @@ export class RedisThrottleStore implements ThrottleStore {
   private closed = false;
   private lastErrorReplyLogAt = 0;
   /**
-   * A failure write was refused since the last one Redis took: failures this instance counted are
-   * missing from Redis, so each read answers the larger of Redis's and the local state.
+   * Failures this instance counted that Redis refused to write, per key, with the refusals they
+   * started: Redis's count plus these is the subject's. Kept for the failure window (or the
+   * refusal) like the local counters, so that a refusal earned while Redis refused writes lasts
+   * its time after Redis takes writes again; bounded like them (least recently used forgotten).
+   * Never shared: only this instance adds them to Redis's counts.
    */
-  private localCounts = false;
+  private readonly missed: MemoryThrottleStore;
   private readonly retryIntervalMs: number;
   /** When the state last became 'up' from a connection attempt (undefined while not usable). */
   private upSince: number | undefined;
@@ -402,6 +439,7 @@ export class RedisThrottleStore implements ThrottleStore {
 
   constructor(private readonly options: RedisThrottleStoreOptions) {
     this.retryIntervalMs = options.retryIntervalMs ?? 1_000;
+    this.missed = new MemoryThrottleStore(options.policy, options.local.capacity);
     this.connecting = this.connect();
   }
 
@@ -420,7 +458,8 @@ export class RedisThrottleStore implements ThrottleStore {
     const reply = await this.run(READ, keys.map((k) => this.key(k)), []);
     if (reply instanceof Error) this.reportErrorReply(reply.message);
     if (!Array.isArray(reply)) return this.options.local.readNow(keys);
-    return this.withLocal(pairs(reply, keys.length), this.options.local.readNow(keys));
+    const missed = this.missed.readNow(keys);
+    return pairs(reply, keys.length).map((shared, i) => plus(shared, missed[i]));
   }
 
   async addFailure(subjects: readonly SubjectLimit[], fingerprint: string): Promise<SubjectState[]> {
@@ -431,14 +470,38 @@ export class RedisThrottleStore implements ThrottleStore {
       subjects.map((s) => this.key(s.key)),
       [fingerprint, String(policy.failureWindowMs), String(policy.refusalMs), String(policy.fingerprintsKept), ...subjects.map((s) => String(s.limit))],
     );
-    if (reply instanceof Error) this.writeRefused(reply.message);
+    if (reply instanceof Error) {
+      // The whole call failed (a key of another type, ...): Redis counted nothing, and neither its
+      // counts nor which keys held the password already are known. Counted as missed for every
+      // key (at worst once too often), refused where the local counters refuse; this call
+      // answers from the local counters.
+      this.writeRefused(reply.message);
+      await this.missed.addFailure(subjects.map((s, i) => ({ key: s.key, limit: (local[i]?.refusedForMs ?? 0) > 0 ? 1 : s.limit })), fingerprint);
+      return local;
+    }
     if (!Array.isArray(reply)) return local;
-    if (Number(reply[subjects.length * 2]) === 1) this.writeTaken();
-    return this.withLocal(pairs(reply, subjects.length), local);
+    const states: SubjectState[] = [];
+    let wrote = false;
+    for (const [i, subject] of subjects.entries()) {
+      const shared = { failures: Number(reply[i * 3] ?? 0), refusedForMs: Number(reply[i * 3 + 1] ?? 0) };
+      const status = Number(reply[i * 3 + 2] ?? 0);
+      // A failure Redis did not take: this instance adds it to Redis's count from now on, and the
+      // refusal starts when the two together reach the limit.
+      if (status === -1) await this.missed.addFailure([{ key: subject.key, limit: subject.limit - shared.failures }], fingerprint);
+      // Redis took it, but does not know what this instance missed: the sum may reach the limit.
+      else if (status === 1) this.missed.refuseAt(subject.key, subject.limit - shared.failures);
+      if (status === 1) wrote = true;
+      states.push(plus(shared, this.missed.readNow([subject.key])[0]));
+    }
+    const refused = String(reply[subjects.length * 3] ?? '');
+    if (refused !== '') this.writeRefused(refused);
+    else if (wrote) this.writeTaken();
+    return states;
   }
 
   async clear(keys: readonly string[]): Promise<void> {
     await this.options.local.clear(keys);
+    await this.missed.clear(keys);
     const client = this.client;
     if (!this.usable || client === undefined || keys.length === 0) return;
     await this.guard(client, client.sendCommand(['DEL', ...keys.map((k) => this.key(k))]));
@@ -450,6 +513,7 @@ export class RedisThrottleStore implements ThrottleStore {
     clearTimeout(this.stateLineTimer);
     await this.connecting;
     this.dropClient();
+    await this.missed.close();
   }
 
   private key(subject: string): string {
@@ -462,24 +526,10 @@ export class RedisThrottleStore implements ThrottleStore {
   }
 
   /**
-   * Redis's states, or while failures were counted that Redis did not take, per key the larger
-   * of Redis's and the local one. Only then: local counters hold this instance's failures alone,
-   * never more than Redis while it takes them all (and a key deleted in Redis is forgotten).
-   */
-  private withLocal(shared: SubjectState[], local: readonly SubjectState[]): SubjectState[] {
-    if (!this.localCounts) return shared;
-    return shared.map((s, i) => {
-      const l = local[i] ?? s;
-      return { failures: Math.max(s.failures, l.failures), refusedForMs: Math.max(s.refusedForMs, l.refusedForMs) };
-    });
-  }
-
-  /**
-   * Redis answered a failure with an error: it counted nothing, so the local counters count
-   * along until a failure is written again. A refusal of every write is a state of its own.
+   * Redis refused to write a failure (counted in `missed`). A refusal of every write is a state
+   * of its own; another one is reported as an error reply.
    */
   private writeRefused(message: string): void {
-    this.localCounts = true;
     if (WRITES_REFUSED.test(message)) {
       if (this.stateNow === 'up') this.setState('read-only', message);
     } else {
@@ -487,9 +537,8 @@ export class RedisThrottleStore implements ThrottleStore {
     }
   }
 
-  /** Redis wrote a failure: it counts them again, alone. */
+  /** Redis wrote a failure: it takes writes again (the failures it missed still count). */
   private writeTaken(): void {
-    this.localCounts = false;
     if (this.stateNow === 'read-only') this.setState('up');
   }
 
@@ -580,7 +629,7 @@ export class RedisThrottleStore implements ThrottleStore {
     const fields = { event: 'throttle.redis_state', state, before, url: this.options.redis.url, ...(this.unloggedChanges > 0 ? { changes: this.unloggedChanges } : {}) };
     this.unloggedChanges = 0;
     if (state === 'up') this.options.log.info(fields, before === 'connecting' ? 'throttle counters are shared through Redis' : before === 'read-only' ? 'Redis takes writes again; throttle counters are shared again' : 'Redis is back; throttle counters are shared again');
-    else if (state === 'read-only') this.options.log.warn({ ...fields, reason }, 'Redis refuses writes; this instance\'s own counts answer where they are higher than Redis\'s until it takes writes again');
+    else if (state === 'read-only') this.options.log.warn({ ...fields, reason }, 'Redis refuses writes; this instance adds the failures Redis refused to write to Redis\'s counts until they expire');
     else if (state === 'down') this.options.log.warn({ ...fields, reason }, 'Redis is unreachable; throttle counters are local to this instance until it is back');
   }
 
@@ -692,6 +741,12 @@ function pairs(reply: unknown[], count: number): SubjectState[] {
   const out: SubjectState[] = [];
   for (let i = 0; i < count; i++) out.push({ failures: Number(reply[i * 2] ?? 0), refusedForMs: Number(reply[i * 2 + 1] ?? 0) });
   return out;
+}
+
+/** Redis's state of a subject with the failures this instance counted that Redis missed. */
+function plus(shared: SubjectState, missed: SubjectState | undefined): SubjectState {
+  if (missed === undefined || missed.failures === 0) return shared;
+  return { failures: shared.failures + missed.failures, refusedForMs: Math.max(shared.refusedForMs, missed.refusedForMs) };
 }
 
 /** Options of a Throttle. */

@@ -1,9 +1,9 @@
 /**
  * The throttle against a real redis-server: two instances sharing Redis see each other's
  * failures; Redis stopped or hung → local counters, one warning, a state callback, and every
- * call within its deadline; Redis back → shared again; Redis refusing writes → an instance's
- * own counts answer where higher than Redis's; Redis slow or flapping → few state changes and
- * lines. Also what Redis holds: no passwords, and every key expires.
+ * call within its deadline; Redis back → shared again; Redis refusing writes → an instance adds
+ * the failures Redis refused to Redis's counts, until they expire; Redis slow or flapping → few
+ * state changes and lines. Also what Redis holds: no passwords, and every key expires.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -151,7 +151,7 @@ describe('throttle counters shared through Redis', () => {
     ['out of memory', ['CONFIG', 'SET', 'maxmemory', '1'], ['CONFIG', 'SET', 'maxmemory', '0'], /^OOM/],
     ['a read-only replica', ['REPLICAOF', '127.0.0.1', '1'], ['REPLICAOF', 'NO', 'ONE'], /^READONLY/],
   ] as const) {
-    test(`Redis refusing writes (${mode}): an instance counts its own failures too and refuses at the limit; state read-only until a write is taken`, async () => {
+    test(`Redis refusing writes (${mode}): an instance adds the failures Redis refused to Redis's count and refuses at the limit, also after a write by someone else is taken; state read-only until then`, async () => {
       const prefix = `t7${mode.length}:`;
       const a = await instance(prefix);
       const b = await instance(prefix);
@@ -163,23 +163,27 @@ describe('throttle counters shared through Redis', () => {
         await b.throttle.recordFailure(from('ivan', '192.0.2.31'), WRONG_PASSWORDS[1] ?? '');
         assert.equal((await a.throttle.check(from('ivan', '192.0.2.30'))).delayMs, 200, 'two failures in Redis, not counted twice with the local one');
         await raw.sendCommand([...refuse]);
-        // A's first wrong password is in Redis, its next four only in A's own counters.
-        for (let i = 2; i < 6; i++) {
+        // Two wrong passwords are in Redis, A's next three only in A's own counts.
+        for (let i = 2; i < 5; i++) {
           const before = await a.throttle.check(from('ivan', '192.0.2.30'));
           assert.equal(before.refused, false, `A's wrong password ${i} is let through`);
+          assert.equal(before.delayMs, 100 * 2 ** (i - 1), `Redis's ${2} failures and the ${i - 2} A counted since`);
           await a.throttle.recordFailure(from('ivan', '192.0.2.30'), WRONG_PASSWORDS[i] ?? '');
         }
         const refused = await a.throttle.check(from('ivan', '192.0.2.30'));
-        assert.equal(refused.refused, true, 'A\'s fifth distinct wrong password reached the limit of five');
+        assert.equal(refused.refused, true, 'the fifth distinct wrong password, two of them in Redis, reached the limit of five');
         assert.equal(refused.refusedBy, 'user');
         assert.equal(a.throttle.sharing, 'read-only');
         assert.deepEqual(a.states, ['up', 'read-only']);
         const warning = a.lines.find((l) => l['event'] === 'throttle.redis_state' && l['state'] === 'read-only');
         assert.equal(warning?.['level'], 40);
         assert.match(String(warning?.['reason']), reason);
-        // A password already counted writes nothing, so Redis takes the call: not a write taken.
-        await a.throttle.recordFailure(from('ivan', '192.0.2.30'), WRONG_PASSWORDS[5] ?? '');
+        // A password already in Redis writes nothing: not a write taken. One Redis refused before
+        // is not counted again.
+        await a.throttle.recordFailure(from('ivan', '192.0.2.30'), WRONG_PASSWORDS[0] ?? '');
         assert.equal(a.throttle.sharing, 'read-only');
+        assert.equal((await a.throttle.recordFailure(from('ivan', '192.0.2.30'), WRONG_PASSWORDS[4] ?? '')).delayMs, 1_600);
+        assert.equal((await a.throttle.check(from('nina', '192.0.2.30'))).delayMs, 800, 'the address: one failure in Redis, three A counted');
         assert.equal((await a.throttle.check(from('ivan', '192.0.2.30'))).refused, true);
         assert.equal((await b.throttle.check(from('ivan', '192.0.2.31'))).refused, false, 'B has not seen A\'s local failures');
         assert.equal(a.lines.filter((l) => l['event'] === 'throttle.redis_refused').length, 0, 'the state line says it, not a refusal line per call');
@@ -191,8 +195,63 @@ describe('throttle counters shared through Redis', () => {
       assert.equal(a.throttle.sharing, 'up', 'a write taken: shared again');
       assert.deepEqual(a.states, ['up', 'read-only', 'up']);
       assert.deepEqual(redisStateLines(a.lines), ['30 up', '40 read-only', '30 up']);
+      // Redis never counted A's three: they still count at A, and its refusal lasts its time.
+      const after = await a.throttle.check(from('ivan', '192.0.2.30'));
+      assert.equal(after.refused, true, 'the refusal A earned while Redis refused writes outlasts a write taken for someone else');
+      assert.equal(after.refusedBy, 'user');
+      assert.equal((await a.throttle.check(from('nina', '192.0.2.30'))).delayMs, 800, 'the address\'s failures A counted still count');
+      await a.throttle.recordFailure(from('ivan', '192.0.2.33'), WRONG_PASSWORDS[6] ?? '');
+      assert.equal((await a.throttle.check(from('ivan', '192.0.2.33'))).refused, true, 'and after a write taken for ivan himself');
+      assert.equal((await b.throttle.check(from('ivan', '192.0.2.31'))).refused, false, 'B has not seen A\'s three');
     });
   }
+
+  test('Redis refusing writes: a refusal earned meanwhile lasts its time once Redis takes writes again, whoever\'s failure it took first', async () => {
+    const a = await instance('t11:');
+    const raw = createClient({ url: redis.url });
+    raw.on('error', () => undefined);
+    await raw.connect();
+    try {
+      await raw.sendCommand(['CONFIG', 'SET', 'maxmemory', '1']);
+      for (let i = 0; i < 5; i++) await a.throttle.recordFailure(from('ivan', '192.0.2.34'), WRONG_PASSWORDS[i] ?? '');
+      assert.equal((await a.throttle.check(from('ivan', '192.0.2.34'))).refused, true);
+      assert.equal(a.throttle.sharing, 'read-only');
+    } finally {
+      await raw.sendCommand(['CONFIG', 'SET', 'maxmemory', '0']);
+      raw.destroy();
+    }
+    await a.throttle.recordFailure(from('judy', '198.51.100.7'), WRONG_PASSWORDS[0] ?? '');
+    assert.equal(a.throttle.sharing, 'up');
+    const user = await a.throttle.check(from('ivan', '203.0.113.34'));
+    assert.equal(user.refused, true, 'ivan, refused by A\'s own counts, is still refused');
+    assert.equal(user.refusedBy, 'user');
+    const address = await a.throttle.check(from('kate', '192.0.2.34'));
+    assert.equal(address.refused, false);
+    assert.equal(address.delayMs, 1_600, 'the address\'s five failures still count');
+  });
+
+  test('Redis refusing writes: failures counted through another instance before and through this one since add up to the limit', async () => {
+    const a = await instance('t10:');
+    const b = await instance('t10:');
+    const raw = createClient({ url: redis.url });
+    raw.on('error', () => undefined);
+    await raw.connect();
+    let tried = 0;
+    try {
+      for (; tried < 4; tried++) await b.throttle.recordFailure(from('olga', '192.0.2.40'), WRONG_PASSWORDS[tried] ?? '');
+      assert.equal((await a.throttle.check(from('olga', '192.0.2.41'))).delayMs, 800, 'A sees the four B counted');
+      await raw.sendCommand(['CONFIG', 'SET', 'maxmemory', '1']);
+      for (; tried < WRONG_PASSWORDS.length; tried++) {
+        if ((await a.throttle.check(from('olga', '192.0.2.41'))).refused) break;
+        await a.throttle.recordFailure(from('olga', '192.0.2.41'), WRONG_PASSWORDS[tried] ?? '');
+      }
+      assert.equal(a.throttle.sharing, 'read-only');
+    } finally {
+      await raw.sendCommand(['CONFIG', 'SET', 'maxmemory', '0']);
+      raw.destroy();
+    }
+    assert.equal(tried, 5, 'distinct wrong passwords tried before A refused, with a limit of five');
+  });
 
   test('Redis stopped: local counters answer at once, one warning; Redis back: shared again, one info line', async () => {
     const a = await instance('t4:');
