@@ -251,6 +251,20 @@ end
 return out
 `;
 
+/**
+ * A write that tells whether Redis takes writes again, for an instance that had no failure to
+ * write since it refused them: the commands the failure script writes with (a Redis ACL that lets
+ * the throttle count lets it probe), on a key of its own that expires within a second.
+ */
+const PROBE_SCRIPT = `
+redis.call('HSET', KEYS[1], 'n', 0)
+redis.call('PEXPIRE', KEYS[1], 1000)
+return {1}
+`;
+
+/** The probe's key, after the prefix; no subject's key (u:…, a:…) is named so. */
+const PROBE_KEY = 'probe';
+
 interface Script {
   readonly body: string;
   readonly sha: string;
@@ -262,6 +276,7 @@ function script(body: string): Script {
 
 const FAILURE = script(FAILURE_SCRIPT);
 const READ = script(READ_SCRIPT);
+const PROBE = script(PROBE_SCRIPT);
 
 type Client = ReturnType<typeof createClient>;
 
@@ -411,6 +426,8 @@ export class RedisThrottleStore implements ThrottleStore {
   private client: Client | undefined;
   private stateNow: RedisState = 'connecting';
   private retryTimer: NodeJS.Timeout | undefined;
+  /** While 'read-only': the next write probe (see probe()). */
+  private probeTimer: NodeJS.Timeout | undefined;
   private connecting: Promise<void> | undefined;
   private closed = false;
   private lastErrorReplyLogAt = 0;
@@ -510,6 +527,7 @@ export class RedisThrottleStore implements ThrottleStore {
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.retryTimer);
+    clearTimeout(this.probeTimer);
     clearTimeout(this.stateLineTimer);
     await this.connecting;
     this.dropClient();
@@ -532,6 +550,7 @@ export class RedisThrottleStore implements ThrottleStore {
   private writeRefused(message: string): void {
     if (WRITES_REFUSED.test(message)) {
       if (this.stateNow === 'up') this.setState('read-only', message);
+      this.scheduleProbe();
     } else {
       this.reportErrorReply(message);
     }
@@ -540,6 +559,33 @@ export class RedisThrottleStore implements ThrottleStore {
   /** Redis wrote a failure: it takes writes again (the failures it missed still count). */
   private writeTaken(): void {
     if (this.stateNow === 'read-only') this.setState('up');
+  }
+
+  private scheduleProbe(): void {
+    if (this.closed || this.probeTimer !== undefined || this.stateNow !== 'read-only') return;
+    this.probeTimer = setTimeout(() => {
+      this.probeTimer = undefined;
+      void this.probe();
+    }, this.retryIntervalMs);
+    this.probeTimer.unref();
+  }
+
+  /**
+   * While 'read-only', on the retry timer: a write of the probe's key. Only a failure written
+   * ended the state, so an instance without failed logins stayed read-only (the gauge at 0) for
+   * as long as it had none after Redis took writes again. Refused: the next probe on the next
+   * tick; no answer in time: Redis is down, and the reconnection takes over.
+   */
+  private async probe(): Promise<void> {
+    if (this.closed || this.stateNow !== 'read-only') return;
+    const reply = await this.run(PROBE, [this.key(PROBE_KEY)], []);
+    if (Array.isArray(reply)) {
+      this.writeTaken();
+    } else if (reply instanceof Error) {
+      // A refusal of writes is not logged again while read-only; another error is, once a minute.
+      this.reportErrorReply(reply.message);
+      this.scheduleProbe();
+    }
   }
 
   /**

@@ -230,6 +230,36 @@ describe('throttle counters shared through Redis', () => {
     assert.equal(address.delayMs, 1_600, 'the address\'s five failures still count');
   });
 
+  test('Redis refusing writes, then taking them again: an instance with no failed login since is up again by itself', async () => {
+    const a = await instance('t12:');
+    const raw = createClient({ url: redis.url });
+    raw.on('error', () => undefined);
+    await raw.connect();
+    try {
+      await raw.sendCommand(['CONFIG', 'SET', 'maxmemory', '1']);
+      try {
+        await a.throttle.recordFailure(from('mona', '192.0.2.36'), WRONG_PASSWORDS[0] ?? '');
+        assert.equal(a.throttle.sharing, 'read-only');
+        // Several probes, each refused: the state stays, and nothing more is logged.
+        await new Promise((r) => setTimeout(r, 4 * RETRY_MS));
+        assert.equal(a.throttle.sharing, 'read-only');
+      } finally {
+        await raw.sendCommand(['CONFIG', 'SET', 'maxmemory', '0']);
+      }
+      await until('A up again without a failed login', () => a.throttle.sharing === 'up');
+      assert.deepEqual(a.states, ['up', 'read-only', 'up']);
+      assert.deepEqual(redisStateLines(a.lines), ['30 up', '40 read-only', '30 up']);
+      assert.equal(a.lines.filter((l) => l['event'] === 'throttle.redis_refused').length, 0);
+      const keys = (await raw.sendCommand(['KEYS', 't12:*'])) as string[];
+      for (const key of keys) {
+        const ttl = Number(await raw.sendCommand(['PTTL', key]));
+        assert.ok(ttl > 0 && ttl <= (key === 't12:probe' ? 1_000 : 60_000), `${key} expires (PTTL ${ttl})`);
+      }
+    } finally {
+      raw.destroy();
+    }
+  });
+
   test('Redis refusing writes: failures counted through another instance before and through this one since add up to the limit', async () => {
     const a = await instance('t10:');
     const b = await instance('t10:');
