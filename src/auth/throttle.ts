@@ -453,6 +453,8 @@ export class RedisThrottleStore implements ThrottleStore {
   private unloggedBefore: RedisState = 'connecting';
   private unloggedReason: string | undefined;
   private stateLineTimer: NodeJS.Timeout | undefined;
+  /** While 'down': the reason in force, and whether it is this instance's own set-up (see setState). */
+  private downCause: { readonly reason: string | undefined; readonly setup: boolean } | undefined;
 
   constructor(private readonly options: RedisThrottleStoreOptions) {
     this.retryIntervalMs = options.retryIntervalMs ?? 1_000;
@@ -642,10 +644,20 @@ export class RedisThrottleStore implements ThrottleStore {
     this.options.log.warn({ event: 'throttle.redis_refused', url: this.options.redis.url, reason: message }, 'Redis refused a throttle call; local counters answered');
   }
 
-  private setState(state: RedisState, reason?: string): void {
-    if (state === this.stateNow) return;
+  /**
+   * `setup`: the reason is this instance's own (a TLS file that cannot be read, a client that
+   * cannot be set up), not Redis's or the network's. While 'down', a reason of its own that comes
+   * or changes is logged like a change of state (a key file gone after the first connection was
+   * never named: the state was 'down' already, from the lost connection), and so is its end when
+   * Redis itself fails then; a retry failing another way on the network (refused, timed out) is
+   * not news, and stays quiet.
+   */
+  private setState(state: RedisState, reason?: string, setup = false): void {
+    const changed = state !== this.stateNow;
+    if (!changed && (state !== 'down' || !this.newDownCause(reason, setup))) return;
     const before = this.stateNow;
     this.stateNow = state;
+    this.downCause = state === 'down' ? { reason, setup } : undefined;
     const now = Date.now();
     if (now - this.lastStateChangeAt >= STATE_LOG_INTERVAL_MS) this.stateLines = 0;
     this.lastStateChangeAt = now;
@@ -653,7 +665,7 @@ export class RedisThrottleStore implements ThrottleStore {
       this.logState(before, reason);
     } else {
       // Flapping: the line waits for the interval's end and then gives the state in force.
-      this.unloggedChanges++;
+      if (changed) this.unloggedChanges++;
       this.unloggedBefore = before;
       this.unloggedReason = reason;
       if (this.stateLineTimer === undefined && !this.closed) {
@@ -661,7 +673,12 @@ export class RedisThrottleStore implements ThrottleStore {
         this.stateLineTimer.unref();
       }
     }
-    this.options.onStateChange?.(state);
+    if (changed) this.options.onStateChange?.(state);
+  }
+
+  private newDownCause(reason: string | undefined, setup: boolean): boolean {
+    const cause = this.downCause;
+    return cause === undefined || cause.setup !== setup || (setup && cause.reason !== reason);
   }
 
   /** Logs the state in force; `changes` counts the changes not logged since the line before. */
@@ -730,7 +747,7 @@ export class RedisThrottleStore implements ThrottleStore {
     } catch (error) {
       // A file gone or unreadable: local counters answer, and the next attempt reads it again.
       if (this.closed) return;
-      this.setState('down', error instanceof Error ? error.message : String(error));
+      this.setState('down', error instanceof Error ? error.message : String(error), true);
       this.scheduleRetry();
       return;
     }
@@ -749,7 +766,7 @@ export class RedisThrottleStore implements ThrottleStore {
       // A broken installation, or options the library refuses (the config check should have
       // caught them): local counters answer, as while Redis is down; never an unhandled rejection.
       if (this.closed) return;
-      this.setState('down', `the Redis client could not be set up: ${error instanceof Error ? error.message : String(error)}`);
+      this.setState('down', `the Redis client could not be set up: ${error instanceof Error ? error.message : String(error)}`, true);
       this.scheduleRetry();
       return;
     }

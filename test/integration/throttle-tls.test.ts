@@ -2,12 +2,14 @@
  * The throttle against a redis-server that speaks only TLS, with a certificate from the suite's
  * private test CA and asking for client certificates (Redis's default tls-auth-clients yes):
  * throttle.redis.ca_file, cert_file and key_file let the fleet share counters there; a file that
- * cannot be read leaves local counters answering, with a warning that names its config key.
+ * cannot be read leaves local counters answering, with a warning that names its config key, also
+ * when it went missing after the first connection.
  */
 import assert from 'node:assert/strict';
-import { copyFile, writeFile } from 'node:fs/promises';
+import { copyFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { createClient } from '@redis/client';
 import { pino } from 'pino';
 import { Throttle } from '../../src/auth/throttle.js';
 import type { LoginAttempt } from '../../src/auth/throttle.js';
@@ -116,5 +118,36 @@ describe('throttle counters shared through a TLS Redis', () => {
     const deadline = Date.now() + 5_000;
     while (sharing() !== 'up' && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     assert.equal(sharing(), 'up');
+  });
+
+  test('a key_file gone after the first connection: once the connection is lost, a second warning names it (and no more for each retry); back: shared again', async () => {
+    const keyFile = join(dir.path, 'renewed.key');
+    await copyFile(client.keyFile, keyFile);
+    const a = instance({ url: `rediss://localhost:${tlsPort}`, keyPrefix: 'tls4:', timeoutMs: TIMEOUT_MS, caFile: server.caFile, certFile: client.certFile, keyFile });
+    await a.throttle.ready();
+    assert.equal(a.throttle.sharing, 'up', JSON.stringify(downReasons(a.lines)));
+    await rename(keyFile, `${keyFile}.gone`);
+    // Redis drops the connection (as a restart of it would): the next attempt reads the files.
+    const raw = createClient({ url: redis.url });
+    raw.on('error', () => undefined);
+    await raw.connect();
+    try {
+      await raw.sendCommand(['CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes']);
+    } finally {
+      raw.destroy();
+    }
+    const named = `throttle.redis.key_file: cannot read ${keyFile}: ENOENT`;
+    const deadline = Date.now() + 5_000;
+    while (!downReasons(a.lines).includes(named) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(a.throttle.sharing, 'down');
+    // A few more attempts, each failing on the same file.
+    await new Promise((r) => setTimeout(r, 4 * RETRY_MS));
+    const reasons = downReasons(a.lines);
+    assert.equal(reasons.length, 2, JSON.stringify(reasons));
+    assert.equal(reasons[1], named);
+    await rename(`${keyFile}.gone`, keyFile);
+    const back = Date.now() + 5_000;
+    while (a.throttle.sharing !== 'up' && Date.now() < back) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(a.throttle.sharing, 'up');
   });
 });
