@@ -484,6 +484,8 @@ export class RedisThrottleStore implements ThrottleStore {
   async addFailure(subjects: readonly SubjectLimit[], fingerprint: string): Promise<SubjectState[]> {
     const { policy } = this.options;
     const local = await this.options.local.addFailure(subjects, fingerprint);
+    // Redis down: the call is not sent, and Redis will never count this failure.
+    const notSent = !this.usable || this.client === undefined;
     const reply = await this.run(
       FAILURE,
       subjects.map((s) => this.key(s.key)),
@@ -498,7 +500,14 @@ export class RedisThrottleStore implements ThrottleStore {
       await this.missed.addFailure(subjects.map((s, i) => ({ key: s.key, limit: (local[i]?.refusedForMs ?? 0) > 0 ? 1 : s.limit })), fingerprint);
       return local;
     }
-    if (!Array.isArray(reply)) return local;
+    if (!Array.isArray(reply)) {
+      // Not sent (Redis down): missed as a refused write is, so that once Redis is back this
+      // instance still adds it, and a refusal the local counters started goes on (it ended the
+      // moment Redis answered again). A call sent that got no answer in time may have been
+      // counted by Redis: it is not added, lest it count twice.
+      if (notSent) await this.missed.addFailure(subjects.map((s, i) => ({ key: s.key, limit: (local[i]?.refusedForMs ?? 0) > 0 ? 1 : s.limit })), fingerprint);
+      return local;
+    }
     const states: SubjectState[] = [];
     let wrote = false;
     for (const [i, subject] of subjects.entries()) {

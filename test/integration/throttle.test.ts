@@ -306,6 +306,9 @@ describe('throttle counters shared through Redis', () => {
     await until('B back on Redis', () => b.throttle.sharing === 'up');
     assert.deepEqual(redisStateLines(a.lines), ['30 up', '40 down', '30 up']);
     assert.match(String(a.lines.find((l) => l['event'] === 'throttle.redis_state' && l['state'] === 'up' && l['before'] === 'down')?.['msg']), /back/);
+    // What A counted while Redis was down is not forgotten now that Redis answers: its refusal
+    // of erin goes on (Redis never saw those failures).
+    assert.equal((await a.throttle.check(from('erin', '192.0.2.9'))).refused, true, 'the refusal A earned while Redis was down lasts');
     for (let i = 0; i < 5; i++) await a.throttle.recordFailure(from('frank', '192.0.2.10'), WRONG_PASSWORDS[i] ?? '');
     assert.equal((await b.throttle.check(from('frank', '192.0.2.11'))).refused, true, 'shared again');
   });
