@@ -71,3 +71,19 @@ export const MAX_BACKEND_DIALOGUE_RESPONSES = 100;
 
 /** Pipelined client bytes kept while a login is in progress. */
 export const MAX_PIPELINED_BYTES = 64 * 1024;
+
+/**
+ * Bytes an LDAP server may send in answer to one operation of the directory (a user search, a
+ * bind) before its connection is closed. A user's entry with the store attribute is well under
+ * 1 KiB; ldapts keeps a whole message, and every entry of a search until its end, in memory
+ * (about six times their size), so a server that ignores sizeLimit or announces a huge entry
+ * would otherwise grow the heap until the operation deadline.
+ */
+export const MAX_LDAP_ANSWER_BYTES = 256 * 1024;
+
+/**
+ * Bytes the store-map LDAP source may receive for one store-map search, all its pages together
+ * (and so for any one page): a mailfrontStore or mailfrontSlot entry is a few hundred bytes, so
+ * this holds tens of thousands of them.
+ */
+export const MAX_STOREMAP_LDAP_ANSWER_BYTES = 16 * 1024 * 1024;

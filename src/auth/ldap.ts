@@ -15,6 +15,7 @@ import { performance } from 'node:perf_hooks';
 import { LRUCache } from 'lru-cache';
 import type { LdapOperation, LdapResult, Metrics } from '../metrics.js';
 import type { Cancellation } from '../cancel.js';
+import { MAX_LDAP_ANSWER_BYTES } from '../limits.js';
 
 /** Escapes a value for use inside an LDAP search filter (RFC 4515 §3). */
 export function escapeFilterValue(value: string): string {
@@ -86,6 +87,147 @@ export interface LdapClientOptions {
    * users of a service connection also check that it is usable() before each use.)
    */
   readonly autoRebind: boolean;
+  /** Bytes the server may send in answer to one operation (default MAX_LDAP_ANSWER_BYTES); see boundAnswers(). */
+  readonly maxAnswerBytes?: number;
+}
+
+/** A server's answer passed the connection's byte bound, or was not LDAP; the connection was closed. */
+export class LdapAnswerRefusedError extends Error {
+  override readonly name = 'LdapAnswerRefusedError';
+  constructor(
+    readonly url: string,
+    readonly limitBytes: number,
+    what: string,
+  ) {
+    super(`${url} ${what}; the connection was closed`);
+  }
+}
+
+/** What boundAnswers() uses of an ldapts (8.2) Client beyond its API. */
+interface ClientInternals {
+  socketDataHandler: (data: Buffer) => void;
+  readonly messageDetailsByMessageId: Map<string, { readonly socket: unknown; reject(error: Error): void }>;
+  readonly messageParser?: { buffer?: Buffer };
+  _destroySocket(socket: unknown): void;
+}
+
+/** Bytes received by each bounded client, all its connections and operations together. */
+const receivedBytes = new WeakMap<Client, { total: number }>();
+
+/** Bytes `client` has received since it was opened (0 for a client not opened by openLdapClient). */
+export function ldapBytesReceived(client: Client): number {
+  return receivedBytes.get(client)?.total ?? 0;
+}
+
+/** Longest LDAPMessage header read: SEQUENCE tag, a length of up to 1 + 4 bytes, an INTEGER messageID of up to 4 bytes. */
+const MAX_MESSAGE_HEADER_BYTES = 1 + 5 + 2 + 4;
+
+/**
+ * The length and messageID of the LDAPMessage `head` begins with (RFC 4511 §4.1.1, BER with
+ * definite lengths as §5.1 requires), 'more' when `head` is too short to tell, or 'bad' when it
+ * does not begin an LDAPMessage.
+ */
+function messageHeader(head: Buffer): { readonly length: number; readonly id: number } | 'more' | 'bad' {
+  if (head.length < 2) return head.length === 0 || head[0] === 0x30 ? 'more' : 'bad';
+  if (head[0] !== 0x30) return 'bad';
+  let contentLength = head[1]!;
+  let at = 2;
+  if (contentLength & 0x80) {
+    const size = contentLength & 0x7f;
+    if (size === 0 || size > 4) return 'bad';
+    if (head.length < 2 + size) return 'more';
+    contentLength = 0;
+    for (; at < 2 + size; at++) contentLength = contentLength * 256 + head[at]!;
+  }
+  if (head.length < at + 2) return 'more';
+  const idSize = head[at + 1]!;
+  if (head[at] !== 0x02 || idSize < 1 || idSize > 4 || 2 + idSize > contentLength) return 'bad';
+  if (head.length < at + 2 + idSize) return 'more';
+  let id = 0;
+  for (let i = at + 2; i < at + 2 + idSize; i++) id = id * 256 + head[i]!;
+  return { length: at + contentLength, id };
+}
+
+/**
+ * Bounds what the server may send on `client`'s connections: at most `limitBytes` in answer to
+ * one operation (the messages with its messageID, counted as each message's header announces
+ * its length), and only LDAP messages. ldapts (8.2) keeps a message until it is whole, and every
+ * entry of a search until the search's end, so a server that ignores sizeLimit and streams
+ * entries, or announces one huge message, would otherwise grow the heap (by about six times what
+ * it sent) until the operation deadline; bytes that are not an LDAP message would be kept for
+ * ever. Past the bound the connection's pending operations fail with an LdapAnswerRefusedError
+ * and the connection is closed, before the bytes reach ldapts.
+ */
+function boundAnswers(client: Client, url: string, limitBytes: number): void {
+  const internals = client as unknown as ClientInternals;
+  const deliver = internals.socketDataHandler;
+  if (typeof deliver !== 'function' || !(internals.messageDetailsByMessageId instanceof Map) || typeof internals._destroySocket !== 'function') {
+    throw new Error('ldapts no longer has the socketDataHandler, messageDetailsByMessageId and _destroySocket that bound LDAP answers');
+  }
+  const counter = { total: 0 };
+  receivedBytes.set(client, counter);
+  /** The connection whose stream is being read (ldapts replaces it on StartTLS and on reconnection). */
+  let socket: unknown = null;
+  /** The start of a message whose header is not whole yet. */
+  let head = Buffer.alloc(0);
+  /** Bytes of the current message still to come. */
+  let left = 0;
+  /** Bytes announced so far per messageID of a pending operation. */
+  const perOperation = new Map<string, number>();
+  const refuse = (from: unknown, error: LdapAnswerRefusedError): void => {
+    for (const [key, details] of internals.messageDetailsByMessageId) {
+      if (details.socket !== from) continue;
+      internals.messageDetailsByMessageId.delete(key);
+      details.reject(error);
+    }
+    // The part of a message ldapts holds would be read as the start of the next connection's stream.
+    if (internals.messageParser !== undefined) delete internals.messageParser.buffer;
+    internals._destroySocket(from);
+    socket = null;
+  };
+  // A function, not an arrow: the socket that emitted 'data' is `this`.
+  internals.socketDataHandler = function (this: unknown, data: Buffer): void {
+    if (this !== socket) {
+      socket = this;
+      head = Buffer.alloc(0);
+      left = 0;
+      perOperation.clear();
+    }
+    counter.total += data.length;
+    let offset = 0;
+    while (offset < data.length) {
+      if (left === 0) {
+        const next = data.subarray(offset, offset + MAX_MESSAGE_HEADER_BYTES - head.length);
+        const start = head.length === 0 ? next : Buffer.concat([head, next]);
+        const header = messageHeader(start);
+        if (header === 'more') {
+          // A copy: a view would keep the whole chunk.
+          head = Buffer.from(start);
+          break;
+        }
+        if (header === 'bad') {
+          refuse(this, new LdapAnswerRefusedError(url, limitBytes, `sent bytes that are not an LDAP message (0x${start.subarray(0, 8).toString('hex')})`));
+          return;
+        }
+        const key = String(header.id);
+        const announced = (perOperation.get(key) ?? 0) + header.length;
+        if (announced > limitBytes) {
+          refuse(this, new LdapAnswerRefusedError(url, limitBytes, `sent more than ${limitBytes} bytes in answer to one operation (messageID ${key}: ${announced} bytes so far)`));
+          return;
+        }
+        perOperation.set(key, announced);
+        // The header's bytes already read from earlier chunks are part of the message.
+        left = header.length - head.length;
+        head = Buffer.alloc(0);
+      }
+      const taken = Math.min(left, data.length - offset);
+      left -= taken;
+      offset += taken;
+    }
+    deliver(data);
+    // Operations that ended (or were never ours: a notice of disconnection) are forgotten.
+    for (const key of perOperation.keys()) if (!internals.messageDetailsByMessageId.has(key)) perOperation.delete(key);
+  };
 }
 
 /**
@@ -104,6 +246,7 @@ export async function openLdapClient(url: string, options: LdapClientOptions): P
     strictDN: true,
     autoRebind: options.autoRebind && !options.starttls,
   });
+  boundAnswers(client, url, options.maxAnswerBytes ?? MAX_LDAP_ANSWER_BYTES);
   if (options.starttls && url.startsWith('ldap:')) {
     // ldapts bounds the connect and the extended operation, not the TLS handshake after it: a
     // server that goes quiet there would hold the caller (and a cached service connection's
@@ -237,8 +380,8 @@ export class LdapDirectory implements Directory {
     return slot;
   }
 
-  /** The slot's bound service connection, opened on the first server that answers. */
-  private serviceConnection(slot: ServiceSlot): Promise<ServiceConnection> {
+  /** The slot's bound service connection, opened on the first server that answers (other than `avoid`). */
+  private serviceConnection(slot: ServiceSlot, avoid?: string): Promise<ServiceConnection> {
     // A directory replaced by a reload is closed while its last logins still run: they get no
     // new connection (one opened now would never be closed).
     if (this.closed) return Promise.reject(closedError());
@@ -248,6 +391,7 @@ export class LdapDirectory implements Directory {
         const failures: string[] = [];
         for (const url of this.config.urls) {
           if (this.closed) throw closedError();
+          if (url === avoid) continue;
           let client: Client;
           try {
             client = await this.timed('service-bind', () => this.openBound(url, this.config.bindDn, this.config.bindPassword));
@@ -305,15 +449,21 @@ export class LdapDirectory implements Directory {
 
   private async searchDirectory(user: string): Promise<FoundEntry | null> {
     const filter = userFilter(this.config.userFilter, user);
-    // One retry on a fresh connection in the same slot: the kept one may have been closed by the
-    // server or be half-dead.
+    // One retry after a server failure, on a fresh connection in the same slot: the kept one may
+    // have been closed by the server or be half-dead. Not on that server, though, when it was
+    // heard from: an answer past the byte bound, or one still coming at the deadline, would come
+    // again on a fresh connection (twice the wait, twice the memory); another server is tried.
     const slot = this.takeServiceSlot();
+    let avoid: { readonly url: string; readonly failure: MailfrontError } | undefined;
     for (let attempt = 0; attempt < 2; attempt++) {
-      const connection = await this.serviceConnection(slot);
+      const connection = await this.serviceConnection(slot, avoid?.url);
+      // Another search of the slot reopened it on that server meanwhile.
+      if (avoid !== undefined && connection.url === avoid.url) throw avoid.failure;
       if (!usable(connection.client)) {
         this.dropService(slot, connection);
         continue;
       }
+      const heardBefore = ldapBytesReceived(connection.client);
       try {
         const { searchEntries } = await this.timed('search', () =>
           connection.client.search(this.config.baseDn, {
@@ -337,8 +487,15 @@ export class LdapDirectory implements Directory {
           throw new MailfrontError('LDAP_AMBIGUOUS_USER', 'auth-tempfail', `the user search found more than one entry for "${user}"`);
         }
         this.dropService(slot, connection);
-        if (attempt === 1 || !isServerFailure(error)) {
-          throw new MailfrontError('LDAP_SEARCH_FAILED', 'auth-tempfail', `the user search failed on ${connection.url}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+        const failure =
+          error instanceof LdapAnswerRefusedError
+            ? new MailfrontError('LDAP_ANSWER_REFUSED', 'auth-tempfail', `the user search failed: ${error.message}`, { cause: error })
+            : new MailfrontError('LDAP_SEARCH_FAILED', 'auth-tempfail', `the user search failed on ${connection.url}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+        if (attempt === 1 || !isServerFailure(error)) throw failure;
+        const heard = error instanceof LdapAnswerRefusedError || (ldapResult(error) === 'timeout' && ldapBytesReceived(connection.client) > heardBefore);
+        if (heard) {
+          if (this.config.urls.every((url) => url === connection.url)) throw failure;
+          avoid = { url: connection.url, failure };
         }
       }
     }
@@ -365,7 +522,8 @@ export class LdapDirectory implements Directory {
     try {
       return await this.bindOnce(url, idle, kept, dn, password);
     } catch (error) {
-      if (error instanceof MailfrontError && error.cause instanceof ResultCodeError) throw error;
+      // An answer refused for its size or form was an answer too: a new connection would get it again.
+      if (error instanceof MailfrontError && (error.cause instanceof ResultCodeError || error.cause instanceof LdapAnswerRefusedError)) throw error;
       for (const client of idle.splice(0)) client.unbind().catch(() => undefined);
       return this.bindOnce(url, idle, undefined, dn, password);
     }

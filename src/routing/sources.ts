@@ -12,10 +12,11 @@ import { basename, dirname, join } from 'node:path';
 import type { ConnectionOptions } from 'node:tls';
 import { Attribute, Change, Client, SizeLimitExceededError } from 'ldapts';
 import { parseDocument } from 'yaml';
-import { escapeFilterValue, openLdapClient } from '../auth/ldap.js';
+import { escapeFilterValue, ldapBytesReceived, openLdapClient } from '../auth/ldap.js';
 import { readStoreMapFile } from '../config/load.js';
 import type { StoreMapSourceConfig } from '../config/schema.js';
 import { asMailfrontError, MailfrontError } from '../errors.js';
+import { MAX_STOREMAP_LDAP_ANSWER_BYTES } from '../limits.js';
 
 /** A store-map source. */
 export interface StoreMapSource {
@@ -243,7 +244,7 @@ export class LdapStoreMapSource implements StoreMapSource {
       if (this.closed) break;
       let client: Client | undefined;
       try {
-        client = await openLdapClient(url, { tls: this.tls, starttls: this.config.starttls, operationTimeoutMs: this.config.operationTimeoutMs, connectTimeoutMs: this.config.operationTimeoutMs, autoRebind: true });
+        client = await openLdapClient(url, { tls: this.tls, starttls: this.config.starttls, operationTimeoutMs: this.config.operationTimeoutMs, connectTimeoutMs: this.config.operationTimeoutMs, autoRebind: true, maxAnswerBytes: MAX_STOREMAP_LDAP_ANSWER_BYTES });
         await client.bind(this.config.bindDn, this.config.bindPassword);
       } catch (error) {
         failures.push(`${url}: ${error instanceof Error ? error.message : String(error)}`);
@@ -295,14 +296,24 @@ export class LdapStoreMapSource implements StoreMapSource {
     try {
       // Paged (RFC 2696): a server that bounds each answer rather than the whole search (Active
       // Directory's MaxPageSize, an OpenLDAP size.prtotal above size.hard) hands over every entry.
-      // No sizeLimit of our own: ldapts would return a truncated map as if it were whole.
-      const { searchEntries } = await client.search(this.config.baseDn, {
+      // No sizeLimit of our own: ldapts would return a truncated map as if it were whole. The
+      // connection bounds each page's bytes; the pages together are bounded here, so a server
+      // that hands out pages without end cannot hold them all in memory.
+      const entries: Array<Record<string, unknown> & { dn: string }> = [];
+      const heardBefore = ldapBytesReceived(client);
+      const pages = client.searchPaginated(this.config.baseDn, {
         scope: 'sub',
         filter: '(|(objectClass=mailfrontStore)(objectClass=mailfrontSlot))',
         attributes: ['objectClass', 'cn', 'mailfrontCurrentMaster', 'mailfrontPreferredMaster', 'mailfrontBackendProfile', 'mailfrontHost', ...SLOT_PORTS.map(([a]) => a)],
         paged: true,
       });
-      return searchEntries;
+      for await (const { searchEntries } of pages) {
+        entries.push(...searchEntries);
+        if (ldapBytesReceived(client) - heardBefore > MAX_STOREMAP_LDAP_ANSWER_BYTES) {
+          throw new Error(`the store entries under ${this.config.baseDn} came to more than ${MAX_STOREMAP_LDAP_ANSWER_BYTES} bytes (${entries.length} entries so far); the search was stopped`);
+        }
+      }
+      return entries;
     } catch (error) {
       await this.client?.unbind().catch(() => undefined);
       this.client = null;

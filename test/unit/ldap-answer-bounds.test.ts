@@ -1,0 +1,322 @@
+/**
+ * What an LDAP server may send mailfront is bounded: a directory that ignores sizeLimit and
+ * streams entries without end, announces one huge message, or sends bytes that are not LDAP,
+ * costs a login a temporary failure and mailfront a bounded amount of memory, not a heap that
+ * grows with what the server sends until the operation deadline (taken twice by a retry). Fake
+ * LDAP servers whose messages are written by hand in BER (RFC 4511 §4) play the directories.
+ */
+import assert from 'node:assert/strict';
+import { createServer } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
+import { test } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { LdapDirectory } from '../../src/auth/ldap.js';
+import type { DirectoryConfig } from '../../src/config/schema.js';
+import { MailfrontError } from '../../src/errors.js';
+import { MAX_LDAP_ANSWER_BYTES, MAX_STOREMAP_LDAP_ANSWER_BYTES } from '../../src/limits.js';
+import { createLogger } from '../../src/log.js';
+import { LdapStoreMapSource } from '../../src/routing/sources.js';
+
+// A real collection before each heap reading, even without --expose-gc on the command line.
+setFlagsFromString('--expose-gc');
+const collect = runInNewContext('gc') as () => void;
+
+/** Heap and ArrayBuffer bytes (Buffers keep their bytes outside the heap) after a full collection. */
+function memory(): number {
+  collect();
+  const m = process.memoryUsage();
+  return m.heapUsed + m.arrayBuffers;
+}
+
+const MiB = 1024 * 1024;
+
+// BER, definite lengths (RFC 4511 §5.1).
+function length(n: number): Buffer {
+  if (n < 0x80) return Buffer.from([n]);
+  const bytes = Buffer.alloc(4);
+  bytes.writeUInt32BE(n);
+  return Buffer.concat([Buffer.from([0x84]), bytes]);
+}
+function tlv(tag: number, ...parts: Array<Buffer | string>): Buffer {
+  const body = Buffer.concat(parts.map((p) => (typeof p === 'string' ? Buffer.from(p) : p)));
+  return Buffer.concat([Buffer.from([tag]), length(body.length), body]);
+}
+function integer(value: number): Buffer {
+  return tlv(0x02, Buffer.from([value >> 24, value >> 16, value >> 8, value].map((b) => b & 0xff)));
+}
+function message(id: number, operation: Buffer): Buffer {
+  return tlv(0x30, integer(id), operation);
+}
+/** An LDAPResult with resultCode success, as [APPLICATION tag]. */
+function success(tag: number): Buffer {
+  return tlv(tag, tlv(0x0a, Buffer.from([0])), tlv(0x04, ''), tlv(0x04, ''));
+}
+/** A SearchResultEntry for uid=u<i> with mailStore: fast. */
+function entry(id: number, i: number): Buffer {
+  return message(id, tlv(0x64, tlv(0x04, `uid=u${i},ou=people,dc=example,dc=org`), tlv(0x30, tlv(0x30, tlv(0x04, 'mailStore'), tlv(0x31, tlv(0x04, 'fast'))))));
+}
+
+/**
+ * How the fake server answers a search: `entry`, one entry and SearchResultDone; `stream`,
+ * entries without end and no Done (sizeLimit ignored); `huge`, the start of a message that
+ * announces a length of 1 GB, then its bytes without end; `not-ldap`, an HTTP error page;
+ * `stall`, one entry and then nothing; `dribble`, as `entry` but one byte at a time.
+ */
+type Answer = 'entry' | 'stream' | 'huge' | 'not-ldap' | 'stall' | 'dribble';
+
+interface FakeLdap {
+  readonly url: string;
+  /** Searches received, over all connections. */
+  searches(): number;
+  /** Bytes written in answer to searches, over all connections. */
+  pushed(): number;
+  /** Resolves once `bytes` were pushed, or once pushing began and every connection that pushed is closed. */
+  pushedOrClosed(bytes: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+async function fakeLdap(answer: Answer): Promise<FakeLdap> {
+  let searches = 0;
+  let pushed = 0;
+  /** Connections pushing now, and whether any ever did. */
+  let pushing = 0;
+  let pushedAny = false;
+  const waiters: Array<{ bytes: number; resolve: () => void }> = [];
+  const wake = (): void => {
+    for (const waiter of waiters.splice(0)) {
+      if (pushed >= waiter.bytes || (pushedAny && pushing === 0)) waiter.resolve();
+      else waiters.push(waiter);
+    }
+  };
+  const sockets = new Set<Socket>();
+  /** Writes `chunk` again and again, as fast as the client reads, until the client closes. */
+  const pump = (socket: Socket, chunk: Buffer): void => {
+    pushing++;
+    pushedAny = true;
+    socket.once('close', () => {
+      pushing--;
+      wake();
+    });
+    const write = (): void => {
+      // Bounded: a client that never closes is stopped at 1 GiB.
+      while (!socket.destroyed && pushed < 1024 * MiB) {
+        pushed += chunk.length;
+        wake();
+        if (!socket.write(chunk)) return void socket.once('drain', write);
+      }
+    };
+    write();
+  };
+  const server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => undefined);
+    let buffered = Buffer.alloc(0);
+    socket.on('data', (data) => {
+      buffered = Buffer.concat([buffered, data]);
+      while (buffered.length > 2) {
+        let at = 1;
+        let size = buffered[at++]!;
+        if (size & 0x80) {
+          const count = size & 0x7f;
+          size = 0;
+          for (let i = 0; i < count; i++) size = size * 256 + buffered[at++]!;
+        }
+        if (buffered.length < at + size) return;
+        const request = buffered.subarray(0, at + size);
+        buffered = buffered.subarray(at + size);
+        const idSize = request[at + 1]!;
+        let id = 0;
+        for (let i = 0; i < idSize; i++) id = id * 256 + request[at + 2 + i]!;
+        const operation = request[at + 2 + idSize];
+        if (operation === 0x60) socket.write(message(id, success(0x61)));
+        else if (operation === 0x42) socket.end();
+        else if (operation === 0x63) {
+          searches++;
+          if (answer === 'entry') socket.write(Buffer.concat([entry(id, 1), message(id, success(0x65))]));
+          else if (answer === 'stall') socket.write(entry(id, 1));
+          else if (answer === 'dribble') {
+            const bytes = Buffer.concat([entry(id, 1), message(id, success(0x65))]);
+            socket.setNoDelay(true);
+            bytes.forEach((byte, i) => setTimeout(() => socket.destroyed || socket.write(Buffer.from([byte])), i));
+          }
+          else if (answer === 'stream') pump(socket, Buffer.concat(Array.from({ length: 500 }, (_, i) => entry(id, i))));
+          else if (answer === 'not-ldap') socket.write('HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n');
+          else {
+            // A SEQUENCE of 1e9 bytes: the messageID (6 bytes), a SearchResultEntry of the rest (its tag and length 6), then filler.
+            const announced = 1_000_000_000;
+            socket.write(Buffer.concat([Buffer.from([0x30]), length(announced), integer(id), Buffer.from([0x64]), length(announced - 12)]));
+            pump(socket, Buffer.alloc(64 * 1024, 0x41));
+          }
+        }
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `ldap://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    searches: () => searches,
+    pushed: () => pushed,
+    pushedOrClosed: (bytes) =>
+      new Promise<void>((resolve) => {
+        waiters.push({ bytes, resolve });
+        wake();
+      }),
+    close: async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+const log = createLogger('error', { write: () => undefined });
+const signal = new AbortController().signal;
+
+function directory(urls: string[], operationTimeoutMs = 10_000): LdapDirectory {
+  const config: DirectoryConfig = {
+    urls,
+    bindDn: 'cn=mailfront,dc=example,dc=org',
+    bindPassword: 'service-pw',
+    baseDn: 'ou=people,dc=example,dc=org',
+    userFilter: '(uid={user})',
+    storeAttribute: 'mailStore',
+    starttls: false,
+    connectTimeoutMs: 2_000,
+    // Long by default: the bound, not the deadline, must end these searches.
+    operationTimeoutMs,
+    entryCacheTtlMs: 0,
+    authCacheTtlMs: 0,
+    cacheMaxEntries: 100,
+    searchConnections: 1,
+  };
+  return new LdapDirectory(config, log);
+}
+
+async function failure(promise: Promise<unknown>): Promise<MailfrontError> {
+  try {
+    await promise;
+  } catch (error) {
+    assert.ok(error instanceof MailfrontError, String(error));
+    return error;
+  }
+  assert.fail('expected a failure');
+}
+
+/**
+ * What mailfront holds (after a collection) once `server` has pushed 32 MiB for `work`, or once
+ * the connection was closed, whichever comes first: `work` may still be waiting for the answer.
+ */
+async function heldWhileAnswered(server: FakeLdap, work: Promise<unknown>): Promise<number> {
+  work.catch(() => undefined);
+  const before = memory();
+  await server.pushedOrClosed(32 * MiB);
+  return memory() - before;
+}
+
+for (const answer of ['stream', 'huge'] as const) {
+  test(`a directory whose answer to the user search has no end (${answer}): the login fails temporarily at the byte bound, on one connection, and the heap stays small`, async () => {
+    const server = await fakeLdap(answer);
+    const d = directory([server.url]);
+    try {
+      const login = d.authenticate('alice', 'alice-pw', signal);
+      const held = await heldWhileAnswered(server, login);
+      assert.ok(held < 8 * MiB, `mailfront held ${(held / MiB).toFixed(1)} MiB more while the server pushed ${(server.pushed() / MiB).toFixed(1)} MiB`);
+      const error = await failure(login);
+      assert.equal(error.kind, 'auth-tempfail');
+      assert.equal(error.code, 'LDAP_ANSWER_REFUSED', error.message);
+      assert.match(error.message, new RegExp(`${server.url} sent more than ${MAX_LDAP_ANSWER_BYTES} bytes in answer to one operation`));
+      // Not asked again on a fresh connection to the same server: that would double the exposure.
+      assert.equal(server.searches(), 1);
+    } finally {
+      await d.close();
+      await server.close();
+    }
+  });
+}
+
+test('a directory server that answers without end: the search moves on to the next server, once', async () => {
+  const bad = await fakeLdap('stream');
+  const good = await fakeLdap('entry');
+  const d = directory([bad.url, good.url]);
+  try {
+    const found = await d.authenticate('alice', 'alice-pw', signal);
+    assert.equal(found.store, 'fast');
+    assert.equal(found.dn, 'uid=u1,ou=people,dc=example,dc=org');
+    assert.equal(bad.searches(), 1);
+    assert.equal(good.searches(), 1);
+  } finally {
+    await d.close();
+    await bad.close();
+    await good.close();
+  }
+});
+
+test('an answer that arrives a byte at a time is read whole: the bound reads message headers split over any chunks', async () => {
+  const server = await fakeLdap('dribble');
+  const d = directory([server.url]);
+  try {
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'fast');
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'fast', 'and the next one on the same connection');
+  } finally {
+    await d.close();
+    await server.close();
+  }
+});
+
+test('a search whose deadline passed while the server was answering is not asked again of that server', async () => {
+  const server = await fakeLdap('stall');
+  const d = directory([server.url], 300);
+  try {
+    const error = await failure(d.authenticate('alice', 'alice-pw', signal));
+    assert.equal(error.kind, 'auth-tempfail');
+    assert.match(error.message, /timed out/);
+    assert.equal(server.searches(), 1);
+  } finally {
+    await d.close();
+    await server.close();
+  }
+});
+
+test('a directory server that answers with bytes that are not LDAP: a temporary failure at once, naming the server', async () => {
+  const server = await fakeLdap('not-ldap');
+  const d = directory([server.url]);
+  try {
+    const error = await failure(d.authenticate('alice', 'alice-pw', signal));
+    assert.equal(error.kind, 'auth-tempfail');
+    assert.equal(error.code, 'LDAP_ANSWER_REFUSED', error.message);
+    assert.match(error.message, new RegExp(`${server.url} sent bytes that are not an LDAP message \\(0x48545450`));
+    assert.equal(server.searches(), 1);
+  } finally {
+    await d.close();
+    await server.close();
+  }
+});
+
+test('the store-map LDAP source: a search answered without end fails at its byte bound and the heap stays small', async () => {
+  const server = await fakeLdap('huge');
+  const source = new LdapStoreMapSource({
+    kind: 'ldap',
+    urls: [server.url],
+    bindDn: 'cn=mailfront,dc=example,dc=org',
+    bindPassword: 'service-pw',
+    baseDn: 'ou=stores,dc=example,dc=org',
+    pollIntervalMs: 60_000,
+    starttls: false,
+    operationTimeoutMs: 10_000,
+  });
+  try {
+    const load = source.load();
+    const held = await heldWhileAnswered(server, load);
+    assert.ok(held < 8 * MiB, `mailfront held ${(held / MiB).toFixed(1)} MiB more while the server pushed ${(server.pushed() / MiB).toFixed(1)} MiB`);
+    await assert.rejects(load, (error: unknown) => {
+      assert.ok(error instanceof MailfrontError, String(error));
+      assert.equal(error.code, 'STOREMAP_LDAP_SEARCH_FAILED');
+      assert.match(error.message, new RegExp(`sent more than ${MAX_STOREMAP_LDAP_ANSWER_BYTES} bytes in answer to one operation`));
+      return true;
+    });
+  } finally {
+    await source.close();
+    await server.close();
+  }
+});
