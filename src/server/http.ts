@@ -32,6 +32,14 @@ export const READINESS_TIMEOUT_MS = 2_000;
 const HEADERS_TIMEOUT_MS = 10_000;
 /** Time allowed for a whole request, body included (admin requests are small). */
 const REQUEST_TIMEOUT_MS = 30_000;
+/**
+ * Least time from the end of one render of /metrics to the start of the next. /metrics needs no
+ * credentials, and a render costs time in proportion to the sessions open (each live session's
+ * bytes are read); scrapes that come sooner wait for the next render and share it, so no number
+ * of scrapers makes mailfront render more than about once a second. Prometheus scrapes every 15 s
+ * or so, and is never kept waiting by itself.
+ */
+const METRICS_RENDER_INTERVAL_MS = 1_000;
 
 /** One thing /readyz checks, e.g. `listeners`, `store-map`, `directory`. */
 export interface ReadinessCheck {
@@ -60,6 +68,12 @@ export interface HttpServerOptions {
   /** Called for every GET /readyz; may be async (bounded by READINESS_TIMEOUT_MS). */
   readonly readiness: () => Readiness | Promise<Readiness>;
   readonly log: Logger;
+}
+
+/** What a render of /metrics gives. */
+interface Exposition {
+  readonly contentType: string;
+  readonly body: string;
 }
 
 interface Route {
@@ -98,6 +112,12 @@ function sendJson(response: ServerResponse, status: number, value: unknown): voi
 export class HttpServer {
   private server: Server | undefined;
   private readonly routes: Route[] = [];
+  /** The render of /metrics the scrapes that come now will share (not begun yet), if any. */
+  private nextRender: Promise<Exposition> | null = null;
+  /** Settles when the last render asked for has ended (one is in flight at a time). */
+  private lastRender: Promise<void> = Promise.resolve();
+  /** When the last render ended (performance.now()). */
+  private lastRenderEndedAt = -Infinity;
 
   constructor(
     private config: HttpConfig,
@@ -234,7 +254,7 @@ export class HttpServer {
     switch (path) {
       case '/metrics':
         return async (response) => {
-          const { contentType, body } = await this.options.metrics.exposition();
+          const { contentType, body } = await this.metricsRender();
           send(response, 200, contentType, body);
         };
       case '/healthz':
@@ -247,6 +267,38 @@ export class HttpServer {
         };
       default:
         return undefined;
+    }
+  }
+
+  /**
+   * A render of every metric that begins after this call: the one not begun yet that earlier
+   * scrapes wait for, or a new one, METRICS_RENDER_INTERVAL_MS after the last one ended. A scrape
+   * never gets numbers read before it came, only waits for them.
+   */
+  private metricsRender(): Promise<Exposition> {
+    if (this.nextRender === null) {
+      const render = this.renderWhenDue();
+      this.nextRender = render;
+      this.lastRender = render.then(
+        () => undefined,
+        () => undefined,
+      );
+    }
+    return this.nextRender;
+  }
+
+  private async renderWhenDue(): Promise<Exposition> {
+    // Always waits at least a turn, so that metricsRender() has recorded this render by the time it begins.
+    await this.lastRender;
+    const wait = this.lastRenderEndedAt + METRICS_RENDER_INTERVAL_MS - performance.now();
+    // Not holding up a stop: closing the listener ends the connections that wait.
+    if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait).unref());
+    // Scrapes from now on wait for the next render: this one may read before they came.
+    this.nextRender = null;
+    try {
+      return await this.options.metrics.exposition();
+    } finally {
+      this.lastRenderEndedAt = performance.now();
     }
   }
 

@@ -170,6 +170,34 @@ describe('http listener: malformed request targets', () => {
   });
 });
 
+describe('http listener: /metrics under many scrapers', () => {
+  it('shares renders: a burst of ten scrapes within a second of the last render waits for one more, whose numbers were read after they came', async () => {
+    const metrics = new Metrics({ processMetrics: false });
+    let renders = 0;
+    metrics.beforeScrape(() => renders++);
+    const server = new HttpServer({ host: '127.0.0.1', port: 0 }, { metrics, log: createLogger('silent'), readiness: () => readinessOf([]) });
+    await server.listen();
+    try {
+      const port = server.address().port;
+      // None before it: rendered at once.
+      const first = await call(port, 'GET', '/metrics');
+      assert.equal(first.status, 200);
+      assert.doesNotMatch(first.body, /^mailfront_failovers_total\{store="store1"\}/m);
+      assert.equal(renders, 1);
+      metrics.failover('store1');
+      const burst = await Promise.all(Array.from({ length: 10 }, () => call(port, 'GET', '/metrics')));
+      // One render for the ten (two, should a slow machine spread them over more than a second).
+      assert.ok(renders - 1 <= 2, `${renders - 1} renders for a burst of 10 scrapes`);
+      for (const reply of burst) {
+        assert.equal(reply.status, 200);
+        assert.match(reply.body, /^mailfront_failovers_total\{store="store1"\} 1$/m, 'no scrape gets numbers read before it came');
+      }
+    } finally {
+      await server.close();
+    }
+  });
+});
+
 describe('http listener: binding', () => {
   const log = createLogger('silent');
   const metrics = new Metrics({ processMetrics: false });

@@ -1,5 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { readdirSync } from 'node:fs';
+import { createRequire, syncBuiltinESMExports } from 'node:module';
 import { Metrics, authFailureReason, backendFailureResult } from '../../src/metrics.js';
 import type { SessionEndReasonLabel, SessionPhaseLabel } from '../../src/metrics.js';
 import type { SessionEndReason, SessionPhase } from '../../src/session/session.js';
@@ -211,5 +213,37 @@ describe('metrics', () => {
     const { body, contentType } = await metrics.exposition();
     assert.match(contentType, /^text\/plain/);
     assert.match(body, /^mailfront_build_info\{version="1.2.3",nodejs_version="[^"]+"\} 1$/m);
+  });
+
+  it('keeps the default process metrics cheap: no series listing every handle, and process_open_fds without a listing of /proc/self/fd at each scrape', async () => {
+    // Every reader of node:fs (prom-client's require, this module's imports) sees the spy.
+    const fs = createRequire(import.meta.url)('node:fs') as typeof import('node:fs');
+    const original = fs.readdirSync;
+    let listings = 0;
+    fs.readdirSync = ((path: Parameters<typeof original>[0], ...rest: unknown[]) => {
+      if (String(path) === '/proc/self/fd') listings++;
+      return (original as (...args: unknown[]) => unknown)(path, ...rest);
+    }) as typeof original;
+    syncBuiltinESMExports();
+    try {
+      const metrics = new Metrics({ version: '1.2.3' });
+      let body = '';
+      for (let i = 0; i < 5; i++) body = (await metrics.exposition()).body;
+      assert.ok(listings <= 1, `/proc/self/fd was listed ${listings} times for 5 scrapes`);
+      for (const name of ['nodejs_active_handles', 'nodejs_active_handles_total', 'nodejs_active_resources', 'nodejs_active_resources_total']) {
+        assert.doesNotMatch(body, new RegExp(`^# TYPE ${name} `, 'm'), `${name} is left out`);
+      }
+      if (process.platform === 'linux') {
+        const fds = Number(/^process_open_fds (\d+)$/m.exec(body)?.[1]);
+        const actual = original('/proc/self/fd').length - 1;
+        assert.ok(Math.abs(fds - actual) <= 5, `process_open_fds ${fds}, ${actual} descriptors open`);
+      }
+      assert.match(body, /^process_max_fds /m);
+      assert.match(body, /^nodejs_heap_size_used_bytes /m);
+    } finally {
+      fs.readdirSync = original;
+      syncBuiltinESMExports();
+    }
+    assert.equal(readdirSync, original, 'the spy is gone');
   });
 });
