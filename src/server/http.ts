@@ -33,6 +33,11 @@ const HEADERS_TIMEOUT_MS = 10_000;
 /** Time allowed for a whole request, body included (admin requests are small). */
 const REQUEST_TIMEOUT_MS = 30_000;
 /**
+ * How often node checks those two deadlines (its default, 30 s, would let a request that sends
+ * its headers slowly hold its connection up to 30 s past HEADERS_TIMEOUT_MS).
+ */
+const CONNECTIONS_CHECKING_INTERVAL_MS = 1_000;
+/**
  * Least time from the end of one render of /metrics to the start of the next. /metrics needs no
  * credentials, and a render costs time in proportion to the sessions open (each live session's
  * bytes are read); scrapes that come sooner wait for the next render and share it, so no number
@@ -204,7 +209,7 @@ export class HttpServer {
   }
 
   private bind(config: HttpConfig): Promise<Server> {
-    const server = createServer({ headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS }, (request, response) => {
+    const server = createServer({ headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS, connectionsCheckingInterval: CONNECTIONS_CHECKING_INTERVAL_MS }, (request, response) => {
       this.handle(request, response).catch((error: unknown) => {
         this.options.log.error({ event: 'http.error', method: request.method, path: request.url, err: error instanceof Error ? error.message : String(error) }, 'HTTP handler failed');
         if (!response.headersSent) sendJson(response, 500, { error: 'internal error' });

@@ -196,6 +196,30 @@ describe('http listener: /metrics under many scrapers', () => {
       await server.close();
     }
   });
+
+  it('closes a connection whose request headers do not end within 10 s, checked every second rather than every 30 s', async () => {
+    const server = new HttpServer({ host: '127.0.0.1', port: 0 }, { metrics: new Metrics({ processMetrics: false }), log: createLogger('silent'), readiness: () => readinessOf([]) });
+    await server.listen();
+    try {
+      const socket = connect(server.address().port, '127.0.0.1');
+      socket.on('error', () => undefined);
+      // Reads (and drops) the server's 408, so that its close is seen.
+      socket.resume();
+      socket.write('GET /metrics HTTP/1.1\r\nX-Slow: ');
+      const started = Date.now();
+      const closed = await new Promise<boolean>((resolve) => {
+        socket.on('close', () => resolve(true));
+        // Bounded: past 20 s the server did not keep its deadline.
+        setTimeout(() => resolve(false), 20_000).unref();
+      });
+      const ms = Date.now() - started;
+      socket.destroy();
+      assert.ok(closed, 'the server closed the connection within 20 s');
+      assert.ok(ms >= 9_000 && ms < 13_000, `closed after ${ms} ms`);
+    } finally {
+      await server.close();
+    }
+  });
 });
 
 describe('http listener: binding', () => {
