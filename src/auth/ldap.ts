@@ -155,8 +155,9 @@ function messageHeader(head: Buffer): { readonly length: number; readonly id: nu
  * entry of a search until the search's end, so a server that ignores sizeLimit and streams
  * entries, or announces one huge message, would otherwise grow the heap (by about six times what
  * it sent) until the operation deadline; bytes that are not an LDAP message would be kept for
- * ever. Past the bound the connection's pending operations fail with an LdapAnswerRefusedError
- * and the connection is closed, before the bytes reach ldapts.
+ * ever. Past the bound the connection is closed before the bytes reach ldapts: the operation
+ * whose answer passed it fails with an LdapAnswerRefusedError, the others on the connection as on
+ * a lost connection (see refuse()).
  */
 function boundAnswers(client: Client, url: string, limitBytes: number): void {
   const internals = client as unknown as ClientInternals;
@@ -174,11 +175,21 @@ function boundAnswers(client: Client, url: string, limitBytes: number): void {
   let left = 0;
   /** Bytes announced so far per messageID of a pending operation. */
   const perOperation = new Map<string, number>();
-  const refuse = (from: unknown, error: LdapAnswerRefusedError): void => {
+  /**
+   * Closes the connection `from`, which sent `what`. The operation `culprit` names (the one whose
+   * answer passed the bound) fails with an LdapAnswerRefusedError; the others pending on the
+   * connection asked for nothing wrong and fail as on any lost connection, so that their callers'
+   * usual retry on a new connection runs (a search connection carries many users' searches at
+   * once). Without a culprit (bytes that are not LDAP: nothing on that stream can be trusted any
+   * more) every operation fails with the LdapAnswerRefusedError.
+   */
+  const refuse = (from: unknown, what: string, culprit?: string): void => {
+    const refused = new LdapAnswerRefusedError(url, limitBytes, what);
+    const lost = new Error(`the connection was closed before the answer came: ${url} ${what}`);
     for (const [key, details] of internals.messageDetailsByMessageId) {
       if (details.socket !== from) continue;
       internals.messageDetailsByMessageId.delete(key);
-      details.reject(error);
+      details.reject(culprit === undefined || key === culprit ? refused : lost);
     }
     // The part of a message ldapts holds would be read as the start of the next connection's stream.
     if (internals.messageParser !== undefined) delete internals.messageParser.buffer;
@@ -206,13 +217,13 @@ function boundAnswers(client: Client, url: string, limitBytes: number): void {
           break;
         }
         if (header === 'bad') {
-          refuse(this, new LdapAnswerRefusedError(url, limitBytes, `sent bytes that are not an LDAP message (0x${start.subarray(0, 8).toString('hex')})`));
+          refuse(this, `sent bytes that are not an LDAP message (0x${start.subarray(0, 8).toString('hex')})`);
           return;
         }
         const key = String(header.id);
         const announced = (perOperation.get(key) ?? 0) + header.length;
         if (announced > limitBytes) {
-          refuse(this, new LdapAnswerRefusedError(url, limitBytes, `sent more than ${limitBytes} bytes in answer to one operation (messageID ${key}: ${announced} bytes so far)`));
+          refuse(this, `sent more than ${limitBytes} bytes in answer to one operation (messageID ${key}: ${announced} bytes so far)`, key);
           return;
         }
         perOperation.set(key, announced);

@@ -65,10 +65,23 @@ function entry(id: number, i: number): Buffer {
  */
 type Answer = 'entry' | 'stream' | 'huge' | 'not-ldap' | 'stall' | 'dribble';
 
+/** What a fake server's own answer to one search is told: `connection` counts the server's connections from 0. */
+interface Search {
+  readonly socket: Socket;
+  readonly id: number;
+  /** The uid the search's filter asks for. */
+  readonly user: string;
+  readonly connection: number;
+  /** Writes `chunk` again and again, as fast as the client reads, until the client closes. */
+  pump(chunk: Buffer): void;
+}
+
 interface FakeLdap {
   readonly url: string;
-  /** Searches received, over all connections. */
-  searches(): number;
+  /** Searches received, over all connections; for `user` only when given. */
+  searches(user?: string): number;
+  /** Connections open now. */
+  open(): number;
   /** Bytes written in answer to searches, over all connections. */
   pushed(): number;
   /** Resolves once `bytes` were pushed, or once pushing began and every connection that pushed is closed. */
@@ -76,8 +89,10 @@ interface FakeLdap {
   close(): Promise<void>;
 }
 
-async function fakeLdap(answer: Answer): Promise<FakeLdap> {
+async function fakeLdap(answer: Answer | ((search: Search) => void)): Promise<FakeLdap> {
   let searches = 0;
+  const searchesOf = new Map<string, number>();
+  let connections = 0;
   let pushed = 0;
   /** Connections pushing now, and whether any ever did. */
   let pushing = 0;
@@ -109,6 +124,7 @@ async function fakeLdap(answer: Answer): Promise<FakeLdap> {
     write();
   };
   const server = createServer((socket) => {
+    const connection = connections++;
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
     socket.on('error', () => undefined);
@@ -134,7 +150,13 @@ async function fakeLdap(answer: Answer): Promise<FakeLdap> {
         else if (operation === 0x42) socket.end();
         else if (operation === 0x63) {
           searches++;
-          if (answer === 'entry') socket.write(Buffer.concat([entry(id, 1), message(id, success(0x65))]));
+          // The filter (uid=NAME): an equalityMatch [3] of 'uid' and the name, each an OCTET STRING.
+          const text = request.toString('latin1');
+          const uid = text.indexOf('\x04\x03uid\x04');
+          const user = uid < 0 ? '' : text.slice(uid + 7, uid + 7 + text.charCodeAt(uid + 6));
+          searchesOf.set(user, (searchesOf.get(user) ?? 0) + 1);
+          if (typeof answer === 'function') answer({ socket, id, user, connection, pump: (chunk) => pump(socket, chunk) });
+          else if (answer === 'entry') socket.write(Buffer.concat([entry(id, 1), message(id, success(0x65))]));
           else if (answer === 'stall') socket.write(entry(id, 1));
           else if (answer === 'dribble') {
             const bytes = Buffer.concat([entry(id, 1), message(id, success(0x65))]);
@@ -156,7 +178,8 @@ async function fakeLdap(answer: Answer): Promise<FakeLdap> {
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   return {
     url: `ldap://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    searches: () => searches,
+    searches: (user) => (user === undefined ? searches : (searchesOf.get(user) ?? 0)),
+    open: () => sockets.size,
     pushed: () => pushed,
     pushedOrClosed: (bytes) =>
       new Promise<void>((resolve) => {
@@ -234,6 +257,26 @@ for (const answer of ['stream', 'huge'] as const) {
     }
   });
 }
+
+test('an answer past the bound fails only the search it answers: the searches sharing its connection are tried again on a new one', async () => {
+  const server = await fakeLdap(({ socket, id, user, connection, pump }) => {
+    if (user === 'big') pump(Buffer.concat(Array.from({ length: 500 }, (_, i) => entry(id, i))));
+    // The first connection holds the others' answers back: they are pending when the big one passes the bound.
+    else if (connection > 0) socket.write(Buffer.concat([entry(id, 1), message(id, success(0x65))]));
+  });
+  const d = directory([server.url]);
+  try {
+    const others = ['u1', 'u2', 'u3'];
+    // The big search last: the others are on the connection before its answer begins.
+    const logins = [...others, 'big'].map((user) => d.authenticate(user, 'pw', signal).then(() => 'ok', (error: unknown) => (error instanceof MailfrontError ? error.code : String(error))));
+    assert.deepEqual(await Promise.all(logins), ['ok', 'ok', 'ok', 'LDAP_ANSWER_REFUSED']);
+    for (const user of others) assert.equal(server.searches(user), 2, `${user}: searched on the closed connection, then on a new one`);
+    assert.equal(server.searches('big'), 1);
+  } finally {
+    await d.close();
+    await server.close();
+  }
+});
 
 test('a directory server that answers without end: the search moves on to the next server, once', async () => {
   const bad = await fakeLdap('stream');
