@@ -151,7 +151,8 @@ function messageHeader(head: Buffer): { readonly length: number; readonly id: nu
 /**
  * Bounds what the server may send on `client`'s connections: at most `limitBytes` in answer to
  * one operation (the messages with its messageID, counted as each message's header announces
- * its length), and only LDAP messages. ldapts (8.2) keeps a message until it is whole, and every
+ * its length), only LDAP messages, and only answers to operations under way (or at most as much
+ * of unsolicited notifications per connection). ldapts (8.2) keeps a message until it is whole, and every
  * entry of a search until the search's end, so a server that ignores sizeLimit and streams
  * entries, or announces one huge message, would otherwise grow the heap (by about six times what
  * it sent) until the operation deadline; bytes that are not an LDAP message would be kept for
@@ -173,7 +174,7 @@ function boundAnswers(client: Client, url: string, limitBytes: number): void {
   let head = Buffer.alloc(0);
   /** Bytes of the current message still to come. */
   let left = 0;
-  /** Bytes announced so far per messageID of a pending operation. */
+  /** Bytes announced so far per messageID of a pending operation, and of unsolicited notifications (0) on this connection. */
   const perOperation = new Map<string, number>();
   /**
    * Closes the connection `from`, which sent `what`. The operation `culprit` names (the one whose
@@ -221,9 +222,18 @@ function boundAnswers(client: Client, url: string, limitBytes: number): void {
           return;
         }
         const key = String(header.id);
+        // Every message answers an operation under way, but for unsolicited notifications
+        // (messageID 0, RFC 4511 §4.4), bounded per connection as an answer is. ldapts reads and
+        // drops any other one, so a server answering an operation that ended (on an idle kept
+        // connection, say) could keep it parsing, a core busy, for as long as it liked.
+        if (key !== '0' && !internals.messageDetailsByMessageId.has(key)) {
+          refuse(this, `sent a message for messageID ${key}, which no operation under way has`, key);
+          return;
+        }
         const announced = (perOperation.get(key) ?? 0) + header.length;
         if (announced > limitBytes) {
-          refuse(this, `sent more than ${limitBytes} bytes in answer to one operation (messageID ${key}: ${announced} bytes so far)`, key);
+          const what = key === '0' ? `sent more than ${limitBytes} bytes of unsolicited notifications (messageID 0)` : `sent more than ${limitBytes} bytes in answer to one operation (messageID ${key}: ${announced} bytes so far)`;
+          refuse(this, what, key);
           return;
         }
         perOperation.set(key, announced);
@@ -236,8 +246,8 @@ function boundAnswers(client: Client, url: string, limitBytes: number): void {
       offset += taken;
     }
     deliver(data);
-    // Operations that ended (or were never ours: a notice of disconnection) are forgotten.
-    for (const key of perOperation.keys()) if (!internals.messageDetailsByMessageId.has(key)) perOperation.delete(key);
+    // Operations that ended are forgotten; unsolicited notifications are counted for the connection.
+    for (const key of perOperation.keys()) if (key !== '0' && !internals.messageDetailsByMessageId.has(key)) perOperation.delete(key);
   };
 }
 

@@ -278,6 +278,44 @@ test('an answer past the bound fails only the search it answers: the searches sh
   }
 });
 
+/**
+ * Logs in twice on a server whose first connection, once it has answered the search with
+ * `answer`, goes on with `more` without end: mailfront closes that connection long before 32 MiB
+ * came, and the second login opens a new one.
+ */
+async function afterTheAnswer(answer: (id: number) => Buffer, more: (id: number) => Buffer): Promise<void> {
+  const server = await fakeLdap(({ socket, id, connection, pump }) => {
+    socket.write(answer(id));
+    if (connection === 0) pump(more(id));
+  });
+  const d = directory([server.url]);
+  try {
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'fast');
+    await server.pushedOrClosed(32 * MiB);
+    assert.ok(server.pushed() < 32 * MiB, `the connection was still open after ${(server.pushed() / MiB).toFixed(1)} MiB`);
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'fast');
+    assert.equal(server.searches(), 2);
+  } finally {
+    await d.close();
+    await server.close();
+  }
+}
+
+test('a directory server that goes on answering a search that ended: the connection is closed', async () => {
+  await afterTheAnswer(
+    (id) => Buffer.concat([entry(id, 1), message(id, success(0x65))]),
+    (id) => Buffer.concat(Array.from({ length: 500 }, (_, i) => entry(id, i))),
+  );
+});
+
+test('unsolicited notifications (messageID 0, RFC 4511 §4.4) are taken, up to the answer bound per connection', async () => {
+  const notice = message(0, success(0x78));
+  await afterTheAnswer(
+    (id) => Buffer.concat([notice, entry(id, 1), message(id, success(0x65))]),
+    () => Buffer.concat(Array.from({ length: 500 }, () => notice)),
+  );
+});
+
 test('a directory server that answers without end: the search moves on to the next server, once', async () => {
   const bad = await fakeLdap('stream');
   const good = await fakeLdap('entry');
