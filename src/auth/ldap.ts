@@ -109,6 +109,7 @@ interface ClientInternals {
   readonly messageDetailsByMessageId: Map<string, { readonly socket: unknown; reject(error: Error): void }>;
   readonly messageParser?: { buffer?: Buffer };
   _destroySocket(socket: unknown): void;
+  _send(message: { readonly messageId: number }): Promise<unknown>;
 }
 
 /** Bytes received by each bounded client, all its connections and operations together. */
@@ -117,6 +118,19 @@ const receivedBytes = new WeakMap<Client, { total: number }>();
 /** Bytes `client` has received since it was opened (0 for a client not opened by openLdapClient). */
 export function ldapBytesReceived(client: Client): number {
   return receivedBytes.get(client)?.total ?? 0;
+}
+
+/** Bytes announced in answer to the operation whose failure is the key (see ldapAnswerBytes()). */
+const answerBytesOfFailure = new WeakMap<object, number>();
+
+/**
+ * Bytes the server had announced in answer to the operation that failed with `error` (0 for an
+ * error that is not an operation's failure on a client opened by openLdapClient). Unlike the
+ * client's count, it is the operation's own: on a connection that carries many operations at
+ * once, others' answers say nothing of whether the server was answering this one.
+ */
+export function ldapAnswerBytes(error: unknown): number {
+  return typeof error === 'object' && error !== null ? (answerBytesOfFailure.get(error) ?? 0) : 0;
 }
 
 /** Longest LDAPMessage header read: SEQUENCE tag, a length of up to 1 + 4 bytes, an INTEGER messageID of up to 4 bytes. */
@@ -163,8 +177,9 @@ function messageHeader(head: Buffer): { readonly length: number; readonly id: nu
 function boundAnswers(client: Client, url: string, limitBytes: number): void {
   const internals = client as unknown as ClientInternals;
   const deliver = internals.socketDataHandler;
-  if (typeof deliver !== 'function' || !(internals.messageDetailsByMessageId instanceof Map) || typeof internals._destroySocket !== 'function') {
-    throw new Error('ldapts no longer has the socketDataHandler, messageDetailsByMessageId and _destroySocket that bound LDAP answers');
+  const send = internals._send;
+  if (typeof deliver !== 'function' || !(internals.messageDetailsByMessageId instanceof Map) || typeof internals._destroySocket !== 'function' || typeof send !== 'function') {
+    throw new Error('ldapts no longer has the socketDataHandler, messageDetailsByMessageId, _destroySocket and _send that bound LDAP answers');
   }
   const counter = { total: 0 };
   receivedBytes.set(client, counter);
@@ -174,8 +189,27 @@ function boundAnswers(client: Client, url: string, limitBytes: number): void {
   let head = Buffer.alloc(0);
   /** Bytes of the current message still to come. */
   let left = 0;
-  /** Bytes announced so far per messageID of a pending operation, and of unsolicited notifications (0) on this connection. */
-  const perOperation = new Map<string, number>();
+  /** Bytes announced so far in answer to each operation under way, by messageID. */
+  const perOperation = new Map<string, { bytes: number }>();
+  /** Bytes of unsolicited notifications (messageID 0) announced on this connection. */
+  let unsolicited = 0;
+  // Each operation's count begins when it is sent, and a failure carries it (ldapAnswerBytes()).
+  internals._send = function (this: unknown, message: { readonly messageId: number }): Promise<unknown> {
+    const key = String(message.messageId);
+    const answer = { bytes: 0 };
+    perOperation.set(key, answer);
+    let sent: Promise<unknown>;
+    try {
+      sent = send.call(this, message);
+    } catch (error) {
+      if (perOperation.get(key) === answer) perOperation.delete(key);
+      throw error;
+    }
+    return sent.catch((error: unknown) => {
+      if (typeof error === 'object' && error !== null) answerBytesOfFailure.set(error, answer.bytes);
+      throw error;
+    });
+  };
   /**
    * Closes the connection `from`, which sent `what`. The operation `culprit` names (the one whose
    * answer passed the bound) fails with an LdapAnswerRefusedError; the others pending on the
@@ -203,7 +237,7 @@ function boundAnswers(client: Client, url: string, limitBytes: number): void {
       socket = this;
       head = Buffer.alloc(0);
       left = 0;
-      perOperation.clear();
+      unsolicited = 0;
     }
     counter.total += data.length;
     let offset = 0;
@@ -230,13 +264,16 @@ function boundAnswers(client: Client, url: string, limitBytes: number): void {
           refuse(this, `sent a message for messageID ${key}, which no operation under way has`, key);
           return;
         }
-        const announced = (perOperation.get(key) ?? 0) + header.length;
+        let answer = key === '0' ? undefined : perOperation.get(key);
+        if (key !== '0' && answer === undefined) perOperation.set(key, (answer = { bytes: 0 }));
+        const announced = (answer === undefined ? unsolicited : answer.bytes) + header.length;
         if (announced > limitBytes) {
           const what = key === '0' ? `sent more than ${limitBytes} bytes of unsolicited notifications (messageID 0)` : `sent more than ${limitBytes} bytes in answer to one operation (messageID ${key}: ${announced} bytes so far)`;
           refuse(this, what, key);
           return;
         }
-        perOperation.set(key, announced);
+        if (answer === undefined) unsolicited = announced;
+        else answer.bytes = announced;
         // The header's bytes already read from earlier chunks are part of the message.
         left = header.length - head.length;
         head = Buffer.alloc(0);
@@ -246,8 +283,8 @@ function boundAnswers(client: Client, url: string, limitBytes: number): void {
       offset += taken;
     }
     deliver(data);
-    // Operations that ended are forgotten; unsolicited notifications are counted for the connection.
-    for (const key of perOperation.keys()) if (key !== '0' && !internals.messageDetailsByMessageId.has(key)) perOperation.delete(key);
+    // Operations that ended are forgotten (a failure keeps its count: ldapAnswerBytes()).
+    for (const key of perOperation.keys()) if (!internals.messageDetailsByMessageId.has(key)) perOperation.delete(key);
   };
 }
 
@@ -484,7 +521,6 @@ export class LdapDirectory implements Directory {
         this.dropService(slot, connection);
         continue;
       }
-      const heardBefore = ldapBytesReceived(connection.client);
       try {
         const { searchEntries } = await this.timed('search', () =>
           connection.client.search(this.config.baseDn, {
@@ -513,7 +549,8 @@ export class LdapDirectory implements Directory {
             ? new MailfrontError('LDAP_ANSWER_REFUSED', 'auth-tempfail', `the user search failed: ${error.message}`, { cause: error })
             : new MailfrontError('LDAP_SEARCH_FAILED', 'auth-tempfail', `the user search failed on ${connection.url}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
         if (attempt === 1 || !isServerFailure(error)) throw failure;
-        const heard = error instanceof LdapAnswerRefusedError || (ldapResult(error) === 'timeout' && ldapBytesReceived(connection.client) > heardBefore);
+        // This search's own answer: others on the connection may well have been answered meanwhile.
+        const heard = error instanceof LdapAnswerRefusedError || (ldapResult(error) === 'timeout' && ldapAnswerBytes(error) > 0);
         if (heard) {
           if (this.config.urls.every((url) => url === connection.url)) throw failure;
           avoid = { url: connection.url, failure };

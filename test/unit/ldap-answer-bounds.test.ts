@@ -359,6 +359,24 @@ test('a search whose deadline passed while the server was answering is not asked
   }
 });
 
+test('a search that timed out with nothing of its own answer heard is tried again on a new connection, whatever others on its connection heard', async () => {
+  const server = await fakeLdap(({ socket, id, user, connection }) => {
+    // No answer to 'slow' on the first connection; any other search is answered at once.
+    if (user !== 'slow' || connection > 0) socket.write(Buffer.concat([entry(id, 1), message(id, success(0x65))]));
+  });
+  const d = directory([server.url], 300);
+  try {
+    const slow = d.authenticate('slow', 'slow-pw', signal);
+    // Answered on the slow search's connection while it waits.
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'fast');
+    assert.equal((await slow).store, 'fast');
+    assert.equal(server.searches('slow'), 2);
+  } finally {
+    await d.close();
+    await server.close();
+  }
+});
+
 test('a directory server that answers with bytes that are not LDAP: a temporary failure at once, naming the server', async () => {
   const server = await fakeLdap('not-ldap');
   const d = directory([server.url]);
