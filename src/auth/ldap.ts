@@ -172,9 +172,9 @@ function messageHeader(head: Buffer): { readonly length: number; readonly id: nu
  * it sent) until the operation deadline; bytes that are not an LDAP message would be kept for
  * ever. Past the bound the connection is closed before the bytes reach ldapts: the operation
  * whose answer passed it fails with an LdapAnswerRefusedError, the others on the connection as on
- * a lost connection (see refuse()).
+ * a lost connection (see refuse()). Exported for its tests.
  */
-function boundAnswers(client: Client, url: string, limitBytes: number): void {
+export function boundAnswers(client: Client, url: string, limitBytes: number): void {
   const internals = client as unknown as ClientInternals;
   const deliver = internals.socketDataHandler;
   const send = internals._send;
@@ -282,7 +282,8 @@ function boundAnswers(client: Client, url: string, limitBytes: number): void {
       left -= taken;
       offset += taken;
     }
-    deliver(data);
+    // As ldapts's own method, should its arrow function become one: `this` the client, not the socket.
+    deliver.call(client, data);
     // Operations that ended are forgotten (a failure keeps its count: ldapAnswerBytes()).
     for (const key of perOperation.keys()) if (!internals.messageDetailsByMessageId.has(key)) perOperation.delete(key);
   };

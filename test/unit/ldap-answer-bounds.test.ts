@@ -11,7 +11,8 @@ import type { AddressInfo, Socket } from 'node:net';
 import { test } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { LdapDirectory } from '../../src/auth/ldap.js';
+import type { Client } from 'ldapts';
+import { boundAnswers, LdapDirectory } from '../../src/auth/ldap.js';
 import type { DirectoryConfig } from '../../src/config/schema.js';
 import { MailfrontError } from '../../src/errors.js';
 import { MAX_LDAP_ANSWER_BYTES, MAX_STOREMAP_LDAP_ANSWER_BYTES } from '../../src/limits.js';
@@ -418,4 +419,25 @@ test('the store-map LDAP source: a search answered without end fails at its byte
     await source.close();
     await server.close();
   }
+});
+
+test("the bytes reach ldapts's handler with the client as `this`, as a method of its own would need", () => {
+  // ldapts (8.2) has an arrow function there; a method on its prototype would read `this`.
+  class ClientLike {
+    readonly messageDetailsByMessageId = new Map([['1', { socket: null, reject: (): void => undefined }]]);
+    readonly read: Buffer[] = [];
+    socketDataHandler(data: Buffer): void {
+      this.read.push(data);
+    }
+    _destroySocket(): void {}
+    _send(): Promise<unknown> {
+      return Promise.resolve();
+    }
+  }
+  const client = new ClientLike();
+  boundAnswers(client as unknown as Client, 'ldap://127.0.0.1', MAX_LDAP_ANSWER_BYTES);
+  const bytes = message(1, success(0x65));
+  // As a socket's 'data' event calls it: `this` is the socket.
+  client.socketDataHandler.call({ socket: true }, bytes);
+  assert.deepEqual(client.read, [bytes]);
 });
