@@ -82,8 +82,10 @@ export const MAX_PIPELINED_BYTES = 64 * 1024;
 export const MAX_LDAP_ANSWER_BYTES = 256 * 1024;
 
 /**
- * Bytes the store-map LDAP source may receive for one store-map search, all its pages together
- * (and so for any one page): a mailfrontStore or mailfrontSlot entry is a few hundred bytes, so
- * this holds tens of thousands of them.
+ * Bytes the store-map LDAP source may receive for one store-map search by default, all its pages
+ * together (and so for any one page: a server without paging sends the whole map as one answer);
+ * store_map.ldap.max_answer_bytes sets it. A store with two slots is about 850 bytes of entries
+ * (OpenLDAP), so this holds about 75,000 such stores; ldapts holds about six times the bytes of a
+ * page while reading it.
  */
-export const MAX_STOREMAP_LDAP_ANSWER_BYTES = 16 * 1024 * 1024;
+export const MAX_STOREMAP_LDAP_ANSWER_BYTES = 64 * 1024 * 1024;

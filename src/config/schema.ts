@@ -156,6 +156,8 @@ export type StoreMapSourceConfig =
       readonly starttls: boolean;
       readonly caFile?: string;
       readonly operationTimeoutMs: number;
+      /** Bytes one read of the store map may take, all pages together (default MAX_STOREMAP_LDAP_ANSWER_BYTES). */
+      readonly maxAnswerBytes?: number;
     };
 
 export interface FailoverConfig {
@@ -455,7 +457,7 @@ function readStoreMapSource(v: unknown, directory: DirectoryConfig, resolvePath:
   }
   if (o['file'] !== undefined) return { kind: 'file', file: resolvePath(str(o, 'file', path, issues)), watch: bool(o, 'watch', path, issues, true), baseDir: resolvePath('.') };
   const lpath = at(path, 'ldap');
-  const l = readSection(o['ldap'], lpath, ['urls', 'bind_dn', 'bind_password', 'base_dn', 'poll_interval_ms', 'starttls', 'ca_file', 'operation_timeout_ms'], issues) ?? {};
+  const l = readSection(o['ldap'], lpath, ['urls', 'bind_dn', 'bind_password', 'base_dn', 'poll_interval_ms', 'starttls', 'ca_file', 'operation_timeout_ms', 'max_answer_bytes'], issues) ?? {};
   // Checked as the directory's are: a typo would replace a working source with one that never answers.
   const urls = l['urls'] === undefined ? [...directory.urls] : ldapUrlList(l, 'urls', lpath, issues);
   const caFile = optStr(l, 'ca_file', lpath, issues);
@@ -470,6 +472,8 @@ function readStoreMapSource(v: unknown, directory: DirectoryConfig, resolvePath:
     starttls: bool(l, 'starttls', lpath, issues, directory.starttls),
     ...(resolvedCa !== undefined ? { caFile: resolvedCa } : {}),
     operationTimeoutMs: int(l, 'operation_timeout_ms', lpath, issues, 100, 120_000, directory.operationTimeoutMs),
+    // Not set: MAX_STOREMAP_LDAP_ANSWER_BYTES (about 75,000 stores of two slots); a larger map needs it raised.
+    ...(l['max_answer_bytes'] !== undefined ? { maxAnswerBytes: int(l, 'max_answer_bytes', lpath, issues, 64 * 1024, 1024 * 1024 * 1024) } : {}),
   };
 }
 

@@ -12,7 +12,7 @@ import { basename, dirname, join } from 'node:path';
 import type { ConnectionOptions } from 'node:tls';
 import { Attribute, Change, Client, SizeLimitExceededError } from 'ldapts';
 import { parseDocument } from 'yaml';
-import { escapeFilterValue, ldapBytesReceived, openLdapClient } from '../auth/ldap.js';
+import { escapeFilterValue, LdapAnswerRefusedError, ldapBytesReceived, openLdapClient } from '../auth/ldap.js';
 import { readStoreMapFile } from '../config/load.js';
 import type { StoreMapSourceConfig } from '../config/schema.js';
 import { asMailfrontError, MailfrontError } from '../errors.js';
@@ -204,6 +204,8 @@ export class LdapStoreMapSource implements StoreMapSource {
   readonly description: string;
   private client: Client | null = null;
   private readonly tls: ConnectionOptions;
+  /** Bytes one read of the map may take, all pages together (store_map.ldap.max_answer_bytes). */
+  private readonly maxAnswerBytes: number;
   private lastFingerprint = '';
   /** Set by close(): a connection opened after it (by a poll in flight) is let go at once. */
   private closed = false;
@@ -216,6 +218,7 @@ export class LdapStoreMapSource implements StoreMapSource {
     ca: Buffer | undefined = config.caFile ? readCaCertificates(config.caFile, 'store_map.ldap.ca_file') : undefined,
   ) {
     this.description = `ldap ${config.baseDn}`;
+    this.maxAnswerBytes = config.maxAnswerBytes ?? MAX_STOREMAP_LDAP_ANSWER_BYTES;
     this.tls = { minVersion: 'TLSv1.2', ...(ca ? { ca } : {}) };
   }
 
@@ -244,7 +247,7 @@ export class LdapStoreMapSource implements StoreMapSource {
       if (this.closed) break;
       let client: Client | undefined;
       try {
-        client = await openLdapClient(url, { tls: this.tls, starttls: this.config.starttls, operationTimeoutMs: this.config.operationTimeoutMs, connectTimeoutMs: this.config.operationTimeoutMs, autoRebind: true, maxAnswerBytes: MAX_STOREMAP_LDAP_ANSWER_BYTES });
+        client = await openLdapClient(url, { tls: this.tls, starttls: this.config.starttls, operationTimeoutMs: this.config.operationTimeoutMs, connectTimeoutMs: this.config.operationTimeoutMs, autoRebind: true, maxAnswerBytes: this.maxAnswerBytes });
         await client.bind(this.config.bindDn, this.config.bindPassword);
       } catch (error) {
         failures.push(`${url}: ${error instanceof Error ? error.message : String(error)}`);
@@ -309,8 +312,8 @@ export class LdapStoreMapSource implements StoreMapSource {
       });
       for await (const { searchEntries } of pages) {
         entries.push(...searchEntries);
-        if (ldapBytesReceived(client) - heardBefore > MAX_STOREMAP_LDAP_ANSWER_BYTES) {
-          throw new Error(`the store entries under ${this.config.baseDn} came to more than ${MAX_STOREMAP_LDAP_ANSWER_BYTES} bytes (${entries.length} entries so far); the search was stopped`);
+        if (ldapBytesReceived(client) - heardBefore > this.maxAnswerBytes) {
+          throw new Error(`the store entries under ${this.config.baseDn} came to more than ${this.maxAnswerBytes} bytes (${entries.length} entries so far; store_map.ldap.max_answer_bytes); the search was stopped`);
         }
       }
       return entries;
@@ -330,6 +333,8 @@ export class LdapStoreMapSource implements StoreMapSource {
     if (error instanceof SizeLimitExceededError) {
       return `the server's size limit for ${this.config.bindDn} is smaller than the number of mailfrontStore and mailfrontSlot entries under ${this.config.baseDn} (sizeLimitExceeded); raise that account's limit (OpenLDAP: limits dn.exact="${this.config.bindDn}" size=unlimited)`;
     }
+    // The answer bound: a map larger than it needs store_map.ldap.max_answer_bytes raised.
+    if (error instanceof LdapAnswerRefusedError) return `${message} (store_map.ldap.max_answer_bytes)`;
     return message;
   }
 

@@ -6,7 +6,10 @@
  * LDAP servers whose messages are written by hand in BER (RFC 4511 §4) play the directories.
  */
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { AddressInfo, Socket } from 'node:net';
 import { test } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
@@ -14,6 +17,7 @@ import { runInNewContext } from 'node:vm';
 import type { Client } from 'ldapts';
 import { boundAnswers, LdapDirectory } from '../../src/auth/ldap.js';
 import type { DirectoryConfig } from '../../src/config/schema.js';
+import { loadConfig } from '../../src/config/load.js';
 import { MailfrontError } from '../../src/errors.js';
 import { MAX_LDAP_ANSWER_BYTES, MAX_STOREMAP_LDAP_ANSWER_BYTES } from '../../src/limits.js';
 import { createLogger } from '../../src/log.js';
@@ -440,4 +444,82 @@ test("the bytes reach ldapts's handler with the client as `this`, as a method of
   // As a socket's 'data' event calls it: `this` is the socket.
   client.socketDataHandler.call({ socket: true }, bytes);
   assert.deepEqual(client.read, [bytes]);
+});
+
+/** A SearchResultEntry with `attributes` (each of one value). */
+function entryOf(id: number, dn: string, attributes: Record<string, string>): Buffer {
+  const list = Object.entries(attributes).map(([type, value]) => tlv(0x30, tlv(0x04, type), tlv(0x31, tlv(0x04, value))));
+  return message(id, tlv(0x64, tlv(0x04, dn), tlv(0x30, ...list)));
+}
+
+/** The entries of `count` stores of two slots under ou=stores, as OpenLDAP would send them. */
+function storeEntries(id: number, count: number): Buffer {
+  const entries: Buffer[] = [];
+  for (let i = 0; i < count; i++) {
+    const store = `cn=store${i},ou=stores,dc=example,dc=org`;
+    entries.push(entryOf(id, store, { objectClass: 'mailfrontStore', cn: `store${i}`, mailfrontCurrentMaster: `store${i}a`, mailfrontPreferredMaster: `store${i}a`, mailfrontBackendProfile: 'dovecot' }));
+    for (const slot of ['a', 'b']) {
+      const ports = { mailfrontImapPort: '143', mailfrontImapsPort: '993', mailfrontPop3Port: '110', mailfrontPop3sPort: '995', mailfrontSievePort: '4190' };
+      entries.push(entryOf(id, `cn=store${i}${slot},${store}`, { objectClass: 'mailfrontSlot', cn: `store${i}${slot}`, mailfrontHost: `mail-store${i}${slot}.example.org`, ...ports }));
+    }
+  }
+  return Buffer.concat(entries);
+}
+
+/** store_map.ldap as a config file with `extra` in the section gives it, read by loadConfig. */
+function storeMapLdapConfig(url: string, extra: string): ReturnType<typeof loadConfig>['storeMap'] {
+  const dir = mkdtempSync(join(tmpdir(), 'mf-storemap-size-'));
+  try {
+    writeFileSync(join(dir, 'ldap.secret'), 'service-pw\n');
+    writeFileSync(
+      join(dir, 'mf.yaml'),
+      [
+        'listeners:',
+        '  - { protocol: imap, host: 127.0.0.1, port: 1143, tls: none, plaintext_without_tls: true }',
+        'directory:',
+        `  urls: [${url}]`,
+        '  bind_dn: cn=mailfront,dc=example,dc=org',
+        '  bind_password_file: ldap.secret',
+        '  base_dn: ou=people,dc=example,dc=org',
+        'store_map:',
+        '  ldap:',
+        '    base_dn: ou=stores,dc=example,dc=org',
+        ...extra.split('\n').filter((line) => line !== '').map((line) => `    ${line}`),
+        '',
+      ].join('\n'),
+    );
+    return loadConfig(join(dir, 'mf.yaml')).storeMap;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test('a store map of 20,000 stores (more than 16 MiB of entries, in one answer) is read whole; store_map.ldap.max_answer_bytes bounds it', async () => {
+  const stores = 20_000;
+  const server = await fakeLdap(({ socket, id }) => {
+    // A server without paging answers with the whole map at once.
+    socket.write(Buffer.concat([storeEntries(id, stores), message(id, success(0x65))]));
+  });
+  const read = async (extra: string): Promise<unknown> => {
+    const config = storeMapLdapConfig(server.url, extra);
+    assert.equal(config.kind, 'ldap');
+    const source = new LdapStoreMapSource(config as Extract<typeof config, { kind: 'ldap' }>);
+    try {
+      return await source.load();
+    } finally {
+      await source.close();
+    }
+  };
+  try {
+    const document = (await read('')) as { stores: Record<string, unknown> };
+    assert.equal(Object.keys(document.stores).length, stores);
+    await assert.rejects(read('max_answer_bytes: 1048576'), (error: unknown) => {
+      assert.ok(error instanceof MailfrontError, String(error));
+      assert.equal(error.code, 'STOREMAP_LDAP_SEARCH_FAILED');
+      assert.match(error.message, /sent more than 1048576 bytes in answer to one operation .*\(store_map\.ldap\.max_answer_bytes\)/);
+      return true;
+    });
+  } finally {
+    await server.close();
+  }
 });
