@@ -2,6 +2,7 @@
 // each of which parses: Node's TLS takes an empty, cut-short or garbage file without a word and
 // then trusts nothing.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -54,4 +55,17 @@ test('a CA file with no certificate, one cut short or one that does not parse is
 
 test('a CA file that cannot be read is refused as before (CA_FILE_UNREADABLE, the error code)', () => {
   assert.throws(() => readCaCertificates(join(dir, 'missing.pem'), 'store_map.ldap.ca_file'), /store_map\.ldap\.ca_file: cannot read .*missing\.pem: ENOENT/);
+});
+
+test("a CA in OpenSSL's TRUSTED CERTIFICATE form (openssl x509 -trustout), which Node's TLS takes, is read; one cut short or not base64 is refused", () => {
+  const trusted = execFileSync('openssl', ['x509', '-trustout', '-addtrust', 'serverAuth'], { input: ca }).toString();
+  assert.match(trusted, /^-----BEGIN TRUSTED CERTIFICATE-----\n/);
+  for (const content of [trusted, `${trusted}${cert}`]) assert.equal(read(content).toString(), content);
+  const cases: Array<[string, RegExp]> = [
+    [trusted.slice(0, trusted.length / 2), /ends inside a PEM certificate \(1 of 1/],
+    [trusted.replace('-----END TRUSTED CERTIFICATE-----', '-----END CERTIFICATE-----'), /ends inside a PEM certificate \(1 of 1/],
+    ['-----BEGIN TRUSTED CERTIFICATE-----\nAAAA\n-----END TRUSTED CERTIFICATE-----\n', /cannot be parsed \(certificate 1 of 1/],
+    ['-----BEGIN TRUSTED CERTIFICATE-----\nnot base64!\n-----END TRUSTED CERTIFICATE-----\n', /cannot be parsed \(certificate 1 of 1: its body is not base64/],
+  ];
+  for (const [content, reason] of cases) assert.throws(() => read(content), reason, JSON.stringify(content.slice(0, 60)));
 });
