@@ -135,7 +135,18 @@ export interface MetricsOptions {
   readonly protocols?: readonly ProtocolName[];
   /** Monotonic clock in milliseconds (tests); default performance.now. */
   readonly nowMs?: () => number;
+  /** Longest an exposition may take (default METRICS_RENDER_DEADLINE_MS; tests shorten it). */
+  readonly renderDeadlineMs?: number;
 }
+
+/**
+ * Longest a render of every metric may take. /metrics shares one render among the scrapes that
+ * come while it is due or under way, and the next begins only once it has ended: a render that
+ * never settled (a collect function waiting on something that never comes) would keep every
+ * later scrape waiting for ever. Past this the scrape fails (HTTP 500) and the next scrape renders
+ * anew. Prometheus gives a scrape 10 s by default.
+ */
+export const METRICS_RENDER_DEADLINE_MS = 10_000;
 
 /** The phases a session spends time in ('closing' is the instant of teardown, reported through `ended`). */
 const PHASES: readonly SessionPhaseLabel[] = ['greeting', 'preauth', 'authenticating', 'backend-login', 'spliced'];
@@ -223,6 +234,7 @@ export class Metrics {
   /** The registry `/metrics` serves. */
   readonly registry = new Registry();
   private readonly nowMs: () => number;
+  private readonly renderDeadlineMs: number;
   /** Label sets set outside storeMapLoaded, so that a new map can drop those of vanished slots and stores. */
   private readonly slotUpSeries = new Map<string, { store: string; slot: string }>();
   /** Stores with a failover count, so that one which left the map loses its series. */
@@ -295,6 +307,7 @@ export class Metrics {
 
   constructor(options: MetricsOptions = {}) {
     this.nowMs = options.nowMs ?? (() => performance.now());
+    this.renderDeadlineMs = options.renderDeadlineMs ?? METRICS_RENDER_DEADLINE_MS;
     const registers = [this.registry];
     const counter = <L extends string>(name: string, help: string, labelNames: readonly L[]): Counter<L> => new Counter({ name, help, labelNames, registers });
     const gauge = <L extends string>(name: string, help: string, labelNames: readonly L[]): Gauge<L> => new Gauge({ name, help, labelNames, registers });
@@ -560,10 +573,19 @@ export class Metrics {
     this.directoryCacheSizes = sizes;
   }
 
-  /** The text exposition of every metric, and its content type. */
+  /** The text exposition of every metric, and its content type; rejects past the render deadline (METRICS_RENDER_DEADLINE_MS). */
   async exposition(): Promise<{ contentType: string; body: string }> {
     for (const hook of this.scrapeHooks) hook();
-    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      // Not holding up a stop.
+      timer = setTimeout(() => reject(new Error(`the metrics were not rendered within ${this.renderDeadlineMs} ms`)), this.renderDeadlineMs).unref();
+    });
+    try {
+      return { contentType: this.registry.contentType, body: await Promise.race([this.registry.metrics(), deadline]) };
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** Names of every metric family mailfront can expose, those registered only at times included (for consistency checks such as the dashboard's). */

@@ -1,6 +1,10 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
+import { get } from 'node:http';
+import { Gauge } from 'prom-client';
+import { createLogger } from '../../src/log.js';
+import { HttpServer, readinessOf } from '../../src/server/http.js';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
 import { Metrics, authFailureReason, backendFailureResult } from '../../src/metrics.js';
 import type { SessionEndReasonLabel, SessionPhaseLabel } from '../../src/metrics.js';
@@ -245,5 +249,45 @@ describe('metrics', () => {
       syncBuiltinESMExports();
     }
     assert.equal(readdirSync, original, 'the spy is gone');
+  });
+});
+
+describe('metrics: a render that never settles', () => {
+  /** GET /metrics: the status, or 'no answer' within 5 s. */
+  const scrape = (port: number): Promise<{ status: number | string; body: string }> =>
+    new Promise((resolve) => {
+      const request = get({ host: '127.0.0.1', port, path: '/metrics', agent: false }, (response) => {
+        const chunks: Buffer[] = [];
+        response.on('data', (chunk: Buffer) => chunks.push(chunk));
+        response.on('end', () => resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString() }));
+      });
+      request.setTimeout(5_000, () => {
+        request.destroy();
+        resolve({ status: 'no answer', body: '' });
+      });
+      request.on('error', (error) => resolve({ status: String(error), body: '' }));
+    });
+
+  it('fails its scrape past the render deadline (500), and the next scrape renders anew', async () => {
+    const metrics = new Metrics({ processMetrics: false, renderDeadlineMs: 200 });
+    let hang = true;
+    new Gauge({
+      name: 'test_collect_calls',
+      help: 'a collect function that never settles while `hang` is set',
+      registers: [metrics.registry],
+      collect: () => (hang ? new Promise<void>(() => undefined) : undefined),
+    });
+    const server = new HttpServer({ host: '127.0.0.1', port: 0 }, { metrics, log: createLogger('silent'), readiness: () => readinessOf([]) });
+    await server.listen();
+    try {
+      const port = server.address().port;
+      assert.equal((await scrape(port)).status, 500);
+      hang = false;
+      const next = await scrape(port);
+      assert.equal(next.status, 200);
+      assert.match(next.body, /^test_collect_calls 0$/m);
+    } finally {
+      await server.close();
+    }
   });
 });
