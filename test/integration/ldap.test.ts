@@ -9,12 +9,12 @@ import type { AddressInfo, Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import { LdapDirectory } from '../../src/auth/ldap.js';
 import type { DirectoryConfig } from '../../src/config/schema.js';
-import { MailfrontError } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
 import { Metrics } from '../../src/metrics.js';
 import { assertNoRegisteredSecret, registerPasswords, registerSecrets, suiteLogWriter } from './front.js';
 import { freePort, startSlapd } from './servers/index.js';
 import type { Slapd } from './servers/index.js';
+import { mailfrontFailure as failure } from '../mailfront-failure.js';
 
 let slapd: Slapd;
 // Every password these tests hand to the directory code, right and wrong: its log lines (kept
@@ -61,15 +61,6 @@ function directory(overrides: Partial<DirectoryConfig>, metrics?: Metrics): Ldap
   );
 }
 
-async function failure(promise: Promise<unknown>): Promise<MailfrontError> {
-  try {
-    await promise;
-  } catch (error) {
-    assert.ok(error instanceof MailfrontError, String(error));
-    return error;
-  }
-  assert.fail('expected a failure');
-}
 
 const signal = new AbortController().signal;
 

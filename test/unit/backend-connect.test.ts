@@ -11,10 +11,10 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { connectionFailureKind, dialSlot, loginToBackend, probeSlot } from '../../src/backend/connect.js';
 import type { BackendConfig } from '../../src/config/schema.js';
-import { MailfrontError } from '../../src/errors.js';
 import { ImapBackendLoginMachine } from '../../src/protocol/imap/backend.js';
 import type { Slot } from '../../src/routing/storemap.js';
 import { testCertsPem } from '../integration/servers/certs.js';
+import { mailfrontFailure as failureOf } from '../mailfront-failure.js';
 
 let dir: string;
 let caFile: string;
@@ -46,15 +46,6 @@ async function fakeBackend(onConnection: (socket: Socket) => void): Promise<{ se
   return { server, slot };
 }
 
-async function failureOf(promise: Promise<unknown>): Promise<MailfrontError> {
-  try {
-    await promise;
-  } catch (error) {
-    assert.ok(error instanceof MailfrontError, String(error));
-    return error;
-  }
-  assert.fail('expected a failure');
-}
 
 /** Implicit TLS: the backend reads the ClientHello, then `end`s (FIN) or resets the connection. */
 for (const how of ['closes', 'resets'] as const) {

@@ -22,6 +22,7 @@ import { MailfrontError } from '../../src/errors.js';
 import { MAX_LDAP_ANSWER_BYTES, MAX_STOREMAP_LDAP_ANSWER_BYTES } from '../../src/limits.js';
 import { createLogger } from '../../src/log.js';
 import { LdapStoreMapSource } from '../../src/routing/sources.js';
+import { mailfrontFailure as failure } from '../mailfront-failure.js';
 
 // A real collection before each heap reading, even without --expose-gc on the command line.
 setFlagsFromString('--expose-gc');
@@ -221,15 +222,6 @@ function directory(urls: string[], operationTimeoutMs = 10_000): LdapDirectory {
   return new LdapDirectory(config, log);
 }
 
-async function failure(promise: Promise<unknown>): Promise<MailfrontError> {
-  try {
-    await promise;
-  } catch (error) {
-    assert.ok(error instanceof MailfrontError, String(error));
-    return error;
-  }
-  assert.fail('expected a failure');
-}
 
 /**
  * What mailfront holds (after a collection) once `server` has pushed 32 MiB for `work`, or once
