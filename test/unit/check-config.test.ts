@@ -31,12 +31,40 @@ after(async () => {
 });
 
 /** Writes a config with these listeners' certificates (and `extra` lines, a directory CA file say) and runs check-config on it. */
-async function checkConfig(name: string, certificates: ReadonlyArray<{ cert: string; key: string }>, directoryExtra = '', storesFile = 'stores.yaml'): Promise<{ code: number; stdout: string; stderr: string }> {
+async function checkConfig(name: string, certificates: ReadonlyArray<{ cert: string; key: string }>, directoryExtra = '', storesFile = 'stores.yaml', sections = ''): Promise<{ code: number; stdout: string; stderr: string }> {
   const listeners = certificates.map((c, i) => `  - { name: imap${i}, protocol: imap, host: 127.0.0.1, port: ${1143 + i}, tls: starttls, certificate: { cert: ${JSON.stringify(c.cert)}, key: ${JSON.stringify(c.key)} } }`);
   const file = join(dir, `${name}.yaml`);
-  await writeFile(file, `listeners:\n${listeners.join('\n')}\ndirectory: { urls: [ldap://127.0.0.1], bind_dn: cn=x, bind_password: x, base_dn: dc=x${directoryExtra} }\nstore_map: { file: ${storesFile}, watch: false }\n`);
+  await writeFile(file, `listeners:\n${listeners.join('\n')}\ndirectory: { urls: [ldap://127.0.0.1], bind_dn: cn=x, bind_password: x, base_dn: dc=x${directoryExtra} }\nstore_map: { file: ${storesFile}, watch: false }\n${sections}`);
   return run(file);
 }
+
+/** check-config on a config whose throttle.redis has these TLS files (it must connect to nothing: port 9). */
+function checkRedisTls(name: string, files: { ca?: string; cert?: string; key?: string }): Promise<{ code: number; stdout: string; stderr: string }> {
+  const tls = [files.ca && `ca_file: ${JSON.stringify(files.ca)}`, files.cert && `cert_file: ${JSON.stringify(files.cert)}`, files.key && `key_file: ${JSON.stringify(files.key)}`].filter(Boolean).join(', ');
+  return checkConfig(name, [{ cert: certs.certFile, key: certs.keyFile }], '', 'stores.yaml', `throttle: { redis: { url: "rediss://127.0.0.1:9", ${tls} } }\n`);
+}
+
+test('check-config reads throttle.redis\'s CA, client certificate and key as the Redis connection would: usable ones pass', async () => {
+  const result = await checkRedisTls('redis-good', { ca: certs.caFile, cert: certs.certFile, key: certs.keyFile });
+  assert.equal(result.code, 0, result.stderr);
+  assert.match(result.stdout, /: OK \(/);
+});
+
+test('check-config names throttle.redis\'s TLS file that cannot be read, and exits 1', async () => {
+  const missing = join(dir, 'no-such-redis-ca.pem');
+  const result = await checkRedisTls('redis-missing', { ca: missing, cert: certs.certFile, key: certs.keyFile });
+  assert.equal(result.code, 1, result.stdout);
+  assert.ok(result.stderr.includes(`throttle.redis.ca_file: expected a readable file (${missing}), found ENOENT`), result.stderr);
+});
+
+test('check-config refuses a Redis client key that is not the certificate\'s, and a Redis CA file without a certificate', async () => {
+  const mismatch = await checkRedisTls('redis-mismatch', { cert: certs.certFile, key: strangerKey });
+  assert.equal(mismatch.code, 1, mismatch.stdout);
+  assert.match(mismatch.stderr, /throttle\.redis: expected a PEM client certificate \(cert_file\) and the key that belongs to it \(key_file\), found [^\n]*key values mismatch/);
+  const notCa = await checkRedisTls('redis-not-ca', { ca: strangerKey });
+  assert.equal(notCa.code, 1, notCa.stdout);
+  assert.ok(notCa.stderr.includes(`throttle.redis.ca_file: expected PEM CA certificates (${strangerKey}), found `), notCa.stderr);
+});
 
 /** Runs check-config on `file`. */
 function run(file: string): Promise<{ code: number; stdout: string; stderr: string }> {
