@@ -35,6 +35,26 @@ after(async () => {
   await Promise.all([slapd?.stop(), dovecot?.stop(), dir?.remove()]);
 });
 
+/** Writes a config (and its secret and store map) for one IMAP listener on `imapPort`, with `extra` sections. */
+function writeConfig(name: string, imapPort: number, extra: Record<string, unknown>): string {
+  writeFileSync(join(dir.path, 'ldap.secret'), `${slapd.bindPassword}\n`);
+  writeFileSync(join(dir.path, 'stores.yaml'), stringify({ stores: { alpha: { current_master: 's1', slots: { s1: { host: '127.0.0.1', imap_port: dovecot.imapPort } } } } }));
+  const file = join(dir.path, name);
+  writeFileSync(
+    file,
+    stringify({
+      log: { level: 'info' },
+      listeners: [{ name: 'imap', protocol: 'imap', host: '127.0.0.1', port: imapPort, tls: 'none', plaintext_without_tls: true }],
+      directory: { urls: [slapd.url], bind_dn: slapd.bindDn, bind_password_file: 'ldap.secret', base_dn: slapd.usersDn, store_attribute: 'mailStore', connect_timeout_ms: 1000, operation_timeout_ms: 2000 },
+      store_map: { file: 'stores.yaml' },
+      backend: { login_mode: 'replay' },
+      health: { interval_ms: 0 },
+      ...extra,
+    }),
+  );
+  return file;
+}
+
 /** The complete JSON lines of a log file (a line still being written is left out). */
 function logLines(file: string): Array<Record<string, unknown>> {
   const lines = readFileSync(file, 'utf8').split('\n');
@@ -53,23 +73,11 @@ async function readyz(httpPort: number): Promise<{ status: number; body: string 
 
 test('SIGTERM: /readyz answers 503 while spliced sessions drain, a spliced IMAP session is told "Server shutting down", and the log ends with server.stopped at exit', async () => {
   const [imapPort, httpPort] = [await freePort(), await freePort()];
-  writeFileSync(join(dir.path, 'ldap.secret'), `${slapd.bindPassword}\n`);
-  writeFileSync(join(dir.path, 'stores.yaml'), stringify({ stores: { alpha: { current_master: 's1', slots: { s1: { host: '127.0.0.1', imap_port: dovecot.imapPort } } } } }));
-  const configFile = join(dir.path, 'mailfront.yaml');
-  writeFileSync(
-    configFile,
-    stringify({
-      log: { level: 'info' },
-      listeners: [{ name: 'imap', protocol: 'imap', host: '127.0.0.1', port: imapPort, tls: 'none', plaintext_without_tls: true }],
-      directory: { urls: [slapd.url], bind_dn: slapd.bindDn, bind_password_file: 'ldap.secret', base_dn: slapd.usersDn, store_attribute: 'mailStore', connect_timeout_ms: 1000, operation_timeout_ms: 2000 },
-      store_map: { file: 'stores.yaml' },
-      backend: { login_mode: 'replay' },
-      http: { host: '127.0.0.1', port: httpPort },
-      admin: { token: 'stop-test-admin-token-0123' },
-      health: { interval_ms: 0 },
-      shutdown: { drain_timeout_ms: DRAIN_MS },
-    }),
-  );
+  const configFile = writeConfig('mailfront.yaml', imapPort, {
+    http: { host: '127.0.0.1', port: httpPort },
+    admin: { token: 'stop-test-admin-token-0123' },
+    shutdown: { drain_timeout_ms: DRAIN_MS },
+  });
   registerSecrets(['stop-test-admin-token-0123']);
   const logFile = join(dir.path, 'mailfront.log');
   const out = openSync(logFile, 'a');
@@ -125,22 +133,7 @@ test('SIGTERM: /readyz answers 503 while spliced sessions drain, a spliced IMAP 
 
 test('a stop while the log reader lags: every line reaches it, in order, server.stopped last', async () => {
   const [imapPort] = [await freePort()];
-  const configFile = join(dir.path, 'lagging.yaml');
-  writeFileSync(join(dir.path, 'ldap.secret'), `${slapd.bindPassword}\n`);
-  writeFileSync(join(dir.path, 'stores.yaml'), stringify({ stores: { alpha: { current_master: 's1', slots: { s1: { host: '127.0.0.1', imap_port: dovecot.imapPort } } } } }));
-  writeFileSync(
-    configFile,
-    stringify({
-      log: { level: 'info' },
-      listeners: [{ name: 'imap', protocol: 'imap', host: '127.0.0.1', port: imapPort, tls: 'none', plaintext_without_tls: true }],
-      directory: { urls: [slapd.url], bind_dn: slapd.bindDn, bind_password_file: 'ldap.secret', base_dn: slapd.usersDn, store_attribute: 'mailStore', connect_timeout_ms: 1000, operation_timeout_ms: 2000 },
-      store_map: { file: 'stores.yaml' },
-      backend: { login_mode: 'replay' },
-      health: { interval_ms: 0 },
-      connection_limits: { max_sessions_per_user: 100 },
-      shutdown: { drain_timeout_ms: 300 },
-    }),
-  );
+  const configFile = writeConfig('lagging.yaml', imapPort, { connection_limits: { max_sessions_per_user: 100 }, shutdown: { drain_timeout_ms: 300 } });
   // stdout is a FIFO (a pipe's 64 KiB) whose reader starts reading only when told: the logins'
   // lines fill it, so the server's last batches are still being written when it stops.
   const fifo = join(dir.path, 'log.fifo');
