@@ -5,14 +5,14 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { copyFileSync, readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { connect as netConnect, createServer } from 'node:net';
 import type { Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import { connect as tlsConnect } from 'node:tls';
 import { parse, stringify } from 'yaml';
-import { LDAP_STORES_DN, LineClient, freePort, run, startDovecot, startSlapd, tmpDir } from './servers/index.js';
+import { LDAP_STORES_DN, LineClient, connectionsTo, freePort, run, startDovecot, startSlapd, tmpDir } from './servers/index.js';
 import type { Dovecot, Slapd } from './servers/index.js';
 import { ADMIN_TOKEN, startFront, waitForLog } from './front.js';
 import { loadConfig } from '../../src/config/load.js';
@@ -475,25 +475,6 @@ test('a reload that drops a backend profile a store uses is rejected whole: the 
   }
   assert.equal(alpha().currentMaster, 'm');
 });
-
-/** Connections of this process established to `port` on the loopback (from /proc: the sockets among its own descriptors). */
-function connectionsTo(port: number): number {
-  const inodes = new Set<string>();
-  for (const fd of readdirSync('/proc/self/fd')) {
-    try {
-      const socket = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/self/fd/${fd}`));
-      if (socket) inodes.add(socket[1]!);
-    } catch {
-      // Closed meanwhile.
-    }
-  }
-  const remote = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
-  return readFileSync('/proc/net/tcp', 'utf8')
-    .split('\n')
-    .slice(1)
-    .map((line) => line.trim().split(/\s+/))
-    .filter((cols) => cols.length > 9 && cols[2]!.endsWith(remote) && cols[3] === '01' && inodes.has(cols[9]!)).length;
-}
 
 test('reloads that switch the store map to LDAP and back keep one LDAP connection while it is the source, and none after', async () => {
   const original = readFileSync(front.configFile, 'utf8');

@@ -7,14 +7,14 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { chmodSync, readFileSync, readdirSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FileStoreMapSource, LdapStoreMapSource } from '../../src/routing/sources.js';
 import { StoreMapHolder } from '../../src/routing/holder.js';
 import { createLogger } from '../../src/log.js';
 import { readBackend } from '../../src/config/schema.js';
 import { IssueList } from '../../src/config/validate.js';
-import { LDAP_SERVICE_DN, LDAP_STORES_DN, startSlapd, tmpDir } from './servers/index.js';
+import { LDAP_SERVICE_DN, LDAP_STORES_DN, connectionsTo, startSlapd, tmpDir } from './servers/index.js';
 import type { Slapd } from './servers/index.js';
 
 let slapd: Slapd;
@@ -117,25 +117,6 @@ test('a closed LDAP source opens no connection any more: a load or poll after cl
   await inFlight;
   assert.match(await closing.load().then(() => 'loaded', (error: Error) => error.message), /closed/);
 });
-
-/** Connections of this process established to `port` on the loopback (from /proc: the sockets among its own descriptors). */
-function connectionsTo(port: number): number {
-  const inodes = new Set<string>();
-  for (const fd of readdirSync('/proc/self/fd')) {
-    try {
-      const socket = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/self/fd/${fd}`));
-      if (socket) inodes.add(socket[1]!);
-    } catch {
-      // Closed meanwhile.
-    }
-  }
-  const remote = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
-  return readFileSync('/proc/net/tcp', 'utf8')
-    .split('\n')
-    .slice(1)
-    .map((line) => line.trim().split(/\s+/))
-    .filter((cols) => cols.length > 9 && cols[2]!.endsWith(remote) && cols[3] === '01' && inodes.has(cols[9]!)).length;
-}
 
 test('a poll and a load at once share the one connection being opened: none is left bound after close()', async () => {
   const port = slapd.port;

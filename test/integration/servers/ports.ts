@@ -1,5 +1,6 @@
-// Free TCP ports on 127.0.0.1, picked at run time.
+// Free TCP ports on 127.0.0.1, picked at run time, and the connections this process holds to one.
 import { createServer } from 'node:net';
+import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
 
 /** Ports handed out by this process; never hand out the same port twice. */
 const handedOut = new Set<number>();
@@ -34,4 +35,23 @@ export async function freePorts(count: number): Promise<number[]> {
   const ports: number[] = [];
   for (let i = 0; i < count; i++) ports.push(await freePort());
   return ports;
+}
+
+/** Connections of this process established to `port` on the loopback (from /proc: the sockets among its own descriptors). */
+export function connectionsTo(port: number): number {
+  const inodes = new Set<string>();
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      const socket = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/self/fd/${fd}`));
+      if (socket) inodes.add(socket[1]!);
+    } catch {
+      // Closed meanwhile.
+    }
+  }
+  const remote = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  return readFileSync('/proc/net/tcp', 'utf8')
+    .split('\n')
+    .slice(1)
+    .map((line) => line.trim().split(/\s+/))
+    .filter((cols) => cols.length > 9 && cols[2]!.endsWith(remote) && cols[3] === '01' && inodes.has(cols[9]!)).length;
 }
