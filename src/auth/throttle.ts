@@ -147,6 +147,25 @@ export class MemoryThrottleStore implements ThrottleStore {
     );
   }
 
+  /** Whether `key` holds `fingerprint`: a failure with it would not be counted again. */
+  holds(key: string, fingerprint: string): boolean {
+    return this.cache.peek(key)?.fingerprints.includes(fingerprint) ?? false;
+  }
+
+  /**
+   * Takes the failure with `fingerprint` out of `key`'s count, if the key holds it: for counts
+   * kept apart from others, once the others hold it. A refusal it helped start runs on (the entry
+   * is kept for it); an entry with neither failures nor a refusal is forgotten.
+   */
+  forget(key: string, fingerprint: string): void {
+    const entry = this.cache.peek(key);
+    const at = entry?.fingerprints.indexOf(fingerprint) ?? -1;
+    if (entry === undefined || at < 0) return;
+    entry.fingerprints.splice(at, 1);
+    entry.failures = Math.max(0, entry.failures - 1);
+    if (entry.failures === 0 && entry.refusedUntil <= this.now()) this.cache.delete(key);
+  }
+
   /**
    * Starts a refusal of `key` if its count has reached `limit` and none is running: for counts
    * kept apart from others, that reach a limit together with them.
@@ -436,7 +455,8 @@ export class RedisThrottleStore implements ThrottleStore {
    * started: Redis's count plus these is the subject's. Kept for the failure window (or the
    * refusal) like the local counters, so that a refusal earned while Redis refused writes lasts
    * its time after Redis takes writes again; bounded like them (least recently used forgotten).
-   * Never shared: only this instance adds them to Redis's counts.
+   * A failure leaves them once Redis holds its password (a retry it took, or held already), lest
+   * it count twice. Never shared: only this instance adds them to Redis's counts.
    */
   private readonly missed: MemoryThrottleStore;
   private readonly retryIntervalMs: number;
@@ -483,6 +503,9 @@ export class RedisThrottleStore implements ThrottleStore {
 
   async addFailure(subjects: readonly SubjectLimit[], fingerprint: string): Promise<SubjectState[]> {
     const { policy } = this.options;
+    // A password the local counters hold already was counted before: written to Redis, missed
+    // already, or sent in a call that got no answer in time (which Redis may have counted).
+    const fresh = subjects.map((s) => !this.options.local.holds(s.key, fingerprint));
     const local = await this.options.local.addFailure(subjects, fingerprint);
     // Redis down: the call is not sent, and Redis will never count this failure.
     const notSent = !this.usable || this.client === undefined;
@@ -494,18 +517,19 @@ export class RedisThrottleStore implements ThrottleStore {
     if (reply instanceof Error) {
       // The whole call failed (a key of another type, ...): Redis counted nothing, and neither its
       // counts nor which keys held the password already are known. Counted as missed for every
-      // key (at worst once too often), refused where the local counters refuse; this call
-      // answers from the local counters.
+      // key the local counters counted it for (at worst once too often), refused where they
+      // refuse; this call answers from the local counters.
       this.writeRefused(reply.message);
-      await this.missed.addFailure(subjects.map((s, i) => ({ key: s.key, limit: (local[i]?.refusedForMs ?? 0) > 0 ? 1 : s.limit })), fingerprint);
+      await this.missedLocally(subjects, fingerprint, fresh, local);
       return local;
     }
     if (!Array.isArray(reply)) {
       // Not sent (Redis down): missed as a refused write is, so that once Redis is back this
       // instance still adds it, and a refusal the local counters started goes on (it ended the
       // moment Redis answered again). A call sent that got no answer in time may have been
-      // counted by Redis: it is not added, lest it count twice.
-      if (notSent) await this.missed.addFailure(subjects.map((s, i) => ({ key: s.key, limit: (local[i]?.refusedForMs ?? 0) > 0 ? 1 : s.limit })), fingerprint);
+      // counted by Redis: it is not added, lest it count twice; nor is a password the local
+      // counters held already (Redis holds it, or it is missed already, or it went in such a call).
+      if (notSent) await this.missedLocally(subjects, fingerprint, fresh, local);
       return local;
     }
     const states: SubjectState[] = [];
@@ -516,8 +540,11 @@ export class RedisThrottleStore implements ThrottleStore {
       // A failure Redis did not take: this instance adds it to Redis's count from now on, and the
       // refusal starts when the two together reach the limit.
       if (status === -1) await this.missed.addFailure([{ key: subject.key, limit: subject.limit - shared.failures }], fingerprint);
+      // Redis holds it now (it took it, or had it: a call that got no answer in time, another
+      // instance): no longer missed, or it would count twice.
+      else this.missed.forget(subject.key, fingerprint);
       // Redis took it, but does not know what this instance missed: the sum may reach the limit.
-      else if (status === 1) this.missed.refuseAt(subject.key, subject.limit - shared.failures);
+      if (status === 1) this.missed.refuseAt(subject.key, subject.limit - shared.failures);
       if (status === 1) wrote = true;
       states.push(plus(shared, this.missed.readNow([subject.key])[0]));
     }
@@ -525,6 +552,15 @@ export class RedisThrottleStore implements ThrottleStore {
     if (refused !== '') this.writeRefused(refused);
     else if (wrote) this.writeTaken();
     return states;
+  }
+
+  /**
+   * Counts a failure Redis will never count in `missed`, for the keys the local counters counted
+   * it for (`fresh`), refused where they refuse (their refusal goes on once Redis answers again).
+   */
+  private async missedLocally(subjects: readonly SubjectLimit[], fingerprint: string, fresh: readonly boolean[], local: readonly SubjectState[]): Promise<void> {
+    const apart = subjects.flatMap((s, i) => (fresh[i] === true ? [{ key: s.key, limit: (local[i]?.refusedForMs ?? 0) > 0 ? 1 : s.limit }] : []));
+    if (apart.length > 0) await this.missed.addFailure(apart, fingerprint);
   }
 
   async clear(keys: readonly string[]): Promise<void> {
@@ -817,7 +853,7 @@ function pairs(reply: unknown[], count: number): SubjectState[] {
 
 /** Redis's state of a subject with the failures this instance counted that Redis missed. */
 function plus(shared: SubjectState, missed: SubjectState | undefined): SubjectState {
-  if (missed === undefined || missed.failures === 0) return shared;
+  if (missed === undefined || (missed.failures === 0 && missed.refusedForMs === 0)) return shared;
   return { failures: shared.failures + missed.failures, refusedForMs: Math.max(shared.refusedForMs, missed.refusedForMs) };
 }
 

@@ -38,7 +38,7 @@ interface Instance {
 
 const open: Throttle[] = [];
 
-async function instance(prefix: string, fingerprintKey?: Uint8Array, url = redis.url): Promise<Instance> {
+async function instance(prefix: string, fingerprintKey?: Uint8Array, url = redis.url, overrides: Partial<ThrottleConfig> = {}): Promise<Instance> {
   const config: ThrottleConfig = {
     enabled: true,
     baseDelayMs: 100,
@@ -49,6 +49,7 @@ async function instance(prefix: string, fingerprintKey?: Uint8Array, url = redis
     refusalMs: 30_000,
     maxTrackedSubjects: 10_000,
     redis: { url, keyPrefix: prefix, timeoutMs: TIMEOUT_MS },
+    ...overrides,
   };
   const lines: Record<string, unknown>[] = [];
   const states: RedisState[] = [];
@@ -311,6 +312,76 @@ describe('throttle counters shared through Redis', () => {
     assert.equal((await a.throttle.check(from('erin', '192.0.2.9'))).refused, true, 'the refusal A earned while Redis was down lasts');
     for (let i = 0; i < 5; i++) await a.throttle.recordFailure(from('frank', '192.0.2.10'), WRONG_PASSWORDS[i] ?? '');
     assert.equal((await b.throttle.check(from('frank', '192.0.2.11'))).refused, true, 'shared again');
+  });
+
+  test('Redis down, then back: a wrong password counted meanwhile and retried once Redis is back counts once, not once in Redis and once apart', async () => {
+    // Two stale passwords (a phone and a laptop), each retried, with a limit of three.
+    const a = await instance('t13:', undefined, redis.url, { failuresPerUser: 3 });
+    const bob = from('bob', '192.0.2.70');
+    const cleo = from('cleo', '192.0.2.69');
+    await a.throttle.recordFailure(bob, WRONG_PASSWORDS[1] ?? '');
+    for (let i = 0; i < 2; i++) await a.throttle.recordFailure(cleo, WRONG_PASSWORDS[i] ?? '');
+    await redis.stopOnly();
+    try {
+      await until('A sees Redis down', () => a.throttle.sharing === 'down');
+      await a.throttle.recordFailure(bob, WRONG_PASSWORDS[3] ?? '');
+      assert.equal((await a.throttle.recordFailure(bob, WRONG_PASSWORDS[3] ?? '')).delayMs, 200, 'the local counters: two failures');
+      assert.equal((await a.throttle.recordFailure(cleo, WRONG_PASSWORDS[2] ?? '')).refused, true, 'cleo\'s third, refused by the local counters');
+    } finally {
+      // Nothing saved: Redis comes back empty.
+      await redis.startAgain();
+    }
+    await until('A back on Redis', () => a.throttle.sharing === 'up');
+    assert.equal((await a.throttle.check(bob)).delayMs, 100, 'Redis holds nothing; A adds the failure it counted while Redis was down');
+    await a.throttle.recordFailure(bob, WRONG_PASSWORDS[1] ?? '');
+    const retried = await a.throttle.recordFailure(bob, WRONG_PASSWORDS[3] ?? '');
+    assert.equal(retried.refused, false, 'two distinct wrong passwords, with a limit of three');
+    assert.equal(retried.delayMs, 200, 'Redis holds both now; the one A counted apart is not added to them');
+    const after = await a.throttle.check(bob);
+    assert.equal(after.refused, false);
+    assert.equal(after.delayMs, 200);
+    // Redis took cleo's third at its retry (and lost the two before with its restart): the
+    // refusal it started while Redis was down runs on.
+    await a.throttle.recordFailure(cleo, WRONG_PASSWORDS[2] ?? '');
+    assert.equal((await a.throttle.check(cleo)).refused, true, 'cleo is still refused');
+  });
+
+  test('Redis hung, then back: a password sent in a call that timed out and retried while Redis was down is not counted apart (Redis ran the call)', async () => {
+    const a = await instance('t14:');
+    const carl = from('carl', '192.0.2.71');
+    await a.throttle.recordFailure(carl, WRONG_PASSWORDS[1] ?? '');
+    await redis.pause();
+    try {
+      assert.equal((await a.throttle.recordFailure(carl, WRONG_PASSWORDS[2] ?? '')).delayMs, 200, 'sent, no answer in time: the local counters count it');
+      await until('A sees Redis down', () => a.throttle.sharing === 'down');
+      assert.equal((await a.throttle.recordFailure(carl, WRONG_PASSWORDS[2] ?? '')).delayMs, 200, 'the same password again');
+    } finally {
+      redis.resume();
+    }
+    await until('A back on Redis', () => a.throttle.sharing === 'up');
+    assert.equal((await a.throttle.check(carl)).delayMs, 200, 'the two wrong passwords Redis holds, the second from the call that timed out; not a third');
+    assert.equal((await a.throttle.recordFailure(carl, WRONG_PASSWORDS[2] ?? '')).delayMs, 200);
+  });
+
+  test('Redis refusing writes, then taking them: a failure missed meanwhile that Redis holds since, through another instance with the same fingerprint key, stops counting apart at its retry', async () => {
+    const key = new Uint8Array(32).fill(5);
+    const a = await instance('t15:', key);
+    const b = await instance('t15:', key);
+    const raw = createClient({ url: redis.url });
+    raw.on('error', () => undefined);
+    await raw.connect();
+    try {
+      await raw.sendCommand(['CONFIG', 'SET', 'maxmemory', '1']);
+      await a.throttle.recordFailure(from('dora', '192.0.2.72'), 'stale-password');
+      assert.equal(a.throttle.sharing, 'read-only');
+    } finally {
+      await raw.sendCommand(['CONFIG', 'SET', 'maxmemory', '0']);
+      raw.destroy();
+    }
+    assert.equal((await b.throttle.recordFailure(from('dora', '192.0.2.73'), 'stale-password')).delayMs, 100, 'B writes it to Redis');
+    // A cannot know yet that Redis holds the one it counted apart; its retry tells.
+    assert.equal((await a.throttle.recordFailure(from('dora', '192.0.2.72'), 'stale-password')).delayMs, 100, 'Redis held it already: one failure');
+    assert.equal((await a.throttle.check(from('dora', '192.0.2.72'))).delayMs, 100);
   });
 
   test('Redis hung (SIGSTOP): every call returns within its deadline on local counters; resumed: shared again', async () => {
