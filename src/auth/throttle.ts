@@ -68,8 +68,11 @@ export interface FailurePolicy {
 
 /** Where counters live. Implementations never reject. */
 export interface ThrottleStore {
-  /** The state of each key, in order. */
-  read(keys: readonly string[]): Promise<SubjectState[]>;
+  /**
+   * The state of each subject, in order. A store that adds counts of its own to another's starts
+   * the refusal the two together earn (see RedisThrottleStore).
+   */
+  read(subjects: readonly SubjectLimit[]): Promise<SubjectState[]>;
   /** Counts a failure for each subject unless it already holds `fingerprint`; returns the new states. */
   addFailure(subjects: readonly SubjectLimit[], fingerprint: string): Promise<SubjectState[]>;
   /** Forgets the keys. */
@@ -92,6 +95,8 @@ interface MemoryEntry {
   failures: number;
   fingerprints: string[];
   refusedUntil: number;
+  /** For counts kept apart from another's: that count when last seen (see refuseWith). */
+  shared?: number;
 }
 
 /**
@@ -121,8 +126,8 @@ export class MemoryThrottleStore implements ThrottleStore {
     return this.cache.max;
   }
 
-  read(keys: readonly string[]): Promise<SubjectState[]> {
-    return Promise.resolve(this.readNow(keys));
+  read(subjects: readonly SubjectLimit[]): Promise<SubjectState[]> {
+    return Promise.resolve(this.readNow(subjects.map((s) => s.key)));
   }
 
   /** The synchronous form of read(). */
@@ -167,13 +172,20 @@ export class MemoryThrottleStore implements ThrottleStore {
   }
 
   /**
-   * Starts a refusal of `key` if its count has reached `limit` and none is running: for counts
-   * kept apart from others, that reach a limit together with them.
+   * For counts kept apart from another's (`shared`), that reach a limit together with it: starts a
+   * refusal of `key` when the two have reached `limit` and none is running in either. Once per
+   * failure, as addFailure starts one: `failed` when `shared` counted a failure just now, else
+   * only when `shared` grew since it was last given here (failures counted elsewhere, seen by a
+   * read), so that a refusal that ended is not started again at every read while the counts last
+   * (failures are remembered longer than a refusal lasts).
    */
-  refuseAt(key: string, limit: number): void {
+  refuseWith(key: string, limit: number, shared: SubjectState, failed: boolean): void {
     const entry = this.cache.get(key);
+    if (entry === undefined) return;
+    const grew = failed || entry.shared === undefined || shared.failures > entry.shared;
+    entry.shared = shared.failures;
     const now = this.now();
-    if (entry === undefined || entry.failures < limit || entry.refusedUntil > now) return;
+    if (!grew || entry.failures + shared.failures < limit || entry.refusedUntil > now || shared.refusedForMs > 0) return;
     entry.refusedUntil = now + this.policy.refusalMs;
     this.cache.set(key, entry, { ttl: Math.max(this.cache.getRemainingTTL(key), entry.refusedUntil - now) });
   }
@@ -493,12 +505,13 @@ export class RedisThrottleStore implements ThrottleStore {
     return this.stateNow;
   }
 
-  async read(keys: readonly string[]): Promise<SubjectState[]> {
+  async read(subjects: readonly SubjectLimit[]): Promise<SubjectState[]> {
+    const keys = subjects.map((s) => s.key);
     const reply = await this.run(READ, keys.map((k) => this.key(k)), []);
     if (reply instanceof Error) this.reportErrorReply(reply.message);
     if (!Array.isArray(reply)) return this.options.local.readNow(keys);
-    const missed = this.missed.readNow(keys);
-    return pairs(reply, keys.length).map((shared, i) => plus(shared, missed[i]));
+    const shared = pairs(reply, subjects.length);
+    return subjects.map((subject, i) => this.withMissed(subject, shared[i] ?? { failures: 0, refusedForMs: 0 }, false));
   }
 
   async addFailure(subjects: readonly SubjectLimit[], fingerprint: string): Promise<SubjectState[]> {
@@ -543,15 +556,23 @@ export class RedisThrottleStore implements ThrottleStore {
       // Redis holds it now (it took it, or had it: a call that got no answer in time, another
       // instance): no longer missed, or it would count twice.
       else this.missed.forget(subject.key, fingerprint);
-      // Redis took it, but does not know what this instance missed: the sum may reach the limit.
-      if (status === 1) this.missed.refuseAt(subject.key, subject.limit - shared.failures);
       if (status === 1) wrote = true;
-      states.push(plus(shared, this.missed.readNow([subject.key])[0]));
+      states.push(this.withMissed(subject, shared, status === 1));
     }
     const refused = String(reply[subjects.length * 3] ?? '');
     if (refused !== '') this.writeRefused(refused);
     else if (wrote) this.writeTaken();
     return states;
+  }
+
+  /**
+   * Redis's state of a subject with what this instance missed. Redis does not know those: when
+   * the two together reach the limit, through a failure Redis counted just now (`failed`) or
+   * since the last look (another instance's), the refusal starts here.
+   */
+  private withMissed(subject: SubjectLimit, shared: SubjectState, failed: boolean): SubjectState {
+    this.missed.refuseWith(subject.key, subject.limit, shared, failed);
+    return plus(shared, this.missed.readNow([subject.key])[0]);
   }
 
   /**
@@ -925,7 +946,7 @@ export class Throttle {
     if (!this.config.enabled) return ALLOW;
     const subjects = this.subjects(attempt);
     try {
-      return this.verdict(subjects, await this.store.read(subjects.map((s) => s.key)));
+      return this.verdict(subjects, await this.store.read(subjects));
     } catch {
       return ALLOW;
     }

@@ -284,6 +284,41 @@ describe('throttle counters shared through Redis', () => {
     assert.equal(tried, 5, 'distinct wrong passwords tried before A refused, with a limit of five');
   });
 
+  test('Redis refusing writes, then taking them: failures through another instance since reach the limit with the ones this instance counted apart; a check refuses, and so does a password Redis held already, for the refusal\'s time, not again at every check', async () => {
+    const key = new Uint8Array(32).fill(7);
+    const a = await instance('t16:', key, redis.url, { refusalMs: 1_500 });
+    const b = await instance('t16:', key, redis.url, { refusalMs: 1_500 });
+    const raw = createClient({ url: redis.url });
+    raw.on('error', () => undefined);
+    await raw.connect();
+    try {
+      await raw.sendCommand(['CONFIG', 'SET', 'maxmemory', '1']);
+      await a.throttle.recordFailure(from('pia', '192.0.2.80'), WRONG_PASSWORDS[0] ?? '');
+      await a.throttle.recordFailure(from('quin', '192.0.2.80'), WRONG_PASSWORDS[0] ?? '');
+      assert.equal(a.throttle.sharing, 'read-only');
+    } finally {
+      await raw.sendCommand(['CONFIG', 'SET', 'maxmemory', '0']);
+      raw.destroy();
+    }
+    for (let i = 1; i < 5; i++) {
+      await b.throttle.recordFailure(from('pia', '192.0.2.81'), WRONG_PASSWORDS[i] ?? '');
+      await b.throttle.recordFailure(from('quin', '192.0.2.82'), WRONG_PASSWORDS[i] ?? '');
+    }
+    assert.equal((await b.throttle.check(from('pia', '192.0.2.81'))).refused, false, 'Redis holds four');
+    const pia = await a.throttle.check(from('pia', '192.0.2.80'));
+    assert.equal(pia.refused, true, 'Redis\'s four and the one A counted apart reach the limit of five');
+    assert.equal(pia.refusedBy, 'user');
+    // B's last password, which Redis holds already (the same fingerprint key): nothing written.
+    const quin = await a.throttle.recordFailure(from('quin', '192.0.2.80'), WRONG_PASSWORDS[4] ?? '');
+    assert.equal(quin.refused, true, 'five with the one A counted apart, seen by a failure Redis held already');
+    assert.equal(quin.refusedBy, 'user');
+    // No failure since: once the refusal has run its time, a check does not start it again.
+    await new Promise((r) => setTimeout(r, 1_600));
+    const later = await a.throttle.check(from('pia', '192.0.2.80'));
+    assert.equal(later.refused, false, 'the refusal lasted refusal_ms, not as long as the failures are remembered');
+    assert.equal(later.delayMs, 1_600, 'the five failures still count');
+  });
+
   test('Redis stopped: local counters answer at once, one warning; Redis back: shared again, one info line', async () => {
     const a = await instance('t4:');
     const b = await instance('t4:');
