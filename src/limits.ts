@@ -28,13 +28,14 @@ export const DEFAULT_PREAUTH_TIMEOUT_MS = 60_000;
 export const DEFAULT_IDLE_TIMEOUT_MS = 31 * 60_000;
 
 /**
- * A spliced session with a direction held back because its peer does not read (backpressure)
- * and nothing moving either way for this long (or the idle timeout, if shorter) is ended as
- * 'stalled'. While paused, the other side's socket is not read either, so its close is never
- * seen: clients that hung up on a backend that stopped reading kept their sessions (and two
- * descriptors each, counted by max_sessions_per_user and max_connections) for the idle timeout.
- * IMAP clients give up on a command answered in nothing much sooner (Thunderbird after 100 s),
- * and a peer that reads a byte at all is moving: 5 min only ends what is stuck.
+ * A spliced session whose upload is held back because the backend does not read (backpressure),
+ * with nothing queued for the client and nothing moving either way for this long (or the idle
+ * timeout, if shorter), is ended as 'stalled'. While paused, the client's socket is not read, so
+ * its close is never seen: clients that hung up on a backend that stopped reading kept their
+ * sessions (and two descriptors each, counted by max_sessions_per_user and max_connections) for
+ * the idle timeout. IMAP clients give up on a command answered in nothing much sooner
+ * (Thunderbird after 100 s). Downloads are not checked: a client that reads, however slowly, is
+ * never cut as stalled (its socket is read, or written to, meanwhile, so its close is seen anyway).
  */
 export const SPLICE_STALL_TIMEOUT_MS = 5 * 60_000;
 

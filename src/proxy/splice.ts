@@ -22,9 +22,12 @@
  *   user-buffer hooks): a `data` handler that writes and pauses its source until `drain`.
  *
  * The idle deadline is one sweep per distinct timeout shared by every splice, not a timer per
- * socket (memory per idle session). The same sweep ends a splice stalled behind a peer that does
- * not read: while a direction waits for its peer, its source is not read, so that source's close
- * would go unseen until the idle timeout.
+ * socket (memory per idle session). The same sweep ends a splice whose upload is stalled behind
+ * a backend that does not read: while that direction waits, the client's socket is not read, so
+ * the client's close would go unseen until the idle timeout. Only that direction is checked: while
+ * a download waits for a slow client, the client's socket is still read (or written to, which a
+ * hang-up fails), so its close is seen anyway, and the backend is read again once the client has
+ * taken its bytes.
  */
 import { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
@@ -55,22 +58,24 @@ export interface Splice {
   readonly relay: 'direct' | 'stream';
 }
 
-/** One sweep per idle timeout value checks every splice's last activity. */
+/** One sweep per idle timeout value (and stall time) checks every splice's last activity. */
 class IdleSweep {
   private readonly members = new Set<SpliceSession>();
   private timer: NodeJS.Timeout | undefined;
-  /** Quiet time after which a splice held back by backpressure is looked at (SPLICE_STALL_TIMEOUT_MS). */
-  private readonly stallMs: number;
 
-  constructor(private readonly timeoutMs: number) {
-    this.stallMs = Math.min(timeoutMs, SPLICE_STALL_TIMEOUT_MS);
-  }
+  constructor(
+    private readonly timeoutMs: number,
+    /** Quiet time after which a splice whose upload is held back is looked at (at most timeoutMs). */
+    private readonly stallMs: number,
+  ) {}
 
   add(member: SpliceSession): void {
     this.members.add(member);
     if (this.timer === undefined) {
-      // A session ends between timeoutMs and timeoutMs + one interval after its last byte.
-      const interval = Math.min(Math.max(Math.floor(this.timeoutMs / 10), 100), 10_000);
+      // A session ends between its deadline and one interval after it; the interval follows the
+      // shorter deadline, the stall time (the same as the idle timeout's for every idle timeout
+      // of 5 min or more, and the idle timeout itself below that).
+      const interval = Math.min(Math.max(Math.floor(this.stallMs / 10), 100), 10_000);
       this.timer = setInterval(() => this.sweep(), interval);
       this.timer.unref();
     }
@@ -81,31 +86,32 @@ class IdleSweep {
     if (this.members.size === 0 && this.timer !== undefined) {
       clearInterval(this.timer);
       this.timer = undefined;
-      idleSweeps.delete(this.timeoutMs);
+      idleSweeps.delete(sweepKey(this.timeoutMs, this.stallMs));
     }
   }
 
   private sweep(): void {
     const now = Date.now();
     for (const member of this.members) {
-      const quiet = now - member.lastActivity;
-      if (quiet < this.stallMs) continue;
-      if (member.waiting()) {
-        // A queue that moved is a peer reading slowly: that is activity, never a stall.
-        if (!member.queueMoved()) member.finish('stalled');
-      } else if (quiet >= this.timeoutMs) {
-        member.finish('idle-timeout');
-      }
+      if (now - member.lastActivity < this.stallMs) continue;
+      // stalled() counts a backend queue that moved as activity, hence the second look.
+      if (member.stalled()) member.finish('stalled');
+      else if (now - member.lastActivity >= this.timeoutMs) member.finish('idle-timeout');
     }
   }
 }
-const idleSweeps = new Map<number, IdleSweep>();
+const idleSweeps = new Map<string, IdleSweep>();
 
-function idleSweepFor(timeoutMs: number): IdleSweep {
-  let sweep = idleSweeps.get(timeoutMs);
+function sweepKey(timeoutMs: number, stallMs: number): string {
+  return `${timeoutMs}/${stallMs}`;
+}
+
+function idleSweepFor(timeoutMs: number, stallMs: number): IdleSweep {
+  const key = sweepKey(timeoutMs, stallMs);
+  let sweep = idleSweeps.get(key);
   if (sweep === undefined) {
-    sweep = new IdleSweep(timeoutMs);
-    idleSweeps.set(timeoutMs, sweep);
+    sweep = new IdleSweep(timeoutMs, stallMs);
+    idleSweeps.set(key, sweep);
   }
   return sweep;
 }
@@ -117,11 +123,10 @@ class SpliceSession implements Splice {
   bytesToClient: number;
   lastActivity = Date.now();
   /**
-   * For each direction held back until its peer takes what is queued for it (paused on
-   * backpressure), the bytes that were still queued when last looked at; -1 while it flows.
-   * Set at a pause and cleared at the resume, never per chunk.
+   * While the client's socket is paused until the backend takes what is queued for it
+   * (backpressure on the upload), the bytes that were still queued when last looked at; -1
+   * while the upload flows. Set at a pause and cleared at the resume, never per chunk.
    */
-  private queuedForClient = -1;
   private queuedForBackend = -1;
   private endReason: SpliceEndReason | null = null;
   /** A side being ended after its last bytes (a notice, or the other side's close): finish() leaves it to flush, bounded by a timer. */
@@ -141,6 +146,7 @@ class SpliceSession implements Splice {
     private readonly guard: CommandGuard | null,
     /** Written to the client (between responses) when the guard stops a command. */
     private readonly refusalNotice: string | null,
+    stallTimeoutMs: number,
   ) {
     this.ended = new Promise<SpliceEndReason>((resolve) => (this.resolveEnded = resolve));
     this.bytesFromClient = pipelined.length;
@@ -153,7 +159,7 @@ class SpliceSession implements Splice {
     backend.on('end', () => this.peerEnded(client, 'backend-closed'));
     client.on('close', () => this.onClose('client-closed'));
     backend.on('close', () => this.onClose('backend-closed'));
-    this.sweep = idleSweepFor(idleTimeoutMs);
+    this.sweep = idleSweepFor(idleTimeoutMs, Math.min(idleTimeoutMs, stallTimeoutMs));
     this.sweep.add(this);
 
     if (pipelined.length > 0) {
@@ -215,7 +221,7 @@ class SpliceSession implements Splice {
         to.write(rest, resume);
       }
       from.pause();
-      this.paused(to);
+      if (!toClient) this.uploadHeld();
       return false;
     });
     return started ? (toPlain ? 'direct' : 'stream') : null;
@@ -240,7 +246,7 @@ class SpliceSession implements Splice {
       this.relayed(chunk, chunk.length, toClient);
       if (!to.write(chunk)) {
         from.pause();
-        this.paused(to);
+        if (!toClient) this.uploadHeld();
         to.once('drain', resume);
       }
     });
@@ -264,41 +270,36 @@ class SpliceSession implements Splice {
       if (this.endReason !== null) return;
       // What was queued went out: the peer reads.
       this.lastActivity = Date.now();
-      if (to === this.client) this.queuedForClient = -1;
-      else this.queuedForBackend = -1;
+      if (to === this.backend) this.queuedForBackend = -1;
       from.resume();
     };
   }
 
-  /** `to`'s peer does not keep up: the direction towards it waits (see queuedForClient). */
-  private paused(to: Socket): void {
-    if (to === this.client) this.queuedForClient = queuedBytes(to);
-    else this.queuedForBackend = queuedBytes(to);
-  }
-
-  /** Whether a direction waits for its peer to read (for the sweep). */
-  waiting(): boolean {
-    return this.queuedForClient >= 0 || this.queuedForBackend >= 0;
+  /** The backend does not keep up with the client: the client's socket is paused (see queuedForBackend). */
+  private uploadHeld(): void {
+    this.queuedForBackend = queuedBytes(this.backend);
   }
 
   /**
-   * Whether the bytes queued towards a waiting peer changed since they were last looked at (the
-   * peer is reading, however slowly); if so, counts that as activity. Called by the sweep only.
+   * Whether the upload is stalled: the client's socket paused because the backend took nothing
+   * since the sweep last looked (a queue that moved is a backend reading, however slowly, and
+   * counts as activity), and nothing queued for the client. Called by the sweep only, once the
+   * splice has been quiet for the stall time.
+   *
+   * A download is never a stall. While bytes are queued for the client, a write to it is under
+   * way, and a client that hangs up fails that write (its kernel resets a connection closed with
+   * bytes unread), so its close is seen; and the queue is no measure of a slow reader: libuv
+   * writes again only once the kernel calls the socket writable, about when a third of its send
+   * buffer (up to net.ipv4.tcp_wmem's maximum, 4 MiB by default) has gone, which takes a client
+   * reading 3,000 bytes a second longer than 5 min. Downloads are left to the idle timeout.
    */
-  queueMoved(): boolean {
-    let moved = false;
-    if (this.queuedForClient >= 0) {
-      const queued = queuedBytes(this.client);
-      moved ||= queued !== this.queuedForClient;
-      this.queuedForClient = queued;
-    }
-    if (this.queuedForBackend >= 0) {
-      const queued = queuedBytes(this.backend);
-      moved ||= queued !== this.queuedForBackend;
-      this.queuedForBackend = queued;
-    }
-    if (moved) this.lastActivity = Date.now();
-    return moved;
+  stalled(): boolean {
+    if (this.queuedForBackend < 0 || queuedBytes(this.client) > 0) return false;
+    const queued = queuedBytes(this.backend);
+    if (queued === this.queuedForBackend) return true;
+    this.queuedForBackend = queued;
+    this.lastActivity = Date.now();
+    return false;
   }
 
   finish(reason: SpliceEndReason): void {
@@ -377,7 +378,8 @@ function queuedBytes(socket: Socket): number {
 /**
  * Starts splicing `client` and `backend`. `pipelined` goes to the backend first (bytes the
  * client sent after its login command) and `leftover` to the client (bytes the backend sent
- * after its login reply).
+ * after its login reply). `stallTimeoutMs` is SPLICE_STALL_TIMEOUT_MS but in tests, which scale
+ * it down without the idle timeout.
  */
 export function splice(
   client: Socket,
@@ -388,6 +390,7 @@ export function splice(
   tracker: ResponseBoundaryTracker | null = null,
   guard: CommandGuard | null = null,
   refusalNotice: string | null = null,
+  stallTimeoutMs: number = SPLICE_STALL_TIMEOUT_MS,
 ): Splice {
-  return new SpliceSession(client, backend, pipelined, leftover, idleTimeoutMs, tracker, guard, refusalNotice);
+  return new SpliceSession(client, backend, pipelined, leftover, idleTimeoutMs, tracker, guard, refusalNotice, stallTimeoutMs);
 }

@@ -1,7 +1,9 @@
-// The splice's stall check: a direction held back by backpressure with nothing moving either way
-// is ended as 'stalled' by the idle sweep (its source is not read meanwhile, so that source's
-// close is never seen); a peer that reads, however slowly, is never cut. The idle timeout here is
-// short (the stall time is the idle timeout when that is shorter than SPLICE_STALL_TIMEOUT_MS).
+// The splice's stall check: an upload held back by a backend that does not read, with nothing
+// queued for the client and nothing moving either way, is ended as 'stalled' by the idle sweep
+// (the client's socket is not read meanwhile, so the client's close is never seen). Downloads
+// are never checked: a client that reads, however slowly, is never cut as stalled, and a
+// download held back by a client that reads nothing is left to the idle timeout. The stall time
+// is scaled down here, the idle timeout not (at real defaults, 5 min and 31 min).
 import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { test } from 'node:test';
@@ -9,7 +11,13 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { splice, type Splice } from '../../src/proxy/splice.js';
 import { tcpPair, tlsPair } from './socket-pairs.js';
 
-const IDLE_MS = 600;
+const STALL_MS = 500;
+const IDLE_MS = 60_000;
+
+/** A splice with the stall time scaled down (and the idle timeout `idleMs`). */
+function stallSplice(client: Socket, backend: Socket, leftover = new Uint8Array(), idleMs = IDLE_MS): Splice {
+  return splice(client, backend, new Uint8Array(), leftover, idleMs, null, null, null, STALL_MS);
+}
 
 /** Writes `total` bytes to `socket` as fast as it takes them, until it stops taking them (or `total` are out). */
 function flood(socket: Socket, total: number): void {
@@ -42,39 +50,25 @@ for (const [name, clientPair] of [
     const backend = await tcpPair();
     client.user.on('error', () => undefined);
     backend.user.on('error', () => undefined);
-    const running = splice(client.front, backend.front, new Uint8Array(), new Uint8Array(), IDLE_MS);
+    const running = stallSplice(client.front, backend.front);
     backend.user.pause();
     // An APPEND far larger than the loopback buffers: the splice stops reading the client.
     flood(client.user, 256 * 1024 * 1024);
     await sleep(300);
     client.user.destroy();
     // Unread, the client's close is not seen: only the sweep can end the session.
-    assert.equal(await endedWithin(running, 10 * IDLE_MS), 'stalled');
+    assert.equal(await endedWithin(running, 10 * STALL_MS), 'stalled');
     assert.ok(client.front.destroyed && backend.front.destroyed, 'both connections are closed');
     backend.user.destroy();
   });
 }
 
-test('a backend that sent more than a client that stopped reading takes, then closed: the session ends as stalled', async () => {
+test('an upload held back is no stall while bytes move the other way', async () => {
   const client = await tcpPair();
   const backend = await tcpPair();
   client.user.on('error', () => undefined);
   backend.user.on('error', () => undefined);
-  const running = splice(client.front, backend.front, new Uint8Array(), new Uint8Array(), IDLE_MS);
-  client.user.pause();
-  flood(backend.user, 256 * 1024 * 1024);
-  await sleep(300);
-  backend.user.destroy();
-  assert.equal(await endedWithin(running, 10 * IDLE_MS), 'stalled');
-  client.user.destroy();
-});
-
-test('a direction held back is no stall while bytes move the other way', async () => {
-  const client = await tcpPair();
-  const backend = await tcpPair();
-  client.user.on('error', () => undefined);
-  backend.user.on('error', () => undefined);
-  const running = splice(client.front, backend.front, new Uint8Array(), new Uint8Array(), IDLE_MS);
+  const running = stallSplice(client.front, backend.front);
   backend.user.pause();
   flood(client.user, 256 * 1024 * 1024);
   client.user.on('data', () => undefined);
@@ -83,11 +77,54 @@ test('a direction held back is no stall while bytes move the other way', async (
     await sleep(150);
     backend.user.write('* OK still here\r\n');
   }
-  assert.equal(await endedWithin(running, 0), 'not ended', `open after 1.8 s, past its ${IDLE_MS} ms stall time`);
-  assert.equal(await endedWithin(running, 10 * IDLE_MS), 'stalled', 'stalled once the backend is quiet too');
+  assert.equal(await endedWithin(running, 0), 'not ended', `open after 1.8 s, past its ${STALL_MS} ms stall time`);
+  assert.equal(await endedWithin(running, 10 * STALL_MS), 'stalled', 'stalled once the backend is quiet too');
   client.user.destroy();
   backend.user.destroy();
 });
+
+// The review's case: the backend sends without end (a large FETCH) and the client reads it at a
+// steady 100 KiB/s. What mailfront queues for the client moves only when libuv writes again, once
+// the kernel has taken about a third of the socket's send buffer (which grows to tcp_wmem's
+// maximum, 4 MiB by default: some 13 s at this rate); the check before this one took that for a
+// stall and cut the client after one stall time (at real defaults: 3,000 bytes a second, cut
+// after 5 min). With its upload held back too (the backend reads nothing while it writes), the
+// client is still no stall.
+for (const [name, clientPair, uploading] of [
+  ['plain', tcpPair, false],
+  ['TLS', tlsPair, false],
+  ['plain', tcpPair, true],
+] as const) {
+  test(`a ${name} client reading a download steadily at 100 KiB/s${uploading ? ', its upload held back by the backend,' : ''} is never cut over eight stall times`, async () => {
+    const client = await clientPair();
+    const backend = await tcpPair();
+    client.user.on('error', () => undefined);
+    backend.user.on('error', () => undefined);
+    const running = stallSplice(client.front, backend.front);
+    flood(backend.user, 2 * 1024 * 1024 * 1024);
+    if (uploading) {
+      backend.user.pause();
+      flood(client.user, 256 * 1024 * 1024);
+    }
+    client.user.pause();
+    let got = 0;
+    const tick = setInterval(() => {
+      const chunk = client.user.read(Math.min(2_048, client.user.readableLength)) as Buffer | null;
+      if (chunk !== null) got += chunk.length;
+    }, 20);
+    try {
+      assert.equal(await endedWithin(running, 8 * STALL_MS), 'not ended', `cut after ${got} bytes read`);
+    } finally {
+      clearInterval(tick);
+    }
+    assert.ok(got > 200 * 1024, `the client read ${got} bytes meanwhile`);
+    assert.ok(running.bytesToClient < 1024 * 1024 * 1024, 'the backend was held back');
+    running.close('kicked', null);
+    assert.equal(await running.ended, 'kicked');
+    client.user.destroy();
+    backend.user.destroy();
+  });
+}
 
 for (const [name, clientPair] of [
   ['plain', tcpPair],
@@ -100,12 +137,11 @@ for (const [name, clientPair] of [
     // longer than the stall time to go out: the splice pauses the backend behind them.
     const leftover = Buffer.alloc(32 * 1024 * 1024, 0x78);
     client.user.pause();
-    const running = splice(client.front, backend.front, new Uint8Array(), leftover, IDLE_MS);
+    const running = stallSplice(client.front, backend.front, leftover);
     backend.user.write('* 1 EXISTS\r\n');
     const total = leftover.length + '* 1 EXISTS\r\n'.length;
-    // It reads 1 MiB every 200 ms (about 5 MB/s) for 12 MiB, the queue moving all the while
-    // (whatever it had left then sits in the loopback buffers, which the splice cannot see: the
-    // rest is read at once).
+    // It reads 1 MiB every 200 ms (about 5 MB/s) for 12 MiB (whatever it had left then sits in
+    // the loopback buffers: the rest is read at once).
     let got = 0;
     let burst = 0;
     let slow = true;
@@ -125,7 +161,7 @@ for (const [name, clientPair] of [
       await sleep(200);
     }
     const slowFor = Date.now() - started;
-    assert.ok(slowFor > 3 * IDLE_MS, `the slow read lasted ${slowFor} ms, more than three stall times`);
+    assert.ok(slowFor > 3 * STALL_MS, `the slow read lasted ${slowFor} ms, more than three stall times`);
     assert.equal(await endedWithin(running, 0), 'not ended', 'open after the slow read');
     slow = false;
     client.user.resume();
@@ -133,5 +169,45 @@ for (const [name, clientPair] of [
     assert.equal(got, total, 'every byte arrived');
     running.close('kicked', null);
     assert.equal(await running.ended, 'kicked');
+  });
+}
+
+test('a download held back by a client that reads nothing is no stall: the idle timeout ends it', async () => {
+  const idleMs = 8 * STALL_MS;
+  const client = await tcpPair();
+  const backend = await tcpPair();
+  client.user.on('error', () => undefined);
+  backend.user.on('error', () => undefined);
+  const running = stallSplice(client.front, backend.front, new Uint8Array(), idleMs);
+  client.user.pause();
+  flood(backend.user, 256 * 1024 * 1024);
+  await sleep(300);
+  // Unread behind the client, the backend's close is not seen either (as before the stall check).
+  backend.user.destroy();
+  assert.equal(await endedWithin(running, 4 * STALL_MS), 'not ended', 'open past four stall times');
+  assert.equal(await endedWithin(running, idleMs), 'idle-timeout');
+  client.user.destroy();
+});
+
+for (const [name, clientPair] of [
+  ['plain', tcpPair],
+  ['TLS', tlsPair],
+] as const) {
+  test(`a ${name} client held back both ways hangs up: the write under way towards it fails, and the session ends at once`, async () => {
+    const client = await clientPair();
+    const backend = await tcpPair();
+    client.user.on('error', () => undefined);
+    backend.user.on('error', () => undefined);
+    const running = stallSplice(client.front, backend.front);
+    // The backend answers without end and reads nothing; the client reads nothing and uploads.
+    client.user.pause();
+    backend.user.pause();
+    flood(backend.user, 256 * 1024 * 1024);
+    flood(client.user, 256 * 1024 * 1024);
+    await sleep(300);
+    client.user.destroy();
+    // Within one stall time, so not the stall check: the hang-up is seen without reading the client.
+    assert.equal(await endedWithin(running, STALL_MS), 'client-error');
+    backend.user.destroy();
   });
 }
