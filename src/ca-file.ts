@@ -40,6 +40,62 @@ function leadingCertificate(der: Buffer): Buffer {
   return at + length <= der.length ? der.subarray(0, at + length) : der;
 }
 
+/** A DER element at `at` of `der`: its tag and where its content lies; null when it does not fit. */
+function derElement(der: Buffer, at: number): { tag: number; start: number; end: number } | null {
+  if (at + 2 > der.length) return null;
+  const tag = der[at]!;
+  let length = der[at + 1]!;
+  let start = at + 2;
+  if (length & 0x80) {
+    const size = length & 0x7f;
+    if (size === 0 || size > 4 || start + size > der.length) return null;
+    length = 0;
+    for (let i = 0; i < size; i++) length = length * 256 + der[start + i]!;
+    start += size;
+  }
+  return start + length <= der.length ? { tag, start, end: start + length } : null;
+}
+
+/** The OBJECT IDENTIFIERs (as DER content, hex) directly inside der[start, end). */
+function oidsIn(der: Buffer, start: number, end: number): string[] {
+  const oids: string[] = [];
+  for (let at = start; at < end; ) {
+    const element = derElement(der, at);
+    if (element === null) break;
+    if (element.tag === 0x06) oids.push(der.subarray(element.start, element.end).toString('hex'));
+    at = element.end;
+  }
+  return oids;
+}
+
+/** id-kp-serverAuth (1.3.6.1.5.5.7.3.1) and anyExtendedKeyUsage (2.5.29.37.0), as DER content. */
+const SERVER_AUTH = '2b06010505070301';
+const ANY_USE = '551d2500';
+
+/**
+ * Why the trust settings after a TRUSTED CERTIFICATE's certificate (OpenSSL's X509_CERT_AUX:
+ * SEQUENCE { trust SEQUENCE OF OID OPTIONAL, reject [0] SEQUENCE OF OID OPTIONAL, … }) keep it
+ * from vouching for a server's certificate, or null. mailfront only ever checks servers (the
+ * directory, Redis, backends): a CA trusted only for e-mail, or that rejects serverAuth, parses
+ * and then fails every connection ("unsuitable certificate purpose").
+ */
+function trustProblem(der: Buffer, certificateEnd: number): string | null {
+  const aux = derElement(der, certificateEnd);
+  if (aux === null || aux.tag !== 0x30) return null;
+  let trusted: string[] | null = null;
+  let rejected: string[] = [];
+  for (let at = aux.start; at < aux.end; ) {
+    const element = derElement(der, at);
+    if (element === null) break;
+    if (element.tag === 0x30) trusted = oidsIn(der, element.start, element.end);
+    else if (element.tag === 0xa0) rejected = oidsIn(der, element.start, element.end);
+    at = element.end;
+  }
+  if (rejected.includes(SERVER_AUTH) || rejected.includes(ANY_USE)) return 'its trust settings reject serverAuth (openssl x509 -addreject): it vouches for no TLS server';
+  if (trusted !== null && trusted.length > 0 && !trusted.includes(SERVER_AUTH) && !trusted.includes(ANY_USE)) return 'its trust settings do not include serverAuth (openssl x509 -addtrust): it vouches for no TLS server';
+  return null;
+}
+
 /**
  * Throws unless `content` holds at least one PEM certificate (plain or TRUSTED) and every
  * certificate block in it parses. Node's TLS takes a CA file with none (empty, garbage, caught
@@ -60,7 +116,11 @@ export function checkCaCertificates(content: Buffer, file: string, key: string):
       if (trusted === '') new X509Certificate(block);
       else {
         if (!/^[\sA-Za-z0-9+/]*={0,2}\s*$/.test(body!)) throw new Error('its body is not base64');
-        new X509Certificate(leadingCertificate(Buffer.from(body!, 'base64')));
+        const der = Buffer.from(body!, 'base64');
+        const certificate = leadingCertificate(der);
+        new X509Certificate(certificate);
+        const problem = trustProblem(der, certificate.length);
+        if (problem !== null) throw new Error(problem);
       }
     } catch (error) {
       throw unusable(`holds a PEM certificate that cannot be parsed (certificate ${i + 1} of ${blocks.length}: ${error instanceof Error ? error.message : String(error)})`);

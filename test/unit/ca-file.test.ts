@@ -69,3 +69,12 @@ test("a CA in OpenSSL's TRUSTED CERTIFICATE form (openssl x509 -trustout), which
   ];
   for (const [content, reason] of cases) assert.throws(() => read(content), reason, JSON.stringify(content.slice(0, 60)));
 });
+
+test('a TRUSTED CERTIFICATE whose trust settings leave out or reject serverAuth is refused: TLS would find it unsuitable for every server', () => {
+  const trustout = (...args: string[]): string => execFileSync('openssl', ['x509', '-trustout', ...args], { input: ca }).toString();
+  // Taken as they are: no settings, serverAuth among the trusted uses, any use (anyExtendedKeyUsage).
+  for (const ok of [trustout(), trustout('-addtrust', 'serverAuth', '-addtrust', 'emailProtection'), trustout('-addtrust', 'anyExtendedKeyUsage'), trustout('-addreject', 'emailProtection')]) assert.equal(read(ok).toString(), ok);
+  assert.throws(() => read(trustout('-addtrust', 'emailProtection')), /its trust settings do not include serverAuth/);
+  assert.throws(() => read(trustout('-addreject', 'serverAuth')), /its trust settings reject serverAuth/);
+  assert.throws(() => read(trustout('-addtrust', 'serverAuth', '-addreject', 'anyExtendedKeyUsage')), /reject serverAuth/);
+});
