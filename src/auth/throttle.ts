@@ -5,7 +5,7 @@
  * machine never keeps passwords, only keyed fingerprints of them. Trusted networks (webmail) are
  * not counted per address, only per user. Counters live in memory, or in Redis so that a fleet
  * shares them; when Redis is unreachable or slow, local counters answer until it is back, and
- * the failures it refused to write are added to its counts until they expire.
+ * the failures it missed are added to its counts until it takes writes again and holds them.
  *
  * Owns the counters and their stores. Must not: decide wire text, wait (it returns delays for the
  * session to apply), log a password or fingerprint, or ever reject (a broken store lets logins through
@@ -97,6 +97,33 @@ interface MemoryEntry {
   refusedUntil: number;
   /** For counts kept apart from another's: that count when last seen (see refuseWith). */
   shared?: number;
+  /** For counts kept apart: the subject's own limit, with which they are written to the other's (see apart()). */
+  limit?: number;
+  /**
+   * For counts kept apart: the refusal was started by the other count and these together, which
+   * may have held one password twice (see settle()), not by these alone.
+   */
+  joint?: boolean;
+}
+
+/**
+ * A subject whose failures are counted apart from another store's: `limit` starts the refusal
+ * here, `own` is the subject's own limit, and `joint` says whether `limit` takes the other
+ * store's count into account (a refusal it starts may then end, see settle()).
+ */
+export interface ApartSubject extends SubjectLimit {
+  readonly own: number;
+  readonly joint: boolean;
+}
+
+/** The failures counted apart for one subject, to be written to the other store. */
+export interface ApartEntry {
+  readonly key: string;
+  /** The subject's own limit. */
+  readonly limit: number;
+  readonly fingerprints: readonly string[];
+  /** Time left of the refusal these counts started; undefined when they started none. */
+  readonly refusalLeftMs: number | undefined;
 }
 
 /**
@@ -136,16 +163,22 @@ export class MemoryThrottleStore implements ThrottleStore {
     return keys.map((key) => stateOf(this.cache.get(key), now));
   }
 
-  addFailure(subjects: readonly SubjectLimit[], fingerprint: string): Promise<SubjectState[]> {
+  addFailure(subjects: readonly (SubjectLimit | ApartSubject)[], fingerprint: string): Promise<SubjectState[]> {
     const now = this.now();
     return Promise.resolve(
-      subjects.map(({ key, limit }) => {
+      subjects.map((subject) => {
+        const { key, limit } = subject;
         const entry = this.cache.get(key) ?? { failures: 0, fingerprints: [], refusedUntil: 0 };
+        if ('own' in subject) entry.limit = subject.own;
         if (entry.fingerprints.includes(fingerprint)) return stateOf(entry, now);
         entry.fingerprints.push(fingerprint);
         if (entry.fingerprints.length > this.policy.fingerprintsKept) entry.fingerprints.shift();
         entry.failures++;
-        if (entry.failures >= limit) entry.refusedUntil = now + this.policy.refusalMs;
+        if (entry.failures >= limit) {
+          // A refusal these counts started alone stays theirs when a joint one prolongs it.
+          entry.joint = 'own' in subject && subject.joint && (entry.refusedUntil <= now || entry.joint === true);
+          entry.refusedUntil = now + this.policy.refusalMs;
+        }
         this.cache.set(key, entry, { ttl: Math.max(this.policy.failureWindowMs, entry.refusedUntil - now) });
         return stateOf(entry, now);
       }),
@@ -187,7 +220,41 @@ export class MemoryThrottleStore implements ThrottleStore {
     const now = this.now();
     if (!grew || entry.failures + shared.failures < limit || entry.refusedUntil > now || shared.refusedForMs > 0) return;
     entry.refusedUntil = now + this.policy.refusalMs;
+    entry.joint = true;
     this.cache.set(key, entry, { ttl: Math.max(this.cache.getRemainingTTL(key), entry.refusedUntil - now) });
+  }
+
+  /**
+   * For counts kept apart from another's, once that one holds failures they held (after forget()):
+   * a refusal the two started together (refuseWith, or a failure the other refused to write) ends
+   * unless they still reach `limit` together, for it may have counted one password twice (in
+   * both); one these counts started alone runs on. `shared` is the other's state now, taken as
+   * last seen.
+   */
+  settle(key: string, limit: number, shared: SubjectState): void {
+    const entry = this.cache.peek(key);
+    if (entry === undefined) return;
+    entry.shared = shared.failures;
+    const now = this.now();
+    if (entry.joint === true && entry.refusedUntil > now && entry.failures + shared.failures < limit) {
+      entry.refusedUntil = 0;
+      entry.joint = false;
+    }
+    if (entry.failures === 0 && entry.refusedUntil <= now) this.cache.delete(key);
+  }
+
+  /**
+   * For counts kept apart: the subjects with the fingerprints they hold (a copy, at most one per
+   * subject tracked), to be written to the other store.
+   */
+  apart(): ApartEntry[] {
+    const now = this.now();
+    const out: ApartEntry[] = [];
+    for (const [key, entry] of this.cache.entries()) {
+      if (entry.fingerprints.length === 0 || entry.limit === undefined) continue;
+      out.push({ key, limit: entry.limit, fingerprints: [...entry.fingerprints], refusalLeftMs: entry.refusedUntil > 0 ? Math.max(0, entry.refusedUntil - now) : undefined });
+    }
+    return out;
   }
 
   clear(keys: readonly string[]): Promise<void> {
@@ -222,7 +289,8 @@ export type RedisState = 'connecting' | 'up' | 'read-only' | 'down';
  * refused the write (the count and refusal are then Redis's as they were); after them, the
  * refusal's error text, or '' when none was refused. A write is attempted with pcall, so that a
  * Redis refusing writes (out of memory, a replica) still says, per key, whether it held the
- * password: only a failure it did not hold is one it missed.
+ * password: only a failure it did not hold is one it missed. A refusal running is never shortened:
+ * a failure counted apart and written later passes the time left of the refusal it started.
  */
 const FAILURE_SCRIPT = `
 if redis.replicate_commands then redis.replicate_commands() end
@@ -250,7 +318,7 @@ for i, key in ipairs(KEYS) do
     local np = p .. fp
     if string.len(np) > keep * len then np = string.sub(np, -keep * len) end
     local nb = b
-    if n + 1 >= limit then nb = now + refusal end
+    if n + 1 >= limit then nb = math.max(b, now + refusal) end
     local w = redis.pcall('HSET', key, 'n', n + 1, 'p', np, 'b', string.format('%.0f', nb))
     if type(w) == 'table' and w.err then
       status = -1
@@ -420,6 +488,12 @@ const ERROR_REPLY_LOG_INTERVAL_MS = 60_000;
  */
 const WRITES_REFUSED = /(?:^|-)(?:OOM|READONLY|MISCONF|NOREPLICAS)\b/;
 
+/**
+ * Keys whose failures counted apart are written to Redis at once when it takes writes again (each
+ * key's one after another): a few calls in flight, not one per key tracked.
+ */
+const REPLAY_KEYS_AT_ONCE = 32;
+
 /** A TCP and TLS handshake on a busy machine; nothing waits on it but the retry. */
 const CONNECT_TIMEOUT_MIN_MS = 2_000;
 
@@ -450,8 +524,9 @@ const STATE_LINES_AT_ONCE = 3;
  * (one warning), drops the connection, and local counters answer until a background reconnect
  * succeeds (one info line). Failures are always counted locally as well, so that the local view
  * is warm when Redis goes away. A Redis that answers but refuses writes (out of memory, a replica)
- * is 'read-only' until it takes one; each failure it refused is counted per key apart (`missed`)
- * and added to Redis's count by every read until it expires, whatever the state by then.
+ * is 'read-only' until it takes one; each failure it refused, or that was not sent while it was
+ * down, is counted per key apart (`missed`) and added to Redis's count by every read, until Redis
+ * takes writes again and is given them (replay()), or they expire.
  */
 export class RedisThrottleStore implements ThrottleStore {
   private client: Client | undefined;
@@ -462,13 +537,17 @@ export class RedisThrottleStore implements ThrottleStore {
   private connecting: Promise<void> | undefined;
   private closed = false;
   private lastErrorReplyLogAt = 0;
+  /** A replay of `missed` is running; another 'up' came meanwhile (see replay()). */
+  private replaying = false;
+  private replayAgain = false;
   /**
    * Failures this instance counted that Redis refused to write, per key, with the refusals they
    * started: Redis's count plus these is the subject's. Kept for the failure window (or the
    * refusal) like the local counters, so that a refusal earned while Redis refused writes lasts
    * its time after Redis takes writes again; bounded like them (least recently used forgotten).
-   * A failure leaves them once Redis holds its password (a retry it took, or held already), lest
-   * it count twice. Never shared: only this instance adds them to Redis's counts.
+   * A failure leaves them once Redis holds its password (written when Redis takes writes again, a
+   * retry it took, or one it held already), lest it count twice; until then, only this instance
+   * adds them to Redis's counts.
    */
   private readonly missed: MemoryThrottleStore;
   private readonly retryIntervalMs: number;
@@ -552,12 +631,12 @@ export class RedisThrottleStore implements ThrottleStore {
       const status = Number(reply[i * 3 + 2] ?? 0);
       // A failure Redis did not take: this instance adds it to Redis's count from now on, and the
       // refusal starts when the two together reach the limit.
-      if (status === -1) await this.missed.addFailure([{ key: subject.key, limit: subject.limit - shared.failures }], fingerprint);
+      if (status === -1) await this.missed.addFailure([{ key: subject.key, limit: subject.limit - shared.failures, own: subject.limit, joint: shared.failures > 0 }], fingerprint);
       // Redis holds it now (it took it, or had it: a call that got no answer in time, another
       // instance): no longer missed, or it would count twice.
       else this.missed.forget(subject.key, fingerprint);
       if (status === 1) wrote = true;
-      states.push(this.withMissed(subject, shared, status === 1));
+      states.push(this.withMissed(subject, shared, status === 1, status !== -1));
     }
     const refused = String(reply[subjects.length * 3] ?? '');
     if (refused !== '') this.writeRefused(refused);
@@ -568,10 +647,12 @@ export class RedisThrottleStore implements ThrottleStore {
   /**
    * Redis's state of a subject with what this instance missed. Redis does not know those: when
    * the two together reach the limit, through a failure Redis counted just now (`failed`) or
-   * since the last look (another instance's), the refusal starts here.
+   * since the last look (another instance's), the refusal starts here. `held`: Redis holds the
+   * password just failed, which may have been counted twice until now (see settle()).
    */
-  private withMissed(subject: SubjectLimit, shared: SubjectState, failed: boolean): SubjectState {
+  private withMissed(subject: SubjectLimit, shared: SubjectState, failed: boolean, held = false): SubjectState {
     this.missed.refuseWith(subject.key, subject.limit, shared, failed);
+    if (held) this.missed.settle(subject.key, subject.limit, shared);
     return plus(shared, this.missed.readNow([subject.key])[0]);
   }
 
@@ -580,7 +661,7 @@ export class RedisThrottleStore implements ThrottleStore {
    * it for (`fresh`), refused where they refuse (their refusal goes on once Redis answers again).
    */
   private async missedLocally(subjects: readonly SubjectLimit[], fingerprint: string, fresh: readonly boolean[], local: readonly SubjectState[]): Promise<void> {
-    const apart = subjects.flatMap((s, i) => (fresh[i] === true ? [{ key: s.key, limit: (local[i]?.refusedForMs ?? 0) > 0 ? 1 : s.limit }] : []));
+    const apart = subjects.flatMap((s, i) => (fresh[i] === true ? [{ key: s.key, limit: (local[i]?.refusedForMs ?? 0) > 0 ? 1 : s.limit, own: s.limit, joint: false }] : []));
     if (apart.length > 0) await this.missed.addFailure(apart, fingerprint);
   }
 
@@ -622,6 +703,60 @@ export class RedisThrottleStore implements ThrottleStore {
     } else {
       this.reportErrorReply(message);
     }
+  }
+
+  /**
+   * Redis takes writes again ('up', from any other state): the failures counted apart are written
+   * to it, per key with their fingerprints, through the failure script (Redis counts a password it
+   * does not hold within its own window, and starts the refusal if its count reaches the limit
+   * there), and each leaves `missed` once Redis holds it, whether it took it or held it already (a
+   * call that got no answer in time, which Redis ran when it resumed; another instance's). Left
+   * apart until its retry on this instance, such a password counted twice at every check, and
+   * could start a refusal. A refusal the counts apart started alone runs on; one Redis's count and
+   * they started together ends unless they still reach the limit (see settle()). Stops once Redis
+   * is down or refuses writes again: the next 'up' writes what is left. A key Redis answers with
+   * an error (reported) stays apart, and the others are written.
+   */
+  private async replay(): Promise<void> {
+    if (this.replaying) {
+      this.replayAgain = true;
+      return;
+    }
+    this.replaying = true;
+    try {
+      do {
+        this.replayAgain = false;
+        const pending = this.missed.apart();
+        for (let i = 0; i < pending.length; i += REPLAY_KEYS_AT_ONCE) {
+          await Promise.all(pending.slice(i, i + REPLAY_KEYS_AT_ONCE).map((entry) => this.replayKey(entry)));
+          if (this.closed || this.stateNow !== 'up') break;
+        }
+      } while (this.replayAgain && this.stateNow === 'up' && !this.closed);
+    } finally {
+      this.replaying = false;
+    }
+  }
+
+  /** Writes one key's failures counted apart to Redis (see replay()), up to the first one it does not take. */
+  private async replayKey({ key, limit, fingerprints, refusalLeftMs }: ApartEntry): Promise<void> {
+    const { policy } = this.options;
+    let shared: SubjectState | undefined;
+    for (const fingerprint of fingerprints) {
+      if (this.closed || this.stateNow !== 'up') return;
+      // A refusal these failures started already: Redis's, if they start one there, ends with it
+      // (none when it ended), rather than lasting refusal_ms again from now.
+      const refusalMs = String(refusalLeftMs ?? policy.refusalMs);
+      const reply = await this.run(FAILURE, [this.key(key)], [fingerprint, String(policy.failureWindowMs), refusalMs, String(policy.fingerprintsKept), String(limit)]);
+      if (reply instanceof Error) this.writeRefused(reply.message);
+      if (!Array.isArray(reply)) return;
+      if (Number(reply[2] ?? 0) === -1) {
+        this.writeRefused(String(reply[3] ?? ''));
+        return;
+      }
+      this.missed.forget(key, fingerprint);
+      shared = { failures: Number(reply[0] ?? 0), refusedForMs: Number(reply[1] ?? 0) };
+    }
+    if (shared !== undefined) this.missed.settle(key, limit, shared);
   }
 
   /** Redis wrote a failure: it takes writes again (the failures it missed still count). */
@@ -740,6 +875,7 @@ export class RedisThrottleStore implements ThrottleStore {
       }
     }
     if (changed) this.options.onStateChange?.(state);
+    if (changed && state === 'up') void this.replay();
   }
 
   private newDownCause(reason: string | undefined, setup: boolean): boolean {

@@ -2,7 +2,8 @@
  * The throttle against a real redis-server: two instances sharing Redis see each other's
  * failures; Redis stopped or hung → local counters, one warning, a state callback, and every
  * call within its deadline; Redis back → shared again; Redis refusing writes → an instance adds
- * the failures Redis refused to Redis's counts, until they expire; Redis slow or flapping → few
+ * the failures Redis refused to Redis's counts, and writes them to Redis once it takes writes
+ * again (each wrong password then counts once, whatever Redis ran late); Redis slow or flapping → few
  * state changes and lines. Also what Redis holds: no passwords, and every key expires.
  */
 import assert from 'node:assert/strict';
@@ -70,6 +71,15 @@ const from = (user: string, address: string): LoginAttempt => ({ user, address, 
 async function until(what: string, predicate: () => boolean, timeoutMs = 5_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** As until(), for a predicate that asks the throttle. */
+async function eventually(what: string, predicate: () => Promise<boolean>, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await predicate())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
@@ -196,14 +206,14 @@ describe('throttle counters shared through Redis', () => {
       assert.equal(a.throttle.sharing, 'up', 'a write taken: shared again');
       assert.deepEqual(a.states, ['up', 'read-only', 'up']);
       assert.deepEqual(redisStateLines(a.lines), ['30 up', '40 read-only', '30 up']);
-      // Redis never counted A's three: they still count at A, and its refusal lasts its time.
+      // A writes its three to Redis now; they count once, and its refusal lasts its time.
       const after = await a.throttle.check(from('ivan', '192.0.2.30'));
       assert.equal(after.refused, true, 'the refusal A earned while Redis refused writes outlasts a write taken for someone else');
       assert.equal(after.refusedBy, 'user');
       assert.equal((await a.throttle.check(from('nina', '192.0.2.30'))).delayMs, 800, 'the address\'s failures A counted still count');
       await a.throttle.recordFailure(from('ivan', '192.0.2.33'), WRONG_PASSWORDS[6] ?? '');
       assert.equal((await a.throttle.check(from('ivan', '192.0.2.33'))).refused, true, 'and after a write taken for ivan himself');
-      assert.equal((await b.throttle.check(from('ivan', '192.0.2.31'))).refused, false, 'B has not seen A\'s three');
+      await eventually('B sees the three A counted apart, written to Redis once it took writes', async () => (await b.throttle.check(from('ivan', '192.0.2.31'))).refused);
     });
   }
 
@@ -396,6 +406,113 @@ describe('throttle counters shared through Redis', () => {
     await until('A back on Redis', () => a.throttle.sharing === 'up');
     assert.equal((await a.throttle.check(carl)).delayMs, 200, 'the two wrong passwords Redis holds, the second from the call that timed out; not a third');
     assert.equal((await a.throttle.recordFailure(carl, WRONG_PASSWORDS[2] ?? '')).delayMs, 200);
+  });
+
+  test('Redis refusing writes, then hung as the password it refused is retried, then back: Redis, which ran that call late, and the failures A counted apart hold it once; two distinct wrong passwords stay below a limit of three', async () => {
+    const a = await instance('t17:', undefined, redis.url, { failuresPerUser: 3 });
+    const dan = from('dan', '192.0.2.74');
+    const raw = createClient({ url: redis.url });
+    raw.on('error', () => undefined);
+    await raw.connect();
+    try {
+      try {
+        await raw.sendCommand(['CONFIG', 'SET', 'maxmemory', '1']);
+        await a.throttle.recordFailure(dan, WRONG_PASSWORDS[0] ?? '');
+        assert.equal(a.throttle.sharing, 'read-only', 'the first wrong password, counted apart');
+      } finally {
+        await raw.sendCommand(['CONFIG', 'SET', 'maxmemory', '0']);
+      }
+      await redis.pause();
+      try {
+        // The client retries it just as Redis hangs: sent, no answer in time.
+        await a.throttle.recordFailure(dan, WRONG_PASSWORDS[0] ?? '');
+        await until('A sees Redis down', () => a.throttle.sharing === 'down');
+        await a.throttle.recordFailure(dan, WRONG_PASSWORDS[1] ?? '');
+      } finally {
+        redis.resume();
+      }
+      await until('A back on Redis', () => a.throttle.sharing === 'up');
+      await eventually('A counting each wrong password once', async () => (await a.throttle.check(dan)).delayMs === 200);
+      assert.equal(await raw.sendCommand(['HGET', 't17:u:dan', 'n']), '2', 'Redis holds both, the second written by A once Redis was back');
+      const back = await a.throttle.check(dan);
+      assert.equal(back.refused, false, 'two distinct wrong passwords, with a limit of three');
+      for (const i of [0, 1]) {
+        const retried = await a.throttle.recordFailure(dan, WRONG_PASSWORDS[i] ?? '');
+        assert.equal(retried.refused, false, `wrong password ${i} retried`);
+        assert.equal(retried.delayMs, 200);
+      }
+      assert.equal((await a.throttle.check(dan)).refused, false);
+      assert.equal((await a.throttle.recordFailure(dan, WRONG_PASSWORDS[2] ?? '')).refused, true, 'the third distinct wrong password reaches the limit');
+    } finally {
+      raw.destroy();
+    }
+  });
+
+  test('Redis hung twice: a password counted apart in the first outage and retried as Redis hangs again counts once once Redis is back (Redis ran the retry late); two distinct wrong passwords stay below a limit of three', async () => {
+    const a = await instance('t18:', undefined, redis.url, { failuresPerUser: 3 });
+    const fay = from('fay', '192.0.2.76');
+    await redis.pause();
+    try {
+      // Someone else's call finds Redis hung; fay's password is then not sent: counted apart.
+      await a.throttle.recordFailure(from('gus', '192.0.2.77'), WRONG_PASSWORDS[0] ?? '');
+      await until('A sees Redis down', () => a.throttle.sharing === 'down');
+      await a.throttle.recordFailure(fay, WRONG_PASSWORDS[1] ?? '');
+    } finally {
+      redis.resume();
+    }
+    await until('A back on Redis', () => a.throttle.sharing === 'up');
+    await redis.pause();
+    try {
+      await a.throttle.recordFailure(fay, WRONG_PASSWORDS[1] ?? '');
+      await until('A sees Redis down again', () => a.throttle.sharing === 'down');
+    } finally {
+      redis.resume();
+    }
+    await until('A back on Redis again', () => a.throttle.sharing === 'up');
+    await eventually('A counting the wrong password once', async () => (await a.throttle.check(fay)).delayMs === 100);
+    const second = await a.throttle.recordFailure(fay, WRONG_PASSWORDS[2] ?? '');
+    assert.equal(second.refused, false, 'two distinct wrong passwords, with a limit of three');
+    assert.equal(second.delayMs, 200);
+    assert.equal((await a.throttle.check(fay)).refused, false);
+    assert.equal((await a.throttle.recordFailure(fay, WRONG_PASSWORDS[3] ?? '')).refused, true, 'the third distinct wrong password reaches the limit');
+  });
+
+  test('Redis up, refusing writes, hung, down, and back: wrong passwords guessed after a check each are refused from the limit on', async () => {
+    const a = await instance('t19:', undefined, redis.url, { failuresPerUser: 3 });
+    const hal = from('hal', '192.0.2.78');
+    const raw = createClient({ url: redis.url });
+    raw.on('error', () => undefined);
+    await raw.connect();
+    let guessed = 0;
+    const guess = async (): Promise<boolean> => {
+      if ((await a.throttle.check(hal)).refused) return false;
+      await a.throttle.recordFailure(hal, WRONG_PASSWORDS[guessed++] ?? '');
+      return true;
+    };
+    try {
+      assert.ok(await guess(), 'up');
+      try {
+        await raw.sendCommand(['CONFIG', 'SET', 'maxmemory', '1']);
+        assert.ok(await guess(), 'Redis refusing writes');
+        assert.equal(a.throttle.sharing, 'read-only');
+      } finally {
+        await raw.sendCommand(['CONFIG', 'SET', 'maxmemory', '0']);
+      }
+      await redis.pause();
+      try {
+        assert.ok(await guess(), 'Redis hung: sent, no answer in time');
+        await until('A sees Redis down', () => a.throttle.sharing === 'down');
+        assert.equal(await guess(), false, 'Redis down: the local counters hold three');
+      } finally {
+        redis.resume();
+      }
+      await until('A back on Redis', () => a.throttle.sharing === 'up');
+      for (let i = 0; i < 5; i++) assert.equal(await guess(), false, 'back on Redis: still refused');
+      assert.equal(guessed, 3);
+      await eventually('Redis holding the three', async () => String(await raw.sendCommand(['HGET', 't19:u:hal', 'n'])) === '3');
+    } finally {
+      raw.destroy();
+    }
   });
 
   test('Redis refusing writes, then taking them: a failure missed meanwhile that Redis holds since, through another instance with the same fingerprint key, stops counting apart at its retry', async () => {
