@@ -39,7 +39,7 @@ interface Instance {
 
 const open: Throttle[] = [];
 
-async function instance(prefix: string, fingerprintKey?: Uint8Array, url = redis.url, overrides: Partial<ThrottleConfig> = {}): Promise<Instance> {
+async function instance(prefix: string, fingerprintKey?: Uint8Array, url = redis.url, overrides: Partial<ThrottleConfig> = {}, retryIntervalMs = RETRY_MS): Promise<Instance> {
   const config: ThrottleConfig = {
     enabled: true,
     baseDelayMs: 100,
@@ -55,7 +55,7 @@ async function instance(prefix: string, fingerprintKey?: Uint8Array, url = redis
   const lines: Record<string, unknown>[] = [];
   const states: RedisState[] = [];
   const log = pino({ level: 'debug' }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
-  const throttle = Throttle.fromConfig(config, log, { onRedisState: (s) => states.push(s), retryIntervalMs: RETRY_MS, ...(fingerprintKey ? { fingerprintKey } : {}) });
+  const throttle = Throttle.fromConfig(config, log, { onRedisState: (s) => states.push(s), retryIntervalMs, ...(fingerprintKey ? { fingerprintKey } : {}) });
   open.push(throttle);
   await throttle.ready();
   await until('the first connection to Redis', () => throttle.sharing === 'up');
@@ -296,7 +296,9 @@ describe('throttle counters shared through Redis', () => {
 
   test('Redis refusing writes, then taking them: failures through another instance since reach the limit with the ones this instance counted apart; a check refuses, and so does a password Redis held already, for the refusal\'s time, not again at every check', async () => {
     const key = new Uint8Array(32).fill(7);
-    const a = await instance('t16:', key, redis.url, { refusalMs: 1_500 });
+    // A probes Redis for writes only every 10 s: it stays read-only, its failure apart, while B
+    // writes (a probe taken sooner would replay it into Redis before B's four are in).
+    const a = await instance('t16:', key, redis.url, { refusalMs: 1_500 }, 10_000);
     const b = await instance('t16:', key, redis.url, { refusalMs: 1_500 });
     const raw = createClient({ url: redis.url });
     raw.on('error', () => undefined);
