@@ -10,6 +10,7 @@ import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { splice, type Splice } from '../../src/proxy/splice.js';
 import { tcpPair, tlsPair } from './socket-pairs.js';
+import type { Pair } from './socket-pairs.js';
 
 const STALL_MS = 500;
 const IDLE_MS = 60_000;
@@ -37,6 +38,15 @@ function flood(socket: Socket, total: number): void {
 }
 
 /** The splice's end, or 'not ended' after `ms` (the timer keeps the process up meanwhile). */
+/** A client connection (made by `clientPair`) and a backend one, spliced with the test's stall time; errors on the far ends ignored. */
+async function stallSpliced(clientPair: () => Promise<Pair>): Promise<{ client: Pair; backend: Pair; running: Splice }> {
+  const client = await clientPair();
+  const backend = await tcpPair();
+  client.user.on('error', () => undefined);
+  backend.user.on('error', () => undefined);
+  return { client, backend, running: stallSplice(client.front, backend.front) };
+}
+
 function endedWithin(running: Splice, ms: number): Promise<string> {
   return Promise.race([running.ended, sleep(ms).then(() => 'not ended')]);
 }
@@ -46,11 +56,7 @@ for (const [name, clientPair] of [
   ['TLS', tlsPair],
 ] as const) {
   test(`a ${name} client that uploaded until the backend stopped reading, then hung up: the session ends as stalled`, async () => {
-    const client = await clientPair();
-    const backend = await tcpPair();
-    client.user.on('error', () => undefined);
-    backend.user.on('error', () => undefined);
-    const running = stallSplice(client.front, backend.front);
+    const { client, backend, running } = await stallSpliced(clientPair);
     backend.user.pause();
     // An APPEND far larger than the loopback buffers: the splice stops reading the client.
     flood(client.user, 256 * 1024 * 1024);
@@ -64,11 +70,7 @@ for (const [name, clientPair] of [
 }
 
 test('an upload held back is no stall while bytes move the other way', async () => {
-  const client = await tcpPair();
-  const backend = await tcpPair();
-  client.user.on('error', () => undefined);
-  backend.user.on('error', () => undefined);
-  const running = stallSplice(client.front, backend.front);
+  const { client, backend, running } = await stallSpliced(tcpPair);
   backend.user.pause();
   flood(client.user, 256 * 1024 * 1024);
   client.user.on('data', () => undefined);
@@ -96,11 +98,7 @@ for (const [name, clientPair, uploading] of [
   ['plain', tcpPair, true],
 ] as const) {
   test(`a ${name} client reading a download steadily at 100 KiB/s${uploading ? ', its upload held back by the backend,' : ''} is never cut over eight stall times`, async () => {
-    const client = await clientPair();
-    const backend = await tcpPair();
-    client.user.on('error', () => undefined);
-    backend.user.on('error', () => undefined);
-    const running = stallSplice(client.front, backend.front);
+    const { client, backend, running } = await stallSpliced(clientPair);
     flood(backend.user, 2 * 1024 * 1024 * 1024);
     if (uploading) {
       backend.user.pause();
@@ -194,11 +192,7 @@ for (const [name, clientPair] of [
   ['TLS', tlsPair],
 ] as const) {
   test(`a ${name} client held back both ways hangs up: the write under way towards it fails, and the session ends at once`, async () => {
-    const client = await clientPair();
-    const backend = await tcpPair();
-    client.user.on('error', () => undefined);
-    backend.user.on('error', () => undefined);
-    const running = stallSplice(client.front, backend.front);
+    const { client, backend, running } = await stallSpliced(clientPair);
     // The backend answers without end and reads nothing; the client reads nothing and uploads.
     client.user.pause();
     backend.user.pause();
