@@ -229,14 +229,17 @@ export class MemoryThrottleStore implements ThrottleStore {
    * a refusal the two started together (refuseWith, or a failure the other refused to write) ends
    * unless they still reach `limit` together, for it may have counted one password twice (in
    * both); one these counts started alone runs on. `shared` is the other's state now, taken as
-   * last seen.
+   * last seen. `doubleCounted`: the other held a password these counts held too; without that,
+   * a count below the limit is no sign of a password counted twice (the other's failures may
+   * have expired since, and a refusal outlasts the failures that started it), and the refusal
+   * runs on.
    */
-  settle(key: string, limit: number, shared: SubjectState): void {
+  settle(key: string, limit: number, shared: SubjectState, doubleCounted = true): void {
     const entry = this.cache.peek(key);
     if (entry === undefined) return;
     entry.shared = shared.failures;
     const now = this.now();
-    if (entry.joint === true && entry.refusedUntil > now && entry.failures + shared.failures < limit) {
+    if (doubleCounted && entry.joint === true && entry.refusedUntil > now && entry.failures + shared.failures < limit) {
       entry.refusedUntil = 0;
       entry.joint = false;
     }
@@ -741,6 +744,8 @@ export class RedisThrottleStore implements ThrottleStore {
   private async replayKey({ key, limit, fingerprints, refusalLeftMs }: ApartEntry): Promise<void> {
     const { policy } = this.options;
     let shared: SubjectState | undefined;
+    // Redis held one of these passwords already: it was counted twice until now.
+    let held = false;
     for (const fingerprint of fingerprints) {
       if (this.closed || this.stateNow !== 'up') return;
       // A refusal these failures started already: Redis's, if they start one there, ends with it
@@ -753,10 +758,11 @@ export class RedisThrottleStore implements ThrottleStore {
         this.writeRefused(String(reply[3] ?? ''));
         return;
       }
+      if (Number(reply[2] ?? 0) === 0) held = true;
       this.missed.forget(key, fingerprint);
       shared = { failures: Number(reply[0] ?? 0), refusedForMs: Number(reply[1] ?? 0) };
     }
-    if (shared !== undefined) this.missed.settle(key, limit, shared);
+    if (shared !== undefined) this.missed.settle(key, limit, shared, held);
   }
 
   /** Redis wrote a failure: it takes writes again (the failures it missed still count). */
@@ -875,7 +881,14 @@ export class RedisThrottleStore implements ThrottleStore {
       }
     }
     if (changed) this.options.onStateChange?.(state);
-    if (changed && state === 'up') void this.replay();
+    // Not on the path of the call that saw Redis come back (a login's, say): after it, and any
+    // failure the replay meets is its own (nothing below throws; a catch all the same, since an
+    // unhandled rejection would end the process and every spliced session).
+    if (changed && state === 'up') {
+      setImmediate(() => {
+        this.replay().catch((error: unknown) => this.options.log.error({ event: 'throttle.redis_state', state: this.stateNow, err: error instanceof Error ? error.message : String(error) }, 'writing the failures counted apart to Redis failed'));
+      });
+    }
   }
 
   private newDownCause(reason: string | undefined, setup: boolean): boolean {

@@ -612,4 +612,35 @@ describe('throttle counters shared through Redis', () => {
     assert.deepEqual(a.states, ['up', 'down', 'up', 'down', 'up', 'down', 'up']);
     assert.deepEqual(redisStateLines(a.lines), ['30 up', '40 down', '30 up']);
   });
+  test('a refusal Redis\'s count and a failure counted apart started together runs its time after the replay, even once Redis\'s failures have expired', async () => {
+    // Redis's two failures expire (window 1.5 s) during the refusal; the replay then writes A's
+    // one into a fresh key, and 1 < 3 is no sign of a password counted twice.
+    const overrides = { failuresPerUser: 3, failuresPerAddress: 100, failureWindowMs: 1_500, refusalMs: 20_000 };
+    const a = await instance('t20:', undefined, redis.url, overrides);
+    const b = await instance('t20:', undefined, redis.url, overrides);
+    const raw = createClient({ url: redis.url });
+    raw.on('error', () => undefined);
+    await raw.connect();
+    try {
+      await b.throttle.recordFailure(from('eve', '192.0.2.1'), WRONG_PASSWORDS[0] ?? '');
+      await b.throttle.recordFailure(from('eve', '192.0.2.2'), WRONG_PASSWORDS[1] ?? '');
+      await raw.sendCommand(['CONFIG', 'SET', 'maxmemory', '1']);
+      const third = await a.throttle.recordFailure(from('eve', '192.0.2.3'), WRONG_PASSWORDS[2] ?? '');
+      assert.equal(third.refused, true, 'Redis\'s two and A\'s one reach the limit');
+      await new Promise((r) => setTimeout(r, 1_800));
+    } finally {
+      await raw.sendCommand(['CONFIG', 'SET', 'maxmemory', '0']);
+    }
+    try {
+      await until('A up again', () => a.throttle.sharing === 'up');
+      for (let i = 0; Number(await raw.sendCommand(['HGET', 't20:u:eve', 'n'])) !== 1; i++) {
+        assert.ok(i < 250, 'A\'s failure was not written to Redis');
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      const check = await a.throttle.check(from('eve', '192.0.2.4'));
+      assert.equal(check.refused, true, `the refusal ended after ${overrides.failureWindowMs + 300} ms of its 20 s`);
+    } finally {
+      raw.destroy();
+    }
+  });
 });
