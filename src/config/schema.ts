@@ -358,10 +358,7 @@ function readListeners(v: unknown, resolvePath: (p: string) => string, bindings:
 function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: IssueList): DirectoryConfig {
   const path = 'directory';
   const o = readSection(v, path, ['urls', 'bind_dn', 'bind_password', 'base_dn', 'user_filter', 'store_attribute', 'starttls', 'ca_file', 'connect_timeout_ms', 'operation_timeout_ms', 'entry_cache_ttl_ms', 'auth_cache_ttl_ms', 'cache_max_entries', 'search_connections'], issues) ?? {};
-  const urls = strList(o, 'urls', path, issues);
-  urls.forEach((u, i) => {
-    if (!/^ldaps?:\/\/[^/]+\/?$/.test(u)) issues.add(at(at(path, 'urls'), i), 'an ldap:// or ldaps:// URL with host and optional port', u);
-  });
+  const urls = ldapUrlList(o, 'urls', path, issues);
   const userFilter = str(o, 'user_filter', path, issues, '(&(objectClass=inetOrgPerson)(uid={user}))');
   if (!userFilter.includes('{user}') || !userFilter.startsWith('(') || !userFilter.endsWith(')')) {
     issues.add(at(path, 'user_filter'), 'an LDAP filter in parentheses containing {user}', userFilter);
