@@ -22,24 +22,6 @@ export function readCaFile(file: string, key: string): Buffer {
 const PEM_BEGIN = /-----BEGIN (?:TRUSTED )?CERTIFICATE-----/g;
 const PEM_BLOCK = /-----BEGIN ((?:TRUSTED )?)CERTIFICATE-----([^-]*)-----END \1CERTIFICATE-----/g;
 
-/**
- * The certificate of a TRUSTED CERTIFICATE block's DER: its first element (X509Certificate
- * cannot read the trust settings after it). The whole DER when it does not begin with a DER
- * SEQUENCE of definite length that fits: X509Certificate then says what is wrong.
- */
-function leadingCertificate(der: Buffer): Buffer {
-  if (der.length < 2 || der[0] !== 0x30) return der;
-  let length = der[1]!;
-  let at = 2;
-  if (length & 0x80) {
-    const size = length & 0x7f;
-    if (size === 0 || size > 4 || der.length < 2 + size) return der;
-    length = 0;
-    for (; at < 2 + size; at++) length = length * 256 + der[at]!;
-  }
-  return at + length <= der.length ? der.subarray(0, at + length) : der;
-}
-
 /** A DER element at `at` of `der`: its tag and where its content lies; null when it does not fit. */
 function derElement(der: Buffer, at: number): { tag: number; start: number; end: number } | null {
   if (at + 2 > der.length) return null;
@@ -54,6 +36,16 @@ function derElement(der: Buffer, at: number): { tag: number; start: number; end:
     start += size;
   }
   return start + length <= der.length ? { tag, start, end: start + length } : null;
+}
+
+/**
+ * The certificate of a TRUSTED CERTIFICATE block's DER: its first element (X509Certificate
+ * cannot read the trust settings after it). The whole DER when it does not begin with a DER
+ * SEQUENCE of definite length that fits: X509Certificate then says what is wrong.
+ */
+function leadingCertificate(der: Buffer): Buffer {
+  const element = derElement(der, 0);
+  return element !== null && element.tag === 0x30 ? der.subarray(0, element.end) : der;
 }
 
 /** The OBJECT IDENTIFIERs (as DER content, hex) directly inside der[start, end). */
