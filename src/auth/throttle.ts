@@ -817,14 +817,10 @@ export class RedisThrottleStore implements ThrottleStore {
    * with `passErrors`, an error reply (Redis answered) is returned for the caller to look at.
    */
   private async guard(client: Client, pending: Promise<unknown>, passErrors = false): Promise<unknown> {
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new RedisTimeout(`no answer within ${this.options.redis.timeoutMs} ms`)), this.options.redis.timeoutMs);
-    });
-    // The command may still settle after we stopped waiting for it.
-    pending.catch(() => undefined);
+    const { timeoutMs } = this.options.redis;
     try {
-      return await Promise.race([pending, deadline]);
+      // The command may still settle after we stopped waiting for it (within() waits no more).
+      return await within(pending, timeoutMs, `no answer within ${timeoutMs} ms`);
     } catch (error) {
       const err = error instanceof Error ? error : new Error(String(error));
       // A client exists, so the library is loaded.
@@ -837,8 +833,6 @@ export class RedisThrottleStore implements ThrottleStore {
       }
       if (client === this.client) this.markDown(err.message);
       return null;
-    } finally {
-      clearTimeout(timer);
     }
   }
 
