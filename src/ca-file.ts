@@ -89,20 +89,19 @@ function trustProblem(der: Buffer, certificateEnd: number): string | null {
 }
 
 /**
- * Throws unless `content` holds at least one PEM certificate (plain or TRUSTED) and every
- * certificate block in it parses. Node's TLS takes a CA file with none (empty, garbage, caught
- * half-written by a renewal tool) without a word, and then trusts nothing: every connection
- * fails verification, so a reload that set a working directory up anew with it would refuse
- * every login.
+ * Why `content` is no usable CA file, or null: it must hold at least one PEM certificate (plain
+ * or TRUSTED), and every certificate block in it must parse. Node's TLS takes a CA file with none
+ * (empty, garbage, caught half-written by a renewal tool) without a word, and then trusts
+ * nothing: every connection fails verification, so a reload that set a working directory up anew
+ * with it would refuse every login.
  */
-export function checkCaCertificates(content: Buffer, file: string, key: string): void {
+export function caCertificatesProblem(content: Buffer): string | null {
   const text = content.toString('latin1');
   const blocks = [...text.matchAll(PEM_BLOCK)];
   const begun = text.match(PEM_BEGIN)?.length ?? 0;
-  const unusable = (why: string): MailfrontError => new MailfrontError('CA_FILE_UNUSABLE', 'config', `${key}: ${file} ${why}`);
-  if (begun === 0) throw unusable(`holds no PEM certificate (-----BEGIN CERTIFICATE----- or -----BEGIN TRUSTED CERTIFICATE-----): ${content.length === 0 ? 'the file is empty' : `${content.length} bytes of something else`}`);
+  if (begun === 0) return `holds no PEM certificate (-----BEGIN CERTIFICATE----- or -----BEGIN TRUSTED CERTIFICATE-----): ${content.length === 0 ? 'the file is empty' : `${content.length} bytes of something else`}`;
   // A BEGIN without its END: the file was cut short (being written?).
-  if (blocks.length !== begun) throw unusable(`ends inside a PEM certificate (${begun - blocks.length} of ${begun} without its -----END …CERTIFICATE-----): a file cut short`);
+  if (blocks.length !== begun) return `ends inside a PEM certificate (${begun - blocks.length} of ${begun} without its -----END …CERTIFICATE-----): a file cut short`;
   for (const [i, [block, trusted, body]] of blocks.entries()) {
     try {
       if (trusted === '') new X509Certificate(block);
@@ -115,9 +114,16 @@ export function checkCaCertificates(content: Buffer, file: string, key: string):
         if (problem !== null) throw new Error(problem);
       }
     } catch (error) {
-      throw unusable(`holds a PEM certificate that cannot be parsed (certificate ${i + 1} of ${blocks.length}: ${error instanceof Error ? error.message : String(error)})`);
+      return `holds a PEM certificate that cannot be parsed (certificate ${i + 1} of ${blocks.length}: ${error instanceof Error ? error.message : String(error)})`;
     }
   }
+  return null;
+}
+
+/** Throws, naming `key` and `file`, unless `content` is a usable CA file (caCertificatesProblem). */
+export function checkCaCertificates(content: Buffer, file: string, key: string): void {
+  const problem = caCertificatesProblem(content);
+  if (problem !== null) throw new MailfrontError('CA_FILE_UNUSABLE', 'config', `${key}: ${file} ${problem}`);
 }
 
 /** The content of a CA file, read once: at least one certificate, each parsable (checkCaCertificates). */

@@ -11,12 +11,12 @@
  * session to apply), log a password or fingerprint, or ever reject (a broken store lets logins through
  * to the directory rather than locking everyone out).
  */
-import { X509Certificate, createHash, createHmac, randomBytes } from 'node:crypto';
+import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
 import type { createClient } from '@redis/client';
 import { LRUCache } from 'lru-cache';
-import { readCaFile } from '../ca-file.js';
+import { caCertificatesProblem, readCaFile } from '../ca-file.js';
 import type { ConfigIssue } from '../config/validate.js';
 import type { Logger } from '../log.js';
 import { addressKey } from '../net/cidr.js';
@@ -431,13 +431,11 @@ export function redisTlsIssues(config: ThrottleConfig): ConfigIssue[] {
     }
   }
   if (issues.length > 0 || Object.keys(options).length === 0) return issues;
-  if (options.ca !== undefined) {
-    // The TLS context takes a CA file without a certificate in it, and then trusts nothing.
-    try {
-      new X509Certificate(options.ca);
-    } catch (error) {
-      issues.push({ path: `${TLS_FILES_PATH}.ca_file`, expected: `PEM CA certificates (${redis.caFile ?? ''})`, found: error instanceof Error ? error.message : String(error) });
-    }
+  if (options.ca !== undefined && redis.caFile !== undefined) {
+    // The TLS context takes a CA file without a certificate in it, and then trusts nothing:
+    // checked as every CA file of the config is.
+    const problem = caCertificatesProblem(options.ca);
+    if (problem !== null) issues.push({ path: `${TLS_FILES_PATH}.ca_file`, expected: `PEM CA certificates (${redis.caFile})`, found: problem });
   }
   try {
     createSecureContext(options);

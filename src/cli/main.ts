@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { checkCaCertificates } from '../ca-file.js';
+import { caCertificatesProblem } from '../ca-file.js';
 // Heavy modules (LDAP, metrics, the server) are imported by the commands that use them, so
 // that --help, --version and the remote commands start quickly.
 const loadConfig = async (file: string) => (await import('../config/load.js')).loadConfig(file);
@@ -231,11 +231,8 @@ function unreadableCaFiles(named: CaFiles, checked = new Set<string>()): import(
       continue;
     }
     // What serve refuses too: a file with no certificate, or one cut short, trusts nothing.
-    try {
-      checkCaCertificates(content, file, path);
-    } catch (error) {
-      issues.push({ path, expected: `PEM CA certificates (${file})`, found: (error as Error).message.slice(`${path}: ${file} `.length) });
-    }
+    const problem = caCertificatesProblem(content);
+    if (problem !== null) issues.push({ path, expected: `PEM CA certificates (${file})`, found: problem });
   }
   return issues;
 }
