@@ -337,7 +337,7 @@ export class Listener {
    * within a second. `beforeTls`: an implicit-TLS client before its handshake, which cannot read a
    * plaintext line and just gets the close.
    */
-  private refuse(socket: Socket, beforeTls: boolean, limit: 'total' | 'address', text: string): void {
+  private refuse(socket: Socket, beforeTls: boolean, limit: AcceptLimit, text: string): void {
     if (beforeTls) socket.destroy();
     else socket.end(this.adapter.connectionRefusal(limit, text));
     setTimeout(() => socket.destroy(), 1_000).unref();
