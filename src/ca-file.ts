@@ -4,6 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
+import { berLength } from './ber.js';
 import { MailfrontError } from './errors.js';
 
 export function readCaFile(file: string, key: string): Buffer {
@@ -24,18 +25,9 @@ const PEM_BLOCK = /-----BEGIN ((?:TRUSTED )?)CERTIFICATE-----([^-]*)-----END \1C
 
 /** A DER element at `at` of `der`: its tag and where its content lies; null when it does not fit. */
 function derElement(der: Buffer, at: number): { tag: number; start: number; end: number } | null {
-  if (at + 2 > der.length) return null;
-  const tag = der[at]!;
-  let length = der[at + 1]!;
-  let start = at + 2;
-  if (length & 0x80) {
-    const size = length & 0x7f;
-    if (size === 0 || size > 4 || start + size > der.length) return null;
-    length = 0;
-    for (let i = 0; i < size; i++) length = length * 256 + der[start + i]!;
-    start += size;
-  }
-  return start + length <= der.length ? { tag, start, end: start + length } : null;
+  const length = berLength(der, at);
+  if (typeof length === 'string' || length.start + length.length > der.length) return null;
+  return { tag: der[at]!, start: length.start, end: length.start + length.length };
 }
 
 /**

@@ -3,6 +3,7 @@
  * DN to check the password. Several servers are tried in order; every call has a deadline.
  * Owns its LDAP connections; knows nothing of protocols, sessions or the store map.
  */
+import { berLength } from '../ber.js';
 import { readCaCertificates } from '../ca-file.js';
 import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
@@ -144,15 +145,10 @@ const MAX_MESSAGE_HEADER_BYTES = 1 + 5 + 2 + 4;
 function messageHeader(head: Buffer): { readonly length: number; readonly id: number } | 'more' | 'bad' {
   if (head.length < 2) return head.length === 0 || head[0] === 0x30 ? 'more' : 'bad';
   if (head[0] !== 0x30) return 'bad';
-  let contentLength = head[1]!;
-  let at = 2;
-  if (contentLength & 0x80) {
-    const size = contentLength & 0x7f;
-    if (size === 0 || size > 4) return 'bad';
-    if (head.length < 2 + size) return 'more';
-    contentLength = 0;
-    for (; at < 2 + size; at++) contentLength = contentLength * 256 + head[at]!;
-  }
+  const outer = berLength(head, 0);
+  if (outer === 'short') return 'more';
+  if (outer === 'bad') return 'bad';
+  const { start: at, length: contentLength } = outer;
   if (head.length < at + 2) return 'more';
   const idSize = head[at + 1]!;
   if (head[at] !== 0x02 || idSize < 1 || idSize > 4 || 2 + idSize > contentLength) return 'bad';
