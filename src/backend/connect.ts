@@ -217,14 +217,14 @@ export function dialSlot(slot: Slot, protocol: Protocol, config: BackendConfig, 
   });
 }
 
+/** The code of a backend connection that closed (or was reset) after the login command went out. */
+export const CLOSED_AFTER_LOGIN = 'BACKEND_CLOSED_AFTER_LOGIN';
+
 /**
  * Drives `machine` over `socket` until it logs in or fails, within `config.loginTimeoutMs`.
  * On success the socket is paused, has no listeners of ours left, and may have been replaced by
  * a TLS socket (STARTTLS). On failure the socket is destroyed.
  */
-/** The code of a backend connection that closed (or was reset) after the login command went out. */
-export const CLOSED_AFTER_LOGIN = 'BACKEND_CLOSED_AFTER_LOGIN';
-
 export function loginToBackend(initial: Socket, slot: Slot, machine: BackendLoginMachine, config: BackendConfig, signal: Cancellation): Promise<BackendSession> {
   return new Promise<BackendSession>((resolve, reject) => {
     let socket: Socket = initial;
@@ -393,6 +393,11 @@ function readLine(socket: Socket, signal: Cancellation, input: ProbeInput = { re
 /** At most this many lines of a greeting or an answer a probe reads before it gives up on the slot. */
 const PROBE_MAX_LINES = 64;
 
+/** A ManageSieve response's last line (RFC 5804 §1.2: OK, NO or BYE). */
+function isSieveStatus(line: string): boolean {
+  return /^(OK|NO|BYE)\b/i.test(line);
+}
+
 /** Reads lines until one that `ends` says is the last; resolves with it. */
 async function readUntil(socket: Socket, signal: Cancellation, input: ProbeInput, ends: (line: string) => boolean, what: string): Promise<string> {
   for (let i = 0; i < PROBE_MAX_LINES; i++) {
@@ -422,9 +427,8 @@ async function probeStartTls(socket: Socket, slot: Slot, protocol: Protocol, con
       if (!/^\+OK\b/i.test(answer)) throw new Error(`STLS refused: ${answer.slice(0, 80)}`);
       break;
     case 'managesieve': {
-      const status = (line: string): boolean => /^(OK|NO|BYE)\b/i.test(line);
       writeNow(socket, Buffer.from('STARTTLS\r\n'));
-      answer = await readUntil(socket, signal, input, status, 'the STARTTLS answer');
+      answer = await readUntil(socket, signal, input, isSieveStatus, 'the STARTTLS answer');
       if (!/^OK\b/i.test(answer)) throw new Error(`STARTTLS refused: ${answer.slice(0, 80)}`);
       break;
     }
@@ -473,7 +477,7 @@ export async function probeSlot(slot: Slot, protocol: Protocol, config: BackendC
     if (config.tls !== 'starttls') return;
     // ManageSieve's greeting is its capability list, ended by OK.
     if (protocol === 'managesieve') {
-      const end = await readUntil(socket, signal, input, (line) => /^(OK|NO|BYE)\b/i.test(line), 'the greeting');
+      const end = await readUntil(socket, signal, input, isSieveStatus, 'the greeting');
       if (!/^OK\b/i.test(end)) throw new Error(`unexpected greeting: ${end.slice(0, 80)}`);
     }
     await probeStartTls(socket, slot, protocol, config, signal, input);
