@@ -96,9 +96,8 @@ export function loggableClaim(value: string): string {
   return kept.replace(UNLOGGABLE, '\ufffd');
 }
 
-/** Maps a failure to what the client is told; decided here and nowhere else. */
-function refusalFor(error: MailfrontError): LoginRefusal {
-  const kind: FailureKind = error.kind;
+/** Maps a failure kind to what the client is told; decided here and nowhere else. */
+function refusalFor(kind: FailureKind): LoginRefusal {
   switch (kind) {
     case 'auth-failed':
       return 'auth-failed';
@@ -523,7 +522,7 @@ export class Session {
       }
       this.setPhase('preauth');
       this.slot = undefined;
-      const refusal = refusalFor(error);
+      const refusal = refusalFor(error.kind);
       this.context.metrics.loginResult(this.adapter.name, error.kind);
       if (error.kind === 'auth-failed') {
         this.context.metrics.authFailure(authFailureReason(error.code));
@@ -618,9 +617,9 @@ export class Session {
 
   private async connectBackend(slot: Slot, backendConfig: Config['backend'], user: string, password: string, cancel: Cancellation): Promise<BackendSession> {
     // Checked before the slot is dialled: nothing of such a login reaches the backend. Kind
-    // config: a name of the directory that is also the backend's administrator or the proxy
-    // account is a setup the operator must change; the password was right, so it is no failure
-    // for the throttle.
+    // not-authorized: the password was right, so it is no failure for the throttle; a name of
+    // the directory that is also the backend's administrator or the proxy account is a setup
+    // the operator must change (an error line).
     const identityProblem = assertedIdentityProblem(user, backendConfig);
     if (identityProblem !== null) throw new MailfrontError(IDENTITY_REFUSED, 'not-authorized', `user "${user}" of store "${slot.store}" not logged in: ${identityProblem}`);
     const metrics = this.context.metrics;
