@@ -82,6 +82,14 @@ export class WordGuard implements CommandGuard {
   }
 }
 
+/**
+ * Whether a backend whose capabilities are `capabilities` may take UNAUTHENTICATE, so that its
+ * spliced sessions need a guard: when it lists it, or when its capabilities are not known (null).
+ */
+export function mayUnauthenticate(capabilities: string | null): boolean {
+  return capabilities === null || /(?:^| )UNAUTHENTICATE(?: |$)/i.test(capabilities);
+}
+
 /** The guard for a spliced session whose backend may take UNAUTHENTICATE (see the module comment). */
 export function unauthenticateGuard(words: readonly string[] = IMAP_GUARDED_WORDS): WordGuard {
   return new WordGuard(words);

@@ -4,7 +4,7 @@
  * Must not: hold state of its own or do any I/O.
  */
 
-import { IMAP_GUARDED_WORDS, UNAUTHENTICATE_REFUSED, unauthenticateGuard } from '../../proxy/command-guard.js';
+import { IMAP_GUARDED_WORDS, UNAUTHENTICATE_REFUSED, mayUnauthenticate, unauthenticateGuard } from '../../proxy/command-guard.js';
 import type { ProtocolAdapter } from '../types.js';
 import { ImapBackendLoginMachine } from './backend.js';
 import { ImapPreauthMachine } from './preauth.js';
@@ -34,7 +34,7 @@ export const imapAdapter: ProtocolAdapter = Object.freeze({
   // A backend that offers UNAUTHENTICATE (RFC 8437) would let a spliced client log in there
   // again as someone else: its sessions are guarded. Dovecot and Cyrus 3.6 do not offer it.
   createCommandGuard: (capabilities) =>
-    capabilities === null || /(?:^| )UNAUTHENTICATE(?: |$)/i.test(capabilities)
+    mayUnauthenticate(capabilities)
       ? { guard: unauthenticateGuard(), notice: `* BYE ${UNAUTHENTICATE_REFUSED}\r\n`, ...(capabilities === null ? {} : { capabilities: withoutGuarded(capabilities) }) }
       : null,
   // RFC 5530: [UNAVAILABLE] for a temporary server-side condition, [LIMIT] for a per-client one.

@@ -5,7 +5,7 @@
  * Must not: hold state of its own or do any I/O.
  */
 
-import { SIEVE_GUARDED_WORDS, UNAUTHENTICATE_REFUSED, unauthenticateGuard } from '../../proxy/command-guard.js';
+import { SIEVE_GUARDED_WORDS, UNAUTHENTICATE_REFUSED, mayUnauthenticate, unauthenticateGuard } from '../../proxy/command-guard.js';
 import type { ProtocolAdapter } from '../types.js';
 import { ManageSieveBackendLogin } from './backend.js';
 import { ManageSieveResponseBoundary } from './boundary.js';
@@ -26,7 +26,7 @@ export const managesieveAdapter: ProtocolAdapter = Object.freeze({
   // refuses the words in a script too, and a vacation text that says STARTTLS could not be
   // uploaded. (The backend login passes on '' or 'UNAUTHENTICATE'; null, unknown, is guarded.)
   createCommandGuard: (capabilities) =>
-    capabilities === null || /(?:^| )UNAUTHENTICATE(?: |$)/i.test(capabilities) ? { guard: unauthenticateGuard(SIEVE_GUARDED_WORDS), notice: `BYE ${sieveString(UNAUTHENTICATE_REFUSED, 'server')}\r\n` } : null,
+    mayUnauthenticate(capabilities) ? { guard: unauthenticateGuard(SIEVE_GUARDED_WORDS), notice: `BYE ${sieveString(UNAUTHENTICATE_REFUSED, 'server')}\r\n` } : null,
   connectionRefusal: (_limit, text) => `BYE (TRYLATER) ${sieveString(oneLineText(text), 'server')}\r\n`,
 } satisfies ProtocolAdapter);
 
