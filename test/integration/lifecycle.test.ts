@@ -147,8 +147,8 @@ function handshake(port: number, maxVersion: 'TLSv1.2' | 'TLSv1.3'): Promise<str
   });
 }
 
-async function loginLine(port: number, password: string): Promise<string> {
-  const raw = await LineClient.connect(port);
+async function loginLine(port: number, password: string, host = '127.0.0.1'): Promise<string> {
+  const raw = await LineClient.connect(port, { host });
   try {
     await raw.readLine();
     raw.send(`a LOGIN liz ${password}`);
@@ -661,6 +661,42 @@ test('a reload that moves a listener to an address sharing its port (a wildcard 
     await restoreConfig(original);
   }
   assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /);
+});
+
+test('a reload whose wildcard listener cannot take over the port of two host listeners leaves both serving it', async () => {
+  // 127.0.0.1 and 127.0.0.2 on one port, then 0.0.0.0 on it: both old listeners let go of the
+  // port, and the wildcard cannot bind while a socket of this test holds 127.0.0.3 on it. Both must
+  // take the port back (only the first used to; the second was then stopped as removed). The
+  // wildcard never binds here, so nothing listens beyond loopback.
+  const original = readFileSync(front.configFile, 'utf8');
+  const port = front.imapTrustedPort;
+  const squatter = createServer((socket) => socket.destroy());
+  try {
+    writeListeners(original, (listeners) => {
+      const webmail = listeners.find((l) => l['name'] === 'imap-webmail')!;
+      listeners.push({ ...webmail, name: 'imap-webmail-2', host: '127.0.0.2' });
+    });
+    const paired = await front.mailfront.reload();
+    assert.equal(paired.ok, true, paired.error);
+    assert.match(await loginLine(port, PASSWORD, '127.0.0.2'), /^a OK /, 'the second host listener serves the port');
+    await new Promise<void>((resolve, reject) => {
+      squatter.once('error', reject);
+      squatter.listen(port, '127.0.0.3', resolve);
+    });
+
+    writeListeners(original, (listeners) => {
+      listeners.find((l) => l['name'] === 'imap-webmail')!['host'] = '0.0.0.0';
+    });
+    const takeover = await front.mailfront.reload();
+    assert.equal(takeover.ok, false, 'the wildcard could not bind');
+    assert.match(takeover.error ?? '', /EADDRINUSE/);
+    assert.match(await loginLine(port, PASSWORD, '127.0.0.1'), /^a OK /, 'the first host listener took the port back');
+    assert.match(await loginLine(port, PASSWORD, '127.0.0.2'), /^a OK /, 'so did the second');
+  } finally {
+    await new Promise<void>((resolve) => squatter.close(() => resolve()));
+    await restoreConfig(original);
+  }
+  assert.match(await loginLine(port, PASSWORD), /^a OK /);
 });
 
 test('a reload that replaces the directory lets the logins already asking the old one finish there', async () => {
