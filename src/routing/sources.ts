@@ -6,7 +6,7 @@
  */
 import { watch } from 'node:fs';
 import type { FSWatcher } from 'node:fs';
-import { chmod, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { readCaCertificates } from '../ca-file.js';
 import { basename, dirname, join } from 'node:path';
 import type { ConnectionOptions } from 'node:tls';
@@ -114,10 +114,15 @@ export class FileStoreMapSource implements StoreMapSource {
     // Named per write as well as per process: two writes never share a temporary file.
     const temp = join(dirname(this.file), `.${basename(this.file)}.${process.pid}.${++this.writes}.tmp`);
     // Created with the old file's permissions, not the umask's: a store map holding a password
-    // inline must not become readable by all with a failover.
-    const { mode } = await stat(this.file);
+    // inline must not become readable by all with a failover. And owned as the old file was, as
+    // far as this process may: a map the operator's tooling owns must not become mailfront's.
+    // Without the right to give a file away (not root), the group at least, which a member may
+    // set, so that the mode means the same people as before. Owner first: a change of owner clears
+    // set-ID bits.
+    const { mode, uid, gid } = await stat(this.file);
     try {
       await writeFile(temp, doc.toString(), { mode: mode & 0o7777 });
+      await chown(temp, uid, gid).catch(() => chown(temp, -1, gid)).catch(() => undefined);
       await chmod(temp, mode & 0o7777);
       await rename(temp, this.file);
     } catch (error) {

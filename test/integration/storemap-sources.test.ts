@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { chmodSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FileStoreMapSource, LdapStoreMapSource } from '../../src/routing/sources.js';
 import { StoreMapHolder } from '../../src/routing/holder.js';
@@ -283,15 +283,18 @@ test('the file source with watch off reports a good look at the start of its "wa
   }
 });
 
-test('a failover written to the file keeps the file\'s permissions (a store map with a password inline stays private)', async () => {
+test('a failover written to the file keeps the file\'s permissions and owner (a store map with a password inline stays private)', async () => {
   const dir = tmpDir('storemap-mode');
   const file = join(dir.path, 'stores.yaml');
   const umask = process.umask(0o022);
   try {
     writeFileSync(file, 'stores:\n  gamma:\n    current_master: g1\n    backend: { login_mode: master-user, proxy_user: m, proxy_password: Inline-pw-1 }\n    slots:\n      g1: { host: 127.0.0.1, imap_port: 10143 }\n      g2: { host: 127.0.0.1, imap_port: 10144 }\n', { mode: 0o600 });
     chmodSync(file, 0o600);
+    // The suite runs as root: a file of another owner and group (nobody, nogroup) stays theirs.
+    chownSync(file, 65534, 65534);
     await new FileStoreMapSource(file, false).setCurrentMaster('gamma', 'g2');
     assert.equal(statSync(file).mode & 0o777, 0o600);
+    assert.deepEqual([statSync(file).uid, statSync(file).gid], [65534, 65534], 'the owner and group are kept');
     assert.match(readFileSync(file, 'utf8'), /current_master: g2/);
   } finally {
     process.umask(umask);
