@@ -272,6 +272,9 @@ export class Mailfront {
 
   private reloads: Promise<unknown> = Promise.resolve();
 
+  /** Listeners of the config in force the last reload could not bind (readiness reports them, see readiness()). */
+  private unboundByReload: ReadonlySet<string> = new Set();
+
   private async reloadNow(): Promise<{ ok: boolean; error?: string; storeMap: ReloadResult }> {
     // A stopping server binds nothing again (a SIGHUP while it drains would reopen every listener).
     if (this.stopping) return this.refuseWhileStopping();
@@ -315,6 +318,7 @@ export class Mailfront {
     // and those the new config no longer has stop accepting.
     const before = this.listeners.filter((l) => l.listening);
     const kept = new Set<Listener>();
+    const unboundByReload = new Set<string>();
     for (const [i, listenerConfig] of next.listeners.entries()) {
       const current = before.find((l) => !kept.has(l) && !needsRebind(l.config, listenerConfig));
       try {
@@ -344,11 +348,13 @@ export class Mailfront {
           throw error;
         }
       } catch (caught) {
+        unboundByReload.add(listenerConfig.name);
         const error = atListener(caught, i, listenerConfig);
         problems.push(error instanceof Error ? error.message : String(error));
       }
     }
     for (const listener of before) if (!kept.has(listener)) await listener.stopAccepting();
+    this.unboundByReload = unboundByReload;
     // Stopped listeners are let go of once their last session has ended.
     for (const listener of this.listeners) if (!listener.listening) listener.whenRetired(() => this.forgetListener(listener));
     this.metrics.listenersInForce(this.listeners.filter((l) => l.listening).map((l) => l.config.name));
@@ -465,7 +471,14 @@ export class Mailfront {
     return this.http?.address();
   }
 
-  /** Ready: listeners bound, a store map in force, the directory reachable, not stopping. */
+  /**
+   * Ready: the listeners bound, a store map in force, not stopping. Whether the directory answers
+   * is reported, not required: it is shared by the fleet, and a 503 from every instance at once
+   * would turn its outage into refused connections for everyone, cached logins included, where
+   * mailfront answers a temporary failure. A listener a reload could not bind (a port in use) is
+   * reported too: the instance serves what it served before, and a config pushed to a fleet must
+   * not take every instance out of service for one new port.
+   */
   async readiness(): Promise<Readiness> {
     const directory = this.directory;
     let reachable = false;
@@ -474,10 +487,14 @@ export class Mailfront {
     } catch {
       reachable = false;
     }
+    const unbound = this.config.listeners.filter((c) => !this.listeners.some((l) => l.listening && l.config.name === c.name)).map((c) => c.name);
+    const lost = unbound.filter((name) => !this.unboundByReload.has(name));
+    const bound = `${this.listeners.filter((l) => l.listening).length} bound`;
     return readinessOf([
-      { name: 'listeners', ok: this.config.listeners.every((c) => this.listeners.some((l) => l.listening && l.config.name === c.name)), detail: `${this.listeners.filter((l) => l.listening).length} bound` },
+      { name: 'listeners', ok: lost.length === 0, detail: lost.length > 0 ? `${bound}; not listening: ${lost.join(', ')}` : bound },
+      ...(unbound.length > lost.length ? [{ name: 'listeners_not_bound_by_reload', ok: false, advisory: true, detail: unbound.filter((name) => !lost.includes(name)).join(', ') }] : []),
       { name: 'store_map', ok: this.holder.loaded, detail: this.holder.loaded ? `version ${this.holder.current.version}` : 'not loaded' },
-      { name: 'directory', ok: reachable, detail: reachable ? 'reachable' : 'unreachable' },
+      { name: 'directory', ok: reachable, advisory: true, detail: reachable ? 'reachable' : 'unreachable' },
       { name: 'accepting', ok: !this.stopping, detail: this.stopping ? 'stopping' : 'accepting' },
     ]);
   }

@@ -55,17 +55,22 @@ export interface ReadinessCheck {
   readonly ok: boolean;
   /** Why it is not ready (shown in the 503 body; never secrets). */
   readonly detail?: string;
+  /**
+   * Reported, but not a reason for a 503: the state of something every instance of a fleet
+   * shares (the directory), whose failure would take them all out of service at once.
+   */
+  readonly advisory?: boolean;
 }
 
-/** The answer of a readiness callback; ready only when every check is ok. */
+/** The answer of a readiness callback; ready only when every check that is not advisory is ok. */
 export interface Readiness {
   readonly ready: boolean;
   readonly checks: readonly ReadinessCheck[];
 }
 
-/** Builds a Readiness from checks (ready when all are ok). */
+/** Builds a Readiness from checks (ready when all but the advisory ones are ok). */
 export function readinessOf(checks: readonly ReadinessCheck[]): Readiness {
-  return { ready: checks.every((c) => c.ok), checks };
+  return { ready: checks.every((c) => c.ok || c.advisory === true), checks };
 }
 
 /** Handles a request for a registered route; `url` is the parsed request URL. */
@@ -272,8 +277,14 @@ export class HttpServer {
       case '/readyz':
         return async (response) => {
           const readiness = await this.readiness();
-          const notReady = readiness.checks.filter((c) => !c.ok);
-          sendJson(response, readiness.ready ? 200 : 503, { ready: readiness.ready, ...(readiness.ready ? {} : { notReady }), checks: readiness.checks });
+          const notReady = readiness.checks.filter((c) => !c.ok && c.advisory !== true);
+          const degraded = readiness.checks.filter((c) => !c.ok && c.advisory === true);
+          sendJson(response, readiness.ready ? 200 : 503, {
+            ready: readiness.ready,
+            ...(notReady.length > 0 ? { notReady } : {}),
+            ...(degraded.length > 0 ? { degraded } : {}),
+            checks: readiness.checks,
+          });
         };
       default:
         return undefined;

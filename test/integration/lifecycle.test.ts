@@ -699,6 +699,42 @@ test('a reload whose wildcard listener cannot take over the port of two host lis
   assert.match(await loginLine(port, PASSWORD), /^a OK /);
 });
 
+test('a listener a reload could not bind leaves the instance ready, reported as not bound by the reload until a later one binds it', async () => {
+  // A config pushed to a fleet with a port in use everywhere must not take every instance out of
+  // the balancer: each serves what it served before. A listener lost otherwise still counts.
+  const original = readFileSync(front.configFile, 'utf8');
+  const squatter = createServer((socket) => socket.destroy());
+  await new Promise<void>((resolve, reject) => {
+    squatter.once('error', reject);
+    squatter.listen(0, '127.0.0.1', resolve);
+  });
+  const port = (squatter.address() as { port: number }).port;
+  try {
+    writeListeners(original, (listeners) => {
+      const webmail = listeners.find((l) => l['name'] === 'imap-webmail')!;
+      listeners.push({ ...webmail, name: 'imap-extra', port });
+    });
+    const failed = await front.mailfront.reload();
+    assert.equal(failed.ok, false);
+    assert.match(failed.error ?? '', /EADDRINUSE/);
+    const readiness = await front.mailfront.readiness();
+    assert.equal(readiness.ready, true, JSON.stringify(readiness));
+    assert.deepEqual(readiness.checks.find((c) => c.name === 'listeners_not_bound_by_reload'), { name: 'listeners_not_bound_by_reload', ok: false, advisory: true, detail: 'imap-extra' });
+
+    await new Promise<void>((resolve) => squatter.close(() => resolve()));
+    const bound = await front.mailfront.reload();
+    assert.equal(bound.ok, true, bound.error);
+    assert.match(await loginLine(port, PASSWORD), /^a OK /, 'the listener is bound now');
+    const after = await front.mailfront.readiness();
+    assert.equal(after.ready, true);
+    assert.equal(after.checks.find((c) => c.name === 'listeners_not_bound_by_reload'), undefined);
+  } finally {
+    if (squatter.listening) await new Promise<void>((resolve) => squatter.close(() => resolve()));
+    await restoreConfig(original);
+  }
+  assert.equal((await front.mailfront.readiness()).ready, true);
+});
+
 test('a reload that replaces the directory lets the logins already asking the old one finish there', async () => {
   const original = readFileSync(front.configFile, 'utf8');
   assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /, 'the service connection is open');

@@ -80,6 +80,19 @@ describe('http listener', () => {
     assert.equal((await call(port, 'GET', '/readyz')).status, 200);
   });
 
+  it('answers 200 when only an advisory check fails, and lists it as degraded', async () => {
+    const down = { name: 'directory', ok: false, advisory: true, detail: 'unreachable' };
+    readiness = () => readinessOf([{ name: 'listeners', ok: true }, down]);
+    const degraded = await call(port, 'GET', '/readyz');
+    assert.equal(degraded.status, 200);
+    assert.deepEqual(JSON.parse(degraded.body), { ready: true, degraded: [down], checks: [{ name: 'listeners', ok: true }, down] });
+    readiness = () => readinessOf([{ name: 'listeners', ok: false, detail: 'not listening: imap' }, down]);
+    const both = await call(port, 'GET', '/readyz');
+    assert.equal(both.status, 503);
+    assert.deepEqual(JSON.parse(both.body).notReady, [{ name: 'listeners', ok: false, detail: 'not listening: imap' }]);
+    assert.deepEqual(JSON.parse(both.body).degraded, [down]);
+  });
+
   it('is not ready when the readiness callback throws or does not answer in time', async () => {
     readiness = () => {
       throw new Error('store map holder missing');
