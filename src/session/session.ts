@@ -283,6 +283,11 @@ export class Session {
     if (this.phase === 'greeting') this.setPhase('preauth');
   }
 
+  /** Who the client is, for the login lines: its address (as forwarded, when trusted) and the balancer's behind a PROXY header. */
+  private clientFields(): { client: string; via?: string } {
+    return this.endpoints.header?.kind === 'proxied' ? { client: this.clientAddress, via: this.endpoints.peer.address } : { client: this.clientAddress };
+  }
+
   private setPhase(phase: Exclude<SessionPhase, 'closing'>): void {
     // A session that is closing stays closing, whatever a late step of its login wants.
     if (this.phase === 'closing') return;
@@ -513,7 +518,7 @@ export class Session {
         // Cut short by the deadline: the timer's answer follows (the login's refusal, then the
         // timeout), and nothing the client pipelined behind the login is run, as the refusal below would.
         this.context.metrics.loginResult(this.adapter.name, error.kind);
-        this.log.error({ event: 'session.login_failed', user: user ?? undefined, store: this.store, code: error.code, kind: error.kind, reason: `the pre-auth deadline passed: ${error.message}` }, 'login could not be completed');
+        this.log.error({ event: 'session.login_failed', user: user ?? undefined, store: this.store, code: error.code, kind: error.kind, ...this.clientFields(), reason: `the pre-auth deadline passed: ${error.message}` }, 'login could not be completed');
         return;
       }
       if (error.kind === 'aborted' && (this.socket.destroyed || this.phase !== 'authenticating' && this.phase !== 'backend-login')) {
@@ -530,7 +535,7 @@ export class Session {
       }
       // Counted: the next check of this user may go (not after the answer's delay below).
       leaveGate?.();
-      const fields = { event: 'session.login_failed', user: user ?? undefined, store: this.store, code: error.code, kind: error.kind, reason: error.message, ...(penaltyMs > 0 ? { penaltyMs } : {}) };
+      const fields = { event: 'session.login_failed', user: user ?? undefined, store: this.store, code: error.code, kind: error.kind, ...this.clientFields(), reason: error.message, ...(penaltyMs > 0 ? { penaltyMs } : {}) };
       if (refusal === 'auth-failed' || refusal === 'limit') this.log.info(fields, 'login failed');
       else this.log.error(fields, 'login could not be completed');
       // Same answer after the same time for an unknown user and a wrong password (and a
@@ -704,7 +709,7 @@ export class Session {
     this.entry = entry;
     this.context.registry.add(entry);
     // The one info line of a login (session.started and session.authenticated are debug): who, how, from where, to where.
-    this.log.info({ event: 'session.spliced', protocol: this.adapter.name, user: this.user, mechanism: this.mechanism, store: this.store, slot: this.slot, client: this.clientAddress, ...(this.endpoints.header?.kind === 'proxied' ? { via: this.endpoints.peer.address } : {}), listener: this.listenerName, tls: this.tlsActive }, 'spliced to backend');
+    this.log.info({ event: 'session.spliced', protocol: this.adapter.name, user: this.user, mechanism: this.mechanism, store: this.store, slot: this.slot, ...this.clientFields(), listener: this.listenerName, tls: this.tlsActive }, 'spliced to backend');
     void running.ended.then((reason) => this.finish(reason));
     return true;
   }

@@ -101,7 +101,10 @@ describe('auth-failure throttling', () => {
     } finally {
       for (const c of clients) c.close();
     }
-    const checked = front.logs.slice(mark).filter((l) => l['event'] === 'session.login_failed' && l['user'] === 'xena' && l['code'] === 'WRONG_PASSWORD').length;
+    const failed = front.logs.slice(mark).filter((l) => l['event'] === 'session.login_failed' && l['user'] === 'xena');
+    // Each line names the client, for the operator (or fail2ban) acting on failed logins.
+    assert.deepEqual([...new Set(failed.map((l) => l['client']))], ['127.0.0.5']);
+    const checked = failed.filter((l) => l['code'] === 'WRONG_PASSWORD').length;
     const refused = answers.filter((line) => /^t1 NO \[LIMIT\] /.test(line)).length;
     // failures_per_user 4, four checks of one user at a time: 4 + 4 - 1 at most.
     assert.ok(checked <= 7, `${checked} of the 20 wrong passwords reached the directory`);
