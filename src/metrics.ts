@@ -456,7 +456,11 @@ export class Metrics {
     this.scrapeHooks.push(hook);
   }
 
-  /** A store map is in force: version, per-store and per-slot gauges; series of stores and slots it no longer has are dropped. */
+  /**
+   * A store-map load succeeded, whether or not it changed the map in force, and `stores` is in
+   * force: version, per-store and per-slot gauges; series of stores and slots it no longer has
+   * are dropped.
+   */
   storeMapLoaded(version: number, stores: StoreMapShape): void {
     this.storeMapLoadsTotal.inc({ result: 'success' });
     this.storeMapLastLoadSuccess.set(1);

@@ -55,7 +55,7 @@ export function masterChanges(before: StoreMap, after: StoreMap): MasterChange[]
 export interface StoreMapObserver {
   /** Stores whose current master changed, with the new map (already in force). */
   changes(changes: readonly MasterChange[], map: StoreMap): void;
-  /** A new version is in force. */
+  /** A load succeeded; `map` is in force (a new version, or the one in force when the source gave the same map). */
   loaded?(map: StoreMap): void;
   /** An update was rejected. */
   rejected?(error: string): void;
@@ -147,6 +147,9 @@ export class StoreMapHolder {
     this.document = { doc, origin: this.source.description };
     const before = this.map;
     if (before !== null && sameTopology(before, next)) {
+      // No new version and no log line, but the load succeeded: a source fixed back to the map
+      // in force (or read again after an outage) ends the rejection its last load reported.
+      this.observer.loaded?.(before);
       this.lastResult = { ok: true, version: before.version, changes: [] };
       return this.lastResult;
     }
