@@ -166,7 +166,8 @@ export class Mailfront {
     this.limiter = new ConnectionLimiter(config.connectionLimits);
     this.holder = new StoreMapHolder(createStoreMapSource(config.storeMap, caContent(caFiles.storeMap)), () => this.config, log, {
       changes: (changes) => this.drain(changes),
-      loaded: (map) => metrics.storeMapLoaded(map.version, map.stores),
+      installed: (map) => metrics.storeMapInForce(map.version, map.stores),
+      loaded: () => metrics.storeMapLoaded(),
       rejected: () => metrics.storeMapRejected(),
     });
     this.health = new SlotHealthMonitor(

@@ -235,7 +235,7 @@ export class Metrics {
   readonly registry = new Registry();
   private readonly nowMs: () => number;
   private readonly renderDeadlineMs: number;
-  /** Label sets set outside storeMapLoaded, so that a new map can drop those of vanished slots and stores. */
+  /** Label sets set outside storeMapInForce, so that a new map can drop those of vanished slots and stores. */
   private readonly slotUpSeries = new Map<string, { store: string; slot: string }>();
   /** Stores with a failover count, so that one which left the map loses its series. */
   private readonly failoverStores = new Set<string>();
@@ -457,14 +457,11 @@ export class Metrics {
   }
 
   /**
-   * A store-map load succeeded, whether or not it changed the map in force, and `stores` is in
-   * force: version, per-store and per-slot gauges; series of stores and slots it no longer has
-   * are dropped.
+   * A store map is in force (loaded, or the map in force built again with a reloaded config):
+   * version, per-store and per-slot gauges; series of stores and slots it no longer has are
+   * dropped. Whether the source's last load succeeded is storeMapLoaded's and storeMapRejected's.
    */
-  storeMapLoaded(version: number, stores: StoreMapShape): void {
-    this.storeMapLoadsTotal.inc({ result: 'success' });
-    this.storeMapLastLoadSuccess.set(1);
-    this.storeMapLastLoadTimestamp.set(Date.now() / 1000);
+  storeMapInForce(version: number, stores: StoreMapShape): void {
     this.storeMapVersion.set(version);
     const slotKeys = new Set<string>();
     this.slotCurrentMaster.reset();
@@ -498,6 +495,13 @@ export class Metrics {
   storeMapSourceHealth(up: boolean): void {
     this.storeMapSourceUp.set(up ? 1 : 0);
     if (up) this.storeMapSourceLastSuccess.set(Date.now() / 1000);
+  }
+
+  /** A store-map load succeeded, whether or not it changed the map in force. */
+  storeMapLoaded(): void {
+    this.storeMapLoadsTotal.inc({ result: 'success' });
+    this.storeMapLastLoadSuccess.set(1);
+    this.storeMapLastLoadTimestamp.set(Date.now() / 1000);
   }
 
   /** A store-map load was rejected; the previous map stays in force. */

@@ -55,9 +55,14 @@ export function masterChanges(before: StoreMap, after: StoreMap): MasterChange[]
 export interface StoreMapObserver {
   /** Stores whose current master changed, with the new map (already in force). */
   changes(changes: readonly MasterChange[], map: StoreMap): void;
-  /** A load succeeded; `map` is in force (a new version, or the one in force when the source gave the same map). */
+  /** A new version is in force: one the source gave, or the map in force built again with a reloaded config. */
+  installed?(map: StoreMap): void;
+  /**
+   * A load of the source succeeded; `map` is in force (a new version, or the one in force when
+   * the source gave the same map). Not called for a rebuild: the source's last outcome stands.
+   */
   loaded?(map: StoreMap): void;
-  /** An update was rejected. */
+  /** A load of the source was rejected; the map in force stays. */
   rejected?(error: string): void;
 }
 
@@ -153,18 +158,25 @@ export class StoreMapHolder {
       this.lastResult = { ok: true, version: before.version, changes: [] };
       return this.lastResult;
     }
-    this.lastResult = { ok: true, version, changes: this.install(next, trigger, this.source.description) };
+    this.lastResult = { ok: true, version, changes: this.install(next, trigger, this.source.description, 'loaded') };
     return this.lastResult;
   }
 
-  /** Puts `next` in force and tells the observer; returns the master changes it brings. */
-  private install(next: StoreMap, trigger: string, source: string): MasterChange[] {
+  /**
+   * Puts `next` in force and tells the observer; returns the master changes it brings. `how`:
+   * loaded from the source, or the map in force rebuilt with the config in force. A rebuild is
+   * no load of the source: that load was just rejected, and stays the source's last outcome.
+   */
+  private install(next: StoreMap, trigger: string, source: string, how: 'loaded' | 'rebuilt'): MasterChange[] {
     const before = this.map;
     this.versionCounter = next.version;
     this.map = next;
     const changes = before === null ? [] : masterChanges(before, next);
-    this.log.info({ event: 'storemap.loaded', source, trigger, version: next.version, stores: next.stores.size, failovers: changes }, 'store map loaded');
-    this.observer.loaded?.(next);
+    const fields = { source, trigger, version: next.version, stores: next.stores.size, failovers: changes };
+    if (how === 'loaded') this.log.info({ event: 'storemap.loaded', ...fields }, 'store map loaded');
+    else this.log.info({ event: 'storemap.rebuilt', ...fields }, 'store map in force built again with the config in force (its source gave no usable map)');
+    this.observer.installed?.(next);
+    if (how === 'loaded') this.observer.loaded?.(next);
     if (changes.length > 0) this.observer.changes(changes, next);
     return changes;
   }
@@ -184,7 +196,7 @@ export class StoreMapHolder {
       return [];
     }
     if (sameTopology(inForce, rebuilt)) return [];
-    return this.install(rebuilt, trigger, this.document.origin);
+    return this.install(rebuilt, trigger, this.document.origin, 'rebuilt');
   }
 
   /**

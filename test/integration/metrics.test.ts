@@ -39,7 +39,8 @@ function exerciseEveryHelper(metrics: Metrics): void {
   record('backendLogin', () => metrics.backendLogin('store1', 'success', 0.02));
   record('bytesProxied', () => metrics.bytesProxied('client-to-backend', 4096));
   record('splicedTraffic', () => metrics.splicedTraffic({ traffic: { bytesFromClient: 10, bytesToClient: 900 }, reportedFromClient: 4, reportedToClient: 0 }));
-  record('storeMapLoaded', () => metrics.storeMapLoaded(7, new Map([['store1', { currentMaster: 'slot101', preferredMaster: 'slot101', slots: new Map([['slot101', {}], ['slot102', {}]]) }]])));
+  record('storeMapInForce', () => metrics.storeMapInForce(7, new Map([['store1', { currentMaster: 'slot101', preferredMaster: 'slot101', slots: new Map([['slot101', {}], ['slot102', {}]]) }]])));
+  record('storeMapLoaded', () => metrics.storeMapLoaded());
   record('storeMapRejected', () => metrics.storeMapRejected());
   record('storeMapSourceHealth', () => metrics.storeMapSourceHealth(true));
   record('slotHealth', () => metrics.slotHealth('store1', 'slot102', false));

@@ -1,11 +1,13 @@
 /**
  * The store-map metrics as /metrics shows them across reloads: a load's outcome
  * (`mailfront_store_map_last_load_success`, the loads counter, the last-load time) follows each
- * load of the source, whether or not it changed the map in force.
+ * load of the source, whether or not it changed the map in force, and only those: the map in
+ * force built again by a config reload is no load.
  */
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { after, before, test } from 'node:test';
+import { parse, stringify } from 'yaml';
 import { startDovecot, startSlapd } from './servers/index.js';
 import type { Dovecot, Slapd } from './servers/index.js';
 import { registerSecrets, startFront } from './front.js';
@@ -43,6 +45,7 @@ async function samples(): Promise<Map<string, number>> {
 }
 
 const SUCCESS = 'mailfront_store_map_loads_total{result="success"}';
+const FAILURE = 'mailfront_store_map_loads_total{result="failure"}';
 const LAST_SUCCESS = 'mailfront_store_map_last_load_success';
 const LAST_TIME = 'mailfront_store_map_last_load_timestamp_seconds';
 
@@ -62,4 +65,34 @@ test('a store map fixed back to the map in force is a successful load: the gauge
   assert.ok(after.get(SUCCESS)! > rejected.get(SUCCESS)!, 'a success is counted');
   assert.ok(after.get(LAST_TIME)! > rejected.get(LAST_TIME)!, 'the time of the last load moved');
   assert.equal(after.get('mailfront_store_map_version'), version);
+});
+
+test('a config reload while the store map is broken rebuilds the map in force without counting a load: the gauge stays 0', async () => {
+  const config = await readFile(front.configFile, 'utf8');
+  try {
+    await writeFile(front.storesFile, 'stores: [broken\n');
+    assert.equal((await front.mailfront.reloadStoreMap('test')).ok, false);
+    const rejected = await samples();
+    const mark = front.logs.length;
+    const changed = parse(config) as { backend: Record<string, unknown> };
+    changed.backend['login_timeout_ms'] = Number(changed.backend['login_timeout_ms']) + 1;
+    await writeFile(front.configFile, stringify(changed));
+    const reloaded = await front.mailfront.reload();
+    assert.equal(reloaded.ok, true, reloaded.error);
+    assert.equal(reloaded.storeMap.ok, false);
+    const after = await samples();
+    assert.equal(after.get('mailfront_store_map_version'), front.mailfront.currentStoreMap().version, 'the rebuilt map is the version in force');
+    assert.ok(after.get('mailfront_store_map_version')! > rejected.get('mailfront_store_map_version')!, 'the map in force was rebuilt');
+    assert.equal(after.get(LAST_SUCCESS), 0, 'the source is still broken');
+    assert.equal(after.get(SUCCESS), rejected.get(SUCCESS), 'no success counted');
+    assert.ok(after.get(FAILURE)! > rejected.get(FAILURE)!, "the reload's load of the source was rejected");
+    const events = front.logs.slice(mark).map((l) => String(l['event'])).filter((e) => e.startsWith('storemap.'));
+    assert.ok(events.includes('storemap.rebuilt'), events.join(', '));
+    assert.ok(!events.includes('storemap.loaded'), `no load is logged: ${events.join(', ')}`);
+  } finally {
+    await front.writeStores(stores);
+    await writeFile(front.configFile, config);
+    assert.equal((await front.mailfront.reload()).ok, true);
+  }
+  assert.equal((await samples()).get(LAST_SUCCESS), 1);
 });

@@ -104,10 +104,11 @@ describe('metrics', () => {
   it('follows the store map: version, masters, backwards stores, and drops slots that left it', async () => {
     const metrics = new Metrics({ processMetrics: false });
     const slots = (...names: string[]): Map<string, unknown> => new Map(names.map((n) => [n, {}]));
-    metrics.storeMapLoaded(1, new Map([
+    metrics.storeMapInForce(1, new Map([
       ['store1', { currentMaster: 'slot101', preferredMaster: 'slot101', slots: slots('slot101', 'slot102') }],
       ['store2', { currentMaster: 'slot202', preferredMaster: 'slot201', slots: slots('slot201', 'slot202') }],
     ]));
+    metrics.storeMapLoaded();
     metrics.slotHealth('store1', 'slot102', false);
     metrics.slotHealth('store2', 'slot201', true);
     assert.equal(await value(metrics, 'mailfront_store_map_version'), 1);
@@ -125,7 +126,8 @@ describe('metrics', () => {
     metrics.failover('store2');
     metrics.backendConnect('store2', 'success', 0.001);
     metrics.backendLogin('store2', 'success', 0.01);
-    metrics.storeMapLoaded(3, new Map([['store1', { currentMaster: 'slot102', preferredMaster: 'slot101', slots: slots('slot101', 'slot102') }]]));
+    metrics.storeMapInForce(3, new Map([['store1', { currentMaster: 'slot102', preferredMaster: 'slot101', slots: slots('slot101', 'slot102') }]]));
+    metrics.storeMapLoaded();
     // store2 left the map: none of its series is kept.
     assert.doesNotMatch((await metrics.exposition()).body, /store="store2"/);
     assert.equal(await value(metrics, 'mailfront_store_map_version'), 3);
