@@ -544,7 +544,9 @@ export class Mailfront {
   private drain(changes: readonly MasterChange[]): void {
     const spreadMs = this.config.failover.drainSpreadMs;
     for (const change of changes) {
-      this.metrics.failover(change.store);
+      // A store that left the map had no failover: its sessions go, but counting one would
+      // bring back the series its removal dropped, for a store no longer there.
+      if (change.to !== null) this.metrics.failover(change.store);
       // Logins connecting or logging in to the old master go on with the new one at once.
       const logins = this.registry.masterMoved(change.store, change.from, change.protocols);
       const sessions = this.registry.splicedToMoved(change.store, change.from, change.protocols);

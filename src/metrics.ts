@@ -239,6 +239,12 @@ export class Metrics {
   private readonly slotUpSeries = new Map<string, { store: string; slot: string }>();
   /** Stores with a failover count, so that one which left the map loses its series. */
   private readonly failoverStores = new Set<string>();
+  /**
+   * The stores of the map in force (null before the first). A backend connect or login that
+   * ends after its store left the map (aborted by the drain) is not observed: it would bring
+   * back the series storeMapInForce dropped, for a store no longer there.
+   */
+  private storesInForce: ReadonlySet<string> | null = null;
   private readonly scrapeHooks: Array<() => void> = [];
 
   /** Client connections accepted, by protocol. */
@@ -423,13 +429,15 @@ export class Metrics {
     this.ldapRequestDuration.observe({ operation, result }, seconds);
   }
 
-  /** Records one connect to a slot of `store`. */
+  /** Records one connect to a slot of `store` (none for a store that left the map). */
   backendConnect(store: string, result: BackendResult, seconds: number): void {
+    if (this.storesInForce?.has(store) === false) return;
     this.backendConnectDuration.observe({ store, result }, seconds);
   }
 
-  /** Records one backend login dialogue on a slot of `store`. */
+  /** Records one backend login dialogue on a slot of `store` (none for a store that left the map). */
   backendLogin(store: string, result: BackendResult, seconds: number): void {
+    if (this.storesInForce?.has(store) === false) return;
     this.backendLoginDuration.observe({ store, result }, seconds);
   }
 
@@ -480,6 +488,7 @@ export class Metrics {
       }
     }
     // A store that left the map keeps no series: the label sets stay as many as the stores.
+    this.storesInForce = new Set(stores.keys());
     const known = (store: string): boolean => stores.has(store);
     this.backendConnectDuration.retain('store', known);
     this.backendLoginDuration.retain('store', known);

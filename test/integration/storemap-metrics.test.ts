@@ -2,15 +2,16 @@
  * The store-map metrics as /metrics shows them across reloads: a load's outcome
  * (`mailfront_store_map_last_load_success`, the loads counter, the last-load time) follows each
  * load of the source, whether or not it changed the map in force, and only those: the map in
- * force built again by a config reload is no load.
+ * force built again by a config reload is no load. A store removed from the map has its sessions
+ * drained but had no failover: no failover is counted, and no series of it comes back.
  */
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import { after, before, test } from 'node:test';
 import { parse, stringify } from 'yaml';
-import { startDovecot, startSlapd } from './servers/index.js';
+import { LineClient, startDovecot, startSlapd } from './servers/index.js';
 import type { Dovecot, Slapd } from './servers/index.js';
-import { registerSecrets, startFront } from './front.js';
+import { registerSecrets, startFront, waitForLog } from './front.js';
 import type { Front, StoreSpec } from './front.js';
 
 const PASSWORD = 'Smmetrics-pw-4d1e';
@@ -21,8 +22,8 @@ let front: Front;
 let stores: Record<string, StoreSpec>;
 
 before(async () => {
-  slapd = await startSlapd({ users: [{ uid: 'sam', password: PASSWORD, store: 'alpha' }] });
-  dovecot = await startDovecot({ name: 'smm', users: [{ name: 'sam', password: PASSWORD }] });
+  slapd = await startSlapd({ users: [{ uid: 'sam', password: PASSWORD, store: 'alpha' }, { uid: 'gus', password: PASSWORD, store: 'gone' }] });
+  dovecot = await startDovecot({ name: 'smm', users: [{ name: 'sam', password: PASSWORD }, { name: 'gus', password: PASSWORD }] });
   stores = { alpha: { currentMaster: 'a1', slots: { a1: { imapPort: dovecot.imapPort } } } };
   front = await startFront({ slapd, stores });
 });
@@ -95,4 +96,30 @@ test('a config reload while the store map is broken rebuilds the map in force wi
     assert.equal((await front.mailfront.reload()).ok, true);
   }
   assert.equal((await samples()).get(LAST_SUCCESS), 1);
+});
+
+test('a store removed by a reload has its sessions drained, but no failover is counted and none of its series comes back', async () => {
+  const { imapPort } = dovecot;
+  await front.writeStores({ alpha: { currentMaster: 'a1', slots: { a1: { imapPort }, a2: { imapPort } } }, gone: { currentMaster: 'g1', slots: { g1: { imapPort } } } });
+  assert.equal((await front.mailfront.reloadStoreMap('test')).ok, true);
+  const client = await LineClient.connect(front.imapTrustedPort);
+  try {
+    await client.readLine();
+    const login = await client.imap(`LOGIN gus "${PASSWORD}"`);
+    assert.equal(login.status, 'OK', login.text);
+    const before = await samples();
+    assert.ok([...before.keys()].some((k) => k.includes('store="gone"')), 'the store has series while in the map');
+    const mark = front.logs.length;
+    // In one reload: alpha fails over to a2 (a failover), and gone leaves the map (none).
+    await front.writeStores({ alpha: { currentMaster: 'a2', slots: { a1: { imapPort }, a2: { imapPort } } } });
+    assert.equal((await front.mailfront.reloadStoreMap('test')).ok, true);
+    const drained = await waitForLog(front, (l) => l['event'] === 'failover.drain' && l['store'] === 'gone', 5_000, mark);
+    assert.deepEqual([drained['to'], drained['sessions']], [null, 1]);
+    assert.ok(await client.waitClosed(5_000), "the removed store's session is drained");
+    const after = await samples();
+    assert.deepEqual([...after.keys()].filter((k) => k.includes('store="gone"')), [], 'no series of the removed store');
+    assert.equal(after.get('mailfront_failovers_total{store="alpha"}'), (before.get('mailfront_failovers_total{store="alpha"}') ?? 0) + 1);
+  } finally {
+    client.close();
+  }
 });

@@ -128,7 +128,10 @@ describe('metrics', () => {
     metrics.backendLogin('store2', 'success', 0.01);
     metrics.storeMapInForce(3, new Map([['store1', { currentMaster: 'slot102', preferredMaster: 'slot101', slots: slots('slot101', 'slot102') }]]));
     metrics.storeMapLoaded();
-    // store2 left the map: none of its series is kept.
+    // store2 left the map: none of its series is kept, nor brought back by a login to it that
+    // was under way (aborted by the drain).
+    metrics.backendConnect('store2', 'aborted', 0.001);
+    metrics.backendLogin('store2', 'aborted', 0.01);
     assert.doesNotMatch((await metrics.exposition()).body, /store="store2"/);
     assert.equal(await value(metrics, 'mailfront_store_map_version'), 3);
     assert.equal(await value(metrics, 'mailfront_failovers_total', { store: 'store1' }), 1);
