@@ -31,10 +31,12 @@ import { managesieveAdapter } from './protocol/managesieve/index.js';
 import { pop3Adapter } from './protocol/pop3/index.js';
 import type { ProtocolAdapter } from './protocol/types.js';
 import { SessionRegistry } from './proxy/registry.js';
+import type { SessionEntry } from './proxy/registry.js';
 import { StoreMapHolder } from './routing/holder.js';
 import type { MasterChange, ReloadResult } from './routing/holder.js';
 import { createStoreMapSource } from './routing/sources.js';
 import type { StoreMapSource } from './routing/sources.js';
+import { sameServer } from './routing/storemap.js';
 import type { Slot, StoreMap } from './routing/storemap.js';
 import { createAdminHandler } from './server/admin.js';
 import { Listener, needsRebind } from './server/listeners.js';
@@ -133,7 +135,8 @@ export class Mailfront {
   readonly holder: StoreMapHolder;
   readonly health: SlotHealthMonitor;
   readonly metrics: Metrics;
-  private readonly drainTimers = new Set<NodeJS.Timeout>();
+  /** Sessions a failover will close, each at its moment in the drain's spread. */
+  private readonly draining = new Map<SessionEntry, NodeJS.Timeout>();
   private readonly loginGate = new LoginGate();
   private stopWatching: () => void = () => undefined;
   private http: HttpServer | undefined;
@@ -552,13 +555,24 @@ export class Mailfront {
       const sessions = this.registry.splicedToMoved(change.store, change.from, change.protocols);
       this.log.warn({ event: 'failover.drain', store: change.store, from: change.from, to: change.to, ...(change.protocols !== undefined ? { protocols: change.protocols } : {}), sessions: sessions.length, logins, spreadMs }, 'master changed; draining sessions on the old master');
       for (const session of sessions) {
+        // Already on its way out: another change of the same store in the spread (A → B → A → B).
+        if (this.draining.has(session)) continue;
         const timer = setTimeout(() => {
-          this.drainTimers.delete(timer);
+          this.draining.delete(session);
+          // The failover was undone meanwhile (A → B → A): the session is on the master again.
+          if (this.onCurrentMaster(session)) return;
           session.close('drained');
         }, Math.floor(Math.random() * spreadMs));
-        this.drainTimers.add(timer);
+        this.draining.set(session, timer);
       }
     }
+  }
+
+  /** Whether `session` is spliced to the server its store's current master is now (for its protocol). */
+  private onCurrentMaster(session: SessionEntry): boolean {
+    const store = this.holder.current.stores.get(session.store);
+    const master = store === undefined ? undefined : store.slots.get(store.currentMaster);
+    return master !== undefined && sameServer(master, session.server, session.protocol);
   }
 
   /**
@@ -580,7 +594,7 @@ export class Mailfront {
     while (this.registry.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
     for (const session of sessions()) session.shutdown();
     while (sessions().length > 0 && Date.now() < deadline + 2_000) await new Promise((r) => setTimeout(r, 20));
-    for (const timer of this.drainTimers) clearTimeout(timer);
+    for (const timer of this.draining.values()) clearTimeout(timer);
     await this.http?.close();
     await this.holder.source.close();
     await this.throttle.close();

@@ -5,6 +5,7 @@
  */
 
 import type { ProtocolName } from '../protocol/types.js';
+import type { Slot } from '../routing/storemap.js';
 
 /** What the registry knows about one spliced session. */
 export interface SessionEntry {
@@ -17,6 +18,8 @@ export interface SessionEntry {
   readonly kicksAtLogin: number;
   readonly store: string;
   readonly slot: string;
+  /** The slot as the session dialled it (host and ports): whether the store's master is still that server. */
+  readonly server: Slot;
   readonly clientAddress: string;
   readonly startedAt: number;
   /** What the splice has relayed so far (its own counters, read when needed). */

@@ -49,8 +49,10 @@ export type SpliceEndReason = 'client-closed' | 'backend-closed' | 'client-error
 export interface Splice {
   /** Resolves once, when both sockets are closed. */
   readonly ended: Promise<SpliceEndReason>;
-  /** Ends the splice now; `notice` (if any) is written to the client first. */
+  /** Ends the splice now; `notice` (if any) is written to the client first. Does nothing once it is ending. */
   close(reason: Extract<SpliceEndReason, 'kicked' | 'drained' | 'shutdown'>, notice: string | null): void;
+  /** It is ending: closed by close(), or one side is gone. */
+  readonly ending: boolean;
   /** Bytes relayed so far, the pipelined and leftover bytes included. */
   readonly bytesFromClient: number;
   readonly bytesToClient: number;
@@ -344,6 +346,10 @@ class SpliceSession implements Splice {
   /** The guard stopped a command: the session ends, and the backend never sees that command's line end. */
   private refuse(): void {
     this.close('command-refused', this.refusalNotice);
+  }
+
+  get ending(): boolean {
+    return this.endReason !== null || this.closedCount > 0;
   }
 
   close(reason: Extract<SpliceEndReason, 'kicked' | 'drained' | 'shutdown' | 'command-refused'>, notice: string | null): void {

@@ -195,6 +195,8 @@ export class Session {
   private mechanism: string | undefined;
   private store: string | undefined;
   private slot: string | undefined;
+  /** The slot as dialled (host and ports), for the registry. */
+  private server: Slot | undefined;
   private splice: Splice | undefined;
   private entry: SessionEntry | undefined;
   /** What guards the spliced client's commands, if anything (for the log of a refusal). */
@@ -576,6 +578,7 @@ export class Session {
       throwIfCancelled(session, 'the session ended while its login was under way');
       const { store, slot } = this.context.storeMap().currentMaster(storeName);
       this.slot = slot.name;
+      this.server = slot;
       // The attempt's own cancellation: the session's end, or a failover off this slot.
       const cancel = new Canceller();
       const sessionEnded = (): void => cancel.abort();
@@ -695,6 +698,7 @@ export class Session {
       kicksAtLogin,
       store: this.store ?? '',
       slot: this.slot ?? '',
+      server: this.server!,
       clientAddress: this.clientAddress,
       startedAt: this.startedAt,
       traffic: running,
@@ -702,6 +706,8 @@ export class Session {
       reportedFromClient: 0,
       reportedToClient: 0,
       close: (reason) => {
+        // Already ending (a kick, then a drain's turn): one line, one close.
+        if (running.ending) return;
         this.log.info({ event: reason === 'kicked' ? 'session.kicked' : reason === 'drained' ? 'session.drained' : 'session.shutdown', user: this.user, store: this.store, slot: this.slot }, `session closed: ${reason}`);
         running.close(reason, this.adapter.drainNotice(reason === 'drained' ? 'Mailbox moved to another server, please reconnect' : reason === 'kicked' ? KICKED_TEXT : 'Server shutting down'));
       },

@@ -494,6 +494,58 @@ describe('failover by file edit and by the admin API (file store map)', () => {
   });
 });
 
+describe('changes of a master within the drain spread', () => {
+  const SLOW_SPREAD_MS = 1_500;
+  let front: Front;
+  before(async () => {
+    front = await startFront({ slapd, stores: storesWith('a1'), failover: { drain_spread_ms: SLOW_SPREAD_MS } });
+  });
+  after(async () => {
+    await front?.stop();
+  });
+
+  /** Puts `master` in force as a version of its own (each write read before the next). */
+  async function failTo(master: 'a1' | 'a2'): Promise<void> {
+    await front.writeStores(storesWith(master));
+    await front.mailfront.reloadStoreMap();
+    await alphaMasterInForce(front, master, master === 'a1' ? a1.imapPort : a2.imapPort);
+  }
+
+  test('a failover undone before a session\'s turn in the spread leaves the session open: it is on the master again', async () => {
+    const alpha = await idleSessions(front, ALPHA_USERS, 6);
+    const mark = front.logs.length;
+    try {
+      await failTo('a2');
+      await failTo('a1');
+      await new Promise((r) => setTimeout(r, SLOW_SPREAD_MS + 500));
+      assert.deepEqual(alpha.filter((i) => i.closedAt !== null).map((i) => i.user), [], 'sessions on the master in force were closed');
+      assert.equal(front.mailfront.registry.onSlot('a1').length, 6);
+      assert.equal(front.logs.slice(mark).filter((l) => l['event'] === 'session.drained').length, 0);
+      await Promise.all(alpha.map((i) => i.client.noop()));
+    } finally {
+      await closeAll(alpha);
+    }
+  });
+
+  test('a master moved off, back and off again within the spread closes each session on the old master once, with one line', async () => {
+    const alpha = await idleSessions(front, ALPHA_USERS, 6);
+    const mark = front.logs.length;
+    try {
+      await failTo('a2');
+      await failTo('a1');
+      await failTo('a2');
+      await waitAllClosed(alpha, SLOW_SPREAD_MS + 5_000);
+      assert.equal(alpha.filter((i) => i.closedAt === null).length, 0, 'sessions on the old master are still open');
+      const lines = front.logs.slice(mark).filter((l) => l['event'] === 'session.drained').map((l) => String(l['session']));
+      assert.equal(lines.length, 6, `session.drained lines: ${lines.length}`);
+      assert.equal(new Set(lines).size, 6);
+    } finally {
+      await closeAll(alpha);
+      await failBack(front);
+    }
+  });
+});
+
 describe('failover with failover.hold_ms 0 (no holding)', () => {
   let front: Front;
   before(async () => {

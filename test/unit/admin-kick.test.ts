@@ -16,7 +16,7 @@ import { createLogger } from '../../src/log.js';
 const TOKEN = 'admin-token-for-the-kick-test';
 
 function entry(id: string, user: string, dn: string, closed: string[], kicksAtLogin = 0): SessionEntry {
-  return { id, protocol: 'imap', user, dn, kicksAtLogin, store: 's', slot: 'a1', clientAddress: '127.0.0.1', startedAt: 0, traffic: { bytesFromClient: 0, bytesToClient: 0 }, reportedFromClient: 0, reportedToClient: 0, close: () => void closed.push(id) };
+  return { id, protocol: 'imap', user, dn, kicksAtLogin, store: 's', slot: 'a1', server: { name: 'a1', store: 's', host: '127.0.0.1', imapPort: 10143 }, clientAddress: '127.0.0.1', startedAt: 0, traffic: { bytesFromClient: 0, bytesToClient: 0 }, reportedFromClient: 0, reportedToClient: 0, close: () => void closed.push(id) };
 }
 
 test('kick USER closes the sessions before the directory answers, then those of the other names of the entry it names', async () => {

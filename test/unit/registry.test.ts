@@ -6,7 +6,7 @@ import { SessionRegistry } from '../../src/proxy/registry.js';
 import type { SessionEntry } from '../../src/proxy/registry.js';
 
 function entry(id: string, user: string, dn: string, kicksAtLogin = 0): SessionEntry {
-  return { id, protocol: 'imap', user, dn, kicksAtLogin, store: 's', slot: 'a1', clientAddress: '127.0.0.1', startedAt: 0, traffic: { bytesFromClient: 0, bytesToClient: 0 }, reportedFromClient: 0, reportedToClient: 0, close: () => undefined };
+  return { id, protocol: 'imap', user, dn, kicksAtLogin, store: 's', slot: 'a1', server: { name: 'a1', store: 's', host: '127.0.0.1', imapPort: 10143 }, clientAddress: '127.0.0.1', startedAt: 0, traffic: { bytesFromClient: 0, bytesToClient: 0 }, reportedFromClient: 0, reportedToClient: 0, close: () => undefined };
 }
 
 test('a login is kicked when its user or its entry was kicked after it started, and not otherwise', () => {
