@@ -524,7 +524,12 @@ export class LdapDirectory implements Directory {
             scope: 'sub',
             filter,
             attributes: [this.config.storeAttribute],
-            sizeLimit: 2,
+            // No size limit of our own: ldapts (8.2) drops the sizeLimitExceeded status (code 4)
+            // of a search that set one, so a server whose limit for the service account is 1
+            // would answer one of two entries as if it were the only one. Without it, a server
+            // limit is an error (ambiguous, below) and two entries are two. What a filter that
+            // matches many entries may send is bounded by the connection's answer bound.
+            sizeLimit: 0,
             timeLimit: Math.ceil(this.config.operationTimeoutMs / 1000),
           }),
         );
@@ -537,6 +542,7 @@ export class LdapDirectory implements Directory {
         return { url: connection.url, dn: entry.dn, store: key === undefined ? null : attributeText(entry[key]), readAt: Date.now() };
       } catch (error) {
         if (error instanceof MailfrontError) throw error;
+        // The server's own size limit cut the answer short: there was more than one entry.
         if (error instanceof ResultCodeError && error.code === 4) {
           throw new MailfrontError('LDAP_AMBIGUOUS_USER', 'auth-tempfail', `the user search found more than one entry for "${user}"`);
         }
