@@ -67,6 +67,13 @@ function raceAbort<T>(promise: Promise<T>, signal: Cancellation): Promise<T> {
 /** Idle user-bind connections kept per server; a bind simply replaces the previous identity. */
 const MAX_IDLE_BIND_CONNECTIONS = 16;
 
+/**
+ * How long a server that failed a login's search or bind is passed over while another of
+ * directory.urls is not: a first server that fails in part (binds that hang, searches past the
+ * deadline) would otherwise cost every login its deadline before the retry on the next one.
+ */
+export const SERVER_HOLD_DOWN_MS = 30_000;
+
 /** How a failed LDAP call is reported in metrics. */
 function ldapResult(error: unknown): LdapResult {
   if (error instanceof InvalidCredentialsError) return 'invalid-credentials';
@@ -386,6 +393,10 @@ export class LdapDirectory implements Directory {
   private readonly entries: LRUCache<string, FoundEntry> | null;
   /** Counts forget() calls: a search that began before one does not cache its answer. */
   private forgets = 0;
+  /** url → until when (ms since the epoch) it is passed over: it failed a login (see SERVER_HOLD_DOWN_MS). */
+  private readonly heldDown = new Map<string, number>();
+  /** Service connections taken out of their slot, each closed by its timer once the searches on it are past their deadline. */
+  private readonly retiring = new Map<Client, NodeJS.Timeout>();
 
   constructor(
     private readonly config: DirectoryConfig,
@@ -435,7 +446,54 @@ export class LdapDirectory implements Directory {
     return slot;
   }
 
-  /** The slot's bound service connection, opened on the first server that answers (other than `avoid`). */
+  /**
+   * Passes `url` over for SERVER_HOLD_DOWN_MS: it failed a login as a server (no answer, an
+   * answer past the deadline or the byte bound, busy or unavailable), and there are others.
+   */
+  private holdDown(url: string, reason: string): void {
+    if (this.config.urls.every((other) => other === url)) return;
+    if (!this.isHeldDown(url)) this.log.warn({ event: 'directory.server_held_down', url, forMs: SERVER_HOLD_DOWN_MS, reason }, 'a directory server failed a login; the others are tried first for a while');
+    this.heldDown.set(url, Date.now() + SERVER_HOLD_DOWN_MS);
+  }
+
+  private isHeldDown(url: string): boolean {
+    const until = this.heldDown.get(url);
+    if (until === undefined) return false;
+    if (until > Date.now()) return true;
+    this.heldDown.delete(url);
+    return false;
+  }
+
+  /** True when `url` is held down and another server is not: a login is not to use it. */
+  private keptOff(url: string): boolean {
+    return this.isHeldDown(url) && this.config.urls.some((other) => other !== url && !this.isHeldDown(other));
+  }
+
+  /** directory.urls in the order they are tried: in their order, those held down last (still tried when all others fail). */
+  private urlsInTurn(): string[] {
+    const up = this.config.urls.filter((url) => !this.isHeldDown(url));
+    return [...up, ...this.config.urls.filter((url) => !up.includes(url))];
+  }
+
+  /**
+   * Takes `connection` out of its slot, so that the next search opens one on another server,
+   * without cutting short the other searches under way on it (they would fail as if the
+   * server had): it is closed once their deadline has passed.
+   */
+  private retire(slot: ServiceSlot, connection: ServiceConnection): void {
+    if (slot.open !== connection) return;
+    slot.open = null;
+    slot.opening = null;
+    const { client } = connection;
+    const timer = setTimeout(() => {
+      this.retiring.delete(client);
+      client.unbind().catch(() => undefined);
+    }, this.config.operationTimeoutMs + this.config.connectTimeoutMs);
+    timer.unref();
+    this.retiring.set(client, timer);
+  }
+
+  /** The slot's bound service connection, opened on the first server that answers (other than `avoid`; held-down ones last). */
   private serviceConnection(slot: ServiceSlot, avoid?: string): Promise<ServiceConnection> {
     // A directory replaced by a reload is closed while its last logins still run: they get no
     // new connection (one opened now would never be closed).
@@ -444,7 +502,7 @@ export class LdapDirectory implements Directory {
       const self: { opening?: Promise<ServiceConnection> } = {};
       const opening = (async () => {
         const failures: string[] = [];
-        for (const url of this.config.urls) {
+        for (const url of this.urlsInTurn()) {
           if (this.closed) throw closedError();
           if (url === avoid) continue;
           let client: Client;
@@ -490,28 +548,41 @@ export class LdapDirectory implements Directory {
    * cached); `retry`: its second one, after the first entry's server failed (cached); `tooling`:
    * whereis and kick (neither counted nor cached).
    */
-  private async search(user: string, use: 'login' | 'retry' | 'tooling'): Promise<FoundEntry | null> {
+  private async search(user: string, use: 'login' | 'retry' | 'tooling', avoid?: { readonly url: string; readonly failure: MailfrontError }): Promise<FoundEntry | null> {
     const entries = this.entries;
     const cached = entries?.get(user);
     if (use === 'login' && entries !== null) this.metrics?.directoryCacheLookup('entry', cached !== undefined);
-    if (cached !== undefined) return cached;
+    // An entry found on a server held down since is found again on one that is not (its bind would wait out the deadline).
+    if (cached !== undefined && cached.url !== avoid?.url && !this.keptOff(cached.url)) return cached;
     const forgets = this.forgets;
-    const found = await this.searchDirectory(user);
+    const found = await this.searchDirectory(user, avoid);
     // A search that began before forget() must not put back what it dropped.
     if (found !== null && use !== 'tooling' && forgets === this.forgets) entries?.set(user, found);
     return found;
   }
 
-  private async searchDirectory(user: string): Promise<FoundEntry | null> {
+  /**
+   * Searches the user on a service connection. `avoid`: a server this login is not to use (its
+   * bind failed there), and the failure to give when no other server can be had.
+   */
+  private async searchDirectory(user: string, avoidFirst?: { readonly url: string; readonly failure: MailfrontError }): Promise<FoundEntry | null> {
     const filter = userFilter(this.config.userFilter, user);
-    // One retry after a server failure, on a fresh connection in the same slot: the kept one may
-    // have been closed by the server or be half-dead. Not on that server, though, when it was
+    // One retry after a server failure, on another server when there is one (the failed one is
+    // held down meanwhile: a first server that fails in part would fail every retry in the same
+    // way, and each login would wait out its deadline twice), else on a fresh connection to the
+    // same one: the kept one may have been closed by the server or be half-dead. Not when it was
     // heard from: an answer past the byte bound, or one still coming at the deadline, would come
-    // again on a fresh connection (twice the wait, twice the memory); another server is tried.
+    // again on a fresh connection (twice the wait, twice the memory).
     const slot = this.takeServiceSlot();
-    let avoid: { readonly url: string; readonly failure: MailfrontError } | undefined;
+    let avoid = avoidFirst;
     for (let attempt = 0; attempt < 2; attempt++) {
-      const connection = await this.serviceConnection(slot, avoid?.url);
+      let connection = await this.serviceConnection(slot, avoid?.url);
+      // The slot is open on a server to keep off (this login's failed one, or one held down since
+      // it was opened): it moves to another.
+      if (connection.url === avoid?.url || this.keptOff(connection.url)) {
+        this.retire(slot, connection);
+        connection = await this.serviceConnection(slot, avoid?.url);
+      }
       // Another search of the slot reopened it on that server meanwhile.
       if (avoid !== undefined && connection.url === avoid.url) throw avoid.failure;
       if (!usable(connection.client)) {
@@ -552,12 +623,14 @@ export class LdapDirectory implements Directory {
             ? new MailfrontError('LDAP_ANSWER_REFUSED', 'auth-tempfail', `the user search failed: ${error.message}`, { cause: error })
             : new MailfrontError('LDAP_SEARCH_FAILED', 'auth-tempfail', `the user search failed on ${connection.url}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
         if (attempt === 1 || !isServerFailure(error)) throw failure;
+        if (this.config.urls.some((url) => url !== connection.url)) {
+          this.holdDown(connection.url, failure.message);
+          avoid = { url: connection.url, failure };
+          continue;
+        }
         // This search's own answer: others on the connection may well have been answered meanwhile.
         const heard = error instanceof LdapAnswerRefusedError || (ldapResult(error) === 'timeout' && ldapAnswerBytes(error) > 0);
-        if (heard) {
-          if (this.config.urls.every((url) => url === connection.url)) throw failure;
-          avoid = { url: connection.url, failure };
-        }
+        if (heard) throw failure;
       }
     }
     throw new MailfrontError('LDAP_SEARCH_FAILED', 'auth-tempfail', 'the user search failed');
@@ -635,8 +708,8 @@ export class LdapDirectory implements Directory {
   }
 
   private async authenticateNow(user: string, password: string): Promise<DirectoryUser> {
-    const entryOf = async (use: 'login' | 'retry'): Promise<FoundEntry> => {
-      const entry = await this.search(user, use);
+    const entryOf = async (use: 'login' | 'retry', avoid?: { readonly url: string; readonly failure: MailfrontError }): Promise<FoundEntry> => {
+      const entry = await this.search(user, use, avoid);
       if (entry === null) throw new MailfrontError('UNKNOWN_USER', 'auth-failed', `no directory entry for "${user}"`);
       return entry;
     };
@@ -648,13 +721,15 @@ export class LdapDirectory implements Directory {
       ok = await this.checkPassword(found.url, found.dn, password);
     } catch (error) {
       // The server that found the entry (a cached one, perhaps found minutes ago) does not
-      // answer: forget the entry, look the user up again, which moves on to a server that
-      // answers, and bind there once.
+      // answer the bind: forget the entry, look the user up again on another server (not that
+      // one, whose searches may well work while its binds do not), and bind there once. A server
+      // that failed as a server is held down, so that the next logins do not wait for it too.
       if (!(error instanceof MailfrontError) || error.code !== 'LDAP_BIND_FAILED') throw error;
       this.entries?.delete(user);
       const failedUrl = found.url;
-      found = await entryOf('retry');
-      if (found.url === failedUrl) throw error;
+      if (this.config.urls.every((url) => url === failedUrl)) throw error;
+      if (isServerFailure(error.cause)) this.holdDown(failedUrl, error.message);
+      found = await entryOf('retry', { url: failedUrl, failure: error });
       ok = await this.checkPassword(found.url, found.dn, password);
     }
     if (!ok) throw new MailfrontError('WRONG_PASSWORD', 'auth-failed', `wrong password for "${user}"`);
@@ -736,6 +811,11 @@ export class LdapDirectory implements Directory {
       slot.open = null;
     }
     for (const idle of this.bindIdle.values()) for (const client of idle.splice(0)) client.unbind().catch(() => undefined);
+    for (const [client, timer] of this.retiring) {
+      clearTimeout(timer);
+      client.unbind().catch(() => undefined);
+    }
+    this.retiring.clear();
     this.entries?.clear();
     await Promise.all(opening.map((service) => service?.then((c) => c.client.unbind(), () => undefined).catch(() => undefined)));
   }

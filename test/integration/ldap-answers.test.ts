@@ -3,6 +3,8 @@
 // search that meets a referral. Each decides a login; none may let a user in as someone else,
 // nor turn a directory's trouble into a wrong-password answer.
 import assert from 'node:assert/strict';
+import { createServer, connect as netConnect } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import { LdapDirectory } from '../../src/auth/ldap.js';
 import type { DirectoryConfig } from '../../src/config/schema.js';
@@ -13,7 +15,7 @@ import type { Slapd } from './servers/index.js';
 import { LDAP_PEOPLE_DN, LDAP_SERVICE_DN } from './servers/slapd.js';
 import { mailfrontFailure as failure } from '../mailfront-failure.js';
 
-registerPasswords('alice-pw', 'first-dup-pw', 'second-dup-pw', 'solo-user-pw', 'two-stores-pw', 'wrong-two-stores-pw');
+registerPasswords('alice-pw', 'wrong-alice-pw', 'first-dup-pw', 'second-dup-pw', 'solo-user-pw', 'two-stores-pw', 'wrong-two-stores-pw');
 const logLines: string[] = [];
 const writeSuiteLog = suiteLogWriter();
 const log = createLogger('debug', {
@@ -96,6 +98,156 @@ test('a uid found twice is refused as ambiguous even when the server limits the 
   } finally {
     await d.close();
     await limited.stop();
+  }
+});
+
+/** The log lines written since `mark`, parsed. */
+function linesSince(mark: number): Record<string, unknown>[] {
+  return logLines.slice(mark).map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+/** LDAP protocolOp tags (RFC 4511 §4.2, §4.5). */
+const BIND_REQUEST = 0x60;
+const SEARCH_REQUEST = 0x63;
+const SEARCH_ENTRY = 0x64;
+const SEARCH_DONE = 0x65;
+
+/**
+ * Splits the whole LDAP messages off the front of `buffer`: each message and its protocolOp tag,
+ * and the bytes left over (the start of the next message). Test traffic only: short-form and
+ * long-form lengths, one-byte tags.
+ */
+function ldapMessages(buffer: Buffer): { messages: { bytes: Buffer; op: number }[]; rest: Buffer } {
+  const messages: { bytes: Buffer; op: number }[] = [];
+  let at = 0;
+  for (;;) {
+    if (buffer.length < at + 2) break;
+    const first = buffer[at + 1]!;
+    let length = first;
+    let start = at + 2;
+    if (first >= 0x80) {
+      const size = first & 0x7f;
+      if (buffer.length < start + size) break;
+      length = 0;
+      for (let i = 0; i < size; i++) length = length * 256 + buffer[start + i]!;
+      start += size;
+    }
+    if (buffer.length < start + length) break;
+    // SEQUENCE { messageID INTEGER, protocolOp ... }
+    const idLength = buffer[start + 1]!;
+    messages.push({ bytes: buffer.subarray(at, start + length), op: buffer[start + 2 + idLength]! });
+    at = start + length;
+  }
+  return { messages, rest: buffer.subarray(at) };
+}
+
+/**
+ * A relay in front of an LDAP server that fails in part, as a first server may: with
+ * `searchAnswerDelayMs`, search answers come that late (past the operation deadline); with
+ * `userBindsHang`, a connection whose first bind is not the service account's is never answered
+ * (user binds hang). Counts the searches and user binds sent through it.
+ */
+async function partlyFailingRelay(
+  port: number,
+  how: { readonly searchAnswerDelayMs?: number; readonly userBindsHang?: boolean },
+): Promise<{ readonly url: string; readonly searches: number; readonly userBinds: number; close(): Promise<void> }> {
+  const counts = { searches: 0, userBinds: 0 };
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const upstream = netConnect(port, '127.0.0.1');
+    for (const socket of [client, upstream]) {
+      sockets.add(socket);
+      socket.on('error', () => undefined);
+      socket.on('close', () => {
+        sockets.delete(socket);
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    let fromClient = Buffer.alloc(0);
+    let fromServer = Buffer.alloc(0);
+    let userConnection: boolean | undefined;
+    client.on('data', (data: Buffer) => {
+      const { messages, rest } = ldapMessages(Buffer.concat([fromClient, data]));
+      fromClient = Buffer.from(rest);
+      for (const { bytes, op } of messages) {
+        if (op === SEARCH_REQUEST) counts.searches++;
+        if (op === BIND_REQUEST) {
+          userConnection ??= !bytes.includes(Buffer.from(LDAP_SERVICE_DN));
+          if (userConnection) counts.userBinds++;
+        }
+        upstream.write(bytes);
+      }
+    });
+    upstream.on('data', (data: Buffer) => {
+      const { messages, rest } = ldapMessages(Buffer.concat([fromServer, data]));
+      fromServer = Buffer.from(rest);
+      for (const { bytes, op } of messages) {
+        if (how.userBindsHang === true && userConnection === true) continue;
+        if (how.searchAnswerDelayMs !== undefined && (op === SEARCH_ENTRY || op === SEARCH_DONE)) {
+          setTimeout(() => client.writable && client.write(bytes), how.searchAnswerDelayMs).unref();
+        } else {
+          client.write(bytes);
+        }
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port: relayPort } = server.address() as AddressInfo;
+  return {
+    url: `ldap://127.0.0.1:${relayPort}`,
+    get searches() {
+      return counts.searches;
+    },
+    get userBinds() {
+      return counts.userBinds;
+    },
+    close: async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+test('a first server whose searches answer past the deadline: the retry goes to the next server, and later logins start there', async () => {
+  const second = await startSlapd({ users: [{ uid: 'alice', password: 'alice-pw', store: 'alpha' }], servicePassword: slapd.bindPassword });
+  const relay = await partlyFailingRelay(slapd.port, { searchAnswerDelayMs: 1_500 });
+  const mark = logLines.length;
+  const d = directory(slapd, { urls: [relay.url, second.url] });
+  try {
+    for (let i = 1; i <= 3; i++) assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha', `login ${i}`);
+    // Only the first login asked the first server: its search failed, and the server was held down.
+    assert.equal(relay.searches, 1);
+    assert.equal((await failure(d.authenticate('alice', 'wrong-alice-pw', signal))).code, 'WRONG_PASSWORD');
+    const held = linesSince(mark).filter((l) => l['event'] === 'directory.server_held_down');
+    assert.deepEqual(held.map((l) => l['url']), [relay.url], JSON.stringify(held));
+  } finally {
+    await d.close();
+    await relay.close();
+    await second.stop();
+  }
+});
+
+test('a first server whose searches answer but whose user binds hang: the login binds on the next server, and later logins go there at once', async () => {
+  const second = await startSlapd({ users: [{ uid: 'alice', password: 'alice-pw', store: 'alpha' }], servicePassword: slapd.bindPassword });
+  const relay = await partlyFailingRelay(slapd.port, { userBindsHang: true });
+  const d = directory(slapd, { urls: [relay.url, second.url] });
+  try {
+    for (let i = 1; i <= 3; i++) assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha', `login ${i}`);
+    assert.equal(relay.userBinds, 1, 'only the first login tried to bind on the first server');
+    // A wrong password is still one: checked on the server that answers.
+    assert.equal((await failure(d.authenticate('alice', 'wrong-alice-pw', signal))).code, 'WRONG_PASSWORD');
+    // With the next server hung too, a login is a temporary failure, not a wrong password.
+    await second.pause();
+    try {
+      assert.equal((await failure(d.authenticate('alice', 'alice-pw', signal))).kind, 'auth-tempfail');
+    } finally {
+      second.resume();
+    }
+  } finally {
+    await d.close();
+    await relay.close();
+    await second.stop();
   }
 });
 
