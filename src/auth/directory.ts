@@ -24,7 +24,8 @@ export interface Directory {
   /**
    * Checks `password` for `user` (already normalised). Resolves with the user, or rejects with
    * a MailfrontError of kind `auth-failed` (wrong password, unknown user) or `auth-tempfail`
-   * (the directory could not answer), or `aborted` when `signal` fired first.
+   * (the directory could not answer), `no-route` (the password is right but the entry names its
+   * store ambiguously), or `aborted` when `signal` fired first.
    */
   authenticate(user: string, password: string, signal: Cancellation): Promise<DirectoryUser>;
   /** Finds a user without checking a password (operator tooling); null when there is no such user. */

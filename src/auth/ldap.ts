@@ -35,11 +35,18 @@ function isServerFailure(error: unknown): boolean {
   return [51, 52, 53, 80].includes(error.code);
 }
 
-function attributeText(value: unknown): string | null {
-  const first = Array.isArray(value) ? value[0] : value;
-  if (typeof first === 'string') return first.length > 0 ? first : null;
-  if (Buffer.isBuffer(first)) return first.length > 0 ? first.toString('utf8') : null;
-  return null;
+/**
+ * The store an entry's store attribute names: its one value (null when absent or empty), and how
+ * many values it has. More than one names no store: LDAP values are unordered (RFC 4511 §4.1.7),
+ * so taking the first would route the user by whichever the server happened to send first.
+ */
+function storeValue(value: unknown): { readonly store: string | null; readonly values: number } {
+  const values: unknown[] = value === undefined ? [] : Array.isArray(value) ? value : [value];
+  if (values.length !== 1) return { store: null, values: values.length };
+  const only = values[0];
+  if (typeof only === 'string') return { store: only.length > 0 ? only : null, values: 1 };
+  if (Buffer.isBuffer(only)) return { store: only.length > 0 ? only.toString('utf8') : null, values: 1 };
+  return { store: null, values: 1 };
 }
 
 /** Rejects with an `aborted` error when `signal` fires, so callers never wait past their owner. */
@@ -355,6 +362,8 @@ interface FoundEntry {
   readonly url: string;
   readonly dn: string;
   readonly store: string | null;
+  /** Values of the store attribute: more than one is an entry that names no store (see storeValue()). */
+  readonly storeValues: number;
   readonly readAt: number;
 }
 
@@ -610,7 +619,8 @@ export class LdapDirectory implements Directory {
         // Attribute names are case-insensitive (RFC 4512 §2.5); the server answers in its schema's spelling.
         const wanted = this.config.storeAttribute.toLowerCase();
         const key = Object.keys(entry).find((k) => k.toLowerCase() === wanted);
-        return { url: connection.url, dn: entry.dn, store: key === undefined ? null : attributeText(entry[key]), readAt: Date.now() };
+        const { store, values } = storeValue(key === undefined ? undefined : entry[key]);
+        return { url: connection.url, dn: entry.dn, store, storeValues: values, readAt: Date.now() };
       } catch (error) {
         if (error instanceof MailfrontError) throw error;
         // The server's own size limit cut the answer short: there was more than one entry.
@@ -733,6 +743,10 @@ export class LdapDirectory implements Directory {
       ok = await this.checkPassword(found.url, found.dn, password);
     }
     if (!ok) throw new MailfrontError('WRONG_PASSWORD', 'auth-failed', `wrong password for "${user}"`);
+    // Said only once the password is right: to anyone else the user is one more wrong password.
+    if (found.storeValues > 1) {
+      throw new MailfrontError('USER_STORE_AMBIGUOUS', 'no-route', `the directory entry ${found.dn} has ${found.storeValues} values of ${this.config.storeAttribute}; it must have one, the user's store`);
+    }
     return { user, dn: found.dn, store: found.store, readAt: found.readAt };
   }
 

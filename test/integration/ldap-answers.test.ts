@@ -251,6 +251,26 @@ test('a first server whose searches answer but whose user binds hang: the login 
   }
 });
 
+test('an entry with two values of the store attribute is routed nowhere (values are unordered), once the password is right', async () => {
+  // mailStore is SINGLE-VALUE in mailfront's schema; description, which any attribute may be, is not.
+  await slapd.addUser({ uid: 'twostores', password: 'two-stores-pw' });
+  await slapd.modify(`dn: ${slapd.userDn('twostores')}\nchangetype: modify\nadd: description\ndescription: beta\ndescription: alpha\n`);
+  await slapd.modify(`dn: ${slapd.userDn('alice')}\nchangetype: modify\nreplace: description\ndescription: alpha\n`);
+  const d = directory(slapd, { storeAttribute: 'description' });
+  try {
+    const error = await failure(d.authenticate('twostores', 'two-stores-pw', signal));
+    assert.equal(error.code, 'USER_STORE_AMBIGUOUS');
+    assert.equal(error.kind, 'no-route');
+    // The reason mailfront logs names the entry to fix.
+    assert.match(error.message, /uid=twostores,ou=people,dc=example,dc=org has 2 values of description/);
+    assert.equal((await failure(d.authenticate('twostores', 'wrong-two-stores-pw', signal))).code, 'WRONG_PASSWORD');
+    // One value routes as before.
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha');
+  } finally {
+    await d.close();
+  }
+});
+
 test('no password and no bind secret appears in these tests\' log lines', () => {
   assertNoRegisteredSecret(logLines, "the directory's log");
 });
