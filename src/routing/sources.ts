@@ -4,11 +4,11 @@
  * file's shape; validation and versioning happen in the holder. Owns its file watcher, timer
  * and LDAP connection.
  */
-import { watch } from 'node:fs';
+import { realpathSync, watch } from 'node:fs';
 import type { FSWatcher } from 'node:fs';
-import { chmod, chown, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, readFile, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { readCaCertificates } from '../ca-file.js';
-import { basename, dirname, join } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import type { ConnectionOptions } from 'node:tls';
 import { Attribute, Change, Client, SizeLimitExceededError } from 'ldapts';
 import { parseDocument } from 'yaml';
@@ -77,17 +77,46 @@ export class FileStoreMapSource implements StoreMapSource {
       };
     }
     let timer: NodeJS.Timeout | undefined;
-    let watcher: FSWatcher | undefined;
-    try {
-      watcher = watch(dirname(this.file), { persistent: false }, (_event, name) => {
-        if (name !== null && name !== basename(this.file)) return;
-        clearTimeout(timer);
-        // Editors write in several steps; read once they are done.
-        timer = setTimeout(onChange, 100);
+    // Editors write in several steps; read once they are done.
+    const changed = (): void => {
+      clearTimeout(timer);
+      timer = setTimeout(onChange, 100);
+    };
+    /** A watch of `file`'s folder that hears `file` only. */
+    const watchFile = (file: string): FSWatcher => {
+      const watcher = watch(dirname(file), { persistent: false }, (_event, name) => {
+        if (name === null || name === basename(file)) changed();
       });
       // The watch has ended (its folder removed, say): edits are not seen until the next reload.
       watcher.on('error', (error) => onHealth?.(new Error(`${this.file} is no longer watched: ${error.message}`)));
+      return watcher;
+    };
+    // A symbolic link (/etc/mailfront/stores.yaml -> /var/lib/mailfront/stores.yaml) is watched
+    // twice: its own folder for the link being replaced, and its target's folder for edits of
+    // the file (they raise no event in the link's folder). Once the link points elsewhere, the
+    // new target's folder is watched instead of the old one.
+    let linkWatcher: FSWatcher | undefined;
+    let target: { readonly file: string; readonly watcher: FSWatcher } | undefined;
+    const watchTarget = (): void => {
+      const file = symlinkTarget(this.file);
+      if (file === target?.file) return;
+      target?.watcher.close();
+      target = undefined;
+      if (file !== undefined) target = { file, watcher: watchFile(file) };
+    };
+    try {
+      linkWatcher = watchFile(this.file);
+      linkWatcher.on('change', (_event, name) => {
+        if (name !== null && name !== basename(this.file)) return;
+        try {
+          watchTarget();
+        } catch (error) {
+          onHealth?.(new Error(`${this.file} is no longer watched: ${error instanceof Error ? error.message : String(error)}`));
+        }
+      });
+      watchTarget();
     } catch (error) {
+      linkWatcher?.close();
       // No inotify watch left, say: the file is read on SIGHUP and `mailfront reload` only.
       onHealth?.(new Error(`${this.file} cannot be watched: ${error instanceof Error ? error.message : String(error)}`));
       return () => undefined;
@@ -101,30 +130,35 @@ export class FileStoreMapSource implements StoreMapSource {
     }
     return () => {
       clearTimeout(timer);
-      watcher?.close();
+      linkWatcher?.close();
+      target?.watcher.close();
     };
   }
 
   async setCurrentMaster(store: string, slot: string): Promise<void> {
-    const text = await readFile(this.file, 'utf8');
+    // The file itself, not a symbolic link to it: the temporary file is written next to the
+    // file and renamed onto it. Renamed onto the link, it would replace the link with a file of
+    // its own, and the file the link named would no longer be the map in force.
+    const file = await realpath(this.file);
+    const text = await readFile(file, 'utf8');
     const doc = parseDocument(text);
     if (!doc.hasIn(['stores', store])) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${store}" is not in ${this.file}`);
     // Editing the parsed document keeps the operator's comments and layout.
     doc.setIn(['stores', store, 'current_master'], slot);
     // Named per write as well as per process: two writes never share a temporary file.
-    const temp = join(dirname(this.file), `.${basename(this.file)}.${process.pid}.${++this.writes}.tmp`);
+    const temp = join(dirname(file), `.${basename(file)}.${process.pid}.${++this.writes}.tmp`);
     // Created with the old file's permissions, not the umask's: a store map holding a password
     // inline must not become readable by all with a failover. And owned as the old file was, as
     // far as this process may: a map the operator's tooling owns must not become mailfront's.
     // Without the right to give a file away (not root), the group at least, which a member may
     // set, so that the mode means the same people as before. Owner first: a change of owner clears
     // set-ID bits.
-    const { mode, uid, gid } = await stat(this.file);
+    const { mode, uid, gid } = await stat(file);
     try {
       await writeFile(temp, doc.toString(), { mode: mode & 0o7777 });
       await chown(temp, uid, gid).catch(() => chown(temp, -1, gid)).catch(() => undefined);
       await chmod(temp, mode & 0o7777);
-      await rename(temp, this.file);
+      await rename(temp, file);
     } catch (error) {
       // A write that failed (a full disk, an immutable or read-only file) leaves no temporary
       // file behind: each failover tried would add one to the folder.
@@ -134,6 +168,21 @@ export class FileStoreMapSource implements StoreMapSource {
   }
 
   async close(): Promise<void> {}
+}
+
+/**
+ * The file a symbolic link at `file` names (all links resolved), or undefined when `file` is no
+ * link (a folder on the way may be one: that folder is the one watched already) or names nothing.
+ */
+function symlinkTarget(file: string): string | undefined {
+  let target: string;
+  try {
+    target = realpathSync(file);
+  } catch {
+    // A dangling link or no file yet: the link's folder hears it being made.
+    return undefined;
+  }
+  return target === join(realpathSync(dirname(resolve(file))), basename(file)) ? undefined : target;
 }
 
 function first(value: unknown): string | undefined {
