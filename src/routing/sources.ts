@@ -37,6 +37,9 @@ export interface StoreMapSource {
   close(): Promise<void>;
 }
 
+/** How many times a failover is made again on a file that changed while it was written. */
+const FAILOVER_WRITE_ATTEMPTS = 5;
+
 /** A YAML store-map file, watched for changes (editors replace files, so the folder is watched). */
 export class FileStoreMapSource implements StoreMapSource {
   readonly description: string;
@@ -136,6 +139,18 @@ export class FileStoreMapSource implements StoreMapSource {
   }
 
   async setCurrentMaster(store: string, slot: string): Promise<void> {
+    // A hand edit saved while the failover is written (by rename or in place) would be lost to
+    // the rename of a document read before it: the file is read again just before the rename,
+    // and if it changed the failover is made again on what it holds now. A few times only: a
+    // file rewritten without pause is no file to write to.
+    for (let attempt = 1; attempt <= FAILOVER_WRITE_ATTEMPTS; attempt++) {
+      if (await this.writeCurrentMaster(store, slot)) return;
+    }
+    throw new MailfrontError('STOREMAP_FILE_CHANGING', 'config', `${this.file} changed while the failover of store "${store}" to "${slot}" was written, ${FAILOVER_WRITE_ATTEMPTS} times in a row; no failover written (edit the file by hand or fail over through mailfront, not both at once)`);
+  }
+
+  /** One read-edit-write of the failover; false (nothing written) when the file changed meanwhile. */
+  private async writeCurrentMaster(store: string, slot: string): Promise<boolean> {
     // The file itself, not a symbolic link to it: the temporary file is written next to the
     // file and renamed onto it. Renamed onto the link, it would replace the link with a file of
     // its own, and the file the link named would no longer be the map in force.
@@ -158,7 +173,16 @@ export class FileStoreMapSource implements StoreMapSource {
       await writeFile(temp, doc.toString(), { mode: mode & 0o7777 });
       await chown(temp, uid, gid).catch(() => chown(temp, -1, gid)).catch(() => undefined);
       await chmod(temp, mode & 0o7777);
+      // Read last, as close to the rename as may be: by content, which a save within the same
+      // timestamp tick changes too. (An edit between this read and the rename is still lost; the
+      // window is two system calls wide, not a read, a parse and a write.)
+      const unchanged = (await realpath(this.file)) === file && (await readFile(file, 'utf8')) === text;
+      if (!unchanged) {
+        await rm(temp, { force: true });
+        return false;
+      }
       await rename(temp, file);
+      return true;
     } catch (error) {
       // A write that failed (a full disk, an immutable or read-only file) leaves no temporary
       // file behind: each failover tried would add one to the folder.
