@@ -4,17 +4,19 @@
  * file's shape; validation and versioning happen in the holder. Owns its file watcher, timer
  * and LDAP connection.
  */
-import { realpathSync, watch } from 'node:fs';
+import { readFileSync, realpathSync, watch } from 'node:fs';
 import type { FSWatcher } from 'node:fs';
 import { chmod, chown, readFile, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { readCaCertificates } from '../ca-file.js';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { ConnectionOptions } from 'node:tls';
 import { Attribute, Change, Client, SizeLimitExceededError } from 'ldapts';
-import { parseDocument } from 'yaml';
+import { isMap, isScalar, parseDocument } from 'yaml';
+import type { YAMLMap } from 'yaml';
 import { escapeFilterValue, LdapAnswerRefusedError, ldapBytesReceived, openLdapClient } from '../auth/ldap.js';
-import { readStoreMapFile } from '../config/load.js';
+import { ConfigError, readStoreMapFile } from '../config/load.js';
 import type { StoreMapSourceConfig } from '../config/schema.js';
+import { IssueList, at } from '../config/validate.js';
 import { asMailfrontError, MailfrontError } from '../errors.js';
 import { MAX_STOREMAP_LDAP_ANSWER_BYTES } from '../limits.js';
 
@@ -62,6 +64,7 @@ export class FileStoreMapSource implements StoreMapSource {
   load(): Promise<unknown> {
     return Promise.resolve().then(() => {
       const document = readStoreMapFile(this.file, this.baseDir);
+      checkNames(readFileSync(this.file, 'utf8'), resolve(this.file));
       this.lastLoaded = JSON.stringify(document);
       this.onRead?.(null);
       return document;
@@ -157,9 +160,11 @@ export class FileStoreMapSource implements StoreMapSource {
     const file = await realpath(this.file);
     const text = await readFile(file, 'utf8');
     const doc = parseDocument(text);
-    if (!doc.hasIn(['stores', store])) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${store}" is not in ${this.file}`);
+    // By the name the map was read with: an unquoted `101:` is the number 101 to the document.
+    const storeNode = valueNamed(doc.get('stores'), store);
+    if (!isMap(storeNode)) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${store}" is not in ${this.file}`);
     // Editing the parsed document keeps the operator's comments and layout.
-    doc.setIn(['stores', store, 'current_master'], slot);
+    storeNode.set('current_master', slot);
     // Named per write as well as per process: two writes never share a temporary file.
     const temp = join(dirname(file), `.${basename(file)}.${process.pid}.${++this.writes}.tmp`);
     // Created with the old file's permissions, not the umask's: a store map holding a password
@@ -192,6 +197,49 @@ export class FileStoreMapSource implements StoreMapSource {
   }
 
   async close(): Promise<void> {}
+}
+
+/** The value of the entry of a YAML mapping whose key reads as `name` (an unquoted `101` as "101"). */
+function valueNamed(map: unknown, name: string): unknown {
+  if (!isMap(map)) return undefined;
+  return map.items.find((pair) => String(isScalar(pair.key) ? pair.key.value : pair.key) === name)?.value;
+}
+
+/**
+ * Refuses store and slot names, and masters, that YAML does not read as the text written: an
+ * unquoted 0101, 1e3 or 0x1A is the number 101, 1000 or 26, which names store "101", "1000",
+ * "26" without a word; true, null or 1.50 no name written either. A number that reads back as
+ * written (101) is that name, as it always was. The map's text is needed for this: the document
+ * `readStoreMapFile` gives holds the numbers only.
+ */
+function checkNames(text: string, file: string): void {
+  const issues = new IssueList();
+  /** True when `node` (a key or a value) is a string, or a number whose text is the one written. */
+  const asWritten = (node: unknown, path: string, what: string): void => {
+    if (isScalar(node)) {
+      const written = node.source ?? (node.range ? text.slice(node.range[0], node.range[1]) : undefined);
+      if (typeof node.value === 'string' || (typeof node.value === 'number' && String(node.value) === written)) return;
+      issues.add(path, `${what} YAML reads as written: quote it ("${written ?? String(node.value)}")`, node.value);
+    } else issues.addFinding(path, `${what} written as plain text`, 'a key that is a mapping, a list or an alias');
+  };
+  const entries = (map: unknown, path: string, what: string, each: (value: unknown, path: string) => void): void => {
+    if (!isMap(map)) return;
+    for (const pair of (map as YAMLMap).items) {
+      const name = isScalar(pair.key) ? String(pair.key.source ?? pair.key.value) : String(pair.key);
+      asWritten(pair.key, at(path, name), what);
+      each(pair.value, at(path, name));
+    }
+  };
+  const doc = parseDocument(text);
+  entries(doc.get('stores'), 'stores', 'a store name', (store, path) => {
+    if (!isMap(store)) return;
+    entries(store.get('slots'), at(path, 'slots'), 'a slot name', () => undefined);
+    for (const key of ['current_master', 'preferred_master']) {
+      const value = store.get(key, true);
+      if (value !== undefined && isScalar(value) && value.value !== null) asWritten(value, at(path, key), 'a slot name');
+    }
+  });
+  if (issues.issues.length > 0) throw new ConfigError(file, issues.issues);
 }
 
 /**

@@ -78,6 +78,11 @@ export class StoreMap {
   }
 }
 
+/** A master's slot name as read: a number (an unquoted 101) as its text. */
+function slotName(value: unknown): unknown {
+  return typeof value === 'number' ? String(value) : value;
+}
+
 /** Reads a store-map document; `globalBackend` is the config's backend section that stores override. */
 export function readStoreMap(doc: unknown, version: number, globalBackend: BackendConfig, profiles: ReadonlyMap<string, BackendConfig>, resolvePath: (p: string) => string, issues: IssueList): StoreMap {
   const root = readSection(doc, '', ['stores'], issues) ?? {};
@@ -112,8 +117,11 @@ export function readStoreMap(doc: unknown, version: number, globalBackend: Backe
       slots.set(slotName, slot);
     }
     if (slots.size === 0) issues.add(at(path, 'slots'), 'at least one slot', o['slots']);
-    const currentMaster = str(o, 'current_master', path, issues);
-    const preferredMaster = str(o, 'preferred_master', path, issues, currentMaster);
+    // A slot named by a number (`current_master: 101`, a slot `101:`) is that slot: the file
+    // source has refused any number that does not read back as the text written (0101, 1e3).
+    const masters = { current_master: slotName(o['current_master']), preferred_master: slotName(o['preferred_master']) };
+    const currentMaster = str(masters, 'current_master', path, issues);
+    const preferredMaster = str(masters, 'preferred_master', path, issues, currentMaster);
     for (const [key, value] of [['current_master', currentMaster], ['preferred_master', preferredMaster]] as const) {
       if (value !== '' && slots.size > 0 && !slots.has(value)) issues.add(at(path, key), `one of this store's slots (${[...slots.keys()].join(', ')})`, value);
     }
