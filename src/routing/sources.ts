@@ -34,7 +34,10 @@ export interface StoreMapSource {
    * force stays either way; the caller makes it visible.
    */
   watch(onChange: () => void, onHealth?: (error: Error | null) => void): () => void;
-  /** Writes a new current master for `store` into the source of truth. */
+  /**
+   * Writes a new current master for `store` into the source of truth; a store without an explicit
+   * preferred master gets the master failed over from as its preferred master.
+   */
   setCurrentMaster(store: string, slot: string): Promise<void>;
   close(): Promise<void>;
 }
@@ -164,6 +167,14 @@ export class FileStoreMapSource implements StoreMapSource {
     const storeNode = valueNamed(doc.get('stores'), store);
     if (!isMap(storeNode)) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${store}" is not in ${this.file}`);
     // Editing the parsed document keeps the operator's comments and layout.
+    const before = storeNode.get('current_master');
+    if (!storeNode.has('preferred_master') && before !== undefined && before !== null && String(before) !== slot) {
+      // Without one, the preferred master is the current one, and would move with the failover:
+      // the store would never show as backwards. The master failed over from is written as the
+      // preferred one, next to current_master.
+      const index = storeNode.items.findIndex((pair) => isScalar(pair.key) && pair.key.value === 'current_master');
+      storeNode.items.splice(index + 1, 0, doc.createPair('preferred_master', String(before)));
+    }
     storeNode.set('current_master', slot);
     // Named per write as well as per process: two writes never share a temporary file.
     const temp = join(dirname(file), `.${basename(file)}.${process.pid}.${++this.writes}.tmp`);
@@ -491,12 +502,21 @@ export class LdapStoreMapSource implements StoreMapSource {
 
   async setCurrentMaster(store: string, slot: string): Promise<void> {
     const client = await this.connection();
-    const { searchEntries } = await client.search(this.config.baseDn, { scope: 'sub', filter: `(&(objectClass=mailfrontStore)(cn=${escapeFilterValue(store)}))`, attributes: ['cn'] });
+    const { searchEntries } = await client.search(this.config.baseDn, { scope: 'sub', filter: `(&(objectClass=mailfrontStore)(cn=${escapeFilterValue(store)}))`, attributes: ['cn', 'mailfrontCurrentMaster', 'mailfrontPreferredMaster'] });
     const entry = searchEntries[0];
     if (entry === undefined) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${store}" has no entry under ${this.config.baseDn}`);
     // A duplicate added since the map in force was read: writing to either could be the wrong one.
     if (searchEntries.length > 1) throw new MailfrontError('STOREMAP_DUPLICATE_STORE', 'config', `store "${store}" has ${searchEntries.length} entries under ${this.config.baseDn} (${searchEntries.map((e) => e.dn).join(', ')}); no failover written`);
-    await client.modify(entry.dn, new Change({ operation: 'replace', modification: new Attribute({ type: 'mailfrontCurrentMaster', values: [slot] }) }));
+    const changes = [new Change({ operation: 'replace', modification: new Attribute({ type: 'mailfrontCurrentMaster', values: [slot] }) })];
+    // Without mailfrontPreferredMaster, the preferred master is the current one, and would move
+    // with the failover: the store would never show as backwards. The master failed over from is
+    // added as the preferred one, in the same modify (an 'add': one set meanwhile fails it, and
+    // is not overwritten).
+    const before = first(entry['mailfrontCurrentMaster']);
+    if (first(entry['mailfrontPreferredMaster']) === undefined && before !== undefined && before !== slot) {
+      changes.push(new Change({ operation: 'add', modification: new Attribute({ type: 'mailfrontPreferredMaster', values: [before] }) }));
+    }
+    await client.modify(entry.dn, changes);
   }
 
   async close(): Promise<void> {

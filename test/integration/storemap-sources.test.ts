@@ -255,6 +255,30 @@ test('one store name on two LDAP entries: the map is rejected naming both, the m
   }
 });
 
+test('a failover written to an LDAP store without mailfrontPreferredMaster adds the master failed over from as its preferred master; an explicit one is kept', async () => {
+  // A tree of its own, beside ou=stores (which the other tests' source reads).
+  const base = `ou=preferred,${slapd.baseDn}`;
+  await slapd.modify(`dn: ${base}\nchangetype: add\nobjectClass: organizationalUnit\nou: preferred\n`);
+  await slapd.modify(storeLdif('pone', 2, base));
+  await slapd.modify(storeLdif('ptwo', 2, base).replace('mailfrontCurrentMaster: ptwoa', 'mailfrontCurrentMaster: ptwoa\nmailfrontPreferredMaster: ptwob'));
+  const ldap = new LdapStoreMapSource({ kind: 'ldap', urls: [slapd.url], bindDn: slapd.rootDn, bindPassword: slapd.rootPassword, baseDn: base, pollIntervalMs: POLL_MS, starttls: false, operationTimeoutMs: 2_000 });
+  const stores = async (): Promise<Record<string, { current_master?: string; preferred_master?: string }>> => ((await ldap.load()) as { stores: Record<string, { current_master?: string; preferred_master?: string }> }).stores;
+  try {
+    assert.equal((await stores())['pone']!.preferred_master, undefined);
+    await ldap.setCurrentMaster('pone', 'poneb');
+    await ldap.setCurrentMaster('ptwo', 'ptwob');
+    const after = await stores();
+    assert.deepEqual([after['pone']!.current_master, after['pone']!.preferred_master], ['poneb', 'ponea'], 'the master failed over from is the preferred one');
+    assert.deepEqual([after['ptwo']!.current_master, after['ptwo']!.preferred_master], ['ptwob', 'ptwob'], 'an explicit preferred master is kept');
+    // Back again: the preferred master stays.
+    await ldap.setCurrentMaster('pone', 'ponea');
+    const back = await stores();
+    assert.deepEqual([back['pone']!.current_master, back['pone']!.preferred_master], ['ponea', 'ponea']);
+  } finally {
+    await ldap.close();
+  }
+});
+
 test('the file source with watch off reports a good look at the start of its "watch" and at each good read, so its health does not read as down for ever', async () => {
   const dir = tmpDir('storemap-unwatched');
   const file = join(dir.path, 'stores.yaml');
