@@ -599,7 +599,7 @@ export class LdapDirectory implements Directory {
         continue;
       }
       try {
-        const { searchEntries, searchReferences } = await this.timed('search', () =>
+        const { searchEntries } = await this.timed('search', () =>
           connection.client.search(this.config.baseDn, {
             scope: 'sub',
             filter,
@@ -613,18 +613,6 @@ export class LdapDirectory implements Directory {
             timeLimit: Math.ceil(this.config.operationTimeoutMs / 1000),
           }),
         );
-        // Continuation references (RFC 4511 §4.5.3): parts of base_dn are held by other servers,
-        // which mailfront does not follow. What this server sent is not the whole answer: no
-        // entry is not an unknown user (a failed login, counted by the throttle), and one entry
-        // may not be the only one.
-        if (searchReferences.length > 0) {
-          const shown = searchReferences.slice(0, 3).map((uri) => JSON.stringify(uri.slice(0, 200)));
-          throw new MailfrontError(
-            'LDAP_SEARCH_REFERRED',
-            'auth-tempfail',
-            `the user search on ${connection.url} was referred elsewhere for part of ${this.config.baseDn} (${shown.join(', ')}${searchReferences.length > shown.length ? ', ...' : ''}), and mailfront does not follow referrals: point directory.urls at servers that hold the whole subtree, or directory.base_dn below the referral`,
-          );
-        }
         if (searchEntries.length === 0) return null;
         if (searchEntries.length > 1) throw new MailfrontError('LDAP_AMBIGUOUS_USER', 'auth-tempfail', `the user search found more than one entry for "${user}"`);
         const entry = searchEntries[0]!;

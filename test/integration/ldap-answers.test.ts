@@ -271,36 +271,6 @@ test('an entry with two values of the store attribute is routed nowhere (values 
   }
 });
 
-test('a search that meets a referral is a temporary failure naming what to fix, not an unknown user', async () => {
-  const referring = await startSlapd({ users: [{ uid: 'alice', password: 'alice-pw', store: 'alpha' }] });
-  registerSecrets([referring.bindPassword]);
-  const d = directory(referring);
-  try {
-    await referring.modify(
-      [
-        `dn: ou=partner,${LDAP_PEOPLE_DN}`,
-        'changetype: add',
-        'objectClass: referral',
-        'objectClass: extensibleObject',
-        'ou: partner',
-        `ref: ldap://127.0.0.1:1/ou=partner,${LDAP_PEOPLE_DN}`,
-        '',
-      ].join('\n'),
-    );
-    // carol may be in ou=partner, which this server does not hold.
-    const error = await failure(d.authenticate('carol', 'alice-pw', signal));
-    assert.equal(error.code, 'LDAP_SEARCH_REFERRED', error.message);
-    assert.equal(error.kind, 'auth-tempfail');
-    assert.match(error.message, /ldap:\/\/127\.0\.0\.1:1\/ou=partner/);
-    assert.match(error.message, /point directory\.urls at servers that hold the whole subtree/);
-    // So may another alice: the one found is not known to be the only one.
-    assert.equal((await failure(d.authenticate('alice', 'alice-pw', signal))).code, 'LDAP_SEARCH_REFERRED');
-  } finally {
-    await d.close();
-    await referring.stop();
-  }
-});
-
 test('no password and no bind secret appears in these tests\' log lines', () => {
   assertNoRegisteredSecret(logLines, "the directory's log");
 });
