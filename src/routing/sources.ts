@@ -409,7 +409,15 @@ export class LdapStoreMapSource implements StoreMapSource {
    * between the start-up load and the first poll.
    */
   async load(): Promise<unknown> {
-    const reading = await this.read();
+    let reading: Awaited<ReturnType<LdapStoreMapSource['read']>>;
+    try {
+      reading = await this.read();
+    } catch (error) {
+      // A load that failed (LDAP down) is not the last one loaded: the next poll that reads the
+      // same map reports it, and its reload tells that the source is good again.
+      this.lastFingerprint = '';
+      throw error;
+    }
     this.lastFingerprint = reading.fingerprint;
     if ('rejected' in reading) throw reading.rejected;
     return reading.document;

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import { after, before, test } from 'node:test';
 import { parse, stringify } from 'yaml';
-import { LineClient, startDovecot, startSlapd } from './servers/index.js';
+import { LDAP_STORES_DN, LineClient, startDovecot, startSlapd } from './servers/index.js';
 import type { Dovecot, Slapd } from './servers/index.js';
 import { registerSecrets, startFront, waitForLog } from './front.js';
 import type { Front, StoreSpec } from './front.js';
@@ -33,8 +33,8 @@ after(async () => {
 });
 
 /** Every sample of /metrics, by name and labels as exposed. */
-async function samples(): Promise<Map<string, number>> {
-  const { host, port } = front.mailfront.httpAddress()!;
+async function samples(of: Front = front): Promise<Map<string, number>> {
+  const { host, port } = of.mailfront.httpAddress()!;
   const body = await (await fetch(`http://${host}:${port}/metrics`)).text();
   const out = new Map<string, number>();
   for (const line of body.split('\n')) {
@@ -121,5 +121,27 @@ test('a store removed by a reload has its sessions drained, but no failover is c
     assert.equal(after.get('mailfront_failovers_total{store="alpha"}'), (before.get('mailfront_failovers_total{store="alpha"}') ?? 0) + 1);
   } finally {
     client.close();
+  }
+});
+
+test('an LDAP store map unreadable at a reload: the next poll that reads it again, unchanged, is a successful load', async () => {
+  await slapd.modify([`dn: cn=alpha,${LDAP_STORES_DN}`, 'changetype: add', 'objectClass: mailfrontStore', 'cn: alpha', 'mailfrontCurrentMaster: a1', '', `dn: cn=a1,cn=alpha,${LDAP_STORES_DN}`, 'changetype: add', 'objectClass: mailfrontSlot', 'cn: a1', 'mailfrontHost: 127.0.0.1', `mailfrontImapPort: ${dovecot.imapPort}`, ''].join('\n'));
+  const ldapFront = await startFront({ slapd, stores, storeMapLdapBase: LDAP_STORES_DN });
+  try {
+    const metricsOf = (): Promise<Map<string, number>> => samples(ldapFront);
+    assert.equal((await metricsOf()).get(LAST_SUCCESS), 1);
+    await slapd.stopOnly();
+    try {
+      assert.equal((await ldapFront.mailfront.reloadStoreMap('test')).ok, false);
+      assert.equal((await metricsOf()).get(LAST_SUCCESS), 0);
+    } finally {
+      await slapd.startAgain();
+    }
+    // No reload asked for: the poll (every 100 ms here) finds the same map and has it loaded.
+    const deadline = Date.now() + 10_000;
+    while ((await metricsOf()).get(LAST_SUCCESS) !== 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    assert.equal((await metricsOf()).get(LAST_SUCCESS), 1, 'the gauge stayed at 0 after LDAP came back');
+  } finally {
+    await ldapFront.stop();
   }
 });
