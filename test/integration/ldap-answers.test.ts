@@ -10,7 +10,7 @@ import { LdapDirectory } from '../../src/auth/ldap.js';
 import type { DirectoryConfig } from '../../src/config/schema.js';
 import { createLogger } from '../../src/log.js';
 import { assertNoRegisteredSecret, registerPasswords, registerSecrets, suiteLogWriter } from './front.js';
-import { startSlapd } from './servers/index.js';
+import { directoryConfigOf, startSlapd } from './servers/index.js';
 import type { Slapd } from './servers/index.js';
 import { LDAP_PEOPLE_DN, LDAP_SERVICE_DN } from './servers/slapd.js';
 import { mailfrontFailure as failure } from '../mailfront-failure.js';
@@ -36,25 +36,7 @@ after(async () => {
 });
 
 function directory(server: Slapd, overrides: Partial<DirectoryConfig> = {}): LdapDirectory {
-  return new LdapDirectory(
-    {
-      urls: [server.url],
-      bindDn: server.bindDn,
-      bindPassword: server.bindPassword,
-      baseDn: server.usersDn,
-      userFilter: '(&(objectClass=inetOrgPerson)(uid={user}))',
-      storeAttribute: 'mailStore',
-      starttls: false,
-      connectTimeoutMs: 500,
-      operationTimeoutMs: 1000,
-      entryCacheTtlMs: 0,
-      authCacheTtlMs: 0,
-      cacheMaxEntries: 1000,
-      searchConnections: 2,
-      ...overrides,
-    },
-    log,
-  );
+  return new LdapDirectory(directoryConfigOf(server, overrides), log);
 }
 
 test('a uid found twice is refused as ambiguous even when the server limits the service account to one entry', async () => {

@@ -12,7 +12,7 @@ import type { DirectoryConfig } from '../../src/config/schema.js';
 import { createLogger } from '../../src/log.js';
 import { Metrics } from '../../src/metrics.js';
 import { assertNoRegisteredSecret, registerPasswords, registerSecrets, suiteLogWriter } from './front.js';
-import { freePort, startSlapd } from './servers/index.js';
+import { directoryConfigOf, freePort, startSlapd } from './servers/index.js';
 import type { Slapd } from './servers/index.js';
 import { mailfrontFailure as failure } from '../mailfront-failure.js';
 
@@ -38,27 +38,7 @@ after(async () => {
 });
 
 function directory(overrides: Partial<DirectoryConfig>, metrics?: Metrics): LdapDirectory {
-  return new LdapDirectory(
-    {
-      urls: [slapd.url],
-      bindDn: slapd.bindDn,
-      bindPassword: slapd.bindPassword,
-      baseDn: slapd.usersDn,
-      userFilter: '(&(objectClass=inetOrgPerson)(uid={user}))',
-      storeAttribute: 'mailStore',
-      starttls: false,
-      connectTimeoutMs: 500,
-      operationTimeoutMs: 1000,
-      entryCacheTtlMs: 0,
-      authCacheTtlMs: 0,
-      cacheMaxEntries: 1000,
-      // Two, so that every test also runs searches over more than one connection.
-      searchConnections: 2,
-      ...overrides,
-    },
-    log,
-    metrics,
-  );
+  return new LdapDirectory(directoryConfigOf(slapd, overrides), log, metrics);
 }
 
 

@@ -8,6 +8,7 @@ import { makeCerts } from './certs.js';
 import { freePort } from './ports.js';
 import { lifecycleOf, restartable, run, spawnDaemon, waitForPort, type Daemon } from './process.js';
 import { tmpDir, type TmpDir } from './tmp.js';
+import type { DirectoryConfig } from '../../../src/config/schema.js';
 
 export const LDAP_BASE_DN = 'dc=example,dc=org';
 export const LDAP_PEOPLE_DN = `ou=people,${LDAP_BASE_DN}`;
@@ -222,6 +223,30 @@ function baseLdif(servicePassword: string): string {
     ldifLine('userPassword', sshaHash(servicePassword)),
     '',
   ].join('\n');
+}
+
+/**
+ * The directory section of a mailfront talking to `server` directly, for tests of LdapDirectory:
+ * short deadlines, no caches, two search connections (so that searches also run over more than
+ * one connection).
+ */
+export function directoryConfigOf(server: Slapd, overrides: Partial<DirectoryConfig> = {}): DirectoryConfig {
+  return {
+    urls: [server.url],
+    bindDn: server.bindDn,
+    bindPassword: server.bindPassword,
+    baseDn: server.usersDn,
+    userFilter: '(&(objectClass=inetOrgPerson)(uid={user}))',
+    storeAttribute: 'mailStore',
+    starttls: false,
+    connectTimeoutMs: 500,
+    operationTimeoutMs: 1000,
+    entryCacheTtlMs: 0,
+    authCacheTtlMs: 0,
+    cacheMaxEntries: 1000,
+    searchConnections: 2,
+    ...overrides,
+  };
 }
 
 export async function startSlapd(options: SlapdOptions): Promise<Slapd> {
