@@ -5,7 +5,7 @@
  * Must not: log, bind sockets, or watch files (the caller decides when to reload and what to say).
  */
 import { readFileSync } from 'node:fs';
-import { X509Certificate, constants } from 'node:crypto';
+import { X509Certificate, constants, createPrivateKey } from 'node:crypto';
 import { createSecureContext } from 'node:tls';
 import type { SecureContext, SecureContextOptions } from 'node:tls';
 import type { TlsFiles } from '../config/schema.js';
@@ -148,12 +148,24 @@ export class TlsContextHolder {
       return fail((error as NodeJS.ErrnoException).code ?? String(error));
     }
     let certificate: CertificateInfo;
+    let x509: X509Certificate;
     try {
-      const x509 = new X509Certificate(cert);
+      x509 = new X509Certificate(cert);
       certificate = { subject: x509.subject.replace(/\n/g, ', '), validFrom: new Date(x509.validFrom), validTo: new Date(x509.validTo), fingerprint256: x509.fingerprint256 };
     } catch (error) {
       return fail(`not a PEM certificate (${error instanceof Error ? error.message : String(error)})`);
     }
+    // The key must be the first certificate's (the server's own, before its chain). OpenSSL
+    // checks that only for a key of the certificate's own type: an EC key with an RSA
+    // certificate (a move to ECDSA half done), or a chain file in the wrong order, loads, and
+    // every handshake then fails.
+    let matches: boolean;
+    try {
+      matches = x509.checkPrivateKey(createPrivateKey(key));
+    } catch (error) {
+      return fail(`the key cannot be read (${error instanceof Error ? error.message : String(error)})`);
+    }
+    if (!matches) fail('the key does not belong to the certificate (the first certificate of the file must be the server\'s own, its chain after it)');
     // Starting with an expired certificate is the operator's call; replacing a working one with it is not.
     if (checkValidity) {
       const now = this.now();

@@ -220,3 +220,20 @@ test('unusable files at start-up are a config error naming them', () => {
   );
   assert.throws(() => new TlsContextHolder({ cert: certs.certFile, key: other.key }), /TLS|key values mismatch|cannot use/);
 });
+
+test('a key of another type than its certificate, or a chain file in the wrong order, is refused (OpenSSL loads both, and every handshake fails)', async () => {
+  // An RSA certificate with an EC key: a move to ECDSA half done.
+  const rsa = { cert: join(dir, 'rsa.crt'), key: join(dir, 'rsa.key') };
+  await run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', rsa.key, '-out', rsa.cert, '-days', '30', '-subj', '/CN=rsa.test']);
+  assert.throws(() => new TlsContextHolder({ cert: rsa.cert, key: other.key }), /the key does not belong to the certificate/);
+  assert.throws(() => new TlsContextHolder({ cert: other.cert, key: rsa.key }), /the key does not belong to the certificate/);
+  // The chain before the server's certificate.
+  const reversed = join(dir, 'reversed.crt');
+  await writeFile(reversed, (await readFile(certs.caFile, 'utf8')) + (await readFile(certs.certFile, 'utf8')));
+  assert.throws(() => new TlsContextHolder({ cert: reversed, key: certs.keyFile }), /the key does not belong to the certificate/);
+  // The right order serves, and each pair of its own type still loads.
+  const chained = join(dir, 'chained.crt');
+  await writeFile(chained, (await readFile(certs.certFile, 'utf8')) + (await readFile(certs.caFile, 'utf8')));
+  assert.equal(new TlsContextHolder({ cert: chained, key: certs.keyFile }).certificate.fingerprint256, new X509Certificate(await readFile(certs.certFile)).fingerprint256);
+  assert.equal(new TlsContextHolder(rsa).certificate.subject, 'CN=rsa.test');
+});
