@@ -18,6 +18,7 @@ import { Session } from '../session/session.js';
 import type { SessionContext } from '../session/session.js';
 import { acceptProxyHeader, socketEndpoints } from './proxy-protocol.js';
 import { TlsContextHolder } from './tls-config.js';
+import type { CertificateInfo } from './tls-config.js';
 import type { ConnectionEndpoints } from './proxy-protocol.js';
 import type { ConnectionLimiter } from './connection-limits.js';
 
@@ -172,12 +173,18 @@ export class Listener {
     else if (this.tls === undefined || next.certificate.cert !== loaded?.cert || next.certificate.key !== loaded.key) {
       // Other files in place of a working certificate: an expired one is refused, as on a re-read.
       this.tls = new TlsContextHolder(next.certificate, policy, Date.now, this.tls !== undefined);
+      this.logCertificate(next.name, this.tls.certificate);
     } else {
       const result = this.tls.reload(policy);
       if (!result.ok) throw result.error;
-      this.log.info({ event: 'listener.certificate_reloaded', listener: next.name, subject: result.certificate.subject, validTo: result.certificate.validTo, fingerprint: result.certificate.fingerprint256 }, 'certificate reloaded');
+      this.logCertificate(next.name, result.certificate);
     }
     this.listenerConfig = next;
+  }
+
+  /** Which certificate a listener serves from now on (a reload re-read it, or took other files). */
+  private logCertificate(listener: string, certificate: CertificateInfo): void {
+    this.log.info({ event: 'listener.certificate_reloaded', listener, subject: certificate.subject, validTo: certificate.validTo, fingerprint: certificate.fingerprint256 }, 'certificate reloaded');
   }
 
   /** The address actually bound (useful with port 0 in tests). */
@@ -313,7 +320,8 @@ export class Listener {
       server.listen({ host: config.host, port: config.port, backlog: 1024 }, () => {
         server.off('error', onError);
         server.on('error', (error) => this.log.error({ event: 'listener.error', listener: config.name, err: error.message }, 'listener error'));
-        this.log.info({ event: 'listener.bound', listener: config.name, protocol: config.protocol, address: `${config.host}:${this.address().port}`, tls: config.tls, proxyProtocol: config.proxyProtocol !== undefined }, 'listening');
+        const certificate = this.tls?.certificate;
+        this.log.info({ event: 'listener.bound', listener: config.name, protocol: config.protocol, address: `${config.host}:${this.address().port}`, tls: config.tls, proxyProtocol: config.proxyProtocol !== undefined, ...(certificate !== undefined ? { subject: certificate.subject, validTo: certificate.validTo, fingerprint: certificate.fingerprint256 } : {}) }, 'listening');
         resolve();
       });
     });

@@ -424,7 +424,8 @@ export class Session {
     });
     secure.on('error', (error) => {
       if (!this.tlsActive) {
-        this.log.info({ event: 'session.tls_failed', err: error.message }, 'TLS handshake failed');
+        // As the implicit-TLS listener's line says it (the session's own lines before it are debug).
+        this.log.info({ event: 'session.tls_failed', listener: this.listenerName, client: this.clientAddress, reason: 'error', err: error.message }, 'TLS handshake failed');
         this.finish('tls-failed');
       }
     });

@@ -814,6 +814,51 @@ test('a reload while the server stops is refused and binds nothing', async () =>
   }
 });
 
+test('the certificate a listener serves is logged: at bind, and when a reload points it at other files', async () => {
+  const hex = (fingerprint: unknown): string => String(fingerprint).replace(/:/g, '').toLowerCase();
+  const bound = front.logs.find((l) => l['event'] === 'listener.bound' && l['listener'] === 'imaps');
+  assert.ok(bound !== undefined, 'no listener.bound line for imaps');
+  assert.equal(hex(bound['fingerprint']), await servedFingerprint(front.imapsPort));
+  assert.ok(typeof bound['subject'] === 'string' && typeof bound['validTo'] === 'string');
+
+  const dir = tmpDir('othercert');
+  const original = readFileSync(front.configFile, 'utf8');
+  try {
+    const [cert, key] = [join(dir.path, 'other.pem'), join(dir.path, 'other.key')];
+    await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=other-files.test']);
+    writeListeners(original, (listeners) => {
+      listeners.find((l) => l['name'] === 'imaps')!['certificate'] = { cert, key };
+    });
+    const mark = front.logs.length;
+    const reloaded = await front.mailfront.reload();
+    assert.equal(reloaded.ok, true, reloaded.error);
+    const line = front.logs.slice(mark).find((l) => l['event'] === 'listener.certificate_reloaded' && l['listener'] === 'imaps');
+    assert.ok(line !== undefined, 'no listener.certificate_reloaded line for the new files');
+    assert.equal(line['subject'], 'CN=other-files.test');
+    assert.equal(hex(line['fingerprint']), await servedFingerprint(front.imapsPort));
+  } finally {
+    await restoreConfig(original);
+    await dir.remove();
+  }
+});
+
+test('a STARTTLS handshake that fails is logged with the listener and the client, as an implicit-TLS one is', async () => {
+  const mark = front.logs.length;
+  const raw = await LineClient.connect(front.imapPort);
+  try {
+    await raw.readLine();
+    raw.send('a STARTTLS');
+    assert.match(await raw.readLine(), /^a OK /);
+    // Plaintext where a ClientHello should be.
+    raw.send('b LOGIN liz not-a-handshake');
+    await raw.waitClosed(5_000);
+  } finally {
+    raw.close();
+  }
+  const failed = await waitForLog(front, (l) => l['event'] === 'session.tls_failed', 5_000, mark);
+  assert.deepEqual([failed['listener'], failed['client'], failed['reason']], ['imap', '127.0.0.1', 'error']);
+});
+
 test('a reload that names other certificate files refuses an expired certificate, and the working one stays', async () => {
   const dir = tmpDir('expiredcert');
   const original = readFileSync(front.configFile, 'utf8');
