@@ -32,6 +32,7 @@ import { pop3Adapter } from './protocol/pop3/index.js';
 import type { ProtocolAdapter } from './protocol/types.js';
 import { SessionRegistry } from './proxy/registry.js';
 import type { SessionEntry } from './proxy/registry.js';
+import type { Cancellation } from './cancel.js';
 import { StoreMapHolder } from './routing/holder.js';
 import type { MasterChange, ReloadResult } from './routing/holder.js';
 import { createStoreMapSource } from './routing/sources.js';
@@ -526,7 +527,7 @@ export class Mailfront {
   }
 
   /** Probes a slot with the protocol it serves (IMAP when it has an IMAP port). */
-  private probe(slot: Slot, signal: AbortSignal): Promise<void> {
+  private probe(slot: Slot, signal: Cancellation): Promise<void> {
     const store = this.holder.current.stores.get(slot.store);
     if (store === undefined) return Promise.reject(new Error('store left the map'));
     const protocol = slot.imapPort !== undefined || slot.imapsPort !== undefined ? 'imap' : slot.pop3Port !== undefined || slot.pop3sPort !== undefined ? 'pop3' : 'managesieve';
