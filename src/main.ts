@@ -15,7 +15,7 @@ import { LdapDirectory } from './auth/ldap.js';
 import { SlotHealthMonitor } from './backend/health.js';
 import { Throttle } from './auth/throttle.js';
 import { ConnectionLimiter } from './server/connection-limits.js';
-import { forgetBackendCaFiles, probeSlot } from './backend/connect.js';
+import { backendFor, forgetBackendCaFiles, probeSlot } from './backend/connect.js';
 import { buildStoreMap, loadConfig } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { Metrics } from './metrics.js';
@@ -532,13 +532,14 @@ export class Mailfront {
     if (store === undefined) return Promise.reject(new Error('store left the map'));
     const protocol = slot.imapPort !== undefined || slot.imapsPort !== undefined ? 'imap' : slot.pop3Port !== undefined || slot.pop3sPort !== undefined ? 'pop3' : 'managesieve';
     const { probeUser, probePassword } = this.config.health;
+    const backend = backendFor(protocol, store.backend);
     const login =
       probeUser !== undefined && probePassword !== undefined
-        ? ADAPTERS[protocol].createBackendLogin({ mode: 'replay', user: probeUser, password: probePassword, starttls: store.backend.tls === 'starttls' })
+        ? ADAPTERS[protocol].createBackendLogin({ mode: 'replay', user: probeUser, password: probePassword, starttls: backend.tls === 'starttls' })
         : undefined;
     // A slot behind a PROXY-protocol port expects a header; LOCAL says "a check, no client".
-    const header = store.backend.proxyProtocol === 'v2' ? encodeProxyV2Local() : store.backend.proxyProtocol === 'v1' ? Buffer.from('PROXY UNKNOWN\r\n') : null;
-    return probeSlot(slot, protocol, store.backend, signal, login, header);
+    const header = backend.proxyProtocol === 'v2' ? encodeProxyV2Local() : backend.proxyProtocol === 'v1' ? Buffer.from('PROXY UNKNOWN\r\n') : null;
+    return probeSlot(slot, protocol, backend, signal, login, header);
   }
 
   /**

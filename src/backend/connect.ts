@@ -25,13 +25,23 @@ export interface BackendSession {
   readonly leftover: Uint8Array;
 }
 
+/**
+ * The backend settings a `protocol` login uses. ManageSieve has no implicit-TLS port (RFC 5804
+ * knows STARTTLS only): under `tls: implicit`, which asks for TLS to the backends, its logins do
+ * STARTTLS on the slot's sieve_port. The other protocols use the settings as they are.
+ */
+export function backendFor(protocol: Protocol, config: BackendConfig): BackendConfig {
+  return protocol === 'managesieve' && config.tls === 'implicit' ? { ...config, tls: 'starttls' } : config;
+}
+
 /** The TCP port of `slot` for `protocol` under the backend TLS mode; throws `no-route` if the slot has none. */
 export function slotPort(slot: Slot, protocol: Protocol, tls: BackendConfig['tls']): number {
   const implicit = tls === 'implicit';
   const ports: Record<Protocol, [number | undefined, string]> = {
     imap: implicit ? [slot.imapsPort, 'imaps_port'] : [slot.imapPort, 'imap_port'],
     pop3: implicit ? [slot.pop3sPort, 'pop3s_port'] : [slot.pop3Port, 'pop3_port'],
-    managesieve: implicit ? [undefined, 'sieve_port with backend tls other than implicit'] : [slot.sievePort, 'sieve_port'],
+    // Under implicit, ManageSieve does STARTTLS on sieve_port (backendFor()).
+    managesieve: [slot.sievePort, 'sieve_port'],
   };
   const [port, key] = ports[protocol];
   if (port === undefined) {

@@ -19,7 +19,7 @@ import type { ConnectionLease, ConnectionLimiter } from '../server/connection-li
 import { backendProxyHeader, plainAddress, proxySignatureSoFar } from '../server/proxy-protocol.js';
 import type { ConnectionEndpoints } from '../server/proxy-protocol.js';
 import { FORBIDDEN_IN_USER, normalizeUser } from '../auth/directory.js';
-import { CLOSED_AFTER_LOGIN, IDENTITY_REFUSED, assertedIdentityProblem, dialSlot, loginToBackend } from '../backend/connect.js';
+import { CLOSED_AFTER_LOGIN, IDENTITY_REFUSED, assertedIdentityProblem, backendFor, dialSlot, loginToBackend } from '../backend/connect.js';
 import type { BackendSession } from '../backend/connect.js';
 import type { Config, ListenerConfig } from '../config/schema.js';
 import { MailfrontError, asMailfrontError } from '../errors.js';
@@ -624,7 +624,8 @@ export class Session {
     }
   }
 
-  private async connectBackend(slot: Slot, backendConfig: Config['backend'], user: string, password: string, cancel: Cancellation): Promise<BackendSession> {
+  private async connectBackend(slot: Slot, storeBackend: Config['backend'], user: string, password: string, cancel: Cancellation): Promise<BackendSession> {
+    const backendConfig = backendFor(this.adapter.name, storeBackend);
     // Checked before the slot is dialled: nothing of such a login reaches the backend. Kind
     // not-authorized: the password was right, so it is no failure for the throttle; a name of
     // the directory that is also the backend's administrator or the proxy account is a setup

@@ -522,24 +522,26 @@ describe('ManageSieve through mailfront: scripts land in the right store', () =>
     assert.match(login, /\brip=127\.0\.0\.2,/, login);
   });
 
-  test('backend STARTTLS to Dovecot, verified against the CA file', async () => {
-    await front.writeStores({
-      ...storesAtStart,
-      alpha: { ...storesAtStart['alpha']!, backend: { tls: 'starttls', ca_file: alphaMaster.caFile!, tls_servername: 'localhost' } },
-    });
-    await front.mailfront.reloadStoreMap();
-    const logBefore = (await alphaMaster.readLog()).length;
-    try {
-      const client = await loggedIn('alice', PASSWORDS.alice);
-      const list = await client.ok('LISTSCRIPTS');
-      assert.ok(list.data.some((l) => l.text === '"mf-alpha" ACTIVE'));
-      client.close();
-      assert.match((await alphaMaster.readLog()).slice(logBefore), /managesieve-login: Info: Login: user=<alice>, method=PLAIN, .*\bTLS\b/);
-    } finally {
-      await front.writeStores(storesAtStart);
+  for (const tls of ['starttls', 'implicit'] as const) {
+    test(`backend tls ${tls}: STARTTLS to Dovecot's sieve_port (ManageSieve has no implicit-TLS port), verified against the CA file`, async () => {
+      await front.writeStores({
+        ...storesAtStart,
+        alpha: { ...storesAtStart['alpha']!, backend: { tls, ca_file: alphaMaster.caFile!, tls_servername: 'localhost' } },
+      });
       await front.mailfront.reloadStoreMap();
-    }
-  });
+      const logBefore = (await alphaMaster.readLog()).length;
+      try {
+        const client = await loggedIn('alice', PASSWORDS.alice);
+        const list = await client.ok('LISTSCRIPTS');
+        assert.ok(list.data.some((l) => l.text === '"mf-alpha" ACTIVE'));
+        client.close();
+        assert.match((await alphaMaster.readLog()).slice(logBefore), /managesieve-login: Info: Login: user=<alice>, method=PLAIN, .*\bTLS\b/);
+      } finally {
+        await front.writeStores(storesAtStart);
+        await front.mailfront.reloadStoreMap();
+      }
+    });
+  }
 });
 
 describe('ManageSieve failures', () => {
