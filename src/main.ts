@@ -353,6 +353,10 @@ export class Mailfront {
           throw error;
         }
       } catch (caught) {
+        // Not put in force at its new address (a port in use, say): the listener of that name
+        // goes on serving the address it served, as the config in force before had it.
+        const served = before.find((l) => !kept.has(l) && l.config.name === listenerConfig.name);
+        if (served !== undefined) kept.add(served);
         unboundByReload.add(listenerConfig.name);
         const error = atListener(caught, i, listenerConfig);
         problems.push(error instanceof Error ? error.message : String(error));

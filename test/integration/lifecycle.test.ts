@@ -735,6 +735,30 @@ test('a listener a reload could not bind leaves the instance ready, reported as 
   assert.equal((await front.mailfront.readiness()).ready, true);
 });
 
+test('a reload that moves a listener to a port in use leaves it serving the port it served, and the instance ready', async () => {
+  const original = readFileSync(front.configFile, 'utf8');
+  const squatter = createServer((socket) => socket.destroy());
+  await new Promise<void>((resolve, reject) => {
+    squatter.once('error', reject);
+    squatter.listen(0, '127.0.0.1', resolve);
+  });
+  const taken = (squatter.address() as { port: number }).port;
+  try {
+    writeListeners(original, (listeners) => {
+      listeners.find((l) => l['name'] === 'imap-webmail')!['port'] = taken;
+    });
+    const moved = await front.mailfront.reload();
+    assert.equal(moved.ok, false);
+    assert.match(moved.error ?? '', /EADDRINUSE/);
+    assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /, 'the old port is still served');
+    assert.equal((await front.mailfront.readiness()).ready, true);
+  } finally {
+    await new Promise<void>((resolve) => squatter.close(() => resolve()));
+    await restoreConfig(original);
+  }
+  assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /);
+});
+
 test('a reload that replaces the directory lets the logins already asking the old one finish there', async () => {
   const original = readFileSync(front.configFile, 'utf8');
   assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /, 'the service connection is open');
