@@ -91,41 +91,64 @@ export class FileStoreMapSource implements StoreMapSource {
       clearTimeout(timer);
       timer = setTimeout(onChange, 100);
     };
-    /** A watch of `file`'s folder that hears `file` only. */
-    const watchFile = (file: string): FSWatcher => {
-      const watcher = watch(dirname(file), { persistent: false }, (_event, name) => {
-        if (name === null || name === basename(file)) changed();
-      });
-      // The watch has ended (its folder removed, say): edits are not seen until the next reload.
-      watcher.on('error', (error) => onHealth?.(new Error(`${this.file} is no longer watched: ${error.message}`)));
-      return watcher;
-    };
+    const unwatched = (error: unknown): void => onHealth?.(new Error(`${this.file} is no longer watched: ${error instanceof Error ? error.message : String(error)}`));
     // A symbolic link (/etc/mailfront/stores.yaml -> /var/lib/mailfront/stores.yaml) is watched
     // twice: its own folder for the link being replaced, and its target's folder for edits of
-    // the file (they raise no event in the link's folder). Once the link points elsewhere, the
-    // new target's folder is watched instead of the old one.
+    // the file (they raise no event in the link's folder). A link on the way may be replaced
+    // rather than the file's own: a Kubernetes ConfigMap is stores.yaml -> ..data/stores.yaml,
+    // ..data -> ..<timestamp>, and an update points ..data at a new timestamped folder (an event
+    // named "..data", not "stores.yaml") and removes the old one with the target's watch on it.
+    // So every event of either watch resolves the link again, and once it names another file
+    // that file's folder is watched instead, and the file read again.
     let linkWatcher: FSWatcher | undefined;
     let target: { readonly file: string; readonly watcher: FSWatcher } | undefined;
-    const watchTarget = (): void => {
+    /** Watches the folder of the file the link names now; true when that is another file than before. */
+    const watchTarget = (): boolean => {
       const file = symlinkTarget(this.file);
-      if (file === target?.file) return;
+      if (file === target?.file) return false;
       target?.watcher.close();
       target = undefined;
-      if (file !== undefined) target = { file, watcher: watchFile(file) };
+      if (file !== undefined) {
+        const watcher = watchFolder(file);
+        // No error is raised for a removed folder on Linux (its watch hears its removal, as an
+        // event, and then nothing); one that is (an inotify queue overflow, say): resolve again.
+        watcher.on('error', (error) => {
+          if (target?.watcher !== watcher) return;
+          watcher.close();
+          target = undefined;
+          try {
+            watchTarget();
+          } catch {
+            // Reported below.
+          }
+          changed();
+          if (target === undefined) unwatched(error);
+        });
+        target = { file, watcher };
+      }
+      return true;
     };
-    try {
-      linkWatcher = watchFile(this.file);
-      linkWatcher.on('change', (_event, name) => {
-        if (name !== null && name !== basename(this.file)) return;
-        try {
-          watchTarget();
-        } catch (error) {
-          onHealth?.(new Error(`${this.file} is no longer watched: ${error instanceof Error ? error.message : String(error)}`));
-        }
+    const repoint = (): void => {
+      try {
+        if (watchTarget()) changed();
+      } catch (error) {
+        unwatched(error);
+      }
+    };
+    /** A watch of `file`'s folder: an event naming `file` is a change; every event resolves the link again. */
+    const watchFolder = (file: string): FSWatcher =>
+      watch(dirname(file), { persistent: false }, (_event, name) => {
+        if (name === null || name === basename(file)) changed();
+        repoint();
       });
+    try {
+      linkWatcher = watchFolder(this.file);
+      // The watch has ended (its folder removed, say): edits are not seen until the next reload.
+      linkWatcher.on('error', unwatched);
       watchTarget();
     } catch (error) {
       linkWatcher?.close();
+      target?.watcher.close();
       // No inotify watch left, say: the file is read on SIGHUP and `mailfront reload` only.
       onHealth?.(new Error(`${this.file} cannot be watched: ${error instanceof Error ? error.message : String(error)}`));
       return () => undefined;

@@ -1,7 +1,8 @@
 // A store-map file reached through a symbolic link (/etc/mailfront/stores.yaml ->
 // /var/lib/mailfront/stores.yaml, as configuration management lays it out): edits of the file the
 // link names are heard, in place or by rename, as is the link being pointed at another file; and
-// a failover is written to that file, leaving the link a link.
+// a failover is written to that file, leaving the link a link. A link on the way replaced (a
+// Kubernetes ConfigMap's ..data) is heard as well, update after update.
 import assert from 'node:assert/strict';
 import { lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -67,6 +68,45 @@ test('a symlinked store-map file: edits of the file it names are heard, in place
       writeFileSync(other, document('a1'));
       await heard('an edit of the file the link now names');
       assert.equal(masterIn(await source.load()), 'a1');
+    } finally {
+      stop();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a store-map file published as a Kubernetes ConfigMap volume (stores.yaml -> ..data/stores.yaml, ..data -> ..<timestamp>): each update is heard, not only the first', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mf-storemap-configmap-'));
+  let published = 0;
+  // As the kubelet's atomic writer does: the new content in a new timestamped folder, a
+  // temporary link to it renamed over ..data, then the old folder removed. The link named by the
+  // configuration is never touched; only ..data changes, and the folder the file was in goes.
+  const publish = (master: string): void => {
+    const folder = `..2024_01_01_00_00_0${++published}.000000001`;
+    mkdirSync(join(dir, folder));
+    writeFileSync(join(dir, folder, 'stores.yaml'), document(master));
+    const old = published > 1 ? readlinkSync(join(dir, '..data')) : undefined;
+    symlinkSync(folder, join(dir, '..data_tmp'));
+    renameSync(join(dir, '..data_tmp'), join(dir, '..data'));
+    if (old !== undefined) rmSync(join(dir, old), { recursive: true });
+  };
+  publish('a1');
+  const file = join(dir, 'stores.yaml');
+  symlinkSync('..data/stores.yaml', file);
+  const source = new FileStoreMapSource(file, true);
+  const { onChange, heard } = nextChange();
+  const health: Array<Error | null> = [];
+  try {
+    assert.equal(masterIn(await source.load()), 'a1');
+    const stop = source.watch(onChange, (error) => health.push(error));
+    try {
+      for (const [update, master] of ['a2', 'a1', 'a2'].entries()) {
+        publish(master);
+        await heard(`update ${update + 1} of the ConfigMap`);
+        assert.equal(masterIn(await source.load()), master);
+      }
+      assert.deepEqual(health, [null], 'the watch was never reported lost');
     } finally {
       stop();
     }
