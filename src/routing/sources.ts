@@ -11,7 +11,7 @@ import { readCaCertificates } from '../ca-file.js';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { ConnectionOptions } from 'node:tls';
 import { Attribute, Change, Client, SizeLimitExceededError } from 'ldapts';
-import { isMap, isScalar, parseDocument } from 'yaml';
+import { isMap, isScalar, LineCounter, parseDocument } from 'yaml';
 import type { YAMLMap } from 'yaml';
 import { escapeFilterValue, LdapAnswerRefusedError, ldapBytesReceived, openLdapClient } from '../auth/ldap.js';
 import { ConfigError, readStoreMapFile } from '../config/load.js';
@@ -187,7 +187,7 @@ export class FileStoreMapSource implements StoreMapSource {
     const text = await readFile(file, 'utf8');
     const doc = parseDocument(text);
     // By the name the map was read with: an unquoted `101:` is the number 101 to the document.
-    const storeNode = valueNamed(doc.get('stores'), store);
+    const storeNode = valueNamed(doc.get('stores'), store, this.file);
     if (!isMap(storeNode)) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${store}" is not in ${this.file}`);
     // Editing the parsed document keeps the operator's comments and layout.
     const before = storeNode.get('current_master');
@@ -233,10 +233,16 @@ export class FileStoreMapSource implements StoreMapSource {
   async close(): Promise<void> {}
 }
 
-/** The value of the entry of a YAML mapping whose key reads as `name` (an unquoted `101` as "101"). */
-function valueNamed(map: unknown, name: string): unknown {
+/**
+ * The value of the entry of a YAML mapping whose key reads as `name` (an unquoted `101` as "101").
+ * Two such keys (`101:` and `"101":`, added since the map in force was read) name no entry: the
+ * map would be read from the last one, and the one edited would be a guess.
+ */
+function valueNamed(map: unknown, name: string, file: string): unknown {
   if (!isMap(map)) return undefined;
-  return map.items.find((pair) => String(isScalar(pair.key) ? pair.key.value : pair.key) === name)?.value;
+  const named = map.items.filter((pair) => String(isScalar(pair.key) ? pair.key.value : pair.key) === name);
+  if (named.length > 1) throw new MailfrontError('STOREMAP_DUPLICATE_STORE', 'config', `store "${name}" has ${named.length} keys in ${file} (an unquoted number and the same name quoted, say); no failover written`);
+  return named[0]?.value;
 }
 
 /**
@@ -244,7 +250,9 @@ function valueNamed(map: unknown, name: string): unknown {
  * unquoted 0101, 1e3 or 0x1A is the number 101, 1000 or 26, which names store "101", "1000",
  * "26" without a word; true, null or 1.50 no name written either. A number that reads back as
  * written (101) is that name, as it always was. The map's text is needed for this: the document
- * `readStoreMapFile` gives holds the numbers only.
+ * `readStoreMapFile` gives holds the numbers only. Two keys that read as one name (`101:` and
+ * `"101":`, which YAML holds distinct, a number and a string) are refused too: the map would hold
+ * the last one, and a failover would be written to the first.
  */
 function checkNames(text: string, file: string): void {
   const issues = new IssueList();
@@ -256,15 +264,25 @@ function checkNames(text: string, file: string): void {
       issues.add(path, `${what} YAML reads as written: quote it ("${written ?? String(node.value)}")`, node.value);
     } else issues.addFinding(path, `${what} written as plain text`, 'a key that is a mapping, a list or an alias');
   };
+  const lines = new LineCounter();
   const entries = (map: unknown, path: string, what: string, each: (value: unknown, path: string) => void): void => {
     if (!isMap(map)) return;
+    /** The keys seen so far by the name they read as: as written, and on which line. */
+    const seen = new Map<string, string>();
     for (const pair of (map as YAMLMap).items) {
       const name = isScalar(pair.key) ? String(pair.key.source ?? pair.key.value) : String(pair.key);
       asWritten(pair.key, at(path, name), what);
+      if (isScalar(pair.key) && pair.key.range) {
+        const written = `${text.slice(pair.key.range[0], pair.key.range[1])} (line ${lines.linePos(pair.key.range[0]).line})`;
+        const named = String(pair.key.value);
+        const before = seen.get(named);
+        if (before === undefined) seen.set(named, written);
+        else issues.addFinding(at(path, name), `${what} given once (keep one of the keys)`, `${before} and ${written}, both read as "${named}"`);
+      }
       each(pair.value, at(path, name));
     }
   };
-  const doc = parseDocument(text);
+  const doc = parseDocument(text, { lineCounter: lines });
   entries(doc.get('stores'), 'stores', 'a store name', (store, path) => {
     if (!isMap(store)) return;
     entries(store.get('slots'), at(path, 'slots'), 'a slot name', () => undefined);

@@ -96,3 +96,68 @@ test('store and slot names, and masters, that YAML does not read as written are 
     remove();
   }
 });
+
+test('two keys that read as one name (101: and "101":, a store or a slot of one) are refused, naming where; the map in force stays', async () => {
+  const { file, remove } = mapFile(
+    [
+      'stores:',
+      '  101:',
+      '    current_master: a1',
+      '    slots:',
+      '      a1: { host: 127.0.0.1, imap_port: 10143 }',
+      '      a2: { host: 127.0.0.1, imap_port: 10144 }',
+      '  beta:',
+      '    current_master: b1',
+      '    slots:',
+      '      b1: { host: 127.0.0.1, imap_port: 10145 }',
+      '      201: { host: 127.0.0.1, imap_port: 10146 }',
+      '',
+    ].join('\n'),
+  );
+  try {
+    const holder = new StoreMapHolder(new FileStoreMapSource(file, false), config, createLogger('silent'), { changes: () => undefined });
+    const loaded = await holder.reload('start');
+    assert.equal(loaded.ok, true, loaded.error);
+    // Added later: the same names quoted. YAML holds them apart (a number and a string); the map
+    // would be read from the second, a failover written to the first.
+    writeFileSync(
+      file,
+      readFileSync(file, 'utf8').replace('      201: {', '      "201": { host: 127.0.0.1, imap_port: 10148 }\n      201: {') +
+        ['  "101":', '    current_master: c1', '    slots:', '      c1: { host: 127.0.0.1, imap_port: 10147 }', ''].join('\n'),
+    );
+    const rejected = await new FileStoreMapSource(file, false).load().then(
+      () => assert.fail('the map was taken'),
+      (error: Error) => error,
+    );
+    assert.ok(rejected.message.includes('stores.101: expected a store name given once (keep one of the keys), found 101 (line 2) and "101" (line 13), both read as "101"'), rejected.message);
+    assert.ok(rejected.message.includes('stores.beta.slots.201: expected a slot name given once (keep one of the keys), found "201" (line 11) and 201 (line 12), both read as "201"'), rejected.message);
+    // A failover of the store is not written to either key.
+    const before = readFileSync(file, 'utf8');
+    await assert.rejects(holder.failover('101', 'a2'), /store "101" has 2 keys in .*no failover written/);
+    assert.equal(readFileSync(file, 'utf8'), before, 'the file was edited');
+    assert.equal(holder.current.stores.get('101')?.currentMaster, 'a1', 'the map in force changed');
+  } finally {
+    remove();
+  }
+});
+
+test('a key given twice as written (a store, a slot, a setting) is refused by the YAML reader, naming its line', async () => {
+  const slot = (port: number): string => `{ host: 127.0.0.1, imap_port: ${port} }`;
+  for (const [text, line] of [
+    [`stores:\n  alpha: { current_master: a1, slots: { a1: ${slot(10143)} } }\n  alpha: { current_master: a2, slots: { a2: ${slot(10144)} } }\n`, 3],
+    [`stores:\n  alpha:\n    current_master: a1\n    slots:\n      a1: ${slot(10143)}\n      a1: ${slot(10144)}\n`, 6],
+    [`stores:\n  alpha:\n    current_master: a1\n    current_master: a2\n    slots:\n      a1: ${slot(10143)}\n      a2: ${slot(10144)}\n`, 4],
+    [`stores:\n  "alpha": { current_master: a1, slots: { a1: ${slot(10143)} } }\n  'alpha': { current_master: a2, slots: { a2: ${slot(10144)} } }\n`, 3],
+  ] as const) {
+    const { file, remove } = mapFile(text);
+    try {
+      const rejected = await new FileStoreMapSource(file, false).load().then(
+        () => assert.fail(`the map was taken: ${text}`),
+        (error: Error) => error,
+      );
+      assert.match(rejected.message, new RegExp(`line ${line} column \\d+: expected each key at most once in a mapping`), text);
+    } finally {
+      remove();
+    }
+  }
+});
