@@ -10,7 +10,7 @@ import { chmod, chown, readFile, realpath, rename, rm, stat, writeFile } from 'n
 import { readCaCertificates } from '../ca-file.js';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { ConnectionOptions } from 'node:tls';
-import { Attribute, Change, Client, SizeLimitExceededError } from 'ldapts';
+import { Attribute, Change, Client, ResultCodeError, SizeLimitExceededError } from 'ldapts';
 import { isMap, isScalar, LineCounter, parseDocument } from 'yaml';
 import type { YAMLMap } from 'yaml';
 import { escapeFilterValue, LdapAnswerRefusedError, ldapBytesReceived, openLdapClient } from '../auth/ldap.js';
@@ -18,6 +18,7 @@ import { ConfigError, readStoreMapFile } from '../config/load.js';
 import type { StoreMapSourceConfig } from '../config/schema.js';
 import { IssueList, at } from '../config/validate.js';
 import { asMailfrontError, MailfrontError } from '../errors.js';
+import type { Logger } from '../log.js';
 import { MAX_STOREMAP_LDAP_ANSWER_BYTES } from '../limits.js';
 
 /** A store-map source. */
@@ -41,6 +42,17 @@ export interface StoreMapSource {
   setCurrentMaster(store: string, slot: string): Promise<void>;
   close(): Promise<void>;
 }
+
+/**
+ * LDAP result codes of a failover's modify that its add of mailfrontPreferredMaster may have
+ * caused: insufficientAccessRights (50), the bind account allowed to write mailfrontCurrentMaster
+ * only; attributeOrValueExists (20) and constraintViolation (19), one added meanwhile.
+ */
+const PREFERRED_MASTER_ADD_FAILURES: ReadonlyMap<number, string> = new Map([
+  [50, 'the bind account may not write mailfrontPreferredMaster (insufficientAccessRights); until it may, or one is set by hand, the store does not show as backwards'],
+  [20, 'one was added meanwhile (attributeOrValueExists), and is kept'],
+  [19, 'one was added meanwhile (constraintViolation), and is kept'],
+]);
 
 /** How many times a failover is made again on a file that changed while it was written. */
 const FAILOVER_WRITE_ATTEMPTS = 5;
@@ -390,10 +402,14 @@ export class LdapStoreMapSource implements StoreMapSource {
   /** The URL of the server that last took our bind: the one tried first on the next connection. */
   private answered: string | undefined;
 
-  /** `ca`: store_map.ldap.ca_file's content as the caller read it; read here when not given. */
+  /**
+   * `ca`: store_map.ldap.ca_file's content as the caller read it; read here when not given. `log`
+   * hears what a failover wrote less of than asked (no preferred master, not allowed to).
+   */
   constructor(
     private readonly config: Extract<StoreMapSourceConfig, { kind: 'ldap' }>,
     ca: Buffer | undefined = config.caFile ? readCaCertificates(config.caFile, 'store_map.ldap.ca_file') : undefined,
+    private readonly log?: Logger,
   ) {
     this.description = `ldap ${config.baseDn}`;
     this.maxAnswerBytes = config.maxAnswerBytes ?? MAX_STOREMAP_LDAP_ANSWER_BYTES;
@@ -556,16 +572,29 @@ export class LdapStoreMapSource implements StoreMapSource {
     if (entry === undefined) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${store}" has no entry under ${this.config.baseDn}`);
     // A duplicate added since the map in force was read: writing to either could be the wrong one.
     if (searchEntries.length > 1) throw new MailfrontError('STOREMAP_DUPLICATE_STORE', 'config', `store "${store}" has ${searchEntries.length} entries under ${this.config.baseDn} (${searchEntries.map((e) => e.dn).join(', ')}); no failover written`);
-    const changes = [new Change({ operation: 'replace', modification: new Attribute({ type: 'mailfrontCurrentMaster', values: [slot] }) })];
+    const current = new Change({ operation: 'replace', modification: new Attribute({ type: 'mailfrontCurrentMaster', values: [slot] }) });
     // Without mailfrontPreferredMaster, the preferred master is the current one, and would move
     // with the failover: the store would never show as backwards. The master failed over from is
     // added as the preferred one, in the same modify (an 'add': one set meanwhile fails it, and
     // is not overwritten).
     const before = first(entry['mailfrontCurrentMaster']);
     if (first(entry['mailfrontPreferredMaster']) === undefined && before !== undefined && before !== slot) {
-      changes.push(new Change({ operation: 'add', modification: new Attribute({ type: 'mailfrontPreferredMaster', values: [before] }) }));
+      try {
+        await client.modify(entry.dn, [current, new Change({ operation: 'add', modification: new Attribute({ type: 'mailfrontPreferredMaster', values: [before] }) })]);
+        return;
+      } catch (error) {
+        // The failover is what matters, during an incident: a bind account that may write
+        // mailfrontCurrentMaster only (all a failover needed before it added the preferred master),
+        // or a preferred master added meanwhile, must not fail it. A modify is all or nothing,
+        // so nothing of it was written: the current master alone is.
+        const why = error instanceof ResultCodeError ? PREFERRED_MASTER_ADD_FAILURES.get(error.code) : undefined;
+        if (why === undefined) throw error;
+        await client.modify(entry.dn, [current]);
+        this.log?.warn({ event: 'storemap.failover_preferred_master_not_written', store, dn: entry.dn, from: before, to: slot, reason: why }, `failover of store "${store}" written without adding its preferred master ${before}: ${why}`);
+        return;
+      }
     }
-    await client.modify(entry.dn, changes);
+    await client.modify(entry.dn, [current]);
   }
 
   async close(): Promise<void> {
@@ -575,7 +604,10 @@ export class LdapStoreMapSource implements StoreMapSource {
   }
 }
 
-/** The source a config names; `ca`: its LDAP CA file's content when the caller read it already. */
-export function createStoreMapSource(config: StoreMapSourceConfig, ca?: Buffer): StoreMapSource {
-  return config.kind === 'file' ? new FileStoreMapSource(config.file, config.watch, config.baseDir) : new LdapStoreMapSource(config, ca);
+/**
+ * The source a config names; `ca`: its LDAP CA file's content when the caller read it already;
+ * `log`: hears what a source has to say besides its health (a failover written in part).
+ */
+export function createStoreMapSource(config: StoreMapSourceConfig, ca?: Buffer, log?: Logger): StoreMapSource {
+  return config.kind === 'file' ? new FileStoreMapSource(config.file, config.watch, config.baseDir) : new LdapStoreMapSource(config, ca, log);
 }

@@ -9,6 +9,7 @@ import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { chmodSync, chownSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { Attribute, Change, Client, InsufficientAccessError } from 'ldapts';
 import { FileStoreMapSource, LdapStoreMapSource } from '../../src/routing/sources.js';
 import { StoreMapHolder } from '../../src/routing/holder.js';
 import { createLogger } from '../../src/log.js';
@@ -276,6 +277,55 @@ test('a failover written to an LDAP store without mailfrontPreferredMaster adds 
     assert.deepEqual([back['pone']!.current_master, back['pone']!.preferred_master], ['ponea', 'ponea']);
   } finally {
     await ldap.close();
+  }
+});
+
+test('a failover through a bind account that may write mailfrontCurrentMaster only is written without the preferred master, and says so; with the access the README gives, it is added', async () => {
+  // As the ACLs of a directory set up before failovers wrote the preferred master: the service
+  // account may write the current master of the store entries and read the rest.
+  const restricted = await startSlapd({ users: [], access: [`access to dn.subtree="${LDAP_STORES_DN}" attrs=mailfrontCurrentMaster by dn.exact="${LDAP_SERVICE_DN}" write by * break`] });
+  // As the README says to grant it.
+  const granted = await startSlapd({ users: [], access: [`access to dn.subtree="${LDAP_STORES_DN}" attrs=mailfrontCurrentMaster,mailfrontPreferredMaster by dn.exact="${LDAP_SERVICE_DN}" write by * break`] });
+  const logs: Array<Record<string, unknown>> = [];
+  const ldap = new LdapStoreMapSource({ kind: 'ldap', urls: [restricted.url], bindDn: restricted.bindDn, bindPassword: restricted.bindPassword, baseDn: LDAP_STORES_DN, pollIntervalMs: POLL_MS, starttls: false, operationTimeoutMs: 2_000 }, undefined, createLogger('info', { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) }));
+  const stores = async (): Promise<Record<string, { current_master?: string; preferred_master?: string }>> => ((await ldap.load()) as { stores: Record<string, { current_master?: string; preferred_master?: string }> }).stores;
+  try {
+    await restricted.modify(storeLdif('rone', 2));
+    await restricted.modify(storeLdif('rtwo', 2).replace('mailfrontCurrentMaster: rtwoa', 'mailfrontCurrentMaster: rtwoa\nmailfrontPreferredMaster: rtwoa'));
+    // The ACL holds: this account may not add the preferred master on its own.
+    const client = new Client({ url: restricted.url });
+    try {
+      await client.bind(restricted.bindDn, restricted.bindPassword);
+      await assert.rejects(client.modify(`cn=rone,${LDAP_STORES_DN}`, [new Change({ operation: 'add', modification: new Attribute({ type: 'mailfrontPreferredMaster', values: ['ronea'] }) })]), InsufficientAccessError);
+    } finally {
+      await client.unbind();
+    }
+    await ldap.setCurrentMaster('rone', 'roneb');
+    const after = await stores();
+    assert.deepEqual([after['rone']!.current_master, after['rone']!.preferred_master], ['roneb', undefined], 'the failover is written, the preferred master is not');
+    const warned = logs.filter((l) => l['event'] === 'storemap.failover_preferred_master_not_written');
+    assert.equal(warned.length, 1, JSON.stringify(logs));
+    assert.equal(warned[0]!['level'], 'warn');
+    assert.equal(warned[0]!['store'], 'rone');
+    assert.match(String(warned[0]!['msg']), /store "rone" written without adding its preferred master ronea: the bind account may not write mailfrontPreferredMaster \(insufficientAccessRights\)/);
+    // A store with a preferred master needs no more than the account may write: nothing to say.
+    await ldap.setCurrentMaster('rtwo', 'rtwob');
+    assert.deepEqual([(await stores())['rtwo']!.current_master, (await stores())['rtwo']!.preferred_master], ['rtwob', 'rtwoa']);
+    assert.equal(logs.length, 1, JSON.stringify(logs));
+
+    const allowed = new LdapStoreMapSource({ kind: 'ldap', urls: [granted.url], bindDn: granted.bindDn, bindPassword: granted.bindPassword, baseDn: LDAP_STORES_DN, pollIntervalMs: POLL_MS, starttls: false, operationTimeoutMs: 2_000 }, undefined, createLogger('info', { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) }));
+    try {
+      await granted.modify(storeLdif('rone', 2));
+      await allowed.setCurrentMaster('rone', 'roneb');
+      const store = ((await allowed.load()) as { stores: Record<string, { current_master?: string; preferred_master?: string }> }).stores['rone']!;
+      assert.deepEqual([store.current_master, store.preferred_master], ['roneb', 'ronea'], 'the master failed over from is the preferred one');
+      assert.equal(logs.length, 1, JSON.stringify(logs));
+    } finally {
+      await allowed.close();
+    }
+  } finally {
+    await ldap.close();
+    await Promise.all([restricted.stop(), granted.stop()]);
   }
 });
 

@@ -53,6 +53,14 @@ export interface SlapdOptions {
    * (the rootdn has none). Without it every account has the global `sizelimit 1000`.
    */
   readonly limits?: readonly string[];
+  /**
+   * `access` directives of the database (slapd.access(5)), each one whole ("access to WHAT by
+   * WHO ACCESS ..."), placed before the default ones: slapd takes the first that matches an
+   * entry and attribute, so they narrow or widen the defaults for what they name. E.g. write on
+   * mailfrontCurrentMaster of the store entries for the service account, which may only read
+   * everything else.
+   */
+  readonly access?: readonly string[];
 }
 
 export interface Slapd {
@@ -144,7 +152,7 @@ function userEntry(user: SlapdUser): string {
   return `${lines.join('\n')}\n`;
 }
 
-function slapdConf(dir: string, rootPassword: string, tls: { certFile: string; keyFile: string; caFile: string } | undefined, limits: readonly string[] = []): string {
+function slapdConf(dir: string, rootPassword: string, tls: { certFile: string; keyFile: string; caFile: string } | undefined, limits: readonly string[] = [], access: readonly string[] = []): string {
   const lines = [
     '# mailfront test slapd',
     'include /etc/ldap/schema/core.schema',
@@ -178,6 +186,7 @@ function slapdConf(dir: string, rootPassword: string, tls: { certFile: string; k
     'index cn eq',
     ...limits.map((limit) => `limits ${limit}`),
     '',
+    ...access,
     '# Passwords: only for binding (anonymous auth); a user may change its own; nobody reads them.',
     'access to attrs=userPassword',
     '  by self =w',
@@ -262,7 +271,7 @@ export async function startSlapd(options: SlapdOptions): Promise<Slapd> {
     const logFile = join(dir, 'slapd.log');
     await mkdir(join(dir, 'data'), { mode: 0o700 });
     await writeFile(join(dir, 'mailfront.schema'), MAILFRONT_SCHEMA);
-    await writeFile(confFile, slapdConf(dir, rootPassword, certs, options.limits));
+    await writeFile(confFile, slapdConf(dir, rootPassword, certs, options.limits, options.access));
     const ldif = [baseLdif(bindPassword), ...options.users.map(userEntry)].join('\n');
     await writeFile(join(dir, 'data.ldif'), ldif, { mode: 0o600 });
     await run('slapadd', ['-q', '-f', confFile, '-l', join(dir, 'data.ldif')]);
