@@ -168,7 +168,7 @@ export class Mailfront {
     this.trusted = new CidrSet(config.trustedNetworks);
     this.throttle = this.createThrottle(config);
     this.limiter = new ConnectionLimiter(config.connectionLimits);
-    this.holder = new StoreMapHolder(createStoreMapSource(config.storeMap, caContent(caFiles.storeMap)), () => this.config, log, {
+    this.holder = new StoreMapHolder(createStoreMapSource(config.storeMap, caContent(caFiles.storeMap), log), () => this.config, log, {
       changes: (changes) => this.drain(changes),
       installed: (map) => metrics.storeMapInForce(map.version, map.stores),
       loaded: () => metrics.storeMapLoaded(),
@@ -298,7 +298,7 @@ export class Mailfront {
     try {
       next = loadConfig(previous.file);
       caFiles = readCaFiles(next);
-      if (changed('storeMap')) storeMapSource = createStoreMapSource(next.storeMap, caContent(caFiles.storeMap));
+      if (changed('storeMap')) storeMapSource = createStoreMapSource(next.storeMap, caContent(caFiles.storeMap), this.log);
       await this.checkStoreMap(next, storeMapSource);
       if (this.ownsDirectory && changed('directory')) directory = createDirectory(next, this.log, this.metrics, caFiles.directory);
     } catch (error) {
