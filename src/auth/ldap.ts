@@ -75,9 +75,10 @@ function raceAbort<T>(promise: Promise<T>, signal: Cancellation): Promise<T> {
 const MAX_IDLE_BIND_CONNECTIONS = 16;
 
 /**
- * How long a server that failed a login's search or bind is passed over while another of
- * directory.urls is not: a first server that fails in part (binds that hang, searches past the
- * deadline) would otherwise cost every login its deadline before the retry on the next one.
+ * How long a server that failed a login's search or bind, or could not be reached, is passed
+ * over while another of directory.urls is not: a first server that fails in part (binds that
+ * hang, searches past the deadline) would otherwise cost every login its deadline before the
+ * retry on the next one.
  */
 export const SERVER_HOLD_DOWN_MS = 30_000;
 
@@ -402,7 +403,7 @@ export class LdapDirectory implements Directory {
   private readonly entries: LRUCache<string, FoundEntry> | null;
   /** Counts forget() calls: a search that began before one does not cache its answer. */
   private forgets = 0;
-  /** url → until when (ms since the epoch) it is passed over: it failed a login (see SERVER_HOLD_DOWN_MS). */
+  /** url → until when (ms since the epoch) it is passed over: it failed a login or could not be reached (see SERVER_HOLD_DOWN_MS). */
   private readonly heldDown = new Map<string, number>();
   /** Service connections taken out of their slot, each closed by its timer once the searches on it are past their deadline. */
   private readonly retiring = new Map<Client, NodeJS.Timeout>();
@@ -457,11 +458,12 @@ export class LdapDirectory implements Directory {
 
   /**
    * Passes `url` over for SERVER_HOLD_DOWN_MS: it failed a login as a server (no answer, an
-   * answer past the deadline or the byte bound, busy or unavailable), and there are others.
+   * answer past the deadline or the byte bound, busy or unavailable), or could not be reached,
+   * and there are others.
    */
   private holdDown(url: string, reason: string): void {
-    if (this.config.urls.every((other) => other === url)) return;
-    if (!this.isHeldDown(url)) this.log.warn({ event: 'directory.server_held_down', url, forMs: SERVER_HOLD_DOWN_MS, reason }, 'a directory server failed a login; the others are tried first for a while');
+    if (this.closed || this.config.urls.every((other) => other === url)) return;
+    if (!this.isHeldDown(url)) this.log.warn({ event: 'directory.server_held_down', url, forMs: SERVER_HOLD_DOWN_MS, reason }, 'a directory server failed; the others are tried first for a while');
     this.heldDown.set(url, Date.now() + SERVER_HOLD_DOWN_MS);
   }
 
@@ -487,7 +489,8 @@ export class LdapDirectory implements Directory {
   /**
    * Takes `connection` out of its slot, so that the next search opens one on another server,
    * without cutting short the other searches under way on it (they would fail as if the
-   * server had): it is closed once their deadline has passed.
+   * server had): it is closed once their deadline has passed, unless the slot's reopening finds
+   * no other server and takes it back (see serviceConnection()).
    */
   private retire(slot: ServiceSlot, connection: ServiceConnection): void {
     if (slot.open !== connection) return;
@@ -502,8 +505,15 @@ export class LdapDirectory implements Directory {
     this.retiring.set(client, timer);
   }
 
-  /** The slot's bound service connection, opened on the first server that answers (other than `avoid`; held-down ones last). */
-  private serviceConnection(slot: ServiceSlot, avoid?: string): Promise<ServiceConnection> {
+  /**
+   * The slot's bound service connection, opened on the first server that answers (other than
+   * `avoid`; held-down ones last). A server that cannot be reached (connect, StartTLS or the
+   * service bind fails or passes its deadline) is held down too: else a server held down for a
+   * failed search would be passed over for it, and each login would wait out its deadline before
+   * coming back. `retired`: the connection the slot is moving off (see retire()); reached in
+   * turn, its server is not opened again, the connection is taken back.
+   */
+  private serviceConnection(slot: ServiceSlot, avoid?: string, retired?: ServiceConnection): Promise<ServiceConnection> {
     // A directory replaced by a reload is closed while its last logins still run: they get no
     // new connection (one opened now would never be closed).
     if (this.closed) return Promise.reject(closedError());
@@ -514,14 +524,23 @@ export class LdapDirectory implements Directory {
         for (const url of this.urlsInTurn()) {
           if (this.closed) throw closedError();
           if (url === avoid) continue;
+          // Every server before it in turn failed: the connection on it is kept, not replaced
+          // by a new one to the same server (one per login while the others are down).
+          const taken = retired !== undefined && retired.url === url ? this.takeBack(retired) : null;
+          if (taken !== null) {
+            if (slot.opening === self.opening) slot.open = taken;
+            return taken;
+          }
           let client: Client;
           try {
             client = await this.timed('service-bind', () => this.openBound(url, this.config.bindDn, this.config.bindPassword));
           } catch (error) {
-            failures.push(`${url}: ${error instanceof Error ? error.message : String(error)}`);
+            const why = `${url}: ${error instanceof Error ? error.message : String(error)}`;
+            failures.push(why);
             if (error instanceof InvalidCredentialsError) {
               this.log.error({ event: 'directory.service_bind_refused', url, bindDn: this.config.bindDn }, 'the directory refused the service account');
             }
+            this.holdDown(url, `no service connection: ${why}`);
             continue;
           }
           // Closed while this connection was being opened: close() did not see it.
@@ -542,6 +561,15 @@ export class LdapDirectory implements Directory {
       });
     }
     return slot.opening;
+  }
+
+  /** `connection`, retired and not yet closed, back out of `retiring`; null when it was closed or cannot carry a request. */
+  private takeBack(connection: ServiceConnection): ServiceConnection | null {
+    const timer = this.retiring.get(connection.client);
+    if (timer === undefined || !usable(connection.client)) return null;
+    clearTimeout(timer);
+    this.retiring.delete(connection.client);
+    return connection;
   }
 
   private dropService(slot: ServiceSlot, connection: ServiceConnection): void {
@@ -590,7 +618,7 @@ export class LdapDirectory implements Directory {
       // it was opened): it moves to another.
       if (connection.url === avoid?.url || this.keptOff(connection.url)) {
         this.retire(slot, connection);
-        connection = await this.serviceConnection(slot, avoid?.url);
+        connection = await this.serviceConnection(slot, avoid?.url, connection);
       }
       // Another search of the slot reopened it on that server meanwhile.
       if (avoid !== undefined && connection.url === avoid.url) throw avoid.failure;

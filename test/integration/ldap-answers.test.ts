@@ -127,15 +127,17 @@ function ldapMessages(buffer: Buffer): { messages: { bytes: Buffer; op: number }
  * A relay in front of an LDAP server that fails in part, as a first server may: with
  * `searchAnswerDelayMs`, search answers come that late (past the operation deadline); with
  * `userBindsHang`, a connection whose first bind is not the service account's is never answered
- * (user binds hang). Counts the searches and user binds sent through it.
+ * (user binds hang). Read at each message, so a test may change them. Counts the connections
+ * made to it, and the searches and user binds sent through it.
  */
 async function partlyFailingRelay(
   port: number,
   how: { readonly searchAnswerDelayMs?: number; readonly userBindsHang?: boolean },
-): Promise<{ readonly url: string; readonly searches: number; readonly userBinds: number; close(): Promise<void> }> {
-  const counts = { searches: 0, userBinds: 0 };
+): Promise<{ readonly url: string; readonly connections: number; readonly searches: number; readonly userBinds: number; close(): Promise<void> }> {
+  const counts = { connections: 0, searches: 0, userBinds: 0 };
   const sockets = new Set<Socket>();
   const server = createServer((client) => {
+    counts.connections++;
     const upstream = netConnect(port, '127.0.0.1');
     for (const socket of [client, upstream]) {
       sockets.add(socket);
@@ -178,6 +180,9 @@ async function partlyFailingRelay(
   const { port: relayPort } = server.address() as AddressInfo;
   return {
     url: `ldap://127.0.0.1:${relayPort}`,
+    get connections() {
+      return counts.connections;
+    },
     get searches() {
       return counts.searches;
     },
@@ -223,6 +228,94 @@ test('a first server whose searches answer but whose user binds hang: the login 
     await second.pause();
     try {
       assert.equal((await failure(d.authenticate('alice', 'alice-pw', signal))).kind, 'auth-tempfail');
+    } finally {
+      second.resume();
+    }
+  } finally {
+    await d.close();
+    await relay.close();
+    await second.stop();
+  }
+});
+
+/** A server that accepts connections and never answers on them (a host whose slapd hangs); counts the connections. */
+async function silentServer(): Promise<{ readonly url: string; readonly connections: number; close(): Promise<void> }> {
+  const sockets = new Set<Socket>();
+  let connections = 0;
+  const server = createServer((socket) => {
+    connections++;
+    sockets.add(socket);
+    socket.on('error', () => undefined);
+    socket.on('close', () => sockets.delete(socket));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `ldap://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    get connections() {
+      return connections;
+    },
+    close: async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+for (const next of ['hangs', 'is down'] as const) {
+  test(`a first server held down for a slow search while the next one ${next}: later logins stay on the first, without trying the next one or opening connections`, async () => {
+    const hung = await silentServer();
+    // A server that is down: nothing listens on its port.
+    if (next === 'is down') await hung.close();
+    const how: { searchAnswerDelayMs?: number } = { searchAnswerDelayMs: 1_500 };
+    const relay = await partlyFailingRelay(slapd.port, how);
+    const mark = logLines.length;
+    const d = directory(slapd, { urls: [relay.url, hung.url], searchConnections: 1 });
+    try {
+      // A slow search on the first server (a load spike), and no answer from the next: a temporary failure.
+      assert.equal((await failure(d.authenticate('alice', 'alice-pw', signal))).kind, 'auth-tempfail');
+      // The first server answers again; the hung one is held down as well, so it is not "another
+      // that answers": the first is used in its turn.
+      delete how.searchAnswerDelayMs;
+      assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha', 'login 2');
+      const { connections } = relay;
+      const hungConnections = hung.connections;
+      for (let i = 3; i <= 5; i++) assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha', `login ${i}`);
+      // Each of them would otherwise have moved the search connection off the first server, waited
+      // for the hung one, and opened a new connection to the first.
+      assert.equal(hung.connections, hungConnections, 'no later login tried the next server');
+      assert.equal(relay.connections, connections, 'no later login opened a connection to the first server');
+      const held = linesSince(mark).filter((l) => l['event'] === 'directory.server_held_down');
+      assert.deepEqual(held.map((l) => l['url']), [relay.url, hung.url], JSON.stringify(held));
+    } finally {
+      await d.close();
+      await relay.close();
+      if (next === 'hangs') await hung.close();
+    }
+  });
+}
+
+test('a search connection moving off a held-down first server keeps its connection there when the next server cannot be reached', async () => {
+  const second = await startSlapd({ users: [{ uid: 'alice', password: 'alice-pw', store: 'alpha' }], servicePassword: slapd.bindPassword });
+  const how: { searchAnswerDelayMs?: number } = {};
+  const relay = await partlyFailingRelay(slapd.port, how);
+  // Two search connections, taken in turn by the logins' searches.
+  const d = directory(slapd, { urls: [relay.url, second.url], searchConnections: 2 });
+  try {
+    // Logins 1 and 2 open the two search connections on the first server.
+    for (let i = 1; i <= 2; i++) assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha', `login ${i}`);
+    // Login 3's search (first connection) fails there: the first server is held down, the
+    // connection moves to the second server, where the login goes on.
+    how.searchAnswerDelayMs = 1_500;
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha', 'login 3');
+    delete how.searchAnswerDelayMs;
+    // The second server hangs. Login 4's search (second connection, still on the first server)
+    // tries to move to the second, which does not answer: it is held down, and the connection to
+    // the first server is kept rather than replaced by a new one.
+    await second.pause();
+    try {
+      const { connections } = relay;
+      assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha', 'login 4');
+      assert.equal(relay.connections, connections, 'login 4 opened no connection to the first server');
     } finally {
       second.resume();
     }
