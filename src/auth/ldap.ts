@@ -28,11 +28,23 @@ export function userFilter(template: string, user: string): string {
   return template.split('{user}').join(escapeFilterValue(user));
 }
 
-/** True for an error that says the server (not the request) is the problem: try the next one. */
+/** True for a search error that may be the server's (not the request's) doing: the search is tried on the next one. */
 function isServerFailure(error: unknown): boolean {
   if (!(error instanceof ResultCodeError)) return true;
   // busy (51), unavailable (52), unwillingToPerform (53), other (80)
   return [51, 52, 53, 80].includes(error.code);
+}
+
+/**
+ * True for a failure in which the server gave no answer (none within the deadline, a lost
+ * connection, an answer past the byte bound) or answered busy (51) or unavailable (52): the
+ * server is down, and it is held down. Any other result code is an answer about the entry or
+ * the request: 389 DS refuses the bind of an inactivated account with unwillingToPerform (53),
+ * and holding the server down for it would move every login off it for one user.
+ */
+function isServerDown(error: unknown): boolean {
+  if (!(error instanceof ResultCodeError)) return true;
+  return error.code === 51 || error.code === 52;
 }
 
 /**
@@ -605,7 +617,8 @@ export class LdapDirectory implements Directory {
   private async searchDirectory(user: string, avoidFirst?: { readonly url: string; readonly failure: MailfrontError }): Promise<FoundEntry | null> {
     const filter = userFilter(this.config.userFilter, user);
     // One retry after a server failure, on another server when there is one (the failed one is
-    // held down meanwhile: a first server that fails in part would fail every retry in the same
+    // held down meanwhile, unless it answered with a result code other than busy or unavailable,
+    // see isServerDown(): a first server that fails in part would fail every retry in the same
     // way, and each login would wait out its deadline twice), else on a fresh connection to the
     // same one: the kept one may have been closed by the server or be half-dead. Not when it was
     // heard from: an answer past the byte bound, or one still coming at the deadline, would come
@@ -662,7 +675,7 @@ export class LdapDirectory implements Directory {
             : new MailfrontError('LDAP_SEARCH_FAILED', 'auth-tempfail', `the user search failed on ${connection.url}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
         if (attempt === 1 || !isServerFailure(error)) throw failure;
         if (this.config.urls.some((url) => url !== connection.url)) {
-          this.holdDown(connection.url, failure.message);
+          if (isServerDown(error)) this.holdDown(connection.url, failure.message);
           avoid = { url: connection.url, failure };
           continue;
         }
@@ -760,13 +773,16 @@ export class LdapDirectory implements Directory {
     } catch (error) {
       // The server that found the entry (a cached one, perhaps found minutes ago) does not
       // answer the bind: forget the entry, look the user up again on another server (not that
-      // one, whose searches may well work while its binds do not), and bind there once. A server
-      // that failed as a server is held down, so that the next logins do not wait for it too.
+      // one, whose searches may well work while its binds do not), and bind there once. The
+      // server is held down, so that the next logins do not wait for it too. A bind it answered
+      // with a result code other than busy or unavailable stands, as in checkPassword(): the
+      // refusal is about the entry, and another server is not asked (one that has not yet
+      // replicated an inactivation, or keeps a lockout of its own, would let the user in).
       if (!(error instanceof MailfrontError) || error.code !== 'LDAP_BIND_FAILED') throw error;
       this.entries?.delete(user);
       const failedUrl = found.url;
-      if (this.config.urls.every((url) => url === failedUrl)) throw error;
-      if (isServerFailure(error.cause)) this.holdDown(failedUrl, error.message);
+      if (this.config.urls.every((url) => url === failedUrl) || !isServerDown(error.cause)) throw error;
+      this.holdDown(failedUrl, error.message);
       found = await entryOf('retry', { url: failedUrl, failure: error });
       ok = await this.checkPassword(found.url, found.dn, password);
     }

@@ -15,7 +15,7 @@ import type { Slapd } from './servers/index.js';
 import { LDAP_PEOPLE_DN, LDAP_SERVICE_DN } from './servers/slapd.js';
 import { mailfrontFailure as failure } from '../mailfront-failure.js';
 
-registerPasswords('alice-pw', 'wrong-alice-pw', 'first-dup-pw', 'second-dup-pw', 'solo-user-pw', 'two-stores-pw', 'wrong-two-stores-pw');
+registerPasswords('alice-pw', 'wrong-alice-pw', 'locked-pw', 'first-dup-pw', 'second-dup-pw', 'solo-user-pw', 'two-stores-pw', 'wrong-two-stores-pw');
 const logLines: string[] = [];
 const writeSuiteLog = suiteLogWriter();
 const log = createLogger('debug', {
@@ -90,6 +90,7 @@ function linesSince(mark: number): Record<string, unknown>[] {
 
 /** LDAP protocolOp tags (RFC 4511 §4.2, §4.5). */
 const BIND_REQUEST = 0x60;
+const BIND_RESPONSE = 0x61;
 const SEARCH_REQUEST = 0x63;
 const SEARCH_ENTRY = 0x64;
 const SEARCH_DONE = 0x65;
@@ -99,8 +100,8 @@ const SEARCH_DONE = 0x65;
  * and the bytes left over (the start of the next message). Test traffic only: short-form and
  * long-form lengths, one-byte tags.
  */
-function ldapMessages(buffer: Buffer): { messages: { bytes: Buffer; op: number }[]; rest: Buffer } {
-  const messages: { bytes: Buffer; op: number }[] = [];
+function ldapMessages(buffer: Buffer): { messages: { bytes: Buffer; id: Buffer; op: number }[]; rest: Buffer } {
+  const messages: { bytes: Buffer; id: Buffer; op: number }[] = [];
   let at = 0;
   for (;;) {
     if (buffer.length < at + 2) break;
@@ -117,22 +118,38 @@ function ldapMessages(buffer: Buffer): { messages: { bytes: Buffer; op: number }
     if (buffer.length < start + length) break;
     // SEQUENCE { messageID INTEGER, protocolOp ... }
     const idLength = buffer[start + 1]!;
-    messages.push({ bytes: buffer.subarray(at, start + length), op: buffer[start + 2 + idLength]! });
+    messages.push({ bytes: buffer.subarray(at, start + length), id: buffer.subarray(start, start + 2 + idLength), op: buffer[start + 2 + idLength]! });
     at = start + length;
   }
   return { messages, rest: buffer.subarray(at) };
 }
 
 /**
+ * An LDAPResult (RFC 4511 §4.1.9) as the protocolOp `tag` (BindResponse 0x61, SearchResultDone
+ * 0x65) to the request whose messageID is `id` (its INTEGER, tag and length included).
+ */
+function ldapResultMessage(id: Buffer, tag: number, resultCode: number, diagnosticMessage: string): Buffer {
+  const text = Buffer.from(diagnosticMessage);
+  const op = Buffer.concat([Buffer.from([tag, 7 + text.length, 0x0a, 0x01, resultCode, 0x04, 0x00, 0x04, text.length]), text]);
+  return Buffer.concat([Buffer.from([0x30, id.length + op.length]), id, op]);
+}
+
+/**
  * A relay in front of an LDAP server that fails in part, as a first server may: with
  * `searchAnswerDelayMs`, search answers come that late (past the operation deadline); with
  * `userBindsHang`, a connection whose first bind is not the service account's is never answered
- * (user binds hang). Read at each message, so a test may change them. Counts the connections
- * made to it, and the searches and user binds sent through it.
+ * (user binds hang); with `refuseBinds` (`refuseSearches`), the relay itself answers the binds
+ * of that DN (the searches whose request holds those bytes) with that result code. Read at each message, so a test may change them. Counts the connections made
+ * to it, and the searches and user binds sent through it.
  */
 async function partlyFailingRelay(
   port: number,
-  how: { readonly searchAnswerDelayMs?: number; readonly userBindsHang?: boolean },
+  how: {
+    readonly searchAnswerDelayMs?: number;
+    readonly userBindsHang?: boolean;
+    readonly refuseBinds?: { readonly dn: string; readonly resultCode: number };
+    readonly refuseSearches?: { readonly holding: string; readonly resultCode: number };
+  },
 ): Promise<{ readonly url: string; readonly connections: number; readonly searches: number; readonly userBinds: number; close(): Promise<void> }> {
   const counts = { connections: 0, searches: 0, userBinds: 0 };
   const sockets = new Set<Socket>();
@@ -154,11 +171,21 @@ async function partlyFailingRelay(
     client.on('data', (data: Buffer) => {
       const { messages, rest } = ldapMessages(Buffer.concat([fromClient, data]));
       fromClient = Buffer.from(rest);
-      for (const { bytes, op } of messages) {
-        if (op === SEARCH_REQUEST) counts.searches++;
+      for (const { bytes, id, op } of messages) {
+        if (op === SEARCH_REQUEST) {
+          counts.searches++;
+          if (how.refuseSearches !== undefined && bytes.includes(Buffer.from(how.refuseSearches.holding))) {
+            client.write(ldapResultMessage(id, SEARCH_DONE, how.refuseSearches.resultCode, 'refused by the test relay'));
+            continue;
+          }
+        }
         if (op === BIND_REQUEST) {
           userConnection ??= !bytes.includes(Buffer.from(LDAP_SERVICE_DN));
           if (userConnection) counts.userBinds++;
+          if (how.refuseBinds !== undefined && bytes.includes(Buffer.from(how.refuseBinds.dn))) {
+            client.write(ldapResultMessage(id, BIND_RESPONSE, how.refuseBinds.resultCode, 'refused by the test relay'));
+            continue;
+          }
         }
         upstream.write(bytes);
       }
@@ -322,6 +349,77 @@ test('a search connection moving off a held-down first server keeps its connecti
   } finally {
     await d.close();
     await relay.close();
+    await second.stop();
+  }
+});
+
+test('a bind refused with a result code (unwillingToPerform, an inactivated account) is an answer about the user: no server is held down for it, and no other is asked', async () => {
+  await slapd.addUser({ uid: 'locked', password: 'locked-pw', store: 'alpha' });
+  const second = await startSlapd({
+    users: [
+      { uid: 'alice', password: 'alice-pw', store: 'alpha' },
+      { uid: 'locked', password: 'locked-pw', store: 'alpha' },
+    ],
+    servicePassword: slapd.bindPassword,
+  });
+  // The first server answers the bind of uid=locked as 389 DS does for an inactivated account.
+  const how: { refuseBinds?: { readonly dn: string; readonly resultCode: number } } = { refuseBinds: { dn: slapd.userDn('locked'), resultCode: 53 } };
+  const relay = await partlyFailingRelay(slapd.port, how);
+  const next = await partlyFailingRelay(second.port, {});
+  const mark = logLines.length;
+  const d = directory(slapd, { urls: [relay.url, next.url] });
+  try {
+    const refused = await failure(d.authenticate('locked', 'locked-pw', signal));
+    assert.equal(refused.code, 'LDAP_BIND_FAILED', refused.message);
+    assert.equal(refused.kind, 'auth-tempfail');
+    // Not asked of the next server: one that has not yet replicated the inactivation (or keeps
+    // a lockout of its own) would let the user in.
+    assert.equal(next.userBinds, 0, 'the refused bind was not tried on the next server');
+    // Other users' logins stay on the first server.
+    const searches = relay.searches;
+    for (let i = 1; i <= 3; i++) assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha', `login ${i}`);
+    assert.equal(relay.searches, searches + 3);
+    assert.equal(next.searches, 0);
+    assert.deepEqual(linesSince(mark).filter((l) => l['event'] === 'directory.server_held_down'), []);
+    // Busy (51) is the server's state, not the user's: the server is held down, and the login
+    // binds on the next one.
+    how.refuseBinds = { dn: slapd.userDn('alice'), resultCode: 51 };
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha');
+    assert.equal(next.userBinds, 1);
+    const held = linesSince(mark).filter((l) => l['event'] === 'directory.server_held_down');
+    assert.deepEqual(held.map((l) => l['url']), [relay.url], JSON.stringify(held));
+  } finally {
+    await d.close();
+    await relay.close();
+    await next.close();
+    await second.stop();
+  }
+});
+
+test('a search refused with unwillingToPerform is tried on the next server, but holds no server down', async () => {
+  const second = await startSlapd({ users: [{ uid: 'alice', password: 'alice-pw', store: 'alpha' }], servicePassword: slapd.bindPassword });
+  const how = { refuseSearches: { holding: 'alice', resultCode: 53 } };
+  const relay = await partlyFailingRelay(slapd.port, how);
+  const next = await partlyFailingRelay(second.port, {});
+  const mark = logLines.length;
+  // Two search connections, taken in turn by the logins' searches.
+  const d = directory(slapd, { urls: [relay.url, next.url], searchConnections: 2 });
+  try {
+    // A refusal may be that server's doing (as before, the search is tried once more): the first
+    // search connection moves to the next server, which finds the user.
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha');
+    assert.equal(next.searches, 1);
+    // It is an answer, though: the first server is not held down, and the second search
+    // connection opens there (logins 1 and 3), while the first one stays where it moved (login 2).
+    const searches = relay.searches;
+    for (let i = 1; i <= 3; i++) assert.equal((await failure(d.authenticate('nobody', 'wrong-alice-pw', signal))).code, 'UNKNOWN_USER', `login ${i}`);
+    assert.equal(relay.searches, searches + 2);
+    assert.equal(next.searches, 2);
+    assert.deepEqual(linesSince(mark).filter((l) => l['event'] === 'directory.server_held_down'), []);
+  } finally {
+    await d.close();
+    await relay.close();
+    await next.close();
     await second.stop();
   }
 });
