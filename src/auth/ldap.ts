@@ -540,7 +540,10 @@ export class LdapDirectory implements Directory {
           // by a new one to the same server (one per login while the others are down).
           const taken = retired !== undefined && retired.url === url ? this.takeBack(retired) : null;
           if (taken !== null) {
-            if (slot.opening === self.opening) slot.open = taken;
+            // Taken back before this function's first await (its server first in turn), the
+            // opening is not the slot's yet (self.opening is set once it returns): the slot
+            // must hold the connection all the same, or it could never retire or drop it.
+            if (self.opening === undefined || slot.opening === self.opening) slot.open = taken;
             return taken;
           }
           let client: Client;

@@ -150,7 +150,7 @@ async function partlyFailingRelay(
     readonly refuseBinds?: { readonly dn: string; readonly resultCode: number };
     readonly refuseSearches?: { readonly holding: string; readonly resultCode: number };
   },
-): Promise<{ readonly url: string; readonly connections: number; readonly searches: number; readonly userBinds: number; close(): Promise<void> }> {
+): Promise<{ readonly url: string; readonly connections: number; readonly searches: number; readonly userBinds: number; cut(): void; close(): Promise<void> }> {
   const counts = { connections: 0, searches: 0, userBinds: 0 };
   const sockets = new Set<Socket>();
   const server = createServer((client) => {
@@ -215,6 +215,9 @@ async function partlyFailingRelay(
     },
     get userBinds() {
       return counts.userBinds;
+    },
+    cut: () => {
+      for (const socket of sockets) socket.destroy();
     },
     close: async () => {
       for (const socket of sockets) socket.destroy();
@@ -419,6 +422,37 @@ test('a search refused with unwillingToPerform is tried on the next server, but 
   } finally {
     await d.close();
     await relay.close();
+    await next.close();
+    await second.stop();
+  }
+});
+
+test('a search connection taken back on the first server in turn stays its slot\'s: once that server cuts it, the next search opens a new one', async () => {
+  // The first server is held down (its bind answered busy), then the next one refuses a search
+  // (53): the slot moves off it, and the first server, first in turn, has its connection taken
+  // back before anything is awaited. The slot must hold it, or it hands out a dead connection for
+  // ever once the server cuts it.
+  const second = await startSlapd({ users: [{ uid: 'alice', password: 'alice-pw', store: 'alpha' }], servicePassword: slapd.bindPassword });
+  const howFirst: { refuseBinds?: { dn: string; resultCode: number } } = {};
+  const howNext: { refuseSearches?: { holding: string; resultCode: number } } = {};
+  const first = await partlyFailingRelay(slapd.port, howFirst);
+  const next = await partlyFailingRelay(second.port, howNext);
+  const d = directory(slapd, { urls: [first.url, next.url], searchConnections: 1 });
+  try {
+    howFirst.refuseBinds = { dn: `uid=alice,${LDAP_PEOPLE_DN}`, resultCode: 51 };
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha');
+    delete howFirst.refuseBinds;
+    howNext.refuseSearches = { holding: 'alice', resultCode: 53 };
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha');
+    delete howNext.refuseSearches;
+    // A restart of the first server cuts its connections.
+    first.cut();
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    for (let i = 3; i <= 5; i++) assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha', `login ${i}`);
+    assert.equal(await d.reachable(signal), true);
+  } finally {
+    await d.close();
+    await first.close();
     await next.close();
     await second.stop();
   }
