@@ -353,14 +353,17 @@ export class Mailfront {
           throw error;
         }
       } catch (caught) {
-        // Not put in force at its new address (a port in use, say): the listener of that name
-        // goes on serving the address it served, as the config in force before had it.
-        const served = before.find((l) => !kept.has(l) && l.config.name === listenerConfig.name);
-        if (served !== undefined) kept.add(served);
         unboundByReload.add(listenerConfig.name);
         const error = atListener(caught, i, listenerConfig);
         problems.push(error instanceof Error ? error.message : String(error));
       }
+    }
+    // A listener not put in force at its new address (a port in use, say): the one of that name
+    // goes on serving the address it served, unless a listener of the new config took it over.
+    // After the loop: kept earlier, it would have held its address against such a listener.
+    for (const name of unboundByReload) {
+      const served = before.find((l) => !kept.has(l) && l.listening && l.config.name === name);
+      if (served !== undefined) kept.add(served);
     }
     for (const listener of before) if (!kept.has(listener)) await listener.stopAccepting();
     this.unboundByReload = unboundByReload;

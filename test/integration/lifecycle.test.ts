@@ -752,6 +752,27 @@ test('a reload that moves a listener to a port in use leaves it serving the port
     assert.match(moved.error ?? '', /EADDRINUSE/);
     assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /, 'the old port is still served');
     assert.equal((await front.mailfront.readiness()).ready, true);
+
+    // The same move, with a POP3 listener of the new config on the address it would leave: that
+    // one takes the address over, whatever the order of the two in the file.
+    for (const popFirst of [false, true]) {
+      writeListeners(original, (listeners) => {
+        listeners.find((l) => l['name'] === 'imap-webmail')!['port'] = taken;
+        const pop = { name: 'pop3-new', protocol: 'pop3', host: '127.0.0.1', port: front.imapTrustedPort, tls: 'none', plaintext_without_tls: true };
+        if (popFirst) listeners.unshift(pop);
+        else listeners.push(pop);
+      });
+      const replaced = await front.mailfront.reload();
+      assert.equal(replaced.ok, false);
+      assert.doesNotMatch(replaced.error ?? '', /pop3-new/, `pop3 listed ${popFirst ? 'first' : 'last'}`);
+      const greeting = await LineClient.connect(front.imapTrustedPort);
+      try {
+        assert.match(await greeting.readLine(), /^\+OK /, 'the address is served by the POP3 listener');
+      } finally {
+        greeting.close();
+      }
+      await restoreConfig(original);
+    }
   } finally {
     await new Promise<void>((resolve) => squatter.close(() => resolve()));
     await restoreConfig(original);
