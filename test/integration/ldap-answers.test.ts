@@ -27,12 +27,15 @@ const log = createLogger('debug', {
 const signal = new AbortController().signal;
 
 let slapd: Slapd;
+/** The next server of the tests that have two: the same users and service account. */
+let second: Slapd;
 before(async () => {
   slapd = await startSlapd({ users: [{ uid: 'alice', password: 'alice-pw', store: 'alpha' }] });
   registerSecrets([slapd.bindPassword]);
+  second = await startSlapd({ users: [{ uid: 'alice', password: 'alice-pw', store: 'alpha' }], servicePassword: slapd.bindPassword });
 });
 after(async () => {
-  await slapd?.stop();
+  await Promise.all([slapd?.stop(), second?.stop()]);
 });
 
 function directory(server: Slapd, overrides: Partial<DirectoryConfig> = {}): LdapDirectory {
@@ -227,7 +230,6 @@ async function partlyFailingRelay(
 }
 
 test('a first server whose searches answer past the deadline: the retry goes to the next server, and later logins start there', async () => {
-  const second = await startSlapd({ users: [{ uid: 'alice', password: 'alice-pw', store: 'alpha' }], servicePassword: slapd.bindPassword });
   const relay = await partlyFailingRelay(slapd.port, { searchAnswerDelayMs: 1_500 });
   const mark = logLines.length;
   const d = directory(slapd, { urls: [relay.url, second.url] });
@@ -241,12 +243,10 @@ test('a first server whose searches answer past the deadline: the retry goes to 
   } finally {
     await d.close();
     await relay.close();
-    await second.stop();
   }
 });
 
 test('a first server whose searches answer but whose user binds hang: the login binds on the next server, and later logins go there at once', async () => {
-  const second = await startSlapd({ users: [{ uid: 'alice', password: 'alice-pw', store: 'alpha' }], servicePassword: slapd.bindPassword });
   const relay = await partlyFailingRelay(slapd.port, { userBindsHang: true });
   const d = directory(slapd, { urls: [relay.url, second.url] });
   try {
@@ -264,7 +264,6 @@ test('a first server whose searches answer but whose user binds hang: the login 
   } finally {
     await d.close();
     await relay.close();
-    await second.stop();
   }
 });
 
@@ -325,7 +324,6 @@ for (const next of ['hangs', 'is down'] as const) {
 }
 
 test('a search connection moving off a held-down first server keeps its connection there when the next server cannot be reached', async () => {
-  const second = await startSlapd({ users: [{ uid: 'alice', password: 'alice-pw', store: 'alpha' }], servicePassword: slapd.bindPassword });
   const how: { searchAnswerDelayMs?: number } = {};
   const relay = await partlyFailingRelay(slapd.port, how);
   // Two search connections, taken in turn by the logins' searches.
@@ -352,19 +350,12 @@ test('a search connection moving off a held-down first server keeps its connecti
   } finally {
     await d.close();
     await relay.close();
-    await second.stop();
   }
 });
 
 test('a bind refused with a result code (unwillingToPerform, an inactivated account) is an answer about the user: no server is held down for it, and no other is asked', async () => {
   await slapd.addUser({ uid: 'locked', password: 'locked-pw', store: 'alpha' });
-  const second = await startSlapd({
-    users: [
-      { uid: 'alice', password: 'alice-pw', store: 'alpha' },
-      { uid: 'locked', password: 'locked-pw', store: 'alpha' },
-    ],
-    servicePassword: slapd.bindPassword,
-  });
+  await second.addUser({ uid: 'locked', password: 'locked-pw', store: 'alpha' });
   // The first server answers the bind of uid=locked as 389 DS does for an inactivated account.
   const how: { refuseBinds?: { readonly dn: string; readonly resultCode: number } } = { refuseBinds: { dn: slapd.userDn('locked'), resultCode: 53 } };
   const relay = await partlyFailingRelay(slapd.port, how);
@@ -395,12 +386,10 @@ test('a bind refused with a result code (unwillingToPerform, an inactivated acco
     await d.close();
     await relay.close();
     await next.close();
-    await second.stop();
   }
 });
 
 test('a search refused with unwillingToPerform is tried on the next server, but holds no server down', async () => {
-  const second = await startSlapd({ users: [{ uid: 'alice', password: 'alice-pw', store: 'alpha' }], servicePassword: slapd.bindPassword });
   const how = { refuseSearches: { holding: 'alice', resultCode: 53 } };
   const relay = await partlyFailingRelay(slapd.port, how);
   const next = await partlyFailingRelay(second.port, {});
@@ -423,7 +412,6 @@ test('a search refused with unwillingToPerform is tried on the next server, but 
     await d.close();
     await relay.close();
     await next.close();
-    await second.stop();
   }
 });
 
@@ -432,7 +420,6 @@ test('a search connection taken back on the first server in turn stays its slot\
   // (53): the slot moves off it, and the first server, first in turn, has its connection taken
   // back before anything is awaited. The slot must hold it, or it hands out a dead connection for
   // ever once the server cuts it.
-  const second = await startSlapd({ users: [{ uid: 'alice', password: 'alice-pw', store: 'alpha' }], servicePassword: slapd.bindPassword });
   const howFirst: { refuseBinds?: { dn: string; resultCode: number } } = {};
   const howNext: { refuseSearches?: { holding: string; resultCode: number } } = {};
   const first = await partlyFailingRelay(slapd.port, howFirst);
@@ -454,7 +441,6 @@ test('a search connection taken back on the first server in turn stays its slot\
     await d.close();
     await first.close();
     await next.close();
-    await second.stop();
   }
 });
 
