@@ -9,6 +9,8 @@ import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { loadConfig } from '../../src/config/load.js';
 import { Mailfront } from '../../src/main.js';
+import { createLogger } from '../../src/log.js';
+import type { Logger } from '../../src/log.js';
 import { MIN_SECRET_CHARS, secretsIn } from './secrets.js';
 import { makeCerts, freePort, tmpDir } from './servers/index.js';
 import type { Slapd, TestCerts } from './servers/index.js';
@@ -182,6 +184,22 @@ export function assertNoRegisteredSecret(lines: readonly string[], what = 'the l
  */
 export function suiteLogWriter(): (line: string) => void {
   return openSuiteLog();
+}
+
+/**
+ * A logger at `level` for tests of one component: its lines are kept in `lines`, in the order
+ * written, and go to the suite-wide secrets scan too.
+ */
+export function capturedLogger(level: Parameters<typeof createLogger>[0]): { readonly log: Logger; readonly lines: string[] } {
+  const lines: string[] = [];
+  const writeSuiteLog = suiteLogWriter();
+  const log = createLogger(level, {
+    write(line: string) {
+      lines.push(line);
+      writeSuiteLog(line);
+    },
+  });
+  return { log, lines };
 }
 
 /** Opens this instance's suite log file and returns its line writer (a no-op when the scan is off). */

@@ -8,22 +8,14 @@ import type { AddressInfo, Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import { LdapDirectory } from '../../src/auth/ldap.js';
 import type { DirectoryConfig } from '../../src/config/schema.js';
-import { createLogger } from '../../src/log.js';
-import { assertNoRegisteredSecret, registerPasswords, registerSecrets, suiteLogWriter } from './front.js';
+import { assertNoRegisteredSecret, registerPasswords, registerSecrets, capturedLogger } from './front.js';
 import { directoryConfigOf, startSlapd } from './servers/index.js';
 import type { Slapd } from './servers/index.js';
 import { LDAP_PEOPLE_DN, LDAP_SERVICE_DN } from './servers/slapd.js';
 import { mailfrontFailure as failure } from '../mailfront-failure.js';
 
 registerPasswords('alice-pw', 'wrong-alice-pw', 'locked-pw', 'first-dup-pw', 'second-dup-pw', 'solo-user-pw', 'two-stores-pw', 'wrong-two-stores-pw');
-const logLines: string[] = [];
-const writeSuiteLog = suiteLogWriter();
-const log = createLogger('debug', {
-  write(line: string) {
-    logLines.push(line);
-    writeSuiteLog(line);
-  },
-});
+const { log, lines: logLines } = capturedLogger('debug');
 const signal = new AbortController().signal;
 
 let slapd: Slapd;

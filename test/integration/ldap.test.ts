@@ -9,9 +9,8 @@ import type { AddressInfo, Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import { LdapDirectory } from '../../src/auth/ldap.js';
 import type { DirectoryConfig } from '../../src/config/schema.js';
-import { createLogger } from '../../src/log.js';
 import { Metrics } from '../../src/metrics.js';
-import { assertNoRegisteredSecret, registerPasswords, registerSecrets, suiteLogWriter } from './front.js';
+import { assertNoRegisteredSecret, registerPasswords, registerSecrets, capturedLogger } from './front.js';
 import { directoryConfigOf, freePort, startSlapd } from './servers/index.js';
 import type { Slapd } from './servers/index.js';
 import { mailfrontFailure as failure } from '../mailfront-failure.js';
@@ -20,14 +19,7 @@ let slapd: Slapd;
 // Every password these tests hand to the directory code, right and wrong: its log lines (kept
 // here and written to the suite-wide scan) must hold none of them.
 registerPasswords('alice-pw', 'alice-new-pw', 'nostore-pw', 'wrong-alice-pw', 'nobody-pw', 'not-the-service-pw');
-const logLines: string[] = [];
-const writeSuiteLog = suiteLogWriter();
-const log = createLogger('debug', {
-  write(line: string) {
-    logLines.push(line);
-    writeSuiteLog(line);
-  },
-});
+const { log, lines: logLines } = capturedLogger('debug');
 
 before(async () => {
   slapd = await startSlapd({ tls: true, users: [{ uid: 'alice', password: 'alice-pw', store: 'alpha' }, { uid: 'nostore', password: 'nostore-pw' }] });
