@@ -20,6 +20,11 @@
  * would hide what follows from the guard (an encrypted or compressed stream); on IMAP the login
  * reply leaves them out of the capabilities, so that a client does not use them unasked.
  *
+ * A literal's data ends a word where it ends, as it does for the backend's lexer: timsieved
+ * reads `{1+}\r\nX` as a string token of its own, refuses it, and reads the letters right after
+ * it as the next command, so `{1+}\r\nXUNAUTHENTICATE` runs UNAUTHENTICATE there. Taken as one
+ * run of letters, XUNAUTHENTICATE would be no word of the guard's.
+ *
  * Words are matched in ASCII: Cyrus and Dovecot compare command names with the C library's
  * isalpha and tolower in the C locale, so a Unicode look-alike (dotless i, long s) is no command
  * to them.
@@ -45,6 +50,22 @@ function isLetter(byte: number): boolean {
   return (byte >= 0x41 && byte <= 0x5a) || (byte >= 0x61 && byte <= 0x7a);
 }
 
+/**
+ * Where a literal's announcement stands, byte by byte: `{`, its digits, an optional `+` (or `-`,
+ * RFC 7888), `}`, an optional CR, then the LF after which its data begins.
+ */
+const enum Announcing {
+  No,
+  Open,
+  Digits,
+  Plus,
+  Close,
+  Cr,
+}
+
+/** A literal size past which counting stops making sense (the data is never that long). */
+const MAX_LITERAL_DIGITS = 15;
+
 /** Refuses the words given (ASCII letters, matched without regard to case) wherever they stand alone. */
 export class WordGuard implements CommandGuard {
   private readonly words: readonly Uint8Array[];
@@ -53,6 +74,12 @@ export class WordGuard implements CommandGuard {
   private length = 0;
   /** The word being read is longer than any forbidden one. */
   private tooLong = false;
+  /** A literal's announcement being read, and the size it gives. */
+  private announcing = Announcing.No;
+  private digits = 0;
+  private size = 0;
+  /** Bytes of a literal's data still to come: where it ends, a word ends. */
+  private literalLeft = 0;
   refused: string | null = null;
 
   constructor(words: readonly string[]) {
@@ -63,16 +90,73 @@ export class WordGuard implements CommandGuard {
   refuses(chunk: Uint8Array, length: number): boolean {
     for (let i = 0; i < length; i++) {
       const byte = chunk[i]!;
+      const inLiteral = this.literalLeft > 0;
+      if (inLiteral) this.literalLeft--;
+      else this.announce(byte);
       if (isLetter(byte)) {
         if (this.length < this.word.length) this.word[this.length++] = byte & 0xdf;
         else this.tooLong = true;
+        // The literal's last byte: its word ends here, whatever follows.
+        if (inLiteral && this.literalLeft === 0 && this.endWord()) return true;
         continue;
       }
-      if (this.length > 0 && !this.tooLong && this.forbidden()) return true;
-      this.length = 0;
-      this.tooLong = false;
+      if (this.endWord()) return true;
     }
     return false;
+  }
+
+  /** The word being read ends: true when it is a forbidden one. */
+  private endWord(): boolean {
+    const refused = this.length > 0 && !this.tooLong && this.forbidden();
+    this.length = 0;
+    this.tooLong = false;
+    return refused;
+  }
+
+  /** Follows a literal's announcement outside literal data; its LF starts the data. */
+  private announce(byte: number): void {
+    switch (this.announcing) {
+      case Announcing.Open:
+      case Announcing.Digits:
+        if (byte >= 0x30 && byte <= 0x39 && this.digits < MAX_LITERAL_DIGITS) {
+          this.size = this.size * 10 + (byte - 0x30);
+          this.digits++;
+          this.announcing = Announcing.Digits;
+          return;
+        }
+        if (this.announcing === Announcing.Digits && (byte === 0x2b || byte === 0x2d)) {
+          this.announcing = Announcing.Plus;
+          return;
+        }
+        if (this.announcing === Announcing.Digits && byte === 0x7d) {
+          this.announcing = Announcing.Close;
+          return;
+        }
+        break;
+      case Announcing.Plus:
+        if (byte === 0x7d) {
+          this.announcing = Announcing.Close;
+          return;
+        }
+        break;
+      case Announcing.Close:
+      case Announcing.Cr:
+        if (byte === 0x0d && this.announcing === Announcing.Close) {
+          this.announcing = Announcing.Cr;
+          return;
+        }
+        if (byte === 0x0a) {
+          this.announcing = Announcing.No;
+          this.literalLeft = this.size;
+          return;
+        }
+        break;
+      case Announcing.No:
+        break;
+    }
+    this.announcing = byte === 0x7b ? Announcing.Open : Announcing.No;
+    this.digits = 0;
+    this.size = 0;
   }
 
   private forbidden(): boolean {

@@ -39,6 +39,13 @@ test('the word is refused wherever a lexer could take it as a command, in the pa
     'PUTSCRIPT "x" {999999+}\r\nUNAUTHENTICATE\r\n',
     'a COMPRESS DEFLATE\r\n',
     'STARTTLS\r\n',
+    // A literal's data ends a word where it ends: timsieved reads "X" as a string token and
+    // the letters after it as the next command.
+    '{1+}\r\nXUNAUTHENTICATE\r\n',
+    '{1+}\nXSTARTTLS\r\n',
+    '{3}\r\nabcunauthenticate\r\n',
+    'PUTSCRIPT "x" {2-}\r\nABUNAUTHENTICATE\r\n',
+    'a APPEND INBOX {8+}\r\nstartTLS\r\n',
   ];
   for (const stream of streams) {
     for (const parts of everySplit(stream)) {
@@ -48,6 +55,7 @@ test('the word is refused wherever a lexer could take it as a command, in the pa
       // not had the word whole.
       const before = parts.slice(0, at).join('');
       assert.ok(!/(?<![A-Za-z])(unauthenticate|starttls|compress)(?![A-Za-z])[^A-Za-z]/i.test(before), `${JSON.stringify(parts)}: refused too late`);
+      assert.ok(!/\}\r?\n[A-Za-z]*(unauthenticate|starttls|compress)[^A-Za-z]/i.test(before), `${JSON.stringify(parts)}: refused too late (behind a literal)`);
     }
   }
 });
@@ -62,6 +70,11 @@ test('longer words, other commands and ordinary traffic pass', () => {
     'a2 IDLE\r\nDONE\r\n',
     'a3 APPEND INBOX {40}\r\nSubject: we are unauthenticated here\r\n\r\n',
     'LOGOUT\r\n',
+    // Words that only end in one, where no literal ends before them, and a literal's data that
+    // runs on past one.
+    'a4 SEARCH TEXT decompress\r\n',
+    'a5 APPEND INBOX {15+}\r\nUNAUTHENTICATEd\r\n',
+    '{1+}\r\nXY{UNAUTHENTICATEX\r\n',
   ];
   for (const stream of streams) {
     for (const parts of everySplit(stream)) assert.equal(refusedAt(parts), -1, JSON.stringify(parts));
