@@ -20,10 +20,12 @@
  * would hide what follows from the guard (an encrypted or compressed stream); on IMAP the login
  * reply leaves them out of the capabilities, so that a client does not use them unasked.
  *
- * A literal's data ends a word where it ends, as it does for the backend's lexer: timsieved
- * reads `{1+}\r\nX` as a string token of its own, refuses it, and reads the letters right after
- * it as the next command, so `{1+}\r\nXUNAUTHENTICATE` runs UNAUTHENTICATE there. Taken as one
- * run of letters, XUNAUTHENTICATE would be no word of the guard's.
+ * A literal's data may end a word where it ends: timsieved reads `{1+}\r\nX` as a string token
+ * of its own, refuses it, and reads the letters right after it as the next command, so
+ * `{1+}\r\nXUNAUTHENTICATE` runs UNAUTHENTICATE there. A literal the backend refuses does not
+ * end one: its data is read as commands, so `UNAUTH` at the end of a refused literal and
+ * `ENTICATE` after it are UNAUTHENTICATE. So both are looked at: the run of letters as a whole,
+ * and its part after the end of a literal's data.
  *
  * Words are matched in ASCII: Cyrus and Dovecot compare command names with the C library's
  * isalpha and tolower in the C locale, so a Unicode look-alike (dotless i, long s) is no command
@@ -74,6 +76,11 @@ export class WordGuard implements CommandGuard {
   private length = 0;
   /** The word being read is longer than any forbidden one. */
   private tooLong = false;
+  /** The same for the letters of the word after a literal's data ended inside it (`afterLiteral`). */
+  private readonly tail: Uint8Array;
+  private tailLength = 0;
+  private tailTooLong = false;
+  private afterLiteral = false;
   /** A literal's announcement being read, and the size it gives. */
   private announcing = Announcing.No;
   private digits = 0;
@@ -85,6 +92,7 @@ export class WordGuard implements CommandGuard {
   constructor(words: readonly string[]) {
     this.words = words.map((w) => Buffer.from(w.toUpperCase(), 'latin1'));
     this.word = new Uint8Array(Math.max(...words.map((w) => w.length)));
+    this.tail = new Uint8Array(this.word.length);
   }
 
   refuses(chunk: Uint8Array, length: number): boolean {
@@ -94,10 +102,19 @@ export class WordGuard implements CommandGuard {
       if (inLiteral) this.literalLeft--;
       else this.announce(byte);
       if (isLetter(byte)) {
-        if (this.length < this.word.length) this.word[this.length++] = byte & 0xdf;
+        const upper = byte & 0xdf;
+        if (this.length < this.word.length) this.word[this.length++] = upper;
         else this.tooLong = true;
-        // The literal's last byte: its word ends here, whatever follows.
-        if (inLiteral && this.literalLeft === 0 && this.endWord()) return true;
+        if (this.afterLiteral) {
+          if (this.tailLength < this.tail.length) this.tail[this.tailLength++] = upper;
+          else this.tailTooLong = true;
+        }
+        // The literal's last byte: a word may begin after it, for a backend that took the literal.
+        if (inLiteral && this.literalLeft === 0) {
+          this.afterLiteral = true;
+          this.tailLength = 0;
+          this.tailTooLong = false;
+        }
         continue;
       }
       if (this.endWord()) return true;
@@ -105,11 +122,14 @@ export class WordGuard implements CommandGuard {
     return false;
   }
 
-  /** The word being read ends: true when it is a forbidden one. */
+  /** The word being read ends: true when it, or its part after a literal's data, is a forbidden one. */
   private endWord(): boolean {
-    const refused = this.length > 0 && !this.tooLong && this.forbidden();
+    const refused =
+      (this.length > 0 && !this.tooLong && this.forbidden(this.word, this.length)) ||
+      (this.afterLiteral && this.tailLength > 0 && !this.tailTooLong && this.forbidden(this.tail, this.tailLength));
     this.length = 0;
     this.tooLong = false;
+    this.afterLiteral = false;
     return refused;
   }
 
@@ -159,8 +179,8 @@ export class WordGuard implements CommandGuard {
     this.size = 0;
   }
 
-  private forbidden(): boolean {
-    const found = this.words.find((w) => w.length === this.length && w.every((b, i) => b === this.word[i]));
+  private forbidden(letters: Uint8Array, length: number): boolean {
+    const found = this.words.find((w) => w.length === length && w.every((b, i) => b === letters[i]));
     if (found !== undefined) this.refused = Buffer.from(found).toString('latin1');
     return found !== undefined;
   }

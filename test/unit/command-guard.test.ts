@@ -46,6 +46,9 @@ test('the word is refused wherever a lexer could take it as a command, in the pa
     '{3}\r\nabcunauthenticate\r\n',
     'PUTSCRIPT "x" {2-}\r\nABUNAUTHENTICATE\r\n',
     'a APPEND INBOX {8+}\r\nstartTLS\r\n',
+    // A literal the backend refuses leaves its data to be read as commands: the word that
+    // straddles the data's end is one to it.
+    'PUTSCRIPT "x" {10+}\r\n    UNAUTHENTICATE\r\n',
   ];
   for (const stream of streams) {
     for (const parts of everySplit(stream)) {
