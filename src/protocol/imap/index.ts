@@ -32,7 +32,8 @@ export const imapAdapter: ProtocolAdapter = Object.freeze({
   drainNotice: (text) => `* BYE [UNAVAILABLE] ${safeText(text)}\r\n`,
   createResponseTracker: () => new ImapResponseBoundary(),
   // A backend that offers UNAUTHENTICATE (RFC 8437) would let a spliced client log in there
-  // again as someone else: its sessions are guarded. Dovecot and Cyrus 3.6 do not offer it.
+  // again as someone else: its sessions are guarded. Dovecot does not offer it; Cyrus 3.6 offers it
+  // to its admins only, not in its AUTHENTICATE reply (admins are backend.reserved_users, never spliced).
   createCommandGuard: (capabilities) =>
     mayUnauthenticate(capabilities)
       ? { guard: unauthenticateGuard(), notice: `* BYE ${UNAUTHENTICATE_REFUSED}\r\n`, ...(capabilities === null ? {} : { capabilities: withoutGuarded(capabilities) }) }
