@@ -64,8 +64,13 @@ export interface Cyrus {
   pause(): Promise<void>;
   /** SIGCONT after pause(). */
   resume(): void;
-  /** Logs in as the admin and runs CREATE user.<name> (altnamespace). Idempotent. */
+  /**
+   * Logs in as the admin and runs CREATE user.<name> (altnamespace). Idempotent. Throws when the
+   * new INBOX has the MAILBOXID of another user's INBOX the harness created (one mailbox for both).
+   */
   createMailbox(user: string): Promise<void>;
+  /** The MAILBOXID (RFC 8474) of the user's INBOX, read in a proxy admin login as the user. */
+  mailboxId(user: string): Promise<string>;
   /** Appends a message to the user's INBOX (proxy admin login with authzid = user). */
   deliver(user: string, rfc822: Buffer | string): Promise<void>;
   /** Master's stdout/stderr (Cyrus itself logs to syslog, which is not captured here). */
@@ -199,6 +204,15 @@ export async function startCyrus(options: CyrusOptions): Promise<Cyrus> {
         'altnamespace: yes',
         'unixhierarchysep: no',
         'delete_mode: immediate',
+        // Without a defaultpartition, the first CREATE of a top-level mailbox (user.<name>) in an
+        // imapd process picks a partition through partlist_initialize(), which reseeds rand() with
+        // srand(time(NULL)). Debian's Cyrus 3.6 is built without libuuid, so makeuuid() draws a
+        // mailbox's uniqueid (MAILBOXID, and its folder under <partition>/uuid/) from rand():
+        // two imapd processes whose first CREATE fell in the same second gave two users the same
+        // uniqueid, and so one INBOX (folder, messages) for both. With the partition named here
+        // no reseed happens, and rand() keeps the seed time(NULL) * getpid() that every process
+        // gets at its start (cyrusdb_init(), in the skiplist backend's init).
+        'defaultpartition: default',
         'expunge_mode: immediate',
         'sasl_pwcheck_method: auxprop',
         'sasl_auxprop_plugin: sasldb',
@@ -252,6 +266,37 @@ export async function startCyrus(options: CyrusOptions): Promise<Cyrus> {
     const started = await restartable('cyrus', spawn, ready, () => tmp.remove());
     life = started;
 
+    const mailboxId = async (user: string): Promise<string> => {
+      const client = await LineClient.connect(imapPort);
+      try {
+        await client.readLine();
+        // The admin has no read right on users' mailboxes (STATUS: Permission denied).
+        const auth = await client.authenticatePlain(user, options.proxyAdmin.name, options.proxyAdmin.password);
+        if (auth.status !== 'OK') throw new Error(`cyrus: proxy login as ${user} failed: ${auth.status} ${auth.text}`);
+        // EXAMINE's MAILBOXID response code, from the opened mailbox: Cyrus 3.6 answers a STATUS
+        // of MAILBOXID with MESSAGES (before the mailbox was opened) with stray bytes for the id.
+        const result = await client.imapOk('EXAMINE INBOX');
+        const id = /^\* OK \[MAILBOXID \(([^)\s]+)\)\]/im.exec(result.untagged.join('\n'))?.[1];
+        if (id === undefined) throw new Error(`cyrus: EXAMINE INBOX for ${user} gave no MAILBOXID: ${result.untagged.join(' | ')}`);
+        await client.imap('LOGOUT').catch(() => undefined);
+        return id;
+      } finally {
+        client.close();
+      }
+    };
+
+    // The MAILBOXID of every INBOX the harness created, by user: a new one must not be another's.
+    const mailboxIds = new Map<string, string>();
+    const checkOwnMailbox = async (user: string): Promise<void> => {
+      const id = await mailboxId(user);
+      for (const [other, otherId] of mailboxIds) {
+        if (other !== user && otherId === id) {
+          throw new Error(`cyrus: the INBOXes of ${other} and ${user} are one mailbox (MAILBOXID ${id}); each user needs a mailbox of its own`);
+        }
+      }
+      mailboxIds.set(user, id);
+    };
+
     const createMailbox = async (user: string): Promise<void> => {
       const client = await LineClient.connect(imapPort);
       try {
@@ -265,6 +310,7 @@ export async function startCyrus(options: CyrusOptions): Promise<Cyrus> {
       } finally {
         client.close();
       }
+      await checkOwnMailbox(user);
     };
 
     if (options.createMailboxes ?? true) {
@@ -286,6 +332,7 @@ export async function startCyrus(options: CyrusOptions): Promise<Cyrus> {
       proxyAdmin: options.proxyAdmin,
       ...lifecycleOf(started),
       createMailbox,
+      mailboxId,
       async deliver(user: string, rfc822: Buffer | string): Promise<void> {
         const client = await LineClient.connect(imapPort);
         try {
