@@ -20,12 +20,15 @@
  * would hide what follows from the guard (an encrypted or compressed stream); on IMAP the login
  * reply leaves them out of the capabilities, so that a client does not use them unasked.
  *
- * A literal's data may end a word where it ends: timsieved reads `{1+}\r\nX` as a string token
- * of its own, refuses it, and reads the letters right after it as the next command, so
- * `{1+}\r\nXUNAUTHENTICATE` runs UNAUTHENTICATE there. A literal the backend refuses does not
- * end one: its data is read as commands, so `UNAUTH` at the end of a refused literal and
- * `ENTICATE` after it are UNAUTHENTICATE. So both are looked at: the run of letters as a whole,
- * and its part after the end of a literal's data.
+ * On ManageSieve a run of letters that ends in the word is refused, not only one that is the
+ * word: timsieved's lexer splits a run of letters where one of its literals ends
+ * (`{1+}\r\nXUNAUTHENTICATE` is the string X, then the command UNAUTHENTICATE), and which
+ * literals it takes (leading zeros, a bare LF after the announcement, one behind a broken quoted
+ * string) is its own; a guard that counted literals could be made to count otherwise. The word
+ * it reads as a command always ends a run the guard sees, wherever that run began for it. Cyrus
+ * imapd reads a command name only after a tag and a space, and skips literals to the end of the
+ * line after an error: on IMAP the whole run is the word (a message that says "decompress"
+ * passes).
  *
  * Words are matched in ASCII: Cyrus and Dovecot compare command names with the C library's
  * isalpha and tolower in the C locale, so a Unicode look-alike (dotless i, long s) is no command
@@ -53,134 +56,54 @@ function isLetter(byte: number): boolean {
 }
 
 /**
- * Where a literal's announcement stands, byte by byte: `{`, its digits, an optional `+` (or `-`,
- * RFC 7888), `}`, an optional CR, then the LF after which its data begins.
+ * Refuses the words given (ASCII letters, matched without regard to case) wherever they stand
+ * alone, or, with `suffixes`, wherever a run of letters ends in one.
  */
-const enum Announcing {
-  No,
-  Open,
-  Digits,
-  Plus,
-  Close,
-  Cr,
-}
-
-/** A literal size past which counting stops making sense (the data is never that long). */
-const MAX_LITERAL_DIGITS = 15;
-
-/** Refuses the words given (ASCII letters, matched without regard to case) wherever they stand alone. */
 export class WordGuard implements CommandGuard {
   private readonly words: readonly Uint8Array[];
-  /** The letters of the word being read, upper-cased, while it is no longer than the longest forbidden word. */
-  private readonly word: Uint8Array;
-  private length = 0;
-  /** The word being read is longer than any forbidden one. */
-  private tooLong = false;
-  /** The same for the letters of the word after a literal's data ended inside it (`afterLiteral`). */
-  private readonly tail: Uint8Array;
-  private tailLength = 0;
-  private tailTooLong = false;
-  private afterLiteral = false;
-  /** A literal's announcement being read, and the size it gives. */
-  private announcing = Announcing.No;
-  private digits = 0;
-  private size = 0;
-  /** Bytes of a literal's data still to come: where it ends, a word ends. */
-  private literalLeft = 0;
+  /**
+   * Upper-cased letters of the run being read: its first ones (as many as the longest word has),
+   * or with `suffixes` its last ones.
+   */
+  private readonly letters: Uint8Array;
+  /** Letters in the run so far. */
+  private run = 0;
   refused: string | null = null;
 
-  constructor(words: readonly string[]) {
+  constructor(
+    words: readonly string[],
+    private readonly suffixes = false,
+  ) {
     this.words = words.map((w) => Buffer.from(w.toUpperCase(), 'latin1'));
-    this.word = new Uint8Array(Math.max(...words.map((w) => w.length)));
-    this.tail = new Uint8Array(this.word.length);
+    this.letters = new Uint8Array(Math.max(...words.map((w) => w.length)));
   }
 
   refuses(chunk: Uint8Array, length: number): boolean {
+    const letters = this.letters;
     for (let i = 0; i < length; i++) {
       const byte = chunk[i]!;
-      const inLiteral = this.literalLeft > 0;
-      if (inLiteral) this.literalLeft--;
-      else this.announce(byte);
       if (isLetter(byte)) {
-        const upper = byte & 0xdf;
-        if (this.length < this.word.length) this.word[this.length++] = upper;
-        else this.tooLong = true;
-        if (this.afterLiteral) {
-          if (this.tailLength < this.tail.length) this.tail[this.tailLength++] = upper;
-          else this.tailTooLong = true;
+        if (this.suffixes) {
+          letters.copyWithin(0, 1);
+          letters[letters.length - 1] = byte & 0xdf;
+        } else if (this.run < letters.length) {
+          letters[this.run] = byte & 0xdf;
         }
-        // The literal's last byte: a word may begin after it, for a backend that took the literal.
-        if (inLiteral && this.literalLeft === 0) {
-          this.afterLiteral = true;
-          this.tailLength = 0;
-          this.tailTooLong = false;
-        }
+        this.run++;
         continue;
       }
-      if (this.endWord()) return true;
+      if (this.run > 0 && this.forbidden()) return true;
+      this.run = 0;
     }
     return false;
   }
 
-  /** The word being read ends: true when it, or its part after a literal's data, is a forbidden one. */
-  private endWord(): boolean {
-    const refused =
-      (this.length > 0 && !this.tooLong && this.forbidden(this.word, this.length)) ||
-      (this.afterLiteral && this.tailLength > 0 && !this.tailTooLong && this.forbidden(this.tail, this.tailLength));
-    this.length = 0;
-    this.tooLong = false;
-    this.afterLiteral = false;
-    return refused;
-  }
-
-  /** Follows a literal's announcement outside literal data; its LF starts the data. */
-  private announce(byte: number): void {
-    switch (this.announcing) {
-      case Announcing.Open:
-      case Announcing.Digits:
-        if (byte >= 0x30 && byte <= 0x39 && this.digits < MAX_LITERAL_DIGITS) {
-          this.size = this.size * 10 + (byte - 0x30);
-          this.digits++;
-          this.announcing = Announcing.Digits;
-          return;
-        }
-        if (this.announcing === Announcing.Digits && (byte === 0x2b || byte === 0x2d)) {
-          this.announcing = Announcing.Plus;
-          return;
-        }
-        if (this.announcing === Announcing.Digits && byte === 0x7d) {
-          this.announcing = Announcing.Close;
-          return;
-        }
-        break;
-      case Announcing.Plus:
-        if (byte === 0x7d) {
-          this.announcing = Announcing.Close;
-          return;
-        }
-        break;
-      case Announcing.Close:
-      case Announcing.Cr:
-        if (byte === 0x0d && this.announcing === Announcing.Close) {
-          this.announcing = Announcing.Cr;
-          return;
-        }
-        if (byte === 0x0a) {
-          this.announcing = Announcing.No;
-          this.literalLeft = this.size;
-          return;
-        }
-        break;
-      case Announcing.No:
-        break;
-    }
-    this.announcing = byte === 0x7b ? Announcing.Open : Announcing.No;
-    this.digits = 0;
-    this.size = 0;
-  }
-
-  private forbidden(letters: Uint8Array, length: number): boolean {
-    const found = this.words.find((w) => w.length === length && w.every((b, i) => b === letters[i]));
+  private forbidden(): boolean {
+    const letters = this.letters;
+    const end = letters.length;
+    const found = this.suffixes
+      ? this.words.find((w) => w.length <= this.run && w.every((b, i) => b === letters[end - w.length + i]))
+      : this.words.find((w) => w.length === this.run && w.every((b, i) => b === letters[i]));
     if (found !== undefined) this.refused = Buffer.from(found).toString('latin1');
     return found !== undefined;
   }
@@ -194,7 +117,10 @@ export function mayUnauthenticate(capabilities: string | null): boolean {
   return capabilities === null || /(?:^| )UNAUTHENTICATE(?: |$)/i.test(capabilities);
 }
 
-/** The guard for a spliced session whose backend may take UNAUTHENTICATE (see the module comment). */
-export function unauthenticateGuard(words: readonly string[] = IMAP_GUARDED_WORDS): WordGuard {
-  return new WordGuard(words);
+/**
+ * The guard for a spliced session whose backend may take UNAUTHENTICATE (see the module
+ * comment); `suffixes` for a backend whose lexer may split a run of letters (ManageSieve).
+ */
+export function unauthenticateGuard(words: readonly string[] = IMAP_GUARDED_WORDS, suffixes = false): WordGuard {
+  return new WordGuard(words, suffixes);
 }

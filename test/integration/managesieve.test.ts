@@ -454,8 +454,10 @@ describe('ManageSieve through mailfront: scripts land in the right store', () =>
     // timsieved goes on lexing in the middle of a line after a syntax error: the word is
     // refused wherever it stands, not only at a line's start.
     // Nor behind a literal, whose data ends a token there: "X" is a string, UNAUTHENTICATE the
-    // next command (and STARTTLS would hide all that follows from the guard).
-    for (const hidden of ['*UNAUTHENTICATE', '1UNAUTHENTICATE', 'LISTSCRIPTS(UNAUTHENTICATE', '{1+}\r\nXUNAUTHENTICATE', '{1+}\r\nXSTARTTLS']) {
+    // next command (and STARTTLS would hide all that follows from the guard), whatever literals
+    // timsieved takes or refuses before it.
+    const hiddenBehindLiterals = ['{1+}\r\nXUNAUTHENTICATE', '{1+}\r\nXSTARTTLS', '{0000000000000001+}\r\nXUNAUTHENTICATE', '{50}\r\n{1+}\r\nXUNAUTHENTICATE', '{50+}\n{1+}\r\nXUNAUTHENTICATE', '"{50+}\r\n{1+}\r\nXUNAUTHENTICATE'];
+    for (const hidden of ['*UNAUTHENTICATE', '1UNAUTHENTICATE', 'LISTSCRIPTS(UNAUTHENTICATE', ...hiddenBehindLiterals]) {
       const client = await loggedIn('carol', PASSWORDS.carol);
       try {
         client.write(`${hidden}\r\nAUTHENTICATE "PLAIN" "${plainIr('carol', 'carol-backend-only')}"\r\n`);

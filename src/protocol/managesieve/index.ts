@@ -26,7 +26,7 @@ export const managesieveAdapter: ProtocolAdapter = Object.freeze({
   // refuses the words in a script too, and a vacation text that says STARTTLS could not be
   // uploaded. (The backend login passes on '' or 'UNAUTHENTICATE'; null, unknown, is guarded.)
   createCommandGuard: (capabilities) =>
-    mayUnauthenticate(capabilities) ? { guard: unauthenticateGuard(SIEVE_GUARDED_WORDS), notice: `BYE ${sieveString(UNAUTHENTICATE_REFUSED, 'server')}\r\n` } : null,
+    mayUnauthenticate(capabilities) ? { guard: unauthenticateGuard(SIEVE_GUARDED_WORDS, true), notice: `BYE ${sieveString(UNAUTHENTICATE_REFUSED, 'server')}\r\n` } : null,
   connectionRefusal: (_limit, text) => `BYE (TRYLATER) ${sieveString(oneLineText(text), 'server')}\r\n`,
 } satisfies ProtocolAdapter);
 
