@@ -14,6 +14,7 @@ export type FailureKind =
   | 'connect' // backend slot unreachable or refused the connection
   | 'backend-login' // backend refused our login or spoke nonsense
   | 'in-use' // backend says the mailbox is locked
+  | 'login-delay' // backend says the user logged in too recently (POP3 [LOGIN-DELAY])
   | 'limit' // a size, time or count bound was exceeded
   | 'client-protocol' // the client broke the protocol
   | 'aborted' // the session ended while the operation waited

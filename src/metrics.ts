@@ -33,7 +33,7 @@ export type LdapOperation = 'connect' | 'service-bind' | 'search' | 'user-bind';
 export type LdapResult = 'success' | 'invalid-credentials' | 'timeout' | 'error';
 
 /** How a backend connect or login ended. */
-export type BackendResult = 'success' | 'timeout' | 'refused' | 'in-use' | 'error' | 'aborted';
+export type BackendResult = 'success' | 'timeout' | 'refused' | 'in-use' | 'login-delay' | 'error' | 'aborted';
 
 /** Which way proxied bytes went. */
 export type ByteDirection = 'client-to-backend' | 'backend-to-client';
@@ -224,6 +224,7 @@ export function authFailureReason(code: string): AuthFailureReason {
 export function backendFailureResult(code: string, kind: FailureKind): BackendResult {
   if (kind === 'aborted') return 'aborted';
   if (kind === 'in-use') return 'in-use';
+  if (kind === 'login-delay') return 'login-delay';
   if (code.endsWith('_TIMEOUT')) return 'timeout';
   if (code === 'BACKEND_REFUSED_LOGIN') return 'refused';
   return 'error';

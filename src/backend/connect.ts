@@ -337,7 +337,7 @@ export function loginToBackend(initial: Socket, slot: Slot, machine: BackendLogi
           case 'fail': {
             // A backend that refuses a login the directory accepted is a fault of the fleet, not of
             // the user: the client gets a temporary failure (kind backend-login), never "wrong password".
-            const [code, kind] = action.refusal === 'in-use' ? (['BACKEND_MAILBOX_IN_USE', 'in-use'] as const) : action.refusal === 'auth-failed' ? (['BACKEND_REFUSED_LOGIN', 'backend-login'] as const) : (['BACKEND_UNAVAILABLE', 'backend-login'] as const);
+            const [code, kind] = action.refusal === 'in-use' ? (['BACKEND_MAILBOX_IN_USE', 'in-use'] as const) : action.refusal === 'login-delay' ? (['BACKEND_LOGIN_DELAY', 'login-delay'] as const) : action.refusal === 'auth-failed' ? (['BACKEND_REFUSED_LOGIN', 'backend-login'] as const) : (['BACKEND_UNAVAILABLE', 'backend-login'] as const);
             fail(new MailfrontError(code, kind, `slot "${slot.name}": ${action.detail} (state ${machine.state})`));
             return;
           }

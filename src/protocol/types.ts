@@ -22,6 +22,7 @@ export type LoginRefusal =
   | 'unavailable' // directory or backend outage, user without a store: temporary failure
   | 'limit' // throttled or over a connection limit
   | 'in-use' // the backend says the mailbox is locked (POP3 [IN-USE])
+  | 'login-delay' // the backend says the user logged in too recently (POP3 [LOGIN-DELAY])
   | 'not-authorized'; // authenticated, but never let in under that name (a backend administrator's, the proxy account's)
 
 /** What the pre-auth machine asks the session to do, in order. */
@@ -130,7 +131,7 @@ export type BackendAction =
    * Login failed. `refusal` classifies it; `detail` is the backend's text for the log
    * (never shown to the client as is).
    */
-  | { readonly type: 'fail'; readonly refusal: 'auth-failed' | 'unavailable' | 'in-use'; readonly detail: string };
+  | { readonly type: 'fail'; readonly refusal: 'auth-failed' | 'unavailable' | 'in-use' | 'login-delay'; readonly detail: string };
 
 /** A backend login dialogue as explicit named states (the state name appears in logs). */
 export interface BackendLoginMachine {

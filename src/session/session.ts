@@ -107,6 +107,8 @@ function refusalFor(kind: FailureKind): LoginRefusal {
       return 'not-authorized';
     case 'in-use':
       return 'in-use';
+    case 'login-delay':
+      return 'login-delay';
     case 'limit':
       return 'limit';
     case 'auth-tempfail':
@@ -539,7 +541,8 @@ export class Session {
       // Counted: the next check of this user may go (not after the answer's delay below).
       leaveGate?.();
       const fields = { event: 'session.login_failed', user: user ?? undefined, store: this.store, code: error.code, kind: error.kind, ...this.clientFields(), reason: error.message, ...(penaltyMs > 0 ? { penaltyMs } : {}) };
-      if (refusal === 'auth-failed' || refusal === 'limit') this.log.info(fields, 'login failed');
+      // A POP3 client polling faster than the backend allows ([LOGIN-DELAY]) is the user's doing, not the fleet's.
+      if (refusal === 'auth-failed' || refusal === 'limit' || refusal === 'login-delay') this.log.info(fields, 'login failed');
       else this.log.error(fields, 'login could not be completed');
       // Same answer after the same time for an unknown user and a wrong password (and a
       // throttled login looks no faster); repeated failures add the throttle's penalty. Every

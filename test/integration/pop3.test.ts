@@ -1,7 +1,8 @@
 /**
  * POP3 through mailfront against real servers: slapd, a Dovecot slot (replay), a Dovecot with
  * a master user, and Cyrus pop3d (SASL authzid). Clients: python3 poplib and raw sockets; a
- * scripted backend only to inject a locked mailbox.
+ * scripted backend only to inject a locked mailbox. A second Cyrus with popminpoll refuses a
+ * login too soon after the user's last one.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -19,7 +20,7 @@ import { AUTH_FAILURE_DELAY_MS, assertNoRegisteredSecret, assertSameFailure, lin
 import type { Front } from './front.js';
 
 const run = promisify(execFile);
-const PASSWORDS = { alice: 'Alice-pop-4411', bob: 'Bob-pop-7d2e', carol: 'Carol-pop-90fa', lena: 'Lena-pop-1c1c' };
+const PASSWORDS = { alice: 'Alice-pop-4411', bob: 'Bob-pop-7d2e', carol: 'Carol-pop-90fa', lena: 'Lena-pop-1c1c', dora: 'Dora-pop-3e3e' };
 const MASTER = { name: 'popmaster', password: 'Master-pop-5b5b' };
 const CYRUS_PROXY = { name: 'proxyadmin', password: 'Cyrus-pop-proxy-66' };
 registerSecrets([
@@ -33,6 +34,7 @@ let slapd: Slapd;
 let alpha: Dovecot;
 let beta: Dovecot;
 let cyrus: Cyrus;
+let polled: Cyrus;
 let locked: Server;
 let front: Front;
 const bigMessage = makeMessage('pop big', 10 * 1024 * 1024);
@@ -61,12 +63,15 @@ before(async () => {
       { uid: 'bob', password: PASSWORDS.bob, store: 'beta' },
       { uid: 'carol', password: PASSWORDS.carol, store: 'gamma' },
       { uid: 'lena', password: PASSWORDS.lena, store: 'locked' },
+      { uid: 'dora', password: PASSWORDS.dora, store: 'delta' },
     ],
   });
-  [alpha, beta, cyrus] = await Promise.all([
+  [alpha, beta, cyrus, polled] = await Promise.all([
     startDovecot({ name: 'pop-alpha', users: [{ name: 'alice', password: PASSWORDS.alice }], tls: true }),
     startDovecot({ name: 'pop-beta', users: [{ name: 'bob', password: 'bob-backend-only' }], masterUser: MASTER }),
     startCyrus({ users: [{ name: 'carol', password: 'carol-backend-only' }], proxyAdmin: CYRUS_PROXY }),
+    // At most one POP3 login a minute per user (only the test below logs in as dora).
+    startCyrus({ users: [{ name: 'dora', password: 'dora-backend-only' }], proxyAdmin: CYRUS_PROXY, popMinPollMinutes: 1 }),
   ]);
   // A backend whose mailbox is always locked: real servers only say so under a race.
   locked = createServer((socket) => {
@@ -101,6 +106,11 @@ before(async () => {
         slots: { pc1: { imapPort: cyrus.imapPort, pop3Port: cyrus.pop3Port } },
         backend: { login_mode: 'sasl-authzid', proxy_user: CYRUS_PROXY.name, proxy_password: CYRUS_PROXY.password },
       },
+      delta: {
+        currentMaster: 'pd1',
+        slots: { pd1: { imapPort: polled.imapPort, pop3Port: polled.pop3Port } },
+        backend: { login_mode: 'sasl-authzid', proxy_user: CYRUS_PROXY.name, proxy_password: CYRUS_PROXY.password },
+      },
       locked: { currentMaster: 'pl1', slots: { pl1: { pop3Port: (locked.address() as { port: number }).port } } },
     },
   });
@@ -109,7 +119,7 @@ before(async () => {
 after(async () => {
   await front?.stop();
   await new Promise((r) => locked?.close(r));
-  await Promise.all([slapd?.stop(), alpha?.stop(), beta?.stop(), cyrus?.stop()]);
+  await Promise.all([slapd?.stop(), alpha?.stop(), beta?.stop(), cyrus?.stop(), polled?.stop()]);
 });
 
 describe('POP3 sessions through mailfront (python3 poplib)', () => {
@@ -228,6 +238,30 @@ describe('POP3 failures', () => {
   test('a locked mailbox is relayed as -ERR [IN-USE]', async () => {
     const { line } = await rawPass('lena', PASSWORDS.lena);
     assert.match(line, /^-ERR \[IN-USE\] /);
+  });
+
+  test('a login sooner than Cyrus popminpoll allows is relayed as -ERR [LOGIN-DELAY], logged at info and counted apart', async () => {
+    const first = await LineClient.connect(front.pop3TrustedPort);
+    try {
+      await first.readLine();
+      await first.pop3('USER dora');
+      assert.match(await first.pop3(`PASS ${PASSWORDS.dora}`), /^\+OK/);
+      await first.pop3('QUIT');
+    } finally {
+      first.close();
+    }
+    const mark = front.logs.length;
+    // RFC 2449 §8.1.2: the client polls too often. fetchmail waits on [LOGIN-DELAY]; a
+    // [SYS/TEMP] with another text it reads as a failed password.
+    const { line } = await rawPass('dora', PASSWORDS.dora);
+    assert.match(line, /^-ERR \[LOGIN-DELAY\] /);
+    const failed = await waitForLog(front, (l) => l['event'] === 'session.login_failed' && l['user'] === 'dora', 5_000, mark);
+    assert.equal(failed['kind'], 'login-delay');
+    assert.equal(failed['code'], 'BACKEND_LOGIN_DELAY');
+    assert.equal(failed['level'], 'info', 'the user polling too often is no fault of the fleet');
+    const exposition = (await front.mailfront.metrics.exposition()).body;
+    assert.match(exposition, /^mailfront_logins_total\{protocol="pop3",result="login-delay"\} 1$/m);
+    assert.match(exposition, /^mailfront_backend_login_duration_seconds_count\{store="delta",result="login-delay"\} 1$/m);
   });
 
   test('a stopped backend and a stopped directory are -ERR [SYS/TEMP]', async () => {

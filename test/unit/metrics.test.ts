@@ -98,6 +98,7 @@ describe('metrics', () => {
     assert.equal(backendFailureResult('BACKEND_CONNECT_FAILED', 'connect'), 'error');
     assert.equal(backendFailureResult('BACKEND_REFUSED_LOGIN', 'backend-login'), 'refused');
     assert.equal(backendFailureResult('BACKEND_MAILBOX_IN_USE', 'in-use'), 'in-use');
+    assert.equal(backendFailureResult('BACKEND_LOGIN_DELAY', 'login-delay'), 'login-delay');
     assert.equal(backendFailureResult('ABORTED', 'aborted'), 'aborted');
   });
 

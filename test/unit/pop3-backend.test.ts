@@ -201,6 +201,13 @@ describe('pop3 backend login: Cyrus', () => {
     assert.deepEqual(locked.events.at(-1), fail('in-use', '-ERR [IN-USE] Unable to lock maildrop'));
   });
 
+  it('reports a login sooner than popminpoll allows as login-delay, not as the server\'s trouble', () => {
+    // Cyrus pop3d's answer (popminpoll: 1) to a login within a minute of the last one.
+    const delayed = '-ERR [LOGIN-DELAY] Logins must be at least 1 minute apart\r\n';
+    assert.deepEqual(backendEverySplit(AUTHZID, [CYRUS_GREETING, delayed]).events.at(-1), fail('login-delay', delayed.trimEnd()));
+    assert.deepEqual(backendEverySplit(REPLAY, [CYRUS_GREETING, '+OK Name is a valid mailbox\r\n', delayed]).events.at(-1), fail('login-delay', delayed.trimEnd()));
+  });
+
   it('fails when the backend challenges again after the response', () => {
     const run = backendEverySplit(AUTHZID, [CYRUS_GREETING, '+ \r\n', '+ \r\n']);
     assert.deepEqual(run.events.at(-1), fail('unavailable', 'unexpected login reply: +'));
@@ -276,7 +283,8 @@ describe('pop3 backend login: failures and limits', () => {
     assert.equal(classifyRefusal('-ERR [IN-USE] locked'), 'in-use');
     assert.equal(classifyRefusal('-ERR [SYS/TEMP] later'), 'unavailable');
     assert.equal(classifyRefusal('-ERR [SYS/PERM] broken'), 'unavailable');
-    assert.equal(classifyRefusal('-ERR [LOGIN-DELAY] too soon'), 'unavailable');
+    assert.equal(classifyRefusal('-ERR [LOGIN-DELAY] too soon'), 'login-delay');
+    assert.equal(classifyRefusal('-ERR [login-delay/600] too soon'), 'login-delay');
     assert.equal(classifyRefusal('-ERR [AUTH] no'), 'auth-failed');
     assert.equal(classifyRefusal('-ERR Authentication failed.'), 'auth-failed');
     assert.equal(classifyRefusal('-ERR'), 'auth-failed');

@@ -337,7 +337,7 @@ describe('pop3 preauth: login results and pipelining', () => {
   });
 
   it('answers each refusal with its RFC 2449/3206 response code', () => {
-    const refuse = (refusal: 'unavailable' | 'limit' | 'in-use' | 'not-authorized', text?: string): string => {
+    const refuse = (refusal: 'unavailable' | 'limit' | 'in-use' | 'login-delay' | 'not-authorized', text?: string): string => {
       const machine = pop3Adapter.createPreauth(PORT_995);
       machine.receive(Buffer.from('USER alice\r\nPASS secret\r\n'));
       return sent(machine.loginFailed(refusal, text).map((a) => (a.type === 'send' ? { send: a.data } : { close: a.type })));
@@ -347,6 +347,8 @@ describe('pop3 preauth: login results and pipelining', () => {
     assert.equal(refuse('limit'), '-ERR [SYS/TEMP] Too many connections or login attempts, please try again later.\r\n');
     assert.equal(refuse('in-use', "Couldn't open INBOX: Mailbox is locked"), "-ERR [IN-USE] Couldn't open INBOX: Mailbox is locked\r\n");
     assert.equal(refuse('in-use'), '-ERR [IN-USE] Mailbox is locked by another session.\r\n');
+    // RFC 2449 §8.1.2: the client logged in too recently; fetchmail reads the code as "try later", not a bad password.
+    assert.equal(refuse('login-delay'), '-ERR [LOGIN-DELAY] Logged in too recently, please wait and try again later.\r\n');
     // RFC 3206 §5: [AUTH]; one fixed text, whatever the session gives.
     assert.equal(refuse('not-authorized', 'x'), '-ERR [AUTH] Authorization failed.\r\n');
   });
@@ -359,10 +361,10 @@ describe('pop3 preauth: login results and pipelining', () => {
     assert.deepEqual(events.slice(-2), [{ send: '-ERR [AUTH] Authentication failed.\r\n' }, { close: 'limit' }]);
   });
 
-  it('does not count temporary failures (an outage, a locked mailbox) towards that limit', () => {
+  it('does not count temporary failures (an outage, a locked mailbox, a login too soon) towards that limit', () => {
     const tries = MAX_AUTH_ATTEMPTS + 1;
     const script = ['USER a\r\nPASS 1\r\n'.repeat(tries)];
-    const refusals = Array.from({ length: tries }, (_, i) => ({ refuse: i % 2 === 0 ? ('unavailable' as const) : ('in-use' as const) }));
+    const refusals = Array.from({ length: tries }, (_, i) => ({ refuse: (['unavailable', 'in-use', 'login-delay'] as const)[i % 3]! }));
     const events = preauthEverySplit(PORT_995, script, refusals);
     assert.equal(events.filter((e) => 'login' in e).length, tries, 'every login was tried');
     assert.ok(!events.some((e) => 'close' in e), 'the connection stays open');

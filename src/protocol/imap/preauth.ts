@@ -178,6 +178,8 @@ export class ImapPreauthMachine implements PreauthMachine {
       case 'auth-failed':
         // One fixed text whatever happened, so that a wrong password and an unknown user look the same.
         return `${this.loginTag} ${AUTH_FAILED_TEXT}\r\n`;
+      // Only a POP3 backend says [LOGIN-DELAY]; IMAP has no such code.
+      case 'login-delay':
       case 'unavailable':
         return `${this.loginTag} NO [UNAVAILABLE] ${given || 'Temporary failure, please try again later.'}\r\n`;
       case 'limit':

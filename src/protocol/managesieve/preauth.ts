@@ -415,6 +415,8 @@ function refusalLine(refusal: LoginRefusal, text: string | undefined): string {
     case 'auth-failed':
       // One fixed text whatever happened, so that a wrong password and an unknown user look the same.
       return AUTH_FAILED_LINE;
+    // Only a POP3 backend says [LOGIN-DELAY]; ManageSieve has no such code.
+    case 'login-delay':
     case 'unavailable':
       // RFC 5804 §1.3: TRYLATER means a temporary failure the client should retry later.
       return `NO (TRYLATER) ${sieveString(given || 'Temporary failure, please try again later.', 'server')}`;

@@ -28,7 +28,7 @@ export type Pop3BackendState =
   | 'done'
   | 'failed';
 
-type Refusal = 'auth-failed' | 'unavailable' | 'in-use';
+type Refusal = 'auth-failed' | 'unavailable' | 'in-use' | 'login-delay';
 
 // RFC 5034 §4: a client must not send an initial response that makes the AUTH command longer
 // than RFC 2449's 255 octets; it waits for the empty challenge and sends the response then.
@@ -287,11 +287,11 @@ function replyKind(line: string): ReplyKind {
 export function classifyRefusal(line: string): Refusal {
   const code = /^-ERR \[([^\]]*)\]/i.exec(line)?.[1]?.toUpperCase() ?? '';
   if (code === 'IN-USE' || code.startsWith('IN-USE/')) return 'in-use';
-  // [SYS/TEMP] and [SYS/PERM] are the server's own trouble, never the user's password
-  // (RFC 3206 §4); [LOGIN-DELAY] (RFC 2449 §8.1) means "not now".
-  if (code === 'SYS' || code.startsWith('SYS/') || code === 'LOGIN-DELAY' || code.startsWith('LOGIN-DELAY/')) {
-    return 'unavailable';
-  }
+  // RFC 2449 §8.1.2: the user logs in more often than the server allows (Cyrus pop3d's
+  // popminpoll): the user's own doing, relayed so that the client waits, not the server's trouble.
+  if (code === 'LOGIN-DELAY' || code.startsWith('LOGIN-DELAY/')) return 'login-delay';
+  // [SYS/TEMP] and [SYS/PERM] are the server's own trouble, never the user's password (RFC 3206 §4).
+  if (code === 'SYS' || code.startsWith('SYS/')) return 'unavailable';
   return 'auth-failed';
 }
 

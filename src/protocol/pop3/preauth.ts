@@ -415,6 +415,10 @@ function refusalLine(refusal: LoginRefusal, text: string | undefined): string {
     case 'in-use':
       // RFC 2449 §8.1: [IN-USE] means the maildrop is locked by another session.
       return `-ERR [IN-USE] ${given || 'Mailbox is locked by another session.'}`;
+    case 'login-delay':
+      // RFC 2449 §8.1.2: [LOGIN-DELAY] means the user logged in too recently (a server's
+      // minimum poll interval); the client should poll less often, not ask for a new password.
+      return `-ERR [LOGIN-DELAY] ${given || 'Logged in too recently, please wait and try again later.'}`;
     case 'not-authorized':
       // RFC 3206 §5: [AUTH], a refusal for a reason of authentication or policy.
       return NOT_AUTHORIZED_LINE;

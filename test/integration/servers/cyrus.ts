@@ -26,6 +26,12 @@ export interface CyrusOptions {
   readonly proxyAdmin: CyrusUser;
   /** Create user.<name> for every user at start (default true). */
   readonly createMailboxes?: boolean;
+  /**
+   * popminpoll in minutes: pop3d answers a login sooner than this after the user's last one with
+   * -ERR [LOGIN-DELAY] (default 0, no minimum). An option and not an imapdConf line: Cyrus stops
+   * at a key written twice in imapd.conf.
+   */
+  readonly popMinPollMinutes?: number;
   /** failedloginpause in seconds (Cyrus' default is 3; 0 here to keep tests fast). */
   readonly failedLoginPauseSeconds?: number;
   /** timsieved (ManageSieve) on a free port; scripts under sievedir in the instance's directory. */
@@ -218,7 +224,7 @@ export async function startCyrus(options: CyrusOptions): Promise<Cyrus> {
         'sasl_auxprop_plugin: sasldb',
         `sasl_sasldb_path: ${join(dir, 'sasldb2')}`,
         'sasl_mech_list: PLAIN LOGIN',
-        'popminpoll: 0',
+        `popminpoll: ${options.popMinPollMinutes ?? 0}`,
         `failedloginpause: ${options.failedLoginPauseSeconds ?? 0}`,
         ...(options.imapdConf ?? []),
         '',
