@@ -60,13 +60,17 @@ export interface SessionContext {
   readonly onEnd?: (reason: SessionEndReason, session: Session) => void;
 }
 
-/** Human sentences for temporary failures; never name hosts or users (those go to the log). */
+/**
+ * Human sentences for temporary failures; never name hosts or users (those go to the log). Each
+ * says "wait": fetchmail takes a POP3 -ERR to a login as temporary only by its words ("wait",
+ * "lock", or "service" with "unavailable"), never by its code, and reads any other as a wrong password.
+ */
 const UNAVAILABLE_TEXT: Record<string, string> = {
-  'auth-tempfail': 'Authentication service temporarily unavailable, try again later.',
-  'no-route': 'Your mailbox is temporarily unavailable, try again later.',
-  connect: 'Your mail server is temporarily unavailable, try again later.',
-  'backend-login': 'Your mail server is temporarily unavailable, try again later.',
-  internal: 'Internal error, try again later.',
+  'auth-tempfail': 'Authentication service temporarily unavailable, please wait and try again later.',
+  'no-route': 'Your mailbox is temporarily unavailable, please wait and try again later.',
+  connect: 'Your mail server is temporarily unavailable, please wait and try again later.',
+  'backend-login': 'Your mail server is temporarily unavailable, please wait and try again later.',
+  internal: 'Internal error, please wait and try again later.',
 };
 
 /** No bytes yet. */
@@ -75,8 +79,8 @@ const EMPTY = Buffer.alloc(0);
 /** What a kicked client is told. */
 const KICKED_TEXT = 'Disconnected by an administrator';
 
-/** What a client refused by a limit (throttle, sessions per user) is told; names no counts. */
-const LIMIT_TEXT = 'Too many login attempts or sessions, try again later.';
+/** What a client refused by a limit (throttle, sessions per user) is told; names no counts, says "wait" (UNAVAILABLE_TEXT). */
+const LIMIT_TEXT = 'Too many login attempts or sessions, please wait and try again later.';
 
 /** How much of a value a client sent with ID the log shows. */
 const LOGGED_CLAIM_CHARS = 64;

@@ -342,9 +342,9 @@ describe('pop3 preauth: login results and pipelining', () => {
       machine.receive(Buffer.from('USER alice\r\nPASS secret\r\n'));
       return sent(machine.loginFailed(refusal, text).map((a) => (a.type === 'send' ? { send: a.data } : { close: a.type })));
     };
-    assert.equal(refuse('unavailable'), '-ERR [SYS/TEMP] Temporary failure, please try again later.\r\n');
+    assert.equal(refuse('unavailable'), '-ERR [SYS/TEMP] Temporary failure, please wait and try again later.\r\n');
     assert.equal(refuse('unavailable', 'Directory unreachable\r\n+OK injected'), '-ERR [SYS/TEMP] Directory unreachable +OK injected\r\n');
-    assert.equal(refuse('limit'), '-ERR [SYS/TEMP] Too many connections or login attempts, please try again later.\r\n');
+    assert.equal(refuse('limit'), '-ERR [SYS/TEMP] Too many connections or login attempts, please wait and try again later.\r\n');
     assert.equal(refuse('in-use', "Couldn't open INBOX: Mailbox is locked"), "-ERR [IN-USE] Couldn't open INBOX: Mailbox is locked\r\n");
     assert.equal(refuse('in-use'), '-ERR [IN-USE] Mailbox is locked by another session.\r\n');
     // RFC 2449 §8.1.2: the client logged in too recently; fetchmail reads the code as "try later", not a bad password.

@@ -406,12 +406,14 @@ function refusalLine(refusal: LoginRefusal, text: string | undefined): string {
   switch (refusal) {
     case 'auth-failed':
       return AUTH_FAILED_LINE;
+    // The default texts say "wait": fetchmail reads a -ERR to a login as temporary by its words
+    // alone ("wait", "lock", "service ... unavailable"), and any other as a wrong password.
     case 'unavailable':
-      return `-ERR [SYS/TEMP] ${given || 'Temporary failure, please try again later.'}`;
+      return `-ERR [SYS/TEMP] ${given || 'Temporary failure, please wait and try again later.'}`;
     case 'limit':
       // RFC 3206 has no code for throttling or connection limits; [SYS/TEMP] tells the client
       // the failure is temporary and not its password's fault, so it does not re-prompt.
-      return `-ERR [SYS/TEMP] ${given || 'Too many connections or login attempts, please try again later.'}`;
+      return `-ERR [SYS/TEMP] ${given || 'Too many connections or login attempts, please wait and try again later.'}`;
     case 'in-use':
       // RFC 2449 §8.1: [IN-USE] means the maildrop is locked by another session.
       return `-ERR [IN-USE] ${given || 'Mailbox is locked by another session.'}`;
