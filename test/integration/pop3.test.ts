@@ -156,6 +156,35 @@ describe('POP3 sessions through mailfront (python3 poplib)', () => {
     assert.equal((c.results?.[1] as { sha256: string }).sha256, sha256(makeMessage('pop gamma')));
   });
 
+  test('CAPA before login lists TOP and UIDL, as Dovecot and Cyrus pop3d do, and TOP works after login', async () => {
+    const preLogin = async (port: number): Promise<string[]> => {
+      const c = await LineClient.connect(port);
+      try {
+        await c.readLine();
+        return await c.pop3Multi('CAPA');
+      } finally {
+        c.close();
+      }
+    };
+    // Thunderbird decides from this list whether to fetch headers only (TOP) and how to read a failed UIDL.
+    for (const [name, port] of [['Dovecot', alpha.pop3Port], ['Cyrus', cyrus.pop3Port], ['mailfront', front.pop3TrustedPort]] as const) {
+      const capa = await preLogin(port);
+      assert.ok(capa.includes('TOP') && capa.includes('UIDL'), `${name}: ${JSON.stringify(capa)}`);
+    }
+    const raw = await LineClient.connect(front.pop3TrustedPort);
+    try {
+      await raw.readLine();
+      await raw.pop3('USER carol');
+      await raw.pop3(`PASS ${PASSWORDS.carol}`);
+      const top = await raw.pop3Multi('TOP 1 0');
+      assert.ok(top.some((l) => /^Subject: pop gamma$/i.test(l)), JSON.stringify(top));
+      assert.equal(top.at(-1), '', 'the header and the blank line, no body');
+      await raw.pop3('QUIT');
+    } finally {
+      raw.close();
+    }
+  });
+
   test('AUTH PLAIN with an initial response, and pipelined commands after it are kept', async () => {
     const raw = await LineClient.connect(front.pop3TrustedPort);
     try {

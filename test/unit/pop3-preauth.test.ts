@@ -24,7 +24,8 @@ const NOTHING: PreauthOptions = { tlsActive: false, starttlsAvailable: false, pl
 const GREETING: Event = { send: '+OK mailfront ready\r\n' };
 const b64 = (s: string): string => Buffer.from(s, 'utf8').toString('base64');
 const capa = (...lines: string[]): Event => ({ send: ['+OK Capability list follows', ...lines, '.'].join('\r\n') + '\r\n' });
-const COMMON_CAPS = ['RESP-CODES', 'AUTH-RESP-CODE', 'PIPELINING'];
+// TOP and UIDL are the backend's, listed before login as Dovecot and Cyrus list them (Thunderbird reads them there).
+const COMMON_CAPS = ['TOP', 'UIDL', 'RESP-CODES', 'AUTH-RESP-CODE', 'PIPELINING'];
 const login = (user: string, password: string, mechanism: string, authzid?: string): Event => ({
   login: authzid === undefined ? { user, password, mechanism } : { user, password, authzid, mechanism },
 });

@@ -265,7 +265,10 @@ export class Pop3Preauth implements PreauthMachine {
     const lines = ['+OK Capability list follows'];
     if (this.#plaintextAllowed()) lines.push('USER', 'SASL PLAIN LOGIN');
     if (this.#stlsOffered()) lines.push('STLS');
-    lines.push('RESP-CODES', 'AUTH-RESP-CODE', 'PIPELINING', '.');
+    // TOP and UIDL are the backend's commands, offered by every backend mailfront logs in to
+    // (Dovecot and Cyrus pop3d list them before login too). Clients decide from the pre-login
+    // CAPA: Thunderbird uses TOP (headers only, size limits) and reads a failed UIDL by it.
+    lines.push('TOP', 'UIDL', 'RESP-CODES', 'AUTH-RESP-CODE', 'PIPELINING', '.');
     return lines.join(CRLF);
   }
 
