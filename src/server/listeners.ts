@@ -106,7 +106,7 @@ function refusedLogOf(limiter: ConnectionLimiter, log: Logger): RefusedConnectio
 }
 
 /** What a connection that gets no session because the server is stopping is told. */
-const SHUTTING_DOWN_TEXT = 'Server shutting down, try again later.';
+const SHUTTING_DOWN_TEXT = 'Server shutting down, please wait and try again later.';
 
 /** Errors before a session owns its socket end in 'close'; one handler for every connection, not a closure each. */
 function ignoreSocketError(): void {}
@@ -230,7 +230,7 @@ export class Listener {
     if (!admission.admitted) {
       this.refusedLog.refused(admission.limit, config.name, endpoints.client.address);
       metrics.connectionRefused(admission.limit);
-      const text = admission.limit === 'total' ? 'Too many connections, try again later.' : 'Too many connections from your address.';
+      const text = admission.limit === 'total' ? 'Too many connections, please wait and try again later.' : 'Too many connections from your address, please wait and try again later.';
       return this.refuse(raw, config.tls === 'implicit', admission.limit, text);
     }
     const lease = admission.lease;
