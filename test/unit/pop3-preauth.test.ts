@@ -473,7 +473,7 @@ describe('pop3 preauth: limits and hostile input', () => {
     assert.deepEqual(machine.receive(Buffer.from('CAPA\r\n')), []);
     const other = pop3Adapter.createPreauth(PORT_110);
     assert.deepEqual(other.shuttingDown(), [
-      { type: 'send', data: '-ERR [SYS/TEMP] Server shutting down\r\n' },
+      { type: 'send', data: '-ERR [SYS/TEMP] Server shutting down, please wait and try again later.\r\n' },
       { type: 'close', reason: 'shutdown' },
     ]);
   });

@@ -39,7 +39,7 @@ class FakeSocket extends Duplex {
   }
 }
 
-type Outcome = { readonly kind: FailureKind } | { readonly throttled: true } | { readonly hang: true };
+type Outcome = { readonly kind: FailureKind } | { readonly throttled: true } | { readonly hang: true; readonly stopAfterMs?: number };
 
 /** A POP3 session (pre-auth deadline 150 ms) whose login meets `outcome`; resolves with the answer to PASS. */
 async function answerToPass(outcome: Outcome): Promise<string> {
@@ -79,8 +79,10 @@ async function answerToPass(outcome: Outcome): Promise<string> {
   const socket = new FakeSocket();
   const endpoints = { client: { address: '192.0.2.1', port: 1234 }, peer: { address: '192.0.2.1', port: 1234 }, local: { address: '127.0.0.1', port: 110 } };
   const listener = { name: 'pop3', tls: 'none', plaintextWithoutTls: true } as unknown as ListenerConfig;
-  new Session(socket as unknown as Socket, listener, pop3Adapter, context, false, endpoints, admission.lease);
+  const session = new Session(socket as unknown as Socket, listener, pop3Adapter, context, false, endpoints, admission.lease);
   socket.push('USER bob\r\nPASS secret-pw\r\n');
+  // The server stops while the login is under way (a restart, a deploy).
+  if ('stopAfterMs' in outcome && outcome.stopAfterMs !== undefined) setTimeout(() => session.shutdown(), outcome.stopAfterMs);
   const deadline = Date.now() + 2_000;
   for (;;) {
     const lines = socket.out.split('\r\n');
@@ -111,6 +113,12 @@ describe('pop3: a login that fails for a while reads as temporary to fetchmail',
   it('a login the pre-auth deadline cut short', async () => {
     const line = await answerToPass({ hang: true });
     assert.match(line, /^-ERR \[SYS\/TEMP\] /);
+    assert.notEqual(fetchmailReads(line), 'auth-failed', `fetchmail reads ${JSON.stringify(line)} as a wrong password`);
+  });
+
+  it('a login under way when the server stops', async () => {
+    const line = await answerToPass({ hang: true, stopAfterMs: 30 });
+    assert.match(line, /^-ERR \[SYS\/TEMP\] Server shutting down/);
     assert.notEqual(fetchmailReads(line), 'auth-failed', `fetchmail reads ${JSON.stringify(line)} as a wrong password`);
   });
 

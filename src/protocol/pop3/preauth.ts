@@ -160,7 +160,8 @@ export class Pop3Preauth implements PreauthMachine {
   }
 
   shuttingDown(): PreauthAction[] {
-    return this.#finalWords('-ERR [SYS/TEMP] Server shutting down', 'shutdown');
+    // Worded as the other temporary answers ("wait"): fetchmail reads the words, not the code.
+    return this.#finalWords('-ERR [SYS/TEMP] Server shutting down, please wait and try again later.', 'shutdown');
   }
 
   #finalWords(line: string, reason: PreauthCloseReason): PreauthAction[] {
