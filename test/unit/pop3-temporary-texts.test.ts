@@ -5,21 +5,12 @@
 // mode it mails the user "authentication failed" after three of them. The response code alone
 // ([SYS/TEMP]) is not looked at. The texts are the session's, shared with IMAP and ManageSieve.
 import assert from 'node:assert/strict';
-import { Duplex } from 'node:stream';
 import { describe, it } from 'node:test';
-import type { Socket } from 'node:net';
-import { Session } from '../../src/session/session.js';
 import type { SessionContext } from '../../src/session/session.js';
 import { pop3Adapter } from '../../src/protocol/pop3/index.js';
-import { Metrics } from '../../src/metrics.js';
-import { ConnectionLimiter } from '../../src/server/connection-limits.js';
-import { SessionRegistry } from '../../src/proxy/registry.js';
-import { CidrSet } from '../../src/net/cidr.js';
-import { createLogger } from '../../src/log.js';
 import { MailfrontError } from '../../src/errors.js';
 import type { FailureKind } from '../../src/errors.js';
-import { LoginGate } from '../../src/auth/login-gate.js';
-import type { Config, ListenerConfig } from '../../src/config/schema.js';
+import { startFakeSession } from './session-harness.js';
 
 /** How fetchmail's pop3_ok classifies a -ERR answer to USER/PASS/AUTH. */
 function fetchmailReads(line: string): 'lock-busy' | 'server-busy' | 'auth-failed' {
@@ -28,58 +19,25 @@ function fetchmailReads(line: string): 'lock-busy' | 'server-busy' | 'auth-faile
   return 'auth-failed';
 }
 
-class FakeSocket extends Duplex {
-  out = '';
-  readonly remoteAddress = '192.0.2.1';
-  readonly remotePort = 1234;
-  override _read(): void {}
-  override _write(chunk: Buffer, _encoding: BufferEncoding, done: () => void): void {
-    this.out += chunk.toString('latin1');
-    done();
-  }
-}
-
 type Outcome = { readonly kind: FailureKind } | { readonly throttled: true } | { readonly hang: true; readonly stopAfterMs?: number };
 
 /** A POP3 session (pre-auth deadline 150 ms) whose login meets `outcome`; resolves with the answer to PASS. */
 async function answerToPass(outcome: Outcome): Promise<string> {
-  const config = {
-    session: { greeting: 'ready', preauthTimeoutMs: 150, authFailureDelayMs: 0, idleTimeoutMs: 60_000 },
-    usernames: { lowercase: true },
-    connectionLimits: { maxSessionsPerUser: 10 },
-    failover: { holdMs: 0 },
-  } as unknown as Config;
-  const limiter = new ConnectionLimiter({ maxConnections: 100, maxConnectionsPerAddress: 100, maxSessionsPerUser: 10 });
-  const admission = limiter.admit('192.0.2.1', false);
-  assert.ok(admission.admitted);
-  const context = {
-    config: () => config,
-    storeMap: () => {
-      throw new Error('no store map in this test');
-    },
-    metrics: new Metrics({ version: 'test', processMetrics: false, protocols: ['pop3'] }),
-    trustedNetworks: () => new CidrSet([]),
-    loginGate: new LoginGate(),
-    limiter,
-    registry: new SessionRegistry(),
-    log: createLogger('silent'),
-    secureContext: () => undefined,
-    directory: () => ({
-      authenticate: (_user: string, _password: string, signal: { addEventListener(type: 'abort', listener: () => void): void }) => {
-        if ('kind' in outcome) return Promise.reject(new MailfrontError('TEST', outcome.kind, 'as the test says'));
-        return new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(new MailfrontError('ABORTED', 'aborted', 'cancelled'))));
-      },
-    }),
-    throttle: () => ({
-      check: async () => ('throttled' in outcome ? { refused: true, refusedBy: 'user', refusedForMs: 60_000 } : { refused: false, refusedForMs: 0 }),
-      recordSuccess: async () => undefined,
-      recordFailure: async () => ({ delayMs: 0 }),
-    }),
-  } as unknown as SessionContext;
-  const socket = new FakeSocket();
-  const endpoints = { client: { address: '192.0.2.1', port: 1234 }, peer: { address: '192.0.2.1', port: 1234 }, local: { address: '127.0.0.1', port: 110 } };
-  const listener = { name: 'pop3', tls: 'none', plaintextWithoutTls: true } as unknown as ListenerConfig;
-  const session = new Session(socket as unknown as Socket, listener, pop3Adapter, context, false, endpoints, admission.lease);
+  const { session, socket } = startFakeSession(pop3Adapter, 150, {
+    directory: () =>
+      ({
+        authenticate: (_user: string, _password: string, signal: { addEventListener(type: 'abort', listener: () => void): void }) => {
+          if ('kind' in outcome) return Promise.reject(new MailfrontError('TEST', outcome.kind, 'as the test says'));
+          return new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(new MailfrontError('ABORTED', 'aborted', 'cancelled'))));
+        },
+      }) as unknown as ReturnType<SessionContext['directory']>,
+    throttle: () =>
+      ({
+        check: async () => ('throttled' in outcome ? { refused: true, refusedBy: 'user', refusedForMs: 60_000 } : { refused: false, refusedForMs: 0 }),
+        recordSuccess: async () => undefined,
+        recordFailure: async () => ({ delayMs: 0 }),
+      }) as unknown as ReturnType<SessionContext['throttle']>,
+  });
   socket.push('USER bob\r\nPASS secret-pw\r\n');
   // The server stops while the login is under way (a restart, a deploy).
   if ('stopAfterMs' in outcome && outcome.stopAfterMs !== undefined) setTimeout(() => session.shutdown(), outcome.stopAfterMs);

@@ -2,78 +2,25 @@
 // trip), or on a directory that does not answer. The session ends at the deadline, the login goes
 // no further, and nothing the client pipelined behind it is run.
 import assert from 'node:assert/strict';
-import { Duplex } from 'node:stream';
 import { test } from 'node:test';
-import { Session } from '../../src/session/session.js';
 import type { SessionContext } from '../../src/session/session.js';
 import { imapAdapter } from '../../src/protocol/imap/index.js';
-import { Metrics } from '../../src/metrics.js';
-import { ConnectionLimiter } from '../../src/server/connection-limits.js';
-import { SessionRegistry } from '../../src/proxy/registry.js';
-import { CidrSet } from '../../src/net/cidr.js';
-import { createLogger } from '../../src/log.js';
 import { MailfrontError } from '../../src/errors.js';
-import { LoginGate } from '../../src/auth/login-gate.js';
-import type { Config, ListenerConfig } from '../../src/config/schema.js';
-import type { Socket } from 'node:net';
+import { startFakeSession } from './session-harness.js';
+import type { FakeSession } from './session-harness.js';
 
-class FakeSocket extends Duplex {
-  out = '';
-  readonly remoteAddress = '192.0.2.1';
-  readonly remotePort = 1234;
-  override _read(): void {}
-  override _write(chunk: Buffer, _encoding: BufferEncoding, done: () => void): void {
-    this.out += chunk.toString('latin1');
-    done();
-  }
-}
-
-interface Harness {
-  readonly socket: FakeSocket;
+interface Harness extends FakeSession {
   readonly steps: string[];
-  readonly metrics: Metrics;
-  readonly limiter: ConnectionLimiter;
-  /** Why the session ended ('' while it runs). */
-  ended(): string;
 }
 
 /** An IMAP session with a 100 ms pre-auth deadline, whose throttle and directory the test gives (each may push to `steps`). */
 function startSession(parts: (steps: string[]) => Pick<SessionContext, 'throttle' | 'directory'>): Harness {
   const steps: string[] = [];
-  const config = {
-    session: { greeting: 'hi', preauthTimeoutMs: 100, authFailureDelayMs: 0, idleTimeoutMs: 60_000 },
-    usernames: { lowercase: true },
-    connectionLimits: { maxSessionsPerUser: 10 },
-    failover: { holdMs: 0 },
-  } as unknown as Config;
-  const limiter = new ConnectionLimiter({ maxConnections: 100, maxConnectionsPerAddress: 100, maxSessionsPerUser: 10 });
-  const admission = limiter.admit('192.0.2.1', false);
-  assert.ok(admission.admitted);
-  const metrics = new Metrics({ version: 'test', processMetrics: false, protocols: ['imap'] });
-  let ended = '';
-  const context = {
-    config: () => config,
-    storeMap: () => {
-      steps.push('store map');
-      throw new Error('no store map in this test');
-    },
-    metrics,
-    trustedNetworks: () => new CidrSet([]),
-    loginGate: new LoginGate(),
-    limiter,
-    registry: new SessionRegistry(),
-    log: createLogger('silent'),
-    secureContext: () => undefined,
-    onEnd: (reason: string) => {
-      ended = reason;
-    },
-    ...parts(steps),
-  } as unknown as SessionContext;
-  const socket = new FakeSocket();
-  const endpoints = { client: { address: '192.0.2.1', port: 1234 }, peer: { address: '192.0.2.1', port: 1234 }, local: { address: '127.0.0.1', port: 143 } };
-  const listener = { name: 'imap', tls: 'none', plaintextWithoutTls: true } as unknown as ListenerConfig;
-  new Session(socket as unknown as Socket, listener, imapAdapter, context, false, endpoints, admission.lease);
-  return { socket, steps, metrics, limiter, ended: () => ended };
+  const storeMap = (): never => {
+    steps.push('store map');
+    throw new Error('no store map in this test');
+  };
+  return { ...startFakeSession(imapAdapter, 100, { ...parts(steps), storeMap } as unknown as Pick<SessionContext, 'throttle' | 'directory' | 'storeMap'>), steps };
 }
 
 const throttleThatAllows = () => ({ check: async () => ({ refused: false, refusedForMs: 0 }), recordSuccess: async () => undefined, recordFailure: async () => ({ delayMs: 0 }) });

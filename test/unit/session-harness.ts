@@ -1,0 +1,81 @@
+// A Session over a fake socket with no network: the config, limits and context a unit test of
+// the session's login needs, with the directory, throttle and store map the test gives.
+import assert from 'node:assert/strict';
+import { Duplex } from 'node:stream';
+import type { Socket } from 'node:net';
+import { Session } from '../../src/session/session.js';
+import type { SessionContext } from '../../src/session/session.js';
+import type { ProtocolAdapter } from '../../src/protocol/types.js';
+import { Metrics } from '../../src/metrics.js';
+import { ConnectionLimiter } from '../../src/server/connection-limits.js';
+import { SessionRegistry } from '../../src/proxy/registry.js';
+import { CidrSet } from '../../src/net/cidr.js';
+import { createLogger } from '../../src/log.js';
+import { LoginGate } from '../../src/auth/login-gate.js';
+import type { Config, ListenerConfig } from '../../src/config/schema.js';
+
+/** A client socket whose writes are kept as text. */
+export class FakeSocket extends Duplex {
+  out = '';
+  readonly remoteAddress = '192.0.2.1';
+  readonly remotePort = 1234;
+  override _read(): void {}
+  override _write(chunk: Buffer, _encoding: BufferEncoding, done: () => void): void {
+    this.out += chunk.toString('latin1');
+    done();
+  }
+}
+
+export interface FakeSession {
+  readonly session: Session;
+  readonly socket: FakeSocket;
+  readonly metrics: Metrics;
+  readonly limiter: ConnectionLimiter;
+  /** Why the session ended ('' while it runs). */
+  ended(): string;
+}
+
+/**
+ * Starts a `protocol` session from 192.0.2.1 on a plaintext listener, with a pre-auth deadline of
+ * `preauthTimeoutMs`, no failure delay and no failover hold; `parts` gives the directory, the
+ * throttle and, if the test needs one, the store map.
+ */
+export function startFakeSession(
+  adapter: ProtocolAdapter,
+  preauthTimeoutMs: number,
+  parts: Pick<SessionContext, 'throttle' | 'directory'> & Partial<Pick<SessionContext, 'storeMap'>>,
+): FakeSession {
+  const config = {
+    session: { greeting: 'hi', preauthTimeoutMs, authFailureDelayMs: 0, idleTimeoutMs: 60_000 },
+    usernames: { lowercase: true },
+    connectionLimits: { maxSessionsPerUser: 10 },
+    failover: { holdMs: 0 },
+  } as unknown as Config;
+  const limiter = new ConnectionLimiter({ maxConnections: 100, maxConnectionsPerAddress: 100, maxSessionsPerUser: 10 });
+  const admission = limiter.admit('192.0.2.1', false);
+  assert.ok(admission.admitted);
+  const metrics = new Metrics({ version: 'test', processMetrics: false, protocols: [adapter.name] });
+  let ended = '';
+  const context = {
+    config: () => config,
+    storeMap: () => {
+      throw new Error('no store map in this test');
+    },
+    metrics,
+    trustedNetworks: () => new CidrSet([]),
+    loginGate: new LoginGate(),
+    limiter,
+    registry: new SessionRegistry(),
+    log: createLogger('silent'),
+    secureContext: () => undefined,
+    onEnd: (reason: string) => {
+      ended = reason;
+    },
+    ...parts,
+  } as unknown as SessionContext;
+  const socket = new FakeSocket();
+  const endpoints = { client: { address: '192.0.2.1', port: 1234 }, peer: { address: '192.0.2.1', port: 1234 }, local: { address: '127.0.0.1', port: 143 } };
+  const listener = { name: adapter.name, tls: 'none', plaintextWithoutTls: true } as unknown as ListenerConfig;
+  const session = new Session(socket as unknown as Socket, listener, adapter, context, false, endpoints, admission.lease);
+  return { session, socket, metrics, limiter, ended: () => ended };
+}
