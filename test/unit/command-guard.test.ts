@@ -4,13 +4,13 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { unauthenticateGuard } from '../../src/proxy/command-guard.js';
+import type { CommandGuard } from '../../src/proxy/command-guard.js';
 import { imapAdapter } from '../../src/protocol/imap/index.js';
 import { managesieveAdapter } from '../../src/protocol/managesieve/index.js';
 import { pop3Adapter } from '../../src/protocol/pop3/index.js';
 
-/** Feeds `parts` in order; the index of the part the guard refused, or -1. */
-function refusedAt(parts: readonly string[]): number {
-  const guard = unauthenticateGuard();
+/** Feeds `parts` in order to `guard` (IMAP's by default); the index of the part it refused, or -1. */
+function refusedAt(parts: readonly string[], guard: CommandGuard = unauthenticateGuard()): number {
   for (const [i, part] of parts.entries()) {
     const bytes = Buffer.from(part, 'latin1');
     if (guard.refuses(bytes, bytes.length)) return i;
@@ -135,10 +135,7 @@ test('ManageSieve refuses a run of letters that ends in the word, wherever timsi
     for (const parts of everySplit(stream)) {
       const sieve = managesieveAdapter.createCommandGuard?.(null)?.guard;
       assert.ok(sieve);
-      const at = parts.findIndex((part) => {
-        const bytes = Buffer.from(part, 'latin1');
-        return sieve.refuses(bytes, bytes.length);
-      });
+      const at = refusedAt(parts, sieve);
       assert.notEqual(at, -1, JSON.stringify(parts));
       assert.ok(!/(unauthenticate|starttls)[^A-Za-z]/i.test(parts.slice(0, at).join('')), `${JSON.stringify(parts)}: refused too late`);
     }
