@@ -398,7 +398,10 @@ export function readBackend(v: unknown, path: string, resolvePath: (p: string) =
   const caFile = optStr(o, 'ca_file', path, issues);
   const servername = optStr(o, 'tls_servername', path, issues) ?? base?.tlsServername;
   const resolvedCa = caFile !== undefined ? resolvePath(caFile) : base?.caFile;
-  const reservedUsers = readReservedUsers(o, path, issues, base?.reservedUsers);
+  // A section that changes the login mode does not inherit a list set for the other mode: the
+  // names that carry rights differ (a Dovecot-wide list must not leave Cyrus's cyrus unreserved
+  // on a store that turns to sasl-authzid). Not set there, it gets its own mode's default.
+  const reservedUsers = readReservedUsers(o, path, issues, base !== undefined && loginMode !== base.loginMode ? undefined : base?.reservedUsers);
   return {
     loginMode,
     ...(proxyUser !== undefined ? { proxyUser } : {}),

@@ -125,6 +125,13 @@ stores:
   const byMode = loadStoreMap(join(dir, 'stores.yaml'), 1, loadConfig(join(dir, 'mf.yaml')));
   assert.deepEqual(reservedUsersOf(byMode.stores.get('c')!.backend), ['cyrus']);
   assert.deepEqual(reservedUsersOf(byMode.stores.get('d')!.backend), []);
+  // A list set for another mode is not inherited by a store that changes the mode: a Dovecot-wide
+  // list ([admin], or []) left a Cyrus store's cyrus unreserved, a directory user of that name
+  // asserted as Cyrus's admin. A store keeping the mode inherits the list.
+  writeFileSync(join(dir, 'mf.yaml'), `${BASE}backend: { login_mode: master-user, proxy_user: p, proxy_password: pw, reserved_users: [admin] }\n`);
+  const listed = loadStoreMap(join(dir, 'stores.yaml'), 1, loadConfig(join(dir, 'mf.yaml')));
+  assert.deepEqual(reservedUsersOf(listed.stores.get('c')!.backend), ['cyrus']);
+  assert.deepEqual(reservedUsersOf(listed.stores.get('d')!.backend), ['admin']);
 });
 
 test('backend.reserved_users that is not a list of names is an error naming the path', () => {
