@@ -23,7 +23,7 @@ const COMMON = `Options:
   -V, --version       print the version`;
 const REMOTE = `${COMMON}
       --url URL       admin API base URL (default: http.host/http.port of the config)
-      --token TOKEN   admin API token (default: admin.token of the config)
+      --token TOKEN   admin API token (default: $MAILFRONT_ADMIN_TOKEN, else admin.token of the config)
       --json          print the API's JSON instead of a table`;
 
 const HELP: Record<string, string> = {
