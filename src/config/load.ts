@@ -4,13 +4,14 @@
  */
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { LineCounter, isScalar, parseDocument, visit } from 'yaml';
+import { LineCounter, isMap, isScalar, parseDocument, visit } from 'yaml';
+import type { Document, YAMLMap } from 'yaml';
 import { MailfrontError } from '../errors.js';
 import type { Config } from './schema.js';
 import { readConfig } from './schema.js';
 import { StoreMap, readStoreMap } from '../routing/storemap.js';
 import type { ConfigIssue } from './validate.js';
-import { IssueList, SECRET_KEY, deepFreeze, optStr, readMapping, readSection } from './validate.js';
+import { IssueList, SECRET_KEY, at, deepFreeze, optStr, readMapping, readSection } from './validate.js';
 import { readHttpConfig } from '../server/http.js';
 import type { HttpConfig } from '../server/http.js';
 
@@ -36,7 +37,7 @@ const YAML_EXPECTED_BY_CODE: Readonly<Record<string, string>> = {
   MULTIPLE_DOCS: 'one YAML document (no --- between two)',
 };
 
-function parseYamlFile(file: string): unknown {
+function parseYamlFile(file: string, check?: (doc: Document.Parsed, text: string, lines: LineCounter, file: string) => void): unknown {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
@@ -72,6 +73,7 @@ function parseYamlFile(file: string): unknown {
       }),
     );
   }
+  check?.(doc, text, lineCounter, file);
   try {
     return doc.toJS({ maxAliasCount: 100 });
   } catch {
@@ -190,11 +192,58 @@ export function loadAdminAccess(fileName: string, withToken: boolean): AdminAcce
  */
 export function readStoreMapFile(fileName: string, baseDir?: string): unknown {
   const file = resolve(fileName);
-  const doc = parseYamlFile(file);
+  const doc = parseYamlFile(file, checkStoreMapNames);
   const issues = new IssueList();
   inlineSecretFiles(doc, baseDir === undefined ? resolverFor(file) : resolverIn(baseDir), '', issues);
   if (issues.issues.length > 0) throw new ConfigError(file, issues.issues);
   return doc;
+}
+
+/**
+ * Refuses store and slot names, and masters, that YAML does not read as the text written: an
+ * unquoted 0101, 1e3 or 0x1A is the number 101, 1000 or 26, which names store "101", "1000",
+ * "26" without a word; true, null or 1.50 no name written either. A number that reads back as
+ * written (101) is that name, as it always was. The map's text is needed for this: the document
+ * readStoreMapFile gives holds the numbers only, so it runs on the parsed file (parseYamlFile). Two keys that read as one name (`101:` and
+ * `"101":`, which YAML holds distinct, a number and a string) are refused too: the map would hold
+ * the last one, and a failover would be written to the first.
+ */
+function checkStoreMapNames(doc: Document.Parsed, text: string, lines: LineCounter, file: string): void {
+  const issues = new IssueList();
+  /** True when `node` (a key or a value) is a string, or a number whose text is the one written. */
+  const asWritten = (node: unknown, path: string, what: string): void => {
+    if (isScalar(node)) {
+      const written = node.source ?? (node.range ? text.slice(node.range[0], node.range[1]) : undefined);
+      if (typeof node.value === 'string' || (typeof node.value === 'number' && String(node.value) === written)) return;
+      issues.add(path, `${what} YAML reads as written: quote it ("${written ?? String(node.value)}")`, node.value);
+    } else issues.addFinding(path, `${what} written as plain text`, 'a key that is a mapping, a list or an alias');
+  };
+  const entries = (map: unknown, path: string, what: string, each: (value: unknown, path: string) => void): void => {
+    if (!isMap(map)) return;
+    /** The keys seen so far by the name they read as: as written, and on which line. */
+    const seen = new Map<string, string>();
+    for (const pair of (map as YAMLMap).items) {
+      const name = isScalar(pair.key) ? String(pair.key.source ?? pair.key.value) : String(pair.key);
+      asWritten(pair.key, at(path, name), what);
+      if (isScalar(pair.key) && pair.key.range) {
+        const written = `${text.slice(pair.key.range[0], pair.key.range[1])} (line ${lines.linePos(pair.key.range[0]).line})`;
+        const named = String(pair.key.value);
+        const before = seen.get(named);
+        if (before === undefined) seen.set(named, written);
+        else issues.addFinding(at(path, name), `${what} given once (keep one of the keys)`, `${before} and ${written}, both read as "${named}"`);
+      }
+      each(pair.value, at(path, name));
+    }
+  };
+  entries(doc.get('stores'), 'stores', 'a store name', (store, path) => {
+    if (!isMap(store)) return;
+    entries(store.get('slots'), at(path, 'slots'), 'a slot name', () => undefined);
+    for (const key of ['current_master', 'preferred_master']) {
+      const value = store.get(key, true);
+      if (value !== undefined && isScalar(value) && value.value !== null) asWritten(value, at(path, key), 'a slot name');
+    }
+  });
+  if (issues.issues.length > 0) throw new ConfigError(file, issues.issues);
 }
 
 /**

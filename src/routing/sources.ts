@@ -4,19 +4,17 @@
  * file's shape; validation and versioning happen in the holder. Owns its file watcher, timer
  * and LDAP connection.
  */
-import { readFileSync, realpathSync, watch } from 'node:fs';
+import { realpathSync, watch } from 'node:fs';
 import type { FSWatcher } from 'node:fs';
 import { chmod, chown, readFile, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { readCaCertificates } from '../ca-file.js';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { ConnectionOptions } from 'node:tls';
 import { Attribute, Change, Client, ResultCodeError, SizeLimitExceededError } from 'ldapts';
-import { isMap, isScalar, LineCounter, parseDocument } from 'yaml';
-import type { YAMLMap } from 'yaml';
+import { isMap, isScalar, parseDocument } from 'yaml';
 import { escapeFilterValue, LdapAnswerRefusedError, ldapBytesReceived, openLdapClient } from '../auth/ldap.js';
-import { ConfigError, readStoreMapFile } from '../config/load.js';
+import { readStoreMapFile } from '../config/load.js';
 import type { StoreMapSourceConfig } from '../config/schema.js';
-import { IssueList, at } from '../config/validate.js';
 import { asMailfrontError, MailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { MAX_STOREMAP_LDAP_ANSWER_BYTES } from '../limits.js';
@@ -79,7 +77,6 @@ export class FileStoreMapSource implements StoreMapSource {
   load(): Promise<unknown> {
     return Promise.resolve().then(() => {
       const document = readStoreMapFile(this.file, this.baseDir);
-      checkNames(readFileSync(this.file, 'utf8'), resolve(this.file));
       this.lastLoaded = JSON.stringify(document);
       this.onRead?.(null);
       return document;
@@ -255,55 +252,6 @@ function valueNamed(map: unknown, name: string, file: string): unknown {
   const named = map.items.filter((pair) => String(isScalar(pair.key) ? pair.key.value : pair.key) === name);
   if (named.length > 1) throw new MailfrontError('STOREMAP_DUPLICATE_STORE', 'config', `store "${name}" has ${named.length} keys in ${file} (an unquoted number and the same name quoted, say); no failover written`);
   return named[0]?.value;
-}
-
-/**
- * Refuses store and slot names, and masters, that YAML does not read as the text written: an
- * unquoted 0101, 1e3 or 0x1A is the number 101, 1000 or 26, which names store "101", "1000",
- * "26" without a word; true, null or 1.50 no name written either. A number that reads back as
- * written (101) is that name, as it always was. The map's text is needed for this: the document
- * `readStoreMapFile` gives holds the numbers only. Two keys that read as one name (`101:` and
- * `"101":`, which YAML holds distinct, a number and a string) are refused too: the map would hold
- * the last one, and a failover would be written to the first.
- */
-function checkNames(text: string, file: string): void {
-  const issues = new IssueList();
-  /** True when `node` (a key or a value) is a string, or a number whose text is the one written. */
-  const asWritten = (node: unknown, path: string, what: string): void => {
-    if (isScalar(node)) {
-      const written = node.source ?? (node.range ? text.slice(node.range[0], node.range[1]) : undefined);
-      if (typeof node.value === 'string' || (typeof node.value === 'number' && String(node.value) === written)) return;
-      issues.add(path, `${what} YAML reads as written: quote it ("${written ?? String(node.value)}")`, node.value);
-    } else issues.addFinding(path, `${what} written as plain text`, 'a key that is a mapping, a list or an alias');
-  };
-  const lines = new LineCounter();
-  const entries = (map: unknown, path: string, what: string, each: (value: unknown, path: string) => void): void => {
-    if (!isMap(map)) return;
-    /** The keys seen so far by the name they read as: as written, and on which line. */
-    const seen = new Map<string, string>();
-    for (const pair of (map as YAMLMap).items) {
-      const name = isScalar(pair.key) ? String(pair.key.source ?? pair.key.value) : String(pair.key);
-      asWritten(pair.key, at(path, name), what);
-      if (isScalar(pair.key) && pair.key.range) {
-        const written = `${text.slice(pair.key.range[0], pair.key.range[1])} (line ${lines.linePos(pair.key.range[0]).line})`;
-        const named = String(pair.key.value);
-        const before = seen.get(named);
-        if (before === undefined) seen.set(named, written);
-        else issues.addFinding(at(path, name), `${what} given once (keep one of the keys)`, `${before} and ${written}, both read as "${named}"`);
-      }
-      each(pair.value, at(path, name));
-    }
-  };
-  const doc = parseDocument(text, { lineCounter: lines });
-  entries(doc.get('stores'), 'stores', 'a store name', (store, path) => {
-    if (!isMap(store)) return;
-    entries(store.get('slots'), at(path, 'slots'), 'a slot name', () => undefined);
-    for (const key of ['current_master', 'preferred_master']) {
-      const value = store.get(key, true);
-      if (value !== undefined && isScalar(value) && value.value !== null) asWritten(value, at(path, key), 'a slot name');
-    }
-  });
-  if (issues.issues.length > 0) throw new ConfigError(file, issues.issues);
 }
 
 /**
