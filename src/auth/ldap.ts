@@ -94,6 +94,12 @@ const MAX_IDLE_BIND_CONNECTIONS = 16;
  */
 export const SERVER_HOLD_DOWN_MS = 30_000;
 
+/** A server a login is not to use (its search or bind failed there), and the failure to give when no other can be had. */
+interface AvoidedServer {
+  readonly url: string;
+  readonly failure: MailfrontError;
+}
+
 /** How a failed LDAP call is reported in metrics. */
 function ldapResult(error: unknown): LdapResult {
   if (error instanceof InvalidCredentialsError) return 'invalid-credentials';
@@ -474,9 +480,14 @@ export class LdapDirectory implements Directory {
    * and there are others.
    */
   private holdDown(url: string, reason: string): void {
-    if (this.closed || this.config.urls.every((other) => other === url)) return;
+    if (this.closed || !this.hasOtherThan(url)) return;
     if (!this.isHeldDown(url)) this.log.warn({ event: 'directory.server_held_down', url, forMs: SERVER_HOLD_DOWN_MS, reason }, 'a directory server failed; the others are tried first for a while');
     this.heldDown.set(url, Date.now() + SERVER_HOLD_DOWN_MS);
+  }
+
+  /** Whether directory.urls names a server other than `url`. */
+  private hasOtherThan(url: string): boolean {
+    return this.config.urls.some((other) => other !== url);
   }
 
   private isHeldDown(url: string): boolean {
@@ -600,7 +611,7 @@ export class LdapDirectory implements Directory {
    * cached); `retry`: its second one, after the first entry's server failed (cached); `tooling`:
    * whereis and kick (neither counted nor cached).
    */
-  private async search(user: string, use: 'login' | 'retry' | 'tooling', avoid?: { readonly url: string; readonly failure: MailfrontError }): Promise<FoundEntry | null> {
+  private async search(user: string, use: 'login' | 'retry' | 'tooling', avoid?: AvoidedServer): Promise<FoundEntry | null> {
     const entries = this.entries;
     const cached = entries?.get(user);
     if (use === 'login' && entries !== null) this.metrics?.directoryCacheLookup('entry', cached !== undefined);
@@ -617,7 +628,7 @@ export class LdapDirectory implements Directory {
    * Searches the user on a service connection. `avoid`: a server this login is not to use (its
    * bind failed there), and the failure to give when no other server can be had.
    */
-  private async searchDirectory(user: string, avoidFirst?: { readonly url: string; readonly failure: MailfrontError }): Promise<FoundEntry | null> {
+  private async searchDirectory(user: string, avoidFirst?: AvoidedServer): Promise<FoundEntry | null> {
     const filter = userFilter(this.config.userFilter, user);
     // One retry after a server failure, on another server when there is one (the failed one is
     // held down meanwhile, unless it answered with a result code other than busy or unavailable,
@@ -677,7 +688,7 @@ export class LdapDirectory implements Directory {
             ? new MailfrontError('LDAP_ANSWER_REFUSED', 'auth-tempfail', `the user search failed: ${error.message}`, { cause: error })
             : new MailfrontError('LDAP_SEARCH_FAILED', 'auth-tempfail', `the user search failed on ${connection.url}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
         if (attempt === 1 || !isServerFailure(error)) throw failure;
-        if (this.config.urls.some((url) => url !== connection.url)) {
+        if (this.hasOtherThan(connection.url)) {
           if (isServerDown(error)) this.holdDown(connection.url, failure.message);
           avoid = { url: connection.url, failure };
           continue;
@@ -762,7 +773,7 @@ export class LdapDirectory implements Directory {
   }
 
   private async authenticateNow(user: string, password: string): Promise<DirectoryUser> {
-    const entryOf = async (use: 'login' | 'retry', avoid?: { readonly url: string; readonly failure: MailfrontError }): Promise<FoundEntry> => {
+    const entryOf = async (use: 'login' | 'retry', avoid?: AvoidedServer): Promise<FoundEntry> => {
       const entry = await this.search(user, use, avoid);
       if (entry === null) throw new MailfrontError('UNKNOWN_USER', 'auth-failed', `no directory entry for "${user}"`);
       return entry;
@@ -784,7 +795,7 @@ export class LdapDirectory implements Directory {
       if (!(error instanceof MailfrontError) || error.code !== 'LDAP_BIND_FAILED') throw error;
       this.entries?.delete(user);
       const failedUrl = found.url;
-      if (this.config.urls.every((url) => url === failedUrl) || !isServerDown(error.cause)) throw error;
+      if (!this.hasOtherThan(failedUrl) || !isServerDown(error.cause)) throw error;
       this.holdDown(failedUrl, error.message);
       found = await entryOf('retry', { url: failedUrl, failure: error });
       ok = await this.checkPassword(found.url, found.dn, password);
