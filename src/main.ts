@@ -500,11 +500,12 @@ export class Mailfront {
       reachable = false;
     }
     const unbound = this.config.listeners.filter((c) => !this.listeners.some((l) => l.listening && l.config.name === c.name)).map((c) => c.name);
+    const byReload = unbound.filter((name) => this.unboundByReload.has(name));
     const lost = unbound.filter((name) => !this.unboundByReload.has(name));
     const bound = `${this.listeners.filter((l) => l.listening).length} bound`;
     return readinessOf([
       { name: 'listeners', ok: lost.length === 0, detail: lost.length > 0 ? `${bound}; not listening: ${lost.join(', ')}` : bound },
-      ...(unbound.length > lost.length ? [{ name: 'listeners_not_bound_by_reload', ok: false, advisory: true, detail: unbound.filter((name) => !lost.includes(name)).join(', ') }] : []),
+      ...(byReload.length > 0 ? [{ name: 'listeners_not_bound_by_reload', ok: false, advisory: true, detail: byReload.join(', ') }] : []),
       { name: 'store_map', ok: this.holder.loaded, detail: this.holder.loaded ? `version ${this.holder.current.version}` : 'not loaded' },
       { name: 'directory', ok: reachable, advisory: true, detail: reachable ? 'reachable' : 'unreachable' },
       { name: 'accepting', ok: !this.stopping, detail: this.stopping ? 'stopping' : 'accepting' },
