@@ -123,6 +123,25 @@ describe('pop3 preauth: USER and PASS', () => {
     ]);
   });
 
+  it('refuses USER and PASS arguments that are not UTF-8 instead of altering them (two Latin-1 passwords would both become "p\ufffdss")', () => {
+    const latin1 = (text: string): Uint8Array => new Uint8Array(Buffer.from(text, 'latin1'));
+    const events = preauthEverySplit(PORT_995, [latin1('USER b\xf6b\r\nUSER bob\r\nPASS p\xe4ss\r\nPASS secret\r\n')]);
+    assert.equal(hasLogin(events), false);
+    assert.deepEqual(events, [
+      GREETING,
+      { send: '-ERR [AUTH] Invalid characters in user name\r\n' },
+      { send: '+OK\r\n' },
+      { send: '-ERR [AUTH] Invalid characters in credentials\r\n' },
+      // The refused PASS used up the USER before it, as a refused login does.
+      { send: '-ERR No user name given\r\n' },
+    ]);
+  });
+
+  it('passes UTF-8 USER and PASS arguments on as they are', () => {
+    const events = preauthEverySplit(PORT_995, ['USER b\u00f6b\r\nPASS p\u00e4ss \ufeff\r\n']);
+    assert.deepEqual(events, [GREETING, { send: '+OK\r\n' }, login('b\u00f6b', 'p\u00e4ss \ufeff', 'USER-PASS')]);
+  });
+
   it('refuses plaintext credentials on a non-secure connection with [AUTH]', () => {
     const refused = { send: '-ERR [AUTH] Plaintext authentication disallowed on non-secure connections\r\n' };
     const events = preauthEverySplit(PORT_110, [`USER alice\r\nPASS secret\r\nAUTH PLAIN ${b64('\0alice\0secret')}\r\nAUTH LOGIN\r\n`]);

@@ -65,9 +65,25 @@ export class LineReader {
   }
 }
 
-/** Decodes a line's content as UTF-8 (invalid sequences become U+FFFD and can never match a secret). */
+/** Decodes a line's content as UTF-8, invalid sequences becoming U+FFFD: for lines that are read, never passed on. */
 export function lineText(content: Buffer): string {
   return content.toString('utf8');
+}
+
+// A BOM at the start is kept: it is part of what the client sent.
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/**
+ * A line's content as UTF-8, or null when its bytes are not valid UTF-8. Credentials are passed
+ * on to the directory and (replay) the backend: lineText() would alter them (two Latin-1
+ * passwords "p\xe4ss" and "p\xf6ss" would both become "p\ufffdss"), so they are read with this.
+ */
+export function strictLineText(content: Buffer): string | null {
+  try {
+    return strictUtf8.decode(content);
+  } catch {
+    return null;
+  }
 }
 
 /** Makes a text safe for one response line: no CR, LF, NUL or other controls, bounded length. */

@@ -28,7 +28,7 @@ import type {
   PreauthMachine,
   PreauthOptions,
 } from '../types.js';
-import { LineReader, lineText, oneLine } from './lines.js';
+import { LineReader, lineText, oneLine, strictLineText } from './lines.js';
 import { countsAsFailedLogin } from '../rules.js';
 
 /**
@@ -211,9 +211,16 @@ export class Pop3Preauth implements PreauthMachine {
         actions.push(...this.#lineTooLong());
         return actions;
       }
-      const text = lineText(line.content);
       const state = this.#state;
-      actions.push(...(state === 'command' ? this.#command(text) : this.#saslResponse(state, text)));
+      if (state === 'command') {
+        // USER and PASS take their arguments from the line as they are; a line that is not
+        // UTF-8 is still read (its verb may be anything) but never gives credentials.
+        const strict = strictLineText(line.content);
+        actions.push(...this.#command(strict ?? lineText(line.content), strict !== null));
+      } else {
+        // A SASL response is base64: bytes that are not UTF-8 are not base64 either.
+        actions.push(...this.#saslResponse(state, lineText(line.content)));
+      }
     }
   }
 
@@ -229,7 +236,8 @@ export class Pop3Preauth implements PreauthMachine {
     return this.#options.starttlsAvailable && !this.#tlsActive;
   }
 
-  #command(text: string): PreauthAction[] {
+  /** `utf8`: whether the line was valid UTF-8 (`text` is then exactly what the client sent). */
+  #command(text: string, utf8: boolean): PreauthAction[] {
     const space = text.indexOf(' ');
     const verb = (space < 0 ? text : text.slice(0, space)).toUpperCase();
     const argument = space < 0 ? null : text.slice(space + 1);
@@ -245,9 +253,9 @@ export class Pop3Preauth implements PreauthMachine {
       case 'CAPA':
         return [send(this.#capabilities())];
       case 'USER':
-        return this.#user(argument);
+        return this.#user(argument, utf8);
       case 'PASS':
-        return this.#pass(argument);
+        return this.#pass(argument, utf8);
       case 'AUTH':
         return this.#auth(argument);
       case 'STLS':
@@ -273,19 +281,24 @@ export class Pop3Preauth implements PreauthMachine {
     return lines.join(CRLF);
   }
 
-  #user(argument: string | null): PreauthAction[] {
+  #user(argument: string | null, utf8: boolean): PreauthAction[] {
     if (!this.#plaintextAllowed()) return this.#bad(PLAINTEXT_REFUSED);
     if (argument === null || argument.length === 0) return this.#bad('Missing user name');
-    if (hasUnsafeCharacters(argument)) return this.#bad('[AUTH] Invalid characters in user name');
+    // Bytes that are not UTF-8 are refused as the SASL path refuses them (sasl.ts): decoded
+    // leniently they would become U+FFFD, another name than the one the client sent.
+    if (!utf8 || hasUnsafeCharacters(argument)) return this.#bad('[AUTH] Invalid characters in user name');
     this.#pendingUser = argument;
     return [send('+OK')];
   }
 
-  #pass(argument: string | null): PreauthAction[] {
+  #pass(argument: string | null, utf8: boolean): PreauthAction[] {
     if (!this.#plaintextAllowed()) return this.#bad(PLAINTEXT_REFUSED);
     const user = this.#pendingUser;
     if (user === null) return this.#bad('No user name given');
     this.#pendingUser = null;
+    // As in the SASL path: a password that is not UTF-8 would reach the directory and the
+    // backend altered (U+FFFD for each bad sequence), so it never becomes a login.
+    if (!utf8) return this.#bad('[AUTH] Invalid characters in credentials');
     // RFC 1939 §7 leaves open whether a password may contain spaces; everything after the
     // single separating space is the password, spaces included.
     return this.#login({ user, password: argument ?? '', mechanism: 'USER-PASS' });
