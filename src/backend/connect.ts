@@ -54,17 +54,28 @@ export function slotPort(slot: Slot, protocol: Protocol, tls: BackendConfig['tls
 export const IDENTITY_REFUSED = 'BACKEND_IDENTITY_REFUSED';
 
 /**
+ * `name` as Cyrus with virtdomains reads it (global.c canonuser): the domain follows the last '@',
+ * or failing that the last '%', which it turns into '@'. So "boss%other.com" is boss@other.com.
+ */
+function cyrusName(name: string): string {
+  if (name.includes('@')) return name;
+  const percent = name.lastIndexOf('%');
+  return percent < 0 ? name : `${name.slice(0, percent)}@${name.slice(percent + 1)}`;
+}
+
+/**
  * Whether `name` (lower-cased) is the reserved name `entry` to a backend. Cyrus with virtdomains
- * reads a domain in a name (after the last '@', or a '%') and drops its defaultdomain, so
- * "cyrus@example.com" is its admin `cyrus` there: an entry without '@' matches the local part as
- * well as the whole name. An entry with '@' names one account in one domain and matches the whole
- * name only.
+ * reads a domain in a name (after the last '@', or failing that the last '%') and drops its
+ * defaultdomain, so "cyrus@example.com" is its admin `cyrus` there: an entry without '@' matches
+ * the local part as well as the whole name. An entry with '@' names one account in one domain
+ * and matches the whole name, read as Cyrus reads it ("boss%other.com" is "boss@other.com").
  */
 function isReservedName(name: string, entry: string): boolean {
   if (name === entry) return true;
-  if (entry.includes('@')) return false;
-  const at = name.lastIndexOf('@');
-  const local = at >= 0 ? name.slice(0, at) : name;
+  const cyrus = cyrusName(name);
+  if (entry.includes('@')) return cyrus === entry;
+  const at = cyrus.lastIndexOf('@');
+  const local = at >= 0 ? cyrus.slice(0, at) : cyrus;
   const percent = local.indexOf('%');
   return local === entry || (percent >= 0 && local.slice(0, percent) === entry);
 }

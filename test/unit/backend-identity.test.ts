@@ -39,9 +39,17 @@ test('an entry without @ is reserved in every domain (Cyrus virtdomains drops it
   for (const user of ['carol@example.com', 'mailadmin', 'mailadmin@example.com', 'cyrus.x@example.com', 'x@cyrus', 'x%cyrus']) {
     assert.equal(assertedIdentityProblem(user, config), null, user);
   }
+  // Cyrus reads a '%' as '@' in a name without '@' (the last one): an entry with '@' is that name too.
+  for (const user of ['mailadmin%example.org', 'MailAdmin%Example.ORG']) {
+    assert.match(assertedIdentityProblem(user, config) ?? '', /backend\.reserved_users/, user);
+  }
+  for (const user of ['mailadmin%example.org@example.org', 'mailadmin%x%example.org', 'mailadmin%example.com']) {
+    assert.equal(assertedIdentityProblem(user, config), null, user);
+  }
   // A proxy account named with its domain is reserved as written.
   assert.notEqual(assertedIdentityProblem('proxy@example.com', { ...config, proxyUser: 'proxy@example.com' }), null);
   assert.equal(assertedIdentityProblem('proxy@example.org', { ...config, proxyUser: 'proxy@example.com' }), null);
+  assert.notEqual(assertedIdentityProblem('proxy%example.com', { ...config, proxyUser: 'proxy@example.com' }), null);
 });
 
 test('not set, reserved_users is [cyrus] in sasl-authzid (Cyrus) and empty in master-user (Dovecot: admin and root are ordinary mailboxes); the proxy account is reserved in both', () => {
