@@ -2,8 +2,9 @@
  * A cache of successful authentications in front of any Directory, so that webmail servers that
  * log in on every page view do not cost an LDAP search and bind each time. Keys are keyed
  * hashes (HMAC-SHA256, random per-process key) of user and password: the password itself is
- * never stored, and a wrong password never matches. Failures are never cached. Only the user's
- * store name is cached, never a slot: routing always reads the store map in force.
+ * never stored, and a wrong password never matches. Failures are never cached. Only what the
+ * directory said of the entry is cached (its DN, store name and login names), never a slot:
+ * routing always reads the store map in force.
  */
 import { createHmac, randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';

@@ -9,8 +9,14 @@ import type { Cancellation } from '../cancel.js';
 
 /** A user the directory has authenticated. */
 export interface DirectoryUser {
-  /** The normalised user name. */
+  /** The normalised user name the login was made with (as typed: a user filter may find an entry by an alias). */
   readonly user: string;
+  /**
+   * The names the entry gives its user (the values of directory.login_attribute), as read, not
+   * normalised; entryLoginName() picks the one a login goes on with. Absent or empty: the entry
+   * has none.
+   */
+  readonly loginNames?: readonly string[];
   /** Where the directory keeps the user (an LDAP DN); for logs. */
   readonly dn: string;
   /** The user's store, or null when the entry names none. */
@@ -111,4 +117,36 @@ export function normalizeUser(raw: string, config: UsernameConfig): string | nul
   const user = domain === null ? local : `${local}@${domain}`;
   if (Buffer.byteLength(user) > MAX_USER_BYTES) return null;
   return user;
+}
+
+/** The name an entry gives its user, as entryLoginName() chose it for one login. */
+export type EntryLoginName =
+  | { readonly kind: 'name'; readonly name: string }
+  /** No value, or none that is a valid name under `usernames` (`unusable` of them). */
+  | { readonly kind: 'none'; readonly unusable: number }
+  /** Several names, none of them the one typed. */
+  | { readonly kind: 'ambiguous'; readonly names: readonly string[] };
+
+/**
+ * The name a login of `typed` (normalised) goes on with, from the entry's `values` of
+ * directory.login_attribute: the backend login, the session registry, the per-user session
+ * limit and the reserved-name check use it, not the name typed. A user filter that also matches
+ * an alias (`(|(uid={user})(mail={user}))`) finds alice's entry for "info@example.com"; asserted
+ * as typed, that name is another user's mailbox to a backend (Cyrus with virtdomains and
+ * defaultdomain example.com reads it as `info`). The values are normalised as a typed name is;
+ * of several, the one that is the typed name, else none: LDAP values have no order, so taking
+ * the first would log the user in as whichever the server happened to send first.
+ */
+export function entryLoginName(values: readonly string[], typed: string, config: UsernameConfig): EntryLoginName {
+  const names: string[] = [];
+  let unusable = 0;
+  for (const value of values) {
+    const name = normalizeUser(value, config);
+    if (name === null) unusable++;
+    else if (!names.includes(name)) names.push(name);
+  }
+  if (names.includes(typed)) return { kind: 'name', name: typed };
+  if (names.length === 1) return { kind: 'name', name: names[0]! };
+  if (names.length === 0) return { kind: 'none', unusable };
+  return { kind: 'ambiguous', names };
 }

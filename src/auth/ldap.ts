@@ -8,6 +8,7 @@ import { readCaCertificates } from '../ca-file.js';
 import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { Client, InvalidCredentialsError, ResultCodeError } from 'ldapts';
+import { DEFAULT_LOGIN_ATTRIBUTE } from '../config/schema.js';
 import type { DirectoryConfig } from '../config/schema.js';
 import { MailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -59,6 +60,36 @@ function storeValue(value: unknown): { readonly store: string | null; readonly v
   if (typeof only === 'string') return { store: only.length > 0 ? only : null, values: 1 };
   if (Buffer.isBuffer(only)) return { store: only.length > 0 ? only.toString('utf8') : null, values: 1 };
   return { store: null, values: 1 };
+}
+
+/** A value's bytes as UTF-8 text (RFC 4511 §4.1.5: LDAP strings are UTF-8), or null when they are not. */
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/**
+ * The values of an entry's login attribute as text. A value that is not UTF-8 is left out: it
+ * could only be passed on altered (entryLoginName() then sees the entry without it).
+ */
+function loginValues(value: unknown): string[] {
+  const values: unknown[] = value === undefined ? [] : Array.isArray(value) ? value : [value];
+  const texts: string[] = [];
+  for (const one of values) {
+    if (typeof one === 'string') texts.push(one);
+    else if (Buffer.isBuffer(one)) {
+      try {
+        texts.push(strictUtf8.decode(one));
+      } catch {
+        // Not a name.
+      }
+    }
+  }
+  return texts;
+}
+
+/** The value of the attribute `name` of `entry`: names are case-insensitive (RFC 4512 §2.5), the server answers in its schema's spelling. */
+function attributeOf(entry: Record<string, unknown>, name: string): unknown {
+  const wanted = name.toLowerCase();
+  const key = Object.keys(entry).find((k) => k.toLowerCase() === wanted);
+  return key === undefined ? undefined : entry[key];
 }
 
 /** Rejects with an `aborted` error when `signal` fires, so callers never wait past their owner. */
@@ -383,6 +414,8 @@ interface FoundEntry {
   readonly store: string | null;
   /** Values of the store attribute: more than one is an entry that names no store (see storeValue()). */
   readonly storeValues: number;
+  /** The values of the login attribute (directory.login_attribute), as read: the names the entry gives its user. */
+  readonly loginNames: readonly string[];
   readonly readAt: number;
 }
 
@@ -421,6 +454,8 @@ export class LdapDirectory implements Directory {
   private readonly entries: LRUCache<string, FoundEntry> | null;
   /** Counts forget() calls: a search that began before one does not cache its answer. */
   private forgets = 0;
+  /** directory.login_attribute: read with the store attribute in each user search. */
+  private readonly loginAttribute: string;
   /** url → until when (ms since the epoch) it is passed over: it failed a login or could not be reached (see SERVER_HOLD_DOWN_MS). */
   private readonly heldDown = new Map<string, number>();
   /** Service connections taken out of their slot, each closed by its timer once the searches on it are past their deadline. */
@@ -434,6 +469,7 @@ export class LdapDirectory implements Directory {
     ca: Buffer | undefined = config.caFile ? readCaCertificates(config.caFile, 'directory.ca_file') : undefined,
   ) {
     this.tlsOptions = ca ? { ca, minVersion: 'TLSv1.2' } : { minVersion: 'TLSv1.2' };
+    this.loginAttribute = config.loginAttribute ?? DEFAULT_LOGIN_ATTRIBUTE;
     this.entries = config.entryCacheTtlMs > 0 ? new LRUCache({ max: config.cacheMaxEntries, ttl: config.entryCacheTtlMs }) : null;
     this.serviceSlots = Array.from({ length: Math.max(1, config.searchConnections) }, () => ({ opening: null, open: null }));
   }
@@ -658,7 +694,8 @@ export class LdapDirectory implements Directory {
           connection.client.search(this.config.baseDn, {
             scope: 'sub',
             filter,
-            attributes: [this.config.storeAttribute],
+            // The login attribute in the same search: the name the login goes on with is the entry's own.
+            attributes: [this.config.storeAttribute, this.loginAttribute],
             // No size limit of our own: ldapts (8.2) drops the sizeLimitExceeded status (code 4)
             // of a search that set one, so a server whose limit for the service account is 1
             // would answer one of two entries as if it were the only one. Without it, a server
@@ -671,11 +708,9 @@ export class LdapDirectory implements Directory {
         if (searchEntries.length === 0) return null;
         if (searchEntries.length > 1) throw new MailfrontError('LDAP_AMBIGUOUS_USER', 'auth-tempfail', `the user search found more than one entry for "${user}"`);
         const entry = searchEntries[0]!;
-        // Attribute names are case-insensitive (RFC 4512 §2.5); the server answers in its schema's spelling.
-        const wanted = this.config.storeAttribute.toLowerCase();
-        const key = Object.keys(entry).find((k) => k.toLowerCase() === wanted);
-        const { store, values } = storeValue(key === undefined ? undefined : entry[key]);
-        return { url: connection.url, dn: entry.dn, store, storeValues: values, readAt: Date.now() };
+        const { store, values } = storeValue(attributeOf(entry, this.config.storeAttribute));
+        const loginNames = loginValues(attributeOf(entry, this.loginAttribute));
+        return { url: connection.url, dn: entry.dn, store, storeValues: values, loginNames, readAt: Date.now() };
       } catch (error) {
         if (error instanceof MailfrontError) throw error;
         // The server's own size limit cut the answer short: there was more than one entry.
@@ -805,11 +840,11 @@ export class LdapDirectory implements Directory {
     if (found.storeValues > 1) {
       throw new MailfrontError('USER_STORE_AMBIGUOUS', 'no-route', `the directory entry ${found.dn} has ${found.storeValues} values of ${this.config.storeAttribute}; it must have one, the user's store`);
     }
-    return { user, dn: found.dn, store: found.store, readAt: found.readAt };
+    return { user, loginNames: found.loginNames, dn: found.dn, store: found.store, readAt: found.readAt };
   }
 
   async lookup(user: string, signal: Cancellation): Promise<DirectoryUser | null> {
-    const work = this.search(user, 'tooling').then((found) => (found === null ? null : { user, dn: found.dn, store: found.store }));
+    const work = this.search(user, 'tooling').then((found) => (found === null ? null : { user, loginNames: found.loginNames, dn: found.dn, store: found.store }));
     return raceAbort(work, signal);
   }
 

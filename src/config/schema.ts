@@ -63,6 +63,9 @@ export interface ListenerConfig {
   readonly proxyProtocol?: ProxyListenerConfig;
 }
 
+/** directory.login_attribute when not set: inetOrgPerson's login name, as the default user_filter's. */
+export const DEFAULT_LOGIN_ATTRIBUTE = 'uid';
+
 export interface DirectoryConfig {
   readonly urls: readonly string[];
   readonly bindDn: string;
@@ -71,6 +74,12 @@ export interface DirectoryConfig {
   /** Search filter with `{user}` where the escaped user name goes. */
   readonly userFilter: string;
   readonly storeAttribute: string;
+  /**
+   * The attribute holding the name the backend knows the user by (uid by default): the login
+   * goes on with it, not with the name typed, which user_filter may have matched as an alias.
+   * The config reader always sets it; absent (a DirectoryConfig made in code): DEFAULT_LOGIN_ATTRIBUTE.
+   */
+  readonly loginAttribute?: string;
   readonly starttls: boolean;
   readonly caFile?: string;
   readonly connectTimeoutMs: number;
@@ -357,12 +366,15 @@ function readListeners(v: unknown, resolvePath: (p: string) => string, bindings:
 
 function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: IssueList): DirectoryConfig {
   const path = 'directory';
-  const o = readSection(v, path, ['urls', 'bind_dn', 'bind_password', 'base_dn', 'user_filter', 'store_attribute', 'starttls', 'ca_file', 'connect_timeout_ms', 'operation_timeout_ms', 'entry_cache_ttl_ms', 'auth_cache_ttl_ms', 'cache_max_entries', 'search_connections'], issues) ?? {};
+  const o = readSection(v, path, ['urls', 'bind_dn', 'bind_password', 'base_dn', 'user_filter', 'store_attribute', 'login_attribute', 'starttls', 'ca_file', 'connect_timeout_ms', 'operation_timeout_ms', 'entry_cache_ttl_ms', 'auth_cache_ttl_ms', 'cache_max_entries', 'search_connections'], issues) ?? {};
   const urls = ldapUrlList(o, 'urls', path, issues);
   const userFilter = str(o, 'user_filter', path, issues, '(&(objectClass=inetOrgPerson)(uid={user}))');
   if (!userFilter.includes('{user}') || !userFilter.startsWith('(') || !userFilter.endsWith(')')) {
     issues.add(at(path, 'user_filter'), 'an LDAP filter in parentheses containing {user}', userFilter);
   }
+  const loginAttribute = str(o, 'login_attribute', path, issues, DEFAULT_LOGIN_ATTRIBUTE);
+  // An attribute type's name (RFC 4512 §1.4 descr): the entry's answer is read by that name.
+  if (!/^[A-Za-z][A-Za-z0-9-]*$/.test(loginAttribute)) issues.add(at(path, 'login_attribute'), 'an LDAP attribute name (letters, digits and hyphens, starting with a letter)', loginAttribute);
   const caFile = optStr(o, 'ca_file', path, issues);
   return {
     urls,
@@ -371,6 +383,7 @@ function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: I
     baseDn: str(o, 'base_dn', path, issues),
     userFilter,
     storeAttribute: str(o, 'store_attribute', path, issues, 'mailStore'),
+    loginAttribute,
     starttls: bool(o, 'starttls', path, issues, false),
     ...(caFile !== undefined ? { caFile: resolvePath(caFile) } : {}),
     connectTimeoutMs: int(o, 'connect_timeout_ms', path, issues, 100, 120_000, DEFAULT_LDAP_CONNECT_TIMEOUT_MS),

@@ -18,9 +18,10 @@ import type { LeaveGate, LoginGate } from '../auth/login-gate.js';
 import type { ConnectionLease, ConnectionLimiter } from '../server/connection-limits.js';
 import { backendProxyHeader, plainAddress, proxySignatureSoFar } from '../server/proxy-protocol.js';
 import type { ConnectionEndpoints } from '../server/proxy-protocol.js';
-import { FORBIDDEN_IN_USER, normalizeUser } from '../auth/directory.js';
+import { FORBIDDEN_IN_USER, entryLoginName, normalizeUser } from '../auth/directory.js';
 import { CLOSED_AFTER_LOGIN, IDENTITY_REFUSED, assertedIdentityProblem, backendFor, dialSlot, loginToBackend } from '../backend/connect.js';
 import type { BackendSession } from '../backend/connect.js';
+import { DEFAULT_LOGIN_ATTRIBUTE } from '../config/schema.js';
 import type { Config, ListenerConfig } from '../config/schema.js';
 import { MailfrontError, asMailfrontError } from '../errors.js';
 import type { FailureKind } from '../errors.js';
@@ -98,6 +99,29 @@ export function loggableClaim(value: string): string {
   const chars = Array.from(value);
   const kept = chars.length > LOGGED_CLAIM_CHARS ? chars.slice(0, LOGGED_CLAIM_CHARS).join('') : value;
   return kept.replace(UNLOGGABLE, '\ufffd');
+}
+
+/**
+ * The user fields of a log line: `user`, the name the login goes on with (the directory entry's
+ * own, directory.login_attribute, once the directory has answered), and `typedUser`, the name
+ * the client logged in with (normalised), when it is another (an alias a user filter matched).
+ */
+function userFields(user: string | undefined, typed: string | undefined): { user?: string; typedUser?: string } {
+  if (user === undefined) return {};
+  return typed !== undefined && typed !== user ? { user, typedUser: typed } : { user };
+}
+
+/** The name a login asserts to the backend, and where it came from. */
+interface LoginIdentity {
+  /** The entry's own name (directory.login_attribute), or the name typed when the entry has none. */
+  readonly name: string;
+  /** False when the entry has no name of its own: only a replay login goes on (with the name typed). */
+  readonly fromEntry: boolean;
+  /** The entry, and the attribute its name was read from: for the refusal of a login without one. */
+  readonly dn: string;
+  readonly attribute: string;
+  /** Values of the attribute that are no valid user name (entryLoginName()). */
+  readonly unusable: number;
 }
 
 /** Maps a failure kind to what the client is told; decided here and nowhere else. */
@@ -197,7 +221,10 @@ export class Session {
   /** The pre-auth deadline cut a login short: the timeout answer ends the session. */
   private loginTimedOut = false;
   private tlsActive: boolean;
+  /** The name the login goes on with: the name typed until the directory names the entry's own. */
   private user: string | undefined;
+  /** The name the client logged in with (normalised), for the logs when it is not `user`. */
+  private typedUser: string | undefined;
   private mechanism: string | undefined;
   private store: string | undefined;
   private slot: string | undefined;
@@ -463,6 +490,8 @@ export class Session {
       trusted: !this.addressForwarded && this.context.trustedNetworks().contains(this.clientAddress),
     };
     let penaltyMs = 0;
+    // The entry's own name, once the directory has given it (the failure lines name both).
+    let asserted: string | undefined;
     // Made now, before the first wait, so that a deadline or a hang-up during any step of the
     // login (the throttle's Redis round trip included) cancels it.
     const cancellation = this.cancellation;
@@ -484,21 +513,38 @@ export class Session {
         throw new MailfrontError('AUTHZID_REFUSED', 'auth-failed', `the client asked to act as another user (authzid ${JSON.stringify(credentials.authzid.slice(0, 64))})`);
       }
       this.user = user;
+      this.typedUser = user;
       const found = await this.context.directory().authenticate(user, credentials.password, cancellation);
       throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
       void throttle.recordSuccess(attempt);
       leaveGate?.();
-      this.log.debug({ event: 'session.authenticated', user, mechanism: credentials.mechanism }, 'user authenticated');
+      // From here on the login is the entry's own name, not the one typed: a user filter that
+      // matches aliases (mail) finds alice's entry for "info@example.com", which a backend reads
+      // as another user's mailbox (entryLoginName()).
+      const loginAttribute = config.directory.loginAttribute ?? DEFAULT_LOGIN_ATTRIBUTE;
+      const login = entryLoginName(found.loginNames ?? [], user, config.usernames);
+      const name = login.kind === 'name' ? login.name : user;
+      if (login.kind !== 'ambiguous') {
+        this.user = name;
+        asserted = name;
+      }
+      this.log.debug({ event: 'session.authenticated', ...userFields(this.user, user), mechanism: credentials.mechanism }, 'user authenticated');
       this.mechanism = credentials.mechanism;
+      // Said only now, the password checked: to anyone else the user is one more wrong password.
+      if (login.kind === 'ambiguous') {
+        throw new MailfrontError('USER_LOGIN_AMBIGUOUS', 'auth-tempfail', `the directory entry ${found.dn} has ${login.names.length} names in ${loginAttribute} (directory.login_attribute), none of them "${user}", the name typed; it must have one, the name the backend knows the user by`);
+      }
       if (found.store === null) throw new MailfrontError('USER_WITHOUT_STORE', 'no-route', `the directory entry ${found.dn} has no store attribute`);
       this.store = found.store;
-      if (!this.lease.claimUser(subject ?? user)) {
+      // Counted by the entry's name, as the throttle counts by the name typed (all spellings one, usernames.lowercase or not).
+      if (!this.lease.claimUser(config.usernames.lowercase ? name : name.toLowerCase())) {
         this.context.metrics.connectionRefused('user');
-        throw new MailfrontError('USER_SESSION_LIMIT', 'limit', `user "${user}" has ${config.connectionLimits.maxSessionsPerUser} sessions already`);
+        throw new MailfrontError('USER_SESSION_LIMIT', 'limit', `user "${name}" has ${config.connectionLimits.maxSessionsPerUser} sessions already`);
       }
       this.setPhase('backend-login');
-      const backend = await this.loginToCurrentMaster(found.store, user, credentials.password, config);
-      if (this.phase === 'backend-login' && !this.socket.destroyed && this.context.registry.kickedSince(user, found.dn, kicksAtStart)) {
+      const identity: LoginIdentity = { name, fromEntry: login.kind === 'name', dn: found.dn, attribute: loginAttribute, unusable: login.kind === 'none' ? login.unusable : 0 };
+      const backend = await this.loginToCurrentMaster(found.store, identity, credentials.password, config);
+      if (this.phase === 'backend-login' && !this.socket.destroyed && this.context.registry.kickedSince(name, found.dn, kicksAtStart)) {
         // An operator kicked the user while this login was under way (after a password change,
         // say): the connection is closed with the protocol's last word, as a spliced session of
         // the user would have been. Not through the pre-auth machine: it would go on to run
@@ -506,7 +552,7 @@ export class Session {
         backend.socket.destroy();
         this.lease.releaseUser();
         this.context.metrics.loginResult(this.adapter.name, 'aborted');
-        this.log.info({ event: 'session.kicked', user, store: this.store, slot: this.slot, phase: 'backend-login' }, 'session closed: kicked during its login');
+        this.log.info({ event: 'session.kicked', ...userFields(name, user), store: this.store, slot: this.slot, phase: 'backend-login' }, 'session closed: kicked during its login');
         if (this.socket.writable) this.preauthBytesWritten += writeNow(this.socket, this.adapter.connectionRefusal('total', KICKED_TEXT));
         this.finish('kicked');
         return;
@@ -527,7 +573,7 @@ export class Session {
         // Cut short by the deadline: the timer's answer follows (the login's refusal, then the
         // timeout), and nothing the client pipelined behind the login is run, as the refusal below would.
         this.context.metrics.loginResult(this.adapter.name, error.kind);
-        this.log.error({ event: 'session.login_failed', user: user ?? undefined, store: this.store, code: error.code, kind: error.kind, ...this.clientFields(), reason: `the pre-auth deadline passed: ${error.message}` }, 'login could not be completed');
+        this.log.error({ event: 'session.login_failed', ...userFields(asserted ?? user ?? undefined, user ?? undefined), store: this.store, code: error.code, kind: error.kind, ...this.clientFields(), reason: `the pre-auth deadline passed: ${error.message}` }, 'login could not be completed');
         return;
       }
       if (error.kind === 'aborted' && (this.socket.destroyed || this.phase !== 'authenticating' && this.phase !== 'backend-login')) {
@@ -544,7 +590,7 @@ export class Session {
       }
       // Counted: the next check of this user may go (not after the answer's delay below).
       leaveGate?.();
-      const fields = { event: 'session.login_failed', user: user ?? undefined, store: this.store, code: error.code, kind: error.kind, ...this.clientFields(), reason: error.message, ...(penaltyMs > 0 ? { penaltyMs } : {}) };
+      const fields = { event: 'session.login_failed', ...userFields(asserted ?? user ?? undefined, user ?? undefined), store: this.store, code: error.code, kind: error.kind, ...this.clientFields(), reason: error.message, ...(penaltyMs > 0 ? { penaltyMs } : {}) };
       // A POP3 client polling faster than the backend allows ([LOGIN-DELAY]) is the user's doing, not the fleet's.
       if (refusal === 'auth-failed' || refusal === 'limit' || refusal === 'login-delay') this.log.info(fields, 'login failed');
       else this.log.error(fields, 'login could not be completed');
@@ -569,7 +615,7 @@ export class Session {
    * login goes on at once with the new master. A login that completes on a slot that stopped
    * being master meanwhile is dropped and retried: no session is ever spliced to a demoted master.
    */
-  private async loginToCurrentMaster(storeName: string, user: string, password: string, config: Config): Promise<BackendSession> {
+  private async loginToCurrentMaster(storeName: string, identity: LoginIdentity, password: string, config: Config): Promise<BackendSession> {
     const deadline = Date.now() + config.failover.holdMs;
     const registry = this.context.registry;
     const session = this.cancellation;
@@ -603,7 +649,7 @@ export class Session {
       };
       registry.attemptStarted(watch);
       try {
-        const backend = await this.connectBackend(slot, store.backend, user, password, cancel);
+        const backend = await this.connectBackend(slot, store.backend, identity, password, cancel);
         const now = this.context.storeMap().currentMaster(storeName).slot;
         if (sameServer(now, slot, this.adapter.name)) return backend;
         backend.socket.destroy();
@@ -631,8 +677,19 @@ export class Session {
     }
   }
 
-  private async connectBackend(slot: Slot, storeBackend: Config['backend'], user: string, password: string, cancel: Cancellation): Promise<BackendSession> {
+  private async connectBackend(slot: Slot, storeBackend: Config['backend'], identity: LoginIdentity, password: string, cancel: Cancellation): Promise<BackendSession> {
     const backendConfig = backendFor(this.adapter.name, storeBackend);
+    const user = identity.name;
+    // An entry without a name of its own: master-user and sasl-authzid would assert the name
+    // typed on the proxy account's word, and that may be another user's (an alias). replay goes
+    // on with it: the backend checks the user's password against that name itself.
+    if (!identity.fromEntry && backendConfig.loginMode !== 'replay') {
+      throw new MailfrontError(
+        'USER_WITHOUT_LOGIN_NAME',
+        'auth-tempfail',
+        `the directory entry ${identity.dn} has no ${identity.attribute} (directory.login_attribute)${identity.unusable > 0 ? ` that is a user name under usernames (${identity.unusable} ${identity.unusable === 1 ? 'value is' : 'values are'} not)` : ''}, and login_mode ${backendConfig.loginMode} of store "${slot.store}" asserts the entry's name to the backend, never the name typed ("${user}"); set directory.login_attribute to the attribute holding the name the backend knows users by (on Active Directory, sAMAccountName or userPrincipalName)`,
+      );
+    }
     // Checked before the slot is dialled: nothing of such a login reaches the backend. Kind
     // not-authorized: the password was right, so it is no failure for the throttle; a name of
     // the directory that is also the backend's administrator or the proxy account is a setup
@@ -717,14 +774,14 @@ export class Session {
       close: (reason) => {
         // Already ending (a kick, then a drain's turn): one line, one close.
         if (running.ending) return;
-        this.log.info({ event: reason === 'kicked' ? 'session.kicked' : reason === 'drained' ? 'session.drained' : 'session.shutdown', user: this.user, store: this.store, slot: this.slot }, `session closed: ${reason}`);
+        this.log.info({ event: reason === 'kicked' ? 'session.kicked' : reason === 'drained' ? 'session.drained' : 'session.shutdown', ...userFields(this.user, this.typedUser), store: this.store, slot: this.slot }, `session closed: ${reason}`);
         running.close(reason, this.adapter.drainNotice(reason === 'drained' ? 'Mailbox moved to another server, please reconnect' : reason === 'kicked' ? KICKED_TEXT : 'Server shutting down'));
       },
     };
     this.entry = entry;
     this.context.registry.add(entry);
     // The one info line of a login (session.started and session.authenticated are debug): who, how, from where, to where.
-    this.log.info({ event: 'session.spliced', protocol: this.adapter.name, user: this.user, mechanism: this.mechanism, store: this.store, slot: this.slot, ...this.clientFields(), listener: this.listenerName, tls: this.tlsActive }, 'spliced to backend');
+    this.log.info({ event: 'session.spliced', protocol: this.adapter.name, ...userFields(this.user, this.typedUser), mechanism: this.mechanism, store: this.store, slot: this.slot, ...this.clientFields(), listener: this.listenerName, tls: this.tlsActive }, 'spliced to backend');
     void running.ended.then((reason) => this.finish(reason));
     return true;
   }
@@ -754,7 +811,7 @@ export class Session {
     if (reason === 'command-refused') {
       // A client trying to log out of the backend login mailfront made, to log in there again.
       const command = this.commandGuard?.refused ?? 'UNAUTHENTICATE';
-      this.log.warn({ event: 'session.command_refused', command, protocol: this.adapter.name, user: this.user, store: this.store, slot: this.slot, client: this.clientAddress }, `the client sent ${command}: session closed, the command not passed on`);
+      this.log.warn({ event: 'session.command_refused', command, protocol: this.adapter.name, ...userFields(this.user, this.typedUser), store: this.store, slot: this.slot, client: this.clientAddress }, `the client sent ${command}: session closed, the command not passed on`);
     }
     this.log.info(
       {
@@ -762,7 +819,7 @@ export class Session {
         reason,
         phase: phaseAtEnd,
         protocol: this.adapter.name,
-        user: this.user,
+        ...userFields(this.user, this.typedUser),
         store: this.store,
         slot: phaseAtEnd === 'spliced' ? this.slot : undefined,
         client: this.clientAddress,

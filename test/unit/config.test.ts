@@ -58,6 +58,18 @@ test('a good config loads with defaults, secrets from files, and is frozen', () 
   assert.equal(map.stores.get('store1')?.preferredMaster, 'slot1');
 });
 
+test('directory.login_attribute is uid unless set, and must be an attribute name', () => {
+  const dir = writeTemp({ 'mf.yaml': GOOD, 'ldap.secret': 's3cret\n', 'stores.yaml': STORES });
+  assert.equal(loadConfig(join(dir, 'mf.yaml')).directory.loginAttribute, 'uid');
+  writeFileSync(join(dir, 'ad.yaml'), GOOD.replace('base_dn: ou=people', 'login_attribute: sAMAccountName\n  base_dn: ou=people'));
+  assert.equal(loadConfig(join(dir, 'ad.yaml')).directory.loginAttribute, 'sAMAccountName');
+  for (const bad of ['"uid;binary"', '"(uid)"', '"1uid"', '""']) {
+    writeFileSync(join(dir, 'bad.yaml'), GOOD.replace('base_dn: ou=people', `login_attribute: ${bad}\n  base_dn: ou=people`));
+    const error = configErrorOf(() => loadConfig(join(dir, 'bad.yaml')));
+    assert.match(error.message, /directory\.login_attribute/, bad);
+  }
+});
+
 test('every config problem is reported at once, each with its path and what was expected', () => {
   const dir = writeTemp({
     'bad.yaml': `

@@ -3,7 +3,7 @@ import { createServer } from 'node:net';
 import type { AddressInfo, Socket } from 'node:net';
 import { test } from 'node:test';
 import { CachingDirectory } from '../../src/auth/cache.js';
-import { normalizeUser } from '../../src/auth/directory.js';
+import { entryLoginName, normalizeUser } from '../../src/auth/directory.js';
 import type { Directory } from '../../src/auth/directory.js';
 import { escapeFilterValue, openLdapClient, userFilter } from '../../src/auth/ldap.js';
 
@@ -87,4 +87,30 @@ test('the authentication cache keeps a route no longer than its TTL after the st
   await cache.authenticate('carol', 'pw', signal);
   await cache.authenticate('carol', 'pw', signal);
   assert.equal(calls, 5);
+});
+
+test('entryLoginName: the entry\'s one name, normalised as a typed name is, whatever name found the entry', () => {
+  const usernames = { lowercase: true };
+  assert.deepEqual(entryLoginName(['alice'], 'info@example.com', usernames), { kind: 'name', name: 'alice' });
+  assert.deepEqual(entryLoginName([' Alice '], 'alice', usernames), { kind: 'name', name: 'alice' });
+  // Spellings of one name are one name.
+  assert.deepEqual(entryLoginName(['alice', 'ALICE', 'Alice'], 'a@example.com', usernames), { kind: 'name', name: 'alice' });
+  // usernames.domain applies: qualify makes a bare uid the address the typed name became.
+  const qualify = { lowercase: true, domain: 'qualify', localDomains: ['example.com'] } as const;
+  assert.deepEqual(entryLoginName(['carol'], 'carol@example.com', qualify), { kind: 'name', name: 'carol@example.com' });
+  // usernames.lowercase off keeps the entry's case.
+  assert.deepEqual(entryLoginName(['Bob'], 'bob', { lowercase: false }), { kind: 'name', name: 'Bob' });
+});
+
+test('entryLoginName: of several names the one typed, else none (ambiguous); without a usable one, none', () => {
+  const usernames = { lowercase: true };
+  assert.deepEqual(entryLoginName(['dan', 'daniel'], 'daniel', usernames), { kind: 'name', name: 'daniel' });
+  assert.deepEqual(entryLoginName(['dan', 'DANIEL'], 'daniel', usernames), { kind: 'name', name: 'daniel' });
+  assert.deepEqual(entryLoginName(['dan', 'daniel'], 'd@example.com', usernames), { kind: 'ambiguous', names: ['dan', 'daniel'] });
+  assert.deepEqual(entryLoginName([], 'alice', usernames), { kind: 'none', unusable: 0 });
+  // Values no typed name could be (controls, empty, another domain under local_domains) are no names.
+  assert.deepEqual(entryLoginName(['al\u0000ice', ''], 'alice', usernames), { kind: 'none', unusable: 2 });
+  const local = { lowercase: true, domain: 'strip', localDomains: ['example.com'] } as const;
+  assert.deepEqual(entryLoginName(['carol@other.org', 'carol@example.com'], 'c', local), { kind: 'name', name: 'carol' });
+  assert.deepEqual(entryLoginName(['carol@other.org'], 'carol', local), { kind: 'none', unusable: 1 });
 });
