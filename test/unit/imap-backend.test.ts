@@ -83,6 +83,23 @@ describe('IMAP backend login: Dovecot 2.3', () => {
     );
   });
 
+  it('forwards the client address with ID only to a backend that lists ID', () => {
+    const forward = { ip: '192.0.2.1', port: 1, sessionId: 'x' };
+    // In the greeting's capabilities: none, so no ID ahead of the LOGIN.
+    assert.deepStrictEqual(backendTrace({ forward }, ['* OK [CAPABILITY IMAP4rev1 LITERAL+ AUTH=PLAIN] ready\r\nmf1 OK [CAPABILITY IMAP4rev1] Logged in\r\n']), [
+      'send mf1 LOGIN {5+}\r\nalice {6+}\r\nsecret\r\n',
+      'done IMAP4rev1',
+      'state done',
+      'leftover ',
+    ]);
+    // Learned from CAPABILITY (a greeting without them): the same, and with ID listed there, the ID.
+    assert.deepStrictEqual(backendTrace({ forward }, ['* OK ready\r\n* CAPABILITY IMAP4rev1 LITERAL+\r\nmf1 OK done\r\nmf2 OK [CAPABILITY IMAP4rev1] Logged in\r\n'])[0], 'send mf1 CAPABILITY\r\nmf2 LOGIN {5+}\r\nalice {6+}\r\nsecret\r\n');
+    assert.deepStrictEqual(
+      backendTrace({ forward }, ['* OK ready\r\n* CAPABILITY IMAP4rev1 LITERAL+ ID\r\nmf1 OK done\r\nmf2 OK ID completed.\r\nmf3 OK [CAPABILITY IMAP4rev1] Logged in\r\n'])[0],
+      'send mf1 CAPABILITY\r\nmf2 ID ("x-originating-ip" "192.0.2.1" "x-originating-port" "1" "x-session-id" "x")\r\nmf3 LOGIN {5+}\r\nalice {6+}\r\nsecret\r\n',
+    );
+  });
+
   it('passes [ALERT] lines of the login answer on to the client, before what follows it; drops other untagged lines', () => {
     assert.deepStrictEqual(
       backendTrace({}, [

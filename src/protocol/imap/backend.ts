@@ -361,8 +361,11 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
     if (this.capabilities === null) return this.command(out, 'CAPABILITY', 'capability');
     // The client's address goes out as an ID pipelined ahead of the login command, in the same
     // write (as Dovecot's own proxy does): one round trip for both. The backend answers them in
-    // order, and LOGIN does not depend on ID's answer.
-    const id = this.options.forward !== undefined ? this.idCommand(this.options.forward) : null;
+    // order, and LOGIN does not depend on ID's answer. Only to a backend that lists ID (RFC 2971):
+    // to another it is an unknown command ahead of the credentials, answered BAD at best. The
+    // address is then not forwarded, without a word, as POP3 and ManageSieve send no XCLIENT to
+    // a backend that does not offer it.
+    const id = this.options.forward !== undefined && this.hasCapability('ID') ? this.idCommand(this.options.forward) : null;
     const at = out.length;
     this.login(out);
     this.loginCommandSent = true;
