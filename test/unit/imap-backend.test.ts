@@ -209,6 +209,25 @@ describe('IMAP backend login: Cyrus 3.6', () => {
     );
   });
 
+  it('sends the proxy password with AUTHENTICATE PLAIN only to a backend that lists AUTH=PLAIN', () => {
+    const options = { mode: 'sasl-authzid', proxyUser: 'mailfront', proxyPassword: 'pr0xy', forward: { ip: '192.0.2.1', port: 1, sessionId: 'x' } } as const;
+    const refused = 'fail unavailable login: login mode sasl-authzid needs AUTH=PLAIN, which the backend does not offer';
+    // Nothing goes out, not even the ID, and the login counts as never sent.
+    const machine = imapAdapter.createBackendLogin({ ...BACKEND_DEFAULTS, ...options });
+    const actions = machine.receive(bytes('* OK [CAPABILITY IMAP4rev1 LITERAL+ ID SASL-IR AUTH=GSSAPI] ready\r\n'));
+    assert.deepStrictEqual(actions.map((a) => (a.type === 'fail' ? `fail ${a.refusal} ${a.detail}` : a.type)), [refused]);
+    assert.equal(machine.loginSent, false);
+    // The same when the list comes after STARTTLS.
+    assert.deepStrictEqual(backendTrace({ ...options, starttls: true }, [CYRUS_GREETING + 'mf1 OK go\r\n', TLS, '* CAPABILITY IMAP4rev1 LITERAL+ ID SASL-IR\r\nmf2 OK done\r\n']), [
+      'send mf1 STARTTLS\r\n',
+      'starttls',
+      'tls-started in tls-handshake',
+      'send mf2 CAPABILITY\r\n',
+      refused,
+      'state failed',
+    ]);
+  });
+
   it('refuses to go on without STARTTLS when it is required', () => {
     assert.deepStrictEqual(backendTrace({ starttls: true }, ['* OK [CAPABILITY IMAP4rev1 LITERAL+ AUTH=PLAIN] ready\r\n']), [
       'fail unavailable starttls: the backend does not offer STARTTLS',

@@ -368,6 +368,8 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
     const id = this.options.forward !== undefined && this.hasCapability('ID') ? this.idCommand(this.options.forward) : null;
     const at = out.length;
     this.login(out);
+    // A login that cannot go out to this backend: nothing was sent, the ID neither.
+    if (this.current === 'failed') return;
     this.loginCommandSent = true;
     const first = out[at];
     if (id !== null && first?.type === 'send') out[at] = { type: 'send', data: Buffer.concat([id, first.data]) };
@@ -398,6 +400,9 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
       case 'master-user':
         return this.loginCommand(out, `${user}${this.options.masterUserSeparator ?? '*'}${proxyUser}`, proxyPassword);
       case 'sasl-authzid':
+        // A backend that does not list AUTH=PLAIN would refuse it (and the proxy password would
+        // have gone out for nothing): a setup to change, not a wrong password.
+        if (!this.hasCapability('AUTH=PLAIN')) return this.fail(out, 'unavailable', 'login: login mode sasl-authzid needs AUTH=PLAIN, which the backend does not offer');
         return this.authenticatePlain(out, encodePlain(user, proxyUser, proxyPassword));
     }
   }
