@@ -242,6 +242,60 @@ describe('IMAP backend login: Cyrus 3.6', () => {
 });
 
 describe('IMAP backend login: other servers', () => {
+  it('sends no password to a backend that advertises LOGINDISABLED without TLS, whatever the login mode', () => {
+    // Dovecot with disable_plaintext_auth (and ssl) on a connection without TLS.
+    const greeting = '* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ STARTTLS LOGINDISABLED] Dovecot ready.\r\n';
+    const refused = 'fail unavailable login: the backend advertises LOGINDISABLED (it takes no password on a connection without TLS): set backend.tls to starttls or implicit';
+    const forward = { ip: '192.0.2.1', port: 1, sessionId: 'x' };
+    const modes = [
+      {},
+      { password: 'p'.repeat(3000) },
+      { mode: 'master-user', proxyUser: 'mfproxy', proxyPassword: 'm4ster' },
+      { mode: 'sasl-authzid', proxyUser: 'mailfront', proxyPassword: 'pr0xy' },
+    ] as const;
+    for (const options of modes) {
+      const machine = imapAdapter.createBackendLogin({ ...BACKEND_DEFAULTS, ...options, forward });
+      const actions = machine.receive(bytes(`${greeting}mf1 NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) connections.\r\n`));
+      assert.deepStrictEqual(actions.map((a) => (a.type === 'fail' ? `fail ${a.refusal} ${a.detail}` : a.type)), [refused], JSON.stringify(options));
+      assert.equal(machine.loginSent, false);
+      // Even where the backend would take AUTHENTICATE PLAIN without TLS: LOGINDISABLED says it wants TLS.
+      assert.deepStrictEqual(backendTrace(options, [greeting.replace('LOGINDISABLED', 'LOGINDISABLED AUTH=PLAIN')]), [refused, 'state failed']);
+    }
+    // Learned from CAPABILITY when the greeting has none (the CAPABILITY itself is no secret).
+    assert.deepStrictEqual(backendTrace({}, ['* OK ready\r\n* CAPABILITY IMAP4rev1 LITERAL+ LOGINDISABLED\r\nmf1 OK done\r\n']), ['send mf1 CAPABILITY\r\n', refused, 'state failed']);
+  });
+
+  it('after STARTTLS, takes the new capabilities: LOGIN where LOGINDISABLED is gone, AUTHENTICATE PLAIN where it stays', () => {
+    const greeting = '* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ STARTTLS LOGINDISABLED] ready\r\nmf1 OK go\r\n';
+    const after = (list: string, login: string): string[] => backendTrace({ starttls: true }, [greeting, TLS, `* CAPABILITY ${list}\r\nmf2 OK done\r\n${login}`]).slice(3);
+    assert.deepStrictEqual(after('IMAP4rev1 SASL-IR LITERAL+ AUTH=PLAIN', 'mf3 OK [CAPABILITY IMAP4rev1] Logged in\r\n'), [
+      'send mf2 CAPABILITY\r\nmf3 LOGIN {5+}\r\nalice {6+}\r\nsecret\r\n',
+      'done IMAP4rev1',
+      'state done',
+      'leftover ',
+    ]);
+    // RFC 9051 §6.2.3: no LOGIN to a server that lists LOGINDISABLED, even over TLS.
+    assert.deepStrictEqual(after('IMAP4rev1 SASL-IR LITERAL+ LOGINDISABLED AUTH=PLAIN', 'mf3 OK [CAPABILITY IMAP4rev1] Logged in\r\n'), [
+      `send mf2 CAPABILITY\r\nmf3 AUTHENTICATE PLAIN ${b64('\0alice\0secret')}\r\n`,
+      'done IMAP4rev1',
+      'state done',
+      'leftover ',
+    ]);
+    // The master user's name with its separator, as Dovecot's PLAIN takes it; without SASL-IR on the continuation.
+    const master = { starttls: true, mode: 'master-user', proxyUser: 'mfproxy', proxyPassword: 'm4ster' } as const;
+    assert.deepStrictEqual(backendTrace(master, [greeting, TLS, '* CAPABILITY IMAP4rev1 LOGINDISABLED AUTH=PLAIN\r\nmf2 OK done\r\n+ \r\nmf3 OK [CAPABILITY IMAP4rev1] in\r\n']).slice(3), [
+      `send mf2 CAPABILITY\r\nmf3 AUTHENTICATE PLAIN\r\n${b64('\0alice*mfproxy\0m4ster')}\r\n`,
+      'done IMAP4rev1',
+      'state done',
+      'leftover ',
+    ]);
+    assert.deepStrictEqual(after('IMAP4rev1 SASL-IR LITERAL+ LOGINDISABLED AUTH=GSSAPI', ''), [
+      'send mf2 CAPABILITY\r\n',
+      'fail unavailable login: the backend advertises LOGINDISABLED and does not offer AUTH=PLAIN',
+      'state failed',
+    ]);
+  });
+
   it('uses synchronising literals without LITERAL+, and asks for capabilities after login', () => {
     assert.deepStrictEqual(
       backendTrace({}, [

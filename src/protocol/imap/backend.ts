@@ -391,20 +391,40 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
 
   private login(out: BackendAction[]): void {
     const { mode, user, password, proxyUser = '', proxyPassword = '' } = this.options;
+    // LOGINDISABLED is how Dovecot (disable_plaintext_auth) and Cyrus (allowplaintext: no) say
+    // that a connection without TLS takes no password: neither lists AUTH=PLAIN there either.
+    // The password (or the proxy account's) would cross the network in clear at every login, to
+    // be refused with [PRIVACYREQUIRED]: nothing secret goes out, the slot's backend.tls is what
+    // to change (Dovecot's own proxy refuses so too). After our STARTTLS the list is the new one.
+    if (this.hasCapability('LOGINDISABLED') && !this.tlsDone) {
+      return this.fail(out, 'unavailable', 'login: the backend advertises LOGINDISABLED (it takes no password on a connection without TLS): set backend.tls to starttls or implicit');
+    }
     switch (mode) {
       case 'replay':
         if (Buffer.byteLength(user, 'utf8') + Buffer.byteLength(password, 'utf8') > LONG_CREDENTIALS_BYTES && this.hasCapability('AUTH=PLAIN')) {
           return this.authenticatePlain(out, encodePlain('', user, password));
         }
-        return this.loginCommand(out, user, password);
+        return this.loginOrPlain(out, user, password);
       case 'master-user':
-        return this.loginCommand(out, `${user}${this.options.masterUserSeparator ?? '*'}${proxyUser}`, proxyPassword);
+        return this.loginOrPlain(out, `${user}${this.options.masterUserSeparator ?? '*'}${proxyUser}`, proxyPassword);
       case 'sasl-authzid':
         // A backend that does not list AUTH=PLAIN would refuse it (and the proxy password would
         // have gone out for nothing): a setup to change, not a wrong password.
         if (!this.hasCapability('AUTH=PLAIN')) return this.fail(out, 'unavailable', 'login: login mode sasl-authzid needs AUTH=PLAIN, which the backend does not offer');
         return this.authenticatePlain(out, encodePlain(user, proxyUser, proxyPassword));
     }
+  }
+
+  /**
+   * LOGIN, unless the backend lists LOGINDISABLED (RFC 3501 §7.2.1, RFC 9051 §6.2.3: the client
+   * MUST NOT send LOGIN then); then the same user and password as AUTHENTICATE PLAIN (an empty
+   * authzid) where it offers AUTH=PLAIN: Dovecot's LOGIN is its PLAIN mechanism underneath, the
+   * master-user separator included.
+   */
+  private loginOrPlain(out: BackendAction[], loginUser: string, loginPassword: string): void {
+    if (!this.hasCapability('LOGINDISABLED')) return this.loginCommand(out, loginUser, loginPassword);
+    if (this.hasCapability('AUTH=PLAIN')) return this.authenticatePlain(out, encodePlain('', loginUser, loginPassword));
+    return this.fail(out, 'unavailable', 'login: the backend advertises LOGINDISABLED and does not offer AUTH=PLAIN');
   }
 
   /** AUTHENTICATE PLAIN with this base64 response. */
