@@ -543,7 +543,7 @@ export class Mailfront {
     const backend = backendFor(protocol, store.backend);
     const login =
       probeUser !== undefined && probePassword !== undefined
-        ? ADAPTERS[protocol].createBackendLogin({ mode: 'replay', user: probeUser, password: probePassword, starttls: backend.tls === 'starttls' })
+        ? ADAPTERS[protocol].createBackendLogin({ mode: 'replay', user: probeUser, password: probePassword, starttls: backend.tls === 'starttls', implicitTls: backend.tls === 'implicit' })
         : undefined;
     // A slot behind a PROXY-protocol port expects a header; LOCAL says "a check, no client".
     const header = backend.proxyProtocol === 'v2' ? encodeProxyV2Local() : backend.proxyProtocol === 'v1' ? Buffer.from('PROXY UNKNOWN\r\n') : null;

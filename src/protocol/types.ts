@@ -112,6 +112,8 @@ export interface BackendLoginOptions {
   readonly masterUserSeparator?: string;
   /** Issue STARTTLS before logging in. */
   readonly starttls: boolean;
+  /** The connection is TLS from its first byte (backend.tls: implicit): a password may go out without STARTTLS. */
+  readonly implicitTls?: boolean;
   /** Forward the client's address (IMAP ID x-originating-ip / POP3 XCLIENT) when set. */
   readonly forward?: { readonly ip: string; readonly port: number; readonly sessionId: string };
 }

@@ -718,6 +718,7 @@ export class Session {
       ...(backendConfig.proxyPassword !== undefined ? { proxyPassword: backendConfig.proxyPassword } : {}),
       masterUserSeparator: backendConfig.masterUserSeparator,
       starttls: backendConfig.tls === 'starttls',
+      implicitTls: backendConfig.tls === 'implicit',
       ...(backendConfig.forwardClientAddress ? { forward: { ip: this.clientAddress, port: this.clientPort, sessionId: this.id } } : {}),
     });
     try {

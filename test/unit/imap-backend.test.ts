@@ -265,6 +265,16 @@ describe('IMAP backend login: other servers', () => {
     assert.deepStrictEqual(backendTrace({}, ['* OK ready\r\n* CAPABILITY IMAP4rev1 LITERAL+ LOGINDISABLED\r\nmf1 OK done\r\n']), ['send mf1 CAPABILITY\r\n', refused, 'state failed']);
   });
 
+  it('on a connection that is TLS from its first byte (backend.tls: implicit), LOGINDISABLED only rules out LOGIN', () => {
+    const greeting = '* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ LOGINDISABLED AUTH=PLAIN] ready\r\n';
+    assert.deepStrictEqual(backendTrace({ implicitTls: true }, [greeting, 'mf1 OK [CAPABILITY IMAP4rev1] Logged in\r\n']), [
+      `send mf1 AUTHENTICATE PLAIN ${b64('\0alice\0secret')}\r\n`,
+      'done IMAP4rev1',
+      'state done',
+      'leftover ',
+    ]);
+  });
+
   it('after STARTTLS, takes the new capabilities: LOGIN where LOGINDISABLED is gone, AUTHENTICATE PLAIN where it stays', () => {
     const greeting = '* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ STARTTLS LOGINDISABLED] ready\r\nmf1 OK go\r\n';
     const after = (list: string, login: string): string[] => backendTrace({ starttls: true }, [greeting, TLS, `* CAPABILITY ${list}\r\nmf2 OK done\r\n${login}`]).slice(3);

@@ -166,7 +166,8 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
   private tag = '';
   /** The backend's capabilities, upper-cased, or null when not (or no longer) known. */
   private capabilities: ReadonlySet<string> | null = null;
-  private tlsDone = false;
+  /** TLS is in force: from the first byte (backend.tls: implicit), or since our STARTTLS. */
+  private tlsDone: boolean;
   /** The tag of the ID pipelined ahead of the login command, until its reply is in. */
   private idTag: string | null = null;
   /** Parts of the login command still waiting for a "+" continuation. */
@@ -178,7 +179,9 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
   /** Responses read so far, of any kind. */
   private responses = 0;
 
-  constructor(private readonly options: BackendLoginOptions) {}
+  constructor(private readonly options: BackendLoginOptions) {
+    this.tlsDone = options.implicitTls === true;
+  }
 
   /** The current state's name, for logs. */
   get state(): ImapBackendState {
