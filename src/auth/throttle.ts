@@ -840,7 +840,7 @@ export class RedisThrottleStore implements ThrottleStore {
     const now = Date.now();
     if (now - this.lastErrorReplyLogAt < ERROR_REPLY_LOG_INTERVAL_MS) return;
     this.lastErrorReplyLogAt = now;
-    this.options.log.warn({ event: 'throttle.redis_refused', url: this.options.redis.url, reason: message }, 'Redis refused a throttle call; local counters answered');
+    this.options.log.warn({ event: 'throttle.redis_refused', url: this.options.redis.url, reason: withoutSecrets(message, this.options.redis) }, 'Redis refused a throttle call; local counters answered');
   }
 
   /**
@@ -851,7 +851,8 @@ export class RedisThrottleStore implements ThrottleStore {
    * Redis itself fails then; a retry failing another way on the network (refused, timed out) is
    * not news, and stays quiet.
    */
-  private setState(state: RedisState, reason?: string, setup = false): void {
+  private setState(state: RedisState, given?: string, setup = false): void {
+    const reason = given === undefined ? undefined : withoutSecrets(given, this.options.redis);
     const changed = state !== this.stateNow;
     if (!changed && (state !== 'down' || !this.newDownCause(reason, setup))) return;
     const before = this.stateNow;
@@ -878,7 +879,7 @@ export class RedisThrottleStore implements ThrottleStore {
     // unhandled rejection would end the process and every spliced session).
     if (changed && state === 'up') {
       setImmediate(() => {
-        this.replay().catch((error: unknown) => this.options.log.error({ event: 'throttle.redis_state', state: this.stateNow, err: error instanceof Error ? error.message : String(error) }, 'writing the failures counted apart to Redis failed'));
+        this.replay().catch((error: unknown) => this.options.log.error({ event: 'throttle.redis_state', state: this.stateNow, err: withoutSecrets(error instanceof Error ? error.message : String(error), this.options.redis) }, 'writing the failures counted apart to Redis failed'));
       });
     }
   }
@@ -966,6 +967,10 @@ export class RedisThrottleStore implements ThrottleStore {
         ...(redis.username !== undefined ? { username: redis.username } : {}),
         ...(redis.password !== undefined ? { password: redis.password } : {}),
         socket: { connectTimeout: deadlineMs, reconnectStrategy: false, ...tls },
+        // RESP2: the library's default, RESP3, connects with HELLO 3 AUTH <user> <password>, which
+        // a Redis before 6 (or one with HELLO renamed away) refuses, and the throttle never
+        // connected. The scripts' replies are arrays of integers and strings in either.
+        RESP: 2,
         // Fail at once while disconnected rather than queue behind a dead connection.
         disableOfflineQueue: true,
       });
@@ -1005,6 +1010,20 @@ export class RedisThrottleStore implements ThrottleStore {
       this.scheduleRetry();
     }
   }
+}
+
+/**
+ * An error text as it may be logged: without the configured password. Redis answers a command it
+ * does not know (AUTH or HELLO renamed away, say) with its first arguments, the password among
+ * them, cut off after 128 bytes, so that only part of a password may be there: the arguments are
+ * left out whole.
+ */
+export function withoutSecrets(text: string, redis: Pick<ThrottleRedisConfig, 'password'>): string {
+  let out = text;
+  const args = out.search(/with args beginning with:/i);
+  if (args >= 0) out = `${out.slice(0, args)}with args beginning with: [arguments hidden]`;
+  if (redis.password !== undefined && redis.password !== '') out = out.split(redis.password).join('[password hidden]');
+  return out;
 }
 
 function pairs(reply: unknown[], count: number): SubjectState[] {

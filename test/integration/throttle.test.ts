@@ -644,3 +644,45 @@ describe('throttle counters shared through Redis', () => {
     }
   });
 });
+
+describe('Redis connections and what their errors show', () => {
+  const PASSWORD = 'Redis-secret-pw-5c1e';
+
+  test('a Redis without HELLO (before 6, or HELLO renamed away) that asks for a password: the throttle connects (RESP2, AUTH) and shares counters; no log line holds the password', async () => {
+    const old = await startRedis({ args: ['--requirepass', PASSWORD, '--rename-command', 'HELLO', ''] });
+    try {
+      const redisConfig = { url: old.url, password: PASSWORD, keyPrefix: 'h1:', timeoutMs: TIMEOUT_MS };
+      const a = await instance('h1:', undefined, old.url, { redis: redisConfig });
+      const b = await instance('h1:', undefined, old.url, { redis: redisConfig });
+      for (let i = 0; i < 5; i++) await a.throttle.recordFailure(from('hilda', '192.0.2.90'), WRONG_PASSWORDS[i] ?? '');
+      assert.equal((await b.throttle.check(from('hilda', '192.0.2.91'))).refusedBy, 'user', 'B sees A\'s five through Redis');
+      assert.deepEqual(redisStateLines(a.lines), ['30 up']);
+      assert.ok(!JSON.stringify(a.lines).includes(PASSWORD));
+    } finally {
+      await old.stop();
+    }
+  });
+
+  test('Redis answering the login with an error that quotes its arguments (AUTH renamed away): the state line gives the reason without the password, also a long one Redis cut short', async () => {
+    const long = `${PASSWORD}-${'x'.repeat(150)}`;
+    const noAuth = await startRedis({ args: ['--rename-command', 'AUTH', ''] });
+    try {
+      for (const password of [PASSWORD, long]) {
+        const lines: Record<string, unknown>[] = [];
+        const log = pino({ level: 'debug' }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
+        const config: ThrottleConfig = { enabled: true, baseDelayMs: 100, maxDelayMs: 1_600, failuresPerUser: 5, failuresPerAddress: 8, failureWindowMs: 60_000, refusalMs: 30_000, maxTrackedSubjects: 100, redis: { url: noAuth.url, password, keyPrefix: 'h2:', timeoutMs: TIMEOUT_MS } };
+        const throttle = Throttle.fromConfig(config, log, { retryIntervalMs: RETRY_MS });
+        open.push(throttle);
+        await throttle.ready();
+        assert.equal(throttle.sharing, 'down');
+        const warning = lines.find((l) => l['event'] === 'throttle.redis_state' && l['state'] === 'down');
+        assert.match(String(warning?.['reason']), /unknown command 'AUTH'/);
+        const text = JSON.stringify(lines);
+        assert.ok(!text.includes(PASSWORD.slice(0, 12)), `the password, or its start, in the log: ${text}`);
+        await throttle.close();
+      }
+    } finally {
+      await noAuth.stop();
+    }
+  });
+});
