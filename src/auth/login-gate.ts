@@ -10,9 +10,14 @@
  * check or two; most of them are answered by the authentication cache. Per process: a fleet's
  * instances each have their own gate. Owns nothing but the counts; a key is kept only while a
  * check of it runs or waits.
+ *
+ * Per client address the same holds for a burst as many users (password spraying, which
+ * failures_per_address bounds): an address gets as many checks at a time as it has failures left
+ * before its limit, at least one (see checkAddress).
  */
 import { MailfrontError } from '../errors.js';
 import type { Cancellation } from '../cancel.js';
+import { addressKey } from '../net/cidr.js';
 
 /** Checks of one user at a time: enough for a client's parallel connections to go through together. */
 export const LOGIN_GATE_WIDTH = 4;
@@ -25,14 +30,87 @@ interface Turns {
 /** Frees the turn taken; calling it again does nothing. */
 export type LeaveGate = () => void;
 
+/** What an address's turns need of the throttle's answer to a check. */
+export interface AddressBudget {
+  readonly refused: boolean;
+  /**
+   * Failures the address may still have counted before its logins are refused (0 or less once
+   * its limit is reached); absent when its failures are not counted (a trusted network, the
+   * throttle off).
+   */
+  readonly addressLeft?: number;
+}
+
+interface AddressTurns {
+  running: number;
+  /** Turns left so far: a check that began before one was left may not have seen its failure. */
+  left: number;
+  /** Checks under way, waiting ones included: the entry (and `left`) outlives none of them. */
+  checking: number;
+  /** Checks waiting for a turn to be left, woken one at a time in order. */
+  readonly waiting: Array<() => void>;
+}
+
+const cancelledWhileWaiting = (): MailfrontError => new MailfrontError('ABORTED', 'aborted', 'the login was cancelled while it waited for its turn');
+
 export class LoginGate {
   private readonly turns = new Map<string, Turns>();
+  private readonly addressTurns = new Map<string, AddressTurns>();
 
   constructor(private readonly width: number = LOGIN_GATE_WIDTH) {}
 
-  /** Keys with a check running or waiting (both drop to 0 when every turn is left). */
+  /** Users and addresses with a check running or waiting (both drop to 0 when every turn is left). */
   get size(): number {
-    return this.turns.size;
+    return this.turns.size + this.addressTurns.size;
+  }
+
+  /**
+   * Asks the throttle (`check`) about a login from `address` and, unless it refuses or does not
+   * count the address, takes one of the address's turns, to be left once the login's outcome is
+   * counted. At most as many checks of the address run at a time as it has failures left before
+   * its limit (at least one): a login over that waits for a turn to be left (in arrival order;
+   * rejects ABORTED when `cancellation` fires first) and asks the throttle again, which has
+   * counted that turn's failure. A check during which a turn was left is asked again too: it may
+   * not have seen that failure. So a burst from one address, each login as another user, gets at
+   * most the limit's wrong passwords to the directory before the address is refused, and one at a
+   * time once a refusal has run out while its failures are remembered; an address without
+   * failures (a NAT's users) has as many checks at a time as its limit.
+   */
+  async checkAddress<V extends AddressBudget>(address: string, check: () => Promise<V>, cancellation: Cancellation): Promise<{ readonly verdict: V; readonly leave?: LeaveGate }> {
+    const key = addressKey(address);
+    let turns = this.addressTurns.get(key);
+    if (turns === undefined) {
+      turns = { running: 0, left: 0, checking: 0, waiting: [] };
+      this.addressTurns.set(key, turns);
+    }
+    turns.checking++;
+    // Woken by a turn left: unless this check takes a turn, the next waiter is woken in its place.
+    let woken = false;
+    try {
+      for (;;) {
+        const leftBefore = turns.left;
+        const verdict = await check();
+        if (verdict.refused || verdict.addressLeft === undefined) return { verdict };
+        if (turns.left !== leftBefore) continue;
+        const width = Math.max(1, verdict.addressLeft);
+        // Behind the ones waiting already, unless woken in turn.
+        if (turns.running < width && (woken || turns.waiting.length === 0)) {
+          turns.running++;
+          woken = false;
+          if (turns.running < width) turns.waiting.shift()?.();
+          return { verdict, leave: this.addressLeaver(key, turns) };
+        }
+        // A waiter woken in turn that still finds no room waits first in line again.
+        const first = woken;
+        woken = false;
+        await waitForTurn(turns.waiting, cancellation, first);
+        woken = true;
+      }
+    } finally {
+      turns.checking--;
+      if (woken) turns.waiting.shift()?.();
+      if (turns.running === 0 && turns.checking === 0) this.addressTurns.delete(key);
+    }
   }
 
   /** A turn for `key` now, or null when `width` checks of it are running. */
@@ -51,7 +129,7 @@ export class LoginGate {
   enter(key: string, cancellation: Cancellation): Promise<LeaveGate> {
     const now = this.tryEnter(key);
     if (now !== null) return Promise.resolve(now);
-    if (cancellation.aborted) return Promise.reject(new MailfrontError('ABORTED', 'aborted', 'the login was cancelled while it waited for its turn'));
+    if (cancellation.aborted) return Promise.reject(cancelledWhileWaiting());
     const turns = this.turns.get(key)!;
     return new Promise<LeaveGate>((resolve, reject) => {
       const admit = (): void => {
@@ -61,11 +139,23 @@ export class LoginGate {
       const abandon = (): void => {
         const at = turns.waiting.indexOf(admit);
         if (at >= 0) turns.waiting.splice(at, 1);
-        reject(new MailfrontError('ABORTED', 'aborted', 'the login was cancelled while it waited for its turn'));
+        reject(cancelledWhileWaiting());
       };
       turns.waiting.push(admit);
       cancellation.addEventListener('abort', abandon, { once: true });
     });
+  }
+
+  private addressLeaver(key: string, turns: AddressTurns): LeaveGate {
+    let left = false;
+    return () => {
+      if (left) return;
+      left = true;
+      turns.running--;
+      turns.left++;
+      turns.waiting.shift()?.();
+      if (turns.running === 0 && turns.checking === 0) this.addressTurns.delete(key);
+    };
   }
 
   private leaver(key: string): LeaveGate {
@@ -81,4 +171,23 @@ export class LoginGate {
       if (turns.running === 0) this.turns.delete(key);
     };
   }
+}
+
+/** Resolves when woken through `waiting`; rejects (ABORTED) when `cancellation` fires first. */
+function waitForTurn(waiting: Array<() => void>, cancellation: Cancellation, first: boolean): Promise<void> {
+  if (cancellation.aborted) return Promise.reject(cancelledWhileWaiting());
+  return new Promise<void>((resolve, reject) => {
+    const wake = (): void => {
+      cancellation.removeEventListener('abort', abandon);
+      resolve();
+    };
+    const abandon = (): void => {
+      const at = waiting.indexOf(wake);
+      if (at >= 0) waiting.splice(at, 1);
+      reject(cancelledWhileWaiting());
+    };
+    if (first) waiting.unshift(wake);
+    else waiting.push(wake);
+    cancellation.addEventListener('abort', abandon, { once: true });
+  });
 }

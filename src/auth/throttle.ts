@@ -45,6 +45,15 @@ export interface ThrottleVerdict {
   readonly delayMs: number;
 }
 
+/** A check's verdict, with what the address has left when asked (see Throttle.check). */
+export interface BudgetedVerdict extends ThrottleVerdict {
+  /**
+   * Failures the address may still have counted before its logins are refused (its limit less
+   * those counted); absent when the address is not counted (trusted, or throttling off).
+   */
+  readonly addressLeft?: number;
+}
+
 /** The state of one counted subject (a user or an address). */
 export interface SubjectState {
   /** Counted failures within the window. */
@@ -1101,12 +1110,19 @@ export class Throttle {
     if (this.store instanceof RedisThrottleStore) await this.store.ready();
   }
 
-  /** Before authenticating: refused when a limit is reached; delayMs is the penalty earned so far. */
-  async check(attempt: LoginAttempt): Promise<ThrottleVerdict> {
+  /**
+   * Before authenticating: refused when a limit is reached; delayMs is the penalty earned so far.
+   * With `addressBudget`, also the failures the address has left before its limit: the login
+   * gate lets that many of the address's checks run at a time (LoginGate.checkAddress).
+   */
+  async check(attempt: LoginAttempt, options: { readonly addressBudget?: boolean } = {}): Promise<BudgetedVerdict> {
     if (!this.config.enabled) return ALLOW;
     const subjects = this.subjects(attempt);
     try {
-      return this.verdict(subjects, await this.store.read(subjects));
+      const states = await this.store.read(subjects);
+      const verdict = this.verdict(subjects, states);
+      const at = options.addressBudget === true ? subjects.findIndex((s) => s.by === 'address') : -1;
+      return at < 0 ? verdict : { ...verdict, addressLeft: this.config.failuresPerAddress - (states[at]?.failures ?? 0) };
     } catch {
       return ALLOW;
     }

@@ -495,11 +495,19 @@ export class Session {
     // Made now, before the first wait, so that a deadline or a hang-up during any step of the
     // login (the throttle's Redis round trip included) cancels it.
     const cancellation = this.cancellation;
-    // The user's turn at the gate lasts from the throttle's check until the check's outcome is counted.
-    let leaveGate: LeaveGate | undefined;
+    // The user's turn at the gate lasts from the throttle's check until the check's outcome is
+    // counted, and so does the address's (taken with the check: as many as it has failures left).
+    let leaveUserGate: LeaveGate | undefined;
+    let leaveAddressGate: LeaveGate | undefined;
+    const leaveGate = (): void => {
+      leaveUserGate?.();
+      leaveAddressGate?.();
+    };
     try {
-      if (subject !== null) leaveGate = this.context.loginGate.tryEnter(subject) ?? (await this.context.loginGate.enter(subject, cancellation));
-      const verdict = await throttle.check(attempt);
+      if (subject !== null) leaveUserGate = this.context.loginGate.tryEnter(subject) ?? (await this.context.loginGate.enter(subject, cancellation));
+      const checked = await this.context.loginGate.checkAddress(attempt.address, () => throttle.check(attempt, { addressBudget: true }), cancellation);
+      leaveAddressGate = checked.leave;
+      const verdict = checked.verdict;
       throwIfCancelled(cancellation, 'the login was cancelled while the throttle answered');
       if (verdict.refused) {
         this.context.metrics.throttleRefusal(verdict.refusedBy ?? 'user');
@@ -517,7 +525,7 @@ export class Session {
       const found = await this.context.directory().authenticate(user, credentials.password, cancellation);
       throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
       void throttle.recordSuccess(attempt);
-      leaveGate?.();
+      leaveGate();
       // From here on the login is the entry's own name, not the one typed: a user filter that
       // matches aliases (mail) finds alice's entry for "info@example.com", which a backend reads
       // as another user's mailbox (entryLoginName()).
@@ -589,7 +597,7 @@ export class Session {
         penaltyMs = (await throttle.recordFailure(attempt, credentials.password)).delayMs;
       }
       // Counted: the next check of this user may go (not after the answer's delay below).
-      leaveGate?.();
+      leaveGate();
       const fields = { event: 'session.login_failed', ...userFields(asserted ?? user ?? undefined, user ?? undefined), store: this.store, code: error.code, kind: error.kind, ...this.clientFields(), reason: error.message, ...(penaltyMs > 0 ? { penaltyMs } : {}) };
       // A POP3 client polling faster than the backend allows ([LOGIN-DELAY]) is the user's doing, not the fleet's.
       if (refusal === 'auth-failed' || refusal === 'limit' || refusal === 'login-delay') this.log.info(fields, 'login failed');
@@ -603,7 +611,7 @@ export class Session {
       if (this.phase === 'preauth' && !this.socket.destroyed) this.perform(this.machine.loginFailed(refusal, refusal === 'limit' ? LIMIT_TEXT : UNAVAILABLE_TEXT[error.kind]));
     } finally {
       // Every way out (a cancelled login, a kick) leaves the gate; leaving twice does nothing.
-      leaveGate?.();
+      leaveGate();
     }
   }
 

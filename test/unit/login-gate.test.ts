@@ -46,3 +46,136 @@ test('a cancelled wait rejects at once and takes no turn; nothing is left once e
   holder();
   assert.equal(gate.size, 0);
 });
+
+/** A throttle's address count for the gate's address turns: `failures` of `limit`, refused from the limit on. */
+function addressThrottle(limit: number): { failures: number; checks: number; check: () => Promise<{ refused: boolean; addressLeft: number }> } {
+  const t = {
+    failures: 0,
+    checks: 0,
+    check: async () => {
+      t.checks++;
+      await new Promise((resolve) => setImmediate(resolve));
+      return { refused: t.failures >= limit, addressLeft: limit - t.failures };
+    },
+  };
+  return t;
+}
+
+const settle = async (): Promise<void> => {
+  for (let i = 0; i < 20; i++) await new Promise((resolve) => setImmediate(resolve));
+};
+
+test('an address gets as many turns at a time as it has failures left; a burst of wrong passwords gets the limit through, then one at a time', async () => {
+  const gate = new LoginGate();
+  const throttle = addressThrottle(3);
+  const through: Array<() => void> = [];
+  let refused = 0;
+  // Ten logins at once, each failing once it has its turn (counted, then the turn left).
+  const logins = Array.from({ length: 10 }, async () => {
+    const { verdict, leave } = await gate.checkAddress('192.0.2.1', throttle.check, new Canceller());
+    if (verdict.refused) {
+      assert.equal(leave, undefined, 'a refused login takes no turn');
+      refused++;
+      return;
+    }
+    through.push(() => {
+      throttle.failures++;
+      leave!();
+    });
+  });
+  await settle();
+  assert.equal(through.length, 3, 'three failures left: three turns');
+  through.shift()!();
+  await settle();
+  assert.equal(through.length, 2, 'two failures left and two running: the next waits');
+  through.shift()!();
+  through.shift()!();
+  await Promise.all(logins);
+  assert.equal(refused, 7);
+  assert.equal(gate.size, 0);
+  // The refusal has run out, the failures are remembered: one at a time, and its failure refuses.
+  const ended = async (): Promise<{ refused: boolean; addressLeft: number }> => ({ refused: false, addressLeft: 0 });
+  const first = await gate.checkAddress('192.0.2.1', ended, new Canceller());
+  assert.ok(first.leave);
+  let second = false;
+  const waiting = gate.checkAddress('192.0.2.1', ended, new Canceller()).then((r) => ((second = true), r));
+  await settle();
+  assert.equal(second, false, 'the second waits for the first');
+  first.leave();
+  (await waiting).leave?.();
+  assert.equal(gate.size, 0);
+});
+
+test('an address without failures (a NAT) has its limit of turns at once; other addresses, and IPv6 addresses outside its /64, have their own', async () => {
+  const gate = new LoginGate();
+  const throttle = addressThrottle(30);
+  const turns = await Promise.all(Array.from({ length: 30 }, () => gate.checkAddress('2001:db8:1:2::5', throttle.check, new Canceller())));
+  assert.ok(turns.every((t) => t.leave !== undefined));
+  let more = false;
+  const next = gate.checkAddress('2001:db8:1:2::6', throttle.check, new Canceller()).then((r) => ((more = true), r));
+  const other = await gate.checkAddress('2001:db8:1:3::5', throttle.check, new Canceller());
+  assert.ok(other.leave, 'another /64');
+  await settle();
+  assert.equal(more, false, 'the same /64: the 31st waits');
+  turns[0]!.leave!();
+  (await next).leave!();
+  other.leave!();
+  for (const t of turns) t.leave!();
+  assert.equal(gate.size, 0);
+});
+
+test('an address not counted (trusted, throttle off) takes no turn; a waiting check cancelled rejects ABORTED and leaves nothing behind; the turn left passes on', async () => {
+  const gate = new LoginGate();
+  const exempt = await gate.checkAddress('192.0.2.9', async () => ({ refused: false }), new Canceller());
+  assert.equal(exempt.leave, undefined);
+  assert.equal(gate.size, 0);
+  const throttle = addressThrottle(1);
+  const first = await gate.checkAddress('192.0.2.2', throttle.check, new Canceller());
+  const canceller = new Canceller();
+  const cancelled = gate.checkAddress('192.0.2.2', throttle.check, canceller);
+  const behind = gate.checkAddress('192.0.2.2', throttle.check, new Canceller());
+  await settle();
+  canceller.abort();
+  await assert.rejects(cancelled, (error: Error & { code?: string }) => error.code === 'ABORTED');
+  const checks = throttle.checks;
+  first.leave!();
+  first.leave!(); // twice: nothing more
+  const third = await behind;
+  assert.equal(throttle.checks, checks + 1, 'the one behind asked the throttle again once it was woken');
+  third.leave!();
+  assert.equal(gate.size, 0);
+  const gone = new Canceller();
+  gone.abort();
+  const holder = await gate.checkAddress('192.0.2.2', throttle.check, new Canceller());
+  await assert.rejects(gate.checkAddress('192.0.2.2', throttle.check, gone), (error: Error & { code?: string }) => error.code === 'ABORTED');
+  holder.leave!();
+  assert.equal(gate.size, 0);
+});
+
+test('a check during which a turn was left is asked again: it may not have seen that turn\'s failure', async () => {
+  const gate = new LoginGate();
+  let failures = 0;
+  let checks = 0;
+  let release: (() => void) | undefined;
+  const first = await gate.checkAddress('192.0.2.3', async () => ({ refused: false, addressLeft: 2 - failures }), new Canceller());
+  // The second's throttle read answers "one left" (failures 0 then); the first's failure is
+  // counted and its turn left before that answer arrives.
+  const slow = gate.checkAddress(
+    '192.0.2.3',
+    async () => {
+      checks++;
+      const seen = failures;
+      if (checks === 1) await new Promise<void>((resolve) => (release = resolve));
+      return { refused: seen >= 2, addressLeft: 2 - seen };
+    },
+    new Canceller(),
+  );
+  await settle();
+  failures = 2;
+  first.leave!();
+  release!();
+  const second = await slow;
+  assert.equal(checks, 2);
+  assert.equal(second.verdict.refused, true, 'asked again, it sees the limit reached');
+  assert.equal(gate.size, 0);
+});
