@@ -287,8 +287,8 @@ function stateOf(entry: MemoryEntry | undefined, now: number): SubjectState {
 
 /**
  * Redis state for logs and metrics: 'up' shares counters; 'read-only' (Redis answers but refuses
- * writes) shares what Redis holds, plus the failures this instance counted that Redis refused;
- * otherwise local counters answer.
+ * writes, or answers calls with an error) shares what Redis holds, if it answers reads, plus the
+ * failures this instance counted that Redis refused; otherwise local counters answer.
  */
 export type RedisState = 'connecting' | 'up' | 'read-only' | 'down';
 
@@ -363,18 +363,16 @@ return out
 `;
 
 /**
- * A write that tells whether Redis takes writes again, for an instance that had no failure to
- * write since it refused them: the commands the failure script writes with (a Redis ACL that lets
- * the throttle count lets it probe), on a key of its own that expires within a second.
+ * The probe's keys, after the prefix (no subject's key, u:… or a:…, is named so), that tell
+ * whether Redis takes a failure again, for an instance that had none to write since it refused
+ * one: a failure of two subjects written by the failure script, with keys that expire within a
+ * second (PROBE_TTL_MS). A Redis that refuses anything a failure takes (a write, a command an ACL
+ * leaves out, two keys in two slots of a Redis Cluster) refuses the probe too.
  */
-const PROBE_SCRIPT = `
-redis.call('HSET', KEYS[1], 'n', 0)
-redis.call('PEXPIRE', KEYS[1], 1000)
-return {1}
-`;
-
-/** The probe's key, after the prefix; no subject's key (u:…, a:…) is named so. */
-const PROBE_KEY = 'probe';
+const PROBE_KEYS = ['probe', 'probe:2'] as const;
+const PROBE_TTL_MS = 1_000;
+/** A limit the probe's keys never reach: they start no refusal. */
+const PROBE_LIMIT = 1_000_000_000;
 
 interface Script {
   readonly body: string;
@@ -387,7 +385,6 @@ function script(body: string): Script {
 
 const FAILURE = script(FAILURE_SCRIPT);
 const READ = script(READ_SCRIPT);
-const PROBE = script(PROBE_SCRIPT);
 
 type Client = ReturnType<typeof createClient>;
 
@@ -499,6 +496,14 @@ const ERROR_REPLY_LOG_INTERVAL_MS = 60_000;
 const WRITES_REFUSED = /(?:^|-)(?:OOM|READONLY|MISCONF|NOREPLICAS)\b/;
 
 /**
+ * The error reply about one key (a key of another type, set by something else): the other keys
+ * are shared still. Every other error (an ACL without a command the scripts call, NOPERM; the keys
+ * of one call in several slots of a Redis Cluster, CROSSSLOT; a replica cut off from its primary,
+ * MASTERDOWN) comes with every call, and nothing is shared while it lasts.
+ */
+const ONE_KEY_REFUSED = /(?:^|-)WRONGTYPE\b/;
+
+/**
  * Keys whose failures counted apart are written to Redis at once when it takes writes again (each
  * key's one after another): a few calls in flight, not one per key tracked.
  */
@@ -597,7 +602,7 @@ export class RedisThrottleStore implements ThrottleStore {
   async read(subjects: readonly SubjectLimit[]): Promise<SubjectState[]> {
     const keys = subjects.map((s) => s.key);
     const reply = await this.run(READ, keys.map((k) => this.key(k)), []);
-    if (reply instanceof Error) this.reportErrorReply(reply.message);
+    if (reply instanceof Error) this.callRefused(reply.message);
     if (!Array.isArray(reply)) return this.options.local.readNow(keys);
     const shared = pairs(reply, subjects.length);
     return subjects.map((subject, i) => this.withMissed(subject, shared[i] ?? { failures: 0, refusedForMs: 0 }, false));
@@ -621,7 +626,7 @@ export class RedisThrottleStore implements ThrottleStore {
       // counts nor which keys held the password already are known. Counted as missed for every
       // key the local counters counted it for (at worst once too often), refused where they
       // refuse; this call answers from the local counters.
-      this.writeRefused(reply.message);
+      this.callRefused(reply.message);
       await this.missedLocally(subjects, fingerprint, fresh, local);
       return local;
     }
@@ -649,7 +654,7 @@ export class RedisThrottleStore implements ThrottleStore {
       states.push(this.withMissed(subject, shared, status === 1, status !== -1));
     }
     const refused = String(reply[subjects.length * 3] ?? '');
-    if (refused !== '') this.writeRefused(refused);
+    if (refused !== '') this.callRefused(refused);
     else if (wrote) this.writeTaken();
     return states;
   }
@@ -703,15 +708,17 @@ export class RedisThrottleStore implements ThrottleStore {
   }
 
   /**
-   * Redis refused to write a failure (counted in `missed`). A refusal of every write is a state
-   * of its own; another one is reported as an error reply.
+   * Redis answered a call with an error (a failure it refused is counted in `missed`). An error
+   * that comes with every call (every write refused, a command refused, see ONE_KEY_REFUSED)
+   * means nothing is shared: 'read-only' (the gauge at 0) until the probe or a failure is taken;
+   * one key's is reported as an error reply.
    */
-  private writeRefused(message: string): void {
-    if (WRITES_REFUSED.test(message)) {
+  private callRefused(message: string): void {
+    if (ONE_KEY_REFUSED.test(message)) {
+      this.reportErrorReply(message);
+    } else {
       if (this.stateNow === 'up') this.setState('read-only', message);
       this.scheduleProbe();
-    } else {
-      this.reportErrorReply(message);
     }
   }
 
@@ -759,10 +766,10 @@ export class RedisThrottleStore implements ThrottleStore {
       // (none when it ended), rather than lasting refusal_ms again from now.
       const refusalMs = String(refusalLeftMs ?? policy.refusalMs);
       const reply = await this.run(FAILURE, [this.key(key)], [fingerprint, String(policy.failureWindowMs), refusalMs, String(policy.fingerprintsKept), String(limit)]);
-      if (reply instanceof Error) this.writeRefused(reply.message);
+      if (reply instanceof Error) this.callRefused(reply.message);
       if (!Array.isArray(reply)) return;
       if (Number(reply[2] ?? 0) === -1) {
-        this.writeRefused(String(reply[3] ?? ''));
+        this.callRefused(String(reply[3] ?? ''));
         return;
       }
       if (Number(reply[2] ?? 0) === 0) held = true;
@@ -787,19 +794,22 @@ export class RedisThrottleStore implements ThrottleStore {
   }
 
   /**
-   * While 'read-only', on the retry timer: a write of the probe's key. Only a failure written
-   * ended the state, so an instance without failed logins stayed read-only (the gauge at 0) for
-   * as long as it had none after Redis took writes again. Refused: the next probe on the next
-   * tick; no answer in time: Redis is down, and the reconnection takes over.
+   * While 'read-only', on the retry timer: a failure written to the probe's keys (PROBE_KEYS), a
+   * fresh fingerprint each time. Only a failure written ended the state, so an instance without
+   * failed logins stayed read-only (the gauge at 0) for as long as it had none after Redis took
+   * writes again. Refused: the next probe on the next tick; no answer in time: Redis is down, and
+   * the reconnection takes over.
    */
   private async probe(): Promise<void> {
     if (this.closed || this.stateNow !== 'read-only') return;
-    const reply = await this.run(PROBE, [this.key(PROBE_KEY)], []);
-    if (Array.isArray(reply)) {
+    const fingerprint = randomBytes(FINGERPRINT_BYTES).toString('base64url');
+    const ttl = String(PROBE_TTL_MS);
+    const reply = await this.run(FAILURE, PROBE_KEYS.map((k) => this.key(k)), [fingerprint, ttl, ttl, '1', ...PROBE_KEYS.map(() => String(PROBE_LIMIT))]);
+    if (Array.isArray(reply) && PROBE_KEYS.every((_, i) => Number(reply[i * 3 + 2] ?? 0) === 1)) {
       this.writeTaken();
-    } else if (reply instanceof Error) {
-      // A refusal of writes is not logged again while read-only; another error is, once a minute.
-      this.reportErrorReply(reply.message);
+    } else if (reply !== null) {
+      // Not logged again while read-only (the state line said it); one key's error is, once a minute.
+      this.reportErrorReply(reply instanceof Error ? reply.message : String(reply[PROBE_KEYS.length * 3] ?? ''));
       this.scheduleProbe();
     }
   }
@@ -845,7 +855,7 @@ export class RedisThrottleStore implements ThrottleStore {
 
   private reportErrorReply(message: string): void {
     // The state line said so already.
-    if (this.stateNow === 'read-only' && WRITES_REFUSED.test(message)) return;
+    if (this.stateNow === 'read-only' && !ONE_KEY_REFUSED.test(message)) return;
     const now = Date.now();
     if (now - this.lastErrorReplyLogAt < ERROR_REPLY_LOG_INTERVAL_MS) return;
     this.lastErrorReplyLogAt = now;
@@ -909,6 +919,7 @@ export class RedisThrottleStore implements ThrottleStore {
     const fields = { event: 'throttle.redis_state', state, before, url: this.options.redis.url, ...(this.unloggedChanges > 0 ? { changes: this.unloggedChanges } : {}) };
     this.unloggedChanges = 0;
     if (state === 'up') this.options.log.info(fields, before === 'connecting' ? 'throttle counters are shared through Redis' : before === 'read-only' ? 'Redis takes writes again; throttle counters are shared again' : 'Redis is back; throttle counters are shared again');
+    else if (state === 'read-only' && reason !== undefined && !WRITES_REFUSED.test(reason)) this.options.log.warn({ ...fields, reason }, 'Redis answers throttle calls with an error; this instance counts apart the failures Redis does not take, and adds them to what Redis answers, until Redis takes them');
     else if (state === 'read-only') this.options.log.warn({ ...fields, reason }, 'Redis refuses writes; this instance adds the failures Redis refused to write to Redis\'s counts until they expire');
     else if (state === 'down') this.options.log.warn({ ...fields, reason }, 'Redis is unreachable; throttle counters are local to this instance until it is back');
   }

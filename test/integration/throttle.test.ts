@@ -645,7 +645,7 @@ describe('throttle counters shared through Redis', () => {
   });
 });
 
-describe('Redis connections and what their errors show', () => {
+describe('Redis set up otherwise: without HELLO, with an ACL, and what its errors show', () => {
   const PASSWORD = 'Redis-secret-pw-5c1e';
 
   test('a Redis without HELLO (before 6, or HELLO renamed away) that asks for a password: the throttle connects (RESP2, AUTH) and shares counters; no log line holds the password', async () => {
@@ -683,6 +683,35 @@ describe('Redis connections and what their errors show', () => {
       }
     } finally {
       await noAuth.stop();
+    }
+  });
+
+  test('Redis answering every call with an error (an ACL without a command the scripts call): nothing shared, so read-only, not up, and local counters answer; once the ACL has it, up again by the probe, and the failures counted meanwhile are in Redis', async () => {
+    const acl = await startRedis({ args: ['--user', 'mf', 'on', `>${PASSWORD}`, '~a1:*', '+evalsha', '+eval', '+ping', '+hmget', '+pexpire', '+time', '+del'] });
+    const raw = createClient({ url: acl.url });
+    raw.on('error', () => undefined);
+    try {
+      await raw.connect();
+      const redisConfig = { url: acl.url, username: 'mf', password: PASSWORD, keyPrefix: 'a1:', timeoutMs: TIMEOUT_MS };
+      const a = await instance('a1:', undefined, acl.url, { redis: redisConfig });
+      const b = await instance('a1:', undefined, acl.url, { redis: redisConfig });
+      for (let i = 0; i < 5; i++) await a.throttle.recordFailure(from('abe', '192.0.2.95'), WRONG_PASSWORDS[i] ?? '');
+      assert.equal(a.throttle.sharing, 'read-only', 'Redis refused every failure: nothing is shared');
+      assert.deepEqual(a.states, ['up', 'read-only']);
+      assert.deepEqual(redisStateLines(a.lines), ['30 up', '40 read-only']);
+      assert.equal((await a.throttle.check(from('abe', '192.0.2.96'))).refusedBy, 'user', 'A\'s own five');
+      assert.equal((await b.throttle.check(from('abe', '192.0.2.96'))).refused, false, 'B has not seen them');
+      // Several probes, each refused: the state stays, and nothing more is logged.
+      await new Promise((r) => setTimeout(r, 4 * RETRY_MS));
+      assert.equal(a.throttle.sharing, 'read-only');
+      assert.equal(a.lines.filter((l) => l['event'] === 'throttle.redis_refused').length, 0);
+      await raw.sendCommand(['ACL', 'SETUSER', 'mf', '+hset']);
+      await until('A up again without a failed login', () => a.throttle.sharing === 'up');
+      assert.deepEqual(a.states, ['up', 'read-only', 'up']);
+      await eventually('B sees the five A counted, written to Redis once it took them', async () => (await b.throttle.check(from('abe', '192.0.2.97'))).refused);
+    } finally {
+      raw.destroy();
+      await acl.stop();
     }
   });
 });
