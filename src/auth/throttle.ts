@@ -565,6 +565,14 @@ export class RedisThrottleStore implements ThrottleStore {
    * adds them to Redis's counts.
    */
   private readonly missed: MemoryThrottleStore;
+  /**
+   * Keys cleared by a success (the user's count starts over) that Redis did not delete: it was
+   * down, or refused the DEL. Redis's count of them is from before the success and is not added;
+   * they are deleted once Redis takes writes again (replay()), or before a failure of theirs is
+   * written. Kept as long as Redis keeps a key (the failure window, or a refusal), and bounded
+   * like the local counters.
+   */
+  private readonly uncleared: LRUCache<string, true>;
   private readonly retryIntervalMs: number;
   /** When the state last became 'up' from a connection attempt (undefined while not usable). */
   private upSince: number | undefined;
@@ -585,6 +593,7 @@ export class RedisThrottleStore implements ThrottleStore {
   constructor(private readonly options: RedisThrottleStoreOptions) {
     this.retryIntervalMs = options.retryIntervalMs ?? 1_000;
     this.missed = new MemoryThrottleStore(options.policy, options.local.capacity);
+    this.uncleared = new LRUCache<string, true>({ max: options.local.capacity, ttl: Math.max(options.policy.failureWindowMs, options.policy.refusalMs) });
     this.connecting = this.connect();
   }
 
@@ -605,7 +614,7 @@ export class RedisThrottleStore implements ThrottleStore {
     if (reply instanceof Error) this.callRefused(reply.message);
     if (!Array.isArray(reply)) return this.options.local.readNow(keys);
     const shared = pairs(reply, subjects.length);
-    return subjects.map((subject, i) => this.withMissed(subject, shared[i] ?? { failures: 0, refusedForMs: 0 }, false));
+    return subjects.map((subject, i) => this.withMissed(subject, this.uncleared.has(subject.key) ? NOTHING : shared[i] ?? NOTHING, false));
   }
 
   async addFailure(subjects: readonly SubjectLimit[], fingerprint: string): Promise<SubjectState[]> {
@@ -614,6 +623,9 @@ export class RedisThrottleStore implements ThrottleStore {
     // already, or sent in a call that got no answer in time (which Redis may have counted).
     const fresh = subjects.map((s) => !this.options.local.holds(s.key, fingerprint));
     const local = await this.options.local.addFailure(subjects, fingerprint);
+    // A count a success cleared, that Redis still holds: deleted before the failure is written to it.
+    const uncleared = subjects.filter((s) => this.uncleared.has(s.key)).map((s) => s.key);
+    if (uncleared.length > 0) await this.del(uncleared);
     // Redis down: the call is not sent, and Redis will never count this failure.
     const notSent = !this.usable || this.client === undefined;
     const reply = await this.run(
@@ -642,7 +654,8 @@ export class RedisThrottleStore implements ThrottleStore {
     const states: SubjectState[] = [];
     let wrote = false;
     for (const [i, subject] of subjects.entries()) {
-      const shared = { failures: Number(reply[i * 3] ?? 0), refusedForMs: Number(reply[i * 3 + 1] ?? 0) };
+      // A count a success cleared that Redis refused to delete is not the subject's.
+      const shared = this.uncleared.has(subject.key) ? NOTHING : { failures: Number(reply[i * 3] ?? 0), refusedForMs: Number(reply[i * 3 + 1] ?? 0) };
       const status = Number(reply[i * 3 + 2] ?? 0);
       // A failure Redis did not take: this instance adds it to Redis's count from now on, and the
       // refusal starts when the two together reach the limit.
@@ -683,9 +696,21 @@ export class RedisThrottleStore implements ThrottleStore {
   async clear(keys: readonly string[]): Promise<void> {
     await this.options.local.clear(keys);
     await this.missed.clear(keys);
+    if (keys.length > 0) await this.del(keys);
+  }
+
+  /**
+   * Deletes subjects' keys from Redis; those it did not delete (down, no answer in time, refused)
+   * wait in `uncleared` for the next 'up'. A refusal counts as a refused write does (READONLY:
+   * read-only). Each key leaves `uncleared` before the DEL is sent, so that a failure sent after
+   * it (on the same connection, so run after it) is not deleted by a second one.
+   */
+  private async del(keys: readonly string[]): Promise<void> {
+    for (const key of keys) this.uncleared.delete(key);
     const client = this.client;
-    if (!this.usable || client === undefined || keys.length === 0) return;
-    await this.guard(client, client.sendCommand(['DEL', ...keys.map((k) => this.key(k))]));
+    const reply = !this.usable || client === undefined ? null : await this.guard(client, client.sendCommand(['DEL', ...keys.map((k) => this.key(k))]), true);
+    if (reply instanceof Error) this.callRefused(reply.message);
+    if (reply === null || reply instanceof Error) for (const key of keys) this.uncleared.set(key, true);
   }
 
   async close(): Promise<void> {
@@ -732,7 +757,8 @@ export class RedisThrottleStore implements ThrottleStore {
    * could start a refusal. A refusal the counts apart started alone runs on; one Redis's count and
    * they started together ends unless they still reach the limit (see settle()). Stops once Redis
    * is down or refuses writes again: the next 'up' writes what is left. A key Redis answers with
-   * an error (reported) stays apart, and the others are written.
+   * an error (reported) stays apart, and the others are written. Before them, the keys successes
+   * cleared meanwhile that Redis did not delete (`uncleared`) are deleted.
    */
   private async replay(): Promise<void> {
     if (this.replaying) {
@@ -743,6 +769,14 @@ export class RedisThrottleStore implements ThrottleStore {
     try {
       do {
         this.replayAgain = false;
+        // Counts cleared by successes first: failures counted apart since are written after.
+        const cleared = [...this.uncleared.keys()];
+        for (let i = 0; i < cleared.length && !this.closed && this.stateNow === 'up'; i += REPLAY_KEYS_AT_ONCE) {
+          // Not one a failure deleted meanwhile (it wrote itself after): a DEL now would delete it.
+          const still = cleared.slice(i, i + REPLAY_KEYS_AT_ONCE).filter((key) => this.uncleared.has(key));
+          if (still.length > 0) await this.del(still);
+        }
+        if (this.closed || this.stateNow !== 'up') break;
         const pending = this.missed.apart();
         for (let i = 0; i < pending.length; i += REPLAY_KEYS_AT_ONCE) {
           await Promise.all(pending.slice(i, i + REPLAY_KEYS_AT_ONCE).map((entry) => this.replayKey(entry)));
@@ -1045,6 +1079,8 @@ export function withoutSecrets(text: string, redis: Pick<ThrottleRedisConfig, 'p
   if (redis.password !== undefined && redis.password !== '') out = out.split(redis.password).join('[password hidden]');
   return out;
 }
+
+const NOTHING: SubjectState = Object.freeze({ failures: 0, refusedForMs: 0 });
 
 function pairs(reply: unknown[], count: number): SubjectState[] {
   const out: SubjectState[] = [];

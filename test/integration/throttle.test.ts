@@ -714,4 +714,50 @@ describe('Redis set up otherwise: without HELLO, with an ACL, and what its error
       await acl.stop();
     }
   });
+
+  test('a success while Redis is hung or refuses writes starts the user\'s count over in Redis too, once it takes writes again: one typo later is not refused', async () => {
+    const a = await instance('s1:');
+    const b = await instance('s1:');
+    const raw = createClient({ url: redis.url });
+    raw.on('error', () => undefined);
+    await raw.connect();
+    try {
+      const sue = from('sue', '192.0.2.85');
+      for (let i = 0; i < 4; i++) await a.throttle.recordFailure(sue, WRONG_PASSWORDS[i] ?? '');
+      await redis.pause();
+      try {
+        await a.throttle.check(sue);
+        await until('A sees Redis down', () => a.throttle.sharing === 'down');
+        await a.throttle.recordSuccess(sue);
+      } finally {
+        redis.resume();
+      }
+      await until('A back on Redis', () => a.throttle.sharing === 'up');
+      await eventually('Redis no longer holding sue\'s count', async () => Number(await raw.sendCommand(['EXISTS', 's1:u:sue'])) === 0);
+      assert.equal((await b.throttle.check(from('sue', '192.0.2.86'))).delayMs, 0, 'B sees the count started over');
+      const typo = await a.throttle.recordFailure(from('sue', '192.0.2.86'), WRONG_PASSWORDS[9] ?? '');
+      assert.equal(typo.refused, false, 'one typo after the success');
+      assert.equal(typo.delayMs, 100);
+
+      const rob = from('rob', '192.0.2.87');
+      for (let i = 0; i < 4; i++) await a.throttle.recordFailure(rob, WRONG_PASSWORDS[i] ?? '');
+      await raw.sendCommand(['REPLICAOF', '127.0.0.1', '1']);
+      try {
+        await a.throttle.recordSuccess(rob);
+        assert.equal(a.throttle.sharing, 'read-only', 'the DEL refused (READONLY), as a refused write');
+        assert.deepEqual(a.states, ['up', 'down', 'up', 'read-only']);
+        assert.equal((await a.throttle.check(from('rob', '192.0.2.88'))).delayMs, 0, 'Redis\'s count, from before the success, is not rob\'s');
+        assert.equal((await a.throttle.recordFailure(from('rob', '192.0.2.88'), WRONG_PASSWORDS[9] ?? '')).delayMs, 100, 'nor with a failure Redis refused to write');
+      } finally {
+        await raw.sendCommand(['REPLICAOF', 'NO', 'ONE']);
+      }
+      await until('A up again', () => a.throttle.sharing === 'up');
+      await eventually('Redis holding rob\'s one failure since the success, not the four before', async () => String(await raw.sendCommand(['HGET', 's1:u:rob', 'n'])) === '1');
+      const again = await a.throttle.recordFailure(from('rob', '192.0.2.88'), WRONG_PASSWORDS[10] ?? '');
+      assert.equal(again.refused, false);
+      assert.equal(again.delayMs, 200);
+    } finally {
+      raw.destroy();
+    }
+  });
 });
