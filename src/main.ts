@@ -129,6 +129,25 @@ function atListener(error: unknown, index: number, listener: Config['listeners']
   return new MailfrontError(error.code, error.kind, `listeners[${index}] ("${listener.name}").certificate: ${error.message}`, { cause: error });
 }
 
+/** Whether a listener has the name it gets without `name:`, `<protocol>-<port>` (one written out the same way is taken as it). */
+function hasDefaultName(listener: Config['listeners'][number]): boolean {
+  return listener.name === `${listener.protocol}-${listener.port}`;
+}
+
+/**
+ * The listener of `candidates` (listening, not kept by the reload) that `moved`, a listener of
+ * the new config `next` with a default name, replaces: a default name changes with the port, so
+ * the one of its name is gone. Such a listener is one of the same protocol and TLS mode, with a
+ * default name that no listener of `next` has (a listener moved, not one the new config still
+ * has); of several, the one on the same host, else the first (listeners of one protocol and TLS
+ * mode edited in place are paired in their order).
+ */
+function replacedUnderDefaultName(moved: Config['listeners'][number], candidates: readonly Listener[], next: Config): Listener | undefined {
+  if (!hasDefaultName(moved)) return undefined;
+  const replaced = candidates.filter((l) => hasDefaultName(l.config) && l.config.protocol === moved.protocol && l.config.tls === moved.tls && !next.listeners.some((c) => c.name === l.config.name));
+  return replaced.find((l) => l.config.host === moved.host) ?? replaced[0];
+}
+
 /** A running mailfront process. */
 export class Mailfront {
   readonly registry = new SessionRegistry();
@@ -358,11 +377,11 @@ export class Mailfront {
         problems.push(error instanceof Error ? error.message : String(error));
       }
     }
-    // A listener not put in force at its new address (a port in use, say): the one of that name
+    // A listener not put in force at its new address (a port in use, say): the one it replaces
     // goes on serving the address it served, unless a listener of the new config took it over.
     // After the loop: kept earlier, it would have held its address against such a listener.
-    for (const name of unboundByReload) {
-      const served = before.find((l) => !kept.has(l) && l.listening && l.config.name === name);
+    for (const listenerConfig of next.listeners.filter((c) => unboundByReload.has(c.name))) {
+      const served = before.find((l) => !kept.has(l) && l.listening && l.config.name === listenerConfig.name) ?? replacedUnderDefaultName(listenerConfig, before.filter((l) => !kept.has(l) && l.listening), next);
       if (served !== undefined) kept.add(served);
     }
     for (const listener of before) if (!kept.has(listener)) await listener.stopAccepting();
@@ -489,7 +508,7 @@ export class Mailfront {
    * would turn its outage into refused connections for everyone, cached logins included, where
    * mailfront answers a temporary failure. A listener a reload could not bind (a port in use) is
    * reported too: the instance serves what it served before, and a config pushed to a fleet must
-   * not take every instance out of service for one new port.
+   * not take every instance out of service for one new port (unless it serves none of a protocol: protocolsNotServed()).
    */
   async readiness(): Promise<Readiness> {
     const directory = this.directory;
@@ -503,13 +522,24 @@ export class Mailfront {
     const byReload = unbound.filter((name) => this.unboundByReload.has(name));
     const lost = unbound.filter((name) => !this.unboundByReload.has(name));
     const bound = `${this.listeners.filter((l) => l.listening).length} bound`;
+    const unserved = this.protocolsNotServed();
     return readinessOf([
-      { name: 'listeners', ok: lost.length === 0, detail: lost.length > 0 ? `${bound}; not listening: ${lost.join(', ')}` : bound },
+      { name: 'listeners', ok: lost.length === 0 && unserved.length === 0, detail: [bound, ...(lost.length > 0 ? [`not listening: ${lost.join(', ')}`] : []), ...unserved.map((p) => `no ${p} listener bound`)].join('; ') },
       ...(byReload.length > 0 ? [{ name: 'listeners_not_bound_by_reload', ok: false, advisory: true, detail: byReload.join(', ') }] : []),
       { name: 'store_map', ok: this.holder.loaded, detail: this.holder.loaded ? `version ${this.holder.current.version}` : 'not loaded' },
       { name: 'directory', ok: reachable, advisory: true, detail: reachable ? 'reachable' : 'unreachable' },
       { name: 'accepting', ok: !this.stopping, detail: this.stopping ? 'stopping' : 'accepting' },
     ]);
+  }
+
+  /**
+   * The protocols of the config in force that no listener serves: a listener a reload could not
+   * bind is no reason to be unready while the instance serves its protocol (the one it replaces,
+   * another one), but with none left the balancer would send its clients to a closed port.
+   */
+  private protocolsNotServed(): string[] {
+    const served = new Set(this.listeners.filter((l) => l.listening).map((l) => l.config.protocol));
+    return [...new Set(this.config.listeners.map((c) => c.protocol))].filter((p) => !served.has(p));
   }
 
   private async startHttp(address: { host: string; port: number }): Promise<void> {

@@ -780,6 +780,73 @@ test('a reload that moves a listener to a port in use leaves it serving the port
   assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /);
 });
 
+test('a reload that moves a listener with a default name to a port in use leaves it serving the port it served; one that leaves a protocol unserved is not ready', async () => {
+  // Without `name:` a listener is <protocol>-<port>: moving it renames it, and the one it
+  // replaces must still be told from one the new config removed. Two of one protocol and TLS
+  // mode, one moved: the other is no stand-in for it.
+  const original = readFileSync(front.configFile, 'utf8');
+  const squatter = createServer((socket) => socket.destroy());
+  await new Promise<void>((resolve, reject) => {
+    squatter.once('error', reject);
+    squatter.listen(0, '127.0.0.1', resolve);
+  });
+  const taken = (squatter.address() as { port: number }).port;
+  const second = await freePort();
+  const unnamed = (port: number) => ({ protocol: 'imap', host: '127.0.0.1', port, tls: 'none', plaintext_without_tls: true });
+  try {
+    writeListeners(original, (listeners) => {
+      listeners.splice(listeners.findIndex((l) => l['name'] === 'imap-webmail'), 1, unnamed(front.imapTrustedPort), unnamed(second));
+    });
+    const unnamedNow = await front.mailfront.reload();
+    assert.equal(unnamedNow.ok, true, unnamedNow.error);
+
+    writeListeners(original, (listeners) => {
+      listeners.splice(listeners.findIndex((l) => l['name'] === 'imap-webmail'), 1, unnamed(taken), unnamed(second));
+    });
+    const moved = await front.mailfront.reload();
+    assert.equal(moved.ok, false);
+    assert.match(moved.error ?? '', /EADDRINUSE/);
+    assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /, 'the old port is still served');
+    assert.match(await loginLine(second, PASSWORD), /^a OK /, 'the other listener of its protocol goes on');
+    const readiness = await front.mailfront.readiness();
+    assert.equal(readiness.ready, true, JSON.stringify(readiness));
+    assert.deepEqual(readiness.checks.find((c) => c.name === 'listeners_not_bound_by_reload')?.detail, `imap-${taken}`);
+
+    // The move made again once the port is free: the new port is served, the old one no more.
+    await new Promise<void>((resolve) => squatter.close(() => resolve()));
+    const bound = await front.mailfront.reload();
+    assert.equal(bound.ok, true, bound.error);
+    assert.match(await loginLine(taken, PASSWORD), /^a OK /, 'the new port is served');
+    await assert.rejects(LineClient.connect(front.imapTrustedPort), /ECONNREFUSED/, 'the old port is let go of');
+  } finally {
+    if (squatter.listening) await new Promise<void>((resolve) => squatter.close(() => resolve()));
+    await restoreConfig(original);
+  }
+  assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /);
+
+  // A ManageSieve listener, the config's only one, on a port in use: no listener serves the
+  // protocol, and a balancer sending its clients here would find the port closed.
+  const squatted = createServer((socket) => socket.destroy());
+  await new Promise<void>((resolve, reject) => {
+    squatted.once('error', reject);
+    squatted.listen(0, '127.0.0.1', resolve);
+  });
+  try {
+    writeListeners(original, (listeners) => {
+      listeners.push({ protocol: 'managesieve', host: '127.0.0.1', port: (squatted.address() as { port: number }).port, tls: 'none', plaintext_without_tls: true });
+    });
+    const failed = await front.mailfront.reload();
+    assert.equal(failed.ok, false);
+    const readiness = await front.mailfront.readiness();
+    assert.equal(readiness.ready, false, JSON.stringify(readiness));
+    assert.match(readiness.checks.find((c) => c.name === 'listeners')?.detail ?? '', /no managesieve listener bound/);
+  } finally {
+    await new Promise<void>((resolve) => squatted.close(() => resolve()));
+    await restoreConfig(original);
+  }
+  assert.equal((await front.mailfront.readiness()).ready, true);
+});
+
 test('a reload that replaces the directory lets the logins already asking the old one finish there', async () => {
   const original = readFileSync(front.configFile, 'utf8');
   assert.match(await loginLine(front.imapTrustedPort, PASSWORD), /^a OK /, 'the service connection is open');
