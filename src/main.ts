@@ -16,7 +16,7 @@ import { SlotHealthMonitor } from './backend/health.js';
 import { Throttle } from './auth/throttle.js';
 import { ConnectionLimiter } from './server/connection-limits.js';
 import { backendFor, forgetBackendCaFiles, probeSlot } from './backend/connect.js';
-import { buildStoreMap, loadConfig } from './config/load.js';
+import { ConfigError, buildStoreMap, loadConfig } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { Metrics } from './metrics.js';
 import { CidrSet, bindAddressesOverlap } from './net/cidr.js';
@@ -127,6 +127,45 @@ function buildsWith(doc: unknown, origin: string, config: Config): boolean {
 function atListener(error: unknown, index: number, listener: Config['listeners'][number]): unknown {
   if (!(error instanceof MailfrontError) || error.code !== 'TLS_FILES_UNUSABLE') return error;
   return new MailfrontError(error.code, error.kind, `listeners[${index}] ("${listener.name}").certificate: ${error.message}`, { cause: error });
+}
+
+/** A file that cannot be read for now: too many open files, an interrupted read, the disk. */
+const TRANSIENT_FILE_ERRORS: ReadonlySet<string> = new Set(['EMFILE', 'ENFILE', 'EAGAIN', 'EBUSY', 'EINTR', 'EIO', 'ENOMEM']);
+
+/**
+ * LDAP results that refuse the store-map source's own settings (a bind or a search the server
+ * answered): waiting does not cure them. What to look at for each.
+ */
+const LASTING_LDAP_RESULTS: ReadonlyMap<number, string> = new Map([
+  [8, 'strongerAuthRequired: store_map.ldap.starttls or an ldaps:// URL'],
+  [13, 'confidentialityRequired: store_map.ldap.starttls or an ldaps:// URL'],
+  [32, 'noSuchObject: store_map.ldap.base_dn'],
+  [34, 'invalidDNSyntax: store_map.ldap.base_dn or bind_dn'],
+  [48, 'inappropriateAuthentication: store_map.ldap.bind_dn and bind_password'],
+  [49, 'invalidCredentials: store_map.ldap.bind_dn and bind_password'],
+  [50, 'insufficientAccessRights: what store_map.ldap.bind_dn may read under base_dn'],
+]);
+
+/**
+ * Why a store-map source cannot be read, when waiting will not cure it; undefined for a failure
+ * that may pass (an LDAP server down, unreachable or timing out, a file too many open files keep
+ * from being read). A file that is not there, not readable or not a file, one that does not parse,
+ * and store entries that make no map are lasting. ldapts ends a result's message with its code
+ * ("Code: 0x31"): of a bind that every server refused, the source's error keeps the messages only.
+ */
+function lastingSourceFailure(error: unknown): string | undefined {
+  const message = error instanceof Error ? error.message : String(error);
+  if (error instanceof ConfigError) {
+    const transient = error.issues.length > 0 && error.issues.every((i) => i.expected === 'a readable file' && TRANSIENT_FILE_ERRORS.has(String(i.found)));
+    return transient ? undefined : message;
+  }
+  if (error instanceof MailfrontError && (error.code === 'STOREMAP_LDAP_UNREACHABLE' || error.code === 'STOREMAP_LDAP_SEARCH_FAILED' || error.code === 'STOREMAP_SOURCE_CLOSED')) {
+    const cause = error.cause as { code?: unknown } | undefined;
+    const codes = [...(typeof cause?.code === 'number' ? [cause.code] : []), ...[...message.matchAll(/Code: 0x([0-9a-f]+)/gi)].map((m) => parseInt(m[1]!, 16))];
+    const reasons = [...new Set(codes.flatMap((c) => LASTING_LDAP_RESULTS.get(c) ?? []))];
+    return reasons.length === 0 ? undefined : `${message} (${reasons.join('; ')})`;
+  }
+  return message;
 }
 
 /** Whether a listener has the name it gets without `name:`, `<protocol>-<port>` (one written out the same way is taken as it). */
@@ -447,9 +486,19 @@ export class Mailfront {
     let readable = true;
     try {
       doc = await reading.load();
-    } catch {
-      // Unreadable now (a transient LDAP failure, a file caught mid-write): the map in force
-      // stays until the source gives a valid one, so it must build.
+    } catch (error) {
+      // A new (or set up anew) source that cannot be read for a reason waiting does not cure is
+      // the config's fault, as check-config and serve take it: committed, it would hold the map
+      // in force for ever (edits of the real file unseen, failovers written nowhere), and the
+      // next start would fail.
+      const lasting = source === undefined ? undefined : lastingSourceFailure(error);
+      if (lasting !== undefined) {
+        const key = next.storeMap.kind === 'file' ? 'store_map.file' : 'store_map.ldap';
+        throw new MailfrontError('STOREMAP_SOURCE_UNUSABLE', 'config', `${next.file}: ${key}: the new store-map source cannot be read (${reading.description}): ${lasting}`, { cause: error });
+      }
+      // Unreadable now (LDAP down or timing out; the source in force, whatever the reason: the
+      // config did not change it): the map in force stays until the source gives a valid one,
+      // so it must build.
       readable = false;
     }
     let against = readable ? reading.description : 'the map in force';

@@ -14,7 +14,7 @@ import { connect as tlsConnect } from 'node:tls';
 import { parse, stringify } from 'yaml';
 import { LDAP_STORES_DN, LineClient, connectionsTo, freePort, run, startDovecot, startSlapd, tmpDir } from './servers/index.js';
 import type { Dovecot, Slapd } from './servers/index.js';
-import { ADMIN_TOKEN, startFront, waitForLog } from './front.js';
+import { ADMIN_TOKEN, registerPasswords, startFront, waitForLog } from './front.js';
 import { loadConfig } from '../../src/config/load.js';
 import { Mailfront } from '../../src/main.js';
 import type { Front } from './front.js';
@@ -474,6 +474,55 @@ test('a reload that drops a backend profile a store uses is rejected whole: the 
     await restoreConfig(original);
   }
   assert.equal(alpha().currentMaster, 'm');
+});
+
+test('a reload whose new store-map source cannot be read for good (no such file, a bind or a base the LDAP server refuses) is rejected whole; one that is down is taken', async () => {
+  const original = readFileSync(front.configFile, 'utf8');
+  const stores = readFileSync(front.storesFile, 'utf8');
+  const alpha = () => front.mailfront.currentStoreMap().stores.get('alpha')!;
+  const timeout = alpha().backend.connectTimeoutMs;
+  const source = front.mailfront.holder.source.description;
+  const wrongPassword = 'Wrong-storemap-pw-5c5c';
+  registerPasswords(wrongPassword);
+  const ldap = (settings: Record<string, unknown>) => ({ ldap: { base_dn: LDAP_STORES_DN, bind_dn: slapd.rootDn, bind_password: slapd.rootPassword, poll_interval_ms: 100, ...settings } });
+  const write = (storeMap: unknown): void => {
+    const config = parse(original) as Record<string, Record<string, unknown>>;
+    config['store_map'] = storeMap as Record<string, unknown>;
+    config['backend']!['connect_timeout_ms'] = timeout + 1;
+    writeFileSync(front.configFile, stringify(config));
+  };
+  try {
+    for (const [storeMap, expected] of [
+      [{ file: 'stores.yml' }, /store_map\.file: the new store-map source cannot be read \(file .*stores\.yml\).*expected a readable file, found ENOENT/s],
+      [ldap({ bind_password: wrongPassword }), /store_map\.ldap: the new store-map source cannot be read .*invalidCredentials: store_map\.ldap\.bind_dn and bind_password/s],
+      [ldap({ base_dn: `ou=nowhere,${LDAP_STORES_DN}` }), /store_map\.ldap: the new store-map source cannot be read .*noSuchObject: store_map\.ldap\.base_dn/s],
+    ] as const) {
+      write(storeMap);
+      const rejected = await front.mailfront.reload();
+      assert.equal(rejected.ok, false, JSON.stringify(storeMap));
+      assert.match(rejected.error ?? '', expected);
+      assert.equal(front.mailfront.holder.source.description, source, 'the source in force stays');
+      assert.equal(alpha().backend.connectTimeoutMs, timeout, 'nothing of the config is taken');
+    }
+    // The file in force is still watched: an edit of it is a failover.
+    writeFileSync(front.storesFile, stores.replace('current_master: m', 'current_master: r'));
+    for (let i = 0; i < 100 && alpha().currentMaster !== 'r'; i++) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(alpha().currentMaster, 'r', 'the store-map file in force is watched');
+    writeFileSync(front.storesFile, stores);
+    for (let i = 0; i < 100 && alpha().currentMaster !== 'm'; i++) await new Promise((r) => setTimeout(r, 50));
+
+    // A server that is down may be up at the next poll: the config is taken, and the map in force stays until it is.
+    write(ldap({ urls: [`ldap://127.0.0.1:${await freePort()}`] }));
+    const down = await front.mailfront.reload();
+    assert.equal(down.ok, true, down.error);
+    assert.equal(down.storeMap.ok, false);
+    assert.equal(alpha().backend.connectTimeoutMs, timeout + 1);
+    assert.equal(alpha().currentMaster, 'm');
+  } finally {
+    writeFileSync(front.storesFile, stores);
+    await restoreConfig(original);
+  }
+  assert.equal(alpha().backend.connectTimeoutMs, timeout);
 });
 
 test('reloads that switch the store map to LDAP and back keep one LDAP connection while it is the source, and none after', async () => {
