@@ -4,7 +4,7 @@
  * whose current master changed, and writes failovers to the source of truth. Knows nothing
  * of sessions: whoever listens to the changes drains them.
  */
-import { buildStoreMap } from '../config/load.js';
+import { ConfigError, buildStoreMap } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { MailfrontError, asMailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -218,11 +218,58 @@ export class StoreMapHolder {
       const known = this.current.stores.get(store);
       if (known === undefined) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${store}" is not in the store map`);
       if (!known.slots.has(slot)) throw new MailfrontError('UNKNOWN_SLOT', 'no-route', `slot "${slot}" is not a slot of store "${store}" (slots: ${[...known.slots.keys()].join(', ')})`);
+      let doc: unknown;
+      try {
+        doc = await this.source.load();
+      } catch (caught) {
+        throw this.failoverRefused(store, slot, caught, UNREADABLE.has(asMailfrontError(caught).code) ? 'cannot be read' : 'is not valid', undefined);
+      }
+      this.checkFailover(doc, store, slot);
       await this.source.setCurrentMaster(store, slot);
       this.log.warn({ event: 'storemap.failover_written', store, from: known.currentMaster, to: slot, source: this.source.description }, 'failover written to the store map source');
       return this.reloadNow('failover');
     });
   }
+
+  /**
+   * Throws, naming the stores at fault, when the source's document `doc` with `slot` as the
+   * current master of `store` would not validate (another store edited wrong since the map in
+   * force was read, say). Written all the same, the failover would be put in force by no reload
+   * until that store is fixed, and then unannounced, its sessions drained long after the
+   * operator was told it failed.
+   */
+  private checkFailover(doc: unknown, store: string, slot: string): void {
+    const stores = isRecord(doc) && isRecord(doc['stores']) ? doc['stores'] : undefined;
+    const entry = stores?.[store];
+    const after = stores !== undefined && isRecord(entry) ? { ...(doc as Record<string, unknown>), stores: { ...stores, [store]: { ...entry, current_master: slot } } } : doc;
+    try {
+      buildStoreMap(after, this.source.description, 0, this.config());
+    } catch (caught) {
+      throw this.failoverRefused(store, slot, caught, 'does not validate with it', stores);
+    }
+  }
+
+  /**
+   * The error of a failover refused before anything was written: the source's document `how`
+   * (cannot be read, is not valid, does not validate with it). A document at fault (ConfigError) names the
+   * stores its problems are in; any other failure (an LDAP server down) keeps its code and kind.
+   */
+  private failoverRefused(store: string, slot: string, caught: unknown, how: string, stores: Record<string, unknown> | undefined): MailfrontError {
+    const error = asMailfrontError(caught);
+    const refused = `failover of store "${store}" to "${slot}" refused, nothing was written: the store map in ${this.source.description} ${how}`;
+    if (!(caught instanceof ConfigError)) return new MailfrontError(error.code, error.kind, `${refused}: ${error.message}`, { cause: caught });
+    const names = Object.keys(stores ?? {});
+    const invalid = (names.length > 0 ? names : [...this.current.stores.keys()]).filter((name) => caught.issues.some((i) => i.path === `stores.${name}` || i.path.startsWith(`stores.${name}.`)));
+    const which = invalid.length === 0 ? '' : ` (${invalid.map((name) => `store "${name}"`).join(', ')}; fix ${invalid.length > 1 ? 'them' : 'it'} first)`;
+    return new MailfrontError('STOREMAP_FAILOVER_REFUSED', 'config', `${refused}${which}: ${caught.message}`, { cause: caught });
+  }
+}
+
+/** Codes of a store-map source that could not be read at all (the others: it gave no valid map). */
+const UNREADABLE: ReadonlySet<string> = new Set(['STOREMAP_LDAP_UNREACHABLE', 'STOREMAP_LDAP_SEARCH_FAILED', 'STOREMAP_SOURCE_CLOSED']);
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
 }
 
 /** True when two maps route and describe every store identically (backend settings included). */

@@ -243,7 +243,7 @@ test('one store name on two LDAP entries: the map is rejected naming both, the m
     assert.equal(holder.current.stores.get('delta')!.currentMaster, 'deltaa', 'the map in force stays');
     assert.ok(health.length > 1 && health.every((h) => h === null), 'the directory answered every poll');
     await assert.rejects(ldap.setCurrentMaster('delta', 'deltab'), /store "delta" has 2 entries .*no failover written/);
-    await assert.rejects(holder.failover('delta', 'deltab'), /no failover written/);
+    await assert.rejects(holder.failover('delta', 'deltab'), /failover of store "delta" to "deltab" refused, nothing was written: the store map in ldap .* is not valid: store "delta" has 2 entries/);
     assert.equal(holder.current.stores.get('delta')!.currentMaster, 'deltaa');
 
     // The duplicate removed: the next poll loads the map again.
