@@ -32,6 +32,7 @@ import { pop3Adapter } from './protocol/pop3/index.js';
 import type { ProtocolAdapter } from './protocol/types.js';
 import { SessionRegistry } from './proxy/registry.js';
 import type { SessionEntry } from './proxy/registry.js';
+import { Canceller } from './cancel.js';
 import type { Cancellation } from './cancel.js';
 import { StoreMapHolder } from './routing/holder.js';
 import type { MasterChange, ReloadResult } from './routing/holder.js';
@@ -285,6 +286,8 @@ export class Mailfront {
   private async startListener(listener: Listener): Promise<Listener> {
     await listener.listen();
     this.listeners.push(listener);
+    // stop() shut the listeners while this one was binding (a reload's): it accepts nothing either.
+    if (this.stopping) await listener.shutDown();
     return listener;
   }
 
@@ -361,10 +364,12 @@ export class Mailfront {
       if (this.ownsDirectory && changed('directory')) directory = createDirectory(next, this.log, this.metrics, caFiles.directory);
     } catch (error) {
       void storeMapSource?.close();
+      // stop() gave up the store-map source's read (see untilStopped()): nothing was committed.
+      if (this.stopping) return this.refuseWhileStopping();
       const message = error instanceof Error ? error.message : String(error);
       this.log.error({ event: 'config.rejected', file: previous.file, err: message }, 'config reload rejected; the running config stays in force');
       this.metrics.configReloaded('failure');
-      return { ok: false, error: message, storeMap: await this.holder.reload('signal') };
+      return { ok: false, error: message, storeMap: await this.untilStopped(this.holder.reload('signal')).catch(() => this.storeMapWhileStopping()) };
     }
     if (this.stopping) {
       void directory?.close();
@@ -407,7 +412,8 @@ export class Mailfront {
           await this.startListener(fresh);
           for (const l of occupying) kept.delete(l);
         } catch (error) {
-          for (const l of occupying) await l.listen().catch(() => undefined);
+          // Not when stop() came meanwhile: it shut them, and they must not accept again.
+          for (const l of occupying) if (!this.stopping) await l.listen().catch(() => undefined);
           throw error;
         }
       } catch (caught) {
@@ -464,7 +470,7 @@ export class Mailfront {
     for (const p of problems) this.log.error({ event: 'config.partially_applied', err: p }, 'part of the new config could not be applied');
     this.metrics.configReloaded(problems.length === 0 ? 'success' : 'failure');
     this.log.info({ event: 'config.reloaded', file: next.file, listeners: next.listeners.length }, 'config reloaded');
-    const storeMap = await this.holder.reload('signal');
+    const storeMap = await this.untilStopped(this.holder.reload('signal')).catch(() => this.storeMapWhileStopping());
     // A new source is watched once it has been read. stop() may have run meanwhile: it closed
     // the holder's source; nothing is to be watched.
     if (storeMapSource !== undefined && !this.stopping) this.stopWatching = storeMapSource.watch(() => void this.holder.reload('change'), this.onSourceHealth);
@@ -485,8 +491,9 @@ export class Mailfront {
     let doc: unknown;
     let readable = true;
     try {
-      doc = await reading.load();
+      doc = await this.untilStopped(reading.load());
     } catch (error) {
+      if (this.stopping) throw error;
       // A new (or set up anew) source that cannot be read for a reason waiting does not cure is
       // the config's fault, as check-config and serve take it: committed, it would hold the map
       // in force for ever (edits of the real file unseen, failovers written nowhere), and the
@@ -543,7 +550,30 @@ export class Mailfront {
   private refuseWhileStopping(): { ok: false; error: string; storeMap: ReloadResult } {
     const error = 'the server is stopping';
     this.log.warn({ event: 'config.reload_refused', err: error }, 'config reload refused: the server is stopping');
-    return { ok: false, error, storeMap: this.holder.last ?? { ok: false, version: 0, changes: [], error } };
+    return { ok: false, error, storeMap: this.storeMapWhileStopping() };
+  }
+
+  /** What a reload reports of the store map when stop() came before the source answered it: the last outcome. */
+  private storeMapWhileStopping(): ReloadResult {
+    return this.holder.last ?? { ok: false, version: 0, changes: [], error: 'the server is stopping' };
+  }
+
+  /** Told by stop(): a reload's wait on the store-map source ends then (untilStopped()). */
+  private readonly stopRequested = new Canceller();
+
+  /**
+   * `work`, or a rejection as soon as stop() is called: a reload waits on the store-map source
+   * (an LDAP server that accepts and never answers: up to every URL's operation timeout), and a
+   * stop must neither wait for it nor let the reload commit what it read meanwhile. The read
+   * itself goes on unheard; stop() closes its source.
+   */
+  private untilStopped<T>(work: Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const stopped = (): void => reject(new MailfrontError('SERVER_STOPPING', 'aborted', 'the server is stopping'));
+      if (this.stopRequested.aborted) stopped();
+      else this.stopRequested.addEventListener('abort', stopped);
+      work.then(resolve, reject).finally(() => this.stopRequested.removeEventListener('abort', stopped));
+    });
   }
 
   /** The HTTP address of metrics, health and the admin API, when it listens. */
@@ -671,12 +701,16 @@ export class Mailfront {
   async stop(drainMs = this.config.shutdown.drainTimeoutMs): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
-    // A reload under way finishes first (it may be binding a listener); later ones are refused.
+    // Accepting stops first. A reload under way gives up its wait on the store-map source, and
+    // commits nothing it had not committed; a listener it binds meanwhile is shut at once
+    // (startListener()). It finishes before the sources and the directory are closed; later
+    // ones are refused.
+    this.stopRequested.abort();
+    await Promise.all(this.listeners.map((l) => l.shutDown()));
     await this.reloads;
     this.log.info({ event: 'server.stopping', sessions: this.registry.size, drainMs }, 'stopping');
     this.stopWatching();
     this.health.stop();
-    await Promise.all(this.listeners.map((l) => l.shutDown()));
     const sessions = () => this.listeners.flatMap((l) => [...l.sessions]);
     for (const session of sessions()) session.shutdownIfNotSpliced();
     const deadline = Date.now() + drainMs;

@@ -975,6 +975,43 @@ test('a reload while the server stops is refused and binds nothing', async () =>
   }
 });
 
+test('a stop during a reload that waits on the store-map source stops accepting at once; the reload gives the read up and commits nothing', async () => {
+  const stopping = await startFront({ slapd, stores: { alpha: { currentMaster: 'm', slots: { m: { imapPort: master.imapPort } } } } });
+  // An LDAP server that accepts and never answers: the bind waits for the operation timeout.
+  const held: Socket[] = [];
+  const blackhole = createServer((socket) => held.push(socket));
+  await new Promise<void>((resolve, reject) => {
+    blackhole.once('error', reject);
+    blackhole.listen(0, '127.0.0.1', resolve);
+  });
+  let stopped: Promise<void> | undefined;
+  try {
+    const config = parse(readFileSync(stopping.configFile, 'utf8')) as Record<string, unknown>;
+    config['store_map'] = { ldap: { urls: [`ldap://127.0.0.1:${(blackhole.address() as { port: number }).port}`], base_dn: LDAP_STORES_DN, bind_dn: slapd.rootDn, bind_password: slapd.rootPassword, operation_timeout_ms: 60_000 } };
+    writeFileSync(stopping.configFile, stringify(config));
+    const reload = stopping.mailfront.reload();
+    for (let i = 0; i < 250 && held.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(held.length, 1, 'the reload reads the new source');
+    let readGoesOn = true;
+    held[0]!.once('close', () => (readGoesOn = false));
+
+    stopped = stopping.mailfront.stop(500);
+    await assert.rejects(LineClient.connect(stopping.imapTrustedPort), /ECONNREFUSED/, 'no longer accepting');
+    const result = await reload;
+    assert.equal(result.ok, false);
+    assert.match(result.error ?? '', /stopping/);
+    assert.ok(readGoesOn, 'the reload gave the read up; it did not wait for it to end');
+    await stopped;
+    assert.equal(stopping.mailfront.holder.source.description, `file ${stopping.storesFile}`, 'the new source was not put in force');
+    assert.deepEqual(stopping.logs.filter((l) => l['event'] === 'config.reloaded' || l['event'] === 'storemap.source_changed'), [], 'nothing was committed');
+  } finally {
+    for (const socket of held) socket.destroy();
+    await new Promise<void>((resolve) => blackhole.close(() => resolve()));
+    await stopped;
+    await stopping.stop();
+  }
+});
+
 test('the certificate a listener serves is logged: at bind, and when a reload points it at other files', async () => {
   const hex = (fingerprint: unknown): string => String(fingerprint).replace(/:/g, '').toLowerCase();
   const bound = front.logs.find((l) => l['event'] === 'listener.bound' && l['listener'] === 'imaps');
