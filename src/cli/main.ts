@@ -5,6 +5,8 @@
  * admin API, whose address and token they take from the same config file (or --url/--token).
  * Parses arguments, prints, and sets the exit code; nothing else.
  */
+// First: SIGHUP is counted, not fatal, from here on (see hangup.ts).
+import { hangupsReceived, releaseHangups } from './hangup.js';
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -310,6 +312,8 @@ async function main(argv: string[]): Promise<number> {
   }
   const { values, positionals } = parsed;
   const [command = '', ...rest] = positionals;
+  // Only serve answers SIGHUP; any other command ends on it, as it did.
+  if (command !== 'serve') releaseHangups();
   const out = (text: string): void => void process.stdout.write(text);
   if (values.version) {
     out(`mailfront ${VERSION}\n`);
@@ -379,26 +383,26 @@ async function main(argv: string[]): Promise<number> {
     case 'serve': {
       // Before the server's modules load, so that their functions are created under them.
       (await import('./v8-flags.js')).applyServeV8Flags();
-      // SIGHUP's default action ends the process: the handler is in place before the (possibly
-      // slow) start, and a SIGHUP during start reloads once it is done. A reload that fails
-      // unexpectedly is logged; it must never take the process and its spliced sessions down
+      // SIGHUP has been counted since the CLI's first module (hangup.ts); a reload that fails
+      // unexpectedly is logged: it must never take the process and its spliced sessions down
       // (on Node 20 an unhandled rejection exits).
-      let running: import('../main.js').Mailfront | undefined;
-      let reloadAfterStart = false;
       const reload = (mailfront: import('../main.js').Mailfront): void => {
         mailfront.reload().catch((error: unknown) => {
           mailfront.log.error({ event: 'config.reload_failed', err: error instanceof Error ? error.message : String(error) }, 'config reload failed');
         });
       };
-      process.on('SIGHUP', () => {
-        if (running === undefined) reloadAfterStart = true;
-        else reload(running);
-      });
+      // A SIGHUP before this point is answered by the start itself, which reads the config file,
+      // its secret files, the store map and the certificates after it. One that comes while they
+      // are read, or later during the start, may have missed the operator's edit: it reloads
+      // once the server is up.
+      const askedBefore = hangupsReceived();
       const config = await loadConfig(values.config ?? rest[0] ?? DEFAULT_CONFIG);
       const { Mailfront } = await import('../main.js');
       const mailfront = await Mailfront.start(config);
-      running = mailfront;
-      if (reloadAfterStart) reload(mailfront);
+      // Taken over before the counting stops, so that no SIGHUP meets the default action.
+      process.on('SIGHUP', () => reload(mailfront));
+      releaseHangups();
+      if (hangupsReceived() > askedBefore) reload(mailfront);
       const stop = (): void => {
         void mailfront
           .stop()

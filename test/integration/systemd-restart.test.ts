@@ -34,3 +34,11 @@ test('the unit restarts a failed start for as long as it fails: no start limit i
   // The setting belongs to [Unit]: under [Service] systemd ignores it (with a warning).
   assert.equal(setting('Service', 'StartLimitIntervalSec'), undefined);
 });
+
+test('the unit restarts mailfront when a reload\'s SIGHUP ends it before node runs its code', () => {
+  // `systemctl start mailfront; systemctl reload mailfront`: with Type=simple the SIGHUP can come
+  // while node starts up, when its default action still ends the process, and systemd counts
+  // death by SIGHUP as clean: Restart=on-failure alone leaves the unit stopped.
+  const forced = (setting('Service', 'RestartForceExitStatus') ?? '').split(/\s+/);
+  assert.ok(forced.includes('SIGHUP') || forced.includes('HUP'), `RestartForceExitStatus=${forced.join(' ')}`);
+});
