@@ -97,6 +97,8 @@ ${REMOTE}
 
 Re-reads the config file and the store map now, as SIGHUP does, without dropping a session. A
 broken config or store map is rejected and the one in force stays; the exit status is 1 then.
+Without an answer within 30 s it gives up with exit status 3: the reload may still be running
+and be applied (the log says: config.reloaded, or config.rejected).
 ${REMOTE}
 `,
 };
@@ -125,16 +127,32 @@ async function remoteFrom(values: { config?: string | undefined; url?: string | 
   return { url: url.replace(/\/$/, ''), token };
 }
 
-async function call(remote: Remote, method: 'GET' | 'POST', path: string, body?: unknown): Promise<Record<string, unknown>> {
+/** How long an operator command waits for the admin API's answer. */
+const ADMIN_API_TIMEOUT_MS = 30_000;
+
+/**
+ * The exit status of an operator command whose request got no answer in time (1: it failed; 2:
+ * a usage error). The server has the request, and what it does may still be going on: a reload
+ * that takes longer than the wait (an LDAP store map slow to answer) is applied after it.
+ */
+const EXIT_NO_ANSWER = 3;
+
+/** `underWay`: what may still be going on when no answer comes in time, and where to see it. */
+async function call(remote: Remote, method: 'GET' | 'POST', path: string, body?: unknown, underWay?: string): Promise<Record<string, unknown>> {
   let response: Response;
   try {
     response = await fetch(`${remote.url}${path}`, {
       method,
       headers: { authorization: `Bearer ${remote.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
       ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-      signal: AbortSignal.timeout(30_000),
+      signal: AbortSignal.timeout(ADMIN_API_TIMEOUT_MS),
     });
   } catch (error) {
+    // Not a server out of reach: connected (undici gives up connecting after 10 s, with an
+    // error of its own), the request sent, and the answer late.
+    if (error instanceof Error && error.name === 'TimeoutError') {
+      throw Object.assign(new Error(`no answer from the admin API at ${remote.url} within ${ADMIN_API_TIMEOUT_MS / 1000} s${underWay !== undefined ? `; ${underWay}` : ''}`), { exitCode: EXIT_NO_ANSWER });
+    }
     throw new Error(`cannot reach the admin API at ${remote.url}: ${error instanceof Error ? (error.cause instanceof Error ? error.cause.message : error.message) : String(error)}`);
   }
   const json = (await response.json().catch(() => ({}))) as Record<string, unknown>;
@@ -438,7 +456,7 @@ async function main(argv: string[]): Promise<number> {
     case 'failover': {
       const [store, slot] = rest;
       if (store === undefined || slot === undefined) return usage();
-      const json = await call(await remoteFrom(values), 'POST', `/api/stores/${encodeURIComponent(store)}/failover`, { slot });
+      const json = await call(await remoteFrom(values), 'POST', `/api/stores/${encodeURIComponent(store)}/failover`, { slot }, `the failover may still be under way: see the log (storemap.failover_written) or \`mailfront stores\``);
       if (values.json) return printJson(json), 0;
       out(`store ${store}: current master is now ${slot} (store map version ${String(json['version'])})\n`);
       return 0;
@@ -468,7 +486,7 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'reload': {
-      const json = await call(await remoteFrom(values), 'POST', '/api/reload');
+      const json = await call(await remoteFrom(values), 'POST', '/api/reload', undefined, 'the reload may still be running: see the log (config.reloaded, or config.rejected)');
       // The exit code says whether the reload took, with --json too (scripts test it).
       if (values.json) return printJson(json), json['ok'] ? 0 : 1;
       const config = json['config'] as { ok: boolean; error?: string };
@@ -500,6 +518,7 @@ main(process.argv.slice(2)).then(
   (error: unknown) => {
     if ((error as { code?: unknown }).code === 'CONFIG_INVALID') process.stderr.write(`mailfront: invalid configuration\n${(error as Error).message}\n`);
     else process.stderr.write(`mailfront: ${error instanceof Error ? error.message : String(error)}\n`);
-    process.exitCode = 1;
+    const exitCode = (error as { exitCode?: unknown }).exitCode;
+    process.exitCode = typeof exitCode === 'number' ? exitCode : 1;
   },
 );

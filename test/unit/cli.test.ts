@@ -20,9 +20,9 @@ interface Run {
 }
 
 /** Runs the CLI with `args`; `closeStdout`/`closeStderr`: the reader of that output goes away at once (`| head -0`). */
-function cli(args: readonly string[], options: { closeStdout?: boolean; closeStderr?: boolean; env?: NodeJS.ProcessEnv } = {}): Promise<Run> {
+function cli(args: readonly string[], options: { closeStdout?: boolean; closeStderr?: boolean; env?: NodeJS.ProcessEnv; nodeOptions?: readonly string[] } = {}): Promise<Run> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: options.env ?? process.env, timeout: 30_000 });
+    const child = spawn(process.execPath, [...(options.nodeOptions ?? []), CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: options.env ?? process.env, timeout: 30_000 });
     let stdout = '';
     let stderr = '';
     if (options.closeStdout) child.stdout.destroy();
@@ -121,4 +121,32 @@ test('the help names what the commands print and take: stores\' host and preferr
   const main = await cli(['--help']);
   const kick = /^ {2}kick .*(?:\n {20,}.*)*/m.exec(main.stdout)?.[0] ?? '';
   for (const selector of ['USER', '--slot SLOT', '--session ID']) assert.ok(kick.includes(selector), `the kick line names ${selector}: ${kick}`);
+});
+
+test('an admin API that takes the request and does not answer in time is told apart from one out of reach: exit 3, and the reload may still be running', async () => {
+  // Accepts, reads the request, never answers (a reload slow to read an LDAP store map).
+  const requests: string[] = [];
+  const server = createServer((req) => void requests.push(`${req.method} ${req.url}`));
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  // The CLI's 30 s wait, a hundred times shorter.
+  const shorter = `const timeout = AbortSignal.timeout.bind(AbortSignal); AbortSignal.timeout = (ms) => timeout(ms / 100);`;
+  const nodeOptions = ['--import', `data:text/javascript,${encodeURIComponent(shorter)}`];
+  try {
+    const reload = await cli(['reload', '--url', url, '--token', 'x'], { nodeOptions });
+    assert.equal(reload.code, 3, reload.stderr);
+    assert.equal(reload.stderr, `mailfront: no answer from the admin API at ${url} within 30 s; the reload may still be running: see the log (config.reloaded, or config.rejected)\n`);
+    assert.deepEqual(requests, ['POST /api/reload']);
+    const stores = await cli(['stores', '--url', url, '--token', 'x'], { nodeOptions });
+    assert.equal(stores.code, 3, stores.stderr);
+    assert.equal(stores.stderr, `mailfront: no answer from the admin API at ${url} within 30 s\n`);
+  } finally {
+    server.closeAllConnections();
+    server.close();
+  }
+  // Nothing listening: out of reach, status 1, as before.
+  const refused = await cli(['reload', '--url', url, '--token', 'x'], { nodeOptions });
+  assert.equal(refused.code, 1, refused.stderr);
+  assert.match(refused.stderr, /^mailfront: cannot reach the admin API at http:\/\/127\.0\.0\.1:\d+: connect ECONNREFUSED/);
 });
