@@ -235,9 +235,10 @@ function storeCaFiles(stores: ReadonlyMap<string, { readonly backend: { readonly
 
 /**
  * The CA files of `named` that cannot be read: serve would fail on them, or their slots be down.
- * `checked`: files read already (an inherited default), not read or reported again.
+ * `checked`: files read already (an inherited default), not read or reported again; `unusable`
+ * gets the files reported.
  */
-function unreadableCaFiles(named: CaFiles, checked = new Set<string>()): import('../config/validate.js').ConfigIssue[] {
+function unreadableCaFiles(named: CaFiles, checked = new Set<string>(), unusable = new Set<string>()): import('../config/validate.js').ConfigIssue[] {
   const issues: import('../config/validate.js').ConfigIssue[] = [];
   for (const [path, file] of named) {
     // A file named again (a profile's default, the store map's inherited one) is reported once.
@@ -248,11 +249,15 @@ function unreadableCaFiles(named: CaFiles, checked = new Set<string>()): import(
       content = readFileSync(file);
     } catch (error) {
       issues.push({ path, expected: `a readable file (${file})`, found: (error as NodeJS.ErrnoException).code ?? String(error) });
+      unusable.add(file);
       continue;
     }
     // What serve refuses too: a file with no certificate, or one cut short, trusts nothing.
     const problem = caCertificatesProblem(content);
-    if (problem !== null) issues.push({ path, expected: `PEM CA certificates (${file})`, found: problem });
+    if (problem !== null) {
+      issues.push({ path, expected: `PEM CA certificates (${file})`, found: problem });
+      unusable.add(file);
+    }
   }
   return issues;
 }
@@ -373,11 +378,16 @@ async function main(argv: string[]): Promise<number> {
       const config = await loadConfig(values.config ?? rest[0] ?? DEFAULT_CONFIG);
       const { ConfigError, buildStoreMap } = await import('../config/load.js');
       const caChecked = new Set<string>();
-      const fileIssues = [...(await checkListenerCertificates(config)), ...unreadableCaFiles(configCaFiles(config), caChecked)];
+      const caUnusable = new Set<string>();
+      const fileIssues = [...(await checkListenerCertificates(config)), ...unreadableCaFiles(configCaFiles(config), caChecked, caUnusable)];
       fileIssues.push(...(await import('../auth/throttle.js')).redisTlsIssues(config.throttle));
       // The store map is read even when the files above are not: every problem at once. (A config
       // whose own values are wrong is reported alone: without it the rest cannot be read.)
       const problems = fileIssues.length > 0 ? [new ConfigError(config.file, fileIssues)] : [];
+      // Except with an LDAP store map whose CA file cannot be used (its own, or directory.ca_file
+      // inherited): that is reported above under the key that names it, and the source, which
+      // reads the file when it is made, would throw it alone, every other problem dropped.
+      if (config.storeMap.kind === 'ldap' && config.storeMap.caFile !== undefined && caUnusable.has(config.storeMap.caFile)) throw allProblems(problems);
       const { createStoreMapSource } = await import('../routing/sources.js');
       const source = createStoreMapSource(config.storeMap);
       let summary = '';

@@ -144,6 +144,29 @@ test('check-config reads the store map even when a listener\'s file is missing: 
   assert.match(result.stderr, /^mailfront: invalid configuration\n\S+both-files\.yaml: 1 problem\n.*\n[^\n]*stores-gone-ca\.yaml: 1 problem\n/);
 });
 
+test('an LDAP store map\'s CA file that cannot be read is one problem under the key naming it (directory.ca_file when inherited), with the others', async () => {
+  const missingCert = join(dir, 'gone-ldap.crt');
+  const missingCa = join(dir, 'gone-ldap-ca.pem');
+  // The store map's LDAP server is never asked (port 9): its CA file stops it before.
+  const write = async (name: string, directoryCa: string, storeMapCa: string): Promise<string> => {
+    const file = join(dir, `${name}.yaml`);
+    await writeFile(file, `listeners:\n  - { name: imap, protocol: imap, host: 127.0.0.1, port: 1143, tls: starttls, certificate: { cert: ${JSON.stringify(missingCert)}, key: ${JSON.stringify(certs.keyFile)} } }\ndirectory: { urls: ["ldaps://127.0.0.1:9"], bind_dn: cn=x, bind_password: x, base_dn: dc=x${directoryCa} }\nstore_map: { ldap: { base_dn: "ou=stores,dc=x"${storeMapCa} } }\n`);
+    return file;
+  };
+  const inherited = await run(await write('ldap-ca-inherited', `, ca_file: ${JSON.stringify(missingCa)}`, ''));
+  assert.equal(inherited.code, 1, inherited.stdout);
+  assert.deepEqual(problemLines(inherited.stderr), [
+    `  listeners[0].certificate.cert: expected a readable file (${missingCert}), found ENOENT`,
+    `  directory.ca_file: expected a readable file (${missingCa}), found ENOENT`,
+  ]);
+  const own = await run(await write('ldap-ca-own', '', `, ca_file: ${JSON.stringify(missingCa)}`));
+  assert.equal(own.code, 1, own.stdout);
+  assert.deepEqual(problemLines(own.stderr), [
+    `  listeners[0].certificate.cert: expected a readable file (${missingCert}), found ENOENT`,
+    `  store_map.ldap.ca_file: expected a readable file (${missingCa}), found ENOENT`,
+  ]);
+});
+
 test('check-config names a missing certificate file once, however many listeners name it', async () => {
   const missing = join(dir, 'shared-missing.crt');
   const result = await checkConfig('shared-missing', [{ cert: missing, key: certs.keyFile }, { cert: missing, key: certs.keyFile }]);
