@@ -96,42 +96,93 @@ function parseYamlFile(file: string, check?: (doc: Document.Parsed, text: string
 }
 
 /**
- * Replaces every `<name>_password_file: PATH` (and `token_file`) with the key without `_file` set
- * to the file's content. Returns the paths of the keys left without a value because their file
- * was not read (a problem named already: a second one, "found nothing", would be noise).
+ * A secret key's `*_file` value as an issue may show it: the file name, when it reads as one (a
+ * "/" or an extension, of the characters file names are made of); else the folder only. A value
+ * like `token_file: 3f9a…`, the secret written in place of its file's name, went to the journal
+ * (ExecStartPre's check-config) in "expected a readable file (/etc/mailfront/3f9a…)".
  */
-function inlineSecretFiles(node: unknown, resolvePath: (p: string) => string, path: string, issues: IssueList, unread = new Set<string>()): Set<string> {
-  if (node === null || typeof node !== 'object') return unread;
+function secretFileShown(value: string, file: string): string {
+  if (/^[\w.\-/]+$/.test(value) && (value.includes('/') || /\.[A-Za-z][A-Za-z0-9]{0,7}$/.test(value))) return file;
+  return `a file in ${dirname(file)} whose name is not shown: with neither a "/" nor an extension it may be the secret itself, given in place of its file's name`;
+}
+
+/** Where an inlined secret came from: its `*_file` key's path as written, and the file as shown. */
+interface SecretFrom {
+  readonly path: string;
+  readonly key: string;
+  readonly file: string;
+}
+
+/** What inlineSecretFiles found besides its issues. */
+interface InlinedSecrets {
+  /** The paths of the keys left without a value because their file was not read (or was empty). */
+  readonly unread: Set<string>;
+  /** The keys given a file's content, by path (`directory.bind_password`), and where it came from. */
+  readonly fromFiles: Map<string, SecretFrom>;
+}
+
+/**
+ * Replaces every `<name>_password_file: PATH` (and `token_file`) with the key without `_file` set
+ * to the file's content, without the line breaks that end it (an editor's, `echo`'s, or a blank
+ * line more: a password ending in a line break is never meant). A file that cannot be read, or
+ * holds nothing else, is an issue of the `_file` key; the key is then left without a value and
+ * its path is in `unread` (a problem named already: a second one, "found nothing", would be noise).
+ */
+function inlineSecretFiles(node: unknown, resolvePath: (p: string) => string, path: string, issues: IssueList, found: InlinedSecrets = { unread: new Set(), fromFiles: new Map() }): InlinedSecrets {
+  if (node === null || typeof node !== 'object') return found;
   for (const [key, value] of Object.entries(node as Record<string, unknown>)) {
     const childPath = Array.isArray(node) ? `${path}[${key}]` : path === '' ? key : `${path}.${key}`;
     if ((key.endsWith('_password_file') || key === 'token_file') && !Array.isArray(node)) {
       const target = key.slice(0, -'_file'.length);
+      const targetPath = path === '' ? target : `${path}.${target}`;
       const obj = node as Record<string, unknown>;
       delete obj[key];
       if (obj[target] !== undefined) {
         issues.addFinding(childPath, `either ${target} or ${key}, not both`, 'both');
       } else if (typeof value !== 'string') {
         issues.add(childPath, 'a file name', value);
-        unread.add(path === '' ? target : `${path}.${target}`);
+        found.unread.add(targetPath);
       } else {
         const file = resolvePath(value);
+        const shown = secretFileShown(value, file);
+        let content: string;
         try {
-          obj[target] = readFileSync(file, 'utf8').replace(/\r?\n$/, '');
+          content = readFileSync(file, 'utf8');
         } catch (error) {
-          issues.addFinding(childPath, `a readable file (${file})`, (error as NodeJS.ErrnoException).code ?? String(error));
-          unread.add(path === '' ? target : `${path}.${target}`);
+          issues.addFinding(childPath, `a readable file (${shown})`, (error as NodeJS.ErrnoException).code ?? String(error));
+          found.unread.add(targetPath);
+          continue;
         }
+        const secret = content.replace(/[\r\n]+$/, '');
+        if (secret === '') {
+          issues.addFinding(childPath, `a file holding the ${target} (${shown})`, content === '' ? 'an empty file' : 'line breaks only');
+          found.unread.add(targetPath);
+          continue;
+        }
+        obj[target] = secret;
+        found.fromFiles.set(targetPath, { path: childPath, key, file: shown });
       }
     } else {
-      inlineSecretFiles(value, resolvePath, childPath, issues, unread);
+      inlineSecretFiles(value, resolvePath, childPath, issues, found);
     }
   }
-  return unread;
+  return found;
 }
 
-/** `issues` without those about the values whose secret files were not read (`unread`). */
-function withoutUnread(issues: IssueList, unread: ReadonlySet<string>): ConfigIssue[] {
-  return issues.issues.filter((i) => !unread.has(i.path));
+/**
+ * `issues` without those about the values whose secret files were not read, and those about a
+ * value read from a file told by the key written: `foo_password_file`, not `foo_password`.
+ */
+function asWritten(issues: IssueList, secrets: InlinedSecrets): ConfigIssue[] {
+  return issues.issues
+    .filter((i) => !secrets.unread.has(i.path))
+    .map((i) => {
+      const from = secrets.fromFiles.get(i.path);
+      if (from === undefined) return i;
+      const target = from.key.slice(0, -'_file'.length);
+      if (i.found === `an unknown key ${JSON.stringify(target)}`) return { ...i, path: from.path, found: `an unknown key ${JSON.stringify(from.key)}` };
+      return { ...i, path: from.path, expected: `${i.expected} in the file (${from.file})` };
+    });
 }
 
 function resolverFor(file: string): (p: string) => string {
@@ -148,9 +199,9 @@ export function loadConfig(fileName: string): Config {
   const resolvePath = resolverFor(file);
   const doc = parseYamlFile(file);
   const issues = new IssueList();
-  const unread = inlineSecretFiles(doc, resolvePath, '', issues);
+  const secrets = inlineSecretFiles(doc, resolvePath, '', issues);
   const config = readConfig(doc, file, resolvePath, issues);
-  if (issues.issues.length > 0) throw new ConfigError(file, withoutUnread(issues, unread));
+  if (issues.issues.length > 0) throw new ConfigError(file, asWritten(issues, secrets));
   return deepFreeze(config);
 }
 
@@ -176,10 +227,10 @@ export function loadAdminAccess(fileName: string, withToken: boolean): AdminAcce
   let token: string | undefined;
   if (withToken && root['admin'] !== undefined && root['admin'] !== null) {
     const sections = { admin: root['admin'] };
-    const unread = inlineSecretFiles(sections, resolverFor(file), '', issues);
+    const secrets = inlineSecretFiles(sections, resolverFor(file), '', issues);
     const admin = readSection(sections.admin, 'admin', ['token'], issues) ?? {};
     token = optStr(admin, 'token', 'admin', issues);
-    if (issues.issues.length > 0) throw new ConfigError(file, withoutUnread(issues, unread));
+    if (issues.issues.length > 0) throw new ConfigError(file, asWritten(issues, secrets));
   }
   if (issues.issues.length > 0) throw new ConfigError(file, issues.issues);
   return { file, ...(http !== undefined ? { http } : {}), ...(token !== undefined ? { token } : {}) };

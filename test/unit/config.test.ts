@@ -371,3 +371,35 @@ function readdirSafe(path: string): string[] {
     return [];
   }
 }
+
+test('a secret file: every line break that ends it is dropped; one that is empty, an unknown *_file key, and a file that cannot be read are told by the key written, never showing a name that may be the secret', () => {
+  const dir = writeTemp({ 'mf.yaml': GOOD, 'ldap.secret': 's3cret\n\n', 'stores.yaml': STORES });
+  assert.equal(loadConfig(join(dir, 'mf.yaml')).directory.bindPassword, 's3cret');
+  writeFileSync(join(dir, 'ldap.secret'), 's3cret\r\n');
+  assert.equal(loadConfig(join(dir, 'mf.yaml')).directory.bindPassword, 's3cret');
+
+  // An empty file (or line breaks only): the _file key, and the file, are named; no second
+  // problem about the value ("bind_password: found an empty string").
+  for (const [content, found] of [['', 'an empty file'], ['\n\n', 'line breaks only']] as const) {
+    writeFileSync(join(dir, 'ldap.secret'), content);
+    const error = configErrorOf(() => loadConfig(join(dir, 'mf.yaml')));
+    assert.deepEqual(error.issues, [{ path: 'directory.bind_password_file', expected: `a file holding the bind_password (${join(dir, 'ldap.secret')})`, found }]);
+  }
+
+  // An unknown key, by the name it was given.
+  writeFileSync(join(dir, 'ldap.secret'), 's3cret\n');
+  writeFileSync(join(dir, 'unknown.yaml'), GOOD.replace('  base_dn:', '  foo_password_file: ldap.secret\n  base_dn:'));
+  const unknown = configErrorOf(() => loadConfig(join(dir, 'unknown.yaml')));
+  assert.deepEqual(unknown.issues.map((i) => [i.path, i.found]), [['directory.foo_password_file', 'an unknown key "foo_password_file"']]);
+
+  // The token itself given as token_file: it is not printed (it would reach the journal).
+  const token = 'Zk8s0d9f8g7h6j5k4l3m2n1b0v9c8x7';
+  writeFileSync(join(dir, 'token.yaml'), `${GOOD}admin: { token_file: ${token} }\n`);
+  const misused = configErrorOf(() => loadConfig(join(dir, 'token.yaml')));
+  assert.ok(!misused.message.includes(token), misused.message);
+  assert.deepEqual(misused.issues.map((i) => i.path), ['admin.token_file']);
+  assert.match(misused.message, new RegExp(`admin\\.token_file: expected a readable file \\(a file in ${dir} whose name is not shown: [^\\n]*it may be the secret itself[^\\n]*\\), found ENOENT`));
+  // A name that reads as one (a "/" or an extension) is printed, as the file resolved.
+  writeFileSync(join(dir, 'named.yaml'), `${GOOD}admin: { token_file: secrets/admin.token }\n`);
+  assert.match(configErrorOf(() => loadConfig(join(dir, 'named.yaml'))).message, new RegExp(`admin\\.token_file: expected a readable file \\(${join(dir, 'secrets/admin.token')}\\), found ENOENT`));
+});
