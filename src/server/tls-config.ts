@@ -78,6 +78,10 @@ export interface CertificateInfo {
   readonly fingerprint256: string;
 }
 
+function samePolicy(a: TlsPolicy, b: TlsPolicy): boolean {
+  return a.minVersion === b.minVersion && a.ciphers === b.ciphers && a.honorCipherOrder === b.honorCipherOrder;
+}
+
 /** What reload() did. */
 export type TlsReloadResult = { readonly ok: true; readonly certificate: CertificateInfo } | { readonly ok: false; readonly error: MailfrontError };
 
@@ -122,7 +126,8 @@ export class TlsContextHolder {
 
   /**
    * Re-reads the files (and takes `policy` when given). On any problem, including a certificate
-   * that has expired or is not valid yet, the context in force stays and the error is returned.
+   * that has expired or is not valid yet, the certificate in force stays, under `policy` (see
+   * keptUnder), and the error is returned.
    */
   reload(policy: TlsPolicy = this.policy): TlsReloadResult {
     try {
@@ -130,8 +135,31 @@ export class TlsContextHolder {
       this.policy = policy;
       return { ok: true, certificate: this.loaded.certificate };
     } catch (error) {
-      return { ok: false, error: error instanceof MailfrontError ? error : new MailfrontError('TLS_FILES_UNUSABLE', 'config', String(error)) };
+      return { ok: false, error: this.keptUnder(policy, error) };
     }
+  }
+
+  /**
+   * After files that could not be used (`failure`): the certificate and key in force, whose bytes
+   * are kept, are set up under `policy`, so that a new TLS policy applies from the next connection
+   * all the same, as the listener's other settings do (it stayed the old one, and a listener
+   * whose certificate could not be re-read went on offering TLS 1.2 after min_version: TLSv1.3).
+   * Returns the failure, saying what stays.
+   */
+  private keptUnder(policy: TlsPolicy, failure: unknown): MailfrontError {
+    const error = failure instanceof MailfrontError ? failure : new MailfrontError('TLS_FILES_UNUSABLE', 'config', failure instanceof Error ? failure.message : String(failure), { cause: failure });
+    const kept = (what: string): MailfrontError => new MailfrontError(error.code, error.kind, `${error.message}; ${what}`, { cause: error });
+    if (samePolicy(policy, this.policy)) return kept('the certificate in force stays');
+    const { cert, key } = this.loaded.options;
+    const options: SecureContextOptions = { ...policyOptions(policy), cert, key };
+    try {
+      this.loaded = { options, context: createSecureContext(options), certificate: this.loaded.certificate };
+    } catch (policyError) {
+      // Not expected: the policy was tried when it was read, and the certificate was in use.
+      return kept(`the certificate in force stays, and so does the TLS policy in force: the new one cannot be used with it (${policyError instanceof Error ? policyError.message : String(policyError)})`);
+    }
+    this.policy = policy;
+    return kept('the certificate in force stays, with the new TLS policy');
   }
 
   private load(policy: TlsPolicy, checkValidity: boolean): Loaded {

@@ -237,3 +237,44 @@ test('a key of another type than its certificate, or a chain file in the wrong o
   assert.equal(new TlsContextHolder({ cert: chained, key: certs.keyFile }).certificate.fingerprint256, new X509Certificate(await readFile(certs.certFile)).fingerprint256);
   assert.equal(new TlsContextHolder(rsa).certificate.subject, 'CN=rsa.test');
 });
+
+test('a reload whose files cannot be used still takes the new TLS policy, with the certificate and key in force', async () => {
+  const live = { cert: join(dir, 'policy-live.crt'), key: join(dir, 'policy-live.key') };
+  await copyFile(certs.certFile, live.cert);
+  await copyFile(certs.keyFile, live.key);
+  const holder = new TlsContextHolder(live, TLS_POLICY_DEFAULTS);
+  const first = holder.certificate.fingerprint256;
+  // As listeners.ts does: each connection takes the holder's context of the moment.
+  const wrapping = createNetServer((raw) => {
+    const secure = new TLSSocket(raw, { isServer: true, secureContext: holder.context });
+    secure.on('error', () => undefined);
+    secure.on('secure', () => secure.end());
+  });
+  await new Promise<void>((resolve) => wrapping.listen(0, '127.0.0.1', resolve));
+  const port = (wrapping.address() as { port: number }).port;
+  try {
+    assert.equal((await handshake(port, { maxVersion: 'TLSv1.2' })).protocol, 'TLSv1.2');
+    // The certificate file is gone (a renewal half done) when tls.min_version: TLSv1.3 is reloaded.
+    await rm(live.cert);
+    const strict = { ...TLS_POLICY_DEFAULTS, minVersion: 'TLSv1.3' as const };
+    const result = holder.reload(strict);
+    const refused = await handshake(port, { maxVersion: 'TLSv1.2' });
+    assert.equal(refused.ok, false, 'TLS 1.2 is refused from the next connection');
+    const taken = await handshake(port);
+    assert.equal(taken.protocol, 'TLSv1.3');
+    assert.equal(taken.fingerprint, first, 'with the certificate in force');
+    assert.equal(holder.certificate.fingerprint256, first);
+    assert.ok(!result.ok);
+    assert.match(result.error.message, /^cannot use certificate \S+policy-live\.crt with key \S+: ENOENT; the certificate in force stays, with the new TLS policy$/);
+    // The same policy again, the files still gone: nothing else changes, and it says so.
+    const again = holder.reload(strict);
+    assert.ok(!again.ok);
+    assert.match(again.error.message, /: ENOENT; the certificate in force stays$/);
+    // The files back: taken, under the policy in force.
+    await copyFile(certs.certFile, live.cert);
+    assert.ok(holder.reload(strict).ok);
+    assert.equal((await handshake(port, { maxVersion: 'TLSv1.2' })).ok, false);
+  } finally {
+    wrapping.close();
+  }
+});
