@@ -5,17 +5,12 @@
 // point of its start (a module loader hook adds the kill to a module's code), not after a delay:
 // node's own start-up, before any JS, takes from 40 to over 200 ms on a busy machine.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { freePort } from '../integration/servers/index.js';
-
-const DIST_SRC = join(dirname(fileURLToPath(import.meta.url)), '../../src');
-const CLI = join(DIST_SRC, 'cli/main.js');
+import { CLI, DIST_SRC, serve, stop } from './serve-process.js';
 
 let dir: string;
 
@@ -48,66 +43,16 @@ function hangupAt(module: string): string[] {
   return ['--import', `data:text/javascript,${encodeURIComponent(register)}`];
 }
 
-interface Serve {
-  readonly child: ChildProcess;
-  /** The log's events so far. */
-  readonly events: () => string[];
-  /** Resolves when an event is logged `count` times (or the process ends first: rejects). */
-  readonly logged: (event: string, count?: number) => Promise<void>;
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-async function serve(name: string, nodeOptions: readonly string[]): Promise<Serve> {
+/** A config of one plain IMAP listener on a free port, the store map from a file. */
+async function writeConfig(name: string): Promise<string> {
   const port = await freePort();
   const config = join(dir, `${name}.yaml`);
   await writeFile(config, `listeners:\n  - { name: imap, protocol: imap, host: 127.0.0.1, port: ${port}, tls: none, plaintext_without_tls: true }\ndirectory: { urls: ["ldap://127.0.0.1:9"], bind_dn: cn=x, bind_password: x, base_dn: dc=x }\nstore_map: { file: stores.yaml, watch: false }\nhealth: { interval_ms: 0 }\n`);
-  const child = spawn(process.execPath, [...nodeOptions, CLI, 'serve', '-c', config], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  const waiting = new Set<() => void>();
-  child.stdout!.on('data', (d: Buffer) => {
-    stdout += d.toString();
-    for (const check of waiting) check();
-  });
-  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
-  const events = (): string[] =>
-    stdout
-      .split('\n')
-      .filter((l) => l.startsWith('{'))
-      .map((l) => String((JSON.parse(l) as { event?: unknown }).event));
-  const logged = (event: string, count = 1): Promise<void> =>
-    new Promise((resolve, reject) => {
-      const check = (): void => {
-        if (events().filter((e) => e === event).length < count) return;
-        waiting.delete(check);
-        clearTimeout(timer);
-        resolve();
-      };
-      const timer = setTimeout(() => {
-        waiting.delete(check);
-        reject(new Error(`no ${event} (x${count}) within 15 s; log: ${events().join(', ')}; stderr: ${stderr}`));
-      }, 15_000);
-      waiting.add(check);
-      check();
-      void exited.then(({ code, signal }) => {
-        if (!waiting.has(check)) return;
-        waiting.delete(check);
-        clearTimeout(timer);
-        reject(new Error(`serve ended (code ${code}, signal ${signal}) before ${event}; log: ${events().join(', ')}; stderr: ${stderr}`));
-      });
-    });
-  return { child, events, logged, exited };
-}
-
-/** Stops serve with SIGTERM; its exit code. */
-async function stop(s: Serve): Promise<number | null> {
-  if (s.child.exitCode === null && s.child.signalCode === null) s.child.kill('SIGTERM');
-  return (await s.exited).code;
+  return config;
 }
 
 test('a SIGHUP as the CLI\'s code begins does not end serve; the start, which reads the config after it, answers it (no reload)', async () => {
-  const s = await serve('first-module', hangupAt(CLI));
+  const s = serve(await writeConfig('first-module'), hangupAt(CLI));
   try {
     await s.logged('listener.bound');
     // A SIGHUP now is a reload as usual, and the only one: none was left over from the start.
@@ -122,7 +67,7 @@ test('a SIGHUP as the CLI\'s code begins does not end serve; the start, which re
 
 test('a SIGHUP while serve reads its config is a reload once the server is up: the edit may have come after the read', async () => {
   // config/load.js is loaded by serve's loadConfig, just before it reads the file.
-  const s = await serve('while-reading', hangupAt(join(DIST_SRC, 'config/load.js')));
+  const s = serve(await writeConfig('while-reading'), hangupAt(join(DIST_SRC, 'config/load.js')));
   try {
     await s.logged('listener.bound');
     await s.logged('config.reloaded');
