@@ -172,7 +172,7 @@ export class Listener {
     if (next.certificate === undefined) this.tls = undefined;
     else if (this.tls === undefined || next.certificate.cert !== loaded?.cert || next.certificate.key !== loaded.key) {
       // Other files in place of a working certificate: an expired one is refused, as on a re-read.
-      this.tls = new TlsContextHolder(next.certificate, policy, Date.now, this.tls !== undefined);
+      this.tls = this.tls === undefined ? new TlsContextHolder(next.certificate, policy) : this.tls.replacedBy(next.certificate, policy);
       this.logCertificate(next.name, this.tls.certificate);
     } else {
       const result = this.tls.reload(policy);

@@ -140,6 +140,18 @@ export class TlsContextHolder {
   }
 
   /**
+   * Other files in place of these (a reload that names them): a holder of them, or, when they
+   * cannot be used, a MailfrontError, with this holder's certificate kept under `policy`.
+   */
+  replacedBy(files: TlsFiles, policy: TlsPolicy): TlsContextHolder {
+    try {
+      return new TlsContextHolder(files, policy, this.now, true);
+    } catch (error) {
+      throw this.keptUnder(policy, error);
+    }
+  }
+
+  /**
    * After files that could not be used (`failure`): the certificate and key in force, whose bytes
    * are kept, are set up under `policy`, so that a new TLS policy applies from the next connection
    * all the same, as the listener's other settings do (it stayed the old one, and a listener
