@@ -20,7 +20,7 @@ import { ConfigError, buildStoreMap, loadConfig } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { Metrics } from './metrics.js';
 import { CidrSet, bindAddressesOverlap } from './net/cidr.js';
-import { HttpServer, readinessOf } from './server/http.js';
+import { HttpServer, SharedCheck, readinessOf } from './server/http.js';
 import type { Readiness } from './server/http.js';
 import { encodeProxyV2Local } from './server/proxy-protocol.js';
 import { MailfrontError } from './errors.js';
@@ -581,6 +581,23 @@ export class Mailfront {
     return this.http?.address();
   }
 
+  /** The directory's readiness check, for the directory in force (a reload may replace it). */
+  private directoryCheck: { readonly directory: Directory; readonly check: SharedCheck<boolean> } | undefined;
+
+  /**
+   * Whether the directory answers, through a SharedCheck: each check is a search on the directory
+   * servers the whole fleet shares, and /readyz is open to anyone who reaches the HTTP listener.
+   * The other checks of readiness() cost nothing and are read afresh for every request.
+   */
+  private directoryReachable(): Promise<boolean> {
+    const directory = this.directory;
+    if (this.directoryCheck?.directory !== directory) {
+      const check = new SharedCheck(() => directory.reachable(AbortSignal.timeout(1_500)).catch(() => false));
+      this.directoryCheck = { directory, check };
+    }
+    return this.directoryCheck.check.get();
+  }
+
   /**
    * Ready: the listeners bound, a store map in force, not stopping. Whether the directory answers
    * is reported, not required: it is shared by the fleet, and a 503 from every instance at once
@@ -590,13 +607,7 @@ export class Mailfront {
    * not take every instance out of service for one new port (unless it serves none of a protocol: protocolsNotServed()).
    */
   async readiness(): Promise<Readiness> {
-    const directory = this.directory;
-    let reachable = false;
-    try {
-      reachable = await directory.reachable(AbortSignal.timeout(1_500));
-    } catch {
-      reachable = false;
-    }
+    const reachable = await this.directoryReachable();
     const unbound = this.config.listeners.filter((c) => !this.listeners.some((l) => l.listening && l.config.name === c.name)).map((c) => c.name);
     const byReload = unbound.filter((name) => this.unboundByReload.has(name));
     const lost = unbound.filter((name) => !this.unboundByReload.has(name));

@@ -49,6 +49,45 @@ const CONNECTIONS_CHECKING_INTERVAL_MS = 1_000;
 const METRICS_RENDER_SPACING = 9;
 const METRICS_RENDER_INTERVAL_MAX_MS = 1_000;
 
+/**
+ * How long the answer of a costly readiness check (SharedCheck) serves later /readyz requests,
+ * counted from when the check began. A load balancer probes every few seconds; a client that
+ * floods /readyz gets the same answer for a second instead of a check per request.
+ */
+export const READINESS_CHECK_REUSE_MS = 1_000;
+
+/**
+ * A readiness check that costs something elsewhere: the directory's is a search on the LDAP
+ * servers the whole fleet shares, and /readyz needs no credentials, so one keep-alive client
+ * could otherwise have thousands of searches a second run there. One check runs at a time: a
+ * request that comes while it runs waits for its answer (no longer than the check's own
+ * deadline), and one that comes within `reuseMs` of its start gets that answer; a later one
+ * starts the next check. No answer is given from a check begun more than `reuseMs` before the
+ * request, except by waiting for one still under way. A rejection is shared as an answer is.
+ */
+export class SharedCheck<T> {
+  private last: { readonly startedAt: number; readonly answer: Promise<T>; settled: boolean } | undefined;
+
+  constructor(
+    private readonly check: () => Promise<T>,
+    private readonly reuseMs = READINESS_CHECK_REUSE_MS,
+    private readonly now: () => number = () => performance.now(),
+  ) {}
+
+  get(): Promise<T> {
+    const last = this.last;
+    if (last !== undefined && (!last.settled || this.now() - last.startedAt < this.reuseMs)) return last.answer;
+    // Begun on the next turn, so that a check that throws at once rejects like one that fails later.
+    const next = { startedAt: this.now(), answer: Promise.resolve().then(() => this.check()), settled: false };
+    const settle = (): void => {
+      next.settled = true;
+    };
+    next.answer.then(settle, settle);
+    this.last = next;
+    return next.answer;
+  }
+}
+
 /** One thing /readyz checks, e.g. `listeners`, `store-map`, `directory`. */
 export interface ReadinessCheck {
   readonly name: string;
@@ -78,7 +117,10 @@ export type RouteHandler = (request: IncomingMessage, response: ServerResponse, 
 
 export interface HttpServerOptions {
   readonly metrics: Metrics;
-  /** Called for every GET /readyz; may be async (bounded by READINESS_TIMEOUT_MS). */
+  /**
+   * Called for every GET /readyz; may be async (bounded by READINESS_TIMEOUT_MS). Meant to be
+   * cheap: a check that costs a server elsewhere goes through a SharedCheck.
+   */
   readonly readiness: () => Readiness | Promise<Readiness>;
   readonly log: Logger;
 }

@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net';
 import { IssueList } from '../../src/config/validate.js';
 import { createLogger } from '../../src/log.js';
 import { Metrics } from '../../src/metrics.js';
-import { DEFAULT_HTTP_HOST, DEFAULT_HTTP_PORT, HttpServer, READINESS_TIMEOUT_MS, readHttpConfig, readinessOf } from '../../src/server/http.js';
+import { DEFAULT_HTTP_HOST, DEFAULT_HTTP_PORT, HttpServer, READINESS_CHECK_REUSE_MS, READINESS_TIMEOUT_MS, SharedCheck, readHttpConfig, readinessOf } from '../../src/server/http.js';
 import type { Readiness } from '../../src/server/http.js';
 
 interface Reply {
@@ -239,6 +239,75 @@ describe('http listener: /metrics under many scrapers', () => {
     } finally {
       await server.close();
     }
+  });
+});
+
+describe('SharedCheck (a costly readiness check)', () => {
+  it('runs one check for callers that come while it runs, reuses its answer for a second from its start, then checks again', async () => {
+    let now = 0;
+    let checks = 0;
+    let answer = true;
+    const release: Array<() => void> = [];
+    const shared = new SharedCheck(
+      () => {
+        checks++;
+        const value = answer;
+        return new Promise<boolean>((resolve) => release.push(() => resolve(value)));
+      },
+      READINESS_CHECK_REUSE_MS,
+      () => now,
+    );
+    const waiting = Array.from({ length: 20 }, () => shared.get());
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(checks, 1, 'twenty callers at once: one check');
+    // Even past the reuse time, a caller that comes while the check runs waits for it, not for a second one.
+    now = READINESS_CHECK_REUSE_MS + 500;
+    waiting.push(shared.get());
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(checks, 1);
+    release.shift()!();
+    assert.deepEqual(await Promise.all(waiting), Array(21).fill(true));
+    // Ended, but begun more than the reuse time ago: the next caller starts a check.
+    answer = false;
+    now = 2_000;
+    const second = shared.get();
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(checks, 2);
+    release.shift()!();
+    assert.equal(await second, false);
+    // Within the reuse time of its start: the same answer, no check.
+    now = 2_000 + READINESS_CHECK_REUSE_MS - 1;
+    assert.equal(await shared.get(), false);
+    assert.equal(checks, 2);
+    now = 2_000 + READINESS_CHECK_REUSE_MS;
+    answer = true;
+    const third = shared.get();
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(checks, 3);
+    release.shift()!();
+    assert.equal(await third, true);
+  });
+
+  it('shares a check that throws as a rejection, and checks again once its time is over', async () => {
+    let now = 0;
+    let checks = 0;
+    const shared = new SharedCheck<boolean>(
+      () => {
+        checks++;
+        throw new Error('no directory');
+      },
+      1_000,
+      () => now,
+    );
+    const results = await Promise.allSettled([shared.get(), shared.get()]);
+    assert.deepEqual(
+      results.map((r) => r.status),
+      ['rejected', 'rejected'],
+    );
+    assert.equal(checks, 1);
+    now = 1_000;
+    await assert.rejects(shared.get(), /no directory/);
+    assert.equal(checks, 2);
   });
 });
 
