@@ -7,6 +7,7 @@
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { isIP } from 'node:net';
+import type { Socket } from 'node:net';
 import { MailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
@@ -37,6 +38,17 @@ const REQUEST_TIMEOUT_MS = 30_000;
  * its headers slowly hold its connection up to 30 s past HEADERS_TIMEOUT_MS).
  */
 const CONNECTIONS_CHECKING_INTERVAL_MS = 1_000;
+/**
+ * Connections the HTTP listener holds at once, in all and from one address. Its clients are few
+ * (a Prometheus or two, a balancer's probes, the admin CLI, each with a connection or two), and
+ * every connection holds a file descriptor the mail listeners share: without a bound, idle
+ * connections to it could take them all (1,000 under a low fd limit had new IMAP clients
+ * accepted and closed at once). A connection over either bound is closed at once, unanswered.
+ */
+export const HTTP_MAX_CONNECTIONS = 256;
+export const HTTP_MAX_CONNECTIONS_PER_ADDRESS = 32;
+/** The least time between two lines about connections the HTTP listener refused. */
+const REFUSED_LOG_INTERVAL_MS = 10_000;
 /**
  * /metrics needs no credentials, and a render costs time in proportion to the sessions open
  * (each live session's bytes are read): scrapes that come while one is under way, or too soon
@@ -123,6 +135,10 @@ export interface HttpServerOptions {
    */
   readonly readiness: () => Readiness | Promise<Readiness>;
   readonly log: Logger;
+  /** Connections held at once (HTTP_MAX_CONNECTIONS by default). */
+  readonly maxConnections?: number;
+  /** Connections held at once from one address (HTTP_MAX_CONNECTIONS_PER_ADDRESS by default). */
+  readonly maxConnectionsPerAddress?: number;
 }
 
 /** What a render of /metrics gives. */
@@ -175,6 +191,10 @@ export class HttpServer {
   private lastRenderEndedAt = -Infinity;
   /** How long the last render took (ms). */
   private lastRenderMs = 0;
+  /** Connections open, by client address (the servers of a rebind share them: the old one's drain). */
+  private readonly connectionsByAddress = new Map<string, number>();
+  /** Connections refused since the last line that told of them, while an interval runs. */
+  private refused: { count: number; limit: 'total' | 'address'; client: string } | undefined;
 
   constructor(
     private config: HttpConfig,
@@ -268,6 +288,10 @@ export class HttpServer {
         else response.destroy();
       });
     });
+    // Over it, node closes a connection as it is accepted and emits 'drop'.
+    server.maxConnections = this.options.maxConnections ?? HTTP_MAX_CONNECTIONS;
+    server.on('drop', (data?: { remoteAddress?: string }) => this.connectionRefused('total', data?.remoteAddress ?? 'unknown'));
+    server.on('connection', (socket: Socket) => this.admit(socket));
     return new Promise((resolve, reject) => {
       const onError = (error: NodeJS.ErrnoException): void => reject(new MailfrontError('LISTEN_FAILED', 'config', `HTTP listener cannot bind ${config.host}:${config.port}: ${error.code ?? error.message}`, { cause: error }));
       server.once('error', onError);
@@ -279,6 +303,53 @@ export class HttpServer {
         resolve(server);
       });
     });
+  }
+
+  /** Counts a new connection against its address's bound, or closes it when the address is at it. */
+  private admit(socket: Socket): void {
+    const address = socket.remoteAddress ?? 'unknown';
+    const open = this.connectionsByAddress.get(address) ?? 0;
+    if (open >= (this.options.maxConnectionsPerAddress ?? HTTP_MAX_CONNECTIONS_PER_ADDRESS)) {
+      socket.destroy();
+      return this.connectionRefused('address', address);
+    }
+    this.connectionsByAddress.set(address, open + 1);
+    socket.once('close', () => {
+      const left = (this.connectionsByAddress.get(address) ?? 1) - 1;
+      if (left > 0) this.connectionsByAddress.set(address, left);
+      else this.connectionsByAddress.delete(address);
+    });
+  }
+
+  /**
+   * Logs refused connections: the first at once, then at most one line per interval with how
+   * many were refused since (a flood of connects must not become a flood of lines).
+   */
+  private connectionRefused(limit: 'total' | 'address', client: string): void {
+    const since = this.refused;
+    if (since === undefined) {
+      this.writeRefused(1, limit, client);
+      return this.startRefusedInterval();
+    }
+    // The line tells of the first refusal since the last one.
+    if (since.count++ === 0) Object.assign(since, { limit, client });
+  }
+
+  private startRefusedInterval(): void {
+    this.refused = { count: 0, limit: 'total', client: '' };
+    // Never what keeps the process up; a quiet interval ends the count, and the next refusal is logged at once.
+    setTimeout(() => {
+      const since = this.refused;
+      this.refused = undefined;
+      if (since === undefined || since.count === 0) return;
+      this.writeRefused(since.count, since.limit, since.client);
+      this.startRefusedInterval();
+    }, REFUSED_LOG_INTERVAL_MS).unref();
+  }
+
+  private writeRefused(refused: number, limit: 'total' | 'address', client: string): void {
+    const bound = limit === 'total' ? `${this.options.maxConnections ?? HTTP_MAX_CONNECTIONS} connections` : `${this.options.maxConnectionsPerAddress ?? HTTP_MAX_CONNECTIONS_PER_ADDRESS} connections from one address`;
+    this.options.log.warn({ event: 'http.connection_refused', limit, refused, client }, `HTTP listener at its bound of ${bound}: ${refused} connection(s) closed unanswered`);
   }
 
   private async handle(request: IncomingMessage, response: ServerResponse): Promise<void> {

@@ -2,11 +2,11 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
 import { connect, createServer as createNetServer } from 'node:net';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { IssueList } from '../../src/config/validate.js';
 import { createLogger } from '../../src/log.js';
 import { Metrics } from '../../src/metrics.js';
-import { DEFAULT_HTTP_HOST, DEFAULT_HTTP_PORT, HttpServer, READINESS_CHECK_REUSE_MS, READINESS_TIMEOUT_MS, SharedCheck, readHttpConfig, readinessOf } from '../../src/server/http.js';
+import { DEFAULT_HTTP_HOST, DEFAULT_HTTP_PORT, HTTP_MAX_CONNECTIONS_PER_ADDRESS, HttpServer, READINESS_CHECK_REUSE_MS, READINESS_TIMEOUT_MS, SharedCheck, readHttpConfig, readinessOf } from '../../src/server/http.js';
 import type { Readiness } from '../../src/server/http.js';
 
 interface Reply {
@@ -15,9 +15,9 @@ interface Reply {
   readonly body: string;
 }
 
-function call(port: number, method: string, path: string, host = '127.0.0.1'): Promise<Reply> {
+function call(port: number, method: string, path: string, host = '127.0.0.1', localAddress?: string): Promise<Reply> {
   return new Promise((resolve, reject) => {
-    const req = request({ host, port, method, path, agent: false }, (res) => {
+    const req = request({ host, port, method, path, agent: false, ...(localAddress !== undefined ? { localAddress } : {}) }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
@@ -237,6 +237,94 @@ describe('http listener: /metrics under many scrapers', () => {
       assert.ok(closed, 'the server closed the connection within 20 s');
       assert.ok(ms >= 9_000 && ms < 13_000, `closed after ${ms} ms`);
     } finally {
+      await server.close();
+    }
+  });
+});
+
+/** An idle connection from `localAddress`, and whether the server closed it within `withinMs` having sent nothing. */
+function idleConnection(port: number, localAddress: string): { socket: Socket; closedUnanswered: (withinMs: number) => Promise<boolean> } {
+  const socket = connect({ port, host: '127.0.0.1', localAddress });
+  socket.on('error', () => undefined);
+  let data = false;
+  let closed = false;
+  socket.on('data', () => (data = true));
+  const onClose = new Promise<void>((resolve) => socket.once('close', () => resolve(void (closed = true))));
+  return {
+    socket,
+    closedUnanswered: async (withinMs) => {
+      await Promise.race([onClose, new Promise((resolve) => setTimeout(resolve, withinMs))]);
+      return closed && !data;
+    },
+  };
+}
+
+/** Resolves once `socket` is connected. */
+function connected(socket: Socket): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (!socket.connecting) return resolve();
+    socket.once('connect', () => resolve()).once('error', reject);
+  });
+}
+
+describe('http listener: connection bounds', () => {
+  it('closes a connection over the bound of one address at once, unanswered, while other addresses are served; a freed place is taken again', async () => {
+    const lines: string[] = [];
+    const server = new HttpServer({ host: '127.0.0.1', port: 0 }, { metrics: new Metrics({ processMetrics: false }), log: createLogger('info', { write: (l: string) => void lines.push(l) }), readiness: () => readinessOf([]) });
+    await server.listen();
+    const opened: Socket[] = [];
+    try {
+      const port = server.address().port;
+      // The default bound, held by idle connections from one address.
+      for (let i = 0; i < HTTP_MAX_CONNECTIONS_PER_ADDRESS; i++) {
+        const { socket } = idleConnection(port, '127.0.0.1');
+        opened.push(socket);
+        await connected(socket);
+      }
+      // Past the bound from that address: closed at once.
+      const over = idleConnection(port, '127.0.0.1');
+      opened.push(over.socket);
+      assert.ok(await over.closedUnanswered(3_000), 'a connection over the bound of its address was closed at once');
+      const refused = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l['event'] === 'http.connection_refused');
+      assert.equal(refused.length, 1);
+      assert.equal(refused[0]?.['limit'], 'address');
+      // Another address is served.
+      assert.equal((await call(port, 'GET', '/healthz', '127.0.0.1', '127.0.0.2')).status, 200, 'another address is served');
+      // One of the first address's connections goes: its place is taken again.
+      const first = opened.shift()!;
+      await new Promise<void>((resolve) => {
+        first.once('close', () => resolve());
+        first.destroy();
+      });
+      // The server sees the close a moment later.
+      let status = 0;
+      for (let attempt = 0; attempt < 50 && status !== 200; attempt++) {
+        status = await call(port, 'GET', '/healthz', '127.0.0.1').then((r) => r.status, () => 0);
+        if (status !== 200) await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      assert.equal(status, 200);
+    } finally {
+      for (const socket of opened) socket.destroy();
+      await server.close();
+    }
+  });
+
+  it('closes a connection over the bound of all connections at once, whatever its address', async () => {
+    const server = new HttpServer({ host: '127.0.0.1', port: 0 }, { metrics: new Metrics({ processMetrics: false }), log: createLogger('silent'), readiness: () => readinessOf([]), maxConnections: 4, maxConnectionsPerAddress: 2 });
+    await server.listen();
+    const opened: Socket[] = [];
+    try {
+      const port = server.address().port;
+      for (const address of ['127.0.0.1', '127.0.0.1', '127.0.0.2', '127.0.0.3']) {
+        const { socket } = idleConnection(port, address);
+        opened.push(socket);
+        await connected(socket);
+      }
+      const over = idleConnection(port, '127.0.0.4');
+      opened.push(over.socket);
+      assert.ok(await over.closedUnanswered(3_000), 'a fifth connection was closed at once');
+    } finally {
+      for (const socket of opened) socket.destroy();
       await server.close();
     }
   });
