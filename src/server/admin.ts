@@ -192,13 +192,17 @@ async function kickUser(context: AdminContext, user: string): Promise<{ sessions
 
 async function route(context: AdminContext, req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
   const parts = url.pathname.split('/').filter(Boolean).map(decodePathPart); // ['api', ...]
-  const method = req.method ?? 'GET';
+  // HEAD is GET without the body (RFC 9110 §9.3.2); node sends no body to a HEAD request.
+  const method = req.method === 'HEAD' ? 'GET' : (req.method ?? 'GET');
   const [, resource, name, action] = parts;
-  if (method === 'GET' && resource === 'stores' && name === undefined) {
+  // Every endpoint has an exact number of segments: more are a path that names nothing (POST
+  // /api/kick/x must not kick, nor /api/stores/alpha/failover/x fail over), not extras to ignore.
+  const segments = parts.length;
+  if (method === 'GET' && resource === 'stores' && segments === 2) {
     const map = context.holder.current;
     return send(res, 200, { version: map.version, lastReload: context.holder.last, stores: storesView(map, context.registry, context.health) });
   }
-  if (method === 'GET' && resource === 'sessions') {
+  if (method === 'GET' && resource === 'sessions' && segments === 2) {
     const user = url.searchParams.get('user');
     const normalised = user === null ? null : normalizeUser(user, context.usernames());
     // A name that is no user is the caller's mistake, not "no filter": listing everyone would mislead.
@@ -208,7 +212,7 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
     const sessions = context.registry.all().filter((s) => (normalised === null || s.user === normalised) && (store === null || s.store === store) && (slot === null || s.slot === slot));
     return send(res, 200, { sessions: sessions.map(sessionView) });
   }
-  if (method === 'GET' && resource === 'whereis' && name !== undefined) {
+  if (method === 'GET' && resource === 'whereis' && name !== undefined && segments === 3) {
     const user = normalizeUser(name, context.usernames());
     if (user === null) throw new MailfrontError('INVALID_USERNAME', 'client-protocol', 'not a valid user name');
     const found = await context.directory().lookup(user, AbortSignal.timeout(10_000));
@@ -227,7 +231,7 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
       sessions: context.registry.ofUser(user).map(sessionView),
     });
   }
-  if (method === 'POST' && resource === 'stores' && name !== undefined && action === 'failover') {
+  if (method === 'POST' && resource === 'stores' && name !== undefined && action === 'failover' && segments === 4) {
     const body = await readJson(req);
     const slot = body['slot'];
     if (typeof slot !== 'string' || slot === '') throw new MailfrontError('ADMIN_BAD_REQUEST', 'client-protocol', 'body must be {"slot": "<slot name>"}');
@@ -235,7 +239,7 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
     const result = await context.holder.failover(name, slot);
     return send(res, result.ok ? 200 : 500, result);
   }
-  if (method === 'POST' && resource === 'kick') {
+  if (method === 'POST' && resource === 'kick' && segments === 2) {
     const body = await readJson(req);
     let sessions: SessionEntry[];
     let forgotten: number | undefined;
@@ -253,7 +257,10 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
       }
       for (const s of sessions) s.close('kicked');
     } else if (typeof body['session'] === 'string') {
-      sessions = context.registry.all().filter((s) => s.id === body['session']);
+      const id = body['session'];
+      sessions = context.registry.all().filter((s) => s.id === id);
+      // As for a slot: "closed 0 sessions" would read as done, for a mistyped id or a session that had already ended.
+      if (sessions.length === 0) throw new MailfrontError('UNKNOWN_SESSION', 'no-route', `no session "${id}" (it ended, or never was: mailfront sessions lists those open)`);
       for (const s of sessions) s.close('kicked');
     } else {
       throw new MailfrontError('ADMIN_BAD_REQUEST', 'client-protocol', 'body must name a "user", a "slot" or a "session"');
@@ -261,9 +268,9 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
     context.log.warn({ event: 'admin.kick', user: body['user'], slot: body['slot'], session: body['session'], sessions: sessions.length, forgotten }, 'kick requested through the admin API');
     return send(res, 200, { kicked: sessions.map(sessionView), ...(forgotten !== undefined ? { forgotten } : {}) });
   }
-  if (method === 'POST' && resource === 'reload') {
+  if (method === 'POST' && resource === 'reload' && segments === 2) {
     const { ok, error, storeMap } = await context.reload();
     return send(res, 200, { ok: ok && storeMap.ok, config: { ok, ...(error !== undefined ? { error } : {}) }, storeMap });
   }
-  send(res, 404, { error: `no such endpoint: ${method} ${url.pathname}` });
+  send(res, 404, { error: `no such endpoint: ${req.method ?? method} ${url.pathname}` });
 }
