@@ -239,6 +239,19 @@ export class Listener {
     if (config.tls === 'implicit') {
       const secureContext = this.tls?.context;
       if (secureContext === undefined) return void raw.destroy();
+      // No handshake began, so none failed. A balancer's health check (check-send-proxy: a v2
+      // LOCAL or v1 UNKNOWN header, then a close or a reset) names no client and counts as
+      // nothing; a client gone before its first byte counts as closed. (As errors, every check
+      // gave TLS-failure alerts a baseline.)
+      const goneBeforeTls = (): void => {
+        if (endpoints.header === undefined || endpoints.header.kind === 'proxied') metrics.tlsHandshakeFailure(config.name, 'closed');
+      };
+      // The peer's FIN came with its header (HAProxy's checks send both at once): its 'end' is
+      // past, and no TLS layer would hear it; the handshake would wait for the pre-auth deadline.
+      if (raw.readableEnded) {
+        goneBeforeTls();
+        return void raw.destroy();
+      }
       const secure = new TLSSocket(raw, { isServer: true, secureContext });
       // No session exists yet: a failed handshake is counted and logged here, once (an error is followed by a close).
       let settled = false;
@@ -261,6 +274,11 @@ export class Listener {
         secure.once('close', () => settle('closed'));
       });
       if (failure !== null) {
+        // Not one byte past the PROXY header (if any): a reset or a close before any TLS byte.
+        if (failure !== 'timeout' && raw.bytesRead <= (endpoints.header?.length ?? 0)) {
+          goneBeforeTls();
+          return void secure.destroy();
+        }
         metrics.tlsHandshakeFailure(config.name, failure);
         if (failure !== 'closed') {
           const err = failure === 'error' ? errorMessage : `no TLS handshake within the pre-auth time (${timeoutMs} ms from accept)`;

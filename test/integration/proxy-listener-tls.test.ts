@@ -1,0 +1,179 @@
+// TLS on listeners behind a PROXY-protocol balancer, in a running mailfront with a stand-in
+// directory (no directory or backend server runs here): a balancer's health check (a LOCAL
+// header, then a close or a reset, as HAProxy's check-send-proxy does) on an implicit-TLS
+// listener is no failed handshake.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect } from 'node:net';
+import type { Socket } from 'node:net';
+import { join } from 'node:path';
+import { writeFile } from 'node:fs/promises';
+import { stringify } from 'yaml';
+import { loadConfig } from '../../src/config/load.js';
+import type { Directory } from '../../src/auth/directory.js';
+import { Mailfront } from '../../src/main.js';
+import { encodeProxyV2, encodeProxyV2Local } from '../../src/server/proxy-protocol.js';
+import { registerPasswords, suiteLogWriter } from './front.js';
+import { freePort, makeCerts, startHaproxy, tmpDir } from './servers/index.js';
+import type { TmpDir } from './servers/index.js';
+
+registerPasswords('reader-pw-unused');
+
+/** Waits until `predicate` holds, polling; fails with `what` after the deadline. */
+async function until(predicate: () => boolean | Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Connects from `localAddress` and resolves once connected. */
+function connectFrom(port: number, localAddress = '127.0.0.1'): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ port, host: '127.0.0.1', localAddress });
+    socket.once('connect', () => resolve(socket));
+    socket.once('error', reject);
+  });
+}
+
+describe('implicit TLS behind a PROXY balancer', () => {
+  let dir: TmpDir;
+  let mailfront: Mailfront;
+  const logs: Array<Record<string, unknown>> = [];
+  const ports = { imaps: 0 };
+  let httpPort = 0;
+
+  before(async () => {
+    dir = tmpDir('proxy-listener-tls');
+    const certs = await makeCerts(dir.path);
+    ports.imaps = await freePort();
+    const directory: Directory = {
+      authenticate: () => Promise.reject(new Error('no logins here')),
+      lookup: async () => null,
+      reachable: async () => true,
+      forget: () => 0,
+      cacheEntries: () => ({}),
+      close: async () => undefined,
+    };
+    await writeFile(join(dir.path, 'stores.yaml'), stringify({ stores: { alpha: { current_master: 's1', slots: { s1: { host: '127.0.0.1', imap_port: 1 } } } } }));
+    await writeFile(
+      join(dir.path, 'mailfront.yaml'),
+      stringify({
+        log: { level: 'info' },
+        // Long: a connection mailfront does not close itself stays for the whole test.
+        session: { preauth_timeout_ms: 60_000 },
+        listeners: [
+          { name: 'imaps', protocol: 'imap', host: '127.0.0.1', port: ports.imaps, tls: 'implicit', certificate: { cert: certs.certFile, key: certs.keyFile }, proxy_protocol: { trusted_networks: ['127.0.0.1'] } },
+        ],
+        directory: { urls: ['ldap://127.0.0.1:1'], bind_dn: 'cn=reader', bind_password: 'reader-pw-unused', base_dn: 'dc=example' },
+        store_map: { file: 'stores.yaml' },
+        throttle: { enabled: false },
+        health: { interval_ms: 0 },
+        http: { host: '127.0.0.1', port: 0 },
+      }),
+    );
+    const writeSuiteLog = suiteLogWriter();
+    mailfront = await Mailfront.start(loadConfig(join(dir.path, 'mailfront.yaml')), {
+      directory,
+      processMetrics: false,
+      logDestination: {
+        write(line: string) {
+          writeSuiteLog(line);
+          logs.push(JSON.parse(line) as Record<string, unknown>);
+        },
+      },
+    });
+    httpPort = mailfront.httpAddress()!.port;
+  });
+
+  after(async () => {
+    await mailfront?.stop(0);
+    await dir?.remove();
+  });
+
+  /** The value of a counter series in /metrics (0 when absent). */
+  const counter = async (name: string, labels: string): Promise<number> => {
+    const text = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
+    const line = text.split('\n').find((l) => l.startsWith(`${name}{${labels}} `));
+    return line === undefined ? 0 : Number(line.split(' ')[1]);
+  };
+  const tlsFailures = async (reason: string): Promise<number> => counter('mailfront_tls_handshake_failures_total', `listener="imaps",reason="${reason}"`);
+  const localHeaders = async (): Promise<number> => counter('mailfront_proxy_headers_total', 'listener="imaps",result="local"');
+  const acceptedHeaders = async (): Promise<number> => counter('mailfront_proxy_headers_total', 'listener="imaps",result="accepted"');
+  const tlsFailedLines = (): number => logs.filter((l) => l['event'] === 'session.tls_failed').length;
+
+  /** Resolves true once `socket` is closed, false if it is still open after `ms`. */
+  const closedWithin = (socket: Socket, ms: number): Promise<boolean> =>
+    new Promise((resolve) => {
+      if (socket.closed) return resolve(true);
+      const timer = setTimeout(() => resolve(false), ms);
+      socket.once('close', () => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
+
+  it('a LOCAL header then a close or a reset before any TLS byte is closed at once and counts as no failure, logging none; a client gone before its first byte is closed; bytes that are no TLS are an error', async () => {
+    const before = { error: await tlsFailures('error'), closed: await tlsFailures('closed'), lines: tlsFailedLines() };
+    // A balancer's check as HAProxy sends it: the header and the FIN at once. mailfront closes
+    // its side at once (it waited for a handshake until the pre-auth deadline).
+    const seen = await localHeaders();
+    const check = await connectFrom(ports.imaps);
+    check.on('error', () => undefined);
+    check.end(encodeProxyV2Local());
+    assert.ok(await closedWithin(check, 5_000), 'mailfront closed a check that sent its FIN with its header');
+    assert.equal(await localHeaders(), seen + 1);
+    // The header, then (once mailfront has read it) a reset, or a close.
+    for (const end of ['reset', 'close'] as const) {
+      const read = await localHeaders();
+      const socket = await connectFrom(ports.imaps);
+      socket.on('error', () => undefined);
+      socket.write(encodeProxyV2Local());
+      await until(async () => (await localHeaders()) > read, 'mailfront to read the LOCAL header');
+      if (end === 'reset') socket.resetAndDestroy();
+      else socket.end();
+      assert.ok(await closedWithin(socket, 5_000), `closed after the ${end}`);
+    }
+    // A proxied client that goes before its first byte.
+    const accepted = await acceptedHeaders();
+    const gone = await connectFrom(ports.imaps);
+    gone.on('error', () => undefined);
+    gone.write(encodeProxyV2({ address: '192.0.2.7', port: 50000 }, { address: '127.0.0.1', port: ports.imaps }));
+    await until(async () => (await acceptedHeaders()) > accepted, 'mailfront to read the proxied header');
+    gone.resetAndDestroy();
+    await until(async () => (await tlsFailures('closed')) > before.closed, 'the client gone before its first byte counted as closed');
+    // A proxied client that sends what is no TLS: a failed handshake, as before.
+    const plain = await connectFrom(ports.imaps);
+    plain.on('error', () => undefined);
+    plain.write(Buffer.concat([encodeProxyV2({ address: '192.0.2.8', port: 50001 }, { address: '127.0.0.1', port: ports.imaps }), Buffer.from('a LOGIN x y\r\n')]));
+    await until(async () => (await tlsFailures('error')) > before.error, 'the bytes that are no TLS counted as an error');
+    plain.destroy();
+    await until(() => tlsFailedLines() > before.lines, 'the session.tls_failed line');
+    assert.equal((await tlsFailures('error')) - before.error, 1, 'only the client that sent no TLS failed its handshake with an error');
+    assert.equal((await tlsFailures('closed')) - before.closed, 1, 'the checks are not counted as closed either');
+    assert.equal(tlsFailedLines() - before.lines, 1);
+  });
+
+  it("HAProxy's check-send-proxy health checks count as no failed handshake", async () => {
+    const before = { error: await tlsFailures('error'), closed: await tlsFailures('closed'), accepted: await acceptedHeaders(), lines: tlsFailedLines() };
+    const seen = await localHeaders();
+    const lb = await startHaproxy({
+      name: 'tls-checks',
+      frontends: [{ name: 'imaps', backend: 'mailfront' }],
+      backends: [{ name: 'mailfront', servers: [{ name: 'mf1', port: ports.imaps, check: true, checkIntervalMs: 100 }] }],
+    });
+    try {
+      await until(async () => (await localHeaders()) >= seen + 3, 'three health checks', 20_000);
+      assert.match(await lb.runtime('show servers state mailfront'), /mailfront \d+ mf1 127\.0\.0\.1 2 /, 'the server is up (state 2)');
+    } finally {
+      await lb.stop();
+    }
+    assert.equal(await tlsFailures('error'), before.error);
+    // startHaproxy's probe of its frontend is a proxied client that goes before its first byte
+    // (counted as closed when HAProxy got as far as sending its header); a check is not counted.
+    const closed = (await tlsFailures('closed')) - before.closed;
+    assert.ok(closed <= (await acceptedHeaders()) - before.accepted, `${closed} closed`);
+    assert.equal(tlsFailedLines(), before.lines);
+  });
+});
