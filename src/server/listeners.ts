@@ -290,7 +290,12 @@ export class Listener {
       // The server began to stop during the handshake: no new session is greeted now.
       if (this.shuttingDown) return this.refuse(secure, false, 'total', SHUTTING_DOWN_TEXT);
     }
-    const session = new Session(socket, config, this.adapter, this.sessionContext, config.tls === 'implicit', endpoints, lease, acceptedAt);
+    // A trusted balancer that says the client reached it over TLS (PP2_CLIENT_SSL: TLS it ended
+    // itself, as HAProxy's `send-proxy-v2-ssl` reports) makes the session a TLS one: plaintext
+    // logins are allowed as on implicit TLS, and STARTTLS is not offered (TLS within that TLS
+    // is no client's idea; the hop from the balancer is the operator's network).
+    const tlsActive = config.tls === 'implicit' || (endpoints.header?.kind === 'proxied' && endpoints.header.clientTls === true);
+    const session = new Session(socket, config, this.adapter, this.sessionContext, tlsActive, endpoints, lease, acceptedAt);
     this.sessions.add(session);
   }
 

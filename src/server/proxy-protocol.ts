@@ -40,6 +40,11 @@ export interface ProxiedHeader {
   readonly destination: ProxyEndpoint;
   /** Bytes the header took on the wire. */
   readonly length: number;
+  /**
+   * From a v2 header's PP2_TYPE_SSL TLV (HAProxy's send-proxy-v2-ssl), when it has one: whether
+   * the client's connection to the balancer used TLS (PP2_CLIENT_SSL). Absent: not said.
+   */
+  readonly clientTls?: boolean;
 }
 
 /**
@@ -157,6 +162,31 @@ function parseV1(bytes: Buffer): ProxyParseResult {
   return { status: 'incomplete' };
 }
 
+/** PP2_TYPE_SSL (spec §2.2.5): the client's connection to the balancer, TLS or not. */
+const PP2_TYPE_SSL = 0x20;
+/** Bit of PP2_TYPE_SSL's client field: the client connected over SSL/TLS. */
+const PP2_CLIENT_SSL = 0x01;
+
+/**
+ * What the TLVs after a v2 address block (spec §2.2: type, 16-bit length, value) say of the
+ * client's TLS: PP2_TYPE_SSL's PP2_CLIENT_SSL bit, or undefined without one. Other types are
+ * skipped, as the spec asks. Bytes that are no whole TLV (padding, a sender's own layout) end
+ * the walk without failing the header, which was accepted before TLVs were read; an SSL TLV too
+ * short for its client field is no claim of TLS.
+ */
+function clientTlsOf(tlvs: Buffer): boolean | undefined {
+  let clientTls: boolean | undefined;
+  for (let offset = 0; offset + 3 <= tlvs.length; ) {
+    const type = tlvs[offset]!;
+    const length = tlvs.readUInt16BE(offset + 1);
+    if (offset + 3 + length > tlvs.length) break;
+    // client (1 byte) and verify (4 bytes), then sub-TLVs (version, cipher...) not needed here.
+    if (type === PP2_TYPE_SSL && length >= 5) clientTls = (tlvs[offset + 3]! & PP2_CLIENT_SSL) !== 0;
+    offset += 3 + length;
+  }
+  return clientTls;
+}
+
 function parseV2(bytes: Buffer): ProxyParseResult {
   if (bytes.length > 12) {
     const versionCommand = bytes[12]!;
@@ -187,7 +217,7 @@ function parseV2(bytes: Buffer): ProxyParseResult {
     const ip = (offset: number): string => `${payload[offset]}.${payload[offset + 1]}.${payload[offset + 2]}.${payload[offset + 3]}`;
     return {
       status: 'done',
-      header: { version: 2, kind: 'proxied', family: 'tcp4', source: { address: ip(0), port: payload.readUInt16BE(8) }, destination: { address: ip(4), port: payload.readUInt16BE(10) }, length },
+      header: { version: 2, kind: 'proxied', family: 'tcp4', source: { address: ip(0), port: payload.readUInt16BE(8) }, destination: { address: ip(4), port: payload.readUInt16BE(10) }, length, ...withClientTls(clientTlsOf(payload.subarray(12))) },
       rest,
     };
   }
@@ -201,15 +231,20 @@ function parseV2(bytes: Buffer): ProxyParseResult {
       source: { address: ipv6FromBytes(payload.subarray(0, 16)), port: payload.readUInt16BE(32) },
       destination: { address: ipv6FromBytes(payload.subarray(16, 32)), port: payload.readUInt16BE(34) },
       length,
+      ...withClientTls(clientTlsOf(payload.subarray(36))),
     },
     rest,
   };
 }
 
+function withClientTls(clientTls: boolean | undefined): { clientTls?: boolean } {
+  return clientTls === undefined ? {} : { clientTls };
+}
+
 /**
  * Parses a PROXY v1 or v2 header at the start of `bytes` (everything received so far): `incomplete`
  * until it can decide, then the header and the bytes after it, or an error as soon as the bytes
- * cannot become a valid header. TLVs of v2 are skipped.
+ * cannot become a valid header. Of v2's TLVs, PP2_TYPE_SSL is read (`clientTls`); the others are skipped.
  */
 export function parseProxyHeader(bytes: Buffer): ProxyParseResult {
   if (bytes.length === 0) return { status: 'incomplete' };

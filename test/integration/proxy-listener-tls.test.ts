@@ -1,23 +1,26 @@
 // TLS on listeners behind a PROXY-protocol balancer, in a running mailfront with a stand-in
 // directory (no directory or backend server runs here): a balancer's health check (a LOCAL
 // header, then a close or a reset, as HAProxy's check-send-proxy does) on an implicit-TLS
-// listener is no failed handshake.
+// listener is no failed handshake; a client that reached HAProxy over TLS (send-proxy-v2-ssl)
+// gets a TLS session on a STARTTLS listener.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
 import type { Socket } from 'node:net';
 import { join } from 'node:path';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
+import { connect as tlsConnect } from 'node:tls';
 import { stringify } from 'yaml';
 import { loadConfig } from '../../src/config/load.js';
 import type { Directory } from '../../src/auth/directory.js';
 import { Mailfront } from '../../src/main.js';
+import { MailfrontError } from '../../src/errors.js';
 import { encodeProxyV2, encodeProxyV2Local } from '../../src/server/proxy-protocol.js';
 import { registerPasswords, suiteLogWriter } from './front.js';
-import { freePort, makeCerts, startHaproxy, tmpDir } from './servers/index.js';
-import type { TmpDir } from './servers/index.js';
+import { LineClient, freePort, makeCerts, startHaproxy, tmpDir } from './servers/index.js';
+import type { TestCerts, TmpDir } from './servers/index.js';
 
-registerPasswords('reader-pw-unused');
+registerPasswords('reader-pw-unused', 'amy-pw-9f3a');
 
 /** Waits until `predicate` holds, polling; fails with `what` after the deadline. */
 async function until(predicate: () => boolean | Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
@@ -41,15 +44,19 @@ describe('implicit TLS behind a PROXY balancer', () => {
   let dir: TmpDir;
   let mailfront: Mailfront;
   const logs: Array<Record<string, unknown>> = [];
-  const ports = { imaps: 0 };
+  const ports = { imaps: 0, imap: 0 };
   let httpPort = 0;
+  let certs: TestCerts;
 
   before(async () => {
     dir = tmpDir('proxy-listener-tls');
-    const certs = await makeCerts(dir.path);
+    certs = await makeCerts(dir.path);
     ports.imaps = await freePort();
+    ports.imap = await freePort();
     const directory: Directory = {
-      authenticate: () => Promise.reject(new Error('no logins here')),
+      authenticate: async (user) => {
+        throw new MailfrontError('WRONG_PASSWORD', 'auth-failed', `wrong password for "${user}"`);
+      },
       lookup: async () => null,
       reachable: async () => true,
       forget: () => 0,
@@ -62,9 +69,10 @@ describe('implicit TLS behind a PROXY balancer', () => {
       stringify({
         log: { level: 'info' },
         // Long: a connection mailfront does not close itself stays for the whole test.
-        session: { preauth_timeout_ms: 60_000 },
+        session: { preauth_timeout_ms: 60_000, auth_failure_delay_ms: 100 },
         listeners: [
           { name: 'imaps', protocol: 'imap', host: '127.0.0.1', port: ports.imaps, tls: 'implicit', certificate: { cert: certs.certFile, key: certs.keyFile }, proxy_protocol: { trusted_networks: ['127.0.0.1'] } },
+          { name: 'imap', protocol: 'imap', host: '127.0.0.1', port: ports.imap, tls: 'starttls', certificate: { cert: certs.certFile, key: certs.keyFile }, proxy_protocol: { trusted_networks: ['127.0.0.1'] } },
         ],
         directory: { urls: ['ldap://127.0.0.1:1'], bind_dn: 'cn=reader', bind_password: 'reader-pw-unused', base_dn: 'dc=example' },
         store_map: { file: 'stores.yaml' },
@@ -175,5 +183,58 @@ describe('implicit TLS behind a PROXY balancer', () => {
     const closed = (await tlsFailures('closed')) - before.closed;
     assert.ok(closed <= (await acceptedHeaders()) - before.accepted, `${closed} closed`);
     assert.equal(tlsFailedLines(), before.lines);
+  });
+
+  it('a client that reached HAProxy over TLS (send-proxy-v2-ssl) gets a TLS session on a STARTTLS listener: no STARTTLS, no LOGINDISABLED, LOGIN checked; one that did not is still refused', async () => {
+    const pem = join(dir.path, 'haproxy.pem');
+    await writeFile(pem, `${await readFile(certs.certFile, 'utf8')}\n${await readFile(certs.keyFile, 'utf8')}\n`, { mode: 0o600 });
+    const lb = await startHaproxy({
+      name: 'tls-ended',
+      frontends: [
+        { name: 'tls', backend: 'mailfront', sslPem: pem },
+        { name: 'plain', backend: 'mailfront' },
+      ],
+      backends: [{ name: 'mailfront', servers: [{ name: 'mf1', port: ports.imap, sendProxyV2Ssl: true }] }],
+    });
+    try {
+      // Over TLS to HAProxy, which ends it and says so in its PROXY header.
+      const ca = await readFile(certs.caFile);
+      const secure = tlsConnect({ host: '127.0.0.1', port: lb.port('tls'), servername: 'localhost', ca });
+      const said: string[] = [];
+      let buffered = '';
+      secure.setEncoding('utf8');
+      secure.on('data', (chunk: string) => {
+        buffered += chunk;
+        for (let end = buffered.indexOf('\r\n'); end >= 0; end = buffered.indexOf('\r\n')) {
+          said.push(buffered.slice(0, end));
+          buffered = buffered.slice(end + 2);
+        }
+      });
+      secure.on('error', () => undefined);
+      await until(() => said.length >= 1, 'the greeting over TLS through HAProxy');
+      assert.match(said[0]!, /^\* OK \[CAPABILITY IMAP4rev1/);
+      assert.doesNotMatch(said[0]!, /STARTTLS|LOGINDISABLED/);
+      secure.write('a STARTTLS\r\n');
+      await until(() => said.length >= 2, 'the answer to STARTTLS');
+      assert.match(said[1]!, /^a BAD /, 'no TLS within the TLS HAProxy ended');
+      secure.write('b LOGIN amy amy-pw-9f3a\r\n');
+      await until(() => said.length >= 3, 'the answer to LOGIN');
+      assert.match(said[2]!, /^b NO \[AUTHENTICATIONFAILED\]/, 'the password was checked (a wrong one, by the stand-in directory)');
+      secure.destroy();
+
+      // In the clear to HAProxy: its header says so, and nothing changes.
+      const plain = await LineClient.connect(lb.port('plain'));
+      try {
+        const greeting = await plain.readLine();
+        assert.match(greeting, /STARTTLS/);
+        assert.match(greeting, /LOGINDISABLED/);
+        plain.send('c LOGIN amy amy-pw-9f3a');
+        assert.match(await plain.readLine(), /^c NO \[PRIVACYREQUIRED\]/);
+      } finally {
+        plain.close();
+      }
+    } finally {
+      await lb.stop();
+    }
   });
 });

@@ -181,6 +181,26 @@ describe('proxy protocol v2', () => {
     assert.equal(parsed.rest, AFTER.toString());
   });
 
+  it('reads PP2_TYPE_SSL: whether the client reached the balancer over TLS (PP2_CLIENT_SSL), among other TLVs', () => {
+    const addresses = ipv4Payload([192, 0, 2, 7], [198, 51, 100, 1], 1, 2);
+    // As HAProxy's send-proxy-v2-ssl writes it: client 0x01 (+ 0x02/0x04 for a certificate), verify, then sub-TLVs (version "TLSv1.3").
+    const ssl = (client: number): Buffer => Buffer.concat([Buffer.from([0x20, 0x00, 5 + 10, client, 0, 0, 0, 0, 0x21, 0x00, 0x07]), Buffer.from('TLSv1.3')]);
+    const alpn = Buffer.from([0x01, 0x00, 0x04, 0x69, 0x6d, 0x61, 0x70]);
+    const parse = (tlvs: Buffer): ProxyHeader => done(v2(0x21, 0x11, Buffer.concat([addresses, tlvs]))).header;
+    assert.equal((parse(Buffer.concat([alpn, ssl(0x01)])) as { clientTls?: boolean }).clientTls, true);
+    assert.equal((parse(ssl(0x07)) as { clientTls?: boolean }).clientTls, true);
+    // The TLV says the client did not use TLS (send-proxy-v2-ssl on a plain bind).
+    assert.equal((parse(ssl(0x00)) as { clientTls?: boolean }).clientTls, false);
+    // Over IPv6 too.
+    const src = Buffer.from('20010db8000000000000000000000007', 'hex');
+    assert.equal((done(v2(0x21, 0x21, Buffer.concat([ipv6Payload(src, src, 1, 2), ssl(0x01)]))).header as { clientTls?: boolean }).clientTls, true);
+    // No SSL TLV: nothing said (the field is absent).
+    assert.ok(!('clientTls' in parse(alpn)));
+    // An SSL TLV too short for its fields, or one cut off by the end of the block: no claim of TLS, and the header stands.
+    assert.ok(!('clientTls' in parse(Buffer.from([0x20, 0x00, 0x01, 0x01]))));
+    assert.ok(!('clientTls' in parse(Buffer.from([0x20, 0x00, 0x05, 0x01, 0x00]))));
+  });
+
   it('takes LOCAL as "use the connection\'s own addresses", with or without an address block', () => {
     assert.deepEqual(done(v2(0x20, 0x00, Buffer.alloc(0))).header, { version: 2, kind: 'local', length: 16 });
     assert.deepEqual(done(v2(0x20, 0x11, ipv4Payload([1, 2, 3, 4], [5, 6, 7, 8], 1, 2))).header, { version: 2, kind: 'local', length: 28 });

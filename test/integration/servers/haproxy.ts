@@ -14,6 +14,8 @@ export interface HaproxyServer {
   readonly port: number;
   /** Announce the client with PROXY v2 (default true). */
   readonly sendProxyV2?: boolean;
+  /** With it, the PP2_TYPE_SSL TLV: whether the client reached HAProxy over TLS (`send-proxy-v2-ssl`). */
+  readonly sendProxyV2Ssl?: boolean;
   /** Health checks (TCP connect, or with `check-send-proxy` a PROXY LOCAL header first) every `checkIntervalMs`. */
   readonly check?: boolean;
   readonly checkIntervalMs?: number;
@@ -35,6 +37,8 @@ export interface HaproxyFrontend {
   readonly port?: number;
   /** This frontend itself expects a PROXY header (`accept-proxy`). */
   readonly acceptProxy?: boolean;
+  /** HAProxy ends the clients' TLS with this PEM file (certificate, then key: `ssl crt`). */
+  readonly sslPem?: string;
 }
 
 export interface HaproxyOptions {
@@ -69,7 +73,7 @@ const NAME = /^[A-Za-z0-9_.-]+$/;
 
 function serverLine(server: HaproxyServer): string {
   const parts = [`    server ${server.name} ${server.host ?? '127.0.0.1'}:${server.port}`];
-  if (server.sendProxyV2 ?? true) parts.push('send-proxy-v2');
+  if (server.sendProxyV2 ?? true) parts.push(server.sendProxyV2Ssl ? 'send-proxy-v2-ssl' : 'send-proxy-v2');
   if (server.check) parts.push('check', `inter ${server.checkIntervalMs ?? 1000}`, 'rise 1', 'fall 1', ...(server.sendProxyV2 ?? true ? ['check-send-proxy'] : []));
   if (server.backup) parts.push('backup');
   return parts.join(' ');
@@ -92,7 +96,7 @@ function haproxyConfig(options: HaproxyOptions, ports: Record<string, number>, s
     `    timeout server ${idle}ms`,
   ];
   for (const frontend of options.frontends) {
-    lines.push(`frontend ${frontend.name}`, `    bind 127.0.0.1:${ports[frontend.name]}${frontend.acceptProxy ? ' accept-proxy' : ''}`, `    default_backend ${frontend.backend}`);
+    lines.push(`frontend ${frontend.name}`, `    bind 127.0.0.1:${ports[frontend.name]}${frontend.acceptProxy ? ' accept-proxy' : ''}${frontend.sslPem !== undefined ? ` ssl crt ${frontend.sslPem}` : ''}`, `    default_backend ${frontend.backend}`);
   }
   for (const backend of options.backends) {
     lines.push(`backend ${backend.name}`, `    balance ${backend.balance ?? 'roundrobin'}`, ...backend.servers.map(serverLine));
