@@ -51,6 +51,7 @@ interface Service {
   readonly volumes?: string[];
   readonly networks?: Record<string, { ipv4_address?: string } | null>;
   readonly depends_on?: string[] | Record<string, unknown>;
+  readonly ports?: Array<string | Record<string, unknown>>;
 }
 
 interface Compose {
@@ -155,6 +156,9 @@ describe('docker/: the compose picture is consistent', () => {
     assert.ok((BACKEND_PROXY_PROTOCOLS as readonly unknown[]).includes(mailfrontDoc.backend['proxy_protocol'] ?? 'none'));
     assert.ok(httpConfig, 'mailfront.yaml has an http section (Prometheus scrapes it)');
     assert.equal(httpConfig.host, '0.0.0.0', 'the http listener is reachable from the Prometheus container');
+    // /metrics needs no credentials and tells an unknown user from a wrong password (by the
+    // failure reasons it counts): it is for the compose network only, never published on the host.
+    for (const name of mailfrontServices) assert.deepEqual(compose.services[name]?.ports ?? [], [], `${name} publishes no port`);
   });
 
   it('has every bind-mounted file and build context, and declares every named volume', () => {
