@@ -106,6 +106,8 @@ function send(res: ServerResponse, status: number, body: unknown, headers: Recor
 function statusFor(error: MailfrontError): number {
   // 413 (RFC 9110 §15.5.14) for this limit only: 'limit' is also the kind of a throttle's refusal.
   if (error.code === 'ADMIN_BODY_TOO_LARGE') return 413;
+  // 409 (RFC 9110 §15.5.10): the request is sound, the store map it would change is not; nothing was written.
+  if (error.code === 'STOREMAP_FAILOVER_REFUSED') return 409;
   switch (error.kind) {
     case 'no-route':
       return 404;

@@ -14,6 +14,7 @@ import type { AdminContext } from '../../src/server/admin.js';
 import { SessionRegistry } from '../../src/proxy/registry.js';
 import type { SessionEntry } from '../../src/proxy/registry.js';
 import { createLogger } from '../../src/log.js';
+import { MailfrontError } from '../../src/errors.js';
 
 const TOKEN = 'admin-token-for-the-routes-test';
 const CLI = join(dirname(fileURLToPath(import.meta.url)), '../../src/cli/main.js');
@@ -49,6 +50,7 @@ describe('admin API: endpoints', () => {
       current: { version: 4, stores: new Map([['alpha', store]]) },
       last: undefined,
       failover: async (name: string, slot: string) => {
+        if (slot === 'refused') throw new MailfrontError('STOREMAP_FAILOVER_REFUSED', 'config', 'store "beta" does not validate; nothing was written');
         failovers.push(`${name}/${slot}`);
         return { ok: true, version: 5, changes: [] };
       },
@@ -111,6 +113,12 @@ describe('admin API: endpoints', () => {
     assert.equal((await ask('GET', '/api/whereis/amy')).status, 200);
     assert.equal((await ask('POST', '/api/stores/alpha/failover', { slot: 'a1' })).status, 200);
     assert.deepEqual(failovers, ['alpha/a1']);
+  });
+
+  it('answers 409 to a failover the store map would not validate with (nothing written), not 500', async () => {
+    const reply = await ask('POST', '/api/stores/alpha/failover', { slot: 'refused' });
+    assert.equal(reply.status, 409, reply.text);
+    assert.equal(JSON.parse(reply.text).code, 'STOREMAP_FAILOVER_REFUSED');
   });
 
   it('answers HEAD as GET, without the body', async () => {
