@@ -23,13 +23,12 @@
  * bench's node, or BENCH_PROXY_NODE); with REF=HEAD it measures another Node.js release.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loginLoop, median } from './load.js';
 import { cpuSeconds, machineTicks } from './procstat.js';
 import { startBackends, startInstantBackend, startMailfront, type MailfrontProcess } from './setup.js';
+import { buildRef } from './worktree.js';
 
 const REPO_ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 const [ref, roundsArg, secondsArg] = process.argv.slice(2);
@@ -55,38 +54,7 @@ function say(text: string): void {
   process.stderr.write(`compare: ${text}\n`);
 }
 
-/** Builds `ref` into a temporary worktree (sharing this checkout's node_modules); returns its CLI and a remover. */
-function buildRef(gitRef: string): { main: string; label: string; remove(): void } {
-  const commit = execFileSync('git', ['-C', REPO_ROOT, 'rev-parse', '--short', `${gitRef}^{commit}`], { encoding: 'utf8' }).trim();
-  const dir = mkdtempSync(join(tmpdir(), 'mailfront-compare-'));
-  let removed = false;
-  const remove = (): void => {
-    if (removed) return;
-    removed = true;
-    try {
-      execFileSync('git', ['-C', REPO_ROOT, 'worktree', 'remove', '--force', dir], { stdio: 'ignore' });
-    } catch {
-      // Not registered yet, or already gone: the directory is removed below either way.
-    }
-    rmSync(dir, { recursive: true, force: true });
-  };
-  // Also on an interrupted run (the server harness stops its daemons on SIGINT/SIGTERM itself).
-  process.once('exit', remove);
-  try {
-    execFileSync('git', ['-C', REPO_ROOT, 'worktree', 'add', '--detach', '--force', dir, commit], { stdio: 'ignore' });
-    symlinkSync(join(REPO_ROOT, 'node_modules'), join(dir, 'node_modules'), 'dir');
-    say(`building ${gitRef} (${commit}) in ${dir}`);
-    execFileSync(process.execPath, [join(REPO_ROOT, 'node_modules/typescript/bin/tsc'), '-p', join(dir, 'tsconfig.json')], { stdio: 'inherit' });
-    const main = join(dir, 'dist/src/cli/main.js');
-    if (!existsSync(main)) throw new Error(`${gitRef}: no dist/src/cli/main.js after the build`);
-    return { main, label: gitRef === commit ? commit : `${gitRef} (${commit})`, remove };
-  } catch (error) {
-    remove();
-    throw error;
-  }
-}
-
-const other = buildRef(ref);
+const other = buildRef(REPO_ROOT, ref, say);
 const backends = await startBackends({ userCount: 1000, storeCount: 2, fetchMessageBytes: 1000, dovecotClientLimit: 1 });
 const instant = await startInstantBackend(backends);
 const started: MailfrontProcess[] = [];

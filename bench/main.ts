@@ -14,9 +14,12 @@ import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { fetchThroughput, loginLoop, median, noopRoundTrips, openIdleSessions, type FetchResult, type LoginLoopResult, type LoginTarget, type NoopResult } from './load.js';
+import { fetchThroughput, loginLoop, median, noopRoundTrips, openIdleSessions, type LoginTarget } from './load.js';
 import { CLOCK_TICKS_PER_S, cpuSeconds, fileLimit, systemCpuSeconds, machineDescription, machineTicks, openFiles, rssBytes, treeCpuSeconds, treeRssBytes } from './procstat.js';
 import { formatSummary, summariseFile } from './profile-summary.js';
+import { buildReport, type IdleFigure, type LoginFigure, type Mode, type Results } from './report.js';
+import { combineRounds, inTurn } from './rounds.js';
+import { measureIdle } from './idle.js';
 import { canForceGc, forceGc } from './inspector.js';
 import { freePort } from '../test/integration/servers/index.js';
 import { cpuPlan, pinTree } from './pin.js';
@@ -183,67 +186,6 @@ async function quietGate(what: string): Promise<void> {
 // ---------------------------------------------------------------------------------------------
 // Results
 
-interface LoginFigure {
-  /** With rounds: logins, errors and seconds summed; the rate and latencies the rounds' medians. */
-  readonly loop: LoginLoopResult;
-  /** The rounds the figure was taken in, when it was (each mode's rounds alternate with the others'). */
-  readonly rounds?: ReadonlyArray<{ readonly perSecond: number; readonly cpuPer1000: Record<string, number> }>;
-  /** CPU seconds per 1,000 logins, by process group. */
-  readonly cpuPer1000: Record<string, number>;
-  readonly machineBusy: number;
-  /** Cores busy outside the benchmark's processes (other work, kernel threads). */
-  readonly foreignCores: number;
-}
-
-/** One proxy in the `cpu` step: CPU seconds per 1,000 logins against the instant backend, per round. */
-interface CpuFigure {
-  /** The proxy's own processes (mailfront; the floor; nginx's master and workers), user + system. */
-  readonly own: readonly number[];
-  /** The system (kernel) part of `own`; not measured for nginx (several processes). */
-  readonly sys: readonly number[];
-  /** nginx's auth_http service (its LDAP work); 0 for the others, whose LDAP work is in `own`. */
-  readonly auth: readonly number[];
-  /** The instant backend's CPU, to show it stayed small. */
-  readonly backend: readonly number[];
-  /** slapd's CPU: none for a warm mailfront or the floor; a search and a bind per login for mailfront with no cache and for nginx's auth_http. */
-  readonly directory: readonly number[];
-  readonly perSecond: readonly number[];
-  readonly errors: number;
-  readonly foreignCores: readonly number[];
-}
-
-interface IdleFigure {
-  readonly sessions: number;
-  readonly errors: number;
-  readonly firstError?: string;
-  readonly openSeconds: number;
-  /** RSS as it stands, garbage included, before and after opening the sessions. */
-  readonly rssBeforeBytes: number;
-  readonly rssAfterBytes: number;
-  readonly bytesPerSession: number;
-  /** RSS after a forced full GC (mailfront; equal to the above for nginx, which has no GC). */
-  readonly rssBeforeGcBytes: number;
-  readonly rssAfterGcBytes: number;
-  readonly bytesPerSessionAfterGc: number;
-  /** Whether a full GC was forced before the "after GC" samples (mailfront with an inspector). */
-  readonly forcedGc: boolean;
-  readonly openFilesAfter: number;
-}
-
-interface Results {
-  noop: Partial<Record<Mode | 'floor', NoopResult>>;
-  /** The median round's rate; `rounds` holds each round's. */
-  fetch: Partial<Record<Mode, FetchResult & { readonly foreignCores: number; readonly rounds?: readonly number[] }>>;
-  /** `direct-master-user`: the direct rounds taken in turn with the master-user ones. */
-  imap: Partial<Record<'direct' | 'mailfront-cold' | 'mailfront-nocache' | 'mailfront' | 'mailfront-master-user' | 'direct-master-user' | 'nginx' | 'floor', LoginFigure>>;
-  cpu: Partial<Record<'mailfront' | 'mailfront-nocache' | 'floor' | 'nginx', CpuFigure>>;
-  pop3: Partial<Record<Mode, LoginFigure>>;
-  idle: Partial<Record<'mailfront' | 'mailfront-tls' | 'nginx' | 'nginx-tls', IdleFigure>>;
-  profiles: Record<string, string>;
-}
-
-type Mode = 'direct' | 'mailfront' | 'nginx';
-
 function per1000(cpu: Record<string, number>, logins: number): Record<string, number> {
   return Object.fromEntries(Object.entries(cpu).map(([k, v]) => [k, logins > 0 ? (v * 1000) / logins : NaN]));
 }
@@ -285,58 +227,12 @@ async function loginFigure(w: World, mailfront: MailfrontProcess | null, options
   return { loop: s.result, cpuPer1000: per1000(s.cpu, s.result.logins), machineBusy: s.machineBusy, foreignCores: s.foreignCores };
 }
 
-/**
- * Measures in rounds, the modes in turn (A B C, A B C, …): the VM's speed drifts by tens of per
- * cent within minutes, and a figure taken after another in one block would carry the drift into
- * their ratio. Returns each mode's rounds in order; `describe` says each as it is taken.
- */
-async function inTurn<K extends string, T>(modes: ReadonlyArray<readonly [K, () => Promise<T>]>, rounds: number, describe: (mode: K, round: number, value: T) => string): Promise<Map<K, T[]>> {
-  const taken = new Map<K, T[]>(modes.map(([k]) => [k, []]));
-  for (let round = 1; round <= rounds; round++) {
-    for (const [mode, measure] of modes) {
-      const value = await measure();
-      taken.get(mode)!.push(value);
-      say(describe(mode, round, value));
-    }
-  }
-  return taken;
-}
-
 /** Login figures in rounds (inTurn); each mode's figure is the median of its rounds. */
 async function loginRounds<K extends string>(modes: ReadonlyArray<readonly [K, () => Promise<LoginFigure>]>, rounds: number): Promise<Record<K, LoginFigure>> {
-  const taken = await inTurn(modes, rounds, (mode, round, f) => `    round ${round}: ${describeLogin(mode, f)}`);
+  const taken = await inTurn(modes, rounds, (mode, round, f) => say(`    round ${round}: ${describeLogin(mode, f)}`));
   const out = {} as Record<K, LoginFigure>;
   for (const [mode, figures] of taken) out[mode] = combineRounds(figures);
   return out;
-}
-
-function combineRounds(figures: readonly LoginFigure[]): LoginFigure {
-  const mid = (f: (x: LoginFigure) => number): number => median(figures.map(f));
-  const pct = (f: (x: LoginFigure) => LoginLoopResult['loginMs']): LoginLoopResult['loginMs'] => ({
-    p50: mid((x) => f(x).p50),
-    p99: mid((x) => f(x).p99),
-    mean: mid((x) => f(x).mean),
-    max: Math.max(...figures.map((x) => f(x).max)),
-    n: figures.reduce((n, x) => n + f(x).n, 0),
-  });
-  const firstError = figures.find((x) => x.loop.firstError !== undefined)?.loop.firstError;
-  const groups = [...new Set(figures.flatMap((x) => Object.keys(x.cpuPer1000)))];
-  return {
-    loop: {
-      logins: figures.reduce((n, x) => n + x.loop.logins, 0),
-      errors: figures.reduce((n, x) => n + x.loop.errors, 0),
-      ...(firstError !== undefined ? { firstError } : {}),
-      seconds: figures.reduce((n, x) => n + x.loop.seconds, 0),
-      perSecond: mid((x) => x.loop.perSecond),
-      loginMs: pct((x) => x.loop.loginMs),
-      sessionMs: pct((x) => x.loop.sessionMs),
-      loadCpuShare: mid((x) => x.loop.loadCpuShare),
-    },
-    rounds: figures.map((x) => ({ perSecond: x.loop.perSecond, cpuPer1000: x.cpuPer1000 })),
-    cpuPer1000: Object.fromEntries(groups.map((g) => [g, mid((x) => x.cpuPer1000[g] ?? NaN)])),
-    machineBusy: mid((x) => x.machineBusy),
-    foreignCores: mid((x) => x.foreignCores),
-  };
 }
 
 function describeLogin(name: string, f: LoginFigure): string {
@@ -344,75 +240,25 @@ function describeLogin(name: string, f: LoginFigure): string {
   return `${name}: ${f.loop.logins} logins in ${f.loop.seconds.toFixed(1)} s = ${f.loop.perSecond.toFixed(0)}/s; login p50 ${f.loop.loginMs.p50.toFixed(2)} ms p99 ${f.loop.loginMs.p99.toFixed(2)} ms; errors ${f.loop.errors}; CPU s/1000 logins: ${cpu}; load generator ${(f.loop.loadCpuShare * 100).toFixed(0)} % of a core; machine ${(f.machineBusy * 100).toFixed(0)} % busy, ${f.foreignCores.toFixed(2)} cores busy outside the benchmark`;
 }
 
-/** Median of `n` RSS samples taken `gapMs` apart. */
-async function settledRss(read: () => number, n = 5, gapMs = 300): Promise<number> {
-  const samples: number[] = [];
-  for (let i = 0; i < n; i++) {
-    samples.push(read());
-    await sleep(gapMs);
-  }
-  samples.sort((a, b) => a - b);
-  return samples[Math.floor(samples.length / 2)] ?? 0;
-}
-
-/** Waits (bounded) until `pid` has at most / at least `target` open files. */
-async function waitOpenFiles(pid: number, target: number, direction: 'down' | 'up', timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const n = openFiles(pid);
-    if (direction === 'down' ? n <= target : n >= target) return;
-    await sleep(100);
-  }
-}
-
 /**
  * Memory per idle spliced session: RSS of `pid` (tree when `tree`) before and after opening
- * `count` sessions that LOGIN, SELECT and IDLE, after a warm-up of 200 opened and closed sessions.
+ * `count` sessions that LOGIN, SELECT and IDLE (bench/idle.ts).
  */
 async function idleFigure(w: World, options: { pid: number; tree: boolean; port: number; tls: boolean; count: number; label: string; gc?: () => Promise<void> }): Promise<IdleFigure> {
-  const rss = (): number => (options.tree ? treeRssBytes(options.pid) : rssBytes(options.pid));
-  const fds = (): number => (options.tree ? 0 : openFiles(options.pid));
   const target = (i: number): LoginTarget => {
     const u = w.users[i % w.users.length]!;
     return { port: options.port, user: u.user, password: u.password };
   };
-  const fd0 = fds();
-  const warm = await openIdleSessions({ count: 200, concurrency: SETTINGS.idleConcurrency, maxSeconds: 30, target, tls: options.tls });
-  warm.closeAll();
-  if (!options.tree) await waitOpenFiles(options.pid, fd0 + 5, 'down', 10_000);
-  await sleep(1000);
-  const before = await settledRss(rss);
-  await options.gc?.();
-  const beforeGc = options.gc ? await settledRss(rss) : before;
-  say(`  ${options.label}: RSS ${(before / 1048576).toFixed(1)} MiB before${options.gc ? ` (${(beforeGc / 1048576).toFixed(1)} MiB after a full GC)` : ''}; opening ${options.count} sessions (LOGIN, SELECT, IDLE)`);
-  const sessions = await openIdleSessions({ count: options.count, concurrency: SETTINGS.idleConcurrency, maxSeconds: SETTINGS.idleSeconds, target, tls: options.tls });
-  const opened = sessions.clients.length;
-  if (sessions.errors > 0) say(`  ${sessions.errors} sessions failed; first: ${sessions.firstError ?? ''}`);
-  if (!options.tree) await waitOpenFiles(options.pid, fd0 + 2 * opened, 'up', 5_000);
-  await sleep(2000);
-  const after = await settledRss(rss);
-  await options.gc?.();
-  const afterGc = options.gc ? await settledRss(rss) : after;
-  const openFilesAfter = fds();
-  const kib = (a: number, b: number): string => ((a - b) / Math.max(1, opened) / 1024).toFixed(2);
-  say(`  ${options.label}: ${opened} sessions open in ${sessions.seconds.toFixed(1)} s; RSS ${(after / 1048576).toFixed(1)} MiB: ${kib(after, before)} KiB per session${options.gc ? `; after a full GC ${(afterGc / 1048576).toFixed(1)} MiB: ${kib(afterGc, beforeGc)} KiB per session` : ''}`);
-  sessions.closeAll();
-  if (!options.tree) await waitOpenFiles(options.pid, fd0 + 5, 'down', 30_000);
-  else await sleep(2000);
-  return {
-    sessions: opened,
-    errors: sessions.errors,
-    ...(sessions.firstError !== undefined ? { firstError: sessions.firstError } : {}),
-    openSeconds: sessions.seconds,
-    rssBeforeBytes: before,
-    rssAfterBytes: after,
-    bytesPerSession: (after - before) / Math.max(1, opened),
-    rssBeforeGcBytes: beforeGc,
-    rssAfterGcBytes: afterGc,
-    bytesPerSessionAfterGc: (afterGc - beforeGc) / Math.max(1, opened),
-    forcedGc: options.gc !== undefined,
-    openFilesAfter,
-  };
+  return measureIdle({
+    count: options.count,
+    label: options.label,
+    rss: () => (options.tree ? treeRssBytes(options.pid) : rssBytes(options.pid)),
+    ...(options.tree ? {} : { openFiles: () => openFiles(options.pid) }),
+    open: (count, maxSeconds) => openIdleSessions({ count, concurrency: SETTINGS.idleConcurrency, maxSeconds, target, tls: options.tls }),
+    maxSeconds: SETTINGS.idleSeconds,
+    ...(options.gc !== undefined ? { gc: options.gc } : {}),
+    say,
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -550,7 +396,7 @@ async function run(): Promise<void> {
         (mode, round, s) => {
           const r = s.result;
           const cpu = Object.entries(s.cpu).filter(([, v]) => v > 0.005).map(([k, v]) => `${k} ${(v / r.seconds * 100).toFixed(0)} %`).join(', ');
-          return `  round ${round}, ${mode}: ${r.fetches} × ${(r.bytes / r.fetches / 1e6).toFixed(1)} MB in ${r.seconds.toFixed(2)} s = ${r.megabytesPerSecond.toFixed(0)} MB/s; CPU of a core: ${cpu}, load generator ${(r.loadCpuShare * 100).toFixed(0)} %; machine ${(s.machineBusy * 100).toFixed(0)} % busy, ${s.foreignCores.toFixed(2)} cores busy outside the benchmark`;
+          say(`  round ${round}, ${mode}: ${r.fetches} × ${(r.bytes / r.fetches / 1e6).toFixed(1)} MB in ${r.seconds.toFixed(2)} s = ${r.megabytesPerSecond.toFixed(0)} MB/s; CPU of a core: ${cpu}, load generator ${(r.loadCpuShare * 100).toFixed(0)} %; machine ${(s.machineBusy * 100).toFixed(0)} % busy, ${s.foreignCores.toFixed(2)} cores busy outside the benchmark`);
         },
       );
       for (const [mode, samples] of rounds) {
@@ -663,7 +509,7 @@ async function run(): Promise<void> {
           }] as const),
           SETTINGS.cpuRounds,
           (name, round, r) =>
-            `  round ${round}, ${name}: ${r.loop.logins} logins at ${r.loop.perSecond.toFixed(0)}/s; CPU s/1000 logins: ${name} ${r.own.toFixed(3)}${name === 'nginx' ? ` + auth_http ${r.auth.toFixed(3)}` : ` (system ${r.sys.toFixed(3)})`}${r.directory > 0.005 ? `, slapd ${r.directory.toFixed(3)}` : ''}, instant backend ${r.backend.toFixed(3)}; ${r.foreignCores.toFixed(2)} cores busy outside the benchmark${r.loop.errors > 0 ? `; ${r.loop.errors} errors, the first: ${r.loop.firstError ?? ''}` : ''}`,
+            say(`  round ${round}, ${name}: ${r.loop.logins} logins at ${r.loop.perSecond.toFixed(0)}/s; CPU s/1000 logins: ${name} ${r.own.toFixed(3)}${name === 'nginx' ? ` + auth_http ${r.auth.toFixed(3)}` : ` (system ${r.sys.toFixed(3)})`}${r.directory > 0.005 ? `, slapd ${r.directory.toFixed(3)}` : ''}, instant backend ${r.backend.toFixed(3)}; ${r.foreignCores.toFixed(2)} cores busy outside the benchmark${r.loop.errors > 0 ? `; ${r.loop.errors} errors, the first: ${r.loop.firstError ?? ''}` : ''}`),
         );
         for (const [name, rs] of rounds) {
           results.cpu[name] = {
@@ -804,101 +650,6 @@ async function run(): Promise<void> {
 function account(u: BenchUser): { user: string; password: string } {
   return { user: u.user, password: u.password };
 }
-
-// ---------------------------------------------------------------------------------------------
-// The table and the goals
-
-interface Goal {
-  readonly goal: string;
-  readonly measured: string;
-  readonly met: boolean | null;
-  readonly by: string;
-}
-
-function buildReport(r: Results, haveNginx: boolean): { table: string; goalTable: string; goals: Goal[] } {
-  const rows: string[][] = [];
-  const fmt = (x: number | undefined, digits = 0): string => (x === undefined || Number.isNaN(x) ? '—' : x.toFixed(digits));
-  const ratio = (a: number | undefined, b: number | undefined): string => (a === undefined || b === undefined || !(b > 0) || Number.isNaN(a) ? '—' : `${(a / b).toFixed(2)}×`);
-  const row = (measure: string, direct: number | undefined, mailfront: number | undefined, nginx: number | undefined, digits: number): void => {
-    rows.push([measure, fmt(direct, digits), fmt(mailfront, digits), haveNginx ? fmt(nginx, digits) : 'n/a', ratio(mailfront, direct), haveNginx ? ratio(mailfront, nginx) : 'n/a']);
-  };
-  const cpuOf = (f: LoginFigure | undefined, keys: string[]): number | undefined => (f === undefined ? undefined : keys.reduce((n, k) => n + (f.cpuPer1000[k] ?? 0), 0));
-  const im = r.imap;
-  row('IMAP logins/s (connect, LOGIN, SELECT, LOGOUT; mailfront warm)', im.direct?.loop.perSecond, im.mailfront?.loop.perSecond, im.nginx?.loop.perSecond, 0);
-  row('IMAP logins/s, mailfront with no cache (every login an LDAP search and bind; steady state)', im.direct?.loop.perSecond, im['mailfront-nocache']?.loop.perSecond, im.nginx?.loop.perSecond, 0);
-  row('IMAP logins/s, a fresh mailfront\'s first logins (each user once; its JIT still compiling)', im.direct?.loop.perSecond, im['mailfront-cold']?.loop.perSecond, im.nginx?.loop.perSecond, 0);
-  row('IMAP logins/s, mailfront master-user login (direct: its own rounds)', (im['direct-master-user'] ?? im.direct)?.loop.perSecond, im['mailfront-master-user']?.loop.perSecond, im.nginx?.loop.perSecond, 0);
-  row('IMAP login latency p50, ms (connect → LOGIN OK)', im.direct?.loop.loginMs.p50, im.mailfront?.loop.loginMs.p50, im.nginx?.loop.loginMs.p50, 2);
-  row('IMAP login latency p99, ms', im.direct?.loop.loginMs.p99, im.mailfront?.loop.loginMs.p99, im.nginx?.loop.loginMs.p99, 2);
-  row('proxy CPU s per 1,000 IMAP logins, cold cache (mailfront with no cache; nginx: + auth_http)', undefined, cpuOf(im['mailfront-nocache'], ['mailfront']), cpuOf(im.nginx, ['nginx', 'authHttp']), 2);
-  row('  the same, a fresh mailfront\'s first logins', undefined, cpuOf(im['mailfront-cold'], ['mailfront']), undefined, 2);
-  row('proxy CPU s per 1,000 IMAP logins, warm (nginx: + auth_http)', undefined, cpuOf(im.mailfront, ['mailfront']), cpuOf(im.nginx, ['nginx', 'authHttp']), 2);
-  row('  the floor: a minimal Node.js relay (bench/floor.ts), CPU s per 1,000 IMAP logins', undefined, cpuOf(im.floor, ['floor']), undefined, 2);
-  const cpuMedian = (f: CpuFigure | undefined, part: 'own' | 'sys' | 'auth' | 'both'): number | undefined =>
-    f === undefined ? undefined : part === 'both' ? median(f.own.map((x, i) => x + (f.auth[i] ?? 0))) : median(f[part]);
-  row(`proxy CPU s per 1,000 IMAP logins, instant backend (median of ${r.cpu.mailfront?.own.length ?? '—'} rounds; nginx: workers only)`, undefined, cpuMedian(r.cpu.mailfront, 'own'), cpuMedian(r.cpu.nginx, 'own'), 3);
-  row('  the same, nginx + auth_http', undefined, cpuMedian(r.cpu.mailfront, 'own'), cpuMedian(r.cpu.nginx, 'both'), 3);
-  row('  the floor (bench/floor.ts), instant backend', undefined, cpuMedian(r.cpu.floor, 'own'), undefined, 3);
-  row('  mailfront with no cache (every login an LDAP search and bind), instant backend; nginx + auth_http', undefined, cpuMedian(r.cpu['mailfront-nocache'], 'own'), cpuMedian(r.cpu.nginx, 'both'), 3);
-  row('slapd CPU s per 1,000 IMAP logins (warm)', cpuOf(im.direct, ['slapd']), cpuOf(im.mailfront, ['slapd']), cpuOf(im.nginx, ['slapd']), 2);
-  row('Dovecot CPU s per 1,000 IMAP logins (warm)', cpuOf(im.direct, ['dovecot']), cpuOf(im.mailfront, ['dovecot']), cpuOf(im.nginx, ['dovecot']), 2);
-  const p3 = r.pop3;
-  row('POP3 logins/s (connect, USER, PASS, STAT, QUIT; mailfront warm)', p3.direct?.loop.perSecond, p3.mailfront?.loop.perSecond, p3.nginx?.loop.perSecond, 0);
-  row('POP3 login latency p50, ms', p3.direct?.loop.loginMs.p50, p3.mailfront?.loop.loginMs.p50, p3.nginx?.loop.loginMs.p50, 2);
-  row('POP3 login latency p99, ms', p3.direct?.loop.loginMs.p99, p3.mailfront?.loop.loginMs.p99, p3.nginx?.loop.loginMs.p99, 2);
-  row('proxy CPU s per 1,000 POP3 logins (nginx: + auth_http)', undefined, cpuOf(p3.mailfront, ['mailfront']), cpuOf(p3.nginx, ['nginx', 'authHttp']), 2);
-  row('FETCH of a 10 MiB message, MB/s', r.fetch.direct?.megabytesPerSecond, r.fetch.mailfront?.megabytesPerSecond, r.fetch.nginx?.megabytesPerSecond, 0);
-  row('NOOP round trip p50, ms', r.noop.direct?.ms.p50, r.noop.mailfront?.ms.p50, r.noop.nginx?.ms.p50, 3);
-  row('NOOP round trip p99, ms', r.noop.direct?.ms.p99, r.noop.mailfront?.ms.p99, r.noop.nginx?.ms.p99, 3);
-  row('  the floor: a minimal Node.js relay (bench/floor.ts), NOOP p50, ms', r.noop.direct?.ms.p50, r.noop.floor?.ms.p50, undefined, 3);
-  row('  the floor, NOOP p99, ms', r.noop.direct?.ms.p99, r.noop.floor?.ms.p99, undefined, 3);
-  const kib = (f: IdleFigure | undefined): number | undefined => (f === undefined ? undefined : f.bytesPerSession / 1024);
-  // nginx has no GC: its RSS is its figure in both rows. mailfront's "after GC" needs a forced GC.
-  const kibGc = (f: IdleFigure | undefined, gcBased: boolean): number | undefined =>
-    f === undefined || (gcBased && !f.forcedGc) ? undefined : f.bytesPerSessionAfterGc / 1024;
-  row(`memory per idle spliced session, KiB RSS (plaintext, ${r.idle.mailfront?.sessions ?? '—'} sessions; mailfront after a full GC)`, undefined, kibGc(r.idle.mailfront, true), kibGc(r.idle.nginx, false), 2);
-  row('  same, RSS as found (garbage from the logins included)', undefined, kib(r.idle.mailfront), kib(r.idle.nginx), 2);
-  row(`memory per idle spliced session, KiB RSS (TLS, ${r.idle['mailfront-tls']?.sessions ?? '—'} sessions; mailfront after a full GC)`, undefined, kibGc(r.idle['mailfront-tls'], true), kibGc(r.idle['nginx-tls'], false), 2);
-  row('  same, RSS as found', undefined, kib(r.idle['mailfront-tls']), kib(r.idle['nginx-tls']), 2);
-  const header = ['measure', 'direct', 'mailfront', 'nginx', 'mailfront ÷ direct', 'mailfront ÷ nginx'];
-  const md = (cells: string[][]): string => [
-    `| ${header.join(' | ')} |`,
-    `| ${header.map((_, i) => (i === 0 ? '---' : '---:')).join(' | ')} |`,
-    ...cells.map((c) => `| ${c.join(' | ')} |`),
-  ].join('\n');
-
-  const goals: Goal[] = [];
-  const atLeast = (goal: string, a: number | undefined, b: number | undefined, min: number): void => {
-    if (a === undefined || b === undefined) return void goals.push({ goal, measured: '—', met: null, by: 'not measured' });
-    const x = a / b;
-    goals.push({ goal, measured: `${x.toFixed(2)}×`, met: x >= min, by: x >= min ? `+${((x / min - 1) * 100).toFixed(0)} %` : `${((x / min - 1) * 100).toFixed(0)} % (needs ${(min * b).toFixed(0)}, has ${a.toFixed(0)})` });
-  };
-  const atMost = (goal: string, v: number | undefined, max: number, unit: string, digits: number): void => {
-    if (v === undefined || Number.isNaN(v)) return void goals.push({ goal, measured: '—', met: null, by: 'not measured' });
-    goals.push({ goal, measured: `${v.toFixed(digits)} ${unit}`, met: v <= max, by: v <= max ? `${(max - v).toFixed(digits)} ${unit} to spare` : `${(v - max).toFixed(digits)} ${unit} over (${(v / max).toFixed(2)}× the goal)` });
-  };
-  atLeast('IMAP login rate ≥ 0.95× direct', im.mailfront?.loop.perSecond, im.direct?.loop.perSecond, 0.95);
-  atLeast('IMAP login rate ≥ 1.2× nginx', im.mailfront?.loop.perSecond, im.nginx?.loop.perSecond, 1.2);
-  atLeast('POP3 login rate ≥ 0.95× direct', p3.mailfront?.loop.perSecond, p3.direct?.loop.perSecond, 0.95);
-  atLeast('POP3 login rate ≥ 1.2× nginx', p3.mailfront?.loop.perSecond, p3.nginx?.loop.perSecond, 1.2);
-  atMost('CPU per 1,000 IMAP logins, cold cache ≤ 0.6 s', cpuOf(im['mailfront-nocache'], ['mailfront']), 0.6, 's', 2);
-  atMost('CPU per 1,000 IMAP logins, cold cache ≤ 0.6 s (instant backend: the proxy alone)', cpuMedian(r.cpu['mailfront-nocache'], 'own'), 0.6, 's', 3);
-  atMost('CPU per 1,000 IMAP logins, cold cache ≤ 0.6 s (a fresh mailfront\'s first logins)', cpuOf(im['mailfront-cold'], ['mailfront']), 0.6, 's', 2);
-  atMost('CPU per 1,000 IMAP logins, warm cache ≤ 0.3 s', cpuOf(im.mailfront, ['mailfront']), 0.3, 's', 2);
-  atMost('CPU per 1,000 IMAP logins, warm cache ≤ 0.3 s (instant backend: the proxy alone)', cpuMedian(r.cpu.mailfront, 'own'), 0.3, 's', 3);
-  atLeast('FETCH ≥ 0.9× direct', r.fetch.mailfront?.megabytesPerSecond, r.fetch.direct?.megabytesPerSecond, 0.9);
-  atLeast('FETCH ≥ 1.25× nginx', r.fetch.mailfront?.megabytesPerSecond, r.fetch.nginx?.megabytesPerSecond, 1.25);
-  atMost('memory per idle plaintext session ≤ 9 KiB (after a full GC)', kibGc(r.idle.mailfront, true), 9, 'KiB', 2);
-  atMost('memory per idle plaintext session ≤ 9 KiB (RSS as found)', kib(r.idle.mailfront), 9, 'KiB', 2);
-  atMost('NOOP p99 added over direct ≤ 0.2 ms', r.noop.mailfront !== undefined && r.noop.direct !== undefined ? r.noop.mailfront.ms.p99 - r.noop.direct.ms.p99 : undefined, 0.2, 'ms', 3);
-  const goalTable = [
-    '| goal | measured | met | margin |',
-    '| --- | ---: | :---: | --- |',
-    ...goals.map((g) => `| ${g.goal} | ${g.measured} | ${g.met === null ? '—' : g.met ? 'yes' : '**no**'} | ${g.by} |`),
-  ].join('\n');
-  return { table: md(rows), goalTable, goals };
-}
-
 // ---------------------------------------------------------------------------------------------
 
 const watchdog = setTimeout(() => {
