@@ -163,15 +163,17 @@ export interface NoopResult {
 /**
  * NOOP round trips on one session per target, interleaved (one NOOP on each target in turn,
  * `count` rounds after `warmup` untimed ones), so that the machine's noise falls on every
- * target alike. Each NOOP waits for its answer before the next is sent.
+ * target alike. Each NOOP waits for its answer before the next is sent. Stops after `maxSeconds`
+ * (warm-up included) with the rounds done by then: each result's `ms.n` says how many.
  */
-export async function noopRoundTrips<K extends string>(targets: Record<K, LoginTarget>, count: number, warmup: number): Promise<Record<K, NoopResult>> {
+export async function noopRoundTrips<K extends string>(targets: Record<K, LoginTarget>, count: number, warmup: number, maxSeconds: number): Promise<Record<K, NoopResult>> {
   const keys = Object.keys(targets) as K[];
   const clients = new Map<K, MailClient>();
+  const deadline = performance.now() + maxSeconds * 1000;
   try {
     for (const k of keys) clients.set(k, await imapSession(targets[k]));
     const samples = new Map<K, number[]>(keys.map((k) => [k, []]));
-    for (let i = 0; i < warmup + count; i++) {
+    for (let i = 0; i < warmup + count && performance.now() < deadline; i++) {
       for (const k of keys) {
         const t0 = performance.now();
         mustBeOk(await clients.get(k)!.imap('NOOP'), 'NOOP');
