@@ -145,8 +145,10 @@ export function buildReport(r: Results, haveNginx: boolean): { table: string; go
   atMost('CPU per 1,000 IMAP logins, warm cache ≤ 0.3 s (instant backend: the proxy alone)', cpuMedian(r.cpu.mailfront, 'own'), 0.3, 's', 3);
   atLeast('FETCH ≥ 0.9× direct', r.fetch.mailfront?.megabytesPerSecond, r.fetch.direct?.megabytesPerSecond, 0.9);
   atLeast('FETCH ≥ 1.25× nginx', r.fetch.mailfront?.megabytesPerSecond, r.fetch.nginx?.megabytesPerSecond, 1.25);
-  atMost('memory per idle plaintext session ≤ 9 KiB (after a full GC)', kibGc(r.idle.mailfront, true), 9, 'KiB', 2);
-  atMost('memory per idle plaintext session ≤ 9 KiB (RSS as found)', kib(r.idle.mailfront), 9, 'KiB', 2);
+  // The issue asks for 9 KB: 9,000 bytes, not 9 KiB (9,216), though the table gives KiB.
+  const bytes = (kibs: number | undefined): number | undefined => (kibs === undefined ? undefined : kibs * 1024);
+  atMost('memory per idle plaintext session ≤ 9 KB, 9,000 bytes (after a full GC)', bytes(kibGc(r.idle.mailfront, true)), 9000, 'bytes', 0);
+  atMost('memory per idle plaintext session ≤ 9 KB, 9,000 bytes (RSS as found)', bytes(kib(r.idle.mailfront)), 9000, 'bytes', 0);
   atMost('NOOP p99 added over direct ≤ 0.2 ms', r.noop.mailfront !== undefined && r.noop.direct !== undefined ? r.noop.mailfront.ms.p99 - r.noop.direct.ms.p99 : undefined, 0.2, 'ms', 3);
   const goalTable = [
     '| goal | measured | met | margin |',
