@@ -47,7 +47,10 @@ async function waitOpenFiles(openFiles: () => number, target: number, direction:
 
 /**
  * RSS before and after opening `count` sessions that LOGIN, SELECT and IDLE, after a warm-up of
- * 200 opened and closed sessions.
+ * 200 opened and closed sessions. Both figures start from the RSS after the forced GC (when there
+ * is one): "after a GC" is what the sessions keep alive, "as found" the same plus the garbage
+ * their logins left. An "as found" figure that started from the RSS before the GC would have had
+ * the warm-up's garbage taken out between its two samples, and read low by that much.
  */
 export async function measureIdle(m: IdleMeasure): Promise<IdleFigure> {
   const pause = m.pause ?? ((ms: number) => sleep(ms));
@@ -57,10 +60,10 @@ export async function measureIdle(m: IdleMeasure): Promise<IdleFigure> {
   warm.closeAll();
   if (fds) await waitOpenFiles(fds, fd0 + 5, 'down', 10_000, pause);
   await pause(1000);
-  const before = await settledRss(m.rss, pause);
+  const uncollected = await settledRss(m.rss, pause);
   await m.gc?.();
-  const beforeGc = m.gc ? await settledRss(m.rss, pause) : before;
-  m.say(`  ${m.label}: RSS ${(before / 1048576).toFixed(1)} MiB before${m.gc ? ` (${(beforeGc / 1048576).toFixed(1)} MiB after a full GC)` : ''}; opening ${m.count} sessions (LOGIN, SELECT, IDLE)`);
+  const before = m.gc ? await settledRss(m.rss, pause) : uncollected;
+  m.say(`  ${m.label}: RSS ${(before / 1048576).toFixed(1)} MiB before${m.gc ? ` (after a full GC; ${(uncollected / 1048576).toFixed(1)} MiB before it)` : ''}; opening ${m.count} sessions (LOGIN, SELECT, IDLE)`);
   const sessions = await m.open(m.count, m.maxSeconds);
   const opened = sessions.clients.length;
   if (sessions.errors > 0) m.say(`  ${sessions.errors} sessions failed; first: ${sessions.firstError ?? ''}`);
@@ -71,7 +74,7 @@ export async function measureIdle(m: IdleMeasure): Promise<IdleFigure> {
   const afterGc = m.gc ? await settledRss(m.rss, pause) : after;
   const openFilesAfter = fds?.() ?? 0;
   const kib = (a: number, b: number): string => ((a - b) / Math.max(1, opened) / 1024).toFixed(2);
-  m.say(`  ${m.label}: ${opened} sessions open in ${sessions.seconds.toFixed(1)} s; RSS ${(after / 1048576).toFixed(1)} MiB: ${kib(after, before)} KiB per session${m.gc ? `; after a full GC ${(afterGc / 1048576).toFixed(1)} MiB: ${kib(afterGc, beforeGc)} KiB per session` : ''}`);
+  m.say(`  ${m.label}: ${opened} sessions open in ${sessions.seconds.toFixed(1)} s; RSS ${(after / 1048576).toFixed(1)} MiB: ${kib(after, before)} KiB per session${m.gc ? `; after a full GC ${(afterGc / 1048576).toFixed(1)} MiB: ${kib(afterGc, before)} KiB per session` : ''}`);
   sessions.closeAll();
   if (fds) await waitOpenFiles(fds, fd0 + 5, 'down', 30_000, pause);
   else await pause(2000);
@@ -80,12 +83,13 @@ export async function measureIdle(m: IdleMeasure): Promise<IdleFigure> {
     errors: sessions.errors,
     ...(sessions.firstError !== undefined ? { firstError: sessions.firstError } : {}),
     openSeconds: sessions.seconds,
+    rssUncollectedBytes: uncollected,
     rssBeforeBytes: before,
     rssAfterBytes: after,
     bytesPerSession: (after - before) / Math.max(1, opened),
-    rssBeforeGcBytes: beforeGc,
+    rssBeforeGcBytes: before,
     rssAfterGcBytes: afterGc,
-    bytesPerSessionAfterGc: (afterGc - beforeGc) / Math.max(1, opened),
+    bytesPerSessionAfterGc: (afterGc - before) / Math.max(1, opened),
     forcedGc: m.gc !== undefined,
     openFilesAfter,
   };

@@ -38,11 +38,16 @@ export interface IdleFigure {
   readonly errors: number;
   readonly firstError?: string;
   readonly openSeconds: number;
-  /** RSS as it stands, garbage included, before and after opening the sessions. */
+  /** RSS before the forced GC that precedes the sessions (equal to rssBeforeBytes without one); only recorded. */
+  readonly rssUncollectedBytes?: number;
+  /**
+   * RSS before opening the sessions, after the forced GC if there was one, and after opening
+   * them, as it stands (garbage from their logins included): the "as found" pair.
+   */
   readonly rssBeforeBytes: number;
   readonly rssAfterBytes: number;
   readonly bytesPerSession: number;
-  /** RSS after a forced full GC (mailfront; equal to the above for nginx, which has no GC). */
+  /** RSS after a forced full GC (mailfront; equal to the above for nginx, which has no GC); before, the same as rssBeforeBytes. */
   readonly rssBeforeGcBytes: number;
   readonly rssAfterGcBytes: number;
   readonly bytesPerSessionAfterGc: number;
@@ -114,7 +119,7 @@ export function buildReport(r: Results, haveNginx: boolean): { table: string; go
   const kibGc = (f: IdleFigure | undefined, gcBased: boolean): number | undefined =>
     f === undefined || (gcBased && !f.forcedGc) ? undefined : f.bytesPerSessionAfterGc / 1024;
   row(`memory per idle spliced session, KiB RSS (plaintext, ${r.idle.mailfront?.sessions ?? '—'} sessions; mailfront after a full GC)`, undefined, kibGc(r.idle.mailfront, true), kibGc(r.idle.nginx, false), 2);
-  row('  same, RSS as found (garbage from the logins included)', undefined, kib(r.idle.mailfront), kib(r.idle.nginx), 2);
+  row('  same, RSS as found (from the same base; garbage from the sessions\' logins included)', undefined, kib(r.idle.mailfront), kib(r.idle.nginx), 2);
   row(`memory per idle spliced session, KiB RSS (TLS, ${r.idle['mailfront-tls']?.sessions ?? '—'} sessions; mailfront after a full GC)`, undefined, kibGc(r.idle['mailfront-tls'], true), kibGc(r.idle['nginx-tls'], false), 2);
   row('  same, RSS as found', undefined, kib(r.idle['mailfront-tls']), kib(r.idle['nginx-tls']), 2);
   const header = ['measure', 'direct', 'mailfront', 'nginx', 'mailfront ÷ direct', 'mailfront ÷ nginx'];
