@@ -31,10 +31,21 @@ export function worktreeRemover(repoRoot: string, dir: string): () => void {
   };
 }
 
-/** Runs `remove` however this process ends. */
+/** Runs `remove` however this process ends: at exit, and on SIGINT or SIGTERM. */
 export function removeAtEnd(remove: () => void): void {
-  // Also on an interrupted run (the server harness stops its daemons on SIGINT/SIGTERM itself).
   process.once('exit', remove);
+  // On SIGINT/SIGTERM 'exit' never fires: the server harness (test/integration/servers/process.ts)
+  // kills its daemons and dies of the signal raised again. So remove first, then raise it again:
+  // the harness's handler, which acts only when no other listener is left, then does its part,
+  // and the process dies of the signal as it would have.
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    const onSignal = (): void => {
+      process.removeListener(sig, onSignal);
+      remove();
+      process.kill(process.pid, sig);
+    };
+    process.on(sig, onSignal);
+  }
 }
 
 /** Builds `gitRef` of `repoRoot` into a temporary worktree. */
