@@ -47,14 +47,17 @@ const SETTINGS = {
   stores: envInt('BENCH_STORES', 2),
   concurrency: envInt('BENCH_CONCURRENCY', 20),
   logins: envInt('BENCH_LOGINS', 3000),
-  /** The warm login loops are split into this many rounds, the modes taking turns. */
-  rounds: envInt('BENCH_ROUNDS', 3),
+  /**
+   * The warm login loops are split into this many rounds, the modes taking turns, in an order
+   * reversed every other round (bench/rounds.ts): with an even count a steady drift cancels.
+   */
+  rounds: envInt('BENCH_ROUNDS', 4),
   /**
    * The same for the FETCHes. A round of 50 takes under a second, and the VM's speed changes
    * within seconds: with 3 rounds, the median round of one mode could fall in a slow spell and
    * another's in a fast one (direct rounds of 671, 730 and 1405 MB/s in one run).
    */
-  fetchRounds: envInt('BENCH_FETCH_ROUNDS', 9),
+  fetchRounds: envInt('BENCH_FETCH_ROUNDS', 10),
   loginSeconds: envInt('BENCH_SECONDS', 20),
   /** Logins (of users kept out of the cold pass) that warm the JIT of a fresh mailfront. */
   jitWarmupLogins: envInt('BENCH_JIT_WARMUP', 100),
@@ -66,8 +69,8 @@ const SETTINGS = {
    */
   noCacheWarmupLogins: envInt('BENCH_NOCACHE_WARMUP', 3000),
   /** The `cpu` step: rounds per proxy (the proxies take turns) and logins per round. */
-  cpuRounds: envInt('BENCH_CPU_ROUNDS', 3),
-  cpuLogins: envInt('BENCH_CPU_LOGINS', 3000),
+  cpuRounds: envInt('BENCH_CPU_ROUNDS', 4),
+  cpuLogins: envInt('BENCH_CPU_LOGINS', 2250),
   /** A p99 of 10,000 round trips rests on its 100 slowest; one of 2,000 on 20, and moved by ±0.3 ms between runs. */
   noops: envInt('BENCH_NOOPS', 10_000),
   /** The bound on the NOOP step: 10,000 round trips per mode take about 10 s on a quiet machine. */
@@ -103,6 +106,10 @@ const SETTINGS = {
 const CPU_PLAN = SETTINGS.pin ? cpuPlan() : null;
 if (SETTINGS.pin && CPU_PLAN === null) throw new Error('BENCH_PIN=1 needs at least 2 CPUs');
 
+for (const [name, n] of [['BENCH_ROUNDS', SETTINGS.rounds], ['BENCH_FETCH_ROUNDS', SETTINGS.fetchRounds], ['BENCH_CPU_ROUNDS', SETTINGS.cpuRounds]] as const) {
+  // The order of the modes is reversed every other round: an odd count leaves one round's order unmatched.
+  if (n > 1 && n % 2 === 1) process.stderr.write(`bench: ${name}=${n} is odd: a steady drift does not cancel between the modes (an even count does)\n`);
+}
 for (const p of SETTINGS.only) if (!(PHASES as readonly string[]).includes(p)) throw new Error(`BENCH_ONLY: unknown phase ${p} (phases: ${PHASES.join(', ')})`);
 const want = (p: Phase): boolean => SETTINGS.only.length === 0 || SETTINGS.only.includes(p);
 
@@ -476,8 +483,9 @@ async function run(): Promise<void> {
       await quietGate('cpu');
       // What each proxy itself spends on a login when nothing else competes for the CPU: behind
       // Dovecot the two cores are saturated and every process's CPU per login grows with the
-      // contention. The proxies take turns, round after round, so a change in the VM's speed
-      // falls on all of them alike; each figure is the median of its rounds.
+      // contention. The proxies take turns, the order reversed every other round (bench/rounds.ts),
+      // so a steady change in the VM's speed evens out over each pair of rounds; each figure is
+      // the median of its rounds.
       say(`CPU per IMAP login against an instant backend (bench/instant-backend.ts): ${SETTINGS.cpuRounds} rounds of ${SETTINGS.cpuLogins} logins per proxy, the proxies in turn`);
       const instant = await startInstantBackend(backends);
       interface Proxy {

@@ -3,6 +3,7 @@
  * prints from them. Pure: nothing here measures, so the report can be checked on made-up results.
  */
 import { median, type FetchResult, type LoginLoopResult, type NoopResult } from './load.js';
+import { medianPairedRatio } from './rounds.js';
 
 export interface LoginFigure {
   /** With rounds: logins, errors and seconds summed; the rate and latencies the rounds' medians. */
@@ -77,19 +78,39 @@ export interface Goal {
   readonly by: string;
 }
 
+/** Each mode's per-round values of a row, for the rounds' own ratios. */
+interface PerRound {
+  readonly direct?: readonly number[] | undefined;
+  readonly mailfront?: readonly number[] | undefined;
+  readonly nginx?: readonly number[] | undefined;
+}
+
 export function buildReport(r: Results, haveNginx: boolean): { table: string; goalTable: string; goals: Goal[] } {
   const rows: string[][] = [];
   const fmt = (x: number | undefined, digits = 0): string => (x === undefined || Number.isNaN(x) ? '—' : x.toFixed(digits));
   const ratio = (a: number | undefined, b: number | undefined): string => (a === undefined || b === undefined || !(b > 0) || Number.isNaN(a) ? '—' : `${(a / b).toFixed(2)}×`);
-  const row = (measure: string, direct: number | undefined, mailfront: number | undefined, nginx: number | undefined, digits: number): void => {
-    rows.push([measure, fmt(direct, digits), fmt(mailfront, digits), haveNginx ? fmt(nginx, digits) : 'n/a', ratio(mailfront, direct), haveNginx ? ratio(mailfront, nginx) : 'n/a']);
+  /** Beside a ratio of medians, the median of the rounds' own ratios (each round's modes measured in turn). */
+  const withPaired = (text: string, a: readonly number[] | undefined, b: readonly number[] | undefined): string => {
+    const p = medianPairedRatio(a, b);
+    return text === '—' || Number.isNaN(p) ? text : `${text} (rounds' median ${p.toFixed(2)}×)`;
   };
+  const row = (measure: string, direct: number | undefined, mailfront: number | undefined, nginx: number | undefined, digits: number, rounds: PerRound = {}): void => {
+    rows.push([
+      measure,
+      fmt(direct, digits),
+      fmt(mailfront, digits),
+      haveNginx ? fmt(nginx, digits) : 'n/a',
+      withPaired(ratio(mailfront, direct), rounds.mailfront, rounds.direct),
+      haveNginx ? withPaired(ratio(mailfront, nginx), rounds.mailfront, rounds.nginx) : 'n/a',
+    ]);
+  };
+  const rates = (f: LoginFigure | undefined): readonly number[] | undefined => f?.rounds?.map((x) => x.perSecond);
   const cpuOf = (f: LoginFigure | undefined, keys: string[]): number | undefined => (f === undefined ? undefined : keys.reduce((n, k) => n + (f.cpuPer1000[k] ?? 0), 0));
   const im = r.imap;
-  row('IMAP logins/s (connect, LOGIN, SELECT, LOGOUT; mailfront warm)', im.direct?.loop.perSecond, im.mailfront?.loop.perSecond, im.nginx?.loop.perSecond, 0);
-  row('IMAP logins/s, mailfront with no cache (every login an LDAP search and bind; steady state)', im.direct?.loop.perSecond, im['mailfront-nocache']?.loop.perSecond, im.nginx?.loop.perSecond, 0);
+  row('IMAP logins/s (connect, LOGIN, SELECT, LOGOUT; mailfront warm)', im.direct?.loop.perSecond, im.mailfront?.loop.perSecond, im.nginx?.loop.perSecond, 0, { direct: rates(im.direct), mailfront: rates(im.mailfront), nginx: rates(im.nginx) });
+  row('IMAP logins/s, mailfront with no cache (every login an LDAP search and bind; steady state)', im.direct?.loop.perSecond, im['mailfront-nocache']?.loop.perSecond, im.nginx?.loop.perSecond, 0, { direct: rates(im.direct), mailfront: rates(im['mailfront-nocache']), nginx: rates(im.nginx) });
   row('IMAP logins/s, a fresh mailfront\'s first logins (each user once; its JIT still compiling)', im.direct?.loop.perSecond, im['mailfront-cold']?.loop.perSecond, im.nginx?.loop.perSecond, 0);
-  row('IMAP logins/s, mailfront master-user login (direct: its own rounds)', (im['direct-master-user'] ?? im.direct)?.loop.perSecond, im['mailfront-master-user']?.loop.perSecond, im.nginx?.loop.perSecond, 0);
+  row('IMAP logins/s, mailfront master-user login (direct: its own rounds)', (im['direct-master-user'] ?? im.direct)?.loop.perSecond, im['mailfront-master-user']?.loop.perSecond, im.nginx?.loop.perSecond, 0, { direct: rates(im['direct-master-user']), mailfront: rates(im['mailfront-master-user']) });
   row('IMAP login latency p50, ms (connect → LOGIN OK)', im.direct?.loop.loginMs.p50, im.mailfront?.loop.loginMs.p50, im.nginx?.loop.loginMs.p50, 2);
   row('IMAP login latency p99, ms', im.direct?.loop.loginMs.p99, im.mailfront?.loop.loginMs.p99, im.nginx?.loop.loginMs.p99, 2);
   row('proxy CPU s per 1,000 IMAP logins, cold cache (mailfront with no cache; nginx: + auth_http)', undefined, cpuOf(im['mailfront-nocache'], ['mailfront']), cpuOf(im.nginx, ['nginx', 'authHttp']), 2);
@@ -105,11 +126,11 @@ export function buildReport(r: Results, haveNginx: boolean): { table: string; go
   row('slapd CPU s per 1,000 IMAP logins (warm)', cpuOf(im.direct, ['slapd']), cpuOf(im.mailfront, ['slapd']), cpuOf(im.nginx, ['slapd']), 2);
   row('Dovecot CPU s per 1,000 IMAP logins (warm)', cpuOf(im.direct, ['dovecot']), cpuOf(im.mailfront, ['dovecot']), cpuOf(im.nginx, ['dovecot']), 2);
   const p3 = r.pop3;
-  row('POP3 logins/s (connect, USER, PASS, STAT, QUIT; mailfront warm)', p3.direct?.loop.perSecond, p3.mailfront?.loop.perSecond, p3.nginx?.loop.perSecond, 0);
+  row('POP3 logins/s (connect, USER, PASS, STAT, QUIT; mailfront warm)', p3.direct?.loop.perSecond, p3.mailfront?.loop.perSecond, p3.nginx?.loop.perSecond, 0, { direct: rates(p3.direct), mailfront: rates(p3.mailfront), nginx: rates(p3.nginx) });
   row('POP3 login latency p50, ms', p3.direct?.loop.loginMs.p50, p3.mailfront?.loop.loginMs.p50, p3.nginx?.loop.loginMs.p50, 2);
   row('POP3 login latency p99, ms', p3.direct?.loop.loginMs.p99, p3.mailfront?.loop.loginMs.p99, p3.nginx?.loop.loginMs.p99, 2);
   row('proxy CPU s per 1,000 POP3 logins (nginx: + auth_http)', undefined, cpuOf(p3.mailfront, ['mailfront']), cpuOf(p3.nginx, ['nginx', 'authHttp']), 2);
-  row('FETCH of a 10 MiB message, MB/s', r.fetch.direct?.megabytesPerSecond, r.fetch.mailfront?.megabytesPerSecond, r.fetch.nginx?.megabytesPerSecond, 0);
+  row('FETCH of a 10 MiB message, MB/s', r.fetch.direct?.megabytesPerSecond, r.fetch.mailfront?.megabytesPerSecond, r.fetch.nginx?.megabytesPerSecond, 0, { direct: r.fetch.direct?.rounds, mailfront: r.fetch.mailfront?.rounds, nginx: r.fetch.nginx?.rounds });
   row('NOOP round trip p50, ms', r.noop.direct?.ms.p50, r.noop.mailfront?.ms.p50, r.noop.nginx?.ms.p50, 3);
   row('NOOP round trip p99, ms', r.noop.direct?.ms.p99, r.noop.mailfront?.ms.p99, r.noop.nginx?.ms.p99, 3);
   row('  the floor: a minimal Node.js relay (bench/floor.ts), NOOP p50, ms', r.noop.direct?.ms.p50, r.noop.floor?.ms.p50, undefined, 3);
@@ -130,26 +151,27 @@ export function buildReport(r: Results, haveNginx: boolean): { table: string; go
   ].join('\n');
 
   const goals: Goal[] = [];
-  const atLeast = (goal: string, a: number | undefined, b: number | undefined, min: number): void => {
+  /** Met on the ratio of the medians; the median of the rounds' ratios is shown beside it. */
+  const atLeast = (goal: string, a: number | undefined, b: number | undefined, min: number, aRounds?: readonly number[], bRounds?: readonly number[]): void => {
     if (a === undefined || b === undefined) return void goals.push({ goal, measured: '—', met: null, by: 'not measured' });
     const x = a / b;
-    goals.push({ goal, measured: `${x.toFixed(2)}×`, met: x >= min, by: x >= min ? `+${((x / min - 1) * 100).toFixed(0)} %` : `${((x / min - 1) * 100).toFixed(0)} % (needs ${(min * b).toFixed(0)}, has ${a.toFixed(0)})` });
+    goals.push({ goal, measured: withPaired(`${x.toFixed(2)}×`, aRounds, bRounds), met: x >= min, by: x >= min ? `+${((x / min - 1) * 100).toFixed(0)} %` : `${((x / min - 1) * 100).toFixed(0)} % (needs ${(min * b).toFixed(0)}, has ${a.toFixed(0)})` });
   };
   const atMost = (goal: string, v: number | undefined, max: number, unit: string, digits: number): void => {
     if (v === undefined || Number.isNaN(v)) return void goals.push({ goal, measured: '—', met: null, by: 'not measured' });
     goals.push({ goal, measured: `${v.toFixed(digits)} ${unit}`, met: v <= max, by: v <= max ? `${(max - v).toFixed(digits)} ${unit} to spare` : `${(v - max).toFixed(digits)} ${unit} over (${(v / max).toFixed(2)}× the goal)` });
   };
-  atLeast('IMAP login rate ≥ 0.95× direct', im.mailfront?.loop.perSecond, im.direct?.loop.perSecond, 0.95);
-  atLeast('IMAP login rate ≥ 1.2× nginx', im.mailfront?.loop.perSecond, im.nginx?.loop.perSecond, 1.2);
-  atLeast('POP3 login rate ≥ 0.95× direct', p3.mailfront?.loop.perSecond, p3.direct?.loop.perSecond, 0.95);
-  atLeast('POP3 login rate ≥ 1.2× nginx', p3.mailfront?.loop.perSecond, p3.nginx?.loop.perSecond, 1.2);
+  atLeast('IMAP login rate ≥ 0.95× direct', im.mailfront?.loop.perSecond, im.direct?.loop.perSecond, 0.95, rates(im.mailfront), rates(im.direct));
+  atLeast('IMAP login rate ≥ 1.2× nginx', im.mailfront?.loop.perSecond, im.nginx?.loop.perSecond, 1.2, rates(im.mailfront), rates(im.nginx));
+  atLeast('POP3 login rate ≥ 0.95× direct', p3.mailfront?.loop.perSecond, p3.direct?.loop.perSecond, 0.95, rates(p3.mailfront), rates(p3.direct));
+  atLeast('POP3 login rate ≥ 1.2× nginx', p3.mailfront?.loop.perSecond, p3.nginx?.loop.perSecond, 1.2, rates(p3.mailfront), rates(p3.nginx));
   atMost('CPU per 1,000 IMAP logins, cold cache ≤ 0.6 s', cpuOf(im['mailfront-nocache'], ['mailfront']), 0.6, 's', 2);
   atMost('CPU per 1,000 IMAP logins, cold cache ≤ 0.6 s (instant backend: the proxy alone)', cpuMedian(r.cpu['mailfront-nocache'], 'own'), 0.6, 's', 3);
   atMost('CPU per 1,000 IMAP logins, cold cache ≤ 0.6 s (a fresh mailfront\'s first logins)', cpuOf(im['mailfront-cold'], ['mailfront']), 0.6, 's', 2);
   atMost('CPU per 1,000 IMAP logins, warm cache ≤ 0.3 s', cpuOf(im.mailfront, ['mailfront']), 0.3, 's', 2);
   atMost('CPU per 1,000 IMAP logins, warm cache ≤ 0.3 s (instant backend: the proxy alone)', cpuMedian(r.cpu.mailfront, 'own'), 0.3, 's', 3);
-  atLeast('FETCH ≥ 0.9× direct', r.fetch.mailfront?.megabytesPerSecond, r.fetch.direct?.megabytesPerSecond, 0.9);
-  atLeast('FETCH ≥ 1.25× nginx', r.fetch.mailfront?.megabytesPerSecond, r.fetch.nginx?.megabytesPerSecond, 1.25);
+  atLeast('FETCH ≥ 0.9× direct', r.fetch.mailfront?.megabytesPerSecond, r.fetch.direct?.megabytesPerSecond, 0.9, r.fetch.mailfront?.rounds, r.fetch.direct?.rounds);
+  atLeast('FETCH ≥ 1.25× nginx', r.fetch.mailfront?.megabytesPerSecond, r.fetch.nginx?.megabytesPerSecond, 1.25, r.fetch.mailfront?.rounds, r.fetch.nginx?.rounds);
   // The issue asks for 9 KB: 9,000 bytes, not 9 KiB (9,216), though the table gives KiB.
   const bytes = (kibs: number | undefined): number | undefined => (kibs === undefined ? undefined : kibs * 1024);
   atMost('memory per idle plaintext session ≤ 9 KB, 9,000 bytes (after a full GC)', bytes(kibGc(r.idle.mailfront, true)), 9000, 'bytes', 0);
