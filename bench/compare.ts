@@ -12,7 +12,8 @@
  * build kept CPU figures per login up to 13 % apart for their whole life (presumably what V8
  * made of their first logins), so one process per build can show a difference that is not
  * there. The result is the ratio of the two builds' means of their processes' medians, with
- * every process's median printed beside it.
+ * every process's median printed beside it, and the median of the rounds' ratios with their
+ * range and a bootstrap interval of that median (the spread the result is read against).
  *
  * Usage: npm run build && node dist/bench/compare.js REF [ROUNDS] [SECONDS]
  *        (REF: any git ref, e.g. HEAD~1 or main; default 12 rounds of 3 s)
@@ -27,6 +28,7 @@ import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loginLoop, median } from './load.js';
 import { cpuSeconds, machineTicks } from './procstat.js';
+import { describeRoundRatios } from './rounds.js';
 import { startBackends, startInstantBackend, startMailfront, type MailfrontProcess } from './setup.js';
 import { buildRef } from './worktree.js';
 
@@ -107,7 +109,7 @@ try {
   const each = (build: 0 | 1): string => medians.filter((_, i) => processes[i]!.build === build).map((m) => m.toFixed(3)).join(', ');
   process.stdout.write(
     `CPU s per 1,000 warm IMAP logins, mean of ${PROCESSES} processes' medians over ${ROUNDS} rounds: ${labels[0]} ${a.toFixed(3)} (${each(0)}), ${labels[1]} ${b.toFixed(3)} (${each(1)})\n` +
-      `${labels[0]} ÷ ${labels[1]}: ${(a / b).toFixed(3)}; median of the rounds' ratios ${median(roundRatios).toFixed(3)} (rounds: ${roundRatios.map((r) => r.toFixed(2)).join(', ')})\n`,
+      `${labels[0]} ÷ ${labels[1]}: ${(a / b).toFixed(3)}; ${describeRoundRatios(roundRatios)}\n`,
   );
 } finally {
   for (const p of started) await p.stop();

@@ -73,3 +73,34 @@ export function combineRounds(figures: readonly LoginFigure[]): LoginFigure {
     foreignCores: mid((x) => x.foreignCores),
   };
 }
+
+/**
+ * A 95 % interval for the median of `xs` by the percentile bootstrap: `resamples` draws with
+ * replacement, the 2.5th and 97.5th percentiles of their medians. The draws come from a fixed
+ * seed, so the same rounds print the same interval. With few rounds (12 by default in
+ * bench:compare) it is rough; the min–max beside it is the plainer spread.
+ */
+export function bootstrapMedianInterval(xs: readonly number[], resamples = 2000, seed = 1): readonly [number, number] {
+  if (xs.length === 0) return [NaN, NaN];
+  // mulberry32: small, seeded, good enough to pick indices.
+  let state = seed >>> 0;
+  const random = (): number => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const medians: number[] = [];
+  for (let i = 0; i < resamples; i++) medians.push(median(xs.map(() => xs[Math.floor(random() * xs.length)]!)));
+  medians.sort((a, b) => a - b);
+  const at = (q: number): number => medians[Math.min(medians.length - 1, Math.max(0, Math.round(q * (medians.length - 1))))]!;
+  return [at(0.025), at(0.975)];
+}
+
+/** The rounds' ratios as bench:compare prints them: their median, their range and the median's bootstrap interval. */
+export function describeRoundRatios(ratios: readonly number[]): string {
+  if (ratios.length === 0) return 'no rounds';
+  const [low, high] = bootstrapMedianInterval(ratios);
+  return `median of the rounds' ratios ${median(ratios).toFixed(3)}, rounds from ${Math.min(...ratios).toFixed(3)} to ${Math.max(...ratios).toFixed(3)}, 95 % bootstrap interval of the median ${low.toFixed(3)} to ${high.toFixed(3)} (rounds: ${ratios.map((r) => r.toFixed(2)).join(', ')})`;
+}

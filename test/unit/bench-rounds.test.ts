@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { median } from '../../bench/load.js';
-import { inTurn, medianPairedRatio, pairedRatios } from '../../bench/rounds.js';
+import { bootstrapMedianInterval, describeRoundRatios, inTurn, medianPairedRatio, pairedRatios } from '../../bench/rounds.js';
 
 const MODES = ['direct', 'mailfront', 'mailfront-nocache', 'nginx', 'floor'] as const;
 
@@ -42,4 +42,15 @@ test('rounds pair up only when both modes have the same number of them', () => {
   assert.deepEqual(pairedRatios([2, 3], [1, 2]), [2, 1.5]);
   assert.deepEqual(pairedRatios([2, 3], [1]), []);
   assert.ok(Number.isNaN(medianPairedRatio(undefined, [1])));
+});
+
+test('bench:compare prints the spread of the rounds\' ratios: their range and a bootstrap interval of their median', () => {
+  const ratios = [0.96, 1.02, 0.99, 1.05, 1.0, 0.98, 1.01, 1.03, 0.97, 1.0, 1.04, 0.99];
+  const text = describeRoundRatios(ratios);
+  assert.match(text, /^median of the rounds' ratios 1\.000, rounds from 0\.960 to 1\.050, 95 % bootstrap interval of the median (\d\.\d{3}) to (\d\.\d{3}) \(rounds: 0\.96, 1\.02,/);
+  const [low, high] = bootstrapMedianInterval(ratios);
+  assert.ok(low >= 0.96 && low <= 1.0 && high >= 1.0 && high <= 1.05, `${low} to ${high}: inside the range, around the median`);
+  assert.ok(high > low, 'rounds that differ give an interval, not a point');
+  assert.deepEqual(bootstrapMedianInterval(ratios), [low, high], 'the same rounds, the same interval');
+  assert.deepEqual(bootstrapMedianInterval([1.01, 1.01, 1.01]), [1.01, 1.01]);
 });
