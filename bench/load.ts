@@ -27,6 +27,8 @@ export interface LoginLoopOptions {
   /** The account for the i-th login (0-based); callers cycle over their users. */
   readonly target: (i: number) => LoginTarget;
   readonly tls?: boolean;
+  /** Keep every login's time (loginSamplesMs), to pool several loops' percentiles. */
+  readonly keepSamples?: boolean;
 }
 
 export interface LoginLoopResult {
@@ -37,6 +39,8 @@ export interface LoginLoopResult {
   readonly perSecond: number;
   /** From connect to the tagged OK / +OK of the login, in ms. */
   readonly loginMs: Percentiles;
+  /** Each login's time, in the order they ended (with keepSamples). */
+  readonly loginSamplesMs?: readonly number[];
   /** From connect to the logout answer, in ms. */
   readonly sessionMs: Percentiles;
   /** CPU the load generator used, as a share of one core. */
@@ -138,9 +142,20 @@ export async function loginLoop(options: LoginLoopOptions): Promise<LoginLoopRes
     seconds,
     perSecond: loginMs.length / seconds,
     loginMs: percentiles(loginMs),
+    ...(options.keepSamples === true ? { loginSamplesMs: loginMs } : {}),
     sessionMs: percentiles(sessionMs),
     loadCpuShare: (cpu.user + cpu.system) / 1e6 / seconds,
   };
+}
+
+/**
+ * What a login costs when nothing queues: one client, each login after the last one ended, so
+ * every time is the login's own path (connect, greeting, the login through the proxy or not),
+ * not time spent waiting behind other clients. The rate loops run 20 clients at saturation, where
+ * a login's time is mostly its wait in the queue: about 20 ÷ the rate, whatever the proxy costs.
+ */
+export function loginLatency(options: Omit<LoginLoopOptions, 'concurrency' | 'keepSamples'>): Promise<LoginLoopResult> {
+  return loginLoop({ ...options, concurrency: 1, keepSamples: true });
 }
 
 /** A logged-in IMAP client with INBOX selected. */

@@ -14,7 +14,7 @@ import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { fetchThroughput, loginLoop, median, noopRoundTrips, openIdleSessions, type LoginTarget } from './load.js';
+import { fetchThroughput, loginLatency, loginLoop, median, noopRoundTrips, openIdleSessions, percentiles, type LoginTarget, type Percentiles } from './load.js';
 import { CLOCK_TICKS_PER_S, cpuSeconds, fileLimit, systemCpuSeconds, machineDescription, machineTicks, openFiles, rssBytes, treeCpuSeconds, treeRssBytes } from './procstat.js';
 import { formatSummary, summariseFile } from './profile-summary.js';
 import { buildReport, type IdleFigure, type LoginFigure, type Mode, type Results } from './report.js';
@@ -68,6 +68,12 @@ const SETTINGS = {
    * at about 1.2 after 2,500: V8 compiling the LDAP path.
    */
   noCacheWarmupLogins: envInt('BENCH_NOCACHE_WARMUP', 3000),
+  /**
+   * Logins per mode, one at a time, for the login latency (in BENCH_ROUNDS rounds, the modes in
+   * turn, after the rate rounds of the IMAP and POP3 steps), and the bound on them per mode.
+   */
+  latencyLogins: envInt('BENCH_LATENCY_LOGINS', 400),
+  latencySeconds: envInt('BENCH_LATENCY_SECONDS', 40),
   /** The `cpu` step: rounds per proxy (the proxies take turns) and logins per round. */
   cpuRounds: envInt('BENCH_CPU_ROUNDS', 4),
   cpuLogins: envInt('BENCH_CPU_LOGINS', 2250),
@@ -244,6 +250,32 @@ async function loginRounds<K extends string>(modes: ReadonlyArray<readonly [K, (
   return out;
 }
 
+/**
+ * Login latency with one client at a time (loginLatency), the modes in turn in rounds as the rates
+ * are; each mode's percentiles are of all its rounds' logins together. `target(i)` gives the
+ * mode's i-th login; each round goes on where the mode's last one stopped.
+ */
+async function latencyRounds<K extends string>(protocol: 'imap' | 'pop3', modes: ReadonlyArray<readonly [K, (i: number) => LoginTarget]>): Promise<Record<K, Percentiles>> {
+  const perRound = Math.ceil(SETTINGS.latencyLogins / SETTINGS.rounds);
+  const offsets = new Map<K, number>();
+  const taken = await inTurn(
+    modes.map(([mode, target]) => [mode, async () => {
+      const offset = offsets.get(mode) ?? 0;
+      const r = await loginLatency({ protocol, maxLogins: perRound, maxSeconds: SETTINGS.latencySeconds / SETTINGS.rounds, target: (i) => target(offset + i) });
+      offsets.set(mode, offset + r.logins + r.errors);
+      return r;
+    }] as const),
+    SETTINGS.rounds,
+    (mode, round, r) => say(`    latency round ${round}, ${mode}: ${r.logins} logins one at a time in ${r.seconds.toFixed(1)} s, p50 ${r.loginMs.p50.toFixed(2)} ms p99 ${r.loginMs.p99.toFixed(2)} ms${r.errors > 0 ? `; ${r.errors} errors, the first: ${r.firstError ?? ''}` : ''}`),
+  );
+  const out = {} as Record<K, Percentiles>;
+  for (const [mode, rs] of taken) {
+    out[mode] = percentiles(rs.flatMap((r) => r.loginSamplesMs ?? []));
+    say(`  ${protocol.toUpperCase()} login latency, ${mode}, one login at a time: p50 ${out[mode].p50.toFixed(2)} ms, p99 ${out[mode].p99.toFixed(2)} ms, mean ${out[mode].mean.toFixed(2)} ms (${out[mode].n} logins)`);
+  }
+  return out;
+}
+
 function describeLogin(name: string, f: LoginFigure): string {
   const cpu = Object.entries(f.cpuPer1000).filter(([, v]) => v > 0.005).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ');
   return `${name}: ${f.loop.logins} logins in ${f.loop.seconds.toFixed(1)} s = ${f.loop.perSecond.toFixed(0)}/s; login p50 ${f.loop.loginMs.p50.toFixed(2)} ms p99 ${f.loop.loginMs.p99.toFixed(2)} ms; errors ${f.loop.errors}; CPU s/1000 logins: ${cpu}; load generator ${(f.loop.loadCpuShare * 100).toFixed(0)} % of a core; machine ${(f.machineBusy * 100).toFixed(0)} % busy, ${f.foreignCores.toFixed(2)} cores busy outside the benchmark`;
@@ -327,7 +359,7 @@ async function run(): Promise<void> {
   let nginx: NginxProcess | null = null;
   const missing = nginxMissing();
   const mailfronts: MailfrontProcess[] = [];
-  const results: Results = { noop: {}, fetch: {}, imap: {}, cpu: {}, pop3: {}, idle: {}, profiles: {} };
+  const results: Results = { noop: {}, fetch: {}, imap: {}, latency: { imap: {}, pop3: {} }, cpu: {}, pop3: {}, idle: {}, profiles: {} };
   const profileDir = join(SETTINGS.outDir, 'profiles');
   const nodeArgs = (name: string): string[] =>
     SETTINGS.profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=mailfront-${name}-${startedAt.getTime()}.cpuprofile`] : [];
@@ -471,7 +503,17 @@ async function run(): Promise<void> {
           ['floor', roundOf('imap', 'floor', at(floor.port), null, { floor: () => cpuSeconds(floor.pid) })],
         ] as const, SETTINGS.rounds);
         Object.assign(results.imap, figures);
-        for (const [mode, f] of Object.entries(figures)) say(`  ${describeLogin(`${mode} (median of ${SETTINGS.rounds} rounds)`, f)}`);
+        for (const [mode, f] of Object.entries(figures)) say(`  ${describeLogin(`${mode} (median of ${SETTINGS.rounds} rounds; latencies at saturation)`, f)}`);
+        // What a login costs, apart from queueing: the rounds above keep 20 clients waiting.
+        say(`IMAP login latency: ${SETTINGS.latencyLogins} logins per mode, one at a time, in ${SETTINGS.rounds} rounds (or ${SETTINGS.latencySeconds} s per mode), the modes in turn`);
+        const user = (target: (u: BenchUser) => LoginTarget) => (i: number): LoginTarget => target(userAt(i));
+        results.latency.imap = await latencyRounds('imap', [
+          ['direct', user((u) => directTarget(w, u, 'imap'))],
+          ['mailfront', user(at(fresh.imapPort))],
+          ['mailfront-nocache', user(at(nocache.imapPort))],
+          ...(nx !== null ? [['nginx', user(at(nx.imapPort))] as const] : []),
+          ['floor', user(at(floor.port))],
+        ] as const);
       } finally {
         await floor.stop();
         await stopMailfront(nocache, 'imap-nocache');
@@ -567,7 +609,9 @@ async function run(): Promise<void> {
       await loginLoop({ ...loop('pop3', (i) => mailfrontTarget('pop3', userAt(i)), n), maxSeconds: 120 });
       const figures = await loginRounds(modes.map(([mode, target]) => [mode, roundOf('pop3', mode, (u) => target('pop3', u), mode === 'mailfront' ? main : null)] as const), SETTINGS.rounds);
       Object.assign(results.pop3, figures);
-      for (const [mode, f] of Object.entries(figures)) say(`  ${describeLogin(`${mode} (median of ${SETTINGS.rounds} rounds)`, f)}`);
+      for (const [mode, f] of Object.entries(figures)) say(`  ${describeLogin(`${mode} (median of ${SETTINGS.rounds} rounds; latencies at saturation)`, f)}`);
+      say(`POP3 login latency: ${SETTINGS.latencyLogins} logins per mode, one at a time, in ${SETTINGS.rounds} rounds (or ${SETTINGS.latencySeconds} s per mode), the modes in turn`);
+      results.latency.pop3 = await latencyRounds('pop3', modes.map(([mode, target]) => [mode, (i: number) => target('pop3', userAt(i))] as const));
     }
     await stopMailfront(main, 'main');
 

@@ -1,14 +1,17 @@
 import assert from 'node:assert/strict';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { test } from 'node:test';
-import { noopRoundTrips } from '../../bench/load.js';
+import { loginLatency, loginLoop, noopRoundTrips } from '../../bench/load.js';
 
 /**
  * A stand-in IMAP server for the bench's workloads: a greeting, OK to every tagged command, and
- * NOOP answered after `noopDelayMs`. Counts the sessions open at once.
+ * NOOP answered after `noopDelayMs`. Counts the sessions logged in at once.
  */
-async function fakeImap(noopDelayMs: number): Promise<{ server: Server; port: number; sockets: Set<Socket> }> {
+async function fakeImap(noopDelayMs: number): Promise<{ server: Server; port: number; sockets: Set<Socket>; mostAtOnce: () => number }> {
   const sockets = new Set<Socket>();
+  // Sessions between their LOGIN and their LOGOUT, and the most of them at once.
+  let inSession = 0;
+  let most = 0;
   const server = createServer((socket) => {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
@@ -23,13 +26,18 @@ async function fakeImap(noopDelayMs: number): Promise<{ server: Server; port: nu
         const [tag, command = ''] = line.split(' ');
         const verb = command.toUpperCase();
         if (verb === 'NOOP') setTimeout(() => socket.writable && socket.write(`${tag} OK NOOP done\r\n`), noopDelayMs);
-        else if (verb === 'LOGOUT') socket.end(`* BYE\r\n${tag} OK LOGOUT done\r\n`);
-        else socket.write(`${tag} OK ${verb} done\r\n`);
+        else if (verb === 'LOGOUT') {
+          inSession--;
+          socket.end(`* BYE\r\n${tag} OK LOGOUT done\r\n`);
+        } else {
+          if (verb === 'LOGIN') most = Math.max(most, ++inSession);
+          socket.write(`${tag} OK ${verb} done\r\n`);
+        }
       }
     });
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return { server, port: (server.address() as AddressInfo).port, sockets };
+  return { server, port: (server.address() as AddressInfo).port, sockets, mostAtOnce: () => most };
 }
 
 test('the NOOP workload stops at its time bound with the round trips done by then', { timeout: 20_000 }, async () => {
@@ -54,6 +62,33 @@ test('the NOOP workload does the count asked when the bound allows it', { timeou
     const r = await noopRoundTrips({ a: { port, user: 'u', password: 'p' }, b: { port, user: 'u', password: 'p' } }, 50, 10, 60);
     assert.equal(r.a.ms.n, 50);
     assert.equal(r.b.ms.n, 50);
+  } finally {
+    for (const s of sockets) s.destroy();
+    server.close();
+  }
+});
+
+test('login latency is taken one login at a time, every login\'s time kept', { timeout: 20_000 }, async () => {
+  const { server, port, sockets, mostAtOnce } = await fakeImap(0);
+  try {
+    const r = await loginLatency({ protocol: 'imap', maxLogins: 30, maxSeconds: 10, target: (i) => ({ port, user: `u${i}`, password: 'p' }) });
+    assert.equal(r.errors, 0, r.firstError);
+    assert.equal(r.logins, 30);
+    assert.equal(r.loginSamplesMs?.length, 30);
+    assert.equal(mostAtOnce(), 1, 'never two sessions at once: no login waits behind another');
+  } finally {
+    for (const s of sockets) s.destroy();
+    server.close();
+  }
+});
+
+test('the stand-in server sees the rate loop\'s clients at once (its count can tell)', { timeout: 20_000 }, async () => {
+  const { server, port, sockets, mostAtOnce } = await fakeImap(0);
+  try {
+    const r = await loginLoop({ protocol: 'imap', concurrency: 5, maxLogins: 30, maxSeconds: 10, target: (i) => ({ port, user: `u${i}`, password: 'p' }) });
+    assert.equal(r.logins, 30);
+    assert.equal(r.loginSamplesMs, undefined, 'samples only when asked for');
+    assert.ok(mostAtOnce() > 1, `${mostAtOnce()} at once`);
   } finally {
     for (const s of sockets) s.destroy();
     server.close();

@@ -19,7 +19,7 @@ function idle(bytesPerSessionAfterGc: number, bytesPerSession = bytesPerSessionA
 }
 
 function empty(): Results {
-  return { noop: {}, fetch: {}, imap: {}, cpu: {}, pop3: {}, idle: {}, profiles: {} };
+  return { noop: {}, fetch: {}, imap: {}, latency: { imap: {}, pop3: {} }, cpu: {}, pop3: {}, idle: {}, profiles: {} } as Results;
 }
 
 const goal = (r: Results, starts: string) => {
@@ -57,4 +57,31 @@ test('a rate ratio is shown with the median of the rounds\' own ratios beside it
   assert.ok(line?.includes("1.00× (rounds' median 0.90×)"), line);
   const g = goal(r, 'IMAP login rate ≥ 0.95× direct');
   assert.equal(g.measured, "1.00× (rounds' median 0.90×)");
+});
+
+test('login latency rows come from the one-at-a-time loops; the rate loops\' latencies are labelled as taken at saturation', () => {
+  const r = empty();
+  const ms = (p50: number, p99: number) => ({ p50, p99, mean: p50, max: p99, n: 400 });
+  const loop = (p50: number) => ({ logins: 1000, errors: 0, seconds: 10, perSecond: 300, loginMs: ms(p50, p50 * 2), sessionMs: ms(p50, p50 * 2), loadCpuShare: 0.1 });
+  const figure = (p50: number) => ({ loop: loop(p50), cpuPer1000: {}, machineBusy: 1, foreignCores: 0 });
+  // At saturation 20 clients queue: 60 ms is 20 ÷ 333/s of waiting, not the login's cost.
+  r.imap.direct = figure(60);
+  r.imap.mailfront = figure(66);
+  r.latency.imap = { direct: ms(4.0, 7.0), mailfront: ms(4.5, 8.0) };
+  r.pop3.direct = figure(50);
+  r.pop3.mailfront = figure(55);
+  r.latency.pop3 = { direct: ms(3.0, 5.0), mailfront: ms(3.3, 6.0) };
+  const lines = buildReport(r, false).table.split('\n');
+  const cells = (start: string): string[] => {
+    const line = lines.find((l) => l.startsWith(`| ${start}`));
+    assert.ok(line, `a row starting "${start}"`);
+    return line.split('|').map((c) => c.trim());
+  };
+  assert.deepEqual(cells('IMAP login latency p50, ms').slice(2, 4), ['4.00', '4.50']);
+  assert.deepEqual(cells('IMAP login latency p99, ms').slice(2, 4), ['7.00', '8.00']);
+  assert.deepEqual(cells('POP3 login latency p50, ms').slice(2, 4), ['3.00', '3.30']);
+  assert.deepEqual(cells('POP3 login latency p99, ms').slice(2, 4), ['5.00', '6.00']);
+  const saturated = lines.filter((l) => l.includes('60.00') || l.includes('50.00'));
+  assert.equal(saturated.length, 2, 'the saturated p50s appear once each');
+  for (const l of saturated) assert.match(l, /at saturation/);
 });
