@@ -585,7 +585,7 @@ async function run(): Promise<void> {
 
     if (want('master-user')) {
       await quietGate('master-user');
-      say(`IMAP logins through a mailfront that logs in with a master user, beside direct ones: ${SETTINGS.rounds} rounds of ${perRound}, in turn`);
+      say(`IMAP logins through a mailfront that logs in with a master user, beside direct ones${nginx !== null ? ' and nginx\'s' : ''}: ${SETTINGS.rounds} rounds of ${perRound}, in turn`);
       const master = await mf('master-user', 'master-user');
       // One untimed login per user (the JIT, the caches): the figure is a warm one, as mailfront's
       // in the IMAP step (before this pass, its first timed pass over the users went to LDAP).
@@ -593,9 +593,13 @@ async function run(): Promise<void> {
       const figures = await loginRounds([
         ['direct', roundOf('imap', 'direct', (u) => directTarget(w, u, 'imap'), null)],
         ['mailfront-master-user', roundOf('imap', 'master-user', (u) => ({ port: master.imapPort, ...account(u) }), master)],
+        // nginx has no master-user login: it replays the user's password, as in the IMAP step.
+        // It takes its turn here so that mailfront's ratio to it is of the same minutes.
+        ...(nginx !== null ? [['nginx', roundOf('imap', 'nginx-master-user', (u) => ({ port: nginx!.imapPort, ...account(u) }), null)] as const] : []),
       ] as const, SETTINGS.rounds);
       results.imap['mailfront-master-user'] = figures['mailfront-master-user'];
       results.imap['direct-master-user'] = figures.direct;
+      if (nginx !== null) results.imap['nginx-master-user'] = figures.nginx;
       say(`  ${describeLogin(`mailfront, master-user login (median of ${SETTINGS.rounds} rounds)`, figures['mailfront-master-user'])}`);
       await stopMailfront(master, 'master-user');
     }

@@ -85,3 +85,31 @@ test('login latency rows come from the one-at-a-time loops; the rate loops\' lat
   assert.equal(saturated.length, 2, 'the saturated p50s appear once each');
   for (const l of saturated) assert.match(l, /at saturation/);
 });
+
+test('the master-user row sets mailfront against the direct and nginx rounds taken in turn with it, and gives no ratio without them', () => {
+  const r = empty();
+  const figure = (perSecond: number) => ({
+    loop: { logins: 1000, errors: 0, seconds: 10, perSecond, loginMs: { p50: 1, p99: 2, mean: 1, max: 3, n: 1000 }, sessionMs: { p50: 1, p99: 2, mean: 1, max: 3, n: 1000 }, loadCpuShare: 0.1 },
+    cpuPer1000: {},
+    machineBusy: 1,
+    foreignCores: 0,
+  });
+  // The IMAP step's figures, minutes before the master-user rounds.
+  r.imap.direct = figure(400);
+  r.imap.nginx = figure(250);
+  r.imap['mailfront-master-user'] = figure(300);
+  const row = (): string[] => {
+    const line = buildReport(r, true).table.split('\n').find((l) => l.startsWith('| IMAP logins/s, mailfront master-user login'));
+    assert.ok(line);
+    return line.split('|').map((c) => c.trim());
+  };
+  assert.deepEqual(row().slice(2, 7), ['—', '300', '—', '—', '—'], 'nothing taken beside it: no ratio from another step\'s figures');
+  r.imap['direct-master-user'] = figure(320);
+  r.imap['nginx-master-user'] = figure(240);
+  assert.deepEqual(row().slice(2, 7), ['320', '300', '240', '0.94×', '1.25×']);
+});
+
+test('the fresh mailfront\'s first logins are labelled as taken before the rounds', () => {
+  const line = buildReport(empty(), true).table.split('\n').find((l) => l.includes('a fresh mailfront\'s first logins (each user once'));
+  assert.match(line ?? '', /taken before the rounds/);
+});
