@@ -22,7 +22,7 @@ import { combineRounds, inTurn } from './rounds.js';
 import { measureIdle } from './idle.js';
 import { canForceGc, forceGc } from './inspector.js';
 import { freePort } from '../test/integration/servers/index.js';
-import { cpuPlan, pinTree } from './pin.js';
+import { PINNED_STEPS, allCpus, cpuPlan, pinTree, pinnedStep } from './pin.js';
 import { MAILFRONT_MAIN, PROXY_NODE, directPorts, merge, nginxMissing, startBackends, startFloor, startInstantBackend, startMailfront, startNginx, type Backends, type BenchUser, type MailfrontProcess, type NginxProcess, type Stores } from './setup.js';
 
 const REPO_ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
@@ -106,7 +106,7 @@ const SETTINGS = {
   label: process.env['BENCH_LABEL'] ?? '',
   /** Wait up to this long, before starting, for the machine to be quiet (under 25 % busy over 3 s). */
   waitQuietSeconds: envInt('BENCH_WAIT_QUIET_S', 0),
-  /** Dovecot on the last CPU, everything else on the others (bench/pin.ts). */
+  /** Dovecot on the last CPU, everything else on the others, in the login-rate steps only (bench/pin.ts). */
   pin: process.env['BENCH_PIN'] === '1',
 };
 const CPU_PLAN = SETTINGS.pin ? cpuPlan() : null;
@@ -341,11 +341,21 @@ async function run(): Promise<void> {
   if ((loadBefore[0] ?? 0) > machine.cores * 0.5) say(`warning: the machine is busy (load average ${loadBefore.map((x) => x.toFixed(2)).join(' ')}): other work skews every figure`);
   say(`machine: ${machine.cores} × ${machine.cpu}, ${machine.memoryGiB} GiB, Linux ${machine.kernel}; ${versions.node}; ${versions.dovecot ? `Dovecot ${versions.dovecot}` : ''}`);
 
-  // Every process the bench starts inherits its CPUs; each Dovecot is moved off them below.
-  if (CPU_PLAN !== null) pinTree(process.pid, CPU_PLAN.rest);
-  const pinDovecots = (dovecots: Iterable<{ readonly pid: number }>): void => {
+  // With BENCH_PIN=1, the login-rate steps run pinned and the others on every CPU (bench/pin.ts).
+  // Every process the bench starts is its descendant (the daemons run in the foreground), so
+  // moving this process's tree moves them all; the Dovecots are then moved to their own CPU.
+  const pinnedSteps: string[] = [];
+  const placeFor = (step: Phase): void => {
     if (CPU_PLAN === null) return;
-    for (const dovecot of dovecots) pinTree(dovecot.pid, CPU_PLAN.dovecot);
+    if (pinnedStep(step, true)) {
+      pinTree(process.pid, CPU_PLAN.rest);
+      for (const dovecot of backends.stores.values()) pinTree(dovecot.pid, CPU_PLAN.dovecot);
+      pinnedSteps.push(step);
+      say(`  pinned for ${step}: Dovecot on CPU ${CPU_PLAN.dovecot}, everything else (slapd included) on CPU ${CPU_PLAN.rest}`);
+    } else {
+      pinTree(process.pid, allCpus());
+      say(`  not pinned for ${step}: every process on CPUs ${allCpus()}`);
+    }
   };
   say(`starting slapd and ${SETTINGS.stores} Dovecot stores with ${SETTINGS.users} users`);
   const backends = await startBackends({
@@ -354,8 +364,7 @@ async function run(): Promise<void> {
     fetchMessageBytes: SETTINGS.fetchBytes,
     dovecotClientLimit: SETTINGS.dovecotClientLimit,
   });
-  pinDovecots(backends.stores.values());
-  if (CPU_PLAN !== null) say(`pinned (BENCH_PIN=1): Dovecot on CPU ${CPU_PLAN.dovecot}, everything else (slapd included) on CPU ${CPU_PLAN.rest}`);
+  if (CPU_PLAN !== null) say(`BENCH_PIN=1: the steps ${PINNED_STEPS.join(', ')} run with Dovecot on CPU ${CPU_PLAN.dovecot} and everything else on CPU ${CPU_PLAN.rest}; the others on every CPU`);
   let nginx: NginxProcess | null = null;
   const missing = nginxMissing();
   const mailfronts: MailfrontProcess[] = [];
@@ -406,6 +415,7 @@ async function run(): Promise<void> {
     ];
 
     if (want('noop')) {
+      placeFor('noop');
       await quietGate('noop');
       say(`NOOP round trips: ${SETTINGS.noops} NOOPs on one session per mode, one mode after the other in turn (after 200 untimed)`);
       // The floor relays through the same splice with nothing else in its process: what is left
@@ -430,6 +440,7 @@ async function run(): Promise<void> {
     }
 
     if (want('fetch')) {
+      placeFor('fetch');
       await quietGate('fetch');
       const perRound = Math.ceil(SETTINGS.fetches / SETTINGS.fetchRounds);
       say(`FETCH: BODY.PEEK[] of a ${(SETTINGS.fetchBytes / 1048576).toFixed(0)} MiB message, ${SETTINGS.fetchRounds} rounds of ${perRound} per mode (after 1 untimed each), the modes in turn`);
@@ -473,6 +484,7 @@ async function run(): Promise<void> {
     };
 
     if (want('imap')) {
+      placeFor('imap');
       await quietGate('imap');
       say(`IMAP logins (connect, LOGIN, SELECT INBOX, LOGOUT): ${SETTINGS.concurrency} clients; the warm figures in ${SETTINGS.rounds} rounds of ${Math.ceil(SETTINGS.logins / SETTINGS.rounds)} logins (or ${SETTINGS.loginSeconds} s), the modes in turn`);
       // A fresh mailfront: JIT warm-up with users kept out of the cold pass, then every other
@@ -522,6 +534,7 @@ async function run(): Promise<void> {
     }
 
     if (want('cpu')) {
+      placeFor('cpu');
       await quietGate('cpu');
       // What each proxy itself spends on a login when nothing else competes for the CPU: behind
       // Dovecot the two cores are saturated and every process's CPU per login grows with the
@@ -584,6 +597,7 @@ async function run(): Promise<void> {
     }
 
     if (want('master-user')) {
+      placeFor('master-user');
       await quietGate('master-user');
       say(`IMAP logins through a mailfront that logs in with a master user, beside direct ones${nginx !== null ? ' and nginx\'s' : ''}: ${SETTINGS.rounds} rounds of ${perRound}, in turn`);
       const master = await mf('master-user', 'master-user');
@@ -605,6 +619,7 @@ async function run(): Promise<void> {
     }
 
     if (want('pop3')) {
+      placeFor('pop3');
       await quietGate('pop3');
       say(`POP3 logins (connect, USER, PASS, STAT, QUIT): ${SETTINGS.concurrency} clients, ${SETTINGS.rounds} rounds of ${Math.ceil(SETTINGS.logins / SETTINGS.rounds)} logins (or ${SETTINGS.loginSeconds} s), the modes in turn`);
       // An untimed pass, one login per user, makes mailfront's figure the warm one, as the IMAP
@@ -622,7 +637,6 @@ async function run(): Promise<void> {
     if (want('idle') || want('idle-tls')) {
       say(`idle spliced sessions: Dovecot instances whose processes serve ${SETTINGS.idleDovecotClientLimit} sessions each, a fresh mailfront and a fresh nginx for each measure`);
       const many = await backends.startManySessionStores(SETTINGS.idleDovecotClientLimit);
-      pinDovecots(many.values());
       if (!canForceGc()) say('no WebSocket client in this Node (run it with --experimental-websocket): mailfront\'s memory is measured without a forced GC');
       // mailfront's inspector, on loopback, lets the bench force a full GC before reading RSS.
       const gcArgs = (port: number): string[] => (canForceGc() ? [`--inspect=127.0.0.1:${port}`] : []);
@@ -638,6 +652,7 @@ async function run(): Promise<void> {
           }
         };
         if (want('idle')) {
+          placeFor('idle');
           await quietGate('idle');
           say(`plaintext: ${idleCount} sessions`);
           const inspect = await freePort();
@@ -649,6 +664,7 @@ async function run(): Promise<void> {
           });
         }
         if (want('idle-tls')) {
+          placeFor('idle-tls');
           await quietGate('idle-tls');
           say(`TLS (implicit TLS 1.3 on the client side, plaintext to Dovecot): ${idleTlsCount} sessions`);
           const inspect = await freePort();
@@ -671,10 +687,10 @@ async function run(): Promise<void> {
 
   const finishedAt = new Date();
   const command = process.env['BENCH_COMMAND'] ?? 'npm run bench';
-  const report = buildReport(results, nginx !== null);
+  const report = buildReport(results, nginx !== null, pinnedSteps);
   const figures = [...Object.values(results.imap), ...Object.values(results.pop3)];
   const foreign = figures.length > 0 ? figures.reduce((n, f) => n + f.foreignCores, 0) / figures.length : NaN;
-  const settings = { ...SETTINGS, idleSessionsMeasured: idleCount, idleTlsSessionsMeasured: idleTlsCount, fileLimit: limits };
+  const settings = { ...SETTINGS, pinnedSteps, idleSessionsMeasured: idleCount, idleTlsSessionsMeasured: idleTlsCount, fileLimit: limits };
   const doc = {
     command,
     label: SETTINGS.label,
@@ -695,7 +711,7 @@ async function run(): Promise<void> {
   writeFileSync(jsonFile, `${JSON.stringify(doc, null, 2)}\n`);
   const markdown = [
     `Run ${startedAt.toISOString()} (${doc.seconds.toFixed(0)} s), \`${command}\`${SETTINGS.label ? `, ${SETTINGS.label}` : ''}; mailfront ${versions.mailfront} (built ${versions.mailfrontBuiltAt}); ${machine.cores} × ${machine.cpu}; ${versions.node}; Dovecot ${versions.dovecot}; ${versions.slapd}; ${versions.nginx || 'no nginx'}.`,
-    `Load average at the start ${loadBefore.map((x) => x.toFixed(2)).join(' ')}; CPU busy outside the benchmark's processes (other work, kernel threads) averaged ${Number.isNaN(foreign) ? '—' : foreign.toFixed(2)} cores during the login measures.${CPU_PLAN !== null ? ` Pinned (BENCH_PIN=1): Dovecot on CPU ${CPU_PLAN.dovecot}, the load generator, slapd and the proxies on CPU ${CPU_PLAN.rest}.` : ''}`,
+    `Load average at the start ${loadBefore.map((x) => x.toFixed(2)).join(' ')}; CPU busy outside the benchmark's processes (other work, kernel threads) averaged ${Number.isNaN(foreign) ? '—' : foreign.toFixed(2)} cores during the login measures.${CPU_PLAN !== null ? ` BENCH_PIN=1: ${pinnedSteps.length > 0 ? `pinned (Dovecot on CPU ${CPU_PLAN.dovecot}, the load generator, slapd and the proxies on CPU ${CPU_PLAN.rest}) for ${pinnedSteps.join(', ')}` : 'no pinned step ran'}; every other step unpinned.` : ''}`,
     '',
     report.table,
     '',

@@ -11,6 +11,13 @@
  * stays with the proxies: in production the directory is not on the mail store's host either,
  * and a proxy that asks it on every login should not be charged for it in Dovecot's CPU.
  *
+ * Only the login-rate steps are pinned (PINNED_STEPS); the bench puts every process back on all
+ * CPUs for the others. FETCH, NOOP and idle memory measure the relay, not whether the backend
+ * limits a rate: pinned, the load generator and mailfront would share one CPU while a direct
+ * connection had it to itself. The `cpu` step measures a proxy's own CPU per login against the
+ * instant backend, not Dovecot: pinned, the proxy, slapd, the load generator and that backend
+ * would all share CPU 0 while Dovecot's CPU stood idle.
+ *
  * Uses `taskset` (util-linux, in every Debian). Children inherit their parent's CPUs, so a
  * Dovecot's later processes stay where their master is put.
  */
@@ -22,6 +29,19 @@ import { descendantsOf } from '../test/integration/servers/index.js';
 export interface CpuPlan {
   readonly dovecot: string;
   readonly rest: string;
+}
+
+/** The steps measured pinned under BENCH_PIN=1: those whose figures are login rates behind Dovecot. */
+export const PINNED_STEPS: readonly string[] = ['imap', 'master-user', 'pop3'];
+
+/** Whether `step` runs pinned when `pin` (BENCH_PIN=1) is asked for. */
+export function pinnedStep(step: string, pin: boolean): boolean {
+  return pin && PINNED_STEPS.includes(step);
+}
+
+/** Every CPU, as a taskset list: where the unpinned steps run. */
+export function allCpus(cores = availableParallelism()): string {
+  return cores <= 1 ? '0' : `0-${cores - 1}`;
 }
 
 /** The last CPU for Dovecot, the others for the rest; null on a single CPU. */

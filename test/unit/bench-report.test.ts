@@ -113,3 +113,25 @@ test('the fresh mailfront\'s first logins are labelled as taken before the round
   const line = buildReport(empty(), true).table.split('\n').find((l) => l.includes('a fresh mailfront\'s first logins (each user once'));
   assert.match(line ?? '', /taken before the rounds/);
 });
+
+test('the goals measured in pinned steps say so, and the others do not', () => {
+  const r = empty();
+  const names = (pinned: readonly string[]) => buildReport(r, true, pinned).goals.map((g) => g.goal);
+  const pinned = names(['imap', 'master-user', 'pop3']);
+  const tagged = pinned.filter((g) => g.includes('[pinned'));
+  assert.deepEqual(
+    tagged.map((g) => g.replace(/ \[pinned.*$/, '')),
+    [
+      'IMAP login rate ≥ 0.95× direct',
+      'IMAP login rate ≥ 1.2× nginx',
+      'POP3 login rate ≥ 0.95× direct',
+      'POP3 login rate ≥ 1.2× nginx',
+      'CPU per 1,000 IMAP logins, cold cache ≤ 0.6 s',
+      'CPU per 1,000 IMAP logins, cold cache ≤ 0.6 s (a fresh mailfront\'s first logins)',
+      'CPU per 1,000 IMAP logins, warm cache ≤ 0.3 s',
+    ],
+  );
+  assert.ok(!pinned.some((g) => g.startsWith('FETCH') && g.includes('[pinned')));
+  assert.ok(!pinned.some((g) => g.includes('instant backend') && g.includes('[pinned')));
+  assert.equal(names([]).filter((g) => g.includes('[pinned')).length, 0);
+});
