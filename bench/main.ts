@@ -710,8 +710,8 @@ async function run(): Promise<void> {
   const mdFile = join(SETTINGS.outDir, `bench-${stamp}.md`);
   writeFileSync(jsonFile, `${JSON.stringify(doc, null, 2)}\n`);
   const markdown = [
-    `Run ${startedAt.toISOString()} (${doc.seconds.toFixed(0)} s), \`${command}\`${SETTINGS.label ? `, ${SETTINGS.label}` : ''}; mailfront ${versions.mailfront} (built ${versions.mailfrontBuiltAt}); ${machine.cores} × ${machine.cpu}; ${versions.node}; Dovecot ${versions.dovecot}; ${versions.slapd}; ${versions.nginx || 'no nginx'}.`,
-    `Load average at the start ${loadBefore.map((x) => x.toFixed(2)).join(' ')}; CPU busy outside the benchmark's processes (other work, kernel threads) averaged ${Number.isNaN(foreign) ? '—' : foreign.toFixed(2)} cores during the login measures.${CPU_PLAN !== null ? ` BENCH_PIN=1: ${pinnedSteps.length > 0 ? `pinned (Dovecot on CPU ${CPU_PLAN.dovecot}, the load generator, slapd and the proxies on CPU ${CPU_PLAN.rest}) for ${pinnedSteps.join(', ')}` : 'no pinned step ran'}; every other step unpinned.` : ''}`,
+    `Run ${startedAt.toISOString()} (${doc.seconds.toFixed(0)} s), \`${command}\`${SETTINGS.label ? `, ${SETTINGS.label}` : ''}; mailfront ${versions.mailfront} (built ${versions.mailfrontBuiltAt}); ${machine.cores} × ${machine.cpu}, Linux ${machine.kernel}; ${versions.node}; Dovecot ${versions.dovecot}; ${versions.slapd}; ${versions.nginx || 'no nginx'}.`,
+    `${SETTINGS.waitQuietSeconds > 0 ? `Waited up to ${SETTINGS.waitQuietSeconds} s for a quiet machine before each step (BENCH_WAIT_QUIET_S). ` : 'No wait for a quiet machine (BENCH_WAIT_QUIET_S=0). '}Load average at the start ${loadBefore.map((x) => x.toFixed(2)).join(' ')}; CPU busy outside the benchmark's processes (other work, kernel threads) averaged ${Number.isNaN(foreign) ? '—' : foreign.toFixed(2)} cores during the login measures.${CPU_PLAN !== null ? ` BENCH_PIN=1: ${pinnedSteps.length > 0 ? `pinned (Dovecot on CPU ${CPU_PLAN.dovecot}, the load generator, slapd and the proxies on CPU ${CPU_PLAN.rest}) for ${pinnedSteps.join(', ')}` : 'no pinned step ran'}; every other step unpinned.` : ''}`,
     '',
     report.table,
     '',
