@@ -709,8 +709,31 @@ export class Mailfront {
    * Stops accepting, says BYE to sessions before login, and gives spliced sessions up to
    * `drainMs` (default: shutdown.drain_timeout_ms) to end on their own before closing them.
    */
-  async stop(drainMs = this.config.shutdown.drainTimeoutMs): Promise<void> {
-    if (this.stopping) return;
+  stop(drainMs = this.config.shutdown.drainTimeoutMs): Promise<void> {
+    // One stop: a second call (a second SIGTERM, or SIGINT after SIGTERM) waits for the one under
+    // way. It returned at once, and the CLI exited while spliced sessions drained: no BYE, no
+    // session.finished, no server.stopped.
+    this.stopped ??= this.stopNow(drainMs);
+    return this.stopped;
+  }
+
+  private stopped: Promise<void> | undefined;
+
+  /** Set by endDrain(): spliced sessions are closed without waiting for the drain deadline. */
+  private drainEnded = false;
+  private endDrainWait: () => void = () => undefined;
+
+  /**
+   * A repeated stop signal: the drain of spliced sessions ends now, each told BYE as at the drain
+   * deadline, and the stop goes on as usual (its log lines, server.stopped). Logged each time.
+   */
+  endDrain(signal: string): void {
+    this.log.warn({ event: 'server.drain_ended', signal, sessions: this.registry.size }, this.drainEnded ? 'stop signal repeated; the drain has already ended' : 'stop signal repeated; spliced sessions are told BYE now');
+    this.drainEnded = true;
+    this.endDrainWait();
+  }
+
+  private async stopNow(drainMs: number): Promise<void> {
     this.stopping = true;
     // Accepting stops first. A reload under way gives up its wait on the store-map source, and
     // commits nothing it had not committed; a listener it binds meanwhile is shut at once
@@ -725,9 +748,20 @@ export class Mailfront {
     const sessions = () => this.listeners.flatMap((l) => [...l.sessions]);
     for (const session of sessions()) session.shutdownIfNotSpliced();
     const deadline = Date.now() + drainMs;
-    while (this.registry.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    while (this.registry.size > 0 && Date.now() < deadline && !this.drainEnded) {
+      await new Promise<void>((r) => {
+        const timer = setTimeout(r, 100);
+        this.endDrainWait = () => {
+          clearTimeout(timer);
+          r();
+        };
+      });
+    }
+    this.endDrainWait = () => undefined;
     for (const session of sessions()) session.shutdown();
-    while (sessions().length > 0 && Date.now() < deadline + 2_000) await new Promise((r) => setTimeout(r, 20));
+    // Two seconds to close, from the deadline or from the drain's end, whichever came first.
+    const closedBy = Math.min(deadline, Date.now()) + 2_000;
+    while (sessions().length > 0 && Date.now() < closedBy) await new Promise((r) => setTimeout(r, 20));
     for (const timer of this.draining.values()) clearTimeout(timer);
     await this.http?.close();
     await this.holder.source.close();

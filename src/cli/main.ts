@@ -50,7 +50,8 @@ ${COMMON}
 Runs mailfront in the foreground. Logs are JSON lines on stdout.
 Signals: SIGHUP re-reads the config and the store map without dropping a spliced session
 (listeners whose address changed are bound anew); SIGTERM/SIGINT stop accepting, say BYE to
-sessions before login and drain spliced sessions (up to shutdown.drain_timeout_ms) before exiting.
+sessions before login and drain spliced sessions (up to shutdown.drain_timeout_ms) before exiting;
+a second SIGTERM/SIGINT ends the drain at once (BYE to spliced sessions), then exits as usual.
 ${COMMON}
 `,
   'check-config': `Usage: mailfront check-config [FILE | -c FILE]
@@ -431,14 +432,22 @@ async function main(argv: string[]): Promise<number> {
       process.on('SIGHUP', () => reload(mailfront));
       releaseHangups();
       if (hangupsReceived() > askedBefore) reload(mailfront);
-      const stop = (): void => {
+      // The first SIGTERM or SIGINT stops; another one (a second Ctrl-C, systemd's and an
+      // operator's) ends the drain of spliced sessions at once: they are told BYE now, and the
+      // stop ends as usual, its log lines written. With process.once a second signal took the
+      // default action and killed the process, sessions cut without a BYE and the last log lines
+      // lost; and SIGINT after SIGTERM exited 0 while the sessions drained.
+      let stopping = false;
+      const stop = (signal: NodeJS.Signals): void => {
+        if (stopping) return mailfront.endDrain(signal);
+        stopping = true;
         void mailfront
           .stop()
           .then(() => logWritten(mailfront.log, LOG_FLUSH_AT_EXIT_MS))
           .then(() => process.exit(0));
       };
-      process.once('SIGTERM', stop);
-      process.once('SIGINT', stop);
+      process.on('SIGTERM', stop);
+      process.on('SIGINT', stop);
       return -1;
     }
     case 'stores': {

@@ -194,3 +194,49 @@ test('a stop while the log reader lags: every line reaches it, in order, server.
     if (reader.exitCode === null) reader.kill('SIGKILL');
   }
 });
+
+/** Polls `file` until a line with `event` is in it (or `ms` pass: throws). */
+async function logged(file: string, event: string, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!logLines(file).some((l) => l['event'] === event)) {
+    if (Date.now() > deadline) throw new Error(`no ${event} within ${ms} ms: ${readFileSync(file, 'utf8')}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+for (const second of ['SIGTERM', 'SIGINT'] as const) {
+  test(`a ${second} while SIGTERM's drain goes on ends the drain: the spliced session is told BYE now, and the stop ends as usual (exit 0, server.stopped)`, async () => {
+    const imapPort = await freePort();
+    // A drain far longer than the test waits: only the second signal can end it in time.
+    const configFile = writeConfig(`second-${second}.yaml`, imapPort, { shutdown: { drain_timeout_ms: 120_000 } });
+    const logFile = join(dir.path, `second-${second}.log`);
+    const out = openSync(logFile, 'a');
+    const cli = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+    const child = spawn(process.execPath, [cli, 'serve', '-c', configFile], { stdio: ['ignore', out, out] });
+    closeSync(out);
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+    let raw: LineClient | undefined;
+    try {
+      await logged(logFile, 'listener.bound', 15_000);
+      raw = await LineClient.connect(imapPort);
+      await raw.readLine();
+      raw.send(`a1 LOGIN sam ${PASSWORD}`);
+      assert.match(await raw.readLine(), /^a1 OK /);
+      child.kill('SIGTERM');
+      await logged(logFile, 'server.stopping', 10_000);
+      child.kill(second);
+      assert.equal(await raw.readLine(15_000), '* BYE [UNAVAILABLE] Server shutting down');
+      assert.deepEqual(await exited, { code: 0, signal: null });
+      const lines = logLines(logFile);
+      const events = lines.map((l) => l['event']);
+      assert.equal(lines.find((l) => l['event'] === 'server.drain_ended')?.['signal'], second);
+      assert.equal(lines.find((l) => l['event'] === 'session.finished' && l['user'] === 'sam')?.['reason'], 'shutdown');
+      assert.ok(events.includes('server.stopped'), `no server.stopped; the log ends: ${events.slice(-3).join(', ')}`);
+    } finally {
+      raw?.close();
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      const write = suiteLogWriter();
+      for (const line of readFileSync(logFile, 'utf8').split('\n')) if (line !== '') write(line);
+    }
+  });
+}
