@@ -6,7 +6,7 @@
  * Parses arguments, prints, and sets the exit code; nothing else.
  */
 // First: SIGHUP is counted, not fatal, from here on (see hangup.ts).
-import { hangupsReceived, releaseHangups } from './hangup.js';
+import { hangupsReceived, releaseHangups, releaseStops, takeStops } from './hangup.js';
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -336,8 +336,11 @@ async function main(argv: string[]): Promise<number> {
   }
   const { values, positionals } = parsed;
   const [command = '', ...rest] = positionals;
-  // Only serve answers SIGHUP; any other command ends on it, as it did.
-  if (command !== 'serve') releaseHangups();
+  // Only serve answers SIGHUP, SIGTERM and SIGINT; any other command ends on them, as it did.
+  if (command !== 'serve') {
+    releaseHangups();
+    releaseStops();
+  }
   const out = (text: string): void => void process.stdout.write(text);
   if (values.version) {
     out(`mailfront ${VERSION}\n`);
@@ -436,7 +439,9 @@ async function main(argv: string[]): Promise<number> {
       // operator's) ends the drain of spliced sessions at once: they are told BYE now, and the
       // stop ends as usual, its log lines written. With process.once a second signal took the
       // default action and killed the process, sessions cut without a BYE and the last log lines
-      // lost; and SIGINT after SIGTERM exited 0 while the sessions drained.
+      // lost; and SIGINT after SIGTERM exited 0 while the sessions drained. Those that came
+      // during the start (remembered since the CLI's first module, see hangup.ts) are handled
+      // now, in order: the server stops as soon as it is up.
       let stopping = false;
       const stop = (signal: NodeJS.Signals): void => {
         if (stopping) return mailfront.endDrain(signal);
@@ -446,8 +451,7 @@ async function main(argv: string[]): Promise<number> {
           .then(() => logWritten(mailfront.log, LOG_FLUSH_AT_EXIT_MS))
           .then(() => process.exit(0));
       };
-      process.on('SIGTERM', stop);
-      process.on('SIGINT', stop);
+      takeStops(stop);
       return -1;
     }
     case 'stores': {

@@ -313,6 +313,16 @@ describe('docker/: the compose picture is consistent', () => {
     assert.ok(existsSync(join(DOCKER, 'Dockerfile.dockerignore')));
   });
 
+  it('runs mailfront under tini, not as PID 1: a stop signal before node handles it is not lost', () => {
+    const runtime = readFileSync(join(DOCKER, 'Dockerfile'), 'utf8').split(/^FROM /m).at(-1) ?? '';
+    // node:22-alpine: apk's tini is /sbin/tini.
+    assert.match(runtime, /^RUN apk add --no-cache tini$/m);
+    const entrypoint = JSON.parse(/^ENTRYPOINT (.*)$/m.exec(runtime)?.[1] ?? '[]') as string[];
+    assert.deepEqual(entrypoint.slice(0, 3), ['/sbin/tini', '--', 'node']);
+    // Not a second init above the image's (tini would warn it is not PID 1).
+    for (const name of mailfrontServices) assert.equal((compose.services[name] as { init?: unknown }).init, undefined, `${name}: init`);
+  });
+
   it('has a Dovecot config that doveconf accepts and a master user matching mailfront\'s backend account', async () => {
     const dir = tmpDir('docker-dovecot');
     try {

@@ -62,6 +62,29 @@ export function serve(config: string, nodeOptions: readonly string[] = []): Serv
   return { child, lines, events, logged, exited };
 }
 
+/**
+ * node's options for a serve process that sends itself `signal` when `module` (a file of the
+ * build) is evaluated: a loader hook adds `process.kill(process.pid, signal)` to its code. An
+ * import is evaluated before the module's own code: the kill runs after every module it imports.
+ * Several (module, signal) pairs may be given.
+ */
+export function signalAt(...at: ReadonlyArray<readonly [module: string, signal: NodeJS.Signals]>): string[] {
+  const targets = Object.fromEntries(at.map(([module, signal]) => [new URL(`file://${module}`).href, signal]));
+  const hooks = `
+    const targets = ${JSON.stringify(targets)};
+    export async function load(url, context, next) {
+      const loaded = await next(url, context);
+      const signal = targets[url];
+      if (signal === undefined) return loaded;
+      const source = typeof loaded.source === 'string' ? loaded.source : new TextDecoder().decode(loaded.source);
+      // After a #! line, which must stay first.
+      const cut = source.startsWith('#!') ? source.indexOf('\\n') + 1 : 0;
+      return { ...loaded, source: source.slice(0, cut) + "process.kill(process.pid, '" + signal + "');" + source.slice(cut) };
+    }`;
+  const register = `import { register } from 'node:module'; register(${JSON.stringify(`data:text/javascript,${encodeURIComponent(hooks)}`)});`;
+  return ['--import', `data:text/javascript,${encodeURIComponent(register)}`];
+}
+
 /** Stops serve with SIGTERM; its exit code. */
 export async function stop(s: Serve): Promise<number | null> {
   if (s.child.exitCode === null && s.child.signalCode === null) s.child.kill('SIGTERM');

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { freePort } from '../integration/servers/index.js';
-import { CLI, DIST_SRC, serve, stop } from './serve-process.js';
+import { CLI, DIST_SRC, serve, signalAt, stop } from './serve-process.js';
 
 let dir: string;
 
@@ -23,24 +23,9 @@ after(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/**
- * node's options for a serve process that sends itself SIGHUP when `module` (a file of the build)
- * is evaluated: a loader hook adds `process.kill(process.pid, 'SIGHUP')` to its code. An import
- * is evaluated before the module's own code: the kill runs after every module it imports.
- */
+/** node's options for a serve process that sends itself SIGHUP when `module` (a file of the build) is evaluated. */
 function hangupAt(module: string): string[] {
-  const hooks = `
-    const target = ${JSON.stringify(new URL(`file://${module}`).href)};
-    export async function load(url, context, next) {
-      const loaded = await next(url, context);
-      if (url !== target) return loaded;
-      const source = typeof loaded.source === 'string' ? loaded.source : new TextDecoder().decode(loaded.source);
-      // After a #! line, which must stay first.
-      const cut = source.startsWith('#!') ? source.indexOf('\\n') + 1 : 0;
-      return { ...loaded, source: source.slice(0, cut) + "process.kill(process.pid, 'SIGHUP');" + source.slice(cut) };
-    }`;
-  const register = `import { register } from 'node:module'; register(${JSON.stringify(`data:text/javascript,${encodeURIComponent(hooks)}`)});`;
-  return ['--import', `data:text/javascript,${encodeURIComponent(register)}`];
+  return signalAt([module, 'SIGHUP']);
 }
 
 /** A config of one plain IMAP listener on a free port, the store map from a file. */
