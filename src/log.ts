@@ -53,9 +53,12 @@ let cachedPrefix = '';
 /**
  * Creates the root logger writing JSON lines to `destination`. By default that is stdout,
  * written asynchronously in batches of LOG_BATCH_BYTES or every LOG_FLUSH_INTERVAL_MS, whichever
- * comes first; whatever is pending is flushed synchronously when the process exits.
+ * comes first; whatever is pending is flushed synchronously when the process exits (unless given
+ * up: dropPendingLog()).
  */
 export function createLogger(level: string, destination?: DestinationStream): Logger {
+  const stream = destination ?? pino.destination({ dest: 1, sync: false, minLength: LOG_BATCH_BYTES, periodicFlush: LOG_FLUSH_INTERVAL_MS, maxLength: MAX_PENDING_LOG_BYTES });
+  if (destination === undefined) stdoutDestinations.push(stream as unknown as StdoutDestination);
   const options = {
     level,
     base: { name: 'mailfront' },
@@ -63,5 +66,29 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
     timestamp: () => isoTimeField(),
     formatters: { level: (label: string) => ({ level: label }) },
   };
-  return pino(options, destination ?? pino.destination({ dest: 1, sync: false, minLength: LOG_BATCH_BYTES, periodicFlush: LOG_FLUSH_INTERVAL_MS, maxLength: MAX_PENDING_LOG_BYTES }));
+  return pino(options, stream);
+}
+
+/** What dropPendingLog() reads and changes of pino's stdout destination (a SonicBoom). */
+interface StdoutDestination {
+  /** Bytes written to it and not yet to stdout. */
+  readonly _len: number;
+  flushSync(): void;
+}
+
+const stdoutDestinations: StdoutDestination[] = [];
+
+/**
+ * Gives up the log lines not yet written to stdout, for an exit that cannot wait for them (its
+ * reader has stalled); the number of bytes given up. At exit pino flushes a destination
+ * synchronously, and SonicBoom retries a write that stdout refuses (EAGAIN: a pipe nobody reads)
+ * every 100 ms for ever: the process never ended, until SIGKILL.
+ */
+export function dropPendingLog(): number {
+  let dropped = 0;
+  for (const destination of stdoutDestinations) {
+    dropped += destination._len;
+    destination.flushSync = () => undefined;
+  }
+  return dropped;
 }

@@ -7,7 +7,7 @@
  */
 // First: SIGHUP is counted, not fatal, from here on (see hangup.ts).
 import { hangupsReceived, releaseHangups, releaseStops, takeStops } from './hangup.js';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -314,12 +314,31 @@ const LOG_FLUSH_AT_EXIT_MS = 5_000;
  */
 function logWritten(log: import('../log.js').Logger, ms: number): Promise<void> {
   return new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
+    const timer = setTimeout(() => {
+      // The exit must not wait for it either (see dropPendingLog()); said where it may be read.
+      void import('../log.js').then(({ dropPendingLog }) => {
+        const dropped = dropPendingLog();
+        if (dropped > 0) writeStderrIfItTakes(`mailfront: stdout took no log line for ${ms / 1000} s while stopping: ${dropped} bytes of log dropped at exit\n`);
+        resolve();
+      });
+    }, ms);
     log.flush(() => {
       clearTimeout(timer);
       resolve();
     });
   });
+}
+
+/**
+ * Writes `text` to stderr now, or not at all: stderr may be the stalled stdout's pipe (non-blocking
+ * once node opened it), and the exit must not wait for it.
+ */
+function writeStderrIfItTakes(text: string): void {
+  try {
+    writeSync(2, text);
+  } catch {
+    // EAGAIN: nobody reads it either.
+  }
 }
 
 async function main(argv: string[]): Promise<number> {

@@ -240,3 +240,52 @@ for (const second of ['SIGTERM', 'SIGINT'] as const) {
     }
   });
 }
+
+test('a stop while the log reader has stalled for good ends: what stdout did not take within 5 s is dropped, and stderr says how much', async () => {
+  const imapPort = await freePort();
+  const configFile = writeConfig('stalled.yaml', imapPort, { connection_limits: { max_sessions_per_user: 100 }, shutdown: { drain_timeout_ms: 300 } });
+  // stdout is a FIFO opened for reading by this process, which never reads it (a hung log
+  // shipper): the logins' lines fill its 64 KiB, and no write to it ever completes again.
+  const fifo = join(dir.path, 'stalled.fifo');
+  execFileSync('mkfifo', [fifo]);
+  const reader = openSync(fifo, 'r+');
+  const out = openSync(fifo, 'w');
+  const cli = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+  const child = spawn(process.execPath, [cli, 'serve', '-c', configFile], { stdio: ['ignore', out, 'pipe'] });
+  closeSync(out);
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  try {
+    const login = async (): Promise<LineClient> => {
+      const deadline = Date.now() + 15_000;
+      for (;;) {
+        try {
+          const client = await LineClient.connect(imapPort);
+          await client.readLine();
+          client.send(`a1 LOGIN sam ${PASSWORD}`);
+          assert.match(await client.readLine(), /^a1 OK /);
+          return client;
+        } catch (error) {
+          if (child.exitCode !== null || Date.now() > deadline) throw error;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      }
+    };
+    // About 800 bytes of log per login and logout: well past what the FIFO holds.
+    for (let i = 0; i < 150; i++) {
+      const client = await login();
+      client.send('a2 LOGOUT');
+      await client.waitClosed(5_000);
+      client.close();
+    }
+    child.kill('SIGTERM');
+    // The drain (300 ms) and the 5 s for the log; far more than that is a process that stays.
+    const ended = await Promise.race([exited, new Promise<null>((r) => setTimeout(() => r(null), 30_000))]);
+    assert.deepEqual(ended, { code: 0, signal: null }, `still running 30 s after SIGTERM; stderr: ${stderr}`);
+    assert.match(stderr, /^mailfront: stdout took no log line for 5 s while stopping: [1-9]\d* bytes of log dropped at exit$/m);
+  } finally {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    closeSync(reader);
+  }
+});
