@@ -188,6 +188,30 @@ function replacedUnderDefaultName(moved: Config['listeners'][number], candidates
   return replaced.find((l) => l.config.host === moved.host) ?? replaced[0];
 }
 
+/**
+ * Descriptors besides those of clients and their backends: listeners, the HTTP listener, LDAP and
+ * Redis connections, the log, node's own (epoll, the signal pipe, the thread pool's): about 30 at
+ * start, with room for LDAP pools and reloads.
+ */
+const OTHER_DESCRIPTORS = 100;
+
+/**
+ * The process's soft limit of open files (RLIMIT_NOFILE): node has no getrlimit, so it is read
+ * from /proc/self/limits ("Max open files  <soft>  <hard>  files"); undefined where that cannot
+ * be read (not Linux) or when unlimited.
+ */
+export function openFilesLimit(limits = '/proc/self/limits'): number | undefined {
+  let text: string;
+  try {
+    text = readFileSync(limits, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const soft = /^Max open files\s+(\S+)/m.exec(text)?.[1];
+  const value = soft === undefined ? Number.NaN : Number(soft);
+  return Number.isSafeInteger(value) ? value : undefined;
+}
+
 /** A running mailfront process. */
 export class Mailfront {
   readonly registry = new SessionRegistry();
@@ -251,6 +275,7 @@ export class Mailfront {
     const caFiles = readCaFiles(config);
     const directory = options.directory ?? createDirectory(config, log, metrics, caFiles.directory);
     const mailfront = new Mailfront(config, log, directory, options.directory === undefined, metrics, caFiles);
+    mailfront.checkDescriptorLimit(config);
     try {
       const first = await mailfront.holder.reload('start');
       if (!first.ok) throw new MailfrontError('STOREMAP_UNUSABLE', 'config', `cannot start without a store map: ${first.error ?? 'unknown error'}`);
@@ -265,6 +290,23 @@ export class Mailfront {
       throw error;
     }
     return mailfront;
+  }
+
+  /**
+   * Warns when connection_limits.max_connections may need more descriptors than the process may
+   * open: each client connection takes one, and its backend another. At the limit, a connection
+   * the kernel refuses (EMFILE) is closed by libuv as it is accepted, before mailfront sees it:
+   * no log line, no metric, only process_open_fds at process_max_fds.
+   */
+  private checkDescriptorLimit(config: Config): void {
+    const limit = openFilesLimit();
+    const { maxConnections } = config.connectionLimits;
+    const needed = 2 * maxConnections + OTHER_DESCRIPTORS;
+    if (limit === undefined || needed <= limit) return;
+    this.log.warn(
+      { event: 'process.descriptor_limit_low', limit, needed, maxConnections },
+      `the process may open ${limit} files (RLIMIT_NOFILE), and connection_limits.max_connections: ${maxConnections} may need ${needed} (a client and a backend each, and ${OTHER_DESCRIPTORS} more): connections over the limit are closed unannounced; raise LimitNOFILE (ulimit -n) or lower max_connections`,
+    );
   }
 
   private createThrottle(config: Config): Throttle {
@@ -455,6 +497,7 @@ export class Mailfront {
     this.health.setTiming(next.health.intervalMs, next.health.timeoutMs);
     this.trusted = new CidrSet(next.trustedNetworks);
     this.limiter.setLimits(next.connectionLimits);
+    this.checkDescriptorLimit(next);
     if (changed('throttle')) {
       const replaced = this.throttle;
       this.throttle = this.createThrottle(next);

@@ -20,9 +20,13 @@ export interface Serve {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-/** Runs `mailfront serve -c config`, with `nodeOptions` before the CLI on node's command line. */
-export function serve(config: string, nodeOptions: readonly string[] = []): Serve {
-  const child = spawn(process.execPath, [...nodeOptions, CLI, 'serve', '-c', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * Runs `mailfront serve -c config`, with `nodeOptions` before the CLI on node's command line, and
+ * node run by `wrapper` when given (`['prlimit', '--nofile=300']`: a command that execs the rest).
+ */
+export function serve(config: string, nodeOptions: readonly string[] = [], wrapper: readonly string[] = []): Serve {
+  const command = [...wrapper, process.execPath, ...nodeOptions, CLI, 'serve', '-c', config];
+  const child = spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   const waiting = new Set<() => void>();
