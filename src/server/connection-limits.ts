@@ -13,7 +13,7 @@ import { IssueList, int, readSection } from '../config/validate.js';
 export interface ConnectionLimitsConfig {
   /** Client connections of the whole process, TLS handshakes and spliced sessions included. */
   readonly maxConnections: number;
-  /** Client connections from one address (an IPv6 /64 is one address); trusted networks are exempt. */
+  /** Client connections from one address (an IPv6 /64 is one address); trusted networks are exempt (not counted). */
   readonly maxConnectionsPerAddress: number;
   /** Sessions of one user at once, from anywhere. */
   readonly maxSessionsPerUser: number;
@@ -36,8 +36,8 @@ export const CONNECTION_LIMIT_DEFAULTS: ConnectionLimitsConfig = Object.freeze({
 
 /** A held connection slot; `release()` may be called any number of times. */
 export interface ConnectionLease {
-  /** The counting key of the client address. */
-  readonly addressKey: string;
+  /** The counting key of the client address; undefined for a trusted address, which is not counted per address. */
+  readonly addressKey: string | undefined;
   /** The user this lease counts a session for, if any. */
   readonly user: string | undefined;
   readonly released: boolean;
@@ -73,7 +73,7 @@ export class ConnectionLimiter {
     return this.total;
   }
 
-  /** Connections held now from this address's counting key. */
+  /** Connections held now from this address's counting key (trusted connections are not among them). */
   connectionsFrom(address: string): number {
     return this.byAddress.get(addressKey(address)) ?? 0;
   }
@@ -88,19 +88,23 @@ export class ConnectionLimiter {
     return { addresses: this.byAddress.size, users: this.byUser.size };
   }
 
-  /** At accept: a lease, or the limit that refuses the connection. Trusted addresses skip the per-address limit. */
+  /**
+   * At accept: a lease, or the limit that refuses the connection. A trusted address is counted in
+   * the total only: neither limited nor counted per address, so that a webmail server never
+   * uses up the count of the untrusted neighbours sharing its key (its IPv6 /64).
+   */
   admit(address: string, trusted: boolean): Admission {
     if (this.total >= this.limits.maxConnections) return { admitted: false, limit: 'total' };
+    if (trusted) {
+      this.total++;
+      return { admitted: true, lease: new Lease(undefined, this.counts) };
+    }
     const key = addressKey(address);
     const fromAddress = this.byAddress.get(key) ?? 0;
-    if (!trusted && fromAddress >= this.limits.maxConnectionsPerAddress) return { admitted: false, limit: 'address' };
+    if (fromAddress >= this.limits.maxConnectionsPerAddress) return { admitted: false, limit: 'address' };
     this.total++;
     this.byAddress.set(key, fromAddress + 1);
-    return { admitted: true, lease: this.lease(key) };
-  }
-
-  private lease(key: string): ConnectionLease {
-    return new Lease(key, this.counts);
+    return { admitted: true, lease: new Lease(key, this.counts) };
   }
 
   /** What every lease of this limiter changes; one object, shared, not closures per connection. */
@@ -114,7 +118,7 @@ export class ConnectionLimiter {
     releaseUser: (user) => decrement(this.byUser, user),
     releaseConnection: (key) => {
       this.total--;
-      decrement(this.byAddress, key);
+      if (key !== undefined) decrement(this.byAddress, key);
     },
   };
 }
@@ -122,7 +126,7 @@ export class ConnectionLimiter {
 interface LeaseCounts {
   claimUser(user: string): boolean;
   releaseUser(user: string): void;
-  releaseConnection(addressKey: string): void;
+  releaseConnection(addressKey: string | undefined): void;
 }
 
 /**
@@ -134,7 +138,7 @@ class Lease implements ConnectionLease {
   private isReleased = false;
 
   constructor(
-    readonly addressKey: string,
+    readonly addressKey: string | undefined,
     private readonly counts: LeaseCounts,
   ) {}
 

@@ -9,9 +9,9 @@ import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { parse, stringify } from 'yaml';
-import { LineClient, startDovecot, startRedis, startSlapd } from './servers/index.js';
+import { LineClient, freePort, startDovecot, startRedis, startSlapd } from './servers/index.js';
 import type { Dovecot, Redis, Slapd } from './servers/index.js';
-import { registerPasswords, startFront, waitForLog } from './front.js';
+import { ADMIN_TOKEN, registerPasswords, startFront, waitForLog } from './front.js';
 import type { Front } from './front.js';
 
 const PASSWORD = 'Limits-pw-3b9e';
@@ -296,5 +296,53 @@ describe('connection limits', () => {
     await released();
     assert.equal(front.mailfront.limiter.sessionsOf('wes'), 0);
     assert.match((await imapLogin(front, 'wes', PASSWORD)).line, /^t1 OK /);
+  });
+});
+
+describe('connection limits and trusted webmail servers', () => {
+  let front: Front;
+  before(async () => {
+    front = await startFront({
+      slapd,
+      stores: stores(),
+      trustedNetworks: ['127.0.0.5/32', '2001:db8:1:2::10/128'],
+      connectionLimits: { max_connections: 50, max_connections_per_address: 2, max_sessions_per_user: 10 },
+    });
+  });
+  after(async () => {
+    await front?.stop();
+  });
+
+  /** Waits until mailfront has let go of every connection the test closed. */
+  async function released(): Promise<void> {
+    const deadline = Date.now() + 5_000;
+    while (front.mailfront.limiter.connections > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(front.mailfront.limiter.connections, 0, 'connections the test closed are still counted');
+  }
+
+  test("a trusted IPv6 webmail server's connections do not count against the untrusted addresses of its /64", async () => {
+    // A balancer's PROXY listener, to give connections IPv6 client addresses.
+    const port = await freePort();
+    const doc = parse(readFileSync(front.configFile, 'utf8')) as { listeners: unknown[] };
+    doc.listeners.push({ name: 'imap-balanced', protocol: 'imap', host: '127.0.0.1', port, tls: 'none', plaintext_without_tls: true, proxy_protocol: { trusted_networks: ['127.0.0.0/8'] } });
+    writeFileSync(front.configFile, stringify(doc));
+    const reload = await fetch(`http://127.0.0.1:${front.mailfront.httpAddress()!.port}/api/reload`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    assert.equal(reload.status, 200);
+    const held: LineClient[] = [];
+    const from = async (address: string): Promise<string> => {
+      const c = await LineClient.connect(port);
+      held.push(c);
+      c.write(`PROXY TCP6 ${address} 2001:db8::1 40000 143\r\n`);
+      return c.readLine();
+    };
+    try {
+      for (let i = 0; i < 3; i++) assert.match(await from('2001:db8:1:2::10'), /^\* OK /, 'the webmail server is exempt');
+      assert.match(await from('2001:db8:1:2::20'), /^\* OK /, 'a neighbour in the same /64');
+      assert.match(await from('2001:db8:1:2::21'), /^\* OK /, 'another one');
+      assert.match(await from('2001:db8:1:2::22'), /^\* BYE \[LIMIT\] /, 'the /64 is at its limit of 2');
+    } finally {
+      for (const c of held) c.close();
+    }
+    await released();
   });
 });

@@ -24,10 +24,28 @@ test('per-address limit, with IPv4-mapped and IPv6 /64 counted as one address; t
   assert.equal(limiter.connectionsFrom('::ffff:192.0.2.1'), 2);
   const webmail = admitOk(limiter, '192.0.2.1', true);
   assert.equal(limiter.connections, 5);
+  assert.equal(limiter.connectionsFrom('192.0.2.1'), 2, 'a trusted connection is not counted per address');
+  assert.equal(webmail.addressKey, undefined);
   // The total applies to trusted addresses too.
   assert.deepEqual(limiter.admit('10.0.0.1', true), { admitted: false, limit: 'total' });
   webmail.release();
   admitOk(limiter, '10.0.0.1', true);
+});
+
+test('a trusted address is counted in the total only: its untrusted neighbours in the same IPv6 /64 keep their own count', () => {
+  const limiter = new ConnectionLimiter({ ...LIMITS, maxConnections: 10 });
+  // A webmail server at 2001:db8:1:2::10 (trusted as a /128) with three connections.
+  const webmail = [1, 2, 3].map(() => admitOk(limiter, '2001:db8:1:2::10', true));
+  assert.equal(limiter.connectionsFrom('2001:db8:1:2::20'), 0);
+  assert.deepEqual(limiter.tracked, { addresses: 0, users: 0 });
+  const neighbour = [admitOk(limiter, '2001:db8:1:2::20'), admitOk(limiter, '2001:db8:1:2::21')];
+  assert.deepEqual(limiter.admit('2001:db8:1:2::22', false), { admitted: false, limit: 'address' }, 'the /64 has its own two');
+  for (const lease of webmail) lease.release();
+  assert.equal(limiter.connectionsFrom('2001:db8:1:2::20'), 2, "releasing the webmail's connections takes nothing from the neighbours' count");
+  assert.equal(limiter.connections, 2);
+  for (const lease of neighbour) lease.release();
+  assert.equal(limiter.connections, 0);
+  assert.deepEqual(limiter.tracked, { addresses: 0, users: 0 });
 });
 
 test('per-user sessions: claimed after login, released with the connection, a failed claim holds nothing', () => {
@@ -83,7 +101,8 @@ test('any interleaving of admits, claims and releases (released twice or more) k
         if (o.kind === 'admit') {
           const address = `192.0.2.${o.address}`;
           const live = leases.filter((l) => !l.lease.released);
-          const fromAddress = live.filter((l) => l.address === address).length;
+          // Trusted connections count in the total only.
+          const fromAddress = live.filter((l) => l.address === address && !l.trusted).length;
           const admission = limiter.admit(address, o.trusted);
           const expected = live.length >= 8 ? 'total' : !o.trusted && fromAddress >= 3 ? 'address' : 'ok';
           assert.equal(admission.admitted ? 'ok' : admission.limit, expected);
@@ -103,6 +122,7 @@ test('any interleaving of admits, claims and releases (released twice or more) k
         else entry.lease.release();
         const live = leases.filter((l) => !l.lease.released);
         assert.equal(limiter.connections, live.length);
+        for (let a = 0; a < 5; a++) assert.equal(limiter.connectionsFrom(`192.0.2.${a}`), live.filter((l) => l.address === `192.0.2.${a}` && !l.trusted).length);
         for (let u = 0; u < 4; u++) assert.equal(limiter.sessionsOf(`user${u}`), live.filter((l) => l.lease.user === `user${u}`).length);
       }
       for (const l of leases) l.lease.release();
