@@ -1,7 +1,7 @@
 /**
  * Connection limits: how many client connections the process holds in total and per client
- * address (checked at accept), and how many sessions one user has at once (checked once the user
- * is known). Each admitted connection gets a lease whose release is idempotent, so a session that
+ * address (checked at accept; for an address a trusted webmail server forwards, at its login), and
+ * how many sessions one user has at once (checked once the user is known). Each admitted connection gets a lease whose release is idempotent, so a session that
  * ends along several paths at once can never leak or double-free a slot.
  * Owns the counts and the `connection_limits` config section. Must not: touch sockets, write wire
  * text (the session picks the answer from the limit's name) or log.
@@ -38,6 +38,12 @@ export const CONNECTION_LIMIT_DEFAULTS: ConnectionLimitsConfig = Object.freeze({
 export interface ConnectionLease {
   /** The counting key of the client address; undefined for a trusted address, which is not counted per address. */
   readonly addressKey: string | undefined;
+  /**
+   * Counts the connection under `address` from now on (the client address a trusted webmail
+   * server forwarded), in place of the key counted before, if any; false, and nothing changed,
+   * when that address is at the per-address limit. A released lease counts nothing.
+   */
+  countAddress(address: string): boolean;
   /** The user this lease counts a session for, if any. */
   readonly user: string | undefined;
   readonly released: boolean;
@@ -109,6 +115,13 @@ export class ConnectionLimiter {
 
   /** What every lease of this limiter changes; one object, shared, not closures per connection. */
   private readonly counts: LeaseCounts = {
+    claimAddress: (key) => {
+      const held = this.byAddress.get(key) ?? 0;
+      if (held >= this.limits.maxConnectionsPerAddress) return false;
+      this.byAddress.set(key, held + 1);
+      return true;
+    },
+    releaseAddress: (key) => decrement(this.byAddress, key),
     claimUser: (user) => {
       const held = this.byUser.get(user) ?? 0;
       if (held >= this.limits.maxSessionsPerUser) return false;
@@ -124,6 +137,8 @@ export class ConnectionLimiter {
 }
 
 interface LeaseCounts {
+  claimAddress(addressKey: string): boolean;
+  releaseAddress(addressKey: string): void;
   claimUser(user: string): boolean;
   releaseUser(user: string): void;
   releaseConnection(addressKey: string | undefined): void;
@@ -138,9 +153,13 @@ class Lease implements ConnectionLease {
   private isReleased = false;
 
   constructor(
-    readonly addressKey: string | undefined,
+    private key: string | undefined,
     private readonly counts: LeaseCounts,
   ) {}
+
+  get addressKey(): string | undefined {
+    return this.key;
+  }
 
   get user(): string | undefined {
     return this.heldUser;
@@ -148,6 +167,17 @@ class Lease implements ConnectionLease {
 
   get released(): boolean {
     return this.isReleased;
+  }
+
+  countAddress(address: string): boolean {
+    if (this.isReleased) return false;
+    const next = addressKey(address);
+    if (next === this.key) return true;
+    // The new key is counted first: at the limit, the key counted before stays counted.
+    if (!this.counts.claimAddress(next)) return false;
+    if (this.key !== undefined) this.counts.releaseAddress(this.key);
+    this.key = next;
+    return true;
   }
 
   claimUser(next: string): boolean {
@@ -170,7 +200,7 @@ class Lease implements ConnectionLease {
     if (this.isReleased) return;
     this.isReleased = true;
     this.releaseUser();
-    this.counts.releaseConnection(this.addressKey);
+    this.counts.releaseConnection(this.key);
   }
 }
 

@@ -83,6 +83,12 @@ const KICKED_TEXT = 'Disconnected by an administrator';
 /** What a client refused by a limit (throttle, sessions per user) is told; names no counts, says "wait" (UNAVAILABLE_TEXT). */
 const LIMIT_TEXT = 'Too many login attempts or sessions, please wait and try again later.';
 
+/** The login of an address a trusted webmail forwarded, refused by the per-address limit (as the listener words it at accept). */
+const ADDRESS_LIMIT_TEXT = 'Too many connections from your address, please wait and try again later.';
+
+/** The code of that refusal. */
+const ADDRESS_CONNECTION_LIMIT = 'ADDRESS_CONNECTION_LIMIT';
+
 /** How much of a value a client sent with ID the log shows. */
 const LOGGED_CLAIM_CHARS = 64;
 
@@ -435,6 +441,10 @@ export class Session {
     this.clientAddress = plainAddress(ip);
     this.clientPort = Number.isInteger(port) && port > 0 && port < 65536 ? port : 0;
     this.addressForwarded = true;
+    // From now on the connection counts against the forwarded address's per-address limit, as a
+    // client behind a NAT does (the webmail server's own address is not counted). Over it, the
+    // connection stays as it was counted, and its login is refused (login()).
+    this.lease.countAddress(this.clientAddress);
   }
 
   private startTls(): void {
@@ -504,6 +514,12 @@ export class Session {
       leaveAddressGate?.();
     };
     try {
+      // A forwarded address counted at ID time holds its count; one that was at the limit then
+      // is tried again, and refused if it still is (before anything reaches the directory).
+      if (this.addressForwarded && !this.lease.countAddress(this.clientAddress)) {
+        this.context.metrics.connectionRefused('address');
+        throw new MailfrontError(ADDRESS_CONNECTION_LIMIT, 'limit', `the address forwarded by the trusted webmail server ${this.endpoints.client.address} has ${config.connectionLimits.maxConnectionsPerAddress} connections already`);
+      }
       if (subject !== null) leaveUserGate = this.context.loginGate.tryEnter(subject) ?? (await this.context.loginGate.enter(subject, cancellation));
       const checked = await this.context.loginGate.checkAddress(attempt.address, () => throttle.check(attempt, { addressBudget: true }), cancellation);
       leaveAddressGate = checked.leave;
@@ -608,7 +624,8 @@ export class Session {
       // is down gets one answer, and writes one error line, per delay, not one per command.
       await delay(started + config.session.authFailureDelayMs + penaltyMs - Date.now(), this.cancellation);
       this.store = undefined;
-      if (this.phase === 'preauth' && !this.socket.destroyed) this.perform(this.machine.loginFailed(refusal, refusal === 'limit' ? LIMIT_TEXT : UNAVAILABLE_TEXT[error.kind]));
+      const text = refusal !== 'limit' ? UNAVAILABLE_TEXT[error.kind] : error.code === ADDRESS_CONNECTION_LIMIT ? ADDRESS_LIMIT_TEXT : LIMIT_TEXT;
+      if (this.phase === 'preauth' && !this.socket.destroyed) this.perform(this.machine.loginFailed(refusal, text));
     } finally {
       // Every way out (a cancelled login, a kick) leaves the gate; leaving twice does nothing.
       leaveGate();

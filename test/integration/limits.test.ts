@@ -345,4 +345,45 @@ describe('connection limits and trusted webmail servers', () => {
     }
     await released();
   });
+
+  test('an address a trusted webmail server forwards (IMAP ID) counts per address: over the limit its login gets NO [LIMIT], and its direct connections BYE [LIMIT]', async () => {
+    await released();
+    const held: LineClient[] = [];
+    /** A connection from the webmail server 127.0.0.5 that forwards `claimed`, and its login's answer. */
+    const forwardedLogin = async (claimed: string, user: string): Promise<[LineClient, string]> => {
+      const c = await LineClient.connect(front.imapTrustedPort, { localAddress: '127.0.0.5' });
+      held.push(c);
+      await c.readLine();
+      assert.equal((await c.imap(`ID ("x-originating-ip" "${claimed}")`)).status, 'OK');
+      c.send(`t1 LOGIN ${user} ${PASSWORD}`);
+      let line = await c.readLine(10_000);
+      while (!line.startsWith('t1 ')) line = await c.readLine(10_000);
+      return [c, line];
+    };
+    try {
+      assert.match((await forwardedLogin('127.0.0.9', 'una'))[1], /^t1 OK /);
+      const [second, secondAnswer] = await forwardedLogin('127.0.0.9', 'uwe');
+      assert.match(secondAnswer, /^t1 OK /);
+      assert.equal(front.mailfront.limiter.connectionsFrom('127.0.0.9'), 2);
+      assert.equal(front.mailfront.limiter.connectionsFrom('127.0.0.5'), 0, "the webmail server's own address is not counted");
+      const direct = await LineClient.connect(front.imapTrustedPort, { localAddress: '127.0.0.9' });
+      held.push(direct);
+      assert.match(await direct.readLine(), /^\* BYE \[LIMIT\] /, 'the forwarded sessions count as connections from 127.0.0.9');
+      const [third, refused] = await forwardedLogin('127.0.0.9', 'val');
+      assert.match(refused, /^t1 NO \[LIMIT\] Too many connections from your address/);
+      const line = await waitForLog(front, (l) => l['event'] === 'session.login_failed' && l['code'] === 'ADDRESS_CONNECTION_LIMIT');
+      assert.equal(line['client'], '127.0.0.9');
+      assert.match((await forwardedLogin('127.0.0.10', 'vic'))[1], /^t1 OK /, 'another address the server forwards');
+      // One of 127.0.0.9's sessions ends: the refused connection's next login goes in.
+      second.close();
+      const deadline = Date.now() + 5_000;
+      while (front.mailfront.limiter.connectionsFrom('127.0.0.9') > 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      third.send(`t2 LOGIN val ${PASSWORD}`);
+      assert.match(await third.readLine(10_000), /^t2 OK /);
+      assert.equal(front.mailfront.limiter.connectionsFrom('127.0.0.9'), 2);
+    } finally {
+      for (const c of held) c.close();
+    }
+    await released();
+  });
 });

@@ -85,10 +85,40 @@ test('new limits apply to new connections; held leases stay valid', () => {
   assert.equal(limiter.admit('192.0.2.1', false).admitted, true);
 });
 
-test('any interleaving of admits, claims and releases (released twice or more) keeps exact counts and leaks nothing', () => {
-  type Op = { kind: 'admit'; address: number; trusted: boolean } | { kind: 'claim'; lease: number; user: number } | { kind: 'releaseUser'; lease: number } | { kind: 'release'; lease: number };
+test('an address a trusted webmail forwards is counted per address from then on, up to its limit, and released with the connection', () => {
+  const limiter = new ConnectionLimiter(LIMITS);
+  const direct = admitOk(limiter, '192.0.2.9');
+  const first = admitOk(limiter, '192.0.2.5', true);
+  const second = admitOk(limiter, '192.0.2.5', true);
+  assert.equal(first.countAddress('192.0.2.9'), true);
+  assert.equal(first.addressKey, '192.0.2.9');
+  assert.equal(first.countAddress('::ffff:192.0.2.9'), true, 'the same address again counts once');
+  assert.equal(limiter.connectionsFrom('192.0.2.9'), 2);
+  assert.equal(second.countAddress('192.0.2.9'), false, 'a third connection of 192.0.2.9');
+  assert.equal(second.addressKey, undefined, 'a refused count changes nothing');
+  assert.deepEqual(limiter.admit('192.0.2.9', false), { admitted: false, limit: 'address' }, 'a webmail connection counts as a direct one does');
+  assert.equal(second.countAddress('192.0.2.10'), true);
+  assert.equal(second.countAddress('2001:db8::1'), true, 'a new address replaces the one counted before');
+  assert.equal(limiter.connectionsFrom('192.0.2.10'), 0);
+  assert.equal(limiter.connectionsFrom('2001:db8::2'), 1);
+  first.release();
+  assert.equal(limiter.connectionsFrom('192.0.2.9'), 1);
+  assert.equal(first.countAddress('192.0.2.11'), false, 'a released lease counts nothing');
+  for (const lease of [direct, second, first]) lease.release();
+  assert.equal(limiter.connections, 0);
+  assert.deepEqual(limiter.tracked, { addresses: 0, users: 0 });
+});
+
+test('any interleaving of admits, forwarded addresses, claims and releases (released twice or more) keeps exact counts and leaks nothing', () => {
+  type Op =
+    | { kind: 'admit'; address: number; trusted: boolean }
+    | { kind: 'forward'; lease: number; address: number }
+    | { kind: 'claim'; lease: number; user: number }
+    | { kind: 'releaseUser'; lease: number }
+    | { kind: 'release'; lease: number };
   const op: fc.Arbitrary<Op> = fc.oneof(
     fc.record({ kind: fc.constant('admit' as const), address: fc.nat(4), trusted: fc.boolean() }),
+    fc.record({ kind: fc.constant('forward' as const), lease: fc.nat(30), address: fc.nat(4) }),
     fc.record({ kind: fc.constant('claim' as const), lease: fc.nat(30), user: fc.nat(3) }),
     fc.record({ kind: fc.constant('releaseUser' as const), lease: fc.nat(30) }),
     fc.record({ kind: fc.constant('release' as const), lease: fc.nat(30) }),
@@ -96,22 +126,29 @@ test('any interleaving of admits, claims and releases (released twice or more) k
   fc.assert(
     fc.property(fc.array(op, { maxLength: 200 }), (ops) => {
       const limiter = new ConnectionLimiter({ maxConnections: 8, maxConnectionsPerAddress: 3, maxSessionsPerUser: 2 });
-      const leases: { lease: ConnectionLease; address: string; trusted: boolean }[] = [];
+      // `counted`: the address the lease is counted under (none for a trusted one until it forwards one).
+      const leases: { lease: ConnectionLease; counted: string | undefined }[] = [];
+      const countedUnder = (address: string): number => leases.filter((l) => !l.lease.released && l.counted === address).length;
       for (const o of ops) {
         if (o.kind === 'admit') {
           const address = `192.0.2.${o.address}`;
           const live = leases.filter((l) => !l.lease.released);
           // Trusted connections count in the total only.
-          const fromAddress = live.filter((l) => l.address === address && !l.trusted).length;
           const admission = limiter.admit(address, o.trusted);
-          const expected = live.length >= 8 ? 'total' : !o.trusted && fromAddress >= 3 ? 'address' : 'ok';
+          const expected = live.length >= 8 ? 'total' : !o.trusted && countedUnder(address) >= 3 ? 'address' : 'ok';
           assert.equal(admission.admitted ? 'ok' : admission.limit, expected);
-          if (admission.admitted) leases.push({ lease: admission.lease, address, trusted: o.trusted });
+          if (admission.admitted) leases.push({ lease: admission.lease, counted: o.trusted ? undefined : address });
           continue;
         }
         const entry = leases[o.lease];
         if (entry === undefined) continue;
-        if (o.kind === 'claim') {
+        if (o.kind === 'forward') {
+          const address = `192.0.2.${o.address}`;
+          const expected = !entry.lease.released && (entry.counted === address || countedUnder(address) < 3);
+          assert.equal(entry.lease.countAddress(address), expected);
+          if (expected) entry.counted = address;
+          assert.equal(entry.lease.addressKey, entry.counted);
+        } else if (o.kind === 'claim') {
           const user = `user${o.user}`;
           const others = leases.filter((l) => l !== entry && !l.lease.released && l.lease.user === user).length;
           const before = entry.lease.user;
@@ -122,7 +159,7 @@ test('any interleaving of admits, claims and releases (released twice or more) k
         else entry.lease.release();
         const live = leases.filter((l) => !l.lease.released);
         assert.equal(limiter.connections, live.length);
-        for (let a = 0; a < 5; a++) assert.equal(limiter.connectionsFrom(`192.0.2.${a}`), live.filter((l) => l.address === `192.0.2.${a}` && !l.trusted).length);
+        for (let a = 0; a < 5; a++) assert.equal(limiter.connectionsFrom(`192.0.2.${a}`), countedUnder(`192.0.2.${a}`));
         for (let u = 0; u < 4; u++) assert.equal(limiter.sessionsOf(`user${u}`), live.filter((l) => l.lease.user === `user${u}`).length);
       }
       for (const l of leases) l.lease.release();
