@@ -31,12 +31,22 @@ export interface SessionEntry {
   close(reason: 'kicked' | 'drained' | 'shutdown'): void;
 }
 
-/** A backend login under way (connecting or logging in to `slot`): told when its store's master moves off that slot. */
+/**
+ * A backend login under way (connecting or logging in to `slot`, or waiting to try again while
+ * the master is down): cut short when its store's master moves off that slot, or when an
+ * operator kicks its user.
+ */
 export interface BackendAttempt {
   readonly store: string;
   readonly slot: string;
   readonly protocol: ProtocolName;
-  moved(): void;
+  /** The user the login is for (the entry's own name) and the directory entry, as kickedSince() takes them. */
+  readonly user: string;
+  readonly dn: string;
+  /** The registry's kicksSoFar when the session's login began. */
+  readonly kicksAtLogin: number;
+  /** Cuts the attempt short: the master moved off its slot (masterMoved), or its user was kicked. Called once at most. */
+  stop(why: 'moved' | 'kicked'): void;
 }
 
 /**
@@ -117,6 +127,7 @@ export class SessionRegistry {
     const kick = { count: ++this.kickCount, at: now };
     this.kicks.set(`u:${user}`, kick);
     for (const dn of dns) this.kicks.set(`d:${dn}`, kick);
+    this.stopKickedAttempts();
     return kick.count;
   }
 
@@ -127,6 +138,19 @@ export class SessionRegistry {
   entriesKicked(dns: Iterable<string>, count: number): void {
     const kick = { count, at: performance.now() };
     for (const dn of dns) if ((this.kicks.get(`d:${dn}`)?.count ?? 0) < count) this.kicks.set(`d:${dn}`, kick);
+    this.stopKickedAttempts();
+  }
+
+  /**
+   * The backend logins of a user just kicked stop at once: one held while its master is down
+   * would otherwise wait out failover.hold_ms (or the pre-auth deadline) before the kick is seen.
+   */
+  private stopKickedAttempts(): void {
+    const kicked = [...this.attempts].filter((a) => this.kickedSince(a.user, a.dn, a.kicksAtLogin));
+    for (const a of kicked) {
+      this.attempts.delete(a);
+      a.stop('kicked');
+    }
   }
 
   /** True when `user` or the entry `dn` was kicked after a login read `kicksAtStart` (kicksSoFar) at its start. */
@@ -135,7 +159,7 @@ export class SessionRegistry {
     return (this.kicks.get(`u:${user}`)?.count ?? 0) > kicksAtStart || (this.kicks.get(`d:${dn}`)?.count ?? 0) > kicksAtStart;
   }
 
-  /** A backend login begins: a failover off its slot before it ends tells it (masterMoved). */
+  /** A backend login begins: a failover off its slot (masterMoved) or a kick of its user before it ends stops it. */
   attemptStarted(attempt: BackendAttempt): void {
     this.attempts.add(attempt);
   }
@@ -154,7 +178,7 @@ export class SessionRegistry {
     const told = [...this.attempts].filter((a) => movedOff(a, store, slot, protocols));
     for (const a of told) {
       this.attempts.delete(a);
-      a.moved();
+      a.stop('moved');
     }
     return told.length;
   }

@@ -567,13 +567,14 @@ export class Session {
       }
       this.setPhase('backend-login');
       const identity: LoginIdentity = { name, fromEntry: login.kind === 'name', dn: found.dn, attribute: loginAttribute, unusable: login.kind === 'none' ? login.unusable : 0 };
-      const backend = await this.loginToCurrentMaster(found.store, identity, credentials.password, config);
-      if (this.phase === 'backend-login' && !this.socket.destroyed && this.context.registry.kickedSince(name, found.dn, kicksAtStart)) {
+      // null: a kick stopped the login (held while the master is down, say).
+      const backend = await this.loginToCurrentMaster(found.store, identity, credentials.password, config, kicksAtStart);
+      if (this.phase === 'backend-login' && !this.socket.destroyed && (backend === null || this.context.registry.kickedSince(name, found.dn, kicksAtStart))) {
         // An operator kicked the user while this login was under way (after a password change,
         // say): the connection is closed with the protocol's last word, as a spliced session of
         // the user would have been. Not through the pre-auth machine: it would go on to run
         // what the client sent behind its login (a LOGOUT, another LOGIN).
-        backend.socket.destroy();
+        backend?.socket.destroy();
         this.lease.releaseUser();
         this.context.metrics.loginResult(this.adapter.name, 'aborted');
         this.log.info({ event: 'session.kicked', ...userFields(name, user), store: this.store, slot: this.slot, phase: 'backend-login' }, 'session closed: kicked during its login');
@@ -581,6 +582,7 @@ export class Session {
         this.finish('kicked');
         return;
       }
+      if (backend === null) throw new MailfrontError('ABORTED', 'aborted', 'the session ended as its login was stopped by a kick');
       // A client that left (or a deadline that passed) while the backend answered: no success.
       this.context.metrics.loginResult(this.adapter.name, this.startSplice(backend, found.dn, kicksAtStart) ? 'success' : 'aborted');
     } catch (caught) {
@@ -639,8 +641,9 @@ export class Session {
    * master that accepts connections and never greets, say) cuts that attempt short and the
    * login goes on at once with the new master. A login that completes on a slot that stopped
    * being master meanwhile is dropped and retried: no session is ever spliced to a demoted master.
+   * A kick of the user (registry.userKicked) stops the login at once, held or not: null.
    */
-  private async loginToCurrentMaster(storeName: string, identity: LoginIdentity, password: string, config: Config): Promise<BackendSession> {
+  private async loginToCurrentMaster(storeName: string, identity: LoginIdentity, password: string, config: Config, kicksAtLogin: number): Promise<BackendSession | null> {
     const deadline = Date.now() + config.failover.holdMs;
     const registry = this.context.registry;
     const session = this.cancellation;
@@ -655,20 +658,27 @@ export class Session {
     let closedAfterLogin = 0;
     for (let attempt = 1; ; attempt++) {
       throwIfCancelled(session, 'the session ended while its login was under way');
+      // A kick between two attempts (a master that changed as a login completed) stopped none.
+      if (registry.kickedSince(identity.name, identity.dn, kicksAtLogin)) return null;
       const { store, slot } = this.context.storeMap().currentMaster(storeName);
       this.slot = slot.name;
       this.server = slot;
-      // The attempt's own cancellation: the session's end, or a failover off this slot.
+      // The attempt's own cancellation: the session's end, a failover off this slot, or a kick.
       const cancel = new Canceller();
       const sessionEnded = (): void => cancel.abort();
       session.addEventListener('abort', sessionEnded);
       let moved = false;
+      let kicked = false;
       const watch: BackendAttempt = {
         store: storeName,
         slot: slot.name,
         protocol: this.adapter.name,
-        moved: () => {
-          moved = true;
+        user: identity.name,
+        dn: identity.dn,
+        kicksAtLogin,
+        stop: (why) => {
+          if (why === 'kicked') kicked = true;
+          else moved = true;
           cancel.abort();
         },
       };
@@ -683,6 +693,7 @@ export class Session {
       } catch (caught) {
         const error = asMailfrontError(caught);
         throwIfCancelled(session, 'the session ended while its backend login was under way');
+        if (kicked) return null;
         // Failed, or cut short, on a slot that is no longer the master: on to the new one now.
         const now = this.context.storeMap().currentMaster(storeName).slot;
         if (moved || !sameServer(now, slot, this.adapter.name)) {
@@ -693,8 +704,10 @@ export class Session {
         if (error.code === CLOSED_AFTER_LOGIN && ++closedAfterLogin > 1) throw new MailfrontError(error.code, 'backend-login', `${error.message}, twice`, { cause: error });
         if (error.kind !== 'connect' || Date.now() >= deadline) throw error;
         this.log.warn({ event: 'session.backend_retry', store: storeName, slot: slot.name, attempt, err: error.message }, 'current master unreachable; holding the login');
-        await delay(Math.min(250 * attempt, 1_000, deadline - Date.now()), session);
+        // The attempt's cancellation: a kick or a failover during the wait ends it at once.
+        await delay(Math.min(250 * attempt, 1_000, deadline - Date.now()), cancel);
         throwIfCancelled(session, 'the session ended while its login was held');
+        if (kicked) return null;
       } finally {
         registry.attemptEnded(watch);
         session.removeEventListener('abort', sessionEnded);

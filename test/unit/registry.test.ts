@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { SessionRegistry } from '../../src/proxy/registry.js';
-import type { SessionEntry } from '../../src/proxy/registry.js';
+import type { BackendAttempt, SessionEntry } from '../../src/proxy/registry.js';
 
 function entry(id: string, user: string, dn: string, kicksAtLogin = 0): SessionEntry {
   return { id, protocol: 'imap', user, dn, kicksAtLogin, store: 's', slot: 'a1', server: { name: 'a1', store: 's', host: '127.0.0.1', imapPort: 10143 }, clientAddress: '127.0.0.1', startedAt: 0, traffic: { bytesFromClient: 0, bytesToClient: 0 }, reportedFromClient: 0, reportedToClient: 0, close: () => undefined };
@@ -52,7 +52,7 @@ test('an entry found after a kick joins that kick, and a later kick of it is not
 test('a failover tells the backend logins under way to the old master of that store, for the protocols it moved', () => {
   const registry = new SessionRegistry();
   const told: string[] = [];
-  const attempt = (name: string, store: string, slot: string, protocol: 'imap' | 'pop3') => ({ store, slot, protocol, moved: () => told.push(name) });
+  const attempt = (name: string, store: string, slot: string, protocol: 'imap' | 'pop3'): BackendAttempt => ({ store, slot, protocol, user: name, dn: `uid=${name}`, kicksAtLogin: 0, stop: (why) => told.push(`${name} ${why}`) });
   const imap = attempt('imap-a1', 'alpha', 'a1', 'imap');
   const pop3 = attempt('pop3-a1', 'alpha', 'a1', 'pop3');
   const other = attempt('imap-a2', 'alpha', 'a2', 'imap');
@@ -62,10 +62,42 @@ test('a failover tells the backend logins under way to the old master of that st
   registry.attemptEnded(ended);
   // A port re-pointed for POP3 only: only the POP3 login follows.
   assert.equal(registry.masterMoved('alpha', 'a1', ['pop3']), 1);
-  assert.deepEqual(told, ['pop3-a1']);
+  assert.deepEqual(told, ['pop3-a1 moved']);
   assert.equal(registry.masterMoved('alpha', 'a1'), 1);
-  assert.deepEqual(told, ['pop3-a1', 'imap-a1']);
+  assert.deepEqual(told, ['pop3-a1 moved', 'imap-a1 moved']);
   // Each is told once; the others (another slot, another store) never.
   assert.equal(registry.masterMoved('alpha', 'a1'), 0);
-  assert.deepEqual(told, ['pop3-a1', 'imap-a1']);
+  assert.deepEqual(told, ['pop3-a1 moved', 'imap-a1 moved']);
+});
+
+test("a kick stops the backend logins under way of the user's names and entries that began before it, once each", () => {
+  const registry = new SessionRegistry();
+  const told: string[] = [];
+  const attempt = (name: string, user: string, dn: string): BackendAttempt => ({
+    store: 'alpha',
+    slot: 'a1',
+    protocol: 'imap',
+    user,
+    dn,
+    kicksAtLogin: registry.kicksSoFar,
+    stop: (why) => told.push(`${name} ${why}`),
+  });
+  const amy = attempt('amy', 'amy', 'uid=amy,dc=x');
+  const alias = attempt('alias', 'amy@example.com', 'uid=amy,dc=x');
+  const bob = attempt('bob', 'bob', 'uid=bob,dc=x');
+  const ended = attempt('ended', 'amy', 'uid=amy,dc=x');
+  for (const a of [amy, alias, bob, ended]) registry.attemptStarted(a);
+  registry.attemptEnded(ended);
+  const kick = registry.userKicked('amy');
+  assert.deepEqual(told, ['amy kicked'], 'the name kicked; the entry is not known yet');
+  registry.entriesKicked(['uid=amy,dc=x'], kick);
+  assert.deepEqual(told, ['amy kicked', 'alias kicked'], 'the entry, found by the directory after the kick');
+  const later = attempt('later', 'amy', 'uid=amy,dc=x');
+  registry.attemptStarted(later);
+  registry.entriesKicked(['uid=amy,dc=x'], kick);
+  registry.userKicked('carol');
+  assert.deepEqual(told, ['amy kicked', 'alias kicked'], 'a login begun after the kick, and another user, go on');
+  // A failover does not tell a login the kick stopped again.
+  assert.equal(registry.masterMoved('alpha', 'a1'), 2);
+  assert.deepEqual(told, ['amy kicked', 'alias kicked', 'bob moved', 'later moved']);
 });
