@@ -174,6 +174,43 @@ test('the idle sweep ends a quiet session, and traffic either way keeps it open'
   assert.ok(quietFor >= 350 && quietFor < 2_000, `closed after ${quietFor} ms of quiet`);
 });
 
+/** A quiet splice of plain TCP pairs with a 1 s idle timeout (swept every 100 ms), and its end once known. */
+async function quietSplice(): Promise<{ running: Splice; ended: () => string | null; close: () => void }> {
+  const client = await tcpPair();
+  const backend = await tcpPair();
+  const running = splice(client.front, backend.front, new Uint8Array(), new Uint8Array(), 1_000);
+  let ended: string | null = null;
+  void running.ended.then((r) => (ended = r));
+  client.user.resume();
+  backend.user.resume();
+  return {
+    running,
+    ended: () => ended,
+    close: () => {
+      client.user.destroy();
+      backend.user.destroy();
+    },
+  };
+}
+
+test('the idle sweep goes by a monotonic clock: a wall clock stepped an hour forward ends no session', async (t) => {
+  const wall = Date.now.bind(Date);
+  const quiet = await quietSplice();
+  t.mock.method(Date, 'now', () => wall() + 3_600_000);
+  await sleep(500);
+  assert.equal(quiet.ended(), null, 'a session quiet for 0.5 s of its 1 s ended when the clock jumped an hour ahead');
+  quiet.close();
+  await quiet.running.ended;
+});
+
+test('the idle sweep goes by a monotonic clock: a wall clock stepped an hour back keeps no session past its timeout', async (t) => {
+  const wall = Date.now.bind(Date);
+  const quiet = await quietSplice();
+  t.mock.method(Date, 'now', () => wall() - 3_600_000);
+  assert.equal(await Promise.race([quiet.running.ended, sleep(3_000).then(() => 'still open 3 s after its 1 s timeout')]), 'idle-timeout');
+  quiet.close();
+});
+
 test('a drain notice is written at a response boundary, never inside a literal', async () => {
   for (const [sent, expectNotice] of [['* 1 EXISTS\r\n', true], ['* 1 FETCH (BODY[] {100}\r\nhalf', false]] as const) {
     const client = await tcpPair();
