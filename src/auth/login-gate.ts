@@ -91,8 +91,14 @@ export class LoginGate {
         const leftBefore = turns.left;
         const verdict = await check();
         if (verdict.refused || verdict.addressLeft === undefined) return { verdict };
-        if (turns.left !== leftBefore) continue;
-        const width = Math.max(1, verdict.addressLeft);
+        // Turns left while the throttle answered may be failures it did not see: taken as such,
+        // the check stands while the address still has room; otherwise it is asked again (one of
+        // them may have started a refusal). A busy address without failures (a NAT's users) is
+        // not asked twice for every login that ended during its check.
+        const unseen = turns.left - leftBefore;
+        const budget = verdict.addressLeft - unseen;
+        if (unseen > 0 && (budget <= 0 || turns.running >= budget)) continue;
+        const width = Math.max(1, budget);
         // Behind the ones waiting already, unless woken in turn.
         if (turns.running < width && (woken || turns.waiting.length === 0)) {
           turns.running++;

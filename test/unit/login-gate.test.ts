@@ -154,12 +154,13 @@ test('an address not counted (trusted, throttle off) takes no turn; a waiting ch
 
 test('a check during which a turn was left is asked again: it may not have seen that turn\'s failure', async () => {
   const gate = new LoginGate();
-  let failures = 0;
+  // One failure counted already: one left before the limit of 2.
+  let failures = 1;
   let checks = 0;
   let release: (() => void) | undefined;
   const first = await gate.checkAddress('192.0.2.3', async () => ({ refused: false, addressLeft: 2 - failures }), new Canceller());
-  // The second's throttle read answers "one left" (failures 0 then); the first's failure is
-  // counted and its turn left before that answer arrives.
+  // The second's throttle read answers "one left" (failures 1 then); the first's failure, the
+  // one that reaches the limit, is counted and its turn left before that answer arrives.
   const slow = gate.checkAddress(
     '192.0.2.3',
     async () => {
@@ -177,5 +178,29 @@ test('a check during which a turn was left is asked again: it may not have seen 
   const second = await slow;
   assert.equal(checks, 2);
   assert.equal(second.verdict.refused, true, 'asked again, it sees the limit reached');
+  assert.equal(gate.size, 0);
+});
+
+test('a check during which turns were left stands while the address has room even if they were failures: a busy NAT is not asked twice', async () => {
+  const gate = new LoginGate();
+  let checks = 0;
+  let release: (() => void) | undefined;
+  const first = await gate.checkAddress('192.0.2.4', async () => ({ refused: false, addressLeft: 30 }), new Canceller());
+  const slow = gate.checkAddress(
+    '192.0.2.4',
+    async () => {
+      checks++;
+      if (checks === 1) await new Promise<void>((resolve) => (release = resolve));
+      return { refused: false, addressLeft: 30 };
+    },
+    new Canceller(),
+  );
+  await settle();
+  first.leave!();
+  release!();
+  const second = await slow;
+  assert.equal(checks, 1);
+  assert.equal(second.verdict.refused, false);
+  second.leave!();
   assert.equal(gate.size, 0);
 });
