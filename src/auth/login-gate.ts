@@ -30,6 +30,13 @@ interface Turns {
 /** Frees the turn taken; calling it again does nothing. */
 export type LeaveGate = () => void;
 
+/**
+ * Frees an address's turn; `failureCounted` false says the login counted no failure for the
+ * address (a success), so that checks under way need not ask the throttle again for it.
+ * Calling it again does nothing.
+ */
+export type LeaveAddressGate = (failureCounted?: boolean) => void;
+
 /** What an address's turns need of the throttle's answer to a check. */
 export interface AddressBudget {
   readonly refused: boolean;
@@ -43,7 +50,7 @@ export interface AddressBudget {
 
 interface AddressTurns {
   running: number;
-  /** Turns left so far: a check that began before one was left may not have seen its failure. */
+  /** Turns left so far by a login that may have counted a failure: a check that began before one was left may not have seen it. */
   left: number;
   /** Checks under way, waiting ones included: the entry (and `left`) outlives none of them. */
   checking: number;
@@ -76,7 +83,7 @@ export class LoginGate {
    * time once a refusal has run out while its failures are remembered; an address without
    * failures (a NAT's users) has as many checks at a time as its limit.
    */
-  async checkAddress<V extends AddressBudget>(address: string, check: () => Promise<V>, cancellation: Cancellation): Promise<{ readonly verdict: V; readonly leave?: LeaveGate }> {
+  async checkAddress<V extends AddressBudget>(address: string, check: () => Promise<V>, cancellation: Cancellation): Promise<{ readonly verdict: V; readonly leave?: LeaveAddressGate }> {
     const key = addressKey(address);
     let turns = this.addressTurns.get(key);
     if (turns === undefined) {
@@ -91,10 +98,10 @@ export class LoginGate {
         const leftBefore = turns.left;
         const verdict = await check();
         if (verdict.refused || verdict.addressLeft === undefined) return { verdict };
-        // Turns left while the throttle answered may be failures it did not see: taken as such,
-        // the check stands while the address still has room; otherwise it is asked again (one of
-        // them may have started a refusal). A busy address without failures (a NAT's users) is
-        // not asked twice for every login that ended during its check.
+        // Turns left while the throttle answered by logins that may have counted a failure: the
+        // throttle may not have seen those. Taken as failures, the check stands while the address
+        // still has room; otherwise it is asked again (one of them may have started a refusal).
+        // A busy address without failures (a NAT's users) is not asked twice for its logins.
         const unseen = turns.left - leftBefore;
         const budget = verdict.addressLeft - unseen;
         if (unseen > 0 && (budget <= 0 || turns.running >= budget)) continue;
@@ -152,13 +159,13 @@ export class LoginGate {
     });
   }
 
-  private addressLeaver(key: string, turns: AddressTurns): LeaveGate {
+  private addressLeaver(key: string, turns: AddressTurns): LeaveAddressGate {
     let left = false;
-    return () => {
+    return (failureCounted = true) => {
       if (left) return;
       left = true;
       turns.running--;
-      turns.left++;
+      if (failureCounted) turns.left++;
       turns.waiting.shift()?.();
       if (turns.running === 0 && turns.checking === 0) this.addressTurns.delete(key);
     };

@@ -14,7 +14,7 @@ import { authFailureReason, backendFailureResult } from '../metrics.js';
 import type { CidrSet } from '../net/cidr.js';
 import { readDirect, writeNow } from '../net/direct-io.js';
 import type { Throttle } from '../auth/throttle.js';
-import type { LeaveGate, LoginGate } from '../auth/login-gate.js';
+import type { LeaveAddressGate, LeaveGate, LoginGate } from '../auth/login-gate.js';
 import type { ConnectionLease, ConnectionLimiter } from '../server/connection-limits.js';
 import { backendProxyHeader, plainAddress, proxySignatureSoFar } from '../server/proxy-protocol.js';
 import type { ConnectionEndpoints } from '../server/proxy-protocol.js';
@@ -508,10 +508,11 @@ export class Session {
     // The user's turn at the gate lasts from the throttle's check until the check's outcome is
     // counted, and so does the address's (taken with the check: as many as it has failures left).
     let leaveUserGate: LeaveGate | undefined;
-    let leaveAddressGate: LeaveGate | undefined;
-    const leaveGate = (): void => {
+    let leaveAddressGate: LeaveAddressGate | undefined;
+    /** `failureCounted` false: the login counted no failure for the address (a success). */
+    const leaveGate = (failureCounted = true): void => {
       leaveUserGate?.();
-      leaveAddressGate?.();
+      leaveAddressGate?.(failureCounted);
     };
     try {
       // A forwarded address counted at ID time holds its count; one that was at the limit then
@@ -541,7 +542,7 @@ export class Session {
       const found = await this.context.directory().authenticate(user, credentials.password, cancellation);
       throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
       void throttle.recordSuccess(attempt);
-      leaveGate();
+      leaveGate(false);
       // From here on the login is the entry's own name, not the one typed: a user filter that
       // matches aliases (mail) finds alice's entry for "info@example.com", which a backend reads
       // as another user's mailbox (entryLoginName()).
@@ -615,7 +616,7 @@ export class Session {
         penaltyMs = (await throttle.recordFailure(attempt, credentials.password)).delayMs;
       }
       // Counted: the next check of this user may go (not after the answer's delay below).
-      leaveGate();
+      leaveGate(error.kind === 'auth-failed');
       const fields = { event: 'session.login_failed', ...userFields(asserted ?? user ?? undefined, user ?? undefined), store: this.store, code: error.code, kind: error.kind, ...this.clientFields(), reason: error.message, ...(penaltyMs > 0 ? { penaltyMs } : {}) };
       // A POP3 client polling faster than the backend allows ([LOGIN-DELAY]) is the user's doing, not the fleet's.
       if (refusal === 'auth-failed' || refusal === 'limit' || refusal === 'login-delay') this.log.info(fields, 'login failed');

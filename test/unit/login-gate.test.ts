@@ -204,3 +204,28 @@ test('a check during which turns were left stands while the address has room eve
   second.leave!();
   assert.equal(gate.size, 0);
 });
+
+test('a turn left by a success (no failure counted for the address) does not make a check under way ask the throttle again', async () => {
+  const gate = new LoginGate();
+  let checks = 0;
+  let release: (() => void) | undefined;
+  // One failure left before the limit: one check at a time.
+  const first = await gate.checkAddress('192.0.2.5', async () => ({ refused: false, addressLeft: 1 }), new Canceller());
+  const slow = gate.checkAddress(
+    '192.0.2.5',
+    async () => {
+      checks++;
+      if (checks === 1) await new Promise<void>((resolve) => (release = resolve));
+      return { refused: false, addressLeft: 1 };
+    },
+    new Canceller(),
+  );
+  await settle();
+  first.leave!(false);
+  release!();
+  const second = await slow;
+  assert.equal(checks, 1);
+  assert.ok(second.leave);
+  second.leave!(true);
+  assert.equal(gate.size, 0);
+});
