@@ -8,7 +8,7 @@ import { readCaCertificates } from '../ca-file.js';
 import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { Client, InvalidCredentialsError, ResultCodeError } from 'ldapts';
-import { DEFAULT_LOGIN_ATTRIBUTE } from '../config/schema.js';
+import { loginAttributeOf } from '../config/schema.js';
 import type { DirectoryConfig } from '../config/schema.js';
 import { MailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -454,8 +454,10 @@ export class LdapDirectory implements Directory {
   private readonly entries: LRUCache<string, FoundEntry> | null;
   /** Counts forget() calls: a search that began before one does not cache its answer. */
   private forgets = 0;
-  /** directory.login_attribute: read with the store attribute in each user search. */
-  private readonly loginAttribute: string;
+  /** loginAttributeOf(): read with the store attribute in each user search; undefined: none (the name typed). */
+  private readonly loginAttribute: string | undefined;
+  /** What a user search asks for: the store attribute, and the login attribute if any. */
+  private readonly searchAttributes: string[];
   /** url → until when (ms since the epoch) it is passed over: it failed a login or could not be reached (see SERVER_HOLD_DOWN_MS). */
   private readonly heldDown = new Map<string, number>();
   /** Service connections taken out of their slot, each closed by its timer once the searches on it are past their deadline. */
@@ -469,7 +471,8 @@ export class LdapDirectory implements Directory {
     ca: Buffer | undefined = config.caFile ? readCaCertificates(config.caFile, 'directory.ca_file') : undefined,
   ) {
     this.tlsOptions = ca ? { ca, minVersion: 'TLSv1.2' } : { minVersion: 'TLSv1.2' };
-    this.loginAttribute = config.loginAttribute ?? DEFAULT_LOGIN_ATTRIBUTE;
+    this.loginAttribute = loginAttributeOf(config);
+    this.searchAttributes = this.loginAttribute === undefined ? [config.storeAttribute] : [config.storeAttribute, this.loginAttribute];
     this.entries = config.entryCacheTtlMs > 0 ? new LRUCache({ max: config.cacheMaxEntries, ttl: config.entryCacheTtlMs }) : null;
     this.serviceSlots = Array.from({ length: Math.max(1, config.searchConnections) }, () => ({ opening: null, open: null }));
   }
@@ -695,7 +698,7 @@ export class LdapDirectory implements Directory {
             scope: 'sub',
             filter,
             // The login attribute in the same search: the name the login goes on with is the entry's own.
-            attributes: [this.config.storeAttribute, this.loginAttribute],
+            attributes: this.searchAttributes,
             // No size limit of our own: ldapts (8.2) drops the sizeLimitExceeded status (code 4)
             // of a search that set one, so a server whose limit for the service account is 1
             // would answer one of two entries as if it were the only one. Without it, a server
@@ -709,7 +712,7 @@ export class LdapDirectory implements Directory {
         if (searchEntries.length > 1) throw new MailfrontError('LDAP_AMBIGUOUS_USER', 'auth-tempfail', `the user search found more than one entry for "${user}"`);
         const entry = searchEntries[0]!;
         const { store, values } = storeValue(attributeOf(entry, this.config.storeAttribute));
-        const loginNames = loginValues(attributeOf(entry, this.loginAttribute));
+        const loginNames = this.loginAttribute === undefined ? [] : loginValues(attributeOf(entry, this.loginAttribute));
         return { url: connection.url, dn: entry.dn, store, storeValues: values, loginNames, readAt: Date.now() };
       } catch (error) {
         if (error instanceof MailfrontError) throw error;

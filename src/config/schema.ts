@@ -63,8 +63,34 @@ export interface ListenerConfig {
   readonly proxyProtocol?: ProxyListenerConfig;
 }
 
-/** directory.login_attribute when not set: inetOrgPerson's login name, as the default user_filter's. */
-export const DEFAULT_LOGIN_ATTRIBUTE = 'uid';
+/**
+ * The one attribute `userFilter` compares `{user}` with (`(uid={user})` → uid), or undefined when
+ * it compares it with several (`(|(uid={user})(mail={user}))`: an alias may match) or none but
+ * in another form. directory.login_attribute, when not set, is that attribute: the entry's value
+ * of it is the name typed (as the server matched it), so nothing changes for such a filter.
+ */
+export function filterLoginAttribute(userFilter: string): string | undefined {
+  const equalities = [...userFilter.matchAll(/\(\s*([A-Za-z][A-Za-z0-9-]*)\s*=\s*\{user\}\s*\)/g)];
+  // Any other use of {user} (a substring, an extensible match) is no equality with one attribute.
+  const uses = userFilter.split('{user}').length - 1;
+  const names = new Set(equalities.map((m) => m[1]!.toLowerCase()));
+  return names.size === 1 && equalities.length === uses ? equalities[0]![1] : undefined;
+}
+
+/**
+ * The attribute whose value a login goes on with (directory.login_attribute, else the one
+ * user_filter compares {user} with), or undefined: the name typed, which only a replay login
+ * may assert (the backend checks the password against it itself).
+ */
+export function loginAttributeOf(directory: Pick<DirectoryConfig, 'loginAttribute' | 'userFilter'>): string | undefined {
+  if (directory.loginAttribute !== undefined) return directory.loginAttribute;
+  // Asked at every login: the filter is read once per config.
+  let inferred = inferredLoginAttributes.get(directory);
+  if (inferred === undefined) inferredLoginAttributes.set(directory, (inferred = { name: filterLoginAttribute(directory.userFilter) }));
+  return inferred.name;
+}
+
+const inferredLoginAttributes = new WeakMap<object, { readonly name: string | undefined }>();
 
 export interface DirectoryConfig {
   readonly urls: readonly string[];
@@ -75,9 +101,9 @@ export interface DirectoryConfig {
   readonly userFilter: string;
   readonly storeAttribute: string;
   /**
-   * The attribute holding the name the backend knows the user by (uid by default): the login
-   * goes on with it, not with the name typed, which user_filter may have matched as an alias.
-   * The config reader always sets it; absent (a DirectoryConfig made in code): DEFAULT_LOGIN_ATTRIBUTE.
+   * The attribute holding the name the backend knows the user by, as set: the login goes on with
+   * its value, not with the name typed, which user_filter may have matched as an alias. Not set:
+   * the one attribute user_filter compares {user} with (loginAttributeOf()).
    */
   readonly loginAttribute?: string;
   readonly starttls: boolean;
@@ -243,6 +269,14 @@ export function readConfig(doc: unknown, file: string, resolvePath: (p: string) 
   if (http !== undefined && http.port !== 0 && issues.issues.slice(httpStart).every((i) => i.path !== 'http' && i.path !== 'http.host' && i.path !== 'http.port')) {
     checkBinding(bindingOf(http.host, http.port, 'http'), bindings, issues);
   }
+  const backendProfiles = readBackendProfiles(root['backend_profiles'], backend, resolvePath, issues);
+  // A login mode that asserts the user's name to the backend needs the entry's own name (a store
+  // of the store map that sets one is refused at login, with the same words).
+  const asserting = [['backend', backend] as const, ...[...backendProfiles].map(([name, profile]) => [at('backend_profiles', name), profile] as const)].find(([, b]) => b.loginMode !== 'replay');
+  if (asserting !== undefined && loginAttributeOf(directory) === undefined) {
+    const [where, b] = asserting;
+    issues.add(at('directory', 'login_attribute'), `the attribute holding the name the backend knows users by: ${where}.login_mode "${b.loginMode}" asserts the directory entry's name, and user_filter compares {user} with no one attribute (an alias may match), so it cannot be inferred`, undefined);
+  }
   return {
     file,
     logLevel,
@@ -250,7 +284,7 @@ export function readConfig(doc: unknown, file: string, resolvePath: (p: string) 
     directory,
     storeMap: readStoreMapSource(root['store_map'], directory, resolvePath, issues),
     backend,
-    backendProfiles: readBackendProfiles(root['backend_profiles'], backend, resolvePath, issues),
+    backendProfiles,
     failover: readFailover(root['failover'], issues),
     health: readHealth(root['health'], issues),
     admin: readAdmin(root['admin'], issues),
@@ -372,9 +406,9 @@ function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: I
   if (!userFilter.includes('{user}') || !userFilter.startsWith('(') || !userFilter.endsWith(')')) {
     issues.add(at(path, 'user_filter'), 'an LDAP filter in parentheses containing {user}', userFilter);
   }
-  const loginAttribute = str(o, 'login_attribute', path, issues, DEFAULT_LOGIN_ATTRIBUTE);
+  const loginAttribute = optStr(o, 'login_attribute', path, issues);
   // An attribute type's name (RFC 4512 §1.4 descr): the entry's answer is read by that name.
-  if (!/^[A-Za-z][A-Za-z0-9-]*$/.test(loginAttribute)) issues.add(at(path, 'login_attribute'), 'an LDAP attribute name (letters, digits and hyphens, starting with a letter)', loginAttribute);
+  if (loginAttribute !== undefined && !/^[A-Za-z][A-Za-z0-9-]*$/.test(loginAttribute)) issues.add(at(path, 'login_attribute'), 'an LDAP attribute name (letters, digits and hyphens, starting with a letter)', loginAttribute);
   const caFile = optStr(o, 'ca_file', path, issues);
   return {
     urls,
@@ -383,7 +417,7 @@ function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: I
     baseDn: str(o, 'base_dn', path, issues),
     userFilter,
     storeAttribute: str(o, 'store_attribute', path, issues, 'mailStore'),
-    loginAttribute,
+    ...(loginAttribute !== undefined ? { loginAttribute } : {}),
     starttls: bool(o, 'starttls', path, issues, false),
     ...(caFile !== undefined ? { caFile: resolvePath(caFile) } : {}),
     connectTimeoutMs: int(o, 'connect_timeout_ms', path, issues, 100, 120_000, DEFAULT_LDAP_CONNECT_TIMEOUT_MS),

@@ -21,7 +21,7 @@ import type { ConnectionEndpoints } from '../server/proxy-protocol.js';
 import { FORBIDDEN_IN_USER, entryLoginName, normalizeUser } from '../auth/directory.js';
 import { CLOSED_AFTER_LOGIN, IDENTITY_REFUSED, assertedIdentityProblem, backendFor, dialSlot, loginToBackend } from '../backend/connect.js';
 import type { BackendSession } from '../backend/connect.js';
-import { DEFAULT_LOGIN_ATTRIBUTE } from '../config/schema.js';
+import { loginAttributeOf } from '../config/schema.js';
 import type { Config, ListenerConfig } from '../config/schema.js';
 import { MailfrontError, asMailfrontError } from '../errors.js';
 import type { FailureKind } from '../errors.js';
@@ -123,9 +123,9 @@ interface LoginIdentity {
   readonly name: string;
   /** False when the entry has no name of its own: only a replay login goes on (with the name typed). */
   readonly fromEntry: boolean;
-  /** The entry, and the attribute its name was read from: for the refusal of a login without one. */
+  /** The entry, and the attribute its name was read from (none: user_filter names no one attribute): for the refusal of a login without one. */
   readonly dn: string;
-  readonly attribute: string;
+  readonly attribute: string | undefined;
   /** Values of the attribute that are no valid user name (entryLoginName()). */
   readonly unusable: number;
 }
@@ -546,7 +546,7 @@ export class Session {
       // From here on the login is the entry's own name, not the one typed: a user filter that
       // matches aliases (mail) finds alice's entry for "info@example.com", which a backend reads
       // as another user's mailbox (entryLoginName()).
-      const loginAttribute = config.directory.loginAttribute ?? DEFAULT_LOGIN_ATTRIBUTE;
+      const loginAttribute = loginAttributeOf(config.directory);
       const login = entryLoginName(found.loginNames ?? [], user, config.usernames);
       const name = login.kind === 'name' ? login.name : user;
       if (login.kind !== 'ambiguous') {
@@ -726,7 +726,9 @@ export class Session {
       throw new MailfrontError(
         'USER_WITHOUT_LOGIN_NAME',
         'auth-tempfail',
-        `the directory entry ${identity.dn} has no ${identity.attribute} (directory.login_attribute)${identity.unusable > 0 ? ` that is a user name under usernames (${identity.unusable} ${identity.unusable === 1 ? 'value is' : 'values are'} not)` : ''}, and login_mode ${backendConfig.loginMode} of store "${slot.store}" asserts the entry's name to the backend, never the name typed ("${user}"); set directory.login_attribute to the attribute holding the name the backend knows users by (on Active Directory, sAMAccountName or userPrincipalName)`,
+        identity.attribute === undefined
+          ? `directory.login_attribute is not set and user_filter compares {user} with no one attribute (an alias may match), so the name of the directory entry ${identity.dn} is not known, and login_mode ${backendConfig.loginMode} of store "${slot.store}" asserts the entry's name to the backend, never the name typed ("${user}"); set directory.login_attribute to the attribute holding the name the backend knows users by`
+          : `the directory entry ${identity.dn} has no ${identity.attribute} (directory.login_attribute)${identity.unusable > 0 ? ` that is a user name under usernames (${identity.unusable} ${identity.unusable === 1 ? 'value is' : 'values are'} not)` : ''}, and login_mode ${backendConfig.loginMode} of store "${slot.store}" asserts the entry's name to the backend, never the name typed ("${user}"); set directory.login_attribute to the attribute holding the name the backend knows users by (on Active Directory, sAMAccountName or userPrincipalName)`,
       );
     }
     // Checked before the slot is dialled: nothing of such a login reaches the backend. Kind

@@ -1,6 +1,6 @@
 /**
- * The name a login asserts to the backend is the directory entry's own (directory.login_attribute,
- * uid by default), not the name the client typed, against a real slapd and a real Cyrus with
+ * The name a login asserts to the backend is the directory entry's own (directory.login_attribute),
+ * not the name the client typed, against a real slapd and a real Cyrus with
  * `virtdomains: userid` and `defaultdomain: example.com` in sasl-authzid mode. With a user filter
  * that also matches mail, alice logs in as "info@example.com" (her mail); Cyrus reads that name
  * as `info`, another user: before, mailfront asserted it as typed and alice read info's INBOX.
@@ -20,10 +20,12 @@ registerSecrets([...Object.values(PASSWORDS), CYRUS_PROXY.password]);
 
 let slapd: Slapd;
 let cyrus: Cyrus;
-/** user_filter (|(uid={user})(mail={user})), login_attribute not set (uid). */
+/** user_filter (|(uid={user})(mail={user})), login_attribute uid. */
 let front: Front;
 /** The same, with a login_attribute no entry has. */
 let unnamed: Front;
+/** The same, login_attribute not set: that filter names no one attribute to take it from. */
+let uninferred: Front;
 
 before(async () => {
   [slapd, cyrus] = await Promise.all([
@@ -56,13 +58,15 @@ before(async () => {
     },
   };
   const directory = { user_filter: '(&(objectClass=inetOrgPerson)(|(uid={user})(mail={user})))' };
-  front = await startFront({ slapd, stores, directory });
+  front = await startFront({ slapd, stores, directory: { ...directory, login_attribute: 'uid' } });
   unnamed = await startFront({ slapd, stores, directory: { ...directory, login_attribute: 'employeeNumber' } });
+  uninferred = await startFront({ slapd, stores, directory });
 });
 
 after(async () => {
   await front?.stop();
   await unnamed?.stop();
+  await uninferred?.stop();
   await Promise.all([slapd?.stop(), cyrus?.stop()]);
 });
 
@@ -142,6 +146,22 @@ test('sasl-authzid: an entry without the login attribute is refused with an erro
       assert.equal(failed?.['code'], 'USER_WITHOUT_LOGIN_NAME');
       assert.equal(failed?.['level'], 'error');
       assert.match(String(failed?.['reason']), /uid=alice,.* has no employeeNumber \(directory\.login_attribute\)/);
+    } finally {
+      client.close();
+    }
+  }
+});
+
+test('sasl-authzid with a user_filter that matches aliases and no login_attribute: refused, naming the setting, and nothing reaches Cyrus', async () => {
+  for (const user of ['alice', 'info@example.com']) {
+    const { answer, session, client } = await imapLogin(uninferred, user, PASSWORDS.alice);
+    try {
+      assert.match(answer, /^NO \[UNAVAILABLE\] /, user);
+      const lines = linesOfSession(uninferred, session);
+      assert.ok(!lines.some((l) => l['event'] === 'session.backend_connected'), 'the backend was dialled');
+      const failed = lines.find((l) => l['event'] === 'session.login_failed');
+      assert.equal(failed?.['code'], 'USER_WITHOUT_LOGIN_NAME');
+      assert.match(String(failed?.['reason']), /directory\.login_attribute is not set and user_filter compares \{user\} with no one attribute/);
     } finally {
       client.close();
     }

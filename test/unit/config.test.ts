@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { ConfigError, loadConfig, loadStoreMap } from '../../src/config/load.js';
+import { filterLoginAttribute, loginAttributeOf } from '../../src/config/schema.js';
 
 function writeTemp(files: Record<string, string>): string {
   const dir = mkdtempSync(join(tmpdir(), 'mf-config-'));
@@ -58,16 +59,37 @@ test('a good config loads with defaults, secrets from files, and is frozen', () 
   assert.equal(map.stores.get('store1')?.preferredMaster, 'slot1');
 });
 
-test('directory.login_attribute is uid unless set, and must be an attribute name', () => {
+test('directory.login_attribute is the one attribute user_filter compares {user} with unless set, and must be an attribute name', () => {
   const dir = writeTemp({ 'mf.yaml': GOOD, 'ldap.secret': 's3cret\n', 'stores.yaml': STORES });
-  assert.equal(loadConfig(join(dir, 'mf.yaml')).directory.loginAttribute, 'uid');
+  const config = loadConfig(join(dir, 'mf.yaml'));
+  assert.equal(config.directory.loginAttribute, undefined);
+  assert.equal(loginAttributeOf(config.directory), 'uid');
   writeFileSync(join(dir, 'ad.yaml'), GOOD.replace('base_dn: ou=people', 'login_attribute: sAMAccountName\n  base_dn: ou=people'));
-  assert.equal(loadConfig(join(dir, 'ad.yaml')).directory.loginAttribute, 'sAMAccountName');
+  assert.equal(loginAttributeOf(loadConfig(join(dir, 'ad.yaml')).directory), 'sAMAccountName');
   for (const bad of ['"uid;binary"', '"(uid)"', '"1uid"', '""']) {
     writeFileSync(join(dir, 'bad.yaml'), GOOD.replace('base_dn: ou=people', `login_attribute: ${bad}\n  base_dn: ou=people`));
     const error = configErrorOf(() => loadConfig(join(dir, 'bad.yaml')));
     assert.match(error.message, /directory\.login_attribute/, bad);
   }
+  // A deployment whose users log in with their address, and whose backend knows them by it, goes on as before.
+  assert.equal(filterLoginAttribute('(&(objectClass=inetOrgPerson)(mail={user}))'), 'mail');
+  assert.equal(filterLoginAttribute('(&(objectClass=user)(|(sAMAccountName={user})(SAMACCOUNTNAME={user})))'), 'sAMAccountName');
+  // An alias may match, or {user} is no equality: nothing to infer.
+  assert.equal(filterLoginAttribute('(|(uid={user})(mail={user}))'), undefined);
+  assert.equal(filterLoginAttribute('(&(objectClass=inetOrgPerson)(uid={user}*))'), undefined);
+  assert.equal(filterLoginAttribute('(&(uid={user})(description=*{user}*))'), undefined);
+});
+
+test('a login mode that asserts the user\'s name needs directory.login_attribute when user_filter names no one attribute', () => {
+  const aliases = GOOD.replace('base_dn: ou=people', 'user_filter: "(|(uid={user})(mail={user}))"\n  base_dn: ou=people');
+  const dir = writeTemp({ 'mf.yaml': aliases, 'ldap.secret': 's3cret\n', 'proxy.secret': 'p\n', 'stores.yaml': STORES });
+  // replay: the backend checks the password against the name typed.
+  assert.equal(loginAttributeOf(loadConfig(join(dir, 'mf.yaml')).directory), undefined);
+  writeFileSync(join(dir, 'trust.yaml'), `${aliases}\nbackend:\n  login_mode: master-user\n  proxy_user: mfproxy\n  proxy_password_file: proxy.secret\n`);
+  const error = configErrorOf(() => loadConfig(join(dir, 'trust.yaml')));
+  assert.match(error.message, /directory\.login_attribute: expected the attribute holding the name the backend knows users by: backend\.login_mode "master-user"/);
+  writeFileSync(join(dir, 'set.yaml'), `${aliases.replace('base_dn: ou=people', 'login_attribute: uid\n  base_dn: ou=people')}\nbackend:\n  login_mode: master-user\n  proxy_user: mfproxy\n  proxy_password_file: proxy.secret\n`);
+  assert.equal(loginAttributeOf(loadConfig(join(dir, 'set.yaml')).directory), 'uid');
 });
 
 test('every config problem is reported at once, each with its path and what was expected', () => {
