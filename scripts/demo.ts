@@ -2,7 +2,7 @@
  * `npm run demo`: a working sandbox on loopback. Starts slapd with a few users, two stores
  * each with a master and a replica Dovecot slot, and mailfront itself (as a child process,
  * exactly as an operator runs it), then prints how to connect and how to fail a store over.
- * Ctrl-C stops everything it started.
+ * Ctrl-C stops everything it started, and so does closing its terminal (SIGHUP).
  */
 import { spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -13,7 +13,9 @@ import { makeCerts, startDovecot, startSlapd } from '../test/integration/servers
 import type { Dovecot } from '../test/integration/servers/index.js';
 
 const ROOT = resolve(import.meta.dirname ?? new URL('.', import.meta.url).pathname, '../..');
-const SANDBOX = join(ROOT, '.sandbox');
+// MAILFRONT_DEMO_SANDBOX: another folder, for a test run of the demo beside the user's own (its
+// mailfront watches .sandbox/stores.yaml, which a second demo there would overwrite).
+const SANDBOX = resolve(process.env['MAILFRONT_DEMO_SANDBOX'] || join(ROOT, '.sandbox'));
 const PASSWORD = 'demo';
 const USERS = [
   { uid: 'alice', store: 'store1' },
@@ -55,8 +57,11 @@ async function main(): Promise<void> {
     }
     process.exit(code);
   };
-  process.on('SIGINT', () => void stopAll(0));
-  process.on('SIGTERM', () => void stopAll(0));
+  // SIGHUP too: closing the terminal sends it to the whole foreground process group, and
+  // mailfront and Dovecot take it as a reload and run on, on the demo's ports, once this process
+  // died of it. The terminal is gone then: writing to it fails (EIO), which must not end the stop.
+  for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, () => void stopAll(0));
 
   try {
     process.stdout.write('demo: starting slapd (the directory)...\n');

@@ -70,9 +70,11 @@ let exitHookInstalled = false;
 function installExitHook(): void {
   if (exitHookInstalled) return;
   exitHookInstalled = true;
-  // On SIGINT/SIGTERM nobody else handles, clean up like at exit, then die of the same signal.
-  // If the code under test handles the signal itself (e.g. a drain on SIGTERM), leave it alone.
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  // On SIGINT/SIGTERM/SIGHUP nobody else handles, clean up like at exit, then die of the same
+  // signal. If the code under test handles the signal itself (e.g. a drain on SIGTERM), leave it
+  // alone. SIGHUP is a terminal closed (a dropped ssh session): it reaches the daemons in our
+  // process group as well, and Dovecot and mailfront take it as a reload and would run on.
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     const onSignal = (): void => {
       if (process.listenerCount(sig) > 1) return;
       process.removeListener(sig, onSignal);
