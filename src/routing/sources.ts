@@ -63,6 +63,7 @@ export class FileStoreMapSource implements StoreMapSource {
     private readonly watchEnabled: boolean,
     /** The config file's folder: the store map's relative secret files resolve against it (default: the store map's folder). */
     private readonly baseDir?: string,
+    private readonly log?: Logger,
   ) {
     this.description = `file ${file}`;
   }
@@ -219,7 +220,16 @@ export class FileStoreMapSource implements StoreMapSource {
     const { mode, uid, gid } = await stat(file);
     try {
       await writeFile(temp, doc.toString(), { mode: mode & 0o7777 });
-      await chown(temp, uid, gid).catch(() => chown(temp, -1, gid)).catch(() => undefined);
+      // Not even the group (a group mailfront is no member of, a system call filter refusing
+      // chown): the file is written all the same, a failover must not wait on its group, but the
+      // people the mode lets read it are no longer the same. Told once the file is in place.
+      let groupLost: { readonly err: unknown; readonly now: number | undefined } | undefined;
+      await chown(temp, uid, gid)
+        .catch(() => chown(temp, -1, gid))
+        .catch(async (err: unknown) => {
+          const now = await stat(temp).then((s) => s.gid, () => undefined);
+          if (now !== gid) groupLost = { err, now };
+        });
       await chmod(temp, mode & 0o7777);
       // Read last, as close to the rename as may be: by content, which a save within the same
       // timestamp tick changes too. (An edit between this read and the rename is still lost; the
@@ -230,6 +240,10 @@ export class FileStoreMapSource implements StoreMapSource {
         return false;
       }
       await rename(temp, file);
+      if (groupLost !== undefined) {
+        const err = groupLost.err instanceof Error ? groupLost.err.message : String(groupLost.err);
+        this.log?.warn({ event: 'storemap.failover_group_not_kept', file, gid, group: groupLost.now, err }, `failover written to ${file} without its group ${gid} (the file's group is now ${groupLost.now ?? 'unknown'}): ${err}; give the file its group back (chgrp) if others read it`);
+      }
       return true;
     } catch (error) {
       // A write that failed (a full disk, an immutable or read-only file) leaves no temporary
@@ -557,5 +571,5 @@ export class LdapStoreMapSource implements StoreMapSource {
  * `log`: hears what a source has to say besides its health (a failover written in part).
  */
 export function createStoreMapSource(config: StoreMapSourceConfig, ca?: Buffer, log?: Logger): StoreMapSource {
-  return config.kind === 'file' ? new FileStoreMapSource(config.file, config.watch, config.baseDir) : new LdapStoreMapSource(config, ca, log);
+  return config.kind === 'file' ? new FileStoreMapSource(config.file, config.watch, config.baseDir, log) : new LdapStoreMapSource(config, ca, log);
 }

@@ -47,6 +47,48 @@ async function unitWithStub<T>(body: (unitPath: string) => T): Promise<T> {
   }
 }
 
+/** Each system call group of `systemd-analyze syscall-filter`, with its groups expanded. */
+function syscallGroups(analyze: string): Map<string, Set<string>> {
+  const listed = new Map<string, string[]>();
+  let group: string[] | undefined;
+  for (const line of spawnSync(analyze, ['syscall-filter'], { encoding: 'utf8' }).stdout.split('\n')) {
+    if (line.startsWith('@')) listed.set(line.trim(), (group = []));
+    else if (/^\s+[@\w]/.test(line)) group?.push(line.trim());
+    else if (line.trim() === '') group = undefined;
+  }
+  const expand = (name: string, seen: Set<string> = new Set()): Set<string> => {
+    if (!name.startsWith('@')) return new Set([name]);
+    const members = listed.get(name);
+    if (members === undefined) throw new Error(`systemd-analyze syscall-filter does not list ${name}`);
+    const calls = new Set<string>();
+    for (const member of members) if (!seen.has(member)) for (const call of expand(member, new Set([...seen, name]))) calls.add(call);
+    return calls;
+  };
+  return new Map([...listed.keys()].map((name) => [name, expand(name)]));
+}
+
+/**
+ * The system calls the unit's SystemCallFilter= lines allow, by systemd.exec(5): the first line
+ * (an allow list here) sets the default action, each later line adds its calls to the list (an
+ * allow line) or takes them out (a deny line, "~").
+ */
+function allowedSyscalls(analyze: string): Set<string> {
+  const groups = syscallGroups(analyze);
+  const lines = values('SystemCallFilter');
+  assert.ok(lines.length > 0 && !lines[0]!.startsWith('~'), 'the filter starts with an allow list');
+  const allowed = new Set<string>();
+  for (const line of lines) {
+    const deny = line.startsWith('~');
+    for (const name of line.replace(/^~/, '').split(/\s+/).filter(Boolean)) {
+      for (const call of groups.get(name) ?? [name]) {
+        if (deny) allowed.delete(call);
+        else allowed.add(call);
+      }
+    }
+  }
+  return allowed;
+}
+
 describe('deploy/mailfront.service', () => {
   it('passes systemd-analyze verify', async (t) => {
     if (systemdAnalyze === undefined) {
@@ -82,6 +124,21 @@ describe('deploy/mailfront.service', () => {
       t.diagnostic(`exposure level ${level}`);
       assert.ok(Number(level) <= 2.0, `exposure level ${level} (lower is better)`);
     });
+  });
+
+  it('lets mailfront give a failover\'s store-map file its group (chown), and no other privileged system call', (t) => {
+    if (systemdAnalyze === undefined) {
+      t.skip('no systemd-analyze');
+      return;
+    }
+    const allowed = allowedSyscalls(systemdAnalyze);
+    // fs.chown is chown(2) or fchownat(2), by libuv's version; the others for good measure.
+    for (const call of ['chown', 'fchown', 'fchownat', 'lchown']) assert.ok(allowed.has(call), `${call} is refused by the unit's SystemCallFilter`);
+    const groups = syscallGroups(systemdAnalyze);
+    const chown = groups.get('@chown')!;
+    const privileged = [...groups.get('@privileged')!].filter((call) => !chown.has(call) && allowed.has(call));
+    assert.deepEqual(privileged, [], 'privileged system calls other than @chown are allowed');
+    assert.ok(!allowed.has('setrlimit') && !allowed.has('setpriority'), '@resources stays refused');
   });
 
   it('reloads with SIGHUP and gives the drain time to finish on stop', () => {
