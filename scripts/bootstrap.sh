@@ -5,6 +5,8 @@
 #   3. Cyrus IMAP unpacked into <repo>/.cache/cyrus (it conflicts with Dovecot in apt, so it is
 #      never installed; its .debs are fetched with `apt-get download` and unpacked with `dpkg -x`)
 # Non-interactive: works with CI=true and without stdin. Messages are prefixed "bootstrap:".
+# --demo: what `npm run demo` needs only (slapd, Dovecot, openssl, python3; no Cyrus), not the
+#   test suite's other servers and tools.
 # --packages-only (as root): step 2 alone, the command printed to a normal user missing packages.
 set -euo pipefail
 
@@ -20,11 +22,14 @@ IS_ROOT=0
 if [ "$(id -u)" = "0" ]; then IS_ROOT=1; fi
 
 PACKAGES_ONLY=0
-case "${1-}" in
-  "") ;;
-  --packages-only) PACKAGES_ONLY=1 ;;
-  *) die "unknown argument \"$1\" (usage: bootstrap.sh [--packages-only])" ;;
-esac
+DEMO=0
+for arg in "$@"; do
+  case "$arg" in
+    --packages-only) PACKAGES_ONLY=1 ;;
+    --demo) DEMO=1 ;;
+    *) die "unknown argument \"$arg\" (usage: bootstrap.sh [--demo] [--packages-only])" ;;
+  esac
+done
 if [ "$PACKAGES_ONLY" = "1" ] && [ "$IS_ROOT" != "1" ]; then die "--packages-only installs Debian packages and must run as root"; fi
 
 # --- 1. node_modules -------------------------------------------------------------------------
@@ -41,6 +46,10 @@ fi
 PACKAGES=(slapd ldap-utils dovecot-imapd dovecot-pop3d dovecot-managesieved sasl2-bin libsasl2-modules
   libsasl2-modules-db libical3 libpcre3 libxapian30 libjansson4 libpq5 libxml2 libsqlite3-0 openssl
   redis-server haproxy prometheus sieve-connect systemd python3)
+# The demo (scripts/demo.ts) starts slapd (loaded with ldapmodify) and Dovecot for IMAP and POP3,
+# makes its certificates with openssl, and prints python3 and openssl commands to try it.
+DEMO_PACKAGES=(slapd ldap-utils dovecot-imapd dovecot-pop3d openssl python3)
+if [ "$DEMO" = "1" ]; then PACKAGES=("${DEMO_PACKAGES[@]}"); fi
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -124,13 +133,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
     case " $units" in *" prometheus "*) if [ "$NODE_EXPORTER_BEFORE" != "installed" ]; then units+="prometheus-node-exporter "; fi ;; esac
     say "missing Debian packages: ${missing[*]}"
     say "this installs them as root the way a root run does (packaged daemons kept from starting, and disabled at boot):"
-    echo "sudo bash $(printf '%q' "$REPO_ROOT/scripts/bootstrap.sh") --packages-only"
+    echo "sudo bash $(printf '%q' "$REPO_ROOT/scripts/bootstrap.sh")$([ "$DEMO" = "1" ] && echo ' --demo') --packages-only"
     say "or by hand, as root: keep apt from starting daemons (a /usr/sbin/policy-rc.d that exits 101, removed afterwards), apt-get update, DEBIAN_FRONTEND=noninteractive apt-get install -y ${missing[*]}${units:+, then systemctl disable ${units% }}"
     case "${npm_lifecycle_event-}" in
       test) again="sudo npm test" ;;
       demo) again="sudo npm run demo" ;;
       *) again="this command again as root (sudo)" ;;
     esac
+    if [ "$DEMO" = "1" ]; then again="sudo npm run demo"; fi
     say "then run $again: the tests and the demo hand daemon files to the daemons' own users"
     exit 1
   fi
@@ -141,7 +151,12 @@ if [ "$PACKAGES_ONLY" = "1" ]; then
 fi
 if [ "$IS_ROOT" != "1" ]; then
   # The harness chowns Dovecot's and Cyrus' files to their system users, which needs root.
+  if [ "$DEMO" = "1" ]; then die "the demo starts slapd and Dovecot as their own users and must run as root: sudo npm run demo"; fi
   die "the tests and the demo start slapd, Dovecot and Cyrus as their own users and must run as root: sudo npm test, or sudo npm run demo"
+fi
+if [ "$DEMO" = "1" ]; then
+  # The demo runs no Cyrus: nothing to fetch from the Debian mirror.
+  exit 0
 fi
 
 # --- 3. Cyrus IMAP, unpacked privately -------------------------------------------------------
