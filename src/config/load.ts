@@ -96,14 +96,21 @@ function parseYamlFile(file: string, check?: (doc: Document.Parsed, text: string
 }
 
 /**
- * A secret key's `*_file` value as an issue may show it: the file name, when it reads as one (a
- * "/" or an extension, of the characters file names are made of); else the folder only. A value
- * like `token_file: 3f9a…`, the secret written in place of its file's name, went to the journal
- * (ExecStartPre's check-config) in "expected a readable file (/etc/mailfront/3f9a…)".
+ * A secret key's `*_file` value as an issue may show it: the file name, when it reads as one (of
+ * the characters file names are made of, and absolute, starting ./ or ../, ending in an
+ * extension, or a relative path such as `secrets/ldap`); else the folder only. A value like
+ * `token_file: 3f9a…`, the secret written in place of its file's name, went to the journal
+ * (ExecStartPre's check-config) in "expected a readable file (/etc/mailfront/3f9a…)". A "/"
+ * alone is no sign of a name: base64 has it (`q8Zk3/Yw1b…`, and never a "."), so a relative path
+ * that mixes capitals, small letters and digits, as a base64 secret does, is not shown either.
  */
-function secretFileShown(value: string, file: string): string {
-  if (/^[\w.\-/]+$/.test(value) && (value.includes('/') || /\.[A-Za-z][A-Za-z0-9]{0,7}$/.test(value))) return file;
-  return `a file in ${dirname(file)} whose name is not shown: with neither a "/" nor an extension it may be the secret itself, given in place of its file's name`;
+function secretFileShown(value: string, file: string, folder: string): string {
+  const named =
+    /^[\w.\-/]+$/.test(value) &&
+    (/^\.{0,2}\//.test(value) || /\.[A-Za-z][A-Za-z0-9]{0,7}$/.test(value) || (value.includes('/') && !(/[A-Z]/.test(value) && /[a-z]/.test(value) && /[0-9]/.test(value))));
+  if (named) return file;
+  // The folder relative names resolve against, not the file's: that would show the value up to its last "/".
+  return `a file ${value.includes('/') ? 'under' : 'in'} ${folder} whose name is not shown: not absolute, not starting ./ or ../, without an extension, it may be the secret itself, given in place of its file's name`;
 }
 
 /** Where an inlined secret came from: its `*_file` key's path as written, and the file as shown. */
@@ -144,7 +151,7 @@ function inlineSecretFiles(node: unknown, resolvePath: (p: string) => string, pa
         found.unread.add(targetPath);
       } else {
         const file = resolvePath(value);
-        const shown = secretFileShown(value, file);
+        const shown = secretFileShown(value, file, resolvePath('.'));
         let content: string;
         try {
           content = readFileSync(file, 'utf8');

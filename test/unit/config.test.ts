@@ -424,4 +424,15 @@ test('a secret file: every line break that ends it is dropped; one that is empty
   // A name that reads as one (a "/" or an extension) is printed, as the file resolved.
   writeFileSync(join(dir, 'named.yaml'), `${GOOD}admin: { token_file: secrets/admin.token }\n`);
   assert.match(configErrorOf(() => loadConfig(join(dir, 'named.yaml'))).message, new RegExp(`admin\\.token_file: expected a readable file \\(${join(dir, 'secrets/admin.token')}\\), found ENOENT`));
+  // A base64 secret has "/" in it: no sign of a name. Neither it nor its part up to the last "/" is printed.
+  const base64 = 'q8Zk3/Yw1bXr9TmP2vLc7NhA5uEoJg4R';
+  writeFileSync(join(dir, 'base64.yaml'), `${GOOD}admin: { token_file: ${base64} }\n`);
+  const slashed = configErrorOf(() => loadConfig(join(dir, 'base64.yaml')));
+  assert.ok(!slashed.message.includes('q8Zk3') && !slashed.message.includes('Yw1bXr9TmP2vLc7NhA5uEoJg4R'), slashed.message);
+  assert.match(slashed.message, new RegExp(`admin\\.token_file: expected a readable file \\(a file under ${dir} whose name is not shown: [^\\n]*it may be the secret itself[^\\n]*\\), found ENOENT`));
+  // A relative name starting ./ or ../ reads as one, extension or not.
+  for (const name of ['./secrets/admin', '../admin']) {
+    writeFileSync(join(dir, 'dotted.yaml'), `${GOOD}admin: { token_file: ${name} }\n`);
+    assert.match(configErrorOf(() => loadConfig(join(dir, 'dotted.yaml'))).message, new RegExp(`admin\\.token_file: expected a readable file \\(${join(dir, name)}\\), found ENOENT`));
+  }
 });
