@@ -56,10 +56,11 @@ ${COMMON}
 `,
   'check-config': `Usage: mailfront check-config [FILE | -c FILE]
 
-Validates FILE, loads each listener's certificate and key as serve would (binding nothing), and
-reads the store map FILE names (a file, or the LDAP store entries). Prints every problem with its
-path and what was expected and exits 1, or prints a summary and exits 0. FILE's own problems come
-alone (the rest is read once FILE is valid); those of its files and store map come together.
+Validates FILE, loads each listener's certificate and key as serve would (binding nothing), reads
+the store map FILE names (a file, or the LDAP store entries), and reads every CA file FILE and the
+store map name. Prints every problem with its path and what was expected and exits 1, or prints a
+summary and exits 0. FILE's own problems come alone (the rest is read once FILE is valid); those
+of its files and store map come together.
 ${COMMON}
 `,
   stores: `Usage: mailfront stores [-c FILE]
