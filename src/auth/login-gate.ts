@@ -50,19 +50,24 @@ export interface AddressBudget {
 
 interface AddressTurns {
   running: number;
-  /** Turns left so far by a login that may have counted a failure: a check that began before one was left may not have seen it. */
-  left: number;
-  /** Checks under way, waiting ones included: the entry (and `left`) outlives none of them. */
-  checking: number;
   /** Checks waiting for a turn to be left, woken one at a time in order. */
   readonly waiting: Array<() => void>;
 }
+
+/** What take() found: a turn, no room (wait for a turn to be left), or ask the throttle again. */
+const WAIT = 0;
+const ASK_AGAIN = 1;
 
 const cancelledWhileWaiting = (): MailfrontError => new MailfrontError('ABORTED', 'aborted', 'the login was cancelled while it waited for its turn');
 
 export class LoginGate {
   private readonly turns = new Map<string, Turns>();
   private readonly addressTurns = new Map<string, AddressTurns>();
+  /**
+   * Address turns left so far, of every address, by a login that may have counted a failure: a
+   * check that began before one was left may not have seen it (failureMark).
+   */
+  private failureLeaves = 0;
 
   constructor(private readonly width: number = LOGIN_GATE_WIDTH) {}
 
@@ -71,59 +76,91 @@ export class LoginGate {
     return this.turns.size + this.addressTurns.size;
   }
 
+  /** To read before asking the throttle for tryAddressTurn(): what was left since is seen as failures it may have missed. */
+  get failureMark(): number {
+    return this.failureLeaves;
+  }
+
+  /**
+   * One of the address's turns now, given the throttle's answer (`addressLeft`) to a check that
+   * began at `mark` (failureMark), or null: no room now, or the answer may be stale; then
+   * checkAddress() asks again and waits its turn. A login's usual way, without another promise:
+   * most addresses have room (at least one failure left before their limit per check running).
+   */
+  tryAddressTurn(address: string, addressLeft: number, mark: number): LeaveAddressGate | null {
+    const key = addressKey(address);
+    const taken = this.take(key, addressLeft, mark, false);
+    return typeof taken === 'function' ? taken : null;
+  }
+
   /**
    * Asks the throttle (`check`) about a login from `address` and, unless it refuses or does not
    * count the address, takes one of the address's turns, to be left once the login's outcome is
    * counted. At most as many checks of the address run at a time as it has failures left before
    * its limit (at least one): a login over that waits for a turn to be left (in arrival order;
    * rejects ABORTED when `cancellation` fires first) and asks the throttle again, which has
-   * counted that turn's failure. A check during which a turn was left is asked again too: it may
-   * not have seen that failure. So a burst from one address, each login as another user, gets at
-   * most the limit's wrong passwords to the directory before the address is refused, and one at a
-   * time once a refusal has run out while its failures are remembered; an address without
-   * failures (a NAT's users) has as many checks at a time as its limit.
+   * counted that turn's failure. A check during which turns that may have counted a failure were
+   * left is asked again too when, counting each as a failure it did not see, the address would
+   * have no room: one of them may have started a refusal. So a burst from one address, each
+   * login as another user, gets at most the limit's wrong passwords to the directory before the
+   * address is refused, and one at a time once a refusal has run out while its failures are
+   * remembered; an address without failures (a NAT's users) has as many checks at a time as
+   * its limit.
    */
   async checkAddress<V extends AddressBudget>(address: string, check: () => Promise<V>, cancellation: Cancellation): Promise<{ readonly verdict: V; readonly leave?: LeaveAddressGate }> {
     const key = addressKey(address);
-    let turns = this.addressTurns.get(key);
-    if (turns === undefined) {
-      turns = { running: 0, left: 0, checking: 0, waiting: [] };
-      this.addressTurns.set(key, turns);
-    }
-    turns.checking++;
     // Woken by a turn left: unless this check takes a turn, the next waiter is woken in its place.
     let woken = false;
     try {
       for (;;) {
-        const leftBefore = turns.left;
+        const mark = this.failureLeaves;
         const verdict = await check();
         if (verdict.refused || verdict.addressLeft === undefined) return { verdict };
-        // Turns left while the throttle answered by logins that may have counted a failure: the
-        // throttle may not have seen those. Taken as failures, the check stands while the address
-        // still has room; otherwise it is asked again (one of them may have started a refusal).
-        // A busy address without failures (a NAT's users) is not asked twice for its logins.
-        const unseen = turns.left - leftBefore;
-        const budget = verdict.addressLeft - unseen;
-        if (unseen > 0 && (budget <= 0 || turns.running >= budget)) continue;
-        const width = Math.max(1, budget);
-        // Behind the ones waiting already, unless woken in turn.
-        if (turns.running < width && (woken || turns.waiting.length === 0)) {
-          turns.running++;
+        const taken = this.take(key, verdict.addressLeft, mark, woken);
+        if (typeof taken === 'function') {
           woken = false;
-          if (turns.running < width) turns.waiting.shift()?.();
-          return { verdict, leave: this.addressLeaver(key, turns) };
+          return { verdict, leave: taken };
         }
+        if (taken === ASK_AGAIN) continue;
         // A waiter woken in turn that still finds no room waits first in line again.
         const first = woken;
         woken = false;
+        let turns = this.addressTurns.get(key);
+        if (turns === undefined) this.addressTurns.set(key, (turns = { running: 0, waiting: [] }));
         await waitForTurn(turns.waiting, cancellation, first);
         woken = true;
       }
     } finally {
-      turns.checking--;
-      if (woken) turns.waiting.shift()?.();
-      if (turns.running === 0 && turns.checking === 0) this.addressTurns.delete(key);
+      const turns = this.addressTurns.get(key);
+      if (turns !== undefined) {
+        if (woken) turns.waiting.shift()?.();
+        if (turns.running === 0 && turns.waiting.length === 0) this.addressTurns.delete(key);
+      }
     }
+  }
+
+  /**
+   * A turn of the address `key` if it has room: as many turns at a time as it has failures left
+   * (at least one), those left since `mark` by logins that may have counted a failure taken as
+   * failures the throttle did not see. Behind the ones waiting already, unless `woken` in turn.
+   */
+  private take(key: string, addressLeft: number, mark: number, woken: boolean): LeaveAddressGate | typeof WAIT | typeof ASK_AGAIN {
+    const unseen = this.failureLeaves - mark;
+    const budget = addressLeft - unseen;
+    const turns = this.addressTurns.get(key);
+    const running = turns?.running ?? 0;
+    // The real count may leave room where the guess leaves none, or may have started a refusal.
+    if (unseen > 0 && (budget <= 0 || running >= budget)) return ASK_AGAIN;
+    const width = Math.max(1, budget);
+    if (running >= width || (turns !== undefined && turns.waiting.length > 0 && !woken)) return WAIT;
+    if (turns === undefined) {
+      const fresh: AddressTurns = { running: 1, waiting: [] };
+      this.addressTurns.set(key, fresh);
+      return this.addressLeaver(key, fresh);
+    }
+    turns.running++;
+    if (turns.running < width) turns.waiting.shift()?.();
+    return this.addressLeaver(key, turns);
   }
 
   /** A turn for `key` now, or null when `width` checks of it are running. */
@@ -165,9 +202,9 @@ export class LoginGate {
       if (left) return;
       left = true;
       turns.running--;
-      if (failureCounted) turns.left++;
+      if (failureCounted) this.failureLeaves++;
       turns.waiting.shift()?.();
-      if (turns.running === 0 && turns.checking === 0) this.addressTurns.delete(key);
+      if (turns.running === 0 && turns.waiting.length === 0 && this.addressTurns.get(key) === turns) this.addressTurns.delete(key);
     };
   }
 

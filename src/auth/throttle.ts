@@ -1167,9 +1167,9 @@ export class Throttle {
     const subjects = this.subjects(attempt);
     try {
       const states = await this.store.read(subjects);
-      const verdict = this.verdict(subjects, states);
-      const at = options.addressBudget === true ? subjects.findIndex((s) => s.by === 'address') : -1;
-      return at < 0 ? verdict : { ...verdict, addressLeft: this.config.failuresPerAddress - (states[at]?.failures ?? 0) };
+      // The address, when counted, is the last subject (subjects()).
+      const at = options.addressBudget === true && !attempt.trusted ? subjects.length - 1 : -1;
+      return this.verdict(subjects, states, at < 0 ? undefined : this.config.failuresPerAddress - (states[at]?.failures ?? 0));
     } catch {
       return ALLOW;
     }
@@ -1228,7 +1228,7 @@ export class Throttle {
     return out;
   }
 
-  private verdict(subjects: readonly { readonly by: 'user' | 'address' }[], states: readonly SubjectState[]): ThrottleVerdict {
+  private verdict(subjects: readonly { readonly by: 'user' | 'address' }[], states: readonly SubjectState[], addressLeft?: number): BudgetedVerdict {
     let failures = 0;
     let refusedBy: 'user' | 'address' | undefined;
     let refusedForMs = 0;
@@ -1240,6 +1240,7 @@ export class Throttle {
       }
     });
     const delayMs = this.delayFor(failures);
+    if (addressLeft !== undefined) return refusedBy === undefined ? { refused: false, refusedForMs: 0, delayMs, addressLeft } : { refused: true, refusedBy, refusedForMs, delayMs, addressLeft };
     return refusedBy === undefined ? { refused: false, refusedForMs: 0, delayMs } : { refused: true, refusedBy, refusedForMs, delayMs };
   }
 

@@ -83,6 +83,9 @@ const KICKED_TEXT = 'Disconnected by an administrator';
 /** What a client refused by a limit (throttle, sessions per user) is told; names no counts, says "wait" (UNAVAILABLE_TEXT). */
 const LIMIT_TEXT = 'Too many login attempts or sessions, please wait and try again later.';
 
+/** What the throttle is asked before a login: its answer says how many failures the address has left (the login gate's turns). */
+const ADDRESS_BUDGET = Object.freeze({ addressBudget: true });
+
 /** The login of an address a trusted webmail forwarded, refused by the per-address limit (as the listener words it at accept). */
 const ADDRESS_LIMIT_TEXT = 'Too many connections from your address, please wait and try again later.';
 
@@ -522,9 +525,19 @@ export class Session {
         throw new MailfrontError(ADDRESS_CONNECTION_LIMIT, 'limit', `the address forwarded by the trusted webmail server ${this.endpoints.client.address} has ${config.connectionLimits.maxConnectionsPerAddress} connections already`);
       }
       if (subject !== null) leaveUserGate = this.context.loginGate.tryEnter(subject) ?? (await this.context.loginGate.enter(subject, cancellation));
-      const checked = await this.context.loginGate.checkAddress(attempt.address, () => throttle.check(attempt, { addressBudget: true }), cancellation);
-      leaveAddressGate = checked.leave;
-      const verdict = checked.verdict;
+      // The address's turn: at once where it has room (a login's usual way), else checkAddress()
+      // asks the throttle again and waits for one.
+      const gate = this.context.loginGate;
+      const mark = gate.failureMark;
+      let verdict = await throttle.check(attempt, ADDRESS_BUDGET);
+      if (!verdict.refused && verdict.addressLeft !== undefined) {
+        leaveAddressGate = gate.tryAddressTurn(attempt.address, verdict.addressLeft, mark) ?? undefined;
+        if (leaveAddressGate === undefined) {
+          const checked = await gate.checkAddress(attempt.address, () => throttle.check(attempt, ADDRESS_BUDGET), cancellation);
+          leaveAddressGate = checked.leave;
+          verdict = checked.verdict;
+        }
+      }
       throwIfCancelled(cancellation, 'the login was cancelled while the throttle answered');
       if (verdict.refused) {
         this.context.metrics.throttleRefusal(verdict.refusedBy ?? 'user');

@@ -229,3 +229,32 @@ test('a turn left by a success (no failure counted for the address) does not mak
   second.leave!(true);
   assert.equal(gate.size, 0);
 });
+
+test('tryAddressTurn: a turn at once while the address has room, none past its budget, behind waiters, or on an answer turns left since may have made stale', async () => {
+  const gate = new LoginGate();
+  const mark = gate.failureMark;
+  // Two failures left: two turns at once, not a third.
+  const one = gate.tryAddressTurn('192.0.2.7', 2, mark);
+  const two = gate.tryAddressTurn('192.0.2.7', 2, mark);
+  assert.ok(one && two);
+  assert.equal(gate.tryAddressTurn('192.0.2.7', 2, mark), null);
+  // The slow way waits behind them, and a newcomer's quick try does not jump ahead of it.
+  let waited = false;
+  const waiting = gate.checkAddress('192.0.2.7', async () => ({ refused: false, addressLeft: 2 }), new Canceller()).then((r) => ((waited = true), r));
+  await settle();
+  assert.equal(waited, false);
+  // A turn left by a failure: the waiter goes; a quick try whose answer came before that failure is not trusted.
+  const stale = gate.failureMark;
+  one!(true);
+  const third = await waiting;
+  assert.ok(third.leave);
+  assert.equal(gate.tryAddressTurn('192.0.2.7', 1, stale), null);
+  two!(false);
+  third.leave!(false);
+  assert.equal(gate.size, 0);
+  // Another address is not held up by this one.
+  const other = gate.tryAddressTurn('192.0.2.8', 1, gate.failureMark);
+  assert.ok(other);
+  other!(false);
+  assert.equal(gate.size, 0);
+});
