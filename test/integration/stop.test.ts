@@ -7,6 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -18,6 +19,23 @@ import { makeMessage, registerPasswords, registerSecrets, suiteLogWriter } from 
 
 const PASSWORD = 'Stop-pw-6e1f';
 const DRAIN_MS = 2_000;
+
+/** Logs sam in on `imapPort` of the `serve` child, trying again while it starts (15 s at most). */
+async function loginWhileStarting(imapPort: number, child: ChildProcess): Promise<LineClient> {
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    try {
+      const client = await LineClient.connect(imapPort);
+      await client.readLine();
+      client.send(`a1 LOGIN sam ${PASSWORD}`);
+      assert.match(await client.readLine(), /^a1 OK /);
+      return client;
+    } catch (error) {
+      if (child.exitCode !== null || Date.now() > deadline) throw error;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
 
 let slapd: Slapd;
 let dovecot: Dovecot;
@@ -149,21 +167,7 @@ test('a stop while the log reader lags: every line reaches it, in order, server.
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   const held: LineClient[] = [];
   try {
-    const login = async (): Promise<LineClient> => {
-      const deadline = Date.now() + 15_000;
-      for (;;) {
-        try {
-          const client = await LineClient.connect(imapPort);
-          await client.readLine();
-          client.send(`a1 LOGIN sam ${PASSWORD}`);
-          assert.match(await client.readLine(), /^a1 OK /);
-          return client;
-        } catch (error) {
-          if (child.exitCode !== null || Date.now() > deadline) throw error;
-          await new Promise((r) => setTimeout(r, 100));
-        }
-      }
-    };
+    const login = (): Promise<LineClient> => loginWhileStarting(imapPort, child);
     // About 800 bytes of log per login and logout: well past what the FIFO holds.
     for (let i = 0; i < 150; i++) {
       const client = await login();
@@ -257,21 +261,7 @@ test('a stop while the log reader has stalled for good ends: what stdout did not
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   try {
-    const login = async (): Promise<LineClient> => {
-      const deadline = Date.now() + 15_000;
-      for (;;) {
-        try {
-          const client = await LineClient.connect(imapPort);
-          await client.readLine();
-          client.send(`a1 LOGIN sam ${PASSWORD}`);
-          assert.match(await client.readLine(), /^a1 OK /);
-          return client;
-        } catch (error) {
-          if (child.exitCode !== null || Date.now() > deadline) throw error;
-          await new Promise((r) => setTimeout(r, 100));
-        }
-      }
-    };
+    const login = (): Promise<LineClient> => loginWhileStarting(imapPort, child);
     // About 800 bytes of log per login and logout: well past what the FIFO holds.
     for (let i = 0; i < 150; i++) {
       const client = await login();
