@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { connect as netConnect, createServer } from 'node:net';
-import type { Socket } from 'node:net';
+import type { Server, Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import { connect as tlsConnect } from 'node:tls';
 import { parse, stringify } from 'yaml';
@@ -42,6 +42,16 @@ after(async () => {
   await front?.stop();
   await Promise.all([slapd?.stop(), master?.stop(), replica?.stop()]);
 });
+
+/** A server on a free loopback port that takes connections and drops them: a port in use. */
+async function squatPort(): Promise<Server> {
+  const squatter = createServer((socket) => socket.destroy());
+  await new Promise<void>((resolve, reject) => {
+    squatter.once('error', reject);
+    squatter.listen(0, '127.0.0.1', resolve);
+  });
+  return squatter;
+}
 
 test('a spliced session with no traffic either way is closed at the idle deadline', async () => {
   const raw = await LineClient.connect(front.imapTrustedPort);
@@ -752,11 +762,7 @@ test('a listener a reload could not bind leaves the instance ready, reported as 
   // A config pushed to a fleet with a port in use everywhere must not take every instance out of
   // the balancer: each serves what it served before. A listener lost otherwise still counts.
   const original = readFileSync(front.configFile, 'utf8');
-  const squatter = createServer((socket) => socket.destroy());
-  await new Promise<void>((resolve, reject) => {
-    squatter.once('error', reject);
-    squatter.listen(0, '127.0.0.1', resolve);
-  });
+  const squatter = await squatPort();
   const port = (squatter.address() as { port: number }).port;
   try {
     writeListeners(original, (listeners) => {
@@ -786,11 +792,7 @@ test('a listener a reload could not bind leaves the instance ready, reported as 
 
 test('a reload that moves a listener to a port in use leaves it serving the port it served, and the instance ready', async () => {
   const original = readFileSync(front.configFile, 'utf8');
-  const squatter = createServer((socket) => socket.destroy());
-  await new Promise<void>((resolve, reject) => {
-    squatter.once('error', reject);
-    squatter.listen(0, '127.0.0.1', resolve);
-  });
+  const squatter = await squatPort();
   const taken = (squatter.address() as { port: number }).port;
   try {
     writeListeners(original, (listeners) => {
@@ -834,11 +836,7 @@ test('a reload that moves a listener with a default name to a port in use leaves
   // replaces must still be told from one the new config removed. Two of one protocol and TLS
   // mode, one moved: the other is no stand-in for it.
   const original = readFileSync(front.configFile, 'utf8');
-  const squatter = createServer((socket) => socket.destroy());
-  await new Promise<void>((resolve, reject) => {
-    squatter.once('error', reject);
-    squatter.listen(0, '127.0.0.1', resolve);
-  });
+  const squatter = await squatPort();
   const taken = (squatter.address() as { port: number }).port;
   const second = await freePort();
   const unnamed = (port: number) => ({ protocol: 'imap', host: '127.0.0.1', port, tls: 'none', plaintext_without_tls: true });
