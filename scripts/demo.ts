@@ -114,6 +114,9 @@ async function main(): Promise<void> {
         health: { interval_ms: 2000 },
         http: { host: '127.0.0.1', port: http },
         admin: { token_file: 'admin.token' },
+        // A sandbox's share of descriptors: the default (10,000 connections, two descriptors
+        // each) is above many shells' open-files limit, and serve would warn about it.
+        connection_limits: { max_connections: 1000 },
       }),
     );
 
