@@ -49,9 +49,19 @@ export interface AddressBudget {
 }
 
 interface AddressTurns {
+  readonly key: string;
   running: number;
+  /** Checks of the address under way (asking the throttle or waiting): the entry outlives none of them. */
+  checking: number;
+  /** Turns of the address left so far by a login that may have counted a failure: a check that began before one was left may not have seen it. */
+  failures: number;
   /** Checks waiting for a turn to be left, woken one at a time in order. */
   readonly waiting: Array<() => void>;
+}
+
+/** A check of an address's budget under way (beginAddressCheck): `failures` is the mark to pass to tryAddressTurn. */
+export interface AddressCheck {
+  readonly failures: number;
 }
 
 /** What take() found: a turn, no room (wait for a turn to be left), or ask the throttle again. */
@@ -63,11 +73,6 @@ const cancelledWhileWaiting = (): MailfrontError => new MailfrontError('ABORTED'
 export class LoginGate {
   private readonly turns = new Map<string, Turns>();
   private readonly addressTurns = new Map<string, AddressTurns>();
-  /**
-   * Address turns left so far, of every address, by a login that may have counted a failure: a
-   * check that began before one was left may not have seen it (failureMark).
-   */
-  private failureLeaves = 0;
 
   constructor(private readonly width: number = LOGIN_GATE_WIDTH) {}
 
@@ -76,21 +81,38 @@ export class LoginGate {
     return this.turns.size + this.addressTurns.size;
   }
 
-  /** To read before asking the throttle for tryAddressTurn(): what was left since is seen as failures it may have missed. */
-  get failureMark(): number {
-    return this.failureLeaves;
+  /**
+   * Begins a check of the budget of `address` (the throttle's answer to come): its turns left
+   * meanwhile are counted until tryAddressTurn(), which must follow (the throttle's check never
+   * rejects). Read `failures` now, as the mark to pass to it.
+   */
+  beginAddressCheck(address: string): AddressCheck {
+    const turns = this.addressEntry(addressKey(address));
+    turns.checking++;
+    return turns;
   }
 
   /**
-   * One of the address's turns now, given the throttle's answer (`addressLeft`) to a check that
-   * began at `mark` (failureMark), or null: no room now, or the answer may be stale; then
-   * checkAddress() asks again and waits its turn. A login's usual way, without another promise:
-   * most addresses have room (at least one failure left before their limit per check running).
+   * Ends the check begun with beginAddressCheck(), given the throttle's answer (`addressLeft`):
+   * one of the address's turns now, or what to do instead: 'wait' for a turn to be left (no room
+   * now), or 'ask' the throttle again (a turn left since the mark may have counted a failure the
+   * answer did not see). Then checkAddress() does. A login's usual way, without another promise.
    */
-  tryAddressTurn(address: string, addressLeft: number, mark: number): LeaveAddressGate | null {
-    const key = addressKey(address);
-    const taken = this.take(key, addressLeft, mark, false);
-    return typeof taken === 'function' ? taken : null;
+  tryAddressTurn(check: AddressCheck, addressLeft: number, mark: number): LeaveAddressGate | 'wait' | 'ask' {
+    const turns = check as AddressTurns;
+    turns.checking--;
+    const taken = this.take(turns, addressLeft, mark, false);
+    if (typeof taken === 'function') return taken;
+    this.dropIfIdle(turns);
+    return taken === WAIT ? 'wait' : 'ask';
+  }
+
+  /** Ends a check begun with beginAddressCheck() that takes no turn (the throttle refused, or does not count the address). */
+  endAddressCheck(check: AddressCheck): undefined {
+    const turns = check as AddressTurns;
+    turns.checking--;
+    this.dropIfIdle(turns);
+    return undefined;
   }
 
   /**
@@ -99,68 +121,75 @@ export class LoginGate {
    * counted. At most as many checks of the address run at a time as it has failures left before
    * its limit (at least one): a login over that waits for a turn to be left (in arrival order;
    * rejects ABORTED when `cancellation` fires first) and asks the throttle again, which has
-   * counted that turn's failure. A check during which turns that may have counted a failure were
-   * left is asked again too when, counting each as a failure it did not see, the address would
-   * have no room: one of them may have started a refusal. So a burst from one address, each
-   * login as another user, gets at most the limit's wrong passwords to the directory before the
-   * address is refused, and one at a time once a refusal has run out while its failures are
-   * remembered; an address without failures (a NAT's users) has as many checks at a time as
-   * its limit.
+   * counted that turn's failure. A check during which turns of the address that may have counted
+   * a failure were left is asked again too when, counting each as a failure it did not see, the
+   * address would have no room: one of them may have started a refusal. So a burst from one
+   * address, each login as another user, gets at most the limit's wrong passwords to the
+   * directory before the address is refused, and one at a time once a refusal has run out while
+   * its failures are remembered; an address without failures (a NAT's users) has as many checks
+   * at a time as its limit. `waitFirst`: tryAddressTurn() found no room; wait before asking.
    */
-  async checkAddress<V extends AddressBudget>(address: string, check: () => Promise<V>, cancellation: Cancellation): Promise<{ readonly verdict: V; readonly leave?: LeaveAddressGate }> {
-    const key = addressKey(address);
+  async checkAddress<V extends AddressBudget>(address: string, check: () => Promise<V>, cancellation: Cancellation, waitFirst = false): Promise<{ readonly verdict: V; readonly leave?: LeaveAddressGate }> {
+    const turns = this.addressEntry(addressKey(address));
+    turns.checking++;
     // Woken by a turn left: unless this check takes a turn, the next waiter is woken in its place.
     let woken = false;
+    let wait = waitFirst;
     try {
       for (;;) {
-        const mark = this.failureLeaves;
+        if (wait) {
+          // A waiter woken in turn that still finds no room waits first in line again.
+          const first = woken;
+          woken = false;
+          await waitForTurn(turns.waiting, cancellation, first);
+          woken = true;
+        }
+        if (cancellation.aborted) throw cancelledWhileWaiting();
+        const mark = turns.failures;
         const verdict = await check();
         if (verdict.refused || verdict.addressLeft === undefined) return { verdict };
-        const taken = this.take(key, verdict.addressLeft, mark, woken);
+        const taken = this.take(turns, verdict.addressLeft, mark, woken);
         if (typeof taken === 'function') {
           woken = false;
           return { verdict, leave: taken };
         }
-        if (taken === ASK_AGAIN) continue;
-        // A waiter woken in turn that still finds no room waits first in line again.
-        const first = woken;
-        woken = false;
-        let turns = this.addressTurns.get(key);
-        if (turns === undefined) this.addressTurns.set(key, (turns = { running: 0, waiting: [] }));
-        await waitForTurn(turns.waiting, cancellation, first);
-        woken = true;
+        // Asked again only for this address's own failures, each of which brings it nearer its limit.
+        wait = taken === WAIT;
       }
     } finally {
-      const turns = this.addressTurns.get(key);
-      if (turns !== undefined) {
-        if (woken) turns.waiting.shift()?.();
-        if (turns.running === 0 && turns.waiting.length === 0) this.addressTurns.delete(key);
-      }
+      turns.checking--;
+      if (woken) turns.waiting.shift()?.();
+      this.dropIfIdle(turns);
     }
   }
 
+  /** The entry of the address `key`, made when there is none. */
+  private addressEntry(key: string): AddressTurns {
+    let turns = this.addressTurns.get(key);
+    if (turns === undefined) this.addressTurns.set(key, (turns = { key, running: 0, checking: 0, failures: 0, waiting: [] }));
+    return turns;
+  }
+
+  /** Forgets the entry once no turn of it runs and no check of it is under way. */
+  private dropIfIdle(turns: AddressTurns): void {
+    if (turns.running === 0 && turns.checking === 0 && turns.waiting.length === 0 && this.addressTurns.get(turns.key) === turns) this.addressTurns.delete(turns.key);
+  }
+
   /**
-   * A turn of the address `key` if it has room: as many turns at a time as it has failures left
-   * (at least one), those left since `mark` by logins that may have counted a failure taken as
-   * failures the throttle did not see. Behind the ones waiting already, unless `woken` in turn.
+   * A turn of the address if it has room: as many turns at a time as it has failures left (at
+   * least one), those of its turns left since `mark` by logins that may have counted a failure
+   * taken as failures the throttle did not see. Behind the ones waiting already, unless `woken`.
    */
-  private take(key: string, addressLeft: number, mark: number, woken: boolean): LeaveAddressGate | typeof WAIT | typeof ASK_AGAIN {
-    const unseen = this.failureLeaves - mark;
+  private take(turns: AddressTurns, addressLeft: number, mark: number, woken: boolean): LeaveAddressGate | typeof WAIT | typeof ASK_AGAIN {
+    const unseen = turns.failures - mark;
     const budget = addressLeft - unseen;
-    const turns = this.addressTurns.get(key);
-    const running = turns?.running ?? 0;
     // The real count may leave room where the guess leaves none, or may have started a refusal.
-    if (unseen > 0 && (budget <= 0 || running >= budget)) return ASK_AGAIN;
+    if (unseen > 0 && (budget <= 0 || turns.running >= budget)) return ASK_AGAIN;
     const width = Math.max(1, budget);
-    if (running >= width || (turns !== undefined && turns.waiting.length > 0 && !woken)) return WAIT;
-    if (turns === undefined) {
-      const fresh: AddressTurns = { running: 1, waiting: [] };
-      this.addressTurns.set(key, fresh);
-      return this.addressLeaver(key, fresh);
-    }
+    if (turns.running >= width || (turns.waiting.length > 0 && !woken)) return WAIT;
     turns.running++;
     if (turns.running < width) turns.waiting.shift()?.();
-    return this.addressLeaver(key, turns);
+    return this.addressLeaver(turns);
   }
 
   /** A turn for `key` now, or null when `width` checks of it are running. */
@@ -196,15 +225,15 @@ export class LoginGate {
     });
   }
 
-  private addressLeaver(key: string, turns: AddressTurns): LeaveAddressGate {
+  private addressLeaver(turns: AddressTurns): LeaveAddressGate {
     let left = false;
     return (failureCounted = true) => {
       if (left) return;
       left = true;
       turns.running--;
-      if (failureCounted) this.failureLeaves++;
+      if (failureCounted) turns.failures++;
       turns.waiting.shift()?.();
-      if (turns.running === 0 && turns.waiting.length === 0 && this.addressTurns.get(key) === turns) this.addressTurns.delete(key);
+      this.dropIfIdle(turns);
     };
   }
 

@@ -528,12 +528,17 @@ export class Session {
       // The address's turn: at once where it has room (a login's usual way), else checkAddress()
       // asks the throttle again and waits for one.
       const gate = this.context.loginGate;
-      const mark = gate.failureMark;
+      // A trusted network's address is not counted: no turn to take.
+      const addressCheck = attempt.trusted ? undefined : gate.beginAddressCheck(attempt.address);
+      const mark = addressCheck?.failures ?? 0;
+      // Never rejects: a check begun is always ended, by tryAddressTurn() or endAddressCheck().
       let verdict = await throttle.check(attempt, ADDRESS_BUDGET);
-      if (!verdict.refused && verdict.addressLeft !== undefined) {
-        leaveAddressGate = gate.tryAddressTurn(attempt.address, verdict.addressLeft, mark) ?? undefined;
-        if (leaveAddressGate === undefined) {
-          const checked = await gate.checkAddress(attempt.address, () => throttle.check(attempt, ADDRESS_BUDGET), cancellation);
+      if (addressCheck !== undefined) {
+        const turn = verdict.refused || verdict.addressLeft === undefined ? gate.endAddressCheck(addressCheck) : gate.tryAddressTurn(addressCheck, verdict.addressLeft, mark);
+        if (typeof turn === 'function') {
+          leaveAddressGate = turn;
+        } else if (turn !== undefined) {
+          const checked = await gate.checkAddress(attempt.address, () => throttle.check(attempt, ADDRESS_BUDGET), cancellation, turn === 'wait');
           leaveAddressGate = checked.leave;
           verdict = checked.verdict;
         }

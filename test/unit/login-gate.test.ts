@@ -230,31 +230,65 @@ test('a turn left by a success (no failure counted for the address) does not mak
   assert.equal(gate.size, 0);
 });
 
-test('tryAddressTurn: a turn at once while the address has room, none past its budget, behind waiters, or on an answer turns left since may have made stale', async () => {
+/** The fast way of a login: begin a check of the address, read the throttle (here: `addressLeft`), try for a turn. */
+function quickTurn(gate: LoginGate, address: string, addressLeft: number, during?: () => void): ReturnType<LoginGate['tryAddressTurn']> {
+  const check = gate.beginAddressCheck(address);
+  const mark = check.failures;
+  during?.();
+  return gate.tryAddressTurn(check, addressLeft, mark);
+}
+
+test('tryAddressTurn: a turn at once while the address has room; none past its budget or behind waiters; asked again when its own failures may have made the answer stale, not for other addresses\' failures', async () => {
   const gate = new LoginGate();
-  const mark = gate.failureMark;
   // Two failures left: two turns at once, not a third.
-  const one = gate.tryAddressTurn('192.0.2.7', 2, mark);
-  const two = gate.tryAddressTurn('192.0.2.7', 2, mark);
-  assert.ok(one && two);
-  assert.equal(gate.tryAddressTurn('192.0.2.7', 2, mark), null);
+  const one = quickTurn(gate, '192.0.2.7', 2);
+  const two = quickTurn(gate, '192.0.2.7', 2);
+  assert.equal(typeof one, 'function');
+  assert.equal(typeof two, 'function');
+  assert.equal(quickTurn(gate, '192.0.2.7', 2), 'wait');
   // The slow way waits behind them, and a newcomer's quick try does not jump ahead of it.
   let waited = false;
-  const waiting = gate.checkAddress('192.0.2.7', async () => ({ refused: false, addressLeft: 2 }), new Canceller()).then((r) => ((waited = true), r));
+  const waiting = gate.checkAddress('192.0.2.7', async () => ({ refused: false, addressLeft: 2 }), new Canceller(), true).then((r) => ((waited = true), r));
   await settle();
   assert.equal(waited, false);
-  // A turn left by a failure: the waiter goes; a quick try whose answer came before that failure is not trusted.
-  const stale = gate.failureMark;
-  one!(true);
+  assert.equal(quickTurn(gate, '192.0.2.7', 5), 'wait');
+  // A turn left by a failure: the waiter goes.
+  (one as (failed?: boolean) => void)(true);
   const third = await waiting;
   assert.ok(third.leave);
-  assert.equal(gate.tryAddressTurn('192.0.2.7', 1, stale), null);
-  two!(false);
+  (two as (failed?: boolean) => void)(false);
   third.leave!(false);
   assert.equal(gate.size, 0);
-  // Another address is not held up by this one.
-  const other = gate.tryAddressTurn('192.0.2.8', 1, gate.failureMark);
-  assert.ok(other);
-  other!(false);
+  // The address's own failure during the read: with one left by the answer, ask again.
+  const holder = quickTurn(gate, '192.0.2.9', 2) as (failed?: boolean) => void;
+  assert.equal(quickTurn(gate, '192.0.2.9', 1, () => holder(true)), 'ask');
+  // Another address's failures during the read change nothing for this one.
+  const elsewhere = quickTurn(gate, '192.0.2.10', 5) as (failed?: boolean) => void;
+  const mine = quickTurn(gate, '192.0.2.9', 1, () => elsewhere(true));
+  assert.equal(typeof mine, 'function');
+  (mine as (failed?: boolean) => void)(false);
+  // A check that takes no turn (refused, or not counted) leaves nothing behind.
+  gate.endAddressCheck(gate.beginAddressCheck('192.0.2.11'));
+  assert.equal(gate.size, 0);
+});
+
+test('checkAddress: a login whose client left is not asked again, and leaves nothing behind', async () => {
+  const gate = new LoginGate();
+  const holder = quickTurn(gate, '192.0.2.12', 2) as (failed?: boolean) => void;
+  const canceller = new Canceller();
+  let checks = 0;
+  const gone = gate.checkAddress(
+    '192.0.2.12',
+    async () => {
+      checks++;
+      // The address's own failure during the read, and the client hangs up: stale, and not asked again.
+      holder(true);
+      canceller.abort();
+      return { refused: false, addressLeft: 1 };
+    },
+    canceller,
+  );
+  await assert.rejects(gone, (error: Error & { code?: string }) => error.code === 'ABORTED');
+  assert.equal(checks, 1);
   assert.equal(gate.size, 0);
 });
