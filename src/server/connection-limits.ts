@@ -44,6 +44,8 @@ export interface ConnectionLease {
    * when that address is at the per-address limit. A released lease counts nothing.
    */
   countAddress(address: string): boolean;
+  /** Stops counting the connection against any address (an address of the trusted networks forwarded). Idempotent. */
+  uncountAddress(): void;
   /** The user this lease counts a session for, if any. */
   readonly user: string | undefined;
   readonly released: boolean;
@@ -167,6 +169,12 @@ class Lease implements ConnectionLease {
 
   get released(): boolean {
     return this.isReleased;
+  }
+
+  uncountAddress(): void {
+    if (this.isReleased || this.key === undefined) return;
+    this.counts.releaseAddress(this.key);
+    this.key = undefined;
   }
 
   countAddress(address: string): boolean {

@@ -220,6 +220,8 @@ export class Session {
   private firstBytes: Buffer | null = EMPTY;
   /** The client address came from a trusted webmail's ID: count it per address, not exempt. */
   private addressForwarded = false;
+  /** The forwarded address is counted against the per-address limit (it is outside the trusted networks). */
+  private forwardedCounted = false;
   /** What the session logged of the client's ID commands so far (one line of each kind per session). */
   private idLogged = false;
   private idClaimLogged = false;
@@ -446,8 +448,11 @@ export class Session {
     this.addressForwarded = true;
     // From now on the connection counts against the forwarded address's per-address limit, as a
     // client behind a NAT does (the webmail server's own address is not counted). Over it, the
-    // connection stays as it was counted, and its login is refused (login()).
-    this.lease.countAddress(this.clientAddress);
+    // connection stays as it was counted, and its login is refused (login()). An address of the
+    // trusted networks is exempt, forwarded or not, as it is when it connects itself.
+    this.forwardedCounted = !this.context.trustedNetworks().contains(this.clientAddress);
+    if (this.forwardedCounted) this.lease.countAddress(this.clientAddress);
+    else this.lease.uncountAddress();
   }
 
   private startTls(): void {
@@ -520,7 +525,7 @@ export class Session {
     try {
       // A forwarded address counted at ID time holds its count; one that was at the limit then
       // is tried again, and refused if it still is (before anything reaches the directory).
-      if (this.addressForwarded && !this.lease.countAddress(this.clientAddress)) {
+      if (this.forwardedCounted && !this.lease.countAddress(this.clientAddress)) {
         this.context.metrics.connectionRefused('address');
         throw new MailfrontError(ADDRESS_CONNECTION_LIMIT, 'limit', `the address forwarded by the trusted webmail server ${this.endpoints.client.address} has ${config.connectionLimits.maxConnectionsPerAddress} connections already`);
       }

@@ -109,6 +109,20 @@ test('an address a trusted webmail forwards is counted per address from then on,
   assert.deepEqual(limiter.tracked, { addresses: 0, users: 0 });
 });
 
+test('a forwarded address of the trusted networks is not counted: uncountAddress drops the address counted before', () => {
+  const limiter = new ConnectionLimiter(LIMITS);
+  const lease = admitOk(limiter, '192.0.2.5', true);
+  assert.equal(lease.countAddress('192.0.2.9'), true);
+  assert.equal(limiter.connectionsFrom('192.0.2.9'), 1);
+  lease.uncountAddress();
+  lease.uncountAddress();
+  assert.equal(lease.addressKey, undefined);
+  assert.equal(limiter.connectionsFrom('192.0.2.9'), 0);
+  lease.release();
+  assert.equal(limiter.connections, 0);
+  assert.deepEqual(limiter.tracked, { addresses: 0, users: 0 });
+});
+
 test('any interleaving of admits, forwarded addresses, claims and releases (released twice or more) keeps exact counts and leaks nothing', () => {
   type Op =
     | { kind: 'admit'; address: number; trusted: boolean }
