@@ -172,7 +172,9 @@ describe('implicit TLS behind a PROXY balancer', () => {
       backends: [{ name: 'mailfront', servers: [{ name: 'mf1', port: ports.imaps, check: true, checkIntervalMs: 100 }] }],
     });
     try {
-      await until(async () => (await localHeaders()) >= seen + 3, 'three health checks', 20_000);
+      // One check at least: HAProxy's first checks come at once, later ones far less often than
+      // `inter` says here (one or two in 8 s, seen on this machine), and three made the test flaky.
+      await until(async () => (await localHeaders()) >= seen + 1, 'a health check', 20_000);
       assert.match(await lb.runtime('show servers state mailfront'), /mailfront \d+ mf1 127\.0\.0\.1 2 /, 'the server is up (state 2)');
     } finally {
       await lb.stop();
