@@ -146,11 +146,17 @@ export class SessionRegistry {
    * would otherwise wait out failover.hold_ms (or the pre-auth deadline) before the kick is seen.
    */
   private stopKickedAttempts(): void {
-    const kicked = [...this.attempts].filter((a) => this.kickedSince(a.user, a.dn, a.kicksAtLogin));
-    for (const a of kicked) {
+    this.stopAttempts((a) => this.kickedSince(a.user, a.dn, a.kicksAtLogin), 'kicked');
+  }
+
+  /** Stops the attempts `which` picks, each once (it leaves the set before it is told); returns how many. */
+  private stopAttempts(which: (attempt: BackendAttempt) => boolean, why: 'moved' | 'kicked'): number {
+    const stopped = [...this.attempts].filter(which);
+    for (const a of stopped) {
       this.attempts.delete(a);
-      a.stop('kicked');
+      a.stop(why);
     }
+    return stopped.length;
   }
 
   /** True when `user` or the entry `dn` was kicked after a login read `kicksAtStart` (kicksSoFar) at its start. */
@@ -175,12 +181,7 @@ export class SessionRegistry {
    * waiting for a master that may never answer. Returns how many were told.
    */
   masterMoved(store: string, slot: string, protocols?: readonly ProtocolName[]): number {
-    const told = [...this.attempts].filter((a) => movedOff(a, store, slot, protocols));
-    for (const a of told) {
-      this.attempts.delete(a);
-      a.stop('moved');
-    }
-    return told.length;
+    return this.stopAttempts((a) => movedOff(a, store, slot, protocols), 'moved');
   }
 
   /** Sessions spliced to `store`'s master that moved off `slot` (for `protocols` only, when given): the ones a failover drains. */
