@@ -64,9 +64,8 @@ export interface AddressCheck {
   readonly failures: number;
 }
 
-/** What take() found: a turn, no room (wait for a turn to be left), or ask the throttle again. */
-const WAIT = 0;
-const ASK_AGAIN = 1;
+/** What take() found when it found no turn: no room ('wait' for a turn to be left), or 'ask' the throttle again. */
+type NoTurn = 'wait' | 'ask';
 
 const cancelledWhileWaiting = (): MailfrontError => new MailfrontError('ABORTED', 'aborted', 'the login was cancelled while it waited for its turn');
 
@@ -98,13 +97,12 @@ export class LoginGate {
    * now), or 'ask' the throttle again (a turn left since the mark may have counted a failure the
    * answer did not see). Then checkAddress() does. A login's usual way, without another promise.
    */
-  tryAddressTurn(check: AddressCheck, addressLeft: number, mark: number): LeaveAddressGate | 'wait' | 'ask' {
+  tryAddressTurn(check: AddressCheck, addressLeft: number, mark: number): LeaveAddressGate | NoTurn {
     const turns = check as AddressTurns;
     turns.checking--;
     const taken = this.take(turns, addressLeft, mark, false);
-    if (typeof taken === 'function') return taken;
-    this.dropIfIdle(turns);
-    return taken === WAIT ? 'wait' : 'ask';
+    if (typeof taken !== 'function') this.dropIfIdle(turns);
+    return taken;
   }
 
   /** Ends a check begun with beginAddressCheck() that takes no turn (the throttle refused, or does not count the address). */
@@ -154,7 +152,7 @@ export class LoginGate {
           return { verdict, leave: taken };
         }
         // Asked again only for this address's own failures, each of which brings it nearer its limit.
-        wait = taken === WAIT;
+        wait = taken === 'wait';
       }
     } finally {
       turns.checking--;
@@ -180,13 +178,13 @@ export class LoginGate {
    * least one), those of its turns left since `mark` by logins that may have counted a failure
    * taken as failures the throttle did not see. Behind the ones waiting already, unless `woken`.
    */
-  private take(turns: AddressTurns, addressLeft: number, mark: number, woken: boolean): LeaveAddressGate | typeof WAIT | typeof ASK_AGAIN {
+  private take(turns: AddressTurns, addressLeft: number, mark: number, woken: boolean): LeaveAddressGate | NoTurn {
     const unseen = turns.failures - mark;
     const budget = addressLeft - unseen;
     // The real count may leave room where the guess leaves none, or may have started a refusal.
-    if (unseen > 0 && (budget <= 0 || turns.running >= budget)) return ASK_AGAIN;
+    if (unseen > 0 && (budget <= 0 || turns.running >= budget)) return 'ask';
     const width = Math.max(1, budget);
-    if (turns.running >= width || (turns.waiting.length > 0 && !woken)) return WAIT;
+    if (turns.running >= width || (turns.waiting.length > 0 && !woken)) return 'wait';
     turns.running++;
     if (turns.running < width) turns.waiting.shift()?.();
     return this.addressLeaver(turns);
