@@ -11,6 +11,8 @@ import { loadConfig } from '../../src/config/load.js';
 import { Mailfront } from '../../src/main.js';
 import { createLogger } from '../../src/log.js';
 import type { Logger } from '../../src/log.js';
+import type { Directory } from '../../src/auth/directory.js';
+import { MailfrontError } from '../../src/errors.js';
 import { MIN_SECRET_CHARS, secretsIn } from './secrets.js';
 import { makeCerts, freePort, tmpDir } from './servers/index.js';
 import type { Slapd, TestCerts } from './servers/index.js';
@@ -365,4 +367,23 @@ export function makeMessage(subject: string, bytes = 200): Buffer {
     size += line.length;
   }
   return Buffer.from(header + lines.join(''));
+}
+
+/**
+ * A directory for a mailfront in-process (Mailfront's directory option) that has no server
+ * behind it: every login is answered by `authenticate` (by default: the directory is down), the
+ * rest by `overrides` or as a reachable directory that knows no one.
+ */
+export function standInDirectory(overrides: Partial<Directory> = {}): Directory {
+  return {
+    authenticate: async () => {
+      throw new MailfrontError('LDAP_UNREACHABLE', 'auth-tempfail', 'no directory server answered: ldap://127.0.0.1:1: connect ECONNREFUSED');
+    },
+    lookup: async () => null,
+    reachable: async () => true,
+    forget: () => 0,
+    cacheEntries: () => ({}),
+    close: async () => undefined,
+    ...overrides,
+  };
 }

@@ -13,7 +13,7 @@ import { loadConfig } from '../../src/config/load.js';
 import type { Directory } from '../../src/auth/directory.js';
 import { MailfrontError } from '../../src/errors.js';
 import { Mailfront } from '../../src/main.js';
-import { registerPasswords, registerSecrets, suiteLogWriter } from './front.js';
+import { registerPasswords, registerSecrets, standInDirectory, suiteLogWriter } from './front.js';
 import { freePort, makeCerts, tmpDir } from './servers/index.js';
 
 // Every password and secret this file sends (the suite's secret scan reads its log lines too).
@@ -23,19 +23,6 @@ registerSecrets(Array.from({ length: 100 }, (_, i) => Buffer.from(`\0user${i}\0p
 const DELAY_MS = 300;
 const PREAUTH_MS = 1_500;
 
-/** A directory that answers every login with `authenticate` (by default: it is down). */
-function standInDirectory(authenticate?: Directory['authenticate']): Directory {
-  return {
-    authenticate: authenticate ?? (async () => {
-      throw new MailfrontError('LDAP_UNREACHABLE', 'auth-tempfail', 'no directory server answered: ldap://127.0.0.1:1: connect ECONNREFUSED');
-    }),
-    lookup: async () => null,
-    reachable: async () => true,
-    forget: () => 0,
-    cacheEntries: () => ({}),
-    close: async () => undefined,
-  };
-}
 
 interface Instance {
   readonly mailfront: Mailfront;
@@ -252,10 +239,10 @@ describe('a login abandoned', () => {
     let asked = 0;
     // A directory that answers only when the login is cancelled.
     const front = await start(
-      standInDirectory((_user, _password, signal) => {
+      standInDirectory({ authenticate: (_user, _password, signal) => {
         asked++;
         return new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(new MailfrontError('ABORTED', 'aborted', 'cancelled')), { once: true }));
-      }),
+      } }),
     );
     t.after(() => front.stop());
     const aborted = (): Promise<number> => metric(front, 'mailfront_logins_total{protocol="imap",result="aborted"}');

@@ -12,11 +12,10 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { connect as tlsConnect } from 'node:tls';
 import { stringify } from 'yaml';
 import { loadConfig } from '../../src/config/load.js';
-import type { Directory } from '../../src/auth/directory.js';
 import { Mailfront } from '../../src/main.js';
 import { MailfrontError } from '../../src/errors.js';
 import { encodeProxyV2, encodeProxyV2Local } from '../../src/server/proxy-protocol.js';
-import { registerPasswords, suiteLogWriter } from './front.js';
+import { registerPasswords, standInDirectory, suiteLogWriter } from './front.js';
 import { LineClient, freePort, makeCerts, startHaproxy, tmpDir } from './servers/index.js';
 import type { TestCerts, TmpDir } from './servers/index.js';
 
@@ -53,16 +52,11 @@ describe('implicit TLS behind a PROXY balancer', () => {
     certs = await makeCerts(dir.path);
     ports.imaps = await freePort();
     ports.imap = await freePort();
-    const directory: Directory = {
+    const directory = standInDirectory({
       authenticate: async (user) => {
         throw new MailfrontError('WRONG_PASSWORD', 'auth-failed', `wrong password for "${user}"`);
       },
-      lookup: async () => null,
-      reachable: async () => true,
-      forget: () => 0,
-      cacheEntries: () => ({}),
-      close: async () => undefined,
-    };
+    });
     await writeFile(join(dir.path, 'stores.yaml'), stringify({ stores: { alpha: { current_master: 's1', slots: { s1: { host: '127.0.0.1', imap_port: 1 } } } } }));
     await writeFile(
       join(dir.path, 'mailfront.yaml'),

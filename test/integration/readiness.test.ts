@@ -9,10 +9,9 @@ import { join } from 'node:path';
 import { writeFile } from 'node:fs/promises';
 import { stringify } from 'yaml';
 import { loadConfig } from '../../src/config/load.js';
-import type { Directory } from '../../src/auth/directory.js';
 import { Mailfront } from '../../src/main.js';
 import { READINESS_CHECK_REUSE_MS } from '../../src/server/http.js';
-import { registerPasswords, suiteLogWriter } from './front.js';
+import { registerPasswords, standInDirectory, suiteLogWriter } from './front.js';
 import { freePort, tmpDir } from './servers/index.js';
 import type { TmpDir } from './servers/index.js';
 
@@ -40,9 +39,8 @@ describe('/readyz and the directory check', () => {
 
   before(async () => {
     dir = tmpDir('readiness');
-    const directory: Directory = {
+    const directory = standInDirectory({
       authenticate: () => Promise.reject(new Error('no logins here')),
-      lookup: async () => null,
       // A check that takes a moment, as a search on a real server does.
       reachable: async () => {
         checks++;
@@ -50,10 +48,7 @@ describe('/readyz and the directory check', () => {
         await new Promise((resolve) => setTimeout(resolve, 50));
         return answer;
       },
-      forget: () => 0,
-      cacheEntries: () => ({}),
-      close: async () => undefined,
-    };
+    });
     await writeFile(join(dir.path, 'stores.yaml'), stringify({ stores: { alpha: { current_master: 's1', slots: { s1: { host: '127.0.0.1', imap_port: 1 } } } } }));
     await writeFile(
       join(dir.path, 'mailfront.yaml'),
