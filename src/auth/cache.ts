@@ -4,12 +4,15 @@
  * hashes (HMAC-SHA256, random per-process key) of user and password: the password itself is
  * never stored, and a wrong password never matches. Failures are never cached. Only what the
  * directory said of the entry is cached (its DN, store name and login names), never a slot:
- * routing always reads the store map in force.
+ * routing always reads the store map in force. When the directory's answer depends on the
+ * protocol (directory.user_filter holds `{protocol}`), the protocol is keyed too: a login the
+ * directory let in over IMAP says nothing of one over POP3.
  */
 import { createHmac, randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { Directory, DirectoryUser } from './directory.js';
 import type { Cancellation } from '../cancel.js';
+import type { Protocol } from '../config/schema.js';
 import type { Metrics } from '../metrics.js';
 
 /** A Directory that remembers successful authentications for `ttlMs`. */
@@ -19,6 +22,8 @@ export class CachingDirectory implements Directory {
   private readonly successes: LRUCache<string, DirectoryUser>;
   /** Counts forget() calls: a login that began before one does not cache its answer. */
   private forgets = 0;
+  /** The inner directory's answers depend on the protocol: keys hold it. */
+  readonly byProtocol: boolean;
 
   constructor(
     private readonly inner: Directory,
@@ -27,20 +32,24 @@ export class CachingDirectory implements Directory {
     private readonly metrics?: Metrics,
   ) {
     this.successes = new LRUCache({ max: maxEntries, ttl: ttlMs });
+    this.byProtocol = inner.byProtocol === true;
   }
 
-  private fingerprint(user: string, password: string): string {
-    // One update: user names never hold NUL (normalizeUser), so the separator is unambiguous.
-    return createHmac('sha256', this.key).update(`${user}\0${password}`).digest('base64url');
+  private fingerprint(user: string, password: string, protocol: Protocol | undefined): string {
+    // One update: user names and protocol names never hold NUL (normalizeUser), so the
+    // separators are unambiguous. The protocol only where it changes the answer: elsewhere a
+    // user's IMAP and POP3 logins share one entry, as before.
+    const text = this.byProtocol ? `${user}\0${protocol}\0${password}` : `${user}\0${password}`;
+    return createHmac('sha256', this.key).update(text).digest('base64url');
   }
 
-  async authenticate(user: string, password: string, signal: Cancellation): Promise<DirectoryUser> {
-    const key = this.fingerprint(user, password);
+  async authenticate(user: string, password: string, signal: Cancellation, protocol?: Protocol): Promise<DirectoryUser> {
+    const key = this.fingerprint(user, password, protocol);
     const cached = this.successes.get(key);
     this.metrics?.directoryCacheLookup('auth', cached !== undefined);
     if (cached !== undefined) return cached;
     const forgets = this.forgets;
-    const found = await this.inner.authenticate(user, password, signal);
+    const found = await this.inner.authenticate(user, password, signal, protocol);
     // The store may come from the inner directory's own cache of entries: the route is kept no
     // longer than ttlMs after it was read from the directory, not ttlMs after this login (a user
     // moved to another store is routed there within ttlMs, not ttlMs plus the entry cache's).
@@ -50,8 +59,8 @@ export class CachingDirectory implements Directory {
     return found;
   }
 
-  lookup(user: string, signal: Cancellation): Promise<DirectoryUser | null> {
-    return this.inner.lookup(user, signal);
+  lookup(user: string, signal: Cancellation, protocol?: Protocol): Promise<DirectoryUser | null> {
+    return this.inner.lookup(user, signal, protocol);
   }
 
   reachable(signal: Cancellation): Promise<boolean> {

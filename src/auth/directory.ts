@@ -4,7 +4,7 @@
  * no two spellings of one user are treated differently.
  */
 import { domainToASCII } from 'node:url';
-import type { UsernameConfig } from '../config/schema.js';
+import type { Protocol, UsernameConfig } from '../config/schema.js';
 import type { Cancellation } from '../cancel.js';
 
 /** A user the directory has authenticated. */
@@ -28,14 +28,24 @@ export interface DirectoryUser {
 /** A directory of users. */
 export interface Directory {
   /**
-   * Checks `password` for `user` (already normalised). Resolves with the user, or rejects with
-   * a MailfrontError of kind `auth-failed` (wrong password, unknown user) or `auth-tempfail`
-   * (the directory could not answer), `no-route` (the password is right but the entry names its
-   * store ambiguously), or `aborted` when `signal` fired first.
+   * True when whether a user is found depends on the protocol of the login (directory.user_filter
+   * holds `{protocol}`): a cache in front of it keys its answers by protocol too. Absent: false.
    */
-  authenticate(user: string, password: string, signal: Cancellation): Promise<DirectoryUser>;
-  /** Finds a user without checking a password (operator tooling); null when there is no such user. */
-  lookup(user: string, signal: Cancellation): Promise<DirectoryUser | null>;
+  readonly byProtocol?: boolean;
+  /**
+   * Checks `password` for `user` (already normalised), logging in with `protocol`. Resolves with
+   * the user, or rejects with a MailfrontError of kind `auth-failed` (wrong password, unknown
+   * user, or a user the directory does not let use `protocol`) or `auth-tempfail` (the directory
+   * could not answer), `no-route` (the password is right but the entry names its store
+   * ambiguously), or `aborted` when `signal` fired first. A session always gives `protocol`;
+   * without it (tests) a directory whose answer depends on it refuses the login (`internal`).
+   */
+  authenticate(user: string, password: string, signal: Cancellation, protocol?: Protocol): Promise<DirectoryUser>;
+  /**
+   * Finds a user without checking a password (operator tooling); null when there is no such user.
+   * Without `protocol`, a directory whose answer depends on it finds the user of any protocol.
+   */
+  lookup(user: string, signal: Cancellation, protocol?: Protocol): Promise<DirectoryUser | null>;
   /** True when the directory answers now (readiness checks). */
   reachable(signal: Cancellation): Promise<boolean>;
   /**

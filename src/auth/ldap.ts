@@ -8,8 +8,8 @@ import { readCaCertificates } from '../ca-file.js';
 import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { Client, InvalidCredentialsError, ResultCodeError } from 'ldapts';
-import { loginAttributeOf } from '../config/schema.js';
-import type { DirectoryConfig } from '../config/schema.js';
+import { PROTOCOLS, filterUsesProtocol, loginAttributeOf } from '../config/schema.js';
+import type { DirectoryConfig, Protocol } from '../config/schema.js';
 import { MailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Directory, DirectoryUser } from './directory.js';
@@ -27,6 +27,15 @@ export function escapeFilterValue(value: string): string {
 /** Builds the user search filter from the configured template. */
 export function userFilter(template: string, user: string): string {
   return template.split('{user}').join(escapeFilterValue(user));
+}
+
+/**
+ * The user filter template for logins over `protocol`: `{protocol}` replaced by its name, escaped
+ * as a value is. The names are letters and digits, so they may also stand in an attribute's name
+ * (`(enable{protocol}=TRUE)` → `(enableimap=TRUE)`).
+ */
+export function protocolFilter(template: string, protocol: Protocol): string {
+  return template.split('{protocol}').join(escapeFilterValue(protocol));
 }
 
 /** True for a search error that may be the server's (not the request's) doing: the search is tried on the next one. */
@@ -450,8 +459,12 @@ export class LdapDirectory implements Directory {
   private onIdle: (() => void) | null = null;
   /** Idle connections for user binds, per URL (opening one per login costs a TCP and maybe a TLS handshake). */
   private readonly bindIdle = new Map<string, Client[]>();
-  /** user → entry found by the last search, for `config.entryCacheTtlMs`. */
+  /** user (with byProtocol, user NUL protocol: see entryKey()) → entry found by the last search, for `config.entryCacheTtlMs`. */
   private readonly entries: LRUCache<string, FoundEntry> | null;
+  /** directory.user_filter holds {protocol}: whether a user is found depends on the login's protocol. */
+  readonly byProtocol: boolean;
+  /** With byProtocol, the user filter template of each protocol, {protocol} replaced once here rather than at every login. */
+  private readonly protocolTemplates: Readonly<Record<Protocol, string>> | null;
   /** Counts forget() calls: a search that began before one does not cache its answer. */
   private forgets = 0;
   /** loginAttributeOf(): read with the store attribute in each user search; undefined: none (the name typed). */
@@ -474,6 +487,8 @@ export class LdapDirectory implements Directory {
     this.loginAttribute = loginAttributeOf(config);
     this.searchAttributes = this.loginAttribute === undefined ? [config.storeAttribute] : [config.storeAttribute, this.loginAttribute];
     this.entries = config.entryCacheTtlMs > 0 ? new LRUCache({ max: config.cacheMaxEntries, ttl: config.entryCacheTtlMs }) : null;
+    this.byProtocol = filterUsesProtocol(config.userFilter);
+    this.protocolTemplates = this.byProtocol ? (Object.fromEntries(PROTOCOLS.map((p) => [p, protocolFilter(config.userFilter, p)])) as Record<Protocol, string>) : null;
     this.serviceSlots = Array.from({ length: Math.max(1, config.searchConnections) }, () => ({ opening: null, open: null }));
   }
 
@@ -646,29 +661,47 @@ export class LdapDirectory implements Directory {
   }
 
   /**
-   * The user's entry, from the cache or a search. `login`: a login's lookup (counted in metrics,
-   * cached); `retry`: its second one, after the first entry's server failed (cached); `tooling`:
-   * whereis and kick (neither counted nor cached).
+   * The key of `user`'s entry in the cache of entries: with byProtocol the protocol too (user
+   * names never hold NUL: normalizeUser), as an entry found for IMAP may not be one for POP3.
    */
-  private async search(user: string, use: 'login' | 'retry' | 'tooling', avoid?: AvoidedServer): Promise<FoundEntry | null> {
+  private entryKey(user: string, protocol: Protocol | undefined): string {
+    return this.byProtocol ? `${user}\0${protocol}` : user;
+  }
+
+  /** The user filter template of a search for a login over `protocol`; with byProtocol, there must be one. */
+  private templateFor(protocol: Protocol | undefined): string {
+    if (this.protocolTemplates === null) return this.config.userFilter;
+    if (protocol === undefined) throw new MailfrontError('DIRECTORY_PROTOCOL_MISSING', 'internal', 'directory.user_filter holds {protocol}, and the search was not given the protocol of a login');
+    return this.protocolTemplates[protocol];
+  }
+
+  /**
+   * The user's entry for a login over `protocol`, from the cache or a search. `login`: a login's
+   * lookup (counted in metrics, cached); `retry`: its second one, after the first entry's server
+   * failed (cached); `tooling`: whereis and kick (neither counted nor cached).
+   */
+  private async search(user: string, protocol: Protocol | undefined, use: 'login' | 'retry' | 'tooling', avoid?: AvoidedServer): Promise<FoundEntry | null> {
+    const template = this.templateFor(protocol);
     const entries = this.entries;
-    const cached = entries?.get(user);
+    const key = this.entryKey(user, protocol);
+    const cached = entries?.get(key);
     if (use === 'login' && entries !== null) this.metrics?.directoryCacheLookup('entry', cached !== undefined);
     // An entry found on a server held down since is found again on one that is not (its bind would wait out the deadline).
     if (cached !== undefined && cached.url !== avoid?.url && !this.keptOff(cached.url)) return cached;
     const forgets = this.forgets;
-    const found = await this.searchDirectory(user, avoid);
+    const found = await this.searchDirectory(user, template, avoid);
     // A search that began before forget() must not put back what it dropped.
-    if (found !== null && use !== 'tooling' && forgets === this.forgets) entries?.set(user, found);
+    if (found !== null && use !== 'tooling' && forgets === this.forgets) entries?.set(key, found);
     return found;
   }
 
   /**
-   * Searches the user on a service connection. `avoid`: a server this login is not to use (its
-   * bind failed there), and the failure to give when no other server can be had.
+   * Searches the user on a service connection, with the user filter `template`. `avoid`: a server
+   * this login is not to use (its bind failed there), and the failure to give when no other
+   * server can be had.
    */
-  private async searchDirectory(user: string, avoidFirst?: AvoidedServer): Promise<FoundEntry | null> {
-    const filter = userFilter(this.config.userFilter, user);
+  private async searchDirectory(user: string, template: string, avoidFirst?: AvoidedServer): Promise<FoundEntry | null> {
+    const filter = userFilter(template, user);
     // One retry after a server failure, on another server when there is one (the failed one is
     // held down meanwhile, unless it answered with a result code other than busy or unavailable,
     // see isServerDown(): a first server that fails in part would fail every retry in the same
@@ -793,12 +826,12 @@ export class LdapDirectory implements Directory {
     }
   }
 
-  async authenticate(user: string, password: string, signal: Cancellation): Promise<DirectoryUser> {
+  async authenticate(user: string, password: string, signal: Cancellation, protocol?: Protocol): Promise<DirectoryUser> {
     if (this.closing) throw closedError();
     this.inFlight++;
     const work = (async (): Promise<DirectoryUser> => {
       try {
-        return await this.authenticateNow(user, password);
+        return await this.authenticateNow(user, password, protocol);
       } finally {
         this.operationEnded();
       }
@@ -810,9 +843,9 @@ export class LdapDirectory implements Directory {
     if (--this.inFlight === 0 && this.onIdle !== null) this.onIdle();
   }
 
-  private async authenticateNow(user: string, password: string): Promise<DirectoryUser> {
+  private async authenticateNow(user: string, password: string, protocol: Protocol | undefined): Promise<DirectoryUser> {
     const entryOf = async (use: 'login' | 'retry', avoid?: AvoidedServer): Promise<FoundEntry> => {
-      const entry = await this.search(user, use, avoid);
+      const entry = await this.search(user, protocol, use, avoid);
       if (entry === null) throw new MailfrontError('UNKNOWN_USER', 'auth-failed', `no directory entry for "${user}"`);
       return entry;
     };
@@ -831,7 +864,7 @@ export class LdapDirectory implements Directory {
       // refusal is about the entry, and another server is not asked (one that has not yet
       // replicated an inactivation, or keeps a lockout of its own, would let the user in).
       if (!(error instanceof MailfrontError) || error.code !== 'LDAP_BIND_FAILED') throw error;
-      this.entries?.delete(user);
+      this.entries?.delete(this.entryKey(user, protocol));
       const failedUrl = found.url;
       if (!this.hasOtherThan(failedUrl) || !isServerDown(error.cause)) throw error;
       this.holdDown(failedUrl, error.message);
@@ -846,8 +879,15 @@ export class LdapDirectory implements Directory {
     return { user, loginNames: found.loginNames, dn: found.dn, store: found.store, readAt: found.readAt };
   }
 
-  async lookup(user: string, signal: Cancellation): Promise<DirectoryUser | null> {
-    const work = this.search(user, 'tooling').then((found) => (found === null ? null : { user, loginNames: found.loginNames, dn: found.dn, store: found.store }));
+  async lookup(user: string, signal: Cancellation, protocol?: Protocol): Promise<DirectoryUser | null> {
+    const work = (async (): Promise<DirectoryUser | null> => {
+      // Without a protocol (whereis, kick), the user of any protocol: the protocols in turn, the first entry found.
+      for (const each of protocol === undefined && this.byProtocol ? PROTOCOLS : [protocol]) {
+        const found = await this.search(user, each, 'tooling');
+        if (found !== null) return { user, loginNames: found.loginNames, dn: found.dn, store: found.store };
+      }
+      return null;
+    })();
     return raceAbort(work, signal);
   }
 
@@ -855,14 +895,17 @@ export class LdapDirectory implements Directory {
     this.forgets++;
     const entries = this.entries;
     if (entries === null) return 0;
-    const own = entries.get(user);
-    if (own !== undefined) dns.add(own.dn);
-    const names: string[] = [];
-    entries.forEach((entry, name) => {
-      if (name === user || dns.has(entry.dn)) names.push(name);
+    // With byProtocol the user has an entry per protocol, each keyed `user NUL protocol` (entryKey()).
+    const userOf = (key: string): string => (this.byProtocol ? key.slice(0, key.lastIndexOf('\0')) : key);
+    entries.forEach((entry, key) => {
+      if (userOf(key) === user) dns.add(entry.dn);
     });
-    for (const name of names) entries.delete(name);
-    return names.length;
+    const keys: string[] = [];
+    entries.forEach((entry, key) => {
+      if (userOf(key) === user || dns.has(entry.dn)) keys.push(key);
+    });
+    for (const key of keys) entries.delete(key);
+    return keys.length;
   }
 
   cacheEntries(): Partial<Record<'auth' | 'entry', number>> {

@@ -41,6 +41,8 @@ import {
 } from './validate.js';
 
 export type Protocol = ProtocolName;
+/** The protocols, in the order a lookup without one tries them (see Directory.lookup()). */
+export const PROTOCOLS: readonly Protocol[] = ['imap', 'pop3', 'managesieve'];
 export type ListenerTls = 'none' | 'starttls' | 'implicit';
 export type BackendTls = 'none' | 'starttls' | 'implicit';
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
@@ -77,6 +79,30 @@ export function filterLoginAttribute(userFilter: string): string | undefined {
   return names.size === 1 && equalities.length === uses ? equalities[0]![1] : undefined;
 }
 
+/** The placeholders directory.user_filter may hold. */
+export const USER_FILTER_PLACEHOLDERS = ['{user}', '{protocol}'] as const;
+
+/**
+ * True when `userFilter` holds `{protocol}`: whether a user's entry is found then depends on
+ * the protocol of the login, and every cache of the directory's answers keys by it.
+ */
+export function filterUsesProtocol(userFilter: string): boolean {
+  return userFilter.includes('{protocol}');
+}
+
+/**
+ * The `{...}` in `filter` that are none of `allowed`, each once, in order. A Dovecot variable
+ * (`%{protocol}`) is one too: its `%` would reach LDAP as text.
+ */
+export function unknownFilterPlaceholders(filter: string, allowed: readonly string[]): string[] {
+  const unknown: string[] = [];
+  for (const [written, percent, placeholder] of filter.matchAll(/(%?)(\{[^{}]*\})/g)) {
+    if (percent === '' && allowed.includes(placeholder!)) continue;
+    if (!unknown.includes(written)) unknown.push(written);
+  }
+  return unknown;
+}
+
 /**
  * The attribute whose value a login goes on with (directory.login_attribute, else the one
  * user_filter compares {user} with), or undefined: the name typed, which only a replay login
@@ -97,7 +123,10 @@ export interface DirectoryConfig {
   readonly bindDn: string;
   readonly bindPassword: string;
   readonly baseDn: string;
-  /** Search filter with `{user}` where the escaped user name goes. */
+  /**
+   * Search filter with `{user}` where the escaped user name goes, and optionally `{protocol}`,
+   * where the login's protocol goes (imap, pop3, managesieve).
+   */
   readonly userFilter: string;
   readonly storeAttribute: string;
   /**
@@ -351,7 +380,7 @@ function readListeners(v: unknown, resolvePath: (p: string) => string, bindings:
     const section = readSection(item, path, ['name', 'protocol', 'host', 'port', 'tls', 'plaintext_without_tls', 'certificate', 'proxy_protocol'], issues);
     const o = section ?? {};
     const proxyProtocol = readProxyConfig(o['proxy_protocol'], at(path, 'proxy_protocol'), issues, (n) => parseCidr(n) !== null);
-    const protocol = oneOf<Protocol>(o, 'protocol', path, issues, ['imap', 'pop3', 'managesieve']);
+    const protocol = oneOf<Protocol>(o, 'protocol', path, issues, PROTOCOLS);
     // A host or port that had an issue is a stand-in (0.0.0.0, port 1): it would clash with
     // others' addresses, and lend its port to a default name, for no fault of theirs.
     const hostIssues = issues.issues.length;
@@ -405,6 +434,15 @@ function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: I
   const userFilter = str(o, 'user_filter', path, issues, '(&(objectClass=inetOrgPerson)(uid={user}))');
   if (!userFilter.includes('{user}') || !userFilter.startsWith('(') || !userFilter.endsWith(')')) {
     issues.add(at(path, 'user_filter'), 'an LDAP filter in parentheses containing {user}', userFilter);
+  }
+  // Any other placeholder would reach LDAP as text and match no entry: every login refused.
+  const unknown = unknownFilterPlaceholders(userFilter, USER_FILTER_PLACEHOLDERS);
+  if (unknown.length > 0) {
+    issues.addFinding(
+      at(path, 'user_filter'),
+      `an LDAP filter whose placeholders are ${USER_FILTER_PLACEHOLDERS.join(' and ')} (the session's protocol: ${PROTOCOLS.join(', ')}); a brace of the filter's own is written \\7b or \\7d`,
+      `${unknown.length === 1 ? 'an unknown placeholder' : 'unknown placeholders'} ${unknown.map((p) => JSON.stringify(p)).join(', ')}`,
+    );
   }
   const loginAttribute = optStr(o, 'login_attribute', path, issues);
   // An attribute type's name (RFC 4512 §1.4 descr): the entry's answer is read by that name.

@@ -562,7 +562,7 @@ export class Session {
       }
       this.user = user;
       this.typedUser = user;
-      const found = await this.context.directory().authenticate(user, credentials.password, cancellation);
+      const found = await this.context.directory().authenticate(user, credentials.password, cancellation, this.adapter.name);
       throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
       void throttle.recordSuccess(attempt);
       leaveGate(false);
