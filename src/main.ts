@@ -790,8 +790,11 @@ export class Mailfront {
     this.health.stop();
     const sessions = () => this.listeners.flatMap((l) => [...l.sessions]);
     for (const session of sessions()) session.shutdownIfNotSpliced();
-    const deadline = Date.now() + drainMs;
-    while (this.registry.size > 0 && Date.now() < deadline && !this.drainEnded) {
+    // The monotonic clock: a step of the wall clock (NTP) during the drain must neither keep
+    // spliced sessions open past it (a step back: the stop never ended, and systemd killed the
+    // process unlogged) nor cut them all at once (a step forward).
+    const deadline = performance.now() + drainMs;
+    while (this.registry.size > 0 && performance.now() < deadline && !this.drainEnded) {
       await new Promise<void>((r) => {
         const timer = setTimeout(r, 100);
         this.endDrainWait = () => {
@@ -803,8 +806,8 @@ export class Mailfront {
     this.endDrainWait = () => undefined;
     for (const session of sessions()) session.shutdown();
     // Two seconds to close, from the deadline or from the drain's end, whichever came first.
-    const closedBy = Math.min(deadline, Date.now()) + 2_000;
-    while (sessions().length > 0 && Date.now() < closedBy) await new Promise((r) => setTimeout(r, 20));
+    const closedBy = Math.min(deadline, performance.now()) + 2_000;
+    while (sessions().length > 0 && performance.now() < closedBy) await new Promise((r) => setTimeout(r, 20));
     for (const timer of this.draining.values()) clearTimeout(timer);
     await this.http?.close();
     await this.holder.source.close();

@@ -200,7 +200,8 @@ export class Listener {
   }
 
   private async accept(raw: Socket): Promise<void> {
-    const acceptedAt = Date.now();
+    // The monotonic clock: the pre-auth deadline runs from here (session/session.ts).
+    const acceptedAt = performance.now();
     const config = this.listenerConfig;
     const metrics = this.context.metrics;
     const timeoutMs = this.context.config().session.preauthTimeoutMs;
@@ -264,7 +265,7 @@ export class Listener {
           resolve(outcome);
         };
         // The handshake spends the session's pre-auth time (it runs from accept).
-        const timer = setTimeout(() => settle('timeout'), Math.max(0, acceptedAt + timeoutMs - Date.now()));
+        const timer = setTimeout(() => settle('timeout'), Math.max(0, acceptedAt + timeoutMs - performance.now()));
         secure.once('secure', () => settle(null));
         secure.once('error', (error) => {
           if (!settled) errorMessage = error.message;

@@ -210,8 +210,13 @@ export class Session {
   /** Cancels a login in progress; made at the first login and let go once spliced. */
   private canceller: Canceller | undefined;
   private readonly log: Logger;
-  /** When the connection was accepted (before any PROXY header or TLS handshake). */
+  /** When the connection was accepted (before any PROXY header or TLS handshake): the time of day (ms since the epoch), for the registry. */
   private readonly startedAt: number;
+  /**
+   * The same moment on the monotonic clock (performance.now()), from which the pre-auth deadline
+   * and the session's duration run: a step of the wall clock (NTP) changes neither.
+   */
+  private readonly acceptedAt: number;
   private clientAddress: string;
   private clientPort: number;
   private readonly endpoints: ConnectionEndpoints;
@@ -289,9 +294,10 @@ export class Session {
     tlsActive: boolean,
     endpoints: ConnectionEndpoints,
     private readonly lease: ConnectionLease,
-    acceptedAt: number = Date.now(),
+    acceptedAt: number = performance.now(),
   ) {
-    this.startedAt = acceptedAt;
+    this.acceptedAt = acceptedAt;
+    this.startedAt = Math.round(Date.now() - (performance.now() - acceptedAt));
     this.socket = socket;
     this.tlsActive = tlsActive;
     this.endpoints = endpoints;
@@ -322,7 +328,7 @@ export class Session {
       } else if (this.phase === 'preauth' || this.phase === 'greeting') {
         this.perform(this.machine.timedOut());
       }
-    }, Math.max(0, acceptedAt + config.session.preauthTimeoutMs - Date.now()));
+    }, Math.max(0, acceptedAt + config.session.preauthTimeoutMs - performance.now()));
     // STARTTLS needs the socket's stream as it is: a session that may be offered it reads through 'data'.
     this.attachPreauth(socket, !starttlsAvailable);
     this.perform(this.machine.greeting());
@@ -493,7 +499,9 @@ export class Session {
 
   private async login(credentials: Credentials): Promise<void> {
     const config = this.context.config();
-    const started = Date.now();
+    // The monotonic clock times the failure delay and the hold: a step of the wall clock (NTP)
+    // answered a failed or held login at once (forward) or kept it past its deadline (back).
+    const started = performance.now();
     const kicksAtStart = this.context.registry.kicksSoFar;
     const user = normalizeUser(credentials.user, config.usernames);
     // What the throttle, the login gate and the sessions-per-user limit count by: with
@@ -648,7 +656,7 @@ export class Session {
       // throttled login looks no faster); repeated failures add the throttle's penalty. Every
       // other refusal waits as long: a client pipelining logins while the directory or its store
       // is down gets one answer, and writes one error line, per delay, not one per command.
-      await delay(started + config.session.authFailureDelayMs + penaltyMs - Date.now(), this.cancellation);
+      await delay(started + config.session.authFailureDelayMs + penaltyMs - performance.now(), this.cancellation);
       this.store = undefined;
       const text = refusal !== 'limit' ? UNAVAILABLE_TEXT[error.kind] : error.code === ADDRESS_CONNECTION_LIMIT ? ADDRESS_LIMIT_TEXT : LIMIT_TEXT;
       if (this.phase === 'preauth' && !this.socket.destroyed) this.perform(this.machine.loginFailed(refusal, text));
@@ -668,14 +676,14 @@ export class Session {
    * A kick of the user (registry.userKicked) stops the login at once, held or not: null.
    */
   private async loginToCurrentMaster(storeName: string, identity: LoginIdentity, password: string, config: Config, kicksAtLogin: number): Promise<BackendSession | null> {
-    const deadline = Date.now() + config.failover.holdMs;
+    const deadline = performance.now() + config.failover.holdMs;
     const registry = this.context.registry;
     const session = this.cancellation;
     // A master that moves is followed at least once, whatever the hold (hold_ms 0, or an attempt
     // that outlasted it); after that, only within the hold.
     let movesFollowed = 0;
     const follow = (): void => {
-      if (movesFollowed++ > 0 && Date.now() >= deadline) throw new MailfrontError('MASTER_KEEPS_CHANGING', 'no-route', `store "${storeName}" changed its master during every login attempt`);
+      if (movesFollowed++ > 0 && performance.now() >= deadline) throw new MailfrontError('MASTER_KEEPS_CHANGING', 'no-route', `store "${storeName}" changed its master during every login attempt`);
     };
     // A backend that closed in answer to the login: a crash is waited for like any outage, but a
     // backend that closes on this login every time is not asked a third time.
@@ -726,10 +734,10 @@ export class Session {
           continue;
         }
         if (error.code === CLOSED_AFTER_LOGIN && ++closedAfterLogin > 1) throw new MailfrontError(error.code, 'backend-login', `${error.message}, twice`, { cause: error });
-        if (error.kind !== 'connect' || Date.now() >= deadline) throw error;
+        if (error.kind !== 'connect' || performance.now() >= deadline) throw error;
         this.log.warn({ event: 'session.backend_retry', store: storeName, slot: slot.name, attempt, err: error.message }, 'current master unreachable; holding the login');
         // The attempt's cancellation: a kick or a failover during the wait ends it at once.
-        await delay(Math.min(250 * attempt, 1_000, deadline - Date.now()), cancel);
+        await delay(Math.min(250 * attempt, 1_000, deadline - performance.now()), cancel);
         throwIfCancelled(session, 'the session ended while its login was held');
         if (kicked) return null;
       } finally {
@@ -891,7 +899,7 @@ export class Session {
         clientPort: this.clientPort,
         bytesFromClient: this.preauthBytesRead + (spliced?.bytesFromClient ?? 0),
         bytesToClient: this.preauthBytesWritten + (spliced?.bytesToClient ?? 0),
-        durationMs: Date.now() - this.startedAt,
+        durationMs: Math.round(performance.now() - this.acceptedAt),
       },
       'session finished',
     );
