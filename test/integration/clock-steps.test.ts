@@ -413,3 +413,35 @@ describe('the wall clock stepped between accept and the session (while the PROXY
     });
   }
 });
+
+describe('the wall clock stepped during a spliced session', () => {
+  for (const stepMs of STEPS) {
+    test(`${stepName(stepMs)}: session.finished's durationMs is the time the session lasted`, async () => {
+      const backend = await scriptedBackend();
+      const front = await start(directoryOf(), backend.port);
+      try {
+        const began = performance.now();
+        const client = await greeted(front);
+        client.send(`a LOGIN ann ${PASSWORD}`);
+        assert.match((await client.line()) ?? 'closed', /^a OK /);
+        await sleep(300);
+        stepWallClock(stepMs);
+        client.send('b LOGOUT');
+        assert.ok((await client.closedWithin(CAP_MS)) !== undefined, 'LOGOUT did not end the session');
+        const lasted = since(began);
+        await within(
+          (async () => {
+            while (!front.logs.some((l) => l['event'] === 'session.finished')) await sleep(20);
+          })(),
+          CAP_MS,
+          undefined,
+        );
+        const durationMs = Number(front.logs.find((l) => l['event'] === 'session.finished')?.['durationMs']);
+        assert.ok(durationMs >= 250 && durationMs <= lasted + 50, `durationMs ${durationMs} for a session of ${lasted} ms`);
+      } finally {
+        await front.stop();
+        await backend.close();
+      }
+    });
+  }
+});
