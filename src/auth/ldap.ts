@@ -471,7 +471,7 @@ export class LdapDirectory implements Directory {
   private readonly loginAttribute: string | undefined;
   /** What a user search asks for: the store attribute, and the login attribute if any. */
   private readonly searchAttributes: string[];
-  /** url → until when (ms since the epoch) it is passed over: it failed a login or could not be reached (see SERVER_HOLD_DOWN_MS). */
+  /** url → until when (performance.now(), which no step of the wall clock moves) it is passed over: it failed a login or could not be reached (see SERVER_HOLD_DOWN_MS). */
   private readonly heldDown = new Map<string, number>();
   /** Service connections taken out of their slot, each closed by its timer once the searches on it are past their deadline. */
   private readonly retiring = new Map<Client, NodeJS.Timeout>();
@@ -536,7 +536,7 @@ export class LdapDirectory implements Directory {
   private holdDown(url: string, reason: string): void {
     if (this.closed || !this.hasOtherThan(url)) return;
     if (!this.isHeldDown(url)) this.log.warn({ event: 'directory.server_held_down', url, forMs: SERVER_HOLD_DOWN_MS, reason }, 'a directory server failed; the others are tried first for a while');
-    this.heldDown.set(url, Date.now() + SERVER_HOLD_DOWN_MS);
+    this.heldDown.set(url, performance.now() + SERVER_HOLD_DOWN_MS);
   }
 
   /** Whether directory.urls names a server other than `url`. */
@@ -547,7 +547,7 @@ export class LdapDirectory implements Directory {
   private isHeldDown(url: string): boolean {
     const until = this.heldDown.get(url);
     if (until === undefined) return false;
-    if (until > Date.now()) return true;
+    if (until > performance.now()) return true;
     this.heldDown.delete(url);
     return false;
   }
