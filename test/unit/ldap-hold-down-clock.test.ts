@@ -20,7 +20,8 @@ const realDateNow = Date.now;
 const realPerformanceNow = performance.now.bind(performance);
 let wallStepMs = 0;
 let passedMs = 0;
-Date.now = () => realDateNow.call(Date) + wallStepMs;
+// Time passing moves both clocks; a step moves the wall clock only.
+Date.now = () => realDateNow.call(Date) + passedMs + wallStepMs;
 performance.now = () => realPerformanceNow() + passedMs;
 afterEach(() => {
   wallStepMs = 0;
