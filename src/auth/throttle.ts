@@ -98,6 +98,11 @@ const FINGERPRINT_BYTES = 12;
 /** A clock in milliseconds; injectable for tests. */
 export type Clock = () => number;
 
+/**
+ * The monotonic clock on the epoch's scale (0 is long before any of its times): windows,
+ * refusals, log intervals and flaps are timed by it, so that a step of the wall clock (NTP)
+ * neither ends nor stretches them, nor gives a timer a delay past 2^31 ms (which node cuts to 1 ms).
+ */
 const monotonic: Clock = () => performance.timeOrigin + performance.now();
 
 interface MemoryEntry {
@@ -551,6 +556,7 @@ export class RedisThrottleStore implements ThrottleStore {
   private probeTimer: NodeJS.Timeout | undefined;
   private connecting: Promise<void> | undefined;
   private closed = false;
+  /** When throttle.redis_refused was last logged (monotonic()). */
   private lastErrorReplyLogAt = 0;
   /** A replay of `missed` is running; another 'up' came meanwhile (see replay()). */
   private replaying = false;
@@ -580,6 +586,7 @@ export class RedisThrottleStore implements ThrottleStore {
   private flaps = 0;
   /** State lines logged since the state last stayed unchanged for STATE_LOG_INTERVAL_MS. */
   private stateLines = 0;
+  /** When the last state line was logged and the state last changed (monotonic()). */
   private lastStateLineAt = 0;
   private lastStateChangeAt = 0;
   /** State changes not logged since the last line, and the last one's previous state and reason. */
@@ -890,7 +897,7 @@ export class RedisThrottleStore implements ThrottleStore {
   private reportErrorReply(message: string): void {
     // The state line said so already.
     if (this.stateNow === 'read-only' && !ONE_KEY_REFUSED.test(message)) return;
-    const now = Date.now();
+    const now = monotonic();
     if (now - this.lastErrorReplyLogAt < ERROR_REPLY_LOG_INTERVAL_MS) return;
     this.lastErrorReplyLogAt = now;
     this.options.log.warn({ event: 'throttle.redis_refused', url: this.options.redis.url, reason: withoutSecrets(message, this.options.redis) }, 'Redis refused a throttle call; local counters answered');
@@ -911,7 +918,7 @@ export class RedisThrottleStore implements ThrottleStore {
     const before = this.stateNow;
     this.stateNow = state;
     this.downCause = state === 'down' ? { reason, setup } : undefined;
-    const now = Date.now();
+    const now = monotonic();
     if (now - this.lastStateChangeAt >= STATE_LOG_INTERVAL_MS) this.stateLines = 0;
     this.lastStateChangeAt = now;
     if (this.stateLines < STATE_LINES_AT_ONCE || now - this.lastStateLineAt >= STATE_LOG_INTERVAL_MS) {
@@ -948,7 +955,7 @@ export class RedisThrottleStore implements ThrottleStore {
     this.stateLineTimer = undefined;
     if (this.closed) return;
     this.stateLines++;
-    this.lastStateLineAt = Date.now();
+    this.lastStateLineAt = monotonic();
     const state = this.stateNow;
     const fields = { event: 'throttle.redis_state', state, before, url: this.options.redis.url, ...(this.unloggedChanges > 0 ? { changes: this.unloggedChanges } : {}) };
     this.unloggedChanges = 0;
@@ -961,7 +968,7 @@ export class RedisThrottleStore implements ThrottleStore {
   private markDown(reason: string): void {
     if (this.closed) return;
     if (this.upSince !== undefined) {
-      this.flaps = Date.now() - this.upSince < FLAP_MS ? this.flaps + 1 : 0;
+      this.flaps = monotonic() - this.upSince < FLAP_MS ? this.flaps + 1 : 0;
       this.upSince = undefined;
     }
     this.dropClient();
@@ -1051,7 +1058,7 @@ export class RedisThrottleStore implements ThrottleStore {
         return;
       }
       this.client = client;
-      this.upSince = Date.now();
+      this.upSince = monotonic();
       this.setState('up');
     } catch (error) {
       try {
