@@ -90,7 +90,8 @@ export class SlotHealthMonitor {
   }
 
   private async probeOne(slot: Slot): Promise<void> {
-    const started = Date.now();
+    // Latency on the monotonic clock (a step of the wall clock made it negative or an hour); checkedAt is a time of day.
+    const started = performance.now();
     // The probe's own canceller, told by stop() and by the deadline. Not AbortSignal.any() over a
     // signal of the monitor's: on Node 20 the long-lived signal keeps a record of every signal
     // combined from it, about 70 bytes per probe for the life of the process.
@@ -106,11 +107,11 @@ export class SlotHealthMonitor {
     let health: SlotHealth;
     try {
       await this.probe(slot, cancel);
-      health = { up: true, checkedAt: Date.now(), latencyMs: Date.now() - started, failures: 0 };
+      health = { up: true, checkedAt: Date.now(), latencyMs: Math.round(performance.now() - started), failures: 0 };
     } catch (error) {
       if (this.stopped.aborted) return;
       const why = error instanceof Error ? error.message : String(error);
-      health = { up: false, checkedAt: Date.now(), latencyMs: Date.now() - started, error: timedOut ? `no answer within ${this.timeoutMs} ms (${why})` : why, failures: (before?.failures ?? 0) + 1 };
+      health = { up: false, checkedAt: Date.now(), latencyMs: Math.round(performance.now() - started), error: timedOut ? `no answer within ${this.timeoutMs} ms (${why})` : why, failures: (before?.failures ?? 0) + 1 };
     } finally {
       clearTimeout(timer);
       this.stopped.removeEventListener('abort', onStop);
