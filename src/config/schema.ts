@@ -30,6 +30,7 @@ import {
   bool,
   int,
   ldapUrlList,
+  offOrInt,
   oneOf,
   optStr,
   port,
@@ -584,7 +585,7 @@ function readHealth(v: unknown, issues: IssueList): HealthConfig {
   const probePassword = optStr(o, 'probe_password', 'health', issues);
   if ((probeUser === undefined) !== (probePassword === undefined)) issues.add('health', 'probe_user and probe_password together', o);
   return {
-    intervalMs: int(o, 'interval_ms', 'health', issues, 0, 3_600_000, 5_000),
+    intervalMs: offOrInt(o, 'interval_ms', 'health', issues, 1_000, 3_600_000, 5_000),
     timeoutMs: int(o, 'timeout_ms', 'health', issues, 100, 120_000, 3_000),
     ...(probeUser !== undefined && probePassword !== undefined ? { probeUser, probePassword } : {}),
   };

@@ -54,7 +54,7 @@ function configFor(imapPort: number, httpPort: number): Record<string, unknown> 
     http: { host: '127.0.0.1', port: httpPort },
     admin: { token: TOKEN },
     session: { auth_failure_delay_ms: 100 },
-    health: { interval_ms: 500 },
+    health: { interval_ms: 1_000 },
     shutdown: { drain_timeout_ms: 1500 },
   };
 }

@@ -1,0 +1,34 @@
+// Bounds of settings whose extremes cost the process or its backends: health.interval_ms (0 turns
+// the probes off; 1 ms made 2,192 probe connections to one slot in 3 s), and the cache sizes
+// directory.cache_max_entries and throttle.max_tracked (lru-cache allocates its index for the
+// whole maximum at start: about 44 bytes an entry, 440 MB and 1.3 s per cache at 10,000,000).
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { readConfig } from '../../src/config/schema.js';
+import type { Config } from '../../src/config/schema.js';
+import { IssueList } from '../../src/config/validate.js';
+
+/** A minimal valid config with `extra` sections on top: the config read, and its issues as "path: expected …, found …". */
+function read(extra: Record<string, unknown>): { readonly config: Config; readonly issues: string[] } {
+  const doc = {
+    listeners: [{ protocol: 'imap', host: '127.0.0.1', port: 1143, tls: 'none', plaintext_without_tls: true }],
+    directory: { urls: ['ldap://127.0.0.1:389'], bind_dn: 'cn=x', bind_password: 'x', base_dn: 'dc=x' },
+    store_map: { file: '/nonexistent/stores.yaml' },
+    ...extra,
+  };
+  const issues = new IssueList();
+  const config = readConfig(doc, '/nonexistent/mailfront.yaml', (p) => p, issues);
+  return { config, issues: issues.issues.map((i) => `${i.path}: expected ${i.expected}, found ${i.found}`) };
+}
+
+test('health.interval_ms: 0 (off) or 1000 to 3600000; the default 5000', () => {
+  assert.equal(read({}).config.health.intervalMs, 5_000);
+  for (const ok of [0, 1_000, 5_000, 3_600_000]) {
+    const { config, issues } = read({ health: { interval_ms: ok } });
+    assert.deepEqual(issues, [], String(ok));
+    assert.equal(config.health.intervalMs, ok);
+  }
+  for (const [bad, found] of [[1, 'number 1'], [99, 'number 99'], [999, 'number 999'], [3_600_001, 'number 3600001'], [-1, 'number -1'], [1_500.5, 'number 1500.5'], ['5000', '"5000"']] as const) {
+    assert.deepEqual(read({ health: { interval_ms: bad } }).issues, [`health.interval_ms: expected 0 (off) or an integer from 1000 to 3600000, found ${found}`]);
+  }
+});
