@@ -7,6 +7,7 @@
  */
 import { isAbsolute } from 'node:path';
 import { IssueList, at, bool, int, optStr, readSection, str } from '../config/validate.js';
+import { MAX_CACHE_ENTRIES } from '../limits.js';
 
 /** Where counters are shared when several mailfront instances serve the same users. */
 export interface ThrottleRedisConfig {
@@ -98,7 +99,7 @@ export function readThrottleConfig(v: unknown, path: string, issues: IssueList, 
     failuresPerAddress: int(o, 'failures_per_address', path, issues, 1, 1_000_000, d.failuresPerAddress),
     failureWindowMs: int(o, 'failure_window_ms', path, issues, 1_000, 7 * 24 * 3_600_000, d.failureWindowMs),
     refusalMs: int(o, 'refusal_ms', path, issues, 1_000, 7 * 24 * 3_600_000, d.refusalMs),
-    maxTrackedSubjects: int(o, 'max_tracked', path, issues, 100, 10_000_000, d.maxTrackedSubjects),
+    maxTrackedSubjects: int(o, 'max_tracked', path, issues, 100, MAX_CACHE_ENTRIES, d.maxTrackedSubjects),
     ...(redis !== undefined ? { redis } : {}),
   };
 }

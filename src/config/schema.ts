@@ -11,6 +11,7 @@ import {
   DEFAULT_LDAP_CONNECT_TIMEOUT_MS,
   DEFAULT_LDAP_OPERATION_TIMEOUT_MS,
   DEFAULT_PREAUTH_TIMEOUT_MS,
+  MAX_CACHE_ENTRIES,
 } from '../limits.js';
 import { bindAddressesOverlap, isWildcard, parseAddress, parseCidr } from '../net/cidr.js';
 import type { BackendLoginMode, ProtocolName } from '../protocol/types.js';
@@ -463,7 +464,7 @@ function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: I
     operationTimeoutMs: int(o, 'operation_timeout_ms', path, issues, 100, 120_000, DEFAULT_LDAP_OPERATION_TIMEOUT_MS),
     entryCacheTtlMs: int(o, 'entry_cache_ttl_ms', path, issues, 0, 3_600_000, 30_000),
     authCacheTtlMs: int(o, 'auth_cache_ttl_ms', path, issues, 0, 3_600_000, 60_000),
-    cacheMaxEntries: int(o, 'cache_max_entries', path, issues, 1, 10_000_000, 100_000),
+    cacheMaxEntries: int(o, 'cache_max_entries', path, issues, 1, MAX_CACHE_ENTRIES, 100_000),
     searchConnections: int(o, 'search_connections', path, issues, 1, 64, 2),
   };
 }

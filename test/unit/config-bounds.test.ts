@@ -32,3 +32,16 @@ test('health.interval_ms: 0 (off) or 1000 to 3600000; the default 5000', () => {
     assert.deepEqual(read({ health: { interval_ms: bad } }).issues, [`health.interval_ms: expected 0 (off) or an integer from 1000 to 3600000, found ${found}`]);
   }
 });
+
+test('directory.cache_max_entries and throttle.max_tracked: at most 2000000 (each cache allocates its index for the whole maximum at start)', () => {
+  const top = read({ directory: { urls: ['ldap://127.0.0.1:389'], bind_dn: 'cn=x', bind_password: 'x', base_dn: 'dc=x', cache_max_entries: 2_000_000 }, throttle: { max_tracked: 2_000_000 } });
+  assert.deepEqual(top.issues, []);
+  assert.equal(top.config.directory.cacheMaxEntries, 2_000_000);
+  assert.equal(top.config.throttle.maxTrackedSubjects, 2_000_000);
+  for (const over of [2_000_001, 10_000_000]) {
+    assert.deepEqual(read({ directory: { urls: ['ldap://127.0.0.1:389'], bind_dn: 'cn=x', bind_password: 'x', base_dn: 'dc=x', cache_max_entries: over }, throttle: { max_tracked: over } }).issues, [
+      `directory.cache_max_entries: expected an integer from 1 to 2000000, found number ${over}`,
+      `throttle.max_tracked: expected an integer from 100 to 2000000, found number ${over}`,
+    ]);
+  }
+});
