@@ -53,8 +53,9 @@ export class CachingDirectory implements Directory {
     // The store may come from the inner directory's own cache of entries: the route is kept no
     // longer than ttlMs after it was read from the directory, not ttlMs after this login (a user
     // moved to another store is routed there within ttlMs, not ttlMs plus the entry cache's).
-    // Never below 0: a clock stepped back (NTP) must not stretch the entry's life past the TTL.
-    const age = found.readAt === undefined ? 0 : Math.max(0, Date.now() - found.readAt);
+    // On the monotonic clock: a step of the wall clock (NTP) neither stretches the entry's life
+    // past the TTL nor ends it early.
+    const age = found.readAt === undefined ? 0 : performance.now() - found.readAt;
     if (age < this.ttlMs && forgets === this.forgets) this.successes.set(key, found, { ttl: this.ttlMs - age });
     return found;
   }

@@ -21,7 +21,7 @@ export interface DirectoryUser {
   readonly dn: string;
   /** The user's store, or null when the entry names none. */
   readonly store: string | null;
-  /** When the store was read from the directory (ms since the epoch), if it came from a cache of entries. */
+  /** When the store was read from the directory (performance.now(): the monotonic clock, which no step of the wall clock moves), if it came from a cache of entries. */
   readonly readAt?: number;
 }
 

@@ -746,7 +746,7 @@ export class LdapDirectory implements Directory {
         const entry = searchEntries[0]!;
         const { store, values } = storeValue(attributeOf(entry, this.config.storeAttribute));
         const loginNames = this.loginAttribute === undefined ? [] : loginValues(attributeOf(entry, this.loginAttribute));
-        return { url: connection.url, dn: entry.dn, store, storeValues: values, loginNames, readAt: Date.now() };
+        return { url: connection.url, dn: entry.dn, store, storeValues: values, loginNames, readAt: performance.now() };
       } catch (error) {
         if (error instanceof MailfrontError) throw error;
         // The server's own size limit cut the answer short: there was more than one entry.

@@ -55,7 +55,7 @@ test('an LDAP server that accepts StartTLS and then never shakes hands: the open
 
 test('the authentication cache keeps a route no longer than its TTL after the store was read from the directory', async () => {
   let calls = 0;
-  let readAt = Date.now();
+  let readAt = performance.now();
   const inner: Directory = {
     authenticate: async (user) => {
       calls++;
@@ -75,7 +75,7 @@ test('the authentication cache keeps a route no longer than its TTL after the st
   await cache.authenticate('alice', 'pw', signal);
   assert.equal(calls, 1);
   // Read 1.1 s ago (an entry cache's answer): cached for what is left, about 400 ms.
-  readAt = Date.now() - 1_100;
+  readAt = performance.now() - 1_100;
   await cache.authenticate('bob', 'pw', signal);
   await cache.authenticate('bob', 'pw', signal);
   assert.equal(calls, 2, 'within what is left');
@@ -83,10 +83,41 @@ test('the authentication cache keeps a route no longer than its TTL after the st
   await cache.authenticate('bob', 'pw', signal);
   assert.equal(calls, 3, 'gone after what was left, long before the 1.5 s TTL');
   // Read longer ago than the TTL: not cached at all.
-  readAt = Date.now() - 2_000;
+  readAt = performance.now() - 2_000;
   await cache.authenticate('carol', 'pw', signal);
   await cache.authenticate('carol', 'pw', signal);
   assert.equal(calls, 5);
+});
+
+test('the authentication cache times a cached route on the monotonic clock: a step of the wall clock neither keeps it longer nor ends it', async () => {
+  let calls = 0;
+  const inner: Directory = {
+    authenticate: async (user) => {
+      calls++;
+      return { user, dn: `uid=${user}`, store: 'alpha', readAt: performance.now() };
+    },
+    lookup: async () => null,
+    reachable: async () => true,
+    forget: () => 0,
+    cacheEntries: () => ({}),
+    close: async () => undefined,
+  };
+  const cache = new CachingDirectory(inner, 60_000, 100);
+  const signal = new AbortController().signal;
+  const realNow = Date.now;
+  try {
+    await cache.authenticate('alice', 'pw', signal);
+    Date.now = () => realNow() + 3_600_000;
+    await cache.authenticate('alice', 'pw', signal);
+    assert.equal(calls, 1, 'an hour forward on the wall clock: still cached');
+    // Read while the wall clock is an hour back: cached all the same, and no longer than its TTL.
+    Date.now = () => realNow() - 3_600_000;
+    await cache.authenticate('bob', 'pw', signal);
+    await cache.authenticate('bob', 'pw', signal);
+    assert.equal(calls, 2, 'an hour back on the wall clock: cached');
+  } finally {
+    Date.now = realNow;
+  }
 });
 
 test('entryLoginName: the entry\'s one name, normalised as a typed name is, whatever name found the entry', () => {
