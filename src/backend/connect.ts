@@ -168,6 +168,17 @@ export function connectionFailureKind(error: NodeJS.ErrnoException, duringTlsHan
   return duringTlsHandshake || TLS_FAILURE_CODES.test(code) ? 'backend-login' : 'connect';
 }
 
+/**
+ * TCP keepalive on every backend connection, after this long without traffic. A backend host that
+ * dies (power, a kernel panic, a cut link) sends no FIN or RST: a spliced session whose client
+ * sits in IDLE, sending nothing for up to 29 minutes, would otherwise wait for its idle timeout
+ * (31 min) to see it. libuv (1.46, Node 20.20's) then probes every second, ten times (TCP_KEEPINTVL
+ * 1, TCP_KEEPCNT 10), so the connection fails (ETIMEDOUT) and the session ends about 70 s after the
+ * host went silent; its client reconnects, to the current master. An older libuv leaves interval
+ * and count to the kernel (Linux: 75 s, 9). A live backend answers each probe, unseen above TCP.
+ */
+const BACKEND_KEEPALIVE_IDLE_MS = 60_000;
+
 /** Rejects when the signal fires, destroying `socket`. */
 function onAbort(signal: Cancellation, socket: Socket, reject: (e: unknown) => void, what: string): () => void {
   const listener = (): void => {
@@ -191,7 +202,8 @@ export function dialSlot(slot: Slot, protocol: Protocol, config: BackendConfig, 
     return Promise.reject(error);
   }
   return new Promise<Socket>((resolve, reject) => {
-    let socket: Socket = netConnect({ host: slot.host, port, noDelay: true });
+    // Implicit TLS and STARTTLS run over this socket, so the keepalive covers them too.
+    let socket: Socket = netConnect({ host: slot.host, port, noDelay: true, keepAlive: true, keepAliveInitialDelay: BACKEND_KEEPALIVE_IDLE_MS });
     let settled = false;
     // Set once the TCP connection is up and the TLS handshake runs over it.
     let handshaking = false;
