@@ -12,6 +12,7 @@ export type FailureKind =
   | 'auth-tempfail' // the directory could not answer (down, timed out, broken entry)
   | 'no-route' // user without a store, unknown store, store without a current master
   | 'connect' // backend slot unreachable or refused the connection
+  | 'local-resources' // mailfront could not open a connection for want of its own resources (open files, local ports): no slot's fault
   | 'backend-login' // backend refused our login or spoke nonsense
   | 'in-use' // backend says the mailbox is locked
   | 'login-delay' // backend says the user logged in too recently (POP3 [LOGIN-DELAY])

@@ -152,6 +152,21 @@ const TLS_FAILURE_CODES = /^(ERR_TLS_|ERR_SSL_|ERR_OSSL_|CERT_|CRL_|UNABLE_TO_|D
  */
 const OUTAGE_CODES = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNREFUSED', 'ECONNABORTED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENETDOWN', 'EHOSTDOWN', 'ERR_SSL_UNEXPECTED_EOF_WHILE_READING']);
 
+/** The code of a backend connection mailfront could not open for want of its own resources (kind local-resources). */
+export const LOCAL_RESOURCES_EXHAUSTED = 'LOCAL_RESOURCES_EXHAUSTED';
+
+/**
+ * The codes of a connection mailfront could not open for want of its own resources, with what
+ * ran out: no slot is at fault, and every slot would fail alike. Holding the login for a failover
+ * would only keep the client's descriptor longer; counting it against the store, or marking the
+ * slot down, would blame a backend that was never reached.
+ */
+const LOCAL_RESOURCE_CODES: ReadonlyMap<string, string> = new Map([
+  ['EMFILE', "mailfront's own open-files limit is reached (RLIMIT_NOFILE: LimitNOFILE, ulimit -n)"],
+  ['ENFILE', "the system's open-files table is full (fs.file-max)"],
+  ['EADDRNOTAVAIL', 'no local port is free for another connection (net.ipv4.ip_local_port_range)'],
+]);
+
 /**
  * A TLS failure (an untrusted or mismatched certificate, a failed negotiation) is not an
  * unreachable slot: waiting will not fix it, so it is a login failure, never retried. Decided by
@@ -160,10 +175,12 @@ const OUTAGE_CODES = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNREFUSED'
  * ("Client network socket disconnected before secure TLS connection was established"), and is an
  * outage like any other reset, held for failover.hold_ms; any other error during the handshake
  * (`duringTlsHandshake`: after the TCP connect, before secureConnect) is OpenSSL refusing the
- * peer, whatever code Node gives it, and so a TLS failure.
+ * peer, whatever code Node gives it, and so a TLS failure. A connection mailfront could not open
+ * for want of descriptors or local ports (LOCAL_RESOURCE_CODES) is neither: `local-resources`.
  */
-export function connectionFailureKind(error: NodeJS.ErrnoException, duringTlsHandshake = false): 'connect' | 'backend-login' {
+export function connectionFailureKind(error: NodeJS.ErrnoException, duringTlsHandshake = false): 'connect' | 'backend-login' | 'local-resources' {
   const code = error.code ?? '';
+  if (LOCAL_RESOURCE_CODES.has(code)) return 'local-resources';
   if (OUTAGE_CODES.has(code)) return 'connect';
   return duringTlsHandshake || TLS_FAILURE_CODES.test(code) ? 'backend-login' : 'connect';
 }
@@ -215,7 +232,11 @@ export function dialSlot(slot: Slot, protocol: Protocol, config: BackendConfig, 
       reject(new MailfrontError(code, cause ? connectionFailureKind(cause, handshaking) : 'connect', `slot "${slot.name}" (${slot.host}:${port}): ${message}`, cause === undefined ? undefined : { cause }));
     };
     const timer = setTimeout(() => fail('BACKEND_CONNECT_TIMEOUT', `no connection within ${config.connectTimeoutMs} ms`), config.connectTimeoutMs);
-    const onError = (error: Error): void => fail('BACKEND_CONNECT_FAILED', error.message, error);
+    const onError = (error: NodeJS.ErrnoException): void => {
+      const local = LOCAL_RESOURCE_CODES.get(error.code ?? '');
+      if (local === undefined) fail('BACKEND_CONNECT_FAILED', error.message, error);
+      else fail(LOCAL_RESOURCES_EXHAUSTED, `no connection could be opened: ${error.code}, ${local}; not a failure of the slot`, error);
+    };
     const onAbortSignal = (): void => {
       if (settled) return;
       settled = true;

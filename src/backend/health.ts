@@ -5,6 +5,7 @@
  */
 import { Canceller } from '../cancel.js';
 import type { Cancellation } from '../cancel.js';
+import { MailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Slot, StoreMap } from '../routing/storemap.js';
 
@@ -110,6 +111,9 @@ export class SlotHealthMonitor {
       health = { up: true, checkedAt: Date.now(), latencyMs: Math.round(performance.now() - started), failures: 0 };
     } catch (error) {
       if (this.stopped.aborted) return;
+      // mailfront could not open the probe's connection (its open-files limit, no local port):
+      // that says nothing of the slot, whose last result stands.
+      if (error instanceof MailfrontError && error.kind === 'local-resources') return;
       const why = error instanceof Error ? error.message : String(error);
       health = { up: false, checkedAt: Date.now(), latencyMs: Math.round(performance.now() - started), error: timedOut ? `no answer within ${this.timeoutMs} ms (${why})` : why, failures: (before?.failures ?? 0) + 1 };
     } finally {

@@ -151,6 +151,7 @@ function refusalFor(kind: FailureKind): LoginRefusal {
     case 'auth-tempfail':
     case 'no-route':
     case 'connect':
+    case 'local-resources':
     case 'backend-login':
     case 'config':
     case 'client-protocol':
@@ -777,7 +778,8 @@ export class Session {
       metrics.backendConnect(slot.store, 'success', (performance.now() - connectStarted) / 1000);
     } catch (caught) {
       const error = asMailfrontError(caught);
-      metrics.backendConnect(slot.store, backendFailureResult(error.code, error.kind), (performance.now() - connectStarted) / 1000);
+      // mailfront's own limits (descriptors, local ports) are no failure of the store's slot.
+      if (error.kind !== 'local-resources') metrics.backendConnect(slot.store, backendFailureResult(error.code, error.kind), (performance.now() - connectStarted) / 1000);
       throw error;
     }
     this.log.debug({ event: 'session.backend_connected', store: slot.store, slot: slot.name }, 'backend connected');
