@@ -36,7 +36,7 @@ import { Canceller } from './cancel.js';
 import type { Cancellation } from './cancel.js';
 import { StoreMapHolder } from './routing/holder.js';
 import type { MasterChange, ReloadResult } from './routing/holder.js';
-import { createStoreMapSource } from './routing/sources.js';
+import { createStoreMapSource, sourceUnreadable } from './routing/sources.js';
 import type { StoreMapSource } from './routing/sources.js';
 import { sameServer } from './routing/storemap.js';
 import type { Slot, StoreMap } from './routing/storemap.js';
@@ -130,9 +130,6 @@ function atListener(error: unknown, index: number, listener: Config['listeners']
   return new MailfrontError(error.code, error.kind, `listeners[${index}] ("${listener.name}").certificate: ${error.message}`, { cause: error });
 }
 
-/** A file that cannot be read for now: too many open files, an interrupted read, the disk. */
-const TRANSIENT_FILE_ERRORS: ReadonlySet<string> = new Set(['EMFILE', 'ENFILE', 'EAGAIN', 'EBUSY', 'EINTR', 'EIO', 'ENOMEM']);
-
 /**
  * LDAP results that refuse the store-map source's own settings (a bind or a search the server
  * answered): waiting does not cure them. What to look at for each.
@@ -156,10 +153,9 @@ const LASTING_LDAP_RESULTS: ReadonlyMap<number, string> = new Map([
  */
 function lastingSourceFailure(error: unknown): string | undefined {
   const message = error instanceof Error ? error.message : String(error);
-  if (error instanceof ConfigError) {
-    const transient = error.issues.length > 0 && error.issues.every((i) => i.expected === 'a readable file' && TRANSIENT_FILE_ERRORS.has(String(i.found)));
-    return transient ? undefined : message;
-  }
+  // A file that cannot be read for now (too many open files, an interrupted read, the disk), as
+  // the file source judges it, and reads again until it can be.
+  if (error instanceof ConfigError) return sourceUnreadable(error) === undefined ? message : undefined;
   if (error instanceof MailfrontError && (error.code === 'STOREMAP_LDAP_UNREACHABLE' || error.code === 'STOREMAP_LDAP_SEARCH_FAILED' || error.code === 'STOREMAP_SOURCE_CLOSED')) {
     const cause = error.cause as { code?: unknown } | undefined;
     const codes = [...(typeof cause?.code === 'number' ? [cause.code] : []), ...[...message.matchAll(/Code: 0x([0-9a-f]+)/gi)].map((m) => parseInt(m[1]!, 16))];

@@ -8,6 +8,7 @@ import { ConfigError, buildStoreMap } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { MailfrontError, asMailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { sourceUnreadable } from './sources.js';
 import type { StoreMapSource } from './sources.js';
 import type { ProtocolName } from '../protocol/types.js';
 import { StoreMap, protocolsWithMovedPorts } from './storemap.js';
@@ -62,7 +63,7 @@ export interface StoreMapObserver {
    * the source gave the same map). Not called for a rebuild: the source's last outcome stands.
    */
   loaded?(map: StoreMap): void;
-  /** A load of the source was rejected; the map in force stays. */
+  /** A load of the source failed (the source could not be read, or gave a document that makes no map); the map in force stays. */
   rejected?(error: string): void;
 }
 
@@ -128,7 +129,11 @@ export class StoreMapHolder {
     return this.lastResult;
   }
 
-  /** Re-reads the source; one reload at a time, in order. A broken document leaves the map in force. */
+  /**
+   * Re-reads the source; one reload at a time, in order. A broken document, or a source that cannot
+   * be read (which reads itself again: an LDAP source at its next poll, a file on a timer), leaves
+   * the map in force.
+   */
   reload(trigger: string): Promise<ReloadResult> {
     return this.inTurn(() => this.reloadNow(trigger));
   }
@@ -142,7 +147,12 @@ export class StoreMapHolder {
       next = buildStoreMap(doc, this.source.description, version, this.config());
     } catch (caught) {
       const error = asMailfrontError(caught);
-      this.log.error({ event: 'storemap.rejected', source: this.source.description, trigger, versionInForce: this.map?.version ?? 0, err: error.message }, 'store map update rejected; the last good map stays in force');
+      // A source that could not be read gave no document to reject: it is down (its health says
+      // so), and reads itself again until it can be read; what it holds then is put in force.
+      const unreadable = sourceUnreadable(caught);
+      const fields = { source: this.source.description, trigger, versionInForce: this.map?.version ?? 0, err: unreadable ?? error.message };
+      if (unreadable !== undefined) this.log.warn({ event: 'storemap.read_failed', ...fields }, 'the store-map source could not be read; the map in force stays until it can be');
+      else this.log.error({ event: 'storemap.rejected', ...fields }, 'store map update rejected; the last good map stays in force');
       this.observer.rejected?.(error.message);
       // The map in force stays, built anew with the config in force (a reload's backend settings).
       const rebuilt = this.rebuildInForce(version, trigger);
@@ -222,7 +232,7 @@ export class StoreMapHolder {
       try {
         doc = await this.source.load();
       } catch (caught) {
-        throw this.failoverRefused(store, slot, caught, UNREADABLE.has(asMailfrontError(caught).code) ? 'cannot be read' : 'is not valid', undefined);
+        throw this.failoverRefused(store, slot, caught, sourceUnreadable(caught) !== undefined ? 'cannot be read' : 'is not valid', undefined);
       }
       this.checkFailover(doc, store, slot);
       await this.source.setCurrentMaster(store, slot);
@@ -264,9 +274,6 @@ export class StoreMapHolder {
     return new MailfrontError('STOREMAP_FAILOVER_REFUSED', 'config', `${refused}${which}: ${caught.message}`, { cause: caught });
   }
 }
-
-/** Codes of a store-map source that could not be read at all (the others: it gave no valid map). */
-const UNREADABLE: ReadonlySet<string> = new Set(['STOREMAP_LDAP_UNREACHABLE', 'STOREMAP_LDAP_SEARCH_FAILED', 'STOREMAP_SOURCE_CLOSED']);
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return value !== null && typeof value === 'object' && !Array.isArray(value);

@@ -1,11 +1,11 @@
 /**
  * Where store-map documents come from and where a failover is written: a YAML file (watched)
  * or store entries in LDAP (polled). A source only produces plain documents in the store-map
- * file's shape; validation and versioning happen in the holder. Owns its file watcher, timer
+ * file's shape; validation and versioning happen in the holder. Owns its file watcher, timers
  * and LDAP connection.
  */
-import { realpathSync, watch } from 'node:fs';
-import type { FSWatcher } from 'node:fs';
+import { realpathSync, statSync, watch } from 'node:fs';
+import type { BigIntStats, FSWatcher } from 'node:fs';
 import { chmod, chown, readFile, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { readCaCertificates } from '../ca-file.js';
 import { basename, dirname, join, resolve } from 'node:path';
@@ -13,7 +13,7 @@ import type { ConnectionOptions } from 'node:tls';
 import { Attribute, Change, Client, ResultCodeError, SizeLimitExceededError } from 'ldapts';
 import { isMap, isScalar, parseDocument } from 'yaml';
 import { escapeFilterValue, LdapAnswerRefusedError, ldapBytesReceived, openLdapClient } from '../auth/ldap.js';
-import { readStoreMapFile } from '../config/load.js';
+import { ConfigError, readStoreMapFile } from '../config/load.js';
 import type { StoreMapSourceConfig } from '../config/schema.js';
 import { asMailfrontError, MailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -28,9 +28,10 @@ export interface StoreMapSource {
   /**
    * Calls `onChange` whenever the source may have changed (debounced); returns a stop function.
    * `onHealth` hears whether the source can be watched and read: null after each good look (an
-   * LDAP poll, the start of a file watch, each read of a file that is not watched), the error
-   * when it cannot be (an unreachable LDAP server, a file that cannot be watched). The map in
-   * force stays either way; the caller makes it visible.
+   * LDAP poll, the start of a file watch and each periodic look at the file, each read of a file
+   * that is not watched, a read that ends a file's passing failure), the error when it cannot be
+   * (an unreachable LDAP server, a file that cannot be watched, or read for a passing reason). The
+   * map in force stays either way; the caller makes it visible.
    */
   watch(onChange: () => void, onHealth?: (error: Error | null) => void): () => void;
   /**
@@ -55,53 +56,229 @@ const PREFERRED_MASTER_ADD_FAILURES: ReadonlyMap<number, string> = new Map([
 /** How many times a failover is made again on a file that changed while it was written. */
 const FAILOVER_WRITE_ATTEMPTS = 5;
 
-/** A YAML store-map file, watched for changes (editors replace files, so the folder is watched). */
+/**
+ * Codes of a read that fails for a passing reason: too many open files (mailfront's own limit,
+ * EMFILE, or the system's, ENFILE), an interrupted or busy read, the disk, memory, a stale or
+ * silent network file system. The file is read again until it can be. A file that is not there,
+ * may not be read or is no file (ENOENT, EACCES, EISDIR, ...) is the operator's to fix, and the
+ * fix (a create, a chmod, a rename) is an event the watch hears: its read is a rejected document.
+ */
+const PASSING_READ_ERRORS: ReadonlySet<string> = new Set(['EMFILE', 'ENFILE', 'EAGAIN', 'EBUSY', 'EINTR', 'EIO', 'ENOMEM', 'ESTALE', 'ETIMEDOUT']);
+
+/** What a passing read error means, where its code alone would not say. */
+const PASSING_READ_MEANING: ReadonlyMap<string, string> = new Map([
+  ['EMFILE', "too many open files: mailfront's own limit, RLIMIT_NOFILE, set by LimitNOFILE or ulimit -n"],
+  ['ENFILE', "too many open files: the system's table, fs.file-max"],
+]);
+
+/**
+ * Why a store-map source could not be read at all, when `error` (thrown by its load()) says so:
+ * an LDAP server that does not answer or refuses the search, a store-map file (or a secret file it
+ * names) that a passing reason kept from being read (PASSING_READ_ERRORS). Undefined for a
+ * document that makes no map, and for a file not there or not readable (see PASSING_READ_ERRORS).
+ */
+export function sourceUnreadable(error: unknown): string | undefined {
+  if (error instanceof ConfigError) {
+    const codes = error.issues.map((i) => (i.expected === 'a readable file' || i.expected.startsWith('a readable file (') ? i.found : ''));
+    if (codes.length === 0 || !codes.every((code) => PASSING_READ_ERRORS.has(code))) return undefined;
+    return `${error.file}: ${[...new Set(codes)].map((code) => `${code}${PASSING_READ_MEANING.has(code) ? ` (${PASSING_READ_MEANING.get(code)!})` : ''}`).join(', ')}`;
+  }
+  if (error instanceof MailfrontError && LDAP_UNREADABLE.has(error.code)) return error.message;
+  return undefined;
+}
+
+/** Codes of an LDAP store-map source that could not be read (the others: it gave no valid map). */
+const LDAP_UNREADABLE: ReadonlySet<string> = new Set(['STOREMAP_LDAP_UNREACHABLE', 'STOREMAP_LDAP_SEARCH_FAILED', 'STOREMAP_SOURCE_CLOSED']);
+
+/** When a store-map file is looked at besides the events of its watch. */
+export interface FileSourceTiming {
+  /** The first read again after a read that failed for a passing reason; each next one waits twice as long, up to retryMaxMs. */
+  readonly retryFirstMs: number;
+  readonly retryMaxMs: number;
+  /** How often a watched file's identity (device, inode, size, times) is compared with the one last read: 0, never. */
+  readonly checkIntervalMs: number;
+}
+
+/**
+ * Reads again 1 s after a passing failure, then 2, 4, ... up to every 30 s: soon enough that a
+ * failover saved at the limit follows within seconds of descriptors coming free, and no more than
+ * a read a second while they do not. The look every 5 s costs one stat(2); it finds a change the
+ * watch missed (an inotify queue that overflowed: libuv drops IN_Q_OVERFLOW without a word; a
+ * watch that ended; a link among the file's folders swapped) within 5 s.
+ */
+const FILE_SOURCE_TIMING: FileSourceTiming = { retryFirstMs: 1_000, retryMaxMs: 30_000, checkIntervalMs: 5_000 };
+
+/** Who hears a file source's watch (see StoreMapSource.watch). */
+interface FileSourceListener {
+  readonly onChange: () => void;
+  readonly onHealth: ((error: Error | null) => void) | undefined;
+}
+
+/** The identity of the file at `file` (links followed) as stat(2) gives it, or undefined when there is none. */
+function fileIdentity(file: string): string | undefined {
+  try {
+    return identityOf(statSync(file, { bigint: true }));
+  } catch {
+    return undefined;
+  }
+}
+
+function identityOf(s: BigIntStats): string {
+  return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
+}
+
+/**
+ * A YAML store-map file, watched for changes (editors replace files, so the folder is watched),
+ * looked at every few seconds for a change the watch missed, and read again on a timer after a
+ * read that failed for a passing reason (too many open files, say) until it can be read.
+ */
 export class FileStoreMapSource implements StoreMapSource {
   readonly description: string;
+  private readonly timing: FileSourceTiming;
   constructor(
     private readonly file: string,
     private readonly watchEnabled: boolean,
     /** The config file's folder: the store map's relative secret files resolve against it (default: the store map's folder). */
     private readonly baseDir?: string,
     private readonly log?: Logger,
+    timing: Partial<FileSourceTiming> = {},
   ) {
     this.description = `file ${file}`;
+    this.timing = { ...FILE_SOURCE_TIMING, ...timing };
   }
 
   /** The document load() handed out last (JSON), to see whether the file changed before the watch began. */
   private lastLoaded: string | undefined;
+  /** The file's identity when it was last read, whatever the document (a read that failed for a passing reason aside). */
+  private identityRead: string | undefined;
   /** Failovers written so far (names their temporary files). */
   private writes = 0;
-  /** Hears each good read while the file is not watched (watch() with `watch: false`). */
-  private onRead: ((error: Error | null) => void) | undefined;
+  /** Who hears the watch in force (watch() with `watch: false` too: each read is a look). */
+  private listener: FileSourceListener | undefined;
+  /** Why the watch in force does not watch (it could not start, or ended), if so. */
+  private watchError: Error | null = null;
+  /** Why the last read failed, when a passing reason did (the file is read again on a timer until it can be). */
+  private readError: Error | null = null;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private retryMs = 0;
+  /** Stops the watch in force (close() does too). */
+  private stopWatch: (() => void) | undefined;
 
   load(): Promise<unknown> {
     return Promise.resolve().then(() => {
-      const document = readStoreMapFile(this.file, this.baseDir);
+      // Before the read: a change while it reads shows at the next look.
+      const identity = fileIdentity(this.file);
+      let document: unknown;
+      try {
+        document = readStoreMapFile(this.file, this.baseDir);
+      } catch (error) {
+        if (!this.readFailed(error)) this.readDone(identity, false);
+        throw error;
+      }
       this.lastLoaded = JSON.stringify(document);
-      this.onRead?.(null);
+      this.readDone(identity, true);
       return document;
     });
   }
 
+  /** The source's health as its listener hears it: a passing read failure, else the watch's trouble, else good. */
+  private report(): void {
+    this.listener?.onHealth?.(this.readError ?? this.watchError);
+  }
+
+  /**
+   * A read that did not fail for a passing reason: the file could be read (`good`: into a document;
+   * else one the holder rejects, or no file). Ends a passing failure's outage. Otherwise a good
+   * read is a good look when the file is not watched; a watched file's looks are its watch's and
+   * the periodic ones.
+   */
+  private readDone(identity: string | undefined, good: boolean): void {
+    this.identityRead = identity;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    this.retryMs = 0;
+    const failing = this.readError !== null;
+    this.readError = null;
+    if (failing || (good && !this.watchEnabled)) this.report();
+  }
+
+  /**
+   * When `error` is a read that failed for a passing reason: says so (the source is down) and reads
+   * again on a timer until it can (the map in force meanwhile stays); true. Else false.
+   */
+  private readFailed(error: unknown): boolean {
+    const why = sourceUnreadable(error);
+    if (why === undefined) return false;
+    this.readError = new Error(`${why}; read again after ${this.timing.retryFirstMs / 1000} s, then less often (at most ${this.timing.retryMaxMs / 1000} s apart), until it can be`, { cause: error });
+    this.report();
+    if (this.retryTimer === undefined) this.scheduleRetry();
+    return true;
+  }
+
+  private scheduleRetry(): void {
+    if (this.listener === undefined) return;
+    this.retryMs = this.retryMs === 0 ? this.timing.retryFirstMs : Math.min(this.retryMs * 2, this.timing.retryMaxMs);
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.retry();
+    }, this.retryMs);
+    this.retryTimer.unref();
+  }
+
+  /**
+   * Reads the file again after a passing failure. Still failing so: later, and nothing said (the
+   * outage was reported). Readable (or failing for a reason an edit cures): the listener is told of
+   * a change, and its reload reads the file and puts the map in force, or rejects it.
+   */
+  private retry(): void {
+    if (this.listener === undefined) return;
+    try {
+      readStoreMapFile(this.file, this.baseDir);
+    } catch (error) {
+      if (sourceUnreadable(error) !== undefined) {
+        this.scheduleRetry();
+        return;
+      }
+    }
+    this.listener.onChange();
+  }
+
   watch(onChange: () => void, onHealth?: (error: Error | null) => void): () => void {
+    const listener: FileSourceListener = { onChange, onHealth };
+    this.listener = listener;
+    this.watchError = null;
+    const closers: Array<() => void> = [];
+    const stop = (): void => {
+      for (const close of closers) close();
+      if (this.listener !== listener) return;
+      this.listener = undefined;
+      this.stopWatch = undefined;
+      clearTimeout(this.retryTimer);
+      this.retryTimer = undefined;
+    };
+    this.stopWatch?.();
+    this.stopWatch = stop;
+    // A read before the watch (a reload's) that failed for a passing reason is read again from now.
+    if (this.readError !== null && this.retryTimer === undefined) this.scheduleRetry();
     if (!this.watchEnabled) {
-      // Not watched, the file is looked at only when it is read (start-up, SIGHUP, a failover):
-      // each good read is a good look. Told nothing, the source's health would read as down for
-      // ever, its last good look never.
-      this.onRead = onHealth;
-      if (this.lastLoaded !== undefined) onHealth?.(null);
-      return () => {
-        if (this.onRead === onHealth) this.onRead = undefined;
-      };
+      // Not watched, the file is looked at only when it is read (start-up, SIGHUP, a failover, and
+      // again after a read that failed for a passing reason): each read is a look. Told nothing,
+      // the source's health would read as down for ever, its last good look never.
+      if (this.lastLoaded !== undefined || this.readError !== null) this.report();
+      return stop;
     }
     let timer: NodeJS.Timeout | undefined;
+    closers.push(() => clearTimeout(timer));
     // Editors write in several steps; read once they are done.
     const changed = (): void => {
       clearTimeout(timer);
       timer = setTimeout(onChange, 100);
     };
-    const unwatched = (error: unknown): void => onHealth?.(new Error(`${this.file} is no longer watched: ${error instanceof Error ? error.message : String(error)}`));
+    const unwatched = (error: unknown): void => {
+      if (this.listener !== listener) return;
+      this.watchError = new Error(`${this.file} is no longer watched: ${error instanceof Error ? error.message : String(error)}`);
+      this.report();
+    };
     // A symbolic link (/etc/mailfront/stores.yaml -> /var/lib/mailfront/stores.yaml) is watched
     // twice: its own folder for the link being replaced, and its target's folder for edits of
     // the file (they raise no event in the link's folder). A link on the way may be replaced
@@ -112,6 +289,10 @@ export class FileStoreMapSource implements StoreMapSource {
     // that file's folder is watched instead, and the file read again.
     let linkWatcher: FSWatcher | undefined;
     let target: { readonly file: string; readonly watcher: FSWatcher } | undefined;
+    closers.push(() => {
+      linkWatcher?.close();
+      target?.watcher.close();
+    });
     /** Watches the folder of the file the link names now; true when that is another file than before. */
     const watchTarget = (): boolean => {
       const file = symlinkTarget(this.file);
@@ -151,30 +332,49 @@ export class FileStoreMapSource implements StoreMapSource {
         if (name === null || name === basename(file)) changed();
         repoint();
       });
+    // Besides the watch, whose events may be lost or end: a look at the file's identity now and
+    // then. A change no event told of is read as one; each look that finds the file is a good one
+    // (while the watch works). Not while a read failed for a passing reason: the retries read it.
+    if (this.timing.checkIntervalMs > 0) {
+      const look = setInterval(() => {
+        if (this.listener !== listener || this.readError !== null || this.lastLoaded === undefined) return;
+        void stat(this.file, { bigint: true }).then(
+          (found) => {
+            if (this.listener !== listener || this.readError !== null) return;
+            if (identityOf(found) !== this.identityRead) changed();
+            else this.report();
+          },
+          () => {
+            // Gone (a rename on its way, a removal the watch heard): changed unless it was gone at the last read too.
+            if (this.listener === listener && this.identityRead !== undefined) changed();
+          },
+        );
+      }, this.timing.checkIntervalMs);
+      look.unref();
+      closers.push(() => clearInterval(look));
+    }
     try {
       linkWatcher = watchFolder(this.file);
-      // The watch has ended (its folder removed, say): edits are not seen until the next reload.
+      // The watch has ended (its folder removed, say): edits are seen by the looks only.
       linkWatcher.on('error', unwatched);
       watchTarget();
     } catch (error) {
       linkWatcher?.close();
       target?.watcher.close();
-      // No inotify watch left, say: the file is read on SIGHUP and `mailfront reload` only.
-      onHealth?.(new Error(`${this.file} cannot be watched: ${error instanceof Error ? error.message : String(error)}`));
-      return () => undefined;
+      // No inotify watch left, say: the file is seen to change by the looks only.
+      this.watchError = new Error(`${this.file} cannot be watched: ${error instanceof Error ? error.message : String(error)}`);
+      this.report();
+      return stop;
     }
-    onHealth?.(null);
+    this.report();
     // An edit between the last load and the watcher's start raised no event: look once now.
     try {
       if (this.lastLoaded !== undefined && JSON.stringify(readStoreMapFile(this.file, this.baseDir)) !== this.lastLoaded) onChange();
-    } catch {
-      // An unreadable or broken file now: the watcher reports its next change.
+    } catch (error) {
+      // Broken now: the watcher reports its next change. Unreadable for now: read again on a timer.
+      this.readFailed(error);
     }
-    return () => {
-      clearTimeout(timer);
-      linkWatcher?.close();
-      target?.watcher.close();
-    };
+    return stop;
   }
 
   async setCurrentMaster(store: string, slot: string): Promise<void> {
@@ -253,7 +453,9 @@ export class FileStoreMapSource implements StoreMapSource {
     }
   }
 
-  async close(): Promise<void> {}
+  async close(): Promise<void> {
+    this.stopWatch?.();
+  }
 }
 
 /**

@@ -1,13 +1,17 @@
 // `mailfront serve` out of file descriptors, for real: its open-files soft limit is lowered while
 // it runs (prlimit --pid) to 3, below every descriptor it holds, so that every open(2), socket(2)
 // and accept(2) fails with EMFILE whatever closes meanwhile, and raised back afterwards.
+//   - A store-map failover written at the limit (temporary file and rename, as the README asks)
+//     is no rejected document: the source is down (storemap.read_failed, storemap.source_failed),
+//     the file is read again on a timer, and once descriptors are free the failover applies and
+//     drains the old master's sessions, without another edit or a SIGHUP.
 //   - A backend connect that fails with EMFILE is mailfront's own limit, not an unreachable slot:
 //     the login is answered at once (not held for failover.hold_ms), the slot is not marked down
 //     by the probes meanwhile, and the store's backend connects count no failure.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
+import { rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { stringify } from 'yaml';
@@ -130,6 +134,54 @@ async function loggedIn(instance: Instance): Promise<LineClient> {
   await client.imapOk(`LOGIN dora ${PASSWORD}`);
   return client;
 }
+
+describe('a store-map failover written while mailfront is out of descriptors', () => {
+  let instance: Instance;
+  before(async () => {
+    instance = await start({});
+  });
+  after(async () => {
+    await finish(instance);
+  });
+
+  test('is not rejected: the source is down until the file can be read again, then the failover applies and drains the old master, without another edit', async () => {
+    const spliced = await loggedIn(instance);
+    try {
+      assert.equal((await nextOf(instance, 0, ['session.spliced'], 5_000))['slot'], 's1');
+      const mark = instance.serve.lines().length;
+      await withoutDescriptors(instance, async () => {
+        const temp = `${instance.storesFile}.tmp`;
+        await writeFile(temp, storesDocument('s2'));
+        await rename(temp, instance.storesFile);
+        const read = await nextOf(instance, mark, ['storemap.read_failed', 'storemap.rejected', 'storemap.loaded'], 10_000);
+        assert.equal(read['event'], 'storemap.read_failed', JSON.stringify(read));
+        assert.equal(read['level'], 'warn');
+        assert.match(String(read['err']), /EMFILE \(too many open files: mailfront's own limit, RLIMIT_NOFILE/);
+        const failed = await nextOf(instance, mark, ['storemap.source_failed'], 5_000);
+        assert.match(String(failed['err']), /EMFILE.*read again after 1 s/);
+        // A retry or two fail meanwhile, without a word more.
+        await new Promise((r) => setTimeout(r, 1_500));
+      });
+      const loaded = await nextOf(instance, mark, ['storemap.loaded'], 15_000);
+      assert.deepEqual(loaded['failovers'], [{ store: 'st1', from: 's1', to: 's2' }]);
+      await nextOf(instance, mark, ['storemap.source_recovered'], 5_000);
+      const since = instance.serve.lines().slice(mark).map((l) => String(l['event']));
+      assert.equal(since.filter((e) => e === 'storemap.read_failed').length, 1, since.join(', '));
+      assert.equal(since.filter((e) => e === 'storemap.source_failed').length, 1, since.join(', '));
+      assert.ok(!since.includes('storemap.rejected'), since.join(', '));
+      // The session on the demoted master is drained as after any failover.
+      await nextOf(instance, mark, ['session.drained'], 5_000);
+      assert.ok(await spliced.waitClosed(5_000), 'the session on s1 stayed open');
+      assert.equal(await sample(instance, 'mailfront_store_map_source_up'), 1);
+      assert.equal(await sample(instance, 'mailfront_store_map_last_load_success'), 1);
+      const afterDrain = instance.serve.lines().length;
+      (await loggedIn(instance)).close();
+      assert.equal((await nextOf(instance, afterDrain, ['session.spliced'], 5_000))['slot'], 's2');
+    } finally {
+      spliced.close();
+    }
+  });
+});
 
 describe('a backend connect that fails for want of descriptors', () => {
   const HOLD_MS = 10_000;
