@@ -7,7 +7,7 @@ import { createLogger } from '../../src/log.js';
 import { HttpServer, readinessOf } from '../../src/server/http.js';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
 import { Metrics, authFailureReason, backendFailureResult } from '../../src/metrics.js';
-import type { SessionEndReasonLabel, SessionPhaseLabel } from '../../src/metrics.js';
+import type { BackendResult, SessionEndReasonLabel, SessionPhaseLabel } from '../../src/metrics.js';
 import type { SessionEndReason, SessionPhase } from '../../src/session/session.js';
 
 // The metric label unions must take every phase and end reason the session uses (compile-time check).
@@ -85,9 +85,48 @@ describe('metrics', () => {
     assert.equal(await value(metrics, 'mailfront_logins_total', { protocol: 'pop3', result: 'auth-failed' }), 1);
     assert.equal(await value(metrics, 'mailfront_auth_failures_total', { reason: 'wrong-password' }), 1);
     assert.equal(await count(metrics, 'mailfront_ldap_request_duration_seconds', { operation: 'search', result: 'success' }), 1);
-    assert.equal(await count(metrics, 'mailfront_backend_connect_duration_seconds', { store: 'store1', result: 'success' }), 1);
-    assert.equal(await count(metrics, 'mailfront_backend_login_duration_seconds', { store: 'store1', result: 'timeout' }), 1);
+    assert.equal(await count(metrics, 'mailfront_backend_connect_duration_seconds', { result: 'success' }), 1);
+    assert.equal(await count(metrics, 'mailfront_backend_login_duration_seconds', { result: 'timeout' }), 1);
+    assert.equal(await value(metrics, 'mailfront_backend_connects_total', { store: 'store1', result: 'success' }), 1);
+    assert.equal(await value(metrics, 'mailfront_backend_logins_total', { store: 'store1', result: 'timeout' }), 1);
     assert.equal(await value(metrics, 'mailfront_proxied_bytes_total', { direction: 'backend-to-client' }), 1234);
+  });
+
+  it('times backend connects and logins by result alone, so that their series do not grow with the stores, and counts them by store and result', async () => {
+    /** The exposition after `stores` stores each had a connect and a login of every result in `results`. */
+    const exposed = async (stores: number, results: readonly BackendResult[]): Promise<{ metrics: Metrics; body: string }> => {
+      const metrics = new Metrics({ processMetrics: false });
+      const names = Array.from({ length: stores }, (_, i) => `store${i}`);
+      metrics.storeMapInForce(1, new Map(names.map((name) => [name, { currentMaster: `${name}m`, preferredMaster: `${name}m`, slots: new Map([[`${name}m`, {}], [`${name}r`, {}]]) }])));
+      for (const store of names) {
+        for (const result of results) {
+          metrics.backendConnect(store, result, 0.001);
+          metrics.backendLogin(store, result, 0.01);
+        }
+      }
+      return { metrics, body: (await metrics.exposition()).body };
+    };
+    const seriesOf = (body: string, name: string): number => body.split('\n').filter((l) => l.startsWith(`${name}_bucket{`) || l.startsWith(`${name}_sum{`) || l.startsWith(`${name}_count{`)).length;
+    const results: BackendResult[] = ['success', 'error', 'timeout'];
+    const one = await exposed(1, results);
+    const many = await exposed(500, results);
+    for (const name of ['mailfront_backend_connect_duration_seconds', 'mailfront_backend_login_duration_seconds']) {
+      assert.ok(seriesOf(one.body, name) > 0, `${name} has series`);
+      assert.equal(seriesOf(many.body, name), seriesOf(one.body, name), `${name}: as many series for 500 stores as for one`);
+      assert.doesNotMatch(many.body, new RegExp(`^${name}_\\w+\\{[^}]*store=`, 'm'), `${name} has no store label`);
+    }
+    assert.equal(await count(many.metrics, 'mailfront_backend_connect_duration_seconds', { result: 'error' }), 500);
+    assert.equal(await count(many.metrics, 'mailfront_backend_login_duration_seconds', { result: 'timeout' }), 500);
+    // Per store, one counter series for each result seen.
+    many.metrics.backendLogin('store7', 'refused', 0.02);
+    many.metrics.backendLogin('store7', 'refused', 0.03);
+    assert.equal(await value(many.metrics, 'mailfront_backend_logins_total', { store: 'store7', result: 'refused' }), 2);
+    assert.equal(await value(many.metrics, 'mailfront_backend_logins_total', { store: 'store7', result: 'success' }), 1);
+    assert.equal(await value(many.metrics, 'mailfront_backend_logins_total', { store: 'store8', result: 'refused' }), undefined);
+    assert.equal(await value(many.metrics, 'mailfront_backend_connects_total', { store: 'store499', result: 'timeout' }), 1);
+    const body = (await many.metrics.exposition()).body;
+    assert.equal(body.split('\n').filter((l) => l.startsWith('mailfront_backend_connects_total{')).length, 500 * results.length);
+    assert.equal(body.split('\n').filter((l) => l.startsWith('mailfront_backend_logins_total{')).length, 500 * results.length + 1);
   });
 
   it('maps error codes to bounded reasons', () => {
@@ -134,6 +173,9 @@ describe('metrics', () => {
     metrics.backendConnect('store2', 'aborted', 0.001);
     metrics.backendLogin('store2', 'aborted', 0.01);
     assert.doesNotMatch((await metrics.exposition()).body, /store="store2"/);
+    // Timed all the same: the durations are of every store together.
+    assert.equal(await count(metrics, 'mailfront_backend_connect_duration_seconds', { result: 'aborted' }), 1);
+    assert.equal(await count(metrics, 'mailfront_backend_login_duration_seconds', { result: 'aborted' }), 1);
     assert.equal(await value(metrics, 'mailfront_store_map_version'), 3);
     assert.equal(await value(metrics, 'mailfront_failovers_total', { store: 'store1' }), 1);
     assert.equal(await value(metrics, 'mailfront_store_map_loads_total', { result: 'success' }), 2);
