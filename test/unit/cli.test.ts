@@ -150,3 +150,33 @@ test('an admin API that takes the request and does not answer in time is told ap
   assert.equal(refused.code, 1, refused.stderr);
   assert.match(refused.stderr, /^mailfront: cannot reach the admin API at http:\/\/127\.0\.0\.1:\d+: connect ECONNREFUSED/);
 });
+
+test('`mailfront stores` prints the table of a map of 50,000 stores of 3 slots (150,000 rows), columns aligned', async () => {
+  const STORES = 50_000;
+  const slots = (i: number): unknown[] =>
+    [0, 1, 2].map((j) => ({ slot: `sl${i}x${j}`, host: '127.0.0.1', ports: { imap: 22001 + j }, master: j === 0, health: 'up', sessions: 0 }));
+  const answer = JSON.stringify({
+    version: 9,
+    stores: Array.from({ length: STORES }, (_, i) => ({ store: `st${i}`, currentMaster: `sl${i}x0`, preferredMaster: `sl${i}x0`, backwards: false, sessions: 0, slots: slots(i) })),
+  });
+  const server = createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(answer);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  try {
+    const stores = await cli(['stores', '--url', `http://127.0.0.1:${(server.address() as AddressInfo).port}`, '--token', 'x']);
+    assert.equal(stores.stderr, '');
+    assert.equal(stores.code, 0);
+    const lines = stores.stdout.split('\n');
+    assert.equal(lines[0], 'store map version 9');
+    assert.equal(lines.length, 2 + STORES * 3 + 1, 'the version, the header, a line per slot and the final newline');
+    // The widest names (st49999, sl49999x2), the last rows', set their columns' widths.
+    assert.equal(lines[1], 'STORE    SLOT       HOST       ROLE     PREFERRED  HEALTH  SESSIONS');
+    assert.equal(lines[2], 'st0      sl0x0      127.0.0.1  master   yes        up      0');
+    assert.equal(lines.at(-2), 'st49999  sl49999x2  127.0.0.1  replica             up      0');
+  } finally {
+    server.close();
+  }
+});
