@@ -98,7 +98,8 @@ function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
 }
 
 function send(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
-  const text = `${JSON.stringify(body, null, 2)}\n`;
+  // Compact: /api/stores for 50,000 stores of 3 slots is 22.3 MB, indented 42.8 MB (the CLI indents for people).
+  const text = `${JSON.stringify(body)}\n`;
   res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store', ...headers });
   res.end(text);
 }
