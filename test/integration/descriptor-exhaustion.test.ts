@@ -199,7 +199,7 @@ describe('a backend connect that fails for want of descriptors', () => {
     // Cached by the directory, and both slots seen up.
     (await loggedIn(instance)).close();
     await instance.serve.logged('slot.health', 2);
-    const connectFailures = async (): Promise<number> => (await sample(instance, 'mailfront_backend_connect_duration_seconds_count{store="st1",result="error"}')) ?? 0;
+    const connectFailures = async (): Promise<number> => (await sample(instance, 'mailfront_backend_connects_total{store="st1",result="error"}')) ?? 0;
     const failuresBefore = await connectFailures();
     const client = await LineClient.connect(instance.imapPort);
     try {
