@@ -74,6 +74,8 @@ export interface LoginSuccess {
 
 /** A pre-auth state machine for one client connection. */
 export interface PreauthMachine {
+  /** A `login` action is out and not yet answered (loginSucceeded, loginFailed or timedOut). */
+  readonly loginPending: boolean;
   /** The greeting to send on accept (and nothing else). */
   greeting(): PreauthAction[];
   /** Feed bytes from the client; returns what to do. Never throws on any input. */

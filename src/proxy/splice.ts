@@ -28,6 +28,11 @@
  * a download waits for a slow client, the client's socket is still read (or written to, which a
  * hang-up fails), so its close is seen anyway, and the backend is read again once the client has
  * taken its bytes.
+ *
+ * A client's FIN is a half-close, as it is to a server it talks to directly: what it sent goes to
+ * the backend, then the FIN, and the backend's answers still go to the client until the backend
+ * closes (HALF_CLOSED_QUIET_MS bounds the wait; see clientEnded()). A backend's FIN ends the
+ * session once what is queued for the client has gone out.
  */
 import { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
@@ -41,6 +46,18 @@ import { SPLICE_STALL_TIMEOUT_MS } from '../limits.js';
  * drain notice, or the other side's close): a peer that does not read must not hold it open.
  */
 const LAST_BYTES_MS = 1_000;
+
+/**
+ * How long a splice whose client has sent its FIN waits for the backend's close with nothing
+ * relayed (each byte to the client starts it again), or the idle timeout if shorter. Dovecot and
+ * Cyrus answer what was pipelined before the FIN and close at once (milliseconds), so this only
+ * ends a backend that does not close, or a client that half-closed and reads nothing: neither
+ * holds the session's two descriptors and its slot in the limits for the 31 min of the idle
+ * timeout. Quiet time, not a total: a long download (`RETR` of a large message, then the FIN, as
+ * `nc -N` does) is not cut while it moves. 60 s, as the pre-auth timeout's default and Dovecot's
+ * login_timeout: far beyond what a working backend takes to answer one pipelined command.
+ */
+const HALF_CLOSED_QUIET_MS = 60_000;
 
 /** Why a splice ended. */
 export type SpliceEndReason = 'client-closed' | 'backend-closed' | 'client-error' | 'backend-error' | 'idle-timeout' | 'stalled' | 'kicked' | 'drained' | 'shutdown' | 'command-refused';
@@ -66,7 +83,7 @@ class IdleSweep {
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
-    private readonly timeoutMs: number,
+    readonly timeoutMs: number,
     /** Quiet time after which a splice whose upload is held back is looked at (at most timeoutMs). */
     private readonly stallMs: number,
   ) {}
@@ -140,6 +157,8 @@ class SpliceSession implements Splice {
   private clientEnding = false;
   private backendEnding = false;
   private closedCount = 0;
+  /** Set once the client has sent its FIN and the splice waits for the backend's close (clientEnded()). */
+  private halfClosedTimer: NodeJS.Timeout | undefined;
   private resolveEnded!: (reason: SpliceEndReason) => void;
   private readonly sweep: IdleSweep;
 
@@ -159,11 +178,11 @@ class SpliceSession implements Splice {
     this.bytesFromClient = pipelined.length;
     this.bytesToClient = leftover.length;
 
-    client.on('error', () => this.finish('client-error'));
+    client.on('error', () => this.finish(this.clientFailed()));
     backend.on('error', () => this.finish('backend-error'));
-    // A half-close from either side ends the session: IMAP and POP3 have no use for half-open connections.
-    client.on('end', () => this.peerEnded(backend, 'client-closed'));
-    backend.on('end', () => this.peerEnded(client, 'backend-closed'));
+    client.on('end', () => this.clientEnded());
+    // After the client's FIN, the backend's close is the end the client asked for.
+    backend.on('end', () => this.peerEnded(client, this.halfClosedTimer === undefined ? 'backend-closed' : 'client-closed'));
     client.on('close', () => this.onClose('client-closed'));
     backend.on('close', () => this.onClose('backend-closed'));
     this.sweep = idleSweepFor(idleTimeoutMs, Math.min(idleTimeoutMs, stallTimeoutMs));
@@ -187,6 +206,9 @@ class SpliceSession implements Splice {
     this.relay = up === 'direct' && down === 'direct' ? 'direct' : 'stream';
     client.resume();
     backend.resume();
+    // The client's FIN came before its login was answered (its commands pipelined behind the
+    // login, then the FIN): its 'end' is past, and the backend gets the FIN now, after them.
+    if (client.readableEnded) this.clientEnded();
   }
 
   /**
@@ -215,7 +237,7 @@ class SpliceSession implements Splice {
       // Earlier writes still queued on the socket go first: then this chunk queues behind them.
       const taken = toFd >= 0 && to.writableLength === 0 ? writeToDescriptor(toFd, chunk, length) : 0;
       if (taken < 0) {
-        this.finish(toClient ? 'client-error' : 'backend-error');
+        this.finish(toClient ? this.clientFailed() : 'backend-error');
         return false;
       }
       if (taken === length) return true;
@@ -312,12 +334,61 @@ class SpliceSession implements Splice {
   finish(reason: SpliceEndReason): void {
     if (this.endReason === null) this.endReason = reason;
     this.sweep.delete(this);
+    clearTimeout(this.halfClosedTimer);
     if (!this.clientEnding) this.client.destroy();
     if (!this.backendEnding) this.backend.destroy();
   }
 
   /**
-   * One side sent its end. What is still queued for the other side, `to` (below its socket's
+   * The client sent its FIN. What it sent before goes to the backend (what is queued on the
+   * backend's socket included), then the FIN, as a client connected to the backend directly
+   * would have it: `DELE 1` and `QUIT`, or `LOGOUT`, then a half-close (`nc -N`, a script's
+   * shutdown(SHUT_WR)) must get their answers, and the backend has acted on them whatever the
+   * client gets (a POP3 deletion is committed at QUIT). The splice goes on relaying the backend's
+   * answers until the backend closes (peerEnded()), or nothing has been relayed for
+   * HALF_CLOSED_QUIET_MS (or the idle timeout, if shorter). That bound takes over from the idle
+   * sweep: the client sends nothing more, and an upload held back is bounded by it too.
+   *
+   * A client socket that cannot be written once its peer's FIN has come (allowHalfOpen off, or
+   * already closing) ends the splice at once, as before: only what is queued for the backend goes.
+   */
+  private clientEnded(): void {
+    if (this.endReason !== null || this.halfClosedTimer !== undefined || !this.client.allowHalfOpen || !this.client.writable || !this.backend.writable) {
+      this.peerEnded(this.backend, 'client-closed');
+      return;
+    }
+    this.sweep.delete(this);
+    this.backend.end();
+    // The quiet time runs from the FIN.
+    this.lastActivity = performance.now();
+    this.halfClosedCheck(this.lastActivity);
+  }
+
+  /**
+   * The half-close's bound: once nothing has gone to the client for the quiet time, the backend
+   * has not closed in time; until then, a look again when it would be up. (A closure only for a
+   * half-closed splice, not a field of every one: memory per idle session.)
+   */
+  private halfClosedCheck(now: number): void {
+    if (this.endReason !== null) return;
+    const boundMs = Math.min(this.sweep.timeoutMs, HALF_CLOSED_QUIET_MS);
+    const quietMs = now - this.lastActivity;
+    if (quietMs >= boundMs) this.finish('client-closed');
+    else this.halfClosedTimer = setTimeout(() => this.halfClosedCheck(performance.now()), boundMs - quietMs).unref();
+  }
+
+  /**
+   * Why a failed client socket ends the splice: 'client-error', or 'client-closed' once the client
+   * has sent its FIN. A client that closed its socket altogether (not half) resets the connection
+   * when the backend's last answers reach it: it closed, as it did before that answer was relayed.
+   */
+  private clientFailed(): SpliceEndReason {
+    return this.client.readableEnded ? 'client-closed' : 'client-error';
+  }
+
+  /**
+   * One side sent its end (the backend, or a client whose socket cannot be half-closed: see
+   * clientEnded()). What is still queued for the other side, `to` (below its socket's
    * mark the relay keeps reading, so the end can arrive before those bytes leave: a backend's
    * last line before it closes, a client's LOGOUT), goes out first, then `to` is ended too.
    * A TLS socket is ended so even with nothing queued: its end() sends the close_notify alert
@@ -361,6 +432,7 @@ class SpliceSession implements Splice {
     if (this.endReason !== null) return;
     this.endReason = reason;
     this.sweep.delete(this);
+    clearTimeout(this.halfClosedTimer);
     // A notice is written only between two responses; in the middle of one (a literal, say)
     // the client would read it as data, so then the connection just closes.
     if (notice !== null && this.client.writable && (this.tracker?.atBoundary() ?? false)) {

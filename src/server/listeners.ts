@@ -273,6 +273,8 @@ export class Listener {
         });
         // A client gone during the handshake: nothing is left to wait for (nor to keep alive until the deadline).
         secure.once('close', () => settle('closed'));
+        // Its FIN alone: the socket is half-open (allowHalfOpen), so no 'close' follows by itself.
+        secure.once('end', () => settle('closed'));
       });
       if (failure !== null) {
         // Not one byte past the PROXY header (if any): a reset or a close before any TLS byte.
@@ -324,7 +326,10 @@ export class Listener {
 
   /** Binds the listener; rejects with a config error naming the address when it cannot. */
   listen(): Promise<void> {
-    const server = createNetServer({ noDelay: true }, (raw) => {
+    // allowHalfOpen: a client's FIN is the end of what it sends, not of what it is sent (IMAP
+    // LOGOUT or POP3 QUIT, then shutdown(SHUT_WR), still gets its answers: the session and the
+    // splice close the connection themselves, session/session.ts and proxy/splice.ts).
+    const server = createNetServer({ noDelay: true, allowHalfOpen: true }, (raw) => {
       this.accepting++;
       this.accept(raw)
         .catch((error: unknown) => {

@@ -163,6 +163,7 @@ function refusalFor(kind: FailureKind): LoginRefusal {
 
 /** Stands in for the pre-auth machine once a session is spliced: nothing more to parse. */
 const SPLICED: PreauthMachine = {
+  loginPending: false,
   greeting: () => [],
   receive: () => [],
   tlsStarted: () => [],
@@ -283,9 +284,22 @@ export class Session {
   private readonly listenerName: string;
   private readonly onPreauthError = (error: Error): void => {
     this.log.debug({ event: 'session.client_error', err: error.message }, 'client connection error before login');
-    this.finish('client-error-preauth');
+    // After its FIN, a client that closed its socket altogether resets the connection when an
+    // answer reaches it: it closed, as it did before that answer was written.
+    this.finish(this.socket.readableEnded ? 'client-closed-preauth' : 'client-error-preauth');
   };
-  private readonly onPreauthClose = (): void => this.finish('client-closed-preauth');
+  /**
+   * The client's FIN ('end') or the connection's close before login. Accepted sockets are
+   * half-open: a FIN ends what the client sends, not the session. A login under way goes on, and
+   * its answer and the commands pipelined behind it are dealt with as they would be otherwise (a
+   * login that succeeds hands them and the FIN to the backend); once nothing waits on a login,
+   * the session ends (perform() sees to a FIN that came during one). All within the pre-auth
+   * deadline, which still runs. One function for both events: one closure less per session.
+   */
+  private readonly onPreauthGone = (): void => {
+    if (this.machine.loginPending && !this.socket.destroyed) return;
+    this.finish('client-closed-preauth');
+  };
 
   constructor(
     socket: Socket,
@@ -334,6 +348,8 @@ export class Session {
     this.attachPreauth(socket, !starttlsAvailable);
     this.perform(this.machine.greeting());
     if (this.phase === 'greeting') this.setPhase('preauth');
+    // A FIN that came with a PROXY header (a balancer's health check) may have been read with it: its 'end' is then past.
+    if (socket.readableEnded) this.onPreauthGone();
   }
 
   /** Who the client is, for the login lines: its address (as forwarded, when trusted) and the balancer's behind a PROXY header. */
@@ -366,13 +382,15 @@ export class Session {
     if (direct && readDirect(socket, this.onDirectRead)) socket.resume();
     else socket.on('data', this.onData);
     socket.on('error', this.onPreauthError);
-    socket.on('close', this.onPreauthClose);
+    socket.on('end', this.onPreauthGone);
+    socket.on('close', this.onPreauthGone);
   }
 
   private detachPreauth(socket: Socket): void {
     socket.off('data', this.onData);
     socket.off('error', this.onPreauthError);
-    socket.off('close', this.onPreauthClose);
+    socket.off('end', this.onPreauthGone);
+    socket.off('close', this.onPreauthGone);
   }
 
   private perform(actions: PreauthAction[]): void {
@@ -387,6 +405,9 @@ export class Session {
     } finally {
       flush();
     }
+    // The client sent its FIN (onPreauthGone()) and what it sent before is answered: a failed
+    // login's refusal, and the commands pipelined behind it, were the last of it.
+    if (this.phase === 'preauth' && this.socket.readableEnded && !this.machine.loginPending) this.finish('client-closed-preauth');
   }
 
   private performEach(actions: PreauthAction[], send: (data: string) => void, flush: () => void): void {
@@ -490,6 +511,10 @@ export class Session {
     // Before the splice only: once spliced, the splice watches the TLS socket and says why the session ended.
     plain.on('close', () => {
       if (this.phase !== 'spliced') this.finish('client-closed-preauth');
+    });
+    // A FIN during the handshake: the socket is half-open, and no 'close' would come until the deadline.
+    secure.once('end', () => {
+      if (!this.tlsActive) this.finish('client-closed-preauth');
     });
   }
 

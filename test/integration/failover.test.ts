@@ -434,6 +434,8 @@ describe('failover by file edit and by the admin API (file store map)', () => {
   /**
    * Sends LOGIN for bea (store beta, slot b1), waits for `event` on b1, calls `whileWaiting`, hangs
    * up, and waits until mailfront has ended that session in its backend login. Returns its id.
+   * The hang-up is a reset: a FIN alone is a half-close, after which the login goes on
+   * (half-close.test.ts).
    */
   async function hangUpDuring(event: string, whileWaiting: () => void = () => undefined): Promise<unknown> {
     const since = front.logs.length;
@@ -443,7 +445,7 @@ describe('failover by file edit and by the admin API (file store map)', () => {
       raw.send(`t1 LOGIN bea ${PASSWORD}`);
       const seen = await waitForLog(front, (l) => l['event'] === event && l['slot'] === 'b1', 5_000, since);
       whileWaiting();
-      raw.close();
+      raw.socket.resetAndDestroy();
       const finished = await waitForLog(front, (l) => l['event'] === 'session.finished' && l['session'] === seen['session'], 2_000, since);
       assert.equal(finished['phase'], 'backend-login');
       return seen['session'];

@@ -111,6 +111,10 @@ export class ImapPreauthMachine implements PreauthMachine {
     this.tlsActive = options.tlsActive;
   }
 
+  get loginPending(): boolean {
+    return this.phase === 'login-pending';
+  }
+
   greeting(): PreauthAction[] {
     return [send(`* OK [CAPABILITY ${this.capabilities()}] ${safeText(this.options.greetingText)}\r\n`)];
   }

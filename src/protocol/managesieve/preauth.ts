@@ -94,6 +94,10 @@ export class ManageSievePreauth implements PreauthMachine {
     this.#tlsActive = options.tlsActive;
   }
 
+  get loginPending(): boolean {
+    return this.#phase === 'login-pending';
+  }
+
   greeting(): PreauthAction[] {
     // RFC 5804 §1.7: the greeting is a capability response, ended by OK.
     const text = oneLineText(this.#options.greetingText);

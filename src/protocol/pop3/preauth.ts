@@ -92,6 +92,10 @@ export class Pop3Preauth implements PreauthMachine {
     return this.#state;
   }
 
+  get loginPending(): boolean {
+    return this.#state === 'awaiting-login';
+  }
+
   greeting(): PreauthAction[] {
     // No APOP timestamp (RFC 1939 §7): APOP's digest binds the password to our challenge, so
     // it could never be replayed to a backend.
