@@ -25,6 +25,16 @@ import type { ConnectionLimiter } from './connection-limits.js';
 /** The least time between two lines about the connections one limit refused. */
 export const REFUSED_LOG_INTERVAL_MS = 10_000;
 
+/**
+ * Quiet time after which the kernel probes a client connection (TCP keepalive; node's libuv then
+ * probes every second, 10 times). A client gone without a FIN (a laptop closed, a phone off the
+ * network) during IDLE, or while its session waits for the backend, is noticed after about 70 s of
+ * silence; without keepalive only the idle timeout (31 min) would end it, or the kernel's
+ * retransmissions (15 min and more) once something is sent. Probes cost nothing to a client that
+ * is there, and keep NAT and firewall state of an IDLE connection alive.
+ */
+export const CLIENT_KEEPALIVE_MS = 60_000;
+
 /** The limits a connection can be refused by at accept (a user's sessions are counted at login). */
 type AcceptLimit = 'total' | 'address';
 
@@ -329,7 +339,7 @@ export class Listener {
     // allowHalfOpen: a client's FIN is the end of what it sends, not of what it is sent (IMAP
     // LOGOUT or POP3 QUIT, then shutdown(SHUT_WR), still gets its answers: the session and the
     // splice close the connection themselves, session/session.ts and proxy/splice.ts).
-    const server = createNetServer({ noDelay: true, allowHalfOpen: true }, (raw) => {
+    const server = createNetServer({ noDelay: true, allowHalfOpen: true, keepAlive: true, keepAliveInitialDelay: CLIENT_KEEPALIVE_MS }, (raw) => {
       this.accepting++;
       this.accept(raw)
         .catch((error: unknown) => {

@@ -3,12 +3,14 @@
  * send, not what they are sent. Through mailfront they get every answer they would get from
  * Dovecot directly, before login (the whole dialogue in one write) and after it, over plain TCP
  * and TLS (with and without a close_notify); a backend that answers but never closes after the
- * FIN does not keep the session past the bound (the idle timeout here, shorter than 60 s).
- * Backends: slapd, a Dovecot with TLS, and a scripted IMAP backend for the one that never closes.
+ * FIN does not keep the session past the bound (the idle timeout here, shorter than 60 s). Also:
+ * accepted client sockets have TCP keepalive on. Backends: slapd, a Dovecot with TLS, and a
+ * scripted IMAP backend for the one that never closes.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { connect, createServer } from 'node:net';
 import type { AddressInfo, Server, Socket } from 'node:net';
@@ -364,4 +366,31 @@ test('no connection is counted once every client has gone', async () => {
   const deadline = Date.now() + 5_000;
   while (front.mailfront.limiter.connections > 0 && Date.now() < deadline) await sleep(20);
   assert.equal(front.mailfront.limiter.connections, 0);
+});
+
+test('accepted client connections have TCP keepalive on, after 60 s of quiet', { skip: process.platform !== 'linux' }, async () => {
+  const client = await HalfCloseClient.connect(front.imapTrustedPort);
+  await client.until(/^\* OK.*\r\n/);
+  const hex = (port: number): string => port.toString(16).toUpperCase().padStart(4, '0');
+  // /proc/net/tcp: "sl local rem st tx:rx tr:tm->when …"; tr 2 is the keepalive timer (sk_timer),
+  // when in clock ticks (USER_HZ, 100 on Linux). mailfront's end: local is the listener's port.
+  const timerField = (): string | undefined => {
+    const rows = ['/proc/net/tcp', '/proc/net/tcp6']
+      .flatMap((file) => readFileSync(file, 'utf8').split('\n').slice(1))
+      .map((line) => line.trim().split(/\s+/))
+      .filter((f) => f[1]?.endsWith(`:${hex(front.imapTrustedPort)}`) && f[2]?.endsWith(`:${hex(client.port)}`));
+    assert.equal(rows.length, 1, 'the accepted connection is listed');
+    return rows[0]![5];
+  };
+  // While the greeting waits for its (delayed) ACK, the retransmission timer (1) shows instead.
+  let field = timerField();
+  for (let i = 0; i < 40 && !field?.startsWith('02:'); i++) {
+    await sleep(50);
+    field = timerField();
+  }
+  const [timer, when] = field!.split(':');
+  assert.equal(timer, '02', `the keepalive timer runs (${field})`);
+  const seconds = Number.parseInt(when!, 16) / 100;
+  assert.ok(seconds > 50 && seconds <= 60, `the first probe is due in ${seconds} s`);
+  client.socket.destroy();
 });
