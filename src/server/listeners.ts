@@ -35,6 +35,14 @@ export const REFUSED_LOG_INTERVAL_MS = 10_000;
  */
 export const CLIENT_KEEPALIVE_MS = 60_000;
 
+/**
+ * Connections the kernel may hold accepted and not yet taken by mailfront, per listener. With
+ * 1024, 2,000 clients connecting at once overflowed it 856 times (each a SYN dropped and sent
+ * again a second later: p90 time to greeting 1.07 s); with 4096, none (0.14 s). The kernel caps it
+ * at net.core.somaxconn (4096 by default since Linux 5.4; 128 before).
+ */
+export const LISTEN_BACKLOG = 4096;
+
 /** The limits a connection can be refused by at accept (a user's sessions are counted at login). */
 type AcceptLimit = 'total' | 'address';
 
@@ -356,7 +364,7 @@ export class Listener {
     return new Promise((resolve, reject) => {
       const onError = (error: NodeJS.ErrnoException): void => reject(new MailfrontError('LISTEN_FAILED', 'config', `listener "${config.name}" cannot bind ${config.host}:${config.port}: ${error.code ?? error.message}`));
       server.once('error', onError);
-      server.listen({ host: config.host, port: config.port, backlog: 1024 }, () => {
+      server.listen({ host: config.host, port: config.port, backlog: LISTEN_BACKLOG }, () => {
         server.off('error', onError);
         server.on('error', (error) => this.log.error({ event: 'listener.error', listener: config.name, err: error.message }, 'listener error'));
         const certificate = this.tls?.certificate;

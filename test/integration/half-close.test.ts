@@ -4,16 +4,17 @@
  * Dovecot directly, before login (the whole dialogue in one write) and after it, over plain TCP
  * and TLS (with and without a close_notify); a backend that answers but never closes after the
  * FIN does not keep the session past the bound (the idle timeout here, shorter than 60 s). Also:
- * accepted client sockets have TCP keepalive on. Backends: slapd, a Dovecot with TLS, and a
- * scripted IMAP backend for the one that never closes.
+ * accepted client sockets have TCP keepalive on, and the listen backlog holds a burst of connects.
+ * Backends: slapd, a Dovecot with TLS, and a scripted IMAP backend for the one that never closes.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { once } from 'node:events';
-import { readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { connect, createServer } from 'node:net';
 import type { AddressInfo, Server, Socket } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import { after, before, describe, test } from 'node:test';
@@ -360,6 +361,43 @@ describe('a FIN during a TLS handshake closes the connection at once, not at the
     const finished = await finishedOf(client.port);
     assert.equal(finished['reason'], 'client-closed-preauth');
   });
+});
+
+test('the listen backlog holds 1,500 connections made at once while mailfront takes none (4096, capped by net.core.somaxconn)', { skip: process.platform !== 'linux' }, async () => {
+  const count = 1_500;
+  const somaxconn = Number(readFileSync('/proc/sys/net/core/somaxconn', 'utf8'));
+  // The kernel completes a handshake while the accept queue has room (backlog + 1 entries) and
+  // drops the SYN otherwise (ListenOverflows: the client sends it again a second later).
+  const expected = Math.min(count, Math.min(4096, somaxconn) + 1);
+  const dir = mkdtempSync(join(tmpdir(), 'mailfront-backlog-'));
+  const result = join(dir, 'connected');
+  const script = `
+import socket, sys, time
+port, count, result = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+socks = []
+for _ in range(count):
+    s = socket.socket(); s.setblocking(False)
+    try: s.connect(('127.0.0.1', port))
+    except BlockingIOError: pass
+    socks.append(s)
+time.sleep(0.5)
+connected = 0
+for s in socks:
+    try: s.getpeername(); connected += 1
+    except OSError: pass
+with open(result + '.tmp', 'w') as f: f.write(str(connected))
+import os; os.rename(result + '.tmp', result)
+time.sleep(1)
+`;
+  const child = execFile('python3', ['-c', script, String(front.imapTrustedPort), String(count), result]);
+  // mailfront runs in this process: while it is blocked, it accepts nothing, and every connection
+  // completed meanwhile waits in the listen backlog.
+  const blockedUntil = Date.now() + 15_000;
+  while (!existsSync(result) && Date.now() < blockedUntil) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
+  const connected = Number(readFileSync(result, 'utf8'));
+  await new Promise((resolve) => child.once('exit', resolve));
+  rmSync(dir, { recursive: true, force: true });
+  assert.equal(connected, expected, `${connected} of ${count} connections completed while mailfront accepted none (somaxconn ${somaxconn})`);
 });
 
 test('no connection is counted once every client has gone', async () => {
