@@ -14,6 +14,7 @@ import { CachingDirectory } from './auth/cache.js';
 import { LdapDirectory } from './auth/ldap.js';
 import { SlotHealthMonitor } from './backend/health.js';
 import { Throttle } from './auth/throttle.js';
+import type { ThrottleChange } from './auth/throttle.js';
 import { ConnectionLimiter } from './server/connection-limits.js';
 import { backendFor, forgetBackendCaFiles, probeSlot } from './backend/connect.js';
 import { ConfigError, buildStoreMap, loadConfig } from './config/load.js';
@@ -208,6 +209,15 @@ export function openFilesLimit(limits = '/proc/self/limits'): number | undefined
   return Number.isSafeInteger(value) ? value : undefined;
 }
 
+/** The log text of a reload's change of the throttle, by what became of its counters. */
+const THROTTLE_CHANGE_TEXTS: Record<ThrottleChange['counters'], string> = {
+  kept: 'throttle settings changed; the counters and refusals in force are kept',
+  copied: 'throttle settings changed; the counters and refusals in force are copied into stores of the new max_tracked',
+  dropped: 'throttling turned off; its counters are dropped',
+  new: 'throttling turned on, with empty counters',
+  none: 'throttle settings changed; throttling is off',
+};
+
 /** A running mailfront process. */
 export class Mailfront {
   readonly registry = new SessionRegistry();
@@ -223,7 +233,7 @@ export class Mailfront {
   /** The HTTP listener follows the config's `http` section (not an address given to start()). */
   private httpFromConfig = true;
   private trusted: CidrSet;
-  private throttle: Throttle;
+  private readonly throttle: Throttle;
   readonly limiter: ConnectionLimiter;
   private stopping = false;
   /** The content of the CA files the directory and the store-map source in force were set up with (CaFileRead's state). */
@@ -307,13 +317,10 @@ export class Mailfront {
 
   private createThrottle(config: Config): Throttle {
     this.metrics.throttleRedis(config.throttle.enabled && config.throttle.redis !== undefined ? false : null);
-    // A throttle replaced by a reload may still report its Redis connection's end: only the one in force sets the gauge.
-    const throttle: Throttle = Throttle.fromConfig(config.throttle, this.log.child({ component: 'throttle' }), {
-      onRedisState: (state) => {
-        if (this.throttle === throttle) this.metrics.throttleRedis(state === 'up');
-      },
+    // Only the Redis connection in force reports (one a reload let go of is silenced by the throttle).
+    return Throttle.fromConfig(config.throttle, this.log.child({ component: 'throttle' }), {
+      onRedisState: (state) => this.metrics.throttleRedis(state === 'up'),
     });
-    return throttle;
   }
 
   private async addListener(listenerConfig: Config['listeners'][number]): Promise<Listener> {
@@ -495,9 +502,12 @@ export class Mailfront {
     this.limiter.setLimits(next.connectionLimits);
     this.checkDescriptorLimit(next);
     if (changed('throttle')) {
-      const replaced = this.throttle;
-      this.throttle = this.createThrottle(next);
-      void replaced.close();
+      // The counters and refusals in force stay (Throttle.reconfigure()): a limit tightened
+      // during an attack must not give every guesser a fresh budget.
+      const change = this.throttle.reconfigure(next.throttle);
+      if (change.redis === 'connecting') this.metrics.throttleRedis(false);
+      else if (change.redis === 'closed') this.metrics.throttleRedis(null);
+      this.log.info({ event: 'throttle.reconfigured', ...change }, THROTTLE_CHANGE_TEXTS[change.counters]);
     }
     this.log.level = next.logLevel;
     if (this.httpFromConfig) {

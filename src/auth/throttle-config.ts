@@ -79,6 +79,52 @@ export const REDIS_TLS_FILES = [
   ['key_file', 'keyFile', 'key'],
 ] as const;
 
+/** Each setting of ThrottleConfig with its config key, in the section's order. */
+const SETTING_KEYS: readonly (readonly [Exclude<keyof ThrottleConfig, 'redis'>, string])[] = [
+  ['enabled', 'enabled'],
+  ['baseDelayMs', 'base_delay_ms'],
+  ['maxDelayMs', 'max_delay_ms'],
+  ['failuresPerUser', 'failures_per_user'],
+  ['failuresPerAddress', 'failures_per_address'],
+  ['failureWindowMs', 'failure_window_ms'],
+  ['refusalMs', 'refusal_ms'],
+  ['maxTrackedSubjects', 'max_tracked'],
+];
+
+/** Each setting of ThrottleRedisConfig with its config key under `redis`. */
+const REDIS_SETTING_KEYS: readonly (readonly [keyof ThrottleRedisConfig, string])[] = [
+  ['url', 'url'],
+  ['username', 'username'],
+  ['password', 'auth_password'],
+  ['keyPrefix', 'key_prefix'],
+  ['timeoutMs', 'timeout_ms'],
+  ['caFile', 'ca_file'],
+  ['certFile', 'cert_file'],
+  ['keyFile', 'key_file'],
+];
+
+/**
+ * The config keys whose values differ between two `throttle` sections (`redis` when one has it
+ * and the other not, else `redis.<key>` for each), for a reload to say what it changed.
+ */
+export function throttleChanges(previous: ThrottleConfig, next: ThrottleConfig): string[] {
+  const changed = SETTING_KEYS.filter(([field]) => previous[field] !== next[field]).map(([, key]) => key);
+  if ((previous.redis === undefined) !== (next.redis === undefined)) changed.push('redis');
+  else if (previous.redis !== undefined && next.redis !== undefined) {
+    for (const [field, key] of REDIS_SETTING_KEYS) if (previous.redis[field] !== next.redis[field]) changed.push(`redis.${key}`);
+  }
+  return changed;
+}
+
+/**
+ * Whether two `throttle.redis` sections reach the same Redis the same way (every setting but the
+ * call deadline, `timeout_ms`): a connection made for one serves the other. A TLS file's content
+ * is not compared: each connection attempt reads it anew.
+ */
+export function sameRedisConnection(a: ThrottleRedisConfig, b: ThrottleRedisConfig): boolean {
+  return REDIS_SETTING_KEYS.every(([field]) => field === 'timeoutMs' || a[field] === b[field]);
+}
+
 /**
  * Reads the `throttle` section (absent: defaults); every problem goes to `issues`. `resolvePath`
  * makes file names absolute (against the config file's folder); without it, a relative file name

@@ -20,7 +20,7 @@ import { caCertificatesProblem, readCaFile } from '../ca-file.js';
 import type { ConfigIssue } from '../config/validate.js';
 import type { Logger } from '../log.js';
 import { addressKey } from '../net/cidr.js';
-import { REDIS_TLS_FILES } from './throttle-config.js';
+import { REDIS_TLS_FILES, sameRedisConnection, throttleChanges } from './throttle-config.js';
 import type { ThrottleConfig, ThrottleRedisConfig } from './throttle-config.js';
 
 /** One login attempt as the throttle sees it. */
@@ -146,15 +146,39 @@ export interface ApartEntry {
  * spraying user names or addresses cannot grow memory without bound.
  */
 export class MemoryThrottleStore implements ThrottleStore {
-  private readonly cache: LRUCache<string, MemoryEntry>;
+  private cache: LRUCache<string, MemoryEntry>;
 
   constructor(
-    private readonly policy: FailurePolicy,
+    private policy: FailurePolicy,
     maxEntries: number,
     private readonly now: Clock = monotonic,
   ) {
+    this.cache = this.newCache(maxEntries);
+  }
+
+  private newCache(maxEntries: number): LRUCache<string, MemoryEntry> {
     // ttlResolution 0: lru-cache would otherwise cache the time for a tick, and refusals end on time.
-    this.cache = new LRUCache<string, MemoryEntry>({ max: maxEntries, ttl: policy.failureWindowMs, ttlResolution: 0, perf: { now } });
+    return new LRUCache<string, MemoryEntry>({ max: maxEntries, ttl: this.policy.failureWindowMs, ttlResolution: 0, perf: { now: this.now } });
+  }
+
+  /**
+   * A reload's new window and refusal time: for the failures counted and refusals started from
+   * now on. A subject counted before keeps the expiry it was given, and a refusal its end.
+   */
+  setPolicy(policy: FailurePolicy): void {
+    this.policy = policy;
+    this.cache.ttl = policy.failureWindowMs;
+  }
+
+  /**
+   * A reload's new max_tracked: the subjects are copied into a cache of that size (lru-cache's
+   * is fixed when it is made), each with the time it had left; when they do not all fit, the
+   * least recently used are forgotten. Returns how many were.
+   */
+  resize(maxEntries: number): number {
+    const before = this.cache.size;
+    this.cache = resized(this.cache, this.newCache(maxEntries));
+    return before - this.cache.size;
   }
 
   /** Subjects tracked now (for tests and metrics). */
@@ -283,6 +307,19 @@ export class MemoryThrottleStore implements ThrottleStore {
     this.cache.clear();
     return Promise.resolve();
   }
+}
+
+/**
+ * `to` (empty) given the entries of `from`, least recently used first, so that their order is
+ * kept and those over its maximum are the least recently used; each with the time it had left.
+ */
+function resized<V extends {}>(from: LRUCache<string, V>, to: LRUCache<string, V>): LRUCache<string, V> {
+  for (const key of from.rkeys()) {
+    const value = from.peek(key);
+    const ttl = from.getRemainingTTL(key);
+    if (value !== undefined && ttl > 0) to.set(key, value, Number.isFinite(ttl) ? { ttl } : {});
+  }
+  return to;
 }
 
 function stateOf(entry: MemoryEntry | undefined, now: number): SubjectState {
@@ -578,8 +615,11 @@ export class RedisThrottleStore implements ThrottleStore {
    * written. Kept as long as Redis keeps a key (the failure window, or a refusal), and bounded
    * like the local counters.
    */
-  private readonly uncleared: LRUCache<string, true>;
+  private uncleared: LRUCache<string, true>;
   private readonly retryIntervalMs: number;
+  /** options.redis, and options.policy, until a reload gives new ones (reconfigure()). */
+  private redis: ThrottleRedisConfig;
+  private policy: FailurePolicy;
   /** When the state last became 'up' from a connection attempt (undefined while not usable). */
   private upSince: number | undefined;
   /** Flaps in a row (see FLAP_MS). */
@@ -599,9 +639,28 @@ export class RedisThrottleStore implements ThrottleStore {
 
   constructor(private readonly options: RedisThrottleStoreOptions) {
     this.retryIntervalMs = options.retryIntervalMs ?? 1_000;
+    this.redis = options.redis;
+    this.policy = options.policy;
     this.missed = new MemoryThrottleStore(options.policy, options.local.capacity);
     this.uncleared = new LRUCache<string, true>({ max: options.local.capacity, ttl: Math.max(options.policy.failureWindowMs, options.policy.refusalMs) });
     this.connecting = this.connect();
+  }
+
+  /**
+   * A reload's new policy and call deadline, on the connection in force: `redis` reaches the same
+   * Redis the same way (sameRedisConnection()). Keys Redis holds keep the expiry they were given.
+   */
+  reconfigure(policy: FailurePolicy, redis: ThrottleRedisConfig): void {
+    this.policy = policy;
+    this.redis = redis;
+    this.missed.setPolicy(policy);
+    this.uncleared.ttl = Math.max(policy.failureWindowMs, policy.refusalMs);
+  }
+
+  /** A reload's new max_tracked, for the failures counted apart and the keys left uncleared (see MemoryThrottleStore.resize()). */
+  resize(maxEntries: number): void {
+    this.missed.resize(maxEntries);
+    this.uncleared = resized(this.uncleared, new LRUCache<string, true>({ max: maxEntries, ttl: this.uncleared.ttl }));
   }
 
   /** The Redis state now. */
@@ -625,7 +684,7 @@ export class RedisThrottleStore implements ThrottleStore {
   }
 
   async addFailure(subjects: readonly SubjectLimit[], fingerprint: string): Promise<SubjectState[]> {
-    const { policy } = this.options;
+    const { policy } = this;
     // A password the local counters hold already was counted before: written to Redis, missed
     // already, or sent in a call that got no answer in time (which Redis may have counted).
     const fresh = subjects.map((s) => !this.options.local.holds(s.key, fingerprint));
@@ -731,7 +790,7 @@ export class RedisThrottleStore implements ThrottleStore {
   }
 
   private key(subject: string): string {
-    return `${this.options.redis.keyPrefix}${subject}`;
+    return `${this.redis.keyPrefix}${subject}`;
   }
 
   /** Redis answers calls ('up', or 'read-only': reads still count). */
@@ -797,7 +856,7 @@ export class RedisThrottleStore implements ThrottleStore {
 
   /** Writes one key's failures counted apart to Redis (see replay()), up to the first one it does not take. */
   private async replayKey({ key, limit, fingerprints, refusalLeftMs }: ApartEntry): Promise<void> {
-    const { policy } = this.options;
+    const { policy } = this;
     let shared: SubjectState | undefined;
     // Redis held one of these passwords already: it was counted twice until now.
     let held = false;
@@ -875,7 +934,7 @@ export class RedisThrottleStore implements ThrottleStore {
    * with `passErrors`, an error reply (Redis answered) is returned for the caller to look at.
    */
   private async guard(client: Client, pending: Promise<unknown>, passErrors = false): Promise<unknown> {
-    const { timeoutMs } = this.options.redis;
+    const { timeoutMs } = this.redis;
     try {
       // The command may still settle after we stopped waiting for it (within() waits no more).
       return await within(pending, timeoutMs, `no answer within ${timeoutMs} ms`);
@@ -900,7 +959,7 @@ export class RedisThrottleStore implements ThrottleStore {
     const now = monotonic();
     if (now - this.lastErrorReplyLogAt < ERROR_REPLY_LOG_INTERVAL_MS) return;
     this.lastErrorReplyLogAt = now;
-    this.options.log.warn({ event: 'throttle.redis_refused', url: this.options.redis.url, reason: withoutSecrets(message, this.options.redis) }, 'Redis refused a throttle call; local counters answered');
+    this.options.log.warn({ event: 'throttle.redis_refused', url: this.redis.url, reason: withoutSecrets(message, this.redis) }, 'Redis refused a throttle call; local counters answered');
   }
 
   /**
@@ -912,7 +971,7 @@ export class RedisThrottleStore implements ThrottleStore {
    * not news, and stays quiet.
    */
   private setState(state: RedisState, given?: string, setup = false): void {
-    const reason = given === undefined ? undefined : withoutSecrets(given, this.options.redis);
+    const reason = given === undefined ? undefined : withoutSecrets(given, this.redis);
     const changed = state !== this.stateNow;
     if (!changed && (state !== 'down' || !this.newDownCause(reason, setup))) return;
     const before = this.stateNow;
@@ -939,7 +998,7 @@ export class RedisThrottleStore implements ThrottleStore {
     // unhandled rejection would end the process and every spliced session).
     if (changed && state === 'up') {
       setImmediate(() => {
-        this.replay().catch((error: unknown) => this.options.log.error({ event: 'throttle.redis_state', state: this.stateNow, err: withoutSecrets(error instanceof Error ? error.message : String(error), this.options.redis) }, 'writing the failures counted apart to Redis failed'));
+        this.replay().catch((error: unknown) => this.options.log.error({ event: 'throttle.redis_state', state: this.stateNow, err: withoutSecrets(error instanceof Error ? error.message : String(error), this.redis) }, 'writing the failures counted apart to Redis failed'));
       });
     }
   }
@@ -957,7 +1016,7 @@ export class RedisThrottleStore implements ThrottleStore {
     this.stateLines++;
     this.lastStateLineAt = monotonic();
     const state = this.stateNow;
-    const fields = { event: 'throttle.redis_state', state, before, url: this.options.redis.url, ...(this.unloggedChanges > 0 ? { changes: this.unloggedChanges } : {}) };
+    const fields = { event: 'throttle.redis_state', state, before, url: this.redis.url, ...(this.unloggedChanges > 0 ? { changes: this.unloggedChanges } : {}) };
     this.unloggedChanges = 0;
     if (state === 'up') this.options.log.info(fields, before === 'connecting' ? 'throttle counters are shared through Redis' : before === 'read-only' ? 'Redis takes writes again; throttle counters are shared again' : 'Redis is back; throttle counters are shared again');
     else if (state === 'read-only' && reason !== undefined && !WRITES_REFUSED.test(reason)) this.options.log.warn({ ...fields, reason }, 'Redis answers throttle calls with an error; this instance counts apart the failures Redis does not take, and adds them to what Redis answers, until Redis takes them');
@@ -1007,7 +1066,7 @@ export class RedisThrottleStore implements ThrottleStore {
    * fail the first call again (it flapped, up and down every few seconds).
    */
   private async connect(): Promise<void> {
-    const { redis } = this.options;
+    const { redis } = this;
     const deadlineMs = Math.max(CONNECT_TIMEOUT_MIN_MS, redis.timeoutMs);
     let client: Client;
     let tls: ReturnType<typeof redisTlsOptions>;
@@ -1121,37 +1180,153 @@ export interface FromConfigOptions {
 
 const ALLOW: ThrottleVerdict = Object.freeze({ refused: false, refusedForMs: 0, delayMs: 0 });
 
+/** How long failures and refusals of `config` last. */
+function policyOf(config: ThrottleConfig): FailurePolicy {
+  return { failureWindowMs: config.failureWindowMs, refusalMs: config.refusalMs, fingerprintsKept: FINGERPRINTS_KEPT };
+}
+
+/** What a reload did to the throttle (Throttle.reconfigure()), for its log line. */
+export interface ThrottleChange {
+  /** The config keys that changed (throttleChanges()). */
+  readonly changed: readonly string[];
+  /**
+   * The counters: `kept` (the new values apply to them), `copied` into stores of a new
+   * max_tracked, `dropped` (throttling turned off), `new` (turned on: empty), `none` (off before and after).
+   */
+  readonly counters: 'kept' | 'copied' | 'dropped' | 'new' | 'none';
+  /** Subjects a copy into smaller stores forgot (the least recently used). */
+  readonly forgotten?: number;
+  /** The Redis connection, where one was or is used: `kept`; `connecting`, a new one; `closed`, the old one let go of. */
+  readonly redis?: 'kept' | 'connecting' | 'closed';
+}
+
 /**
  * The throttle a session asks before authenticating (`check`) and tells after (`recordFailure`,
  * `recordSuccess`). Every method resolves, never rejects.
  */
 export class Throttle {
   private readonly fingerprintKey: Uint8Array;
+  private config: ThrottleConfig;
+  /** Where counters live; null while throttling is off in a throttle built from its config (nothing allocated). */
+  private store: ThrottleStore | null;
+  /** A throttle built from its config: its local counters (behind its Redis store, if any), null while off. */
+  private local: MemoryThrottleStore | null = null;
+  /** A throttle built from its config: how its stores are made again at a reload (undefined for one given its store). */
+  private builder: { readonly log: Logger; readonly options: FromConfigOptions } | undefined;
+  /** Whether the Redis store in force may report its state: a replaced one's late reports are not passed on. */
+  private redisReports = { on: true };
 
   constructor(
-    private readonly config: ThrottleConfig,
-    private readonly store: ThrottleStore,
+    config: ThrottleConfig,
+    store: ThrottleStore | null,
     private readonly options: ThrottleOptions = {},
   ) {
+    this.config = config;
+    this.store = store;
     this.fingerprintKey = options.fingerprintKey ?? randomBytes(32);
   }
 
-  /** Builds the throttle a config asks for: memory counters, or Redis-shared ones with local fallback. */
+  /**
+   * Builds the throttle a config asks for: memory counters, or Redis-shared ones with local
+   * fallback; none while throttling is off (they are made when a reload turns it on).
+   */
   static fromConfig(config: ThrottleConfig, log: Logger, options: FromConfigOptions = {}): Throttle {
-    const policy: FailurePolicy = { failureWindowMs: config.failureWindowMs, refusalMs: config.refusalMs, fingerprintsKept: FINGERPRINTS_KEPT };
-    const local = new MemoryThrottleStore(policy, config.maxTrackedSubjects);
-    const store =
-      config.redis === undefined || !config.enabled
-        ? local
-        : new RedisThrottleStore({
-            redis: config.redis,
-            policy,
-            local,
-            log,
-            ...(options.onRedisState ? { onStateChange: options.onRedisState } : {}),
-            ...(options.retryIntervalMs !== undefined ? { retryIntervalMs: options.retryIntervalMs } : {}),
-          });
-    return new Throttle(config, store, { log, ...(options.fingerprintKey ? { fingerprintKey: options.fingerprintKey } : {}) });
+    const throttle = new Throttle(config, null, { log, ...(options.fingerprintKey ? { fingerprintKey: options.fingerprintKey } : {}) });
+    throttle.builder = { log, options };
+    if (config.enabled) throttle.build(config);
+    return throttle;
+  }
+
+  /** Makes the stores of `config` (throttling on): local counters, and Redis in front of them when it names one. */
+  private build(config: ThrottleConfig): void {
+    const local = new MemoryThrottleStore(policyOf(config), config.maxTrackedSubjects);
+    this.local = local;
+    this.store = config.redis === undefined ? local : this.redisStore(config, config.redis, local);
+  }
+
+  private redisStore(config: ThrottleConfig, redis: ThrottleRedisConfig, local: MemoryThrottleStore): RedisThrottleStore {
+    const { log, options } = this.builder!;
+    const reports = { on: true };
+    this.redisReports = reports;
+    const onRedisState = options.onRedisState;
+    return new RedisThrottleStore({
+      redis,
+      policy: policyOf(config),
+      local,
+      log,
+      ...(onRedisState
+        ? {
+            onStateChange: (state: RedisState) => {
+              if (reports.on) onRedisState(state);
+            },
+          }
+        : {}),
+      ...(options.retryIntervalMs !== undefined ? { retryIntervalMs: options.retryIntervalMs } : {}),
+    });
+  }
+
+  /**
+   * A reload's new `throttle` section, applied to the counters in force rather than to empty ones:
+   * an operator who tightens a limit during an attack must not hand every guesser a fresh budget
+   * and lift every refusal. Delays, limits and `enabled` apply from the next login (a tightened
+   * limit refuses a subject at its next counted failure); a new window or refusal time applies to
+   * the failures counted and refusals started from now on (those before keep their expiry, in
+   * memory and in Redis). A new max_tracked copies the counters into stores of that size; the
+   * Redis connection is kept unless a setting that reaches Redis changed (all but timeout_ms).
+   * Turned off, the counters are dropped (and Redis let go of); turned on, they start empty.
+   * A throttle given its store only takes the new values.
+   */
+  reconfigure(next: ThrottleConfig): ThrottleChange {
+    const previous = this.config;
+    const changed = throttleChanges(previous, next);
+    this.config = next;
+    const policy = policyOf(next);
+    if (this.builder === undefined) {
+      if (this.store instanceof MemoryThrottleStore) this.store.setPolicy(policy);
+      return { changed, counters: 'kept' };
+    }
+    const redisBefore = this.store instanceof RedisThrottleStore ? this.store : undefined;
+    if (!next.enabled) {
+      if (this.store === null) return { changed, counters: 'none' };
+      this.dropStores();
+      return { changed, counters: 'dropped', ...(redisBefore !== undefined ? { redis: 'closed' as const } : {}) };
+    }
+    const local = this.local;
+    if (this.store === null || local === null) {
+      this.build(next);
+      return { changed, counters: 'new', ...(next.redis !== undefined ? { redis: 'connecting' as const } : {}) };
+    }
+    local.setPolicy(policy);
+    const resize = next.maxTrackedSubjects !== previous.maxTrackedSubjects;
+    const forgotten = resize ? local.resize(next.maxTrackedSubjects) : 0;
+    let redis: ThrottleChange['redis'];
+    if (redisBefore !== undefined && previous.redis !== undefined && next.redis !== undefined && sameRedisConnection(previous.redis, next.redis)) {
+      redisBefore.reconfigure(policy, next.redis);
+      if (resize) redisBefore.resize(next.maxTrackedSubjects);
+      redis = 'kept';
+    } else {
+      // Another Redis, or the same reached otherwise: the local counters stand in until the new
+      // connection is up (they hold every failure this instance counted).
+      if (redisBefore !== undefined) {
+        this.redisReports.on = false;
+        redisBefore.close().catch(() => undefined);
+        redis = 'closed';
+      }
+      this.store = local;
+      if (next.redis !== undefined) {
+        this.store = this.redisStore(next, next.redis, local);
+        redis = 'connecting';
+      }
+    }
+    return { changed, counters: resize ? 'copied' : 'kept', ...(forgotten > 0 ? { forgotten } : {}), ...(redis !== undefined ? { redis } : {}) };
+  }
+
+  private dropStores(): void {
+    this.redisReports.on = false;
+    const store = this.store;
+    this.store = null;
+    this.local = null;
+    store?.close().catch(() => undefined);
   }
 
   /** Where counters live now: 'memory', or the Redis state ('up' = shared with the fleet). */
@@ -1161,7 +1336,8 @@ export class Throttle {
 
   /** Resolves once the store is usable or has fallen back (the first Redis connection attempt ended). */
   async ready(): Promise<void> {
-    if (this.store instanceof RedisThrottleStore) await this.store.ready();
+    const store = this.store;
+    if (store instanceof RedisThrottleStore) await store.ready();
   }
 
   /**
@@ -1170,10 +1346,11 @@ export class Throttle {
    * gate lets that many of the address's checks run at a time (LoginGate.checkAddress).
    */
   async check(attempt: LoginAttempt, options: { readonly addressBudget?: boolean } = {}): Promise<BudgetedVerdict> {
-    if (!this.config.enabled) return ALLOW;
+    const store = this.store;
+    if (!this.config.enabled || store === null) return ALLOW;
     const subjects = this.subjects(attempt);
     try {
-      const states = await this.store.read(subjects);
+      const states = await store.read(subjects);
       // The address, when counted, is the last subject (subjects()).
       const at = options.addressBudget === true && !attempt.trusted ? subjects.length - 1 : -1;
       return this.verdict(subjects, states, at < 0 ? undefined : this.config.failuresPerAddress - (states[at]?.failures ?? 0));
@@ -1187,10 +1364,11 @@ export class Throttle {
    * window) and returns how long to wait before answering. The password is only fingerprinted.
    */
   async recordFailure(attempt: LoginAttempt, password: string): Promise<ThrottleVerdict> {
-    if (!this.config.enabled) return ALLOW;
+    const store = this.store;
+    if (!this.config.enabled || store === null) return ALLOW;
     const subjects = this.subjects(attempt);
     try {
-      const states = await this.store.addFailure(subjects, this.fingerprint(attempt.user, password));
+      const states = await store.addFailure(subjects, this.fingerprint(attempt.user, password));
       const verdict = this.verdict(subjects, states);
       if (verdict.refused) {
         this.options.log?.warn(
@@ -1209,9 +1387,10 @@ export class Throttle {
    * an attacker who owns one mailbox could otherwise wipe his address's record at will.
    */
   async recordSuccess(attempt: LoginAttempt): Promise<void> {
-    if (!this.config.enabled || attempt.user === null) return;
+    const store = this.store;
+    if (!this.config.enabled || store === null || attempt.user === null) return;
     try {
-      await this.store.clear([userKey(attempt.user)]);
+      await store.clear([userKey(attempt.user)]);
     } catch {
       // nothing to undo
     }
@@ -1219,7 +1398,8 @@ export class Throttle {
 
   /** Closes the store's connections. */
   close(): Promise<void> {
-    return this.store.close();
+    this.redisReports.on = false;
+    return this.store?.close() ?? Promise.resolve();
   }
 
   /** The penalty after `failures` counted failures: base, doubling, capped. */

@@ -229,6 +229,62 @@ test('memory stays bounded while user names are sprayed: least recently used sub
   assert.ok(perSubject < 1_024, `${perSubject} bytes per tracked subject`);
 });
 
+test('reconfigure: new limits and delays apply to the counts in force; a new window or refusal time to what is counted from then on', async () => {
+  const { throttle, clock } = setup();
+  for (let i = 1; i <= 3; i++) await throttle.recordFailure(from('alice'), `wrong-${i}`);
+  assert.deepEqual(throttle.reconfigure({ ...CONFIG, baseDelayMs: 500, failuresPerUser: 4, failureWindowMs: 120_000, refusalMs: 90_000 }), {
+    changed: ['base_delay_ms', 'failures_per_user', 'failure_window_ms', 'refusal_ms'],
+    counters: 'kept',
+  });
+  assert.equal((await throttle.check(from('alice'))).delayMs, 2_000, 'three failures kept, the new base delay');
+  const fourth = await throttle.recordFailure(from('alice'), 'wrong-4');
+  assert.equal(fourth.refused, true, 'the fourth failure reaches the new limit');
+  assert.equal(fourth.refusedForMs, 90_000, 'a refusal started now lasts the new refusal time');
+  // bob's failure before the reload keeps its window (60 s); carol's after it gets the new one (120 s).
+  const other = setup();
+  await other.throttle.recordFailure(from('bob', '192.0.2.20'), 'x');
+  other.throttle.reconfigure({ ...CONFIG, failureWindowMs: 120_000 });
+  await other.throttle.recordFailure(from('carol', '192.0.2.21'), 'x');
+  other.clock.now += 61_000;
+  assert.equal((await other.throttle.check(from('bob', '192.0.2.20'))).delayMs, 0, 'counted before the reload: its old window');
+  assert.equal((await other.throttle.check(from('carol', '192.0.2.21'))).delayMs, 1_000, 'counted after it: the new window');
+  clock.now += 90_001;
+  assert.equal((await throttle.check(from('alice'))).refused, false);
+});
+
+test('reconfigure of a throttle built from its config: counters kept, copied at a new max_tracked (least recently used left out), dropped when turned off', async () => {
+  const log = pino({ level: 'silent' });
+  const throttle = Throttle.fromConfig({ ...CONFIG, maxTrackedSubjects: 100 }, log);
+  // Trusted: users only, 100 subjects.
+  for (let i = 0; i < 100; i++) await throttle.recordFailure(from(`user${i}`, '10.0.0.1', true), 'x');
+  for (let i = 1; i <= CONFIG.failuresPerUser; i++) await throttle.recordFailure(from('user0', '10.0.0.1', true), `again-${i}`);
+  const refusal = (await throttle.check(from('user0', '10.0.0.1', true))).refusedForMs;
+  assert.ok(refusal > 0);
+  assert.deepEqual(throttle.reconfigure({ ...CONFIG, maxTrackedSubjects: 100, failuresPerUser: 3 }), { changed: ['failures_per_user'], counters: 'kept' });
+  assert.deepEqual(throttle.reconfigure({ ...CONFIG, maxTrackedSubjects: 60, failuresPerUser: 3 }), { changed: ['max_tracked'], counters: 'copied', forgotten: 40 });
+  const verdict = await throttle.check(from('user0', '10.0.0.1', true));
+  assert.ok(verdict.refused && verdict.refusedForMs <= refusal && verdict.refusedForMs > refusal - 1_000, 'the refusal keeps the time it had left');
+  for (let i = 1; i < 100; i++) {
+    const counted = (await throttle.check(from(`user${i}`, '10.0.0.1', true))).delayMs > 0;
+    assert.equal(counted, i >= 41, `user${i}: the most recently used are kept`);
+  }
+  assert.deepEqual(throttle.reconfigure({ ...CONFIG, enabled: false }), { changed: ['enabled', 'failures_per_user', 'max_tracked'], counters: 'dropped' });
+  assert.equal((await throttle.recordFailure(from('user0'), 'y')).refused, false);
+  assert.deepEqual(throttle.reconfigure({ ...CONFIG, enabled: false, baseDelayMs: 2_000 }), { changed: ['base_delay_ms'], counters: 'none' });
+  assert.deepEqual(throttle.reconfigure(CONFIG), { changed: ['enabled', 'base_delay_ms'], counters: 'new' });
+  assert.equal((await throttle.check(from('user0'))).refused, false, 'turned on again: empty counters');
+  assert.equal((await throttle.recordFailure(from('user0'), 'z')).delayMs, CONFIG.baseDelayMs);
+  await throttle.close();
+});
+
+test('a throttle built turned off allocates no counters', () => {
+  const before = process.memoryUsage().arrayBuffers;
+  const throttle = Throttle.fromConfig({ ...CONFIG, enabled: false, maxTrackedSubjects: 2_000_000 }, pino({ level: 'silent' }));
+  // An lru-cache of 2,000,000 with a TTL allocates about 48 MB of typed arrays when it is made.
+  assert.ok(process.memoryUsage().arrayBuffers - before < 4_000_000, `${process.memoryUsage().arrayBuffers - before} bytes`);
+  assert.equal(throttle.sharing, 'memory');
+});
+
 test('config: defaults, every key, and every mistake reported with its path', () => {
   const issues = new IssueList();
   const defaults = readThrottleConfig(undefined, 'throttle', issues);
