@@ -66,6 +66,35 @@ function createDirectory(config: Config, log: Logger, metrics: Metrics, ca: CaFi
   return config.directory.authCacheTtlMs > 0 ? new CachingDirectory(ldap, config.directory.authCacheTtlMs, config.directory.cacheMaxEntries, metrics) : ldap;
 }
 
+/**
+ * Directory settings whose change leaves what the directory answers as it was: how its servers are
+ * reached (deadlines, search connections, StartTLS, the CA, the service account's password: the
+ * same account sees the same entries) and the entry cache's time. A reload that changes only these
+ * keeps the caches (the successful logins, and the entries found unless their time changed),
+ * with the new settings behind them. Any other change (urls, bind_dn, base_dn, user_filter,
+ * store_attribute, login_attribute: who is found and what is read of the entry; auth_cache_ttl_ms,
+ * cache_max_entries: the caches' own bounds) sets the directory up anew with empty caches.
+ */
+const DIRECTORY_SETTINGS_KEEPING_CACHES: ReadonlySet<string> = new Set<keyof Config['directory']>(['starttls', 'caFile', 'connectTimeoutMs', 'operationTimeoutMs', 'searchConnections', 'bindPassword', 'entryCacheTtlMs']);
+
+/** How a reload changes the directory section. */
+interface DirectoryChange {
+  /** The config keys that changed (ca_file also when only its content did). */
+  readonly changed: readonly string[];
+  /** Only DIRECTORY_SETTINGS_KEEPING_CACHES changed: the LDAP directory is replaced behind the caches in force. */
+  readonly behindCaches: boolean;
+}
+
+function directoryChange(previous: Config['directory'], next: Config['directory'], caRenewed: boolean): DirectoryChange {
+  const fields = [...new Set([...Object.keys(previous), ...Object.keys(next)])] as (keyof Config['directory'])[];
+  const differ = fields.filter((f) => JSON.stringify(previous[f]) !== JSON.stringify(next[f]));
+  if (caRenewed && !differ.includes('caFile')) differ.push('caFile');
+  return {
+    changed: differ.map((f) => f.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)).sort(),
+    behindCaches: differ.every((f) => DIRECTORY_SETTINGS_KEEPING_CACHES.has(f)),
+  };
+}
+
 /** The CA file a section names: directory.ca_file, store_map.ldap.ca_file (the directory's unless set). */
 function caFileOf(config: Config, section: CaSection): string | undefined {
   return section === 'directory' ? config.directory.caFile : config.storeMap.kind === 'ldap' ? config.storeMap.caFile : undefined;
@@ -394,6 +423,9 @@ export class Mailfront {
     // A changed directory section is built before anything changes: one that cannot be set up
     // (an unreadable ca_file) rejects the config whole, like a config that does not validate.
     let directory: Directory | undefined;
+    // Or, when only how its servers are reached changed, an LDAP directory to put behind the caches in force.
+    let directoryBehindCaches: LdapDirectory | undefined;
+    let directoryChanges: DirectoryChange | undefined;
     // Likewise a changed store_map section: its new source is made first (an LDAP one reads its CA
     // file). And the store map must build with the new config (the backend profiles its stores name).
     let storeMapSource: StoreMapSource | undefined;
@@ -406,9 +438,14 @@ export class Mailfront {
       caFiles = readCaFiles(next);
       if (changed('storeMap')) storeMapSource = createStoreMapSource(next.storeMap, caContent(caFiles.storeMap), this.log);
       await this.checkStoreMap(next, storeMapSource);
-      if (this.ownsDirectory && changed('directory')) directory = createDirectory(next, this.log, this.metrics, caFiles.directory);
+      if (this.ownsDirectory && changed('directory')) {
+        directoryChanges = directoryChange(previous.directory, next.directory, caFiles.directory.state !== this.caFilesInForce.directory);
+        if (directoryChanges.behindCaches) directoryBehindCaches = new LdapDirectory(next.directory, this.log.child({ component: 'directory' }), this.metrics, caContent(caFiles.directory));
+        else directory = createDirectory(next, this.log, this.metrics, caFiles.directory);
+      }
     } catch (error) {
       void storeMapSource?.close();
+      void directoryBehindCaches?.close();
       // stop() gave up the store-map source's read (see untilStopped()): nothing was committed.
       if (this.stopping) return this.refuseWhileStopping();
       const message = error instanceof Error ? error.message : String(error);
@@ -418,6 +455,7 @@ export class Mailfront {
     }
     if (this.stopping) {
       void directory?.close();
+      void directoryBehindCaches?.close();
       void storeMapSource?.close();
       return this.refuseWhileStopping();
     }
@@ -479,13 +517,30 @@ export class Mailfront {
     // Stopped listeners are let go of once their last session has ended.
     for (const listener of this.listeners) if (!listener.listening) listener.whenRetired(() => this.forgetListener(listener));
     this.metrics.listenersInForce(this.listeners.filter((l) => l.listening).map((l) => l.config.name));
-    if (directory !== undefined) {
-      const replaced = this.directory;
-      this.directory = directory;
+    if (directory !== undefined || directoryBehindCaches !== undefined) {
+      let replaced = this.directory;
+      const kept: string[] = [];
+      if (directoryBehindCaches !== undefined) {
+        // The caches stay; the LDAP directory behind them is replaced (createDirectory() made
+        // the one in force: an LdapDirectory, alone or behind a CachingDirectory).
+        if (replaced instanceof CachingDirectory) {
+          kept.push('auth');
+          replaced = replaced.replaceInner(directoryBehindCaches);
+        } else {
+          this.directory = directoryBehindCaches;
+        }
+        if (replaced instanceof LdapDirectory && directoryBehindCaches.takeEntries(replaced)) kept.push('entry');
+      } else if (directory !== undefined) {
+        this.directory = directory;
+      }
       this.caFilesInForce.directory = caFiles!.directory.state;
       // Logins asking the old directory finish there: a search and a bind, each within its deadlines.
       const { connectTimeoutMs, operationTimeoutMs } = previous.directory;
       void replaced.close(2 * (connectTimeoutMs + operationTimeoutMs));
+      this.log.info(
+        { event: 'directory.reconfigured', changed: directoryChanges?.changed ?? [], kept },
+        directoryBehindCaches !== undefined ? 'directory settings changed; its LDAP connections are set up anew behind the caches in force' : 'directory settings changed; the directory is set up anew with empty caches',
+      );
     }
     if (storeMapSource !== undefined) {
       // The map in force stays until the new source gives a valid one (the reload at the end,

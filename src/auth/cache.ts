@@ -26,13 +26,26 @@ export class CachingDirectory implements Directory {
   readonly byProtocol: boolean;
 
   constructor(
-    private readonly inner: Directory,
+    private inner: Directory,
     private readonly ttlMs: number,
     maxEntries: number,
     private readonly metrics?: Metrics,
   ) {
     this.successes = new LRUCache({ max: maxEntries, ttl: ttlMs });
     this.byProtocol = inner.byProtocol === true;
+  }
+
+  /**
+   * Puts `inner` in place of the directory behind the cache, the successful logins kept: at a
+   * reload that changed only how the directory's servers are reached (deadlines, connections, the
+   * CA), not what they answer, which is the caller's to judge. Returns the one replaced, for the
+   * caller to close once the logins asking it are through.
+   */
+  replaceInner(inner: Directory): Directory {
+    if ((inner.byProtocol === true) !== this.byProtocol) throw new Error('a directory whose answers depend on the protocol in another way cannot take the place of this one');
+    const replaced = this.inner;
+    this.inner = inner;
+    return replaced;
   }
 
   private fingerprint(user: string, password: string, protocol: Protocol | undefined): string {

@@ -460,7 +460,7 @@ export class LdapDirectory implements Directory {
   /** Idle connections for user binds, per URL (opening one per login costs a TCP and maybe a TLS handshake). */
   private readonly bindIdle = new Map<string, Client[]>();
   /** user (with byProtocol, user NUL protocol: see entryKey()) → entry found by the last search, for `config.entryCacheTtlMs`. */
-  private readonly entries: LRUCache<string, FoundEntry> | null;
+  private entries: LRUCache<string, FoundEntry> | null;
   /** directory.user_filter holds {protocol}: whether a user is found depends on the login's protocol. */
   readonly byProtocol: boolean;
   /** With byProtocol, the user filter template of each protocol, {protocol} replaced once here rather than at every login. */
@@ -690,8 +690,9 @@ export class LdapDirectory implements Directory {
     if (cached !== undefined && cached.url !== avoid?.url && !this.keptOff(cached.url)) return cached;
     const forgets = this.forgets;
     const found = await this.searchDirectory(user, template, avoid);
-    // A search that began before forget() must not put back what it dropped.
-    if (found !== null && use !== 'tooling' && forgets === this.forgets) entries?.set(key, found);
+    // A search that began before forget() must not put back what it dropped; nor one that began
+    // before a reload handed the cache over (takeEntries()): the new directory's forget() is not counted here.
+    if (found !== null && use !== 'tooling' && forgets === this.forgets && entries === this.entries) entries?.set(key, found);
     return found;
   }
 
@@ -906,6 +907,20 @@ export class LdapDirectory implements Directory {
     });
     for (const key of keys) entries.delete(key);
     return keys.length;
+  }
+
+  /**
+   * Takes over the entries `replaced` found, for as long as each had left: at a reload that
+   * changed only how the servers are reached, not what they answer (the caller judges), with the
+   * same entry_cache_ttl_ms and cache_max_entries (else this keeps its own empty cache). The
+   * logins still asking `replaced` cache nothing more.
+   */
+  takeEntries(replaced: LdapDirectory): boolean {
+    const same = replaced.config.entryCacheTtlMs === this.config.entryCacheTtlMs && replaced.config.cacheMaxEntries === this.config.cacheMaxEntries;
+    if (!same || replaced.entries === null || this.entries === null) return false;
+    this.entries = replaced.entries;
+    replaced.entries = null;
+    return true;
   }
 
   cacheEntries(): Partial<Record<'auth' | 'entry', number>> {

@@ -1,6 +1,8 @@
 /**
  * What a reload keeps (real slapd, Dovecot and Redis): the throttle's counters and refusals when
- * its policy changes (delays, limits, max_tracked, redis.timeout_ms).
+ * its policy changes (delays, limits, max_tracked, redis.timeout_ms), and the directory's caches
+ * when only its connection settings change (timeouts, search_connections); a change of what the
+ * directory answers (user_filter) empties them.
  */
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -12,7 +14,7 @@ import { registerPasswords, startFront, waitForLog } from './front.js';
 import type { Front } from './front.js';
 
 const PASSWORD = 'Reload-state-pw-7d1e';
-const USERS = ['tara', 'rita', 'mona', 'rhea', 'dina'];
+const USERS = ['tara', 'rita', 'mona', 'rhea', 'dora', 'dina'];
 let slapd: Slapd;
 let dovecot: Dovecot;
 let redis: Redis;
@@ -154,5 +156,35 @@ describe('throttle through Redis', () => {
     assert.equal(line['redis'], 'connecting');
     await waitForLog(front, (l) => l['event'] === 'throttle.redis_state' && l['state'] === 'up', 5_000, since);
     assert.match(await login(front, 'tara', PASSWORD), /^t1 OK /, 'Redis holds no failures under the new prefix');
+  });
+});
+
+describe('directory caches', () => {
+  let front: Front;
+  let original: string;
+  before(async () => {
+    front = await startFront({ slapd, stores: stores(), directory: { entry_cache_ttl_ms: 60_000, auth_cache_ttl_ms: 60_000 } });
+    original = readFileSync(front.configFile, 'utf8');
+  });
+  after(async () => {
+    await front?.stop();
+  });
+
+  test('a reload that changes only connection settings keeps a cached login; one that changes user_filter empties the caches', async () => {
+    assert.match(await login(front, 'dora', PASSWORD), /^t1 OK /);
+    // From now on only the cache lets the old password in.
+    await slapd.setPassword('dora', 'Reload-state-new-pw-1');
+    const since = front.logs.length;
+    await reloadWith(front, original, (c) => {
+      c['directory'] = { ...c['directory'], operation_timeout_ms: 2_500, connect_timeout_ms: 1_500, search_connections: 3 };
+    });
+    assert.match(await login(front, 'dora', PASSWORD), /^t1 OK /, 'the cached login was kept');
+    const line = await waitForLog(front, (l) => l['event'] === 'directory.reconfigured', 1_000, since);
+    assert.deepEqual(line['changed'], ['connect_timeout_ms', 'operation_timeout_ms', 'search_connections']);
+    assert.deepEqual(line['kept'], ['auth', 'entry']);
+    await reloadWith(front, original, (c) => {
+      c['directory'] = { ...c['directory'], user_filter: '(&(objectClass=inetOrgPerson)(uid={user})(uid=*))' };
+    });
+    assert.match(await login(front, 'dora', PASSWORD), /^t1 NO \[AUTHENTICATIONFAILED\] /, 'the caches were emptied: the directory checks the password');
   });
 });
