@@ -241,8 +241,13 @@ export class Listener {
     } else {
       endpoints = socketEndpoints(raw);
     }
-    // A client that hung up while its header was read leaves nothing to serve.
-    if (raw.destroyed || raw.remoteAddress === undefined) return void raw.destroy();
+    // A client that hung up while its header was read leaves nothing to serve. One gone before it
+    // was accepted has no address, so no header was asked for: on a PROXY listener it is a peer
+    // gone before its header (most of HAProxy's checks, which close at once, come to this).
+    if (raw.destroyed || raw.remoteAddress === undefined) {
+      if (config.proxyProtocol && endpoints.header === undefined && raw.remoteAddress === undefined) metrics.proxyHeader(config.name, 'closed');
+      return void raw.destroy();
+    }
     if (this.shuttingDown) return this.refuse(raw, config.tls === 'implicit', 'total', SHUTTING_DOWN_TEXT);
     const trusted = this.context.trustedNetworks().contains(endpoints.client.address);
     const admission = this.context.limiter.admit(endpoints.client.address, trusted);
