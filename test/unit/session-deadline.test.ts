@@ -23,10 +23,27 @@ function startSession(parts: (steps: string[]) => Pick<SessionContext, 'throttle
   return { ...startFakeSession(imapAdapter, 100, { ...parts(steps), storeMap } as unknown as Pick<SessionContext, 'throttle' | 'directory' | 'storeMap'>), steps };
 }
 
+/** Waits (polling) until `predicate` holds; fails with `what` after `timeoutMs`. */
+async function until(predicate: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!predicate()) {
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+/** A turn of the event loop: whatever a settled wait set going (microtasks, setImmediate) has run. */
+async function aTurn(): Promise<void> {
+  await new Promise((resolve) => setImmediate(resolve));
+  await new Promise((resolve) => setTimeout(resolve, 0));
+}
+
 const throttleThatAllows = () => ({ check: async () => ({ refused: false, refusedForMs: 0 }), recordSuccess: async () => undefined, recordFailure: async () => ({ delayMs: 0 }) });
 
 test('a deadline that passes while the throttle answers ends the session; the login goes no further', async () => {
-  const session = startSession((steps) => ({
+  // The throttle answers once the session has ended (or after 2 s: a session that let its
+  // deadline pass would go on to the directory then).
+  const session: Harness = startSession((steps) => ({
     directory: () =>
       ({
         authenticate: async () => {
@@ -37,14 +54,20 @@ test('a deadline that passes while the throttle answers ends the session; the lo
     throttle: () =>
       ({
         ...throttleThatAllows(),
-        check: () => new Promise((resolve) => setTimeout(() => (steps.push('throttle answered'), resolve({ refused: false, refusedForMs: 0 })), 200)),
+        check: async () => {
+          steps.push('throttle asked');
+          await until(() => session.ended() !== '', 'the session to end', 2_000).catch(() => undefined);
+          steps.push('throttle answered');
+          return { refused: false, refusedForMs: 0 };
+        },
       }) as unknown as ReturnType<SessionContext['throttle']>,
   }));
-  setTimeout(() => session.socket.push('a LOGIN bob secret-pw\r\n'), 50);
-  await new Promise((resolve) => setTimeout(resolve, 400));
+  session.socket.push('a LOGIN bob secret-pw\r\n');
+  await until(() => session.steps.includes('throttle answered'), "the throttle's answer");
+  await aTurn();
   assert.equal(session.ended(), 'timeout');
   assert.match(session.socket.out, /\* BYE Autologout[^\n]*\r\n$/);
-  assert.deepEqual(session.steps, ['throttle answered'], 'neither the directory nor the store map was asked after the deadline');
+  assert.deepEqual(session.steps, ['throttle asked', 'throttle answered'], 'neither the directory nor the store map was asked after the deadline');
   // Counted once, as abandoned; not as whatever a login that went on would have met.
   const { body } = await session.metrics.exposition();
   assert.match(body, /^mailfront_logins_total\{protocol="imap",result="aborted"\} 1$/m);
@@ -63,8 +86,10 @@ test('a deadline that cuts a login short at the directory: the login answered as
       }) as unknown as ReturnType<SessionContext['directory']>,
     throttle: () => throttleThatAllows() as unknown as ReturnType<SessionContext['throttle']>,
   }));
-  setTimeout(() => session.socket.push('a LOGIN bob secret-pw\r\nb LOGIN carl other-pw\r\nc LOGOUT\r\n'), 20);
-  await new Promise((resolve) => setTimeout(resolve, 400));
+  session.socket.push('a LOGIN bob secret-pw\r\nb LOGIN carl other-pw\r\nc LOGOUT\r\n');
+  await until(() => session.ended() !== '', 'the session to end');
+  // What was pipelined would run after the login's answer, if it ran at all.
+  await aTurn();
   assert.equal(session.ended(), 'timeout');
   const lines = session.socket.out.split('\r\n').filter((l) => l !== '');
   assert.equal(lines.length, 3, `the greeting, the login's answer and the timeout answer only: ${JSON.stringify(lines)}`);
