@@ -76,8 +76,13 @@ describe('/readyz and the directory check', () => {
     // Past any check begun while mailfront started.
     await new Promise((resolve) => setTimeout(resolve, READINESS_CHECK_REUSE_MS + 50));
     const before = checks;
+    const sent = performance.now();
     const replies = await Promise.all(Array.from({ length: 30 }, () => get(httpPort, '/readyz')));
-    assert.equal(checks - before, 1, `${checks - before} directory checks for 30 concurrent /readyz`);
+    // One, unless a loaded machine spread the thirty over more than a second: a check begins no
+    // sooner than a second after the one before.
+    const spanMs = performance.now() - sent;
+    const burst = checks - before;
+    assert.ok(burst >= 1 && burst <= 1 + Math.floor(spanMs / READINESS_CHECK_REUSE_MS), `${burst} directory checks for 30 concurrent /readyz in ${spanMs.toFixed(0)} ms`);
     for (const reply of replies) {
       assert.equal(reply.status, 200);
       assert.match(reply.body, /"name":"directory","ok":true/);
@@ -86,7 +91,7 @@ describe('/readyz and the directory check', () => {
     reachable = false;
     await new Promise((resolve) => setTimeout(resolve, READINESS_CHECK_REUSE_MS + 50));
     const later = await get(httpPort, '/readyz');
-    assert.equal(checks - before, 2);
+    assert.equal(checks - before, burst + 1);
     // Advisory: still ready, and said to be degraded.
     assert.equal(later.status, 200);
     assert.match(later.body, /"degraded":\[\{"name":"directory","ok":false/);
