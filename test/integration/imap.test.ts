@@ -53,6 +53,13 @@ function client(port: number, user: string, password: string, extra: Partial<Ima
   } as ImapFlowOptions);
 }
 
+/** Dovecot's login line for mailfront's `session` (mailfront names it through ID), waited for up to 3 s ('' if none). */
+async function dovecotLogin(dovecot: Dovecot, session: string): Promise<string> {
+  const deadline = Date.now() + 3_000;
+  while (!(await dovecot.readLog()).includes(`session=<${session}>`) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  return (await dovecot.readLog()).split('\n').find((l) => l.includes(`session=<${session}>`)) ?? '';
+}
+
 async function subjects(c: ImapFlow): Promise<string[]> {
   const lock = await c.getMailboxLock('INBOX');
   try {
@@ -295,13 +302,13 @@ describe('IMAP towards TLS backends and address forwarding', () => {
 
   async function restoreStores(): Promise<void> {
     await front.writeStores(storesAtStart);
-    front.mailfront.reloadStoreMap();
+    await front.mailfront.reloadStoreMap();
   }
 
   for (const tls of ['starttls', 'implicit'] as const) {
     test(`backend TLS (${tls}) verified against the CA file`, async () => {
       await front.writeStores(alphaWith({ tls, ca_file: alphaMaster.caFile!, tls_servername: 'localhost' }));
-      front.mailfront.reloadStoreMap();
+      await front.mailfront.reloadStoreMap();
       try {
         await loginThroughTlsBackend(tls);
       } finally {
@@ -311,6 +318,7 @@ describe('IMAP towards TLS backends and address forwarding', () => {
   }
 
   async function loginThroughTlsBackend(tls: 'starttls' | 'implicit'): Promise<void> {
+      const loggedIn = front.logs.length;
       const c = client(front.imapPort, 'alice', PASSWORDS.alice);
       await c.connect();
       try {
@@ -318,9 +326,14 @@ describe('IMAP towards TLS backends and address forwarding', () => {
       } finally {
         await c.logout();
       }
+      // Over TLS to Dovecot: its login line for the session (named to it through ID) says so.
+      const spliced = await waitForLog(front, (l) => l['event'] === 'session.spliced' && l['user'] === 'alice' && l['slot'] === 'slot-a1', 5_000, loggedIn);
+      const login = await dovecotLogin(alphaMaster, String(spliced['session']));
+      assert.match(login, /imap-login: Info: Login: user=<alice>/, login);
+      assert.match(login, /, TLS,/, `the login to Dovecot went over TLS: ${login}`);
       // Without the CA the backend's certificate is not trusted: the login fails as unavailable.
       await front.writeStores(alphaWith({ tls }));
-      front.mailfront.reloadStoreMap();
+      await front.mailfront.reloadStoreMap();
       // From here on: the line of the other TLS mode's refusal must not count for this one.
       const mark = front.logs.length;
       const refused = client(front.imapPort, 'alice', PASSWORDS.alice);
@@ -341,10 +354,7 @@ describe('IMAP towards TLS backends and address forwarding', () => {
     c.send('a2 LOGOUT\r\n');
     await c.closed;
     const spliced = await waitForLog(front, (l) => l['event'] === 'session.spliced' && l['user'] === 'alice' && l['client'] === '127.0.0.2', 5_000, mark);
-    const session = String(spliced['session']);
-    const deadline = Date.now() + 3_000;
-    while (!(await alphaMaster.readLog()).includes(`session=<${session}>`) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    const login = (await alphaMaster.readLog()).split('\n').find((l) => l.includes(`session=<${session}>`)) ?? '';
+    const login = await dovecotLogin(alphaMaster, String(spliced['session']));
     assert.match(login, /imap-login: Info: Login: user=<alice>/, login);
     assert.match(login, /\brip=127\.0\.0\.2,/, login);
   });
