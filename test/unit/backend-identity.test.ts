@@ -2,13 +2,13 @@
 // backend administrator (backend.reserved_users), whatever the case or domain; and how the option
 // is read (its default depends on the login mode).
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { assertedIdentityProblem } from '../../src/backend/connect.js';
 import { ConfigError, loadConfig, loadStoreMap } from '../../src/config/load.js';
 import { reservedUsersOf } from '../../src/config/schema.js';
+import { tmpDir } from '../integration/servers/tmp.js';
 
 const CYRUS = { loginMode: 'sasl-authzid', proxyUser: 'ProxyAdmin', reservedUsers: ['cyrus', 'root', 'admin'], masterUserSeparator: '*' } as const;
 
@@ -98,7 +98,7 @@ store_map: { file: stores.yaml }
 `;
 
 function load(backend: string, stores = 'stores: {}\n'): ReturnType<typeof loadConfig> {
-  const dir = mkdtempSync(join(tmpdir(), 'mf-identity-'));
+  const dir = tmpDir('identity').path;
   writeFileSync(join(dir, 'mf.yaml'), `${BASE}${backend}`);
   writeFileSync(join(dir, 'stores.yaml'), stores);
   return loadConfig(join(dir, 'mf.yaml'));
@@ -115,7 +115,7 @@ stores:
   a: { current_master: s1, slots: { s1: { host: 127.0.0.1, imap_port: 1430 } } }
   b: { current_master: s2, slots: { s2: { host: 127.0.0.1, imap_port: 1431 } }, backend: { reserved_users: [sysadmin] } }
 `;
-  const dir = mkdtempSync(join(tmpdir(), 'mf-identity-'));
+  const dir = tmpDir('identity').path;
   writeFileSync(join(dir, 'mf.yaml'), `${BASE}backend: { reserved_users: [cyrus, MailAdmin] }\n`);
   writeFileSync(join(dir, 'stores.yaml'), stores);
   const config = loadConfig(join(dir, 'mf.yaml'));

@@ -1,13 +1,14 @@
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { ConfigError, loadConfig, loadStoreMap } from '../../src/config/load.js';
 import { filterLoginAttribute, loginAttributeOf } from '../../src/config/schema.js';
+import { tmpDir } from '../integration/servers/tmp.js';
 
+/** A directory with `files` in it, removed when the process exits. */
 function writeTemp(files: Record<string, string>): string {
-  const dir = mkdtempSync(join(tmpdir(), 'mf-config-'));
+  const dir = tmpDir('config').path;
   for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text);
   return dir;
 }
@@ -371,7 +372,7 @@ test('the documented example in config/ is valid (secret and certificate files s
   const { fileURLToPath } = await import('node:url');
   let root = dirOf(fileURLToPath(import.meta.url));
   while (!readdirSafe(join(root, 'config')).includes('mailfront.yaml')) root = resolvePath(root, '..');
-  const dir = mkdtempSync(join(tmpdir(), 'mf-example-'));
+  const dir = tmpDir('config-example').path;
   const secrets = join(dir, 'etc');
   mkdirSync(join(secrets, 'tls'), { recursive: true });
   const rewrite = (text: string): string => text.replaceAll('/etc/mailfront/', `${secrets}/`);
