@@ -7,7 +7,7 @@ import { chmod, chown, cp, mkdir, readdir, readFile, writeFile } from 'node:fs/p
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LineClient, quoteImap } from './lineclient.js';
-import { freePort } from './ports.js';
+import { freePort, onFreshPorts } from './ports.js';
 import { lifecycleOf, restartable, run, spawnDaemon, waitForPort, type Daemon, type Restartable } from './process.js';
 import { tmpDir, type TmpDir } from './tmp.js';
 
@@ -152,7 +152,12 @@ async function chownTree(path: string, uid: number, gid: number): Promise<void> 
   }
 }
 
-export async function startCyrus(options: CyrusOptions): Promise<Cyrus> {
+/** Starts Cyrus on fresh ports (again on others if one was taken before Cyrus bound it). */
+export function startCyrus(options: CyrusOptions): Promise<Cyrus> {
+  return onFreshPorts('cyrus', () => startCyrusOnce(options));
+}
+
+async function startCyrusOnce(options: CyrusOptions): Promise<Cyrus> {
   const unpacked = cyrusRoot();
   if (!existsSync(join(unpacked, 'usr', 'lib', 'cyrus', 'bin', 'master'))) {
     throw new Error(`cyrus: ${join(unpacked, 'usr', 'lib', 'cyrus', 'bin', 'master')} is missing; run: bash scripts/bootstrap.sh`);

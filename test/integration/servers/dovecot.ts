@@ -5,7 +5,7 @@ import { chown, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { makeCerts } from './certs.js';
-import { freePort } from './ports.js';
+import { freePort, onFreshPorts } from './ports.js';
 import { lifecycleOf, restartable, spawnDaemon, waitForPort, type Daemon, type Restartable } from './process.js';
 import { sshaHash } from './slapd.js';
 import { tmpDir, type TmpDir } from './tmp.js';
@@ -256,7 +256,12 @@ async function ensureMaildir(maildir: string): Promise<void> {
   }
 }
 
-export async function startDovecot(options: DovecotOptions): Promise<Dovecot> {
+/** Starts Dovecot on fresh ports (again on others if one was taken before Dovecot bound it). */
+export function startDovecot(options: DovecotOptions): Promise<Dovecot> {
+  return onFreshPorts(`dovecot ${options.name}`, () => startDovecotOnce(options));
+}
+
+async function startDovecotOnce(options: DovecotOptions): Promise<Dovecot> {
   if (!/^[A-Za-z0-9_.-]+$/.test(options.name)) throw new Error(`dovecot: name must be [A-Za-z0-9_.-]+, got ${options.name}`);
   const tmp: TmpDir = tmpDir(`dovecot-${options.name}`);
   const dir = tmp.path;

@@ -3,7 +3,7 @@
 import { connect } from 'node:net';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { freePort } from './ports.js';
+import { freePort, onFreshPorts } from './ports.js';
 import { run, spawnDaemon, waitForPort, type Daemon } from './process.js';
 import { tmpDir, type TmpDir } from './tmp.js';
 
@@ -104,8 +104,17 @@ function haproxyConfig(options: HaproxyOptions, ports: Record<string, number>, s
   return `${lines.join('\n')}\n`;
 }
 
-/** Starts HAProxy with the given frontends and backends; resolves once every frontend accepts connections. */
-export async function startHaproxy(options: HaproxyOptions): Promise<Haproxy> {
+/**
+ * Starts HAProxy with the given frontends and backends; resolves once every frontend accepts
+ * connections. On fresh ports (again on others if one was taken before HAProxy bound it), unless a
+ * frontend names its port.
+ */
+export function startHaproxy(options: HaproxyOptions): Promise<Haproxy> {
+  if (options.frontends.some((f) => f.port !== undefined)) return startHaproxyOnce(options);
+  return onFreshPorts(`haproxy ${options.name ?? 'lb'}`, () => startHaproxyOnce(options));
+}
+
+async function startHaproxyOnce(options: HaproxyOptions): Promise<Haproxy> {
   const names = [...options.frontends.map((f) => f.name), ...options.backends.map((b) => b.name), ...options.backends.flatMap((b) => b.servers.map((s) => s.name))];
   for (const name of names) if (!NAME.test(name)) throw new Error(`haproxy: names must be [A-Za-z0-9_.-]+, got ${JSON.stringify(name)}`);
   const backendNames = new Set(options.backends.map((b) => b.name));

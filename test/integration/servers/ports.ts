@@ -1,9 +1,16 @@
 // Free TCP ports on 127.0.0.1, picked at run time, and the connections this process holds to one.
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
 
 /** Ports handed out by this process; never hand out the same port twice. */
 const handedOut = new Set<number>();
+/** Ports freePort() hands out before it looks for one (handOutNext()). */
+const handOutFirst: number[] = [];
+
+/** Makes freePort() hand out `port` next, free or not: for the harness's own test of a port taken. */
+export function handOutNext(port: number): void {
+  handOutFirst.push(port);
+}
 
 function probe(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -20,6 +27,11 @@ function probe(): Promise<number> {
 
 /** A TCP port on 127.0.0.1 that was free a moment ago (listen on port 0, read it, close). */
 export async function freePort(): Promise<number> {
+  const next = handOutFirst.shift();
+  if (next !== undefined) {
+    handedOut.add(next);
+    return next;
+  }
   for (let attempt = 0; attempt < 50; attempt++) {
     const port = await probe();
     if (port > 0 && !handedOut.has(port)) {
@@ -28,6 +40,50 @@ export async function freePort(): Promise<number> {
     }
   }
   throw new Error('freePort: could not find a fresh free port on 127.0.0.1');
+}
+
+/** Whether `error` says a port a server was to listen on was taken: its own (EADDRINUSE), or a daemon's exit with its log tail. */
+export function isPortTaken(error: unknown): boolean {
+  return /EADDRINUSE|Address already in use/i.test(error instanceof Error ? error.message : String(error));
+}
+
+/**
+ * Whether a socket holds 127.0.0.1:`port`, so that a server cannot bind it: a bind of our own to
+ * it fails (EADDRINUSE). Ours is that of a connection to the closed port 1, refused at once, with
+ * SO_REUSEADDR (libuv sets it), so a server binding the port meanwhile with SO_REUSEADDR too (slapd,
+ * Cyrus master, Dovecot, Redis, HAProxy do) is not hindered. A port a server listens on is held too:
+ * ask only about one that refused a connection.
+ */
+export function portHeld(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port: 1, localAddress: '127.0.0.1', localPort: port });
+    const done = (held: boolean): void => {
+      socket.destroy();
+      resolve(held);
+    };
+    socket.once('error', (error: NodeJS.ErrnoException) => done(error.code === 'EADDRINUSE'));
+    socket.once('connect', () => done(false));
+  });
+}
+
+/** Launches onFreshPorts() makes in all, the first included. */
+const PORT_ATTEMPTS = 3;
+
+/**
+ * Runs `start`, which takes its ports from freePort(), again while it fails because one of them
+ * was taken before the server bound it: freePort()'s port is free when it looks, and any process
+ * may take it after, e.g. as the local port of a connection (connect() draws from the range that
+ * port 0 does). `start` must leave nothing behind when it fails (no process, no directory).
+ */
+export async function onFreshPorts<T>(name: string, start: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await start();
+    } catch (error) {
+      if (attempt >= PORT_ATTEMPTS || !isPortTaken(error)) throw error;
+      process.stderr.write(`harness: ${name}: a port was taken before it was bound; starting again on fresh ports (launch ${attempt + 1} of ${PORT_ATTEMPTS})\n`);
+    }
+  }
 }
 
 /** Several distinct free ports. */

@@ -7,6 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readFileSync, readdirSync } from 'node:fs';
 import { connect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { portHeld } from './ports.js';
 import { removeAllTmpDirsSync } from './tmp.js';
 
 export interface ExitInfo {
@@ -384,16 +385,37 @@ function describeExit(daemon: Daemon): string {
   return `${daemon.name} (pid ${daemon.pid}) exited early with ${how}; log ${daemon.logFile}:\n${daemon.logTail()}`;
 }
 
-/** Waits until host:port accepts TCP connections. */
+/** How long waitForPort() waits for a port before it asks whether another socket holds it, and how often after. */
+const HELD_CHECK_AFTER_MS = 1_000;
+const HELD_CHECK_EVERY_MS = 500;
+
+/** Says so (EADDRINUSE, for onFreshPorts()) when another socket holds 127.0.0.1:`port`, which refused a connection. */
+async function heldBySomeoneElse(host: string, port: number): Promise<string> {
+  return host === '127.0.0.1' && (await portHeld(port)) && !(await tryConnect(host, port, 1_000)) ? `; ${host}:${port} is held by another socket (EADDRINUSE)` : '';
+}
+
+/**
+ * Waits until host:port accepts TCP connections. A port that another socket took after freePort()
+ * gave it fails the wait with EADDRINUSE in the error: when the daemon exits (slapd at -d 0 does
+ * not say why), or, for one that runs on without it (Cyrus master only logs to syslog), from a
+ * second on, rather than at the deadline.
+ */
 export async function waitForPort(port: number, options: WaitForPortOptions = {}): Promise<void> {
   const host = options.host ?? '127.0.0.1';
-  const deadline = Date.now() + (options.timeoutMs ?? 20_000);
+  const started = Date.now();
+  const deadline = started + (options.timeoutMs ?? 20_000);
   const interval = options.intervalMs ?? 50;
+  let heldCheckAt = started + HELD_CHECK_AFTER_MS;
   for (;;) {
-    if (options.daemon?.hasExited()) throw new Error(describeExit(options.daemon));
+    if (options.daemon?.hasExited()) throw new Error(`${describeExit(options.daemon)}${await heldBySomeoneElse(host, port)}`);
     if (await tryConnect(host, port, 1_000)) {
       if (options.daemon?.hasExited()) throw new Error(describeExit(options.daemon));
       return;
+    }
+    if (Date.now() >= heldCheckAt) {
+      heldCheckAt = Date.now() + HELD_CHECK_EVERY_MS;
+      const held = await heldBySomeoneElse(host, port);
+      if (held !== '') throw new Error(`${options.daemon?.name ?? 'server'}: ${host}:${port} did not accept connections${held}`);
     }
     if (Date.now() > deadline) {
       const tail = options.daemon ? `; log ${options.daemon.logFile}:\n${options.daemon.logTail()}` : '';

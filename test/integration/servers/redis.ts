@@ -2,7 +2,7 @@
 // PID we started. stopOnly()/startAgain() simulate an outage on the same port; pause()/resume()
 // a hung server (the kernel still accepts connections, nothing answers).
 import { join } from 'node:path';
-import { freePort } from './ports.js';
+import { freePort, onFreshPorts } from './ports.js';
 import { lifecycleOf, restartable, spawnDaemon, waitForPort } from './process.js';
 import { tmpDir } from './tmp.js';
 
@@ -32,8 +32,12 @@ export interface RedisOptions {
   readonly args?: readonly string[];
 }
 
-/** Starts redis-server (Debian's redis-server package) on 127.0.0.1 and a free port. */
-export async function startRedis(options: RedisOptions = {}): Promise<Redis> {
+/** Starts redis-server (Debian's redis-server package) on 127.0.0.1 and a free port (another if that one was taken before redis-server bound it). */
+export function startRedis(options: RedisOptions = {}): Promise<Redis> {
+  return onFreshPorts('redis', () => startRedisOnce(options));
+}
+
+async function startRedisOnce(options: RedisOptions): Promise<Redis> {
   const tmp = tmpDir('redis');
   const port = await freePort();
   const logFile = join(tmp.path, 'redis.log');

@@ -5,7 +5,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { makeCerts } from './certs.js';
-import { freePort } from './ports.js';
+import { freePort, onFreshPorts } from './ports.js';
 import { lifecycleOf, restartable, run, spawnDaemon, waitForPort, type Daemon } from './process.js';
 import { tmpDir, type TmpDir } from './tmp.js';
 import type { DirectoryConfig } from '../../../src/config/schema.js';
@@ -258,7 +258,12 @@ export function directoryConfigOf(server: Slapd, overrides: Partial<DirectoryCon
   };
 }
 
-export async function startSlapd(options: SlapdOptions): Promise<Slapd> {
+/** Starts slapd on fresh ports (again on others if one was taken before slapd bound it). */
+export function startSlapd(options: SlapdOptions): Promise<Slapd> {
+  return onFreshPorts('slapd', () => startSlapdOnce(options));
+}
+
+async function startSlapdOnce(options: SlapdOptions): Promise<Slapd> {
   const tmp: TmpDir = tmpDir('slapd');
   const dir = tmp.path;
   const rootPassword = `root-${randomBytes(6).toString('hex')}`;
