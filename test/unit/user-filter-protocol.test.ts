@@ -3,8 +3,7 @@
 // the directory's answers keyed by protocol when, and only when, the filter holds it.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
@@ -14,6 +13,7 @@ import { protocolFilter, userFilter } from '../../src/auth/ldap.js';
 import { ConfigError, loadConfig } from '../../src/config/load.js';
 import { filterLoginAttribute, filterUsesProtocol, loginAttributeOf, unknownFilterPlaceholders, USER_FILTER_PLACEHOLDERS } from '../../src/config/schema.js';
 import type { Protocol } from '../../src/config/schema.js';
+import { tmpDir } from '../integration/servers/tmp.js';
 
 const CLI = join(dirname(fileURLToPath(import.meta.url)), '../../src/cli/main.js');
 
@@ -34,7 +34,7 @@ store_map: { file: stores.yaml, watch: false }
 }
 
 function writeConfig(filter: string): string {
-  const dir = mkdtempSync(join(tmpdir(), 'mf-user-filter-'));
+  const dir = tmpDir('user-filter').path;
   writeFileSync(join(dir, 'stores.yaml'), 'stores:\n  store1:\n    current_master: slot1\n    slots:\n      slot1: { host: 127.0.0.1, imap_port: 1430 }\n');
   writeFileSync(join(dir, 'mf.yaml'), configWithFilter(filter));
   return join(dir, 'mf.yaml');
