@@ -31,7 +31,7 @@
  *
  * A client's FIN is a half-close, as it is to a server it talks to directly: what it sent goes to
  * the backend, then the FIN, and the backend's answers still go to the client until the backend
- * closes (HALF_CLOSED_QUIET_MS bounds the wait; see clientEnded()). A backend's FIN ends the
+ * closes (halfClosedQuiet bounds the wait; see clientEnded()). A backend's FIN ends the
  * session once what is queued for the client has gone out.
  */
 import { Socket } from 'node:net';
@@ -56,8 +56,13 @@ const LAST_BYTES_MS = 1_000;
  * timeout. Quiet time, not a total: a long download (`RETR` of a large message, then the FIN, as
  * `nc -N` does) is not cut while it moves. 60 s, as the pre-auth timeout's default and Dovecot's
  * login_timeout: far beyond what a working backend takes to answer one pipelined command.
+ * While bytes wait on the client's socket the client is reading (or gone, which keepalive and
+ * the failed write tell): the idle timeout bounds that, as for any splice, since libuv writes
+ * again only once a third of the kernel's send buffer has drained, and a client reading at
+ * 16 KiB/s saw no completed write for over 60 s. (An object, not a constant, so that a test can
+ * shorten it.)
  */
-const HALF_CLOSED_QUIET_MS = 60_000;
+export const halfClosedQuiet = { ms: 60_000 };
 
 /** Why a splice ended. */
 export type SpliceEndReason = 'client-closed' | 'backend-closed' | 'client-error' | 'backend-error' | 'idle-timeout' | 'stalled' | 'kicked' | 'drained' | 'shutdown' | 'command-refused';
@@ -346,7 +351,8 @@ class SpliceSession implements Splice {
    * shutdown(SHUT_WR)) must get their answers, and the backend has acted on them whatever the
    * client gets (a POP3 deletion is committed at QUIT). The splice goes on relaying the backend's
    * answers until the backend closes (peerEnded()), or nothing has been relayed for
-   * HALF_CLOSED_QUIET_MS (or the idle timeout, if shorter). That bound takes over from the idle
+   * halfClosedQuiet.ms with nothing queued for the client, the idle timeout while something is
+   * (whichever is shorter). That bound takes over from the idle
    * sweep: the client sends nothing more, and an upload held back is bounded by it too.
    *
    * A client socket that cannot be written once its peer's FIN has come (allowHalfOpen off, or
@@ -371,10 +377,13 @@ class SpliceSession implements Splice {
    */
   private halfClosedCheck(now: number): void {
     if (this.endReason !== null) return;
-    const boundMs = Math.min(this.sweep.timeoutMs, HALF_CLOSED_QUIET_MS);
+    const quietBoundMs = Math.min(this.sweep.timeoutMs, halfClosedQuiet.ms);
+    // A download under way (bytes queued for the client) is bounded by the idle timeout alone;
+    // looked at again within the quiet bound, which applies once the queue has drained.
+    const boundMs = queuedBytes(this.client) > 0 ? this.sweep.timeoutMs : quietBoundMs;
     const quietMs = now - this.lastActivity;
     if (quietMs >= boundMs) this.finish('client-closed');
-    else this.halfClosedTimer = setTimeout(() => this.halfClosedCheck(performance.now()), boundMs - quietMs).unref();
+    else this.halfClosedTimer = setTimeout(() => this.halfClosedCheck(performance.now()), Math.min(boundMs - quietMs, quietBoundMs)).unref();
   }
 
   /**

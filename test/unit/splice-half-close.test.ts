@@ -8,7 +8,7 @@ import { once } from 'node:events';
 import type { Socket } from 'node:net';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { splice } from '../../src/proxy/splice.js';
+import { halfClosedQuiet, splice } from '../../src/proxy/splice.js';
 import type { Splice } from '../../src/proxy/splice.js';
 import { readDirect } from '../../src/net/direct-io.js';
 import { tcpPair, tlsPair } from './socket-pairs.js';
@@ -74,6 +74,36 @@ test('a client that half-closed while a large answer is on its way gets all of i
   await once(client.user, 'end');
   assert.equal(got, message.length);
   assert.equal(await endedWithin(running, 3_000), 'client-closed');
+});
+
+test('a client that half-closed and reads nothing for longer than the quiet bound, an answer queued for it, gets all of it (the idle timeout bounds a download)', async () => {
+  // The review's case: a client reading at 16 KiB/s saw no write completed for over 60 s, and the
+  // quiet bound cut its RETR at 3.9 of 12 MB. Here the bound is 300 ms, the idle timeout 10 s.
+  const saved = halfClosedQuiet.ms;
+  halfClosedQuiet.ms = 300;
+  try {
+    const client = await tcpPair(true);
+    const backend = await tcpPair(true);
+    const running = splice(client.front, backend.front, new Uint8Array(), new Uint8Array(), 10_000);
+    backend.user.resume();
+    client.user.pause();
+    client.user.end('RETR 1\r\n');
+    await once(backend.user, 'end');
+    const message = Buffer.alloc(16 * 1024 * 1024, 0x78);
+    backend.user.end(message);
+    await sleep(1_500);
+    assert.equal(running.ending, false, 'a download waiting on the client is not quiet');
+    let got = 0;
+    client.user.on('data', (chunk: Buffer) => {
+      got += chunk.length;
+    });
+    client.user.resume();
+    await once(client.user, 'end');
+    assert.equal(got, message.length);
+    assert.equal(await endedWithin(running, 3_000), 'client-closed');
+  } finally {
+    halfClosedQuiet.ms = saved;
+  }
 });
 
 for (const kind of ['plain', 'TLS'] as const) {
