@@ -440,7 +440,7 @@ export class Mailfront {
       await this.checkStoreMap(next, storeMapSource);
       if (this.ownsDirectory && changed('directory')) {
         directoryChanges = directoryChange(previous.directory, next.directory, caFiles.directory.state !== this.caFilesInForce.directory);
-        if (directoryChanges.behindCaches) directoryBehindCaches = new LdapDirectory(next.directory, this.log.child({ component: 'directory' }), this.metrics, caContent(caFiles.directory));
+        if (directoryChanges.behindCaches) directoryBehindCaches = new LdapDirectory(next.directory, this.log.child({ component: 'directory' }), this.metrics, caContent(caFiles.directory), true);
         else directory = createDirectory(next, this.log, this.metrics, caFiles.directory);
       }
     } catch (error) {
@@ -529,7 +529,7 @@ export class Mailfront {
         } else {
           this.directory = directoryBehindCaches;
         }
-        if (replaced instanceof LdapDirectory && directoryBehindCaches.takeEntries(replaced)) kept.push('entry');
+        if (directoryBehindCaches.takeEntries(replaced instanceof LdapDirectory ? replaced : null)) kept.push('entry');
       } else if (directory !== undefined) {
         this.directory = directory;
       }
