@@ -12,7 +12,7 @@ import type { DestinationStream } from 'pino';
 import type { Directory } from './auth/directory.js';
 import { CachingDirectory } from './auth/cache.js';
 import { LdapDirectory } from './auth/ldap.js';
-import { SlotHealthMonitor } from './backend/health.js';
+import { MAX_PROBES_IN_FLIGHT, SlotHealthMonitor } from './backend/health.js';
 import { Throttle } from './auth/throttle.js';
 import type { ThrottleChange } from './auth/throttle.js';
 import { ConnectionLimiter } from './server/connection-limits.js';
@@ -310,10 +310,11 @@ export class Mailfront {
     const caFiles = readCaFiles(config);
     const directory = options.directory ?? createDirectory(config, log, metrics, caFiles.directory);
     const mailfront = new Mailfront(config, log, directory, options.directory === undefined, metrics, caFiles);
-    mailfront.checkDescriptorLimit(config);
     try {
       const first = await mailfront.holder.reload('start');
       if (!first.ok) throw new MailfrontError('STOREMAP_UNUSABLE', 'config', `cannot start without a store map: ${first.error ?? 'unknown error'}`);
+      // Once the map is in: its slots are probed, each probe holding a descriptor.
+      mailfront.checkDescriptorLimit(config);
       mailfront.stopWatching = mailfront.holder.source.watch(() => void mailfront.holder.reload('change'), mailfront.onSourceHealth);
       for (const [i, listenerConfig] of config.listeners.entries()) await mailfront.addListener(listenerConfig).catch((error: unknown) => Promise.reject(atListener(error, i, listenerConfig)));
       const http = options.http ?? config.http;
@@ -329,18 +330,21 @@ export class Mailfront {
 
   /**
    * Warns when connection_limits.max_connections may need more descriptors than the process may
-   * open: each client connection takes one, and its backend another. At the limit, a connection
-   * the kernel refuses (EMFILE) is closed by libuv as it is accepted, before mailfront sees it:
-   * no log line, no metric, only process_open_fds at process_max_fds.
+   * open: each client connection takes one, and its backend another; each health probe in flight
+   * one more (MAX_PROBES_IN_FLIGHT, or one per slot when there are fewer). At the limit, a
+   * connection the kernel refuses (EMFILE) is closed by libuv as it is accepted, before mailfront
+   * sees it: no log line, no metric, only process_open_fds at process_max_fds.
    */
   private checkDescriptorLimit(config: Config): void {
     const limit = openFilesLimit();
     const { maxConnections } = config.connectionLimits;
-    const needed = 2 * maxConnections + OTHER_DESCRIPTORS;
+    const slots = this.holder.loaded ? [...this.holder.current.stores.values()].reduce((n, store) => n + store.slots.size, 0) : MAX_PROBES_IN_FLIGHT;
+    const probes = config.health.intervalMs === 0 ? 0 : Math.min(MAX_PROBES_IN_FLIGHT, slots);
+    const needed = 2 * maxConnections + probes + OTHER_DESCRIPTORS;
     if (limit === undefined || needed <= limit) return;
     this.log.warn(
-      { event: 'process.descriptor_limit_low', limit, needed, maxConnections },
-      `the process may open ${limit} files (RLIMIT_NOFILE), and connection_limits.max_connections: ${maxConnections} may need ${needed} (a client and a backend each, and ${OTHER_DESCRIPTORS} more): connections over the limit are closed unannounced; raise LimitNOFILE (ulimit -n) or lower max_connections`,
+      { event: 'process.descriptor_limit_low', limit, needed, maxConnections, probes },
+      `the process may open ${limit} files (RLIMIT_NOFILE), and connection_limits.max_connections: ${maxConnections} may need ${needed} (a client and a backend each, ${probes} health probes at once, and ${OTHER_DESCRIPTORS} more): connections over the limit are closed unannounced; raise LimitNOFILE (ulimit -n) or lower max_connections`,
     );
   }
 
