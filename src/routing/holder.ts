@@ -139,25 +139,23 @@ export class StoreMapHolder {
   }
 
   private async reloadNow(trigger: string): Promise<ReloadResult> {
-    const version = this.versionCounter + 1;
     let doc: unknown;
-    let next: StoreMap;
     try {
       doc = await this.source.load();
+    } catch (caught) {
+      return this.loadFailed(caught, trigger);
+    }
+    return this.put(doc, trigger);
+  }
+
+  /** Puts the map of `doc`, a document the source gave, in force, unless it is the one in force (no new version) or makes no map. */
+  private put(doc: unknown, trigger: string): ReloadResult {
+    const version = this.versionCounter + 1;
+    let next: StoreMap;
+    try {
       next = buildStoreMap(doc, this.source.description, version, this.config());
     } catch (caught) {
-      const error = asMailfrontError(caught);
-      // A source that could not be read gave no document to reject: it is down (its health says
-      // so), and reads itself again until it can be read; what it holds then is put in force.
-      const unreadable = sourceUnreadable(caught);
-      const fields = { source: this.source.description, trigger, versionInForce: this.map?.version ?? 0, err: unreadable ?? error.message };
-      if (unreadable !== undefined) this.log.warn({ event: 'storemap.read_failed', ...fields }, 'the store-map source could not be read; the map in force stays until it can be');
-      else this.log.error({ event: 'storemap.rejected', ...fields }, 'store map update rejected; the last good map stays in force');
-      this.observer.rejected?.(error.message);
-      // The map in force stays, built anew with the config in force (a reload's backend settings).
-      const rebuilt = this.rebuildInForce(version, trigger);
-      this.lastResult = { ok: false, version: this.map?.version ?? 0, changes: rebuilt, error: error.message };
-      return this.lastResult;
+      return this.loadFailed(caught, trigger);
     }
     this.document = { doc, origin: this.source.description };
     const before = this.map;
@@ -169,6 +167,23 @@ export class StoreMapHolder {
       return this.lastResult;
     }
     this.lastResult = { ok: true, version, changes: this.install(next, trigger, this.source.description, 'loaded') };
+    return this.lastResult;
+  }
+
+  /** A load of the source that gave no map (it could not be read, or its document makes none): said, and the map in force stays. */
+  private loadFailed(caught: unknown, trigger: string): ReloadResult {
+    const version = this.versionCounter + 1;
+    const error = asMailfrontError(caught);
+    // A source that could not be read gave no document to reject: it is down (its health says
+    // so), and reads itself again until it can be read; what it holds then is put in force.
+    const unreadable = sourceUnreadable(caught);
+    const fields = { source: this.source.description, trigger, versionInForce: this.map?.version ?? 0, err: unreadable ?? error.message };
+    if (unreadable !== undefined) this.log.warn({ event: 'storemap.read_failed', ...fields }, 'the store-map source could not be read; the map in force stays until it can be');
+    else this.log.error({ event: 'storemap.rejected', ...fields }, 'store map update rejected; the last good map stays in force');
+    this.observer.rejected?.(error.message);
+    // The map in force stays, built anew with the config in force (a reload's backend settings).
+    const rebuilt = this.rebuildInForce(version, trigger);
+    this.lastResult = { ok: false, version: this.map?.version ?? 0, changes: rebuilt, error: error.message };
     return this.lastResult;
   }
 
@@ -219,25 +234,33 @@ export class StoreMapHolder {
   }
 
   /**
-   * Makes `slot` the current master of `store` in the source of truth, then reloads. In the
-   * reloads' queue: failovers of several stores at once are written one after the other (each
-   * read-modify-write of the file sees the one before), and each reports its own reload.
+   * Makes `slot` the current master of `store` in the source of truth, then puts it in force: the
+   * document the source wrote (a file: read and parsed once, not read back), or, when the source
+   * cannot hand it out (LDAP), a reload. In the reloads' queue: failovers of several stores at
+   * once are written one after the other (each read-modify-write of the file sees the one
+   * before), and each reports its own reload.
    */
   failover(store: string, slot: string): Promise<ReloadResult> {
     return this.inTurn(async () => {
       const known = this.current.stores.get(store);
       if (known === undefined) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${store}" is not in the store map`);
       if (!known.slots.has(slot)) throw new MailfrontError('UNKNOWN_SLOT', 'no-route', `slot "${slot}" is not a slot of store "${store}" (slots: ${[...known.slots.keys()].join(', ')})`);
-      let doc: unknown;
+      /** The source's document was read, and handed to the check. */
+      let read = false;
+      let written: { readonly document: unknown } | undefined;
       try {
-        doc = await this.source.load();
+        written = await this.source.setCurrentMaster(store, slot, (doc) => {
+          read = true;
+          this.checkFailover(doc, store, slot);
+        });
       } catch (caught) {
-        throw this.failoverRefused(store, slot, caught, sourceUnreadable(caught) !== undefined ? 'cannot be read' : 'is not valid', undefined);
+        // The document could not be read or is no store map: refused as its load would be. A
+        // ConfigError is always that (a file that changed while the failover was written, read again).
+        if (!read || caught instanceof ConfigError) throw this.failoverRefused(store, slot, caught, sourceUnreadable(caught) !== undefined ? 'cannot be read' : 'is not valid', undefined);
+        throw caught;
       }
-      this.checkFailover(doc, store, slot);
-      await this.source.setCurrentMaster(store, slot);
       this.log.warn({ event: 'storemap.failover_written', store, from: known.currentMaster, to: slot, source: this.source.description }, 'failover written to the store map source');
-      return this.reloadNow('failover');
+      return written === undefined ? this.reloadNow('failover') : this.put(written.document, 'failover');
     });
   }
 

@@ -4,16 +4,17 @@
  * file's shape; validation and versioning happen in the holder. Owns its file watcher, timers
  * and LDAP connection.
  */
-import { realpathSync, statSync, watch } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { readFileSync, realpathSync, statSync, watch } from 'node:fs';
 import type { BigIntStats, FSWatcher } from 'node:fs';
 import { chmod, chown, readFile, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { readCaCertificates } from '../ca-file.js';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { ConnectionOptions } from 'node:tls';
 import { Attribute, Change, Client, ResultCodeError, SizeLimitExceededError } from 'ldapts';
-import { isMap, isScalar, parseDocument } from 'yaml';
+import { isMap, isScalar } from 'yaml';
 import { escapeFilterValue, LdapAnswerRefusedError, ldapBytesReceived, openLdapClient } from '../auth/ldap.js';
-import { ConfigError, readStoreMapFile } from '../config/load.js';
+import { ConfigError, parseStoreMap, readStoreMapFile, unreadableFile } from '../config/load.js';
 import type { StoreMapSourceConfig } from '../config/schema.js';
 import { asMailfrontError, MailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -36,9 +37,13 @@ export interface StoreMapSource {
   watch(onChange: () => void, onHealth?: (error: Error | null) => void): () => void;
   /**
    * Writes a new current master for `store` into the source of truth; a store without an explicit
-   * preferred master gets the master failed over from as its preferred master.
+   * preferred master gets the master failed over from as its preferred master. `check` is given
+   * the source's document as read for the write (before the failover is made in it, and again at
+   * each try of a file that changed meanwhile) and refuses the failover, nothing written, by
+   * throwing. Resolves to the document as written when the source holds it now (a file: what was
+   * renamed into place, so it need not be read back), or undefined (read it again).
    */
-  setCurrentMaster(store: string, slot: string): Promise<void>;
+  setCurrentMaster(store: string, slot: string, check?: (document: unknown) => void): Promise<{ readonly document: unknown } | undefined>;
   close(): Promise<void>;
 }
 
@@ -127,6 +132,11 @@ function identityOf(s: BigIntStats): string {
   return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
 }
 
+/** What a store-map file's content is compared by: a digest, not the text (megabytes at 50,000 stores). */
+function digest(text: string): string {
+  return createHash('sha256').update(text).digest('base64');
+}
+
 /**
  * A YAML store-map file, watched for changes (editors replace files, so the folder is watched),
  * looked at every few seconds for a change the watch missed, and read again on a timer after a
@@ -147,8 +157,13 @@ export class FileStoreMapSource implements StoreMapSource {
     this.timing = { ...FILE_SOURCE_TIMING, ...timing };
   }
 
-  /** The document load() handed out last (JSON), to see whether the file changed before the watch began. */
+  /** The digest of the text load() last parsed into a document, to see whether the file changed before the watch began. */
   private lastLoaded: string | undefined;
+  /**
+   * The digest of the text a failover wrote since the last load(): its document went to the
+   * holder with it, so the watch's event for the write need not read and parse the file again.
+   */
+  private lastWritten: string | undefined;
   /** The file's identity when it was last read, whatever the document (a read that failed for a passing reason aside). */
   private identityRead: string | undefined;
   /** Failovers written so far (names their temporary files). */
@@ -168,17 +183,29 @@ export class FileStoreMapSource implements StoreMapSource {
     return Promise.resolve().then(() => {
       // Before the read: a change while it reads shows at the next look.
       const identity = fileIdentity(this.file);
+      let text: string;
       let document: unknown;
       try {
-        document = readStoreMapFile(this.file, this.baseDir);
+        text = this.readText();
+        document = parseStoreMap(text, this.file, this.baseDir).document;
       } catch (error) {
         if (!this.readFailed(error)) this.readDone(identity, false);
         throw error;
       }
-      this.lastLoaded = JSON.stringify(document);
+      this.lastLoaded = digest(text);
+      this.lastWritten = undefined;
       this.readDone(identity, true);
       return document;
     });
+  }
+
+  /** The file's text; throws the ConfigError of a file that cannot be read. */
+  private readText(): string {
+    try {
+      return readFileSync(this.file, 'utf8');
+    } catch (error) {
+      throw unreadableFile(resolve(this.file), error);
+    }
   }
 
   /** The source's health as its listener hears it: a passing read failure, else the watch's trouble, else good. */
@@ -269,10 +296,29 @@ export class FileStoreMapSource implements StoreMapSource {
     }
     let timer: NodeJS.Timeout | undefined;
     closers.push(() => clearTimeout(timer));
+    // The events of a failover mailfront wrote itself: the file holds what the holder has from
+    // the write. Told as a change, the reload would read and parse it all again (0.5 s of a
+    // blocked event loop at 500 stores), to find the same map.
+    const notify = (): void => {
+      if (this.lastWritten !== undefined && this.listener === listener) {
+        const identity = fileIdentity(this.file);
+        let text: string | undefined;
+        try {
+          text = readFileSync(this.file, 'utf8');
+        } catch {
+          // Told as a change: the reload's read says what is wrong.
+        }
+        if (text !== undefined && digest(text) === this.lastWritten) {
+          this.identityRead = identity;
+          return;
+        }
+      }
+      onChange();
+    };
     // Editors write in several steps; read once they are done.
     const changed = (): void => {
       clearTimeout(timer);
-      timer = setTimeout(onChange, 100);
+      timer = setTimeout(notify, 100);
     };
     const unwatched = (error: unknown): void => {
       if (this.listener !== listener) return;
@@ -367,38 +413,58 @@ export class FileStoreMapSource implements StoreMapSource {
       return stop;
     }
     this.report();
-    // An edit between the last load and the watcher's start raised no event: look once now.
+    // An edit between the last load and the watcher's start raised no event: look once now, by
+    // content (the text, not parsed again: that is the load's).
     try {
-      if (this.lastLoaded !== undefined && JSON.stringify(readStoreMapFile(this.file, this.baseDir)) !== this.lastLoaded) onChange();
+      if (this.lastLoaded !== undefined && digest(this.readText()) !== this.lastLoaded) onChange();
     } catch (error) {
-      // Broken now: the watcher reports its next change. Unreadable for now: read again on a timer.
+      // Gone now: the watcher reports its next change. Unreadable for now: read again on a timer.
       this.readFailed(error);
     }
     return stop;
   }
 
-  async setCurrentMaster(store: string, slot: string): Promise<void> {
+  async setCurrentMaster(store: string, slot: string, check?: (document: unknown) => void): Promise<{ readonly document: unknown }> {
     // A hand edit saved while the failover is written (by rename or in place) would be lost to
     // the rename of a document read before it: the file is read again just before the rename,
     // and if it changed the failover is made again on what it holds now. A few times only: a
     // file rewritten without pause is no file to write to.
     for (let attempt = 1; attempt <= FAILOVER_WRITE_ATTEMPTS; attempt++) {
-      if (await this.writeCurrentMaster(store, slot)) return;
+      const written = await this.writeCurrentMaster(store, slot, check);
+      if (written !== undefined) return written;
     }
     throw new MailfrontError('STOREMAP_FILE_CHANGING', 'config', `${this.file} changed while the failover of store "${store}" to "${slot}" was written, ${FAILOVER_WRITE_ATTEMPTS} times in a row; no failover written (edit the file by hand or fail over through mailfront, not both at once)`);
   }
 
-  /** One read-edit-write of the failover; false (nothing written) when the file changed meanwhile. */
-  private async writeCurrentMaster(store: string, slot: string): Promise<boolean> {
+  /**
+   * One read-edit-write of the failover: the file is read and parsed once, its document checked
+   * (`check`), edited and written, and handed out as written. Undefined (nothing written) when the
+   * file changed meanwhile.
+   */
+  private async writeCurrentMaster(store: string, slot: string, check: ((document: unknown) => void) | undefined): Promise<{ readonly document: unknown } | undefined> {
     // The file itself, not a symbolic link to it: the temporary file is written next to the
     // file and renamed onto it. Renamed onto the link, it would replace the link with a file of
     // its own, and the file the link named would no longer be the map in force.
-    const file = await realpath(this.file);
-    const text = await readFile(file, 'utf8');
-    const doc = parseDocument(text);
+    let file: string;
+    let text: string;
+    try {
+      file = await realpath(this.file);
+      text = await readFile(file, 'utf8');
+    } catch (error) {
+      throw unreadableFile(resolve(this.file), error);
+    }
+    // As a load parses it (a file that is no store map is refused before anything is written).
+    // Each step a turn of the event loop of its own (at 5,000 stores the parse takes some 0.7 s,
+    // the check 0.1 s, the text to write 0.2 s): other sessions are served between them.
+    const { yaml: doc, document } = parseStoreMap(text, this.file, this.baseDir);
+    await nextTurn();
+    check?.(document);
+    await nextTurn();
     // By the name the map was read with: an unquoted `101:` is the number 101 to the document.
     const storeNode = valueNamed(doc.get('stores'), store, this.file);
-    if (!isMap(storeNode)) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${store}" is not in ${this.file}`);
+    // The plain document, edited alike: what the file holds once written, without reading it back.
+    const plain = (document as { stores?: Record<string, Record<string, unknown> | undefined> }).stores?.[store];
+    if (!isMap(storeNode) || plain === undefined) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${store}" is not in ${this.file}`);
     // Editing the parsed document keeps the operator's comments and layout.
     const before = storeNode.get('current_master');
     if (!storeNode.has('preferred_master') && before !== undefined && before !== null && String(before) !== slot) {
@@ -407,8 +473,11 @@ export class FileStoreMapSource implements StoreMapSource {
       // preferred one, next to current_master.
       const index = storeNode.items.findIndex((pair) => isScalar(pair.key) && pair.key.value === 'current_master');
       storeNode.items.splice(index + 1, 0, doc.createPair('preferred_master', String(before)));
+      plain['preferred_master'] = String(before);
     }
     storeNode.set('current_master', slot);
+    plain['current_master'] = slot;
+    const written = doc.toString();
     // Named per write as well as per process: two writes never share a temporary file.
     const temp = join(dirname(file), `.${basename(file)}.${process.pid}.${++this.writes}.tmp`);
     // Created with the old file's permissions, not the umask's: a store map holding a password
@@ -419,7 +488,7 @@ export class FileStoreMapSource implements StoreMapSource {
     // set-ID bits.
     const { mode, uid, gid } = await stat(file);
     try {
-      await writeFile(temp, doc.toString(), { mode: mode & 0o7777 });
+      await writeFile(temp, written, { mode: mode & 0o7777 });
       // Not even the group (a group mailfront is no member of, a system call filter refusing
       // chown): the file is written all the same, a failover must not wait on its group, but the
       // people the mode lets read it are no longer the same. Told once the file is in place.
@@ -437,14 +506,16 @@ export class FileStoreMapSource implements StoreMapSource {
       const unchanged = (await realpath(this.file)) === file && (await readFile(file, 'utf8')) === text;
       if (!unchanged) {
         await rm(temp, { force: true });
-        return false;
+        return undefined;
       }
       await rename(temp, file);
+      this.lastWritten = digest(written);
+      this.lastLoaded = this.lastWritten;
       if (groupLost !== undefined) {
         const err = groupLost.err instanceof Error ? groupLost.err.message : String(groupLost.err);
         this.log?.warn({ event: 'storemap.failover_group_not_kept', file, gid, group: groupLost.now, err }, `failover written to ${file} without its group ${gid} (the file's group is now ${groupLost.now ?? 'unknown'}): ${err}; give the file its group back (chgrp) if others read it`);
       }
-      return true;
+      return { document };
     } catch (error) {
       // A write that failed (a full disk, an immutable or read-only file) leaves no temporary
       // file behind: each failover tried would add one to the folder.
@@ -456,6 +527,11 @@ export class FileStoreMapSource implements StoreMapSource {
   async close(): Promise<void> {
     this.stopWatch?.();
   }
+}
+
+/** Resolves at the event loop's next turn, once what waits for I/O has run. */
+function nextTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }
 
 /**
@@ -729,7 +805,8 @@ export class LdapStoreMapSource implements StoreMapSource {
     };
   }
 
-  async setCurrentMaster(store: string, slot: string): Promise<void> {
+  async setCurrentMaster(store: string, slot: string, check?: (document: unknown) => void): Promise<undefined> {
+    if (check !== undefined) check(await this.load());
     const client = await this.connection();
     const { searchEntries } = await client.search(this.config.baseDn, { scope: 'sub', filter: `(&(objectClass=mailfrontStore)(cn=${escapeFilterValue(store)}))`, attributes: ['cn', 'mailfrontCurrentMaster', 'mailfrontPreferredMaster'] });
     const entry = searchEntries[0];
@@ -745,7 +822,7 @@ export class LdapStoreMapSource implements StoreMapSource {
     if (first(entry['mailfrontPreferredMaster']) === undefined && before !== undefined && before !== slot) {
       try {
         await client.modify(entry.dn, [current, new Change({ operation: 'add', modification: new Attribute({ type: 'mailfrontPreferredMaster', values: [before] }) })]);
-        return;
+        return undefined;
       } catch (error) {
         // The failover is what matters, during an incident: a bind account that may write
         // mailfrontCurrentMaster only (all a failover needed before it added the preferred master),
@@ -755,10 +832,11 @@ export class LdapStoreMapSource implements StoreMapSource {
         if (why === undefined) throw error;
         await client.modify(entry.dn, [current]);
         this.log?.warn({ event: 'storemap.failover_preferred_master_not_written', store, dn: entry.dn, from: before, to: slot, reason: why }, `failover of store "${store}" written without adding its preferred master ${before}: ${why}`);
-        return;
+        return undefined;
       }
     }
     await client.modify(entry.dn, [current]);
+    return undefined;
   }
 
   async close(): Promise<void> {

@@ -22,7 +22,7 @@ const masters = (file: string): unknown => {
  * moment between its read of the map and its rename. fs/promises' export is swapped and synced
  * into the ESM bindings, so the source under test calls it.
  */
-async function withEditsDuringWrites(edit: (n: number) => void, body: () => Promise<void>): Promise<void> {
+async function withEditsDuringWrites(edit: (n: number) => void, body: () => Promise<unknown>): Promise<void> {
   const original = fsp.writeFile;
   let n = 0;
   fsp.writeFile = (async (...args: Parameters<typeof original>) => {
