@@ -110,8 +110,8 @@ export class SlotHealthMonitor {
 
   /**
    * Probes every slot once, slot i of n started i/n of `spreadMs` in (0: each as soon as it may;
-   * in batches, PROBE_BATCH_MS), at most MAX_PROBES_IN_FLIGHT at once. Starts no more once `current` says the round is no longer
-   * wanted (stop(), new timings).
+   * in batches, PROBE_BATCH_MS), at most MAX_PROBES_IN_FLIGHT at once. Starts no more once
+   * `current` says the round is no longer wanted (stop(), new timings).
    */
   async probeAll(spreadMs = 0, current: () => boolean = () => !this.stopped.aborted): Promise<void> {
     const map = this.storeMap();
