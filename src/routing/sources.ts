@@ -629,6 +629,133 @@ export function storeEntriesToDocument(entries: ReadonlyArray<Record<string, unk
   return { stores };
 }
 
+/** When an LDAP store-map source reads the whole map, and what its polls between look at. */
+export interface LdapSourceTiming {
+  /**
+   * How often a poll reads every entry, whatever the polls between found: a store or slot entry
+   * deleted changes no other entry's modifyTimestamp, and is seen within this (a change to an
+   * entry at once, see RecentEntries).
+   */
+  readonly fullReadIntervalMs: number;
+  /** How far before the newest modifyTimestamp of a whole read the polls between look (see LDAP_SOURCE_TIMING). */
+  readonly recentMarginMs: number;
+}
+
+/**
+ * A whole read every 30 s: at 5,000 stores one took 250-330 ms of mailfront's CPU, so at every
+ * poll (every second by default) a quarter of a core, every 30 s about 1 %.
+ *
+ * The polls between look from 10 s before the newest modifyTimestamp of the last whole read: the
+ * timestamps have a granularity of a second, servers of a fleet (the providers of a
+ * multi-provider setup, each stamping what is written to it) differ by a few, and a change
+ * replicated late may be stamped before one that came first. A change stamped earlier still is
+ * seen at the next whole read. Once the newest timestamp has stayed the newest for a whole-read
+ * interval, they look from the second after it (a change from then on is stamped later) where
+ * the server has shown that it searches by modifyTimestamp, else from its second: a store map
+ * imported in a few seconds would otherwise be read again (its timestamps) at each poll until
+ * the next change.
+ */
+const LDAP_SOURCE_TIMING: LdapSourceTiming = { fullReadIntervalMs: 30_000, recentMarginMs: 10_000 };
+
+/**
+ * What the polls between two whole reads compare with: the entries whose modifyTimestamp is at
+ * or after `since` (the newest of the read, less recentMarginMs), by DN, with their version. A
+ * search for those entries that finds the same DNs in the same versions finds no change: a change
+ * to any entry (a failover, by mailfront or another tool) or an entry added stamps it anew, and a
+ * deletion of one of them leaves one fewer. It holds one entry at least (the newest) until the
+ * server has answered such a search with the entries expected, so a server that cannot search by
+ * modifyTimestamp (an answer without the newest) is read whole at each poll.
+ */
+interface RecentEntries {
+  /** The connection of the whole read: after a reconnect (maybe to another server of the fleet) the next poll reads the whole map. */
+  readonly client: Client;
+  /** The fingerprint of the read's document: the polls compare with the whole read the holder has (see lastFingerprint). */
+  readonly fingerprint: string;
+  /** When (performance.now()) the whole read began. */
+  readonly readAt: number;
+  /** The filter value: a GeneralizedTime in UTC, whole seconds. */
+  readonly since: string;
+  /** The version of each entry at or after `since`, by lower-cased DN (see entryVersion). */
+  readonly versions: ReadonlyMap<string, string>;
+  /** The newest modifyTimestamp (ms since the epoch), and since when (performance.now()) whole reads of this connection have found it the newest. */
+  readonly newestMs: number;
+  readonly newestSince: number;
+}
+
+/** Milliseconds since the epoch of a GeneralizedTime (RFC 4517 §3.3.13: `YYYYMMDDHH[MM[SS]][(.|,)fraction](Z|±HHMM)`), or undefined. */
+export function generalizedTimeMs(value: string): number | undefined {
+  const m = /^(\d{4})(\d{2})(\d{2})(\d{2})(\d{2})?(\d{2})?(?:[.,](\d+))?(Z|[+-]\d{4})$/.exec(value);
+  if (m === null) return undefined;
+  const [, year, month, day, hour, minute = '00', second = '00', fraction = '', zone] = m;
+  const offsetMinutes = zone === 'Z' ? 0 : (zone!.startsWith('-') ? -1 : 1) * (Number(zone!.slice(1, 3)) * 60 + Number(zone!.slice(3, 5)));
+  const ms = Date.UTC(Number(year), Number(month) - 1, Number(day), Number(hour), Number(minute), Number(second), Math.floor(Number(`0.${fraction || '0'}`) * 1000));
+  return Number.isNaN(ms) ? undefined : ms - offsetMinutes * 60_000;
+}
+
+/** A time as a GeneralizedTime in UTC, whole seconds (`20261205224600Z`). */
+function generalizedTime(ms: number): string {
+  return `${new Date(ms).toISOString().slice(0, 19).replace(/[-T:]/g, '')}Z`;
+}
+
+/** The one value of the operational attribute `name` of `entry` (a server may spell it with other capitals). */
+function operational(entry: Record<string, unknown>, name: string): string | undefined {
+  if (name in entry) return first(entry[name]);
+  const lower = name.toLowerCase();
+  for (const key of Object.keys(entry)) if (key.toLowerCase() === lower) return first(entry[key]);
+  return undefined;
+}
+
+/**
+ * Which change of an entry a read saw: its entryCSN (OpenLDAP's change sequence number, to the
+ * microsecond), else its modifyTimestamp (to the second: two changes within one second look alike).
+ */
+function entryVersion(entry: Record<string, unknown>): string | undefined {
+  return operational(entry, 'entryCSN') ?? operational(entry, 'modifyTimestamp');
+}
+
+/** The operational attributes the reads ask for (never sent unless named). */
+const VERSION_ATTRIBUTES = ['modifyTimestamp', 'entryCSN'];
+
+/**
+ * The recent entries of a whole read, begun at `readAt` (performance.now()) and `readAtMs` (the
+ * wall clock's): those stamped at or after the newest modifyTimestamp less
+ * `timing.recentMarginMs`; once it has been the newest for fullReadIntervalMs (`previous` being
+ * the recent entries of the whole read before), from the second after it where `searchesByTime`,
+ * else from its own second. Undefined, so that the next poll reads the whole map, when an entry
+ * has no modifyTimestamp the source may read (a server that keeps none, an ACL that hides it) or
+ * there is no entry; and, on a server that keeps no entryCSN, while the newest modifyTimestamp is
+ * within a second and the margin of the read's time by mailfront's clock (a change within its
+ * second would look like none).
+ */
+function recentEntries(entries: ReadonlyArray<Record<string, unknown> & { dn: string }>, at: { readonly client: Client; readonly fingerprint: string; readonly readAt: number; readonly readAtMs: number }, previous: RecentEntries | undefined, searchesByTime: boolean, timing: LdapSourceTiming): RecentEntries | undefined {
+  const times: number[] = [];
+  /** Times by their text: entries written together share a second. */
+  const parsed = new Map<string, number | undefined>();
+  let newest = -Infinity;
+  let precise = true;
+  for (const entry of entries) {
+    const stamp = operational(entry, 'modifyTimestamp');
+    if (stamp === undefined) return undefined;
+    let ms = parsed.get(stamp);
+    if (ms === undefined && !parsed.has(stamp)) parsed.set(stamp, (ms = generalizedTimeMs(stamp)));
+    if (ms === undefined) return undefined;
+    times.push(ms);
+    if (ms > newest) newest = ms;
+    if (precise && operational(entry, 'entryCSN') === undefined) precise = false;
+  }
+  if (times.length === 0) return undefined;
+  if (!precise && at.readAtMs < Math.floor(newest / 1000) * 1000 + 1000 + timing.recentMarginMs) return undefined;
+  const newestSince = previous !== undefined && previous.client === at.client && previous.newestMs === newest ? previous.newestSince : at.readAt;
+  const settled = at.readAt - newestSince >= timing.fullReadIntervalMs;
+  const sinceMs = Math.floor((settled ? newest : newest - timing.recentMarginMs) / 1000) * 1000 + (settled && searchesByTime ? 1000 : 0);
+  const versions = new Map<string, string>();
+  for (const [i, entry] of entries.entries()) if (times[i]! >= sinceMs) versions.set(lowerDn(entry.dn), entryVersion(entry)!);
+  return { client: at.client, fingerprint: at.fingerprint, readAt: at.readAt, since: generalizedTime(sinceMs), versions, newestMs: newest, newestSince };
+}
+
+/** The filter of the store map's entries. */
+const STORE_ENTRIES_FILTER = '(|(objectClass=mailfrontStore)(objectClass=mailfrontSlot))';
+
 /** Store entries in LDAP, polled; a failover is an LDAP modify of mailfrontCurrentMaster. */
 export class LdapStoreMapSource implements StoreMapSource {
   readonly description: string;
@@ -637,10 +764,16 @@ export class LdapStoreMapSource implements StoreMapSource {
   /** Bytes one read of the map may take, all pages together (store_map.ldap.max_answer_bytes). */
   private readonly maxAnswerBytes: number;
   private lastFingerprint = '';
+  /** The recent entries of the last whole read, for the polls until the next (see RecentEntries). */
+  private recent: RecentEntries | undefined;
+  /** The connection whose server answered a search by modifyTimestamp with the entries expected (some). */
+  private searchesByTime: Client | undefined;
   /** Set by close(): a connection opened after it (by a poll in flight) is let go at once. */
   private closed = false;
   /** The URL of the server that last took our bind: the one tried first on the next connection. */
   private answered: string | undefined;
+
+  private readonly timing: LdapSourceTiming;
 
   /**
    * `ca`: store_map.ldap.ca_file's content as the caller read it; read here when not given. `log`
@@ -650,8 +783,10 @@ export class LdapStoreMapSource implements StoreMapSource {
     private readonly config: Extract<StoreMapSourceConfig, { kind: 'ldap' }>,
     ca: Buffer | undefined = config.caFile ? readCaCertificates(config.caFile, 'store_map.ldap.ca_file') : undefined,
     private readonly log?: Logger,
+    timing: Partial<LdapSourceTiming> = {},
   ) {
     this.description = `ldap ${config.baseDn}`;
+    this.timing = { ...LDAP_SOURCE_TIMING, ...timing };
     this.maxAnswerBytes = config.maxAnswerBytes ?? MAX_STOREMAP_LDAP_ANSWER_BYTES;
     this.tls = { minVersion: 'TLSv1.2', ...(ca ? { ca } : {}) };
   }
@@ -711,7 +846,8 @@ export class LdapStoreMapSource implements StoreMapSource {
       reading = await this.read();
     } catch (error) {
       // A load that failed (LDAP down) is not the last one loaded: the next poll that reads the
-      // same map reports it, and its reload tells that the source is good again.
+      // same map reports it, and its reload tells that the source is good again (that poll reads
+      // the whole map: its recent entries are no longer those of the last load, see unchanged()).
       this.lastFingerprint = '';
       throw error;
     }
@@ -726,18 +862,60 @@ export class LdapStoreMapSource implements StoreMapSource {
    * fails validation is, once per change, and the source stays healthy.
    */
   private async read(): Promise<{ readonly document: unknown; readonly fingerprint: string } | { readonly rejected: MailfrontError; readonly fingerprint: string }> {
-    const entries = await this.search();
+    const previous = this.recent;
+    this.recent = undefined;
+    const readAt = performance.now();
+    const readAtMs = Date.now();
+    const client = await this.connection();
+    const entries = await this.search(client);
+    let reading: { readonly document: unknown; readonly fingerprint: string } | { readonly rejected: MailfrontError; readonly fingerprint: string };
     try {
       const document = storeEntriesToDocument(entries);
-      return { document, fingerprint: JSON.stringify(document) };
+      reading = { document, fingerprint: JSON.stringify(document) };
     } catch (error) {
       const rejected = asMailfrontError(error);
-      return { rejected, fingerprint: `rejected: ${rejected.message}` };
+      reading = { rejected, fingerprint: `rejected: ${rejected.message}` };
+    }
+    this.recent = recentEntries(entries, { client, fingerprint: reading.fingerprint, readAt, readAtMs }, previous, this.searchesByTime === client, this.timing);
+    return reading;
+  }
+
+  /**
+   * True when the entries stamped since the last whole read's `since` are those it found, in the
+   * same versions: nothing changed that the holder does not have (see RecentEntries). False when
+   * that cannot be told so: the map is then read whole. One search, for a few entries and their
+   * versions.
+   */
+  private async unchanged(): Promise<boolean> {
+    const recent = this.recent;
+    if (recent === undefined || recent.fingerprint !== this.lastFingerprint || performance.now() - recent.readAt >= this.timing.fullReadIntervalMs) return false;
+    const client = await this.connection();
+    if (client !== recent.client) return false;
+    let found = 0;
+    try {
+      const heardBefore = ldapBytesReceived(client);
+      // Paged, as the whole read: a server's limit on one answer is no reason to read all.
+      const pages = client.searchPaginated(this.config.baseDn, { scope: 'sub', filter: `(&${STORE_ENTRIES_FILTER}(modifyTimestamp>=${recent.since}))`, attributes: VERSION_ATTRIBUTES, paged: true });
+      let same = true;
+      for await (const { searchEntries } of pages) {
+        for (const entry of searchEntries) if (recent.versions.get(lowerDn(entry.dn)) !== entryVersion(entry)) same = false;
+        found += searchEntries.length;
+        if (ldapBytesReceived(client) - heardBefore > this.maxAnswerBytes) throw new Error(`the store entries under ${this.config.baseDn} changed lately came to more than ${this.maxAnswerBytes} bytes (store_map.ldap.max_answer_bytes); the search was stopped`);
+      }
+      if (!same || found !== recent.versions.size) return false;
+      if (found > 0) this.searchesByTime = client;
+      return true;
+    } catch (error) {
+      // The whole read says what is wrong, if anything still is: a size limit, say.
+      if (error instanceof SizeLimitExceededError) return false;
+      await this.client?.unbind().catch(() => undefined);
+      this.client = null;
+      this.recent = undefined;
+      throw new MailfrontError('STOREMAP_LDAP_SEARCH_FAILED', 'config', `store-map search failed: ${this.searchFailure(error)}`, { cause: error });
     }
   }
 
-  private async search(): Promise<Array<Record<string, unknown> & { dn: string }>> {
-    const client = await this.connection();
+  private async search(client: Client): Promise<Array<Record<string, unknown> & { dn: string }>> {
     try {
       // Paged (RFC 2696): a server that bounds each answer rather than the whole search (Active
       // Directory's MaxPageSize, an OpenLDAP size.prtotal above size.hard) hands over every entry.
@@ -748,8 +926,9 @@ export class LdapStoreMapSource implements StoreMapSource {
       const heardBefore = ldapBytesReceived(client);
       const pages = client.searchPaginated(this.config.baseDn, {
         scope: 'sub',
-        filter: '(|(objectClass=mailfrontStore)(objectClass=mailfrontSlot))',
-        attributes: ['objectClass', 'cn', 'mailfrontCurrentMaster', 'mailfrontPreferredMaster', 'mailfrontBackendProfile', 'mailfrontHost', ...SLOT_PORTS.map(([a]) => a)],
+        filter: STORE_ENTRIES_FILTER,
+        // The versions, for the polls until the next whole read (RecentEntries).
+        attributes: ['objectClass', 'cn', 'mailfrontCurrentMaster', 'mailfrontPreferredMaster', 'mailfrontBackendProfile', 'mailfrontHost', ...SLOT_PORTS.map(([a]) => a), ...VERSION_ATTRIBUTES],
         paged: true,
       });
       for await (const { searchEntries } of pages) {
@@ -784,12 +963,13 @@ export class LdapStoreMapSource implements StoreMapSource {
     // Polling keeps every instance of a fleet within one interval of the replicated truth; only
     // a document that differs from the one last loaded is reported, so an unchanged poll builds
     // no new version. The holder's reload loads it (and so moves lastFingerprint on); a reload
-    // that failed is reported again at the next poll.
+    // that failed is reported again at the next poll. Most polls read only the entries changed
+    // lately, and the whole map only when one did, or every fullReadIntervalMs.
     let stopped = false;
     let timer: NodeJS.Timeout | undefined;
     const poll = async (): Promise<void> => {
       try {
-        const { fingerprint } = await this.read();
+        const fingerprint = (await this.unchanged()) ? this.lastFingerprint : (await this.read()).fingerprint;
         if (!stopped) onHealth?.(null);
         if (!stopped && fingerprint !== this.lastFingerprint) onChange();
       } catch (error) {
