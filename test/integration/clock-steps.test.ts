@@ -17,7 +17,7 @@ import { loadConfig } from '../../src/config/load.js';
 import type { Directory } from '../../src/auth/directory.js';
 import { MailfrontError } from '../../src/errors.js';
 import { Mailfront } from '../../src/main.js';
-import { registerPasswords, standInDirectory, suiteLogWriter } from './front.js';
+import { registerPasswords, standInDirectory, parsedSuiteLog } from './front.js';
 import { freePort, makeCerts, tmpDir } from './servers/index.js';
 
 const PASSWORD = 'Clock-step-pw-4b1d';
@@ -232,17 +232,7 @@ async function start(directory: Directory, slotPort: number, extra: Record<strin
     }),
   );
   const logs: Array<Record<string, unknown>> = [];
-  const writeSuiteLog = suiteLogWriter();
-  const mailfront = await Mailfront.start(loadConfig(join(dir.path, 'mailfront.yaml')), {
-    directory,
-    processMetrics: false,
-    logDestination: {
-      write(line: string) {
-        writeSuiteLog(line);
-        logs.push(JSON.parse(line) as Record<string, unknown>);
-      },
-    },
-  });
+  const mailfront = await Mailfront.start(loadConfig(join(dir.path, 'mailfront.yaml')), { directory, processMetrics: false, logDestination: parsedSuiteLog(logs) });
   let stopped = false;
   const instance: Instance = {
     mailfront,

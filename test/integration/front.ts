@@ -189,6 +189,20 @@ export function suiteLogWriter(): (line: string) => void {
 }
 
 /**
+ * A log destination for a Mailfront started by a test itself: each line goes to the suite-wide
+ * scan and, parsed, into `logs`, in the order written.
+ */
+export function parsedSuiteLog(logs: Array<Record<string, unknown>>): { write(line: string): void } {
+  const writeSuiteLog = suiteLogWriter();
+  return {
+    write(line: string) {
+      writeSuiteLog(line);
+      logs.push(JSON.parse(line) as Record<string, unknown>);
+    },
+  };
+}
+
+/**
  * A logger at `level` for tests of one component: its lines are kept in `lines`, in the order
  * written, and go to the suite-wide secrets scan too.
  */

@@ -13,7 +13,7 @@ import { loadConfig } from '../../src/config/load.js';
 import type { Directory } from '../../src/auth/directory.js';
 import { MailfrontError } from '../../src/errors.js';
 import { Mailfront } from '../../src/main.js';
-import { registerPasswords, registerSecrets, standInDirectory, suiteLogWriter } from './front.js';
+import { registerPasswords, registerSecrets, standInDirectory, parsedSuiteLog } from './front.js';
 import { freePort, makeCerts, tmpDir } from './servers/index.js';
 
 // Every password and secret this file sends (the suite's secret scan reads its log lines too).
@@ -67,17 +67,7 @@ async function start(directory: Directory, extra: Record<string, unknown> = {}, 
     }),
   );
   const logs: Array<Record<string, unknown>> = [];
-  const writeSuiteLog = suiteLogWriter();
-  const mailfront = await Mailfront.start(loadConfig(join(dir.path, 'mailfront.yaml')), {
-    directory,
-    processMetrics: false,
-    logDestination: {
-      write(line: string) {
-        writeSuiteLog(line);
-        logs.push(JSON.parse(line) as Record<string, unknown>);
-      },
-    },
-  });
+  const mailfront = await Mailfront.start(loadConfig(join(dir.path, 'mailfront.yaml')), { directory, processMetrics: false, logDestination: parsedSuiteLog(logs) });
   let stopped = false;
   const instance: Instance = {
     mailfront,

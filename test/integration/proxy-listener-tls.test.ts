@@ -16,7 +16,7 @@ import { loadConfig } from '../../src/config/load.js';
 import { Mailfront } from '../../src/main.js';
 import { MailfrontError } from '../../src/errors.js';
 import { encodeProxyV2, encodeProxyV2Local } from '../../src/server/proxy-protocol.js';
-import { registerPasswords, standInDirectory, suiteLogWriter } from './front.js';
+import { registerPasswords, standInDirectory, parsedSuiteLog } from './front.js';
 import { LineClient, freePort, makeCerts, startHaproxy, tmpDir } from './servers/index.js';
 import type { TestCerts, TmpDir } from './servers/index.js';
 
@@ -76,17 +76,7 @@ describe('implicit TLS behind a PROXY balancer', () => {
         http: { host: '127.0.0.1', port: 0 },
       }),
     );
-    const writeSuiteLog = suiteLogWriter();
-    mailfront = await Mailfront.start(loadConfig(join(dir.path, 'mailfront.yaml')), {
-      directory,
-      processMetrics: false,
-      logDestination: {
-        write(line: string) {
-          writeSuiteLog(line);
-          logs.push(JSON.parse(line) as Record<string, unknown>);
-        },
-      },
-    });
+    mailfront = await Mailfront.start(loadConfig(join(dir.path, 'mailfront.yaml')), { directory, processMetrics: false, logDestination: parsedSuiteLog(logs) });
     httpPort = mailfront.httpAddress()!.port;
   });
 
