@@ -1,9 +1,11 @@
 /**
  * The POP3 backend login dialogue: greeting, optional STLS, then USER/PASS or AUTH PLAIN with an
  * optional XCLIENT pipelined ahead of it, as explicit named states (the state name appears in logs).
- * No CAPA: nothing in its answer changes what is sent (credentials too long for PASS go out as
- * AUTH PLAIN without asking, see LONG_CREDENTIALS_BYTES). Whether the backend takes XCLIENT is read
- * from its greeting, as Dovecot's own proxy does, which saves a round trip per login.
+ * USER/PASS goes out without CAPA: a backend that takes no password without TLS refuses USER, before
+ * PASS (Dovecot's disable_plaintext_auth, Cyrus's allowplaintext: no). AUTH PLAIN carries the
+ * password in its first command, so on a connection without TLS it goes out only once CAPA lists
+ * SASL PLAIN; under TLS it needs no asking. Whether the backend takes XCLIENT is read from its
+ * greeting, as Dovecot's own proxy does, which saves a round trip per login.
  * Sans-I/O: backend bytes in, BackendActions out. It owns what is said to the backend before
  * the splice; it must not touch sockets, timers, config or logs, and never sends a credential
  * holding CR, LF or NUL.
@@ -20,6 +22,8 @@ export type Pop3BackendState =
   | 'greeting' // the backend's +OK banner
   | 'stls' // the reply to STLS
   | 'tls-handshake' // the session's TLS handshake (tlsStarted)
+  | 'capa' // the reply to CAPA, asked before AUTH PLAIN on a connection without TLS
+  | 'capa-list' // CAPA's capability lines, up to the "."
   | 'xclient' // the reply to XCLIENT (the login command is already on its way behind it)
   | 'user' // the reply to USER
   | 'pass' // the reply to PASS
@@ -40,11 +44,9 @@ const MAX_AUTH_COMMAND_BYTES = 255;
  * (LOGIN_MAX_INBUF_SIZE) and answers a longer PASS with "-ERR Input buffer full" and a close;
  * a SASL response sent on a continuation is read into a buffer of its own, of 8 KiB
  * (LOGIN_MAX_AUTH_BUF_SIZE). Such a PASS is past RFC 2449's 255 octets anyway.
- * The machine sends no CAPA, so it cannot see whether the backend offers SASL PLAIN: it relies
- * on it for these credentials only. Dovecot offers PLAIN wherever it takes USER/PASS (both are
- * plaintext authentication), and USER/PASS could not carry them there; a backend without it
- * answers -ERR, a refused login like the one PASS would have had. Shorter credentials keep
- * USER/PASS, which every POP3 server takes.
+ * Without TLS they go out only when CAPA lists SASL PLAIN (Dovecot offers it wherever it takes
+ * USER/PASS: both are plaintext authentication); under TLS without asking, as USER/PASS would.
+ * Shorter credentials keep USER/PASS, which every POP3 server takes, with no CAPA.
  */
 export const LONG_CREDENTIALS_BYTES = 900;
 
@@ -63,9 +65,17 @@ export class Pop3BackendLogin implements BackendLoginMachine {
   #pendingPassword = '';
   #saslResponse = '';
   #loginSent = false;
+  /** TLS from the first byte (backend.tls: implicit) or since our STLS: AUTH PLAIN needs no CAPA. */
+  #tls: boolean;
+  /** CAPA's answer once read: its -ERR line if it refused, the SASL mechanisms, whether it lists USER. */
+  #capa: { readonly refused: string | null; readonly sasl: readonly string[]; readonly user: boolean } | null = null;
+  /** CAPA's list as it is read. */
+  #capaSasl: string[] = [];
+  #capaUser = false;
 
   constructor(options: BackendLoginOptions) {
     this.#options = options;
+    this.#tls = options.implicitTls === true;
   }
 
   /** The current state's name, for logs. */
@@ -88,6 +98,8 @@ export class Pop3BackendLogin implements BackendLoginMachine {
         return [];
       case 'greeting':
       case 'stls':
+      case 'capa':
+      case 'capa-list':
       case 'xclient':
       case 'user':
       case 'pass':
@@ -100,6 +112,7 @@ export class Pop3BackendLogin implements BackendLoginMachine {
 
   tlsStarted(): BackendAction[] {
     if (this.#state !== 'tls-handshake') return [];
+    this.#tls = true;
     return this.#sendLogin();
   }
 
@@ -143,6 +156,24 @@ export class Pop3BackendLogin implements BackendLoginMachine {
         this.#state = 'tls-handshake';
         this.#input.clear();
         return [{ type: 'starttls' }];
+      case 'capa':
+        if (kind === 'ok') {
+          this.#state = 'capa-list';
+          return [];
+        }
+        if (kind === 'err') {
+          // A server without CAPA offers no SASL: RFC 5034 §3 has it listed there.
+          this.#capa = { refused: oneLine(line), sasl: [], user: false };
+          return this.#sendLogin();
+        }
+        return [this.#fail('unavailable', `unexpected CAPA reply: ${oneLine(line)}`)];
+      case 'capa-list':
+        if (line !== '.') {
+          this.#capaLine(line.startsWith('.') ? line.slice(1) : line); // RFC 1939 §3: dot-stuffed
+          return [];
+        }
+        this.#capa = { refused: null, sasl: this.#capaSasl, user: this.#capaUser };
+        return this.#sendLogin();
       case 'xclient':
         // A refused XCLIENT only costs the client's address in the backend's logs; the login
         // command pipelined behind it is answered next.
@@ -182,6 +213,8 @@ export class Pop3BackendLogin implements BackendLoginMachine {
    */
   #sendLogin(): BackendAction[] {
     const actions = this.#loginCommand();
+    // CAPA went out first; the login (and XCLIENT ahead of it) waits for its answer.
+    if (this.#state === 'capa') return actions;
     const forward = this.#options.forward;
     const first = actions[0];
     if (first?.type === 'send') this.#loginSent = true;
@@ -202,7 +235,7 @@ export class Pop3BackendLogin implements BackendLoginMachine {
         if (user.length === 0 || hasUnsafeCharacters(user) || hasUnsafeCharacters(password)) {
           return [this.#fail('auth-failed', 'credentials cannot be sent safely')];
         }
-        return this.#authPlain(encodePlain('', user, password));
+        return this.#authPlain(encodePlain('', user, password), `credentials over ${LONG_CREDENTIALS_BYTES} bytes need SASL PLAIN`);
       }
       case 'master-user': {
         const { proxyUser, proxyPassword } = this.#options;
@@ -223,17 +256,51 @@ export class Pop3BackendLogin implements BackendLoginMachine {
         }
         // RFC 4616: authzid NUL authcid NUL password; Cyrus lets the proxyservers account
         // (authcid) act as the user (authzid).
-        return this.#authPlain(encodePlain(user, proxyUser, proxyPassword));
+        return this.#authPlain(encodePlain(user, proxyUser, proxyPassword), 'login mode sasl-authzid needs SASL PLAIN');
       }
     }
   }
 
-  /** AUTH PLAIN with this base64 response: on the command when it fits (RFC 5034 §4), else on the "+ " continuation. */
-  #authPlain(response: string): BackendAction[] {
+  /**
+   * AUTH PLAIN with this base64 response: on the command when it fits (RFC 5034 §4), else on the
+   * "+ " continuation. Without TLS, CAPA first, and AUTH only when its SASL line lists PLAIN: the
+   * response is the password (the proxy account's, which can act as any user) in clear, and a
+   * backend that takes no password without TLS (Dovecot's disable_plaintext_auth, Cyrus's
+   * allowplaintext: no) lists neither PLAIN nor USER there; it would refuse the login after the
+   * password had crossed the network. As IMAP's LOGINDISABLED, a setup to change, not a password.
+   */
+  #authPlain(response: string, needs: string): BackendAction[] {
+    if (!this.#tls) {
+      const capa = this.#capa;
+      if (capa === null) {
+        this.#state = 'capa';
+        return [sendLine('CAPA')];
+      }
+      if (!capa.sasl.includes('PLAIN')) {
+        if (capa.refused !== null) return [this.#fail('unavailable', `capa: ${needs}, and the backend does not answer CAPA (${capa.refused})`)];
+        if (!capa.user) {
+          return [this.#fail('unavailable', 'capa: the backend offers neither SASL PLAIN nor USER (it takes no password on a connection without TLS): set backend.tls to starttls or implicit')];
+        }
+        return [this.#fail('unavailable', `capa: ${needs}, which the backend does not offer here (it offers "${capa.sasl.join(' ')}")`)];
+      }
+    }
     this.#saslResponse = response;
     this.#state = 'auth';
     const withInitial = `AUTH PLAIN ${response}`;
     return [sendLine(withInitial.length + 2 <= MAX_AUTH_COMMAND_BYTES ? withInitial : 'AUTH PLAIN')];
+  }
+
+  /** One line of CAPA's list: the SASL mechanisms (RFC 2449 §6.3, RFC 5034 §3) and USER (RFC 2449 §6.2). */
+  #capaLine(line: string): void {
+    const [name = '', ...words] = line.split(' ').filter((w) => w !== '');
+    switch (name.toUpperCase()) {
+      case 'SASL':
+        this.#capaSasl = words.map((w) => w.toUpperCase());
+        return;
+      case 'USER':
+        this.#capaUser = true;
+        return;
+    }
   }
 
   #sendUser(loginName: string, password: string): BackendAction[] {
