@@ -96,7 +96,7 @@ describe('managesieve backend login: refusals', () => {
 
   it('a backend without SASL PLAIN is unavailable', () => {
     const trace = backendTrace({}, ['"IMPLEMENTATION" "x"\r\n"SASL" ""\r\n"STARTTLS"\r\nOK\r\n']);
-    assert.deepEqual(trace, ['fail unavailable greeting: the backend does not offer SASL PLAIN here (it offers "")', 'state failed']);
+    assert.deepEqual(trace, ['fail unavailable greeting: the backend does not offer SASL PLAIN here (it offers ""): if it takes no password on a connection without TLS, set backend.tls to starttls or implicit', 'state failed']);
   });
 
   it('a challenge after the initial response is nonsense for PLAIN', () => {

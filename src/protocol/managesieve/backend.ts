@@ -220,7 +220,9 @@ export class ManageSieveBackendLogin implements BackendLoginMachine {
 
   #afterCapabilities(out: BackendAction[]): void {
     if (!this.#capabilities.saslMechanisms.includes('PLAIN')) {
-      return this.#fail(out, 'unavailable', `${this.#state}: the backend does not offer SASL PLAIN here (it offers "${this.#capabilities.saslMechanisms.join(' ')}")`);
+      // Dovecot and Cyrus list no mechanism at all where they take no password without TLS.
+      const hint = this.#state === 'greeting' && this.#capabilities.saslMechanisms.length === 0 ? ': if it takes no password on a connection without TLS, set backend.tls to starttls or implicit' : '';
+      return this.#fail(out, 'unavailable', `${this.#state}: the backend does not offer SASL PLAIN here (it offers "${this.#capabilities.saslMechanisms.join(' ')}")${hint}`);
     }
     const forward = this.#options.forward;
     const command = forward !== undefined && this.#capabilities.xclient ? xclientCommand(forward) : null;
