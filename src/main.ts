@@ -406,15 +406,28 @@ export class Mailfront {
    * new settings apply to new sessions; a listener moved to a free address is bound anew and the
    * old one stops accepting; removed listeners stop accepting. A broken config is rejected whole
    * and the running one stays in force. Reloads run one at a time, in order (two SIGHUPs in a
-   * row must not interleave their steps).
+   * row must not interleave their steps). A request made while another waits to start joins it:
+   * the reload reads the files when it starts, so it sees every edit made before either request.
+   * Each starts from the event loop: a reload's steps settle without I/O when nothing changed,
+   * and a burst of 50 SIGHUPs at 500 stores, each run in turn as microtasks, relayed nothing and
+   * answered nothing (signals included) for 18 s.
    */
   reload(): Promise<{ ok: boolean; error?: string; storeMap: ReloadResult }> {
-    const run = this.reloads.then(() => this.reloadNow());
+    if (this.waitingReload !== null) return this.waitingReload;
+    const run = this.reloads
+      .then(() => new Promise<void>((resolve) => setImmediate(resolve)))
+      .then(() => {
+        this.waitingReload = null;
+        return this.reloadNow();
+      });
+    this.waitingReload = run;
     this.reloads = run.catch(() => undefined);
     return run;
   }
 
   private reloads: Promise<unknown> = Promise.resolve();
+  /** The reload requested and not started yet, which later requests join (see reload()). */
+  private waitingReload: Promise<{ ok: boolean; error?: string; storeMap: ReloadResult }> | null = null;
 
   /** Listeners of the config in force the last reload could not bind (readiness reports them, see readiness()). */
   private unboundByReload: ReadonlySet<string> = new Set();
