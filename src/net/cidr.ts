@@ -2,6 +2,8 @@
  * IP address blocks (CIDR) for IPv4 and IPv6, and the address keys that per-address counters use.
  * IPv4 and IPv4-mapped IPv6 (`::ffff:a.b.c.d`) are one address space here: a dual-stack listener
  * reports IPv4 clients as `::ffff:10.1.2.3`, and that must match a rule written as `10.0.0.0/8`.
+ * An IPv4 client behind a translator (NAT64, SIIT: `64:ff9b::10.1.2.3`) is a distinct IPv4 client
+ * for the address keys only, not for blocks (see setNat64Prefixes()).
  * Must not: resolve host names, do I/O, or know what the blocks are used for.
  */
 import { isIP } from 'node:net';
@@ -168,17 +170,54 @@ export class CidrSet {
 /** A dotted quad in canonical form (no leading zeros), as sockets report IPv4 peers. */
 const DOTTED_QUAD = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/;
 
+/** The well-known prefix of IPv4-embedded IPv6 addresses (RFC 6052 §2.1), used by NAT64 and SIIT translators. */
+export const NAT64_WELL_KNOWN_PREFIX = '64:ff9b::/96';
+
+/** Prefix length of the translator prefixes read (RFC 6052 §2.2: only at /96 is the IPv4 address the last 32 bits). */
+export const NAT64_PREFIX_BITS = 96;
+
+/**
+ * A translator prefix (`64:ff9b::/96`, `2001:db8:46::/96`): an IPv6 block of exactly /96
+ * without host bits; null for anything else (IPv4 blocks, other lengths, host bits set).
+ */
+export function parseNat64Prefix(text: string): Cidr | null {
+  const block = text.includes(':') ? parseCidr(text) : null;
+  return block !== null && block.prefixBits === NAT64_PREFIX_BITS ? block : null;
+}
+
+const WELL_KNOWN: readonly Cidr[] = Object.freeze([parseNat64Prefix(NAT64_WELL_KNOWN_PREFIX) as Cidr]);
+
+/** The translator prefixes addressKey() reads IPv4 addresses from, unless given others. */
+let nat64InForce: readonly Cidr[] = WELL_KNOWN;
+
+/**
+ * Sets the translator prefixes in force for the whole process (the config's `nat64_prefixes`, at
+ * start and at each reload): behind one, every IPv4 client reaches mailfront as the prefix and its
+ * own IPv4 address, which addressKey() keys as that IPv4 address rather than one /64 for all.
+ * Throws on a text that is not a /96: validate config with parseNat64Prefix first.
+ */
+export function setNat64Prefixes(prefixes: readonly string[]): void {
+  nat64InForce = prefixes.map((text) => {
+    const parsed = parseNat64Prefix(text);
+    if (parsed === null) throw new Error(`not an IPv6 /96 prefix: ${text}`);
+    return parsed;
+  });
+}
+
 /**
  * The key a per-address counter uses for a client: the dotted IPv4 address (also for
- * IPv4-mapped IPv6), or the IPv6 network of `ipv6PrefixBits` as `2001:db8:0:1::/64`.
+ * IPv4-mapped IPv6, and for an address in one of the translator prefixes `nat64`, whose last 32
+ * bits are an IPv4 client's), or the IPv6 network of `ipv6PrefixBits` as `2001:db8:0:1::/64`.
  * Anything that is not an IP literal is returned as it is.
  */
-export function addressKey(address: string, ipv6PrefixBits = IPV6_SUBJECT_PREFIX_BITS): string {
+export function addressKey(address: string, ipv6PrefixBits = IPV6_SUBJECT_PREFIX_BITS, nat64: readonly Cidr[] = nat64InForce): string {
   // A dotted quad as sockets report it is its own key (the common case, on every connection).
   if (DOTTED_QUAD.test(address)) return address;
   const parsed = parseAddress(address);
   if (parsed === null) return address;
-  if (isV4Mapped(parsed)) return Array.from(parsed.subarray(12)).join('.');
+  // Behind a translator every IPv4 client shares its /64: keyed by the /64, they would all share
+  // one connection limit and one throttle count (one attacker's failures would refuse them all).
+  if (isV4Mapped(parsed) || nat64.some((prefix) => inBlock(parsed, prefix))) return Array.from(parsed.subarray(12)).join('.');
   maskInPlace(parsed, ipv6PrefixBits);
   const groups: string[] = [];
   for (let i = 0; i < 16; i += 2) groups.push((((parsed[i] as number) << 8) | (parsed[i + 1] as number)).toString(16));

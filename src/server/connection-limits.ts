@@ -13,7 +13,7 @@ import { IssueList, int, readSection } from '../config/validate.js';
 export interface ConnectionLimitsConfig {
   /** Client connections of the whole process, TLS handshakes and spliced sessions included. */
   readonly maxConnections: number;
-  /** Client connections from one address (an IPv6 /64 is one address); trusted networks are exempt (not counted). */
+  /** Client connections from one address (addressKey(): an IPv6 /64 is one, an IPv4 client behind a translator prefix is its own); trusted networks are exempt (not counted). */
   readonly maxConnectionsPerAddress: number;
   /** Sessions of one user at once, from anywhere. */
   readonly maxSessionsPerUser: number;

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { CidrSet, addressKey, parseAddress, parseCidr } from '../../src/net/cidr.js';
+import { CidrSet, NAT64_WELL_KNOWN_PREFIX, addressKey, parseAddress, parseCidr, parseNat64Prefix, setNat64Prefixes } from '../../src/net/cidr.js';
 
 test('IPv4 blocks match IPv4 and IPv4-mapped IPv6 clients', () => {
   const set = new CidrSet(['10.0.0.0/8', '192.0.2.128/25', '198.51.100.7']);
@@ -64,6 +64,45 @@ test('address keys: IPv4 as is (also when mapped), IPv6 by its /64', () => {
   assert.equal(addressKey('2001:db8::1', 128), '2001:db8:0:0:0:0:0:1/128');
   assert.equal(addressKey('2001:db8::1', 48), '2001:db8:0::/48');
   assert.equal(addressKey('unknown'), 'unknown');
+});
+
+test('address keys behind a translator: an address of the well-known prefix 64:ff9b::/96 (RFC 6052) is keyed by the IPv4 address it embeds', () => {
+  assert.equal(addressKey('64:ff9b::c633:6401'), '198.51.100.1');
+  assert.equal(addressKey('64:ff9b::198.51.100.1'), '198.51.100.1', 'written with a dotted tail');
+  assert.equal(addressKey('0064:FF9B:0:0:0:0:C633:6401'), '198.51.100.1', 'written in full, upper case');
+  assert.notEqual(addressKey('64:ff9b::c633:6401'), addressKey('64:ff9b::cb00:7101'), 'two IPv4 clients, two keys (both were 64:ff9b:0:0::/64)');
+  assert.equal(addressKey('64:ff9b::198.51.100.1'), addressKey('198.51.100.1'), 'the same key as the client reaching mailfront over IPv4');
+  assert.equal(addressKey('64:ff9b::198.51.100.1'), addressKey('::ffff:198.51.100.1'));
+  // Outside the /96 (64:ff9b:0:0:1::/80 is in the same /64 but not the prefix): the /64, as any IPv6 address.
+  assert.equal(addressKey('64:ff9b::1:0:c633:6401'), '64:ff9b:0:0::/64');
+  assert.equal(addressKey('64:ff9b:1::c633:6401'), '64:ff9b:1:0::/64', 'the local-use /48 (RFC 8215) is read only where a /96 of it is configured');
+  assert.equal(addressKey('64:ff9b::c633:6401', 64, []), '64:ff9b:0:0::/64', 'no prefixes: the /64');
+});
+
+test('address keys: configured translator prefixes replace the well-known one, for the whole process', () => {
+  try {
+    setNat64Prefixes(['2001:db8:46::/96', '64:ff9b:1:abcd::/96']);
+    assert.equal(addressKey('2001:db8:46::c633:6401'), '198.51.100.1');
+    assert.equal(addressKey('2001:db8:46::cb00:7101'), '203.0.113.1');
+    assert.equal(addressKey('64:ff9b:1:abcd::10.1.2.3'), '10.1.2.3');
+    assert.equal(addressKey('2001:db8:46:0:1::1'), '2001:db8:46:0::/64', 'the rest of the /64 is native IPv6');
+    assert.equal(addressKey('64:ff9b::c633:6401'), '64:ff9b:0:0::/64', 'a list replaces the default');
+    setNat64Prefixes([]);
+    assert.equal(addressKey('2001:db8:46::c633:6401'), '2001:db8:46:0::/64');
+    assert.throws(() => setNat64Prefixes(['64:ff9b::/64']), /not an IPv6 \/96 prefix/);
+  } finally {
+    setNat64Prefixes([NAT64_WELL_KNOWN_PREFIX]);
+  }
+  assert.equal(addressKey('64:ff9b::c633:6401'), '198.51.100.1');
+});
+
+test('translator prefixes are IPv6 /96 blocks only; trusted networks do not look inside them', () => {
+  for (const good of ['64:ff9b::/96', '2001:db8:46::/96', '64:ff9b:1:abcd::/96', '2001:db8:46::0.0.0.0/96']) assert.equal(parseNat64Prefix(good)?.prefixBits, 96, good);
+  for (const bad of ['64:ff9b::/64', '64:ff9b:1::/48', '2001:db8::/32', '64:ff9b::1/96', '64:ff9b::', '0.0.0.0/0', '10.0.0.0/8', '', 'nat64']) assert.equal(parseNat64Prefix(bad), null, bad);
+  // An IPv4 rule is not matched through a translator (a grant must name what it trusts); the
+  // translated block itself may be listed.
+  assert.equal(new CidrSet(['10.0.0.0/8']).contains('64:ff9b::10.1.2.3'), false);
+  assert.equal(new CidrSet(['64:ff9b::10.0.0.0/104']).contains('64:ff9b::a01:203'), true);
 });
 
 test('bindAddressesOverlap: the same address in any spelling, and wildcards, take a port from each other', async () => {

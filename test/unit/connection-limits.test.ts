@@ -32,6 +32,15 @@ test('per-address limit, with IPv4-mapped and IPv6 /64 counted as one address; t
   admitOk(limiter, '10.0.0.1', true);
 });
 
+test('behind a translator (64:ff9b::/96, RFC 6052) each IPv4 client has its own per-address count', () => {
+  const limiter = new ConnectionLimiter({ ...LIMITS, maxConnections: 10 });
+  const clients = { '64:ff9b::c633:6401': '198.51.100.1', '64:ff9b::c633:6402': '198.51.100.2', '64:ff9b::cb00:7101': '203.0.113.1', '64:ff9b::cb00:7102': '203.0.113.2' };
+  for (const [client, key] of Object.entries(clients)) assert.equal(admitOk(limiter, client).addressKey, key);
+  assert.deepEqual(limiter.tracked, { addresses: 4, users: 0 }, 'four IPv4 clients, four counts (one /64 before)');
+  admitOk(limiter, '198.51.100.1');
+  assert.deepEqual(limiter.admit('64:ff9b::198.51.100.1', false), { admitted: false, limit: 'address' }, 'counted as the IPv4 address it embeds');
+});
+
 test('a trusted address is counted in the total only: its untrusted neighbours in the same IPv6 /64 keep their own count', () => {
   const limiter = new ConnectionLimiter({ ...LIMITS, maxConnections: 10 });
   // A webmail server at 2001:db8:1:2::10 (trusted as a /128) with three connections.

@@ -124,6 +124,16 @@ test('an IPv4-mapped address is the same address; an IPv6 /64 is one address', a
   assert.equal((await throttle.check(from('z', '2001:db8:5:7::1'))).refused, false, 'the next /64');
 });
 
+test('behind a translator (64:ff9b::/96) each IPv4 client is its own address: one attacker refused does not refuse the others', async () => {
+  const { throttle } = setup();
+  for (let i = 1; i <= CONFIG.failuresPerAddress; i++) await throttle.recordFailure(from(`w${i}`, '64:ff9b::c633:6401'), 'pw');
+  const attacker = await throttle.check(from('z', '64:ff9b::198.51.100.1'));
+  assert.equal(attacker.refused, true);
+  assert.equal(attacker.refusedBy, 'address');
+  assert.equal((await throttle.check(from('z', '198.51.100.1'))).refused, true, 'the same IPv4 client over IPv4');
+  assert.equal((await throttle.check(from('z', '64:ff9b::cb00:7101'))).refused, false, 'another IPv4 client behind the same translator (the same /64)');
+});
+
 test('trusted networks are not counted per address, but still per user', async () => {
   const { throttle } = setup();
   for (let i = 1; i <= 3 * CONFIG.failuresPerAddress; i++) {
