@@ -20,7 +20,7 @@ import { backendFor, forgetBackendCaFiles, probeSlot } from './backend/connect.j
 import { ConfigError, buildStoreMap, loadConfig } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { Metrics } from './metrics.js';
-import { CidrSet, bindAddressesOverlap } from './net/cidr.js';
+import { CidrSet, bindAddressesOverlap, setNat64Prefixes } from './net/cidr.js';
 import { HttpServer, SharedCheck, readinessOf } from './server/http.js';
 import type { Readiness } from './server/http.js';
 import { encodeProxyV2Local } from './server/proxy-protocol.js';
@@ -284,6 +284,7 @@ export class Mailfront {
     metrics.directoryCacheEntries(() => this.directory.cacheEntries());
     this.caFilesInForce = { directory: caFiles.directory.state, storeMap: caFiles.storeMap.state };
     this.trusted = new CidrSet(config.trustedNetworks);
+    setNat64Prefixes(config.nat64Prefixes);
     this.throttle = this.createThrottle(config);
     this.limiter = new ConnectionLimiter(config.connectionLimits);
     this.holder = new StoreMapHolder(createStoreMapSource(config.storeMap, caContent(caFiles.storeMap), log), () => this.config, log, {
@@ -571,6 +572,7 @@ export class Mailfront {
     }
     this.health.setTiming(next.health.intervalMs, next.health.timeoutMs);
     this.trusted = new CidrSet(next.trustedNetworks);
+    setNat64Prefixes(next.nat64Prefixes);
     this.limiter.setLimits(next.connectionLimits);
     this.checkDescriptorLimit(next);
     if (changed('throttle')) {

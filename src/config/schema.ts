@@ -36,6 +36,7 @@ import {
   optStr,
   port,
   readMapping,
+  readNat64Prefixes,
   readNetworks,
   readSection,
   str,
@@ -267,6 +268,8 @@ export interface Config {
   readonly http?: HttpConfig;
   /** Networks of trusted clients (webmail servers): their ID x-originating-ip is believed. */
   readonly trustedNetworks: readonly string[];
+  /** Translator prefixes (/96) whose addresses are counted per client by the IPv4 address they embed (setNat64Prefixes()). */
+  readonly nat64Prefixes: readonly string[];
   readonly shutdown: ShutdownConfig;
   readonly throttle: ThrottleConfig;
   readonly connectionLimits: ConnectionLimitsConfig;
@@ -285,7 +288,7 @@ export const SECRET_KEYS = ['bind_password', 'proxy_password', 'probe_password',
 
 /** Reads a whole config document; `resolvePath` makes file names absolute. */
 export function readConfig(doc: unknown, file: string, resolvePath: (p: string) => string, issues: IssueList): Config {
-  const root = readSection(doc, '', ['log', 'listeners', 'directory', 'store_map', 'backend', 'backend_profiles', 'usernames', 'session', 'failover', 'health', 'admin', 'http', 'trusted_networks', 'shutdown', 'throttle', 'connection_limits', 'tls'], issues) ?? {};
+  const root = readSection(doc, '', ['log', 'listeners', 'directory', 'store_map', 'backend', 'backend_profiles', 'usernames', 'session', 'failover', 'health', 'admin', 'http', 'trusted_networks', 'nat64_prefixes', 'shutdown', 'throttle', 'connection_limits', 'tls'], issues) ?? {};
   const log = root['log'] === undefined ? {} : readSection(root['log'], 'log', ['level'], issues) ?? {};
   const directory = readDirectory(root['directory'], resolvePath, issues);
   const backend = readBackend(root['backend'], 'backend', resolvePath, issues);
@@ -321,6 +324,7 @@ export function readConfig(doc: unknown, file: string, resolvePath: (p: string) 
     admin: readAdmin(root['admin'], issues),
     ...(http !== undefined ? { http } : {}),
     trustedNetworks: readNetworks(root, 'trusted_networks', '', issues),
+    nat64Prefixes: readNat64Prefixes(root, 'nat64_prefixes', '', issues),
     shutdown: readShutdown(root['shutdown'], issues),
     throttle: readThrottleConfig(root['throttle'], 'throttle', issues, resolvePath),
     connectionLimits: readConnectionLimitsConfig(root['connection_limits'], 'connection_limits', issues),

@@ -3,7 +3,7 @@
  * records every problem (path + what was expected) instead of stopping at the first, so an
  * operator sees all mistakes of a config file at once. Knows nothing of mailfront's schema.
  */
-import { parseCidr } from '../net/cidr.js';
+import { NAT64_WELL_KNOWN_PREFIX, parseCidr, parseNat64Prefix } from '../net/cidr.js';
 
 /** One problem found in a config document. */
 export interface ConfigIssue {
@@ -176,6 +176,28 @@ export function readNetworks(o: Record<string, unknown>, key: string, path: stri
   list.forEach((item, i) => {
     if (typeof item === 'string' && parseCidr(item) !== null) out.push(item);
     else issues.add(at(at(path, key), i), 'an address block such as 10.0.0.0/8 or 2001:db8::/32, without host bits', item);
+  });
+  return out;
+}
+
+/**
+ * Reads a list of translator prefixes (`nat64_prefixes`; a single string is a list of one; absent
+ * is the well-known prefix, `[]` none). Only /96: RFC 6052 §2.2 puts the IPv4 address of a
+ * shorter prefix across the u octet (bits 64-71), which the address keys do not read.
+ */
+export function readNat64Prefixes(o: Record<string, unknown>, key: string, path: string, issues: IssueList): string[] {
+  const v = o[key];
+  if (v === undefined || v === null) return [NAT64_WELL_KNOWN_PREFIX];
+  const list = typeof v === 'string' ? [v] : v;
+  const prefix = 'IPv6 /96 prefix without host bits whose last 32 bits are an IPv4 address (RFC 6052), such as 64:ff9b::/96 or 2001:db8:46::/96; only /96 is read';
+  if (!Array.isArray(list)) {
+    issues.add(at(path, key), `a list of translator prefixes, each an ${prefix}`, v);
+    return [NAT64_WELL_KNOWN_PREFIX];
+  }
+  const out: string[] = [];
+  list.forEach((item, i) => {
+    if (typeof item === 'string' && parseNat64Prefix(item) !== null) out.push(item);
+    else issues.add(at(at(path, key), i), `an ${prefix}`, item);
   });
   return out;
 }

@@ -3,7 +3,7 @@
  * headers as `64:ff9b::a.b.c.d`: each is its own address for the per-address connection limit and
  * the throttle (real slapd and Dovecot, raw sockets). Keyed by the /64, they all shared one count,
  * and one attacker's wrong passwords refused every IPv4 user. The logs keep the address the
- * balancer named.
+ * balancer named; `nat64_prefixes` set at a reload replaces the well-known prefix.
  */
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -112,6 +112,23 @@ describe('IPv4 clients behind the translator prefix 64:ff9b::/96', () => {
     assert.match(await imapLogin('64:ff9b::c633:6443', 'ned', PASSWORD), /^t1 OK /, 'its neighbour behind the translator is not');
     const failed = await waitForLog(front, (l) => l['event'] === 'session.login_failed', 5_000, mark);
     assert.equal(failed['client'], attacker);
+    await released();
+  });
+
+  test('nat64_prefixes set at a reload replaces the well-known prefix: its addresses are counted per IPv4 client, 64:ff9b:: per /64 again', async () => {
+    await reload((doc) => {
+      doc['nat64_prefixes'] = ['2001:db8:46::/96'];
+    });
+    const held: LineClient[] = [];
+    try {
+      for (const client of ['2001:db8:46::c633:6401', '2001:db8:46::c633:6402']) {
+        for (let i = 0; i < PER_ADDRESS; i++) assert.match(await through(balanced.imap, client, held), /^\* OK /, `${client}, connection ${i + 1}`);
+      }
+      for (let i = 0; i < PER_ADDRESS; i++) assert.match(await through(balanced.imap, `64:ff9b::c633:64${10 + i}`, held), /^\* OK /);
+      assert.match(await through(balanced.imap, '64:ff9b::cb00:7101', held), /^\* BYE \[LIMIT\] /, 'another IPv4 client in the same /64, no longer read as one');
+    } finally {
+      for (const c of held) c.close();
+    }
     await released();
   });
 });

@@ -75,6 +75,17 @@ function run(file: string): Promise<{ code: number; stdout: string; stderr: stri
   });
 }
 
+test('check-config takes nat64_prefixes of /96 and names each entry that is not one, with what it expected', async () => {
+  const certificates = [{ cert: certs.certFile, key: certs.keyFile }];
+  const good = await checkConfig('nat64-good', certificates, '', 'stores.yaml', 'nat64_prefixes: [64:ff9b::/96, "2001:db8:46::/96"]\n');
+  assert.equal(good.code, 0, good.stderr);
+  const bad = await checkConfig('nat64-bad', certificates, '', 'stores.yaml', 'nat64_prefixes: [64:ff9b::/96, "64:ff9b:1::/48", 10.0.0.0/8, "64:ff9b::1/96"]\n');
+  assert.equal(bad.code, 1, bad.stdout);
+  const expected = 'expected an IPv6 /96 prefix without host bits whose last 32 bits are an IPv4 address (RFC 6052), such as 64:ff9b::/96 or 2001:db8:46::/96; only /96 is read';
+  for (const [i, found] of [[1, '64:ff9b:1::/48'], [2, '10.0.0.0/8'], [3, '64:ff9b::1/96']] as const) assert.ok(bad.stderr.includes(`nat64_prefixes[${i}]: ${expected}, found "${found}"`), bad.stderr);
+  assert.ok(!bad.stderr.includes('nat64_prefixes[0]'), bad.stderr);
+});
+
 test('check-config loads the listeners\' certificates and keys: usable ones pass', async () => {
   const result = await checkConfig('good', [{ cert: certs.certFile, key: certs.keyFile }]);
   assert.equal(result.code, 0, result.stderr);

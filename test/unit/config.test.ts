@@ -218,6 +218,31 @@ store_map: { file: stores.yaml }
   );
 });
 
+test('nat64_prefixes: the well-known 64:ff9b::/96 unless set, a list of IPv6 /96 prefixes replacing it, [] for none; anything else is named with its path', () => {
+  const dir = writeTemp({ 'mf.yaml': GOOD, 'ldap.secret': 's3cret\n', 'stores.yaml': STORES });
+  assert.deepEqual(loadConfig(join(dir, 'mf.yaml')).nat64Prefixes, ['64:ff9b::/96']);
+  writeFileSync(join(dir, 'set.yaml'), `${GOOD}nat64_prefixes: ["2001:db8:46::/96", 64:ff9b:1:abcd::/96]\n`);
+  assert.deepEqual(loadConfig(join(dir, 'set.yaml')).nat64Prefixes, ['2001:db8:46::/96', '64:ff9b:1:abcd::/96']);
+  writeFileSync(join(dir, 'one.yaml'), `${GOOD}nat64_prefixes: "2001:db8:46::/96"\n`);
+  assert.deepEqual(loadConfig(join(dir, 'one.yaml')).nat64Prefixes, ['2001:db8:46::/96']);
+  writeFileSync(join(dir, 'none.yaml'), `${GOOD}nat64_prefixes: []\n`);
+  assert.deepEqual(loadConfig(join(dir, 'none.yaml')).nat64Prefixes, []);
+  writeFileSync(join(dir, 'bad.yaml'), `${GOOD}nat64_prefixes: [64:ff9b::/64, "64:ff9b:1::/48", 192.0.2.0/24, "2001:db8:46::1/96", 7]\n`);
+  const prefix = 'an IPv6 /96 prefix without host bits whose last 32 bits are an IPv4 address (RFC 6052), such as 64:ff9b::/96 or 2001:db8:46::/96; only /96 is read';
+  assert.deepEqual(
+    configErrorOf(() => loadConfig(join(dir, 'bad.yaml'))).issues.map((i) => `${i.path}: expected ${i.expected}, found ${i.found}`),
+    [
+      `nat64_prefixes[0]: expected ${prefix}, found "64:ff9b::/64"`,
+      `nat64_prefixes[1]: expected ${prefix}, found "64:ff9b:1::/48"`,
+      `nat64_prefixes[2]: expected ${prefix}, found "192.0.2.0/24"`,
+      `nat64_prefixes[3]: expected ${prefix}, found "2001:db8:46::1/96"`,
+      `nat64_prefixes[4]: expected ${prefix}, found number 7`,
+    ],
+  );
+  writeFileSync(join(dir, 'map.yaml'), `${GOOD}nat64_prefixes: { prefix: 64:ff9b::/96 }\n`);
+  assert.match(configErrorOf(() => loadConfig(join(dir, 'map.yaml'))).message, /nat64_prefixes: expected a list of translator prefixes, each an IPv6 \/96 prefix/);
+});
+
 test('a listener without TLS must allow plaintext logins: otherwise no client could log in on it', () => {
   const dir = writeTemp({
     'mf.yaml': `
