@@ -1,7 +1,8 @@
 /**
  * The IMAP backend login dialogue: mailfront logging in to a backend slot on the user's behalf,
- * as explicit named states (greeting, capability, starttls, tls-handshake, id, login,
- * post-capability, done, failed). Credentials go out only as literals or SASL PLAIN.
+ * as explicit named states (greeting, capability, starttls, tls-handshake, login, post-capability,
+ * done, failed; an ID goes out pipelined ahead of the login, in the login state). Credentials go
+ * out only as literals or SASL PLAIN.
  * Must not: open connections, time anything out, or show backend text to the client.
  */
 
