@@ -1,7 +1,9 @@
 /**
  * The LDAP directory (ldapts): search the user with a service account, then bind as the found
  * DN to check the password. Several servers are tried in order; every call has a deadline.
- * Owns its LDAP connections; knows nothing of protocols, sessions or the store map.
+ * Owns its LDAP connections; knows nothing of sessions or the store map, and protocols only as
+ * names: opaque values for `{protocol}` in the user filter, and part of the cache key then.
+ * Its LDAP client plumbing is shared with the LDAP store map's source (routing/sources.ts).
  */
 import { berLength } from '../ber.js';
 import { readCaCertificates } from '../ca-file.js';
