@@ -1,6 +1,6 @@
 /**
- * The registry of spliced sessions, indexed by store, slot and user, so that a failover can
- * close every session on a demoted master and an operator can find or kick sessions.
+ * The registry of spliced sessions, indexed by id, slot, user and directory entry (DN), so that a
+ * failover can close every session on a demoted master and an operator can find or kick sessions.
  * Holds handles only; it never touches sockets itself.
  */
 
