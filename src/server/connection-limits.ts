@@ -4,7 +4,8 @@
  * how many sessions one user has at once (checked once the user is known). Each admitted connection gets a lease whose release is idempotent, so a session that
  * ends along several paths at once can never leak or double-free a slot.
  * Owns the counts and the `connection_limits` config section. Must not: touch sockets, write wire
- * text (the session picks the answer from the limit's name) or log.
+ * text (the listener picks the answer from the name of the limit admit() refused with; the session
+ * picks the answer to a refused claim at login) or log.
  */
 import { addressKey } from '../net/cidr.js';
 import { IssueList, int, readSection } from '../config/validate.js';
@@ -18,9 +19,6 @@ export interface ConnectionLimitsConfig {
   /** Sessions of one user at once, from anywhere. */
   readonly maxSessionsPerUser: number;
 }
-
-/** Which limit refused. */
-export type ConnectionLimitName = 'total' | 'address' | 'user';
 
 /**
  * Defaults for about 100,000 mailboxes over a few instances: every mail client of a busy hour
