@@ -1,6 +1,7 @@
 /**
- * Reading a CA file the config names (for LDAP over TLS and the LDAP store map), at start or a
- * reload: a failure names the config key, where a bare ENOENT would leave the operator guessing.
+ * Reading and checking a CA file the config names (the directory's and the LDAP store map's LDAP
+ * over TLS, the throttle's Redis TLS; check-config checks every one, the backends' too), at start
+ * or a reload: a failure names the config key, where a bare ENOENT would leave the operator guessing.
  */
 import { readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
