@@ -1,5 +1,5 @@
 /**
- * The contract between the session orchestrator and a protocol adapter (IMAP, POP3).
+ * The contract between the session orchestrator and a protocol adapter (IMAP, POP3, ManageSieve).
  * Adapters are sans-I/O: they take bytes and return actions; they own no socket, timer,
  * directory client or config object. Everything they need is passed in as plain options.
  */
