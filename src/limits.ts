@@ -74,6 +74,12 @@ export const MAX_BACKEND_DIALOGUE_RESPONSES = 100;
 export const MAX_PIPELINED_BYTES = 64 * 1024;
 
 /**
+ * The least time between two log lines about the connections one limit refused (the mail
+ * listeners' limits, and the HTTP listener's): a flood gets a line per interval, not per connection.
+ */
+export const REFUSED_LOG_INTERVAL_MS = 10_000;
+
+/**
  * Bytes an LDAP server may send in answer to one operation of the directory (a user search, a
  * bind) before its connection is closed. A user's entry with the store attribute is well under
  * 1 KiB; ldapts keeps a whole message, and every entry of a search until its end, in memory

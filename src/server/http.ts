@@ -12,6 +12,7 @@ import { MailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { IssueList, at, int, readSection, str } from '../config/validate.js';
+import { REFUSED_LOG_INTERVAL_MS } from '../limits.js';
 
 /** Where the HTTP listener binds. */
 export interface HttpConfig {
@@ -47,8 +48,6 @@ const CONNECTIONS_CHECKING_INTERVAL_MS = 1_000;
  */
 export const HTTP_MAX_CONNECTIONS = 256;
 export const HTTP_MAX_CONNECTIONS_PER_ADDRESS = 32;
-/** The least time between two lines about connections the HTTP listener refused. */
-const REFUSED_LOG_INTERVAL_MS = 10_000;
 /**
  * /metrics needs no credentials, and a render costs time in proportion to the sessions open
  * (each live session's bytes are read): scrapes that come while one is under way, or too soon

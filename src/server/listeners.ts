@@ -21,9 +21,7 @@ import { TlsContextHolder } from './tls-config.js';
 import type { CertificateInfo } from './tls-config.js';
 import type { ConnectionEndpoints } from './proxy-protocol.js';
 import type { ConnectionLimiter } from './connection-limits.js';
-
-/** The least time between two lines about the connections one limit refused. */
-export const REFUSED_LOG_INTERVAL_MS = 10_000;
+import { REFUSED_LOG_INTERVAL_MS } from '../limits.js';
 
 /**
  * Quiet time after which the kernel probes a client connection (TCP keepalive; node's libuv then

@@ -4,7 +4,8 @@ import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import { afterEach, beforeEach, mock, test } from 'node:test';
 import { createLogger } from '../../src/log.js';
-import { REFUSED_LOG_INTERVAL_MS, RefusedConnectionsLog } from '../../src/server/listeners.js';
+import { RefusedConnectionsLog } from '../../src/server/listeners.js';
+import { REFUSED_LOG_INTERVAL_MS } from '../../src/limits.js';
 
 let lines: Array<Record<string, unknown>>;
 let refusedLog: RefusedConnectionsLog;
