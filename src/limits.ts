@@ -74,6 +74,13 @@ export const MAX_BACKEND_DIALOGUE_RESPONSES = 100;
 export const MAX_PIPELINED_BYTES = 64 * 1024;
 
 /**
+ * How long a socket mailfront closes on purpose (a refused connection, a splice that ends, the
+ * HTTP listener that stops) may take to send what is queued for it before it is destroyed: a last
+ * line reaches a client that reads, and a peer that does not read cannot hold its descriptor open.
+ */
+export const CLOSE_GRACE_MS = 1_000;
+
+/**
  * The least time between two log lines about the connections one limit refused (the mail
  * listeners' limits, and the HTTP listener's): a flood gets a line per interval, not per connection.
  */

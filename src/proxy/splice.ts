@@ -39,13 +39,7 @@ import { TLSSocket } from 'node:tls';
 import { plainDescriptor, readDirect, readsDirect, writeToDescriptor } from '../net/direct-io.js';
 import type { ResponseBoundaryTracker } from '../protocol/types.js';
 import type { CommandGuard } from './command-guard.js';
-import { SPLICE_STALL_TIMEOUT_MS } from '../limits.js';
-
-/**
- * How long a socket may take to send what is queued for it once the splice ends gracefully (a
- * drain notice, or the other side's close): a peer that does not read must not hold it open.
- */
-const LAST_BYTES_MS = 1_000;
+import { CLOSE_GRACE_MS, SPLICE_STALL_TIMEOUT_MS } from '../limits.js';
 
 /**
  * How long a splice whose client has sent its FIN waits for the backend's close with nothing
@@ -413,13 +407,16 @@ class SpliceSession implements Splice {
     this.finish(reason);
   }
 
-  /** Ends `to` once its queued bytes are out, destroying it if that takes longer than LAST_BYTES_MS. */
+  /**
+   * Ends `to` once its queued bytes are out (the splice ends gracefully: a drain notice, or the
+   * other side's close), destroying it if that takes longer than CLOSE_GRACE_MS.
+   */
   private endAfterQueued(to: Socket, last?: string): void {
     if (to === this.client) this.clientEnding = true;
     else this.backendEnding = true;
     if (last === undefined) to.end();
     else to.end(last);
-    setTimeout(() => to.destroy(), LAST_BYTES_MS).unref();
+    setTimeout(() => to.destroy(), CLOSE_GRACE_MS).unref();
   }
 
   private onClose(reason: SpliceEndReason): void {

@@ -12,7 +12,7 @@ import { MailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { IssueList, at, int, readSection, str } from '../config/validate.js';
-import { REFUSED_LOG_INTERVAL_MS } from '../limits.js';
+import { CLOSE_GRACE_MS, REFUSED_LOG_INTERVAL_MS } from '../limits.js';
 
 /** Where the HTTP listener binds. */
 export interface HttpConfig {
@@ -275,7 +275,7 @@ export class HttpServer {
       server.close(() => resolve());
       server.closeIdleConnections();
       // A scrape in progress gets a moment to finish; a stuck client does not hold up a stop.
-      setTimeout(() => server.closeAllConnections(), 1_000).unref();
+      setTimeout(() => server.closeAllConnections(), CLOSE_GRACE_MS).unref();
     });
   }
 

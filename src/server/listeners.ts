@@ -21,7 +21,7 @@ import { TlsContextHolder } from './tls-config.js';
 import type { CertificateInfo } from './tls-config.js';
 import type { ConnectionEndpoints } from './proxy-protocol.js';
 import type { ConnectionLimiter } from './connection-limits.js';
-import { REFUSED_LOG_INTERVAL_MS } from '../limits.js';
+import { CLOSE_GRACE_MS, REFUSED_LOG_INTERVAL_MS } from '../limits.js';
 
 /**
  * Quiet time after which the kernel probes a client connection (TCP keepalive; node's libuv then
@@ -392,13 +392,13 @@ export class Listener {
 
   /**
    * Refuses a connection that is not a session (yet): the protocol's refusal line, then the close
-   * within a second. `beforeTls`: an implicit-TLS client before its handshake, which cannot read a
+   * within CLOSE_GRACE_MS. `beforeTls`: an implicit-TLS client before its handshake, which cannot read a
    * plaintext line and just gets the close.
    */
   private refuse(socket: Socket, beforeTls: boolean, limit: AcceptLimit, text: string): void {
     if (beforeTls) socket.destroy();
     else socket.end(this.adapter.connectionRefusal(limit, text));
-    setTimeout(() => socket.destroy(), 1_000).unref();
+    setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
   }
 
   /** Stops accepting connections at once; live sessions are left alone (a reload's listener that is replaced). */
