@@ -1,6 +1,8 @@
 /**
- * Every size and time bound of mailfront in one place, with units in the names and the reason.
- * Config may override the ones marked "default"; the others are protocol facts.
+ * Size and time bounds of mailfront, with units in the names and the reason: the ones several
+ * modules share, and most of the client and backend sessions'. Not all of them: a bound that one
+ * module alone uses (the HTTP listener's, a parser's, a cache's) may be defined by its code, with
+ * its reason there. Config may override the ones marked "default"; the others are fixed.
  */
 
 /** Longest pre-auth command line we accept (RFC 7162 §4 recommends 8192 octets for servers). */
