@@ -1,8 +1,17 @@
 /**
- * Rules the IMAP, POP3 and ManageSieve machines share, so that each is written once.
- * Must not: do I/O, or know any protocol's wire text.
+ * Rules the IMAP, POP3 and ManageSieve machines share, so that each is written once, and the
+ * human texts of answers every protocol gives (the listeners' too).
+ * Must not: do I/O, or know any protocol's wire syntax (each frames these texts its own way).
  */
 import type { BackendLoginOptions, LoginRefusal } from './types.js';
+
+/**
+ * What a client is told when the server stops: the phrase (IMAP's BYE, ManageSieve's with a full
+ * stop), and the sentence that says to come back (POP3's -ERR and the listeners' refusal: fetchmail
+ * reads the words, not the code).
+ */
+export const SHUTTING_DOWN_PHRASE = 'Server shutting down';
+export const SHUTTING_DOWN_TEXT = `${SHUTTING_DOWN_PHRASE}, please wait and try again later.`;
 
 /**
  * Whether a refused login counts towards MAX_AUTH_ATTEMPTS: only refusals of the client's own

@@ -13,6 +13,7 @@ import type { TlsHandshakeFailureReason } from '../metrics.js';
 import { MailfrontError, asMailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { CidrSet } from '../net/cidr.js';
+import { SHUTTING_DOWN_TEXT } from '../protocol/rules.js';
 import type { ProtocolAdapter } from '../protocol/types.js';
 import { Session } from '../session/session.js';
 import type { SessionContext } from '../session/session.js';
@@ -120,9 +121,6 @@ function refusedLogOf(limiter: ConnectionLimiter, log: Logger): RefusedConnectio
   if (refusedLog === undefined) refusedLogs.set(limiter, (refusedLog = new RefusedConnectionsLog(log)));
   return refusedLog;
 }
-
-/** What a connection that gets no session because the server is stopping is told. */
-const SHUTTING_DOWN_TEXT = 'Server shutting down, please wait and try again later.';
 
 /** Errors before a session owns its socket end in 'close'; one handler for every connection, not a closure each. */
 function ignoreSocketError(): void {}

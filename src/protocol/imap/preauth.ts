@@ -18,7 +18,7 @@ import type {
 } from '../types.js';
 import { ImapCommandParser, type ImapArg, type ImapCommand, type ParseEvent, type ParseProblem } from './parser.js';
 import { safeText } from './wire.js';
-import { countsAsFailedLogin } from '../rules.js';
+import { SHUTTING_DOWN_PHRASE, countsAsFailedLogin } from '../rules.js';
 
 type Phase =
   | 'command' // reading commands
@@ -172,7 +172,7 @@ export class ImapPreauthMachine implements PreauthMachine {
 
   shuttingDown(): PreauthAction[] {
     if (this.phase === 'closed' || this.phase === 'logged-in') return [];
-    return this.close([], '* BYE [UNAVAILABLE] Server shutting down\r\n', 'shutdown');
+    return this.close([], `* BYE [UNAVAILABLE] ${SHUTTING_DOWN_PHRASE}\r\n`, 'shutdown');
   }
 
   /** The tagged answer refusing the pending login; `text` is a human sentence (never a secret). */

@@ -18,7 +18,7 @@ import {
 import { decodeLoginField, decodePlain, hasUnsafeCharacters, LOGIN_PASSWORD_CHALLENGE, LOGIN_USERNAME_CHALLENGE } from '../sasl.js';
 import type { Credentials, LoginRefusal, LoginSuccess, PreauthAction, PreauthCloseReason, PreauthMachine, PreauthOptions } from '../types.js';
 import { oneLineText, SieveReader, sieveString, type SieveProblem, type SieveToken } from './wire.js';
-import { countsAsFailedLogin } from '../rules.js';
+import { SHUTTING_DOWN_PHRASE, countsAsFailedLogin } from '../rules.js';
 
 type Phase =
   | 'command' // reading commands
@@ -163,7 +163,7 @@ export class ManageSievePreauth implements PreauthMachine {
 
   shuttingDown(): PreauthAction[] {
     if (this.#phase === 'closed' || this.#phase === 'logged-in') return [];
-    return this.#close([], 'BYE (TRYLATER) "Server shutting down."', 'shutdown');
+    return this.#close([], `BYE (TRYLATER) "${SHUTTING_DOWN_PHRASE}."`, 'shutdown');
   }
 
   #plaintextAllowed(): boolean {

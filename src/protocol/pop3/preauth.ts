@@ -29,7 +29,7 @@ import type {
   PreauthOptions,
 } from '../types.js';
 import { LineReader, lineText, oneLine, strictLineText } from './lines.js';
-import { countsAsFailedLogin } from '../rules.js';
+import { SHUTTING_DOWN_TEXT, countsAsFailedLogin } from '../rules.js';
 
 /**
  * Where the machine is. 'awaiting-login': a 'login' action is out and input is only buffered;
@@ -165,7 +165,7 @@ export class Pop3Preauth implements PreauthMachine {
 
   shuttingDown(): PreauthAction[] {
     // Worded as the other temporary answers ("wait"): fetchmail reads the words, not the code.
-    return this.#finalWords('-ERR [SYS/TEMP] Server shutting down, please wait and try again later.', 'shutdown');
+    return this.#finalWords(`-ERR [SYS/TEMP] ${SHUTTING_DOWN_TEXT}`, 'shutdown');
   }
 
   #finalWords(line: string, reason: PreauthCloseReason): PreauthAction[] {
