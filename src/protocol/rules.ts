@@ -13,6 +13,9 @@ import type { BackendLoginOptions, LoginRefusal } from './types.js';
 export const SHUTTING_DOWN_PHRASE = 'Server shutting down';
 export const SHUTTING_DOWN_TEXT = `${SHUTTING_DOWN_PHRASE}, please wait and try again later.`;
 
+/** The refusal of a connection over max_connections_per_address (at accept, or at login for a forwarded address). */
+export const ADDRESS_LIMIT_TEXT = 'Too many connections from your address, please wait and try again later.';
+
 /**
  * Whether a refused login counts towards MAX_AUTH_ATTEMPTS: only refusals of the client's own
  * doing (wrong credentials, throttled). A backend outage or a locked mailbox is no reason to

@@ -13,7 +13,7 @@ import type { TlsHandshakeFailureReason } from '../metrics.js';
 import { MailfrontError, asMailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { CidrSet } from '../net/cidr.js';
-import { SHUTTING_DOWN_TEXT } from '../protocol/rules.js';
+import { ADDRESS_LIMIT_TEXT, SHUTTING_DOWN_TEXT } from '../protocol/rules.js';
 import type { ProtocolAdapter } from '../protocol/types.js';
 import { Session } from '../session/session.js';
 import type { SessionContext } from '../session/session.js';
@@ -250,7 +250,7 @@ export class Listener {
     if (!admission.admitted) {
       this.refusedLog.refused(admission.limit, config.name, endpoints.client.address);
       metrics.connectionRefused(admission.limit);
-      const text = admission.limit === 'total' ? 'Too many connections, please wait and try again later.' : 'Too many connections from your address, please wait and try again later.';
+      const text = admission.limit === 'total' ? 'Too many connections, please wait and try again later.' : ADDRESS_LIMIT_TEXT;
       return this.refuse(raw, config.tls === 'implicit', admission.limit, text);
     }
     const lease = admission.lease;
