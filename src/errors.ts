@@ -11,6 +11,7 @@ export type FailureKind =
   | 'not-authorized' // the user authenticated, but may not log in under that name (a backend administrator's, the proxy account's)
   | 'auth-tempfail' // the directory could not answer (down, timed out, broken entry)
   | 'no-route' // user without a store, unknown store, store without a current master
+  | 'maintenance' // the user's store is in maintenance (the store map says so): its clients are told the store's reason
   | 'connect' // backend slot unreachable or refused the connection
   | 'local-resources' // mailfront could not open a connection for want of its own resources (open files, local ports): no slot's fault
   | 'backend-login' // backend refused our login or spoke nonsense
@@ -23,14 +24,20 @@ export type FailureKind =
 
 export class MailfrontError extends Error {
   override readonly name = 'MailfrontError';
+  /**
+   * What the client is told, where the failure has words of its own for it (the reason of a
+   * store in maintenance, from the store map); otherwise the session's fixed text for the kind.
+   */
+  readonly clientText: string | undefined;
   constructor(
     /** Stable, grep-able identifier, e.g. 'LDAP_UNREACHABLE'. */
     readonly code: string,
     readonly kind: FailureKind,
     message: string,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; clientText?: string },
   ) {
-    super(message, options);
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.clientText = options?.clientText;
   }
 }
 

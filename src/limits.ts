@@ -114,3 +114,9 @@ export const MAX_STOREMAP_LDAP_ANSWER_BYTES = 64 * 1024 * 1024;
  * there (five caches, Redis set) used 1.6 GB idle and aborted under a 1 GB old space.
  */
 export const MAX_CACHE_ENTRIES = 2_000_000;
+
+/**
+ * Longest maintenance reason a store map may give (UTF-8 bytes): one sentence, sent in a login's
+ * refusal and a drain's BYE, and short enough for a phone's notification.
+ */
+export const MAX_MAINTENANCE_REASON_BYTES = 200;

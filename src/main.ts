@@ -36,7 +36,7 @@ import type { SessionEntry } from './proxy/registry.js';
 import { Canceller } from './cancel.js';
 import type { Cancellation } from './cancel.js';
 import { StoreMapHolder } from './routing/holder.js';
-import type { MasterChange, ReloadResult } from './routing/holder.js';
+import type { MaintenanceChange, MasterChange, ReloadResult } from './routing/holder.js';
 import { createStoreMapSource, sourceUnreadable } from './routing/sources.js';
 import type { StoreMapSource } from './routing/sources.js';
 import { sameServer } from './routing/storemap.js';
@@ -289,6 +289,7 @@ export class Mailfront {
     this.limiter = new ConnectionLimiter(config.connectionLimits);
     this.holder = new StoreMapHolder(createStoreMapSource(config.storeMap, caContent(caFiles.storeMap), log), () => this.config, log, {
       changes: (changes) => this.drain(changes),
+      maintenance: (changes) => this.drainMaintenance(changes),
       installed: (map) => metrics.storeMapInForce(map.version, map.stores),
       loaded: () => metrics.storeMapLoaded(),
       rejected: () => metrics.storeMapRejected(),
@@ -810,14 +811,43 @@ export class Mailfront {
       for (const session of sessions) {
         // Already on its way out: another change of the same store in the spread (A → B → A → B).
         if (this.draining.has(session)) continue;
-        const timer = setTimeout(() => {
-          this.draining.delete(session);
-          // The failover was undone meanwhile (A → B → A): the session is on the master again.
-          if (this.onCurrentMaster(session)) return;
-          session.close('drained');
-        }, Math.floor(Math.random() * spreadMs));
-        this.draining.set(session, timer);
+        this.drainLater(session, spreadMs);
       }
+    }
+  }
+
+  /**
+   * Closes `session` at a random moment within `spreadMs`, unless by then it is on its store's
+   * current master again (a failover undone: A → B → A) and the store is not in maintenance.
+   */
+  private drainLater(session: SessionEntry, spreadMs: number): void {
+    const timer = setTimeout(() => {
+      this.draining.delete(session);
+      if (this.onCurrentMaster(session) && this.holder.current.stores.get(session.store)?.maintenance === null) return;
+      session.close('drained');
+    }, Math.floor(Math.random() * spreadMs));
+    this.draining.set(session, timer);
+  }
+
+  /**
+   * A store went into maintenance: its logins under way (held while its master is down, say) are
+   * refused at once, and its spliced sessions are closed over the spread window as a failover's
+   * are, told the store's reason. One that came out of it is only logged: nothing to drain.
+   */
+  private drainMaintenance(changes: readonly MaintenanceChange[]): void {
+    const spreadMs = this.config.failover.drainSpreadMs;
+    for (const change of changes) {
+      if (change.reason === null) {
+        this.log.warn({ event: 'storemap.maintenance', store: change.store, maintenance: false }, 'store out of maintenance; logins are routed to it again');
+        continue;
+      }
+      const store = this.holder.current.stores.get(change.store);
+      const slots = store === undefined ? [] : [...store.slots.keys()];
+      // Told as a move off each slot: the login reads the map again, and is refused.
+      const logins = slots.reduce((n, slot) => n + this.registry.masterMoved(change.store, slot), 0);
+      const sessions = slots.flatMap((slot) => this.registry.splicedToMoved(change.store, slot));
+      this.log.warn({ event: 'storemap.maintenance', store: change.store, maintenance: true, reason: change.reason, sessions: sessions.length, logins, spreadMs }, 'store in maintenance; its logins are refused and its sessions drained');
+      for (const session of sessions) if (!this.draining.has(session)) this.drainLater(session, spreadMs);
     }
   }
 

@@ -67,7 +67,7 @@ export type ProxyHeaderResult = 'accepted' | 'local' | 'untrusted' | 'malformed'
 export type TlsHandshakeFailureReason = 'error' | 'timeout' | 'closed';
 
 /** The part of a store map the metrics need (StoreMap['stores'] fits it). */
-export type StoreMapShape = ReadonlyMap<string, { readonly currentMaster: string; readonly preferredMaster: string; readonly slots: ReadonlyMap<string, unknown> }>;
+export type StoreMapShape = ReadonlyMap<string, { readonly currentMaster: string; readonly preferredMaster: string; readonly slots: ReadonlyMap<string, unknown>; readonly maintenance?: string | null }>;
 
 
 /** Tracks one session's phase and end; returned by `Metrics.sessionStarted`. */
@@ -298,6 +298,7 @@ export class Metrics {
   private readonly slotCurrentMaster: Gauge<'store' | 'slot'>;
   /** 1 when a store's current master is not its preferred master. */
   private readonly storeBackwards: Gauge<'store'>;
+  private readonly storeMaintenance: Gauge<'store'>;
   /** 1 when the last health check of a slot succeeded, 0 when it failed. */
   private readonly slotUp: Gauge<'store' | 'slot'>;
   /** Changes of a store's current master, by store. */
@@ -361,6 +362,7 @@ export class Metrics {
     this.storeMapSourceLastSuccess = gauge('mailfront_store_map_source_last_success_timestamp_seconds', 'Unix time of the last good look at the store-map source (each LDAP poll; the start of a file watch; each read of a file that is not watched).', []);
     this.slotCurrentMaster = gauge('mailfront_slot_current_master', '1 for the slot that is its store\'s current master, 0 for the others.', ['store', 'slot']);
     this.storeBackwards = gauge('mailfront_store_backwards', '1 when a store\'s current master is not its preferred master.', ['store']);
+    this.storeMaintenance = gauge('mailfront_store_maintenance', '1 while a store is in maintenance (its logins refused, its slots not probed: their mailfront_slot_up stays as last probed).', ['store']);
     this.slotUp = gauge('mailfront_slot_up', '1 when the last health check of a slot succeeded, 0 when it failed.', ['store', 'slot']);
     this.failoversTotal = counter('mailfront_failovers_total', 'Changes of a store\'s current master, by store.', ['store']);
     // Registered only while the throttle uses Redis (see throttleRedis()): a series that read 0
@@ -486,8 +488,10 @@ export class Metrics {
     const slotKeys = new Set<string>();
     this.slotCurrentMaster.reset();
     this.storeBackwards.reset();
+    this.storeMaintenance.reset();
     for (const [storeName, store] of stores) {
       this.storeBackwards.set({ store: storeName }, store.currentMaster === store.preferredMaster ? 0 : 1);
+      this.storeMaintenance.set({ store: storeName }, store.maintenance === undefined || store.maintenance === null ? 0 : 1);
       for (const slotName of store.slots.keys()) {
         slotKeys.add(`${storeName}\0${slotName}`);
         this.slotCurrentMaster.set({ store: storeName, slot: slotName }, slotName === store.currentMaster ? 1 : 0);

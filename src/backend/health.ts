@@ -2,7 +2,8 @@
  * Slot health checks: every slot of the store map is probed periodically (connect and read the
  * greeting, and do STARTTLS where the slot's logins do; with a probe account, log in). Results are kept for status and metrics. It
  * never changes routing: promoting a replica stays the operator's decision. A round's probes are
- * spread over the interval, and only so many are in flight at once.
+ * spread over the interval, and only so many are in flight at once. The slots of a store in
+ * maintenance are not probed (the operator stopped them): each keeps its last result until then.
  */
 import { Canceller } from '../cancel.js';
 import type { Cancellation } from '../cancel.js';
@@ -116,8 +117,10 @@ export class SlotHealthMonitor {
   async probeAll(spreadMs = 0, current: () => boolean = () => !this.stopped.aborted): Promise<void> {
     const map = this.storeMap();
     if (map === null) return;
-    const slots = [...map.stores.values()].flatMap((s) => [...s.slots.values()]);
-    const names = new Set(slots.map((s) => s.name));
+    // Every slot's name, to prune the results of slots that left the map; those of a store in
+    // maintenance stay (its result from before, for the first probe after to compare with).
+    const names = new Set([...map.stores.values()].flatMap((s) => [...s.slots.keys()]));
+    const slots = [...map.stores.values()].flatMap((s) => (typeof s.maintenance === 'string' ? [] : [...s.slots.values()]));
     for (const name of this.results.keys()) if (!names.has(name)) this.results.delete(name);
     const began = performance.now();
     let inFlight = 0;
@@ -133,8 +136,10 @@ export class SlotHealthMonitor {
       while (inFlight >= MAX_PROBES_IN_FLIGHT) await new Promise<void>((resolve) => (freed = resolve));
       if (!current()) break;
       // The slot as the map in force has it now: one a reload dropped since the round began is
-      // not probed, one it pointed elsewhere is probed there.
-      const slot = this.storeMap()?.stores.get(planned.store)?.slots.get(planned.name);
+      // not probed, one it pointed elsewhere is probed there, and one whose store went into
+      // maintenance is not probed.
+      const store = this.storeMap()?.stores.get(planned.store);
+      const slot = typeof store?.maintenance === 'string' ? undefined : store?.slots.get(planned.name);
       if (slot === undefined) continue;
       inFlight++;
       void this.probeOne(slot)
@@ -197,8 +202,10 @@ export class SlotHealthMonitor {
       this.stopped.removeEventListener('abort', onStop);
     }
     // A map loaded while the probe ran may have dropped the slot: its result is nobody's now
-    // (reported, it would bring back a metric series for a slot that no longer exists).
-    if (this.storeMap()?.stores.get(slot.store)?.slots.has(slot.name) !== true) return;
+    // (reported, it would bring back a metric series for a slot that no longer exists). Or put
+    // its store in maintenance: a slot stopped on purpose is no news ("slot is down").
+    const store = this.storeMap()?.stores.get(slot.store);
+    if (store?.slots.has(slot.name) !== true || typeof store.maintenance === 'string') return;
     this.results.set(slot.name, health);
     if (before === undefined || before.up !== health.up) {
       const fields = { event: 'slot.health', store: slot.store, slot: slot.name, up: health.up, err: health.error };

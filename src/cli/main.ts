@@ -67,7 +67,8 @@ ${COMMON}
 
 One line per slot: store, slot, host, master or replica, whether it is the store's preferred
 master, health, sessions. A store whose current master is not its preferred master is flagged
-BACKWARDS.
+BACKWARDS; one in maintenance MAINTENANCE (its slots' health "paused"), and its reason is
+printed below the table.
 ${REMOTE}
 `,
   whereis: `Usage: mailfront whereis USER [-c FILE]
@@ -482,14 +483,15 @@ async function main(argv: string[]): Promise<number> {
     case 'stores': {
       const json = await call(await remoteFrom(values), 'GET', '/api/stores');
       if (values.json) return printJson(json), 0;
-      const stores = json['stores'] as Array<{ store: string; backwards: boolean; preferredMaster: string; slots: Array<{ slot: string; host: string; master: boolean; health: string; sessions: number }> }>;
+      const stores = json['stores'] as Array<{ store: string; backwards: boolean; maintenance?: boolean; maintenanceReason?: string | null; preferredMaster: string; slots: Array<{ slot: string; host: string; master: boolean; health: string; sessions: number }> }>;
       const rows = stores.flatMap((s) =>
-        s.slots.map((slot) => [s.store, slot.slot, slot.host, slot.master ? 'master' : 'replica', slot.slot === s.preferredMaster ? 'yes' : '', slot.health, String(slot.sessions), s.backwards && slot.master ? 'BACKWARDS' : '']),
+        s.slots.map((slot) => [s.store, slot.slot, slot.host, slot.master ? 'master' : 'replica', slot.slot === s.preferredMaster ? 'yes' : '', slot.health, String(slot.sessions), [s.backwards && slot.master ? 'BACKWARDS' : '', s.maintenance === true && slot.master ? 'MAINTENANCE' : ''].filter(Boolean).join(' ')]),
       );
       out(`store map version ${String(json['version'])}\n`);
       out(table(['STORE', 'SLOT', 'HOST', 'ROLE', 'PREFERRED', 'HEALTH', 'SESSIONS', ''], rows));
       const backwards = stores.filter((s) => s.backwards).map((s) => s.store);
       if (backwards.length > 0) out(`backwards stores (current master is not the preferred master): ${backwards.join(', ')}\n`);
+      for (const s of stores) if (s.maintenance === true) out(`store ${s.store} in maintenance, logins refused: ${String(s.maintenanceReason)}\n`);
       return 0;
     }
     case 'whereis': {

@@ -22,6 +22,26 @@ export interface MasterChange {
   readonly protocols?: readonly ProtocolName[];
 }
 
+/** A store that went into maintenance (`reason`: what its clients are told) or came out of it (`reason` null). */
+export interface MaintenanceChange {
+  readonly store: string;
+  readonly reason: string | null;
+}
+
+/**
+ * The stores whose maintenance was turned on or off between two maps. A store new in the map
+ * has no sessions to drain, and one that left it is drained as a master change; a reason
+ * changed while on is no change (what logins are told changes, nothing is drained).
+ */
+export function maintenanceChanges(before: StoreMap, after: StoreMap): MaintenanceChange[] {
+  const changes: MaintenanceChange[] = [];
+  for (const [name, store] of after.stores) {
+    const was = before.stores.get(name);
+    if (was !== undefined && (was.maintenance === null) !== (store.maintenance === null)) changes.push({ store: name, reason: store.maintenance });
+  }
+  return changes;
+}
+
 /** What a reload did. */
 export interface ReloadResult {
   readonly ok: boolean;
@@ -56,6 +76,8 @@ export function masterChanges(before: StoreMap, after: StoreMap): MasterChange[]
 export interface StoreMapObserver {
   /** Stores whose current master changed, with the new map (already in force). */
   changes(changes: readonly MasterChange[], map: StoreMap): void;
+  /** Stores that went into maintenance or came out of it, with the new map (already in force; after changes()). */
+  maintenance?(changes: readonly MaintenanceChange[], map: StoreMap): void;
   /** A new version is in force: one the source gave, or the map in force built again with a reloaded config. */
   installed?(map: StoreMap): void;
   /**
@@ -197,12 +219,14 @@ export class StoreMapHolder {
     this.versionCounter = next.version;
     this.map = next;
     const changes = before === null ? [] : masterChanges(before, next);
-    const fields = { source, trigger, version: next.version, stores: next.stores.size, failovers: changes };
+    const maintenance = before === null ? [] : maintenanceChanges(before, next);
+    const fields = { source, trigger, version: next.version, stores: next.stores.size, failovers: changes, ...(maintenance.length > 0 ? { maintenance } : {}) };
     if (how === 'loaded') this.log.info({ event: 'storemap.loaded', ...fields }, 'store map loaded');
     else this.log.info({ event: 'storemap.rebuilt', ...fields }, 'store map in force built again with the config in force (its source gave no usable map)');
     this.observer.installed?.(next);
     if (how === 'loaded') this.observer.loaded?.(next);
     if (changes.length > 0) this.observer.changes(changes, next);
+    if (maintenance.length > 0) this.observer.maintenance?.(maintenance, next);
     return changes;
   }
 
@@ -308,7 +332,7 @@ function sameTopology(a: StoreMap, b: StoreMap): boolean {
 }
 
 function describe(map: StoreMap): unknown {
-  return [...map.stores.values()].map((s) => [s.name, s.currentMaster, s.preferredMaster, [...s.slots.values()], s.backend]);
+  return [...map.stores.values()].map((s) => [s.name, s.currentMaster, s.preferredMaster, [...s.slots.values()], s.backend, s.maintenance]);
 }
 
 export { StoreMap };

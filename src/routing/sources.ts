@@ -568,6 +568,14 @@ function first(value: unknown): string | undefined {
   return undefined;
 }
 
+/**
+ * A mailfrontMaintenance value as the store map's `maintenance`: TRUE alone is on with the default
+ * text and FALSE is off (as LDAP's Boolean syntax spells them), any other text the reason.
+ */
+function maintenanceFromLdap(value: string): boolean | string {
+  return value === 'TRUE' ? true : value === 'FALSE' ? false : value;
+}
+
 function lowerDn(dn: string): string {
   return dn.replace(/\s*,\s*/g, ',').toLowerCase();
 }
@@ -603,6 +611,8 @@ export function storeEntriesToDocument(entries: ReadonlyArray<Record<string, unk
     if (preferred !== undefined) store['preferred_master'] = preferred;
     const profile = first(entry['mailfrontBackendProfile']);
     if (profile !== undefined) store['backend_profile'] = profile;
+    const maintenance = first(entry['mailfrontMaintenance']);
+    if (maintenance !== undefined) store['maintenance'] = maintenanceFromLdap(maintenance);
     stores[name] = store;
     storeByDn.set(lowerDn(entry.dn), store);
     const dns = dnsByName.get(name.toLowerCase()) ?? [];
@@ -928,7 +938,7 @@ export class LdapStoreMapSource implements StoreMapSource {
         scope: 'sub',
         filter: STORE_ENTRIES_FILTER,
         // The versions, for the polls until the next whole read (RecentEntries).
-        attributes: ['objectClass', 'cn', 'mailfrontCurrentMaster', 'mailfrontPreferredMaster', 'mailfrontBackendProfile', 'mailfrontHost', ...SLOT_PORTS.map(([a]) => a), ...VERSION_ATTRIBUTES],
+        attributes: ['objectClass', 'cn', 'mailfrontCurrentMaster', 'mailfrontPreferredMaster', 'mailfrontBackendProfile', 'mailfrontMaintenance', 'mailfrontHost', ...SLOT_PORTS.map(([a]) => a), ...VERSION_ATTRIBUTES],
         paged: true,
       });
       for await (const { searchEntries } of pages) {

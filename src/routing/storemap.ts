@@ -9,6 +9,7 @@ import type { BackendConfig } from '../config/schema.js';
 import { readBackend } from '../config/schema.js';
 import { IssueList, at, optPort, readMapping, readSection, str } from '../config/validate.js';
 import { MailfrontError } from '../errors.js';
+import { MAX_MAINTENANCE_REASON_BYTES } from '../limits.js';
 import type { ProtocolName } from '../protocol/types.js';
 
 export interface Slot {
@@ -30,6 +31,40 @@ export interface Store {
   readonly currentMaster: string;
   /** How to log in to this store's slots (the global backend section with this store's overrides). */
   readonly backend: BackendConfig;
+  /**
+   * The store is in maintenance (its slots stopped on purpose): what its clients are told, the
+   * reason given or DEFAULT_MAINTENANCE_REASON; null when it is not. No login is routed to it.
+   */
+  readonly maintenance: string | null;
+}
+
+/**
+ * What clients of a store in maintenance are told when no reason is given. Says "wait": fetchmail
+ * takes a POP3 -ERR to a login as temporary only by its words, and reads any other as a wrong password.
+ */
+export const DEFAULT_MAINTENANCE_REASON = 'Your mailbox is down for maintenance, please wait and try again later.';
+
+/**
+ * What a maintenance reason may hold: anything printable but controls, format characters (bidi
+ * controls), lone surrogates and line or paragraph separators. Each would let the text break the
+ * line it is sent on (CR, LF, NUL) or show as something else than it is in a client or a log.
+ */
+const UNPRINTABLE_IN_REASON = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}\ufffd]/u;
+
+/** What a store's `maintenance` key must be, as its issue says. */
+const MAINTENANCE_EXPECTED = `false, true, or the reason clients are told: printable text of 1 to ${MAX_MAINTENANCE_REASON_BYTES} bytes (UTF-8), without control characters, that does not begin with "[" (a response code it would fake) nor begin or end with a space`;
+
+/**
+ * Reads a store's `maintenance` value: false (or absent) is off, true is on with the default
+ * text, a string is on with that text. A text that begins with "[" is refused: an IMAP client
+ * would read `NO [UNAVAILABLE] [ALERT] ...` as naming another code, and it means nothing to a person.
+ */
+function readMaintenance(value: unknown, path: string, issues: IssueList): string | null {
+  if (value === undefined || value === false) return null;
+  if (value === true) return DEFAULT_MAINTENANCE_REASON;
+  if (typeof value === 'string' && value.length > 0 && Buffer.byteLength(value, 'utf8') <= MAX_MAINTENANCE_REASON_BYTES && !UNPRINTABLE_IN_REASON.test(value) && !value.startsWith('[') && value.trim() === value) return value;
+  issues.add(path, MAINTENANCE_EXPECTED, value);
+  return null;
 }
 
 /** The ports a session of each protocol may have been dialled on. */
@@ -63,10 +98,14 @@ export class StoreMap {
     readonly stores: ReadonlyMap<string, Store>,
   ) {}
 
-  /** The current master slot of `storeName`; throws a `no-route` error when there is none. */
+  /**
+   * The current master slot of `storeName`; throws a `no-route` error when there is none, and a
+   * `maintenance` error (its reason for the client) when the store is in maintenance.
+   */
   currentMaster(storeName: string): { store: Store; slot: Slot } {
     const store = this.stores.get(storeName);
     if (store === undefined) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${storeName}" is not in the store map (version ${this.version})`);
+    if (store.maintenance !== null) throw new MailfrontError('STORE_MAINTENANCE', 'maintenance', `store "${storeName}" is in maintenance (store map version ${this.version})`, { clientText: store.maintenance });
     const slot = store.slots.get(store.currentMaster);
     if (slot === undefined) throw new MailfrontError('NO_CURRENT_MASTER', 'no-route', `store "${storeName}" has no current master slot`);
     return { store, slot };
@@ -92,7 +131,7 @@ export function readStoreMap(doc: unknown, version: number, globalBackend: Backe
   if (Object.keys(storesDoc).length === 0) issues.add('stores', 'at least one store', storesDoc);
   for (const [storeName, storeDoc] of Object.entries(storesDoc)) {
     const path = at('stores', storeName);
-    const o = readSection(storeDoc, path, ['slots', 'current_master', 'preferred_master', 'backend', 'backend_profile'], issues);
+    const o = readSection(storeDoc, path, ['slots', 'current_master', 'preferred_master', 'maintenance', 'backend', 'backend_profile'], issues);
     if (!o) continue;
     const slotsDoc = readMapping(o['slots'], at(path, 'slots'), issues) ?? {};
     const slots = new Map<string, Slot>();
@@ -133,7 +172,8 @@ export function readStoreMap(doc: unknown, version: number, globalBackend: Backe
       else base = profile;
     }
     const backend = o['backend'] === undefined ? base : readBackend(o['backend'], at(path, 'backend'), resolvePath, issues, base);
-    stores.set(storeName, { name: storeName, slots, preferredMaster, currentMaster, backend });
+    const maintenance = readMaintenance(o['maintenance'], at(path, 'maintenance'), issues);
+    stores.set(storeName, { name: storeName, slots, preferredMaster, currentMaster, backend, maintenance });
   }
   return new StoreMap(version, stores);
 }

@@ -43,6 +43,9 @@ export function storesView(map: StoreMap, registry: SessionRegistry, health: Slo
     currentMaster: store.currentMaster,
     preferredMaster: store.preferredMaster,
     backwards: StoreMap.isBackwards(store),
+    // In maintenance: what its clients are told; its slots are not probed meanwhile ('paused').
+    maintenance: store.maintenance !== null,
+    maintenanceReason: store.maintenance,
     sessions: [...store.slots.keys()].reduce((n, slot) => n + registry.onSlot(slot).length, 0),
     slots: [...store.slots.values()].map((slot) => {
       const h = health.get(slot.name);
@@ -51,7 +54,7 @@ export function storesView(map: StoreMap, registry: SessionRegistry, health: Slo
         host: slot.host,
         ports: { imap: slot.imapPort, imaps: slot.imapsPort, pop3: slot.pop3Port, pop3s: slot.pop3sPort, sieve: slot.sievePort },
         master: slot.name === store.currentMaster,
-        health: h === undefined ? 'unknown' : h.up ? 'up' : 'down',
+        health: store.maintenance !== null ? 'paused' : h === undefined ? 'unknown' : h.up ? 'up' : 'down',
         healthError: h?.error,
         checkedAt: h ? new Date(h.checkedAt).toISOString() : undefined,
         sessions: registry.onSlot(slot.name).length,

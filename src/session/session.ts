@@ -148,6 +148,8 @@ function refusalFor(kind: FailureKind): LoginRefusal {
       return 'login-delay';
     case 'limit':
       return 'limit';
+    // The user's store is in maintenance: told so in the store's words (MailfrontError.clientText).
+    case 'maintenance':
     case 'auth-tempfail':
     case 'no-route':
     case 'connect':
@@ -618,6 +620,9 @@ export class Session {
       }
       if (found.store === null) throw new MailfrontError('USER_WITHOUT_STORE', 'no-route', `the directory entry ${found.dn} has no store attribute`);
       this.store = found.store;
+      // A store in maintenance refuses the login now, the password checked (to anyone else it is
+      // one more wrong password): no slot dialled, no hold, no sessions-per-user count.
+      this.context.storeMap().currentMaster(found.store);
       // Counted by the entry's name, as the throttle counts by the name typed (all spellings one, usernames.lowercase or not).
       if (!this.lease.claimUser(config.usernames.lowercase ? name : name.toLowerCase())) {
         this.context.metrics.connectionRefused('user');
@@ -675,8 +680,9 @@ export class Session {
       // Counted: the next check of this user may go (not after the answer's delay below).
       leaveGate(error.kind === 'auth-failed');
       const fields = { event: 'session.login_failed', ...userFields(asserted ?? user ?? undefined, user ?? undefined), store: this.store, code: error.code, kind: error.kind, ...this.clientFields(), reason: error.message, ...(penaltyMs > 0 ? { penaltyMs } : {}) };
-      // A POP3 client polling faster than the backend allows ([LOGIN-DELAY]) is the user's doing, not the fleet's.
-      if (refusal === 'auth-failed' || refusal === 'limit' || refusal === 'login-delay') this.log.info(fields, 'login failed');
+      // A POP3 client polling faster than the backend allows ([LOGIN-DELAY]) is the user's doing,
+      // not the fleet's; a store in maintenance is the operator's.
+      if (refusal === 'auth-failed' || refusal === 'limit' || refusal === 'login-delay' || error.kind === 'maintenance') this.log.info(fields, 'login failed');
       else this.log.error(fields, 'login could not be completed');
       // Same answer after the same time for an unknown user and a wrong password (and a
       // throttled login looks no faster); repeated failures add the throttle's penalty. Every
@@ -684,7 +690,7 @@ export class Session {
       // is down gets one answer, and writes one error line, per delay, not one per command.
       await delay(started + config.session.authFailureDelayMs + penaltyMs - performance.now(), this.cancellation);
       this.store = undefined;
-      const text = refusal !== 'limit' ? UNAVAILABLE_TEXT[error.kind] : error.code === ADDRESS_CONNECTION_LIMIT ? ADDRESS_LIMIT_TEXT : LIMIT_TEXT;
+      const text = error.clientText ?? (refusal !== 'limit' ? UNAVAILABLE_TEXT[error.kind] : error.code === ADDRESS_CONNECTION_LIMIT ? ADDRESS_LIMIT_TEXT : LIMIT_TEXT);
       if (this.phase === 'preauth' && !this.socket.destroyed) this.perform(this.machine.loginFailed(refusal, text));
     } finally {
       // Every way out (a cancelled login, a kick) leaves the gate; leaving twice does nothing.
@@ -743,7 +749,14 @@ export class Session {
       registry.attemptStarted(watch);
       try {
         const backend = await this.connectBackend(slot, store.backend, identity, password, cancel);
-        const now = this.context.storeMap().currentMaster(storeName).slot;
+        let now: Slot;
+        try {
+          now = this.context.storeMap().currentMaster(storeName).slot;
+        } catch (caught) {
+          // The store went into maintenance (or left the map) as the login completed.
+          backend.socket.destroy();
+          throw caught;
+        }
         if (sameServer(now, slot, this.adapter.name)) return backend;
         backend.socket.destroy();
         follow();
@@ -752,7 +765,9 @@ export class Session {
         const error = asMailfrontError(caught);
         throwIfCancelled(session, 'the session ended while its backend login was under way');
         if (kicked) return null;
-        // Failed, or cut short, on a slot that is no longer the master: on to the new one now.
+        // Failed, or cut short, on a slot that is no longer the master: on to the new one now. A
+        // store that went into maintenance meanwhile (which cuts the attempt short too) throws
+        // its refusal here: a login held for its master is not routed once the operator says so.
         const now = this.context.storeMap().currentMaster(storeName).slot;
         if (moved || !sameServer(now, slot, this.adapter.name)) {
           follow();
@@ -874,8 +889,10 @@ export class Session {
       close: (reason) => {
         // Already ending (a kick, then a drain's turn): one line, one close.
         if (running.ending) return;
-        this.log.info({ event: reason === 'kicked' ? 'session.kicked' : reason === 'drained' ? 'session.drained' : 'session.shutdown', ...userFields(this.user, this.typedUser), store: this.store, slot: this.slot }, `session closed: ${reason}`);
-        running.close(reason, this.adapter.drainNotice(reason === 'drained' ? 'Mailbox moved to another server, please reconnect' : reason === 'kicked' ? KICKED_TEXT : 'Server shutting down'));
+        // Drained from a store in maintenance: told the store's reason, not that it moved.
+        const maintenance = reason === 'drained' ? (this.context.storeMap().stores.get(entry.store)?.maintenance ?? null) : null;
+        this.log.info({ event: reason === 'kicked' ? 'session.kicked' : reason === 'drained' ? 'session.drained' : 'session.shutdown', ...userFields(this.user, this.typedUser), store: this.store, slot: this.slot, ...(maintenance !== null ? { maintenance: true } : {}) }, `session closed: ${reason}`);
+        running.close(reason, this.adapter.drainNotice(maintenance ?? (reason === 'drained' ? 'Mailbox moved to another server, please reconnect' : reason === 'kicked' ? KICKED_TEXT : 'Server shutting down')));
       },
     };
     this.entry = entry;
