@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
  * The `mailfront` command line. `serve` and `check-config` work on a config file; the operator
- * commands (stores, whereis, failover, sessions, kick, reload) talk to a running instance's
+ * commands (stores, whereis, failover, maintenance, sessions, kick, reload) talk to a running instance's
  * admin API, whose address and token they take from the same config file (or --url/--token).
  * Parses arguments, prints, and sets the exit code; nothing else.
  */
@@ -37,6 +37,8 @@ Commands:
   stores                list stores: masters, backwards stores, slot health, sessions
   whereis USER          a user's store, current master, address and live sessions
   failover STORE SLOT   make SLOT the current master of STORE (written to the store map source)
+  maintenance STORE on [--reason TEXT] | off
+                        put STORE in maintenance or take it out (written to the store map source)
   sessions              list spliced sessions (--user, --store, --slot filter)
   kick USER             close USER's sessions, forget USER's cached logins (or --slot SLOT,
                         or --session ID)
@@ -83,6 +85,19 @@ Makes SLOT the current master of STORE in the store map's source of truth (the Y
 the LDAP store entry). New logins go to SLOT at once; sessions on the old master are closed
 over the configured spread window.
 ${REMOTE}
+`,
+  maintenance: `Usage: mailfront maintenance STORE on [--reason TEXT] | off [-c FILE]
+
+Puts STORE in maintenance in the store map's source of truth (the YAML file's maintenance key,
+or the LDAP store entry's mailfrontMaintenance), or takes it out. While it is on, a login of
+STORE's users is refused once the password is checked (IMAP NO [UNAVAILABLE], POP3 -ERR
+[SYS/TEMP], ManageSieve NO (TRYLATER)) with TEXT, or a default text that asks to wait and try
+again later; no slot of STORE is dialled or probed. Turning it on closes STORE's sessions over
+the failover spread window, each told TEXT; turning it off closes nothing. TEXT: printable, at
+most 200 bytes, not beginning with "[" (say "wait" in it: fetchmail reads a POP3 refusal
+without it as a wrong password).
+${REMOTE}
+      --reason TEXT   what the store's clients are told (with on only)
 `,
   sessions: `Usage: mailfront sessions [--user USER] [--store STORE] [--slot SLOT] [-c FILE]
 
@@ -287,6 +302,7 @@ const OPTIONS = {
   store: { type: 'string' },
   slot: { type: 'string' },
   session: { type: 'string' },
+  reason: { type: 'string' },
 } as const;
 
 /** The options of the commands that talk to a running server's admin API. */
@@ -302,13 +318,14 @@ const COMMAND_OPTIONS: Readonly<Record<string, readonly (keyof typeof OPTIONS)[]
   stores: REMOTE_OPTIONS,
   whereis: REMOTE_OPTIONS,
   failover: REMOTE_OPTIONS,
+  maintenance: [...REMOTE_OPTIONS, 'reason'],
   sessions: [...REMOTE_OPTIONS, 'user', 'store', 'slot'],
   kick: [...REMOTE_OPTIONS, 'slot', 'session'],
   reload: REMOTE_OPTIONS,
 };
 
 /** How many arguments each command takes after its name (kick checks its own). */
-const MAX_ARGUMENTS: Readonly<Record<string, number>> = { serve: 1, 'check-config': 1, stores: 0, whereis: 1, failover: 2, sessions: 0, reload: 0 };
+const MAX_ARGUMENTS: Readonly<Record<string, number>> = { serve: 1, 'check-config': 1, stores: 0, whereis: 1, failover: 2, maintenance: 2, sessions: 0, reload: 0 };
 
 /** How long a stopping server waits for its log lines to reach a log reader that is slow. */
 const LOG_FLUSH_AT_EXIT_MS = 5_000;
@@ -509,6 +526,19 @@ async function main(argv: string[]): Promise<number> {
       const json = await call(await remoteFrom(values), 'POST', `/api/stores/${encodeURIComponent(store)}/failover`, { slot }, `the failover may still be under way: see the log (storemap.failover_written) or \`mailfront stores\``);
       if (values.json) return printJson(json), 0;
       out(`store ${store}: current master is now ${slot} (store map version ${String(json['version'])})\n`);
+      return 0;
+    }
+    case 'maintenance': {
+      const [store, state] = rest;
+      if (store === undefined || (state !== 'on' && state !== 'off')) return usage();
+      if (state === 'off' && values.reason !== undefined) {
+        process.stderr.write('mailfront maintenance: --reason goes with on only\n\n');
+        return usage();
+      }
+      const body = state === 'on' ? { on: true, ...(values.reason !== undefined ? { reason: values.reason } : {}) } : { on: false };
+      const json = await call(await remoteFrom(values), 'POST', `/api/stores/${encodeURIComponent(store)}/maintenance`, body, `the change may still be under way: see the log (storemap.maintenance_written) or \`mailfront stores\``);
+      if (values.json) return printJson(json), 0;
+      out(`store ${store}: maintenance ${state} (store map version ${String(json['version'])})\n`);
       return 0;
     }
     case 'sessions': {

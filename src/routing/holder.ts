@@ -11,7 +11,8 @@ import type { Logger } from '../log.js';
 import { sourceUnreadable } from './sources.js';
 import type { StoreMapSource } from './sources.js';
 import type { ProtocolName } from '../protocol/types.js';
-import { StoreMap, protocolsWithMovedPorts } from './storemap.js';
+import { StoreMap, maintenanceProblem, protocolsWithMovedPorts } from './storemap.js';
+import type { Store } from './storemap.js';
 
 /** A store whose current master changed (`to` is null when the store left the map; `to` is `from` when the master slot was pointed at another server). */
 export interface MasterChange {
@@ -266,60 +267,104 @@ export class StoreMapHolder {
    */
   failover(store: string, slot: string): Promise<ReloadResult> {
     return this.inTurn(async () => {
-      const known = this.current.stores.get(store);
-      if (known === undefined) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${store}" is not in the store map`);
+      const known = this.known(store);
       if (!known.slots.has(slot)) throw new MailfrontError('UNKNOWN_SLOT', 'no-route', `slot "${slot}" is not a slot of store "${store}" (slots: ${[...known.slots.keys()].join(', ')})`);
-      /** The source's document was read, and handed to the check. */
-      let read = false;
-      let written: { readonly document: unknown } | undefined;
-      try {
-        written = await this.source.setCurrentMaster(store, slot, (doc) => {
-          read = true;
-          this.checkFailover(doc, store, slot);
-        });
-      } catch (caught) {
-        // The document could not be read or is no store map: refused as its load would be. A
-        // ConfigError is always that (a file that changed while the failover was written, read again).
-        if (!read || caught instanceof ConfigError) throw this.failoverRefused(store, slot, caught, sourceUnreadable(caught) !== undefined ? 'cannot be read' : 'is not valid', undefined);
-        throw caught;
-      }
+      const change: StoreChange = { what: `failover of store "${store}" to "${slot}"`, code: 'STOREMAP_FAILOVER_REFUSED', entry: (entry) => ({ ...entry, current_master: slot }) };
+      const written = await this.writeChecked(store, change, (check) => this.source.setCurrentMaster(store, slot, check));
       this.log.warn({ event: 'storemap.failover_written', store, from: known.currentMaster, to: slot, source: this.source.description }, 'failover written to the store map source');
       return written === undefined ? this.reloadNow('failover') : this.put(written.document, 'failover');
     });
   }
 
   /**
-   * Throws, naming the stores at fault, when the source's document `doc` with `slot` as the
-   * current master of `store` would not validate (another store edited wrong since the map in
-   * force was read, say). Written all the same, the failover would be put in force by no reload
-   * until that store is fixed, and then unannounced, its sessions drained long after the
-   * operator was told it failed.
+   * Puts `store` in maintenance (true: the default text; a string: that reason) or takes it out
+   * of it (false) in the source of truth, then puts that in force, as failover() does: checked
+   * and written the same way, in the same queue. A reason the store map would refuse is refused
+   * before anything is read (kind client-protocol), naming what a reason must be.
    */
-  private checkFailover(doc: unknown, store: string, slot: string): void {
-    const stores = isRecord(doc) && isRecord(doc['stores']) ? doc['stores'] : undefined;
-    const entry = stores?.[store];
-    const after = stores !== undefined && isRecord(entry) ? { ...(doc as Record<string, unknown>), stores: { ...stores, [store]: { ...entry, current_master: slot } } } : doc;
+  setMaintenance(store: string, maintenance: boolean | string): Promise<ReloadResult> {
+    return this.inTurn(async () => {
+      const known = this.known(store);
+      const problem = maintenanceProblem(maintenance);
+      if (problem !== undefined) throw new MailfrontError('STOREMAP_BAD_MAINTENANCE', 'client-protocol', `maintenance of store "${store}" not written: expected ${problem}`);
+      const change: StoreChange = { what: `maintenance of store "${store}"`, code: 'STOREMAP_MAINTENANCE_REFUSED', entry: (entry) => (maintenance === false ? Object.fromEntries(Object.entries(entry).filter(([key]) => key !== 'maintenance')) : { ...entry, maintenance }) };
+      const written = await this.writeChecked(store, change, (check) => this.source.setMaintenance(store, maintenance, check));
+      const fields = { event: 'storemap.maintenance_written', store, maintenance: maintenance !== false, ...(typeof maintenance === 'string' ? { reason: maintenance } : {}), before: known.maintenance !== null, source: this.source.description };
+      this.log.warn(fields, `maintenance ${maintenance === false ? 'off' : 'on'} written to the store map source`);
+      return written === undefined ? this.reloadNow('maintenance') : this.put(written.document, 'maintenance');
+    });
+  }
+
+  /** The store `store` of the map in force; throws `no-route` when there is none. */
+  private known(store: string): Store {
+    const known = this.current.stores.get(store);
+    if (known === undefined) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${store}" is not in the store map`);
+    return known;
+  }
+
+  /**
+   * Writes `change` of `store` with `write` (a source's setCurrentMaster or setMaintenance),
+   * handing it the check of the document it reads (checkChange). A document that could not be
+   * read or is no store map is refused as its load would be, nothing written.
+   */
+  private async writeChecked(store: string, change: StoreChange, write: (check: (document: unknown) => void) => Promise<{ readonly document: unknown } | undefined>): Promise<{ readonly document: unknown } | undefined> {
+    /** The source's document was read, and handed to the check. */
+    let read = false;
     try {
-      buildStoreMap(after, this.source.description, 0, this.config());
+      return await write((doc) => {
+        read = true;
+        this.checkChange(doc, store, change);
+      });
     } catch (caught) {
-      throw this.failoverRefused(store, slot, caught, 'does not validate with it', stores);
+      // The document could not be read or is no store map: refused as its load would be. A
+      // ConfigError is always that (a file that changed while the change was written, read again).
+      if (!read || caught instanceof ConfigError) throw this.changeRefused(change, caught, sourceUnreadable(caught) !== undefined ? 'cannot be read' : 'is not valid', undefined);
+      throw caught;
     }
   }
 
   /**
-   * The error of a failover refused before anything was written: the source's document `how`
+   * Throws, naming the stores at fault, when the source's document `doc` with `change` made to
+   * the entry of `store` would not validate (another store edited wrong since the map in force
+   * was read, say). Written all the same, the change would be put in force by no reload until
+   * that store is fixed, and then unannounced, its sessions drained long after the operator was
+   * told it failed.
+   */
+  private checkChange(doc: unknown, store: string, change: StoreChange): void {
+    const stores = isRecord(doc) && isRecord(doc['stores']) ? doc['stores'] : undefined;
+    const entry = stores?.[store];
+    const after = stores !== undefined && isRecord(entry) ? { ...(doc as Record<string, unknown>), stores: { ...stores, [store]: change.entry(entry) } } : doc;
+    try {
+      buildStoreMap(after, this.source.description, 0, this.config());
+    } catch (caught) {
+      throw this.changeRefused(change, caught, 'does not validate with it', stores);
+    }
+  }
+
+  /**
+   * The error of a change refused before anything was written: the source's document `how`
    * (cannot be read, is not valid, does not validate with it). A document at fault (ConfigError) names the
    * stores its problems are in; any other failure (an LDAP server down) keeps its code and kind.
    */
-  private failoverRefused(store: string, slot: string, caught: unknown, how: string, stores: Record<string, unknown> | undefined): MailfrontError {
+  private changeRefused(change: StoreChange, caught: unknown, how: string, stores: Record<string, unknown> | undefined): MailfrontError {
     const error = asMailfrontError(caught);
-    const refused = `failover of store "${store}" to "${slot}" refused, nothing was written: the store map in ${this.source.description} ${how}`;
+    const refused = `${change.what} refused, nothing was written: the store map in ${this.source.description} ${how}`;
     if (!(caught instanceof ConfigError)) return new MailfrontError(error.code, error.kind, `${refused}: ${error.message}`, { cause: caught });
     const names = Object.keys(stores ?? {});
     const invalid = (names.length > 0 ? names : [...this.current.stores.keys()]).filter((name) => caught.issues.some((i) => i.path === `stores.${name}` || i.path.startsWith(`stores.${name}.`)));
     const which = invalid.length === 0 ? '' : ` (${invalid.map((name) => `store "${name}"`).join(', ')}; fix ${invalid.length > 1 ? 'them' : 'it'} first)`;
-    return new MailfrontError('STOREMAP_FAILOVER_REFUSED', 'config', `${refused}${which}: ${caught.message}`, { cause: caught });
+    return new MailfrontError(change.code, 'config', `${refused}${which}: ${caught.message}`, { cause: caught });
   }
+}
+
+/** A change of one store's entry that the holder writes to the source (a failover, maintenance). */
+interface StoreChange {
+  /** `failover of store "alpha" to "a2"`: the start of the refusal's message. */
+  readonly what: string;
+  /** The code of its refusal for a document at fault. */
+  readonly code: string;
+  /** The store's entry of a store-map document with the change made. */
+  readonly entry: (entry: Record<string, unknown>) => Record<string, unknown>;
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {

@@ -13,6 +13,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import type { ConnectionOptions } from 'node:tls';
 import { Attribute, Change, Client, ResultCodeError, SizeLimitExceededError } from 'ldapts';
 import { isMap, isScalar } from 'yaml';
+import type { Document, YAMLMap } from 'yaml';
 import { escapeFilterValue, LdapAnswerRefusedError, ldapBytesReceived, openLdapClient } from '../auth/ldap.js';
 import { ConfigError, parseStoreMap, readStoreMapFile, unreadableFile } from '../config/load.js';
 import type { StoreMapSourceConfig } from '../config/schema.js';
@@ -44,7 +45,21 @@ export interface StoreMapSource {
    * renamed into place, so it need not be read back), or undefined (read it again).
    */
   setCurrentMaster(store: string, slot: string, check?: (document: unknown) => void): Promise<{ readonly document: unknown } | undefined>;
+  /**
+   * Puts `store` in maintenance (true: the default text; a string: that reason) or takes it out
+   * (false) in the source of truth, as setCurrentMaster writes a failover: `check` and the result
+   * alike.
+   */
+  setMaintenance(store: string, maintenance: boolean | string, check?: (document: unknown) => void): Promise<{ readonly document: unknown } | undefined>;
   close(): Promise<void>;
+}
+
+/** One change of a store's entry in a store-map file: the words of its messages, and the edit of the YAML store node and of the plain document alike. */
+interface StoreFileEdit {
+  /** `the failover of store "alpha" to "a2"`, `maintenance of store "alpha"` (no failover written, ...). */
+  readonly what: string;
+  readonly noun: string;
+  readonly edit: (storeNode: YAMLMap, plain: Record<string, unknown>, doc: Document) => void;
 }
 
 /**
@@ -424,24 +439,62 @@ export class FileStoreMapSource implements StoreMapSource {
     return stop;
   }
 
-  async setCurrentMaster(store: string, slot: string, check?: (document: unknown) => void): Promise<{ readonly document: unknown }> {
-    // A hand edit saved while the failover is written (by rename or in place) would be lost to
+  setCurrentMaster(store: string, slot: string, check?: (document: unknown) => void): Promise<{ readonly document: unknown }> {
+    return this.writeStore(store, check, {
+      what: `the failover of store "${store}" to "${slot}"`,
+      noun: 'failover',
+      edit: (storeNode, plain, doc) => {
+        const before = storeNode.get('current_master');
+        if (!storeNode.has('preferred_master') && before !== undefined && before !== null && String(before) !== slot) {
+          // Without one, the preferred master is the current one, and would move with the failover:
+          // the store would never show as backwards. The master failed over from is written as the
+          // preferred one, next to current_master.
+          const index = storeNode.items.findIndex((pair) => isScalar(pair.key) && pair.key.value === 'current_master');
+          storeNode.items.splice(index + 1, 0, doc.createPair('preferred_master', String(before)));
+          plain['preferred_master'] = String(before);
+        }
+        storeNode.set('current_master', slot);
+        plain['current_master'] = slot;
+      },
+    });
+  }
+
+  setMaintenance(store: string, maintenance: boolean | string, check?: (document: unknown) => void): Promise<{ readonly document: unknown }> {
+    return this.writeStore(store, check, {
+      what: `maintenance of store "${store}"`,
+      noun: 'maintenance',
+      // Off is no key at all, as in a store map that never had one.
+      edit: (storeNode, plain) => {
+        if (maintenance === false) {
+          storeNode.delete('maintenance');
+          delete plain['maintenance'];
+        } else {
+          storeNode.set('maintenance', maintenance);
+          plain['maintenance'] = maintenance;
+        }
+      },
+    });
+  }
+
+  /** Writes `change` of `store` to the file (a failover, maintenance): read, checked, edited and renamed into place. */
+  private async writeStore(store: string, check: ((document: unknown) => void) | undefined, change: StoreFileEdit): Promise<{ readonly document: unknown }> {
+    // A hand edit saved while the change is written (by rename or in place) would be lost to
     // the rename of a document read before it: the file is read again just before the rename,
-    // and if it changed the failover is made again on what it holds now. A few times only: a
+    // and if it changed the change is made again on what it holds now. A few times only: a
     // file rewritten without pause is no file to write to.
     for (let attempt = 1; attempt <= FAILOVER_WRITE_ATTEMPTS; attempt++) {
-      const written = await this.writeCurrentMaster(store, slot, check);
+      const written = await this.writeStoreOnce(store, check, change);
       if (written !== undefined) return written;
     }
-    throw new MailfrontError('STOREMAP_FILE_CHANGING', 'config', `${this.file} changed while the failover of store "${store}" to "${slot}" was written, ${FAILOVER_WRITE_ATTEMPTS} times in a row; no failover written (edit the file by hand or fail over through mailfront, not both at once)`);
+    throw new MailfrontError('STOREMAP_FILE_CHANGING', 'config', `${this.file} changed while ${change.what} was written, ${FAILOVER_WRITE_ATTEMPTS} times in a row; no ${change.noun} written (edit the file by hand or ${change.noun === 'failover' ? 'fail over' : 'switch maintenance'} through mailfront, not both at once)`);
   }
 
   /**
-   * One read-edit-write of the failover: the file is read and parsed once, its document checked
+   * One read-edit-write of a change: the file is read and parsed once, its document checked
    * (`check`), edited and written, and handed out as written. Undefined (nothing written) when the
    * file changed meanwhile.
    */
-  private async writeCurrentMaster(store: string, slot: string, check: ((document: unknown) => void) | undefined): Promise<{ readonly document: unknown } | undefined> {
+  private async writeStoreOnce(store: string, check: ((document: unknown) => void) | undefined, change: StoreFileEdit): Promise<{ readonly document: unknown } | undefined> {
     // The file itself, not a symbolic link to it: the temporary file is written next to the
     // file and renamed onto it. Renamed onto the link, it would replace the link with a file of
     // its own, and the file the link named would no longer be the map in force.
@@ -466,23 +519,14 @@ export class FileStoreMapSource implements StoreMapSource {
     const plain = (document as { stores?: Record<string, Record<string, unknown> | undefined> }).stores?.[store];
     if (!isMap(storeNode) || plain === undefined) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${store}" is not in ${this.file}`);
     // Editing the parsed document keeps the operator's comments and layout.
-    const before = storeNode.get('current_master');
-    if (!storeNode.has('preferred_master') && before !== undefined && before !== null && String(before) !== slot) {
-      // Without one, the preferred master is the current one, and would move with the failover:
-      // the store would never show as backwards. The master failed over from is written as the
-      // preferred one, next to current_master.
-      const index = storeNode.items.findIndex((pair) => isScalar(pair.key) && pair.key.value === 'current_master');
-      storeNode.items.splice(index + 1, 0, doc.createPair('preferred_master', String(before)));
-      plain['preferred_master'] = String(before);
-    }
-    storeNode.set('current_master', slot);
-    plain['current_master'] = slot;
+    change.edit(storeNode, plain, doc);
     const written = doc.toString();
     // Named per write as well as per process: two writes never share a temporary file.
     const temp = join(dirname(file), `.${basename(file)}.${process.pid}.${++this.writes}.tmp`);
     // Created with the old file's permissions, not the umask's: a store map holding a password
-    // inline must not become readable by all with a failover. And owned as the old file was, as
-    // far as this process may: a map the operator's tooling owns must not become mailfront's.
+    // inline must not become readable by all with a failover (or any change written here). And
+    // owned as the old file was, as far as this process may: a map the operator's tooling owns
+    // must not become mailfront's.
     // Without the right to give a file away (not root), the group at least, which a member may
     // set, so that the mode means the same people as before. Owner first: a change of owner clears
     // set-ID bits.
@@ -995,14 +1039,39 @@ export class LdapStoreMapSource implements StoreMapSource {
     };
   }
 
-  async setCurrentMaster(store: string, slot: string, check?: (document: unknown) => void): Promise<undefined> {
+  /**
+   * The entry of `store`, once `check` has seen the document (see StoreMapSource), with the
+   * attributes a write needs; `noun` names what is not written when there is no one entry.
+   */
+  private async storeEntry(store: string, noun: string, check: ((document: unknown) => void) | undefined): Promise<{ readonly client: Client; readonly entry: Record<string, unknown> & { dn: string } }> {
     if (check !== undefined) check(await this.load());
     const client = await this.connection();
-    const { searchEntries } = await client.search(this.config.baseDn, { scope: 'sub', filter: `(&(objectClass=mailfrontStore)(cn=${escapeFilterValue(store)}))`, attributes: ['cn', 'mailfrontCurrentMaster', 'mailfrontPreferredMaster'] });
+    const { searchEntries } = await client.search(this.config.baseDn, { scope: 'sub', filter: `(&(objectClass=mailfrontStore)(cn=${escapeFilterValue(store)}))`, attributes: ['cn', 'mailfrontCurrentMaster', 'mailfrontPreferredMaster', 'mailfrontMaintenance'] });
     const entry = searchEntries[0];
     if (entry === undefined) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${store}" has no entry under ${this.config.baseDn}`);
     // A duplicate added since the map in force was read: writing to either could be the wrong one.
-    if (searchEntries.length > 1) throw new MailfrontError('STOREMAP_DUPLICATE_STORE', 'config', `store "${store}" has ${searchEntries.length} entries under ${this.config.baseDn} (${searchEntries.map((e) => e.dn).join(', ')}); no failover written`);
+    if (searchEntries.length > 1) throw new MailfrontError('STOREMAP_DUPLICATE_STORE', 'config', `store "${store}" has ${searchEntries.length} entries under ${this.config.baseDn} (${searchEntries.map((e) => e.dn).join(', ')}); no ${noun} written`);
+    return { client, entry };
+  }
+
+  /**
+   * A modify of the store entry's mailfrontMaintenance: replaced by TRUE (the default text) or
+   * the reason, or deleted (off; nothing to modify when there is none). A reason that reads as
+   * TRUE or FALSE is refused: it would be read back as the default text, or as off.
+   */
+  async setMaintenance(store: string, maintenance: boolean | string, check?: (document: unknown) => void): Promise<undefined> {
+    if (maintenance === 'TRUE' || maintenance === 'FALSE') throw new MailfrontError('STOREMAP_BAD_MAINTENANCE', 'client-protocol', `a maintenance reason of "${maintenance}" would be read back from mailfrontMaintenance as ${maintenance === 'TRUE' ? 'the default text' : 'no maintenance'}; give a sentence, or none for the default text`);
+    const { client, entry } = await this.storeEntry(store, 'maintenance', check);
+    if (maintenance === false) {
+      if (first(entry['mailfrontMaintenance']) !== undefined) await client.modify(entry.dn, [new Change({ operation: 'delete', modification: new Attribute({ type: 'mailfrontMaintenance', values: [] }) })]);
+      return undefined;
+    }
+    await client.modify(entry.dn, [new Change({ operation: 'replace', modification: new Attribute({ type: 'mailfrontMaintenance', values: [maintenance === true ? 'TRUE' : maintenance] }) })]);
+    return undefined;
+  }
+
+  async setCurrentMaster(store: string, slot: string, check?: (document: unknown) => void): Promise<undefined> {
+    const { client, entry } = await this.storeEntry(store, 'failover', check);
     const current = new Change({ operation: 'replace', modification: new Attribute({ type: 'mailfrontCurrentMaster', values: [slot] }) });
     // Without mailfrontPreferredMaster, the preferred master is the current one, and would move
     // with the failover: the store would never show as backwards. The master failed over from is

@@ -62,9 +62,16 @@ const MAINTENANCE_EXPECTED = `false, true, or the reason clients are told: print
 function readMaintenance(value: unknown, path: string, issues: IssueList): string | null {
   if (value === undefined || value === false) return null;
   if (value === true) return DEFAULT_MAINTENANCE_REASON;
-  if (typeof value === 'string' && value.length > 0 && Buffer.byteLength(value, 'utf8') <= MAX_MAINTENANCE_REASON_BYTES && !UNPRINTABLE_IN_REASON.test(value) && !value.startsWith('[') && value.trim() === value) return value;
+  if (maintenanceProblem(value) === undefined) return value as string;
   issues.add(path, MAINTENANCE_EXPECTED, value);
   return null;
+}
+
+/** What a store's `maintenance` value must be when `value` is not that, else undefined. */
+export function maintenanceProblem(value: unknown): string | undefined {
+  if (typeof value === 'boolean') return undefined;
+  if (typeof value === 'string' && value.length > 0 && Buffer.byteLength(value, 'utf8') <= MAX_MAINTENANCE_REASON_BYTES && !UNPRINTABLE_IN_REASON.test(value) && !value.startsWith('[') && value.trim() === value) return undefined;
+  return MAINTENANCE_EXPECTED;
 }
 
 /** The ports a session of each protocol may have been dialled on. */

@@ -1,7 +1,7 @@
 /**
- * The admin API: stores (masters, backwards, slot health, session counts), sessions, where a
- * user lives, failover of a store to a named slot (written to the source of truth), kick, and
- * reload. JSON over HTTP, bearer-token protected; meant for loopback. Owns no state: it asks
+ * The admin API: stores (masters, backwards, maintenance, slot health, session counts), sessions,
+ * where a user lives, failover of a store to a named slot and its maintenance (written to the
+ * source of truth), kick, and reload. JSON over HTTP, bearer-token protected; meant for loopback. Owns no state: it asks
  * the objects it is given.
  */
 import { timingSafeEqual, createHash } from 'node:crypto';
@@ -111,7 +111,7 @@ function statusFor(error: MailfrontError): number {
   // 413 (RFC 9110 §15.5.14) for this limit only: 'limit' is also the kind of a throttle's refusal.
   if (error.code === 'ADMIN_BODY_TOO_LARGE') return 413;
   // 409 (RFC 9110 §15.5.10): the request is sound, the store map it would change is not; nothing was written.
-  if (error.code === 'STOREMAP_FAILOVER_REFUSED') return 409;
+  if (error.code === 'STOREMAP_FAILOVER_REFUSED' || error.code === 'STOREMAP_MAINTENANCE_REFUSED') return 409;
   switch (error.kind) {
     case 'no-route':
       return 404;
@@ -243,6 +243,15 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
     if (typeof slot !== 'string' || slot === '') throw new MailfrontError('ADMIN_BAD_REQUEST', 'client-protocol', 'body must be {"slot": "<slot name>"}');
     context.log.warn({ event: 'admin.failover', store: name, slot }, 'failover requested through the admin API');
     const result = await context.holder.failover(name, slot);
+    return send(res, result.ok ? 200 : 500, result);
+  }
+  if (method === 'POST' && resource === 'stores' && name !== undefined && action === 'maintenance' && segments === 4) {
+    const body = await readJson(req);
+    const on = body['on'];
+    const reason = body['reason'];
+    if (typeof on !== 'boolean' || (reason !== undefined && (typeof reason !== 'string' || !on))) throw new MailfrontError('ADMIN_BAD_REQUEST', 'client-protocol', 'body must be {"on": true}, {"on": true, "reason": "<text clients are told>"} or {"on": false}');
+    context.log.warn({ event: 'admin.maintenance', store: name, on, ...(reason !== undefined ? { reason } : {}) }, 'maintenance switched through the admin API');
+    const result = await context.holder.setMaintenance(name, on ? (reason ?? true) : false);
     return send(res, result.ok ? 200 : 500, result);
   }
   if (method === 'POST' && resource === 'kick' && segments === 2) {

@@ -8,16 +8,20 @@
  * entries (mailfrontMaintenance), and the admin API and `mailfront maintenance` write it.
  */
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { chmod, readFile, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ImapFlow } from 'imapflow';
 import type { ImapFlowOptions } from 'imapflow';
-import { stringify } from 'yaml';
-import { LDAP_STORES_DN, LineClient, startDovecot, startSlapd } from './servers/index.js';
+import { promisify } from 'node:util';
+import { parse, stringify } from 'yaml';
+import { LDAP_STORES_DN, LineClient, repoRoot, startDovecot, startSlapd } from './servers/index.js';
 import type { Dovecot, Slapd } from './servers/index.js';
 import { ADMIN_TOKEN, makeMessage, registerPasswords, startFront, waitForLog } from './front.js';
 import type { Front } from './front.js';
 
+const run = promisify(execFile);
 const PASSWORD = 'Maintenance-pw-7a41';
 const REASON = 'Mailbox migration until 06:00 UTC, please wait and try again later.';
 const SPREAD_MS = 300;
@@ -48,6 +52,24 @@ async function maintenanceInForce(front: Front, reason: string | null, timeoutMs
   const deadline = Date.now() + timeoutMs;
   while (!inForce() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   assert.ok(inForce(), `alpha's maintenance in force is ${JSON.stringify(front.mailfront.currentStoreMap().stores.get('alpha')?.maintenance)}, not ${JSON.stringify(reason)}`);
+}
+
+/** Runs `mailfront ARGS` against `front`'s admin API: exit code, stdout, stderr. */
+async function cli(front: Front, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const { port } = front.mailfront.httpAddress()!;
+  try {
+    const { stdout, stderr } = await run(process.execPath, [join(repoRoot(), 'dist/src/cli/main.js'), ...args, '--url', `http://127.0.0.1:${port}`, '--token', ADMIN_TOKEN]);
+    return { code: 0, stdout, stderr };
+  } catch (error) {
+    const e = error as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+async function api(front: Front, path: string, body: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
+  const { port } = front.mailfront.httpAddress()!;
+  const response = await fetch(`http://127.0.0.1:${port}${path}`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  return { status: response.status, json: (await response.json()) as Record<string, unknown> };
 }
 
 function client(front: Front, user: string): ImapFlow {
@@ -237,6 +259,62 @@ describe('maintenance from the store map file', () => {
   });
 });
 
+describe('maintenance written through the admin API and the CLI (file store map)', () => {
+  let front: Front;
+  before(async () => {
+    front = await startFront({ slapd, stores: { alpha: { currentMaster: 'a1', slots: { a1: { imapPort: a1.imapPort } } } }, failover: { drain_spread_ms: SPREAD_MS } });
+    await setMaintenance(front, undefined, null);
+  });
+  after(async () => {
+    await front?.stop();
+  });
+
+  test('`mailfront maintenance alpha on --reason` writes the reason into the file (comments and mode kept) and refuses logins; `off` removes it', async () => {
+    await writeFile(front.storesFile, `# the operator's comment\n${stringify(storesDocument())}`);
+    await chmod(front.storesFile, 0o640);
+    await front.mailfront.reloadStoreMap();
+    const mark = front.logs.length;
+    const on = await cli(front, 'maintenance', 'alpha', 'on', '--reason', REASON);
+    assert.equal(on.code, 0, on.stderr);
+    assert.match(on.stdout, /^store alpha: maintenance on \(store map version \d+\)$/m);
+    const text = await readFile(front.storesFile, 'utf8');
+    assert.match(text, /^# the operator's comment$/m);
+    assert.equal((parse(text) as { stores: { alpha: { maintenance: unknown } } }).stores.alpha.maintenance, REASON);
+    assert.equal((await stat(front.storesFile)).mode & 0o777, 0o640);
+    assert.equal(front.mailfront.currentStoreMap().stores.get('alpha')?.maintenance, REASON, 'in force when the command returns');
+    const written = await waitForLog(front, (l) => l['event'] === 'storemap.maintenance_written', 5_000, mark);
+    assert.equal(written['store'], 'alpha');
+    assert.equal((await imapLogin(front, 'ann')).line, `t1 NO [UNAVAILABLE] ${REASON}`);
+
+    const stores = await cli(front, 'stores');
+    assert.match(stores.stdout, /MAINTENANCE/);
+    assert.ok(stores.stdout.includes(`store alpha in maintenance, logins refused: ${REASON}`), stores.stdout);
+
+    const off = await cli(front, 'maintenance', 'alpha', 'off');
+    assert.equal(off.code, 0, off.stderr);
+    assert.equal((parse(await readFile(front.storesFile, 'utf8')) as { stores: { alpha: Record<string, unknown> } }).stores.alpha['maintenance'], undefined);
+    assert.match((await imapLogin(front, 'ann')).line, /^t1 OK /);
+  });
+
+  test('the API takes {"on": true} for the default text, refuses a reason the store map would refuse (400, nothing written) and an unknown store (404)', async () => {
+    const { DEFAULT_MAINTENANCE_REASON } = await import('../../src/routing/storemap.js');
+    const on = await api(front, '/api/stores/alpha/maintenance', { on: true });
+    assert.equal(on.status, 200, JSON.stringify(on.json));
+    assert.equal((parse(await readFile(front.storesFile, 'utf8')) as { stores: { alpha: { maintenance: unknown } } }).stores.alpha.maintenance, true);
+    assert.equal(front.mailfront.currentStoreMap().stores.get('alpha')?.maintenance, DEFAULT_MAINTENANCE_REASON);
+    const before = await readFile(front.storesFile, 'utf8');
+    const bad = await api(front, '/api/stores/alpha/maintenance', { on: true, reason: '[ALERT] forged\r\nA1 OK' });
+    assert.equal(bad.status, 400);
+    assert.match(String(bad.json['error']), /maintenance of store "alpha" not written: expected false, true, or the reason clients are told/);
+    assert.equal(await readFile(front.storesFile, 'utf8'), before, 'nothing written');
+    assert.equal((await api(front, '/api/stores/nowhere/maintenance', { on: true })).status, 404);
+    assert.equal((await api(front, '/api/stores/alpha/maintenance', { on: false, reason: 'x' })).status, 400);
+    assert.equal((await cli(front, 'maintenance', 'alpha', 'off', '--reason', 'x')).code, 2);
+    assert.equal((await api(front, '/api/stores/alpha/maintenance', { on: false })).status, 200);
+    assert.equal(front.mailfront.currentStoreMap().stores.get('alpha')?.maintenance, null);
+  });
+});
+
 describe('maintenance from LDAP store entries (mailfrontMaintenance)', () => {
   let front: Front;
   const storeDn = `cn=alpha,${LDAP_STORES_DN}`;
@@ -276,5 +354,19 @@ describe('maintenance from LDAP store entries (mailfrontMaintenance)', () => {
     await slapd.modify(`dn: ${storeDn}\nchangetype: modify\ndelete: mailfrontMaintenance\n`);
     await maintenanceInForce(front, null);
     assert.match((await imapLogin(front, 'ann')).line, /^t1 OK /);
+  });
+
+  test('the admin API writes maintenance as a modify of mailfrontMaintenance, and off deletes it', async () => {
+    const search = async (): Promise<string> => (await run('ldapsearch', ['-x', '-LLL', '-o', 'ldif-wrap=no', '-H', slapd.url, '-D', slapd.rootDn, '-w', slapd.rootPassword, '-b', storeDn, '-s', 'base', 'mailfrontMaintenance'])).stdout;
+    const on = await api(front, '/api/stores/alpha/maintenance', { on: true, reason: REASON });
+    assert.equal(on.status, 200, JSON.stringify(on.json));
+    assert.ok((await search()).includes(`mailfrontMaintenance: ${REASON}`), await search());
+    assert.equal(front.mailfront.currentStoreMap().stores.get('alpha')?.maintenance, REASON);
+    assert.equal((await api(front, '/api/stores/alpha/maintenance', { on: true, reason: 'FALSE' })).status, 400, 'a reason LDAP would read back as off');
+    const off = await api(front, '/api/stores/alpha/maintenance', { on: false });
+    assert.equal(off.status, 200, JSON.stringify(off.json));
+    assert.doesNotMatch(await search(), /mailfrontMaintenance/);
+    assert.equal(front.mailfront.currentStoreMap().stores.get('alpha')?.maintenance, null);
+    assert.equal((await api(front, '/api/stores/alpha/maintenance', { on: false })).status, 200, 'off when off writes nothing and fails nothing');
   });
 });
