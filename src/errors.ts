@@ -36,8 +36,9 @@ export class MailfrontError extends Error {
     message: string,
     options?: { cause?: unknown; clientText?: string },
   ) {
-    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
-    this.clientText = options?.clientText;
+    const { clientText, ...errorOptions } = options ?? {};
+    super(message, options === undefined ? undefined : errorOptions);
+    this.clientText = clientText;
   }
 }
 

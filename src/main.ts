@@ -838,7 +838,7 @@ export class Mailfront {
     const spreadMs = this.config.failover.drainSpreadMs;
     for (const change of changes) {
       if (change.reason === null) {
-        this.log.warn({ event: 'storemap.maintenance', store: change.store, maintenance: false }, 'store out of maintenance; logins are routed to it again');
+        this.log.info({ event: 'storemap.maintenance', store: change.store, maintenance: false }, 'store out of maintenance; logins are routed to it again');
         continue;
       }
       const store = this.holder.current.stores.get(change.store);

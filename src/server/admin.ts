@@ -233,7 +233,8 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
       currentMaster: store?.currentMaster ?? null,
       address: master ? `${master.host}` : null,
       ports: master ? { imap: master.imapPort, imaps: master.imapsPort, pop3: master.pop3Port, pop3s: master.pop3sPort, sieve: master.sievePort } : null,
-      problem: found.store === null ? 'the directory entry names no store' : store === undefined ? `store "${found.store}" is not in the store map` : null,
+      maintenance: store?.maintenance ?? null,
+      problem: found.store === null ? 'the directory entry names no store' : store === undefined ? `store "${found.store}" is not in the store map` : store.maintenance !== null ? `store "${found.store}" is in maintenance: its logins are refused with "${store.maintenance}"` : null,
       sessions: context.registry.ofUser(user).map(sessionView),
     });
   }

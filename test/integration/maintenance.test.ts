@@ -215,6 +215,7 @@ describe('maintenance from the store map file', () => {
       await setMaintenance(front, false, null);
       const off = await waitForLog(front, (l) => l['event'] === 'storemap.maintenance' && l['store'] === 'alpha', 5_000, offMark);
       assert.equal(off['maintenance'], false);
+      assert.equal(off['level'], 'info');
       assert.match((await imapLogin(front, 'ann')).line, /^t1 OK /);
       assert.deepEqual(front.logs.slice(offMark).filter((l) => l['event'] === 'session.drained'), [], 'turning it off drains nothing');
     } finally {
@@ -249,6 +250,9 @@ describe('maintenance from the store map file', () => {
       assert.equal(alpha.maintenance, true);
       assert.equal(alpha.maintenanceReason, 'Your mailbox is down for maintenance, please wait and try again later.');
       assert.deepEqual(alpha.slots.map((s) => s.health), ['paused']);
+      const whereis = (await (await fetch(`http://127.0.0.1:${front.mailfront.httpAddress()!.port}/api/whereis/ann`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json()) as Record<string, unknown>;
+      assert.equal(whereis['maintenance'], alpha.maintenanceReason);
+      assert.match(String(whereis['problem']), /^store "alpha" is in maintenance/);
       assert.equal(await metric(front, 'mailfront_store_maintenance', 'store="alpha"'), 1);
       assert.equal(await metric(front, 'mailfront_store_maintenance', 'store="beta"'), 0);
     } finally {

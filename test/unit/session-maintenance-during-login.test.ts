@@ -1,0 +1,102 @@
+// A backend login that completes just as its store goes into maintenance (a map that changed
+// without the registry being told: no drain cut the attempt short) is dropped, its backend
+// connection closed, and the client refused with the store's reason: no session is spliced to
+// a store in maintenance. The drain normally stops such a login first (maintenance.test.ts).
+import assert from 'node:assert/strict';
+import { createServer } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
+import { test } from 'node:test';
+import { Session } from '../../src/session/session.js';
+import type { SessionContext } from '../../src/session/session.js';
+import { imapAdapter } from '../../src/protocol/imap/index.js';
+import { Metrics } from '../../src/metrics.js';
+import { ConnectionLimiter } from '../../src/server/connection-limits.js';
+import { SessionRegistry } from '../../src/proxy/registry.js';
+import { CidrSet } from '../../src/net/cidr.js';
+import { createLogger } from '../../src/log.js';
+import { LoginGate } from '../../src/auth/login-gate.js';
+import { buildStoreMap } from '../../src/config/load.js';
+import { readConfig } from '../../src/config/schema.js';
+import type { ListenerConfig } from '../../src/config/schema.js';
+import { IssueList } from '../../src/config/validate.js';
+import type { StoreMap } from '../../src/routing/storemap.js';
+import { LineClient } from '../integration/servers/lineclient.js';
+
+const REASON = 'Store upgrade, please wait and try again later.';
+
+test('a backend login that completes as its store goes into maintenance is dropped, its backend closed, and the client told the reason', { timeout: 15_000 }, async (t) => {
+  let answerLogin: (() => void) | undefined;
+  let sawLogin: () => void = () => undefined;
+  const loginHeld = new Promise<void>((resolve) => (sawLogin = resolve));
+  let backendClosed: () => void = () => undefined;
+  const closed = new Promise<void>((resolve) => (backendClosed = resolve));
+  const backend = createServer((socket: Socket) => {
+    socket.on('error', () => undefined);
+    socket.on('close', () => backendClosed());
+    socket.write('* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] a1 ready\r\n');
+    let buffered = '';
+    socket.on('data', (chunk: Buffer) => {
+      buffered += chunk.toString('latin1');
+      for (let nl = buffered.indexOf('\n'); nl >= 0; nl = buffered.indexOf('\n')) {
+        const line = buffered.slice(0, nl).replace(/\r$/, '');
+        buffered = buffered.slice(nl + 1);
+        const [tag, command] = line.split(' ');
+        if (/^CAPABILITY$/i.test(command ?? '')) socket.write(`* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n${tag} OK done\r\n`);
+        else if (/^LOGIN$/i.test(command ?? '')) {
+          answerLogin = () => socket.write(`${tag} OK [CAPABILITY IMAP4rev1] logged in\r\n`);
+          sawLogin();
+        } else socket.write(`${tag} OK served by a1\r\n`);
+      }
+    });
+  });
+  await new Promise<void>((resolve) => backend.listen(0, '127.0.0.1', resolve));
+  t.after(() => backend.close());
+  const port = (backend.address() as AddressInfo).port;
+
+  const config = readConfig({ failover: { hold_ms: 5_000 }, session: { auth_failure_delay_ms: 0 } }, '/etc/mailfront/mailfront.yaml', (p) => p, new IssueList());
+  const mapWith = (maintenance: unknown, version: number): StoreMap =>
+    buildStoreMap({ stores: { alpha: { current_master: 'a1', ...(maintenance !== undefined ? { maintenance } : {}), slots: { a1: { host: '127.0.0.1', imap_port: port } } } } }, 'test', version, config);
+  let map = mapWith(undefined, 1);
+  const logs: Array<Record<string, unknown>> = [];
+  const registry = new SessionRegistry();
+  const limiter = new ConnectionLimiter({ maxConnections: 100, maxConnectionsPerAddress: 100, maxSessionsPerUser: 10 });
+  const context = {
+    config: () => config,
+    storeMap: () => map,
+    directory: () => ({ authenticate: async () => ({ user: 'ann', dn: 'uid=ann,ou=people', store: 'alpha' }) }),
+    metrics: new Metrics({ version: 'test', processMetrics: false, protocols: ['imap'] }),
+    trustedNetworks: () => new CidrSet([]),
+    throttle: () => ({ check: async () => ({ refused: false, refusedForMs: 0 }), recordSuccess: async () => undefined, recordFailure: async () => ({ delayMs: 0 }) }),
+    loginGate: new LoginGate(),
+    limiter,
+    registry,
+    log: createLogger('debug', { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) }),
+    secureContext: () => undefined,
+  } as unknown as SessionContext;
+
+  const front = createServer((socket) => {
+    const admission = limiter.admit('127.0.0.1', false);
+    assert.ok(admission.admitted);
+    const endpoints = { client: { address: '127.0.0.1', port: socket.remotePort ?? 0 }, peer: { address: '127.0.0.1', port: socket.remotePort ?? 0 }, local: { address: '127.0.0.1', port: 143 } };
+    new Session(socket, { name: 'imap', tls: 'none', plaintextWithoutTls: true } as unknown as ListenerConfig, imapAdapter, context, false, endpoints, admission.lease);
+  });
+  await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
+  t.after(() => front.close());
+
+  const client = await LineClient.connect((front.address() as AddressInfo).port);
+  try {
+    assert.match(await client.readLine(), /^\* OK /);
+    client.send('t1 LOGIN ann Maintenance-unit-pw-1');
+    await loginHeld;
+    map = mapWith(REASON, 2);
+    answerLogin!();
+    assert.equal(await client.readLine(5_000), `t1 NO [UNAVAILABLE] ${REASON}`);
+    await closed;
+    assert.equal(registry.size, 0, 'nothing spliced');
+    const failed = logs.find((l) => l['event'] === 'session.login_failed');
+    assert.equal(failed?.['kind'], 'maintenance');
+    assert.deepEqual(logs.filter((l) => l['event'] === 'session.spliced'), []);
+  } finally {
+    client.close();
+  }
+});
