@@ -1,7 +1,9 @@
-// A backend login that completes just as its store goes into maintenance (a map that changed
-// without the registry being told: no drain cut the attempt short) is dropped, its backend
-// connection closed, and the client refused with the store's reason: no session is spliced to
-// a store in maintenance. The drain normally stops such a login first (maintenance.test.ts).
+// A store in maintenance, at the session: a login of it is refused with its reason once the
+// password is checked, with no slot dialled and no failure for the throttle; and a backend login
+// that completes just as its store goes into maintenance (a map that changed without the
+// registry being told: no drain cut the attempt short) is dropped, its backend connection
+// closed, and the client refused the same way. The drain normally stops such a login first
+// (maintenance.test.ts).
 import assert from 'node:assert/strict';
 import { createServer } from 'node:net';
 import type { AddressInfo, Socket } from 'node:net';
@@ -96,6 +98,61 @@ test('a backend login that completes as its store goes into maintenance is dropp
     const failed = logs.find((l) => l['event'] === 'session.login_failed');
     assert.equal(failed?.['kind'], 'maintenance');
     assert.deepEqual(logs.filter((l) => l['event'] === 'session.spliced'), []);
+  } finally {
+    client.close();
+  }
+});
+
+test('a login of a store in maintenance is refused with its reason: no slot dialled, the throttle told of a success, not a failure', { timeout: 15_000 }, async (t) => {
+  let dialled = 0;
+  const backend = createServer((socket: Socket) => {
+    dialled++;
+    socket.destroy();
+  });
+  await new Promise<void>((resolve) => backend.listen(0, '127.0.0.1', resolve));
+  t.after(() => backend.close());
+  const port = (backend.address() as AddressInfo).port;
+  const config = readConfig({ failover: { hold_ms: 5_000 }, session: { auth_failure_delay_ms: 0 } }, '/etc/mailfront/mailfront.yaml', (p) => p, new IssueList());
+  const map = buildStoreMap({ stores: { alpha: { current_master: 'a1', maintenance: REASON, slots: { a1: { host: '127.0.0.1', imap_port: port } } } } }, 'test', 1, config);
+  const throttled = { successes: 0, failures: 0 };
+  const limiter = new ConnectionLimiter({ maxConnections: 100, maxConnectionsPerAddress: 100, maxSessionsPerUser: 10 });
+  const context = {
+    config: () => config,
+    storeMap: () => map,
+    directory: () => ({ authenticate: async () => ({ user: 'ann', dn: 'uid=ann,ou=people', store: 'alpha' }) }),
+    metrics: new Metrics({ version: 'test', processMetrics: false, protocols: ['imap'] }),
+    trustedNetworks: () => new CidrSet([]),
+    throttle: () => ({
+      check: async () => ({ refused: false, refusedForMs: 0 }),
+      recordSuccess: async () => void throttled.successes++,
+      recordFailure: async () => (throttled.failures++, { delayMs: 0 }),
+    }),
+    loginGate: new LoginGate(),
+    limiter,
+    registry: new SessionRegistry(),
+    log: createLogger('debug', { write: () => undefined }),
+    secureContext: () => undefined,
+  } as unknown as SessionContext;
+  const front = createServer((socket) => {
+    const admission = limiter.admit('127.0.0.1', false);
+    assert.ok(admission.admitted);
+    const endpoints = { client: { address: '127.0.0.1', port: socket.remotePort ?? 0 }, peer: { address: '127.0.0.1', port: socket.remotePort ?? 0 }, local: { address: '127.0.0.1', port: 143 } };
+    new Session(socket, { name: 'imap', tls: 'none', plaintextWithoutTls: true } as unknown as ListenerConfig, imapAdapter, context, false, endpoints, admission.lease);
+  });
+  await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
+  t.after(() => front.close());
+  const client = await LineClient.connect((front.address() as AddressInfo).port);
+  try {
+    assert.match(await client.readLine(), /^\* OK /);
+    for (const tag of ['t1', 't2', 't3', 't4']) {
+      client.send(`${tag} LOGIN ann Maintenance-unit-pw-1`);
+      assert.equal(await client.readLine(5_000), `${tag} NO [UNAVAILABLE] ${REASON}`);
+    }
+    assert.equal(dialled, 0);
+    assert.deepEqual(throttled, { successes: 4, failures: 0 });
+    // Not failed logins of the connection either (3 close it): the fourth was answered, and it is open.
+    client.send('t5 NOOP');
+    assert.match(await client.readLine(5_000), /^t5 OK/);
   } finally {
     client.close();
   }
