@@ -557,7 +557,8 @@ export class FileStoreMapSource implements StoreMapSource {
       this.lastLoaded = this.lastWritten;
       if (groupLost !== undefined) {
         const err = groupLost.err instanceof Error ? groupLost.err.message : String(groupLost.err);
-        this.log?.warn({ event: 'storemap.failover_group_not_kept', file, gid, group: groupLost.now, err }, `failover written to ${file} without its group ${gid} (the file's group is now ${groupLost.now ?? 'unknown'}): ${err}; give the file its group back (chgrp) if others read it`);
+        // One event for every change written here (its name from when failovers were the only one).
+        this.log?.warn({ event: 'storemap.failover_group_not_kept', file, gid, group: groupLost.now, err, change: change.noun }, `${change.noun} written to ${file} without its group ${gid} (the file's group is now ${groupLost.now ?? 'unknown'}): ${err}; give the file its group back (chgrp) if others read it`);
       }
       return { document };
     } catch (error) {
