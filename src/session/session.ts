@@ -23,7 +23,7 @@ import { CLOSED_AFTER_LOGIN, IDENTITY_REFUSED, assertedIdentityProblem, backendF
 import type { BackendSession } from '../backend/connect.js';
 import { loginAttributeOf } from '../config/schema.js';
 import type { Config, ListenerConfig } from '../config/schema.js';
-import { MailfrontError, asMailfrontError } from '../errors.js';
+import { MailfrontError, asMailfrontError, isRetryable } from '../errors.js';
 import type { FailureKind } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { BackendAttempt, SessionEntry, SessionRegistry } from '../proxy/registry.js';
@@ -34,6 +34,9 @@ import type { Credentials, LoginRefusal, PreauthAction, PreauthCloseReason, Prea
 import { sameServer } from '../routing/storemap.js';
 import type { Slot, StoreMap } from '../routing/storemap.js';
 import { Canceller, type Cancellation } from '../cancel.js';
+import { CLOSE_GRACE_MS } from '../limits.js';
+// The per-address refusal of an address a trusted webmail forwarded is worded as the listener words it at accept.
+import { ADDRESS_LIMIT_TEXT, SHUTTING_DOWN_PHRASE } from '../protocol/rules.js';
 
 /** The phases of a session, in order. */
 export type SessionPhase = 'greeting' | 'preauth' | 'authenticating' | 'backend-login' | 'spliced' | 'closing';
@@ -66,7 +69,7 @@ export interface SessionContext {
  * says "wait": fetchmail takes a POP3 -ERR to a login as temporary only by its words ("wait",
  * "lock", or "service" with "unavailable"), never by its code, and reads any other as a wrong password.
  */
-const UNAVAILABLE_TEXT: Record<string, string> = {
+const UNAVAILABLE_TEXT: Partial<Readonly<Record<FailureKind, string>>> = {
   'auth-tempfail': 'Authentication service temporarily unavailable, please wait and try again later.',
   'no-route': 'Your mailbox is temporarily unavailable, please wait and try again later.',
   connect: 'Your mail server is temporarily unavailable, please wait and try again later.',
@@ -85,9 +88,6 @@ const LIMIT_TEXT = 'Too many login attempts or sessions, please wait and try aga
 
 /** What the throttle is asked before a login: its answer says how many failures the address has left (the login gate's turns). */
 const ADDRESS_BUDGET = Object.freeze({ addressBudget: true });
-
-/** The login of an address a trusted webmail forwarded, refused by the per-address limit (as the listener words it at accept). */
-const ADDRESS_LIMIT_TEXT = 'Too many connections from your address, please wait and try again later.';
 
 /** The code of that refusal. */
 const ADDRESS_CONNECTION_LIMIT = 'ADDRESS_CONNECTION_LIMIT';
@@ -372,7 +372,7 @@ export class Session {
     else if (this.phase === 'authenticating' || this.phase === 'backend-login') {
       this.canceller?.abort();
       this.perform(this.machine.shuttingDown());
-    } else if (this.phase === 'spliced') this.splice?.close('shutdown', this.adapter.drainNotice('Server shutting down'));
+    } else if (this.phase === 'spliced') this.splice?.close('shutdown', this.adapter.drainNotice(SHUTTING_DOWN_PHRASE));
   }
 
   /** Like shutdown(), but leaves a spliced session running (used while draining). */
@@ -471,9 +471,10 @@ export class Session {
       return;
     }
     const port = Number(params.get('x-originating-port'));
-    if (firstClaim) this.log.info({ event: 'session.client_id_honoured', client: ip, via: this.endpoints.client.address }, 'client address from a trusted ID');
-    // One spelling per address (::ffff:192.0.2.1 is 192.0.2.1) for limits, throttle, logs and the backend.
+    // One spelling per address (::ffff:192.0.2.1 is 192.0.2.1, 2001:DB8:0:0::1 is 2001:db8::1) for
+    // limits, throttle, logs and the backend; the text as sent is logged too when it differs.
     this.clientAddress = plainAddress(ip);
+    if (firstClaim) this.log.info({ event: 'session.client_id_honoured', client: this.clientAddress, ...(this.clientAddress !== ip ? { claimed: ip } : {}), via: this.endpoints.client.address }, 'client address from a trusted ID');
     this.clientPort = Number.isInteger(port) && port > 0 && port < 65536 ? port : 0;
     this.addressForwarded = true;
     // From now on the connection counts against the forwarded address's per-address limit, as a
@@ -775,7 +776,7 @@ export class Session {
           continue;
         }
         if (error.code === CLOSED_AFTER_LOGIN && ++closedAfterLogin > 1) throw new MailfrontError(error.code, 'backend-login', `${error.message}, twice`, { cause: error });
-        if (error.kind !== 'connect' || performance.now() >= deadline) throw error;
+        if (!isRetryable(error.kind) || performance.now() >= deadline) throw error;
         this.log.warn({ event: 'session.backend_retry', store: storeName, slot: slot.name, attempt, err: error.message }, 'current master unreachable; holding the login');
         // The attempt's cancellation: a kick or a failover during the wait ends it at once.
         await delay(Math.min(250 * attempt, 1_000, deadline - performance.now()), cancel);
@@ -892,7 +893,7 @@ export class Session {
         // Drained from a store in maintenance: told the store's reason, not that it moved.
         const maintenance = reason === 'drained' ? (this.context.storeMap().stores.get(entry.store)?.maintenance ?? null) : null;
         this.log.info({ event: reason === 'kicked' ? 'session.kicked' : reason === 'drained' ? 'session.drained' : 'session.shutdown', ...userFields(this.user, this.typedUser), store: this.store, slot: this.slot, ...(maintenance !== null ? { maintenance: true } : {}) }, `session closed: ${reason}`);
-        running.close(reason, this.adapter.drainNotice(maintenance ?? (reason === 'drained' ? 'Mailbox moved to another server, please reconnect' : reason === 'kicked' ? KICKED_TEXT : 'Server shutting down')));
+        running.close(reason, this.adapter.drainNotice(maintenance ?? (reason === 'drained' ? 'Mailbox moved to another server, please reconnect' : reason === 'kicked' ? KICKED_TEXT : SHUTTING_DOWN_PHRASE)));
       },
     };
     this.entry = entry;
@@ -922,7 +923,7 @@ export class Session {
       // Let a final BYE/-ERR flush, but never wait on a client that does not read.
       if (!this.socket.destroyed) {
         this.socket.end();
-        setTimeout(() => this.socket.destroy(), 1_000).unref();
+        setTimeout(() => this.socket.destroy(), CLOSE_GRACE_MS).unref();
       }
     }
     if (reason === 'command-refused') {

@@ -215,6 +215,13 @@ describe('two mailfront instances behind HAProxy with PROXY v2, Dovecot behind w
     const webmail = await login(instances[0]!.imapPort, '127.0.0.3', [id('192.0.2.55')]);
     webmail.socket.destroy();
     await waitFor('rip=192.0.2.55 in the Dovecot log', async () => /rip=192\.0\.2\.55/.test(await dovecot.readLog()));
+    // The honoured line spells the address as every other line does (session.spliced's client),
+    // with the text as sent beside it when that differs.
+    const mapped = await login(instances[0]!.imapPort, '127.0.0.3', [id('::FFFF:192.0.2.57')]);
+    mapped.socket.destroy();
+    const honoured = await waitFor('the honoured claim in the log', () => logLines(instances[0]!).find((l) => l['event'] === 'session.client_id_honoured' && l['claimed'] === '::FFFF:192.0.2.57'));
+    assert.equal(honoured['client'], '192.0.2.57');
+    await waitFor('the spliced session under the same address', () => logLines(instances[0]!).find((l) => l['event'] === 'session.spliced' && l['client'] === '192.0.2.57'));
     const stranger = await login(instances[0]!.imapPort, '127.0.0.5', [id('192.0.2.66')]);
     stranger.socket.destroy();
     await waitFor('the ignored claim in the log', () => logLines(instances[0]!).find((l) => l['event'] === 'session.client_id_ignored' && l['claimed'] === '192.0.2.66'));
