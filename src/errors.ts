@@ -1,7 +1,9 @@
 /**
- * The one error type of mailfront: a stable `code`, a failure `kind` that decides retry, log
- * level, wire text and metric label (each in exactly one place), and whether the client was
- * already answered. Messages may name hosts and users; they never hold secrets.
+ * The one error type of mailfront: a stable `code` and a failure `kind`. The kind decides retry
+ * (isRetryable, here), the wire answer (the protocol adapters' refusalFor picks the response
+ * code, the session's UNAVAILABLE_TEXT the sentence), the metric label
+ * (metrics.ts) and the admin API's status (admin.ts); the session answers the client once, in
+ * its login's catch. Messages may name hosts and users; they never hold secrets.
  */
 
 /** What went wrong, in the words that decide what happens next. */
@@ -49,7 +51,7 @@ export function asMailfrontError(error: unknown, fallbackCode = 'INTERNAL'): Mai
   return new MailfrontError(fallbackCode, 'internal', message, { cause: error });
 }
 
-/** True for failures worth retrying against the same or another backend slot. */
+/** True for failures worth retrying against the store's current master while a login is held (the session's dial loop). */
 export function isRetryable(kind: FailureKind): boolean {
   return kind === 'connect';
 }
