@@ -283,9 +283,6 @@ const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debu
 const LOGIN_MODES: readonly BackendLoginMode[] = ['replay', 'master-user', 'sasl-authzid'];
 const TLS_MODES: readonly ListenerTls[] = ['none', 'starttls', 'implicit'];
 
-/** Secrets may be given inline or as `<key>_file` (read by load.ts before this runs). */
-export const SECRET_KEYS = ['bind_password', 'proxy_password', 'probe_password', 'token', 'auth_password'] as const;
-
 /** Reads a whole config document; `resolvePath` makes file names absolute. */
 export function readConfig(doc: unknown, file: string, resolvePath: (p: string) => string, issues: IssueList): Config {
   const root = readSection(doc, '', ['log', 'listeners', 'directory', 'store_map', 'backend', 'backend_profiles', 'usernames', 'session', 'failover', 'health', 'admin', 'http', 'trusted_networks', 'nat64_prefixes', 'shutdown', 'throttle', 'connection_limits', 'tls'], issues) ?? {};
