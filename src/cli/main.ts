@@ -489,10 +489,17 @@ async function main(argv: string[]): Promise<number> {
       const stop = (signal: NodeJS.Signals): void => {
         if (stopping) return mailfront.endDrain(signal);
         stopping = true;
+        // A stop that fails is a bug: said in the log, and exit 1 rather than an unhandled rejection's crash.
         void mailfront
           .stop()
-          .then(() => logWritten(mailfront.log, LOG_FLUSH_AT_EXIT_MS))
-          .then(() => process.exit(0));
+          .then(
+            () => 0,
+            (error: unknown) => {
+              mailfront.log.fatal({ event: 'server.stop_failed', err: error instanceof Error ? error.message : String(error) }, 'the stop failed');
+              return 1;
+            },
+          )
+          .then((code) => logWritten(mailfront.log, LOG_FLUSH_AT_EXIT_MS).then(() => process.exit(code)));
       };
       takeStops(stop);
       return -1;
