@@ -1,7 +1,7 @@
 /**
  * The one error type of mailfront: a stable `code` and a failure `kind`. The kind decides retry
- * (isRetryable, here), the wire answer (the protocol adapters' refusalFor picks the response
- * code, the session's UNAVAILABLE_TEXT the sentence), the metric label
+ * (isRetryable, here), the wire answer (the session's refusalFor picks the refusal, which each
+ * protocol's machine words with its response code; its UNAVAILABLE_TEXT the sentence), the metric label
  * (metrics.ts) and the admin API's status (admin.ts); the session answers the client once, in
  * its login's catch. Messages may name hosts and users; they never hold secrets.
  */
