@@ -301,6 +301,7 @@ export class Mailfront {
       config.health.timeoutMs,
       log,
       (slot, health) => metrics.slotHealth(slot.store, slot.name, health.up),
+      () => metrics.slotHealthCleared(),
     );
   }
 

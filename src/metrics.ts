@@ -542,6 +542,12 @@ export class Metrics {
     this.slotUp.set({ store, slot }, up ? 1 : 0);
   }
 
+  /** Health probes were turned off: every slot's result is dropped (one no probe renews would stand for good). */
+  slotHealthCleared(): void {
+    for (const labels of this.slotUpSeries.values()) this.slotUp.remove(labels);
+    this.slotUpSeries.clear();
+  }
+
   /** Counts a change of `store`'s current master. */
   failover(store: string): void {
     this.failoversTotal.inc({ store });

@@ -4,6 +4,8 @@
  * never changes routing: promoting a replica stays the operator's decision. A round's probes are
  * spread over the interval, and only so many are in flight at once. The slots of a store in
  * maintenance are not probed (the operator stopped them): each keeps its last result until then.
+ * Probing turned off (an interval of 0) forgets every result: a result no probe will renew would
+ * be shown, and alerted on, for ever.
  */
 import { Canceller } from '../cancel.js';
 import type { Cancellation } from '../cancel.js';
@@ -55,6 +57,8 @@ export class SlotHealthMonitor {
   private running = false;
   /** The current probe loop; a loop whose number is no longer this one stops. */
   private loop = 0;
+  /** Times the results were forgotten (probing turned off): a probe begun before does not report. */
+  private cleared = 0;
 
   constructor(
     private readonly storeMap: () => StoreMap | null,
@@ -63,6 +67,8 @@ export class SlotHealthMonitor {
     private timeoutMs: number,
     private readonly log: Logger,
     private readonly onResult: (slot: Slot, health: SlotHealth) => void = () => undefined,
+    /** Every result was forgotten (probing turned off). */
+    private readonly onCleared: () => void = () => undefined,
   ) {}
 
   /**
@@ -86,7 +92,11 @@ export class SlotHealthMonitor {
     void tick();
   }
 
-  /** New timings (a reload): the next round uses them; an interval of 0 stops probing, another starts it. */
+  /**
+   * New timings (a reload): the next round uses them; an interval of 0 stops probing and forgets
+   * every result (kept, a slot's last result would stand for good: `mailfront_slot_up` 0 paging
+   * long after the slot came back), another starts it.
+   */
   setTiming(intervalMs: number, timeoutMs: number): void {
     this.timeoutMs = timeoutMs;
     if (intervalMs === this.intervalMs) return;
@@ -94,6 +104,11 @@ export class SlotHealthMonitor {
     this.running = false;
     this.loop++;
     clearTimeout(this.timer);
+    if (intervalMs === 0) {
+      this.cleared++;
+      this.results.clear();
+      this.onCleared();
+    }
     this.start();
   }
 
@@ -186,6 +201,7 @@ export class SlotHealthMonitor {
     const onStop = (): void => cancel.abort();
     this.stopped.addEventListener('abort', onStop);
     const before = this.results.get(slot.name);
+    const cleared = this.cleared;
     let health: SlotHealth;
     try {
       await this.probe(slot, cancel);
@@ -203,9 +219,10 @@ export class SlotHealthMonitor {
     }
     // A map loaded while the probe ran may have dropped the slot: its result is nobody's now
     // (reported, it would bring back a metric series for a slot that no longer exists). Or put
-    // its store in maintenance: a slot stopped on purpose is no news ("slot is down").
+    // its store in maintenance: a slot stopped on purpose is no news ("slot is down"). Or turned
+    // probing off: the results were forgotten, and this one would never be renewed.
     const store = this.storeMap()?.stores.get(slot.store);
-    if (store?.slots.has(slot.name) !== true || typeof store.maintenance === 'string') return;
+    if (store?.slots.has(slot.name) !== true || typeof store.maintenance === 'string' || cleared !== this.cleared) return;
     this.results.set(slot.name, health);
     if (before === undefined || before.up !== health.up) {
       const fields = { event: 'slot.health', store: slot.store, slot: slot.name, up: health.up, err: health.error };
