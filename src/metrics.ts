@@ -480,8 +480,8 @@ export class Metrics {
 
   /**
    * A store map is in force (loaded, or the map in force built again with a reloaded config):
-   * version, per-store and per-slot gauges; series of stores and slots it no longer has are
-   * dropped. Whether the source's last load succeeded is storeMapLoaded's and storeMapRejected's.
+   * version, per-store and per-slot gauges, and each store's failover count (0 until its first);
+   * series of stores and slots it no longer has are dropped. Whether the source's last load succeeded is storeMapLoaded's and storeMapRejected's.
    */
   storeMapInForce(version: number, stores: StoreMapShape): void {
     this.storeMapVersion.set(version);
@@ -490,6 +490,10 @@ export class Metrics {
     this.storeBackwards.reset();
     this.storeMaintenance.reset();
     for (const [storeName, store] of stores) {
+      // A 0 before the store's first failover: born at 1, the series would lose that change to
+      // increase(), which reads three changes in an hour as about two.
+      this.failoversTotal.inc({ store: storeName }, 0);
+      this.failoverStores.add(storeName);
       this.storeBackwards.set({ store: storeName }, store.currentMaster === store.preferredMaster ? 0 : 1);
       this.storeMaintenance.set({ store: storeName }, store.maintenance === undefined || store.maintenance === null ? 0 : 1);
       for (const slotName of store.slots.keys()) {
