@@ -309,7 +309,7 @@ export class Metrics {
   private readonly connectionsRefusedTotal: Counter<'limit'>;
   /** Config reloads (SIGHUP), by result. */
   private readonly configReloadsTotal: Counter<'result'>;
-  /** 1 if the last config reload succeeded, 0 if it was rejected (the previous config stays in force). */
+  /** 1 if the last config reload succeeded, 0 if it was rejected (the previous config stays in force) or applied in part. */
   private readonly configLastReloadSuccess: Gauge;
   /** PROXY protocol headers expected from trusted balancers or sent by other peers, by listener and result. */
   private readonly proxyHeadersTotal: CounterFamily<'listener' | 'result'>;
@@ -371,7 +371,7 @@ export class Metrics {
     this.throttleRefusalsTotal = counter('mailfront_throttle_refusals_total', 'Logins refused by auth-failure throttling, by what reached its limit (user or address).', ['by']);
     this.connectionsRefusedTotal = counter('mailfront_connections_refused_total', 'Connections or sessions refused by a connection limit, by limit (total, address, user).', ['limit']);
     this.configReloadsTotal = counter('mailfront_config_reloads_total', 'Config reloads, by result.', ['result']);
-    this.configLastReloadSuccess = gauge('mailfront_config_last_reload_success', '1 if the last config reload succeeded, 0 if it was rejected.', []);
+    this.configLastReloadSuccess = gauge('mailfront_config_last_reload_success', '1 if the last config reload succeeded, 0 if it was rejected or applied in part.', []);
     this.proxyHeadersTotal = hotCounter('mailfront_proxy_headers_total', 'PROXY protocol headers, by listener and result (accepted, local, malformed, timeout, closed: from trusted balancers; untrusted: sent by another peer, connection closed; on an implicit-TLS listener such a header fails the TLS handshake instead).', ['listener', 'result']);
     this.tlsHandshakeFailuresTotal = hotCounter('mailfront_tls_handshake_failures_total', 'Implicit-TLS handshakes that failed before a session began, by listener and reason (error, timeout, closed).', ['listener', 'reason']);
     this.clientIdAddressesTotal = counter('mailfront_client_id_addresses_total', 'Client addresses offered with IMAP ID before login, by whether they were honoured.', ['result']);
