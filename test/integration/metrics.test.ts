@@ -43,6 +43,7 @@ function exerciseEveryHelper(metrics: Metrics): void {
   record('storeMapLoaded', () => metrics.storeMapLoaded());
   record('storeMapRejected', () => metrics.storeMapRejected());
   record('storeMapSourceHealth', () => metrics.storeMapSourceHealth(true));
+  record('slotHealthCleared', () => metrics.slotHealthCleared());
   record('slotHealth', () => metrics.slotHealth('store1', 'slot102', false));
   record('failover', () => metrics.failover('store1'));
   record('throttleRedis', () => metrics.throttleRedis(false));
