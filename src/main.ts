@@ -282,6 +282,8 @@ export class Mailfront {
       for (const entry of this.registry.values()) metrics.splicedTraffic(entry);
     });
     metrics.directoryCacheEntries(() => this.directory.cacheEntries());
+    // mailfront_ready: what /readyz answers, at each scrape (its directory check is shared, at most one a second).
+    metrics.readiness(async () => (await this.readiness()).ready);
     this.caFilesInForce = { directory: caFiles.directory.state, storeMap: caFiles.storeMap.state };
     this.trusted = new CidrSet(config.trustedNetworks);
     setNat64Prefixes(config.nat64Prefixes);

@@ -152,6 +152,7 @@ export const METRICS_RENDER_DEADLINE_MS = 10_000;
 const PHASES: readonly SessionPhaseLabel[] = ['greeting', 'preauth', 'authenticating', 'backend-login', 'spliced'];
 const DIRECTIONS: readonly ByteDirection[] = ['client-to-backend', 'backend-to-client'];
 const THROTTLE_REDIS_UP = 'mailfront_throttle_redis_up';
+const READY = 'mailfront_ready';
 
 /** LDAP answers in milliseconds when healthy; the top buckets catch the operation timeout (5 s). */
 const LDAP_BUCKETS_SECONDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -319,6 +320,10 @@ export class Metrics {
   private readonly clientIdAddressesTotal: Counter<'result'>;
   /** Lookups in the directory's caches, by cache and result (one per login and cache it reaches). */
   private readonly directoryCacheLookupsTotal: CounterFamily<'cache' | 'result'>;
+  /** 1 while /readyz answers 200, 0 while it answers 503; read at scrape time (registered once readiness() gives its source). */
+  private readonly ready: Gauge;
+  /** What /readyz answers, asked at each scrape for `mailfront_ready`. */
+  private readySource: (() => Promise<boolean>) | undefined;
   /** Where `mailfront_directory_cache_entries` is read at scrape time (the directory in force). */
   private directoryCacheSizes: () => Partial<Record<DirectoryCache, number>> = () => ({});
 
@@ -388,6 +393,17 @@ export class Metrics {
           const size = sizes[cache];
           if (size !== undefined) directoryCacheEntries.set({ cache }, size);
         }
+      },
+    });
+    // Registered only once readiness() says where readiness comes from: without one a label-less
+    // gauge would read 0, not ready, where there is nothing to be ready.
+    this.ready = new Gauge({
+      name: READY,
+      help: '1 while the instance is ready for traffic (/readyz answers 200), 0 while it is not (503); read at each scrape.',
+      registers: [],
+      collect: async () => {
+        const source = this.readySource;
+        if (source !== undefined) this.ready.set((await source().catch(() => false)) ? 1 : 0);
       },
     });
     const buildInfo = gauge('mailfront_build_info', 'Always 1; the labels name the running build.', ['version', 'nodejs_version']);
@@ -616,6 +632,16 @@ export class Metrics {
     this.directoryCacheSizes = sizes;
   }
 
+  /**
+   * Where `mailfront_ready` is read at each scrape: the readiness /readyz answers with (its
+   * `ready`; a readiness that throws is not ready, as /readyz then answers 503). No timer: the
+   * value is as fresh as the scrape.
+   */
+  readiness(source: () => Promise<boolean>): void {
+    this.readySource = source;
+    if (this.registry.getSingleMetric(READY) === undefined) this.registry.registerMetric(this.ready);
+  }
+
   /** The text exposition of every metric, and its content type; rejects past the render deadline (METRICS_RENDER_DEADLINE_MS). */
   async exposition(): Promise<{ contentType: string; body: string }> {
     for (const hook of this.scrapeHooks) hook();
@@ -634,6 +660,6 @@ export class Metrics {
   /** Names of every metric family mailfront can expose, those registered only at times included (for consistency checks such as the dashboard's). */
   metricNames(): string[] {
     const names = this.registry.getMetricsAsArray().map((m) => m.name);
-    return names.includes(THROTTLE_REDIS_UP) ? names : [...names, THROTTLE_REDIS_UP];
+    return [...names, ...[THROTTLE_REDIS_UP, READY].filter((name) => !names.includes(name))];
   }
 }
