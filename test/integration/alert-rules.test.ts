@@ -209,6 +209,11 @@ describe('the shipped Prometheus rules', () => {
       assert.ok(exposition.types.has('mailfront_throttle_redis_up'), 'the exposition has the metrics registered only at times');
       assert.ok(exposition.labels.has('mailfront_slot_up'), 'the slots were probed');
       assert.ok(exposition.labels.has('process_max_fds'), 'the process metrics are there');
+      // Both from the start: every store of the map has its maintenance gauge (0 when not in
+      // maintenance) and its failover count, and readiness is read at each scrape.
+      assert.ok(exposition.labels.get('mailfront_store_maintenance')?.has('store'), 'the maintenance gauge of a store never in maintenance');
+      assert.ok(exposition.labels.get('mailfront_failovers_total')?.has('store'), 'the failover count of a store never failed over');
+      assert.ok(exposition.labels.has('mailfront_ready'), 'the readiness gauge');
       assert.deepEqual(problemsOf(readRules(), exposition), []);
     });
 
