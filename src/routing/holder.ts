@@ -269,7 +269,12 @@ export class StoreMapHolder {
     return this.inTurn(async () => {
       const known = this.known(store);
       if (!known.slots.has(slot)) throw new MailfrontError('UNKNOWN_SLOT', 'no-route', `slot "${slot}" is not a slot of store "${store}" (slots: ${[...known.slots.keys()].join(', ')})`);
-      const change: StoreChange = { what: `failover of store "${store}" to "${slot}"`, code: 'STOREMAP_FAILOVER_REFUSED', entry: (entry) => ({ ...entry, current_master: slot }) };
+      const change: StoreChange = {
+        what: `failover of store "${store}" to "${slot}"`,
+        code: 'STOREMAP_FAILOVER_REFUSED',
+        entry: (entry) => ({ ...entry, current_master: slot }),
+        failed: { event: 'storemap.failover_failed', fields: { store, from: known.currentMaster, to: slot }, text: 'failover could not be written to the store map source' },
+      };
       const written = await this.writeChecked(store, change, (check) => this.source.setCurrentMaster(store, slot, check));
       this.log.warn({ event: 'storemap.failover_written', store, from: known.currentMaster, to: slot, source: this.source.description }, 'failover written to the store map source');
       return written === undefined ? this.reloadNow('failover') : this.put(written.document, 'failover');
@@ -287,7 +292,12 @@ export class StoreMapHolder {
       const known = this.known(store);
       const problem = maintenanceProblem(maintenance);
       if (problem !== undefined) throw new MailfrontError('STOREMAP_BAD_MAINTENANCE', 'client-protocol', `maintenance of store "${store}" not written: expected ${problem}`);
-      const change: StoreChange = { what: `maintenance of store "${store}"`, code: 'STOREMAP_MAINTENANCE_REFUSED', entry: (entry) => (maintenance === false ? Object.fromEntries(Object.entries(entry).filter(([key]) => key !== 'maintenance')) : { ...entry, maintenance }) };
+      const change: StoreChange = {
+        what: `maintenance of store "${store}"`,
+        code: 'STOREMAP_MAINTENANCE_REFUSED',
+        entry: (entry) => (maintenance === false ? Object.fromEntries(Object.entries(entry).filter(([key]) => key !== 'maintenance')) : { ...entry, maintenance }),
+        failed: { event: 'storemap.maintenance_failed', fields: { store, maintenance: maintenance !== false }, text: 'maintenance could not be written to the store map source' },
+      };
       const written = await this.writeChecked(store, change, (check) => this.source.setMaintenance(store, maintenance, check));
       const fields = { event: 'storemap.maintenance_written', store, maintenance: maintenance !== false, ...(typeof maintenance === 'string' ? { reason: maintenance } : {}), before: known.maintenance !== null, source: this.source.description };
       this.log.warn(fields, `maintenance ${maintenance === false ? 'off' : 'on'} written to the store map source`);
@@ -319,6 +329,9 @@ export class StoreMapHolder {
       // The document could not be read or is no store map: refused as its load would be. A
       // ConfigError is always that (a file that changed while the change was written, read again).
       if (!read || caught instanceof ConfigError) throw this.changeRefused(change, caught, sourceUnreadable(caught) !== undefined ? 'cannot be read' : 'is not valid', undefined);
+      // The write itself failed (a read-only replica, a bind account that may not write): said here, where the operator looks, as well as to the caller.
+      const error = asMailfrontError(caught);
+      this.log.warn({ event: change.failed.event, ...change.failed.fields, source: this.source.description, code: error.code, err: error.message }, change.failed.text);
       throw caught;
     }
   }
@@ -365,6 +378,8 @@ interface StoreChange {
   readonly code: string;
   /** The store's entry of a store-map document with the change made. */
   readonly entry: (entry: Record<string, unknown>) => Record<string, unknown>;
+  /** The warning logged when the source would not take the write (the document was read and the change checked). */
+  readonly failed: { readonly event: string; readonly fields: Record<string, unknown>; readonly text: string };
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {

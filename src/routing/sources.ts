@@ -73,6 +73,35 @@ const PREFERRED_MASTER_ADD_FAILURES: ReadonlyMap<number, string> = new Map([
   [19, 'one was added meanwhile (constraintViolation), and is kept'],
 ]);
 
+/**
+ * What an LDAP result code of a failover's modify means, for the operator: the code of the error
+ * (see failoverWriteError), its kind, and the words. A read-only replica answers a write with a
+ * referral to its provider (10, OpenLDAP's updateref) or, without one, unwillingToPerform (53).
+ */
+const FAILOVER_WRITE_FAILURES: ReadonlyMap<number, { readonly code: string; readonly kind: 'config' | 'auth-tempfail'; readonly why: string }> = new Map([
+  [10, { code: 'STOREMAP_READ_ONLY_REPLICA', kind: 'config', why: 'is a read-only replica (it answered with a referral to its provider, LDAP result 10); write the failover on the provider: through an instance whose store_map.ldap.urls lists the provider first, or with ldapmodify on the provider' }],
+  [53, { code: 'STOREMAP_READ_ONLY_REPLICA', kind: 'config', why: 'is unwilling to write it (unwillingToPerform, LDAP result 53: a read-only replica without an update referral, or a database set read-only); write the failover on the provider' }],
+  [50, { code: 'STOREMAP_FAILOVER_NOT_ALLOWED', kind: 'config', why: 'does not let the bind account write mailfrontCurrentMaster (insufficientAccessRights, LDAP result 50); grant it write access to mailfrontCurrentMaster and mailfrontPreferredMaster of the store entries' }],
+  [51, { code: 'STOREMAP_LDAP_BUSY', kind: 'auth-tempfail', why: 'is too busy to write it (busy, LDAP result 51); try again' }],
+  [52, { code: 'STOREMAP_LDAP_BUSY', kind: 'auth-tempfail', why: 'is unavailable for writes (unavailable, LDAP result 52); try again, or write the failover on another server of the fleet' }],
+]);
+
+/**
+ * The error of a failover's modify of `dn` on `url` that the server refused: one that says why
+ * in the words of FAILOVER_WRITE_FAILURES, or of its result code; anything else (no answer) as
+ * it came. Nothing was written (a modify is all or nothing).
+ */
+function failoverWriteError(error: unknown, store: string, dn: string, url: string | undefined): unknown {
+  if (!(error instanceof ResultCodeError)) return error;
+  // ldapts's message is the server's diagnostic text, if any, then " Code: 0x.."; the referral's URL is not handed out.
+  const said = error.message.replace(/\s*Code: 0x[0-9a-f]+$/i, '').trim();
+  const known = FAILOVER_WRITE_FAILURES.get(error.code);
+  const server = `the store-map server ${url ?? '(unknown)'}`;
+  const detail = said === '' ? '' : ` (the server said: ${said})`;
+  if (known !== undefined) return new MailfrontError(known.code, known.kind, `failover of store "${store}" not written: ${server} ${known.why}${detail}`, { cause: error });
+  return new MailfrontError('STOREMAP_FAILOVER_WRITE_FAILED', 'config', `failover of store "${store}" not written: ${server} refused the modify of ${dn} with LDAP result ${error.code}${detail}`, { cause: error });
+}
+
 /** How many times a failover is made again on a file that changed while it was written. */
 const FAILOVER_WRITE_ATTEMPTS = 5;
 
@@ -1089,13 +1118,17 @@ export class LdapStoreMapSource implements StoreMapSource {
         // or a preferred master added meanwhile, must not fail it. A modify is all or nothing,
         // so nothing of it was written: the current master alone is.
         const why = error instanceof ResultCodeError ? PREFERRED_MASTER_ADD_FAILURES.get(error.code) : undefined;
-        if (why === undefined) throw error;
-        await client.modify(entry.dn, [current]);
+        if (why === undefined) throw failoverWriteError(error, store, entry.dn, this.answered);
+        await client.modify(entry.dn, [current]).catch((retried: unknown) => {
+          throw failoverWriteError(retried, store, entry.dn, this.answered);
+        });
         this.log?.warn({ event: 'storemap.failover_preferred_master_not_written', store, dn: entry.dn, from: before, to: slot, reason: why }, `failover of store "${store}" written without adding its preferred master ${before}: ${why}`);
         return undefined;
       }
     }
-    await client.modify(entry.dn, [current]);
+    await client.modify(entry.dn, [current]).catch((error: unknown) => {
+      throw failoverWriteError(error, store, entry.dn, this.answered);
+    });
     return undefined;
   }
 
