@@ -164,7 +164,7 @@ export class StoreMapHolder {
   private async reloadNow(trigger: string): Promise<ReloadResult> {
     let doc: unknown;
     try {
-      doc = await this.source.load();
+      doc = await this.source.load(trigger);
     } catch (caught) {
       return this.loadFailed(caught, trigger);
     }

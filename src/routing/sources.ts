@@ -25,8 +25,12 @@ import { MAX_STOREMAP_LDAP_ANSWER_BYTES } from '../limits.js';
 export interface StoreMapSource {
   /** Names the source in logs ("file /etc/mailfront/stores.yaml", "ldap ou=stores,..."). */
   readonly description: string;
-  /** Reads the current document. */
-  load(): Promise<unknown>;
+  /**
+   * Reads the current document. `trigger` says why (the holder's: start, change, signal,
+   * failover): an LDAP source puts a map from a server behind the one in force in force only for
+   * a deliberate reload (signal), see LdapStoreMapSource.
+   */
+  load(trigger?: string): Promise<unknown>;
   /**
    * Calls `onChange` whenever the source may have changed (debounced); returns a stop function.
    * `onHealth` hears whether the source can be watched and read: null after each good look (an
@@ -137,7 +141,7 @@ export function sourceUnreadable(error: unknown): string | undefined {
 }
 
 /** Codes of an LDAP store-map source that could not be read (the others: it gave no valid map). */
-const LDAP_UNREADABLE: ReadonlySet<string> = new Set(['STOREMAP_LDAP_UNREACHABLE', 'STOREMAP_LDAP_SEARCH_FAILED', 'STOREMAP_SOURCE_CLOSED']);
+const LDAP_UNREADABLE: ReadonlySet<string> = new Set(['STOREMAP_LDAP_UNREACHABLE', 'STOREMAP_LDAP_SEARCH_FAILED', 'STOREMAP_SOURCE_CLOSED', 'STOREMAP_LDAP_BEHIND']);
 
 /** When a store-map file is looked at besides the events of its watch. */
 export interface FileSourceTiming {
@@ -837,6 +841,111 @@ function recentEntries(entries: ReadonlyArray<Record<string, unknown> & { dn: st
   return { client: at.client, fingerprint: at.fingerprint, readAt: at.readAt, since: generalizedTime(sinceMs), versions, newestMs: newest, newestSince };
 }
 
+/**
+ * The parts of an OpenLDAP change sequence number (`20261206004219.500954Z#000000#001#000000`:
+ * the time to the microsecond, a count within it, the server id, a count within the operation),
+ * or undefined. Each server id's CSNs come from that server's clock and only grow.
+ */
+export function parseCsn(value: string): { readonly time: string; readonly count: number; readonly sid: number; readonly mod: number } | undefined {
+  const m = /^(\d{14})(?:\.(\d{1,6}))?Z#([0-9a-f]{1,8})#([0-9a-f]{1,8})#([0-9a-f]{1,8})$/i.exec(value.trim());
+  if (m === null) return undefined;
+  return { time: `${m[1]}.${(m[2] ?? '').padEnd(6, '0')}`, count: parseInt(m[3]!, 16), sid: parseInt(m[4]!, 16), mod: parseInt(m[5]!, 16) };
+}
+
+/** Orders two CSNs as slapd's csnOrderingMatch does (time, count, server id, mod); an unparseable one sorts first. */
+export function compareCsn(a: string, b: string): number {
+  const x = parseCsn(a);
+  const y = parseCsn(b);
+  if (x === undefined || y === undefined) return x === undefined ? (y === undefined ? 0 : -1) : 1;
+  if (x.time !== y.time) return x.time < y.time ? -1 : 1;
+  return x.count - y.count || x.sid - y.sid || x.mod - y.mod;
+}
+
+/** A contextCSN's values by server id (the newest where one is given twice), or undefined when there is none or one is no CSN. */
+export function contextCsnsBySid(values: readonly string[]): ReadonlyMap<number, string> | undefined {
+  const bySid = new Map<number, string>();
+  for (const value of values) {
+    const csn = parseCsn(value);
+    if (csn === undefined) return undefined;
+    const known = bySid.get(csn.sid);
+    if (known === undefined || compareCsn(value, known) > 0) bySid.set(csn.sid, value);
+  }
+  return bySid.size === 0 ? undefined : bySid;
+}
+
+/**
+ * Why a read whose store entries have the entryCSNs `read` (by lower-cased DN) and whose server's
+ * contextCSN is `context` is behind the map in force, whose entries had the entryCSNs `inForce`:
+ * an entry in force older on the server (a replica that has not got its last change yet: a
+ * failover), or missing there while the server has not got the change that made it what it is in
+ * force (an entry added, its server id's contextCSN older than the entry's entryCSN). Undefined
+ * when it is not (or cannot be told: a read without entryCSN). A store entry that was deleted,
+ * and still is on a lagging server, cannot be told from one added there.
+ */
+export function behindMapInForce(inForce: ReadonlyMap<string, string>, read: ReadonlyMap<string, string> | undefined, context: ReadonlyMap<number, string> | undefined): { readonly dn: string; readonly inForce: string; readonly server: string } | undefined {
+  if (read === undefined) return undefined;
+  for (const [dn, csn] of inForce) {
+    const now = read.get(dn);
+    if (now !== undefined) {
+      if (compareCsn(now, csn) < 0) return { dn, inForce: csn, server: now };
+      continue;
+    }
+    const sid = parseCsn(csn)?.sid;
+    if (context === undefined || sid === undefined) continue;
+    const seen = context.get(sid);
+    if (seen === undefined || compareCsn(seen, csn) < 0) return { dn, inForce: csn, server: `no entry, contextCSN ${seen ?? 'without server id'} ${sid.toString(16).padStart(3, '0')}` };
+  }
+  return undefined;
+}
+
+/**
+ * What the polls between two whole reads compare with on a server that keeps contextCSN (OpenLDAP
+ * with syncprov, or a syncrepl consumer) where the bind account may read it on the naming
+ * context's entry: its values at the whole read (or the last poll), by server id, and every store
+ * entry's entryCSN. A poll reads the contextCSN (one base search); when a server id's value moved,
+ * it asks for the store entries whose entryCSN is at or after that server id's value before:
+ * whatever that server wrote since, in whatever order it reached this one (a syncrepl refresh
+ * after a cut sends entries in database order, a healed mirror sends what the other wrote while
+ * apart, a provider's clock may be ahead or behind), has an entryCSN at or after it, as each
+ * server id's CSNs come from one clock. slapd moves contextCSN only once the change is in place (a
+ * consumer at the end of a refresh, or after each change it is sent after it). A new server id is
+ * read whole.
+ */
+interface ContextPolls {
+  readonly client: Client;
+  readonly fingerprint: string;
+  readonly readAt: number;
+  /** The naming context's DN, whose entry holds contextCSN. */
+  readonly contextDn: string;
+  /** contextCSN by server id, as of the whole read or the last poll that found no change. */
+  baseline: ReadonlyMap<number, string>;
+  /** Every store entry's entryCSN, by lower-cased DN. */
+  readonly versions: ReadonlyMap<string, string>;
+}
+
+/** The entryCSN of every entry, by lower-cased DN; undefined when one has none (or none a CSN). */
+function entryCsns(entries: ReadonlyArray<Record<string, unknown> & { dn: string }>): Map<string, string> | undefined {
+  const csns = new Map<string, string>();
+  for (const entry of entries) {
+    const csn = operational(entry, 'entryCSN');
+    if (csn === undefined || parseCsn(csn) === undefined) return undefined;
+    csns.set(lowerDn(entry.dn), csn);
+  }
+  return csns;
+}
+
+/** Triggers of a load that puts in force what the server says, even behind the map in force: a reload asked for (SIGHUP, `mailfront reload`). */
+const DELIBERATE_LOADS: ReadonlySet<string> = new Set(['signal']);
+
+/** A whole read of the store map, with what says whether its server is behind the map in force. */
+type LdapReading = ({ readonly document: unknown } | { readonly rejected: MailfrontError }) & {
+  readonly fingerprint: string;
+  readonly url: string | undefined;
+  /** The store entries' entryCSNs by lower-cased DN (undefined: not every entry has one the account may read). */
+  readonly csns: ReadonlyMap<string, string> | undefined;
+  readonly context: ReadonlyMap<number, string> | undefined;
+};
+
 /** The filter of the store map's entries. */
 const STORE_ENTRIES_FILTER = '(|(objectClass=mailfrontStore)(objectClass=mailfrontSlot))';
 
@@ -848,8 +957,16 @@ export class LdapStoreMapSource implements StoreMapSource {
   /** Bytes one read of the map may take, all pages together (store_map.ldap.max_answer_bytes). */
   private readonly maxAnswerBytes: number;
   private lastFingerprint = '';
-  /** The recent entries of the last whole read, for the polls until the next (see RecentEntries). */
+  /** The recent entries of the last whole read, for the polls until the next (see RecentEntries), on a server without contextCSN. */
   private recent: RecentEntries | undefined;
+  /** What the polls until the next whole read compare with, on a server with contextCSN (see ContextPolls). */
+  private contextPolls: ContextPolls | undefined;
+  /** The naming context (the entry with contextCSN) of each connection's server, null where none holds the base DN. */
+  private readonly contexts = new WeakMap<Client, string | null>();
+  /** The store entries' entryCSNs of the map last handed out by load(): a read behind them is refused (see behindMapInForce). */
+  private inForce: ReadonlyMap<string, string> | undefined;
+  /** The last server found behind the map in force: tried after the others, and while its contextCSN stays the same, not read again (see stillBehind). */
+  private behind: { readonly url: string; readonly at: number; readonly context: ReadonlyMap<number, string> | undefined; readonly error: MailfrontError; readonly said: string } | undefined;
   /** The connection whose server answered a search by modifyTimestamp with the entries expected (some). */
   private searchesByTime: Client | undefined;
   /** Set by close(): a connection opened after it (by a poll in flight) is let go at once. */
@@ -895,7 +1012,9 @@ export class LdapStoreMapSource implements StoreMapSource {
     // a dropped connection could read a replica that lags behind the server read so far and still
     // names a master failed over from: its sessions would be drained onto the demoted slot, and
     // back again once replication caught up.
-    const urls = this.answered === undefined ? this.config.urls : [this.answered, ...this.config.urls.filter((u) => u !== this.answered)];
+    // A server found behind the map in force comes last (it is read again when no other answers).
+    const preferred = this.answered === undefined ? this.config.urls : [this.answered, ...this.config.urls.filter((u) => u !== this.answered)];
+    const urls = [...preferred.filter((u) => u !== this.behind?.url), ...preferred.filter((u) => u === this.behind?.url)];
     for (const url of urls) {
       if (this.closed) break;
       let client: Client | undefined;
@@ -924,10 +1043,16 @@ export class LdapStoreMapSource implements StoreMapSource {
    * that the poll reports any difference from what the holder has, including a change made
    * between the start-up load and the first poll.
    */
-  async load(): Promise<unknown> {
-    let reading: Awaited<ReturnType<LdapStoreMapSource['read']>>;
+  async load(trigger?: string): Promise<unknown> {
+    let reading: LdapReading;
     try {
       reading = await this.read();
+      // A server behind the map in force (a lagging replica read after the provider stopped)
+      // would undo failovers and drain the sessions on the new masters: refused, the map in force
+      // stays, unless the reload was asked for (a restore from a backup, say).
+      const behind = this.inForce === undefined ? undefined : behindMapInForce(this.inForce, reading.csns, reading.context);
+      if (behind !== undefined && !DELIBERATE_LOADS.has(trigger ?? '')) throw this.refuseBehind(reading, behind);
+      if (behind !== undefined) this.log?.error({ event: 'storemap.source_behind_accepted', source: this.description, url: reading.url, dn: behind.dn, csnInForce: behind.inForce, csnServer: behind.server, trigger }, `the store-map server ${reading.url ?? ''} is behind the map in force (${behind.dn}: ${behind.server}, in force ${behind.inForce}); its map is put in force as the reload asked`);
     } catch (error) {
       // A load that failed (LDAP down) is not the last one loaded: the next poll that reads the
       // same map reports it, and its reload tells that the source is good again (that poll reads
@@ -937,7 +1062,80 @@ export class LdapStoreMapSource implements StoreMapSource {
     }
     this.lastFingerprint = reading.fingerprint;
     if ('rejected' in reading) throw reading.rejected;
+    this.inForce = reading.csns;
+    // In force now: a server found behind before may have caught up by the time it is read again.
+    this.behind = undefined;
     return reading.document;
+  }
+
+  /**
+   * The error of a read from a server behind the map in force: said once per server and state
+   * (storemap.source_behind), the connection let go so that the next poll tries the other servers
+   * first, and the poll that finds it behind again reports the source down.
+   */
+  private refuseBehind(reading: LdapReading, behind: { readonly dn: string; readonly inForce: string; readonly server: string }): MailfrontError {
+    const url = reading.url ?? '(unknown)';
+    const error = new MailfrontError('STOREMAP_LDAP_BEHIND', 'config', `the store-map server ${url} is behind the map in force (${behind.dn}: ${behind.server} on the server, ${behind.inForce} in force; a replica that has not caught up): the map in force stays, the other servers are tried, and this one is read again until it has caught up (a reload, SIGHUP or mailfront reload, puts its map in force, after a restore from a backup)`);
+    const said = `${url} ${behind.dn} ${behind.server} ${behind.inForce}`;
+    if (this.behind?.said !== said) this.log?.warn({ event: 'storemap.source_behind', source: this.description, url, dn: behind.dn, csnInForce: behind.inForce, csnServer: behind.server }, error.message);
+    this.behind = { url, at: performance.now(), context: reading.context, error, said };
+    this.recent = undefined;
+    this.contextPolls = undefined;
+    void this.client?.unbind().catch(() => undefined);
+    this.client = null;
+    return error;
+  }
+
+  /**
+   * The error of the server found behind, while it is the one that answers and its contextCSN has
+   * not moved (for up to a whole-read interval): the poll need not read the whole map again to
+   * find it still behind. Undefined when it is to be read.
+   */
+  private async stillBehind(): Promise<MailfrontError | undefined> {
+    const behind = this.behind;
+    if (behind === undefined || behind.context === undefined || performance.now() - behind.at >= this.timing.fullReadIntervalMs) return undefined;
+    const client = await this.connection();
+    if (this.answered !== behind.url) return undefined;
+    const context = await this.contextCsn(client).catch(() => undefined);
+    if (context === undefined || context.values.size !== behind.context.size || [...context.values].some(([sid, csn]) => behind.context!.get(sid) !== csn)) return undefined;
+    void this.client?.unbind().catch(() => undefined);
+    this.client = null;
+    return behind.error;
+  }
+
+  /**
+   * The naming context's DN and its contextCSN by server id, or undefined where there is none the
+   * bind account may read: the entry among the root DSE's namingContexts that is the base DN or
+   * above it (looked up once per connection). Throws when the server does not answer.
+   */
+  private async contextCsn(client: Client): Promise<{ readonly dn: string; readonly values: ReadonlyMap<number, string> } | undefined> {
+    let dn = this.contexts.get(client);
+    if (dn === undefined) {
+      let contexts: unknown;
+      try {
+        contexts = (await client.search('', { scope: 'base', filter: '(objectClass=*)', attributes: ['namingContexts'] })).searchEntries[0]?.['namingContexts'];
+      } catch (error) {
+        // A root DSE the account may not read: no contextCSN to go by.
+        if (!(error instanceof ResultCodeError)) throw error;
+      }
+      const base = lowerDn(this.config.baseDn);
+      const holding = (Array.isArray(contexts) ? contexts : contexts === undefined ? [] : [contexts]).map(String).filter((c) => base === lowerDn(c) || base.endsWith(`,${lowerDn(c)}`));
+      dn = holding.sort((a, b) => b.length - a.length)[0] ?? null;
+      this.contexts.set(client, dn);
+    }
+    if (dn === null) return undefined;
+    let entry: Record<string, unknown> | undefined;
+    try {
+      ({ searchEntries: [entry] } = await client.search(dn, { scope: 'base', filter: '(objectClass=*)', attributes: ['contextCSN'] }));
+    } catch (error) {
+      // An entry the account may not see, or not there: no contextCSN to go by.
+      if (error instanceof ResultCodeError) return undefined;
+      throw error;
+    }
+    const raw = entry === undefined ? undefined : Object.entries(entry).find(([key]) => key.toLowerCase() === 'contextcsn')?.[1];
+    const values = (Array.isArray(raw) ? raw : raw === undefined ? [] : [raw]).map((v) => (Buffer.isBuffer(v) ? v.toString('utf8') : String(v)));
+    const bySid = contextCsnsBySid(values);
+    return bySid === undefined ? undefined : { dn, values: bySid };
   }
 
   /**
@@ -945,12 +1143,23 @@ export class LdapStoreMapSource implements StoreMapSource {
    * entries that make no map (one store name on two entries) are rejected as a document that
    * fails validation is, once per change, and the source stays healthy.
    */
-  private async read(): Promise<{ readonly document: unknown; readonly fingerprint: string } | { readonly rejected: MailfrontError; readonly fingerprint: string }> {
+  private async read(): Promise<LdapReading> {
     const previous = this.recent;
     this.recent = undefined;
+    this.contextPolls = undefined;
     const readAt = performance.now();
     const readAtMs = Date.now();
     const client = await this.connection();
+    const url = this.answered;
+    // Before the entries: every change up to it is in them (slapd moves it once a change is in place).
+    let context: Awaited<ReturnType<LdapStoreMapSource['contextCsn']>>;
+    try {
+      context = await this.contextCsn(client);
+    } catch (error) {
+      await this.client?.unbind().catch(() => undefined);
+      this.client = null;
+      throw new MailfrontError('STOREMAP_LDAP_SEARCH_FAILED', 'config', `store-map search failed: ${this.searchFailure(error)}`, { cause: error });
+    }
     const entries = await this.search(client);
     let reading: { readonly document: unknown; readonly fingerprint: string } | { readonly rejected: MailfrontError; readonly fingerprint: string };
     try {
@@ -960,8 +1169,53 @@ export class LdapStoreMapSource implements StoreMapSource {
       const rejected = asMailfrontError(error);
       reading = { rejected, fingerprint: `rejected: ${rejected.message}` };
     }
-    this.recent = recentEntries(entries, { client, fingerprint: reading.fingerprint, readAt, readAtMs }, previous, this.searchesByTime === client, this.timing);
-    return reading;
+    const csns = entryCsns(entries);
+    if (context !== undefined && csns !== undefined) this.contextPolls = { client, fingerprint: reading.fingerprint, readAt, contextDn: context.dn, baseline: context.values, versions: csns };
+    else this.recent = recentEntries(entries, { client, fingerprint: reading.fingerprint, readAt, readAtMs }, previous, this.searchesByTime === client, this.timing);
+    return { ...reading, url, csns, context: context?.values };
+  }
+
+  /**
+   * True when no store entry changed since the last whole read, as told by the server's
+   * contextCSN (see ContextPolls): one base search, and when a server id's value moved, one search
+   * for the store entries at or after its value before (a few, or none: the contextCSN moves with
+   * every write to the database, users' entries too). False when that cannot be told so.
+   */
+  private async unchangedByContext(polls: ContextPolls): Promise<boolean> {
+    if (polls.fingerprint !== this.lastFingerprint || performance.now() - polls.readAt >= this.timing.fullReadIntervalMs) return false;
+    const client = await this.connection();
+    if (client !== polls.client) return false;
+    try {
+      const now = await this.contextCsn(client);
+      if (now === undefined || now.dn !== polls.contextDn) return false;
+      /** The oldest value before of the server ids whose value moved. */
+      let from: string | undefined;
+      for (const [sid, csn] of now.values) {
+        const before = polls.baseline.get(sid);
+        // A server id not seen before: its changes may be stamped anything.
+        if (before === undefined) return false;
+        const order = compareCsn(csn, before);
+        // Gone back (another server behind a proxy, a restore): read whole, and see.
+        if (order < 0) return false;
+        if (order > 0 && (from === undefined || compareCsn(before, from) < 0)) from = before;
+      }
+      if (now.values.size !== polls.baseline.size) return false;
+      if (from === undefined) return true;
+      const heardBefore = ldapBytesReceived(client);
+      const pages = client.searchPaginated(this.config.baseDn, { scope: 'sub', filter: `(&${STORE_ENTRIES_FILTER}(entryCSN>=${escapeFilterValue(from)}))`, attributes: ['entryCSN'], paged: true });
+      for await (const { searchEntries } of pages) {
+        for (const entry of searchEntries) if (polls.versions.get(lowerDn(entry.dn)) !== operational(entry, 'entryCSN')) return false;
+        if (ldapBytesReceived(client) - heardBefore > this.maxAnswerBytes) throw new Error(`the store entries under ${this.config.baseDn} changed lately came to more than ${this.maxAnswerBytes} bytes (store_map.ldap.max_answer_bytes); the search was stopped`);
+      }
+      polls.baseline = now.values;
+      return true;
+    } catch (error) {
+      if (error instanceof SizeLimitExceededError) return false;
+      await this.client?.unbind().catch(() => undefined);
+      this.client = null;
+      this.contextPolls = undefined;
+      throw new MailfrontError('STOREMAP_LDAP_SEARCH_FAILED', 'config', `store-map search failed: ${this.searchFailure(error)}`, { cause: error });
+    }
   }
 
   /**
@@ -971,6 +1225,7 @@ export class LdapStoreMapSource implements StoreMapSource {
    * versions.
    */
   private async unchanged(): Promise<boolean> {
+    if (this.contextPolls !== undefined) return this.unchangedByContext(this.contextPolls);
     const recent = this.recent;
     if (recent === undefined || recent.fingerprint !== this.lastFingerprint || performance.now() - recent.readAt >= this.timing.fullReadIntervalMs) return false;
     const client = await this.connection();
@@ -1053,7 +1308,16 @@ export class LdapStoreMapSource implements StoreMapSource {
     let timer: NodeJS.Timeout | undefined;
     const poll = async (): Promise<void> => {
       try {
-        const fingerprint = (await this.unchanged()) ? this.lastFingerprint : (await this.read()).fingerprint;
+        // A server found behind the map in force that still is: down, nothing read.
+        const behind = await this.stillBehind();
+        if (behind !== undefined) throw behind;
+        let fingerprint = this.lastFingerprint;
+        if (!(await this.unchanged())) {
+          const reading = await this.read();
+          const lagging = this.inForce === undefined ? undefined : behindMapInForce(this.inForce, reading.csns, reading.context);
+          if (lagging !== undefined) throw this.refuseBehind(reading, lagging);
+          fingerprint = reading.fingerprint;
+        }
         if (!stopped) onHealth?.(null);
         if (!stopped && fingerprint !== this.lastFingerprint) onChange();
       } catch (error) {

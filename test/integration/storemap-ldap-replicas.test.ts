@@ -1,19 +1,28 @@
 /**
  * The LDAP store-map source against replicated slapd (a provider and a read-only consumer, or
- * two providers in mirror mode; test/integration/servers/slapd-pair.ts): a failover written
- * through an instance that reads a consumer is refused with words that say why (the consumer
- * answers a write with a referral), not as an internal error.
+ * two providers in mirror mode; test/integration/servers/slapd-pair.ts):
+ * - a failover that reaches the server read out of its stamps' order (a healed mirror, a consumer
+ *   catching up after a cut) is followed within a few polls, by contextCSN, not at the next whole
+ *   read (30 s);
+ * - a server behind the map in force (a lagging consumer read once the provider stopped) is
+ *   refused, the map in force kept: the failover is not undone and the new master not drained;
+ *   a reload asked for puts it in force;
+ * - a failover written through an instance that reads a consumer is refused with words that say
+ *   why (the consumer answers a write with a referral), not as an internal error.
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Client } from 'ldapts';
 import { readBackend } from '../../src/config/schema.js';
 import { IssueList } from '../../src/config/validate.js';
 import { MailfrontError } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
 import { StoreMapHolder } from '../../src/routing/holder.js';
+import type { MasterChange } from '../../src/routing/holder.js';
 import { LdapStoreMapSource } from '../../src/routing/sources.js';
 import { createAdminHandler } from '../../src/server/admin.js';
 import type { AdminContext } from '../../src/server/admin.js';
@@ -92,6 +101,155 @@ test('a failover through an instance that reads a read-only consumer is refused 
     }
   } finally {
     server.close();
+    await source.close();
+    await pair.stop();
+  }
+});
+
+/** LDIF setting the current master of store `store`. */
+const failoverLdif = (store: string, slot: string): string => `dn: cn=${store},${LDAP_STORES_DN}\nchangetype: modify\nreplace: mailfrontCurrentMaster\nmailfrontCurrentMaster: ${slot}\n`;
+
+/** Waits (at most `ms`) until `done`; true if it came. */
+async function until(done: () => boolean | Promise<boolean>, ms: number): Promise<boolean> {
+  const end = performance.now() + ms;
+  while (!(await done()) && performance.now() < end) await sleep(50);
+  return done();
+}
+
+/** The current master of `store` on `server`, as the service account reads it there. */
+async function masterOn(server: PairMember, store: string): Promise<string | undefined> {
+  const client = new Client({ url: server.url });
+  try {
+    await client.bind(server.bindDn, server.bindPassword);
+    const { searchEntries } = await client.search(`cn=${store},${LDAP_STORES_DN}`, { scope: 'base', attributes: ['mailfrontCurrentMaster'] });
+    return String(searchEntries[0]?.['mailfrontCurrentMaster']);
+  } catch {
+    return undefined;
+  } finally {
+    await client.unbind().catch(() => undefined);
+  }
+}
+
+/** A holder following `source` as serve's does (its watch reloads on each change), with the master changes it made. */
+function following(source: LdapStoreMapSource, log = createLogger('silent')): { readonly holder: StoreMapHolder; readonly changes: MasterChange[]; readonly health: Array<Error | null>; readonly master: (store: string) => string | undefined; start(): Promise<void>; stop(): void } {
+  const changes: MasterChange[] = [];
+  const health: Array<Error | null> = [];
+  const holder = new StoreMapHolder(source, config, log, { changes: (c) => changes.push(...c) });
+  let stop = (): void => undefined;
+  return {
+    holder,
+    changes,
+    health,
+    master: (store) => holder.current.stores.get(store)?.currentMaster,
+    start: async () => {
+      assert.equal((await holder.reload('start')).ok, true);
+      stop = source.watch(() => void holder.reload('change'), (error) => health.push(error));
+    },
+    stop: () => stop(),
+  };
+}
+
+// Polls every 200 ms; the whole read every 30 s (the default). The polls by modifyTimestamp,
+// where there is no contextCSN, look 1 s before the newest stamp rather than 10 (the default): so
+// that a failover stamped 3 s before the newest (not 11) is out of their reach, as one stamped
+// earlier by a lagging or skewed server is with the default.
+const TIMING = { recentMarginMs: 1_000 };
+
+test('mirror mode: a failover written on one provider while the two were apart reaches the other after a newer one, and is followed within seconds, not at the next whole read', async () => {
+  const pair = await startSlapdPair({ mode: 'mirror', entries: storeEntries(3), access: FAILOVER_ACCESS });
+  const [p1, p2] = pair.servers;
+  const source = sourceOf([p1], {}, createLogger('silent'), TIMING);
+  const f = following(source);
+  try {
+    // Each provider has written once (its server id is in both contextCSNs).
+    await p1.modify(failoverLdif('st3', 'sl3b'));
+    await p2.modify(failoverLdif('st3', 'sl3a'));
+    assert.ok(await until(async () => (await masterOn(p1, 'st3')) === 'sl3a', 10_000), 'the mirror does not replicate');
+    await f.start();
+    for (const link of pair.links) link.cut();
+    await p2.modify(failoverLdif('st2', 'sl2b'));
+    await sleep(3_000);
+    await p1.modify(failoverLdif('st1', 'sl1b'));
+    assert.ok(await until(() => f.master('st1') === 'sl1b', 5_000), 'the failover on the provider read was not followed');
+    assert.equal(f.master('st2'), 'sl2a');
+    for (const link of pair.links) link.restore();
+    assert.ok(await until(async () => (await masterOn(p1, 'st2')) === 'sl2b', 15_000), 'the mirror did not heal');
+    const arrived = performance.now();
+    // Within a few polls (200 ms each), with room for a loaded machine; the whole read is 30 s away.
+    assert.ok(await until(() => f.master('st2') === 'sl2b', 10_000), 'the failover that arrived late was not followed within 10 s');
+    assert.ok(performance.now() - arrived < 10_000);
+    assert.deepEqual(f.changes.map((c) => `${c.store}:${c.from}>${c.to}`), ['st1:sl1a>sl1b', 'st2:sl2a>sl2b']);
+  } finally {
+    f.stop();
+    await source.close();
+    await pair.stop();
+  }
+});
+
+test('provider and consumer: failovers written while the consumer was cut off reach it out of their order (a slow refresh), and both are followed within seconds of arriving', async () => {
+  const pair = await startSlapdPair({ mode: 'consumer', entries: storeEntries(3), access: FAILOVER_ACCESS });
+  const [provider, consumer] = pair.servers;
+  const source = sourceOf([consumer], {}, createLogger('silent'), TIMING);
+  const f = following(source);
+  try {
+    await f.start();
+    pair.links[0]!.cut();
+    await provider.modify(failoverLdif('st2', 'sl2b'));
+    await sleep(3_000);
+    await provider.modify(failoverLdif('st1', 'sl1b'));
+    // A slow link: the refresh sends the changed entries in the database's order (st1 first),
+    // seconds apart.
+    pair.links[0]!.restore({ bytesPerSecond: 150 });
+    assert.ok(await until(async () => (await masterOn(consumer, 'st2')) === 'sl2b' && (await masterOn(consumer, 'st1')) === 'sl1b', 40_000), 'the consumer did not catch up');
+    const arrived = performance.now();
+    assert.ok(await until(() => f.master('st1') === 'sl1b' && f.master('st2') === 'sl2b', 10_000), `not followed within 10 s of arriving: st1=${f.master('st1')} st2=${f.master('st2')}`);
+    assert.ok(performance.now() - arrived < 10_000);
+  } finally {
+    f.stop();
+    await source.close();
+    await pair.stop();
+  }
+});
+
+test('urls [provider, consumer]: with the provider stopped, the consumer that has not got the last failover is refused (storemap.source_behind), the map in force kept and the new master not drained; a reload asked for puts its map in force', async () => {
+  const pair = await startSlapdPair({ mode: 'consumer', entries: storeEntries(2), access: FAILOVER_ACCESS });
+  const [provider, consumer] = pair.servers;
+  const lines: Array<Record<string, unknown>> = [];
+  const source = sourceOf([provider, consumer], {}, capturingLogger(lines));
+  const f = following(source, capturingLogger(lines));
+  try {
+    await f.start();
+    pair.links[0]!.cut();
+    await provider.modify(failoverLdif('st1', 'sl1b'));
+    assert.ok(await until(() => f.master('st1') === 'sl1b', 5_000), 'the failover on the provider was not followed');
+    await provider.stopOnly();
+    // Many polls (200 ms each) on the consumer.
+    await until(() => lines.some((l) => l['event'] === 'storemap.source_behind') || f.master('st1') !== 'sl1b', 10_000);
+    await sleep(2_000);
+    assert.equal(f.master('st1'), 'sl1b', 'the stale map was put in force');
+    assert.deepEqual(f.changes.map((c) => `${c.store}:${c.from}>${c.to}`), ['st1:sl1a>sl1b'], 'the new master was drained');
+    const behind = lines.filter((l) => l['event'] === 'storemap.source_behind');
+    assert.equal(behind.length, 1, 'said once, not at every poll');
+    assert.equal(behind[0]!['level'], 'warn');
+    assert.equal(behind[0]!['url'], consumer.url);
+    assert.equal(behind[0]!['dn'], `cn=st1,${LDAP_STORES_DN}`.toLowerCase());
+    assert.match(String(behind[0]!['csnInForce']), /#/);
+    assert.ok(!JSON.stringify(lines).includes(consumer.bindPassword), 'a secret in the log');
+    const down = f.health.at(-1);
+    assert.ok(down instanceof MailfrontError && down.code === 'STOREMAP_LDAP_BEHIND', String(down));
+
+    // A reload asked for (SIGHUP, mailfront reload) puts what the server says in force, said at error level.
+    const reloaded = await f.holder.reload('signal');
+    assert.equal(reloaded.ok, true, reloaded.error);
+    assert.equal(f.master('st1'), 'sl1a');
+    assert.ok(lines.some((l) => l['event'] === 'storemap.source_behind_accepted' && l['level'] === 'error'), 'no storemap.source_behind_accepted');
+
+    // The provider back and the consumer caught up: the source is up again and follows the failover.
+    await provider.startAgain();
+    pair.links[0]!.restore();
+    assert.ok(await until(() => f.master('st1') === 'sl1b' && f.health.at(-1) === null, 15_000), `st1=${f.master('st1')}, health ${String(f.health.at(-1))}`);
+  } finally {
+    f.stop();
     await source.close();
     await pair.stop();
   }
