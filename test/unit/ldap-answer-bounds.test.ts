@@ -77,6 +77,8 @@ interface Search {
   readonly id: number;
   /** The uid the search's filter asks for. */
   readonly user: string;
+  /** The search's base DN ('' for the root DSE). */
+  readonly base: string;
   readonly connection: number;
   /** Writes `chunk` again and again, as fast as the client reads, until the client closes. */
   pump(chunk: Buffer): void;
@@ -161,7 +163,11 @@ async function fakeLdap(answer: Answer | ((search: Search) => void)): Promise<Fa
           const uid = text.indexOf('\x04\x03uid\x04');
           const user = uid < 0 ? '' : text.slice(uid + 7, uid + 7 + text.charCodeAt(uid + 6));
           searchesOf.set(user, (searchesOf.get(user) ?? 0) + 1);
-          if (typeof answer === 'function') answer({ socket, id, user, connection, pump: (chunk) => pump(socket, chunk) });
+          // The base DN: the SearchRequest's first OCTET STRING (its length in one byte: the DNs here are short).
+          let op = at + 3 + idSize;
+          op += (request[op]! & 0x80) !== 0 ? 1 + (request[op]! & 0x7f) : 1;
+          const base = request[op] === 0x04 && request[op + 1]! < 0x80 ? request.subarray(op + 2, op + 2 + request[op + 1]!).toString('utf8') : '';
+          if (typeof answer === 'function') answer({ socket, id, user, base, connection, pump: (chunk) => pump(socket, chunk) });
           else if (answer === 'entry') socket.write(Buffer.concat([entry(id, 1), message(id, success(0x65))]));
           else if (answer === 'stall') socket.write(entry(id, 1));
           else if (answer === 'dribble') {
@@ -488,7 +494,9 @@ function storeMapLdapConfig(url: string, extra: string): ReturnType<typeof loadC
 
 test('a store map of 20,000 stores (more than 16 MiB of entries, in one answer) is read whole; store_map.ldap.max_answer_bytes bounds it', async () => {
   const stores = 20_000;
-  const server = await fakeLdap(({ socket, id }) => {
+  const server = await fakeLdap(({ socket, id, base }) => {
+    // The root DSE (which the source reads for the naming context): none named.
+    if (base === '') return void socket.write(message(id, success(0x65)));
     // A server without paging answers with the whole map at once.
     socket.write(Buffer.concat([storeEntries(id, stores), message(id, success(0x65))]));
   });
