@@ -992,6 +992,9 @@ export class LdapStoreMapSource implements StoreMapSource {
     this.tls = { minVersion: 'TLSv1.2', ...(ca ? { ca } : {}) };
   }
 
+  /** Connections replaced by one to another server (see tryOthers), let go once what was asked of them is answered. */
+  private readonly retiring = new Set<Client>();
+
   /** The connection being opened: every caller meanwhile (a poll and a load at once) waits for it. */
   private opening: Promise<Client> | null = null;
 
@@ -1004,9 +1007,15 @@ export class LdapStoreMapSource implements StoreMapSource {
     return this.opening;
   }
 
-  private async open(): Promise<Client> {
-    await this.client?.unbind().catch(() => undefined);
-    this.client = null;
+  /**
+   * Opens a connection to the first server of `urls` that takes the bind. `besides`: to one of
+   * the others than that one (found behind), keeping the connection there until one answers.
+   */
+  private async open(besides?: string): Promise<Client> {
+    if (besides === undefined) {
+      await this.client?.unbind().catch(() => undefined);
+      this.client = null;
+    }
     const failures: string[] = [];
     // The server that answered last first, then the others in order. Going back to urls[0] after
     // a dropped connection could read a replica that lags behind the server read so far and still
@@ -1014,7 +1023,7 @@ export class LdapStoreMapSource implements StoreMapSource {
     // back again once replication caught up.
     // A server found behind the map in force comes last (it is read again when no other answers).
     const preferred = this.answered === undefined ? this.config.urls : [this.answered, ...this.config.urls.filter((u) => u !== this.answered)];
-    const urls = [...preferred.filter((u) => u !== this.behind?.url), ...preferred.filter((u) => u === this.behind?.url)];
+    const urls = besides !== undefined ? this.config.urls.filter((u) => u !== besides) : [...preferred.filter((u) => u !== this.behind?.url), ...preferred.filter((u) => u === this.behind?.url)];
     for (const url of urls) {
       if (this.closed) break;
       let client: Client | undefined;
@@ -1029,6 +1038,15 @@ export class LdapStoreMapSource implements StoreMapSource {
       if (this.closed) {
         void client.unbind().catch(() => undefined);
         break;
+      }
+      if (besides !== undefined && this.client !== null) {
+        // A load in flight on it (a reload asked for) finishes first.
+        const old = this.client;
+        this.retiring.add(old);
+        setTimeout(() => {
+          this.retiring.delete(old);
+          void old.unbind().catch(() => undefined);
+        }, this.config.operationTimeoutMs).unref();
       }
       this.client = client;
       this.answered = url;
@@ -1070,8 +1088,8 @@ export class LdapStoreMapSource implements StoreMapSource {
 
   /**
    * The error of a read from a server behind the map in force: said once per server and state
-   * (storemap.source_behind), the connection let go so that the next poll tries the other servers
-   * first, and the poll that finds it behind again reports the source down.
+   * (storemap.source_behind); the polls from now on try the other servers first (tryOthers), and
+   * report the source down while the one behind is the one that answers and still is.
    */
   private refuseBehind(reading: LdapReading, behind: { readonly dn: string; readonly inForce: string; readonly server: string }): MailfrontError {
     const url = reading.url ?? '(unknown)';
@@ -1081,9 +1099,21 @@ export class LdapStoreMapSource implements StoreMapSource {
     this.behind = { url, at: performance.now(), context: reading.context, error, said };
     this.recent = undefined;
     this.contextPolls = undefined;
-    void this.client?.unbind().catch(() => undefined);
-    this.client = null;
     return error;
+  }
+
+  /**
+   * While the server that answers is the one found behind: a connection to another of `urls`,
+   * when one answers now, takes its place (the one behind is let go once what was asked of it is
+   * answered: a reload asked for meanwhile reads it to the end).
+   */
+  private async tryOthers(): Promise<void> {
+    const url = this.behind?.url;
+    if (url === undefined || this.answered !== url || !this.client?.isConnected || this.opening !== null || !this.config.urls.some((u) => u !== url)) return;
+    this.opening = this.open(url).finally(() => {
+      this.opening = null;
+    });
+    await this.opening.catch(() => undefined);
   }
 
   /**
@@ -1093,13 +1123,13 @@ export class LdapStoreMapSource implements StoreMapSource {
    */
   private async stillBehind(): Promise<MailfrontError | undefined> {
     const behind = this.behind;
-    if (behind === undefined || behind.context === undefined || performance.now() - behind.at >= this.timing.fullReadIntervalMs) return undefined;
+    if (behind === undefined) return undefined;
+    await this.tryOthers();
+    if (behind.context === undefined || performance.now() - behind.at >= this.timing.fullReadIntervalMs) return undefined;
     const client = await this.connection();
     if (this.answered !== behind.url) return undefined;
     const context = await this.contextCsn(client).catch(() => undefined);
     if (context === undefined || context.values.size !== behind.context.size || [...context.values].some(([sid, csn]) => behind.context!.get(sid) !== csn)) return undefined;
-    void this.client?.unbind().catch(() => undefined);
-    this.client = null;
     return behind.error;
   }
 
@@ -1316,6 +1346,8 @@ export class LdapStoreMapSource implements StoreMapSource {
           const reading = await this.read();
           const lagging = this.inForce === undefined ? undefined : behindMapInForce(this.inForce, reading.csns, reading.context);
           if (lagging !== undefined) throw this.refuseBehind(reading, lagging);
+          // Not behind (another server, or this one caught up): should it fall behind again, that is said again.
+          this.behind = undefined;
           fingerprint = reading.fingerprint;
         }
         if (!stopped) onHealth?.(null);
@@ -1398,6 +1430,8 @@ export class LdapStoreMapSource implements StoreMapSource {
 
   async close(): Promise<void> {
     this.closed = true;
+    for (const old of this.retiring) void old.unbind().catch(() => undefined);
+    this.retiring.clear();
     await this.client?.unbind().catch(() => undefined);
     this.client = null;
   }

@@ -238,6 +238,16 @@ test('urls [provider, consumer]: with the provider stopped, the consumer that ha
     const down = f.health.at(-1);
     assert.ok(down instanceof MailfrontError && down.code === 'STOREMAP_LDAP_BEHIND', String(down));
 
+    // The provider back (the consumer still cut off): the polls move to it, the source is up, nothing changed.
+    await provider.startAgain();
+    assert.ok(await until(() => f.health.at(-1) === null, 15_000), `the source stayed down: ${String(f.health.at(-1))}`);
+    assert.equal(f.master('st1'), 'sl1b');
+    // Gone again: the consumer is refused again, and said again.
+    await provider.stopOnly();
+    assert.ok(await until(() => lines.filter((l) => l['event'] === 'storemap.source_behind').length === 2, 10_000), 'not said again');
+    assert.equal(f.master('st1'), 'sl1b');
+    assert.deepEqual(f.changes.map((c) => `${c.store}:${c.from}>${c.to}`), ['st1:sl1a>sl1b']);
+
     // A reload asked for (SIGHUP, mailfront reload) puts what the server says in force, said at error level.
     const reloaded = await f.holder.reload('signal');
     assert.equal(reloaded.ok, true, reloaded.error);
