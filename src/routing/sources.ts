@@ -876,24 +876,27 @@ export function contextCsnsBySid(values: readonly string[]): ReadonlyMap<number,
 /**
  * Why a read whose store entries have the entryCSNs `read` (by lower-cased DN) and whose server's
  * contextCSN is `context` is behind the map in force, whose entries had the entryCSNs `inForce`:
- * an entry in force older on the server (a replica that has not got its last change yet: a
- * failover), or missing there while the server has not got the change that made it what it is in
- * force (an entry added, its server id's contextCSN older than the entry's entryCSN). Undefined
- * when it is not (or cannot be told: a read without entryCSN). A store entry that was deleted,
- * and still is on a lagging server, cannot be told from one added there.
+ * an entry in force that is older on the server, or missing there, while the server has not got
+ * the change that made it what it is in force (its server id's contextCSN is older than that
+ * change's entryCSN: a replica that has not caught up). An entry older on a server that has got
+ * that change was written again there since, by a server whose clock is behind: not behind.
+ * Without contextCSN, an entry older on the server is behind, one missing is taken as deleted.
+ * Undefined when the read is not behind, or it cannot be told (a read without entryCSN). A store
+ * entry deleted, and still there on a lagging server, cannot be told from one added there.
  */
 export function behindMapInForce(inForce: ReadonlyMap<string, string>, read: ReadonlyMap<string, string> | undefined, context: ReadonlyMap<number, string> | undefined): { readonly dn: string; readonly inForce: string; readonly server: string } | undefined {
   if (read === undefined) return undefined;
   for (const [dn, csn] of inForce) {
     const now = read.get(dn);
-    if (now !== undefined) {
-      if (compareCsn(now, csn) < 0) return { dn, inForce: csn, server: now };
+    if (now !== undefined && compareCsn(now, csn) >= 0) continue;
+    if (context === undefined) {
+      if (now !== undefined) return { dn, inForce: csn, server: now };
       continue;
     }
     const sid = parseCsn(csn)?.sid;
-    if (context === undefined || sid === undefined) continue;
+    if (sid === undefined) continue;
     const seen = context.get(sid);
-    if (seen === undefined || compareCsn(seen, csn) < 0) return { dn, inForce: csn, server: `no entry, contextCSN ${seen ?? 'without server id'} ${sid.toString(16).padStart(3, '0')}` };
+    if (seen === undefined || compareCsn(seen, csn) < 0) return { dn, inForce: csn, server: `${now ?? 'no entry'} (contextCSN ${seen ?? `without server id ${sid.toString(16).padStart(3, '0')}`})` };
   }
   return undefined;
 }

@@ -37,13 +37,17 @@ test("contextCSN's values by server id: the newest of each; none when a value is
   assert.equal(contextCsnsBySid(['20261206004219.029707Z#000000#000#000000', 'junk']), undefined);
 });
 
-test('a read is behind the map in force when an entry in force is older on the server, or missing there while the server has not got its change', () => {
+test('a read is behind the map in force when an entry in force is older on the server, or missing there, while the server has not got its change', () => {
   const old = '20261206004200.000000Z#000000#001#000000';
   const failover = '20261206004219.500000Z#000000#001#000000';
   const later = '20261206004230.000000Z#000000#002#000000';
   const inForce = new Map([['cn=st1,ou=stores', failover], ['cn=st2,ou=stores', old]]);
-  // The failover not there yet.
+  // The failover not there yet: without contextCSN, by the entry alone; with it, its server id's value older than the failover.
   assert.deepEqual(behindMapInForce(inForce, new Map([['cn=st1,ou=stores', old], ['cn=st2,ou=stores', old]]), undefined), { dn: 'cn=st1,ou=stores', inForce: failover, server: old });
+  assert.deepEqual(behindMapInForce(inForce, new Map([['cn=st1,ou=stores', old], ['cn=st2,ou=stores', old]]), new Map([[1, old]])), { dn: 'cn=st1,ou=stores', inForce: failover, server: `${old} (contextCSN ${old})` });
+  // Older, on a server that has the failover: written again since by a server whose clock is behind (server id 3, 30 s slow): not behind.
+  const skewed = '20261206004150.000000Z#000000#003#000000';
+  assert.equal(behindMapInForce(inForce, new Map([['cn=st1,ou=stores', skewed], ['cn=st2,ou=stores', old]]), new Map([[1, failover], [3, skewed]])), undefined);
   // The same, or newer (from another server id, whose clock may be behind): not behind.
   assert.equal(behindMapInForce(inForce, new Map(inForce), undefined), undefined);
   assert.equal(behindMapInForce(inForce, new Map([['cn=st1,ou=stores', later], ['cn=st2,ou=stores', old]]), undefined), undefined);

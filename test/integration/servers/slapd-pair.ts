@@ -135,6 +135,8 @@ function pairConf(dir: string, rootPassword: string, mode: 'consumer' | 'mirror'
     'index cn eq',
     'index entryCSN,entryUUID eq',
     `limits dn.exact="${LDAP_ROOT_DN}" size=unlimited time=unlimited`,
+    // The service account reads the whole store map, as the README has it.
+    `limits dn.exact="${LDAP_SERVICE_DN}" size=unlimited`,
     ...access,
     'access to attrs=userPassword by anonymous auth by * none',
     `access to * by dn.exact="${LDAP_SERVICE_DN}" read by anonymous auth by * none`,
