@@ -95,7 +95,7 @@ const FAILOVER_WRITE_FAILURES: ReadonlyMap<number, { readonly code: string; read
  * in the words of FAILOVER_WRITE_FAILURES, or of its result code; anything else (no answer) as
  * it came. Nothing was written (a modify is all or nothing).
  */
-function failoverWriteError(error: unknown, store: string, dn: string, url: string | undefined): unknown {
+export function failoverWriteError(error: unknown, store: string, dn: string, url: string | undefined): unknown {
   if (!(error instanceof ResultCodeError)) return error;
   // ldapts's message is the server's diagnostic text, if any, then " Code: 0x.."; the referral's URL is not handed out.
   const said = error.message.replace(/\s*Code: 0x[0-9a-f]+$/i, '').trim();

@@ -2,7 +2,7 @@
 // parts, ordered as slapd's csnOrderingMatch orders them (time, count, server id, mod; not as
 // text where the widths differ), contextCSN's values by server id, and whether a read is behind
 // the map in force (an entry's entryCSN older, or an entry missing whose change the server has
-// not got).
+// not got); and what a failover's modify refused by the server becomes (failoverWriteError).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { behindMapInForce, compareCsn, contextCsnsBySid, parseCsn } from '../../src/routing/sources.js';
@@ -59,4 +59,30 @@ test('a read is behind the map in force when an entry in force is older on the s
   // Without contextCSN a missing entry cannot be told from a deleted one; without entryCSN nothing can be told.
   assert.equal(behindMapInForce(inForce, onlySt2, undefined), undefined);
   assert.equal(behindMapInForce(inForce, undefined, undefined), undefined);
+});
+
+test("a failover's modify refused by the server: an error that says why, with a code and kind for the admin API; anything else as it came", async () => {
+  const { BusyError, InsufficientAccessError, UnavailableError, UnknownStatusCodeError, UnwillingToPerformError, NoSuchObjectError } = await import('ldapts');
+  const { failoverWriteError } = await import('../../src/routing/sources.js');
+  const { MailfrontError } = await import('../../src/errors.js');
+  const url = 'ldap://127.0.0.1:3899';
+  const cases: Array<[Error, string, string, RegExp]> = [
+    [new UnknownStatusCodeError(10, ''), 'STOREMAP_READ_ONLY_REPLICA', 'config', /is a read-only replica \(it answered with a referral/],
+    [new UnwillingToPerformError('shadow context; no update referral'), 'STOREMAP_READ_ONLY_REPLICA', 'config', /unwillingToPerform.*\(the server said: shadow context; no update referral\)/],
+    [new InsufficientAccessError(''), 'STOREMAP_FAILOVER_NOT_ALLOWED', 'config', /insufficientAccessRights/],
+    [new BusyError(''), 'STOREMAP_LDAP_BUSY', 'auth-tempfail', /busy, LDAP result 51/],
+    [new UnavailableError(''), 'STOREMAP_LDAP_BUSY', 'auth-tempfail', /unavailable, LDAP result 52/],
+    [new NoSuchObjectError(''), 'STOREMAP_FAILOVER_WRITE_FAILED', 'config', /refused the modify of cn=st1,ou=stores with LDAP result 32/],
+  ];
+  for (const [error, code, kind, message] of cases) {
+    const mapped = failoverWriteError(error, 'st1', 'cn=st1,ou=stores', url);
+    assert.ok(mapped instanceof MailfrontError, String(mapped));
+    assert.equal(mapped.code, code);
+    assert.equal(mapped.kind, kind);
+    assert.match(mapped.message, message);
+    assert.ok(mapped.message.startsWith(`failover of store "st1" not written: the store-map server ${url} `), mapped.message);
+    assert.ok(!mapped.message.includes('Code: 0x'), mapped.message);
+  }
+  const dropped = new Error('Connection closed');
+  assert.equal(failoverWriteError(dropped, 'st1', 'cn=st1,ou=stores', url), dropped);
 });
