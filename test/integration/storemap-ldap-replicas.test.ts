@@ -237,6 +237,9 @@ test('urls [provider, consumer]: with the provider stopped, the consumer that ha
     assert.ok(!JSON.stringify(lines).includes(consumer.bindPassword), 'a secret in the log');
     const down = f.health.at(-1);
     assert.ok(down instanceof MailfrontError && down.code === 'STOREMAP_LDAP_BEHIND', String(down));
+    // A failover through this instance meanwhile is refused, nothing written (it would be checked against the stale map).
+    await assert.rejects(f.holder.failover('st2', 'sl2b'), (error: unknown) => error instanceof MailfrontError && error.code === 'STOREMAP_LDAP_BEHIND');
+    assert.equal(f.master('st1'), 'sl1b');
 
     // The provider back (the consumer still cut off): the polls move to it, the source is up, nothing changed.
     await provider.startAgain();
