@@ -888,7 +888,8 @@ export function behindMapInForce(inForce: ReadonlyMap<string, string>, read: Rea
   if (read === undefined) return undefined;
   for (const [dn, csn] of inForce) {
     const now = read.get(dn);
-    if (now !== undefined && compareCsn(now, csn) >= 0) continue;
+    // Most are the same: no parse.
+    if (now === csn || (now !== undefined && compareCsn(now, csn) >= 0)) continue;
     if (context === undefined) {
       if (now !== undefined) return { dn, inForce: csn, server: now };
       continue;
