@@ -78,32 +78,36 @@ const PREFERRED_MASTER_ADD_FAILURES: ReadonlyMap<number, string> = new Map([
 ]);
 
 /**
- * What an LDAP result code of a failover's modify means, for the operator: the code of the error
- * (see failoverWriteError), its kind, and the words. A read-only replica answers a write with a
- * referral to its provider (10, OpenLDAP's updateref) or, without one, unwillingToPerform (53).
+ * What an LDAP result code of a store-map write's modify (a failover, a maintenance switch) means,
+ * for the operator: the code of the error (see failoverWriteError), its kind, and the words. A
+ * read-only replica answers a write with a referral to its provider (10, OpenLDAP's updateref)
+ * or, without one, unwillingToPerform (53).
  */
-const FAILOVER_WRITE_FAILURES: ReadonlyMap<number, { readonly code: string; readonly kind: 'config' | 'auth-tempfail'; readonly why: string }> = new Map([
-  [10, { code: 'STOREMAP_READ_ONLY_REPLICA', kind: 'config', why: 'is a read-only replica (it answered with a referral to its provider, LDAP result 10); write the failover on the provider: through an instance whose store_map.ldap.urls lists the provider first, or with ldapmodify on the provider' }],
-  [53, { code: 'STOREMAP_READ_ONLY_REPLICA', kind: 'config', why: 'is unwilling to write it (unwillingToPerform, LDAP result 53: a read-only replica without an update referral, or a database set read-only); write the failover on the provider' }],
-  [50, { code: 'STOREMAP_FAILOVER_NOT_ALLOWED', kind: 'config', why: 'does not let the bind account write mailfrontCurrentMaster (insufficientAccessRights, LDAP result 50); grant it write access to mailfrontCurrentMaster and mailfrontPreferredMaster of the store entries' }],
-  [51, { code: 'STOREMAP_LDAP_BUSY', kind: 'auth-tempfail', why: 'is too busy to write it (busy, LDAP result 51); try again' }],
-  [52, { code: 'STOREMAP_LDAP_BUSY', kind: 'auth-tempfail', why: 'is unavailable for writes (unavailable, LDAP result 52); try again, or write the failover on another server of the fleet' }],
+const STOREMAP_WRITE_FAILURES: ReadonlyMap<number, { readonly code: string; readonly kind: 'config' | 'auth-tempfail'; readonly why: (change: StoreMapWrite) => string }> = new Map([
+  [10, { code: 'STOREMAP_READ_ONLY_REPLICA', kind: 'config', why: (change: StoreMapWrite) => `is a read-only replica (it answered with a referral to its provider, LDAP result 10); write the ${change} on the provider: through an instance whose store_map.ldap.urls lists the provider first, or with ldapmodify on the provider` }],
+  [53, { code: 'STOREMAP_READ_ONLY_REPLICA', kind: 'config', why: (change: StoreMapWrite) => `is unwilling to write it (unwillingToPerform, LDAP result 53: a read-only replica without an update referral, or a database set read-only); write the ${change} on the provider` }],
+  [50, { code: 'STOREMAP_WRITE_NOT_ALLOWED', kind: 'config', why: (change: StoreMapWrite) => `does not let the bind account write ${change === 'failover' ? 'mailfrontCurrentMaster' : 'mailfrontMaintenance'} (insufficientAccessRights, LDAP result 50); grant it write access to ${change === 'failover' ? 'mailfrontCurrentMaster and mailfrontPreferredMaster' : 'mailfrontMaintenance'} of the store entries` }],
+  [51, { code: 'STOREMAP_LDAP_BUSY', kind: 'auth-tempfail', why: () => 'is too busy to write it (busy, LDAP result 51); try again' }],
+  [52, { code: 'STOREMAP_LDAP_BUSY', kind: 'auth-tempfail', why: (change: StoreMapWrite) => `is unavailable for writes (unavailable, LDAP result 52); try again, or write the ${change} on another server of the fleet` }],
 ]);
 
+/** What a store-map write changes. */
+type StoreMapWrite = 'failover' | 'maintenance';
+
 /**
- * The error of a failover's modify of `dn` on `url` that the server refused: one that says why
- * in the words of FAILOVER_WRITE_FAILURES, or of its result code; anything else (no answer) as
- * it came. Nothing was written (a modify is all or nothing).
+ * The error of a store-map write's modify of `dn` on `url` that the server refused: one that says
+ * why in the words of STOREMAP_WRITE_FAILURES, or of its result code; anything else (no answer)
+ * as it came. Nothing was written (a modify is all or nothing).
  */
-export function failoverWriteError(error: unknown, store: string, dn: string, url: string | undefined): unknown {
+export function failoverWriteError(error: unknown, store: string, dn: string, url: string | undefined, change: StoreMapWrite = 'failover'): unknown {
   if (!(error instanceof ResultCodeError)) return error;
   // ldapts's message is the server's diagnostic text, if any, then " Code: 0x.."; the referral's URL is not handed out.
   const said = error.message.replace(/\s*Code: 0x[0-9a-f]+$/i, '').trim();
-  const known = FAILOVER_WRITE_FAILURES.get(error.code);
+  const known = STOREMAP_WRITE_FAILURES.get(error.code);
   const server = `the store-map server ${url ?? '(unknown)'}`;
   const detail = said === '' ? '' : ` (the server said: ${said})`;
-  if (known !== undefined) return new MailfrontError(known.code, known.kind, `failover of store "${store}" not written: ${server} ${known.why}${detail}`, { cause: error });
-  return new MailfrontError('STOREMAP_FAILOVER_WRITE_FAILED', 'config', `failover of store "${store}" not written: ${server} refused the modify of ${dn} with LDAP result ${error.code}${detail}`, { cause: error });
+  if (known !== undefined) return new MailfrontError(known.code, known.kind, `${change} of store "${store}" not written: ${server} ${known.why(change)}${detail}`, { cause: error });
+  return new MailfrontError('STOREMAP_WRITE_FAILED', 'config', `${change} of store "${store}" not written: ${server} refused the modify of ${dn} with LDAP result ${error.code}${detail}`, { cause: error });
 }
 
 /** How many times a failover is made again on a file that changed while it was written. */
@@ -1392,11 +1396,14 @@ export class LdapStoreMapSource implements StoreMapSource {
   async setMaintenance(store: string, maintenance: boolean | string, check?: (document: unknown) => void): Promise<undefined> {
     if (maintenance === 'TRUE' || maintenance === 'FALSE') throw new MailfrontError('STOREMAP_BAD_MAINTENANCE', 'client-protocol', `a maintenance reason of "${maintenance}" would be read back from mailfrontMaintenance as ${maintenance === 'TRUE' ? 'the default text' : 'no maintenance'}; give a sentence, or none for the default text`);
     const { client, entry } = await this.storeEntry(store, 'maintenance', check);
+    const refused = (error: unknown): never => {
+      throw failoverWriteError(error, store, entry.dn, this.answered, 'maintenance');
+    };
     if (maintenance === false) {
-      if (first(entry['mailfrontMaintenance']) !== undefined) await client.modify(entry.dn, [new Change({ operation: 'delete', modification: new Attribute({ type: 'mailfrontMaintenance', values: [] }) })]);
+      if (first(entry['mailfrontMaintenance']) !== undefined) await client.modify(entry.dn, [new Change({ operation: 'delete', modification: new Attribute({ type: 'mailfrontMaintenance', values: [] }) })]).catch(refused);
       return undefined;
     }
-    await client.modify(entry.dn, [new Change({ operation: 'replace', modification: new Attribute({ type: 'mailfrontMaintenance', values: [maintenance === true ? 'TRUE' : maintenance] }) })]);
+    await client.modify(entry.dn, [new Change({ operation: 'replace', modification: new Attribute({ type: 'mailfrontMaintenance', values: [maintenance === true ? 'TRUE' : maintenance] }) })]).catch(refused);
     return undefined;
   }
 

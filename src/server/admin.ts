@@ -112,7 +112,7 @@ function statusFor(error: MailfrontError): number {
   if (error.code === 'ADMIN_BODY_TOO_LARGE') return 413;
   // 409 (RFC 9110 §15.5.10): the request is sound, the store map it would change is not; nothing was written.
   // So is a failover the store-map server will not write: a read-only replica, a bind account without write access.
-  if (error.code === 'STOREMAP_FAILOVER_REFUSED' || error.code === 'STOREMAP_MAINTENANCE_REFUSED' || error.code === 'STOREMAP_READ_ONLY_REPLICA' || error.code === 'STOREMAP_FAILOVER_NOT_ALLOWED') return 409;
+  if (error.code === 'STOREMAP_FAILOVER_REFUSED' || error.code === 'STOREMAP_MAINTENANCE_REFUSED' || error.code === 'STOREMAP_READ_ONLY_REPLICA' || error.code === 'STOREMAP_WRITE_NOT_ALLOWED') return 409;
   switch (error.kind) {
     case 'no-route':
       return 404;

@@ -80,6 +80,19 @@ test('a failover through an instance that reads a read-only consumer is refused 
     assert.equal(failed['to'], 'sl1b');
     assert.equal(failed['code'], 'STOREMAP_READ_ONLY_REPLICA');
     assert.equal(holder.current.stores.get('st1')!.currentMaster, 'sl1a');
+    // A maintenance switch is written the same way, and refused the same way.
+    await assert.rejects(holder.setMaintenance('st1', 'Moving to new disks, please wait'), (error: unknown) => {
+      assert.ok(error instanceof MailfrontError, String(error));
+      assert.equal(error.code, 'STOREMAP_READ_ONLY_REPLICA');
+      assert.match(error.message, /maintenance of store "st1" not written/);
+      assert.match(error.message, /write the maintenance on the provider/);
+      return true;
+    });
+    const maintenanceFailed = lines.find((l) => l['event'] === 'storemap.maintenance_failed');
+    assert.ok(maintenanceFailed !== undefined, JSON.stringify(lines));
+    assert.equal(maintenanceFailed['maintenance'], true);
+    assert.equal(maintenanceFailed['code'], 'STOREMAP_READ_ONLY_REPLICA');
+    assert.equal(holder.current.stores.get('st1')!.maintenance, null);
 
     // Through the admin API: 409 (the request is sound; this instance cannot write it), the code for scripts.
     const handler = createAdminHandler({ token: () => 'replica-test-token-0123456789', holder, log } as unknown as AdminContext);

@@ -69,10 +69,10 @@ test("a failover's modify refused by the server: an error that says why, with a 
   const cases: Array<[Error, string, string, RegExp]> = [
     [new UnknownStatusCodeError(10, ''), 'STOREMAP_READ_ONLY_REPLICA', 'config', /is a read-only replica \(it answered with a referral/],
     [new UnwillingToPerformError('shadow context; no update referral'), 'STOREMAP_READ_ONLY_REPLICA', 'config', /unwillingToPerform.*\(the server said: shadow context; no update referral\)/],
-    [new InsufficientAccessError(''), 'STOREMAP_FAILOVER_NOT_ALLOWED', 'config', /insufficientAccessRights/],
+    [new InsufficientAccessError(''), 'STOREMAP_WRITE_NOT_ALLOWED', 'config', /insufficientAccessRights/],
     [new BusyError(''), 'STOREMAP_LDAP_BUSY', 'auth-tempfail', /busy, LDAP result 51/],
     [new UnavailableError(''), 'STOREMAP_LDAP_BUSY', 'auth-tempfail', /unavailable, LDAP result 52/],
-    [new NoSuchObjectError(''), 'STOREMAP_FAILOVER_WRITE_FAILED', 'config', /refused the modify of cn=st1,ou=stores with LDAP result 32/],
+    [new NoSuchObjectError(''), 'STOREMAP_WRITE_FAILED', 'config', /refused the modify of cn=st1,ou=stores with LDAP result 32/],
   ];
   for (const [error, code, kind, message] of cases) {
     const mapped = failoverWriteError(error, 'st1', 'cn=st1,ou=stores', url);
