@@ -655,7 +655,9 @@ function first(value: unknown): string | undefined {
  * text and FALSE is off (as LDAP's Boolean syntax spells them), any other text the reason.
  */
 function maintenanceFromLdap(value: string): boolean | string {
-  return value === 'TRUE' ? true : value === 'FALSE' ? false : value;
+  // LDAP's Boolean syntax is TRUE and FALSE; true, False, ... are meant the same by whoever wrote them.
+  const word = value.toUpperCase();
+  return word === 'TRUE' ? true : word === 'FALSE' ? false : value;
 }
 
 function lowerDn(dn: string): string {
@@ -1390,11 +1392,10 @@ export class LdapStoreMapSource implements StoreMapSource {
 
   /**
    * A modify of the store entry's mailfrontMaintenance: replaced by TRUE (the default text) or
-   * the reason, or deleted (off; nothing to modify when there is none). A reason that reads as
-   * TRUE or FALSE is refused: it would be read back as the default text, or as off.
+   * the reason, or deleted (off; nothing to modify when there is none). A reason that would read
+   * back as TRUE or FALSE never comes here: the holder refuses it (maintenanceProblem).
    */
   async setMaintenance(store: string, maintenance: boolean | string, check?: (document: unknown) => void): Promise<undefined> {
-    if (maintenance === 'TRUE' || maintenance === 'FALSE') throw new MailfrontError('STOREMAP_BAD_MAINTENANCE', 'client-protocol', `a maintenance reason of "${maintenance}" would be read back from mailfrontMaintenance as ${maintenance === 'TRUE' ? 'the default text' : 'no maintenance'}; give a sentence, or none for the default text`);
     const { client, entry } = await this.storeEntry(store, 'maintenance', check);
     const refused = (error: unknown): never => {
       throw failoverWriteError(error, store, entry.dn, this.answered, 'maintenance');
