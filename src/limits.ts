@@ -72,8 +72,22 @@ export const MAX_BACKEND_RESPONSE_BYTES = 64 * 1024;
 export const MAX_BACKEND_DIALOGUE_BYTES = 256 * 1024;
 export const MAX_BACKEND_DIALOGUE_RESPONSES = 100;
 
-/** Pipelined client bytes kept while a login is in progress. */
+/**
+ * Pipelined client bytes kept while a login is in progress before the session stops reading the
+ * client: the rest waits in the kernel's buffers (TCP flow control) until the login is answered,
+ * then goes to the backend through the splice, or is read as pre-auth commands after a refusal.
+ * RFC 9051 §5.5 and RFC 2449 §6.6 let clients pipeline any amount behind their login (a client
+ * resyncing a mailbox sends thousands of FETCHes), so reaching this is no reason to end a session.
+ */
 export const MAX_PIPELINED_BYTES = 64 * 1024;
+
+/**
+ * The most pipelined bytes a pre-auth machine holds behind a pending login at all: the bound
+ * above plus the reads that may still come in once the session stops reading (one read is at
+ * most 64 KiB). Only a session that went on feeding the machine past MAX_PIPELINED_BYTES could
+ * reach it, and the connection is then closed ([LIMIT]) rather than the buffer grown.
+ */
+export const MAX_PIPELINED_HELD_BYTES = 4 * MAX_PIPELINED_BYTES;
 
 /**
  * How long a socket mailfront closes on purpose (a refused connection, a splice that ends, the

@@ -37,7 +37,7 @@ export type PreauthAction =
   | { readonly type: 'starttls' }
   /**
    * Authenticate these credentials and log in to the backend. Until the session calls
-   * `loginSucceeded` or `loginFailed`, the machine only buffers further input.
+   * `loginSucceeded` or `loginFailed`, the machine only buffers further input (see `inputFull`).
    */
   | { readonly type: 'login'; readonly credentials: Credentials }
   /** The client sent ID parameters before login (IMAP); keys lower-cased. */
@@ -76,6 +76,12 @@ export interface LoginSuccess {
 export interface PreauthMachine {
   /** A `login` action is out and not yet answered (loginSucceeded, loginFailed or timedOut). */
   readonly loginPending: boolean;
+  /**
+   * A login is pending and the machine holds MAX_PIPELINED_BYTES or more pipelined behind it:
+   * the session reads no more of the client until this is false again (the login answered).
+   * The machine closes the connection only past MAX_PIPELINED_HELD_BYTES.
+   */
+  readonly inputFull: boolean;
   /** The greeting to send on accept (and nothing else). */
   greeting(): PreauthAction[];
   /** Feed bytes from the client; returns what to do. Never throws on any input. */

@@ -166,6 +166,7 @@ function refusalFor(kind: FailureKind): LoginRefusal {
 /** Stands in for the pre-auth machine once a session is spliced: nothing more to parse. */
 const SPLICED: PreauthMachine = {
   loginPending: false,
+  inputFull: false,
   greeting: () => [],
   receive: () => [],
   tlsStarted: () => [],
@@ -238,6 +239,8 @@ export class Session {
   private preauthBytesRead = 0;
   private preauthBytesWritten = 0;
   private preauthTimer: NodeJS.Timeout | undefined;
+  /** The socket whose reading readOnlyWhatFits() stopped, until it starts it again (or the splice does). */
+  private readingStopped: Socket | undefined;
   /** The pre-auth deadline cut a login short: the timeout answer ends the session. */
   private loginTimedOut = false;
   private tlsActive: boolean;
@@ -410,6 +413,29 @@ export class Session {
     // The client sent its FIN (onPreauthGone()) and what it sent before is answered: a failed
     // login's refusal, and the commands pipelined behind it, were the last of it.
     if (this.phase === 'preauth' && this.socket.readableEnded && !this.machine.loginPending) this.finish('client-closed-preauth');
+    this.readOnlyWhatFits();
+  }
+
+  /**
+   * Stops reading the client while its login is pending with MAX_PIPELINED_BYTES pipelined
+   * behind it (machine.inputFull), and starts again once it is answered: the rest of what the
+   * client pipelined waits in the kernel's buffers, and TCP flow control holds the client, instead
+   * of the session holding it all or ending. A login that succeeds leaves it to the splice, which
+   * reads the socket again after the machine's bytes (the same pause: socket.pause() also stops
+   * readDirect()'s reads); one refused starts reading here, and the machine reads what follows as
+   * pre-auth commands, as it does what it held. The pre-auth deadline runs on meanwhile.
+   */
+  private readOnlyWhatFits(): void {
+    if (this.phase === 'closing' || this.phase === 'spliced') return;
+    const full = this.machine.inputFull;
+    if (full && this.readingStopped === undefined) {
+      this.readingStopped = this.socket;
+      this.socket.pause();
+    } else if (!full && this.readingStopped !== undefined) {
+      // A STARTTLS pipelined behind a refused login stopped the plain socket itself; the TLS one reads on its own.
+      if (this.readingStopped === this.socket) this.socket.resume();
+      this.readingStopped = undefined;
+    }
   }
 
   private performEach(actions: PreauthAction[], send: (data: string) => void, flush: () => void): void {

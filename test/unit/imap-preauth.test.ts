@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import { MAX_LINE_BYTES, MAX_PIPELINED_BYTES } from '../../src/limits.js';
+import { MAX_LINE_BYTES, MAX_PIPELINED_BYTES, MAX_PIPELINED_HELD_BYTES } from '../../src/limits.js';
 import { imapAdapter } from '../../src/protocol/imap/index.js';
 import type { PreauthOptions } from '../../src/protocol/types.js';
 import { latin1, preauthTrace, runPreauth, TLS, TLS_CLIENT, utf8, type LoginReply } from './imap-testkit.js';
@@ -198,17 +198,17 @@ describe('IMAP pre-auth: LOGIN', () => {
     );
   });
 
-  it('closes when the client pipelines too much during a login', () => {
-    const input = `a LOGIN u p\r\n${'x'.repeat(MAX_PIPELINED_BYTES + 1)}`;
+  it('closes when fed past MAX_PIPELINED_HELD_BYTES during a login (a session that reads on although the input is full)', () => {
+    const input = `a LOGIN u p\r\n${'x'.repeat(MAX_PIPELINED_HELD_BYTES + 1)}`;
     // Answered only after all input: answered earlier, the login would win the race.
-    assert.deepStrictEqual(preauthTrace({ phases: [input], logins: [OK], respond: 'at-end' }, [1, 13, 14, 5000, MAX_PIPELINED_BYTES + 13]), [
+    assert.deepStrictEqual(preauthTrace({ phases: [input], logins: [OK], respond: 'at-end' }, [1, 13, 14, 5000, MAX_PIPELINED_BYTES + 13, MAX_PIPELINED_HELD_BYTES + 13]), [
       login('u', 'p'),
       'send * BYE [LIMIT] Too much input while logging in\r\n',
       'close limit',
     ]);
-    const fits = `a LOGIN u p\r\n${'x'.repeat(MAX_PIPELINED_BYTES)}`;
+    const fits = `a LOGIN u p\r\n${'x'.repeat(MAX_PIPELINED_HELD_BYTES)}`;
     const trace = preauthTrace({ phases: [fits], logins: [OK] }, [1, 13, 14, 5000]);
-    assert.equal(trace.at(-1)?.length, 'forward '.length + MAX_PIPELINED_BYTES);
+    assert.equal(trace.at(-1)?.length, 'forward '.length + MAX_PIPELINED_HELD_BYTES);
   });
 });
 

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { MAX_AUTH_ATTEMPTS, MAX_BAD_COMMANDS, MAX_LINE_BYTES, MAX_PIPELINED_BYTES, MAX_PREAUTH_COMMANDS, MAX_PREAUTH_LITERAL_BYTES } from '../../src/limits.js';
+import { MAX_AUTH_ATTEMPTS, MAX_BAD_COMMANDS, MAX_LINE_BYTES, MAX_PIPELINED_HELD_BYTES, MAX_PREAUTH_COMMANDS, MAX_PREAUTH_LITERAL_BYTES } from '../../src/limits.js';
 import { managesieveAdapter, PREAUTH_SIEVE_EXTENSIONS } from '../../src/protocol/managesieve/index.js';
 import type { PreauthOptions } from '../../src/protocol/types.js';
 import { PLAIN_PORT, preauthTrace, TLS, wire } from './managesieve-harness.js';
@@ -225,8 +225,8 @@ describe('managesieve preauth: login outcomes', () => {
     assert.ok(!trace.some((e) => e.startsWith('close')), 'the connection stays open');
   });
 
-  it('too much input while the login is pending ends the connection', () => {
-    const flood = `NOOP "${'x'.repeat(1000)}"\r\n`.repeat(Math.ceil(MAX_PIPELINED_BYTES / 1000) + 2);
+  it('input past MAX_PIPELINED_HELD_BYTES while the login is pending ends the connection (a session that reads on although the input is full)', () => {
+    const flood = `NOOP "${'x'.repeat(1000)}"\r\n`.repeat(Math.ceil(MAX_PIPELINED_HELD_BYTES / 1000) + 2);
     const trace = preauthTrace({ options: IMPLICIT_TLS, phases: [authenticate + flood], respond: 'at-end' });
     assert.deepEqual(trace, [GREETING_TLS, login('alice', 'pw'), 'send BYE "Too much input while logging in."\r\n', 'close limit']);
   });

@@ -5,6 +5,7 @@ import {
   MAX_BAD_COMMANDS,
   MAX_LINE_BYTES,
   MAX_PIPELINED_BYTES,
+  MAX_PIPELINED_HELD_BYTES,
   MAX_PREAUTH_COMMANDS,
 } from '../../src/limits.js';
 import { pop3Adapter } from '../../src/protocol/pop3/index.js';
@@ -396,8 +397,8 @@ describe('pop3 preauth: login results and pipelining', () => {
     assert.equal(events.filter((e) => 'send' in e && e.send === '+OK\r\n').length, MAX_AUTH_ATTEMPTS);
   });
 
-  it('closes when a client pipelines too much during a login', () => {
-    const script = ['USER alice\r\nPASS secret\r\n', 'x'.repeat(MAX_PIPELINED_BYTES), 'y'];
+  it('closes when fed past MAX_PIPELINED_HELD_BYTES during a login (a session that reads on although the input is full)', () => {
+    const script = ['USER alice\r\nPASS secret\r\n', 'x'.repeat(MAX_PIPELINED_HELD_BYTES), 'y'];
     const events = preauthEverySplit(PORT_995, script, ['hold']);
     assert.deepEqual(events, [
       GREETING,
@@ -408,8 +409,13 @@ describe('pop3 preauth: login results and pipelining', () => {
     ]);
   });
 
-  it('buffers up to the pipelining limit during a login', () => {
-    const events = runPreauth(PORT_995, ['USER alice\r\nPASS secret\r\n', 'x'.repeat(MAX_PIPELINED_BYTES)], whole, ['hold']);
+  it('buffers up to MAX_PIPELINED_HELD_BYTES during a login, full from MAX_PIPELINED_BYTES on', () => {
+    const machine = pop3Adapter.createPreauth(PORT_995);
+    machine.receive(Buffer.from(`USER alice\r\nPASS secret\r\n${'x'.repeat(MAX_PIPELINED_BYTES - 1)}`));
+    assert.equal(machine.inputFull, false);
+    machine.receive(Buffer.from('x'));
+    assert.equal(machine.inputFull, true);
+    const events = runPreauth(PORT_995, ['USER alice\r\nPASS secret\r\n', 'x'.repeat(MAX_PIPELINED_HELD_BYTES)], whole, ['hold']);
     assert.equal(events.some((e) => 'close' in e), false);
   });
 

@@ -5,7 +5,7 @@
  * Must not: authenticate anyone, touch sockets, timers, config or logs; it only returns actions.
  */
 
-import { MAX_AUTH_ATTEMPTS, MAX_BAD_COMMANDS, MAX_PIPELINED_BYTES, MAX_PREAUTH_COMMANDS } from '../../limits.js';
+import { MAX_AUTH_ATTEMPTS, MAX_BAD_COMMANDS, MAX_PIPELINED_BYTES, MAX_PIPELINED_HELD_BYTES, MAX_PREAUTH_COMMANDS } from '../../limits.js';
 import { decodeLoginField, decodePlain, hasUnsafeCharacters, LOGIN_PASSWORD_CHALLENGE, LOGIN_USERNAME_CHALLENGE } from '../sasl.js';
 import type {
   Credentials,
@@ -115,6 +115,10 @@ export class ImapPreauthMachine implements PreauthMachine {
     return this.phase === 'login-pending';
   }
 
+  get inputFull(): boolean {
+    return this.phase === 'login-pending' && this.parser.bufferedBytes >= MAX_PIPELINED_BYTES;
+  }
+
   greeting(): PreauthAction[] {
     return [send(`* OK [CAPABILITY ${this.capabilities()}] ${safeText(this.options.greetingText)}\r\n`)];
   }
@@ -127,7 +131,7 @@ export class ImapPreauthMachine implements PreauthMachine {
         return this.run([]);
       case 'login-pending':
         this.parser.push(chunk);
-        return this.parser.bufferedBytes > MAX_PIPELINED_BYTES ? this.tooMuchPipelined([]) : [];
+        return this.parser.bufferedBytes > MAX_PIPELINED_HELD_BYTES ? this.tooMuchPipelined([]) : [];
       case 'starttls-pending':
         // RFC 3501 §6.2.1 / CVE-2011-0411 class: bytes sent before the TLS handshake must never be
         // executed after it, or a man in the middle could inject commands into the TLS session.
@@ -381,7 +385,7 @@ export class ImapPreauthMachine implements PreauthMachine {
     out.push({ type: 'login', credentials });
     // Checked after the action, as it is for input arriving later, so that the outcome does not
     // depend on how the input was split into chunks.
-    if (this.parser.bufferedBytes > MAX_PIPELINED_BYTES) this.tooMuchPipelined(out);
+    if (this.parser.bufferedBytes > MAX_PIPELINED_HELD_BYTES) this.tooMuchPipelined(out);
   }
 
   private tooMuchPipelined(out: PreauthAction[]): PreauthAction[] {

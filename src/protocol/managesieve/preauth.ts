@@ -12,6 +12,7 @@ import {
   MAX_LINE_BYTES,
   MAX_NONSYNC_LITERAL_BYTES,
   MAX_PIPELINED_BYTES,
+  MAX_PIPELINED_HELD_BYTES,
   MAX_PREAUTH_COMMANDS,
   MAX_PREAUTH_LITERAL_BYTES,
 } from '../../limits.js';
@@ -98,6 +99,10 @@ export class ManageSievePreauth implements PreauthMachine {
     return this.#phase === 'login-pending';
   }
 
+  get inputFull(): boolean {
+    return this.#phase === 'login-pending' && this.#reader.bufferedBytes >= MAX_PIPELINED_BYTES;
+  }
+
   greeting(): PreauthAction[] {
     // RFC 5804 §1.7: the greeting is a capability response, ended by OK.
     const text = oneLineText(this.#options.greetingText);
@@ -112,7 +117,7 @@ export class ManageSievePreauth implements PreauthMachine {
         return this.#run([]);
       case 'login-pending':
         this.#reader.push(chunk);
-        return this.#reader.bufferedBytes > MAX_PIPELINED_BYTES ? this.#tooMuchPipelined([]) : [];
+        return this.#reader.bufferedBytes > MAX_PIPELINED_HELD_BYTES ? this.#tooMuchPipelined([]) : [];
       case 'tls-pending':
         // CVE-2011-0411 class: bytes that arrived before the TLS handshake must never be executed
         // after it, or a man in the middle could inject commands into the TLS session.
@@ -361,7 +366,7 @@ export class ManageSievePreauth implements PreauthMachine {
     this.#phase = 'login-pending';
     out.push({ type: 'login', credentials });
     // Checked after the action as for later input, so the outcome does not depend on the chunking.
-    if (this.#reader.bufferedBytes > MAX_PIPELINED_BYTES) this.#tooMuchPipelined(out);
+    if (this.#reader.bufferedBytes > MAX_PIPELINED_HELD_BYTES) this.#tooMuchPipelined(out);
   }
 
   #tooMuchPipelined(out: PreauthAction[]): PreauthAction[] {

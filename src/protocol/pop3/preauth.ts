@@ -10,6 +10,7 @@ import {
   MAX_BAD_COMMANDS,
   MAX_LINE_BYTES,
   MAX_PIPELINED_BYTES,
+  MAX_PIPELINED_HELD_BYTES,
   MAX_PREAUTH_COMMANDS,
 } from '../../limits.js';
 import {
@@ -96,6 +97,10 @@ export class Pop3Preauth implements PreauthMachine {
     return this.#state === 'awaiting-login';
   }
 
+  get inputFull(): boolean {
+    return this.#state === 'awaiting-login' && this.#input.pendingBytes >= MAX_PIPELINED_BYTES;
+  }
+
   greeting(): PreauthAction[] {
     // No APOP timestamp (RFC 1939 §7): APOP's digest binds the password to our challenge, so
     // it could never be replayed to a backend.
@@ -180,7 +185,7 @@ export class Pop3Preauth implements PreauthMachine {
   }
 
   #checkPipelinedBound(): PreauthAction[] {
-    if (this.#input.pendingBytes <= MAX_PIPELINED_BYTES) return [];
+    if (this.#input.pendingBytes <= MAX_PIPELINED_HELD_BYTES) return [];
     return [send('-ERR Too much input during login'), ...this.#close('limit')];
   }
 
