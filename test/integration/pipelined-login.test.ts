@@ -5,7 +5,8 @@
  * While the login is pending mailfront stops reading the client instead of ending the session;
  * a login a backend never answers still holds no more than the bound (plus a read) of what the
  * client sent, and the pre-auth deadline ends it as before.
- * Backends: slapd, a Dovecot with TLS, and scripted IMAP and POP3 backends that never answer a login.
+ * ManageSieve too, on its plaintext listener.
+ * Backends: slapd, a Dovecot with TLS and ManageSieve, and scripted IMAP and POP3 backends that never answer a login.
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
@@ -56,17 +57,18 @@ before(async () => {
       { uid: 'held', password: PASSWORDS.held, store: 'silent' },
     ],
   });
-  dovecot = await startDovecot({ name: 'pipe', users: [{ name: 'pia', password: PASSWORDS.pia }], tls: true });
+  dovecot = await startDovecot({ name: 'pipe', users: [{ name: 'pia', password: PASSWORDS.pia }], tls: true, sieve: true });
   await dovecot.deliver('pia', makeMessage('pipelined', 200));
   silentImapPort = await silentBackend('* OK [CAPABILITY IMAP4rev1 LITERAL+ ID AUTH=PLAIN] scripted\r\n');
   silentPop3Port = await silentBackend('+OK scripted\r\n');
   front = await startFront({
     slapd,
     stores: {
-      dove: { currentMaster: 'd1', slots: { d1: { imapPort: dovecot.imapPort, pop3Port: dovecot.pop3Port } } },
+      dove: { currentMaster: 'd1', slots: { d1: { imapPort: dovecot.imapPort, pop3Port: dovecot.pop3Port, sievePort: dovecot.sievePort! } } },
       silent: { currentMaster: 's1', slots: { s1: { imapPort: silentImapPort, pop3Port: silentPop3Port } } },
     },
     session: { preauth_timeout_ms: PREAUTH_MS },
+    sieve: true,
   });
 });
 
@@ -92,7 +94,15 @@ class RawClient {
   }
 
   /** Connects to the listener of `wire` and, after STARTTLS/STLS where needed, is ready for a login. */
-  static async open(protocol: 'imap' | 'pop3', wire: Wire): Promise<RawClient> {
+  static async open(protocol: 'imap' | 'pop3' | 'managesieve', wire: Wire): Promise<RawClient> {
+    if (protocol === 'managesieve') {
+      assert.equal(wire, 'plain', 'ManageSieve: the plaintext listener only here');
+      const client = new RawClient(connect({ port: front.sieveTrustedPort!, host: '127.0.0.1' }));
+      // The greeting is a capability list ended by OK.
+      await client.until(/^OK/m);
+      client.port = client.socket.localPort ?? 0;
+      return client;
+    }
     const ports = protocol === 'imap' ? { plain: front.imapTrustedPort, starttls: front.imapPort, implicit: front.imapsPort } : { plain: front.pop3TrustedPort, starttls: front.pop3Port, implicit: front.pop3sPort };
     const socket = wire === 'implicit' ? tlsConnect({ port: ports.implicit, host: '127.0.0.1', ca: front.caPem, servername: 'localhost' }) : connect({ port: ports[wire], host: '127.0.0.1' });
     const client = new RawClient(socket);
@@ -218,6 +228,23 @@ describe('POP3: more than MAX_PIPELINED_BYTES pipelined behind USER/PASS', () =>
       assert.match(lines.at(-1) ?? '', /^\+OK/, 'QUIT');
     });
   }
+});
+
+describe('ManageSieve: more than MAX_PIPELINED_BYTES pipelined behind AUTHENTICATE', () => {
+  const COMMANDS = 12_000;
+  const plain = Buffer.from(`\0pia\0${PASSWORDS.pia}`).toString('base64');
+  const payload = `AUTHENTICATE "PLAIN" "${plain}"\r\n${'NOOP\r\n'.repeat(COMMANDS)}LOGOUT\r\n`;
+
+  test('every command is answered OK, in order (plain)', { timeout: 30_000 }, async () => {
+    assert.ok(Buffer.byteLength(payload) > MAX_PIPELINED_BYTES);
+    const client = await RawClient.open('managesieve', 'plain');
+    const before = client.text.length;
+    client.write(payload);
+    await client.closed;
+    const answers = client.text.slice(before).split('\r\n').filter((line) => /^(OK|NO|BYE)/.test(line));
+    assert.equal(answers.length, COMMANDS + 2, `${answers.length} answers; the last lines: ${JSON.stringify(client.text.slice(-300))}`);
+    for (const line of answers) assert.match(line, /^OK/);
+  });
 });
 
 describe('a login the backend never answers, with megabytes pipelined behind it', () => {
