@@ -282,8 +282,9 @@ export class Mailfront {
       for (const entry of this.registry.values()) metrics.splicedTraffic(entry);
     });
     metrics.directoryCacheEntries(() => this.directory.cacheEntries());
-    // mailfront_ready: what /readyz answers, at each scrape (its directory check is shared, at most one a second).
-    metrics.readiness(async () => (await this.readiness()).ready);
+    // mailfront_ready: what /readyz answers, at each scrape. Without the directory's check, which
+    // is advisory: it decides nothing here, and a hung directory held every scrape 1.5 s.
+    metrics.readiness(async () => (await this.readiness({ directory: false })).ready);
     this.caFilesInForce = { directory: caFiles.directory.state, storeMap: caFiles.storeMap.state };
     this.trusted = new CidrSet(config.trustedNetworks);
     setNat64Prefixes(config.nat64Prefixes);
@@ -733,8 +734,8 @@ export class Mailfront {
    * reported too: the instance serves what it served before, and a config pushed to a fleet must
    * not take every instance out of service for one new port (unless it serves none of a protocol: protocolsNotServed()).
    */
-  async readiness(): Promise<Readiness> {
-    const reachable = await this.directoryReachable();
+  async readiness(options: { readonly directory?: boolean } = {}): Promise<Readiness> {
+    const reachable = options.directory === false ? undefined : await this.directoryReachable();
     const unbound = this.config.listeners.filter((c) => !this.listeners.some((l) => l.listening && l.config.name === c.name)).map((c) => c.name);
     const byReload = unbound.filter((name) => this.unboundByReload.has(name));
     const lost = unbound.filter((name) => !this.unboundByReload.has(name));
@@ -744,7 +745,7 @@ export class Mailfront {
       { name: 'listeners', ok: lost.length === 0 && unserved.length === 0, detail: [bound, ...(lost.length > 0 ? [`not listening: ${lost.join(', ')}`] : []), ...unserved.map((p) => `no ${p} listener bound`)].join('; ') },
       ...(byReload.length > 0 ? [{ name: 'listeners_not_bound_by_reload', ok: false, advisory: true, detail: byReload.join(', ') }] : []),
       { name: 'store_map', ok: this.holder.loaded, detail: this.holder.loaded ? `version ${this.holder.current.version}` : 'not loaded' },
-      { name: 'directory', ok: reachable, advisory: true, detail: reachable ? 'reachable' : 'unreachable' },
+      ...(reachable === undefined ? [] : [{ name: 'directory', ok: reachable, advisory: true, detail: reachable ? 'reachable' : 'unreachable' }]),
       { name: 'accepting', ok: !this.stopping, detail: this.stopping ? 'stopping' : 'accepting' },
     ]);
   }

@@ -21,6 +21,7 @@ describe('mailfront_ready', () => {
   let mailfront: Mailfront;
   let taken: Server;
   let configFile = '';
+  let directoryChecks = 0;
 
   const scrape = async (): Promise<{ ready: string[]; readyz: number }> => {
     const { host, port } = mailfront.httpAddress()!;
@@ -48,13 +49,27 @@ describe('mailfront_ready', () => {
       }),
     );
     const writeSuiteLog = suiteLogWriter();
-    mailfront = await Mailfront.start(loadConfig(configFile), { directory: standInDirectory(), processMetrics: false, logDestination: { write: (line: string) => writeSuiteLog(line) } });
+    // A directory whose check never answers: /readyz waits on it (up to its 1.5 s deadline), a scrape must not.
+    const directory = standInDirectory({
+      reachable: (signal) => {
+        directoryChecks++;
+        return new Promise<boolean>((resolve) => signal.addEventListener('abort', () => resolve(false), { once: true }));
+      },
+    });
+    mailfront = await Mailfront.start(loadConfig(configFile), { directory, processMetrics: false, logDestination: { write: (line: string) => writeSuiteLog(line) } });
   });
 
   after(async () => {
     await mailfront?.stop(0);
     taken?.close();
     await dir?.remove();
+  });
+
+  it('asks the directory nothing: its check is advisory, and a hung directory would hold every scrape', async () => {
+    const { host, port } = mailfront.httpAddress()!;
+    const body = await (await fetch(`http://${host}:${port}/metrics`)).text();
+    assert.match(body, /^mailfront_ready 1$/m);
+    assert.equal(directoryChecks, 0);
   });
 
   it('is 1 while /readyz answers 200, and 0 once it answers 503', async () => {
