@@ -113,17 +113,44 @@ function statusFor(error: MailfrontError): number {
   // 409 (RFC 9110 §15.5.10): the request is sound, the store map it would change is not; nothing was written.
   // So is a failover the store-map server will not write: a read-only replica, a bind account without write access.
   if (error.code === 'STOREMAP_FAILOVER_REFUSED' || error.code === 'STOREMAP_MAINTENANCE_REFUSED' || error.code === 'STOREMAP_READ_ONLY_REPLICA' || error.code === 'STOREMAP_WRITE_NOT_ALLOWED') return 409;
+  // 503 (RFC 9110 §15.6.4): the store-map server is behind the map in force; another answers, or it catches up.
+  if (error.code === 'STOREMAP_LDAP_BEHIND') return 503;
   switch (error.kind) {
     case 'no-route':
       return 404;
     case 'client-protocol':
     case 'limit':
       return 400;
+    // Something that passes: the directory or a server down or slow, mailfront out of descriptors.
     case 'auth-tempfail':
     case 'connect':
+    case 'local-resources':
+    case 'aborted':
+    case 'maintenance':
+    case 'backend-login':
+    case 'in-use':
+    case 'login-delay':
       return 503;
-    default:
+    // The admin API authenticates no user: these would be a bug, as would the rest.
+    case 'auth-failed':
+    case 'not-authorized':
+    case 'config':
+    case 'internal':
       return 500;
+  }
+}
+
+/** How long a directory lookup of the admin API (whereis, kick) may take. */
+const ADMIN_LOOKUP_TIMEOUT_MS = 10_000;
+
+/** A directory lookup for the admin API: past its deadline, a temporary failure that says so (not the session's "ended" words of an aborted login). */
+async function adminLookup(directory: Directory, user: string): Promise<DirectoryUser | null> {
+  try {
+    return await directory.lookup(user, AbortSignal.timeout(ADMIN_LOOKUP_TIMEOUT_MS));
+  } catch (error) {
+    const failure = asMailfrontError(error);
+    if (failure.kind !== 'aborted') throw failure;
+    throw new MailfrontError('ADMIN_LOOKUP_TIMEOUT', 'auth-tempfail', `the directory did not answer the lookup of "${user}" within ${ADMIN_LOOKUP_TIMEOUT_MS / 1000} s`, { cause: error });
   }
 }
 
@@ -180,7 +207,7 @@ async function kickUser(context: AdminContext, user: string): Promise<{ sessions
   const sessions = context.registry.ofUserAndEntries(user, dns);
   for (const s of sessions) s.close('kicked');
 
-  const lookup = (d: Directory): Promise<DirectoryUser | null> => d.lookup(user, AbortSignal.timeout(10_000));
+  const lookup = (d: Directory): Promise<DirectoryUser | null> => adminLookup(d, user);
   // A reload may replace (and close) the directory meanwhile: then the one in force answers.
   const found = await lookup(directory).catch(() => (context.directory() !== directory ? lookup(context.directory()) : null)).catch(() => null);
   if (found === null || dns.has(found.dn)) return { sessions, forgotten };
@@ -222,7 +249,7 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
   if (method === 'GET' && resource === 'whereis' && name !== undefined && segments === 3) {
     const user = normalizeUser(name, context.usernames());
     if (user === null) throw new MailfrontError('INVALID_USERNAME', 'client-protocol', 'not a valid user name');
-    const found = await context.directory().lookup(user, AbortSignal.timeout(10_000));
+    const found = await adminLookup(context.directory(), user);
     if (found === null) throw new MailfrontError('UNKNOWN_USER', 'no-route', `no directory entry for "${user}"`);
     const map = context.holder.current;
     const store = found.store === null ? undefined : map.stores.get(found.store);

@@ -57,8 +57,10 @@ describe('admin API: endpoints', () => {
     },
     health: { get: () => undefined },
     directory: () => ({
-      lookup: async () => {
+      lookup: async (user: string) => {
         lookups++;
+        // What ldap.ts throws when the lookup's signal fires first (its deadline, here).
+        if (user === 'slow') throw new MailfrontError('ABORTED', 'aborted', 'the session ended during a directory lookup');
         return { user: 'amy', dn: 'uid=amy,dc=x', store: 'alpha' };
       },
       forget: () => 0,
@@ -119,6 +121,14 @@ describe('admin API: endpoints', () => {
     const reply = await ask('POST', '/api/stores/alpha/failover', { slot: 'refused' });
     assert.equal(reply.status, 409, reply.text);
     assert.equal(JSON.parse(reply.text).code, 'STOREMAP_FAILOVER_REFUSED');
+  });
+
+  it('answers 503 to a lookup the directory did not answer in time, in words of its own (not 500, not a session\'s)', async () => {
+    const before = lookups;
+    const reply = await ask('GET', '/api/whereis/slow');
+    assert.equal(reply.status, 503, reply.text);
+    assert.deepEqual(JSON.parse(reply.text), { error: 'the directory did not answer the lookup of "slow" within 10 s', code: 'ADMIN_LOOKUP_TIMEOUT' });
+    assert.equal(lookups, before + 1);
   });
 
   it('answers HEAD as GET, without the body', async () => {
