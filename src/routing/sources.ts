@@ -1144,9 +1144,12 @@ export class LdapStoreMapSource implements StoreMapSource {
   }
 
   /**
-   * The naming context's DN and its contextCSN by server id, or undefined where there is none the
-   * bind account may read: the entry among the root DSE's namingContexts that is the base DN or
-   * above it (looked up once per connection). Throws when the server does not answer.
+   * The contextCSN by server id of the database that holds the base DN, and the DN of that
+   * database's suffix, or undefined where there is none the bind account may read. That entry is
+   * the deepest of the base DN and its ancestors up to the root DSE's namingContexts entry above
+   * it that has a contextCSN (found once per connection): a database glued under the advertised
+   * one (slapd's `subordinate`) is not advertised, and the advertised database's contextCSN does
+   * not move when the store entries change. Throws when the server does not answer.
    */
   private async contextCsn(client: Client): Promise<{ readonly dn: string; readonly values: ReadonlyMap<number, string> } | undefined> {
     let dn = this.contexts.get(client);
@@ -1160,10 +1163,27 @@ export class LdapStoreMapSource implements StoreMapSource {
       }
       const base = lowerDn(this.config.baseDn);
       const holding = (Array.isArray(contexts) ? contexts : contexts === undefined ? [] : [contexts]).map(String).filter((c) => base === lowerDn(c) || base.endsWith(`,${lowerDn(c)}`));
-      dn = holding.sort((a, b) => b.length - a.length)[0] ?? null;
+      const advertised = holding.sort((a, b) => b.length - a.length)[0];
+      dn = null;
+      if (advertised !== undefined) {
+        // The base DN, then each parent up to the advertised naming context: the first with a contextCSN.
+        for (let candidate = this.config.baseDn.trim(); ; candidate = candidate.replace(/^(?:[^,\\]|\\.)*,\s*/, '')) {
+          if ((await this.contextCsnOf(client, candidate)) !== undefined) {
+            dn = candidate;
+            break;
+          }
+          if (lowerDn(candidate) === lowerDn(advertised) || !/^(?:[^,\\]|\\.)*,/.test(candidate)) break;
+        }
+      }
       this.contexts.set(client, dn);
     }
     if (dn === null) return undefined;
+    const values = await this.contextCsnOf(client, dn);
+    return values === undefined ? undefined : { dn, values };
+  }
+
+  /** The contextCSN by server id of the entry `dn`, or undefined where it has none the bind account may read. */
+  private async contextCsnOf(client: Client, dn: string): Promise<ReadonlyMap<number, string> | undefined> {
     let entry: Record<string, unknown> | undefined;
     try {
       ({ searchEntries: [entry] } = await client.search(dn, { scope: 'base', filter: '(objectClass=*)', attributes: ['contextCSN'] }));
@@ -1174,8 +1194,7 @@ export class LdapStoreMapSource implements StoreMapSource {
     }
     const raw = entry === undefined ? undefined : Object.entries(entry).find(([key]) => key.toLowerCase() === 'contextcsn')?.[1];
     const values = (Array.isArray(raw) ? raw : raw === undefined ? [] : [raw]).map((v) => (Buffer.isBuffer(v) ? v.toString('utf8') : String(v)));
-    const bySid = contextCsnsBySid(values);
-    return bySid === undefined ? undefined : { dn, values: bySid };
+    return contextCsnsBySid(values);
   }
 
   /**
