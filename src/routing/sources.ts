@@ -95,12 +95,18 @@ const STOREMAP_WRITE_FAILURES: ReadonlyMap<number, { readonly code: string; read
 type StoreMapWrite = 'failover' | 'maintenance';
 
 /**
- * The error of a store-map write's modify of `dn` on `url` that the server refused: one that says
- * why in the words of STOREMAP_WRITE_FAILURES, or of its result code; anything else (no answer)
- * as it came. Nothing was written (a modify is all or nothing).
+ * The error of a store-map write's modify of `dn` on `url`: refused by the server, one that says
+ * why in the words of STOREMAP_WRITE_FAILURES, or of its result code (nothing was written: a
+ * modify is all or nothing); not answered (a timeout, a connection closed or cut), one that says
+ * the write may or may not have been made (STOREMAP_WRITE_UNCONFIRMED, passing: 503 to the admin
+ * API). A MailfrontError as it came.
  */
 export function failoverWriteError(error: unknown, store: string, dn: string, url: string | undefined, change: StoreMapWrite = 'failover'): unknown {
-  if (!(error instanceof ResultCodeError)) return error;
+  if (error instanceof MailfrontError) return error;
+  if (!(error instanceof ResultCodeError)) {
+    const why = error instanceof Error ? error.message : String(error);
+    return new MailfrontError('STOREMAP_WRITE_UNCONFIRMED', 'auth-tempfail', `${change} of store "${store}" unconfirmed: the store-map server ${url ?? '(unknown)'} did not answer the modify of ${dn} (${why}); it may or may not have been written: see \`mailfront stores\` after the next poll, or the entry in the directory, before trying again`, { cause: error });
+  }
   // ldapts's message is the server's diagnostic text, if any, then " Code: 0x.."; the referral's URL is not handed out.
   const said = error.message.replace(/\s*Code: 0x[0-9a-f]+$/i, '').trim();
   const known = STOREMAP_WRITE_FAILURES.get(error.code);

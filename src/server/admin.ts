@@ -111,8 +111,8 @@ function statusFor(error: MailfrontError): number {
   // 413 (RFC 9110 §15.5.14) for this limit only: 'limit' is also the kind of a throttle's refusal.
   if (error.code === 'ADMIN_BODY_TOO_LARGE') return 413;
   // 409 (RFC 9110 §15.5.10): the request is sound, the store map it would change is not; nothing was written.
-  // So is a failover the store-map server will not write: a read-only replica, a bind account without write access.
-  if (error.code === 'STOREMAP_FAILOVER_REFUSED' || error.code === 'STOREMAP_MAINTENANCE_REFUSED' || error.code === 'STOREMAP_READ_ONLY_REPLICA' || error.code === 'STOREMAP_WRITE_NOT_ALLOWED') return 409;
+  // So is a failover the store-map server will not write: a read-only replica, a bind account without write access, another LDAP result.
+  if (error.code === 'STOREMAP_FAILOVER_REFUSED' || error.code === 'STOREMAP_MAINTENANCE_REFUSED' || error.code === 'STOREMAP_READ_ONLY_REPLICA' || error.code === 'STOREMAP_WRITE_NOT_ALLOWED' || error.code === 'STOREMAP_WRITE_FAILED') return 409;
   // 503 (RFC 9110 §15.6.4): the store-map server is behind the map in force; another answers, or it catches up.
   if (error.code === 'STOREMAP_LDAP_BEHIND') return 503;
   switch (error.kind) {

@@ -61,7 +61,7 @@ test('a read is behind the map in force when an entry in force is older on the s
   assert.equal(behindMapInForce(inForce, undefined, undefined), undefined);
 });
 
-test("a failover's modify refused by the server: an error that says why, with a code and kind for the admin API; anything else as it came", async () => {
+test("a failover's modify refused by the server: an error that says why, with a code and kind for the admin API; one not answered: unconfirmed, passing", async () => {
   const { BusyError, InsufficientAccessError, UnavailableError, UnknownStatusCodeError, UnwillingToPerformError, NoSuchObjectError } = await import('ldapts');
   const { failoverWriteError } = await import('../../src/routing/sources.js');
   const { MailfrontError } = await import('../../src/errors.js');
@@ -83,6 +83,15 @@ test("a failover's modify refused by the server: an error that says why, with a 
     assert.ok(mapped.message.startsWith(`failover of store "st1" not written: the store-map server ${url} `), mapped.message);
     assert.ok(!mapped.message.includes('Code: 0x'), mapped.message);
   }
-  const dropped = new Error('Connection closed');
-  assert.equal(failoverWriteError(dropped, 'st1', 'cn=st1,ou=stores', url), dropped);
+  // Not answered: may or may not be written, and passing (503).
+  for (const dropped of [new Error('Connection closed'), new Error('ModifyRequest: Operation timed out'), Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' })]) {
+    const mapped = failoverWriteError(dropped, 'st1', 'cn=st1,ou=stores', url, 'maintenance');
+    assert.ok(mapped instanceof MailfrontError, String(mapped));
+    assert.equal(mapped.code, 'STOREMAP_WRITE_UNCONFIRMED');
+    assert.equal(mapped.kind, 'auth-tempfail');
+    assert.equal(mapped.cause, dropped);
+    assert.ok(mapped.message.startsWith(`maintenance of store "st1" unconfirmed: the store-map server ${url} did not answer the modify of cn=st1,ou=stores (${dropped.message}); it may or may not have been written: see \`mailfront stores\``), mapped.message);
+  }
+  const closed = new MailfrontError('STOREMAP_SOURCE_CLOSED', 'config', 'the store-map source was closed');
+  assert.equal(failoverWriteError(closed, 'st1', 'cn=st1,ou=stores', url), closed);
 });
