@@ -915,6 +915,22 @@ export function behindMapInForce(inForce: ReadonlyMap<string, string>, read: Rea
 }
 
 /**
+ * A store entry whose entryCSN is newer than the contextCSN `context` read after it (its server
+ * id's value; without one, the newest): that contextCSN is not the one of the database that holds
+ * the entry (a database glued below, whose own the bind account may not read, or below base_dn),
+ * and does not move when the entry changes. Undefined when every entry is covered.
+ */
+export function entryAfterContext(csns: ReadonlyMap<string, string>, context: ReadonlyMap<number, string>): { readonly dn: string; readonly csn: string; readonly context: string } | undefined {
+  const newest = [...context.values()].reduce((a, b) => (compareCsn(a, b) >= 0 ? a : b));
+  for (const [dn, csn] of csns) {
+    const sid = parseCsn(csn)?.sid;
+    const seen = (sid === undefined ? undefined : context.get(sid)) ?? newest;
+    if (compareCsn(csn, seen) > 0) return { dn, csn, context: seen };
+  }
+  return undefined;
+}
+
+/**
  * What the polls between two whole reads compare with on a server that keeps contextCSN (OpenLDAP
  * with syncprov, or a syncrepl consumer) where the bind account may read it on the naming
  * context's entry: its values at the whole read (or the last poll), by server id, and every store
@@ -1235,6 +1251,24 @@ export class LdapStoreMapSource implements StoreMapSource {
       reading = { rejected, fingerprint: `rejected: ${rejected.message}` };
     }
     const csns = entryCsns(entries);
+    if (context !== undefined && csns !== undefined) {
+      // After the entries: one newer than it says the contextCSN is another database's.
+      let after: ReadonlyMap<number, string> | undefined;
+      try {
+        after = await this.contextCsnOf(client, context.dn);
+      } catch (error) {
+        await this.client?.unbind().catch(() => undefined);
+        this.client = null;
+        throw new MailfrontError('STOREMAP_LDAP_SEARCH_FAILED', 'config', `store-map search failed: ${this.searchFailure(error)}`, { cause: error });
+      }
+      const newer = entryAfterContext(csns, after ?? context.values);
+      if (newer !== undefined) {
+        // Not used again on this connection: the polls go by modifyTimestamp.
+        this.contexts.set(client, null);
+        this.log?.warn({ event: 'storemap.context_csn_not_used', source: this.description, url, contextDn: context.dn, dn: newer.dn, entryCsn: newer.csn, contextCsn: newer.context }, `the contextCSN of ${context.dn} on ${url ?? ''} (${newer.context}) is older than the entryCSN of ${newer.dn} (${newer.csn}): it is not the one of the database that holds the store entries (a database glued below whose contextCSN the bind account may not read, or below base_dn); the polls ask by modifyTimestamp on this connection`);
+        context = undefined;
+      }
+    }
     if (context !== undefined && csns !== undefined) this.contextPolls = { client, fingerprint: reading.fingerprint, readAt, contextDn: context.dn, baseline: context.values, versions: csns };
     else this.recent = recentEntries(entries, { client, fingerprint: reading.fingerprint, readAt, readAtMs }, previous, this.searchesByTime === client, this.timing);
     return { ...reading, url, csns, context: context?.values };

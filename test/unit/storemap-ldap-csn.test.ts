@@ -5,7 +5,7 @@
 // not got); and what a failover's modify refused by the server becomes (failoverWriteError).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { behindMapInForce, compareCsn, contextCsnsBySid, parseCsn } from '../../src/routing/sources.js';
+import { behindMapInForce, compareCsn, contextCsnsBySid, entryAfterContext, parseCsn } from '../../src/routing/sources.js';
 
 test('a CSN reads as its time, count, server id and mod; anything else as none', () => {
   assert.deepEqual(parseCsn('20261206004219.500954Z#000000#001#000000'), { time: '20261206004219.500954', count: 0, sid: 1, mod: 0 });
@@ -94,4 +94,16 @@ test("a failover's modify refused by the server: an error that says why, with a 
   }
   const closed = new MailfrontError('STOREMAP_SOURCE_CLOSED', 'config', 'the store-map source was closed');
   assert.equal(failoverWriteError(closed, 'st1', 'cn=st1,ou=stores', url), closed);
+});
+
+test('entryAfterContext: a store entry newer than the contextCSN read after it says that contextCSN is another database\'s', () => {
+  const context = new Map([[1, '20261201000000.000000Z#000000#001#000000']]);
+  const older = new Map([['cn=a', '20261130000000.000000Z#000000#001#000000'], ['cn=b', '20261201000000.000000Z#000000#001#000000']]);
+  assert.equal(entryAfterContext(older, context), undefined);
+  // The parent database's contextCSN, which a write to the glued stores database does not move.
+  const newer = new Map([['cn=a', '20261130000000.000000Z#000000#001#000000'], ['cn=b', '20261202000000.000000Z#000000#001#000000']]);
+  assert.deepEqual(entryAfterContext(newer, context), { dn: 'cn=b', csn: '20261202000000.000000Z#000000#001#000000', context: '20261201000000.000000Z#000000#001#000000' });
+  // A server id the contextCSN lacks: compared with its newest value (an entry loaded by slapadd, sid 000, is older).
+  assert.equal(entryAfterContext(new Map([['cn=a', '20261101000000.000000Z#000000#000#000000']]), context), undefined);
+  assert.equal(entryAfterContext(new Map([['cn=a', '20261203000000.000000Z#000000#002#000000']]), context)?.dn, 'cn=a');
 });
