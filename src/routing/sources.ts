@@ -116,6 +116,26 @@ export function failoverWriteError(error: unknown, store: string, dn: string, ur
   return new MailfrontError('STOREMAP_WRITE_FAILED', 'config', `${change} of store "${store}" not written: ${server} refused the modify of ${dn} with LDAP result ${error.code}${detail}`, { cause: error });
 }
 
+/**
+ * The error of the search for `store`'s entry before a store-map write's modify (on `url`):
+ * nothing was written either way. Not answered (a timeout, a connection closed, no server to
+ * connect to), STOREMAP_LDAP_BUSY (passing: 503 to the admin API); refused with an LDAP result,
+ * that of STOREMAP_WRITE_FAILURES for busy or unavailable, else STOREMAP_WRITE_FAILED (409).
+ */
+export function entrySearchError(error: unknown, store: string, url: string | undefined, change: StoreMapWrite): unknown {
+  if (error instanceof MailfrontError && error.code !== 'STOREMAP_LDAP_UNREACHABLE') return error;
+  const server = `the store-map server ${url ?? '(unknown)'}`;
+  if (!(error instanceof ResultCodeError)) {
+    const why = error instanceof Error ? error.message : String(error);
+    return new MailfrontError('STOREMAP_LDAP_BUSY', 'auth-tempfail', `${change} of store "${store}" not written: ${server} did not answer the search for its entry (${why}); nothing was written, try again`, { cause: error });
+  }
+  const said = error.message.replace(/\s*Code: 0x[0-9a-f]+$/i, '').trim();
+  const detail = said === '' ? '' : ` (the server said: ${said})`;
+  const known = STOREMAP_WRITE_FAILURES.get(error.code);
+  if (known !== undefined && known.code === 'STOREMAP_LDAP_BUSY') return new MailfrontError(known.code, known.kind, `${change} of store "${store}" not written: ${server} ${known.why(change)}${detail}`, { cause: error });
+  return new MailfrontError('STOREMAP_WRITE_FAILED', 'config', `${change} of store "${store}" not written: ${server} refused the search for its entry with LDAP result ${error.code}${detail}`, { cause: error });
+}
+
 /** How many times a failover is made again on a file that changed while it was written. */
 const FAILOVER_WRITE_ATTEMPTS = 5;
 
@@ -1455,10 +1475,16 @@ export class LdapStoreMapSource implements StoreMapSource {
    * The entry of `store`, once `check` has seen the document (see StoreMapSource), with the
    * attributes a write needs; `noun` names what is not written when there is no one entry.
    */
-  private async storeEntry(store: string, noun: string, check: ((document: unknown) => void) | undefined): Promise<{ readonly client: Client; readonly entry: Record<string, unknown> & { dn: string } }> {
+  private async storeEntry(store: string, noun: StoreMapWrite, check: ((document: unknown) => void) | undefined): Promise<{ readonly client: Client; readonly entry: Record<string, unknown> & { dn: string } }> {
     if (check !== undefined) check(await this.readForCheck());
-    const client = await this.connection();
-    const { searchEntries } = await client.search(this.config.baseDn, { scope: 'sub', filter: `(&(objectClass=mailfrontStore)(cn=${escapeFilterValue(store)}))`, attributes: ['cn', 'mailfrontCurrentMaster', 'mailfrontPreferredMaster', 'mailfrontMaintenance'] });
+    let client: Client;
+    let searchEntries: Array<Record<string, unknown> & { dn: string }>;
+    try {
+      client = await this.connection();
+      ({ searchEntries } = await client.search(this.config.baseDn, { scope: 'sub', filter: `(&(objectClass=mailfrontStore)(cn=${escapeFilterValue(store)}))`, attributes: ['cn', 'mailfrontCurrentMaster', 'mailfrontPreferredMaster', 'mailfrontMaintenance'] }));
+    } catch (error) {
+      throw entrySearchError(error, store, this.answered, noun);
+    }
     const entry = searchEntries[0];
     if (entry === undefined) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${store}" has no entry under ${this.config.baseDn}`);
     // A duplicate added since the map in force was read: writing to either could be the wrong one.
