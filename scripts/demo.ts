@@ -170,6 +170,9 @@ Watch and fail over (the CLI talks to the admin API on 127.0.0.1:${http}):
   Sessions of store1 spliced to slot101 are closed within 1 s (IMAP clients get a BYE), and new
   logins of alice and bob land on slot102 (its message says so). Editing
   ${join(SANDBOX, 'stores.yaml')} does the same: the file is watched.
+  ${cli} maintenance store2 on --reason "Upgrade until 06:00, please wait"
+  Logins of carol and dave are then refused at once with that reason (their sessions closed);
+  ${cli} maintenance store2 off lets them in again.
   Metrics: python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:${http}/metrics').read().decode())"
 
 Logs (JSON lines): ${logFile}
