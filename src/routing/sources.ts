@@ -94,6 +94,13 @@ const STOREMAP_WRITE_FAILURES: ReadonlyMap<number, { readonly code: string; read
 /** What a store-map write changes. */
 type StoreMapWrite = 'failover' | 'maintenance';
 
+/** What the server said with an LDAP result, as ` (the server said: …)`, or nothing. */
+function serverSaid(error: ResultCodeError): string {
+  // ldapts's message is the server's diagnostic text, if any, then " Code: 0x.."; the referral's URL is not handed out.
+  const said = error.message.replace(/\s*Code: 0x[0-9a-f]+$/i, '').trim();
+  return said === '' ? '' : ` (the server said: ${said})`;
+}
+
 /**
  * The error of a store-map write's modify of `dn` on `url`: refused by the server, one that says
  * why in the words of STOREMAP_WRITE_FAILURES, or of its result code (nothing was written: a
@@ -107,11 +114,9 @@ export function failoverWriteError(error: unknown, store: string, dn: string, ur
     const why = error instanceof Error ? error.message : String(error);
     return new MailfrontError('STOREMAP_WRITE_UNCONFIRMED', 'auth-tempfail', `${change} of store "${store}" unconfirmed: the store-map server ${url ?? '(unknown)'} did not answer the modify of ${dn} (${why}); it may or may not have been written: see \`mailfront stores\` after the next poll, or the entry in the directory, before trying again`, { cause: error });
   }
-  // ldapts's message is the server's diagnostic text, if any, then " Code: 0x.."; the referral's URL is not handed out.
-  const said = error.message.replace(/\s*Code: 0x[0-9a-f]+$/i, '').trim();
   const known = STOREMAP_WRITE_FAILURES.get(error.code);
   const server = `the store-map server ${url ?? '(unknown)'}`;
-  const detail = said === '' ? '' : ` (the server said: ${said})`;
+  const detail = serverSaid(error);
   if (known !== undefined) return new MailfrontError(known.code, known.kind, `${change} of store "${store}" not written: ${server} ${known.why(change)}${detail}`, { cause: error });
   return new MailfrontError('STOREMAP_WRITE_FAILED', 'config', `${change} of store "${store}" not written: ${server} refused the modify of ${dn} with LDAP result ${error.code}${detail}`, { cause: error });
 }
@@ -129,8 +134,7 @@ export function entrySearchError(error: unknown, store: string, url: string | un
     const why = error instanceof Error ? error.message : String(error);
     return new MailfrontError('STOREMAP_LDAP_BUSY', 'auth-tempfail', `${change} of store "${store}" not written: ${server} did not answer the search for its entry (${why}); nothing was written, try again`, { cause: error });
   }
-  const said = error.message.replace(/\s*Code: 0x[0-9a-f]+$/i, '').trim();
-  const detail = said === '' ? '' : ` (the server said: ${said})`;
+  const detail = serverSaid(error);
   const known = STOREMAP_WRITE_FAILURES.get(error.code);
   if (known !== undefined && known.code === 'STOREMAP_LDAP_BUSY') return new MailfrontError(known.code, known.kind, `${change} of store "${store}" not written: ${server} ${known.why(change)}${detail}`, { cause: error });
   return new MailfrontError('STOREMAP_WRITE_FAILED', 'config', `${change} of store "${store}" not written: ${server} refused the search for its entry with LDAP result ${error.code}${detail}`, { cause: error });
@@ -1195,6 +1199,8 @@ export class LdapStoreMapSource implements StoreMapSource {
    */
   private async contextCsn(client: Client): Promise<{ readonly dn: string; readonly values: ReadonlyMap<number, string> } | undefined> {
     let dn = this.contexts.get(client);
+    /** The walk's own read of the entry it found, which needs no second search. */
+    let found: ReadonlyMap<number, string> | undefined;
     if (dn === undefined) {
       let contexts: unknown;
       try {
@@ -1210,7 +1216,8 @@ export class LdapStoreMapSource implements StoreMapSource {
       if (advertised !== undefined) {
         // The base DN, then each parent up to the advertised naming context: the first with a contextCSN.
         for (let candidate = this.config.baseDn.trim(); ; candidate = candidate.replace(/^(?:[^,\\]|\\.)*,\s*/, '')) {
-          if ((await this.contextCsnOf(client, candidate)) !== undefined) {
+          found = await this.contextCsnOf(client, candidate);
+          if (found !== undefined) {
             dn = candidate;
             break;
           }
@@ -1220,8 +1227,15 @@ export class LdapStoreMapSource implements StoreMapSource {
       this.contexts.set(client, dn);
     }
     if (dn === null) return undefined;
-    const values = await this.contextCsnOf(client, dn);
+    const values = found ?? (await this.contextCsnOf(client, dn));
     return values === undefined ? undefined : { dn, values };
+  }
+
+  /** A search of the store map failed: the connection is dropped (the next read opens one, maybe to another server), and this is the error to throw. */
+  private async searchFailed(error: unknown): Promise<MailfrontError> {
+    await this.client?.unbind().catch(() => undefined);
+    this.client = null;
+    return new MailfrontError('STOREMAP_LDAP_SEARCH_FAILED', 'config', `store-map search failed: ${this.searchFailure(error)}`, { cause: error });
   }
 
   /** The contextCSN by server id of the entry `dn`, or undefined where it has none the bind account may read. */
@@ -1257,9 +1271,7 @@ export class LdapStoreMapSource implements StoreMapSource {
     try {
       context = await this.contextCsn(client);
     } catch (error) {
-      await this.client?.unbind().catch(() => undefined);
-      this.client = null;
-      throw new MailfrontError('STOREMAP_LDAP_SEARCH_FAILED', 'config', `store-map search failed: ${this.searchFailure(error)}`, { cause: error });
+      throw await this.searchFailed(error);
     }
     const entries = await this.search(client);
     let reading: { readonly document: unknown; readonly fingerprint: string } | { readonly rejected: MailfrontError; readonly fingerprint: string };
@@ -1277,9 +1289,7 @@ export class LdapStoreMapSource implements StoreMapSource {
       try {
         after = await this.contextCsnOf(client, context.dn);
       } catch (error) {
-        await this.client?.unbind().catch(() => undefined);
-        this.client = null;
-        throw new MailfrontError('STOREMAP_LDAP_SEARCH_FAILED', 'config', `store-map search failed: ${this.searchFailure(error)}`, { cause: error });
+        throw await this.searchFailed(error);
       }
       const newer = entryAfterContext(csns, after ?? context.values);
       if (newer !== undefined) {
@@ -1330,10 +1340,9 @@ export class LdapStoreMapSource implements StoreMapSource {
       return true;
     } catch (error) {
       if (error instanceof SizeLimitExceededError) return false;
-      await this.client?.unbind().catch(() => undefined);
-      this.client = null;
+      const failure = await this.searchFailed(error);
       this.contextPolls = undefined;
-      throw new MailfrontError('STOREMAP_LDAP_SEARCH_FAILED', 'config', `store-map search failed: ${this.searchFailure(error)}`, { cause: error });
+      throw failure;
     }
   }
 
@@ -1366,10 +1375,9 @@ export class LdapStoreMapSource implements StoreMapSource {
     } catch (error) {
       // The whole read says what is wrong, if anything still is: a size limit, say.
       if (error instanceof SizeLimitExceededError) return false;
-      await this.client?.unbind().catch(() => undefined);
-      this.client = null;
+      const failure = await this.searchFailed(error);
       this.recent = undefined;
-      throw new MailfrontError('STOREMAP_LDAP_SEARCH_FAILED', 'config', `store-map search failed: ${this.searchFailure(error)}`, { cause: error });
+      throw failure;
     }
   }
 
@@ -1397,9 +1405,7 @@ export class LdapStoreMapSource implements StoreMapSource {
       }
       return entries;
     } catch (error) {
-      await this.client?.unbind().catch(() => undefined);
-      this.client = null;
-      throw new MailfrontError('STOREMAP_LDAP_SEARCH_FAILED', 'config', `store-map search failed: ${this.searchFailure(error)}`, { cause: error });
+      throw await this.searchFailed(error);
     }
   }
 
