@@ -251,6 +251,21 @@ function configCaFiles(config: import('../config/schema.js').Config): CaFiles {
   ];
 }
 
+/** How many names of stores in maintenance check-config prints before it counts the rest. */
+const MAINTENANCE_NAMES_SHOWN = 10;
+
+/**
+ * check-config's line on the stores in maintenance, or '' when none is: a map about to be put in
+ * force with stores whose logins it refuses should say so before the deploy, not in the first
+ * user's ticket.
+ */
+function maintenanceSummary(stores: ReadonlyMap<string, { readonly maintenance: string | null }>): string {
+  const names = [...stores].filter(([, store]) => store.maintenance !== null).map(([name]) => name);
+  if (names.length === 0) return '';
+  const more = names.length > MAINTENANCE_NAMES_SHOWN ? ` and ${names.length - MAINTENANCE_NAMES_SHOWN} more` : '';
+  return `${names.length} ${names.length === 1 ? 'store' : 'stores'} in maintenance, logins refused: ${names.slice(0, MAINTENANCE_NAMES_SHOWN).join(', ')}${more}\n`;
+}
+
 /** The CA files the store map's stores name (their own, or the ones they inherit), by path. */
 function storeCaFiles(stores: ReadonlyMap<string, { readonly backend: { readonly caFile?: string } }>): CaFiles {
   return [...stores].map(([name, store]) => [`stores.${name}.backend.ca_file`, store.backend.caFile] as const);
@@ -443,7 +458,7 @@ async function main(argv: string[]): Promise<number> {
         const storeIssues = unreadableCaFiles(storeCaFiles(map.stores), caChecked);
         if (storeIssues.length > 0) problems.push(new ConfigError(source.description, storeIssues));
         const slots = [...map.stores.values()].reduce((n, s) => n + s.slots.size, 0);
-        summary = `${config.file}: OK (${config.listeners.length} listeners, ${map.stores.size} stores, ${slots} slots from ${source.description})\n`;
+        summary = `${config.file}: OK (${config.listeners.length} listeners, ${map.stores.size} stores, ${slots} slots from ${source.description})\n${maintenanceSummary(map.stores)}`;
       } catch (error) {
         if (problems.length === 0) throw error;
         // After the config's files' problems, whatever kept the store map from loading.
