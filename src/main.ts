@@ -16,7 +16,7 @@ import { MAX_PROBES_IN_FLIGHT, SlotHealthMonitor } from './backend/health.js';
 import { Throttle } from './auth/throttle.js';
 import type { ThrottleChange } from './auth/throttle.js';
 import { ConnectionLimiter } from './server/connection-limits.js';
-import { backendFor, forgetBackendCaFiles, probeSlot } from './backend/connect.js';
+import { backendFor, configSourceAddresses, forgetBackendCaFiles, probeSlot, unusableSourceAddresses } from './backend/connect.js';
 import { ConfigError, buildStoreMap, loadConfig } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { Metrics } from './metrics.js';
@@ -310,6 +310,9 @@ export class Mailfront {
 
   /** Loads the store map, binds every listener and starts serving. */
   static async start(config: Config, options: StartOptions = {}): Promise<Mailfront> {
+    // Before anything is set up: a source address the host does not have would fail every connection to a backend.
+    const unusable = await unusableSourceAddresses(configSourceAddresses(config));
+    if (unusable.length > 0) throw new ConfigError(config.file, unusable);
     const log = createLogger(config.logLevel, options.logDestination);
     const metrics = new Metrics({ version: VERSION, processMetrics: options.processMetrics ?? true, protocols: [...new Set(config.listeners.map((l) => l.protocol))] });
     // Read once: what the directory and the store-map source are set up with is what a reload compares.
@@ -458,6 +461,8 @@ export class Mailfront {
       JSON.stringify(next[section]) !== JSON.stringify(previous[section]) || (section !== 'throttle' && caFiles !== undefined && caFiles[section].state !== this.caFilesInForce[section]);
     try {
       next = loadConfig(previous.file);
+      const unusable = await unusableSourceAddresses(configSourceAddresses(next));
+      if (unusable.length > 0) throw new ConfigError(next.file, unusable);
       caFiles = readCaFiles(next);
       if (changed('storeMap')) storeMapSource = createStoreMapSource(next.storeMap, caContent(caFiles.storeMap), this.log);
       await this.checkStoreMap(next, storeMapSource);

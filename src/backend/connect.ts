@@ -3,14 +3,18 @@
  * connect with a deadline, optional TLS (implicit or STARTTLS, verified against a CA file),
  * and a login that ends with a socket ready to splice. Owns no policy about which slot.
  */
+import { createSocket } from 'node:dgram';
+import { lookup } from 'node:dns';
 import { connect as netConnect, isIP } from 'node:net';
 import type { Socket } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { checkServerIdentity, connect as tlsConnect } from 'node:tls';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
-import type { BackendConfig, Protocol } from '../config/schema.js';
-import { reservedUsersOf } from '../config/schema.js';
+import type { BackendConfig, Config, Protocol } from '../config/schema.js';
+import { addressFamily, reservedUsersOf } from '../config/schema.js';
+import type { ConfigIssue } from '../config/validate.js';
 import { MailfrontError } from '../errors.js';
+import type { FailureKind } from '../errors.js';
 import type { BackendLoginMachine } from '../protocol/types.js';
 import type { Slot } from '../routing/storemap.js';
 import type { Cancellation } from '../cancel.js';
@@ -185,6 +189,95 @@ export function connectionFailureKind(error: NodeJS.ErrnoException, duringTlsHan
   return duringTlsHandshake || TLS_FAILURE_CODES.test(code) ? 'backend-login' : 'connect';
 }
 
+/** The code of a backend connection whose source address (backend.source_addresses) the host does not have (kind local-resources). */
+export const SOURCE_ADDRESS_NOT_LOCAL = 'BACKEND_SOURCE_ADDRESS_NOT_LOCAL';
+
+/** The code of a slot whose address is of a family none of the source addresses has (an IPv6 slot, IPv4 sources). */
+export const SOURCE_FAMILY_MISSING = 'BACKEND_SOURCE_FAMILY_MISSING';
+
+/** A source-address list split by family, and the index of each family's next address. */
+interface SourceTurns {
+  readonly byFamily: Readonly<Record<4 | 6, readonly string[]>>;
+  readonly next: Record<4 | 6, number>;
+}
+
+/**
+ * Where each source-address list stands in its turns. Keyed by the list, a frozen config's: the
+ * profiles and stores that inherit it hold the same list and take its addresses in one turn; a
+ * reload reads a new list, which starts at its first address (new connections only).
+ */
+const sourceTurns = new WeakMap<readonly string[], SourceTurns>();
+
+/**
+ * The address the next connection of `family` under `config` leaves from: its source addresses
+ * of that family in turn (round-robin, as Dovecot's login_source_ips), so that connections to
+ * one backend spread over the ports of each. Undefined when it has none (the kernel picks), null
+ * when it has none of that family.
+ */
+export function nextSourceAddress(config: Pick<BackendConfig, 'sourceAddresses'>, family: 4 | 6): string | null | undefined {
+  const list = config.sourceAddresses;
+  if (list === undefined) return undefined;
+  let turns = sourceTurns.get(list);
+  if (turns === undefined) {
+    turns = { byFamily: { 4: list.filter((a) => addressFamily(a) === 4), 6: list.filter((a) => addressFamily(a) === 6) }, next: { 4: 0, 6: 0 } };
+    sourceTurns.set(list, turns);
+  }
+  const addresses = turns.byFamily[family];
+  if (addresses.length === 0) return null;
+  const index = turns.next[family];
+  turns.next[family] = (index + 1) % addresses.length;
+  return addresses[index]!;
+}
+
+/** The families `config`'s source addresses have, in words ("IPv4", "IPv4 and IPv6"). */
+function sourceFamilies(config: Pick<BackendConfig, 'sourceAddresses'>): string {
+  const families = [4, 6].filter((f) => config.sourceAddresses?.some((a) => addressFamily(a) === f));
+  return families.map((f) => `IPv${f}`).join(' and ');
+}
+
+/** Why the host will not let a socket bind `address` (an errno code), or null when it will. */
+function bindProblem(address: string): Promise<string | null> {
+  return new Promise((resolve) => {
+    // A UDP socket: bound and closed, it sends and holds nothing; the kernel asks of a TCP one's
+    // source address what it asks of this one's (an address of the host, or IP_FREEBIND).
+    const socket = createSocket(addressFamily(address) === 6 ? 'udp6' : 'udp4');
+    const done = (problem: string | null): void => {
+      try {
+        socket.close();
+      } catch {
+        // Closed already.
+      }
+      resolve(problem);
+    };
+    socket.once('error', (error: NodeJS.ErrnoException) => done(error.code ?? error.message));
+    socket.bind({ address, port: 0, exclusive: true }, () => done(null));
+  });
+}
+
+/** The source-address lists of `config` (backend and profiles), by config path. */
+export function configSourceAddresses(config: Pick<Config, 'backend' | 'backendProfiles'>): ReadonlyArray<readonly [path: string, addresses: readonly string[] | undefined]> {
+  return [['backend.source_addresses', config.backend.sourceAddresses], ...[...config.backendProfiles].map(([name, profile]) => [`backend_profiles.${name}.source_addresses`, profile.sourceAddresses] as const)];
+}
+
+/**
+ * The source addresses of `named` the host does not have (each bound once, on port 0, and let go
+ * of): a connection from one would fail at once (EADDRNOTAVAIL). An address asked about already
+ * (inherited under another path; in `checked`, addresses asked about before) is not asked again.
+ * For start, check-config and reload, before anything is set up.
+ */
+export async function unusableSourceAddresses(named: ReadonlyArray<readonly [path: string, addresses: readonly string[] | undefined]>, checked = new Set<string>()): Promise<ConfigIssue[]> {
+  const issues: ConfigIssue[] = [];
+  for (const [path, addresses] of named) {
+    for (const [i, address] of (addresses ?? []).entries()) {
+      if (checked.has(address)) continue;
+      checked.add(address);
+      const problem = await bindProblem(address);
+      if (problem !== null) issues.push({ path: `${path}[${i}]`, expected: `an address of this host (the kernel would not bind a socket to it: ${problem})`, found: JSON.stringify(address) });
+    }
+  }
+  return issues;
+}
+
 /**
  * TCP keepalive on every backend connection, after this long without traffic. A backend host that
  * dies (power, a kernel panic, a cut link) sends no FIN or RST: a spliced session whose client
@@ -207,7 +300,9 @@ function onAbort(signal: Cancellation, socket: Socket, reject: (e: unknown) => v
 }
 
 /**
- * Opens a TCP connection to `slot` within the configured deadline; writes `proxyHeader` (PROXY
+ * Opens a TCP connection to `slot` within the configured deadline, from the next of the source
+ * addresses of the slot's family when the config has them (a slot named by host name is looked
+ * up first, and dialled at the first address of a family they have); writes `proxyHeader` (PROXY
  * protocol) first when given, then does the TLS handshake for implicit TLS.
  */
 export function dialSlot(slot: Slot, protocol: Protocol, config: BackendConfig, signal: Cancellation, proxyHeader: Buffer | null = null): Promise<Socket> {
@@ -219,20 +314,27 @@ export function dialSlot(slot: Slot, protocol: Protocol, config: BackendConfig, 
     return Promise.reject(error);
   }
   return new Promise<Socket>((resolve, reject) => {
-    // Implicit TLS and STARTTLS run over this socket, so the keepalive covers them too.
-    let socket: Socket = netConnect({ host: slot.host, port, noDelay: true, keepAlive: true, keepAliveInitialDelay: BACKEND_KEEPALIVE_IDLE_MS });
+    let socket: Socket | undefined;
     let settled = false;
     // Set once the TCP connection is up and the TLS handshake runs over it.
     let handshaking = false;
-    const fail = (code: string, message: string, cause?: NodeJS.ErrnoException): void => {
+    // The source address the connection leaves from (backend.source_addresses), named in its errors.
+    let source: string | undefined;
+    const fail = (code: string, message: string, cause?: NodeJS.ErrnoException, kind: FailureKind = cause ? connectionFailureKind(cause, handshaking) : 'connect'): void => {
       if (settled) return;
       settled = true;
       cleanup();
-      socket.destroy();
-      reject(new MailfrontError(code, cause ? connectionFailureKind(cause, handshaking) : 'connect', `slot "${slot.name}" (${slot.host}:${port}): ${message}`, cause === undefined ? undefined : { cause }));
+      socket?.destroy();
+      reject(new MailfrontError(code, kind, `slot "${slot.name}" (${slot.host}:${port}${source === undefined ? '' : ` from ${source}`}): ${message}`, cause === undefined ? undefined : { cause }));
     };
     const timer = setTimeout(() => fail('BACKEND_CONNECT_TIMEOUT', `no connection within ${config.connectTimeoutMs} ms`), config.connectTimeoutMs);
     const onError = (error: NodeJS.ErrnoException): void => {
+      // Bound to its source address before it connects: the port is chosen then, among those no
+      // other socket bound to that address holds (IP_BIND_ADDRESS_NO_PORT is not Node's to set).
+      if (source !== undefined && error.syscall === 'bind') {
+        if (error.code === 'EADDRNOTAVAIL') return fail(SOURCE_ADDRESS_NOT_LOCAL, `no connection could be opened: the source address ${source} (backend.source_addresses) is not an address of this host (EADDRNOTAVAIL); not a failure of the slot`, error, 'local-resources');
+        if (error.code === 'EADDRINUSE') return fail(LOCAL_RESOURCES_EXHAUSTED, `no connection could be opened: no local port is free on the source address ${source} (EADDRINUSE; each source address has the ports of net.ipv4.ip_local_port_range, for every backend together); not a failure of the slot`, error, 'local-resources');
+      }
       const local = LOCAL_RESOURCE_CODES.get(error.code ?? '');
       if (local === undefined) fail('BACKEND_CONNECT_FAILED', error.message, error);
       else fail(LOCAL_RESOURCES_EXHAUSTED, `no connection could be opened: ${error.code}, ${local}; not a failure of the slot`, error);
@@ -241,32 +343,56 @@ export function dialSlot(slot: Slot, protocol: Protocol, config: BackendConfig, 
       if (settled) return;
       settled = true;
       cleanup();
-      socket.destroy();
+      socket?.destroy();
       reject(new MailfrontError('ABORTED', 'aborted', 'the session ended during a backend connect'));
     };
     function cleanup(): void {
       clearTimeout(timer);
       signal.removeEventListener('abort', onAbortSignal);
-      socket.off('error', onError);
+      socket?.off('error', onError);
     }
-    const ready = (): void => {
+    const open = (host: string, localAddress: string | undefined): void => {
+      source = localAddress;
+      // Implicit TLS and STARTTLS run over this socket, so the keepalive covers them too.
+      const plain = netConnect({ host, port, ...(localAddress === undefined ? {} : { localAddress }), noDelay: true, keepAlive: true, keepAliveInitialDelay: BACKEND_KEEPALIVE_IDLE_MS });
+      socket = plain;
+      plain.once('error', onError);
+      plain.once('connect', () => {
+        if (proxyHeader !== null) writeNow(plain, proxyHeader);
+        if (tlsOptions === undefined) return ready(plain);
+        plain.off('error', onError);
+        handshaking = true;
+        const secure = tlsConnect({ socket: plain, ...tlsOptions });
+        socket = secure;
+        secure.once('error', onError);
+        secure.once('secureConnect', () => ready(secure));
+      });
+    };
+    const ready = (connected: Socket): void => {
       if (settled) return;
       settled = true;
       cleanup();
-      resolve(socket);
+      resolve(connected);
     };
     if (signal.aborted) return onAbortSignal();
     signal.addEventListener('abort', onAbortSignal, { once: true });
-    socket.once('error', onError);
-    socket.once('connect', () => {
-      if (proxyHeader !== null) writeNow(socket, proxyHeader);
-      if (tlsOptions === undefined) return ready();
-      socket.off('error', onError);
-      handshaking = true;
-      const secure = tlsConnect({ socket, ...tlsOptions });
-      socket = secure;
-      secure.once('error', onError);
-      secure.once('secureConnect', ready);
+    const family = addressFamily(slot.host);
+    if (config.sourceAddresses === undefined) return open(slot.host, undefined);
+    const missing = `backend.source_addresses of its store holds ${sourceFamilies(config)} addresses only`;
+    if (family !== undefined) {
+      // The store map refuses such a slot (sourceFamilyProblem); a map checked before would not.
+      const from = nextSourceAddress(config, family);
+      if (from === null) return fail(SOURCE_FAMILY_MISSING, `no connection from an IPv${family} address: ${missing}`, undefined, 'config');
+      return open(slot.host, from ?? undefined);
+    }
+    // A name: its addresses are asked for here, within the connect deadline, so that the source
+    // address can be of the family dialled (Node binds before it connects, to one family).
+    lookup(slot.host, { all: true }, (error, addresses) => {
+      if (settled) return;
+      if (error) return onError(error);
+      const usable = addresses.find((a) => (a.family === 4 || a.family === 6) && config.sourceAddresses?.some((s) => addressFamily(s) === a.family));
+      if (usable === undefined) return fail(SOURCE_FAMILY_MISSING, `no connection from its addresses (${addresses.map((a) => a.address).join(', ') || 'none'}): ${missing}`, undefined, 'connect');
+      open(usable.address, nextSourceAddress(config, usable.family as 4 | 6) ?? undefined);
     });
   });
 }

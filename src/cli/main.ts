@@ -443,6 +443,9 @@ async function main(argv: string[]): Promise<number> {
       const caUnusable = new Set<string>();
       const fileIssues = [...(await checkListenerCertificates(config)), ...unreadableCaFiles(configCaFiles(config), caChecked, caUnusable)];
       fileIssues.push(...(await import('../auth/throttle.js')).redisTlsIssues(config.throttle));
+      const { configSourceAddresses, unusableSourceAddresses } = await import('../backend/connect.js');
+      const sourcesChecked = new Set<string>();
+      fileIssues.push(...(await unusableSourceAddresses(configSourceAddresses(config), sourcesChecked)));
       // The store map is read even when the files above are not: every problem at once. (A config
       // whose own values are wrong is reported alone: without it the rest cannot be read.)
       const problems = fileIssues.length > 0 ? [new ConfigError(config.file, fileIssues)] : [];
@@ -455,7 +458,7 @@ async function main(argv: string[]): Promise<number> {
       let summary = '';
       try {
         const map = buildStoreMap(await source.load(), source.description, 1, config);
-        const storeIssues = unreadableCaFiles(storeCaFiles(map.stores), caChecked);
+        const storeIssues = [...unreadableCaFiles(storeCaFiles(map.stores), caChecked), ...(await unusableSourceAddresses([...map.stores].map(([name, store]) => [`stores.${name}.backend.source_addresses`, store.backend.sourceAddresses] as const), sourcesChecked))];
         if (storeIssues.length > 0) problems.push(new ConfigError(source.description, storeIssues));
         const slots = [...map.stores.values()].reduce((n, s) => n + s.slots.size, 0);
         summary = `${config.file}: OK (${config.listeners.length} listeners, ${map.stores.size} stores, ${slots} slots from ${source.description})\n${maintenanceSummary(map.stores)}`;

@@ -172,6 +172,29 @@ export interface BackendConfig {
    * (reservedUsersOf), also in a profile or store that changes the mode.
    */
   readonly reservedUsers?: readonly string[];
+  /**
+   * Local addresses (IP literals) the connections to the slots and their probes leave from, taken
+   * in turn within each family (nextSourceAddress in backend/connect.ts). Absent: the kernel picks.
+   */
+  readonly sourceAddresses?: readonly string[];
+}
+
+/** The family of an IP literal as the source addresses are kept apart by: 4 or 6 (a name: undefined). */
+export function addressFamily(address: string): 4 | 6 | undefined {
+  const family = isIP(address);
+  return family === 4 || family === 6 ? family : undefined;
+}
+
+/**
+ * Why a slot at `host` cannot be dialled from `config`'s source addresses, or null when it can:
+ * an IP literal of a family none of them has (an IPv4 source cannot reach an IPv6 slot). A host
+ * name is looked up at each connection, and dialled at an address of a family they have.
+ */
+export function sourceFamilyProblem(host: string, config: Pick<BackendConfig, 'sourceAddresses'>): string | null {
+  const sources = config.sourceAddresses;
+  const family = addressFamily(host);
+  if (sources === undefined || family === undefined || sources.some((a) => addressFamily(a) === family)) return null;
+  return `an IPv${family === 4 ? 6 : 4} address, or an IPv${family} address in the store's source_addresses (backend.source_addresses, its backend_profile's or its own, holds IPv${family === 4 ? 6 : 4} addresses only: a connection leaves from an address of the slot's family)`;
 }
 
 /**
@@ -471,7 +494,7 @@ function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: I
 }
 
 /** Keys of a backend section; a store may override any of them. */
-export const BACKEND_KEYS = ['login_mode', 'proxy_user', 'proxy_password', 'master_user_separator', 'tls', 'ca_file', 'tls_servername', 'forward_client_address', 'connect_timeout_ms', 'login_timeout_ms', 'proxy_protocol', 'reserved_users'] as const;
+export const BACKEND_KEYS = ['login_mode', 'proxy_user', 'proxy_password', 'master_user_separator', 'tls', 'ca_file', 'tls_servername', 'forward_client_address', 'connect_timeout_ms', 'login_timeout_ms', 'proxy_protocol', 'reserved_users', 'source_addresses'] as const;
 
 /** Reads a backend section; `base` supplies the values a store-level override leaves out. */
 export function readBackend(v: unknown, path: string, resolvePath: (p: string) => string, issues: IssueList, base?: BackendConfig): BackendConfig {
@@ -490,6 +513,7 @@ export function readBackend(v: unknown, path: string, resolvePath: (p: string) =
   // names that carry rights differ (a Dovecot-wide list must not leave Cyrus's cyrus unreserved
   // on a store that turns to sasl-authzid). Not set there, it gets its own mode's default.
   const reservedUsers = readReservedUsers(o, path, issues, base !== undefined && loginMode !== base.loginMode ? undefined : base?.reservedUsers);
+  const sourceAddresses = readSourceAddresses(o, path, issues, base?.sourceAddresses);
   return {
     loginMode,
     ...(proxyUser !== undefined ? { proxyUser } : {}),
@@ -503,7 +527,30 @@ export function readBackend(v: unknown, path: string, resolvePath: (p: string) =
     loginTimeoutMs: int(o, 'login_timeout_ms', path, issues, 100, 300_000, base?.loginTimeoutMs ?? DEFAULT_BACKEND_LOGIN_TIMEOUT_MS),
     proxyProtocol: oneOf(o, 'proxy_protocol', path, issues, BACKEND_PROXY_PROTOCOLS, base?.proxyProtocol ?? 'none'),
     ...(reservedUsers !== undefined ? { reservedUsers } : {}),
+    ...(sourceAddresses !== undefined ? { sourceAddresses } : {}),
   };
+}
+
+/**
+ * backend.source_addresses: a list of IP literals (a single string is a list of one), each a
+ * unicast address (a wildcard is the kernel's choice, as no list is); `fallback` (the inherited
+ * list) when not set, and `[]` none (a profile or store back to the kernel's choice). Whether the
+ * host has them is asked of the kernel at start, check-config and reload (unusableSourceAddresses).
+ */
+function readSourceAddresses(o: Record<string, unknown>, path: string, issues: IssueList, fallback: readonly string[] | undefined): readonly string[] | undefined {
+  const v = o['source_addresses'];
+  if (v === undefined) return fallback;
+  const list = typeof v === 'string' ? [v] : v;
+  if (!Array.isArray(list)) {
+    issues.add(at(path, 'source_addresses'), 'a list of IP addresses of this host (e.g. [192.0.2.10, 192.0.2.11]), possibly empty', v);
+    return fallback;
+  }
+  const addresses: string[] = [];
+  list.forEach((item, i) => {
+    if (typeof item === 'string' && addressFamily(item) !== undefined && isWildcard(item) === undefined) addresses.push(item);
+    else issues.add(at(at(path, 'source_addresses'), i), 'an IPv4 or IPv6 address of this host, written as an IP literal (no host name, port or prefix length; not 0.0.0.0 or ::)', item);
+  });
+  return addresses.length > 0 ? addresses : undefined;
 }
 
 /**

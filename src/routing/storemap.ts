@@ -6,7 +6,7 @@
  */
 import { isIP } from 'node:net';
 import type { BackendConfig } from '../config/schema.js';
-import { readBackend } from '../config/schema.js';
+import { readBackend, sourceFamilyProblem } from '../config/schema.js';
 import { IssueList, at, optPort, readMapping, readSection, str } from '../config/validate.js';
 import { MailfrontError } from '../errors.js';
 import { MAX_MAINTENANCE_REASON_BYTES } from '../limits.js';
@@ -185,6 +185,10 @@ export function readStoreMap(doc: unknown, version: number, globalBackend: Backe
       else base = profile;
     }
     const backend = o['backend'] === undefined ? base : readBackend(o['backend'], at(path, 'backend'), resolvePath, issues, base);
+    for (const slot of slots.values()) {
+      const problem = sourceFamilyProblem(slot.host, backend);
+      if (problem !== null) issues.add(at(at(at(path, 'slots'), slot.name), 'host'), problem, slot.host);
+    }
     const maintenance = readMaintenance(o['maintenance'], at(path, 'maintenance'), issues);
     stores.set(storeName, { name: storeName, slots, preferredMaster, currentMaster, backend, maintenance });
   }
