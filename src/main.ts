@@ -290,6 +290,7 @@ export class Mailfront {
     setNat64Prefixes(config.nat64Prefixes);
     this.throttle = this.createThrottle(config);
     this.limiter = new ConnectionLimiter(config.connectionLimits);
+    metrics.connectionLimits(this.limiter);
     this.holder = new StoreMapHolder(createStoreMapSource(config.storeMap, caContent(caFiles.storeMap), log), () => this.config, log, {
       changes: (changes) => this.drain(changes),
       maintenance: (changes) => this.drainMaintenance(changes),

@@ -324,6 +324,14 @@ export class Metrics {
   private readonly ready: Gauge;
   /** What /readyz answers, asked at each scrape for `mailfront_ready`. */
   private readySource: (() => Promise<boolean>) | undefined;
+  /**
+   * The client connections held and connection_limits.max_connections in force, read at each
+   * scrape (registered once connectionLimits() gives their source: without one, a limit of 0
+   * would be a lie to an alert).
+   */
+  private readonly connectionsOpen: Gauge;
+  private readonly connectionsMax: Gauge;
+  private connectionCounts: { readonly connections: number; readonly maxConnections: number } | undefined;
   /** Where `mailfront_directory_cache_entries` is read at scrape time (the directory in force). */
   private directoryCacheSizes: () => Partial<Record<DirectoryCache, number>> = () => ({});
 
@@ -375,6 +383,23 @@ export class Metrics {
     this.throttleRedisUp = new Gauge({ name: THROTTLE_REDIS_UP, help: '1 while auth-failure counters are shared through Redis, 0 while local counters stand in (present only while the throttle uses Redis).', registers: [] });
     this.throttleRefusalsTotal = counter('mailfront_throttle_refusals_total', 'Logins refused by auth-failure throttling, by what reached its limit (user or address).', ['by']);
     this.connectionsRefusedTotal = counter('mailfront_connections_refused_total', 'Connections or sessions refused by a connection limit, by limit (total, address, user).', ['limit']);
+    // As process_open_fds and process_max_fds: an alert compares the two (MailfrontConnectionsNearLimit).
+    this.connectionsOpen = new Gauge({
+      name: 'mailfront_connections_open',
+      help: 'Client connections held now, as connection_limits.max_connections counts them (PROXY headers read, TLS handshakes and sessions in every phase; trusted networks included).',
+      registers: [],
+      collect: () => {
+        if (this.connectionCounts !== undefined) this.connectionsOpen.set(this.connectionCounts.connections);
+      },
+    });
+    this.connectionsMax = new Gauge({
+      name: 'mailfront_connections_max',
+      help: 'connection_limits.max_connections in force (a reload changes it): connections past it are refused (mailfront_connections_refused_total{limit="total"}).',
+      registers: [],
+      collect: () => {
+        if (this.connectionCounts !== undefined) this.connectionsMax.set(this.connectionCounts.maxConnections);
+      },
+    });
     this.configReloadsTotal = counter('mailfront_config_reloads_total', 'Config reloads, by result.', ['result']);
     this.configLastReloadSuccess = gauge('mailfront_config_last_reload_success', '1 if the last config reload succeeded, 0 if it was rejected or applied in part.', []);
     this.proxyHeadersTotal = hotCounter('mailfront_proxy_headers_total', 'PROXY protocol headers, by listener and result (accepted, local, malformed, timeout, closed: from trusted balancers; untrusted: sent by another peer, connection closed; on an implicit-TLS listener such a header fails the TLS handshake instead).', ['listener', 'result']);
@@ -625,6 +650,18 @@ export class Metrics {
   /** Counts a lookup in one of the directory's caches. */
   directoryCacheLookup(cache: DirectoryCache, hit: boolean): void {
     this.directoryCacheLookupsTotal.inc({ cache, result: hit ? 'hit' : 'miss' });
+  }
+
+  /**
+   * Where `mailfront_connections_open` and `mailfront_connections_max` are read at each scrape:
+   * the connection limiter, whose limits a reload replaces. Registers them, once.
+   */
+  connectionLimits(source: { readonly connections: number; readonly maxConnections: number }): void {
+    if (this.connectionCounts === undefined) {
+      this.registry.registerMetric(this.connectionsOpen);
+      this.registry.registerMetric(this.connectionsMax);
+    }
+    this.connectionCounts = source;
   }
 
   /** Where the directory caches' sizes are read at each scrape (the directory in force, which a reload may replace). */

@@ -79,6 +79,11 @@ export class ConnectionLimiter {
     return this.total;
   }
 
+  /** connection_limits.max_connections in force (setLimits() changes it). */
+  get maxConnections(): number {
+    return this.limits.maxConnections;
+  }
+
   /** Connections held now from this address's counting key (trusted connections are not among them). */
   connectionsFrom(address: string): number {
     return this.byAddress.get(addressKey(address)) ?? 0;

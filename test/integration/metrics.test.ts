@@ -57,6 +57,7 @@ function exerciseEveryHelper(metrics: Metrics): void {
   record('directoryCacheLookup', () => metrics.directoryCacheLookup('auth', true));
   record('directoryCacheEntries', () => metrics.directoryCacheEntries(() => ({ auth: 3, entry: 2 })));
   record('readiness', () => metrics.readiness(async () => true));
+  record('connectionLimits', () => metrics.connectionLimits({ connections: 9, maxConnections: 10 }));
   const notHelpers = new Set(['constructor', 'exposition', 'metricNames', 'beforeScrape']);
   const helpers = Object.getOwnPropertyNames(Metrics.prototype).filter((n) => !notHelpers.has(n) && typeof (metrics as unknown as Record<string, unknown>)[n] === 'function');
   assert.deepEqual(helpers.filter((h) => !called.has(h)), [], 'every metric helper is exercised before promtool looks');
