@@ -376,8 +376,8 @@ export function dialSlot(slot: Slot, protocol: Protocol, config: BackendConfig, 
     };
     if (signal.aborted) return onAbortSignal();
     signal.addEventListener('abort', onAbortSignal, { once: true });
-    const family = addressFamily(slot.host);
     if (config.sourceAddresses === undefined) return open(slot.host, undefined);
+    const family = addressFamily(slot.host);
     const missing = `backend.source_addresses of its store holds ${sourceFamilies(config)} addresses only`;
     if (family !== undefined) {
       // The store map refuses such a slot (sourceFamilyProblem); a map checked before would not.
