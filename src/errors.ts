@@ -14,6 +14,7 @@ export type FailureKind =
   | 'auth-tempfail' // the directory could not answer (down, timed out, broken entry)
   | 'no-route' // user without a store, unknown store, store without a current master
   | 'maintenance' // the user's store is in maintenance (the store map says so): its clients are told the store's reason
+  | 'held' // the user's directory entry holds the user (directory.hold_attribute: a mailbox being moved): told the hold's reason
   | 'connect' // backend slot unreachable or refused the connection
   | 'local-resources' // mailfront could not open a connection for want of its own resources (open files, local ports): no slot's fault
   | 'backend-login' // backend refused our login or spoke nonsense
@@ -28,7 +29,8 @@ export class MailfrontError extends Error {
   override readonly name = 'MailfrontError';
   /**
    * What the client is told, where the failure has words of its own for it (the reason of a
-   * store in maintenance, from the store map); otherwise the session's fixed text for the kind.
+   * store in maintenance, from the store map; of a user's hold, from the directory); otherwise
+   * the session's fixed text for the kind.
    */
   readonly clientText: string | undefined;
   constructor(

@@ -2,7 +2,8 @@
  * A cache of successful authentications in front of any Directory, so that webmail servers that
  * log in on every page view do not cost an LDAP search and bind each time. Keys are keyed
  * hashes (HMAC-SHA256, random per-process key) of user and password: the password itself is
- * never stored, and a wrong password never matches. Failures are never cached. Only what the
+ * never stored, and a wrong password never matches. Failures are never cached, nor are the
+ * right passwords of users the directory holds (DirectoryUser.hold). Only what the
  * directory said of the entry is cached (its DN, store name and login names), never a slot:
  * routing always reads the store map in force. When the directory's answer depends on the
  * protocol (directory.user_filter holds `{protocol}`), the protocol is keyed too: a login the
@@ -69,7 +70,9 @@ export class CachingDirectory implements Directory {
     // On the monotonic clock: a step of the wall clock (NTP) neither stretches the entry's life
     // past the TTL nor ends it early.
     const age = found.readAt === undefined ? 0 : performance.now() - found.readAt;
-    if (age < this.ttlMs && forgets === this.forgets) this.successes.set(key, found, { ttl: this.ttlMs - age });
+    // A held user's right password is no login to serve again: the next one asks the directory
+    // (its entry cache), so that the hold is seen, and its end too, within entry_cache_ttl_ms.
+    if (found.hold === undefined && age < this.ttlMs && forgets === this.forgets) this.successes.set(key, found, { ttl: this.ttlMs - age });
     return found;
   }
 

@@ -6,6 +6,7 @@
 import { domainToASCII } from 'node:url';
 import type { Protocol, UsernameConfig } from '../config/schema.js';
 import type { Cancellation } from '../cancel.js';
+import { MAX_MAINTENANCE_REASON_BYTES } from '../limits.js';
 
 /** A user the directory has authenticated. */
 export interface DirectoryUser {
@@ -23,6 +24,12 @@ export interface DirectoryUser {
   readonly store: string | null;
   /** When the store was read from the directory (performance.now(): the monotonic clock, which no step of the wall clock moves), if it came from a cache of entries. */
   readonly readAt?: number;
+  /**
+   * The entry holds its user (directory.hold_attribute: a mailbox being moved): what the client
+   * is told. Absent: no hold. The password was right, but the login must be refused; such an
+   * answer is never kept as a successful login.
+   */
+  readonly hold?: string;
 }
 
 /** A directory of users. */
@@ -65,6 +72,50 @@ export interface Directory {
    * asking it finish first, for up to that long (new ones go to its successor).
    */
   close(graceMs?: number): Promise<void>;
+}
+
+/**
+ * What a held user is told when the entry's hold attribute says TRUE, or something that cannot be
+ * told. Says "wait", as the store maintenance's default does (routing/storemap.ts): fetchmail takes
+ * a POP3 -ERR to a login as temporary only by its words, and reads any other as a wrong password.
+ */
+export const DEFAULT_HOLD_REASON = 'Your mailbox is being moved, please wait and try again later.';
+
+/** What a hold's reason must be, as the warning about one that is not says. */
+const HOLD_EXPECTED = `TRUE, FALSE, or the reason clients are told: printable ASCII of 1 to ${MAX_MAINTENANCE_REASON_BYTES} characters (IMAP's response text is 7-bit), that does not begin with "[" (a response code it would fake) nor begin or end with a space, and is not a word such as "off" or "no" (write FALSE, or delete the value)`;
+
+/** A reason is printable ASCII (RFC 3501 §9: IMAP4rev1's response text is 7-bit), as a store maintenance's is. */
+const PRINTABLE_ASCII = /^[\x20-\x7e]+$/;
+
+/** Words taken for off (or on): as a reason, the user would be told "off". As for a store's maintenance, refused. */
+const SWITCH_WORDS = new Set(['true', 'false', 'yes', 'no', 'on', 'off', 'y', 'n', '0', '1', 'null', '~', 'none', 'enabled', 'disabled']);
+
+/** A user's hold as an entry's values of directory.hold_attribute say it: the reason (null: none), and why the values could not be told as they are. */
+export interface Hold {
+  readonly reason: string | null;
+  /** Set when the values were no reason that can be told: the user is held with DEFAULT_HOLD_REASON all the same. */
+  readonly problem?: string;
+}
+
+/**
+ * Reads the values of an entry's hold attribute (text, or null for a value that is not UTF-8), as
+ * a store's mailfrontMaintenance is read: none, or FALSE in any case, is no hold; TRUE in any case
+ * holds with DEFAULT_HOLD_REASON; another value holds with it as the reason, printable ASCII of at
+ * most MAX_MAINTENANCE_REASON_BYTES. A value that cannot be told (not that, or several values,
+ * which LDAP gives in no order) still holds the user, with the default reason: a hold set to stop
+ * writes during a move is never undone by a typo.
+ */
+export function holdOf(values: readonly (string | null)[]): Hold {
+  if (values.length === 0) return { reason: null };
+  if (values.length > 1) return { reason: DEFAULT_HOLD_REASON, problem: `${values.length} values; it must have one, ${HOLD_EXPECTED}` };
+  const value = values[0]!;
+  if (value !== null) {
+    const word = value.toLowerCase();
+    if (word === 'false') return { reason: null };
+    if (word === 'true') return { reason: DEFAULT_HOLD_REASON };
+    if (value.length <= MAX_MAINTENANCE_REASON_BYTES && PRINTABLE_ASCII.test(value) && !value.startsWith('[') && value.trim() === value && !SWITCH_WORDS.has(word)) return { reason: value };
+  }
+  return { reason: DEFAULT_HOLD_REASON, problem: `a value that is not ${HOLD_EXPECTED}` };
 }
 
 /** The longest user name accepted; longer ones are refused before any directory lookup. */

@@ -14,7 +14,8 @@ import { PROTOCOLS, filterUsesProtocol, loginAttributeOf } from '../config/schem
 import type { DirectoryConfig, Protocol } from '../config/schema.js';
 import { MailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { Directory, DirectoryUser } from './directory.js';
+import { holdOf } from './directory.js';
+import type { Directory, DirectoryUser, Hold } from './directory.js';
 import { performance } from 'node:perf_hooks';
 import { LRUCache } from 'lru-cache';
 import type { LdapOperation, LdapResult, Metrics } from '../metrics.js';
@@ -95,6 +96,31 @@ function loginValues(value: unknown): string[] {
   }
   return texts;
 }
+
+/**
+ * The values of an entry's hold attribute as text, a value that is not UTF-8 as null (holdOf()
+ * holds the user for it all the same: it is no reason that can be told).
+ */
+function holdValues(value: unknown): (string | null)[] {
+  const values: unknown[] = value === undefined ? [] : Array.isArray(value) ? value : [value];
+  return values.map((one) => {
+    if (typeof one === 'string') return one;
+    if (Buffer.isBuffer(one)) {
+      try {
+        return strictUtf8.decode(one);
+      } catch {
+        return null;
+      }
+    }
+    return null;
+  });
+}
+
+/**
+ * How often a hold value that cannot be told is logged for one entry at most (or once per
+ * entry_cache_ttl_ms, when longer): each login of a held user reads it, and each is refused.
+ */
+const HOLD_WARNING_INTERVAL_MS = 60_000;
 
 /** The value of the attribute `name` of `entry`: names are case-insensitive (RFC 4512 §2.5), the server answers in its schema's spelling. */
 function attributeOf(entry: Record<string, unknown>, name: string): unknown {
@@ -427,6 +453,8 @@ interface FoundEntry {
   readonly storeValues: number;
   /** The values of the login attribute (directory.login_attribute), as read: the names the entry gives its user. */
   readonly loginNames: readonly string[];
+  /** What directory.hold_attribute says of the user (no hold when it is not set). */
+  readonly hold: Hold;
   readonly readAt: number;
 }
 
@@ -471,8 +499,10 @@ export class LdapDirectory implements Directory {
   private forgets = 0;
   /** loginAttributeOf(): read with the store attribute in each user search; undefined: none (the name typed). */
   private readonly loginAttribute: string | undefined;
-  /** What a user search asks for: the store attribute, and the login attribute if any. */
+  /** What a user search asks for: the store attribute, and the login and hold attributes if any. */
   private readonly searchAttributes: string[];
+  /** Entries (DNs) whose hold value that cannot be told was logged lately (see HOLD_WARNING_INTERVAL_MS). */
+  private readonly holdWarned: LRUCache<string, true>;
   /** url → until when (performance.now(), which no step of the wall clock moves) it is passed over: it failed a login or could not be reached (see SERVER_HOLD_DOWN_MS). */
   private readonly heldDown = new Map<string, number>();
   /** Service connections taken out of their slot, each closed by its timer once the searches on it are past their deadline. */
@@ -493,7 +523,8 @@ export class LdapDirectory implements Directory {
   ) {
     this.tlsOptions = ca ? { ca, minVersion: 'TLSv1.2' } : { minVersion: 'TLSv1.2' };
     this.loginAttribute = loginAttributeOf(config);
-    this.searchAttributes = this.loginAttribute === undefined ? [config.storeAttribute] : [config.storeAttribute, this.loginAttribute];
+    this.searchAttributes = [config.storeAttribute, ...(this.loginAttribute === undefined ? [] : [this.loginAttribute]), ...(config.holdAttribute === undefined ? [] : [config.holdAttribute])];
+    this.holdWarned = new LRUCache({ max: 1000, ttl: Math.max(HOLD_WARNING_INTERVAL_MS, config.entryCacheTtlMs) });
     this.entries = entriesFromTakeover ? null : newEntryCache(config);
     this.byProtocol = filterUsesProtocol(config.userFilter);
     this.protocolTemplates = this.byProtocol ? (Object.fromEntries(PROTOCOLS.map((p) => [p, protocolFilter(config.userFilter, p)])) as Record<Protocol, string>) : null;
@@ -755,7 +786,8 @@ export class LdapDirectory implements Directory {
         const entry = searchEntries[0]!;
         const { store, values } = storeValue(attributeOf(entry, this.config.storeAttribute));
         const loginNames = this.loginAttribute === undefined ? [] : loginValues(attributeOf(entry, this.loginAttribute));
-        return { url: connection.url, dn: entry.dn, store, storeValues: values, loginNames, readAt: performance.now() };
+        const hold = this.config.holdAttribute === undefined ? NO_HOLD : holdOf(holdValues(attributeOf(entry, this.config.holdAttribute)));
+        return { url: connection.url, dn: entry.dn, store, storeValues: values, loginNames, hold, readAt: performance.now() };
       } catch (error) {
         if (error instanceof MailfrontError) throw error;
         // The server's own size limit cut the answer short: there was more than one entry.
@@ -882,6 +914,15 @@ export class LdapDirectory implements Directory {
     }
     if (!ok) throw new MailfrontError('WRONG_PASSWORD', 'auth-failed', `wrong password for "${user}"`);
     // Said only once the password is right: to anyone else the user is one more wrong password.
+    // A hold goes first: the session refuses the login with its reason, whatever the entry says
+    // of its store (a move may be rewriting it).
+    if (found.hold.reason !== null) {
+      if (found.hold.problem !== undefined && !this.holdWarned.has(found.dn)) {
+        this.holdWarned.set(found.dn, true);
+        this.log.warn({ event: 'directory.hold_value_refused', user, dn: found.dn, attribute: this.config.holdAttribute, problem: found.hold.problem }, 'the hold attribute of a user\'s entry is no reason that can be told; the user is held with the default reason');
+      }
+      return { user, loginNames: found.loginNames, dn: found.dn, store: found.storeValues > 1 ? null : found.store, readAt: found.readAt, hold: found.hold.reason };
+    }
     if (found.storeValues > 1) {
       throw new MailfrontError('USER_STORE_AMBIGUOUS', 'no-route', `the directory entry ${found.dn} has ${found.storeValues} values of ${this.config.storeAttribute}; it must have one, the user's store`);
     }
@@ -1000,6 +1041,9 @@ export class LdapDirectory implements Directory {
     await Promise.all(opening.map((service) => service?.then((c) => c.client.unbind(), () => undefined).catch(() => undefined)));
   }
 }
+
+/** What an entry says of its hold when directory.hold_attribute is not set. */
+const NO_HOLD: Hold = Object.freeze({ reason: null });
 
 /** The cache of entries found (none when entry_cache_ttl_ms is 0): its index is allocated for cache_max_entries at once. */
 function newEntryCache(config: DirectoryConfig): LRUCache<string, FoundEntry> | null {

@@ -138,6 +138,12 @@ export interface DirectoryConfig {
    * the one attribute user_filter compares {user} with (loginAttributeOf()).
    */
   readonly loginAttribute?: string;
+  /**
+   * The attribute that holds a user (a mailbox being moved), read in the same search: absent or
+   * FALSE, no hold; TRUE, held with the default reason; anything else, held with it as the reason
+   * (see auth/directory.ts holdOf()). Not set: no hold is read.
+   */
+  readonly holdAttribute?: string;
   readonly starttls: boolean;
   readonly caFile?: string;
   readonly connectTimeoutMs: number;
@@ -455,7 +461,7 @@ function readListeners(v: unknown, resolvePath: (p: string) => string, bindings:
 
 function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: IssueList): DirectoryConfig {
   const path = 'directory';
-  const o = readSection(v, path, ['urls', 'bind_dn', 'bind_password', 'base_dn', 'user_filter', 'store_attribute', 'login_attribute', 'starttls', 'ca_file', 'connect_timeout_ms', 'operation_timeout_ms', 'entry_cache_ttl_ms', 'auth_cache_ttl_ms', 'cache_max_entries', 'search_connections'], issues) ?? {};
+  const o = readSection(v, path, ['urls', 'bind_dn', 'bind_password', 'base_dn', 'user_filter', 'store_attribute', 'login_attribute', 'hold_attribute', 'starttls', 'ca_file', 'connect_timeout_ms', 'operation_timeout_ms', 'entry_cache_ttl_ms', 'auth_cache_ttl_ms', 'cache_max_entries', 'search_connections'], issues) ?? {};
   const urls = ldapUrlList(o, 'urls', path, issues);
   const userFilter = str(o, 'user_filter', path, issues, '(&(objectClass=inetOrgPerson)(uid={user}))');
   if (!userFilter.includes('{user}') || !userFilter.startsWith('(') || !userFilter.endsWith(')')) {
@@ -473,6 +479,15 @@ function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: I
   const loginAttribute = optStr(o, 'login_attribute', path, issues);
   // An attribute type's name (RFC 4512 §1.4 descr): the entry's answer is read by that name.
   if (loginAttribute !== undefined && !/^[A-Za-z][A-Za-z0-9-]*$/.test(loginAttribute)) issues.add(at(path, 'login_attribute'), 'an LDAP attribute name (letters, digits and hyphens, starting with a letter)', loginAttribute);
+  const storeAttribute = str(o, 'store_attribute', path, issues, 'mailStore');
+  const holdAttribute = optStr(o, 'hold_attribute', path, issues);
+  if (holdAttribute !== undefined) {
+    if (!/^[A-Za-z][A-Za-z0-9-]*$/.test(holdAttribute)) issues.add(at(path, 'hold_attribute'), 'an LDAP attribute name (letters, digits and hyphens, starting with a letter)', holdAttribute);
+    // Every user's store name (or login name) would read as a hold's reason: every login refused.
+    else if ([storeAttribute, loginAttributeOf({ userFilter, ...(loginAttribute !== undefined ? { loginAttribute } : {}) })].some((other) => other?.toLowerCase() === holdAttribute.toLowerCase())) {
+      issues.add(at(path, 'hold_attribute'), 'an LDAP attribute name other than store_attribute and login_attribute (its value holds the user)', holdAttribute);
+    }
+  }
   const caFile = optStr(o, 'ca_file', path, issues);
   return {
     urls,
@@ -480,8 +495,9 @@ function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: I
     bindPassword: str(o, 'bind_password', path, issues),
     baseDn: str(o, 'base_dn', path, issues),
     userFilter,
-    storeAttribute: str(o, 'store_attribute', path, issues, 'mailStore'),
+    storeAttribute,
     ...(loginAttribute !== undefined ? { loginAttribute } : {}),
+    ...(holdAttribute !== undefined ? { holdAttribute } : {}),
     starttls: bool(o, 'starttls', path, issues, false),
     ...(caFile !== undefined ? { caFile: resolvePath(caFile) } : {}),
     connectTimeoutMs: int(o, 'connect_timeout_ms', path, issues, 100, 120_000, DEFAULT_LDAP_CONNECT_TIMEOUT_MS),

@@ -27,8 +27,11 @@ export interface SessionEntry {
   /** Of that, what mailfront_proxied_bytes_total already holds (Metrics.splicedTraffic moves these on). */
   reportedFromClient: number;
   reportedToClient: number;
-  /** Closes the session; `reason` is logged by the session itself. */
-  close(reason: 'kicked' | 'drained' | 'shutdown'): void;
+  /**
+   * Closes the session; `reason` is logged by the session itself. `hold`: a kick because the
+   * directory holds the user (directory.hold_attribute), the client told the hold's reason.
+   */
+  close(reason: 'kicked' | 'drained' | 'shutdown', hold?: string): void;
 }
 
 /**

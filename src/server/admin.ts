@@ -127,6 +127,7 @@ function statusFor(error: MailfrontError): number {
     case 'local-resources':
     case 'aborted':
     case 'maintenance':
+    case 'held':
     case 'backend-login':
     case 'in-use':
     case 'login-delay':

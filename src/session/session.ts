@@ -148,8 +148,10 @@ function refusalFor(kind: FailureKind): LoginRefusal {
       return 'login-delay';
     case 'limit':
       return 'limit';
-    // The user's store is in maintenance: told so in the store's words (MailfrontError.clientText).
+    // The user's store is in maintenance, or the directory holds the user (a mailbox being
+    // moved): told so in the store map's or the directory's words (MailfrontError.clientText).
     case 'maintenance':
+    case 'held':
     case 'auth-tempfail':
     case 'no-route':
     case 'connect':
@@ -641,6 +643,19 @@ export class Session {
       }
       this.log.debug({ event: 'session.authenticated', ...userFields(this.user, user), mechanism: credentials.mechanism }, 'user authenticated');
       this.mechanism = credentials.mechanism;
+      // The directory holds the user (a mailbox being moved): refused now, the password checked
+      // (to anyone else it is one more wrong password), with the hold's reason, as a store in
+      // maintenance is: no slot dialled, no wait for a master, no sessions-per-user count, no failure for the
+      // throttle. The user's sessions spliced on this instance (the cache of logins may have let
+      // them in since the hold was set) are closed with the reason, and the cache forgets the
+      // user, so that their clients do not come back in through it: nothing writes to the mailbox.
+      if (found.hold !== undefined) {
+        if (found.store !== null) this.store = found.store;
+        const spliced = this.context.registry.ofUserAndEntries(name, [found.dn]);
+        for (const entry of spliced) entry.close('kicked', found.hold);
+        if (spliced.length > 0) this.context.directory().forget(name, new Set([found.dn]));
+        throw new MailfrontError('USER_HELD', 'held', `the directory entry ${found.dn} holds the user (directory.hold_attribute ${config.directory.holdAttribute ?? ''})${spliced.length > 0 ? `; the user's ${spliced.length} spliced ${spliced.length === 1 ? 'session was' : 'sessions were'} closed` : ''}`, { clientText: found.hold });
+      }
       // Said only now, the password checked: to anyone else the user is one more wrong password.
       if (login.kind === 'ambiguous') {
         throw new MailfrontError('USER_LOGIN_AMBIGUOUS', 'auth-tempfail', `the directory entry ${found.dn} has ${login.names.length} names in ${loginAttribute} (directory.login_attribute), none of them "${user}", the name typed; it must have one, the name the backend knows the user by`);
@@ -708,8 +723,8 @@ export class Session {
       leaveGate(error.kind === 'auth-failed');
       const fields = { event: 'session.login_failed', ...userFields(asserted ?? user ?? undefined, user ?? undefined), store: this.store, code: error.code, kind: error.kind, ...this.clientFields(), reason: error.message, ...(penaltyMs > 0 ? { penaltyMs } : {}) };
       // A POP3 client polling faster than the backend allows ([LOGIN-DELAY]) is the user's doing,
-      // not the fleet's; a store in maintenance is the operator's.
-      if (refusal === 'auth-failed' || refusal === 'limit' || refusal === 'login-delay' || error.kind === 'maintenance') this.log.info(fields, 'login failed');
+      // not the fleet's; a store in maintenance, or a user held by the directory, the operator's.
+      if (refusal === 'auth-failed' || refusal === 'limit' || refusal === 'login-delay' || error.kind === 'maintenance' || error.kind === 'held') this.log.info(fields, 'login failed');
       else this.log.error(fields, 'login could not be completed');
       // Same answer after the same time for an unknown user and a wrong password (and a
       // throttled login looks no faster); repeated failures add the throttle's penalty. Every
@@ -913,13 +928,15 @@ export class Session {
       // The splice's counts start with the pipelined and leftover bytes: none reported yet.
       reportedFromClient: 0,
       reportedToClient: 0,
-      close: (reason) => {
+      close: (reason, hold) => {
         // Already ending (a kick, then a drain's turn): one line, one close.
         if (running.ending) return;
         // Drained from a store in maintenance: told the store's reason, not that it moved.
         const maintenance = reason === 'drained' ? (this.context.storeMap().stores.get(entry.store)?.maintenance ?? null) : null;
-        this.log.info({ event: reason === 'kicked' ? 'session.kicked' : reason === 'drained' ? 'session.drained' : 'session.shutdown', ...userFields(this.user, this.typedUser), store: this.store, slot: this.slot, ...(maintenance !== null ? { maintenance: true } : {}) }, `session closed: ${reason}`);
-        running.close(reason, this.adapter.drainNotice(maintenance ?? (reason === 'drained' ? 'Mailbox moved to another server, please reconnect' : reason === 'kicked' ? KICKED_TEXT : SHUTTING_DOWN_PHRASE)));
+        // Kicked because the directory holds the user: told the hold's reason, as its logins are.
+        const held = reason === 'kicked' ? hold : undefined;
+        this.log.info({ event: reason === 'kicked' ? 'session.kicked' : reason === 'drained' ? 'session.drained' : 'session.shutdown', ...userFields(this.user, this.typedUser), store: this.store, slot: this.slot, ...(maintenance !== null ? { maintenance: true } : {}), ...(held !== undefined ? { held: true } : {}) }, `session closed: ${reason}`);
+        running.close(reason, this.adapter.drainNotice(maintenance ?? held ?? (reason === 'drained' ? 'Mailbox moved to another server, please reconnect' : reason === 'kicked' ? KICKED_TEXT : SHUTTING_DOWN_PHRASE)));
       },
     };
     this.entry = entry;
