@@ -229,6 +229,22 @@ export function nextSourceAddress(config: Pick<BackendConfig, 'sourceAddresses'>
   return addresses[index]!;
 }
 
+/**
+ * What a connection's failure says of its source address (backend.source_addresses), when it is
+ * mailfront's own want of it rather than the slot's failure; undefined otherwise.
+ * - EADDRNOTAVAIL at the bind: the host does not have the address.
+ * - EADDRINUSE: no port of the address is free. Node binds the socket before it connects, and
+ *   libuv binds with SO_REUSEADDR: with every port of ip_local_port_range taken, the kernel may
+ *   hand out one in use instead of failing the bind, and the connect then fails with EADDRINUSE.
+ *   Taken as the slot's failure (kind connect), it held every login for failover.hold_ms and
+ *   marked healthy slots down.
+ */
+export function sourceAddressFailure(error: NodeJS.ErrnoException, source: string): { readonly code: string; readonly message: string } | undefined {
+  if (error.code === 'EADDRNOTAVAIL' && error.syscall === 'bind') return { code: SOURCE_ADDRESS_NOT_LOCAL, message: `no connection could be opened: the source address ${source} (backend.source_addresses) is not an address of this host (EADDRNOTAVAIL); not a failure of the slot` };
+  if (error.code === 'EADDRINUSE') return { code: LOCAL_RESOURCES_EXHAUSTED, message: `no connection could be opened: no local port is free on the source address ${source} (EADDRINUSE at the ${error.syscall ?? 'socket'}; each source address has the ports of net.ipv4.ip_local_port_range, for every backend together); not a failure of the slot` };
+  return undefined;
+}
+
 /** The families `config`'s source addresses have, in words ("IPv4", "IPv4 and IPv6"). */
 function sourceFamilies(config: Pick<BackendConfig, 'sourceAddresses'>): string {
   const families = [4, 6].filter((f) => config.sourceAddresses?.some((a) => addressFamily(a) === f));
@@ -329,12 +345,8 @@ export function dialSlot(slot: Slot, protocol: Protocol, config: BackendConfig, 
     };
     const timer = setTimeout(() => fail('BACKEND_CONNECT_TIMEOUT', `no connection within ${config.connectTimeoutMs} ms`), config.connectTimeoutMs);
     const onError = (error: NodeJS.ErrnoException): void => {
-      // Bound to its source address before it connects: the port is chosen then, among those no
-      // other socket bound to that address holds (IP_BIND_ADDRESS_NO_PORT is not Node's to set).
-      if (source !== undefined && error.syscall === 'bind') {
-        if (error.code === 'EADDRNOTAVAIL') return fail(SOURCE_ADDRESS_NOT_LOCAL, `no connection could be opened: the source address ${source} (backend.source_addresses) is not an address of this host (EADDRNOTAVAIL); not a failure of the slot`, error, 'local-resources');
-        if (error.code === 'EADDRINUSE') return fail(LOCAL_RESOURCES_EXHAUSTED, `no connection could be opened: no local port is free on the source address ${source} (EADDRINUSE; each source address has the ports of net.ipv4.ip_local_port_range, for every backend together); not a failure of the slot`, error, 'local-resources');
-      }
+      const sourceFailure = source === undefined ? undefined : sourceAddressFailure(error, source);
+      if (sourceFailure !== undefined) return fail(sourceFailure.code, sourceFailure.message, error, 'local-resources');
       const local = LOCAL_RESOURCE_CODES.get(error.code ?? '');
       if (local === undefined) fail('BACKEND_CONNECT_FAILED', error.message, error);
       else fail(LOCAL_RESOURCES_EXHAUSTED, `no connection could be opened: ${error.code}, ${local}; not a failure of the slot`, error);
