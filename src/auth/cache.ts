@@ -16,6 +16,12 @@ import type { Cancellation } from '../cancel.js';
 import type { Protocol } from '../config/schema.js';
 import type { Metrics } from '../metrics.js';
 
+/** How long a held entry's logins, once forgotten, are not looked for again (at most the cache's TTL). */
+const HELD_FORGOTTEN_MS = 60_000;
+
+/** Held entries remembered as forgotten at once (beyond them, a held login walks the cache again). */
+const HELD_FORGOTTEN_MAX = 10_000;
+
 /** A Directory that remembers successful authentications for `ttlMs`. */
 export class CachingDirectory implements Directory {
   /** A raw key: an HMAC from a Buffer key measured as fast as from a KeyObject (about 1.6 µs each in a loop). */
@@ -25,6 +31,11 @@ export class CachingDirectory implements Directory {
   private forgets = 0;
   /** The inner directory's answers depend on the protocol: keys hold it. */
   readonly byProtocol: boolean;
+  /**
+   * The DNs whose logins were forgotten because a login found the entry held, for a while: a held
+   * user's webmail logging in on every page view would otherwise walk the whole cache each time.
+   */
+  private readonly heldForgotten: LRUCache<string, true>;
 
   constructor(
     private inner: Directory,
@@ -33,6 +44,7 @@ export class CachingDirectory implements Directory {
     private readonly metrics?: Metrics,
   ) {
     this.successes = new LRUCache({ max: maxEntries, ttl: ttlMs });
+    this.heldForgotten = new LRUCache({ max: HELD_FORGOTTEN_MAX, ttl: Math.min(ttlMs, HELD_FORGOTTEN_MS) });
     this.byProtocol = inner.byProtocol === true;
   }
 
@@ -72,7 +84,17 @@ export class CachingDirectory implements Directory {
     const age = found.readAt === undefined ? 0 : performance.now() - found.readAt;
     // A held user's right password is no login to serve again: the next one asks the directory
     // (its entry cache), so that the hold is seen, and its end too, within entry_cache_ttl_ms.
-    if (found.hold === undefined && age < this.ttlMs && forgets === this.forgets) this.successes.set(key, found, { ttl: this.ttlMs - age });
+    if (found.hold === undefined) {
+      if (age < this.ttlMs && forgets === this.forgets) this.successes.set(key, found, { ttl: this.ttlMs - age });
+      return found;
+    }
+    // Held: the logins cached before the hold, under this name or another (an alias, the other
+    // protocol's key), let no client of the user back in; once a while per entry (forget walks
+    // the cache), as no login is cached for it meanwhile unless the hold was lifted.
+    if (!this.heldForgotten.has(found.dn)) {
+      this.heldForgotten.set(found.dn, true);
+      this.forget(found.user, new Set([found.dn]));
+    }
     return found;
   }
 

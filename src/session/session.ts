@@ -649,8 +649,11 @@ export class Session {
       // throttle. The user's sessions spliced on this instance (the cache of logins may have let
       // them in since the hold was set) are closed with the reason, and the cache forgets the
       // user, so that their clients do not come back in through it: nothing writes to the mailbox.
+      // Its logins under way (at their backend, or held for a master) are stopped as a kick stops
+      // them: read before the hold, they would be spliced after it was seen.
       if (found.hold !== undefined) {
         if (found.store !== null) this.store = found.store;
+        this.context.registry.userKicked(name, [found.dn]);
         const spliced = this.context.registry.ofUserAndEntries(name, [found.dn]);
         for (const entry of spliced) entry.close('kicked', found.hold);
         if (spliced.length > 0) this.context.directory().forget(name, new Set([found.dn]));
