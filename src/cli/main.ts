@@ -35,7 +35,7 @@ Commands:
   serve                 run the frontend (listeners, LDAP, store map, admin API)
   check-config [FILE]   validate a config file and its store map without starting
   stores                list stores: masters, backwards stores, slot health, sessions
-  whereis USER          a user's store, current master, address and live sessions
+  whereis USER          a user's login name, store, current master, address and live sessions
   failover STORE SLOT   make SLOT the current master of STORE (written to the store map source)
   maintenance STORE on [--reason TEXT] | off
                         put STORE in maintenance or take it out (written to the store map source)
@@ -75,8 +75,10 @@ ${REMOTE}
 `,
   whereis: `Usage: mailfront whereis USER [-c FILE]
 
-Looks USER up in the directory and prints the store, its current master and address, and the
-user's live sessions.
+Looks USER (a login name or an alias the directory's user filter matches) up in the directory
+and prints the entry's login name (the name a login goes on with: the logs' "user"), the store,
+its current master and address, and the live sessions of the entry on this instance under any
+of its names.
 ${REMOTE}
 `,
   failover: `Usage: mailfront failover STORE SLOT [-c FILE]
@@ -101,7 +103,9 @@ ${REMOTE}
 `,
   sessions: `Usage: mailfront sessions [--user USER] [--store STORE] [--slot SLOT] [-c FILE]
 
-Lists spliced sessions.
+Lists spliced sessions. --user USER is looked up in the directory, as whereis does: the sessions
+of USER's entry under any of its names (an alias USER included). When the directory does not
+answer, those under the name USER only, and a warning on stderr says so.
 ${REMOTE}
 `,
   kick: `Usage: mailfront kick USER | --slot SLOT | --session ID [-c FILE]
@@ -540,7 +544,7 @@ async function main(argv: string[]): Promise<number> {
       if (rest[0] === undefined) return usage();
       const json = await call(await remoteFrom(values), 'GET', `/api/whereis/${encodeURIComponent(rest[0])}`);
       if (values.json) return printJson(json), 0;
-      out(`user            ${String(json['user'])}\ndirectory entry ${String(json['dn'])}\nstore           ${String(json['store'] ?? '-')}\ncurrent master  ${String(json['currentMaster'] ?? '-')}\naddress         ${String(json['address'] ?? '-')} ${json['ports'] ? JSON.stringify(json['ports']) : ''}\n`);
+      out(`user            ${String(json['user'])}\nlogin name      ${String(json['loginName'] ?? '-')}\ndirectory entry ${String(json['dn'])}\nstore           ${String(json['store'] ?? '-')}\ncurrent master  ${String(json['currentMaster'] ?? '-')}\naddress         ${String(json['address'] ?? '-')} ${json['ports'] ? JSON.stringify(json['ports']) : ''}\n`);
       if (json['problem']) out(`problem         ${String(json['problem'])}\n`);
       out(sessionsTable(json['sessions'] as SessionJson[]));
       return 0;
@@ -570,6 +574,7 @@ async function main(argv: string[]): Promise<number> {
       const query = new URLSearchParams();
       for (const key of ['user', 'store', 'slot'] as const) if (values[key] !== undefined) query.set(key, values[key]);
       const json = await call(await remoteFrom(values), 'GET', `/api/sessions${query.size > 0 ? `?${query}` : ''}`);
+      if (typeof json['lookupFailed'] === 'string') process.stderr.write(`mailfront sessions: ${json['lookupFailed']}: only the sessions under the name "${String(values.user)}" are listed, not those of its entry's other names\n`);
       if (values.json) return printJson(json), 0;
       out(sessionsTable(json['sessions'] as SessionJson[]));
       return 0;

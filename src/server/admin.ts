@@ -1,13 +1,13 @@
 /**
  * The admin API: stores (masters, backwards, maintenance, slot health, session counts), sessions,
  * where a user lives, failover of a store to a named slot and its maintenance (written to the
- * source of truth), kick, and reload. JSON over HTTP, bearer-token protected; meant for loopback. Owns no state: it asks
- * the objects it is given.
+ * source of truth), kick, and reload. JSON over HTTP, bearer-token protected; meant for loopback.
+ * Owns no state: it asks the objects it is given.
  */
 import { timingSafeEqual, createHash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Directory, DirectoryUser } from '../auth/directory.js';
-import { normalizeUser } from '../auth/directory.js';
+import { entryLoginName, normalizeUser } from '../auth/directory.js';
 import type { SlotHealthMonitor } from '../backend/health.js';
 import type { UsernameConfig } from '../config/schema.js';
 import { MailfrontError, asMailfrontError } from '../errors.js';
@@ -155,6 +155,16 @@ async function adminLookup(directory: Directory, user: string): Promise<Director
   }
 }
 
+/**
+ * The name a login of `user` goes on with (the entry's own, directory.login_attribute, as the
+ * session picks it: entryLoginName()), the name the logs' `user` field and the sessions carry;
+ * null when the entry has several and none is `user` (such a login is refused).
+ */
+function loginNameOf(found: DirectoryUser, user: string, context: AdminContext): string | null {
+  const login = entryLoginName(found.loginNames ?? [], user, context.usernames());
+  return login.kind === 'name' ? login.name : login.kind === 'none' ? user : null;
+}
+
 /** Handles requests under /api/; resolves false for any other path. */
 export function createAdminHandler(context: AdminContext): (req: IncomingMessage, res: ServerResponse) => Promise<boolean> {
   return async (req, res) => {
@@ -244,8 +254,22 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
     if (user !== null && normalised === null) throw new MailfrontError('INVALID_USERNAME', 'client-protocol', 'not a valid user name');
     const store = url.searchParams.get('store');
     const slot = url.searchParams.get('slot');
-    const sessions = context.registry.all().filter((s) => (normalised === null || s.user === normalised) && (store === null || s.store === store) && (slot === null || s.slot === slot));
-    return send(res, 200, { sessions: sessions.map(sessionView) });
+    // A user is found as whereis finds one: a session carries the entry's own name (the logs'
+    // `user`), and the name asked may be an alias the user filter matched. Without an answer
+    // from the directory, the sessions under the name asked are listed, and the answer says so.
+    let ofUser: SessionEntry[] | undefined;
+    let entry: { dn: string; loginName: string | null } | null | undefined;
+    let lookupFailed: string | undefined;
+    if (normalised !== null) {
+      const found = await adminLookup(context.directory(), normalised).catch((error: unknown) => {
+        lookupFailed = asMailfrontError(error).message;
+        return null;
+      });
+      entry = found === null ? null : { dn: found.dn, loginName: loginNameOf(found, normalised, context) };
+      ofUser = context.registry.ofUserAndEntries(normalised, found === null ? [] : [found.dn]);
+    }
+    const sessions = (ofUser ?? context.registry.all()).filter((s) => (store === null || s.store === store) && (slot === null || s.slot === slot));
+    return send(res, 200, { sessions: sessions.map(sessionView), ...(entry !== undefined && lookupFailed === undefined ? { entry } : {}), ...(lookupFailed !== undefined ? { lookupFailed } : {}) });
   }
   if (method === 'GET' && resource === 'whereis' && name !== undefined && segments === 3) {
     const user = normalizeUser(name, context.usernames());
@@ -255,16 +279,29 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
     const map = context.holder.current;
     const store = found.store === null ? undefined : map.stores.get(found.store);
     const master = store?.slots.get(store.currentMaster);
+    const loginName = loginNameOf(found, user, context);
+    const problem =
+      found.store === null
+        ? 'the directory entry names no store'
+        : store === undefined
+          ? `store "${found.store}" is not in the store map`
+          : store.maintenance !== null
+            ? `store "${found.store}" is in maintenance: its logins are refused with "${store.maintenance}"`
+            : loginName === null
+              ? `the directory entry has several login names, none of them "${user}": its logins under this name are refused (USER_LOGIN_AMBIGUOUS)`
+              : null;
     return send(res, 200, {
       user,
+      loginName,
       dn: found.dn,
       store: found.store,
       currentMaster: store?.currentMaster ?? null,
       address: master ? `${master.host}` : null,
       ports: master ? { imap: master.imapPort, imaps: master.imapsPort, pop3: master.pop3Port, pop3s: master.pop3sPort, sieve: master.sievePort } : null,
       maintenance: store?.maintenance ?? null,
-      problem: found.store === null ? 'the directory entry names no store' : store === undefined ? `store "${found.store}" is not in the store map` : store.maintenance !== null ? `store "${found.store}" is in maintenance: its logins are refused with "${store.maintenance}"` : null,
-      sessions: context.registry.ofUser(user).map(sessionView),
+      problem,
+      // Every session of the entry, under whichever of its names it logged in.
+      sessions: context.registry.ofUserAndEntries(user, [found.dn]).map(sessionView),
     });
   }
   if (method === 'POST' && resource === 'stores' && name !== undefined && action === 'failover' && segments === 4) {
