@@ -776,6 +776,7 @@ export class Mailfront {
       directory: () => this.directory,
       usernames: () => this.config.usernames,
       log: this.log,
+      throttle: this.throttle,
       reload: () => this.reload(),
     });
     http.route('*', '/api', async (req, res) => {

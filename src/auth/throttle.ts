@@ -675,12 +675,17 @@ export class RedisThrottleStore implements ThrottleStore {
   }
 
   async read(subjects: readonly SubjectLimit[]): Promise<SubjectState[]> {
+    return (await this.readFrom(subjects)).states;
+  }
+
+  /** read(), saying where the states came from: Redis (with what this instance missed), or the local counters when Redis did not answer. */
+  async readFrom(subjects: readonly SubjectLimit[]): Promise<{ readonly states: SubjectState[]; readonly from: 'redis' | 'local' }> {
     const keys = subjects.map((s) => s.key);
     const reply = await this.run(READ, keys.map((k) => this.key(k)), []);
     if (reply instanceof Error) this.callRefused(reply.message);
-    if (!Array.isArray(reply)) return this.options.local.readNow(keys);
+    if (!Array.isArray(reply)) return { states: this.options.local.readNow(keys), from: 'local' };
     const shared = pairs(reply, subjects.length);
-    return subjects.map((subject, i) => this.withMissed(subject, this.uncleared.has(subject.key) ? NOTHING : shared[i] ?? NOTHING, false));
+    return { states: subjects.map((subject, i) => this.withMissed(subject, this.uncleared.has(subject.key) ? NOTHING : shared[i] ?? NOTHING, false)), from: 'redis' };
   }
 
   async addFailure(subjects: readonly SubjectLimit[], fingerprint: string): Promise<SubjectState[]> {
@@ -760,23 +765,35 @@ export class RedisThrottleStore implements ThrottleStore {
   }
 
   async clear(keys: readonly string[]): Promise<void> {
+    await this.clearFrom(keys);
+  }
+
+  /**
+   * clear(), saying whether Redis deleted the keys ('redis'), or only this instance's counters
+   * were cleared ('local': Redis down, late or refusing; it deletes them once it takes writes
+   * again, and this instance leaves its counts of them out meanwhile).
+   */
+  async clearFrom(keys: readonly string[]): Promise<'redis' | 'local'> {
     await this.options.local.clear(keys);
     await this.missed.clear(keys);
-    if (keys.length > 0) await this.del(keys);
+    return keys.length === 0 || (await this.del(keys)) ? 'redis' : 'local';
   }
 
   /**
    * Deletes subjects' keys from Redis; those it did not delete (down, no answer in time, refused)
    * wait in `uncleared` for the next 'up'. A refusal counts as a refused write does (READONLY:
    * read-only). Each key leaves `uncleared` before the DEL is sent, so that a failure sent after
-   * it (on the same connection, so run after it) is not deleted by a second one.
+   * it (on the same connection, so run after it) is not deleted by a second one. True when Redis
+   * deleted them.
    */
-  private async del(keys: readonly string[]): Promise<void> {
+  private async del(keys: readonly string[]): Promise<boolean> {
     for (const key of keys) this.uncleared.delete(key);
     const client = this.client;
     const reply = !this.usable || client === undefined ? null : await this.guard(client, client.sendCommand(['DEL', ...keys.map((k) => this.key(k))]), true);
     if (reply instanceof Error) this.callRefused(reply.message);
-    if (reply === null || reply instanceof Error) for (const key of keys) this.uncleared.set(key, true);
+    if (reply !== null && !(reply instanceof Error)) return true;
+    for (const key of keys) this.uncleared.set(key, true);
+    return false;
   }
 
   async close(): Promise<void> {
@@ -1160,6 +1177,31 @@ function plus(shared: SubjectState, missed: SubjectState | undefined): SubjectSt
   return { failures: shared.failures + missed.failures, refusedForMs: Math.max(shared.refusedForMs, missed.refusedForMs) };
 }
 
+/** A subject an operator names (whereis, unthrottle): a user (normalised), or a client address (an IP literal). */
+export type ThrottleSubject = { readonly user: string } | { readonly address: string };
+
+/**
+ * Where a subject's counts were read or cleared: `memory`, this instance's counters (no
+ * throttle.redis); `redis`, Redis, shared by every instance using it (with the failures this
+ * instance counted that Redis did not take); `local`, this instance's counters, Redis not answering.
+ */
+export type ThrottleSource = 'memory' | 'redis' | 'local';
+
+/** A subject's counts as an operator is shown them. */
+export interface SubjectReport extends SubjectState {
+  /** The counter's key: `u:` and the user, or `a:` and the address as counted (its IPv6 /64, the IPv4 address a nat64 address embeds). */
+  readonly key: string;
+  /** The failures that start a refusal (failures_per_user or failures_per_address). */
+  readonly limit: number;
+  readonly from: ThrottleSource;
+}
+
+/** What Throttle.clear() did: the counts before, and where they were cleared (see ThrottleSource). */
+export interface ThrottleRelease {
+  readonly before: SubjectReport;
+  readonly cleared: ThrottleSource;
+}
+
 /** Options of a Throttle. */
 export interface ThrottleOptions {
   /** Key of the password fingerprints; random per process by default (see the report on fleets). */
@@ -1396,6 +1438,38 @@ export class Throttle {
     }
   }
 
+  /**
+   * The counts of `subjects` now, read as a login's check reads them (from Redis within its
+   * deadline, else the local counters), for an operator (whereis); null while throttling is off.
+   */
+  async inspect(subjects: readonly ThrottleSubject[]): Promise<SubjectReport[] | null> {
+    const store = this.store;
+    if (!this.config.enabled || store === null) return null;
+    const limits = subjects.map((s) => this.subjectLimit(s));
+    const { states, from } = store instanceof RedisThrottleStore ? await store.readFrom(limits) : { states: await store.read(limits), from: 'memory' as const };
+    return limits.map(({ key, limit }, i) => ({ key, limit, ...(states[i] ?? NOTHING), from }));
+  }
+
+  /**
+   * Clears a subject's counts and refusal (mailfront unthrottle): the local counters, the failures
+   * counted apart that Redis did not take, and Redis's key, which releases it on every instance
+   * sharing Redis. Without Redis, or with Redis not taking the DEL, on this instance only (Redis
+   * deletes it once it takes writes again). Keyed as a login counts it: an IPv6 address by its /64,
+   * a nat64 one by the IPv4 address it embeds. Null while throttling is off.
+   */
+  async clear(subject: ThrottleSubject): Promise<ThrottleRelease | null> {
+    const store = this.store;
+    const [before] = (await this.inspect([subject])) ?? [];
+    if (store === null || before === undefined) return null;
+    const cleared = store instanceof RedisThrottleStore ? await store.clearFrom([before.key]) : (await store.clear([before.key]), 'memory' as const);
+    return { before, cleared };
+  }
+
+  /** The key and limit a login counts `subject` by (subjects()). */
+  private subjectLimit(subject: ThrottleSubject): SubjectLimit {
+    return 'user' in subject ? { key: userKey(subject.user), limit: this.config.failuresPerUser } : { key: addressSubjectKey(subject.address), limit: this.config.failuresPerAddress };
+  }
+
   /** Closes the store's connections. */
   close(): Promise<void> {
     this.redisReports.on = false;
@@ -1411,7 +1485,7 @@ export class Throttle {
   private subjects(attempt: LoginAttempt): (SubjectLimit & { readonly by: 'user' | 'address' })[] {
     const out: (SubjectLimit & { readonly by: 'user' | 'address' })[] = [];
     if (attempt.user !== null) out.push({ key: userKey(attempt.user), limit: this.config.failuresPerUser, by: 'user' });
-    if (!attempt.trusted) out.push({ key: `a:${addressKey(attempt.address)}`, limit: this.config.failuresPerAddress, by: 'address' });
+    if (!attempt.trusted) out.push({ key: addressSubjectKey(attempt.address), limit: this.config.failuresPerAddress, by: 'address' });
     return out;
   }
 
@@ -1448,4 +1522,8 @@ export class Throttle {
 
 function userKey(user: string): string {
   return `u:${user}`;
+}
+
+function addressSubjectKey(address: string): string {
+  return `a:${addressKey(address)}`;
 }

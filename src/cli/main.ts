@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 /**
  * The `mailfront` command line. `serve` and `check-config` work on a config file; the operator
- * commands (stores, whereis, failover, maintenance, sessions, kick, reload) talk to a running instance's
- * admin API, whose address and token they take from the same config file (or --url/--token).
+ * commands (stores, whereis, failover, maintenance, sessions, kick, unthrottle, reload) talk to a
+ * running instance's admin API, whose address and token they take from the same config file (or
+ * --url/--token).
  * Parses arguments, prints, and sets the exit code; nothing else.
  */
 // First: SIGHUP is counted, not fatal, from here on (see hangup.ts).
@@ -10,6 +11,7 @@ import { hangupsReceived, releaseHangups, releaseStops, takeStops } from './hang
 import { readFileSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
 import { caCertificatesProblem } from '../ca-file.js';
 // Heavy modules (LDAP, metrics, the server) are imported by the commands that use them, so
@@ -35,13 +37,16 @@ Commands:
   serve                 run the frontend (listeners, LDAP, store map, admin API)
   check-config [FILE]   validate a config file and its store map without starting
   stores                list stores: masters, backwards stores, slot health, sessions
-  whereis USER          a user's login name, store, current master, address and live sessions
+  whereis USER          a user's login name, store, current master, address, live sessions
+                        and throttle counts
   failover STORE SLOT   make SLOT the current master of STORE (written to the store map source)
   maintenance STORE on [--reason TEXT] | off
                         put STORE in maintenance or take it out (written to the store map source)
   sessions              list spliced sessions (--user, --store, --slot filter)
   kick USER             close USER's sessions, forget USER's cached logins (or --slot SLOT,
                         or --session ID)
+  unthrottle USER|ADDRESS
+                        clear the throttle's failures and refusal of a user or client address
   reload                re-read the config and the store map now (as SIGHUP does)
 
 'mailfront <command> --help' describes one command.
@@ -77,8 +82,10 @@ ${REMOTE}
 
 Looks USER (a login name or an alias the directory's user filter matches) up in the directory
 and prints the entry's login name (the name a login goes on with: the logs' "user"), the store,
-its current master and address, and the live sessions of the entry on this instance under any
-of its names.
+its current master and address, the live sessions of the entry on this instance under any of
+its names, and the throttle's counts of USER and of the login name (the throttle counts a user
+by the name typed): failures counted, the limit, and how long logins are refused for, read from
+Redis when the throttle shares it, else this instance's counters (the output says which).
 ${REMOTE}
 `,
   failover: `Usage: mailfront failover STORE SLOT [-c FILE]
@@ -113,6 +120,17 @@ ${REMOTE}
 Closes sessions of a user, of a slot, or one session, on this instance. For a user, also drops
 the user's cached logins and directory entry: the next login is checked against the directory
 (use it after changing or locking a password, on every instance of a fleet).
+${REMOTE}
+`,
+  unthrottle: `Usage: mailfront unthrottle USER | ADDRESS [-c FILE]
+
+Clears the throttle's failures and refusal of a user (the name the client typed, as whereis
+shows it) or of a client address (an IPv4 or IPv6 address: an IPv6 one clears its /64, a
+nat64 one the IPv4 address it embeds, as they are counted). With throttle.redis, the counts are
+deleted in Redis: released on every instance sharing it. Without it, on this instance only
+(unthrottle on each). When Redis does not answer, on this instance only, and Redis's count is
+deleted once Redis takes writes again; the output says which. A subject with nothing counted is
+said so.
 ${REMOTE}
 `,
   reload: `Usage: mailfront reload [-c FILE]
@@ -202,6 +220,51 @@ interface SessionJson {
   slot: string;
   client: string;
   startedAt: string;
+}
+
+interface ThrottleJson {
+  from: 'memory' | 'redis' | 'local';
+  users: Array<{ user: string; failures: number; limit: number; refusedForMs: number }>;
+}
+
+/** Where the throttle's counts were read or cleared, in words. */
+const THROTTLE_FROM: Readonly<Record<string, string>> = {
+  memory: "this instance's counters; without throttle.redis each instance counts alone",
+  redis: 'Redis, shared by every instance using it',
+  local: "this instance's counters: Redis did not answer",
+};
+
+/** A subject's counts, in words. */
+function throttleCounts(c: { failures: number; limit: number; refusedForMs: number }): string {
+  if (c.failures === 0 && c.refusedForMs === 0) return 'no failures counted';
+  const refused = c.refusedForMs > 0 ? `, logins refused for ${Math.ceil(c.refusedForMs / 1000)} s more` : '';
+  return `${c.failures} of ${c.limit} failures counted${refused}`;
+}
+
+/** whereis's throttle lines: each name's counts, then where they were read. */
+function throttleLines(throttle: ThrottleJson | null | undefined): string {
+  if (throttle === undefined) return '';
+  if (throttle === null) return 'throttle        off\n';
+  const lines = throttle.users.map((u, i) => `${i === 0 ? 'throttle       ' : '               '} ${u.user}: ${throttleCounts(u)}${u.refusedForMs > 0 ? ` (mailfront unthrottle ${u.user})` : ''}`);
+  return `${lines.join('\n')}\n                read from ${THROTTLE_FROM[throttle.from] ?? throttle.from}\n`;
+}
+
+/** unthrottle's answer in words. */
+function unthrottled(json: Record<string, unknown>): string {
+  const subject = typeof json['address'] === 'string' ? `address ${json['address']}${json['key'] !== `a:${json['address']}` && typeof json['key'] === 'string' ? ` (counted as ${json['key'].slice(2)})` : ''}` : `user ${String(json['user'])}`;
+  if (json['throttle'] === 'off') return `${subject}: throttling is off (throttle.enabled false): nothing is counted`;
+  const before = json['before'] as { failures: number; limit: number; refusedForMs: number; from: string };
+  if (before.failures === 0 && before.refusedForMs === 0) {
+    const later = json['cleared'] === 'local' ? "; Redis's count, if it holds one, is deleted once it takes writes again" : '';
+    return `${subject}: nothing to clear: ${throttleCounts(before)} (read from ${THROTTLE_FROM[before.from] ?? before.from})${later}`;
+  }
+  const where =
+    json['cleared'] === 'redis'
+      ? 'in Redis: released on every instance sharing it'
+      : json['cleared'] === 'local'
+        ? "on this instance only: Redis did not take the change (other instances still count the subject); Redis's count is deleted once it takes writes again"
+        : 'on this instance (no throttle.redis: unthrottle on each instance)';
+  return `${subject}: cleared ${throttleCounts(before)} ${where}`;
 }
 
 function sessionsTable(sessions: SessionJson[]): string {
@@ -340,11 +403,12 @@ const COMMAND_OPTIONS: Readonly<Record<string, readonly (keyof typeof OPTIONS)[]
   maintenance: [...REMOTE_OPTIONS, 'reason'],
   sessions: [...REMOTE_OPTIONS, 'user', 'store', 'slot'],
   kick: [...REMOTE_OPTIONS, 'slot', 'session'],
+  unthrottle: REMOTE_OPTIONS,
   reload: REMOTE_OPTIONS,
 };
 
 /** How many arguments each command takes after its name (kick checks its own). */
-const MAX_ARGUMENTS: Readonly<Record<string, number>> = { serve: 1, 'check-config': 1, stores: 0, whereis: 1, failover: 2, maintenance: 2, sessions: 0, reload: 0 };
+const MAX_ARGUMENTS: Readonly<Record<string, number>> = { serve: 1, 'check-config': 1, stores: 0, whereis: 1, failover: 2, maintenance: 2, sessions: 0, unthrottle: 1, reload: 0 };
 
 /** How long a stopping server waits for its log lines to reach a log reader that is slow. */
 const LOG_FLUSH_AT_EXIT_MS = 5_000;
@@ -546,6 +610,7 @@ async function main(argv: string[]): Promise<number> {
       if (values.json) return printJson(json), 0;
       out(`user            ${String(json['user'])}\nlogin name      ${String(json['loginName'] ?? '-')}\ndirectory entry ${String(json['dn'])}\nstore           ${String(json['store'] ?? '-')}\ncurrent master  ${String(json['currentMaster'] ?? '-')}\naddress         ${String(json['address'] ?? '-')} ${json['ports'] ? JSON.stringify(json['ports']) : ''}\n`);
       if (json['problem']) out(`problem         ${String(json['problem'])}\n`);
+      out(throttleLines(json['throttle'] as ThrottleJson | null | undefined));
       out(sessionsTable(json['sessions'] as SessionJson[]));
       return 0;
     }
@@ -593,6 +658,16 @@ async function main(argv: string[]): Promise<number> {
       if (values.json) return printJson(json), 0;
       const forgotten = typeof json['forgotten'] === 'number' ? `, forgot ${json['forgotten']} cached item(s) of the user` : '';
       out(`closed ${(json['kicked'] as unknown[]).length} session(s)${forgotten}\n`);
+      return 0;
+    }
+    case 'unthrottle': {
+      const subject = rest[0];
+      if (subject === undefined) return usage();
+      // A user name is never an IP literal that a client would type: an address is one.
+      const body = isIP(subject.trim()) !== 0 ? { address: subject } : { user: subject };
+      const json = await call(await remoteFrom(values), 'POST', '/api/unthrottle', body);
+      if (values.json) return printJson(json), 0;
+      out(`${unthrottled(json)}\n`);
       return 0;
     }
     case 'reload': {

@@ -1,13 +1,16 @@
 /**
  * The admin API: stores (masters, backwards, maintenance, slot health, session counts), sessions,
- * where a user lives, failover of a store to a named slot and its maintenance (written to the
- * source of truth), kick, and reload. JSON over HTTP, bearer-token protected; meant for loopback.
- * Owns no state: it asks the objects it is given.
+ * where a user lives (with the throttle's counts of the user), failover of a store to a named
+ * slot and its maintenance (written to the source of truth), kick, unthrottle, and reload. JSON
+ * over HTTP, bearer-token protected; meant for loopback. Owns no state: it asks the objects it is
+ * given.
  */
 import { timingSafeEqual, createHash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { isIP } from 'node:net';
 import type { Directory, DirectoryUser } from '../auth/directory.js';
 import { entryLoginName, normalizeUser } from '../auth/directory.js';
+import type { SubjectReport, Throttle, ThrottleSource } from '../auth/throttle.js';
 import type { SlotHealthMonitor } from '../backend/health.js';
 import type { UsernameConfig } from '../config/schema.js';
 import { MailfrontError, asMailfrontError } from '../errors.js';
@@ -25,6 +28,8 @@ export interface AdminContext {
   readonly directory: () => Directory;
   readonly usernames: () => UsernameConfig;
   readonly log: Logger;
+  /** The auth-failure throttle (whereis shows a user's counts, unthrottle clears them); absent in contexts built for tests of other endpoints. */
+  readonly throttle?: Throttle;
   /** Re-reads the config file and the store map now, as SIGHUP does (`mailfront reload`). */
   readonly reload: () => Promise<{ readonly ok: boolean; readonly error?: string; readonly storeMap: ReloadResult }>;
 }
@@ -165,6 +170,13 @@ function loginNameOf(found: DirectoryUser, user: string, context: AdminContext):
   return login.kind === 'name' ? login.name : login.kind === 'none' ? user : null;
 }
 
+/** The throttle's counts of `users` (names typed: the throttle counts a user by the name typed), or null while throttling is off. */
+async function throttleView(context: AdminContext, users: readonly string[]): Promise<{ from: ThrottleSource; users: Array<Omit<SubjectReport, 'key' | 'from'> & { user: string }> } | null> {
+  const reports = (await context.throttle?.inspect(users.map((user) => ({ user })))) ?? null;
+  if (reports === null) return null;
+  return { from: reports[0]?.from ?? 'memory', users: reports.map(({ failures, limit, refusedForMs }, i) => ({ user: users[i]!, failures, limit, refusedForMs })) };
+}
+
 /** Handles requests under /api/; resolves false for any other path. */
 export function createAdminHandler(context: AdminContext): (req: IncomingMessage, res: ServerResponse) => Promise<boolean> {
   return async (req, res) => {
@@ -235,6 +247,22 @@ async function kickUser(context: AdminContext, user: string): Promise<{ sessions
   return { sessions, forgotten };
 }
 
+/** The subject an unthrottle names: `{"user"}` (normalised as a login's name is) or `{"address"}` (an IP address, as the throttle counts it). */
+function throttleSubjectOf(body: Record<string, unknown>, context: AdminContext): { user: string } | { address: string } {
+  const { user, address } = body;
+  if (typeof user === 'string' && address === undefined) {
+    const normalised = normalizeUser(user, context.usernames());
+    if (normalised === null) throw new MailfrontError('INVALID_USERNAME', 'client-protocol', 'not a valid user name');
+    return { user: normalised };
+  }
+  if (typeof address === 'string' && user === undefined) {
+    const trimmed = address.trim();
+    if (isIP(trimmed) === 0) throw new MailfrontError('ADMIN_BAD_REQUEST', 'client-protocol', `"${address.slice(0, 64)}" is not an IP address`);
+    return { address: trimmed };
+  }
+  throw new MailfrontError('ADMIN_BAD_REQUEST', 'client-protocol', 'body must be {"user": "<user name>"} or {"address": "<client IP address>"}');
+}
+
 async function route(context: AdminContext, req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
   const parts = url.pathname.split('/').filter(Boolean).map(decodePathPart); // ['api', ...]
   // HEAD is GET without the body (RFC 9110 §9.3.2); node sends no body to a HEAD request.
@@ -302,6 +330,8 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
       problem,
       // Every session of the entry, under whichever of its names it logged in.
       sessions: context.registry.ofUserAndEntries(user, [found.dn]).map(sessionView),
+      // The throttle counts the name typed: the name asked, and the entry's own when another.
+      throttle: await throttleView(context, loginName === null || loginName === user ? [user] : [user, loginName]),
     });
   }
   if (method === 'POST' && resource === 'stores' && name !== undefined && action === 'failover' && segments === 4) {
@@ -349,6 +379,16 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
     }
     context.log.warn({ event: 'admin.kick', user: body['user'], slot: body['slot'], session: body['session'], sessions: sessions.length, forgotten }, 'kick requested through the admin API');
     return send(res, 200, { kicked: sessions.map(sessionView), ...(forgotten !== undefined ? { forgotten } : {}) });
+  }
+  if (method === 'POST' && resource === 'unthrottle' && segments === 2) {
+    const body = await readJson(req);
+    const subject = throttleSubjectOf(body, context);
+    const throttle = context.throttle;
+    const release = throttle === undefined ? null : await throttle.clear(subject);
+    if (release === null) return send(res, 200, { ...subject, throttle: 'off' });
+    const { key, failures, limit, refusedForMs, from } = release.before;
+    context.log.info({ event: 'admin.unthrottled', ...subject, key, failures, refusedForMs, read: from, cleared: release.cleared }, 'throttle counts cleared through the admin API');
+    return send(res, 200, { ...subject, key, before: { failures, limit, refusedForMs, from }, cleared: release.cleared });
   }
   if (method === 'POST' && resource === 'reload' && segments === 2) {
     const { ok, error, storeMap } = await context.reload();
