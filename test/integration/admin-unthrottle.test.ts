@@ -21,7 +21,9 @@ const run = promisify(execFile);
 const PASSWORD = 'Unthrottle-pw-51c7e';
 const WRONG = ['Unthrottle-wrong-1a', 'Unthrottle-wrong-2b', 'Unthrottle-wrong-3c', 'Unthrottle-wrong-4d', 'Unthrottle-wrong-5e'] as const;
 const KEY_PREFIX = 'mf-unthrottle:';
-const USERS = ['frank', 'gina', 'hank', 'ivy'] as const;
+const USERS = ['frank', 'gina', 'hank', 'ivy', 'judy'] as const;
+/** An alias of judy's that the user filter matches. */
+const ALIAS = 'j.doe@example.com';
 const FAILURES_PER_USER = 3;
 const FAILURES_PER_ADDRESS = 5;
 const THROTTLE = {
@@ -46,7 +48,7 @@ let shared: [Front, Front];
 before(async () => {
   registerPasswords(PASSWORD, ...WRONG);
   [slapd, dovecot, redis] = await Promise.all([
-    startSlapd({ users: USERS.map((uid) => ({ uid, password: PASSWORD, store: 'alpha' })) }),
+    startSlapd({ users: USERS.map((uid) => ({ uid, password: PASSWORD, store: 'alpha', ...(uid === 'judy' ? { mail: ALIAS } : {}) })) }),
     startDovecot({ name: 'unthrottle', users: USERS.map((name) => ({ name, password: PASSWORD })) }),
     startRedis(),
   ]);
@@ -54,6 +56,7 @@ before(async () => {
     ({
       slapd,
       stores: { alpha: { currentMaster: 'a1', slots: { a1: { imapPort: dovecot.imapPort } } } },
+      directory: { user_filter: '(&(objectClass=inetOrgPerson)(|(uid={user})(mail={user})))', login_attribute: 'uid' },
       // The test's own connections (127.0.0.1) are a webmail server: not counted per address, and their ID x-originating-ip is believed.
       trustedNetworks: ['127.0.0.1/32'],
       throttle,
@@ -134,6 +137,17 @@ describe('a user locked out by the throttle', () => {
 
     assert.match((await login(alone, 'frank', PASSWORD)).line, /^OK /);
     assert.match((await cli(alone, 'whereis', 'frank')).stdout, /^throttle +frank: no failures counted$/m);
+  });
+
+  test('whereis of an alias shows the counts of the name typed and of the login name; unthrottle of the alias releases it', async () => {
+    await fail(alone, ALIAS, FAILURES_PER_USER);
+    assert.match((await login(alone, ALIAS, PASSWORD)).line, LIMIT);
+    // The throttle counts the name typed: judy's own name is not refused.
+    const whereis = await cli(alone, 'whereis', ALIAS);
+    assert.match(whereis.stdout, /^throttle +j\.doe@example\.com: 3 of 3 failures counted, logins refused for \d+ s more \(mailfront unthrottle j\.doe@example\.com\)\n +judy: no failures counted$/m, whereis.stdout);
+    assert.deepEqual((await api(alone, 'GET', `/api/whereis/${ALIAS}`)).json['throttle'].users.map((u: { user: string }) => u.user), [ALIAS, 'judy']);
+    assert.match((await cli(alone, 'unthrottle', ALIAS)).stdout, /^user j\.doe@example\.com: cleared 3 of 3 failures counted/);
+    assert.match((await login(alone, ALIAS, PASSWORD)).line, /^OK /);
   });
 
   test('through Redis: shown from Redis on the other instance, released on both by one unthrottle', async () => {
