@@ -934,7 +934,7 @@ export class LdapDirectory implements Directory {
       // Without a protocol (whereis, kick), the user of any protocol: the protocols in turn, the first entry found.
       for (const each of protocol === undefined && this.byProtocol ? PROTOCOLS : [protocol]) {
         const found = await this.search(user, each, 'tooling');
-        if (found !== null) return { user, loginNames: found.loginNames, dn: found.dn, store: found.store };
+        if (found !== null) return { user, loginNames: found.loginNames, dn: found.dn, store: found.store, ...(found.hold.reason !== null ? { hold: found.hold.reason } : {}) };
       }
       return null;
     })();

@@ -309,15 +309,17 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
     const master = store?.slots.get(store.currentMaster);
     const loginName = loginNameOf(found, user, context);
     const problem =
-      found.store === null
-        ? 'the directory entry names no store'
-        : store === undefined
-          ? `store "${found.store}" is not in the store map`
-          : store.maintenance !== null
-            ? `store "${found.store}" is in maintenance: its logins are refused with "${store.maintenance}"`
-            : loginName === null
-              ? `the directory entry has several login names, none of them "${user}": its logins under this name are refused (USER_LOGIN_AMBIGUOUS)`
-              : null;
+      found.hold !== undefined
+        ? `the directory holds the user (directory.hold_attribute): its logins are refused with "${found.hold}"`
+        : found.store === null
+          ? 'the directory entry names no store'
+          : store === undefined
+            ? `store "${found.store}" is not in the store map`
+            : store.maintenance !== null
+              ? `store "${found.store}" is in maintenance: its logins are refused with "${store.maintenance}"`
+              : loginName === null
+                ? `the directory entry has several login names, none of them "${user}": its logins under this name are refused (USER_LOGIN_AMBIGUOUS)`
+                : null;
     return send(res, 200, {
       user,
       loginName,
@@ -327,6 +329,7 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
       address: master ? `${master.host}` : null,
       ports: master ? { imap: master.imapPort, imaps: master.imapsPort, pop3: master.pop3Port, pop3s: master.pop3sPort, sieve: master.sievePort } : null,
       maintenance: store?.maintenance ?? null,
+      held: found.hold ?? null,
       problem,
       // Every session of the entry, under whichever of its names it logged in.
       sessions: context.registry.ofUserAndEntries(user, [found.dn]).map(sessionView),

@@ -178,6 +178,11 @@ describe('a user held by the directory, caches off', () => {
       assert.deepEqual(dials(front, mark), [], 'no slot was dialled');
       assert.deepEqual(front.logs.slice(mark).filter((l) => l['event'] === 'throttle.refusing'), []);
       assert.equal(front.logs.slice(mark).filter((l) => l['event'] === 'session.login_failed' && l['kind'] === 'held').length, 4);
+      // whereis says why the user's logins are refused.
+      const { port } = front.mailfront.httpAddress()!;
+      const whereis = (await (await fetch(`http://127.0.0.1:${port}/api/whereis/ann`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json()) as Record<string, unknown>;
+      assert.equal(whereis['held'], REASON);
+      assert.equal(whereis['problem'], `the directory holds the user (directory.hold_attribute): its logins are refused with "${REASON}"`);
     } finally {
       await a1.startAgain();
       await setHold('ann', undefined);
