@@ -43,6 +43,7 @@ import { sameServer } from './routing/storemap.js';
 import type { Slot, StoreMap } from './routing/storemap.js';
 import { createAdminHandler } from './server/admin.js';
 import { Listener, needsRebind } from './server/listeners.js';
+import { TlsFilesError } from './server/tls-config.js';
 import { LoginGate } from './auth/login-gate.js';
 
 const ADAPTERS: Record<Config['listeners'][number]['protocol'], ProtocolAdapter> = { imap: imapAdapter, pop3: pop3Adapter, managesieve: managesieveAdapter };
@@ -157,7 +158,8 @@ function buildsWith(doc: unknown, origin: string, config: Config): boolean {
  */
 function atListener(error: unknown, index: number, listener: Config['listeners'][number]): unknown {
   if (!(error instanceof MailfrontError) || error.code !== 'TLS_FILES_UNUSABLE') return error;
-  return new MailfrontError(error.code, error.kind, `listeners[${index}] ("${listener.name}").certificate: ${error.message}`, { cause: error });
+  const key = error instanceof TlsFilesError ? error.configKey : 'certificate';
+  return new MailfrontError(error.code, error.kind, `listeners[${index}] ("${listener.name}").${key}: ${error.message}`, { cause: error });
 }
 
 /**

@@ -273,34 +273,44 @@ function sessionsTable(sessions: SessionJson[]): string {
 }
 
 /**
- * Loads each listener's certificate and key as serve does (a TlsContextHolder with the config's
- * policy: the files read, the key matched to the certificate; nothing bound), so that check-config
- * finds what would stop serve. A file that cannot be read is named on its own, once, under the
- * first listener naming it (as CA files are).
+ * Loads each listener's certificates and keys as serve does (a TlsContextHolder with the config's
+ * policy: the files read, each key matched to its certificate, a certificate listed where no
+ * client would be given it refused; nothing bound), so that check-config finds what would stop
+ * serve. A file that cannot be read is named on its own, once, under the first listener naming it
+ * (as CA files are).
  */
 async function checkListenerCertificates(config: import('../config/schema.js').Config): Promise<import('../config/validate.js').ConfigIssue[]> {
-  const { TlsContextHolder } = await import('../server/tls-config.js');
+  const { TlsContextHolder, TlsFilesError } = await import('../server/tls-config.js');
   const issues: import('../config/validate.js').ConfigIssue[] = [];
   const readable = new Map<string, boolean>();
   config.listeners.forEach((listener, i) => {
-    const files = listener.certificate;
-    if (files === undefined) return;
-    const path = `listeners[${i}].certificate`;
-    for (const key of ['cert', 'key'] as const) {
-      if (readable.has(files[key])) continue;
-      try {
-        readFileSync(files[key]);
-        readable.set(files[key], true);
-      } catch (error) {
-        readable.set(files[key], false);
-        issues.push({ path: `${path}.${key}`, expected: `a readable file (${files[key]})`, found: (error as NodeJS.ErrnoException).code ?? String(error) });
+    const given = listener.certificates ?? listener.certificate;
+    if (given === undefined) return;
+    const list = listener.certificates ?? [given as import('../config/schema.js').TlsFiles];
+    const pathOf = (j: number): string => (listener.certificates !== undefined ? `listeners[${i}].certificates[${j}]` : `listeners[${i}].certificate`);
+    let allReadable = true;
+    list.forEach((files, j) => {
+      for (const key of ['cert', 'key'] as const) {
+        if (readable.has(files[key])) {
+          allReadable &&= readable.get(files[key]) === true;
+          continue;
+        }
+        try {
+          readFileSync(files[key]);
+          readable.set(files[key], true);
+        } catch (error) {
+          readable.set(files[key], false);
+          allReadable = false;
+          issues.push({ path: `${pathOf(j)}.${key}`, expected: `a readable file (${files[key]})`, found: (error as NodeJS.ErrnoException).code ?? String(error) });
+        }
       }
-    }
-    if (!readable.get(files.cert) || !readable.get(files.key)) return;
+    });
+    if (!allReadable) return;
     try {
-      new TlsContextHolder(files, config.tls);
+      new TlsContextHolder(given, config.tls);
     } catch (error) {
-      issues.push({ path, expected: 'a PEM certificate and the key that belongs to it, usable with the tls policy', found: error instanceof Error ? error.message : String(error) });
+      const path = error instanceof TlsFilesError && listener.certificates !== undefined ? `listeners[${i}].${error.configKey}` : `listeners[${i}].certificate`;
+      issues.push({ path, expected: listener.certificates !== undefined ? 'PEM certificates, each with the key that belongs to it, usable with the tls policy, and each for a name no certificate before it is for' : 'a PEM certificate and the key that belongs to it, usable with the tls policy', found: error instanceof Error ? error.message : String(error) });
     }
   });
   return issues;

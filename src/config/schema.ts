@@ -63,7 +63,13 @@ export interface ListenerConfig {
   readonly tls: ListenerTls;
   /** Accept plaintext credentials without TLS (a trusted network, e.g. a webmail server). */
   readonly plaintextWithoutTls: boolean;
+  /** The one certificate served (`certificate:`); never with `certificates`. */
   readonly certificate?: TlsFiles;
+  /**
+   * Certificates chosen by the server name a client asks for (SNI), the first the default
+   * (`certificates:`, never empty); never with `certificate`.
+   */
+  readonly certificates?: readonly TlsFiles[];
   /** PROXY protocol from trusted load balancers (absent: none accepted). */
   readonly proxyProtocol?: ProxyListenerConfig;
 }
@@ -409,7 +415,7 @@ function readListeners(v: unknown, resolvePath: (p: string) => string, bindings:
   const seenNames = new Map<string, string>();
   return v.map((item, i) => {
     const path = at('listeners', i);
-    const section = readSection(item, path, ['name', 'protocol', 'host', 'port', 'tls', 'plaintext_without_tls', 'certificate', 'proxy_protocol'], issues);
+    const section = readSection(item, path, ['name', 'protocol', 'host', 'port', 'tls', 'plaintext_without_tls', 'certificate', 'certificates', 'proxy_protocol'], issues);
     const o = section ?? {};
     const proxyProtocol = readProxyConfig(o['proxy_protocol'], at(path, 'proxy_protocol'), issues, (n) => parseCidr(n) !== null);
     const protocol = oneOf<Protocol>(o, 'protocol', path, issues, PROTOCOLS);
@@ -431,12 +437,22 @@ function readListeners(v: unknown, resolvePath: (p: string) => string, bindings:
       if (named !== undefined) issues.add(at(path, 'name'), `a name no other listener has (${named} has it${o['name'] === undefined ? '; the default name is <protocol>-<port>, so listeners on one port need names of their own' : ''})`, name);
       seenNames.set(name, path);
     }
+    const readFiles = (v: unknown, filesPath: string): TlsFiles => {
+      const c = readSection(v, filesPath, ['cert', 'key'], issues) ?? {};
+      return { cert: resolvePath(str(c, 'cert', filesPath, issues)), key: resolvePath(str(c, 'key', filesPath, issues)) };
+    };
     let certificate: TlsFiles | undefined;
-    if (o['certificate'] !== undefined) {
-      const c = readSection(o['certificate'], at(path, 'certificate'), ['cert', 'key'], issues) ?? {};
-      certificate = { cert: resolvePath(str(c, 'cert', at(path, 'certificate'), issues)), key: resolvePath(str(c, 'key', at(path, 'certificate'), issues)) };
+    let certificates: TlsFiles[] | undefined;
+    if (o['certificate'] !== undefined && o['certificates'] !== undefined) {
+      issues.add(at(path, 'certificates'), 'either certificate (one) or certificates (a list), not both', o['certificates']);
+    } else if (o['certificate'] !== undefined) {
+      certificate = readFiles(o['certificate'], at(path, 'certificate'));
+    } else if (o['certificates'] !== undefined) {
+      const list = o['certificates'];
+      if (!Array.isArray(list) || list.length === 0) issues.add(at(path, 'certificates'), 'a non-empty list of {cert, key} (the first is served to clients that ask for no name, or one no certificate has)', list);
+      else certificates = list.map((item, j) => readFiles(item, at(at(path, 'certificates'), j)));
     } else if (tls !== 'none') {
-      issues.add(at(path, 'certificate'), `cert and key files (tls is "${tls}")`, undefined);
+      issues.add(at(path, 'certificate'), `cert and key files (tls is "${tls}"), or certificates: a list of them`, undefined);
     }
     const plaintextWithoutTls = bool(o, 'plaintext_without_tls', path, issues, false);
     // Without TLS and without plaintext logins nothing can log in: IMAP says LOGINDISABLED, POP3's
@@ -454,6 +470,7 @@ function readListeners(v: unknown, resolvePath: (p: string) => string, bindings:
       tls,
       plaintextWithoutTls,
       ...(certificate ? { certificate } : {}),
+      ...(certificates ? { certificates } : {}),
       ...(proxyProtocol ? { proxyProtocol } : {}),
     };
   });

@@ -19,7 +19,7 @@ import { Session } from '../session/session.js';
 import type { SessionContext } from '../session/session.js';
 import { acceptProxyHeader, socketEndpoints } from './proxy-protocol.js';
 import { TlsContextHolder } from './tls-config.js';
-import type { CertificateInfo } from './tls-config.js';
+import type { CertificateInfo, ListenerCertificates } from './tls-config.js';
 import type { ConnectionEndpoints } from './proxy-protocol.js';
 import type { ConnectionLimiter } from './connection-limits.js';
 import { CLOSE_GRACE_MS, REFUSED_LOG_INTERVAL_MS } from '../limits.js';
@@ -130,10 +130,23 @@ export function needsRebind(a: ListenerConfig, b: ListenerConfig): boolean {
   return a.host !== b.host || a.port !== b.port || a.protocol !== b.protocol || a.tls !== b.tls;
 }
 
-/** `config` with `certificate` in place of its own (none when undefined). */
-function withCertificate(config: ListenerConfig, certificate: ListenerConfig['certificate']): ListenerConfig {
-  const { certificate: _ignored, ...rest } = config;
-  return certificate === undefined ? rest : { ...rest, certificate };
+/** The certificates a listener's config names, as it names them (`certificate` or `certificates`); undefined for none. */
+function certificatesOf(config: ListenerConfig): ListenerCertificates | undefined {
+  return config.certificates ?? config.certificate;
+}
+
+/** `config` with the certificates of `from` in place of its own. */
+function withCertificatesOf(config: ListenerConfig, from: ListenerConfig): ListenerConfig {
+  const { certificate: _one, certificates: _list, ...rest } = config;
+  return { ...rest, ...(from.certificate !== undefined ? { certificate: from.certificate } : {}), ...(from.certificates !== undefined ? { certificates: from.certificates } : {}) };
+}
+
+/**
+ * What the logs say of a certificate: subject, validity, fingerprint, and with several (SNI) the
+ * file and the names it is chosen for.
+ */
+function certificateFields(certificate: CertificateInfo, of: number): Record<string, unknown> {
+  return { subject: certificate.subject, validTo: certificate.validTo, fingerprint: certificate.fingerprint256, ...(of > 1 ? { file: certificate.file, names: certificate.names } : {}) };
 }
 
 /** One bound listener and the sessions it accepted. */
@@ -149,15 +162,17 @@ export class Listener {
   constructor(
     private listenerConfig: ListenerConfig,
     private readonly adapter: ProtocolAdapter,
-    private readonly context: Omit<SessionContext, 'secureContext'>,
+    private readonly context: Omit<SessionContext, 'secureContext' | 'sniCallback'>,
     private readonly log: Logger,
   ) {
-    this.tls = listenerConfig.certificate ? new TlsContextHolder(listenerConfig.certificate, context.config().tls) : undefined;
+    const certificates = certificatesOf(listenerConfig);
+    this.tls = certificates !== undefined ? new TlsContextHolder(certificates, context.config().tls) : undefined;
     this.proxyTrusted = new CidrSet(listenerConfig.proxyProtocol?.trustedNetworks ?? []);
     this.refusedLog = refusedLogOf(context.limiter, log);
     this.sessionContext = {
       ...context,
       secureContext: () => this.tls?.context,
+      sniCallback: () => this.tls?.sniCallback,
       onEnd: (reason, session) => {
         this.sessions.delete(session);
         context.onEnd?.(reason, session);
@@ -172,33 +187,36 @@ export class Listener {
 
   /**
    * Takes new settings that need no new socket (certificate files re-read, TLS policy, PROXY
-   * networks, plaintext policy); new sessions use them. A certificate that cannot be used is
-   * reported and the working one stays.
+   * networks, plaintext policy); new sessions use them. Certificates that cannot be used are
+   * reported and the working ones stay, all of them.
    */
   reconfigure(next: ListenerConfig): void {
     const policy = this.context.config().tls;
     // What cannot fail is taken first, so that a certificate that cannot be used holds back
-    // nothing else. Until a new certificate is in force, the config in force names the files of
-    // the one that is: the next reload then tries the new files again.
-    const loaded = this.listenerConfig.certificate;
+    // nothing else. Until new certificates are in force, the config in force names the files of
+    // the ones that are: the next reload then tries the new files again.
+    const inForce = this.listenerConfig;
     this.proxyTrusted = new CidrSet(next.proxyProtocol?.trustedNetworks ?? []);
-    this.listenerConfig = withCertificate(next, loaded);
-    if (next.certificate === undefined) this.tls = undefined;
-    else if (this.tls === undefined || next.certificate.cert !== loaded?.cert || next.certificate.key !== loaded.key) {
-      // Other files in place of a working certificate: an expired one is refused, as on a re-read.
-      this.tls = this.tls === undefined ? new TlsContextHolder(next.certificate, policy) : this.tls.replacedBy(next.certificate, policy);
-      this.logCertificate(next.name, this.tls.certificate);
+    this.listenerConfig = withCertificatesOf(next, inForce);
+    const files = certificatesOf(next);
+    if (files === undefined) this.tls = undefined;
+    else if (this.tls === undefined || !this.tls.reads(files)) {
+      // Other files in place of working certificates: an expired one is refused, as on a re-read.
+      this.tls = this.tls === undefined ? new TlsContextHolder(files, policy) : this.tls.replacedBy(files, policy);
+      this.logCertificates(next.name, this.tls.certificates);
     } else {
       const result = this.tls.reload(policy);
       if (!result.ok) throw result.error;
-      this.logCertificate(next.name, result.certificate);
+      this.logCertificates(next.name, result.certificates);
     }
     this.listenerConfig = next;
   }
 
-  /** Which certificate a listener serves from now on (a reload re-read it, or took other files). */
-  private logCertificate(listener: string, certificate: CertificateInfo): void {
-    this.log.info({ event: 'listener.certificate_reloaded', listener, subject: certificate.subject, validTo: certificate.validTo, fingerprint: certificate.fingerprint256 }, 'certificate reloaded');
+  /** Which certificates a listener serves from now on (a reload re-read them, or took other files): one line each. */
+  private logCertificates(listener: string, certificates: readonly CertificateInfo[]): void {
+    for (const certificate of certificates) {
+      this.log.info({ event: 'listener.certificate_reloaded', listener, ...certificateFields(certificate, certificates.length) }, 'certificate reloaded');
+    }
   }
 
   /** The address actually bound (useful with port 0 in tests). */
@@ -272,7 +290,8 @@ export class Listener {
         goneBeforeTls();
         return void raw.destroy();
       }
-      const secure = new TLSSocket(raw, { isServer: true, secureContext });
+      const SNICallback = this.tls?.sniCallback;
+      const secure = new TLSSocket(raw, { isServer: true, secureContext, ...(SNICallback !== undefined ? { SNICallback } : {}) });
       // No session exists yet: a failed handshake is counted and logged here, once (an error is followed by a close).
       let settled = false;
       let errorMessage = '';
@@ -368,8 +387,9 @@ export class Listener {
       server.listen({ host: config.host, port: config.port, backlog: LISTEN_BACKLOG }, () => {
         server.off('error', onError);
         server.on('error', (error) => this.log.error({ event: 'listener.error', listener: config.name, err: error.message }, 'listener error'));
-        const certificate = this.tls?.certificate;
-        this.log.info({ event: 'listener.bound', listener: config.name, protocol: config.protocol, address: `${config.host}:${this.address().port}`, tls: config.tls, proxyProtocol: config.proxyProtocol !== undefined, ...(certificate !== undefined ? { subject: certificate.subject, validTo: certificate.validTo, fingerprint: certificate.fingerprint256 } : {}) }, 'listening');
+        const certificates = this.tls?.certificates ?? [];
+        const certificate = certificates[0];
+        this.log.info({ event: 'listener.bound', listener: config.name, protocol: config.protocol, address: `${config.host}:${this.address().port}`, tls: config.tls, proxyProtocol: config.proxyProtocol !== undefined, ...(certificate !== undefined ? certificateFields(certificate, certificates.length) : {}), ...(certificates.length > 1 ? { certificates: certificates.map((c) => certificateFields(c, certificates.length)) } : {}) }, 'listening');
         resolve();
       });
     });

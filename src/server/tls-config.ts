@@ -1,13 +1,14 @@
 /**
  * TLS for client-facing listeners: the policy (lowest protocol version, cipher list, whose cipher
- * order wins) read from config with safe defaults, and a holder of the certificate and key as a
- * SecureContext that can be reloaded (SIGHUP) without ever giving up a working one.
+ * order wins) read from config with safe defaults, and a holder of a listener's certificates and
+ * keys as SecureContexts, picked by the server name a client asks for (SNI), that can be reloaded
+ * (SIGHUP) without ever giving up working ones.
  * Must not: log, bind sockets, or watch files (the caller decides when to reload and what to say).
  */
 import { readFileSync } from 'node:fs';
 import { X509Certificate, constants, createPrivateKey } from 'node:crypto';
 import { createSecureContext } from 'node:tls';
-import type { SecureContext, SecureContextOptions } from 'node:tls';
+import type { SecureContext, SecureContextOptions, TlsOptions } from 'node:tls';
 import type { TlsFiles } from '../config/schema.js';
 import { IssueList, at, bool, oneOf, readSection, str } from '../config/validate.js';
 import { MailfrontError } from '../errors.js';
@@ -70,38 +71,154 @@ function policyOptions(policy: TlsPolicy): SecureContextOptions {
   return { minVersion: policy.minVersion, ciphers: policy.ciphers, honorCipherOrder: policy.honorCipherOrder, secureOptions: constants.SSL_OP_NO_RENEGOTIATION };
 }
 
-/** Facts about the certificate in force, for logs and metrics. */
+/** Facts about a certificate in force, for logs and metrics. */
 export interface CertificateInfo {
   readonly subject: string;
   readonly validFrom: Date;
   readonly validTo: Date;
   readonly fingerprint256: string;
+  /** The certificate file, as the config names it (resolved). */
+  readonly file: string;
+  /**
+   * The DNS names it is for, lower-cased: its subjectAltName's DNS entries, or its subject's CN
+   * when it has none (RFC 6125 section 6.4.4, as browsers do).
+   */
+  readonly names: readonly string[];
+}
+
+/** A listener's certificates as its config gives them: one (`certificate`), or a list (`certificates`, the first the default). */
+export type ListenerCertificates = TlsFiles | readonly TlsFiles[];
+
+/** Node's SNICallback: the context for the server name a client asked for. */
+export type SniCallback = NonNullable<TlsOptions['SNICallback']>;
+
+/**
+ * A listener's certificate files that cannot be used (TLS_FILES_UNUSABLE, kind `config`), with
+ * where its config names them.
+ */
+export class TlsFilesError extends MailfrontError {
+  constructor(
+    message: string,
+    /**
+     * The key under the listener that is at fault: `certificate` (for one certificate), or
+     * `certificates[M]`, with `.cert` or `.key` when one file of the pair is (unreadable, not PEM,
+     * expired).
+     */
+    readonly configKey: string,
+    options?: { cause?: unknown },
+  ) {
+    super('TLS_FILES_UNUSABLE', 'config', message, options);
+  }
 }
 
 function samePolicy(a: TlsPolicy, b: TlsPolicy): boolean {
   return a.minVersion === b.minVersion && a.ciphers === b.ciphers && a.honorCipherOrder === b.honorCipherOrder;
 }
 
-/** What reload() did. */
-export type TlsReloadResult = { readonly ok: true; readonly certificate: CertificateInfo } | { readonly ok: false; readonly error: MailfrontError };
+/** What reload() did: `certificate` is the default one (the first), `certificates` all of them in config order. */
+export type TlsReloadResult =
+  | { readonly ok: true; readonly certificate: CertificateInfo; readonly certificates: readonly CertificateInfo[] }
+  | { readonly ok: false; readonly error: MailfrontError };
 
-interface Loaded {
+interface LoadedCertificate {
   readonly options: SecureContextOptions;
   readonly context: SecureContext;
   readonly certificate: CertificateInfo;
 }
 
-/** A listener's certificate, key and policy as a SecureContext, replaceable only by a working one. */
+interface Loaded {
+  /** In config order; never empty. The first is the default. */
+  readonly all: readonly LoadedCertificate[];
+  /** Contexts by DNS name; a name two certificates are for goes to the first. */
+  readonly exact: ReadonlyMap<string, SecureContext>;
+  /** Contexts by what follows a wildcard's `*.` (`*.example.com`: `example.com`); the first wins too. */
+  readonly wildcard: ReadonlyMap<string, SecureContext>;
+}
+
+/** A DNS name as a certificate or a client gives it, for comparing: lower-cased, without a final dot. */
+function normalName(name: string): string {
+  return name.toLowerCase().replace(/\.$/, '');
+}
+
+/** Whether a name can be matched: letters, digits, hyphens and underscores in dot-separated labels, or `*.` and such a name. */
+const MATCHABLE_NAME = /^(?:\*\.)?[a-z0-9_-]+(?:\.[a-z0-9_-]+)*$/;
+
+/**
+ * The DNS names `x509` is for (see CertificateInfo.names). Node writes a subjectAltName entry
+ * holding a comma or a quote as a JSON string (`DNS:"a,b"`); such a name matches no host anyway.
+ */
+function dnsNamesOf(x509: X509Certificate): string[] {
+  const names: string[] = [];
+  for (const match of (x509.subjectAltName ?? '').matchAll(/(?:^|, )([^:,]+):("(?:[^"\\]|\\.)*"|[^,]*)/g)) {
+    const [, type = '', value = ''] = match;
+    if (type !== 'DNS') continue;
+    const name = normalName(value.startsWith('"') ? String(JSON.parse(value)) : value);
+    if (name !== '' && !names.includes(name)) names.push(name);
+  }
+  if (names.length > 0) return names;
+  // Without a DNS entry, the CN: the last, the most specific (as OpenSSL's host check takes it).
+  const cn = [...x509.subject.matchAll(/^CN=(.*)$/gm)].at(-1)?.[1];
+  return cn !== undefined && MATCHABLE_NAME.test(normalName(cn)) ? [normalName(cn)] : [];
+}
+
+/**
+ * The index of `all` by name. RFC 6125 section 6.4.3 wildcards only: `*` as the whole leftmost
+ * label, matching exactly one label (`*.example.com` is for `a.example.com`, not `example.com`
+ * nor `a.b.example.com`); partial ones (`w*.example.com`), which browsers no longer accept, match nothing.
+ */
+function indexByName(all: readonly LoadedCertificate[]): Loaded {
+  const exact = new Map<string, SecureContext>();
+  const wildcard = new Map<string, SecureContext>();
+  for (const { certificate, context } of all) {
+    for (const name of certificate.names) {
+      if (!MATCHABLE_NAME.test(name)) continue;
+      const index = name.startsWith('*.') ? wildcard : exact;
+      const key = name.startsWith('*.') ? name.slice(2) : name;
+      if (!index.has(key)) index.set(key, context);
+    }
+  }
+  return { all, exact, wildcard };
+}
+
+/** The context for a client that asked for `servername`: a certificate for that name, else one whose wildcard covers it, else the default. */
+function contextFor(loaded: Loaded, servername: string): SecureContext {
+  const name = normalName(servername);
+  const exact = loaded.exact.get(name);
+  if (exact !== undefined) return exact;
+  const dot = name.indexOf('.');
+  const wildcard = dot > 0 ? loaded.wildcard.get(name.slice(dot + 1)) : undefined;
+  return wildcard ?? (loaded.all[0] as LoadedCertificate).context;
+}
+
+/**
+ * Why the certificate at `index` (not the first) would never be given to a client: each of its
+ * names is served by an earlier one (a renewed certificate listed after the one it replaces, say),
+ * or it has none. Undefined when some name of it is its own.
+ */
+function neverServed(all: readonly LoadedCertificate[], index: number): string | undefined {
+  const names = (all[index] as LoadedCertificate).certificate.names.filter((n) => MATCHABLE_NAME.test(n));
+  if (names.length === 0) return 'it is for no DNS name (no subjectAltName DNS entry, nor a CN that is a host name), so no client would be given it: only the first certificate is served to clients that ask for no name or another one';
+  const earlier = all.slice(0, index).map((l) => l.certificate);
+  const owner = (name: string): CertificateInfo | undefined => earlier.find((c) => c.names.includes(name));
+  if (!names.every((n) => owner(n) !== undefined)) return undefined;
+  const owners = [...new Set(names.map((n) => owner(n)?.file))].join(', ');
+  return `no client would be given it: every name it is for (${names.join(', ')}) is served by a certificate listed before it (${owners}); the first in the list wins a name`;
+}
+
+/**
+ * A listener's certificates, keys and policy as SecureContexts, replaceable only by working ones:
+ * one certificate, or several picked by the client's SNI server name (the first the default).
+ */
 export class TlsContextHolder {
   private loaded: Loaded;
 
   /**
-   * Loads the files now; throws a MailfrontError of kind `config` naming the files when they
-   * cannot be used. `replacing`: these files take over from a working certificate (a reload that
+   * Loads the files now; throws a TlsFilesError naming the files (and the config key) when they
+   * cannot be used. `replacing`: these files take over from working certificates (a reload that
    * names other files), so, as in reload(), one that has expired or is not valid yet is refused.
    */
   constructor(
-    private readonly files: TlsFiles,
+    private readonly files: ListenerCertificates,
     private policy: TlsPolicy = TLS_POLICY_DEFAULTS,
     private readonly now: () => number = Date.now,
     replacing = false,
@@ -109,31 +226,50 @@ export class TlsContextHolder {
     this.loaded = this.load(policy, replacing);
   }
 
-  /** The context for new TLS sessions (STARTTLS: `new TLSSocket(socket, { secureContext })`). */
+  /** The default context (STARTTLS: `new TLSSocket(socket, { secureContext, SNICallback })`). */
   get context(): SecureContext {
-    return this.loaded.context;
+    return this.defaultCertificate.context;
   }
 
-  /** The same as options (implicit TLS: `tls.createServer(options)`, and `server.setSecureContext(options)` after a reload). */
+  /** The default context's options (`tls.createServer(options)`, and `server.setSecureContext(options)` after a reload). */
   get options(): SecureContextOptions {
-    return this.loaded.options;
+    return this.defaultCertificate.options;
   }
 
-  /** The certificate in force. */
+  /** The default certificate in force (the first). */
   get certificate(): CertificateInfo {
-    return this.loaded.certificate;
+    return this.defaultCertificate.certificate;
+  }
+
+  /** Every certificate in force, in config order. */
+  get certificates(): readonly CertificateInfo[] {
+    return this.loaded.all.map((l) => l.certificate);
+  }
+
+  /**
+   * The SNICallback that picks among the certificates in force at each handshake (a reload's
+   * apply from the next one); undefined with one certificate, which needs none.
+   */
+  get sniCallback(): SniCallback | undefined {
+    return this.loaded.all.length > 1 ? this.pick : undefined;
+  }
+
+  private readonly pick: SniCallback = (servername, done) => done(null, contextFor(this.loaded, servername));
+
+  private get defaultCertificate(): LoadedCertificate {
+    return this.loaded.all[0] as LoadedCertificate;
   }
 
   /**
    * Re-reads the files (and takes `policy` when given). On any problem, including a certificate
-   * that has expired or is not valid yet, the certificate in force stays, under `policy` (see
-   * keptUnder), and the error is returned.
+   * that has expired or is not valid yet, the certificates in force stay, all of them, under
+   * `policy` (see keptUnder), and the error is returned.
    */
   reload(policy: TlsPolicy = this.policy): TlsReloadResult {
     try {
       this.loaded = this.load(policy, true);
       this.policy = policy;
-      return { ok: true, certificate: this.loaded.certificate };
+      return { ok: true, certificate: this.certificate, certificates: this.certificates };
     } catch (error) {
       return { ok: false, error: this.keptUnder(policy, error) };
     }
@@ -141,9 +277,9 @@ export class TlsContextHolder {
 
   /**
    * Other files in place of these (a reload that names them): a holder of them, or, when they
-   * cannot be used, a MailfrontError, with this holder's certificate kept under `policy`.
+   * cannot be used, a MailfrontError, with this holder's certificates kept under `policy`.
    */
-  replacedBy(files: TlsFiles, policy: TlsPolicy): TlsContextHolder {
+  replacedBy(files: ListenerCertificates, policy: TlsPolicy): TlsContextHolder {
     try {
       return new TlsContextHolder(files, policy, this.now, true);
     } catch (error) {
@@ -151,49 +287,83 @@ export class TlsContextHolder {
     }
   }
 
+  /** Whether `files` are the ones this holder reads, given the same way (one, or a list in the same order). */
+  reads(files: ListenerCertificates): boolean {
+    const mine = this.files;
+    if (!Array.isArray(mine) || !Array.isArray(files)) {
+      return !Array.isArray(mine) && !Array.isArray(files) && (mine as TlsFiles).cert === (files as TlsFiles).cert && (mine as TlsFiles).key === (files as TlsFiles).key;
+    }
+    return mine.length === files.length && mine.every((f, i) => f.cert === files[i]?.cert && f.key === files[i]?.key);
+  }
+
   /**
-   * After files that could not be used (`failure`): the certificate and key in force, whose bytes
-   * are kept, are set up under `policy`, so that a new TLS policy applies from the next connection
-   * all the same, as the listener's other settings do (it stayed the old one, and a listener
-   * whose certificate could not be re-read went on offering TLS 1.2 after min_version: TLSv1.3).
-   * Returns the failure, saying what stays.
+   * After files that could not be used (`failure`): the certificates and keys in force, whose
+   * bytes are kept, are set up under `policy`, so that a new TLS policy applies from the next
+   * connection all the same, as the listener's other settings do (it stayed the old one, and a
+   * listener whose certificate could not be re-read went on offering TLS 1.2 after min_version:
+   * TLSv1.3). Returns the failure, saying what stays.
    */
   private keptUnder(policy: TlsPolicy, failure: unknown): MailfrontError {
-    const error = failure instanceof MailfrontError ? failure : new MailfrontError('TLS_FILES_UNUSABLE', 'config', failure instanceof Error ? failure.message : String(failure), { cause: failure });
-    const kept = (what: string): MailfrontError => new MailfrontError(error.code, error.kind, `${error.message}; ${what}`, { cause: error });
-    if (samePolicy(policy, this.policy)) return kept('the certificate in force stays');
-    const { cert, key } = this.loaded.options;
-    const options: SecureContextOptions = { ...policyOptions(policy), cert, key };
+    const error = failure instanceof MailfrontError ? failure : new TlsFilesError(failure instanceof Error ? failure.message : String(failure), this.configKey(), { cause: failure });
+    const configKey = error instanceof TlsFilesError ? error.configKey : this.configKey();
+    const several = this.loaded.all.length > 1;
+    const kept = (what: string): MailfrontError => new TlsFilesError(`${error.message}; ${what}`, configKey, { cause: error });
+    const inForce = several ? 'the certificates in force stay' : 'the certificate in force stays';
+    if (samePolicy(policy, this.policy)) return kept(inForce);
+    let all: LoadedCertificate[];
     try {
-      this.loaded = { options, context: createSecureContext(options), certificate: this.loaded.certificate };
+      all = this.loaded.all.map(({ options: { cert, key }, certificate }) => {
+        const options: SecureContextOptions = { ...policyOptions(policy), cert, key };
+        return { options, context: createSecureContext(options), certificate };
+      });
     } catch (policyError) {
-      // Not expected: the policy was tried when it was read, and the certificate was in use.
-      return kept(`the certificate in force stays, and so does the TLS policy in force: the new one cannot be used with it (${policyError instanceof Error ? policyError.message : String(policyError)})`);
+      // Not expected: the policy was tried when it was read, and the certificates were in use.
+      return kept(`${inForce}, and so does the TLS policy in force: the new one cannot be used with ${several ? 'them' : 'it'} (${policyError instanceof Error ? policyError.message : String(policyError)})`);
     }
+    this.loaded = indexByName(all);
     this.policy = policy;
-    return kept('the certificate in force stays, with the new TLS policy');
+    return kept(`${inForce}, with the new TLS policy`);
+  }
+
+  /** The config key of the files as a whole: `certificate` or `certificates`. */
+  private configKey(index?: number): string {
+    if (!Array.isArray(this.files)) return 'certificate';
+    return index === undefined ? 'certificates' : `certificates[${index}]`;
   }
 
   private load(policy: TlsPolicy, checkValidity: boolean): Loaded {
-    const { cert: certFile, key: keyFile } = this.files;
-    const fail = (why: string): never => {
-      throw new MailfrontError('TLS_FILES_UNUSABLE', 'config', `cannot use certificate ${certFile} with key ${keyFile}: ${why}`);
-    };
-    let cert: Buffer;
-    let key: Buffer;
-    try {
-      cert = readFileSync(certFile);
-      key = readFileSync(keyFile);
-    } catch (error) {
-      return fail((error as NodeJS.ErrnoException).code ?? String(error));
+    const list: readonly TlsFiles[] = Array.isArray(this.files) ? this.files : [this.files as TlsFiles];
+    const all = list.map((files, i) => this.loadOne(files, policy, checkValidity, this.configKey(Array.isArray(this.files) ? i : undefined)));
+    for (let i = 1; i < all.length; i++) {
+      const why = neverServed(all, i);
+      const files = list[i] as TlsFiles;
+      if (why !== undefined) throw new TlsFilesError(`cannot use certificate ${files.cert} with key ${files.key}: ${why}`, this.configKey(i));
     }
+    return indexByName(all);
+  }
+
+  private loadOne(files: TlsFiles, policy: TlsPolicy, checkValidity: boolean, configKey: string): LoadedCertificate {
+    const { cert: certFile, key: keyFile } = files;
+    // With a list, the file at fault is named when it is one of the pair.
+    const fail = (why: string, file?: 'cert' | 'key'): never => {
+      throw new TlsFilesError(`cannot use certificate ${certFile} with key ${keyFile}: ${why}`, file !== undefined && configKey !== 'certificate' ? `${configKey}.${file}` : configKey);
+    };
+    const read = (file: 'cert' | 'key'): Buffer => {
+      try {
+        return readFileSync(files[file]);
+      } catch (error) {
+        return fail((error as NodeJS.ErrnoException).code ?? String(error), file);
+      }
+    };
+    const cert = read('cert');
+    const key = read('key');
     let certificate: CertificateInfo;
     let x509: X509Certificate;
     try {
       x509 = new X509Certificate(cert);
-      certificate = { subject: x509.subject.replace(/\n/g, ', '), validFrom: new Date(x509.validFrom), validTo: new Date(x509.validTo), fingerprint256: x509.fingerprint256 };
+      certificate = { subject: x509.subject.replace(/\n/g, ', '), validFrom: new Date(x509.validFrom), validTo: new Date(x509.validTo), fingerprint256: x509.fingerprint256, file: certFile, names: dnsNamesOf(x509) };
     } catch (error) {
-      return fail(`not a PEM certificate (${error instanceof Error ? error.message : String(error)})`);
+      return fail(`not a PEM certificate (${error instanceof Error ? error.message : String(error)})`, 'cert');
     }
     // The key must be the first certificate's (the server's own, before its chain). OpenSSL
     // checks that only for a key of the certificate's own type: an EC key with an RSA
@@ -203,15 +373,16 @@ export class TlsContextHolder {
     try {
       matches = x509.checkPrivateKey(createPrivateKey(key));
     } catch (error) {
-      return fail(`the key cannot be read (${error instanceof Error ? error.message : String(error)})`);
+      return fail(`the key cannot be read (${error instanceof Error ? error.message : String(error)})`, 'key');
     }
     if (!matches) fail('the key does not belong to the certificate (the first certificate of the file must be the server\'s own, its chain after it)');
     // Starting with an expired certificate is the operator's call; replacing a working one with it is not.
     if (checkValidity) {
       const now = this.now();
-      if (now > certificate.validTo.getTime()) fail(`the certificate expired on ${certificate.validTo.toISOString()}`);
-      if (now < certificate.validFrom.getTime()) fail(`the certificate is not valid before ${certificate.validFrom.toISOString()}`);
+      if (now > certificate.validTo.getTime()) fail(`the certificate expired on ${certificate.validTo.toISOString()}`, 'cert');
+      if (now < certificate.validFrom.getTime()) fail(`the certificate is not valid before ${certificate.validFrom.toISOString()}`, 'cert');
     }
+    // Every certificate under the same policy: the one a handshake switches to by SNI brings its own context's settings.
     const options: SecureContextOptions = { ...policyOptions(policy), cert, key };
     let context: SecureContext;
     try {

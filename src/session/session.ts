@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
-import type { SecureContext } from 'node:tls';
+import type { SecureContext, TlsOptions } from 'node:tls';
 import type { Directory } from '../auth/directory.js';
 import { isIP } from 'node:net';
 import type { Metrics, SessionMetrics } from '../metrics.js';
@@ -58,8 +58,10 @@ export interface SessionContext {
   readonly limiter: ConnectionLimiter;
   readonly registry: SessionRegistry;
   readonly log: Logger;
-  /** The server certificate for STARTTLS, when the listener has one. */
+  /** The server certificate for STARTTLS, when the listener has one (with several, the default). */
   readonly secureContext: () => SecureContext | undefined;
+  /** Picks among the listener's certificates by the client's SNI server name, when it has several (server/tls-config.ts). */
+  readonly sniCallback?: () => TlsOptions['SNICallback'];
   /** Called once per session end, with the session (for the listener's set and counters kept by the server). */
   readonly onEnd?: (reason: SessionEndReason, session: Session) => void;
 }
@@ -525,7 +527,8 @@ export class Session {
     }
     // Wrapping the socket hands every later byte to the TLS layer: plaintext a client queued
     // behind STARTTLS is never read as a command (the machine dropped what it had already).
-    const secure = new TLSSocket(plain, { isServer: true, secureContext });
+    const SNICallback = this.context.sniCallback?.();
+    const secure = new TLSSocket(plain, { isServer: true, secureContext, ...(SNICallback !== undefined ? { SNICallback } : {}) });
     this.socket = secure;
     secure.once('secure', () => {
       this.tlsActive = true;
