@@ -316,6 +316,10 @@ export class Metrics {
   private readonly proxyHeadersTotal: CounterFamily<'listener' | 'result'>;
   /** Implicit-TLS handshakes that failed, before any session began, by listener and reason. */
   private readonly tlsHandshakeFailuresTotal: CounterFamily<'listener' | 'reason'>;
+  /** The notAfter of each client-facing certificate in force, by listener and certificate file. */
+  private readonly tlsCertificateExpiry: Gauge<'listener' | 'certificate'>;
+  /** The certificate files each listener's series are for, so that a listener's change or removal drops its old ones. */
+  private readonly certificateSeries = new Map<string, readonly string[]>();
   /** Client addresses offered with IMAP ID before login, by whether they were honoured. */
   private readonly clientIdAddressesTotal: Counter<'result'>;
   /** Lookups in the directory's caches, by cache and result (one per login and cache it reaches). */
@@ -404,6 +408,7 @@ export class Metrics {
     this.configLastReloadSuccess = gauge('mailfront_config_last_reload_success', '1 if the last config reload succeeded, 0 if it was rejected or applied in part.', []);
     this.proxyHeadersTotal = hotCounter('mailfront_proxy_headers_total', 'PROXY protocol headers, by listener and result (accepted, local, malformed, timeout, closed: from trusted balancers; untrusted: sent by another peer, connection closed; on an implicit-TLS listener such a header fails the TLS handshake instead).', ['listener', 'result']);
     this.tlsHandshakeFailuresTotal = hotCounter('mailfront_tls_handshake_failures_total', 'Implicit-TLS handshakes that failed before a session began, by listener and reason (error, timeout, closed).', ['listener', 'reason']);
+    this.tlsCertificateExpiry = gauge('mailfront_tls_certificate_expiry_timestamp_seconds', 'Unix time at which a client-facing certificate in force expires (its notAfter), by listener and certificate (its file).', ['listener', 'certificate']);
     this.clientIdAddressesTotal = counter('mailfront_client_id_addresses_total', 'Client addresses offered with IMAP ID before login, by whether they were honoured.', ['result']);
     this.directoryCacheLookupsTotal = hotCounter('mailfront_directory_cache_lookups_total', 'Lookups in the directory caches (auth: successful logins by user and password; entry: users\' DN and store), by cache and result (hit or miss).', ['cache', 'result']);
     const directoryCacheEntries = new Gauge({
@@ -630,6 +635,16 @@ export class Metrics {
   listenersInForce(names: readonly string[]): void {
     this.proxyHeadersTotal.retain('listener', (name) => names.includes(name));
     this.tlsHandshakeFailuresTotal.retain('listener', (name) => names.includes(name));
+    for (const listener of [...this.certificateSeries.keys()]) if (!names.includes(listener)) this.listenerCertificates(listener, []);
+  }
+
+  /** The certificates `listener` serves from now on (none: its series are dropped), each by its file and notAfter. */
+  listenerCertificates(listener: string, certificates: ReadonlyArray<{ readonly file: string; readonly validTo: Date }>): void {
+    const files = certificates.map((c) => c.file);
+    for (const file of this.certificateSeries.get(listener) ?? []) if (!files.includes(file)) this.tlsCertificateExpiry.remove({ listener, certificate: file });
+    for (const { file, validTo } of certificates) this.tlsCertificateExpiry.set({ listener, certificate: file }, validTo.getTime() / 1000);
+    if (files.length > 0) this.certificateSeries.set(listener, files);
+    else this.certificateSeries.delete(listener);
   }
 
   /** Counts what became of a PROXY protocol header (one a trusted balancer owed included, when it sent none). */

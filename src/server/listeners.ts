@@ -199,17 +199,22 @@ export class Listener {
     this.proxyTrusted = new CidrSet(next.proxyProtocol?.trustedNetworks ?? []);
     this.listenerConfig = withCertificatesOf(next, inForce);
     const files = certificatesOf(next);
-    if (files === undefined) this.tls = undefined;
-    else if (this.tls === undefined || !this.tls.reads(files)) {
-      // Other files in place of working certificates: an expired one is refused, as on a re-read.
-      this.tls = this.tls === undefined ? new TlsContextHolder(files, policy) : this.tls.replacedBy(files, policy);
-      this.logCertificates(next.name, this.tls.certificates);
-    } else {
-      const result = this.tls.reload(policy);
-      if (!result.ok) throw result.error;
-      this.logCertificates(next.name, result.certificates);
+    try {
+      if (files === undefined) this.tls = undefined;
+      else if (this.tls === undefined || !this.tls.reads(files)) {
+        // Other files in place of working certificates: an expired one is refused, as on a re-read.
+        this.tls = this.tls === undefined ? new TlsContextHolder(files, policy) : this.tls.replacedBy(files, policy);
+        this.logCertificates(next.name, this.tls.certificates);
+      } else {
+        const result = this.tls.reload(policy);
+        if (!result.ok) throw result.error;
+        this.logCertificates(next.name, result.certificates);
+      }
+      this.listenerConfig = next;
+    } finally {
+      // Under its name from now on, whether the files were taken or not (a renamed listener's old series are dropped by the reload).
+      this.publishCertificates(next);
     }
-    this.listenerConfig = next;
   }
 
   /** Which certificates a listener serves from now on (a reload re-read them, or took other files): one line each. */
@@ -217,6 +222,11 @@ export class Listener {
     for (const certificate of certificates) {
       this.log.info({ event: 'listener.certificate_reloaded', listener, ...certificateFields(certificate, certificates.length) }, 'certificate reloaded');
     }
+  }
+
+  /** The expiry of the certificates served, for mailfront_tls_certificate_expiry_timestamp_seconds (none without TLS). */
+  private publishCertificates(config: ListenerConfig): void {
+    this.context.metrics.listenerCertificates(config.name, config.tls !== 'none' ? (this.tls?.certificates ?? []) : []);
   }
 
   /** The address actually bound (useful with port 0 in tests). */
@@ -390,6 +400,7 @@ export class Listener {
         const certificates = this.tls?.certificates ?? [];
         const certificate = certificates[0];
         this.log.info({ event: 'listener.bound', listener: config.name, protocol: config.protocol, address: `${config.host}:${this.address().port}`, tls: config.tls, proxyProtocol: config.proxyProtocol !== undefined, ...(certificate !== undefined ? certificateFields(certificate, certificates.length) : {}), ...(certificates.length > 1 ? { certificates: certificates.map((c) => certificateFields(c, certificates.length)) } : {}) }, 'listening');
+        this.publishCertificates(config);
         resolve();
       });
     });

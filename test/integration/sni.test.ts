@@ -2,8 +2,10 @@
  * Listeners with several certificates (`certificates:`), each client given the one for the name
  * it dialled (SNI): implicit TLS and STARTTLS, IMAP, POP3 and ManageSieve, with node's TLS
  * client and openssl s_client; a reload that swaps a certificate, one that cannot use a file
- * (the error names listeners[N].certificates[M].cert, every certificate in force stays). A real
- * mailfront (its directory is not needed: no one logs in).
+ * (the error names listeners[N].certificates[M].cert, every certificate in force stays); and
+ * mailfront_tls_certificate_expiry_timestamp_seconds, each certificate's notAfter, the series of
+ * certificates and listeners a reload removed dropped. A real mailfront (its directory is not
+ * needed: no one logs in).
  */
 import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
@@ -24,6 +26,8 @@ interface Pair {
   readonly key: string;
 }
 
+const METRIC = 'mailfront_tls_certificate_expiry_timestamp_seconds';
+
 /** A self-signed EC certificate for `san` (a subjectAltName), valid for `days`. */
 async function makeCert(dir: string, name: string, san: string, days: number): Promise<Pair> {
   const pair = { cert: join(dir, `${name}.crt`), key: join(dir, `${name}.key`) };
@@ -32,6 +36,15 @@ async function makeCert(dir: string, name: string, san: string, days: number): P
 }
 
 const fingerprintOf = (file: string): string => new X509Certificate(readFileSync(file)).fingerprint256;
+
+/** The notAfter of a certificate file as openssl prints it, in Unix seconds. */
+async function notAfterOf(file: string): Promise<number> {
+  const { stdout } = await run('openssl', ['x509', '-noout', '-enddate', '-in', file]);
+  const date = /^notAfter=(.*)$/m.exec(stdout)?.[1] ?? '';
+  const ms = Date.parse(date);
+  assert.ok(Number.isFinite(ms), stdout);
+  return ms / 1000;
+}
 
 /** The fingerprint a TLS handshake on `socket` (or a new connection to `port`) got, with `servername` (or no SNI). */
 function handshake(target: { port: number } | { socket: Socket }, servername: string | undefined): Promise<string> {
@@ -102,6 +115,18 @@ describe('listeners with certificates chosen by SNI', () => {
     );
   };
 
+  /** The expiry series: certificate file by listener, with its value. */
+  const series = async (): Promise<Map<string, number>> => {
+    const body = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
+    const found = new Map<string, number>();
+    for (const m of body.matchAll(new RegExp(`^${METRIC}\\{([^}]*)\\} (\\S+)$`, 'gm'))) {
+      const labels = Object.fromEntries([...(m[1] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((l) => [l[1], l[2]]));
+      found.set(`${labels['listener']} ${labels['certificate']}`, Number(m[2]));
+    }
+    assert.match(body, new RegExp(`^# TYPE ${METRIC} gauge$`, 'm'));
+    return found;
+  };
+
   before(async () => {
     [a, b, c] = await Promise.all([
       makeCert(dir.path, 'a', 'DNS:mail.example.com', 40),
@@ -155,6 +180,19 @@ describe('listeners with certificates chosen by SNI', () => {
     assert.equal(await sClient(ports['sieve']!, 'mail.example.com', 'sieve'), fingerprintOf(a.cert));
   });
 
+  it('the expiry metric: each certificate in force by listener and file, its value the notAfter', async () => {
+    const found = await series();
+    const [na, nb, nc] = await Promise.all([a, b, c].map((p) => notAfterOf(p.cert)));
+    const expected = new Map<string, number>();
+    for (const listener of ['imaps', 'imap', 'pop3', 'sieve']) {
+      expected.set(`${listener} ${a.cert}`, na!);
+      expected.set(`${listener} ${b.cert}`, nb!);
+      expected.set(`${listener} ${c.cert}`, nc!);
+    }
+    expected.set(`pop3s ${a.cert}`, na!);
+    assert.deepEqual(found, expected);
+  });
+
   it('a reload re-reads every file: a renewed certificate is served for its names; one that cannot be used keeps them all, named by its path', async () => {
     const renewed = await makeCert(dir.path, 'b-renewed', 'DNS:imap.example.org,DNS:*.example.net', 90);
     copyFileSync(renewed.cert, b.cert);
@@ -163,11 +201,13 @@ describe('listeners with certificates chosen by SNI', () => {
     assert.equal(reloaded.ok, true, reloaded.error);
     assert.equal(await handshake({ port: ports['imaps']! }, 'imap.example.org'), fingerprintOf(renewed.cert));
     assert.equal(await handshake({ socket: await startTls(ports['imap']!, 'a STARTTLS', /^a OK/) }, 'y.example.net'), fingerprintOf(renewed.cert));
+    assert.equal((await series()).get(`imaps ${b.cert}`), await notAfterOf(renewed.cert), 'the metric follows');
     const reloadedLines = logs.filter((l) => l['event'] === 'listener.certificate_reloaded' && l['listener'] === 'imaps');
     assert.deepEqual(reloadedLines.slice(-3).map((l) => l['file']), [a.cert, b.cert, c.cert]);
 
     // The third certificate's file broken: the reload says which, and all three still serve.
     const good = readFileSync(c.cert);
+    const goodNotAfter = await notAfterOf(c.cert);
     writeFileSync(c.cert, 'not a certificate\n');
     try {
       const broken = await mailfront.reload();
@@ -176,17 +216,27 @@ describe('listeners with certificates chosen by SNI', () => {
       assert.match(broken.error ?? '', /listeners\[4\] \("sieve"\)\.certificates\[2\]\.cert: /);
       assert.equal(await handshake({ port: ports['imaps']! }, 'pop.example.com'), new X509Certificate(good).fingerprint256);
       assert.equal(await handshake({ port: ports['imaps']! }, 'imap.example.org'), fingerprintOf(renewed.cert));
+      assert.equal((await series()).get(`imaps ${c.cert}`), goodNotAfter, 'its series stays');
     } finally {
       writeFileSync(c.cert, good);
     }
   });
 
-  it('a reload from one certificate to several, and one that drops a certificate, takes them in place', async () => {
-    listeners = listeners.map((l) => (l['name'] === 'pop3s' ? { ...l, certificate: undefined, certificates: [a, c] } : l['name'] === 'imaps' ? { ...l, certificates: [a, b] } : l));
+  it('a reload that drops a certificate or a listener drops their series', async () => {
+    listeners = listeners.filter((l) => l['name'] !== 'sieve').map((l) => (l['name'] === 'imaps' ? { ...l, certificates: [a, b] } : l));
     writeConfig();
     const reloaded = await mailfront.reload();
     assert.equal(reloaded.ok, true, reloaded.error);
+    const found = await series();
+    assert.ok(found.has(`imaps ${a.cert}`) && found.has(`imaps ${b.cert}`));
+    assert.ok(!found.has(`imaps ${c.cert}`), 'the certificate the listener no longer has');
+    assert.ok(![...found.keys()].some((k) => k.startsWith('sieve ')), 'the listener removed');
+    assert.equal(await handshake({ port: ports['imaps']! }, 'pop.example.com'), fingerprintOf(a.cert), 'its names go to the default');
+    // From one certificate to several and back, in place.
+    listeners = listeners.map((l) => (l['name'] === 'pop3s' ? { ...l, certificate: undefined, certificates: [a, c] } : l));
+    writeConfig();
+    assert.equal((await mailfront.reload()).ok, true);
     assert.equal(await handshake({ port: ports['pop3s']! }, 'pop.example.com'), fingerprintOf(c.cert));
-    assert.equal(await handshake({ port: ports['imaps']! }, 'pop.example.com'), fingerprintOf(a.cert), 'the names of the certificate dropped go to the default');
+    assert.ok((await series()).has(`pop3s ${c.cert}`));
   });
 });
