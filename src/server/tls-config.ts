@@ -197,7 +197,7 @@ function contextFor(loaded: Loaded, servername: string): SecureContext {
  */
 function neverServed(all: readonly LoadedCertificate[], index: number): string | undefined {
   const names = (all[index] as LoadedCertificate).certificate.names.filter((n) => MATCHABLE_NAME.test(n));
-  if (names.length === 0) return 'it is for no DNS name (no subjectAltName DNS entry, nor a CN that is a host name), so no client would be given it: only the first certificate is served to clients that ask for no name or another one';
+  if (names.length === 0) return 'it is for no DNS name (no subjectAltName DNS entry, nor a CN that is a host name; a partial wildcard such as w*.example.com is for none), so no client would be given it: only the first certificate is served to clients that ask for no name or another one';
   const earlier = all.slice(0, index).map((l) => l.certificate);
   const owner = (name: string): CertificateInfo | undefined => earlier.find((c) => c.names.includes(name));
   if (!names.every((n) => owner(n) !== undefined)) return undefined;
