@@ -9,9 +9,10 @@ import { readCaCertificates } from './ca-file.js';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { DestinationStream } from 'pino';
-import type { Directory } from './auth/directory.js';
+import { directoryHealth } from './auth/directory.js';
+import type { Directory, DirectoryHealth } from './auth/directory.js';
 import { CachingDirectory } from './auth/cache.js';
-import { LdapDirectory } from './auth/ldap.js';
+import { LdapDirectory, probeDirectory, refusalText } from './auth/ldap.js';
 import { MAX_PROBES_IN_FLIGHT, SlotHealthMonitor } from './backend/health.js';
 import { Throttle } from './auth/throttle.js';
 import type { ThrottleChange } from './auth/throttle.js';
@@ -94,6 +95,28 @@ function directoryChange(previous: Config['directory'], next: Config['directory'
     changed: differ.map((f) => f.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)).sort(),
     behindCaches: differ.every((f) => DIRECTORY_SETTINGS_KEEPING_CACHES.has(f)),
   };
+}
+
+/**
+ * The directory keys (as directoryChange() names them) whose change a reload tries on a server
+ * before putting it in force (testDirectorySettings()): where the service account binds, with what,
+ * and under which base it searches. A server that refuses them refuses every login.
+ */
+const DIRECTORY_KEYS_TRIED: ReadonlySet<string> = new Set(['urls', 'bind_dn', 'bind_password', 'base_dn']);
+
+/**
+ * Tries `directory` settings on a server (probeDirectory()): throws DIRECTORY_SETTINGS_REFUSED,
+ * naming the key, the server and its answer, when one refused them; when no server answered
+ * (an outage, no fault of the config), says so in a warn line and lets them be put in force.
+ */
+async function testDirectorySettings(file: string, directory: Config['directory'], ca: Buffer | undefined, log: Logger, when: 'start' | 'reload', wait: <T>(work: Promise<T>) => Promise<T> = (work) => work): Promise<void> {
+  const tried = await wait(probeDirectory(directory, ca));
+  if (tried.state === 'refused') {
+    throw new MailfrontError('DIRECTORY_SETTINGS_REFUSED', 'config', `${file}: ${refusalText(tried.refusal)}: the directory cannot work with these settings`);
+  }
+  if (tried.state === 'unreachable') {
+    log.warn({ event: 'directory.settings_untried', when, err: tried.detail }, `no directory server answered the test of the directory settings; they are put in force untried (an outage is not the config's fault)`);
+  }
 }
 
 /** The CA file a section names: directory.ca_file, store_map.ldap.ca_file (the directory's unless set). */
@@ -240,6 +263,22 @@ export function openFilesLimit(limits = '/proc/self/limits'): number | undefined
   return Number.isSafeInteger(value) ? value : undefined;
 }
 
+/**
+ * The directory's check in /readyz: advisory while it answers or no server does (an outage the
+ * fleet shares); failing when a server refuses the settings. Names the answer, not the server
+ * (/readyz needs no credentials; the log names it).
+ */
+function directoryReadiness(health: DirectoryHealth): { name: string; ok: boolean; advisory?: boolean; detail: string } {
+  switch (health.state) {
+    case 'answers':
+      return { name: 'directory', ok: true, advisory: true, detail: 'reachable' };
+    case 'unreachable':
+      return { name: 'directory', ok: false, advisory: true, detail: 'unreachable' };
+    case 'refused':
+      return { name: 'directory', ok: false, detail: `${health.refusal.readiness}: ${health.refusal.name} (${health.refusal.code})` };
+  }
+}
+
 /** The log text of a reload's change of the throttle, by what became of its counters. */
 const THROTTLE_CHANGE_TEXTS: Record<ThrottleChange['counters'], string> = {
   kept: 'throttle settings changed; the counters and refusals in force are kept',
@@ -284,8 +323,8 @@ export class Mailfront {
       for (const entry of this.registry.values()) metrics.splicedTraffic(entry);
     });
     metrics.directoryCacheEntries(() => this.directory.cacheEntries());
-    // mailfront_ready: what /readyz answers, at each scrape. Without the directory's check, which
-    // is advisory: it decides nothing here, and a hung directory held every scrape 1.5 s.
+    // mailfront_ready: what /readyz answers, at each scrape. The directory is not asked (a hung
+    // one held every scrape 1.5 s): its last check for /readyz decides, as it decides /readyz.
     metrics.readiness(async () => (await this.readiness({ directory: false })).ready);
     this.caFilesInForce = { directory: caFiles.directory.state, storeMap: caFiles.storeMap.state };
     this.trusted = new CidrSet(config.trustedNetworks);
@@ -321,6 +360,17 @@ export class Mailfront {
     // Read once: what the directory and the store-map source are set up with is what a reload compares.
     const caFiles = readCaFiles(config);
     const directory = options.directory ?? createDirectory(config, log, metrics, caFiles.directory);
+    if (options.directory === undefined) {
+      // A server that refuses the service account or base_dn would refuse every login: no start
+      // (as check-config, which deploy/mailfront.service runs first, and a reload refuse it).
+      try {
+        await testDirectorySettings(config.file, config.directory, caContent(caFiles.directory), log, 'start');
+      } catch (error) {
+        log.error({ event: 'directory.settings_refused', file: config.file, err: error instanceof Error ? error.message : String(error) }, 'a directory server refused the directory settings; not starting');
+        await directory.close();
+        throw error;
+      }
+    }
     const mailfront = new Mailfront(config, log, directory, options.directory === undefined, metrics, caFiles);
     try {
       const first = await mailfront.holder.reload('start');
@@ -471,6 +521,10 @@ export class Mailfront {
       await this.checkStoreMap(next, storeMapSource);
       if (this.ownsDirectory && changed('directory')) {
         directoryChanges = directoryChange(previous.directory, next.directory, caFiles.directory.state !== this.caFilesInForce.directory);
+        // Tried before anything is set up: a server refusing them would fail every login here.
+        if (directoryChanges.changed.some((key) => DIRECTORY_KEYS_TRIED.has(key))) {
+          await testDirectorySettings(next.file, next.directory, caContent(caFiles.directory), this.log, 'reload', (work) => this.untilStopped(work));
+        }
         if (directoryChanges.behindCaches) directoryBehindCaches = new LdapDirectory(next.directory, this.log.child({ component: 'directory' }), this.metrics, caContent(caFiles.directory), true);
         else directory = createDirectory(next, this.log, this.metrics, caFiles.directory);
       }
@@ -718,32 +772,43 @@ export class Mailfront {
   }
 
   /** The directory's readiness check, for the directory in force (a reload may replace it). */
-  private directoryCheck: { readonly directory: Directory; readonly check: SharedCheck<boolean> } | undefined;
+  private directoryCheck: { readonly directory: Directory; readonly check: SharedCheck<DirectoryHealth> } | undefined;
+  /** What the directory's last readiness check found, for the directory it checked (mailfront_ready reads it). */
+  private directoryLastHealth: { readonly directory: Directory; readonly health: DirectoryHealth } | undefined;
 
   /**
-   * Whether the directory answers, through a SharedCheck: each check is a search on the directory
-   * servers the whole fleet shares, and /readyz is open to anyone who reaches the HTTP listener.
-   * The other checks of readiness() cost nothing and are read afresh for every request.
+   * Whether the directory answers, and takes its settings, through a SharedCheck: each check is
+   * a search on the directory servers the whole fleet shares, and /readyz is open to anyone who
+   * reaches the HTTP listener. The other checks of readiness() cost nothing and are read afresh
+   * for every request.
    */
-  private directoryReachable(): Promise<boolean> {
+  private directoryHealthNow(): Promise<DirectoryHealth> {
     const directory = this.directory;
     if (this.directoryCheck?.directory !== directory) {
-      const check = new SharedCheck(() => directory.reachable(AbortSignal.timeout(1_500)).catch(() => false));
+      const check = new SharedCheck(async () => {
+        const health = await directoryHealth(directory, AbortSignal.timeout(1_500)).catch((error: unknown): DirectoryHealth => ({ state: 'unreachable', detail: error instanceof Error ? error.message : String(error) }));
+        this.directoryLastHealth = { directory, health };
+        return health;
+      });
       this.directoryCheck = { directory, check };
     }
     return this.directoryCheck.check.get();
   }
 
   /**
-   * Ready: the listeners bound, a store map in force, not stopping. Whether the directory answers
-   * is reported, not required: it is shared by the fleet, and a 503 from every instance at once
-   * would turn its outage into refused connections for everyone, cached logins included, where
-   * mailfront answers a temporary failure. A listener a reload could not bind (a port in use) is
-   * reported too: the instance serves what it served before, and a config pushed to a fleet must
-   * not take every instance out of service for one new port (unless it serves none of a protocol: protocolsNotServed()).
+   * Ready: the listeners bound, a store map in force, not stopping, and no directory server
+   * refusing the directory's own settings (the service bind, base_dn: this instance's config,
+   * which waiting does not cure). Whether the directory answers is reported, not required: it is
+   * shared by the fleet, and a 503 from every instance at once would turn its outage into refused
+   * connections for everyone, cached logins included, where mailfront answers a temporary failure.
+   * A listener a reload could not bind (a port in use) is reported too: the instance serves what
+   * it served before, and a config pushed to a fleet must not take every instance out of service
+   * for one new port (unless it serves none of a protocol: protocolsNotServed()). `directory:
+   * false` asks the directory nothing and goes by its last check (mailfront_ready at each scrape).
    */
   async readiness(options: { readonly directory?: boolean } = {}): Promise<Readiness> {
-    const reachable = options.directory === false ? undefined : await this.directoryReachable();
+    const last = this.directoryLastHealth?.directory === this.directory ? this.directoryLastHealth.health : undefined;
+    const health = options.directory === false ? last : await this.directoryHealthNow();
     const unbound = this.config.listeners.filter((c) => !this.listeners.some((l) => l.listening && l.config.name === c.name)).map((c) => c.name);
     const byReload = unbound.filter((name) => this.unboundByReload.has(name));
     const lost = unbound.filter((name) => !this.unboundByReload.has(name));
@@ -753,7 +818,7 @@ export class Mailfront {
       { name: 'listeners', ok: lost.length === 0 && unserved.length === 0, detail: [bound, ...(lost.length > 0 ? [`not listening: ${lost.join(', ')}`] : []), ...unserved.map((p) => `no ${p} listener bound`)].join('; ') },
       ...(byReload.length > 0 ? [{ name: 'listeners_not_bound_by_reload', ok: false, advisory: true, detail: byReload.join(', ') }] : []),
       { name: 'store_map', ok: this.holder.loaded, detail: this.holder.loaded ? `version ${this.holder.current.version}` : 'not loaded' },
-      ...(reachable === undefined ? [] : [{ name: 'directory', ok: reachable, advisory: true, detail: reachable ? 'reachable' : 'unreachable' }]),
+      ...(health === undefined ? [] : [directoryReadiness(health)]),
       { name: 'accepting', ok: !this.stopping, detail: this.stopping ? 'stopping' : 'accepting' },
     ]);
   }

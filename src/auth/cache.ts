@@ -11,7 +11,8 @@
  */
 import { createHmac, randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
-import type { Directory, DirectoryUser } from './directory.js';
+import { directoryHealth } from './directory.js';
+import type { Directory, DirectoryHealth, DirectoryUser } from './directory.js';
 import type { Cancellation } from '../cancel.js';
 import type { Protocol } from '../config/schema.js';
 import type { Metrics } from '../metrics.js';
@@ -104,6 +105,10 @@ export class CachingDirectory implements Directory {
 
   reachable(signal: Cancellation): Promise<boolean> {
     return this.inner.reachable(signal);
+  }
+
+  health(signal: Cancellation): Promise<DirectoryHealth> {
+    return directoryHealth(this.inner, signal);
   }
 
   forget(user: string, dns: Set<string> = new Set()): number {

@@ -32,6 +32,38 @@ export interface DirectoryUser {
   readonly hold?: string;
 }
 
+/**
+ * A directory server's refusal of the directory's own settings, which waiting does not cure: the
+ * service bind refused (invalidCredentials, 49, say), or base_dn not there (noSuchObject, 32).
+ */
+export interface DirectoryRefusal {
+  /** The server that answered so. */
+  readonly url: string;
+  /** The LDAP result code, and its name (`invalidCredentials`). */
+  readonly code: number;
+  readonly name: string;
+  /** The config key at fault (`directory.bind_password`, `directory.base_dn`). */
+  readonly key: string;
+  /** What readiness says: `service bind refused`, `base_dn not found`. */
+  readonly readiness: string;
+}
+
+/**
+ * What a check of the directory found: a server answered a base search of base_dn under the
+ * service account; none answered (an outage, which the whole fleet shares); or one refused the
+ * directory's own settings (the config's fault).
+ */
+export type DirectoryHealth =
+  | { readonly state: 'answers' }
+  | { readonly state: 'unreachable'; readonly detail: string }
+  | { readonly state: 'refused'; readonly refusal: DirectoryRefusal };
+
+/** `directory`'s health(), or what its reachable() says when it has none. */
+export async function directoryHealth(directory: Directory, signal: Cancellation): Promise<DirectoryHealth> {
+  if (directory.health !== undefined) return directory.health(signal);
+  return (await directory.reachable(signal)) ? { state: 'answers' } : { state: 'unreachable', detail: 'no directory server answered' };
+}
+
 /** A directory of users. */
 export interface Directory {
   /**
@@ -55,6 +87,11 @@ export interface Directory {
   lookup(user: string, signal: Cancellation, protocol?: Protocol): Promise<DirectoryUser | null>;
   /** True when the directory answers now (readiness checks). */
   reachable(signal: Cancellation): Promise<boolean>;
+  /**
+   * Whether the directory answers now, and whether it refuses its own settings (readiness): a
+   * directory without it is taken as reachable() says (directoryHealth()).
+   */
+  health?(signal: Cancellation): Promise<DirectoryHealth>;
   /**
    * Drops what this directory remembers of `user` (already normalised), and of every other name
    * whose cached entry has one of the DNs in `dns` or the DN cached for `user` (one entry found

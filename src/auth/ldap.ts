@@ -15,7 +15,7 @@ import type { DirectoryConfig, Protocol } from '../config/schema.js';
 import { MailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { holdOf } from './directory.js';
-import type { Directory, DirectoryUser, Hold } from './directory.js';
+import type { Directory, DirectoryHealth, DirectoryRefusal, DirectoryUser, Hold } from './directory.js';
 import { performance } from 'node:perf_hooks';
 import { LRUCache } from 'lru-cache';
 import type { LdapOperation, LdapResult, Metrics } from '../metrics.js';
@@ -58,6 +58,42 @@ function isServerFailure(error: unknown): boolean {
 function isServerDown(error: unknown): boolean {
   if (!(error instanceof ResultCodeError)) return true;
   return error.code === 51 || error.code === 52;
+}
+
+/**
+ * LDAP results by which a server refuses the directory's own settings, the service bind's or the
+ * base search of base_dn's: waiting does not cure them, and every login would fail on them. The
+ * key at fault for each, and what readiness says. Other results (busy, unavailable, an ACL that
+ * refuses the base entry) are no verdict on the settings.
+ */
+const SETTINGS_REFUSALS: Readonly<Record<'bind' | 'search', ReadonlyMap<number, Omit<DirectoryRefusal, 'url' | 'code'>>>> = {
+  bind: new Map([
+    [8, { name: 'strongerAuthRequired', key: 'directory.starttls', readiness: 'service bind refused' }],
+    [13, { name: 'confidentialityRequired', key: 'directory.starttls', readiness: 'service bind refused' }],
+    [48, { name: 'inappropriateAuthentication', key: 'directory.bind_dn', readiness: 'service bind refused' }],
+    [49, { name: 'invalidCredentials', key: 'directory.bind_password', readiness: 'service bind refused' }],
+  ]),
+  search: new Map([[32, { name: 'noSuchObject', key: 'directory.base_dn', readiness: 'base_dn not found' }]]),
+};
+
+/** The refusal of the directory's settings `error` is, from `url` at `step`; undefined for any other failure. */
+function settingsRefusal(error: unknown, step: 'bind' | 'search', url: string): DirectoryRefusal | undefined {
+  if (!(error instanceof ResultCodeError)) return undefined;
+  const known = SETTINGS_REFUSALS[step].get(error.code);
+  return known === undefined ? undefined : { url, code: error.code, ...known };
+}
+
+/** How a refusal is told in logs and errors: the key, the server and what it answered (never a password). */
+export function refusalText(refusal: DirectoryRefusal): string {
+  return `${refusal.key}: ${refusal.url} answered ${refusal.name} (${refusal.code}) to the ${refusal.key === 'directory.base_dn' ? 'base search of base_dn' : 'service bind'}`;
+}
+
+/** The refusal that made a service connection fail everywhere (LDAP_SERVICE_BIND_REFUSED), for health(). */
+const refusalOfFailure = new WeakMap<MailfrontError, DirectoryRefusal>();
+
+/** What a check found when no server answered. */
+function unreachable(detail: string): DirectoryHealth {
+  return { state: 'unreachable', detail };
 }
 
 /**
@@ -439,6 +475,40 @@ function usable(client: Client): boolean {
   return socket !== undefined && !socket.destroyed && socket.writable;
 }
 
+/**
+ * Tries `config` as a directory would use it, on a connection of its own: the service bind and a
+ * base search of base_dn, on each of directory.urls in turn (each within the connect and
+ * operation deadlines) until one takes both. 'refused' when none did and a server answered with
+ * a refusal of the settings (SETTINGS_REFUSALS), the first such; 'unreachable' when no server
+ * answered so. A search refused otherwise (an ACL) is an answer: the settings work. For a reload
+ * and check-config, before the settings are put in force.
+ */
+export async function probeDirectory(config: DirectoryConfig, ca: Buffer | undefined): Promise<DirectoryHealth> {
+  const { starttls, operationTimeoutMs, connectTimeoutMs } = config;
+  const options: LdapClientOptions = { tls: ca ? { ca, minVersion: 'TLSv1.2' } : { minVersion: 'TLSv1.2' }, starttls, operationTimeoutMs, connectTimeoutMs, autoRebind: false };
+  const failures: string[] = [];
+  let refusal: DirectoryRefusal | undefined;
+  for (const url of config.urls) {
+    let client: Client | undefined;
+    let step: 'bind' | 'search' = 'bind';
+    try {
+      client = await openLdapClient(url, options);
+      await client.bind(config.bindDn, config.bindPassword);
+      step = 'search';
+      await client.search(config.baseDn, { scope: 'base', filter: '(objectClass=*)', attributes: ['1.1'], sizeLimit: 1, timeLimit: Math.ceil(operationTimeoutMs / 1000) });
+      return { state: 'answers' };
+    } catch (error) {
+      const refused = settingsRefusal(error, step, url);
+      if (refused !== undefined) refusal ??= refused;
+      else if (step === 'search' && error instanceof ResultCodeError) return { state: 'answers' };
+      else failures.push(`${url}: ${error instanceof Error ? error.message : String(error)}`);
+    } finally {
+      client?.unbind().catch(() => undefined);
+    }
+  }
+  return refusal !== undefined ? { state: 'refused', refusal } : unreachable(failures.join('; '));
+}
+
 /** What a call on a closed directory (shut down, or replaced by a reload) fails with. */
 function closedError(): MailfrontError {
   return new MailfrontError('LDAP_CLOSED', 'auth-tempfail', 'the directory is shutting down');
@@ -637,6 +707,7 @@ export class LdapDirectory implements Directory {
       const self: { opening?: Promise<ServiceConnection> } = {};
       const opening = (async () => {
         const failures: string[] = [];
+        let refusal: { readonly refusal: DirectoryRefusal; readonly error: unknown } | undefined;
         for (const url of this.urlsInTurn()) {
           if (this.closed) throw closedError();
           if (url === avoid) continue;
@@ -656,8 +727,10 @@ export class LdapDirectory implements Directory {
           } catch (error) {
             const why = `${url}: ${error instanceof Error ? error.message : String(error)}`;
             failures.push(why);
-            if (error instanceof InvalidCredentialsError) {
-              this.log.error({ event: 'directory.service_bind_refused', url, bindDn: this.config.bindDn }, 'the directory refused the service account');
+            const refused = settingsRefusal(error, 'bind', url);
+            if (refused !== undefined) {
+              refusal ??= { refusal: refused, error };
+              this.log.error({ event: 'directory.service_bind_refused', url, bindDn: this.config.bindDn, code: refused.code, key: refused.key }, `the directory refused the service account: ${refused.name} (${refused.code})`);
             }
             this.holdDown(url, `no service connection: ${why}`);
             continue;
@@ -670,6 +743,12 @@ export class LdapDirectory implements Directory {
           const connection = { url, client };
           if (slot.opening === self.opening) slot.open = connection;
           return connection;
+        }
+        // A server that refused the service account answered: that is no outage, but the config's fault.
+        if (refusal !== undefined) {
+          const failure = new MailfrontError('LDAP_SERVICE_BIND_REFUSED', 'auth-tempfail', `no directory server took the service bind: ${failures.join('; ')}`, { cause: refusal.error });
+          refusalOfFailure.set(failure, refusal.refusal);
+          throw failure;
         }
         throw new MailfrontError('LDAP_UNREACHABLE', 'auth-tempfail', `no directory server answered: ${failures.join('; ')}`);
       })();
@@ -981,11 +1060,13 @@ export class LdapDirectory implements Directory {
   }
 
   /**
-   * True when a directory server answers now: a base search of base_dn on a service connection,
+   * Whether a directory server answers now: a base search of base_dn on a service connection,
    * within the operation deadline. An open socket is not enough (a hung server keeps it open).
-   * Any LDAP answer counts, a refusal by an ACL included.
+   * A service bind every server that answered refused, or a base_dn the server does not have, is
+   * 'refused' (SETTINGS_REFUSALS): the config's fault, which waiting does not cure. Any other
+   * LDAP answer counts as an answer, a refusal by an ACL included.
    */
-  async reachable(signal: Cancellation): Promise<boolean> {
+  async health(signal: Cancellation): Promise<DirectoryHealth> {
     try {
       const slot = this.takeServiceSlot();
       let connection = await raceAbort(this.serviceConnection(slot), signal);
@@ -993,23 +1074,32 @@ export class LdapDirectory implements Directory {
         this.dropService(slot, connection);
         connection = await raceAbort(this.serviceConnection(slot), signal);
       }
-      if (!usable(connection.client)) return false;
+      if (!usable(connection.client)) return unreachable(`${connection.url}: the connection closed`);
       try {
         await raceAbort(connection.client.search(this.config.baseDn, { scope: 'base', filter: '(objectClass=*)', attributes: ['1.1'], sizeLimit: 1 }), signal);
       } catch (error) {
-        if (error instanceof ResultCodeError) return true;
+        if (error instanceof ResultCodeError) {
+          const refusal = settingsRefusal(error, 'search', connection.url);
+          return refusal === undefined ? { state: 'answers' } : { state: 'refused', refusal };
+        }
         // The caller stopped waiting (readiness has its own deadline): the connection may be
         // only slow, and logins' searches share it; it is left to its own operation deadline.
-        if (signal.aborted) return false;
+        if (signal.aborted) return unreachable(`${connection.url}: no answer in time`);
         // The search failed on the connection (closed, or past the operation deadline): it is
         // of no use to the searches either.
         this.dropService(slot, connection);
-        return false;
+        return unreachable(`${connection.url}: ${error instanceof Error ? error.message : String(error)}`);
       }
-      return true;
-    } catch {
-      return false;
+      return { state: 'answers' };
+    } catch (error) {
+      const refusal = error instanceof MailfrontError ? refusalOfFailure.get(error) : undefined;
+      return refusal !== undefined ? { state: 'refused', refusal } : unreachable(error instanceof Error ? error.message : String(error));
     }
+  }
+
+  /** True when a directory server answers now and takes the directory's settings (health()). */
+  async reachable(signal: Cancellation): Promise<boolean> {
+    return (await this.health(signal)).state === 'answers';
   }
 
   async close(graceMs = 0): Promise<void> {

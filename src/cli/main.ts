@@ -328,6 +328,26 @@ function configCaFiles(config: import('../config/schema.js').Config): CaFiles {
   ];
 }
 
+/**
+ * The directory settings tried on a server as serve and a reload try them (probeDirectory()): a
+ * server that refuses the service bind or base_dn is a problem under the key at fault; none that
+ * answers (a directory down, not reachable from here) is a note, not a failure. Not tried with a
+ * directory.ca_file that cannot be used (reported already).
+ */
+async function checkDirectorySettings(config: import('../config/schema.js').Config, caUnusable: ReadonlySet<string>): Promise<{ issue?: import('../config/validate.js').ConfigIssue; note: string }> {
+  const { caFile } = config.directory;
+  if (caFile !== undefined && caUnusable.has(caFile)) return { note: '' };
+  const { probeDirectory } = await import('../auth/ldap.js');
+  const tried = await probeDirectory(config.directory, caFile === undefined ? undefined : readFileSync(caFile));
+  if (tried.state === 'refused') {
+    const { refusal } = tried;
+    const step = refusal.key === 'directory.base_dn' ? 'the base search of base_dn' : 'the service bind';
+    return { issue: { path: refusal.key, expected: `settings the directory server takes (${step})`, found: `${refusal.url} answered ${refusal.name} (${refusal.code})` }, note: '' };
+  }
+  if (tried.state === 'unreachable') return { note: `directory: no server answered (${tried.detail}); its service bind and base_dn were not tried\n` };
+  return { note: '' };
+}
+
 /** How many names of stores in maintenance check-config prints before it counts the rest. */
 const MAINTENANCE_NAMES_SHOWN = 10;
 
@@ -534,12 +554,14 @@ async function main(argv: string[]): Promise<number> {
       const { createStoreMapSource } = await import('../routing/sources.js');
       const source = createStoreMapSource(config.storeMap);
       let summary = '';
+      let maintenance = '';
       try {
         const map = buildStoreMap(await source.load(), source.description, 1, config);
         const storeIssues = [...unreadableCaFiles(storeCaFiles(map.stores), caChecked), ...(await unusableSourceAddresses([...map.stores].map(([name, store]) => [`stores.${name}.backend.source_addresses`, store.backend.sourceAddresses] as const), sourcesChecked))];
         if (storeIssues.length > 0) problems.push(new ConfigError(source.description, storeIssues));
         const slots = [...map.stores.values()].reduce((n, s) => n + s.slots.size, 0);
-        summary = `${config.file}: OK (${config.listeners.length} listeners, ${map.stores.size} stores, ${slots} slots from ${source.description})\n${maintenanceSummary(map.stores)}`;
+        summary = `${config.file}: OK (${config.listeners.length} listeners, ${map.stores.size} stores, ${slots} slots from ${source.description})\n`;
+        maintenance = maintenanceSummary(map.stores);
       } catch (error) {
         if (problems.length === 0) throw error;
         // After the config's files' problems, whatever kept the store map from loading.
@@ -547,8 +569,10 @@ async function main(argv: string[]): Promise<number> {
       } finally {
         await source.close();
       }
+      const directory = await checkDirectorySettings(config, caUnusable);
+      if (directory.issue !== undefined) problems.push(new ConfigError(config.file, [directory.issue]));
       if (problems.length > 0) throw allProblems(problems);
-      out(summary);
+      out(`${summary}${directory.note}${maintenance}`);
       return 0;
     }
     case 'serve': {
