@@ -65,8 +65,9 @@ ${COMMON}
 
 Validates FILE, loads each listener's certificate and key as serve would (binding nothing), reads
 the store map FILE names (a file, or the LDAP store entries), and reads every CA file FILE and the
-store map name. Prints every problem with its path and what was expected and exits 1, or prints a
-summary and exits 0. FILE's own problems come alone (the rest is read once FILE is valid); those
+store map name. Tries the directory's settings on its servers (the service bind and a base search
+of base_dn): a server refusing them is a problem; none answering, a note. Prints every problem
+with its path and what was expected and exits 1, or prints a summary and exits 0. FILE's own problems come alone (the rest is read once FILE is valid); those
 of its files and store map come together.
 ${COMMON}
 `,
