@@ -85,8 +85,15 @@ function settingsRefusal(error: unknown, step: 'bind' | 'search', url: string): 
 
 /** How a refusal is told in logs and errors: the key, the server and what it answered (never a password). */
 export function refusalText(refusal: DirectoryRefusal): string {
-  return `${refusal.key}: ${refusal.url} answered ${refusal.name} (${refusal.code}) to the ${refusal.key === 'directory.base_dn' ? 'base search of base_dn' : 'service bind'}`;
+  return `${refusal.key}: ${refusal.url} answered ${refusal.name} (${refusal.code}) to the ${refusal.key === 'directory.base_dn' ? 'base search of base_dn' : 'service bind'}${refusal.code === 49 ? INVALID_CREDENTIALS_HINT : ''}`;
 }
+
+/**
+ * What invalidCredentials may mean: a server answers it for a bind DN it does not have as for a
+ * wrong password (slapd, 389 DS: no telling which names exist), so the key it is reported under
+ * (bind_password) may not be the one at fault.
+ */
+export const INVALID_CREDENTIALS_HINT = ' (a wrong bind_password, or a bind_dn the server does not have: it answers both alike)';
 
 /** The refusal that made a service connection fail everywhere (LDAP_SERVICE_BIND_REFUSED), for health(). */
 const refusalOfFailure = new WeakMap<MailfrontError, DirectoryRefusal>();

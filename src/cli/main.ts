@@ -338,12 +338,12 @@ function configCaFiles(config: import('../config/schema.js').Config): CaFiles {
 async function checkDirectorySettings(config: import('../config/schema.js').Config, caUnusable: ReadonlySet<string>): Promise<{ issue?: import('../config/validate.js').ConfigIssue; note: string }> {
   const { caFile } = config.directory;
   if (caFile !== undefined && caUnusable.has(caFile)) return { note: '' };
-  const { probeDirectory } = await import('../auth/ldap.js');
+  const { INVALID_CREDENTIALS_HINT, probeDirectory } = await import('../auth/ldap.js');
   const tried = await probeDirectory(config.directory, caFile === undefined ? undefined : readFileSync(caFile));
   if (tried.state === 'refused') {
     const { refusal } = tried;
     const step = refusal.key === 'directory.base_dn' ? 'the base search of base_dn' : 'the service bind';
-    return { issue: { path: refusal.key, expected: `settings the directory server takes (${step})`, found: `${refusal.url} answered ${refusal.name} (${refusal.code})` }, note: '' };
+    return { issue: { path: refusal.key, expected: `settings the directory server takes (${step})`, found: `${refusal.url} answered ${refusal.name} (${refusal.code})${refusal.code === 49 ? INVALID_CREDENTIALS_HINT : ''}` }, note: '' };
   }
   if (tried.state === 'unreachable') return { note: `directory: no server answered (${tried.detail}); its service bind and base_dn were not tried\n` };
   return { note: '' };
