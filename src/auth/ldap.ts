@@ -41,11 +41,18 @@ export function protocolFilter(template: string, protocol: Protocol): string {
   return template.split('{protocol}').join(escapeFilterValue(protocol));
 }
 
+/**
+ * noSuchObject (32) to a search whose base is base_dn: the server has no base_dn (a replica
+ * without the subtree, an ACL that hides it from the service account). It says nothing of the
+ * user, and the server will answer every login so: it is taken as that server's failure.
+ */
+const NO_SUCH_OBJECT = 32;
+
 /** True for a search error that may be the server's (not the request's) doing: the search is tried on the next one. */
 function isServerFailure(error: unknown): boolean {
   if (!(error instanceof ResultCodeError)) return true;
-  // busy (51), unavailable (52), unwillingToPerform (53), other (80)
-  return [51, 52, 53, 80].includes(error.code);
+  // noSuchObject for base_dn (32), busy (51), unavailable (52), unwillingToPerform (53), other (80)
+  return [NO_SUCH_OBJECT, 51, 52, 53, 80].includes(error.code);
 }
 
 /**
@@ -57,7 +64,8 @@ function isServerFailure(error: unknown): boolean {
  */
 function isServerDown(error: unknown): boolean {
   if (!(error instanceof ResultCodeError)) return true;
-  return error.code === 51 || error.code === 52;
+  // A search's noSuchObject is for base_dn (NO_SUCH_OBJECT): lasting, as down is.
+  return error.code === NO_SUCH_OBJECT || error.code === 51 || error.code === 52;
 }
 
 /**
@@ -1081,23 +1089,38 @@ export class LdapDirectory implements Directory {
         this.dropService(slot, connection);
         connection = await raceAbort(this.serviceConnection(slot), signal);
       }
-      if (!usable(connection.client)) return unreachable(`${connection.url}: the connection closed`);
-      try {
-        await raceAbort(connection.client.search(this.config.baseDn, { scope: 'base', filter: '(objectClass=*)', attributes: ['1.1'], sizeLimit: 1 }), signal);
-      } catch (error) {
-        if (error instanceof ResultCodeError) {
-          const refusal = settingsRefusal(error, 'search', connection.url);
-          return refusal === undefined ? { state: 'answers' } : { state: 'refused', refusal };
+      // A server without base_dn is held down, as the logins' search holds it down, and the
+      // next is asked: the directory takes the settings when one server does, as the logins go
+      // to it. Each server once at most.
+      let firstRefusal: DirectoryRefusal | undefined;
+      for (let asked = 1; ; asked++) {
+        if (!usable(connection.client)) return unreachable(`${connection.url}: the connection closed`);
+        try {
+          await raceAbort(connection.client.search(this.config.baseDn, { scope: 'base', filter: '(objectClass=*)', attributes: ['1.1'], sizeLimit: 1 }), signal);
+          return { state: 'answers' };
+        } catch (error) {
+          if (error instanceof ResultCodeError) {
+            const refusal = settingsRefusal(error, 'search', connection.url);
+            if (refusal === undefined) return { state: 'answers' };
+            firstRefusal ??= refusal;
+            if (asked >= this.config.urls.length || !this.hasOtherThan(connection.url)) return { state: 'refused', refusal: firstRefusal };
+            this.holdDown(connection.url, `${refusal.name} (${refusal.code}) for base_dn ${this.config.baseDn}`);
+            this.retire(slot, connection);
+            // No other server to be had (down): this one's refusal is what the logins meet.
+            const next = await raceAbort(this.serviceConnection(slot, connection.url, connection), signal).catch(() => null);
+            if (next === null || next.url === connection.url) return { state: 'refused', refusal: firstRefusal };
+            connection = next;
+            continue;
+          }
+          // The caller stopped waiting (readiness has its own deadline): the connection may be
+          // only slow, and logins' searches share it; it is left to its own operation deadline.
+          if (signal.aborted) return unreachable(`${connection.url}: no answer in time`);
+          // The search failed on the connection (closed, or past the operation deadline): it is
+          // of no use to the searches either.
+          this.dropService(slot, connection);
+          return unreachable(`${connection.url}: ${error instanceof Error ? error.message : String(error)}`);
         }
-        // The caller stopped waiting (readiness has its own deadline): the connection may be
-        // only slow, and logins' searches share it; it is left to its own operation deadline.
-        if (signal.aborted) return unreachable(`${connection.url}: no answer in time`);
-        // The search failed on the connection (closed, or past the operation deadline): it is
-        // of no use to the searches either.
-        this.dropService(slot, connection);
-        return unreachable(`${connection.url}: ${error instanceof Error ? error.message : String(error)}`);
       }
-      return { state: 'answers' };
     } catch (error) {
       const refusal = error instanceof MailfrontError ? refusalOfFailure.get(error) : undefined;
       return refusal !== undefined ? { state: 'refused', refusal } : unreachable(error instanceof Error ? error.message : String(error));
