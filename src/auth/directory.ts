@@ -172,6 +172,16 @@ export const FORBIDDEN_IN_USER = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}\u034f\u180b-\u
 const PRINTABLE_ASCII_WORD = /^[\x21-\x7e]+$/;
 
 /**
+ * The name the throttle, the login gate and the sessions-per-user limit count a user by (a
+ * normalised name): with usernames.lowercase off the directory still finds "ann" and "ANN" alike
+ * (uid matches without regard to case), and each spelling must not get limits of its own. The
+ * admin API's whereis and unthrottle key by it too.
+ */
+export function countedUser(user: string, config: Pick<UsernameConfig, 'lowercase'>): string {
+  return config.lowercase ? user : user.toLowerCase();
+}
+
+/**
  * Normalises a login name; null when it can never be valid. Every part of mailfront (throttling,
  * caches, the directory, backends, logs) uses the result, so that two spellings of one user are
  * one user: trimmed, Unicode NFKC (full-width and ligature forms fold as LDAP folds them), runs

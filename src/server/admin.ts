@@ -9,7 +9,7 @@ import { timingSafeEqual, createHash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { isIP } from 'node:net';
 import type { Directory, DirectoryUser } from '../auth/directory.js';
-import { entryLoginName, normalizeUser } from '../auth/directory.js';
+import { countedUser, entryLoginName, normalizeUser } from '../auth/directory.js';
 import type { SubjectReport, Throttle, ThrottleSource } from '../auth/throttle.js';
 import type { SlotHealthMonitor } from '../backend/health.js';
 import type { UsernameConfig } from '../config/schema.js';
@@ -172,7 +172,8 @@ function loginNameOf(found: DirectoryUser, user: string, context: AdminContext):
 
 /** The throttle's counts of `users` (names typed: the throttle counts a user by the name typed), or null while throttling is off. */
 async function throttleView(context: AdminContext, users: readonly string[]): Promise<{ from: ThrottleSource; users: Array<Omit<SubjectReport, 'key' | 'from'> & { user: string }> } | null> {
-  const reports = (await context.throttle?.inspect(users.map((user) => ({ user })))) ?? null;
+  // Keyed as a login counts them (countedUser): with usernames.lowercase off, "Frank" is counted as "frank".
+  const reports = (await context.throttle?.inspect(users.map((user) => ({ user: countedUser(user, context.usernames()) })))) ?? null;
   if (reports === null) return null;
   return { from: reports[0]?.from ?? 'memory', users: reports.map(({ failures, limit, refusedForMs }, i) => ({ user: users[i]!, failures, limit, refusedForMs })) };
 }
@@ -253,7 +254,7 @@ function throttleSubjectOf(body: Record<string, unknown>, context: AdminContext)
   if (typeof user === 'string' && address === undefined) {
     const normalised = normalizeUser(user, context.usernames());
     if (normalised === null) throw new MailfrontError('INVALID_USERNAME', 'client-protocol', 'not a valid user name');
-    return { user: normalised };
+    return { user: countedUser(normalised, context.usernames()) };
   }
   if (typeof address === 'string' && user === undefined) {
     const trimmed = address.trim();

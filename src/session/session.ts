@@ -18,7 +18,7 @@ import type { LeaveAddressGate, LeaveGate, LoginGate } from '../auth/login-gate.
 import type { ConnectionLease, ConnectionLimiter } from '../server/connection-limits.js';
 import { backendProxyHeader, plainAddress, proxySignatureSoFar } from '../server/proxy-protocol.js';
 import type { ConnectionEndpoints } from '../server/proxy-protocol.js';
-import { FORBIDDEN_IN_USER, entryLoginName, normalizeUser } from '../auth/directory.js';
+import { FORBIDDEN_IN_USER, countedUser, entryLoginName, normalizeUser } from '../auth/directory.js';
 import { CLOSED_AFTER_LOGIN, IDENTITY_REFUSED, assertedIdentityProblem, backendFor, dialSlot, loginToBackend } from '../backend/connect.js';
 import type { BackendSession } from '../backend/connect.js';
 import { loginAttributeOf } from '../config/schema.js';
@@ -564,10 +564,8 @@ export class Session {
     const started = performance.now();
     const kicksAtStart = this.context.registry.kicksSoFar;
     const user = normalizeUser(credentials.user, config.usernames);
-    // What the throttle, the login gate and the sessions-per-user limit count by: with
-    // usernames.lowercase off the directory still finds "ann" and "ANN" alike (uid matches
-    // without regard to case), and each spelling must not get limits of its own.
-    const subject = config.usernames.lowercase || user === null ? user : user.toLowerCase();
+    // What the throttle, the login gate and the sessions-per-user limit count by (countedUser).
+    const subject = user === null ? user : countedUser(user, config.usernames);
     const throttle = this.context.throttle();
     const attempt = {
       user: subject,
