@@ -384,7 +384,7 @@ export class Mailfront {
       if (http) await mailfront.startHttp(http);
       mailfront.health.start();
     } catch (error) {
-      await mailfront.stop(0);
+      await mailfront.stop(0, 0);
       throw error;
     }
     return mailfront;
@@ -937,40 +937,74 @@ export class Mailfront {
   }
 
   /**
-   * Stops accepting, says BYE to sessions before login, and gives spliced sessions up to
-   * `drainMs` (default: shutdown.drain_timeout_ms) to end on their own before closing them.
+   * Answers /readyz with 503 at once; with an HTTP listener, keeps accepting and serving for
+   * `unreadyDelayMs` (default: shutdown.unready_delay_ms) so that a balancer checking /readyz
+   * takes the instance out before its ports close; then stops accepting, says BYE to sessions
+   * before login, and gives spliced sessions up to `drainMs` (default: shutdown.drain_timeout_ms)
+   * to end on their own before closing them.
    */
-  stop(drainMs = this.config.shutdown.drainTimeoutMs): Promise<void> {
+  stop(drainMs = this.config.shutdown.drainTimeoutMs, unreadyDelayMs = this.unreadyDelayMs()): Promise<void> {
     // One stop: a second call (a second SIGTERM, or SIGINT after SIGTERM) waits for the one under
     // way. It returned at once, and the CLI exited while spliced sessions drained: no BYE, no
     // session.finished, no server.stopped.
-    this.stopped ??= this.stopNow(drainMs);
+    this.stopped ??= this.stopNow(drainMs, unreadyDelayMs);
     return this.stopped;
+  }
+
+  /**
+   * shutdown.unready_delay_ms when something can see readiness (an HTTP listener serves
+   * /readyz), else 0: without one, no balancer learns of the stop from /readyz, and waiting would
+   * only keep the ports open longer.
+   */
+  private unreadyDelayMs(): number {
+    return this.http === undefined ? 0 : this.config.shutdown.unreadyDelayMs;
   }
 
   private stopped: Promise<void> | undefined;
 
-  /** Set by endDrain(): spliced sessions are closed without waiting for the drain deadline. */
+  /** Set by endDrain(): the unready delay and the drain end without waiting for their time. */
   private drainEnded = false;
   private endDrainWait: () => void = () => undefined;
 
   /**
-   * A repeated stop signal: the drain of spliced sessions ends now, each told BYE as at the drain
-   * deadline, and the stop goes on as usual (its log lines, server.stopped). Logged each time.
+   * A repeated stop signal: the rest of the unready delay is skipped (the listeners close now)
+   * and the drain of spliced sessions ends now, each told BYE as at the drain deadline; the stop
+   * goes on as usual (its log lines, server.stopped). Logged each time.
    */
   endDrain(signal: string): void {
-    this.log.warn({ event: 'server.drain_ended', signal, sessions: this.registry.size }, this.drainEnded ? 'stop signal repeated; the drain has already ended' : 'stop signal repeated; spliced sessions are told BYE now');
+    const text = this.drainEnded ? 'stop signal repeated; the drain has already ended' : this.unready ? 'stop signal repeated; the listeners close now, before the end of the unready delay, and spliced sessions are told BYE' : 'stop signal repeated; spliced sessions are told BYE now';
+    this.log.warn({ event: 'server.drain_ended', signal, sessions: this.registry.size }, text);
     this.drainEnded = true;
     this.endDrainWait();
   }
 
-  private async stopNow(drainMs: number): Promise<void> {
+  /** True during the unready delay: /readyz answers 503 while the listeners still accept. */
+  private unready = false;
+
+  private async stopNow(drainMs: number, unreadyDelayMs: number): Promise<void> {
     this.stopping = true;
-    // Accepting stops first. A reload under way gives up its wait on the store-map source, and
-    // commits nothing it had not committed; a listener it binds meanwhile is shut at once
-    // (startListener()). It finishes before the sources and the directory are closed; later
-    // ones are refused.
+    // A reload under way gives up its wait on the store-map source, and commits nothing it had
+    // not committed; a listener it binds meanwhile is shut at once (startListener()). It finishes
+    // before the sources and the directory are closed; later ones are refused.
     this.stopRequested.abort();
+    // /readyz answers 503 from now on, but the listeners go on accepting until the balancer has
+    // seen it: closed at once, they refused (or reset, from the kernel's accept queue) the
+    // connections a balancer sent in the seconds its checks took to mark the instance down
+    // (77 of 155 logins failed behind HAProxy's inter 2s fall 2). Logins are served as usual.
+    if (unreadyDelayMs > 0 && !this.drainEnded) {
+      this.unready = true;
+      this.log.info({ event: 'server.unready', delayMs: unreadyDelayMs, sessions: this.registry.size }, `stopping: /readyz answers 503; still accepting for ${unreadyDelayMs} ms, for balancers to take the instance out`);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, unreadyDelayMs);
+        this.endDrainWait = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.endDrainWait = () => undefined;
+      this.unready = false;
+    }
+    // Accepting stops.
     await Promise.all(this.listeners.map((l) => l.shutDown()));
     await this.reloads;
     this.log.info({ event: 'server.stopping', sessions: this.registry.size, drainMs }, 'stopping');

@@ -56,9 +56,11 @@ ${COMMON}
 
 Runs mailfront in the foreground. Logs are JSON lines on stdout.
 Signals: SIGHUP re-reads the config and the store map without dropping a spliced session
-(listeners whose address changed are bound anew); SIGTERM/SIGINT stop accepting, say BYE to
-sessions before login and drain spliced sessions (up to shutdown.drain_timeout_ms) before exiting;
-a second SIGTERM/SIGINT ends the drain at once (BYE to spliced sessions), then exits as usual.
+(listeners whose address changed are bound anew); SIGTERM/SIGINT turn /readyz to 503 and, with
+an HTTP listener, go on accepting for shutdown.unready_delay_ms (a balancer takes the instance
+out meanwhile), then stop accepting, say BYE to sessions before login and drain spliced sessions
+(up to shutdown.drain_timeout_ms) before exiting; a second SIGTERM/SIGINT ends the delay and the
+drain at once (BYE to spliced sessions), then exits as usual.
 ${COMMON}
 `,
   'check-config': `Usage: mailfront check-config [FILE | -c FILE]

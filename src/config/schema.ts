@@ -280,7 +280,20 @@ export interface HealthConfig {
 export interface ShutdownConfig {
   /** On SIGTERM, spliced sessions get this long to end on their own before they are closed. */
   readonly drainTimeoutMs: number;
+  /**
+   * On SIGTERM, /readyz answers 503 at once while the listeners go on accepting for this long,
+   * so that a balancer checking /readyz takes the instance out before its ports close (only with
+   * an HTTP listener: without one nothing sees readiness, and the listeners close at once).
+   */
+  readonly unreadyDelayMs: number;
 }
+
+/**
+ * shutdown.unready_delay_ms's default: HAProxy's checks of docker/haproxy/haproxy.cfg (inter 2s,
+ * fall 2) mark the instance down at most 4 s after /readyz turns 503; a second more covers the
+ * check's own time and the connections dispatched just before.
+ */
+export const DEFAULT_UNREADY_DELAY_MS = 5_000;
 
 export interface AdminConfig {
   /** Bearer token for the admin API; the API is off when absent. */
@@ -674,8 +687,11 @@ function readHealth(v: unknown, issues: IssueList): HealthConfig {
 }
 
 function readShutdown(v: unknown, issues: IssueList): ShutdownConfig {
-  const o = v === undefined ? {} : readSection(v, 'shutdown', ['drain_timeout_ms'], issues) ?? {};
-  return { drainTimeoutMs: int(o, 'drain_timeout_ms', 'shutdown', issues, 0, 3_600_000, 10_000) };
+  const o = v === undefined ? {} : readSection(v, 'shutdown', ['drain_timeout_ms', 'unready_delay_ms'], issues) ?? {};
+  return {
+    drainTimeoutMs: int(o, 'drain_timeout_ms', 'shutdown', issues, 0, 3_600_000, 10_000),
+    unreadyDelayMs: int(o, 'unready_delay_ms', 'shutdown', issues, 0, 600_000, DEFAULT_UNREADY_DELAY_MS),
+  };
 }
 
 function readAdmin(v: unknown, issues: IssueList): AdminConfig {

@@ -58,6 +58,8 @@ describe('mailfront_connections_max and mailfront_connections_open', () => {
         health: { interval_ms: 0 },
         connection_limits: { max_connections: 50 },
         http: { host: '127.0.0.1', port: 0 },
+        // No balancer to wait for: a stop closes the listeners at once (stop-unready.test.ts tests the delay).
+        shutdown: { unready_delay_ms: 0 },
       }),
     );
     const writeSuiteLog = suiteLogWriter();

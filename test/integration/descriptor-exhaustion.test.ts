@@ -69,6 +69,8 @@ async function start(extra: Record<string, unknown>): Promise<Instance> {
       session: { auth_failure_delay_ms: 200 },
       throttle: { enabled: false },
       http: { host: '127.0.0.1', port: httpPort },
+      // No balancer to wait for: a stop closes the listeners at once (stop-unready.test.ts tests the delay).
+      shutdown: { unready_delay_ms: 0 },
       health: { interval_ms: 0 },
       ...extra,
     }),

@@ -287,6 +287,8 @@ export async function startFront(options: FrontOptions): Promise<Front> {
       ...(options.usernames ? { usernames: options.usernames } : {}),
       admin: { token: ADMIN_TOKEN, ...options.admin },
       http: { host: '127.0.0.1', port: 0 },
+      // No balancer to wait for: every test's stop closes the listeners at once (stop-unready.test.ts tests the delay).
+      shutdown: { unready_delay_ms: 0 },
     }),
   );
   const logs: Array<Record<string, unknown>> = [];

@@ -55,7 +55,8 @@ function configFor(imapPort: number, httpPort: number): Record<string, unknown> 
     admin: { token: TOKEN },
     session: { auth_failure_delay_ms: 100 },
     health: { interval_ms: 1_000 },
-    shutdown: { drain_timeout_ms: 1500 },
+    // unready_delay_ms 0: the SIGTERM test below wants the BYE before login at once (stop-unready.test.ts tests the delay behind HAProxy).
+    shutdown: { drain_timeout_ms: 1500, unready_delay_ms: 0 },
   };
 }
 

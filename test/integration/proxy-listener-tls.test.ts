@@ -74,6 +74,8 @@ describe('implicit TLS behind a PROXY balancer', () => {
         throttle: { enabled: false },
         health: { interval_ms: 0 },
         http: { host: '127.0.0.1', port: 0 },
+        // No balancer to wait for: a stop closes the listeners at once (stop-unready.test.ts tests the delay).
+        shutdown: { unready_delay_ms: 0 },
       }),
     );
     mailfront = await Mailfront.start(loadConfig(join(dir.path, 'mailfront.yaml')), { directory, processMetrics: false, logDestination: parsedSuiteLog(logs) });

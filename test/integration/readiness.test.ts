@@ -60,6 +60,8 @@ describe('/readyz and the directory check', () => {
         throttle: { enabled: false },
         health: { interval_ms: 0 },
         http: { host: '127.0.0.1', port: 0 },
+        // No balancer to wait for: a stop closes the listeners at once (stop-unready.test.ts tests the delay).
+        shutdown: { unready_delay_ms: 0 },
       }),
     );
     const writeSuiteLog = suiteLogWriter();

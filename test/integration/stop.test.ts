@@ -94,7 +94,8 @@ test('SIGTERM: /readyz answers 503 while spliced sessions drain, a spliced IMAP 
   const configFile = writeConfig('mailfront.yaml', imapPort, {
     http: { host: '127.0.0.1', port: httpPort },
     admin: { token: 'stop-test-admin-token-0123' },
-    shutdown: { drain_timeout_ms: DRAIN_MS },
+    // No unready delay: this test is about the drain (stop-unready.test.ts tests the delay).
+    shutdown: { drain_timeout_ms: DRAIN_MS, unready_delay_ms: 0 },
   });
   registerSecrets(['stop-test-admin-token-0123']);
   const logFile = join(dir.path, 'mailfront.log');

@@ -19,6 +19,10 @@ export interface HaproxyServer {
   /** Health checks (TCP connect, or with `check-send-proxy` a PROXY LOCAL header first) every `checkIntervalMs`. */
   readonly check?: boolean;
   readonly checkIntervalMs?: number;
+  /** Failed checks in a row before the server is marked down (default 1). */
+  readonly checkFall?: number;
+  /** The port checks go to instead of the server's (with the backend's `httpCheck`: mailfront's HTTP listener). */
+  readonly checkPort?: number;
   /** Only used when every non-backup server is down. */
   readonly backup?: boolean;
 }
@@ -27,6 +31,8 @@ export interface HaproxyBackend {
   readonly name: string;
   /** Default roundrobin; `first` fills servers in order (deterministic tests). */
   readonly balance?: 'roundrobin' | 'first' | 'leastconn' | 'source';
+  /** Checks ask `GET <path>` and want a 200 (`option httpchk`), with no PROXY header, as docker/haproxy/haproxy.cfg's ask /readyz. */
+  readonly httpCheck?: string;
   readonly servers: readonly HaproxyServer[];
 }
 
@@ -71,10 +77,13 @@ export interface Haproxy {
 
 const NAME = /^[A-Za-z0-9_.-]+$/;
 
-function serverLine(server: HaproxyServer): string {
+function serverLine(server: HaproxyServer, httpCheck: boolean): string {
   const parts = [`    server ${server.name} ${server.host ?? '127.0.0.1'}:${server.port}`];
   if (server.sendProxyV2 ?? true) parts.push(server.sendProxyV2Ssl ? 'send-proxy-v2-ssl' : 'send-proxy-v2');
-  if (server.check) parts.push('check', `inter ${server.checkIntervalMs ?? 1000}`, 'rise 1', 'fall 1', ...(server.sendProxyV2 ?? true ? ['check-send-proxy'] : []));
+  if (server.check) {
+    parts.push('check', `inter ${server.checkIntervalMs ?? 1000}`, 'rise 1', `fall ${server.checkFall ?? 1}`, ...(server.checkPort !== undefined ? [`port ${server.checkPort}`] : []));
+    if ((server.sendProxyV2 ?? true) && !httpCheck) parts.push('check-send-proxy');
+  }
   if (server.backup) parts.push('backup');
   return parts.join(' ');
 }
@@ -99,7 +108,9 @@ function haproxyConfig(options: HaproxyOptions, ports: Record<string, number>, s
     lines.push(`frontend ${frontend.name}`, `    bind 127.0.0.1:${ports[frontend.name]}${frontend.acceptProxy ? ' accept-proxy' : ''}${frontend.sslPem !== undefined ? ` ssl crt ${frontend.sslPem}` : ''}`, `    default_backend ${frontend.backend}`);
   }
   for (const backend of options.backends) {
-    lines.push(`backend ${backend.name}`, `    balance ${backend.balance ?? 'roundrobin'}`, ...backend.servers.map(serverLine));
+    lines.push(`backend ${backend.name}`, `    balance ${backend.balance ?? 'roundrobin'}`);
+    if (backend.httpCheck !== undefined) lines.push(`    option httpchk GET ${backend.httpCheck}`, '    http-check expect status 200');
+    lines.push(...backend.servers.map((server) => serverLine(server, backend.httpCheck !== undefined)));
   }
   return `${lines.join('\n')}\n`;
 }
