@@ -1,5 +1,6 @@
 // deploy/mailfront.service: systemd's own verifier and security analysis, and the settings the
-// service relies on (reload by SIGHUP, a stop timeout above the drain deadline, hardening).
+// service relies on (reload by SIGHUP after check-config, a stop timeout above the unready delay
+// and the drain deadline, hardening).
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -24,6 +25,8 @@ const UNIT = readFileSync(UNIT_FILE, 'utf8');
 const EXECUTABLE = '/usr/bin/mailfront';
 /** mailfront's default drain of spliced sessions on SIGTERM (Mailfront.stop). */
 const DEFAULT_DRAIN_SECONDS = 10;
+/** mailfront's default shutdown.unready_delay_ms on SIGTERM, when it has an HTTP listener (Mailfront.stop). */
+const DEFAULT_UNREADY_DELAY_SECONDS = 5;
 
 const systemdAnalyze = ['/usr/bin/systemd-analyze', '/bin/systemd-analyze'].find((p) => existsSync(p));
 
@@ -141,11 +144,14 @@ describe('deploy/mailfront.service', () => {
     assert.ok(!allowed.has('setrlimit') && !allowed.has('setpriority'), '@resources stays refused');
   });
 
-  it('reloads with SIGHUP and gives the drain time to finish on stop', () => {
-    assert.deepEqual(values('ExecReload'), ['/bin/kill -HUP $MAINPID']);
+  it('reloads with SIGHUP once check-config has passed, and gives the unready delay and the drain time to finish on stop', () => {
+    // systemd stops at the first ExecReload that fails: a config check-config rejects fails the
+    // reload, where kill alone reported success whatever mailfront made of the SIGHUP.
+    const config = /^\/usr\/bin\/mailfront serve -c (\S+)$/.exec(values('ExecStart')[0] ?? '')?.[1];
+    assert.deepEqual(values('ExecReload'), [`/usr/bin/mailfront check-config ${config}`, '/bin/kill -HUP $MAINPID']);
     assert.deepEqual(values('KillSignal'), ['SIGTERM']);
     const stop = /^(\d+)s$/.exec(values('TimeoutStopSec')[0] ?? '');
-    assert.ok(stop && Number(stop[1]) >= DEFAULT_DRAIN_SECONDS + 10, 'TimeoutStopSec leaves room for the drain deadline');
+    assert.ok(stop && Number(stop[1]) >= DEFAULT_UNREADY_DELAY_SECONDS + DEFAULT_DRAIN_SECONDS + 10, 'TimeoutStopSec leaves room for the unready delay, the drain deadline, the close and the last log lines');
     assert.ok(Number(values('LimitNOFILE')[0]) >= 65536);
     assert.match(values('ExecStart')[0] ?? '', /^\/usr\/bin\/mailfront serve -c \S+$/);
   });
