@@ -112,6 +112,8 @@ async function main(): Promise<void> {
         connection_limits: { max_connections: 100_000, max_connections_per_address: 100_000, max_sessions_per_user: 100_000 },
         health: { interval_ms: 0 },
         http: { host: '127.0.0.1', port: httpPort },
+        // No balancer watches /readyz here: the stop need not wait for one to notice.
+        shutdown: { unready_delay_ms: 0 },
         admin: { token: TOKEN },
       }),
     );

@@ -113,6 +113,8 @@ async function main(): Promise<void> {
         failover: { drain_spread_ms: 1000 },
         health: { interval_ms: 2000 },
         http: { host: '127.0.0.1', port: http },
+        // No balancer watches the sandbox's /readyz: a stop need not wait for one to notice.
+        shutdown: { unready_delay_ms: 0 },
         admin: { token_file: 'admin.token' },
         // A sandbox's share of descriptors: the default (10,000 connections, two descriptors
         // each) is above many shells' open-files limit, and serve would warn about it.
