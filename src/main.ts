@@ -19,6 +19,7 @@ import type { ThrottleChange } from './auth/throttle.js';
 import { ConnectionLimiter } from './server/connection-limits.js';
 import { backendFor, configSourceAddresses, forgetBackendCaFiles, probeSlot, unusableSourceAddresses } from './backend/connect.js';
 import { ConfigError, buildStoreMap, loadConfig } from './config/load.js';
+import { configWarnings } from './config/schema.js';
 import type { Config } from './config/schema.js';
 import { Metrics } from './metrics.js';
 import { CidrSet, bindAddressesOverlap, setNat64Prefixes } from './net/cidr.js';
@@ -377,6 +378,7 @@ export class Mailfront {
       if (!first.ok) throw new MailfrontError('STOREMAP_UNUSABLE', 'config', `cannot start without a store map: ${first.error ?? 'unknown error'}`);
       // Once the map is in: its slots are probed, each probe holding a descriptor.
       mailfront.checkDescriptorLimit(config);
+      mailfront.logConfigWarnings(config);
       mailfront.stopWatching = mailfront.holder.source.watch(() => void mailfront.holder.reload('change'), mailfront.onSourceHealth);
       for (const [i, listenerConfig] of config.listeners.entries()) await mailfront.addListener(listenerConfig).catch((error: unknown) => Promise.reject(atListener(error, i, listenerConfig)));
       const http = options.http ?? config.http;
@@ -408,6 +410,11 @@ export class Mailfront {
       { event: 'process.descriptor_limit_low', limit, needed, maxConnections, probes },
       `the process may open ${limit} files (RLIMIT_NOFILE), and connection_limits.max_connections: ${maxConnections} may need ${needed} (a client and a backend each, ${probes} health probes at once, and ${OTHER_DESCRIPTORS} more): connections over the limit are closed unannounced; raise LimitNOFILE (ulimit -n) or lower max_connections`,
     );
+  }
+
+  /** Logs what the config sets that works against itself (configWarnings()), at start and at each reload: check-config prints the same. */
+  private logConfigWarnings(config: Config): void {
+    for (const { event, path, text } of configWarnings(config)) this.log.warn({ event, path }, text);
   }
 
   private createThrottle(config: Config): Throttle {
@@ -642,6 +649,7 @@ export class Mailfront {
     setNat64Prefixes(next.nat64Prefixes);
     this.limiter.setLimits(next.connectionLimits);
     this.checkDescriptorLimit(next);
+    this.logConfigWarnings(next);
     if (changed('throttle')) {
       // The counters and refusals in force stay (Throttle.reconfigure()): a limit tightened
       // during an attack must not give every guesser a fresh budget.

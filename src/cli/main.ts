@@ -575,7 +575,9 @@ async function main(argv: string[]): Promise<number> {
       const directory = await checkDirectorySettings(config, caUnusable);
       if (directory.issue !== undefined) problems.push(new ConfigError(config.file, [directory.issue]));
       if (problems.length > 0) throw allProblems(problems);
-      out(`${summary}${directory.note}${maintenance}`);
+      // Valid, and so OK, but said: serve logs the same lines at start.
+      const { configWarnings } = await import('../config/schema.js');
+      out(`${summary}${directory.note}${maintenance}${configWarnings(config).map((w) => `warning: ${w.text}\n`).join('')}`);
       return 0;
     }
     case 'serve': {

@@ -674,6 +674,34 @@ function readFailover(v: unknown, issues: IssueList): FailoverConfig {
   };
 }
 
+/** A setting that is valid but probably not what the operator meant: serve and check-config say so, and go on. */
+export interface ConfigWarning {
+  /** The log event of serve's line (at start and at each reload). */
+  readonly event: string;
+  /** The config path it is about. */
+  readonly path: string;
+  readonly text: string;
+}
+
+/**
+ * What `config` sets that works against itself. A failover.hold_ms at or above
+ * session.preauth_timeout_ms: a login held for a master that is down is cut by the pre-auth
+ * deadline, which runs from accept, before the hold ends, so the hold never ends a login.
+ */
+export function configWarnings(config: Pick<Config, 'failover' | 'session'>): ConfigWarning[] {
+  const warnings: ConfigWarning[] = [];
+  const { holdMs } = config.failover;
+  const { preauthTimeoutMs } = config.session;
+  if (holdMs >= preauthTimeoutMs) {
+    warnings.push({
+      event: 'config.hold_exceeds_preauth',
+      path: 'failover.hold_ms',
+      text: `failover.hold_ms (${holdMs}) is not below session.preauth_timeout_ms (${preauthTimeoutMs}): a login held for a master that is down is cut by the pre-auth deadline, which runs from accept, before its hold ends; lower hold_ms or raise preauth_timeout_ms`,
+    });
+  }
+  return warnings;
+}
+
 function readHealth(v: unknown, issues: IssueList): HealthConfig {
   const o = v === undefined ? {} : readSection(v, 'health', ['interval_ms', 'timeout_ms', 'probe_user', 'probe_password'], issues) ?? {};
   const probeUser = optStr(o, 'probe_user', 'health', issues);

@@ -79,6 +79,13 @@ const UNAVAILABLE_TEXT: Partial<Readonly<Record<FailureKind, string>>> = {
   internal: 'Internal error, please wait and try again later.',
 };
 
+/** What a login the pre-auth deadline cut short was waiting on, by the failure kind it is counted as (cutByDeadline()). */
+const WAITED_ON: Partial<Readonly<Record<FailureKind, string>>> = {
+  'auth-tempfail': 'the directory',
+  connect: "a connection to the store's master",
+  'backend-login': "the store's master to log it in",
+};
+
 /** No bytes yet. */
 const EMPTY = Buffer.alloc(0);
 
@@ -247,6 +254,9 @@ export class Session {
   private readingStopped: Socket | undefined;
   /** The pre-auth deadline cut a login short: the timeout answer ends the session. */
   private loginTimedOut = false;
+  /** What the login under way waits on, as the kind its failure would have (the directory, a slot), and the last failure it was held for: cutByDeadline() reads them. */
+  private loginWaitsOn: FailureKind | undefined;
+  private heldFor: MailfrontError | undefined;
   private tlsActive: boolean;
   /** The name the login goes on with: the name typed until the directory names the entry's own. */
   private user: string | undefined;
@@ -552,6 +562,21 @@ export class Session {
     });
   }
 
+  /**
+   * What a login the pre-auth deadline cut short (its wait `abort`ed) is logged and counted as:
+   * the kind of what it waited on (the directory, the store's master), with the last failure it
+   * was held for, so that a fleet's failure counts as one (MailfrontLoginErrors) and not as a
+   * client that went away. A wait on neither (the throttle, a turn behind another login of the
+   * user) stays `aborted`.
+   */
+  private cutByDeadline(abort: MailfrontError): MailfrontError {
+    const kind = this.loginWaitsOn ?? 'aborted';
+    const waitedOn = WAITED_ON[kind];
+    if (waitedOn === undefined) return new MailfrontError('PREAUTH_DEADLINE', 'aborted', abort.message, { cause: abort });
+    const held = this.heldFor === undefined ? '' : `; held for it (failover.hold_ms), last error: ${this.heldFor.message}`;
+    return new MailfrontError('PREAUTH_DEADLINE', kind, `the login was waiting on ${waitedOn}${held}`, { cause: abort });
+  }
+
   private get cancellation(): Cancellation {
     this.canceller ??= new Canceller();
     return this.canceller;
@@ -564,6 +589,8 @@ export class Session {
     const started = performance.now();
     const kicksAtStart = this.context.registry.kicksSoFar;
     const user = normalizeUser(credentials.user, config.usernames);
+    this.loginWaitsOn = undefined;
+    this.heldFor = undefined;
     // What the throttle, the login gate and the sessions-per-user limit count by (countedUser).
     const subject = user === null ? user : countedUser(user, config.usernames);
     const throttle = this.context.throttle();
@@ -628,6 +655,7 @@ export class Session {
       }
       this.user = user;
       this.typedUser = user;
+      this.loginWaitsOn = 'auth-tempfail';
       const found = await this.context.directory().authenticate(user, credentials.password, cancellation, this.adapter.name);
       throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
       void throttle.recordSuccess(attempt);
@@ -707,8 +735,9 @@ export class Session {
       if (this.loginTimedOut) {
         // Cut short by the deadline: the timer's answer follows (the login's refusal, then the
         // timeout), and nothing the client pipelined behind the login is run, as the refusal below would.
-        this.context.metrics.loginResult(this.adapter.name, error.kind);
-        this.log.error({ event: 'session.login_failed', ...userFields(asserted ?? user ?? undefined, user ?? undefined), store: this.store, code: error.code, kind: error.kind, ...this.clientFields(), reason: `the pre-auth deadline passed: ${error.message}` }, 'login could not be completed');
+        const failure = error.kind === 'aborted' ? this.cutByDeadline(error) : error;
+        this.context.metrics.loginResult(this.adapter.name, failure.kind);
+        this.log.error({ event: 'session.login_failed', ...userFields(asserted ?? user ?? undefined, user ?? undefined), store: this.store, code: failure.code, kind: failure.kind, ...this.clientFields(), reason: `the pre-auth deadline passed: ${failure.message}` }, 'login could not be completed');
         return;
       }
       if (error.kind === 'aborted' && (this.socket.destroyed || this.phase !== 'authenticating' && this.phase !== 'backend-login')) {
@@ -823,6 +852,8 @@ export class Session {
         if (error.code === CLOSED_AFTER_LOGIN && ++closedAfterLogin > 1) throw new MailfrontError(error.code, 'backend-login', `${error.message}, twice`, { cause: error });
         if (!isRetryable(error.kind) || performance.now() >= deadline) throw error;
         this.log.warn({ event: 'session.backend_retry', store: storeName, slot: slot.name, attempt, err: error.message }, 'current master unreachable; holding the login');
+        this.heldFor = error;
+        this.loginWaitsOn = error.kind;
         // The attempt's cancellation: a kick or a failover during the wait ends it at once.
         await delay(Math.min(250 * attempt, 1_000, deadline - performance.now()), cancel);
         throwIfCancelled(session, 'the session ended while its login was held');
@@ -857,6 +888,7 @@ export class Session {
     if (identityProblem !== null) throw new MailfrontError(IDENTITY_REFUSED, 'not-authorized', `user "${user}" of store "${slot.store}" not logged in: ${identityProblem}`);
     const metrics = this.context.metrics;
     const connectStarted = performance.now();
+    this.loginWaitsOn = 'connect';
     let socket: Socket;
     try {
       const proxyHeader = backendProxyHeader(backendConfig.proxyProtocol, { address: this.clientAddress, port: this.clientPort }, this.endpoints);
@@ -881,6 +913,7 @@ export class Session {
       implicitTls: backendConfig.tls === 'implicit',
       ...(backendConfig.forwardClientAddress ? { forward: { ip: this.clientAddress, port: this.clientPort, sessionId: this.id } } : {}),
     });
+    this.loginWaitsOn = 'backend-login';
     try {
       const session = await loginToBackend(socket, slot, machine, backendConfig, cancel);
       metrics.backendLogin(slot.store, 'success', (performance.now() - loginStarted) / 1000);
@@ -902,6 +935,7 @@ export class Session {
     this.preauthTimer = undefined;
     // The login is over: nothing is left to cancel.
     this.canceller = undefined;
+    this.heldFor = undefined;
     // A guard on what the client sends, where the backend needs one; the login reply then shows
     // the capabilities without the commands it refuses.
     const guarded = this.adapter.createCommandGuard?.(backend.capabilities) ?? null;

@@ -295,7 +295,9 @@ test('the pre-auth deadline ends a session whose login is still running: the log
       assert.ok(elapsed >= 900 && elapsed < 3_000, `closed ${elapsed} ms after accept`);
       raw.close();
     }
-    await waitForLog(slow, (l) => l['event'] === 'session.login_failed' && l['code'] === 'ABORTED');
+    // Logged and counted as what held the login, the backend that never greeted: not as a client that went away.
+    const failed = await waitForLog(slow, (l) => l['event'] === 'session.login_failed' && l['code'] === 'PREAUTH_DEADLINE');
+    assert.equal(failed['kind'], 'backend-login');
     await waitForLog(slow, (l) => l['event'] === 'session.finished' && l['reason'] === 'timeout');
   } finally {
     await slow.stop();

@@ -1,0 +1,131 @@
+/**
+ * What the logs and metrics say about a failed or slow login, against a real slapd and Dovecot
+ * (the support-desk review's repros): a login the pre-auth deadline cuts short while the master
+ * is down or the directory hangs is the fleet's failure (its kind, counted so), not a client
+ * abort.
+ */
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { LineClient, startDovecot, startSlapd } from './servers/index.js';
+import type { Dovecot, Slapd } from './servers/index.js';
+import { registerPasswords, sessionIdOf, startFront, waitForLog } from './front.js';
+import type { Front, FrontOptions } from './front.js';
+
+const PASSWORDS = { alice: 'Alice-pw-71aa', gina: 'Gina-pw-77g7', frank: 'Frank-pw-66f6', wrong: 'Wrong-pw-0001', wrong2: 'Wrong-pw-0002' };
+registerPasswords(...Object.values(PASSWORDS));
+
+let slapd: Slapd;
+let dovecot: Dovecot;
+
+before(async () => {
+  [slapd, dovecot] = await Promise.all([
+    startSlapd({
+      users: [
+        { uid: 'alice', password: PASSWORDS.alice, store: 'store1', mail: 'a.smith@example.com' },
+        { uid: 'gina', password: PASSWORDS.gina, store: 'store1' },
+        { uid: 'frank', password: PASSWORDS.frank, store: 'store1' },
+      ],
+    }),
+    startDovecot({
+      name: 'logs-a',
+      users: [
+        { name: 'alice', password: PASSWORDS.alice },
+        { name: 'gina', password: PASSWORDS.gina },
+        { name: 'frank', password: PASSWORDS.frank },
+      ],
+    }),
+  ]);
+});
+
+after(async () => {
+  await Promise.all([slapd?.stop(), dovecot?.stop()]);
+});
+
+/** A mailfront in front of the Dovecot (store1, one slot), with a user filter that also matches mail and login_attribute uid. */
+function front(options: Partial<FrontOptions> = {}): Promise<Front> {
+  return startFront({
+    slapd,
+    stores: { store1: { currentMaster: 's1a', slots: { s1a: { imapPort: dovecot.imapPort, pop3Port: dovecot.pop3Port } } } },
+    ...options,
+    directory: { user_filter: '(&(objectClass=inetOrgPerson)(|(uid={user})(mail={user})))', login_attribute: 'uid', ...options.directory },
+  });
+}
+
+/** IMAP LOGIN on the plaintext webmail listener (from `localAddress`, after an ID naming `forwarded`): the tagged answer, the session and how long the answer took. */
+async function imapLogin(on: Front, user: string, password: string, opts: { localAddress?: string; forwarded?: string } = {}): Promise<{ answer: string; session: string; ms: number; client: LineClient }> {
+  const mark = on.logs.length;
+  const client = await LineClient.connect(on.imapTrustedPort, { ...(opts.localAddress !== undefined ? { localAddress: opts.localAddress } : {}), timeoutMs: 20_000 });
+  await client.readLine();
+  const session = await sessionIdOf(on, client.socket.localPort!, mark);
+  if (opts.forwarded !== undefined) assert.equal((await client.imap(`ID ("x-originating-ip" "${opts.forwarded}")`)).status, 'OK');
+  const started = Date.now();
+  const result = await client.imap(`LOGIN "${user}" "${password}"`);
+  return { answer: `${result.status} ${result.text}`, session, ms: Date.now() - started, client };
+}
+
+/** The lines `event` of `session` (waiting for the first). */
+async function lineOf(on: Front, session: string, event: string, timeoutMs = 5_000): Promise<Record<string, unknown>> {
+  return waitForLog(on, (l) => l['session'] === session && l['event'] === event, timeoutMs);
+}
+
+/** The series of mailfront's /metrics whose line starts with `prefix`, by their labels, with their values. */
+async function series(on: Front, prefix: string): Promise<Map<string, number>> {
+  const { host, port } = on.mailfront.httpAddress()!;
+  const body = await (await fetch(`http://${host}:${port}/metrics`)).text();
+  const found = new Map<string, number>();
+  for (const line of body.split('\n')) if (line.startsWith(prefix)) found.set(line.slice(0, line.lastIndexOf(' ')), Number(line.slice(line.lastIndexOf(' ') + 1)));
+  return found;
+}
+
+test('a login the pre-auth deadline cuts short while the master is down or the directory hangs is logged and counted as the fleet failure that held it, not as aborted', async () => {
+  // The deadline (2.5 s) comes before the hold ends (3 s) and before an LDAP operation times out (5 s).
+  const deadline = await front({ session: { preauth_timeout_ms: 2_500 }, failover: { hold_ms: 3_000 }, directory: { connect_timeout_ms: 5_000, operation_timeout_ms: 5_000 } });
+  try {
+    const warned = await waitForLog(deadline, (l) => l['event'] === 'config.hold_exceeds_preauth');
+    assert.equal(warned['level'], 'warn');
+    assert.equal(warned['path'], 'failover.hold_ms');
+    assert.match(String(warned['msg']), /failover\.hold_ms \(3000\) is not below session\.preauth_timeout_ms \(2500\)/);
+    await dovecot.stopOnly();
+    let held;
+    try {
+      held = await imapLogin(deadline, 'gina', PASSWORDS.gina);
+    } finally {
+      await dovecot.startAgain();
+    }
+    held.client.close();
+    assert.match(held.answer, /^NO \[UNAVAILABLE\] /);
+    const failed = await lineOf(deadline, held.session, 'session.login_failed');
+    assert.equal(failed['level'], 'error');
+    assert.equal(failed['code'], 'PREAUTH_DEADLINE');
+    assert.equal(failed['kind'], 'connect', 'held for an unreachable master');
+    assert.match(String(failed['reason']), /^the pre-auth deadline passed: the login was waiting on a connection to the store's master; held for it \(failover\.hold_ms\), last error: slot "s1a" \(127\.0\.0\.1:\d+\): connect ECONNREFUSED/);
+
+    await slapd.pause();
+    let hung;
+    try {
+      hung = await imapLogin(deadline, 'alice', PASSWORDS.alice);
+    } finally {
+      slapd.resume();
+    }
+    hung.client.close();
+    assert.match(hung.answer, /^NO \[UNAVAILABLE\] /);
+    const lookup = await lineOf(deadline, hung.session, 'session.login_failed');
+    assert.equal(lookup['code'], 'PREAUTH_DEADLINE');
+    assert.equal(lookup['kind'], 'auth-tempfail', 'a directory that did not answer');
+    assert.equal(lookup['reason'], 'the pre-auth deadline passed: the login was waiting on the directory');
+
+    // The kinds MailfrontLoginErrors reads; aborted is the client's connection or a stop.
+    const logins = await series(deadline, 'mailfront_logins_total{');
+    assert.equal(logins.get('mailfront_logins_total{protocol="imap",result="connect"}'), 1);
+    assert.equal(logins.get('mailfront_logins_total{protocol="imap",result="auth-tempfail"}'), 1);
+    assert.equal(logins.get('mailfront_logins_total{protocol="imap",result="aborted"}'), undefined);
+
+    // A reload logs the warning again, while the setting stands.
+    const mark = deadline.logs.length;
+    await deadline.mailfront.reload();
+    await waitForLog(deadline, (l) => l['event'] === 'config.hold_exceeds_preauth', 5_000, mark);
+  } finally {
+    slapd.resume();
+    await deadline.stop();
+  }
+});
