@@ -125,6 +125,11 @@ export class HistogramFamily<L extends string> extends Family<L, HistogramSeries
     this.bounds = Float64Array.from(bounds);
   }
 
+  /** Makes the series of `labels` exist with no observation (a 0 count instead of "no data"). */
+  declare(labels: Readonly<Record<L, string>>): void {
+    this.seriesOf(labels);
+  }
+
   /** Records `value` in the series of `labels`. */
   observe(labels: Readonly<Record<L, string>>, value: number): void {
     const series = this.seriesOf(labels);

@@ -160,6 +160,12 @@ const LDAP_BUCKETS_SECONDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25
 const BACKEND_CONNECT_BUCKETS_SECONDS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 /** A login dialogue is a few round trips plus the backend's auth; the default deadline is 15 s. */
 const BACKEND_LOGIN_BUCKETS_SECONDS = [0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30];
+/**
+ * A warm login answers in milliseconds; a slow directory or backend in seconds; a login held for
+ * an unreachable master up to failover.hold_ms (15 s by default), and one the pre-auth deadline
+ * cuts short when that comes first; a refusal after session.auth_failure_delay_ms (2 s).
+ */
+const LOGIN_BUCKETS_SECONDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30];
 /** Sessions last from a health check (ms) to a day of IDLE. */
 const SESSION_BUCKETS_SECONDS = [0.01, 0.1, 1, 5, 15, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 24 * 3600];
 
@@ -264,6 +270,7 @@ export class Metrics {
   private readonly sessionDuration: HistogramFamily<'protocol' | 'phase'>;
   /** Login attempts, by protocol and result (`success` or the failure kind). */
   private readonly loginsTotal: CounterFamily<'protocol' | 'result'>;
+  private readonly loginDuration: HistogramFamily<'protocol' | 'result'>;
   /** Credentials refused, by reason (unknown user, wrong password …). */
   private readonly authFailuresTotal: Counter<'reason'>;
   /** Duration of LDAP requests, by operation and result. */
@@ -364,6 +371,7 @@ export class Metrics {
     this.sessionsEndedTotal = hotCounter('mailfront_sessions_ended_total', 'Sessions ended, by protocol, phase at the end and reason.', ['protocol', 'phase', 'reason']);
     this.sessionDuration = histogram('mailfront_session_duration_seconds', 'Time from accept to close, by protocol and phase at the end.', ['protocol', 'phase'], SESSION_BUCKETS_SECONDS);
     this.loginsTotal = hotCounter('mailfront_logins_total', 'Login attempts, by protocol and result (success or the failure kind).', ['protocol', 'result']);
+    this.loginDuration = histogram('mailfront_login_duration_seconds', 'Time from a login read to its answer sent (to its end, for a login whose client or session went first), by protocol and result as mailfront_logins_total counts it.', ['protocol', 'result'], LOGIN_BUCKETS_SECONDS);
     this.authFailuresTotal = counter('mailfront_auth_failures_total', 'Credentials refused, by reason.', ['reason']);
     this.ldapRequestDuration = histogram('mailfront_ldap_request_duration_seconds', 'Duration of LDAP requests, by operation and result.', ['operation', 'result'], LDAP_BUCKETS_SECONDS);
     this.backendConnectDuration = histogram('mailfront_backend_connect_duration_seconds', 'Time to connect to a slot, by result (every store together; mailfront_backend_connects_total counts them by store).', ['result'], BACKEND_CONNECT_BUCKETS_SECONDS);
@@ -444,6 +452,7 @@ export class Metrics {
       this.sessionsTotal.inc({ protocol }, 0);
       if (!this.protocolSessions.has(protocol)) addProtocolSessions(this.protocolSessions, protocol, this.sessionsEndedTotal, this.sessionDuration, this.nowMs);
       this.loginsTotal.inc({ protocol, result: 'success' }, 0);
+      this.loginDuration.declare({ protocol, result: 'success' });
     }
     for (const direction of DIRECTIONS) this.proxiedBytesTotal.inc({ direction }, 0);
     for (const cache of DIRECTORY_CACHES) for (const result of ['hit', 'miss']) this.directoryCacheLookupsTotal.inc({ cache, result }, 0);
@@ -474,9 +483,11 @@ export class Metrics {
     return new SessionTracker(shared, this.nowMs());
   }
 
-  /** Counts a login attempt's outcome. */
-  loginResult(protocol: ProtocolName, result: LoginResult): void {
-    this.loginsTotal.inc({ protocol, result });
+  /** Counts a login attempt's outcome and records how long it took, in seconds (one label set for both). */
+  loginResult(protocol: ProtocolName, result: LoginResult, seconds: number): void {
+    const labels = { protocol, result };
+    this.loginsTotal.inc(labels);
+    this.loginDuration.observe(labels, seconds);
   }
 
   /** Counts refused credentials (see `authFailureReason` for error codes). */

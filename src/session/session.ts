@@ -713,15 +713,15 @@ export class Session {
         // what the client sent behind its login (a LOGOUT, another LOGIN).
         backend?.socket.destroy();
         this.lease.releaseUser();
-        this.context.metrics.loginResult(this.adapter.name, 'aborted');
         this.log.info({ event: 'session.kicked', ...userFields(name, user), store: this.store, slot: this.slot, phase: 'backend-login' }, 'session closed: kicked during its login');
         if (this.socket.writable) this.preauthBytesWritten += writeNow(this.socket, this.adapter.connectionRefusal('total', KICKED_TEXT));
+        this.context.metrics.loginResult(this.adapter.name, 'aborted', (performance.now() - started) / 1000);
         this.finish('kicked');
         return;
       }
       if (backend === null) throw new MailfrontError('ABORTED', 'aborted', 'the session ended as its login was stopped by a kick');
-      // A client that left (or a deadline that passed) while the backend answered: no success.
-      this.context.metrics.loginResult(this.adapter.name, this.startSplice(backend, found.dn, kicksAtStart) ? 'success' : 'aborted');
+      // A client that left (or a deadline that passed) while the backend answered: no success (startSplice counts one).
+      if (!this.startSplice(backend, found.dn, kicksAtStart, started)) this.context.metrics.loginResult(this.adapter.name, 'aborted', (performance.now() - started) / 1000);
     } catch (caught) {
       const error = asMailfrontError(caught);
       this.lease.releaseUser();
@@ -729,32 +729,32 @@ export class Session {
       // stopping, or the deadline's answer came first): the attempt is counted as abandoned,
       // and nothing more is said or logged.
       if (this.phase === 'closing') {
-        this.context.metrics.loginResult(this.adapter.name, 'aborted');
+        this.context.metrics.loginResult(this.adapter.name, 'aborted', (performance.now() - started) / 1000);
         return;
       }
       if (this.loginTimedOut) {
         // Cut short by the deadline: the timer's answer follows (the login's refusal, then the
         // timeout), and nothing the client pipelined behind the login is run, as the refusal below would.
         const failure = error.kind === 'aborted' ? this.cutByDeadline(error) : error;
-        this.context.metrics.loginResult(this.adapter.name, failure.kind);
-        this.log.error({ event: 'session.login_failed', ...userFields(asserted ?? user ?? undefined, user ?? undefined), store: this.store, code: failure.code, kind: failure.kind, ...this.clientFields(), reason: `the pre-auth deadline passed: ${failure.message}` }, 'login could not be completed');
+        const loginMs = performance.now() - started;
+        this.context.metrics.loginResult(this.adapter.name, failure.kind, loginMs / 1000);
+        this.log.error({ event: 'session.login_failed', ...userFields(asserted ?? user ?? undefined, user ?? undefined), store: this.store, code: failure.code, kind: failure.kind, ...this.clientFields(), reason: `the pre-auth deadline passed: ${failure.message}`, loginMs: Math.round(loginMs) }, 'login could not be completed');
         return;
       }
       if (error.kind === 'aborted' && (this.socket.destroyed || this.phase !== 'authenticating' && this.phase !== 'backend-login')) {
-        this.context.metrics.loginResult(this.adapter.name, 'aborted');
+        this.context.metrics.loginResult(this.adapter.name, 'aborted', (performance.now() - started) / 1000);
         return;
       }
       this.setPhase('preauth');
       this.slot = undefined;
       const refusal = refusalFor(error.kind);
-      this.context.metrics.loginResult(this.adapter.name, error.kind);
       if (error.kind === 'auth-failed') {
         this.context.metrics.authFailure(authFailureReason(error.code));
         penaltyMs = (await throttle.recordFailure(attempt, credentials.password)).delayMs;
       }
       // Counted: the next check of this user may go (not after the answer's delay below).
       leaveGate(error.kind === 'auth-failed');
-      const fields = { event: 'session.login_failed', ...userFields(asserted ?? user ?? undefined, user ?? undefined), store: this.store, code: error.code, kind: error.kind, ...this.clientFields(), reason: error.message, ...(penaltyMs > 0 ? { penaltyMs } : {}) };
+      const fields = { event: 'session.login_failed', ...userFields(asserted ?? user ?? undefined, user ?? undefined), store: this.store, code: error.code, kind: error.kind, ...this.clientFields(), reason: error.message, loginMs: Math.round(performance.now() - started), ...(penaltyMs > 0 ? { penaltyMs } : {}) };
       // A POP3 client polling faster than the backend allows ([LOGIN-DELAY]) is the user's doing,
       // not the fleet's; a store in maintenance, or a user held by the directory, the operator's.
       if (refusal === 'auth-failed' || refusal === 'limit' || refusal === 'login-delay' || error.kind === 'maintenance' || error.kind === 'held') this.log.info(fields, 'login failed');
@@ -767,6 +767,8 @@ export class Session {
       this.store = undefined;
       const text = error.clientText ?? (refusal !== 'limit' ? UNAVAILABLE_TEXT[error.kind] : error.code === ADDRESS_CONNECTION_LIMIT ? ADDRESS_LIMIT_TEXT : LIMIT_TEXT);
       if (this.phase === 'preauth' && !this.socket.destroyed) this.perform(this.machine.loginFailed(refusal, text));
+      // Counted once answered (or once its client or session went), the failure delay included: what the client waited.
+      this.context.metrics.loginResult(this.adapter.name, error.kind, (performance.now() - started) / 1000);
     } finally {
       // Every way out (a cancelled login, a kick) leaves the gate; leaving twice does nothing.
       leaveGate();
@@ -925,8 +927,8 @@ export class Session {
     }
   }
 
-  /** Splices the session to its logged-in backend; false (the backend closed) when the session can no longer be. */
-  private startSplice(backend: BackendSession, dn: string, kicksAtLogin: number): boolean {
+  /** Splices the session to its logged-in backend and counts the login (`started`: when it was read); false (the backend closed) when the session can no longer be. */
+  private startSplice(backend: BackendSession, dn: string, kicksAtLogin: number, started: number): boolean {
     if (this.phase !== 'backend-login' || this.socket.destroyed) {
       backend.socket.destroy();
       return false;
@@ -946,6 +948,7 @@ export class Session {
     this.detachPreauth(this.socket);
     this.setPhase('spliced');
     this.preauthBytesWritten += writeNow(this.socket, success.reply);
+    const loginMs = performance.now() - started;
     // Commands the client sent behind its login were read here but reach the backend through
     // the splice, which counts them as its own.
     this.preauthBytesRead -= success.pipelined.length;
@@ -980,7 +983,8 @@ export class Session {
     this.entry = entry;
     this.context.registry.add(entry);
     // The one info line of a login (session.started and session.authenticated are debug): who, how, from where, to where.
-    this.log.info({ event: 'session.spliced', protocol: this.adapter.name, ...userFields(this.user, this.typedUser), mechanism: this.mechanism, store: this.store, slot: this.slot, ...this.clientFields(), listener: this.listenerName, tls: this.tlsActive }, 'spliced to backend');
+    this.log.info({ event: 'session.spliced', protocol: this.adapter.name, ...userFields(this.user, this.typedUser), mechanism: this.mechanism, store: this.store, slot: this.slot, ...this.clientFields(), listener: this.listenerName, tls: this.tlsActive, loginMs: Math.round(loginMs) }, 'spliced to backend');
+    this.context.metrics.loginResult(this.adapter.name, 'success', loginMs / 1000);
     void running.ended.then((reason) => this.finish(reason));
     return true;
   }

@@ -2,7 +2,7 @@
  * What the logs and metrics say about a failed or slow login, against a real slapd and Dovecot
  * (the support-desk review's repros): a login the pre-auth deadline cuts short while the master
  * is down or the directory hangs is the fleet's failure (its kind, counted so), not a client
- * abort.
+ * abort; each login says how long it took (`loginMs`, mailfront_login_duration_seconds).
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -99,6 +99,7 @@ test('a login the pre-auth deadline cuts short while the master is down or the d
     assert.equal(failed['code'], 'PREAUTH_DEADLINE');
     assert.equal(failed['kind'], 'connect', 'held for an unreachable master');
     assert.match(String(failed['reason']), /^the pre-auth deadline passed: the login was waiting on a connection to the store's master; held for it \(failover\.hold_ms\), last error: slot "s1a" \(127\.0\.0\.1:\d+\): connect ECONNREFUSED/);
+    assert.ok(typeof failed['loginMs'] === 'number' && failed['loginMs'] >= 2_000 && failed['loginMs'] < 3_000, `loginMs ${String(failed['loginMs'])}`);
 
     await slapd.pause();
     let hung;
@@ -119,6 +120,8 @@ test('a login the pre-auth deadline cuts short while the master is down or the d
     assert.equal(logins.get('mailfront_logins_total{protocol="imap",result="connect"}'), 1);
     assert.equal(logins.get('mailfront_logins_total{protocol="imap",result="auth-tempfail"}'), 1);
     assert.equal(logins.get('mailfront_logins_total{protocol="imap",result="aborted"}'), undefined);
+    const timed = await series(deadline, 'mailfront_login_duration_seconds_count{');
+    assert.equal(timed.get('mailfront_login_duration_seconds_count{protocol="imap",result="connect"}'), 1);
 
     // A reload logs the warning again, while the setting stands.
     const mark = deadline.logs.length;
@@ -127,5 +130,34 @@ test('a login the pre-auth deadline cuts short while the master is down or the d
   } finally {
     slapd.resume();
     await deadline.stop();
+  }
+});
+
+test('each login says how long it took: loginMs on session.spliced and session.login_failed, and mailfront_login_duration_seconds by protocol and result', async () => {
+  const timed = await front();
+  try {
+    assert.equal(timed.logs.find((l) => l['event'] === 'config.hold_exceeds_preauth'), undefined, 'no warning: hold_ms 1000 is below preauth_timeout_ms 5000');
+    const before = await series(timed, 'mailfront_login_duration_seconds_count{');
+    assert.equal(before.get('mailfront_login_duration_seconds_count{protocol="imap",result="success"}'), 0, 'the success series exists from the start');
+    const ok = await imapLogin(timed, 'gina', PASSWORDS.gina);
+    ok.client.close();
+    assert.match(ok.answer, /^OK /);
+    const spliced = await lineOf(timed, ok.session, 'session.spliced');
+    assert.ok(Number.isInteger(spliced['loginMs']) && (spliced['loginMs'] as number) >= 0 && (spliced['loginMs'] as number) <= ok.ms + 5, `loginMs ${String(spliced['loginMs'])}, the client waited ${ok.ms} ms`);
+    const wrong = await imapLogin(timed, 'gina', PASSWORDS.wrong);
+    wrong.client.close();
+    assert.match(wrong.answer, /^NO \[AUTHENTICATIONFAILED\] /);
+    const failed = await lineOf(timed, wrong.session, 'session.login_failed');
+    assert.ok(Number.isInteger(failed['loginMs']) && (failed['loginMs'] as number) < 300, `loginMs ${String(failed['loginMs'])}: until the failure, before the failure delay`);
+    const after = await series(timed, 'mailfront_login_duration_seconds_');
+    assert.equal(after.get('mailfront_login_duration_seconds_count{protocol="imap",result="success"}'), 1);
+    assert.equal(after.get('mailfront_login_duration_seconds_count{protocol="imap",result="auth-failed"}'), 1);
+    assert.equal(after.get('mailfront_login_duration_seconds_bucket{le="0.001",protocol="imap",result="auth-failed"}'), 0);
+    // The failure's answer waits session.auth_failure_delay_ms (300 ms in these tests): what the client waited.
+    const failedSeconds = after.get('mailfront_login_duration_seconds_sum{protocol="imap",result="auth-failed"}')!;
+    assert.ok(failedSeconds >= 0.29 && failedSeconds < 2, `auth-failed sum ${failedSeconds} s`);
+    assert.equal(after.get('mailfront_login_duration_seconds_bucket{le="30",protocol="imap",result="success"}'), 1);
+  } finally {
+    await timed.stop();
   }
 });

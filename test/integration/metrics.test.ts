@@ -32,7 +32,7 @@ function exerciseEveryHelper(metrics: Metrics): void {
   session.phase('preauth');
   session.phase('spliced');
   session.ended('client-closed');
-  record('loginResult', () => metrics.loginResult('imap', 'auth-failed'));
+  record('loginResult', () => metrics.loginResult('imap', 'auth-failed', 2.1));
   record('authFailure', () => metrics.authFailure('wrong-password'));
   record('ldapRequest', () => metrics.ldapRequest('user-bind', 'invalid-credentials', 0.004));
   record('backendConnect', () => metrics.backendConnect('store1', 'success', 0.0007));

@@ -73,8 +73,8 @@ describe('metrics', () => {
 
   it('counts logins, auth failures, LDAP and backend timings, bytes', async () => {
     const metrics = new Metrics({ processMetrics: false });
-    metrics.loginResult('pop3', 'success');
-    metrics.loginResult('pop3', 'auth-failed');
+    metrics.loginResult('pop3', 'success', 0.004);
+    metrics.loginResult('pop3', 'auth-failed', 2.01);
     metrics.authFailure(authFailureReason('WRONG_PASSWORD'));
     metrics.ldapRequest('search', 'success', 0.002);
     metrics.backendConnect('store1', 'success', 0.001);
@@ -83,6 +83,8 @@ describe('metrics', () => {
     metrics.bytesProxied('backend-to-client', 0);
     assert.equal(await value(metrics, 'mailfront_logins_total', { protocol: 'pop3', result: 'success' }), 1);
     assert.equal(await value(metrics, 'mailfront_logins_total', { protocol: 'pop3', result: 'auth-failed' }), 1);
+    assert.equal(await count(metrics, 'mailfront_login_duration_seconds', { protocol: 'pop3', result: 'success' }), 1);
+    assert.equal(await count(metrics, 'mailfront_login_duration_seconds', { protocol: 'pop3', result: 'auth-failed' }), 1);
     assert.equal(await value(metrics, 'mailfront_auth_failures_total', { reason: 'wrong-password' }), 1);
     assert.equal(await count(metrics, 'mailfront_ldap_request_duration_seconds', { operation: 'search', result: 'success' }), 1);
     assert.equal(await count(metrics, 'mailfront_backend_connect_duration_seconds', { result: 'success' }), 1);
