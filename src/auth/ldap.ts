@@ -244,6 +244,20 @@ export interface LdapClientOptions {
   readonly maxAnswerBytes?: number;
 }
 
+/**
+ * WRONG_PASSWORD for an entry the directory found, with the names the entry gives its user (the
+ * values of directory.login_attribute, as read): the session logs the user by them, as it does a
+ * login that succeeds, and not only by the name typed (an alias the user filter matched).
+ */
+export class WrongPasswordError extends MailfrontError {
+  constructor(
+    user: string,
+    readonly loginNames: readonly string[],
+  ) {
+    super('WRONG_PASSWORD', 'auth-failed', `wrong password for "${user}"`);
+  }
+}
+
 /** A server's answer passed the connection's byte bound, or was not LDAP; the connection was closed. */
 export class LdapAnswerRefusedError extends Error {
   override readonly name = 'LdapAnswerRefusedError';
@@ -986,7 +1000,7 @@ export class LdapDirectory implements Directory {
     };
     let found = await entryOf('login');
     // RFC 4513 §5.1.2: a simple bind with an empty password is an unauthenticated bind and succeeds.
-    if (password.length === 0) throw new MailfrontError('WRONG_PASSWORD', 'auth-failed', `wrong password for "${user}"`);
+    if (password.length === 0) throw new WrongPasswordError(user, found.loginNames);
     let ok: boolean;
     try {
       ok = await this.checkPassword(found.url, found.dn, password);
@@ -1006,7 +1020,7 @@ export class LdapDirectory implements Directory {
       found = await entryOf('retry', { url: failedUrl, failure: error });
       ok = await this.checkPassword(found.url, found.dn, password);
     }
-    if (!ok) throw new MailfrontError('WRONG_PASSWORD', 'auth-failed', `wrong password for "${user}"`);
+    if (!ok) throw new WrongPasswordError(user, found.loginNames);
     // Said only once the password is right: to anyone else the user is one more wrong password.
     // A hold goes first: the session refuses the login with its reason, whatever the entry says
     // of its store (a move may be rewriting it).

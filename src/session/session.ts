@@ -19,6 +19,7 @@ import type { ConnectionLease, ConnectionLimiter } from '../server/connection-li
 import { backendProxyHeader, plainAddress, proxySignatureSoFar } from '../server/proxy-protocol.js';
 import type { ConnectionEndpoints } from '../server/proxy-protocol.js';
 import { FORBIDDEN_IN_USER, countedUser, entryLoginName, normalizeUser } from '../auth/directory.js';
+import { WrongPasswordError } from '../auth/ldap.js';
 import { CLOSED_AFTER_LOGIN, IDENTITY_REFUSED, assertedIdentityProblem, backendFor, dialSlot, loginToBackend } from '../backend/connect.js';
 import type { BackendSession } from '../backend/connect.js';
 import { loginAttributeOf } from '../config/schema.js';
@@ -748,6 +749,11 @@ export class Session {
       this.setPhase('preauth');
       this.slot = undefined;
       const refusal = refusalFor(error.kind);
+      // A wrong password for an entry found under an alias: logged by the entry's own name too, as its success would be.
+      if (error instanceof WrongPasswordError && user !== null) {
+        const login = entryLoginName(error.loginNames, user, config.usernames);
+        if (login.kind === 'name') asserted = this.user = login.name;
+      }
       if (error.kind === 'auth-failed') {
         this.context.metrics.authFailure(authFailureReason(error.code));
         penaltyMs = (await throttle.recordFailure(attempt, credentials.password)).delayMs;

@@ -2,7 +2,8 @@
  * What the logs and metrics say about a failed or slow login, against a real slapd and Dovecot
  * (the support-desk review's repros): a login the pre-auth deadline cuts short while the master
  * is down or the directory hangs is the fleet's failure (its kind, counted so), not a client
- * abort; each login says how long it took (`loginMs`, mailfront_login_duration_seconds).
+ * abort; each login says how long it took (`loginMs`, mailfront_login_duration_seconds); a
+ * wrong password typed under an alias names the entry's user.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -159,5 +160,35 @@ test('each login says how long it took: loginMs on session.spliced and session.l
     assert.equal(after.get('mailfront_login_duration_seconds_bucket{le="30",protocol="imap",result="success"}'), 1);
   } finally {
     await timed.stop();
+  }
+});
+
+test("a wrong password typed under an alias names the entry's user, with the name typed as typedUser; an unknown user stays as typed", async () => {
+  const aliases = await front();
+  try {
+    const wrong = await imapLogin(aliases, 'a.smith@example.com', PASSWORDS.wrong);
+    wrong.client.close();
+    assert.match(wrong.answer, /^NO \[AUTHENTICATIONFAILED\] /);
+    const failed = await lineOf(aliases, wrong.session, 'session.login_failed');
+    assert.equal(failed['code'], 'WRONG_PASSWORD');
+    assert.equal(failed['user'], 'alice');
+    assert.equal(failed['typedUser'], 'a.smith@example.com');
+    const finished = await lineOf(aliases, wrong.session, 'session.finished');
+    assert.equal(finished['user'], 'alice');
+    assert.equal(finished['typedUser'], 'a.smith@example.com');
+    // Under her own name: one name, no typedUser.
+    const own = await imapLogin(aliases, 'alice', PASSWORDS.wrong);
+    own.client.close();
+    const ownFailed = await lineOf(aliases, own.session, 'session.login_failed');
+    assert.equal(ownFailed['user'], 'alice');
+    assert.equal(ownFailed['typedUser'], undefined);
+    const unknown = await imapLogin(aliases, 'nobody@example.com', PASSWORDS.wrong);
+    unknown.client.close();
+    const unknownFailed = await lineOf(aliases, unknown.session, 'session.login_failed');
+    assert.equal(unknownFailed['code'], 'UNKNOWN_USER');
+    assert.equal(unknownFailed['user'], 'nobody@example.com');
+    assert.equal(unknownFailed['typedUser'], undefined);
+  } finally {
+    await aliases.stop();
   }
 });
