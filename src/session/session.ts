@@ -372,8 +372,13 @@ export class Session {
     if (socket.readableEnded) this.onPreauthGone();
   }
 
-  /** Who the client is, for the login lines: its address (as forwarded, when trusted) and the balancer's behind a PROXY header. */
+  /**
+   * Who the client is, for the login lines: its address (as forwarded, when trusted) and `via`,
+   * the trusted webmail that named it with ID (as session.client_id_honoured names it), else the
+   * balancer that sent a PROXY header.
+   */
   private clientFields(): { client: string; via?: string } {
+    if (this.addressForwarded) return { client: this.clientAddress, via: this.endpoints.client.address };
     return this.endpoints.header?.kind === 'proxied' ? { client: this.clientAddress, via: this.endpoints.peer.address } : { client: this.clientAddress };
   }
 
@@ -604,6 +609,8 @@ export class Session {
     let penaltyMs = 0;
     // The entry's own name, once the directory has given it (the failure lines name both).
     let asserted: string | undefined;
+    // What a THROTTLED refusal reached: the user's limit or the address's.
+    let throttledBy: 'user' | 'address' | undefined;
     // Made now, before the first wait, so that a deadline or a hang-up during any step of the
     // login (the throttle's Redis round trip included) cancels it.
     const cancellation = this.cancellation;
@@ -617,6 +624,9 @@ export class Session {
       leaveAddressGate?.(failureCounted);
     };
     try {
+      // The name typed, from the start: a login the limits or the throttle refuse names its user in session.finished too.
+      this.user = user ?? undefined;
+      this.typedUser = this.user;
       // A forwarded address counted at ID time holds its count; one that was at the limit then
       // is tried again, and refused if it still is (before anything reaches the directory).
       if (this.forwardedCounted && !this.lease.countAddress(this.clientAddress)) {
@@ -644,8 +654,9 @@ export class Session {
       }
       throwIfCancelled(cancellation, 'the login was cancelled while the throttle answered');
       if (verdict.refused) {
-        this.context.metrics.throttleRefusal(verdict.refusedBy ?? 'user');
-        throw new MailfrontError('THROTTLED', 'limit', `too many failed logins for this ${verdict.refusedBy ?? 'user'}; refused for ${Math.ceil(verdict.refusedForMs / 1000)} s more`);
+        throttledBy = verdict.refusedBy ?? 'user';
+        this.context.metrics.throttleRefusal(throttledBy);
+        throw new MailfrontError('THROTTLED', 'limit', `too many failed logins for this ${throttledBy}; refused for ${Math.ceil(verdict.refusedForMs / 1000)} s more`);
       }
       if (user === null) throw new MailfrontError('INVALID_USERNAME', 'auth-failed', 'the user name is empty, too long, not in a local domain, or has control characters');
       // RFC 4616 §2: an authorization identity other than the authenticated one needs the right
@@ -654,8 +665,6 @@ export class Session {
       if (credentials.authzid !== undefined && normalizeUser(credentials.authzid, config.usernames) !== user) {
         throw new MailfrontError('AUTHZID_REFUSED', 'auth-failed', `the client asked to act as another user (authzid ${JSON.stringify(credentials.authzid.slice(0, 64))})`);
       }
-      this.user = user;
-      this.typedUser = user;
       this.loginWaitsOn = 'auth-tempfail';
       const found = await this.context.directory().authenticate(user, credentials.password, cancellation, this.adapter.name);
       throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
@@ -739,7 +748,7 @@ export class Session {
         const failure = error.kind === 'aborted' ? this.cutByDeadline(error) : error;
         const loginMs = performance.now() - started;
         this.context.metrics.loginResult(this.adapter.name, failure.kind, loginMs / 1000);
-        this.log.error({ event: 'session.login_failed', ...userFields(asserted ?? user ?? undefined, user ?? undefined), store: this.store, code: failure.code, kind: failure.kind, ...this.clientFields(), reason: `the pre-auth deadline passed: ${failure.message}`, loginMs: Math.round(loginMs) }, 'login could not be completed');
+        this.log.error({ event: 'session.login_failed', protocol: this.adapter.name, ...userFields(asserted ?? user ?? undefined, user ?? undefined), store: this.store, code: failure.code, kind: failure.kind, ...this.clientFields(), listener: this.listenerName, reason: `the pre-auth deadline passed: ${failure.message}`, loginMs: Math.round(loginMs) }, 'login could not be completed');
         return;
       }
       if (error.kind === 'aborted' && (this.socket.destroyed || this.phase !== 'authenticating' && this.phase !== 'backend-login')) {
@@ -760,7 +769,7 @@ export class Session {
       }
       // Counted: the next check of this user may go (not after the answer's delay below).
       leaveGate(error.kind === 'auth-failed');
-      const fields = { event: 'session.login_failed', ...userFields(asserted ?? user ?? undefined, user ?? undefined), store: this.store, code: error.code, kind: error.kind, ...this.clientFields(), reason: error.message, loginMs: Math.round(performance.now() - started), ...(penaltyMs > 0 ? { penaltyMs } : {}) };
+      const fields = { event: 'session.login_failed', protocol: this.adapter.name, ...userFields(asserted ?? user ?? undefined, user ?? undefined), store: this.store, code: error.code, kind: error.kind, ...(throttledBy !== undefined ? { by: throttledBy } : {}), ...this.clientFields(), listener: this.listenerName, reason: error.message, loginMs: Math.round(performance.now() - started), ...(penaltyMs > 0 ? { penaltyMs } : {}) };
       // A POP3 client polling faster than the backend allows ([LOGIN-DELAY]) is the user's doing,
       // not the fleet's; a store in maintenance, or a user held by the directory, the operator's.
       if (refusal === 'auth-failed' || refusal === 'limit' || refusal === 'login-delay' || error.kind === 'maintenance' || error.kind === 'held') this.log.info(fields, 'login failed');
@@ -1031,8 +1040,9 @@ export class Session {
         ...userFields(this.user, this.typedUser),
         store: this.store,
         slot: phaseAtEnd === 'spliced' ? this.slot : undefined,
-        client: this.clientAddress,
+        ...this.clientFields(),
         clientPort: this.clientPort,
+        listener: this.listenerName,
         bytesFromClient: this.preauthBytesRead + (spliced?.bytesFromClient ?? 0),
         bytesToClient: this.preauthBytesWritten + (spliced?.bytesToClient ?? 0),
         durationMs: Math.round(performance.now() - this.acceptedAt),

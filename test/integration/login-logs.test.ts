@@ -2,8 +2,10 @@
  * What the logs and metrics say about a failed or slow login, against a real slapd and Dovecot
  * (the support-desk review's repros): a login the pre-auth deadline cuts short while the master
  * is down or the directory hangs is the fleet's failure (its kind, counted so), not a client
- * abort; each login says how long it took (`loginMs`, mailfront_login_duration_seconds); a
- * wrong password typed under an alias names the entry's user.
+ * abort; each login's time (`loginMs`, mailfront_login_duration_seconds); a wrong password typed
+ * under an alias names the entry's user; session.login_failed and session.finished name the
+ * protocol, the listener, the webmail a trusted ID came through (`via`), the user a throttle or
+ * the per-address limit refused, and what the throttle refused by.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -190,5 +192,86 @@ test("a wrong password typed under an alias names the entry's user, with the nam
     assert.equal(unknownFailed['typedUser'], undefined);
   } finally {
     await aliases.stop();
+  }
+});
+
+test('session.login_failed, session.spliced and session.finished name the protocol, the listener and the webmail an ID came through; a throttled login names its user and what it was refused by', async () => {
+  const fields = await front({
+    trustedNetworks: ['127.0.0.1/32'],
+    throttle: { enabled: true, base_delay_ms: 10, max_delay_ms: 20, failures_per_user: 2, failures_per_address: 3, failure_window_ms: 60_000, refusal_ms: 60_000 },
+  });
+  try {
+    // Through a trusted webmail (127.0.0.1) that names its user's address with ID.
+    const webmail = await imapLogin(fields, 'alice', PASSWORDS.wrong, { forwarded: '198.51.100.7' });
+    webmail.client.close();
+    const viaFailed = await lineOf(fields, webmail.session, 'session.login_failed');
+    assert.equal(viaFailed['protocol'], 'imap');
+    assert.equal(viaFailed['listener'], 'imap-webmail');
+    assert.equal(viaFailed['client'], '198.51.100.7');
+    assert.equal(viaFailed['via'], '127.0.0.1');
+    const viaFinished = await lineOf(fields, webmail.session, 'session.finished');
+    assert.equal(viaFinished['listener'], 'imap-webmail');
+    assert.equal(viaFinished['client'], '198.51.100.7');
+    assert.equal(viaFinished['via'], '127.0.0.1');
+    const through = await imapLogin(fields, 'gina', PASSWORDS.gina, { forwarded: '198.51.100.8' });
+    assert.match(through.answer, /^OK /);
+    const spliced = await lineOf(fields, through.session, 'session.spliced');
+    assert.equal(spliced['via'], '127.0.0.1');
+    through.client.close();
+    const splicedFinished = await lineOf(fields, through.session, 'session.finished');
+    assert.equal(splicedFinished['via'], '127.0.0.1');
+    assert.equal(splicedFinished['listener'], 'imap-webmail');
+    // A direct client: no via.
+    const direct = await imapLogin(fields, 'gina', PASSWORDS.gina, { localAddress: '127.0.0.20' });
+    direct.client.close();
+    const directFinished = await lineOf(fields, direct.session, 'session.finished');
+    assert.equal(directFinished['via'], undefined);
+
+    // The user's limit: two wrong passwords for frank (two: the same one again counts once), then the right one is refused.
+    for (const [address, password] of [['127.0.0.21', PASSWORDS.wrong], ['127.0.0.22', PASSWORDS.wrong2]] as const) (await imapLogin(fields, 'frank', password, { localAddress: address })).client.close();
+    const byUser = await imapLogin(fields, 'frank', PASSWORDS.frank, { localAddress: '127.0.0.23' });
+    byUser.client.close();
+    assert.match(byUser.answer, /^NO \[LIMIT\] /);
+    const userRefused = await lineOf(fields, byUser.session, 'session.login_failed');
+    assert.equal(userRefused['code'], 'THROTTLED');
+    assert.equal(userRefused['by'], 'user');
+    assert.equal(userRefused['user'], 'frank');
+    assert.equal((await lineOf(fields, byUser.session, 'session.finished'))['user'], 'frank', 'session.finished names the user refused');
+    // The address's limit: three failures of other users from 127.0.0.30, then gina's right password.
+    for (const user of ['nouser0', 'nouser1', 'nouser2']) (await imapLogin(fields, user, PASSWORDS.wrong, { localAddress: '127.0.0.30' })).client.close();
+    const byAddress = await imapLogin(fields, 'gina', PASSWORDS.gina, { localAddress: '127.0.0.30' });
+    byAddress.client.close();
+    assert.match(byAddress.answer, /^NO \[LIMIT\] /);
+    const addressRefused = await lineOf(fields, byAddress.session, 'session.login_failed');
+    assert.equal(addressRefused['code'], 'THROTTLED');
+    assert.equal(addressRefused['by'], 'address');
+    assert.equal((await lineOf(fields, byAddress.session, 'session.finished'))['user'], 'gina');
+    // Other refusals have no `by`.
+    assert.equal(viaFailed['by'], undefined);
+  } finally {
+    await fields.stop();
+  }
+});
+
+test('a login the per-address limit refuses (an address a trusted webmail forwards) names its user in session.finished', async () => {
+  const limited = await front({ trustedNetworks: ['127.0.0.1/32'], connectionLimits: { max_connections_per_address: 1 } });
+  const held: LineClient[] = [];
+  try {
+    const first = await imapLogin(limited, 'gina', PASSWORDS.gina, { forwarded: '198.51.100.9' });
+    held.push(first.client);
+    assert.match(first.answer, /^OK /);
+    const refused = await imapLogin(limited, 'alice', PASSWORDS.alice, { forwarded: '198.51.100.9' });
+    held.push(refused.client);
+    assert.match(refused.answer, /^NO \[LIMIT\] /);
+    const failed = await lineOf(limited, refused.session, 'session.login_failed');
+    assert.equal(failed['code'], 'ADDRESS_CONNECTION_LIMIT');
+    assert.equal(failed['user'], 'alice');
+    refused.client.close();
+    const finished = await lineOf(limited, refused.session, 'session.finished');
+    assert.equal(finished['user'], 'alice');
+    assert.equal(finished['via'], '127.0.0.1');
+  } finally {
+    for (const c of held) c.close();
+    await limited.stop();
   }
 });
