@@ -31,7 +31,7 @@ export interface SessionEntry {
    * Closes the session; `reason` is logged by the session itself. `hold`: a kick because the
    * directory holds the user (directory.hold_attribute), the client told the hold's reason.
    */
-  close(reason: 'kicked' | 'drained' | 'shutdown', hold?: string): void;
+  close(reason: 'kicked' | 'drained', hold?: string): void;
 }
 
 /**

@@ -991,8 +991,8 @@ export class Session {
         const maintenance = reason === 'drained' ? (this.context.storeMap().stores.get(entry.store)?.maintenance ?? null) : null;
         // Kicked because the directory holds the user: told the hold's reason, as its logins are.
         const held = reason === 'kicked' ? hold : undefined;
-        this.log.info({ event: reason === 'kicked' ? 'session.kicked' : reason === 'drained' ? 'session.drained' : 'session.shutdown', ...userFields(this.user, this.typedUser), store: this.store, slot: this.slot, ...(maintenance !== null ? { maintenance: true } : {}), ...(held !== undefined ? { held: true } : {}) }, `session closed: ${reason}`);
-        running.close(reason, this.adapter.drainNotice(maintenance ?? held ?? (reason === 'drained' ? 'Mailbox moved to another server, please reconnect' : reason === 'kicked' ? KICKED_TEXT : SHUTTING_DOWN_PHRASE)));
+        this.log.info({ event: reason === 'kicked' ? 'session.kicked' : 'session.drained', ...userFields(this.user, this.typedUser), store: this.store, slot: this.slot, ...(maintenance !== null ? { maintenance: true } : {}), ...(held !== undefined ? { held: true } : {}) }, `session closed: ${reason}`);
+        running.close(reason, this.adapter.drainNotice(maintenance ?? held ?? (reason === 'drained' ? 'Mailbox moved to another server, please reconnect' : KICKED_TEXT)));
       },
     };
     this.entry = entry;
