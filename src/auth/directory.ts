@@ -7,6 +7,7 @@ import { domainToASCII } from 'node:url';
 import type { Protocol, UsernameConfig } from '../config/schema.js';
 import type { Cancellation } from '../cancel.js';
 import { MAX_MAINTENANCE_REASON_BYTES } from '../limits.js';
+import { MailfrontError } from '../errors.js';
 
 /** A user the directory has authenticated. */
 export interface DirectoryUser {
@@ -170,6 +171,20 @@ export const FORBIDDEN_IN_USER = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}\u034f\u180b-\u
 
 /** Printable ASCII without spaces: what nearly every login name is. */
 const PRINTABLE_ASCII_WORD = /^[\x21-\x7e]+$/;
+
+/**
+ * WRONG_PASSWORD for an entry the directory found, with the names the entry gives its user (the
+ * values of directory.login_attribute, as read): the session logs the user by them, as it does a
+ * login that succeeds, and not only by the name typed (an alias the user filter matched).
+ */
+export class WrongPasswordError extends MailfrontError {
+  constructor(
+    user: string,
+    readonly loginNames: readonly string[],
+  ) {
+    super('WRONG_PASSWORD', 'auth-failed', `wrong password for "${user}"`);
+  }
+}
 
 /**
  * The name the throttle, the login gate and the sessions-per-user limit count a user by (a

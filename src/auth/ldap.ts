@@ -14,7 +14,7 @@ import { PROTOCOLS, filterUsesProtocol, loginAttributeOf } from '../config/schem
 import type { DirectoryConfig, Protocol } from '../config/schema.js';
 import { MailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { holdOf } from './directory.js';
+import { WrongPasswordError, holdOf } from './directory.js';
 import type { Directory, DirectoryHealth, DirectoryRefusal, DirectoryUser, Hold } from './directory.js';
 import { performance } from 'node:perf_hooks';
 import { LRUCache } from 'lru-cache';
@@ -242,20 +242,6 @@ export interface LdapClientOptions {
   readonly autoRebind: boolean;
   /** Bytes the server may send in answer to one operation (default MAX_LDAP_ANSWER_BYTES); see boundAnswers(). */
   readonly maxAnswerBytes?: number;
-}
-
-/**
- * WRONG_PASSWORD for an entry the directory found, with the names the entry gives its user (the
- * values of directory.login_attribute, as read): the session logs the user by them, as it does a
- * login that succeeds, and not only by the name typed (an alias the user filter matched).
- */
-export class WrongPasswordError extends MailfrontError {
-  constructor(
-    user: string,
-    readonly loginNames: readonly string[],
-  ) {
-    super('WRONG_PASSWORD', 'auth-failed', `wrong password for "${user}"`);
-  }
 }
 
 /** A server's answer passed the connection's byte bound, or was not LDAP; the connection was closed. */

@@ -18,8 +18,7 @@ import type { LeaveAddressGate, LeaveGate, LoginGate } from '../auth/login-gate.
 import type { ConnectionLease, ConnectionLimiter } from '../server/connection-limits.js';
 import { backendProxyHeader, plainAddress, proxySignatureSoFar } from '../server/proxy-protocol.js';
 import type { ConnectionEndpoints } from '../server/proxy-protocol.js';
-import { FORBIDDEN_IN_USER, countedUser, entryLoginName, normalizeUser } from '../auth/directory.js';
-import { WrongPasswordError } from '../auth/ldap.js';
+import { FORBIDDEN_IN_USER, WrongPasswordError, countedUser, entryLoginName, normalizeUser } from '../auth/directory.js';
 import { CLOSED_AFTER_LOGIN, IDENTITY_REFUSED, assertedIdentityProblem, backendFor, dialSlot, loginToBackend } from '../backend/connect.js';
 import type { BackendSession } from '../backend/connect.js';
 import { loginAttributeOf } from '../config/schema.js';
