@@ -64,8 +64,12 @@ function isServerFailure(error: unknown): boolean {
  */
 function isServerDown(error: unknown): boolean {
   if (!(error instanceof ResultCodeError)) return true;
-  // A search's noSuchObject is for base_dn (NO_SUCH_OBJECT): lasting, as down is.
-  return error.code === NO_SUCH_OBJECT || error.code === 51 || error.code === 52;
+  return error.code === 51 || error.code === 52;
+}
+
+/** True for a user search's noSuchObject: base_dn is missing on that server (NO_SUCH_OBJECT), not only for a bind's. */
+function isBaseMissing(error: unknown): boolean {
+  return error instanceof ResultCodeError && error.code === NO_SUCH_OBJECT;
 }
 
 /**
@@ -895,12 +899,15 @@ export class LdapDirectory implements Directory {
             : new MailfrontError('LDAP_SEARCH_FAILED', 'auth-tempfail', `the user search failed on ${connection.url}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
         if (attempt === 1 || !isServerFailure(error)) throw failure;
         if (this.hasOtherThan(connection.url)) {
-          if (isServerDown(error)) this.holdDown(connection.url, failure.message);
+          // Without base_dn the server answers every login so, as a down one fails it (a bind's
+          // noSuchObject is about its user: isServerDown alone, in the bind's retry).
+          if (isServerDown(error) || isBaseMissing(error)) this.holdDown(connection.url, failure.message);
           avoid = { url: connection.url, failure };
           continue;
         }
-        // This search's own answer: others on the connection may well have been answered meanwhile.
-        const heard = error instanceof LdapAnswerRefusedError || (ldapResult(error) === 'timeout' && ldapAnswerBytes(error) > 0);
+        // This search's own answer: others on the connection may well have been answered
+        // meanwhile. A missing base_dn is an answer too, the same on a fresh connection.
+        const heard = error instanceof LdapAnswerRefusedError || isBaseMissing(error) || (ldapResult(error) === 'timeout' && ldapAnswerBytes(error) > 0);
         if (heard) throw failure;
       }
     }

@@ -7,7 +7,10 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { LDAP_PEOPLE_DN, LineClient, startDovecot, startSlapd } from './servers/index.js';
+import { LdapDirectory } from '../../src/auth/ldap.js';
+import type { Metrics } from '../../src/metrics.js';
+import { createLogger } from '../../src/log.js';
+import { LDAP_PEOPLE_DN, LineClient, directoryConfigOf, startDovecot, startSlapd } from './servers/index.js';
 import type { Dovecot, Slapd } from './servers/index.js';
 import { registerPasswords, startFront } from './front.js';
 
@@ -56,4 +59,42 @@ test('with base_dn missing on the only server, readiness still says so (503)', a
   const front = await startFront({ slapd: a, stores: { alpha: { currentMaster: 'm', slots: { m: { imapPort: dovecot.imapPort } } } }, directory: { urls: [a.url], base_dn: LDAP_PEOPLE_DN } }).catch((error: unknown) => error as Error);
   // Start refuses such settings (DIRECTORY_SETTINGS_REFUSED): there is nothing to be ready with.
   assert.ok(front instanceof Error && /noSuchObject \(32\)/.test(front.message), String(front));
+});
+
+test('a user bind answered noSuchObject holds no server down: it is about the user, not base_dn', async () => {
+  // slapd's retcode overlay stands in for a server that answers a bind to a DN it lacks with 32.
+  const users = [{ uid: 'stale', password: PASSWORD, store: 'alpha' }];
+  const odd = await startSlapd({ users, access: ['access to * by * manage', 'moduleload retcode', 'overlay retcode', 'retcode-parent "ou=retcode,dc=example,dc=org"', 'retcode-indir'] });
+  const lines: Array<Record<string, unknown>> = [];
+  const directory = new LdapDirectory(directoryConfigOf(odd, { urls: [odd.url, b.url] }), createLogger('debug', { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) > 0 }));
+  try {
+    await odd.modify(`dn: uid=stale,${LDAP_PEOPLE_DN}\nchangetype: modify\nadd: objectClass\nobjectClass: errAuxObject\n-\nadd: errCode\nerrCode: 32\n-\nadd: errOp\nerrOp: bind\n`);
+    const result = await directory.authenticate('stale', PASSWORD, new AbortController().signal).then(
+      () => 'ok',
+      (error: { code?: string }) => String(error.code),
+    );
+    assert.equal(result, 'LDAP_BIND_FAILED', 'the bind\'s answer stands');
+    assert.deepEqual(lines.filter((l) => l['event'] === 'directory.server_held_down'), []);
+  } finally {
+    await directory.close();
+    await odd.stop();
+  }
+});
+
+test('with base_dn missing on the only server, a login asks it once, not again on a fresh connection', async () => {
+  const counts = new Map<string, number>();
+  const metrics = { ldapRequest: (op: string, result: string) => counts.set(`${op} ${result}`, (counts.get(`${op} ${result}`) ?? 0) + 1), directoryCacheLookup: () => undefined } as unknown as Metrics;
+  const directory = new LdapDirectory(directoryConfigOf(a, { searchConnections: 1 }), createLogger('silent'), metrics);
+  try {
+    for (let i = 0; i < 3; i++) {
+      const code = await directory.authenticate('dora', PASSWORD, new AbortController().signal).then(
+        () => 'ok',
+        (error: { code?: string }) => String(error.code),
+      );
+      assert.equal(code, 'LDAP_SEARCH_FAILED');
+    }
+  } finally {
+    await directory.close();
+  }
+  assert.equal(counts.get('search error'), 3, JSON.stringify([...counts]));
 });
