@@ -842,7 +842,16 @@ export class Mailfront {
   }
 
   private async startHttp(address: { host: string; port: number }): Promise<void> {
-    const http = new HttpServer(address, { metrics: this.metrics, log: this.log, readiness: () => this.readiness() });
+    const http = new HttpServer(address, {
+      metrics: this.metrics,
+      log: this.log,
+      // /readyz's answers (nothing else asks this): a balancer gating on it has seen the instance ready once it said so.
+      readiness: async () => {
+        const readiness = await this.readiness();
+        if (readiness.ready) this.saidReady = true;
+        return readiness;
+      },
+    });
     const admin = createAdminHandler({
       token: () => this.config.admin.token,
       holder: this.holder,
@@ -965,8 +974,14 @@ export class Mailfront {
    * only keep the ports open longer.
    */
   private unreadyDelayMs(): number {
-    return this.http === undefined ? 0 : this.config.shutdown.unreadyDelayMs;
+    return this.http === undefined || !this.saidReady ? 0 : this.config.shutdown.unreadyDelayMs;
   }
+
+  /**
+   * Whether /readyz has answered 200: until it has, no balancer gating on it sends this instance
+   * clients, and a stop (one during start, say) has no one to wait for.
+   */
+  private saidReady = false;
 
   private stopped: Promise<void> | undefined;
 

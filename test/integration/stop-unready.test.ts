@@ -55,9 +55,9 @@ interface Serve {
 /**
  * Starts `mailfront serve` with one plain IMAP listener (taking PROXY v2 from 127.0.0.1 when
  * `behindBalancer`), an HTTP listener unless `http` is false, and `extra` sections; resolves once
- * it is ready (its /readyz 200, or without HTTP its IMAP greeting).
+ * it is ready (its /readyz 200, or without HTTP, or with `askReadyz` false, its IMAP port open).
  */
-async function serve(name: string, options: { readonly http?: boolean; readonly behindBalancer?: boolean; readonly extra?: Record<string, unknown> } = {}): Promise<Serve> {
+async function serve(name: string, options: { readonly http?: boolean; readonly behindBalancer?: boolean; readonly extra?: Record<string, unknown>; readonly askReadyz?: boolean } = {}): Promise<Serve> {
   const imapPort = await freePort();
   const httpPort = options.http === false ? undefined : await freePort();
   const file = join(dir.path, `${name}.yaml`);
@@ -83,7 +83,7 @@ async function serve(name: string, options: { readonly http?: boolean; readonly 
   const exited = new Promise<{ code: number | null; at: number }>((resolve) => child.once('exit', (code) => resolve({ code, at: Date.now() })));
   const deadline = Date.now() + 15_000;
   for (;;) {
-    if (httpPort !== undefined ? (await readyz(httpPort))?.status === 200 : (await portState(imapPort)) === 'open') break;
+    if (httpPort !== undefined && options.askReadyz !== false ? (await readyz(httpPort))?.status === 200 : (await portState(imapPort)) === 'open') break;
     if (child.exitCode !== null || Date.now() > deadline) throw new Error(`${name} did not become ready: ${readFileSync(logFile, 'utf8')}`);
     await sleep(100);
   }
@@ -301,5 +301,20 @@ test('the delay waits only when something can see readiness: without an HTTP lis
   } finally {
     cleanUp(withHttp);
     cleanUp(without);
+  }
+});
+
+test('a stop before /readyz ever answered 200 (during start, say) does not wait: no balancer gating on it sent the instance a client', async () => {
+  let unasked: Serve | undefined;
+  try {
+    unasked = await serve('never-asked', { askReadyz: false });
+    unasked.child.kill('SIGTERM');
+    const term = Date.now();
+    const { code, at } = await unasked.exited;
+    assert.equal(code, 0);
+    assert.ok(at - term < 3_000, `the stop took ${at - term} ms`);
+    assert.ok(!logLines(unasked.logFile).some((l) => l['event'] === 'server.unready'), 'server.unready before /readyz said ready');
+  } finally {
+    cleanUp(unasked);
   }
 });
