@@ -12,7 +12,7 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import { directoryHealth } from './directory.js';
-import type { Directory, DirectoryHealth, DirectoryUser } from './directory.js';
+import type { CachedUser, Directory, DirectoryHealth, DirectoryUser } from './directory.js';
 import type { Cancellation } from '../cancel.js';
 import type { Protocol } from '../config/schema.js';
 import type { Metrics } from '../metrics.js';
@@ -109,6 +109,16 @@ export class CachingDirectory implements Directory {
 
   health(signal: Cancellation): Promise<DirectoryHealth> {
     return directoryHealth(this.inner, signal);
+  }
+
+  cached(user: string, dns: ReadonlySet<string>): CachedUser[] {
+    // Operator tooling: a walk of the cache, as forget() walks it (keys are keyed hashes).
+    const found: CachedUser[] = [];
+    this.successes.forEach((login, key) => {
+      if (login.user !== user && !dns.has(login.dn)) return;
+      found.push({ cache: 'auth', dn: login.dn, store: login.store, expiresInMs: this.successes.getRemainingTTL(key) });
+    });
+    return [...found, ...(this.inner.cached?.(user, dns) ?? [])];
   }
 
   forget(user: string, dns: Set<string> = new Set()): number {

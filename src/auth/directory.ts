@@ -34,6 +34,24 @@ export interface DirectoryUser {
 }
 
 /**
+ * What one of a directory's caches holds of a user now: what a login on this instance is answered
+ * from without asking the directory, which may say otherwise since (a hold set, a store changed).
+ */
+export interface CachedUser {
+  /**
+   * `auth`: a login kept (directory.auth_cache_ttl_ms), which lets its password in as it is;
+   * `entry`: an entry kept (directory.entry_cache_ttl_ms), the password still checked.
+   */
+  readonly cache: 'auth' | 'entry';
+  readonly dn: string;
+  readonly store: string | null;
+  /** The hold the cache has for the user (a kept login never has one). Absent: no hold. */
+  readonly hold?: string;
+  /** How long until the cache drops it. */
+  readonly expiresInMs: number;
+}
+
+/**
  * A directory server's refusal of the directory's own settings, which waiting does not cure: the
  * service bind refused (invalidCredentials, 49, say), or base_dn not there (noSuchObject, 32).
  */
@@ -93,6 +111,11 @@ export interface Directory {
    * directory without it is taken as reachable() says (directoryHealth()).
    */
   health?(signal: Cancellation): Promise<DirectoryHealth>;
+  /**
+   * What this directory's caches hold of `user` (already normalised) and of the entries `dns`,
+   * under any name (whereis: operator tooling, which walks the caches). Absent: no cache.
+   */
+  cached?(user: string, dns: ReadonlySet<string>): CachedUser[];
   /**
    * Drops what this directory remembers of `user` (already normalised), and of every other name
    * whose cached entry has one of the DNs in `dns` or the DN cached for `user` (one entry found

@@ -15,7 +15,7 @@ import type { DirectoryConfig, Protocol } from '../config/schema.js';
 import { MailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { WrongPasswordError, holdOf } from './directory.js';
-import type { Directory, DirectoryHealth, DirectoryRefusal, DirectoryUser, Hold } from './directory.js';
+import type { CachedUser, Directory, DirectoryHealth, DirectoryRefusal, DirectoryUser, Hold } from './directory.js';
 import { performance } from 'node:perf_hooks';
 import { LRUCache } from 'lru-cache';
 import type { LdapOperation, LdapResult, Metrics } from '../metrics.js';
@@ -815,13 +815,15 @@ export class LdapDirectory implements Directory {
   /**
    * The user's entry for a login over `protocol`, from the cache or a search. `login`: a login's
    * lookup (counted in metrics, cached); `retry`: its second one, after the first entry's server
-   * failed (cached); `tooling`: whereis and kick (neither counted nor cached).
+   * failed (cached); `tooling`: whereis and kick, which read the directory itself (neither from
+   * the cache nor into it): what the directory says now, a hold set since the entry was cached
+   * included, is what an operator asks them (cached() tells what the cache says).
    */
   private async search(user: string, protocol: Protocol | undefined, use: 'login' | 'retry' | 'tooling', avoid?: AvoidedServer): Promise<FoundEntry | null> {
     const template = this.templateFor(protocol);
     const entries = this.entries;
     const key = this.entryKey(user, protocol);
-    const cached = entries?.get(key);
+    const cached = use === 'tooling' ? undefined : entries?.get(key);
     if (use === 'login' && entries !== null) this.metrics?.directoryCacheLookup('entry', cached !== undefined);
     // An entry found on a server held down since is found again on one that is not (its bind would wait out the deadline).
     if (cached !== undefined && cached.url !== avoid?.url && !this.keptOff(cached.url)) return cached;
@@ -1040,6 +1042,19 @@ export class LdapDirectory implements Directory {
       return null;
     })();
     return raceAbort(work, signal);
+  }
+
+  cached(user: string, dns: ReadonlySet<string>): CachedUser[] {
+    const entries = this.entries;
+    if (entries === null) return [];
+    // Operator tooling: a walk of the cache, as forget() walks it.
+    const userOf = (key: string): string => (this.byProtocol ? key.slice(0, key.lastIndexOf('\0')) : key);
+    const found: CachedUser[] = [];
+    entries.forEach((entry, key) => {
+      if (userOf(key) !== user && !dns.has(entry.dn)) return;
+      found.push({ cache: 'entry', dn: entry.dn, store: entry.storeValues > 1 ? null : entry.store, ...(entry.hold.reason !== null ? { hold: entry.hold.reason } : {}), expiresInMs: entries.getRemainingTTL(key) });
+    });
+    return found;
   }
 
   forget(user: string, dns: Set<string> = new Set()): number {

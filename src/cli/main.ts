@@ -88,7 +88,11 @@ and prints the entry's login name (the name a login goes on with: the logs' "use
 its current master and address, the live sessions of the entry on this instance under any of
 its names, and the throttle's counts of USER and of the login name (the throttle counts a user
 by the name typed): failures counted, the limit, and how long logins are refused for, read from
-Redis when the throttle shares it, else this instance's counters (the output says which).
+Redis when the throttle shares it, else this instance's counters (the output says which). The
+entry is read from the directory itself (a hold as it is now); "cached here" is what this
+instance's caches hold of the user and for how long, and the problem line says when a login here
+would be let in (or routed, or held) from them otherwise than the directory says: kick the user
+on this instance.
 ${REMOTE}
 `,
   failover: `Usage: mailfront failover STORE SLOT [-c FILE]
@@ -250,6 +254,14 @@ function throttleLines(throttle: ThrottleJson | null | undefined): string {
   if (throttle === null) return 'throttle        off\n';
   const lines = throttle.users.map((u, i) => `${i === 0 ? 'throttle       ' : '               '} ${u.user}: ${throttleCounts(u)}${u.refusedForMs > 0 ? ` (mailfront unthrottle ${u.user})` : ''}`);
   return `${lines.join('\n')}\n                read from ${THROTTLE_FROM[throttle.from] ?? throttle.from}\n`;
+}
+
+/** whereis's lines on what this instance's caches hold of the user (absent from an instance that does not say). */
+function cachedLines(cached: Array<{ cache: string; store: string | null; held: string | null; expiresInMs: number }> | undefined): string {
+  if (cached === undefined) return '';
+  if (cached.length === 0) return 'cached here     nothing (a login here asks the directory)\n';
+  const lines = cached.map((c, i) => `${i === 0 ? 'cached here    ' : '               '} ${c.cache === 'auth' ? 'login (auth_cache_ttl_ms)' : 'entry (entry_cache_ttl_ms)'}: store ${c.store ?? '-'}${c.held !== null ? `, held "${c.held}"` : ''}, ${Math.ceil(c.expiresInMs / 1000)} s more`);
+  return `${lines.join('\n')}\n`;
 }
 
 /** unthrottle's answer in words. */
@@ -649,6 +661,7 @@ async function main(argv: string[]): Promise<number> {
       if (values.json) return printJson(json), 0;
       out(`user            ${String(json['user'])}\nlogin name      ${String(json['loginName'] ?? '-')}\ndirectory entry ${String(json['dn'])}\nstore           ${String(json['store'] ?? '-')}\ncurrent master  ${String(json['currentMaster'] ?? '-')}\naddress         ${String(json['address'] ?? '-')} ${json['ports'] ? JSON.stringify(json['ports']) : ''}\n`);
       if (json['problem']) out(`problem         ${String(json['problem'])}\n`);
+      out(cachedLines(json['cached'] as Parameters<typeof cachedLines>[0]));
       out(throttleLines(json['throttle'] as ThrottleJson | null | undefined));
       out(sessionsTable(json['sessions'] as SessionJson[]));
       return 0;

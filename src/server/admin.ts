@@ -170,6 +170,33 @@ function loginNameOf(found: DirectoryUser, user: string, context: AdminContext):
   return login.kind === 'name' ? login.name : login.kind === 'none' ? user : null;
 }
 
+/** A cache's view of a user, as whereis shows it. */
+interface CachedView {
+  readonly cache: 'auth' | 'entry';
+  readonly store: string | null;
+  readonly held: string | null;
+  readonly expiresInMs: number;
+}
+
+/**
+ * What this instance's caches hold of `user` and of the entry `found` (the directory's answer,
+ * read now), and what a login here would do from them that the directory no longer says: an
+ * instance that was not kicked after a hold was set goes on letting the user in from its cache of
+ * logins, or from its cache of entries, until they expire (`problem`; null when they agree).
+ */
+function cacheView(context: AdminContext, user: string, found: DirectoryUser): { cached: CachedView[]; problem: string | null } {
+  const cached = (context.directory().cached?.(user, new Set([found.dn])) ?? []).map((c): CachedView => ({ cache: c.cache, store: c.store, held: c.hold ?? null, expiresInMs: c.expiresInMs }));
+  const seconds = (views: CachedView[]): number => Math.ceil(Math.max(...views.map((c) => c.expiresInMs)) / 1000);
+  const lets = cached.filter((c) => c.held === null && found.hold !== undefined);
+  const elsewhere = cached.filter((c) => c.held === null && found.hold === undefined && c.store !== found.store);
+  const holds = cached.filter((c) => c.held !== null && found.hold === undefined);
+  const says: string[] = [];
+  if (lets.length > 0) says.push(`lets the user in from its cache for ${seconds(lets)} s more`);
+  if (elsewhere.length > 0) says.push(`sends the user's logins to store ${[...new Set(elsewhere.map((c) => c.store ?? '(none)'))].join(', ')} from its cache for ${seconds(elsewhere)} s more`);
+  if (holds.length > 0) says.push(`refuses the user's logins as held from its cache for ${seconds(holds)} s more`);
+  return { cached, problem: says.length === 0 ? null : `this instance ${says.join(' and ')}: mailfront kick ${user} here` };
+}
+
 /** The throttle's counts of `users` (names typed: the throttle counts a user by the name typed), or null while throttling is off. */
 async function throttleView(context: AdminContext, users: readonly string[]): Promise<{ from: ThrottleSource; users: Array<Omit<SubjectReport, 'key' | 'from'> & { user: string }> } | null> {
   // Keyed as a login counts them (countedUser): with usernames.lowercase off, "Frank" is counted as "frank".
@@ -321,6 +348,8 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
               : loginName === null
                 ? `the directory entry has several login names, none of them "${user}": its logins under this name are refused (USER_LOGIN_AMBIGUOUS)`
                 : null;
+    // What the directory says now, and what this instance would do from its caches meanwhile.
+    const fromCache = cacheView(context, user, found);
     return send(res, 200, {
       user,
       loginName,
@@ -331,7 +360,8 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
       ports: master ? { imap: master.imapPort, imaps: master.imapsPort, pop3: master.pop3Port, pop3s: master.pop3sPort, sieve: master.sievePort } : null,
       maintenance: store?.maintenance ?? null,
       held: found.hold ?? null,
-      problem,
+      problem: fromCache.problem === null ? problem : problem === null ? fromCache.problem : `${problem}; ${fromCache.problem}`,
+      cached: fromCache.cached,
       // Every session of the entry, under whichever of its names it logged in.
       sessions: context.registry.ofUserAndEntries(user, [found.dn]).map(sessionView),
       // The throttle counts the name typed: the name asked, and the entry's own when another.
