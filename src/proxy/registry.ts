@@ -66,8 +66,11 @@ export class SessionRegistry {
   private readonly byDn = new Map<string, Set<SessionEntry>>();
   /** Kicks so far: a login reads it when it starts, and no step of the clock can fool the count. */
   private kickCount = 0;
-  /** The last kick of each user name (`u:` key) and directory entry (`d:` key): its number, and when (performance.now(), for pruning). */
-  private readonly kicks = new Map<string, { readonly count: number; readonly at: number }>();
+  /**
+   * The last kick of each user name (`u:` key) and directory entry (`d:` key): its number, when
+   * (performance.now(), for pruning), and the hold's reason when the directory held the user.
+   */
+  private readonly kicks = new Map<string, Kick>();
 
   /** Backend logins under way (a few per login in flight; see attemptStarted). */
   private readonly attempts = new Set<BackendAttempt>();
@@ -119,29 +122,51 @@ export class SessionRegistry {
   }
 
   /**
+   * Takes the number of a kick to be recorded a moment later (userKicked's `count`): the logins
+   * that begin meanwhile are not its.
+   */
+  takeKickNumber(): number {
+    return ++this.kickCount;
+  }
+
+  /**
    * Records a kick of `user` and of the directory entries `dns`. A login of them that began
    * before it and is still under way (not yet in the registry: at the directory, or held while
-   * its master is down) must not be spliced when it completes (kickedSince). Returns the kick's
-   * number, for entriesKicked().
+   * its master is down) must not be spliced when it completes (kickedSince). `count`: the number
+   * takeKickNumber() gave (else a new one); `hold`: the directory holds the user, and the logins
+   * stopped are refused with its reason (kickHold). Returns the kick's number, for entriesKicked().
    */
-  userKicked(user: string, dns: Iterable<string> = []): number {
+  userKicked(user: string, dns: Iterable<string> = [], options: { readonly count?: number; readonly hold?: string | undefined } = {}): number {
     const now = performance.now();
     for (const [key, kick] of this.kicks) if (now - kick.at > KICK_MEMORY_MS) this.kicks.delete(key);
-    const kick = { count: ++this.kickCount, at: now };
-    this.kicks.set(`u:${user}`, kick);
-    for (const dn of dns) this.kicks.set(`d:${dn}`, kick);
+    const kick: Kick = { count: options.count ?? ++this.kickCount, at: now, ...(options.hold !== undefined ? { hold: options.hold } : {}) };
+    this.record(`u:${user}`, kick);
+    for (const dn of dns) this.record(`d:${dn}`, kick);
     this.stopKickedAttempts();
     return kick.count;
   }
 
   /**
    * Adds directory entries to kick number `count` (found after it, by a directory lookup): the
-   * logins of them that began before that kick, not the ones since.
+   * logins of them that began before that kick, not the ones since. `hold`: as userKicked's.
    */
-  entriesKicked(dns: Iterable<string>, count: number): void {
-    const kick = { count, at: performance.now() };
-    for (const dn of dns) if ((this.kicks.get(`d:${dn}`)?.count ?? 0) < count) this.kicks.set(`d:${dn}`, kick);
+  entriesKicked(dns: Iterable<string>, count: number, hold?: string): void {
+    const kick: Kick = { count, at: performance.now(), ...(hold !== undefined ? { hold } : {}) };
+    for (const dn of dns) this.record(`d:${dn}`, kick);
     this.stopKickedAttempts();
+  }
+
+  /** Keeps `kick` for `key` unless a later kick is kept for it already. */
+  private record(key: string, kick: Kick): void {
+    if ((this.kicks.get(key)?.count ?? 0) < kick.count) this.kicks.set(key, kick);
+  }
+
+  /** The hold's reason of the last kick of `user` or the entry `dn` since `kicksAtStart`, when the directory held the user then. */
+  kickHold(user: string, dn: string, kicksAtStart: number): string | undefined {
+    const byUser = this.kicks.get(`u:${user}`);
+    const byEntry = this.kicks.get(`d:${dn}`);
+    const last = (byEntry?.count ?? 0) > (byUser?.count ?? 0) ? byEntry : byUser;
+    return last !== undefined && last.count > kicksAtStart ? last.hold : undefined;
   }
 
   /**
@@ -196,6 +221,13 @@ export class SessionRegistry {
   values(): IterableIterator<SessionEntry> {
     return this.byId.values();
   }
+}
+
+/** A kick as the registry remembers it for a user name or a directory entry. */
+interface Kick {
+  readonly count: number;
+  readonly at: number;
+  readonly hold?: string;
 }
 
 /** Whether a session or a backend login was on `store`'s `slot` for one of `protocols` (all, when not given). */

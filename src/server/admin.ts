@@ -242,30 +242,57 @@ function decodePathPart(part: string): string {
 }
 
 /**
+ * How long a kick waits for the directory's answer before it closes the user's sessions: a user
+ * the directory holds (a mailbox being moved) has its clients told the hold's reason, not that an
+ * administrator disconnected them; a directory that hangs delays the closing no longer than this.
+ */
+const KICK_HOLD_WAIT_MS = 1_000;
+
+/** `promise`'s value if it settles within `ms`, else undefined (it goes on). */
+async function within<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<undefined>((resolve) => {
+    timer = setTimeout(resolve, ms, undefined);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
  * Kicks `user` (normalised): after a password change or a lock, the old password must not log
- * in again, from a cache or through a login under way. All at once, before any wait: the caches
- * forget the name and every name of the entries cached under it, the kick is recorded (a login
- * of them under way is not spliced when it completes) and their sessions are closed. Then the
- * entry's DN from the directory, when it answers, finds what the caches did not know, and the
- * same is done for it, for the logins begun before the kick (one begun since, with the new
- * password say, is left alone), spliced by now or still under way.
+ * in again, from a cache or through a login under way. At once: the caches forget the name and
+ * every name of the entries cached under it (a login from now on asks the directory), and the
+ * kick takes its number. Then, once the directory has answered the lookup of the user or
+ * KICK_HOLD_WAIT_MS has passed, the kick is recorded (a login of them begun before it and under
+ * way is not spliced when it completes) and their sessions begun before it are closed, told the
+ * hold's reason when the directory holds the user. The entry's DN from the directory, when it
+ * answers, finds what the caches did not know, and the same is done for it, for the logins begun
+ * before the kick (one begun since, with the new password say, is left alone), spliced by now or
+ * still under way.
  */
 async function kickUser(context: AdminContext, user: string): Promise<{ sessions: SessionEntry[]; forgotten: number }> {
   const directory = context.directory();
   const dns = new Set<string>();
   let forgotten = directory.forget(user, dns);
-  const kick = context.registry.userKicked(user, dns);
-  const sessions = context.registry.ofUserAndEntries(user, dns);
-  for (const s of sessions) s.close('kicked');
-
+  const kick = context.registry.takeKickNumber();
   const lookup = (d: Directory): Promise<DirectoryUser | null> => adminLookup(d, user);
   // A reload may replace (and close) the directory meanwhile: then the one in force answers.
-  const found = await lookup(directory).catch(() => (context.directory() !== directory ? lookup(context.directory()) : null)).catch(() => null);
+  const looking = lookup(directory).catch(() => (context.directory() !== directory ? lookup(context.directory()) : null)).catch(() => null);
+  const early = await within(looking, KICK_HOLD_WAIT_MS);
+  const hold = early?.hold;
+  context.registry.userKicked(user, dns, { count: kick, hold });
+  const sessions = context.registry.ofUserAndEntries(user, dns).filter((s) => s.kicksAtLogin < kick);
+  for (const s of sessions) s.close('kicked', hold);
+
+  const found = early === undefined ? await looking : early;
   if (found === null || dns.has(found.dn)) return { sessions, forgotten };
   const more = new Set([found.dn]);
-  context.registry.entriesKicked(more, kick);
+  context.registry.entriesKicked(more, kick, found.hold);
   const late = context.registry.ofUserAndEntries(user, more).filter((s) => s.kicksAtLogin < kick && !sessions.includes(s));
-  for (const s of late) s.close('kicked');
+  for (const s of late) s.close('kicked', found.hold);
   sessions.push(...late);
   try {
     forgotten += context.directory().forget(user, more);

@@ -691,7 +691,7 @@ export class Session {
       // them: read before the hold, they would be spliced after it was seen.
       if (found.hold !== undefined) {
         if (found.store !== null) this.store = found.store;
-        this.context.registry.userKicked(name, [found.dn]);
+        this.context.registry.userKicked(name, [found.dn], { hold: found.hold });
         const spliced = this.context.registry.ofUserAndEntries(name, [found.dn]);
         for (const entry of spliced) entry.close('kicked', found.hold);
         if (spliced.length > 0) this.context.directory().forget(name, new Set([found.dn]));
@@ -720,10 +720,13 @@ export class Session {
         // say): the connection is closed with the protocol's last word, as a spliced session of
         // the user would have been. Not through the pre-auth machine: it would go on to run
         // what the client sent behind its login (a LOGOUT, another LOGIN).
+        // A kick because the directory holds the user (the kick's lookup, or another login, saw
+        // the hold): told the hold's reason, as the user's spliced sessions are.
         backend?.socket.destroy();
         this.lease.releaseUser();
-        this.log.info({ event: 'session.kicked', ...userFields(name, user), store: this.store, slot: this.slot, phase: 'backend-login' }, 'session closed: kicked during its login');
-        if (this.socket.writable) this.preauthBytesWritten += writeNow(this.socket, this.adapter.connectionRefusal('total', KICKED_TEXT));
+        const held = this.context.registry.kickHold(name, found.dn, kicksAtStart);
+        this.log.info({ event: 'session.kicked', ...userFields(name, user), store: this.store, slot: this.slot, phase: 'backend-login', ...(held !== undefined ? { held: true } : {}) }, 'session closed: kicked during its login');
+        if (this.socket.writable) this.preauthBytesWritten += writeNow(this.socket, this.adapter.connectionRefusal('total', held ?? KICKED_TEXT));
         this.context.metrics.loginResult(this.adapter.name, 'aborted', (performance.now() - started) / 1000);
         this.finish('kicked');
         return;

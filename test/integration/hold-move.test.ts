@@ -4,7 +4,8 @@
  * both caches on. whereis reads the directory itself (a hold set after the entry was cached is
  * seen), and says what this instance would do from its caches meanwhile: an instance that was not
  * kicked after the hold was set lets the user in from its cache of logins, and whereis's problem
- * says so.
+ * says so. A kick of a held user tells its IMAP and ManageSieve clients the hold's reason, not
+ * that an administrator disconnected them.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -37,6 +38,22 @@ async function imapLogin(front: Front, user: string): Promise<string> {
   } finally {
     c.close();
   }
+}
+
+async function imapSession(front: Front, user: string): Promise<LineClient> {
+  const c = await LineClient.connect(front.imapTrustedPort);
+  await c.readLine();
+  c.send(`t1 LOGIN ${user} ${PASSWORD}`);
+  assert.match(await c.readLine(), /^t1 OK /, `${user}'s login`);
+  return c;
+}
+
+async function sieveSession(front: Front, user: string): Promise<LineClient> {
+  const c = await LineClient.connect(front.sieveTrustedPort!);
+  for (let line = await c.readLine(); !line.startsWith('OK'); line = await c.readLine());
+  c.send(`AUTHENTICATE "PLAIN" "${Buffer.from(`\0${user}\0${PASSWORD}`).toString('base64')}"`);
+  assert.match(await c.readLine(), /^OK/, `${user}'s ManageSieve login`);
+  return c;
 }
 
 async function admin(front: Front, method: 'GET' | 'POST', path: string, body?: unknown): Promise<Record<string, unknown>> {
@@ -115,5 +132,27 @@ test('whereis on an instance not kicked after the hold shows the cached view and
   } finally {
     await setHold('ava', undefined);
     await Promise.all([admin(front1, 'POST', '/api/kick', { user: 'ava' }), admin(front2, 'POST', '/api/kick', { user: 'ava' })]);
+  }
+});
+
+test('a kick of a held user tells its IMAP and ManageSieve clients the hold\'s reason', async () => {
+  const imap = await imapSession(front1, 'amy');
+  const sieve = await sieveSession(front1, 'amy');
+  try {
+    await setHold('amy', REASON);
+    const mark = front1.logs.length;
+    const kick = await admin(front1, 'POST', '/api/kick', { user: 'amy' });
+    assert.equal((kick['kicked'] as unknown[]).length, 2);
+    assert.equal(await imap.readLine(5_000), `* BYE [UNAVAILABLE] ${REASON}`);
+    assert.equal(await imap.waitClosed(5_000), true);
+    assert.equal(await sieve.readLine(5_000), `BYE (TRYLATER) "${REASON}"`);
+    assert.equal(await sieve.waitClosed(5_000), true);
+    const kicked = front1.logs.slice(mark).filter((l) => l['event'] === 'session.kicked');
+    assert.deepEqual(kicked.map((l) => [l['user'], l['held']]), [['amy', true], ['amy', true]]);
+  } finally {
+    imap.close();
+    sieve.close();
+    await setHold('amy', undefined);
+    await admin(front1, 'POST', '/api/kick', { user: 'amy' });
   }
 });
