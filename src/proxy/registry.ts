@@ -122,19 +122,12 @@ export class SessionRegistry {
   }
 
   /**
-   * Takes the number of a kick to be recorded a moment later (userKicked's `count`): the logins
-   * that begin meanwhile are not its.
-   */
-  takeKickNumber(): number {
-    return ++this.kickCount;
-  }
-
-  /**
    * Records a kick of `user` and of the directory entries `dns`. A login of them that began
    * before it and is still under way (not yet in the registry: at the directory, or held while
-   * its master is down) must not be spliced when it completes (kickedSince). `count`: the number
-   * takeKickNumber() gave (else a new one); `hold`: the directory holds the user, and the logins
-   * stopped are refused with its reason (kickHold). Returns the kick's number, for entriesKicked().
+   * its master is down) must not be spliced when it completes (kickedSince). `count`: a kick
+   * recorded already, to which the directory's answer adds `hold` (else a new kick); `hold`: the
+   * directory holds the user, and the logins stopped from then on are refused with its reason
+   * (kickHold). Returns the kick's number, for entriesKicked().
    */
   userKicked(user: string, dns: Iterable<string> = [], options: { readonly count?: number; readonly hold?: string | undefined } = {}): number {
     const now = performance.now();
@@ -158,7 +151,8 @@ export class SessionRegistry {
 
   /** Keeps `kick` for `key` unless a later kick is kept for it already. */
   private record(key: string, kick: Kick): void {
-    if ((this.kicks.get(key)?.count ?? 0) < kick.count) this.kicks.set(key, kick);
+    // The same kick again (its number) may add the hold's reason the directory gave meanwhile.
+    if ((this.kicks.get(key)?.count ?? 0) <= kick.count) this.kicks.set(key, kick);
   }
 
   /** The hold's reason of the last kick of `user` or the entry `dn` since `kicksAtStart`, when the directory held the user then. */

@@ -277,13 +277,19 @@ async function kickUser(context: AdminContext, user: string): Promise<{ sessions
   const directory = context.directory();
   const dns = new Set<string>();
   let forgotten = directory.forget(user, dns);
-  const kick = context.registry.takeKickNumber();
+  // Recorded at once: the logins of the user under way are stopped now (held for a master, at
+  // their backend), and none begun before it is spliced while the lookup below runs (after a
+  // password change or a lock, a login with the old password must not get in meanwhile). They
+  // are told the kick's own words: the lookup has not answered yet.
+  const kick = context.registry.userKicked(user, dns);
   const lookup = (d: Directory): Promise<DirectoryUser | null> => adminLookup(d, user);
   // A reload may replace (and close) the directory meanwhile: then the one in force answers.
   const looking = lookup(directory).catch(() => (context.directory() !== directory ? lookup(context.directory()) : null)).catch(() => null);
+  // The sessions already spliced wait for the lookup, at most KICK_HOLD_WAIT_MS, to be told the
+  // hold's reason when the directory holds the user (a mailbox being moved).
   const early = await within(looking, KICK_HOLD_WAIT_MS);
   const hold = early?.hold;
-  context.registry.userKicked(user, dns, { count: kick, hold });
+  if (hold !== undefined) context.registry.userKicked(user, dns, { count: kick, hold });
   const sessions = context.registry.ofUserAndEntries(user, dns).filter((s) => s.kicksAtLogin < kick);
   for (const s of sessions) s.close('kicked', hold);
 
