@@ -298,7 +298,7 @@ describe('two mailfront instances behind HAProxy with PROXY v2, Dovecot behind w
 });
 
 test('--help and --version work on every subcommand', async () => {
-  for (const command of ['', 'serve', 'check-config', 'stores', 'whereis', 'failover', 'sessions', 'kick', 'reload']) {
+  for (const command of ['', 'serve', 'check-config', 'stores', 'whereis', 'failover', 'maintenance', 'sessions', 'kick', 'unthrottle', 'reload']) {
     const args = command === '' ? [] : [command];
     const help = await run(process.execPath, [CLI(), ...args, '--help']);
     assert.match(help.stdout, /^Usage: mailfront/);
