@@ -153,6 +153,9 @@ const PHASES: readonly SessionPhaseLabel[] = ['greeting', 'preauth', 'authentica
 const DIRECTIONS: readonly ByteDirection[] = ['client-to-backend', 'backend-to-client'];
 const THROTTLE_REDIS_UP = 'mailfront_throttle_redis_up';
 const READY = 'mailfront_ready';
+/** Registered once main gives the connection limiter (connectionLimits()): before, a limit of 0 would be a lie. */
+const CONNECTIONS_OPEN = 'mailfront_connections_open';
+const CONNECTIONS_MAX = 'mailfront_connections_max';
 
 /** LDAP answers in milliseconds when healthy; the top buckets catch the operation timeout (5 s). */
 const LDAP_BUCKETS_SECONDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -397,7 +400,7 @@ export class Metrics {
     this.connectionsRefusedTotal = counter('mailfront_connections_refused_total', 'Connections or sessions refused by a connection limit, by limit (total, address, user).', ['limit']);
     // As process_open_fds and process_max_fds: an alert compares the two (MailfrontConnectionsNearLimit).
     this.connectionsOpen = new Gauge({
-      name: 'mailfront_connections_open',
+      name: CONNECTIONS_OPEN,
       help: 'Client connections held now, as connection_limits.max_connections counts them (PROXY headers read, TLS handshakes and sessions in every phase; trusted networks included).',
       registers: [],
       collect: () => {
@@ -405,7 +408,7 @@ export class Metrics {
       },
     });
     this.connectionsMax = new Gauge({
-      name: 'mailfront_connections_max',
+      name: CONNECTIONS_MAX,
       help: 'connection_limits.max_connections in force (a reload changes it): connections past it are refused (mailfront_connections_refused_total{limit="total"}).',
       registers: [],
       collect: () => {
@@ -723,6 +726,6 @@ export class Metrics {
   /** Names of every metric family mailfront can expose, those registered only at times included (for consistency checks such as the dashboard's). */
   metricNames(): string[] {
     const names = this.registry.getMetricsAsArray().map((m) => m.name);
-    return [...names, ...[THROTTLE_REDIS_UP, READY].filter((name) => !names.includes(name))];
+    return [...names, ...[THROTTLE_REDIS_UP, READY, CONNECTIONS_OPEN, CONNECTIONS_MAX].filter((name) => !names.includes(name))];
   }
 }
