@@ -3,7 +3,7 @@
  * The `mailfront` command line. `serve` and `check-config` work on a config file; the operator
  * commands (stores, whereis, failover, maintenance, sessions, kick, unthrottle, reload) talk to a
  * running instance's admin API, whose address and token they take from the same config file (or
- * --url/--token).
+ * --url/--token); with --all (or several --url), every instance of admin.instances at once.
  * Parses arguments, prints, and sets the exit code; nothing else.
  */
 // First: SIGHUP is counted, not fatal, from here on (see hangup.ts).
@@ -29,6 +29,13 @@ const REMOTE = `${COMMON}
       --url URL       admin API base URL (default: http.host/http.port of the config)
       --token TOKEN   admin API token (default: $MAILFRONT_ADMIN_TOKEN, else admin.token of the config)
       --json          print the API's JSON instead of a table`;
+/** The options of a command that can be sent to a fleet. */
+const FLEET = `${REMOTE}
+      --all           send it to every instance admin.instances lists, at once: each answer under
+                      a line naming the instance's URL (--json: an object keyed by URL); exit 1
+                      when any instance failed or could not be reached (3 when the only trouble
+                      is an answer late), which stderr names. --url given more than once: to
+                      those instances, the same way`;
 
 const HELP: Record<string, string> = {
   '': `Usage: mailfront <command> [options]
@@ -44,7 +51,7 @@ Commands:
                         put STORE in maintenance or take it out (written to the store map source)
   sessions              list spliced sessions (--user, --store, --slot filter)
   kick USER             close USER's sessions, forget USER's cached logins (or --slot SLOT,
-                        or --session ID)
+                        or --session ID); --all: on every instance of admin.instances
   unthrottle USER|ADDRESS
                         clear the throttle's failures and refusal of a user or client address
   reload                re-read the config and the store map now (as SIGHUP does)
@@ -79,7 +86,7 @@ One line per slot: store, slot, host, master or replica, whether it is the store
 master, health, sessions. A store whose current master is not its preferred master is flagged
 BACKWARDS; one in maintenance MAINTENANCE (its slots' health "paused"), and its reason is
 printed below the table.
-${REMOTE}
+${FLEET}
 `,
   whereis: `Usage: mailfront whereis USER [-c FILE]
 
@@ -92,8 +99,10 @@ Redis when the throttle shares it, else this instance's counters (the output say
 entry is read from the directory itself (a hold as it is now); "cached here" is what this
 instance's caches hold of the user and for how long, and the problem line says when a login here
 would be let in (or routed, or held) from them otherwise than the directory says: kick the user
-on this instance.
-${REMOTE}
+on this instance. With --all, a summary follows the instances' answers: on how many a login of
+USER would be refused as held or let in now, each instance whose caches decide otherwise (and
+the kick that ends it), where their store or current master differ, and where USER has sessions.
+${FLEET}
 `,
   failover: `Usage: mailfront failover STORE SLOT [-c FILE]
 
@@ -120,14 +129,14 @@ ${REMOTE}
 Lists spliced sessions. --user USER is looked up in the directory, as whereis does: the sessions
 of USER's entry under any of its names (an alias USER included). When the directory does not
 answer, those under the name USER only, and a warning on stderr says so.
-${REMOTE}
+${FLEET}
 `,
   kick: `Usage: mailfront kick USER | --slot SLOT | --session ID [-c FILE]
 
 Closes sessions of a user, of a slot, or one session, on this instance. For a user, also drops
 the user's cached logins and directory entry: the next login is checked against the directory
-(use it after changing or locking a password, on every instance of a fleet).
-${REMOTE}
+(use it after changing or locking a password, on every instance of a fleet: --all).
+${FLEET}
 `,
   unthrottle: `Usage: mailfront unthrottle USER | ADDRESS [-c FILE]
 
@@ -135,10 +144,10 @@ Clears the throttle's failures and refusal of a user (the name the client typed,
 shows it) or of a client address (an IPv4 or IPv6 address: an IPv6 one clears its /64, a
 nat64 one the IPv4 address it embeds, as they are counted). With throttle.redis, the counts are
 deleted in Redis: released on every instance sharing it. Without it, on this instance only
-(unthrottle on each). When Redis does not answer, on this instance only, and Redis's count is
+(unthrottle on each: --all). When Redis does not answer, on this instance only, and Redis's count is
 deleted once Redis takes writes again; the output says which. A subject with nothing counted is
 said so.
-${REMOTE}
+${FLEET}
 `,
   reload: `Usage: mailfront reload [-c FILE]
 
@@ -146,7 +155,7 @@ Re-reads the config file and the store map now, as SIGHUP does, without dropping
 broken config or store map is rejected and the one in force stays; the exit status is 1 then.
 Without an answer within 30 s it gives up with exit status 3: the reload may still be running
 and be applied (the log says: config.reloaded, or config.rejected).
-${REMOTE}
+${FLEET}
 `,
 };
 
@@ -155,23 +164,37 @@ interface Remote {
   readonly token: string;
 }
 
-async function remoteFrom(values: { config?: string | undefined; url?: string | undefined; token?: string | undefined }): Promise<Remote> {
-  let url = values.url;
+/**
+ * The instances an operator command goes to, and whether it goes to a fleet (--all, or --url given
+ * more than once: each answer is printed under its URL). One token for all: a fleet is deployed
+ * with one config.
+ */
+async function remotesFrom(values: { config?: string | undefined; url?: string[] | undefined; token?: string | undefined; all?: boolean | undefined }): Promise<{ remotes: Remote[]; fleet: boolean }> {
+  let urls = values.url !== undefined && values.url.length > 0 ? values.url : undefined;
   let token = values.token ?? process.env['MAILFRONT_ADMIN_TOKEN'];
-  if (url === undefined || token === undefined) {
+  if (urls === undefined || token === undefined) {
     // Only the http and admin sections, and no secret file when the token is given: the whole
     // config would need every secret file serve reads (an LDAP bind password, say).
     const { loadAdminAccess } = await import('../config/load.js');
-    const config = loadAdminAccess(values.config ?? DEFAULT_CONFIG, token === undefined);
-    if (url === undefined) {
+    const config = loadAdminAccess(values.config ?? DEFAULT_CONFIG, token === undefined, values.all === true);
+    if (urls === undefined && values.all === true) {
+      if (config.instances === undefined) throw new Error(`${config.file} has no admin.instances: --all sends the command to the admin API of each instance it lists (or give --url once per instance)`);
+      urls = [...config.instances];
+    } else if (urls === undefined) {
       if (config.http === undefined) throw new Error(`${config.file} has no http section: the admin API is not listening (or give --url)`);
       const host = config.http.host === '0.0.0.0' ? '127.0.0.1' : config.http.host === '::' ? '::1' : config.http.host;
-      url = `http://${host.includes(':') ? `[${host}]` : host}:${config.http.port}`;
+      urls = [`http://${host.includes(':') ? `[${host}]` : host}:${config.http.port}`];
     }
     token ??= config.token;
   }
   if (token === undefined) throw new Error('no admin token: set admin.token in the config, MAILFRONT_ADMIN_TOKEN, or --token');
-  return { url: url.replace(/\/$/, ''), token };
+  const known = token;
+  return { remotes: urls.map((url) => ({ url: url.replace(/\/$/, ''), token: known })), fleet: values.all === true || urls.length > 1 };
+}
+
+/** The one instance of a command that goes to one (failover, maintenance: written to the store map's source, which the fleet shares). */
+async function remoteFrom(values: RemoteValues): Promise<Remote> {
+  return (await remotesFrom(values)).remotes[0]!;
 }
 
 /** How long an operator command waits for the admin API's answer. */
@@ -205,6 +228,170 @@ async function call(remote: Remote, method: 'GET' | 'POST', path: string, body?:
   const json = (await response.json().catch(() => ({}))) as Record<string, unknown>;
   if (!response.ok) throw new Error(`${response.status}: ${String(json['error'] ?? response.statusText)}`);
   return json;
+}
+
+/** An answer in words: the text printed, a warning for stderr, and the exit status it makes (with --json too). */
+interface Rendered {
+  readonly text: string;
+  readonly warning?: string;
+  readonly code: number;
+}
+
+/** One instance's answer to a command sent to a fleet: its JSON, or why there is none. */
+interface FleetAnswer {
+  readonly url: string;
+  readonly json?: Record<string, unknown>;
+  readonly error?: Error;
+}
+
+/** An operator command's admin API request, and how its answer is printed. */
+interface AdminRequest {
+  readonly method: 'GET' | 'POST';
+  readonly path: string;
+  readonly body?: unknown;
+  /** What may still be going on when no answer comes in time (see call()). */
+  readonly underWay?: string;
+  render(json: Record<string, unknown>): Rendered;
+  /** With a fleet: lines after the instances' answers (whereis: where they disagree). */
+  summary?(answers: readonly FleetAnswer[]): string;
+}
+
+interface RemoteValues {
+  config?: string | undefined;
+  url?: string[] | undefined;
+  token?: string | undefined;
+  all?: boolean | undefined;
+  json?: boolean | undefined;
+}
+
+const jsonText = (value: unknown): string => `${JSON.stringify(value, null, 2)}\n`;
+
+/** Of two exit statuses of a fleet's instances, the one the command exits with: a failure (1) before no answer in time (3). */
+const worseExit = (a: number, b: number): number => (a === 1 || b === 1 ? 1 : Math.max(a, b));
+
+/**
+ * Sends `request` to the instance, or to each instance of the fleet at once, and prints the
+ * answers; resolves to the exit status. With a fleet, each answer comes under a line naming its
+ * URL, in the order the instances are listed, one that failed or did not answer with its error:
+ * an instance down does not hide the others' answers, and the command exits non-zero naming it.
+ */
+async function runAdmin(command: string, request: AdminRequest, values: RemoteValues): Promise<number> {
+  const { remotes, fleet } = await remotesFrom(values);
+  if (!fleet) {
+    const json = await call(remotes[0]!, request.method, request.path, request.body, request.underWay);
+    const rendered = request.render(json);
+    if (rendered.warning !== undefined) process.stderr.write(`mailfront ${command}: ${rendered.warning}\n`);
+    process.stdout.write(values.json ? jsonText(json) : rendered.text);
+    return rendered.code;
+  }
+  // In parallel, each with call()'s own wait: an instance out of reach or slow holds up no other.
+  const answers = await Promise.all(
+    remotes.map(async (remote): Promise<FleetAnswer> => {
+      try {
+        return { url: remote.url, json: await call(remote, request.method, request.path, request.body, request.underWay) };
+      } catch (error) {
+        return { url: remote.url, error: error instanceof Error ? error : new Error(String(error)) };
+      }
+    }),
+  );
+  let code = 0;
+  const failed: string[] = [];
+  const sections: string[] = [];
+  const byUrl: Record<string, unknown> = {};
+  for (const answer of answers) {
+    if (answer.json !== undefined) {
+      const rendered = request.render(answer.json);
+      if (rendered.warning !== undefined) process.stderr.write(`mailfront ${command}: ${answer.url}: ${rendered.warning}\n`);
+      sections.push(`== ${answer.url} ==\n${rendered.text}`);
+      byUrl[answer.url] = answer.json;
+      if (rendered.code !== 0) failed.push(answer.url);
+      code = worseExit(code, rendered.code);
+    } else {
+      const message = answer.error?.message ?? 'no answer';
+      sections.push(`== ${answer.url} ==\nfailed: ${message}\n`);
+      byUrl[answer.url] = { error: message };
+      failed.push(answer.url);
+      const exitCode = (answer.error as { exitCode?: unknown } | undefined)?.exitCode;
+      code = worseExit(code, typeof exitCode === 'number' ? exitCode : 1);
+    }
+  }
+  if (values.json) process.stdout.write(jsonText(byUrl));
+  else {
+    const summary = request.summary?.(answers) ?? '';
+    process.stdout.write(`${sections.join('\n')}${summary !== '' ? `\n== summary ==\n${summary}` : ''}`);
+  }
+  if (failed.length > 0) {
+    const reasons = answers.filter((a) => a.error !== undefined).map((a) => `mailfront ${command}: ${a.url}: ${a.error?.message}\n`);
+    process.stderr.write(`mailfront ${command}: failed on ${failed.length} of ${answers.length} instances: ${failed.join(', ')}\n${reasons.join('')}`);
+  }
+  return code;
+}
+
+interface CachedJson {
+  cache: string;
+  store: string | null;
+  held: string | null;
+  expiresInMs: number;
+}
+
+/**
+ * whereis --all's summary: on how many instances a login of the user would be refused as held or
+ * let in now, each instance whose caches decide otherwise than the directory (with the kick that
+ * ends it), where the instances' store or current master differ, where the user has sessions, and
+ * the instances that did not answer. The move of a mailbox (README, Directory entries) checks
+ * its step 2 with it.
+ */
+function whereisSummary(answers: readonly FleetAnswer[]): string {
+  const seconds = (views: CachedJson[]): number => Math.ceil(Math.max(...views.map((c) => c.expiresInMs)) / 1000);
+  const refusing: string[] = [];
+  const letting: string[] = [];
+  const notes: string[] = [];
+  const stores = new Map<string, string[]>();
+  const masters = new Map<string, string[]>();
+  const sessions: string[] = [];
+  const add = (map: Map<string, string[]>, key: string, url: string): void => void map.set(key, [...(map.get(key) ?? []), url]);
+  for (const { url, json } of answers) {
+    if (json === undefined) {
+      notes.push(`${url} did not answer: what it would do is not known`);
+      continue;
+    }
+    const held = (json['held'] as string | null | undefined) ?? null;
+    const cached = (json['cached'] as CachedJson[] | undefined) ?? [];
+    const kick = `mailfront kick ${String(json['user'])} --url ${url}`;
+    if (held !== null) {
+      const lets = cached.filter((c) => c.held === null);
+      if (lets.length === 0) refusing.push(url);
+      else {
+        letting.push(url);
+        notes.push(`${url} lets the user in from its cache for ${seconds(lets)} s more: ${kick}`);
+      }
+    } else {
+      const holds = cached.filter((c) => c.held !== null);
+      const elsewhere = cached.filter((c) => c.held === null && c.store !== json['store']);
+      if (holds.length === 0) letting.push(url);
+      else {
+        refusing.push(url);
+        notes.push(`${url} refuses the user's logins as held from its cache for ${seconds(holds)} s more: ${kick}`);
+      }
+      if (elsewhere.length > 0) notes.push(`${url} sends the user's logins to store ${[...new Set(elsewhere.map((c) => c.store ?? '(none)'))].join(', ')} from its cache for ${seconds(elsewhere)} s more: ${kick}`);
+    }
+    add(stores, String(json['store'] ?? '-'), url);
+    add(masters, String(json['currentMaster'] ?? '-'), url);
+    const count = Array.isArray(json['sessions']) ? json['sessions'].length : 0;
+    if (count > 0) sessions.push(`${url} ${count}`);
+  }
+  const lines: string[] = [];
+  const of = `of ${answers.length} ${answers.length === 1 ? 'instance' : 'instances'}`;
+  if (refusing.length > 0) lines.push(`held on ${refusing.length} ${of}${letting.length > 0 ? `; let in on ${letting.join(', ')}` : ''}`);
+  else if (letting.length > 0) lines.push(`not held: let in on ${letting.length} ${of}`);
+  lines.push(...notes);
+  const differ = (what: string, map: Map<string, string[]>): void => {
+    if (map.size > 1) lines.push(`${what} differs: ${[...map].map(([value, urls]) => `${value} on ${urls.join(', ')}`).join('; ')}`);
+  };
+  differ('store', stores);
+  differ('current master', masters);
+  if (sessions.length > 0) lines.push(`live sessions: ${sessions.join(', ')}`);
+  return `${lines.join('\n')}\n`;
 }
 
 /** Prints rows as aligned columns. */
@@ -280,6 +467,36 @@ function unthrottled(json: Record<string, unknown>): string {
         ? "on this instance only: Redis did not take the change (other instances still count the subject); Redis's count is deleted once it takes writes again"
         : 'on this instance (no throttle.redis: unthrottle on each instance)';
   return `${subject}: cleared ${throttleCounts(before)} ${where}`;
+}
+
+/** stores' answer in words. */
+function storesText(json: Record<string, unknown>): string {
+  const stores = json['stores'] as Array<{ store: string; backwards: boolean; maintenance?: boolean; maintenanceReason?: string | null; preferredMaster: string; slots: Array<{ slot: string; host: string; master: boolean; health: string; sessions: number }> }>;
+  const rows = stores.flatMap((s) =>
+    s.slots.map((slot) => [s.store, slot.slot, slot.host, slot.master ? 'master' : 'replica', slot.slot === s.preferredMaster ? 'yes' : '', slot.health, String(slot.sessions), [s.backwards && slot.master ? 'BACKWARDS' : '', s.maintenance === true && slot.master ? 'MAINTENANCE' : ''].filter(Boolean).join(' ')]),
+  );
+  let text = `store map version ${String(json['version'])}\n`;
+  text += table(['STORE', 'SLOT', 'HOST', 'ROLE', 'PREFERRED', 'HEALTH', 'SESSIONS', ''], rows);
+  const backwards = stores.filter((s) => s.backwards).map((s) => s.store);
+  if (backwards.length > 0) text += `backwards stores (current master is not the preferred master): ${backwards.join(', ')}\n`;
+  for (const s of stores) if (s.maintenance === true) text += `store ${s.store} in maintenance, logins refused: ${String(s.maintenanceReason)}\n`;
+  return text;
+}
+
+/** whereis's answer in words. */
+function whereisText(json: Record<string, unknown>): string {
+  let text = `user            ${String(json['user'])}\nlogin name      ${String(json['loginName'] ?? '-')}\ndirectory entry ${String(json['dn'])}\nstore           ${String(json['store'] ?? '-')}\ncurrent master  ${String(json['currentMaster'] ?? '-')}\naddress         ${String(json['address'] ?? '-')} ${json['ports'] ? JSON.stringify(json['ports']) : ''}\n`;
+  if (json['problem']) text += `problem         ${String(json['problem'])}\n`;
+  text += cachedLines(json['cached'] as Parameters<typeof cachedLines>[0]);
+  text += throttleLines(json['throttle'] as ThrottleJson | null | undefined);
+  return text + sessionsTable(json['sessions'] as SessionJson[]);
+}
+
+/** reload's answer in words. */
+function reloadText(json: Record<string, unknown>): string {
+  const config = json['config'] as { ok: boolean; error?: string };
+  const storeMap = json['storeMap'] as { ok: boolean; version: number; error?: string };
+  return `${config.ok ? 'config reloaded\n' : `config: ${String(config.error)}\n`}${storeMap.ok ? `store map version ${storeMap.version} in force\n` : `store map rejected: ${String(storeMap.error)}; version ${storeMap.version} stays in force\n`}`;
 }
 
 function sessionsTable(sessions: SessionJson[]): string {
@@ -422,7 +639,8 @@ const OPTIONS = {
   config: { type: 'string', short: 'c' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean', short: 'V' },
-  url: { type: 'string' },
+  url: { type: 'string', multiple: true },
+  all: { type: 'boolean' },
   token: { type: 'string' },
   json: { type: 'boolean' },
   user: { type: 'string' },
@@ -434,6 +652,12 @@ const OPTIONS = {
 
 /** The options of the commands that talk to a running server's admin API. */
 const REMOTE_OPTIONS = ['config', 'url', 'token', 'json'] as const;
+/**
+ * Those of the commands that can go to every instance of a fleet: what each instance does or
+ * holds alone (its sessions, caches, counters, config). Not failover and maintenance, which write
+ * the store map's source the fleet shares: once is the change.
+ */
+const FLEET_OPTIONS = [...REMOTE_OPTIONS, 'all'] as const;
 
 /**
  * The options each command takes, besides --help and --version. Another known option was
@@ -442,14 +666,14 @@ const REMOTE_OPTIONS = ['config', 'url', 'token', 'json'] as const;
 const COMMAND_OPTIONS: Readonly<Record<string, readonly (keyof typeof OPTIONS)[]>> = {
   serve: ['config'],
   'check-config': ['config'],
-  stores: REMOTE_OPTIONS,
-  whereis: REMOTE_OPTIONS,
+  stores: FLEET_OPTIONS,
+  whereis: FLEET_OPTIONS,
   failover: REMOTE_OPTIONS,
   maintenance: [...REMOTE_OPTIONS, 'reason'],
-  sessions: [...REMOTE_OPTIONS, 'user', 'store', 'slot'],
-  kick: [...REMOTE_OPTIONS, 'slot', 'session'],
-  unthrottle: REMOTE_OPTIONS,
-  reload: REMOTE_OPTIONS,
+  sessions: [...FLEET_OPTIONS, 'user', 'store', 'slot'],
+  kick: [...FLEET_OPTIONS, 'slot', 'session'],
+  unthrottle: FLEET_OPTIONS,
+  reload: FLEET_OPTIONS,
 };
 
 /** How many arguments each command takes after its name (kick checks its own). */
@@ -541,6 +765,21 @@ async function main(argv: string[]): Promise<number> {
   const allowed = MAX_ARGUMENTS[command];
   if (allowed !== undefined && rest.length > allowed) {
     process.stderr.write(`mailfront ${command}: unexpected argument "${rest[allowed]}"\n\n`);
+    return usage();
+  }
+  // --url given twice went to the last one alone; now to each, as --all does, where a fleet makes sense.
+  const urls = (values.url ?? []).map((url) => url.replace(/\/$/, ''));
+  if (values.all && urls.length > 0) {
+    process.stderr.write(`mailfront ${command}: give --all (the instances of admin.instances) or --url, not both\n\n`);
+    return usage();
+  }
+  if (urls.length > 1 && !(takes as readonly string[] | undefined)?.includes('all')) {
+    process.stderr.write(`mailfront ${command}: one --url only: it is written to the store map's source, which every instance reads\n\n`);
+    return usage();
+  }
+  const twice = urls.find((url, i) => urls.indexOf(url) !== i);
+  if (twice !== undefined) {
+    process.stderr.write(`mailfront ${command}: --url ${twice} is given twice\n\n`);
     return usage();
   }
   // Both named the config file, and -c won without a word.
@@ -642,29 +881,11 @@ async function main(argv: string[]): Promise<number> {
       return -1;
     }
     case 'stores': {
-      const json = await call(await remoteFrom(values), 'GET', '/api/stores');
-      if (values.json) return printJson(json), 0;
-      const stores = json['stores'] as Array<{ store: string; backwards: boolean; maintenance?: boolean; maintenanceReason?: string | null; preferredMaster: string; slots: Array<{ slot: string; host: string; master: boolean; health: string; sessions: number }> }>;
-      const rows = stores.flatMap((s) =>
-        s.slots.map((slot) => [s.store, slot.slot, slot.host, slot.master ? 'master' : 'replica', slot.slot === s.preferredMaster ? 'yes' : '', slot.health, String(slot.sessions), [s.backwards && slot.master ? 'BACKWARDS' : '', s.maintenance === true && slot.master ? 'MAINTENANCE' : ''].filter(Boolean).join(' ')]),
-      );
-      out(`store map version ${String(json['version'])}\n`);
-      out(table(['STORE', 'SLOT', 'HOST', 'ROLE', 'PREFERRED', 'HEALTH', 'SESSIONS', ''], rows));
-      const backwards = stores.filter((s) => s.backwards).map((s) => s.store);
-      if (backwards.length > 0) out(`backwards stores (current master is not the preferred master): ${backwards.join(', ')}\n`);
-      for (const s of stores) if (s.maintenance === true) out(`store ${s.store} in maintenance, logins refused: ${String(s.maintenanceReason)}\n`);
-      return 0;
+      return runAdmin(command, { method: 'GET', path: '/api/stores', render: (json) => ({ text: storesText(json), code: 0 }) }, values);
     }
     case 'whereis': {
       if (rest[0] === undefined) return usage();
-      const json = await call(await remoteFrom(values), 'GET', `/api/whereis/${encodeURIComponent(rest[0])}`);
-      if (values.json) return printJson(json), 0;
-      out(`user            ${String(json['user'])}\nlogin name      ${String(json['loginName'] ?? '-')}\ndirectory entry ${String(json['dn'])}\nstore           ${String(json['store'] ?? '-')}\ncurrent master  ${String(json['currentMaster'] ?? '-')}\naddress         ${String(json['address'] ?? '-')} ${json['ports'] ? JSON.stringify(json['ports']) : ''}\n`);
-      if (json['problem']) out(`problem         ${String(json['problem'])}\n`);
-      out(cachedLines(json['cached'] as Parameters<typeof cachedLines>[0]));
-      out(throttleLines(json['throttle'] as ThrottleJson | null | undefined));
-      out(sessionsTable(json['sessions'] as SessionJson[]));
-      return 0;
+      return runAdmin(command, { method: 'GET', path: `/api/whereis/${encodeURIComponent(rest[0])}`, render: (json) => ({ text: whereisText(json), code: 0 }), summary: whereisSummary }, values);
     }
     case 'failover': {
       const [store, slot] = rest;
@@ -690,11 +911,12 @@ async function main(argv: string[]): Promise<number> {
     case 'sessions': {
       const query = new URLSearchParams();
       for (const key of ['user', 'store', 'slot'] as const) if (values[key] !== undefined) query.set(key, values[key]);
-      const json = await call(await remoteFrom(values), 'GET', `/api/sessions${query.size > 0 ? `?${query}` : ''}`);
-      if (typeof json['lookupFailed'] === 'string') process.stderr.write(`mailfront sessions: ${json['lookupFailed']}: only the sessions under the name "${String(values.user)}" are listed, not those of its entry's other names\n`);
-      if (values.json) return printJson(json), 0;
-      out(sessionsTable(json['sessions'] as SessionJson[]));
-      return 0;
+      const render = (json: Record<string, unknown>): Rendered => ({
+        text: sessionsTable(json['sessions'] as SessionJson[]),
+        ...(typeof json['lookupFailed'] === 'string' ? { warning: `${json['lookupFailed']}: only the sessions under the name "${String(values.user)}" are listed, not those of its entry's other names` } : {}),
+        code: 0,
+      });
+      return runAdmin(command, { method: 'GET', path: `/api/sessions${query.size > 0 ? `?${query}` : ''}`, render }, values);
     }
     case 'kick': {
       // Exactly one of the three: a second one was ignored, and `kick alice --slot a2` closed
@@ -706,31 +928,22 @@ async function main(argv: string[]): Promise<number> {
       }
       const body = chosen[0];
       if (body === undefined) return usage();
-      const json = await call(await remoteFrom(values), 'POST', '/api/kick', body);
-      if (values.json) return printJson(json), 0;
-      const forgotten = typeof json['forgotten'] === 'number' ? `, forgot ${json['forgotten']} cached item(s) of the user` : '';
-      out(`closed ${(json['kicked'] as unknown[]).length} session(s)${forgotten}\n`);
-      return 0;
+      const render = (json: Record<string, unknown>): Rendered => {
+        const forgotten = typeof json['forgotten'] === 'number' ? `, forgot ${json['forgotten']} cached item(s) of the user` : '';
+        return { text: `closed ${(json['kicked'] as unknown[]).length} session(s)${forgotten}\n`, code: 0 };
+      };
+      return runAdmin(command, { method: 'POST', path: '/api/kick', body, render }, values);
     }
     case 'unthrottle': {
       const subject = rest[0];
       if (subject === undefined) return usage();
       // A user name is never an IP literal that a client would type: an address is one.
       const body = isIP(subject.trim()) !== 0 ? { address: subject } : { user: subject };
-      const json = await call(await remoteFrom(values), 'POST', '/api/unthrottle', body);
-      if (values.json) return printJson(json), 0;
-      out(`${unthrottled(json)}\n`);
-      return 0;
+      return runAdmin(command, { method: 'POST', path: '/api/unthrottle', body, render: (json) => ({ text: `${unthrottled(json)}\n`, code: 0 }) }, values);
     }
     case 'reload': {
-      const json = await call(await remoteFrom(values), 'POST', '/api/reload', undefined, 'the reload may still be running: see the log (config.reloaded, or config.rejected)');
       // The exit code says whether the reload took, with --json too (scripts test it).
-      if (values.json) return printJson(json), json['ok'] ? 0 : 1;
-      const config = json['config'] as { ok: boolean; error?: string };
-      const storeMap = json['storeMap'] as { ok: boolean; version: number; error?: string };
-      out(config.ok ? 'config reloaded\n' : `config: ${String(config.error)}\n`);
-      out(storeMap.ok ? `store map version ${storeMap.version} in force\n` : `store map rejected: ${String(storeMap.error)}; version ${storeMap.version} stays in force\n`);
-      return json['ok'] ? 0 : 1;
+      return runAdmin(command, { method: 'POST', path: '/api/reload', underWay: 'the reload may still be running: see the log (config.reloaded, or config.rejected)', render: (json) => ({ text: reloadText(json), code: json['ok'] ? 0 : 1 }) }, values);
     }
     default:
       process.stderr.write(`mailfront: unknown command "${command}"\n\n${HELP['']}`);

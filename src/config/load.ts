@@ -8,7 +8,7 @@ import { LineCounter, isMap, isNode, isScalar, parseDocument, visit } from 'yaml
 import type { Document, YAMLMap } from 'yaml';
 import { MailfrontError } from '../errors.js';
 import type { Config } from './schema.js';
-import { readConfig } from './schema.js';
+import { readAdminInstances, readConfig } from './schema.js';
 import { StoreMap, readStoreMap } from '../routing/storemap.js';
 import type { ConfigIssue } from './validate.js';
 import { IssueList, SECRET_KEY, at, deepFreeze, optStr, readMapping, readSection } from './validate.js';
@@ -248,12 +248,14 @@ export function loadConfig(fileName: string): Config {
   return deepFreeze(config);
 }
 
-/** What the operator commands need of a config file: the admin API's address and token. */
+/** What the operator commands need of a config file: the admin API's address and token, and the fleet's instances. */
 export interface AdminAccess {
   /** Absolute path of the file. */
   readonly file: string;
   readonly http?: HttpConfig;
   readonly token?: string;
+  /** admin.instances, when asked for and set. */
+  readonly instances?: readonly string[];
 }
 
 /**
@@ -261,22 +263,26 @@ export interface AdminAccess {
  * commands: whoever may read the file and the admin token need not read every secret serve
  * needs (an LDAP bind password file readable by mailfront alone, say), nor have a config that
  * serve would take. With `withToken` false (a token given otherwise), no secret file is read.
+ * With `withInstances` (--all), admin.instances is read and checked as check-config does.
  */
-export function loadAdminAccess(fileName: string, withToken: boolean): AdminAccess {
+export function loadAdminAccess(fileName: string, withToken: boolean, withInstances = false): AdminAccess {
   const file = resolve(fileName);
   const issues = new IssueList();
   const root = readMapping(parseYamlFile(file), '', issues) ?? {};
   const http = readHttpConfig(root['http'], 'http', issues);
   let token: string | undefined;
-  if (withToken && root['admin'] !== undefined && root['admin'] !== null) {
+  let instances: readonly string[] | undefined;
+  if ((withToken || withInstances) && root['admin'] !== undefined && root['admin'] !== null) {
     const sections = { admin: root['admin'] };
-    const secrets = inlineSecretFiles(sections, resolverFor(file), '', issues);
-    const admin = readSection(sections.admin, 'admin', ['token'], issues) ?? {};
-    token = optStr(admin, 'token', 'admin', issues);
-    if (issues.issues.length > 0) throw new ConfigError(file, asWritten(issues, secrets));
+    // The token's file only when the token is wanted.
+    const secrets = withToken ? inlineSecretFiles(sections, resolverFor(file), '', issues) : undefined;
+    const admin = readSection(sections.admin, 'admin', withToken ? ['token', 'instances'] : ['token', 'token_file', 'instances'], issues) ?? {};
+    if (withToken) token = optStr(admin, 'token', 'admin', issues);
+    if (withInstances) instances = readAdminInstances(admin, issues);
+    if (issues.issues.length > 0) throw new ConfigError(file, secrets !== undefined ? asWritten(issues, secrets) : issues.issues);
   }
   if (issues.issues.length > 0) throw new ConfigError(file, issues.issues);
-  return { file, ...(http !== undefined ? { http } : {}), ...(token !== undefined ? { token } : {}) };
+  return { file, ...(http !== undefined ? { http } : {}), ...(token !== undefined ? { token } : {}), ...(instances !== undefined ? { instances } : {}) };
 }
 
 /**

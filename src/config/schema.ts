@@ -298,6 +298,8 @@ export const DEFAULT_UNREADY_DELAY_MS = 5_000;
 export interface AdminConfig {
   /** Bearer token for the admin API; the API is off when absent. */
   readonly token?: string;
+  /** The admin API base URLs of the fleet's instances, for the operator commands' --all (serve does not read it). */
+  readonly instances?: readonly string[];
 }
 
 export interface Config {
@@ -723,10 +725,51 @@ function readShutdown(v: unknown, issues: IssueList): ShutdownConfig {
 }
 
 function readAdmin(v: unknown, issues: IssueList): AdminConfig {
-  const o = v === undefined ? {} : readSection(v, 'admin', ['token'], issues) ?? {};
+  const o = v === undefined ? {} : readSection(v, 'admin', ['token', 'instances'], issues) ?? {};
   const token = optStr(o, 'token', 'admin', issues);
   if (token !== undefined && token.length < 16) issues.add('admin.token', 'a token of at least 16 characters', `a string of ${token.length} characters`);
-  return token !== undefined ? { token } : {};
+  const instances = readAdminInstances(o, issues);
+  return { ...(token !== undefined ? { token } : {}), ...(instances !== undefined ? { instances } : {}) };
+}
+
+/**
+ * admin.instances (absent: undefined): the admin API base URLs the operator commands' --all sends
+ * a command to, each an http(s) URL of a host and port and nothing after them (the commands add
+ * /api/...), each instance once: a URL listed twice would have a kick or an unthrottle sent twice
+ * and its answer printed twice. Written as given, without a trailing "/".
+ */
+export function readAdminInstances(o: Record<string, unknown>, issues: IssueList): string[] | undefined {
+  if (o['instances'] === undefined || o['instances'] === null) return undefined;
+  const path = at('admin', 'instances');
+  const list = o['instances'];
+  if (!Array.isArray(list) || list.length === 0) {
+    issues.add(path, 'a non-empty list of admin API base URLs (http://HOST:PORT), one per instance of the fleet', list);
+    return undefined;
+  }
+  const seen = new Map<string, number>();
+  const instances: string[] = [];
+  list.forEach((item, i) => {
+    const origin = typeof item === 'string' ? adminUrlOrigin(item) : null;
+    if (origin === null) return issues.add(at(path, i), 'an admin API base URL: http:// or https://, a host and an optional port, and nothing after them (http://HOST:PORT)', item);
+    const before = seen.get(origin);
+    if (before !== undefined) return issues.add(at(path, i), `an instance not listed before (admin.instances[${before}] is ${origin} too)`, item);
+    seen.set(origin, i);
+    instances.push((item as string).replace(/\/$/, ''));
+  });
+  return instances;
+}
+
+/** The origin (scheme, host, port) of an admin API base URL, or null when `text` is not one. */
+function adminUrlOrigin(text: string): string | null {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    return null;
+  }
+  if ((url.protocol !== 'http:' && url.protocol !== 'https:') || url.hostname === '' || url.username !== '' || url.password !== '') return null;
+  if (url.pathname !== '/' || url.search !== '' || url.hash !== '' || /[?#]/.test(text)) return null;
+  return url.origin;
 }
 
 function readUsernames(v: unknown, issues: IssueList): UsernameConfig {
