@@ -350,9 +350,9 @@ function whereisSummary(answers: readonly FleetAnswer[]): string {
   const masters = new Map<string, string[]>();
   const sessions: string[] = [];
   const add = (map: Map<string, string[]>, key: string, url: string): void => void map.set(key, [...(map.get(key) ?? []), url]);
-  for (const { url, json } of answers) {
+  for (const { url, json, error } of answers) {
     if (json === undefined) {
-      notes.push(`${url} did not answer: what it would do is not known`);
+      notes.push(`${url} failed (${error?.message ?? 'no answer'}): what it would do is not known`);
       continue;
     }
     const held = (json['held'] as string | null | undefined) ?? null;
@@ -769,6 +769,11 @@ async function main(argv: string[]): Promise<number> {
   }
   // --url given twice went to the last one alone; now to each, as --all does, where a fleet makes sense.
   const urls = (values.url ?? []).map((url) => url.replace(/\/$/, ''));
+  // A session lives on one instance: the others would each answer 404, and the command fail.
+  if (command === 'kick' && values.session !== undefined && (values.all || urls.length > 1)) {
+    process.stderr.write(`mailfront kick: --session names a session of one instance: give its --url, not --all or several\n\n`);
+    return usage();
+  }
   if (values.all && urls.length > 0) {
     process.stderr.write(`mailfront ${command}: give --all (the instances of admin.instances) or --url, not both\n\n`);
     return usage();
@@ -777,7 +782,9 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`mailfront ${command}: one --url only: it is written to the store map's source, which every instance reads\n\n`);
     return usage();
   }
-  const twice = urls.find((url, i) => urls.indexOf(url) !== i);
+  // Compared as admin.instances compares them: by origin (http://h:80 is http://h).
+  const origins = urls.map((url) => (URL.canParse(url) ? new URL(url).origin : url));
+  const twice = urls.find((_url, i) => origins.indexOf(origins[i]!) !== i);
   if (twice !== undefined) {
     process.stderr.write(`mailfront ${command}: --url ${twice} is given twice\n\n`);
     return usage();

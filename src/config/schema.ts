@@ -754,7 +754,8 @@ export function readAdminInstances(o: Record<string, unknown>, issues: IssueList
     const before = seen.get(origin);
     if (before !== undefined) return issues.add(at(path, i), `an instance not listed before (admin.instances[${before}] is ${origin} too)`, item);
     seen.set(origin, i);
-    instances.push((item as string).replace(/\/$/, ''));
+    // As the URL reads once parsed: the header of its answers, the key of --json, the --url a hint gives.
+    instances.push(origin);
   });
   return instances;
 }
@@ -767,6 +768,8 @@ function adminUrlOrigin(text: string): string | null {
   } catch {
     return null;
   }
+  // The URL parser drops spaces, tabs and newlines, and takes an empty user before "@": written so, it is a typo.
+  if (/[\s@\\]/.test(text) || url.port === '0') return null;
   if ((url.protocol !== 'http:' && url.protocol !== 'https:') || url.hostname === '' || url.username !== '' || url.password !== '') return null;
   if (url.pathname !== '/' || url.search !== '' || url.hash !== '' || /[?#]/.test(text)) return null;
   return url.origin;

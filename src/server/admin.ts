@@ -265,10 +265,10 @@ async function within<T>(promise: Promise<T>, ms: number): Promise<T | undefined
  * Kicks `user` (normalised): after a password change or a lock, the old password must not log
  * in again, from a cache or through a login under way. At once: the caches forget the name and
  * every name of the entries cached under it (a login from now on asks the directory), and the
- * kick takes its number. Then, once the directory has answered the lookup of the user or
- * KICK_HOLD_WAIT_MS has passed, the kick is recorded (a login of them begun before it and under
- * way is not spliced when it completes) and their sessions begun before it are closed, told the
- * hold's reason when the directory holds the user. The entry's DN from the directory, when it
+ * kick is recorded (a login of them begun before it and under way is stopped, and not spliced
+ * when it completes). Then, once the directory has answered the lookup of the user or
+ * KICK_HOLD_WAIT_MS has passed, their sessions begun before it are closed, told the hold's
+ * reason when the directory holds the user. The entry's DN from the directory, when it
  * answers, finds what the caches did not know, and the same is done for it, for the logins begun
  * before the kick (one begun since, with the new password say, is left alone), spliced by now or
  * still under way.

@@ -191,7 +191,7 @@ test('an instance down: its error named, the others\' answers printed, exit 1', 
 
     const whereis = await cli('whereis', 'finn', '--all', '-c', config);
     assert.equal(whereis.code, 1);
-    assert.match(whereis.stdout, new RegExp(`== summary ==\\nnot held: let in on 2 of 3 instances\\n${down} did not answer: what it would do is not known\\n$`), whereis.stdout);
+    assert.match(whereis.stdout, new RegExp(`== summary ==\\nnot held: let in on 2 of 3 instances\\n${down} failed \\(cannot reach the admin API at [^\\n]*\\): what it would do is not known\\n$`), whereis.stdout);
   } finally {
     for (const session of sessions) session.close();
   }

@@ -61,6 +61,19 @@ test('admin.instances: http(s) base URLs, each instance once; a problem names ad
   assert.match(error.message, /admin\.instances\[1\]: expected an admin API base URL: http:\/\/ or https:\/\/, a host and an optional port, and nothing after them \(http:\/\/HOST:PORT\), found "ftp:\/\/10\.0\.0\.2:9143"/);
   assert.match(error.message, /admin\.instances\[3\]: expected an instance not listed before \(admin\.instances\[0\] is http:\/\/10\.0\.0\.1:9143 too\)/);
 
+  // What the URL parser would let through (spaces and newlines dropped, an empty user, port 0), and
+  // what is kept: the origin, as the answers' headers and --json keys show it.
+  const odd = [' http://10.0.0.1:9143', 'http://10.0.0.1:91\n43', 'http://@10.0.0.1:9143', 'http://10.0.0.1:0'];
+  let oddError: unknown;
+  try {
+    loadConfig(writeConfig(`admin: { token: ${TOKEN}, instances: ${JSON.stringify(odd)} }\n`));
+  } catch (e) {
+    oddError = e;
+  }
+  assert.ok(oddError instanceof ConfigError, String(oddError));
+  assert.deepEqual(oddError.issues.map((i) => i.path), ['admin.instances[0]', 'admin.instances[1]', 'admin.instances[2]', 'admin.instances[3]']);
+  assert.deepEqual(loadConfig(writeConfig(`admin: { token: ${TOKEN}, instances: ["http://MF1.example.org:80/", "http://10.0.0.1:9143/."] }\n`)).admin.instances, ['http://mf1.example.org', 'http://10.0.0.1:9143']);
+
   for (const value of ['[]', '"http://10.0.0.1:9143"', '{ a: 1 }']) {
     assert.throws(() => loadConfig(writeConfig(`admin: { token: ${TOKEN}, instances: ${value} }\n`)), (e: unknown) => e instanceof ConfigError && e.issues.length === 1 && e.issues[0]!.path === 'admin.instances' && /a non-empty list of admin API base URLs/.test(e.issues[0]!.expected), value);
   }
@@ -97,6 +110,13 @@ test('the operator commands: --all reads and checks admin.instances; a config li
     const both = await cli(['kick', 'alice', '--all', '--url', `http://127.0.0.1:${port}`, '--token', TOKEN]);
     assert.equal(both.code, 2);
     assert.match(both.stderr, /give --all \(the instances of admin\.instances\) or --url, not both/);
+    // A session lives on one instance; the same instance twice, as origins, is one.
+    const session = await cli(['kick', '--session', 'b7bea1000001', '--all', '-c', config]);
+    assert.equal(session.code, 2);
+    assert.match(session.stderr, /--session names a session of one instance: give its --url, not --all or several/);
+    const twice = await cli(['stores', '--url', 'http://127.0.0.1:80', '--url', 'http://127.0.0.1', '--token', TOKEN]);
+    assert.equal(twice.code, 2);
+    assert.match(twice.stderr, /--url http:\/\/127\.0\.0\.1 is given twice/);
     assert.equal(tokens.length, 2, 'no request for a refused command');
   } finally {
     server.close();
