@@ -5,6 +5,7 @@
  * (metrics.ts) and the admin API's status (admin.ts); the session answers the client once, in
  * its login's catch. Messages may name hosts and users; they never hold secrets.
  */
+import { MAX_MAINTENANCE_REASON_BYTES } from './limits.js';
 
 /** What went wrong, in the words that decide what happens next. */
 export type FailureKind =
@@ -44,6 +45,33 @@ export class MailfrontError extends Error {
     super(message, options === undefined ? undefined : errorOptions);
     this.clientText = clientText;
   }
+}
+
+/**
+ * A reason an operator gives clients (a store's maintenance, a user's hold) is printable ASCII.
+ * IMAP4rev1's response text is 7-bit (RFC 3501 §9: TEXT-CHAR is CHAR, %x01-7F), and mailfront
+ * offers neither IMAP4rev2 nor UTF8=ACCEPT before login; no control character can break the line
+ * it is sent on (CR, LF, NUL) either.
+ */
+const PRINTABLE_ASCII = /^[\x20-\x7e]+$/;
+
+/**
+ * Words YAML 1.1, LDAP habits or a person take for off (or on): as a reason they would put a
+ * store in maintenance, or hold a user, with its clients told "off". Refused, whatever their case.
+ */
+const SWITCH_WORDS = new Set(['true', 'false', 'yes', 'no', 'on', 'off', 'y', 'n', '0', '1', 'null', '~', 'none', 'enabled', 'disabled']);
+
+/** What a reason told to clients must be (tellableReason()), for the problems that name one that is not. */
+export const TELLABLE_REASON = `printable ASCII of 1 to ${MAX_MAINTENANCE_REASON_BYTES} characters (IMAP's response text is 7-bit), that does not begin with "[" (a response code it would fake) nor begin or end with a space, and is not a word such as "off" or "no"`;
+
+/**
+ * Whether `text` may be told to clients as an operator's reason (a MailfrontError's clientText:
+ * a store's maintenance, a user's hold), as TELLABLE_REASON says. A text that begins with "[" is
+ * refused: an IMAP client would read `NO [UNAVAILABLE] [ALERT] ...` as naming another code, and it
+ * means nothing to a person.
+ */
+export function tellableReason(text: string): boolean {
+  return text.length <= MAX_MAINTENANCE_REASON_BYTES && PRINTABLE_ASCII.test(text) && !text.startsWith('[') && text.trim() === text && !SWITCH_WORDS.has(text.toLowerCase());
 }
 
 /** Wraps anything thrown into a MailfrontError, keeping MailfrontErrors as they are. */

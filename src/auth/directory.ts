@@ -6,8 +6,7 @@
 import { domainToASCII } from 'node:url';
 import type { Protocol, UsernameConfig } from '../config/schema.js';
 import type { Cancellation } from '../cancel.js';
-import { MAX_MAINTENANCE_REASON_BYTES } from '../limits.js';
-import { MailfrontError } from '../errors.js';
+import { MailfrontError, TELLABLE_REASON, tellableReason } from '../errors.js';
 
 /** A user the directory has authenticated. */
 export interface DirectoryUser {
@@ -143,13 +142,7 @@ export interface Directory {
 export const DEFAULT_HOLD_REASON = 'Your mailbox is being moved, please wait and try again later.';
 
 /** What a hold's reason must be, as the warning about one that is not says. */
-const HOLD_EXPECTED = `TRUE, FALSE, or the reason clients are told: printable ASCII of 1 to ${MAX_MAINTENANCE_REASON_BYTES} characters (IMAP's response text is 7-bit), that does not begin with "[" (a response code it would fake) nor begin or end with a space, and is not a word such as "off" or "no" (write FALSE, or delete the value)`;
-
-/** A reason is printable ASCII (RFC 3501 §9: IMAP4rev1's response text is 7-bit), as a store maintenance's is. */
-const PRINTABLE_ASCII = /^[\x20-\x7e]+$/;
-
-/** Words taken for off (or on): as a reason, the user would be told "off". As for a store's maintenance, refused. */
-const SWITCH_WORDS = new Set(['true', 'false', 'yes', 'no', 'on', 'off', 'y', 'n', '0', '1', 'null', '~', 'none', 'enabled', 'disabled']);
+const HOLD_EXPECTED = `TRUE, FALSE, or the reason clients are told: ${TELLABLE_REASON} (write FALSE, or delete the value)`;
 
 /** A user's hold as an entry's values of directory.hold_attribute say it: the reason (null: none), and why the values could not be told as they are. */
 export interface Hold {
@@ -161,10 +154,10 @@ export interface Hold {
 /**
  * Reads the values of an entry's hold attribute (text, or null for a value that is not UTF-8), as
  * a store's mailfrontMaintenance is read: none, or FALSE in any case, is no hold; TRUE in any case
- * holds with DEFAULT_HOLD_REASON; another value holds with it as the reason, printable ASCII of at
- * most MAX_MAINTENANCE_REASON_BYTES. A value that cannot be told (not that, or several values,
- * which LDAP gives in no order) still holds the user, with the default reason: a hold set to stop
- * writes during a move is never undone by a typo.
+ * holds with DEFAULT_HOLD_REASON; another value holds with it as the reason, when clients may be
+ * told it (tellableReason, as a store's maintenance reason). A value that cannot be told (not
+ * that, or several values, which LDAP gives in no order) still holds the user, with the default
+ * reason: a hold set to stop writes during a move is never undone by a typo.
  */
 export function holdOf(values: readonly (string | null)[]): Hold {
   if (values.length === 0) return { reason: null };
@@ -174,7 +167,7 @@ export function holdOf(values: readonly (string | null)[]): Hold {
     const word = value.toLowerCase();
     if (word === 'false') return { reason: null };
     if (word === 'true') return { reason: DEFAULT_HOLD_REASON };
-    if (value.length <= MAX_MAINTENANCE_REASON_BYTES && PRINTABLE_ASCII.test(value) && !value.startsWith('[') && value.trim() === value && !SWITCH_WORDS.has(word)) return { reason: value };
+    if (tellableReason(value)) return { reason: value };
   }
   return { reason: DEFAULT_HOLD_REASON, problem: `a value that is not ${HOLD_EXPECTED}` };
 }

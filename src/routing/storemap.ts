@@ -8,8 +8,7 @@ import { isIP } from 'node:net';
 import type { BackendConfig } from '../config/schema.js';
 import { readBackend, sourceFamilyProblem } from '../config/schema.js';
 import { IssueList, at, optPort, readMapping, readSection, str } from '../config/validate.js';
-import { MailfrontError } from '../errors.js';
-import { MAX_MAINTENANCE_REASON_BYTES } from '../limits.js';
+import { MailfrontError, TELLABLE_REASON, tellableReason } from '../errors.js';
 import type { ProtocolName } from '../protocol/types.js';
 
 export interface Slot {
@@ -44,26 +43,12 @@ export interface Store {
  */
 export const DEFAULT_MAINTENANCE_REASON = 'Your mailbox is down for maintenance, please wait and try again later.';
 
-/**
- * A maintenance reason is printable ASCII. IMAP4rev1's response text is 7-bit (RFC 3501 §9:
- * TEXT-CHAR is CHAR, %x01-7F), and mailfront offers neither IMAP4rev2 nor UTF8=ACCEPT before login;
- * no control character can break the line it is sent on (CR, LF, NUL) either.
- */
-const PRINTABLE_ASCII = /^[\x20-\x7e]+$/;
-
-/**
- * Words YAML 1.1, LDAP habits or a person take for off (or on): as a reason they would put the
- * store in maintenance, its clients told "off". Refused, whatever their case; true and false say it.
- */
-const SWITCH_WORDS = new Set(['true', 'false', 'yes', 'no', 'on', 'off', 'y', 'n', '0', '1', 'null', '~', 'none', 'enabled', 'disabled']);
-
 /** What a store's `maintenance` key must be, as its issue says. */
-const MAINTENANCE_EXPECTED = `false, true, or the reason clients are told: printable ASCII of 1 to ${MAX_MAINTENANCE_REASON_BYTES} characters (IMAP's response text is 7-bit), that does not begin with "[" (a response code it would fake) nor begin or end with a space, and is not a word such as "off" or "no" (write false or true)`;
+const MAINTENANCE_EXPECTED = `false, true, or the reason clients are told: ${TELLABLE_REASON} (write false or true)`;
 
 /**
  * Reads a store's `maintenance` value: false (or absent) is off, true is on with the default
- * text, a string is on with that text. A text that begins with "[" is refused: an IMAP client
- * would read `NO [UNAVAILABLE] [ALERT] ...` as naming another code, and it means nothing to a person.
+ * text, a string is on with that text when clients may be told it (tellableReason).
  */
 function readMaintenance(value: unknown, path: string, issues: IssueList): string | null {
   if (value === undefined || value === false) return null;
@@ -76,7 +61,7 @@ function readMaintenance(value: unknown, path: string, issues: IssueList): strin
 /** What a store's `maintenance` value must be when `value` is not that, else undefined. */
 export function maintenanceProblem(value: unknown): string | undefined {
   if (typeof value === 'boolean') return undefined;
-  if (typeof value === 'string' && value.length <= MAX_MAINTENANCE_REASON_BYTES && PRINTABLE_ASCII.test(value) && !value.startsWith('[') && value.trim() === value && !SWITCH_WORDS.has(value.toLowerCase())) return undefined;
+  if (typeof value === 'string' && tellableReason(value)) return undefined;
   return MAINTENANCE_EXPECTED;
 }
 
