@@ -169,7 +169,7 @@ interface Remote {
  * more than once: each answer is printed under its URL). One token for all: a fleet is deployed
  * with one config.
  */
-async function remotesFrom(values: { config?: string | undefined; url?: string[] | undefined; token?: string | undefined; all?: boolean | undefined }): Promise<{ remotes: Remote[]; fleet: boolean }> {
+async function remotesFrom(values: RemoteValues): Promise<{ remotes: Remote[]; fleet: boolean }> {
   let urls = values.url !== undefined && values.url.length > 0 ? values.url : undefined;
   let token = values.token ?? process.env['MAILFRONT_ADMIN_TOKEN'];
   if (urls === undefined || token === undefined) {
@@ -190,11 +190,6 @@ async function remotesFrom(values: { config?: string | undefined; url?: string[]
   if (token === undefined) throw new Error('no admin token: set admin.token in the config, MAILFRONT_ADMIN_TOKEN, or --token');
   const known = token;
   return { remotes: urls.map((url) => ({ url: url.replace(/\/$/, ''), token: known })), fleet: values.all === true || urls.length > 1 };
-}
-
-/** The one instance of a command that goes to one (failover, maintenance: written to the store map's source, which the fleet shares). */
-async function remoteFrom(values: RemoteValues): Promise<Remote> {
-  return (await remotesFrom(values)).remotes[0]!;
 }
 
 /** How long an operator command waits for the admin API's answer. */
@@ -444,7 +439,7 @@ function throttleLines(throttle: ThrottleJson | null | undefined): string {
 }
 
 /** whereis's lines on what this instance's caches hold of the user (absent from an instance that does not say). */
-function cachedLines(cached: Array<{ cache: string; store: string | null; held: string | null; expiresInMs: number }> | undefined): string {
+function cachedLines(cached: CachedJson[] | undefined): string {
   if (cached === undefined) return '';
   if (cached.length === 0) return 'cached here     nothing (a login here asks the directory)\n';
   const lines = cached.map((c, i) => `${i === 0 ? 'cached here    ' : '               '} ${c.cache === 'auth' ? 'login (auth_cache_ttl_ms)' : 'entry (entry_cache_ttl_ms)'}: store ${c.store ?? '-'}${c.held !== null ? `, held "${c.held}"` : ''}, ${Math.ceil(c.expiresInMs / 1000)} s more`);
@@ -487,7 +482,7 @@ function storesText(json: Record<string, unknown>): string {
 function whereisText(json: Record<string, unknown>): string {
   let text = `user            ${String(json['user'])}\nlogin name      ${String(json['loginName'] ?? '-')}\ndirectory entry ${String(json['dn'])}\nstore           ${String(json['store'] ?? '-')}\ncurrent master  ${String(json['currentMaster'] ?? '-')}\naddress         ${String(json['address'] ?? '-')} ${json['ports'] ? JSON.stringify(json['ports']) : ''}\n`;
   if (json['problem']) text += `problem         ${String(json['problem'])}\n`;
-  text += cachedLines(json['cached'] as Parameters<typeof cachedLines>[0]);
+  text += cachedLines(json['cached'] as CachedJson[] | undefined);
   text += throttleLines(json['throttle'] as ThrottleJson | null | undefined);
   return text + sessionsTable(json['sessions'] as SessionJson[]);
 }
@@ -754,7 +749,6 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(HELP[command] ?? HELP['']!);
     return 2;
   };
-  const printJson = (value: unknown): void => out(`${JSON.stringify(value, null, 2)}\n`);
   const takes = COMMAND_OPTIONS[command];
   const foreign = takes === undefined ? [] : Object.keys(values).filter((key) => key !== 'help' && key !== 'version' && !(takes as readonly string[]).includes(key));
   if (foreign.length > 0) {
@@ -897,10 +891,8 @@ async function main(argv: string[]): Promise<number> {
     case 'failover': {
       const [store, slot] = rest;
       if (store === undefined || slot === undefined) return usage();
-      const json = await call(await remoteFrom(values), 'POST', `/api/stores/${encodeURIComponent(store)}/failover`, { slot }, `the failover may still be under way: see the log (storemap.failover_written) or \`mailfront stores\``);
-      if (values.json) return printJson(json), 0;
-      out(`store ${store}: current master is now ${slot} (store map version ${String(json['version'])})\n`);
-      return 0;
+      const render = (json: Record<string, unknown>): Rendered => ({ text: `store ${store}: current master is now ${slot} (store map version ${String(json['version'])})\n`, code: 0 });
+      return runAdmin(command, { method: 'POST', path: `/api/stores/${encodeURIComponent(store)}/failover`, body: { slot }, underWay: `the failover may still be under way: see the log (storemap.failover_written) or \`mailfront stores\``, render }, values);
     }
     case 'maintenance': {
       const [store, state] = rest;
@@ -910,10 +902,8 @@ async function main(argv: string[]): Promise<number> {
         return usage();
       }
       const body = state === 'on' ? { on: true, ...(values.reason !== undefined ? { reason: values.reason } : {}) } : { on: false };
-      const json = await call(await remoteFrom(values), 'POST', `/api/stores/${encodeURIComponent(store)}/maintenance`, body, `the change may still be under way: see the log (storemap.maintenance_written) or \`mailfront stores\``);
-      if (values.json) return printJson(json), 0;
-      out(`store ${store}: maintenance ${state} (store map version ${String(json['version'])})\n`);
-      return 0;
+      const render = (json: Record<string, unknown>): Rendered => ({ text: `store ${store}: maintenance ${state} (store map version ${String(json['version'])})\n`, code: 0 });
+      return runAdmin(command, { method: 'POST', path: `/api/stores/${encodeURIComponent(store)}/maintenance`, body, underWay: `the change may still be under way: see the log (storemap.maintenance_written) or \`mailfront stores\``, render }, values);
     }
     case 'sessions': {
       const query = new URLSearchParams();
