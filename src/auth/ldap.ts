@@ -10,6 +10,7 @@ import { readCaCertificates } from '../ca-file.js';
 import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { Client, InvalidCredentialsError, ResultCodeError } from 'ldapts';
+import type { SearchOptions } from 'ldapts';
 import { PROTOCOLS, filterUsesProtocol, loginAttributeOf } from '../config/schema.js';
 import type { DirectoryConfig, Protocol } from '../config/schema.js';
 import { MailfrontError } from '../errors.js';
@@ -494,6 +495,20 @@ function usable(client: Client): boolean {
   return socket !== undefined && !socket.destroyed && socket.writable;
 }
 
+/** The search of base_dn itself that tells whether a server has it, for the service account (a probe of the settings, readiness): no attribute asked for. */
+const BASE_ENTRY_CHECK: Readonly<SearchOptions> = { scope: 'base', filter: '(objectClass=*)', attributes: ['1.1'], sizeLimit: 1 };
+
+/** The TLS options of a directory's LDAP connections: `ca` (directory.ca_file's certificates) or the system's, TLS 1.2 at least. */
+function directoryTls(ca: Buffer | undefined): ConnectionOptions {
+  return ca ? { ca, minVersion: 'TLSv1.2' } : { minVersion: 'TLSv1.2' };
+}
+
+/** How a directory opens an LDAP connection under `config` (a probe of its settings too, as the directory would). */
+function directoryClientOptions(config: DirectoryConfig, tls: ConnectionOptions, autoRebind: boolean): LdapClientOptions {
+  const { starttls, operationTimeoutMs, connectTimeoutMs } = config;
+  return { tls, starttls, operationTimeoutMs, connectTimeoutMs, autoRebind };
+}
+
 /**
  * Tries `config` as a directory would use it, on a connection of its own: the service bind and a
  * base search of base_dn, on each of directory.urls in turn (each within the connect and
@@ -503,8 +518,8 @@ function usable(client: Client): boolean {
  * and check-config, before the settings are put in force.
  */
 export async function probeDirectory(config: DirectoryConfig, ca: Buffer | undefined): Promise<DirectoryHealth> {
-  const { starttls, operationTimeoutMs, connectTimeoutMs } = config;
-  const options: LdapClientOptions = { tls: ca ? { ca, minVersion: 'TLSv1.2' } : { minVersion: 'TLSv1.2' }, starttls, operationTimeoutMs, connectTimeoutMs, autoRebind: false };
+  const options = directoryClientOptions(config, directoryTls(ca), false);
+  const { operationTimeoutMs } = config;
   const failures: string[] = [];
   let refusal: DirectoryRefusal | undefined;
   for (const url of config.urls) {
@@ -514,7 +529,7 @@ export async function probeDirectory(config: DirectoryConfig, ca: Buffer | undef
       client = await openLdapClient(url, options);
       await client.bind(config.bindDn, config.bindPassword);
       step = 'search';
-      await client.search(config.baseDn, { scope: 'base', filter: '(objectClass=*)', attributes: ['1.1'], sizeLimit: 1, timeLimit: Math.ceil(operationTimeoutMs / 1000) });
+      await client.search(config.baseDn, { ...BASE_ENTRY_CHECK, timeLimit: Math.ceil(operationTimeoutMs / 1000) });
       return { state: 'answers' };
     } catch (error) {
       const refused = settingsRefusal(error, step, url);
@@ -610,7 +625,7 @@ export class LdapDirectory implements Directory {
      */
     entriesFromTakeover = false,
   ) {
-    this.tlsOptions = ca ? { ca, minVersion: 'TLSv1.2' } : { minVersion: 'TLSv1.2' };
+    this.tlsOptions = directoryTls(ca);
     this.loginAttribute = loginAttributeOf(config);
     this.searchAttributes = [config.storeAttribute, ...(this.loginAttribute === undefined ? [] : [this.loginAttribute]), ...(config.holdAttribute === undefined ? [] : [config.holdAttribute])];
     this.holdWarned = new LRUCache({ max: 1000, ttl: Math.max(HOLD_WARNING_INTERVAL_MS, config.entryCacheTtlMs) });
@@ -634,8 +649,7 @@ export class LdapDirectory implements Directory {
   }
 
   private clientOptions(autoRebind: boolean): LdapClientOptions {
-    const { starttls, operationTimeoutMs, connectTimeoutMs } = this.config;
-    return { tls: this.tlsOptions, starttls, operationTimeoutMs, connectTimeoutMs, autoRebind };
+    return directoryClientOptions(this.config, this.tlsOptions, autoRebind);
   }
 
   private async openBound(url: string, dn: string, password: string): Promise<Client> {
@@ -1118,7 +1132,7 @@ export class LdapDirectory implements Directory {
       for (let asked = 1; ; asked++) {
         if (!usable(connection.client)) return unreachable(`${connection.url}: the connection closed`);
         try {
-          await raceAbort(connection.client.search(this.config.baseDn, { scope: 'base', filter: '(objectClass=*)', attributes: ['1.1'], sizeLimit: 1 }), signal);
+          await raceAbort(connection.client.search(this.config.baseDn, BASE_ENTRY_CHECK), signal);
           return { state: 'answers' };
         } catch (error) {
           if (error instanceof ResultCodeError) {
