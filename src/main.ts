@@ -970,8 +970,8 @@ export class Mailfront {
 
   /**
    * shutdown.unready_delay_ms when something can see readiness (an HTTP listener serves
-   * /readyz), else 0: without one, no balancer learns of the stop from /readyz, and waiting would
-   * only keep the ports open longer.
+   * /readyz) and /readyz has said ready (saidReady), else 0: without one, no balancer learns of
+   * the stop from /readyz, and waiting would only keep the ports open longer.
    */
   private unreadyDelayMs(): number {
     return this.http === undefined || !this.saidReady ? 0 : this.config.shutdown.unreadyDelayMs;

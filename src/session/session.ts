@@ -9,7 +9,7 @@ import { TLSSocket } from 'node:tls';
 import type { SecureContext, TlsOptions } from 'node:tls';
 import type { Directory } from '../auth/directory.js';
 import { isIP } from 'node:net';
-import type { Metrics, SessionMetrics } from '../metrics.js';
+import type { LoginResult, Metrics, SessionMetrics } from '../metrics.js';
 import { authFailureReason, backendFailureResult } from '../metrics.js';
 import type { CidrSet } from '../net/cidr.js';
 import { readDirect, writeNow } from '../net/direct-io.js';
@@ -582,6 +582,11 @@ export class Session {
     return new MailfrontError('PREAUTH_DEADLINE', kind, `the login was waiting on ${waitedOn}${held}`, { cause: abort });
   }
 
+  /** Counts a login attempt as `result` (mailfront_logins_total), with its time since `started`, when it was read. */
+  private countLogin(result: LoginResult, started: number): void {
+    this.context.metrics.loginResult(this.adapter.name, result, (performance.now() - started) / 1000);
+  }
+
   private get cancellation(): Cancellation {
     this.canceller ??= new Canceller();
     return this.canceller;
@@ -727,13 +732,13 @@ export class Session {
         const held = this.context.registry.kickHold(name, found.dn, kicksAtStart);
         this.log.info({ event: 'session.kicked', ...userFields(name, user), store: this.store, slot: this.slot, phase: 'backend-login', ...(held !== undefined ? { held: true } : {}) }, 'session closed: kicked during its login');
         if (this.socket.writable) this.preauthBytesWritten += writeNow(this.socket, this.adapter.connectionRefusal('total', held ?? KICKED_TEXT));
-        this.context.metrics.loginResult(this.adapter.name, 'aborted', (performance.now() - started) / 1000);
+        this.countLogin('aborted', started);
         this.finish('kicked');
         return;
       }
       if (backend === null) throw new MailfrontError('ABORTED', 'aborted', 'the session ended as its login was stopped by a kick');
       // A client that left (or a deadline that passed) while the backend answered: no success (startSplice counts one).
-      if (!this.startSplice(backend, found.dn, kicksAtStart, started)) this.context.metrics.loginResult(this.adapter.name, 'aborted', (performance.now() - started) / 1000);
+      if (!this.startSplice(backend, found.dn, kicksAtStart, started)) this.countLogin('aborted', started);
     } catch (caught) {
       const error = asMailfrontError(caught);
       this.lease.releaseUser();
@@ -741,7 +746,7 @@ export class Session {
       // stopping, or the deadline's answer came first): the attempt is counted as abandoned,
       // and nothing more is said or logged.
       if (this.phase === 'closing') {
-        this.context.metrics.loginResult(this.adapter.name, 'aborted', (performance.now() - started) / 1000);
+        this.countLogin('aborted', started);
         return;
       }
       if (this.loginTimedOut) {
@@ -754,7 +759,7 @@ export class Session {
         return;
       }
       if (error.kind === 'aborted' && (this.socket.destroyed || this.phase !== 'authenticating' && this.phase !== 'backend-login')) {
-        this.context.metrics.loginResult(this.adapter.name, 'aborted', (performance.now() - started) / 1000);
+        this.countLogin('aborted', started);
         return;
       }
       this.setPhase('preauth');
@@ -785,7 +790,7 @@ export class Session {
       const text = error.clientText ?? (refusal !== 'limit' ? UNAVAILABLE_TEXT[error.kind] : error.code === ADDRESS_CONNECTION_LIMIT ? ADDRESS_LIMIT_TEXT : LIMIT_TEXT);
       if (this.phase === 'preauth' && !this.socket.destroyed) this.perform(this.machine.loginFailed(refusal, text));
       // Counted once answered (or once its client or session went), the failure delay included: what the client waited.
-      this.context.metrics.loginResult(this.adapter.name, error.kind, (performance.now() - started) / 1000);
+      this.countLogin(error.kind, started);
     } finally {
       // Every way out (a cancelled login, a kick) leaves the gate; leaving twice does nothing.
       leaveGate();
