@@ -283,7 +283,8 @@ export interface ShutdownConfig {
   /**
    * On SIGTERM, /readyz answers 503 at once while the listeners go on accepting for this long,
    * so that a balancer checking /readyz takes the instance out before its ports close (only with
-   * an HTTP listener: without one nothing sees readiness, and the listeners close at once).
+   * an HTTP listener whose /readyz has said ready: else no balancer sent it a client, and the
+   * listeners close at once).
    */
   readonly unreadyDelayMs: number;
 }
@@ -298,7 +299,7 @@ export const DEFAULT_UNREADY_DELAY_MS = 5_000;
 export interface AdminConfig {
   /** Bearer token for the admin API; the API is off when absent. */
   readonly token?: string;
-  /** The admin API base URLs of the fleet's instances, for the operator commands' --all (serve does not read it). */
+  /** The admin API base URLs of the fleet's instances, for the operator commands' --all (serve checks it, and uses it for nothing). */
   readonly instances?: readonly string[];
 }
 
