@@ -19,7 +19,7 @@ import type { ThrottleChange } from './auth/throttle.js';
 import { ConnectionLimiter } from './server/connection-limits.js';
 import { backendFor, configSourceAddresses, forgetBackendCaFiles, probeSlot, unusableSourceAddresses } from './backend/connect.js';
 import { ConfigError, buildStoreMap, loadConfig } from './config/load.js';
-import { configWarnings } from './config/schema.js';
+import { STOP_CLOSE_MS, configWarnings } from './config/schema.js';
 import type { Config } from './config/schema.js';
 import { Metrics } from './metrics.js';
 import { CidrSet, bindAddressesOverlap, setNat64Prefixes } from './net/cidr.js';
@@ -1051,7 +1051,7 @@ export class Mailfront {
     this.endDrainWait = () => undefined;
     for (const session of sessions()) session.shutdown();
     // Two seconds to close, from the deadline or from the drain's end, whichever came first.
-    const closedBy = Math.min(deadline, performance.now()) + 2_000;
+    const closedBy = Math.min(deadline, performance.now()) + STOP_CLOSE_MS;
     while (sessions().length > 0 && performance.now() < closedBy) await new Promise((r) => setTimeout(r, 20));
     for (const timer of this.draining.values()) clearTimeout(timer);
     await this.http?.close();

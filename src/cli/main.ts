@@ -674,8 +674,6 @@ const COMMAND_OPTIONS: Readonly<Record<string, readonly (keyof typeof OPTIONS)[]
 /** How many arguments each command takes after its name (kick checks its own). */
 const MAX_ARGUMENTS: Readonly<Record<string, number>> = { serve: 1, 'check-config': 1, stores: 0, whereis: 1, failover: 2, maintenance: 2, sessions: 0, unthrottle: 1, reload: 0 };
 
-/** How long a stopping server waits for its log lines to reach a log reader that is slow. */
-const LOG_FLUSH_AT_EXIT_MS = 5_000;
 
 /**
  * Resolves once every line logged so far is written, or after `ms` (a log reader that has
@@ -850,6 +848,7 @@ async function main(argv: string[]): Promise<number> {
       const askedBefore = hangupsReceived();
       const config = await loadConfig(values.config ?? rest[0] ?? DEFAULT_CONFIG);
       const { Mailfront } = await import('../main.js');
+      const { STOP_LOG_FLUSH_MS } = await import('../config/schema.js');
       const mailfront = await Mailfront.start(config);
       // Taken over before the counting stops, so that no SIGHUP meets the default action.
       process.on('SIGHUP', () => reload(mailfront));
@@ -876,7 +875,7 @@ async function main(argv: string[]): Promise<number> {
               return 1;
             },
           )
-          .then((code) => logWritten(mailfront.log, LOG_FLUSH_AT_EXIT_MS).then(() => process.exit(code)));
+          .then((code) => logWritten(mailfront.log, STOP_LOG_FLUSH_MS).then(() => process.exit(code)));
       };
       takeStops(stop);
       return -1;

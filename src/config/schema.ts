@@ -296,6 +296,24 @@ export interface ShutdownConfig {
  */
 export const DEFAULT_UNREADY_DELAY_MS = 5_000;
 
+/** After the drain (its deadline, or its sessions gone), how long spliced sessions get to close once told BYE. */
+export const STOP_CLOSE_MS = 2_000;
+/** How long a stopping server waits for its last log lines to reach a log reader that is slow. */
+export const STOP_LOG_FLUSH_MS = 5_000;
+/**
+ * The time the shipped units give a stop before they kill it: deploy/mailfront.service's
+ * TimeoutStopSec and docker/compose.yaml's stop_grace_period (a test keeps them equal to it).
+ */
+export const SHIPPED_STOP_GRACE_MS = 30_000;
+
+/**
+ * The longest a stop (SIGTERM) may take with `shutdown`: the unready delay, the drain, the close
+ * and the log's last lines. A service manager that kills it sooner cuts the drain.
+ */
+export function stopTakesAtMostMs(shutdown: ShutdownConfig): number {
+  return shutdown.unreadyDelayMs + shutdown.drainTimeoutMs + STOP_CLOSE_MS + STOP_LOG_FLUSH_MS;
+}
+
 export interface AdminConfig {
   /** Bearer token for the admin API; the API is off when absent. */
   readonly token?: string;
@@ -687,12 +705,22 @@ export interface ConfigWarning {
 }
 
 /**
- * What `config` sets that works against itself. A failover.hold_ms at or above
+ * What `config` sets that works against itself. A stop that may outlast the shipped units' grace
+ * time (stopTakesAtMostMs()): the service manager kills the drain. A failover.hold_ms at or above
  * session.preauth_timeout_ms: a login held for a master that is down is cut by the pre-auth
  * deadline, which runs from accept, before the hold ends, so the hold never ends a login.
  */
-export function configWarnings(config: Pick<Config, 'failover' | 'session'>): ConfigWarning[] {
+export function configWarnings(config: Pick<Config, 'failover' | 'session' | 'shutdown'>): ConfigWarning[] {
   const warnings: ConfigWarning[] = [];
+  const stopMs = stopTakesAtMostMs(config.shutdown);
+  if (stopMs >= SHIPPED_STOP_GRACE_MS) {
+    const seconds = Math.ceil(stopMs / 1000);
+    warnings.push({
+      event: 'config.stop_exceeds_shipped_grace',
+      path: stopPath(config.shutdown),
+      text: `a stop may take up to ${seconds} s (shutdown.unready_delay_ms ${config.shutdown.unreadyDelayMs} + shutdown.drain_timeout_ms ${config.shutdown.drainTimeoutMs} + ${(STOP_CLOSE_MS + STOP_LOG_FLUSH_MS) / 1000} s to close and write the log), and the shipped systemd unit's TimeoutStopSec and compose's stop_grace_period are ${SHIPPED_STOP_GRACE_MS / 1000} s: raise them above ${seconds + 5} s, or the service manager kills the drain`,
+    });
+  }
   const { holdMs } = config.failover;
   const { preauthTimeoutMs } = config.session;
   if (holdMs >= preauthTimeoutMs) {
@@ -715,6 +743,11 @@ function readHealth(v: unknown, issues: IssueList): HealthConfig {
     timeoutMs: int(o, 'timeout_ms', 'health', issues, 100, 120_000, 3_000),
     ...(probeUser !== undefined && probePassword !== undefined ? { probeUser, probePassword } : {}),
   };
+}
+
+/** The key a long stop is most likely owed to: the larger of the two the operator sets. */
+function stopPath(shutdown: ShutdownConfig): string {
+  return shutdown.drainTimeoutMs >= shutdown.unreadyDelayMs ? 'shutdown.drain_timeout_ms' : 'shutdown.unready_delay_ms';
 }
 
 function readShutdown(v: unknown, issues: IssueList): ShutdownConfig {
