@@ -1001,6 +1001,20 @@ export class Mailfront {
     this.endDrainWait();
   }
 
+  /** Resolves at `until` (performance.now()), once no session is spliced, or at a repeated stop signal (endDrain()). */
+  private async drainWait(until: number): Promise<void> {
+    while (this.registry.size > 0 && performance.now() < until && !this.drainEnded) {
+      await new Promise<void>((r) => {
+        const timer = setTimeout(r, Math.min(100, Math.max(0, until - performance.now())));
+        this.endDrainWait = () => {
+          clearTimeout(timer);
+          r();
+        };
+      });
+    }
+    this.endDrainWait = () => undefined;
+  }
+
   /** True during the unready delay: /readyz answers 503 while the listeners still accept. */
   private unready = false;
 
@@ -1039,19 +1053,22 @@ export class Mailfront {
     // spliced sessions open past it (a step back: the stop never ended, and systemd killed the
     // process unlogged) nor cut them all at once (a step forward).
     const deadline = performance.now() + drainMs;
-    while (this.registry.size > 0 && performance.now() < deadline && !this.drainEnded) {
-      await new Promise<void>((r) => {
-        const timer = setTimeout(r, 100);
-        this.endDrainWait = () => {
-          clearTimeout(timer);
-          r();
-        };
-      });
+    await this.drainWait(deadline);
+    // The sessions still spliced at the deadline (IDLE never ends on its own) are told BYE at
+    // random moments over the next failover.drain_spread_ms, as a failover's are: told all at
+    // once, ten thousand clients came back to the other instances (and their directory) in the
+    // same millisecond. Each has had its drain_timeout_ms. A repeated stop signal tells the rest
+    // BYE at once.
+    const spreadMs = this.config.failover.drainSpreadMs;
+    const spread: NodeJS.Timeout[] = [];
+    if (!this.drainEnded && spreadMs > 0 && this.registry.size > 0) {
+      for (const session of sessions()) spread.push(setTimeout(() => session.shutdown(), Math.floor(Math.random() * spreadMs)));
+      await this.drainWait(performance.now() + spreadMs);
     }
-    this.endDrainWait = () => undefined;
+    for (const timer of spread) clearTimeout(timer);
     for (const session of sessions()) session.shutdown();
-    // Two seconds to close, from the deadline or from the drain's end, whichever came first.
-    const closedBy = Math.min(deadline, performance.now()) + STOP_CLOSE_MS;
+    // Two seconds to close, from the last BYE (the spread's end, or the drain's, whichever came first).
+    const closedBy = performance.now() + STOP_CLOSE_MS;
     while (sessions().length > 0 && performance.now() < closedBy) await new Promise((r) => setTimeout(r, 20));
     for (const timer of this.draining.values()) clearTimeout(timer);
     await this.http?.close();

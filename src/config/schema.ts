@@ -307,11 +307,12 @@ export const STOP_LOG_FLUSH_MS = 5_000;
 export const SHIPPED_STOP_GRACE_MS = 30_000;
 
 /**
- * The longest a stop (SIGTERM) may take with `shutdown`: the unready delay, the drain, the close
- * and the log's last lines. A service manager that kills it sooner cuts the drain.
+ * The longest a stop (SIGTERM) may take with `config`: the unready delay, the drain, the BYEs
+ * spread over failover.drain_spread_ms after it, the close and the log's last lines. A service
+ * manager that kills it sooner cuts the drain.
  */
-export function stopTakesAtMostMs(shutdown: ShutdownConfig): number {
-  return shutdown.unreadyDelayMs + shutdown.drainTimeoutMs + STOP_CLOSE_MS + STOP_LOG_FLUSH_MS;
+export function stopTakesAtMostMs(config: { readonly shutdown: ShutdownConfig; readonly failover: Pick<FailoverConfig, 'drainSpreadMs'> }): number {
+  return config.shutdown.unreadyDelayMs + config.shutdown.drainTimeoutMs + config.failover.drainSpreadMs + STOP_CLOSE_MS + STOP_LOG_FLUSH_MS;
 }
 
 export interface AdminConfig {
@@ -712,13 +713,13 @@ export interface ConfigWarning {
  */
 export function configWarnings(config: Pick<Config, 'failover' | 'session' | 'shutdown'>): ConfigWarning[] {
   const warnings: ConfigWarning[] = [];
-  const stopMs = stopTakesAtMostMs(config.shutdown);
+  const stopMs = stopTakesAtMostMs(config);
   if (stopMs >= SHIPPED_STOP_GRACE_MS) {
     const seconds = Math.ceil(stopMs / 1000);
     warnings.push({
       event: 'config.stop_exceeds_shipped_grace',
-      path: stopPath(config.shutdown),
-      text: `a stop may take up to ${seconds} s (shutdown.unready_delay_ms ${config.shutdown.unreadyDelayMs} + shutdown.drain_timeout_ms ${config.shutdown.drainTimeoutMs} + ${(STOP_CLOSE_MS + STOP_LOG_FLUSH_MS) / 1000} s to close and write the log), and the shipped systemd unit's TimeoutStopSec and compose's stop_grace_period are ${SHIPPED_STOP_GRACE_MS / 1000} s: raise them above ${seconds + 5} s, or the service manager kills the drain`,
+      path: stopPath(config),
+      text: `a stop may take up to ${seconds} s (shutdown.unready_delay_ms ${config.shutdown.unreadyDelayMs} + shutdown.drain_timeout_ms ${config.shutdown.drainTimeoutMs} + failover.drain_spread_ms ${config.failover.drainSpreadMs} + ${(STOP_CLOSE_MS + STOP_LOG_FLUSH_MS) / 1000} s to close and write the log), and the shipped systemd unit's TimeoutStopSec and compose's stop_grace_period are ${SHIPPED_STOP_GRACE_MS / 1000} s: raise them above ${seconds + 5} s, or the service manager kills the drain`,
     });
   }
   const { holdMs } = config.failover;
@@ -745,9 +746,12 @@ function readHealth(v: unknown, issues: IssueList): HealthConfig {
   };
 }
 
-/** The key a long stop is most likely owed to: the larger of the two the operator sets. */
-function stopPath(shutdown: ShutdownConfig): string {
-  return shutdown.drainTimeoutMs >= shutdown.unreadyDelayMs ? 'shutdown.drain_timeout_ms' : 'shutdown.unready_delay_ms';
+/** The key a long stop is most likely owed to: the largest of the three the operator sets. */
+function stopPath(config: Pick<Config, 'shutdown' | 'failover'>): string {
+  const { drainTimeoutMs, unreadyDelayMs } = config.shutdown;
+  const { drainSpreadMs } = config.failover;
+  if (drainTimeoutMs >= unreadyDelayMs && drainTimeoutMs >= drainSpreadMs) return 'shutdown.drain_timeout_ms';
+  return unreadyDelayMs >= drainSpreadMs ? 'shutdown.unready_delay_ms' : 'failover.drain_spread_ms';
 }
 
 function readShutdown(v: unknown, issues: IssueList): ShutdownConfig {

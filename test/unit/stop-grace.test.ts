@@ -1,5 +1,5 @@
-// A stop takes up to shutdown.unready_delay_ms + shutdown.drain_timeout_ms + 2 s to close + 5 s
-// for the log's last lines; the shipped systemd unit and compose file give it 30 s before they kill
+// A stop takes up to shutdown.unready_delay_ms + shutdown.drain_timeout_ms + the BYEs spread over
+// failover.drain_spread_ms + 2 s to close + 5 s for the log's last lines; the shipped systemd unit and compose file give it 30 s before they kill
 // it. The README says so, but nothing checked either: an operator who raised drain_timeout_ms to
 // 30 s had the drain killed by the service manager with no word from check-config, and a change
 // of a default or of the units could have left them below the default stop.
@@ -42,21 +42,23 @@ test('the shipped systemd unit and compose file give a stop the time the code as
   assert.ok(grace !== undefined, 'docker/compose.yaml sets stop_grace_period');
   assert.equal(durationMs(timeoutStop), SHIPPED_STOP_GRACE_MS);
   assert.equal(durationMs(grace), SHIPPED_STOP_GRACE_MS);
-  const byDefault = stopTakesAtMostMs({ unreadyDelayMs: DEFAULT_UNREADY_DELAY_MS, drainTimeoutMs: 10_000 });
-  assert.equal(byDefault, 22_000);
+  const byDefault = stopTakesAtMostMs({ shutdown: { unreadyDelayMs: DEFAULT_UNREADY_DELAY_MS, drainTimeoutMs: 10_000 }, failover: { drainSpreadMs: 2_000 } });
+  assert.equal(byDefault, 24_000);
   assert.ok(byDefault + 5_000 <= SHIPPED_STOP_GRACE_MS, 'some room is left for the process to exit');
 });
 
 test('configWarnings names the shutdown key when a stop may outlast the shipped grace time, and not below it', () => {
-  const base = { failover: { holdMs: 15_000 }, session: { preauthTimeoutMs: 60_000 } } as Parameters<typeof configWarnings>[0];
-  const at = (unreadyDelayMs: number, drainTimeoutMs: number) => configWarnings({ ...base, shutdown: { unreadyDelayMs, drainTimeoutMs } }).filter((w) => w.event === 'config.stop_exceeds_shipped_grace');
+  const session = { preauthTimeoutMs: 60_000 };
+  const at = (unreadyDelayMs: number, drainTimeoutMs: number, drainSpreadMs = 2_000) =>
+    configWarnings({ failover: { holdMs: 15_000, drainSpreadMs }, session, shutdown: { unreadyDelayMs, drainTimeoutMs } } as Parameters<typeof configWarnings>[0]).filter((w) => w.event === 'config.stop_exceeds_shipped_grace');
   assert.deepEqual(at(5_000, 10_000), []);
-  assert.deepEqual(at(5_000, 17_999), []);
-  const long = at(5_000, 18_000);
+  assert.deepEqual(at(5_000, 15_999), []);
+  const long = at(5_000, 16_000);
   assert.equal(long.length, 1);
   assert.equal(long[0]!.path, 'shutdown.drain_timeout_ms');
-  assert.match(long[0]!.text, /^a stop may take up to 30 s \(shutdown\.unready_delay_ms 5000 \+ shutdown\.drain_timeout_ms 18000 \+ 7 s to close and write the log\), and the shipped systemd unit's TimeoutStopSec and compose's stop_grace_period are 30 s: raise them above 35 s/);
+  assert.match(long[0]!.text, /^a stop may take up to 30 s \(shutdown\.unready_delay_ms 5000 \+ shutdown\.drain_timeout_ms 16000 \+ failover\.drain_spread_ms 2000 \+ 7 s to close and write the log\), and the shipped systemd unit's TimeoutStopSec and compose's stop_grace_period are 30 s: raise them above 35 s/);
   assert.equal(at(60_000, 10_000)[0]?.path, 'shutdown.unready_delay_ms');
+  assert.equal(at(5_000, 10_000, 30_000)[0]?.path, 'failover.drain_spread_ms');
 });
 
 test('check-config prints the warning and exits 0', async () => {
@@ -71,5 +73,5 @@ test('check-config prints the warning and exits 0', async () => {
     });
   });
   assert.equal(result.code, 0, result.stderr);
-  assert.match(result.stdout, /\nwarning: a stop may take up to 72 s \([^\n]*raise them above 77 s, or the service manager kills the drain\n$/);
+  assert.match(result.stdout, /\nwarning: a stop may take up to 74 s \([^\n]*raise them above 79 s, or the service manager kills the drain\n$/);
 });
