@@ -3,6 +3,7 @@
  * their session id. Secrets (passwords, SASL blobs, bind passwords) are never passed to a
  * logger; the redaction list is a second line of defence, not the first.
  */
+import { writeSync } from 'node:fs';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
 import type { DestinationStream } from 'pino';
@@ -58,7 +59,10 @@ let cachedPrefix = '';
  */
 export function createLogger(level: string, destination?: DestinationStream): Logger {
   const stream = destination ?? pino.destination({ dest: 1, sync: false, minLength: LOG_BATCH_BYTES, periodicFlush: LOG_FLUSH_INTERVAL_MS, maxLength: MAX_PENDING_LOG_BYTES });
-  if (destination === undefined) stdoutDestinations.push(stream as unknown as StdoutDestination);
+  if (destination === undefined) {
+    stdoutDestinations.push(stream as unknown as StdoutDestination);
+    watchLogLoss(stream as unknown as LossSource);
+  }
   const options = {
     level,
     base: { name: 'mailfront' },
@@ -67,6 +71,59 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
     formatters: { level: (label: string) => ({ level: label }) },
   };
   return pino(options, stream);
+}
+
+/**
+ * Log lines stdout did not take while the process ran (mailfront_log_write_errors_total,
+ * mailfront_log_bytes_dropped_total). The log is the audit trail (logins, failovers, kicks): its
+ * loss is said on stderr, which a service manager keeps apart, and counted for an alert.
+ */
+export const logLoss = { writeErrors: 0, bytesDropped: 0 };
+
+/** What watchLogLoss() listens to: pino's stdout destination (a SonicBoom). */
+export interface LossSource {
+  on(event: 'error', listener: (error: Error) => void): unknown;
+  on(event: 'drop', listener: (data: string | Uint8Array) => void): unknown;
+}
+
+/** How often at most stderr is told of lines dropped for a stalled reader (the count goes on). */
+const DROP_NOTICE_INTERVAL_MS = 60_000;
+
+/**
+ * Counts and says on stderr what `stream` fails to write. A write error (EPIPE: the pipe's reader
+ * has gone; pino then writes nothing more, for good) is said once per error code; bytes dropped
+ * for a reader that has stalled past MAX_PENDING_LOG_BYTES, at most once a minute. Serving goes
+ * on: the sessions matter more than their log lines. Without this, a log shipper that exited left
+ * mailfront serving with no log line and nothing on stderr.
+ */
+export function watchLogLoss(stream: LossSource, stderr: (text: string) => void = writeStderr, now: () => number = Date.now): void {
+  const said = new Set<string>();
+  // pino's own listener re-emits an error that is not EPIPE: one error, seen twice.
+  let last: Error | undefined;
+  let noticeAt = -Infinity;
+  stream.on('error', (error) => {
+    if (error === last) return;
+    last = error;
+    logLoss.writeErrors++;
+    const code = (error as NodeJS.ErrnoException).code ?? error.message;
+    if (said.has(code)) return;
+    said.add(code);
+    stderr(`mailfront: log lines cannot be written to stdout (${code}${code === 'EPIPE' ? ': its reader has gone' : ''}); mailfront goes on serving, and log lines are lost from now on (mailfront_log_write_errors_total)\n`);
+  });
+  stream.on('drop', (data) => {
+    logLoss.bytesDropped += typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength;
+    if (now() - noticeAt < DROP_NOTICE_INTERVAL_MS) return;
+    noticeAt = now();
+    stderr(`mailfront: stdout's reader has stalled with ${MAX_PENDING_LOG_BYTES} bytes of log lines pending: ${logLoss.bytesDropped} bytes dropped so far (mailfront_log_bytes_dropped_total)\n`);
+  });
+}
+
+function writeStderr(text: string): void {
+  try {
+    writeSync(2, text);
+  } catch {
+    // stderr gone too: nothing more to tell anyone.
+  }
 }
 
 /** What dropPendingLog() reads and changes of pino's stdout destination (a SonicBoom). */

@@ -10,6 +10,7 @@ import { performance } from 'node:perf_hooks';
 import { readdirSync, statSync } from 'node:fs';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { FailureKind } from './errors.js';
+import { logLoss } from './log.js';
 import { CounterFamily, HistogramFamily } from './metric-families.js';
 import type { PreauthCloseReason, ProtocolName } from './protocol/types.js';
 import type { SpliceEndReason } from './proxy/splice.js';
@@ -413,6 +414,25 @@ export class Metrics {
       registers: [],
       collect: () => {
         if (this.connectionCounts !== undefined) this.connectionsMax.set(this.connectionCounts.maxConnections);
+      },
+    });
+    // Read from log.ts at each scrape: what stdout refused (the log is the audit trail).
+    const logWriteErrors = new Counter({
+      name: 'mailfront_log_write_errors_total',
+      help: 'Errors writing log lines to stdout (EPIPE: its reader has gone, and no line is written after it); each is said on stderr.',
+      registers,
+      collect: () => {
+        logWriteErrors.reset();
+        logWriteErrors.inc(logLoss.writeErrors);
+      },
+    });
+    const logBytesDropped = new Counter({
+      name: 'mailfront_log_bytes_dropped_total',
+      help: 'Bytes of log lines dropped because stdout\'s reader stalled with 16 MiB pending; said on stderr at most once a minute.',
+      registers,
+      collect: () => {
+        logBytesDropped.reset();
+        logBytesDropped.inc(logLoss.bytesDropped);
       },
     });
     this.configReloadsTotal = counter('mailfront_config_reloads_total', 'Config reloads, by result.', ['result']);

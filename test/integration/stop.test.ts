@@ -280,3 +280,53 @@ test('a stop while the log reader has stalled for good ends: what stdout did not
     closeSync(reader);
   }
 });
+
+test("stdout's reader gone (EPIPE): mailfront goes on serving, says so once on stderr, and counts it in /metrics", async () => {
+  const [imapPort, httpPort] = [await freePort(), await freePort()];
+  const configFile = writeConfig('epipe.yaml', imapPort, { http: { host: '127.0.0.1', port: httpPort }, shutdown: { drain_timeout_ms: 0, unready_delay_ms: 0 } });
+  const cli = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+  const child = spawn(process.execPath, ['--enable-source-maps', cli, 'serve', '-c', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.setEncoding('utf8').on('data', (text: string) => (stdout += text));
+  child.stderr!.setEncoding('utf8').on('data', (text: string) => (stderr += text));
+  const login = async (): Promise<void> => {
+    const raw = await LineClient.connect(imapPort);
+    try {
+      await raw.readLine();
+      raw.send(`a1 LOGIN sam ${PASSWORD}`);
+      assert.match(await raw.readLine(), /^a1 OK /);
+      raw.send('a2 LOGOUT');
+      assert.equal(await raw.waitClosed(5_000), true);
+    } finally {
+      raw.close();
+    }
+  };
+  try {
+    const deadline = Date.now() + 15_000;
+    while ((await readyz(httpPort))?.status !== 200 || !stdout.includes('"http.bound"')) {
+      if (child.exitCode !== null || Date.now() > deadline) throw new Error(`mailfront did not become ready: ${stdout}${stderr}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    // The log shipper exits: the pipe's only reader is gone.
+    child.stdout!.destroy();
+    for (let i = 0; i < 3; i++) await login();
+    const waitFor = Date.now() + 5_000;
+    while (!/log lines cannot be written/.test(stderr) && Date.now() < waitFor) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(stderr.match(/log lines cannot be written/g)?.length, 1, `stderr: ${stderr}`);
+    assert.match(stderr, /^mailfront: log lines cannot be written to stdout \(EPIPE: its reader has gone\); mailfront goes on serving, and log lines are lost from now on \(mailfront_log_write_errors_total\)\n$/m);
+    const metrics = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
+    assert.match(metrics, /^mailfront_log_write_errors_total 1$/m);
+    assert.match(metrics, /^mailfront_log_bytes_dropped_total 0$/m);
+    // Still serving, and still said only once.
+    await login();
+    assert.equal(stderr.match(/log lines cannot be written/g)?.length, 1);
+    child.kill('SIGTERM');
+    assert.equal(await exited, 0);
+  } finally {
+    if (child.exitCode === null) child.kill('SIGKILL');
+    const write = suiteLogWriter();
+    for (const line of stdout.split('\n')) if (line.startsWith('{')) write(line);
+  }
+});

@@ -1,0 +1,47 @@
+// What stdout does not take is counted and said on stderr (watchLogLoss): a write error once per
+// error code (pino re-emits an error that is not EPIPE: one error, seen twice, counts once), and
+// bytes dropped for a stalled reader at most once a minute, the count going on meanwhile.
+import assert from 'node:assert/strict';
+import { EventEmitter } from 'node:events';
+import { test } from 'node:test';
+import { logLoss, watchLogLoss } from '../../src/log.js';
+import type { LossSource } from '../../src/log.js';
+
+function errno(code: string): Error {
+  return Object.assign(new Error(`${code}: write failed`), { code });
+}
+
+test('write errors: counted each, said once per code; one error re-emitted counts once', () => {
+  const stream = new EventEmitter();
+  const said: string[] = [];
+  const before = logLoss.writeErrors;
+  watchLogLoss(stream as unknown as LossSource, (text) => said.push(text));
+  const eio = errno('EIO');
+  stream.emit('error', eio);
+  stream.emit('error', eio);
+  stream.emit('error', errno('EIO'));
+  stream.emit('error', errno('EPIPE'));
+  assert.equal(logLoss.writeErrors - before, 3);
+  assert.deepEqual(said, [
+    'mailfront: log lines cannot be written to stdout (EIO); mailfront goes on serving, and log lines are lost from now on (mailfront_log_write_errors_total)\n',
+    'mailfront: log lines cannot be written to stdout (EPIPE: its reader has gone); mailfront goes on serving, and log lines are lost from now on (mailfront_log_write_errors_total)\n',
+  ]);
+});
+
+test('dropped bytes: all counted (UTF-8 bytes, not characters), said at most once a minute', () => {
+  const stream = new EventEmitter();
+  const said: string[] = [];
+  let now = 1_000_000;
+  const before = logLoss.bytesDropped;
+  watchLogLoss(stream as unknown as LossSource, (text) => said.push(text), () => now);
+  stream.emit('drop', '{"msg":"é"}\n');
+  stream.emit('drop', Buffer.from('0123456789'));
+  now += 59_999;
+  stream.emit('drop', 'x');
+  assert.equal(logLoss.bytesDropped - before, 13 + 10 + 1);
+  assert.equal(said.length, 1);
+  assert.match(said[0]!, /^mailfront: stdout's reader has stalled with 16777216 bytes of log lines pending: \d+ bytes dropped so far \(mailfront_log_bytes_dropped_total\)\n$/);
+  now += 1;
+  stream.emit('drop', 'y');
+  assert.equal(said.length, 2);
+});
