@@ -9,7 +9,7 @@ import { berLength } from '../ber.js';
 import { readCaCertificates } from '../ca-file.js';
 import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
-import { Client, InvalidCredentialsError, ResultCodeError } from 'ldapts';
+import { Client, InvalidCredentialsError, ResultCodeError, SearchResponse } from 'ldapts';
 import type { SearchOptions } from 'ldapts';
 import { PROTOCOLS, filterUsesProtocol, loginAttributeOf } from '../config/schema.js';
 import type { DirectoryConfig, Protocol } from '../config/schema.js';
@@ -316,6 +316,29 @@ function messageHeader(head: Buffer): { readonly length: number; readonly id: nu
 }
 
 /**
+ * Hands a search's entries (and references) to its answer one at a time. ldapts (8.2) does it
+ * with push(...entries) when the answer ends, the entries as call arguments: past about 120,000
+ * in one answer (a store-map server that ignores paging sends the whole map as one page) the
+ * stack overflows and the search fails with a RangeError. Run before ldapts's own handler, which
+ * then finds nothing left to move.
+ */
+function gatherSearchAnswers(client: Client): void {
+  const internals = client as unknown as { readonly messageParser?: { prependListener(event: 'message', listener: (message: unknown) => void): unknown }; readonly messageDetailsByMessageId: Map<string, { searchEntries?: unknown[]; searchReferences?: unknown[] }> };
+  if (typeof internals.messageParser?.prependListener !== 'function' || !(internals.messageDetailsByMessageId instanceof Map)) {
+    throw new Error("ldapts no longer has the messageParser and messageDetailsByMessageId that gather a search's entries");
+  }
+  internals.messageParser.prependListener('message', (message) => {
+    if (!(message instanceof SearchResponse)) return;
+    const details = internals.messageDetailsByMessageId.get(String(message.messageId));
+    if (details === undefined) return;
+    for (const entry of details.searchEntries ?? []) message.searchEntries.push(entry as (typeof message.searchEntries)[number]);
+    for (const reference of details.searchReferences ?? []) message.searchReferences.push(reference as (typeof message.searchReferences)[number]);
+    delete details.searchEntries;
+    delete details.searchReferences;
+  });
+}
+
+/**
  * Bounds what the server may send on `client`'s connections: at most `limitBytes` in answer to
  * one operation (the messages with its messageID, counted as each message's header announces
  * its length), only LDAP messages, and only answers to operations under way (or at most as much
@@ -459,6 +482,7 @@ export async function openLdapClient(url: string, options: LdapClientOptions): P
     autoRebind: options.autoRebind && !options.starttls,
   });
   boundAnswers(client, url, options.maxAnswerBytes ?? MAX_LDAP_ANSWER_BYTES);
+  gatherSearchAnswers(client);
   if (options.starttls && url.startsWith('ldap:')) {
     // ldapts bounds the connect and the extended operation, not the TLS handshake after it: a
     // server that goes quiet there would hold the caller (and a cached service connection's

@@ -1398,7 +1398,9 @@ export class LdapStoreMapSource implements StoreMapSource {
         paged: true,
       });
       for await (const { searchEntries } of pages) {
-        entries.push(...searchEntries);
+        // One at a time: push(...searchEntries) passed the page as call arguments, and a server
+        // that ignores paging sends the whole map as one page (200,000 entries overflowed the stack).
+        for (const entry of searchEntries) entries.push(entry);
         if (ldapBytesReceived(client) - heardBefore > this.maxAnswerBytes) {
           throw new Error(`the store entries under ${this.config.baseDn} came to more than ${this.maxAnswerBytes} bytes (${entries.length} entries so far; store_map.ldap.max_answer_bytes); the search was stopped`);
         }
