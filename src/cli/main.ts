@@ -43,7 +43,7 @@ const HELP: Record<string, string> = {
 Commands:
   serve                 run the frontend (listeners, LDAP, store map, admin API)
   check-config [FILE]   validate a config file and its store map without starting
-  stores                list stores: masters, backwards stores, slot health, sessions
+  stores [STORE]        list stores (or one): masters, backwards stores, slot health, sessions
   whereis USER          a user's login name, store, current master, address, live sessions
                         and throttle counts
   failover STORE SLOT   make SLOT the current master of STORE (written to the store map source)
@@ -80,12 +80,12 @@ with its path and what was expected and exits 1, or prints a summary and exits 0
 of its files and store map come together.
 ${COMMON}
 `,
-  stores: `Usage: mailfront stores [-c FILE]
+  stores: `Usage: mailfront stores [STORE] [-c FILE]
 
 One line per slot: store, slot, host, master or replica, whether it is the store's preferred
 master, health, sessions. A store whose current master is not its preferred master is flagged
 BACKWARDS; one in maintenance MAINTENANCE (its slots' health "paused"), and its reason is
-printed below the table.
+printed below the table. With STORE, that store only (a store the map does not have: exit 1).
 ${FLEET}
 `,
   whereis: `Usage: mailfront whereis USER [-c FILE]
@@ -672,7 +672,7 @@ const COMMAND_OPTIONS: Readonly<Record<string, readonly (keyof typeof OPTIONS)[]
 };
 
 /** How many arguments each command takes after its name (kick checks its own). */
-const MAX_ARGUMENTS: Readonly<Record<string, number>> = { serve: 1, 'check-config': 1, stores: 0, whereis: 1, failover: 2, maintenance: 2, sessions: 0, unthrottle: 1, reload: 0 };
+const MAX_ARGUMENTS: Readonly<Record<string, number>> = { serve: 1, 'check-config': 1, stores: 1, whereis: 1, failover: 2, maintenance: 2, sessions: 0, unthrottle: 1, reload: 0 };
 
 
 /**
@@ -881,7 +881,9 @@ async function main(argv: string[]): Promise<number> {
       return -1;
     }
     case 'stores': {
-      return runAdmin(command, { method: 'GET', path: '/api/stores', render: (json) => ({ text: storesText(json), code: 0 }) }, values);
+      // One store: the instance builds that store's view alone, not the whole map's.
+      const path = rest[0] === undefined ? '/api/stores' : `/api/stores/${encodeURIComponent(rest[0])}`;
+      return runAdmin(command, { method: 'GET', path, render: (json) => ({ text: storesText(json), code: 0 }) }, values);
     }
     case 'whereis': {
       if (rest[0] === undefined) return usage();

@@ -18,6 +18,7 @@ import type { Logger } from '../log.js';
 import type { SessionEntry, SessionRegistry } from '../proxy/registry.js';
 import type { ReloadResult, StoreMapHolder } from '../routing/holder.js';
 import { StoreMap } from '../routing/storemap.js';
+import type { Store } from '../routing/storemap.js';
 
 /** What the admin API works on. */
 export interface AdminContext {
@@ -43,7 +44,12 @@ function sessionView(s: SessionEntry): Record<string, unknown> {
 
 /** Stores as the `stores` command shows them. */
 export function storesView(map: StoreMap, registry: SessionRegistry, health: SlotHealthMonitor): unknown[] {
-  return [...map.stores.values()].map((store) => ({
+  return [...map.stores.values()].map((store) => storeView(store, registry, health));
+}
+
+/** One store as the `stores` command shows it. */
+function storeView(store: Store, registry: SessionRegistry, health: SlotHealthMonitor): unknown {
+  return {
     store: store.name,
     currentMaster: store.currentMaster,
     preferredMaster: store.preferredMaster,
@@ -65,7 +71,7 @@ export function storesView(map: StoreMap, registry: SessionRegistry, health: Slo
         sessions: registry.onSlot(slot.name).length,
       };
     }),
-  }));
+  };
 }
 
 function tokenMatches(given: string, expected: string): boolean {
@@ -335,6 +341,15 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
   if (method === 'GET' && resource === 'stores' && segments === 2) {
     const map = context.holder.current;
     return send(res, 200, { version: map.version, lastReload: context.holder.last, stores: storesView(map, context.registry, context.health) });
+  }
+  if (method === 'GET' && resource === 'stores' && name !== undefined && segments === 3) {
+    // One store's view, in the shape of the answer for all of them, whose view of a large map
+    // takes long to build for an operator asking about one (about 300 ms and 37 MB of JSON at
+    // 50,000 stores of three slots).
+    const map = context.holder.current;
+    const store = map.stores.get(name);
+    if (store === undefined) throw new MailfrontError('UNKNOWN_STORE', 'no-route', `store "${name}" is not in the store map (version ${map.version})`);
+    return send(res, 200, { version: map.version, lastReload: context.holder.last, stores: [storeView(store, context.registry, context.health)] });
   }
   if (method === 'GET' && resource === 'sessions' && segments === 2) {
     const user = url.searchParams.get('user');

@@ -98,7 +98,7 @@ describe('admin API: endpoints', () => {
       ['POST', '/api/kick/x', { user: 'amy' }],
       ['POST', '/api/reload/now', undefined],
       ['GET', '/api/sessions/xyz', undefined],
-      ['GET', '/api/stores/alpha', undefined],
+      ['GET', '/api/stores/alpha/slots', undefined],
       ['GET', '/api/whereis/amy/extra', undefined],
     ] as const) {
       const reply = await ask(method, path, body);
