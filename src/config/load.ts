@@ -165,17 +165,18 @@ interface InlinedSecrets {
 }
 
 /**
- * Replaces every `<name>_password_file: PATH` (and `token_file`) with the key without `_file` set
- * to the file's content, without the line breaks that end it (an editor's, `echo`'s, or a blank
- * line more: a password ending in a line break is never meant). A file that cannot be read, or
- * holds nothing else, is an issue of the `_file` key; the key is then left without a value and
- * its path is in `unread` (a problem named already: a second one, "found nothing", would be noise).
+ * Replaces every `<name>_password_file: PATH` (and `token_file`, `<name>_token_file`) with the
+ * key without `_file` set to the file's content, without the line breaks that end it (an
+ * editor's, `echo`'s, or a blank line more: a password ending in a line break is never meant).
+ * A file that cannot be read, or holds nothing else, is an issue of the `_file` key; the key is
+ * then left without a value and its path is in `unread` (a problem named already: a second one,
+ * "found nothing", would be noise).
  */
 function inlineSecretFiles(node: unknown, resolvePath: (p: string) => string, path: string, issues: IssueList, found: InlinedSecrets = { unread: new Set(), fromFiles: new Map() }): InlinedSecrets {
   if (node === null || typeof node !== 'object') return found;
   for (const [key, value] of Object.entries(node as Record<string, unknown>)) {
     const childPath = Array.isArray(node) ? `${path}[${key}]` : path === '' ? key : `${path}.${key}`;
-    if ((key.endsWith('_password_file') || key === 'token_file') && !Array.isArray(node)) {
+    if ((key.endsWith('_password_file') || key === 'token_file' || key.endsWith('_token_file')) && !Array.isArray(node)) {
       const target = key.slice(0, -'_file'.length);
       const targetPath = path === '' ? target : `${path}.${target}`;
       const obj = node as Record<string, unknown>;
@@ -269,7 +270,8 @@ export function loadAdminAccess(fileName: string, withToken: boolean, withInstan
   const file = resolve(fileName);
   const issues = new IssueList();
   const root = readMapping(parseYamlFile(file), '', issues) ?? {};
-  const http = readHttpConfig(root['http'], 'http', issues);
+  // The address only: the metrics token's file is serve's.
+  const http = readHttpConfig(root['http'], 'http', issues, true);
   let token: string | undefined;
   let instances: readonly string[] | undefined;
   if ((withToken || withInstances) && root['admin'] !== undefined && root['admin'] !== null) {

@@ -1,9 +1,11 @@
 /**
- * The operations HTTP listener: GET /metrics (Prometheus text exposition), /healthz (the process
- * is alive), /readyz (ready for traffic, from a readiness callback), and routes other modules add
- * by prefix (the admin API). Bound to loopback unless configured otherwise. Owns its server and
- * its connections; it decides nothing about readiness itself and never touches sessions.
+ * The operations HTTP listener: GET /metrics (Prometheus text exposition, behind a bearer token
+ * when http.metrics_token is set), /healthz (the process is alive), /readyz (ready for traffic,
+ * from a readiness callback), and routes other modules add by prefix (the admin API). Bound to
+ * loopback unless configured otherwise. Owns its server and its connections; it decides nothing
+ * about readiness itself and never touches sessions.
  */
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { isIP } from 'node:net';
@@ -11,17 +13,25 @@ import type { Socket } from 'node:net';
 import { MailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
-import { IssueList, at, int, readSection, str } from '../config/validate.js';
+import { IssueList, at, int, optStr, readSection, str } from '../config/validate.js';
 import { CLOSE_GRACE_MS, REFUSED_LOG_INTERVAL_MS } from '../limits.js';
 
-/** Where the HTTP listener binds. */
+/** Where the HTTP listener binds, and what /metrics asks of a scrape. */
 export interface HttpConfig {
   readonly host: string;
   readonly port: number;
+  /** The bearer token a scrape of /metrics must send (`http.metrics_token`); /metrics is open without it. */
+  readonly metricsToken?: string;
 }
 
-/** Keys of the `http` config section. */
-export const HTTP_KEYS = ['host', 'port'] as const;
+/**
+ * Keys of the `http` config section (`metrics_token_file` is read into `metrics_token` by the
+ * config loader before the section is read).
+ */
+export const HTTP_KEYS = ['host', 'port', 'metrics_token'] as const;
+
+/** The shortest metrics token taken, as admin.token's. */
+export const MIN_METRICS_TOKEN_CHARS = 16;
 
 /** Default bind address: metrics and the admin API are not for the Internet. */
 export const DEFAULT_HTTP_HOST = '127.0.0.1';
@@ -49,13 +59,13 @@ const CONNECTIONS_CHECKING_INTERVAL_MS = 1_000;
 export const HTTP_MAX_CONNECTIONS = 256;
 export const HTTP_MAX_CONNECTIONS_PER_ADDRESS = 32;
 /**
- * /metrics needs no credentials, and a render costs time in proportion to the sessions open
- * (each live session's bytes are read): scrapes that come while one is under way, or too soon
- * after it, wait for the next render and share it. "Too soon" is in proportion to what the last
- * render cost, so that renders take at most about a tenth of the process's time whatever the
- * number of scrapers (9,000 sessions: a render of about 30 ms, then 0.3 s apart), and at most a
- * second: with few sessions a scrape waits a few milliseconds at most. Prometheus scrapes every
- * 15 s or so, and is never kept waiting by itself.
+ * /metrics may need no credentials (without http.metrics_token), and a render costs time in
+ * proportion to the sessions open (each live session's bytes are read): scrapes that come while
+ * one is under way, or too soon after it, wait for the next render and share it. "Too soon" is
+ * in proportion to what the last render cost, so that renders take at most about a tenth of the
+ * process's time whatever the number of scrapers (9,000 sessions: a render of about 30 ms, then
+ * 0.3 s apart), and at most a second: with few sessions a scrape waits a few milliseconds at
+ * most. Prometheus scrapes every 15 s or so, and is never kept waiting by itself.
  */
 const METRICS_RENDER_SPACING = 9;
 const METRICS_RENDER_INTERVAL_MAX_MS = 1_000;
@@ -152,14 +162,35 @@ interface Route {
   readonly handler: RouteHandler;
 }
 
-/** Reads the optional `http` section; undefined (no HTTP listener) when the section is absent. */
-export function readHttpConfig(v: unknown, path: string, issues: IssueList): HttpConfig | undefined {
+/**
+ * Reads the optional `http` section; undefined (no HTTP listener) when the section is absent.
+ * `secretFileUnread`: the section as written, its `metrics_token_file` not read (the operator
+ * commands need the address alone); otherwise such a key is unknown here, and so refused rather
+ * than taken for a section without a token.
+ */
+export function readHttpConfig(v: unknown, path: string, issues: IssueList, secretFileUnread = false): HttpConfig | undefined {
   if (v === undefined || v === null) return undefined;
-  const o = readSection(v, path, HTTP_KEYS, issues) ?? {};
+  const o = readSection(v, path, secretFileUnread ? [...HTTP_KEYS, 'metrics_token_file'] : HTTP_KEYS, issues) ?? {};
   const host = str(o, 'host', path, issues, DEFAULT_HTTP_HOST);
   if (isIP(host) === 0) issues.add(at(path, 'host'), 'an IPv4 or IPv6 address', host);
   // Port 0 binds any free port (tests); the address is then logged and available from address().
-  return { host, port: int(o, 'port', path, issues, 0, 65535, DEFAULT_HTTP_PORT) };
+  const port = int(o, 'port', path, issues, 0, 65535, DEFAULT_HTTP_PORT);
+  const metricsToken = optStr(o, 'metrics_token', path, issues);
+  // Its length as a finding: issues.add would say only "a string (not shown: a secret)".
+  if (metricsToken !== undefined && metricsToken !== '' && metricsToken.length < MIN_METRICS_TOKEN_CHARS) issues.addFinding(at(path, 'metrics_token'), `a token of at least ${MIN_METRICS_TOKEN_CHARS} characters`, `a string of ${metricsToken.length} characters`);
+  return { host, port, ...(metricsToken !== undefined ? { metricsToken } : {}) };
+}
+
+/**
+ * Whether an Authorization header carries `expected` as its bearer token: 'missing' when it
+ * carries none, 'invalid' when another. The scheme is case-insensitive (RFC 9110 §11.1), and one
+ * or more spaces end it (§11.4), as the admin API reads it. Compared as digests, so that neither
+ * the token's length nor its content leaks through timing.
+ */
+export function bearerCheck(authorization: string | undefined, expected: string): 'ok' | 'missing' | 'invalid' {
+  const credentials = /^bearer +(\S.*)$/i.exec(authorization ?? '');
+  if (credentials === null) return 'missing';
+  return timingSafeEqual(createHash('sha256').update(credentials[1]!).digest(), createHash('sha256').update(expected).digest()) ? 'ok' : 'invalid';
 }
 
 /** True when `path` is `prefix` or below it (`/admin` matches `/admin` and `/admin/x`, not `/administrator`). */
@@ -194,11 +225,15 @@ export class HttpServer {
   private readonly connectionsByAddress = new Map<string, number>();
   /** Connections refused since the last line that told of them, while an interval runs. */
   private refused: { count: number; limit: 'total' | 'address'; client: string } | undefined;
+  /** The token a scrape of /metrics must bear (the config's, or a reload's), if any. */
+  private metricsToken: string | undefined;
 
   constructor(
     private config: HttpConfig,
     private readonly options: HttpServerOptions,
-  ) {}
+  ) {
+    this.metricsToken = config.metricsToken;
+  }
 
   /**
    * Adds a handler for requests with `method` (or any method, with `*`) whose path is `pathPrefix`
@@ -222,9 +257,11 @@ export class HttpServer {
    * Moves the listener to `config` (after a reload): binds the new address first, so a failure
    * leaves the old one serving, then closes the old one. Where the old socket holds the port the
    * new address needs (a wildcard on the same port), it closes first and takes the port back on
-   * failure. Nothing happens when the address is unchanged.
+   * failure. Nothing happens to the socket when the address is unchanged. The metrics token is
+   * `config`'s from now on, whether the address could be bound or not.
    */
   async rebind(config: HttpConfig): Promise<void> {
+    this.metricsToken = config.metricsToken;
     if (config.host === this.config.host && config.port === this.config.port && this.server !== undefined) return;
     const previous = this.server;
     let previousClosing = false;
@@ -365,6 +402,12 @@ export class HttpServer {
     const builtIn = this.builtIn(path);
     if (builtIn !== undefined) {
       if (method !== 'GET' && method !== 'HEAD') return send(response, 405, 'text/plain; charset=utf-8', 'method not allowed\n', { allow: 'GET, HEAD' });
+      // /metrics only: /healthz and /readyz answer a balancer's checks, which carry no token.
+      if (path === '/metrics' && this.metricsToken !== undefined) {
+        const check = bearerCheck(request.headers.authorization, this.metricsToken);
+        // As the admin API answers (RFC 9110 §11.6.1; a wrong token: invalid_token, RFC 6750 §3.1).
+        if (check !== 'ok') return send(response, 401, 'text/plain; charset=utf-8', 'a valid bearer token is required\n', { 'www-authenticate': `Bearer realm="mailfront-metrics"${check === 'invalid' ? ', error="invalid_token"' : ''}` });
+      }
       return builtIn(response);
     }
     const matching = this.routes.filter((r) => underPrefix(path, r.prefix));
