@@ -765,7 +765,7 @@ function readShutdown(v: unknown, issues: IssueList): ShutdownConfig {
 function readAdmin(v: unknown, issues: IssueList): AdminConfig {
   const o = v === undefined ? {} : readSection(v, 'admin', ['token', 'instances'], issues) ?? {};
   const token = optStr(o, 'token', 'admin', issues);
-  if (token !== undefined && token.length < 16) issues.add('admin.token', 'a token of at least 16 characters', `a string of ${token.length} characters`);
+  if (token !== undefined && token.length < 16) issues.addFinding('admin.token', 'a token of at least 16 characters', `a string of ${token.length} characters`);
   const instances = readAdminInstances(o, issues);
   return { ...(token !== undefined ? { token } : {}), ...(instances !== undefined ? { instances } : {}) };
 }

@@ -459,6 +459,11 @@ test('a secret file: every line break that ends it is dropped; one that is empty
   const slashed = configErrorOf(() => loadConfig(join(dir, 'base64.yaml')));
   assert.ok(!slashed.message.includes('q8Zk3') && !slashed.message.includes('Yw1bXr9TmP2vLc7NhA5uEoJg4R'), slashed.message);
   assert.match(slashed.message, new RegExp(`admin\\.token_file: expected a readable file \\(a file under ${dir} whose name is not shown: [^\\n]*it may be the secret itself[^\\n]*\\), found ENOENT`));
+  // A token too short: its length is said, never the token (the check meant to say it, and said "a string (not shown: a secret)").
+  writeFileSync(join(dir, 'short.yaml'), `${GOOD}admin: { token: short-tok3n }\n`);
+  const short = configErrorOf(() => loadConfig(join(dir, 'short.yaml')));
+  assert.deepEqual(short.issues.map((i) => [i.path, i.found]), [['admin.token', 'a string of 11 characters']]);
+  assert.ok(!short.message.includes('short-tok3n'), short.message);
   // A relative name starting ./ or ../ reads as one, extension or not.
   for (const name of ['./secrets/admin', '../admin']) {
     writeFileSync(join(dir, 'dotted.yaml'), `${GOOD}admin: { token_file: ${name} }\n`);
