@@ -41,6 +41,8 @@ export interface DovecotOptions {
    * sessions (the benchmark) then need tens of processes instead of thousands.
    */
   readonly mailProcessClientLimit?: number;
+  /** Lines added at the end of dovecot.conf (e.g. `imap_id_log = *`, `imap_capability = …`). */
+  readonly extraConfig?: readonly string[];
 }
 
 export interface Dovecot {
@@ -115,6 +117,7 @@ function dovecotConf(
   hasMaster: boolean,
   authFailureDelaySeconds: number,
   mailProcessClientLimit: number,
+  extraConfig: readonly string[],
 ): string {
   const listener = (name: string, port: number | undefined, extra: string[] = []): string[] =>
     port === undefined
@@ -233,7 +236,7 @@ function dovecotConf(
       '}',
     );
   }
-  lines.push('');
+  lines.push(...extraConfig, '');
   return lines.join('\n');
 }
 
@@ -297,7 +300,7 @@ async function startDovecotOnce(options: DovecotOptions): Promise<Dovecot> {
     await writeFile(
       confFile,
       dovecotConf(dir, instanceName, greeting, ports, options.trustedNetworks ?? '127.0.0.0/8', certs, options.masterUser !== undefined,
-        options.authFailureDelaySeconds ?? 0, options.mailProcessClientLimit ?? 1),
+        options.authFailureDelaySeconds ?? 0, options.mailProcessClientLimit ?? 1, options.extraConfig ?? []),
     );
     const mailDir = (user: string): string => join(dir, 'home', user, 'Maildir');
     for (const user of options.users) await ensureMaildir(mailDir(user.name));
