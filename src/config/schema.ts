@@ -173,6 +173,8 @@ export interface BackendConfig {
   /** Name expected in the backend's certificate; defaults to the slot's host. */
   readonly tlsServername?: string;
   readonly forwardClientAddress: boolean;
+  /** Pass the client's own IMAP ID parameters (name, version, …) on in mailfront's ID. */
+  readonly forwardClientId: boolean;
   readonly connectTimeoutMs: number;
   readonly loginTimeoutMs: number;
   /** Announce the client to the slot with a PROXY header (Dovecot `haproxy = yes` listeners, Cyrus -H). */
@@ -562,7 +564,7 @@ function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: I
 }
 
 /** Keys of a backend section; a store may override any of them. */
-export const BACKEND_KEYS = ['login_mode', 'proxy_user', 'proxy_password', 'master_user_separator', 'tls', 'ca_file', 'tls_servername', 'forward_client_address', 'connect_timeout_ms', 'login_timeout_ms', 'proxy_protocol', 'reserved_users', 'source_addresses'] as const;
+export const BACKEND_KEYS = ['login_mode', 'proxy_user', 'proxy_password', 'master_user_separator', 'tls', 'ca_file', 'tls_servername', 'forward_client_address', 'forward_client_id', 'connect_timeout_ms', 'login_timeout_ms', 'proxy_protocol', 'reserved_users', 'source_addresses'] as const;
 
 /** Reads a backend section; `base` supplies the values a store-level override leaves out. */
 export function readBackend(v: unknown, path: string, resolvePath: (p: string) => string, issues: IssueList, base?: BackendConfig): BackendConfig {
@@ -591,6 +593,7 @@ export function readBackend(v: unknown, path: string, resolvePath: (p: string) =
     ...(resolvedCa !== undefined ? { caFile: resolvedCa } : {}),
     ...(servername !== undefined ? { tlsServername: servername } : {}),
     forwardClientAddress: bool(o, 'forward_client_address', path, issues, base?.forwardClientAddress ?? true),
+    forwardClientId: bool(o, 'forward_client_id', path, issues, base?.forwardClientId ?? true),
     connectTimeoutMs: int(o, 'connect_timeout_ms', path, issues, 100, 120_000, base?.connectTimeoutMs ?? DEFAULT_BACKEND_CONNECT_TIMEOUT_MS),
     loginTimeoutMs: int(o, 'login_timeout_ms', path, issues, 100, 300_000, base?.loginTimeoutMs ?? DEFAULT_BACKEND_LOGIN_TIMEOUT_MS),
     proxyProtocol: oneOf(o, 'proxy_protocol', path, issues, BACKEND_PROXY_PROTOCOLS, base?.proxyProtocol ?? 'none'),

@@ -72,6 +72,18 @@ export interface LoginSuccess {
   readonly pipelined: Uint8Array;
 }
 
+/**
+ * The client's own ID parameters (IMAP, RFC 2971) from its last ID before login, to go on to the
+ * backend in mailfront's ID: field-value pairs encoded as IMAP strings, without the fields a
+ * backend believes only from a trusted proxy (x-originating-ip, x-session-id, x-forward-*, …).
+ */
+export interface ForwardedClientId {
+  /** The pairs, separated by spaces: the quoted ones first, then those with a literal ({N+}, 8-bit text). */
+  readonly pairs: string;
+  /** The length of the leading part of `pairs` without literals: what a backend that offers neither LITERAL+ nor LITERAL- gets. */
+  readonly quotedLength: number;
+}
+
 /** A pre-auth state machine for one client connection. */
 export interface PreauthMachine {
   /** A `login` action is out and not yet answered (loginSucceeded, loginFailed or timedOut). */
@@ -82,6 +94,11 @@ export interface PreauthMachine {
    * The machine closes the connection only past MAX_PIPELINED_HELD_BYTES.
    */
   readonly inputFull: boolean;
+  /**
+   * The client's ID parameters to forward (IMAP); absent or null when it sent none, or none that
+   * may be forwarded. Read at login; cleared by STARTTLS.
+   */
+  readonly clientId?: ForwardedClientId | null;
   /** The greeting to send on accept (and nothing else). */
   greeting(): PreauthAction[];
   /** Feed bytes from the client; returns what to do. Never throws on any input. */
@@ -124,6 +141,8 @@ export interface BackendLoginOptions {
   readonly implicitTls?: boolean;
   /** Forward the client's address (IMAP ID x-originating-ip / POP3 XCLIENT) when set. */
   readonly forward?: { readonly ip: string; readonly port: number; readonly sessionId: string };
+  /** The client's own ID parameters, for the backend's ID after the forwarded address (IMAP); none when absent or null. */
+  readonly clientId?: ForwardedClientId | null;
 }
 
 /** What the backend login machine asks the session to do. */

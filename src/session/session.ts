@@ -936,6 +936,7 @@ export class Session {
       starttls: backendConfig.tls === 'starttls',
       implicitTls: backendConfig.tls === 'implicit',
       ...(backendConfig.forwardClientAddress ? { forward: { ip: this.clientAddress, port: this.clientPort, sessionId: this.id } } : {}),
+      clientId: backendConfig.forwardClientId ? (this.machine.clientId ?? null) : null,
     });
     this.loginWaitsOn = 'backend-login';
     try {

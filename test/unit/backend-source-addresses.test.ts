@@ -49,7 +49,7 @@ after(async () => {
 });
 
 function backend(overrides: Partial<BackendConfig> = {}): BackendConfig {
-  return Object.freeze({ loginMode: 'replay', masterUserSeparator: '*', tls: 'none', forwardClientAddress: false, connectTimeoutMs: 2_000, loginTimeoutMs: 2_000, proxyProtocol: 'none', ...overrides });
+  return Object.freeze({ loginMode: 'replay', masterUserSeparator: '*', tls: 'none', forwardClientAddress: false, forwardClientId: false, connectTimeoutMs: 2_000, loginTimeoutMs: 2_000, proxyProtocol: 'none', ...overrides });
 }
 
 function slot(host = '127.0.0.1'): Slot {

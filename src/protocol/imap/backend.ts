@@ -1,15 +1,15 @@
 /**
  * The IMAP backend login dialogue: mailfront logging in to a backend slot on the user's behalf,
  * as explicit named states (greeting, capability, starttls, tls-handshake, login, post-capability,
- * done, failed; an ID goes out pipelined ahead of the login, in the login state). Credentials go
- * out only as literals or SASL PLAIN.
+ * done, failed; an ID with the client's address and its own ID parameters goes out pipelined
+ * ahead of the login, in the login state). Credentials go out only as literals or SASL PLAIN.
  * Must not: open connections, time anything out, or show backend text to the client.
  */
 
 import { MAX_BACKEND_DIALOGUE_BYTES, MAX_BACKEND_DIALOGUE_RESPONSES, MAX_BACKEND_RESPONSE_BYTES } from '../../limits.js';
 import { encodePlain, hasUnsafeCharacters } from '../sasl.js';
 import { ByteQueue } from '../bytes.js';
-import type { BackendAction, BackendLoginMachine, BackendLoginOptions } from '../types.js';
+import type { BackendAction, BackendLoginMachine, BackendLoginOptions, ForwardedClientId } from '../types.js';
 import { capabilityAtoms, normalCapabilityList, parseResponseLine, quoteString, safeText, type ResponseLine } from './wire.js';
 import { redactCredentials } from '../rules.js';
 
@@ -368,8 +368,9 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
     // order, and LOGIN does not depend on ID's answer. Only to a backend that lists ID (RFC 2971):
     // to another it is an unknown command ahead of the credentials, answered BAD at best. The
     // address is then not forwarded, without a word, as POP3 and ManageSieve send no XCLIENT to
-    // a backend that does not offer it.
-    const id = this.options.forward !== undefined && this.hasCapability('ID') ? this.idCommand(this.options.forward) : null;
+    // a backend that does not offer it. The client's own ID parameters go in the same ID.
+    const { forward, clientId } = this.options;
+    const id = (forward !== undefined || (clientId !== undefined && clientId !== null)) && this.hasCapability('ID') ? this.idCommand(forward, clientId) : null;
     const at = out.length;
     this.login(out);
     // A login that cannot go out to this backend: nothing was sent, the ID neither.
@@ -379,16 +380,30 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
     if (id !== null && first?.type === 'send') out[at] = { type: 'send', data: Buffer.concat([id, first.data]) };
   }
 
-  /** The ID command carrying the client's address and port and the session id (tag kept in idTag). */
-  private idCommand(forward: NonNullable<BackendLoginOptions['forward']>): Buffer {
+  /**
+   * The ID command carrying the client's address and port and the session id, then the client's
+   * own ID parameters (tag kept in idTag); null when it would carry nothing.
+   */
+  private idCommand(forward: BackendLoginOptions['forward'], clientId: ForwardedClientId | null | undefined): Buffer | null {
     const fields: string[] = [];
     const add = (name: string, value: string): void => {
       const quoted = quoteString(value);
       if (quoted !== null) fields.push(`"${name}" ${quoted}`);
     };
-    add('x-originating-ip', forward.ip);
-    if (Number.isInteger(forward.port) && forward.port >= 0 && forward.port <= 65535) add('x-originating-port', String(forward.port));
-    add('x-session-id', forward.sessionId);
+    if (forward !== undefined) {
+      add('x-originating-ip', forward.ip);
+      if (Number.isInteger(forward.port) && forward.port >= 0 && forward.port <= 65535) add('x-originating-port', String(forward.port));
+      add('x-session-id', forward.sessionId);
+    }
+    if (clientId !== undefined && clientId !== null) {
+      // Values with 8-bit text are literals ({N+}): to a backend that takes neither LITERAL+ nor
+      // LITERAL- (each at most 1 KiB, under LITERAL-'s 4 KiB) they would need a "+" each, ahead
+      // of the login: those pairs are left out, the others go.
+      const literals = this.hasCapability('LITERAL+') || this.hasCapability('LITERAL-');
+      const pairs = literals ? clientId.pairs : clientId.pairs.slice(0, clientId.quotedLength);
+      if (pairs !== '') fields.push(pairs);
+    }
+    if (fields.length === 0) return null;
     this.idTag = this.nextTag();
     return Buffer.from(`${this.idTag} ID (${fields.join(' ')})\r\n`);
   }

@@ -9,6 +9,7 @@ import { MAX_AUTH_ATTEMPTS, MAX_BAD_COMMANDS, MAX_PIPELINED_BYTES, MAX_PIPELINED
 import { decodeLoginField, decodePlain, hasUnsafeCharacters, LOGIN_PASSWORD_CHALLENGE, LOGIN_USERNAME_CHALLENGE } from '../sasl.js';
 import type {
   Credentials,
+  ForwardedClientId,
   LoginRefusal,
   LoginSuccess,
   PreauthAction,
@@ -39,6 +40,33 @@ interface SaslExchange {
 const MAX_ID_PAIRS = 30;
 const MAX_ID_FIELD_BYTES = 30;
 const MAX_ID_VALUE_BYTES = 1024;
+
+/**
+ * Bytes of the client's ID pairs kept for the backend, as encoded: pairs past it are left out (a
+ * pair that still fits after one that did not is kept), as Dovecot's proxy keeps 256
+ * (LOGIN_MAX_CLIENT_ID_LEN). A mail client's ID is far shorter (imapflow's name, version, vendor
+ * and support-url: 122 bytes); the 30 pairs of 1 KiB the RFC allows would be 30 KiB a session,
+ * against a goal of 9 KB for a whole idle one.
+ */
+const MAX_FORWARDED_ID_BYTES = 512;
+
+/**
+ * The client's ID pairs kept for the backend: mailfront's ID adds its three fields
+ * (x-originating-ip, -port, x-session-id: backend.ts idCommand), and RFC 2971 §3.3 allows 30
+ * pairs. Cyrus refuses a longer ID whole ("BAD too many (30) field-value pairs in ID"), the
+ * client's address with it.
+ */
+const MAX_FORWARDED_ID_PAIRS = MAX_ID_PAIRS - 3;
+
+/**
+ * ID fields a backend believes only from a trusted proxy (Dovecot's imap-login, from
+ * login_trusted_networks: imap_login_id_params in 2.3 and 2.4), never passed on from a client:
+ * through mailfront, which the backend trusts, a client would name its own address, port, session
+ * id, proxy TTL or passdb fields (x-forward-*). Keys are lower-cased already.
+ */
+const PROXY_ONLY_ID_FIELD = /^x-(?:originating-|connected-|session-|proxy-|forward-|client-transport$|multiplex$)/;
+
+const EIGHT_BIT = /[^\x00-\x7f]/;
 
 const AUTH_FAILED_TEXT = 'NO [AUTHENTICATIONFAILED] Authentication failed.';
 /** RFC 5530: authenticated, but the identity may not be used. */
@@ -106,6 +134,8 @@ export class ImapPreauthMachine implements PreauthMachine {
   private commands = 0;
   private badCommands = 0;
   private failedLogins = 0;
+  /** The client's last ID before login, encoded for the backend; null (nothing kept) until an ID names something to forward. */
+  private forwardedId: ForwardedClientId | null = null;
 
   constructor(private readonly options: PreauthOptions) {
     this.tlsActive = options.tlsActive;
@@ -117,6 +147,10 @@ export class ImapPreauthMachine implements PreauthMachine {
 
   get inputFull(): boolean {
     return this.phase === 'login-pending' && this.parser.bufferedBytes >= MAX_PIPELINED_BYTES;
+  }
+
+  get clientId(): ForwardedClientId | null {
+    return this.forwardedId;
   }
 
   greeting(): PreauthAction[] {
@@ -146,6 +180,9 @@ export class ImapPreauthMachine implements PreauthMachine {
     if (this.phase !== 'starttls-pending') return [];
     this.tlsActive = true;
     this.parser.reset();
+    // What the client said of itself in plaintext may be a man in the middle's words: only an ID
+    // sent under TLS reaches the backend (as capabilities learned before TLS are forgotten).
+    this.forwardedId = null;
     this.phase = 'command';
     return [];
   }
@@ -283,13 +320,17 @@ export class ImapPreauthMachine implements PreauthMachine {
   private onId(tag: string, args: readonly ImapArg[], out: PreauthAction[]): void {
     const [arg] = args;
     if (args.length !== 1 || arg === undefined) return this.bad(out, tag, 'ID takes one argument');
+    // The last ID before login is the one forwarded, as Dovecot's proxy does (imap_id_retain):
+    // ID NIL takes back what an earlier one said; a refused ID changes nothing.
     if (arg.type === 'atom' && arg.value.toUpperCase() === 'NIL') {
+      this.forwardedId = null;
       push(out, `* ID ("name" "mailfront")\r\n${tag} OK ID completed.\r\n`);
       return;
     }
     if (arg.type !== 'list') return this.bad(out, tag, 'Invalid ID parameters');
     const params = parseIdParams(arg.items);
     if (params === null) return this.bad(out, tag, 'Invalid ID parameters');
+    this.forwardedId = forwardedClientId(params);
     out.push({ type: 'client-id', params });
     push(out, `* ID ("name" "mailfront")\r\n${tag} OK ID completed.\r\n`);
   }
@@ -459,4 +500,41 @@ function parseIdParams(items: readonly ImapArg[]): Map<string, string | null> | 
     if (!params.has(key)) params.set(key, parsed);
   }
   return params;
+}
+
+/**
+ * The ID pairs a backend may be told, encoded (ForwardedClientId): without the fields only a
+ * trusted proxy may send, nor those whose value is NIL, within MAX_FORWARDED_ID_PAIRS and
+ * MAX_FORWARDED_ID_BYTES; null when none is left.
+ */
+function forwardedClientId(params: ReadonlyMap<string, string | null>): ForwardedClientId | null {
+  const quoted: string[] = [];
+  const literal: string[] = [];
+  let bytes = 0;
+  for (const [field, value] of params) {
+    // NIL says the field has no value, and Cyrus 3.6 closes the connection on an ID with one
+    // (before the login it is pipelined ahead of): nothing is lost by leaving it out.
+    if (value === null || PROXY_ONLY_ID_FIELD.test(field)) continue;
+    const pair = `${idString(field)} ${idString(value)}`;
+    const size = Buffer.byteLength(pair) + 1;
+    if (bytes + size > MAX_FORWARDED_ID_BYTES) continue;
+    bytes += size;
+    (EIGHT_BIT.test(pair) ? literal : quoted).push(pair);
+    if (quoted.length + literal.length === MAX_FORWARDED_ID_PAIRS) break;
+  }
+  if (bytes === 0) return null;
+  // One flat string per session (join() makes one; concatenation would keep every piece).
+  const plain = quoted.join(' ');
+  return { pairs: literal.length === 0 ? plain : [...quoted, ...literal].join(' '), quotedLength: plain.length };
+}
+
+/**
+ * An ID field or value as the backend must read it: a quoted string (RFC 3501 §4.3, '\\' and '"'
+ * escaped) when 7-bit, else a non-synchronising literal of its UTF-8 bytes, as RFC 3501 allows
+ * 8-bit text in literals only (Dovecot's own proxy drops 8-bit characters from a quoted ID
+ * value). parseIdParams refused control characters: CR, LF and NUL never reach here.
+ */
+function idString(value: string): string {
+  if (!EIGHT_BIT.test(value)) return `"${value.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
+  return `{${Buffer.byteLength(value)}+}\r\n${value}`;
 }
