@@ -10,7 +10,7 @@ import { readCaCertificates } from '../ca-file.js';
 import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { Client, InvalidCredentialsError, ResultCodeError, SearchResponse } from 'ldapts';
-import type { SearchOptions } from 'ldapts';
+import type { Entry, SearchOptions } from 'ldapts';
 import { PROTOCOLS, filterUsesProtocol, loginAttributeOf } from '../config/schema.js';
 import type { DirectoryConfig, Protocol } from '../config/schema.js';
 import { MailfrontError } from '../errors.js';
@@ -591,6 +591,12 @@ interface ServiceConnection {
   readonly client: Client;
 }
 
+/** A search's answer on a service connection: the server that gave it, and its entries. */
+interface ServiceAnswer {
+  readonly url: string;
+  readonly entries: readonly Entry[];
+}
+
 /** One of the service connections: the connection being opened or open, and the one it resolved to. */
 interface ServiceSlot {
   opening: Promise<ServiceConnection> | null;
@@ -879,7 +885,50 @@ export class LdapDirectory implements Directory {
    * server can be had.
    */
   private async searchDirectory(user: string, template: string, avoidFirst?: AvoidedServer): Promise<FoundEntry | null> {
-    const filter = userFilter(template, user);
+    let answer: ServiceAnswer;
+    try {
+      answer = await this.serviceSearch(
+        'the user search',
+        this.config.baseDn,
+        {
+          scope: 'sub',
+          filter: userFilter(template, user),
+          // The login attribute in the same search: the name the login goes on with is the entry's own.
+          attributes: this.searchAttributes,
+          // No size limit of our own: ldapts (8.2) drops the sizeLimitExceeded status (code 4)
+          // of a search that set one, so a server whose limit for the service account is 1
+          // would answer one of two entries as if it were the only one. Without it, a server
+          // limit is an error (ambiguous, below) and two entries are two. What a filter that
+          // matches many entries may send is bounded by the connection's answer bound.
+          sizeLimit: 0,
+          timeLimit: Math.ceil(this.config.operationTimeoutMs / 1000),
+        },
+        'base_dn',
+        avoidFirst,
+      );
+    } catch (error) {
+      // The server's own size limit cut the answer short: there was more than one entry.
+      if (error instanceof ResultCodeError && error.code === 4) throw new MailfrontError('LDAP_AMBIGUOUS_USER', 'auth-tempfail', `the user search found more than one entry for "${user}"`);
+      throw error;
+    }
+    const { url, entries } = answer;
+    if (entries.length === 0) return null;
+    if (entries.length > 1) throw new MailfrontError('LDAP_AMBIGUOUS_USER', 'auth-tempfail', `the user search found more than one entry for "${user}"`);
+    const entry = entries[0]!;
+    const { store, values } = storeValue(attributeOf(entry, this.config.storeAttribute));
+    const loginNames = this.loginAttribute === undefined ? [] : loginValues(attributeOf(entry, this.loginAttribute));
+    const hold = this.config.holdAttribute === undefined ? NO_HOLD : holdOf(holdValues(attributeOf(entry, this.config.holdAttribute)));
+    return { url, dn: entry.dn, store, storeValues: values, loginNames, hold, readAt: performance.now() };
+  }
+
+  /**
+   * One search on a service connection, `what` naming it in errors. `base` is base_dn (a user
+   * search: noSuchObject says that server lacks it, a server's failure) or an `entry` (a base
+   * search of a DN found before: noSuchObject is the answer, the entry is gone). `avoid`: a server
+   * this login is not to use, and the failure to give when no other server can be had. A server's
+   * own size limit (result code 4) is the caller's to read: the ResultCodeError is thrown as it is.
+   */
+  private async serviceSearch(what: string, base: string, options: SearchOptions, baseIs: 'base_dn' | 'entry', avoidFirst?: AvoidedServer): Promise<ServiceAnswer> {
     // One retry after a server failure, on another server when there is one (the failed one is
     // held down meanwhile, unless it answered with a result code other than busy or unavailable,
     // see isServerDown(): a first server that fails in part would fail every retry in the same
@@ -904,39 +953,17 @@ export class LdapDirectory implements Directory {
         continue;
       }
       try {
-        const { searchEntries } = await this.timed('search', () =>
-          connection.client.search(this.config.baseDn, {
-            scope: 'sub',
-            filter,
-            // The login attribute in the same search: the name the login goes on with is the entry's own.
-            attributes: this.searchAttributes,
-            // No size limit of our own: ldapts (8.2) drops the sizeLimitExceeded status (code 4)
-            // of a search that set one, so a server whose limit for the service account is 1
-            // would answer one of two entries as if it were the only one. Without it, a server
-            // limit is an error (ambiguous, below) and two entries are two. What a filter that
-            // matches many entries may send is bounded by the connection's answer bound.
-            sizeLimit: 0,
-            timeLimit: Math.ceil(this.config.operationTimeoutMs / 1000),
-          }),
-        );
-        if (searchEntries.length === 0) return null;
-        if (searchEntries.length > 1) throw new MailfrontError('LDAP_AMBIGUOUS_USER', 'auth-tempfail', `the user search found more than one entry for "${user}"`);
-        const entry = searchEntries[0]!;
-        const { store, values } = storeValue(attributeOf(entry, this.config.storeAttribute));
-        const loginNames = this.loginAttribute === undefined ? [] : loginValues(attributeOf(entry, this.loginAttribute));
-        const hold = this.config.holdAttribute === undefined ? NO_HOLD : holdOf(holdValues(attributeOf(entry, this.config.holdAttribute)));
-        return { url: connection.url, dn: entry.dn, store, storeValues: values, loginNames, hold, readAt: performance.now() };
+        const { searchEntries } = await this.timed('search', () => connection.client.search(base, options));
+        return { url: connection.url, entries: searchEntries };
       } catch (error) {
-        if (error instanceof MailfrontError) throw error;
-        // The server's own size limit cut the answer short: there was more than one entry.
-        if (error instanceof ResultCodeError && error.code === 4) {
-          throw new MailfrontError('LDAP_AMBIGUOUS_USER', 'auth-tempfail', `the user search found more than one entry for "${user}"`);
-        }
+        if (error instanceof ResultCodeError && error.code === 4) throw error;
+        // The entry searched is not there (deleted, or renamed, since it was found): an answer.
+        if (baseIs === 'entry' && isBaseMissing(error)) return { url: connection.url, entries: [] };
         this.dropService(slot, connection);
         const failure =
           error instanceof LdapAnswerRefusedError
-            ? new MailfrontError('LDAP_ANSWER_REFUSED', 'auth-tempfail', `the user search failed: ${error.message}`, { cause: error })
-            : new MailfrontError('LDAP_SEARCH_FAILED', 'auth-tempfail', `the user search failed on ${connection.url}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+            ? new MailfrontError('LDAP_ANSWER_REFUSED', 'auth-tempfail', `${what} failed: ${error.message}`, { cause: error })
+            : new MailfrontError('LDAP_SEARCH_FAILED', 'auth-tempfail', `${what} failed on ${connection.url}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
         if (attempt === 1 || !isServerFailure(error)) throw failure;
         if (this.hasOtherThan(connection.url)) {
           // Without base_dn the server answers every login so, as a down one fails it (a bind's
@@ -951,7 +978,7 @@ export class LdapDirectory implements Directory {
         if (heard) throw failure;
       }
     }
-    throw new MailfrontError('LDAP_SEARCH_FAILED', 'auth-tempfail', 'the user search failed');
+    throw new MailfrontError('LDAP_SEARCH_FAILED', 'auth-tempfail', `${what} failed`);
   }
 
   /**
