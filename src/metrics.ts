@@ -274,6 +274,8 @@ export class Metrics {
   private readonly sessionDuration: HistogramFamily<'protocol' | 'phase'>;
   /** Login attempts, by protocol and result (`success` or the failure kind). */
   private readonly loginsTotal: CounterFamily<'protocol' | 'result'>;
+  /** Master logins (a staff member into another user's mailbox: directory.master_user_filter), counted apart as well. */
+  private readonly masterLoginsTotal: Counter<'protocol' | 'result'>;
   private readonly loginDuration: HistogramFamily<'protocol' | 'result'>;
   /** Credentials refused, by reason (unknown user, wrong password …). */
   private readonly authFailuresTotal: Counter<'reason'>;
@@ -376,6 +378,7 @@ export class Metrics {
     this.sessionDuration = histogram('mailfront_session_duration_seconds', 'Time from accept to close, by protocol and phase at the end.', ['protocol', 'phase'], SESSION_BUCKETS_SECONDS);
     this.loginsTotal = hotCounter('mailfront_logins_total', 'Login attempts, by protocol and result (success or the failure kind).', ['protocol', 'result']);
     this.loginDuration = histogram('mailfront_login_duration_seconds', 'Time from a login read to its answer sent (to its end, for a login whose client or session went first), by protocol and result as mailfront_logins_total counts it.', ['protocol', 'result'], LOGIN_BUCKETS_SECONDS);
+    this.masterLoginsTotal = counter('mailfront_master_logins_total', 'Master logins (a staff member logging in to another user\'s mailbox with their own password), by protocol and result as mailfront_logins_total counts them (not-authorized: no master, or no such user).', ['protocol', 'result']);
     this.authFailuresTotal = counter('mailfront_auth_failures_total', 'Credentials refused, by reason.', ['reason']);
     this.ldapRequestDuration = histogram('mailfront_ldap_request_duration_seconds', 'Duration of LDAP requests, by operation and result.', ['operation', 'result'], LDAP_BUCKETS_SECONDS);
     this.backendConnectDuration = histogram('mailfront_backend_connect_duration_seconds', 'Time to connect to a slot, by result (every store together; mailfront_backend_connects_total counts them by store).', ['result'], BACKEND_CONNECT_BUCKETS_SECONDS);
@@ -475,6 +478,7 @@ export class Metrics {
       this.sessionsTotal.inc({ protocol }, 0);
       if (!this.protocolSessions.has(protocol)) addProtocolSessions(this.protocolSessions, protocol, this.sessionsEndedTotal, this.sessionDuration, this.nowMs);
       this.loginsTotal.inc({ protocol, result: 'success' }, 0);
+      for (const result of ['success', 'not-authorized'] as const) this.masterLoginsTotal.inc({ protocol, result }, 0);
       this.loginDuration.declare({ protocol, result: 'success' });
     }
     for (const direction of DIRECTIONS) this.proxiedBytesTotal.inc({ direction }, 0);
@@ -511,6 +515,11 @@ export class Metrics {
     const labels = { protocol, result };
     this.loginsTotal.inc(labels);
     this.loginDuration.observe(labels, seconds);
+  }
+
+  /** Counts a master login's outcome (it is counted by loginResult() as well). */
+  masterLogin(protocol: ProtocolName, result: LoginResult): void {
+    this.masterLoginsTotal.inc({ protocol, result });
   }
 
   /** Counts refused credentials (see `authFailureReason` for error codes). */

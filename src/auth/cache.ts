@@ -7,7 +7,9 @@
  * directory said of the entry is cached (its DN, store name and login names), never a slot:
  * routing always reads the store map in force. When the directory's answer depends on the
  * protocol (directory.user_filter holds `{protocol}`), the protocol is keyed too: a login the
- * directory let in over IMAP says nothing of one over POP3.
+ * directory let in over IMAP says nothing of one over POP3. Whether a user may log in as another
+ * (masterAllowed) and the other's entry (lookup) are never cached: a master login keeps only the
+ * staff member's own login, under the staff member's own password.
  */
 import { createHmac, randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
@@ -101,6 +103,11 @@ export class CachingDirectory implements Directory {
 
   lookup(user: string, signal: Cancellation, protocol?: Protocol): Promise<DirectoryUser | null> {
     return this.inner.lookup(user, signal, protocol);
+  }
+
+  /** Never from this cache: a login kept here says the password was right, not that its user may still act as another. */
+  async masterAllowed(staff: DirectoryUser, signal: Cancellation): Promise<boolean> {
+    return (await this.inner.masterAllowed?.(staff, signal)) ?? false;
   }
 
   reachable(signal: Cancellation): Promise<boolean> {

@@ -22,6 +22,11 @@ export interface DirectoryUser {
   readonly dn: string;
   /** The user's store, or null when the entry names none. */
   readonly store: string | null;
+  /**
+   * How many values the entry's store attribute has, when more than one (`store` is then null):
+   * a lookup()'s answer says so; authenticate() refuses such an entry itself (USER_STORE_AMBIGUOUS).
+   */
+  readonly storeValues?: number;
   /** When the store was read from the directory (performance.now(): the monotonic clock, which no step of the wall clock moves), if it came from a cache of entries. */
   readonly readAt?: number;
   /**
@@ -103,6 +108,15 @@ export interface Directory {
    * Without `protocol`, a directory whose answer depends on it finds the user of any protocol.
    */
   lookup(user: string, signal: Cancellation, protocol?: Protocol): Promise<DirectoryUser | null>;
+  /**
+   * Whether `staff`, a user authenticate() let in just now, may log in to another user's mailbox
+   * (a master login): the entry matches directory.master_user_filter, `{user}` being
+   * `staff.user`. Asked of the directory every time, never of a cache, so that a staff member
+   * taken out of the filter is refused from the next login on. False without a filter. Rejects
+   * as authenticate() does: `auth-tempfail` when the directory cannot answer, `aborted` when
+   * `signal` fired first. Absent: nobody may.
+   */
+  masterAllowed?(staff: DirectoryUser, signal: Cancellation): Promise<boolean>;
   /** True when the directory answers now (readiness checks). */
   reachable(signal: Cancellation): Promise<boolean>;
   /**

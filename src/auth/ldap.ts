@@ -9,7 +9,7 @@ import { berLength } from '../ber.js';
 import { readCaCertificates } from '../ca-file.js';
 import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
-import { Client, InvalidCredentialsError, ResultCodeError, SearchResponse } from 'ldapts';
+import { Client, FilterParser, InvalidCredentialsError, ResultCodeError, SearchResponse } from 'ldapts';
 import type { Entry, SearchOptions } from 'ldapts';
 import { PROTOCOLS, filterUsesProtocol, loginAttributeOf } from '../config/schema.js';
 import type { DirectoryConfig, Protocol } from '../config/schema.js';
@@ -1102,9 +1102,39 @@ export class LdapDirectory implements Directory {
       // Without a protocol (whereis, kick), the user of any protocol: the protocols in turn, the first entry found.
       for (const each of protocol === undefined && this.byProtocol ? PROTOCOLS : [protocol]) {
         const found = await this.search(user, each, 'tooling');
-        if (found !== null) return { user, loginNames: found.loginNames, dn: found.dn, store: found.store, ...(found.hold.reason !== null ? { hold: found.hold.reason } : {}) };
+        if (found !== null) return { user, loginNames: found.loginNames, dn: found.dn, store: found.store, ...(found.storeValues > 1 ? { storeValues: found.storeValues } : {}), ...(found.hold.reason !== null ? { hold: found.hold.reason } : {}) };
       }
       return null;
+    })();
+    return raceAbort(work, signal);
+  }
+
+  /**
+   * A base search of the staff member's entry with directory.master_user_filter (`{user}` the
+   * name the staff member logged in with, escaped), under the service account, with the deadlines
+   * and the retry on the next server of the user search: the entry it finds lets the staff member
+   * in as another user. Never from the cache of entries, nor into it. An entry gone since it was
+   * found (a cached login's) is no master. A filter the LDAP client cannot parse (check-config
+   * refuses one) fails the login, the connections left alone.
+   */
+  async masterAllowed(staff: DirectoryUser, signal: Cancellation): Promise<boolean> {
+    const template = this.config.masterUserFilter;
+    if (template === undefined) return false;
+    if (this.closing) throw closedError();
+    const filter = userFilter(template, staff.user);
+    try {
+      FilterParser.parseString(filter);
+    } catch (error) {
+      throw new MailfrontError('MASTER_FILTER_INVALID', 'config', `directory.master_user_filter does not parse with the name "${staff.user}": ${error instanceof Error ? error.message : String(error)}`);
+    }
+    this.inFlight++;
+    const work = (async (): Promise<boolean> => {
+      try {
+        const { entries } = await this.serviceSearch('the master user check', staff.dn, { scope: 'base', filter, attributes: ['1.1'], sizeLimit: 0, timeLimit: Math.ceil(this.config.operationTimeoutMs / 1000) }, 'entry');
+        return entries.length > 0;
+      } finally {
+        this.operationEnded();
+      }
     })();
     return raceAbort(work, signal);
   }

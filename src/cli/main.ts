@@ -127,8 +127,9 @@ ${REMOTE}
   sessions: `Usage: mailfront sessions [--user USER] [--store STORE] [--slot SLOT] [-c FILE]
 
 Lists spliced sessions. --user USER is looked up in the directory, as whereis does: the sessions
-of USER's entry under any of its names (an alias USER included). When the directory does not
-answer, those under the name USER only, and a warning on stderr says so.
+of USER's entry under any of its names (an alias USER included), and a staff member's master
+logins in other users' mailboxes (directory.master_user_filter), which a MASTER column shows.
+When the directory does not answer, those under the name USER only, and a warning on stderr says so.
 ${FLEET}
 `,
   kick: `Usage: mailfront kick USER | --slot SLOT | --session ID [-c FILE]
@@ -405,6 +406,8 @@ interface SessionJson {
   id: string;
   protocol: string;
   user: string;
+  /** A master login's staff member. */
+  master?: string;
   store: string;
   slot: string;
   client: string;
@@ -494,8 +497,12 @@ function reloadText(json: Record<string, unknown>): string {
   return `${config.ok ? 'config reloaded\n' : `config: ${String(config.error)}\n`}${storeMap.ok ? `store map version ${storeMap.version} in force\n` : `store map rejected: ${String(storeMap.error)}; version ${storeMap.version} stays in force\n`}`;
 }
 
+/** Sessions as a table; a MASTER column (the staff member in USER's mailbox) when a master login is among them. */
 function sessionsTable(sessions: SessionJson[]): string {
   if (sessions.length === 0) return 'no sessions\n';
+  if (sessions.some((s) => s.master !== undefined)) {
+    return table(['SESSION', 'PROTOCOL', 'USER', 'MASTER', 'STORE', 'SLOT', 'CLIENT', 'STARTED'], sessions.map((s) => [s.id, s.protocol, s.user, s.master ?? '', s.store, s.slot, s.client, s.startedAt]));
+  }
   return table(['SESSION', 'PROTOCOL', 'USER', 'STORE', 'SLOT', 'CLIENT', 'STARTED'], sessions.map((s) => [s.id, s.protocol, s.user, s.store, s.slot, s.client, s.startedAt]));
 }
 
@@ -808,8 +815,10 @@ async function main(argv: string[]): Promise<number> {
       const source = createStoreMapSource(config.storeMap);
       let summary = '';
       let maintenance = '';
+      let stores: import('../routing/storemap.js').StoreMap['stores'] | undefined;
       try {
         const map = buildStoreMap(await source.load(), source.description, 1, config);
+        stores = map.stores;
         const storeIssues = [...unreadableCaFiles(storeCaFiles(map.stores), caChecked), ...(await unusableSourceAddresses([...map.stores].map(([name, store]) => [`stores.${name}.backend.source_addresses`, store.backend.sourceAddresses] as const), sourcesChecked))];
         if (storeIssues.length > 0) problems.push(new ConfigError(source.description, storeIssues));
         const slots = [...map.stores.values()].reduce((n, s) => n + s.slots.size, 0);
@@ -827,7 +836,7 @@ async function main(argv: string[]): Promise<number> {
       if (problems.length > 0) throw allProblems(problems);
       // Valid, and so OK, but said: serve logs the same lines at start.
       const { configWarnings } = await import('../config/schema.js');
-      out(`${summary}${directory.note}${maintenance}${configWarnings(config).map((w) => `warning: ${w.text}\n`).join('')}`);
+      out(`${summary}${directory.note}${maintenance}${configWarnings(config, stores).map((w) => `warning: ${w.text}\n`).join('')}`);
       return 0;
     }
     case 'serve': {

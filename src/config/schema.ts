@@ -3,6 +3,7 @@
  * document into a frozen Config or a complete list of issues. File access is in load.ts.
  */
 import { isIP } from 'node:net';
+import { FilterParser } from 'ldapts';
 import {
   DEFAULT_AUTH_FAILURE_DELAY_MS,
   DEFAULT_BACKEND_CONNECT_TIMEOUT_MS,
@@ -91,6 +92,9 @@ export function filterLoginAttribute(userFilter: string): string | undefined {
 /** The placeholders directory.user_filter may hold. */
 export const USER_FILTER_PLACEHOLDERS = ['{user}', '{protocol}'] as const;
 
+/** The placeholders directory.master_user_filter may hold: the staff member's own name. */
+export const MASTER_FILTER_PLACEHOLDERS = ['{user}'] as const;
+
 /**
  * True when `userFilter` holds `{protocol}`: whether a user's entry is found then depends on
  * the protocol of the login, and every cache of the directory's answers keys by it.
@@ -150,6 +154,19 @@ export interface DirectoryConfig {
    * (see auth/directory.ts holdOf()). Not set: no hold is read.
    */
   readonly holdAttribute?: string;
+  /**
+   * An LDAP filter the entry of a user authenticated with their own password must match, in a
+   * base search of that entry, to log in to another user's mailbox (a helpdesk's master login);
+   * `{user}` is the authenticated user's name, escaped. Not set: nobody may (a SASL authzid other
+   * than the user is refused, and a name holding the separator is an ordinary name).
+   */
+  readonly masterUserFilter?: string;
+  /**
+   * With masterUserFilter: the character a login name `target<separator>staff` is split at (the
+   * first one, as Dovecot's auth_master_user_separator), or null when only a SASL authzid names
+   * the target. Absent without masterUserFilter.
+   */
+  readonly masterUserSeparator?: string | null;
   readonly starttls: boolean;
   readonly caFile?: string;
   readonly connectTimeoutMs: number;
@@ -515,7 +532,7 @@ function readListeners(v: unknown, resolvePath: (p: string) => string, bindings:
 
 function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: IssueList): DirectoryConfig {
   const path = 'directory';
-  const o = readSection(v, path, ['urls', 'bind_dn', 'bind_password', 'base_dn', 'user_filter', 'store_attribute', 'login_attribute', 'hold_attribute', 'starttls', 'ca_file', 'connect_timeout_ms', 'operation_timeout_ms', 'entry_cache_ttl_ms', 'auth_cache_ttl_ms', 'cache_max_entries', 'search_connections'], issues) ?? {};
+  const o = readSection(v, path, ['urls', 'bind_dn', 'bind_password', 'base_dn', 'user_filter', 'store_attribute', 'login_attribute', 'hold_attribute', 'master_user_filter', 'master_user_separator', 'starttls', 'ca_file', 'connect_timeout_ms', 'operation_timeout_ms', 'entry_cache_ttl_ms', 'auth_cache_ttl_ms', 'cache_max_entries', 'search_connections'], issues) ?? {};
   const urls = ldapUrlList(o, 'urls', path, issues);
   const userFilter = str(o, 'user_filter', path, issues, '(&(objectClass=inetOrgPerson)(uid={user}))');
   if (!userFilter.includes('{user}') || !userFilter.startsWith('(') || !userFilter.endsWith(')')) {
@@ -542,6 +559,7 @@ function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: I
       issues.add(at(path, 'hold_attribute'), 'an LDAP attribute name other than store_attribute and login_attribute (its value holds the user)', holdAttribute);
     }
   }
+  const master = readMasterUsers(o, path, issues);
   const caFile = optStr(o, 'ca_file', path, issues);
   return {
     urls,
@@ -552,6 +570,7 @@ function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: I
     storeAttribute,
     ...(loginAttribute !== undefined ? { loginAttribute } : {}),
     ...(holdAttribute !== undefined ? { holdAttribute } : {}),
+    ...master,
     starttls: bool(o, 'starttls', path, issues, false),
     ...(caFile !== undefined ? { caFile: resolvePath(caFile) } : {}),
     connectTimeoutMs: int(o, 'connect_timeout_ms', path, issues, 100, 120_000, DEFAULT_LDAP_CONNECT_TIMEOUT_MS),
@@ -561,6 +580,56 @@ function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: I
     cacheMaxEntries: int(o, 'cache_max_entries', path, issues, 1, MAX_CACHE_ENTRIES, 100_000),
     searchConnections: int(o, 'search_connections', path, issues, 1, 64, 2),
   };
+}
+
+/**
+ * Why `filter` is no LDAP filter (RFC 4515), as the LDAP client reads it before it sends a search;
+ * undefined when it parses. A filter it cannot read fails every search that uses it.
+ */
+function filterSyntaxProblem(filter: string): string | undefined {
+  try {
+    FilterParser.parseString(filter);
+    return undefined;
+  } catch (error) {
+    return error instanceof Error ? error.message : String(error);
+  }
+}
+
+/**
+ * directory.master_user_filter and master_user_separator. The filter is checked as user_filter is
+ * (in parentheses; its only placeholder `{user}`, which it need not hold), and parsed as the LDAP
+ * client parses it. The separator is one
+ * printable ASCII character (default `*`, Dovecot's), or null: only a SASL authzid names the
+ * target; not `@`, which would split every name with a domain. A separator without the filter
+ * would do nothing: the operator meant something else.
+ */
+function readMasterUsers(o: Record<string, unknown>, path: string, issues: IssueList): Pick<DirectoryConfig, 'masterUserFilter' | 'masterUserSeparator'> {
+  const filter = optStr(o, 'master_user_filter', path, issues);
+  const separator = o['master_user_separator'];
+  if (filter === undefined) {
+    if (separator !== undefined) issues.add(at(path, 'master_user_separator'), 'no separator without directory.master_user_filter (master logins are off without it)', separator);
+    return {};
+  }
+  const syntax = filterSyntaxProblem(filter.split('{user}').join('x'));
+  if (!filter.startsWith('(') || !filter.endsWith(')') || syntax !== undefined) {
+    issues.add(at(path, 'master_user_filter'), `an LDAP filter in parentheses (RFC 4515), e.g. (memberOf=cn=mail-helpdesk,ou=groups,dc=example,dc=com)${syntax !== undefined ? `; this one does not parse: ${syntax}` : ''}`, filter);
+  }
+  // Any other placeholder would reach LDAP as text and match no entry: every master login refused.
+  const unknown = unknownFilterPlaceholders(filter, MASTER_FILTER_PLACEHOLDERS);
+  if (unknown.length > 0) {
+    issues.addFinding(
+      at(path, 'master_user_filter'),
+      'an LDAP filter whose only placeholder is {user} (the staff member\'s own name); a brace of the filter\'s own is written \\7b or \\7d',
+      `${unknown.length === 1 ? 'an unknown placeholder' : 'unknown placeholders'} ${unknown.map((p) => JSON.stringify(p)).join(', ')}`,
+    );
+  }
+  if (separator === undefined) return { masterUserFilter: filter, masterUserSeparator: '*' };
+  if (separator === null) return { masterUserFilter: filter, masterUserSeparator: null };
+  if (typeof separator !== 'string' || !/^[\x21-\x3f\x41-\x7e]$/.test(separator)) {
+    issues.add(at(path, 'master_user_separator'), 'one printable ASCII character other than "@" (e.g. "*", as Dovecot\'s auth_master_user_separator), or null for a SASL authzid only', separator);
+    return { masterUserFilter: filter, masterUserSeparator: '*' };
+  }
+  return { masterUserFilter: filter, masterUserSeparator: separator };
 }
 
 /** Keys of a backend section; a store may override any of them. */
@@ -708,13 +777,19 @@ export interface ConfigWarning {
   readonly text: string;
 }
 
+/** How many stores a warning names before it counts the rest. */
+const WARNING_STORES_NAMED = 10;
+
 /**
  * What `config` sets that works against itself. A stop that may outlast the shipped units' grace
  * time (stopTakesAtMostMs()): the service manager kills the drain. A failover.hold_ms at or above
  * session.preauth_timeout_ms: a login held for a master that is down is cut by the pre-auth
- * deadline, which runs from accept, before the hold ends, so the hold never ends a login.
+ * deadline, which runs from accept, before the hold ends, so the hold never ends a login. A
+ * directory.master_user_filter with a backend, a profile or (given `stores`, the store map's, as
+ * check-config reads it) a store in replay mode: mailfront has not the target's password, so
+ * master logins to those stores are refused (MASTER_USER_NEEDS_TRUST_MODE).
  */
-export function configWarnings(config: Pick<Config, 'failover' | 'session' | 'shutdown'>): ConfigWarning[] {
+export function configWarnings(config: Pick<Config, 'failover' | 'session' | 'shutdown'> & Partial<Pick<Config, 'directory' | 'backend' | 'backendProfiles'>>, stores?: ReadonlyMap<string, { readonly backend: Pick<BackendConfig, 'loginMode'> }>): ConfigWarning[] {
   const warnings: ConfigWarning[] = [];
   const stopMs = stopTakesAtMostMs(config);
   if (stopMs >= SHIPPED_STOP_GRACE_MS) {
@@ -724,6 +799,24 @@ export function configWarnings(config: Pick<Config, 'failover' | 'session' | 'sh
       path: stopPath(config),
       text: `a stop may take up to ${seconds} s (shutdown.unready_delay_ms ${config.shutdown.unreadyDelayMs} + shutdown.drain_timeout_ms ${config.shutdown.drainTimeoutMs} + failover.drain_spread_ms ${config.failover.drainSpreadMs} + ${(STOP_CLOSE_MS + STOP_LOG_FLUSH_MS) / 1000} s to close and write the log), and the shipped systemd unit's TimeoutStopSec and compose's stop_grace_period are ${SHIPPED_STOP_GRACE_MS / 1000} s: raise them above ${seconds + 5} s, or the service manager kills the drain`,
     });
+  }
+  if (config.directory?.masterUserFilter !== undefined) {
+    const replay = (path: string, what: string, whose: string): ConfigWarning => ({
+      event: 'config.master_user_replay',
+      path,
+      text: `directory.master_user_filter is set and ${what}: master logins to ${whose} are refused (MASTER_USER_NEEDS_TRUST_MODE: mailfront does not have the target's password to replay); set login_mode master-user or sasl-authzid there`,
+    });
+    if (config.backend?.loginMode === 'replay') warnings.push(replay('backend.login_mode', 'backend.login_mode is "replay"', 'the stores that keep it'));
+    for (const [name, profile] of config.backendProfiles ?? []) {
+      const path = at(at('backend_profiles', name), 'login_mode');
+      if (profile.loginMode === 'replay') warnings.push(replay(path, `${path} is "replay"`, 'the stores that use it'));
+    }
+    const replaying = [...(stores ?? [])].filter(([, store]) => store.backend.loginMode === 'replay').map(([name]) => name);
+    if (replaying.length > 0) {
+      const more = replaying.length > WARNING_STORES_NAMED ? ` and ${replaying.length - WARNING_STORES_NAMED} more` : '';
+      const count = `${replaying.length} ${replaying.length === 1 ? 'store' : 'stores'}`;
+      warnings.push(replay('stores', `${count} of the store map ${replaying.length === 1 ? 'logs' : 'log'} in with login_mode "replay" (${replaying.slice(0, WARNING_STORES_NAMED).join(', ')}${more})`, replaying.length === 1 ? 'it' : 'them'));
+    }
   }
   const { holdMs } = config.failover;
   const { preauthTimeoutMs } = config.session;

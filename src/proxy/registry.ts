@@ -1,7 +1,10 @@
 /**
  * The registry of spliced sessions, indexed by id, slot, user and directory entry (DN), so that a
  * failover can close every session on a demoted master and an operator can find or kick sessions.
- * Holds handles only; it never touches sockets itself.
+ * A master login's session (a staff member in another user's mailbox) is indexed under both
+ * users, and a kick of either stops it: the target's, whose mailbox it writes to, and the staff
+ * member's, who is acting (a staff member off-boarded). Holds handles only; it never touches
+ * sockets itself.
  */
 
 import type { ProtocolName } from '../protocol/types.js';
@@ -14,6 +17,11 @@ export interface SessionEntry {
   readonly user: string;
   /** The user's directory entry (the same for every name the entry answers to). */
   readonly dn: string;
+  /**
+   * A master login: the staff member who logged in to `user`'s mailbox with their own password
+   * (directory.master_user_filter), and the staff member's directory entry.
+   */
+  readonly master?: { readonly user: string; readonly dn: string };
   /** The registry's kicksSoFar when the session's login began: kicks with a higher number are for it. */
   readonly kicksAtLogin: number;
   readonly store: string;
@@ -46,6 +54,8 @@ export interface BackendAttempt {
   /** The user the login is for (the entry's own name) and the directory entry, as kickedSince() takes them. */
   readonly user: string;
   readonly dn: string;
+  /** A master login: the staff member acting, whose kick stops it too. */
+  readonly master?: { readonly user: string; readonly dn: string };
   /** The registry's kicksSoFar when the session's login began. */
   readonly kicksAtLogin: number;
   /** Cuts the attempt short: the master moved off its slot (masterMoved), or its user was kicked. Called once at most. */
@@ -84,6 +94,10 @@ export class SessionRegistry {
     addTo(this.bySlot, entry.slot, entry);
     addTo(this.byUser, entry.user, entry);
     addTo(this.byDn, entry.dn, entry);
+    if (entry.master !== undefined) {
+      addTo(this.byUser, entry.master.user, entry);
+      addTo(this.byDn, entry.master.dn, entry);
+    }
   }
 
   remove(entry: SessionEntry): void {
@@ -92,6 +106,10 @@ export class SessionRegistry {
     removeFrom(this.bySlot, entry.slot, entry);
     removeFrom(this.byUser, entry.user, entry);
     removeFrom(this.byDn, entry.dn, entry);
+    if (entry.master !== undefined) {
+      removeFrom(this.byUser, entry.master.user, entry);
+      removeFrom(this.byDn, entry.master.dn, entry);
+    }
   }
 
   /** Sessions spliced to `slot`. */
@@ -99,12 +117,12 @@ export class SessionRegistry {
     return [...(this.bySlot.get(slot) ?? [])];
   }
 
-  /** Sessions of `user`. */
+  /** Sessions of `user` (a master login's under its staff member's name too). */
   ofUser(user: string): SessionEntry[] {
     return [...(this.byUser.get(user) ?? [])];
   }
 
-  /** Sessions of `user` and of every name of the directory entries `dns`, each once. */
+  /** Sessions of `user` and of every name of the directory entries `dns`, each once (a master login's under its staff member's name and entry too). */
   ofUserAndEntries(user: string, dns: Iterable<string>): SessionEntry[] {
     const found = new Set(this.byUser.get(user) ?? []);
     for (const dn of dns) for (const entry of this.byDn.get(dn) ?? []) found.add(entry);
@@ -168,7 +186,7 @@ export class SessionRegistry {
    * would otherwise wait out failover.hold_ms (or the pre-auth deadline) before the kick is seen.
    */
   private stopKickedAttempts(): void {
-    this.stopAttempts((a) => this.kickedSince(a.user, a.dn, a.kicksAtLogin), 'kicked');
+    this.stopAttempts((a) => this.kickedSince(a.user, a.dn, a.kicksAtLogin) || (a.master !== undefined && this.kickedSince(a.master.user, a.master.dn, a.kicksAtLogin)), 'kicked');
   }
 
   /** Stops the attempts `which` picks, each once (it leaves the set before it is told); returns how many. */

@@ -38,8 +38,9 @@ export interface AdminContext {
 /** Largest request body accepted (a failover or kick request is a few dozen bytes). */
 const MAX_BODY_BYTES = 4096;
 
+/** A session as the API shows it; a master login's with `master`, the staff member in `user`'s mailbox. */
 function sessionView(s: SessionEntry): Record<string, unknown> {
-  return { id: s.id, protocol: s.protocol, user: s.user, store: s.store, slot: s.slot, client: s.clientAddress, startedAt: new Date(s.startedAt).toISOString(), bytesFromClient: s.traffic.bytesFromClient, bytesToClient: s.traffic.bytesToClient };
+  return { id: s.id, protocol: s.protocol, user: s.user, ...(s.master !== undefined ? { master: s.master.user } : {}), store: s.store, slot: s.slot, client: s.clientAddress, startedAt: new Date(s.startedAt).toISOString(), bytesFromClient: s.traffic.bytesFromClient, bytesToClient: s.traffic.bytesToClient };
 }
 
 /** Stores as the `stores` command shows them. */

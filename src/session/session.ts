@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import type { SecureContext, TlsOptions } from 'node:tls';
-import type { Directory } from '../auth/directory.js';
+import type { Directory, DirectoryUser } from '../auth/directory.js';
 import { isIP } from 'node:net';
 import type { LoginResult, Metrics, SessionMetrics } from '../metrics.js';
 import { authFailureReason, backendFailureResult } from '../metrics.js';
@@ -91,6 +91,44 @@ const EMPTY = Buffer.alloc(0);
 
 /** What a kicked client is told. */
 const KICKED_TEXT = 'Disconnected by an administrator';
+
+/** A master login refused, the password right: the staff member is no master (directory.master_user_filter), or the target is not found. */
+const MASTER_NOT_ALLOWED = 'MASTER_NOT_ALLOWED';
+const MASTER_TARGET_UNKNOWN = 'MASTER_TARGET_UNKNOWN';
+
+/** A master login to a store that logs in in replay mode, and what its client is told (a master: it may know why). */
+const MASTER_NEEDS_TRUST_MODE = 'MASTER_USER_NEEDS_TRUST_MODE';
+const MASTER_NEEDS_TRUST_MODE_TEXT = "Logging in to another user's mailbox is not available for this mailbox's server.";
+
+/** The users a master login names: the staff member, whose password is checked, and the target, whose mailbox it opens. */
+export interface MasterLoginNames {
+  /** Normalised; null when the name is no user name (the login is refused as INVALID_USERNAME). */
+  readonly staff: string | null;
+  readonly target: string | null;
+}
+
+/**
+ * Whether `credentials` name another user's mailbox than their own (a master login, with
+ * directory.master_user_filter set), and whose: a SASL authzid other than the authcid (the
+ * authcid the staff member, taken whole), or, without an authzid, a name `target<separator>staff`
+ * split at the first separator, as Dovecot splits at auth_master_user_separator. Each side is
+ * normalised on its own (usernames): the domain of `alice@example.com*helpdesk` is alice's.
+ * Undefined for an ordinary login, and for every login while the filter is not set (an authzid
+ * other than the user is then refused, and a name holding the separator is an ordinary name).
+ */
+export function masterLoginOf(credentials: Pick<Credentials, 'user' | 'authzid'>, directory: Pick<Config['directory'], 'masterUserFilter' | 'masterUserSeparator'>, usernames: Config['usernames']): MasterLoginNames | undefined {
+  if (directory.masterUserFilter === undefined) return undefined;
+  if (credentials.authzid !== undefined) {
+    const staff = normalizeUser(credentials.user, usernames);
+    const target = normalizeUser(credentials.authzid, usernames);
+    // RFC 4616: an authzid that is the authcid asks for nothing more than the user's own mailbox.
+    return target !== null && target === staff ? undefined : { staff, target };
+  }
+  const separator = directory.masterUserSeparator;
+  const at = separator === null || separator === undefined ? -1 : credentials.user.indexOf(separator);
+  if (at < 0) return undefined;
+  return { staff: normalizeUser(credentials.user.slice(at + 1), usernames), target: normalizeUser(credentials.user.slice(0, at), usernames) };
+}
 
 /** What a client refused by a limit (throttle, sessions per user) is told; names no counts, says "wait" (UNAVAILABLE_TEXT). */
 const LIMIT_TEXT = 'Too many login attempts or sessions, please wait and try again later.';
@@ -262,6 +300,13 @@ export class Session {
   private user: string | undefined;
   /** The name the client logged in with (normalised), for the logs when it is not `user`. */
   private typedUser: string | undefined;
+  /** The login names another user's mailbox (masterLoginOf()): counted in mailfront_master_logins_total. */
+  private masterAttempt = false;
+  /**
+   * A master login's staff member: the name (the entry's own once the directory has answered)
+   * and, once the password is checked, the entry; `user` is then the target.
+   */
+  private master: { user: string; dn?: string } | undefined;
   private mechanism: string | undefined;
   private store: string | undefined;
   private slot: string | undefined;
@@ -582,9 +627,49 @@ export class Session {
     return new MailfrontError('PREAUTH_DEADLINE', kind, `the login was waiting on ${waitedOn}${held}`, { cause: abort });
   }
 
-  /** Counts a login attempt as `result` (mailfront_logins_total), with its time since `started`, when it was read. */
+  /** Counts a login attempt as `result` (mailfront_logins_total, and mailfront_master_logins_total for a master login), with its time since `started`, when it was read. */
   private countLogin(result: LoginResult, started: number): void {
     this.context.metrics.loginResult(this.adapter.name, result, (performance.now() - started) / 1000);
+    if (this.masterAttempt) this.context.metrics.masterLogin(this.adapter.name, result);
+  }
+
+  /** A master login's fields for its log lines: `master`, the staff member, and `masterDn`, the staff member's entry, once known. */
+  private masterFields(): { master?: string; masterDn?: string } {
+    const master = this.master;
+    if (master === undefined) return {};
+    return master.dn === undefined ? { master: master.user } : { master: master.user, masterDn: master.dn };
+  }
+
+  /** Whether `user` (the entry `dn`), or a master login's staff member, was kicked since the login read `kicksAtStart`. */
+  private kickedSince(user: string, dn: string, kicksAtStart: number): boolean {
+    const registry = this.context.registry;
+    const master = this.master;
+    return registry.kickedSince(user, dn, kicksAtStart) || (master?.dn !== undefined && registry.kickedSince(master.user, master.dn, kicksAtStart));
+  }
+
+  /**
+   * A master login, the staff member's password checked (`staff`, as the directory answered for
+   * `staffName`, the name typed): whether the staff member may log in as another user
+   * (directory.master_user_filter, asked of the directory itself at every login: never from a
+   * cache, so that a cached login of the staff member cannot skip it), then the entry of
+   * `target`, looked up in the directory itself for this protocol (never from a cache of logins:
+   * no password of the target's was given, and none of its logins is kept). In that order: to
+   * someone who is no master, whether the target exists is not told. Both refusals are
+   * `not-authorized` (RFC 5530 AUTHORIZATIONFAILED), and no failure for the throttle: the
+   * password was right. The staff member's own entry needs no store, and its hold is not the
+   * target's.
+   */
+  private async masterTarget(directory: Directory, staff: DirectoryUser, staffName: string, target: string, config: Config, cancellation: Cancellation): Promise<DirectoryUser> {
+    const login = entryLoginName(staff.loginNames ?? [], staffName, config.usernames);
+    const master = { user: login.kind === 'name' ? login.name : staffName, dn: staff.dn };
+    this.master = master;
+    const allowed = directory.masterAllowed === undefined ? false : await directory.masterAllowed(staff, cancellation);
+    throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
+    if (!allowed) throw new MailfrontError(MASTER_NOT_ALLOWED, 'not-authorized', `"${master.user}" (${master.dn}) asked to log in as "${target}" and may not: the entry does not match directory.master_user_filter`);
+    const found = await directory.lookup(target, cancellation, this.adapter.name);
+    throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
+    if (found === null) throw new MailfrontError(MASTER_TARGET_UNKNOWN, 'not-authorized', `"${master.user}" (${master.dn}) asked to log in as "${target}", whom the directory does not find${directory.byProtocol === true ? ` for ${this.adapter.name}` : ''}`);
+    return found;
   }
 
   private get cancellation(): Cancellation {
@@ -598,10 +683,16 @@ export class Session {
     // answered a failed or held login at once (forward) or kept it past its deadline (back).
     const started = performance.now();
     const kicksAtStart = this.context.registry.kicksSoFar;
-    const user = normalizeUser(credentials.user, config.usernames);
+    // A master login (directory.master_user_filter): the staff member's password is checked, and
+    // the target's mailbox opened. Otherwise the user is both.
+    const named = masterLoginOf(credentials, config.directory, config.usernames);
+    // The user whose password is checked, and the user whose mailbox the login opens (as typed, normalised).
+    const user = named === undefined ? normalizeUser(credentials.user, config.usernames) : named.staff;
+    const typed = named === undefined ? user : named.target;
     this.loginWaitsOn = undefined;
     this.heldFor = undefined;
-    // What the throttle, the login gate and the sessions-per-user limit count by (countedUser).
+    // What the throttle, the login gate and the failure counts go by (countedUser): the user whose
+    // password is tried, the staff member's in a master login.
     const subject = user === null ? user : countedUser(user, config.usernames);
     const throttle = this.context.throttle();
     const attempt = {
@@ -629,8 +720,11 @@ export class Session {
     };
     try {
       // The name typed, from the start: a login the limits or the throttle refuse names its user in session.finished too.
-      this.user = user ?? undefined;
+      this.user = typed ?? undefined;
       this.typedUser = this.user;
+      // Each login anew: a session may try several (a master login refused, then the user's own).
+      this.masterAttempt = named !== undefined;
+      this.master = named !== undefined && named.staff !== null ? { user: named.staff } : undefined;
       // A forwarded address counted at ID time holds its count; one that was at the limit then
       // is tried again, and refused if it still is (before anything reaches the directory).
       if (this.forwardedCounted && !this.lease.countAddress(this.clientAddress)) {
@@ -660,32 +754,37 @@ export class Session {
       if (verdict.refused) {
         throttledBy = verdict.refusedBy ?? 'user';
         this.context.metrics.throttleRefusal(throttledBy);
-        throw new MailfrontError('THROTTLED', 'limit', `too many failed logins for this ${throttledBy}; refused for ${Math.ceil(verdict.refusedForMs / 1000)} s more`);
+        throw new MailfrontError('THROTTLED', 'limit', `too many failed logins for this ${throttledBy}${named !== undefined && throttledBy === 'user' ? ` (the staff member "${user ?? ''}", whose password a master login tries)` : ''}; refused for ${Math.ceil(verdict.refusedForMs / 1000)} s more`);
       }
-      if (user === null) throw new MailfrontError('INVALID_USERNAME', 'auth-failed', 'the user name is empty, too long, not in a local domain, or has control characters');
+      if (user === null || typed === null) {
+        throw new MailfrontError('INVALID_USERNAME', 'auth-failed', `the user name${named !== undefined ? ` (${user === null ? 'the staff member\'s' : 'the target\'s'}, in a master login)` : ''} is empty, too long, not in a local domain, or has control characters`);
+      }
       // RFC 4616 §2: an authorization identity other than the authenticated one needs the right
       // to act as it, and mailfront gives no client that right. Logging in as the authcid
       // instead would put a client that asked for another mailbox in the wrong one.
-      if (credentials.authzid !== undefined && normalizeUser(credentials.authzid, config.usernames) !== user) {
+      // (With directory.master_user_filter set, such a login is a master login instead: named.)
+      if (named === undefined && credentials.authzid !== undefined && normalizeUser(credentials.authzid, config.usernames) !== user) {
         throw new MailfrontError('AUTHZID_REFUSED', 'auth-failed', `the client asked to act as another user (authzid ${JSON.stringify(credentials.authzid.slice(0, 64))})`);
       }
       this.loginWaitsOn = 'auth-tempfail';
-      const found = await this.context.directory().authenticate(user, credentials.password, cancellation, this.adapter.name);
+      const directory = this.context.directory();
+      let found = await directory.authenticate(user, credentials.password, cancellation, this.adapter.name);
       throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
       void throttle.recordSuccess(attempt);
       leaveGate(false);
+      this.mechanism = credentials.mechanism;
+      if (named !== undefined) found = await this.masterTarget(directory, found, user, typed, config, cancellation);
       // From here on the login is the entry's own name, not the one typed: a user filter that
       // matches aliases (mail) finds alice's entry for "info@example.com", which a backend reads
       // as another user's mailbox (entryLoginName()).
       const loginAttribute = loginAttributeOf(config.directory);
-      const login = entryLoginName(found.loginNames ?? [], user, config.usernames);
-      const name = login.kind === 'name' ? login.name : user;
+      const login = entryLoginName(found.loginNames ?? [], typed, config.usernames);
+      const name = login.kind === 'name' ? login.name : typed;
       if (login.kind !== 'ambiguous') {
         this.user = name;
         asserted = name;
       }
-      this.log.debug({ event: 'session.authenticated', ...userFields(this.user, user), mechanism: credentials.mechanism }, 'user authenticated');
-      this.mechanism = credentials.mechanism;
+      this.log.debug({ event: 'session.authenticated', ...userFields(this.user, typed), ...this.masterFields(), mechanism: credentials.mechanism }, 'user authenticated');
       // The directory holds the user (a mailbox being moved): refused now, the password checked
       // (to anyone else it is one more wrong password), with the hold's reason, as a store in
       // maintenance is: no slot dialled, no wait for a master, no sessions-per-user count, no failure for the
@@ -697,14 +796,19 @@ export class Session {
       if (found.hold !== undefined) {
         if (found.store !== null) this.store = found.store;
         this.context.registry.userKicked(name, [found.dn], { hold: found.hold });
-        const spliced = this.context.registry.ofUserAndEntries(name, [found.dn]);
+        // Not a staff member's sessions in other users' mailboxes: the hold is of this user's mailbox.
+        const spliced = this.context.registry.ofUserAndEntries(name, [found.dn]).filter((entry) => entry.user === name || entry.dn === found.dn);
         for (const entry of spliced) entry.close('kicked', found.hold);
         if (spliced.length > 0) this.context.directory().forget(name, new Set([found.dn]));
         throw new MailfrontError('USER_HELD', 'held', `the directory entry ${found.dn} holds the user (directory.hold_attribute ${config.directory.holdAttribute ?? ''})${spliced.length > 0 ? `; the user's ${spliced.length} spliced ${spliced.length === 1 ? 'session was' : 'sessions were'} closed` : ''}`, { clientText: found.hold });
       }
       // Said only now, the password checked: to anyone else the user is one more wrong password.
       if (login.kind === 'ambiguous') {
-        throw new MailfrontError('USER_LOGIN_AMBIGUOUS', 'auth-tempfail', `the directory entry ${found.dn} has ${login.names.length} names in ${loginAttribute} (directory.login_attribute), none of them "${user}", the name typed; it must have one, the name the backend knows the user by`);
+        throw new MailfrontError('USER_LOGIN_AMBIGUOUS', 'auth-tempfail', `the directory entry ${found.dn} has ${login.names.length} names in ${loginAttribute} (directory.login_attribute), none of them "${typed}", the name typed; it must have one, the name the backend knows the user by`);
+      }
+      // A master login's target, looked up rather than authenticated: authenticate() refuses such an entry itself.
+      if (found.storeValues !== undefined && found.storeValues > 1) {
+        throw new MailfrontError('USER_STORE_AMBIGUOUS', 'no-route', `the directory entry ${found.dn} has ${found.storeValues} values of ${config.directory.storeAttribute}; it must have one, the user's store`);
       }
       if (found.store === null) throw new MailfrontError('USER_WITHOUT_STORE', 'no-route', `the directory entry ${found.dn} has no store attribute`);
       this.store = found.store;
@@ -720,7 +824,7 @@ export class Session {
       const identity: LoginIdentity = { name, fromEntry: login.kind === 'name', dn: found.dn, attribute: loginAttribute, unusable: login.kind === 'none' ? login.unusable : 0 };
       // null: a kick stopped the login (held while the master is down, say).
       const backend = await this.loginToCurrentMaster(found.store, identity, credentials.password, config, kicksAtStart);
-      if (this.phase === 'backend-login' && !this.socket.destroyed && (backend === null || this.context.registry.kickedSince(name, found.dn, kicksAtStart))) {
+      if (this.phase === 'backend-login' && !this.socket.destroyed && (backend === null || this.kickedSince(name, found.dn, kicksAtStart))) {
         // An operator kicked the user while this login was under way (after a password change,
         // say): the connection is closed with the protocol's last word, as a spliced session of
         // the user would have been. Not through the pre-auth machine: it would go on to run
@@ -730,7 +834,7 @@ export class Session {
         backend?.socket.destroy();
         this.lease.releaseUser();
         const held = this.context.registry.kickHold(name, found.dn, kicksAtStart);
-        this.log.info({ event: 'session.kicked', ...userFields(name, user), store: this.store, slot: this.slot, phase: 'backend-login', ...(held !== undefined ? { held: true } : {}) }, 'session closed: kicked during its login');
+        this.log.info({ event: 'session.kicked', ...userFields(name, typed), ...this.masterFields(), store: this.store, slot: this.slot, phase: 'backend-login', ...(held !== undefined ? { held: true } : {}) }, 'session closed: kicked during its login');
         if (this.socket.writable) this.preauthBytesWritten += writeNow(this.socket, this.adapter.connectionRefusal('total', held ?? KICKED_TEXT));
         this.countLogin('aborted', started);
         this.finish('kicked');
@@ -755,7 +859,8 @@ export class Session {
         const failure = error.kind === 'aborted' ? this.cutByDeadline(error) : error;
         const loginMs = performance.now() - started;
         this.context.metrics.loginResult(this.adapter.name, failure.kind, loginMs / 1000);
-        this.log.error({ event: 'session.login_failed', protocol: this.adapter.name, ...userFields(asserted ?? user ?? undefined, user ?? undefined), store: this.store, code: failure.code, kind: failure.kind, ...this.clientFields(), listener: this.listenerName, reason: `the pre-auth deadline passed: ${failure.message}`, loginMs: Math.round(loginMs) }, 'login could not be completed');
+        this.log.error({ event: 'session.login_failed', protocol: this.adapter.name, ...userFields(asserted ?? typed ?? undefined, typed ?? undefined), ...this.masterFields(), store: this.store, code: failure.code, kind: failure.kind, ...this.clientFields(), listener: this.listenerName, reason: `the pre-auth deadline passed: ${failure.message}`, loginMs: Math.round(loginMs) }, 'login could not be completed');
+        if (this.masterAttempt) this.context.metrics.masterLogin(this.adapter.name, failure.kind);
         return;
       }
       if (error.kind === 'aborted' && (this.socket.destroyed || this.phase !== 'authenticating' && this.phase !== 'backend-login')) {
@@ -765,10 +870,14 @@ export class Session {
       this.setPhase('preauth');
       this.slot = undefined;
       const refusal = refusalFor(error.kind);
-      // A wrong password for an entry found under an alias: logged by the entry's own name too, as its success would be.
+      // A wrong password for an entry found under an alias: logged by the entry's own name too, as
+      // its success would be (in a master login, the staff member's entry).
       if (error instanceof WrongPasswordError && user !== null) {
         const login = entryLoginName(error.loginNames, user, config.usernames);
-        if (login.kind === 'name') asserted = this.user = login.name;
+        if (login.kind === 'name') {
+          if (named === undefined) asserted = this.user = login.name;
+          else this.master = { user: login.name };
+        }
       }
       if (error.kind === 'auth-failed') {
         this.context.metrics.authFailure(authFailureReason(error.code));
@@ -776,10 +885,11 @@ export class Session {
       }
       // Counted: the next check of this user may go (not after the answer's delay below).
       leaveGate(error.kind === 'auth-failed');
-      const fields = { event: 'session.login_failed', protocol: this.adapter.name, ...userFields(asserted ?? user ?? undefined, user ?? undefined), store: this.store, code: error.code, kind: error.kind, ...(throttledBy !== undefined ? { by: throttledBy } : {}), ...this.clientFields(), listener: this.listenerName, reason: error.message, loginMs: Math.round(performance.now() - started), ...(penaltyMs > 0 ? { penaltyMs } : {}) };
+      const fields = { event: 'session.login_failed', protocol: this.adapter.name, ...userFields(asserted ?? typed ?? undefined, typed ?? undefined), ...this.masterFields(), store: this.store, code: error.code, kind: error.kind, ...(throttledBy !== undefined ? { by: throttledBy } : {}), ...this.clientFields(), listener: this.listenerName, reason: error.message, loginMs: Math.round(performance.now() - started), ...(penaltyMs > 0 ? { penaltyMs } : {}) };
       // A POP3 client polling faster than the backend allows ([LOGIN-DELAY]) is the user's doing,
-      // not the fleet's; a store in maintenance, or a user held by the directory, the operator's.
-      if (refusal === 'auth-failed' || refusal === 'limit' || refusal === 'login-delay' || error.kind === 'maintenance' || error.kind === 'held') this.log.info(fields, 'login failed');
+      // not the fleet's; a store in maintenance, or a user held by the directory, the operator's;
+      // a master login refused to someone who is no master, or for a target that does not exist, the client's.
+      if (refusal === 'auth-failed' || refusal === 'limit' || refusal === 'login-delay' || error.kind === 'maintenance' || error.kind === 'held' || error.code === MASTER_NOT_ALLOWED || error.code === MASTER_TARGET_UNKNOWN) this.log.info(fields, 'login failed');
       else this.log.error(fields, 'login could not be completed');
       // Same answer after the same time for an unknown user and a wrong password (and a
       // throttled login looks no faster); repeated failures add the throttle's penalty. Every
@@ -822,7 +932,7 @@ export class Session {
     for (let attempt = 1; ; attempt++) {
       throwIfCancelled(session, 'the session ended while its login was under way');
       // A kick between two attempts (a master that changed as a login completed) stopped none.
-      if (registry.kickedSince(identity.name, identity.dn, kicksAtLogin)) return null;
+      if (this.kickedSince(identity.name, identity.dn, kicksAtLogin)) return null;
       const { store, slot } = this.context.storeMap().currentMaster(storeName);
       this.slot = slot.name;
       this.server = slot;
@@ -838,6 +948,7 @@ export class Session {
         protocol: this.adapter.name,
         user: identity.name,
         dn: identity.dn,
+        ...(this.master?.dn !== undefined ? { master: { user: this.master.user, dn: this.master.dn } } : {}),
         kicksAtLogin,
         stop: (why) => {
           if (why === 'kicked') kicked = true;
@@ -892,6 +1003,12 @@ export class Session {
   private async connectBackend(slot: Slot, storeBackend: Config['backend'], identity: LoginIdentity, password: string, cancel: Cancellation): Promise<BackendSession> {
     const backendConfig = backendFor(this.adapter.name, storeBackend);
     const user = identity.name;
+    // A master login has the staff member's password, not the target's: only a login mode in
+    // which the backend believes the name it is sent (the proxy account's word) can open the
+    // target's mailbox. Checked before the slot is dialled, at every attempt (the store map may change).
+    if (this.master !== undefined && backendConfig.loginMode === 'replay') {
+      throw new MailfrontError(MASTER_NEEDS_TRUST_MODE, 'config', `"${this.master.user}" asked to log in as "${user}", whose store "${slot.store}" logs in with login_mode replay: a master login needs master-user or sasl-authzid (mailfront does not have the target's password)`, { clientText: MASTER_NEEDS_TRUST_MODE_TEXT });
+    }
     // An entry without a name of its own: master-user and sasl-authzid would assert the name
     // typed on the proxy account's word, and that may be another user's (an alias). replay goes
     // on with it: the backend checks the user's password against that name itself.
@@ -982,6 +1099,7 @@ export class Session {
       protocol: this.adapter.name,
       user: this.user ?? '',
       dn,
+      ...(this.master?.dn !== undefined ? { master: { user: this.master.user, dn: this.master.dn } } : {}),
       kicksAtLogin,
       store: this.store ?? '',
       slot: this.slot ?? '',
@@ -999,15 +1117,18 @@ export class Session {
         const maintenance = reason === 'drained' ? (this.context.storeMap().stores.get(entry.store)?.maintenance ?? null) : null;
         // Kicked because the directory holds the user: told the hold's reason, as its logins are.
         const held = reason === 'kicked' ? hold : undefined;
-        this.log.info({ event: reason === 'kicked' ? 'session.kicked' : 'session.drained', ...userFields(this.user, this.typedUser), store: this.store, slot: this.slot, ...(maintenance !== null ? { maintenance: true } : {}), ...(held !== undefined ? { held: true } : {}) }, `session closed: ${reason}`);
+        this.log.info({ event: reason === 'kicked' ? 'session.kicked' : 'session.drained', ...userFields(this.user, this.typedUser), ...this.masterFields(), store: this.store, slot: this.slot, ...(maintenance !== null ? { maintenance: true } : {}), ...(held !== undefined ? { held: true } : {}) }, `session closed: ${reason}`);
         running.close(reason, this.adapter.drainNotice(maintenance ?? held ?? (reason === 'drained' ? 'Mailbox moved to another server, please reconnect' : KICKED_TEXT)));
       },
     };
     this.entry = entry;
     this.context.registry.add(entry);
     // The one info line of a login (session.started and session.authenticated are debug): who, how, from where, to where.
-    this.log.info({ event: 'session.spliced', protocol: this.adapter.name, ...userFields(this.user, this.typedUser), mechanism: this.mechanism, store: this.store, slot: this.slot, ...this.clientFields(), listener: this.listenerName, tls: this.tlsActive, loginMs: Math.round(loginMs) }, 'spliced to backend');
+    // A master login's too, with the staff member and entry: the audit record of a staff member in
+    // another user's mailbox (the backend's log names the target only).
+    this.log.info({ event: 'session.spliced', protocol: this.adapter.name, ...userFields(this.user, this.typedUser), ...this.masterFields(), mechanism: this.mechanism, store: this.store, slot: this.slot, ...this.clientFields(), listener: this.listenerName, tls: this.tlsActive, loginMs: Math.round(loginMs) }, 'spliced to backend');
     this.context.metrics.loginResult(this.adapter.name, 'success', loginMs / 1000);
+    if (this.masterAttempt) this.context.metrics.masterLogin(this.adapter.name, 'success');
     void running.ended.then((reason) => this.finish(reason));
     return true;
   }
@@ -1037,7 +1158,7 @@ export class Session {
     if (reason === 'command-refused') {
       // A client trying to log out of the backend login mailfront made, to log in there again.
       const command = this.commandGuard?.refused ?? 'UNAUTHENTICATE';
-      this.log.warn({ event: 'session.command_refused', command, protocol: this.adapter.name, ...userFields(this.user, this.typedUser), store: this.store, slot: this.slot, client: this.clientAddress }, `the client sent ${command}: session closed, the command not passed on`);
+      this.log.warn({ event: 'session.command_refused', command, protocol: this.adapter.name, ...userFields(this.user, this.typedUser), ...this.masterFields(), store: this.store, slot: this.slot, client: this.clientAddress }, `the client sent ${command}: session closed, the command not passed on`);
     }
     this.log.info(
       {
@@ -1046,6 +1167,7 @@ export class Session {
         phase: phaseAtEnd,
         protocol: this.adapter.name,
         ...userFields(this.user, this.typedUser),
+        ...this.masterFields(),
         store: this.store,
         slot: phaseAtEnd === 'spliced' ? this.slot : undefined,
         ...this.clientFields(),

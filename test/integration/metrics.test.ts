@@ -34,6 +34,7 @@ function exerciseEveryHelper(metrics: Metrics): void {
   session.ended('client-closed');
   record('loginResult', () => metrics.loginResult('imap', 'auth-failed', 2.1));
   record('authFailure', () => metrics.authFailure('wrong-password'));
+  record('masterLogin', () => metrics.masterLogin('imap', 'not-authorized'));
   record('ldapRequest', () => metrics.ldapRequest('user-bind', 'invalid-credentials', 0.004));
   record('backendConnect', () => metrics.backendConnect('store1', 'success', 0.0007));
   record('backendLogin', () => metrics.backendLogin('store1', 'success', 0.02));

@@ -32,6 +32,7 @@ function start(adapter: typeof imapAdapter | typeof pop3Adapter, parts: { preaut
   const config = {
     session: { greeting: 'hi', preauthTimeoutMs, authFailureDelayMs: parts.failureDelayMs ?? 0, idleTimeoutMs: 60_000 },
     usernames: { lowercase: true },
+    directory: {},
     connectionLimits: { maxSessionsPerUser: 10 },
     failover: { holdMs: 0 },
   } as unknown as Config;

@@ -48,6 +48,7 @@ export function startFakeSession(
   const config = {
     session: { greeting: 'hi', preauthTimeoutMs, authFailureDelayMs: 0, idleTimeoutMs: 60_000 },
     usernames: { lowercase: true },
+    directory: {},
     connectionLimits: { maxSessionsPerUser: 10 },
     failover: { holdMs: 0 },
   } as unknown as Config;
