@@ -87,6 +87,12 @@ export async function directoryHealth(directory: Directory, signal: Cancellation
   return (await directory.reachable(signal)) ? { state: 'answers' } : { state: 'unreachable', detail: 'no directory server answered' };
 }
 
+/**
+ * The code of what a call on a closed directory fails with (shut down, or replaced by a reload): a
+ * caller whose steps span several calls asks the directory in force for the rest.
+ */
+export const DIRECTORY_CLOSED = 'LDAP_CLOSED';
+
 /** A directory of users. */
 export interface Directory {
   /**

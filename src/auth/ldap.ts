@@ -15,7 +15,7 @@ import { PROTOCOLS, filterUsesProtocol, loginAttributeOf } from '../config/schem
 import type { DirectoryConfig, Protocol } from '../config/schema.js';
 import { MailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { WrongPasswordError, holdOf } from './directory.js';
+import { DIRECTORY_CLOSED, WrongPasswordError, holdOf } from './directory.js';
 import type { CachedUser, Directory, DirectoryHealth, DirectoryRefusal, DirectoryUser, Hold } from './directory.js';
 import { performance } from 'node:perf_hooks';
 import { LRUCache } from 'lru-cache';
@@ -569,7 +569,7 @@ export async function probeDirectory(config: DirectoryConfig, ca: Buffer | undef
 
 /** What a call on a closed directory (shut down, or replaced by a reload) fails with. */
 function closedError(): MailfrontError {
-  return new MailfrontError('LDAP_CLOSED', 'auth-tempfail', 'the directory is shutting down');
+  return new MailfrontError(DIRECTORY_CLOSED, 'auth-tempfail', 'the directory is shutting down');
 }
 
 /** A user's entry as a search found it: on which server, its DN and store, and when it was read. */
@@ -1115,7 +1115,8 @@ export class LdapDirectory implements Directory {
    * and the retry on the next server of the user search: the entry it finds lets the staff member
    * in as another user. Never from the cache of entries, nor into it. An entry gone since it was
    * found (a cached login's) is no master. A filter the LDAP client cannot parse (check-config
-   * refuses one) fails the login, the connections left alone.
+   * refuses one) fails the login, the connections left alone. A directory a reload is closing
+   * takes none (DIRECTORY_CLOSED): the session asks the one in force.
    */
   async masterAllowed(staff: DirectoryUser, signal: Cancellation): Promise<boolean> {
     const template = this.config.masterUserFilter;

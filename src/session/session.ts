@@ -18,7 +18,7 @@ import type { LeaveAddressGate, LeaveGate, LoginGate } from '../auth/login-gate.
 import type { ConnectionLease, ConnectionLimiter } from '../server/connection-limits.js';
 import { backendProxyHeader, plainAddress, proxySignatureSoFar } from '../server/proxy-protocol.js';
 import type { ConnectionEndpoints } from '../server/proxy-protocol.js';
-import { FORBIDDEN_IN_USER, WrongPasswordError, countedUser, entryLoginName, normalizeUser } from '../auth/directory.js';
+import { DIRECTORY_CLOSED, FORBIDDEN_IN_USER, WrongPasswordError, countedUser, entryLoginName, normalizeUser } from '../auth/directory.js';
 import { CLOSED_AFTER_LOGIN, IDENTITY_REFUSED, assertedIdentityProblem, backendFor, dialSlot, loginToBackend } from '../backend/connect.js';
 import type { BackendSession } from '../backend/connect.js';
 import { loginAttributeOf } from '../config/schema.js';
@@ -663,12 +663,25 @@ export class Session {
     const login = entryLoginName(staff.loginNames ?? [], staffName, config.usernames);
     const master = { user: login.kind === 'name' ? login.name : staffName, dn: staff.dn };
     this.master = master;
-    const allowed = directory.masterAllowed === undefined ? false : await directory.masterAllowed(staff, cancellation);
+    // A reload may replace (and close) the directory between this login's steps, each a call of
+    // its own: the rest is asked of the one in force (with its settings), as the admin API's kick does.
+    let current = directory;
+    const ask = async <T>(step: (d: Directory) => Promise<T>): Promise<T> => {
+      try {
+        return await step(current);
+      } catch (caught) {
+        const now = this.context.directory();
+        if (now === current || asMailfrontError(caught).code !== DIRECTORY_CLOSED) throw caught;
+        current = now;
+        return step(now);
+      }
+    };
+    const allowed = await ask(async (d) => (d.masterAllowed === undefined ? false : d.masterAllowed(staff, cancellation)));
     throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
     if (!allowed) throw new MailfrontError(MASTER_NOT_ALLOWED, 'not-authorized', `"${master.user}" (${master.dn}) asked to log in as "${target}" and may not: the entry does not match directory.master_user_filter`);
-    const found = await directory.lookup(target, cancellation, this.adapter.name);
+    const found = await ask((d) => d.lookup(target, cancellation, this.adapter.name));
     throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
-    if (found === null) throw new MailfrontError(MASTER_TARGET_UNKNOWN, 'not-authorized', `"${master.user}" (${master.dn}) asked to log in as "${target}", whom the directory does not find${directory.byProtocol === true ? ` for ${this.adapter.name}` : ''}`);
+    if (found === null) throw new MailfrontError(MASTER_TARGET_UNKNOWN, 'not-authorized', `"${master.user}" (${master.dn}) asked to log in as "${target}", whom the directory does not find${current.byProtocol === true ? ` for ${this.adapter.name}` : ''}`);
     return found;
   }
 

@@ -18,9 +18,10 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
-import { LineClient, ldifLine, quoteImap, startCyrus, startDovecot, startSlapd } from './servers/index.js';
+import { LdapDirectory } from '../../src/auth/ldap.js';
+import { LineClient, directoryConfigOf, ldifLine, quoteImap, startCyrus, startDovecot, startSlapd } from './servers/index.js';
 import type { Cyrus, Dovecot, Slapd } from './servers/index.js';
-import { ADMIN_TOKEN, assertNoRegisteredSecret, makeMessage, registerPasswords, registerSecrets, startFront, waitForLog } from './front.js';
+import { ADMIN_TOKEN, assertNoRegisteredSecret, capturedLogger, makeMessage, registerPasswords, registerSecrets, startFront, waitForLog } from './front.js';
 import type { Front, StoreSpec } from './front.js';
 
 const PASSWORDS = {
@@ -499,6 +500,29 @@ describe('master logins with the caches on', () => {
     } finally {
       bob.close();
       alice.close();
+    }
+  });
+});
+
+describe('the LDAP directory\'s master check', () => {
+  test('masterAllowed: a base search of the staff entry with the filter, false without one or for an entry gone; a closing directory takes none', async () => {
+    registerSecrets([slapd.bindPassword]);
+    const { log } = capturedLogger('debug');
+    const signal = new AbortController().signal;
+    const off = new LdapDirectory(directoryConfigOf(slapd), log);
+    const on = new LdapDirectory(directoryConfigOf(slapd, { masterUserFilter: FILTER, masterUserSeparator: '*' }), log);
+    try {
+      const helpdesk1 = await on.authenticate('helpdesk1', PASSWORDS.helpdesk1, signal, 'imap');
+      const nohelp = await on.authenticate('nohelp', PASSWORDS.nohelp, signal, 'imap');
+      assert.equal(await on.masterAllowed(helpdesk1, signal), true);
+      assert.equal(await on.masterAllowed(nohelp, signal), false);
+      assert.equal(await on.masterAllowed({ ...helpdesk1, dn: slapd.userDn('nobody-here') }, signal), false, 'an entry gone is no master');
+      assert.equal(await off.masterAllowed(helpdesk1, signal), false);
+      // Replaced by a reload: the session asks the directory in force (session-master-reload.test.ts).
+      await on.close(5_000);
+      await assert.rejects(on.masterAllowed(helpdesk1, signal), { code: 'LDAP_CLOSED' });
+    } finally {
+      await Promise.all([off.close(), on.close()]);
     }
   });
 });
