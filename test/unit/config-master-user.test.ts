@@ -74,7 +74,7 @@ test('a filter or separator that cannot work is a problem naming its path and wh
 });
 
 test('configWarnings: a backend, a profile or a store in replay mode beside a master filter; none without the filter or in the trust modes', () => {
-  const base = { failover: { drainSpreadMs: 0, holdMs: 1000 }, session: { preauthTimeoutMs: 60_000 } } as unknown as Parameters<typeof configWarnings>[0];
+  const base = { failover: { drainSpreadMs: 0, holdMs: 1000 }, session: { preauthTimeoutMs: 60_000 }, shutdown: { unreadyDelayMs: 5_000, drainTimeoutMs: 10_000 } } as unknown as Parameters<typeof configWarnings>[0];
   const directory = { masterUserFilter: '(employeeType=x)', masterUserSeparator: '*' } as never;
   const replay = { loginMode: 'replay' } as never;
   const trusted = { loginMode: 'master-user' } as never;
