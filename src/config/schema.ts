@@ -535,8 +535,11 @@ function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: I
   const o = readSection(v, path, ['urls', 'bind_dn', 'bind_password', 'base_dn', 'user_filter', 'store_attribute', 'login_attribute', 'hold_attribute', 'master_user_filter', 'master_user_separator', 'starttls', 'ca_file', 'connect_timeout_ms', 'operation_timeout_ms', 'entry_cache_ttl_ms', 'auth_cache_ttl_ms', 'cache_max_entries', 'search_connections'], issues) ?? {};
   const urls = ldapUrlList(o, 'urls', path, issues);
   const userFilter = str(o, 'user_filter', path, issues, '(&(objectClass=inetOrgPerson)(uid={user}))');
-  if (!userFilter.includes('{user}') || !userFilter.startsWith('(') || !userFilter.endsWith(')')) {
-    issues.add(at(path, 'user_filter'), 'an LDAP filter in parentheses containing {user}', userFilter);
+  // Parsed as the LDAP client parses it (placeholders stand for a name): one it cannot read failed
+  // every login before a byte was sent, taken for a server failure (connections dropped, servers held down).
+  const userSyntax = filterSyntaxProblem(userFilter.split('{user}').join('x').split('{protocol}').join('imap'));
+  if (!userFilter.includes('{user}') || !userFilter.startsWith('(') || !userFilter.endsWith(')') || userSyntax !== undefined) {
+    issues.add(at(path, 'user_filter'), `an LDAP filter in parentheses (RFC 4515) containing {user}${userSyntax !== undefined ? `; this one does not parse: ${userSyntax}` : ''}`, userFilter);
   }
   // Any other placeholder would reach LDAP as text and match no entry: every login refused.
   const unknown = unknownFilterPlaceholders(userFilter, USER_FILTER_PLACEHOLDERS);

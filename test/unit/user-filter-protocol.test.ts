@@ -88,7 +88,12 @@ test('user_filter takes {user} and {protocol}; any other placeholder is refused,
     assert.equal(issue.expected, "an LDAP filter whose placeholders are {user} and {protocol} (the session's protocol: imap, pop3, managesieve); a brace of the filter's own is written \\7b or \\7d");
   }
   // A filter without {user} is still told so.
-  assert.match(filterError('(description={protocol})')?.message ?? '', /directory\.user_filter: expected an LDAP filter in parentheses containing \{user\}/);
+  assert.match(filterError('(description={protocol})')?.message ?? '', /directory\.user_filter: expected an LDAP filter in parentheses \(RFC 4515\) containing \{user\}, found/);
+  // One the LDAP client cannot read is refused now, with why, not at every login (where it was taken for a server failure).
+  for (const filter of ['(uid={user})(objectClass=person)', '(&(uid={user})(!))']) {
+    const message = filterError(filter)?.message ?? '';
+    assert.match(message, /directory\.user_filter: expected an LDAP filter in parentheses \(RFC 4515\) containing \{user\}; this one does not parse: [^\n]+, found /, filter);
+  }
   assert.deepEqual(unknownFilterPlaceholders('(&(a={x})(b={x})(c={user}))', USER_FILTER_PLACEHOLDERS), ['{x}']);
 });
 
