@@ -5,7 +5,6 @@
  * over HTTP, bearer-token protected; meant for loopback. Owns no state: it asks the objects it is
  * given.
  */
-import { timingSafeEqual, createHash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { isIP } from 'node:net';
 import type { Directory, DirectoryUser } from '../auth/directory.js';
@@ -18,6 +17,7 @@ import type { Logger } from '../log.js';
 import type { SessionEntry, SessionRegistry } from '../proxy/registry.js';
 import type { ReloadResult, StoreMapHolder } from '../routing/holder.js';
 import { StoreMap } from '../routing/storemap.js';
+import { bearerCheck } from './http.js';
 import type { Store } from '../routing/storemap.js';
 
 /** What the admin API works on. */
@@ -73,11 +73,6 @@ function storeView(store: Store, registry: SessionRegistry, health: SlotHealthMo
       };
     }),
   };
-}
-
-function tokenMatches(given: string, expected: string): boolean {
-  // Compare digests so that neither length nor content leaks through timing.
-  return timingSafeEqual(createHash('sha256').update(given).digest(), createHash('sha256').update(expected).digest());
 }
 
 /**
@@ -222,11 +217,10 @@ export function createAdminHandler(context: AdminContext): (req: IncomingMessage
       send(res, 404, { error: 'the admin API is disabled (admin.token is not set)' });
       return true;
     }
-    // The scheme is case-insensitive (RFC 9110 §11.1), and one or more spaces end it (§11.4).
-    const credentials = /^bearer +(\S.*)$/i.exec(req.headers.authorization ?? '');
-    if (credentials === null || !tokenMatches(credentials[1]!, token)) {
+    const bearer = bearerCheck(req.headers.authorization, token);
+    if (bearer !== 'ok') {
       // A 401 says how to authenticate (RFC 9110 §11.6.1); a token was given and is wrong: invalid_token (RFC 6750 §3.1).
-      send(res, 401, { error: 'a valid bearer token is required' }, { 'www-authenticate': `Bearer realm="mailfront"${credentials === null ? '' : ', error="invalid_token"'}` });
+      send(res, 401, { error: 'a valid bearer token is required' }, { 'www-authenticate': `Bearer realm="mailfront"${bearer === 'missing' ? '' : ', error="invalid_token"'}` });
       return true;
     }
     try {

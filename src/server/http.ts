@@ -184,8 +184,8 @@ export function readHttpConfig(v: unknown, path: string, issues: IssueList, secr
 /**
  * Whether an Authorization header carries `expected` as its bearer token: 'missing' when it
  * carries none, 'invalid' when another. The scheme is case-insensitive (RFC 9110 §11.1), and one
- * or more spaces end it (§11.4), as the admin API reads it. Compared as digests, so that neither
- * the token's length nor its content leaks through timing.
+ * or more spaces end it (§11.4). Compared as digests, so that neither the token's length nor its
+ * content leaks through timing. The admin API's token and /metrics' are both read so.
  */
 export function bearerCheck(authorization: string | undefined, expected: string): 'ok' | 'missing' | 'invalid' {
   const credentials = /^bearer +(\S.*)$/i.exec(authorization ?? '');
