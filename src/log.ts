@@ -149,3 +149,31 @@ export function dropPendingLog(): number {
   }
   return dropped;
 }
+
+/** How long flushLog() waits for stdout to take the lines: a reader that stalls must not hold up what waits on it. */
+const LOG_FLUSH_WAIT_MS = 1_000;
+
+/**
+ * Writes the lines pending for stdout now, and resolves once stdout has taken them (or after
+ * LOG_FLUSH_WAIT_MS): for the rare line that must outlive a kill right after the answer it
+ * precedes (a failover written), which the batching would otherwise hold for up to
+ * LOG_FLUSH_INTERVAL_MS. Not for a hot path: each call is a write of its own. SonicBoom's
+ * flushSync() is not used: on a pipe nobody reads it retries for ever, the event loop blocked.
+ */
+export async function flushLog(): Promise<void> {
+  const deadline = performance.now() + LOG_FLUSH_WAIT_MS;
+  for (const destination of stdoutDestinations as unknown as Array<StdoutDestination & { flush(done: () => void): void }>) {
+    // A flush asked while a write is under way ends with that write: asked again for what was
+    // left, while each flush writes some (one that fails, stdout closed, writes none).
+    for (let pending = Infinity; destination._len > 0 && destination._len < pending && performance.now() < deadline; ) {
+      pending = destination._len;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, deadline - performance.now());
+        destination.flush(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+  }
+}

@@ -7,6 +7,7 @@
 import { ConfigError, buildStoreMap } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { MailfrontError, asMailfrontError } from '../errors.js';
+import { flushLog } from '../log.js';
 import type { Logger } from '../log.js';
 import { sourceUnreadable } from './sources.js';
 import type { StoreMapSource } from './sources.js';
@@ -263,7 +264,8 @@ export class StoreMapHolder {
    * document the source wrote (a file: read and parsed once, not read back), or, when the source
    * cannot hand it out (LDAP), a reload. In the reloads' queue: failovers of several stores at
    * once are written one after the other (each read-modify-write of the file sees the one
-   * before), and each reports its own reload.
+   * before), and each reports its own reload. The log lines saying so are written out before it
+   * resolves (flushLog).
    */
   failover(store: string, slot: string): Promise<ReloadResult> {
     return this.inTurn(async () => {
@@ -277,7 +279,10 @@ export class StoreMapHolder {
       };
       const written = await this.writeChecked(store, change, (check) => this.source.setCurrentMaster(store, slot, check));
       this.log.warn({ event: 'storemap.failover_written', store, from: known.currentMaster, to: slot, source: this.source.description }, 'failover written to the store map source');
-      return written === undefined ? this.reloadNow('failover') : this.put(written.document, 'failover');
+      const result = written === undefined ? await this.reloadNow('failover') : this.put(written.document, 'failover');
+      // The lines saying so on their way out before the answer: a kill right after it lost them.
+      await flushLog();
+      return result;
     });
   }
 
@@ -301,7 +306,9 @@ export class StoreMapHolder {
       const written = await this.writeChecked(store, change, (check) => this.source.setMaintenance(store, maintenance, check));
       const fields = { event: 'storemap.maintenance_written', store, maintenance: maintenance !== false, ...(typeof maintenance === 'string' ? { reason: maintenance } : {}), before: known.maintenance !== null, source: this.source.description };
       this.log.warn(fields, `maintenance ${maintenance === false ? 'off' : 'on'} written to the store map source`);
-      return written === undefined ? this.reloadNow('maintenance') : this.put(written.document, 'maintenance');
+      const result = written === undefined ? await this.reloadNow('maintenance') : this.put(written.document, 'maintenance');
+      await flushLog();
+      return result;
     });
   }
 
