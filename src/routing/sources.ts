@@ -7,7 +7,7 @@
 import { createHash } from 'node:crypto';
 import { readFileSync, realpathSync, statSync, watch } from 'node:fs';
 import type { BigIntStats, FSWatcher } from 'node:fs';
-import { chmod, chown, readFile, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { open, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
 import { readCaCertificates } from '../ca-file.js';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { ConnectionOptions } from 'node:tls';
@@ -194,6 +194,22 @@ export interface FileSourceTiming {
  * watch that ended; a link among the file's folders swapped) within 5 s.
  */
 const FILE_SOURCE_TIMING: FileSourceTiming = { retryFirstMs: 1_000, retryMaxMs: 30_000, checkIntervalMs: 5_000 };
+
+/**
+ * Makes a rename in `folder` durable (fsync of the folder). A file system that cannot sync a
+ * folder (EINVAL, ENOTSUP) has nothing more to give: taken as done.
+ */
+async function syncFolder(folder: string): Promise<void> {
+  const handle = await open(folder, 'r');
+  try {
+    await handle.sync();
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code !== 'EINVAL' && code !== 'ENOTSUP') throw error;
+  } finally {
+    await handle.close();
+  }
+}
 
 /** Who hears a file source's watch (see StoreMapSource.watch). */
 interface FileSourceListener {
@@ -590,50 +606,70 @@ export class FileStoreMapSource implements StoreMapSource {
     const written = doc.toString();
     // Named per write as well as per process: two writes never share a temporary file.
     const temp = join(dirname(file), `.${basename(file)}.${process.pid}.${++this.writes}.tmp`);
-    // Created with the old file's permissions, not the umask's: a store map holding a password
-    // inline must not become readable by all with a failover (or any change written here). And
-    // owned as the old file was, as far as this process may: a map the operator's tooling owns
-    // must not become mailfront's.
-    // Without the right to give a file away (not root), the group at least, which a member may
-    // set, so that the mode means the same people as before. Owner first: a change of owner clears
-    // set-ID bits.
-    const { mode, uid, gid } = await stat(file);
+    let groupLost: { readonly gid: number; readonly err: unknown; readonly now: number | undefined } | undefined;
     try {
-      await writeFile(temp, written, { mode: mode & 0o7777 });
-      // Not even the group (a group mailfront is no member of, a system call filter refusing
-      // chown): the file is written all the same, a failover must not wait on its group, but the
-      // people the mode lets read it are no longer the same. Told once the file is in place.
-      let groupLost: { readonly err: unknown; readonly now: number | undefined } | undefined;
-      await chown(temp, uid, gid)
-        .catch(() => chown(temp, -1, gid))
-        .catch(async (err: unknown) => {
-          const now = await stat(temp).then((s) => s.gid, () => undefined);
-          if (now !== gid) groupLost = { err, now };
-        });
-      await chmod(temp, mode & 0o7777);
+      // Created with the old file's permissions, not the umask's: a store map holding a password
+      // inline must not become readable by all with a failover (or any change written here). And
+      // owned as the old file was, as far as this process may: a map the operator's tooling owns
+      // must not become mailfront's.
+      const { mode, uid, gid } = await stat(file);
+      const handle = await open(temp, 'w', mode & 0o7777);
+      try {
+        await handle.writeFile(written);
+        // Without the right to give a file away (not root), the group at least, which a member may
+        // set, so that the mode means the same people as before. Owner first: a change of owner
+        // clears set-ID bits. Not even the group (a group mailfront is no member of, a system call
+        // filter refusing chown): the file is written all the same, a failover must not wait on
+        // its group, but the people the mode lets read it are no longer the same. Told once the
+        // file is in place.
+        await handle
+          .chown(uid, gid)
+          .catch(() => handle.chown(-1, gid))
+          .catch(async (err: unknown) => {
+            const now = await handle.stat().then((s) => s.gid, () => undefined);
+            if (now !== gid) groupLost = { gid, err, now };
+          });
+        await handle.chmod(mode & 0o7777);
+        // On disk before the rename: after a power loss the rename may be kept and data not yet
+        // written dropped, an empty or truncated store map in place of the old one.
+        await handle.sync();
+      } catch (error) {
+        await handle.close().catch(() => undefined);
+        throw error;
+      }
+      await handle.close();
       // Read last, as close to the rename as may be: by content, which a save within the same
       // timestamp tick changes too. (An edit between this read and the rename is still lost; the
       // window is two system calls wide, not a read, a parse and a write.)
-      const unchanged = (await realpath(this.file)) === file && (await readFile(file, 'utf8')) === text;
+      const unchanged = (await realpath(this.file).catch(() => undefined)) === file && (await readFile(file, 'utf8').catch(() => undefined)) === text;
       if (!unchanged) {
         await rm(temp, { force: true });
         return undefined;
       }
       await rename(temp, file);
-      this.lastWritten = digest(written);
-      this.lastLoaded = this.lastWritten;
-      if (groupLost !== undefined) {
-        const err = groupLost.err instanceof Error ? groupLost.err.message : String(groupLost.err);
-        // One event for every change written here (its name from when failovers were the only one).
-        this.log?.warn({ event: 'storemap.failover_group_not_kept', file, gid, group: groupLost.now, err, change: change.noun }, `${change.noun} written to ${file} without its group ${gid} (the file's group is now ${groupLost.now ?? 'unknown'}): ${err}; give the file its group back (chgrp) if others read it`);
-      }
-      return { document };
     } catch (error) {
       // A write that failed (a full disk, an immutable or read-only file) leaves no temporary
       // file behind: each failover tried would add one to the folder.
       await rm(temp, { force: true }).catch(() => undefined);
       throw error;
     }
+    try {
+      // The rename on disk before the change is answered as written.
+      await syncFolder(dirname(file));
+    } catch (error) {
+      // In the file, not known to be on disk: its watch's read puts it in force (no lastWritten).
+      const code = (error as NodeJS.ErrnoException).code ?? String(error);
+      throw new MailfrontError('STOREMAP_WRITE_UNCONFIRMED', 'local-resources', `${change.what} unconfirmed: ${file} holds it, but its folder could not be synced to disk (${error instanceof Error ? error.message : code}); a power loss may undo it. It is put in force when the file is next read (at once when watched); see \`mailfront stores\` and the file before trying again`, { cause: error });
+    }
+    this.lastWritten = digest(written);
+    this.lastLoaded = this.lastWritten;
+    if (groupLost !== undefined) {
+      const err = groupLost.err instanceof Error ? groupLost.err.message : String(groupLost.err);
+      // One event for every change written here (its name from when failovers were the only one).
+      const { gid } = groupLost;
+      this.log?.warn({ event: 'storemap.failover_group_not_kept', file, gid, group: groupLost.now, err, change: change.noun }, `${change.noun} written to ${file} without its group ${gid} (the file's group is now ${groupLost.now ?? 'unknown'}): ${err}; give the file its group back (chgrp) if others read it`);
+    }
+    return { document };
   }
 
   async close(): Promise<void> {

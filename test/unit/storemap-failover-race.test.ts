@@ -18,22 +18,23 @@ const masters = (file: string): unknown => {
 };
 
 /**
- * Runs `body` with `edit` called each time the failover has written its temporary file: the
+ * Runs `body` with `edit` called each time the failover has made its temporary file: the
  * moment between its read of the map and its rename. fs/promises' export is swapped and synced
  * into the ESM bindings, so the source under test calls it.
  */
 async function withEditsDuringWrites(edit: (n: number) => void, body: () => Promise<unknown>): Promise<void> {
-  const original = fsp.writeFile;
+  const original = fsp.open;
   let n = 0;
-  fsp.writeFile = (async (...args: Parameters<typeof original>) => {
-    await original(...args);
+  fsp.open = (async (...args: Parameters<typeof original>) => {
+    const handle = await original(...args);
     if (String(args[0]).endsWith('.tmp')) edit(++n);
+    return handle;
   }) as typeof original;
   syncBuiltinESMExports();
   try {
     await body();
   } finally {
-    fsp.writeFile = original;
+    fsp.open = original;
     syncBuiltinESMExports();
   }
 }
