@@ -9,7 +9,7 @@ import type { Config } from '../config/schema.js';
 import { MailfrontError, asMailfrontError } from '../errors.js';
 import { flushLog } from '../log.js';
 import type { Logger } from '../log.js';
-import { sourceUnreadable } from './sources.js';
+import { sourceRefusedWrite, sourceUnreadable } from './sources.js';
 import type { StoreMapSource } from './sources.js';
 import type { ProtocolName } from '../protocol/types.js';
 import { StoreMap, maintenanceProblem, protocolsWithMovedPorts } from './storemap.js';
@@ -335,7 +335,9 @@ export class StoreMapHolder {
     } catch (caught) {
       // The document could not be read or is no store map: refused as its load would be. A
       // ConfigError is always that (a file that changed while the change was written, read again).
-      if (!read || caught instanceof ConfigError) throw this.changeRefused(change, caught, sourceUnreadable(caught) !== undefined ? 'cannot be read' : 'is not valid', undefined);
+      // The source's write refused (a file system that would not take the file) is the write's
+      // failure, whenever it came.
+      if (!sourceRefusedWrite(caught) && (!read || caught instanceof ConfigError)) throw this.changeRefused(change, caught, sourceUnreadable(caught) !== undefined || unreadableFileError(caught) ? 'cannot be read' : 'is not valid', undefined);
       // The write itself failed (a read-only replica, a bind account that may not write): said here, where the operator looks, as well as to the caller.
       const error = asMailfrontError(caught);
       this.log.warn({ event: change.failed.event, ...change.failed.fields, source: this.source.description, code: error.code, err: error.message }, change.failed.text);
@@ -387,6 +389,11 @@ interface StoreChange {
   readonly entry: (entry: Record<string, unknown>) => Record<string, unknown>;
   /** The warning logged when the source would not take the write (the document was read and the change checked). */
   readonly failed: { readonly event: string; readonly fields: Record<string, unknown>; readonly text: string };
+}
+
+/** True for the ConfigError of a file that is not there or may not be read (ENOENT, EACCES, EISDIR): a document it could not give, not an invalid one. */
+function unreadableFileError(error: unknown): boolean {
+  return error instanceof ConfigError && error.issues.length > 0 && error.issues.every((i) => i.expected === 'a readable file' || i.expected.startsWith('a readable file ('));
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {

@@ -196,6 +196,51 @@ export interface FileSourceTiming {
 const FILE_SOURCE_TIMING: FileSourceTiming = { retryFirstMs: 1_000, retryMaxMs: 30_000, checkIntervalMs: 5_000 };
 
 /**
+ * What an errno of a store-map file's write means, and whether it passes (a full disk, the quota,
+ * an I/O error: 503, try again once it is fixed) or is the setup's to fix (409). Another errno is
+ * the setup's too, named by its code alone.
+ */
+const FILE_WRITE_FAILURES: ReadonlyMap<string, { readonly passing: boolean; readonly meaning: string }> = new Map([
+  ['ENOSPC', { passing: true, meaning: 'no space left on its file system' }],
+  ['EDQUOT', { passing: true, meaning: "the disk quota of mailfront's user is used up" }],
+  ['EIO', { passing: true, meaning: 'an I/O error of its disk or network file system' }],
+  ['EROFS', { passing: false, meaning: "its file system is mounted read-only (under the shipped systemd unit, ProtectSystem=strict, every folder is but mailfront's own, StateDirectory=mailfront: /var/lib/mailfront)" }],
+  [
+    'EACCES',
+    {
+      passing: false,
+      meaning: "mailfront's user may not write to its folder, where a change writes a temporary file and renames it onto the file: give the folder to that user, or keep the store map in mailfront's own folder (systemd: StateDirectory=mailfront, /var/lib/mailfront)",
+    },
+  ],
+  ['EPERM', { passing: false, meaning: 'not permitted: the file or its folder is immutable or append-only (chattr +i, +a), or a system call filter refuses the call' }],
+]);
+
+/**
+ * The error of a change that a store-map file's file system would not take (`error`, an errno
+ * error of the temporary file or the rename): STOREMAP_WRITE_FAILED, naming the file,
+ * the errno and what it means, and that nothing changed. Passing (ENOSPC, EDQUOT, EIO, and the
+ * passing read errors: too many open files, say) its kind is local-resources (503); otherwise
+ * config (409). Anything else as it came: no errno, a bug.
+ */
+export function fileWriteError(error: unknown, file: string, what: string): unknown {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  if (error instanceof MailfrontError || typeof code !== 'string') return error;
+  const known = FILE_WRITE_FAILURES.get(code);
+  const passing = known?.passing ?? PASSING_READ_ERRORS.has(code);
+  const meaning = known?.meaning ?? PASSING_READ_MEANING.get(code) ?? (error instanceof Error ? error.message : code);
+  return new MailfrontError('STOREMAP_WRITE_FAILED', passing ? 'local-resources' : 'config', `${what} not written: ${file} could not be written (${code}: ${meaning}); nothing was changed, the file is as it was${passing ? '; try again once that is fixed' : ''}`, { cause: error });
+}
+
+/**
+ * True when `error` is a change's write refused by the source itself (a file its file system
+ * would not take), whether or not the document was read before it: no refusal of the document
+ * (see StoreMapHolder.writeChecked).
+ */
+export function sourceRefusedWrite(error: unknown): boolean {
+  return error instanceof MailfrontError && (error.code === 'STOREMAP_WRITE_FAILED' || error.code === 'STOREMAP_WRITE_UNCONFIRMED');
+}
+
+/**
  * Makes a rename in `folder` durable (fsync of the folder). A file system that cannot sync a
  * folder (EINVAL, ENOTSUP) has nothing more to give: taken as done.
  */
@@ -651,7 +696,7 @@ export class FileStoreMapSource implements StoreMapSource {
       // A write that failed (a full disk, an immutable or read-only file) leaves no temporary
       // file behind: each failover tried would add one to the folder.
       await rm(temp, { force: true }).catch(() => undefined);
-      throw error;
+      throw fileWriteError(error, file, change.what);
     }
     try {
       // The rename on disk before the change is answered as written.
@@ -659,7 +704,7 @@ export class FileStoreMapSource implements StoreMapSource {
     } catch (error) {
       // In the file, not known to be on disk: its watch's read puts it in force (no lastWritten).
       const code = (error as NodeJS.ErrnoException).code ?? String(error);
-      throw new MailfrontError('STOREMAP_WRITE_UNCONFIRMED', 'local-resources', `${change.what} unconfirmed: ${file} holds it, but its folder could not be synced to disk (${error instanceof Error ? error.message : code}); a power loss may undo it. It is put in force when the file is next read (at once when watched); see \`mailfront stores\` and the file before trying again`, { cause: error });
+      throw new MailfrontError('STOREMAP_WRITE_UNCONFIRMED', 'local-resources', `${change.what} unconfirmed: ${file} holds it, but its folder could not be synced to disk (${code}: ${FILE_WRITE_FAILURES.get(code)?.meaning ?? (error instanceof Error ? error.message : code)}); a power loss may undo it. It is put in force when the file is next read (at once when watched); see \`mailfront stores\` and the file before trying again`, { cause: error });
     }
     this.lastWritten = digest(written);
     this.lastLoaded = this.lastWritten;

@@ -117,6 +117,8 @@ function send(res: ServerResponse, status: number, body: unknown, headers: Recor
 function statusFor(error: MailfrontError): number {
   // 413 (RFC 9110 §15.5.14) for this limit only: 'limit' is also the kind of a throttle's refusal.
   if (error.code === 'ADMIN_BODY_TOO_LARGE') return 413;
+  // 503: a store-map file its file system would not take for a passing reason (full, over quota, an I/O error); nothing was written.
+  if (error.code === 'STOREMAP_WRITE_FAILED' && error.kind === 'local-resources') return 503;
   // 409 (RFC 9110 §15.5.10): the request is sound, the store map it would change is not; nothing was written.
   // So is a failover the store-map server will not write: a read-only replica, a bind account without write access, another LDAP result.
   if (error.code === 'STOREMAP_FAILOVER_REFUSED' || error.code === 'STOREMAP_MAINTENANCE_REFUSED' || error.code === 'STOREMAP_READ_ONLY_REPLICA' || error.code === 'STOREMAP_WRITE_NOT_ALLOWED' || error.code === 'STOREMAP_WRITE_FAILED') return 409;
