@@ -264,8 +264,8 @@ export class StoreMapHolder {
    * document the source wrote (a file: read and parsed once, not read back), or, when the source
    * cannot hand it out (LDAP), a reload. In the reloads' queue: failovers of several stores at
    * once are written one after the other (each read-modify-write of the file sees the one
-   * before), and each reports its own reload. The log lines saying so are written out before it
-   * resolves (flushLog).
+   * before; another process's, through the file's lock), and each reports its own reload. The
+   * log lines saying so are written out before it resolves (flushLog).
    */
   failover(store: string, slot: string): Promise<ReloadResult> {
     return this.inTurn(async () => {
@@ -335,8 +335,8 @@ export class StoreMapHolder {
     } catch (caught) {
       // The document could not be read or is no store map: refused as its load would be. A
       // ConfigError is always that (a file that changed while the change was written, read again).
-      // The source's write refused (a file system that would not take the file) is the write's
-      // failure, whenever it came.
+      // The source's write refused (a file system that would not take the file, another writer's
+      // lock) is the write's failure, also before the document was read (a file's lock is taken first).
       if (!sourceRefusedWrite(caught) && (!read || caught instanceof ConfigError)) throw this.changeRefused(change, caught, sourceUnreadable(caught) !== undefined || unreadableFileError(caught) ? 'cannot be read' : 'is not valid', undefined);
       // The write itself failed (a read-only replica, a bind account that may not write): said here, where the operator looks, as well as to the caller.
       const error = asMailfrontError(caught);

@@ -4,10 +4,11 @@
  * file's shape; validation and versioning happen in the holder. Owns its file watcher, timers
  * and LDAP connection.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { readFileSync, realpathSync, statSync, watch } from 'node:fs';
 import type { BigIntStats, FSWatcher } from 'node:fs';
-import { open, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
+import { link, open, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { readCaCertificates } from '../ca-file.js';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { ConnectionOptions } from 'node:tls';
@@ -177,13 +178,15 @@ export function sourceUnreadable(error: unknown): string | undefined {
 /** Codes of an LDAP store-map source that could not be read (the others: it gave no valid map). */
 const LDAP_UNREADABLE: ReadonlySet<string> = new Set(['STOREMAP_LDAP_UNREACHABLE', 'STOREMAP_LDAP_SEARCH_FAILED', 'STOREMAP_SOURCE_CLOSED', 'STOREMAP_LDAP_BEHIND']);
 
-/** When a store-map file is looked at besides the events of its watch. */
+/** When a store-map file is looked at besides the events of its watch, and how long a write waits for another's. */
 export interface FileSourceTiming {
   /** The first read again after a read that failed for a passing reason; each next one waits twice as long, up to retryMaxMs. */
   readonly retryFirstMs: number;
   readonly retryMaxMs: number;
   /** How often a watched file's identity (device, inode, size, times) is compared with the one last read: 0, never. */
   readonly checkIntervalMs: number;
+  /** How long a change written here waits for the file's lock, held by another writer, before it gives up (STOREMAP_LOCKED). */
+  readonly lockWaitMs: number;
 }
 
 /**
@@ -191,9 +194,22 @@ export interface FileSourceTiming {
  * failover saved at the limit follows within seconds of descriptors coming free, and no more than
  * a read a second while they do not. The look every 5 s costs one stat(2); it finds a change the
  * watch missed (an inotify queue that overflowed: libuv drops IN_Q_OVERFLOW without a word; a
- * watch that ended; a link among the file's folders swapped) within 5 s.
+ * watch that ended; a link among the file's folders swapped) within 5 s. A change waits up to
+ * 10 s for another writer's lock: a write of 50,000 stores (read, parsed, checked, written) takes
+ * a few seconds.
  */
-const FILE_SOURCE_TIMING: FileSourceTiming = { retryFirstMs: 1_000, retryMaxMs: 30_000, checkIntervalMs: 5_000 };
+const FILE_SOURCE_TIMING: FileSourceTiming = { retryFirstMs: 1_000, retryMaxMs: 30_000, checkIntervalMs: 5_000, lockWaitMs: 10_000 };
+
+/**
+ * A store-map file's lock older than this is a writer's that died or hangs, and is broken: no
+ * write holds it so long, and a writer on another host (a shared file system) cannot be asked
+ * whether it runs.
+ */
+const STOREMAP_LOCK_STALE_MS = 30_000;
+
+/** The pauses between looks at another writer's lock: doubling from the first up to the last, each with jitter. */
+const LOCK_FIRST_PAUSE_MS = 10;
+const LOCK_MAX_PAUSE_MS = 200;
 
 /**
  * What an errno of a store-map file's write means, and whether it passes (a full disk, the quota,
@@ -209,7 +225,7 @@ const FILE_WRITE_FAILURES: ReadonlyMap<string, { readonly passing: boolean; read
     'EACCES',
     {
       passing: false,
-      meaning: "mailfront's user may not write to its folder, where a change writes a temporary file and renames it onto the file: give the folder to that user, or keep the store map in mailfront's own folder (systemd: StateDirectory=mailfront, /var/lib/mailfront)",
+      meaning: "mailfront's user may not write to its folder, where a change writes a lock and a temporary file and renames it onto the file: give the folder to that user, or keep the store map in mailfront's own folder (systemd: StateDirectory=mailfront, /var/lib/mailfront)",
     },
   ],
   ['EPERM', { passing: false, meaning: 'not permitted: the file or its folder is immutable or append-only (chattr +i, +a), or a system call filter refuses the call' }],
@@ -217,7 +233,7 @@ const FILE_WRITE_FAILURES: ReadonlyMap<string, { readonly passing: boolean; read
 
 /**
  * The error of a change that a store-map file's file system would not take (`error`, an errno
- * error of the temporary file or the rename): STOREMAP_WRITE_FAILED, naming the file,
+ * error of the lock, the temporary file or the rename): STOREMAP_WRITE_FAILED, naming the file,
  * the errno and what it means, and that nothing changed. Passing (ENOSPC, EDQUOT, EIO, and the
  * passing read errors: too many open files, say) its kind is local-resources (503); otherwise
  * config (409). Anything else as it came: no errno, a bug.
@@ -233,11 +249,153 @@ export function fileWriteError(error: unknown, file: string, what: string): unkn
 
 /**
  * True when `error` is a change's write refused by the source itself (a file its file system
- * would not take), whether or not the document was read before it: no refusal of the document
- * (see StoreMapHolder.writeChecked).
+ * would not take, a lock another writer holds), whether or not the document was read before it:
+ * no refusal of the document (see StoreMapHolder.writeChecked).
  */
 export function sourceRefusedWrite(error: unknown): boolean {
-  return error instanceof MailfrontError && (error.code === 'STOREMAP_WRITE_FAILED' || error.code === 'STOREMAP_WRITE_UNCONFIRMED');
+  return error instanceof MailfrontError && (error.code === 'STOREMAP_WRITE_FAILED' || error.code === 'STOREMAP_LOCKED' || error.code === 'STOREMAP_WRITE_UNCONFIRMED');
+}
+
+/** Whether process `pid` runs on this host (one of another user's included). */
+function running(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** A lock as found: its text (who holds it, when written whole), its inode and age. */
+interface FoundLock {
+  readonly text: string;
+  readonly ino: number;
+  readonly ageMs: number;
+  readonly holder: { readonly pid: number; readonly host: string; readonly since: string } | undefined;
+}
+
+/** The lock at `path`, or undefined when there is none. */
+async function findLock(path: string): Promise<FoundLock | undefined> {
+  let handle;
+  try {
+    handle = await open(path, 'r');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw error;
+  }
+  try {
+    const [text, s] = await Promise.all([handle.readFile('utf8'), handle.stat()]);
+    let holder: FoundLock['holder'];
+    try {
+      const value = JSON.parse(text) as Record<string, unknown>;
+      if (typeof value['pid'] === 'number' && typeof value['host'] === 'string' && typeof value['since'] === 'string') holder = { pid: value['pid'], host: value['host'], since: value['since'] };
+    } catch {
+      // Being written (it is made, then written), or not mailfront's: judged by its age alone.
+    }
+    return { text, ino: s.ino, ageMs: Date.now() - s.mtimeMs, holder };
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * The lock of one change written to a store-map file: `.<name>.lock` beside it, made with O_EXCL
+ * and holding the writer's pid, host and time, from before the file is read to after the rename.
+ * Writers in other processes (two instances sharing the file) take turns: each reads what the
+ * one before wrote. A lock whose writer no longer runs on this host, or older than
+ * STOREMAP_LOCK_STALE_MS, is broken. A writer checks it still holds its lock just before its
+ * rename, so that one broken meanwhile loses no one's change.
+ */
+class StoreMapFileLock {
+  private constructor(
+    readonly path: string,
+    private readonly text: string,
+  ) {}
+
+  /** Takes the lock of `file` (its real path), waiting up to `waitMs` for another writer's; `what` names the change for the error. */
+  static async take(file: string, what: string, waitMs: number, log: Logger | undefined): Promise<StoreMapFileLock> {
+    const path = join(dirname(file), `.${basename(file)}.lock`);
+    const text = `${JSON.stringify({ pid: process.pid, host: hostname(), since: new Date().toISOString(), id: randomUUID() })}\n`;
+    const deadline = performance.now() + waitMs;
+    let pause = LOCK_FIRST_PAUSE_MS;
+    let breaks = 0;
+    for (;;) {
+      let handle;
+      try {
+        handle = await open(path, 'wx', 0o644);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw fileWriteError(error, file, what);
+      }
+      if (handle !== undefined) {
+        try {
+          await handle.writeFile(text);
+          await handle.close();
+        } catch (error) {
+          await handle.close().catch(() => undefined);
+          await rm(path, { force: true }).catch(() => undefined);
+          throw fileWriteError(error, file, what);
+        }
+        return new StoreMapFileLock(path, text);
+      }
+      const found = await findLock(path).catch((error: unknown) => {
+        throw fileWriteError(error, file, what);
+      });
+      if (found !== undefined) {
+        const stale = found.holder !== undefined && found.holder.host === hostname() && !running(found.holder.pid) ? `its writer (pid ${found.holder.pid}) no longer runs` : found.ageMs > STOREMAP_LOCK_STALE_MS ? `it is ${Math.round(found.ageMs / 1000)} s old` : undefined;
+        // Tried again at once once broken (a few times: a lock that is stale again at once is no writer's turn).
+        if (stale !== undefined && breaks++ < 3) {
+          await StoreMapFileLock.break(path, found, stale, log).catch((error: unknown) => {
+            throw fileWriteError(error, file, what);
+          });
+          continue;
+        }
+      }
+      if (performance.now() >= deadline) {
+        const who = found?.holder === undefined ? 'another writer' : `another writer (pid ${found.holder.pid} on ${found.holder.host}, since ${found.holder.since})`;
+        throw new MailfrontError('STOREMAP_LOCKED', 'in-use', `${what} not written: ${who} kept the lock of ${file} (${path}) for the ${waitMs / 1000} s a change waits; nothing was changed, try again (a lock whose writer no longer runs on this host, or older than ${STOREMAP_LOCK_STALE_MS / 1000} s, is broken)`);
+      }
+      if (found !== undefined) {
+        await new Promise((resolve) => setTimeout(resolve, pause * (0.5 + Math.random() / 2)));
+        pause = Math.min(pause * 2, LOCK_MAX_PAUSE_MS);
+      }
+    }
+  }
+
+  /**
+   * Breaks the stale lock `found` at `path`: renamed aside (of two writers breaking it, one does),
+   * and put back should what was renamed be a lock taken since it was looked at.
+   */
+  private static async break(path: string, found: FoundLock, why: string, log: Logger | undefined): Promise<void> {
+    const aside = `${path}.${process.pid}.${randomUUID()}.broken`;
+    try {
+      await rename(path, aside);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw error;
+    }
+    try {
+      const moved = await findLock(aside);
+      if (moved !== undefined && (moved.ino !== found.ino || moved.text !== found.text)) {
+        // Another writer's, taken since: back in place, unless yet another was taken meanwhile.
+        await link(aside, path).catch(() => undefined);
+        return;
+      }
+      log?.warn({ event: 'storemap.lock_broken', lock: path, pid: found.holder?.pid, host: found.holder?.host, since: found.holder?.since, reason: why }, `the store map's lock ${path} was broken: ${why}`);
+    } finally {
+      await rm(aside, { force: true });
+    }
+  }
+
+  /** True while the lock is this writer's still (none broke it). */
+  async held(): Promise<boolean> {
+    return (await readFile(this.path, 'utf8').catch(() => undefined)) === this.text;
+  }
+
+  /** Removes the lock, if it is this writer's still. */
+  async release(): Promise<void> {
+    // A lock that cannot be removed (a file system gone read-only since) is broken once it is stale.
+    if (await this.held()) await rm(this.path, { force: true }).catch(() => undefined);
+  }
 }
 
 /**
@@ -618,18 +776,35 @@ export class FileStoreMapSource implements StoreMapSource {
   }
 
   /**
-   * One read-edit-write of a change: the file is read and parsed once, its document checked
-   * (`check`), edited and written, and handed out as written. Undefined (nothing written) when the
-   * file changed meanwhile.
+   * One read-edit-write of a change, with the file's lock held from before the read to after the
+   * rename: the file is read and parsed once, its document checked (`check`), edited and written,
+   * and handed out as written. Undefined (nothing written) when the file changed meanwhile.
    */
   private async writeStoreOnce(store: string, check: ((document: unknown) => void) | undefined, change: StoreFileEdit): Promise<{ readonly document: unknown } | undefined> {
     // The file itself, not a symbolic link to it: the temporary file is written next to the
     // file and renamed onto it. Renamed onto the link, it would replace the link with a file of
     // its own, and the file the link named would no longer be the map in force.
     let file: string;
-    let text: string;
     try {
       file = await realpath(this.file);
+    } catch (error) {
+      throw unreadableFile(resolve(this.file), error);
+    }
+    // Another process writing the file (an instance sharing it) reads, changes and renames in
+    // turn with this one: without the lock, the later rename dropped the earlier's change, both
+    // answered as written.
+    const lock = await StoreMapFileLock.take(file, change.what, this.timing.lockWaitMs, this.log);
+    try {
+      return await this.writeLocked(file, store, check, change, lock);
+    } finally {
+      await lock.release();
+    }
+  }
+
+  /** The read-edit-write of writeStoreOnce, `lock` held. */
+  private async writeLocked(file: string, store: string, check: ((document: unknown) => void) | undefined, change: StoreFileEdit, lock: StoreMapFileLock): Promise<{ readonly document: unknown } | undefined> {
+    let text: string;
+    try {
       text = await readFile(file, 'utf8');
     } catch (error) {
       throw unreadableFile(resolve(this.file), error);
@@ -684,9 +859,10 @@ export class FileStoreMapSource implements StoreMapSource {
       }
       await handle.close();
       // Read last, as close to the rename as may be: by content, which a save within the same
-      // timestamp tick changes too. (An edit between this read and the rename is still lost; the
-      // window is two system calls wide, not a read, a parse and a write.)
-      const unchanged = (await realpath(this.file).catch(() => undefined)) === file && (await readFile(file, 'utf8').catch(() => undefined)) === text;
+      // timestamp tick changes too. (A hand edit between this read and the rename is still lost;
+      // the window is two system calls wide, not a read, a parse and a write.) A lock broken
+      // meanwhile (held past STOREMAP_LOCK_STALE_MS) is another writer's now: written again.
+      const unchanged = (await lock.held()) && (await realpath(this.file).catch(() => undefined)) === file && (await readFile(file, 'utf8').catch(() => undefined)) === text;
       if (!unchanged) {
         await rm(temp, { force: true });
         return undefined;
