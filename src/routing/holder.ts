@@ -91,6 +91,23 @@ export interface StoreMapObserver {
   rejected?(error: string): void;
 }
 
+/**
+ * How long after this instance wrote a change a reload that takes it back is logged as undone
+ * (storemap.change_undone): a writer that read the map before the change and saved after it (a
+ * hand edit; an instance without the store-map file's lock, in the rv-crash review's repro within
+ * 100 ms) takes it back within seconds; an operator's own reverse edit comes later, as a rule.
+ */
+const CHANGE_UNDONE_WINDOW_MS = 60_000;
+
+/** A change this instance wrote to the source (see CHANGE_UNDONE_WINDOW_MS). */
+interface WrittenChange {
+  readonly store: string;
+  readonly change: 'failover' | 'maintenance';
+  /** The current master written, or whether maintenance was turned on. */
+  readonly value: string | boolean;
+  readonly at: number;
+}
+
 /** Holds the store map in force. */
 export class StoreMapHolder {
   private map: StoreMap | null = null;
@@ -104,6 +121,8 @@ export class StoreMapHolder {
    * when the source can next be read and has changed.
    */
   private document: { readonly doc: unknown; readonly origin: string } | null = null;
+  /** The changes this instance wrote lately, by `change:store`, until a reload takes one back or CHANGE_UNDONE_WINDOW_MS passes. */
+  private readonly written = new Map<string, WrittenChange>();
 
   constructor(
     private sourceNow: StoreMapSource,
@@ -225,11 +244,41 @@ export class StoreMapHolder {
     const fields = { source, trigger, version: next.version, stores: next.stores.size, failovers: changes, ...(maintenance.length > 0 ? { maintenance } : {}) };
     if (how === 'loaded') this.log.info({ event: 'storemap.loaded', ...fields }, 'store map loaded');
     else this.log.info({ event: 'storemap.rebuilt', ...fields }, 'store map in force built again with the config in force (its source gave no usable map)');
+    if (before !== null && how === 'loaded') this.reportUndone(before, next, trigger, source);
     this.observer.installed?.(next);
     if (how === 'loaded') this.observer.loaded?.(next);
     if (changes.length > 0) this.observer.changes(changes, next);
     if (maintenance.length > 0) this.observer.maintenance?.(maintenance, next);
     return changes;
+  }
+
+  /**
+   * Says (error, storemap.change_undone) which change this instance wrote lately the source's map
+   * `next` takes back from `before`: another writer saved a map read before the change, and the
+   * change the operator was told was written is gone, the sessions it drained sent back. Nothing
+   * else would say so: the reload is logged at info as any other.
+   */
+  private reportUndone(before: StoreMap, next: StoreMap, trigger: string, source: string): void {
+    const now = performance.now();
+    for (const [key, written] of this.written) {
+      if (now - written.at > CHANGE_UNDONE_WINDOW_MS) {
+        this.written.delete(key);
+        continue;
+      }
+      const was = before.stores.get(written.store);
+      const is = next.stores.get(written.store);
+      if (was === undefined || is === undefined) continue;
+      const holds = (store: Store): boolean => (written.change === 'failover' ? store.currentMaster === written.value : (store.maintenance !== null) === written.value);
+      if (!holds(was) || holds(is)) continue;
+      this.written.delete(key);
+      const agoMs = Math.round(now - written.at);
+      const what = written.change === 'failover' ? `the failover to "${String(written.value)}"` : `maintenance ${written.value === true ? 'on' : 'off'}`;
+      const says = written.change === 'failover' ? `its current master is "${is.currentMaster}"` : `maintenance is ${is.maintenance !== null ? 'on' : 'off'}`;
+      this.log.error(
+        { event: 'storemap.change_undone', store: written.store, change: written.change, written: written.value, now: written.change === 'failover' ? is.currentMaster : is.maintenance !== null, writtenMsAgo: agoMs, source, trigger, version: next.version },
+        `store "${written.store}": ${what} this instance wrote ${(agoMs / 1000).toFixed(1)} s ago was undone by ${source} (${says} again): another writer saved the store map as it was before it (a hand edit, an instance writing without the store-map lock); write it again if that was not meant`,
+      );
+    }
   }
 
   /**
@@ -279,6 +328,7 @@ export class StoreMapHolder {
       };
       const written = await this.writeChecked(store, change, (check) => this.source.setCurrentMaster(store, slot, check));
       this.log.warn({ event: 'storemap.failover_written', store, from: known.currentMaster, to: slot, source: this.source.description }, 'failover written to the store map source');
+      this.written.set(`failover:${store}`, { store, change: 'failover', value: slot, at: performance.now() });
       const result = written === undefined ? await this.reloadNow('failover') : this.put(written.document, 'failover');
       // The lines saying so on their way out before the answer: a kill right after it lost them.
       await flushLog();
@@ -306,6 +356,7 @@ export class StoreMapHolder {
       const written = await this.writeChecked(store, change, (check) => this.source.setMaintenance(store, maintenance, check));
       const fields = { event: 'storemap.maintenance_written', store, maintenance: maintenance !== false, ...(typeof maintenance === 'string' ? { reason: maintenance } : {}), before: known.maintenance !== null, source: this.source.description };
       this.log.warn(fields, `maintenance ${maintenance === false ? 'off' : 'on'} written to the store map source`);
+      this.written.set(`maintenance:${store}`, { store, change: 'maintenance', value: maintenance !== false, at: performance.now() });
       const result = written === undefined ? await this.reloadNow('maintenance') : this.put(written.document, 'maintenance');
       await flushLog();
       return result;
