@@ -7,7 +7,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { readFileSync, realpathSync, statSync, watch } from 'node:fs';
 import type { BigIntStats, FSWatcher } from 'node:fs';
-import { link, open, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
+import { link, open, readFile, readdir, realpath, rename, rm, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { readCaCertificates } from '../ca-file.js';
 import { basename, dirname, join, resolve } from 'node:path';
@@ -207,6 +207,9 @@ const FILE_SOURCE_TIMING: FileSourceTiming = { retryFirstMs: 1_000, retryMaxMs: 
  */
 const STOREMAP_LOCK_STALE_MS = 30_000;
 
+/** A temporary file of a write older than this is one cut short (its writer killed), whoever wrote it. */
+const STOREMAP_TEMP_STALE_MS = 60_000;
+
 /** The pauses between looks at another writer's lock: doubling from the first up to the last, each with jitter. */
 const LOCK_FIRST_PAUSE_MS = 10;
 const LOCK_MAX_PAUSE_MS = 200;
@@ -399,6 +402,35 @@ class StoreMapFileLock {
 }
 
 /**
+ * Removes the temporary files of writes to `file` (its real path) cut short by a kill, named
+ * `.<name>.<pid>.<n>.tmp` (and `.<name>.lock.<pid>.<id>.broken`, a stale lock being broken): those
+ * whose writer no longer runs on this host, of this process (no write of its own runs while it
+ * holds the lock), or older than STOREMAP_TEMP_STALE_MS. Called with the file's lock held, so that
+ * no writer that takes it has a temporary file there; a writer that does not (an older mailfront)
+ * keeps its own while it runs, for a minute.
+ */
+async function removeStaleTemps(file: string, log: Logger | undefined): Promise<void> {
+  const folder = dirname(file);
+  const prefix = `.${basename(file)}.`;
+  const names = await readdir(folder).catch(() => [] as string[]);
+  const removed: string[] = [];
+  for (const name of names) {
+    const pid = name.startsWith(prefix) ? /^(?:lock\.)?(\d+)\.(?:\d+\.tmp|[0-9a-f-]+\.broken)$/.exec(name.slice(prefix.length))?.[1] : undefined;
+    if (pid === undefined) continue;
+    const path = join(folder, name);
+    if (Number(pid) !== process.pid && running(Number(pid))) {
+      const modified = await stat(path).then((s) => s.mtimeMs, () => undefined);
+      if (modified === undefined || Date.now() - modified < STOREMAP_TEMP_STALE_MS) continue;
+    }
+    await rm(path, { force: true }).then(
+      () => removed.push(name),
+      () => undefined,
+    );
+  }
+  if (removed.length > 0) log?.warn({ event: 'storemap.temp_files_removed', folder, files: removed }, `removed ${removed.length} temporary file(s) of store-map writes cut short from ${folder}`);
+}
+
+/**
  * Makes a rename in `folder` durable (fsync of the folder). A file system that cannot sync a
  * folder (EINVAL, ENOTSUP) has nothing more to give: taken as done.
  */
@@ -586,6 +618,7 @@ export class FileStoreMapSource implements StoreMapSource {
     };
     this.stopWatch?.();
     this.stopWatch = stop;
+    void this.removeStaleTempsNow();
     // A read before the watch (a reload's) that failed for a passing reason is read again from now.
     if (this.readError !== null && this.retryTimer === undefined) this.scheduleRetry();
     if (!this.watchEnabled) {
@@ -725,6 +758,25 @@ export class FileStoreMapSource implements StoreMapSource {
     return stop;
   }
 
+  /**
+   * At the start of a watch (serve's start, a new store_map.file): the temporary files of writes
+   * a kill cut short, which nothing else removes, under the file's lock when no writer holds it
+   * (one that does removes them before its write). Whatever fails is left for the next write.
+   */
+  private async removeStaleTempsNow(): Promise<void> {
+    try {
+      const file = await realpath(this.file);
+      const lock = await StoreMapFileLock.take(file, 'the removal of temporary files', 0, this.log);
+      try {
+        await removeStaleTemps(file, this.log);
+      } finally {
+        await lock.release();
+      }
+    } catch {
+      // No file yet, another writer at work, a folder mailfront may not write to: nothing to do now.
+    }
+  }
+
   setCurrentMaster(store: string, slot: string, check?: (document: unknown) => void): Promise<{ readonly document: unknown }> {
     return this.writeStore(store, check, {
       what: `the failover of store "${store}" to "${slot}"`,
@@ -795,6 +847,7 @@ export class FileStoreMapSource implements StoreMapSource {
     // answered as written.
     const lock = await StoreMapFileLock.take(file, change.what, this.timing.lockWaitMs, this.log);
     try {
+      await removeStaleTemps(file, this.log);
       return await this.writeLocked(file, store, check, change, lock);
     } finally {
       await lock.release();
