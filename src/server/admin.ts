@@ -121,9 +121,11 @@ function statusFor(error: MailfrontError): number {
   if (error.code === 'STOREMAP_WRITE_FAILED' && error.kind === 'local-resources') return 503;
   // 409 (RFC 9110 §15.5.10): the request is sound, the store map it would change is not; nothing was written.
   // So is a failover the store-map server will not write: a read-only replica, a bind account without write access, another LDAP result.
-  if (error.code === 'STOREMAP_FAILOVER_REFUSED' || error.code === 'STOREMAP_MAINTENANCE_REFUSED' || error.code === 'STOREMAP_READ_ONLY_REPLICA' || error.code === 'STOREMAP_WRITE_NOT_ALLOWED' || error.code === 'STOREMAP_WRITE_FAILED') return 409;
+  // So is a store the map names twice (two keys in the file, two LDAP entries): which one to change is not known.
+  if (error.code === 'STOREMAP_FAILOVER_REFUSED' || error.code === 'STOREMAP_MAINTENANCE_REFUSED' || error.code === 'STOREMAP_READ_ONLY_REPLICA' || error.code === 'STOREMAP_WRITE_NOT_ALLOWED' || error.code === 'STOREMAP_WRITE_FAILED' || error.code === 'STOREMAP_DUPLICATE_STORE') return 409;
   // 503 (RFC 9110 §15.6.4): the store-map server is behind the map in force; another answers, or it catches up.
-  if (error.code === 'STOREMAP_LDAP_BEHIND') return 503;
+  // Or the file kept changing under the write (another writer without the lock, an editor): it passes; nothing was written.
+  if (error.code === 'STOREMAP_LDAP_BEHIND' || error.code === 'STOREMAP_FILE_CHANGING') return 503;
   switch (error.kind) {
     case 'no-route':
       return 404;
