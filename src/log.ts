@@ -74,11 +74,14 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
 }
 
 /**
- * Log lines stdout did not take while the process ran (mailfront_log_write_errors_total,
+ * Log lines stdout did not take while the process ran (mailfront_log_write_errors_total by kind,
  * mailfront_log_bytes_dropped_total). The log is the audit trail (logins, failovers, kicks): its
  * loss is said on stderr, which a service manager keeps apart, and counted for an alert.
+ * `closed`: EPIPE, the pipe's reader gone, after which pino writes nothing more, for good;
+ * `failed`: any other error (ENOSPC, EIO), after which the lines are kept (up to
+ * MAX_PENDING_LOG_BYTES) and written again, so that nothing is lost if stdout takes them again.
  */
-export const logLoss = { writeErrors: 0, bytesDropped: 0 };
+export const logLoss = { writeErrors: { closed: 0, failed: 0 }, bytesDropped: 0 };
 
 /** What watchLogLoss() listens to: pino's stdout destination (a SonicBoom). */
 export interface LossSource {
@@ -90,11 +93,13 @@ export interface LossSource {
 const DROP_NOTICE_INTERVAL_MS = 60_000;
 
 /**
- * Counts and says on stderr what `stream` fails to write. A write error (EPIPE: the pipe's reader
- * has gone; pino then writes nothing more, for good) is said once per error code; bytes dropped
- * for a reader that has stalled past MAX_PENDING_LOG_BYTES, at most once a minute. Serving goes
- * on: the sessions matter more than their log lines. Without this, a log shipper that exited left
- * mailfront serving with no log line and nothing on stderr.
+ * Counts and says on stderr what `stream` fails to write. A write error is said once per error
+ * code: EPIPE (the pipe's reader has gone; pino then writes nothing more, for good), or another
+ * (a full disk: the lines are kept and written again once it takes them, up to
+ * MAX_PENDING_LOG_BYTES, then dropped); bytes dropped for a reader that has stalled or a stdout
+ * that keeps failing, at most once a minute. Serving goes on: the sessions matter more than their
+ * log lines. Without this, a log shipper that exited left mailfront serving with no log line and
+ * nothing on stderr.
  */
 export function watchLogLoss(stream: LossSource, stderr: (text: string) => void = writeStderr, now: () => number = Date.now): void {
   const said = new Set<string>();
@@ -104,17 +109,22 @@ export function watchLogLoss(stream: LossSource, stderr: (text: string) => void 
   stream.on('error', (error) => {
     if (error === last) return;
     last = error;
-    logLoss.writeErrors++;
     const code = (error as NodeJS.ErrnoException).code ?? error.message;
+    const closed = code === 'EPIPE';
+    logLoss.writeErrors[closed ? 'closed' : 'failed']++;
     if (said.has(code)) return;
     said.add(code);
-    stderr(`mailfront: log lines cannot be written to stdout (${code}${code === 'EPIPE' ? ': its reader has gone' : ''}); mailfront goes on serving, and log lines are lost from now on (mailfront_log_write_errors_total)\n`);
+    stderr(
+      closed
+        ? `mailfront: log lines cannot be written to stdout (EPIPE: its reader has gone); mailfront goes on serving, and log lines are lost from now on, until a restart (mailfront_log_write_errors_total{kind="closed"})\n`
+        : `mailfront: log lines cannot be written to stdout (${code}); mailfront goes on serving, and keeps the lines (up to ${MAX_PENDING_LOG_BYTES} bytes) to write them again once stdout takes them; past that they are dropped (mailfront_log_write_errors_total{kind="failed"}, mailfront_log_bytes_dropped_total)\n`,
+    );
   });
   stream.on('drop', (data) => {
     logLoss.bytesDropped += typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength;
     if (now() - noticeAt < DROP_NOTICE_INTERVAL_MS) return;
     noticeAt = now();
-    stderr(`mailfront: stdout's reader has stalled with ${MAX_PENDING_LOG_BYTES} bytes of log lines pending: ${logLoss.bytesDropped} bytes dropped so far (mailfront_log_bytes_dropped_total)\n`);
+    stderr(`mailfront: stdout has not taken ${MAX_PENDING_LOG_BYTES} bytes of log lines (its reader stalled, or its writes fail): ${logLoss.bytesDropped} bytes dropped so far (mailfront_log_bytes_dropped_total)\n`);
   });
 }
 

@@ -422,16 +422,18 @@ export class Metrics {
     // Read from log.ts at each scrape: what stdout refused (the log is the audit trail).
     const logWriteErrors = new Counter({
       name: 'mailfront_log_write_errors_total',
-      help: 'Errors writing log lines to stdout (EPIPE: its reader has gone, and no line is written after it); each is said on stderr.',
+      help: 'Errors writing log lines to stdout, by kind: closed (EPIPE, its reader gone: no line is written after it until a restart), failed (another error, ENOSPC or EIO: the lines are kept and written again, up to 16 MiB); said on stderr.',
+      labelNames: ['kind'] as const,
       registers,
       collect: () => {
         logWriteErrors.reset();
-        logWriteErrors.inc(logLoss.writeErrors);
+        logWriteErrors.inc({ kind: 'closed' }, logLoss.writeErrors.closed);
+        logWriteErrors.inc({ kind: 'failed' }, logLoss.writeErrors.failed);
       },
     });
     const logBytesDropped = new Counter({
       name: 'mailfront_log_bytes_dropped_total',
-      help: 'Bytes of log lines dropped because stdout\'s reader stalled with 16 MiB pending; said on stderr at most once a minute.',
+      help: 'Bytes of log lines dropped because stdout did not take them with 16 MiB pending (its reader stalled, or its writes fail); said on stderr at most once a minute.',
       registers,
       collect: () => {
         logBytesDropped.reset();

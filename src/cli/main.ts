@@ -684,21 +684,31 @@ const MAX_ARGUMENTS: Readonly<Record<string, number>> = { serve: 1, 'check-confi
 
 /**
  * Resolves once every line logged so far is written, or after `ms` (a log reader that has
- * stalled). Exiting with a batch still being written by libuv's thread pool loses it, or lets
- * the lines the exit handler writes at once land before it: `server.stopped` was not always the
- * log's last line.
+ * stalled), or once stdout refuses them (a write error: ENOSPC, EIO). Exiting with a batch still
+ * being written by libuv's thread pool loses it, or lets the lines the exit handler writes at once
+ * land before it: `server.stopped` was not always the log's last line. What is not written by then
+ * is given up, so that the exit's own flush does not retry it for ever (it did, every 100 ms, on a
+ * full disk: the stop never ended).
  */
 function logWritten(log: import('../log.js').Logger, ms: number): Promise<void> {
   return new Promise((resolve) => {
-    const timer = setTimeout(() => {
-      // The exit must not wait for it either (see dropPendingLog()); said where it may be read.
+    let settled = false;
+    // The exit must not wait for it either (see dropPendingLog()); said where it may be read.
+    const giveUp = (why: string): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
       void import('../log.js').then(({ dropPendingLog }) => {
         const dropped = dropPendingLog();
-        if (dropped > 0) writeStderrIfItTakes(`mailfront: stdout took no log line for ${ms / 1000} s while stopping: ${dropped} bytes of log dropped at exit\n`);
+        if (dropped > 0) writeStderrIfItTakes(`mailfront: ${why} while stopping: ${dropped} bytes of log dropped at exit\n`);
         resolve();
       });
-    }, ms);
-    log.flush(() => {
+    };
+    const timer = setTimeout(() => giveUp(`stdout took no log line for ${ms / 1000} s`), ms);
+    log.flush((error?: Error) => {
+      if (error !== undefined && error !== null) return giveUp(`stdout refused the log lines (${(error as NodeJS.ErrnoException).code ?? error.message})`);
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
       resolve();
     });

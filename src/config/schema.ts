@@ -326,12 +326,14 @@ export const STOP_LOG_FLUSH_MS = 5_000;
 export const SHIPPED_STOP_GRACE_MS = 30_000;
 
 /**
- * The longest a stop (SIGTERM) may take with `config`: the unready delay, the drain, the BYEs
- * spread over failover.drain_spread_ms after it, the close and the log's last lines. A service
- * manager that kills it sooner cuts the drain.
+ * The longest a stop (SIGTERM) may take with `config`: the unready delay (only with an HTTP
+ * listener: without one nothing reads /readyz, and there is none), the drain, the BYEs spread over
+ * failover.drain_spread_ms after it, the close and the log's last lines. A service manager that
+ * kills it sooner cuts the drain.
  */
-export function stopTakesAtMostMs(config: { readonly shutdown: ShutdownConfig; readonly failover: Pick<FailoverConfig, 'drainSpreadMs'> }): number {
-  return config.shutdown.unreadyDelayMs + config.shutdown.drainTimeoutMs + config.failover.drainSpreadMs + STOP_CLOSE_MS + STOP_LOG_FLUSH_MS;
+export function stopTakesAtMostMs(config: { readonly shutdown: ShutdownConfig; readonly failover: Pick<FailoverConfig, 'drainSpreadMs'>; readonly http?: unknown }): number {
+  const unreadyMs = config.http === undefined ? 0 : config.shutdown.unreadyDelayMs;
+  return unreadyMs + config.shutdown.drainTimeoutMs + config.failover.drainSpreadMs + STOP_CLOSE_MS + STOP_LOG_FLUSH_MS;
 }
 
 export interface AdminConfig {
@@ -792,7 +794,7 @@ const WARNING_STORES_NAMED = 10;
  * check-config reads it) a store in replay mode: mailfront has not the target's password, so
  * master logins to those stores are refused (MASTER_USER_NEEDS_TRUST_MODE).
  */
-export function configWarnings(config: Pick<Config, 'failover' | 'session' | 'shutdown'> & Partial<Pick<Config, 'directory' | 'backend' | 'backendProfiles'>>, stores?: ReadonlyMap<string, { readonly backend: Pick<BackendConfig, 'loginMode'> }>): ConfigWarning[] {
+export function configWarnings(config: Pick<Config, 'failover' | 'session' | 'shutdown'> & Partial<Pick<Config, 'directory' | 'backend' | 'backendProfiles' | 'http'>>, stores?: ReadonlyMap<string, { readonly backend: Pick<BackendConfig, 'loginMode'> }>): ConfigWarning[] {
   const warnings: ConfigWarning[] = [];
   const stopMs = stopTakesAtMostMs(config);
   if (stopMs >= SHIPPED_STOP_GRACE_MS) {
@@ -800,7 +802,7 @@ export function configWarnings(config: Pick<Config, 'failover' | 'session' | 'sh
     warnings.push({
       event: 'config.stop_exceeds_shipped_grace',
       path: stopPath(config),
-      text: `a stop may take up to ${seconds} s (shutdown.unready_delay_ms ${config.shutdown.unreadyDelayMs} + shutdown.drain_timeout_ms ${config.shutdown.drainTimeoutMs} + failover.drain_spread_ms ${config.failover.drainSpreadMs} + ${(STOP_CLOSE_MS + STOP_LOG_FLUSH_MS) / 1000} s to close and write the log), and the shipped systemd unit's TimeoutStopSec and compose's stop_grace_period are ${SHIPPED_STOP_GRACE_MS / 1000} s: raise them above ${seconds + 5} s, or the service manager kills the drain`,
+      text: `a stop may take up to ${seconds} s (${config.http === undefined ? '' : `shutdown.unready_delay_ms ${config.shutdown.unreadyDelayMs} + `}shutdown.drain_timeout_ms ${config.shutdown.drainTimeoutMs} + failover.drain_spread_ms ${config.failover.drainSpreadMs} + ${(STOP_CLOSE_MS + STOP_LOG_FLUSH_MS) / 1000} s to close and write the log), and the shipped systemd unit's TimeoutStopSec and compose's stop_grace_period are ${SHIPPED_STOP_GRACE_MS / 1000} s: raise them above ${seconds + 5} s, or the service manager kills the drain`,
     });
   }
   if (config.directory?.masterUserFilter !== undefined) {
@@ -845,9 +847,10 @@ function readHealth(v: unknown, issues: IssueList): HealthConfig {
   };
 }
 
-/** The key a long stop is most likely owed to: the largest of the three the operator sets. */
-function stopPath(config: Pick<Config, 'shutdown' | 'failover'>): string {
-  const { drainTimeoutMs, unreadyDelayMs } = config.shutdown;
+/** The key a long stop is most likely owed to: the largest of the three the operator sets (the unready delay only with an HTTP listener). */
+function stopPath(config: Pick<Config, 'shutdown' | 'failover'> & { readonly http?: unknown }): string {
+  const { drainTimeoutMs } = config.shutdown;
+  const unreadyDelayMs = config.http === undefined ? 0 : config.shutdown.unreadyDelayMs;
   const { drainSpreadMs } = config.failover;
   if (drainTimeoutMs >= unreadyDelayMs && drainTimeoutMs >= drainSpreadMs) return 'shutdown.drain_timeout_ms';
   return unreadyDelayMs >= drainSpreadMs ? 'shutdown.unready_delay_ms' : 'failover.drain_spread_ms';

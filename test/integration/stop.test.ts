@@ -315,9 +315,10 @@ test("stdout's reader gone (EPIPE): mailfront goes on serving, says so once on s
     const waitFor = Date.now() + 5_000;
     while (!/log lines cannot be written/.test(stderr) && Date.now() < waitFor) await new Promise((r) => setTimeout(r, 50));
     assert.equal(stderr.match(/log lines cannot be written/g)?.length, 1, `stderr: ${stderr}`);
-    assert.match(stderr, /^mailfront: log lines cannot be written to stdout \(EPIPE: its reader has gone\); mailfront goes on serving, and log lines are lost from now on \(mailfront_log_write_errors_total\)\n$/m);
+    assert.match(stderr, /^mailfront: log lines cannot be written to stdout \(EPIPE: its reader has gone\); mailfront goes on serving, and log lines are lost from now on, until a restart \(mailfront_log_write_errors_total\{kind="closed"\}\)\n$/m);
     const metrics = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
-    assert.match(metrics, /^mailfront_log_write_errors_total 1$/m);
+    assert.match(metrics, /^mailfront_log_write_errors_total\{kind="closed"\} 1$/m);
+    assert.match(metrics, /^mailfront_log_write_errors_total\{kind="failed"\} 0$/m);
     assert.match(metrics, /^mailfront_log_bytes_dropped_total 0$/m);
     // Still serving, and still said only once.
     await login();
@@ -328,5 +329,47 @@ test("stdout's reader gone (EPIPE): mailfront goes on serving, says so once on s
     if (child.exitCode === null) child.kill('SIGKILL');
     const write = suiteLogWriter();
     for (const line of stdout.split('\n')) if (line.startsWith('{')) write(line);
+  }
+});
+
+test('stdout on a full device (ENOSPC): mailfront goes on serving, says the lines are kept, and a stop still ends, what was not written given up', async () => {
+  const [imapPort, httpPort] = [await freePort(), await freePort()];
+  const configFile = writeConfig('enospc.yaml', imapPort, { http: { host: '127.0.0.1', port: httpPort }, shutdown: { drain_timeout_ms: 0, unready_delay_ms: 0 } });
+  const cli = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+  // /dev/full: every write fails with ENOSPC, as a log file on a full file system does.
+  const full = openSync('/dev/full', 'w');
+  const child = spawn(process.execPath, ['--enable-source-maps', cli, 'serve', '-c', configFile], { stdio: ['ignore', full, 'pipe'] });
+  closeSync(full);
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  let stderr = '';
+  child.stderr!.setEncoding('utf8').on('data', (text: string) => (stderr += text));
+  try {
+    const deadline = Date.now() + 15_000;
+    while ((await readyz(httpPort))?.status !== 200) {
+      if (child.exitCode !== null || Date.now() > deadline) throw new Error(`mailfront did not become ready: ${stderr}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const raw = await LineClient.connect(imapPort);
+    try {
+      await raw.readLine();
+      raw.send(`a1 LOGIN sam ${PASSWORD}`);
+      assert.match(await raw.readLine(), /^a1 OK /);
+    } finally {
+      raw.close();
+    }
+    const waitFor = Date.now() + 5_000;
+    while (!/log lines cannot be written/.test(stderr) && Date.now() < waitFor) await new Promise((r) => setTimeout(r, 50));
+    assert.match(stderr, /^mailfront: log lines cannot be written to stdout \(ENOSPC\); mailfront goes on serving, and keeps the lines \(up to 16777216 bytes\) to write them again once stdout takes them; past that they are dropped/m);
+    const metrics = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
+    assert.match(metrics, /^mailfront_log_write_errors_total\{kind="failed"\} [1-9]\d*$/m);
+    assert.match(metrics, /^mailfront_log_write_errors_total\{kind="closed"\} 0$/m);
+    const stopped = Date.now();
+    child.kill('SIGTERM');
+    // The exit's own flush retried the refused lines for ever (every 100 ms): the stop never ended.
+    const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('still running'), 15_000))]);
+    assert.equal(code, 0, `${Date.now() - stopped} ms after SIGTERM: ${String(code)}; stderr: ${stderr}`);
+    assert.match(stderr, /mailfront: stdout refused the log lines \(ENOSPC\) while stopping: \d+ bytes of log dropped at exit\n/);
+  } finally {
+    if (child.exitCode === null) child.kill('SIGKILL');
   }
 });

@@ -42,15 +42,17 @@ test('the shipped systemd unit and compose file give a stop the time the code as
   assert.ok(grace !== undefined, 'docker/compose.yaml sets stop_grace_period');
   assert.equal(durationMs(timeoutStop), SHIPPED_STOP_GRACE_MS);
   assert.equal(durationMs(grace), SHIPPED_STOP_GRACE_MS);
-  const byDefault = stopTakesAtMostMs({ shutdown: { unreadyDelayMs: DEFAULT_UNREADY_DELAY_MS, drainTimeoutMs: 10_000 }, failover: { drainSpreadMs: 2_000 } });
+  const byDefault = stopTakesAtMostMs({ shutdown: { unreadyDelayMs: DEFAULT_UNREADY_DELAY_MS, drainTimeoutMs: 10_000 }, failover: { drainSpreadMs: 2_000 }, http: {} });
   assert.equal(byDefault, 24_000);
+  // Without an HTTP listener there is no unready delay (nothing reads /readyz).
+  assert.equal(stopTakesAtMostMs({ shutdown: { unreadyDelayMs: DEFAULT_UNREADY_DELAY_MS, drainTimeoutMs: 10_000 }, failover: { drainSpreadMs: 2_000 } }), 19_000);
   assert.ok(byDefault + 5_000 <= SHIPPED_STOP_GRACE_MS, 'some room is left for the process to exit');
 });
 
 test('configWarnings names the shutdown key when a stop may outlast the shipped grace time, and not below it', () => {
   const session = { preauthTimeoutMs: 60_000 };
-  const at = (unreadyDelayMs: number, drainTimeoutMs: number, drainSpreadMs = 2_000) =>
-    configWarnings({ failover: { holdMs: 15_000, drainSpreadMs }, session, shutdown: { unreadyDelayMs, drainTimeoutMs } } as Parameters<typeof configWarnings>[0]).filter((w) => w.event === 'config.stop_exceeds_shipped_grace');
+  const at = (unreadyDelayMs: number, drainTimeoutMs: number, drainSpreadMs = 2_000, http: object | null = {}) =>
+    configWarnings({ failover: { holdMs: 15_000, drainSpreadMs }, session, shutdown: { unreadyDelayMs, drainTimeoutMs }, ...(http !== null ? { http } : {}) } as Parameters<typeof configWarnings>[0]).filter((w) => w.event === 'config.stop_exceeds_shipped_grace');
   assert.deepEqual(at(5_000, 10_000), []);
   assert.deepEqual(at(5_000, 15_999), []);
   const long = at(5_000, 16_000);
@@ -59,6 +61,10 @@ test('configWarnings names the shutdown key when a stop may outlast the shipped 
   assert.match(long[0]!.text, /^a stop may take up to 30 s \(shutdown\.unready_delay_ms 5000 \+ shutdown\.drain_timeout_ms 16000 \+ failover\.drain_spread_ms 2000 \+ 7 s to close and write the log\), and the shipped systemd unit's TimeoutStopSec and compose's stop_grace_period are 30 s: raise them above 35 s/);
   assert.equal(at(60_000, 10_000)[0]?.path, 'shutdown.unready_delay_ms');
   assert.equal(at(5_000, 10_000, 30_000)[0]?.path, 'failover.drain_spread_ms');
+  // No HTTP listener, no unready delay: 20 s of drain is 29 s in all, and a long unready delay is nothing.
+  assert.deepEqual(at(5_000, 20_000, 2_000, null), []);
+  assert.deepEqual(at(60_000, 10_000, 2_000, null), []);
+  assert.match(at(5_000, 21_000, 2_000, null)[0]?.text ?? '', /^a stop may take up to 30 s \(shutdown\.drain_timeout_ms 21000 \+ failover\.drain_spread_ms 2000 \+ 7 s/);
 });
 
 test('check-config prints the warning and exits 0', async () => {
@@ -73,5 +79,6 @@ test('check-config prints the warning and exits 0', async () => {
     });
   });
   assert.equal(result.code, 0, result.stderr);
-  assert.match(result.stdout, /\nwarning: a stop may take up to 74 s \([^\n]*raise them above 79 s, or the service manager kills the drain\n$/);
+  // This config has no http section: no unready delay counted.
+  assert.match(result.stdout, /\nwarning: a stop may take up to 69 s \(shutdown\.drain_timeout_ms 60000 [^\n]*raise them above 74 s, or the service manager kills the drain\n$/);
 });
