@@ -117,7 +117,9 @@ export interface Directory {
   /**
    * Whether `staff`, a user authenticate() let in just now, may log in to another user's mailbox
    * (a master login): the entry matches directory.master_user_filter, `{user}` being
-   * `staff.user`. Asked of the directory every time, never of a cache, so that a staff member
+   * `staff.user`, which the session makes the entry's own name (directory.login_attribute; the
+   * name typed when the entry has none, or several and not it), not an alias it was found under.
+   * Asked of the directory every time, never of a cache, so that a staff member
    * taken out of the filter is refused from the next login on. False without a filter. Rejects
    * as authenticate() does: `auth-tempfail` when the directory cannot answer, `aborted` when
    * `signal` fired first. Absent: nobody may.

@@ -1110,8 +1110,8 @@ export class LdapDirectory implements Directory {
   }
 
   /**
-   * A base search of the staff member's entry with directory.master_user_filter (`{user}` the
-   * name the staff member logged in with, escaped), under the service account, with the deadlines
+   * A base search of the staff member's entry with directory.master_user_filter (`{user}`
+   * `staff.user`, the entry's own name as the session gives it, escaped), under the service account, with the deadlines
    * and the retry on the next server of the user search: the entry it finds lets the staff member
    * in as another user. Never from the cache of entries, nor into it. An entry gone since it was
    * found (a cached login's) is no master. A filter the LDAP client cannot parse (check-config

@@ -92,9 +92,14 @@ const EMPTY = Buffer.alloc(0);
 /** What a kicked client is told. */
 const KICKED_TEXT = 'Disconnected by an administrator';
 
-/** A master login refused, the password right: the staff member is no master (directory.master_user_filter), or the target is not found. */
+/**
+ * A master login refused, the password right: the staff member is no master
+ * (directory.master_user_filter), the target is not found, or the target's entry names no one
+ * store (another staff member's, say: staff entries need none).
+ */
 const MASTER_NOT_ALLOWED = 'MASTER_NOT_ALLOWED';
 const MASTER_TARGET_UNKNOWN = 'MASTER_TARGET_UNKNOWN';
+const MASTER_TARGET_WITHOUT_MAILBOX = 'MASTER_TARGET_WITHOUT_MAILBOX';
 
 /** A master login to a store that logs in in replay mode, and what its client is told (a master: it may know why). */
 const MASTER_NEEDS_TRUST_MODE = 'MASTER_USER_NEEDS_TRUST_MODE';
@@ -303,10 +308,11 @@ export class Session {
   /** The login names another user's mailbox (masterLoginOf()): counted in mailfront_master_logins_total. */
   private masterAttempt = false;
   /**
-   * A master login's staff member: the name (the entry's own once the directory has answered)
-   * and, once the password is checked, the entry; `user` is then the target.
+   * A master login's staff member: the name (the entry's own once the directory has answered),
+   * the name typed when it is another (an alias the user filter matched), and, once the password
+   * is checked, the entry; `user` is then the target.
    */
-  private master: { user: string; dn?: string } | undefined;
+  private master: { user: string; typed?: string; dn?: string } | undefined;
   private mechanism: string | undefined;
   private store: string | undefined;
   private slot: string | undefined;
@@ -633,11 +639,15 @@ export class Session {
     if (this.masterAttempt) this.context.metrics.masterLogin(this.adapter.name, result);
   }
 
-  /** A master login's fields for its log lines: `master`, the staff member, and `masterDn`, the staff member's entry, once known. */
-  private masterFields(): { master?: string; masterDn?: string } {
+  /**
+   * A master login's fields for its log lines: `master`, the staff member (the entry's own name
+   * once known), `typedMaster`, the staff member's name as typed when it is another (as
+   * `typedUser` is for users), and `masterDn`, the staff member's entry, once known.
+   */
+  private masterFields(): { master?: string; typedMaster?: string; masterDn?: string } {
     const master = this.master;
     if (master === undefined) return {};
-    return master.dn === undefined ? { master: master.user } : { master: master.user, masterDn: master.dn };
+    return { master: master.user, ...(master.typed !== undefined ? { typedMaster: master.typed } : {}), ...(master.dn !== undefined ? { masterDn: master.dn } : {}) };
   }
 
   /** Whether `user` (the entry `dn`), or a master login's staff member, was kicked since the login read `kicksAtStart`. */
@@ -650,18 +660,20 @@ export class Session {
   /**
    * A master login, the staff member's password checked (`staff`, as the directory answered for
    * `staffName`, the name typed): whether the staff member may log in as another user
-   * (directory.master_user_filter, asked of the directory itself at every login: never from a
-   * cache, so that a cached login of the staff member cannot skip it), then the entry of
+   * (directory.master_user_filter, its {user} the entry's own name, asked of the directory itself
+   * at every login: never from a cache, so that a cached login of the staff member cannot skip
+   * it), then the entry of
    * `target`, looked up in the directory itself for this protocol (never from a cache of logins:
    * no password of the target's was given, and none of its logins is kept). In that order: to
-   * someone who is no master, whether the target exists is not told. Both refusals are
-   * `not-authorized` (RFC 5530 AUTHORIZATIONFAILED), and no failure for the throttle: the
-   * password was right. The staff member's own entry needs no store, and its hold is not the
+   * someone who is no master, whether the target exists is not told. A target whose entry names
+   * no one store (none: another staff member's) has no mailbox to open. The refusals are
+   * `not-authorized` (RFC 5530 AUTHORIZATIONFAILED), logged at info, and no failure for the
+   * throttle: the password was right. The staff member's own entry needs no store, and its hold is not the
    * target's.
    */
   private async masterTarget(directory: Directory, staff: DirectoryUser, staffName: string, target: string, config: Config, cancellation: Cancellation): Promise<DirectoryUser> {
     const login = entryLoginName(staff.loginNames ?? [], staffName, config.usernames);
-    const master = { user: login.kind === 'name' ? login.name : staffName, dn: staff.dn };
+    const master = { user: login.kind === 'name' ? login.name : staffName, ...(login.kind === 'name' && login.name !== staffName ? { typed: staffName } : {}), dn: staff.dn };
     this.master = master;
     // A reload may replace (and close) the directory between this login's steps, each a call of
     // its own: the rest is asked of the one in force (with its settings), as the admin API's kick does.
@@ -676,12 +688,21 @@ export class Session {
         return step(now);
       }
     };
-    const allowed = await ask(async (d) => (d.masterAllowed === undefined ? false : d.masterAllowed(staff, cancellation)));
+    // {user} of the filter is the entry's own name, as the log names the staff member: with a user
+    // filter that matches aliases, the name typed may be one the master filter compares with
+    // nothing (help@example.com against uid={user}), and the same entry would be refused under it.
+    const named = master.user === staff.user ? staff : { ...staff, user: master.user };
+    const allowed = await ask(async (d) => (d.masterAllowed === undefined ? false : d.masterAllowed(named, cancellation)));
     throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
     if (!allowed) throw new MailfrontError(MASTER_NOT_ALLOWED, 'not-authorized', `"${master.user}" (${master.dn}) asked to log in as "${target}" and may not: the entry does not match directory.master_user_filter`);
     const found = await ask((d) => d.lookup(target, cancellation, this.adapter.name));
     throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
     if (found === null) throw new MailfrontError(MASTER_TARGET_UNKNOWN, 'not-authorized', `"${master.user}" (${master.dn}) asked to log in as "${target}", whom the directory does not find${current.byProtocol === true ? ` for ${this.adapter.name}` : ''}`);
+    // An entry without a store of its own (a colleague's staff entry: the README's set-up gives
+    // them none) has no mailbox to open: the staff member's mistake, not the fleet's, so not the
+    // user's own login's no-route (an error line, "temporarily unavailable", a fleet failure).
+    const stores = found.storeValues !== undefined && found.storeValues > 1 ? found.storeValues : found.store === null ? 0 : 1;
+    if (stores !== 1) throw new MailfrontError(MASTER_TARGET_WITHOUT_MAILBOX, 'not-authorized', `"${master.user}" (${master.dn}) asked to log in as "${target}", whose directory entry ${found.dn} has ${stores === 0 ? 'no' : `${stores} values of`} ${config.directory.storeAttribute}${stores === 0 ? ' attribute' : ''}: no mailbox to open`);
     return found;
   }
 
@@ -819,7 +840,7 @@ export class Session {
       if (login.kind === 'ambiguous') {
         throw new MailfrontError('USER_LOGIN_AMBIGUOUS', 'auth-tempfail', `the directory entry ${found.dn} has ${login.names.length} names in ${loginAttribute} (directory.login_attribute), none of them "${typed}", the name typed; it must have one, the name the backend knows the user by`);
       }
-      // A master login's target, looked up rather than authenticated: authenticate() refuses such an entry itself.
+      // authenticate() refuses such an entry itself, and masterTarget() a master login's target: kept for a directory that does not.
       if (found.storeValues !== undefined && found.storeValues > 1) {
         throw new MailfrontError('USER_STORE_AMBIGUOUS', 'no-route', `the directory entry ${found.dn} has ${found.storeValues} values of ${config.directory.storeAttribute}; it must have one, the user's store`);
       }
@@ -889,7 +910,7 @@ export class Session {
         const login = entryLoginName(error.loginNames, user, config.usernames);
         if (login.kind === 'name') {
           if (named === undefined) asserted = this.user = login.name;
-          else this.master = { user: login.name };
+          else this.master = { user: login.name, ...(login.name !== user ? { typed: user } : {}) };
         }
       }
       if (error.kind === 'auth-failed') {
@@ -901,8 +922,8 @@ export class Session {
       const fields = { event: 'session.login_failed', protocol: this.adapter.name, ...userFields(asserted ?? typed ?? undefined, typed ?? undefined), ...this.masterFields(), store: this.store, code: error.code, kind: error.kind, ...(throttledBy !== undefined ? { by: throttledBy } : {}), ...this.clientFields(), listener: this.listenerName, reason: error.message, loginMs: Math.round(performance.now() - started), ...(penaltyMs > 0 ? { penaltyMs } : {}) };
       // A POP3 client polling faster than the backend allows ([LOGIN-DELAY]) is the user's doing,
       // not the fleet's; a store in maintenance, or a user held by the directory, the operator's;
-      // a master login refused to someone who is no master, or for a target that does not exist, the client's.
-      if (refusal === 'auth-failed' || refusal === 'limit' || refusal === 'login-delay' || error.kind === 'maintenance' || error.kind === 'held' || error.code === MASTER_NOT_ALLOWED || error.code === MASTER_TARGET_UNKNOWN) this.log.info(fields, 'login failed');
+      // a master login refused to someone who is no master, or for a target that does not exist or has no mailbox, the client's.
+      if (refusal === 'auth-failed' || refusal === 'limit' || refusal === 'login-delay' || error.kind === 'maintenance' || error.kind === 'held' || error.code === MASTER_NOT_ALLOWED || error.code === MASTER_TARGET_UNKNOWN || error.code === MASTER_TARGET_WITHOUT_MAILBOX) this.log.info(fields, 'login failed');
       else this.log.error(fields, 'login could not be completed');
       // Same answer after the same time for an unknown user and a wrong password (and a
       // throttled login looks no faster); repeated failures add the throttle's penalty. Every
