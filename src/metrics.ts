@@ -34,7 +34,7 @@ export type LdapOperation = 'connect' | 'service-bind' | 'search' | 'user-bind';
 export type LdapResult = 'success' | 'invalid-credentials' | 'timeout' | 'error';
 
 /** How a backend connect or login ended. */
-export type BackendResult = 'success' | 'timeout' | 'refused' | 'in-use' | 'login-delay' | 'error' | 'aborted';
+export type BackendResult = 'success' | 'timeout' | 'refused' | 'in-use' | 'login-delay' | 'limit' | 'error' | 'aborted';
 
 /** Which way proxied bytes went. */
 export type ByteDirection = 'client-to-backend' | 'backend-to-client';
@@ -236,6 +236,8 @@ export function backendFailureResult(code: string, kind: FailureKind): BackendRe
   if (kind === 'aborted') return 'aborted';
   if (kind === 'in-use') return 'in-use';
   if (kind === 'login-delay') return 'login-delay';
+  // The backend's limit of the user's connections (BACKEND_USER_LIMIT): the user's, not the store's failure.
+  if (kind === 'limit') return 'limit';
   if (code.endsWith('_TIMEOUT')) return 'timeout';
   if (code === 'BACKEND_REFUSED_LOGIN') return 'refused';
   return 'error';

@@ -519,7 +519,10 @@ export function loginToBackend(initial: Socket, slot: Slot, machine: BackendLogi
           case 'fail': {
             // A backend that refuses a login the directory accepted is a fault of the fleet, not of
             // the user: the client gets a temporary failure (kind backend-login), never "wrong password".
-            const [code, kind] = action.refusal === 'in-use' ? (['BACKEND_MAILBOX_IN_USE', 'in-use'] as const) : action.refusal === 'login-delay' ? (['BACKEND_LOGIN_DELAY', 'login-delay'] as const) : action.refusal === 'auth-failed' ? (['BACKEND_REFUSED_LOGIN', 'backend-login'] as const) : (['BACKEND_UNAVAILABLE', 'backend-login'] as const);
+            // But for the user's own doing: a locked mailbox, a POP3 poll too soon, and the
+            // backend's limit of the user's connections (Dovecot's mail_max_userip_connections,
+            // kind limit, answered as mailfront's own max_sessions_per_user: no fleet failure).
+            const [code, kind] = action.refusal === 'in-use' ? (['BACKEND_MAILBOX_IN_USE', 'in-use'] as const) : action.refusal === 'login-delay' ? (['BACKEND_LOGIN_DELAY', 'login-delay'] as const) : action.refusal === 'limit' ? (['BACKEND_USER_LIMIT', 'limit'] as const) : action.refusal === 'auth-failed' ? (['BACKEND_REFUSED_LOGIN', 'backend-login'] as const) : (['BACKEND_UNAVAILABLE', 'backend-login'] as const);
             fail(new MailfrontError(code, kind, `slot "${slot.name}": ${action.detail} (state ${machine.state})`));
             return;
           }

@@ -17,6 +17,15 @@ export const SHUTTING_DOWN_TEXT = `${SHUTTING_DOWN_PHRASE}, please wait and try 
 export const ADDRESS_LIMIT_TEXT = 'Too many connections from your address, please wait and try again later.';
 
 /**
+ * The words of Dovecot's refusal of a login over mail_max_userip_connections (10 by default: the
+ * user's connections from one client address), as Dovecot 2.3.19 words it: "Maximum number of
+ * connections from user+IP exceeded (mail_max_userip_connections=10)". IMAP sends it with
+ * [LIMIT], which says enough; POP3 with [IN-USE] and ManageSieve with no code at all, so there
+ * only these words tell the user's limit from a locked maildrop or a refused password.
+ */
+export const BACKEND_USER_LIMIT_WORDS = /\bMaximum number of connections from user\+IP exceeded\b/i;
+
+/**
  * Whether a refused login counts towards MAX_AUTH_ATTEMPTS: only refusals of the client's own
  * doing (wrong credentials, throttled). A backend outage or a locked mailbox is no reason to
  * close the connection.

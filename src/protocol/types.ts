@@ -157,10 +157,11 @@ export type BackendAction =
    */
   | { readonly type: 'done'; readonly capabilities: string | null; readonly leftover: Uint8Array }
   /**
-   * Login failed. `refusal` classifies it; `detail` is the backend's text for the log
-   * (never shown to the client as is).
+   * Login failed. `refusal` classifies it (`limit`: the backend's own limit of the user's
+   * connections, Dovecot's mail_max_userip_connections); `detail` is the backend's text for the
+   * log (never shown to the client as is).
    */
-  | { readonly type: 'fail'; readonly refusal: 'auth-failed' | 'unavailable' | 'in-use' | 'login-delay'; readonly detail: string };
+  | { readonly type: 'fail'; readonly refusal: 'auth-failed' | 'unavailable' | 'in-use' | 'login-delay' | 'limit'; readonly detail: string };
 
 /** A backend login dialogue as explicit named states (the state name appears in logs). */
 export interface BackendLoginMachine {

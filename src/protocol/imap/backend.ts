@@ -47,7 +47,7 @@ const LF = 0x0a;
 const CR = 0x0d;
 
 /** Response codes of a NO to LOGIN that mean a temporary or server-side problem rather than wrong credentials (RFC 5530). */
-const UNAVAILABLE_CODES = new Set(['UNAVAILABLE', 'SERVERBUG', 'LIMIT', 'PRIVACYREQUIRED', 'OVERQUOTA']);
+const UNAVAILABLE_CODES = new Set(['UNAVAILABLE', 'SERVERBUG', 'PRIVACYREQUIRED', 'OVERQUOTA']);
 
 /** Reads backend responses line by line, skipping over literals, with a bound on one response; counts the bytes read in all. */
 class ResponseReader {
@@ -532,6 +532,9 @@ const MAX_ALERT_CHARS = 400;
 /** Classifies a tagged NO to LOGIN/AUTHENTICATE by its RFC 5530 response code. */
 export function classifyLoginNo(codeName: string | null): Refusal {
   if (codeName === 'INUSE') return 'in-use';
+  // RFC 5530 LIMIT: a limit of the user's, such as Dovecot's connections per user and client
+  // address (mail_max_userip_connections), not the server's trouble nor the fleet's.
+  if (codeName === 'LIMIT') return 'limit';
   if (codeName !== null && UNAVAILABLE_CODES.has(codeName)) return 'unavailable';
   // AUTHENTICATIONFAILED, AUTHORIZATIONFAILED, EXPIRED, no code at all: the credentials were refused.
   return 'auth-failed';

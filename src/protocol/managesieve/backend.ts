@@ -9,7 +9,7 @@ import { MAX_BACKEND_DIALOGUE_BYTES, MAX_BACKEND_DIALOGUE_RESPONSES, MAX_BACKEND
 import { encodePlain, hasUnsafeCharacters } from '../sasl.js';
 import type { BackendAction, BackendLoginMachine, BackendLoginOptions } from '../types.js';
 import { oneLineText, parseResponse, SieveReader, sieveString, type SieveToken } from './wire.js';
-import { redactCredentials } from '../rules.js';
+import { BACKEND_USER_LIMIT_WORDS, redactCredentials } from '../rules.js';
 
 /** The dialogue's states, named after what the machine waits for. */
 export type ManageSieveBackendState =
@@ -157,7 +157,8 @@ export class ManageSieveBackendLogin implements BackendLoginMachine {
         return this.#sendAuthenticate(out);
       case 'authenticate':
         if (response.status === 'OK') return this.#done(out);
-        return this.#fail(out, response.code !== null && UNAVAILABLE_CODES.has(response.code) ? 'unavailable' : 'auth-failed', `authenticate: ${detail}`);
+        // Dovecot's refusal over mail_max_userip_connections is a NO without a code: its words say so.
+        return this.#fail(out, response.code !== null && UNAVAILABLE_CODES.has(response.code) ? 'unavailable' : BACKEND_USER_LIMIT_WORDS.test(response.text) ? 'limit' : 'auth-failed', `authenticate: ${detail}`);
       case 'tls-handshake':
       case 'done':
       case 'failed':

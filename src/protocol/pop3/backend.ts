@@ -15,7 +15,7 @@ import { MAX_BACKEND_RESPONSE_BYTES } from '../../limits.js';
 import { encodePlain, hasUnsafeCharacters } from '../sasl.js';
 import type { BackendAction, BackendLoginMachine, BackendLoginOptions } from '../types.js';
 import { LineReader, lineText, oneLine } from './lines.js';
-import { redactCredentials } from '../rules.js';
+import { BACKEND_USER_LIMIT_WORDS, redactCredentials } from '../rules.js';
 
 /** The backend dialogue's states, named after what the machine waits for. */
 export type Pop3BackendState =
@@ -32,7 +32,7 @@ export type Pop3BackendState =
   | 'done'
   | 'failed';
 
-type Refusal = 'auth-failed' | 'unavailable' | 'in-use' | 'login-delay';
+type Refusal = Extract<BackendAction, { type: 'fail' }>['refusal'];
 
 // RFC 5034 §4: a client must not send an initial response that makes the AUTH command longer
 // than RFC 2449's 255 octets; it waits for the empty challenge and sends the response then.
@@ -353,6 +353,9 @@ function replyKind(line: string): ReplyKind {
 /** Maps a backend's -ERR to a refusal by its RFC 2449/3206 response code. */
 export function classifyRefusal(line: string): Refusal {
   const code = /^-ERR \[([^\]]*)\]/i.exec(line)?.[1]?.toUpperCase() ?? '';
+  // Dovecot answers a login over mail_max_userip_connections with [IN-USE] and its own words: the
+  // user's connections, not a locked maildrop (BACKEND_USER_LIMIT_WORDS).
+  if (BACKEND_USER_LIMIT_WORDS.test(line)) return 'limit';
   if (code === 'IN-USE' || code.startsWith('IN-USE/')) return 'in-use';
   // RFC 2449 §8.1.2: the user logs in more often than the server allows (Cyrus pop3d's
   // popminpoll): the user's own doing, relayed so that the client waits, not the server's trouble.
