@@ -7,8 +7,8 @@
  * text (the listener picks the answer from the name of the limit admit() refused with; the session
  * picks the answer to a refused claim at login) or log.
  */
-import { addressKey } from '../net/cidr.js';
-import { IssueList, int, readSection } from '../config/validate.js';
+import { CidrSet, addressKey } from '../net/cidr.js';
+import { IssueList, int, readNetworks, readSection } from '../config/validate.js';
 
 /** The limits in force. */
 export interface ConnectionLimitsConfig {
@@ -18,6 +18,11 @@ export interface ConnectionLimitsConfig {
   readonly maxConnectionsPerAddress: number;
   /** Sessions of one user at once, from anywhere. */
   readonly maxSessionsPerUser: number;
+  /**
+   * Address blocks not counted per address, as trusted networks are not (a carrier's or campus's
+   * NAT, thousands of clients behind one address), without their ID claims being believed. Absent: none.
+   */
+  readonly exemptNetworks?: readonly string[];
 }
 
 /**
@@ -66,12 +71,17 @@ export class ConnectionLimiter {
   private total = 0;
   private readonly byAddress = new Map<string, number>();
   private readonly byUser = new Map<string, number>();
+  /** connection_limits.exempt_networks. */
+  private exempt: CidrSet;
 
-  constructor(private limits: ConnectionLimitsConfig = CONNECTION_LIMIT_DEFAULTS) {}
+  constructor(private limits: ConnectionLimitsConfig = CONNECTION_LIMIT_DEFAULTS) {
+    this.exempt = new CidrSet(limits.exemptNetworks ?? []);
+  }
 
   /** New limits apply to new connections and claims; held leases stay valid. */
   setLimits(limits: ConnectionLimitsConfig): void {
     this.limits = limits;
+    this.exempt = new CidrSet(limits.exemptNetworks ?? []);
   }
 
   /** Connections held now. */
@@ -100,13 +110,14 @@ export class ConnectionLimiter {
   }
 
   /**
-   * At accept: a lease, or the limit that refuses the connection. A trusted address is counted in
-   * the total only: neither limited nor counted per address, so that a webmail server never
+   * At accept: a lease, or the limit that refuses the connection. A trusted address (and one of
+   * connection_limits.exempt_networks) is counted in the total only: neither limited nor counted per address, so that a webmail server never
    * uses up the count of the untrusted neighbours sharing its key (its IPv6 /64).
    */
   admit(address: string, trusted: boolean): Admission {
     if (this.total >= this.limits.maxConnections) return { admitted: false, limit: 'total' };
-    if (trusted) {
+    // An exempt network (a NAT) is admitted as a trusted one, its ID claims not believed for it.
+    if (trusted || this.exempt.contains(address)) {
       this.total++;
       return { admitted: true, lease: new Lease(undefined, this.counts) };
     }
@@ -134,6 +145,7 @@ export class ConnectionLimiter {
       return true;
     },
     releaseUser: (user) => decrement(this.byUser, user),
+    exempt: (address) => this.exempt.contains(address),
     releaseConnection: (key) => {
       this.total--;
       if (key !== undefined) decrement(this.byAddress, key);
@@ -146,6 +158,7 @@ interface LeaseCounts {
   releaseAddress(addressKey: string): void;
   claimUser(user: string): boolean;
   releaseUser(user: string): void;
+  exempt(address: string): boolean;
   releaseConnection(addressKey: string | undefined): void;
 }
 
@@ -182,6 +195,11 @@ class Lease implements ConnectionLease {
 
   countAddress(address: string): boolean {
     if (this.isReleased) return false;
+    // A forwarded address of an exempt network is not counted, as when it connects itself.
+    if (this.counts.exempt(address)) {
+      this.uncountAddress();
+      return true;
+    }
     const next = addressKey(address);
     if (next === this.key) return true;
     // The new key is counted first: at the limit, the key counted before stays counted.
@@ -224,11 +242,12 @@ function decrement(map: Map<string, number>, key: string): void {
 
 /** Reads the `connection_limits` section (absent: defaults). */
 export function readConnectionLimitsConfig(v: unknown, path: string, issues: IssueList): ConnectionLimitsConfig {
-  const o = v === undefined ? {} : readSection(v, path, ['max_connections', 'max_connections_per_address', 'max_sessions_per_user'], issues) ?? {};
+  const o = v === undefined ? {} : readSection(v, path, ['max_connections', 'max_connections_per_address', 'max_sessions_per_user', 'exempt_networks'], issues) ?? {};
   const d = CONNECTION_LIMIT_DEFAULTS;
   return {
     maxConnections: int(o, 'max_connections', path, issues, 1, 1_000_000, d.maxConnections),
     maxConnectionsPerAddress: int(o, 'max_connections_per_address', path, issues, 1, 1_000_000, d.maxConnectionsPerAddress),
     maxSessionsPerUser: int(o, 'max_sessions_per_user', path, issues, 1, 100_000, d.maxSessionsPerUser),
+    exemptNetworks: readNetworks(o, 'exempt_networks', path, issues),
   };
 }

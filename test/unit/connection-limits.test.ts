@@ -195,14 +195,15 @@ test('any interleaving of admits, forwarded addresses, claims and releases (rele
 
 test('config: defaults, values and mistakes', () => {
   const issues = new IssueList();
-  assert.deepEqual(readConnectionLimitsConfig(undefined, 'connection_limits', issues), CONNECTION_LIMIT_DEFAULTS);
-  assert.deepEqual(readConnectionLimitsConfig({ max_connections: 50, max_connections_per_address: 5, max_sessions_per_user: 3 }, 'connection_limits', issues), {
+  assert.deepEqual(readConnectionLimitsConfig(undefined, 'connection_limits', issues), { ...CONNECTION_LIMIT_DEFAULTS, exemptNetworks: [] });
+  assert.deepEqual(readConnectionLimitsConfig({ max_connections: 50, max_connections_per_address: 5, max_sessions_per_user: 3, exempt_networks: ['100.64.0.0/10'] }, 'connection_limits', issues), {
     maxConnections: 50,
     maxConnectionsPerAddress: 5,
     maxSessionsPerUser: 3,
+    exemptNetworks: ['100.64.0.0/10'],
   });
   assert.deepEqual(issues.issues, []);
   const bad = new IssueList();
-  readConnectionLimitsConfig({ max_connections: 0, max_sessions_per_user: 'many', per_ip: 3 }, 'connection_limits', bad);
-  assert.deepEqual(bad.issues.map((i) => i.path).sort(), ['connection_limits.max_connections', 'connection_limits.max_sessions_per_user', 'connection_limits.per_ip']);
+  readConnectionLimitsConfig({ max_connections: 0, max_sessions_per_user: 'many', per_ip: 3, exempt_networks: 'a NAT' }, 'connection_limits', bad);
+  assert.deepEqual(bad.issues.map((i) => i.path).sort(), ['connection_limits.exempt_networks[0]', 'connection_limits.max_connections', 'connection_limits.max_sessions_per_user', 'connection_limits.per_ip']);
 });
