@@ -1,12 +1,13 @@
 /**
- * The `throttle` config section: penalties and refusals after failed logins, the trusted networks
- * exempt from per-address counting, and the optional Redis that a fleet shares counters through.
+ * The `throttle` config section: penalties and refusals after failed logins, the networks exempt
+ * from per-address counting (a carrier's NAT), the prefix an IPv6 client is counted by, the
+ * addresses a user logged in from that the user's refusal spares, and the optional Redis that a fleet shares counters through.
  * Reads plain YAML data into a typed value with the validate.ts helpers; must not open files or
  * connections (the Redis password arrives inline, `auth_password_file` is resolved by the loader;
  * the TLS files are only named here, and read by each connection attempt and by check-config).
  */
 import { isAbsolute } from 'node:path';
-import { IssueList, at, bool, int, optStr, readSection, str } from '../config/validate.js';
+import { IssueList, at, bool, int, offOrInt, optStr, readNetworks, readSection, str } from '../config/validate.js';
 import { MAX_CACHE_ENTRIES } from '../limits.js';
 
 /** Where counters are shared when several mailfront instances serve the same users. */
@@ -44,6 +45,19 @@ export interface ThrottleConfig {
   readonly refusalMs: number;
   /** Users and addresses tracked in memory at most (least recently used ones are forgotten first). */
   readonly maxTrackedSubjects: number;
+  /**
+   * Address blocks not counted per address (no per-address failures, penalty or refusal; their
+   * users are counted as anyone's): a carrier's or campus's NAT. Unlike trusted_networks, their
+   * ID claims are not believed. Absent: none.
+   */
+  readonly exemptNetworks?: readonly string[];
+  /** An IPv6 client's failures are counted by its network of this many bits (absent: THROTTLE_DEFAULTS.ipv6PrefixBits). */
+  readonly ipv6PrefixBits?: number;
+  /**
+   * How long an address a user logged in from is known for that user: the user's refusal does not
+   * refuse it (its own per-address limit still does); 0: off. Absent: THROTTLE_DEFAULTS.knownAddressMs.
+   */
+  readonly knownAddressMs?: number;
   readonly redis?: ThrottleRedisConfig;
 }
 
@@ -64,12 +78,18 @@ export const THROTTLE_DEFAULTS = {
   failureWindowMs: 15 * 60_000,
   refusalMs: 10 * 60_000,
   maxTrackedSubjects: 100_000,
+  // A home line is delegated a /56 (RIPE-690), so counting /64s gave one subscriber 256 budgets;
+  // Dovecot's auth penalty masks IPv6 to /48. /56 keeps neighbours on one provider apart.
+  ipv6PrefixBits: 56,
+  // A day: a laptop opened once a day still finds its address known; an attacker must log in as
+  // the user (the password right) to make an address known.
+  knownAddressMs: 24 * 3_600_000,
   redisKeyPrefix: 'mailfront:throttle:',
   // A local Redis answers in well under a millisecond; a login must not wait on a sick one.
   redisTimeoutMs: 250,
 } as const;
 
-const KEYS = ['enabled', 'base_delay_ms', 'max_delay_ms', 'failures_per_user', 'failures_per_address', 'failure_window_ms', 'refusal_ms', 'max_tracked', 'redis'] as const;
+const KEYS = ['enabled', 'base_delay_ms', 'max_delay_ms', 'failures_per_user', 'failures_per_address', 'failure_window_ms', 'refusal_ms', 'max_tracked', 'exempt_networks', 'ipv6_prefix_bits', 'known_address_ms', 'redis'] as const;
 const REDIS_KEYS = ['url', 'username', 'auth_password', 'key_prefix', 'timeout_ms', 'ca_file', 'cert_file', 'key_file'] as const;
 
 /** The TLS files of `throttle.redis`: config key, field, and the TLS option each becomes. */
@@ -80,7 +100,7 @@ export const REDIS_TLS_FILES = [
 ] as const;
 
 /** Each setting of ThrottleConfig with its config key, in the section's order. */
-const SETTING_KEYS: readonly (readonly [Exclude<keyof ThrottleConfig, 'redis'>, string])[] = [
+const SETTING_KEYS: readonly (readonly [Exclude<keyof ThrottleConfig, 'redis' | 'exemptNetworks' | 'ipv6PrefixBits' | 'knownAddressMs'>, string])[] = [
   ['enabled', 'enabled'],
   ['baseDelayMs', 'base_delay_ms'],
   ['maxDelayMs', 'max_delay_ms'],
@@ -109,11 +129,24 @@ const REDIS_SETTING_KEYS: readonly (readonly [keyof ThrottleRedisConfig, string]
  */
 export function throttleChanges(previous: ThrottleConfig, next: ThrottleConfig): string[] {
   const changed = SETTING_KEYS.filter(([field]) => previous[field] !== next[field]).map(([, key]) => key);
+  if ((previous.exemptNetworks ?? []).join(',') !== (next.exemptNetworks ?? []).join(',')) changed.push('exempt_networks');
+  if (ipv6PrefixBitsOf(previous) !== ipv6PrefixBitsOf(next)) changed.push('ipv6_prefix_bits');
+  if (knownAddressMsOf(previous) !== knownAddressMsOf(next)) changed.push('known_address_ms');
   if ((previous.redis === undefined) !== (next.redis === undefined)) changed.push('redis');
   else if (previous.redis !== undefined && next.redis !== undefined) {
     for (const [field, key] of REDIS_SETTING_KEYS) if (previous.redis[field] !== next.redis[field]) changed.push(`redis.${key}`);
   }
   return changed;
+}
+
+/** throttle.ipv6_prefix_bits in force. */
+export function ipv6PrefixBitsOf(config: ThrottleConfig): number {
+  return config.ipv6PrefixBits ?? THROTTLE_DEFAULTS.ipv6PrefixBits;
+}
+
+/** throttle.known_address_ms in force (0: off). */
+export function knownAddressMsOf(config: ThrottleConfig): number {
+  return config.knownAddressMs ?? THROTTLE_DEFAULTS.knownAddressMs;
 }
 
 /**
@@ -146,6 +179,10 @@ export function readThrottleConfig(v: unknown, path: string, issues: IssueList, 
     failureWindowMs: int(o, 'failure_window_ms', path, issues, 1_000, 7 * 24 * 3_600_000, d.failureWindowMs),
     refusalMs: int(o, 'refusal_ms', path, issues, 1_000, 7 * 24 * 3_600_000, d.refusalMs),
     maxTrackedSubjects: int(o, 'max_tracked', path, issues, 100, MAX_CACHE_ENTRIES, d.maxTrackedSubjects),
+    exemptNetworks: readNetworks(o, 'exempt_networks', path, issues),
+    // Not past /64 (a customer's smallest delegation, RFC 6177), nor wider than /32 (a provider's).
+    ipv6PrefixBits: int(o, 'ipv6_prefix_bits', path, issues, 32, 64, d.ipv6PrefixBits),
+    knownAddressMs: offOrInt(o, 'known_address_ms', path, issues, 60_000, 30 * 24 * 3_600_000, d.knownAddressMs),
     ...(redis !== undefined ? { redis } : {}),
   };
 }

@@ -2,8 +2,10 @@
  * Auth-failure throttling: per user and per client address, failed logins earn a penalty that
  * doubles up to a cap, and past a limit logins are refused for a while. The same wrong password
  * tried again does not count again (a phone retrying a stale password is not a guesser); the
- * machine never keeps passwords, only keyed fingerprints of them. Trusted networks (webmail) are
- * not counted per address, only per user. Counters live in memory, or in Redis so that a fleet
+ * machine never keeps passwords, only keyed fingerprints of them. Trusted networks (webmail) and
+ * exempt ones (a carrier's NAT) are not counted per address, only per user. An address a user
+ * logged in from lately is known: the user's refusal does not refuse it (an attacker who knows a
+ * user name cannot lock the user out), its own per-address count still does. Counters live in memory, or in Redis so that a fleet
  * shares them; when Redis is unreachable or slow, local counters answer until it is back, and
  * the failures it missed are added to its counts until it takes writes again and holds them.
  *
@@ -19,8 +21,8 @@ import { LRUCache } from 'lru-cache';
 import { caCertificatesProblem, readCaFile } from '../ca-file.js';
 import type { ConfigIssue } from '../config/validate.js';
 import type { Logger } from '../log.js';
-import { addressKey } from '../net/cidr.js';
-import { REDIS_TLS_FILES, sameRedisConnection, throttleChanges } from './throttle-config.js';
+import { CidrSet, addressKey } from '../net/cidr.js';
+import { REDIS_TLS_FILES, ipv6PrefixBitsOf, knownAddressMsOf, sameRedisConnection, throttleChanges } from './throttle-config.js';
 import type { ThrottleConfig, ThrottleRedisConfig } from './throttle-config.js';
 
 /** One login attempt as the throttle sees it. */
@@ -29,7 +31,7 @@ export interface LoginAttempt {
   readonly user: string | null;
   /** The client address as the socket reports it. */
   readonly address: string;
-  /** The address is on a trusted network: not counted per address. */
+  /** The address is on a trusted network: not counted per address (nor is one of throttle.exempt_networks, whatever this says). */
   readonly trusted: boolean;
 }
 
@@ -43,6 +45,11 @@ export interface ThrottleVerdict {
   readonly refusedForMs: number;
   /** Penalty to add before answering a failed login. */
   readonly delayMs: number;
+  /**
+   * The user's limit refuses the user, but not this login: its address is known (the user logged
+   * in from it within throttle.known_address_ms). Pass the verdict to recordSuccess().
+   */
+  readonly knownAddress?: true;
 }
 
 /** A check's verdict, with what the address has left when asked (see Throttle.check). */
@@ -68,7 +75,7 @@ export interface SubjectLimit {
   readonly limit: number;
 }
 
-/** How long failures and refusals last, and how many fingerprints are kept per subject. */
+/** How long failures and refusals last, and how many fingerprints are kept per subject at least (see fingerprintsKeptFor()). */
 export interface FailurePolicy {
   readonly failureWindowMs: number;
   readonly refusalMs: number;
@@ -89,8 +96,35 @@ export interface ThrottleStore {
   close(): Promise<void>;
 }
 
-/** Wrong passwords remembered per subject: enough for a client cycling through a few stale ones. */
+/** A user's known address (see Throttle.recordSuccess()): the user's key, the address's, and for how long. */
+export interface KnownAddress {
+  readonly user: string;
+  readonly address: string;
+  readonly ms: number;
+}
+
+/**
+ * Known addresses kept per user in Redis at most: the most recently seen are kept. A phone on a
+ * mobile network changes address all the time; home, office and a webmail's forwarded addresses fit.
+ */
+export const KNOWN_ADDRESSES_PER_USER = 8;
+
+
+/** Wrong passwords remembered per subject at least: enough for a client cycling through a few stale ones. */
 export const FINGERPRINTS_KEPT = 8;
+
+/**
+ * At most. A subject keeps as many as its limit (fingerprintsKeptFor()): with 8, nine phones
+ * behind one NAT retrying stale passwords in turn each counted anew at every retry, and refused
+ * every user behind it for as long as they retried. A limit set far higher (to turn refusals off)
+ * keeps this many: each takes about 40 bytes while its subject is tracked.
+ */
+export const MAX_FINGERPRINTS_KEPT = 64;
+
+/** The wrong passwords a subject of `limit` keeps: as many as it may count before its refusal, at least `floor`, at most MAX_FINGERPRINTS_KEPT. */
+export function fingerprintsKeptFor(limit: number, floor: number = FINGERPRINTS_KEPT): number {
+  return Math.min(MAX_FINGERPRINTS_KEPT, Math.max(floor, limit));
+}
 
 /** 96 bits: collisions between two wrong passwords of one user are out of reach. */
 const FINGERPRINT_BYTES = 12;
@@ -210,7 +244,8 @@ export class MemoryThrottleStore implements ThrottleStore {
         if ('own' in subject) entry.limit = subject.own;
         if (entry.fingerprints.includes(fingerprint)) return stateOf(entry, now);
         entry.fingerprints.push(fingerprint);
-        if (entry.fingerprints.length > this.policy.fingerprintsKept) entry.fingerprints.shift();
+        // Counts kept apart are refused at a lowered limit: they keep as many as the subject's own.
+        if (entry.fingerprints.length > fingerprintsKeptFor('own' in subject ? subject.own : limit, this.policy.fingerprintsKept)) entry.fingerprints.shift();
         entry.failures++;
         if (entry.failures >= limit) {
           // A refusal these counts started alone stays theirs when a joint one prolongs it.
@@ -336,7 +371,7 @@ export type RedisState = 'connecting' | 'up' | 'read-only' | 'down';
 
 /**
  * One hash per subject: n = failures, p = the recent fingerprints concatenated (fixed length
- * each), b = refused until (Redis server time, ms). One script call per attempt keeps it atomic
+ * each; as many as the key's limit, see fingerprintsKeptFor()), b = refused until (Redis server time, ms). One script call per attempt keeps it atomic
  * for the whole fleet and uses one clock, Redis's own. (replicate_commands: Redis before 5 would
  * refuse writes after TIME; it is a no-op since.) Per key three numbers: the count, the time
  * left of the refusal, and 1 if it wrote, 0 if the password was counted already, -1 if Redis
@@ -353,12 +388,13 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local fp = ARGV[1]
 local window = tonumber(ARGV[2])
 local refusal = tonumber(ARGV[3])
-local keep = tonumber(ARGV[4])
+local floor = tonumber(ARGV[4])
 local len = string.len(fp)
 local out = {}
 local refused = ''
 for i, key in ipairs(KEYS) do
   local limit = tonumber(ARGV[4 + i])
+  local keep = math.min(${MAX_FINGERPRINTS_KEPT}, math.max(floor, limit))
   local v = redis.call('HMGET', key, 'n', 'p', 'b')
   local n = tonumber(v[1]) or 0
   local p = v[2] or ''
@@ -405,6 +441,45 @@ return out
 `;
 
 /**
+ * After a successful login: KEYS[1] (the user's count) is deleted when ARGV[1] is '1', and the
+ * address ARGV[2] is known for the user until ARGV[3] ms from now in the hash KEYS[2] (field: the
+ * address, value: until when, Redis server time), which keeps the KNOWN_ADDRESSES_PER_USER latest
+ * (ARGV[4]) and expires with its latest. One call, as the DEL alone was. Returns 1, or 0 and the
+ * error text when Redis refused to write the address (the DEL went through).
+ */
+const SUCCESS_SCRIPT = `
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[1] == '1' then redis.call('DEL', KEYS[1]) end
+local ttl = tonumber(ARGV[3])
+local max = tonumber(ARGV[4])
+local w = redis.pcall('HSET', KEYS[2], ARGV[2], string.format('%.0f', now + ttl))
+if type(w) == 'table' and w.err then return {0, w.err} end
+if redis.call('HLEN', KEYS[2]) > max then
+  local all = redis.call('HGETALL', KEYS[2])
+  local fields = {}
+  for i = 1, #all, 2 do fields[#fields + 1] = {all[i], tonumber(all[i + 1]) or 0} end
+  table.sort(fields, function(a, b) return a[2] < b[2] end)
+  local extra = #fields - max
+  for i, f in ipairs(fields) do
+    if i <= extra or f[2] <= now then redis.call('HDEL', KEYS[2], f[1]) end
+  end
+end
+redis.call('PEXPIRE', KEYS[2], ttl)
+return {1, ''}
+`;
+
+/** Whether the hash KEYS[1] (see SUCCESS_SCRIPT) knows the address ARGV[1] now: {1} or {0}. */
+const KNOWN_SCRIPT = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v and (tonumber(v) or 0) > now then return {1} end
+return {0}
+`;
+
+/**
  * The probe's keys, after the prefix (no subject's key, u:… or a:…, is named so), that tell
  * whether Redis takes a failure again, for an instance that had none to write since it refused
  * one: a failure of two subjects written by the failure script, with keys that expire within a
@@ -427,6 +502,8 @@ function script(body: string): Script {
 
 const FAILURE = script(FAILURE_SCRIPT);
 const READ = script(READ_SCRIPT);
+const SUCCESS = script(SUCCESS_SCRIPT);
+const KNOWN = script(KNOWN_SCRIPT);
 
 type Client = ReturnType<typeof createClient>;
 
@@ -766,6 +843,31 @@ export class RedisThrottleStore implements ThrottleStore {
 
   async clear(keys: readonly string[]): Promise<void> {
     await this.clearFrom(keys);
+  }
+
+  /**
+   * After a successful login: clears the user's count (`clear`, as clear() does) and makes the
+   * address known to every instance sharing Redis, in one call. When Redis does not take the
+   * address, only this instance knows it (Throttle's own); a count Redis did not delete waits in
+   * `uncleared`, as clear()'s does.
+   */
+  async succeeded(userKey: string, clear: boolean, known: KnownAddress): Promise<void> {
+    if (clear) {
+      await this.options.local.clear([userKey]);
+      await this.missed.clear([userKey]);
+      this.uncleared.delete(userKey);
+    }
+    const reply = await this.run(SUCCESS, [this.key(userKey), this.key(known.user)], [clear ? '1' : '0', known.address, String(known.ms), String(KNOWN_ADDRESSES_PER_USER)]);
+    if (reply instanceof Error) this.callRefused(reply.message);
+    else if (Array.isArray(reply) && Number(reply[0] ?? 0) === 0) this.callRefused(String(reply[1] ?? ''));
+    if (clear && !Array.isArray(reply)) this.uncleared.set(userKey, true);
+  }
+
+  /** Whether Redis knows `address` for the user keyed `user` (see succeeded()); false when it does not answer. */
+  async knows(user: string, address: string): Promise<boolean> {
+    const reply = await this.run(KNOWN, [this.key(user)], [address]);
+    if (reply instanceof Error) this.callRefused(reply.message);
+    return Array.isArray(reply) && Number(reply[0] ?? 0) === 1;
   }
 
   /**
@@ -1189,7 +1291,7 @@ export type ThrottleSource = 'memory' | 'redis' | 'local';
 
 /** A subject's counts as an operator is shown them. */
 export interface SubjectReport extends SubjectState {
-  /** The counter's key: `u:` and the user, or `a:` and the address as counted (its IPv6 /64, the IPv4 address a nat64 address embeds). */
+  /** The counter's key: `u:` and the user, or `a:` and the address as counted (its IPv6 network of throttle.ipv6_prefix_bits, the IPv4 address a nat64 address embeds). */
   readonly key: string;
   /** The failures that start a refusal (failures_per_user or failures_per_address). */
   readonly limit: number;
@@ -1257,6 +1359,13 @@ export class Throttle {
   private builder: { readonly log: Logger; readonly options: FromConfigOptions } | undefined;
   /** Whether the Redis store in force may report its state: a replaced one's late reports are not passed on. */
   private redisReports = { on: true };
+  /** throttle.exempt_networks. */
+  private exempt: CidrSet;
+  /**
+   * The addresses users logged in from on this instance (`user key` NUL `address key`), for
+   * known_address_ms; made at the first success, none while it is 0 (see recordSuccess()).
+   */
+  private known: LRUCache<string, true> | undefined;
 
   constructor(
     config: ThrottleConfig,
@@ -1266,6 +1375,7 @@ export class Throttle {
     this.config = config;
     this.store = store;
     this.fingerprintKey = options.fingerprintKey ?? randomBytes(32);
+    this.exempt = new CidrSet(config.exemptNetworks ?? []);
   }
 
   /**
@@ -1322,6 +1432,8 @@ export class Throttle {
     const previous = this.config;
     const changed = throttleChanges(previous, next);
     this.config = next;
+    this.exempt = new CidrSet(next.exemptNetworks ?? []);
+    this.reconfigureKnown(next);
     const policy = policyOf(next);
     if (this.builder === undefined) {
       if (this.store instanceof MemoryThrottleStore) this.store.setPolicy(policy);
@@ -1363,6 +1475,19 @@ export class Throttle {
     return { changed, counters: resize ? 'copied' : 'kept', ...(forgotten > 0 ? { forgotten } : {}), ...(redis !== undefined ? { redis } : {}) };
   }
 
+  /** A reload's known_address_ms and max_tracked, for the addresses known here (those known keep their expiry). */
+  private reconfigureKnown(next: ThrottleConfig): void {
+    const known = this.known;
+    if (known === undefined) return;
+    const ms = knownAddressMsOf(next);
+    if (ms === 0 || !next.enabled) {
+      this.known = undefined;
+      return;
+    }
+    known.ttl = ms;
+    if (known.max !== next.maxTrackedSubjects) this.known = resized(known, knownCache(next.maxTrackedSubjects, ms));
+  }
+
   private dropStores(): void {
     this.redisReports.on = false;
     const store = this.store;
@@ -1393,12 +1518,38 @@ export class Throttle {
     const subjects = this.subjects(attempt);
     try {
       const states = await store.read(subjects);
+      const counted = this.countsAddress(attempt);
       // The address, when counted, is the last subject (subjects()).
-      const at = options.addressBudget === true && !attempt.trusted ? subjects.length - 1 : -1;
-      return this.verdict(subjects, states, at < 0 ? undefined : this.config.failuresPerAddress - (states[at]?.failures ?? 0));
+      const at = options.addressBudget === true && counted ? subjects.length - 1 : -1;
+      const addressLeft = at < 0 ? undefined : this.config.failuresPerAddress - (states[at]?.failures ?? 0);
+      const verdict = this.verdict(subjects, states, addressLeft);
+      // Only a login the user's limit refuses asks whether its address is known: no more work for
+      // any other. Not an address counted by no one (a trusted or exempt network): the user's limit
+      // is all that bounds guesses from it.
+      if (verdict.refusedBy !== 'user' || !counted || attempt.user === null || !(await this.knows(store, attempt.user, attempt.address))) return verdict;
+      const spared = states.map((state, i) => (subjects[i]?.by === 'user' ? { failures: state.failures, refusedForMs: 0 } : state));
+      return { ...this.verdict(subjects, spared, addressLeft), knownAddress: true };
     } catch {
       return ALLOW;
     }
+  }
+
+  /** Whether a login of `attempt` is counted per address: not from a trusted or exempt network. */
+  private countsAddress(attempt: LoginAttempt): boolean {
+    return !attempt.trusted && !this.exempt.contains(attempt.address);
+  }
+
+  /** Whether `address` is on one of throttle.exempt_networks: not counted per address. */
+  exempts(address: string): boolean {
+    return this.exempt.contains(address);
+  }
+
+  /** Whether `user` logged in from `address` within known_address_ms: here, or (with Redis) on any instance sharing it. */
+  private async knows(store: ThrottleStore, user: string, address: string): Promise<boolean> {
+    if (knownAddressMsOf(this.config) === 0) return false;
+    const pair = { user: knownKey(user), address: addressKey(address, ipv6PrefixBitsOf(this.config)) };
+    if (this.known?.has(`${pair.user}\0${pair.address}`) === true) return true;
+    return store instanceof RedisThrottleStore && (await store.knows(pair.user, pair.address));
   }
 
   /**
@@ -1425,14 +1576,28 @@ export class Throttle {
   }
 
   /**
-   * After a successful login: the user's own count starts over. The address's count does not:
-   * an attacker who owns one mailbox could otherwise wipe his address's record at will.
+   * After a successful login: the user's own count starts over, and the address (when counted per
+   * address) is known for the user for known_address_ms. The address's count does not start over:
+   * an attacker who owns one mailbox could otherwise wipe his address's record at will. Nor does
+   * the user's when the check spared the login a refusal of the user (`verdict.knownAddress`): the
+   * user's own login would lift the refusal for the guessers too. No more Redis calls than the
+   * count's DEL before: one script call does both.
    */
-  async recordSuccess(attempt: LoginAttempt): Promise<void> {
+  async recordSuccess(attempt: LoginAttempt, verdict?: ThrottleVerdict): Promise<void> {
     const store = this.store;
     if (!this.config.enabled || store === null || attempt.user === null) return;
+    const clear = verdict?.knownAddress !== true;
+    const ms = knownAddressMsOf(this.config);
     try {
-      await store.clear([userKey(attempt.user)]);
+      if (ms === 0 || !this.countsAddress(attempt)) {
+        if (clear) await store.clear([userKey(attempt.user)]);
+        return;
+      }
+      const known: KnownAddress = { user: knownKey(attempt.user), address: addressKey(attempt.address, ipv6PrefixBitsOf(this.config)), ms };
+      this.known ??= knownCache(this.config.maxTrackedSubjects, ms);
+      this.known.set(`${known.user}\0${known.address}`, true);
+      if (store instanceof RedisThrottleStore) await store.succeeded(userKey(attempt.user), clear, known);
+      else if (clear) await store.clear([userKey(attempt.user)]);
     } catch {
       // nothing to undo
     }
@@ -1454,7 +1619,7 @@ export class Throttle {
    * Clears a subject's counts and refusal (mailfront unthrottle): the local counters, the failures
    * counted apart that Redis did not take, and Redis's key, which releases it on every instance
    * sharing Redis. Without Redis, or with Redis not taking the DEL, on this instance only (Redis
-   * deletes it once it takes writes again). Keyed as a login counts it: an IPv6 address by its /64,
+   * deletes it once it takes writes again). Keyed as a login counts it: an IPv6 address by its network of ipv6_prefix_bits,
    * a nat64 one by the IPv4 address it embeds. Null while throttling is off.
    */
   async clear(subject: ThrottleSubject): Promise<ThrottleRelease | null> {
@@ -1467,7 +1632,7 @@ export class Throttle {
 
   /** The key and limit a login counts `subject` by (subjects()). */
   private subjectLimit(subject: ThrottleSubject): SubjectLimit {
-    return 'user' in subject ? { key: userKey(subject.user), limit: this.config.failuresPerUser } : { key: addressSubjectKey(subject.address), limit: this.config.failuresPerAddress };
+    return 'user' in subject ? { key: userKey(subject.user), limit: this.config.failuresPerUser } : { key: this.addressSubjectKey(subject.address), limit: this.config.failuresPerAddress };
   }
 
   /** Closes the store's connections. */
@@ -1485,8 +1650,21 @@ export class Throttle {
   private subjects(attempt: LoginAttempt): (SubjectLimit & { readonly by: 'user' | 'address' })[] {
     const out: (SubjectLimit & { readonly by: 'user' | 'address' })[] = [];
     if (attempt.user !== null) out.push({ key: userKey(attempt.user), limit: this.config.failuresPerUser, by: 'user' });
-    if (!attempt.trusted) out.push({ key: addressSubjectKey(attempt.address), limit: this.config.failuresPerAddress, by: 'address' });
+    if (this.countsAddress(attempt)) out.push({ key: this.addressSubjectKey(attempt.address), limit: this.config.failuresPerAddress, by: 'address' });
     return out;
+  }
+
+  /** The key an address's failures are counted under: an IPv6 address by its network of throttle.ipv6_prefix_bits. */
+  private addressSubjectKey(address: string): string {
+    return `a:${this.addressKey(address)}`;
+  }
+
+  /**
+   * The address as its failures are counted (the IPv4 address, or the IPv6 network of
+   * ipv6_prefix_bits): the login gate takes an address's turns by it too.
+   */
+  addressKey(address: string): string {
+    return addressKey(address, ipv6PrefixBitsOf(this.config));
   }
 
   private verdict(subjects: readonly { readonly by: 'user' | 'address' }[], states: readonly SubjectState[], addressLeft?: number): BudgetedVerdict {
@@ -1524,6 +1702,12 @@ function userKey(user: string): string {
   return `u:${user}`;
 }
 
-function addressSubjectKey(address: string): string {
-  return `a:${addressKey(address)}`;
+/** The key of a user's known addresses (in Redis, a hash: see SUCCESS_SCRIPT). */
+function knownKey(user: string): string {
+  return `k:${user}`;
+}
+
+/** The addresses known on this instance: at most `max` (user, address) pairs, each for `ms` from its last success. */
+function knownCache(max: number, ms: number): LRUCache<string, true> {
+  return new LRUCache<string, true>({ max, ttl: ms, ttlResolution: 0, perf: { now: monotonic } });
 }

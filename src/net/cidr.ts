@@ -9,7 +9,7 @@
 import { isIP } from 'node:net';
 
 /**
- * IPv6 addresses are counted per /64: a single customer line (or a single cloud VM) usually gets
+ * IPv6 addresses are counted per /64 by default (connection limits; the throttle counts per throttle.ipv6_prefix_bits, a /56): a single customer line (or a single cloud VM) usually gets
  * a whole /64 (RFC 6177), so counting single IPv6 addresses would let one attacker rotate through
  * 2^64 of them.
  */

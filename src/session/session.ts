@@ -732,9 +732,13 @@ export class Session {
     const attempt = {
       user: subject,
       address: this.clientAddress,
-      // A webmail server is exempt from per-address counting, unless it named its user's address.
-      trusted: !this.addressForwarded && this.context.trustedNetworks().contains(this.clientAddress),
+      // A webmail server is exempt from per-address counting, unless it named its user's address;
+      // so is an address of throttle.exempt_networks (a carrier's NAT), whose claims are not believed.
+      trusted: (!this.addressForwarded && this.context.trustedNetworks().contains(this.clientAddress)) || throttle.exempts(this.clientAddress),
     };
+    // The login gate takes an address's turns by the key its failures are counted under (an IPv6
+    // network of throttle.ipv6_prefix_bits), which it keys as it is (addressKey() of a key is the key).
+    const gateAddress = throttle.addressKey(attempt.address);
     let penaltyMs = 0;
     // The entry's own name, once the directory has given it (the failure lines name both).
     let asserted: string | undefined;
@@ -770,7 +774,7 @@ export class Session {
       // asks the throttle again and waits for one.
       const gate = this.context.loginGate;
       // A trusted network's address is not counted: no turn to take.
-      const addressCheck = attempt.trusted ? undefined : gate.beginAddressCheck(attempt.address);
+      const addressCheck = attempt.trusted ? undefined : gate.beginAddressCheck(gateAddress);
       const mark = addressCheck?.failures ?? 0;
       // Never rejects: a check begun is always ended, by tryAddressTurn() or endAddressCheck().
       let verdict = await throttle.check(attempt, ADDRESS_BUDGET);
@@ -779,7 +783,7 @@ export class Session {
         if (typeof turn === 'function') {
           leaveAddressGate = turn;
         } else if (turn !== undefined) {
-          const checked = await gate.checkAddress(attempt.address, () => throttle.check(attempt, ADDRESS_BUDGET), cancellation, turn === 'wait');
+          const checked = await gate.checkAddress(gateAddress, () => throttle.check(attempt, ADDRESS_BUDGET), cancellation, turn === 'wait');
           leaveAddressGate = checked.leave;
           verdict = checked.verdict;
         }
@@ -804,7 +808,8 @@ export class Session {
       const directory = this.context.directory();
       let found = await directory.authenticate(user, credentials.password, cancellation, this.adapter.name);
       throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
-      void throttle.recordSuccess(attempt);
+      // A login its known address spared the user's refusal leaves the user's count as it is.
+      void throttle.recordSuccess(attempt, verdict);
       leaveGate(false);
       this.mechanism = credentials.mechanism;
       if (named !== undefined) found = await this.masterTarget(directory, found, user, typed, config, cancellation);

@@ -186,10 +186,10 @@ describe('a client address locked out by the throttle', () => {
     assert.match((await login(a, 'hank', PASSWORD, { from })).line, /^OK /);
   });
 
-  test('an IPv6 address is cleared by its /64, a nat64 address by the IPv4 address it embeds, as they are counted', async () => {
+  test('an IPv6 address is cleared by its /56 (throttle.ipv6_prefix_bits), a nat64 address by the IPv4 address it embeds, as they are counted', async () => {
     // A webmail server (trusted) forwards its clients' addresses with ID.
     for (const [claim, asked, counted] of [
-      ['2001:db8:5:6::10', '2001:db8:5:6::99', '2001:db8:5:6::/64'],
+      ['2001:db8:5:6::10', '2001:db8:5:7::99', '2001:db8:5:0::/56'],
       ['198.51.100.7', '64:ff9b::198.51.100.7', '198.51.100.7'],
     ] as const) {
       for (let i = 0; i < FAILURES_PER_ADDRESS; i++) assert.match((await login(alone, `nobody${i}`, WRONG[i]!, { claim })).line, /^NO /);

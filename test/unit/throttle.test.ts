@@ -112,7 +112,7 @@ test('the limit per address refuses every login from it; spraying one password o
   assert.equal((await throttle.check(from('user1', '192.0.2.67'))).refused, false, 'one failure for user1 is far from its limit');
 });
 
-test('an IPv4-mapped address is the same address; an IPv6 /64 is one address', async () => {
+test('an IPv4-mapped address is the same address; an IPv6 /56 is one address (throttle.ipv6_prefix_bits)', async () => {
   const { throttle } = setup();
   for (let i = 1; i <= CONFIG.failuresPerAddress; i++) {
     const address = i % 2 === 0 ? '192.0.2.77' : '::ffff:192.0.2.77';
@@ -121,7 +121,12 @@ test('an IPv4-mapped address is the same address; an IPv6 /64 is one address', a
   assert.equal((await throttle.check(from('z', '192.0.2.77'))).refused, true);
   for (let i = 1; i <= CONFIG.failuresPerAddress; i++) await throttle.recordFailure(from(`v${i}`, `2001:db8:5:6::${i.toString(16)}`), 'pw');
   assert.equal((await throttle.check(from('z', '2001:db8:5:6:ffff::1'))).refused, true, 'the same /64');
-  assert.equal((await throttle.check(from('z', '2001:db8:5:7::1'))).refused, false, 'the next /64');
+  assert.equal((await throttle.check(from('z', '2001:db8:5:7::1'))).refused, true, 'the next /64, of the same /56 (a home line)');
+  assert.equal((await throttle.check(from('z', '2001:db8:5:100::1'))).refused, false, 'the next /56');
+  const { throttle: per64 } = setup({ ipv6PrefixBits: 64 });
+  for (let i = 1; i <= CONFIG.failuresPerAddress; i++) await per64.recordFailure(from(`v${i}`, `2001:db8:5:6::${i.toString(16)}`), 'pw');
+  assert.equal((await per64.check(from('z', '2001:db8:5:6:ffff::1'))).refused, true, 'the same /64');
+  assert.equal((await per64.check(from('z', '2001:db8:5:7::1'))).refused, false, 'ipv6_prefix_bits 64: the next /64');
 });
 
 test('behind a translator (64:ff9b::/96) each IPv4 client is its own address: one attacker refused does not refuse the others', async () => {
@@ -313,6 +318,9 @@ test('config: defaults, every key, and every mistake reported with its path', ()
       failure_window_ms: 120000,
       refusal_ms: 60000,
       max_tracked: 5000,
+      exempt_networks: ['100.64.0.0/10'],
+      ipv6_prefix_bits: 48,
+      known_address_ms: 0,
       redis: { url: 'redis://127.0.0.1:6379/2', username: 'mf', auth_password: 's3cret', key_prefix: 'mf:', timeout_ms: 100 },
     },
     'throttle',
@@ -328,6 +336,9 @@ test('config: defaults, every key, and every mistake reported with its path', ()
     failureWindowMs: 120000,
     refusalMs: 60000,
     maxTrackedSubjects: 5000,
+    exemptNetworks: ['100.64.0.0/10'],
+    ipv6PrefixBits: 48,
+    knownAddressMs: 0,
     redis: { url: 'redis://127.0.0.1:6379/2', username: 'mf', password: 's3cret', keyPrefix: 'mf:', timeoutMs: 100 },
   });
 
@@ -337,6 +348,9 @@ test('config: defaults, every key, and every mistake reported with its path', ()
       base_delay_ms: 5000,
       max_delay_ms: 1000,
       failures_per_user: 0,
+      exempt_networks: ['100.64.0.1/10'],
+      ipv6_prefix_bits: 128,
+      known_address_ms: 5,
       colour: 'red',
       redis: { url: 'redis://:hunter2@127.0.0.1:6379', timeout_ms: 0 },
     },
@@ -346,7 +360,10 @@ test('config: defaults, every key, and every mistake reported with its path', ()
   const paths = bad.issues.map((i) => i.path).sort();
   assert.deepEqual(paths, [
     'throttle.colour',
+    'throttle.exempt_networks[0]',
     'throttle.failures_per_user',
+    'throttle.ipv6_prefix_bits',
+    'throttle.known_address_ms',
     'throttle.max_delay_ms',
     'throttle.redis.timeout_ms',
     'throttle.redis.url',
