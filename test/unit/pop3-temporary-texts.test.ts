@@ -35,7 +35,7 @@ async function answerToPass(outcome: Outcome): Promise<string> {
       ({
         check: async () => ('throttled' in outcome ? { refused: true, refusedBy: 'user', refusedForMs: 60_000 } : { refused: false, refusedForMs: 0 }),
         recordSuccess: async () => undefined,
-        recordFailure: async () => ({ delayMs: 0 }),
+        recordFailure: async () => ({ delayMs: 0 }), exempts: () => false, addressKey: (address: string) => address,
       }) as unknown as ReturnType<SessionContext['throttle']>,
   });
   socket.push('USER bob\r\nPASS secret-pw\r\n');

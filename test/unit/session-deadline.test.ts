@@ -38,7 +38,7 @@ async function aTurn(): Promise<void> {
   await new Promise((resolve) => setTimeout(resolve, 0));
 }
 
-const throttleThatAllows = () => ({ check: async () => ({ refused: false, refusedForMs: 0 }), recordSuccess: async () => undefined, recordFailure: async () => ({ delayMs: 0 }) });
+const throttleThatAllows = () => ({ check: async () => ({ refused: false, refusedForMs: 0 }), recordSuccess: async () => undefined, recordFailure: async () => ({ delayMs: 0 }), exempts: () => false, addressKey: (address: string) => address });
 
 test('a deadline that passes while the throttle answers ends the session; the login goes no further', async () => {
   // The throttle answers once the session has ended (or after 2 s: a session that let its

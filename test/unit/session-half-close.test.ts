@@ -13,7 +13,7 @@ import { MailfrontError } from '../../src/errors.js';
 import { startFakeSession } from './session-harness.js';
 import type { FakeSession } from './session-harness.js';
 
-const throttle = () => ({ check: async () => ({ refused: false, refusedForMs: 0 }), recordSuccess: async () => undefined, recordFailure: async () => ({ delayMs: 0 }) });
+const throttle = () => ({ check: async () => ({ refused: false, refusedForMs: 0 }), recordSuccess: async () => undefined, recordFailure: async () => ({ delayMs: 0 }), exempts: () => false, addressKey: (address: string) => address });
 
 /** A directory that refuses every password after `afterMs`, or never answers (until the login is cancelled). */
 function directory(afterMs: number | 'never') {

@@ -83,7 +83,7 @@ test('a backend login that completes on a master demoted meanwhile is dropped, a
     directory: () => ({ authenticate: async () => ({ user: 'ann', dn: 'uid=ann,ou=people', store: 'alpha' }) }),
     metrics: new Metrics({ version: 'test', processMetrics: false, protocols: ['imap'] }),
     trustedNetworks: () => new CidrSet([]),
-    throttle: () => ({ check: async () => ({ refused: false, refusedForMs: 0 }), recordSuccess: async () => undefined, recordFailure: async () => ({ delayMs: 0 }) }),
+    throttle: () => ({ check: async () => ({ refused: false, refusedForMs: 0 }), recordSuccess: async () => undefined, recordFailure: async () => ({ delayMs: 0 }), exempts: () => false, addressKey: (address: string) => address }),
     loginGate: new LoginGate(),
     limiter,
     registry,

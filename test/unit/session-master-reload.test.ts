@@ -84,7 +84,7 @@ test('a reload that replaces the directory between a master login\'s steps: the 
     directory: () => current,
     metrics: new Metrics({ version: 'test', processMetrics: false, protocols: ['imap'] }),
     trustedNetworks: () => new CidrSet([]),
-    throttle: () => ({ check: async () => ({ refused: false, refusedForMs: 0 }), recordSuccess: async () => undefined, recordFailure: async () => ({ delayMs: 0 }) }),
+    throttle: () => ({ check: async () => ({ refused: false, refusedForMs: 0 }), recordSuccess: async () => undefined, recordFailure: async () => ({ delayMs: 0 }), exempts: () => false, addressKey: (address: string) => address }),
     loginGate: new LoginGate(),
     limiter,
     registry: new SessionRegistry(),
