@@ -10,7 +10,7 @@ import { MailfrontError, asMailfrontError } from '../errors.js';
 import { flushLog } from '../log.js';
 import type { Logger } from '../log.js';
 import { sourceRefusedWrite, sourceUnreadable } from './sources.js';
-import type { StoreMapSource } from './sources.js';
+import type { RecordedWrite, SourceWrite, StoreMapSource } from './sources.js';
 import type { ProtocolName } from '../protocol/types.js';
 import { StoreMap, maintenanceProblem, protocolsWithMovedPorts } from './storemap.js';
 import type { Store } from './storemap.js';
@@ -92,10 +92,10 @@ export interface StoreMapObserver {
 }
 
 /**
- * How long after this instance wrote a change a reload that takes it back is logged as undone
- * (storemap.change_undone): a writer that read the map before the change and saved after it (a
- * hand edit; an instance without the store-map file's lock, in the rv-crash review's repro within
- * 100 ms) takes it back within seconds; an operator's own reverse edit comes later, as a rule.
+ * How long after this instance wrote a change a reload that takes it back is looked at
+ * (storemap.change_undone, storemap.change_superseded): a writer that read the map before the
+ * change and saved after it (a hand edit; an instance without the store-map file's lock, in the
+ * rv-crash review's repro within 100 ms) takes it back within seconds.
  */
 const CHANGE_UNDONE_WINDOW_MS = 60_000;
 
@@ -105,7 +105,11 @@ interface WrittenChange {
   readonly change: 'failover' | 'maintenance';
   /** The current master written, or whether maintenance was turned on. */
   readonly value: string | boolean;
+  /** When (performance.now()), and by the wall clock (Date.now()), which the records of other writers bear. */
   readonly at: number;
+  readonly wallAt: number;
+  /** The id of its record beside a store-map file (see RecordedWrite), when the source keeps them. */
+  readonly recordId: string | undefined;
 }
 
 /** Holds the store map in force. */
@@ -188,11 +192,18 @@ export class StoreMapHolder {
     } catch (caught) {
       return this.loadFailed(caught, trigger);
     }
-    return this.put(doc, trigger);
+    // After the load: a writer records its change before its rename, so the map read is in them.
+    return this.put(doc, trigger, await this.recordedWrites());
+  }
+
+  /** The changes the source's mailfront writers recorded, while a change this instance wrote may be taken back (see reportUndone). */
+  private async recordedWrites(): Promise<readonly RecordedWrite[]> {
+    if (this.written.size === 0 || this.source.recordedWrites === undefined) return [];
+    return this.source.recordedWrites().catch(() => []);
   }
 
   /** Puts the map of `doc`, a document the source gave, in force, unless it is the one in force (no new version) or makes no map. */
-  private put(doc: unknown, trigger: string): ReloadResult {
+  private put(doc: unknown, trigger: string, recorded: readonly RecordedWrite[]): ReloadResult {
     const version = this.versionCounter + 1;
     let next: StoreMap;
     try {
@@ -209,7 +220,7 @@ export class StoreMapHolder {
       this.lastResult = { ok: true, version: before.version, changes: [] };
       return this.lastResult;
     }
-    this.lastResult = { ok: true, version, changes: this.install(next, trigger, this.source.description, 'loaded') };
+    this.lastResult = { ok: true, version, changes: this.install(next, trigger, this.source.description, 'loaded', recorded) };
     return this.lastResult;
   }
 
@@ -235,7 +246,7 @@ export class StoreMapHolder {
    * loaded from the source, or the map in force rebuilt with the config in force. A rebuild is
    * no load of the source: that load was just rejected, and stays the source's last outcome.
    */
-  private install(next: StoreMap, trigger: string, source: string, how: 'loaded' | 'rebuilt'): MasterChange[] {
+  private install(next: StoreMap, trigger: string, source: string, how: 'loaded' | 'rebuilt', recorded: readonly RecordedWrite[] = []): MasterChange[] {
     const before = this.map;
     this.versionCounter = next.version;
     this.map = next;
@@ -244,7 +255,7 @@ export class StoreMapHolder {
     const fields = { source, trigger, version: next.version, stores: next.stores.size, failovers: changes, ...(maintenance.length > 0 ? { maintenance } : {}) };
     if (how === 'loaded') this.log.info({ event: 'storemap.loaded', ...fields }, 'store map loaded');
     else this.log.info({ event: 'storemap.rebuilt', ...fields }, 'store map in force built again with the config in force (its source gave no usable map)');
-    if (before !== null && how === 'loaded') this.reportUndone(before, next, trigger, source);
+    if (before !== null && how === 'loaded') this.reportUndone(before, next, trigger, source, recorded);
     this.observer.installed?.(next);
     if (how === 'loaded') this.observer.loaded?.(next);
     if (changes.length > 0) this.observer.changes(changes, next);
@@ -253,12 +264,17 @@ export class StoreMapHolder {
   }
 
   /**
-   * Says (error, storemap.change_undone) which change this instance wrote lately the source's map
-   * `next` takes back from `before`: another writer saved a map read before the change, and the
-   * change the operator was told was written is gone, the sessions it drained sent back. Nothing
-   * else would say so: the reload is logged at info as any other.
+   * Says which change this instance wrote lately the source's map `next` takes back from `before`.
+   * At error (storemap.change_undone) when no mailfront writer recorded a change of the store to
+   * what it is now since (`recorded`, the source's records): another writer saved a map read
+   * before the change (a hand edit from an old copy, an instance writing without the file's lock:
+   * an older mailfront during an upgrade), and the change the operator was told was written is
+   * gone, the sessions it drained sent back; nothing else would say so, the reload is logged at
+   * info as any other. At info (storemap.change_superseded) when the change was a later one,
+   * deliberate: recorded by another writer (another instance, told to), or any, of a source
+   * written one entry at a time (LDAP), where nothing saves a stale copy.
    */
-  private reportUndone(before: StoreMap, next: StoreMap, trigger: string, source: string): void {
+  private reportUndone(before: StoreMap, next: StoreMap, trigger: string, source: string, recorded: readonly RecordedWrite[]): void {
     const now = performance.now();
     for (const [key, written] of this.written) {
       if (now - written.at > CHANGE_UNDONE_WINDOW_MS) {
@@ -268,15 +284,29 @@ export class StoreMapHolder {
       const was = before.stores.get(written.store);
       const is = next.stores.get(written.store);
       if (was === undefined || is === undefined) continue;
-      const holds = (store: Store): boolean => (written.change === 'failover' ? store.currentMaster === written.value : (store.maintenance !== null) === written.value);
-      if (!holds(was) || holds(is)) continue;
+      const valueOf = (store: Store): string | boolean => (written.change === 'failover' ? store.currentMaster : store.maintenance !== null);
+      if (valueOf(was) !== written.value || valueOf(is) === written.value) continue;
       this.written.delete(key);
       const agoMs = Math.round(now - written.at);
       const what = written.change === 'failover' ? `the failover to "${String(written.value)}"` : `maintenance ${written.value === true ? 'on' : 'off'}`;
       const says = written.change === 'failover' ? `its current master is "${is.currentMaster}"` : `maintenance is ${is.maintenance !== null ? 'on' : 'off'}`;
+      const fields = { store: written.store, change: written.change, written: written.value, now: valueOf(is), writtenMsAgo: agoMs, source, trigger, version: next.version };
+      const ago = `${(agoMs / 1000).toFixed(1)} s ago`;
+      if (this.source.saves === 'entry') {
+        this.log.info({ event: 'storemap.change_superseded', ...fields, by: 'a later write' }, `store "${written.store}": ${what} this instance wrote ${ago} was changed since in ${source} (${says} now): a later write of its entry, another instance's or an operator's`);
+        continue;
+      }
+      const by = laterWrite(recorded, written, valueOf(is));
+      if (by !== undefined) {
+        this.log.info(
+          { event: 'storemap.change_superseded', ...fields, by: { pid: by.writer.pid, host: by.writer.host, at: by.at } },
+          `store "${written.store}": ${what} this instance wrote ${ago} was changed since in ${source} (${says} now) by another mailfront writer, pid ${by.writer.pid} on ${by.writer.host}, at ${by.at}`,
+        );
+        continue;
+      }
       this.log.error(
-        { event: 'storemap.change_undone', store: written.store, change: written.change, written: written.value, now: written.change === 'failover' ? is.currentMaster : is.maintenance !== null, writtenMsAgo: agoMs, source, trigger, version: next.version },
-        `store "${written.store}": ${what} this instance wrote ${(agoMs / 1000).toFixed(1)} s ago was undone by ${source} (${says} again): another writer saved the store map as it was before it (a hand edit, an instance writing without the store-map lock); write it again if that was not meant`,
+        { event: 'storemap.change_undone', ...fields },
+        `store "${written.store}": ${what} this instance wrote ${ago} was undone by ${source} (${says} again): another writer saved the store map as it was before it, and no mailfront writer recorded a change of the store since: a hand edit from an old copy, or an instance writing without the store-map lock (an older mailfront during an upgrade); check the store map and whether that is what is meant`,
       );
     }
   }
@@ -328,8 +358,8 @@ export class StoreMapHolder {
       };
       const written = await this.writeChecked(store, change, (check) => this.source.setCurrentMaster(store, slot, check));
       this.log.warn({ event: 'storemap.failover_written', store, from: known.currentMaster, to: slot, source: this.source.description }, 'failover written to the store map source');
-      this.written.set(`failover:${store}`, { store, change: 'failover', value: slot, at: performance.now() });
-      const result = written === undefined ? await this.reloadNow('failover') : this.put(written.document, 'failover');
+      this.written.set(`failover:${store}`, { store, change: 'failover', value: slot, at: performance.now(), wallAt: Date.now(), recordId: written?.recorded?.id });
+      const result = written === undefined ? await this.reloadNow('failover') : this.put(written.document, 'failover', written.recorded?.writes ?? (await this.recordedWrites()));
       // The lines saying so on their way out before the answer: a kill right after it lost them.
       await flushLog();
       return result;
@@ -356,8 +386,8 @@ export class StoreMapHolder {
       const written = await this.writeChecked(store, change, (check) => this.source.setMaintenance(store, maintenance, check));
       const fields = { event: 'storemap.maintenance_written', store, maintenance: maintenance !== false, ...(typeof maintenance === 'string' ? { reason: maintenance } : {}), before: known.maintenance !== null, source: this.source.description };
       this.log.warn(fields, `maintenance ${maintenance === false ? 'off' : 'on'} written to the store map source`);
-      this.written.set(`maintenance:${store}`, { store, change: 'maintenance', value: maintenance !== false, at: performance.now() });
-      const result = written === undefined ? await this.reloadNow('maintenance') : this.put(written.document, 'maintenance');
+      this.written.set(`maintenance:${store}`, { store, change: 'maintenance', value: maintenance !== false, at: performance.now(), wallAt: Date.now(), recordId: written?.recorded?.id });
+      const result = written === undefined ? await this.reloadNow('maintenance') : this.put(written.document, 'maintenance', written.recorded?.writes ?? (await this.recordedWrites()));
       await flushLog();
       return result;
     });
@@ -375,7 +405,7 @@ export class StoreMapHolder {
    * handing it the check of the document it reads (checkChange). A document that could not be
    * read or is no store map is refused as its load would be, nothing written.
    */
-  private async writeChecked(store: string, change: StoreChange, write: (check: (document: unknown) => void) => Promise<{ readonly document: unknown } | undefined>): Promise<{ readonly document: unknown } | undefined> {
+  private async writeChecked(store: string, change: StoreChange, write: (check: (document: unknown) => void) => Promise<SourceWrite | undefined>): Promise<SourceWrite | undefined> {
     /** The source's document was read, and handed to the check. */
     let read = false;
     try {
@@ -440,6 +470,16 @@ interface StoreChange {
   readonly entry: (entry: Record<string, unknown>) => Record<string, unknown>;
   /** The warning logged when the source would not take the write (the document was read and the change checked). */
   readonly failed: { readonly event: string; readonly fields: Record<string, unknown>; readonly text: string };
+}
+
+/**
+ * The latest change of `written`'s store to `now` that a mailfront writer recorded after
+ * `written` (after its own record; without one, later by the clock), or undefined.
+ */
+function laterWrite(recorded: readonly RecordedWrite[], written: WrittenChange, now: string | boolean): RecordedWrite | undefined {
+  const own = written.recordId === undefined ? -1 : recorded.findIndex((r) => r.id === written.recordId);
+  const after = own >= 0 ? recorded.slice(own + 1) : recorded.filter((r) => Date.parse(r.at) > written.wallAt);
+  return after.filter((r) => r.store === written.store && r.change === written.change && r.value === now).at(-1);
 }
 
 /** True for the ConfigError of a file that is not there or may not be read (ENOENT, EACCES, EISDIR): a document it could not give, not an invalid one. */

@@ -49,14 +49,48 @@ export interface StoreMapSource {
    * throwing. Resolves to the document as written when the source holds it now (a file: what was
    * renamed into place, so it need not be read back), or undefined (read it again).
    */
-  setCurrentMaster(store: string, slot: string, check?: (document: unknown) => void): Promise<{ readonly document: unknown } | undefined>;
+  setCurrentMaster(store: string, slot: string, check?: (document: unknown) => void): Promise<SourceWrite | undefined>;
   /**
    * Puts `store` in maintenance (true: the default text; a string: that reason) or takes it out
    * (false) in the source of truth, as setCurrentMaster writes a failover: `check` and the result
    * alike.
    */
-  setMaintenance(store: string, maintenance: boolean | string, check?: (document: unknown) => void): Promise<{ readonly document: unknown } | undefined>;
+  setMaintenance(store: string, maintenance: boolean | string, check?: (document: unknown) => void): Promise<SourceWrite | undefined>;
+  /**
+   * How another writer can take back a change written here. `whole`: the source is saved whole (a
+   * file), so a copy read before the change and saved after it takes it back unseen; its mailfront
+   * writers record their changes (recordedWrites) to tell a later deliberate change from that.
+   * `entry`: each write modifies one store's entry (LDAP), so a later value is a later write,
+   * mailfront's or an operator's, never a stale copy. See StoreMapHolder.reportUndone.
+   */
+  readonly saves: 'whole' | 'entry';
+  /** The changes mailfront writers recorded lately, oldest first (see RecordedWrite); none when none could be read. */
+  recordedWrites?(): Promise<readonly RecordedWrite[]>;
   close(): Promise<void>;
+}
+
+/** A change written to a source: the document as written, when the source holds it now, and the change's record, when the source keeps them. */
+export interface SourceWrite {
+  readonly document: unknown;
+  /** The change as recorded beside a store-map file, and the records as they were written with it (oldest first). */
+  readonly recorded?: { readonly id: string; readonly writes: readonly RecordedWrite[] };
+}
+
+/**
+ * A change a mailfront writer made to a store-map file, recorded with the file's lock held in
+ * `.<name>.written` beside it before the rename (so that whoever reads the renamed file finds it):
+ * a later deliberate change of a store, by another instance, is told from a copy read before it
+ * and saved after it, which takes a change back with no record.
+ */
+export interface RecordedWrite {
+  readonly id: string;
+  readonly store: string;
+  readonly change: 'failover' | 'maintenance';
+  /** The current master written, or whether maintenance was turned on. */
+  readonly value: string | boolean;
+  /** When, by the writer's clock (ISO 8601). */
+  readonly at: string;
+  readonly writer: { readonly id: string; readonly pid: number; readonly host: string };
 }
 
 /** One change of a store's entry in a store-map file: the words of its messages, and the edit of the YAML store node and of the plain document alike. */
@@ -64,6 +98,8 @@ interface StoreFileEdit {
   /** `the failover of store "alpha" to "a2"`, `maintenance of store "alpha"` (no failover written, ...). */
   readonly what: string;
   readonly noun: string;
+  /** The change as recorded (see RecordedWrite). */
+  readonly record: Pick<RecordedWrite, 'change' | 'value'>;
   readonly edit: (storeNode: YAMLMap, plain: Record<string, unknown>, doc: Document) => void;
 }
 
@@ -210,6 +246,49 @@ const STOREMAP_LOCK_STALE_MS = 30_000;
 /** A temporary file of a write older than this is one cut short (its writer killed), whoever wrote it. */
 const STOREMAP_TEMP_STALE_MS = 60_000;
 
+/**
+ * The records of changes written to a store-map file that are kept (see RecordedWrite): those of
+ * the last 2 minutes (the holder asks about the last one, StoreMapHolder's CHANGE_UNDONE_WINDOW_MS;
+ * the rest is for clocks of other hosts that differ), at most 256, the oldest dropped first.
+ */
+const RECORDED_WRITES_KEEP_MS = 120_000;
+const RECORDED_WRITES_KEEP = 256;
+
+/** Names this process as a writer in the records of its changes. */
+const WRITER_ID = randomUUID();
+
+/** `.<name>.written` beside the store-map file `file` (its real path). */
+function recordPath(file: string): string {
+  return join(dirname(file), `.${basename(file)}.written`);
+}
+
+/** The records in the text of a `.<name>.written` (see RecordedWrite); those that are not, skipped. */
+function parseRecordedWrites(text: string | undefined): RecordedWrite[] {
+  if (text === undefined) return [];
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return [];
+  }
+  const writes = (value as { writes?: unknown } | null)?.writes;
+  if (!Array.isArray(writes)) return [];
+  return writes.filter((w): w is RecordedWrite => {
+    const r = w as Partial<RecordedWrite> | null;
+    return typeof r?.id === 'string' && typeof r.store === 'string' && (r.change === 'failover' || r.change === 'maintenance') && (typeof r.value === 'string' || typeof r.value === 'boolean') && typeof r.at === 'string' && typeof r.writer?.pid === 'number' && typeof r.writer.host === 'string' && typeof r.writer.id === 'string';
+  });
+}
+
+/** Writes `text` to a new file `path`. */
+async function writeFileAt(path: string, text: string): Promise<void> {
+  const handle = await open(path, 'wx', 0o644);
+  try {
+    await handle.writeFile(text);
+  } finally {
+    await handle.close();
+  }
+}
+
 /** The pauses between looks at another writer's lock: doubling from the first up to the last, each with jitter. */
 const LOCK_FIRST_PAUSE_MS = 10;
 const LOCK_MAX_PAUSE_MS = 200;
@@ -269,12 +348,66 @@ function running(pid: number): boolean {
   }
 }
 
+/**
+ * When process `pid` of this host started, as `<boot id>:<start time in clock ticks since boot>`
+ * (/proc/<pid>/stat's 22nd field): a pid that names another process since (its writer died and
+ * the pid was given again) starts at another time. Undefined where /proc cannot tell (not Linux,
+ * no such process, a /proc mounted for another pid namespace).
+ */
+function processStart(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // After the command's name, which is in parentheses and may hold spaces and parentheses itself.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // Field 22 of the line; fields[0] here is field 3 (the state).
+    const start = fields[22 - 3];
+    if (start === undefined || !/^\d+$/.test(start)) return undefined;
+    bootId ??= readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+    return `${bootId}:${start}`;
+  } catch {
+    return undefined;
+  }
+}
+let bootId: string | undefined;
+
+/** This process's start (see processStart), written into its locks; read once. */
+let ownStart: string | null | undefined;
+function ownProcessStart(): string | undefined {
+  if (ownStart === undefined) ownStart = processStart(process.pid) ?? null;
+  return ownStart ?? undefined;
+}
+
+/**
+ * The ids of the store-map file locks this process holds now. A lock that names this process's
+ * pid and host but an id not here was left by a process before it that had the same pid (a
+ * container's fixed pid after a restart): stale, as no writer here holds it. A set, not one id: the
+ * removal of temporary files at a watch's start may hold one lock while a write waits for it.
+ */
+const HELD_LOCKS = new Set<string>();
+
 /** A lock as found: its text (who holds it, when written whole), its inode and age. */
 interface FoundLock {
   readonly text: string;
   readonly ino: number;
   readonly ageMs: number;
-  readonly holder: { readonly pid: number; readonly host: string; readonly since: string } | undefined;
+  /** `id` and `start` absent from the locks of an older mailfront. */
+  readonly holder: { readonly pid: number; readonly host: string; readonly since: string; readonly id?: string; readonly start?: string } | undefined;
+}
+
+/** Why the lock `found` is stale (its writer is gone, or it is older than STOREMAP_LOCK_STALE_MS), or undefined while its writer may still hold it. */
+function staleLock(found: FoundLock): string | undefined {
+  const holder = found.holder;
+  if (holder !== undefined && holder.host === hostname()) {
+    if (holder.pid === process.pid) {
+      if (holder.id === undefined || !HELD_LOCKS.has(holder.id)) return `it names this process (pid ${holder.pid}), which holds no such lock: a process before it with the same pid left it`;
+    } else if (!running(holder.pid)) {
+      return `its writer (pid ${holder.pid}) no longer runs`;
+    } else if (holder.start !== undefined) {
+      const start = processStart(holder.pid);
+      if (start !== undefined && start !== holder.start) return `its writer (pid ${holder.pid}) no longer runs: pid ${holder.pid} is another process now`;
+    }
+  }
+  return found.ageMs > STOREMAP_LOCK_STALE_MS ? `it is ${Math.round(found.ageMs / 1000)} s old` : undefined;
 }
 
 /** The lock at `path`, or undefined when there is none. */
@@ -291,7 +424,10 @@ async function findLock(path: string): Promise<FoundLock | undefined> {
     let holder: FoundLock['holder'];
     try {
       const value = JSON.parse(text) as Record<string, unknown>;
-      if (typeof value['pid'] === 'number' && typeof value['host'] === 'string' && typeof value['since'] === 'string') holder = { pid: value['pid'], host: value['host'], since: value['since'] };
+      if (typeof value['pid'] === 'number' && typeof value['host'] === 'string' && typeof value['since'] === 'string') {
+        const [id, start] = [value['id'], value['start']];
+        holder = { pid: value['pid'], host: value['host'], since: value['since'], ...(typeof id === 'string' ? { id } : {}), ...(typeof start === 'string' ? { start } : {}) };
+      }
     } catch {
       // Being written (it is made, then written), or not mailfront's: judged by its age alone.
     }
@@ -305,7 +441,8 @@ async function findLock(path: string): Promise<FoundLock | undefined> {
  * The lock of one change written to a store-map file: `.<name>.lock` beside it, made with O_EXCL
  * and holding the writer's pid, host and time, from before the file is read to after the rename.
  * Writers in other processes (two instances sharing the file) take turns: each reads what the
- * one before wrote. A lock whose writer no longer runs on this host, or older than
+ * one before wrote. A lock whose writer no longer runs on this host (its pid gone, given to
+ * another process since, or this process's own held by none of its writes), or older than
  * STOREMAP_LOCK_STALE_MS, is broken. A writer checks it still holds its lock just before its
  * rename, so that one broken meanwhile loses no one's change.
  */
@@ -313,12 +450,15 @@ class StoreMapFileLock {
   private constructor(
     readonly path: string,
     private readonly text: string,
+    private readonly id: string,
   ) {}
 
   /** Takes the lock of `file` (its real path), waiting up to `waitMs` for another writer's; `what` names the change for the error. */
   static async take(file: string, what: string, waitMs: number, log: Logger | undefined): Promise<StoreMapFileLock> {
     const path = join(dirname(file), `.${basename(file)}.lock`);
-    const text = `${JSON.stringify({ pid: process.pid, host: hostname(), since: new Date().toISOString(), id: randomUUID() })}\n`;
+    const id = randomUUID();
+    const start = ownProcessStart();
+    const text = `${JSON.stringify({ pid: process.pid, host: hostname(), since: new Date().toISOString(), id, ...(start !== undefined ? { start } : {}) })}\n`;
     const deadline = performance.now() + waitMs;
     let pause = LOCK_FIRST_PAUSE_MS;
     let breaks = 0;
@@ -338,13 +478,14 @@ class StoreMapFileLock {
           await rm(path, { force: true }).catch(() => undefined);
           throw fileWriteError(error, file, what);
         }
-        return new StoreMapFileLock(path, text);
+        HELD_LOCKS.add(id);
+        return new StoreMapFileLock(path, text, id);
       }
       const found = await findLock(path).catch((error: unknown) => {
         throw fileWriteError(error, file, what);
       });
       if (found !== undefined) {
-        const stale = found.holder !== undefined && found.holder.host === hostname() && !running(found.holder.pid) ? `its writer (pid ${found.holder.pid}) no longer runs` : found.ageMs > STOREMAP_LOCK_STALE_MS ? `it is ${Math.round(found.ageMs / 1000)} s old` : undefined;
+        const stale = staleLock(found);
         // Tried again at once once broken (a few times: a lock that is stale again at once is no writer's turn).
         if (stale !== undefined && breaks++ < 3) {
           await StoreMapFileLock.break(path, found, stale, log).catch((error: unknown) => {
@@ -398,12 +539,14 @@ class StoreMapFileLock {
   async release(): Promise<void> {
     // A lock that cannot be removed (a file system gone read-only since) is broken once it is stale.
     if (await this.held()) await rm(this.path, { force: true }).catch(() => undefined);
+    HELD_LOCKS.delete(this.id);
   }
 }
 
 /**
  * Removes the temporary files of writes to `file` (its real path) cut short by a kill, named
- * `.<name>.<pid>.<n>.tmp` (and `.<name>.lock.<pid>.<id>.broken`, a stale lock being broken): those
+ * `.<name>.<pid>.<n>.tmp` (and `.<name>.lock.<pid>.<id>.broken`, a stale lock being broken;
+ * `.<name>.written.<pid>.<n>.new`, the records of changes being written): those
  * whose writer no longer runs on this host, of this process (no write of its own runs while it
  * holds the lock), or older than STOREMAP_TEMP_STALE_MS. Called with the file's lock held, so that
  * no writer that takes it has a temporary file there; a writer that does not (an older mailfront)
@@ -415,7 +558,8 @@ async function removeStaleTemps(file: string, log: Logger | undefined): Promise<
   const names = await readdir(folder).catch(() => [] as string[]);
   const removed: string[] = [];
   for (const name of names) {
-    const pid = name.startsWith(prefix) ? /^(?:lock\.)?(\d+)\.(?:\d+\.tmp|[0-9a-f-]+\.broken)$/.exec(name.slice(prefix.length))?.[1] : undefined;
+    const parts = name.startsWith(prefix) ? /^(?:(\d+)\.\d+\.tmp|lock\.(\d+)\.[0-9a-f-]+\.broken|written\.(\d+)\.\d+\.new)$/.exec(name.slice(prefix.length)) : null;
+    const pid = parts?.[1] ?? parts?.[2] ?? parts?.[3];
     if (pid === undefined) continue;
     const path = join(folder, name);
     if (Number(pid) !== process.pid && running(Number(pid))) {
@@ -511,6 +655,9 @@ export class FileStoreMapSource implements StoreMapSource {
   private retryMs = 0;
   /** Stops the watch in force (close() does too). */
   private stopWatch: (() => void) | undefined;
+  /** The removal of temporary files at the last watch's start (it never fails), for close() to wait for. */
+  private removingTemps: Promise<void> = Promise.resolve();
+  readonly saves = 'whole';
 
   load(): Promise<unknown> {
     return Promise.resolve().then(() => {
@@ -618,7 +765,7 @@ export class FileStoreMapSource implements StoreMapSource {
     };
     this.stopWatch?.();
     this.stopWatch = stop;
-    void this.removeStaleTempsNow();
+    this.removingTemps = this.removeStaleTempsNow();
     // A read before the watch (a reload's) that failed for a passing reason is read again from now.
     if (this.readError !== null && this.retryTimer === undefined) this.scheduleRetry();
     if (!this.watchEnabled) {
@@ -777,10 +924,11 @@ export class FileStoreMapSource implements StoreMapSource {
     }
   }
 
-  setCurrentMaster(store: string, slot: string, check?: (document: unknown) => void): Promise<{ readonly document: unknown }> {
+  setCurrentMaster(store: string, slot: string, check?: (document: unknown) => void): Promise<SourceWrite> {
     return this.writeStore(store, check, {
       what: `the failover of store "${store}" to "${slot}"`,
       noun: 'failover',
+      record: { change: 'failover', value: slot },
       edit: (storeNode, plain, doc) => {
         const before = storeNode.get('current_master');
         if (!storeNode.has('preferred_master') && before !== undefined && before !== null && String(before) !== slot) {
@@ -797,10 +945,11 @@ export class FileStoreMapSource implements StoreMapSource {
     });
   }
 
-  setMaintenance(store: string, maintenance: boolean | string, check?: (document: unknown) => void): Promise<{ readonly document: unknown }> {
+  setMaintenance(store: string, maintenance: boolean | string, check?: (document: unknown) => void): Promise<SourceWrite> {
     return this.writeStore(store, check, {
       what: `maintenance of store "${store}"`,
       noun: 'maintenance',
+      record: { change: 'maintenance', value: maintenance !== false },
       // Off is no key at all, as in a store map that never had one.
       edit: (storeNode, plain) => {
         if (maintenance === false) {
@@ -815,7 +964,7 @@ export class FileStoreMapSource implements StoreMapSource {
   }
 
   /** Writes `change` of `store` to the file (a failover, maintenance): read, checked, edited and renamed into place. */
-  private async writeStore(store: string, check: ((document: unknown) => void) | undefined, change: StoreFileEdit): Promise<{ readonly document: unknown }> {
+  private async writeStore(store: string, check: ((document: unknown) => void) | undefined, change: StoreFileEdit): Promise<SourceWrite> {
     // A hand edit saved while the change is written (by rename or in place) would be lost to
     // the rename of a document read before it: the file is read again just before the rename,
     // and if it changed the change is made again on what it holds now. A few times only: a
@@ -832,7 +981,7 @@ export class FileStoreMapSource implements StoreMapSource {
    * rename: the file is read and parsed once, its document checked (`check`), edited and written,
    * and handed out as written. Undefined (nothing written) when the file changed meanwhile.
    */
-  private async writeStoreOnce(store: string, check: ((document: unknown) => void) | undefined, change: StoreFileEdit): Promise<{ readonly document: unknown } | undefined> {
+  private async writeStoreOnce(store: string, check: ((document: unknown) => void) | undefined, change: StoreFileEdit): Promise<SourceWrite | undefined> {
     // The file itself, not a symbolic link to it: the temporary file is written next to the
     // file and renamed onto it. Renamed onto the link, it would replace the link with a file of
     // its own, and the file the link named would no longer be the map in force.
@@ -855,7 +1004,7 @@ export class FileStoreMapSource implements StoreMapSource {
   }
 
   /** The read-edit-write of writeStoreOnce, `lock` held. */
-  private async writeLocked(file: string, store: string, check: ((document: unknown) => void) | undefined, change: StoreFileEdit, lock: StoreMapFileLock): Promise<{ readonly document: unknown } | undefined> {
+  private async writeLocked(file: string, store: string, check: ((document: unknown) => void) | undefined, change: StoreFileEdit, lock: StoreMapFileLock): Promise<SourceWrite | undefined> {
     let text: string;
     try {
       text = await readFile(file, 'utf8');
@@ -880,6 +1029,7 @@ export class FileStoreMapSource implements StoreMapSource {
     // Named per write as well as per process: two writes never share a temporary file.
     const temp = join(dirname(file), `.${basename(file)}.${process.pid}.${++this.writes}.tmp`);
     let groupLost: { readonly gid: number; readonly err: unknown; readonly now: number | undefined } | undefined;
+    let recorded: { readonly id: string; readonly writes: readonly RecordedWrite[]; readonly undo: () => Promise<void> } | undefined;
     try {
       // Created with the old file's permissions, not the umask's: a store map holding a password
       // inline must not become readable by all with a failover (or any change written here). And
@@ -915,9 +1065,12 @@ export class FileStoreMapSource implements StoreMapSource {
       // timestamp tick changes too. (A hand edit between this read and the rename is still lost;
       // the window is two system calls wide, not a read, a parse and a write.) A lock broken
       // meanwhile (held past STOREMAP_LOCK_STALE_MS) is another writer's now: written again.
+      // Recorded before the rename, so that an instance reading the renamed file finds the record.
+      recorded = await this.record(file, store, change.record);
       const unchanged = (await lock.held()) && (await realpath(this.file).catch(() => undefined)) === file && (await readFile(file, 'utf8').catch(() => undefined)) === text;
       if (!unchanged) {
         await rm(temp, { force: true });
+        await recorded?.undo();
         return undefined;
       }
       await rename(temp, file);
@@ -925,6 +1078,7 @@ export class FileStoreMapSource implements StoreMapSource {
       // A write that failed (a full disk, an immutable or read-only file) leaves no temporary
       // file behind: each failover tried would add one to the folder.
       await rm(temp, { force: true }).catch(() => undefined);
+      await recorded?.undo();
       throw fileWriteError(error, file, change.what);
     }
     try {
@@ -943,11 +1097,53 @@ export class FileStoreMapSource implements StoreMapSource {
       const { gid } = groupLost;
       this.log?.warn({ event: 'storemap.failover_group_not_kept', file, gid, group: groupLost.now, err, change: change.noun }, `${change.noun} written to ${file} without its group ${gid} (the file's group is now ${groupLost.now ?? 'unknown'}): ${err}; give the file its group back (chgrp) if others read it`);
     }
-    return { document };
+    return { document, ...(recorded !== undefined ? { recorded: { id: recorded.id, writes: recorded.writes } } : {}) };
+  }
+
+  /**
+   * Records `change` of `store` in `.<name>.written` beside `file` (see RecordedWrite), the file's
+   * lock held: the records kept, this one added, written to a temporary file renamed into place.
+   * Returns its id, the records as written and how to put the ones before back (the change was not
+   * renamed into place after all). A record that cannot be written is none: a change taken back
+   * later is then told as undone, never the write refused for it. Not synced: a record lost to a
+   * power loss is the same.
+   */
+  private async record(file: string, store: string, change: StoreFileEdit['record']): Promise<{ readonly id: string; readonly writes: readonly RecordedWrite[]; readonly undo: () => Promise<void> } | undefined> {
+    const path = recordPath(file);
+    const before = await readFile(path, 'utf8').catch(() => undefined);
+    const entry: RecordedWrite = { id: randomUUID(), store, ...change, at: new Date().toISOString(), writer: { id: WRITER_ID, pid: process.pid, host: hostname() } };
+    const now = Date.now();
+    const writes = [...parseRecordedWrites(before).filter((w) => now - Date.parse(w.at) < RECORDED_WRITES_KEEP_MS), entry].slice(-RECORDED_WRITES_KEEP);
+    const replace = async (text: string): Promise<void> => {
+      const temp = join(dirname(file), `.${basename(file)}.written.${process.pid}.${++this.writes}.new`);
+      try {
+        await writeFileAt(temp, text);
+        await rename(temp, path);
+      } catch (error) {
+        await rm(temp, { force: true }).catch(() => undefined);
+        throw error;
+      }
+    };
+    try {
+      await replace(`${JSON.stringify({ writes })}\n`);
+    } catch {
+      return undefined;
+    }
+    const undo = (): Promise<void> => (before === undefined ? rm(path, { force: true }) : replace(before)).catch(() => undefined);
+    return { id: entry.id, writes, undo };
+  }
+
+  /** The changes recorded beside the file (see RecordedWrite), oldest first; none when there is no record or it cannot be read. */
+  async recordedWrites(): Promise<readonly RecordedWrite[]> {
+    const file = await realpath(this.file).catch(() => undefined);
+    if (file === undefined) return [];
+    return parseRecordedWrites(await readFile(recordPath(file), 'utf8').catch(() => undefined));
   }
 
   async close(): Promise<void> {
     this.stopWatch?.();
+    // A stop right after the start must not leave the lock the removal of temporary files holds.
+    await this.removingTemps;
   }
 }
 
@@ -1318,6 +1514,7 @@ const STORE_ENTRIES_FILTER = '(|(objectClass=mailfrontStore)(objectClass=mailfro
 /** Store entries in LDAP, polled; a failover is an LDAP modify of mailfrontCurrentMaster. */
 export class LdapStoreMapSource implements StoreMapSource {
   readonly description: string;
+  readonly saves = 'entry';
   private client: Client | null = null;
   private readonly tls: ConnectionOptions;
   /** Bytes one read of the map may take, all pages together (store_map.ldap.max_answer_bytes). */

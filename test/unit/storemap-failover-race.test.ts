@@ -61,7 +61,7 @@ test('a hand edit saved while a failover is written is kept: by rename, and in p
       () => new FileStoreMapSource(file, false).setCurrentMaster('alpha', 'a2'),
     );
     assert.deepEqual(masters(file), ['a2', 'b2'], 'both the failover and the in-place edit are in the file');
-    assert.deepEqual(readdirSync(dir), ['stores.yaml'], 'no temporary file is left');
+    assert.deepEqual(readdirSync(dir).filter((name) => name !== '.stores.yaml.written'), ['stores.yaml'], 'no temporary file is left');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -82,7 +82,7 @@ test('a store-map file that changes at every try of a failover fails it, naming 
     );
     assert.equal(edits, 5, 'the failover was tried 5 times');
     assert.deepEqual(masters(file), ['a1', 'b2'], 'the last hand edit is the file');
-    assert.deepEqual(readdirSync(dir), ['stores.yaml'], 'no temporary file is left');
+    assert.deepEqual(readdirSync(dir).filter((name) => name !== '.stores.yaml.written'), ['stores.yaml'], 'no temporary file is left');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

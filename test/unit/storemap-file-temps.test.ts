@@ -29,7 +29,8 @@ after(async () => {
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** The dot files of the folder (temporary files, locks), sorted. */
-const leftovers = (folder: string): string[] => readdirSync(folder).filter((name) => name.startsWith('.')).sort();
+// The records of the changes written (`.<name>.written`) stay: no temporary file.
+const leftovers = (folder: string): string[] => readdirSync(folder).filter((name) => name.startsWith('.') && !name.endsWith('.written')).sort();
 
 /** Fails alpha over in another process, SIGKILLed once its temporary file is written (before its rename). */
 async function killedMidWrite(file: string): Promise<void> {
