@@ -161,7 +161,8 @@ test('a change the file system refuses: 503 when it passes, 409 when the setup m
     assert.equal(unconfirmed.body.code, 'STOREMAP_WRITE_UNCONFIRMED');
     assert.match(unconfirmed.body.error ?? '', /holds it, but its folder could not be synced to disk \(EIO: .*a power loss may undo it/);
     assert.match(readFileSync(file, 'utf8'), /current_master: a2/);
-    assert.deepEqual(readdirSync(folder), ['stores.yaml']);
+    // Beside it, the record of the changes written (.stores.yaml.written): no temporary file left.
+    assert.deepEqual(readdirSync(folder).sort(), ['.stores.yaml.written', 'stores.yaml']);
   } finally {
     server.close();
   }
