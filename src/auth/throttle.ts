@@ -443,9 +443,13 @@ return out
 /**
  * After a successful login: KEYS[1] (the user's count) is deleted when ARGV[1] is '1', and the
  * address ARGV[2] is known for the user until ARGV[3] ms from now in the hash KEYS[2] (field: the
- * address, value: until when, Redis server time), which keeps the KNOWN_ADDRESSES_PER_USER latest
- * (ARGV[4]) and expires with its latest. One call, as the DEL alone was. Returns 1, or 0 and the
- * error text when Redis refused to write the address (the DEL went through).
+ * address, value: until when, Redis server time), which expires with its latest and keeps the
+ * KNOWN_ADDRESSES_PER_USER latest (ARGV[4]). One call, as the DEL alone was. Returns {1}; {0, '',
+ * the error text} when Redis refused to write the address (the DEL went through); {2, the
+ * command, the error text} when Redis refused another command (an ACL without it): the expiry is
+ * set right after the write, and the trim is last and through pcall, so that a command refused
+ * leaves a key that expires (PEXPIRE refused: the hash is deleted) rather than one that grows for
+ * good, and the call is not taken for a Redis refusing writes.
  */
 const SUCCESS_SCRIPT = `
 if redis.replicate_commands then redis.replicate_commands() end
@@ -455,29 +459,52 @@ if ARGV[1] == '1' then redis.call('DEL', KEYS[1]) end
 local ttl = tonumber(ARGV[3])
 local max = tonumber(ARGV[4])
 local w = redis.pcall('HSET', KEYS[2], ARGV[2], string.format('%.0f', now + ttl))
-if type(w) == 'table' and w.err then return {0, w.err} end
-if redis.call('HLEN', KEYS[2]) > max then
-  local all = redis.call('HGETALL', KEYS[2])
+if type(w) == 'table' and w.err then return {0, '', w.err} end
+local e = redis.pcall('PEXPIRE', KEYS[2], ttl)
+if type(e) == 'table' and e.err then
+  redis.pcall('DEL', KEYS[2])
+  return {2, 'PEXPIRE', e.err}
+end
+local n = redis.pcall('HLEN', KEYS[2])
+if type(n) == 'table' and n.err then return {2, 'HLEN', n.err} end
+if n > max then
+  local all = redis.pcall('HGETALL', KEYS[2])
+  if all.err then return {2, 'HGETALL', all.err} end
   local fields = {}
   for i = 1, #all, 2 do fields[#fields + 1] = {all[i], tonumber(all[i + 1]) or 0} end
   table.sort(fields, function(a, b) return a[2] < b[2] end)
   local extra = #fields - max
   for i, f in ipairs(fields) do
-    if i <= extra or f[2] <= now then redis.call('HDEL', KEYS[2], f[1]) end
+    if i <= extra or f[2] <= now then
+      local d = redis.pcall('HDEL', KEYS[2], f[1])
+      if type(d) == 'table' and d.err then return {2, 'HDEL', d.err} end
+    end
   end
 end
-redis.call('PEXPIRE', KEYS[2], ttl)
-return {1, ''}
+return {1}
 `;
 
-/** Whether the hash KEYS[1] (see SUCCESS_SCRIPT) knows the address ARGV[1] now: {1} or {0}. */
+/**
+ * Whether the hash KEYS[1] (see SUCCESS_SCRIPT) knows the address ARGV[1] now: {1} or {0}; {0,
+ * 'HGET', the error text} when Redis refused the HGET (an ACL without it).
+ */
 const KNOWN_SCRIPT = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local v = redis.call('HGET', KEYS[1], ARGV[1])
+local v = redis.pcall('HGET', KEYS[1], ARGV[1])
+if type(v) == 'table' and v.err then return {0, 'HGET', v.err} end
 if v and (tonumber(v) or 0) > now then return {1} end
 return {0}
 `;
+
+/**
+ * Every command the store and its scripts call, for the ACL of its Redis user (see
+ * commandRefused()); with a database number in the URL, the client also sends SELECT.
+ */
+export const REDIS_COMMANDS = ['EVALSHA', 'EVAL', 'TIME', 'HMGET', 'HSET', 'PEXPIRE', 'DEL', 'HLEN', 'HGETALL', 'HDEL', 'HGET', 'PING'] as const;
+
+/** REDIS_COMMANDS as an ACL rule grants them (`+evalsha +eval …`). */
+const REDIS_ACL = REDIS_COMMANDS.map((c) => `+${c.toLowerCase()}`).join(' ');
 
 /**
  * The probe's keys, after the prefix (no subject's key, u:… or a:…, is named so), that tell
@@ -672,6 +699,8 @@ export class RedisThrottleStore implements ThrottleStore {
   private closed = false;
   /** When throttle.redis_refused was last logged (monotonic()). */
   private lastErrorReplyLogAt = 0;
+  /** The commands of the known addresses' scripts Redis refused, each logged once (see commandRefused()). */
+  private readonly refusedCommands = new Set<string>();
   /** A replay of `missed` is running; another 'up' came meanwhile (see replay()). */
   private replaying = false;
   private replayAgain = false;
@@ -859,7 +888,8 @@ export class RedisThrottleStore implements ThrottleStore {
     }
     const reply = await this.run(SUCCESS, [this.key(userKey), this.key(known.user)], [clear ? '1' : '0', known.address, String(known.ms), String(KNOWN_ADDRESSES_PER_USER)]);
     if (reply instanceof Error) this.callRefused(reply.message);
-    else if (Array.isArray(reply) && Number(reply[0] ?? 0) === 0) this.callRefused(String(reply[1] ?? ''));
+    else if (Array.isArray(reply) && Number(reply[0] ?? 0) === 0) this.callRefused(String(reply[2] ?? ''));
+    else if (Array.isArray(reply) && Number(reply[0] ?? 0) === 2) this.commandRefused(String(reply[1] ?? ''), String(reply[2] ?? ''));
     if (clear && !Array.isArray(reply)) this.uncleared.set(userKey, true);
   }
 
@@ -867,7 +897,23 @@ export class RedisThrottleStore implements ThrottleStore {
   async knows(user: string, address: string): Promise<boolean> {
     const reply = await this.run(KNOWN, [this.key(user)], [address]);
     if (reply instanceof Error) this.callRefused(reply.message);
+    else if (Array.isArray(reply) && reply.length > 1) this.commandRefused(String(reply[1] ?? ''), String(reply[2] ?? ''));
     return Array.isArray(reply) && Number(reply[0] ?? 0) === 1;
+  }
+
+  /**
+   * Redis refused a command of the known addresses' (an ACL left out when it was written for an
+   * earlier version): logged once per command at error, with the ACL to grant. Not taken as
+   * refusing writes: the failures are shared still (the failure script's commands are granted,
+   * or the probe says otherwise); what is lost is the known addresses' sharing, or their trim.
+   */
+  private commandRefused(command: string, message: string): void {
+    if (this.refusedCommands.has(command)) return;
+    this.refusedCommands.add(command);
+    this.options.log.error(
+      { event: 'throttle.redis_command_refused', command, url: this.redis.url, reason: withoutSecrets(message, this.redis), acl: REDIS_ACL },
+      `Redis refused ${command} to the throttle (its user's ACL leaves it out?): known addresses are not shared or not trimmed through Redis until it is granted; grant the throttle's Redis user ${REDIS_ACL}`,
+    );
   }
 
   /**
