@@ -1408,10 +1408,12 @@ export class Throttle {
   /** throttle.exempt_networks. */
   private exempt: CidrSet;
   /**
-   * The addresses users logged in from on this instance (`user key` NUL `address key`), for
-   * known_address_ms; made at the first success, none while it is 0 (see recordSuccess()).
+   * The addresses users logged in from on this instance, for known_address_ms: per user key, up
+   * to KNOWN_ADDRESSES_PER_USER address keys with when each stops being known (monotonic()), as
+   * the Redis hash keeps them, so that one account's many addresses take one entry and do not
+   * push other users' out; made at the first success, none while it is 0 (see recordSuccess()).
    */
-  private known: LRUCache<string, true> | undefined;
+  private known: LRUCache<string, Map<string, number>> | undefined;
 
   constructor(
     config: ThrottleConfig,
@@ -1594,7 +1596,7 @@ export class Throttle {
   private async knows(store: ThrottleStore, user: string, address: string): Promise<boolean> {
     if (knownAddressMsOf(this.config) === 0) return false;
     const pair = { user: knownKey(user), address: addressKey(address, ipv6PrefixBitsOf(this.config)) };
-    if (this.known?.has(`${pair.user}\0${pair.address}`) === true) return true;
+    if ((this.known?.get(pair.user)?.get(pair.address) ?? 0) > monotonic()) return true;
     return store instanceof RedisThrottleStore && (await store.knows(pair.user, pair.address));
   }
 
@@ -1641,7 +1643,7 @@ export class Throttle {
       }
       const known: KnownAddress = { user: knownKey(attempt.user), address: addressKey(attempt.address, ipv6PrefixBitsOf(this.config)), ms };
       this.known ??= knownCache(this.config.maxTrackedSubjects, ms);
-      this.known.set(`${known.user}\0${known.address}`, true);
+      this.known.set(known.user, withKnown(this.known.get(known.user), known.address, monotonic() + ms));
       if (store instanceof RedisThrottleStore) await store.succeeded(userKey(attempt.user), clear, known);
       else if (clear) await store.clear([userKey(attempt.user)]);
     } catch {
@@ -1753,7 +1755,22 @@ function knownKey(user: string): string {
   return `k:${user}`;
 }
 
-/** The addresses known on this instance: at most `max` (user, address) pairs, each for `ms` from its last success. */
-function knownCache(max: number, ms: number): LRUCache<string, true> {
-  return new LRUCache<string, true>({ max, ttl: ms, ttlResolution: 0, perf: { now: monotonic } });
+/** The addresses known on this instance: at most `max` users, each forgotten `ms` after its last success. */
+function knownCache(max: number, ms: number): LRUCache<string, Map<string, number>> {
+  return new LRUCache<string, Map<string, number>>({ max, ttl: ms, ttlResolution: 0, perf: { now: monotonic } });
+}
+
+/**
+ * A user's known addresses with `address` known until `until`: those whose time has passed
+ * dropped, and the KNOWN_ADDRESSES_PER_USER latest kept (as SUCCESS_SCRIPT keeps them in Redis).
+ */
+function withKnown(addresses: Map<string, number> | undefined, address: string, until: number): Map<string, number> {
+  const out = addresses ?? new Map<string, number>();
+  const now = monotonic();
+  out.delete(address);
+  for (const [a, t] of out) if (t <= now) out.delete(a);
+  // A map keeps its order of insertion, here the order of the last successes: the first is the least recent.
+  while (out.size >= KNOWN_ADDRESSES_PER_USER) out.delete(out.keys().next().value as string);
+  out.set(address, until);
+  return out;
 }
