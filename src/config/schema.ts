@@ -14,7 +14,7 @@ import {
   DEFAULT_PREAUTH_TIMEOUT_MS,
   MAX_CACHE_ENTRIES,
 } from '../limits.js';
-import { bindAddressesOverlap, isWildcard, parseAddress, parseCidr } from '../net/cidr.js';
+import { CidrSet, bindAddressesOverlap, isWildcard, parseAddress, parseCidr } from '../net/cidr.js';
 import type { BackendLoginMode, ProtocolName } from '../protocol/types.js';
 import { readThrottleConfig } from '../auth/throttle-config.js';
 import type { ThrottleConfig } from '../auth/throttle-config.js';
@@ -399,7 +399,7 @@ export function readConfig(doc: unknown, file: string, resolvePath: (p: string) 
     const [where, b] = asserting;
     issues.add(at('directory', 'login_attribute'), `the attribute holding the name the backend knows users by: ${where}.login_mode "${b.loginMode}" asserts the directory entry's name, and user_filter compares {user} with no one attribute (an alias may match), so it cannot be inferred`, undefined);
   }
-  return {
+  const config: Config = {
     file,
     logLevel,
     listeners,
@@ -420,6 +420,41 @@ export function readConfig(doc: unknown, file: string, resolvePath: (p: string) 
     usernames: readUsernames(root['usernames'], issues),
     session: readSessionSettings(root['session'], issues),
   };
+  checkTrustedNotExempt(root['trusted_networks'], [
+    ['throttle.exempt_networks', config.throttle.exemptNetworks ?? []],
+    ['connection_limits.exempt_networks', config.connectionLimits.exemptNetworks ?? []],
+  ], issues);
+  return config;
+}
+
+/**
+ * Refuses a block of trusted_networks (`trusted`, as written: a string is a list of one) that
+ * equals or contains a block of an exempt list: the session believes a trusted network's ID
+ * claims whatever the exempt lists say, so everyone behind a NAT listed in both could still name
+ * any address as theirs (to the logs, the backend, and another address's failures_per_address),
+ * which is what the exempt lists are for. A narrower trusted block inside an exempt one (a webmail
+ * server inside a campus NAT) is fine. Blocks that are no blocks were reported by readNetworks().
+ */
+function checkTrustedNotExempt(trusted: unknown, exempt: readonly (readonly [string, readonly string[]])[], issues: IssueList): void {
+  const list = typeof trusted === 'string' ? [trusted] : Array.isArray(trusted) ? (trusted as unknown[]) : [];
+  list.forEach((item, i) => {
+    const block = typeof item === 'string' ? parseCidr(item) : null;
+    if (block === null) return;
+    const within = new CidrSet([block]);
+    for (const [path, blocks] of exempt) {
+      const inside = blocks.find((text) => {
+        const other = parseCidr(text);
+        return other !== null && block.prefixBits <= other.prefixBits && within.contains(text.split('/')[0] ?? '');
+      });
+      if (inside === undefined) continue;
+      issues.add(
+        at('trusted_networks', i),
+        `an address block that neither equals nor contains one of ${path} (${inside}): a NAT exempt there must not be trusted, or anyone behind it could name any address as theirs with ID x-originating-ip; take it out of trusted_networks (a webmail server inside the NAT may be trusted by its own narrower block)`,
+        item,
+      );
+      return;
+    }
+  });
 }
 
 /** What a socket listening on an address takes of its port (the path is the section's, for messages). */
