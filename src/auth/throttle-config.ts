@@ -64,8 +64,9 @@ export interface ThrottleConfig {
 /**
  * Defaults sized for about 100,000 mailboxes behind a few instances: a person who mistypes a
  * password a few times waits a few seconds more each time; a guesser gets ten tries per user and
- * thirty per address every quarter hour; 100,000 tracked subjects take about 40 MB at most
- * (measured in test/unit/throttle.test.ts).
+ * thirty per address every quarter hour; 100,000 tracked subjects take about 40 MB with one
+ * wrong password each (measured in test/unit/throttle.test.ts), and about 45 bytes more per wrong
+ * password remembered (as many as the limit, at most 64: 290 MB for 100,000 subjects of 64).
  */
 export const THROTTLE_DEFAULTS = {
   enabled: true,
