@@ -109,14 +109,6 @@ export interface KnownAddress {
  */
 export const KNOWN_ADDRESSES_PER_USER = 8;
 
-/**
- * A known address seen again within this long of its last write is not written again: a webmail
- * or a busy client logs in many times a minute from one address, and rewriting its time each time
- * cost every warm login (its cache's set and the walk of the user's addresses, and with Redis a
- * script where a DEL does). At most this much of known_address_ms (a day by default) is lost.
- */
-const KNOWN_REFRESH_MS = 60_000;
-
 
 /** Wrong passwords remembered per subject at least: enough for a client cycling through a few stale ones. */
 export const FINGERPRINTS_KEPT = 8;
@@ -1652,11 +1644,8 @@ export class Throttle {
       }
       const known: KnownAddress = { user: knownKey(attempt.user), address: addressKey(attempt.address, ipv6PrefixBitsOf(this.config)), ms };
       this.known ??= knownCache(this.config.maxTrackedSubjects, ms);
-      const addresses = this.known.get(known.user);
-      const now = monotonic();
-      const refresh = (addresses?.get(known.address) ?? 0) - now < ms - KNOWN_REFRESH_MS;
-      if (refresh) this.known.set(known.user, withKnown(addresses, known.address, now + ms));
-      if (refresh && store instanceof RedisThrottleStore) await store.succeeded(userKey(attempt.user), clear, known);
+      this.known.set(known.user, withKnown(this.known.get(known.user), known.address, monotonic() + ms));
+      if (store instanceof RedisThrottleStore) await store.succeeded(userKey(attempt.user), clear, known);
       else if (clear) await store.clear([userKey(attempt.user)]);
     } catch {
       // nothing to undo
