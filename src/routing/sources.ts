@@ -464,9 +464,13 @@ class StoreMapFileLock {
     let breaks = 0;
     for (;;) {
       let handle;
+      // Known as this process's own before its text is on disk: another taker in this process
+      // that read it in between took it for a predecessor's with this pid, and broke it live.
+      HELD_LOCKS.add(id);
       try {
         handle = await open(path, 'wx', 0o644);
       } catch (error) {
+        HELD_LOCKS.delete(id);
         if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw fileWriteError(error, file, what);
       }
       if (handle !== undefined) {
@@ -474,11 +478,11 @@ class StoreMapFileLock {
           await handle.writeFile(text);
           await handle.close();
         } catch (error) {
+          HELD_LOCKS.delete(id);
           await handle.close().catch(() => undefined);
           await rm(path, { force: true }).catch(() => undefined);
           throw fileWriteError(error, file, what);
         }
-        HELD_LOCKS.add(id);
         return new StoreMapFileLock(path, text, id);
       }
       const found = await findLock(path).catch((error: unknown) => {

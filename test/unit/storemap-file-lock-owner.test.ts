@@ -97,3 +97,36 @@ test("a source closed right after its watch began (a stop at once after the star
   assert.equal(existsSync(lock), false, "the killed writer's lock was left after the stop");
   assert.equal(existsSync(join(dir.path, `.stop.yaml.${pid}.1.tmp`)), false);
 });
+
+test("a lock this process is taking is its own from the start: another taker in the process never breaks it as a predecessor's", async () => {
+  // The lock's text was on disk before its id was known as this process's (the close between
+  // them): a watch's start (its removal of stale temporary files, under the lock) and a failover
+  // in the same process at once broke a live lock (the rv-diffd review's held-locks-window repro).
+  // FileHandle.writeFile's answer is held back 20 ms to widen that window, as a busy thread pool does.
+  const { open } = await import('node:fs/promises');
+  const probe = await open('/dev/null', 'r');
+  const proto = Object.getPrototypeOf(probe) as { writeFile: (...args: unknown[]) => Promise<unknown> };
+  await probe.close();
+  const realWrite = proto.writeFile;
+  proto.writeFile = async function (this: unknown, ...args: unknown[]) {
+    const written = await realWrite.apply(this, args);
+    await new Promise((r) => setTimeout(r, 20));
+    return written;
+  };
+  const file = join(dir.path, 'window.yaml');
+  writeFileSync(file, STORES);
+  const warnings: Array<Record<string, unknown>> = [];
+  const log = { warn: (fields: Record<string, unknown>) => void warnings.push(fields), info: () => undefined, error: () => undefined, debug: () => undefined } as unknown as Logger;
+  const source = new FileStoreMapSource(file, true, undefined, log, { lockWaitMs: 2_000 });
+  try {
+    await source.load();
+    source.watch(() => undefined);
+    await new Promise((r) => setTimeout(r, 3));
+    await source.setCurrentMaster('alpha', 'a2');
+    assert.match(readFileSync(file, 'utf8'), /current_master: a2/);
+    assert.deepEqual(warnings.filter((w) => w['event'] === 'storemap.lock_broken'), []);
+  } finally {
+    proto.writeFile = realWrite;
+    await source.close();
+  }
+});
