@@ -27,11 +27,13 @@ export const BACKEND_USER_LIMIT_WORDS = /\bMaximum number of connections from us
 
 /**
  * Whether a refused login counts towards MAX_AUTH_ATTEMPTS: only refusals of the client's own
- * doing (wrong credentials, throttled). A backend outage or a locked mailbox is no reason to
- * close the connection.
+ * doing (wrong credentials, throttled, a name it may not log in as: a master login the filter does
+ * not allow or to no such user, a reserved name). A backend outage or a locked mailbox is no
+ * reason to close the connection. A name refused uncounted let one connection go on asking the
+ * directory (a bind and a search each time) for as long as its deadline lasted.
  */
 export function countsAsFailedLogin(refusal: LoginRefusal): boolean {
-  return refusal === 'auth-failed' || refusal === 'limit';
+  return refusal === 'auth-failed' || refusal === 'limit' || refusal === 'not-authorized';
 }
 
 /**

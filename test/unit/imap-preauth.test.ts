@@ -161,6 +161,20 @@ describe('IMAP pre-auth: LOGIN', () => {
     ]);
   });
 
+  it('counts a login refused for the name it asks for (not-authorized) towards that limit', () => {
+    const refused = { ok: false, refusal: 'not-authorized' } as const;
+    const NOT_AUTHORIZED = 'NO [AUTHORIZATIONFAILED] Authorization failed.\r\n';
+    assert.deepStrictEqual(preauthTrace({ phases: ['a LOGIN u*s 1\r\nb LOGIN v*s 1\r\nc LOGIN w*s 1\r\nd LOGIN x*s 1\r\n'], logins: [refused, refused, refused] }), [
+      login('u*s', '1'),
+      `send a ${NOT_AUTHORIZED}`,
+      login('v*s', '1'),
+      `send b ${NOT_AUTHORIZED}`,
+      login('w*s', '1'),
+      `send c ${NOT_AUTHORIZED}* BYE Too many failed login attempts\r\n`,
+      'close limit',
+    ]);
+  });
+
   it('does not count temporary failures (an outage, a locked mailbox) towards that limit', () => {
     const down = { ok: false, refusal: 'unavailable' } as const;
     const busy = { ok: false, refusal: 'in-use' } as const;
