@@ -840,6 +840,16 @@ export function configWarnings(config: Pick<Config, 'failover' | 'session' | 'sh
       text: `a stop may take up to ${seconds} s (${config.http === undefined ? '' : `shutdown.unready_delay_ms ${config.shutdown.unreadyDelayMs} + `}shutdown.drain_timeout_ms ${config.shutdown.drainTimeoutMs} + failover.drain_spread_ms ${config.failover.drainSpreadMs} + ${(STOP_CLOSE_MS + STOP_LOG_FLUSH_MS) / 1000} s to close and write the log), and the shipped systemd unit's TimeoutStopSec and compose's stop_grace_period are ${SHIPPED_STOP_GRACE_MS / 1000} s: raise them above ${seconds + 5} s, or the service manager kills the drain`,
     });
   }
+  // /metrics tells whoever scrapes it while trying logins which user names exist (README,
+  // Security): open on an address beyond loopback, anyone who reaches the port reads it.
+  const http = config.http;
+  if (http !== undefined && http.metricsToken === undefined && !isLoopbackHost(http.host)) {
+    warnings.push({
+      event: 'config.metrics_open',
+      path: 'http.metrics_token',
+      text: `http.host ${http.host} is not a loopback address and http.metrics_token is not set: /metrics answers anyone who reaches ${http.host}:${http.port}; set metrics_token_file (Prometheus's authorization: { credentials_file }), or listen on 127.0.0.1 behind a proxy that authenticates`,
+    });
+  }
   if (config.directory?.masterUserFilter !== undefined) {
     const replay = (path: string, what: string, whose: string): ConfigWarning => ({
       event: 'config.master_user_replay',
@@ -880,6 +890,12 @@ function readHealth(v: unknown, issues: IssueList): HealthConfig {
     timeoutMs: int(o, 'timeout_ms', 'health', issues, 100, 120_000, 3_000),
     ...(probeUser !== undefined && probePassword !== undefined ? { probeUser, probePassword } : {}),
   };
+}
+
+/** Whether `host` (http.host) is a loopback address or name: 127.0.0.0/8, ::1, localhost. */
+function isLoopbackHost(host: string): boolean {
+  const bare = host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host;
+  return bare === 'localhost' || bare === '::1' || /^127(?:\.\d{1,3}){3}$/.test(bare) || /^::ffff:127(?:\.\d{1,3}){3}$/i.test(bare);
 }
 
 /** The key a long stop is most likely owed to: the largest of the three the operator sets (the unready delay only with an HTTP listener). */

@@ -51,7 +51,7 @@ test('the shipped systemd unit and compose file give a stop the time the code as
 
 test('configWarnings names the shutdown key when a stop may outlast the shipped grace time, and not below it', () => {
   const session = { preauthTimeoutMs: 60_000 };
-  const at = (unreadyDelayMs: number, drainTimeoutMs: number, drainSpreadMs = 2_000, http: object | null = {}) =>
+  const at = (unreadyDelayMs: number, drainTimeoutMs: number, drainSpreadMs = 2_000, http: object | null = { host: '127.0.0.1', port: 9143 }) =>
     configWarnings({ failover: { holdMs: 15_000, drainSpreadMs }, session, shutdown: { unreadyDelayMs, drainTimeoutMs }, ...(http !== null ? { http } : {}) } as Parameters<typeof configWarnings>[0]).filter((w) => w.event === 'config.stop_exceeds_shipped_grace');
   assert.deepEqual(at(5_000, 10_000), []);
   assert.deepEqual(at(5_000, 15_999), []);
