@@ -128,11 +128,15 @@ export function watchLogLoss(stream: LossSource, stderr: (text: string) => void 
   });
 }
 
-function writeStderr(text: string): void {
+/**
+ * Writes `text` to stderr now, or not at all: stderr may be gone, or the stalled stdout's pipe
+ * (non-blocking once node opened it), and neither serving nor an exit may wait for it.
+ */
+export function writeStderr(text: string): void {
   try {
     writeSync(2, text);
   } catch {
-    // stderr gone too: nothing more to tell anyone.
+    // EAGAIN, EPIPE: nobody reads it either.
   }
 }
 

@@ -1596,7 +1596,7 @@ export class Throttle {
   /** Whether `user` logged in from `address` within known_address_ms: here, or (with Redis) on any instance sharing it. */
   private async knows(store: ThrottleStore, user: string, address: string): Promise<boolean> {
     if (knownAddressMsOf(this.config) === 0) return false;
-    const pair = { user: knownKey(user), address: addressKey(address, ipv6PrefixBitsOf(this.config)) };
+    const pair = { user: knownKey(user), address: this.addressKey(address) };
     if ((this.known?.get(pair.user)?.get(pair.address) ?? 0) > monotonic()) return true;
     return store instanceof RedisThrottleStore && (await store.knows(pair.user, pair.address));
   }
@@ -1642,7 +1642,7 @@ export class Throttle {
         if (clear) await store.clear([userKey(attempt.user)]);
         return;
       }
-      const known: KnownAddress = { user: knownKey(attempt.user), address: addressKey(attempt.address, ipv6PrefixBitsOf(this.config)), ms };
+      const known: KnownAddress = { user: knownKey(attempt.user), address: this.addressKey(attempt.address), ms };
       this.known ??= knownCache(this.config.maxTrackedSubjects, ms);
       this.known.set(known.user, withKnown(this.known.get(known.user), known.address, monotonic() + ms));
       if (store instanceof RedisThrottleStore) await store.succeeded(userKey(attempt.user), clear, known);

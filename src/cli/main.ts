@@ -8,7 +8,7 @@
  */
 // First: SIGHUP is counted, not fatal, from here on (see hangup.ts).
 import { hangupsReceived, releaseHangups, releaseStops, takeStops } from './hangup.js';
-import { readFileSync, writeSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isIP } from 'node:net';
@@ -698,9 +698,9 @@ function logWritten(log: import('../log.js').Logger, ms: number): Promise<void> 
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      void import('../log.js').then(({ dropPendingLog }) => {
+      void import('../log.js').then(({ dropPendingLog, writeStderr }) => {
         const dropped = dropPendingLog();
-        if (dropped > 0) writeStderrIfItTakes(`mailfront: ${why} while stopping: ${dropped} bytes of log dropped at exit\n`);
+        if (dropped > 0) writeStderr(`mailfront: ${why} while stopping: ${dropped} bytes of log dropped at exit\n`);
         resolve();
       });
     };
@@ -713,18 +713,6 @@ function logWritten(log: import('../log.js').Logger, ms: number): Promise<void> 
       resolve();
     });
   });
-}
-
-/**
- * Writes `text` to stderr now, or not at all: stderr may be the stalled stdout's pipe (non-blocking
- * once node opened it), and the exit must not wait for it.
- */
-function writeStderrIfItTakes(text: string): void {
-  try {
-    writeSync(2, text);
-  } catch {
-    // EAGAIN: nobody reads it either.
-  }
 }
 
 async function main(argv: string[]): Promise<number> {
