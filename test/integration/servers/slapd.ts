@@ -39,6 +39,26 @@ export interface SlapdUser {
   /** Value of mailStore (the user's store name); omitted when not given. */
   readonly store?: string;
   readonly mail?: string;
+  /**
+   * More attributes of the entry, by name (e.g. pwdReset, pwdChangedTime, pwdPolicySubentry with
+   * `ppolicy`): written at start by slapadd, which takes operational attributes too.
+   */
+  readonly attributes?: Readonly<Record<string, string | readonly string[]>>;
+}
+
+/** OpenLDAP's password policy overlay (ppolicy) on the database, and its policy entries. */
+export interface SlapdPasswordPolicies {
+  /** Policy entries under ou=policies (slapdPolicyDn()), by cn: their pwdPolicy attributes (pwdAttribute: userPassword is added). */
+  readonly policies: Readonly<Record<string, Readonly<Record<string, string>>>>;
+  /** The cn of the policy of every user without a pwdPolicySubentry (ppolicy_default); none without it. */
+  readonly default?: string;
+  /** ppolicy_use_lockout: a locked account's bind is answered accountLocked (whatever the password). */
+  readonly useLockout?: boolean;
+}
+
+/** The DN of the policy entry `cn` of SlapdOptions.ppolicy. */
+export function slapdPolicyDn(cn: string): string {
+  return `cn=${escapeDnValue(cn)},ou=policies,${LDAP_BASE_DN}`;
 }
 
 export interface SlapdOptions {
@@ -61,6 +81,8 @@ export interface SlapdOptions {
    * everything else.
    */
   readonly access?: readonly string[];
+  /** Load the ppolicy module and put the overlay on the database, with these policies. Without it slapd has no password policy (nor its schema). */
+  readonly ppolicy?: SlapdPasswordPolicies;
 }
 
 export interface Slapd {
@@ -149,10 +171,22 @@ function userEntry(user: SlapdUser): string {
   ];
   if (user.store !== undefined) lines.push(ldifLine(LDAP_STORE_ATTRIBUTE, user.store));
   if (user.mail !== undefined) lines.push(ldifLine('mail', user.mail));
+  for (const [name, values] of Object.entries(user.attributes ?? {})) for (const value of typeof values === 'string' ? [values] : values) lines.push(ldifLine(name, value));
   return `${lines.join('\n')}\n`;
 }
 
-function slapdConf(dir: string, rootPassword: string, tls: { certFile: string; keyFile: string; caFile: string } | undefined, limits: readonly string[] = [], access: readonly string[] = []): string {
+/** The policy entries of `ppolicy`, as LDIF. */
+function policyLdif(ppolicy: SlapdPasswordPolicies): string {
+  const entries = [[`dn: ou=policies,${LDAP_BASE_DN}`, 'objectClass: organizationalUnit', 'ou: policies', ''].join('\n')];
+  for (const [cn, attributes] of Object.entries(ppolicy.policies)) {
+    const lines = [ldifLine('dn', slapdPolicyDn(cn)), 'objectClass: organizationalRole', 'objectClass: pwdPolicy', ldifLine('cn', cn), 'pwdAttribute: userPassword'];
+    for (const [name, value] of Object.entries(attributes)) lines.push(ldifLine(name, value));
+    entries.push(`${lines.join('\n')}\n`);
+  }
+  return entries.join('\n');
+}
+
+function slapdConf(dir: string, rootPassword: string, tls: { certFile: string; keyFile: string; caFile: string } | undefined, limits: readonly string[] = [], access: readonly string[] = [], ppolicy?: SlapdPasswordPolicies): string {
   const lines = [
     '# mailfront test slapd',
     'include /etc/ldap/schema/core.schema',
@@ -163,6 +197,7 @@ function slapdConf(dir: string, rootPassword: string, tls: { certFile: string; k
     `argsfile ${join(dir, 'slapd.args')}`,
     'modulepath /usr/lib/ldap',
     'moduleload back_mdb',
+    ...(ppolicy !== undefined ? ['moduleload ppolicy'] : []),
     'sizelimit 1000',
   ];
   if (tls) {
@@ -185,6 +220,7 @@ function slapdConf(dir: string, rootPassword: string, tls: { certFile: string; k
     `index ${LDAP_STORE_ATTRIBUTE} eq`,
     'index cn eq',
     ...limits.map((limit) => `limits ${limit}`),
+    ...(ppolicy !== undefined ? ['overlay ppolicy', ...(ppolicy.default !== undefined ? [`ppolicy_default "${slapdPolicyDn(ppolicy.default)}"`] : []), ...(ppolicy.useLockout === true ? ['ppolicy_use_lockout'] : [])] : []),
     '',
     ...access,
     '# Passwords: only for binding (anonymous auth); a user may change its own; nobody reads them.',
@@ -276,8 +312,8 @@ async function startSlapdOnce(options: SlapdOptions): Promise<Slapd> {
     const logFile = join(dir, 'slapd.log');
     await mkdir(join(dir, 'data'), { mode: 0o700 });
     await writeFile(join(dir, 'mailfront.schema'), MAILFRONT_SCHEMA);
-    await writeFile(confFile, slapdConf(dir, rootPassword, certs, options.limits, options.access));
-    const ldif = [baseLdif(bindPassword), ...options.users.map(userEntry)].join('\n');
+    await writeFile(confFile, slapdConf(dir, rootPassword, certs, options.limits, options.access, options.ppolicy));
+    const ldif = [baseLdif(bindPassword), ...(options.ppolicy !== undefined ? [policyLdif(options.ppolicy)] : []), ...options.users.map(userEntry)].join('\n');
     await writeFile(join(dir, 'data.ldif'), ldif, { mode: 0o600 });
     await run('slapadd', ['-q', '-f', confFile, '-l', join(dir, 'data.ldif')]);
 
