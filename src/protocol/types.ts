@@ -23,7 +23,8 @@ export type LoginRefusal =
   | 'limit' // throttled or over a connection limit
   | 'in-use' // the backend says the mailbox is locked (POP3 [IN-USE])
   | 'login-delay' // the backend says the user logged in too recently (POP3 [LOGIN-DELAY])
-  | 'not-authorized'; // authenticated, but never let in under that name (a backend administrator's, the proxy account's)
+  | 'not-authorized' // authenticated, but never let in under that name (a backend administrator's, the proxy account's)
+  | 'expired'; // the password was right, but the directory says it expired or must be changed (RFC 5530 EXPIRED)
 
 /** What the pre-auth machine asks the session to do, in order. */
 export type PreauthAction =

@@ -233,6 +233,9 @@ export class ImapPreauthMachine implements PreauthMachine {
         return `${this.loginTag} NO [INUSE] ${given || 'Mailbox is in use, please try again later.'}\r\n`;
       case 'not-authorized':
         return `${this.loginTag} ${NOT_AUTHORIZED_TEXT}\r\n`;
+      // RFC 5530 §3: the passphrase is no longer good; the user should get a new one.
+      case 'expired':
+        return `${this.loginTag} NO [EXPIRED] ${given || 'Your password has expired, please change it and log in again.'}\r\n`;
     }
   }
 

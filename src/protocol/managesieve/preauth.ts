@@ -436,5 +436,8 @@ function refusalLine(refusal: LoginRefusal, text: string | undefined): string {
       return `NO (TRYLATER) ${sieveString(given || 'Your account is in use, please try again later.', 'server')}`;
     case 'not-authorized':
       return NOT_AUTHORIZED_LINE;
+    // RFC 5804 §1.3 has no code for an expired password: NO with the words that say so, as a wrong password's has none.
+    case 'expired':
+      return `NO ${sieveString(given || 'Your password has expired, please change it and log in again.', 'server')}`;
   }
 }

@@ -450,5 +450,9 @@ function refusalLine(refusal: LoginRefusal, text: string | undefined): string {
     case 'not-authorized':
       // RFC 3206 §5: [AUTH], a refusal for a reason of authentication or policy.
       return NOT_AUTHORIZED_LINE;
+    // RFC 3206 has no code for an expired password: [AUTH], with the words that say so (no
+    // "wait": the client should not retry it as a temporary failure).
+    case 'expired':
+      return `-ERR [AUTH] ${given || 'Your password has expired, please change it and log in again.'}`;
   }
 }
