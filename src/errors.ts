@@ -16,6 +16,7 @@ export type FailureKind =
   | 'no-route' // user without a store, unknown store, store without a current master
   | 'maintenance' // the user's store is in maintenance (the store map says so): its clients are told the store's reason
   | 'held' // the user's directory entry holds the user (directory.hold_attribute: a mailbox being moved): told the hold's reason
+  | 'expired' // the password was right, but the directory's password policy says it expired or must be changed after a reset
   | 'connect' // backend slot unreachable or refused the connection
   | 'local-resources' // mailfront could not open a connection for want of its own resources (open files, local ports): no slot's fault
   | 'backend-login' // backend refused our login or spoke nonsense

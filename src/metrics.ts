@@ -25,7 +25,7 @@ export type SessionEndReasonLabel = PreauthCloseReason | SpliceEndReason | 'clie
 export type LoginResult = 'success' | FailureKind;
 
 /** Why credentials were refused (only failures of kind `auth-failed`). */
-export type AuthFailureReason = 'unknown-user' | 'wrong-password' | 'invalid-username' | 'authzid-refused' | 'other';
+export type AuthFailureReason = 'unknown-user' | 'wrong-password' | 'account-locked' | 'invalid-username' | 'authzid-refused' | 'other';
 
 /** One LDAP request as the directory code sees it. */
 export type LdapOperation = 'connect' | 'service-bind' | 'search' | 'user-bind';
@@ -40,6 +40,9 @@ export type BackendResult = 'success' | 'timeout' | 'refused' | 'in-use' | 'logi
 export type ByteDirection = 'client-to-backend' | 'backend-to-client';
 
 /** The directory's caches: `auth`, successful logins by user and password; `entry`, a user's DN and store. */
+/** A warning of the directory's password policy on a login it let in: the password expires soon, or expired and a grace login was used. */
+export type PasswordPolicyWarning = 'expiring' | 'grace';
+
 export type DirectoryCache = 'auth' | 'entry';
 const DIRECTORY_CACHES: readonly DirectoryCache[] = ['auth', 'entry'];
 
@@ -222,6 +225,8 @@ export function authFailureReason(code: string): AuthFailureReason {
       return 'unknown-user';
     case 'WRONG_PASSWORD':
       return 'wrong-password';
+    case 'ACCOUNT_LOCKED':
+      return 'account-locked';
     case 'INVALID_USERNAME':
       return 'invalid-username';
     case 'AUTHZID_REFUSED':
@@ -337,6 +342,8 @@ export class Metrics {
   private readonly certificateSeries = new Map<string, readonly string[]>();
   /** Client addresses offered with IMAP ID before login, by whether they were honoured. */
   private readonly clientIdAddressesTotal: Counter<'result'>;
+  /** Logins the directory let in with a password policy warning, by warning. */
+  private readonly passwordPolicyWarningsTotal: Counter<'warning'>;
   /** Lookups in the directory's caches, by cache and result (one per login and cache it reaches). */
   private readonly directoryCacheLookupsTotal: CounterFamily<'cache' | 'result'>;
   /** 1 while /readyz answers 200, 0 while it answers 503; read at scrape time (registered once readiness() gives its source). */
@@ -448,6 +455,7 @@ export class Metrics {
     this.tlsHandshakeFailuresTotal = hotCounter('mailfront_tls_handshake_failures_total', 'Implicit-TLS handshakes that failed before a session began, by listener and reason (error, timeout, closed).', ['listener', 'reason']);
     this.tlsCertificateExpiry = gauge('mailfront_tls_certificate_expiry_timestamp_seconds', 'Unix time at which a client-facing certificate in force expires (its notAfter), by listener and certificate (its file).', ['listener', 'certificate']);
     this.clientIdAddressesTotal = counter('mailfront_client_id_addresses_total', 'Client addresses offered with IMAP ID before login, by whether they were honoured.', ['result']);
+    this.passwordPolicyWarningsTotal = counter('mailfront_directory_password_warnings_total', 'User binds the directory took with a password policy warning (directory.password_policy), by warning: expiring (the password expires soon), grace (it expired, and a grace login was used).', ['warning']);
     this.directoryCacheLookupsTotal = hotCounter('mailfront_directory_cache_lookups_total', 'Lookups in the directory caches (auth: successful logins by user and password; entry: users\' DN and store), by cache and result (hit or miss).', ['cache', 'result']);
     const directoryCacheEntries = new Gauge({
       name: 'mailfront_directory_cache_entries',
@@ -486,6 +494,7 @@ export class Metrics {
       this.loginDuration.declare({ protocol, result: 'success' });
     }
     for (const direction of DIRECTIONS) this.proxiedBytesTotal.inc({ direction }, 0);
+    for (const warning of ['expiring', 'grace'] as const) this.passwordPolicyWarningsTotal.inc({ warning }, 0);
     for (const cache of DIRECTORY_CACHES) for (const result of ['hit', 'miss']) this.directoryCacheLookupsTotal.inc({ cache, result }, 0);
     this.configLastReloadSuccess.set(1);
 
@@ -707,6 +716,11 @@ export class Metrics {
   /** Counts a client address offered with IMAP ID before login (honoured only from trusted networks). */
   clientIdAddress(honoured: boolean): void {
     this.clientIdAddressesTotal.inc({ result: honoured ? 'honoured' : 'ignored' });
+  }
+
+  /** Counts a user bind the directory took with a password policy warning. */
+  passwordPolicyWarning(warning: PasswordPolicyWarning): void {
+    this.passwordPolicyWarningsTotal.inc({ warning });
   }
 
   /** Counts a lookup in one of the directory's caches. */

@@ -105,7 +105,9 @@ export interface Directory {
    * the user, or rejects with a MailfrontError of kind `auth-failed` (wrong password, unknown
    * user, or a user the directory does not let use `protocol`) or `auth-tempfail` (the directory
    * could not answer), `no-route` (the password is right but the entry names its store
-   * ambiguously), or `aborted` when `signal` fired first. A session always gives `protocol`;
+   * ambiguously), `expired` (the password is right, but the directory's password policy says it
+   * expired, or must be changed after a reset; never a wrong one), or `aborted` when `signal`
+   * fired first. A session always gives `protocol`;
    * without it (tests) a directory whose answer depends on it refuses the login (`internal`).
    */
   authenticate(user: string, password: string, signal: Cancellation, protocol?: Protocol): Promise<DirectoryUser>;
@@ -214,13 +216,17 @@ const PRINTABLE_ASCII_WORD = /^[\x21-\x7e]+$/;
  * WRONG_PASSWORD for an entry the directory found, with the names the entry gives its user (the
  * values of directory.login_attribute, as read): the session logs the user by them, as it does a
  * login that succeeds, and not only by the name typed (an alias the user filter matched).
+ * `other`: a refusal told to the client as a wrong password, logged under a code of its own
+ * (ACCOUNT_LOCKED: the directory's password policy says the account is locked, whatever the
+ * password).
  */
 export class WrongPasswordError extends MailfrontError {
   constructor(
     user: string,
     readonly loginNames: readonly string[],
+    other?: { readonly code: string; readonly message: string },
   ) {
-    super('WRONG_PASSWORD', 'auth-failed', `wrong password for "${user}"`);
+    super(other?.code ?? 'WRONG_PASSWORD', 'auth-failed', other?.message ?? `wrong password for "${user}"`);
   }
 }
 

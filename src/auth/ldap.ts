@@ -22,6 +22,8 @@ import { LRUCache } from 'lru-cache';
 import type { LdapOperation, LdapResult, Metrics } from '../metrics.js';
 import type { Cancellation } from '../cancel.js';
 import { MAX_LDAP_ANSWER_BYTES } from '../limits.js';
+import { PasswordPolicyRequest } from './password-policy.js';
+import type { PasswordPolicyAnswer } from './password-policy.js';
 
 /** Escapes a value for use inside an LDAP search filter (RFC 4515 §3). */
 export function escapeFilterValue(value: string): string {
@@ -206,6 +208,21 @@ function raceAbort<T>(promise: Promise<T>, signal: Cancellation): Promise<T> {
     );
   });
 }
+
+/** What a user's bind answered: the password taken or not, on which server, and the password policy control's answer (undefined: none came, or none was asked). */
+interface BindAnswer {
+  readonly ok: boolean;
+  readonly url: string;
+  readonly policy: PasswordPolicyAnswer | 'unreadable' | undefined;
+}
+
+/**
+ * What a client is told of a password that expired, or that an administrator reset and that must
+ * be changed (the password was right). No "wait": fetchmail reads a POP3 -ERR with it as temporary,
+ * and this one is not.
+ */
+const PASSWORD_EXPIRED_TEXT = 'Your password has expired, please change it and log in again.';
+const PASSWORD_MUST_CHANGE_TEXT = 'Your password was reset and must be changed, please change it and log in again.';
 
 /** Idle user-bind connections kept per server; a bind simply replaces the previous identity. */
 const MAX_IDLE_BIND_CONNECTIONS = 16;
@@ -639,6 +656,8 @@ export class LdapDirectory implements Directory {
   private readonly holdWarned: LRUCache<string, true>;
   /** url → until when (performance.now(), which no step of the wall clock moves) it is passed over: it failed a login or could not be reached (see SERVER_HOLD_DOWN_MS). */
   private readonly heldDown = new Map<string, number>();
+  /** A password policy control that could not be read was logged (once per directory). */
+  private policyUnreadableWarned = false;
   /** Service connections taken out of their slot, each closed by its timer once the searches on it are past their deadline. */
   private readonly retiring = new Map<Client, NodeJS.Timeout>();
 
@@ -988,7 +1007,7 @@ export class LdapDirectory implements Directory {
    * it have likely gone the same way: they are closed, and the bind is tried once more on a new
    * connection. An answer from the server, whatever it is, stands.
    */
-  private async checkPassword(url: string, dn: string, password: string): Promise<boolean> {
+  private async checkPassword(url: string, dn: string, password: string): Promise<BindAnswer> {
     const idle = this.bindIdle.get(url) ?? [];
     this.bindIdle.set(url, idle);
     let kept = idle.pop();
@@ -1009,22 +1028,25 @@ export class LdapDirectory implements Directory {
   }
 
   /**
-   * One simple bind on `kept`, or on a new connection to `url`: true, false for a wrong password,
-   * or LDAP_BIND_FAILED. The connection goes back to `idle` after an answer, else it is closed.
+   * One simple bind on `kept`, or on a new connection to `url`: taken or not (a wrong password),
+   * with what the password policy control said (directory.password_policy), or LDAP_BIND_FAILED.
+   * The connection goes back to `idle` after an answer, else it is closed.
    */
-  private async bindOnce(url: string, idle: Client[], kept: Client | undefined, dn: string, password: string): Promise<boolean> {
+  private async bindOnce(url: string, idle: Client[], kept: Client | undefined, dn: string, password: string): Promise<BindAnswer> {
     let client = kept;
     let keep = false;
+    // A new one each bind: the server's answer is read into it.
+    const control = this.config.passwordPolicy !== false ? new PasswordPolicyRequest() : undefined;
     try {
       client ??= await openLdapClient(url, this.clientOptions(false));
       const bound = client;
-      await this.timed('user-bind', () => bound.bind(dn, password));
+      await this.timed('user-bind', () => bound.bind(dn, password, control));
       keep = true;
-      return true;
+      return { ok: true, url, policy: control?.answer };
     } catch (error) {
       if (error instanceof InvalidCredentialsError) {
         keep = true;
-        return false;
+        return { ok: false, url, policy: control?.answer };
       }
       throw new MailfrontError('LDAP_BIND_FAILED', 'auth-tempfail', `the user bind failed on ${url}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
     } finally {
@@ -1032,6 +1054,44 @@ export class LdapDirectory implements Directory {
         if (keep && !this.closed && idle.length < MAX_IDLE_BIND_CONNECTIONS) idle.push(client);
         else client.unbind().catch(() => undefined);
       }
+    }
+  }
+
+  /**
+   * What the bind's answer means for the login: throws its refusal, logs the warning of one let in.
+   * Without directory.password_policy (or from a server without the policy) there is no control's
+   * answer: the bind's result alone. passwordExpired is believed on a bind refused as on one
+   * taken: OpenLDAP says it only once the password is checked (a wrong one gets a plain
+   * invalidCredentials), so only the password's owner is told, as Dovecot tells it (RFC 5530
+   * EXPIRED); changeAfterReset only on a bind the server took. A lock (OpenLDAP says it only with
+   * ppolicy_use_lockout, and then for any password) is told as a wrong password, the reason logged
+   * only: told, it would show a guesser which accounts its guesses locked.
+   */
+  private passwordPolicyVerdict(answer: BindAnswer, user: string, found: FoundEntry): void {
+    const { policy } = answer;
+    if (policy === 'unreadable' && !this.policyUnreadableWarned) {
+      this.policyUnreadableWarned = true;
+      this.log.warn({ event: 'directory.password_policy_unreadable', url: answer.url, dn: found.dn }, 'a directory server answered a bind with a password policy control that is no PasswordPolicyResponseValue; its answers are taken as if it had sent none (said once)');
+    }
+    const said = typeof policy === 'object' ? policy : undefined;
+    const error = said?.error;
+    if (error === 'accountLocked') {
+      throw new WrongPasswordError(user, found.loginNames, { code: 'ACCOUNT_LOCKED', message: `the directory's password policy says the account ${found.dn} is locked (accountLocked, said whatever the password: told as a wrong password)` });
+    }
+    if (error === 'passwordExpired') {
+      throw new MailfrontError('PASSWORD_EXPIRED', 'expired', `the directory's password policy says the password of ${found.dn} has expired (passwordExpired${answer.ok ? '' : ', no grace logins left'}): the password was right`, { clientText: PASSWORD_EXPIRED_TEXT });
+    }
+    if (!answer.ok) throw new WrongPasswordError(user, found.loginNames);
+    if (error === 'changeAfterReset') {
+      throw new MailfrontError('PASSWORD_MUST_CHANGE', 'expired', `the directory's password policy says the password of ${found.dn} was reset and must be changed before it is used (changeAfterReset): the password was right`, { clientText: PASSWORD_MUST_CHANGE_TEXT });
+    }
+    if (said?.graceLeft !== undefined) {
+      this.metrics?.passwordPolicyWarning('grace');
+      this.log.info({ event: 'directory.password_grace_login', user, dn: found.dn, graceLeft: said.graceLeft }, `the user's password has expired; the directory let this login in on a grace login (${said.graceLeft} left)`);
+    } else if (said?.expiresInS !== undefined) {
+      this.metrics?.passwordPolicyWarning('expiring');
+      const expiresInDays = Math.floor(said.expiresInS / 86_400);
+      this.log.info({ event: 'directory.password_expiring', user, dn: found.dn, expiresInS: said.expiresInS, expiresInDays }, `the user's password expires in ${expiresInDays} days`);
     }
   }
 
@@ -1061,9 +1121,9 @@ export class LdapDirectory implements Directory {
     let found = await entryOf('login');
     // RFC 4513 §5.1.2: a simple bind with an empty password is an unauthenticated bind and succeeds.
     if (password.length === 0) throw new WrongPasswordError(user, found.loginNames);
-    let ok: boolean;
+    let answer: BindAnswer;
     try {
-      ok = await this.checkPassword(found.url, found.dn, password);
+      answer = await this.checkPassword(found.url, found.dn, password);
     } catch (error) {
       // The server that found the entry (a cached one, perhaps found minutes ago) does not
       // answer the bind: forget the entry, look the user up again on another server (not that
@@ -1078,9 +1138,9 @@ export class LdapDirectory implements Directory {
       if (!this.hasOtherThan(failedUrl) || !isServerDown(error.cause)) throw error;
       this.holdDown(failedUrl, error.message);
       found = await entryOf('retry', { url: failedUrl, failure: error });
-      ok = await this.checkPassword(found.url, found.dn, password);
+      answer = await this.checkPassword(found.url, found.dn, password);
     }
-    if (!ok) throw new WrongPasswordError(user, found.loginNames);
+    this.passwordPolicyVerdict(answer, user, found);
     // Said only once the password is right: to anyone else the user is one more wrong password.
     // A hold goes first: the session refuses the login with its reason, whatever the entry says
     // of its store (a move may be rewriting it).

@@ -178,6 +178,12 @@ export interface DirectoryConfig {
   readonly cacheMaxEntries: number;
   /** Service-bound connections the searches are spread over (opened as needed). */
   readonly searchConnections: number;
+  /**
+   * Send the password policy request control (OpenLDAP's ppolicy) on each user's bind and act on
+   * its answer: an expired password or one to change after a reset refused as such, a lock as a
+   * wrong password, warnings logged. The reader always sets it; absent (a config built in code): on.
+   */
+  readonly passwordPolicy?: boolean;
 }
 
 export interface BackendConfig {
@@ -569,7 +575,7 @@ function readListeners(v: unknown, resolvePath: (p: string) => string, bindings:
 
 function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: IssueList): DirectoryConfig {
   const path = 'directory';
-  const o = readSection(v, path, ['urls', 'bind_dn', 'bind_password', 'base_dn', 'user_filter', 'store_attribute', 'login_attribute', 'hold_attribute', 'master_user_filter', 'master_user_separator', 'starttls', 'ca_file', 'connect_timeout_ms', 'operation_timeout_ms', 'entry_cache_ttl_ms', 'auth_cache_ttl_ms', 'cache_max_entries', 'search_connections'], issues) ?? {};
+  const o = readSection(v, path, ['urls', 'bind_dn', 'bind_password', 'base_dn', 'user_filter', 'store_attribute', 'login_attribute', 'hold_attribute', 'master_user_filter', 'master_user_separator', 'starttls', 'ca_file', 'connect_timeout_ms', 'operation_timeout_ms', 'entry_cache_ttl_ms', 'auth_cache_ttl_ms', 'cache_max_entries', 'search_connections', 'password_policy'], issues) ?? {};
   const urls = ldapUrlList(o, 'urls', path, issues);
   const userFilter = str(o, 'user_filter', path, issues, '(&(objectClass=inetOrgPerson)(uid={user}))');
   // Parsed as the LDAP client parses it (placeholders stand for a name): one it cannot read failed
@@ -619,6 +625,8 @@ function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: I
     authCacheTtlMs: int(o, 'auth_cache_ttl_ms', path, issues, 0, 3_600_000, 60_000),
     cacheMaxEntries: int(o, 'cache_max_entries', path, issues, 1, MAX_CACHE_ENTRIES, 100_000),
     searchConnections: int(o, 'search_connections', path, issues, 1, 64, 2),
+    // On: a server without the policy ignores the control (not critical, RFC 4511 §4.1.11).
+    passwordPolicy: bool(o, 'password_policy', path, issues, true),
   };
 }
 

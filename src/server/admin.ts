@@ -146,6 +146,7 @@ function statusFor(error: MailfrontError): number {
     // The admin API authenticates no user: these would be a bug, as would the rest.
     case 'auth-failed':
     case 'not-authorized':
+    case 'expired':
     case 'config':
     case 'internal':
       return 500;

@@ -200,6 +200,10 @@ function refusalFor(kind: FailureKind): LoginRefusal {
       return 'login-delay';
     case 'limit':
       return 'limit';
+    // The password was right, but the directory's password policy says it expired, or must be
+    // changed after a reset (RFC 5530 EXPIRED): changed elsewhere, not typed again.
+    case 'expired':
+      return 'expired';
     // The user's store is in maintenance, or the directory holds the user (a mailbox being
     // moved): told so in the store map's or the directory's words (MailfrontError.clientText).
     case 'maintenance':
@@ -928,7 +932,7 @@ export class Session {
       // A POP3 client polling faster than the backend allows ([LOGIN-DELAY]) is the user's doing,
       // not the fleet's; a store in maintenance, or a user held by the directory, the operator's;
       // a master login refused to someone who is no master, or for a target that does not exist or has no mailbox, the client's.
-      if (refusal === 'auth-failed' || refusal === 'limit' || refusal === 'login-delay' || error.kind === 'maintenance' || error.kind === 'held' || error.code === MASTER_NOT_ALLOWED || error.code === MASTER_TARGET_UNKNOWN || error.code === MASTER_TARGET_WITHOUT_MAILBOX) this.log.info(fields, 'login failed');
+      if (refusal === 'auth-failed' || refusal === 'limit' || refusal === 'login-delay' || error.kind === 'maintenance' || error.kind === 'held' || error.kind === 'expired' || error.code === MASTER_NOT_ALLOWED || error.code === MASTER_TARGET_UNKNOWN || error.code === MASTER_TARGET_WITHOUT_MAILBOX) this.log.info(fields, 'login failed');
       else this.log.error(fields, 'login could not be completed');
       // Same answer after the same time for an unknown user and a wrong password (and a
       // throttled login looks no faster); repeated failures add the throttle's penalty. Every
