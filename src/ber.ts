@@ -1,7 +1,8 @@
 /**
- * The one piece of BER/DER (X.690 §8.1.3) mailfront reads itself: an element's definite length.
- * Used for an LDAP message's header (auth/ldap.ts, which bounds what a server may send) and a
- * TRUSTED CERTIFICATE's trust settings (ca-file.ts).
+ * The piece of BER/DER (X.690 §8.1.3) mailfront's own readers share: an element's definite length.
+ * Used for an LDAP message's header (auth/ldap.ts, which bounds what a server may send), a
+ * TRUSTED CERTIFICATE's trust settings (ca-file.ts) and a password policy control's answer
+ * (auth/password-policy.ts).
  */
 
 /**
