@@ -799,6 +799,14 @@ async function main(argv: string[]): Promise<number> {
       const caUnusable = new Set<string>();
       const fileIssues = [...(await checkListenerCertificates(config)), ...unreadableCaFiles(configCaFiles(config), caChecked, caUnusable)];
       fileIssues.push(...(await import('../auth/throttle.js')).redisTlsIssues(config.throttle));
+      if (config.oauth2?.jwksFile !== undefined) {
+        const { OAuthVerifier } = await import('../auth/oauth.js');
+        try {
+          OAuthVerifier.readFile(config.oauth2.jwksFile);
+        } catch (error) {
+          fileIssues.push({ path: 'oauth2.jwks_file', expected: 'a JWKS file ({"keys": [...]}) with a public key mailfront can verify tokens with', found: error instanceof Error ? error.message.replace(/^oauth2\.jwks_file: /, '') : String(error) });
+        }
+      }
       const { configSourceAddresses, unusableSourceAddresses } = await import('../backend/connect.js');
       const sourcesChecked = new Set<string>();
       fileIssues.push(...(await unusableSourceAddresses(configSourceAddresses(config), sourcesChecked)));

@@ -18,6 +18,8 @@ import { CidrSet, bindAddressesOverlap, isWildcard, parseAddress, parseCidr } fr
 import type { BackendLoginMode, ProtocolName } from '../protocol/types.js';
 import { readThrottleConfig } from '../auth/throttle-config.js';
 import type { ThrottleConfig } from '../auth/throttle-config.js';
+import { readOAuthConfig } from '../auth/oauth-config.js';
+import type { OAuthConfig } from '../auth/oauth-config.js';
 import { readConnectionLimitsConfig } from '../server/connection-limits.js';
 import type { ConnectionLimitsConfig } from '../server/connection-limits.js';
 import { readTlsPolicy } from '../server/tls-config.js';
@@ -374,6 +376,8 @@ export interface Config {
   readonly tls: TlsPolicy;
   readonly usernames: UsernameConfig;
   readonly session: SessionConfig;
+  /** OAuth 2.0 bearer-token logins (OAUTHBEARER, XOAUTH2); absent: not offered. */
+  readonly oauth2?: OAuthConfig;
 }
 
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -382,7 +386,7 @@ const TLS_MODES: readonly ListenerTls[] = ['none', 'starttls', 'implicit'];
 
 /** Reads a whole config document; `resolvePath` makes file names absolute. */
 export function readConfig(doc: unknown, file: string, resolvePath: (p: string) => string, issues: IssueList): Config {
-  const root = readSection(doc, '', ['log', 'listeners', 'directory', 'store_map', 'backend', 'backend_profiles', 'usernames', 'session', 'failover', 'health', 'admin', 'http', 'trusted_networks', 'nat64_prefixes', 'shutdown', 'throttle', 'connection_limits', 'tls'], issues) ?? {};
+  const root = readSection(doc, '', ['log', 'listeners', 'directory', 'store_map', 'backend', 'backend_profiles', 'usernames', 'session', 'failover', 'health', 'admin', 'http', 'trusted_networks', 'nat64_prefixes', 'shutdown', 'throttle', 'connection_limits', 'tls', 'oauth2'], issues) ?? {};
   const log = root['log'] === undefined ? {} : readSection(root['log'], 'log', ['level'], issues) ?? {};
   const directory = readDirectory(root['directory'], resolvePath, issues);
   const backend = readBackend(root['backend'], 'backend', resolvePath, issues);
@@ -405,6 +409,7 @@ export function readConfig(doc: unknown, file: string, resolvePath: (p: string) 
     const [where, b] = asserting;
     issues.add(at('directory', 'login_attribute'), `the attribute holding the name the backend knows users by: ${where}.login_mode "${b.loginMode}" asserts the directory entry's name, and user_filter compares {user} with no one attribute (an alias may match), so it cannot be inferred`, undefined);
   }
+  const oauth2 = readOAuthConfig(root['oauth2'], 'oauth2', issues, resolvePath);
   const config: Config = {
     file,
     logLevel,
@@ -425,6 +430,7 @@ export function readConfig(doc: unknown, file: string, resolvePath: (p: string) 
     tls: readTlsPolicy(root['tls'], 'tls', issues),
     usernames: readUsernames(root['usernames'], issues),
     session: readSessionSettings(root['session'], issues),
+    ...(oauth2 !== undefined ? { oauth2 } : {}),
   };
   checkTrustedNotExempt(root['trusted_networks'], [
     ['throttle.exempt_networks', config.throttle.exemptNetworks ?? []],
@@ -835,9 +841,11 @@ const WARNING_STORES_NAMED = 10;
  * deadline, which runs from accept, before the hold ends, so the hold never ends a login. A
  * directory.master_user_filter with a backend, a profile or (given `stores`, the store map's, as
  * check-config reads it) a store in replay mode: mailfront has not the target's password, so
- * master logins to those stores are refused (MASTER_USER_NEEDS_TRUST_MODE).
+ * master logins to those stores are refused (MASTER_USER_NEEDS_TRUST_MODE). oauth2 with such a
+ * store: mailfront has no password of the user's either, so its bearer-token logins are refused
+ * (OAUTH_NEEDS_TRUST_MODE).
  */
-export function configWarnings(config: Pick<Config, 'failover' | 'session' | 'shutdown'> & Partial<Pick<Config, 'directory' | 'backend' | 'backendProfiles' | 'http'>>, stores?: ReadonlyMap<string, { readonly backend: Pick<BackendConfig, 'loginMode'> }>): ConfigWarning[] {
+export function configWarnings(config: Pick<Config, 'failover' | 'session' | 'shutdown'> & Partial<Pick<Config, 'directory' | 'backend' | 'backendProfiles' | 'http' | 'oauth2'>>, stores?: ReadonlyMap<string, { readonly backend: Pick<BackendConfig, 'loginMode'> }>): ConfigWarning[] {
   const warnings: ConfigWarning[] = [];
   const stopMs = stopTakesAtMostMs(config);
   if (stopMs >= SHIPPED_STOP_GRACE_MS) {
@@ -863,6 +871,24 @@ export function configWarnings(config: Pick<Config, 'failover' | 'session' | 'sh
       event: 'config.master_user_replay',
       path,
       text: `directory.master_user_filter is set and ${what}: master logins to ${whose} are refused (MASTER_USER_NEEDS_TRUST_MODE: mailfront does not have the target's password to replay); set login_mode master-user or sasl-authzid there`,
+    });
+    if (config.backend?.loginMode === 'replay') warnings.push(replay('backend.login_mode', 'backend.login_mode is "replay"', 'the stores that keep it'));
+    for (const [name, profile] of config.backendProfiles ?? []) {
+      const path = at(at('backend_profiles', name), 'login_mode');
+      if (profile.loginMode === 'replay') warnings.push(replay(path, `${path} is "replay"`, 'the stores that use it'));
+    }
+    const replaying = [...(stores ?? [])].filter(([, store]) => store.backend.loginMode === 'replay').map(([name]) => name);
+    if (replaying.length > 0) {
+      const more = replaying.length > WARNING_STORES_NAMED ? ` and ${replaying.length - WARNING_STORES_NAMED} more` : '';
+      const count = `${replaying.length} ${replaying.length === 1 ? 'store' : 'stores'}`;
+      warnings.push(replay('stores', `${count} of the store map ${replaying.length === 1 ? 'logs' : 'log'} in with login_mode "replay" (${replaying.slice(0, WARNING_STORES_NAMED).join(', ')}${more})`, replaying.length === 1 ? 'it' : 'them'));
+    }
+  }
+  if (config.oauth2 !== undefined) {
+    const replay = (path: string, what: string, whose: string): ConfigWarning => ({
+      event: 'config.oauth2_replay',
+      path,
+      text: `oauth2 is set and ${what}: OAuth logins (OAUTHBEARER, XOAUTH2) of users of ${whose} are refused (OAUTH_NEEDS_TRUST_MODE: a token is no password to replay); set login_mode master-user or sasl-authzid there`,
     });
     if (config.backend?.loginMode === 'replay') warnings.push(replay('backend.login_mode', 'backend.login_mode is "replay"', 'the stores that keep it'));
     for (const [name, profile] of config.backendProfiles ?? []) {
