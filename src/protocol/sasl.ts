@@ -73,3 +73,116 @@ export function encodePlain(authzid: string, user: string, password: string): st
 /** The LOGIN mechanism's challenges, base64 of "Username:" and "Password:". */
 export const LOGIN_USERNAME_CHALLENGE = Buffer.from('Username:').toString('base64');
 export const LOGIN_PASSWORD_CHALLENGE = Buffer.from('Password:').toString('base64');
+
+/** The OAuth 2.0 bearer-token mechanisms: OAUTHBEARER (RFC 7628) and Google's XOAUTH2. */
+export type BearerMechanism = 'OAUTHBEARER' | 'XOAUTH2';
+
+/**
+ * The longest access token handed on, in bytes. A signed JWT from Keycloak or Authentik is 1 to
+ * 3 KB; IMAP and POP3 lines (MAX_LINE_BYTES) carry about 5.9 KB of token in base64, a
+ * ManageSieve literal about 2.9 KB. A longer one is refused before any JSON or signature is
+ * looked at (the verifier's work per login stays bounded).
+ */
+export const MAX_OAUTH_TOKEN_BYTES = 4096;
+
+/** A decoded OAUTHBEARER or XOAUTH2 client response, or why it was refused. */
+export type BearerDecodeResult =
+  | { readonly ok: true; readonly user: string | undefined; readonly token: string }
+  | { readonly ok: false; readonly reason: 'bad-base64' | 'bad-format' | 'bad-characters' | 'too-long' };
+
+/** RFC 6750 §2.1 b64token: what a bearer token may hold (no space, control character or quote). */
+const B64TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
+/** RFC 7628 §3.1: the auth value, "Bearer" (any case) and the token. */
+const AUTH_VALUE = /^bearer +(.*)$/i;
+/** RFC 7628 §3.1 key: 1*ALPHA. */
+const SASL_KEY = /^[A-Za-z]+$/;
+
+/**
+ * Decodes an OAUTHBEARER client response (RFC 7628 §3.1): a GS2 header `n,a=<authzid>,` (no
+ * channel binding: "y" is taken as "n", as the client says the server offered none; "p=" is
+ * refused), then key=value pairs ended by %x01, `auth=Bearer <token>` among them, then %x01.
+ * The authzid is the user the client says the token is for (RFC 5801 saslname, =2C and =3D
+ * decoded); absent when it names none.
+ */
+export function decodeOAuthBearer(base64: string): BearerDecodeResult {
+  const text = bearerText(base64);
+  if (typeof text !== 'string') return text;
+  const firstSeparator = text.indexOf('\x01');
+  if (firstSeparator < 0) return { ok: false, reason: 'bad-format' };
+  const gs2 = /^([ny]),(?:a=([^,]*))?,$/.exec(text.slice(0, firstSeparator));
+  if (gs2 === null) return { ok: false, reason: 'bad-format' };
+  let user: string | undefined;
+  if (gs2[2] !== undefined) {
+    // RFC 5801 §4: "," and "=" are written =2C and =3D; any other "=" is malformed.
+    if (/=(?!2C|3D)/.test(gs2[2])) return { ok: false, reason: 'bad-format' };
+    user = gs2[2].replace(/=2C/g, ',').replace(/=3D/g, '=');
+    if (user === '') return { ok: false, reason: 'bad-format' };
+  }
+  const pairs = keyValues(text.slice(firstSeparator + 1));
+  if (pairs === null) return { ok: false, reason: 'bad-format' };
+  return bearerResult(user, pairs.get('auth'));
+}
+
+/**
+ * Decodes an XOAUTH2 client response (Google's form): `user=<user>` %x01 `auth=Bearer <token>`
+ * %x01 %x01. The user is required.
+ */
+export function decodeXOAuth2(base64: string): BearerDecodeResult {
+  const text = bearerText(base64);
+  if (typeof text !== 'string') return text;
+  const pairs = keyValues(text);
+  if (pairs === null) return { ok: false, reason: 'bad-format' };
+  const user = pairs.get('user');
+  if (user === undefined || user === '') return { ok: false, reason: 'bad-format' };
+  return bearerResult(user, pairs.get('auth'));
+}
+
+/** Decodes either mechanism's client response. */
+export function decodeBearer(mechanism: BearerMechanism, base64: string): BearerDecodeResult {
+  return mechanism === 'OAUTHBEARER' ? decodeOAuthBearer(base64) : decodeXOAuth2(base64);
+}
+
+/** The response as UTF-8 text, or why it is none; CR, LF and NUL are refused (they are never part of a user name or token). */
+function bearerText(base64: string): string | BearerDecodeResult {
+  const raw = decodeBase64Strict(base64);
+  if (raw === null) return { ok: false, reason: 'bad-base64' };
+  const text = utf8Text(raw);
+  if (text === null || hasUnsafeCharacters(text)) return { ok: false, reason: 'bad-characters' };
+  return text;
+}
+
+/** `key=value` %x01 pairs ended by one more %x01 (RFC 7628 §3.1 `*kvpair kvsep`); null when malformed or a key repeats. */
+function keyValues(text: string): Map<string, string> | null {
+  if (!text.endsWith('\x01')) return null;
+  const fields = text.slice(0, -1).split('\x01');
+  // The last field of "k=v\x01" + "\x01" split is the empty one before the final separator.
+  if (fields.pop() !== '') return null;
+  const pairs = new Map<string, string>();
+  for (const field of fields) {
+    const equals = field.indexOf('=');
+    const key = equals < 0 ? '' : field.slice(0, equals).toLowerCase();
+    if (!SASL_KEY.test(key) || pairs.has(key)) return null;
+    pairs.set(key, field.slice(equals + 1));
+  }
+  return pairs;
+}
+
+function bearerResult(user: string | undefined, auth: string | undefined): BearerDecodeResult {
+  const token = auth === undefined ? null : AUTH_VALUE.exec(auth)?.[1];
+  if (token === null || token === undefined || token === '') return { ok: false, reason: 'bad-format' };
+  if (token.length > MAX_OAUTH_TOKEN_BYTES) return { ok: false, reason: 'too-long' };
+  if (!B64TOKEN.test(token)) return { ok: false, reason: 'bad-characters' };
+  return { ok: true, user, token };
+}
+
+/**
+ * The server's error challenge when a token is refused (RFC 7628 §3.2.2; Google's form for
+ * XOAUTH2), base64: the client answers it with a dummy response (%x01, "AQ==", or an empty one),
+ * and only then gets the refusal. The same for every reason a token is refused.
+ */
+export function bearerFailureChallenge(mechanism: BearerMechanism): string {
+  return mechanism === 'OAUTHBEARER' ? OAUTHBEARER_FAILURE : XOAUTH2_FAILURE;
+}
+
+const OAUTHBEARER_FAILURE = Buffer.from('{"status":"invalid_token","schemes":"bearer"}').toString('base64');
+const XOAUTH2_FAILURE = Buffer.from('{"status":"401","schemes":"bearer"}').toString('base64');

@@ -16,6 +16,17 @@ export interface Credentials {
   readonly mechanism: 'LOGIN' | 'PLAIN' | 'SASL-LOGIN' | 'USER-PASS';
 }
 
+/**
+ * An OAuth 2.0 bearer token decoded from the client (OAUTHBEARER, RFC 7628, or XOAUTH2): the
+ * token is a secret and must never be logged, nor sent to a backend as a password.
+ */
+export interface BearerCredentials {
+  /** The user the client says the token is for (OAUTHBEARER's authzid, XOAUTH2's user=), as sent; absent when OAUTHBEARER names none. */
+  readonly user?: string;
+  readonly token: string;
+  readonly mechanism: 'OAUTHBEARER' | 'XOAUTH2';
+}
+
 /** Why a login attempt did not succeed, as the session decided it; decides the wire text. */
 export type LoginRefusal =
   | 'auth-failed' // wrong password or unknown user: one fixed text
@@ -41,6 +52,12 @@ export type PreauthAction =
    * `loginSucceeded` or `loginFailed`, the machine only buffers further input (see `inputFull`).
    */
   | { readonly type: 'login'; readonly credentials: Credentials }
+  /**
+   * Verify this bearer token, find its user and log in to the backend on the user's behalf; as
+   * `login` otherwise. A refusal of the token (`auth-failed`) is answered with the mechanism's
+   * error challenge, and the refusal once the client has answered it (RFC 7628 §3.2.3).
+   */
+  | { readonly type: 'bearer-login'; readonly credentials: BearerCredentials }
   /** The client sent ID parameters before login (IMAP); keys lower-cased. */
   | { readonly type: 'client-id'; readonly params: ReadonlyMap<string, string | null> }
   /** End the connection after the preceding sends; `reason` is a stable word for logs/metrics. */
@@ -61,6 +78,8 @@ export interface PreauthOptions {
   readonly starttlsAvailable: boolean;
   /** Plaintext credentials are accepted without TLS on this listener (trusted network). */
   readonly plaintextWithoutTls: boolean;
+  /** OAUTHBEARER and XOAUTH2 are offered (oauth2 is configured), where PLAIN is. */
+  readonly oauth?: boolean;
   /** Text after the greeting's OK, e.g. "mailfront ready". */
   readonly greetingText: string;
 }

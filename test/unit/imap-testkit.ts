@@ -83,6 +83,10 @@ export function runPreauth(script: PreauthScript, chunk: Chunker, respond: 'imme
           pendingLogins++;
           trace.push(`login ${JSON.stringify(action.credentials)}`);
           break;
+        case 'bearer-login':
+          pendingLogins++;
+          trace.push(`bearer-login ${JSON.stringify(action.credentials)}`);
+          break;
         case 'client-id':
           trace.push(`client-id ${JSON.stringify([...action.params])}`);
           break;

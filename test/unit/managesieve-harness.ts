@@ -86,6 +86,10 @@ export function runPreauth(script: PreauthScript, chunk: Chunker, respond: 'imme
           pending++;
           trace.push(`login ${JSON.stringify(action.credentials)}`);
           break;
+        case 'bearer-login':
+          pending++;
+          trace.push(`bearer-login ${JSON.stringify(action.credentials)}`);
+          break;
         case 'client-id':
           trace.push('client-id');
           break;

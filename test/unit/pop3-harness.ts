@@ -23,6 +23,7 @@ export type Event =
   | { send: string }
   | { starttls: true }
   | { login: unknown }
+  | { bearerLogin: unknown }
   | { clientId: unknown }
   | { close: string }
   | { reply: string }
@@ -55,6 +56,8 @@ function preauthEvent(action: PreauthAction): Event {
       return { starttls: true };
     case 'login':
       return { login: { ...action.credentials } };
+    case 'bearer-login':
+      return { bearerLogin: { ...action.credentials } };
     case 'client-id':
       return { clientId: [...action.params] };
     case 'close':
@@ -77,7 +80,7 @@ export function runPreauth(
   const handle = (actions: PreauthAction[]): void => {
     for (const action of actions) {
       events.push(preauthEvent(action));
-      if (action.type !== 'login') continue;
+      if (action.type !== 'login' && action.type !== 'bearer-login') continue;
       const answer = answers[logins++] ?? 'hold';
       if (answer === 'hold') continue;
       if ('succeed' in answer) {

@@ -1,13 +1,16 @@
 /**
  * The IMAP pre-auth state machine for one client connection: greeting, CAPABILITY, NOOP, LOGOUT,
- * ID, STARTTLS, LOGIN and AUTHENTICATE (PLAIN, LOGIN, SASL-IR), with every pre-auth bound.
+ * ID, STARTTLS, LOGIN and AUTHENTICATE (PLAIN, LOGIN, and OAUTHBEARER and XOAUTH2 when offered;
+ * SASL-IR), with every pre-auth bound.
  * It owns the client-facing wire text before login, in one place.
  * Must not: authenticate anyone, touch sockets, timers, config or logs; it only returns actions.
  */
 
 import { MAX_AUTH_ATTEMPTS, MAX_BAD_COMMANDS, MAX_PIPELINED_BYTES, MAX_PIPELINED_HELD_BYTES, MAX_PREAUTH_COMMANDS } from '../../limits.js';
-import { decodeLoginField, decodePlain, hasUnsafeCharacters, LOGIN_PASSWORD_CHALLENGE, LOGIN_USERNAME_CHALLENGE } from '../sasl.js';
+import { bearerFailureChallenge, decodeBearer, decodeLoginField, decodePlain, hasUnsafeCharacters, LOGIN_PASSWORD_CHALLENGE, LOGIN_USERNAME_CHALLENGE } from '../sasl.js';
+import type { BearerMechanism } from '../sasl.js';
 import type {
+  BearerCredentials,
   Credentials,
   ForwardedClientId,
   LoginRefusal,
@@ -31,9 +34,11 @@ type Phase =
 
 interface SaslExchange {
   readonly tag: string;
-  readonly mechanism: 'PLAIN' | 'LOGIN';
+  readonly mechanism: 'PLAIN' | 'LOGIN' | BearerMechanism;
   /** The LOGIN mechanism's user name once received. */
   user: string | null;
+  /** A bearer token was refused and its error challenge sent: the next line is the client's dummy response, answered with the refusal (RFC 7628 §3.2.3). */
+  refused?: true;
 }
 
 /** RFC 2971 §3.3: at most 30 pairs, field names up to 30 octets, values up to 1024 octets. */
@@ -131,6 +136,8 @@ export class ImapPreauthMachine implements PreauthMachine {
   private tlsActive: boolean;
   private sasl: SaslExchange | null = null;
   private loginTag = '';
+  /** The pending login's bearer mechanism, when it is a bearer login: its refusal goes through the error challenge. */
+  private pendingBearer: BearerMechanism | null = null;
   private commands = 0;
   private badCommands = 0;
   private failedLogins = 0;
@@ -190,6 +197,7 @@ export class ImapPreauthMachine implements PreauthMachine {
   loginSucceeded(backendCapabilities: string | null): LoginSuccess {
     if (this.phase !== 'login-pending') throw new Error(`loginSucceeded in phase ${this.phase}`);
     this.phase = 'logged-in';
+    this.pendingBearer = null;
     const code = backendCapabilities === null ? '' : loginCapabilityCode(backendCapabilities);
     return { reply: `${this.loginTag} OK ${code}Logged in\r\n`, pipelined: this.parser.takeBuffered() };
   }
@@ -197,6 +205,13 @@ export class ImapPreauthMachine implements PreauthMachine {
   loginFailed(refusal: LoginRefusal, text?: string): PreauthAction[] {
     if (this.phase !== 'login-pending') return [];
     const out: PreauthAction[] = [];
+    const bearer = this.pendingBearer;
+    this.pendingBearer = null;
+    if (bearer !== null && refusal === 'auth-failed') {
+      // Counted once the client has answered the error challenge, with the tagged NO.
+      this.refuseBearer(this.loginTag, bearer, out);
+      return this.run(out);
+    }
     push(out, this.refusalLine(refusal, text));
     this.phase = 'command';
     if (countsAsFailedLogin(refusal) && this.countFailedLogin(out)) return out;
@@ -244,8 +259,11 @@ export class ImapPreauthMachine implements PreauthMachine {
     const caps = ['IMAP4rev1', 'SASL-IR', 'ID', 'LITERAL-'];
     if (this.options.starttlsAvailable && !this.tlsActive) caps.push('STARTTLS');
     // RFC 3501 §6.2.3, RFC 9051 §6.2.3: no plaintext mechanism is offered where it is refused.
-    if (this.plaintextAllowed()) caps.push('AUTH=PLAIN', 'AUTH=LOGIN');
-    else caps.push('LOGINDISABLED');
+    if (this.plaintextAllowed()) {
+      caps.push('AUTH=PLAIN', 'AUTH=LOGIN');
+      // A bearer token is a credential as a password is: offered, and taken, only where PLAIN is.
+      if (this.options.oauth === true) caps.push('AUTH=OAUTHBEARER', 'AUTH=XOAUTH2');
+    } else caps.push('LOGINDISABLED');
     return caps.join(' ');
   }
 
@@ -361,7 +379,8 @@ export class ImapPreauthMachine implements PreauthMachine {
     const [mechanismArg, initialArg] = args;
     if (args.length > 2 || mechanismArg?.type !== 'atom') return this.bad(out, tag, 'Invalid AUTHENTICATE arguments');
     const mechanism = mechanismArg.value.toUpperCase();
-    if (mechanism !== 'PLAIN' && mechanism !== 'LOGIN') {
+    const bearer = this.options.oauth === true && (mechanism === 'OAUTHBEARER' || mechanism === 'XOAUTH2');
+    if (mechanism !== 'PLAIN' && mechanism !== 'LOGIN' && !bearer) {
       return this.bad(out, tag, 'Unsupported authentication mechanism', 'NO');
     }
     let initial: string | null = null;
@@ -371,17 +390,31 @@ export class ImapPreauthMachine implements PreauthMachine {
       initial = initialArg.value === '=' ? '' : initialArg.value;
     }
     if (!this.plaintextAllowed()) return this.privacyRequired(tag, out);
-    this.sasl = { tag, mechanism, user: null };
+    this.sasl = { tag, mechanism: mechanism as SaslExchange['mechanism'], user: null };
     this.phase = 'authenticate';
     if (initial !== null) return this.onSaslResponse(initial, out);
-    push(out, mechanism === 'PLAIN' ? '+ \r\n' : `+ ${LOGIN_USERNAME_CHALLENGE}\r\n`);
+    push(out, mechanism === 'LOGIN' ? `+ ${LOGIN_USERNAME_CHALLENGE}\r\n` : '+ \r\n');
   }
 
   private onSaslResponse(line: string, out: PreauthAction[]): void {
     const sasl = this.sasl;
     if (sasl === null) return;
+    // RFC 7628 §3.2.3: whatever answers the error challenge (%x01, or a "*" that cancels what has
+    // failed already), the exchange ends with the refusal, counted.
+    if (sasl.refused === true) return this.endSasl(() => this.refuseLocally(sasl.tag, out));
     // RFC 9051 §6.2.2: a line of "*" cancels the exchange, answered with a tagged BAD.
     if (line === '*') return this.endSasl(() => push(out, `${sasl.tag} BAD Authentication cancelled.\r\n`));
+    if (sasl.mechanism === 'OAUTHBEARER' || sasl.mechanism === 'XOAUTH2') {
+      const mechanism = sasl.mechanism;
+      const decoded = decodeBearer(mechanism, line);
+      if (decoded.ok) {
+        const credentials: BearerCredentials = decoded.user === undefined ? { token: decoded.token, mechanism } : { user: decoded.user, token: decoded.token, mechanism };
+        return this.endSasl(() => this.startBearerLogin(sasl.tag, credentials, out));
+      }
+      // A token that can be no token (too long, characters no token has) is refused as a wrong one is.
+      if (decoded.reason === 'too-long' || decoded.reason === 'bad-characters') return this.refuseBearer(sasl.tag, mechanism, out);
+      return this.endSasl(() => this.bad(out, sasl.tag, 'Invalid SASL response'));
+    }
     if (sasl.mechanism === 'PLAIN') {
       const decoded = decodePlain(line);
       if (!decoded.ok) {
@@ -430,6 +463,22 @@ export class ImapPreauthMachine implements PreauthMachine {
     // Checked after the action, as it is for input arriving later, so that the outcome does not
     // depend on how the input was split into chunks.
     if (this.parser.bufferedBytes > MAX_PIPELINED_HELD_BYTES) this.tooMuchPipelined(out);
+  }
+
+  private startBearerLogin(tag: string, credentials: BearerCredentials, out: PreauthAction[]): void {
+    if (credentials.user !== undefined && hasUnsafeCharacters(credentials.user)) return this.refuseLocally(tag, out);
+    this.loginTag = tag;
+    this.pendingBearer = credentials.mechanism;
+    this.phase = 'login-pending';
+    out.push({ type: 'bearer-login', credentials });
+    if (this.parser.bufferedBytes > MAX_PIPELINED_HELD_BYTES) this.tooMuchPipelined(out);
+  }
+
+  /** Sends the bearer mechanism's error challenge: the client's next line gets the tagged NO (RFC 7628 §3.2.3). */
+  private refuseBearer(tag: string, mechanism: BearerMechanism, out: PreauthAction[]): void {
+    this.sasl = { tag, mechanism, user: null, refused: true };
+    this.phase = 'authenticate';
+    push(out, `+ ${bearerFailureChallenge(mechanism)}\r\n`);
   }
 
   private tooMuchPipelined(out: PreauthAction[]): PreauthAction[] {

@@ -1,7 +1,8 @@
 /**
  * The ManageSieve (RFC 5804) pre-auth state machine for one client connection: the capability
  * greeting, CAPABILITY, NOOP, LOGOUT, STARTTLS (with the capabilities re-sent after TLS) and
- * AUTHENTICATE (PLAIN, LOGIN, with or without an initial response), with every pre-auth bound.
+ * AUTHENTICATE (PLAIN, LOGIN, and OAUTHBEARER and XOAUTH2 when offered; with or without an
+ * initial response), with every pre-auth bound.
  * It owns the client-facing wire text before login, in one place.
  * Must not: authenticate anyone, touch sockets, timers, config or logs; it only returns actions.
  */
@@ -16,8 +17,9 @@ import {
   MAX_PREAUTH_COMMANDS,
   MAX_PREAUTH_LITERAL_BYTES,
 } from '../../limits.js';
-import { decodeLoginField, decodePlain, hasUnsafeCharacters, LOGIN_PASSWORD_CHALLENGE, LOGIN_USERNAME_CHALLENGE } from '../sasl.js';
-import type { Credentials, LoginRefusal, LoginSuccess, PreauthAction, PreauthCloseReason, PreauthMachine, PreauthOptions } from '../types.js';
+import { bearerFailureChallenge, decodeBearer, decodeLoginField, decodePlain, hasUnsafeCharacters, LOGIN_PASSWORD_CHALLENGE, LOGIN_USERNAME_CHALLENGE } from '../sasl.js';
+import type { BearerMechanism } from '../sasl.js';
+import type { BearerCredentials, Credentials, LoginRefusal, LoginSuccess, PreauthAction, PreauthCloseReason, PreauthMachine, PreauthOptions } from '../types.js';
 import { oneLineText, SieveReader, sieveString, type SieveProblem, type SieveToken } from './wire.js';
 import { SHUTTING_DOWN_PHRASE, countsAsFailedLogin } from '../rules.js';
 
@@ -30,9 +32,11 @@ type Phase =
   | 'closed';
 
 interface SaslExchange {
-  readonly mechanism: 'PLAIN' | 'LOGIN';
+  readonly mechanism: 'PLAIN' | 'LOGIN' | BearerMechanism;
   /** The LOGIN mechanism's user name once received. */
   user: string | null;
+  /** A bearer token was refused and its error challenge sent: the next string is the client's dummy response, answered with the refusal (RFC 7628 §3.2.3). */
+  refused?: true;
 }
 
 /**
@@ -89,6 +93,8 @@ export class ManageSievePreauth implements PreauthMachine {
   #commands = 0;
   #badCommands = 0;
   #failedLogins = 0;
+  /** The pending login's bearer mechanism, when it is a bearer login: its refusal goes through the error challenge. */
+  #pendingBearer: BearerMechanism | null = null;
 
   constructor(options: PreauthOptions) {
     this.#options = options;
@@ -141,6 +147,7 @@ export class ManageSievePreauth implements PreauthMachine {
   loginSucceeded(_backendCapabilities: string | null): LoginSuccess {
     if (this.#phase !== 'login-pending') throw new Error(`managesieve preauth: loginSucceeded in phase ${this.#phase}`);
     this.#phase = 'logged-in';
+    this.#pendingBearer = null;
     // RFC 5804 §2.1 (ABNF response-authenticate): capabilities follow a successful AUTHENTICATE
     // only when a SASL security layer was negotiated, and MUST be omitted otherwise. PLAIN and
     // LOGIN have none, so the answer is a bare OK; a client that wants the post-login list
@@ -152,6 +159,13 @@ export class ManageSievePreauth implements PreauthMachine {
   loginFailed(refusal: LoginRefusal, text?: string): PreauthAction[] {
     if (this.#phase !== 'login-pending') return [];
     const out: PreauthAction[] = [];
+    const bearer = this.#pendingBearer;
+    this.#pendingBearer = null;
+    if (bearer !== null && refusal === 'auth-failed') {
+      // Counted once the client has answered the error challenge, with the NO.
+      this.#refuseBearer(bearer, out);
+      return this.#run(out);
+    }
     push(out, refusalLine(refusal, text));
     this.#phase = 'command';
     if (countsAsFailedLogin(refusal) && this.#countFailedLogin(out)) return out;
@@ -179,12 +193,17 @@ export class ManageSievePreauth implements PreauthMachine {
     return this.#options.starttlsAvailable && !this.#tlsActive;
   }
 
+  /** The SASL mechanisms offered where plaintext credentials are allowed: a bearer token is a credential as a password is. */
+  #mechanisms(): string[] {
+    return this.#options.oauth === true ? ['PLAIN', 'LOGIN', 'OAUTHBEARER', 'XOAUTH2'] : ['PLAIN', 'LOGIN'];
+  }
+
   /** The capability lines (RFC 5804 §1.7), each ending in CRLF, without the final OK. */
   #capabilities(): string {
     const lines = ['"IMPLEMENTATION" "mailfront"'];
     // RFC 5804 §1.7: the SASL list is empty when the client must do STARTTLS first; no
     // mechanism is offered where it would be refused.
-    lines.push(`"SASL" "${this.#plaintextAllowed() ? 'PLAIN LOGIN' : ''}"`);
+    lines.push(`"SASL" "${this.#plaintextAllowed() ? this.#mechanisms().join(' ') : ''}"`);
     lines.push(`"SIEVE" "${PREAUTH_SIEVE_EXTENSIONS.join(' ')}"`);
     lines.push('"NOTIFY" "mailto"');
     if (this.#starttlsOffered()) lines.push('"STARTTLS"');
@@ -201,8 +220,11 @@ export class ManageSievePreauth implements PreauthMachine {
       if (event.type === 'problem') {
         if (event.fatal) return this.#closeForProblem(event.problem, out);
         if (this.#phase === 'sasl') {
+          const refused = this.#sasl?.refused === true;
           this.#endSasl();
-          this.#bad(out, 'Invalid SASL response.');
+          // A token refused already: whatever answers its error challenge gets the refusal, counted.
+          if (refused) this.#refuseLocally(out);
+          else this.#bad(out, 'Invalid SASL response.');
         } else if (this.#countCommand(out)) {
           this.#bad(out, PROBLEM_TEXT[event.problem]);
         }
@@ -294,19 +316,24 @@ export class ManageSievePreauth implements PreauthMachine {
       return this.#bad(out, 'Syntax error in AUTHENTICATE.');
     }
     const mechanism = mechanismText.toUpperCase();
-    if (mechanism !== 'PLAIN' && mechanism !== 'LOGIN') return this.#bad(out, 'Unsupported authentication mechanism.');
+    if (!this.#mechanisms().includes(mechanism)) return this.#bad(out, 'Unsupported authentication mechanism.');
     if (!this.#plaintextAllowed()) {
       // RFC 5804 §1.3: ENCRYPT-NEEDED tells the client to do STARTTLS and try again.
       return this.#bad(out, 'Plaintext authentication is not allowed without TLS.', 'ENCRYPT-NEEDED');
     }
-    this.#sasl = { mechanism, user: null };
+    this.#sasl = { mechanism: mechanism as SaslExchange['mechanism'], user: null };
     this.#phase = 'sasl';
     if (initial !== null) return this.#onSaslValue(initial, out);
-    // RFC 5804 §2.1: a challenge is a string on a line of its own; PLAIN's first one is empty.
-    push(out, mechanism === 'PLAIN' ? '""' : sieveString(LOGIN_USERNAME_CHALLENGE, 'server'));
+    // RFC 5804 §2.1: a challenge is a string on a line of its own; PLAIN's first one is empty, as are OAUTHBEARER's and XOAUTH2's.
+    push(out, mechanism === 'LOGIN' ? sieveString(LOGIN_USERNAME_CHALLENGE, 'server') : '""');
   }
 
   #onSaslResponse(tokens: readonly SieveToken[], out: PreauthAction[]): void {
+    // RFC 7628 §3.2.3: whatever answers the error challenge, the exchange ends with the refusal, counted.
+    if (this.#sasl?.refused === true) {
+      this.#endSasl();
+      return this.#refuseLocally(out);
+    }
     const [response, ...extra] = tokens;
     if (response?.kind !== 'string' || extra.length > 0) {
       this.#endSasl();
@@ -323,6 +350,19 @@ export class ManageSievePreauth implements PreauthMachine {
       this.#endSasl();
       push(out, 'NO "Authentication cancelled."');
       return;
+    }
+    if (sasl.mechanism === 'OAUTHBEARER' || sasl.mechanism === 'XOAUTH2') {
+      const mechanism = sasl.mechanism;
+      const decoded = decodeBearer(mechanism, value);
+      if (!decoded.ok) {
+        // A token that can be no token (too long, characters no token has) is refused as a wrong one is.
+        if (decoded.reason === 'too-long' || decoded.reason === 'bad-characters') return this.#refuseBearer(mechanism, out);
+        this.#endSasl();
+        return this.#bad(out, 'Invalid SASL response.');
+      }
+      this.#endSasl();
+      const credentials: BearerCredentials = decoded.user === undefined ? { token: decoded.token, mechanism } : { user: decoded.user, token: decoded.token, mechanism };
+      return this.#startBearerLogin(credentials, out);
     }
     if (sasl.mechanism === 'PLAIN') {
       const decoded = decodePlain(value);
@@ -367,6 +407,21 @@ export class ManageSievePreauth implements PreauthMachine {
     out.push({ type: 'login', credentials });
     // Checked after the action as for later input, so the outcome does not depend on the chunking.
     if (this.#reader.bufferedBytes > MAX_PIPELINED_HELD_BYTES) this.#tooMuchPipelined(out);
+  }
+
+  #startBearerLogin(credentials: BearerCredentials, out: PreauthAction[]): void {
+    if (credentials.user !== undefined && hasUnsafeCharacters(credentials.user)) return this.#refuseLocally(out);
+    this.#pendingBearer = credentials.mechanism;
+    this.#phase = 'login-pending';
+    out.push({ type: 'bearer-login', credentials });
+    if (this.#reader.bufferedBytes > MAX_PIPELINED_HELD_BYTES) this.#tooMuchPipelined(out);
+  }
+
+  /** Sends the bearer mechanism's error challenge (a string on a line of its own): the client's next string gets the NO (RFC 7628 §3.2.3). */
+  #refuseBearer(mechanism: BearerMechanism, out: PreauthAction[]): void {
+    this.#sasl = { mechanism, user: null, refused: true };
+    this.#phase = 'sasl';
+    push(out, sieveString(bearerFailureChallenge(mechanism), 'server'));
   }
 
   #tooMuchPipelined(out: PreauthAction[]): PreauthAction[] {

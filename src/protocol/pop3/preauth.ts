@@ -14,13 +14,17 @@ import {
   MAX_PREAUTH_COMMANDS,
 } from '../../limits.js';
 import {
+  bearerFailureChallenge,
+  decodeBearer,
   decodeLoginField,
   decodePlain,
   hasUnsafeCharacters,
   LOGIN_PASSWORD_CHALLENGE,
   LOGIN_USERNAME_CHALLENGE,
 } from '../sasl.js';
+import type { BearerMechanism } from '../sasl.js';
 import type {
+  BearerCredentials,
   Credentials,
   LoginRefusal,
   LoginSuccess,
@@ -41,6 +45,8 @@ export type Pop3PreauthState =
   | 'sasl-plain'
   | 'sasl-login-user'
   | 'sasl-login-password'
+  | 'sasl-bearer' // AUTH OAUTHBEARER / XOAUTH2 without an initial response: reading it
+  | 'sasl-bearer-refused' // a token refused and its error challenge sent: the next line gets the -ERR (RFC 7628 §3.2.3)
   | 'awaiting-login'
   | 'tls-pending'
   | 'spliced'
@@ -79,6 +85,8 @@ export class Pop3Preauth implements PreauthMachine {
   #tlsActive: boolean;
   #pendingUser: string | null = null;
   #saslLoginUser = '';
+  /** The bearer mechanism of the exchange under way, or of the pending login when it is a bearer login. */
+  #bearer: BearerMechanism | null = null;
   #commands = 0;
   #badCommands = 0;
   #failedLogins = 0;
@@ -124,6 +132,8 @@ export class Pop3Preauth implements PreauthMachine {
       case 'sasl-plain':
       case 'sasl-login-user':
       case 'sasl-login-password':
+      case 'sasl-bearer':
+      case 'sasl-bearer-refused':
         this.#input.push(chunk);
         return this.#drain();
     }
@@ -142,6 +152,7 @@ export class Pop3Preauth implements PreauthMachine {
       throw new Error(`pop3 preauth: loginSucceeded in state ${this.#state}`);
     }
     this.#state = 'spliced';
+    this.#bearer = null;
     // RFC 2449 §6.6 PIPELINING: whatever the client sent after its PASS/AUTH is passed on
     // exactly as received, for the backend to answer after the splice.
     return { reply: '+OK Logged in.\r\n', pipelined: this.#input.takeAll() };
@@ -149,6 +160,12 @@ export class Pop3Preauth implements PreauthMachine {
 
   loginFailed(refusal: LoginRefusal, text?: string): PreauthAction[] {
     if (this.#state !== 'awaiting-login') return [];
+    const bearer = this.#bearer;
+    this.#bearer = null;
+    if (bearer !== null && refusal === 'auth-failed') {
+      // Counted once the client has answered the error challenge, with the -ERR.
+      return [...this.#refuseBearer(bearer), ...this.#drain()];
+    }
     const actions: PreauthAction[] = [send(refusalLine(refusal, text))];
     if (countsAsFailedLogin(refusal)) this.#failedLogins++;
     if (this.#failedLogins >= MAX_AUTH_ATTEMPTS) {
@@ -207,6 +224,8 @@ export class Pop3Preauth implements PreauthMachine {
         case 'sasl-plain':
         case 'sasl-login-user':
         case 'sasl-login-password':
+        case 'sasl-bearer':
+        case 'sasl-bearer-refused':
           break;
       }
       const line = this.#input.takeLine();
@@ -281,7 +300,8 @@ export class Pop3Preauth implements PreauthMachine {
 
   #capabilities(): string {
     const lines = ['+OK Capability list follows'];
-    if (this.#plaintextAllowed()) lines.push('USER', 'SASL PLAIN LOGIN');
+    // A bearer token is a credential as a password is: offered, and taken, only where PLAIN is.
+    if (this.#plaintextAllowed()) lines.push('USER', `SASL ${this.#mechanisms().join(' ')}`);
     if (this.#stlsOffered()) lines.push('STLS');
     // TOP and UIDL are the backend's commands, offered by every backend mailfront logs in to
     // (Dovecot and Cyrus pop3d list them before login too). Clients decide from the pre-login
@@ -316,18 +336,24 @@ export class Pop3Preauth implements PreauthMachine {
   #auth(argument: string | null): PreauthAction[] {
     if (argument === null || argument.length === 0) {
       // Pre-RFC 5034 mechanism discovery (RFC 1734 clients such as older Outlook).
-      const mechanisms = this.#plaintextAllowed() ? ['PLAIN', 'LOGIN'] : [];
+      const mechanisms = this.#plaintextAllowed() ? this.#mechanisms() : [];
       return [send(['+OK', ...mechanisms, '.'].join(CRLF))];
     }
     const words = argument.split(' ');
     if (words.length > 2 || words.some((w) => w.length === 0)) return this.#bad('Syntax error');
     const mechanism = (words[0] as string).toUpperCase();
     const initial = words[1];
-    if (mechanism !== 'PLAIN' && mechanism !== 'LOGIN') return this.#bad('Unsupported authentication mechanism');
+    if (!this.#mechanisms().includes(mechanism)) return this.#bad('Unsupported authentication mechanism');
     if (!this.#plaintextAllowed()) return this.#bad(PLAINTEXT_REFUSED);
     this.#pendingUser = null;
     // RFC 5034 §4: an initial response of "=" is an empty response.
     const response = initial === '=' ? '' : initial;
+    if (mechanism === 'OAUTHBEARER' || mechanism === 'XOAUTH2') {
+      this.#bearer = mechanism;
+      if (response !== undefined) return this.#bearerResponse(mechanism, response);
+      this.#state = 'sasl-bearer';
+      return [send('+ ')];
+    }
     if (mechanism === 'PLAIN') {
       if (response !== undefined) return this.#plainResponse(response);
       this.#state = 'sasl-plain';
@@ -338,14 +364,28 @@ export class Pop3Preauth implements PreauthMachine {
     return [send(`+ ${LOGIN_USERNAME_CHALLENGE}`)];
   }
 
-  #saslResponse(state: 'sasl-plain' | 'sasl-login-user' | 'sasl-login-password', text: string): PreauthAction[] {
+  /** The SASL mechanisms offered (where plaintext credentials are allowed). */
+  #mechanisms(): string[] {
+    return this.#options.oauth === true ? ['PLAIN', 'LOGIN', 'OAUTHBEARER', 'XOAUTH2'] : ['PLAIN', 'LOGIN'];
+  }
+
+  #saslResponse(state: 'sasl-plain' | 'sasl-login-user' | 'sasl-login-password' | 'sasl-bearer' | 'sasl-bearer-refused', text: string): PreauthAction[] {
     this.#state = 'command';
+    // RFC 7628 §3.2.3: whatever answers the error challenge (%x01, or a "*" that cancels what has
+    // failed already), the exchange ends with the refusal, counted.
+    if (state === 'sasl-bearer-refused') {
+      this.#bearer = null;
+      return this.#failedLocally();
+    }
     // RFC 5034 §4: a line of "*" cancels the exchange, and the server answers -ERR.
     if (text === '*') {
       this.#saslLoginUser = '';
+      this.#bearer = null;
       return [send('-ERR Authentication cancelled')];
     }
     switch (state) {
+      case 'sasl-bearer':
+        return this.#bearerResponse(this.#bearer ?? 'OAUTHBEARER', text);
       case 'sasl-plain':
         return this.#plainResponse(text);
       case 'sasl-login-user':
@@ -380,6 +420,38 @@ export class Pop3Preauth implements PreauthMachine {
     const decoded = decodeLoginField(base64);
     if (!decoded.ok) return this.#saslRefused(decoded.reason);
     return this.#login({ user, password: decoded.value, mechanism: 'SASL-LOGIN' });
+  }
+
+  #bearerResponse(mechanism: BearerMechanism, base64: string): PreauthAction[] {
+    const decoded = decodeBearer(mechanism, base64);
+    if (!decoded.ok) {
+      // A token that can be no token (too long, characters no token has) is refused as a wrong one is.
+      if (decoded.reason === 'too-long' || decoded.reason === 'bad-characters') return this.#refuseBearer(mechanism);
+      this.#bearer = null;
+      return this.#saslRefused(decoded.reason);
+    }
+    if (decoded.user !== undefined && hasUnsafeCharacters(decoded.user)) {
+      this.#bearer = null;
+      return this.#saslRefused('bad-characters');
+    }
+    const credentials: BearerCredentials = decoded.user === undefined ? { token: decoded.token, mechanism } : { user: decoded.user, token: decoded.token, mechanism };
+    this.#state = 'awaiting-login';
+    return [{ type: 'bearer-login', credentials }];
+  }
+
+  /** Sends the bearer mechanism's error challenge: the client's next line gets the -ERR (RFC 7628 §3.2.3). */
+  #refuseBearer(mechanism: BearerMechanism): PreauthAction[] {
+    this.#bearer = mechanism;
+    this.#state = 'sasl-bearer-refused';
+    return [send(`+ ${bearerFailureChallenge(mechanism)}`)];
+  }
+
+  /** A refusal decided here (no login handed on), counted as a failed login. */
+  #failedLocally(): PreauthAction[] {
+    this.#failedLogins++;
+    const actions: PreauthAction[] = [send(AUTH_FAILED_LINE)];
+    if (this.#failedLogins >= MAX_AUTH_ATTEMPTS) actions.push(...this.#close('limit'));
+    return actions;
   }
 
   #saslRefused(reason: 'bad-base64' | 'bad-format' | 'bad-characters'): PreauthAction[] {

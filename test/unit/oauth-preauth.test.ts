@@ -1,0 +1,174 @@
+/**
+ * OAUTHBEARER (RFC 7628) and XOAUTH2 before login, in the three pre-auth machines: offered only
+ * when oauth2 is configured and where PLAIN is; with and without an initial response; a token
+ * refused gets the mechanism's error challenge, the client's dummy response (AQ==, an empty line,
+ * or "*") and then the refusal, counted as a failed login; a temporary failure is answered at
+ * once; a token that can be no token (too long, bad characters) is refused without a login. Every
+ * input gives the same trace however it is split. And sasl.ts's decoders.
+ */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { MAX_OAUTH_TOKEN_BYTES, bearerFailureChallenge, decodeOAuthBearer, decodeXOAuth2 } from '../../src/protocol/sasl.js';
+import { TLS_CLIENT, preauthTrace } from './imap-testkit.js';
+import { bytewise, runPreauth, whole } from './pop3-harness.js';
+import type { Event } from './pop3-harness.js';
+import { PLAIN_PORT, preauthTrace as sieveTrace } from './managesieve-harness.js';
+
+const TOKEN = 'eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl';
+const b64 = (text: string): string => Buffer.from(text, 'utf8').toString('base64');
+const oauthbearer = (user: string | null, token = TOKEN): string => b64(`n,${user === null ? '' : `a=${user}`},\x01host=mail.example.org\x01port=993\x01auth=Bearer ${token}\x01\x01`);
+const xoauth2 = (user: string, token = TOKEN): string => b64(`user=${user}\x01auth=Bearer ${token}\x01\x01`);
+const CHALLENGE = bearerFailureChallenge('OAUTHBEARER');
+const XCHALLENGE = bearerFailureChallenge('XOAUTH2');
+
+describe('sasl.ts', () => {
+  test('OAUTHBEARER: the authzid (=2C and =3D decoded) and the token; none named; malformed ones refused', () => {
+    assert.deepEqual(decodeOAuthBearer(oauthbearer('alice@example.org')), { ok: true, user: 'alice@example.org', token: TOKEN });
+    assert.deepEqual(decodeOAuthBearer(oauthbearer(null)), { ok: true, user: undefined, token: TOKEN });
+    assert.deepEqual(decodeOAuthBearer(oauthbearer('a=2Cb=3Dc')), { ok: true, user: 'a,b=c', token: TOKEN });
+    assert.deepEqual(decodeOAuthBearer(b64(`y,,\x01AUTH=bearer ${TOKEN}\x01\x01`)), { ok: true, user: undefined, token: TOKEN });
+    assert.deepEqual(decodeOAuthBearer(b64(`p=tls-unique,,\x01auth=Bearer ${TOKEN}\x01\x01`)), { ok: false, reason: 'bad-format' }, 'channel binding');
+    assert.deepEqual(decodeOAuthBearer(b64('n,,\x01host=x\x01\x01')), { ok: false, reason: 'bad-format' }, 'no auth');
+    assert.deepEqual(decodeOAuthBearer(b64(`n,,\x01auth=Basic ${TOKEN}\x01\x01`)), { ok: false, reason: 'bad-format' });
+    assert.deepEqual(decodeOAuthBearer(b64(`n,,\x01auth=Bearer ${TOKEN}\x01`)), { ok: false, reason: 'bad-format' }, 'one kvsep short');
+    assert.deepEqual(decodeOAuthBearer(b64('\x01')), { ok: false, reason: 'bad-format' }, 'the dummy response');
+    assert.deepEqual(decodeOAuthBearer('not base64!'), { ok: false, reason: 'bad-base64' });
+    assert.deepEqual(decodeOAuthBearer(oauthbearer('alice', 'a"quote')), { ok: false, reason: 'bad-characters' });
+    assert.deepEqual(decodeOAuthBearer(b64(`n,a=al\rice,\x01auth=Bearer ${TOKEN}\x01\x01`)), { ok: false, reason: 'bad-characters' });
+    assert.deepEqual(decodeOAuthBearer(oauthbearer('alice', 'x'.repeat(MAX_OAUTH_TOKEN_BYTES + 1))), { ok: false, reason: 'too-long' });
+    assert.equal(decodeOAuthBearer(oauthbearer('alice', 'x'.repeat(MAX_OAUTH_TOKEN_BYTES))).ok, true);
+  });
+
+  test('XOAUTH2: user= is required', () => {
+    assert.deepEqual(decodeXOAuth2(xoauth2('alice@example.org')), { ok: true, user: 'alice@example.org', token: TOKEN });
+    assert.deepEqual(decodeXOAuth2(b64(`auth=Bearer ${TOKEN}\x01\x01`)), { ok: false, reason: 'bad-format' });
+    assert.deepEqual(decodeXOAuth2(b64(`user=\x01auth=Bearer ${TOKEN}\x01\x01`)), { ok: false, reason: 'bad-format' });
+  });
+
+  test('the error challenges are RFC 7628 §3.2.2\'s and Google\'s', () => {
+    assert.deepEqual(JSON.parse(Buffer.from(CHALLENGE, 'base64').toString()), { status: 'invalid_token', schemes: 'bearer' });
+    assert.deepEqual(JSON.parse(Buffer.from(XCHALLENGE, 'base64').toString()), { status: '401', schemes: 'bearer' });
+  });
+});
+
+describe('IMAP', () => {
+  const OAUTH = { oauth: true };
+  /** The capability list a CAPABILITY answers with under `options`. */
+  const capabilitiesWith = (options: object): string => preauthTrace({ options, phases: ['c CAPABILITY\r\n'] })[0] ?? '';
+
+  test('offered with oauth2 where PLAIN is; not without it, nor where LOGINDISABLED', () => {
+    assert.match(capabilitiesWith(OAUTH), /AUTH=PLAIN AUTH=LOGIN AUTH=OAUTHBEARER AUTH=XOAUTH2\r\n/);
+    assert.doesNotMatch(capabilitiesWith({}), /OAUTHBEARER/);
+    assert.doesNotMatch(capabilitiesWith({ ...OAUTH, tlsActive: false, starttlsAvailable: true }), /OAUTHBEARER/);
+    assert.match(capabilitiesWith({ ...OAUTH, tlsActive: false, plaintextWithoutTls: true }), /AUTH=OAUTHBEARER/);
+    const plain = preauthTrace({ options: { ...OAUTH, tlsActive: false, starttlsAvailable: true }, phases: [`a AUTHENTICATE OAUTHBEARER ${oauthbearer('alice')}\r\n`] });
+    assert.match(plain.join('\n'), /a NO \[PRIVACYREQUIRED\]/);
+    assert.ok(!plain.some((l) => l.startsWith('bearer-login')));
+    const off = preauthTrace({ phases: [`a AUTHENTICATE XOAUTH2 ${xoauth2('alice')}\r\n`] });
+    assert.match(off.join('\n'), /a NO Unsupported authentication mechanism/);
+  });
+
+  test('SASL-IR and without: a bearer login with the user named, then the backend\'s OK', () => {
+    const ir = preauthTrace({ options: OAUTH, phases: [`a AUTHENTICATE OAUTHBEARER ${oauthbearer('alice')}\r\n`], logins: [{ ok: true, capabilities: 'IMAP4rev1' }] });
+    assert.deepEqual(ir, [`bearer-login ${JSON.stringify({ user: 'alice', token: TOKEN, mechanism: 'OAUTHBEARER' })}`, 'send a OK [CAPABILITY IMAP4rev1] Logged in\r\n', 'forward ']);
+    const twoStep = preauthTrace({ options: OAUTH, phases: ['b AUTHENTICATE XOAUTH2\r\n', `${xoauth2('bob@example.org')}\r\n`], logins: [{ ok: true, capabilities: null }] });
+    assert.deepEqual(twoStep, ['send + \r\n', `bearer-login ${JSON.stringify({ user: 'bob@example.org', token: TOKEN, mechanism: 'XOAUTH2' })}`, 'send b OK Logged in\r\n', 'forward ']);
+  });
+
+  test('a token refused: the error challenge, the dummy response, then NO [AUTHENTICATIONFAILED]; the third closes', () => {
+    const trace = preauthTrace({
+      options: OAUTH,
+      phases: [`a AUTHENTICATE OAUTHBEARER ${oauthbearer('alice')}\r\n`, 'AQ==\r\n', `b AUTHENTICATE XOAUTH2 ${xoauth2('alice')}\r\n`, '\r\n', `c AUTHENTICATE OAUTHBEARER ${oauthbearer(null)}\r\n`, '*\r\n'],
+      respond: 'immediately',
+    });
+    const text = trace.join('\n');
+    assert.match(text, new RegExp(`send \\+ ${CHALLENGE.replace(/[+/=]/g, '\\$&')}\r\na NO \\[AUTHENTICATIONFAILED\\] Authentication failed\\.`));
+    assert.match(text, new RegExp(`send \\+ ${XCHALLENGE.replace(/[+/=]/g, '\\$&')}\r\nb NO \\[AUTHENTICATIONFAILED\\]`));
+    assert.match(text, /\r\nc NO \[AUTHENTICATIONFAILED\] Authentication failed\.\r\n\* BYE Too many failed login attempts/);
+    assert.equal(trace.filter((l) => l.startsWith('bearer-login')).length, 3);
+    assert.equal(trace.at(-1), 'close limit');
+  });
+
+  test('a temporary failure is answered at once, without the challenge, and not counted', () => {
+    const trace = preauthTrace({ options: OAUTH, phases: [`a AUTHENTICATE OAUTHBEARER ${oauthbearer('alice')}\r\n`, 'b NOOP\r\n'], logins: [{ ok: false, refusal: 'unavailable', text: 'Try later.' }], respond: 'immediately' });
+    assert.deepEqual(trace.slice(1), ['send a NO [UNAVAILABLE] Try later.\r\nb OK NOOP completed.\r\n']);
+  });
+
+  test('a token too long for any, or with characters no token has: refused without a login, through the challenge', () => {
+    for (const token of ['x'.repeat(MAX_OAUTH_TOKEN_BYTES + 1), 'has space']) {
+      const trace = preauthTrace({ options: OAUTH, phases: [`a AUTHENTICATE OAUTHBEARER ${oauthbearer('alice', token)}\r\n`, 'AQ==\r\n'] }, [1, 30]);
+      assert.ok(!trace.some((l) => l.startsWith('bearer-login')), token.slice(0, 10));
+      assert.deepEqual(trace, [`send + ${CHALLENGE}\r\na NO [AUTHENTICATIONFAILED] Authentication failed.\r\n`]);
+    }
+    const bad = preauthTrace({ options: OAUTH, phases: ['a AUTHENTICATE OAUTHBEARER %%%\r\n'] });
+    assert.deepEqual(bad, ['send a BAD Invalid SASL response\r\n']);
+  });
+
+  test('a cancel before any response is the usual BAD', () => {
+    const trace = preauthTrace({ options: OAUTH, phases: ['a AUTHENTICATE OAUTHBEARER\r\n', '*\r\n'] });
+    assert.deepEqual(trace, ['send + \r\na BAD Authentication cancelled.\r\n']);
+  });
+
+  test('without oauth, the TLS client is as before', () => {
+    assert.doesNotMatch(capabilitiesWith({ ...TLS_CLIENT }), /XOAUTH2/);
+  });
+});
+
+describe('POP3', () => {
+  const TLS_OAUTH = { tlsActive: true, starttlsAvailable: false, plaintextWithoutTls: false, greetingText: 'ready', oauth: true };
+  const sends = (events: Event[]): string => events.map((e) => ('send' in e ? e.send : 'bearerLogin' in e ? `<bearer ${JSON.stringify(e.bearerLogin)}>` : 'close' in e ? `<close ${e.close}>` : JSON.stringify(e))).join('');
+
+  test('CAPA and AUTH list them; AUTH XOAUTH2 with an initial response is a bearer login', () => {
+    const events = runPreauth(TLS_OAUTH, ['CAPA\r\n', 'AUTH\r\n', `AUTH XOAUTH2 ${xoauth2('alice')}\r\n`], whole, [{ succeed: true }]);
+    const text = sends(events);
+    assert.match(text, /SASL PLAIN LOGIN OAUTHBEARER XOAUTH2\r\n/);
+    assert.match(text, /\+OK\r\nPLAIN\r\nLOGIN\r\nOAUTHBEARER\r\nXOAUTH2\r\n\.\r\n/);
+    assert.match(text, /<bearer \{"user":"alice","token":"[^"]+","mechanism":"XOAUTH2"\}>/);
+    assert.doesNotMatch(sends(runPreauth({ ...TLS_OAUTH, oauth: false }, ['CAPA\r\n'], whole)), /OAUTHBEARER/);
+  });
+
+  test('refused: "+ <challenge>", the dummy, then -ERR [AUTH]; without an initial response too; the third closes', () => {
+    for (const split of [whole, bytewise]) {
+      const events = runPreauth(TLS_OAUTH, [`AUTH OAUTHBEARER ${oauthbearer('alice')}\r\n`, 'AQ==\r\n', 'AUTH OAUTHBEARER\r\n', `${oauthbearer(null)}\r\n`, '*\r\n', `AUTH XOAUTH2 ${xoauth2('alice')}\r\n`, '\r\n'], split, [{ refuse: 'auth-failed' }, { refuse: 'auth-failed' }, { refuse: 'auth-failed' }]);
+      const text = sends(events);
+      assert.equal(text.split(`+ ${CHALLENGE}\r\n`).length - 1, 2, text);
+      assert.equal(text.split(`+ ${XCHALLENGE}\r\n`).length - 1, 1, text);
+      assert.equal(text.split('-ERR [AUTH] Authentication failed.\r\n').length - 1, 3, text);
+      assert.ok(text.endsWith('-ERR [AUTH] Authentication failed.\r\n<close limit>'), text);
+    }
+  });
+
+  test('a temporary failure is answered at once: -ERR [SYS/TEMP]', () => {
+    const text = sends(runPreauth(TLS_OAUTH, [`AUTH OAUTHBEARER ${oauthbearer('alice')}\r\n`], whole, [{ refuse: 'unavailable' }]));
+    assert.match(text, /-ERR \[SYS\/TEMP\] Temporary failure/);
+    assert.doesNotMatch(text, /\+ ey/);
+  });
+});
+
+describe('ManageSieve', () => {
+  const OAUTH = { oauth: true, tlsActive: true, starttlsAvailable: false };
+
+  test('SASL lists them where PLAIN is; AUTHENTICATE "OAUTHBEARER" with an initial response is a bearer login', () => {
+    const trace = sieveTrace({ options: OAUTH, phases: [`AUTHENTICATE "OAUTHBEARER" "${oauthbearer('alice')}"\r\n`], logins: [{ ok: true }] });
+    assert.match(trace[0] ?? '', /"SASL" "PLAIN LOGIN OAUTHBEARER XOAUTH2"/);
+    assert.equal(trace[1], `bearer-login ${JSON.stringify({ user: 'alice', token: TOKEN, mechanism: 'OAUTHBEARER' })}`);
+    assert.match(sieveTrace({ options: { oauth: true }, phases: [] })[0] ?? '', /"SASL" ""/, 'before STARTTLS: none');
+  });
+
+  test('refused: the challenge as a string, the dummy "AQ==", then NO; without an initial response too', () => {
+    const trace = sieveTrace({ options: OAUTH, phases: [`AUTHENTICATE "XOAUTH2" "${xoauth2('alice')}"\r\n`, '"AQ=="\r\n', 'AUTHENTICATE "OAUTHBEARER"\r\n', `"${oauthbearer('alice')}"\r\n`, '"*"\r\n'], respond: 'immediately' });
+    const text = trace.join('\n');
+    assert.match(text, new RegExp(`send "${XCHALLENGE.replace(/[+/=]/g, '\\$&')}"\r\n`));
+    assert.match(text, new RegExp(`""\r\n[\\s\\S]*"${CHALLENGE.replace(/[+/=]/g, '\\$&')}"\r\n`));
+    assert.equal(text.split('NO "Authentication failed."').length - 1, 2, text);
+  });
+
+  test('a temporary failure: NO (TRYLATER) at once', () => {
+    const trace = sieveTrace({ options: OAUTH, phases: [`AUTHENTICATE "OAUTHBEARER" "${oauthbearer('alice')}"\r\n`], logins: [{ ok: false, refusal: 'unavailable' }] });
+    assert.match(trace.join('\n'), /NO \(TRYLATER\) "Temporary failure/);
+  });
+
+  test('as before without oauth', () => {
+    assert.match(sieveTrace({ options: { ...PLAIN_PORT, tlsActive: true }, phases: [] })[0] ?? '', /"SASL" "PLAIN LOGIN"\r\n/);
+  });
+});
