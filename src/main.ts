@@ -10,6 +10,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { DestinationStream } from 'pino';
 import { directoryHealth } from './auth/directory.js';
+import { OAuthVerifier } from './auth/oauth.js';
 import type { Directory, DirectoryHealth } from './auth/directory.js';
 import { CachingDirectory } from './auth/cache.js';
 import { LdapDirectory, probeDirectory, refusalText } from './auth/ldap.js';
@@ -305,6 +306,8 @@ export class Mailfront {
   private httpFromConfig = true;
   private trusted: CidrSet;
   private readonly throttle: Throttle;
+  /** OAuth bearer-token logins' verifier, while oauth2 is configured; a reload makes a new one (the JWKS file read again). */
+  private oauth: OAuthVerifier | undefined;
   readonly limiter: ConnectionLimiter;
   private stopping = false;
   /** The content of the CA files the directory and the store-map source in force were set up with (CaFileRead's state). */
@@ -328,6 +331,8 @@ export class Mailfront {
     // one held every scrape 1.5 s): its last check for /readyz decides, as it decides /readyz.
     metrics.readiness(async () => (await this.readiness({ directory: false })).ready);
     this.caFilesInForce = { directory: caFiles.directory.state, storeMap: caFiles.storeMap.state };
+    // A JWKS file that is no JWKS stops the start, as a CA file that cannot be used does.
+    this.oauth = config.oauth2 === undefined ? undefined : OAuthVerifier.create(config.oauth2, log.child({ component: 'oauth' }));
     this.trusted = new CidrSet(config.trustedNetworks);
     setNat64Prefixes(config.nat64Prefixes);
     this.throttle = this.createThrottle(config);
@@ -454,6 +459,7 @@ export class Mailfront {
       metrics: this.metrics,
       trustedNetworks: () => this.trusted,
       throttle: () => this.throttle,
+      oauth: () => this.oauth,
       loginGate: this.loginGate,
       limiter: this.limiter,
       log: this.log,
@@ -515,6 +521,8 @@ export class Mailfront {
     // Likewise a changed store_map section: its new source is made first (an LDAP one reads its CA
     // file). And the store map must build with the new config (the backend profiles its stores name).
     let storeMapSource: StoreMapSource | undefined;
+    // oauth2's verifier, its JWKS file read again (one that is no JWKS rejects the config).
+    let oauth: OAuthVerifier | undefined;
     // A section changes with its settings, or with the content of the CA file it names.
     let caFiles: Record<CaSection, CaFileRead> | undefined;
     const changed = (section: 'storeMap' | 'directory' | 'throttle'): boolean =>
@@ -535,7 +543,9 @@ export class Mailfront {
         if (directoryChanges.behindCaches) directoryBehindCaches = new LdapDirectory(next.directory, this.log.child({ component: 'directory' }), this.metrics, caContent(caFiles.directory), true);
         else directory = createDirectory(next, this.log, this.metrics, caFiles.directory);
       }
+      if (next.oauth2 !== undefined) oauth = OAuthVerifier.create(next.oauth2, this.log.child({ component: 'oauth' }), this.oauth);
     } catch (error) {
+      oauth?.close();
       void storeMapSource?.close();
       void directoryBehindCaches?.close();
       // stop() gave up the store-map source's read (see untilStopped()): nothing was committed.
@@ -546,6 +556,7 @@ export class Mailfront {
       return { ok: false, error: message, storeMap: await this.untilStopped(this.holder.reload('signal')).catch(() => this.storeMapWhileStopping()) };
     }
     if (this.stopping) {
+      oauth?.close();
       void directory?.close();
       void directoryBehindCaches?.close();
       void storeMapSource?.close();
@@ -553,6 +564,8 @@ export class Mailfront {
     }
     // In force from here: listeners read their TLS policy from it, new logins everything else.
     this.config = next;
+    this.oauth?.close();
+    this.oauth = oauth;
     // A reload re-reads files: backend CA files too (certificates are re-read by the listeners).
     forgetBackendCaFiles();
     const problems: string[] = [];
@@ -1047,6 +1060,7 @@ export class Mailfront {
     this.log.info({ event: 'server.stopping', sessions: this.registry.size, drainMs }, 'stopping');
     this.stopWatching();
     this.health.stop();
+    this.oauth?.close();
     const sessions = () => this.listeners.flatMap((l) => [...l.sessions]);
     for (const session of sessions()) session.shutdownIfNotSpliced();
     // The monotonic clock: a step of the wall clock (NTP) during the drain must neither keep

@@ -25,7 +25,7 @@ export type SessionEndReasonLabel = PreauthCloseReason | SpliceEndReason | 'clie
 export type LoginResult = 'success' | FailureKind;
 
 /** Why credentials were refused (only failures of kind `auth-failed`). */
-export type AuthFailureReason = 'unknown-user' | 'wrong-password' | 'account-locked' | 'invalid-username' | 'authzid-refused' | 'other';
+export type AuthFailureReason = 'unknown-user' | 'wrong-password' | 'account-locked' | 'invalid-username' | 'authzid-refused' | 'invalid-token' | 'other';
 
 /** One LDAP request as the directory code sees it. */
 export type LdapOperation = 'connect' | 'service-bind' | 'search' | 'user-bind';
@@ -230,9 +230,11 @@ export function authFailureReason(code: string): AuthFailureReason {
     case 'INVALID_USERNAME':
       return 'invalid-username';
     case 'AUTHZID_REFUSED':
+    case 'OAUTH_USER_MISMATCH':
       return 'authzid-refused';
     default:
-      return 'other';
+      // A bearer token refused (auth/oauth.ts OAUTH_CODES: expired, wrong issuer, bad signature, …).
+      return code.startsWith('OAUTH_') ? 'invalid-token' : 'other';
   }
 }
 
@@ -283,6 +285,7 @@ export class Metrics {
   private readonly loginsTotal: CounterFamily<'protocol' | 'result'>;
   /** Master logins (a staff member into another user's mailbox: directory.master_user_filter), counted apart as well. */
   private readonly masterLoginsTotal: Counter<'protocol' | 'result'>;
+  private readonly oauthLoginsTotal: Counter<'protocol' | 'mechanism' | 'result'>;
   private readonly loginDuration: HistogramFamily<'protocol' | 'result'>;
   /** Credentials refused, by reason (unknown user, wrong password …). */
   private readonly authFailuresTotal: Counter<'reason'>;
@@ -387,6 +390,7 @@ export class Metrics {
     this.sessionDuration = histogram('mailfront_session_duration_seconds', 'Time from accept to close, by protocol and phase at the end.', ['protocol', 'phase'], SESSION_BUCKETS_SECONDS);
     this.loginsTotal = hotCounter('mailfront_logins_total', 'Login attempts, by protocol and result (success or the failure kind).', ['protocol', 'result']);
     this.loginDuration = histogram('mailfront_login_duration_seconds', 'Time from a login read to its answer sent (to its end, for a login whose client or session went first), by protocol and result as mailfront_logins_total counts it.', ['protocol', 'result'], LOGIN_BUCKETS_SECONDS);
+    this.oauthLoginsTotal = counter('mailfront_oauth_logins_total', 'OAuth 2.0 bearer-token logins (SASL OAUTHBEARER, XOAUTH2), by protocol, mechanism and result as mailfront_logins_total counts them (auth-failed: a token refused, or its user unknown).', ['protocol', 'mechanism', 'result']);
     this.masterLoginsTotal = counter('mailfront_master_logins_total', 'Master logins (a staff member logging in to another user\'s mailbox with their own password), by protocol and result as mailfront_logins_total counts them (not-authorized: no master, or no such user).', ['protocol', 'result']);
     this.authFailuresTotal = counter('mailfront_auth_failures_total', 'Credentials refused, by reason.', ['reason']);
     this.ldapRequestDuration = histogram('mailfront_ldap_request_duration_seconds', 'Duration of LDAP requests, by operation and result.', ['operation', 'result'], LDAP_BUCKETS_SECONDS);
@@ -533,6 +537,11 @@ export class Metrics {
   /** Counts a master login's outcome (it is counted by loginResult() as well). */
   masterLogin(protocol: ProtocolName, result: LoginResult): void {
     this.masterLoginsTotal.inc({ protocol, result });
+  }
+
+  /** Counts a bearer-token login's outcome (it is counted by loginResult() as well). */
+  oauthLogin(protocol: ProtocolName, mechanism: 'OAUTHBEARER' | 'XOAUTH2', result: LoginResult): void {
+    this.oauthLoginsTotal.inc({ protocol, mechanism, result });
   }
 
   /** Counts refused credentials (see `authFailureReason` for error codes). */

@@ -30,7 +30,8 @@ import type { BackendAttempt, SessionEntry, SessionRegistry } from '../proxy/reg
 import { splice } from '../proxy/splice.js';
 import type { CommandGuard } from '../proxy/command-guard.js';
 import type { Splice, SpliceEndReason } from '../proxy/splice.js';
-import type { Credentials, LoginRefusal, PreauthAction, PreauthCloseReason, PreauthMachine, ProtocolAdapter } from '../protocol/types.js';
+import type { OAuthVerifier } from '../auth/oauth.js';
+import type { BearerCredentials, Credentials, LoginRefusal, PreauthAction, PreauthCloseReason, PreauthMachine, ProtocolAdapter } from '../protocol/types.js';
 import { sameServer } from '../routing/storemap.js';
 import type { Slot, StoreMap } from '../routing/storemap.js';
 import { Canceller, type Cancellation } from '../cancel.js';
@@ -53,6 +54,8 @@ export interface SessionContext {
   /** Clients whose ID x-originating-ip is believed (webmail servers). */
   readonly trustedNetworks: () => CidrSet;
   readonly throttle: () => Throttle;
+  /** The verifier of OAuth bearer tokens, when oauth2 is configured (OAUTHBEARER and XOAUTH2 are offered only then). */
+  readonly oauth?: () => OAuthVerifier | undefined;
   /** A few password checks of one user at a time, so that the throttle sees each failure before the next check (auth/login-gate.ts). */
   readonly loginGate: LoginGate;
   readonly limiter: ConnectionLimiter;
@@ -104,6 +107,10 @@ const MASTER_TARGET_WITHOUT_MAILBOX = 'MASTER_TARGET_WITHOUT_MAILBOX';
 /** A master login to a store that logs in in replay mode, and what its client is told (a master: it may know why). */
 const MASTER_NEEDS_TRUST_MODE = 'MASTER_USER_NEEDS_TRUST_MODE';
 const MASTER_NEEDS_TRUST_MODE_TEXT = "Logging in to another user's mailbox is not available for this mailbox's server.";
+
+/** A bearer-token login to a store in replay mode, and what its client is told: a token is no password to replay. */
+const OAUTH_NEEDS_TRUST_MODE = 'OAUTH_NEEDS_TRUST_MODE';
+const OAUTH_NEEDS_TRUST_MODE_TEXT = "OAuth login is not available for this mailbox's server, please log in with your password.";
 
 /** The users a master login names: the staff member, whose password is checked, and the target, whose mailbox it opens. */
 export interface MasterLoginNames {
@@ -311,6 +318,8 @@ export class Session {
   private typedUser: string | undefined;
   /** The login names another user's mailbox (masterLoginOf()): counted in mailfront_master_logins_total. */
   private masterAttempt = false;
+  /** The login is a bearer token's (OAUTHBEARER, XOAUTH2): counted in mailfront_oauth_logins_total; no password to replay. */
+  private bearerAttempt: BearerCredentials['mechanism'] | undefined;
   /**
    * A master login's staff member: the name (the entry's own once the directory has answered),
    * the name typed when it is another (an alias the user filter matched), and, once the password
@@ -401,6 +410,7 @@ export class Session {
       tlsActive,
       starttlsAvailable,
       plaintextWithoutTls: listener.plaintextWithoutTls,
+      ...(context.oauth?.() !== undefined ? { oauth: true } : {}),
       greetingText: config.session.greeting,
     });
     this.log.debug({ event: 'session.started', protocol: adapter.name, listener: listener.name, client: this.clientAddress, clientPort: this.clientPort, ...(endpoints.header?.kind === 'proxied' ? { via: endpoints.peer.address } : {}), tls: tlsActive }, 'session started');
@@ -524,6 +534,7 @@ export class Session {
           this.startTls();
           return;
         case 'login':
+        case 'bearer-login':
           this.setPhase('authenticating');
           void this.login(action.credentials);
           break;
@@ -641,6 +652,7 @@ export class Session {
   private countLogin(result: LoginResult, started: number): void {
     this.context.metrics.loginResult(this.adapter.name, result, (performance.now() - started) / 1000);
     if (this.masterAttempt) this.context.metrics.masterLogin(this.adapter.name, result);
+    if (this.bearerAttempt !== undefined) this.context.metrics.oauthLogin(this.adapter.name, this.bearerAttempt, result);
   }
 
   /**
@@ -710,23 +722,55 @@ export class Session {
     return found;
   }
 
+  /**
+   * A bearer login's user: the token verified (auth/oauth.ts: signature, exp, nbf, iss, aud), its
+   * claim (oauth2.user_claim) normalised as a typed name is, the name the client gave with it
+   * (`given`, normalised: OAUTHBEARER's authzid, XOAUTH2's user=), if any, the same user, then the
+   * user's entry found in the directory with the service account for this protocol, as a master
+   * login's target is (no user bind: the token is the proof; never from a cache of logins). Each
+   * refusal is auth-failed with a code of its own, counted as a wrong password is; a user the
+   * directory does not find is UNKNOWN_USER, as for a password.
+   */
+  private async bearerUser(bearer: BearerCredentials, given: string | null, directory: Directory, config: Config, cancellation: Cancellation): Promise<{ user: string; found: DirectoryUser }> {
+    const verifier = this.context.oauth?.();
+    if (verifier === undefined) throw new MailfrontError('OAUTH_NOT_CONFIGURED', 'auth-failed', 'a bearer token, and oauth2 is no longer configured (a reload took it away)');
+    const verified = await verifier.verify(bearer.token, cancellation);
+    throwIfCancelled(cancellation, 'the login was cancelled while its token was verified');
+    const user = normalizeUser(verified.user, config.usernames);
+    const claim = verifier.config.userClaim;
+    if (user === null) throw new MailfrontError('OAUTH_USER_UNUSABLE', 'auth-failed', `the token's ${claim} (oauth2.user_claim) ${JSON.stringify(loggableClaim(verified.user))} is no user name (empty, too long, not in a local domain, or with control characters)`);
+    // The client's name only has to denote the token's user: the directory matches names without regard to case.
+    if (given !== null && given.toLowerCase() !== user.toLowerCase()) throw new MailfrontError('OAUTH_USER_MISMATCH', 'auth-failed', `the client named the user "${given}" and the token's ${claim} (oauth2.user_claim) names "${user}"`);
+    this.user = this.typedUser = user;
+    const found = await directory.lookup(user, cancellation, this.adapter.name);
+    throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
+    if (found === null) throw new MailfrontError('UNKNOWN_USER', 'auth-failed', `the token's user "${user}" is not in the directory${directory.byProtocol === true ? ` for ${this.adapter.name}` : ''}`);
+    return { user, found };
+  }
+
   private get cancellation(): Cancellation {
     this.canceller ??= new Canceller();
     return this.canceller;
   }
 
-  private async login(credentials: Credentials): Promise<void> {
+  private async login(credentials: Credentials | BearerCredentials): Promise<void> {
     const config = this.context.config();
     // The monotonic clock times the failure delay and the hold: a step of the wall clock (NTP)
     // answered a failed or held login at once (forward) or kept it past its deadline (back).
     const started = performance.now();
     const kicksAtStart = this.context.registry.kicksSoFar;
+    // A bearer token (OAUTHBEARER, XOAUTH2): its user is the token's (bearerUser()); the name the
+    // client gave with it, if any, goes by until the token is verified.
+    const bearer = 'token' in credentials ? credentials : undefined;
+    // What the throttle fingerprints a failure by (never kept as it is).
+    const secret = 'token' in credentials ? credentials.token : credentials.password;
     // A master login (directory.master_user_filter): the staff member's password is checked, and
     // the target's mailbox opened. Otherwise the user is both.
-    const named = masterLoginOf(credentials, config.directory, config.usernames);
+    const named = bearer === undefined ? masterLoginOf(credentials as Credentials, config.directory, config.usernames) : undefined;
+    const given = bearer === undefined ? (credentials as Credentials).user : bearer.user;
     // The user whose password is checked, and the user whose mailbox the login opens (as typed, normalised).
-    const user = named === undefined ? normalizeUser(credentials.user, config.usernames) : named.staff;
-    const typed = named === undefined ? user : named.target;
+    let user = named === undefined ? (given === undefined ? null : normalizeUser(given, config.usernames)) : named.staff;
+    let typed = named === undefined ? user : named.target;
     this.loginWaitsOn = undefined;
     this.heldFor = undefined;
     // What the throttle, the login gate and the failure counts go by (countedUser): the user whose
@@ -766,6 +810,7 @@ export class Session {
       this.typedUser = this.user;
       // Each login anew: a session may try several (a master login refused, then the user's own).
       this.masterAttempt = named !== undefined;
+      this.bearerAttempt = bearer?.mechanism;
       this.master = named !== undefined && named.staff !== null ? { user: named.staff } : undefined;
       // A forwarded address counted at ID time holds its count; one that was at the limit then
       // is tried again, and refused if it still is (before anything reaches the directory).
@@ -798,19 +843,28 @@ export class Session {
         this.context.metrics.throttleRefusal(throttledBy);
         throw new MailfrontError('THROTTLED', 'limit', `too many failed logins for this ${throttledBy}${named !== undefined && throttledBy === 'user' ? ` (the staff member "${user ?? ''}", whose password a master login tries)` : ''}; refused for ${Math.ceil(verdict.refusedForMs / 1000)} s more`);
       }
-      if (user === null || typed === null) {
+      // A bearer token without a name (OAUTHBEARER's authzid is optional) is named by its claim.
+      const unnamed = bearer !== undefined && given === undefined;
+      if ((user === null || typed === null) && !unnamed) {
         throw new MailfrontError('INVALID_USERNAME', 'auth-failed', `the user name${named !== undefined ? ` (${user === null ? 'the staff member\'s' : 'the target\'s'}, in a master login)` : ''} is empty, too long, not in a local domain, or has control characters`);
       }
       // RFC 4616 §2: an authorization identity other than the authenticated one needs the right
       // to act as it, and mailfront gives no client that right. Logging in as the authcid
       // instead would put a client that asked for another mailbox in the wrong one.
       // (With directory.master_user_filter set, such a login is a master login instead: named.)
-      if (named === undefined && credentials.authzid !== undefined && normalizeUser(credentials.authzid, config.usernames) !== user) {
+      if (named === undefined && bearer === undefined && 'authzid' in credentials && credentials.authzid !== undefined && normalizeUser(credentials.authzid, config.usernames) !== user) {
         throw new MailfrontError('AUTHZID_REFUSED', 'auth-failed', `the client asked to act as another user (authzid ${JSON.stringify(credentials.authzid.slice(0, 64))})`);
       }
       this.loginWaitsOn = 'auth-tempfail';
       const directory = this.context.directory();
-      let found = await directory.authenticate(user, credentials.password, cancellation, this.adapter.name);
+      let found: DirectoryUser;
+      if (bearer !== undefined) {
+        ({ user, found } = await this.bearerUser(bearer, user, directory, config, cancellation));
+        typed = user;
+      } else {
+        if (user === null || typed === null) throw new MailfrontError('INVALID_USERNAME', 'auth-failed', 'the user name is empty, too long, not in a local domain, or has control characters');
+        found = await directory.authenticate(user, secret, cancellation, this.adapter.name);
+      }
       throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
       // A login its known address spared the user's refusal leaves the user's count as it is.
       void throttle.recordSuccess(attempt, verdict);
@@ -866,7 +920,8 @@ export class Session {
       this.setPhase('backend-login');
       const identity: LoginIdentity = { name, fromEntry: login.kind === 'name', dn: found.dn, attribute: loginAttribute, unusable: login.kind === 'none' ? login.unusable : 0 };
       // null: a kick stopped the login (held while the master is down, say).
-      const backend = await this.loginToCurrentMaster(found.store, identity, credentials.password, config, kicksAtStart);
+      // A bearer login has no password: only a login mode that asserts the user on the proxy account's word takes it (connectBackend()).
+      const backend = await this.loginToCurrentMaster(found.store, identity, bearer === undefined ? secret : '', config, kicksAtStart);
       if (this.phase === 'backend-login' && !this.socket.destroyed && (backend === null || this.kickedSince(name, found.dn, kicksAtStart))) {
         // An operator kicked the user while this login was under way (after a password change,
         // say): the connection is closed with the protocol's last word, as a spliced session of
@@ -904,6 +959,7 @@ export class Session {
         this.context.metrics.loginResult(this.adapter.name, failure.kind, loginMs / 1000);
         this.log.error({ event: 'session.login_failed', protocol: this.adapter.name, ...userFields(asserted ?? typed ?? undefined, typed ?? undefined), ...this.masterFields(), store: this.store, code: failure.code, kind: failure.kind, ...this.clientFields(), listener: this.listenerName, reason: `the pre-auth deadline passed: ${failure.message}`, loginMs: Math.round(loginMs) }, 'login could not be completed');
         if (this.masterAttempt) this.context.metrics.masterLogin(this.adapter.name, failure.kind);
+        if (this.bearerAttempt !== undefined) this.context.metrics.oauthLogin(this.adapter.name, this.bearerAttempt, failure.kind);
         return;
       }
       if (error.kind === 'aborted' && (this.socket.destroyed || this.phase !== 'authenticating' && this.phase !== 'backend-login')) {
@@ -924,7 +980,7 @@ export class Session {
       }
       if (error.kind === 'auth-failed') {
         this.context.metrics.authFailure(authFailureReason(error.code));
-        penaltyMs = (await throttle.recordFailure(attempt, credentials.password)).delayMs;
+        penaltyMs = (await throttle.recordFailure(attempt, secret)).delayMs;
       }
       // Counted: the next check of this user may go (not after the answer's delay below).
       leaveGate(error.kind === 'auth-failed');
@@ -1049,6 +1105,10 @@ export class Session {
     // A master login has the staff member's password, not the target's: only a login mode in
     // which the backend believes the name it is sent (the proxy account's word) can open the
     // target's mailbox. Checked before the slot is dialled, at every attempt (the store map may change).
+    // Likewise a bearer login: mailfront has the user's token, which is no password for the backend.
+    if (this.bearerAttempt !== undefined && backendConfig.loginMode === 'replay') {
+      throw new MailfrontError(OAUTH_NEEDS_TRUST_MODE, 'config', `"${user}" logged in with an OAuth token (${this.bearerAttempt}), and store "${slot.store}" logs in with login_mode replay: an OAuth login needs master-user or sasl-authzid (a token is no password to replay)`, { clientText: OAUTH_NEEDS_TRUST_MODE_TEXT });
+    }
     if (this.master !== undefined && backendConfig.loginMode === 'replay') {
       throw new MailfrontError(MASTER_NEEDS_TRUST_MODE, 'config', `"${this.master.user}" asked to log in as "${user}", whose store "${slot.store}" logs in with login_mode replay: a master login needs master-user or sasl-authzid (mailfront does not have the target's password)`, { clientText: MASTER_NEEDS_TRUST_MODE_TEXT });
     }
@@ -1172,6 +1232,7 @@ export class Session {
     this.log.info({ event: 'session.spliced', protocol: this.adapter.name, ...userFields(this.user, this.typedUser), ...this.masterFields(), mechanism: this.mechanism, store: this.store, slot: this.slot, ...this.clientFields(), listener: this.listenerName, tls: this.tlsActive, loginMs: Math.round(loginMs) }, 'spliced to backend');
     this.context.metrics.loginResult(this.adapter.name, 'success', loginMs / 1000);
     if (this.masterAttempt) this.context.metrics.masterLogin(this.adapter.name, 'success');
+    if (this.bearerAttempt !== undefined) this.context.metrics.oauthLogin(this.adapter.name, this.bearerAttempt, 'success');
     void running.ended.then((reason) => this.finish(reason));
     return true;
   }

@@ -51,6 +51,8 @@ export interface FrontOptions {
   readonly trustedNetworks?: readonly string[];
   readonly health?: Record<string, unknown>;
   readonly usernames?: Record<string, unknown>;
+  /** OAuth bearer-token logins (the oauth2 section, as written). */
+  readonly oauth2?: Record<string, unknown>;
 }
 
 export interface Front {
@@ -285,6 +287,7 @@ export async function startFront(options: FrontOptions): Promise<Front> {
       ...(options.trustedNetworks ? { trusted_networks: options.trustedNetworks } : {}),
       health: { interval_ms: 0, ...options.health },
       ...(options.usernames ? { usernames: options.usernames } : {}),
+      ...(options.oauth2 ? { oauth2: options.oauth2 } : {}),
       admin: { token: ADMIN_TOKEN, ...options.admin },
       http: { host: '127.0.0.1', port: 0 },
       // No balancer to wait for: every test's stop closes the listeners at once (stop-unready.test.ts tests the delay).

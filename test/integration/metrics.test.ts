@@ -35,6 +35,7 @@ function exerciseEveryHelper(metrics: Metrics): void {
   record('loginResult', () => metrics.loginResult('imap', 'auth-failed', 2.1));
   record('authFailure', () => metrics.authFailure('wrong-password'));
   record('masterLogin', () => metrics.masterLogin('imap', 'not-authorized'));
+  record('oauthLogin', () => metrics.oauthLogin('imap', 'OAUTHBEARER', 'auth-failed'));
   record('ldapRequest', () => metrics.ldapRequest('user-bind', 'invalid-credentials', 0.004));
   record('backendConnect', () => metrics.backendConnect('store1', 'success', 0.0007));
   record('backendLogin', () => metrics.backendLogin('store1', 'success', 0.02));
