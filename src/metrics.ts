@@ -39,10 +39,10 @@ export type BackendResult = 'success' | 'timeout' | 'refused' | 'in-use' | 'logi
 /** Which way proxied bytes went. */
 export type ByteDirection = 'client-to-backend' | 'backend-to-client';
 
-/** The directory's caches: `auth`, successful logins by user and password; `entry`, a user's DN and store. */
 /** A warning of the directory's password policy on a login it let in: the password expires soon, or expired and a grace login was used. */
 export type PasswordPolicyWarning = 'expiring' | 'grace';
 
+/** The directory's caches: `auth`, successful logins by user and password; `entry`, a user's DN and store. */
 export type DirectoryCache = 'auth' | 'entry';
 const DIRECTORY_CACHES: readonly DirectoryCache[] = ['auth', 'entry'];
 

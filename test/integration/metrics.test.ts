@@ -36,6 +36,7 @@ function exerciseEveryHelper(metrics: Metrics): void {
   record('authFailure', () => metrics.authFailure('wrong-password'));
   record('masterLogin', () => metrics.masterLogin('imap', 'not-authorized'));
   record('oauthLogin', () => metrics.oauthLogin('imap', 'OAUTHBEARER', 'auth-failed'));
+  record('passwordPolicyWarning', () => metrics.passwordPolicyWarning('expiring'));
   record('ldapRequest', () => metrics.ldapRequest('user-bind', 'invalid-credentials', 0.004));
   record('backendConnect', () => metrics.backendConnect('store1', 'success', 0.0007));
   record('backendLogin', () => metrics.backendLogin('store1', 'success', 0.02));
