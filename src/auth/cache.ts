@@ -105,6 +105,10 @@ export class CachingDirectory implements Directory {
     return this.inner.lookup(user, signal, protocol);
   }
 
+  findForLogin(user: string, signal: Cancellation, protocol: Protocol): Promise<DirectoryUser | null> {
+    return this.inner.findForLogin !== undefined ? this.inner.findForLogin(user, signal, protocol) : this.inner.lookup(user, signal, protocol);
+  }
+
   /** Never from this cache: a login kept here says the password was right, not that its user may still act as another. */
   async masterAllowed(staff: DirectoryUser, signal: Cancellation): Promise<boolean> {
     return (await this.inner.masterAllowed?.(staff, signal)) ?? false;

@@ -117,6 +117,13 @@ export interface Directory {
    */
   lookup(user: string, signal: Cancellation, protocol?: Protocol): Promise<DirectoryUser | null>;
   /**
+   * Finds a user for a login whose credentials something else checked (a bearer token): as
+   * lookup(), but the entry may come from the cache of entries a password login uses, and goes
+   * into it, so that a webmail logging in with a token on every page view is not a search each
+   * time. Absent: the session uses lookup().
+   */
+  findForLogin?(user: string, signal: Cancellation, protocol: Protocol): Promise<DirectoryUser | null>;
+  /**
    * Whether `staff`, a user authenticate() let in just now, may log in to another user's mailbox
    * (a master login): the entry matches directory.master_user_filter, `{user}` being
    * `staff.user`, which the session makes the entry's own name (directory.login_attribute; the

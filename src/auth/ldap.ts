@@ -622,6 +622,11 @@ interface ServiceSlot {
 }
 
 /** An LDAP directory over one or more servers. */
+/** What lookup() and findForLogin() answer of an entry found for `user`. */
+function foundUser(user: string, found: FoundEntry): DirectoryUser {
+  return { user, loginNames: found.loginNames, dn: found.dn, store: found.store, ...(found.storeValues > 1 ? { storeValues: found.storeValues } : {}), ...(found.hold.reason !== null ? { hold: found.hold.reason } : {}) };
+}
+
 export class LdapDirectory implements Directory {
   /**
    * The service-bound connections for searches, `config.searchConnections` of them, each opened
@@ -1162,9 +1167,23 @@ export class LdapDirectory implements Directory {
       // Without a protocol (whereis, kick), the user of any protocol: the protocols in turn, the first entry found.
       for (const each of protocol === undefined && this.byProtocol ? PROTOCOLS : [protocol]) {
         const found = await this.search(user, each, 'tooling');
-        if (found !== null) return { user, loginNames: found.loginNames, dn: found.dn, store: found.store, ...(found.storeValues > 1 ? { storeValues: found.storeValues } : {}), ...(found.hold.reason !== null ? { hold: found.hold.reason } : {}) };
+        if (found !== null) return foundUser(user, found);
       }
       return null;
+    })();
+    return raceAbort(work, signal);
+  }
+
+  async findForLogin(user: string, signal: Cancellation, protocol: Protocol): Promise<DirectoryUser | null> {
+    if (this.closing) throw closedError();
+    this.inFlight++;
+    const work = (async (): Promise<DirectoryUser | null> => {
+      try {
+        const found = await this.search(user, protocol, 'login');
+        return found === null ? null : foundUser(user, found);
+      } finally {
+        this.operationEnded();
+      }
     })();
     return raceAbort(work, signal);
   }

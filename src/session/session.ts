@@ -742,7 +742,8 @@ export class Session {
     // The client's name only has to denote the token's user: the directory matches names without regard to case.
     if (given !== null && given.toLowerCase() !== user.toLowerCase()) throw new MailfrontError('OAUTH_USER_MISMATCH', 'auth-failed', `the client named the user "${given}" and the token's ${claim} (oauth2.user_claim) names "${user}"`);
     this.user = this.typedUser = user;
-    const found = await directory.lookup(user, cancellation, this.adapter.name);
+    // From the cache of entries, as a password login's search: a webmail may log in with its token on every page view.
+    const found = await (directory.findForLogin !== undefined ? directory.findForLogin(user, cancellation, this.adapter.name) : directory.lookup(user, cancellation, this.adapter.name));
     throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
     if (found === null) throw new MailfrontError('UNKNOWN_USER', 'auth-failed', `the token's user "${user}" is not in the directory${directory.byProtocol === true ? ` for ${this.adapter.name}` : ''}`);
     return { user, found };

@@ -87,7 +87,8 @@ before(async () => {
       delta: { currentMaster: 'd1', slots: { d1: { imapPort: a1.imapPort, pop3Port: a1.pop3Port } }, backend: { login_mode: 'replay' } },
     },
     backend: { login_mode: 'master-user', proxy_user: MASTER.name, proxy_password: MASTER.password },
-    directory: { login_attribute: 'uid' },
+    // The cache of entries as in production (the harness turns it off): a token login's entry comes from it.
+    directory: { login_attribute: 'uid', entry_cache_ttl_ms: 30_000 },
     // Three distinct refused tokens naming a user refuse the user: a refusal not counted would show.
     throttle: { enabled: true, failures_per_user: 3, failures_per_address: 1000, base_delay_ms: 10, max_delay_ms: 10 },
     oauth2: { issuers: [ISSUER], audiences: [AUDIENCE], jwks_file: jwksFile, jwks_url: idp.url, jwks_unknown_kid_refetch_ms: 1_000, user_claim: 'preferred_username', clock_skew_ms: 5_000 },
@@ -195,6 +196,25 @@ describe('OAuth logins, oauth2 set', () => {
     } finally {
       plain.close();
     }
+  });
+
+  test('a user\'s entry comes from the cache of entries: a second token login searches the directory no more', async () => {
+    const searches = (): Promise<number> => metric('mailfront_ldap_request_duration_seconds_count', 'operation="search",result="success"');
+    const entryHits = (): Promise<number> => metric('mailfront_directory_cache_lookups_total', 'cache="entry",result="hit"');
+    const login = async (): Promise<void> => {
+      const c = await imapClient();
+      try {
+        const result = await c.imap(`AUTHENTICATE XOAUTH2 ${xoauth2('bob', tokenFor('bob'))}`);
+        assert.equal(result.status, 'OK', result.text);
+      } finally {
+        c.close();
+      }
+    };
+    await login();
+    const [searchesBefore, hitsBefore] = [await searches(), await entryHits()];
+    await login();
+    assert.equal(await searches(), searchesBefore, 'the second login searched the directory again');
+    assert.equal(await entryHits(), hitsBefore + 1);
   });
 
   test('Cyrus in sasl-authzid mode opens the token user\'s mailbox', async () => {
