@@ -731,7 +731,7 @@ export class Session {
    * refusal is auth-failed with a code of its own, counted as a wrong password is; a user the
    * directory does not find is UNKNOWN_USER, as for a password.
    */
-  private async bearerUser(bearer: BearerCredentials, given: string | null, directory: Directory, config: Config, cancellation: Cancellation): Promise<{ user: string; found: DirectoryUser }> {
+  private async bearerUser(bearer: BearerCredentials, given: string | null, config: Config, cancellation: Cancellation): Promise<{ user: string; found: DirectoryUser }> {
     const verifier = this.context.oauth?.();
     if (verifier === undefined) throw new MailfrontError('OAUTH_NOT_CONFIGURED', 'auth-failed', 'a bearer token, and oauth2 is no longer configured (a reload took it away)');
     const verified = await verifier.verify(bearer.token, cancellation);
@@ -742,7 +742,10 @@ export class Session {
     // The client's name only has to denote the token's user: the directory matches names without regard to case.
     if (given !== null && given.toLowerCase() !== user.toLowerCase()) throw new MailfrontError('OAUTH_USER_MISMATCH', 'auth-failed', `the client named the user "${given}" and the token's ${claim} (oauth2.user_claim) names "${user}"`);
     this.user = this.typedUser = user;
-    // From the cache of entries, as a password login's search: a webmail may log in with its token on every page view.
+    // The directory in force now, not at the login's start: a reload while the token was verified
+    // (a JWKS fetch may take seconds) closes the one before. From the cache of entries, as a
+    // password login's search: a webmail may log in with its token on every page view.
+    const directory = this.context.directory();
     const found = await (directory.findForLogin !== undefined ? directory.findForLogin(user, cancellation, this.adapter.name) : directory.lookup(user, cancellation, this.adapter.name));
     throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
     if (found === null) throw new MailfrontError('UNKNOWN_USER', 'auth-failed', `the token's user "${user}" is not in the directory${directory.byProtocol === true ? ` for ${this.adapter.name}` : ''}`);
@@ -860,7 +863,7 @@ export class Session {
       const directory = this.context.directory();
       let found: DirectoryUser;
       if (bearer !== undefined) {
-        ({ user, found } = await this.bearerUser(bearer, user, directory, config, cancellation));
+        ({ user, found } = await this.bearerUser(bearer, user, config, cancellation));
         typed = user;
       } else {
         if (user === null || typed === null) throw new MailfrontError('INVALID_USERNAME', 'auth-failed', 'the user name is empty, too long, not in a local domain, or has control characters');

@@ -104,3 +104,80 @@ test('a reload that replaces the directory between a master login\'s steps: the 
   assert.deepEqual([failed?.['code'], failed?.['user'], failed?.['master'], failed?.['masterDn']], ['STORE_MAINTENANCE', 'alice', 'helpdesk1', 'uid=helpdesk1,ou=people']);
   socket.destroy();
 });
+
+// A bearer login verifies its token first, which may wait seconds on the IdP's JWKS URL; a reload
+// meanwhile replaces the directory the login began with. The user's entry is asked of the
+// directory in force, not of the closed one (which would fail the login as an outage, LDAP_CLOSED).
+test('a reload while a bearer token is verified: the user\'s entry is asked of the directory in force', async () => {
+  const config = readConfig(
+    {
+      directory: { urls: ['ldap://127.0.0.1:1'], bind_dn: 'cn=x', bind_password: 'x', base_dn: 'dc=x' },
+      backend: { login_mode: 'master-user', proxy_user: 'pm', proxy_password: 'pm-secret-1' },
+      failover: { hold_ms: 0 },
+      session: { auth_failure_delay_ms: 0 },
+    },
+    '/etc/mailfront/mailfront.yaml',
+    (p) => p,
+    new IssueList(),
+  );
+  const map = buildStoreMap({ stores: { alpha: { current_master: 'a1', maintenance: REASON, slots: { a1: { host: '127.0.0.1', imap_port: 1 } } } } }, 'test', 1, config);
+  const calls: string[] = [];
+  const unused = async (): Promise<never> => {
+    throw new Error('not asked in this test');
+  };
+  const closed = async (): Promise<never> => {
+    calls.push('first asked');
+    throw new MailfrontError('LDAP_CLOSED', 'auth-tempfail', 'the directory is shutting down');
+  };
+  const common = { reachable: async () => true, forget: () => 0, cacheEntries: () => ({}), close: async () => undefined, authenticate: unused };
+  const next: Directory = {
+    ...common,
+    lookup: unused,
+    findForLogin: async (user, _signal, protocol) => {
+      calls.push(`next.findForLogin ${user} ${protocol}`);
+      return { user, loginNames: ['alice'], dn: 'uid=alice,ou=people', store: 'alpha' };
+    },
+  };
+  const first: Directory = { ...common, lookup: closed, findForLogin: closed };
+  let current: Directory = first;
+  const verifier = {
+    config: { userClaim: 'preferred_username' },
+    verify: async () => {
+      calls.push('verify');
+      current = next;
+      return { user: 'alice' };
+    },
+  };
+  const limiter = new ConnectionLimiter({ maxConnections: 100, maxConnectionsPerAddress: 100, maxSessionsPerUser: 10 });
+  const admission = limiter.admit('192.0.2.1', false);
+  assert.ok(admission.admitted);
+  const logs: Array<Record<string, unknown>> = [];
+  const context = {
+    config: () => config,
+    storeMap: () => map,
+    directory: () => current,
+    oauth: () => verifier,
+    metrics: new Metrics({ version: 'test', processMetrics: false, protocols: ['imap'] }),
+    trustedNetworks: () => new CidrSet([]),
+    throttle: () => ({ check: async () => ({ refused: false, refusedForMs: 0 }), recordSuccess: async () => undefined, recordFailure: async () => ({ delayMs: 0 }), exempts: () => false, addressKey: (address: string) => address }),
+    loginGate: new LoginGate(),
+    limiter,
+    registry: new SessionRegistry(),
+    log: createLogger('debug', { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) }),
+    secureContext: () => undefined,
+  } as unknown as SessionContext;
+  const socket = new FakeSocket();
+  const endpoints = { client: { address: '192.0.2.1', port: 1234 }, peer: { address: '192.0.2.1', port: 1234 }, local: { address: '127.0.0.1', port: 143 } };
+  const listener = { name: 'imap', tls: 'none', plaintextWithoutTls: true } as unknown as ListenerConfig;
+  new Session(socket as unknown as Socket, listener, imapAdapter, context, false, endpoints, admission.lease);
+  const initial = Buffer.from('user=alice\x01auth=Bearer not-looked-at-by-the-stand-in\x01\x01').toString('base64');
+  socket.push(`a AUTHENTICATE XOAUTH2 ${initial}\r\n`);
+  const deadline = Date.now() + 5_000;
+  while (!socket.out.includes('a NO') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  // The store is in maintenance: the client is told its reason, which shows the login got past the directory.
+  assert.match(socket.out, new RegExp(`\\r\\na NO \\[UNAVAILABLE\\] ${REASON.replace(/[.]/g, '\\.')}\\r\\n$`), socket.out);
+  assert.deepEqual(calls, ['verify', 'next.findForLogin alice imap']);
+  const failed = logs.find((l) => l['event'] === 'session.login_failed');
+  assert.equal(failed?.['code'], 'STORE_MAINTENANCE');
+  socket.destroy();
+});
