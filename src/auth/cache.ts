@@ -9,11 +9,12 @@
  * protocol (directory.user_filter holds `{protocol}`), the protocol is keyed too: a login the
  * directory let in over IMAP says nothing of one over POP3. Whether a user may log in as another
  * (masterAllowed) and the other's entry (lookup) are never cached: a master login keeps only the
- * staff member's own login, under the staff member's own password.
+ * staff member's own login, under the staff member's own password. Logins with the same key
+ * that arrive while the directory answers one wait for that answer (one bind, not one each).
  */
 import { createHmac, randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
-import { directoryHealth } from './directory.js';
+import { directoryHealth, raceAbort } from './directory.js';
 import type { CachedUser, Directory, DirectoryHealth, DirectoryUser } from './directory.js';
 import type { Cancellation } from '../cancel.js';
 import type { Protocol } from '../config/schema.js';
@@ -24,6 +25,9 @@ const HELD_FORGOTTEN_MS = 60_000;
 
 /** Held entries remembered as forgotten at once (beyond them, a held login walks the cache again). */
 const HELD_FORGOTTEN_MAX = 10_000;
+
+/** The directory's own wait, which no session's end cuts short (each login waits with its own: raceAbort()). */
+const NEVER_CANCELLED: Cancellation = { aborted: false, addEventListener: () => undefined, removeEventListener: () => undefined };
 
 /** A Directory that remembers successful authentications for `ttlMs`. */
 export class CachingDirectory implements Directory {
@@ -39,6 +43,14 @@ export class CachingDirectory implements Directory {
    * user's webmail logging in on every page view would otherwise walk the whole cache each time.
    */
   private readonly heldForgotten: LRUCache<string, true>;
+  /**
+   * The logins asking the directory now, by key: another login with the same user and password
+   * waits for that answer instead of binding again. A client starting (Thunderbird opens up to
+   * five connections at once) otherwise made a bind each, and with a password policy used up a
+   * grace login each, some told OK and one EXPIRED. Emptied by forget(): a login after a kick
+   * asks the directory itself.
+   */
+  private readonly asking = new Map<string, Promise<DirectoryUser>>();
 
   constructor(
     private inner: Directory,
@@ -77,8 +89,27 @@ export class CachingDirectory implements Directory {
     const cached = this.successes.get(key);
     this.metrics?.directoryCacheLookup('auth', cached !== undefined);
     if (cached !== undefined) return cached;
+    const pending = this.asking.get(key);
+    if (pending !== undefined) return raceAbort(pending, signal);
+    // Asked for every login waiting on it: the first one's end (its client gone) must not end
+    // the others' wait, so the directory is asked without it, and each login waits with its own.
+    const asked = this.ask(key, user, password, protocol);
+    return raceAbort(asked, signal);
+  }
+
+  private ask(key: string, user: string, password: string, protocol: Protocol | undefined): Promise<DirectoryUser> {
+    const asked = this.askDirectory(key, user, password, protocol);
+    this.asking.set(key, asked);
+    const done = (): void => {
+      if (this.asking.get(key) === asked) this.asking.delete(key);
+    };
+    asked.then(done, done);
+    return asked;
+  }
+
+  private async askDirectory(key: string, user: string, password: string, protocol: Protocol | undefined): Promise<DirectoryUser> {
     const forgets = this.forgets;
-    const found = await this.inner.authenticate(user, password, signal, protocol);
+    const found = await this.inner.authenticate(user, password, NEVER_CANCELLED, protocol);
     // The store may come from the inner directory's own cache of entries: the route is kept no
     // longer than ttlMs after it was read from the directory, not ttlMs after this login (a user
     // moved to another store is routed there within ttlMs, not ttlMs plus the entry cache's).
@@ -133,6 +164,7 @@ export class CachingDirectory implements Directory {
   }
 
   forget(user: string, dns: Set<string> = new Set()): number {
+    this.asking.clear();
     this.forgets++;
     // Keys are keyed hashes: the user's are found by the entries they hold. Walks of the whole
     // cache (a few milliseconds at 100,000 entries) on an operator's request, instead of an index

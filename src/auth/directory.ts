@@ -324,3 +324,25 @@ export function entryLoginName(values: readonly string[], typed: string, config:
   if (names.length === 0) return { kind: 'none', unusable };
   return { kind: 'ambiguous', names };
 }
+
+/** Rejects with an `aborted` error when `signal` fires, so callers never wait past their owner. */
+export function raceAbort<T>(promise: Promise<T>, signal: Cancellation): Promise<T> {
+  if (signal.aborted) {
+    promise.catch(() => undefined);
+    return Promise.reject(new MailfrontError('ABORTED', 'aborted', 'the session ended during a directory lookup'));
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(new MailfrontError('ABORTED', 'aborted', 'the session ended during a directory lookup'));
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(e);
+      },
+    );
+  });
+}

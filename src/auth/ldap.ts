@@ -15,7 +15,7 @@ import { PROTOCOLS, filterUsesProtocol, loginAttributeOf } from '../config/schem
 import type { DirectoryConfig, Protocol } from '../config/schema.js';
 import { MailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { DIRECTORY_CLOSED, WrongPasswordError, holdOf } from './directory.js';
+import { DIRECTORY_CLOSED, WrongPasswordError, holdOf, raceAbort } from './directory.js';
 import type { CachedUser, Directory, DirectoryHealth, DirectoryRefusal, DirectoryUser, Hold } from './directory.js';
 import { performance } from 'node:perf_hooks';
 import { LRUCache } from 'lru-cache';
@@ -185,28 +185,6 @@ function attributeOf(entry: Record<string, unknown>, name: string): unknown {
   const wanted = name.toLowerCase();
   const key = Object.keys(entry).find((k) => k.toLowerCase() === wanted);
   return key === undefined ? undefined : entry[key];
-}
-
-/** Rejects with an `aborted` error when `signal` fires, so callers never wait past their owner. */
-function raceAbort<T>(promise: Promise<T>, signal: Cancellation): Promise<T> {
-  if (signal.aborted) {
-    promise.catch(() => undefined);
-    return Promise.reject(new MailfrontError('ABORTED', 'aborted', 'the session ended during a directory lookup'));
-  }
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => reject(new MailfrontError('ABORTED', 'aborted', 'the session ended during a directory lookup'));
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (v) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(v);
-      },
-      (e: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(e);
-      },
-    );
-  });
 }
 
 /** What a user's bind answered: the password taken or not, on which server, and the password policy control's answer (undefined: none came, or none was asked). */
