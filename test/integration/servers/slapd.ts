@@ -23,7 +23,8 @@ export const MAILFRONT_SCHEMA = readFileSync(join(repoRootDir(), 'config/ldap/ma
 /** Where store entries live in the test directory. */
 export const LDAP_STORES_DN = `ou=stores,${LDAP_BASE_DN}`;
 
-function repoRootDir(): string {
+/** The checkout's root folder (the one holding config/ldap/mailfront.schema). */
+export function repoRootDir(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
   while (!existsSync(join(dir, 'config/ldap/mailfront.schema'))) {
     const parent = dirname(dir);
