@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares everything the tests and the demo need:
 #   1. node_modules (npm ci when missing or older than package-lock.json)
-#   2. Debian packages for the real servers (slapd, Dovecot, SASL, openssl, Cyrus' libraries)
+#   2. Debian packages for the real servers (slapd, 389 Directory Server, Dovecot, SASL, openssl, Cyrus' libraries)
 #   3. Cyrus IMAP unpacked into <repo>/.cache/cyrus (it conflicts with Dovecot in apt, so it is
 #      never installed; its .debs are fetched with `apt-get download` and unpacked with `dpkg -x`)
 # Non-interactive: works with CI=true and without stdin. Messages are prefixed "bootstrap:".
@@ -42,10 +42,12 @@ fi
 # --- 2. Debian packages ----------------------------------------------------------------------
 # Cyrus' own libraries need libical3 libpcre3 libxapian30 libjansson4 libpq5 libxml2 libsqlite3-0
 # (cyrus-common's Depends, never installed: see step 3); python3 is a test client (poplib);
-# systemd brings systemd-analyze, which checks the shipped unit (a container may lack it).
+# systemd brings systemd-analyze, which checks the shipped unit (a container may lack it);
+# 389-ds-base is 389 Directory Server (test/integration/servers/ds389.ts makes private instances;
+# the package enables none).
 PACKAGES=(slapd ldap-utils dovecot-imapd dovecot-pop3d dovecot-managesieved sasl2-bin libsasl2-modules
   libsasl2-modules-db libical3 libpcre3 libxapian30 libjansson4 libpq5 libxml2 libsqlite3-0 openssl
-  redis-server haproxy prometheus sieve-connect systemd python3)
+  389-ds-base redis-server haproxy prometheus sieve-connect systemd python3)
 # The demo (scripts/demo.ts) starts slapd (loaded with ldapmodify) and Dovecot for IMAP and POP3,
 # makes its certificates with openssl, and prints python3 and openssl commands to try it.
 DEMO_PACKAGES=(slapd ldap-utils dovecot-imapd dovecot-pop3d openssl python3)

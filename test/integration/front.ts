@@ -34,7 +34,8 @@ export interface StoreSpec {
 }
 
 export interface FrontOptions {
-  readonly slapd: Slapd;
+  /** The directory: a slapd, or another server with the same tree (a 389 DS of ds389.ts). */
+  readonly slapd: Pick<Slapd, 'url' | 'bindDn' | 'bindPassword' | 'usersDn' | 'rootDn' | 'rootPassword' | 'userPasswords'>;
   readonly stores: Record<string, StoreSpec>;
   readonly backend?: Record<string, unknown>;
   readonly session?: Record<string, unknown>;

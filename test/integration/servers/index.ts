@@ -3,6 +3,7 @@
 export * from './certs.js';
 export * from './cyrus.js';
 export * from './dovecot.js';
+export * from './ds389.js';
 export * from './haproxy.js';
 export * from './lineclient.js';
 export * from './ports.js';

@@ -276,7 +276,7 @@ function baseLdif(servicePassword: string): string {
  * short deadlines, no caches, two search connections (so that searches also run over more than
  * one connection).
  */
-export function directoryConfigOf(server: Slapd, overrides: Partial<DirectoryConfig> = {}): DirectoryConfig {
+export function directoryConfigOf(server: Pick<Slapd, 'url' | 'bindDn' | 'bindPassword' | 'usersDn'>, overrides: Partial<DirectoryConfig> = {}): DirectoryConfig {
   return {
     urls: [server.url],
     bindDn: server.bindDn,
