@@ -25,7 +25,7 @@ export type SessionEndReasonLabel = PreauthCloseReason | SpliceEndReason | 'clie
 export type LoginResult = 'success' | FailureKind;
 
 /** Why credentials were refused (only failures of kind `auth-failed`). */
-export type AuthFailureReason = 'unknown-user' | 'wrong-password' | 'account-locked' | 'invalid-username' | 'authzid-refused' | 'invalid-token' | 'other';
+export type AuthFailureReason = 'unknown-user' | 'wrong-password' | 'account-locked' | 'bind-refused' | 'invalid-username' | 'authzid-refused' | 'invalid-token' | 'other';
 
 /** One LDAP request as the directory code sees it. */
 export type LdapOperation = 'connect' | 'service-bind' | 'search' | 'user-bind';
@@ -227,6 +227,8 @@ export function authFailureReason(code: string): AuthFailureReason {
       return 'wrong-password';
     case 'ACCOUNT_LOCKED':
       return 'account-locked';
+    case 'USER_BIND_REFUSED':
+      return 'bind-refused';
     case 'INVALID_USERNAME':
       return 'invalid-username';
     case 'AUTHZID_REFUSED':

@@ -192,6 +192,35 @@ interface BindAnswer {
   readonly ok: boolean;
   readonly url: string;
   readonly policy: PasswordPolicyAnswer | 'unreadable' | undefined;
+  /** A bind refused with one of USER_BIND_REFUSALS (not ok): the server's result, which no password changes. */
+  readonly refused?: ResultCodeError;
+}
+
+/**
+ * Result codes by which a server refuses a user's bind for that user, whatever the password
+ * (verified with 389 DS 2.3): an answer about the entry, not the server's trouble. Each is told
+ * to the client as a wrong password, and counted as one: told as a temporary failure (as any
+ * other code is), one login per name, without the password, would show a guesser which accounts
+ * are disabled, and a few wrong guesses which exist. Busy (51), unavailable (52) and the server's
+ * own failures (operationsError 1, timeLimitExceeded 3, adminLimitExceeded 11, other 80) stay
+ * temporary; so does noSuchObject (32, the entry renamed or deleted since it was found: the next
+ * login finds it again), which no guesser can bring about.
+ */
+const USER_BIND_REFUSALS: ReadonlyMap<number, string> = new Map([
+  // 389 DS: locked out by its password policy (passwordLockout: "Exceed password retry limit"),
+  // or inactive too long (the Account Policy plugin).
+  [19, 'constraintViolation'],
+  // The entry may not bind with a password (a server's rule for the entry, not for the request).
+  [48, 'inappropriateAuthentication'],
+  // An ACL that denies the entry's password to binds: a way to disable accounts.
+  [50, 'insufficientAccessRights'],
+  // 389 DS: an inactivated account (nsAccountLock: true; FreeIPA's ipa user-disable).
+  [53, 'unwillingToPerform'],
+]);
+
+/** The server's own text of a ResultCodeError, without the " Code: 0x.." ldapts adds (ldapts's default text when the server sent none). */
+function serverText(error: ResultCodeError): string {
+  return error.message.replace(/ ?Code: 0x[0-9a-f]+$/, '');
 }
 
 /**
@@ -219,9 +248,10 @@ interface AvoidedServer {
   readonly failure: MailfrontError;
 }
 
-/** How a failed LDAP call is reported in metrics. */
-function ldapResult(error: unknown): LdapResult {
+/** How a failed LDAP call is reported in metrics: a user bind refused for its user (USER_BIND_REFUSALS) as a wrong password, no error of the server. */
+function ldapResult(error: unknown, operation?: LdapOperation): LdapResult {
   if (error instanceof InvalidCredentialsError) return 'invalid-credentials';
+  if (operation === 'user-bind' && error instanceof ResultCodeError && USER_BIND_REFUSALS.has(error.code)) return 'invalid-credentials';
   const message = error instanceof Error ? error.message : String(error);
   return /timeout|timed out/i.test(message) ? 'timeout' : 'error';
 }
@@ -675,7 +705,7 @@ export class LdapDirectory implements Directory {
       this.metrics?.ldapRequest(operation, 'success', (performance.now() - started) / 1000);
       return result;
     } catch (error) {
-      this.metrics?.ldapRequest(operation, ldapResult(error), (performance.now() - started) / 1000);
+      this.metrics?.ldapRequest(operation, ldapResult(error, operation), (performance.now() - started) / 1000);
       throw error;
     }
   }
@@ -1011,8 +1041,9 @@ export class LdapDirectory implements Directory {
   }
 
   /**
-   * One simple bind on `kept`, or on a new connection to `url`: taken or not (a wrong password),
-   * with what the password policy control said (directory.password_policy), or LDAP_BIND_FAILED.
+   * One simple bind on `kept`, or on a new connection to `url`: taken or not (a wrong password,
+   * or a refusal of USER_BIND_REFUSALS), with what the password policy control said
+   * (directory.password_policy), or LDAP_BIND_FAILED.
    * The connection goes back to `idle` after an answer, else it is closed.
    */
   private async bindOnce(url: string, idle: Client[], kept: Client | undefined, dn: string, password: string): Promise<BindAnswer> {
@@ -1031,6 +1062,10 @@ export class LdapDirectory implements Directory {
         keep = true;
         return { ok: false, url, policy: control?.answer };
       }
+      if (error instanceof ResultCodeError && USER_BIND_REFUSALS.has(error.code)) {
+        keep = true;
+        return { ok: false, url, policy: control?.answer, refused: error };
+      }
       throw new MailfrontError('LDAP_BIND_FAILED', 'auth-tempfail', `the user bind failed on ${url}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
     } finally {
       if (client !== undefined) {
@@ -1043,12 +1078,14 @@ export class LdapDirectory implements Directory {
   /**
    * What the bind's answer means for the login: throws its refusal, logs the warning of one let in.
    * Without directory.password_policy (or from a server without the policy) there is no control's
-   * answer: the bind's result alone. passwordExpired is believed on a bind refused as on one
-   * taken: OpenLDAP says it only once the password is checked (a wrong one gets a plain
-   * invalidCredentials), so only the password's owner is told, as Dovecot tells it (RFC 5530
-   * EXPIRED); changeAfterReset only on a bind the server took. A lock (OpenLDAP says it only with
-   * ppolicy_use_lockout, and then for any password) is told as a wrong password, the reason logged
-   * only: told, it would show a guesser which accounts its guesses locked.
+   * answer: the bind's result alone. passwordExpired is believed on a bind taken or refused with
+   * invalidCredentials: OpenLDAP and 389 DS say it only once the password is checked (a wrong one
+   * gets a plain invalidCredentials), so only the password's owner is told, as Dovecot tells it
+   * (RFC 5530 EXPIRED); never with a refusal that no password changes (USER_BIND_REFUSALS), which
+   * is said to anyone. changeAfterReset only on a bind the server took. A lock (OpenLDAP says it
+   * only with ppolicy_use_lockout, 389 DS with its refusal of a locked-out or inactivated account,
+   * each for any password) and a refusal of USER_BIND_REFUSALS are told as a wrong password, the
+   * reason logged only: told, they would show a guesser which accounts are locked or disabled.
    */
   private passwordPolicyVerdict(answer: BindAnswer, user: string, found: FoundEntry): void {
     const { policy } = answer;
@@ -1058,8 +1095,14 @@ export class LdapDirectory implements Directory {
     }
     const said = typeof policy === 'object' ? policy : undefined;
     const error = said?.error;
+    const { refused } = answer;
+    // The server's words, for the log: bounded, as a line of the log is.
+    const result = refused === undefined ? '' : `result ${refused.code} ${USER_BIND_REFUSALS.get(refused.code) ?? ''} "${serverText(refused).slice(0, 200)}"`;
     if (error === 'accountLocked') {
-      throw new WrongPasswordError(user, found.loginNames, { code: 'ACCOUNT_LOCKED', message: `the directory's password policy says the account ${found.dn} is locked (accountLocked, said whatever the password: told as a wrong password)` });
+      throw new WrongPasswordError(user, found.loginNames, { code: 'ACCOUNT_LOCKED', message: `the directory's password policy says the account ${found.dn} is locked (accountLocked${refused === undefined ? '' : `, ${result}`}, said whatever the password: told as a wrong password)` });
+    }
+    if (refused !== undefined) {
+      throw new WrongPasswordError(user, found.loginNames, { code: 'USER_BIND_REFUSED', message: `the directory refused the bind of ${found.dn} on ${answer.url} with ${result}, an answer about the account whatever the password: told as a wrong password` });
     }
     if (error === 'passwordExpired') {
       throw new MailfrontError('PASSWORD_EXPIRED', 'expired', `the directory's password policy says the password of ${found.dn} has expired (passwordExpired${answer.ok ? '' : ', no grace logins left'}): the password was right`, { clientText: PASSWORD_EXPIRED_TEXT });
@@ -1112,9 +1155,10 @@ export class LdapDirectory implements Directory {
       // answer the bind: forget the entry, look the user up again on another server (not that
       // one, whose searches may well work while its binds do not), and bind there once. The
       // server is held down, so that the next logins do not wait for it too. A bind it answered
-      // with a result code other than busy or unavailable stands, as in checkPassword(): the
-      // refusal is about the entry, and another server is not asked (one that has not yet
-      // replicated an inactivation, or keeps a lockout of its own, would let the user in).
+      // with a result code other than busy or unavailable stands, as in checkPassword(), and
+      // another server is not asked; an inactivation or a lockout does not even come here
+      // (USER_BIND_REFUSALS: a wrong password), and is never asked of another server either (one
+      // that has not yet replicated it, or keeps a lockout of its own, would let the user in).
       if (!(error instanceof MailfrontError) || error.code !== 'LDAP_BIND_FAILED') throw error;
       this.entries?.delete(this.entryKey(user, protocol));
       const failedUrl = found.url;

@@ -1,12 +1,18 @@
 /**
- * mailfront against a real 389 Directory Server (ds389.ts harness) and Dovecot: a user logs in,
- * and the shipped 389 DS schema and the README's ACIs carry a store map and its failover.
+ * mailfront against a real 389 Directory Server (ds389.ts harness) and Dovecot. 389 DS refuses
+ * the bind of an inactivated account (nsAccountLock: true, FreeIPA's ipa user-disable) with
+ * unwillingToPerform (53) and of one its password policy locked out with constraintViolation (19),
+ * whatever the password: each is answered as a wrong password (same text, same delay, counted by
+ * the throttle and towards a connection's three failed logins), logged at info with the server's
+ * result. With the password policy control 389 DS adds accountLocked to those refusals, and says
+ * passwordExpired only for the right password, as OpenLDAP does. Also: the shipped 389 DS schema
+ * and the README's ACIs carry a store map and its failover.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { LineClient, LDAP_STORES_DN, startDovecot, startDs389 } from './servers/index.js';
 import type { Dovecot, Ds389 } from './servers/index.js';
-import { registerPasswords, startFront } from './front.js';
+import { AUTH_FAILURE_DELAY_MS, assertSameFailure, registerPasswords, startFront, waitForLog } from './front.js';
 import type { Front } from './front.js';
 import { LdapStoreMapSource } from '../../src/routing/sources.js';
 import { StoreMapHolder } from '../../src/routing/holder.js';
@@ -16,6 +22,9 @@ import { IssueList } from '../../src/config/validate.js';
 
 const PASSWORD = 'Ds389-user-pw-4c1';
 const WRONG = 'Ds389-wrong-pw-9d2';
+const FAILED = 't1 NO [AUTHENTICATIONFAILED] Authentication failed.';
+const EXPIRED_TEXT = 'Your password has expired, please change it and log in again.';
+const MUST_CHANGE_TEXT = 'Your password was reset and must be changed, please change it and log in again.';
 const USERS = ['alice', 'bob', 'disabled', 'lockme', 'expired', 'gracie', 'reset'];
 
 let ds: Ds389;
@@ -86,6 +95,62 @@ async function imapLogin(front: Front, user: string, password: string): Promise<
   }
 }
 
+async function pop3Login(front: Front, user: string, password: string): Promise<string> {
+  const c = await LineClient.connect(front.pop3TrustedPort);
+  try {
+    await c.readLine();
+    await c.pop3(`USER ${user}`);
+    c.send(`PASS ${password}`);
+    return await c.readLine();
+  } finally {
+    c.close();
+  }
+}
+
+async function sieveLogin(front: Front, user: string, password: string): Promise<string> {
+  const c = await LineClient.connect(front.sieveTrustedPort!);
+  try {
+    for (let line = await c.readLine(); !line.startsWith('OK'); line = await c.readLine());
+    c.send(`AUTHENTICATE "PLAIN" "${Buffer.from(`\0${user}\0${password}`).toString('base64')}"`);
+    return await c.readLine();
+  } finally {
+    c.close();
+  }
+}
+
+/** Logins on one IMAP connection until it closes (at most 5): every line the client got after each. */
+async function loginsOnOneConnection(front: Front, user: string, password: string): Promise<string[]> {
+  const c = await LineClient.connect(front.imapTrustedPort);
+  const lines: string[] = [];
+  try {
+    await c.readLine();
+    for (let i = 1; i <= 5; i++) {
+      c.send(`t${i} LOGIN "${user}" "${password}"`);
+      for (;;) {
+        let line: string;
+        try {
+          line = await c.readLine(5_000);
+        } catch {
+          lines.push('(closed)');
+          return lines;
+        }
+        lines.push(line.replace(/^t\d+ /, 'tN '));
+        if (line.startsWith(`t${i} `)) break;
+      }
+    }
+    return lines;
+  } finally {
+    c.close();
+  }
+}
+
+async function metric(front: Front, name: string, labels: string): Promise<number> {
+  const { port } = front.mailfront.httpAddress()!;
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name}{${labels}}`));
+  return line === undefined ? 0 : Number(line.split(' ').pop());
+}
+
 describe('389 DS with the password policy control (the default)', () => {
   let front: Front;
   before(async () => {
@@ -97,6 +162,83 @@ describe('389 DS with the password policy control (the default)', () => {
 
   test('a user of 389 DS logs in', async () => {
     assert.match((await imapLogin(front, 'alice', PASSWORD)).line, /^t1 OK /);
+  });
+
+  test('an inactivated account (nsAccountLock) is refused as a wrong password, after the same delay, whatever the password; logged at info with the result', async () => {
+    const mark = front.logs.length;
+    await assertSameFailure((user, password) => imapLogin(front, user, password), ['disabled', PASSWORD], ['nosuchuser', WRONG], FAILED);
+    assert.equal((await imapLogin(front, 'disabled', WRONG)).line, FAILED);
+    assert.equal(await pop3Login(front, 'disabled', PASSWORD), '-ERR [AUTH] Authentication failed.');
+    assert.equal(await sieveLogin(front, 'disabled', PASSWORD), 'NO "Authentication failed."');
+    const failed = await waitForLog(front, (l) => l['event'] === 'session.login_failed' && l['user'] === 'disabled', 5_000, mark);
+    assert.equal(failed['level'], 'info');
+    assert.equal(failed['kind'], 'auth-failed');
+    // 389 DS sends accountLocked with its refusal when asked for the control.
+    assert.equal(failed['code'], 'ACCOUNT_LOCKED');
+    assert.match(String(failed['reason']), /result 53 unwillingToPerform "Account inactivated\. Contact system administrator\."/);
+    assert.equal(await metric(front, 'mailfront_logins_total', 'protocol="imap",result="auth-tempfail"'), 0);
+    assert.equal(await metric(front, 'mailfront_ldap_request_duration_seconds_count', 'operation="user-bind",result="error"'), 0);
+  });
+
+  test('a connection with three refused logins of an inactivated account is closed as with three wrong passwords', async () => {
+    const wrong = await loginsOnOneConnection(front, 'nosuchuser', WRONG);
+    assert.ok(wrong.includes('(closed)'), JSON.stringify(wrong));
+    assert.deepEqual(await loginsOnOneConnection(front, 'disabled', PASSWORD), wrong);
+  });
+
+  test('an account 389 DS locked out (passwordLockout: constraintViolation for any password) is refused as a wrong password', async () => {
+    for (let i = 0; i < 3; i++) assert.equal((await imapLogin(front, 'lockme', WRONG)).line, FAILED);
+    const mark = front.logs.length;
+    const right = await imapLogin(front, 'lockme', PASSWORD);
+    assert.equal(right.line, FAILED);
+    assert.ok(right.ms >= AUTH_FAILURE_DELAY_MS - 20, `${right.ms} ms`);
+    assert.equal(await pop3Login(front, 'lockme', PASSWORD), '-ERR [AUTH] Authentication failed.');
+    const failed = await waitForLog(front, (l) => l['event'] === 'session.login_failed' && l['user'] === 'lockme', 5_000, mark);
+    assert.equal(failed['level'], 'info');
+    assert.equal(failed['code'], 'ACCOUNT_LOCKED');
+    assert.match(String(failed['reason']), /result 19 constraintViolation "Exceed password retry limit\. Please try later\."/);
+  });
+
+  test('an expired password is told only to its owner (389 DS says passwordExpired for the right password alone); grace logins let in; a reset password must be changed', async () => {
+    assert.equal((await imapLogin(front, 'expired', PASSWORD)).line, `t1 NO [EXPIRED] ${EXPIRED_TEXT}`);
+    const mark = front.logs.length;
+    assert.equal((await imapLogin(front, 'expired', WRONG)).line, FAILED);
+    const wrong = await waitForLog(front, (l) => l['event'] === 'session.login_failed' && l['user'] === 'expired', 5_000, mark);
+    assert.equal(wrong['code'], 'WRONG_PASSWORD');
+    const graceMark = front.logs.length;
+    assert.match((await imapLogin(front, 'gracie', PASSWORD)).line, /^t1 OK /);
+    const grace = await waitForLog(front, (l) => l['event'] === 'directory.password_grace_login', 5_000, graceMark);
+    assert.equal(grace['graceLeft'], 1);
+    assert.equal((await imapLogin(front, 'reset', PASSWORD)).line, `t1 NO [EXPIRED] ${MUST_CHANGE_TEXT}`);
+    assert.equal((await imapLogin(front, 'reset', WRONG)).line, FAILED);
+  });
+});
+
+describe('389 DS without the control, the throttle on', () => {
+  let front: Front;
+  before(async () => {
+    front = await startFront({ slapd: ds, stores: stores(), directory: { password_policy: false }, throttle: { enabled: true, failures_per_user: 3, failures_per_address: 1000, base_delay_ms: 10, max_delay_ms: 10 } });
+  });
+  after(async () => {
+    await front?.stop();
+  });
+
+  test('an inactivated account is USER_BIND_REFUSED (info, reason bind-refused), and counted by the throttle as a wrong password is', async () => {
+    const mark = front.logs.length;
+    const disabled: string[] = [];
+    const wrong: string[] = [];
+    // Distinct passwords: the throttle counts a repeated wrong one once.
+    for (let i = 0; i < 5; i++) {
+      disabled.push((await imapLogin(front, 'disabled', `${WRONG}-${i}`)).line);
+      wrong.push((await imapLogin(front, 'bob', `${WRONG}-${i}`)).line);
+    }
+    assert.deepEqual(disabled, wrong);
+    assert.ok(disabled.some((line) => line.startsWith('t1 NO [LIMIT]')), JSON.stringify(disabled));
+    const failed = await waitForLog(front, (l) => l['event'] === 'session.login_failed' && l['user'] === 'disabled', 5_000, mark);
+    assert.equal(failed['level'], 'info');
+    assert.equal(failed['code'], 'USER_BIND_REFUSED');
+    assert.match(String(failed['reason']), /refused the bind of uid=disabled,ou=people,dc=example,dc=org on ldap:\/\/127\.0\.0\.1:\d+ with result 53 unwillingToPerform "Account inactivated\. Contact system administrator\."/);
+    assert.equal(await metric(front, 'mailfront_auth_failures_total', 'reason="bind-refused"'), 3);
   });
 });
 

@@ -6,12 +6,14 @@ import assert from 'node:assert/strict';
 import { createServer, connect as netConnect } from 'node:net';
 import type { AddressInfo, Socket } from 'node:net';
 import { after, before, test } from 'node:test';
+import { WrongPasswordError } from '../../src/auth/directory.js';
 import { LdapDirectory } from '../../src/auth/ldap.js';
 import type { DirectoryConfig } from '../../src/config/schema.js';
 import { assertNoRegisteredSecret, registerPasswords, registerSecrets, capturedLogger } from './front.js';
 import { directoryConfigOf, startSlapd } from './servers/index.js';
 import type { Slapd } from './servers/index.js';
 import { LDAP_PEOPLE_DN, LDAP_SERVICE_DN } from './servers/slapd.js';
+import { authFailureReason } from '../../src/metrics.js';
 import { mailfrontFailure as failure } from '../mailfront-failure.js';
 
 registerPasswords('alice-pw', 'wrong-alice-pw', 'locked-pw', 'first-dup-pw', 'second-dup-pw', 'solo-user-pw', 'two-stores-pw', 'wrong-two-stores-pw');
@@ -345,7 +347,7 @@ test('a search connection moving off a held-down first server keeps its connecti
   }
 });
 
-test('a bind refused with a result code (unwillingToPerform, an inactivated account) is an answer about the user: no server is held down for it, and no other is asked', async () => {
+test('a bind refused with a result code (unwillingToPerform, an inactivated account) is an answer about the user, told as a wrong password: no server is held down for it, and no other is asked', async () => {
   await slapd.addUser({ uid: 'locked', password: 'locked-pw', store: 'alpha' });
   await second.addUser({ uid: 'locked', password: 'locked-pw', store: 'alpha' });
   // The first server answers the bind of uid=locked as 389 DS does for an inactivated account.
@@ -355,9 +357,16 @@ test('a bind refused with a result code (unwillingToPerform, an inactivated acco
   const mark = logLines.length;
   const d = directory(slapd, { urls: [relay.url, next.url] });
   try {
-    const refused = await failure(d.authenticate('locked', 'locked-pw', signal));
-    assert.equal(refused.code, 'LDAP_BIND_FAILED', refused.message);
-    assert.equal(refused.kind, 'auth-tempfail');
+    // 389 DS refuses an inactivated account so whatever the password: told as a temporary
+    // failure, one login per name would show a guesser which accounts are disabled.
+    for (const password of ['locked-pw', 'wrong-alice-pw']) {
+      const refused = await failure(d.authenticate('locked', password, signal));
+      assert.ok(refused instanceof WrongPasswordError, `${password}: ${refused.code} ${refused.message}`);
+      assert.equal(refused.code, 'USER_BIND_REFUSED', refused.message);
+      assert.equal(refused.kind, 'auth-failed');
+      assert.match(refused.message, /result 53 unwillingToPerform "refused by the test relay"/);
+      assert.equal(authFailureReason(refused.code), 'bind-refused');
+    }
     // Not asked of the next server: one that has not yet replicated the inactivation (or keeps
     // a lockout of its own) would let the user in.
     assert.equal(next.userBinds, 0, 'the refused bind was not tried on the next server');
@@ -378,6 +387,33 @@ test('a bind refused with a result code (unwillingToPerform, an inactivated acco
     await d.close();
     await relay.close();
     await next.close();
+  }
+});
+
+test('a user bind refused for the user (19, 48, 50, 53) is a wrong password; the server\'s trouble (1, 3, 11, 80) and busy (51), unavailable (52), noSuchObject (32) stay temporary', async () => {
+  const how: { refuseBinds?: { readonly dn: string; readonly resultCode: number } } = {};
+  const relay = await partlyFailingRelay(slapd.port, how);
+  const d = directory(slapd, { urls: [relay.url] });
+  try {
+    for (const resultCode of [19, 48, 50, 53]) {
+      how.refuseBinds = { dn: slapd.userDn('alice'), resultCode };
+      const refused = await failure(d.authenticate('alice', 'alice-pw', signal));
+      assert.ok(refused instanceof WrongPasswordError, `${resultCode}: ${refused.code} ${refused.message}`);
+      assert.equal(refused.code, 'USER_BIND_REFUSED', `${resultCode}: ${refused.message}`);
+      assert.equal(refused.kind, 'auth-failed');
+      assert.match(refused.message, new RegExp(`result ${resultCode} [a-zA-Z]+ "refused by the test relay"`));
+    }
+    for (const resultCode of [1, 3, 11, 32, 51, 52, 80]) {
+      how.refuseBinds = { dn: slapd.userDn('alice'), resultCode };
+      const failed = await failure(d.authenticate('alice', 'alice-pw', signal));
+      assert.equal(failed.code, 'LDAP_BIND_FAILED', `${resultCode}: ${failed.message}`);
+      assert.equal(failed.kind, 'auth-tempfail');
+    }
+    delete how.refuseBinds;
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha');
+  } finally {
+    await d.close();
+    await relay.close();
   }
 });
 
