@@ -12,7 +12,7 @@ import { hostname } from 'node:os';
 import { readCaCertificates } from '../ca-file.js';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { ConnectionOptions } from 'node:tls';
-import { Attribute, Change, Client, ResultCodeError, SizeLimitExceededError } from 'ldapts';
+import { AdminLimitExceededError, Attribute, Change, Client, ResultCodeError, SizeLimitExceededError } from 'ldapts';
 import { isMap, isScalar } from 'yaml';
 import type { Document, YAMLMap } from 'yaml';
 import { escapeFilterValue, LdapAnswerRefusedError, ldapBytesReceived, openLdapClient } from '../auth/ldap.js';
@@ -1926,10 +1926,17 @@ export class LdapStoreMapSource implements StoreMapSource {
   private searchFailure(error: unknown): string {
     const message = error instanceof Error ? error.message : String(error);
     // sizeLimitExceeded (4): the bind account may read fewer entries than there are stores and
-    // slots (OpenLDAP's default sizelimit is 500, and it bounds a paged search's total as well).
-    // ldapts's own text is only "Code: 0x4".
+    // slots (OpenLDAP's default sizelimit is 500, and it bounds a paged search's total as well;
+    // so does an nsSizeLimit of 389 DS's account entry). ldapts's own text is only "Code: 0x4".
     if (error instanceof SizeLimitExceededError) {
-      return `the server's size limit for ${this.config.bindDn} is smaller than the number of mailfrontStore and mailfrontSlot entries under ${this.config.baseDn} (sizeLimitExceeded); raise that account's limit (OpenLDAP: limits dn.exact="${this.config.bindDn}" size=unlimited)`;
+      return `the server's size limit for ${this.config.bindDn} is smaller than the number of mailfrontStore and mailfrontSlot entries under ${this.config.baseDn} (sizeLimitExceeded); raise that account's limit (OpenLDAP: limits dn.exact="${this.config.bindDn}" size=unlimited; 389 DS: nsSizeLimit: -1, or nsPagedSizeLimit: -1, in the entry ${this.config.bindDn})`;
+    }
+    // adminLimitExceeded (11): the server looked through more entries than the bind account may
+    // (389 DS's nsslapd-lookthroughlimit, 5,000 by default, which bounds a paged search's total
+    // too: a map of more than about 1,666 stores of two slots; OpenLDAP's size.unchecked).
+    // ldapts's own text is only "Code: 0xb".
+    if (error instanceof AdminLimitExceededError) {
+      return `the server's limit of the entries one search of ${this.config.bindDn} may look through is smaller than the number of mailfrontStore and mailfrontSlot entries under ${this.config.baseDn} (adminLimitExceeded); raise that account's limit (389 DS: nsPagedLookThroughLimit: -1, or nsLookThroughLimit: -1, in the entry ${this.config.bindDn}; OpenLDAP: limits dn.exact="${this.config.bindDn}" size.unchecked=unlimited)`;
     }
     // The answer bound: a map larger than it needs store_map.ldap.max_answer_bytes raised.
     if (error instanceof LdapAnswerRefusedError) return `${message} (store_map.ldap.max_answer_bytes)`;

@@ -6,7 +6,8 @@
  * the throttle and towards a connection's three failed logins), logged at info with the server's
  * result. With the password policy control 389 DS adds accountLocked to those refusals, and says
  * passwordExpired only for the right password, as OpenLDAP does. Also: the shipped 389 DS schema
- * and the README's ACIs carry a store map and its failover.
+ * and the README's ACIs carry a store map and its failover, and a map past the server's
+ * look-through limit fails with a message that names what to raise.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -271,4 +272,21 @@ describe('a store map in 389 DS', () => {
     }
   });
 
+  test('a map past the look-through limit (adminLimitExceeded) says to set nsPagedLookThroughLimit; once set, it is read', async () => {
+    for (const name of ['l1', 'l2', 'l3']) await ds.modify(storeLdif(name));
+    // 389 DS's default is 5,000 entries: here 5, with 12 entries in the map.
+    await ds.modify('dn: cn=config,cn=ldbm database,cn=plugins,cn=config\nchangetype: modify\nreplace: nsslapd-lookthroughlimit\nnsslapd-lookthroughlimit: 5\n-\n');
+    const source = new LdapStoreMapSource({ kind: 'ldap', urls: [ds.url], bindDn: ds.bindDn, bindPassword: ds.bindPassword, baseDn: LDAP_STORES_DN, pollIntervalMs: 100, starttls: false, operationTimeoutMs: 2_000 });
+    try {
+      const failure = await source.load().then(() => 'loaded', (error: Error) => error.message);
+      assert.match(failure, /adminLimitExceeded/);
+      assert.ok(failure.includes(`389 DS: nsPagedLookThroughLimit: -1, or nsLookThroughLimit: -1, in the entry ${ds.bindDn}`), failure);
+      await ds.modify(`dn: ${ds.bindDn}\nchangetype: modify\nreplace: nsPagedLookThroughLimit\nnsPagedLookThroughLimit: -1\n-\n`);
+      const document = (await source.load()) as { stores: Record<string, unknown> };
+      assert.ok(Object.keys(document.stores).length >= 3, JSON.stringify(Object.keys(document.stores)));
+    } finally {
+      await source.close();
+      await ds.modify('dn: cn=config,cn=ldbm database,cn=plugins,cn=config\nchangetype: modify\nreplace: nsslapd-lookthroughlimit\nnsslapd-lookthroughlimit: 5000\n-\n');
+    }
+  });
 });

@@ -172,6 +172,7 @@ test('the LDAP source reads the map in pages past a per-answer size limit; a map
     const failure = await paged.load().then(() => 'loaded', (error: Error) => error.message);
     assert.match(failure, /size limit for cn=mailfront,dc=example,dc=org/);
     assert.ok(failure.includes(`limits dn.exact="${LDAP_SERVICE_DN}" size=unlimited`), failure);
+    assert.ok(failure.includes(`389 DS: nsSizeLimit: -1, or nsPagedSizeLimit: -1, in the entry ${LDAP_SERVICE_DN}`), failure);
     const health: Array<Error | null> = [];
     const stop = paged.watch(() => undefined, (error) => health.push(error));
     try {
@@ -182,6 +183,24 @@ test('the LDAP source reads the map in pages past a per-answer size limit; a map
     }
   } finally {
     await paged.close();
+    await limited.stop();
+  }
+});
+
+test('a map larger than the entries the bind account may look through (adminLimitExceeded: OpenLDAP size.unchecked, 389 DS nsslapd-lookthroughlimit) fails with a message naming the limit to raise', async () => {
+  const limited = await startSlapd({ users: [], limits: [`dn.exact="${LDAP_SERVICE_DN}" size.unchecked=5`] });
+  const source = new LdapStoreMapSource({ kind: 'ldap', urls: [limited.url], bindDn: limited.bindDn, bindPassword: limited.bindPassword, baseDn: LDAP_STORES_DN, pollIntervalMs: POLL_MS, starttls: false, operationTimeoutMs: 2_000 });
+  try {
+    await limited.modify(storeLdif('s1', 2));
+    assert.deepEqual(Object.keys(((await source.load()) as { stores: Record<string, unknown> }).stores), ['s1']);
+    await limited.modify(storeLdif('s2', 2));
+    const failure = await source.load().then(() => 'loaded', (error: Error) => error.message);
+    // ldapts's own text was all it said: "store-map search failed: Code: 0xb".
+    assert.match(failure, /adminLimitExceeded/);
+    assert.ok(failure.includes(`limits dn.exact="${LDAP_SERVICE_DN}" size.unchecked=unlimited`), failure);
+    assert.ok(failure.includes(`nsPagedLookThroughLimit: -1, or nsLookThroughLimit: -1, in the entry ${LDAP_SERVICE_DN}`), failure);
+  } finally {
+    await source.close();
     await limited.stop();
   }
 });
