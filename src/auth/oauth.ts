@@ -38,6 +38,8 @@ const MAX_KEYS_TRIED = 8;
 const MIN_RSA_BITS = 2048;
 /** How much of a value from a token a log line shows. */
 const LOGGED_CHARS = 64;
+/** The furthest a NumericDate (seconds) may be from 1970: a Date's range (ECMA-262 §21.4.1.22, ±8.64e15 ms), past which no time can be told. */
+const MAX_NUMERIC_DATE_S = 8.64e12;
 
 /** The refusals of a token, each a code of its own in the log (and auth-failed: counted as a wrong password is). */
 export const OAUTH_CODES = {
@@ -363,11 +365,14 @@ export class OAuthVerifier {
     if (claims === null) throw refuse(OAUTH_CODES.malformed, 'its claims are not a JSON object');
     const exp = claims['exp'];
     if (typeof exp !== 'number' || !Number.isFinite(exp)) throw refuse(OAUTH_CODES.malformed, 'it has no exp (an access token must expire)');
+    // No time at all (1e20 s): no IdP writes one, and the log's date of it would throw a RangeError.
+    if (Math.abs(exp) > MAX_NUMERIC_DATE_S) throw refuse(OAUTH_CODES.malformed, `its exp ${exp} is no time (more than ${MAX_NUMERIC_DATE_S} s from 1970)`);
     if (exp * 1000 + skew < now) throw refuse(OAUTH_CODES.expired, `it expired at ${new Date(exp * 1000).toISOString()} (oauth2.clock_skew_ms ${skew})`);
     for (const name of ['nbf', 'iat'] as const) {
       const at = claims[name];
       if (at === undefined) continue;
       if (typeof at !== 'number' || !Number.isFinite(at)) throw refuse(OAUTH_CODES.malformed, `its ${name} is not a number`);
+      if (Math.abs(at) > MAX_NUMERIC_DATE_S) throw refuse(OAUTH_CODES.malformed, `its ${name} ${at} is no time (more than ${MAX_NUMERIC_DATE_S} s from 1970)`);
       if (at * 1000 - skew > now) throw refuse(OAUTH_CODES.notYetValid, `its ${name} is ${new Date(at * 1000).toISOString()}, later than now (oauth2.clock_skew_ms ${skew})`);
     }
     const iss = claims['iss'];

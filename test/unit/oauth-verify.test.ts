@@ -106,6 +106,16 @@ describe('a JWKS file', () => {
     }
   });
 
+  test('a signed exp, nbf or iat beyond the range of a date is refused as malformed (it threw a RangeError)', async () => {
+    for (const claims of [{ nbf: 1e20 }, { iat: 1e20 }, { exp: -1e20 }, { exp: 1e300 }]) {
+      const error = await refusal(verifier, token(signJwt(rsa, claimsFor('alice', ISSUER, AUDIENCE, 300, claims))));
+      assert.equal(error.code, 'OAUTH_TOKEN_MALFORMED', `${JSON.stringify(claims)}: ${error.message}`);
+      assert.equal(error.kind, 'auth-failed');
+    }
+    // The edge of the range is a time, and refused for what it is.
+    assert.equal((await refusal(verifier, token(signJwt(rsa, claimsFor('alice', ISSUER, AUDIENCE, 300, { exp: -8.64e12 }))))).code, 'OAUTH_TOKEN_EXPIRED');
+  });
+
   test('clock skew: a token expired within oauth2.clock_skew_ms is still taken', async () => {
     const verified = await verifier.verify(token(signJwt(rsa, claimsFor('bob', ISSUER, AUDIENCE, -10))), signal);
     assert.equal(verified.user, 'bob@example.org');
