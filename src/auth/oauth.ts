@@ -382,8 +382,11 @@ export class OAuthVerifier {
     if (!audiences.some((a) => typeof a === 'string' && this.config.audiences.includes(a))) throw refuse(OAUTH_CODES.audience, `aud ${shown(aud)} names none of oauth2.audiences`);
     const user = claims[this.config.userClaim];
     if (typeof user !== 'string' || user === '') throw refuse(OAUTH_CODES.noUser, `it has no ${this.config.userClaim} (oauth2.user_claim) string`);
-    // An IdP that lets its users type any address marks it unverified: such an address names no one.
-    if (this.config.userClaim === 'email' && claims['email_verified'] === false) throw refuse(OAUTH_CODES.emailUnverified, `its email ${shown(user)} is not verified (email_verified false)`);
+    // An IdP that lets its users type any address marks it unverified: such an address names no
+    // one. Only true vouches for it (OpenID Connect Core §5.1): a token without email_verified
+    // says nothing of the address, and "false" as a string is no boolean.
+    const verifiedEmail = claims['email_verified'];
+    if (this.config.userClaim === 'email' && verifiedEmail !== true) throw refuse(OAUTH_CODES.emailUnverified, `its email ${shown(user)} is not verified (email_verified ${verifiedEmail === undefined ? 'absent' : shown(verifiedEmail)}, not true)`);
 
     const verified: VerifiedToken = { user, exp };
     const remaining = exp * 1000 + skew - now;

@@ -96,6 +96,10 @@ describe('a JWKS file', () => {
       [signJwt(rsa, { ...claimsFor('alice', ISSUER, AUDIENCE), exp: undefined }), 'OAUTH_TOKEN_MALFORMED'],
       [signJwt(rsa, claimsFor('alice', ISSUER, AUDIENCE, 300, { email: undefined })), 'OAUTH_NO_USER_CLAIM'],
       [signJwt(rsa, claimsFor('alice', ISSUER, AUDIENCE, 300, { email_verified: false })), 'OAUTH_EMAIL_UNVERIFIED'],
+      // Only true vouches for the address: absent, or "false" as a string, does not.
+      [signJwt(rsa, claimsFor('alice', ISSUER, AUDIENCE, 300, { email_verified: undefined })), 'OAUTH_EMAIL_UNVERIFIED'],
+      [signJwt(rsa, claimsFor('alice', ISSUER, AUDIENCE, 300, { email_verified: 'false' })), 'OAUTH_EMAIL_UNVERIFIED'],
+      [signJwt(rsa, claimsFor('alice', ISSUER, AUDIENCE, 300, { email_verified: 'true' })), 'OAUTH_EMAIL_UNVERIFIED'],
       [signJwt(rsa, claimsFor('alice', ISSUER, AUDIENCE), { crit: ['exp'] }), 'OAUTH_TOKEN_MALFORMED'],
     ];
     for (const [jwt, code] of cases) {
@@ -125,6 +129,8 @@ describe('a JWKS file', () => {
     const other = OAuthVerifier.create(config({ userClaim: 'preferred_username', tokenCacheMs: 0 }), log);
     try {
       assert.equal((await other.verify(token(signJwt(ec, claimsFor('carol', ISSUER, ['account', AUDIENCE]))), signal)).user, 'carol');
+      // email_verified speaks of the email claim only.
+      assert.equal((await other.verify(token(signJwt(ec, claimsFor('carol', ISSUER, AUDIENCE, 300, { email_verified: undefined }))), signal)).user, 'carol');
       assert.equal(other.cachedTokens, 0, 'token_cache_ms 0: nothing kept');
     } finally {
       other.close();
