@@ -170,6 +170,19 @@ export function loggableClaim(value: string): string {
 }
 
 /**
+ * Whether normalizeUser() would make a token's user claim another name in more than letter case
+ * and the domain (usernames.domain, local_domains): trimmed, NFKC (fullwidth and other
+ * compatibility forms), spaces folded. The IdP tells " alice " and "ａｌｉｃｅ" from alice, so they
+ * may be other people's identities there; normalised, they would open alice's mailbox.
+ */
+function claimChangedByNormalising(claim: string): boolean {
+  if (claim.normalize('NFKC') !== claim) return true;
+  const at = claim.lastIndexOf('@');
+  // normalizeUser trims the whole name and each side of its "@", and folds runs of spaces (and any other space) into one U+0020.
+  return (at < 0 ? [claim] : [claim.slice(0, at), claim.slice(at + 1)]).some((part) => part !== part.trim() || /[^\S ]| {2}/u.test(part));
+}
+
+/**
  * The user fields of a log line: `user`, the name the login goes on with (the directory entry's
  * own, directory.login_attribute, once the directory has answered), and `typedUser`, the name
  * the client logged in with (normalised), when it is another (an alias a user filter matched).
@@ -724,7 +737,8 @@ export class Session {
 
   /**
    * A bearer login's user: the token verified (auth/oauth.ts: signature, exp, nbf, iss, aud), its
-   * claim (oauth2.user_claim) normalised as a typed name is, the name the client gave with it
+   * claim (oauth2.user_claim) normalised as a typed name is (refused when that changes more than
+   * its letter case and domain: another identity at the IdP), the name the client gave with it
    * (`given`, normalised: OAUTHBEARER's authzid, XOAUTH2's user=), if any, the same user, then the
    * user's entry found in the directory with the service account for this protocol, as a master
    * login's target is (no user bind: the token is the proof; never from a cache of logins). Each
@@ -739,6 +753,7 @@ export class Session {
     const user = normalizeUser(verified.user, config.usernames);
     const claim = verifier.config.userClaim;
     if (user === null) throw new MailfrontError('OAUTH_USER_UNUSABLE', 'auth-failed', `the token's ${claim} (oauth2.user_claim) ${JSON.stringify(loggableClaim(verified.user))} is no user name (empty, too long, not in a local domain, or with control characters)`);
+    if (claimChangedByNormalising(verified.user)) throw new MailfrontError('OAUTH_USER_UNUSABLE', 'auth-failed', `the token's ${claim} (oauth2.user_claim) ${JSON.stringify(loggableClaim(verified.user))} is not a name as the directory has it: normalised, it would be "${user}" (spaces trimmed or folded, or Unicode compatibility forms such as fullwidth letters), which the IdP tells from it`);
     // The client's name only has to denote the token's user: the directory matches names without regard to case.
     if (given !== null && given.toLowerCase() !== user.toLowerCase()) throw new MailfrontError('OAUTH_USER_MISMATCH', 'auth-failed', `the client named the user "${given}" and the token's ${claim} (oauth2.user_claim) names "${user}"`);
     this.user = this.typedUser = user;

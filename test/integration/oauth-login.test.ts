@@ -306,6 +306,32 @@ describe('OAuth logins, oauth2 set', () => {
     assert.ok((await metric('mailfront_auth_failures_total', 'reason="invalid-token"')) >= 7);
   });
 
+  test('a claim that normalising would make another name than the IdP\'s (fullwidth, spaces) is refused (OAUTH_USER_UNUSABLE); letter case is not', async () => {
+    // Each is an identity the IdP tells from alice; normalised as a typed name, each was alice.
+    for (const claim of ['\uff41\uff4c\uff49\uff43\uff45', ' alice ', 'alice\u3000', 'al\u2002ice']) {
+      const mark = front.logs.length;
+      const c = await imapClient();
+      try {
+        const { challenge, line } = await authenticate(c, 'OAUTHBEARER', oauthbearer(null, tokenFor(claim)));
+        assert.ok(challenge !== null, JSON.stringify(claim));
+        assert.equal(line, AUTH_FAILED, JSON.stringify(claim));
+      } finally {
+        c.close();
+      }
+      const failed = await loginLine(mark);
+      assert.equal(failed['code'], 'OAUTH_USER_UNUSABLE', `${JSON.stringify(claim)}: ${String(failed['reason'])}`);
+      assert.ok(!front.logs.slice(mark).some((l) => l['event'] === 'session.spliced'), JSON.stringify(claim));
+    }
+    const c = await imapClient();
+    try {
+      const { line } = await authenticate(c, 'OAUTHBEARER', oauthbearer(null, tokenFor('ALICE')));
+      assert.match(line, /^OK /, 'the directory matches names without regard to case');
+      assert.deepEqual(await subjects(c), ['for alice via oauth']);
+    } finally {
+      c.close();
+    }
+  });
+
   test('malformed input: bad base64 is a BAD; a token over 4096 bytes the challenge with no login; a line over the bound closes', async () => {
     const c = await imapClient();
     try {
