@@ -35,6 +35,12 @@ export interface DirectoryUser {
    * answer is never kept as a successful login.
    */
   readonly hold?: string;
+  /**
+   * The directory has locked or disabled the account (an administrator's ppolicy lock,
+   * nsAccountLock): what says so, for the log. Only findForLogin() reads it: a password login's
+   * bind is refused for it by the server itself. Absent: not locked, or not read.
+   */
+  readonly locked?: string;
 }
 
 /**
@@ -120,7 +126,8 @@ export interface Directory {
    * Finds a user for a login whose credentials something else checked (a bearer token): as
    * lookup(), but the entry may come from the cache of entries a password login uses, and goes
    * into it, so that a webmail logging in with a token on every page view is not a search each
-   * time. Absent: the session uses lookup().
+   * time; and it says whether the directory has locked the account (`locked`), which no bind
+   * tells for such a login. Absent: the session uses lookup().
    */
   findForLogin?(user: string, signal: Cancellation, protocol: Protocol): Promise<DirectoryUser | null>;
   /**

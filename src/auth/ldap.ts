@@ -187,6 +187,30 @@ function attributeOf(entry: Record<string, unknown>, name: string): unknown {
   return key === undefined ? undefined : entry[key];
 }
 
+/**
+ * The attributes that say a directory has locked or disabled an account, which a bearer login's
+ * search reads (it makes no bind, whose refusal would say so): OpenLDAP ppolicy's
+ * pwdAccountLockedTime and 389 DS / FreeIPA's nsAccountLock (ipa user-disable), both operational
+ * (a search returns them only when asked by name). A server without them ignores the names
+ * (RFC 4511 §4.5.1.8).
+ */
+const LOCK_ATTRIBUTES = ['pwdAccountLockedTime', 'nsAccountLock'] as const;
+
+/** draft-behera-ldap-password-policy-10 §5.3.3: an administrator's lock, until an administrator lifts it ("000001010000Z"). */
+const PERMANENT_LOCK = /^000001010000(?:00)?(?:[.,]0+)?Z$/;
+
+/**
+ * What an entry's lock attributes say (for the log): an administrator's permanent ppolicy lock,
+ * or nsAccountLock TRUE; null when neither. Any other pwdAccountLockedTime is a lock that failed
+ * password binds set: a guard for the password against guessing, which a token was not, and
+ * which anyone sending wrong passwords could otherwise turn against the user's token logins.
+ */
+function accountLockOf(entry: Record<string, unknown>): string | null {
+  if (holdValues(attributeOf(entry, 'pwdAccountLockedTime')).some((value) => value !== null && PERMANENT_LOCK.test(value))) return 'pwdAccountLockedTime 000001010000Z, an administrator\'s lock';
+  if (holdValues(attributeOf(entry, 'nsAccountLock')).some((value) => value?.toLowerCase() === 'true')) return 'nsAccountLock TRUE';
+  return null;
+}
+
 /** What a user's bind answered: the password taken or not, on which server, and the password policy control's answer (undefined: none came, or none was asked). */
 interface BindAnswer {
   readonly ok: boolean;
@@ -608,6 +632,11 @@ interface FoundEntry {
   readonly loginNames: readonly string[];
   /** What directory.hold_attribute says of the user (no hold when it is not set). */
   readonly hold: Hold;
+  /**
+   * What locks the account (accountLockOf()), null: nothing. Absent: not read (a password login's
+   * search: its bind is refused for a lock by the server itself); a bearer login reads it.
+   */
+  readonly locked?: string | null;
   readonly readAt: number;
 }
 
@@ -632,7 +661,7 @@ interface ServiceSlot {
 /** An LDAP directory over one or more servers. */
 /** What lookup() and findForLogin() answer of an entry found for `user`. */
 function foundUser(user: string, found: FoundEntry): DirectoryUser {
-  return { user, loginNames: found.loginNames, dn: found.dn, store: found.store, ...(found.storeValues > 1 ? { storeValues: found.storeValues } : {}), ...(found.hold.reason !== null ? { hold: found.hold.reason } : {}) };
+  return { user, loginNames: found.loginNames, dn: found.dn, store: found.store, ...(found.storeValues > 1 ? { storeValues: found.storeValues } : {}), ...(found.hold.reason !== null ? { hold: found.hold.reason } : {}), ...(typeof found.locked === 'string' ? { locked: found.locked } : {}) };
 }
 
 export class LdapDirectory implements Directory {
@@ -890,21 +919,24 @@ export class LdapDirectory implements Directory {
 
   /**
    * The user's entry for a login over `protocol`, from the cache or a search. `login`: a login's
-   * lookup (counted in metrics, cached); `retry`: its second one, after the first entry's server
-   * failed (cached); `tooling`: whereis and kick, which read the directory itself (neither from
-   * the cache nor into it): what the directory says now, a hold set since the entry was cached
+   * lookup (counted in metrics, cached); `bearer`: a bearer login's, which reads the lock
+   * attributes too (LOCK_ATTRIBUTES: an entry a password login's search cached without them is
+   * searched again, and the answer cached in its place); `retry`: a login's second one, after
+   * the first entry's server failed (cached); `tooling`: whereis and kick, which read the
+   * directory itself (neither from the cache nor into it): what the directory says now, a hold set since the entry was cached
    * included, is what an operator asks them (cached() tells what the cache says).
    */
-  private async search(user: string, protocol: Protocol | undefined, use: 'login' | 'retry' | 'tooling', avoid?: AvoidedServer): Promise<FoundEntry | null> {
+  private async search(user: string, protocol: Protocol | undefined, use: 'login' | 'bearer' | 'retry' | 'tooling', avoid?: AvoidedServer): Promise<FoundEntry | null> {
     const template = this.templateFor(protocol);
     const entries = this.entries;
     const key = this.entryKey(user, protocol);
-    const cached = use === 'tooling' ? undefined : entries?.get(key);
-    if (use === 'login' && entries !== null) this.metrics?.directoryCacheLookup('entry', cached !== undefined);
+    const kept = use === 'tooling' ? undefined : entries?.get(key);
+    const cached = use === 'bearer' && kept?.locked === undefined ? undefined : kept;
+    if ((use === 'login' || use === 'bearer') && entries !== null) this.metrics?.directoryCacheLookup('entry', cached !== undefined);
     // An entry found on a server held down since is found again on one that is not (its bind would wait out the deadline).
     if (cached !== undefined && cached.url !== avoid?.url && !this.keptOff(cached.url)) return cached;
     const forgets = this.forgets;
-    const found = await this.searchDirectory(user, template, avoid);
+    const found = await this.searchDirectory(user, template, use === 'bearer', avoid);
     // A search that began before forget() must not put back what it dropped; nor one that began
     // before a reload handed the cache over (takeEntries()): the new directory's forget() is not counted here.
     if (found !== null && use !== 'tooling' && forgets === this.forgets && entries === this.entries) entries?.set(key, found);
@@ -912,11 +944,11 @@ export class LdapDirectory implements Directory {
   }
 
   /**
-   * Searches the user on a service connection, with the user filter `template`. `avoid`: a server
-   * this login is not to use (its bind failed there), and the failure to give when no other
-   * server can be had.
+   * Searches the user on a service connection, with the user filter `template`; `lock`: the lock
+   * attributes too (a bearer login's). `avoid`: a server this login is not to use (its bind
+   * failed there), and the failure to give when no other server can be had.
    */
-  private async searchDirectory(user: string, template: string, avoidFirst?: AvoidedServer): Promise<FoundEntry | null> {
+  private async searchDirectory(user: string, template: string, lock: boolean, avoidFirst?: AvoidedServer): Promise<FoundEntry | null> {
     let answer: ServiceAnswer;
     try {
       answer = await this.serviceSearch(
@@ -926,7 +958,8 @@ export class LdapDirectory implements Directory {
           scope: 'sub',
           filter: userFilter(template, user),
           // The login attribute in the same search: the name the login goes on with is the entry's own.
-          attributes: this.searchAttributes,
+          // A password login's search asks no more: its bind is refused for a lock by the server.
+          attributes: lock ? [...this.searchAttributes, ...LOCK_ATTRIBUTES] : this.searchAttributes,
           // No size limit of our own: ldapts (8.2) drops the sizeLimitExceeded status (code 4)
           // of a search that set one, so a server whose limit for the service account is 1
           // would answer one of two entries as if it were the only one. Without it, a server
@@ -950,7 +983,7 @@ export class LdapDirectory implements Directory {
     const { store, values } = storeValue(attributeOf(entry, this.config.storeAttribute));
     const loginNames = this.loginAttribute === undefined ? [] : loginValues(attributeOf(entry, this.loginAttribute));
     const hold = this.config.holdAttribute === undefined ? NO_HOLD : holdOf(holdValues(attributeOf(entry, this.config.holdAttribute)));
-    return { url, dn: entry.dn, store, storeValues: values, loginNames, hold, readAt: performance.now() };
+    return { url, dn: entry.dn, store, storeValues: values, loginNames, hold, ...(lock ? { locked: accountLockOf(entry) } : {}), readAt: performance.now() };
   }
 
   /**
@@ -1201,7 +1234,7 @@ export class LdapDirectory implements Directory {
     this.inFlight++;
     const work = (async (): Promise<DirectoryUser | null> => {
       try {
-        const found = await this.search(user, protocol, 'login');
+        const found = await this.search(user, protocol, 'bearer');
         return found === null ? null : foundUser(user, found);
       } finally {
         this.operationEnded();

@@ -741,7 +741,8 @@ export class Session {
    * its letter case and domain: another identity at the IdP), the name the client gave with it
    * (`given`, normalised: OAUTHBEARER's authzid, XOAUTH2's user=), if any, the same user, then the
    * user's entry found in the directory with the service account for this protocol, as a master
-   * login's target is (no user bind: the token is the proof; never from a cache of logins). Each
+   * login's target is (no user bind: the token is the proof; never from a cache of logins), and
+   * not locked there (ACCOUNT_LOCKED: findForLogin() reads what a bind would have refused). Each
    * refusal is auth-failed with a code of its own, counted as a wrong password is; a user the
    * directory does not find is UNKNOWN_USER, as for a password.
    */
@@ -764,6 +765,8 @@ export class Session {
     const found = await (directory.findForLogin !== undefined ? directory.findForLogin(user, cancellation, this.adapter.name) : directory.lookup(user, cancellation, this.adapter.name));
     throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
     if (found === null) throw new MailfrontError('UNKNOWN_USER', 'auth-failed', `the token's user "${user}" is not in the directory${directory.byProtocol === true ? ` for ${this.adapter.name}` : ''}`);
+    // No bind, whose refusal would say it: the entry's lock attributes do. Told as a refused token (as a lock is told as a wrong password).
+    if (found.locked !== undefined) throw new MailfrontError('ACCOUNT_LOCKED', 'auth-failed', `the directory has locked the account ${found.dn} of the token's user "${user}" (${found.locked})`);
     return { user, found };
   }
 

@@ -84,6 +84,8 @@ export interface SlapdOptions {
   readonly access?: readonly string[];
   /** Load the ppolicy module and put the overlay on the database, with these policies. Without it slapd has no password policy (nor its schema). */
   readonly ppolicy?: SlapdPasswordPolicies;
+  /** More schema (slapd.conf `attributetype` and `objectclass` lines), e.g. another server's attributes as user ones. */
+  readonly schema?: string;
 }
 
 export interface Slapd {
@@ -187,13 +189,14 @@ function policyLdif(ppolicy: SlapdPasswordPolicies): string {
   return entries.join('\n');
 }
 
-function slapdConf(dir: string, rootPassword: string, tls: { certFile: string; keyFile: string; caFile: string } | undefined, limits: readonly string[] = [], access: readonly string[] = [], ppolicy?: SlapdPasswordPolicies): string {
+function slapdConf(dir: string, rootPassword: string, tls: { certFile: string; keyFile: string; caFile: string } | undefined, limits: readonly string[] = [], access: readonly string[] = [], ppolicy?: SlapdPasswordPolicies, schema?: string): string {
   const lines = [
     '# mailfront test slapd',
     'include /etc/ldap/schema/core.schema',
     'include /etc/ldap/schema/cosine.schema',
     'include /etc/ldap/schema/inetorgperson.schema',
     `include ${join(dir, 'mailfront.schema')}`,
+    ...(schema !== undefined ? [schema] : []),
     `pidfile ${join(dir, 'slapd.pid')}`,
     `argsfile ${join(dir, 'slapd.args')}`,
     'modulepath /usr/lib/ldap',
@@ -313,7 +316,7 @@ async function startSlapdOnce(options: SlapdOptions): Promise<Slapd> {
     const logFile = join(dir, 'slapd.log');
     await mkdir(join(dir, 'data'), { mode: 0o700 });
     await writeFile(join(dir, 'mailfront.schema'), MAILFRONT_SCHEMA);
-    await writeFile(confFile, slapdConf(dir, rootPassword, certs, options.limits, options.access, options.ppolicy));
+    await writeFile(confFile, slapdConf(dir, rootPassword, certs, options.limits, options.access, options.ppolicy, options.schema));
     const ldif = [baseLdif(bindPassword), ...(options.ppolicy !== undefined ? [policyLdif(options.ppolicy)] : []), ...options.users.map(userEntry)].join('\n');
     await writeFile(join(dir, 'data.ldif'), ldif, { mode: 0o600 });
     await run('slapadd', ['-q', '-f', confFile, '-l', join(dir, 'data.ldif')]);
