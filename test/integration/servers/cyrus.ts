@@ -5,10 +5,11 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { chmod, chown, cp, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { LineClient, quoteImap } from './lineclient.js';
 import { freePort, onFreshPorts } from './ports.js';
-import { lifecycleOf, restartable, run, spawnDaemon, waitForPort, type Daemon, type Restartable } from './process.js';
+import { descendantsOf, isAlive, lifecycleOf, restartable, run, spawnDaemon, waitForPort, type Daemon, type Restartable, type StopOptions } from './process.js';
 import { tmpDir, type TmpDir } from './tmp.js';
 
 /** Cyrus runs as `nobody` (its compiled-in `cyrus` user does not exist here). */
@@ -152,6 +153,41 @@ async function chownTree(path: string, uid: number, gid: number): Promise<void> 
   }
 }
 
+/** How long a Cyrus master whose children have all exited is given to exit itself before SIGKILL. */
+const MASTER_EXIT_GRACE_MS = 300;
+
+/**
+ * The master with a stop that does not wait out its deadline for nothing. After a SIGTERM, Cyrus
+ * 3.6's master sends its children SIGTERM and waits for them, and in many stops after a
+ * connection that hung up at once (as waitForPort()'s check does) it then spins at full CPU with
+ * SIGCHLD blocked and pending, its children zombies it never reaps, until the stop's SIGKILL 10 s
+ * later. Once every child of it has exited, the master has nothing left to do but exit: it is
+ * SIGKILLed when it has not done so MASTER_EXIT_GRACE_MS after that.
+ */
+function withPromptStop(master: Daemon): Daemon {
+  return {
+    ...master,
+    stop(options?: StopOptions): Promise<void> {
+      // The daemon's own stop first: it continues a paused master before it looks at the children.
+      const stopping = master.stop(options);
+      void (async () => {
+        let childless: number | undefined;
+        // Bounded by the daemon's own stop, which SIGKILLs the master at its deadline.
+        while (!master.hasExited()) {
+          if (descendantsOf(master.pid).length > 0) childless = undefined;
+          else if (childless === undefined) childless = Date.now();
+          else if (Date.now() - childless >= MASTER_EXIT_GRACE_MS && isAlive(master.pid)) {
+            master.signal('SIGKILL');
+            return;
+          }
+          await sleep(50);
+        }
+      })();
+      return stopping;
+    },
+  };
+}
+
 /** Starts Cyrus on fresh ports (again on others if one was taken before Cyrus bound it). */
 export function startCyrus(options: CyrusOptions): Promise<Cyrus> {
   return onFreshPorts('cyrus', () => startCyrusOnce(options));
@@ -258,7 +294,7 @@ async function startCyrusOnce(options: CyrusOptions): Promise<Cyrus> {
     await chownTree(dir, NOBODY_UID, NOGROUP_GID);
 
     const spawn = (): Daemon =>
-      spawnDaemon({
+      withPromptStop(spawnDaemon({
         name: 'cyrus master',
         command: join(bin, 'master'),
         // Without -d master stays in the foreground (our PID is master's); -D keeps stderr open.
@@ -268,7 +304,7 @@ async function startCyrusOnce(options: CyrusOptions): Promise<Cyrus> {
         env,
         // On SIGTERM master does kill(0, SIGTERM): its own process group, not ours.
         ownProcessGroup: true,
-      });
+      }));
     const ready = async (daemon: Daemon): Promise<void> => {
       await waitForPort(imapPort, { daemon });
       await waitForPort(pop3Port, { daemon });
