@@ -5,6 +5,7 @@
  */
 import { domainToASCII } from 'node:url';
 import type { Protocol, UsernameConfig } from '../config/schema.js';
+import { untilCancelled } from '../cancel.js';
 import type { Cancellation } from '../cancel.js';
 import { MailfrontError, TELLABLE_REASON, tellableReason } from '../errors.js';
 
@@ -334,22 +335,5 @@ export function entryLoginName(values: readonly string[], typed: string, config:
 
 /** Rejects with an `aborted` error when `signal` fires, so callers never wait past their owner. */
 export function raceAbort<T>(promise: Promise<T>, signal: Cancellation): Promise<T> {
-  if (signal.aborted) {
-    promise.catch(() => undefined);
-    return Promise.reject(new MailfrontError('ABORTED', 'aborted', 'the session ended during a directory lookup'));
-  }
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => reject(new MailfrontError('ABORTED', 'aborted', 'the session ended during a directory lookup'));
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (v) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(v);
-      },
-      (e: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(e);
-      },
-    );
-  });
+  return untilCancelled(promise, signal, 'the session ended during a directory lookup');
 }

@@ -16,6 +16,7 @@ import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import { LRUCache } from 'lru-cache';
+import { untilCancelled } from '../cancel.js';
 import type { Cancellation } from '../cancel.js';
 import { MailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -209,25 +210,6 @@ function fetchText(url: string, timeoutMs: number, maxBytes: number): Promise<st
   });
 }
 
-/** `work`, or a rejection as soon as `signal` fires (the shared fetch goes on for the others). */
-function untilCancelled<T>(work: Promise<T>, signal: Cancellation): Promise<T> {
-  if (signal.aborted) return Promise.reject(new MailfrontError('ABORTED', 'aborted', 'the login was cancelled while the keys were fetched'));
-  return new Promise((resolve, reject) => {
-    const onAbort = (): void => reject(new MailfrontError('ABORTED', 'aborted', 'the login was cancelled while the keys were fetched'));
-    signal.addEventListener('abort', onAbort, { once: true });
-    work.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(value);
-      },
-      (error: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(error);
-      },
-    );
-  });
-}
-
 /** A segment of a compact JWS: base64url, without padding (RFC 7515 §2). */
 const BASE64URL = /^[A-Za-z0-9_-]+$/;
 
@@ -339,7 +321,7 @@ export class OAuthVerifier {
 
     let known = this.keysNamed(kid);
     if (known.length === 0 && this.config.jwksUrl !== undefined) {
-      await untilCancelled(this.refetchForUnknownKey(), signal);
+      await untilCancelled(this.refetchForUnknownKey(), signal, 'the login was cancelled while the keys were fetched');
       known = this.keysNamed(kid);
     }
     if (known.length === 0) {

@@ -835,6 +835,26 @@ export interface ConfigWarning {
 const WARNING_STORES_NAMED = 10;
 
 /**
+ * The warnings that logins needing a trust mode (master logins, OAuth logins) are refused where
+ * the backend, a profile or stores of the store map keep login_mode "replay": `text(what, whose)`
+ * says it for the place (`what`) and whose users (`whose`).
+ */
+function replayWarnings(config: Partial<Pick<Config, 'backend' | 'backendProfiles'>>, stores: ReadonlyMap<string, { readonly backend: Pick<BackendConfig, 'loginMode'> }> | undefined, warnings: ConfigWarning[], event: string, text: (what: string, whose: string) => string): void {
+  const replay = (path: string, what: string, whose: string): ConfigWarning => ({ event, path, text: text(what, whose) });
+  if (config.backend?.loginMode === 'replay') warnings.push(replay('backend.login_mode', 'backend.login_mode is "replay"', 'the stores that keep it'));
+  for (const [name, profile] of config.backendProfiles ?? []) {
+    const path = at(at('backend_profiles', name), 'login_mode');
+    if (profile.loginMode === 'replay') warnings.push(replay(path, `${path} is "replay"`, 'the stores that use it'));
+  }
+  const replaying = [...(stores ?? [])].filter(([, store]) => store.backend.loginMode === 'replay').map(([name]) => name);
+  if (replaying.length > 0) {
+    const more = replaying.length > WARNING_STORES_NAMED ? ` and ${replaying.length - WARNING_STORES_NAMED} more` : '';
+    const count = `${replaying.length} ${replaying.length === 1 ? 'store' : 'stores'}`;
+    warnings.push(replay('stores', `${count} of the store map ${replaying.length === 1 ? 'logs' : 'log'} in with login_mode "replay" (${replaying.slice(0, WARNING_STORES_NAMED).join(', ')}${more})`, replaying.length === 1 ? 'it' : 'them'));
+  }
+}
+
+/**
  * What `config` sets that works against itself. A stop that may outlast the shipped units' grace
  * time (stopTakesAtMostMs()): the service manager kills the drain. A failover.hold_ms at or above
  * session.preauth_timeout_ms: a login held for a master that is down is cut by the pre-auth
@@ -867,40 +887,10 @@ export function configWarnings(config: Pick<Config, 'failover' | 'session' | 'sh
     });
   }
   if (config.directory?.masterUserFilter !== undefined) {
-    const replay = (path: string, what: string, whose: string): ConfigWarning => ({
-      event: 'config.master_user_replay',
-      path,
-      text: `directory.master_user_filter is set and ${what}: master logins to ${whose} are refused (MASTER_USER_NEEDS_TRUST_MODE: mailfront does not have the target's password to replay); set login_mode master-user or sasl-authzid there`,
-    });
-    if (config.backend?.loginMode === 'replay') warnings.push(replay('backend.login_mode', 'backend.login_mode is "replay"', 'the stores that keep it'));
-    for (const [name, profile] of config.backendProfiles ?? []) {
-      const path = at(at('backend_profiles', name), 'login_mode');
-      if (profile.loginMode === 'replay') warnings.push(replay(path, `${path} is "replay"`, 'the stores that use it'));
-    }
-    const replaying = [...(stores ?? [])].filter(([, store]) => store.backend.loginMode === 'replay').map(([name]) => name);
-    if (replaying.length > 0) {
-      const more = replaying.length > WARNING_STORES_NAMED ? ` and ${replaying.length - WARNING_STORES_NAMED} more` : '';
-      const count = `${replaying.length} ${replaying.length === 1 ? 'store' : 'stores'}`;
-      warnings.push(replay('stores', `${count} of the store map ${replaying.length === 1 ? 'logs' : 'log'} in with login_mode "replay" (${replaying.slice(0, WARNING_STORES_NAMED).join(', ')}${more})`, replaying.length === 1 ? 'it' : 'them'));
-    }
+    replayWarnings(config, stores, warnings, 'config.master_user_replay', (what, whose) => `directory.master_user_filter is set and ${what}: master logins to ${whose} are refused (MASTER_USER_NEEDS_TRUST_MODE: mailfront does not have the target's password to replay); set login_mode master-user or sasl-authzid there`);
   }
   if (config.oauth2 !== undefined) {
-    const replay = (path: string, what: string, whose: string): ConfigWarning => ({
-      event: 'config.oauth2_replay',
-      path,
-      text: `oauth2 is set and ${what}: OAuth logins (OAUTHBEARER, XOAUTH2) of users of ${whose} are refused (OAUTH_NEEDS_TRUST_MODE: a token is no password to replay); set login_mode master-user or sasl-authzid there`,
-    });
-    if (config.backend?.loginMode === 'replay') warnings.push(replay('backend.login_mode', 'backend.login_mode is "replay"', 'the stores that keep it'));
-    for (const [name, profile] of config.backendProfiles ?? []) {
-      const path = at(at('backend_profiles', name), 'login_mode');
-      if (profile.loginMode === 'replay') warnings.push(replay(path, `${path} is "replay"`, 'the stores that use it'));
-    }
-    const replaying = [...(stores ?? [])].filter(([, store]) => store.backend.loginMode === 'replay').map(([name]) => name);
-    if (replaying.length > 0) {
-      const more = replaying.length > WARNING_STORES_NAMED ? ` and ${replaying.length - WARNING_STORES_NAMED} more` : '';
-      const count = `${replaying.length} ${replaying.length === 1 ? 'store' : 'stores'}`;
-      warnings.push(replay('stores', `${count} of the store map ${replaying.length === 1 ? 'logs' : 'log'} in with login_mode "replay" (${replaying.slice(0, WARNING_STORES_NAMED).join(', ')}${more})`, replaying.length === 1 ? 'it' : 'them'));
-    }
+    replayWarnings(config, stores, warnings, 'config.oauth2_replay', (what, whose) => `oauth2 is set and ${what}: OAuth logins (OAUTHBEARER, XOAUTH2) of users of ${whose} are refused (OAUTH_NEEDS_TRUST_MODE: a token is no password to replay); set login_mode master-user or sasl-authzid there`);
   }
   const { holdMs } = config.failover;
   const { preauthTimeoutMs } = config.session;
