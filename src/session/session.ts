@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import type { SecureContext, TlsOptions } from 'node:tls';
+import { domainToASCII, domainToUnicode } from 'node:url';
 import type { Directory, DirectoryUser } from '../auth/directory.js';
 import { isIP } from 'node:net';
 import type { LoginResult, Metrics, SessionMetrics } from '../metrics.js';
@@ -179,7 +180,22 @@ function claimChangedByNormalising(claim: string): boolean {
   if (claim.normalize('NFKC') !== claim) return true;
   const at = claim.lastIndexOf('@');
   // normalizeUser trims the whole name and each side of its "@", and folds runs of spaces (and any other space) into one U+0020.
-  return (at < 0 ? [claim] : [claim.slice(0, at), claim.slice(at + 1)]).some((part) => part !== part.trim() || /[^\S ]| {2}/u.test(part));
+  if ((at < 0 ? [claim] : [claim.slice(0, at), claim.slice(at + 1)]).some((part) => part !== part.trim() || /[^\S ]| {2}/u.test(part))) return true;
+  return at >= 0 && domainMappedOtherwise(claim.slice(at + 1));
+}
+
+/**
+ * Whether IDNA's mapping (UTS #46, domainToASCII(), which normalizeUser() compares domains
+ * with) makes `domain` another one in more than letter case: "example。com" (U+3002, an
+ * ideographic full stop, a dot there) or a label holding a character the mapping drops (a soft
+ * hyphen). An ASCII label must map to itself; a label outside ASCII must come back from its
+ * ASCII form ("müller" from "xn--mller-kva") as it was.
+ */
+function domainMappedOtherwise(domain: string): boolean {
+  const labels = domain.toLowerCase().split('.');
+  const mapped = domainToASCII(domain).split('.');
+  if (mapped.length !== labels.length) return true;
+  return labels.some((label, i) => (/^[\x00-\x7f]*$/.test(label) ? mapped[i] !== label : domainToUnicode(mapped[i] ?? '') !== label));
 }
 
 /**
