@@ -15,6 +15,11 @@ import { LineClient, LDAP_STORES_DN, startDovecot, startDs389 } from './servers/
 import type { Dovecot, Ds389 } from './servers/index.js';
 import { AUTH_FAILURE_DELAY_MS, assertSameFailure, registerPasswords, startFront, waitForLog } from './front.js';
 import type { Front } from './front.js';
+import { claimsFor, jwks, makeKey, signJwt } from './oauth-idp.js';
+import { registerSecrets } from './front.js';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { LdapStoreMapSource } from '../../src/routing/sources.js';
 import { StoreMapHolder } from '../../src/routing/holder.js';
 import { createLogger } from '../../src/log.js';
@@ -27,14 +32,18 @@ const FAILED = 't1 NO [AUTHENTICATIONFAILED] Authentication failed.';
 const EXPIRED_TEXT = 'Your password has expired, please change it and log in again.';
 const MUST_CHANGE_TEXT = 'Your password was reset and must be changed, please change it and log in again.';
 const USERS = ['alice', 'bob', 'disabled', 'lockme', 'expired', 'gracie', 'reset'];
+const MASTER = { name: 'proxymaster', password: 'Ds389-proxy-pw-7e1' };
+const ISSUER = 'https://idp.example.org/realms/mail';
+const AUDIENCE = 'mail';
+const tokenKey = makeKey('ds389-rsa', 'RS256');
 
 let ds: Ds389;
 let a1: Dovecot;
 
 before(async () => {
-  registerPasswords(PASSWORD, WRONG, ...[0, 1, 2, 3, 4].map((i) => `${WRONG}-${i}`));
+  registerPasswords(PASSWORD, MASTER.password, WRONG, ...[0, 1, 2, 3, 4].map((i) => `${WRONG}-${i}`));
   ds = await startDs389({ users: USERS.map((uid) => ({ uid, password: PASSWORD, store: 'alpha' })) });
-  a1 = await startDovecot({ name: 'ds389-a1', users: USERS.map((name) => ({ name, password: PASSWORD })), sieve: true });
+  a1 = await startDovecot({ name: 'ds389-a1', users: USERS.map((name) => ({ name, password: PASSWORD })), sieve: true, masterUser: MASTER });
   // 389 DS's global password policy: three wrong passwords lock an account out; passwords expire,
   // with two grace logins; one an administrator sets must be changed.
   await ds.modify(
@@ -240,6 +249,54 @@ describe('389 DS without the control, the throttle on', () => {
     assert.equal(failed['code'], 'USER_BIND_REFUSED');
     assert.match(String(failed['reason']), /refused the bind of uid=disabled,ou=people,dc=example,dc=org on ldap:\/\/127\.0\.0\.1:\d+ with result 53 unwillingToPerform "Account inactivated\. Contact system administrator\."/);
     assert.equal(await metric(front, 'mailfront_auth_failures_total', 'reason="bind-refused"'), 3);
+  });
+});
+
+// A token login makes no bind: an inactivated account is seen through nsAccountLock, which the
+// README's ACI lets the service account read (without it, the lock is hidden and the token let in).
+describe('OAuth logins against 389 DS', () => {
+  let front: Front;
+  const dir = mkdtempSync(join(tmpdir(), 'ds389-oauth-'));
+  before(async () => {
+    const jwksFile = join(dir, 'jwks.json');
+    writeFileSync(jwksFile, jwks([tokenKey]));
+    front = await startFront({
+      slapd: ds,
+      stores: stores(),
+      backend: { login_mode: 'master-user', proxy_user: MASTER.name, proxy_password: MASTER.password },
+      oauth2: { issuers: [ISSUER], audiences: [AUDIENCE], jwks_file: jwksFile, user_claim: 'preferred_username', clock_skew_ms: 5_000 },
+    });
+  });
+  after(async () => {
+    await front?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  async function tokenLogin(user: string): Promise<string> {
+    const jwt = signJwt(tokenKey, claimsFor(user, ISSUER, AUDIENCE));
+    registerSecrets([jwt, jwt.split('.')[2] ?? '']);
+    const c = await LineClient.connect(front.imapTrustedPort);
+    try {
+      await c.readLine();
+      c.send(`t1 AUTHENTICATE OAUTHBEARER ${Buffer.from(`n,,\x01auth=Bearer ${jwt}\x01\x01`).toString('base64')}`);
+      for (;;) {
+        const line = await c.readLine();
+        if (line.startsWith('+ ')) c.send('AQ==');
+        else if (line.startsWith('t1 ')) return line;
+      }
+    } finally {
+      c.close();
+    }
+  }
+
+  test('an inactivated account (nsAccountLock: true) is refused a token login (ACCOUNT_LOCKED); an active one logs in', async () => {
+    let mark = front.logs.length;
+    assert.match(await tokenLogin('alice'), /^t1 OK /);
+    assert.equal((await waitForLog(front, (l) => l['event'] === 'session.spliced', 5_000, mark))['user'], 'alice');
+    mark = front.logs.length;
+    assert.equal(await tokenLogin('disabled'), FAILED);
+    const failed = await waitForLog(front, (l) => l['event'] === 'session.login_failed', 5_000, mark);
+    assert.equal(failed['code'], 'ACCOUNT_LOCKED', String(failed['reason']));
   });
 });
 
