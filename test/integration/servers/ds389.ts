@@ -28,6 +28,12 @@ export interface Ds389Options {
   readonly users: readonly SlapdUser[];
   /** Password of the service account cn=mailfront (default: a fixed test password). */
   readonly servicePassword?: string;
+  /**
+   * The USN plugin on from the first start (entryusn on every entry written, lastusn in the root
+   * DSE): true, per backend (`lastusn;userroot`), or 'global' (nsslapd-entryusn-global: on, a
+   * plain `lastusn`). Default: off, as dscreate makes it.
+   */
+  readonly usn?: boolean | 'global';
 }
 
 export interface Ds389 {
@@ -137,6 +143,17 @@ function baseLdif(servicePassword: string): string {
   ].join('\n');
 }
 
+/** dse.ldif's text with the USN plugin turned on (and its counter global), as `usn` asks. */
+function withUsn(dse: string, usn: boolean | 'global', file: string): string {
+  if (usn === false) return dse;
+  const plugin = /(\ndn: cn=USN,cn=plugins,cn=config\n(?:.+\n)*?)nsslapd-pluginEnabled: off\n/i;
+  if (!plugin.test(dse)) throw new Error(`ds389: the USN plugin's nsslapd-pluginEnabled: off not found in ${file}`);
+  const on = dse.replace(plugin, '$1nsslapd-pluginEnabled: on\n');
+  if (usn !== 'global') return on;
+  if (!on.includes('\ndn: cn=config\n')) throw new Error(`ds389: the entry cn=config not found in ${file}`);
+  return on.replace('\ndn: cn=config\n', '\ndn: cn=config\nnsslapd-entryusn-global: on\n');
+}
+
 /** Starts a 389 DS instance on a fresh port (again on another if it was taken before ns-slapd bound it). */
 export function startDs389(options: Ds389Options): Promise<Ds389> {
   return onFreshPorts('ds389', () => startDs389Once(options));
@@ -187,7 +204,7 @@ async function startDs389Once(options: Ds389Options): Promise<Ds389> {
     const dseFile = join(configDir, 'dse.ldif');
     const dse = await readFile(dseFile, 'utf8');
     if (!dse.includes(`\nnsslapd-port: ${port}\n`)) throw new Error(`ds389: nsslapd-port ${port} not found in ${dseFile}`);
-    await writeFile(dseFile, dse.replace(`\nnsslapd-port: ${port}\n`, `\nnsslapd-port: ${port}\nnsslapd-listenhost: 127.0.0.1\n`));
+    await writeFile(dseFile, withUsn(dse.replace(`\nnsslapd-port: ${port}\n`, `\nnsslapd-port: ${port}\nnsslapd-listenhost: 127.0.0.1\n`), options.usn ?? false, dseFile));
     const schemaFile = join(configDir, 'schema/98mailfront.ldif');
     await writeFile(schemaFile, MAILFRONT_389DS_SCHEMA, { mode: 0o644 });
     await chown(schemaFile, uid, gid);
