@@ -1500,6 +1500,101 @@ function entryCsns(entries: ReadonlyArray<Record<string, unknown> & { dn: string
   return csns;
 }
 
+/**
+ * The values of `lastusn` in a root DSE entry (389 Directory Server's USN plugin: the last update
+ * sequence number each backend gave, `lastusn;<backend>`, or one `lastusn` with
+ * nsslapd-entryusn-global), by lower-cased attribute name; undefined when there is none or one is
+ * no integer (-1: nothing written yet).
+ */
+export function lastUsns(entry: Record<string, unknown>): ReadonlyMap<string, bigint> | undefined {
+  const values = new Map<string, bigint>();
+  for (const [key, raw] of Object.entries(entry)) {
+    // ldapts gives an attribute asked for and absent (the plain lastusn, per backend) as [].
+    if (!/^lastusn(?:;|$)/i.test(key) || (Array.isArray(raw) && raw.length === 0)) continue;
+    const value = first(raw);
+    if (value === undefined || !/^-?\d{1,20}$/.test(value)) return undefined;
+    values.set(key.toLowerCase(), BigInt(value));
+  }
+  return values.size === 0 ? undefined : values;
+}
+
+/** The lastusn values a poll or whole read found, and when (performance.now(), once answered). */
+export interface UsnSample {
+  readonly at: number;
+  readonly values: ReadonlyMap<string, bigint>;
+}
+
+/**
+ * The samples of one connection to keep once `now` is read after `samples` (oldest first), and
+ * the entryusn from which a poll asks for the store entries: that after the values of the newest
+ * sample at least `marginMs` old, where one moved since (null: none moved, nothing to ask).
+ * Undefined, all but `now` dropped, when it cannot be told: no sample is that old yet, or a value
+ * went back, appeared or went away (another server behind the URL, a restore).
+ *
+ * Why a sample that old and not the last: 389 DS moves lastusn inside the write's transaction,
+ * before the commit (the USN plugin is a betxn plugin), so the write with the last USN a poll sees
+ * may not yet be visible to its search; and with one counter for all backends (global) two
+ * writes may take the same USN. A write that commits within the margin of taking its USN is
+ * searched for by a poll after its commit.
+ */
+export function usnSearchFrom(samples: readonly UsnSample[], now: UsnSample, marginMs: number): { readonly samples: UsnSample[]; readonly from: bigint | null | undefined } {
+  const last = samples[samples.length - 1];
+  const comparable = last !== undefined && last.values.size === now.values.size && [...now.values].every(([name, value]) => {
+    const before = last.values.get(name);
+    return before !== undefined && value >= before;
+  });
+  if (!comparable) return { samples: [now], from: undefined };
+  const kept = [...samples, now];
+  let reference = -1;
+  for (const [i, sample] of kept.entries()) if (sample.at <= now.at - marginMs) reference = i;
+  if (reference < 0) return { samples: kept, from: undefined };
+  const old = kept[reference]!.values;
+  let from: bigint | null = null;
+  for (const [name, value] of now.values) {
+    const before = old.get(name)!;
+    if (value > before && (from === null || before + 1n < from)) from = before + 1n;
+  }
+  // Older samples are no longer needed: the reference only moves on.
+  return { samples: kept.slice(reference), from };
+}
+
+/**
+ * What the polls between two whole reads compare with on a 389 Directory Server with the USN
+ * plugin (`lastusn` in the root DSE, an `entryusn` on every store entry the bind account may
+ * read): every store entry's entryusn. A poll reads lastusn (one base search of the root DSE);
+ * when a value moved since the sample a margin old (see usnSearchFrom), it asks for the store
+ * entries whose entryusn is at or after the next number. USNs are the server's own, counted by
+ * each server (not replicated): the polls hold to one connection (its socket: ldapts reconnects
+ * on its own, maybe to another server behind the same name), and a value that goes back is read
+ * whole. A deletion leaves a tombstone only the Directory Manager may search: seen at the next
+ * whole read.
+ */
+interface UsnPolls {
+  readonly client: Client;
+  /** The socket of the whole read: one reconnect since, and the polls read the whole map. */
+  readonly socket: unknown;
+  readonly fingerprint: string;
+  readonly readAt: number;
+  /** Every store entry's entryusn, by lower-cased DN. */
+  readonly versions: ReadonlyMap<string, string>;
+}
+
+/** The entryusn of every entry, by lower-cased DN; else the DN of one without (written before the plugin was on, or one the account may not read). */
+function entryUsns(entries: ReadonlyArray<Record<string, unknown> & { dn: string }>): Map<string, string> | { readonly without: string } {
+  const usns = new Map<string, string>();
+  for (const entry of entries) {
+    const usn = operational(entry, 'entryUSN');
+    if (usn === undefined || !/^\d{1,20}$/.test(usn)) return { without: entry.dn };
+    usns.set(lowerDn(entry.dn), usn);
+  }
+  return usns;
+}
+
+/** The socket under an ldapts client (ldapts 8.2's own field), which a reconnect replaces. */
+function socketOf(client: Client): unknown {
+  return (client as unknown as { readonly socket?: unknown }).socket;
+}
+
 /** Triggers of a load that puts in force what the server says, even behind the map in force: a reload asked for (SIGHUP, `mailfront reload`). */
 const DELIBERATE_LOADS: ReadonlySet<string> = new Set(['signal']);
 
@@ -1528,6 +1623,12 @@ export class LdapStoreMapSource implements StoreMapSource {
   private recent: RecentEntries | undefined;
   /** What the polls until the next whole read compare with, on a server with contextCSN (see ContextPolls). */
   private contextPolls: ContextPolls | undefined;
+  /** What the polls until the next whole read compare with, on a 389 DS with the USN plugin (see UsnPolls). */
+  private usnPolls: UsnPolls | undefined;
+  /** Connections whose server has lastusn but a store entry without entryusn: said once each (storemap.usn_not_used). */
+  private readonly usnNotUsed = new WeakSet<Client>();
+  /** The lastusn samples of one connection, oldest first (see usnSearchFrom). */
+  private usnSeen: { readonly client: Client; readonly socket: unknown; readonly samples: readonly UsnSample[] } | undefined;
   /** The naming context (the entry with contextCSN) of each connection's server, null where none holds the base DN. */
   private readonly contexts = new WeakMap<Client, string | null>();
   /** The store entries' entryCSNs of the map last handed out by load(): a read behind them is refused (see behindMapInForce). */
@@ -1666,6 +1767,7 @@ export class LdapStoreMapSource implements StoreMapSource {
     this.behind = { url, at: performance.now(), context: reading.context, error, said };
     this.recent = undefined;
     this.contextPolls = undefined;
+    this.usnPolls = undefined;
     return error;
   }
 
@@ -1773,14 +1875,22 @@ export class LdapStoreMapSource implements StoreMapSource {
     const previous = this.recent;
     this.recent = undefined;
     this.contextPolls = undefined;
+    this.usnPolls = undefined;
     const readAt = performance.now();
     const readAtMs = Date.now();
     const client = await this.connection();
     const url = this.answered;
     // Before the entries: every change up to it is in them (slapd moves it once a change is in place).
     let context: Awaited<ReturnType<LdapStoreMapSource['contextCsn']>>;
+    const socket = socketOf(client);
+    /** Before the entries too: every change with a USN up to it is in them, once committed (see usnSearchFrom). */
+    let usn: UsnSample | undefined;
     try {
       context = await this.contextCsn(client);
+      if (context === undefined) {
+        const values = await this.lastUsn(client);
+        if (values !== undefined) usn = { at: performance.now(), values };
+      }
     } catch (error) {
       throw await this.searchFailed(error);
     }
@@ -1810,8 +1920,19 @@ export class LdapStoreMapSource implements StoreMapSource {
         context = undefined;
       }
     }
+    let usns = usn === undefined || socketOf(client) !== socket ? undefined : entryUsns(entries);
+    if (usns !== undefined && !(usns instanceof Map)) {
+      if (!this.usnNotUsed.has(client)) {
+        this.usnNotUsed.add(client);
+        this.log?.warn({ event: 'storemap.usn_not_used', source: this.description, url, dn: usns.without }, `the store-map server ${url ?? ''} has the USN plugin (lastusn) but ${usns.without} has no entryusn the bind account may read (written before the plugin was on, or an ACI that hides it): until every store entry has one, the polls ask by modifyTimestamp (and read the whole map for about 11 s after each change)`);
+      }
+      usns = undefined;
+    }
     if (context !== undefined && csns !== undefined) this.contextPolls = { client, fingerprint: reading.fingerprint, readAt, contextDn: context.dn, baseline: context.values, versions: csns };
-    else this.recent = recentEntries(entries, { client, fingerprint: reading.fingerprint, readAt, readAtMs }, previous, this.searchesByTime === client, this.timing);
+    else if (usn !== undefined && usns !== undefined) {
+      this.noteUsn(client, socket, usn);
+      this.usnPolls = { client, socket, fingerprint: reading.fingerprint, readAt, versions: usns };
+    } else this.recent = recentEntries(entries, { client, fingerprint: reading.fingerprint, readAt, readAtMs }, previous, this.searchesByTime === client, this.timing);
     return { ...reading, url, csns, context: context?.values };
   }
 
@@ -1857,6 +1978,63 @@ export class LdapStoreMapSource implements StoreMapSource {
     }
   }
 
+  /** The root DSE's lastusn values (see lastUsns), or undefined where there are none the bind account may read. */
+  private async lastUsn(client: Client): Promise<ReadonlyMap<string, bigint> | undefined> {
+    let entry: Record<string, unknown> | undefined;
+    try {
+      ({ searchEntries: [entry] } = await client.search('', { scope: 'base', filter: '(objectClass=*)', attributes: ['lastusn'] }));
+    } catch (error) {
+      // A root DSE the account may not read: no USN to go by.
+      if (error instanceof ResultCodeError) return undefined;
+      throw error;
+    }
+    return entry === undefined ? undefined : lastUsns(entry);
+  }
+
+  /**
+   * Adds a sample of the connection `client` on `socket` (a sample of another connection starts
+   * anew) and says from which entryusn the poll asks (see usnSearchFrom): the margin is
+   * recentMarginMs and a poll interval.
+   */
+  private noteUsn(client: Client, socket: unknown, sample: UsnSample): bigint | null | undefined {
+    const seen = this.usnSeen?.client === client && this.usnSeen.socket === socket ? this.usnSeen.samples : [];
+    const { samples, from } = usnSearchFrom(seen, sample, this.timing.recentMarginMs + this.config.pollIntervalMs);
+    this.usnSeen = { client, socket, samples };
+    return from;
+  }
+
+  /**
+   * True when no store entry changed since the last whole read, as told by the server's lastusn
+   * and the store entries' entryusn (see UsnPolls): one base search, and while a value moved
+   * within the margin, one search for the store entries changed since (none or a few). False when
+   * that cannot be told so.
+   */
+  private async unchangedByUsn(polls: UsnPolls): Promise<boolean> {
+    if (polls.fingerprint !== this.lastFingerprint || performance.now() - polls.readAt >= this.timing.fullReadIntervalMs) return false;
+    const client = await this.connection();
+    if (client !== polls.client || socketOf(client) !== polls.socket) return false;
+    try {
+      const values = await this.lastUsn(client);
+      // Answered on another socket (ldapts reconnected meanwhile): maybe another server's.
+      if (values === undefined || socketOf(client) !== polls.socket) return false;
+      const from = this.noteUsn(client, polls.socket, { at: performance.now(), values });
+      if (from === undefined) return false;
+      if (from === null) return true;
+      const heardBefore = ldapBytesReceived(client);
+      const pages = client.searchPaginated(this.config.baseDn, { scope: 'sub', filter: `(&${STORE_ENTRIES_FILTER}(entryUSN>=${from}))`, attributes: ['entryUSN'], paged: true });
+      for await (const { searchEntries } of pages) {
+        for (const entry of searchEntries) if (polls.versions.get(lowerDn(entry.dn)) !== operational(entry, 'entryUSN')) return false;
+        if (ldapBytesReceived(client) - heardBefore > this.maxAnswerBytes) throw new Error(`the store entries under ${this.config.baseDn} changed lately came to more than ${this.maxAnswerBytes} bytes (store_map.ldap.max_answer_bytes); the search was stopped`);
+      }
+      return socketOf(client) === polls.socket;
+    } catch (error) {
+      if (error instanceof SizeLimitExceededError) return false;
+      const failure = await this.searchFailed(error);
+      this.usnPolls = undefined;
+      throw failure;
+    }
+  }
+
   /**
    * True when the entries stamped since the last whole read's `since` are those it found, in the
    * same versions: nothing changed that the holder does not have (see RecentEntries). False when
@@ -1865,6 +2043,7 @@ export class LdapStoreMapSource implements StoreMapSource {
    */
   private async unchanged(): Promise<boolean> {
     if (this.contextPolls !== undefined) return this.unchangedByContext(this.contextPolls);
+    if (this.usnPolls !== undefined) return this.unchangedByUsn(this.usnPolls);
     const recent = this.recent;
     if (recent === undefined || recent.fingerprint !== this.lastFingerprint || performance.now() - recent.readAt >= this.timing.fullReadIntervalMs) return false;
     const client = await this.connection();
@@ -1904,8 +2083,8 @@ export class LdapStoreMapSource implements StoreMapSource {
       const pages = client.searchPaginated(this.config.baseDn, {
         scope: 'sub',
         filter: STORE_ENTRIES_FILTER,
-        // The versions, for the polls until the next whole read (RecentEntries).
-        attributes: ['objectClass', 'cn', 'mailfrontCurrentMaster', 'mailfrontPreferredMaster', 'mailfrontBackendProfile', 'mailfrontMaintenance', 'mailfrontHost', ...SLOT_PORTS.map(([a]) => a), ...VERSION_ATTRIBUTES],
+        // The versions, for the polls until the next whole read (RecentEntries, ContextPolls, UsnPolls).
+        attributes: ['objectClass', 'cn', 'mailfrontCurrentMaster', 'mailfrontPreferredMaster', 'mailfrontBackendProfile', 'mailfrontMaintenance', 'mailfrontHost', ...SLOT_PORTS.map(([a]) => a), ...VERSION_ATTRIBUTES, 'entryUSN'],
         paged: true,
       });
       for await (const { searchEntries } of pages) {
