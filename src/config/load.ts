@@ -165,7 +165,7 @@ interface InlinedSecrets {
 }
 
 /**
- * Replaces every `<name>_password_file: PATH` (and `token_file`, `<name>_token_file`) with the
+ * Replaces every `<name>_password_file: PATH` (and `token_file`, `<name>_token_file`, `<name>_secret_file`) with the
  * key without `_file` set to the file's content, without the line breaks that end it (an
  * editor's, `echo`'s, or a blank line more: a password ending in a line break is never meant).
  * A file that cannot be read, or holds nothing else, is an issue of the `_file` key; the key is
@@ -176,7 +176,7 @@ function inlineSecretFiles(node: unknown, resolvePath: (p: string) => string, pa
   if (node === null || typeof node !== 'object') return found;
   for (const [key, value] of Object.entries(node as Record<string, unknown>)) {
     const childPath = Array.isArray(node) ? `${path}[${key}]` : path === '' ? key : `${path}.${key}`;
-    if ((key.endsWith('_password_file') || key === 'token_file' || key.endsWith('_token_file')) && !Array.isArray(node)) {
+    if ((key.endsWith('_password_file') || key === 'token_file' || key.endsWith('_token_file') || key.endsWith('_secret_file')) && !Array.isArray(node)) {
       const target = key.slice(0, -'_file'.length);
       const targetPath = path === '' ? target : `${path}.${target}`;
       const obj = node as Record<string, unknown>;

@@ -1,13 +1,15 @@
 /**
  * An identity provider's stand-in for the OAuth tests: signing keys made in the test (RSA, EC,
- * Ed25519), JWTs signed with them (node:crypto, as the verifier checks them), and the one
- * endpoint mailfront talks to, the JWKS, served by a small node http server on 127.0.0.1 that
- * counts its requests.
+ * Ed25519), JWTs signed with them (node:crypto, as the verifier checks them), and the endpoints
+ * mailfront talks to, served by a small node http server on 127.0.0.1 that counts its requests:
+ * the JWKS, the OpenID configuration document (OpenID Connect Discovery 1.0) and token
+ * introspection (RFC 7662: HTTP basic client credentials, a form POST, tokens the test issued or
+ * revoked), each of which can be made to fail (a status, a delay, a body of its own).
  */
-import { constants, createHmac, generateKeyPairSync, sign } from 'node:crypto';
+import { constants, createHmac, generateKeyPairSync, randomBytes, sign } from 'node:crypto';
 import type { KeyObject } from 'node:crypto';
 import { createServer } from 'node:http';
-import type { Server } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
 export type TestAlg = 'RS256' | 'RS384' | 'PS256' | 'ES256' | 'ES384' | 'EdDSA';
@@ -78,12 +80,46 @@ export function claimsFor(user: string, issuer: string, audience: string | strin
   return { iss: issuer, aud: audience, sub: `sub-${user}`, preferred_username: user, email: `${user}@example.org`, email_verified: true, iat: now, exp: now + seconds, ...extra };
 }
 
-/** The IdP's JWKS endpoint on 127.0.0.1: `keys` may change while it runs; `requests` counts what it was asked. */
+/** Where the stand-in serves what (Keycloak's paths under the realm); any other path gets the JWKS. */
+const REALM_PATH = '/realms/mail';
+const DISCOVERY_PATH = `${REALM_PATH}/.well-known/openid-configuration`;
+const INTROSPECTION_PATH = `${REALM_PATH}/protocol/openid-connect/token/introspect`;
+
+/** What one introspection request carried, as the stand-in read it (the test checks the client's credentials and form). */
+export interface IntrospectionSeen {
+  readonly authorization: string | undefined;
+  readonly contentType: string | undefined;
+  readonly form: Readonly<Record<string, string>>;
+}
+
+/**
+ * The IdP's endpoints on 127.0.0.1: the JWKS (`keys` may change while it runs; `requests` counts
+ * what it was asked), the OpenID configuration document (issuer `issuer`, naming the other two;
+ * `discoveryDocument` overrides it) and token introspection for the clients in `clients`, of the
+ * tokens in `tokens` (issue(), revoke()); everything else it is asked is `active: false`.
+ */
 export class JwksServer {
   keys: TestKey[];
   requests = 0;
   /** Answer with this status instead of the JWKS (an outage). */
   failWith: number | null = null;
+  /** The OpenID configuration document served instead of the stand-in's own; `discoveryRequests` counts its requests. */
+  discoveryDocument: Record<string, unknown> | null = null;
+  discoveryRequests = 0;
+  /** The clients allowed to introspect: client id to secret (HTTP basic, RFC 6749 §2.3.1 form-encoded). */
+  readonly clients = new Map<string, string>();
+  /** The tokens it knows: token to its introspection answer (without `active`); `active` false once revoked. */
+  readonly tokens = new Map<string, { claims: Record<string, unknown>; active: boolean }>();
+  introspectionRequests = 0;
+  /** Introspection requests under way now, and the most there ever were at once. */
+  introspectionsInFlight = 0;
+  introspectionsPeak = 0;
+  /** What each introspection request carried, in order. */
+  readonly introspectionsSeen: IntrospectionSeen[] = [];
+  /** Failures to inject: a status instead of the answer, a wait before answering, a body of its own. */
+  introspectionFailWith: number | null = null;
+  introspectionDelayMs = 0;
+  introspectionBody: string | Buffer | null = null;
   private constructor(
     private readonly server: Server,
     keys: TestKey[],
@@ -93,14 +129,24 @@ export class JwksServer {
 
   static async start(keys: TestKey[]): Promise<JwksServer> {
     let self: JwksServer | undefined;
-    const server = createServer((_request, response) => {
-      const jwksServer = self!;
-      jwksServer.requests++;
-      if (jwksServer.failWith !== null) {
-        response.writeHead(jwksServer.failWith).end('down');
+    const server = createServer((request, response) => {
+      const idp = self!;
+      const path = new URL(request.url ?? '/', 'http://127.0.0.1').pathname;
+      if (path === DISCOVERY_PATH) {
+        idp.discoveryRequests++;
+        response.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(idp.discoveryDocument ?? { issuer: idp.issuer, jwks_uri: idp.url, introspection_endpoint: idp.introspectionUrl, token_endpoint: `${idp.issuer}/protocol/openid-connect/token` }));
         return;
       }
-      response.writeHead(200, { 'content-type': 'application/json' }).end(jwks(jwksServer.keys));
+      if (path === INTROSPECTION_PATH) {
+        idp.introspect(request, response);
+        return;
+      }
+      idp.requests++;
+      if (idp.failWith !== null) {
+        response.writeHead(idp.failWith).end('down');
+        return;
+      }
+      response.writeHead(200, { 'content-type': 'application/json' }).end(jwks(idp.keys));
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     self = new JwksServer(server, keys);
@@ -108,7 +154,90 @@ export class JwksServer {
   }
 
   get url(): string {
-    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}/realms/mail/protocol/openid-connect/certs`;
+    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}${REALM_PATH}/protocol/openid-connect/certs`;
+  }
+
+  /** The realm's issuer, whose discovery document is at `${issuer}/.well-known/openid-configuration`. */
+  get issuer(): string {
+    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}${REALM_PATH}`;
+  }
+
+  get discoveryUrl(): string {
+    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}${DISCOVERY_PATH}`;
+  }
+
+  get introspectionUrl(): string {
+    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}${INTROSPECTION_PATH}`;
+  }
+
+  /** An opaque access token (as Google's or an Authentik's: no dots, nothing to decode) whose introspection answers `claims`, active. */
+  issue(claims: Record<string, unknown>): string {
+    const token = `opq_${randomBytes(24).toString('base64url')}`;
+    this.tokens.set(token, { claims, active: true });
+    return token;
+  }
+
+  /** Makes `token` (issued, or a JWT) known with `claims`, active. */
+  know(token: string, claims: Record<string, unknown>): void {
+    this.tokens.set(token, { claims, active: true });
+  }
+
+  /** The token is inactive from now on (a logout, an administrator's revocation). */
+  revoke(token: string): void {
+    const known = this.tokens.get(token);
+    if (known !== undefined) known.active = false;
+  }
+
+  /** Puts failure injection back to a healthy IdP. */
+  heal(): void {
+    this.introspectionFailWith = null;
+    this.introspectionDelayMs = 0;
+    this.introspectionBody = null;
+    this.failWith = null;
+    this.discoveryDocument = null;
+  }
+
+  private introspect(request: IncomingMessage, response: ServerResponse): void {
+    this.introspectionRequests++;
+    this.introspectionsInFlight++;
+    this.introspectionsPeak = Math.max(this.introspectionsPeak, this.introspectionsInFlight);
+    // Under way until answered, or until the client gave up on it (its deadline).
+    let ended = false;
+    const end = (): void => {
+      if (ended) return;
+      ended = true;
+      this.introspectionsInFlight--;
+    };
+    response.on('close', end);
+    const chunks: Buffer[] = [];
+    request.on('data', (chunk: Buffer) => chunks.push(chunk));
+    request.on('end', () => {
+      const form = Object.fromEntries(new URLSearchParams(Buffer.concat(chunks).toString('utf8')));
+      const authorization = request.headers.authorization;
+      this.introspectionsSeen.push({ authorization, contentType: request.headers['content-type'], form });
+      const answer = (): void => {
+        end();
+        if (response.destroyed) return;
+        if (this.introspectionFailWith !== null) {
+          response.writeHead(this.introspectionFailWith, { 'content-type': 'application/json' }).end('{"error":"server_error"}');
+          return;
+        }
+        if (this.introspectionBody !== null) {
+          response.writeHead(200, { 'content-type': 'application/json' }).end(this.introspectionBody);
+          return;
+        }
+        // RFC 7662 §2.1: the client authenticates; RFC 6749 §2.3.1: id and secret form-encoded, then basic.
+        const [id, secret] = Buffer.from((authorization ?? '').replace(/^Basic /, ''), 'base64').toString('utf8').split(':').map((part) => decodeURIComponent(part.replace(/\+/g, ' ')));
+        if (id === undefined || secret === undefined || this.clients.get(id) !== secret) {
+          response.writeHead(401, { 'content-type': 'application/json', 'www-authenticate': 'Basic realm="mail"' }).end('{"error":"invalid_client"}');
+          return;
+        }
+        const known = this.tokens.get(form['token'] ?? '');
+        response.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(known?.active === true ? { active: true, ...known.claims } : { active: false }));
+      };
+      if (this.introspectionDelayMs > 0) setTimeout(answer, this.introspectionDelayMs);
+      else answer();
+    });
   }
 
   stop(): Promise<void> {
