@@ -15,7 +15,7 @@ export type { Logger };
  * cost a deep walk of every line (measured: ~5 % of CPU per login in the benchmark); mailfront
  * never nests secrets in log objects, and the test suite scans every line it logs for them.
  */
-const REDACT_PATHS = ['password', 'bindPassword', 'proxyPassword', 'probePassword', 'bind_password', 'proxy_password', 'auth_password', 'token', 'sasl', 'credentials', 'authorization'];
+const REDACT_PATHS = ['password', 'bindPassword', 'proxyPassword', 'probePassword', 'bind_password', 'proxy_password', 'auth_password', 'token', 'sasl', 'credentials', 'authorization', 'clientSecret', 'client_secret'];
 
 /**
  * Log lines waiting for stdout beyond this are dropped, not buffered without bound: a stalled

@@ -302,3 +302,13 @@ describe('OpenID discovery', () => {
     idp.heal();
   });
 });
+
+test('the log\'s redaction list, the second line of defence, covers the client secret under either name', () => {
+  const { log: redacting, lines: written } = capturedLogger('info');
+  redacting.info({ event: 'test.redaction', clientSecret: 'Redact-me-client-secret-1' }, 'a line that should never carry a secret');
+  redacting.info({ event: 'test.redaction', client_secret: 'Redact-me-client-secret-2' }, 'a line that should never carry a secret');
+  const text = written.join('\n');
+  assert.ok(!text.includes('Redact-me-client-secret'), text);
+  assert.match(text, /"clientSecret":"\[redacted\]"/);
+  assert.match(text, /"client_secret":"\[redacted\]"/);
+});
