@@ -112,13 +112,17 @@ export function readOAuthConfig(v: unknown, path: string, issues: IssueList, res
     discoveryIssuers = [issuers[0]];
   }
   const introspectionKnown = introspectionUrl !== undefined || openidConfigurationUrl !== undefined;
-  // Introspection configured: JWTs locally, the rest asked of the IdP; else as before, JWTs only.
-  const tokenCheck = oneOf(o, 'token_check', path, issues, TOKEN_CHECKS, introspectionUrl !== undefined ? 'auto' : 'jwt');
+  const clientId = optStr(o, 'client_id', path, issues);
+  const clientSecret = optStr(o, 'client_secret', path, issues);
+  // Introspection configured (its URL, or discovery with the client's credentials, which only
+  // introspection uses): JWTs locally, the rest asked of the IdP; else as before, JWTs only.
+  const tokenCheck = oneOf(o, 'token_check', path, issues, TOKEN_CHECKS, introspectionUrl !== undefined || (introspectionKnown && clientId !== undefined) ? 'auto' : 'jwt');
+  if (tokenCheck === 'jwt' && (clientId !== undefined || o['client_secret'] !== undefined)) {
+    issues.add(at(path, 'token_check'), 'auto or introspect where client_id or client_secret is set: the client\'s credentials are sent only with introspection, and token_check jwt asks the IdP nothing (opaque tokens would all be refused)', 'jwt');
+  }
   if (tokenCheck !== 'introspect' && jwksFile === undefined && jwksUrl === undefined && openidConfigurationUrl === undefined) {
     issues.add(path, `jwks_file or jwks_url (or both), or discovery: where the keys that sign the tokens are (token_check ${tokenCheck} checks JWTs locally)`, o);
   }
-  const clientId = optStr(o, 'client_id', path, issues);
-  const clientSecret = optStr(o, 'client_secret', path, issues);
   if (tokenCheck !== 'jwt') {
     if (!introspectionKnown) issues.add(at(path, 'introspection_url'), `the IdP's token introspection endpoint (RFC 7662), or discovery (token_check is ${tokenCheck})`, undefined);
     if (clientId === undefined) issues.add(at(path, 'client_id'), `the mail service's client id at the IdP, sent with each introspection request (token_check is ${tokenCheck})`, undefined);

@@ -52,6 +52,8 @@ const MAX_INTROSPECTION_WAITING = 1_000;
 const IDLE_CONNECTION_MS = 4_000;
 /** The token types an introspection answer may give an access token (RFC 7662 §2.2 token_type; Keycloak's typ). */
 const ACCESS_TOKEN_TYPES = new Set(['bearer', 'access_token', 'at+jwt', 'application/at+jwt']);
+/** token_use values of an access token (fosite / Ory Hydra's introspection; AWS Cognito's JWTs). */
+const ACCESS_TOKEN_USES = new Set(['access_token', 'access']);
 /** How much of a value from a token a log line shows. */
 const LOGGED_CHARS = 64;
 /** The furthest a NumericDate (seconds) may be from 1970: a Date's range (ECMA-262 §21.4.1.22, ±8.64e15 ms), past which no time can be told. */
@@ -497,6 +499,15 @@ export class OAuthVerifier {
    * client_id must be one of oauth2.audiences), the user's claim and email_verified.
    */
   private checkClaims(claims: Record<string, unknown>, now: number, from: 'jwt' | 'introspection'): VerifiedToken {
+    // A refresh or ID token the IdP says so of without token_type (fosite / Ory Hydra's
+    // introspection: token_use refresh_token; AWS Cognito's JWTs: token_use id): never sent to
+    // a resource server (RFC 6749 §1.5), and one that lives for weeks is no mail password.
+    const use = claims['token_use'];
+    if (use !== undefined && !(typeof use === 'string' && ACCESS_TOKEN_USES.has(use.toLowerCase()))) throw refuse(OAUTH_CODES.tokenType, `its token_use is ${shown(use)}, not an access token's`);
+    // A sender-constrained token (RFC 8705 certificate-bound, RFC 9449 DPoP): its holder must
+    // prove the key, a proof no IMAP, POP3 or ManageSieve login carries; taken as a bearer token,
+    // a stolen one would log in.
+    if (claims['cnf'] !== undefined) throw refuse(OAUTH_CODES.tokenType, 'it is bound to a key (cnf: RFC 8705, RFC 9449), whose proof a mail login cannot give');
     const skew = this.config.clockSkewMs;
     const exp = claims['exp'];
     let expires = Number.POSITIVE_INFINITY;

@@ -136,3 +136,27 @@ oauth2:
   assert.deepEqual(unread.filter((i) => i.startsWith('oauth2.client_secret')).map((i) => i.split(':')[0]), ['oauth2.client_secret_file'], unread.join('\n'));
   assert.ok(!unread.some((i) => i.includes(CLIENT_SECRET)));
 });
+
+test('discovery with the client\'s credentials introspects (token_check auto); token_check jwt beside them is refused: they would never be sent', () => {
+  const config = load(`
+oauth2:
+  issuers: [https://sso.example.com/realms/mail]
+  audiences: [mail]
+  discovery: true
+  client_id: mailfront
+  client_secret_file: idp-client.secret
+`);
+  assert.ok(!(config instanceof ConfigError), String(config));
+  assert.equal(config.oauth2!.tokenCheck, 'auto');
+  const found = issues(`
+oauth2:
+  issuers: [https://sso.example.com/realms/mail]
+  audiences: [mail]
+  discovery: true
+  token_check: jwt
+  client_id: mailfront
+  client_secret_file: idp-client.secret
+`);
+  assert.ok(found.some((i) => i.startsWith('oauth2.token_check: expected auto or introspect where client_id or client_secret is set')), found.join('\n'));
+  assert.ok(!found.join('\n').includes(CLIENT_SECRET));
+});

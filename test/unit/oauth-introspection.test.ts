@@ -170,6 +170,10 @@ describe('token introspection (token_check auto)', () => {
         [{ token_type: 'refresh_token' }, 'OAUTH_WRONG_TOKEN_TYPE'],
         [{ typ: 'Refresh' }, 'OAUTH_WRONG_TOKEN_TYPE'],
         [{ token_type: 'DPoP' }, 'OAUTH_WRONG_TOKEN_TYPE'],
+        // fosite / Ory Hydra: a refresh token's answer has token_use and no token_type.
+        [{ token_use: 'refresh_token' }, 'OAUTH_WRONG_TOKEN_TYPE'],
+        // A sender-constrained token (RFC 8705): its certificate proof is no part of a mail login.
+        [{ cnf: { 'x5t#S256': 'bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2' } }, 'OAUTH_WRONG_TOKEN_TYPE'],
         [{ email: undefined }, 'OAUTH_NO_USER_CLAIM'],
         [{ email_verified: undefined }, 'OAUTH_EMAIL_UNVERIFIED'],
       ];
@@ -181,6 +185,7 @@ describe('token introspection (token_check auto)', () => {
       // Taken: no aud but a client_id of oauth2.audiences; no iss (the issuer's own endpoint answers); no exp (remembered for token_cache_ms only).
       assert.equal((await verifier.verify(opaque('erin', { aud: undefined, client_id: AUDIENCE }), signal)).user, 'erin@example.org');
       assert.equal((await verifier.verify(opaque('erin', { iss: undefined, exp: undefined }), signal)).user, 'erin@example.org');
+      assert.equal((await verifier.verify(opaque('erin', { token_use: 'access_token' }), signal)).user, 'erin@example.org');
     } finally {
       verifier.close();
     }
