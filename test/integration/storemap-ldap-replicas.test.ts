@@ -14,7 +14,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { test } from 'node:test';
+import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Client } from 'ldapts';
 import { readBackend } from '../../src/config/schema.js';
@@ -53,71 +53,6 @@ function sourceOf(servers: readonly PairMember[], options: { readonly pollInterv
 function capturingLogger(lines: Array<Record<string, unknown>>): ReturnType<typeof createLogger> {
   return createLogger('info', { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
 }
-
-test('a failover through an instance that reads a read-only consumer is refused as such (409, STOREMAP_READ_ONLY_REPLICA, a storemap.failover_failed line), not as an internal error', async () => {
-  const pair = await startSlapdPair({ mode: 'consumer', entries: storeEntries(2), access: FAILOVER_ACCESS });
-  const [provider, consumer] = pair.servers;
-  const lines: Array<Record<string, unknown>> = [];
-  const log = capturingLogger(lines);
-  const source = sourceOf([consumer]);
-  const holder = new StoreMapHolder(source, config, log, { changes: () => undefined });
-  const server = createServer();
-  try {
-    assert.equal((await holder.reload('start')).ok, true);
-    await assert.rejects(holder.failover('st1', 'sl1b'), (error: unknown) => {
-      assert.ok(error instanceof MailfrontError, String(error));
-      assert.equal(error.code, 'STOREMAP_READ_ONLY_REPLICA');
-      assert.equal(error.kind, 'config');
-      assert.match(error.message, /failover of store "st1" not written/);
-      assert.ok(error.message.includes(`the store-map server ${consumer.url} is a read-only replica`), error.message);
-      assert.match(error.message, /write the failover on the provider/);
-      return true;
-    });
-    const failed = lines.find((l) => l['event'] === 'storemap.failover_failed');
-    assert.ok(failed !== undefined, JSON.stringify(lines));
-    assert.equal(failed['level'], 'warn');
-    assert.equal(failed['store'], 'st1');
-    assert.equal(failed['to'], 'sl1b');
-    assert.equal(failed['code'], 'STOREMAP_READ_ONLY_REPLICA');
-    assert.equal(holder.current.stores.get('st1')!.currentMaster, 'sl1a');
-    // A maintenance switch is written the same way, and refused the same way.
-    await assert.rejects(holder.setMaintenance('st1', 'Moving to new disks, please wait'), (error: unknown) => {
-      assert.ok(error instanceof MailfrontError, String(error));
-      assert.equal(error.code, 'STOREMAP_READ_ONLY_REPLICA');
-      assert.match(error.message, /maintenance of store "st1" not written/);
-      assert.match(error.message, /write the maintenance on the provider/);
-      return true;
-    });
-    const maintenanceFailed = lines.find((l) => l['event'] === 'storemap.maintenance_failed');
-    assert.ok(maintenanceFailed !== undefined, JSON.stringify(lines));
-    assert.equal(maintenanceFailed['maintenance'], true);
-    assert.equal(maintenanceFailed['code'], 'STOREMAP_READ_ONLY_REPLICA');
-    assert.equal(holder.current.stores.get('st1')!.maintenance, null);
-
-    // Through the admin API: 409 (the request is sound; this instance cannot write it), the code for scripts.
-    const handler = createAdminHandler({ token: () => 'replica-test-token-0123456789', holder, log } as unknown as AdminContext);
-    server.on('request', (req, res) => void handler(req, res));
-    server.listen(0, '127.0.0.1');
-    await once(server, 'listening');
-    const response = await fetch(`http://127.0.0.1:${(server.address() as AddressInfo).port}/api/stores/st1/failover`, { method: 'POST', headers: { authorization: 'Bearer replica-test-token-0123456789', 'content-type': 'application/json' }, body: JSON.stringify({ slot: 'sl1b' }) });
-    const body = (await response.json()) as { error: string; code: string };
-    assert.equal(response.status, 409, JSON.stringify(body));
-    assert.equal(body.code, 'STOREMAP_READ_ONLY_REPLICA');
-    assert.match(body.error, /read-only replica/);
-
-    // The same failover through the provider is written.
-    const direct = sourceOf([provider]);
-    try {
-      assert.equal(await direct.setCurrentMaster('st1', 'sl1b'), undefined);
-    } finally {
-      await direct.close();
-    }
-  } finally {
-    server.close();
-    await source.close();
-    await pair.stop();
-  }
-});
 
 /** LDIF setting the current master of store `store`. */
 const failoverLdif = (store: string, slot: string): string => `dn: cn=${store},${LDAP_STORES_DN}\nchangetype: modify\nreplace: mailfrontCurrentMaster\nmailfrontCurrentMaster: ${slot}\n`;
@@ -168,115 +103,184 @@ function following(source: LdapStoreMapSource, log = createLogger('silent')): { 
 // earlier by a lagging or skewed server is with the default.
 const TIMING = { recentMarginMs: 1_000 };
 
-test('mirror mode: a failover written on one provider while the two were apart reaches the other after a newer one, and is followed within seconds, not at the next whole read', async () => {
-  const pair = await startSlapdPair({ mode: 'mirror', entries: storeEntries(3), access: FAILOVER_ACCESS });
-  const [p1, p2] = pair.servers;
-  const source = sourceOf([p1], {}, createLogger('silent'), TIMING);
-  const f = following(source);
-  try {
-    // Each provider has written once (its server id is in both contextCSNs).
-    await p1.modify(failoverLdif('st3', 'sl3b'));
-    await p2.modify(failoverLdif('st3', 'sl3a'));
-    assert.ok(await until(async () => (await masterOn(p1, 'st3')) === 'sl3a', 10_000), 'the mirror does not replicate');
-    await f.start();
-    for (const link of pair.links) link.cut();
-    await p2.modify(failoverLdif('st2', 'sl2b'));
-    await sleep(3_000);
-    await p1.modify(failoverLdif('st1', 'sl1b'));
-    assert.ok(await until(() => f.master('st1') === 'sl1b', 5_000), 'the failover on the provider read was not followed');
-    assert.equal(f.master('st2'), 'sl2a');
-    for (const link of pair.links) link.restore();
-    assert.ok(await until(async () => (await masterOn(p1, 'st2')) === 'sl2b', 15_000), 'the mirror did not heal');
-    const arrived = performance.now();
-    // Within a few polls (200 ms each), with room for a loaded machine; the whole read is 30 s away.
-    assert.ok(await until(() => f.master('st2') === 'sl2b', 10_000), 'the failover that arrived late was not followed within 10 s');
-    assert.ok(performance.now() - arrived < 10_000);
-    assert.deepEqual(f.changes.map((c) => `${c.store}:${c.from}>${c.to}`), ['st1:sl1a>sl1b', 'st2:sl2a>sl2b']);
-  } finally {
-    f.stop();
-    await source.close();
-    await pair.stop();
-  }
-});
+// The four run at once, each on a replicating pair of its own: together they take about the
+// longest (the slow refresh) rather than the sum.
+describe('the LDAP store-map source against replicated slapd', { concurrency: true }, () => {
+  test('a failover through an instance that reads a read-only consumer is refused as such (409, STOREMAP_READ_ONLY_REPLICA, a storemap.failover_failed line), not as an internal error', async () => {
+    const pair = await startSlapdPair({ mode: 'consumer', entries: storeEntries(2), access: FAILOVER_ACCESS });
+    const [provider, consumer] = pair.servers;
+    const lines: Array<Record<string, unknown>> = [];
+    const log = capturingLogger(lines);
+    const source = sourceOf([consumer]);
+    const holder = new StoreMapHolder(source, config, log, { changes: () => undefined });
+    const server = createServer();
+    try {
+      assert.equal((await holder.reload('start')).ok, true);
+      await assert.rejects(holder.failover('st1', 'sl1b'), (error: unknown) => {
+        assert.ok(error instanceof MailfrontError, String(error));
+        assert.equal(error.code, 'STOREMAP_READ_ONLY_REPLICA');
+        assert.equal(error.kind, 'config');
+        assert.match(error.message, /failover of store "st1" not written/);
+        assert.ok(error.message.includes(`the store-map server ${consumer.url} is a read-only replica`), error.message);
+        assert.match(error.message, /write the failover on the provider/);
+        return true;
+      });
+      const failed = lines.find((l) => l['event'] === 'storemap.failover_failed');
+      assert.ok(failed !== undefined, JSON.stringify(lines));
+      assert.equal(failed['level'], 'warn');
+      assert.equal(failed['store'], 'st1');
+      assert.equal(failed['to'], 'sl1b');
+      assert.equal(failed['code'], 'STOREMAP_READ_ONLY_REPLICA');
+      assert.equal(holder.current.stores.get('st1')!.currentMaster, 'sl1a');
+      // A maintenance switch is written the same way, and refused the same way.
+      await assert.rejects(holder.setMaintenance('st1', 'Moving to new disks, please wait'), (error: unknown) => {
+        assert.ok(error instanceof MailfrontError, String(error));
+        assert.equal(error.code, 'STOREMAP_READ_ONLY_REPLICA');
+        assert.match(error.message, /maintenance of store "st1" not written/);
+        assert.match(error.message, /write the maintenance on the provider/);
+        return true;
+      });
+      const maintenanceFailed = lines.find((l) => l['event'] === 'storemap.maintenance_failed');
+      assert.ok(maintenanceFailed !== undefined, JSON.stringify(lines));
+      assert.equal(maintenanceFailed['maintenance'], true);
+      assert.equal(maintenanceFailed['code'], 'STOREMAP_READ_ONLY_REPLICA');
+      assert.equal(holder.current.stores.get('st1')!.maintenance, null);
 
-test('provider and consumer: failovers written while the consumer was cut off reach it out of their order (a slow refresh), and both are followed within seconds of arriving', async () => {
-  const pair = await startSlapdPair({ mode: 'consumer', entries: storeEntries(3), access: FAILOVER_ACCESS });
-  const [provider, consumer] = pair.servers;
-  const source = sourceOf([consumer], {}, createLogger('silent'), TIMING);
-  const f = following(source);
-  try {
-    await f.start();
-    pair.links[0]!.cut();
-    await provider.modify(failoverLdif('st2', 'sl2b'));
-    await sleep(3_000);
-    await provider.modify(failoverLdif('st1', 'sl1b'));
-    // A slow link: the refresh sends the changed entries in the database's order (st1 first),
-    // seconds apart.
-    pair.links[0]!.restore({ bytesPerSecond: 150 });
-    assert.ok(await until(async () => (await masterOn(consumer, 'st2')) === 'sl2b' && (await masterOn(consumer, 'st1')) === 'sl1b', 40_000), 'the consumer did not catch up');
-    const arrived = performance.now();
-    assert.ok(await until(() => f.master('st1') === 'sl1b' && f.master('st2') === 'sl2b', 10_000), `not followed within 10 s of arriving: st1=${f.master('st1')} st2=${f.master('st2')}`);
-    assert.ok(performance.now() - arrived < 10_000);
-  } finally {
-    f.stop();
-    await source.close();
-    await pair.stop();
-  }
-});
+      // Through the admin API: 409 (the request is sound; this instance cannot write it), the code for scripts.
+      const handler = createAdminHandler({ token: () => 'replica-test-token-0123456789', holder, log } as unknown as AdminContext);
+      server.on('request', (req, res) => void handler(req, res));
+      server.listen(0, '127.0.0.1');
+      await once(server, 'listening');
+      const response = await fetch(`http://127.0.0.1:${(server.address() as AddressInfo).port}/api/stores/st1/failover`, { method: 'POST', headers: { authorization: 'Bearer replica-test-token-0123456789', 'content-type': 'application/json' }, body: JSON.stringify({ slot: 'sl1b' }) });
+      const body = (await response.json()) as { error: string; code: string };
+      assert.equal(response.status, 409, JSON.stringify(body));
+      assert.equal(body.code, 'STOREMAP_READ_ONLY_REPLICA');
+      assert.match(body.error, /read-only replica/);
 
-test('urls [provider, consumer]: with the provider stopped, the consumer that has not got the last failover is refused (storemap.source_behind), the map in force kept and the new master not drained; a reload asked for puts its map in force', async () => {
-  const pair = await startSlapdPair({ mode: 'consumer', entries: storeEntries(2), access: FAILOVER_ACCESS });
-  const [provider, consumer] = pair.servers;
-  const lines: Array<Record<string, unknown>> = [];
-  const source = sourceOf([provider, consumer], {}, capturingLogger(lines));
-  const f = following(source, capturingLogger(lines));
-  try {
-    await f.start();
-    pair.links[0]!.cut();
-    await provider.modify(failoverLdif('st1', 'sl1b'));
-    assert.ok(await until(() => f.master('st1') === 'sl1b', 5_000), 'the failover on the provider was not followed');
-    await provider.stopOnly();
-    // Many polls (200 ms each) on the consumer.
-    await until(() => lines.some((l) => l['event'] === 'storemap.source_behind') || f.master('st1') !== 'sl1b', 10_000);
-    await sleep(2_000);
-    assert.equal(f.master('st1'), 'sl1b', 'the stale map was put in force');
-    assert.deepEqual(f.changes.map((c) => `${c.store}:${c.from}>${c.to}`), ['st1:sl1a>sl1b'], 'the new master was drained');
-    const behind = lines.filter((l) => l['event'] === 'storemap.source_behind');
-    assert.equal(behind.length, 1, 'said once, not at every poll');
-    assert.equal(behind[0]!['level'], 'warn');
-    assert.equal(behind[0]!['url'], consumer.url);
-    assert.equal(behind[0]!['dn'], `cn=st1,${LDAP_STORES_DN}`.toLowerCase());
-    assert.match(String(behind[0]!['csnInForce']), /#/);
-    assert.ok(!JSON.stringify(lines).includes(consumer.bindPassword), 'a secret in the log');
-    const down = f.health.at(-1);
-    assert.ok(down instanceof MailfrontError && down.code === 'STOREMAP_LDAP_BEHIND', String(down));
-    // A failover through this instance meanwhile is refused, nothing written (it would be checked against the stale map).
-    await assert.rejects(f.holder.failover('st2', 'sl2b'), (error: unknown) => error instanceof MailfrontError && error.code === 'STOREMAP_LDAP_BEHIND');
-    assert.equal(f.master('st1'), 'sl1b');
+      // The same failover through the provider is written.
+      const direct = sourceOf([provider]);
+      try {
+        assert.equal(await direct.setCurrentMaster('st1', 'sl1b'), undefined);
+      } finally {
+        await direct.close();
+      }
+    } finally {
+      server.close();
+      await source.close();
+      await pair.stop();
+    }
+  });
 
-    // The provider back (the consumer still cut off): the polls move to it, the source is up, nothing changed.
-    await provider.startAgain();
-    assert.ok(await until(() => f.health.at(-1) === null, 15_000), `the source stayed down: ${String(f.health.at(-1))}`);
-    assert.equal(f.master('st1'), 'sl1b');
-    // Gone again: the consumer is refused again, and said again.
-    await provider.stopOnly();
-    assert.ok(await until(() => lines.filter((l) => l['event'] === 'storemap.source_behind').length === 2, 10_000), 'not said again');
-    assert.equal(f.master('st1'), 'sl1b');
-    assert.deepEqual(f.changes.map((c) => `${c.store}:${c.from}>${c.to}`), ['st1:sl1a>sl1b']);
+  test('mirror mode: a failover written on one provider while the two were apart reaches the other after a newer one, and is followed within seconds, not at the next whole read', async () => {
+    const pair = await startSlapdPair({ mode: 'mirror', entries: storeEntries(3), access: FAILOVER_ACCESS });
+    const [p1, p2] = pair.servers;
+    const source = sourceOf([p1], {}, createLogger('silent'), TIMING);
+    const f = following(source);
+    try {
+      // Each provider has written once (its server id is in both contextCSNs).
+      await p1.modify(failoverLdif('st3', 'sl3b'));
+      await p2.modify(failoverLdif('st3', 'sl3a'));
+      assert.ok(await until(async () => (await masterOn(p1, 'st3')) === 'sl3a', 10_000), 'the mirror does not replicate');
+      await f.start();
+      for (const link of pair.links) link.cut();
+      await p2.modify(failoverLdif('st2', 'sl2b'));
+      await sleep(3_000);
+      await p1.modify(failoverLdif('st1', 'sl1b'));
+      assert.ok(await until(() => f.master('st1') === 'sl1b', 5_000), 'the failover on the provider read was not followed');
+      assert.equal(f.master('st2'), 'sl2a');
+      for (const link of pair.links) link.restore();
+      assert.ok(await until(async () => (await masterOn(p1, 'st2')) === 'sl2b', 15_000), 'the mirror did not heal');
+      const arrived = performance.now();
+      // Within a few polls (200 ms each), with room for a loaded machine; the whole read is 30 s away.
+      assert.ok(await until(() => f.master('st2') === 'sl2b', 10_000), 'the failover that arrived late was not followed within 10 s');
+      assert.ok(performance.now() - arrived < 10_000);
+      assert.deepEqual(f.changes.map((c) => `${c.store}:${c.from}>${c.to}`), ['st1:sl1a>sl1b', 'st2:sl2a>sl2b']);
+    } finally {
+      f.stop();
+      await source.close();
+      await pair.stop();
+    }
+  });
 
-    // A reload asked for (SIGHUP, mailfront reload) puts what the server says in force, said at error level.
-    const reloaded = await f.holder.reload('signal');
-    assert.equal(reloaded.ok, true, reloaded.error);
-    assert.equal(f.master('st1'), 'sl1a');
-    assert.ok(lines.some((l) => l['event'] === 'storemap.source_behind_accepted' && l['level'] === 'error'), 'no storemap.source_behind_accepted');
+  test('provider and consumer: failovers written while the consumer was cut off reach it out of their order (a slow refresh), and both are followed within seconds of arriving', async () => {
+    const pair = await startSlapdPair({ mode: 'consumer', entries: storeEntries(3), access: FAILOVER_ACCESS });
+    const [provider, consumer] = pair.servers;
+    const source = sourceOf([consumer], {}, createLogger('silent'), TIMING);
+    const f = following(source);
+    try {
+      await f.start();
+      pair.links[0]!.cut();
+      await provider.modify(failoverLdif('st2', 'sl2b'));
+      await sleep(3_000);
+      await provider.modify(failoverLdif('st1', 'sl1b'));
+      // A slow link: the refresh sends the changed entries in the database's order (st1 first),
+      // seconds apart.
+      pair.links[0]!.restore({ bytesPerSecond: 150 });
+      assert.ok(await until(async () => (await masterOn(consumer, 'st2')) === 'sl2b' && (await masterOn(consumer, 'st1')) === 'sl1b', 40_000), 'the consumer did not catch up');
+      const arrived = performance.now();
+      assert.ok(await until(() => f.master('st1') === 'sl1b' && f.master('st2') === 'sl2b', 10_000), `not followed within 10 s of arriving: st1=${f.master('st1')} st2=${f.master('st2')}`);
+      assert.ok(performance.now() - arrived < 10_000);
+    } finally {
+      f.stop();
+      await source.close();
+      await pair.stop();
+    }
+  });
 
-    // The provider back and the consumer caught up: the source is up again and follows the failover.
-    await provider.startAgain();
-    pair.links[0]!.restore();
-    assert.ok(await until(() => f.master('st1') === 'sl1b' && f.health.at(-1) === null, 15_000), `st1=${f.master('st1')}, health ${String(f.health.at(-1))}`);
-  } finally {
-    f.stop();
-    await source.close();
-    await pair.stop();
-  }
+  test('urls [provider, consumer]: with the provider stopped, the consumer that has not got the last failover is refused (storemap.source_behind), the map in force kept and the new master not drained; a reload asked for puts its map in force', async () => {
+    const pair = await startSlapdPair({ mode: 'consumer', entries: storeEntries(2), access: FAILOVER_ACCESS });
+    const [provider, consumer] = pair.servers;
+    const lines: Array<Record<string, unknown>> = [];
+    const source = sourceOf([provider, consumer], {}, capturingLogger(lines));
+    const f = following(source, capturingLogger(lines));
+    try {
+      await f.start();
+      pair.links[0]!.cut();
+      await provider.modify(failoverLdif('st1', 'sl1b'));
+      assert.ok(await until(() => f.master('st1') === 'sl1b', 5_000), 'the failover on the provider was not followed');
+      await provider.stopOnly();
+      // Many polls (200 ms each) on the consumer.
+      await until(() => lines.some((l) => l['event'] === 'storemap.source_behind') || f.master('st1') !== 'sl1b', 10_000);
+      await sleep(2_000);
+      assert.equal(f.master('st1'), 'sl1b', 'the stale map was put in force');
+      assert.deepEqual(f.changes.map((c) => `${c.store}:${c.from}>${c.to}`), ['st1:sl1a>sl1b'], 'the new master was drained');
+      const behind = lines.filter((l) => l['event'] === 'storemap.source_behind');
+      assert.equal(behind.length, 1, 'said once, not at every poll');
+      assert.equal(behind[0]!['level'], 'warn');
+      assert.equal(behind[0]!['url'], consumer.url);
+      assert.equal(behind[0]!['dn'], `cn=st1,${LDAP_STORES_DN}`.toLowerCase());
+      assert.match(String(behind[0]!['csnInForce']), /#/);
+      assert.ok(!JSON.stringify(lines).includes(consumer.bindPassword), 'a secret in the log');
+      const down = f.health.at(-1);
+      assert.ok(down instanceof MailfrontError && down.code === 'STOREMAP_LDAP_BEHIND', String(down));
+      // A failover through this instance meanwhile is refused, nothing written (it would be checked against the stale map).
+      await assert.rejects(f.holder.failover('st2', 'sl2b'), (error: unknown) => error instanceof MailfrontError && error.code === 'STOREMAP_LDAP_BEHIND');
+      assert.equal(f.master('st1'), 'sl1b');
+
+      // The provider back (the consumer still cut off): the polls move to it, the source is up, nothing changed.
+      await provider.startAgain();
+      assert.ok(await until(() => f.health.at(-1) === null, 15_000), `the source stayed down: ${String(f.health.at(-1))}`);
+      assert.equal(f.master('st1'), 'sl1b');
+      // Gone again: the consumer is refused again, and said again.
+      await provider.stopOnly();
+      assert.ok(await until(() => lines.filter((l) => l['event'] === 'storemap.source_behind').length === 2, 10_000), 'not said again');
+      assert.equal(f.master('st1'), 'sl1b');
+      assert.deepEqual(f.changes.map((c) => `${c.store}:${c.from}>${c.to}`), ['st1:sl1a>sl1b']);
+
+      // A reload asked for (SIGHUP, mailfront reload) puts what the server says in force, said at error level.
+      const reloaded = await f.holder.reload('signal');
+      assert.equal(reloaded.ok, true, reloaded.error);
+      assert.equal(f.master('st1'), 'sl1a');
+      assert.ok(lines.some((l) => l['event'] === 'storemap.source_behind_accepted' && l['level'] === 'error'), 'no storemap.source_behind_accepted');
+
+      // The provider back and the consumer caught up: the source is up again and follows the failover.
+      await provider.startAgain();
+      pair.links[0]!.restore();
+      assert.ok(await until(() => f.master('st1') === 'sl1b' && f.health.at(-1) === null, 15_000), `st1=${f.master('st1')}, health ${String(f.health.at(-1))}`);
+    } finally {
+      f.stop();
+      await source.close();
+      await pair.stop();
+    }
+  });
 });
