@@ -23,7 +23,7 @@ import { MailfrontError } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
 import { StoreMapHolder } from '../../src/routing/holder.js';
 import type { MasterChange } from '../../src/routing/holder.js';
-import { LdapStoreMapSource } from '../../src/routing/sources.js';
+import { LdapStoreMapSource, generalizedTimeMs } from '../../src/routing/sources.js';
 import { createAdminHandler } from '../../src/server/admin.js';
 import type { AdminContext } from '../../src/server/admin.js';
 import { LDAP_SERVICE_DN, LDAP_STORES_DN } from './servers/index.js';
@@ -97,10 +97,29 @@ function following(source: LdapStoreMapSource, log = createLogger('silent')): { 
   };
 }
 
+/**
+ * Waits until a write would be stamped (modifyTimestamp: whole seconds, by this machine's clock,
+ * which the pair's servers share) at least `seconds` after the entry of `store` on `server`.
+ */
+async function stampedLaterBy(server: PairMember, store: string, seconds: number): Promise<void> {
+  const client = new Client({ url: server.url });
+  let stamp: number | undefined;
+  try {
+    await client.bind(server.bindDn, server.bindPassword);
+    const { searchEntries } = await client.search(`cn=${store},${LDAP_STORES_DN}`, { scope: 'base', attributes: ['modifyTimestamp'] });
+    stamp = generalizedTimeMs(String(searchEntries[0]?.['modifyTimestamp']));
+  } finally {
+    await client.unbind().catch(() => undefined);
+  }
+  assert.ok(stamp !== undefined, `no modifyTimestamp on ${store}`);
+  const wait = stamp + seconds * 1_000 - Date.now();
+  if (wait > 0) await sleep(wait);
+}
+
 // Polls every 200 ms; the whole read every 30 s (the default). The polls by modifyTimestamp,
 // where there is no contextCSN, look 1 s before the newest stamp rather than 10 (the default): so
-// that a failover stamped 3 s before the newest (not 11) is out of their reach, as one stamped
-// earlier by a lagging or skewed server is with the default.
+// that a failover stamped 2 s or more before the newest (not 11) is out of their reach, as one
+// stamped earlier by a lagging or skewed server is with the default.
 const TIMING = { recentMarginMs: 1_000 };
 
 // The four run at once, each on a replicating pair of its own: together they take about the
@@ -211,11 +230,13 @@ describe('the LDAP store-map source against replicated slapd', { concurrency: tr
       await f.start();
       pair.links[0]!.cut();
       await provider.modify(failoverLdif('st2', 'sl2b'));
-      await sleep(3_000);
+      // st1 stamped 2 s or more after st2 (TIMING): st2 is out of reach of polls by modifyTimestamp.
+      await stampedLaterBy(provider, 'st2', 2);
       await provider.modify(failoverLdif('st1', 'sl1b'));
       // A slow link: the refresh sends the changed entries in the database's order (st1 first),
-      // seconds apart.
-      pair.links[0]!.restore({ bytesPerSecond: 150 });
+      // many polls apart (about 1.5 s at 400 bytes/s, measured; 4.5 s at 150, which made this the
+      // file's longest case).
+      pair.links[0]!.restore({ bytesPerSecond: 400 });
       assert.ok(await until(async () => (await masterOn(consumer, 'st2')) === 'sl2b' && (await masterOn(consumer, 'st1')) === 'sl1b', 40_000), 'the consumer did not catch up');
       const arrived = performance.now();
       assert.ok(await until(() => f.master('st1') === 'sl1b' && f.master('st2') === 'sl2b', 10_000), `not followed within 10 s of arriving: st1=${f.master('st1')} st2=${f.master('st2')}`);
