@@ -157,7 +157,7 @@ describe('auth-failure throttling', { concurrency: true }, () => {
 describe('throttling with usernames.lowercase off', () => {
   let front: Front;
   before(async () => {
-    front = await startFront({ slapd, stores: stores(), throttle: { ...THROTTLE, base_delay_ms: 0, max_delay_ms: 0, failures_per_user: 3 }, usernames: { lowercase: false }, connectionLimits: { max_sessions_per_user: 1 } });
+    front = await startFront({ slapd, stores: stores(), throttle: { ...THROTTLE, base_delay_ms: 0, max_delay_ms: 0, failures_per_user: 3 }, usernames: { lowercase: false }, connectionLimits: { max_sessions_per_user: 1 }, session: { auth_failure_delay_ms: 50 } });
   });
   after(async () => {
     await front?.stop();
