@@ -268,7 +268,8 @@ async function greeted(front: Instance): Promise<Client> {
 const stepName = (stepMs: number): string => (stepMs < 0 ? 'set back an hour' : 'set forward an hour');
 
 describe('the wall clock stepped during a stop\'s drain', () => {
-  const DRAIN_MS = 2_000;
+  // A drain timed by the wall clock would end at the step (200 ms in) or an hour later.
+  const DRAIN_MS = 1_000;
   for (const stepMs of STEPS) {
     test(`${stepName(stepMs)}: the spliced session still gets shutdown.drain_timeout_ms, then BYE, and the stop ends; its duration is counted on the monotonic clock`, async () => {
       const backend = await scriptedBackend();
@@ -301,7 +302,9 @@ describe('the wall clock stepped during a stop\'s drain', () => {
 });
 
 describe('the wall clock stepped while a login is held (its master down)', () => {
-  const HOLD_MS = 3_000;
+  // A hold timed by the wall clock would end at the first retry after the step (at most 1 s after
+  // it, 1.3 s in: below HOLD_MS - 300) or an hour later.
+  const HOLD_MS = 2_000;
   for (const stepMs of STEPS) {
     test(`${stepName(stepMs)}: the login is held failover.hold_ms all the same, then answered NO [UNAVAILABLE]`, async () => {
       const front = await start(directoryOf(), await deadPort(), {
@@ -327,7 +330,8 @@ describe('the wall clock stepped while a login is held (its master down)', () =>
 });
 
 describe('the wall clock stepped while the directory checks a wrong password', () => {
-  const DELAY_MS = 2_000;
+  // A delay timed by the wall clock would end at the step (300 ms in) or an hour later.
+  const DELAY_MS = 1_000;
   for (const stepMs of STEPS) {
     test(`${stepName(stepMs)}: the failure is answered session.auth_failure_delay_ms after the login began, no sooner and no later`, async () => {
       const directory = directoryOf(async () => {
@@ -352,7 +356,8 @@ describe('the wall clock stepped while the directory checks a wrong password', (
 });
 
 describe('the wall clock stepped between accept and the session (while the PROXY header is awaited)', () => {
-  const PREAUTH_MS = 2_000;
+  // A deadline timed by the wall clock would fire at the step (200 ms in) or an hour later.
+  const PREAUTH_MS = 1_000;
   for (const stepMs of STEPS) {
     test(`${stepName(stepMs)}: the pre-auth deadline still runs preauth_timeout_ms from accept, on a plaintext listener`, async () => {
       const front = await start(directoryOf(), await deadPort(), { session: { preauth_timeout_ms: PREAUTH_MS } });
