@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict';
 import { createServer, connect } from 'node:net';
 import type { AddressInfo, Socket } from 'node:net';
-import { after, before, describe, test } from 'node:test';
+import { after, describe, test } from 'node:test';
 import { createClient } from '@redis/client';
 import { pino } from 'pino';
 import { Throttle } from '../../src/auth/throttle.js';
@@ -23,25 +23,34 @@ const TIMEOUT_MS = 400;
 const RETRY_MS = 200;
 const WRONG_PASSWORDS = Array.from({ length: 12 }, (_, i) => `Wrong-pw-${i}-a81f`);
 
-let redis: Redis;
-
-before(async () => {
-  redis = await startRedis();
-});
-
-after(async () => {
-  await redis?.stop();
-});
-
 interface Instance {
   readonly throttle: Throttle;
   readonly lines: Record<string, unknown>[];
   readonly states: RedisState[];
 }
 
-const open: Throttle[] = [];
+/** Every throttle the cases made, with the Redis URL it was given: closed with that Redis (withOwnRedis), or after the file. */
+const open = new Map<Throttle, string>();
 
-async function instance(prefix: string, fingerprintKey?: Uint8Array, url = redis.url, overrides: Partial<ThrottleConfig> = {}, retryIntervalMs = RETRY_MS): Promise<Instance> {
+/**
+ * A case run against a redis-server of its own, started for it and stopped after it, with the
+ * throttles made for it: left open, each would try to reconnect every RETRY_MS meanwhile.
+ */
+function withOwnRedis(body: (redis: Redis) => Promise<void>): () => Promise<void> {
+  return async () => {
+    const redis = await startRedis();
+    try {
+      await body(redis);
+    } finally {
+      const mine = [...open].filter(([, url]) => url === redis.url).map(([throttle]) => throttle);
+      for (const throttle of mine) open.delete(throttle);
+      await Promise.all(mine.map((throttle) => throttle.close()));
+      await redis.stop();
+    }
+  };
+}
+
+async function instance(prefix: string, fingerprintKey: Uint8Array | undefined, url: string, overrides: Partial<ThrottleConfig> = {}, retryIntervalMs = RETRY_MS): Promise<Instance> {
   const config: ThrottleConfig = {
     enabled: true,
     baseDelayMs: 100,
@@ -58,14 +67,14 @@ async function instance(prefix: string, fingerprintKey?: Uint8Array, url = redis
   const states: RedisState[] = [];
   const log = pino({ level: 'debug' }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
   const throttle = Throttle.fromConfig(config, log, { onRedisState: (s) => states.push(s), retryIntervalMs, ...(fingerprintKey ? { fingerprintKey } : {}) });
-  open.push(throttle);
+  open.set(throttle, url);
   await throttle.ready();
   await until('the first connection to Redis', () => throttle.sharing === 'up');
   return { throttle, lines, states };
 }
 
 after(async () => {
-  await Promise.all(open.map((t) => t.close()));
+  await Promise.all([...open.keys()].map((t) => t.close()));
 });
 
 const from = (user: string, address: string): LoginAttempt => ({ user, address, trusted: false });
@@ -149,10 +158,13 @@ function redisStateLines(lines: readonly Record<string, unknown>[]): string[] {
   return lines.filter((l) => l['event'] === 'throttle.redis_state').map((l) => `${String(l['level'])} ${String(l['state'])}`);
 }
 
-describe('throttle counters shared through Redis', () => {
-  test('two instances see each other\'s failures, per user and per address', async () => {
-    const a = await instance('t1:');
-    const b = await instance('t1:');
+// Four cases at a time, each against a redis-server of its own (withOwnRedis): they stop, hang
+// and make Redis refuse writes, which would reach any case sharing it. Not all at once: the cases
+// time Redis calls against TIMEOUT_MS, which a busier event loop makes them miss.
+describe('throttle counters shared through Redis', { concurrency: 4 }, () => {
+  test('two instances see each other\'s failures, per user and per address', withOwnRedis(async (redis) => {
+    const a = await instance('t1:', undefined, redis.url);
+    const b = await instance('t1:', undefined, redis.url);
     assert.equal(a.throttle.sharing, 'up');
     for (let i = 0; i < 4; i++) await a.throttle.recordFailure(from('alice', '192.0.2.1'), WRONG_PASSWORDS[i] ?? '');
     const seenByB = await b.throttle.check(from('alice', '198.51.100.1'));
@@ -168,21 +180,21 @@ describe('throttle counters shared through Redis', () => {
     assert.equal(address.refused, true);
     assert.equal(address.refusedBy, 'address');
     assert.deepEqual(redisStateLines(a.lines), ['30 up'], 'one info line when Redis was reached');
-  });
+  }));
 
-  test('with a fleet-wide fingerprint key, one wrong password counts once across instances', async () => {
+  test('with a fleet-wide fingerprint key, one wrong password counts once across instances', withOwnRedis(async (redis) => {
     const key = new Uint8Array(32).fill(3);
-    const a = await instance('t2:', key);
-    const b = await instance('t2:', key);
+    const a = await instance('t2:', key, redis.url);
+    const b = await instance('t2:', key, redis.url);
     await a.throttle.recordFailure(from('carol', '192.0.2.2'), 'stale-password');
     const again = await b.throttle.recordFailure(from('carol', '192.0.2.3'), 'stale-password');
     assert.equal(again.delayMs, 100, 'still one failure');
-    const other = await instance('t2:');
+    const other = await instance('t2:', undefined, redis.url);
     assert.equal((await other.throttle.recordFailure(from('carol', '192.0.2.3'), 'stale-password')).delayMs, 200, 'a per-process key counts it again, once per instance');
-  });
+  }));
 
-  test('Redis holds no password, and every key it holds expires', async () => {
-    const a = await instance('t3:');
+  test('Redis holds no password, and every key it holds expires', withOwnRedis(async (redis) => {
+    const a = await instance('t3:', undefined, redis.url);
     await a.throttle.recordFailure(from('dave', '2001:db8:7:7::1'), WRONG_PASSWORDS[7] ?? '');
     // A success makes its address known to the user (throttle.known_address_ms, a day by default).
     await a.throttle.recordSuccess(from('erin', '2001:db8:8:8::1'));
@@ -201,10 +213,10 @@ describe('throttle counters shared through Redis', () => {
     } finally {
       raw.destroy();
     }
-  });
+  }));
 
-  test('Redis answering with an error: local counters answer, the connection stays, one warning', async () => {
-    const a = await instance('t6:');
+  test('Redis answering with an error: local counters answer, the connection stays, one warning', withOwnRedis(async (redis) => {
+    const a = await instance('t6:', undefined, redis.url);
     const raw = createClient({ url: redis.url });
     raw.on('error', () => undefined);
     await raw.connect();
@@ -218,16 +230,16 @@ describe('throttle counters shared through Redis', () => {
     assert.equal(a.throttle.sharing, 'up');
     assert.equal(a.lines.filter((l) => l['event'] === 'throttle.redis_refused').length, 1);
     assert.match(String(a.lines.find((l) => l['event'] === 'throttle.redis_refused')?.['reason']), /WRONGTYPE/);
-  });
+  }));
 
   for (const [mode, refuse, restore, reason] of [
     ['out of memory', ['CONFIG', 'SET', 'maxmemory', '1'], ['CONFIG', 'SET', 'maxmemory', '0'], /^OOM/],
     ['a read-only replica', ['REPLICAOF', '127.0.0.1', '1'], ['REPLICAOF', 'NO', 'ONE'], /^READONLY/],
   ] as const) {
-    test(`Redis refusing writes (${mode}): an instance adds the failures Redis refused to Redis's count and refuses at the limit, also after a write by someone else is taken; state read-only until then`, async () => {
+    test(`Redis refusing writes (${mode}): an instance adds the failures Redis refused to Redis's count and refuses at the limit, also after a write by someone else is taken; state read-only until then`, withOwnRedis(async (redis) => {
       const prefix = `t7${mode.length}:`;
-      const a = await instance(prefix);
-      const b = await instance(prefix);
+      const a = await instance(prefix, undefined, redis.url);
+      const b = await instance(prefix, undefined, redis.url);
       const raw = createClient({ url: redis.url });
       raw.on('error', () => undefined);
       await raw.connect();
@@ -276,11 +288,11 @@ describe('throttle counters shared through Redis', () => {
       await a.throttle.recordFailure(from('ivan', '192.0.2.33'), WRONG_PASSWORDS[6] ?? '');
       assert.equal((await a.throttle.check(from('ivan', '192.0.2.33'))).refused, true, 'and after a write taken for ivan himself');
       await eventually('B sees the three A counted apart, written to Redis once it took writes', async () => (await b.throttle.check(from('ivan', '192.0.2.31'))).refused);
-    });
+    }));
   }
 
-  test('Redis refusing writes: a refusal earned meanwhile lasts its time once Redis takes writes again, whoever\'s failure it took first', async () => {
-    const a = await instance('t11:');
+  test('Redis refusing writes: a refusal earned meanwhile lasts its time once Redis takes writes again, whoever\'s failure it took first', withOwnRedis(async (redis) => {
+    const a = await instance('t11:', undefined, redis.url);
     const raw = createClient({ url: redis.url });
     raw.on('error', () => undefined);
     await raw.connect();
@@ -301,10 +313,10 @@ describe('throttle counters shared through Redis', () => {
     const address = await a.throttle.check(from('kate', '192.0.2.34'));
     assert.equal(address.refused, false);
     assert.equal(address.delayMs, 1_600, 'the address\'s five failures still count');
-  });
+  }));
 
-  test('Redis refusing writes, then taking them again: an instance with no failed login since is up again by itself', async () => {
-    const a = await instance('t12:');
+  test('Redis refusing writes, then taking them again: an instance with no failed login since is up again by itself', withOwnRedis(async (redis) => {
+    const a = await instance('t12:', undefined, redis.url);
     const raw = createClient({ url: redis.url });
     raw.on('error', () => undefined);
     await raw.connect();
@@ -331,11 +343,11 @@ describe('throttle counters shared through Redis', () => {
     } finally {
       raw.destroy();
     }
-  });
+  }));
 
-  test('Redis refusing writes: failures counted through another instance before and through this one since add up to the limit', async () => {
-    const a = await instance('t10:');
-    const b = await instance('t10:');
+  test('Redis refusing writes: failures counted through another instance before and through this one since add up to the limit', withOwnRedis(async (redis) => {
+    const a = await instance('t10:', undefined, redis.url);
+    const b = await instance('t10:', undefined, redis.url);
     const raw = createClient({ url: redis.url });
     raw.on('error', () => undefined);
     await raw.connect();
@@ -354,9 +366,9 @@ describe('throttle counters shared through Redis', () => {
       raw.destroy();
     }
     assert.equal(tried, 5, 'distinct wrong passwords tried before A refused, with a limit of five');
-  });
+  }));
 
-  test('Redis refusing writes, then taking them: failures through another instance since reach the limit with the ones this instance counted apart; a check refuses, and so does a password Redis held already, for the refusal\'s time, not again at every check', async () => {
+  test('Redis refusing writes, then taking them: failures through another instance since reach the limit with the ones this instance counted apart; a check refuses, and so does a password Redis held already, for the refusal\'s time, not again at every check', withOwnRedis(async (redis) => {
     const key = new Uint8Array(32).fill(7);
     // A probes Redis for writes only every 10 s: it stays read-only, its failure apart, while B
     // writes (a probe taken sooner would replay it into Redis before B's four are in).
@@ -391,11 +403,11 @@ describe('throttle counters shared through Redis', () => {
     const later = await a.throttle.check(from('pia', '192.0.2.80'));
     assert.equal(later.refused, false, 'the refusal lasted refusal_ms, not as long as the failures are remembered');
     assert.equal(later.delayMs, 1_600, 'the five failures still count');
-  });
+  }));
 
-  test('Redis stopped: local counters answer at once, one warning; Redis back: shared again, one info line', async () => {
-    const a = await instance('t4:');
-    const b = await instance('t4:');
+  test('Redis stopped: local counters answer at once, one warning; Redis back: shared again, one info line', withOwnRedis(async (redis) => {
+    const a = await instance('t4:', undefined, redis.url);
+    const b = await instance('t4:', undefined, redis.url);
     await redis.stopOnly();
     try {
       const started = Date.now();
@@ -421,9 +433,9 @@ describe('throttle counters shared through Redis', () => {
     assert.equal((await a.throttle.check(from('erin', '192.0.2.9'))).refused, true, 'the refusal A earned while Redis was down lasts');
     for (let i = 0; i < 5; i++) await a.throttle.recordFailure(from('frank', '192.0.2.10'), WRONG_PASSWORDS[i] ?? '');
     assert.equal((await b.throttle.check(from('frank', '192.0.2.11'))).refused, true, 'shared again');
-  });
+  }));
 
-  test('Redis down, then back: a wrong password counted meanwhile and retried once Redis is back counts once, not once in Redis and once apart', async () => {
+  test('Redis down, then back: a wrong password counted meanwhile and retried once Redis is back counts once, not once in Redis and once apart', withOwnRedis(async (redis) => {
     // Two stale passwords (a phone and a laptop), each retried, with a limit of three.
     const a = await instance('t13:', undefined, redis.url, { failuresPerUser: 3 });
     const bob = from('bob', '192.0.2.70');
@@ -453,10 +465,10 @@ describe('throttle counters shared through Redis', () => {
     // refusal it started while Redis was down runs on.
     await a.throttle.recordFailure(cleo, WRONG_PASSWORDS[2] ?? '');
     assert.equal((await a.throttle.check(cleo)).refused, true, 'cleo is still refused');
-  });
+  }));
 
-  test('Redis hung, then back: a password sent in a call that timed out and retried while Redis was down is not counted apart (Redis ran the call)', async () => {
-    const a = await instance('t14:');
+  test('Redis hung, then back: a password sent in a call that timed out and retried while Redis was down is not counted apart (Redis ran the call)', withOwnRedis(async (redis) => {
+    const a = await instance('t14:', undefined, redis.url);
     const carl = from('carl', '192.0.2.71');
     await a.throttle.recordFailure(carl, WRONG_PASSWORDS[1] ?? '');
     await redis.pause();
@@ -470,9 +482,9 @@ describe('throttle counters shared through Redis', () => {
     await until('A back on Redis', () => a.throttle.sharing === 'up');
     assert.equal((await a.throttle.check(carl)).delayMs, 200, 'the two wrong passwords Redis holds, the second from the call that timed out; not a third');
     assert.equal((await a.throttle.recordFailure(carl, WRONG_PASSWORDS[2] ?? '')).delayMs, 200);
-  });
+  }));
 
-  test('Redis refusing writes, then hung as the password it refused is retried, then back: Redis, which ran that call late, and the failures A counted apart hold it once; two distinct wrong passwords stay below a limit of three', async () => {
+  test('Redis refusing writes, then hung as the password it refused is retried, then back: Redis, which ran that call late, and the failures A counted apart hold it once; two distinct wrong passwords stay below a limit of three', withOwnRedis(async (redis) => {
     const a = await instance('t17:', undefined, redis.url, { failuresPerUser: 3 });
     const dan = from('dan', '192.0.2.74');
     const raw = createClient({ url: redis.url });
@@ -510,9 +522,9 @@ describe('throttle counters shared through Redis', () => {
     } finally {
       raw.destroy();
     }
-  });
+  }));
 
-  test('Redis hung twice: a password counted apart in the first outage and retried as Redis hangs again counts once once Redis is back (Redis ran the retry late); two distinct wrong passwords stay below a limit of three', async () => {
+  test('Redis hung twice: a password counted apart in the first outage and retried as Redis hangs again counts once once Redis is back (Redis ran the retry late); two distinct wrong passwords stay below a limit of three', withOwnRedis(async (redis) => {
     const a = await instance('t18:', undefined, redis.url, { failuresPerUser: 3 });
     const fay = from('fay', '192.0.2.76');
     await redis.pause();
@@ -539,9 +551,9 @@ describe('throttle counters shared through Redis', () => {
     assert.equal(second.delayMs, 200);
     assert.equal((await a.throttle.check(fay)).refused, false);
     assert.equal((await a.throttle.recordFailure(fay, WRONG_PASSWORDS[3] ?? '')).refused, true, 'the third distinct wrong password reaches the limit');
-  });
+  }));
 
-  test('Redis up, refusing writes, hung, down, and back: wrong passwords guessed after a check each are refused from the limit on', async () => {
+  test('Redis up, refusing writes, hung, down, and back: wrong passwords guessed after a check each are refused from the limit on', withOwnRedis(async (redis) => {
     const a = await instance('t19:', undefined, redis.url, { failuresPerUser: 3 });
     const hal = from('hal', '192.0.2.78');
     const raw = createClient({ url: redis.url });
@@ -577,12 +589,12 @@ describe('throttle counters shared through Redis', () => {
     } finally {
       raw.destroy();
     }
-  });
+  }));
 
-  test('Redis refusing writes, then taking them: a failure missed meanwhile that Redis holds since, through another instance with the same fingerprint key, stops counting apart at its retry', async () => {
+  test('Redis refusing writes, then taking them: a failure missed meanwhile that Redis holds since, through another instance with the same fingerprint key, stops counting apart at its retry', withOwnRedis(async (redis) => {
     const key = new Uint8Array(32).fill(5);
-    const a = await instance('t15:', key);
-    const b = await instance('t15:', key);
+    const a = await instance('t15:', key, redis.url);
+    const b = await instance('t15:', key, redis.url);
     const raw = createClient({ url: redis.url });
     raw.on('error', () => undefined);
     await raw.connect();
@@ -598,10 +610,10 @@ describe('throttle counters shared through Redis', () => {
     // A cannot know yet that Redis holds the one it counted apart; its retry tells.
     assert.equal((await a.throttle.recordFailure(from('dora', '192.0.2.72'), 'stale-password')).delayMs, 100, 'Redis held it already: one failure');
     assert.equal((await a.throttle.check(from('dora', '192.0.2.72'))).delayMs, 100);
-  });
+  }));
 
-  test('Redis hung (SIGSTOP): every call returns within its deadline on local counters; resumed: shared again', async () => {
-    const a = await instance('t5:');
+  test('Redis hung (SIGSTOP): every call returns within its deadline on local counters; resumed: shared again', withOwnRedis(async (redis) => {
+    const a = await instance('t5:', undefined, redis.url);
     await a.throttle.recordFailure(from('gina', '192.0.2.12'), WRONG_PASSWORDS[0] ?? '');
     await redis.pause();
     try {
@@ -625,9 +637,9 @@ describe('throttle counters shared through Redis', () => {
     }
     await until('A back on Redis', () => a.throttle.sharing === 'up');
     assert.deepEqual(a.states, ['up', 'down', 'up']);
-  });
+  }));
 
-  test('Redis slow (a new connection\'s first PING answered in time, everything else after timeout_ms, within the connection deadline): the state does not flap up and down, and its lines stay few', async () => {
+  test('Redis slow (a new connection\'s first PING answered in time, everything else after timeout_ms, within the connection deadline): the state does not flap up and down, and its lines stay few', withOwnRedis(async (redis) => {
     const proxy = await slowProxy(redis.port, 1.5 * TIMEOUT_MS);
     try {
       const a = await instance('t8:', undefined, proxy.url);
@@ -648,10 +660,10 @@ describe('throttle counters shared through Redis', () => {
     } finally {
       await proxy.close();
     }
-  });
+  }));
 
-  test('Redis going down and coming back again and again: every change reaches the state callback, the first three are logged, the rest wait for the minute\'s line', async () => {
-    const a = await instance('t9:');
+  test('Redis going down and coming back again and again: every change reaches the state callback, the first three are logged, the rest wait for the minute\'s line', withOwnRedis(async (redis) => {
+    const a = await instance('t9:', undefined, redis.url);
     for (let i = 0; i < 3; i++) {
       await redis.stopOnly();
       try {
@@ -664,8 +676,8 @@ describe('throttle counters shared through Redis', () => {
     }
     assert.deepEqual(a.states, ['up', 'down', 'up', 'down', 'up', 'down', 'up']);
     assert.deepEqual(redisStateLines(a.lines), ['30 up', '40 down', '30 up']);
-  });
-  test('a refusal Redis\'s count and a failure counted apart started together runs its time after the replay, even once Redis\'s failures have expired', async () => {
+  }));
+  test('a refusal Redis\'s count and a failure counted apart started together runs its time after the replay, even once Redis\'s failures have expired', withOwnRedis(async (redis) => {
     // Redis's two failures expire (window 1.5 s) during the refusal; the replay then writes A's
     // one into a fresh key, and 1 < 3 is no sign of a password counted twice.
     const overrides = { failuresPerUser: 3, failuresPerAddress: 100, failureWindowMs: 1_500, refusalMs: 20_000 };
@@ -695,7 +707,7 @@ describe('throttle counters shared through Redis', () => {
     } finally {
       raw.destroy();
     }
-  });
+  }));
 });
 
 describe('Redis set up otherwise: without HELLO, with an ACL, and what its errors show', () => {
@@ -725,7 +737,7 @@ describe('Redis set up otherwise: without HELLO, with an ACL, and what its error
         const log = pino({ level: 'debug' }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
         const config: ThrottleConfig = { enabled: true, baseDelayMs: 100, maxDelayMs: 1_600, failuresPerUser: 5, failuresPerAddress: 8, failureWindowMs: 60_000, refusalMs: 30_000, maxTrackedSubjects: 100, redis: { url: noAuth.url, password, keyPrefix: 'h2:', timeoutMs: TIMEOUT_MS } };
         const throttle = Throttle.fromConfig(config, log, { retryIntervalMs: RETRY_MS });
-        open.push(throttle);
+        open.set(throttle, noAuth.url);
         await throttle.ready();
         assert.equal(throttle.sharing, 'down');
         const warning = lines.find((l) => l['event'] === 'throttle.redis_state' && l['state'] === 'down');
@@ -768,9 +780,9 @@ describe('Redis set up otherwise: without HELLO, with an ACL, and what its error
     }
   });
 
-  test('a success while Redis is hung or refuses writes starts the user\'s count over in Redis too, once it takes writes again: one typo later is not refused', async () => {
-    const a = await instance('s1:');
-    const b = await instance('s1:');
+  test('a success while Redis is hung or refuses writes starts the user\'s count over in Redis too, once it takes writes again: one typo later is not refused', withOwnRedis(async (redis) => {
+    const a = await instance('s1:', undefined, redis.url);
+    const b = await instance('s1:', undefined, redis.url);
     const raw = createClient({ url: redis.url });
     raw.on('error', () => undefined);
     await raw.connect();
@@ -812,5 +824,5 @@ describe('Redis set up otherwise: without HELLO, with an ACL, and what its error
     } finally {
       raw.destroy();
     }
-  });
+  }));
 });
