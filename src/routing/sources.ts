@@ -1561,9 +1561,10 @@ export function usnSearchFrom(samples: readonly UsnSample[], now: UsnSample, mar
 /**
  * What the polls between two whole reads compare with on a 389 Directory Server with the USN
  * plugin (`lastusn` in the root DSE, an `entryusn` on every store entry the bind account may
- * read): every store entry's entryusn. A poll reads lastusn (one base search of the root DSE);
- * when a value moved since the sample a margin old (see usnSearchFrom), it asks for the store
- * entries whose entryusn is at or after the next number. USNs are the server's own, counted by
+ * read): every store entry's entryusn and routing values (see usnVersion). A poll reads lastusn
+ * (one base search of the root DSE); when a value moved since the sample a margin old (see
+ * usnSearchFrom), it asks for the store entries whose entryusn is at or after the next number,
+ * with their routing values. USNs are the server's own, counted by
  * each server (not replicated): the polls hold to one connection (its socket: ldapts reconnects
  * on its own, maybe to another server behind the same name), and a value that goes back is read
  * whole. A deletion leaves a tombstone only the Directory Manager may search: seen at the next
@@ -1575,17 +1576,43 @@ interface UsnPolls {
   readonly socket: unknown;
   readonly fingerprint: string;
   readonly readAt: number;
-  /** Every store entry's entryusn, by lower-cased DN. */
+  /** Every store entry's entryusn and routing digest (see usnVersion), by lower-cased DN. */
   readonly versions: ReadonlyMap<string, string>;
 }
 
-/** The entryusn of every entry, by lower-cased DN; else the DN of one without (written before the plugin was on, or one the account may not read). */
-function entryUsns(entries: ReadonlyArray<Record<string, unknown> & { dn: string }>): Map<string, string> | { readonly without: string } {
+/** The attributes of the store entries the map is made of (see storeEntriesToDocument). */
+const ROUTING_ATTRIBUTES = ['objectClass', 'cn', 'mailfrontCurrentMaster', 'mailfrontPreferredMaster', 'mailfrontBackendProfile', 'mailfrontMaintenance', 'mailfrontHost', ...SLOT_PORTS.map(([a]) => a)];
+const ROUTING_ATTRIBUTES_LOWER: ReadonlySet<string> = new Set(ROUTING_ATTRIBUTES.map((a) => a.toLowerCase()));
+
+/**
+ * Which change of a store entry a USN poll saw: its entryusn and a digest of its ROUTING_ATTRIBUTES'
+ * values (names lower-cased, values in the order given); undefined without an entryusn. Not the
+ * entryusn alone: in 389 DS multi-master replication, a change replicated after a later local
+ * write to the same entry (another attribute) wins its attribute by CSN and leaves the entry the
+ * local write's entryusn; the entry, written within the margin, is in every poll's answer until
+ * then, and its values tell.
+ */
+export function usnVersion(entry: Record<string, unknown>): string | undefined {
+  const usn = operational(entry, 'entryUSN');
+  if (usn === undefined || !/^\d{1,20}$/.test(usn)) return undefined;
+  const values: Array<[string, string[]]> = [];
+  for (const [key, raw] of Object.entries(entry)) {
+    const name = key.toLowerCase();
+    // ldapts may give an attribute asked for and absent as []: the same as not there.
+    if (!ROUTING_ATTRIBUTES_LOWER.has(name) || (Array.isArray(raw) && raw.length === 0)) continue;
+    values.push([name, (Array.isArray(raw) ? raw : [raw]).map((v) => (Buffer.isBuffer(v) ? v.toString('utf8') : String(v)))]);
+  }
+  values.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return `${usn} ${createHash('sha256').update(JSON.stringify(values)).digest('base64')}`;
+}
+
+/** The USN version (see usnVersion) of every entry, by lower-cased DN; else the DN of one without entryusn (written before the plugin was on, or one the account may not read). */
+export function entryUsns(entries: ReadonlyArray<Record<string, unknown> & { dn: string }>): Map<string, string> | { readonly without: string } {
   const usns = new Map<string, string>();
   for (const entry of entries) {
-    const usn = operational(entry, 'entryUSN');
-    if (usn === undefined || !/^\d{1,20}$/.test(usn)) return { without: entry.dn };
-    usns.set(lowerDn(entry.dn), usn);
+    const version = usnVersion(entry);
+    if (version === undefined) return { without: entry.dn };
+    usns.set(lowerDn(entry.dn), version);
   }
   return usns;
 }
@@ -2021,9 +2048,10 @@ export class LdapStoreMapSource implements StoreMapSource {
       if (from === undefined) return false;
       if (from === null) return true;
       const heardBefore = ldapBytesReceived(client);
-      const pages = client.searchPaginated(this.config.baseDn, { scope: 'sub', filter: `(&${STORE_ENTRIES_FILTER}(entryUSN>=${from}))`, attributes: ['entryUSN'], paged: true });
+      const pages = client.searchPaginated(this.config.baseDn, { scope: 'sub', filter: `(&${STORE_ENTRIES_FILTER}(entryUSN>=${from}))`, attributes: [...ROUTING_ATTRIBUTES, 'entryUSN'], paged: true });
       for await (const { searchEntries } of pages) {
-        for (const entry of searchEntries) if (polls.versions.get(lowerDn(entry.dn)) !== operational(entry, 'entryUSN')) return false;
+        // The values too, not the entryusn alone (see usnVersion); an entry not known is read whole.
+        for (const entry of searchEntries) if (polls.versions.get(lowerDn(entry.dn)) !== usnVersion(entry)) return false;
         if (ldapBytesReceived(client) - heardBefore > this.maxAnswerBytes) throw new Error(`the store entries under ${this.config.baseDn} changed lately came to more than ${this.maxAnswerBytes} bytes (store_map.ldap.max_answer_bytes); the search was stopped`);
       }
       return socketOf(client) === polls.socket;
@@ -2084,7 +2112,7 @@ export class LdapStoreMapSource implements StoreMapSource {
         scope: 'sub',
         filter: STORE_ENTRIES_FILTER,
         // The versions, for the polls until the next whole read (RecentEntries, ContextPolls, UsnPolls).
-        attributes: ['objectClass', 'cn', 'mailfrontCurrentMaster', 'mailfrontPreferredMaster', 'mailfrontBackendProfile', 'mailfrontMaintenance', 'mailfrontHost', ...SLOT_PORTS.map(([a]) => a), ...VERSION_ATTRIBUTES, 'entryUSN'],
+        attributes: [...ROUTING_ATTRIBUTES, ...VERSION_ATTRIBUTES, 'entryUSN'],
         paged: true,
       });
       for await (const { searchEntries } of pages) {

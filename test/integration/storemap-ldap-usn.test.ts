@@ -8,11 +8,15 @@
  * (which move lastusn) cost no whole read; a deleted store leaves the map within the full-read
  * interval; after a switch to the other server, whose USNs are lower, the map is read whole there
  * and its changes are followed by its own USNs. A store entry without an entryusn the account may
- * read is said (storemap.usn_not_used), and the polls go by modifyTimestamp.
+ * read is said (storemap.usn_not_used), and the polls go by modifyTimestamp. Two 389 DS in
+ * multi-master replication: a failover replicated after a later local write to the same entry,
+ * which leaves the entry the local write's entryusn, is in force within a poll or two.
  */
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
 import { Client } from 'ldapts';
 import { readBackend } from '../../src/config/schema.js';
 import { IssueList } from '../../src/config/validate.js';
@@ -28,6 +32,7 @@ const FULL_READ_MS = 4_000;
 const MARGIN_MS = 1_000;
 const PASSWORD = 'Usn-user-pw-7e1';
 const STORE_ENTRIES_FILTER = '(|(objectClass=mailfrontStore)(objectClass=mailfrontSlot))';
+const run = promisify(execFile);
 
 let ds1: Ds389;
 let ds2: Ds389;
@@ -191,5 +196,83 @@ test('a store entry without an entryusn the account may read: said once, and the
     stop();
     counted.restore();
     await source.close();
+  }
+});
+
+/** dsconf against `ds` as its Directory Manager. */
+async function dsconf(ds: Ds389, ...args: string[]): Promise<string> {
+  const { stdout } = await run('dsconf', ['-D', ds.rootDn, '-w', ds.rootPassword, ds.url, ...args], { env: { ...process.env, LDAPNOINIT: '1' } });
+  return stdout;
+}
+
+/** One attribute of `dn` on `ds`, read as its Directory Manager. */
+async function rootRead(ds: Ds389, dn: string, attribute: string): Promise<string | undefined> {
+  const client = new Client({ url: ds.url });
+  try {
+    await client.bind(ds.rootDn, ds.rootPassword);
+    const { searchEntries } = await client.search(dn, { scope: 'base', attributes: [attribute] });
+    const value = Object.entries(searchEntries[0] ?? {}).find(([key]) => key.toLowerCase() === attribute.toLowerCase())?.[1];
+    return Array.isArray(value) ? String(value[0]) : value === undefined ? undefined : String(value);
+  } finally {
+    await client.unbind();
+  }
+}
+
+test('389 DS multi-master: a failover replicated after a later local write to the same entry (its entryusn stays the local write\'s) is in force within a poll or two', async () => {
+  // The review's steps: two servers, two-way replication (dsconf), b-to-a paused while the
+  // failover is written on b, a maintenance written to the same entry on a, b-to-a resumed. On a,
+  // mailfrontCurrentMaster takes b's value (per attribute, by CSN) and entryusn stays the local write's.
+  const [a, b] = await Promise.all([startDs389({ users: [], usn: true }), startDs389({ users: [], usn: true })]);
+  const suffix = ['--suffix', 'dc=example,dc=org'];
+  const manager = ['--bind-dn', 'cn=replication manager,cn=config', '--bind-passwd', 'repl-secret-1'];
+  const margin = 4_000;
+  const source = new LdapStoreMapSource({ kind: 'ldap', urls: [a.url], bindDn: a.bindDn, bindPassword: a.bindPassword, baseDn: LDAP_STORES_DN, pollIntervalMs: POLL_MS, starttls: false, operationTimeoutMs: 2_000 }, undefined, undefined, { fullReadIntervalMs: 60_000, recentMarginMs: margin });
+  const holder = new StoreMapHolder(source, config, createLogger('silent'), { changes: () => undefined });
+  let stop = (): void => undefined;
+  try {
+    await a.modify(mapLdif());
+    for (const [ds, id] of [[a, 1], [b, 2]] as const) await dsconf(ds, 'replication', 'enable', ...suffix, '--role', 'supplier', '--replica-id', String(id), ...manager);
+    const agreement = (from: Ds389, to: Ds389, name: string, ...more: string[]): Promise<string> => dsconf(from, 'repl-agmt', 'create', ...suffix, '--host', '127.0.0.1', '--port', String(to.port), '--conn-protocol', 'LDAP', ...manager, '--bind-method', 'SIMPLE', ...more, name);
+    await agreement(a, b, 'a-to-b', '--init');
+    let initialized = false;
+    for (let i = 0; i < 60 && !initialized; i++) {
+      const status = await dsconf(a, 'repl-agmt', 'init-status', ...suffix, 'a-to-b');
+      if (/fail|error/i.test(status)) throw new Error(status);
+      initialized = /success/i.test(status);
+      if (!initialized) await sleep(500);
+    }
+    assert.ok(initialized, 'b was not initialized from a');
+    await agreement(b, a, 'b-to-a');
+
+    assert.equal((await holder.reload('start')).ok, true);
+    stop = source.watch(() => void holder.reload('change'));
+    // Past the first margin: the polls go by lastusn and entryusn.
+    await sleep(margin + 1_500);
+    const dn = `cn=st3,${LDAP_STORES_DN}`;
+    await dsconf(b, 'repl-agmt', 'disable', ...suffix, 'b-to-a');
+    await b.modify(failoverLdif('st3', 'sl3b'));
+    // Into the next second: CSNs go by the second, and the local write's must be the later, so
+    // that its entryusn (which the replicated change replaces too, with the older CSN) stays.
+    await sleep(1_500);
+    await a.modify(`dn: ${dn}\nchangetype: modify\nreplace: mailfrontMaintenance\nmailfrontMaintenance: disk swap\n`);
+    assert.ok(await until(() => holder.current.stores.get('st3')?.maintenance === 'disk swap', 2_000), 'the maintenance written on a was not seen');
+    const usnOfLocalWrite = await rootRead(a, dn, 'entryusn');
+    await dsconf(b, 'repl-agmt', 'enable', ...suffix, 'b-to-a');
+    const enabled = performance.now();
+    let onA: number | undefined;
+    while (onA === undefined && performance.now() - enabled < 10_000) {
+      if ((await rootRead(a, dn, 'mailfrontCurrentMaster')) === 'sl3b') onA = performance.now();
+      else await sleep(50);
+    }
+    assert.ok(onA !== undefined, 'the failover was not replicated to a');
+    // The state of the miss: the failover on a, the entry still with the local write's entryusn.
+    assert.equal(await rootRead(a, dn, 'entryusn'), usnOfLocalWrite);
+    assert.ok(onA - enabled < margin, `replicated ${Math.round(onA - enabled)} ms after b-to-a was resumed, past the margin (${margin} ms)`);
+    assert.ok(await until(() => holder.current.stores.get('st3')?.currentMaster === 'sl3b', 3_000), 'the replicated failover was not put in force (not before the next whole read)');
+    assert.ok(performance.now() - onA < 1_000, `in force ${Math.round(performance.now() - onA)} ms after it was on a, polling every ${POLL_MS} ms`);
+  } finally {
+    stop();
+    await source.close();
+    await Promise.all([a.stop(), b.stop()]);
   }
 });

@@ -2,10 +2,12 @@
 // root DSE's lastusn values (per backend, or one global), and from which entryusn a poll asks for
 // the store entries: after the values of a sample at least the margin old, so that a write whose
 // lastusn showed before its commit is still asked for; none when nothing moved since; a whole read
-// (undefined) when no sample is that old or a value went back, appeared or went away.
+// (undefined) when no sample is that old or a value went back, appeared or went away. What a poll
+// compares: an entry's entryusn and its routing values, since a replicated change may leave the
+// entryusn as it was.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { lastUsns, usnSearchFrom } from '../../src/routing/sources.js';
+import { entryUsns, lastUsns, usnSearchFrom, usnVersion } from '../../src/routing/sources.js';
 import type { UsnSample } from '../../src/routing/sources.js';
 
 test('lastusn reads per backend or global; anything else as none', () => {
@@ -56,4 +58,25 @@ test('a value that went back, a backend that appeared or went away: all but the 
     assert.equal(step.from, undefined, JSON.stringify([...now.values].map(([k, v]) => [k, String(v)])));
     assert.deepEqual(step.samples, [now]);
   }
+});
+
+test('a store entry\'s USN version: its entryusn and its routing values, so a value changed under the same entryusn is a change', () => {
+  const store = { dn: 'cn=st3,ou=stores,dc=example,dc=org', objectClass: ['top', 'mailfrontStore'], cn: 'st3', mailfrontCurrentMaster: 'sl3a', mailfrontMaintenance: 'disk swap', entryUSN: '53' };
+  const before = usnVersion(store);
+  assert.ok(before?.startsWith('53 '));
+  // 389 DS multi-master: a failover replicated after a later local write to the entry takes the
+  // attribute (its CSN) and leaves the local write's entryusn.
+  assert.notEqual(usnVersion({ ...store, mailfrontCurrentMaster: 'sl3b' }), before);
+  assert.notEqual(usnVersion({ ...store, mailfrontMaintenance: [] }), before);
+  assert.notEqual(usnVersion({ ...store, entryUSN: '54' }), before);
+  // The same values, however the server spells and orders the names; other attributes do not count.
+  assert.equal(usnVersion({ dn: store.dn, entryusn: ['53'], mailfrontmaintenance: ['disk swap'], CN: ['st3'], mailfrontCurrentMaster: 'sl3a', objectclass: ['top', 'mailfrontStore'], description: 'x', mailfrontPreferredMaster: [] }), before);
+  const slot = { dn: 'cn=sl3a,cn=st3,ou=stores,dc=example,dc=org', objectClass: 'mailfrontSlot', cn: 'sl3a', mailfrontHost: '127.0.0.1', mailfrontImapPort: '10143', entryUSN: '12' };
+  assert.notEqual(usnVersion({ ...slot, mailfrontImapPort: '10144' }), usnVersion(slot));
+  assert.notEqual(usnVersion({ ...slot, mailfrontHost: Buffer.from('127.0.0.2') }), usnVersion(slot));
+  assert.equal(usnVersion({ ...slot, mailfrontHost: Buffer.from('127.0.0.1') }), usnVersion(slot));
+  // No entryusn the account may read: none, and entryUsns names the entry.
+  assert.equal(usnVersion({ ...slot, entryUSN: undefined }), undefined);
+  assert.deepEqual(entryUsns([store, { ...slot, entryUSN: [] }]), { without: slot.dn });
+  assert.deepEqual(entryUsns([store]), new Map([['cn=st3,ou=stores,dc=example,dc=org', before]]));
 });
