@@ -198,8 +198,8 @@ describe('throttle counters shared through Redis', () => {
   });
 
   test('failures counted on one instance refuse the user on the other', async () => {
-    for (const i of [1, 2]) await imapLogin(one, 'val', `shared-${i}`);
-    for (const i of [3, 4]) await imapLogin(two, 'val', `shared-${i}`);
+    for (const i of [1, 2]) await imapLogin(one, 'val', `val-wrong-pw-${i}-7c3e`);
+    for (const i of [3, 4]) await imapLogin(two, 'val', `val-wrong-pw-${i}-7c3e`);
     assert.match((await imapLogin(one, 'val', PASSWORD)).line, /^t1 NO \[LIMIT\] /);
     assert.match((await imapLogin(two, 'val', PASSWORD)).line, /^t1 NO \[LIMIT\] /);
   });
