@@ -14,7 +14,7 @@
  */
 import { createHmac, randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
-import { directoryHealth, raceAbort } from './directory.js';
+import { directoryHealth, findForLogin, raceAbort } from './directory.js';
 import type { CachedUser, Directory, DirectoryHealth, DirectoryUser } from './directory.js';
 import type { Cancellation } from '../cancel.js';
 import type { Protocol } from '../config/schema.js';
@@ -137,7 +137,7 @@ export class CachingDirectory implements Directory {
   }
 
   findForLogin(user: string, signal: Cancellation, protocol: Protocol): Promise<DirectoryUser | null> {
-    return this.inner.findForLogin !== undefined ? this.inner.findForLogin(user, signal, protocol) : this.inner.lookup(user, signal, protocol);
+    return findForLogin(this.inner, user, signal, protocol);
   }
 
   /** Never from this cache: a login kept here says the password was right, not that its user may still act as another. */

@@ -333,6 +333,11 @@ export function entryLoginName(values: readonly string[], typed: string, config:
   return { kind: 'ambiguous', names };
 }
 
+/** `directory`'s findForLogin(), or its lookup() where it has none (a Directory without a cache of entries). */
+export function findForLogin(directory: Directory, user: string, signal: Cancellation, protocol: Protocol): Promise<DirectoryUser | null> {
+  return directory.findForLogin !== undefined ? directory.findForLogin(user, signal, protocol) : directory.lookup(user, signal, protocol);
+}
+
 /** Rejects with an `aborted` error when `signal` fires, so callers never wait past their owner. */
 export function raceAbort<T>(promise: Promise<T>, signal: Cancellation): Promise<T> {
   return untilCancelled(promise, signal, 'the session ended during a directory lookup');

@@ -19,7 +19,7 @@ import type { LeaveAddressGate, LeaveGate, LoginGate } from '../auth/login-gate.
 import type { ConnectionLease, ConnectionLimiter } from '../server/connection-limits.js';
 import { backendProxyHeader, plainAddress, proxySignatureSoFar } from '../server/proxy-protocol.js';
 import type { ConnectionEndpoints } from '../server/proxy-protocol.js';
-import { DIRECTORY_CLOSED, FORBIDDEN_IN_USER, WrongPasswordError, countedUser, entryLoginName, normalizeUser } from '../auth/directory.js';
+import { DIRECTORY_CLOSED, FORBIDDEN_IN_USER, WrongPasswordError, countedUser, entryLoginName, findForLogin, normalizeUser } from '../auth/directory.js';
 import { CLOSED_AFTER_LOGIN, IDENTITY_REFUSED, assertedIdentityProblem, backendFor, dialSlot, loginToBackend } from '../backend/connect.js';
 import type { BackendSession } from '../backend/connect.js';
 import { loginAttributeOf } from '../config/schema.js';
@@ -756,9 +756,9 @@ export class Session {
    * claim (oauth2.user_claim) normalised as a typed name is (refused when that changes more than
    * its letter case and domain: another identity at the IdP), the name the client gave with it
    * (`given`, normalised: OAUTHBEARER's authzid, XOAUTH2's user=), if any, the same user, then the
-   * user's entry found in the directory with the service account for this protocol, as a master
-   * login's target is (no user bind: the token is the proof; never from a cache of logins), and
-   * not locked there (ACCOUNT_LOCKED: findForLogin() reads what a bind would have refused). Each
+   * user's entry found with the service account for this protocol, through the cache of entries
+   * a password login uses (findForLogin(); no user bind: the token is the proof; never from the
+   * cache of logins, which is keyed by passwords), and not locked there (ACCOUNT_LOCKED: findForLogin() reads what a bind would have refused). Each
    * refusal is auth-failed with a code of its own, counted as a wrong password is; a user the
    * directory does not find is UNKNOWN_USER, as for a password.
    */
@@ -770,7 +770,7 @@ export class Session {
     const user = normalizeUser(verified.user, config.usernames);
     const claim = verifier.config.userClaim;
     if (user === null) throw new MailfrontError('OAUTH_USER_UNUSABLE', 'auth-failed', `the token's ${claim} (oauth2.user_claim) ${JSON.stringify(loggableClaim(verified.user))} is no user name (empty, too long, not in a local domain, or with control characters)`);
-    if (claimChangedByNormalising(verified.user)) throw new MailfrontError('OAUTH_USER_UNUSABLE', 'auth-failed', `the token's ${claim} (oauth2.user_claim) ${JSON.stringify(loggableClaim(verified.user))} is not a name as the directory has it: normalised, it would be "${user}" (spaces trimmed or folded, or Unicode compatibility forms such as fullwidth letters), which the IdP tells from it`);
+    if (claimChangedByNormalising(verified.user)) throw new MailfrontError('OAUTH_USER_UNUSABLE', 'auth-failed', `the token's ${claim} (oauth2.user_claim) ${JSON.stringify(loggableClaim(verified.user))} is not a name as the directory has it: normalised, it would be "${user}" (spaces trimmed or folded, Unicode compatibility forms such as fullwidth letters, or a domain IDNA maps to another), which the IdP tells from it`);
     // The client's name only has to denote the token's user: the directory matches names without regard to case.
     if (given !== null && given.toLowerCase() !== user.toLowerCase()) throw new MailfrontError('OAUTH_USER_MISMATCH', 'auth-failed', `the client named the user "${given}" and the token's ${claim} (oauth2.user_claim) names "${user}"`);
     this.user = this.typedUser = user;
@@ -778,7 +778,7 @@ export class Session {
     // (a JWKS fetch may take seconds) closes the one before. From the cache of entries, as a
     // password login's search: a webmail may log in with its token on every page view.
     const directory = this.context.directory();
-    const found = await (directory.findForLogin !== undefined ? directory.findForLogin(user, cancellation, this.adapter.name) : directory.lookup(user, cancellation, this.adapter.name));
+    const found = await findForLogin(directory, user, cancellation, this.adapter.name);
     throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
     if (found === null) throw new MailfrontError('UNKNOWN_USER', 'auth-failed', `the token's user "${user}" is not in the directory${directory.byProtocol === true ? ` for ${this.adapter.name}` : ''}`);
     // No bind, whose refusal would say it: the entry's lock attributes do. Told as a refused token (as a lock is told as a wrong password).
