@@ -26,6 +26,33 @@ import { FakeSocket } from './session-harness.js';
 
 const REASON = 'Store upgrade, please wait and try again later.';
 
+/** An IMAP session on a stand-in socket, its directory whatever `directory()` says at each ask, `extra` context stand-ins (an OAuth verifier), the rest allowed; its log lines in `logs`. */
+function startSession(config: ReturnType<typeof readConfig>, map: ReturnType<typeof buildStoreMap>, directory: () => Directory, extra: Record<string, unknown> = {}): { socket: FakeSocket; logs: Array<Record<string, unknown>> } {
+  const limiter = new ConnectionLimiter({ maxConnections: 100, maxConnectionsPerAddress: 100, maxSessionsPerUser: 10 });
+  const admission = limiter.admit('192.0.2.1', false);
+  assert.ok(admission.admitted);
+  const logs: Array<Record<string, unknown>> = [];
+  const context = {
+    config: () => config,
+    storeMap: () => map,
+    directory,
+    ...extra,
+    metrics: new Metrics({ version: 'test', processMetrics: false, protocols: ['imap'] }),
+    trustedNetworks: () => new CidrSet([]),
+    throttle: () => ({ check: async () => ({ refused: false, refusedForMs: 0 }), recordSuccess: async () => undefined, recordFailure: async () => ({ delayMs: 0 }), exempts: () => false, addressKey: (address: string) => address }),
+    loginGate: new LoginGate(),
+    limiter,
+    registry: new SessionRegistry(),
+    log: createLogger('debug', { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) }),
+    secureContext: () => undefined,
+  } as unknown as SessionContext;
+  const socket = new FakeSocket();
+  const endpoints = { client: { address: '192.0.2.1', port: 1234 }, peer: { address: '192.0.2.1', port: 1234 }, local: { address: '127.0.0.1', port: 143 } };
+  const listener = { name: 'imap', tls: 'none', plaintextWithoutTls: true } as unknown as ListenerConfig;
+  new Session(socket as unknown as Socket, listener, imapAdapter, context, false, endpoints, admission.lease);
+  return { socket, logs };
+}
+
 test('a reload that replaces the directory between a master login\'s steps: the rest is asked of the directory in force', async () => {
   const config = readConfig(
     {
@@ -74,27 +101,7 @@ test('a reload that replaces the directory between a master login\'s steps: the 
     lookup: unused,
   };
   current = first;
-  const limiter = new ConnectionLimiter({ maxConnections: 100, maxConnectionsPerAddress: 100, maxSessionsPerUser: 10 });
-  const admission = limiter.admit('192.0.2.1', false);
-  assert.ok(admission.admitted);
-  const logs: Array<Record<string, unknown>> = [];
-  const context = {
-    config: () => config,
-    storeMap: () => map,
-    directory: () => current,
-    metrics: new Metrics({ version: 'test', processMetrics: false, protocols: ['imap'] }),
-    trustedNetworks: () => new CidrSet([]),
-    throttle: () => ({ check: async () => ({ refused: false, refusedForMs: 0 }), recordSuccess: async () => undefined, recordFailure: async () => ({ delayMs: 0 }), exempts: () => false, addressKey: (address: string) => address }),
-    loginGate: new LoginGate(),
-    limiter,
-    registry: new SessionRegistry(),
-    log: createLogger('debug', { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) }),
-    secureContext: () => undefined,
-  } as unknown as SessionContext;
-  const socket = new FakeSocket();
-  const endpoints = { client: { address: '192.0.2.1', port: 1234 }, peer: { address: '192.0.2.1', port: 1234 }, local: { address: '127.0.0.1', port: 143 } };
-  const listener = { name: 'imap', tls: 'none', plaintextWithoutTls: true } as unknown as ListenerConfig;
-  new Session(socket as unknown as Socket, listener, imapAdapter, context, false, endpoints, admission.lease);
+  const { socket, logs } = startSession(config, map, () => current);
   socket.push('a LOGIN "alice*helpdesk1" Helpdesk1-pw-5f6a\r\n');
   const deadline = Date.now() + 5_000;
   while (!socket.out.includes('a NO') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
@@ -148,28 +155,7 @@ test('a reload while a bearer token is verified: the user\'s entry is asked of t
       return { user: 'alice' };
     },
   };
-  const limiter = new ConnectionLimiter({ maxConnections: 100, maxConnectionsPerAddress: 100, maxSessionsPerUser: 10 });
-  const admission = limiter.admit('192.0.2.1', false);
-  assert.ok(admission.admitted);
-  const logs: Array<Record<string, unknown>> = [];
-  const context = {
-    config: () => config,
-    storeMap: () => map,
-    directory: () => current,
-    oauth: () => verifier,
-    metrics: new Metrics({ version: 'test', processMetrics: false, protocols: ['imap'] }),
-    trustedNetworks: () => new CidrSet([]),
-    throttle: () => ({ check: async () => ({ refused: false, refusedForMs: 0 }), recordSuccess: async () => undefined, recordFailure: async () => ({ delayMs: 0 }), exempts: () => false, addressKey: (address: string) => address }),
-    loginGate: new LoginGate(),
-    limiter,
-    registry: new SessionRegistry(),
-    log: createLogger('debug', { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) }),
-    secureContext: () => undefined,
-  } as unknown as SessionContext;
-  const socket = new FakeSocket();
-  const endpoints = { client: { address: '192.0.2.1', port: 1234 }, peer: { address: '192.0.2.1', port: 1234 }, local: { address: '127.0.0.1', port: 143 } };
-  const listener = { name: 'imap', tls: 'none', plaintextWithoutTls: true } as unknown as ListenerConfig;
-  new Session(socket as unknown as Socket, listener, imapAdapter, context, false, endpoints, admission.lease);
+  const { socket, logs } = startSession(config, map, () => current, { oauth: () => verifier });
   const initial = Buffer.from('user=alice\x01auth=Bearer not-looked-at-by-the-stand-in\x01\x01').toString('base64');
   socket.push(`a AUTHENTICATE XOAUTH2 ${initial}\r\n`);
   const deadline = Date.now() + 5_000;
