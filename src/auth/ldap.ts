@@ -1156,15 +1156,24 @@ export class LdapDirectory implements Directory {
 
   async authenticate(user: string, password: string, signal: Cancellation, protocol?: Protocol): Promise<DirectoryUser> {
     if (this.closing) throw closedError();
+    return this.counted(() => this.authenticateNow(user, password, protocol), signal);
+  }
+
+  /**
+   * `work`, counted among the operations a reload's close waits for (inFlight, operationEnded()),
+   * and given up by its caller when `signal` fires (the work goes on to its end, and is counted
+   * until then).
+   */
+  private counted<T>(work: () => Promise<T>, signal: Cancellation): Promise<T> {
     this.inFlight++;
-    const work = (async (): Promise<DirectoryUser> => {
+    const running = (async (): Promise<T> => {
       try {
-        return await this.authenticateNow(user, password, protocol);
+        return await work();
       } finally {
         this.operationEnded();
       }
     })();
-    return raceAbort(work, signal);
+    return raceAbort(running, signal);
   }
 
   private operationEnded(): void {
@@ -1231,16 +1240,10 @@ export class LdapDirectory implements Directory {
 
   async findForLogin(user: string, signal: Cancellation, protocol: Protocol): Promise<DirectoryUser | null> {
     if (this.closing) throw closedError();
-    this.inFlight++;
-    const work = (async (): Promise<DirectoryUser | null> => {
-      try {
-        const found = await this.search(user, protocol, 'bearer');
-        return found === null ? null : foundUser(user, found);
-      } finally {
-        this.operationEnded();
-      }
-    })();
-    return raceAbort(work, signal);
+    return this.counted(async () => {
+      const found = await this.search(user, protocol, 'bearer');
+      return found === null ? null : foundUser(user, found);
+    }, signal);
   }
 
   /**
@@ -1262,16 +1265,10 @@ export class LdapDirectory implements Directory {
     } catch (error) {
       throw new MailfrontError('MASTER_FILTER_INVALID', 'config', `directory.master_user_filter does not parse with the name "${staff.user}": ${error instanceof Error ? error.message : String(error)}`);
     }
-    this.inFlight++;
-    const work = (async (): Promise<boolean> => {
-      try {
-        const { entries } = await this.serviceSearch('the master user check', staff.dn, { scope: 'base', filter, attributes: ['1.1'], sizeLimit: 0, timeLimit: Math.ceil(this.config.operationTimeoutMs / 1000) }, 'entry');
-        return entries.length > 0;
-      } finally {
-        this.operationEnded();
-      }
-    })();
-    return raceAbort(work, signal);
+    return this.counted(async () => {
+      const { entries } = await this.serviceSearch('the master user check', staff.dn, { scope: 'base', filter, attributes: ['1.1'], sizeLimit: 0, timeLimit: Math.ceil(this.config.operationTimeoutMs / 1000) }, 'entry');
+      return entries.length > 0;
+    }, signal);
   }
 
   cached(user: string, dns: ReadonlySet<string>): CachedUser[] {
