@@ -44,6 +44,27 @@ export interface DirectoryUser {
   readonly locked?: string;
 }
 
+/** A lock of an account, as whereis shows it: the attribute that says so and its value. */
+export interface AccountLock {
+  readonly attribute: 'pwdAccountLockedTime' | 'nsAccountLock';
+  readonly value: string;
+  /** When failed password binds locked the account out (pwdAccountLockedTime, ISO 8601); null for a lock an administrator set. */
+  readonly since: string | null;
+  /** An administrator's lock (pwdAccountLockedTime 000001010000Z, nsAccountLock TRUE), lifted only by one; else a lockout by failed binds. */
+  readonly byAdministrator: boolean;
+}
+
+/**
+ * What the entry's password policy says of the account now, for an operator (whereis): its lock
+ * (null: none; `unreadable`: the service account reads neither pwdAccountLockedTime nor
+ * nsAccountLock, or the directory has neither), and whether an administrator reset the
+ * password (pwdReset TRUE; null when unreadable).
+ */
+export interface AccountState {
+  readonly lock: AccountLock | null | 'unreadable';
+  readonly passwordReset: boolean | null;
+}
+
 /**
  * What one of a directory's caches holds of a user now: what a login on this instance is answered
  * from without asking the directory, which may say otherwise since (a hold set, a store changed).
@@ -142,6 +163,12 @@ export interface Directory {
    * `signal` fired first. Absent: nobody may.
    */
   masterAllowed?(staff: DirectoryUser, signal: Cancellation): Promise<boolean>;
+  /**
+   * What the directory says of `found`'s account now (AccountState: its lock, a password reset),
+   * read from the entry by the service account, never from a cache (whereis). Rejects as lookup()
+   * does. Absent: the directory has no such attributes.
+   */
+  accountState?(found: DirectoryUser, signal: Cancellation): Promise<AccountState>;
   /** True when the directory answers now (readiness checks). */
   reachable(signal: Cancellation): Promise<boolean>;
   /**

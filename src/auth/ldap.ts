@@ -16,7 +16,7 @@ import type { DirectoryConfig, Protocol } from '../config/schema.js';
 import { MailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { DIRECTORY_CLOSED, WrongPasswordError, holdOf, raceAbort } from './directory.js';
-import type { CachedUser, Directory, DirectoryHealth, DirectoryRefusal, DirectoryUser, Hold } from './directory.js';
+import type { AccountLock, AccountState, CachedUser, Directory, DirectoryHealth, DirectoryRefusal, DirectoryUser, Hold } from './directory.js';
 import { performance } from 'node:perf_hooks';
 import { LRUCache } from 'lru-cache';
 import type { LdapOperation, LdapResult, Metrics } from '../metrics.js';
@@ -209,6 +209,38 @@ function accountLockOf(entry: Record<string, unknown>): string | null {
   if (holdValues(attributeOf(entry, 'pwdAccountLockedTime')).some((value) => value !== null && PERMANENT_LOCK.test(value))) return 'pwdAccountLockedTime 000001010000Z, an administrator\'s lock';
   if (holdValues(attributeOf(entry, 'nsAccountLock')).some((value) => value?.toLowerCase() === 'true')) return 'nsAccountLock TRUE';
   return null;
+}
+
+/**
+ * A base search's filter that matches an entry when the service account may search one of the
+ * lock attributes, set or not (slapd evaluates a filter on an attribute it may not search, or that
+ * its schema lacks, as Undefined: the entry is not returned): whether "not locked" can be said.
+ */
+const LOCK_READABLE_FILTER = `(|${LOCK_ATTRIBUTES.map((name) => `(${name}=*)(!(${name}=*))`).join('')})`;
+
+/** An LDAP GeneralizedTime (RFC 4517 §3.3.13: YYYYMMDDHHMMSS, fraction, Z or an offset) as ISO 8601; null when it is not one. */
+function generalizedTimeIso(value: string): string | null {
+  const m = /^(\d{4})(\d{2})(\d{2})(\d{2})(\d{2})?(\d{2})?(?:[.,](\d+))?(Z|[+-]\d{2}(?:\d{2})?)$/.exec(value);
+  if (m === null) return null;
+  const [, year, month, day, hour, minute = '00', second = '00', fraction = '', zone = 'Z'] = m;
+  const offset = zone === 'Z' ? 'Z' : `${zone.slice(0, 3)}:${zone.slice(3) || '00'}`;
+  const time = new Date(`${year}-${month}-${day}T${hour}:${minute}:${second}.${fraction.padEnd(3, '0').slice(0, 3)}${offset}`);
+  return Number.isNaN(time.getTime()) ? null : time.toISOString();
+}
+
+/**
+ * An entry's lock as whereis shows it: an administrator's (pwdAccountLockedTime 000001010000Z,
+ * nsAccountLock TRUE) before a lockout by failed binds (any other pwdAccountLockedTime, since
+ * then); null when neither attribute says one.
+ */
+function accountLockView(entry: Record<string, unknown>): AccountLock | null {
+  const locked = holdValues(attributeOf(entry, 'pwdAccountLockedTime')).filter((value): value is string => value !== null);
+  const permanent = locked.find((value) => PERMANENT_LOCK.test(value));
+  if (permanent !== undefined) return { attribute: 'pwdAccountLockedTime', value: permanent, since: null, byAdministrator: true };
+  const disabled = holdValues(attributeOf(entry, 'nsAccountLock')).find((value) => value?.toLowerCase() === 'true');
+  if (typeof disabled === 'string') return { attribute: 'nsAccountLock', value: disabled, since: null, byAdministrator: true };
+  const lockout = locked[0];
+  return lockout === undefined ? null : { attribute: 'pwdAccountLockedTime', value: lockout, since: generalizedTimeIso(lockout), byAdministrator: false };
 }
 
 /** What a user's bind answered: the password taken or not, on which server, and the password policy control's answer (undefined: none came, or none was asked). */
@@ -1268,6 +1300,23 @@ export class LdapDirectory implements Directory {
     return this.counted(async () => {
       const { entries } = await this.serviceSearch('the master user check', staff.dn, { scope: 'base', filter, attributes: ['1.1'], sizeLimit: 0, timeLimit: Math.ceil(this.config.operationTimeoutMs / 1000) }, 'entry');
       return entries.length > 0;
+    }, signal);
+  }
+
+  /**
+   * A base search of `found`'s entry for the lock attributes and pwdReset, under the service
+   * account, with the user search's deadlines and retry; never from the cache of entries (the
+   * login path reads none of this: a password login's bind is refused by the server itself). Its
+   * filter (LOCK_READABLE_FILTER) answers no entry when neither lock attribute may be read: an
+   * ACL that hides them must not read as "not locked".
+   */
+  async accountState(found: DirectoryUser, signal: Cancellation): Promise<AccountState> {
+    if (this.closing) throw closedError();
+    return this.counted(async () => {
+      const { entries } = await this.serviceSearch('the account lock search', found.dn, { scope: 'base', filter: LOCK_READABLE_FILTER, attributes: [...LOCK_ATTRIBUTES, 'pwdReset'], sizeLimit: 0, timeLimit: Math.ceil(this.config.operationTimeoutMs / 1000) }, 'entry');
+      const entry = entries[0];
+      if (entry === undefined) return { lock: 'unreadable', passwordReset: null };
+      return { lock: accountLockView(entry), passwordReset: holdValues(attributeOf(entry, 'pwdReset')).some((value) => value?.toLowerCase() === 'true') };
     }, signal);
   }
 
