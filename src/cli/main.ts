@@ -44,8 +44,8 @@ Commands:
   serve                 run the frontend (listeners, LDAP, store map, admin API)
   check-config [FILE]   validate a config file and its store map without starting
   stores [STORE]        list stores (or one): masters, backwards stores, slot health, sessions
-  whereis USER          a user's login name, store, current master, address, live sessions
-                        and throttle counts
+  whereis USER          a user's login name, store, current master, address, the directory's
+                        lock of the account, live sessions and throttle counts
   failover STORE SLOT   make SLOT the current master of STORE (written to the store map source)
   maintenance STORE on [--reason TEXT] | off
                         put STORE in maintenance or take it out (written to the store map source)
@@ -481,9 +481,21 @@ function storesText(json: Record<string, unknown>): string {
   return text;
 }
 
+/** whereis's line on the directory's lock of the account (absent from an instance that does not say), and one on a reset password. */
+function lockedLines(json: Record<string, unknown>): string {
+  if (!('locked' in json)) return '';
+  const locked = json['locked'] as { attribute?: string; value?: string; since?: string | null; byAdministrator?: boolean; unknown?: string } | null;
+  const reset = json['passwordReset'] === true ? 'password        reset by an administrator (pwdReset TRUE)\n' : '';
+  if (locked === null) return `locked          no\n${reset}`;
+  if (locked.unknown !== undefined) return `locked          unknown (${locked.unknown})\n${reset}`;
+  const how = locked.byAdministrator === true ? 'by an administrator' : `locked out since ${locked.since ?? '?'} by failed password binds`;
+  return `locked          yes, ${how} (${String(locked.attribute)} ${String(locked.value)})\n${reset}`;
+}
+
 /** whereis's answer in words. */
 function whereisText(json: Record<string, unknown>): string {
   let text = `user            ${String(json['user'])}\nlogin name      ${String(json['loginName'] ?? '-')}\ndirectory entry ${String(json['dn'])}\nstore           ${String(json['store'] ?? '-')}\ncurrent master  ${String(json['currentMaster'] ?? '-')}\naddress         ${String(json['address'] ?? '-')} ${json['ports'] ? JSON.stringify(json['ports']) : ''}\n`;
+  text += lockedLines(json);
   if (json['problem']) text += `problem         ${String(json['problem'])}\n`;
   text += cachedLines(json['cached'] as CachedJson[] | undefined);
   text += throttleLines(json['throttle'] as ThrottleJson | null | undefined);

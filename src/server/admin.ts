@@ -7,7 +7,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { isIP } from 'node:net';
-import type { Directory, DirectoryUser } from '../auth/directory.js';
+import type { AccountState, Directory, DirectoryUser } from '../auth/directory.js';
 import { countedUser, entryLoginName, normalizeUser } from '../auth/directory.js';
 import type { SubjectReport, Throttle, ThrottleSource } from '../auth/throttle.js';
 import type { SlotHealthMonitor } from '../backend/health.js';
@@ -165,6 +165,29 @@ async function adminLookup(directory: Directory, user: string): Promise<Director
     if (failure.kind !== 'aborted') throw failure;
     throw new MailfrontError('ADMIN_LOOKUP_TIMEOUT', 'auth-tempfail', `the directory did not answer the lookup of "${user}" within ${ADMIN_LOOKUP_TIMEOUT_MS / 1000} s`, { cause: error });
   }
+}
+
+/** The directory's account state of `found` for whereis, within ADMIN_LOOKUP_TIMEOUT_MS; undefined from a directory that has none to read. */
+async function adminAccountState(directory: Directory, found: DirectoryUser): Promise<AccountState | undefined> {
+  if (directory.accountState === undefined) return undefined;
+  try {
+    return await directory.accountState(found, AbortSignal.timeout(ADMIN_LOOKUP_TIMEOUT_MS));
+  } catch (error) {
+    const failure = asMailfrontError(error);
+    if (failure.kind !== 'aborted') throw failure;
+    throw new MailfrontError('ADMIN_LOOKUP_TIMEOUT', 'auth-tempfail', `the directory did not answer the lock search of "${found.user}" within ${ADMIN_LOOKUP_TIMEOUT_MS / 1000} s`, { cause: error });
+  }
+}
+
+/**
+ * What whereis says first of a locked account: what a user whose login is refused sees is a
+ * wrong password (the lock is never told, it would show a guesser which accounts are locked).
+ */
+function lockProblem(state: AccountState | undefined): string | null {
+  const lock = state?.lock;
+  if (lock === undefined || lock === null || lock === 'unreadable') return null;
+  if (lock.byAdministrator) return `the directory has locked the account (${lock.attribute} ${lock.value}, by an administrator): its logins, by password or token, are refused as a wrong password until an administrator lifts the lock`;
+  return `the directory's password policy has locked the account out since ${lock.since ?? lock.value} (${lock.attribute}, failed password binds): its password logins are refused as a wrong password until the policy's pwdLockoutDuration has passed, if it sets one, or an administrator deletes ${lock.attribute}; token logins are let in`;
 }
 
 /**
@@ -384,6 +407,8 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
     const store = found.store === null ? undefined : map.stores.get(found.store);
     const master = store?.slots.get(store.currentMaster);
     const loginName = loginNameOf(found, user, context);
+    const account = await adminAccountState(context.directory(), found);
+    const reset = account?.passwordReset === true ? 'an administrator reset the password (pwdReset TRUE): with the policy\'s pwdMustChange, its password logins are refused until it is changed' : null;
     const problem =
       found.hold !== undefined
         ? `the directory holds the user (directory.hold_attribute): its logins are refused with "${found.hold}"`
@@ -398,6 +423,8 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
                 : null;
     // What the directory says now, and what this instance would do from its caches meanwhile.
     const fromCache = cacheView(context, user, found);
+    // A lock first: the user is told a wrong password, which is what the desk is asked about.
+    const problems = [lockProblem(account), reset, problem, fromCache.problem].filter((p): p is string => p !== null);
     return send(res, 200, {
       user,
       loginName,
@@ -408,7 +435,10 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
       ports: master ? { imap: master.imapPort, imaps: master.imapsPort, pop3: master.pop3Port, pop3s: master.pop3sPort, sieve: master.sievePort } : null,
       maintenance: store?.maintenance ?? null,
       held: found.hold ?? null,
-      problem: fromCache.problem === null ? problem : problem === null ? fromCache.problem : `${problem}; ${fromCache.problem}`,
+      // Null: not locked, or a directory without locks; `unknown`: the service account cannot read them.
+      locked: account === undefined || account.lock === null ? null : account.lock === 'unreadable' ? { unknown: 'not readable: the service account reads neither pwdAccountLockedTime nor nsAccountLock (or the directory has neither)' } : account.lock,
+      ...(account !== undefined ? { passwordReset: account.passwordReset } : {}),
+      problem: problems.length === 0 ? null : problems.join('; '),
       cached: fromCache.cached,
       // Every session of the entry, under whichever of its names it logged in.
       sessions: context.registry.ofUserAndEntries(user, [found.dn]).map(sessionView),

@@ -1,0 +1,142 @@
+/**
+ * whereis shows the directory's lock of an account ("why can't alice log in?"), with a real slapd
+ * and OpenLDAP's password policy overlay (ppolicy_use_lockout): an administrator's lock
+ * (pwdAccountLockedTime 000001010000Z), a lockout that failed password logins through mailfront
+ * set, nsAccountLock TRUE (389 DS, FreeIPA; here a user attribute, as in oauth-account-lock), a
+ * password an administrator reset (pwdReset), and an ACL that hides the lock from the service
+ * account, which whereis must not read as "not locked". No backend: whereis asks none.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { promisify } from 'node:util';
+import { LDAP_SERVICE_DN, LineClient, freePort, ldifLine, repoRoot, slapdPolicyDn, startSlapd } from './servers/index.js';
+import type { Slapd } from './servers/index.js';
+import { ADMIN_TOKEN, registerPasswords, startFront } from './front.js';
+import type { Front } from './front.js';
+
+const run = promisify(execFile);
+const PASSWORD = 'Whereis-lock-pw-5e9a';
+registerPasswords(PASSWORD, ...[0, 1, 2].map((i) => `Whereis-wrong-pw-${i}-b7d3`));
+
+/** nsAccountLock as 389 DS names it, and a class to hold it (RFC 5612's example enterprise number). */
+const NS_ACCOUNT_LOCK_SCHEMA = [
+  "attributetype ( 2.16.840.1.113730.3.1.610 NAME 'nsAccountLock' EQUALITY caseIgnoreMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 SINGLE-VALUE )",
+  "objectclass ( 1.3.6.1.4.1.32473.1.2.1 NAME 'testAccountLock' AUXILIARY MAY nsAccountLock )",
+].join('\n');
+
+let slapd: Slapd;
+let front: Front;
+
+before(async () => {
+  const policy = { pwdPolicySubentry: slapdPolicyDn('default') };
+  slapd = await startSlapd({
+    ppolicy: { policies: { default: { pwdLockout: 'TRUE', pwdMaxFailure: '3', pwdLockoutDuration: '3600' } }, default: 'default', useLockout: true },
+    schema: NS_ACCOUNT_LOCK_SCHEMA,
+    // The service account may not see hidden's lock (an ACL on the ppolicy attributes, as a site may have).
+    access: [`access to dn.exact="uid=hidden,ou=people,dc=example,dc=org" attrs=pwdAccountLockedTime,pwdReset,nsAccountLock\n  by dn.exact="${LDAP_SERVICE_DN}" none\n  by * break`],
+    users: [
+      { uid: 'alice', password: PASSWORD, store: 'alpha', attributes: policy },
+      { uid: 'locky', password: PASSWORD, store: 'alpha', attributes: { ...policy, pwdAccountLockedTime: '000001010000Z' } },
+      { uid: 'guessed', password: PASSWORD, store: 'alpha', attributes: policy },
+      { uid: 'ipa', password: PASSWORD, store: 'alpha' },
+      { uid: 'reset', password: PASSWORD, store: 'alpha', attributes: { ...policy, pwdReset: 'TRUE' } },
+      { uid: 'hidden', password: PASSWORD, store: 'alpha', attributes: { ...policy, pwdAccountLockedTime: '000001010000Z' } },
+    ],
+  });
+  await slapd.modify(`${ldifLine('dn', slapd.userDn('ipa'))}\nchangetype: modify\nadd: objectClass\nobjectClass: testAccountLock\n-\nadd: nsAccountLock\nnsAccountLock: TRUE\n-\n`);
+  front = await startFront({
+    slapd,
+    // No server on the slot: whereis asks no backend, and no login here gets that far.
+    stores: { alpha: { currentMaster: 'a1', slots: { a1: { imapPort: await freePort() } } } },
+    directory: { login_attribute: 'uid' },
+  });
+});
+
+after(async () => {
+  await front?.stop();
+  await slapd?.stop();
+});
+
+/** Runs `mailfront ARGS` against the admin API. */
+async function cli(...args: string[]): Promise<string> {
+  const { port } = front.mailfront.httpAddress()!;
+  const { stdout } = await run(process.execPath, [join(repoRoot(), 'dist/src/cli/main.js'), ...args, '--url', `http://127.0.0.1:${port}`, '--token', ADMIN_TOKEN]);
+  return stdout;
+}
+
+async function whereis(user: string): Promise<Record<string, any>> {
+  const { port } = front.mailfront.httpAddress()!;
+  const response = await fetch(`http://127.0.0.1:${port}/api/whereis/${user}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+  assert.equal(response.status, 200, user);
+  return (await response.json()) as Record<string, any>;
+}
+
+/** An IMAP LOGIN through mailfront: the tagged answer. */
+async function login(user: string, password: string): Promise<string> {
+  const client = await LineClient.connect(front.imapTrustedPort);
+  try {
+    await client.readLine();
+    const result = await client.imap(`LOGIN "${user}" "${password}"`);
+    return `${result.status} ${result.text}`;
+  } finally {
+    client.close();
+  }
+}
+
+describe('whereis shows an account lock', () => {
+  test('an account not locked: locked null, no problem', async () => {
+    const json = await whereis('alice');
+    assert.equal(json['locked'], null);
+    assert.equal(json['passwordReset'], false);
+    assert.equal(json['problem'], null);
+    assert.match(await cli('whereis', 'alice'), /^locked +no$/m);
+  });
+
+  test("an administrator's ppolicy lock (pwdAccountLockedTime 000001010000Z): locked, and problem says so first", async () => {
+    assert.match(await login('locky', PASSWORD), /^NO \[AUTHENTICATIONFAILED\]/, 'what the user sees: a wrong password');
+    const json = await whereis('locky');
+    assert.deepEqual(json['locked'], { attribute: 'pwdAccountLockedTime', value: '000001010000Z', since: null, byAdministrator: true });
+    assert.match(String(json['problem']), /^the directory has locked the account \(pwdAccountLockedTime 000001010000Z, by an administrator\): its logins, by password or token, are refused as a wrong password/);
+    const text = await cli('whereis', 'locky');
+    assert.match(text, /^locked +yes, by an administrator \(pwdAccountLockedTime 000001010000Z\)$/m);
+    assert.match(text, /^problem +the directory has locked the account/m);
+  });
+
+  test('a lockout failed password logins set: locked since then, not by an administrator', async () => {
+    const started = Date.now() - 2_000;
+    for (let i = 0; i < 3; i++) assert.match(await login('guessed', `Whereis-wrong-pw-${i}-b7d3`), /^NO /);
+    assert.match(await login('guessed', PASSWORD), /^NO \[AUTHENTICATIONFAILED\]/, 'the right password, refused as a wrong one');
+    const json = await whereis('guessed');
+    const locked = json['locked'] as Record<string, unknown>;
+    assert.equal(locked['attribute'], 'pwdAccountLockedTime');
+    assert.equal(locked['byAdministrator'], false);
+    const since = Date.parse(String(locked['since']));
+    assert.ok(since >= started - 1_000 && since <= Date.now(), `since ${String(locked['since'])} (value ${String(locked['value'])})`);
+    assert.match(String(json['problem']), /^the directory's password policy has locked the account out since \S+ \(pwdAccountLockedTime, failed password binds\): its password logins are refused as a wrong password/);
+    assert.match(await cli('whereis', 'guessed'), /^locked +yes, locked out since \S+ by failed password binds \(pwdAccountLockedTime \d{14}Z\)$/m);
+  });
+
+  test('nsAccountLock TRUE (389 DS, FreeIPA): locked by an administrator', async () => {
+    const json = await whereis('ipa');
+    assert.deepEqual(json['locked'], { attribute: 'nsAccountLock', value: 'TRUE', since: null, byAdministrator: true });
+    assert.match(String(json['problem']), /^the directory has locked the account \(nsAccountLock TRUE/);
+  });
+
+  test('a password an administrator reset (pwdReset TRUE): noted', async () => {
+    const json = await whereis('reset');
+    assert.equal(json['locked'], null);
+    assert.equal(json['passwordReset'], true);
+    assert.match(String(json['problem']), /pwdReset TRUE/);
+    assert.match(await cli('whereis', 'reset'), /^password +reset by an administrator \(pwdReset TRUE\)$/m);
+  });
+
+  test('a lock the service account may not read is unknown, not "not locked"', async () => {
+    const json = await whereis('hidden');
+    assert.notEqual(json['locked'], null);
+    assert.match(String(json['locked']?.['unknown']), /^not readable/);
+    assert.equal(json['passwordReset'], null);
+    assert.match(await cli('whereis', 'hidden'), /^locked +unknown \(not readable/m);
+  });
+});
