@@ -332,7 +332,7 @@ export class Mailfront {
     metrics.readiness(async () => (await this.readiness({ directory: false })).ready);
     this.caFilesInForce = { directory: caFiles.directory.state, storeMap: caFiles.storeMap.state };
     // A JWKS file that is no JWKS stops the start, as a CA file that cannot be used does.
-    this.oauth = config.oauth2 === undefined ? undefined : OAuthVerifier.create(config.oauth2, log.child({ component: 'oauth' }));
+    this.oauth = config.oauth2 === undefined ? undefined : OAuthVerifier.create(config.oauth2, log.child({ component: 'oauth' }), metrics);
     this.trusted = new CidrSet(config.trustedNetworks);
     setNat64Prefixes(config.nat64Prefixes);
     this.throttle = this.createThrottle(config);
@@ -543,7 +543,7 @@ export class Mailfront {
         if (directoryChanges.behindCaches) directoryBehindCaches = new LdapDirectory(next.directory, this.log.child({ component: 'directory' }), this.metrics, caContent(caFiles.directory), true);
         else directory = createDirectory(next, this.log, this.metrics, caFiles.directory);
       }
-      if (next.oauth2 !== undefined) oauth = OAuthVerifier.create(next.oauth2, this.log.child({ component: 'oauth' }), this.oauth);
+      if (next.oauth2 !== undefined) oauth = OAuthVerifier.create(next.oauth2, this.log.child({ component: 'oauth' }), this.metrics, this.oauth);
     } catch (error) {
       oauth?.close();
       void storeMapSource?.close();

@@ -46,6 +46,21 @@ export type PasswordPolicyWarning = 'expiring' | 'grace';
 export type DirectoryCache = 'auth' | 'entry';
 const DIRECTORY_CACHES: readonly DirectoryCache[] = ['auth', 'entry'];
 
+/** The OAuth identity provider's endpoints mailfront asks (oauth2): the JWKS, the OpenID configuration document, token introspection (RFC 7662). */
+export type OAuthIdpEndpoint = 'jwks' | 'discovery' | 'introspection';
+const OAUTH_IDP_ENDPOINTS: readonly OAuthIdpEndpoint[] = ['jwks', 'discovery', 'introspection'];
+
+/**
+ * How a request to the IdP ended: `ok`, an answer mailfront could use (keys, a document of the
+ * configured issuer, an introspection verdict, active or not); no answer within the deadline
+ * (`timeout`); no connection or one lost (`connection-error`: refused, reset, TLS, a name that
+ * does not resolve); an answer other than 200 by its status class (`http-4xx`: a 401 for a wrong
+ * client secret among them, `http-5xx`, `http-other`: no redirect is followed); a 200 mailfront
+ * cannot use (`bad-answer`: too large, not JSON, no usable key, another issuer, no boolean active).
+ */
+export type OAuthIdpResult = 'ok' | 'timeout' | 'connection-error' | 'http-4xx' | 'http-5xx' | 'http-other' | 'bad-answer';
+const OAUTH_IDP_RESULTS: readonly OAuthIdpResult[] = ['ok', 'timeout', 'connection-error', 'http-4xx', 'http-5xx', 'http-other', 'bad-answer'];
+
 /** A spliced session's byte counts and how much of them the counter holds already (a registry entry). */
 export interface SplicedTraffic {
   readonly traffic: { readonly bytesFromClient: number; readonly bytesToClient: number };
@@ -173,6 +188,8 @@ const BACKEND_LOGIN_BUCKETS_SECONDS = [0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.
  * cuts short when that comes first; a refusal after session.auth_failure_delay_ms (2 s).
  */
 const LOGIN_BUCKETS_SECONDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30];
+/** An IdP answers an introspection in milliseconds; oauth2.introspection_timeout_ms is 2 s by default, 30 s at most. */
+const OAUTH_INTROSPECTION_BUCKETS_SECONDS = [0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 /** Sessions last from a health check (ms) to a day of IDLE. */
 const SESSION_BUCKETS_SECONDS = [0.01, 0.1, 1, 5, 15, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 24 * 3600];
 
@@ -289,6 +306,12 @@ export class Metrics {
   private readonly masterLoginsTotal: Counter<'protocol' | 'result'>;
   private readonly oauthLoginsTotal: Counter<'protocol' | 'mechanism' | 'result'>;
   private readonly loginDuration: HistogramFamily<'protocol' | 'result'>;
+  /** Requests to the OAuth IdP (JWKS, discovery document, introspection), by endpoint and result. */
+  private readonly oauthIdpRequestsTotal: Counter<'endpoint' | 'result'>;
+  /** Time of an introspection request, from its sending (a free request had) to its answer or failure, by result. */
+  private readonly oauthIntrospectionDuration: HistogramFamily<'result'>;
+  /** Unix time of each endpoint's last `ok` answer. */
+  private readonly oauthIdpLastSuccess: Gauge<'endpoint'>;
   /** Credentials refused, by reason (unknown user, wrong password …). */
   private readonly authFailuresTotal: Counter<'reason'>;
   /** Duration of LDAP requests, by operation and result. */
@@ -394,6 +417,9 @@ export class Metrics {
     this.loginDuration = histogram('mailfront_login_duration_seconds', 'Time from a login read to its answer sent (to its end, for a login whose client or session went first), by protocol and result as mailfront_logins_total counts it.', ['protocol', 'result'], LOGIN_BUCKETS_SECONDS);
     this.oauthLoginsTotal = counter('mailfront_oauth_logins_total', 'OAuth 2.0 bearer-token logins (SASL OAUTHBEARER, XOAUTH2), by protocol, mechanism and result as mailfront_logins_total counts them (auth-failed: a token refused, or its user unknown).', ['protocol', 'mechanism', 'result']);
     this.masterLoginsTotal = counter('mailfront_master_logins_total', 'Master logins (a staff member logging in to another user\'s mailbox with their own password), by protocol and result as mailfront_logins_total counts them (not-authorized: no master, or no such user).', ['protocol', 'result']);
+    this.oauthIdpRequestsTotal = counter('mailfront_oauth_idp_requests_total', 'Requests to the OAuth identity provider (oauth2), by endpoint (jwks, discovery, introspection) and result (ok; timeout, connection-error, http-4xx, http-5xx, http-other, bad-answer: the IdP failing).', ['endpoint', 'result']);
+    this.oauthIntrospectionDuration = histogram('mailfront_oauth_introspection_duration_seconds', 'Time of a token introspection request to the OAuth IdP, from its sending to its answer or failure (the wait for a free request, oauth2.introspection_concurrency, left out), by result as mailfront_oauth_idp_requests_total counts it.', ['result'], OAUTH_INTROSPECTION_BUCKETS_SECONDS);
+    this.oauthIdpLastSuccess = gauge('mailfront_oauth_idp_last_success_timestamp_seconds', 'Unix time of the last ok answer of each OAuth IdP endpoint (jwks, discovery: the keys and document in use were fetched then or before; introspection), since start; absent before the first.', ['endpoint']);
     this.authFailuresTotal = counter('mailfront_auth_failures_total', 'Credentials refused, by reason.', ['reason']);
     this.ldapRequestDuration = histogram('mailfront_ldap_request_duration_seconds', 'Duration of LDAP requests, by operation and result.', ['operation', 'result'], LDAP_BUCKETS_SECONDS);
     this.backendConnectDuration = histogram('mailfront_backend_connect_duration_seconds', 'Time to connect to a slot, by result (every store together; mailfront_backend_connects_total counts them by store).', ['result'], BACKEND_CONNECT_BUCKETS_SECONDS);
@@ -500,6 +526,9 @@ export class Metrics {
       this.loginDuration.declare({ protocol, result: 'success' });
     }
     for (const direction of DIRECTIONS) this.proxiedBytesTotal.inc({ direction }, 0);
+    // Without oauth2 they stay 0: no request is no failure to alert on.
+    for (const endpoint of OAUTH_IDP_ENDPOINTS) for (const result of OAUTH_IDP_RESULTS) this.oauthIdpRequestsTotal.inc({ endpoint, result }, 0);
+    this.oauthIntrospectionDuration.declare({ result: 'ok' });
     for (const warning of ['expiring', 'grace'] as const) this.passwordPolicyWarningsTotal.inc({ warning }, 0);
     for (const cache of DIRECTORY_CACHES) for (const result of ['hit', 'miss']) this.directoryCacheLookupsTotal.inc({ cache, result }, 0);
     this.configLastReloadSuccess.set(1);
@@ -544,6 +573,19 @@ export class Metrics {
   /** Counts a bearer-token login's outcome (it is counted by loginResult() as well). */
   oauthLogin(protocol: ProtocolName, mechanism: 'OAUTHBEARER' | 'XOAUTH2', result: LoginResult): void {
     this.oauthLoginsTotal.inc({ protocol, mechanism, result });
+  }
+
+  /** Counts a fetch of the IdP's keys (oauth2.jwks_url or the document's jwks_uri) or of its OpenID configuration document. */
+  oauthIdpFetch(endpoint: 'jwks' | 'discovery', result: OAuthIdpResult): void {
+    this.oauthIdpRequestsTotal.inc({ endpoint, result });
+    if (result === 'ok') this.oauthIdpLastSuccess.set({ endpoint }, Date.now() / 1000);
+  }
+
+  /** Counts a token introspection request and records how long it took, in seconds. */
+  oauthIntrospection(result: OAuthIdpResult, seconds: number): void {
+    this.oauthIdpRequestsTotal.inc({ endpoint: 'introspection', result });
+    this.oauthIntrospectionDuration.observe({ result }, seconds);
+    if (result === 'ok') this.oauthIdpLastSuccess.set({ endpoint: 'introspection' }, Date.now() / 1000);
   }
 
   /** Counts refused credentials (see `authFailureReason` for error codes). */

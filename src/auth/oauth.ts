@@ -10,6 +10,7 @@
  * verified token is remembered until min(its exp, token_cache_ms), a token the IdP refused for
  * introspection_negative_cache_ms, keyed by an HMAC of it under a key of this process, never by
  * the token.
+ * Every request to the IdP is counted by its result (metrics.ts: oauthIdpFetch, oauthIntrospection).
  * Must not: log a token or any part of it (its claims only, once its signature is verified or
  * the IdP vouched for them, and an unverified header's alg and kid shortened), nor the client
  * secret; look users up (the session does); know any protocol's wire syntax.
@@ -25,6 +26,7 @@ import { untilCancelled } from '../cancel.js';
 import type { Cancellation } from '../cancel.js';
 import { MailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
+import type { Metrics, OAuthIdpResult } from '../metrics.js';
 import type { JwtAlgorithm, OAuthConfig } from './oauth-config.js';
 import { JWT_ALGORITHMS, jwksUrlProblem } from './oauth-config.js';
 
@@ -207,6 +209,23 @@ class HttpStatusError extends Error {
   }
 }
 
+/** A request to the IdP that failed otherwise than by its status or its connection: its metric result. */
+class IdpRequestError extends Error {
+  constructor(
+    message: string,
+    readonly result: 'timeout' | 'bad-answer',
+  ) {
+    super(message);
+  }
+}
+
+/** The metric result of a request fetchText() failed (the one place that decides it): a status by its class; anything else that is not its own, the connection's. */
+function idpResultOf(error: unknown): OAuthIdpResult {
+  if (error instanceof HttpStatusError) return error.status >= 400 && error.status < 500 ? 'http-4xx' : error.status >= 500 && error.status < 600 ? 'http-5xx' : 'http-other';
+  if (error instanceof IdpRequestError) return error.result;
+  return 'connection-error';
+}
+
 /** What fetchText() sends besides a GET's defaults. */
 interface FetchOptions {
   readonly timeoutMs: number;
@@ -243,7 +262,7 @@ function fetchText(url: string, options: FetchOptions): Promise<string> {
       let size = 0;
       response.on('data', (chunk: Buffer) => {
         size += chunk.length;
-        if (size > maxBytes) settle(new Error(`an answer of more than ${maxBytes} bytes`));
+        if (size > maxBytes) settle(new IdpRequestError(`an answer of more than ${maxBytes} bytes`, 'bad-answer'));
         else chunks.push(chunk);
       });
       response.on('end', () => {
@@ -253,7 +272,7 @@ function fetchText(url: string, options: FetchOptions): Promise<string> {
       response.on('error', (error) => settle(error));
       response.on('close', () => settle(new Error('the connection closed before the answer ended')));
     });
-    const timer = setTimeout(() => settle(new Error(`no answer within ${Math.round(timeoutMs)} ms (${options.timeoutKey})`)), timeoutMs);
+    const timer = setTimeout(() => settle(new IdpRequestError(`no answer within ${Math.round(timeoutMs)} ms (${options.timeoutKey})`, 'timeout')), timeoutMs);
     request.on('error', (error) => settle(error));
     request.end(post?.body);
   });
@@ -344,6 +363,7 @@ export class OAuthVerifier {
   private constructor(
     readonly config: OAuthConfig,
     private readonly log: Logger,
+    private readonly metrics: Metrics | undefined,
     previous: OAuthVerifier | undefined,
   ) {
     if (config.jwksFile !== undefined) this.fileKeys = OAuthVerifier.readFile(config.jwksFile, log);
@@ -368,10 +388,11 @@ export class OAuthVerifier {
   /**
    * A verifier for `config`: reads its JWKS file (throws a config error naming oauth2.jwks_file
    * when it is no JWKS or holds no key mailfront can use) and starts fetching its URLs, keeping the
-   * URLs' keys and document of `previous` when the URLs are the same (a reload).
+   * URLs' keys and document of `previous` when the URLs are the same (a reload). Its requests to
+   * the IdP are counted in `metrics`.
    */
-  static create(config: OAuthConfig, log: Logger, previous?: OAuthVerifier): OAuthVerifier {
-    return new OAuthVerifier(config, log, previous);
+  static create(config: OAuthConfig, log: Logger, metrics?: Metrics, previous?: OAuthVerifier): OAuthVerifier {
+    return new OAuthVerifier(config, log, metrics, previous);
   }
 
   /** Reads a JWKS file; a config error naming oauth2.jwks_file when it cannot be used. */
@@ -580,6 +601,7 @@ export class OAuthVerifier {
       throw introspectionUnavailable(source, this.discovered === undefined ? 'could not be read: no introspection endpoint is known yet (oauth.discovery_failed)' : 'names no introspection_endpoint, and oauth2 has no introspection_url');
     }
     await this.freeRequest(url, deadline);
+    const sentAt = performance.now();
     let text: string;
     try {
       const credentials = Buffer.from(`${formEncoded(this.config.clientId ?? '')}:${formEncoded(this.config.clientSecret ?? '')}`).toString('base64');
@@ -591,6 +613,7 @@ export class OAuthVerifier {
         agent: this.agentFor(url),
       });
     } catch (error) {
+      this.metrics?.oauthIntrospection(idpResultOf(error), (performance.now() - sentAt) / 1000);
       if (error instanceof HttpStatusError && (error.status === 401 || error.status === 403)) {
         throw introspectionUnavailable(url, `refused mailfront's client credentials (HTTP ${error.status}): check oauth2.client_id and client_secret_file, and that the client may introspect tokens`);
       }
@@ -598,15 +621,17 @@ export class OAuthVerifier {
     } finally {
       this.releaseRequest();
     }
+    const seconds = (performance.now() - sentAt) / 1000;
     let answer: unknown;
     try {
       answer = JSON.parse(text);
     } catch {
       answer = undefined;
     }
-    if (answer === null || typeof answer !== 'object' || Array.isArray(answer)) throw introspectionUnavailable(url, 'answered with no JSON object (RFC 7662 §2.2)');
-    const fields = answer as Record<string, unknown>;
+    const fields = answer !== null && typeof answer === 'object' && !Array.isArray(answer) ? (answer as Record<string, unknown>) : undefined;
     // Not a verdict on the token: a wrong URL (another endpoint's JSON) must not refuse, and count against, every user.
+    this.metrics?.oauthIntrospection(typeof fields?.['active'] === 'boolean' ? 'ok' : 'bad-answer', seconds);
+    if (fields === undefined) throw introspectionUnavailable(url, 'answered with no JSON object (RFC 7662 §2.2)');
     if (typeof fields['active'] !== 'boolean') throw introspectionUnavailable(url, 'answered without a boolean "active" (RFC 7662 §2.2): is it the introspection endpoint?');
     try {
       if (fields['active'] !== true) throw refuse(OAUTH_CODES.inactive, 'the IdP says it is not active (revoked, expired, or never issued: RFC 7662 §2.2)');
@@ -701,23 +726,33 @@ export class OAuthVerifier {
   /** Reads the OpenID configuration document; never rejects (a failure keeps the document read before, and is logged). */
   private async discover(why: string): Promise<void> {
     const source = this.config.openidConfigurationUrl ?? '';
+    // Whether the IdP answered 200: a failure after it is the answer's (bad-answer), not the request's.
+    let answered = false;
     try {
-      const found = parseDiscovery(await fetchText(source, { timeoutMs: this.config.jwksTimeoutMs, timeoutKey: 'oauth2.jwks_timeout_ms', maxBytes: MAX_IDP_ANSWER_BYTES }), this.config.discoveryIssuers ?? this.config.issuers);
+      const text = await fetchText(source, { timeoutMs: this.config.jwksTimeoutMs, timeoutKey: 'oauth2.jwks_timeout_ms', maxBytes: MAX_IDP_ANSWER_BYTES });
+      answered = true;
+      const found = parseDiscovery(text, this.config.discoveryIssuers ?? this.config.issuers);
       if (this.keysNeeded && this.config.jwksUrl === undefined && this.config.jwksFile === undefined && found.jwksUri === undefined) throw new Error('it names no jwks_uri, and oauth2 has no jwks_url nor jwks_file');
       if (this.config.tokenCheck !== 'jwt' && this.config.introspectionUrl === undefined && found.introspectionEndpoint === undefined) throw new Error(`it names no introspection_endpoint, and oauth2 has no introspection_url (token_check ${this.config.tokenCheck})`);
+      this.metrics?.oauthIdpFetch('discovery', 'ok');
       const changed = JSON.stringify(found) !== JSON.stringify(this.discovered);
       this.discovered = found;
       if (changed) this.log.info({ event: 'oauth.discovery_loaded', source, why, issuer: found.issuer, jwksUri: found.jwksUri ?? null, introspectionEndpoint: found.introspectionEndpoint ?? null }, 'OpenID configuration read');
     } catch (error) {
+      this.metrics?.oauthIdpFetch('discovery', answered ? 'bad-answer' : idpResultOf(error));
       this.log.error({ event: 'oauth.discovery_failed', source, why, err: error instanceof Error ? error.message : String(error) }, this.discovered === undefined ? 'the OpenID configuration could not be read: OAuth logins that need its URLs fail until it is' : 'the OpenID configuration could not be read again: what it said before stays in use');
     }
   }
 
   /** Fetches the keys of `url`; never rejects (a failure keeps the keys held, and is logged). */
   private async loadKeys(url: string, why: string): Promise<void> {
+    let answered = false;
     try {
-      const set = parseJwks(await fetchText(url, { timeoutMs: this.config.jwksTimeoutMs, timeoutKey: 'oauth2.jwks_timeout_ms', maxBytes: MAX_JWKS_BYTES }));
+      const text = await fetchText(url, { timeoutMs: this.config.jwksTimeoutMs, timeoutKey: 'oauth2.jwks_timeout_ms', maxBytes: MAX_JWKS_BYTES });
+      answered = true;
+      const set = parseJwks(text);
       if (set.keys.length === 0) throw new Error(`no key mailfront can verify with${set.skipped.length > 0 ? ` (${set.skipped.map((s) => `${s.kid ?? 'a key without kid'}: ${s.reason}`).join('; ')})` : ''}`);
+      this.metrics?.oauthIdpFetch('jwks', 'ok');
       if (set.fingerprint === this.urlKeys?.fingerprint) {
         this.urlKeysFrom = url;
         return;
@@ -729,6 +764,7 @@ export class OAuthVerifier {
       for (const { kid, reason } of set.skipped) this.log.warn({ event: 'oauth.jwks_key_skipped', source: url, kid, reason }, 'a key of the JWKS is not used');
       this.log.info({ event: 'oauth.jwks_loaded', source: url, why, keys: set.keys.length, kids: set.keys.map((k) => k.kid ?? null) }, 'OAuth signing keys loaded');
     } catch (error) {
+      this.metrics?.oauthIdpFetch('jwks', answered ? 'bad-answer' : idpResultOf(error));
       this.log.error({ event: 'oauth.jwks_fetch_failed', source: url, why, keys: this.urlKeys?.keys.length ?? 0, err: error instanceof Error ? error.message : String(error) }, this.urlKeys === undefined ? 'OAuth signing keys could not be fetched: OAuth logins fail until they are' : 'OAuth signing keys could not be fetched again: the keys fetched before stay in use');
     }
   }

@@ -34,6 +34,8 @@ function exerciseEveryHelper(metrics: Metrics): void {
   session.ended('client-closed');
   record('loginResult', () => metrics.loginResult('imap', 'auth-failed', 2.1));
   record('authFailure', () => metrics.authFailure('wrong-password'));
+  record('oauthIdpFetch', () => metrics.oauthIdpFetch('jwks', 'ok'));
+  record('oauthIntrospection', () => metrics.oauthIntrospection('timeout', 2.0));
   record('masterLogin', () => metrics.masterLogin('imap', 'not-authorized'));
   record('oauthLogin', () => metrics.oauthLogin('imap', 'OAUTHBEARER', 'auth-failed'));
   record('passwordPolicyWarning', () => metrics.passwordPolicyWarning('expiring'));
