@@ -14,6 +14,32 @@ export const MAX_PREAUTH_LITERAL_BYTES = 4096;
 /** Largest non-synchronising literal ({N+}) accepted before login; RFC 7888 LITERAL- bound. */
 export const MAX_NONSYNC_LITERAL_BYTES = 4096;
 
+/**
+ * Longest OAuth access token (OAUTHBEARER, XOAUTH2) taken, in bytes. Signed JWTs from Keycloak
+ * or Microsoft Entra carrying realm roles and groups run 4 to 8 KB. The backends take a SASL
+ * response of up to 8192 base64 characters (Dovecot 2.3, LOGIN_MAX_AUTH_BUF_SIZE: about 6 KB of
+ * token) and 16 KiB decoded (Cyrus, saslserver.c's BASE64_BUF_SIZE), so a client refused here
+ * would not have been there. A longer token is refused before any JSON or signature is looked at
+ * (the verifier's work per login stays bounded; its cache keys tokens by an HMAC, not as they are).
+ */
+export const MAX_OAUTH_TOKEN_BYTES = 16 * 1024;
+
+/**
+ * Base64 characters of one SASL client response (an initial response, or one answering a
+ * challenge): a token at its bound and 1 KiB for the rest of the message (the GS2 header and
+ * user, host and port pairs of OAUTHBEARER; XOAUTH2's user). 23,212.
+ */
+export const MAX_SASL_RESPONSE_BYTES = 4 * Math.ceil((MAX_OAUTH_TOKEN_BYTES + 1024) / 3);
+
+/**
+ * Longest AUTHENTICATE command line (IMAP, ManageSieve; AUTH in POP3) and SASL response line or
+ * string before login: any other line's bound plus a response at its largest (31,404 bytes).
+ * Only these may be longer than MAX_LINE_BYTES, so a pre-auth session reading commands holds at
+ * most this much of a line (it was 8 KiB), still well under what a pending login may hold
+ * (MAX_PIPELINED_HELD_BYTES).
+ */
+export const MAX_AUTHENTICATE_LINE_BYTES = MAX_LINE_BYTES + MAX_SASL_RESPONSE_BYTES;
+
 /** Bad or unknown commands tolerated before login before the connection is closed. */
 export const MAX_BAD_COMMANDS = 5;
 

@@ -4,6 +4,8 @@
  * are rejected here, so that nothing unsafe or altered can ever be replayed to a backend.
  */
 
+import { MAX_OAUTH_TOKEN_BYTES } from '../limits.js';
+
 /** A decoded SASL result: credentials, or the reason they were refused. */
 export type SaslDecodeResult =
   | { readonly ok: true; readonly authzid: string; readonly user: string; readonly password: string }
@@ -77,13 +79,8 @@ export const LOGIN_PASSWORD_CHALLENGE = Buffer.from('Password:').toString('base6
 /** The OAuth 2.0 bearer-token mechanisms: OAUTHBEARER (RFC 7628) and Google's XOAUTH2. */
 export type BearerMechanism = 'OAUTHBEARER' | 'XOAUTH2';
 
-/**
- * The longest access token handed on, in bytes. A signed JWT from Keycloak or Authentik is 1 to
- * 3 KB; IMAP and POP3 lines (MAX_LINE_BYTES) carry about 5.9 KB of token in base64, a
- * ManageSieve literal about 2.9 KB. A longer one is refused before any JSON or signature is
- * looked at (the verifier's work per login stays bounded).
- */
-export const MAX_OAUTH_TOKEN_BYTES = 4096;
+/** The longest access token handed on, in bytes (limits.ts says why). */
+export { MAX_OAUTH_TOKEN_BYTES };
 
 /** A decoded OAUTHBEARER or XOAUTH2 client response, or why it was refused. */
 export type BearerDecodeResult =

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { MAX_LINE_BYTES, MAX_PIPELINED_HELD_BYTES } from '../../src/limits.js';
+import { MAX_AUTHENTICATE_LINE_BYTES, MAX_LINE_BYTES, MAX_PIPELINED_HELD_BYTES } from '../../src/limits.js';
 import { Pop3Preauth, pop3Adapter } from '../../src/protocol/pop3/index.js';
 import { LineReader } from '../../src/protocol/pop3/lines.js';
 import type { PreauthMachine } from '../../src/protocol/types.js';
@@ -76,9 +76,11 @@ const pop3: Protocol = {
   heldBytes(machine: PreauthMachine): number {
     assert.ok(machine instanceof Pop3Preauth);
     const held = readers.get(machine)?.pendingBytes ?? 0;
-    // Before login a line is refused when it reaches the limit; during one, pipelined input is bounded
+    // Before login a line is refused when it reaches the limit (an AUTH line's and a SASL
+    // response's is the wider one); during one, pipelined input is bounded
     // (these runs feed on past inputFull, as a session does not: the machine's own last bound).
-    const bound = machine.state === 'awaiting-login' ? MAX_PIPELINED_HELD_BYTES : MAX_LINE_BYTES;
+    const authLine = machine.state !== 'command' || Buffer.from(readers.get(machine)?.head(5) ?? []).toString('latin1').toUpperCase() === 'AUTH ';
+    const bound = machine.state === 'awaiting-login' ? MAX_PIPELINED_HELD_BYTES : authLine ? MAX_AUTHENTICATE_LINE_BYTES : MAX_LINE_BYTES;
     assert.ok(held <= bound, `${held} bytes held in state ${machine.state} (bound ${bound})`);
     return held;
   },

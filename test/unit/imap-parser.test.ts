@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { MAX_LINE_BYTES } from '../../src/limits.js';
+import { MAX_AUTHENTICATE_LINE_BYTES, MAX_LINE_BYTES } from '../../src/limits.js';
 import { ImapCommandParser, type ImapArg, type ParseEvent } from '../../src/protocol/imap/parser.js';
 import { bytes, chunkers, latin1, utf8 } from './imap-testkit.js';
 
@@ -180,6 +180,30 @@ describe('IMAP command parser', () => {
       'FATAL line-too-long tag=a',
       'buffered ',
     ]);
+  });
+
+  it('lets an AUTHENTICATE line and a SASL response line go on to MAX_AUTHENTICATE_LINE_BYTES, no other line', () => {
+    const response = (lineBytes: number, prefix: string): string => `${prefix}${'A'.repeat(lineBytes - prefix.length - 2)}\r\n`;
+    for (const prefix of ['a AUTHENTICATE OAUTHBEARER ', 'tag.1 authenticate XOAUTH2 ']) {
+      const exact = response(MAX_AUTHENTICATE_LINE_BYTES, prefix);
+      const tag = prefix.split(' ')[0];
+      const expected = [`${tag} ${prefix.split(' ')[1]?.toUpperCase()} ${prefix.split(' ')[2]} ${'A'.repeat(exact.length - prefix.length - 2)}`, 'b NOOP', 'buffered '];
+      const shown = (events: string[]): string[] => events.map((e) => (e.length > 80 ? `${e.slice(0, 40)}..${e.length}` : e));
+      for (const chunk of [(b: Uint8Array) => [b], (b: Uint8Array) => [b.subarray(0, MAX_LINE_BYTES), b.subarray(MAX_LINE_BYTES)], (b: Uint8Array) => Array.from({ length: Math.ceil(b.length / 1000) }, (_, i) => b.subarray(i * 1000, (i + 1) * 1000))]) {
+        assert.deepStrictEqual(shown(parse(bytes(`${exact}b NOOP\r\n`), chunk)), shown(expected), prefix);
+        assert.deepStrictEqual(parse(bytes(`${response(MAX_AUTHENTICATE_LINE_BYTES + 1, prefix)}b NOOP\r\n`), chunk), ['FATAL line-too-long tag=null', 'buffered ']);
+      }
+    }
+    // Any other command keeps MAX_LINE_BYTES, a LOGIN too.
+    assert.deepStrictEqual(parse(bytes(response(MAX_LINE_BYTES + 1, 'a LOGIN alice ')), (b) => [b]), ['FATAL line-too-long tag=null', 'buffered ']);
+    assert.deepStrictEqual(parse(bytes(response(MAX_LINE_BYTES + 1, 'a AUTHENTICATEX ')), (b) => [b]), ['FATAL line-too-long tag=null', 'buffered ']);
+    // The raw lines of an AUTHENTICATE exchange (its responses): the same wider bound.
+    const parser = new ImapCommandParser();
+    parser.push(bytes(`a AUTHENTICATE XOAUTH2\r\n${'B'.repeat(MAX_AUTHENTICATE_LINE_BYTES - 2)}\r\n`));
+    assert.equal(show(parser.nextCommand() as ParseEvent), 'a AUTHENTICATE XOAUTH2');
+    assert.equal((parser.nextLine() as { text: string }).text.length, MAX_AUTHENTICATE_LINE_BYTES - 2);
+    parser.push(bytes('C'.repeat(MAX_AUTHENTICATE_LINE_BYTES)));
+    assert.equal(show(parser.nextLine() as ParseEvent), 'FATAL line-too-long tag=null');
   });
 
   it('closes at once on HTTP and SMTP requests (cross-protocol attacks)', () => {

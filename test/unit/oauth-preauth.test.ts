@@ -18,6 +18,8 @@ const TOKEN = 'eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl';
 const b64 = (text: string): string => Buffer.from(text, 'utf8').toString('base64');
 const oauthbearer = (user: string | null, token = TOKEN): string => b64(`n,${user === null ? '' : `a=${user}`},\x01host=mail.example.org\x01port=993\x01auth=Bearer ${token}\x01\x01`);
 const xoauth2 = (user: string, token = TOKEN): string => b64(`user=${user}\x01auth=Bearer ${token}\x01\x01`);
+/** A token at MAX_OAUTH_TOKEN_BYTES (an Entra or Keycloak JWT with its groups is 4 to 8 KB). */
+const LONGEST = `eyJhbGciOiJSUzI1NiJ9.${'x'.repeat(MAX_OAUTH_TOKEN_BYTES - 'eyJhbGciOiJSUzI1NiJ9.'.length - 'c2lnbmF0dXJl'.length - 1)}.c2lnbmF0dXJl`;
 const CHALLENGE = bearerFailureChallenge('OAUTHBEARER');
 const XCHALLENGE = bearerFailureChallenge('XOAUTH2');
 
@@ -104,6 +106,15 @@ describe('IMAP', () => {
     assert.deepEqual(bad, ['send a BAD Invalid SASL response\r\n']);
   });
 
+  test(`a token of MAX_OAUTH_TOKEN_BYTES (${MAX_OAUTH_TOKEN_BYTES}) is a bearer login, with SASL-IR and without`, () => {
+    assert.equal(LONGEST.length, MAX_OAUTH_TOKEN_BYTES);
+    const login = (mechanism: string): string => `bearer-login ${JSON.stringify({ user: 'alice', token: LONGEST, mechanism })}`;
+    const ir = preauthTrace({ options: OAUTH, phases: [`a AUTHENTICATE OAUTHBEARER ${oauthbearer('alice', LONGEST)}\r\n`], logins: [{ ok: true, capabilities: null }] }, [1, 8191, 8192, 8193, 20000]);
+    assert.deepEqual(ir, [login('OAUTHBEARER'), 'send a OK Logged in\r\n', 'forward ']);
+    const twoStep = preauthTrace({ options: OAUTH, phases: ['b AUTHENTICATE XOAUTH2\r\n', `${xoauth2('alice', LONGEST)}\r\n`], logins: [{ ok: true, capabilities: null }] }, [1, 8192, 20000]);
+    assert.deepEqual(twoStep, ['send + \r\n', login('XOAUTH2'), 'send b OK Logged in\r\n', 'forward ']);
+  });
+
   test('a cancel before any response is the usual BAD', () => {
     const trace = preauthTrace({ options: OAUTH, phases: ['a AUTHENTICATE OAUTHBEARER\r\n', '*\r\n'] });
     assert.deepEqual(trace, ['send + \r\na BAD Authentication cancelled.\r\n']);
@@ -138,6 +149,15 @@ describe('POP3', () => {
     }
   });
 
+  test(`a token of MAX_OAUTH_TOKEN_BYTES is a bearer login, with an initial response and without`, () => {
+    const bearer = `<bearer ${JSON.stringify({ user: 'alice', token: LONGEST, mechanism: 'OAUTHBEARER' })}>`;
+    for (const split of [whole, bytewise]) {
+      assert.ok(sends(runPreauth(TLS_OAUTH, [`AUTH OAUTHBEARER ${oauthbearer('alice', LONGEST)}\r\n`], split, [{ succeed: true }])).includes(bearer));
+      const twoStep = sends(runPreauth(TLS_OAUTH, ['AUTH OAUTHBEARER\r\n', `${oauthbearer('alice', LONGEST)}\r\n`], split, [{ succeed: true }]));
+      assert.ok(twoStep.startsWith(`${sends(runPreauth(TLS_OAUTH, [], whole))}+ \r\n${bearer}`), twoStep.slice(0, 300));
+    }
+  });
+
   test('a temporary failure is answered at once: -ERR [SYS/TEMP]', () => {
     const text = sends(runPreauth(TLS_OAUTH, [`AUTH OAUTHBEARER ${oauthbearer('alice')}\r\n`], whole, [{ refuse: 'unavailable' }]));
     assert.match(text, /-ERR \[SYS\/TEMP\] Temporary failure/);
@@ -161,6 +181,21 @@ describe('ManageSieve', () => {
     assert.match(text, new RegExp(`send "${XCHALLENGE.replace(/[+/=]/g, '\\$&')}"\r\n`));
     assert.match(text, new RegExp(`""\r\n[\\s\\S]*"${CHALLENGE.replace(/[+/=]/g, '\\$&')}"\r\n`));
     assert.equal(text.split('NO "Authentication failed."').length - 1, 2, text);
+  });
+
+  test('a token of MAX_OAUTH_TOKEN_BYTES is a bearer login: quoted and as a literal, as the initial response and after it', () => {
+    const response = oauthbearer('alice', LONGEST);
+    const login = `bearer-login ${JSON.stringify({ user: 'alice', token: LONGEST, mechanism: 'OAUTHBEARER' })}`;
+    const literal = `{${response.length}+}\r\n${response}`;
+    for (const phases of [
+      [`AUTHENTICATE "OAUTHBEARER" "${response}"\r\n`],
+      [`AUTHENTICATE "OAUTHBEARER" ${literal}\r\n`],
+      ['AUTHENTICATE {11+}\r\nOAUTHBEARER\r\n', `"${response}"\r\n`],
+      ['AUTHENTICATE "OAUTHBEARER"\r\n', `${literal}\r\n`],
+    ]) {
+      const trace = sieveTrace({ options: OAUTH, phases, logins: [{ ok: true }] });
+      assert.ok(trace.includes(login), `${phases[0]?.slice(0, 40)}: ${trace.map((l) => l.slice(0, 60)).join(' | ')}`);
+    }
   });
 
   test('a temporary failure: NO (TRYLATER) at once', () => {

@@ -1,6 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import {
+  MAX_AUTHENTICATE_LINE_BYTES,
   MAX_AUTH_ATTEMPTS,
   MAX_BAD_COMMANDS,
   MAX_LINE_BYTES,
@@ -443,9 +444,24 @@ describe('pop3 preauth: limits and hostile input', () => {
     assert.deepEqual(preauthEverySplit(PORT_995, [`USER ${name(1)}\r\n`]), [GREETING, { send: '-ERR line too long\r\n' }, { close: 'limit' }]);
   });
 
-  it('applies the line limit to SASL continuation lines too', () => {
-    const events = preauthEverySplit(PORT_995, ['AUTH PLAIN\r\n', `${'A'.repeat(MAX_LINE_BYTES)}\r\n`]);
+  it('applies the AUTH line limit (MAX_AUTHENTICATE_LINE_BYTES) to SASL continuation lines too', () => {
+    const events = preauthEverySplit(PORT_995, ['AUTH PLAIN\r\n', `${'A'.repeat(MAX_AUTHENTICATE_LINE_BYTES)}\r\n`]);
     assert.deepEqual(events, [GREETING, { send: '+ \r\n' }, { send: '-ERR line too long\r\n' }, { close: 'limit' }]);
+    // Under it, the response is read (and here refused as no PLAIN message).
+    const read = runPreauth(PORT_995, ['AUTH PLAIN\r\n', `${'A'.repeat(MAX_AUTHENTICATE_LINE_BYTES - 2)}\r\n`], whole);
+    assert.deepEqual(read.slice(1, 2), [{ send: '+ \r\n' }]);
+    assert.ok(!read.some((e) => 'send' in e && e.send === '-ERR line too long\r\n'));
+  });
+
+  it('an AUTH line may be MAX_AUTHENTICATE_LINE_BYTES long, any other line MAX_LINE_BYTES', () => {
+    const line = (verb: string, bytes: number): string => `${verb} ${'A'.repeat(bytes - verb.length - 3)}\r\n`;
+    for (const verb of ['AUTH PLAIN', 'auth XOAUTH2']) {
+      assert.deepEqual(runPreauth(PORT_995, [line(verb, MAX_AUTHENTICATE_LINE_BYTES + 1)], whole), [GREETING, { send: '-ERR line too long\r\n' }, { close: 'limit' }], verb);
+      assert.deepEqual(runPreauth(PORT_995, [line(verb, MAX_AUTHENTICATE_LINE_BYTES + 1).slice(0, MAX_AUTHENTICATE_LINE_BYTES)], whole), [GREETING, { send: '-ERR line too long\r\n' }, { close: 'limit' }], `${verb}, before its end`);
+      const read = runPreauth(PORT_995, [line(verb, MAX_AUTHENTICATE_LINE_BYTES)], whole);
+      assert.ok(!read.some((e) => 'send' in e && e.send === '-ERR line too long\r\n'), verb);
+    }
+    assert.deepEqual(runPreauth(PORT_995, [line('AUTHX PLAIN', MAX_LINE_BYTES + 1)], whole), [GREETING, { send: '-ERR line too long\r\n' }, { close: 'limit' }]);
   });
 
   it('closes at once, without a reply, on an HTTP request (cross-protocol attack)', () => {

@@ -8,10 +8,11 @@
  *
  * Lines end in CRLF; a bare LF is accepted as well (as Dovecot does), a CR anywhere else is a
  * syntax error. Line length counts every byte of the command's lines, line ends included, but not
- * literal data.
+ * literal data. An AUTHENTICATE line and a SASL response line may be longer than other lines
+ * (MAX_AUTHENTICATE_LINE_BYTES): they carry a response at its largest (an OAuth token).
  */
 
-import { MAX_LINE_BYTES, MAX_NONSYNC_LITERAL_BYTES, MAX_PREAUTH_LITERAL_BYTES } from '../../limits.js';
+import { MAX_AUTHENTICATE_LINE_BYTES, MAX_LINE_BYTES, MAX_NONSYNC_LITERAL_BYTES, MAX_PREAUTH_LITERAL_BYTES } from '../../limits.js';
 import { ByteQueue } from '../bytes.js';
 import { literalSizeWithin } from '../rules.js';
 
@@ -124,6 +125,8 @@ export class ImapCommandParser {
   private literalBytes = 0;
   private literalSize = 0;
   private inLiteral = false;
+  /** The command is an AUTHENTICATE, found so when its line reached MAX_LINE_BYTES: it may go on to MAX_AUTHENTICATE_LINE_BYTES. */
+  private authenticateLine = false;
 
   /** Appends received bytes (copied) to the input buffer; after a fatal problem they are dropped. */
   push(chunk: Uint8Array): void {
@@ -162,7 +165,13 @@ export class ImapCommandParser {
         if (!this.readLiteral()) return null;
         continue;
       }
-      const segment = this.readSegment();
+      let segment = this.readSegment(this.authenticateLine ? MAX_AUTHENTICATE_LINE_BYTES : MAX_LINE_BYTES);
+      // Looked at only once the line is this long: an AUTHENTICATE line (RFC 4959 SASL-IR, which
+      // is never a literal) may carry a response at its largest; any other line is too long.
+      if (segment === 'too-long' && !this.authenticateLine && this.segmentIndex === 0 && isAuthenticateLine(this.input.view())) {
+        this.authenticateLine = true;
+        segment = this.readSegment(MAX_AUTHENTICATE_LINE_BYTES);
+      }
       if (segment === null) return null;
       if (segment === 'too-long') return this.fatal('line-too-long', this.tag);
       const event = this.onSegment(segment);
@@ -171,10 +180,10 @@ export class ImapCommandParser {
     return null;
   }
 
-  /** Reads one raw line (a SASL response) without interpreting it; null when more input is needed. */
+  /** Reads one raw line (a SASL response, up to MAX_AUTHENTICATE_LINE_BYTES) without interpreting it; null when more input is needed. */
   nextLine(): ParseEvent | null {
     if (this.dead) return null;
-    const segment = this.readSegment();
+    const segment = this.readSegment(MAX_AUTHENTICATE_LINE_BYTES);
     if (segment === null) return null;
     if (segment === 'too-long') return this.fatal('line-too-long', null);
     this.lineBytes = 0;
@@ -197,13 +206,14 @@ export class ImapCommandParser {
     this.literalBytes = 0;
     this.literalSize = 0;
     this.inLiteral = false;
+    this.authenticateLine = false;
     this.lineBytes = 0;
   }
 
   /** A line segment without its line end, 'too-long' when the line bound is crossed, or null for more input. */
-  private readSegment(): Uint8Array | 'too-long' | null {
+  private readSegment(maxLineBytes: number): Uint8Array | 'too-long' | null {
     const input = this.input.view();
-    const budget = MAX_LINE_BYTES - this.lineBytes;
+    const budget = maxLineBytes - this.lineBytes;
     const window = Math.min(input.length, budget);
     const found = input.subarray(this.scanned, window).indexOf(LF);
     if (found < 0) {
@@ -289,6 +299,15 @@ export class ImapCommandParser {
     this.resetCommand();
     return { type: 'problem', problem, tag, fatal: false };
   }
+}
+
+const AUTHENTICATE_WORD = ' AUTHENTICATE ';
+
+/** True when `line` starts with a tag (no space in it) and the command word AUTHENTICATE (any case). */
+function isAuthenticateLine(line: Uint8Array): boolean {
+  const space = line.indexOf(SP);
+  if (space <= 0) return false;
+  return latin1(line.subarray(space, space + AUTHENTICATE_WORD.length)).toUpperCase() === AUTHENTICATE_WORD;
 }
 
 function isAtomChar(c: number): boolean {

@@ -8,6 +8,7 @@
  */
 
 import {
+  MAX_AUTHENTICATE_LINE_BYTES,
   MAX_AUTH_ATTEMPTS,
   MAX_BAD_COMMANDS,
   MAX_LINE_BYTES,
@@ -16,6 +17,7 @@ import {
   MAX_PIPELINED_HELD_BYTES,
   MAX_PREAUTH_COMMANDS,
   MAX_PREAUTH_LITERAL_BYTES,
+  MAX_SASL_RESPONSE_BYTES,
 } from '../../limits.js';
 import { bearerFailureChallenge, decodeBearer, decodeLoginField, decodePlain, hasUnsafeCharacters, LOGIN_PASSWORD_CHALLENGE, LOGIN_USERNAME_CHALLENGE } from '../sasl.js';
 import type { BearerMechanism } from '../sasl.js';
@@ -86,6 +88,13 @@ export class ManageSievePreauth implements PreauthMachine {
     maxLineLiteralBytes: 2 * LITERAL_LIMIT_BYTES,
     strictUtf8: true,
     rejectForeignProtocols: true,
+    // AUTHENTICATE and the SASL responses after it: a response at its largest (an OAuth token),
+    // quoted or as a literal, beside a mechanism name as long as any other literal.
+    authenticate: {
+      maxLineBytes: MAX_AUTHENTICATE_LINE_BYTES,
+      maxLiteralBytes: MAX_SASL_RESPONSE_BYTES,
+      maxLineLiteralBytes: LITERAL_LIMIT_BYTES + MAX_SASL_RESPONSE_BYTES,
+    },
   });
   #phase: Phase = 'command';
   #tlsActive: boolean;
@@ -215,6 +224,7 @@ export class ManageSievePreauth implements PreauthMachine {
   #run(out: PreauthAction[]): PreauthAction[] {
     for (;;) {
       if (this.#phase !== 'command' && this.#phase !== 'sasl') return out;
+      this.#reader.saslResponse = this.#phase === 'sasl';
       const event = this.#reader.next();
       if (event === null) return out;
       if (event.type === 'problem') {

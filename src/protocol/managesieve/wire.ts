@@ -41,7 +41,15 @@ export interface SieveReaderOptions {
   readonly strictUtf8: boolean;
   /** Close at once on a first line that belongs to HTTP or SMTP (client side only). */
   readonly rejectForeignProtocols: boolean;
+  /**
+   * Wider bounds for an AUTHENTICATE line and, while `saslResponse` is set, a SASL response line
+   * (client side only): they carry a response at its largest (an OAuth token).
+   */
+  readonly authenticate?: SieveLineBounds;
 }
+
+/** The size bounds of one line. */
+export type SieveLineBounds = Pick<SieveReaderOptions, 'maxLineBytes' | 'maxLiteralBytes' | 'maxLineLiteralBytes'>;
 
 const LF = 0x0a;
 const CR = 0x0d;
@@ -89,6 +97,11 @@ export class SieveReader {
   #literalBytes = 0;
   #lineLiteralBytes = 0;
   #inLiteral = false;
+  /** The line is an AUTHENTICATE command: options.authenticate bounds it. */
+  #authenticateLine = false;
+
+  /** The next lines are SASL responses (the machine is in an AUTHENTICATE exchange): options.authenticate bounds them. */
+  saslResponse = false;
 
   constructor(options: SieveReaderOptions) {
     this.#options = options;
@@ -123,7 +136,13 @@ export class SieveReader {
         if (!this.#readLiteral()) return null;
         continue;
       }
-      const segment = this.#readSegment();
+      let segment = this.#readSegment();
+      // Looked at only once the line is this long: an AUTHENTICATE line with its response quoted
+      // may go on to the wider bound; any other line is too long.
+      if (segment === 'too-long' && this.#options.authenticate !== undefined && !this.#authenticateLine && this.#segmentIndex === 0 && startsWithAuthenticate(this.#input.view())) {
+        this.#authenticateLine = true;
+        segment = this.#readSegment();
+      }
       if (segment === null) return null;
       if (segment === 'too-long') return this.#fatal('line-too-long');
       const event = this.#onSegment(segment);
@@ -157,12 +176,17 @@ export class SieveReader {
     this.#literalBytes = 0;
     this.#lineLiteralBytes = 0;
     this.#inLiteral = false;
+    this.#authenticateLine = false;
+  }
+
+  #bounds(): SieveLineBounds {
+    return this.#options.authenticate !== undefined && (this.saslResponse || this.#authenticateLine) ? this.#options.authenticate : this.#options;
   }
 
   /** The next segment without its line end; 'too-long' once the line bound is reached without one. */
   #readSegment(): Uint8Array | 'too-long' | null {
     const input = this.#input.view();
-    const budget = this.#options.maxLineBytes - this.#lineBytes;
+    const budget = this.#bounds().maxLineBytes - this.#lineBytes;
     const window = Math.min(input.length, budget);
     const found = input.subarray(this.#scanned, window).indexOf(LF);
     if (found < 0) {
@@ -215,6 +239,10 @@ export class SieveReader {
       if (this.#options.rejectForeignProtocols && isForeignProtocol(segment)) return this.#fatal('foreign-protocol');
     }
     const result = this.#tokenize(segment);
+    if (first && this.#options.authenticate !== undefined) {
+      const word = this.#tokens[0];
+      if (word?.kind === 'atom' && word.value.toUpperCase() === 'AUTHENTICATE') this.#authenticateLine = true;
+    }
     if (result.problem !== null) {
       // nginx's rule: a rejected line that announces a literal ends the connection, because its
       // data could not be skipped safely and must never be read as commands.
@@ -222,9 +250,10 @@ export class SieveReader {
       return this.#reject(result.problem);
     }
     if (result.literal !== null) {
-      const size = literalSizeWithin(result.literal.digits, this.#options.maxLiteralBytes);
+      const bounds = this.#bounds();
+      const size = literalSizeWithin(result.literal.digits, bounds.maxLiteralBytes);
       if (size === null) return this.#fatal('literal-too-big');
-      if (this.#lineLiteralBytes + size > this.#options.maxLineLiteralBytes) return this.#fatal('literal-too-big');
+      if (this.#lineLiteralBytes + size > bounds.maxLineLiteralBytes) return this.#fatal('literal-too-big');
       this.#lineLiteralBytes += size;
       this.#literalBytes = size;
       this.#inLiteral = true;
@@ -335,6 +364,13 @@ function isForeignProtocol(segment: Uint8Array): boolean {
   const space = segment.indexOf(SP);
   const word = latin1(space < 0 ? segment : segment.subarray(0, space));
   return HTTP_METHODS.has(word) || SMTP_VERBS.has(word.toUpperCase());
+}
+
+const AUTHENTICATE_WORD = 'AUTHENTICATE ';
+
+/** True when `line` starts with the command word AUTHENTICATE (any case) and a space. */
+function startsWithAuthenticate(line: Uint8Array): boolean {
+  return latin1(line.subarray(0, AUTHENTICATE_WORD.length)).toUpperCase() === AUTHENTICATE_WORD;
 }
 
 function latin1(bytes: Uint8Array): string {

@@ -51,6 +51,11 @@ export class LineReader {
     return { content, wireBytes: lf + 1 };
   }
 
+  /** The first `count` bytes held (fewer if fewer are held), left in place: a view, valid until the next push or take. */
+  head(count: number): Uint8Array {
+    return this.#queue.view().subarray(0, count);
+  }
+
   /** Removes and returns every byte held, exactly as received (a copy). */
   takeAll(): Uint8Array {
     const all = this.#queue.take();

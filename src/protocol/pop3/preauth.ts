@@ -6,6 +6,7 @@
  */
 
 import {
+  MAX_AUTHENTICATE_LINE_BYTES,
   MAX_AUTH_ATTEMPTS,
   MAX_BAD_COMMANDS,
   MAX_LINE_BYTES,
@@ -54,8 +55,11 @@ export type Pop3PreauthState =
 
 // RFC 2449 §4 raises RFC 1939's command length (47 octets) to 255 octets, but RFC 5034 SASL
 // responses are not commands, and clients in the wild send longer AUTH PLAIN initial responses
-// (long passwords and user names), so the shared MAX_LINE_BYTES bounds every line instead.
+// (long passwords and user names), so the shared MAX_LINE_BYTES bounds every line instead; an
+// AUTH line and a SASL response line carry a response at its largest (an OAuth token), so
+// MAX_AUTHENTICATE_LINE_BYTES bounds them.
 const LINE_LIMIT_BYTES = MAX_LINE_BYTES;
+const AUTH_VERB = 'AUTH ';
 
 // Verbs of protocols that a browser or a confused client may aim at a POP3 port. A POP3 server
 // that answers them line by line can be abused in cross-protocol attacks (an HTML form posting
@@ -232,10 +236,10 @@ export class Pop3Preauth implements PreauthMachine {
       if (line === null) {
         // A line that has reached the limit without its end can only be too long: refuse it
         // now instead of buffering more of it.
-        if (this.#input.pendingBytes >= LINE_LIMIT_BYTES) actions.push(...this.#lineTooLong());
+        if (this.#input.pendingBytes >= this.#lineLimit(this.#input.head(AUTH_VERB.length))) actions.push(...this.#lineTooLong());
         return actions;
       }
-      if (line.wireBytes > LINE_LIMIT_BYTES) {
+      if (line.wireBytes > this.#lineLimit(line.content)) {
         actions.push(...this.#lineTooLong());
         return actions;
       }
@@ -250,6 +254,12 @@ export class Pop3Preauth implements PreauthMachine {
         actions.push(...this.#saslResponse(state, lineText(line.content)));
       }
     }
+  }
+
+  /** The bound of the line starting with `head`: wider for AUTH and for SASL responses. */
+  #lineLimit(head: Uint8Array): number {
+    if (this.#state !== 'command') return MAX_AUTHENTICATE_LINE_BYTES;
+    return Buffer.from(head.subarray(0, AUTH_VERB.length)).toString('latin1').toUpperCase() === AUTH_VERB ? MAX_AUTHENTICATE_LINE_BYTES : LINE_LIMIT_BYTES;
   }
 
   #lineTooLong(): PreauthAction[] {
