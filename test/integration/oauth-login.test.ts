@@ -22,6 +22,7 @@ import type { Cyrus, Dovecot, Slapd } from './servers/index.js';
 import { assertNoRegisteredSecret, makeMessage, registerPasswords, registerSecrets, startFront, waitForLog } from './front.js';
 import type { Front } from './front.js';
 import { JwksServer, claimsFor, hs256WithPublicKey, jwks, makeKey, signJwt, unsignedJwt } from './oauth-idp.js';
+import { MAX_AUTHENTICATE_LINE_BYTES, MAX_OAUTH_TOKEN_BYTES } from '../../src/limits.js';
 
 const ISSUER = 'https://idp.example.org/realms/mail';
 const AUDIENCE = 'mail';
@@ -40,6 +41,23 @@ writeFileSync(jwksFile, jwks([fileKey]));
 /** A token for `user` (preferred_username), registered with the secret scans: the whole and its signature. */
 function tokenFor(user: string, options: { key?: typeof fileKey; seconds?: number; claims?: Record<string, unknown> } = {}): string {
   const jwt = signJwt(options.key ?? fileKey, claimsFor(user, ISSUER, AUDIENCE, options.seconds ?? 300, options.claims ?? {}));
+  return registered(jwt);
+}
+/**
+ * A signed token for `user` of `bytes` bytes or up to 3 more, registered with the secret scans: a
+ * groups claim as Keycloak's or Entra's with a user's many groups.
+ */
+function longTokenFor(user: string, bytes: number): string {
+  const groups = Array.from({ length: Math.floor(bytes / 40) }, (_, i) => `/org/unit-${i % 17}/team-${i}`);
+  const sign = (filler: string): string => signJwt(fileKey, claimsFor(user, ISSUER, AUDIENCE, 300, { groups: [...groups, filler] }));
+  let filler = '';
+  let jwt = sign(filler);
+  // base64url: 3 bytes of the claims' JSON are 4 characters of the token.
+  for (let i = 0; i < 8 && jwt.length < bytes; i++) {
+    filler += 'g'.repeat(Math.max(1, Math.floor(((bytes - jwt.length) * 3) / 4)));
+    jwt = sign(filler);
+  }
+  assert.ok(jwt.length >= bytes && jwt.length <= bytes + 3, `a token of ${jwt.length} bytes for ${bytes}`);
   return registered(jwt);
 }
 function registered(jwt: string): string {
@@ -332,21 +350,115 @@ describe('OAuth logins, oauth2 set', () => {
     }
   });
 
-  test('malformed input: bad base64 is a BAD; a token over 4096 bytes the challenge with no login; a line over the bound closes', async () => {
+  test(`malformed input: bad base64 is a BAD; a signed token over ${MAX_OAUTH_TOKEN_BYTES} bytes the challenge with no login; a line over ${MAX_AUTHENTICATE_LINE_BYTES} closes`, async () => {
     const c = await imapClient();
     try {
       const mark = front.logs.length;
       assert.equal((await c.imap('AUTHENTICATE OAUTHBEARER %%%notbase64')).status, 'BAD');
-      const huge = registered(`${tokenFor('alice')}${'A'.repeat(4200)}`);
-      const { challenge, line } = await authenticate(c, 'OAUTHBEARER', oauthbearer('alice', huge));
-      assert.ok(challenge !== null);
-      assert.equal(line, AUTH_FAILED);
+      const over = longTokenFor('alice', MAX_OAUTH_TOKEN_BYTES + 1);
+      for (const [mechanism, response] of [['OAUTHBEARER', oauthbearer('alice', over)], ['XOAUTH2', xoauth2('alice', over)]] as const) {
+        const { challenge, line } = await authenticate(c, mechanism, response);
+        assert.ok(challenge !== null, mechanism);
+        assert.equal(line, AUTH_FAILED, mechanism);
+      }
       assert.ok(!front.logs.slice(mark).some((l) => l['event'] === 'session.login_failed'), 'refused before any login');
-      c.send(`x AUTHENTICATE OAUTHBEARER ${oauthbearer('alice', registered(`${tokenFor('alice')}${'B'.repeat(9000)}`))}`);
+      const tooLong = `x AUTHENTICATE OAUTHBEARER ${oauthbearer('alice', registered(`${tokenFor('alice')}${'B'.repeat(MAX_AUTHENTICATE_LINE_BYTES)}`))}`;
+      c.send(tooLong);
       assert.match(await c.readLine(), /^x BAD \[TOOBIG\]|^\* BYE/);
       assert.ok(await c.waitClosed(2_000));
     } finally {
       c.close();
+    }
+  });
+
+  // Dovecot 2.3 itself takes a SASL response of up to 8191 base64 characters (IMAP, POP3; 8192 in
+  // ManageSieve): a token of about 6.1 KB. Such a token (a user's many groups) was refused by
+  // mailfront's bounds (4096 bytes of token; a ManageSieve literal of 4096).
+  const SIX_KB = 6 * 1024;
+
+  test('a 6 KB token logs in over IMAP, with SASL-IR and without, on Dovecot (master-user) and Cyrus (sasl-authzid); no backend is sent the token', async () => {
+    const forAlice = longTokenFor('alice', SIX_KB);
+    const forBob = longTokenFor('bob', SIX_KB);
+    const forCarol = longTokenFor('carol', SIX_KB);
+    let c = await imapClient();
+    try {
+      const { line } = await authenticate(c, 'OAUTHBEARER', oauthbearer('alice', forAlice));
+      assert.match(line, /^OK /);
+      assert.deepEqual(await subjects(c), ['for alice via oauth']);
+    } finally {
+      c.close();
+    }
+    c = await imapClient();
+    try {
+      const tag = c.nextTag();
+      c.send(`${tag} AUTHENTICATE XOAUTH2`);
+      assert.equal(await c.readLine(), '+ ');
+      c.send(xoauth2('bob', forBob));
+      const result = await c.imapResult(tag);
+      assert.equal(result.status, 'OK', result.text);
+      assert.deepEqual(await subjects(c), ['for bob via oauth']);
+    } finally {
+      c.close();
+    }
+    c = await imapClient();
+    try {
+      const { line } = await authenticate(c, 'OAUTHBEARER', oauthbearer(null, forCarol));
+      assert.match(line, /^OK /);
+      assert.deepEqual(await subjects(c), ['for carol on cyrus via oauth']);
+    } finally {
+      c.close();
+    }
+    // The backends were logged in to on the proxy account's word: none of them saw a token.
+    const logs = `${await a1.readLog()}${await cyrus.readLog()}`;
+    for (const token of [forAlice, forBob, forCarol]) assert.ok(!logs.includes(token.split('.')[2] ?? ''), 'a backend logged the token');
+  });
+
+  test('a 6 KB token logs in over POP3, with an initial response and without', async () => {
+    const token = longTokenFor('alice', SIX_KB);
+    for (const initial of [true, false]) {
+      const c = await LineClient.connect(front.pop3TrustedPort);
+      try {
+        await c.readLine();
+        if (initial) {
+          assert.match(await c.pop3(`AUTH XOAUTH2 ${xoauth2('alice', token)}`), /^\+OK/);
+        } else {
+          c.send('AUTH OAUTHBEARER');
+          assert.equal(await c.readLine(), '+ ');
+          c.send(oauthbearer('alice', token));
+          assert.match(await c.readLine(), /^\+OK/);
+        }
+        const top = await c.pop3Multi('TOP 1 0');
+        assert.ok(top.includes('Subject: for alice via oauth'), top.join('|'));
+      } finally {
+        c.close();
+      }
+    }
+  });
+
+  test('a 6 KB token logs in over ManageSieve: a literal, a quoted string, as the initial response and after "AUTHENTICATE"', async () => {
+    const token = longTokenFor('alice', SIX_KB);
+    const response = oauthbearer('alice', token);
+    const literal = `{${response.length}+}\r\n${response}`;
+    for (const [name, initial, after] of [
+      ['literal initial response', literal, null],
+      ['quoted initial response', `"${response}"`, null],
+      ['literal after', null, literal],
+      ['quoted after', null, `"${response}"`],
+    ] as const) {
+      const c = await LineClient.connect(front.sieveTrustedPort!);
+      try {
+        for (let line = await c.readLine(); !line.startsWith('OK'); line = await c.readLine());
+        c.send(`AUTHENTICATE "OAUTHBEARER"${initial === null ? '' : ` ${initial}`}`);
+        if (after !== null) {
+          assert.equal(await c.readLine(), '""', name);
+          c.send(after);
+        }
+        assert.match(await c.readLine(), /^OK/, name);
+        c.send('LISTSCRIPTS');
+        assert.match(await c.readLine(), /^OK/, name);
+      } finally {
+        c.close();
+      }
     }
   });
 
