@@ -1489,6 +1489,23 @@ interface ContextPolls {
   readonly versions: ReadonlyMap<string, string>;
 }
 
+/**
+ * A whole read that found a store entry newer than the contextCSN read after it (see
+ * entryAfterContext): either that contextCSN is another database's (a glued one's parent), which
+ * does not move when a store entry changes, or the server is a syncrepl consumer that has written
+ * the entry and not yet its contextCSN (a refresh, after a cut or at a mirror's start, moves it at
+ * its end; a change sent on its own, right after). It cannot be told at once, so until the next
+ * whole read the polls go by modifyTimestamp (RecentEntries), and each reads the contextCSN too:
+ * once it covers every store entry of the read, the map is read whole, and the polls go by it.
+ */
+interface ContextLagging {
+  readonly client: Client;
+  /** The naming context's DN, whose entry holds contextCSN. */
+  readonly contextDn: string;
+  /** Every store entry's entryCSN at the whole read, by lower-cased DN. */
+  readonly csns: ReadonlyMap<string, string>;
+}
+
 /** The entryCSN of every entry, by lower-cased DN; undefined when one has none (or none a CSN). */
 function entryCsns(entries: ReadonlyArray<Record<string, unknown> & { dn: string }>): Map<string, string> | undefined {
   const csns = new Map<string, string>();
@@ -1658,6 +1675,11 @@ export class LdapStoreMapSource implements StoreMapSource {
   private usnSeen: { readonly client: Client; readonly socket: unknown; readonly samples: readonly UsnSample[] } | undefined;
   /** The naming context (the entry with contextCSN) of each connection's server, null where none holds the base DN. */
   private readonly contexts = new WeakMap<Client, string | null>();
+  /** The last whole read found a store entry newer than the contextCSN (see ContextLagging). */
+  private contextLagging: ContextLagging | undefined;
+  /** Connections whose last whole read found the contextCSN behind a store entry: the next that does says so (storemap.context_csn_not_used), once. */
+  private readonly contextLagged = new WeakSet<Client>();
+  private readonly contextNotUsedSaid = new WeakSet<Client>();
   /** The store entries' entryCSNs of the map last handed out by load(): a read behind them is refused (see behindMapInForce). */
   private inForce: ReadonlyMap<string, string> | undefined;
   /** The last server found behind the map in force: tried after the others, and while its contextCSN stays the same, not read again (see stillBehind). */
@@ -1794,6 +1816,7 @@ export class LdapStoreMapSource implements StoreMapSource {
     this.behind = { url, at: performance.now(), context: reading.context, error, said };
     this.recent = undefined;
     this.contextPolls = undefined;
+    this.contextLagging = undefined;
     this.usnPolls = undefined;
     return error;
   }
@@ -1902,6 +1925,7 @@ export class LdapStoreMapSource implements StoreMapSource {
     const previous = this.recent;
     this.recent = undefined;
     this.contextPolls = undefined;
+    this.contextLagging = undefined;
     this.usnPolls = undefined;
     const readAt = performance.now();
     const readAtMs = Date.now();
@@ -1941,11 +1965,18 @@ export class LdapStoreMapSource implements StoreMapSource {
       }
       const newer = entryAfterContext(csns, after ?? context.values);
       if (newer !== undefined) {
-        // Not used again on this connection: the polls go by modifyTimestamp.
-        this.contexts.set(client, null);
-        this.log?.warn({ event: 'storemap.context_csn_not_used', source: this.description, url, contextDn: context.dn, dn: newer.dn, entryCsn: newer.csn, contextCsn: newer.context }, `the contextCSN of ${context.dn} on ${url ?? ''} (${newer.context}) is older than the entryCSN of ${newer.dn} (${newer.csn}): it is not the one of the database that holds the store entries (a database glued below whose contextCSN the bind account may not read, or below base_dn); the polls ask by modifyTimestamp on this connection`);
+        // Not at once for good: a consumer writes an entry before its contextCSN (a refresh moves it
+        // at its end). Until the next whole read the polls go by modifyTimestamp, and by the
+        // contextCSN again once it covers the entries (see ContextLagging). Said when the next whole
+        // read finds it so too.
+        if (this.contextLagged.has(client) && !this.contextNotUsedSaid.has(client)) {
+          this.contextNotUsedSaid.add(client);
+          this.log?.warn({ event: 'storemap.context_csn_not_used', source: this.description, url, contextDn: context.dn, dn: newer.dn, entryCsn: newer.csn, contextCsn: newer.context }, `the contextCSN of ${context.dn} on ${url ?? ''} (${newer.context}) is older than the entryCSN of ${newer.dn} (${newer.csn}), as it was at the whole read before: it is not the one of the database that holds the store entries (a database glued below whose contextCSN the bind account may not read, or below base_dn), or the server is a replica whose refresh has lasted that long; the polls ask by modifyTimestamp on this connection until a whole read finds it covers every store entry`);
+        }
+        this.contextLagged.add(client);
+        this.contextLagging = { client, contextDn: context.dn, csns };
         context = undefined;
-      }
+      } else this.contextLagged.delete(client);
     }
     let usns = usn === undefined || socketOf(client) !== socket ? undefined : entryUsns(entries);
     if (usns !== undefined && !(usns instanceof Map)) {
@@ -2001,6 +2032,23 @@ export class LdapStoreMapSource implements StoreMapSource {
       if (error instanceof SizeLimitExceededError) return false;
       const failure = await this.searchFailed(error);
       this.contextPolls = undefined;
+      throw failure;
+    }
+  }
+
+  /**
+   * True when the contextCSN, found behind a store entry at the last whole read, now covers every
+   * store entry of that read (see ContextLagging): one base search.
+   */
+  private async contextCaughtUp(lagging: ContextLagging): Promise<boolean> {
+    const client = await this.connection();
+    if (client !== lagging.client) return false;
+    try {
+      const now = await this.contextCsn(client);
+      return now !== undefined && now.dn === lagging.contextDn && entryAfterContext(lagging.csns, now.values) === undefined;
+    } catch (error) {
+      const failure = await this.searchFailed(error);
+      this.contextLagging = undefined;
       throw failure;
     }
   }
@@ -2072,6 +2120,7 @@ export class LdapStoreMapSource implements StoreMapSource {
   private async unchanged(): Promise<boolean> {
     if (this.contextPolls !== undefined) return this.unchangedByContext(this.contextPolls);
     if (this.usnPolls !== undefined) return this.unchangedByUsn(this.usnPolls);
+    if (this.contextLagging !== undefined && (await this.contextCaughtUp(this.contextLagging))) return false;
     const recent = this.recent;
     if (recent === undefined || recent.fingerprint !== this.lastFingerprint || performance.now() - recent.readAt >= this.timing.fullReadIntervalMs) return false;
     const client = await this.connection();
