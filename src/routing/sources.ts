@@ -1677,9 +1677,14 @@ export class LdapStoreMapSource implements StoreMapSource {
   private readonly contexts = new WeakMap<Client, string | null>();
   /** The last whole read found a store entry newer than the contextCSN (see ContextLagging). */
   private contextLagging: ContextLagging | undefined;
-  /** Connections whose last whole read found the contextCSN behind a store entry: the next that does says so (storemap.context_csn_not_used), once. */
+  /**
+   * Connections one of whose whole reads found the contextCSN behind a store entry. The next that
+   * does, on the same connection, takes it for another database's for good: the polls go by
+   * modifyTimestamp (storemap.context_csn_not_used). A glued stores database's parent would
+   * otherwise send the polls back to its contextCSN at each of its writes, and a store change
+   * meanwhile would wait for the whole read each time.
+   */
   private readonly contextLagged = new WeakSet<Client>();
-  private readonly contextNotUsedSaid = new WeakSet<Client>();
   /** The store entries' entryCSNs of the map last handed out by load(): a read behind them is refused (see behindMapInForce). */
   private inForce: ReadonlyMap<string, string> | undefined;
   /** The last server found behind the map in force: tried after the others, and while its contextCSN stays the same, not read again (see stillBehind). */
@@ -1967,16 +1972,17 @@ export class LdapStoreMapSource implements StoreMapSource {
       if (newer !== undefined) {
         // Not at once for good: a consumer writes an entry before its contextCSN (a refresh moves it
         // at its end). Until the next whole read the polls go by modifyTimestamp, and by the
-        // contextCSN again once it covers the entries (see ContextLagging). Said when the next whole
-        // read finds it so too.
-        if (this.contextLagged.has(client) && !this.contextNotUsedSaid.has(client)) {
-          this.contextNotUsedSaid.add(client);
-          this.log?.warn({ event: 'storemap.context_csn_not_used', source: this.description, url, contextDn: context.dn, dn: newer.dn, entryCsn: newer.csn, contextCsn: newer.context }, `the contextCSN of ${context.dn} on ${url ?? ''} (${newer.context}) is older than the entryCSN of ${newer.dn} (${newer.csn}), as it was at the whole read before: it is not the one of the database that holds the store entries (a database glued below whose contextCSN the bind account may not read, or below base_dn), or the server is a replica whose refresh has lasted that long; the polls ask by modifyTimestamp on this connection until a whole read finds it covers every store entry`);
+        // contextCSN again once it covers the entries (see ContextLagging). The second time on this
+        // connection, for good.
+        if (this.contextLagged.has(client)) {
+          this.contexts.set(client, null);
+          this.log?.warn({ event: 'storemap.context_csn_not_used', source: this.description, url, contextDn: context.dn, dn: newer.dn, entryCsn: newer.csn, contextCsn: newer.context }, `the contextCSN of ${context.dn} on ${url ?? ''} (${newer.context}) is older than the entryCSN of ${newer.dn} (${newer.csn}), as a whole read on this connection found it before: it is not the one of the database that holds the store entries (a database glued below whose contextCSN the bind account may not read, or below base_dn), or the server is a replica that has refreshed twice; the polls ask by modifyTimestamp on this connection`);
+        } else {
+          this.contextLagged.add(client);
+          this.contextLagging = { client, contextDn: context.dn, csns };
         }
-        this.contextLagged.add(client);
-        this.contextLagging = { client, contextDn: context.dn, csns };
         context = undefined;
-      } else this.contextLagged.delete(client);
+      }
     }
     let usns = usn === undefined || socketOf(client) !== socket ? undefined : entryUsns(entries);
     if (usns !== undefined && !(usns instanceof Map)) {

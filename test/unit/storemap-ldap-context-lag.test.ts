@@ -58,9 +58,9 @@ function directory(): { entries: Map<string, Entry>; context: string; client: un
   return dir;
 }
 
-function sourceOn(dir: ReturnType<typeof directory>, lines: Array<Record<string, unknown>>): LdapStoreMapSource {
+function sourceOn(dir: ReturnType<typeof directory>, lines: Array<Record<string, unknown>>, fullReadIntervalMs?: number): LdapStoreMapSource {
   const log = createLogger('info', { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
-  const source = new LdapStoreMapSource({ kind: 'ldap', urls: ['ldap://127.0.0.1:1'], bindDn: `cn=mailfront,${SUFFIX}`, bindPassword: 'secret', baseDn: BASE, pollIntervalMs: 20, starttls: false, operationTimeoutMs: 2_000 }, undefined, log, { recentMarginMs: 1_000 });
+  const source = new LdapStoreMapSource({ kind: 'ldap', urls: ['ldap://127.0.0.1:1'], bindDn: `cn=mailfront,${SUFFIX}`, bindPassword: 'secret', baseDn: BASE, pollIntervalMs: 20, starttls: false, operationTimeoutMs: 2_000 }, undefined, log, { recentMarginMs: 1_000, ...(fullReadIntervalMs === undefined ? {} : { fullReadIntervalMs }) });
   (source as unknown as { connection: () => Promise<unknown> }).connection = async () => dir.client;
   return source;
 }
@@ -119,6 +119,45 @@ test('a contextCSN that stays behind a store entry (another database\'s): the po
     const said = lines.filter((l) => l['event'] === 'storemap.context_csn_not_used');
     assert.equal(said.length, 1);
     assert.equal(said[0]!['contextCsn'], csn('100000'));
+  } finally {
+    stop();
+    await source.close();
+  }
+});
+
+test('a glued stores database whose parent is written: the second whole read on a connection that finds the contextCSN behind a store entry gives it up for good, so a parent\'s write does not send the polls back to it, and a store change after it is followed at the next poll', async () => {
+  const dir = directory();
+  const lines: Array<Record<string, unknown>> = [];
+  // Whole reads every 400 ms: the second finding comes within the test's time.
+  const source = sourceOn(dir, lines, 400);
+  dir.entries.set(`cn=st1,${BASE}`, store('st1', 'sl1b', '100010'));
+  let changes = 0;
+  let latest = '';
+  let stop = (): void => undefined;
+  const notUsed = (): number => lines.filter((l) => l['event'] === 'storemap.context_csn_not_used').length;
+  try {
+    await source.load();
+    stop = source.watch(() => void (changes++, source.load().then((doc) => void (latest = JSON.stringify(doc)))));
+    await sleep(100);
+    // The parent is written: its contextCSN covers the store entries, the polls go by it.
+    dir.context = csn('100020');
+    await sleep(100);
+    assert.equal(notUsed(), 0);
+    // A store change: the parent's contextCSN does not move. The next whole read finds the store
+    // entry newer than it, the second time on this connection.
+    dir.entries.set(`cn=st2,${BASE}`, store('st2', 'sl2b', '100030'));
+    assert.ok(await until(() => notUsed() > 0, 3_000), 'the second finding was not said');
+    assert.equal(notUsed(), 1);
+    // The parent is written again: its contextCSN covers the store entries once more.
+    dir.context = csn('100040');
+    await sleep(100);
+    const before = changes;
+    // A store change, stamped the newest: polls by modifyTimestamp see it at once. Had the parent's
+    // write sent the polls back to its contextCSN, it would wait for the whole read (400 ms).
+    dir.entries.set(`cn=st1,${BASE}`, store('st1', 'sl1a', '100050'));
+    assert.ok(await until(() => changes > before, 150), 'the store change was not followed at the next poll');
+    assert.ok(await until(() => latest.includes('sl1a'), 2_000));
+    assert.equal(notUsed(), 1, 'said once');
   } finally {
     stop();
     await source.close();
