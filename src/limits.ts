@@ -25,18 +25,21 @@ export const MAX_NONSYNC_LITERAL_BYTES = 4096;
 export const MAX_OAUTH_TOKEN_BYTES = 16 * 1024;
 
 /**
- * Base64 characters of one SASL client response (an initial response, or one answering a
- * challenge): a token at its bound and 1 KiB for the rest of the message (the GS2 header and
- * user, host and port pairs of OAUTHBEARER; XOAUTH2's user). 23,212.
+ * Base64 characters of one bearer mechanism's SASL client response (an initial response, or one
+ * answering a challenge): a token at its bound and 1 KiB for the rest of the message (the GS2
+ * header and user, host and port pairs of OAUTHBEARER; XOAUTH2's user). 23,212.
  */
 export const MAX_SASL_RESPONSE_BYTES = 4 * Math.ceil((MAX_OAUTH_TOKEN_BYTES + 1024) / 3);
 
 /**
- * Longest AUTHENTICATE command line (IMAP, ManageSieve; AUTH in POP3) and SASL response line or
- * string before login: any other line's bound plus a response at its largest (31,404 bytes).
- * Only these may be longer than MAX_LINE_BYTES, so a pre-auth session reading commands holds at
- * most this much of a line (it was 8 KiB), still well under what a pending login may hold
- * (MAX_PIPELINED_HELD_BYTES).
+ * Longest AUTHENTICATE command line (IMAP, ManageSieve; AUTH in POP3) naming OAUTHBEARER or
+ * XOAUTH2, and SASL response line or string of theirs, before login: any other line's bound plus
+ * a response at its largest (31,404 bytes). Only where the bearer mechanisms are offered (oauth2
+ * set, plaintext credentials allowed): without oauth2 a pre-auth session holds at most
+ * MAX_LINE_BYTES of a line, as before tokens this long were taken (with oauth2, this much, well
+ * under what a pending login may hold, MAX_PIPELINED_HELD_BYTES). PLAIN and LOGIN keep
+ * MAX_LINE_BYTES: Dovecot closes on a SASL response over 8191 characters, so a longer password
+ * could never log in there.
  */
 export const MAX_AUTHENTICATE_LINE_BYTES = MAX_LINE_BYTES + MAX_SASL_RESPONSE_BYTES;
 

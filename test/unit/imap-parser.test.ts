@@ -5,8 +5,9 @@ import { ImapCommandParser, type ImapArg, type ParseEvent } from '../../src/prot
 import { bytes, chunkers, latin1, utf8 } from './imap-testkit.js';
 
 /** Feeds the input in chunks, reading commands after each; returns the events as plain text, then what stays buffered. */
-function parse(input: Uint8Array, chunk: (b: Uint8Array) => Uint8Array[]): string[] {
+function parse(input: Uint8Array, chunk: (b: Uint8Array) => Uint8Array[], wideMechanisms: readonly string[] = []): string[] {
   const parser = new ImapCommandParser();
+  parser.wideMechanisms = wideMechanisms;
   const events: string[] = [];
   for (const piece of chunk(input)) {
     parser.push(piece);
@@ -182,28 +183,38 @@ describe('IMAP command parser', () => {
     ]);
   });
 
-  it('lets an AUTHENTICATE line and a SASL response line go on to MAX_AUTHENTICATE_LINE_BYTES, no other line', () => {
+  it('lets an AUTHENTICATE line of a wideMechanisms mechanism and a bearer SASL response line go on to MAX_AUTHENTICATE_LINE_BYTES, no other line', () => {
+    const BEARER = ['OAUTHBEARER', 'XOAUTH2'];
     const response = (lineBytes: number, prefix: string): string => `${prefix}${'A'.repeat(lineBytes - prefix.length - 2)}\r\n`;
-    for (const prefix of ['a AUTHENTICATE OAUTHBEARER ', 'tag.1 authenticate XOAUTH2 ']) {
+    const tooLong = ['FATAL line-too-long tag=null', 'buffered '];
+    for (const prefix of ['a AUTHENTICATE OAUTHBEARER ', 'tag.1 authenticate xoauth2 ']) {
       const exact = response(MAX_AUTHENTICATE_LINE_BYTES, prefix);
-      const tag = prefix.split(' ')[0];
-      const expected = [`${tag} ${prefix.split(' ')[1]?.toUpperCase()} ${prefix.split(' ')[2]} ${'A'.repeat(exact.length - prefix.length - 2)}`, 'b NOOP', 'buffered '];
+      const [tag, name, mechanism] = prefix.split(' ');
+      const expected = [`${tag} ${name?.toUpperCase()} ${mechanism} ${'A'.repeat(exact.length - prefix.length - 2)}`, 'b NOOP', 'buffered '];
       const shown = (events: string[]): string[] => events.map((e) => (e.length > 80 ? `${e.slice(0, 40)}..${e.length}` : e));
       for (const chunk of [(b: Uint8Array) => [b], (b: Uint8Array) => [b.subarray(0, MAX_LINE_BYTES), b.subarray(MAX_LINE_BYTES)], (b: Uint8Array) => Array.from({ length: Math.ceil(b.length / 1000) }, (_, i) => b.subarray(i * 1000, (i + 1) * 1000))]) {
-        assert.deepStrictEqual(shown(parse(bytes(`${exact}b NOOP\r\n`), chunk)), shown(expected), prefix);
-        assert.deepStrictEqual(parse(bytes(`${response(MAX_AUTHENTICATE_LINE_BYTES + 1, prefix)}b NOOP\r\n`), chunk), ['FATAL line-too-long tag=null', 'buffered ']);
+        assert.deepStrictEqual(shown(parse(bytes(`${exact}b NOOP\r\n`), chunk, BEARER)), shown(expected), prefix);
+        assert.deepStrictEqual(parse(bytes(`${response(MAX_AUTHENTICATE_LINE_BYTES + 1, prefix)}b NOOP\r\n`), chunk, BEARER), tooLong);
+        // Without wideMechanisms (no oauth2), the same line is too long at MAX_LINE_BYTES.
+        assert.deepStrictEqual(parse(bytes(`${exact}b NOOP\r\n`), chunk), tooLong, `${prefix}without wideMechanisms`);
       }
     }
-    // Any other command keeps MAX_LINE_BYTES, a LOGIN too.
-    assert.deepStrictEqual(parse(bytes(response(MAX_LINE_BYTES + 1, 'a LOGIN alice ')), (b) => [b]), ['FATAL line-too-long tag=null', 'buffered ']);
-    assert.deepStrictEqual(parse(bytes(response(MAX_LINE_BYTES + 1, 'a AUTHENTICATEX ')), (b) => [b]), ['FATAL line-too-long tag=null', 'buffered ']);
-    // The raw lines of an AUTHENTICATE exchange (its responses): the same wider bound.
+    // Any other line keeps MAX_LINE_BYTES: another mechanism's AUTHENTICATE, a LOGIN, ...
+    for (const prefix of ['a AUTHENTICATE PLAIN ', 'a AUTHENTICATE LOGIN ', 'a AUTHENTICATE OAUTHBEARERX ', 'a LOGIN alice ', 'a AUTHENTICATEX OAUTHBEARER ']) {
+      assert.deepStrictEqual(parse(bytes(response(MAX_LINE_BYTES + 1, prefix)), (b) => [b], BEARER), tooLong, prefix);
+      assert.deepStrictEqual(parse(bytes(response(MAX_LINE_BYTES, prefix)), (b) => [b], BEARER).length, 2, prefix);
+    }
+    // The raw lines of a bearer mechanism's exchange (its responses): the same wider bound; any other's, MAX_LINE_BYTES.
     const parser = new ImapCommandParser();
     parser.push(bytes(`a AUTHENTICATE XOAUTH2\r\n${'B'.repeat(MAX_AUTHENTICATE_LINE_BYTES - 2)}\r\n`));
     assert.equal(show(parser.nextCommand() as ParseEvent), 'a AUTHENTICATE XOAUTH2');
-    assert.equal((parser.nextLine() as { text: string }).text.length, MAX_AUTHENTICATE_LINE_BYTES - 2);
+    assert.equal((parser.nextLine(true) as { text: string }).text.length, MAX_AUTHENTICATE_LINE_BYTES - 2);
     parser.push(bytes('C'.repeat(MAX_AUTHENTICATE_LINE_BYTES)));
-    assert.equal(show(parser.nextLine() as ParseEvent), 'FATAL line-too-long tag=null');
+    assert.equal(show(parser.nextLine(true) as ParseEvent), 'FATAL line-too-long tag=null');
+    const plain = new ImapCommandParser();
+    plain.push(bytes(`${'B'.repeat(MAX_LINE_BYTES - 2)}\r\n${'C'.repeat(MAX_LINE_BYTES)}`));
+    assert.equal((plain.nextLine(false) as { text: string }).text.length, MAX_LINE_BYTES - 2);
+    assert.equal(show(plain.nextLine(false) as ParseEvent), 'FATAL line-too-long tag=null');
   });
 
   it('closes at once on HTTP and SMTP requests (cross-protocol attacks)', () => {
@@ -218,8 +229,8 @@ describe('IMAP command parser', () => {
     const parser = new ImapCommandParser();
     parser.push(bytes('a AUTHENTICATE PLAIN\r\nAGFsaWNlAHNlY3JldA==\r\n*\nb NOOP\r\n'));
     assert.equal(show(parser.nextCommand() as ParseEvent), 'a AUTHENTICATE PLAIN');
-    assert.equal(show(parser.nextLine() as ParseEvent), 'line AGFsaWNlAHNlY3JldA==');
-    assert.equal(show(parser.nextLine() as ParseEvent), 'line *');
+    assert.equal(show(parser.nextLine(false) as ParseEvent), 'line AGFsaWNlAHNlY3JldA==');
+    assert.equal(show(parser.nextLine(false) as ParseEvent), 'line *');
     assert.equal(show(parser.nextCommand() as ParseEvent), 'b NOOP');
   });
 });

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { MAX_AUTH_ATTEMPTS, MAX_BAD_COMMANDS, MAX_LINE_BYTES, MAX_PIPELINED_HELD_BYTES, MAX_PREAUTH_COMMANDS, MAX_PREAUTH_LITERAL_BYTES, MAX_SASL_RESPONSE_BYTES } from '../../src/limits.js';
+import { MAX_AUTH_ATTEMPTS, MAX_BAD_COMMANDS, MAX_LINE_BYTES, MAX_PIPELINED_HELD_BYTES, MAX_PREAUTH_COMMANDS, MAX_PREAUTH_LITERAL_BYTES } from '../../src/limits.js';
 import { managesieveAdapter, PREAUTH_SIEVE_EXTENSIONS } from '../../src/protocol/managesieve/index.js';
 import type { PreauthOptions } from '../../src/protocol/types.js';
 import { PLAIN_PORT, preauthTrace, TLS, wire } from './managesieve-harness.js';
@@ -268,11 +268,11 @@ describe('managesieve preauth: hostile and broken input', () => {
   });
 
   it('an oversized literal ends the connection and its bytes are never read as commands', () => {
-    for (const marker of ['{4294967296+}', '{4294967296}', `{${MAX_SASL_RESPONSE_BYTES + 1}+}`, '{99999999999999999999999}']) {
+    for (const marker of ['{4294967296+}', '{4294967296}', `{${MAX_PREAUTH_LITERAL_BYTES + 1}+}`, '{99999999999999999999999}']) {
       const trace = preauthTrace({ options: IMPLICIT_TLS, phases: [`AUTHENTICATE "PLAIN" ${marker}\r\nLOGOUT\r\nNOOP\r\n`] });
       assert.deepEqual(trace, [`${GREETING_TLS}BYE "Literal too big."\r\n`, 'close limit'], marker);
     }
-    // AUTHENTICATE's literals may hold a SASL response at its largest; any other command's, MAX_PREAUTH_LITERAL_BYTES.
+    // Only a bearer mechanism's AUTHENTICATE literals, with oauth2, may be longer (oauth-preauth.test.ts); any other command's too are bounded.
     const trace = preauthTrace({ options: IMPLICIT_TLS, phases: [`NOOP {${MAX_PREAUTH_LITERAL_BYTES + 1}+}\r\nLOGOUT\r\nNOOP\r\n`] });
     assert.deepEqual(trace, [`${GREETING_TLS}BYE "Literal too big."\r\n`, 'close limit']);
     // At the bound the literal is read as the argument it is.

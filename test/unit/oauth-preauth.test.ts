@@ -8,6 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
+import { MAX_AUTHENTICATE_LINE_BYTES, MAX_LINE_BYTES, MAX_PREAUTH_LITERAL_BYTES, MAX_SASL_RESPONSE_BYTES } from '../../src/limits.js';
 import { MAX_OAUTH_TOKEN_BYTES, bearerFailureChallenge, decodeOAuthBearer, decodeXOAuth2 } from '../../src/protocol/sasl.js';
 import { TLS_CLIENT, preauthTrace } from './imap-testkit.js';
 import { bytewise, runPreauth, whole } from './pop3-harness.js';
@@ -205,5 +206,95 @@ describe('ManageSieve', () => {
 
   test('as before without oauth', () => {
     assert.match(sieveTrace({ options: { ...PLAIN_PORT, tlsActive: true }, phases: [] })[0] ?? '', /"SASL" "PLAIN LOGIN"\r\n/);
+  });
+});
+
+/**
+ * The wider bounds (MAX_AUTHENTICATE_LINE_BYTES, MAX_SASL_RESPONSE_BYTES) are for a bearer
+ * mechanism's lines where it is offered (oauth2 set, plaintext allowed): PLAIN and LOGIN, and
+ * every line without oauth2, keep MAX_LINE_BYTES and MAX_PREAUTH_LITERAL_BYTES and their answers.
+ * (POP3's are in pop3-preauth.test.ts, the IMAP parser's in imap-parser.test.ts.)
+ */
+describe('the wider bounds: bearer mechanisms with oauth2 only', () => {
+  /** A line of exactly `bytes` bytes, CRLF included: `prefix` and then As. */
+  const line = (prefix: string, bytes: number): string => `${prefix}${'A'.repeat(bytes - prefix.length - 2)}\r\n`;
+  const SPLITS = [1, 8191, 8192, 8193, 20000];
+
+  test('IMAP: an AUTHENTICATE PLAIN or LOGIN line or response over MAX_LINE_BYTES closes, oauth2 or not', () => {
+    const bye = ['send * BYE [LIMIT] Command line too long\r\n', 'close limit'];
+    for (const options of [{}, { oauth: true }]) {
+      for (const mechanism of ['PLAIN', 'LOGIN']) {
+        const label = `${mechanism} ${JSON.stringify(options)}`;
+        assert.deepEqual(preauthTrace({ options, phases: [line(`a AUTHENTICATE ${mechanism} `, MAX_LINE_BYTES + 1)] }, SPLITS), bye, label);
+        const response = preauthTrace({ options, phases: [`a AUTHENTICATE ${mechanism}\r\n`, line('', MAX_LINE_BYTES + 1)] }, SPLITS);
+        assert.deepEqual(response, [`send + ${mechanism === 'LOGIN' ? 'VXNlcm5hbWU6' : ''}\r\n* BYE [LIMIT] Command line too long\r\n`, 'close limit'], label);
+      }
+      // At MAX_LINE_BYTES, a PLAIN login as before.
+      const password = 'p'.repeat(6000);
+      const initial = Buffer.from(`\0alice\0${password}`).toString('base64');
+      const plain = `a AUTHENTICATE PLAIN ${initial}${' '.repeat(MAX_LINE_BYTES - 'a AUTHENTICATE PLAIN '.length - initial.length - 2)}\r\n`;
+      assert.equal(plain.length, MAX_LINE_BYTES);
+      assert.deepEqual(preauthTrace({ options, phases: [plain] }, SPLITS)[0], `login ${JSON.stringify({ user: 'alice', password, mechanism: 'PLAIN' })}`);
+    }
+  });
+
+  test('IMAP: an OAUTHBEARER or XOAUTH2 line at MAX_AUTHENTICATE_LINE_BYTES is read only where they are offered', () => {
+    const bye = ['send * BYE [LIMIT] Command line too long\r\n', 'close limit'];
+    const OAUTH = { oauth: true };
+    for (const mechanism of ['OAUTHBEARER', 'XOAUTH2']) {
+      assert.deepEqual(preauthTrace({ options: OAUTH, phases: [line(`a AUTHENTICATE ${mechanism} `, MAX_AUTHENTICATE_LINE_BYTES)] }, SPLITS), ['send a BAD Invalid SASL response\r\n'], mechanism);
+      assert.deepEqual(preauthTrace({ options: OAUTH, phases: [line(`a AUTHENTICATE ${mechanism} `, MAX_AUTHENTICATE_LINE_BYTES + 1)] }, SPLITS), bye, mechanism);
+      // Without oauth2, and before TLS (LOGINDISABLED), no bearer mechanism is offered: MAX_LINE_BYTES, as before.
+      for (const options of [{}, { ...OAUTH, tlsActive: false, starttlsAvailable: true }]) {
+        assert.deepEqual(preauthTrace({ options, phases: [line(`a AUTHENTICATE ${mechanism} `, MAX_LINE_BYTES + 1)] }, SPLITS), bye, `${mechanism} ${JSON.stringify(options)}`);
+      }
+    }
+    const longest = `a AUTHENTICATE OAUTHBEARER ${oauthbearer('alice', LONGEST)}\r\n`;
+    assert.ok(preauthTrace({ options: OAUTH, phases: [longest] }, SPLITS)[0]?.startsWith('bearer-login '));
+    assert.deepEqual(preauthTrace({ phases: [longest] }, SPLITS), bye);
+    // A bearer response after "+ ": the wider bound with oauth2.
+    const response = preauthTrace({ options: OAUTH, phases: ['a AUTHENTICATE XOAUTH2\r\n', line('', MAX_AUTHENTICATE_LINE_BYTES)] }, SPLITS);
+    assert.deepEqual(response, ['send + \r\na BAD Invalid SASL response\r\n']);
+  });
+
+  test('ManageSieve: AUTHENTICATE "PLAIN" and "LOGIN" keep MAX_LINE_BYTES and MAX_PREAUTH_LITERAL_BYTES, oauth2 or not', () => {
+    for (const options of [{ tlsActive: true, starttlsAvailable: false }, { oauth: true, tlsActive: true, starttlsAvailable: false }]) {
+      const closed = (phases: string[], text: string, label: string): void => {
+        const trace = sieveTrace({ options, phases });
+        assert.equal(trace.at(-1), 'close limit', label);
+        assert.ok(trace.at(-2)?.endsWith(`BYE "${text}"\r\n`), `${label}: ${trace.at(-2)?.slice(-60)}`);
+      };
+      // [the mechanism, its literal data's bytes (not counted in the line's)]
+      for (const [mechanism, literalBytes] of [['"PLAIN"', 0], ['LOGIN', 0], ['{5+}\r\nPLAIN', 5]] as const) {
+        const label = `${mechanism} ${JSON.stringify(options)}`;
+        const atBound = line(`AUTHENTICATE ${mechanism} "`, MAX_LINE_BYTES + literalBytes).replace(/A\r\n$/, '"\r\n');
+        assert.ok(!sieveTrace({ options, phases: [atBound] }).includes('close limit'), label);
+        closed([line(`AUTHENTICATE ${mechanism} "`, MAX_LINE_BYTES + literalBytes + 1).replace(/A\r\n$/, '"\r\n')], 'Line too long.', label);
+        closed([`AUTHENTICATE ${mechanism} {${MAX_PREAUTH_LITERAL_BYTES + 1}+}\r\n${'A'.repeat(MAX_PREAUTH_LITERAL_BYTES + 1)}\r\n`], 'Literal too big.', label);
+      }
+      closed(['AUTHENTICATE "PLAIN"\r\n', `"${'A'.repeat(MAX_LINE_BYTES)}"\r\n`], 'Line too long.', 'PLAIN response');
+      closed(['AUTHENTICATE "PLAIN"\r\n', `{${MAX_PREAUTH_LITERAL_BYTES + 1}+}\r\n${'A'.repeat(MAX_PREAUTH_LITERAL_BYTES + 1)}\r\n`], 'Literal too big.', 'PLAIN response literal');
+    }
+  });
+
+  test('ManageSieve: a bearer response at its largest is read only where the bearer mechanisms are offered', () => {
+    const OAUTH = { oauth: true, tlsActive: true, starttlsAvailable: false };
+    const response = oauthbearer('alice', LONGEST);
+    const login = `bearer-login ${JSON.stringify({ user: 'alice', token: LONGEST, mechanism: 'OAUTHBEARER' })}`;
+    const cases = [
+      [`AUTHENTICATE "OAUTHBEARER" "${response}"\r\n`],
+      [`AUTHENTICATE OAUTHBEARER {${response.length}+}\r\n${response}\r\n`],
+      // The mechanism as a literal, the response as another on the same line.
+      [`AUTHENTICATE {11+}\r\noauthbearer {${response.length}+}\r\n${response}\r\n`],
+    ];
+    for (const phases of cases) {
+      assert.ok(sieveTrace({ options: OAUTH, phases, logins: [{ ok: true }] }).includes(login), phases[0]?.slice(0, 40));
+      // Without oauth2: the line or the literal is too long, as before.
+      const off = sieveTrace({ options: { tlsActive: true, starttlsAvailable: false }, phases });
+      assert.equal(off.at(-1), 'close limit', phases[0]?.slice(0, 40));
+      assert.match(off.at(-2) ?? '', /BYE "(Line too long|Literal too big)\."\r\n$/);
+    }
+    const over = sieveTrace({ options: OAUTH, phases: [`AUTHENTICATE "XOAUTH2" {${MAX_SASL_RESPONSE_BYTES + 1}+}\r\n`] });
+    assert.ok(over.at(-2)?.endsWith('BYE "Literal too big."\r\n'));
   });
 });

@@ -11,13 +11,15 @@ import {
 } from '../../src/limits.js';
 import { pop3Adapter } from '../../src/protocol/pop3/index.js';
 import type { PreauthOptions } from '../../src/protocol/types.js';
-import { preauthEverySplit, runPreauth, sent, TLS, whole, type Event } from './pop3-harness.js';
+import { bytewise, preauthEverySplit, runPreauth, sent, TLS, whole, type Event } from './pop3-harness.js';
 
 const greetingText = 'mailfront ready';
 /** A plain listener that offers STLS and wants TLS before credentials: the usual port 110. */
 const PORT_110: PreauthOptions = { tlsActive: false, starttlsAvailable: true, plaintextWithoutTls: false, greetingText };
 /** Implicit TLS (port 995). */
 const PORT_995: PreauthOptions = { tlsActive: true, starttlsAvailable: false, plaintextWithoutTls: false, greetingText };
+/** Implicit TLS with oauth2 set: OAUTHBEARER and XOAUTH2 offered. */
+const PORT_995_OAUTH: PreauthOptions = { ...PORT_995, oauth: true };
 /** A listener for a webmail server on a trusted network: plaintext allowed, STLS offered. */
 const TRUSTED: PreauthOptions = { tlsActive: false, starttlsAvailable: true, plaintextWithoutTls: true, greetingText };
 /** No certificate and no plaintext: nobody can log in, and nothing claims otherwise. */
@@ -444,24 +446,49 @@ describe('pop3 preauth: limits and hostile input', () => {
     assert.deepEqual(preauthEverySplit(PORT_995, [`USER ${name(1)}\r\n`]), [GREETING, { send: '-ERR line too long\r\n' }, { close: 'limit' }]);
   });
 
-  it('applies the AUTH line limit (MAX_AUTHENTICATE_LINE_BYTES) to SASL continuation lines too', () => {
-    const events = preauthEverySplit(PORT_995, ['AUTH PLAIN\r\n', `${'A'.repeat(MAX_AUTHENTICATE_LINE_BYTES)}\r\n`]);
+  it('applies the line limit to SASL continuation lines too', () => {
+    const events = preauthEverySplit(PORT_995, ['AUTH PLAIN\r\n', `${'A'.repeat(MAX_LINE_BYTES)}\r\n`]);
     assert.deepEqual(events, [GREETING, { send: '+ \r\n' }, { send: '-ERR line too long\r\n' }, { close: 'limit' }]);
-    // Under it, the response is read (and here refused as no PLAIN message).
-    const read = runPreauth(PORT_995, ['AUTH PLAIN\r\n', `${'A'.repeat(MAX_AUTHENTICATE_LINE_BYTES - 2)}\r\n`], whole);
-    assert.deepEqual(read.slice(1, 2), [{ send: '+ \r\n' }]);
-    assert.ok(!read.some((e) => 'send' in e && e.send === '-ERR line too long\r\n'));
+    // With oauth2 too: only a bearer mechanism's responses carry an OAuth token.
+    for (const mechanism of ['PLAIN', 'LOGIN']) {
+      const withOAuth = runPreauth(PORT_995_OAUTH, [`AUTH ${mechanism}\r\n`, `${'A'.repeat(MAX_LINE_BYTES)}\r\n`], whole);
+      assert.deepEqual(withOAuth.slice(2), [{ send: '-ERR line too long\r\n' }, { close: 'limit' }], mechanism);
+    }
   });
 
-  it('an AUTH line may be MAX_AUTHENTICATE_LINE_BYTES long, any other line MAX_LINE_BYTES', () => {
-    const line = (verb: string, bytes: number): string => `${verb} ${'A'.repeat(bytes - verb.length - 3)}\r\n`;
-    for (const verb of ['AUTH PLAIN', 'auth XOAUTH2']) {
-      assert.deepEqual(runPreauth(PORT_995, [line(verb, MAX_AUTHENTICATE_LINE_BYTES + 1)], whole), [GREETING, { send: '-ERR line too long\r\n' }, { close: 'limit' }], verb);
-      assert.deepEqual(runPreauth(PORT_995, [line(verb, MAX_AUTHENTICATE_LINE_BYTES + 1).slice(0, MAX_AUTHENTICATE_LINE_BYTES)], whole), [GREETING, { send: '-ERR line too long\r\n' }, { close: 'limit' }], `${verb}, before its end`);
-      const read = runPreauth(PORT_995, [line(verb, MAX_AUTHENTICATE_LINE_BYTES)], whole);
-      assert.ok(!read.some((e) => 'send' in e && e.send === '-ERR line too long\r\n'), verb);
+  it('a bearer response line may be MAX_AUTHENTICATE_LINE_BYTES long (oauth2 set), not one more', () => {
+    const response = (bytes: number): string => `${'A'.repeat(bytes - 2)}\r\n`;
+    for (const split of [whole, bytewise]) {
+      const read = runPreauth(PORT_995_OAUTH, ['AUTH XOAUTH2\r\n', response(MAX_AUTHENTICATE_LINE_BYTES)], split);
+      assert.deepEqual(read.slice(1, 2), [{ send: '+ \r\n' }]);
+      assert.ok(!read.some((e) => 'send' in e && e.send === '-ERR line too long\r\n'));
+      const over = runPreauth(PORT_995_OAUTH, ['AUTH XOAUTH2\r\n', response(MAX_AUTHENTICATE_LINE_BYTES + 1)], split);
+      assert.deepEqual(over.slice(2), [{ send: '-ERR line too long\r\n' }, { close: 'limit' }]);
     }
-    assert.deepEqual(runPreauth(PORT_995, [line('AUTHX PLAIN', MAX_LINE_BYTES + 1)], whole), [GREETING, { send: '-ERR line too long\r\n' }, { close: 'limit' }]);
+  });
+
+  it('an AUTH line of a bearer mechanism may be MAX_AUTHENTICATE_LINE_BYTES long with oauth2, any other line MAX_LINE_BYTES', () => {
+    const line = (verb: string, bytes: number): string => `${verb} ${'A'.repeat(bytes - verb.length - 3)}\r\n`;
+    const tooLong: Event[] = [GREETING, { send: '-ERR line too long\r\n' }, { close: 'limit' }];
+    for (const verb of ['AUTH OAUTHBEARER', 'auth xoauth2']) {
+      assert.deepEqual(runPreauth(PORT_995_OAUTH, [line(verb, MAX_AUTHENTICATE_LINE_BYTES + 1)], whole), tooLong, verb);
+      assert.deepEqual(runPreauth(PORT_995_OAUTH, [line(verb, MAX_AUTHENTICATE_LINE_BYTES + 1).slice(0, MAX_AUTHENTICATE_LINE_BYTES)], whole), tooLong, `${verb}, before its end`);
+      const read = runPreauth(PORT_995_OAUTH, [line(verb, MAX_AUTHENTICATE_LINE_BYTES)], whole);
+      assert.ok(!read.some((e) => 'send' in e && e.send === '-ERR line too long\r\n'), verb);
+      // Without oauth2 (no bearer mechanism offered), and before TLS where none is, MAX_LINE_BYTES.
+      assert.deepEqual(runPreauth(PORT_995, [line(verb, MAX_LINE_BYTES + 1)], whole), tooLong, `${verb} without oauth2`);
+      assert.deepEqual(runPreauth(PORT_995, [line(verb, MAX_LINE_BYTES + 1).slice(0, MAX_LINE_BYTES)], whole), tooLong, `${verb} without oauth2, before its end`);
+      assert.deepEqual(runPreauth({ ...PORT_110, oauth: true }, [line(verb, MAX_LINE_BYTES + 1)], whole), tooLong, `${verb} before TLS`);
+    }
+    // PLAIN and LOGIN keep MAX_LINE_BYTES, oauth2 or not (Dovecot closes on a response over 8191 characters).
+    for (const options of [PORT_995, PORT_995_OAUTH]) {
+      for (const verb of ['AUTH PLAIN', 'auth login', 'AUTH OAUTHBEARERX', 'AUTHX OAUTHBEARER']) {
+        assert.deepEqual(runPreauth(options, [line(verb, MAX_LINE_BYTES + 1)], whole), tooLong, verb);
+        assert.deepEqual(runPreauth(options, [line(verb, MAX_LINE_BYTES + 1).slice(0, MAX_LINE_BYTES)], whole), tooLong, `${verb}, before its end`);
+        const read = runPreauth(options, [line(verb, MAX_LINE_BYTES)], whole);
+        assert.ok(!read.some((e) => 'send' in e && e.send === '-ERR line too long\r\n'), verb);
+      }
+    }
   });
 
   it('closes at once, without a reply, on an HTTP request (cross-protocol attack)', () => {

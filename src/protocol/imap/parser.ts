@@ -8,8 +8,8 @@
  *
  * Lines end in CRLF; a bare LF is accepted as well (as Dovecot does), a CR anywhere else is a
  * syntax error. Line length counts every byte of the command's lines, line ends included, but not
- * literal data. An AUTHENTICATE line and a SASL response line may be longer than other lines
- * (MAX_AUTHENTICATE_LINE_BYTES): they carry a response at its largest (an OAuth token).
+ * literal data. An AUTHENTICATE line naming a bearer mechanism the machine offers, and a SASL
+ * response line of one, may be longer (MAX_AUTHENTICATE_LINE_BYTES): they carry an OAuth token.
  */
 
 import { MAX_AUTHENTICATE_LINE_BYTES, MAX_LINE_BYTES, MAX_NONSYNC_LITERAL_BYTES, MAX_PREAUTH_LITERAL_BYTES } from '../../limits.js';
@@ -125,8 +125,15 @@ export class ImapCommandParser {
   private literalBytes = 0;
   private literalSize = 0;
   private inLiteral = false;
-  /** The command is an AUTHENTICATE, found so when its line reached MAX_LINE_BYTES: it may go on to MAX_AUTHENTICATE_LINE_BYTES. */
+  /** The command is an AUTHENTICATE of a wideMechanisms one, found so when its line reached MAX_LINE_BYTES: it may go on to MAX_AUTHENTICATE_LINE_BYTES. */
   private authenticateLine = false;
+
+  /**
+   * Mechanisms (upper case) whose AUTHENTICATE line may go on to MAX_AUTHENTICATE_LINE_BYTES:
+   * the bearer ones while the machine offers them (oauth2 set), none otherwise, so that a
+   * deployment without oauth2 and a PLAIN or LOGIN line keep MAX_LINE_BYTES.
+   */
+  wideMechanisms: readonly string[] = [];
 
   /** Appends received bytes (copied) to the input buffer; after a fatal problem they are dropped. */
   push(chunk: Uint8Array): void {
@@ -166,9 +173,9 @@ export class ImapCommandParser {
         continue;
       }
       let segment = this.readSegment(this.authenticateLine ? MAX_AUTHENTICATE_LINE_BYTES : MAX_LINE_BYTES);
-      // Looked at only once the line is this long: an AUTHENTICATE line (RFC 4959 SASL-IR, which
-      // is never a literal) may carry a response at its largest; any other line is too long.
-      if (segment === 'too-long' && !this.authenticateLine && this.segmentIndex === 0 && isAuthenticateLine(this.input.view())) {
+      // Looked at only once the line is this long: an AUTHENTICATE line of a bearer mechanism
+      // (RFC 4959 SASL-IR, which is never a literal) may carry an OAuth token; any other line is too long.
+      if (segment === 'too-long' && !this.authenticateLine && this.segmentIndex === 0 && isWideAuthenticateLine(this.input.view(), this.wideMechanisms)) {
         this.authenticateLine = true;
         segment = this.readSegment(MAX_AUTHENTICATE_LINE_BYTES);
       }
@@ -180,10 +187,13 @@ export class ImapCommandParser {
     return null;
   }
 
-  /** Reads one raw line (a SASL response, up to MAX_AUTHENTICATE_LINE_BYTES) without interpreting it; null when more input is needed. */
-  nextLine(): ParseEvent | null {
+  /**
+   * Reads one raw line (a SASL response) without interpreting it; null when more input is needed.
+   * Up to MAX_LINE_BYTES, or MAX_AUTHENTICATE_LINE_BYTES when it answers a bearer mechanism (`bearer`: an OAuth token).
+   */
+  nextLine(bearer: boolean): ParseEvent | null {
     if (this.dead) return null;
-    const segment = this.readSegment(MAX_AUTHENTICATE_LINE_BYTES);
+    const segment = this.readSegment(bearer ? MAX_AUTHENTICATE_LINE_BYTES : MAX_LINE_BYTES);
     if (segment === null) return null;
     if (segment === 'too-long') return this.fatal('line-too-long', null);
     this.lineBytes = 0;
@@ -303,11 +313,15 @@ export class ImapCommandParser {
 
 const AUTHENTICATE_WORD = ' AUTHENTICATE ';
 
-/** True when `line` starts with a tag (no space in it) and the command word AUTHENTICATE (any case). */
-function isAuthenticateLine(line: Uint8Array): boolean {
+/** True when `line` starts with a tag (no space in it), the command word AUTHENTICATE and one of `mechanisms` and a space (any case). */
+function isWideAuthenticateLine(line: Uint8Array, mechanisms: readonly string[]): boolean {
+  if (mechanisms.length === 0) return false;
   const space = line.indexOf(SP);
   if (space <= 0) return false;
-  return latin1(line.subarray(space, space + AUTHENTICATE_WORD.length)).toUpperCase() === AUTHENTICATE_WORD;
+  const start = space + AUTHENTICATE_WORD.length;
+  if (latin1(line.subarray(space, start)).toUpperCase() !== AUTHENTICATE_WORD) return false;
+  const end = line.indexOf(SP, start);
+  return end > start && mechanisms.includes(latin1(line.subarray(start, end)).toUpperCase());
 }
 
 function isAtomChar(c: number): boolean {

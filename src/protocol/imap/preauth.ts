@@ -73,6 +73,9 @@ const PROXY_ONLY_ID_FIELD = /^x-(?:originating-|connected-|session-|proxy-|forwa
 
 const EIGHT_BIT = /[^\x00-\x7f]/;
 
+/** The bearer mechanisms, whose AUTHENTICATE lines carry an OAuth token (the parser's wideMechanisms). */
+const BEARER_MECHANISMS: readonly BearerMechanism[] = ['OAUTHBEARER', 'XOAUTH2'];
+
 const AUTH_FAILED_TEXT = 'NO [AUTHENTICATIONFAILED] Authentication failed.';
 /** RFC 5530: authenticated, but the identity may not be used. */
 const NOT_AUTHORIZED_TEXT = 'NO [AUTHORIZATIONFAILED] Authorization failed.';
@@ -271,13 +274,22 @@ export class ImapPreauthMachine implements PreauthMachine {
     return this.tlsActive || this.options.plaintextWithoutTls;
   }
 
+  /** The bearer mechanisms are offered (and so taken): with oauth2, where PLAIN is. */
+  private bearerOffered(): boolean {
+    return this.options.oauth === true && this.plaintextAllowed();
+  }
+
   /** Processes buffered input for as long as the phase reads commands or SASL lines. */
   private run(out: PreauthAction[]): PreauthAction[] {
     for (;;) {
       let event: ParseEvent | null;
-      if (this.phase === 'command') event = this.parser.nextCommand();
-      else if (this.phase === 'authenticate') event = this.parser.nextLine();
-      else return out;
+      // Only a bearer mechanism's lines carry an OAuth token, longer than any other line may be.
+      if (this.phase === 'command') {
+        this.parser.wideMechanisms = this.bearerOffered() ? BEARER_MECHANISMS : [];
+        event = this.parser.nextCommand();
+      } else if (this.phase === 'authenticate') {
+        event = this.parser.nextLine(this.sasl?.mechanism === 'OAUTHBEARER' || this.sasl?.mechanism === 'XOAUTH2');
+      } else return out;
       if (event === null) return out;
       switch (event.type) {
         case 'continue':

@@ -63,6 +63,9 @@ const AFTER_LOGIN_COMMANDS = new Set([
 // gets no continuation either (the protocol has none), so both obey the non-synchronising bound.
 const LITERAL_LIMIT_BYTES = Math.min(MAX_PREAUTH_LITERAL_BYTES, MAX_NONSYNC_LITERAL_BYTES);
 
+/** The bearer mechanisms, whose AUTHENTICATE lines carry an OAuth token (the reader's wideMechanisms). */
+const BEARER_MECHANISMS: readonly BearerMechanism[] = ['OAUTHBEARER', 'XOAUTH2'];
+
 const AUTH_FAILED_LINE = 'NO "Authentication failed."';
 /** RFC 5804 has no response code for it: a plain NO. */
 const NOT_AUTHORIZED_LINE = 'NO "Authorization failed."';
@@ -88,8 +91,9 @@ export class ManageSievePreauth implements PreauthMachine {
     maxLineLiteralBytes: 2 * LITERAL_LIMIT_BYTES,
     strictUtf8: true,
     rejectForeignProtocols: true,
-    // AUTHENTICATE and the SASL responses after it: a response at its largest (an OAuth token),
-    // quoted or as a literal, beside a mechanism name as long as any other literal.
+    // AUTHENTICATE of a bearer mechanism and the SASL responses after it: a response at its
+    // largest (an OAuth token), quoted or as a literal, beside a mechanism name as long as any
+    // other literal. Only while those mechanisms are offered (#run sets the reader's fields).
     authenticate: {
       maxLineBytes: MAX_AUTHENTICATE_LINE_BYTES,
       maxLiteralBytes: MAX_SASL_RESPONSE_BYTES,
@@ -202,6 +206,11 @@ export class ManageSievePreauth implements PreauthMachine {
     return this.#options.starttlsAvailable && !this.#tlsActive;
   }
 
+  /** OAUTHBEARER and XOAUTH2 are offered (and so taken): with oauth2, where plaintext credentials are allowed. */
+  #bearerOffered(): boolean {
+    return this.#options.oauth === true && this.#plaintextAllowed();
+  }
+
   /** The SASL mechanisms offered where plaintext credentials are allowed: a bearer token is a credential as a password is. */
   #mechanisms(): string[] {
     return this.#options.oauth === true ? ['PLAIN', 'LOGIN', 'OAUTHBEARER', 'XOAUTH2'] : ['PLAIN', 'LOGIN'];
@@ -224,7 +233,9 @@ export class ManageSievePreauth implements PreauthMachine {
   #run(out: PreauthAction[]): PreauthAction[] {
     for (;;) {
       if (this.#phase !== 'command' && this.#phase !== 'sasl') return out;
-      this.#reader.saslResponse = this.#phase === 'sasl';
+      // Only a bearer mechanism's lines carry an OAuth token, longer than any other line may be.
+      this.#reader.wideMechanisms = this.#bearerOffered() ? BEARER_MECHANISMS : [];
+      this.#reader.saslResponse = this.#phase === 'sasl' && (this.#sasl?.mechanism === 'OAUTHBEARER' || this.#sasl?.mechanism === 'XOAUTH2');
       const event = this.#reader.next();
       if (event === null) return out;
       if (event.type === 'problem') {

@@ -42,8 +42,8 @@ export interface SieveReaderOptions {
   /** Close at once on a first line that belongs to HTTP or SMTP (client side only). */
   readonly rejectForeignProtocols: boolean;
   /**
-   * Wider bounds for an AUTHENTICATE line and, while `saslResponse` is set, a SASL response line
-   * (client side only): they carry a response at its largest (an OAuth token).
+   * Wider bounds for an AUTHENTICATE line naming one of `wideMechanisms` and, while
+   * `saslResponse` is set, a SASL response line (client side only): they carry an OAuth token.
    */
   readonly authenticate?: SieveLineBounds;
 }
@@ -97,10 +97,13 @@ export class SieveReader {
   #literalBytes = 0;
   #lineLiteralBytes = 0;
   #inLiteral = false;
-  /** The line is an AUTHENTICATE command: options.authenticate bounds it. */
+  /** The line is an AUTHENTICATE command of a wideMechanisms mechanism: options.authenticate bounds it. */
   #authenticateLine = false;
 
-  /** The next lines are SASL responses (the machine is in an AUTHENTICATE exchange): options.authenticate bounds them. */
+  /** Mechanisms (upper case) whose AUTHENTICATE line options.authenticate bounds: set by the machine (the bearer ones while offered), none by default. */
+  wideMechanisms: readonly string[] = [];
+
+  /** The next lines are SASL responses of such a mechanism (the machine is in its exchange): options.authenticate bounds them. */
   saslResponse = false;
 
   constructor(options: SieveReaderOptions) {
@@ -137,9 +140,9 @@ export class SieveReader {
         continue;
       }
       let segment = this.#readSegment();
-      // Looked at only once the line is this long: an AUTHENTICATE line with its response quoted
-      // may go on to the wider bound; any other line is too long.
-      if (segment === 'too-long' && this.#options.authenticate !== undefined && !this.#authenticateLine && this.#segmentIndex === 0 && startsWithAuthenticate(this.#input.view())) {
+      // Looked at only once the line is this long: an AUTHENTICATE line of a wide mechanism with
+      // its response quoted may go on to the wider bound; any other line is too long.
+      if (segment === 'too-long' && this.#options.authenticate !== undefined && !this.#authenticateLine && this.#segmentIndex === 0 && startsWithAuthenticate(this.#input.view(), this.wideMechanisms)) {
         this.#authenticateLine = true;
         segment = this.#readSegment();
       }
@@ -179,6 +182,17 @@ export class SieveReader {
     this.#authenticateLine = false;
   }
 
+  /** Sets #authenticateLine once the line's first tokens are AUTHENTICATE and a mechanism of wideMechanisms (quoted, an atom or a literal). */
+  #noteAuthenticate(): void {
+    if (this.#authenticateLine || this.#options.authenticate === undefined || this.wideMechanisms.length === 0) return;
+    const [word, mechanism] = this.#tokens;
+    if (word?.kind !== 'atom' || word.value.length !== AUTHENTICATE.length || word.value.toUpperCase() !== AUTHENTICATE) return;
+    if (mechanism?.kind !== 'atom' && mechanism?.kind !== 'string') return;
+    // Lengths first: this runs at each segment and literal of the line, a mechanism literal may be 4 KiB.
+    const name = mechanism.value;
+    this.#authenticateLine = this.wideMechanisms.some((wide) => wide.length === name.length && wide === name.toUpperCase());
+  }
+
   #bounds(): SieveLineBounds {
     return this.#options.authenticate !== undefined && (this.saslResponse || this.#authenticateLine) ? this.#options.authenticate : this.#options;
   }
@@ -215,6 +229,7 @@ export class SieveReader {
     this.#wireBytes += this.#literalBytes;
     if (value === null) this.#deferred ??= 'bad-utf8';
     this.#tokens.push({ kind: 'string', value: value ?? '' });
+    this.#noteAuthenticate();
     this.#literalBytes = 0;
     this.#inLiteral = false;
     this.#needSeparator = true;
@@ -239,10 +254,7 @@ export class SieveReader {
       if (this.#options.rejectForeignProtocols && isForeignProtocol(segment)) return this.#fatal('foreign-protocol');
     }
     const result = this.#tokenize(segment);
-    if (first && this.#options.authenticate !== undefined) {
-      const word = this.#tokens[0];
-      if (word?.kind === 'atom' && word.value.toUpperCase() === 'AUTHENTICATE') this.#authenticateLine = true;
-    }
+    this.#noteAuthenticate();
     if (result.problem !== null) {
       // nginx's rule: a rejected line that announces a literal ends the connection, because its
       // data could not be skipped safely and must never be read as commands.
@@ -366,11 +378,17 @@ function isForeignProtocol(segment: Uint8Array): boolean {
   return HTTP_METHODS.has(word) || SMTP_VERBS.has(word.toUpperCase());
 }
 
-const AUTHENTICATE_WORD = 'AUTHENTICATE ';
+const AUTHENTICATE = 'AUTHENTICATE';
 
-/** True when `line` starts with the command word AUTHENTICATE (any case) and a space. */
-function startsWithAuthenticate(line: Uint8Array): boolean {
-  return latin1(line.subarray(0, AUTHENTICATE_WORD.length)).toUpperCase() === AUTHENTICATE_WORD;
+/** True when `line` starts with the command word AUTHENTICATE, a space and one of `mechanisms`, quoted or not, then a space (any case). */
+function startsWithAuthenticate(line: Uint8Array, mechanisms: readonly string[]): boolean {
+  if (mechanisms.length === 0) return false;
+  const start = AUTHENTICATE.length + 1;
+  if (latin1(line.subarray(0, start)).toUpperCase() !== `${AUTHENTICATE} `) return false;
+  const end = line.indexOf(SP, start);
+  if (end <= start) return false;
+  const word = latin1(line.subarray(start, end)).toUpperCase();
+  return mechanisms.some((mechanism) => word === mechanism || word === `"${mechanism}"`);
 }
 
 function latin1(bytes: Uint8Array): string {

@@ -55,11 +55,14 @@ export type Pop3PreauthState =
 
 // RFC 2449 §4 raises RFC 1939's command length (47 octets) to 255 octets, but RFC 5034 SASL
 // responses are not commands, and clients in the wild send longer AUTH PLAIN initial responses
-// (long passwords and user names), so the shared MAX_LINE_BYTES bounds every line instead; an
-// AUTH line and a SASL response line carry a response at its largest (an OAuth token), so
-// MAX_AUTHENTICATE_LINE_BYTES bounds them.
+// (long passwords and user names), so the shared MAX_LINE_BYTES bounds every line instead. An
+// AUTH line of a bearer mechanism and its SASL response lines carry an OAuth token, so
+// MAX_AUTHENTICATE_LINE_BYTES bounds them, where those mechanisms are offered (oauth2 set).
 const LINE_LIMIT_BYTES = MAX_LINE_BYTES;
-const AUTH_VERB = 'AUTH ';
+
+/** The starts of AUTH lines of the bearer mechanisms (the initial response follows). */
+const BEARER_AUTH_HEADS = ['AUTH OAUTHBEARER ', 'AUTH XOAUTH2 '];
+const BEARER_AUTH_HEAD_BYTES = Math.max(...BEARER_AUTH_HEADS.map((head) => head.length));
 
 // Verbs of protocols that a browser or a confused client may aim at a POP3 port. A POP3 server
 // that answers them line by line can be abused in cross-protocol attacks (an HTML form posting
@@ -236,7 +239,7 @@ export class Pop3Preauth implements PreauthMachine {
       if (line === null) {
         // A line that has reached the limit without its end can only be too long: refuse it
         // now instead of buffering more of it.
-        if (this.#input.pendingBytes >= this.#lineLimit(this.#input.head(AUTH_VERB.length))) actions.push(...this.#lineTooLong());
+        if (this.#input.pendingBytes >= this.#lineLimit(this.#input.head(BEARER_AUTH_HEAD_BYTES))) actions.push(...this.#lineTooLong());
         return actions;
       }
       if (line.wireBytes > this.#lineLimit(line.content)) {
@@ -256,10 +259,26 @@ export class Pop3Preauth implements PreauthMachine {
     }
   }
 
-  /** The bound of the line starting with `head`: wider for AUTH and for SASL responses. */
+  /** The bound of the line starting with `head`: wider for a bearer mechanism's AUTH line and SASL responses, where they are offered. */
   #lineLimit(head: Uint8Array): number {
-    if (this.#state !== 'command') return MAX_AUTHENTICATE_LINE_BYTES;
-    return Buffer.from(head.subarray(0, AUTH_VERB.length)).toString('latin1').toUpperCase() === AUTH_VERB ? MAX_AUTHENTICATE_LINE_BYTES : LINE_LIMIT_BYTES;
+    switch (this.#state) {
+      case 'sasl-bearer':
+      case 'sasl-bearer-refused':
+        return MAX_AUTHENTICATE_LINE_BYTES;
+      case 'command': {
+        if (!this.#bearerOffered()) return LINE_LIMIT_BYTES;
+        const start = Buffer.from(head.subarray(0, BEARER_AUTH_HEAD_BYTES)).toString('latin1').toUpperCase();
+        return BEARER_AUTH_HEADS.some((bearerHead) => start.startsWith(bearerHead)) ? MAX_AUTHENTICATE_LINE_BYTES : LINE_LIMIT_BYTES;
+      }
+      case 'sasl-plain':
+      case 'sasl-login-user':
+      case 'sasl-login-password':
+      case 'awaiting-login':
+      case 'tls-pending':
+      case 'spliced':
+      case 'closed':
+        return LINE_LIMIT_BYTES;
+    }
   }
 
   #lineTooLong(): PreauthAction[] {
@@ -372,6 +391,11 @@ export class Pop3Preauth implements PreauthMachine {
     if (response !== undefined) return this.#loginUserResponse(response);
     this.#state = 'sasl-login-user';
     return [send(`+ ${LOGIN_USERNAME_CHALLENGE}`)];
+  }
+
+  /** OAUTHBEARER and XOAUTH2 are offered (and so taken): with oauth2, where plaintext credentials are allowed. */
+  #bearerOffered(): boolean {
+    return this.#options.oauth === true && this.#plaintextAllowed();
   }
 
   /** The SASL mechanisms offered (where plaintext credentials are allowed). */
