@@ -60,6 +60,12 @@ const OAUTH_IDP_ENDPOINTS: readonly OAuthIdpEndpoint[] = ['jwks', 'discovery', '
  */
 export type OAuthIdpResult = 'ok' | 'timeout' | 'connection-error' | 'http-4xx' | 'http-5xx' | 'http-other' | 'bad-answer';
 const OAUTH_IDP_RESULTS: readonly OAuthIdpResult[] = ['ok', 'timeout', 'connection-error', 'http-4xx', 'http-5xx', 'http-other', 'bad-answer'];
+/**
+ * An introspection a login needed and mailfront did not send (`not-sent`): all of
+ * introspection_concurrency's requests were taken until less than half of
+ * introspection_timeout_ms was left, or 1,000 logins waited already. mailfront's load, not the IdP's failure.
+ */
+export type OAuthIntrospectionResult = OAuthIdpResult | 'not-sent';
 
 /** A spliced session's byte counts and how much of them the counter holds already (a registry entry). */
 export interface SplicedTraffic {
@@ -417,7 +423,7 @@ export class Metrics {
     this.loginDuration = histogram('mailfront_login_duration_seconds', 'Time from a login read to its answer sent (to its end, for a login whose client or session went first), by protocol and result as mailfront_logins_total counts it.', ['protocol', 'result'], LOGIN_BUCKETS_SECONDS);
     this.oauthLoginsTotal = counter('mailfront_oauth_logins_total', 'OAuth 2.0 bearer-token logins (SASL OAUTHBEARER, XOAUTH2), by protocol, mechanism and result as mailfront_logins_total counts them (auth-failed: a token refused, or its user unknown).', ['protocol', 'mechanism', 'result']);
     this.masterLoginsTotal = counter('mailfront_master_logins_total', 'Master logins (a staff member logging in to another user\'s mailbox with their own password), by protocol and result as mailfront_logins_total counts them (not-authorized: no master, or no such user).', ['protocol', 'result']);
-    this.oauthIdpRequestsTotal = counter('mailfront_oauth_idp_requests_total', 'Requests to the OAuth identity provider (oauth2), by endpoint (jwks, discovery, introspection) and result (ok; timeout, connection-error, http-4xx, http-5xx, http-other, bad-answer: the IdP failing).', ['endpoint', 'result']);
+    this.oauthIdpRequestsTotal = counter('mailfront_oauth_idp_requests_total', 'Requests to the OAuth identity provider (oauth2), by endpoint (jwks, discovery, introspection) and result (ok; timeout, connection-error, http-4xx, http-5xx, http-other, bad-answer: the IdP failing; introspection only, not-sent: a login failed without asking, every introspection_concurrency request taken).', ['endpoint', 'result']);
     this.oauthIntrospectionDuration = histogram('mailfront_oauth_introspection_duration_seconds', 'Time of a token introspection request to the OAuth IdP, from its sending to its answer or failure (the wait for a free request, oauth2.introspection_concurrency, left out), by result as mailfront_oauth_idp_requests_total counts it.', ['result'], OAUTH_INTROSPECTION_BUCKETS_SECONDS);
     this.oauthIdpLastSuccess = gauge('mailfront_oauth_idp_last_success_timestamp_seconds', 'Unix time of the last ok answer of each OAuth IdP endpoint (jwks, discovery: the keys and document in use were fetched then or before; introspection), since start; absent before the first.', ['endpoint']);
     this.authFailuresTotal = counter('mailfront_auth_failures_total', 'Credentials refused, by reason.', ['reason']);
@@ -528,6 +534,7 @@ export class Metrics {
     for (const direction of DIRECTIONS) this.proxiedBytesTotal.inc({ direction }, 0);
     // Without oauth2 they stay 0: no request is no failure to alert on.
     for (const endpoint of OAUTH_IDP_ENDPOINTS) for (const result of OAUTH_IDP_RESULTS) this.oauthIdpRequestsTotal.inc({ endpoint, result }, 0);
+    this.oauthIdpRequestsTotal.inc({ endpoint: 'introspection', result: 'not-sent' }, 0);
     this.oauthIntrospectionDuration.declare({ result: 'ok' });
     for (const warning of ['expiring', 'grace'] as const) this.passwordPolicyWarningsTotal.inc({ warning }, 0);
     for (const cache of DIRECTORY_CACHES) for (const result of ['hit', 'miss']) this.directoryCacheLookupsTotal.inc({ cache, result }, 0);
@@ -586,6 +593,11 @@ export class Metrics {
     this.oauthIdpRequestsTotal.inc({ endpoint: 'introspection', result });
     this.oauthIntrospectionDuration.observe({ result }, seconds);
     if (result === 'ok') this.oauthIdpLastSuccess.set({ endpoint: 'introspection' }, Date.now() / 1000);
+  }
+
+  /** Counts an introspection a login needed and mailfront did not send (OAuthIntrospectionResult's not-sent): no request, no duration. */
+  oauthIntrospectionNotSent(): void {
+    this.oauthIdpRequestsTotal.inc({ endpoint: 'introspection', result: 'not-sent' });
   }
 
   /** Counts refused credentials (see `authFailureReason` for error codes). */

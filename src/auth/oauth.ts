@@ -50,6 +50,14 @@ const MAX_IDP_ANSWER_BYTES = 256 * 1024;
 const MAX_REFUSED_TOKENS = 10_000;
 /** Logins waiting for a free introspection request at most; more are answered as an outage at once (a flood must not queue without end). */
 const MAX_INTROSPECTION_WAITING = 1_000;
+/**
+ * The part of introspection_timeout_ms a request to the IdP is sent with at least: a login that
+ * waited longer for a free request (introspection_concurrency) is answered as an outage without
+ * asking, so that a timeout is the IdP's own (no answer within half the deadline the operator
+ * gave it), never mailfront's queue; and under overload each request sent can still be answered,
+ * where one sent with the last milliseconds of its deadline would time out however healthy the IdP.
+ */
+const INTROSPECTION_SEND_FLOOR = 0.5;
 /** An idle keep-alive connection to the introspection endpoint is closed after this: before the IdP's own idle timeout (5 s at least in common servers), so that a request never meets a connection the IdP is closing. */
 const IDLE_CONNECTION_MS = 4_000;
 /** The token types an introspection answer may give an access token (RFC 7662 §2.2 token_type; Keycloak's typ). */
@@ -589,7 +597,9 @@ export class OAuthVerifier {
    * Asks the introspection endpoint about `token` (RFC 7662 §2.1: a form POST with the client's
    * HTTP basic credentials) within introspection_timeout_ms, the wait for a free request
    * included, and checks its answer; remembers the verdict (active: token_cache_ms; refused:
-   * introspection_negative_cache_ms). Never asked of one login's cancellation: others may wait on it.
+   * introspection_negative_cache_ms). The request is sent only with INTROSPECTION_SEND_FLOOR of
+   * the deadline left; without it, the login fails unasked (counted not-sent). Never asked of
+   * one login's cancellation: others may wait on it.
    */
   private async introspect(token: string, cacheKey: string): Promise<VerifiedToken> {
     const deadline = performance.now() + this.config.introspectionTimeoutMs;
@@ -600,7 +610,12 @@ export class OAuthVerifier {
       const source = this.config.openidConfigurationUrl ?? '';
       throw introspectionUnavailable(source, this.discovered === undefined ? 'could not be read: no introspection endpoint is known yet (oauth.discovery_failed)' : 'names no introspection_endpoint, and oauth2 has no introspection_url');
     }
-    await this.freeRequest(url, deadline);
+    try {
+      await this.freeRequest(url, deadline - this.config.introspectionTimeoutMs * INTROSPECTION_SEND_FLOOR);
+    } catch (error) {
+      this.metrics?.oauthIntrospectionNotSent();
+      throw error;
+    }
     const sentAt = performance.now();
     let text: string;
     try {
@@ -649,8 +664,11 @@ export class OAuthVerifier {
     }
   }
 
-  /** Takes one of introspection_concurrency's requests, waiting until `deadline` for one to end; at most MAX_INTROSPECTION_WAITING wait. */
-  private freeRequest(url: string, deadline: number): Promise<void> {
+  /** Takes one of introspection_concurrency's requests, waiting until `sendBy` for one to end; at most MAX_INTROSPECTION_WAITING wait. */
+  private freeRequest(url: string, sendBy: number): Promise<void> {
+    const floor = `${Math.round(this.config.introspectionTimeoutMs * INTROSPECTION_SEND_FLOOR)} ms`;
+    // The discovery document read first (it names the endpoint) may have taken the time.
+    if (performance.now() > sendBy) return Promise.reject(introspectionUnavailable(url, `was not asked: less than ${floor} (half of oauth2.introspection_timeout_ms) was left after the OpenID configuration was read`));
     if (this.inFlight < this.config.introspectionConcurrency) {
       this.inFlight++;
       return Promise.resolve();
@@ -666,8 +684,8 @@ export class OAuthVerifier {
       const timer = setTimeout(() => {
         const index = this.waiting.indexOf(grant);
         if (index >= 0) this.waiting.splice(index, 1);
-        reject(introspectionUnavailable(url, `was not asked within oauth2.introspection_timeout_ms (${this.config.introspectionTimeoutMs} ms): ${busy()}`));
-      }, Math.max(0, deadline - performance.now()));
+        reject(introspectionUnavailable(url, `was not asked within ${floor} (half of oauth2.introspection_timeout_ms, the rest the request's): ${busy()}`));
+      }, Math.max(0, sendBy - performance.now()));
       this.waiting.push(grant);
     });
   }

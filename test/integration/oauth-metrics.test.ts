@@ -17,7 +17,7 @@ import type { OAuthConfig } from '../../src/auth/oauth-config.js';
 import { JWT_ALGORITHMS } from '../../src/auth/oauth-config.js';
 import { Canceller } from '../../src/cancel.js';
 import { Metrics } from '../../src/metrics.js';
-import type { OAuthIdpEndpoint, OAuthIdpResult } from '../../src/metrics.js';
+import type { OAuthIdpEndpoint, OAuthIdpResult, OAuthIntrospectionResult } from '../../src/metrics.js';
 import { assertNoRegisteredSecret, capturedLogger, registerSecrets, startFront } from './front.js';
 import type { Front } from './front.js';
 import { JwksServer, claimsFor, makeKey, signJwt } from './oauth-idp.js';
@@ -81,7 +81,7 @@ function config(overrides: { [K in keyof OAuthConfig]?: OAuthConfig[K] | undefin
 }
 
 /** The value of mailfront_oauth_idp_requests_total for `endpoint` and `result`; undefined when the series is absent. */
-async function requests(metrics: Metrics, endpoint: OAuthIdpEndpoint, result: OAuthIdpResult): Promise<number | undefined> {
+async function requests(metrics: Metrics, endpoint: OAuthIdpEndpoint, result: OAuthIntrospectionResult): Promise<number | undefined> {
   const metric = metrics.registry.getSingleMetric('mailfront_oauth_idp_requests_total');
   assert.ok(metric !== undefined, 'mailfront_oauth_idp_requests_total is registered');
   const { values } = await metric.get();
@@ -129,13 +129,15 @@ function unknownKid(): string {
 }
 
 describe('requests to the OAuth IdP in the metrics', () => {
-  test('every endpoint and result reads 0 from the start, without oauth2', async () => {
+  test('every endpoint and result reads 0 from the start (introspection\'s not-sent too), without oauth2', async () => {
     const metrics = new Metrics({ processMetrics: false });
     for (const endpoint of ['jwks', 'discovery', 'introspection'] as const) {
       for (const result of ['ok', 'timeout', 'connection-error', 'http-4xx', 'http-5xx', 'http-other', 'bad-answer'] as const) {
         assert.equal(await requests(metrics, endpoint, result), 0, `${endpoint} ${result}`);
       }
     }
+    assert.equal(await requests(metrics, 'introspection', 'not-sent'), 0, 'introspection not-sent');
+    assert.equal(await requests(metrics, 'jwks', 'not-sent'), undefined, 'keys and document are never left unsent');
     const { body } = await metrics.exposition();
     assert.match(body, /^mailfront_oauth_introspection_duration_seconds_count\{result="ok"\} 0$/m);
     assert.doesNotMatch(body, /^mailfront_oauth_idp_last_success_timestamp_seconds\{/m, 'no success yet');
@@ -265,6 +267,41 @@ describe('requests to the OAuth IdP in the metrics', () => {
       wrongSecret.close();
       refused.close();
       hung.close();
+    }
+  });
+
+  test('introspection: logins beyond introspection_concurrency are not-sent, never the IdP\'s timeout; each request sent gets half of introspection_timeout_ms', async () => {
+    // One request at a time, each answered in 300 ms (3.3 a second), within the IdP's own
+    // deadline; 8 logins a second with distinct tokens for 3 s. Before, the wait for the one
+    // request came out of the request's own deadline, and its expiry was counted as the IdP's timeout.
+    const metrics = new Metrics({ processMetrics: false });
+    const verifier = OAuthVerifier.create(config({ jwksUrl: undefined, tokenCheck: 'introspect', introspectionTimeoutMs: 1_000, introspectionConcurrency: 1 }), log, metrics);
+    idp.introspectionDelayMs = 300;
+    try {
+      const outcomes: Array<Promise<string>> = [];
+      for (let i = 0; i < 24; i++) {
+        const token = opaque(`steady${i}`);
+        outcomes.push(verifier.verify(token, signal).then(() => 'ok', (error: { code?: string; message?: string }) => `${error.code ?? '?'}: ${error.message ?? String(error)}`));
+        await new Promise((resolve) => setTimeout(resolve, 125));
+      }
+      const codes = await Promise.all(outcomes);
+      const counted = await nonZero(metrics);
+      const ok = counted['introspection ok'] ?? 0;
+      const notSent = counted['introspection not-sent'] ?? 0;
+      assert.equal(counted['introspection timeout'], undefined, `no timeout: the IdP always answered in 300 ms (${JSON.stringify(counted)})`);
+      assert.deepEqual(Object.keys(counted).sort(), ['introspection not-sent', 'introspection ok'], JSON.stringify(counted));
+      assert.equal(ok + notSent, 24, 'every login counted once');
+      assert.equal(codes.filter((c) => c === 'ok').length, ok);
+      // Refused as a full queue is: the IdP was not asked.
+      assert.ok(codes.every((c) => c === 'ok' || /^OAUTH_INTROSPECTION_UNAVAILABLE: .* was not asked /.test(c)), codes.join('\n'));
+      // What one request at a time carries in the 3.3 s: about 10; before, most were sent with too little time left.
+      assert.ok(ok >= 7, `the IdP's capacity used (${ok} ok)`);
+      const { body } = await metrics.exposition();
+      assert.match(body, /^mailfront_oauth_introspection_duration_seconds_count\{result="ok"\} \d+$/m);
+      assert.doesNotMatch(body, /^mailfront_oauth_introspection_duration_seconds_count\{result="not-sent"\}/m, 'no request, no duration');
+    } finally {
+      idp.heal();
+      verifier.close();
     }
   });
 });
