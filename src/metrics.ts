@@ -318,6 +318,8 @@ export class Metrics {
   private readonly oauthIntrospectionDuration: HistogramFamily<'result'>;
   /** Unix time of each endpoint's last `ok` answer. */
   private readonly oauthIdpLastSuccess: Gauge<'endpoint'>;
+  /** Requests to each OAuth IdP endpoint that failed since its last ok answer (not-sent left out): a dead IdP whatever oauth2.jwks_refresh_ms. */
+  private readonly oauthIdpConsecutiveFailures: Gauge<'endpoint'>;
   /** Credentials refused, by reason (unknown user, wrong password …). */
   private readonly authFailuresTotal: Counter<'reason'>;
   /** Duration of LDAP requests, by operation and result. */
@@ -425,6 +427,7 @@ export class Metrics {
     this.masterLoginsTotal = counter('mailfront_master_logins_total', 'Master logins (a staff member logging in to another user\'s mailbox with their own password), by protocol and result as mailfront_logins_total counts them (not-authorized: no master, or no such user).', ['protocol', 'result']);
     this.oauthIdpRequestsTotal = counter('mailfront_oauth_idp_requests_total', 'Requests to the OAuth identity provider (oauth2), by endpoint (jwks, discovery, introspection) and result (ok; timeout, connection-error, http-4xx, http-5xx, http-other, bad-answer: the IdP failing; introspection only, not-sent: a login failed without asking, every introspection_concurrency request taken).', ['endpoint', 'result']);
     this.oauthIntrospectionDuration = histogram('mailfront_oauth_introspection_duration_seconds', 'Time of a token introspection request to the OAuth IdP, from its sending to its answer or failure (the wait for a free request, oauth2.introspection_concurrency, left out), by result as mailfront_oauth_idp_requests_total counts it.', ['result'], OAUTH_INTROSPECTION_BUCKETS_SECONDS);
+    this.oauthIdpConsecutiveFailures = gauge('mailfront_oauth_idp_consecutive_failures', 'Requests to each OAuth IdP endpoint (jwks, discovery, introspection) that failed in a row, since its last ok answer or the verifier\'s start (a reload starts again at 0); not-sent introspections left out.', ['endpoint']);
     this.oauthIdpLastSuccess = gauge('mailfront_oauth_idp_last_success_timestamp_seconds', 'Unix time of the last ok answer of each OAuth IdP endpoint (jwks, discovery: the keys and document in use were fetched then or before; introspection), since start; absent before the first.', ['endpoint']);
     this.authFailuresTotal = counter('mailfront_auth_failures_total', 'Credentials refused, by reason.', ['reason']);
     this.ldapRequestDuration = histogram('mailfront_ldap_request_duration_seconds', 'Duration of LDAP requests, by operation and result.', ['operation', 'result'], LDAP_BUCKETS_SECONDS);
@@ -535,6 +538,7 @@ export class Metrics {
     // Without oauth2 they stay 0: no request is no failure to alert on.
     for (const endpoint of OAUTH_IDP_ENDPOINTS) for (const result of OAUTH_IDP_RESULTS) this.oauthIdpRequestsTotal.inc({ endpoint, result }, 0);
     this.oauthIdpRequestsTotal.inc({ endpoint: 'introspection', result: 'not-sent' }, 0);
+    for (const endpoint of OAUTH_IDP_ENDPOINTS) this.oauthIdpConsecutiveFailures.set({ endpoint }, 0);
     this.oauthIntrospectionDuration.declare({ result: 'ok' });
     for (const warning of ['expiring', 'grace'] as const) this.passwordPolicyWarningsTotal.inc({ warning }, 0);
     for (const cache of DIRECTORY_CACHES) for (const result of ['hit', 'miss']) this.directoryCacheLookupsTotal.inc({ cache, result }, 0);
@@ -585,14 +589,27 @@ export class Metrics {
   /** Counts a fetch of the IdP's keys (oauth2.jwks_url or the document's jwks_uri) or of its OpenID configuration document. */
   oauthIdpFetch(endpoint: 'jwks' | 'discovery', result: OAuthIdpResult): void {
     this.oauthIdpRequestsTotal.inc({ endpoint, result });
-    if (result === 'ok') this.oauthIdpLastSuccess.set({ endpoint }, Date.now() / 1000);
+    this.#idpAnswered(endpoint, result);
   }
 
   /** Counts a token introspection request and records how long it took, in seconds. */
   oauthIntrospection(result: OAuthIdpResult, seconds: number): void {
     this.oauthIdpRequestsTotal.inc({ endpoint: 'introspection', result });
     this.oauthIntrospectionDuration.observe({ result }, seconds);
-    if (result === 'ok') this.oauthIdpLastSuccess.set({ endpoint: 'introspection' }, Date.now() / 1000);
+    this.#idpAnswered('introspection', result);
+  }
+
+  /** The verifier stopped (a reload, oauth2 removed, shutdown): its failures in a row are no longer anyone's, and would keep an alert firing without oauth2. */
+  oauthIdpStopped(): void {
+    for (const endpoint of OAUTH_IDP_ENDPOINTS) this.oauthIdpConsecutiveFailures.set({ endpoint }, 0);
+  }
+
+  /** An answer of `endpoint`, or a request's failure: its last success, its failures in a row. */
+  #idpAnswered(endpoint: OAuthIdpEndpoint, result: OAuthIdpResult): void {
+    if (result === 'ok') {
+      this.oauthIdpLastSuccess.set({ endpoint }, Date.now() / 1000);
+      this.oauthIdpConsecutiveFailures.set({ endpoint }, 0);
+    } else this.oauthIdpConsecutiveFailures.inc({ endpoint });
   }
 
   /** Counts an introspection a login needed and mailfront did not send (OAuthIntrospectionResult's not-sent): no request, no duration. */

@@ -421,6 +421,9 @@ export class OAuthVerifier {
 
   /** Stops the periodic refresh (a reload replaced this verifier, or the server stops); the introspection connections close once their requests end. */
   close(): void {
+    // A reload's verifier counts again from 0: one that failed to start (its reload rejected)
+    // resets the running one's count too, which its next failed request makes 1 again.
+    if (!this.closed) this.metrics?.oauthIdpStopped();
     this.closed = true;
     if (this.refreshTimer !== undefined) clearInterval(this.refreshTimer);
     if (this.inFlight === 0) this.closeConnections();

@@ -37,6 +37,7 @@ function exerciseEveryHelper(metrics: Metrics): void {
   record('oauthIdpFetch', () => metrics.oauthIdpFetch('jwks', 'ok'));
   record('oauthIntrospection', () => metrics.oauthIntrospection('timeout', 2.0));
   record('oauthIntrospectionNotSent', () => metrics.oauthIntrospectionNotSent());
+  record('oauthIdpStopped', () => metrics.oauthIdpStopped());
   record('masterLogin', () => metrics.masterLogin('imap', 'not-authorized'));
   record('oauthLogin', () => metrics.oauthLogin('imap', 'OAUTHBEARER', 'auth-failed'));
   record('passwordPolicyWarning', () => metrics.passwordPolicyWarning('expiring'));

@@ -180,6 +180,50 @@ describe('requests to the OAuth IdP in the metrics', () => {
     }
   });
 
+  test('failures in a row by endpoint: each failure adds one, an ok answer resets it, the verifier\'s close too', async () => {
+    // What MailfrontOAuthIdpErrors reads for jwks and discovery: the count does not depend on
+    // how often they are fetched (oauth2.jwks_refresh_ms), where a ratio over a window did.
+    const metrics = new Metrics({ processMetrics: false });
+    const inARow = async (endpoint: OAuthIdpEndpoint): Promise<number | undefined> => {
+      const { body } = await metrics.exposition();
+      const found = new RegExp(`^mailfront_oauth_idp_consecutive_failures\\{endpoint="${endpoint}"\\} (\\S+)$`, 'm').exec(body);
+      return found === null ? undefined : Number(found[1]);
+    };
+    for (const endpoint of ['jwks', 'discovery', 'introspection'] as const) assert.equal(await inARow(endpoint), 0, `${endpoint} from the start`);
+    const verifier = OAuthVerifier.create(config(), log, metrics);
+    try {
+      await until(async () => (await requests(metrics, 'jwks', 'ok')) === 1, 'the start\'s fetch counted ok');
+      assert.equal(await inARow('jwks'), 0);
+      idp.failWith = 500;
+      await failure(verifier, unknownKid());
+      assert.equal(await inARow('jwks'), 1, 'one failed fetch');
+      idp.failWith = 404;
+      await failure(verifier, unknownKid());
+      assert.equal(await inARow('jwks'), 2, 'a second one in a row');
+      idp.heal();
+      await failure(verifier, unknownKid());
+      assert.equal(await inARow('jwks'), 0, 'an ok answer resets it');
+      idp.failWith = 500;
+      await failure(verifier, unknownKid());
+      idp.heal();
+      assert.equal(await inARow('jwks'), 1);
+
+      idp.introspectionFailWith = 500;
+      assert.equal(await failure(verifier, opaque('ada')), 'OAUTH_INTROSPECTION_UNAVAILABLE');
+      assert.equal(await failure(verifier, opaque('bob')), 'OAUTH_INTROSPECTION_UNAVAILABLE');
+      idp.heal();
+      assert.equal(await inARow('introspection'), 2);
+      assert.equal((await verifier.verify(opaque('ada'), signal)).user, 'ada@example.org');
+      assert.equal(await inARow('introspection'), 0);
+      assert.equal(await inARow('discovery'), 0, 'no document configured, none fetched');
+    } finally {
+      idp.heal();
+      verifier.close();
+    }
+    // A reload's verifier, or none (oauth2 removed), counts from 0: no alert left firing without oauth2.
+    assert.equal(await inARow('jwks'), 0, 'the close resets it');
+  });
+
   test('the OpenID configuration document: ok, another issuer\'s document, a connection refused', async () => {
     const metrics = new Metrics({ processMetrics: false });
     const discovery = { issuers: [idp.issuer], jwksUrl: undefined, introspectionUrl: undefined, openidConfigurationUrl: idp.discoveryUrl, discoveryIssuers: [idp.issuer] };
