@@ -15,7 +15,7 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import { directoryHealth, findForLogin, raceAbort } from './directory.js';
-import type { CachedUser, Directory, DirectoryHealth, DirectoryUser } from './directory.js';
+import type { AccountState, CachedUser, Directory, DirectoryHealth, DirectoryUser } from './directory.js';
 import type { Cancellation } from '../cancel.js';
 import type { Protocol } from '../config/schema.js';
 import type { Metrics } from '../metrics.js';
@@ -143,6 +143,12 @@ export class CachingDirectory implements Directory {
   /** Never from this cache: a login kept here says the password was right, not that its user may still act as another. */
   async masterAllowed(staff: DirectoryUser, signal: Cancellation): Promise<boolean> {
     return (await this.inner.masterAllowed?.(staff, signal)) ?? false;
+  }
+
+  /** Never from this cache: whereis asks what the directory says now (absent when the inner directory has no such attributes). */
+  get accountState(): ((found: DirectoryUser, signal: Cancellation) => Promise<AccountState>) | undefined {
+    const inner = this.inner;
+    return inner.accountState === undefined ? undefined : (found, signal) => inner.accountState!(found, signal);
   }
 
   reachable(signal: Cancellation): Promise<boolean> {

@@ -168,7 +168,7 @@ export interface Directory {
    * read from the entry by the service account, never from a cache (whereis). Rejects as lookup()
    * does. Absent: the directory has no such attributes.
    */
-  accountState?(found: DirectoryUser, signal: Cancellation): Promise<AccountState>;
+  accountState?: ((found: DirectoryUser, signal: Cancellation) => Promise<AccountState>) | undefined;
   /** True when the directory answers now (readiness checks). */
   reachable(signal: Cancellation): Promise<boolean>;
   /**

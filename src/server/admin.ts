@@ -435,9 +435,8 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
       ports: master ? { imap: master.imapPort, imaps: master.imapsPort, pop3: master.pop3Port, pop3s: master.pop3sPort, sieve: master.sievePort } : null,
       maintenance: store?.maintenance ?? null,
       held: found.hold ?? null,
-      // Null: not locked, or a directory without locks; `unknown`: the service account cannot read them.
-      locked: account === undefined || account.lock === null ? null : account.lock === 'unreadable' ? { unknown: 'not readable: the service account reads neither pwdAccountLockedTime nor nsAccountLock (or the directory has neither)' } : account.lock,
-      ...(account !== undefined ? { passwordReset: account.passwordReset } : {}),
+      // Absent: a directory without lock attributes; null: not locked; `unknown`: the service account cannot read them.
+      ...(account !== undefined ? { locked: account.lock === null ? null : account.lock === 'unreadable' ? { unknown: 'not readable: the service account reads neither pwdAccountLockedTime nor nsAccountLock (or the directory has neither)' } : account.lock, passwordReset: account.passwordReset } : {}),
       problem: problems.length === 0 ? null : problems.join('; '),
       cached: fromCache.cached,
       // Every session of the entry, under whichever of its names it logged in.

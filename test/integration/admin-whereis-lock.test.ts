@@ -4,7 +4,8 @@
  * (pwdAccountLockedTime 000001010000Z), a lockout that failed password logins through mailfront
  * set, nsAccountLock TRUE (389 DS, FreeIPA; here a user attribute, as in oauth-account-lock), a
  * password an administrator reset (pwdReset), and an ACL that hides the lock from the service
- * account, which whereis must not read as "not locked". No backend: whereis asks none.
+ * account, which whereis must not read as "not locked"; and with directory.auth_cache_ttl_ms at its
+ * default, a CachingDirectory in front. No backend: whereis asks none.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -28,6 +29,8 @@ const NS_ACCOUNT_LOCK_SCHEMA = [
 
 let slapd: Slapd;
 let front: Front;
+/** The same directory behind the cache of logins (auth_cache_ttl_ms at its default). */
+let cachedFront: Front;
 
 before(async () => {
   const policy = { pwdPolicySubentry: slapdPolicyDn('default') };
@@ -52,30 +55,36 @@ before(async () => {
     stores: { alpha: { currentMaster: 'a1', slots: { a1: { imapPort: await freePort() } } } },
     directory: { login_attribute: 'uid' },
   });
+  cachedFront = await startFront({ slapd, stores: { alpha: { currentMaster: 'a1', slots: { a1: { imapPort: await freePort() } } } }, directory: { login_attribute: 'uid', auth_cache_ttl_ms: 60_000 } });
 });
 
 after(async () => {
+  await cachedFront?.stop();
   await front?.stop();
   await slapd?.stop();
 });
 
 /** Runs `mailfront ARGS` against the admin API. */
 async function cli(...args: string[]): Promise<string> {
-  const { port } = front.mailfront.httpAddress()!;
+  return cliOf(front, ...args);
+}
+
+async function cliOf(of: Front, ...args: string[]): Promise<string> {
+  const { port } = of.mailfront.httpAddress()!;
   const { stdout } = await run(process.execPath, [join(repoRoot(), 'dist/src/cli/main.js'), ...args, '--url', `http://127.0.0.1:${port}`, '--token', ADMIN_TOKEN]);
   return stdout;
 }
 
-async function whereis(user: string): Promise<Record<string, any>> {
-  const { port } = front.mailfront.httpAddress()!;
+async function whereis(user: string, of: Front = front): Promise<Record<string, any>> {
+  const { port } = of.mailfront.httpAddress()!;
   const response = await fetch(`http://127.0.0.1:${port}/api/whereis/${user}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
   assert.equal(response.status, 200, user);
   return (await response.json()) as Record<string, any>;
 }
 
 /** An IMAP LOGIN through mailfront: the tagged answer. */
-async function login(user: string, password: string): Promise<string> {
-  const client = await LineClient.connect(front.imapTrustedPort);
+async function login(user: string, password: string, of: Front = front): Promise<string> {
+  const client = await LineClient.connect(of.imapTrustedPort);
   try {
     await client.readLine();
     const result = await client.imap(`LOGIN "${user}" "${password}"`);
@@ -138,5 +147,15 @@ describe('whereis shows an account lock', () => {
     assert.match(String(json['locked']?.['unknown']), /^not readable/);
     assert.equal(json['passwordReset'], null);
     assert.match(await cli('whereis', 'hidden'), /^locked +unknown \(not readable/m);
+  });
+
+  test('with the cache of logins on (auth_cache_ttl_ms at its default), whereis still reads the lock', async () => {
+    assert.match(await login('locky', PASSWORD, cachedFront), /^NO \[AUTHENTICATIONFAILED\]/);
+    const json = await whereis('locky', cachedFront);
+    assert.deepEqual(json['locked'], { attribute: 'pwdAccountLockedTime', value: '000001010000Z', since: null, byAdministrator: true });
+    assert.equal(json['passwordReset'], false);
+    assert.match(String(json['problem']), /^the directory has locked the account/);
+    assert.match(await cliOf(cachedFront, 'whereis', 'locky'), /^locked +yes, by an administrator \(pwdAccountLockedTime 000001010000Z\)$/m);
+    assert.equal((await whereis('alice', cachedFront))['locked'], null);
   });
 });
