@@ -46,12 +46,19 @@ export interface DirectoryUser {
 
 /** A lock of an account, as whereis shows it: the attribute that says so and its value. */
 export interface AccountLock {
-  readonly attribute: 'pwdAccountLockedTime' | 'nsAccountLock';
+  readonly attribute: 'pwdAccountLockedTime' | 'nsAccountLock' | 'accountUnlockTime';
   readonly value: string;
   /** When failed password binds locked the account out (pwdAccountLockedTime, ISO 8601); null for a lock an administrator set. */
   readonly since: string | null;
   /** An administrator's lock (pwdAccountLockedTime 000001010000Z, nsAccountLock TRUE), lifted only by one; else a lockout by failed binds. */
   readonly byAdministrator: boolean;
+  /**
+   * When a lockout by failed binds ends (ISO 8601: pwdAccountLockedTime and the policy's
+   * pwdLockoutDuration, 389 DS's accountUnlockTime); null: when an administrator lifts it (no
+   * pwdLockoutDuration, accountUnlockTime 19700101000000Z); absent: not known (the policy not
+   * readable), or an administrator's lock.
+   */
+  readonly until?: string | null;
 }
 
 /**
@@ -62,7 +69,13 @@ export interface AccountLock {
  */
 export interface AccountState {
   readonly lock: AccountLock | null | 'unreadable';
+  /** The lock attributes the service account may not read (lock `unreadable`). */
+  readonly hidden?: readonly string[];
+  /** A lockout by failed binds whose end has passed, its attribute still set until the next good bind (lock null). */
+  readonly lockEnded?: AccountLock & { readonly endedAt: string };
   readonly passwordReset: boolean | null;
+  /** What says the password was reset (`pwdReset TRUE`, 389 DS's `passwordExpirationTime 19700101000000Z`). */
+  readonly passwordResetBy?: string;
 }
 
 /**

@@ -211,36 +211,81 @@ function accountLockOf(entry: Record<string, unknown>): string | null {
   return null;
 }
 
-/**
- * A base search's filter that matches an entry when the service account may search one of the
- * lock attributes, set or not (slapd evaluates a filter on an attribute it may not search, or that
- * its schema lacks, as Undefined: the entry is not returned): whether "not locked" can be said.
- */
-const LOCK_READABLE_FILTER = `(|${LOCK_ATTRIBUTES.map((name) => `(${name}=*)(!(${name}=*))`).join('')})`;
+/** The attributes whereis reads of an entry's lock: ppolicy's, nsAccountLock (389 DS, FreeIPA), and 389 DS's lockout by failed binds (passwordLockout). */
+const WHEREIS_LOCK_ATTRIBUTES = ['pwdAccountLockedTime', 'nsAccountLock', 'accountUnlockTime'] as const;
 
-/** An LDAP GeneralizedTime (RFC 4517 §3.3.13: YYYYMMDDHHMMSS, fraction, Z or an offset) as ISO 8601; null when it is not one. */
-function generalizedTimeIso(value: string): string | null {
-  const m = /^(\d{4})(\d{2})(\d{2})(\d{2})(\d{2})?(\d{2})?(?:[.,](\d+))?(Z|[+-]\d{2}(?:\d{2})?)$/.exec(value);
-  if (m === null) return null;
-  const [, year, month, day, hour, minute = '00', second = '00', fraction = '', zone = 'Z'] = m;
-  const offset = zone === 'Z' ? 'Z' : `${zone.slice(0, 3)}:${zone.slice(3) || '00'}`;
-  const time = new Date(`${year}-${month}-${day}T${hour}:${minute}:${second}.${fraction.padEnd(3, '0').slice(0, 3)}${offset}`);
-  return Number.isNaN(time.getTime()) ? null : time.toISOString();
+/** ...and of a password an administrator reset: ppolicy's pwdReset, 389 DS's passwordExpirationTime 19700101000000Z (passwordMustChange). */
+const PASSWORD_RESET_ATTRIBUTES = ['pwdReset', 'passwordExpirationTime'] as const;
+
+/** What 389 DS's schema holds of them (its cn=schema answers no filter on attributeTypes, so it is not asked). */
+const DS389_ACCOUNT_ATTRIBUTES: ReadonlySet<string> = new Set(['nsAccountLock', 'accountUnlockTime', 'passwordExpirationTime']);
+
+/**
+ * A base search's filter that matches an entry when the service account may search every one of
+ * `names`, set or not (slapd evaluates a filter on an attribute it may not search, or that its
+ * schema lacks, as Undefined, and 389 DS one it may not search as false: the entry is not
+ * returned): whether "not set" can be said of them.
+ */
+function readableFilter(names: readonly string[]): string {
+  return names.length === 0 ? '(objectClass=*)' : `(&${names.map((name) => `(|(${name}=*)(!(${name}=*)))`).join('')})`;
 }
 
+/** An LDAP GeneralizedTime (RFC 4517 §3.3.13: YYYYMMDDHHMMSS, fraction, Z or an offset) in ms since the epoch; null when it is not one. */
+function generalizedTimeMs(value: string): number | null {
+  const m = /^(\d{4})(\d{2})(\d{2})(\d{2})(\d{2})?(\d{2})?(?:[.,](\d+))?(Z|[+-]\d{2}(?:\d{2})?)$/.exec(value);
+  if (m === null) return null;
+  const [, year, month, day, hour, minute, second, fraction = '', zone = 'Z'] = m;
+  const offset = zone === 'Z' ? 'Z' : `${zone.slice(0, 3)}:${zone.slice(3) || '00'}`;
+  const time = Date.parse(`${year}-${month}-${day}T${hour}:${minute ?? '00'}:${second ?? '00'}${offset}`);
+  return Number.isNaN(time) ? null : time + Number(fraction.padEnd(3, '0').slice(0, 3));
+}
+
+/** A lockout by failed binds that has ended (its end passed), the attribute still set. */
+type EndedLock = AccountLock & { readonly endedAt: string };
+
 /**
- * An entry's lock as whereis shows it: an administrator's (pwdAccountLockedTime 000001010000Z,
- * nsAccountLock TRUE) before a lockout by failed binds (any other pwdAccountLockedTime, since
- * then); null when neither attribute says one.
+ * An entry's lock as whereis shows it at `now`: an administrator's (pwdAccountLockedTime
+ * 000001010000Z, nsAccountLock TRUE) before a lockout by failed binds (any other
+ * pwdAccountLockedTime, since then, until `lockoutMs` after, when known, and 0: until an
+ * administrator deletes it; 389 DS's accountUnlockTime, until then, or 19700101000000Z: until an
+ * administrator unlocks it); null when none. A lockout whose end has passed is `ended` instead:
+ * slapd keeps pwdAccountLockedTime, 389 DS accountUnlockTime, until the next good bind.
  */
-function accountLockView(entry: Record<string, unknown>): AccountLock | null {
+function accountLockView(entry: Record<string, unknown>, lockoutMs: number | undefined, now: number): { lock: AccountLock | null; ended: EndedLock | null } {
   const locked = holdValues(attributeOf(entry, 'pwdAccountLockedTime')).filter((value): value is string => value !== null);
   const permanent = locked.find((value) => PERMANENT_LOCK.test(value));
-  if (permanent !== undefined) return { attribute: 'pwdAccountLockedTime', value: permanent, since: null, byAdministrator: true };
+  if (permanent !== undefined) return { lock: { attribute: 'pwdAccountLockedTime', value: permanent, since: null, byAdministrator: true }, ended: null };
   const disabled = holdValues(attributeOf(entry, 'nsAccountLock')).find((value) => value?.toLowerCase() === 'true');
-  if (typeof disabled === 'string') return { attribute: 'nsAccountLock', value: disabled, since: null, byAdministrator: true };
+  if (typeof disabled === 'string') return { lock: { attribute: 'nsAccountLock', value: disabled, since: null, byAdministrator: true }, ended: null };
+  let ended: EndedLock | null = null;
   const lockout = locked[0];
-  return lockout === undefined ? null : { attribute: 'pwdAccountLockedTime', value: lockout, since: generalizedTimeIso(lockout), byAdministrator: false };
+  if (lockout !== undefined) {
+    const since = generalizedTimeMs(lockout);
+    const lock: AccountLock = { attribute: 'pwdAccountLockedTime', value: lockout, since: since === null ? null : new Date(since).toISOString(), byAdministrator: false };
+    if (lockoutMs === undefined || since === null) return { lock, ended: null };
+    if (lockoutMs === 0) return { lock: { ...lock, until: null }, ended: null };
+    const until = new Date(since + lockoutMs).toISOString();
+    if (since + lockoutMs > now) return { lock: { ...lock, until }, ended: null };
+    ended = { ...lock, until, endedAt: until };
+  }
+  const unlock = holdValues(attributeOf(entry, 'accountUnlockTime')).find((value): value is string => value !== null);
+  const unlockMs = unlock === undefined ? null : generalizedTimeMs(unlock);
+  if (unlock !== undefined && unlockMs !== null) {
+    const lock: AccountLock = { attribute: 'accountUnlockTime', value: unlock, since: null, byAdministrator: false };
+    // 389 DS's lockout without passwordUnlock: the epoch, until an administrator resets it.
+    if (unlockMs === 0) return { lock: { ...lock, until: null }, ended: null };
+    const until = new Date(unlockMs).toISOString();
+    if (unlockMs > now) return { lock: { ...lock, until }, ended: null };
+    ended ??= { ...lock, until, endedAt: until };
+  }
+  return { lock: null, ended };
+}
+
+/** A password an administrator reset, as the entry says it (ppolicy's pwdReset TRUE, 389 DS's passwordExpirationTime at the epoch); null: none. */
+function passwordResetOf(entry: Record<string, unknown>): string | null {
+  if (holdValues(attributeOf(entry, 'pwdReset')).some((value) => value?.toLowerCase() === 'true')) return 'pwdReset TRUE';
+  const expiry = holdValues(attributeOf(entry, 'passwordExpirationTime')).find((value): value is string => value !== null && generalizedTimeMs(value) === 0);
+  return expiry === undefined ? null : `passwordExpirationTime ${expiry}`;
 }
 
 /** What a user's bind answered: the password taken or not, on which server, and the password policy control's answer (undefined: none came, or none was asked). */
@@ -709,6 +754,8 @@ export class LdapDirectory implements Directory {
   private closed = false;
   /** close() was called: no new login is taken (the ones under way may finish within its grace). */
   private closing = false;
+  /** What accountAttributes() found (a promise while it asks; null: not asked yet, or it failed). */
+  private accountSchema: Promise<ReadonlySet<string>> | null = null;
   /** Logins under way, and who waits for them all to end (close() with a grace). */
   private inFlight = 0;
   private onIdle: (() => void) | null = null;
@@ -1304,20 +1351,86 @@ export class LdapDirectory implements Directory {
   }
 
   /**
-   * A base search of `found`'s entry for the lock attributes and pwdReset, under the service
-   * account, with the user search's deadlines and retry; never from the cache of entries (the
-   * login path reads none of this: a password login's bind is refused by the server itself). Its
-   * filter (LOCK_READABLE_FILTER) answers no entry when neither lock attribute may be read: an
-   * ACL that hides them must not read as "not locked".
+   * A base search of `found`'s entry for the lock and reset attributes its directory's schema has
+   * (accountAttributes()), under the service account, with the user search's deadlines and retry;
+   * never from the cache of entries (the login path reads none of this: a password login's bind is
+   * refused by the server itself). Its filter (readableFilter()) answers no entry when any of them
+   * may not be read: then one search for each says which, for an ACL that hides one must not read
+   * as "not locked". A lockout by ppolicy is read with its policy's pwdLockoutDuration (the
+   * entry's pwdPolicySubentry), when the service account may read them, to tell whether it ended.
    */
   async accountState(found: DirectoryUser, signal: Cancellation): Promise<AccountState> {
     if (this.closing) throw closedError();
     return this.counted(async () => {
-      const { entries } = await this.serviceSearch('the account lock search', found.dn, { scope: 'base', filter: LOCK_READABLE_FILTER, attributes: [...LOCK_ATTRIBUTES, 'pwdReset'], sizeLimit: 0, timeLimit: Math.ceil(this.config.operationTimeoutMs / 1000) }, 'entry');
-      const entry = entries[0];
-      if (entry === undefined) return { lock: 'unreadable', passwordReset: null };
-      return { lock: accountLockView(entry), passwordReset: holdValues(attributeOf(entry, 'pwdReset')).some((value) => value?.toLowerCase() === 'true') };
+      const schema = await this.accountAttributes();
+      const lockNames = WHEREIS_LOCK_ATTRIBUTES.filter((name) => schema.has(name));
+      const resetNames = PASSWORD_RESET_ATTRIBUTES.filter((name) => schema.has(name));
+      const names = [...lockNames, ...resetNames];
+      const search = async (base: string, filter: string, attributes: string[]): Promise<Record<string, unknown> | undefined> =>
+        (await this.serviceSearch('the account lock search', base, { scope: 'base', filter, attributes, sizeLimit: 0, timeLimit: Math.ceil(this.config.operationTimeoutMs / 1000) }, 'entry')).entries[0];
+      const attributes = [...names, 'pwdPolicySubentry'];
+      let entry = await search(found.dn, readableFilter(names), attributes);
+      let hidden: string[] = [];
+      if (entry === undefined) {
+        const readable = await Promise.all(names.map(async (name) => (await search(found.dn, readableFilter([name]), ['1.1'])) !== undefined));
+        hidden = names.filter((_, i) => readable[i] !== true);
+        entry = await search(found.dn, '(objectClass=*)', attributes);
+        // The entry is gone (or hidden whole) since the lookup.
+        if (entry === undefined) return { lock: 'unreadable', hidden: names, passwordReset: null };
+      }
+      const lockout = holdValues(attributeOf(entry, 'pwdAccountLockedTime')).some((value) => value !== null && !PERMANENT_LOCK.test(value));
+      const policy = holdValues(attributeOf(entry, 'pwdPolicySubentry')).find((value): value is string => value !== null);
+      const lockoutMs = lockout && policy !== undefined ? await this.lockoutDurationMs(policy, search) : undefined;
+      const { lock, ended } = accountLockView(entry, lockoutMs, Date.now());
+      const resetBy = passwordResetOf(entry);
+      const hiddenLock = hidden.filter((name) => (lockNames as readonly string[]).includes(name));
+      const reset = resetBy !== null ? true : hidden.some((name) => (resetNames as readonly string[]).includes(name)) ? null : false;
+      return {
+        lock: lock ?? (hiddenLock.length > 0 ? 'unreadable' : null),
+        ...(lock === null && hiddenLock.length > 0 ? { hidden: hiddenLock } : {}),
+        ...(lock === null && ended !== null ? { lockEnded: ended } : {}),
+        passwordReset: reset,
+        ...(resetBy !== null ? { passwordResetBy: resetBy } : {}),
+      };
     }, signal);
+  }
+
+  /** The policy's pwdLockoutDuration in ms (absent: 0, until an administrator); undefined when the service account may not read it. */
+  private async lockoutDurationMs(policy: string, search: (base: string, filter: string, attributes: string[]) => Promise<Record<string, unknown> | undefined>): Promise<number | undefined> {
+    const entry = await search(policy, readableFilter(['pwdLockoutDuration']), ['pwdLockoutDuration']);
+    if (entry === undefined) return undefined;
+    const value = holdValues(attributeOf(entry, 'pwdLockoutDuration'))[0];
+    if (value === undefined) return 0;
+    return value !== null && /^\d{1,10}$/.test(value) ? Number(value) * 1000 : undefined;
+  }
+
+  /**
+   * Which of the lock and reset attributes the directory's schema has, asked once (a filter on
+   * one its schema lacks matches nothing, as one hidden does): 389 DS's own (its root DSE's
+   * vendorName), else each asked of the subschema entry ((attributeTypes=NAME), slapd), all of
+   * them when that cannot be asked (a hidden one is then "unknown", never "not locked").
+   */
+  private accountAttributes(): Promise<ReadonlySet<string>> {
+    this.accountSchema ??= this.readAccountAttributes().catch((error: unknown) => {
+      this.accountSchema = null;
+      throw error;
+    });
+    return this.accountSchema;
+  }
+
+  private async readAccountAttributes(): Promise<ReadonlySet<string>> {
+    const all: ReadonlySet<string> = new Set([...WHEREIS_LOCK_ATTRIBUTES, ...PASSWORD_RESET_ATTRIBUTES]);
+    const search = async (base: string, filter: string, attributes: string[]): Promise<Record<string, unknown> | undefined> =>
+      (await this.serviceSearch('the schema search', base, { scope: 'base', filter, attributes, sizeLimit: 0, timeLimit: Math.ceil(this.config.operationTimeoutMs / 1000) }, 'entry')).entries[0];
+    const root = await search('', '(objectClass=*)', ['subschemaSubentry', 'vendorName']);
+    if (root === undefined) return all;
+    if (holdValues(attributeOf(root, 'vendorName')).some((value) => value !== null && /^389 Project$/i.test(value))) return DS389_ACCOUNT_ATTRIBUTES;
+    const subschema = holdValues(attributeOf(root, 'subschemaSubentry')).find((value): value is string => value !== null);
+    if (subschema === undefined) return all;
+    // objectClass is in every schema: when it does not match, the subschema answers no such filter.
+    const known = await Promise.all(['objectClass', ...all].map(async (name) => (await search(subschema, `(attributeTypes=${name})`, ['1.1'])) !== undefined));
+    if (known[0] !== true) return all;
+    return new Set([...all].filter((_, i) => known[i + 1] === true));
   }
 
   cached(user: string, dns: ReadonlySet<string>): CachedUser[] {

@@ -484,11 +484,18 @@ function storesText(json: Record<string, unknown>): string {
 /** whereis's line on the directory's lock of the account (absent from an instance that does not say), and one on a reset password. */
 function lockedLines(json: Record<string, unknown>): string {
   if (!('locked' in json)) return '';
-  const locked = json['locked'] as { attribute?: string; value?: string; since?: string | null; byAdministrator?: boolean; unknown?: string } | null;
-  const reset = json['passwordReset'] === true ? 'password        reset by an administrator (pwdReset TRUE)\n' : '';
-  if (locked === null) return `locked          no\n${reset}`;
+  type Lock = { attribute?: string; value?: string; since?: string | null; until?: string | null; endedAt?: string; byAdministrator?: boolean; unknown?: string };
+  const locked = json['locked'] as Lock | null;
+  const reset = json['passwordReset'] === true ? `password        reset by an administrator (${String(json['passwordResetBy'] ?? 'pwdReset TRUE')})\n` : '';
+  if (locked === null) {
+    const ended = json['lockEnded'] as Lock | undefined;
+    if (ended === undefined) return `locked          no\n${reset}`;
+    return `locked          no, a lockout by failed password binds ended at ${String(ended.endedAt)} (${String(ended.attribute)} ${String(ended.value)}, kept until the next good bind)\n${reset}`;
+  }
   if (locked.unknown !== undefined) return `locked          unknown (${locked.unknown})\n${reset}`;
-  const how = locked.byAdministrator === true ? 'by an administrator' : `locked out since ${locked.since ?? '?'} by failed password binds`;
+  const since = locked.since === null || locked.since === undefined ? '' : ` since ${locked.since}`;
+  const until = locked.until === undefined ? (locked.attribute === 'pwdAccountLockedTime' ? ", unless the policy's pwdLockoutDuration has passed since" : '') : locked.until === null ? ' until an administrator unlocks it' : ` until ${locked.until}`;
+  const how = locked.byAdministrator === true ? 'by an administrator' : `locked out${since} by failed password binds${until}`;
   return `locked          yes, ${how} (${String(locked.attribute)} ${String(locked.value)})\n${reset}`;
 }
 

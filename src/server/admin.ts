@@ -187,7 +187,14 @@ function lockProblem(state: AccountState | undefined): string | null {
   const lock = state?.lock;
   if (lock === undefined || lock === null || lock === 'unreadable') return null;
   if (lock.byAdministrator) return `the directory has locked the account (${lock.attribute} ${lock.value}, by an administrator): its logins, by password or token, are refused as a wrong password until an administrator lifts the lock`;
-  return `the directory's password policy has locked the account out since ${lock.since ?? lock.value} (${lock.attribute}, failed password binds): its password logins are refused as a wrong password until the policy's pwdLockoutDuration has passed, if it sets one, or an administrator deletes ${lock.attribute}; token logins are let in`;
+  const since = lock.since === null ? '' : ` since ${lock.since}`;
+  const until =
+    lock.until === undefined
+      ? `until the policy's pwdLockoutDuration has passed since, if it sets one (not readable here), or an administrator deletes ${lock.attribute}`
+      : lock.until === null
+        ? `until an administrator unlocks it (${lock.attribute === 'accountUnlockTime' ? 'passwordUnlock off' : 'no pwdLockoutDuration'})`
+        : `until ${lock.until}, or an administrator unlocks it`;
+  return `the directory's password policy has locked the account out${since} (${lock.attribute} ${lock.value}, failed password binds): its password logins are refused as a wrong password ${until}; token logins are let in`;
 }
 
 /**
@@ -408,7 +415,7 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
     const master = store?.slots.get(store.currentMaster);
     const loginName = loginNameOf(found, user, context);
     const account = await adminAccountState(context.directory(), found);
-    const reset = account?.passwordReset === true ? 'an administrator reset the password (pwdReset TRUE): with the policy\'s pwdMustChange, its password logins are refused until it is changed' : null;
+    const reset = account?.passwordReset === true ? `an administrator reset the password (${account.passwordResetBy ?? 'pwdReset TRUE'}): with the policy's pwdMustChange (389 DS: passwordMustChange), its password logins are refused until it is changed` : null;
     const problem =
       found.hold !== undefined
         ? `the directory holds the user (directory.hold_attribute): its logins are refused with "${found.hold}"`
@@ -435,8 +442,11 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
       ports: master ? { imap: master.imapPort, imaps: master.imapsPort, pop3: master.pop3Port, pop3s: master.pop3sPort, sieve: master.sievePort } : null,
       maintenance: store?.maintenance ?? null,
       held: found.hold ?? null,
-      // Absent: a directory without lock attributes; null: not locked; `unknown`: the service account cannot read them.
-      ...(account !== undefined ? { locked: account.lock === null ? null : account.lock === 'unreadable' ? { unknown: 'not readable: the service account reads neither pwdAccountLockedTime nor nsAccountLock (or the directory has neither)' } : account.lock, passwordReset: account.passwordReset } : {}),
+      // Absent: a directory without lock attributes; null: not locked; `unknown`: the service account cannot read them all.
+      ...(account !== undefined ? { locked: account.lock === null ? null : account.lock === 'unreadable' ? { unknown: `not readable: the service account may not read ${(account.hidden ?? []).join(', ') || 'the entry'}` } : account.lock } : {}),
+      // A lockout whose end has passed: not a lock, though the attribute stays until the next good bind.
+      ...(account?.lockEnded !== undefined ? { lockEnded: account.lockEnded } : {}),
+      ...(account !== undefined ? { passwordReset: account.passwordReset, ...(account.passwordResetBy !== undefined ? { passwordResetBy: account.passwordResetBy } : {}) } : {}),
       problem: problems.length === 0 ? null : problems.join('; '),
       cached: fromCache.cached,
       // Every session of the entry, under whichever of its names it logged in.

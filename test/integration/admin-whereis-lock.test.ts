@@ -4,8 +4,10 @@
  * (pwdAccountLockedTime 000001010000Z), a lockout that failed password logins through mailfront
  * set, nsAccountLock TRUE (389 DS, FreeIPA; here a user attribute, as in oauth-account-lock), a
  * password an administrator reset (pwdReset), and an ACL that hides the lock from the service
- * account, which whereis must not read as "not locked"; and with directory.auth_cache_ttl_ms at its
- * default, a CachingDirectory in front. No backend: whereis asks none.
+ * account, which whereis must not read as "not locked" (nor one of them hidden), a lockout whose
+ * pwdLockoutDuration has passed (slapd keeps pwdAccountLockedTime until the next good bind) and one
+ * whose policy the service account may not read; and all of it with directory.auth_cache_ttl_ms at
+ * its default, a CachingDirectory in front. No backend: whereis asks none.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -20,6 +22,7 @@ import type { Front } from './front.js';
 const run = promisify(execFile);
 const PASSWORD = 'Whereis-lock-pw-5e9a';
 registerPasswords(PASSWORD, ...[0, 1, 2].map((i) => `Whereis-wrong-pw-${i}-b7d3`));
+const HIDDEN_POLICY_DN = slapdPolicyDn('hidden');
 
 /** nsAccountLock as 389 DS names it, and a class to hold it (RFC 5612's example enterprise number). */
 const NS_ACCOUNT_LOCK_SCHEMA = [
@@ -35,10 +38,23 @@ let cachedFront: Front;
 before(async () => {
   const policy = { pwdPolicySubentry: slapdPolicyDn('default') };
   slapd = await startSlapd({
-    ppolicy: { policies: { default: { pwdLockout: 'TRUE', pwdMaxFailure: '3', pwdLockoutDuration: '3600' } }, default: 'default', useLockout: true },
+    ppolicy: {
+      policies: {
+        default: { pwdLockout: 'TRUE', pwdMaxFailure: '3', pwdLockoutDuration: '3600' },
+        short: { pwdLockout: 'TRUE', pwdMaxFailure: '3', pwdLockoutDuration: '2' },
+        hidden: { pwdLockout: 'TRUE', pwdMaxFailure: '3', pwdLockoutDuration: '3600' },
+      },
+      default: 'default',
+      useLockout: true,
+    },
     schema: NS_ACCOUNT_LOCK_SCHEMA,
     // The service account may not see hidden's lock (an ACL on the ppolicy attributes, as a site may have).
-    access: [`access to dn.exact="uid=hidden,ou=people,dc=example,dc=org" attrs=pwdAccountLockedTime,pwdReset,nsAccountLock\n  by dn.exact="${LDAP_SERVICE_DN}" none\n  by * break`],
+    // partial's pwdAccountLockedTime only; the policy of hiddenpolicy's entry.
+    access: [
+      `access to dn.exact="uid=hidden,ou=people,dc=example,dc=org" attrs=pwdAccountLockedTime,pwdReset,nsAccountLock\n  by dn.exact="${LDAP_SERVICE_DN}" none\n  by * break`,
+      `access to dn.exact="uid=partial,ou=people,dc=example,dc=org" attrs=pwdAccountLockedTime\n  by dn.exact="${LDAP_SERVICE_DN}" none\n  by * break`,
+      `access to dn.exact="${HIDDEN_POLICY_DN}"\n  by dn.exact="${LDAP_SERVICE_DN}" none\n  by * break`,
+    ],
     users: [
       { uid: 'alice', password: PASSWORD, store: 'alpha', attributes: policy },
       { uid: 'locky', password: PASSWORD, store: 'alpha', attributes: { ...policy, pwdAccountLockedTime: '000001010000Z' } },
@@ -46,8 +62,12 @@ before(async () => {
       { uid: 'ipa', password: PASSWORD, store: 'alpha' },
       { uid: 'reset', password: PASSWORD, store: 'alpha', attributes: { ...policy, pwdReset: 'TRUE' } },
       { uid: 'hidden', password: PASSWORD, store: 'alpha', attributes: { ...policy, pwdAccountLockedTime: '000001010000Z' } },
+      { uid: 'partial', password: PASSWORD, store: 'alpha', attributes: { ...policy, pwdAccountLockedTime: '000001010000Z' } },
+      { uid: 'expiring', password: PASSWORD, store: 'alpha', attributes: { pwdPolicySubentry: slapdPolicyDn('short') } },
+      { uid: 'hiddenpolicy', password: PASSWORD, store: 'alpha', attributes: { pwdPolicySubentry: HIDDEN_POLICY_DN } },
     ],
   });
+  await slapd.modify(`${ldifLine('dn', slapd.userDn('partial'))}\nchangetype: modify\nadd: objectClass\nobjectClass: testAccountLock\n-\n`);
   await slapd.modify(`${ldifLine('dn', slapd.userDn('ipa'))}\nchangetype: modify\nadd: objectClass\nobjectClass: testAccountLock\n-\nadd: nsAccountLock\nnsAccountLock: TRUE\n-\n`);
   front = await startFront({
     slapd,
@@ -123,8 +143,10 @@ describe('whereis shows an account lock', () => {
     assert.equal(locked['byAdministrator'], false);
     const since = Date.parse(String(locked['since']));
     assert.ok(since >= started - 1_000 && since <= Date.now(), `since ${String(locked['since'])} (value ${String(locked['value'])})`);
-    assert.match(String(json['problem']), /^the directory's password policy has locked the account out since \S+ \(pwdAccountLockedTime, failed password binds\): its password logins are refused as a wrong password/);
-    assert.match(await cli('whereis', 'guessed'), /^locked +yes, locked out since \S+ by failed password binds \(pwdAccountLockedTime \d{14}Z\)$/m);
+    // The policy's pwdLockoutDuration (3600 s), read through the entry's pwdPolicySubentry.
+    assert.equal(locked['until'], new Date(since + 3_600_000).toISOString());
+    assert.match(String(json['problem']), /^the directory's password policy has locked the account out since \S+ \(pwdAccountLockedTime \d{14}Z, failed password binds\): its password logins are refused as a wrong password until \S+, or an administrator unlocks it/);
+    assert.match(await cli('whereis', 'guessed'), /^locked +yes, locked out since \S+ by failed password binds until \S+ \(pwdAccountLockedTime \d{14}Z\)$/m);
   });
 
   test('nsAccountLock TRUE (389 DS, FreeIPA): locked by an administrator', async () => {
@@ -144,9 +166,39 @@ describe('whereis shows an account lock', () => {
   test('a lock the service account may not read is unknown, not "not locked"', async () => {
     const json = await whereis('hidden');
     assert.notEqual(json['locked'], null);
-    assert.match(String(json['locked']?.['unknown']), /^not readable/);
+    assert.match(String(json['locked']?.['unknown']), /^not readable: the service account may not read pwdAccountLockedTime, nsAccountLock$/);
     assert.equal(json['passwordReset'], null);
     assert.match(await cli('whereis', 'hidden'), /^locked +unknown \(not readable/m);
+  });
+
+  test("a lockout past its policy's pwdLockoutDuration is no lock, though slapd keeps pwdAccountLockedTime", async () => {
+    for (let i = 0; i < 3; i++) assert.match(await login('expiring', `Whereis-wrong-pw-${i}-b7d3`), /^NO /);
+    const during = await whereis('expiring');
+    assert.equal(during['locked']?.['attribute'], 'pwdAccountLockedTime');
+    assert.equal(Date.parse(String(during['locked']?.['until'])), Date.parse(String(during['locked']?.['since'])) + 2_000);
+    await new Promise((resolve) => setTimeout(resolve, 3_200));
+    const json = await whereis('expiring');
+    assert.equal(json['locked'], null);
+    assert.equal(json['lockEnded']?.['attribute'], 'pwdAccountLockedTime');
+    assert.equal(json['lockEnded']?.['endedAt'], during['locked']?.['until']);
+    assert.equal(json['problem'], null);
+    assert.match(await cli('whereis', 'expiring'), /^locked +no, a lockout by failed password binds ended at \S+ \(pwdAccountLockedTime \d{14}Z, kept until the next good bind\)$/m);
+  });
+
+  test('a lockout whose policy the service account may not read: locked, unless its pwdLockoutDuration has passed', async () => {
+    for (let i = 0; i < 3; i++) assert.match(await login('hiddenpolicy', `Whereis-wrong-pw-${i}-b7d3`), /^NO /);
+    const json = await whereis('hiddenpolicy');
+    assert.equal(json['locked']?.['attribute'], 'pwdAccountLockedTime');
+    assert.equal('until' in json['locked'], false);
+    assert.match(String(json['problem']), /refused as a wrong password until the policy's pwdLockoutDuration has passed since, if it sets one \(not readable here\)/);
+    assert.match(await cli('whereis', 'hiddenpolicy'), /^locked +yes, locked out since \S+ by failed password binds, unless the policy's pwdLockoutDuration has passed since \(pwdAccountLockedTime \d{14}Z\)$/m);
+  });
+
+  test('one lock attribute hidden, the other readable and not set: unknown, naming the hidden one', async () => {
+    const json = await whereis('partial');
+    assert.equal(json['locked']?.['unknown'], 'not readable: the service account may not read pwdAccountLockedTime');
+    assert.equal(json['passwordReset'], false);
+    assert.match(await cli('whereis', 'partial'), /^locked +unknown \(not readable: the service account may not read pwdAccountLockedTime\)$/m);
   });
 
   test('with the cache of logins on (auth_cache_ttl_ms at its default), whereis still reads the lock', async () => {

@@ -131,7 +131,7 @@ function baseLdif(servicePassword: string): string {
     'objectClass: top',
     'objectClass: organizationalUnit',
     'ou: people',
-    `aci: (targetattr="uid || mail || cn || objectClass || ${LDAP_STORE_ATTRIBUTE} || mailfrontHold || nsAccountLock")(version 3.0; acl "mailfront reads users"; allow (read, search, compare) ${service};)`,
+    `aci: (targetattr="uid || mail || cn || objectClass || ${LDAP_STORE_ATTRIBUTE} || mailfrontHold || nsAccountLock || accountUnlockTime || passwordExpirationTime")(version 3.0; acl "mailfront reads users"; allow (read, search, compare) ${service};)`,
     '',
     `dn: ${LDAP_STORES_DN}`,
     'objectClass: top',
