@@ -230,14 +230,17 @@ function readableFilter(names: readonly string[]): string {
   return names.length === 0 ? '(objectClass=*)' : `(&${names.map((name) => `(|(${name}=*)(!(${name}=*)))`).join('')})`;
 }
 
-/** An LDAP GeneralizedTime (RFC 4517 §3.3.13: YYYYMMDDHHMMSS, fraction, Z or an offset) in ms since the epoch; null when it is not one. */
+/** An LDAP GeneralizedTime (RFC 4517 §3.3.13: YYYYMMDDHH[MM[SS]], a fraction of the last of them, Z or an offset) in ms since the epoch; null when it is not one. */
 function generalizedTimeMs(value: string): number | null {
   const m = /^(\d{4})(\d{2})(\d{2})(\d{2})(\d{2})?(\d{2})?(?:[.,](\d+))?(Z|[+-]\d{2}(?:\d{2})?)$/.exec(value);
   if (m === null) return null;
   const [, year, month, day, hour, minute, second, fraction = '', zone = 'Z'] = m;
   const offset = zone === 'Z' ? 'Z' : `${zone.slice(0, 3)}:${zone.slice(3) || '00'}`;
   const time = Date.parse(`${year}-${month}-${day}T${hour}:${minute ?? '00'}:${second ?? '00'}${offset}`);
-  return Number.isNaN(time) ? null : time + Number(fraction.padEnd(3, '0').slice(0, 3));
+  if (Number.isNaN(time)) return null;
+  // The fraction is of the last unit given: of an hour in "2026120611.5Z", of a second in "...38.5Z".
+  const unitMs = second !== undefined ? 1_000 : minute !== undefined ? 60_000 : 3_600_000;
+  return time + Math.floor(Number(`0.${fraction || '0'}`) * unitMs);
 }
 
 /** A lockout by failed binds that has ended (its end passed), the attribute still set. */

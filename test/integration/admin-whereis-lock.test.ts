@@ -63,6 +63,8 @@ before(async () => {
       { uid: 'reset', password: PASSWORD, store: 'alpha', attributes: { ...policy, pwdReset: 'TRUE' } },
       { uid: 'hidden', password: PASSWORD, store: 'alpha', attributes: { ...policy, pwdAccountLockedTime: '000001010000Z' } },
       { uid: 'partial', password: PASSWORD, store: 'alpha', attributes: { ...policy, pwdAccountLockedTime: '000001010000Z' } },
+      // A lockout set (by an administrator's tool) with a fraction of an hour: since 12:30.
+      { uid: 'fraction', password: PASSWORD, store: 'alpha', attributes: { ...policy, pwdAccountLockedTime: '2026010112.5Z' } },
       { uid: 'expiring', password: PASSWORD, store: 'alpha', attributes: { pwdPolicySubentry: slapdPolicyDn('short') } },
       { uid: 'hiddenpolicy', password: PASSWORD, store: 'alpha', attributes: { pwdPolicySubentry: HIDDEN_POLICY_DN } },
     ],
@@ -183,6 +185,12 @@ describe('whereis shows an account lock', () => {
     assert.equal(json['lockEnded']?.['endedAt'], during['locked']?.['until']);
     assert.equal(json['problem'], null);
     assert.match(await cli('whereis', 'expiring'), /^locked +no, a lockout by failed password binds ended at \S+ \(pwdAccountLockedTime \d{14}Z, kept until the next good bind\)$/m);
+  });
+
+  test('a GeneralizedTime with a fraction of an hour is read as one (RFC 4517 §3.3.13)', async () => {
+    const json = await whereis('fraction');
+    assert.equal(json['locked'], null);
+    assert.deepEqual(json['lockEnded'], { attribute: 'pwdAccountLockedTime', value: '2026010112.5Z', since: '2026-01-01T12:30:00.000Z', byAdministrator: false, until: '2026-01-01T13:30:00.000Z', endedAt: '2026-01-01T13:30:00.000Z' });
   });
 
   test('a lockout whose policy the service account may not read: locked, unless its pwdLockoutDuration has passed', async () => {
