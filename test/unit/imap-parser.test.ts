@@ -217,6 +217,30 @@ describe('IMAP command parser', () => {
     assert.equal(show(plain.nextLine(false) as ParseEvent), 'FATAL line-too-long tag=null');
   });
 
+  it('finds a bearer AUTHENTICATE line with runs of spaces as the tokenizer reads it, at any length; only in the first MAX_LINE_BYTES', () => {
+    const BEARER = ['OAUTHBEARER', 'XOAUTH2'];
+    const line = (lineBytes: number, prefix: string): string => `${prefix}${'A'.repeat(lineBytes - prefix.length - 2)}\r\n`;
+    const shown = (events: string[]): string[] => events.map((e) => (e.length > 80 ? `${e.slice(0, 40)}..${e.length}` : e));
+    const split = (at: number) => (b: Uint8Array) => [b.subarray(0, at), b.subarray(at)];
+    const chunks = [(b: Uint8Array) => [b], split(MAX_LINE_BYTES), split(MAX_LINE_BYTES - 1), (b: Uint8Array) => Array.from({ length: Math.ceil(b.length / 997) }, (_, i) => b.subarray(i * 997, (i + 1) * 997))];
+    const tooLong = ['FATAL line-too-long tag=null', 'buffered '];
+    for (const prefix of ['a  AUTHENTICATE OAUTHBEARER ', 'a AUTHENTICATE  OAUTHBEARER ', ' a AUTHENTICATE OAUTHBEARER ', '   a   authenticate   xoauth2   ']) {
+      // A short line with these spaces is the command: a long one is too, up to the wider bound.
+      const command = (lineBytes: number): string[] => shown([`a AUTHENTICATE ${prefix.trim().split(/ +/)[2]} ${'A'.repeat(lineBytes - prefix.length - 2)}`, 'b NOOP', 'buffered ']);
+      assert.deepStrictEqual(shown(parse(bytes(`${line(200, prefix)}b NOOP\r\n`), (b) => [b], BEARER)), command(200), prefix);
+      for (const chunk of chunks) {
+        assert.deepStrictEqual(shown(parse(bytes(`${line(MAX_AUTHENTICATE_LINE_BYTES, prefix)}b NOOP\r\n`), chunk, BEARER)), command(MAX_AUTHENTICATE_LINE_BYTES), prefix);
+        assert.deepStrictEqual(parse(bytes(`${line(MAX_AUTHENTICATE_LINE_BYTES + 1, prefix)}b NOOP\r\n`), chunk, BEARER), tooLong, prefix);
+        assert.deepStrictEqual(parse(bytes(`${line(MAX_LINE_BYTES + 1, prefix)}b NOOP\r\n`), chunk), tooLong, `${prefix}without wideMechanisms`);
+      }
+    }
+    // The tag, AUTHENTICATE and the mechanism with its space must lie in the line's first
+    // MAX_LINE_BYTES: a longer tag, or more spaces, is too long however the bytes arrive.
+    for (const prefix of [`${'t'.repeat(MAX_LINE_BYTES)} AUTHENTICATE OAUTHBEARER `, `a${' '.repeat(MAX_LINE_BYTES)}AUTHENTICATE OAUTHBEARER `]) {
+      for (const chunk of chunks) assert.deepStrictEqual(parse(bytes(`${line(MAX_LINE_BYTES + 200, prefix)}b NOOP\r\n`), chunk, BEARER), tooLong, prefix.slice(-30));
+    }
+  });
+
   it('closes at once on HTTP and SMTP requests (cross-protocol attacks)', () => {
     for (const line of ['GET / HTTP/1.1', 'POST /form HTTP/1.1', 'ehlo attacker.example', 'HELO x', 'CONNECT host:993 HTTP/1.1']) {
       assert.deepStrictEqual(events(`${line}\r\na LOGIN u p\r\n`), ['FATAL foreign-protocol tag=null', 'buffered ']);

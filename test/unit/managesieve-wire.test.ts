@@ -66,6 +66,39 @@ describe('managesieve reader', () => {
     assert.deepEqual(events.map((e) => e.wireBytes), [28 + 16 + 2]);
   });
 
+  it('gives an AUTHENTICATE line of a wide mechanism the wider bound with runs of spaces as #tokenize reads it; only in the first maxLineBytes', () => {
+    const WIDE: SieveReaderOptions = { ...CLIENT, authenticate: { maxLineBytes: 200, maxLiteralBytes: 100, maxLineLiteralBytes: 150 } };
+    const readWide = (input: string): { events: SieveParseEvent[]; rest: string } => {
+      const run = (chunk: (b: Uint8Array) => Uint8Array[]): { events: SieveParseEvent[]; rest: string } => {
+        const reader = new SieveReader(WIDE);
+        reader.wideMechanisms = ['OAUTHBEARER', 'XOAUTH2'];
+        const events: SieveParseEvent[] = [];
+        for (const piece of chunk(bytes(input))) {
+          reader.push(piece);
+          for (let e = reader.next(); e !== null; e = reader.next()) events.push(e);
+        }
+        return { events, rest: Buffer.from(reader.takeBuffered()).toString('latin1') };
+      };
+      const expected = run((b) => [b]);
+      for (const { label, chunk } of chunkers([input])) assert.deepStrictEqual(run(chunk), expected, label);
+      return expected;
+    };
+    const line = (prefix: string, lineBytes: number): string => `${prefix}"${'a'.repeat(lineBytes - prefix.length - 4)}"\r\n`;
+    const tooLong = { events: [{ type: 'problem', problem: 'line-too-long', fatal: true, wireBytes: 0 }], rest: '' };
+    for (const prefix of ['AUTHENTICATE  "OAUTHBEARER" ', ' AUTHENTICATE "OAUTHBEARER" ', '  authenticate   xoauth2   ', 'AUTHENTICATE OAUTHBEARER ']) {
+      for (const lineBytes of [40, 200]) {
+        const { events } = readWide(`${line(prefix, lineBytes)}NOOP\r\n`);
+        assert.equal(events.length, 2, `${prefix} ${lineBytes}`);
+        assert.equal(events[0]?.type === 'line' && events[0].wireBytes, lineBytes, `${prefix} ${lineBytes}`);
+      }
+      assert.deepStrictEqual(readWide(`${line(prefix, 201)}NOOP\r\n`), tooLong, prefix);
+    }
+    // The command word and the mechanism with its space lie in the line's first maxLineBytes, or the line is too long whatever the chunks.
+    for (const prefix of [`${' '.repeat(64)}AUTHENTICATE "OAUTHBEARER" `, `AUTHENTICATE${' '.repeat(60)}"OAUTHBEARER" `, 'AUTHENTICATE  "PLAIN" ']) {
+      assert.deepStrictEqual(readWide(`${line(prefix, 180)}NOOP\r\n`), tooLong, prefix);
+    }
+  });
+
   it('reads leniently where asked (backend side): invalid UTF-8 becomes U+FFFD, other protocols are not looked for', () => {
     const backend: SieveReaderOptions = { ...CLIENT, strictUtf8: false, rejectForeignProtocols: false };
     const { events } = read(Buffer.concat([Buffer.from('GET "'), Buffer.from([0xff]), Buffer.from('"\r\n')]), backend);

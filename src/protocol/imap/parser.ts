@@ -175,7 +175,9 @@ export class ImapCommandParser {
       let segment = this.readSegment(this.authenticateLine ? MAX_AUTHENTICATE_LINE_BYTES : MAX_LINE_BYTES);
       // Looked at only once the line is this long: an AUTHENTICATE line of a bearer mechanism
       // (RFC 4959 SASL-IR, which is never a literal) may carry an OAuth token; any other line is too long.
-      if (segment === 'too-long' && !this.authenticateLine && this.segmentIndex === 0 && isWideAuthenticateLine(this.input.view(), this.wideMechanisms)) {
+      // Only the line's first MAX_LINE_BYTES are looked at, whatever else is buffered: the answer
+      // must not depend on how the bytes arrived.
+      if (segment === 'too-long' && !this.authenticateLine && this.segmentIndex === 0 && isWideAuthenticateLine(this.input.view().subarray(0, MAX_LINE_BYTES), this.wideMechanisms)) {
         this.authenticateLine = true;
         segment = this.readSegment(MAX_AUTHENTICATE_LINE_BYTES);
       }
@@ -311,17 +313,31 @@ export class ImapCommandParser {
   }
 }
 
-const AUTHENTICATE_WORD = ' AUTHENTICATE ';
+const AUTHENTICATE_WORD = 'AUTHENTICATE';
 
-/** True when `line` starts with a tag (no space in it), the command word AUTHENTICATE and one of `mechanisms` and a space (any case). */
+/**
+ * True when `line` starts with a tag, the command word AUTHENTICATE and one of `mechanisms`, then a
+ * space (any case). Runs of spaces before and between them are skipped, as tokenizeSegment does:
+ * a line it reads as such a command is one at any length.
+ */
 function isWideAuthenticateLine(line: Uint8Array, mechanisms: readonly string[]): boolean {
   if (mechanisms.length === 0) return false;
-  const space = line.indexOf(SP);
-  if (space <= 0) return false;
-  const start = space + AUTHENTICATE_WORD.length;
-  if (latin1(line.subarray(space, start)).toUpperCase() !== AUTHENTICATE_WORD) return false;
-  const end = line.indexOf(SP, start);
-  return end > start && mechanisms.includes(latin1(line.subarray(start, end)).toUpperCase());
+  const tagStart = skipSpaces(line, 0);
+  const tagEnd = line.indexOf(SP, tagStart);
+  if (tagEnd <= tagStart) return false;
+  const start = skipSpaces(line, tagEnd);
+  const wordEnd = start + AUTHENTICATE_WORD.length;
+  if (line[wordEnd] !== SP || latin1(line.subarray(start, wordEnd)).toUpperCase() !== AUTHENTICATE_WORD) return false;
+  const mechanismStart = skipSpaces(line, wordEnd);
+  const end = line.indexOf(SP, mechanismStart);
+  return end > mechanismStart && mechanisms.includes(latin1(line.subarray(mechanismStart, end)).toUpperCase());
+}
+
+/** The index of the first byte at or after `from` that is not a space. */
+function skipSpaces(line: Uint8Array, from: number): number {
+  let i = from;
+  while (line[i] === SP) i++;
+  return i;
 }
 
 function isAtomChar(c: number): boolean {

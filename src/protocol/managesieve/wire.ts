@@ -141,8 +141,10 @@ export class SieveReader {
       }
       let segment = this.#readSegment();
       // Looked at only once the line is this long: an AUTHENTICATE line of a wide mechanism with
-      // its response quoted may go on to the wider bound; any other line is too long.
-      if (segment === 'too-long' && this.#options.authenticate !== undefined && !this.#authenticateLine && this.#segmentIndex === 0 && startsWithAuthenticate(this.#input.view(), this.wideMechanisms)) {
+      // its response quoted may go on to the wider bound; any other line is too long. Only the
+      // line's first maxLineBytes are looked at, whatever else is buffered: the answer must not
+      // depend on how the bytes arrived.
+      if (segment === 'too-long' && this.#options.authenticate !== undefined && !this.#authenticateLine && this.#segmentIndex === 0 && startsWithAuthenticate(this.#input.view().subarray(0, this.#options.maxLineBytes), this.wideMechanisms)) {
         this.#authenticateLine = true;
         segment = this.#readSegment();
       }
@@ -380,15 +382,28 @@ function isForeignProtocol(segment: Uint8Array): boolean {
 
 const AUTHENTICATE = 'AUTHENTICATE';
 
-/** True when `line` starts with the command word AUTHENTICATE, a space and one of `mechanisms`, quoted or not, then a space (any case). */
+/**
+ * True when `line` starts with the command word AUTHENTICATE and one of `mechanisms`, quoted or not,
+ * then a space (any case). Runs of spaces before and between them are skipped, as #tokenize does:
+ * a line it reads as such a command is one at any length.
+ */
 function startsWithAuthenticate(line: Uint8Array, mechanisms: readonly string[]): boolean {
   if (mechanisms.length === 0) return false;
-  const start = AUTHENTICATE.length + 1;
-  if (latin1(line.subarray(0, start)).toUpperCase() !== `${AUTHENTICATE} `) return false;
+  const wordStart = skipSpaces(line, 0);
+  const wordEnd = wordStart + AUTHENTICATE.length;
+  if (line[wordEnd] !== SP || latin1(line.subarray(wordStart, wordEnd)).toUpperCase() !== AUTHENTICATE) return false;
+  const start = skipSpaces(line, wordEnd);
   const end = line.indexOf(SP, start);
   if (end <= start) return false;
   const word = latin1(line.subarray(start, end)).toUpperCase();
   return mechanisms.some((mechanism) => word === mechanism || word === `"${mechanism}"`);
+}
+
+/** The index of the first byte at or after `from` that is not a space. */
+function skipSpaces(line: Uint8Array, from: number): number {
+  let i = from;
+  while (line[i] === SP) i++;
+  return i;
 }
 
 function latin1(bytes: Uint8Array): string {
