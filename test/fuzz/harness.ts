@@ -103,6 +103,18 @@ export function runSession(protocol: Protocol, session: Session, cuts: readonly 
           trace.push(`login ${JSON.stringify(action.credentials)}`);
           break;
         }
+        case 'bearer-login': {
+          const { user, token, mechanism } = action.credentials;
+          assert.ok(session.options.oauth === true, 'a bearer login without oauth2');
+          assert.ok(plaintextAllowed(), 'a token accepted without TLS where TLS is required');
+          assert.ok(token.length > 0, 'an empty token handed on');
+          assert.ok(!/[\r\n\0]/.test(token + (user ?? '')), 'CR, LF or NUL in a token or user handed on');
+          assert.ok(mechanism === 'OAUTHBEARER' || mechanism === 'XOAUTH2', mechanism);
+          assert.equal(pendingLogins, 0, 'a second login while one is pending');
+          pendingLogins++;
+          trace.push(`bearer-login ${JSON.stringify(action.credentials)}`);
+          break;
+        }
         case 'starttls':
           assert.ok(session.options.starttlsAvailable && !tlsActive, 'STARTTLS where it is not offered');
           tlsRequested = true;
@@ -213,15 +225,16 @@ export function mutate(bytes: Uint8Array, edits: readonly { readonly at: number;
 /** An arbitrary edit list for mutate(). */
 export const edits = fc.array(fc.record({ at: fc.nat(), op: fc.constantFrom('flip' as const, 'insert' as const, 'delete' as const, 'dup' as const), byte: fc.integer({ min: 0, max: 255 }) }), { maxLength: 8 });
 
-/** Connection facts: every combination of TLS, STARTTLS and plaintext permission. */
+/** Connection facts: every combination of TLS, STARTTLS, plaintext permission and oauth2 (the bearer mechanisms offered or not). */
 export const preauthOptions: fc.Arbitrary<PreauthOptions> = fc.oneof(
   // Half of the runs on the common listener: plain with STARTTLS, plaintext refused before it.
-  fc.constant<PreauthOptions>({ tlsActive: false, starttlsAvailable: true, plaintextWithoutTls: false, greetingText: 'mailfront ready' }),
+  fc.boolean().map((oauth): PreauthOptions => ({ tlsActive: false, starttlsAvailable: true, plaintextWithoutTls: false, greetingText: 'mailfront ready', oauth })),
   fc.record({
     tlsActive: fc.boolean(),
     starttlsAvailable: fc.boolean(),
     plaintextWithoutTls: fc.boolean(),
     greetingText: fc.constantFrom('mailfront ready', 'hi\r\n* BYE injected', ''),
+    oauth: fc.boolean(),
   }),
 );
 

@@ -1,7 +1,9 @@
 /**
  * Fuzzing the POP3 pre-auth line reader and state machine with fast-check: generated and mutated
  * sessions, cut into chunks at random, must give the same actions as the whole input; every
- * action must be well-formed; the bytes held stay within the pre-auth bounds. Runs for
+ * action must be well-formed; the bytes held stay within the pre-auth bounds, a line's exactly
+ * (the wider one only for a bearer AUTH line where oauth2 offers it, and a bearer exchange's
+ * responses), with oauth2 on and off; a line is closed as too long exactly past its bound. Runs for
  * MAILFRONT_FUZZ_SECONDS in total (default 6; scripts/fuzz.sh runs it for longer).
  */
 import assert from 'node:assert/strict';
@@ -15,6 +17,30 @@ import { Reach, answers, budgetMs, cut, cuts, edits, fuzz, join, mutate, preauth
 import type { Protocol, Session } from './harness.js';
 
 const b64 = (text: string): string => Buffer.from(text, 'latin1').toString('base64');
+
+/** A bearer mechanism's SASL response for a token of `tokenBytes` (base64, as clients send it). */
+const bearerResponse = (mechanism: 'OAUTHBEARER' | 'XOAUTH2', tokenBytes: number): string => {
+  const token = 'e'.repeat(Math.max(1, tokenBytes));
+  return b64(mechanism === 'XOAUTH2' ? `user=alice\x01auth=Bearer ${token}\x01\x01` : `n,a=alice,\x01auth=Bearer ${token}\x01\x01`);
+};
+/** Line lengths (CRLF included) around the two line bounds. */
+const nearBounds = fc.oneof(
+  fc.integer({ min: MAX_LINE_BYTES - 40, max: MAX_LINE_BYTES + 40 }),
+  fc.integer({ min: MAX_AUTHENTICATE_LINE_BYTES - 40, max: MAX_AUTHENTICATE_LINE_BYTES + 40 }),
+);
+/** A line of `bytes` bytes (CRLF included) starting with `head`, filled with base64 characters (a token a verifier would refuse). */
+const lineOf = (head: string, bytes: number): string => `${head}${'A'.repeat(Math.max(0, bytes - head.length - 2))}\r\n`;
+/**
+ * The bearer exchanges' pieces: AUTH lines of either mechanism (any case) and SASL response lines,
+ * with tokens and lengths around both bounds; and AUTH lines of other mechanisms and near misses
+ * as long, which keep MAX_LINE_BYTES.
+ */
+const bearerPiece: fc.Arbitrary<string> = fc.oneof(
+  fc.constantFrom('AUTH OAUTHBEARER\r\n', 'AUTH XOAUTH2\r\n', 'auth oauthbearer\r\n', `AUTH OAUTHBEARER ${bearerResponse('OAUTHBEARER', 40)}\r\n`, `AUTH XOAUTH2 ${bearerResponse('XOAUTH2', 40)}\r\n`, `${b64('\x01')}\r\n`),
+  fc.tuple(fc.constantFrom('OAUTHBEARER' as const, 'XOAUTH2' as const), fc.oneof(fc.integer({ min: 6_000, max: 6_200 }), fc.integer({ min: 16_300, max: 16_400 })), fc.constantFrom('AUTH ', 'auth ', '')).map(([mechanism, tokenBytes, auth]) =>
+    `${auth === '' ? '' : `${auth}${auth === 'auth ' ? mechanism.toLowerCase() : mechanism} `}${bearerResponse(mechanism, tokenBytes)}\r\n`),
+  fc.tuple(fc.constantFrom('AUTH OAUTHBEARER ', 'AUTH XOAUTH2 ', 'Auth XOauth2 ', 'AUTH PLAIN ', 'AUTH LOGIN ', 'AUTH  OAUTHBEARER ', 'AUTH OAUTHBEARERX ', ' AUTH XOAUTH2 ', 'USER ', ''), nearBounds).map(([head, bytes]) => lineOf(head, bytes)),
+);
 
 /** Pieces of POP3 sessions: real commands, SASL exchanges, and the bytes line readers trip over. */
 const piece: fc.Arbitrary<string | Uint8Array> = fc.oneof(
@@ -31,6 +57,7 @@ const piece: fc.Arbitrary<string | Uint8Array> = fc.oneof(
   { weight: 1, arbitrary: fc.string({ maxLength: 40 }).map((s) => Buffer.from(s, 'utf8')) },
   { weight: 1, arbitrary: fc.integer({ min: MAX_LINE_BYTES - 40, max: MAX_LINE_BYTES + 40 }).map((n) => `USER ${'x'.repeat(n)}\r\n`) },
   { weight: 1, arbitrary: fc.integer({ min: 0, max: 6_000 }).map((n) => `AUTH PLAIN ${b64(`\0alice\0${'p'.repeat(n)}`)}\r\n`) },
+  { weight: 1, arbitrary: bearerPiece },
 );
 
 const bytesOf = (maxBytes: number): fc.Arbitrary<Uint8Array> =>
@@ -51,6 +78,8 @@ const session = (maxBytes: number): fc.Arbitrary<Session> =>
 // Pop3Preauth keeps its LineReader in a #private field: the test learns which reader belongs to
 // the machine by watching the reader's push (the machine pushes every chunk it keeps).
 const readers = new WeakMap<PreauthMachine, LineReader>();
+/** Whether each machine offers the bearer mechanisms now: oauth2 set and plaintext allowed (TLS active, or allowed without). */
+const bearerOffered = new WeakMap<PreauthMachine, () => boolean>();
 let lastPushed: LineReader | undefined;
 const originalPush = LineReader.prototype.push;
 LineReader.prototype.push = function push(this: LineReader, chunk: Uint8Array): void {
@@ -58,11 +87,21 @@ LineReader.prototype.push = function push(this: LineReader, chunk: Uint8Array): 
   originalPush.call(this, chunk);
 };
 
+const BEARER_HEADS = ['AUTH OAUTHBEARER ', 'AUTH XOAUTH2 '];
+const BEARER_HEAD_BYTES = Math.max(...BEARER_HEADS.map((h) => h.length));
+
 const pop3: Protocol = {
   adapter: {
     ...pop3Adapter,
     createPreauth(options) {
       const machine = pop3Adapter.createPreauth(options);
+      let tlsActive = options.tlsActive;
+      const tlsStarted = machine.tlsStarted.bind(machine);
+      machine.tlsStarted = () => {
+        if (machine instanceof Pop3Preauth && machine.state === 'tls-pending') tlsActive = true;
+        return tlsStarted();
+      };
+      bearerOffered.set(machine, () => options.oauth === true && (tlsActive || options.plaintextWithoutTls));
       const receive = machine.receive.bind(machine);
       machine.receive = (chunk) => {
         lastPushed = undefined;
@@ -75,13 +114,22 @@ const pop3: Protocol = {
   },
   heldBytes(machine: PreauthMachine): number {
     assert.ok(machine instanceof Pop3Preauth);
-    const held = readers.get(machine)?.pendingBytes ?? 0;
-    // Before login a line is refused when it reaches the limit (an AUTH line's and a SASL
-    // response's is the wider one); during one, pipelined input is bounded
-    // (these runs feed on past inputFull, as a session does not: the machine's own last bound).
-    const authLine = machine.state !== 'command' || Buffer.from(readers.get(machine)?.head(5) ?? []).toString('latin1').toUpperCase() === 'AUTH ';
-    const bound = machine.state === 'awaiting-login' ? MAX_PIPELINED_HELD_BYTES : authLine ? MAX_AUTHENTICATE_LINE_BYTES : MAX_LINE_BYTES;
-    assert.ok(held <= bound, `${held} bytes held in state ${machine.state} (bound ${bound})`);
+    const reader = readers.get(machine);
+    const held = reader?.pendingBytes ?? 0;
+    if (machine.state === 'awaiting-login') {
+      // During a login, pipelined input is bounded (these runs feed on past inputFull, as a
+      // session does not: the machine's own last bound).
+      assert.ok(held <= MAX_PIPELINED_HELD_BYTES, `${held} bytes held during a login`);
+      return held;
+    }
+    // Before login, a line is refused when it reaches its bound: the wider one only for an AUTH
+    // line of a bearer mechanism while the machine offers them, and for the responses of a bearer
+    // exchange; every other line (AUTH PLAIN, LOGIN, USER, any line without oauth2) MAX_LINE_BYTES.
+    const head = Buffer.from(reader?.head(BEARER_HEAD_BYTES) ?? []).toString('latin1').toUpperCase();
+    const bearerLine = machine.state === 'command' && bearerOffered.get(machine)?.() === true && BEARER_HEADS.some((h) => head.startsWith(h));
+    const wide = bearerLine || machine.state === 'sasl-bearer' || machine.state === 'sasl-bearer-refused';
+    const bound = wide ? MAX_AUTHENTICATE_LINE_BYTES : MAX_LINE_BYTES;
+    assert.ok(held < bound, `${held} bytes of a line held in state ${machine.state} (bound ${bound}; the line starts ${JSON.stringify(head)})`);
     return held;
   },
   checkLine(line: string): void {
@@ -93,7 +141,7 @@ const pop3: Protocol = {
   bounds: { maxHeldBytes: MAX_PIPELINED_HELD_BYTES },
 };
 
-const PROPERTIES = 3;
+const PROPERTIES = 4;
 
 test('POP3 pre-auth machine: any chunking gives the same well-formed actions (logins answered at once)', (t) => {
   const reach = new Reach();
@@ -104,7 +152,7 @@ test('POP3 pre-auth machine: any chunking gives the same well-formed actions (lo
   });
   fuzz(t, property, budgetMs(PROPERTIES));
   t.diagnostic(`reached: ${reach.summary()}`);
-  reach.expect(['login', 'starttls', 'tls-started', 'forward', 'close logout', 'close protocol-error', 'close limit', 'close timeout']);
+  reach.expect(['login', 'bearer-login', 'starttls', 'tls-started', 'forward', 'close logout', 'close protocol-error', 'close limit', 'close timeout']);
 });
 
 test('POP3 pre-auth machine: the same with logins answered only after all input (pipelining bound reached)', (t) => {
@@ -119,6 +167,24 @@ test('POP3 pre-auth machine: the same with logins answered only after all input 
   fuzz(t, property, budgetMs(PROPERTIES));
   t.diagnostic(`reached: ${reach.summary()}`);
   reach.expect(['login', 'forward', 'close limit']);
+});
+
+test('POP3 pre-auth machine: a line is closed as too long exactly when it passes its bound (the wider one for a bearer AUTH line where offered)', (t) => {
+  const lineCase = fc.record({
+    head: fc.constantFrom('AUTH OAUTHBEARER ', 'AUTH XOAUTH2 ', 'auth oauthbearer ', 'Auth XOauth2 ', 'AUTH PLAIN ', 'AUTH LOGIN ', 'AUTH  OAUTHBEARER ', 'AUTH OAUTHBEARERX ', ' AUTH XOAUTH2 ', 'USER ', 'AUTH '),
+    bytes: nearBounds,
+    oauth: fc.boolean(),
+    tlsActive: fc.boolean(),
+    plaintextWithoutTls: fc.boolean(),
+  });
+  const property = fc.property(lineCase, cuts, ({ head, bytes, oauth, tlsActive, plaintextWithoutTls }, c) => {
+    const options = { tlsActive, starttlsAvailable: false, plaintextWithoutTls, greetingText: 'mailfront ready', oauth };
+    const trace = runSession(pop3, { options, plain: join([lineOf(head, bytes), 'NOOP\r\n']), afterTls: new Uint8Array(0), answers: [] }, c, 'immediately');
+    const wide = oauth && (tlsActive || plaintextWithoutTls) && BEARER_HEADS.some((h) => head.toUpperCase().startsWith(h));
+    const bound = wide ? MAX_AUTHENTICATE_LINE_BYTES : MAX_LINE_BYTES;
+    assert.equal(trace.includes('close limit'), bytes > bound, `${JSON.stringify(head)} line of ${bytes} bytes, bound ${bound}: ${trace.join(' | ').slice(0, 300)}`);
+  });
+  fuzz(t, property, budgetMs(PROPERTIES));
 });
 
 function readLines(bytes: Uint8Array, positions: readonly number[]): string[] {
