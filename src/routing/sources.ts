@@ -1678,13 +1678,16 @@ export class LdapStoreMapSource implements StoreMapSource {
   /** The last whole read found a store entry newer than the contextCSN (see ContextLagging). */
   private contextLagging: ContextLagging | undefined;
   /**
-   * Connections one of whose whole reads found the contextCSN behind a store entry. The next that
-   * does, on the same connection, takes it for another database's for good: the polls go by
-   * modifyTimestamp (storemap.context_csn_not_used). A glued stores database's parent would
-   * otherwise send the polls back to its contextCSN at each of its writes, and a store change
-   * meanwhile would wait for the whole read each time.
+   * Connections on which the contextCSN, found behind a store entry at a whole read, then caught
+   * up with it (contextCaughtUp). The next whole read that finds it behind a store entry takes it
+   * for another database's for good: the polls go by modifyTimestamp
+   * (storemap.context_csn_not_used). A glued stores database's parent would otherwise send the
+   * polls back to its contextCSN at each of its writes, and a store change meanwhile would wait
+   * for the whole read each time. Findings with no catching up between them are one refresh.
    */
-  private readonly contextLagged = new WeakSet<Client>();
+  private readonly contextRecovered = new WeakSet<Client>();
+  /** When a whole read on each connection first found the contextCSN behind a store entry: found so a full-read interval later too, it is taken for another database's as well (a refresh does not last that long). */
+  private readonly contextFirstBehind = new WeakMap<Client, number>();
   /** The store entries' entryCSNs of the map last handed out by load(): a read behind them is refused (see behindMapInForce). */
   private inForce: ReadonlyMap<string, string> | undefined;
   /** The last server found behind the map in force: tried after the others, and while its contextCSN stays the same, not read again (see stillBehind). */
@@ -1972,13 +1975,14 @@ export class LdapStoreMapSource implements StoreMapSource {
       if (newer !== undefined) {
         // Not at once for good: a consumer writes an entry before its contextCSN (a refresh moves it
         // at its end). Until the next whole read the polls go by modifyTimestamp, and by the
-        // contextCSN again once it covers the entries (see ContextLagging). The second time on this
-        // connection, for good.
-        if (this.contextLagged.has(client)) {
+        // contextCSN again once it covers the entries (see ContextLagging). Found again after it
+        // caught up once on this connection, or a full-read interval after the first time, for good.
+        const firstBehind = this.contextFirstBehind.get(client);
+        if (firstBehind === undefined) this.contextFirstBehind.set(client, performance.now());
+        if (this.contextRecovered.has(client) || (firstBehind !== undefined && performance.now() - firstBehind >= this.timing.fullReadIntervalMs)) {
           this.contexts.set(client, null);
-          this.log?.warn({ event: 'storemap.context_csn_not_used', source: this.description, url, contextDn: context.dn, dn: newer.dn, entryCsn: newer.csn, contextCsn: newer.context }, `the contextCSN of ${context.dn} on ${url ?? ''} (${newer.context}) is older than the entryCSN of ${newer.dn} (${newer.csn}), as a whole read on this connection found it before: it is not the one of the database that holds the store entries (a database glued below whose contextCSN the bind account may not read, or below base_dn), or the server is a replica that has refreshed twice; the polls ask by modifyTimestamp on this connection`);
+          this.log?.warn({ event: 'storemap.context_csn_not_used', source: this.description, url, contextDn: context.dn, dn: newer.dn, entryCsn: newer.csn, contextCsn: newer.context }, `the contextCSN of ${context.dn} on ${url ?? ''} (${newer.context}) is older than the entryCSN of ${newer.dn} (${newer.csn}), as a whole read on this connection found it before (since, it caught up, or it has stayed behind for a full-read interval): it is not the one of the database that holds the store entries (a database glued below whose contextCSN the bind account may not read, or below base_dn), or the server is a replica that has refreshed again since; the polls ask by modifyTimestamp on this connection`);
         } else {
-          this.contextLagged.add(client);
           this.contextLagging = { client, contextDn: context.dn, csns };
         }
         context = undefined;
@@ -2051,7 +2055,9 @@ export class LdapStoreMapSource implements StoreMapSource {
     if (client !== lagging.client) return false;
     try {
       const now = await this.contextCsn(client);
-      return now !== undefined && now.dn === lagging.contextDn && entryAfterContext(lagging.csns, now.values) === undefined;
+      const caughtUp = now !== undefined && now.dn === lagging.contextDn && entryAfterContext(lagging.csns, now.values) === undefined;
+      if (caughtUp) this.contextRecovered.add(client);
+      return caughtUp;
     } catch (error) {
       const failure = await this.searchFailed(error);
       this.contextLagging = undefined;

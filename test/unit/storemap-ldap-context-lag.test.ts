@@ -97,10 +97,11 @@ test('a whole read in the middle of a refresh (an entry newer than the contextCS
   }
 });
 
-test('a contextCSN that stays behind a store entry (another database\'s): the polls go by modifyTimestamp, and the second whole read that finds it so says so, once', async () => {
+test('a contextCSN that stays behind a store entry (another database\'s): the polls go by modifyTimestamp, and a whole read that finds it so a full-read interval after the first says so, once', async () => {
   const dir = directory();
   const lines: Array<Record<string, unknown>> = [];
-  const source = sourceOn(dir, lines);
+  // Whole reads every 400 ms: a finding that old comes within the test's time.
+  const source = sourceOn(dir, lines, 400);
   dir.entries.set(`cn=st1,${BASE}`, store('st1', 'sl1b', '100010'));
   let changes = 0;
   let stop = (): void => undefined;
@@ -112,7 +113,7 @@ test('a contextCSN that stays behind a store entry (another database\'s): the po
     // Stamped the newest: found by modifyTimestamp.
     dir.entries.set(`cn=st2,${BASE}`, store('st2', 'sl2b', '100011'));
     assert.ok(await until(() => changes > 0, 2_000), 'the change was not followed');
-    await sleep(100);
+    await sleep(500);
     dir.entries.set(`cn=st1,${BASE}`, store('st1', 'sl1a', '100012'));
     assert.ok(await until(() => changes > 1, 2_000), 'the second change was not followed');
     await sleep(100);
@@ -158,6 +159,37 @@ test('a glued stores database whose parent is written: the second whole read on 
     assert.ok(await until(() => changes > before, 150), 'the store change was not followed at the next poll');
     assert.ok(await until(() => latest.includes('sl1a'), 2_000));
     assert.equal(notUsed(), 1, 'said once');
+  } finally {
+    stop();
+    await source.close();
+  }
+});
+
+test('two whole reads within one refresh that find the contextCSN behind a store entry (no catching up between them) keep the polls waiting for it, and a change stamped before the newest is followed at the refresh\'s end', async () => {
+  const dir = directory();
+  for (const e of [store('st3', 'sl3a', '090000'), slot('st3', 'sl3a'), slot('st3', 'sl3b')]) dir.entries.set(e.dn, e);
+  const lines: Array<Record<string, unknown>> = [];
+  const source = sourceOn(dir, lines);
+  // The refresh has written st1 (10:00:10), not yet st2 nor st3, nor the contextCSN (10:00:00).
+  dir.entries.set(`cn=st1,${BASE}`, store('st1', 'sl1b', '100010'));
+  let changes = 0;
+  let latest = '';
+  let stop = (): void => undefined;
+  try {
+    await source.load();
+    stop = source.watch(() => void (changes++, source.load().then((doc) => void (latest = JSON.stringify(doc)))));
+    await sleep(100);
+    // st2, stamped the newest: followed by modifyTimestamp; the whole read it brings finds the
+    // contextCSN behind again, the refresh still going.
+    dir.entries.set(`cn=st2,${BASE}`, store('st2', 'sl2b', '100011'));
+    assert.ok(await until(() => changes > 0 && latest.includes('sl2b'), 2_000), 'st2 was not followed');
+    await sleep(100);
+    // The refresh's end: st3, stamped 6 s before the newest (out of reach of modifyTimestamp
+    // polls), then the contextCSN.
+    dir.entries.set(`cn=st3,${BASE}`, store('st3', 'sl3b', '100005'));
+    dir.context = csn('100011');
+    assert.ok(await until(() => latest.includes('sl3b'), 2_000), 'st3 was not followed at the refresh\'s end (the polls gave the contextCSN up)');
+    assert.deepEqual(lines.filter((l) => l['event'] === 'storemap.context_csn_not_used'), []);
   } finally {
     stop();
     await source.close();
