@@ -73,6 +73,11 @@ export interface AccountState {
   readonly hidden?: readonly string[];
   /** A lockout by failed binds whose end has passed, its attribute still set until the next good bind (lock null). */
   readonly lockEnded?: AccountLock & { readonly endedAt: string };
+  /**
+   * A pwdAccountLockedTime the directory does not enforce (lock null): its policy's pwdLockout is
+   * not TRUE (`pwdLockout`), or it is in the future, not yet in effect (`future`).
+   */
+  readonly lockIgnored?: AccountLock & { readonly why: 'pwdLockout' | 'future' };
   readonly passwordReset: boolean | null;
   /** What says the password was reset (`pwdReset TRUE`, 389 DS's `passwordExpirationTime 19700101000000Z`). */
   readonly passwordResetBy?: string;

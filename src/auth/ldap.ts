@@ -246,42 +246,68 @@ function generalizedTimeMs(value: string): number | null {
 /** A lockout by failed binds that has ended (its end passed), the attribute still set. */
 type EndedLock = AccountLock & { readonly endedAt: string };
 
+/** A pwdAccountLockedTime slapd does not enforce: its policy's pwdLockout is not TRUE, or it is in the future. */
+type IgnoredLock = AccountLock & { readonly why: 'pwdLockout' | 'future' };
+
+/**
+ * What the entry's ppolicy policy (pwdPolicySubentry) says of its lockouts: whether it enforces
+ * pwdAccountLockedTime (pwdLockout TRUE; slapd's default when absent is FALSE) and for how long a
+ * lockout lasts (pwdLockoutDuration in ms, 0 when absent: until an administrator deletes it).
+ */
+interface LockoutPolicy {
+  readonly lockout: boolean;
+  readonly durationMs: number;
+}
+
 /**
  * An entry's lock as whereis shows it at `now`: an administrator's (pwdAccountLockedTime
  * 000001010000Z, nsAccountLock TRUE) before a lockout by failed binds (any other
- * pwdAccountLockedTime, since then, until `lockoutMs` after, when known, and 0: until an
- * administrator deletes it; 389 DS's accountUnlockTime, until then, or 19700101000000Z: until an
- * administrator unlocks it); null when none. A lockout whose end has passed is `ended` instead:
- * slapd keeps pwdAccountLockedTime, 389 DS accountUnlockTime, until the next good bind.
+ * pwdAccountLockedTime, since then, until the policy's pwdLockoutDuration after, when known, and
+ * 0: until an administrator deletes it; 389 DS's accountUnlockTime, until then, or
+ * 19700101000000Z: until an administrator unlocks it); null when none. A lockout whose end has
+ * passed is `ended` instead: slapd keeps pwdAccountLockedTime, 389 DS accountUnlockTime, until
+ * the next good bind. slapd's ppolicy (account_locked()) enforces no pwdAccountLockedTime when
+ * the policy's pwdLockout is not TRUE, the administrator's included, and none in the future (not
+ * yet in effect): such a value is `ignored` instead. `policy` undefined: not readable (or no
+ * pwdPolicySubentry; ppolicy_default is not read), the value is taken as enforced.
  */
-function accountLockView(entry: Record<string, unknown>, lockoutMs: number | undefined, now: number): { lock: AccountLock | null; ended: EndedLock | null } {
+function accountLockView(entry: Record<string, unknown>, policy: LockoutPolicy | undefined, now: number): { lock: AccountLock | null; ended: EndedLock | null; ignored: IgnoredLock | null } {
   const locked = holdValues(attributeOf(entry, 'pwdAccountLockedTime')).filter((value): value is string => value !== null);
   const permanent = locked.find((value) => PERMANENT_LOCK.test(value));
-  if (permanent !== undefined) return { lock: { attribute: 'pwdAccountLockedTime', value: permanent, since: null, byAdministrator: true }, ended: null };
+  let ignored: IgnoredLock | null = null;
+  if (permanent !== undefined) {
+    const lock: AccountLock = { attribute: 'pwdAccountLockedTime', value: permanent, since: null, byAdministrator: true };
+    if (policy === undefined || policy.lockout) return { lock, ended: null, ignored: null };
+    ignored = { ...lock, why: 'pwdLockout' };
+  }
   const disabled = holdValues(attributeOf(entry, 'nsAccountLock')).find((value) => value?.toLowerCase() === 'true');
-  if (typeof disabled === 'string') return { lock: { attribute: 'nsAccountLock', value: disabled, since: null, byAdministrator: true }, ended: null };
+  if (typeof disabled === 'string') return { lock: { attribute: 'nsAccountLock', value: disabled, since: null, byAdministrator: true }, ended: null, ignored };
   let ended: EndedLock | null = null;
-  const lockout = locked[0];
+  const lockout = permanent === undefined ? locked[0] : undefined;
   if (lockout !== undefined) {
     const since = generalizedTimeMs(lockout);
     const lock: AccountLock = { attribute: 'pwdAccountLockedTime', value: lockout, since: since === null ? null : new Date(since).toISOString(), byAdministrator: false };
-    if (lockoutMs === undefined || since === null) return { lock, ended: null };
-    if (lockoutMs === 0) return { lock: { ...lock, until: null }, ended: null };
-    const until = new Date(since + lockoutMs).toISOString();
-    if (since + lockoutMs > now) return { lock: { ...lock, until }, ended: null };
-    ended = { ...lock, until, endedAt: until };
+    if (policy !== undefined && !policy.lockout) ignored = { ...lock, why: 'pwdLockout' };
+    else if (since !== null && since > now) ignored = { ...lock, why: 'future' };
+    else if (policy === undefined || since === null) return { lock, ended: null, ignored: null };
+    else if (policy.durationMs === 0) return { lock: { ...lock, until: null }, ended: null, ignored: null };
+    else {
+      const until = new Date(since + policy.durationMs).toISOString();
+      if (since + policy.durationMs > now) return { lock: { ...lock, until }, ended: null, ignored: null };
+      ended = { ...lock, until, endedAt: until };
+    }
   }
   const unlock = holdValues(attributeOf(entry, 'accountUnlockTime')).find((value): value is string => value !== null);
   const unlockMs = unlock === undefined ? null : generalizedTimeMs(unlock);
   if (unlock !== undefined && unlockMs !== null) {
     const lock: AccountLock = { attribute: 'accountUnlockTime', value: unlock, since: null, byAdministrator: false };
     // 389 DS's lockout without passwordUnlock: the epoch, until an administrator resets it.
-    if (unlockMs === 0) return { lock: { ...lock, until: null }, ended: null };
+    if (unlockMs === 0) return { lock: { ...lock, until: null }, ended: null, ignored };
     const until = new Date(unlockMs).toISOString();
-    if (unlockMs > now) return { lock: { ...lock, until }, ended: null };
+    if (unlockMs > now) return { lock: { ...lock, until }, ended: null, ignored };
     ended ??= { ...lock, until, endedAt: until };
   }
-  return { lock: null, ended };
+  return { lock: null, ended, ignored };
 }
 
 /** A password an administrator reset, as the entry says it (ppolicy's pwdReset TRUE, 389 DS's passwordExpirationTime at the epoch); null: none. */
@@ -1359,8 +1385,9 @@ export class LdapDirectory implements Directory {
    * never from the cache of entries (the login path reads none of this: a password login's bind is
    * refused by the server itself). Its filter (readableFilter()) answers no entry when any of them
    * may not be read: then one search for each says which, for an ACL that hides one must not read
-   * as "not locked". A lockout by ppolicy is read with its policy's pwdLockoutDuration (the
-   * entry's pwdPolicySubentry), when the service account may read them, to tell whether it ended.
+   * as "not locked". A pwdAccountLockedTime is read with its policy's pwdLockout and
+   * pwdLockoutDuration (the entry's pwdPolicySubentry), when the service account may read them, to
+   * tell whether slapd enforces it (pwdLockout TRUE, not in the future) and whether it ended.
    */
   async accountState(found: DirectoryUser, signal: Cancellation): Promise<AccountState> {
     if (this.closing) throw closedError();
@@ -1381,10 +1408,11 @@ export class LdapDirectory implements Directory {
         // The entry is gone (or hidden whole) since the lookup.
         if (entry === undefined) return { lock: 'unreadable', hidden: names, passwordReset: null };
       }
-      const lockout = holdValues(attributeOf(entry, 'pwdAccountLockedTime')).some((value) => value !== null && !PERMANENT_LOCK.test(value));
-      const policy = holdValues(attributeOf(entry, 'pwdPolicySubentry')).find((value): value is string => value !== null);
-      const lockoutMs = lockout && policy !== undefined ? await this.lockoutDurationMs(policy, search) : undefined;
-      const { lock, ended } = accountLockView(entry, lockoutMs, Date.now());
+      // Any pwdAccountLockedTime, the administrator's too: slapd enforces none unless the policy's pwdLockout is TRUE.
+      const lockedTime = holdValues(attributeOf(entry, 'pwdAccountLockedTime')).some((value) => value !== null);
+      const policyDn = holdValues(attributeOf(entry, 'pwdPolicySubentry')).find((value): value is string => value !== null);
+      const policy = lockedTime && policyDn !== undefined ? await this.lockoutPolicy(policyDn, search) : undefined;
+      const { lock, ended, ignored } = accountLockView(entry, policy, Date.now());
       const resetBy = passwordResetOf(entry);
       const hiddenLock = hidden.filter((name) => (lockNames as readonly string[]).includes(name));
       const reset = resetBy !== null ? true : hidden.some((name) => (resetNames as readonly string[]).includes(name)) ? null : false;
@@ -1392,19 +1420,25 @@ export class LdapDirectory implements Directory {
         lock: lock ?? (hiddenLock.length > 0 ? 'unreadable' : null),
         ...(lock === null && hiddenLock.length > 0 ? { hidden: hiddenLock } : {}),
         ...(lock === null && ended !== null ? { lockEnded: ended } : {}),
+        ...(lock === null && ignored !== null ? { lockIgnored: ignored } : {}),
         passwordReset: reset,
         ...(resetBy !== null ? { passwordResetBy: resetBy } : {}),
       };
     }, signal);
   }
 
-  /** The policy's pwdLockoutDuration in ms (absent: 0, until an administrator); undefined when the service account may not read it. */
-  private async lockoutDurationMs(policy: string, search: (base: string, filter: string, attributes: string[]) => Promise<Record<string, unknown> | undefined>): Promise<number | undefined> {
-    const entry = await search(policy, readableFilter(['pwdLockoutDuration']), ['pwdLockoutDuration']);
+  /**
+   * The policy's pwdLockout (absent: FALSE, as slapd's ppolicy_get() leaves it) and
+   * pwdLockoutDuration in ms (absent: 0, until an administrator); undefined when the service
+   * account may not read both, or the duration is no number.
+   */
+  private async lockoutPolicy(policy: string, search: (base: string, filter: string, attributes: string[]) => Promise<Record<string, unknown> | undefined>): Promise<LockoutPolicy | undefined> {
+    const entry = await search(policy, readableFilter(['pwdLockout', 'pwdLockoutDuration']), ['pwdLockout', 'pwdLockoutDuration']);
     if (entry === undefined) return undefined;
+    const lockout = holdValues(attributeOf(entry, 'pwdLockout')).some((value) => value?.toUpperCase() === 'TRUE');
     const value = holdValues(attributeOf(entry, 'pwdLockoutDuration'))[0];
-    if (value === undefined) return 0;
-    return value !== null && /^\d{1,10}$/.test(value) ? Number(value) * 1000 : undefined;
+    if (value === undefined) return { lockout, durationMs: 0 };
+    return value !== null && /^\d{1,10}$/.test(value) ? { lockout, durationMs: Number(value) * 1000 } : undefined;
   }
 
   /**

@@ -484,10 +484,17 @@ function storesText(json: Record<string, unknown>): string {
 /** whereis's line on the directory's lock of the account (absent from an instance that does not say), and one on a reset password. */
 function lockedLines(json: Record<string, unknown>): string {
   if (!('locked' in json)) return '';
-  type Lock = { attribute?: string; value?: string; since?: string | null; until?: string | null; endedAt?: string; byAdministrator?: boolean; unknown?: string };
+  type Lock = { attribute?: string; value?: string; since?: string | null; until?: string | null; endedAt?: string; byAdministrator?: boolean; unknown?: string; why?: string };
   const locked = json['locked'] as Lock | null;
   const reset = json['passwordReset'] === true ? `password        reset by an administrator (${String(json['passwordResetBy'] ?? 'pwdReset TRUE')})\n` : '';
   if (locked === null) {
+    const ignored = json['lockIgnored'] as Lock | undefined;
+    if (ignored !== undefined) {
+      const why = ignored.why === 'future' ? 'in the future, not yet in effect' : "not enforced: the policy's pwdLockout is not TRUE";
+      // The administrator's lock still refuses token logins: mailfront's bearer check reads it whatever the policy.
+      if (ignored.byAdministrator === true) return `locked          no for password logins, yes for token logins (${String(ignored.attribute)} ${String(ignored.value)}, an administrator's, ${why})\n${reset}`;
+      return `locked          no (${String(ignored.attribute)} ${String(ignored.value)} ${why})\n${reset}`;
+    }
     const ended = json['lockEnded'] as Lock | undefined;
     if (ended === undefined) return `locked          no\n${reset}`;
     return `locked          no, a lockout by failed password binds ended at ${String(ended.endedAt)} (${String(ended.attribute)} ${String(ended.value)}, kept until the next good bind)\n${reset}`;

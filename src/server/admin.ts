@@ -185,6 +185,9 @@ async function adminAccountState(directory: Directory, found: DirectoryUser): Pr
  */
 function lockProblem(state: AccountState | undefined): string | null {
   const lock = state?.lock;
+  const ignored = state?.lockIgnored;
+  // slapd lets the password in (pwdLockout not TRUE), but the bearer check reads the administrator's lock whatever the policy.
+  if (lock === null && ignored?.byAdministrator === true) return `the directory's password policy does not enforce ${ignored.attribute} ${ignored.value} (an administrator's lock; the policy's pwdLockout is not TRUE): its password logins are let in, but its token logins are refused as a wrong password (mailfront's bearer check reads the lock whatever the policy) until an administrator deletes ${ignored.attribute}`;
   if (lock === undefined || lock === null || lock === 'unreadable') return null;
   if (lock.byAdministrator) return `the directory has locked the account (${lock.attribute} ${lock.value}, by an administrator): its logins, by password or token, are refused as a wrong password until an administrator lifts the lock`;
   const since = lock.since === null ? '' : ` since ${lock.since}`;
@@ -446,6 +449,8 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
       ...(account !== undefined ? { locked: account.lock === null ? null : account.lock === 'unreadable' ? { unknown: `not readable: the service account may not read ${(account.hidden ?? []).join(', ') || 'the entry'}` } : account.lock } : {}),
       // A lockout whose end has passed: not a lock, though the attribute stays until the next good bind.
       ...(account?.lockEnded !== undefined ? { lockEnded: account.lockEnded } : {}),
+      // A pwdAccountLockedTime slapd does not enforce: the policy's pwdLockout is not TRUE, or it is in the future.
+      ...(account?.lockIgnored !== undefined ? { lockIgnored: account.lockIgnored } : {}),
       ...(account !== undefined ? { passwordReset: account.passwordReset, ...(account.passwordResetBy !== undefined ? { passwordResetBy: account.passwordResetBy } : {}) } : {}),
       problem: problems.length === 0 ? null : problems.join('; '),
       cached: fromCache.cached,

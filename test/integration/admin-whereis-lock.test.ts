@@ -6,14 +6,16 @@
  * password an administrator reset (pwdReset), and an ACL that hides the lock from the service
  * account, which whereis must not read as "not locked" (nor one of them hidden), a lockout whose
  * pwdLockoutDuration has passed (slapd keeps pwdAccountLockedTime until the next good bind) and one
- * whose policy the service account may not read; and all of it with directory.auth_cache_ttl_ms at
- * its default, a CachingDirectory in front. No backend: whereis asks none.
+ * whose policy the service account may not read, a pwdAccountLockedTime slapd does not enforce (its
+ * policy's pwdLockout FALSE or absent, the administrator's too; one in the future); and all of it
+ * with directory.auth_cache_ttl_ms at its default, a CachingDirectory in front. No backend: whereis asks none.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
+import { Client } from 'ldapts';
 import { LDAP_SERVICE_DN, LineClient, freePort, ldifLine, repoRoot, slapdPolicyDn, startSlapd } from './servers/index.js';
 import type { Slapd } from './servers/index.js';
 import { ADMIN_TOKEN, registerPasswords, startFront } from './front.js';
@@ -23,6 +25,9 @@ const run = promisify(execFile);
 const PASSWORD = 'Whereis-lock-pw-5e9a';
 registerPasswords(PASSWORD, ...[0, 1, 2].map((i) => `Whereis-wrong-pw-${i}-b7d3`));
 const HIDDEN_POLICY_DN = slapdPolicyDn('hidden');
+/** A GeneralizedTime of whole seconds, as slapd writes pwdAccountLockedTime. */
+const generalizedTime = (ms: number): string => `${new Date(ms).toISOString().slice(0, 19).replace(/[-T:]/g, '')}Z`;
+const FUTURE_LOCK = generalizedTime(Date.now() + 86_400_000);
 
 /** nsAccountLock as 389 DS names it, and a class to hold it (RFC 5612's example enterprise number). */
 const NS_ACCOUNT_LOCK_SCHEMA = [
@@ -43,6 +48,9 @@ before(async () => {
         default: { pwdLockout: 'TRUE', pwdMaxFailure: '3', pwdLockoutDuration: '3600' },
         short: { pwdLockout: 'TRUE', pwdMaxFailure: '3', pwdLockoutDuration: '2' },
         hidden: { pwdLockout: 'TRUE', pwdMaxFailure: '3', pwdLockoutDuration: '3600' },
+        // slapd enforces no pwdAccountLockedTime under these: pwdLockout FALSE, and absent (its default, FALSE).
+        nolockout: { pwdLockout: 'FALSE', pwdMaxFailure: '3', pwdLockoutDuration: '3600' },
+        nolockoutset: { pwdMaxFailure: '3', pwdLockoutDuration: '3600' },
       },
       default: 'default',
       useLockout: true,
@@ -67,6 +75,10 @@ before(async () => {
       { uid: 'fraction', password: PASSWORD, store: 'alpha', attributes: { ...policy, pwdAccountLockedTime: '2026010112.5Z' } },
       { uid: 'expiring', password: PASSWORD, store: 'alpha', attributes: { pwdPolicySubentry: slapdPolicyDn('short') } },
       { uid: 'hiddenpolicy', password: PASSWORD, store: 'alpha', attributes: { pwdPolicySubentry: HIDDEN_POLICY_DN } },
+      { uid: 'adminnolockout', password: PASSWORD, store: 'alpha', attributes: { pwdPolicySubentry: slapdPolicyDn('nolockout'), pwdAccountLockedTime: '000001010000Z' } },
+      { uid: 'adminnolockoutset', password: PASSWORD, store: 'alpha', attributes: { pwdPolicySubentry: slapdPolicyDn('nolockoutset'), pwdAccountLockedTime: '000001010000Z' } },
+      { uid: 'lockoutnolockout', password: PASSWORD, store: 'alpha', attributes: { pwdPolicySubentry: slapdPolicyDn('nolockout'), pwdAccountLockedTime: generalizedTime(Date.now() - 60_000) } },
+      { uid: 'future', password: PASSWORD, store: 'alpha', attributes: { ...policy, pwdAccountLockedTime: FUTURE_LOCK } },
     ],
   });
   await slapd.modify(`${ldifLine('dn', slapd.userDn('partial'))}\nchangetype: modify\nadd: objectClass\nobjectClass: testAccountLock\n-\n`);
@@ -102,6 +114,19 @@ async function whereis(user: string, of: Front = front): Promise<Record<string, 
   const response = await fetch(`http://127.0.0.1:${port}/api/whereis/${user}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
   assert.equal(response.status, 200, user);
   return (await response.json()) as Record<string, any>;
+}
+
+/** What slapd answers a password bind of `user` itself (no backend here for a login through mailfront to reach). */
+async function binds(user: string): Promise<string> {
+  const client = new Client({ url: slapd.url });
+  try {
+    await client.bind(slapd.userDn(user), PASSWORD);
+    return 'bind ok';
+  } catch (error) {
+    return `bind refused: ${error instanceof Error ? error.message : String(error)}`;
+  } finally {
+    await client.unbind().catch(() => undefined);
+  }
 }
 
 /** An IMAP LOGIN through mailfront: the tagged answer. */
@@ -207,6 +232,43 @@ describe('whereis shows an account lock', () => {
     assert.equal(json['locked']?.['unknown'], 'not readable: the service account may not read pwdAccountLockedTime');
     assert.equal(json['passwordReset'], false);
     assert.match(await cli('whereis', 'partial'), /^locked +unknown \(not readable: the service account may not read pwdAccountLockedTime\)$/m);
+  });
+
+  test("an administrator's lock under a policy whose pwdLockout is FALSE: no lock for the password, token logins still refused", async () => {
+    assert.equal(await binds('adminnolockout'), 'bind ok', 'slapd enforces no pwdAccountLockedTime without pwdLockout TRUE');
+    const json = await whereis('adminnolockout');
+    assert.equal(json['locked'], null);
+    assert.deepEqual(json['lockIgnored'], { attribute: 'pwdAccountLockedTime', value: '000001010000Z', since: null, byAdministrator: true, why: 'pwdLockout' });
+    assert.match(String(json['problem']), /^the directory's password policy does not enforce pwdAccountLockedTime 000001010000Z \(an administrator's lock; the policy's pwdLockout is not TRUE\): its password logins are let in, but its token logins are refused as a wrong password/);
+    assert.match(await cli('whereis', 'adminnolockout'), /^locked +no for password logins, yes for token logins \(pwdAccountLockedTime 000001010000Z, an administrator's, not enforced: the policy's pwdLockout is not TRUE\)$/m);
+  });
+
+  test("a policy without pwdLockout: slapd's default is FALSE, the administrator's lock not enforced", async () => {
+    assert.equal(await binds('adminnolockoutset'), 'bind ok');
+    const json = await whereis('adminnolockoutset');
+    assert.equal(json['locked'], null);
+    assert.equal(json['lockIgnored']?.['why'], 'pwdLockout');
+  });
+
+  test('a lockout under a policy whose pwdLockout is FALSE: no lock, no problem', async () => {
+    assert.equal(await binds('lockoutnolockout'), 'bind ok');
+    const json = await whereis('lockoutnolockout');
+    assert.equal(json['locked'], null);
+    assert.equal(json['lockIgnored']?.['byAdministrator'], false);
+    assert.equal(json['lockIgnored']?.['why'], 'pwdLockout');
+    assert.equal(json['lockEnded'], undefined);
+    assert.equal(json['problem'], null);
+    assert.match(await cli('whereis', 'lockoutnolockout'), /^locked +no \(pwdAccountLockedTime \d{14}Z not enforced: the policy's pwdLockout is not TRUE\)$/m);
+  });
+
+  test('a pwdAccountLockedTime in the future is not yet in effect', async () => {
+    assert.equal(await binds('future'), 'bind ok');
+    const json = await whereis('future');
+    assert.equal(json['locked'], null);
+    assert.equal(json['lockIgnored']?.['value'], FUTURE_LOCK);
+    assert.equal(json['lockIgnored']?.['why'], 'future');
+    assert.equal(json['problem'], null);
+    assert.match(await cli('whereis', 'future'), new RegExp(`^locked +no \\(pwdAccountLockedTime ${FUTURE_LOCK} in the future, not yet in effect\\)$`, 'm'));
   });
 
   test('with the cache of logins on (auth_cache_ttl_ms at its default), whereis still reads the lock', async () => {
