@@ -1,19 +1,39 @@
 /**
  * The `throttle` config section: penalties and refusals after failed logins, the networks exempt
  * from per-address counting (a carrier's NAT), the prefix an IPv6 client is counted by, the
- * addresses a user logged in from that the user's refusal spares, and the optional Redis that a fleet shares counters through.
+ * addresses a user logged in from that the user's refusal spares, and the optional Redis that a fleet shares counters through
+ * (one URL, or the primary that Redis Sentinel names).
  * Reads plain YAML data into a typed value with the validate.ts helpers; must not open files or
- * connections (the Redis password arrives inline, `auth_password_file` is resolved by the loader;
+ * connections (the Redis passwords arrive inline, each `auth_password_file` is resolved by the loader;
  * the TLS files are only named here, and read by each connection attempt and by check-config).
  */
 import { isAbsolute } from 'node:path';
-import { IssueList, at, bool, int, offOrInt, optStr, readNetworks, readSection, str } from '../config/validate.js';
+import { IssueList, at, bool, int, offOrInt, optStr, readNetworks, readSection, str, strList } from '../config/validate.js';
 import { MAX_CACHE_ENTRIES } from '../limits.js';
 
-/** Where counters are shared when several mailfront instances serve the same users. */
+/** A sentinel's address. */
+export interface SentinelNode {
+  readonly host: string;
+  readonly port: number;
+}
+
+/**
+ * Redis Sentinel: the sentinels that name the primary of `masterName`, asked at each connection
+ * attempt; `username` and `password` are the sentinels' own (the primary's are the section's).
+ */
+export interface ThrottleSentinelConfig {
+  readonly masterName: string;
+  readonly nodes: readonly SentinelNode[];
+  readonly username?: string;
+  readonly password?: string;
+}
+
+/** Where counters are shared when several mailfront instances serve the same users: one of `url` and `sentinel`. */
 export interface ThrottleRedisConfig {
   /** `redis://host:port/db` or `rediss://…`; no password in it (use `auth_password`). */
-  readonly url: string;
+  readonly url?: string;
+  /** The primary the sentinels name, instead of a URL (database 0, no TLS). */
+  readonly sentinel?: ThrottleSentinelConfig;
   readonly username?: string;
   readonly password?: string;
   /** Prepended to every key, so that one Redis can serve several purposes. */
@@ -91,7 +111,9 @@ export const THROTTLE_DEFAULTS = {
 } as const;
 
 const KEYS = ['enabled', 'base_delay_ms', 'max_delay_ms', 'failures_per_user', 'failures_per_address', 'failure_window_ms', 'refusal_ms', 'max_tracked', 'exempt_networks', 'ipv6_prefix_bits', 'known_address_ms', 'redis'] as const;
-const REDIS_KEYS = ['url', 'username', 'auth_password', 'key_prefix', 'timeout_ms', 'ca_file', 'cert_file', 'key_file'] as const;
+const REDIS_KEYS = ['url', 'sentinel', 'username', 'auth_password', 'key_prefix', 'timeout_ms', 'ca_file', 'cert_file', 'key_file'] as const;
+
+const SENTINEL_KEYS = ['master_name', 'nodes', 'username', 'auth_password'] as const;
 
 /** The TLS files of `throttle.redis`: config key, field, and the TLS option each becomes. */
 export const REDIS_TLS_FILES = [
@@ -112,8 +134,8 @@ const SETTING_KEYS: readonly (readonly [Exclude<keyof ThrottleConfig, 'redis' | 
   ['maxTrackedSubjects', 'max_tracked'],
 ];
 
-/** Each setting of ThrottleRedisConfig with its config key under `redis`. */
-const REDIS_SETTING_KEYS: readonly (readonly [keyof ThrottleRedisConfig, string])[] = [
+/** Each setting of ThrottleRedisConfig but `sentinel` with its config key under `redis`. */
+const REDIS_SETTING_KEYS: readonly (readonly [Exclude<keyof ThrottleRedisConfig, 'sentinel'>, string])[] = [
   ['url', 'url'],
   ['username', 'username'],
   ['password', 'auth_password'],
@@ -123,6 +145,24 @@ const REDIS_SETTING_KEYS: readonly (readonly [keyof ThrottleRedisConfig, string]
   ['certFile', 'cert_file'],
   ['keyFile', 'key_file'],
 ];
+
+/** Each setting of `redis.sentinel` with its config key under it, as a value two sections can compare. */
+const SENTINEL_SETTING_KEYS: readonly (readonly [string, (s: ThrottleSentinelConfig | undefined) => string | undefined])[] = [
+  ['master_name', (s) => s?.masterName],
+  ['nodes', (s) => s?.nodes.map(sentinelNodeName).join(',')],
+  ['username', (s) => s?.username],
+  ['auth_password', (s) => s?.password],
+];
+
+/** A sentinel as the config names it: `host:port`, an IPv6 address in brackets. */
+export function sentinelNodeName(node: SentinelNode): string {
+  return node.host.includes(':') ? `[${node.host}]:${node.port}` : `${node.host}:${node.port}`;
+}
+
+/** The keys under `redis.sentinel` whose values differ between two sections (either may have none). */
+function sentinelChanges(a: ThrottleSentinelConfig | undefined, b: ThrottleSentinelConfig | undefined): string[] {
+  return SENTINEL_SETTING_KEYS.filter(([, value]) => value(a) !== value(b)).map(([key]) => key);
+}
 
 /**
  * The config keys whose values differ between two `throttle` sections (`redis` when one has it
@@ -136,6 +176,8 @@ export function throttleChanges(previous: ThrottleConfig, next: ThrottleConfig):
   if ((previous.redis === undefined) !== (next.redis === undefined)) changed.push('redis');
   else if (previous.redis !== undefined && next.redis !== undefined) {
     for (const [field, key] of REDIS_SETTING_KEYS) if (previous.redis[field] !== next.redis[field]) changed.push(`redis.${key}`);
+    if ((previous.redis.sentinel === undefined) !== (next.redis.sentinel === undefined)) changed.push('redis.sentinel');
+    else for (const key of sentinelChanges(previous.redis.sentinel, next.redis.sentinel)) changed.push(`redis.sentinel.${key}`);
   }
   return changed;
 }
@@ -156,7 +198,7 @@ export function knownAddressMsOf(config: ThrottleConfig): number {
  * is not compared: each connection attempt reads it anew.
  */
 export function sameRedisConnection(a: ThrottleRedisConfig, b: ThrottleRedisConfig): boolean {
-  return REDIS_SETTING_KEYS.every(([field]) => field === 'timeoutMs' || a[field] === b[field]);
+  return REDIS_SETTING_KEYS.every(([field]) => field === 'timeoutMs' || a[field] === b[field]) && (a.sentinel === undefined) === (b.sentinel === undefined) && sentinelChanges(a.sentinel, b.sentinel).length === 0;
 }
 
 /**
@@ -191,14 +233,20 @@ export function readThrottleConfig(v: unknown, path: string, issues: IssueList, 
 
 function readRedis(v: unknown, path: string, issues: IssueList, resolvePath: ((p: string) => string) | undefined): ThrottleRedisConfig {
   const o = readSection(v, path, REDIS_KEYS, issues) ?? {};
-  const url = str(o, 'url', path, issues);
+  if (o['sentinel'] !== undefined && o['url'] !== undefined) issues.addFinding(at(path, 'sentinel'), 'either url or sentinel, not both (url names one Redis, sentinel the sentinels that name the primary)', 'both');
+  const sentinel = o['sentinel'] === undefined ? undefined : readSentinel(o['sentinel'], at(path, 'sentinel'), issues);
+  // Neither: one issue, not one for the string missing and one for the URL.
+  if (sentinel === undefined && o['url'] === undefined) issues.addFinding(at(path, 'url'), 'a redis:// or rediss:// URL with a host, or sentinel in its place', 'nothing');
+  const url = sentinel === undefined && o['url'] !== undefined ? str(o, 'url', path, issues) : undefined;
   let parsed: URL | undefined;
   try {
-    parsed = new URL(url);
+    parsed = url === undefined ? undefined : new URL(url);
   } catch {
     parsed = undefined;
   }
-  if (parsed === undefined || (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') || parsed.hostname === '') {
+  if (url === undefined) {
+    // Sentinel: no URL to check.
+  } else if (parsed === undefined || (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') || parsed.hostname === '') {
     // A URL that does not parse may still hold a password: what precedes an "@" is never shown.
     const credentialsEnd = url.lastIndexOf('@');
     issues.add(at(path, 'url'), 'a redis:// or rediss:// URL with a host', credentialsEnd < 0 ? url : `[credentials hidden]@${url.slice(credentialsEnd + 1)}`);
@@ -219,7 +267,8 @@ function readRedis(v: unknown, path: string, issues: IssueList, resolvePath: ((p
     named.add(key);
     if (file === '') continue;
     // Not ignored: the operator would believe the connection is checked against the CA.
-    if (parsed !== undefined && parsed.protocol !== 'rediss:') issues.addFinding(at(path, key), 'a rediss:// url (the file is for TLS, which a redis:// url does not use)', `a ${parsed.protocol}// url`);
+    if (sentinel !== undefined) issues.addFinding(at(path, key), 'nothing with sentinel (TLS is for a rediss:// url; the primary a sentinel names is reached without TLS)', 'a file name');
+    else if (parsed !== undefined && parsed.protocol !== 'rediss:') issues.addFinding(at(path, key), 'a rediss:// url (the file is for TLS, which a redis:// url does not use)', `a ${parsed.protocol}// url`);
     else if (resolvePath !== undefined) files[field] = resolvePath(file);
     else if (isAbsolute(file)) files[field] = file;
     else issues.add(at(path, key), 'an absolute file name', file);
@@ -230,11 +279,31 @@ function readRedis(v: unknown, path: string, issues: IssueList, resolvePath: ((p
     issues.addFinding(at(path, missing), 'a file name: a client certificate (cert_file) goes with its key (key_file)', 'nothing');
   }
   return {
-    url,
+    ...(url !== undefined ? { url } : {}),
+    ...(sentinel !== undefined ? { sentinel } : {}),
     ...(username !== undefined ? { username } : {}),
     ...(password !== undefined ? { password } : {}),
     keyPrefix: str(o, 'key_prefix', path, issues, THROTTLE_DEFAULTS.redisKeyPrefix),
     timeoutMs: int(o, 'timeout_ms', path, issues, 10, 10_000, THROTTLE_DEFAULTS.redisTimeoutMs),
     ...files,
   };
+}
+
+/** `host:port`, or `[IPv6]:port`. */
+const SENTINEL_NODE = /^(?:\[([0-9A-Fa-f:.]+)\]|([^\s:[\]/@]+)):(\d{1,5})$/;
+
+/** `throttle.redis.sentinel`: a master name and at least one sentinel, with the sentinels' own credentials if they ask for them. */
+function readSentinel(v: unknown, path: string, issues: IssueList): ThrottleSentinelConfig {
+  const o = readSection(v, path, SENTINEL_KEYS, issues) ?? {};
+  const masterName = str(o, 'master_name', path, issues);
+  const nodes: SentinelNode[] = [];
+  strList(o, 'nodes', path, issues).forEach((name, i) => {
+    const m = SENTINEL_NODE.exec(name);
+    const port = Number(m?.[3] ?? 0);
+    if (m === null || port < 1 || port > 65535) issues.add(at(at(path, 'nodes'), i), 'a sentinel as host:port (an IPv6 address in brackets: [2001:db8::1]:26379)', name);
+    else nodes.push({ host: m[1] ?? m[2] ?? '', port });
+  });
+  const username = optStr(o, 'username', path, issues);
+  const password = optStr(o, 'auth_password', path, issues);
+  return { masterName, nodes, ...(username !== undefined ? { username } : {}), ...(password !== undefined ? { password } : {}) };
 }

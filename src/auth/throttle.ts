@@ -22,8 +22,8 @@ import { caCertificatesProblem, readCaFile } from '../ca-file.js';
 import type { ConfigIssue } from '../config/validate.js';
 import type { Logger } from '../log.js';
 import { CidrSet, addressKey } from '../net/cidr.js';
-import { REDIS_TLS_FILES, ipv6PrefixBitsOf, knownAddressMsOf, sameRedisConnection, throttleChanges } from './throttle-config.js';
-import type { ThrottleConfig, ThrottleRedisConfig } from './throttle-config.js';
+import { REDIS_TLS_FILES, ipv6PrefixBitsOf, knownAddressMsOf, sameRedisConnection, sentinelNodeName, throttleChanges } from './throttle-config.js';
+import type { SentinelNode, ThrottleConfig, ThrottleRedisConfig, ThrottleSentinelConfig } from './throttle-config.js';
 
 /** One login attempt as the throttle sees it. */
 export interface LoginAttempt {
@@ -500,7 +500,8 @@ return {0}
 
 /**
  * Every command the store and its scripts call, for the ACL of its Redis user (see
- * commandRefused()); with a database number in the URL, the client also sends SELECT.
+ * commandRefused()); with a database number in the URL, the client also sends SELECT; with
+ * sentinel, ROLE (see connect()).
  */
 export const REDIS_COMMANDS = ['EVALSHA', 'EVAL', 'TIME', 'HMGET', 'HSET', 'PEXPIRE', 'DEL', 'HLEN', 'HGETALL', 'HDEL', 'HGET', 'PING'] as const;
 
@@ -651,6 +652,13 @@ const WRITES_REFUSED = /(?:^|-)(?:OOM|READONLY|MISCONF|NOREPLICAS)\b/;
 const ONE_KEY_REFUSED = /(?:^|-)WRONGTYPE\b/;
 
 /**
+ * With sentinel, the error reply of a primary turned replica (a failover): the connection is let
+ * go of and the sentinels asked for the new one, rather than the replica read while it refuses
+ * writes (as a URL's Redis is: only its operator can make it take writes again).
+ */
+const NOT_PRIMARY = /(?:^|-)READONLY\b/;
+
+/**
  * Keys whose failures counted apart are written to Redis at once when it takes writes again (each
  * key's one after another): a few calls in flight, not one per key tracked.
  */
@@ -688,7 +696,10 @@ const STATE_LINES_AT_ONCE = 3;
  * is warm when Redis goes away. A Redis that answers but refuses writes (out of memory, a replica)
  * is 'read-only' until it takes one; each failure it refused, or that was not sent while it was
  * down, is counted per key apart (`missed`) and added to Redis's count by every read, until Redis
- * takes writes again and is given them (replay()), or they expire.
+ * takes writes again and is given them (replay()), or they expire. With sentinel, each connection
+ * attempt asks the sentinels for the primary, and a failover (announced, a lost connection, or
+ * READONLY from the old primary) is Redis down until the new primary is reached: no primary
+ * known, local counters answer as they do for a URL's Redis down.
  */
 export class RedisThrottleStore implements ThrottleStore {
   private client: Client | undefined;
@@ -743,6 +754,11 @@ export class RedisThrottleStore implements ThrottleStore {
   private stateLineTimer: NodeJS.Timeout | undefined;
   /** While 'down': the reason in force, and whether it is this instance's own set-up (see setState). */
   private downCause: { readonly reason: string | undefined; readonly setup: boolean } | undefined;
+  /** With sentinel: the primary the sentinels named last (for logs), and the sentinel that named it (asked first next time). */
+  private primary: SentinelNode | undefined;
+  private lastSentinel: string | undefined;
+  /** With sentinel: the connection to a sentinel that listens for +switch-master while the primary is used (see watchSentinel()). */
+  private watcher: { destroy(): void } | undefined;
 
   constructor(private readonly options: RedisThrottleStoreOptions) {
     this.retryIntervalMs = options.retryIntervalMs ?? 1_000;
@@ -912,7 +928,7 @@ export class RedisThrottleStore implements ThrottleStore {
     if (this.refusedCommands.has(command)) return;
     this.refusedCommands.add(command);
     this.options.log.error(
-      { event: 'throttle.redis_command_refused', command, url: this.redis.url, reason: withoutSecrets(message, this.redis), acl: REDIS_ACL },
+      { event: 'throttle.redis_command_refused', command, ...this.where(), reason: withoutSecrets(message, this.redis), acl: REDIS_ACL },
       `Redis refused ${command} to the throttle (its user's ACL leaves it out?): known addresses are not shared or not trimmed through Redis until it is granted; grant the throttle's Redis user ${REDIS_ACL}`,
     );
   }
@@ -971,7 +987,10 @@ export class RedisThrottleStore implements ThrottleStore {
    * one key's is reported as an error reply.
    */
   private callRefused(message: string): void {
-    if (ONE_KEY_REFUSED.test(message)) {
+    if (this.redis.sentinel !== undefined && NOT_PRIMARY.test(message)) {
+      // A primary the sentinels turned into a replica: the new one is theirs to name.
+      this.markDown(`${message} (no longer the primary: asking the sentinels again)`);
+    } else if (ONE_KEY_REFUSED.test(message)) {
       this.reportErrorReply(message);
     } else {
       if (this.stateNow === 'up') this.setState('read-only', message);
@@ -1125,7 +1144,7 @@ export class RedisThrottleStore implements ThrottleStore {
     const now = monotonic();
     if (now - this.lastErrorReplyLogAt < ERROR_REPLY_LOG_INTERVAL_MS) return;
     this.lastErrorReplyLogAt = now;
-    this.options.log.warn({ event: 'throttle.redis_refused', url: this.redis.url, reason: withoutSecrets(message, this.redis) }, 'Redis refused a throttle call; local counters answered');
+    this.options.log.warn({ event: 'throttle.redis_refused', ...this.where(), reason: withoutSecrets(message, this.redis) }, 'Redis refused a throttle call; local counters answered');
   }
 
   /**
@@ -1182,7 +1201,7 @@ export class RedisThrottleStore implements ThrottleStore {
     this.stateLines++;
     this.lastStateLineAt = monotonic();
     const state = this.stateNow;
-    const fields = { event: 'throttle.redis_state', state, before, url: this.redis.url, ...(this.unloggedChanges > 0 ? { changes: this.unloggedChanges } : {}) };
+    const fields = { event: 'throttle.redis_state', state, before, ...this.where(), ...(this.unloggedChanges > 0 ? { changes: this.unloggedChanges } : {}) };
     this.unloggedChanges = 0;
     if (state === 'up') this.options.log.info(fields, before === 'connecting' ? 'throttle counters are shared through Redis' : before === 'read-only' ? 'Redis takes writes again; throttle counters are shared again' : 'Redis is back; throttle counters are shared again');
     else if (state === 'read-only' && reason !== undefined && !WRITES_REFUSED.test(reason)) this.options.log.warn({ ...fields, reason }, 'Redis answers throttle calls with an error; this instance counts apart the failures Redis does not take, and adds them to what Redis answers, until Redis takes them');
@@ -1190,10 +1209,11 @@ export class RedisThrottleStore implements ThrottleStore {
     else if (state === 'down') this.options.log.warn({ ...fields, reason }, 'Redis is unreachable; throttle counters are local to this instance until it is back');
   }
 
-  private markDown(reason: string): void {
+  /** `flap`: false for a failover the sentinels announced, which is no sign of a sick Redis (see FLAP_MS). */
+  private markDown(reason: string, flap = true): void {
     if (this.closed) return;
     if (this.upSince !== undefined) {
-      this.flaps = monotonic() - this.upSince < FLAP_MS ? this.flaps + 1 : 0;
+      if (flap) this.flaps = monotonic() - this.upSince < FLAP_MS ? this.flaps + 1 : 0;
       this.upSince = undefined;
     }
     this.dropClient();
@@ -1214,6 +1234,13 @@ export class RedisThrottleStore implements ThrottleStore {
   }
 
   private dropClient(): void {
+    const watcher = this.watcher;
+    this.watcher = undefined;
+    try {
+      watcher?.destroy();
+    } catch {
+      // already closed
+    }
     const client = this.client;
     this.client = undefined;
     if (client === undefined) return;
@@ -1229,11 +1256,26 @@ export class RedisThrottleStore implements ThrottleStore {
    * Opens a fresh connection and proves it with PINGs (PROOF_PINGS). This runs in the background
    * (local counters answer meanwhile), so the TCP and TLS handshake get a longer deadline than a
    * call a login waits on; the PINGs do not: a Redis that answers them only after timeout_ms would
-   * fail the first call again (it flapped, up and down every few seconds).
+   * fail the first call again (it flapped, up and down every few seconds). With sentinel, the
+   * sentinels are asked for the primary first, and the connection counts only if ROLE says it is
+   * one; no sentinel naming one is Redis down.
    */
   private async connect(): Promise<void> {
     const { redis } = this;
+    const { sentinel } = redis;
     const deadlineMs = Math.max(CONNECT_TIMEOUT_MIN_MS, redis.timeoutMs);
+    let primary: SentinelNode | undefined;
+    if (sentinel !== undefined) {
+      try {
+        primary = await this.askSentinels(sentinel, deadlineMs);
+        this.primary = primary;
+      } catch (error) {
+        if (this.closed) return;
+        this.setState('down', error instanceof Error ? error.message : String(error));
+        this.scheduleRetry();
+        return;
+      }
+    }
     let client: Client;
     let tls: ReturnType<typeof redisTlsOptions>;
     try {
@@ -1249,10 +1291,10 @@ export class RedisThrottleStore implements ThrottleStore {
       const { createClient } = await loadRedis();
       if (this.closed) return;
       client = createClient({
-        url: redis.url,
+        ...(primary !== undefined ? {} : { url: redis.url ?? '' }),
         ...(redis.username !== undefined ? { username: redis.username } : {}),
         ...(redis.password !== undefined ? { password: redis.password } : {}),
-        socket: { connectTimeout: deadlineMs, reconnectStrategy: false, ...tls },
+        socket: { ...(primary !== undefined ? { host: primary.host, port: primary.port } : {}), connectTimeout: deadlineMs, reconnectStrategy: false, ...tls },
         // RESP2: the library's default, RESP3, connects with HELLO 3 AUTH <user> <password>, which
         // a Redis before 6 (or one with HELLO renamed away) refuses, and the throttle never
         // connected. The scripts' replies are arrays of integers and strings in either.
@@ -1278,12 +1320,20 @@ export class RedisThrottleStore implements ThrottleStore {
     try {
       await within(client.connect(), deadlineMs, `no connection within ${deadlineMs} ms`);
       for (let i = 0; i < PROOF_PINGS; i++) await within(client.sendCommand(['PING']), redis.timeoutMs, `PING not answered within ${redis.timeoutMs} ms`);
+      if (sentinel !== undefined && primary !== undefined) {
+        // A sentinel may name the old primary for a while after a failover (it is a replica
+        // then, or about to be one): only the primary itself counts.
+        const role: unknown = await within(client.sendCommand(['ROLE']), redis.timeoutMs, `ROLE not answered within ${redis.timeoutMs} ms`);
+        const said = Array.isArray(role) ? String(role[0]) : String(role);
+        if (said !== 'master') throw new Error(`${sentinelNodeName(primary)}, named by the sentinels as the primary of ${sentinel.masterName}, is not one (ROLE: ${said})`);
+      }
       if (this.closed) {
         client.destroy();
         return;
       }
       this.client = client;
       this.upSince = monotonic();
+      if (sentinel !== undefined && primary !== undefined) this.watchSentinel(sentinel, primary, client);
       this.setState('up');
     } catch (error) {
       try {
@@ -1296,6 +1346,104 @@ export class RedisThrottleStore implements ThrottleStore {
       this.scheduleRetry();
     }
   }
+
+  /** A connection to a sentinel (RESP2, no reconnection, no queue: as the primary's). */
+  private async sentinelClient(sentinel: ThrottleSentinelConfig, node: SentinelNode, deadlineMs: number) {
+    const { createClient } = await loadRedis();
+    const client = createClient({
+      ...(sentinel.username !== undefined ? { username: sentinel.username } : {}),
+      ...(sentinel.password !== undefined ? { password: sentinel.password } : {}),
+      socket: { host: node.host, port: node.port, connectTimeout: deadlineMs, reconnectStrategy: false },
+      RESP: 2,
+      disableOfflineQueue: true,
+    });
+    // An 'error' event without a listener would crash the process; the caller sees the failure.
+    client.on('error', () => undefined);
+    return client;
+  }
+
+  /**
+   * The primary's address, from the first sentinel that names one (SENTINEL
+   * GET-MASTER-ADDR-BY-NAME), tried in the config's order but the one that answered last first,
+   * as Redis's guidelines for Sentinel clients say. Throws when none does, saying what each did.
+   */
+  private async askSentinels(sentinel: ThrottleSentinelConfig, deadlineMs: number): Promise<SentinelNode> {
+    const last = sentinel.nodes.find((node) => sentinelNodeName(node) === this.lastSentinel);
+    const nodes = last === undefined ? sentinel.nodes : [last, ...sentinel.nodes.filter((node) => node !== last)];
+    const problems: string[] = [];
+    for (const node of nodes) {
+      if (this.closed) break;
+      const name = sentinelNodeName(node);
+      let opened: { destroy(): void } | undefined;
+      try {
+        const client = await this.sentinelClient(sentinel, node, deadlineMs);
+        opened = client;
+        await within(client.connect(), deadlineMs, `no connection within ${deadlineMs} ms`);
+        const reply: unknown = await within(client.sendCommand(['SENTINEL', 'GET-MASTER-ADDR-BY-NAME', sentinel.masterName]), deadlineMs, `no answer within ${deadlineMs} ms`);
+        const port = Array.isArray(reply) ? Number(reply[1]) : NaN;
+        if (Array.isArray(reply) && typeof reply[0] === 'string' && reply[0] !== '' && Number.isInteger(port) && port > 0 && port < 65536) {
+          this.lastSentinel = name;
+          return { host: reply[0], port };
+        }
+        problems.push(`${name}: knows no master named ${sentinel.masterName}`);
+      } catch (error) {
+        problems.push(`${name}: ${error instanceof Error ? error.message : String(error)}`);
+      } finally {
+        try {
+          opened?.destroy();
+        } catch {
+          // never opened
+        }
+      }
+    }
+    throw new Error(`no sentinel named the primary of ${sentinel.masterName} (${problems.join('; ')})`);
+  }
+
+  /**
+   * While `client` is the primary's connection: a connection to the sentinel that named it,
+   * subscribed to +switch-master, so that a failover is followed within a retry interval even
+   * where the old primary stays reachable and still takes writes (cut off from the sentinels
+   * only). Best effort: without it (the sentinel lost, SUBSCRIBE refused), a failover is still
+   * followed once the old primary's connection is lost or it refuses writes (READONLY), as the
+   * sentinels make it a replica and close its clients' connections.
+   */
+  private watchSentinel(sentinel: ThrottleSentinelConfig, primary: SentinelNode, client: Client): void {
+    const node = sentinel.nodes.find((n) => sentinelNodeName(n) === this.lastSentinel);
+    if (node === undefined) return;
+    const deadlineMs = Math.max(CONNECT_TIMEOUT_MIN_MS, this.redis.timeoutMs);
+    let watcher: { destroy(): void } | undefined;
+    const watch = async (): Promise<void> => {
+      const opened = await this.sentinelClient(sentinel, node, deadlineMs);
+      if (this.client !== client || this.closed) return;
+      watcher = opened;
+      this.watcher = opened;
+      await within(opened.connect(), deadlineMs, `no connection within ${deadlineMs} ms`);
+      // "<master name> <old ip> <old port> <new ip> <new port>"
+      await opened.subscribe('+switch-master', (message: string) => {
+        const [name, , , host, port] = message.split(' ');
+        if (name !== sentinel.masterName || this.client !== client) return;
+        const to = `${host ?? ''}:${port ?? ''}`;
+        if (to !== `${primary.host}:${primary.port}`) this.markDown(`the sentinels moved the primary of ${name} to ${to}`, false);
+      });
+    };
+    watch().catch(() => {
+      // Not one a later connection opened since.
+      if (watcher === undefined || this.watcher !== watcher) return;
+      this.watcher = undefined;
+      try {
+        watcher.destroy();
+      } catch {
+        // never opened
+      }
+    });
+  }
+
+  /** Where this store's Redis is, for log lines: the URL, or the master name and the primary the sentinels named last. */
+  private where(): { readonly url: string } | { readonly sentinel: string; readonly primary?: string } {
+    const { sentinel } = this.redis;
+    if (sentinel === undefined) return { url: this.redis.url ?? '' };
+    return { sentinel: sentinel.masterName, ...(this.primary !== undefined ? { primary: sentinelNodeName(this.primary) } : {}) };
+  }
 }
 
 /**
@@ -1304,11 +1452,11 @@ export class RedisThrottleStore implements ThrottleStore {
  * them, cut off after 128 bytes, so that only part of a password may be there: the arguments are
  * left out whole.
  */
-export function withoutSecrets(text: string, redis: Pick<ThrottleRedisConfig, 'password'>): string {
+export function withoutSecrets(text: string, redis: Pick<ThrottleRedisConfig, 'password' | 'sentinel'>): string {
   let out = text;
   const args = out.search(/with args beginning with:/i);
   if (args >= 0) out = `${out.slice(0, args)}with args beginning with: [arguments hidden]`;
-  if (redis.password !== undefined && redis.password !== '') out = out.split(redis.password).join('[password hidden]');
+  for (const password of [redis.password, redis.sentinel?.password]) if (password !== undefined && password !== '') out = out.split(password).join('[password hidden]');
   return out;
 }
 
