@@ -61,11 +61,12 @@ const OAUTH_IDP_ENDPOINTS: readonly OAuthIdpEndpoint[] = ['jwks', 'discovery', '
 export type OAuthIdpResult = 'ok' | 'timeout' | 'connection-error' | 'http-4xx' | 'http-5xx' | 'http-other' | 'bad-answer';
 const OAUTH_IDP_RESULTS: readonly OAuthIdpResult[] = ['ok', 'timeout', 'connection-error', 'http-4xx', 'http-5xx', 'http-other', 'bad-answer'];
 /**
- * An introspection a login needed and mailfront did not send (`not-sent`): all of
- * introspection_concurrency's requests were taken until less than half of
- * introspection_timeout_ms was left, or 1,000 logins waited already. mailfront's load, not the IdP's failure.
+ * Two introspection results that are mailfront's load, not the IdP's failure: `not-sent`, a login
+ * mailfront did not send (introspection_timeout_ms passed while all of introspection_concurrency's
+ * requests were taken, or 1,000 logins waited already); `timeout-queued`, a request sent with less
+ * than half of introspection_timeout_ms left (the rest spent waiting for a free one) that expired.
  */
-export type OAuthIntrospectionResult = OAuthIdpResult | 'not-sent';
+export type OAuthIntrospectionResult = OAuthIdpResult | 'timeout-queued' | 'not-sent';
 
 /** A spliced session's byte counts and how much of them the counter holds already (a registry entry). */
 export interface SplicedTraffic {
@@ -318,7 +319,7 @@ export class Metrics {
   private readonly oauthIntrospectionDuration: HistogramFamily<'result'>;
   /** Unix time of each endpoint's last `ok` answer. */
   private readonly oauthIdpLastSuccess: Gauge<'endpoint'>;
-  /** Requests to each OAuth IdP endpoint that failed since its last ok answer (not-sent left out): a dead IdP whatever oauth2.jwks_refresh_ms. */
+  /** Requests to each OAuth IdP endpoint that failed since its last ok answer (not-sent and timeout-queued left out): a dead IdP whatever oauth2.jwks_refresh_ms. */
   private readonly oauthIdpConsecutiveFailures: Gauge<'endpoint'>;
   /** Credentials refused, by reason (unknown user, wrong password …). */
   private readonly authFailuresTotal: Counter<'reason'>;
@@ -425,9 +426,9 @@ export class Metrics {
     this.loginDuration = histogram('mailfront_login_duration_seconds', 'Time from a login read to its answer sent (to its end, for a login whose client or session went first), by protocol and result as mailfront_logins_total counts it.', ['protocol', 'result'], LOGIN_BUCKETS_SECONDS);
     this.oauthLoginsTotal = counter('mailfront_oauth_logins_total', 'OAuth 2.0 bearer-token logins (SASL OAUTHBEARER, XOAUTH2), by protocol, mechanism and result as mailfront_logins_total counts them (auth-failed: a token refused, or its user unknown).', ['protocol', 'mechanism', 'result']);
     this.masterLoginsTotal = counter('mailfront_master_logins_total', 'Master logins (a staff member logging in to another user\'s mailbox with their own password), by protocol and result as mailfront_logins_total counts them (not-authorized: no master, or no such user).', ['protocol', 'result']);
-    this.oauthIdpRequestsTotal = counter('mailfront_oauth_idp_requests_total', 'Requests to the OAuth identity provider (oauth2), by endpoint (jwks, discovery, introspection) and result (ok; timeout, connection-error, http-4xx, http-5xx, http-other, bad-answer: the IdP failing; introspection only, not-sent: a login failed without asking, every introspection_concurrency request taken).', ['endpoint', 'result']);
+    this.oauthIdpRequestsTotal = counter('mailfront_oauth_idp_requests_total', 'Requests to the OAuth identity provider (oauth2), by endpoint (jwks, discovery, introspection) and result (ok; timeout, connection-error, http-4xx, http-5xx, http-other, bad-answer: the IdP failing; introspection only, mailfront\'s queue: not-sent, a login failed without asking, every introspection_concurrency request taken until its deadline; timeout-queued, a request sent with less than half of introspection_timeout_ms left that expired).', ['endpoint', 'result']);
     this.oauthIntrospectionDuration = histogram('mailfront_oauth_introspection_duration_seconds', 'Time of a token introspection request to the OAuth IdP, from its sending to its answer or failure (the wait for a free request, oauth2.introspection_concurrency, left out), by result as mailfront_oauth_idp_requests_total counts it.', ['result'], OAUTH_INTROSPECTION_BUCKETS_SECONDS);
-    this.oauthIdpConsecutiveFailures = gauge('mailfront_oauth_idp_consecutive_failures', 'Requests to each OAuth IdP endpoint (jwks, discovery, introspection) that failed in a row, since its last ok answer or the verifier\'s start (a reload starts again at 0); not-sent introspections left out.', ['endpoint']);
+    this.oauthIdpConsecutiveFailures = gauge('mailfront_oauth_idp_consecutive_failures', 'Requests to each OAuth IdP endpoint (jwks, discovery, introspection) that failed in a row, since its last ok answer or the verifier\'s start (a reload starts again at 0); not-sent and timeout-queued introspections left out.', ['endpoint']);
     this.oauthIdpLastSuccess = gauge('mailfront_oauth_idp_last_success_timestamp_seconds', 'Unix time of the last ok answer of each OAuth IdP endpoint (jwks, discovery: the keys and document in use were fetched then or before; introspection), since start; absent before the first.', ['endpoint']);
     this.authFailuresTotal = counter('mailfront_auth_failures_total', 'Credentials refused, by reason.', ['reason']);
     this.ldapRequestDuration = histogram('mailfront_ldap_request_duration_seconds', 'Duration of LDAP requests, by operation and result.', ['operation', 'result'], LDAP_BUCKETS_SECONDS);
@@ -537,7 +538,7 @@ export class Metrics {
     for (const direction of DIRECTIONS) this.proxiedBytesTotal.inc({ direction }, 0);
     // Without oauth2 they stay 0: no request is no failure to alert on.
     for (const endpoint of OAUTH_IDP_ENDPOINTS) for (const result of OAUTH_IDP_RESULTS) this.oauthIdpRequestsTotal.inc({ endpoint, result }, 0);
-    this.oauthIdpRequestsTotal.inc({ endpoint: 'introspection', result: 'not-sent' }, 0);
+    for (const result of ['timeout-queued', 'not-sent'] as const) this.oauthIdpRequestsTotal.inc({ endpoint: 'introspection', result }, 0);
     for (const endpoint of OAUTH_IDP_ENDPOINTS) this.oauthIdpConsecutiveFailures.set({ endpoint }, 0);
     this.oauthIntrospectionDuration.declare({ result: 'ok' });
     for (const warning of ['expiring', 'grace'] as const) this.passwordPolicyWarningsTotal.inc({ warning }, 0);
@@ -592,11 +593,11 @@ export class Metrics {
     this.#idpAnswered(endpoint, result);
   }
 
-  /** Counts a token introspection request and records how long it took, in seconds. */
-  oauthIntrospection(result: OAuthIdpResult, seconds: number): void {
+  /** Counts a token introspection request and records how long it took, in seconds (timeout-queued: not the IdP's failure, so not one in a row either). */
+  oauthIntrospection(result: Exclude<OAuthIntrospectionResult, 'not-sent'>, seconds: number): void {
     this.oauthIdpRequestsTotal.inc({ endpoint: 'introspection', result });
     this.oauthIntrospectionDuration.observe({ result }, seconds);
-    this.#idpAnswered('introspection', result);
+    if (result !== 'timeout-queued') this.#idpAnswered('introspection', result);
   }
 
   /** The verifier stopped (a reload, oauth2 removed, shutdown): its failures in a row are no longer anyone's, and would keep an alert firing without oauth2. */

@@ -51,13 +51,12 @@ const MAX_REFUSED_TOKENS = 10_000;
 /** Logins waiting for a free introspection request at most; more are answered as an outage at once (a flood must not queue without end). */
 const MAX_INTROSPECTION_WAITING = 1_000;
 /**
- * The part of introspection_timeout_ms a request to the IdP is sent with at least: a login that
- * waited longer for a free request (introspection_concurrency) is answered as an outage without
- * asking, so that a timeout is the IdP's own (no answer within half the deadline the operator
- * gave it), never mailfront's queue; and under overload each request sent can still be answered,
- * where one sent with the last milliseconds of its deadline would time out however healthy the IdP.
+ * The part of introspection_timeout_ms a request to the IdP must have had for its expiry to be
+ * counted as the IdP's `timeout`. A login that waited for a free request (introspection_concurrency)
+ * is still sent with whatever is left of its deadline (a burst is answered within it), but such a
+ * request expiring with less is counted `timeout-queued`: mailfront's queue, not the IdP, took the time.
  */
-const INTROSPECTION_SEND_FLOOR = 0.5;
+const INTROSPECTION_TIMEOUT_FLOOR = 0.5;
 /** An idle keep-alive connection to the introspection endpoint is closed after this: before the IdP's own idle timeout (5 s at least in common servers), so that a request never meets a connection the IdP is closing. */
 const IDLE_CONNECTION_MS = 4_000;
 /** The token types an introspection answer may give an access token (RFC 7662 §2.2 token_type; Keycloak's typ). */
@@ -600,9 +599,10 @@ export class OAuthVerifier {
    * Asks the introspection endpoint about `token` (RFC 7662 §2.1: a form POST with the client's
    * HTTP basic credentials) within introspection_timeout_ms, the wait for a free request
    * included, and checks its answer; remembers the verdict (active: token_cache_ms; refused:
-   * introspection_negative_cache_ms). The request is sent only with INTROSPECTION_SEND_FLOOR of
-   * the deadline left; without it, the login fails unasked (counted not-sent). Never asked of
-   * one login's cancellation: others may wait on it.
+   * introspection_negative_cache_ms). A login whose deadline passed before a request was free
+   * fails unasked (counted not-sent); one sent with less than INTROSPECTION_TIMEOUT_FLOOR of it
+   * that expires is counted timeout-queued, not the IdP's timeout. Never asked of one login's
+   * cancellation: others may wait on it.
    */
   private async introspect(token: string, cacheKey: string): Promise<VerifiedToken> {
     const deadline = performance.now() + this.config.introspectionTimeoutMs;
@@ -614,24 +614,27 @@ export class OAuthVerifier {
       throw introspectionUnavailable(source, this.discovered === undefined ? 'could not be read: no introspection endpoint is known yet (oauth.discovery_failed)' : 'names no introspection_endpoint, and oauth2 has no introspection_url');
     }
     try {
-      await this.freeRequest(url, deadline - this.config.introspectionTimeoutMs * INTROSPECTION_SEND_FLOOR);
+      await this.freeRequest(url, deadline);
     } catch (error) {
       this.metrics?.oauthIntrospectionNotSent();
       throw error;
     }
     const sentAt = performance.now();
+    const timeoutMs = Math.max(1, deadline - sentAt);
+    const queued = timeoutMs < this.config.introspectionTimeoutMs * INTROSPECTION_TIMEOUT_FLOOR;
     let text: string;
     try {
       const credentials = Buffer.from(`${formEncoded(this.config.clientId ?? '')}:${formEncoded(this.config.clientSecret ?? '')}`).toString('base64');
       text = await fetchText(url, {
-        timeoutMs: Math.max(1, deadline - performance.now()),
-        timeoutKey: 'oauth2.introspection_timeout_ms',
+        timeoutMs,
+        timeoutKey: queued ? `oauth2.introspection_timeout_ms less ${Math.round(this.config.introspectionTimeoutMs - timeoutMs)} ms spent before sending, waiting for a free request` : 'oauth2.introspection_timeout_ms',
         maxBytes: MAX_IDP_ANSWER_BYTES,
         post: { body: new URLSearchParams({ token, token_type_hint: 'access_token' }).toString(), headers: { authorization: `Basic ${credentials}` } },
         agent: this.agentFor(url),
       });
     } catch (error) {
-      this.metrics?.oauthIntrospection(idpResultOf(error), (performance.now() - sentAt) / 1000);
+      const result = idpResultOf(error);
+      this.metrics?.oauthIntrospection(result === 'timeout' && queued ? 'timeout-queued' : result, (performance.now() - sentAt) / 1000);
       if (error instanceof HttpStatusError && (error.status === 401 || error.status === 403)) {
         throw introspectionUnavailable(url, `refused mailfront's client credentials (HTTP ${error.status}): check oauth2.client_id and client_secret_file, and that the client may introspect tokens`);
       }
@@ -667,11 +670,10 @@ export class OAuthVerifier {
     }
   }
 
-  /** Takes one of introspection_concurrency's requests, waiting until `sendBy` for one to end; at most MAX_INTROSPECTION_WAITING wait. */
-  private freeRequest(url: string, sendBy: number): Promise<void> {
-    const floor = `${Math.round(this.config.introspectionTimeoutMs * INTROSPECTION_SEND_FLOOR)} ms`;
+  /** Takes one of introspection_concurrency's requests, waiting until `deadline` for one to end; at most MAX_INTROSPECTION_WAITING wait. */
+  private freeRequest(url: string, deadline: number): Promise<void> {
     // The discovery document read first (it names the endpoint) may have taken the time.
-    if (performance.now() > sendBy) return Promise.reject(introspectionUnavailable(url, `was not asked: less than ${floor} (half of oauth2.introspection_timeout_ms) was left after the OpenID configuration was read`));
+    if (performance.now() >= deadline) return Promise.reject(introspectionUnavailable(url, `was not asked: oauth2.introspection_timeout_ms (${this.config.introspectionTimeoutMs} ms) passed while the OpenID configuration was read`));
     if (this.inFlight < this.config.introspectionConcurrency) {
       this.inFlight++;
       return Promise.resolve();
@@ -687,8 +689,8 @@ export class OAuthVerifier {
       const timer = setTimeout(() => {
         const index = this.waiting.indexOf(grant);
         if (index >= 0) this.waiting.splice(index, 1);
-        reject(introspectionUnavailable(url, `was not asked within ${floor} (half of oauth2.introspection_timeout_ms, the rest the request's): ${busy()}`));
-      }, Math.max(0, sendBy - performance.now()));
+        reject(introspectionUnavailable(url, `was not asked within oauth2.introspection_timeout_ms (${this.config.introspectionTimeoutMs} ms): ${busy()}`));
+      }, Math.max(0, deadline - performance.now()));
       this.waiting.push(grant);
     });
   }

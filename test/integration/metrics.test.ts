@@ -36,6 +36,7 @@ function exerciseEveryHelper(metrics: Metrics): void {
   record('authFailure', () => metrics.authFailure('wrong-password'));
   record('oauthIdpFetch', () => metrics.oauthIdpFetch('jwks', 'ok'));
   record('oauthIntrospection', () => metrics.oauthIntrospection('timeout', 2.0));
+  metrics.oauthIntrospection('timeout-queued', 0.3);
   record('oauthIntrospectionNotSent', () => metrics.oauthIntrospectionNotSent());
   record('oauthIdpStopped', () => metrics.oauthIdpStopped());
   record('masterLogin', () => metrics.masterLogin('imap', 'not-authorized'));
