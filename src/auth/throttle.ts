@@ -505,8 +505,10 @@ return {0}
  */
 export const REDIS_COMMANDS = ['EVALSHA', 'EVAL', 'TIME', 'HMGET', 'HSET', 'PEXPIRE', 'DEL', 'HLEN', 'HGETALL', 'HDEL', 'HGET', 'PING'] as const;
 
-/** REDIS_COMMANDS as an ACL rule grants them (`+evalsha +eval …`). */
-const REDIS_ACL = REDIS_COMMANDS.map((c) => `+${c.toLowerCase()}`).join(' ');
+/** REDIS_COMMANDS as an ACL rule grants them (`+evalsha +eval …`); with sentinel, `+role` too. */
+function redisAcl(redis: Pick<ThrottleRedisConfig, 'sentinel'>): string {
+  return [...REDIS_COMMANDS, ...(redis.sentinel !== undefined ? ['ROLE'] : [])].map((c) => `+${c.toLowerCase()}`).join(' ');
+}
 
 /**
  * The probe's keys, after the prefix (no subject's key, u:… or a:…, is named so), that tell
@@ -924,12 +926,13 @@ export class RedisThrottleStore implements ThrottleStore {
    * refusing writes: the failures are shared still (the failure script's commands are granted,
    * or the probe says otherwise); what is lost is the known addresses' sharing, or their trim.
    */
-  private commandRefused(command: string, message: string): void {
+  private commandRefused(command: string, message: string, lost = 'known addresses are not shared or not trimmed through Redis'): void {
     if (this.refusedCommands.has(command)) return;
     this.refusedCommands.add(command);
+    const acl = redisAcl(this.redis);
     this.options.log.error(
-      { event: 'throttle.redis_command_refused', command, ...this.where(), reason: withoutSecrets(message, this.redis), acl: REDIS_ACL },
-      `Redis refused ${command} to the throttle (its user's ACL leaves it out?): known addresses are not shared or not trimmed through Redis until it is granted; grant the throttle's Redis user ${REDIS_ACL}`,
+      { event: 'throttle.redis_command_refused', command, ...this.where(), reason: withoutSecrets(message, this.redis), acl },
+      `Redis refused ${command} to the throttle (its user's ACL leaves it out?): ${lost} until it is granted; grant the throttle's Redis user ${acl}`,
     );
   }
 
@@ -1323,7 +1326,14 @@ export class RedisThrottleStore implements ThrottleStore {
       if (sentinel !== undefined && primary !== undefined) {
         // A sentinel may name the old primary for a while after a failover (it is a replica
         // then, or about to be one): only the primary itself counts.
-        const role: unknown = await within(client.sendCommand(['ROLE']), redis.timeoutMs, `ROLE not answered within ${redis.timeoutMs} ms`);
+        const role: unknown = await within(client.sendCommand(['ROLE']), redis.timeoutMs, `ROLE not answered within ${redis.timeoutMs} ms`).catch(async (error: unknown) => {
+          // An ACL written for a URL's Redis: answered, not unreachable, and the operator told what to grant.
+          if (error instanceof (await loadRedis()).ErrorReply) {
+            this.commandRefused('ROLE', error.message, `the primary the sentinels name is not used (ROLE tells it from a replica)`);
+            throw new Error(`${sentinelNodeName(primary)} refused ROLE, which tells the primary from a replica: ${error.message}`);
+          }
+          throw error;
+        });
         const said = Array.isArray(role) ? String(role[0]) : String(role);
         if (said !== 'master') throw new Error(`${sentinelNodeName(primary)}, named by the sentinels as the primary of ${sentinel.masterName}, is not one (ROLE: ${said})`);
       }

@@ -17,7 +17,7 @@ import { createClient } from '@redis/client';
 import { pino } from 'pino';
 import { Throttle } from '../../src/auth/throttle.js';
 import type { LoginAttempt, RedisState } from '../../src/auth/throttle.js';
-import type { ThrottleConfig } from '../../src/auth/throttle-config.js';
+import type { ThrottleConfig, ThrottleRedisConfig } from '../../src/auth/throttle-config.js';
 import { LineClient, startDovecot, startRedis, startSentinel, startSlapd } from './servers/index.js';
 import type { Dovecot, Redis, Sentinel, Slapd } from './servers/index.js';
 import { registerPasswords, startFront, waitForLog } from './front.js';
@@ -101,15 +101,15 @@ before(async () => {
   await replicaReady(replica);
 });
 
-/** Waits until `redis` is a replica in sync with its primary and the sentinel knows it as one it may promote. */
-async function replicaReady(redis: Redis): Promise<void> {
+/** Waits until `redis` is a replica in sync with its primary and the sentinel (`watching`) knows it as one it may promote. */
+async function replicaReady(redis: Redis, watching: Sentinel = sentinel): Promise<void> {
   const ready = await until(async () => {
     const info = String(await command(redis.port, ['INFO', 'replication']));
-    const replicas = (await command(sentinel.port, ['SENTINEL', 'REPLICAS', MASTER])) as string[][];
+    const replicas = (await command(watching.port, ['SENTINEL', 'REPLICAS', MASTER])) as string[][];
     const known = replicas.some((fields) => fields.includes(String(redis.port)) && /^slave$/.test(fields[fields.indexOf('flags') + 1] ?? ''));
     return /role:slave/.test(info) && /master_link_status:up/.test(info) && known;
   }, 15_000);
-  assert.ok(ready, `${redis.port} is not a replica in sync, or the sentinel does not know it: ${sentinel.readLog()}`);
+  assert.ok(ready, `${redis.port} is not a replica in sync, or the sentinel does not know it: ${watching.readLog()}`);
 }
 
 after(async () => {
@@ -330,5 +330,56 @@ describe('the primary a scripted sentinel names', () => {
       'the state lines (the third change waits: three lines a minute while it changes)',
     );
     assert.deepEqual(states, ['down', 'up', 'down', 'up']);
+  });
+});
+
+describe('following a failover without the +switch-master listener, and the failures written around it', () => {
+  let a: Redis;
+  let b: Redis;
+  let s: Sentinel;
+  const open: Throttle[] = [];
+  before(async () => {
+    a = await startRedis();
+    b = await startRedis({ replicaOf: a });
+    s = await startSentinel({ masterName: MASTER, primary: a, failoverTimeoutMs: 2_000 });
+    await replicaReady(b, s);
+  });
+  after(async () => {
+    await Promise.all(open.map((t) => t.close()));
+    await Promise.all([s?.stop(), b?.stop(), a?.stop()]);
+  });
+
+  /** A throttle on `s` (retry interval 1 s, the default), its log lines, and the primary it is up on (from its state lines). */
+  function throttleOn(keyPrefix: string, extra: Partial<ThrottleRedisConfig> = {}, sentinelUser: { username?: string; password?: string } = {}) {
+    const config: ThrottleConfig = {
+      enabled: true,
+      baseDelayMs: 0,
+      maxDelayMs: 0,
+      failuresPerUser: 1_000,
+      failuresPerAddress: 100_000,
+      failureWindowMs: 600_000,
+      refusalMs: 30_000,
+      maxTrackedSubjects: 100_000,
+      redis: { sentinel: { masterName: MASTER, nodes: [{ host: '127.0.0.1', port: s.port }], ...sentinelUser }, keyPrefix, timeoutMs: 400, ...extra },
+    };
+    const lines: Record<string, unknown>[] = [];
+    const log = pino({ level: 'debug' }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
+    const throttle = Throttle.fromConfig(config, log);
+    open.push(throttle);
+    const upOn = (redis: Redis): boolean => throttle.sharing === 'up' && lines.filter((l) => l['event'] === 'throttle.redis_state').at(-1)?.['primary'] === `127.0.0.1:${redis.port}`;
+    return { throttle, lines, upOn };
+  }
+
+  test('a primary user without ROLE: throttle.redis_command_refused names ROLE and the ACL with +role, not only "unreachable"', async () => {
+    for (const redis of [a, b]) await command(redis.port, ['ACL', 'SETUSER', 'norole', 'on', '>No-role-pw-1', '~*', '-@all', '+evalsha', '+eval', '+time', '+hmget', '+hset', '+pexpire', '+del', '+hlen', '+hgetall', '+hdel', '+hget', '+ping']);
+    const { throttle, lines } = throttleOn('norole:', { username: 'norole', password: 'No-role-pw-1' });
+    await throttle.ready();
+    assert.equal(throttle.sharing, 'down', 'a primary not proven one is not used');
+    const refused = lines.filter((l) => l['event'] === 'throttle.redis_command_refused');
+    assert.equal(refused.length, 1, JSON.stringify(lines));
+    assert.equal(refused[0]?.['command'], 'ROLE');
+    assert.match(String(refused[0]?.['acl']), / \+role$/);
+    assert.match(String(refused[0]?.['reason']), /NOPERM/);
+    await throttle.close();
   });
 });
