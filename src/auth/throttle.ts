@@ -510,6 +510,9 @@ function redisAcl(redis: Pick<ThrottleRedisConfig, 'sentinel'>): string {
   return [...REDIS_COMMANDS, ...(redis.sentinel !== undefined ? ['ROLE'] : [])].map((c) => `+${c.toLowerCase()}`).join(' ');
 }
 
+/** What a sentinel user needs besides SENTINEL GET-MASTER-ADDR-BY-NAME to listen for failovers (see listen()). */
+const SENTINEL_LISTEN_ACL = '+subscribe &+switch-master';
+
 /**
  * The probe's keys, after the prefix (no subject's key, u:… or a:…, is named so), that tell
  * whether Redis takes a failure again, for an instance that had none to write since it refused
@@ -660,6 +663,7 @@ const ONE_KEY_REFUSED = /(?:^|-)WRONGTYPE\b/;
  */
 const NOT_PRIMARY = /(?:^|-)READONLY\b/;
 
+
 /**
  * Keys whose failures counted apart are written to Redis at once when it takes writes again (each
  * key's one after another): a few calls in flight, not one per key tracked.
@@ -761,6 +765,14 @@ export class RedisThrottleStore implements ThrottleStore {
   private lastSentinel: string | undefined;
   /** With sentinel: the connection to a sentinel that listens for +switch-master while the primary is used (see watchSentinel()). */
   private watcher: { destroy(): void } | undefined;
+  /** With sentinel, while up without a listener: the next look at the sentinels (see watchSentinel()). */
+  private watchTimer: NodeJS.Timeout | undefined;
+  /** Listener openings failed in a row (each doubles the wait before the next, as flaps do), and when the next is due (monotonic()). */
+  private listenFailures = 0;
+  private nextListenAt = 0;
+  /** throttle.redis_sentinel_listener was logged at warn, and no listener has been opened since; SUBSCRIBE refused was logged. */
+  private listenerWarned = false;
+  private subscribeRefusedLogged = false;
 
   constructor(private readonly options: RedisThrottleStoreOptions) {
     this.retryIntervalMs = options.retryIntervalMs ?? 1_000;
@@ -969,6 +981,7 @@ export class RedisThrottleStore implements ThrottleStore {
     clearTimeout(this.retryTimer);
     clearTimeout(this.probeTimer);
     clearTimeout(this.stateLineTimer);
+    clearTimeout(this.watchTimer);
     await this.connecting;
     this.dropClient();
     await this.missed.close();
@@ -1237,6 +1250,8 @@ export class RedisThrottleStore implements ThrottleStore {
   }
 
   private dropClient(): void {
+    clearTimeout(this.watchTimer);
+    this.watchTimer = undefined;
     const watcher = this.watcher;
     this.watcher = undefined;
     try {
@@ -1372,16 +1387,20 @@ export class RedisThrottleStore implements ThrottleStore {
     return client;
   }
 
+  /** The sentinels in the config's order, the one that answered last first, as Redis's guidelines for Sentinel clients say. */
+  private sentinelOrder(sentinel: ThrottleSentinelConfig): readonly SentinelNode[] {
+    const last = sentinel.nodes.find((node) => sentinelNodeName(node) === this.lastSentinel);
+    return last === undefined ? sentinel.nodes : [last, ...sentinel.nodes.filter((node) => node !== last)];
+  }
+
   /**
    * The primary's address, from the first sentinel that names one (SENTINEL
    * GET-MASTER-ADDR-BY-NAME), tried in the config's order but the one that answered last first,
    * as Redis's guidelines for Sentinel clients say. Throws when none does, saying what each did.
    */
   private async askSentinels(sentinel: ThrottleSentinelConfig, deadlineMs: number): Promise<SentinelNode> {
-    const last = sentinel.nodes.find((node) => sentinelNodeName(node) === this.lastSentinel);
-    const nodes = last === undefined ? sentinel.nodes : [last, ...sentinel.nodes.filter((node) => node !== last)];
     const problems: string[] = [];
-    for (const node of nodes) {
+    for (const node of this.sentinelOrder(sentinel)) {
       if (this.closed) break;
       const name = sentinelNodeName(node);
       let opened: { destroy(): void } | undefined;
@@ -1410,42 +1429,132 @@ export class RedisThrottleStore implements ThrottleStore {
   }
 
   /**
-   * While `client` is the primary's connection: a connection to the sentinel that named it,
-   * subscribed to +switch-master, so that a failover is followed within a retry interval even
-   * where the old primary stays reachable and still takes writes (cut off from the sentinels
-   * only). Best effort: without it (the sentinel lost, SUBSCRIBE refused), a failover is still
-   * followed once the old primary's connection is lost or it refuses writes (READONLY), as the
-   * sentinels make it a replica and close its clients' connections.
+   * While `client` is the primary's connection: a connection to a sentinel (the one that named it
+   * first, then the others in turn), subscribed to +switch-master, so that a failover is followed
+   * within a retry interval even where the old primary stays reachable and still takes writes (cut
+   * off from the sentinels only). A listener lost (a sentinel restarted) or never opened (SUBSCRIBE
+   * refused, no sentinel answering) is opened again after the retry interval, doubled at each
+   * failure in a row up to MAX_RETRY_INTERVAL_MS; meanwhile the sentinels are asked for the
+   * primary every retry interval, and another one named is a failover. A failover would otherwise
+   * be followed only once the old primary's connection is lost or it refuses writes (READONLY),
+   * and the writes to it meanwhile are lost.
    */
   private watchSentinel(sentinel: ThrottleSentinelConfig, primary: SentinelNode, client: Client): void {
-    const node = sentinel.nodes.find((n) => sentinelNodeName(n) === this.lastSentinel);
-    if (node === undefined) return;
+    this.listenFailures = 0;
+    this.nextListenAt = 0;
+    void this.listen(sentinel, primary, client);
+  }
+
+  /** Opens the listener of watchSentinel(); failing, logs once at warn and looks again later (see watchLater()). Never rejects. */
+  private async listen(sentinel: ThrottleSentinelConfig, primary: SentinelNode, client: Client): Promise<void> {
     const deadlineMs = Math.max(CONNECT_TIMEOUT_MIN_MS, this.redis.timeoutMs);
-    let watcher: { destroy(): void } | undefined;
-    const watch = async (): Promise<void> => {
-      const opened = await this.sentinelClient(sentinel, node, deadlineMs);
+    const problems: string[] = [];
+    let refused: string | undefined;
+    for (const node of this.sentinelOrder(sentinel)) {
       if (this.client !== client || this.closed) return;
-      watcher = opened;
-      this.watcher = opened;
-      await within(opened.connect(), deadlineMs, `no connection within ${deadlineMs} ms`);
-      // "<master name> <old ip> <old port> <new ip> <new port>"
-      await opened.subscribe('+switch-master', (message: string) => {
-        const [name, , , host, port] = message.split(' ');
-        if (name !== sentinel.masterName || this.client !== client) return;
-        const to = `${host ?? ''}:${port ?? ''}`;
-        if (to !== `${primary.host}:${primary.port}`) this.markDown(`the sentinels moved the primary of ${name} to ${to}`, false);
-      });
-    };
-    watch().catch(() => {
-      // Not one a later connection opened since.
-      if (watcher === undefined || this.watcher !== watcher) return;
-      this.watcher = undefined;
+      const name = sentinelNodeName(node);
+      let opened: Awaited<ReturnType<RedisThrottleStore['sentinelClient']>> | undefined;
+      // Only an error reply to SUBSCRIBE is the ACL's (one to the connection's AUTH is a password's).
+      let subscribing = false;
       try {
-        watcher.destroy();
-      } catch {
-        // never opened
+        const listener = await this.sentinelClient(sentinel, node, deadlineMs);
+        opened = listener;
+        if (this.client !== client || this.closed) return;
+        this.watcher = listener;
+        await within(listener.connect(), deadlineMs, `no connection within ${deadlineMs} ms`);
+        // "<master name> <old ip> <old port> <new ip> <new port>"
+        subscribing = true;
+        await within(
+          listener.subscribe('+switch-master', (message: string) => {
+            const [master, , , host, port] = message.split(' ');
+            if (master !== sentinel.masterName || this.client !== client) return;
+            const to = `${host ?? ''}:${port ?? ''}`;
+            if (to !== `${primary.host}:${primary.port}`) this.markDown(`the sentinels moved the primary of ${master} to ${to}`, false);
+          }),
+          deadlineMs,
+          `SUBSCRIBE not answered within ${deadlineMs} ms`,
+        );
+        if (this.client !== client || this.watcher !== listener) return;
+        const lost = (): void => {
+          if (this.watcher !== listener) return;
+          this.watcher = undefined;
+          try {
+            listener.destroy();
+          } catch {
+            // already closed
+          }
+          if (this.client !== client || this.closed) return;
+          this.nextListenAt = monotonic() + this.retryIntervalMs;
+          this.watchLater(sentinel, primary, client);
+        };
+        listener.on('end', lost);
+        listener.on('error', lost);
+        this.listenFailures = 0;
+        if (this.listenerWarned) {
+          this.listenerWarned = false;
+          this.options.log.info({ event: 'throttle.redis_sentinel_listener', state: 'listening', ...this.where(), node: name }, 'listening on a sentinel for +switch-master again');
+        }
+        // A failover announced while no listener was open: the sentinels' word now.
+        await this.checkPrimary(sentinel, primary, client);
+        return;
+      } catch (error) {
+        const message = error instanceof Error ? error.message : String(error);
+        if (subscribing && error instanceof (await loadRedis()).ErrorReply) refused ??= `${name}: ${message}`;
+        problems.push(`${name}: ${message}`);
+        if (opened !== undefined && this.watcher === opened) this.watcher = undefined;
+        try {
+          opened?.destroy();
+        } catch {
+          // never opened
+        }
       }
-    });
+    }
+    if (this.client !== client || this.closed) return;
+    if (refused !== undefined && !this.subscribeRefusedLogged) {
+      this.subscribeRefusedLogged = true;
+      this.listenerWarned = true;
+      this.options.log.warn(
+        { event: 'throttle.redis_sentinel_listener', state: 'refused', ...this.where(), reason: withoutSecrets(refused, this.redis), acl: SENTINEL_LISTEN_ACL },
+        `a sentinel refused SUBSCRIBE +switch-master to the throttle (its user's ACL leaves it out?): a failover is followed by asking the sentinels every retry interval; grant the sentinels' user ${SENTINEL_LISTEN_ACL}`,
+      );
+    } else if (!this.listenerWarned) {
+      this.listenerWarned = true;
+      this.options.log.warn(
+        { event: 'throttle.redis_sentinel_listener', state: 'lost', ...this.where(), reason: withoutSecrets(problems.join('; '), this.redis) },
+        'no sentinel could be listened on for +switch-master: a failover is followed by asking the sentinels every retry interval until one can',
+      );
+    }
+    this.listenFailures++;
+    this.nextListenAt = monotonic() + Math.min(MAX_RETRY_INTERVAL_MS, this.retryIntervalMs * 2 ** Math.min(this.listenFailures, 16));
+    this.watchLater(sentinel, primary, client);
+  }
+
+  /** While `client` is up without a listener: after the retry interval, asks the sentinels for the primary, and opens the listener when due. */
+  private watchLater(sentinel: ThrottleSentinelConfig, primary: SentinelNode, client: Client): void {
+    if (this.closed || this.watchTimer !== undefined || this.client !== client) return;
+    this.watchTimer = setTimeout(() => {
+      this.watchTimer = undefined;
+      void (async () => {
+        if (this.client !== client || this.closed || this.watcher !== undefined) return;
+        await this.checkPrimary(sentinel, primary, client);
+        if (this.client !== client || this.closed) return;
+        if (monotonic() >= this.nextListenAt) await this.listen(sentinel, primary, client);
+        else this.watchLater(sentinel, primary, client);
+      })();
+    }, this.retryIntervalMs);
+    this.watchTimer.unref();
+  }
+
+  /** Asks the sentinels for the primary while `client` is up: another one named is a failover (Redis down, and the new one reached at the retry). No answer: nothing learnt. Never rejects. */
+  private async checkPrimary(sentinel: ThrottleSentinelConfig, primary: SentinelNode, client: Client): Promise<void> {
+    let named: SentinelNode;
+    try {
+      named = await this.askSentinels(sentinel, Math.max(CONNECT_TIMEOUT_MIN_MS, this.redis.timeoutMs));
+    } catch {
+      return;
+    }
+    if (this.client !== client || this.closed) return;
+    if (named.host !== primary.host || named.port !== primary.port) this.markDown(`the sentinels name ${sentinelNodeName(named)} as the primary of ${sentinel.masterName}`, false);
   }
 
   /** Where this store's Redis is, for log lines: the URL, or the master name and the primary the sentinels named last. */

@@ -7,7 +7,10 @@
  * at start an instance counts alone, as with Redis down, until one does. Against a scripted
  * sentinel (failure injection: it names what the case says, and refuses SUBSCRIBE, so that no
  * +switch-master is heard): a replica named is not used (ROLE), and a primary turned replica
- * under a live connection (READONLY) sends the throttle to the sentinels again.
+ * under a live connection (READONLY) sends the throttle to the sentinels again. Against a primary,
+ * a replica and a sentinel of their own: a primary user without ROLE is told so; a failover is
+ * followed within seconds after the sentinel restarted (the listener opened again) and with a
+ * sentinel user refused SUBSCRIBE (the sentinels asked every retry interval).
  */
 import assert from 'node:assert/strict';
 import { createServer } from 'node:net';
@@ -310,10 +313,11 @@ describe('the primary a scripted sentinel names', () => {
     await command(b.port, ['REPLICAOF', 'NO', 'ONE']);
     await command(a.port, ['REPLICAOF', '127.0.0.1', String(b.port)]);
     assert.ok(await until(async () => /master_link_status:up/.test(String(await command(a.port, ['INFO', 'replication']))), 10_000), 'a in sync with b');
-    fake.named = b;
+    // The sentinel names a still (the instance asks it every retry interval without a listener): READONLY alone tells.
     assert.equal(throttle.sharing, 'up', 'nothing said so yet');
     await throttle.recordFailure(from, 'Wrong-2');
     assert.notEqual(throttle.sharing, 'up', 'READONLY: the sentinels are asked again');
+    fake.named = b;
     assert.ok(await until(() => Promise.resolve(throttle.sharing === 'up'), 3_000), 'up on the new primary');
     // The failure a refused is written to b once it takes writes, with the one b has from a.
     assert.ok(await until(async () => (await command(b.port, ['HGET', 'fake:u:kit', 'n'])) === '2', 3_000), 'both failures in the new primary');
@@ -370,6 +374,20 @@ describe('following a failover without the +switch-master listener, and the fail
     return { throttle, lines, upOn };
   }
 
+  /** The primary `s` names now, and the other. */
+  async function roles(): Promise<{ primary: Redis; replica: Redis }> {
+    const port = Number(((await command(s.port, ['SENTINEL', 'GET-MASTER-ADDR-BY-NAME', MASTER])) as string[])[1]);
+    return port === a.port ? { primary: a, replica: b } : { primary: b, replica: a };
+  }
+
+  /** SENTINEL FAILOVER once the sentinel takes it (NOGOODSLAVE while it settles its view of the replica; 4 s after the last failover of the same master); when it did (Date.now()). */
+  async function failover(): Promise<number> {
+    const { replica } = await roles();
+    await replicaReady(replica, s);
+    assert.ok(await until(async () => (await command(s.port, ['SENTINEL', 'FAILOVER', MASTER])) === 'OK', 15_000), 'SENTINEL FAILOVER taken');
+    return Date.now();
+  }
+
   test('a primary user without ROLE: throttle.redis_command_refused names ROLE and the ACL with +role, not only "unreachable"', async () => {
     for (const redis of [a, b]) await command(redis.port, ['ACL', 'SETUSER', 'norole', 'on', '>No-role-pw-1', '~*', '-@all', '+evalsha', '+eval', '+time', '+hmget', '+hset', '+pexpire', '+del', '+hlen', '+hgetall', '+hdel', '+hget', '+ping']);
     const { throttle, lines } = throttleOn('norole:', { username: 'norole', password: 'No-role-pw-1' });
@@ -380,6 +398,42 @@ describe('following a failover without the +switch-master listener, and the fail
     assert.equal(refused[0]?.['command'], 'ROLE');
     assert.match(String(refused[0]?.['acl']), / \+role$/);
     assert.match(String(refused[0]?.['reason']), /NOPERM/);
+    await throttle.close();
+  });
+
+  test('the sentinel restarted (the listener lost), then SENTINEL FAILOVER: followed within 4 s', async () => {
+    const { throttle, upOn } = throttleOn('restart:');
+    await throttle.ready();
+    const { primary, replica } = await roles();
+    assert.ok(upOn(primary));
+    await s.stopOnly();
+    await s.startAgain();
+    await replicaReady(replica, s);
+    const started = await failover();
+    // Before, nothing listened any more: followed only when the sentinel closed the old primary's connections, about 11 s.
+    assert.ok(await until(() => Promise.resolve(upOn(replica)), 8_000), 'up on the new primary');
+    const followedMs = Date.now() - started;
+    assert.ok(followedMs < 4_000, `followed in ${followedMs} ms`);
+    await throttle.close();
+  });
+
+  test('a sentinel user without +subscribe: one warning naming +subscribe &+switch-master; a failover is followed all the same within 4 s', async () => {
+    await command(s.port, ['ACL', 'SETUSER', 'nosub', 'on', '>No-sub-pw-1', '-@all', '+sentinel|get-master-addr-by-name']);
+    const { throttle, lines, upOn } = throttleOn('nosub:', {}, { username: 'nosub', password: 'No-sub-pw-1' });
+    await throttle.ready();
+    const { primary, replica } = await roles();
+    assert.ok(upOn(primary));
+    assert.ok(await until(() => Promise.resolve(lines.some((l) => l['event'] === 'throttle.redis_sentinel_listener')), 3_000), 'the listener refused is logged');
+    const warned = lines.filter((l) => l['event'] === 'throttle.redis_sentinel_listener');
+    assert.equal(warned.length, 1);
+    assert.equal(warned[0]?.['level'], 40);
+    assert.equal(warned[0]?.['state'], 'refused');
+    assert.equal(warned[0]?.['acl'], '+subscribe &+switch-master');
+    const started = await failover();
+    assert.ok(await until(() => Promise.resolve(upOn(replica)), 8_000), 'up on the new primary');
+    const followedMs = Date.now() - started;
+    assert.ok(followedMs < 4_000, `followed in ${followedMs} ms`);
+    assert.equal(lines.filter((l) => l['event'] === 'throttle.redis_sentinel_listener').length, 1, 'logged once');
     await throttle.close();
   });
 });
