@@ -418,7 +418,7 @@ describe('following a failover without the +switch-master listener, and the fail
     await throttle.close();
   });
 
-  test('a sentinel user without +subscribe: one warning naming +subscribe &+switch-master; a failover is followed all the same within 4 s', async () => {
+  test('a sentinel user without +subscribe: one warning naming +subscribe &+switch-master; a failover is followed all the same within 5 s', async () => {
     await command(s.port, ['ACL', 'SETUSER', 'nosub', 'on', '>No-sub-pw-1', '-@all', '+sentinel|get-master-addr-by-name']);
     const { throttle, lines, upOn } = throttleOn('nosub:', {}, { username: 'nosub', password: 'No-sub-pw-1' });
     await throttle.ready();
@@ -433,7 +433,8 @@ describe('following a failover without the +switch-master listener, and the fail
     const started = await failover();
     assert.ok(await until(() => Promise.resolve(upOn(replica)), 8_000), 'up on the new primary');
     const followedMs = Date.now() - started;
-    assert.ok(followedMs < 4_000, `followed in ${followedMs} ms`);
+    // About 3 s here: the sentinel's own second, a retry interval of asking, then one of reconnecting (before: about 11 s).
+    assert.ok(followedMs < 5_000, `followed in ${followedMs} ms`);
     assert.equal(lines.filter((l) => l['event'] === 'throttle.redis_sentinel_listener').length, 1, 'logged once');
     await throttle.close();
   });
