@@ -663,18 +663,6 @@ const ONE_KEY_REFUSED = /(?:^|-)WRONGTYPE\b/;
  */
 const NOT_PRIMARY = /(?:^|-)READONLY\b/;
 
-/**
- * With sentinel: how far back the failures written to the primary are written again to the new
- * one after a failover (see rewriteRecent()). Writes to the old primary between the replica's
- * promotion and the moment this instance hears of it are lost when the old one rejoins as a
- * replica: measured here, +switch-master comes about 1 s after the promotion, the old primary's
- * connections are closed about as soon, and without the listener the sentinels are asked every
- * retry interval (1 s). 5 s covers these with room for a busy machine; a failure written to the
- * new primary already (replicated before the promotion) is held there and not counted again.
- */
-const FAILOVER_REWRITE_MS = 5_000;
-/** At most this many of those writes are remembered (the latest). */
-const FAILOVER_REWRITE_MAX = 10_000;
 
 /**
  * Keys whose failures counted apart are written to Redis at once when it takes writes again (each
@@ -785,8 +773,6 @@ export class RedisThrottleStore implements ThrottleStore {
   /** throttle.redis_sentinel_listener was logged at warn, and no listener has been opened since; SUBSCRIBE refused was logged. */
   private listenerWarned = false;
   private subscribeRefusedLogged = false;
-  /** With sentinel: the failures written to the primary in the last FAILOVER_REWRITE_MS, oldest first (see rewriteRecent()). */
-  private recentWrites: { readonly at: number; readonly key: string; readonly limit: number; readonly fingerprint: string }[] = [];
 
   constructor(private readonly options: RedisThrottleStoreOptions) {
     this.retryIntervalMs = options.retryIntervalMs ?? 1_000;
@@ -886,7 +872,6 @@ export class RedisThrottleStore implements ThrottleStore {
       // instance): no longer missed, or it would count twice.
       else this.missed.forget(subject.key, fingerprint);
       if (status === 1) wrote = true;
-      if (status !== -1) this.wroteRecently(subject.key, subject.limit, fingerprint);
       states.push(this.withMissed(subject, shared, status === 1, status !== -1));
     }
     const refused = String(reply[subjects.length * 3] ?? '');
@@ -1090,7 +1075,6 @@ export class RedisThrottleStore implements ThrottleStore {
       }
       if (Number(reply[2] ?? 0) === 0) held = true;
       this.missed.forget(key, fingerprint);
-      this.wroteRecently(key, limit, fingerprint);
       shared = { failures: Number(reply[0] ?? 0), refusedForMs: Number(reply[1] ?? 0) };
     }
     if (shared !== undefined) this.missed.settle(key, limit, shared, held);
@@ -1248,7 +1232,6 @@ export class RedisThrottleStore implements ThrottleStore {
       if (flap) this.flaps = monotonic() - this.upSince < FLAP_MS ? this.flaps + 1 : 0;
       this.upSince = undefined;
     }
-    if (this.redis.sentinel !== undefined && this.client !== undefined) this.rewriteRecent();
     this.dropClient();
     this.setState('down', reason);
     this.scheduleRetry();
@@ -1532,7 +1515,7 @@ export class RedisThrottleStore implements ThrottleStore {
       this.listenerWarned = true;
       this.options.log.warn(
         { event: 'throttle.redis_sentinel_listener', state: 'refused', ...this.where(), reason: withoutSecrets(refused, this.redis), acl: SENTINEL_LISTEN_ACL },
-        `a sentinel refused SUBSCRIBE +switch-master to the throttle (its user's ACL leaves it out?): a failover is followed by asking the sentinels every retry interval, and the failures written meanwhile to the old primary are written again; grant the sentinels' user ${SENTINEL_LISTEN_ACL}`,
+        `a sentinel refused SUBSCRIBE +switch-master to the throttle (its user's ACL leaves it out?): a failover is followed by asking the sentinels every retry interval; grant the sentinels' user ${SENTINEL_LISTEN_ACL}`,
       );
     } else if (!this.listenerWarned) {
       this.listenerWarned = true;
@@ -1572,36 +1555,6 @@ export class RedisThrottleStore implements ThrottleStore {
     }
     if (this.client !== client || this.closed) return;
     if (named.host !== primary.host || named.port !== primary.port) this.markDown(`the sentinels name ${sentinelNodeName(named)} as the primary of ${sentinel.masterName}`, false);
-  }
-
-  /**
-   * A failure Redis holds now: remembered for FAILOVER_REWRITE_MS with sentinel, to be written again
-   * if a failover follows (see rewriteRecent()).
-   */
-  private wroteRecently(key: string, limit: number, fingerprint: string): void {
-    if (this.redis.sentinel === undefined) return;
-    const now = monotonic();
-    const writes = this.recentWrites;
-    writes.push({ at: now, key, limit, fingerprint });
-    while (writes.length > FAILOVER_REWRITE_MAX || (writes[0] !== undefined && writes[0].at < now - FAILOVER_REWRITE_MS)) writes.shift();
-  }
-
-  /**
-   * A failover (or a lost primary): the failures written to the primary in the last
-   * FAILOVER_REWRITE_MS are counted apart again (`missed`), those the local counters still hold
-   * (not cleared by a success since, nor expired), so that replay() writes them to the new primary:
-   * the old one's writes since the promotion are lost when it rejoins as a replica. One the new
-   * primary holds (replicated in time) leaves `missed` then without counting twice.
-   */
-  private rewriteRecent(): void {
-    const since = monotonic() - FAILOVER_REWRITE_MS;
-    const writes = this.recentWrites;
-    this.recentWrites = [];
-    for (const { at, key, limit, fingerprint } of writes) {
-      if (at < since || !this.options.local.holds(key, fingerprint)) continue;
-      // Synchronous: the memory store's promise is settled when returned.
-      void this.missed.addFailure([{ key, limit, own: limit, joint: false }], fingerprint);
-    }
   }
 
   /** Where this store's Redis is, for log lines: the URL, or the master name and the primary the sentinels named last. */
