@@ -7,13 +7,20 @@
  * result. With the password policy control 389 DS adds accountLocked to those refusals, and says
  * passwordExpired only for the right password, as OpenLDAP does. Also: the shipped 389 DS schema
  * and the README's ACIs carry a store map and its failover, and a map past the server's
- * look-through limit fails with a message that names what to raise.
+ * look-through limit fails with a message that names what to raise. whereis shows 389 DS's own
+ * locks, with the README's ACIs: nsAccountLock (an inactivated account), a lockout of its password
+ * policy (passwordLockout: accountUnlockTime, until then, or 19700101000000Z with passwordUnlock
+ * off: until an administrator unlocks it), a password an administrator reset under
+ * passwordMustChange (passwordExpirationTime 19700101000000Z, no pwdReset), and an ACI that hides
+ * accountUnlockTime, which must read as unknown, not "not locked" (no backend: whereis asks none).
  */
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
-import { LineClient, LDAP_STORES_DN, startDovecot, startDs389 } from './servers/index.js';
+import { promisify } from 'node:util';
+import { LineClient, LDAP_PEOPLE_DN, LDAP_SERVICE_DN, LDAP_STORE_ATTRIBUTE, LDAP_STORES_DN, freePort, repoRoot, startDovecot, startDs389 } from './servers/index.js';
 import type { Dovecot, Ds389 } from './servers/index.js';
-import { AUTH_FAILURE_DELAY_MS, assertSameFailure, registerPasswords, startFront, waitForLog } from './front.js';
+import { ADMIN_TOKEN, AUTH_FAILURE_DELAY_MS, assertSameFailure, registerPasswords, startFront, waitForLog } from './front.js';
 import type { Front } from './front.js';
 import { claimsFor, jwks, makeKey, signJwt } from './oauth-idp.js';
 import { registerSecrets } from './front.js';
@@ -32,6 +39,8 @@ const FAILED = 't1 NO [AUTHENTICATIONFAILED] Authentication failed.';
 const EXPIRED_TEXT = 'Your password has expired, please change it and log in again.';
 const MUST_CHANGE_TEXT = 'Your password was reset and must be changed, please change it and log in again.';
 const USERS = ['alice', 'bob', 'disabled', 'lockme', 'expired', 'gracie', 'reset'];
+/** whereis's users (the last describe), in the directory only: whereis asks no backend. */
+const WHEREIS_USERS = ['wh-alice', 'wh-lockme', 'wh-forever', 'wh-disabled', 'wh-reset'];
 const MASTER = { name: 'proxymaster', password: 'Ds389-proxy-pw-7e1' };
 const ISSUER = 'https://idp.example.org/realms/mail';
 const AUDIENCE = 'mail';
@@ -42,7 +51,7 @@ let a1: Dovecot;
 
 before(async () => {
   registerPasswords(PASSWORD, MASTER.password, WRONG, ...[0, 1, 2, 3, 4].map((i) => `${WRONG}-${i}`));
-  ds = await startDs389({ users: USERS.map((uid) => ({ uid, password: PASSWORD, store: 'alpha' })) });
+  ds = await startDs389({ users: [...USERS, ...WHEREIS_USERS].map((uid) => ({ uid, password: PASSWORD, store: 'alpha' })) });
   a1 = await startDovecot({ name: 'ds389-a1', users: USERS.map((name) => ({ name, password: PASSWORD })), sieve: true, masterUser: MASTER });
   // 389 DS's global password policy: three wrong passwords lock an account out; passwords expire,
   // with two grace logins; one an administrator sets must be changed.
@@ -344,6 +353,116 @@ describe('a store map in 389 DS', () => {
     } finally {
       await source.close();
       await ds.modify('dn: cn=config,cn=ldbm database,cn=plugins,cn=config\nchangetype: modify\nreplace: nsslapd-lookthroughlimit\nnsslapd-lookthroughlimit: 5000\n-\n');
+    }
+  });
+});
+
+// Last: its cases change cn=config's passwordUnlock and the people's ACI for a while (each put
+// back); its own users and front.
+describe("whereis shows 389 DS's locks", () => {
+  const run = promisify(execFile);
+  let front: Front;
+
+  /** cn=config's password policy as 389 DS takes it, live. */
+  async function passwordPolicy(settings: Record<string, string>): Promise<void> {
+    await ds.modify(['dn: cn=config', 'changetype: modify', ...Object.entries(settings).flatMap(([name, value]) => [`replace: ${name}`, `${name}: ${value}`, '-']), ''].join('\n'));
+  }
+
+  before(async () => {
+    await ds.modify([`dn: ${ds.userDn('wh-disabled')}`, 'changetype: modify', 'add: nsAccountLock', 'nsAccountLock: true', '-', '', `dn: ${ds.userDn('wh-reset')}`, 'changetype: modify', 'replace: userPassword', `userPassword: ${PASSWORD}`, '-', ''].join('\n'));
+    // No server on the slot: whereis asks no backend, and no login here gets that far.
+    front = await startFront({ slapd: ds, stores: { alpha: { currentMaster: 'a1', slots: { a1: { imapPort: await freePort() } } } }, directory: { login_attribute: 'uid' } });
+  });
+  after(async () => {
+    await front?.stop();
+  });
+
+  async function whereis(user: string): Promise<Record<string, any>> {
+    const { port } = front.mailfront.httpAddress()!;
+    const response = await fetch(`http://127.0.0.1:${port}/api/whereis/${user}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    assert.equal(response.status, 200, user);
+    return (await response.json()) as Record<string, any>;
+  }
+
+  async function cli(...args: string[]): Promise<string> {
+    const { port } = front.mailfront.httpAddress()!;
+    const { stdout } = await run(process.execPath, [join(repoRoot(), 'dist/src/cli/main.js'), ...args, '--url', `http://127.0.0.1:${port}`, '--token', ADMIN_TOKEN]);
+    return stdout;
+  }
+
+  async function login(user: string, password: string): Promise<string> {
+    const client = await LineClient.connect(front.imapTrustedPort);
+    try {
+      await client.readLine();
+      const result = await client.imap(`LOGIN "${user}" "${password}"`);
+      return `${result.status} ${result.text}`;
+    } finally {
+      client.close();
+    }
+  }
+
+  test('an account not locked: locked null', async () => {
+    const json = await whereis('wh-alice');
+    assert.equal(json['locked'], null);
+    assert.equal(json['passwordReset'], false);
+    assert.equal(json['problem'], null);
+  });
+
+  test('nsAccountLock true: locked by an administrator', async () => {
+    const json = await whereis('wh-disabled');
+    assert.deepEqual(json['locked'], { attribute: 'nsAccountLock', value: 'true', since: null, byAdministrator: true });
+  });
+
+  test('a lockout of its password policy (accountUnlockTime): locked until then', async () => {
+    const before = Date.now();
+    for (let i = 0; i < 3; i++) assert.match(await login('wh-lockme', WRONG), /^NO /);
+    assert.match(await login('wh-lockme', PASSWORD), /^NO \[AUTHENTICATIONFAILED\]/, 'the right password, refused as a wrong one');
+    const json = await whereis('wh-lockme');
+    const locked = json['locked'] as Record<string, unknown>;
+    assert.equal(locked['attribute'], 'accountUnlockTime');
+    assert.equal(locked['byAdministrator'], false);
+    // passwordLockoutDuration's default, 3600 s.
+    const until = Date.parse(String(locked['until']));
+    assert.ok(until >= before + 3_590_000 && until <= Date.now() + 3_600_000, String(locked['until']));
+    assert.match(String(json['problem']), /^the directory's password policy has locked the account out \(accountUnlockTime \d{14}Z, failed password binds\): its password logins are refused as a wrong password until \S+, or an administrator unlocks it/);
+    assert.match(await cli('whereis', 'wh-lockme'), /^locked +yes, locked out by failed password binds until \S+ \(accountUnlockTime \d{14}Z\)$/m);
+  });
+
+  test('a lockout with passwordUnlock off (accountUnlockTime 19700101000000Z): until an administrator unlocks it', async () => {
+    await passwordPolicy({ passwordUnlock: 'off' });
+    try {
+      for (let i = 0; i < 3; i++) assert.match(await login('wh-forever', WRONG), /^NO /);
+      const json = await whereis('wh-forever');
+      assert.deepEqual(json['locked'], { attribute: 'accountUnlockTime', value: '19700101000000Z', since: null, byAdministrator: false, until: null });
+      assert.match(String(json['problem']), /until an administrator unlocks it \(passwordUnlock off\)/);
+      assert.match(await cli('whereis', 'wh-forever'), /^locked +yes, locked out by failed password binds until an administrator unlocks it \(accountUnlockTime 19700101000000Z\)$/m);
+    } finally {
+      await passwordPolicy({ passwordUnlock: 'on' });
+    }
+  });
+
+  test('a password an administrator reset under passwordMustChange (passwordExpirationTime 19700101000000Z)', async () => {
+    const json = await whereis('wh-reset');
+    assert.equal(json['locked'], null);
+    assert.equal(json['passwordReset'], true);
+    assert.equal(json['passwordResetBy'], 'passwordExpirationTime 19700101000000Z');
+    assert.match(String(json['problem']), /^an administrator reset the password \(passwordExpirationTime 19700101000000Z\)/);
+    assert.match(await cli('whereis', 'wh-reset'), /^password +reset by an administrator \(passwordExpirationTime 19700101000000Z\)$/m);
+  });
+
+  test('an ACI without accountUnlockTime: the lock is unknown, not "not locked"', async () => {
+    const service = `userdn="ldap:///${LDAP_SERVICE_DN}"`;
+    const aciLdif = (aci: string): string => [`dn: ${LDAP_PEOPLE_DN}`, 'changetype: modify', 'replace: aci', `aci: ${aci}`, '-', ''].join('\n');
+    const readme = `(targetattr="uid || mail || cn || objectClass || ${LDAP_STORE_ATTRIBUTE} || mailfrontHold || nsAccountLock || accountUnlockTime || passwordExpirationTime")(version 3.0; acl "mailfront reads users"; allow (read, search, compare) ${service};)`;
+    await ds.modify(aciLdif(readme.replace(' || accountUnlockTime', '')));
+    try {
+      const json = await whereis('wh-lockme');
+      assert.equal(json['locked']?.['unknown'], 'not readable: the service account may not read accountUnlockTime');
+      assert.equal(json['passwordReset'], false);
+      // A lock it can read is a lock all the same.
+      assert.equal((await whereis('wh-disabled'))['locked']?.['attribute'], 'nsAccountLock');
+    } finally {
+      await ds.modify(aciLdif(readme));
     }
   });
 });
