@@ -115,10 +115,17 @@ async function failure(verifier: OAuthVerifier, token: string): Promise<string> 
   assert.fail('the token was taken');
 }
 
-function opaque(user: string): string {
-  const token = idp.issue({ token_type: 'Bearer', client_id: 'thunderbird', ...claimsFor(user, ISSUER, AUDIENCE) });
+function opaque(user: string, from: JwksServer = idp): string {
+  const token = from.issue({ token_type: 'Bearer', client_id: 'thunderbird', ...claimsFor(user, ISSUER, AUDIENCE) });
   registerSecrets([token]);
   return token;
+}
+
+/** An IdP stand-in of a case's own: the introspection cases that run at once each set its delay. */
+async function ownIdp(): Promise<JwksServer> {
+  const own = await JwksServer.start([key]);
+  own.clients.set(CLIENT.id, CLIENT.secret);
+  return own;
 }
 
 /** A JWT naming a kid no JWKS has: its check fetches the keys again. */
@@ -316,85 +323,92 @@ describe('requests to the OAuth IdP in the metrics', () => {
     }
   });
 
-  test('introspection: logins beyond introspection_concurrency wait and are sent with what is left; those expiring are timeout-queued or not-sent, never the IdP\'s timeout', async () => {
-    // One request at a time, each answered in 300 ms (3.3 a second), within the IdP's own
-    // deadline; 8 logins a second with distinct tokens for 3 s. Before, a request sent late with
-    // the last of its deadline was counted as the IdP's timeout.
-    const metrics = new Metrics({ processMetrics: false });
-    const verifier = OAuthVerifier.create(config({ jwksUrl: undefined, tokenCheck: 'introspect', introspectionTimeoutMs: 1_000, introspectionConcurrency: 1 }), log, metrics);
-    idp.introspectionDelayMs = 300;
-    try {
-      const outcomes: Array<Promise<string>> = [];
-      for (let i = 0; i < 24; i++) {
-        const token = opaque(`steady${i}`);
-        outcomes.push(verifier.verify(token, signal).then(() => 'ok', (error: { code?: string; message?: string }) => `${error.code ?? '?'}: ${error.message ?? String(error)}`));
-        await new Promise((resolve) => setTimeout(resolve, 125));
+  // The overload, the burst and the late request run at once: each has an IdP of its own, and
+  // spends its time waiting for the IdP's answers.
+  describe('introspection behind introspection_concurrency', { concurrency: true }, () => {
+    test('introspection: logins beyond introspection_concurrency wait and are sent with what is left; those expiring are timeout-queued or not-sent, never the IdP\'s timeout', async () => {
+      // One request at a time, each answered in 300 ms (3.3 a second), within the IdP's own
+      // deadline; 8 logins a second with distinct tokens for 3 s. Before, a request sent late with
+      // the last of its deadline was counted as the IdP's timeout.
+      const own = await ownIdp();
+      const metrics = new Metrics({ processMetrics: false });
+      const verifier = OAuthVerifier.create(config({ jwksUrl: undefined, introspectionUrl: own.introspectionUrl, tokenCheck: 'introspect', introspectionTimeoutMs: 1_000, introspectionConcurrency: 1 }), log, metrics);
+      own.introspectionDelayMs = 300;
+      try {
+        const outcomes: Array<Promise<string>> = [];
+        for (let i = 0; i < 24; i++) {
+          const token = opaque(`steady${i}`, own);
+          outcomes.push(verifier.verify(token, signal).then(() => 'ok', (error: { code?: string; message?: string }) => `${error.code ?? '?'}: ${error.message ?? String(error)}`));
+          await new Promise((resolve) => setTimeout(resolve, 125));
+        }
+        const codes = await Promise.all(outcomes);
+        const counted = await nonZero(metrics);
+        const ok = counted['introspection ok'] ?? 0;
+        const queued = counted['introspection timeout-queued'] ?? 0;
+        const notSent = counted['introspection not-sent'] ?? 0;
+        assert.equal(counted['introspection timeout'], undefined, `no timeout: the IdP always answered in 300 ms (${JSON.stringify(counted)})`);
+        assert.deepEqual(Object.keys(counted).filter((k) => !['introspection ok', 'introspection timeout-queued', 'introspection not-sent'].includes(k)), [], JSON.stringify(counted));
+        assert.equal(ok + queued + notSent, 24, `every login counted once (${JSON.stringify(counted)})`);
+        assert.ok(ok >= 1 && queued + notSent >= 1, `an overload: some answered, some not (${JSON.stringify(counted)})`);
+        assert.equal(codes.filter((c) => c === 'ok').length, ok);
+        assert.ok(codes.every((c) => c === 'ok' || /^OAUTH_INTROSPECTION_UNAVAILABLE: .* (was not asked within|did not answer: no answer within \d+ ms \(oauth2\.introspection_timeout_ms less \d+ ms spent before sending, waiting for a free request\))/.test(c)), codes.join('\n'));
+        const { body } = await metrics.exposition();
+        assert.match(body, /^mailfront_oauth_introspection_duration_seconds_count\{result="ok"\} \d+$/m);
+        assert.doesNotMatch(body, /^mailfront_oauth_introspection_duration_seconds_count\{result="not-sent"\}/m, 'no request, no duration');
+        assert.match(body, /^mailfront_oauth_idp_consecutive_failures\{endpoint="introspection"\} 0$/m, 'no failure of the IdP in a row');
+      } finally {
+        verifier.close();
+        await own.stop();
       }
-      const codes = await Promise.all(outcomes);
-      const counted = await nonZero(metrics);
-      const ok = counted['introspection ok'] ?? 0;
-      const queued = counted['introspection timeout-queued'] ?? 0;
-      const notSent = counted['introspection not-sent'] ?? 0;
-      assert.equal(counted['introspection timeout'], undefined, `no timeout: the IdP always answered in 300 ms (${JSON.stringify(counted)})`);
-      assert.deepEqual(Object.keys(counted).filter((k) => !['introspection ok', 'introspection timeout-queued', 'introspection not-sent'].includes(k)), [], JSON.stringify(counted));
-      assert.equal(ok + queued + notSent, 24, `every login counted once (${JSON.stringify(counted)})`);
-      assert.ok(ok >= 1 && queued + notSent >= 1, `an overload: some answered, some not (${JSON.stringify(counted)})`);
-      assert.equal(codes.filter((c) => c === 'ok').length, ok);
-      assert.ok(codes.every((c) => c === 'ok' || /^OAUTH_INTROSPECTION_UNAVAILABLE: .* (was not asked within|did not answer: no answer within \d+ ms \(oauth2\.introspection_timeout_ms less \d+ ms spent before sending, waiting for a free request\))/.test(c)), codes.join('\n'));
-      const { body } = await metrics.exposition();
-      assert.match(body, /^mailfront_oauth_introspection_duration_seconds_count\{result="ok"\} \d+$/m);
-      assert.doesNotMatch(body, /^mailfront_oauth_introspection_duration_seconds_count\{result="not-sent"\}/m, 'no request, no duration');
-      assert.match(body, /^mailfront_oauth_idp_consecutive_failures\{endpoint="introspection"\} 0$/m, 'no failure of the IdP in a row');
-    } finally {
-      idp.heal();
-      verifier.close();
-    }
-  });
+    });
 
-  test('introspection: a burst beyond introspection_concurrency is answered within introspection_timeout_ms, every login ok', async () => {
-    // 6 logins at once, one request at a time, each answered in 300 ms: the last is sent at
-    // 1.5 s and answered at 1.8 s, within the default 2 s. A floor on the time left when sending
-    // (half of the deadline) refused the last two unasked.
-    const metrics = new Metrics({ processMetrics: false });
-    const verifier = OAuthVerifier.create(config({ jwksUrl: undefined, tokenCheck: 'introspect', introspectionTimeoutMs: 2_000, introspectionConcurrency: 1 }), log, metrics);
-    idp.introspectionDelayMs = 300;
-    try {
-      const started = performance.now();
-      const codes = await Promise.all(Array.from({ length: 6 }, (_, i) => verifier.verify(opaque(`burst${i}`), signal).then(() => 'ok', (error: { code?: string; message?: string }) => `${error.code ?? '?'}: ${error.message ?? String(error)}`)));
-      const took = performance.now() - started;
-      assert.deepEqual(codes, Array(6).fill('ok'), codes.join('\n'));
-      assert.ok(took < 2_000, `within introspection_timeout_ms (${Math.round(took)} ms)`);
-      assert.deepEqual(await nonZero(metrics), { 'introspection ok': 6 });
-    } finally {
-      idp.heal();
-      verifier.close();
-    }
-  });
+    test('introspection: a burst beyond introspection_concurrency is answered within introspection_timeout_ms, every login ok', async () => {
+      // 6 logins at once, one request at a time, each answered in 300 ms: the last is sent at
+      // 1.5 s and answered at 1.8 s, within the default 2 s. A floor on the time left when sending
+      // (half of the deadline) refused the last two unasked.
+      const own = await ownIdp();
+      const metrics = new Metrics({ processMetrics: false });
+      const verifier = OAuthVerifier.create(config({ jwksUrl: undefined, introspectionUrl: own.introspectionUrl, tokenCheck: 'introspect', introspectionTimeoutMs: 2_000, introspectionConcurrency: 1 }), log, metrics);
+      own.introspectionDelayMs = 300;
+      try {
+        const started = performance.now();
+        const codes = await Promise.all(Array.from({ length: 6 }, (_, i) => verifier.verify(opaque(`burst${i}`, own), signal).then(() => 'ok', (error: { code?: string; message?: string }) => `${error.code ?? '?'}: ${error.message ?? String(error)}`)));
+        const took = performance.now() - started;
+        assert.deepEqual(codes, Array(6).fill('ok'), codes.join('\n'));
+        assert.ok(took < 2_000, `within introspection_timeout_ms (${Math.round(took)} ms)`);
+        assert.deepEqual(await nonZero(metrics), { 'introspection ok': 6 });
+      } finally {
+        verifier.close();
+        await own.stop();
+      }
+    });
 
-  test('introspection: a request sent with less than half of introspection_timeout_ms left that expires is timeout-queued, not the IdP\'s timeout nor a failure in a row', async () => {
-    // One request at a time, the IdP taking 700 ms of a 1 s deadline: the first login's request
-    // is answered; the second, sent at 700 ms with 300 ms left, expires. The IdP took no longer
-    // than the first time.
-    const metrics = new Metrics({ processMetrics: false });
-    const verifier = OAuthVerifier.create(config({ jwksUrl: undefined, tokenCheck: 'introspect', introspectionTimeoutMs: 1_000, introspectionConcurrency: 1 }), log, metrics);
-    idp.introspectionDelayMs = 700;
-    try {
-      const [first, second] = await Promise.all([verifier.verify(opaque('early'), signal).then(() => 'ok', String), failure(verifier, opaque('late'))]);
-      assert.equal(first, 'ok');
-      assert.equal(second, 'OAUTH_INTROSPECTION_UNAVAILABLE');
-      assert.deepEqual(await nonZero(metrics), { 'introspection ok': 1, 'introspection timeout-queued': 1 });
-      const { body } = await metrics.exposition();
-      assert.match(body, /^mailfront_oauth_introspection_duration_seconds_count\{result="timeout-queued"\} 1$/m, 'a request sent: its duration observed');
-      assert.match(body, /^mailfront_oauth_idp_consecutive_failures\{endpoint="introspection"\} 0$/m, 'not a failure of the IdP in a row');
-      // A request sent with the whole deadline that expires is the IdP's.
-      idp.introspectionDelayMs = 1_500;
-      assert.equal(await failure(verifier, opaque('alone')), 'OAUTH_INTROSPECTION_UNAVAILABLE');
-      assert.equal(await requests(metrics, 'introspection', 'timeout'), 1);
-      assert.match((await metrics.exposition()).body, /^mailfront_oauth_idp_consecutive_failures\{endpoint="introspection"\} 1$/m);
-    } finally {
-      idp.heal();
-      verifier.close();
-    }
+    test('introspection: a request sent with less than half of introspection_timeout_ms left that expires is timeout-queued, not the IdP\'s timeout nor a failure in a row', async () => {
+      // One request at a time, the IdP taking 700 ms of a 1 s deadline: the first login's request
+      // is answered; the second, sent at 700 ms with 300 ms left, expires. The IdP took no longer
+      // than the first time.
+      const own = await ownIdp();
+      const metrics = new Metrics({ processMetrics: false });
+      const verifier = OAuthVerifier.create(config({ jwksUrl: undefined, introspectionUrl: own.introspectionUrl, tokenCheck: 'introspect', introspectionTimeoutMs: 1_000, introspectionConcurrency: 1 }), log, metrics);
+      own.introspectionDelayMs = 700;
+      try {
+        const [first, second] = await Promise.all([verifier.verify(opaque('early', own), signal).then(() => 'ok', String), failure(verifier, opaque('late', own))]);
+        assert.equal(first, 'ok');
+        assert.equal(second, 'OAUTH_INTROSPECTION_UNAVAILABLE');
+        assert.deepEqual(await nonZero(metrics), { 'introspection ok': 1, 'introspection timeout-queued': 1 });
+        const { body } = await metrics.exposition();
+        assert.match(body, /^mailfront_oauth_introspection_duration_seconds_count\{result="timeout-queued"\} 1$/m, 'a request sent: its duration observed');
+        assert.match(body, /^mailfront_oauth_idp_consecutive_failures\{endpoint="introspection"\} 0$/m, 'not a failure of the IdP in a row');
+        // A request sent with the whole deadline that expires is the IdP's.
+        own.introspectionDelayMs = 1_500;
+        assert.equal(await failure(verifier, opaque('alone', own)), 'OAUTH_INTROSPECTION_UNAVAILABLE');
+        assert.equal(await requests(metrics, 'introspection', 'timeout'), 1);
+        assert.match((await metrics.exposition()).body, /^mailfront_oauth_idp_consecutive_failures\{endpoint="introspection"\} 1$/m);
+      } finally {
+        verifier.close();
+        await own.stop();
+      }
+    });
   });
 });
 
