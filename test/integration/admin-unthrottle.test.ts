@@ -107,7 +107,9 @@ async function api(front: Front, method: 'GET' | 'POST', path: string, body?: un
   return { status: response.status, json: (await response.json()) as Record<string, any> };
 }
 
-describe('a user locked out by the throttle', () => {
+// Two rounds of cases at once, each case on users, addresses and counters no other touches; an
+// unthrottle on `alone` in the first round is only frank's, whose case counts the lines it logs.
+describe('a user or an address locked out by the throttle', { concurrency: true }, () => {
   test('on an instance counting alone: whereis shows the refusal, unthrottle releases the user and logs admin.unthrottled', async () => {
     await fail(alone, 'frank', FAILURES_PER_USER);
     assert.match((await login(alone, 'frank', PASSWORD)).line, LIMIT);
@@ -139,17 +141,6 @@ describe('a user locked out by the throttle', () => {
     assert.match((await cli(alone, 'whereis', 'frank')).stdout, /^throttle +frank: no failures counted$/m);
   });
 
-  test('whereis of an alias shows the counts of the name typed and of the login name; unthrottle of the alias releases it', async () => {
-    await fail(alone, ALIAS, FAILURES_PER_USER);
-    assert.match((await login(alone, ALIAS, PASSWORD)).line, LIMIT);
-    // The throttle counts the name typed: judy's own name is not refused.
-    const whereis = await cli(alone, 'whereis', ALIAS);
-    assert.match(whereis.stdout, /^throttle +j\.doe@example\.com: 3 of 3 failures counted, logins refused for \d+ s more \(mailfront unthrottle j\.doe@example\.com\)\n +judy: no failures counted$/m, whereis.stdout);
-    assert.deepEqual((await api(alone, 'GET', `/api/whereis/${ALIAS}`)).json['throttle'].users.map((u: { user: string }) => u.user), [ALIAS, 'judy']);
-    assert.match((await cli(alone, 'unthrottle', ALIAS)).stdout, /^user j\.doe@example\.com: cleared 3 of 3 failures counted/);
-    assert.match((await login(alone, ALIAS, PASSWORD)).line, /^OK /);
-  });
-
   test('through Redis: shown from Redis on the other instance, released on both by one unthrottle', async () => {
     const [a, b] = shared;
     await fail(a, 'gina', FAILURES_PER_USER);
@@ -172,9 +163,7 @@ describe('a user locked out by the throttle', () => {
     assert.match((await login(b, 'gina', PASSWORD)).line, /^OK /);
     assert.match((await login(a, 'gina', PASSWORD)).line, /^OK /);
   });
-});
 
-describe('a client address locked out by the throttle', () => {
   test('through Redis: unthrottle ADDRESS on the other instance releases it', async () => {
     const [a, b] = shared;
     const from = '127.0.0.77';
@@ -184,6 +173,19 @@ describe('a client address locked out by the throttle', () => {
     assert.equal(unthrottle.code, 0, unthrottle.stderr);
     assert.match(unthrottle.stdout, /^address 127\.0\.0\.77: cleared 5 of 5 failures counted, logins refused for \d+ s more in Redis/m);
     assert.match((await login(a, 'hank', PASSWORD, { from })).line, /^OK /);
+  });
+});
+
+describe('an alias, addresses as counted, and what is not counted', { concurrency: true }, () => {
+  test('whereis of an alias shows the counts of the name typed and of the login name; unthrottle of the alias releases it', async () => {
+    await fail(alone, ALIAS, FAILURES_PER_USER);
+    assert.match((await login(alone, ALIAS, PASSWORD)).line, LIMIT);
+    // The throttle counts the name typed: judy's own name is not refused.
+    const whereis = await cli(alone, 'whereis', ALIAS);
+    assert.match(whereis.stdout, /^throttle +j\.doe@example\.com: 3 of 3 failures counted, logins refused for \d+ s more \(mailfront unthrottle j\.doe@example\.com\)\n +judy: no failures counted$/m, whereis.stdout);
+    assert.deepEqual((await api(alone, 'GET', `/api/whereis/${ALIAS}`)).json['throttle'].users.map((u: { user: string }) => u.user), [ALIAS, 'judy']);
+    assert.match((await cli(alone, 'unthrottle', ALIAS)).stdout, /^user j\.doe@example\.com: cleared 3 of 3 failures counted/);
+    assert.match((await login(alone, ALIAS, PASSWORD)).line, /^OK /);
   });
 
   test('an IPv6 address is cleared by its /56 (throttle.ipv6_prefix_bits), a nat64 address by the IPv4 address it embeds, as they are counted', async () => {
@@ -200,9 +202,7 @@ describe('a client address locked out by the throttle', () => {
       assert.match((await login(alone, 'hank', PASSWORD, { claim })).line, /^OK /, claim);
     }
   });
-});
 
-describe('unthrottle of what is not counted, or of nothing', () => {
   test('a subject with nothing counted is said so; a request naming no user or address is a 400', async () => {
     for (const subject of ['nosuchuser', '192.0.2.44']) {
       const result = await cli(alone, 'unthrottle', subject);
