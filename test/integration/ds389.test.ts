@@ -170,142 +170,149 @@ async function metric(front: Front, name: string, labels: string): Promise<numbe
   return line === undefined ? 0 : Number(line.split(' ').pop());
 }
 
-describe('389 DS with the password policy control (the default)', () => {
-  let front: Front;
-  before(async () => {
-    front = await startFront({ slapd: ds, stores: stores(), sieve: true });
-  });
-  after(async () => {
-    await front?.stop();
-  });
+// The logins' three describes run at once, each with a front of its own (its logs, metrics and
+// throttle), and users no other changes in the directory: bob, whose wrong passwords lock him
+// out, only without the control. Their cases, one after another (concurrency 1: a suite takes
+// its parent's otherwise). The store map and whereis, which change the server's settings for a
+// while, come after, alone.
+describe('389 DS logins', { concurrency: true }, () => {
+  describe('389 DS with the password policy control (the default)', { concurrency: 1 }, () => {
+    let front: Front;
+    before(async () => {
+      front = await startFront({ slapd: ds, stores: stores(), sieve: true });
+    });
+    after(async () => {
+      await front?.stop();
+    });
 
-  test('a user of 389 DS logs in', async () => {
-    assert.match((await imapLogin(front, 'alice', PASSWORD)).line, /^t1 OK /);
-  });
+    test('a user of 389 DS logs in', async () => {
+      assert.match((await imapLogin(front, 'alice', PASSWORD)).line, /^t1 OK /);
+    });
 
-  test('an inactivated account (nsAccountLock) is refused as a wrong password, after the same delay, whatever the password; logged at info with the result', async () => {
-    const mark = front.logs.length;
-    await assertSameFailure((user, password) => imapLogin(front, user, password), ['disabled', PASSWORD], ['nosuchuser', WRONG], FAILED);
-    assert.equal((await imapLogin(front, 'disabled', WRONG)).line, FAILED);
-    assert.equal(await pop3Login(front, 'disabled', PASSWORD), '-ERR [AUTH] Authentication failed.');
-    assert.equal(await sieveLogin(front, 'disabled', PASSWORD), 'NO "Authentication failed."');
-    const failed = await waitForLog(front, (l) => l['event'] === 'session.login_failed' && l['user'] === 'disabled', 5_000, mark);
-    assert.equal(failed['level'], 'info');
-    assert.equal(failed['kind'], 'auth-failed');
-    // 389 DS sends accountLocked with its refusal when asked for the control.
-    assert.equal(failed['code'], 'ACCOUNT_LOCKED');
-    assert.match(String(failed['reason']), /result 53 unwillingToPerform "Account inactivated\. Contact system administrator\."/);
-    assert.equal(await metric(front, 'mailfront_logins_total', 'protocol="imap",result="auth-tempfail"'), 0);
-    assert.equal(await metric(front, 'mailfront_ldap_request_duration_seconds_count', 'operation="user-bind",result="error"'), 0);
-  });
+    test('an inactivated account (nsAccountLock) is refused as a wrong password, after the same delay, whatever the password; logged at info with the result', async () => {
+      const mark = front.logs.length;
+      await assertSameFailure((user, password) => imapLogin(front, user, password), ['disabled', PASSWORD], ['nosuchuser', WRONG], FAILED);
+      assert.equal((await imapLogin(front, 'disabled', WRONG)).line, FAILED);
+      assert.equal(await pop3Login(front, 'disabled', PASSWORD), '-ERR [AUTH] Authentication failed.');
+      assert.equal(await sieveLogin(front, 'disabled', PASSWORD), 'NO "Authentication failed."');
+      const failed = await waitForLog(front, (l) => l['event'] === 'session.login_failed' && l['user'] === 'disabled', 5_000, mark);
+      assert.equal(failed['level'], 'info');
+      assert.equal(failed['kind'], 'auth-failed');
+      // 389 DS sends accountLocked with its refusal when asked for the control.
+      assert.equal(failed['code'], 'ACCOUNT_LOCKED');
+      assert.match(String(failed['reason']), /result 53 unwillingToPerform "Account inactivated\. Contact system administrator\."/);
+      assert.equal(await metric(front, 'mailfront_logins_total', 'protocol="imap",result="auth-tempfail"'), 0);
+      assert.equal(await metric(front, 'mailfront_ldap_request_duration_seconds_count', 'operation="user-bind",result="error"'), 0);
+    });
 
-  test('a connection with three refused logins of an inactivated account is closed as with three wrong passwords', async () => {
-    const wrong = await loginsOnOneConnection(front, 'nosuchuser', WRONG);
-    assert.ok(wrong.includes('(closed)'), JSON.stringify(wrong));
-    assert.deepEqual(await loginsOnOneConnection(front, 'disabled', PASSWORD), wrong);
-  });
+    test('a connection with three refused logins of an inactivated account is closed as with three wrong passwords', async () => {
+      const wrong = await loginsOnOneConnection(front, 'nosuchuser', WRONG);
+      assert.ok(wrong.includes('(closed)'), JSON.stringify(wrong));
+      assert.deepEqual(await loginsOnOneConnection(front, 'disabled', PASSWORD), wrong);
+    });
 
-  test('an account 389 DS locked out (passwordLockout: constraintViolation for any password) is refused as a wrong password', async () => {
-    for (let i = 0; i < 3; i++) assert.equal((await imapLogin(front, 'lockme', WRONG)).line, FAILED);
-    const mark = front.logs.length;
-    const right = await imapLogin(front, 'lockme', PASSWORD);
-    assert.equal(right.line, FAILED);
-    assert.ok(right.ms >= AUTH_FAILURE_DELAY_MS - 20, `${right.ms} ms`);
-    assert.equal(await pop3Login(front, 'lockme', PASSWORD), '-ERR [AUTH] Authentication failed.');
-    const failed = await waitForLog(front, (l) => l['event'] === 'session.login_failed' && l['user'] === 'lockme', 5_000, mark);
-    assert.equal(failed['level'], 'info');
-    assert.equal(failed['code'], 'ACCOUNT_LOCKED');
-    assert.match(String(failed['reason']), /result 19 constraintViolation "Exceed password retry limit\. Please try later\."/);
-  });
+    test('an account 389 DS locked out (passwordLockout: constraintViolation for any password) is refused as a wrong password', async () => {
+      for (let i = 0; i < 3; i++) assert.equal((await imapLogin(front, 'lockme', WRONG)).line, FAILED);
+      const mark = front.logs.length;
+      const right = await imapLogin(front, 'lockme', PASSWORD);
+      assert.equal(right.line, FAILED);
+      assert.ok(right.ms >= AUTH_FAILURE_DELAY_MS - 20, `${right.ms} ms`);
+      assert.equal(await pop3Login(front, 'lockme', PASSWORD), '-ERR [AUTH] Authentication failed.');
+      const failed = await waitForLog(front, (l) => l['event'] === 'session.login_failed' && l['user'] === 'lockme', 5_000, mark);
+      assert.equal(failed['level'], 'info');
+      assert.equal(failed['code'], 'ACCOUNT_LOCKED');
+      assert.match(String(failed['reason']), /result 19 constraintViolation "Exceed password retry limit\. Please try later\."/);
+    });
 
-  test('an expired password is told only to its owner (389 DS says passwordExpired for the right password alone); grace logins let in; a reset password must be changed', async () => {
-    assert.equal((await imapLogin(front, 'expired', PASSWORD)).line, `t1 NO [EXPIRED] ${EXPIRED_TEXT}`);
-    const mark = front.logs.length;
-    assert.equal((await imapLogin(front, 'expired', WRONG)).line, FAILED);
-    const wrong = await waitForLog(front, (l) => l['event'] === 'session.login_failed' && l['user'] === 'expired', 5_000, mark);
-    assert.equal(wrong['code'], 'WRONG_PASSWORD');
-    const graceMark = front.logs.length;
-    assert.match((await imapLogin(front, 'gracie', PASSWORD)).line, /^t1 OK /);
-    const grace = await waitForLog(front, (l) => l['event'] === 'directory.password_grace_login', 5_000, graceMark);
-    assert.equal(grace['graceLeft'], 1);
-    assert.equal((await imapLogin(front, 'reset', PASSWORD)).line, `t1 NO [EXPIRED] ${MUST_CHANGE_TEXT}`);
-    assert.equal((await imapLogin(front, 'reset', WRONG)).line, FAILED);
-  });
-});
-
-describe('389 DS without the control, the throttle on', () => {
-  let front: Front;
-  before(async () => {
-    front = await startFront({ slapd: ds, stores: stores(), directory: { password_policy: false }, throttle: { enabled: true, failures_per_user: 3, failures_per_address: 1000, base_delay_ms: 10, max_delay_ms: 10 } });
-  });
-  after(async () => {
-    await front?.stop();
-  });
-
-  test('an inactivated account is USER_BIND_REFUSED (info, reason bind-refused), and counted by the throttle as a wrong password is', async () => {
-    const mark = front.logs.length;
-    const disabled: string[] = [];
-    const wrong: string[] = [];
-    // Distinct passwords: the throttle counts a repeated wrong one once.
-    for (let i = 0; i < 5; i++) {
-      disabled.push((await imapLogin(front, 'disabled', `${WRONG}-${i}`)).line);
-      wrong.push((await imapLogin(front, 'bob', `${WRONG}-${i}`)).line);
-    }
-    assert.deepEqual(disabled, wrong);
-    assert.ok(disabled.some((line) => line.startsWith('t1 NO [LIMIT]')), JSON.stringify(disabled));
-    const failed = await waitForLog(front, (l) => l['event'] === 'session.login_failed' && l['user'] === 'disabled', 5_000, mark);
-    assert.equal(failed['level'], 'info');
-    assert.equal(failed['code'], 'USER_BIND_REFUSED');
-    assert.match(String(failed['reason']), /refused the bind of uid=disabled,ou=people,dc=example,dc=org on ldap:\/\/127\.0\.0\.1:\d+ with result 53 unwillingToPerform "Account inactivated\. Contact system administrator\."/);
-    assert.equal(await metric(front, 'mailfront_auth_failures_total', 'reason="bind-refused"'), 3);
-  });
-});
-
-// A token login makes no bind: an inactivated account is seen through nsAccountLock, which the
-// README's ACI lets the service account read (without it, the lock is hidden and the token let in).
-describe('OAuth logins against 389 DS', () => {
-  let front: Front;
-  const dir = mkdtempSync(join(tmpdir(), 'ds389-oauth-'));
-  before(async () => {
-    const jwksFile = join(dir, 'jwks.json');
-    writeFileSync(jwksFile, jwks([tokenKey]));
-    front = await startFront({
-      slapd: ds,
-      stores: stores(),
-      backend: { login_mode: 'master-user', proxy_user: MASTER.name, proxy_password: MASTER.password },
-      oauth2: { issuers: [ISSUER], audiences: [AUDIENCE], jwks_file: jwksFile, user_claim: 'preferred_username', clock_skew_ms: 5_000 },
+    test('an expired password is told only to its owner (389 DS says passwordExpired for the right password alone); grace logins let in; a reset password must be changed', async () => {
+      assert.equal((await imapLogin(front, 'expired', PASSWORD)).line, `t1 NO [EXPIRED] ${EXPIRED_TEXT}`);
+      const mark = front.logs.length;
+      assert.equal((await imapLogin(front, 'expired', WRONG)).line, FAILED);
+      const wrong = await waitForLog(front, (l) => l['event'] === 'session.login_failed' && l['user'] === 'expired', 5_000, mark);
+      assert.equal(wrong['code'], 'WRONG_PASSWORD');
+      const graceMark = front.logs.length;
+      assert.match((await imapLogin(front, 'gracie', PASSWORD)).line, /^t1 OK /);
+      const grace = await waitForLog(front, (l) => l['event'] === 'directory.password_grace_login', 5_000, graceMark);
+      assert.equal(grace['graceLeft'], 1);
+      assert.equal((await imapLogin(front, 'reset', PASSWORD)).line, `t1 NO [EXPIRED] ${MUST_CHANGE_TEXT}`);
+      assert.equal((await imapLogin(front, 'reset', WRONG)).line, FAILED);
     });
   });
-  after(async () => {
-    await front?.stop();
-    rmSync(dir, { recursive: true, force: true });
+
+  describe('389 DS without the control, the throttle on', { concurrency: 1 }, () => {
+    let front: Front;
+    before(async () => {
+      front = await startFront({ slapd: ds, stores: stores(), directory: { password_policy: false }, throttle: { enabled: true, failures_per_user: 3, failures_per_address: 1000, base_delay_ms: 10, max_delay_ms: 10 } });
+    });
+    after(async () => {
+      await front?.stop();
+    });
+
+    test('an inactivated account is USER_BIND_REFUSED (info, reason bind-refused), and counted by the throttle as a wrong password is', async () => {
+      const mark = front.logs.length;
+      const disabled: string[] = [];
+      const wrong: string[] = [];
+      // Distinct passwords: the throttle counts a repeated wrong one once.
+      for (let i = 0; i < 5; i++) {
+        disabled.push((await imapLogin(front, 'disabled', `${WRONG}-${i}`)).line);
+        wrong.push((await imapLogin(front, 'bob', `${WRONG}-${i}`)).line);
+      }
+      assert.deepEqual(disabled, wrong);
+      assert.ok(disabled.some((line) => line.startsWith('t1 NO [LIMIT]')), JSON.stringify(disabled));
+      const failed = await waitForLog(front, (l) => l['event'] === 'session.login_failed' && l['user'] === 'disabled', 5_000, mark);
+      assert.equal(failed['level'], 'info');
+      assert.equal(failed['code'], 'USER_BIND_REFUSED');
+      assert.match(String(failed['reason']), /refused the bind of uid=disabled,ou=people,dc=example,dc=org on ldap:\/\/127\.0\.0\.1:\d+ with result 53 unwillingToPerform "Account inactivated\. Contact system administrator\."/);
+      assert.equal(await metric(front, 'mailfront_auth_failures_total', 'reason="bind-refused"'), 3);
+    });
   });
 
-  async function tokenLogin(user: string): Promise<string> {
-    const jwt = signJwt(tokenKey, claimsFor(user, ISSUER, AUDIENCE));
-    registerSecrets([jwt, jwt.split('.')[2] ?? '']);
-    const c = await LineClient.connect(front.imapTrustedPort);
-    try {
-      await c.readLine();
-      c.send(`t1 AUTHENTICATE OAUTHBEARER ${Buffer.from(`n,,\x01auth=Bearer ${jwt}\x01\x01`).toString('base64')}`);
-      for (;;) {
-        const line = await c.readLine();
-        if (line.startsWith('+ ')) c.send('AQ==');
-        else if (line.startsWith('t1 ')) return line;
-      }
-    } finally {
-      c.close();
-    }
-  }
+  // A token login makes no bind: an inactivated account is seen through nsAccountLock, which the
+  // README's ACI lets the service account read (without it, the lock is hidden and the token let in).
+  describe('OAuth logins against 389 DS', { concurrency: 1 }, () => {
+    let front: Front;
+    const dir = mkdtempSync(join(tmpdir(), 'ds389-oauth-'));
+    before(async () => {
+      const jwksFile = join(dir, 'jwks.json');
+      writeFileSync(jwksFile, jwks([tokenKey]));
+      front = await startFront({
+        slapd: ds,
+        stores: stores(),
+        backend: { login_mode: 'master-user', proxy_user: MASTER.name, proxy_password: MASTER.password },
+        oauth2: { issuers: [ISSUER], audiences: [AUDIENCE], jwks_file: jwksFile, user_claim: 'preferred_username', clock_skew_ms: 5_000 },
+      });
+    });
+    after(async () => {
+      await front?.stop();
+      rmSync(dir, { recursive: true, force: true });
+    });
 
-  test('an inactivated account (nsAccountLock: true) is refused a token login (ACCOUNT_LOCKED); an active one logs in', async () => {
-    let mark = front.logs.length;
-    assert.match(await tokenLogin('alice'), /^t1 OK /);
-    assert.equal((await waitForLog(front, (l) => l['event'] === 'session.spliced', 5_000, mark))['user'], 'alice');
-    mark = front.logs.length;
-    assert.equal(await tokenLogin('disabled'), FAILED);
-    const failed = await waitForLog(front, (l) => l['event'] === 'session.login_failed', 5_000, mark);
-    assert.equal(failed['code'], 'ACCOUNT_LOCKED', String(failed['reason']));
+    async function tokenLogin(user: string): Promise<string> {
+      const jwt = signJwt(tokenKey, claimsFor(user, ISSUER, AUDIENCE));
+      registerSecrets([jwt, jwt.split('.')[2] ?? '']);
+      const c = await LineClient.connect(front.imapTrustedPort);
+      try {
+        await c.readLine();
+        c.send(`t1 AUTHENTICATE OAUTHBEARER ${Buffer.from(`n,,\x01auth=Bearer ${jwt}\x01\x01`).toString('base64')}`);
+        for (;;) {
+          const line = await c.readLine();
+          if (line.startsWith('+ ')) c.send('AQ==');
+          else if (line.startsWith('t1 ')) return line;
+        }
+      } finally {
+        c.close();
+      }
+    }
+
+    test('an inactivated account (nsAccountLock: true) is refused a token login (ACCOUNT_LOCKED); an active one logs in', async () => {
+      let mark = front.logs.length;
+      assert.match(await tokenLogin('alice'), /^t1 OK /);
+      assert.equal((await waitForLog(front, (l) => l['event'] === 'session.spliced', 5_000, mark))['user'], 'alice');
+      mark = front.logs.length;
+      assert.equal(await tokenLogin('disabled'), FAILED);
+      const failed = await waitForLog(front, (l) => l['event'] === 'session.login_failed', 5_000, mark);
+      assert.equal(failed['code'], 'ACCOUNT_LOCKED', String(failed['reason']));
+    });
   });
 });
 
