@@ -320,7 +320,7 @@ describe('the LDAP store-map source against replicated slapd', { concurrency: tr
       // reads the map: the polls go by contextCSN once it does (run with the others, this came 2 times in 15).
       await p1.modify(failoverLdif('st3', 'sl3b'));
       await p2.modify(failoverLdif('st3', 'sl3a'));
-      assert.ok(await until(async () => (await masterOn(p1, 'st3')) === 'sl3a', 10_000), 'the mirror does not replicate');
+      assert.ok(await until(async () => (await masterOn(p1, 'st3')) === 'sl3a', 30_000), 'the mirror does not replicate');
       await f.start();
       for (const link of pair.links) link.cut();
       await p2.modify(failoverLdif('st2', 'sl2b'));
