@@ -1254,20 +1254,11 @@ export class RedisThrottleStore implements ThrottleStore {
     this.watchTimer = undefined;
     const watcher = this.watcher;
     this.watcher = undefined;
-    try {
-      watcher?.destroy();
-    } catch {
-      // already closed
-    }
+    destroyQuietly(watcher);
     const client = this.client;
     this.client = undefined;
-    if (client === undefined) return;
-    try {
-      // destroy() fails every pending command at once: nothing waits on a hung Redis.
-      client.destroy();
-    } catch {
-      // already closed
-    }
+    // destroy() fails every pending command at once: nothing waits on a hung Redis.
+    destroyQuietly(client);
   }
 
   /**
@@ -1361,11 +1352,7 @@ export class RedisThrottleStore implements ThrottleStore {
       if (sentinel !== undefined && primary !== undefined) this.watchSentinel(sentinel, primary, client);
       this.setState('up');
     } catch (error) {
-      try {
-        client.destroy();
-      } catch {
-        // never opened
-      }
+      destroyQuietly(client);
       if (this.closed) return;
       this.setState('down', error instanceof Error ? error.message : String(error));
       this.scheduleRetry();
@@ -1418,11 +1405,7 @@ export class RedisThrottleStore implements ThrottleStore {
       } catch (error) {
         problems.push(`${name}: ${error instanceof Error ? error.message : String(error)}`);
       } finally {
-        try {
-          opened?.destroy();
-        } catch {
-          // never opened
-        }
+        destroyQuietly(opened);
       }
     }
     throw new Error(`no sentinel named the primary of ${sentinel.masterName} (${problems.join('; ')})`);
@@ -1478,11 +1461,7 @@ export class RedisThrottleStore implements ThrottleStore {
         const lost = (): void => {
           if (this.watcher !== listener) return;
           this.watcher = undefined;
-          try {
-            listener.destroy();
-          } catch {
-            // already closed
-          }
+          destroyQuietly(listener);
           if (this.client !== client || this.closed) return;
           this.nextListenAt = monotonic() + this.retryIntervalMs;
           this.watchLater(sentinel, primary, client);
@@ -1502,11 +1481,7 @@ export class RedisThrottleStore implements ThrottleStore {
         if (subscribing && error instanceof (await loadRedis()).ErrorReply) refused ??= `${name}: ${message}`;
         problems.push(`${name}: ${message}`);
         if (opened !== undefined && this.watcher === opened) this.watcher = undefined;
-        try {
-          opened?.destroy();
-        } catch {
-          // never opened
-        }
+        destroyQuietly(opened);
       }
     }
     if (this.client !== client || this.closed) return;
@@ -1562,6 +1537,15 @@ export class RedisThrottleStore implements ThrottleStore {
     const { sentinel } = this.redis;
     if (sentinel === undefined) return { url: this.redis.url ?? '' };
     return { sentinel: sentinel.masterName, ...(this.primary !== undefined ? { primary: sentinelNodeName(this.primary) } : {}) };
+  }
+}
+
+/** Closes a Redis connection at once, if there is one: one never opened, or already closed, throws nothing. */
+function destroyQuietly(connection: { destroy(): void } | undefined): void {
+  try {
+    connection?.destroy();
+  } catch {
+    // never opened, or already closed
   }
 }
 
