@@ -79,6 +79,14 @@ export const LOGIN_PASSWORD_CHALLENGE = Buffer.from('Password:').toString('base6
 /** The OAuth 2.0 bearer-token mechanisms: OAUTHBEARER (RFC 7628) and Google's XOAUTH2. */
 export type BearerMechanism = 'OAUTHBEARER' | 'XOAUTH2';
 
+/** The bearer mechanisms, as the machines offer them after PLAIN and LOGIN (with oauth2). */
+export const BEARER_MECHANISMS: readonly BearerMechanism[] = ['OAUTHBEARER', 'XOAUTH2'];
+
+/** True when `mechanism` (upper case) is a bearer one. */
+export function isBearerMechanism(mechanism: string | undefined): mechanism is BearerMechanism {
+  return mechanism === 'OAUTHBEARER' || mechanism === 'XOAUTH2';
+}
+
 /** The longest access token handed on, in bytes (limits.ts says why). */
 export { MAX_OAUTH_TOKEN_BYTES };
 

@@ -7,7 +7,7 @@
  */
 
 import { MAX_AUTH_ATTEMPTS, MAX_BAD_COMMANDS, MAX_PIPELINED_BYTES, MAX_PIPELINED_HELD_BYTES, MAX_PREAUTH_COMMANDS } from '../../limits.js';
-import { bearerFailureChallenge, decodeBearer, decodeLoginField, decodePlain, hasUnsafeCharacters, LOGIN_PASSWORD_CHALLENGE, LOGIN_USERNAME_CHALLENGE } from '../sasl.js';
+import { BEARER_MECHANISMS, bearerFailureChallenge, decodeBearer, decodeLoginField, decodePlain, hasUnsafeCharacters, isBearerMechanism, LOGIN_PASSWORD_CHALLENGE, LOGIN_USERNAME_CHALLENGE } from '../sasl.js';
 import type { BearerMechanism } from '../sasl.js';
 import type {
   BearerCredentials,
@@ -72,9 +72,6 @@ const MAX_FORWARDED_ID_PAIRS = MAX_ID_PAIRS - 3;
 const PROXY_ONLY_ID_FIELD = /^x-(?:originating-|connected-|session-|proxy-|forward-|client-transport$|multiplex$)/;
 
 const EIGHT_BIT = /[^\x00-\x7f]/;
-
-/** The bearer mechanisms, whose AUTHENTICATE lines carry an OAuth token (the parser's wideMechanisms). */
-const BEARER_MECHANISMS: readonly BearerMechanism[] = ['OAUTHBEARER', 'XOAUTH2'];
 
 const AUTH_FAILED_TEXT = 'NO [AUTHENTICATIONFAILED] Authentication failed.';
 /** RFC 5530: authenticated, but the identity may not be used. */
@@ -288,7 +285,7 @@ export class ImapPreauthMachine implements PreauthMachine {
         this.parser.wideMechanisms = this.bearerOffered() ? BEARER_MECHANISMS : [];
         event = this.parser.nextCommand();
       } else if (this.phase === 'authenticate') {
-        event = this.parser.nextLine(this.sasl?.mechanism === 'OAUTHBEARER' || this.sasl?.mechanism === 'XOAUTH2');
+        event = this.parser.nextLine(isBearerMechanism(this.sasl?.mechanism));
       } else return out;
       if (event === null) return out;
       switch (event.type) {
@@ -391,7 +388,7 @@ export class ImapPreauthMachine implements PreauthMachine {
     const [mechanismArg, initialArg] = args;
     if (args.length > 2 || mechanismArg?.type !== 'atom') return this.bad(out, tag, 'Invalid AUTHENTICATE arguments');
     const mechanism = mechanismArg.value.toUpperCase();
-    const bearer = this.options.oauth === true && (mechanism === 'OAUTHBEARER' || mechanism === 'XOAUTH2');
+    const bearer = this.options.oauth === true && isBearerMechanism(mechanism);
     if (mechanism !== 'PLAIN' && mechanism !== 'LOGIN' && !bearer) {
       return this.bad(out, tag, 'Unsupported authentication mechanism', 'NO');
     }
@@ -416,7 +413,7 @@ export class ImapPreauthMachine implements PreauthMachine {
     if (sasl.refused === true) return this.endSasl(() => this.refuseLocally(sasl.tag, out));
     // RFC 9051 §6.2.2: a line of "*" cancels the exchange, answered with a tagged BAD.
     if (line === '*') return this.endSasl(() => push(out, `${sasl.tag} BAD Authentication cancelled.\r\n`));
-    if (sasl.mechanism === 'OAUTHBEARER' || sasl.mechanism === 'XOAUTH2') {
+    if (isBearerMechanism(sasl.mechanism)) {
       const mechanism = sasl.mechanism;
       const decoded = decodeBearer(mechanism, line);
       if (decoded.ok) {

@@ -19,7 +19,7 @@ import {
   MAX_PREAUTH_LITERAL_BYTES,
   MAX_SASL_RESPONSE_BYTES,
 } from '../../limits.js';
-import { bearerFailureChallenge, decodeBearer, decodeLoginField, decodePlain, hasUnsafeCharacters, LOGIN_PASSWORD_CHALLENGE, LOGIN_USERNAME_CHALLENGE } from '../sasl.js';
+import { BEARER_MECHANISMS, bearerFailureChallenge, decodeBearer, decodeLoginField, decodePlain, hasUnsafeCharacters, isBearerMechanism, LOGIN_PASSWORD_CHALLENGE, LOGIN_USERNAME_CHALLENGE } from '../sasl.js';
 import type { BearerMechanism } from '../sasl.js';
 import type { BearerCredentials, Credentials, LoginRefusal, LoginSuccess, PreauthAction, PreauthCloseReason, PreauthMachine, PreauthOptions } from '../types.js';
 import { oneLineText, SieveReader, sieveString, type SieveProblem, type SieveToken } from './wire.js';
@@ -62,9 +62,6 @@ const AFTER_LOGIN_COMMANDS = new Set([
 // RFC 5804 §4: clients send "{N+}" literals, which are never acknowledged; a "{N}" from a client
 // gets no continuation either (the protocol has none), so both obey the non-synchronising bound.
 const LITERAL_LIMIT_BYTES = Math.min(MAX_PREAUTH_LITERAL_BYTES, MAX_NONSYNC_LITERAL_BYTES);
-
-/** The bearer mechanisms, whose AUTHENTICATE lines carry an OAuth token (the reader's wideMechanisms). */
-const BEARER_MECHANISMS: readonly BearerMechanism[] = ['OAUTHBEARER', 'XOAUTH2'];
 
 const AUTH_FAILED_LINE = 'NO "Authentication failed."';
 /** RFC 5804 has no response code for it: a plain NO. */
@@ -213,7 +210,7 @@ export class ManageSievePreauth implements PreauthMachine {
 
   /** The SASL mechanisms offered where plaintext credentials are allowed: a bearer token is a credential as a password is. */
   #mechanisms(): string[] {
-    return this.#options.oauth === true ? ['PLAIN', 'LOGIN', 'OAUTHBEARER', 'XOAUTH2'] : ['PLAIN', 'LOGIN'];
+    return this.#options.oauth === true ? ['PLAIN', 'LOGIN', ...BEARER_MECHANISMS] : ['PLAIN', 'LOGIN'];
   }
 
   /** The capability lines (RFC 5804 §1.7), each ending in CRLF, without the final OK. */
@@ -235,7 +232,7 @@ export class ManageSievePreauth implements PreauthMachine {
       if (this.#phase !== 'command' && this.#phase !== 'sasl') return out;
       // Only a bearer mechanism's lines carry an OAuth token, longer than any other line may be.
       this.#reader.wideMechanisms = this.#bearerOffered() ? BEARER_MECHANISMS : [];
-      this.#reader.saslResponse = this.#phase === 'sasl' && (this.#sasl?.mechanism === 'OAUTHBEARER' || this.#sasl?.mechanism === 'XOAUTH2');
+      this.#reader.saslResponse = this.#phase === 'sasl' && isBearerMechanism(this.#sasl?.mechanism);
       const event = this.#reader.next();
       if (event === null) return out;
       if (event.type === 'problem') {
@@ -372,7 +369,7 @@ export class ManageSievePreauth implements PreauthMachine {
       push(out, 'NO "Authentication cancelled."');
       return;
     }
-    if (sasl.mechanism === 'OAUTHBEARER' || sasl.mechanism === 'XOAUTH2') {
+    if (isBearerMechanism(sasl.mechanism)) {
       const mechanism = sasl.mechanism;
       const decoded = decodeBearer(mechanism, value);
       if (!decoded.ok) {

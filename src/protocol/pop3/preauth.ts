@@ -15,11 +15,13 @@ import {
   MAX_PREAUTH_COMMANDS,
 } from '../../limits.js';
 import {
+  BEARER_MECHANISMS,
   bearerFailureChallenge,
   decodeBearer,
   decodeLoginField,
   decodePlain,
   hasUnsafeCharacters,
+  isBearerMechanism,
   LOGIN_PASSWORD_CHALLENGE,
   LOGIN_USERNAME_CHALLENGE,
 } from '../sasl.js';
@@ -34,6 +36,7 @@ import type {
   PreauthMachine,
   PreauthOptions,
 } from '../types.js';
+import { latin1 } from '../bytes.js';
 import { LineReader, lineText, oneLine, strictLineText } from './lines.js';
 import { SHUTTING_DOWN_TEXT, countsAsFailedLogin } from '../rules.js';
 
@@ -61,7 +64,7 @@ export type Pop3PreauthState =
 const LINE_LIMIT_BYTES = MAX_LINE_BYTES;
 
 /** The starts of AUTH lines of the bearer mechanisms (the initial response follows). */
-const BEARER_AUTH_HEADS = ['AUTH OAUTHBEARER ', 'AUTH XOAUTH2 '];
+const BEARER_AUTH_HEADS = BEARER_MECHANISMS.map((mechanism) => `AUTH ${mechanism} `);
 const BEARER_AUTH_HEAD_BYTES = Math.max(...BEARER_AUTH_HEADS.map((head) => head.length));
 
 // Verbs of protocols that a browser or a confused client may aim at a POP3 port. A POP3 server
@@ -267,7 +270,7 @@ export class Pop3Preauth implements PreauthMachine {
         return MAX_AUTHENTICATE_LINE_BYTES;
       case 'command': {
         if (!this.#bearerOffered()) return LINE_LIMIT_BYTES;
-        const start = Buffer.from(head.subarray(0, BEARER_AUTH_HEAD_BYTES)).toString('latin1').toUpperCase();
+        const start = latin1(head.subarray(0, BEARER_AUTH_HEAD_BYTES)).toUpperCase();
         return BEARER_AUTH_HEADS.some((bearerHead) => start.startsWith(bearerHead)) ? MAX_AUTHENTICATE_LINE_BYTES : LINE_LIMIT_BYTES;
       }
       case 'sasl-plain':
@@ -377,7 +380,7 @@ export class Pop3Preauth implements PreauthMachine {
     this.#pendingUser = null;
     // RFC 5034 §4: an initial response of "=" is an empty response.
     const response = initial === '=' ? '' : initial;
-    if (mechanism === 'OAUTHBEARER' || mechanism === 'XOAUTH2') {
+    if (isBearerMechanism(mechanism)) {
       this.#bearer = mechanism;
       if (response !== undefined) return this.#bearerResponse(mechanism, response);
       this.#state = 'sasl-bearer';
@@ -400,7 +403,7 @@ export class Pop3Preauth implements PreauthMachine {
 
   /** The SASL mechanisms offered (where plaintext credentials are allowed). */
   #mechanisms(): string[] {
-    return this.#options.oauth === true ? ['PLAIN', 'LOGIN', 'OAUTHBEARER', 'XOAUTH2'] : ['PLAIN', 'LOGIN'];
+    return this.#options.oauth === true ? ['PLAIN', 'LOGIN', ...BEARER_MECHANISMS] : ['PLAIN', 'LOGIN'];
   }
 
   #saslResponse(state: 'sasl-plain' | 'sasl-login-user' | 'sasl-login-password' | 'sasl-bearer' | 'sasl-bearer-refused', text: string): PreauthAction[] {
