@@ -1,8 +1,9 @@
 /**
  * A growable byte queue for received input, shared by the IMAP, POP3 and ManageSieve readers:
  * amortised O(1) appends and consumption, so that a peer sending one byte at a time cannot make
- * buffering quadratic, nor cost an object per read.
- * Must not: interpret the bytes.
+ * buffering quadratic, nor cost an object per read; and the readers' two small byte helpers
+ * (latin1(), skipSpaces()).
+ * Must not: interpret the bytes beyond that (the protocols' syntax is their readers').
  */
 
 const EMPTY = new Uint8Array(0);
@@ -66,4 +67,16 @@ export class ByteQueue {
     this.start = 0;
     this.end = 0;
   }
+}
+
+/** `bytes` as text, one character per byte (latin1), read in place. */
+export function latin1(bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
+}
+
+/** The index of the first byte at or after `from` in `line` that is not a space (0x20). */
+export function skipSpaces(line: Uint8Array, from: number): number {
+  let i = from;
+  while (line[i] === 0x20) i++;
+  return i;
 }

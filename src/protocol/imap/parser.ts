@@ -13,7 +13,7 @@
  */
 
 import { MAX_AUTHENTICATE_LINE_BYTES, MAX_LINE_BYTES, MAX_NONSYNC_LITERAL_BYTES, MAX_PREAUTH_LITERAL_BYTES } from '../../limits.js';
-import { ByteQueue } from '../bytes.js';
+import { ByteQueue, latin1, skipSpaces } from '../bytes.js';
 import { literalSizeWithin } from '../rules.js';
 
 /** One argument of a command: an atom, a string (quoted or literal) or a parenthesised list. */
@@ -333,13 +333,6 @@ function isWideAuthenticateLine(line: Uint8Array, mechanisms: readonly string[])
   return end > mechanismStart && mechanisms.includes(latin1(line.subarray(mechanismStart, end)).toUpperCase());
 }
 
-/** The index of the first byte at or after `from` that is not a space. */
-function skipSpaces(line: Uint8Array, from: number): number {
-  let i = from;
-  while (line[i] === SP) i++;
-  return i;
-}
-
 function isAtomChar(c: number): boolean {
   // RFC 3501 ATOM-CHAR, widened by list-wildcards and "]" so that post-auth commands parse
   // far enough to be refused by name.
@@ -493,6 +486,3 @@ function buildCommand(tokens: readonly Token[]): ImapCommand | null {
   return { tag: tag.value, name: name.value.toUpperCase(), args: root };
 }
 
-function latin1(bytes: Uint8Array): string {
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
-}

@@ -12,7 +12,7 @@
  */
 
 import { literalSizeWithin } from '../rules.js';
-import { ByteQueue } from '../bytes.js';
+import { ByteQueue, latin1, skipSpaces } from '../bytes.js';
 
 /** One element of a line. Strings are quoted strings or literals, already unquoted. */
 export type SieveToken =
@@ -397,17 +397,6 @@ function startsWithAuthenticate(line: Uint8Array, mechanisms: readonly string[])
   if (end <= start) return false;
   const word = latin1(line.subarray(start, end)).toUpperCase();
   return mechanisms.some((mechanism) => word === mechanism || word === `"${mechanism}"`);
-}
-
-/** The index of the first byte at or after `from` that is not a space. */
-function skipSpaces(line: Uint8Array, from: number): number {
-  let i = from;
-  while (line[i] === SP) i++;
-  return i;
-}
-
-function latin1(bytes: Uint8Array): string {
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
 }
 
 /** RFC 5804 §4: a quoted string holds at most 1024 octets; longer values go as literals. */
