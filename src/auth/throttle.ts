@@ -73,6 +73,12 @@ export interface SubjectState {
 export interface SubjectLimit {
   readonly key: string;
   readonly limit: number;
+  /**
+   * Where a failure of a user comes from (sourceTag() of the address as the throttle keys it),
+   * kept with its fingerprint so that a success from there forgets it (forgetSource()); none for
+   * an address's own count.
+   */
+  readonly source?: string;
 }
 
 /** How long failures and refusals last, and how many fingerprints are kept per subject at least (see fingerprintsKeptFor()). */
@@ -93,6 +99,12 @@ export interface ThrottleStore {
   addFailure(subjects: readonly SubjectLimit[], fingerprint: string): Promise<SubjectState[]>;
   /** Forgets the keys. */
   clear(keys: readonly string[]): Promise<void>;
+  /**
+   * After a success from `source`: forgets the failures of `key` counted from there (not those
+   * from elsewhere, nor those kept without a source); a refusal ends when what is left is below
+   * `limit`, and runs on otherwise.
+   */
+  forgetSource(key: string, source: string, limit: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -129,6 +141,36 @@ export function fingerprintsKeptFor(limit: number, floor: number = FINGERPRINTS_
 
 /** 96 bits: collisions between two wrong passwords of one user are out of reach. */
 const FINGERPRINT_BYTES = 12;
+/** A fingerprint's length in base64url, as stores keep it. */
+const FINGERPRINT_CHARS = 16;
+
+/**
+ * 48 bits of SHA-256 of the address key: fixed length for the Redis hash (8 characters) and a
+ * number for the local counters (8 bytes, see MemoryEntry.sources). Not keyed, so that every
+ * instance tags an address alike whatever its fingerprint key; a guesser would need an address of
+ * his own whose tag is the user's address's (2^48 tries, each an address to own) for the user's
+ * success to forget his failures.
+ */
+const SOURCE_BYTES = 6;
+const SOURCE_CHARS = 8;
+
+/** The source tag of an address key (addressKey()): where a user's failure came from. */
+export function sourceTag(addressKey: string): string {
+  return createHash('sha256').update(addressKey).digest().subarray(0, SOURCE_BYTES).toString('base64url');
+}
+
+/** A source tag as the local counters keep it; -1 for none. */
+function sourceNumber(tag: string | undefined): number {
+  return tag === undefined || tag === '' ? -1 : Buffer.from(tag, 'base64url').readUIntBE(0, SOURCE_BYTES);
+}
+
+/** The tag sourceNumber() was given; '' for none. */
+function sourceText(n: number | undefined): string {
+  if (n === undefined || n < 0) return '';
+  const bytes = Buffer.alloc(SOURCE_BYTES);
+  bytes.writeUIntBE(n, 0, SOURCE_BYTES);
+  return bytes.toString('base64url');
+}
 
 /** A clock in milliseconds; injectable for tests. */
 export type Clock = () => number;
@@ -143,6 +185,11 @@ const monotonic: Clock = () => performance.timeOrigin + performance.now();
 interface MemoryEntry {
   failures: number;
   fingerprints: string[];
+  /**
+   * Where each of `fingerprints` was counted from (sourceNumber(), -1 for none), at the same
+   * index: numbers, not the tags' strings, so that the array keeps them unboxed (8 bytes each).
+   */
+  sources: number[];
   refusedUntil: number;
   /** For counts kept apart from another's: that count when last seen (see refuseWith). */
   shared?: number;
@@ -171,6 +218,8 @@ export interface ApartEntry {
   /** The subject's own limit. */
   readonly limit: number;
   readonly fingerprints: readonly string[];
+  /** Where each of `fingerprints` was counted from (a source tag, '' for none). */
+  readonly sources: readonly string[];
   /** Time left of the refusal these counts started; undefined when they started none. */
   readonly refusalLeftMs: number | undefined;
 }
@@ -241,12 +290,16 @@ export class MemoryThrottleStore implements ThrottleStore {
     return Promise.resolve(
       subjects.map((subject) => {
         const { key, limit } = subject;
-        const entry = this.cache.get(key) ?? { failures: 0, fingerprints: [], refusedUntil: 0 };
+        const entry = this.cache.get(key) ?? { failures: 0, fingerprints: [], sources: [], refusedUntil: 0 };
         if ('own' in subject) entry.limit = subject.own;
         if (entry.fingerprints.includes(fingerprint)) return stateOf(entry, now);
         entry.fingerprints.push(fingerprint);
+        entry.sources.push(sourceNumber(subject.source));
         // Counts kept apart are refused at a lowered limit: they keep as many as the subject's own.
-        if (entry.fingerprints.length > fingerprintsKeptFor('own' in subject ? subject.own : limit, this.policy.fingerprintsKept)) entry.fingerprints.shift();
+        if (entry.fingerprints.length > fingerprintsKeptFor('own' in subject ? subject.own : limit, this.policy.fingerprintsKept)) {
+          entry.fingerprints.shift();
+          entry.sources.shift();
+        }
         entry.failures++;
         if (entry.failures >= limit) {
           // A refusal these counts started alone stays theirs when a joint one prolongs it.
@@ -274,8 +327,31 @@ export class MemoryThrottleStore implements ThrottleStore {
     const at = entry?.fingerprints.indexOf(fingerprint) ?? -1;
     if (entry === undefined || at < 0) return;
     entry.fingerprints.splice(at, 1);
+    entry.sources.splice(at, 1);
     entry.failures = Math.max(0, entry.failures - 1);
     if (entry.failures === 0 && entry.refusedUntil <= this.now()) this.cache.delete(key);
+  }
+
+  forgetSource(key: string, source: string, limit: number): Promise<void> {
+    const entry = this.cache.peek(key);
+    const tag = sourceNumber(source);
+    if (entry === undefined || tag < 0) return Promise.resolve();
+    let forgotten = 0;
+    for (let i = entry.sources.length - 1; i >= 0; i--) {
+      if (entry.sources[i] !== tag) continue;
+      entry.fingerprints.splice(i, 1);
+      entry.sources.splice(i, 1);
+      forgotten++;
+    }
+    if (forgotten === 0) return Promise.resolve();
+    // Failures past the fingerprints kept (a subject refused already) are not known by source: they stay.
+    entry.failures = Math.max(0, entry.failures - forgotten);
+    if (entry.failures < limit) {
+      entry.refusedUntil = 0;
+      entry.joint = false;
+    }
+    if (entry.failures === 0) this.cache.delete(key);
+    return Promise.resolve();
   }
 
   /**
@@ -329,7 +405,7 @@ export class MemoryThrottleStore implements ThrottleStore {
     const out: ApartEntry[] = [];
     for (const [key, entry] of this.cache.entries()) {
       if (entry.fingerprints.length === 0 || entry.limit === undefined) continue;
-      out.push({ key, limit: entry.limit, fingerprints: [...entry.fingerprints], refusalLeftMs: entry.refusedUntil > 0 ? Math.max(0, entry.refusedUntil - now) : undefined });
+      out.push({ key, limit: entry.limit, fingerprints: [...entry.fingerprints], sources: entry.sources.map(sourceText), refusalLeftMs: entry.refusedUntil > 0 ? Math.max(0, entry.refusedUntil - now) : undefined });
     }
     return out;
   }
@@ -371,19 +447,76 @@ function stateOf(entry: MemoryEntry | undefined, now: number): SubjectState {
 export type RedisState = 'connecting' | 'up' | 'read-only' | 'down';
 
 /**
+ * Lua shared by the scripts that read a user's failures by source. `s` holds, for the
+ * fingerprints of `p` counted with a source, one record each: the fingerprint and its source tag
+ * (FINGERPRINT_CHARS + SOURCE_CHARS). Records are found by fingerprint, not by position, so that
+ * a `p` written by a version without sources (which leaves `s` alone, and may trim `p`) spoils
+ * nothing: a fingerprint without a record has no source, a record whose fingerprint left `p` is
+ * ignored and dropped at the next write.
+ * fromSources(p, s, tags): the fingerprints of `p` counted from one of `tags` (tags concatenated),
+ * as a set, and how many. kept(p, s, gone): the records of `s` whose fingerprint is in `p` and not in `gone`.
+ */
+const SOURCES_LUA = `
+local FP = ${FINGERPRINT_CHARS}
+local TAG = ${SOURCE_CHARS}
+local REC = FP + TAG
+local function inP(p)
+  local set = {}
+  for j = 1, string.len(p), FP do set[string.sub(p, j, j + FP - 1)] = true end
+  return set
+end
+local function fromSources(p, s, tags)
+  local held = inP(p)
+  local out = {}
+  local count = 0
+  for j = 1, string.len(s), REC do
+    local f = string.sub(s, j, j + FP - 1)
+    local t = string.sub(s, j + FP, j + REC - 1)
+    if held[f] and not out[f] then
+      for k = 1, string.len(tags), TAG do
+        if string.sub(tags, k, k + TAG - 1) == t then
+          out[f] = true
+          count = count + 1
+          break
+        end
+      end
+    end
+  end
+  return out, count
+end
+local function kept(p, s, gone)
+  local held = inP(p)
+  local out = {}
+  for j = 1, string.len(s), REC do
+    local f = string.sub(s, j, j + FP - 1)
+    if held[f] and not gone[f] then out[#out + 1] = string.sub(s, j, j + REC - 1) end
+  end
+  return table.concat(out)
+end
+`;
+
+/**
  * One hash per subject: n = failures, p = the recent fingerprints concatenated (fixed length
- * each; as many as the key's limit, see fingerprintsKeptFor()), b = refused until (Redis server time, ms). One script call per attempt keeps it atomic
+ * each; as many as the key's limit, see fingerprintsKeptFor()), b = refused until (Redis server
+ * time, ms), and for a user s = where each of p's failures came from (see SOURCES_LUA; none for
+ * an address). One script call per attempt keeps it atomic
  * for the whole fleet and uses one clock, Redis's own. (replicate_commands: Redis before 5 would
- * refuse writes after TIME; it is a no-op since.) Per key three numbers: the count, the time
+ * refuse writes after TIME; it is a no-op since.) Per key, ARGV gives three values after the
+ * first four: the limit, the failure's source tag ('' none), and the tags whose failures this
+ * instance leaves out of the count it is answered (a success's forgetting Redis has not taken
+ * yet, see RedisThrottleStore.uncleared; '' none). Per key three numbers: the count, the time
  * left of the refusal, and 1 if it wrote, 0 if the password was counted already, -1 if Redis
  * refused the write (the count and refusal are then Redis's as they were); after them, the
  * refusal's error text, or '' when none was refused. A write is attempted with pcall, so that a
  * Redis refusing writes (out of memory, a replica) still says, per key, whether it held the
  * password: only a failure it did not hold is one it missed. A refusal running is never shortened:
  * a failure counted apart and written later passes the time left of the refusal it started.
+ * n, p and b mean what they meant before s was added: an instance of the version before reads and
+ * writes them alike, leaving s as it is.
  */
 const FAILURE_SCRIPT = `
 if redis.replicate_commands then redis.replicate_commands() end
+${SOURCES_LUA}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local fp = ARGV[1]
@@ -394,12 +527,15 @@ local len = string.len(fp)
 local out = {}
 local refused = ''
 for i, key in ipairs(KEYS) do
-  local limit = tonumber(ARGV[4 + i])
+  local limit = tonumber(ARGV[2 + 3 * i])
+  local source = ARGV[3 + 3 * i] or ''
+  local excluded = ARGV[4 + 3 * i] or ''
   local keep = math.min(${MAX_FINGERPRINTS_KEPT}, math.max(floor, limit))
-  local v = redis.call('HMGET', key, 'n', 'p', 'b')
+  local v = redis.call('HMGET', key, 'n', 'p', 'b', 's')
   local n = tonumber(v[1]) or 0
   local p = v[2] or ''
   local b = tonumber(v[3]) or 0
+  local s = v[4] or ''
   local seen = false
   for j = 1, string.len(p), len do
     if string.sub(p, j, j + len - 1) == fp then seen = true break end
@@ -410,15 +546,32 @@ for i, key in ipairs(KEYS) do
     if string.len(np) > keep * len then np = string.sub(np, -keep * len) end
     local nb = b
     if n + 1 >= limit then nb = math.max(b, now + refusal) end
-    local w = redis.pcall('HSET', key, 'n', n + 1, 'p', np, 'b', string.format('%.0f', nb))
+    local w
+    local ns = s
+    if source ~= '' or s ~= '' then
+      ns = kept(np, s, {})
+      if source ~= '' then ns = ns .. fp .. source end
+      w = redis.pcall('HSET', key, 'n', n + 1, 'p', np, 'b', string.format('%.0f', nb), 's', ns)
+    else
+      w = redis.pcall('HSET', key, 'n', n + 1, 'p', np, 'b', string.format('%.0f', nb))
+    end
     if type(w) == 'table' and w.err then
       status = -1
       refused = w.err
     else
       n = n + 1
       b = nb
+      p = np
+      s = ns
       redis.call('PEXPIRE', key, math.max(window, b - now))
       status = 1
+    end
+  end
+  if excluded ~= '' then
+    local _, c = fromSources(p, s, excluded)
+    if c > 0 then
+      n = math.max(0, n - c)
+      if n < limit then b = 0 end
     end
   end
   out[#out + 1] = n
@@ -429,37 +582,87 @@ out[#out + 1] = refused
 return out
 `;
 
+/**
+ * Per key, ARGV gives two values: the tags whose failures are left out ('' none, see
+ * FAILURE_SCRIPT), and the limit (a refusal ends for the count left out of when it is below).
+ */
 const READ_SCRIPT = `
+${SOURCES_LUA}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 for i, key in ipairs(KEYS) do
-  local v = redis.call('HMGET', key, 'n', 'b')
-  out[#out + 1] = tonumber(v[1]) or 0
-  out[#out + 1] = math.max(0, (tonumber(v[2]) or 0) - now)
+  local excluded = ARGV[2 * i - 1] or ''
+  local n
+  local b
+  if excluded == '' then
+    local v = redis.call('HMGET', key, 'n', 'b')
+    n = tonumber(v[1]) or 0
+    b = tonumber(v[2]) or 0
+  else
+    local v = redis.call('HMGET', key, 'n', 'p', 'b', 's')
+    n = tonumber(v[1]) or 0
+    b = tonumber(v[3]) or 0
+    local _, c = fromSources(v[2] or '', v[4] or '', excluded)
+    if c > 0 then
+      n = math.max(0, n - c)
+      if n < (tonumber(ARGV[2 * i]) or 0) then b = 0 end
+    end
+  end
+  out[#out + 1] = n
+  out[#out + 1] = math.max(0, b - now)
 end
 return out
 `;
 
 /**
- * After a successful login: KEYS[1] (the user's count) is deleted when ARGV[1] is '1', and the
- * address ARGV[2] is known for the user until ARGV[3] ms from now in the hash KEYS[2] (field: the
+ * After a successful login: the failures of the user's count KEYS[1] counted from the source tags
+ * ARGV[1] (concatenated; '' none) are forgotten: their fingerprints leave p and s, n drops by as
+ * many, the refusal ends when n is then below the limit ARGV[2] (runs on otherwise), and the key
+ * is deleted when nothing is left. Failures from other sources stay, and so do those without a
+ * source (written by a version before sources, or past the fingerprints kept): the count a
+ * guesser built from elsewhere is not the user's to lift. When ARGV[3] is not '', the address
+ * ARGV[3] is known for the user until ARGV[4] ms from now in the hash KEYS[2] (field: the
  * address, value: until when, Redis server time), which expires with its latest and keeps the
- * KNOWN_ADDRESSES_PER_USER latest (ARGV[4]). One call, as the DEL alone was. Returns {1}; {0, '',
- * the error text} when Redis refused to write the address (the DEL went through); {2, the
+ * KNOWN_ADDRESSES_PER_USER latest (ARGV[5]). One call, as the DEL alone was. Returns {1}; {0, '',
+ * the error text} when Redis refused to write the address (the failures were forgotten); {2, the
  * command, the error text} when Redis refused another command (an ACL without it): the expiry is
  * set right after the write, and the trim is last and through pcall, so that a command refused
  * leaves a key that expires (PEXPIRE refused: the hash is deleted) rather than one that grows for
- * good, and the call is not taken for a Redis refusing writes.
+ * good, and the call is not taken for a Redis refusing writes. A refused write of the count is an
+ * error of the whole call (nothing was written).
  */
 const SUCCESS_SCRIPT = `
 if redis.replicate_commands then redis.replicate_commands() end
+${SOURCES_LUA}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if ARGV[1] == '1' then redis.call('DEL', KEYS[1]) end
-local ttl = tonumber(ARGV[3])
-local max = tonumber(ARGV[4])
-local w = redis.pcall('HSET', KEYS[2], ARGV[2], string.format('%.0f', now + ttl))
+if ARGV[1] ~= '' then
+  local v = redis.call('HMGET', KEYS[1], 'n', 'p', 'b', 's')
+  local p = v[2] or ''
+  local s = v[4] or ''
+  local gone, c = fromSources(p, s, ARGV[1])
+  if c > 0 then
+    local np = {}
+    for j = 1, string.len(p), FP do
+      local f = string.sub(p, j, j + FP - 1)
+      if not gone[f] then np[#np + 1] = f end
+    end
+    local n = math.max(0, (tonumber(v[1]) or 0) - c)
+    local b = tonumber(v[3]) or 0
+    if n < tonumber(ARGV[2]) then b = 0 end
+    if n == 0 then
+      redis.call('DEL', KEYS[1])
+    else
+      local joined = table.concat(np)
+      redis.call('HSET', KEYS[1], 'n', n, 'p', joined, 'b', string.format('%.0f', b), 's', kept(joined, s, gone))
+    end
+  end
+end
+if ARGV[3] == '' then return {1} end
+local ttl = tonumber(ARGV[4])
+local max = tonumber(ARGV[5])
+local w = redis.pcall('HSET', KEYS[2], ARGV[3], string.format('%.0f', now + ttl))
 if type(w) == 'table' and w.err then return {0, '', w.err} end
 local e = redis.pcall('PEXPIRE', KEYS[2], ttl)
 if type(e) == 'table' and e.err then
@@ -733,13 +936,14 @@ export class RedisThrottleStore implements ThrottleStore {
    */
   private readonly missed: MemoryThrottleStore;
   /**
-   * Keys cleared by a success (the user's count starts over) that Redis did not delete: it was
-   * down, or refused the DEL. Redis's count of them is from before the success and is not added;
-   * they are deleted once Redis takes writes again (replay()), or before a failure of theirs is
-   * written. Kept as long as Redis keeps a key (the failure window, or a refusal), and bounded
-   * like the local counters.
+   * What Redis did not take of a clear or a success (it was down, or refused the write): `true`,
+   * a key an operator cleared (unthrottle), whose count in Redis is from before and is not added;
+   * or, for a user's count, the sources successes forgot meanwhile (see Pending), whose failures
+   * this instance leaves out of Redis's count. Written once Redis takes writes again (replay()),
+   * or before a failure of the key is written. Kept as long as Redis keeps a key (the failure
+   * window, or a refusal), and bounded like the local counters.
    */
-  private uncleared: LRUCache<string, true>;
+  private uncleared: LRUCache<string, Pending>;
   private readonly retryIntervalMs: number;
   /** options.redis, and options.policy, until a reload gives new ones (reconfigure()). */
   private redis: ThrottleRedisConfig;
@@ -779,7 +983,7 @@ export class RedisThrottleStore implements ThrottleStore {
     this.redis = options.redis;
     this.policy = options.policy;
     this.missed = new MemoryThrottleStore(options.policy, options.local.capacity);
-    this.uncleared = new LRUCache<string, true>({ max: options.local.capacity, ttl: Math.max(options.policy.failureWindowMs, options.policy.refusalMs) });
+    this.uncleared = new LRUCache<string, Pending>({ max: options.local.capacity, ttl: Math.max(options.policy.failureWindowMs, options.policy.refusalMs) });
     this.connecting = this.connect();
   }
 
@@ -797,7 +1001,7 @@ export class RedisThrottleStore implements ThrottleStore {
   /** A reload's new max_tracked, for the failures counted apart and the keys left uncleared (see MemoryThrottleStore.resize()). */
   resize(maxEntries: number): void {
     this.missed.resize(maxEntries);
-    this.uncleared = resized(this.uncleared, new LRUCache<string, true>({ max: maxEntries, ttl: this.uncleared.ttl }));
+    this.uncleared = resized(this.uncleared, new LRUCache<string, Pending>({ max: maxEntries, ttl: this.uncleared.ttl }));
   }
 
   /** The Redis state now. */
@@ -818,11 +1022,11 @@ export class RedisThrottleStore implements ThrottleStore {
   /** read(), saying where the states came from: Redis (with what this instance missed), or the local counters when Redis did not answer. */
   async readFrom(subjects: readonly SubjectLimit[]): Promise<{ readonly states: SubjectState[]; readonly from: 'redis' | 'local' }> {
     const keys = subjects.map((s) => s.key);
-    const reply = await this.run(READ, keys.map((k) => this.key(k)), []);
+    const reply = await this.run(READ, keys.map((k) => this.key(k)), subjects.flatMap((s) => [this.forgotten(s.key), String(s.limit)]));
     if (reply instanceof Error) this.callRefused(reply.message);
     if (!Array.isArray(reply)) return { states: this.options.local.readNow(keys), from: 'local' };
     const shared = pairs(reply, subjects.length);
-    return { states: subjects.map((subject, i) => this.withMissed(subject, this.uncleared.has(subject.key) ? NOTHING : shared[i] ?? NOTHING, false)), from: 'redis' };
+    return { states: subjects.map((subject, i) => this.withMissed(subject, this.uncleared.get(subject.key) === true ? NOTHING : shared[i] ?? NOTHING, false)), from: 'redis' };
   }
 
   async addFailure(subjects: readonly SubjectLimit[], fingerprint: string): Promise<SubjectState[]> {
@@ -831,15 +1035,20 @@ export class RedisThrottleStore implements ThrottleStore {
     // already, or sent in a call that got no answer in time (which Redis may have counted).
     const fresh = subjects.map((s) => !this.options.local.holds(s.key, fingerprint));
     const local = await this.options.local.addFailure(subjects, fingerprint);
-    // A count a success cleared, that Redis still holds: deleted before the failure is written to it.
-    const uncleared = subjects.filter((s) => this.uncleared.has(s.key)).map((s) => s.key);
+    // A count an operator cleared, or sources a success forgot, that Redis still holds: written
+    // before the failure is (what Redis still does not take is left out of its answer).
+    const uncleared = subjects.filter((s) => this.uncleared.get(s.key) === true).map((s) => s.key);
     if (uncleared.length > 0) await this.del(uncleared);
+    for (const subject of subjects) {
+      const pending = this.uncleared.get(subject.key);
+      if (pending !== undefined && pending !== true) await this.forgetIn(subject.key, pending);
+    }
     // Redis down: the call is not sent, and Redis will never count this failure.
     const notSent = !this.usable || this.client === undefined;
     const reply = await this.run(
       FAILURE,
       subjects.map((s) => this.key(s.key)),
-      [fingerprint, String(policy.failureWindowMs), String(policy.refusalMs), String(policy.fingerprintsKept), ...subjects.map((s) => String(s.limit))],
+      [fingerprint, String(policy.failureWindowMs), String(policy.refusalMs), String(policy.fingerprintsKept), ...subjects.flatMap((s) => [String(s.limit), s.source ?? '', this.forgotten(s.key)])],
     );
     if (reply instanceof Error) {
       // The whole call failed (a key of another type, ...): Redis counted nothing, and neither its
@@ -862,12 +1071,12 @@ export class RedisThrottleStore implements ThrottleStore {
     const states: SubjectState[] = [];
     let wrote = false;
     for (const [i, subject] of subjects.entries()) {
-      // A count a success cleared that Redis refused to delete is not the subject's.
-      const shared = this.uncleared.has(subject.key) ? NOTHING : { failures: Number(reply[i * 3] ?? 0), refusedForMs: Number(reply[i * 3 + 1] ?? 0) };
+      // A count an operator cleared that Redis refused to delete is not the subject's.
+      const shared = this.uncleared.get(subject.key) === true ? NOTHING : { failures: Number(reply[i * 3] ?? 0), refusedForMs: Number(reply[i * 3 + 1] ?? 0) };
       const status = Number(reply[i * 3 + 2] ?? 0);
       // A failure Redis did not take: this instance adds it to Redis's count from now on, and the
       // refusal starts when the two together reach the limit.
-      if (status === -1) await this.missed.addFailure([{ key: subject.key, limit: subject.limit - shared.failures, own: subject.limit, joint: shared.failures > 0 }], fingerprint);
+      if (status === -1) await this.missed.addFailure([{ key: subject.key, limit: subject.limit - shared.failures, own: subject.limit, joint: shared.failures > 0, ...sourceOf(subject) }], fingerprint);
       // Redis holds it now (it took it, or had it: a call that got no answer in time, another
       // instance): no longer missed, or it would count twice.
       else this.missed.forget(subject.key, fingerprint);
@@ -897,7 +1106,7 @@ export class RedisThrottleStore implements ThrottleStore {
    * it for (`fresh`), refused where they refuse (their refusal goes on once Redis answers again).
    */
   private async missedLocally(subjects: readonly SubjectLimit[], fingerprint: string, fresh: readonly boolean[], local: readonly SubjectState[]): Promise<void> {
-    const apart = subjects.flatMap((s, i) => (fresh[i] === true ? [{ key: s.key, limit: (local[i]?.refusedForMs ?? 0) > 0 ? 1 : s.limit, own: s.limit, joint: false }] : []));
+    const apart = subjects.flatMap((s, i) => (fresh[i] === true ? [{ key: s.key, limit: (local[i]?.refusedForMs ?? 0) > 0 ? 1 : s.limit, own: s.limit, joint: false, ...sourceOf(s) }] : []));
     if (apart.length > 0) await this.missed.addFailure(apart, fingerprint);
   }
 
@@ -906,22 +1115,61 @@ export class RedisThrottleStore implements ThrottleStore {
   }
 
   /**
-   * After a successful login: clears the user's count (`clear`, as clear() does) and makes the
-   * address known to every instance sharing Redis, in one call. When Redis does not take the
-   * address, only this instance knows it (Throttle's own); a count Redis did not delete waits in
-   * `uncleared`, as clear()'s does.
+   * After a successful login: forgets the user's failures counted from the login's source
+   * (`forget`: here, in the failures counted apart, and in Redis) and makes the address known
+   * (`known`) to every instance sharing Redis, in one call. When Redis does not take the
+   * address, only this instance knows it (Throttle's own); sources Redis did not forget wait in
+   * `uncleared`, and this instance leaves their failures out of Redis's count meanwhile.
    */
-  async succeeded(userKey: string, clear: boolean, known: KnownAddress): Promise<void> {
-    if (clear) {
-      await this.options.local.clear([userKey]);
-      await this.missed.clear([userKey]);
-      this.uncleared.delete(userKey);
+  async succeeded(userKey: string, forget: { readonly source: string; readonly limit: number } | undefined, known: KnownAddress | undefined): Promise<void> {
+    let tags = '';
+    if (forget !== undefined) {
+      await this.options.local.forgetSource(userKey, forget.source, forget.limit);
+      await this.missed.forgetSource(userKey, forget.source, forget.limit);
+      const pending = this.uncleared.get(userKey);
+      // A count an operator cleared that Redis still holds is left out whole: nothing to forget in it.
+      if (pending !== true) {
+        tags = withSource(pending?.tags ?? '', forget.source);
+        // Left before the call, as del()'s keys are: a failure sent after it runs after it.
+        this.uncleared.delete(userKey);
+      }
     }
-    const reply = await this.run(SUCCESS, [this.key(userKey), this.key(known.user)], [clear ? '1' : '0', known.address, String(known.ms), String(KNOWN_ADDRESSES_PER_USER)]);
+    if (tags === '' && known === undefined) return;
+    const keys = known === undefined ? [this.key(userKey)] : [this.key(userKey), this.key(known.user)];
+    const reply = await this.run(SUCCESS, keys, [tags, String(forget?.limit ?? 0), known?.address ?? '', String(known?.ms ?? 0), String(KNOWN_ADDRESSES_PER_USER)]);
     if (reply instanceof Error) this.callRefused(reply.message);
     else if (Array.isArray(reply) && Number(reply[0] ?? 0) === 0) this.callRefused(String(reply[2] ?? ''));
     else if (Array.isArray(reply) && Number(reply[0] ?? 0) === 2) this.commandRefused(String(reply[1] ?? ''), String(reply[2] ?? ''));
-    if (clear && !Array.isArray(reply)) this.uncleared.set(userKey, true);
+    if (tags !== '' && !Array.isArray(reply)) this.pend(userKey, { tags, limit: forget?.limit ?? 0 });
+  }
+
+  forgetSource(key: string, source: string, limit: number): Promise<void> {
+    return this.succeeded(key, { source, limit }, undefined);
+  }
+
+  /** The source tags a success forgot of `key` that Redis has not forgotten yet ('' none): left out of Redis's answers. */
+  private forgotten(key: string): string {
+    const pending = this.uncleared.get(key);
+    return pending === undefined || pending === true ? '' : pending.tags;
+  }
+
+  /** Sources forgotten of `key` that Redis did not take, added to those waiting (an operator's clear waiting stays, and covers them). */
+  private pend(key: string, forgot: { readonly tags: string; readonly limit: number }): void {
+    const pending = this.uncleared.get(key);
+    if (pending === true) return;
+    let tags = pending?.tags ?? '';
+    for (let i = 0; i < forgot.tags.length; i += SOURCE_CHARS) tags = withSource(tags, forgot.tags.slice(i, i + SOURCE_CHARS));
+    this.uncleared.set(key, { tags, limit: forgot.limit });
+  }
+
+  /** Writes the sources of `key` a success forgot to Redis (see SUCCESS_SCRIPT); what it does not take waits again. True when it took them. */
+  private async forgetIn(key: string, pending: Exclude<Pending, true>): Promise<boolean> {
+    this.uncleared.delete(key);
+    const reply = await this.run(SUCCESS, [this.key(key)], [pending.tags, String(pending.limit), '', '0', '0']);
+    if (reply instanceof Error) this.callRefused(reply.message);
+    if (Array.isArray(reply)) return true;
+    this.pend(key, pending);
+    return false;
   }
 
   /** Whether Redis knows `address` for the user keyed `user` (see succeeded()); false when it does not answer. */
@@ -961,7 +1209,7 @@ export class RedisThrottleStore implements ThrottleStore {
 
   /**
    * Deletes subjects' keys from Redis; those it did not delete (down, no answer in time, refused)
-   * wait in `uncleared` for the next 'up'. A refusal counts as a refused write does (READONLY:
+   * wait in `uncleared` for the next 'up' (sources forgotten of them waiting are then moot). A refusal counts as a refused write does (READONLY:
    * read-only). Each key leaves `uncleared` before the DEL is sent, so that a failure sent after
    * it (on the same connection, so run after it) is not deleted by a second one. True when Redis
    * deleted them.
@@ -1036,12 +1284,16 @@ export class RedisThrottleStore implements ThrottleStore {
     try {
       do {
         this.replayAgain = false;
-        // Counts cleared by successes first: failures counted apart since are written after.
+        // Counts cleared, and sources successes forgot, first: failures counted apart since are written after.
         const cleared = [...this.uncleared.keys()];
         for (let i = 0; i < cleared.length && !this.closed && this.stateNow === 'up'; i += REPLAY_KEYS_AT_ONCE) {
-          // Not one a failure deleted meanwhile (it wrote itself after): a DEL now would delete it.
-          const still = cleared.slice(i, i + REPLAY_KEYS_AT_ONCE).filter((key) => this.uncleared.has(key));
+          // Not one a failure wrote meanwhile (it wrote itself after): a DEL now would delete it.
+          const still = cleared.slice(i, i + REPLAY_KEYS_AT_ONCE).filter((key) => this.uncleared.get(key) === true);
           if (still.length > 0) await this.del(still);
+          for (const key of cleared.slice(i, i + REPLAY_KEYS_AT_ONCE)) {
+            const pending = this.uncleared.get(key);
+            if (pending !== undefined && pending !== true && !this.closed && this.stateNow === 'up') await this.forgetIn(key, pending);
+          }
         }
         if (this.closed || this.stateNow !== 'up') break;
         const pending = this.missed.apart();
@@ -1056,17 +1308,17 @@ export class RedisThrottleStore implements ThrottleStore {
   }
 
   /** Writes one key's failures counted apart to Redis (see replay()), up to the first one it does not take. */
-  private async replayKey({ key, limit, fingerprints, refusalLeftMs }: ApartEntry): Promise<void> {
+  private async replayKey({ key, limit, fingerprints, sources, refusalLeftMs }: ApartEntry): Promise<void> {
     const { policy } = this;
     let shared: SubjectState | undefined;
     // Redis held one of these passwords already: it was counted twice until now.
     let held = false;
-    for (const fingerprint of fingerprints) {
+    for (const [i, fingerprint] of fingerprints.entries()) {
       if (this.closed || this.stateNow !== 'up') return;
       // A refusal these failures started already: Redis's, if they start one there, ends with it
       // (none when it ended), rather than lasting refusal_ms again from now.
       const refusalMs = String(refusalLeftMs ?? policy.refusalMs);
-      const reply = await this.run(FAILURE, [this.key(key)], [fingerprint, String(policy.failureWindowMs), refusalMs, String(policy.fingerprintsKept), String(limit)]);
+      const reply = await this.run(FAILURE, [this.key(key)], [fingerprint, String(policy.failureWindowMs), refusalMs, String(policy.fingerprintsKept), String(limit), sources[i] ?? '', this.forgotten(key)]);
       if (reply instanceof Error) this.callRefused(reply.message);
       if (!Array.isArray(reply)) return;
       if (Number(reply[2] ?? 0) === -1) {
@@ -1105,7 +1357,7 @@ export class RedisThrottleStore implements ThrottleStore {
     if (this.closed || this.stateNow !== 'read-only') return;
     const fingerprint = randomBytes(FINGERPRINT_BYTES).toString('base64url');
     const ttl = String(PROBE_TTL_MS);
-    const reply = await this.run(FAILURE, PROBE_KEYS.map((k) => this.key(k)), [fingerprint, ttl, ttl, '1', ...PROBE_KEYS.map(() => String(PROBE_LIMIT))]);
+    const reply = await this.run(FAILURE, PROBE_KEYS.map((k) => this.key(k)), [fingerprint, ttl, ttl, '1', ...PROBE_KEYS.flatMap(() => [String(PROBE_LIMIT), '', ''])]);
     if (Array.isArray(reply) && PROBE_KEYS.every((_, i) => Number(reply[i * 3 + 2] ?? 0) === 1)) {
       this.writeTaken();
     } else if (reply !== null) {
@@ -1565,6 +1817,26 @@ export function withoutSecrets(text: string, redis: Pick<ThrottleRedisConfig, 'p
 
 const NOTHING: SubjectState = Object.freeze({ failures: 0, refusedForMs: 0 });
 
+/**
+ * What a success's forgetting Redis did not take: the source tags (concatenated, each once, at
+ * most KNOWN_ADDRESSES_PER_USER: the latest), and the user's limit then; `true` is an operator's
+ * clear of the whole key (see RedisThrottleStore.uncleared).
+ */
+type Pending = true | { readonly tags: string; readonly limit: number };
+
+/** `tags` with `tag` (each once), the latest KNOWN_ADDRESSES_PER_USER kept: a user's sources waiting are few, and bounded. */
+function withSource(tags: string, tag: string): string {
+  const all: string[] = [];
+  for (let i = 0; i < tags.length; i += SOURCE_CHARS) if (tags.slice(i, i + SOURCE_CHARS) !== tag) all.push(tags.slice(i, i + SOURCE_CHARS));
+  all.push(tag);
+  return all.slice(-KNOWN_ADDRESSES_PER_USER).join('');
+}
+
+/** The source of a subject, as a spread: none for an address's count. */
+function sourceOf(subject: SubjectLimit): { readonly source?: string } {
+  return subject.source === undefined ? {} : { source: subject.source };
+}
+
 function pairs(reply: unknown[], count: number): SubjectState[] {
   const out: SubjectState[] = [];
   for (let i = 0; i < count; i++) out.push({ failures: Number(reply[i * 2] ?? 0), refusedForMs: Number(reply[i * 2 + 1] ?? 0) });
@@ -1859,7 +2131,7 @@ export class Throttle {
   async recordFailure(attempt: LoginAttempt, password: string): Promise<ThrottleVerdict> {
     const store = this.store;
     if (!this.config.enabled || store === null) return ALLOW;
-    const subjects = this.subjects(attempt);
+    const subjects = this.subjects(attempt, true);
     try {
       const states = await store.addFailure(subjects, this.fingerprint(attempt.user, password));
       const verdict = this.verdict(subjects, states);
@@ -1876,9 +2148,13 @@ export class Throttle {
   }
 
   /**
-   * After a successful login: the user's own count starts over, and the address (when counted per
-   * address) is known for the user for known_address_ms. The address's count does not start over:
-   * an attacker who owns one mailbox could otherwise wipe his address's record at will. Nor does
+   * After a successful login: the user's failures counted from the login's address (as the
+   * throttle keys it: the IPv4 address, the IPv6 network, the forwarded address; a trusted or
+   * exempt network's own) are forgotten, the user's own typos there; those from elsewhere count
+   * on until they expire or an operator clears them, or a guesser would get failures_per_user - 1
+   * guesses again at every login of the user's phone. The address (when counted per address) is
+   * known for the user for known_address_ms. The address's count is not forgotten: an attacker
+   * who owns one mailbox could otherwise wipe his address's record at will. Nor is anything of
    * the user's when the check spared the login a refusal of the user (`verdict.knownAddress`): the
    * user's own login would lift the refusal for the guessers too. No more Redis calls than the
    * count's DEL before: one script call does both.
@@ -1886,18 +2162,18 @@ export class Throttle {
   async recordSuccess(attempt: LoginAttempt, verdict?: ThrottleVerdict): Promise<void> {
     const store = this.store;
     if (!this.config.enabled || store === null || attempt.user === null) return;
-    const clear = verdict?.knownAddress !== true;
+    const forget = verdict?.knownAddress === true ? undefined : { source: sourceTag(this.addressKey(attempt.address)), limit: this.config.failuresPerUser };
     const ms = knownAddressMsOf(this.config);
     try {
       if (ms === 0 || !this.countsAddress(attempt)) {
-        if (clear) await store.clear([userKey(attempt.user)]);
+        if (forget !== undefined) await store.forgetSource(userKey(attempt.user), forget.source, forget.limit);
         return;
       }
       const known: KnownAddress = { user: knownKey(attempt.user), address: this.addressKey(attempt.address), ms };
       this.known ??= knownCache(this.config.maxTrackedSubjects, ms);
       this.known.set(known.user, withKnown(this.known.get(known.user), known.address, monotonic() + ms));
-      if (store instanceof RedisThrottleStore) await store.succeeded(userKey(attempt.user), clear, known);
-      else if (clear) await store.clear([userKey(attempt.user)]);
+      if (store instanceof RedisThrottleStore) await store.succeeded(userKey(attempt.user), forget, known);
+      else if (forget !== undefined) await store.forgetSource(userKey(attempt.user), forget.source, forget.limit);
     } catch {
       // nothing to undo
     }
@@ -1947,9 +2223,10 @@ export class Throttle {
     return Math.min(this.config.maxDelayMs, this.config.baseDelayMs * 2 ** Math.min(failures - 1, 30));
   }
 
-  private subjects(attempt: LoginAttempt): (SubjectLimit & { readonly by: 'user' | 'address' })[] {
+  /** The subjects a login counts for; `sourced`: the user's with the address's source tag (a failure's, see recordSuccess()). */
+  private subjects(attempt: LoginAttempt, sourced = false): (SubjectLimit & { readonly by: 'user' | 'address' })[] {
     const out: (SubjectLimit & { readonly by: 'user' | 'address' })[] = [];
-    if (attempt.user !== null) out.push({ key: userKey(attempt.user), limit: this.config.failuresPerUser, by: 'user' });
+    if (attempt.user !== null) out.push({ key: userKey(attempt.user), limit: this.config.failuresPerUser, by: 'user', ...(sourced ? { source: sourceTag(this.addressKey(attempt.address)) } : {}) });
     if (this.countsAddress(attempt)) out.push({ key: this.addressSubjectKey(attempt.address), limit: this.config.failuresPerAddress, by: 'address' });
     return out;
   }

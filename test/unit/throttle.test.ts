@@ -188,6 +188,7 @@ test('the store sees only a fixed-length keyed fingerprint, never the password',
       return Promise.resolve(subjects.map(() => ({ failures: 1, refusedForMs: 0 })));
     },
     clear: () => Promise.resolve(),
+    forgetSource: () => Promise.resolve(),
     close: () => Promise.resolve(),
   };
   const a = new Throttle(CONFIG, spy);
@@ -215,6 +216,7 @@ test('a store that throws lets logins through rather than locking everyone out',
     read: () => Promise.reject(new Error('boom')),
     addFailure: () => Promise.reject(new Error('boom')),
     clear: () => Promise.reject(new Error('boom')),
+    forgetSource: () => Promise.reject(new Error('boom')),
     close: () => Promise.resolve(),
   };
   const throttle = new Throttle(CONFIG, broken);
