@@ -187,9 +187,10 @@ interface MemoryEntry {
   fingerprints: string[];
   /**
    * Where each of `fingerprints` was counted from (sourceNumber(), -1 for none), at the same
-   * index: numbers, not the tags' strings, so that the array keeps them unboxed (8 bytes each).
+   * index: numbers, not the tags' strings, so that the array keeps them unboxed (about 11 bytes
+   * a failure, measured); made at the first failure with a source (an address's count has none).
    */
-  sources: number[];
+  sources?: number[];
   refusedUntil: number;
   /** For counts kept apart from another's: that count when last seen (see refuseWith). */
   shared?: number;
@@ -290,15 +291,16 @@ export class MemoryThrottleStore implements ThrottleStore {
     return Promise.resolve(
       subjects.map((subject) => {
         const { key, limit } = subject;
-        const entry = this.cache.get(key) ?? { failures: 0, fingerprints: [], sources: [], refusedUntil: 0 };
+        const entry: MemoryEntry = this.cache.get(key) ?? { failures: 0, fingerprints: [], refusedUntil: 0 };
         if ('own' in subject) entry.limit = subject.own;
         if (entry.fingerprints.includes(fingerprint)) return stateOf(entry, now);
         entry.fingerprints.push(fingerprint);
-        entry.sources.push(sourceNumber(subject.source));
+        if (subject.source !== undefined) entry.sources ??= entry.fingerprints.slice(1).map(() => -1);
+        entry.sources?.push(sourceNumber(subject.source));
         // Counts kept apart are refused at a lowered limit: they keep as many as the subject's own.
         if (entry.fingerprints.length > fingerprintsKeptFor('own' in subject ? subject.own : limit, this.policy.fingerprintsKept)) {
           entry.fingerprints.shift();
-          entry.sources.shift();
+          entry.sources?.shift();
         }
         entry.failures++;
         if (entry.failures >= limit) {
@@ -327,7 +329,7 @@ export class MemoryThrottleStore implements ThrottleStore {
     const at = entry?.fingerprints.indexOf(fingerprint) ?? -1;
     if (entry === undefined || at < 0) return;
     entry.fingerprints.splice(at, 1);
-    entry.sources.splice(at, 1);
+    entry.sources?.splice(at, 1);
     entry.failures = Math.max(0, entry.failures - 1);
     if (entry.failures === 0 && entry.refusedUntil <= this.now()) this.cache.delete(key);
   }
@@ -335,12 +337,13 @@ export class MemoryThrottleStore implements ThrottleStore {
   forgetSource(key: string, source: string, limit: number): Promise<void> {
     const entry = this.cache.peek(key);
     const tag = sourceNumber(source);
-    if (entry === undefined || tag < 0) return Promise.resolve();
+    const sources = entry?.sources;
+    if (entry === undefined || sources === undefined || tag < 0) return Promise.resolve();
     let forgotten = 0;
-    for (let i = entry.sources.length - 1; i >= 0; i--) {
-      if (entry.sources[i] !== tag) continue;
+    for (let i = sources.length - 1; i >= 0; i--) {
+      if (sources[i] !== tag) continue;
       entry.fingerprints.splice(i, 1);
-      entry.sources.splice(i, 1);
+      sources.splice(i, 1);
       forgotten++;
     }
     if (forgotten === 0) return Promise.resolve();
@@ -405,7 +408,7 @@ export class MemoryThrottleStore implements ThrottleStore {
     const out: ApartEntry[] = [];
     for (const [key, entry] of this.cache.entries()) {
       if (entry.fingerprints.length === 0 || entry.limit === undefined) continue;
-      out.push({ key, limit: entry.limit, fingerprints: [...entry.fingerprints], sources: entry.sources.map(sourceText), refusalLeftMs: entry.refusedUntil > 0 ? Math.max(0, entry.refusedUntil - now) : undefined });
+      out.push({ key, limit: entry.limit, fingerprints: [...entry.fingerprints], sources: entry.fingerprints.map((_, i) => sourceText(entry.sources?.[i])), refusalLeftMs: entry.refusedUntil > 0 ? Math.max(0, entry.refusedUntil - now) : undefined });
     }
     return out;
   }
@@ -1272,8 +1275,9 @@ export class RedisThrottleStore implements ThrottleStore {
    * could start a refusal. A refusal the counts apart started alone runs on; one Redis's count and
    * they started together ends unless they still reach the limit (see settle()). Stops once Redis
    * is down or refuses writes again: the next 'up' writes what is left. A key Redis answers with
-   * an error (reported) stays apart, and the others are written. Before them, the keys successes
-   * cleared meanwhile that Redis did not delete (`uncleared`) are deleted.
+   * an error (reported) stays apart, and the others are written. Before them, what Redis did not take
+   * of clears and successes meanwhile (`uncleared`): the keys operators cleared are deleted, and
+   * the sources successes forgot are forgotten in Redis.
    */
   private async replay(): Promise<void> {
     if (this.replaying) {
