@@ -780,7 +780,7 @@ describe('Redis set up otherwise: without HELLO, with an ACL, and what its error
     }
   });
 
-  test('a success while Redis is hung or refuses writes starts the user\'s count over in Redis too, once it takes writes again: one typo later is not refused', withOwnRedis(async (redis) => {
+  test('a success while Redis is hung or refuses writes forgets the failures from its own address in Redis too, once it takes writes again: one typo later is not refused', withOwnRedis(async (redis) => {
     const a = await instance('s1:', undefined, redis.url);
     const b = await instance('s1:', undefined, redis.url);
     const raw = createClient({ url: redis.url });
