@@ -11,6 +11,9 @@
  * (masterAllowed) and the other's entry (lookup) are never cached: a master login keeps only the
  * staff member's own login, under the staff member's own password. Logins with the same key
  * that arrive while the directory answers one wait for that answer (one bind, not one each).
+ * A password policy's warning stays with the login it came with (DirectoryUser.passwordWarning:
+ * an expiry as an absolute time, grace logins as counted then), so that a login the cache answers,
+ * which makes no bind and gets no warning of its own, tells its user the same.
  */
 import { createHmac, randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';

@@ -42,7 +42,21 @@ export interface DirectoryUser {
    * bind is refused for it by the server itself. Absent: not locked, or not read.
    */
   readonly locked?: string;
+  /**
+   * The directory's password policy let the bind in with a warning (directory.password_policy):
+   * the session tells the user (IMAP [ALERT]). A cache of logins keeps it with the login, so that
+   * a login it answers, which makes no bind, is told the same. Absent: none.
+   */
+  readonly passwordWarning?: PasswordWarning;
 }
+
+/**
+ * A password policy's warning, as a login keeps it: the password expires at `expiresAt`
+ * (performance.now(): absolute, so that a login answered later from a cache tells the time left
+ * then, and no step of the wall clock moves it), or it has expired and this bind was a grace
+ * login, `graceLeft` more allowed.
+ */
+export type PasswordWarning = { readonly kind: 'expiring'; readonly expiresAt: number } | { readonly kind: 'grace'; readonly graceLeft: number };
 
 /** A lock of an account, as whereis shows it: the attribute that says so and its value. */
 export interface AccountLock {

@@ -16,7 +16,7 @@ import type { DirectoryConfig, Protocol } from '../config/schema.js';
 import { MailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { DIRECTORY_CLOSED, WrongPasswordError, holdOf, raceAbort } from './directory.js';
-import type { AccountLock, AccountState, CachedUser, Directory, DirectoryHealth, DirectoryRefusal, DirectoryUser, Hold } from './directory.js';
+import type { AccountLock, AccountState, CachedUser, Directory, DirectoryHealth, DirectoryRefusal, DirectoryUser, Hold, PasswordWarning } from './directory.js';
 import { performance } from 'node:perf_hooks';
 import { LRUCache } from 'lru-cache';
 import type { LdapOperation, LdapResult, Metrics } from '../metrics.js';
@@ -1217,7 +1217,8 @@ export class LdapDirectory implements Directory {
   }
 
   /**
-   * What the bind's answer means for the login: throws its refusal, logs the warning of one let in.
+   * What the bind's answer means for the login: throws its refusal, logs and returns the warning
+   * of one let in (undefined: none), for the session to tell the user.
    * Without directory.password_policy (or from a server without the policy) there is no control's
    * answer: the bind's result alone. passwordExpired is believed on a bind taken or refused with
    * invalidCredentials: OpenLDAP and 389 DS say it only once the password is checked (a wrong one
@@ -1228,7 +1229,7 @@ export class LdapDirectory implements Directory {
    * each for any password) and a refusal of USER_BIND_REFUSALS are told as a wrong password, the
    * reason logged only: told, they would show a guesser which accounts are locked or disabled.
    */
-  private passwordPolicyVerdict(answer: BindAnswer, user: string, found: FoundEntry): void {
+  private passwordPolicyVerdict(answer: BindAnswer, user: string, found: FoundEntry): PasswordWarning | undefined {
     const { policy } = answer;
     if (policy === 'unreadable' && !this.policyUnreadableWarned) {
       this.policyUnreadableWarned = true;
@@ -1255,11 +1256,15 @@ export class LdapDirectory implements Directory {
     if (said?.graceLeft !== undefined) {
       this.metrics?.passwordPolicyWarning('grace');
       this.log.info({ event: 'directory.password_grace_login', user, dn: found.dn, graceLeft: said.graceLeft }, `the user's password has expired; the directory let this login in on a grace login (${said.graceLeft} left)`);
-    } else if (said?.expiresInS !== undefined) {
+      return { kind: 'grace', graceLeft: said.graceLeft };
+    }
+    if (said?.expiresInS !== undefined) {
       this.metrics?.passwordPolicyWarning('expiring');
       const expiresInDays = Math.floor(said.expiresInS / 86_400);
       this.log.info({ event: 'directory.password_expiring', user, dn: found.dn, expiresInS: said.expiresInS, expiresInDays }, `the user's password expires in ${expiresInDays} days`);
+      return { kind: 'expiring', expiresAt: performance.now() + said.expiresInS * 1000 };
     }
+    return undefined;
   }
 
   async authenticate(user: string, password: string, signal: Cancellation, protocol?: Protocol): Promise<DirectoryUser> {
@@ -1317,7 +1322,7 @@ export class LdapDirectory implements Directory {
       found = await entryOf('retry', { url: failedUrl, failure: error });
       answer = await this.checkPassword(found.url, found.dn, password);
     }
-    this.passwordPolicyVerdict(answer, user, found);
+    const warning = this.passwordPolicyVerdict(answer, user, found);
     // Said only once the password is right: to anyone else the user is one more wrong password.
     // A hold goes first: the session refuses the login with its reason, whatever the entry says
     // of its store (a move may be rewriting it).
@@ -1331,7 +1336,7 @@ export class LdapDirectory implements Directory {
     if (found.storeValues > 1) {
       throw new MailfrontError('USER_STORE_AMBIGUOUS', 'no-route', `the directory entry ${found.dn} has ${found.storeValues} values of ${this.config.storeAttribute}; it must have one, the user's store`);
     }
-    return { user, loginNames: found.loginNames, dn: found.dn, store: found.store, readAt: found.readAt };
+    return { user, loginNames: found.loginNames, dn: found.dn, store: found.store, readAt: found.readAt, ...(warning !== undefined ? { passwordWarning: warning } : {}) };
   }
 
   async lookup(user: string, signal: Cancellation, protocol?: Protocol): Promise<DirectoryUser | null> {
