@@ -48,6 +48,7 @@ import { createAdminHandler } from './server/admin.js';
 import { Listener, needsRebind } from './server/listeners.js';
 import { TlsFilesError } from './server/tls-config.js';
 import { LoginGate } from './auth/login-gate.js';
+import { PasswordAlerts } from './auth/password-policy.js';
 
 const ADAPTERS: Record<Config['listeners'][number]['protocol'], ProtocolAdapter> = { imap: imapAdapter, pop3: pop3Adapter, managesieve: managesieveAdapter };
 
@@ -73,13 +74,14 @@ function createDirectory(config: Config, log: Logger, metrics: Metrics, ca: CaFi
 /**
  * Directory settings whose change leaves what the directory answers as it was: how its servers are
  * reached (deadlines, search connections, StartTLS, the CA, the service account's password: the
- * same account sees the same entries) and the entry cache's time. A reload that changes only these
+ * same account sees the same entries), the entry cache's time, and what users are told of the
+ * password policy's warnings (password_policy's alerts, which the session reads). A reload that changes only these
  * keeps the caches (the successful logins, and the entries found unless their time changed),
  * with the new settings behind them. Any other change (urls, bind_dn, base_dn, user_filter,
  * store_attribute, login_attribute: who is found and what is read of the entry; auth_cache_ttl_ms,
  * cache_max_entries: the caches' own bounds) sets the directory up anew with empty caches.
  */
-const DIRECTORY_SETTINGS_KEEPING_CACHES: ReadonlySet<string> = new Set<keyof Config['directory']>(['starttls', 'caFile', 'connectTimeoutMs', 'operationTimeoutMs', 'searchConnections', 'bindPassword', 'entryCacheTtlMs']);
+const DIRECTORY_SETTINGS_KEEPING_CACHES: ReadonlySet<string> = new Set<keyof Config['directory']>(['starttls', 'caFile', 'connectTimeoutMs', 'operationTimeoutMs', 'searchConnections', 'bindPassword', 'entryCacheTtlMs', 'passwordAlerts']);
 
 /** How a reload changes the directory section. */
 interface DirectoryChange {
@@ -94,7 +96,8 @@ function directoryChange(previous: Config['directory'], next: Config['directory'
   const differ = fields.filter((f) => JSON.stringify(previous[f]) !== JSON.stringify(next[f]));
   if (caRenewed && !differ.includes('caFile')) differ.push('caFile');
   return {
-    changed: differ.map((f) => f.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)).sort(),
+    // passwordAlerts is read from password_policy (its mapping's texts and interval).
+    changed: [...new Set(differ.map((f) => (f === 'passwordAlerts' ? 'passwordPolicy' : f).replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)))].sort(),
     behindCaches: differ.every((f) => DIRECTORY_SETTINGS_KEEPING_CACHES.has(f)),
   };
 }
@@ -300,6 +303,8 @@ export class Mailfront {
   /** Sessions a failover will close, each at its moment in the drain's spread. */
   private readonly draining = new Map<SessionEntry, NodeJS.Timeout>();
   private readonly loginGate = new LoginGate();
+  /** Whom this instance told of an expiring password (directory.password_policy): kept across reloads. */
+  private readonly passwordAlerts = new PasswordAlerts();
   private stopWatching: () => void = () => undefined;
   private http: HttpServer | undefined;
   /** The HTTP listener follows the config's `http` section (not an address given to start()). */
@@ -461,6 +466,7 @@ export class Mailfront {
       throttle: () => this.throttle,
       oauth: () => this.oauth,
       loginGate: this.loginGate,
+      passwordAlerts: this.passwordAlerts,
       limiter: this.limiter,
       log: this.log,
     }, this.log);

@@ -2,12 +2,15 @@
  * The LDAP password policy control (draft-behera-ldap-password-policy-10 §6: OpenLDAP's ppolicy
  * overlay, 389 DS), on a user's bind: the request, and the answer it carries back on success and
  * on failure. Reads the answer's BER itself (ldapts 8.2 hands a response control it does not know
- * to the request control of the same type). Knows nothing of sessions; ldap.ts decides what an
- * answer means for a login.
+ * to the request control of the same type). Also what the user is told of a warning
+ * (directory.password_policy's alerts: their texts and how often), which the session sends.
+ * Knows nothing of sessions or protocols; ldap.ts decides what an answer means for a login.
  */
 import { Control } from 'ldapts';
 import type { BerReader } from 'ldapts';
+import { LRUCache } from 'lru-cache';
 import { berLength } from '../ber.js';
+import type { PasswordWarning } from './directory.js';
 
 /** The control's type, of the request and of the answer (draft §6.1, §6.2). */
 export const PASSWORD_POLICY_OID = '1.3.6.1.4.1.42.2.27.8.5.1';
@@ -98,4 +101,88 @@ export function decodePasswordPolicy(value: Uint8Array): PasswordPolicyAnswer | 
   }
   if (at !== body.length) return null;
   return { ...(expiresInS !== undefined ? { expiresInS } : {}), ...(graceLeft !== undefined ? { graceLeft } : {}), ...(error !== undefined ? { error } : {}) };
+}
+
+/** What the user is told of a password about to expire, unless directory.password_policy.expiring_alert says otherwise. */
+export const DEFAULT_EXPIRING_ALERT = 'Your password expires in {days} day(s), please change it soon.';
+
+/** What the user is told at a grace login, unless directory.password_policy.grace_alert says otherwise. */
+export const DEFAULT_GRACE_ALERT = 'Your password has expired, please change it now: {grace} more login(s) with it are allowed.';
+
+/** How often a user is told that the password expires, unless directory.password_policy.alert_interval_ms says otherwise: once a day. */
+export const DEFAULT_ALERT_INTERVAL_MS = 86_400_000;
+
+/** The placeholders of each alert: whole days and whole hours left (rounded down), grace logins left. */
+export const EXPIRING_ALERT_PLACEHOLDERS = ['{days}', '{hours}'] as const;
+export const GRACE_ALERT_PLACEHOLDERS = ['{grace}'] as const;
+
+/** The longest alert text configured (its placeholders written out may add a few characters; the IMAP line is bounded again). */
+export const MAX_ALERT_TEXT_CHARS = 300;
+
+/** Printable ASCII: IMAP4rev1's response text is 7-bit (RFC 3501 §9), and no control character (CR, LF, NUL) may break its line. */
+const PRINTABLE_ASCII = /^[\x20-\x7e]*$/;
+
+/** Why `text` cannot be an alert's text (without its placeholders' check), or undefined when it can. */
+export function alertTextProblem(text: string): string | undefined {
+  if (text.length > MAX_ALERT_TEXT_CHARS) return `${text.length} characters`;
+  if (!PRINTABLE_ASCII.test(text)) return 'a character that is not printable ASCII (a control character such as CR, LF or NUL, or 8-bit text)';
+  return undefined;
+}
+
+/** What directory.password_policy says the user is told (the reader always sets it when the policy is on). */
+export interface PasswordAlertsConfig {
+  /** The text of an expiring password's alert (`{days}`, `{hours}`); '' tells nothing. */
+  readonly expiringAlert: string;
+  /** The text of a grace login's alert (`{grace}`); '' tells nothing. */
+  readonly graceAlert: string;
+  /** A user told of an expiring password is not told again on this instance for this long (0: at every login). */
+  readonly alertIntervalMs: number;
+}
+
+/** The defaults of PasswordAlertsConfig. */
+export const DEFAULT_PASSWORD_ALERTS: PasswordAlertsConfig = Object.freeze({ expiringAlert: DEFAULT_EXPIRING_ALERT, graceAlert: DEFAULT_GRACE_ALERT, alertIntervalMs: DEFAULT_ALERT_INTERVAL_MS });
+
+/**
+ * What a login with a warning gets: the text to tell (`told`), or why nothing is told: the user was
+ * told of the expiring password on this instance within alert_interval_ms (`interval`), or the
+ * alert's text is '' (`off`).
+ */
+export type PasswordAlert = { readonly state: 'told'; readonly text: string } | { readonly state: 'interval' | 'off' };
+
+/**
+ * Whom this instance told of an expiring password, and when: so that a client opening several
+ * connections, and reconnecting all day (Thunderbird), shows its user one dialog a day, not one
+ * per connection. By entry (DN: one user under all the names it logs in with), in a bounded LRU;
+ * a user it forgot (more users told than it holds) may be told again sooner. Each instance of a
+ * fleet keeps its own. A grace login is told every time: each one uses up one of the few left.
+ */
+export class PasswordAlerts {
+  private told: LRUCache<string, true> | undefined;
+  private max = 0;
+
+  /**
+   * What a login now of the entry `dn` with `warning` is told, by `config`; a `told` answer counts
+   * as told (the caller sends it). `maxEntries`: how many users are remembered (the directory
+   * caches' bound; a change forgets them all). `now`: performance.now(), the clock of
+   * `warning.expiresAt`.
+   */
+  take(warning: PasswordWarning, dn: string, config: PasswordAlertsConfig, maxEntries: number, now = performance.now()): PasswordAlert {
+    if (warning.kind === 'grace') {
+      return config.graceAlert === '' ? { state: 'off' } : { state: 'told', text: config.graceAlert.replaceAll('{grace}', String(warning.graceLeft)) };
+    }
+    if (config.expiringAlert === '') return { state: 'off' };
+    if (config.alertIntervalMs > 0) {
+      if (this.told === undefined || this.max !== maxEntries) {
+        this.told = new LRUCache({ max: maxEntries });
+        this.max = maxEntries;
+      }
+      if (this.told.has(dn)) return { state: 'interval' };
+      this.told.set(dn, true, { ttl: config.alertIntervalMs });
+    }
+    // Rounded down, as the log's expiresInDays: 0 on the last day. A password a cached login's
+    // warning said would expire by now has none left.
+    const leftMs = Math.max(0, warning.expiresAt - now);
+    const text = config.expiringAlert.replaceAll('{days}', String(Math.floor(leftMs / 86_400_000))).replaceAll('{hours}', String(Math.floor(leftMs / 3_600_000)));
+    return { state: 'told', text };
+  }
 }

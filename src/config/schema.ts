@@ -19,6 +19,8 @@ import type { BackendLoginMode, ProtocolName } from '../protocol/types.js';
 import { readThrottleConfig } from '../auth/throttle-config.js';
 import type { ThrottleConfig } from '../auth/throttle-config.js';
 import { readOAuthConfig } from '../auth/oauth-config.js';
+import { DEFAULT_ALERT_INTERVAL_MS, DEFAULT_EXPIRING_ALERT, DEFAULT_GRACE_ALERT, DEFAULT_PASSWORD_ALERTS, EXPIRING_ALERT_PLACEHOLDERS, GRACE_ALERT_PLACEHOLDERS, MAX_ALERT_TEXT_CHARS, alertTextProblem } from '../auth/password-policy.js';
+import type { PasswordAlertsConfig } from '../auth/password-policy.js';
 import type { OAuthConfig } from '../auth/oauth-config.js';
 import { readConnectionLimitsConfig } from '../server/connection-limits.js';
 import type { ConnectionLimitsConfig } from '../server/connection-limits.js';
@@ -186,6 +188,11 @@ export interface DirectoryConfig {
    * wrong password, warnings logged. The reader always sets it; absent (a config built in code): on.
    */
   readonly passwordPolicy?: boolean;
+  /**
+   * What the user is told of a warning of the policy (IMAP [ALERT]: directory.password_policy as a
+   * mapping, or its defaults when true). The reader sets it when the policy is on; absent: the defaults.
+   */
+  readonly passwordAlerts?: PasswordAlertsConfig;
 }
 
 export interface BackendConfig {
@@ -631,9 +638,56 @@ function readDirectory(v: unknown, resolvePath: (p: string) => string, issues: I
     authCacheTtlMs: int(o, 'auth_cache_ttl_ms', path, issues, 0, 3_600_000, 60_000),
     cacheMaxEntries: int(o, 'cache_max_entries', path, issues, 1, MAX_CACHE_ENTRIES, 100_000),
     searchConnections: int(o, 'search_connections', path, issues, 1, 64, 2),
-    // On: a server without the policy ignores the control (not critical, RFC 4511 §4.1.11).
-    passwordPolicy: bool(o, 'password_policy', path, issues, true),
+    ...readPasswordPolicy(o, path, issues),
   };
+}
+
+/**
+ * directory.password_policy: true (the default: a server without the policy ignores the control,
+ * not critical, RFC 4511 §4.1.11), false, or a mapping (on) with what the user is told of its
+ * warnings: expiring_alert, grace_alert (each a text with only its own placeholders, '' telling
+ * nothing) and alert_interval_ms.
+ */
+function readPasswordPolicy(o: Record<string, unknown>, directoryPath: string, issues: IssueList): Pick<DirectoryConfig, 'passwordPolicy' | 'passwordAlerts'> {
+  const value = o['password_policy'];
+  if (value === undefined || value === true) return { passwordPolicy: true, passwordAlerts: DEFAULT_PASSWORD_ALERTS };
+  if (value === false) return { passwordPolicy: false };
+  const path = at(directoryPath, 'password_policy');
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    issues.add(path, 'true, false, or a mapping of expiring_alert, grace_alert and alert_interval_ms (the policy on)', value);
+    return { passwordPolicy: true, passwordAlerts: DEFAULT_PASSWORD_ALERTS };
+  }
+  const p = readSection(value, path, ['expiring_alert', 'grace_alert', 'alert_interval_ms'], issues) ?? {};
+  return {
+    passwordPolicy: true,
+    passwordAlerts: {
+      expiringAlert: alertText(p, 'expiring_alert', path, issues, EXPIRING_ALERT_PLACEHOLDERS, DEFAULT_EXPIRING_ALERT),
+      graceAlert: alertText(p, 'grace_alert', path, issues, GRACE_ALERT_PLACEHOLDERS, DEFAULT_GRACE_ALERT),
+      alertIntervalMs: int(p, 'alert_interval_ms', path, issues, 0, 2_592_000_000, DEFAULT_ALERT_INTERVAL_MS),
+    },
+  };
+}
+
+/** An alert's text: printable ASCII, at most MAX_ALERT_TEXT_CHARS, only `placeholders`; '' is off. */
+function alertText(o: Record<string, unknown>, key: string, path: string, issues: IssueList, placeholders: readonly string[], fallback: string): string {
+  const value = o[key];
+  if (value === undefined) return fallback;
+  const expected = `a text of printable ASCII (IMAP's response text is 7-bit: no CR, LF, NUL or other control character) of at most ${MAX_ALERT_TEXT_CHARS} characters, whose only placeholders are ${placeholders.join(' and ')}, or "" to tell nothing`;
+  if (typeof value !== 'string') {
+    issues.add(at(path, key), expected, value);
+    return fallback;
+  }
+  const problem = alertTextProblem(value);
+  if (problem !== undefined) {
+    issues.addFinding(at(path, key), expected, problem);
+    return fallback;
+  }
+  const unknown = unknownFilterPlaceholders(value, placeholders);
+  if (unknown.length > 0) {
+    issues.addFinding(at(path, key), expected, `${unknown.length === 1 ? 'an unknown placeholder' : 'unknown placeholders'} ${unknown.map((u) => JSON.stringify(u)).join(', ')}`);
+    return fallback;
+  }
+  return value;
 }
 
 /**

@@ -229,6 +229,13 @@ export interface ProtocolAdapter {
    * POP3's -ERR [SYS/TEMP] as the answer to its PASS.
    */
   connectionRefusal(limit: 'total' | 'address', text: string): string;
+  /**
+   * A line telling the user `text` (an operator's, the session's: a password about to expire),
+   * sent just before the reply of a login that succeeded: IMAP's untagged OK [ALERT], which a
+   * client must show its user (RFC 9051 §7.1). Absent: the protocol has no such line (POP3, RFC
+   * 2449 and 3206; ManageSieve, whose WARNINGS is about scripts, RFC 5804).
+   */
+  loginAlert?(text: string): string;
   /** A tracker for where drainNotice may be inserted; absent when there is no notice to insert. */
   createResponseTracker?(): ResponseBoundaryTracker;
   /**

@@ -8,7 +8,9 @@ import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import type { SecureContext, TlsOptions } from 'node:tls';
 import { domainToASCII, domainToUnicode } from 'node:url';
-import type { Directory, DirectoryUser } from '../auth/directory.js';
+import type { Directory, DirectoryUser, PasswordWarning } from '../auth/directory.js';
+import { DEFAULT_PASSWORD_ALERTS } from '../auth/password-policy.js';
+import type { PasswordAlert, PasswordAlerts } from '../auth/password-policy.js';
 import { isIP } from 'node:net';
 import type { LoginResult, Metrics, SessionMetrics } from '../metrics.js';
 import { authFailureReason, backendFailureResult } from '../metrics.js';
@@ -66,6 +68,8 @@ export interface SessionContext {
   readonly secureContext: () => SecureContext | undefined;
   /** Picks among the listener's certificates by the client's SNI server name, when it has several (server/tls-config.ts). */
   readonly sniCallback?: () => TlsOptions['SNICallback'];
+  /** Whom this instance told of an expiring password lately (directory.password_policy's alerts); absent: nobody is told. */
+  readonly passwordAlerts?: PasswordAlerts;
   /** Called once per session end, with the session (for the listener's set and counters kept by the server). */
   readonly onEnd?: (reason: SessionEndReason, session: Session) => void;
 }
@@ -355,6 +359,8 @@ export class Session {
    * is checked, the entry; `user` is then the target.
    */
   private master: { user: string; typed?: string; dn?: string } | undefined;
+  /** The password policy's warning of the login under way, and the entry it is of (a master login's: the staff member's, whose password it is). */
+  private passwordWarning: { readonly warning: PasswordWarning; readonly dn: string } | undefined;
   private mechanism: string | undefined;
   private store: string | undefined;
   private slot: string | undefined;
@@ -849,6 +855,7 @@ export class Session {
       // Each login anew: a session may try several (a master login refused, then the user's own).
       this.masterAttempt = named !== undefined;
       this.bearerAttempt = bearer?.mechanism;
+      this.passwordWarning = undefined;
       this.master = named !== undefined && named.staff !== null ? { user: named.staff } : undefined;
       // A forwarded address counted at ID time holds its count; one that was at the limit then
       // is tried again, and refused if it still is (before anything reaches the directory).
@@ -902,6 +909,7 @@ export class Session {
       } else {
         if (user === null || typed === null) throw new MailfrontError('INVALID_USERNAME', 'auth-failed', 'the user name is empty, too long, not in a local domain, or has control characters');
         found = await directory.authenticate(user, secret, cancellation, this.adapter.name);
+        if (found.passwordWarning !== undefined) this.passwordWarning = { warning: found.passwordWarning, dn: found.dn };
       }
       throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
       // A login its known address spared the user's refusal leaves the user's count as it is.
@@ -1228,7 +1236,8 @@ export class Session {
     this.machine = SPLICED;
     this.detachPreauth(this.socket);
     this.setPhase('spliced');
-    this.preauthBytesWritten += writeNow(this.socket, success.reply);
+    const alert = this.passwordAlert();
+    this.preauthBytesWritten += writeNow(this.socket, alert?.state === 'told' && this.adapter.loginAlert !== undefined ? `${this.adapter.loginAlert(alert.text)}${success.reply}` : success.reply);
     const loginMs = performance.now() - started;
     // Commands the client sent behind its login were read here but reach the backend through
     // the splice, which counts them as its own.
@@ -1267,12 +1276,31 @@ export class Session {
     // The one info line of a login (session.started and session.authenticated are debug): who, how, from where, to where.
     // A master login's too, with the staff member and entry: the audit record of a staff member in
     // another user's mailbox (the backend's log names the target only).
-    this.log.info({ event: 'session.spliced', protocol: this.adapter.name, ...userFields(this.user, this.typedUser), ...this.masterFields(), mechanism: this.mechanism, store: this.store, slot: this.slot, ...this.clientFields(), listener: this.listenerName, tls: this.tlsActive, loginMs: Math.round(loginMs) }, 'spliced to backend');
+    // With the password policy's warning: whether the client was told (passwordAlert).
+    const warned = alert === undefined || this.passwordWarning === undefined ? {} : { passwordWarning: this.passwordWarning.warning.kind, passwordAlert: alert.state };
+    this.log.info({ event: 'session.spliced', protocol: this.adapter.name, ...userFields(this.user, this.typedUser), ...this.masterFields(), mechanism: this.mechanism, store: this.store, slot: this.slot, ...this.clientFields(), listener: this.listenerName, tls: this.tlsActive, loginMs: Math.round(loginMs), ...warned }, 'spliced to backend');
     this.context.metrics.loginResult(this.adapter.name, 'success', loginMs / 1000);
     if (this.masterAttempt) this.context.metrics.masterLogin(this.adapter.name, 'success');
     if (this.bearerAttempt !== undefined) this.context.metrics.oauthLogin(this.adapter.name, this.bearerAttempt, 'success');
     void running.ended.then((reason) => this.finish(reason));
     return true;
+  }
+
+  /**
+   * What the client of a login let in with a password policy warning is told, now that its login
+   * succeeded (directory.password_policy's alerts): `protocol` when it has no way to tell it
+   * (POP3, ManageSieve), `off` when nothing keeps track of whom this instance told; undefined
+   * without a warning. Asked once per login, as its answer is sent: an alert it says is `told`
+   * counts as told, lest the next connection of the same client tell it again.
+   */
+  private passwordAlert(): PasswordAlert | { readonly state: 'protocol' } | undefined {
+    const warned = this.passwordWarning;
+    if (warned === undefined) return undefined;
+    if (this.adapter.loginAlert === undefined) return { state: 'protocol' };
+    const alerts = this.context.passwordAlerts;
+    if (alerts === undefined) return { state: 'off' };
+    const { directory } = this.context.config();
+    return alerts.take(warned.warning, warned.dn, directory.passwordAlerts ?? DEFAULT_PASSWORD_ALERTS, directory.cacheMaxEntries);
   }
 
   /** Ends the session exactly once: timers, sockets, registry, one log line. */

@@ -73,13 +73,13 @@ function stores(): Parameters<typeof startFront>[0]['stores'] {
   return { alpha: { currentMaster: 'a1', slots: { a1: { imapPort: a1.imapPort, pop3Port: a1.pop3Port, sievePort: a1.sievePort! } } } };
 }
 
-/** An IMAP LOGIN through mailfront on a raw socket: the tagged answer. */
+/** An IMAP LOGIN through mailfront on a raw socket: the tagged answer (after the [ALERT] of a warning, which password-policy-alert.test reads). */
 async function imapLogin(front: Front, name: string, password = PASSWORD): Promise<string> {
   const c = await LineClient.connect(front.imapTrustedPort);
   try {
     await c.readLine();
     c.send(`t1 LOGIN "${name}" ${password}`);
-    return await c.readLine();
+    for (let line = await c.readLine(); ; line = await c.readLine()) if (!line.startsWith('* OK [ALERT] ')) return line;
   } finally {
     c.close();
   }

@@ -525,9 +525,9 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
   }
 }
 
-/** At most this many [ALERT] lines of a backend login reach the client, each at most this long. */
+/** At most this many [ALERT] lines of a backend login reach the client, each at most this long (mailfront's own too: loginAlert). */
 const MAX_ALERTS = 4;
-const MAX_ALERT_CHARS = 400;
+export const MAX_ALERT_CHARS = 400;
 
 /** Classifies a tagged NO to LOGIN/AUTHENTICATE by its RFC 5530 response code. */
 export function classifyLoginNo(codeName: string | null): Refusal {

@@ -6,7 +6,7 @@
 
 import { IMAP_GUARDED_WORDS, UNAUTHENTICATE_REFUSED, mayUnauthenticate, unauthenticateGuard } from '../../proxy/command-guard.js';
 import type { ProtocolAdapter } from '../types.js';
-import { ImapBackendLoginMachine } from './backend.js';
+import { ImapBackendLoginMachine, MAX_ALERT_CHARS } from './backend.js';
 import { ImapPreauthMachine } from './preauth.js';
 import { safeText } from './wire.js';
 import { ImapResponseBoundary } from './boundary.js';
@@ -40,4 +40,7 @@ export const imapAdapter: ProtocolAdapter = Object.freeze({
       : null,
   // RFC 5530: [UNAVAILABLE] for a temporary server-side condition, [LIMIT] for a per-client one.
   connectionRefusal: (limit, text) => `* BYE [${limit === 'total' ? 'UNAVAILABLE' : 'LIMIT'}] ${safeText(text)}\r\n`,
+  // RFC 9051 §7.1: [ALERT] text must be presented to the user (Thunderbird shows a dialog). Before
+  // the tagged OK, as part of the login's answer; made safe and bounded as a backend's alert is.
+  loginAlert: (text) => `* OK [ALERT] ${safeText(text, MAX_ALERT_CHARS)}\r\n`,
 } satisfies ProtocolAdapter);
