@@ -27,13 +27,16 @@ const INTERVAL_MS = 1_500;
 const EXPIRING_TEXT = 'Change it at https://password.example.org/ : {days} days ({hours} hours) left.';
 const GRACE_TEXT = 'Your password has expired: {grace} more logins, then change it at https://password.example.org/';
 
-/** Now as a GeneralizedTime (pwdChangedTime). */
-function generalizedNow(): string {
-  return `${new Date().toISOString().replace(/[-:T]/g, '').slice(0, 14)}Z`;
+/**
+ * Half an hour ago as a GeneralizedTime (pwdChangedTime): 9 days and 239.5 hours left, far from a
+ * whole day or hour whichever second slapd and mailfront count it in.
+ */
+function generalizedHalfHourAgo(): string {
+  return `${new Date(Date.now() - 1_800_000).toISOString().replace(/[-:T]/g, '').slice(0, 14)}Z`;
 }
 
 const POLICIES = {
-  // Expires ten days after its change, warned of twenty days before: always warned, 9 days (239 hours) left.
+  // Expires ten days after its change, warned of twenty days before: always warned, 9 days (239 hours) left (changed half an hour ago).
   expiring: { pwdMaxAge: '864000', pwdExpireWarning: '1728000', pwdGraceAuthNLimit: '0' },
   grace: { pwdMaxAge: '86400', pwdGraceAuthNLimit: '3' },
 };
@@ -43,7 +46,7 @@ const GRACE_USERS = ['bea', 'hal', 'ida'];
 
 function user(uid: string): SlapdUser {
   const grace = GRACE_USERS.includes(uid);
-  return { uid, password: PASSWORD, store: uid === 'gus' ? 'gamma' : 'alpha', attributes: { pwdPolicySubentry: slapdPolicyDn(grace ? 'grace' : 'expiring'), pwdChangedTime: grace ? LONG_AGO : generalizedNow() } };
+  return { uid, password: PASSWORD, store: uid === 'gus' ? 'gamma' : 'alpha', attributes: { pwdPolicySubentry: slapdPolicyDn(grace ? 'grace' : 'expiring'), pwdChangedTime: grace ? LONG_AGO : generalizedHalfHourAgo() } };
 }
 
 /** The expiring alert of EXPIRING_TEXT with 9 days left. */
