@@ -837,7 +837,9 @@ export class Mailfront {
     const last = this.directoryLastHealth?.directory === this.directory ? this.directoryLastHealth.health : undefined;
     const health = options.directory === false ? last : await this.directoryHealthNow();
     const unbound = this.config.listeners.filter((c) => !this.listeners.some((l) => l.listening && l.config.name === c.name)).map((c) => c.name);
-    const byReload = unbound.filter((name) => this.unboundByReload.has(name));
+    // By the names of the config in force that the reload could not bind, listening or not: a
+    // listener moved to a port in use keeps its name, and the old one of that name serves on.
+    const byReload = this.config.listeners.filter((c) => this.unboundByReload.has(c.name)).map((c) => c.name);
     const lost = unbound.filter((name) => !this.unboundByReload.has(name));
     const bound = `${this.listeners.filter((l) => l.listening).length} bound`;
     const unserved = this.protocolsNotServed();
