@@ -142,8 +142,9 @@ ${FLEET}
   unthrottle: `Usage: mailfront unthrottle USER | ADDRESS [-c FILE]
 
 Clears the throttle's failures and refusal of a user (the name the client typed, as whereis
-shows it) or of a client address (an IPv4 or IPv6 address: an IPv6 one clears its /64, a
-nat64 one the IPv4 address it embeds, as they are counted). With throttle.redis, the counts are
+shows it) or of a client address (an IPv4 or IPv6 address: an IPv6 one clears its network of
+throttle.ipv6_prefix_bits, a /56 by default, a nat64 one the IPv4 address it embeds, as they are
+counted). With throttle.redis, the counts are
 deleted in Redis: released on every instance sharing it. Without it, on this instance only
 (unthrottle on each: --all). When Redis does not answer, on this instance only, and Redis's count is
 deleted once Redis takes writes again; the output says which. A subject with nothing counted is
