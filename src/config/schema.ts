@@ -687,6 +687,20 @@ function alertText(o: Record<string, unknown>, key: string, path: string, issues
     issues.addFinding(at(path, key), expected, `${unknown.length === 1 ? 'an unknown placeholder' : 'unknown placeholders'} ${unknown.map((u) => JSON.stringify(u)).join(', ')}`);
     return fallback;
   }
+  // A brace of no placeholder: `{{days}}` would end the line `... {9}`, which imapflow (and any
+  // client that finds a literal by a line's end) reads as announcing 9 bytes of literal, and the
+  // login's tagged OK disappears into it.
+  let rest = value;
+  for (const placeholder of placeholders) rest = rest.replaceAll(placeholder, '');
+  if (/[{}]/.test(rest)) {
+    issues.addFinding(at(path, key), expected, 'a brace that is no placeholder (`{{days}}` would be sent as `{9}`, which a client can read as a literal)');
+    return fallback;
+  }
+  // IMAP's text is at least one character (RFC 3501 §9, text = 1*TEXT-CHAR): spaces alone would be sent as nothing.
+  if (value !== '' && value.trim() === '') {
+    issues.addFinding(at(path, key), expected, 'spaces only');
+    return fallback;
+  }
   return value;
 }
 

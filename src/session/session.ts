@@ -1300,6 +1300,9 @@ export class Session {
     const alerts = this.context.passwordAlerts;
     if (alerts === undefined) return { state: 'off' };
     const { directory } = this.context.config();
+    // A reload that turned the policy off while this login waited on its backend: nothing is told
+    // (the defaults are only for a policy on, set up without the config reader).
+    if (directory.passwordPolicy === false) return { state: 'off' };
     return alerts.take(warned.warning, warned.dn, directory.passwordAlerts ?? DEFAULT_PASSWORD_ALERTS, directory.cacheMaxEntries);
   }
 

@@ -9,9 +9,13 @@
  * beside mailfront's. session.spliced says whether the client was told (passwordAlert).
  */
 import assert from 'node:assert/strict';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import type { AddressInfo, Server } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ImapFlow } from 'imapflow';
+import { parse, stringify } from 'yaml';
 import { LineClient, slapdPolicyDn, startCyrus, startDovecot, startSlapd } from './servers/index.js';
 import type { Cyrus, Dovecot, Slapd, SlapdUser } from './servers/index.js';
 import { registerPasswords, registerSecrets, startFront, waitForLog } from './front.js';
@@ -44,9 +48,12 @@ const POLICIES = {
 const EXPIRING_USERS = ['ann', 'eve', 'fay', 'cid', 'dee', 'gus'];
 const GRACE_USERS = ['bea', 'hal', 'ida'];
 
+/** A user of the store behind the backend that greets when a test says (the reload case). */
+const HELD_USER = 'jo';
+
 function user(uid: string): SlapdUser {
   const grace = GRACE_USERS.includes(uid);
-  return { uid, password: PASSWORD, store: uid === 'gus' ? 'gamma' : 'alpha', attributes: { pwdPolicySubentry: slapdPolicyDn(grace ? 'grace' : 'expiring'), pwdChangedTime: grace ? LONG_AGO : generalizedHalfHourAgo() } };
+  return { uid, password: PASSWORD, store: uid === 'gus' ? 'gamma' : uid === HELD_USER ? 'delta' : 'alpha', attributes: { pwdPolicySubentry: slapdPolicyDn(grace ? 'grace' : 'expiring'), pwdChangedTime: grace ? LONG_AGO : generalizedHalfHourAgo() } };
 }
 
 /** The expiring alert of EXPIRING_TEXT with 9 days left. */
@@ -60,7 +67,7 @@ before(async () => {
   registerPasswords(PASSWORD);
   registerSecrets([CYRUS_PROXY.password]);
   [slapd, a1, cyrus] = await Promise.all([
-    startSlapd({ ppolicy: { policies: POLICIES }, users: [...EXPIRING_USERS, ...GRACE_USERS].map(user) }),
+    startSlapd({ ppolicy: { policies: POLICIES }, users: [...EXPIRING_USERS, ...GRACE_USERS, HELD_USER].map(user) }),
     startDovecot({ name: 'ppalert-a1', users: [...EXPIRING_USERS, ...GRACE_USERS].map((name) => ({ name, password: PASSWORD })), sieve: true }),
     startCyrus({ users: [{ name: 'gus', password: PASSWORD }], proxyAdmin: CYRUS_PROXY, imapdConf: [`plaintextloginalert: ${CYRUS_ALERT}`] }),
   ]);
@@ -290,5 +297,61 @@ describe('against Cyrus, which has an alert of its own', () => {
     }
     const told = await spliced(front, 'gus', mark);
     assert.deepEqual([told['slot'], told['passwordAlert']], ['c1', 'told']);
+  });
+});
+
+describe('a reload that turns the policy off while a login with a warning waits on its backend', () => {
+  let front: Front;
+  let backend: Server;
+  let greet: () => void = () => undefined;
+  before(async () => {
+    // Greets when the test says, then answers OK to every command: the login waits on it.
+    backend = createServer((socket) => {
+      socket.on('error', () => undefined);
+      greet = () => socket.write('* OK [CAPABILITY IMAP4rev1 ID] held backend ready\r\n');
+      let buffered = '';
+      socket.on('data', (data) => {
+        buffered += data.toString('latin1');
+        for (let end = buffered.indexOf('\r\n'); end >= 0; end = buffered.indexOf('\r\n')) {
+          const tag = buffered.slice(0, end).split(' ')[0];
+          buffered = buffered.slice(end + 2);
+          socket.write(`${tag} OK done\r\n`);
+        }
+      });
+    });
+    await new Promise<void>((resolve) => backend.listen(0, '127.0.0.1', resolve));
+    const port = (backend.address() as AddressInfo).port;
+    front = await startFront({ slapd, stores: { ...stores(), delta: { currentMaster: 'd1', slots: { d1: { imapPort: port } } } }, directory: { password_policy: { expiring_alert: EXPIRING_TEXT } } });
+  });
+  after(async () => {
+    await front?.stop();
+    await new Promise((resolve) => backend?.close(resolve));
+  });
+
+  test('nothing is told: the policy in force when the login is answered says so, not the defaults', async () => {
+    const mark = front.logs.length;
+    const client = await LineClient.connect(front.imapTrustedPort);
+    try {
+      await client.readLine();
+      client.send(`t1 LOGIN ${HELD_USER} ${PASSWORD}`);
+      // The bind took the password with its warning; the backend has not greeted yet.
+      await waitForLog(front, (l) => l['event'] === 'directory.password_expiring' && l['user'] === HELD_USER, 5_000, mark);
+      const config = parse(readFileSync(front.configFile, 'utf8')) as { directory: Record<string, unknown> };
+      config.directory['password_policy'] = false;
+      writeFileSync(front.configFile, stringify(config));
+      const reloaded = await front.mailfront.reload();
+      assert.equal(reloaded.ok, true, reloaded.error);
+      greet();
+      const lines: string[] = [];
+      for (let line = await client.readLine(); ; line = await client.readLine()) {
+        lines.push(line);
+        if (line.startsWith('t1 ')) break;
+      }
+      assert.deepEqual(alerts(lines), [], lines.join(' | '));
+      assert.match(lines.at(-1)!, /^t1 OK /);
+    } finally {
+      client.close();
+    }
+    assert.equal((await spliced(front, HELD_USER, mark))['passwordAlert'], 'off');
   });
 });
