@@ -630,10 +630,19 @@ return out
  * KNOWN_ADDRESSES_PER_USER latest (ARGV[5]). One call, as the DEL alone was. Returns {1}; {0, '',
  * the error text} when Redis refused to write the address (the failures were forgotten); {2, the
  * command, the error text} when Redis refused another command (an ACL without it): the expiry is
- * set right after the write, and the trim is last and through pcall, so that a command refused
- * leaves a key that expires (PEXPIRE refused: the hash is deleted) rather than one that grows for
- * good, and the call is not taken for a Redis refusing writes. A refused write of the count is an
- * error of the whole call (nothing was written).
+ * set before the write, and again right after it when there was no hash yet, and the trim is last
+ * and through pcall, so that a command refused leaves a key that expires (PEXPIRE refused: the
+ * hash is deleted) rather than one that grows for good, and the call is not taken for a Redis
+ * refusing writes. A refused write of the count is an error of the whole call (nothing was
+ * written).
+ * Out of memory (maxmemory reached, noeviction), Redis refuses a script without flags a command
+ * that may grow memory (HSET) only until the script has called a write command, whatever that
+ * one changed (Redis 7's scriptVerifyOOM, and 6's alike): so each HSET comes after a write Redis
+ * takes then, the count's after an HDEL of the fields it rewrites (n stays, and with it the key
+ * and its expiry), the address's after a PEXPIRE of its hash. A success then forgets and makes
+ * its address known as the script before sources did, which began with the count's DEL. The
+ * HDEL is through pcall: an ACL written before the known addresses lacks it, and the HSET is
+ * then refused out of memory only, as before.
  */
 const SUCCESS_SCRIPT = `
 if redis.replicate_commands then redis.replicate_commands() end
@@ -658,6 +667,7 @@ if ARGV[1] ~= '' then
       redis.call('DEL', KEYS[1])
     else
       local joined = table.concat(np)
+      redis.pcall('HDEL', KEYS[1], 'p', 'b', 's')
       redis.call('HSET', KEYS[1], 'n', n, 'p', joined, 'b', string.format('%.0f', b), 's', kept(joined, s, gone))
     end
   end
@@ -665,9 +675,10 @@ end
 if ARGV[3] == '' then return {1} end
 local ttl = tonumber(ARGV[4])
 local max = tonumber(ARGV[5])
+local e = redis.pcall('PEXPIRE', KEYS[2], ttl)
 local w = redis.pcall('HSET', KEYS[2], ARGV[3], string.format('%.0f', now + ttl))
 if type(w) == 'table' and w.err then return {0, '', w.err} end
-local e = redis.pcall('PEXPIRE', KEYS[2], ttl)
+if type(e) == 'table' or e == 0 then e = redis.pcall('PEXPIRE', KEYS[2], ttl) end
 if type(e) == 'table' and e.err then
   redis.pcall('DEL', KEYS[2])
   return {2, 'PEXPIRE', e.err}

@@ -345,6 +345,59 @@ describe('throttle counters shared through Redis', { concurrency: 4 }, () => {
     }
   }));
 
+  test('Redis out of memory: a success still forgets its own address\'s failures in Redis and makes the address known to the fleet (Redis takes an HSET in a script after its first write, as it took it after the DEL before sources)', withOwnRedis(async (redis) => {
+    const a = await instance('t20:', undefined, redis.url);
+    const b = await instance('t20:', undefined, redis.url);
+    const off = await instance('t20:', undefined, redis.url, { knownAddressMs: 0 });
+    const raw = createClient({ url: redis.url });
+    raw.on('error', () => undefined);
+    await raw.connect();
+    const home = from('ann', '192.0.2.90');
+    const guesser = from('ann', '198.51.100.90');
+    const failures = async (user: string): Promise<number | undefined> => (await b.throttle.inspect([{ user }]))?.[0]?.failures;
+    try {
+      for (let i = 0; i < 2; i++) await b.throttle.recordFailure(guesser, WRONG_PASSWORDS[i] ?? '');
+      for (let i = 2; i < 4; i++) await b.throttle.recordFailure(home, WRONG_PASSWORDS[i] ?? '');
+      const pia = from('pia', '192.0.2.91');
+      await b.throttle.recordFailure(pia, WRONG_PASSWORDS[0] ?? '');
+      await b.throttle.recordFailure(from('pia', '198.51.100.91'), WRONG_PASSWORDS[1] ?? '');
+      await raw.sendCommand(['CONFIG', 'SET', 'maxmemory', '1']);
+
+      await a.throttle.recordSuccess(home, await a.throttle.check(home));
+      assert.equal(a.throttle.sharing, 'up', 'the success written: not taken for Redis refusing writes');
+      assert.equal(String(await raw.sendCommand(['HGET', 't20:u:ann', 'n'])), '2', 'her two typos at home forgotten, the guesser\'s two left');
+      assert.ok(Number(await raw.sendCommand(['PTTL', 't20:u:ann'])) > 0, 'the count still expires');
+      assert.equal(await failures('ann'), 2, 'B sees the two left');
+      assert.deepEqual(Object.keys(await raw.hGetAll('t20:k:ann')), ['192.0.2.90'], 'her address known in Redis');
+      const known = Number(await raw.sendCommand(['PTTL', 't20:k:ann']));
+      assert.ok(known > 0 && known <= 86_400_000, `the known addresses expire (PTTL ${known})`);
+
+      // A user with no failures: nothing to forget, the address's write comes first.
+      await a.throttle.recordSuccess(from('bo', '192.0.2.92'), await a.throttle.check(from('bo', '192.0.2.92')));
+      assert.deepEqual(Object.keys(await raw.hGetAll('t20:k:bo')), ['192.0.2.92']);
+      assert.ok(Number(await raw.sendCommand(['PTTL', 't20:k:bo'])) > 0);
+      assert.equal(a.throttle.sharing, 'up');
+
+      // Known addresses off: the forgetting alone.
+      await off.throttle.recordSuccess(pia, await off.throttle.check(pia));
+      assert.equal(off.throttle.sharing, 'up');
+      assert.equal(String(await raw.sendCommand(['HGET', 't20:u:pia', 'n'])), '1', 'the failure from elsewhere left');
+      assert.ok(Number(await raw.sendCommand(['PTTL', 't20:u:pia'])) > 0);
+
+      // The guesser brings ann to the limit through B (which counts them apart: Redis refuses
+      // them): she is refused elsewhere, not at home, which B learns from Redis.
+      for (let i = 4; i < 7; i++) await b.throttle.recordFailure(guesser, WRONG_PASSWORDS[i] ?? '');
+      assert.equal(b.throttle.sharing, 'read-only');
+      assert.equal((await b.throttle.check(from('ann', '203.0.113.90'))).refused, true, 'five from elsewhere');
+      const atHome = await b.throttle.check(home);
+      assert.equal(atHome.refused, false, 'ann at home, known through Redis');
+      assert.equal(atHome.knownAddress, true);
+    } finally {
+      await raw.sendCommand(['CONFIG', 'SET', 'maxmemory', '0']);
+      raw.destroy();
+    }
+  }));
+
   test('Redis refusing writes: failures counted through another instance before and through this one since add up to the limit', withOwnRedis(async (redis) => {
     const a = await instance('t10:', undefined, redis.url);
     const b = await instance('t10:', undefined, redis.url);
