@@ -47,7 +47,7 @@ export interface ThrottleVerdict {
   readonly delayMs: number;
   /**
    * The user's limit refuses the user, but not this login: its address is known (the user logged
-   * in from it within throttle.known_address_ms). Pass the verdict to recordSuccess().
+   * in from it within throttle.known_address_ms).
    */
   readonly knownAddress?: true;
 }
@@ -1135,26 +1135,24 @@ export class RedisThrottleStore implements ThrottleStore {
    * address, only this instance knows it (Throttle's own); sources Redis did not forget wait in
    * `uncleared`, and this instance leaves their failures out of Redis's count meanwhile.
    */
-  async succeeded(userKey: string, forget: { readonly source: string; readonly limit: number } | undefined, known: KnownAddress | undefined): Promise<void> {
+  async succeeded(userKey: string, forget: { readonly source: string; readonly limit: number }, known: KnownAddress | undefined): Promise<void> {
     let tags = '';
-    if (forget !== undefined) {
-      await this.options.local.forgetSource(userKey, forget.source, forget.limit);
-      await this.missed.forgetSource(userKey, forget.source, forget.limit);
-      const pending = this.uncleared.get(userKey);
-      // A count an operator cleared that Redis still holds is left out whole: nothing to forget in it.
-      if (pending !== true) {
-        tags = withSource(pending?.tags ?? '', forget.source);
-        // Left before the call, as del()'s keys are: a failure sent after it runs after it.
-        this.uncleared.delete(userKey);
-      }
+    await this.options.local.forgetSource(userKey, forget.source, forget.limit);
+    await this.missed.forgetSource(userKey, forget.source, forget.limit);
+    const pending = this.uncleared.get(userKey);
+    // A count an operator cleared that Redis still holds is left out whole: nothing to forget in it.
+    if (pending !== true) {
+      tags = withSource(pending?.tags ?? '', forget.source);
+      // Left before the call, as del()'s keys are: a failure sent after it runs after it.
+      this.uncleared.delete(userKey);
     }
     if (tags === '' && known === undefined) return;
     const keys = known === undefined ? [this.key(userKey)] : [this.key(userKey), this.key(known.user)];
-    const reply = await this.run(SUCCESS, keys, [tags, String(forget?.limit ?? 0), known?.address ?? '', String(known?.ms ?? 0), String(KNOWN_ADDRESSES_PER_USER)]);
+    const reply = await this.run(SUCCESS, keys, [tags, String(forget.limit), known?.address ?? '', String(known?.ms ?? 0), String(KNOWN_ADDRESSES_PER_USER)]);
     if (reply instanceof Error) this.callRefused(reply.message);
     else if (Array.isArray(reply) && Number(reply[0] ?? 0) === 0) this.callRefused(String(reply[2] ?? ''));
     else if (Array.isArray(reply) && Number(reply[0] ?? 0) === 2) this.commandRefused(String(reply[1] ?? ''), String(reply[2] ?? ''));
-    if (tags !== '' && !Array.isArray(reply)) this.pend(userKey, { tags, limit: forget?.limit ?? 0 });
+    if (tags !== '' && !Array.isArray(reply)) this.pend(userKey, { tags, limit: forget.limit });
   }
 
   forgetSource(key: string, source: string, limit: number): Promise<void> {
@@ -2169,26 +2167,26 @@ export class Throttle {
    * on until they expire or an operator clears them, or a guesser would get failures_per_user - 1
    * guesses again at every login of the user's phone. The address (when counted per address) is
    * known for the user for known_address_ms. The address's count is not forgotten: an attacker
-   * who owns one mailbox could otherwise wipe his address's record at will. Nor is anything of
-   * the user's when the check spared the login a refusal of the user (`verdict.knownAddress`): the
-   * user's own login would lift the refusal for the guessers too. No more Redis calls than the
-   * count's DEL before: one script call does both.
+   * who owns one mailbox could otherwise wipe his address's record at will. A login the check
+   * spared a refusal of the user (a known address) forgets the same: the refusal ends only if the
+   * failures from elsewhere are below the limit by themselves, as at any success. No more Redis
+   * calls than the count's DEL before: one script call does both.
    */
-  async recordSuccess(attempt: LoginAttempt, verdict?: ThrottleVerdict): Promise<void> {
+  async recordSuccess(attempt: LoginAttempt): Promise<void> {
     const store = this.store;
     if (!this.config.enabled || store === null || attempt.user === null) return;
-    const forget = verdict?.knownAddress === true ? undefined : { source: sourceTag(this.addressKey(attempt.address)), limit: this.config.failuresPerUser };
+    const forget = { source: sourceTag(this.addressKey(attempt.address)), limit: this.config.failuresPerUser };
     const ms = knownAddressMsOf(this.config);
     try {
       if (ms === 0 || !this.countsAddress(attempt)) {
-        if (forget !== undefined) await store.forgetSource(userKey(attempt.user), forget.source, forget.limit);
+        await store.forgetSource(userKey(attempt.user), forget.source, forget.limit);
         return;
       }
       const known: KnownAddress = { user: knownKey(attempt.user), address: this.addressKey(attempt.address), ms };
       this.known ??= knownCache(this.config.maxTrackedSubjects, ms);
       this.known.set(known.user, withKnown(this.known.get(known.user), known.address, monotonic() + ms));
       if (store instanceof RedisThrottleStore) await store.succeeded(userKey(attempt.user), forget, known);
-      else if (forget !== undefined) await store.forgetSource(userKey(attempt.user), forget.source, forget.limit);
+      else await store.forgetSource(userKey(attempt.user), forget.source, forget.limit);
     } catch {
       // nothing to undo
     }

@@ -912,8 +912,7 @@ export class Session {
         if (found.passwordWarning !== undefined) this.passwordWarning = { warning: found.passwordWarning, dn: found.dn };
       }
       throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
-      // A login its known address spared the user's refusal leaves the user's count as it is.
-      void throttle.recordSuccess(attempt, verdict);
+      void throttle.recordSuccess(attempt);
       leaveGate(false);
       this.mechanism = credentials.mechanism;
       if (named !== undefined) found = await this.masterTarget(directory, found, user, typed, config, cancellation);

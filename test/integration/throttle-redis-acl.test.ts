@@ -74,7 +74,7 @@ const from = (user: string, address: string): LoginAttempt => ({ user, address, 
 async function succeed(t: Throttle, attempt: LoginAttempt): Promise<void> {
   const verdict = await t.check(attempt);
   assert.equal(verdict.refused, false, `${attempt.user} from ${attempt.address}`);
-  await t.recordSuccess(attempt, verdict);
+  await t.recordSuccess(attempt);
 }
 
 const refusedCommands = (lines: readonly Record<string, unknown>[]): unknown[] => lines.filter((l) => l['event'] === 'throttle.redis_command_refused').map((l) => l['command']);

@@ -4,7 +4,8 @@
  * the user's login started the whole count over, so a guesser got failures_per_user - 1 guesses,
  * waited for the user's phone to log in, and guessed again, without end. On an instance counting
  * alone, and through two instances sharing Redis (the success on one, the guesses through the
- * other); and, through the Throttle on Redis, a rolling upgrade: failures written by the version
+ * other), also a login its known address spared a refusal of the user's own typos there (it
+ * forgets them too, the fx-success31b brief); and, through the Throttle on Redis, a rolling upgrade: failures written by the version
  * before sources (no `s` field) stay after a success, and that version counts what this one wrote.
  */
 import assert from 'node:assert/strict';
@@ -20,7 +21,7 @@ import { ADMIN_TOKEN, registerPasswords, startFront, waitForLog } from './front.
 import type { Front } from './front.js';
 
 const PASSWORD = 'Source-pw-4d1a';
-const USERS = ['walt', 'xena', 'yuri', 'zoe'];
+const USERS = ['walt', 'xena', 'yuri', 'zoe', 'vera', 'uma'];
 const KEY_PREFIX = 'source:';
 const LIMIT_PER_USER = 3;
 const THROTTLE = { enabled: true, base_delay_ms: 0, max_delay_ms: 0, failures_per_user: LIMIT_PER_USER, failures_per_address: 12, refusal_ms: 60_000 };
@@ -95,6 +96,21 @@ async function guessAroundTheUser(user: string, userVia: Front, guessVia: Front,
   assert.match(await login(guessVia, home, user, PASSWORD), OK, 'the user at home, a known address');
 }
 
+/**
+ * The user logs in at `home` through `loginVia` (a known address from then on), makes
+ * failures_per_user typos there through `typoVia` (refused elsewhere), and logs in at home through
+ * `loginVia` again, spared the refusal: his typos are forgotten, and his phone gets in at `phone`
+ * through `typoVia`. Before, a spared login forgot nothing, and the phone waited for refusal_ms.
+ */
+async function typosAtHome(user: string, typoVia: Front, loginVia: Front, home: string, phone: string): Promise<void> {
+  assert.match(await login(loginVia, home, user, PASSWORD), OK, 'yesterday at home');
+  for (let i = 0; i < LIMIT_PER_USER; i++) assert.match(await login(typoVia, home, user, `typo-${user}-${i}`), WRONG);
+  assert.match(await login(typoVia, phone, user, PASSWORD), LIMIT, 'his typos reached the limit: refused elsewhere');
+  assert.match(await login(loginVia, home, user, PASSWORD), OK, 'spared at home, a known address');
+  assert.equal(await failuresOf(typoVia, user), 0, 'his typos at home forgotten');
+  assert.match(await login(typoVia, phone, user, PASSWORD), OK, 'his phone elsewhere gets in');
+}
+
 describe('a success forgets the failures counted from its own address only', { concurrency: true }, () => {
   test("on an instance counting alone: the guesser's failures outlive the user's login, and his next guess reaches the limit", async () => {
     await guessAroundTheUser('walt', alone, alone, '127.0.4.1', '127.0.5.1', '127.0.6.1');
@@ -129,6 +145,15 @@ describe('a success forgets the failures counted from its own address only', { c
     assert.match(await login(a, '127.0.4.4', 'zoe', PASSWORD), OK);
     assert.equal(await failuresOf(b, 'zoe'), 1, "the guesser's one is left, for the other instance too");
     assert.equal(await failuresOf(a, 'zoe'), 1);
+  });
+
+  test("on an instance counting alone: a login the known address spared forgets the user's typos from there, and his phone elsewhere is no longer refused", async () => {
+    await typosAtHome('vera', alone, alone, '127.0.4.5', '127.0.6.5');
+  });
+
+  test("through Redis: a login the known address spared on one instance forgets the typos from there counted through the other, which lets his phone in", async () => {
+    const [a, b] = shared;
+    await typosAtHome('uma', a, b, '127.0.4.6', '127.0.6.6');
   });
 });
 
@@ -204,7 +229,7 @@ describe('rolling upgrade: instances of the version before sources share Redis w
       // The old instance's failure for olaf at home (a typo of his, or a guess: it cannot tell), then a typo through this one.
       await oldFailure(raw, 'olaf', '192.0.2.40');
       await throttle.recordFailure(from('olaf', '192.0.2.40'), 'typo');
-      await throttle.recordSuccess(from('olaf', '192.0.2.40'), await throttle.check(from('olaf', '192.0.2.40')));
+      await throttle.recordSuccess(from('olaf', '192.0.2.40'));
       assert.equal(await raw.hGet(`${prefix}u:olaf`, 'n'), '1', 'the failure without a source stays; the typo from home is forgotten');
       assert.equal((await throttle.inspect([{ user: 'olaf' }]))?.[0]?.failures, 1);
 
@@ -221,7 +246,7 @@ describe('rolling upgrade: instances of the version before sources share Redis w
       const [n2, , status2] = await oldFailure(raw, 'pia', '198.51.100.40');
       assert.deepEqual([n2, status2], [3, 1], "the old one's own counts on");
       assert.equal((await throttle.check(from('pia', '203.0.113.40'))).refused, false);
-      await throttle.recordSuccess(from('pia', '192.0.2.41'), await throttle.check(from('pia', '192.0.2.41')));
+      await throttle.recordSuccess(from('pia', '192.0.2.41'));
       assert.equal(await raw.hGet(`${prefix}u:pia`, 'n'), '2', "the typo from 192.0.2.41 forgotten; the guess and the old instance's failure stay");
       for (let i = 0; i < 3; i++) await oldFailure(raw, 'pia', '198.51.100.40');
       const refused = await throttle.check(from('pia', '203.0.113.40'));

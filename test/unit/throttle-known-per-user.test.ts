@@ -33,7 +33,7 @@ const from = (user: string, address: string): LoginAttempt => ({ user, address, 
 async function succeed(t: Throttle, attempt: LoginAttempt): Promise<void> {
   const verdict = await t.check(attempt);
   assert.equal(verdict.refused, false, `${attempt.user} from ${attempt.address}`);
-  await t.recordSuccess(attempt, verdict);
+  await t.recordSuccess(attempt);
 }
 
 async function lockOut(t: Throttle, user: string): Promise<void> {

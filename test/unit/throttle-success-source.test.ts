@@ -34,7 +34,7 @@ const from = (user: string, address: string, trusted = false): LoginAttempt => (
 async function succeed(t: Throttle, attempt: LoginAttempt): Promise<void> {
   const verdict = await t.check(attempt);
   assert.equal(verdict.refused, false, `${attempt.user ?? ''} from ${attempt.address} let through`);
-  await t.recordSuccess(attempt, verdict);
+  await t.recordSuccess(attempt);
 }
 
 test("a guesser's failures from another address outlive the user's success: his next guess reaches the limit, and the user is refused there and anywhere new, not at home", async () => {
@@ -90,17 +90,32 @@ test('an IPv6 client is its network of ipv6_prefix_bits, a nat64 one its IPv4 ad
   assert.equal((await t.check(from('carol', '192.0.2.99'))).delayMs, 100, "the webmail's own address, not counted per address, is still the source");
 });
 
-test('a success the known address spared the refusal forgets nothing, not even the failures from there', async () => {
+test('a success the known address spared forgets the failures from there too: the refusal ends when those from elsewhere are below the limit by themselves, and runs on when they reach it', async () => {
   const t = setup();
+  // The refusal is the user's own typos at home: his right password there ends it, and his phone elsewhere gets in.
   const home = from('dave', '192.0.2.13');
+  const phone = from('dave', '203.0.113.13');
   await succeed(t, home);
-  await t.recordFailure(home, 'typo');
-  for (let i = 0; i < CONFIG.failuresPerUser - 1; i++) await t.recordFailure(from('dave', '198.51.100.10'), `guess-${i}`);
+  for (let i = 0; i < CONFIG.failuresPerUser; i++) await t.recordFailure(home, `typo-${i}`);
+  assert.equal((await t.check(phone)).refused, true, 'his typos reached the limit');
   const spared = await t.check(home);
+  assert.equal(spared.refused, false);
   assert.equal(spared.knownAddress, true);
-  await t.recordSuccess(home, spared);
-  assert.equal((await t.check(from('dave', '203.0.113.1'))).refused, true, 'still refused elsewhere');
-  assert.equal((await t.check(home)).delayMs, 1_600, 'five failures');
+  await t.recordSuccess(home);
+  const after = await t.check(phone);
+  assert.equal(after.refused, false, 'his phone elsewhere gets in');
+  assert.equal(after.delayMs, 0, 'nothing left');
+  // A guesser's failures from elsewhere reach the limit by themselves: the refusal runs on.
+  const office = from('erin', '192.0.2.15');
+  await succeed(t, office);
+  await t.recordFailure(office, 'typo');
+  for (let i = 0; i < CONFIG.failuresPerUser; i++) await t.recordFailure(from('erin', '198.51.100.10'), `guess-${i}`);
+  assert.equal((await t.check(office)).knownAddress, true);
+  await t.recordSuccess(office);
+  assert.equal((await t.check(from('erin', '203.0.113.1'))).refused, true, 'still refused elsewhere');
+  const left = await t.check(office);
+  assert.equal(left.knownAddress, true, 'and spared at the office');
+  assert.equal(left.delayMs, 1_600, "the guesser's five left, her typo forgotten");
 });
 
 test('the store: failures by source, a wrong password counted once per user whatever its source, the refusal ended only below the limit, and failures without a source kept', async () => {
