@@ -852,7 +852,7 @@ describe('Redis set up otherwise: without HELLO, with an ACL, and what its error
       }
       await until('A back on Redis', () => a.throttle.sharing === 'up');
       await eventually('Redis no longer holding sue\'s count', async () => Number(await raw.sendCommand(['EXISTS', 's1:u:sue'])) === 0);
-      assert.equal((await b.throttle.check(from('sue', '192.0.2.86'))).delayMs, 0, 'B sees the count started over');
+      assert.equal((await b.throttle.check(from('sue', '192.0.2.86'))).delayMs, 0, 'B sees sue\'s failures from her address forgotten');
       const typo = await a.throttle.recordFailure(from('sue', '192.0.2.86'), WRONG_PASSWORDS[9] ?? '');
       assert.equal(typo.refused, false, 'one typo after the success');
       assert.equal(typo.delayMs, 100);
@@ -862,7 +862,7 @@ describe('Redis set up otherwise: without HELLO, with an ACL, and what its error
       await raw.sendCommand(['REPLICAOF', '127.0.0.1', '1']);
       try {
         await a.throttle.recordSuccess(rob);
-        assert.equal(a.throttle.sharing, 'read-only', 'the DEL refused (READONLY), as a refused write');
+        assert.equal(a.throttle.sharing, 'read-only', 'the forgetting refused (READONLY), as a refused write');
         assert.deepEqual(a.states, ['up', 'down', 'up', 'read-only']);
         assert.equal((await a.throttle.check(from('rob', '192.0.2.88'))).delayMs, 0, 'Redis\'s count, from before the success, is not rob\'s');
         assert.equal((await a.throttle.recordFailure(from('rob', '192.0.2.88'), WRONG_PASSWORDS[9] ?? '')).delayMs, 100, 'nor with a failure Redis refused to write');

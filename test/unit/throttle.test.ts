@@ -152,12 +152,12 @@ test('trusted networks are not counted per address, but still per user', async (
   assert.equal(carol.refusedBy, 'user');
 });
 
-test('a success starts the user over but never the address', async () => {
+test('a success forgets the user\'s failures from its own address, never the address\'s', async () => {
   const { throttle } = setup();
   for (let i = 1; i < CONFIG.failuresPerUser; i++) await throttle.recordFailure(from('dave', '192.0.2.1'), `typo${i}`);
   for (let i = 1; i < CONFIG.failuresPerAddress - 1; i++) await throttle.recordFailure(from(`other${i}`, '192.0.2.1'), 'x');
   await throttle.recordSuccess(from('dave', '192.0.2.1'));
-  assert.equal((await throttle.recordFailure(from('dave', '192.0.2.2'), 'typo-again')).delayMs, 1_000, 'dave starts over');
+  assert.equal((await throttle.recordFailure(from('dave', '192.0.2.2'), 'typo-again')).delayMs, 1_000, 'dave\'s typos from 192.0.2.1 forgotten');
   // An attacker owning one mailbox cannot clear his address by logging in to it.
   await throttle.recordSuccess(from('attackers-own', '192.0.2.1'));
   const verdict = await throttle.recordFailure(from('victim', '192.0.2.1'), 'guess');
