@@ -3,9 +3,13 @@
  * address (checked at accept; for an address a trusted webmail server forwards, at its login), and
  * how many sessions one user has at once (checked once the user is known). Each admitted connection gets a lease whose release is idempotent, so a session that
  * ends along several paths at once can never leak or double-free a slot.
- * Owns the counts and the `connection_limits` config section. Must not: touch sockets, write wire
- * text (the listener picks the answer from the name of the limit admit() refused with; the session
- * picks the answer to a refused claim at login) or log.
+ * A full process makes room for a new connection by closing the oldest one not logged in
+ * (evictOldest()), as Dovecot's login processes do: idle connections that never log in, renewed
+ * within the pre-auth deadline, would otherwise hold every slot and refuse every user.
+ * Owns the counts, the order of the connections not logged in, and the `connection_limits` config
+ * section. Must not: touch sockets, write wire text (the listener picks the answer from the name
+ * of the limit admit() refused with, and the closer of an evicted connection what it is told; the
+ * session picks the answer to a refused claim at login) or log.
  */
 import { CidrSet, addressKey } from '../net/cidr.js';
 import { IssueList, int, readNetworks, readSection } from '../config/validate.js';
@@ -37,6 +41,18 @@ export const CONNECTION_LIMIT_DEFAULTS: ConnectionLimitsConfig = Object.freeze({
   maxSessionsPerUser: 20,
 });
 
+/**
+ * How long a connection not logged in is safe from eviction while such connections are fewer than
+ * half of those held: long enough for a client on a slow mobile link to reach its login (TCP, a
+ * TLS handshake, the greeting, a CAPABILITY: 3 to 4 round trips, 300 ms each at worst). A front
+ * full of spliced sessions then admits no newcomer that would evict, before its login, the client
+ * that came a moment earlier (each arrival evicting the last, none would ever log in); it refuses
+ * the newcomer, as it did before evictions. With half the connections or more not logged in (a
+ * flood of idle ones) the oldest goes whatever its age: a flood renewed faster than this could
+ * otherwise keep every connection young and the front refusing.
+ */
+export const EVICTION_MIN_AGE_MS = 3_000;
+
 /** A held connection slot; `release()` may be called any number of times. */
 export interface ConnectionLease {
   /** The counting key of the client address; undefined for a trusted address, which is not counted per address. */
@@ -61,10 +77,24 @@ export interface ConnectionLease {
   releaseUser(): void;
   /** Frees the connection slot and the user's session slot. Idempotent. */
   release(): void;
+  /**
+   * From now on a full process may close this connection to admit a new one (the oldest first,
+   * by the time of its admission), until its login begins: `close` tells the client and closes it,
+   * its lease released already. Replaces the closer set before. A trusted connection (a webmail
+   * server, a balancer's health check: the operator's own, which an attacker cannot use) is never
+   * evicted. Nothing for a released lease.
+   */
+  evictableBy(close: () => void): void;
+  /** The connection's login is under way (the directory asked): it is not evicted until loginFailed(). */
+  loginStarted(): void;
+  /** Its login failed and it is before login again: evictable again, in its place by age. */
+  loginFailed(): void;
+  /** It is logged in (spliced): never evicted. */
+  loggedIn(): void;
 }
 
-/** What admit() answers. */
-export type Admission = { readonly admitted: true; readonly lease: ConnectionLease } | { readonly admitted: false; readonly limit: 'total' | 'address' };
+/** What admit() answers; `evicted`: the connection closed to make room for this one. */
+export type Admission = { readonly admitted: true; readonly lease: ConnectionLease; readonly evicted: boolean } | { readonly admitted: false; readonly limit: 'total' | 'address' };
 
 /** Counts connections and sessions against the limits. */
 export class ConnectionLimiter {
@@ -73,8 +103,25 @@ export class ConnectionLimiter {
   private readonly byUser = new Map<string, number>();
   /** connection_limits.exempt_networks. */
   private exempt: CidrSet;
+  /**
+   * The leases that may be evicted, oldest first, as a list linked through the leases themselves:
+   * linking, unlinking and the oldest are O(1) at any count (a Set's first entry is not: V8 leaves
+   * the deleted entries before it in place until the next rehash). A lease whose login began stays
+   * linked, marked (its closer taken away), and is unlinked when it reaches the head: each login
+   * is unlinked at most once, so an admission costs O(1) amortised, never a scan.
+   */
+  private oldest: Lease | undefined;
+  private newest: Lease | undefined;
+  /** Linked leases with a closer: the connections a full process may close now. */
+  private evictableCount = 0;
+  /** Connections admitted so far: each lease's place in the order of eviction. */
+  private admissions = 0;
 
-  constructor(private limits: ConnectionLimitsConfig = CONNECTION_LIMIT_DEFAULTS) {
+  constructor(
+    private limits: ConnectionLimitsConfig = CONNECTION_LIMIT_DEFAULTS,
+    /** The monotonic clock (performance.now()); a test's own. */
+    private readonly now: () => number = () => performance.now(),
+  ) {
     this.exempt = new CidrSet(limits.exemptNetworks ?? []);
   }
 
@@ -104,6 +151,11 @@ export class ConnectionLimiter {
     return this.byUser.get(user) ?? 0;
   }
 
+  /** Connections a full process may close now to admit a new one (none logged in, nor logging in, nor trusted). */
+  get evictable(): number {
+    return this.evictableCount;
+  }
+
   /** Distinct addresses and users tracked (both drop to 0 when every lease is released). */
   get tracked(): { readonly addresses: number; readonly users: number } {
     return { addresses: this.byAddress.size, users: this.byUser.size };
@@ -112,21 +164,77 @@ export class ConnectionLimiter {
   /**
    * At accept: a lease, or the limit that refuses the connection. A trusted address (and one of
    * connection_limits.exempt_networks) is counted in the total only: neither limited nor counted per address, so that a webmail server never
-   * uses up the count of the untrusted neighbours sharing its key (its IPv6 /64).
+   * uses up the count of the untrusted neighbours sharing its key (its IPv6 /64). At
+   * max_connections the oldest connection not logged in is closed to make room (evictOldest()),
+   * unless the new one is over its own address's limit; refused as `total` when none can be.
    */
   admit(address: string, trusted: boolean): Admission {
-    if (this.total >= this.limits.maxConnections) return { admitted: false, limit: 'total' };
+    const full = this.total >= this.limits.maxConnections;
+    // Nothing to evict: refused as before evictions, at the cost of one comparison.
+    if (full && this.evictableCount === 0) return { admitted: false, limit: 'total' };
     // An exempt network (a NAT) is admitted as a trusted one, its ID claims not believed for it.
-    if (trusted || this.exempt.contains(address)) {
-      this.total++;
-      return { admitted: true, lease: new Lease(undefined, this.counts) };
-    }
-    const key = addressKey(address);
-    const fromAddress = this.byAddress.get(key) ?? 0;
-    if (fromAddress >= this.limits.maxConnectionsPerAddress) return { admitted: false, limit: 'address' };
+    const exempt = trusted || this.exempt.contains(address);
+    const key = exempt ? undefined : addressKey(address);
+    // A client over its own limit takes no one's place.
+    if (key !== undefined && (this.byAddress.get(key) ?? 0) >= this.limits.maxConnectionsPerAddress) return { admitted: false, limit: 'address' };
+    const evicted = full && this.evictOldest();
+    if (full && !evicted) return { admitted: false, limit: 'total' };
     this.total++;
-    this.byAddress.set(key, fromAddress + 1);
-    return { admitted: true, lease: new Lease(key, this.counts) };
+    if (key !== undefined) this.byAddress.set(key, (this.byAddress.get(key) ?? 0) + 1);
+    return { admitted: true, lease: new Lease(key, this.counts, !trusted, this.now(), this.admissions++), evicted };
+  }
+
+  /**
+   * Closes the oldest connection that may be evicted, its lease released first: true if one was.
+   * Not one younger than EVICTION_MIN_AGE_MS while such connections are fewer than half of those
+   * held (a front full of sessions, the newcomer refused rather than evicting a login about to
+   * begin). Leases whose login began are unlinked on the way, once each.
+   */
+  private evictOldest(): boolean {
+    for (let lease = this.oldest; lease !== undefined; lease = this.oldest) {
+      const close = lease.closer;
+      if (close === undefined) {
+        this.unlink(lease);
+        continue;
+      }
+      if (this.evictableCount * 2 < this.total && this.now() - lease.admittedAt < EVICTION_MIN_AGE_MS) return false;
+      lease.release();
+      close();
+      return true;
+    }
+    return false;
+  }
+
+  /**
+   * Links `lease` in its place by age. A lease linked for the first time is the newest (admitted
+   * just now). One linked again after a failed login was unlinked as it reached the head (its
+   * login under way): it is older than every lease linked then, and only leases linked again the
+   * same way can be older still, so it goes in from the head, past those few.
+   */
+  private link(lease: Lease): void {
+    let before: Lease | undefined;
+    if (lease.linkedBefore) {
+      before = this.oldest;
+      while (before !== undefined && before.order < lease.order) before = before.next;
+    }
+    lease.next = before;
+    lease.prev = before === undefined ? this.newest : before.prev;
+    if (lease.prev === undefined) this.oldest = lease;
+    else lease.prev.next = lease;
+    if (lease.next === undefined) this.newest = lease;
+    else lease.next.prev = lease;
+    lease.linked = true;
+    lease.linkedBefore = true;
+  }
+
+  private unlink(lease: Lease): void {
+    if (!lease.linked) return;
+    if (lease.prev === undefined) this.oldest = lease.next;
+    else lease.prev.next = lease.next;
+    if (lease.next === undefined) this.newest = lease.prev;
+    else lease.next.prev = lease.prev;
+    lease.prev = lease.next = undefined;
+    lease.linked = false;
   }
 
   /** What every lease of this limiter changes; one object, shared, not closures per connection. */
@@ -150,6 +258,20 @@ export class ConnectionLimiter {
       this.total--;
       if (key !== undefined) decrement(this.byAddress, key);
     },
+    evictable: (lease, close) => {
+      if (lease.closer === undefined && lease.linked) this.evictableCount++;
+      else if (!lease.linked) {
+        this.link(lease);
+        this.evictableCount++;
+      }
+      lease.closer = close;
+    },
+    notEvictable: (lease, forGood) => {
+      if (lease.closer !== undefined) this.evictableCount--;
+      lease.closer = undefined;
+      // Logged in or gone: out of the list now. A login under way stays in its place (evictOldest()).
+      if (forGood) this.unlink(lease);
+    },
   };
 }
 
@@ -160,6 +282,10 @@ interface LeaseCounts {
   releaseUser(user: string): void;
   exempt(address: string): boolean;
   releaseConnection(addressKey: string | undefined): void;
+  /** Makes `lease` evictable by `close` (linked in its place if it is not). */
+  evictable(lease: Lease, close: () => void): void;
+  /** Makes `lease` not evictable: for now (its login began) or `forGood` (logged in, released). */
+  notEvictable(lease: Lease, forGood: boolean): void;
 }
 
 /**
@@ -169,10 +295,24 @@ interface LeaseCounts {
 class Lease implements ConnectionLease {
   private heldUser: string | undefined;
   private isReleased = false;
+  /** The limiter's list of leases that may be evicted (ConnectionLimiter.oldest). */
+  prev: Lease | undefined;
+  next: Lease | undefined;
+  linked = false;
+  linkedBefore = false;
+  /** What closes the connection if it is evicted; undefined while it may not be (its login under way, or not evictable at all). */
+  closer: (() => void) | undefined;
+  /** The closer set last: loginFailed() makes the connection evictable by it again. */
+  private lastCloser: (() => void) | undefined;
 
   constructor(
     private key: string | undefined,
     private readonly counts: LeaseCounts,
+    /** False for a trusted connection, which is never evicted. */
+    private readonly mayEvict: boolean,
+    /** When it was admitted, on the limiter's clock (its age), and the how-manieth (the order of eviction, ties of the clock included). */
+    readonly admittedAt: number,
+    readonly order: number,
   ) {}
 
   get addressKey(): string | undefined {
@@ -229,7 +369,29 @@ class Lease implements ConnectionLease {
     if (this.isReleased) return;
     this.isReleased = true;
     this.releaseUser();
+    this.counts.notEvictable(this, true);
+    this.lastCloser = undefined;
     this.counts.releaseConnection(this.key);
+  }
+
+  evictableBy(close: () => void): void {
+    if (this.isReleased || !this.mayEvict) return;
+    this.lastCloser = close;
+    this.counts.evictable(this, close);
+  }
+
+  loginStarted(): void {
+    this.counts.notEvictable(this, false);
+  }
+
+  loginFailed(): void {
+    if (this.isReleased || this.lastCloser === undefined) return;
+    this.counts.evictable(this, this.lastCloser);
+  }
+
+  loggedIn(): void {
+    this.counts.notEvictable(this, true);
+    this.lastCloser = undefined;
   }
 }
 
