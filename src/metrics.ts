@@ -19,7 +19,7 @@ import type { SpliceEndReason } from './proxy/splice.js';
 export type SessionPhaseLabel = 'greeting' | 'preauth' | 'authenticating' | 'backend-login' | 'spliced' | 'closing';
 
 /** Why a session ended (the same words as session.ts's SessionEndReason). */
-export type SessionEndReasonLabel = PreauthCloseReason | SpliceEndReason | 'client-closed-preauth' | 'client-error-preauth' | 'tls-failed';
+export type SessionEndReasonLabel = PreauthCloseReason | SpliceEndReason | 'client-closed-preauth' | 'client-error-preauth' | 'tls-failed' | 'evicted';
 
 /** How a login attempt ended: `success` or the failure kind that decided the answer. */
 export type LoginResult = 'success' | FailureKind;
@@ -91,6 +91,14 @@ export type ProxyHeaderResult = 'accepted' | 'local' | 'untrusted' | 'malformed'
  * the connection first.
  */
 export type TlsHandshakeFailureReason = 'error' | 'timeout' | 'closed';
+
+/**
+ * Where a connection closed to make room at max_connections was: an implicit-TLS handshake
+ * (`tls-handshake`), a session before login (`preauth`, a STARTTLS handshake included), or one
+ * whose login waited on the throttle or its turn (`authenticating`: the directory not asked yet).
+ */
+export type EvictedPhase = 'tls-handshake' | 'preauth' | 'authenticating';
+const EVICTED_PHASES: readonly EvictedPhase[] = ['tls-handshake', 'preauth', 'authenticating'];
 
 /** The part of a store map the metrics need (StoreMap['stores'] fits it). */
 export type StoreMapShape = ReadonlyMap<string, { readonly currentMaster: string; readonly preferredMaster: string; readonly slots: ReadonlyMap<string, unknown>; readonly maintenance?: string | null }>;
@@ -365,6 +373,8 @@ export class Metrics {
   private readonly throttleRedisUp: Gauge<string>;
   private readonly throttleRefusalsTotal: Counter<'by'>;
   private readonly connectionsRefusedTotal: Counter<'limit'>;
+  /** Connections not logged in closed to make room for new ones at max_connections, by where they were. */
+  private readonly connectionsEvictedTotal: Counter<'phase'>;
   /** Config reloads (SIGHUP), by result. */
   private readonly configReloadsTotal: Counter<'result'>;
   /** 1 if the last config reload succeeded, 0 if it was rejected (the previous config stays in force) or applied in part. */
@@ -453,6 +463,7 @@ export class Metrics {
     this.throttleRedisUp = new Gauge({ name: THROTTLE_REDIS_UP, help: '1 while auth-failure counters are shared through Redis, 0 while local counters stand in (present only while the throttle uses Redis).', registers: [] });
     this.throttleRefusalsTotal = counter('mailfront_throttle_refusals_total', 'Logins refused by auth-failure throttling, by what reached its limit (user or address).', ['by']);
     this.connectionsRefusedTotal = counter('mailfront_connections_refused_total', 'Connections or sessions refused by a connection limit, by limit (total, address, user).', ['limit']);
+    this.connectionsEvictedTotal = counter('mailfront_connections_evicted_total', 'Connections not logged in closed to make room for new ones at connection_limits.max_connections (the oldest first), by phase (tls-handshake, preauth, authenticating).', ['phase']);
     // As process_open_fds and process_max_fds: an alert compares the two (MailfrontConnectionsNearLimit).
     this.connectionsOpen = new Gauge({
       name: CONNECTIONS_OPEN,
@@ -464,7 +475,7 @@ export class Metrics {
     });
     this.connectionsMax = new Gauge({
       name: CONNECTIONS_MAX,
-      help: 'connection_limits.max_connections in force (a reload changes it): connections past it are refused (mailfront_connections_refused_total{limit="total"}).',
+      help: 'connection_limits.max_connections in force (a reload changes it): at it, a new connection closes the oldest one not logged in (mailfront_connections_evicted_total), or is refused when none can be (mailfront_connections_refused_total{limit="total"}).',
       registers: [],
       collect: () => {
         if (this.connectionCounts !== undefined) this.connectionsMax.set(this.connectionCounts.maxConnections);
@@ -536,6 +547,7 @@ export class Metrics {
       this.loginDuration.declare({ protocol, result: 'success' });
     }
     for (const direction of DIRECTIONS) this.proxiedBytesTotal.inc({ direction }, 0);
+    for (const phase of EVICTED_PHASES) this.connectionsEvictedTotal.inc({ phase }, 0);
     // Without oauth2 they stay 0: no request is no failure to alert on.
     for (const endpoint of OAUTH_IDP_ENDPOINTS) for (const result of OAUTH_IDP_RESULTS) this.oauthIdpRequestsTotal.inc({ endpoint, result }, 0);
     for (const result of ['timeout-queued', 'not-sent'] as const) this.oauthIdpRequestsTotal.inc({ endpoint: 'introspection', result }, 0);
@@ -762,6 +774,11 @@ export class Metrics {
   /** Counts a connection (or, for 'user', a login) refused by a connection limit. */
   connectionRefused(limit: 'total' | 'address' | 'user'): void {
     this.connectionsRefusedTotal.inc({ limit });
+  }
+
+  /** Counts a connection not logged in closed to make room for a new one at max_connections. */
+  connectionEvicted(phase: EvictedPhase): void {
+    this.connectionsEvictedTotal.inc({ phase });
   }
 
   /** Counts a config reload's outcome. */

@@ -13,6 +13,12 @@ import type { BackendLoginOptions, LoginRefusal } from './types.js';
 export const SHUTTING_DOWN_PHRASE = 'Server shutting down';
 export const SHUTTING_DOWN_TEXT = `${SHUTTING_DOWN_PHRASE}, please wait and try again later.`;
 
+/**
+ * The refusal of a connection over max_connections (at accept), and what a connection not logged
+ * in that a full server closes to make room for a new one is told.
+ */
+export const TOTAL_LIMIT_TEXT = 'Too many connections, please wait and try again later.';
+
 /** The refusal of a connection over max_connections_per_address (at accept, or at login for a forwarded address). */
 export const ADDRESS_LIMIT_TEXT = 'Too many connections from your address, please wait and try again later.';
 

@@ -9,11 +9,11 @@ import { createServer as createNetServer } from 'node:net';
 import type { Server, Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import type { ListenerConfig } from '../config/schema.js';
-import type { TlsHandshakeFailureReason } from '../metrics.js';
+import type { EvictedPhase, TlsHandshakeFailureReason } from '../metrics.js';
 import { MailfrontError, asMailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { CidrSet } from '../net/cidr.js';
-import { ADDRESS_LIMIT_TEXT, SHUTTING_DOWN_TEXT } from '../protocol/rules.js';
+import { ADDRESS_LIMIT_TEXT, SHUTTING_DOWN_TEXT, TOTAL_LIMIT_TEXT } from '../protocol/rules.js';
 import type { ProtocolAdapter } from '../protocol/types.js';
 import { Session } from '../session/session.js';
 import type { SessionContext } from '../session/session.js';
@@ -45,7 +45,10 @@ export const LISTEN_BACKLOG = 4096;
 /** The limits a connection can be refused by at accept (a user's sessions are counted at login). */
 type AcceptLimit = 'total' | 'address';
 
-/** Connections one limit refused that no line has told of yet. */
+/** What the log aggregates: refusals by a limit, or connections evicted at max_connections. */
+type RefusedKind = AcceptLimit | 'evicted';
+
+/** Connections one limit refused (or evictions) that no line has told of yet. */
 interface RefusedSince {
   refused: number;
   /** One of them, for the line: the first refused since the last line. */
@@ -55,22 +58,29 @@ interface RefusedSince {
 }
 
 /**
- * The log of connections refused by a connection limit. A flood of connects is what the limits
- * are there for, and a warn line for each would be a flood of its own (300 connects refused, 300
- * lines): the first refusal by a limit is logged at once, and after it at most one line per
- * interval and limit, with how many that limit refused since the last line and one of their
- * addresses. mailfront_connections_refused_total counts every one as it happens.
+ * The log of connections refused by a connection limit, and of those closed to make room at
+ * max_connections (evicted). A flood of connects is what the limits are there for, and a warn
+ * line for each would be a flood of its own (300 connects refused, 300 lines): the first refusal
+ * by a limit (or eviction) is logged at once, and after it at most one line per interval and
+ * limit, with how many since the last line and one of their addresses.
+ * mailfront_connections_refused_total and mailfront_connections_evicted_total count every one as
+ * it happens.
  */
 export class RefusedConnectionsLog {
-  private readonly pending = new Map<AcceptLimit, RefusedSince>();
+  private readonly pending = new Map<RefusedKind, RefusedSince>();
 
   constructor(
     private readonly log: Logger,
     private readonly intervalMs = REFUSED_LOG_INTERVAL_MS,
   ) {}
 
+  /** A connection from `client` on `listener` was closed to make room for a new one (the process at max_connections). */
+  evicted(listener: string, client: string): void {
+    this.refused('evicted', listener, client);
+  }
+
   /** A connection from `client` on `listener` was refused by `limit`. */
-  refused(limit: AcceptLimit, listener: string, client: string): void {
+  refused(limit: RefusedKind, listener: string, client: string): void {
     const since = this.pending.get(limit);
     if (since === undefined) {
       this.write(limit, 1, listener, client);
@@ -90,13 +100,13 @@ export class RefusedConnectionsLog {
     this.pending.clear();
   }
 
-  private startInterval(limit: AcceptLimit): void {
+  private startInterval(limit: RefusedKind): void {
     // Never what keeps the process up: a stop flushes what is left.
     const timer = setTimeout(() => this.intervalEnded(limit), this.intervalMs).unref();
     this.pending.set(limit, { refused: 0, client: '', listener: '', timer });
   }
 
-  private intervalEnded(limit: AcceptLimit): void {
+  private intervalEnded(limit: RefusedKind): void {
     const since = this.pending.get(limit);
     this.pending.delete(limit);
     // A quiet interval ends the count: the next refusal is logged at once.
@@ -105,7 +115,11 @@ export class RefusedConnectionsLog {
     this.startInterval(limit);
   }
 
-  private write(limit: AcceptLimit, refused: number, listener: string, client: string): void {
+  private write(limit: RefusedKind, refused: number, listener: string, client: string): void {
+    if (limit === 'evicted') {
+      this.log.warn({ event: 'session.evicted', evicted: refused, listener, client }, refused === 1 ? 'connection limit reached: the oldest connection not logged in closed to make room' : `connection limit reached: ${refused} connections not logged in closed to make room`);
+      return;
+    }
     this.log.warn({ event: 'session.refused', limit, refused, listener, client }, refused === 1 ? 'connection limit reached' : `connection limit reached: ${refused} connections refused`);
   }
 }
@@ -278,7 +292,7 @@ export class Listener {
     if (!admission.admitted) {
       this.refusedLog.refused(admission.limit, config.name, endpoints.client.address);
       metrics.connectionRefused(admission.limit);
-      const text = admission.limit === 'total' ? 'Too many connections, please wait and try again later.' : ADDRESS_LIMIT_TEXT;
+      const text = admission.limit === 'total' ? TOTAL_LIMIT_TEXT : ADDRESS_LIMIT_TEXT;
       return this.refuse(raw, config.tls === 'implicit', admission.limit, text);
     }
     const lease = admission.lease;
@@ -302,6 +316,15 @@ export class Listener {
       }
       const SNICallback = this.tls?.sniCallback;
       const secure = new TLSSocket(raw, { isServer: true, secureContext, ...(SNICallback !== undefined ? { SNICallback } : {}) });
+      // A handshake under way is a connection not logged in like any other (a flood of
+      // handshakes holds the slots as idle sessions do): evicted, it is just closed (no line can
+      // be sent before TLS), and counted as evicted, not as a failed handshake.
+      let evicted = false;
+      lease.evictableBy(() => {
+        evicted = true;
+        secure.destroy();
+        this.evicted('tls-handshake', config.name, endpoints.client.address);
+      });
       // No session exists yet: a failed handshake is counted and logged here, once (an error is followed by a close).
       let settled = false;
       let errorMessage = '';
@@ -324,6 +347,7 @@ export class Listener {
         // Its FIN alone: the socket is half-open (allowHalfOpen), so no 'close' follows by itself.
         secure.once('end', () => settle('closed'));
       });
+      if (evicted) return;
       if (failure !== null) {
         // Not one byte past the PROXY header (if any): a reset or a close before any TLS byte.
         if (failure !== 'timeout' && raw.bytesRead <= (endpoints.header?.length ?? 0)) {
@@ -348,6 +372,17 @@ export class Listener {
     const tlsActive = config.tls === 'implicit' || (endpoints.header?.kind === 'proxied' && endpoints.header.clientTls === true);
     const session = new Session(socket, config, this.adapter, this.sessionContext, tlsActive, endpoints, lease, acceptedAt);
     this.sessions.add(session);
+    // Until its login begins (the session says when: session.ts), a full process may close it to admit a newer one.
+    lease.evictableBy(() => {
+      const phase = session.evict();
+      if (phase !== undefined) this.evicted(phase, config.name, endpoints.client.address);
+    });
+  }
+
+  /** A connection was closed to make room at max_connections: counted, and logged as refusals are. */
+  private evicted(phase: EvictedPhase, listener: string, client: string): void {
+    this.context.metrics.connectionEvicted(phase);
+    this.refusedLog.evicted(listener, client);
   }
 
   /** Connections accepted that are not sessions yet (a PROXY header or a TLS handshake under way). */

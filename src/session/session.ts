@@ -12,7 +12,7 @@ import type { Directory, DirectoryUser, PasswordWarning } from '../auth/director
 import { DEFAULT_PASSWORD_ALERTS } from '../auth/password-policy.js';
 import type { PasswordAlert, PasswordAlerts } from '../auth/password-policy.js';
 import { isIP } from 'node:net';
-import type { LoginResult, Metrics, SessionMetrics } from '../metrics.js';
+import type { EvictedPhase, LoginResult, Metrics, SessionMetrics } from '../metrics.js';
 import { authFailureReason, backendFailureResult } from '../metrics.js';
 import type { CidrSet } from '../net/cidr.js';
 import { readDirect, writeNow } from '../net/direct-io.js';
@@ -40,13 +40,13 @@ import type { Slot, StoreMap } from '../routing/storemap.js';
 import { Canceller, type Cancellation } from '../cancel.js';
 import { CLOSE_GRACE_MS } from '../limits.js';
 // The per-address refusal of an address a trusted webmail forwarded is worded as the listener words it at accept.
-import { ADDRESS_LIMIT_TEXT, SHUTTING_DOWN_PHRASE } from '../protocol/rules.js';
+import { ADDRESS_LIMIT_TEXT, SHUTTING_DOWN_PHRASE, TOTAL_LIMIT_TEXT } from '../protocol/rules.js';
 
 /** The phases of a session, in order. */
 export type SessionPhase = 'greeting' | 'preauth' | 'authenticating' | 'backend-login' | 'spliced' | 'closing';
 
 /** Why a session ended (a stable word for logs and metrics). */
-export type SessionEndReason = PreauthCloseReason | SpliceEndReason | 'client-closed-preauth' | 'client-error-preauth' | 'tls-failed';
+export type SessionEndReason = PreauthCloseReason | SpliceEndReason | 'client-closed-preauth' | 'client-error-preauth' | 'tls-failed' | 'evicted';
 
 /** What a session needs from the process; read at the moment of use so reloads apply to new logins. */
 export interface SessionContext {
@@ -497,6 +497,29 @@ export class Session {
     } else if (this.phase === 'spliced') this.splice?.close('shutdown', this.adapter.drainNotice(SHUTTING_DOWN_PHRASE));
   }
 
+  /**
+   * The process is at max_connections and this session, not logged in, is the oldest such
+   * (server/connection-limits.ts, its lease released already): the client is told so as a
+   * connection refused at the limit is (IMAP `* BYE [UNAVAILABLE]`, POP3 `-ERR [SYS/TEMP]`,
+   * ManageSieve `BYE (TRYLATER)`), and the session ends (`evicted`). Never waits on the client:
+   * the line goes out if the socket takes it, and finish() closes within CLOSE_GRACE_MS. A
+   * STARTTLS handshake under way is just closed. Returns the phase it was evicted in; undefined
+   * when it was ending already (its socket is then closed at once).
+   */
+  evict(): EvictedPhase | undefined {
+    const phase = this.phase;
+    if (phase === 'closing') {
+      this.socket.destroy();
+      return undefined;
+    }
+    // Never evictable there: its lease says so (loginStarted(), loggedIn()).
+    if (phase !== 'preauth' && phase !== 'authenticating') return undefined;
+    if (this.socket instanceof TLSSocket && !this.tlsActive) this.socket.destroy();
+    else if (this.socket.writable) this.preauthBytesWritten += writeNow(this.socket, this.adapter.connectionRefusal('total', TOTAL_LIMIT_TEXT));
+    this.finish('evicted');
+    return phase;
+  }
+
   /** Like shutdown(), but leaves a spliced session running (used while draining). */
   shutdownIfNotSpliced(): void {
     if (this.phase !== 'spliced') this.shutdown();
@@ -900,6 +923,10 @@ export class Session {
       if (named === undefined && bearer === undefined && 'authzid' in credentials && credentials.authzid !== undefined && normalizeUser(credentials.authzid, config.usernames) !== user) {
         throw new MailfrontError('AUTHZID_REFUSED', 'auth-failed', `the client asked to act as another user (authzid ${JSON.stringify(credentials.authzid.slice(0, 64))})`);
       }
+      // From here the login is under way (the directory asked, then the backend): a full process
+      // does not close it to make room; it is about to be a session or to fail. Before it (the
+      // throttle, a turn at the gate, which a flood of logins for one user can make long) it may.
+      this.lease.loginStarted();
       this.loginWaitsOn = 'auth-tempfail';
       const directory = this.context.directory();
       let found: DirectoryUser;
@@ -1012,6 +1039,8 @@ export class Session {
         return;
       }
       this.setPhase('preauth');
+      // Before login again, the failure delay included: evictable, in its place by age.
+      this.lease.loginFailed();
       this.slot = undefined;
       const refusal = refusalFor(error.kind);
       // A wrong password for an entry found under an alias: logged by the entry's own name too, as
@@ -1235,6 +1264,7 @@ export class Session {
     this.machine = SPLICED;
     this.detachPreauth(this.socket);
     this.setPhase('spliced');
+    this.lease.loggedIn();
     const alert = this.passwordAlert();
     this.preauthBytesWritten += writeNow(this.socket, alert?.state === 'told' && this.adapter.loginAlert !== undefined ? `${this.adapter.loginAlert(alert.text)}${success.reply}` : success.reply);
     const loginMs = performance.now() - started;

@@ -281,11 +281,17 @@ describe('connection limits', () => {
     assert.equal(front.mailfront.limiter.connections, 0, 'connections the test closed are still counted');
   }
 
-  test('in total: BYE [UNAVAILABLE]; per user: a second session gets NO [LIMIT]', async () => {
+  test('in total, with only sessions held (a connection not logged in would be evicted: eviction.test.ts): BYE [UNAVAILABLE]; per user: a second session gets NO [LIMIT]', async () => {
     await released();
-    const held = await Promise.all(['127.0.0.21', '127.0.0.22', '127.0.0.23', '127.0.0.24', '127.0.0.25', '127.0.0.26'].map((a) => LineClient.connect(front.imapTrustedPort, { localAddress: a })));
+    const held: LineClient[] = [];
     try {
-      for (const c of held) await c.readLine();
+      for (const [i, user] of ['tina', 'tom', 'ted', 'una', 'uwe', 'val'].entries()) {
+        const c = await LineClient.connect(front.imapTrustedPort, { localAddress: `127.0.0.${21 + i}` });
+        held.push(c);
+        await c.readLine();
+        c.send(`a LOGIN ${user} ${PASSWORD}`);
+        assert.match(await c.readLine(), /^a OK /);
+      }
       const extra = await LineClient.connect(front.imapTrustedPort, { localAddress: '127.0.0.27' });
       assert.match(await extra.readLine(), /^\* BYE \[UNAVAILABLE\] /);
       extra.close();
