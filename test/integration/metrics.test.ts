@@ -57,6 +57,7 @@ function exerciseEveryHelper(metrics: Metrics): void {
   record('throttleRedis', () => metrics.throttleRedis(false));
   record('throttleRefusal', () => metrics.throttleRefusal('address'));
   record('connectionRefused', () => metrics.connectionRefused('user'));
+  record('connectionEvicted', () => metrics.connectionEvicted('preauth'));
   record('configReloaded', () => metrics.configReloaded('failure'));
   record('proxyHeader', () => metrics.proxyHeader('imap', 'untrusted'));
   record('listenersInForce', () => metrics.listenersInForce(['imap']));
