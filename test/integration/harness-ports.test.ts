@@ -3,8 +3,12 @@
 // port 0 does) makes the daemon start again on fresh ports, whether it exits (Redis, slapd,
 // HAProxy, Dovecot) or runs on without the port (Cyrus master).
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, connect } from 'node:net';
 import type { AddressInfo, Server, Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { handOutNext, portHeld, startCyrus, startDovecot, startHaproxy, startRedis, startSlapd } from './servers/index.js';
 
@@ -105,4 +109,118 @@ describe('a port taken before the daemon bound it', () => {
       await cyrus.stop();
     }
   });
+});
+
+/**
+ * In a network namespace whose port range is 40000 to 40007: a port refusingPort() holds, and one
+ * freePort() found free, then every port that listens on port 0 and connect()s draw from the
+ * range, as another test file running at the same time would.
+ */
+const DRAWS = `
+import { createServer, connect } from 'node:net';
+const { freePort, refusingPort } = await import(process.argv[2]);
+const refused = (port) => new Promise((resolve) => {
+  const socket = connect({ host: '127.0.0.1', port });
+  socket.once('connect', () => (socket.destroy(), resolve(false)));
+  socket.once('error', (error) => resolve(error.code === 'ECONNREFUSED'));
+});
+const held = await refusingPort();
+const free = await freePort();
+// (Not the free port: in a range this small, the connection that checks may draw it as its own local port.)
+const heldRefused = await refused(held);
+const drawn = [];
+const target = createServer();
+await new Promise((resolve) => target.listen(5000, '127.0.0.1', resolve));
+for (let i = 0; i < 8; i++) {
+  const server = createServer();
+  const port = await new Promise((resolve) => { server.once('error', () => resolve(null)); server.listen(0, '127.0.0.1', () => resolve(server.address().port)); });
+  if (port === null) break;
+  drawn.push(port);
+  if (i % 2 === 1) continue;
+  // Every other one let go of again, for a connection's local port.
+  await new Promise((resolve) => server.close(resolve));
+  const socket = connect({ host: '127.0.0.1', port: 5000 });
+  const local = await new Promise((resolve) => { socket.once('connect', () => resolve(socket.localPort)); socket.once('error', () => resolve(null)); });
+  if (local !== null) drawn.push(local);
+}
+console.log(JSON.stringify({ free, held, heldRefused, drawn }));
+process.exit(0);
+`;
+
+it('a port refusingPort() holds refuses, and no listen on port 0 or connect() draws it; a port freePort() let go of is drawn (a network namespace of eight ports)', async (t) => {
+  if (process.getuid?.() !== 0) return t.skip('a network namespace needs root (unshare -n)');
+  const dir = await mkdtemp(join(tmpdir(), 'mf-refusing-port-'));
+  try {
+    const script = join(dir, 'draws.mjs');
+    await writeFile(script, DRAWS);
+    const ports = new URL('./servers/ports.js', import.meta.url).href;
+    const shell = `ip link set lo up && echo "40000 40007" > /proc/sys/net/ipv4/ip_local_port_range && exec "${process.execPath}" "${script}" "${ports}"`;
+    const run = await new Promise<{ error: Error | null; stdout: string; stderr: string }>((resolve) => execFile('unshare', ['-n', 'sh', '-c', shell], { timeout: 30_000 }, (error, stdout, stderr) => resolve({ error, stdout, stderr })));
+    if (run.error !== null && /unshare|Operation not permitted|ip: not found/.test(run.stderr)) return t.skip(`no network namespace here: ${run.stderr.trim()}`);
+    assert.equal(run.error, null, run.stderr);
+    const { free, held, heldRefused, drawn } = JSON.parse(run.stdout) as { free: number; held: number; heldRefused: boolean; drawn: number[] };
+    assert.ok(heldRefused, `a connection to the held port is refused: ${run.stdout}`);
+    assert.ok(drawn.includes(free), `the port freePort() let go of is drawn by another socket: ${run.stdout}`);
+    assert.ok(!drawn.includes(held), `the port refusingPort() holds is not drawn: ${run.stdout}`);
+    // Every port of the range but the holding connection's listener's was drawn or held: the held one was passed over, not missed.
+    assert.equal(new Set([...drawn, held]).size, 8 - 1, run.stdout);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+/**
+ * In a network namespace whose port range is 40000 to 40007: Redis (its port drawn from the
+ * range) stopped with stopOnly(), every port listens on port 0 draw from the range meanwhile, as
+ * another test file running at the same time would, then startAgain().
+ */
+const STOPPED = `
+import { createServer, connect } from 'node:net';
+const { startRedis } = await import(process.argv[2]);
+const redis = await startRedis();
+await redis.stopOnly();
+const refused = await new Promise((resolve) => {
+  const socket = connect({ host: '127.0.0.1', port: redis.port });
+  socket.once('connect', () => (socket.destroy(), resolve(false)));
+  socket.once('error', (error) => resolve(error.code === 'ECONNREFUSED'));
+});
+const drawn = [];
+const listeners = [];
+for (let i = 0; i < 8; i++) {
+  const server = createServer();
+  const port = await new Promise((resolve) => { server.once('error', () => resolve(null)); server.listen(0, '127.0.0.1', () => resolve(server.address().port)); });
+  if (port === null) break;
+  drawn.push(port);
+  listeners.push(server);
+}
+let again = 'started again';
+try {
+  await redis.startAgain();
+} catch (error) {
+  again = String(error.message).split('\\n')[0];
+}
+for (const server of listeners) server.close();
+await redis.stop();
+console.log(JSON.stringify({ port: redis.port, refused, drawn, again }));
+process.exit(0);
+`;
+
+it('a daemon stopped by stopOnly() holds its port: refused meanwhile, drawn by no listen on port 0, and bound again by startAgain() (a network namespace of eight ports)', async (t) => {
+  if (process.getuid?.() !== 0) return t.skip('a network namespace needs root (unshare -n)');
+  const dir = await mkdtemp(join(tmpdir(), 'mf-stopped-port-'));
+  try {
+    const script = join(dir, 'stopped.mjs');
+    await writeFile(script, STOPPED);
+    const servers = new URL('./servers/index.js', import.meta.url).href;
+    const shell = `ip link set lo up && echo "40000 40007" > /proc/sys/net/ipv4/ip_local_port_range && exec "${process.execPath}" "${script}" "${servers}"`;
+    const run = await new Promise<{ error: Error | null; stdout: string; stderr: string }>((resolve) => execFile('unshare', ['-n', 'sh', '-c', shell], { timeout: 60_000 }, (error, stdout, stderr) => resolve({ error, stdout, stderr })));
+    if (run.error !== null && /unshare|Operation not permitted|ip: not found/.test(run.stderr)) return t.skip(`no network namespace here: ${run.stderr.trim()}`);
+    assert.equal(run.error, null, run.stderr);
+    const { port, refused, drawn, again } = JSON.parse(run.stdout) as { port: number; refused: boolean; drawn: number[]; again: string };
+    assert.ok(refused, `a connection to the stopped daemon's port is refused: ${run.stdout}`);
+    assert.ok(drawn.length > 0 && !drawn.includes(port), `the stopped daemon's port is not drawn: ${run.stdout}`);
+    assert.equal(again, 'started again', run.stdout);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });

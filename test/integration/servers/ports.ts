@@ -42,6 +42,67 @@ export async function freePort(): Promise<number> {
   throw new Error('freePort: could not find a fresh free port on 127.0.0.1');
 }
 
+/** The listener that the connections holding ports go to (one per process, never closed: unref'd). */
+let holdingListener: Promise<number> | undefined;
+
+function holdingListenerPort(): Promise<number> {
+  holdingListener ??= new Promise((resolve, reject) => {
+    const server = createServer((socket) => {
+      socket.on('error', () => undefined);
+      socket.unref();
+    });
+    server.unref();
+    server.once('error', reject);
+    server.listen({ host: '127.0.0.1', port: 0 }, () => resolve((server.address() as { port: number }).port));
+  });
+  return holdingListener;
+}
+
+/**
+ * Holds 127.0.0.1:`port` with a connection of this process's own, bound to it explicitly
+ * (localPort) and made to a listener of its own, until the returned release() (a reset: no
+ * TIME_WAIT is left on the port). Nothing listens on a port held so: a connection to it is refused
+ * (ECONNREFUSED). The kernel draws it neither for a listen on port 0 nor as a connect()'s local
+ * port, in any process; a daemon told the port binds it all the same (SO_REUSEADDR). A port free
+ * a moment ago, and let go of, may be drawn by any process meanwhile: another test file running at
+ * the same time, for a listener of its own or as a connection's local port. Rejects with
+ * EADDRINUSE when a socket holds the port already.
+ */
+export async function holdPort(port: number): Promise<() => void> {
+  const target = await holdingListenerPort();
+  const socket = connect({ host: '127.0.0.1', port: target, localAddress: '127.0.0.1', localPort: port });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      socket.once('connect', resolve);
+      socket.once('error', reject);
+    });
+  } catch (error) {
+    socket.destroy();
+    throw error;
+  }
+  socket.on('error', () => undefined);
+  socket.unref();
+  return () => void socket.resetAndDestroy();
+}
+
+/** A port on 127.0.0.1 that refuses connections for as long as this process runs (holdPort()): a server that is down, a slot nobody serves. */
+export async function refusingPort(): Promise<number> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = await probe();
+    if (handedOut.has(port)) continue;
+    try {
+      await holdPort(port);
+    } catch (error) {
+      // Drawn by another socket between probe() and the bind.
+      if (isPortTaken(error)) continue;
+      throw error;
+    }
+    handedOut.add(port);
+    return port;
+  }
+  throw new Error('refusingPort: could not hold a fresh port on 127.0.0.1');
+}
+
 /** Whether `error` says a port a server was to listen on was taken: its own (EADDRINUSE), or a daemon's exit with its log tail. */
 export function isPortTaken(error: unknown): boolean {
   return /EADDRINUSE|Address already in use/i.test(error instanceof Error ? error.message : String(error));
