@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { promisify } from 'node:util';
 import { stringify } from 'yaml';
-import { LineClient, freePort, ldifLine, repoRoot, startDovecot, startSlapd, tmpDir } from './servers/index.js';
+import { LineClient, ldifLine, refusingPort, repoRoot, startDovecot, startSlapd, tmpDir } from './servers/index.js';
 import type { Dovecot, Slapd } from './servers/index.js';
 import { ADMIN_TOKEN, registerPasswords, startFront } from './front.js';
 import type { Front } from './front.js';
@@ -107,7 +107,7 @@ before(async () => {
   };
   fronts = await Promise.all([startFront(options), startFront(options), startFront(options)]);
   urls = fronts.map((front) => `http://127.0.0.1:${front.mailfront.httpAddress()!.port}`);
-  down = `http://127.0.0.1:${await freePort()}`;
+  down = `http://127.0.0.1:${await refusingPort()}`;
 });
 
 after(async () => {

@@ -18,7 +18,7 @@ import type { Directory } from '../../src/auth/directory.js';
 import { MailfrontError } from '../../src/errors.js';
 import { Mailfront } from '../../src/main.js';
 import { registerPasswords, standInDirectory, parsedSuiteLog } from './front.js';
-import { freePort, makeCerts, tmpDir } from './servers/index.js';
+import { freePort, makeCerts, refusingPort, tmpDir } from './servers/index.js';
 
 const PASSWORD = 'Clock-step-pw-4b1d';
 const WRONG = 'Clock-step-wrong-9e27';
@@ -170,14 +170,8 @@ async function scriptedBackend(): Promise<{ readonly port: number; close(): Prom
   };
 }
 
-/** A loopback port nobody listens on: a master that is down. */
-async function deadPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
+/** A loopback port nobody listens on (held: see refusingPort()): a master that is down. */
+const deadPort = refusingPort;
 
 /** A directory that knows every user, with PASSWORD; `beforeAnswer` runs as it answers (a step of the clock mid-login). */
 function directoryOf(beforeAnswer: () => Promise<void> = async () => undefined): Directory {

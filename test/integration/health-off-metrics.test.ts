@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import { parse, stringify } from 'yaml';
 import { after, before, test } from 'node:test';
-import { freePort, startSlapd } from './servers/index.js';
+import { refusingPort, startSlapd } from './servers/index.js';
 import type { Slapd } from './servers/index.js';
 import { startFront } from './front.js';
 import type { Front } from './front.js';
@@ -24,7 +24,7 @@ const slotUp = async (): Promise<string[]> => {
 before(async () => {
   slapd = await startSlapd({ users: [] });
   // Nothing listens there: the slot is down.
-  const port = await freePort();
+  const port = await refusingPort();
   front = await startFront({ slapd, stores: { alpha: { currentMaster: 's1', slots: { s1: { imapPort: port } } } }, health: { interval_ms: 1000, timeout_ms: 500 } });
 });
 after(async () => {

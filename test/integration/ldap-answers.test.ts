@@ -10,7 +10,7 @@ import { WrongPasswordError } from '../../src/auth/directory.js';
 import { LdapDirectory } from '../../src/auth/ldap.js';
 import type { DirectoryConfig } from '../../src/config/schema.js';
 import { assertNoRegisteredSecret, registerPasswords, registerSecrets, capturedLogger } from './front.js';
-import { directoryConfigOf, startSlapd } from './servers/index.js';
+import { directoryConfigOf, holdPort, startSlapd } from './servers/index.js';
 import type { Slapd } from './servers/index.js';
 import { LDAP_PEOPLE_DN, LDAP_SERVICE_DN } from './servers/slapd.js';
 import { authFailureReason } from '../../src/metrics.js';
@@ -287,8 +287,11 @@ async function silentServer(): Promise<{ readonly url: string; readonly connecti
 for (const next of ['hangs', 'is down'] as const) {
   test(`a first server held down for a slow search while the next one ${next}: later logins stay on the first, without trying the next one or opening connections`, async () => {
     const hung = await silentServer();
-    // A server that is down: nothing listens on its port.
-    if (next === 'is down') await hung.close();
+    // A server that is down: nothing listens on its port (held, so that no other socket draws it meanwhile).
+    if (next === 'is down') {
+      await hung.close();
+      await holdPort(Number(new URL(hung.url).port));
+    }
     const how: { searchAnswerDelayMs?: number } = { searchAnswerDelayMs: 1_500 };
     const relay = await partlyFailingRelay(slapd.port, how);
     const mark = logLines.length;

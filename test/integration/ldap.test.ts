@@ -11,7 +11,7 @@ import { LdapDirectory } from '../../src/auth/ldap.js';
 import type { DirectoryConfig } from '../../src/config/schema.js';
 import { Metrics } from '../../src/metrics.js';
 import { assertNoRegisteredSecret, registerPasswords, registerSecrets, capturedLogger } from './front.js';
-import { directoryConfigOf, freePort, startSlapd } from './servers/index.js';
+import { directoryConfigOf, refusingPort, startSlapd } from './servers/index.js';
 import type { Slapd } from './servers/index.js';
 import { mailfrontFailure as failure } from '../mailfront-failure.js';
 
@@ -62,7 +62,7 @@ test('the store attribute is matched without regard to case, as LDAP attribute n
 });
 
 test('a server that is down is skipped for the next URL', async () => {
-  const deadPort = await freePort();
+  const deadPort = await refusingPort();
   const d = directory({ urls: [`ldap://127.0.0.1:${deadPort}`, slapd.url] });
   try {
     assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha');

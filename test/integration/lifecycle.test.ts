@@ -12,7 +12,7 @@ import type { Server, Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import { connect as tlsConnect } from 'node:tls';
 import { parse, stringify } from 'yaml';
-import { LDAP_STORES_DN, LineClient, connectionsTo, freePort, run, startDovecot, startSlapd, tmpDir } from './servers/index.js';
+import { LDAP_STORES_DN, LineClient, connectionsTo, freePort, refusingPort, run, startDovecot, startSlapd, tmpDir } from './servers/index.js';
 import type { Dovecot, Slapd } from './servers/index.js';
 import { ADMIN_TOKEN, registerPasswords, startFront, waitForLog } from './front.js';
 import { loadConfig } from '../../src/config/load.js';
@@ -532,7 +532,7 @@ test('a reload whose new store-map source cannot be read for good (no such file,
     for (let i = 0; i < 100 && alpha().currentMaster !== 'm'; i++) await new Promise((r) => setTimeout(r, 50));
 
     // A server that is down may be up at the next poll: the config is taken, and the map in force stays until it is.
-    write(ldap({ urls: [`ldap://127.0.0.1:${await freePort()}`] }));
+    write(ldap({ urls: [`ldap://127.0.0.1:${await refusingPort()}`] }));
     const down = await front.mailfront.reload();
     assert.equal(down.ok, true, down.error);
     assert.equal(down.storeMap.ok, false);

@@ -21,7 +21,7 @@ import type { OAuthIdpEndpoint, OAuthIdpResult, OAuthIntrospectionResult } from 
 import { assertNoRegisteredSecret, capturedLogger, registerSecrets, startFront } from './front.js';
 import type { Front } from './front.js';
 import { JwksServer, claimsFor, makeKey, signJwt } from './oauth-idp.js';
-import { LineClient, freePort, startSlapd } from './servers/index.js';
+import { LineClient, refusingPort, startSlapd } from './servers/index.js';
 import type { Slapd } from './servers/index.js';
 
 const ISSUER = 'https://idp.example.org/realms/mail';
@@ -44,7 +44,7 @@ before(async () => {
   idp.clients.set(CLIENT.id, CLIENT.secret);
   silent = createServer((socket) => void held.push(socket));
   await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
-  refusedPort = await freePort();
+  refusedPort = await refusingPort();
 });
 after(async () => {
   assertNoRegisteredSecret(lines, 'the IdP metrics tests\' log');

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
+import { refusingPort } from '../integration/servers/index.js';
 
 const CLI = join(dirname(fileURLToPath(import.meta.url)), '../../src/cli/main.js');
 
@@ -145,8 +146,9 @@ test('an admin API that takes the request and does not answer in time is told ap
     server.closeAllConnections();
     server.close();
   }
-  // Nothing listening: out of reach, status 1, as before.
-  const refused = await cli(['reload', '--url', url, '--token', 'x'], { nodeOptions });
+  // Nothing listening: out of reach, status 1, as before. (Not the port just let go of: another
+  // test file running at the same time may draw it meanwhile, and listen on it or connect from it.)
+  const refused = await cli(['reload', '--url', `http://127.0.0.1:${await refusingPort()}`, '--token', 'x'], { nodeOptions });
   assert.equal(refused.code, 1, refused.stderr);
   assert.match(refused.stderr, /^mailfront: cannot reach the admin API at http:\/\/127\.0\.0\.1:\d+: connect ECONNREFUSED/);
 });
