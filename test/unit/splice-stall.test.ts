@@ -6,6 +6,7 @@
 // is scaled down here, the idle timeout not (at real defaults, 5 min and 31 min).
 import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
 import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { splice, type Splice } from '../../src/proxy/splice.js';
@@ -51,6 +52,21 @@ function endedWithin(running: Splice, ms: number): Promise<string> {
   return Promise.race([running.ended, sleep(ms).then(() => 'not ended')]);
 }
 
+/**
+ * Waits until `front` is no longer read from the kernel, for at most 10 s: the splice has paused
+ * it (the backend takes no more), and a socket read through a stream (TLS) has filled its buffer,
+ * so that node stopped reading it too. Until then a close of the client's would be read. How long
+ * the upload takes to fill the buffers depends on how busy the machine is (TLS: its encryption),
+ * not on a fixed time.
+ */
+async function readingStopped(front: Socket): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (!front.isPaused() || (front instanceof TLSSocket && front.readableLength < front.readableHighWaterMark)) {
+    assert.ok(Date.now() < deadline, 'the splice still reads the client after 10 s of an upload the backend does not read');
+    await sleep(20);
+  }
+}
+
 // The cases run at once: each splices socket pairs of its own, and each waits on the splice's
 // clocks (a few stall times, the idle timeout), so together they take about the longest.
 describe('the splice\'s stall check', { concurrency: true }, () => {
@@ -63,7 +79,7 @@ describe('the splice\'s stall check', { concurrency: true }, () => {
       backend.user.pause();
       // An APPEND far larger than the loopback buffers: the splice stops reading the client.
       flood(client.user, 256 * 1024 * 1024);
-      await sleep(300);
+      await readingStopped(client.front);
       client.user.destroy();
       // Unread, the client's close is not seen: only the sweep can end the session.
       assert.equal(await endedWithin(running, 10 * STALL_MS), 'stalled');
@@ -109,8 +125,13 @@ describe('the splice\'s stall check', { concurrency: true }, () => {
       }
       client.user.pause();
       let got = 0;
+      // 100 KiB/s by the clock, not by the count of ticks: on a busy machine (another test file
+      // beside this one) the ticks come late, and a tick that reads only 2 KiB fell behind the rate.
+      const reading = performance.now();
       const tick = setInterval(() => {
-        const chunk = client.user.read(Math.min(2_048, client.user.readableLength)) as Buffer | null;
+        const owed = Math.floor(((performance.now() - reading) / 1_000) * 100 * 1024) - got;
+        if (owed <= 0) return;
+        const chunk = client.user.read(Math.min(owed, client.user.readableLength)) as Buffer | null;
         if (chunk !== null) got += chunk.length;
       }, 20);
       try {
