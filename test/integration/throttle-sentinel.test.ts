@@ -94,16 +94,6 @@ async function startInstance(): Promise<Front> {
   return front;
 }
 
-before(async () => {
-  slapd = await startSlapd({ users: USERS.map((uid) => ({ uid, password: PASSWORD, store: 'alpha' })) });
-  dovecot = await startDovecot({ name: 'sentinel', users: USERS.map((name) => ({ name, password: PASSWORD })) });
-  primary = await startRedis();
-  replica = await startRedis({ replicaOf: primary });
-  // A failover-timeout of 2 s: the sentinel fails the same master over again 4 s after the last.
-  sentinel = await startSentinel({ masterName: MASTER, primary, failoverTimeoutMs: 2_000 });
-  await replicaReady(replica);
-});
-
 /** Waits until `redis` is a replica in sync with its primary and the sentinel (`watching`) knows it as one it may promote. */
 async function replicaReady(redis: Redis, watching: Sentinel = sentinel): Promise<void> {
   const ready = await until(async () => {
@@ -114,99 +104,6 @@ async function replicaReady(redis: Redis, watching: Sentinel = sentinel): Promis
   }, 15_000);
   assert.ok(ready, `${redis.port} is not a replica in sync, or the sentinel does not know it: ${watching.readLog()}`);
 }
-
-after(async () => {
-  await Promise.all(fronts.map((f) => f.stop()));
-  await Promise.all([slapd?.stop(), dovecot?.stop(), sentinel?.stop(), replica?.stop(), primary?.stop()]);
-});
-
-describe('throttle counters shared through the primary Redis Sentinel names', () => {
-  let one: Front;
-  let two: Front;
-  before(async () => {
-    one = await startInstance();
-    two = await startInstance();
-  });
-
-  test('two instances share counters through the primary the sentinel names', async () => {
-    for (const front of [one, two]) assert.ok(await until(async () => (await redisUp(front)) === 'mailfront_throttle_redis_up 1', 5_000), `throttle Redis up: ${await redisUp(front)}`);
-    for (const i of [1, 2]) await imapLogin(one, 'sam', `sam-wrong-${i}-8e1f`);
-    for (const i of [3, 4]) await imapLogin(two, 'sam', `sam-wrong-${i}-8e1f`);
-    assert.match(await imapLogin(one, 'sam', PASSWORD), /^t1 NO \[LIMIT\] /);
-    assert.match(await imapLogin(two, 'sam', PASSWORD), /^t1 NO \[LIMIT\] /);
-    assert.equal(await command(primary.port, ['HGET', 'mailfront:throttle:u:sam', 'n']), '4', 'the failures are in the primary');
-    const line = await waitForLog(one, (l) => l['event'] === 'throttle.redis_state' && l['state'] === 'up');
-    assert.equal(line['sentinel'], MASTER);
-    assert.equal(line['primary'], `127.0.0.1:${primary.port}`);
-  });
-
-  test('SENTINEL FAILOVER: within seconds both instances share counters on the new primary, and mailfront_throttle_redis_up is 1 again', async () => {
-    const started = Date.now();
-    // The sentinel may still be settling its view of the replica: NOGOODSLAVE until it has.
-    assert.ok(await until(async () => (await command(sentinel.port, ['SENTINEL', 'FAILOVER', MASTER])) === 'OK', 10_000), 'SENTINEL FAILOVER taken');
-    assert.ok(await until(async () => (await namedPrimaryPort()) === replica.port, 10_000), 'the sentinel names the replica as the primary');
-    for (const front of [one, two]) {
-      assert.ok(
-        await until(async () => front.logs.some((l) => l['event'] === 'throttle.redis_state' && l['state'] === 'up' && l['primary'] === `127.0.0.1:${replica.port}`) && (await redisUp(front)) === 'mailfront_throttle_redis_up 1', FAILOVER_FOLLOWED_MS),
-        `the instance writes to the new primary: ${JSON.stringify(front.logs.filter((l) => l['event'] === 'throttle.redis_state'))}`,
-      );
-    }
-    const followedMs = Date.now() - started;
-    assert.ok(followedMs < FAILOVER_FOLLOWED_MS, `followed in ${followedMs} ms`);
-    for (const i of [1, 2]) await imapLogin(two, 'sue', `sue-wrong-${i}-2b7c`);
-    for (const i of [3, 4]) await imapLogin(one, 'sue', `sue-wrong-${i}-2b7c`);
-    assert.match(await imapLogin(two, 'sue', PASSWORD), /^t1 NO \[LIMIT\] /);
-    assert.match(await imapLogin(one, 'sue', PASSWORD), /^t1 NO \[LIMIT\] /);
-    assert.equal(await command(replica.port, ['HGET', 'mailfront:throttle:u:sue', 'n']), '4', 'the failures are in the new primary');
-    assert.equal(((await command(replica.port, ['ROLE'])) as unknown[])[0], 'master');
-  });
-
-  test('the primary killed: the sentinel names the dead one until its failover; within seconds both instances share counters on the new primary', async () => {
-    // The old primary as the new one's replica, in sync: the sentinel would make it one at its
-    // next look (INFO every 10 s), told at once here.
-    await command(primary.port, ['REPLICAOF', '127.0.0.1', String(replica.port)]);
-    await replicaReady(primary);
-    const killed = replica;
-    await killed.stopOnly();
-    try {
-      // Its down-after-milliseconds (1 s), then the failover.
-      assert.ok(await until(async () => (await namedPrimaryPort()) === primary.port, 10_000), 'the sentinel names the old primary again');
-      const started = Date.now();
-      // The state lines are few by now (three a minute while it changes): the gauge says it.
-      for (const front of [one, two]) assert.ok(await until(async () => (await redisUp(front)) === 'mailfront_throttle_redis_up 1', FAILOVER_FOLLOWED_MS), `throttle Redis up: ${await redisUp(front)}`);
-      const followedMs = Date.now() - started;
-      assert.ok(followedMs < FAILOVER_FOLLOWED_MS, `followed in ${followedMs} ms`);
-      for (const i of [1, 2]) await imapLogin(one, 'sky', `sky-wrong-${i}-0f9b`);
-      for (const i of [3, 4]) await imapLogin(two, 'sky', `sky-wrong-${i}-0f9b`);
-      assert.match(await imapLogin(one, 'sky', PASSWORD), /^t1 NO \[LIMIT\] /);
-      assert.match(await imapLogin(two, 'sky', PASSWORD), /^t1 NO \[LIMIT\] /);
-      assert.equal(await command(primary.port, ['HGET', 'mailfront:throttle:u:sky', 'n']), '4', 'the failures are in the new primary');
-    } finally {
-      // Back as a replica of the primary it was started with, the new primary again.
-      await killed.startAgain();
-    }
-  });
-
-  test('no sentinel answering at start: local counters, as Redis down (mailfront_throttle_redis_up 0); shared once one answers', async () => {
-    await sentinel.stopOnly();
-    let alone: Front;
-    try {
-      alone = await startInstance();
-      const down = await waitForLog(alone, (l) => l['event'] === 'throttle.redis_state' && l['state'] === 'down', 5_000);
-      assert.match(String(down['reason']), new RegExp(`no sentinel named the primary of ${MASTER} \\(${sentinel.node}: `));
-      assert.equal(await redisUp(alone), 'mailfront_throttle_redis_up 0');
-      // Counted here alone: refused here at the limit, and the primary has none of them.
-      for (const i of [1, 2, 3, 4]) await imapLogin(alone, 'sid', `sid-wrong-${i}-4a0e`);
-      assert.match(await imapLogin(alone, 'sid', PASSWORD), /^t1 NO \[LIMIT\] /);
-      assert.match(await imapLogin(one, 'sid', PASSWORD), /^t1 OK /, 'the other instances never saw them');
-    } finally {
-      await sentinel.startAgain();
-    }
-    assert.ok(await until(async () => (await redisUp(alone)) === 'mailfront_throttle_redis_up 1', 5_000), 'up once the sentinel answers');
-    for (const i of [1, 2, 3, 4]) await imapLogin(alone, 'sol', `sol-wrong-${i}-6c3d`);
-    assert.match(await imapLogin(two, 'sol', PASSWORD), /^t1 NO \[LIMIT\] /);
-  });
-});
 
 /** A scripted sentinel: answers GET-MASTER-ADDR-BY-NAME with `named` (null: no such master), refuses SUBSCRIBE, says OK to the rest. */
 interface FakeSentinel {
@@ -256,101 +153,26 @@ async function startFakeSentinel(): Promise<FakeSentinel> {
   });
 }
 
-describe('the primary a scripted sentinel names', () => {
-  let a: Redis;
-  let b: Redis;
-  let fake: FakeSentinel;
+/**
+ * A primary `a`, its replica `b` and a sentinel `s` of their own, started in the calling
+ * describe's before() and stopped in its after(), and what its cases use: a throttle on `s`, the
+ * roles `s` names, a failover. Each describe that fails over has its own: a sentinel takes a
+ * failover of a master only 4 s after its last, and knows a demoted primary as a replica it may
+ * promote only after its next look at it (INFO every 10 s), so a second failover on one sentinel
+ * waits some 13 s for it.
+ */
+function ownSentinel() {
+  const own = { a: undefined as unknown as Redis, b: undefined as unknown as Redis, s: undefined as unknown as Sentinel };
   const open: Throttle[] = [];
   before(async () => {
-    a = await startRedis();
-    b = await startRedis({ replicaOf: a });
-    fake = await startFakeSentinel();
+    own.a = await startRedis();
+    own.b = await startRedis({ replicaOf: own.a });
+    own.s = await startSentinel({ masterName: MASTER, primary: own.a, failoverTimeoutMs: 2_000 });
+    await replicaReady(own.b, own.s);
   });
   after(async () => {
     await Promise.all(open.map((t) => t.close()));
-    await fake?.close();
-    await Promise.all([a?.stop(), b?.stop()]);
-  });
-
-  test('a replica named is not used (ROLE); a primary turned replica under a live connection (READONLY) sends the throttle to the sentinels again, and the failure it refused is written to the new primary', async () => {
-    const config: ThrottleConfig = {
-      enabled: true,
-      baseDelayMs: 0,
-      maxDelayMs: 0,
-      failuresPerUser: 3,
-      failuresPerAddress: 1_000,
-      failureWindowMs: 60_000,
-      refusalMs: 30_000,
-      maxTrackedSubjects: 1_000,
-      redis: { sentinel: { masterName: MASTER, nodes: [{ host: '127.0.0.1', port: fake.port }] }, keyPrefix: 'fake:', timeoutMs: 400 },
-    };
-    const lines: Record<string, unknown>[] = [];
-    const states: RedisState[] = [];
-    const log = pino({ level: 'debug' }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
-    const throttle = Throttle.fromConfig(config, log, { retryIntervalMs: 200, onRedisState: (state) => states.push(state) });
-    open.push(throttle);
-    const from: LoginAttempt = { user: 'kit', address: '192.0.2.7', trusted: false };
-
-    fake.named = null;
-    await throttle.ready();
-    assert.equal(throttle.sharing, 'down');
-    assert.match(String(lines.find((l) => l['state'] === 'down')?.['reason']), new RegExp(`no sentinel named the primary of ${MASTER} \\(127\\.0\\.0\\.1:${fake.port}: knows no master named ${MASTER}\\)`));
-
-    fake.named = b;
-    // A retry that fails another way while down is not logged again: b's own count of ROLE says it was asked.
-    assert.ok(await until(async () => /cmdstat_role:calls=[1-9]/.test(String(await command(b.port, ['INFO', 'commandstats']))), 3_000), 'b asked for its role');
-    await new Promise((r) => setTimeout(r, 300));
-    assert.equal(throttle.sharing, 'down', 'a replica is not used');
-    assert.deepEqual(states, ['down']);
-
-    fake.named = a;
-    assert.ok(await until(() => Promise.resolve(throttle.sharing === 'up'), 3_000), 'up on the primary');
-    await throttle.recordFailure(from, 'Wrong-1');
-    assert.equal(await command(a.port, ['HGET', 'fake:u:kit', 'n']), '1');
-    assert.equal(await command(a.port, ['WAIT', '1', '5000']), 1, 'b has it too');
-
-    // A failover the throttle hears nothing of: b the primary, a its replica; connections to a stay open.
-    await command(b.port, ['REPLICAOF', 'NO', 'ONE']);
-    await command(a.port, ['REPLICAOF', '127.0.0.1', String(b.port)]);
-    assert.ok(await until(async () => /master_link_status:up/.test(String(await command(a.port, ['INFO', 'replication']))), 10_000), 'a in sync with b');
-    // The sentinel names a still (the instance asks it every retry interval without a listener): READONLY alone tells.
-    assert.equal(throttle.sharing, 'up', 'nothing said so yet');
-    await throttle.recordFailure(from, 'Wrong-2');
-    assert.notEqual(throttle.sharing, 'up', 'READONLY: the sentinels are asked again');
-    fake.named = b;
-    assert.ok(await until(() => Promise.resolve(throttle.sharing === 'up'), 3_000), 'up on the new primary');
-    // The failure a refused is written to b once it takes writes, with the one b has from a.
-    assert.ok(await until(async () => (await command(b.port, ['HGET', 'fake:u:kit', 'n'])) === '2', 3_000), 'both failures in the new primary');
-    await throttle.recordFailure(from, 'Wrong-3');
-    assert.equal((await throttle.check(from)).refused, true);
-    assert.equal(await command(b.port, ['HGET', 'fake:u:kit', 'n']), '3');
-    assert.deepEqual(
-      lines.filter((l) => l['event'] === 'throttle.redis_state').map((l) => [l['state'], l['primary']]),
-      [
-        ['down', undefined],
-        ['up', `127.0.0.1:${a.port}`],
-        ['down', `127.0.0.1:${a.port}`],
-      ],
-      'the state lines (the third change waits: three lines a minute while it changes)',
-    );
-    assert.deepEqual(states, ['down', 'up', 'down', 'up']);
-  });
-});
-
-describe('following a failover without the +switch-master listener, and the failures written around it', () => {
-  let a: Redis;
-  let b: Redis;
-  let s: Sentinel;
-  const open: Throttle[] = [];
-  before(async () => {
-    a = await startRedis();
-    b = await startRedis({ replicaOf: a });
-    s = await startSentinel({ masterName: MASTER, primary: a, failoverTimeoutMs: 2_000 });
-    await replicaReady(b, s);
-  });
-  after(async () => {
-    await Promise.all(open.map((t) => t.close()));
-    await Promise.all([s?.stop(), b?.stop(), a?.stop()]);
+    await Promise.all([own.s?.stop(), own.b?.stop(), own.a?.stop()]);
   });
 
   /** A throttle on `s` (retry interval 1 s, the default), its log lines, and the primary it is up on (from its state lines). */
@@ -364,7 +186,7 @@ describe('following a failover without the +switch-master listener, and the fail
       failureWindowMs: 600_000,
       refusalMs: 30_000,
       maxTrackedSubjects: 100_000,
-      redis: { sentinel: { masterName: MASTER, nodes: [{ host: '127.0.0.1', port: s.port }], ...sentinelUser }, keyPrefix, timeoutMs: 400, ...extra },
+      redis: { sentinel: { masterName: MASTER, nodes: [{ host: '127.0.0.1', port: own.s.port }], ...sentinelUser }, keyPrefix, timeoutMs: 400, ...extra },
     };
     const lines: Record<string, unknown>[] = [];
     const log = pino({ level: 'debug' }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
@@ -376,65 +198,262 @@ describe('following a failover without the +switch-master listener, and the fail
 
   /** The primary `s` names now, and the other. */
   async function roles(): Promise<{ primary: Redis; replica: Redis }> {
-    const port = Number(((await command(s.port, ['SENTINEL', 'GET-MASTER-ADDR-BY-NAME', MASTER])) as string[])[1]);
-    return port === a.port ? { primary: a, replica: b } : { primary: b, replica: a };
+    const port = Number(((await command(own.s.port, ['SENTINEL', 'GET-MASTER-ADDR-BY-NAME', MASTER])) as string[])[1]);
+    return port === own.a.port ? { primary: own.a, replica: own.b } : { primary: own.b, replica: own.a };
   }
 
   /** SENTINEL FAILOVER once the sentinel takes it (NOGOODSLAVE while it settles its view of the replica; 4 s after the last failover of the same master); when it did (Date.now()). */
   async function failover(): Promise<number> {
     const { replica } = await roles();
-    await replicaReady(replica, s);
-    assert.ok(await until(async () => (await command(s.port, ['SENTINEL', 'FAILOVER', MASTER])) === 'OK', 15_000), 'SENTINEL FAILOVER taken');
+    await replicaReady(replica, own.s);
+    assert.ok(await until(async () => (await command(own.s.port, ['SENTINEL', 'FAILOVER', MASTER])) === 'OK', 15_000), 'SENTINEL FAILOVER taken');
     return Date.now();
   }
 
-  test('a primary user without ROLE: throttle.redis_command_refused names ROLE and the ACL with +role, not only "unreachable"', async () => {
-    for (const redis of [a, b]) await command(redis.port, ['ACL', 'SETUSER', 'norole', 'on', '>No-role-pw-1', '~*', '-@all', '+evalsha', '+eval', '+time', '+hmget', '+hset', '+pexpire', '+del', '+hlen', '+hgetall', '+hdel', '+hget', '+ping']);
-    const { throttle, lines } = throttleOn('norole:', { username: 'norole', password: 'No-role-pw-1' });
-    await throttle.ready();
-    assert.equal(throttle.sharing, 'down', 'a primary not proven one is not used');
-    const refused = lines.filter((l) => l['event'] === 'throttle.redis_command_refused');
-    assert.equal(refused.length, 1, JSON.stringify(lines));
-    assert.equal(refused[0]?.['command'], 'ROLE');
-    assert.match(String(refused[0]?.['acl']), / \+role$/);
-    assert.match(String(refused[0]?.['reason']), /NOPERM/);
-    await throttle.close();
+  return Object.assign(own, { throttleOn, roles, failover });
+}
+
+// The four groups run at once: each has servers of its own (the first a Redis pair, a sentinel,
+// slapd and Dovecot for its mailfront instances; the others a Redis pair and a sentinel, or a
+// scripted one), and they share only the master's name, which each sentinel knows on its own.
+// A group's cases run one after another (concurrency: false; a suite's cases would inherit true):
+// they fail over its sentinel in turn.
+describe('the throttle\'s Redis named by Redis Sentinel', { concurrency: true }, () => {
+  describe('throttle counters shared through the primary Redis Sentinel names', { concurrency: false }, () => {
+    let one: Front;
+    let two: Front;
+    before(async () => {
+      slapd = await startSlapd({ users: USERS.map((uid) => ({ uid, password: PASSWORD, store: 'alpha' })) });
+      dovecot = await startDovecot({ name: 'sentinel', users: USERS.map((name) => ({ name, password: PASSWORD })) });
+      primary = await startRedis();
+      replica = await startRedis({ replicaOf: primary });
+      // A failover-timeout of 2 s: the sentinel fails the same master over again 4 s after the last.
+      sentinel = await startSentinel({ masterName: MASTER, primary, failoverTimeoutMs: 2_000 });
+      await replicaReady(replica);
+      one = await startInstance();
+      two = await startInstance();
+    });
+    after(async () => {
+      await Promise.all(fronts.map((f) => f.stop()));
+      await Promise.all([slapd?.stop(), dovecot?.stop(), sentinel?.stop(), replica?.stop(), primary?.stop()]);
+    });
+
+    test('two instances share counters through the primary the sentinel names', async () => {
+      for (const front of [one, two]) assert.ok(await until(async () => (await redisUp(front)) === 'mailfront_throttle_redis_up 1', 5_000), `throttle Redis up: ${await redisUp(front)}`);
+      for (const i of [1, 2]) await imapLogin(one, 'sam', `sam-wrong-${i}-8e1f`);
+      for (const i of [3, 4]) await imapLogin(two, 'sam', `sam-wrong-${i}-8e1f`);
+      assert.match(await imapLogin(one, 'sam', PASSWORD), /^t1 NO \[LIMIT\] /);
+      assert.match(await imapLogin(two, 'sam', PASSWORD), /^t1 NO \[LIMIT\] /);
+      assert.equal(await command(primary.port, ['HGET', 'mailfront:throttle:u:sam', 'n']), '4', 'the failures are in the primary');
+      const line = await waitForLog(one, (l) => l['event'] === 'throttle.redis_state' && l['state'] === 'up');
+      assert.equal(line['sentinel'], MASTER);
+      assert.equal(line['primary'], `127.0.0.1:${primary.port}`);
+    });
+
+    test('SENTINEL FAILOVER: within seconds both instances share counters on the new primary, and mailfront_throttle_redis_up is 1 again', async () => {
+      const started = Date.now();
+      // The sentinel may still be settling its view of the replica: NOGOODSLAVE until it has.
+      assert.ok(await until(async () => (await command(sentinel.port, ['SENTINEL', 'FAILOVER', MASTER])) === 'OK', 10_000), 'SENTINEL FAILOVER taken');
+      assert.ok(await until(async () => (await namedPrimaryPort()) === replica.port, 10_000), 'the sentinel names the replica as the primary');
+      for (const front of [one, two]) {
+        assert.ok(
+          await until(async () => front.logs.some((l) => l['event'] === 'throttle.redis_state' && l['state'] === 'up' && l['primary'] === `127.0.0.1:${replica.port}`) && (await redisUp(front)) === 'mailfront_throttle_redis_up 1', FAILOVER_FOLLOWED_MS),
+          `the instance writes to the new primary: ${JSON.stringify(front.logs.filter((l) => l['event'] === 'throttle.redis_state'))}`,
+        );
+      }
+      const followedMs = Date.now() - started;
+      assert.ok(followedMs < FAILOVER_FOLLOWED_MS, `followed in ${followedMs} ms`);
+      for (const i of [1, 2]) await imapLogin(two, 'sue', `sue-wrong-${i}-2b7c`);
+      for (const i of [3, 4]) await imapLogin(one, 'sue', `sue-wrong-${i}-2b7c`);
+      assert.match(await imapLogin(two, 'sue', PASSWORD), /^t1 NO \[LIMIT\] /);
+      assert.match(await imapLogin(one, 'sue', PASSWORD), /^t1 NO \[LIMIT\] /);
+      assert.equal(await command(replica.port, ['HGET', 'mailfront:throttle:u:sue', 'n']), '4', 'the failures are in the new primary');
+      assert.equal(((await command(replica.port, ['ROLE'])) as unknown[])[0], 'master');
+    });
+
+    test('the primary killed: the sentinel names the dead one until its failover; within seconds both instances share counters on the new primary', async () => {
+      // The old primary as the new one's replica, in sync: the sentinel would make it one at its
+      // next look (INFO every 10 s), told at once here.
+      await command(primary.port, ['REPLICAOF', '127.0.0.1', String(replica.port)]);
+      await replicaReady(primary);
+      const killed = replica;
+      await killed.stopOnly();
+      try {
+        // Its down-after-milliseconds (1 s), then the failover.
+        assert.ok(await until(async () => (await namedPrimaryPort()) === primary.port, 10_000), 'the sentinel names the old primary again');
+        const started = Date.now();
+        // The state lines are few by now (three a minute while it changes): the gauge says it.
+        for (const front of [one, two]) assert.ok(await until(async () => (await redisUp(front)) === 'mailfront_throttle_redis_up 1', FAILOVER_FOLLOWED_MS), `throttle Redis up: ${await redisUp(front)}`);
+        const followedMs = Date.now() - started;
+        assert.ok(followedMs < FAILOVER_FOLLOWED_MS, `followed in ${followedMs} ms`);
+        for (const i of [1, 2]) await imapLogin(one, 'sky', `sky-wrong-${i}-0f9b`);
+        for (const i of [3, 4]) await imapLogin(two, 'sky', `sky-wrong-${i}-0f9b`);
+        assert.match(await imapLogin(one, 'sky', PASSWORD), /^t1 NO \[LIMIT\] /);
+        assert.match(await imapLogin(two, 'sky', PASSWORD), /^t1 NO \[LIMIT\] /);
+        assert.equal(await command(primary.port, ['HGET', 'mailfront:throttle:u:sky', 'n']), '4', 'the failures are in the new primary');
+      } finally {
+        // Back as a replica of the primary it was started with, the new primary again.
+        await killed.startAgain();
+      }
+    });
+
+    test('no sentinel answering at start: local counters, as Redis down (mailfront_throttle_redis_up 0); shared once one answers', async () => {
+      await sentinel.stopOnly();
+      let alone: Front;
+      try {
+        alone = await startInstance();
+        const down = await waitForLog(alone, (l) => l['event'] === 'throttle.redis_state' && l['state'] === 'down', 5_000);
+        assert.match(String(down['reason']), new RegExp(`no sentinel named the primary of ${MASTER} \\(${sentinel.node}: `));
+        assert.equal(await redisUp(alone), 'mailfront_throttle_redis_up 0');
+        // Counted here alone: refused here at the limit, and the primary has none of them.
+        for (const i of [1, 2, 3, 4]) await imapLogin(alone, 'sid', `sid-wrong-${i}-4a0e`);
+        assert.match(await imapLogin(alone, 'sid', PASSWORD), /^t1 NO \[LIMIT\] /);
+        assert.match(await imapLogin(one, 'sid', PASSWORD), /^t1 OK /, 'the other instances never saw them');
+      } finally {
+        await sentinel.startAgain();
+      }
+      assert.ok(await until(async () => (await redisUp(alone)) === 'mailfront_throttle_redis_up 1', 5_000), 'up once the sentinel answers');
+      for (const i of [1, 2, 3, 4]) await imapLogin(alone, 'sol', `sol-wrong-${i}-6c3d`);
+      assert.match(await imapLogin(two, 'sol', PASSWORD), /^t1 NO \[LIMIT\] /);
+    });
   });
 
-  test('the sentinel restarted (the listener lost), then SENTINEL FAILOVER: followed within 4 s', async () => {
-    const { throttle, upOn } = throttleOn('restart:');
-    await throttle.ready();
-    const { primary, replica } = await roles();
-    assert.ok(upOn(primary));
-    await s.stopOnly();
-    await s.startAgain();
-    await replicaReady(replica, s);
-    const started = await failover();
-    // Before, nothing listened any more: followed only when the sentinel closed the old primary's connections, about 11 s.
-    assert.ok(await until(() => Promise.resolve(upOn(replica)), 8_000), 'up on the new primary');
-    const followedMs = Date.now() - started;
-    assert.ok(followedMs < 4_000, `followed in ${followedMs} ms`);
-    await throttle.close();
+  describe('the primary a scripted sentinel names', { concurrency: false }, () => {
+    let a: Redis;
+    let b: Redis;
+    let fake: FakeSentinel;
+    const open: Throttle[] = [];
+    before(async () => {
+      a = await startRedis();
+      b = await startRedis({ replicaOf: a });
+      fake = await startFakeSentinel();
+    });
+    after(async () => {
+      await Promise.all(open.map((t) => t.close()));
+      await fake?.close();
+      await Promise.all([a?.stop(), b?.stop()]);
+    });
+
+    test('a replica named is not used (ROLE); a primary turned replica under a live connection (READONLY) sends the throttle to the sentinels again, and the failure it refused is written to the new primary', async () => {
+      const config: ThrottleConfig = {
+        enabled: true,
+        baseDelayMs: 0,
+        maxDelayMs: 0,
+        failuresPerUser: 3,
+        failuresPerAddress: 1_000,
+        failureWindowMs: 60_000,
+        refusalMs: 30_000,
+        maxTrackedSubjects: 1_000,
+        redis: { sentinel: { masterName: MASTER, nodes: [{ host: '127.0.0.1', port: fake.port }] }, keyPrefix: 'fake:', timeoutMs: 400 },
+      };
+      const lines: Record<string, unknown>[] = [];
+      const states: RedisState[] = [];
+      const log = pino({ level: 'debug' }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
+      const throttle = Throttle.fromConfig(config, log, { retryIntervalMs: 200, onRedisState: (state) => states.push(state) });
+      open.push(throttle);
+      const from: LoginAttempt = { user: 'kit', address: '192.0.2.7', trusted: false };
+
+      fake.named = null;
+      await throttle.ready();
+      assert.equal(throttle.sharing, 'down');
+      assert.match(String(lines.find((l) => l['state'] === 'down')?.['reason']), new RegExp(`no sentinel named the primary of ${MASTER} \\(127\\.0\\.0\\.1:${fake.port}: knows no master named ${MASTER}\\)`));
+
+      fake.named = b;
+      // A retry that fails another way while down is not logged again: b's own count of ROLE says it was asked.
+      assert.ok(await until(async () => /cmdstat_role:calls=[1-9]/.test(String(await command(b.port, ['INFO', 'commandstats']))), 3_000), 'b asked for its role');
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(throttle.sharing, 'down', 'a replica is not used');
+      assert.deepEqual(states, ['down']);
+
+      fake.named = a;
+      assert.ok(await until(() => Promise.resolve(throttle.sharing === 'up'), 3_000), 'up on the primary');
+      await throttle.recordFailure(from, 'Wrong-1');
+      assert.equal(await command(a.port, ['HGET', 'fake:u:kit', 'n']), '1');
+      assert.equal(await command(a.port, ['WAIT', '1', '5000']), 1, 'b has it too');
+
+      // A failover the throttle hears nothing of: b the primary, a its replica; connections to a stay open.
+      await command(b.port, ['REPLICAOF', 'NO', 'ONE']);
+      await command(a.port, ['REPLICAOF', '127.0.0.1', String(b.port)]);
+      assert.ok(await until(async () => /master_link_status:up/.test(String(await command(a.port, ['INFO', 'replication']))), 10_000), 'a in sync with b');
+      // The sentinel names a still (the instance asks it every retry interval without a listener): READONLY alone tells.
+      assert.equal(throttle.sharing, 'up', 'nothing said so yet');
+      await throttle.recordFailure(from, 'Wrong-2');
+      assert.notEqual(throttle.sharing, 'up', 'READONLY: the sentinels are asked again');
+      fake.named = b;
+      assert.ok(await until(() => Promise.resolve(throttle.sharing === 'up'), 3_000), 'up on the new primary');
+      // The failure a refused is written to b once it takes writes, with the one b has from a.
+      assert.ok(await until(async () => (await command(b.port, ['HGET', 'fake:u:kit', 'n'])) === '2', 3_000), 'both failures in the new primary');
+      await throttle.recordFailure(from, 'Wrong-3');
+      assert.equal((await throttle.check(from)).refused, true);
+      assert.equal(await command(b.port, ['HGET', 'fake:u:kit', 'n']), '3');
+      assert.deepEqual(
+        lines.filter((l) => l['event'] === 'throttle.redis_state').map((l) => [l['state'], l['primary']]),
+        [
+          ['down', undefined],
+          ['up', `127.0.0.1:${a.port}`],
+          ['down', `127.0.0.1:${a.port}`],
+        ],
+        'the state lines (the third change waits: three lines a minute while it changes)',
+      );
+      assert.deepEqual(states, ['down', 'up', 'down', 'up']);
+    });
   });
 
-  test('a sentinel user without +subscribe: one warning naming +subscribe &+switch-master; a failover is followed all the same within 5 s', async () => {
-    await command(s.port, ['ACL', 'SETUSER', 'nosub', 'on', '>No-sub-pw-1', '-@all', '+sentinel|get-master-addr-by-name']);
-    const { throttle, lines, upOn } = throttleOn('nosub:', {}, { username: 'nosub', password: 'No-sub-pw-1' });
-    await throttle.ready();
-    const { primary, replica } = await roles();
-    assert.ok(upOn(primary));
-    assert.ok(await until(() => Promise.resolve(lines.some((l) => l['event'] === 'throttle.redis_sentinel_listener')), 3_000), 'the listener refused is logged');
-    const warned = lines.filter((l) => l['event'] === 'throttle.redis_sentinel_listener');
-    assert.equal(warned.length, 1);
-    assert.equal(warned[0]?.['level'], 40);
-    assert.equal(warned[0]?.['state'], 'refused');
-    assert.equal(warned[0]?.['acl'], '+subscribe &+switch-master');
-    const started = await failover();
-    assert.ok(await until(() => Promise.resolve(upOn(replica)), 8_000), 'up on the new primary');
-    const followedMs = Date.now() - started;
-    // About 3 s here: the sentinel's own second, a retry interval of asking, then one of reconnecting (before: about 11 s).
-    assert.ok(followedMs < 5_000, `followed in ${followedMs} ms`);
-    assert.equal(lines.filter((l) => l['event'] === 'throttle.redis_sentinel_listener').length, 1, 'logged once');
-    await throttle.close();
+  describe('following a failover without the +switch-master listener, and the failures written around it', { concurrency: false }, () => {
+    const own = ownSentinel();
+
+    test('a primary user without ROLE: throttle.redis_command_refused names ROLE and the ACL with +role, not only "unreachable"', async () => {
+      for (const redis of [own.a, own.b]) await command(redis.port, ['ACL', 'SETUSER', 'norole', 'on', '>No-role-pw-1', '~*', '-@all', '+evalsha', '+eval', '+time', '+hmget', '+hset', '+pexpire', '+del', '+hlen', '+hgetall', '+hdel', '+hget', '+ping']);
+      const { throttle, lines } = own.throttleOn('norole:', { username: 'norole', password: 'No-role-pw-1' });
+      await throttle.ready();
+      assert.equal(throttle.sharing, 'down', 'a primary not proven one is not used');
+      const refused = lines.filter((l) => l['event'] === 'throttle.redis_command_refused');
+      assert.equal(refused.length, 1, JSON.stringify(lines));
+      assert.equal(refused[0]?.['command'], 'ROLE');
+      assert.match(String(refused[0]?.['acl']), / \+role$/);
+      assert.match(String(refused[0]?.['reason']), /NOPERM/);
+      await throttle.close();
+    });
+
+    test('the sentinel restarted (the listener lost), then SENTINEL FAILOVER: followed within 4 s', async () => {
+      const { throttle, upOn } = own.throttleOn('restart:');
+      await throttle.ready();
+      const { primary, replica } = await own.roles();
+      assert.ok(upOn(primary));
+      await own.s.stopOnly();
+      await own.s.startAgain();
+      await replicaReady(replica, own.s);
+      const started = await own.failover();
+      // Before, nothing listened any more: followed only when the sentinel closed the old primary's connections, about 11 s.
+      assert.ok(await until(() => Promise.resolve(upOn(replica)), 8_000), 'up on the new primary');
+      const followedMs = Date.now() - started;
+      assert.ok(followedMs < 4_000, `followed in ${followedMs} ms`);
+      await throttle.close();
+    });
+  });
+
+  describe('following a failover when the sentinel user may not subscribe', { concurrency: false }, () => {
+    const own = ownSentinel();
+
+    test('a sentinel user without +subscribe: one warning naming +subscribe &+switch-master; a failover is followed all the same within 5 s', async () => {
+      await command(own.s.port, ['ACL', 'SETUSER', 'nosub', 'on', '>No-sub-pw-1', '-@all', '+sentinel|get-master-addr-by-name']);
+      const { throttle, lines, upOn } = own.throttleOn('nosub:', {}, { username: 'nosub', password: 'No-sub-pw-1' });
+      await throttle.ready();
+      const { primary, replica } = await own.roles();
+      assert.ok(upOn(primary));
+      assert.ok(await until(() => Promise.resolve(lines.some((l) => l['event'] === 'throttle.redis_sentinel_listener')), 3_000), 'the listener refused is logged');
+      const warned = lines.filter((l) => l['event'] === 'throttle.redis_sentinel_listener');
+      assert.equal(warned.length, 1);
+      assert.equal(warned[0]?.['level'], 40);
+      assert.equal(warned[0]?.['state'], 'refused');
+      assert.equal(warned[0]?.['acl'], '+subscribe &+switch-master');
+      const started = await own.failover();
+      assert.ok(await until(() => Promise.resolve(upOn(replica)), 8_000), 'up on the new primary');
+      const followedMs = Date.now() - started;
+      // About 3 s here: the sentinel's own second, a retry interval of asking, then one of reconnecting (before: about 11 s).
+      assert.ok(followedMs < 5_000, `followed in ${followedMs} ms`);
+      assert.equal(lines.filter((l) => l['event'] === 'throttle.redis_sentinel_listener').length, 1, 'logged once');
+      await throttle.close();
+    });
   });
 });
