@@ -42,8 +42,14 @@ done
 # every test process's stdout blocking (test/blocking-stdout.ts).
 force_exit=()
 if node --test-force-exit -e '' 2>/dev/null; then force_exit=(--test-force-exit --import ./dist/test/blocking-stdout.js); fi
+# Two test files at a time (node's default is one fewer than the CPUs: one on a 2-core machine):
+# most files spend their time waiting on servers starting, timers and sockets. Files share
+# nothing: each starts its servers on fresh ports in temp dirs of its own, and a port that must
+# refuse connections is held so that the other file cannot draw it (test/integration/servers/
+# ports.ts: refusingPort(), and restartable()'s stopped daemons). `npm test -- --test-concurrency=1`
+# runs them one at a time (the later option wins). The secret scan runs after them, on its own.
 set +e
-node --enable-source-maps --test --test-reporter=tap --test-timeout=300000 "${force_exit[@]}" "$@" "${main[@]}" 2>&1 | tee "$main_log"
+node --enable-source-maps --test --test-concurrency=2 --test-reporter=tap --test-timeout=300000 "${force_exit[@]}" "$@" "${main[@]}" 2>&1 | tee "$main_log"
 status=${PIPESTATUS[0]}
 if [ "${#scan[@]}" -gt 0 ]; then
   node --enable-source-maps --test --test-reporter=tap --test-timeout=300000 "${force_exit[@]}" "$@" "${scan[@]}" 2>&1 | tee "$scan_log"
