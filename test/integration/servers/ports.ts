@@ -25,24 +25,11 @@ function probe(): Promise<number> {
   });
 }
 
-/** A TCP port on 127.0.0.1 that was free a moment ago (listen on port 0, read it, close). */
-export async function freePort(): Promise<number> {
-  const next = handOutFirst.shift();
-  if (next !== undefined) {
-    handedOut.add(next);
-    return next;
-  }
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const port = await probe();
-    if (port > 0 && !handedOut.has(port)) {
-      handedOut.add(port);
-      return port;
-    }
-  }
-  throw new Error('freePort: could not find a fresh free port on 127.0.0.1');
-}
-
-/** The listener that the connections holding ports go to (one per process, never closed: unref'd). */
+/**
+ * The listener that the connections holding ports go to (holdPort()); one per process, never
+ * closed (unref'd). Opened by the first freePort(), before any port is handed out: opened later,
+ * it could draw a port handed out and let go of meanwhile (a daemon stopped), and then hold it.
+ */
 let holdingListener: Promise<number> | undefined;
 
 function holdingListenerPort(): Promise<number> {
@@ -56,6 +43,24 @@ function holdingListenerPort(): Promise<number> {
     server.listen({ host: '127.0.0.1', port: 0 }, () => resolve((server.address() as { port: number }).port));
   });
   return holdingListener;
+}
+
+/** A TCP port on 127.0.0.1 that was free a moment ago (listen on port 0, read it, close). */
+export async function freePort(): Promise<number> {
+  await holdingListenerPort();
+  const next = handOutFirst.shift();
+  if (next !== undefined) {
+    handedOut.add(next);
+    return next;
+  }
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = await probe();
+    if (port > 0 && !handedOut.has(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+  throw new Error('freePort: could not find a fresh free port on 127.0.0.1');
 }
 
 /**
