@@ -3,6 +3,7 @@
 import { connect } from 'node:net';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { freePort, onFreshPorts } from './ports.js';
 import { run, spawnDaemon, waitForPort, type Daemon } from './process.js';
 import { tmpDir, type TmpDir } from './tmp.js';
@@ -145,6 +146,9 @@ async function startHaproxyOnce(options: HaproxyOptions): Promise<Haproxy> {
     const d = spawnDaemon({ name: `haproxy ${options.name ?? 'lb'}`, command: '/usr/sbin/haproxy', args: ['-f', configFile, '-db'], logFile, cwd: tmp.path });
     daemon = d;
     for (const port of Object.values(ports)) await waitForPort(port, { daemon: d });
+    // A bound port accepts connections before HAProxy may have made its stats socket: on a busy
+    // machine the first runtime command found no admin.sock (ENOENT). Ready once it answers too.
+    await waitForRuntime(statsSocket, d);
     let stopping: Promise<void> | undefined;
     return {
       host: '127.0.0.1',
@@ -175,6 +179,23 @@ async function startHaproxyOnce(options: HaproxyOptions): Promise<Haproxy> {
     await daemon?.stop().catch(() => undefined);
     await tmp.remove().catch(() => undefined);
     throw error;
+  }
+}
+
+/** Waits until the stats socket answers `show info`, for at most 20 s (as waitForPort() waits for a port). */
+async function waitForRuntime(socketPath: string, daemon: Daemon): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    if (daemon.hasExited()) throw new Error(`${daemon.name}: exited before its stats socket answered; log ${daemon.logFile}:\n${daemon.logTail()}`);
+    try {
+      if (/^Pid: \d+$/m.test(await runtimeCommand(socketPath, 'show info'))) return;
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      // Not made yet, or made and not yet listened on.
+      if (code !== 'ENOENT' && code !== 'ECONNREFUSED') throw error;
+    }
+    if (Date.now() > deadline) throw new Error(`${daemon.name}: its stats socket ${socketPath} did not answer in time; log ${daemon.logFile}:\n${daemon.logTail()}`);
+    await sleep(50);
   }
 }
 
