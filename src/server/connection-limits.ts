@@ -5,7 +5,9 @@
  * ends along several paths at once can never leak or double-free a slot.
  * A full process makes room for a new connection by closing the oldest one not logged in
  * (evictOldest()), as Dovecot's login processes do: idle connections that never log in, renewed
- * within the pre-auth deadline, would otherwise hold every slot and refuse every user.
+ * within the pre-auth deadline, would otherwise hold every slot and refuse every user. A front
+ * mostly of sessions first closes one of the address that holds the most such connections
+ * (evictCrowded()): a flood comes from few addresses, a user's connection from its own.
  * Owns the counts, the order of the connections not logged in, and the `connection_limits` config
  * section. Must not: touch sockets, write wire text (the listener picks the answer from the name
  * of the limit admit() refused with, and the closer of an evicted connection what it is told; the
@@ -43,12 +45,13 @@ export const CONNECTION_LIMIT_DEFAULTS: ConnectionLimitsConfig = Object.freeze({
 
 /**
  * How long a connection not logged in is safe from eviction while such connections are fewer than
- * half of those held: long enough for a client on a slow mobile link to reach its login (TCP, a
- * TLS handshake, the greeting, a CAPABILITY: 3 to 4 round trips, 300 ms each at worst). A front
- * full of spliced sessions then admits no newcomer that would evict, before its login, the client
- * that came a moment earlier (each arrival evicting the last, none would ever log in); it refuses
- * the newcomer, as it did before evictions. With half the connections or more not logged in (a
- * flood of idle ones) the oldest goes whatever its age: a flood renewed faster than this could
+ * half of those held, unless its address key holds more of them than others (evictCrowded()):
+ * long enough for a client on a slow mobile link to reach its login (TCP, a TLS handshake, the
+ * greeting, a CAPABILITY: 3 to 4 round trips, 300 ms each at worst). A front full of spliced
+ * sessions then admits no newcomer that would evict, before its login, the client that came a
+ * moment earlier (each arrival evicting the last, none would ever log in); it refuses the
+ * newcomer, as it did before evictions. With half the connections or more not logged in (a flood
+ * of idle ones) the oldest goes whatever its age: a flood renewed faster than this could
  * otherwise keep every connection young and the front refusing.
  */
 export const EVICTION_MIN_AGE_MS = 3_000;
@@ -116,6 +119,15 @@ export class ConnectionLimiter {
   private evictableCount = 0;
   /** Connections admitted so far: each lease's place in the order of eviction. */
   private admissions = 0;
+  /** The address keys with leases that may be evicted now (a closer set), each with those leases oldest first. */
+  private readonly crowds = new Map<string, Crowd>();
+  /**
+   * The keys by how many such leases they hold: the first of a list linked through the Crowds, by
+   * count (1 and up), and the highest count. A count moves by one at a time, so the highest is
+   * found again in O(1) when its last key drops (as an LFU cache's frequency lists are kept).
+   */
+  private readonly crowdsOf = new Map<number, Crowd>();
+  private mostCrowded = 0;
 
   constructor(
     private limits: ConnectionLimitsConfig = CONNECTION_LIMIT_DEFAULTS,
@@ -177,7 +189,7 @@ export class ConnectionLimiter {
     const key = exempt ? undefined : addressKey(address);
     // A client over its own limit takes no one's place.
     if (key !== undefined && (this.byAddress.get(key) ?? 0) >= this.limits.maxConnectionsPerAddress) return { admitted: false, limit: 'address' };
-    const evicted = full && this.evictOldest();
+    const evicted = full && this.evictOldest(key);
     if (full && !evicted) return { admitted: false, limit: 'total' };
     this.total++;
     if (key !== undefined) this.byAddress.set(key, (this.byAddress.get(key) ?? 0) + 1);
@@ -186,23 +198,106 @@ export class ConnectionLimiter {
 
   /**
    * Closes the oldest connection that may be evicted, its lease released first: true if one was.
-   * Not one younger than EVICTION_MIN_AGE_MS while such connections are fewer than half of those
-   * held (a front full of sessions, the newcomer refused rather than evicting a login about to
-   * begin). Leases whose login began are unlinked on the way, once each.
+   * While such connections are fewer than half of those held (a front mostly of sessions), one of
+   * the most crowded address key first (evictCrowded()), then not one younger than
+   * EVICTION_MIN_AGE_MS (the newcomer refused rather than evicting a login about to begin).
+   * Leases whose login began are unlinked on the way, once each.
    */
-  private evictOldest(): boolean {
+  private evictOldest(newcomerKey: string | undefined): boolean {
+    const busy = this.evictableCount * 2 < this.total;
+    if (busy && this.evictCrowded(newcomerKey)) return true;
     for (let lease = this.oldest; lease !== undefined; lease = this.oldest) {
       const close = lease.closer;
       if (close === undefined) {
         this.unlink(lease);
         continue;
       }
-      if (this.evictableCount * 2 < this.total && this.now() - lease.admittedAt < EVICTION_MIN_AGE_MS) return false;
+      if (busy && this.now() - lease.admittedAt < EVICTION_MIN_AGE_MS) return false;
       lease.release();
       close();
       return true;
     }
     return false;
+  }
+
+  /**
+   * On a front mostly of sessions (fewer than half the connections not logged in), a newcomer first evicts the
+   * oldest connection not logged in of the address key that holds the most of them (ties: any of
+   * those keys), whatever its age, when that key holds more than one and more than the newcomer's
+   * key will once it is admitted (a trusted or exempt newcomer's: none). A flood from one address
+   * (or a few) is then what everyone else's newcomers evict (its own are refused: its key would
+   * hold more), and a client whose key holds one connection not logged in (a user) keeps its
+   * EVICTION_MIN_AGE_MS. O(1): the most crowded key is at hand (crowdsOf). The comparison, not a
+   * fixed threshold, is what ends a chain of evictions: each one takes a connection from a key
+   * holding m and gives one to a key left holding fewer than m, so the sum of the squares of the
+   * keys' counts falls at each, and newcomers of one key (an office behind one NAT address arriving
+   * faster than its logins end) are refused rather than evict each other for ever.
+   */
+  private evictCrowded(newcomerKey: string | undefined): boolean {
+    const newcomerWillHold = newcomerKey === undefined ? 0 : (this.crowds.get(newcomerKey)?.count ?? 0) + 1;
+    if (this.mostCrowded <= Math.max(1, newcomerWillHold)) return false;
+    const lease = this.crowdsOf.get(this.mostCrowded)?.oldest;
+    const close = lease?.closer;
+    if (lease === undefined || close === undefined) return false;
+    lease.release();
+    close();
+    return true;
+  }
+
+  /** Puts an evictable lease with an address key among its key's, in its place by admission (from the newest: a newcomer's is at once). */
+  private joinCrowd(lease: Lease): void {
+    const key = lease.addressKey;
+    if (key === undefined || lease.crowd !== undefined || lease.closer === undefined) return;
+    let crowd = this.crowds.get(key);
+    if (crowd === undefined) {
+      crowd = new Crowd(key);
+      this.crowds.set(key, crowd);
+    }
+    let before = crowd.newest;
+    while (before !== undefined && before.order > lease.order) before = before.crowdPrev;
+    lease.crowdPrev = before;
+    lease.crowdNext = before === undefined ? crowd.oldest : before.crowdNext;
+    if (before === undefined) crowd.oldest = lease;
+    else before.crowdNext = lease;
+    if (lease.crowdNext === undefined) crowd.newest = lease;
+    else lease.crowdNext.crowdPrev = lease;
+    lease.crowd = crowd;
+    this.recount(crowd, crowd.count + 1);
+  }
+
+  private leaveCrowd(lease: Lease): void {
+    const crowd = lease.crowd;
+    if (crowd === undefined) return;
+    if (lease.crowdPrev === undefined) crowd.oldest = lease.crowdNext;
+    else lease.crowdPrev.crowdNext = lease.crowdNext;
+    if (lease.crowdNext === undefined) crowd.newest = lease.crowdPrev;
+    else lease.crowdNext.crowdPrev = lease.crowdPrev;
+    lease.crowdPrev = lease.crowdNext = lease.crowd = undefined;
+    this.recount(crowd, crowd.count - 1);
+    if (crowd.count === 0) this.crowds.delete(crowd.key);
+  }
+
+  /** Moves `crowd` to the list of the keys holding `count` (none at 0), keeping mostCrowded. */
+  private recount(crowd: Crowd, count: number): void {
+    const was = crowd.count;
+    if (was > 0) {
+      if (crowd.prevOfCount === undefined) {
+        if (crowd.nextOfCount === undefined) this.crowdsOf.delete(was);
+        else this.crowdsOf.set(was, crowd.nextOfCount);
+      } else crowd.prevOfCount.nextOfCount = crowd.nextOfCount;
+      if (crowd.nextOfCount !== undefined) crowd.nextOfCount.prevOfCount = crowd.prevOfCount;
+      crowd.prevOfCount = crowd.nextOfCount = undefined;
+    }
+    crowd.count = count;
+    if (count > 0) {
+      const first = this.crowdsOf.get(count);
+      crowd.nextOfCount = first;
+      if (first !== undefined) first.prevOfCount = crowd;
+      this.crowdsOf.set(count, crowd);
+    }
+    if (count > this.mostCrowded) this.mostCrowded = count;
+    // Its last key dropped to count (one less): count is the highest now (0: none left).
+    else if (was === this.mostCrowded && !this.crowdsOf.has(was)) this.mostCrowded = count;
   }
 
   /**
@@ -259,19 +354,22 @@ export class ConnectionLimiter {
       if (key !== undefined) decrement(this.byAddress, key);
     },
     evictable: (lease, close) => {
-      if (lease.closer === undefined && lease.linked) this.evictableCount++;
-      else if (!lease.linked) {
-        this.link(lease);
-        this.evictableCount++;
-      }
+      const was = lease.closer;
       lease.closer = close;
+      if (was !== undefined) return;
+      if (!lease.linked) this.link(lease);
+      this.evictableCount++;
+      this.joinCrowd(lease);
     },
     notEvictable: (lease, forGood) => {
       if (lease.closer !== undefined) this.evictableCount--;
+      this.leaveCrowd(lease);
       lease.closer = undefined;
       // Logged in or gone: out of the list now. A login under way stays in its place (evictOldest()).
       if (forGood) this.unlink(lease);
     },
+    leaveCrowd: (lease) => this.leaveCrowd(lease),
+    joinCrowd: (lease) => this.joinCrowd(lease),
   };
 }
 
@@ -286,6 +384,19 @@ interface LeaseCounts {
   evictable(lease: Lease, close: () => void): void;
   /** Makes `lease` not evictable: for now (its login began) or `forGood` (logged in, released). */
   notEvictable(lease: Lease, forGood: boolean): void;
+  /** Around a change of the lease's address key: out of its key's crowd, then into the new key's (if evictable). */
+  leaveCrowd(lease: Lease): void;
+  joinCrowd(lease: Lease): void;
+}
+
+/** One address key's leases that may be evicted now, oldest first (linked through Lease.crowdPrev/crowdNext), and its place among the keys holding as many (ConnectionLimiter.crowdsOf). */
+class Crowd {
+  count = 0;
+  oldest: Lease | undefined;
+  newest: Lease | undefined;
+  prevOfCount: Crowd | undefined;
+  nextOfCount: Crowd | undefined;
+  constructor(readonly key: string) {}
 }
 
 /**
@@ -300,6 +411,10 @@ class Lease implements ConnectionLease {
   next: Lease | undefined;
   linked = false;
   linkedBefore = false;
+  /** Its address key's leases that may be evicted now (set while it is one of them). */
+  crowd: Crowd | undefined;
+  crowdPrev: Lease | undefined;
+  crowdNext: Lease | undefined;
   /** What closes the connection if it is evicted; undefined while it may not be (its login under way, or not evictable at all). */
   closer: (() => void) | undefined;
   /** The closer set last: loginFailed() makes the connection evictable by it again. */
@@ -330,6 +445,7 @@ class Lease implements ConnectionLease {
   uncountAddress(): void {
     if (this.isReleased || this.key === undefined) return;
     this.counts.releaseAddress(this.key);
+    this.counts.leaveCrowd(this);
     this.key = undefined;
   }
 
@@ -345,7 +461,9 @@ class Lease implements ConnectionLease {
     // The new key is counted first: at the limit, the key counted before stays counted.
     if (!this.counts.claimAddress(next)) return false;
     if (this.key !== undefined) this.counts.releaseAddress(this.key);
+    this.counts.leaveCrowd(this);
     this.key = next;
+    this.counts.joinCrowd(this);
     return true;
   }
 

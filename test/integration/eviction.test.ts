@@ -4,7 +4,9 @@
  * loopback addresses): the evicted client's last word in each protocol (IMAP BYE [UNAVAILABLE],
  * POP3 -ERR [SYS/TEMP], ManageSieve BYE (TRYLATER)); sessions and logins under way (a scripted
  * backend holding its answer) are never evicted, and only when nothing else is left is the new
- * connection refused; a front mostly of sessions waits EVICTION_MIN_AGE_MS before it evicts; TLS
+ * connection refused; a front mostly of sessions waits EVICTION_MIN_AGE_MS before it evicts,
+ * except the connections of an address holding more than the others (a flood from one address,
+ * 20 connections a second: every user gets in); TLS
  * handshakes in progress (implicit and STARTTLS) are closed; metric, session.finished and the
  * aggregated session.evicted line.
  */
@@ -182,7 +184,9 @@ describe('a full front evicts its oldest connection not logged in', { concurrenc
   test(`a front mostly of sessions refuses a newcomer while its connections not logged in are younger than ${EVICTION_MIN_AGE_MS} ms, then evicts the oldest`, async () => {
     for (const user of USERS.slice(0, 14)) await loggedIn(user, `127.0.0.${51 + (USERS.indexOf(user) % 3)}`);
     const started = Date.now();
-    const idle = await idleMany(6, 55);
+    // Six clients, each from its own address: none holds more than the others.
+    const idle: LineClient[] = [];
+    for (let i = 0; i < 6; i++) idle.push(await idleImap(`127.0.0.${130 + i}`));
     const early = await LineClient.connect(front.imapTrustedPort, { localAddress: '127.0.0.57' });
     opened.push(early);
     assert.equal(await early.readLine(), BYE_IMAP, 'refused: the oldest idle connection may be a client about to log in');
@@ -192,6 +196,59 @@ describe('a full front evicts its oldest connection not logged in', { concurrenc
     await evicted(idle[0]!, BYE_IMAP);
     await alive(late);
     await closeAll();
+  });
+
+  test('a front mostly of sessions flooded from one address (20 connections a second, each held until evicted): every user gets in, the flood\'s connections are evicted', async () => {
+    const limits = front.mailfront.limiter;
+    const was = { maxConnections: MAX, maxConnectionsPerAddress: 5, maxSessionsPerUser: 20 };
+    // The address may hold every connection of the front not logged in (as in the review's attack.mjs).
+    limits.setLimits({ ...was, maxConnectionsPerAddress: MAX });
+    const attacker: LineClient[] = [];
+    let stop = false;
+    let attackerGreeted = 0;
+    const attackOne = async (): Promise<void> => {
+      const client = await LineClient.connect(front.imapTrustedPort, { localAddress: '127.0.0.110' }).catch(() => undefined);
+      if (client === undefined) return;
+      opened.push(client);
+      attacker.push(client);
+      if ((await client.readLine(2_000).catch(() => '')).startsWith('* OK')) attackerGreeted++;
+    };
+    try {
+      for (const [i, user] of USERS.slice(0, 12).entries()) await loggedIn(user, `127.0.0.${101 + (i % 3)}`);
+      for (let i = 12; i < MAX; i++) await attackOne();
+      assert.equal(limits.connections, MAX);
+      const flood = (async () => {
+        const t0 = performance.now();
+        for (let n = 1; !stop && n < 400; n++) {
+          void attackOne();
+          await new Promise((r) => setTimeout(r, Math.max(0, t0 + n * 50 - performance.now())));
+        }
+      })();
+      // A user logs in every 250 ms for 4 s: past the minimum age too, when the flood's newcomers evict its own oldest.
+      let ok = 0;
+      const tries = 16;
+      for (let i = 0; i < tries; i++) {
+        const client = await LineClient.connect(front.imapTrustedPort, { localAddress: '127.0.0.120' });
+        opened.push(client);
+        const greeting = await client.readLine(2_000).catch(() => 'closed');
+        if (greeting.startsWith('* OK') && (await client.imap(`LOGIN ${USERS[12 + (i % 8)]!} ${PASSWORD}`).catch(() => undefined))?.status === 'OK') {
+          ok++;
+          await client.imap('LOGOUT').catch(() => undefined);
+        }
+        client.close();
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      stop = true;
+      await flood;
+      assert.equal(ok, tries, `user logins: ${ok} of ${tries}`);
+      assert.ok(attackerGreeted > 8, 'the flood was admitted, and evicted');
+      const closed = await Promise.all(attacker.slice(0, 8).map((client) => client.waitClosed(3_000)));
+      assert.ok(closed.every(Boolean), 'the flood\'s first connections were closed');
+    } finally {
+      stop = true;
+      limits.setLimits(was);
+      await closeAll();
+    }
   });
 
   test('a login under way (its backend holding the answer) is not evicted, however old', async () => {

@@ -1,7 +1,8 @@
 /**
  * A full ConnectionLimiter makes room by closing its oldest connection not logged in: the order,
  * what is never evicted (trusted connections, logins under way, sessions), the per-address limit
- * before any eviction, the young connections of a front full of sessions, and the counts after
+ * before any eviction, the young connections of a front full of sessions, the address holding the
+ * most connections not logged in evicted first on such a front, and the counts after
  * thousands of admissions and logins in any order (fast-check) against a plain model.
  */
 import assert from 'node:assert/strict';
@@ -109,7 +110,8 @@ test(`a front mostly of sessions evicts no connection younger than ${EVICTION_MI
     session.loginStarted();
     session.loggedIn();
   }
-  for (const name of ['p', 'q', 'r', 's']) connect(limiter, name, closed);
+  // Four clients, each from its own address (no address stands out).
+  for (const [i, name] of ['p', 'q', 'r', 's'].entries()) connect(limiter, name, closed, `192.0.2.${10 + i}`);
   // 4 of 10 not logged in, all admitted just now: the newcomer is refused, as before evictions.
   clock.now += EVICTION_MIN_AGE_MS - 1;
   assert.deepEqual(limiter.admit('198.51.100.1', false), { admitted: false, limit: 'total' });
@@ -122,6 +124,71 @@ test(`a front mostly of sessions evicts no connection younger than ${EVICTION_MI
   for (let i = 0; i < 10; i++) connect(flood.limiter, `f${i}`, floodClosed);
   assert.ok(flood.limiter.admit('198.51.100.1', false).admitted, 'no wait: half or more are not logged in');
   assert.deepEqual(floodClosed, ['f0']);
+});
+
+test('a front mostly of sessions evicts, whatever their age, the connections of the address holding the most not logged in; a user keeps its minimum age', () => {
+  const { limiter, clock } = limiterOf(20);
+  const closed: string[] = [];
+  for (let i = 0; i < 12; i++) {
+    const session = connect(limiter, `s${i}`, closed, `198.51.100.${i}`);
+    session.loginStarted();
+    session.loggedIn();
+  }
+  // One user about to log in, then an attacker's seven from one address, all young.
+  clock.now += 10_000;
+  connect(limiter, 'user', closed, '192.0.2.200');
+  for (let i = 0; i < 7; i++) connect(limiter, `x${i}`, closed, '203.0.113.66');
+  // The attacker's own newcomer would leave its address holding more: refused, no one closed.
+  assert.deepEqual(limiter.admit('203.0.113.66', false), { admitted: false, limit: 'total' });
+  // A user from another address takes the attacker's oldest place at once; the user there is kept.
+  connect(limiter, 'u1', closed, '192.0.2.201');
+  assert.deepEqual(closed, ['x0']);
+  // Another address of two holds fewer than the attacker's six: still the attacker's.
+  connect(limiter, 'n1', closed, '192.0.2.202');
+  connect(limiter, 'n2', closed, '192.0.2.202');
+  assert.deepEqual(closed, ['x0', 'x1', 'x2']);
+  // A trusted newcomer (a webmail) too; it takes no one's place from a key of one.
+  assert.ok(limiter.admit('192.0.2.80', true).admitted);
+  assert.deepEqual(closed, ['x0', 'x1', 'x2', 'x3']);
+  // Attacker 3, 192.0.2.202 two: a newcomer of that key would hold three, as many: no one stands
+  // out for it; the oldest is under its minimum age: refused.
+  assert.deepEqual(limiter.admit('192.0.2.202', false), { admitted: false, limit: 'total' });
+  // A fresh address: the attacker's (3, the most) first, down to two, then 192.0.2.202's or the
+  // attacker's (two each), then none stands out (every key one or the newcomer's as many).
+  connect(limiter, 'f1', closed, '192.0.2.203');
+  assert.deepEqual(closed.slice(4), ['x4']);
+  connect(limiter, 'f2', closed, '192.0.2.204');
+  connect(limiter, 'f3', closed, '192.0.2.205');
+  assert.deepEqual(new Set(closed.slice(5)), new Set(['x5', 'n1']));
+  assert.deepEqual(limiter.admit('192.0.2.206', false), { admitted: false, limit: 'total' });
+  assert.ok(!closed.includes('user'), 'the user with one connection kept its minimum age');
+  // Past it, the oldest goes again, whoever it is (the user, here).
+  clock.now += EVICTION_MIN_AGE_MS;
+  connect(limiter, 'late', closed, '192.0.2.207');
+  assert.equal(closed.at(-1), 'user');
+});
+
+test('a lease whose address changes (a forwarded address) is counted with its new key\'s crowd', () => {
+  const { limiter, clock } = limiterOf(10);
+  const closed: string[] = [];
+  for (let i = 0; i < 6; i++) {
+    const session = connect(limiter, `s${i}`, closed, `198.51.100.${i}`);
+    session.loginStarted();
+    session.loggedIn();
+  }
+  clock.now += 10_000;
+  const a = connect(limiter, 'a', closed, '192.0.2.1');
+  connect(limiter, 'b', closed, '192.0.2.2');
+  connect(limiter, 'c', closed, '192.0.2.3');
+  const d = connect(limiter, 'd', closed, '192.0.2.4');
+  assert.ok(d.countAddress('192.0.2.1'));
+  // 192.0.2.1 holds a and d: two, the most.
+  connect(limiter, 'e', closed, '192.0.2.9');
+  assert.deepEqual(closed, ['a']);
+  d.uncountAddress();
+  // Every key one: none stands out, all young: refused.
+  assert.deepEqual(limiter.admit('192.0.2.10', false), { admitted: false, limit: 'total' });
+  assert.equal(a.released, true);
 });
 
 test('released leases leave the list; the closer set last is the one called', () => {
@@ -139,16 +206,17 @@ test('released leases leave the list; the closer set last is the one called', ()
 });
 
 test('any sequence of admissions, logins, failures and closes: counts and eviction order match a plain model', () => {
-  type Op = { kind: 'admit'; trusted: boolean } | { kind: 'start' | 'fail' | 'in' | 'close'; pick: number } | { kind: 'tick' };
+  type Op = { kind: 'admit'; trusted: boolean; address: number } | { kind: 'start' | 'fail' | 'in' | 'close'; pick: number } | { kind: 'tick' };
   const op = fc.oneof(
-    fc.record({ kind: fc.constant('admit' as const), trusted: fc.boolean() }),
+    // Five addresses: some hold several connections, and three is the limit of one.
+    fc.record({ kind: fc.constant('admit' as const), trusted: fc.boolean(), address: fc.nat(4) }),
     fc.record({ kind: fc.constantFrom('start' as const, 'fail' as const, 'in' as const, 'close' as const), pick: fc.nat() }),
     fc.record({ kind: fc.constant('tick' as const) }),
   );
   fc.assert(
-    fc.property(fc.array(op, { maxLength: 300 }), (ops: Op[]) => {
-      const { limiter, clock } = limiterOf(8);
-      interface Held { readonly id: number; readonly lease: ConnectionLease; readonly at: number; trusted: boolean; state: 'pre' | 'login' | 'in' }
+    fc.property(fc.array(op, { maxLength: 300, size: 'max' }), (ops: Op[]) => {
+      const { limiter, clock } = limiterOf(8, 3);
+      interface Held { readonly id: number; readonly lease: ConnectionLease; readonly at: number; trusted: boolean; state: 'pre' | 'login' | 'in'; readonly address: string }
       const held: Held[] = [];
       let next = 0;
       const evictedIds: number[] = [];
@@ -156,22 +224,39 @@ test('any sequence of admissions, logins, failures and closes: counts and evicti
         if (o.kind === 'tick') clock.now += 1_000;
         else if (o.kind === 'admit') {
           const id = next++;
+          const address = `10.0.0.${o.address}`;
           const candidates = held.filter((h) => !h.trusted && h.state === 'pre').sort((x, y) => x.at - y.at || x.id - y.id);
           const full = held.length >= 8;
+          const busy = candidates.length * 2 < held.length;
+          // Per address: how many may be evicted, and the oldest of each.
+          const crowds = new Map<string, Held[]>();
+          for (const h of candidates) crowds.set(h.address, [...(crowds.get(h.address) ?? []), h]);
+          const most = Math.max(0, ...[...crowds.values()].map((c) => c.length));
+          const newcomerWillHold = o.trusted ? 0 : (crowds.get(address)?.length ?? 0) + 1;
+          const crowded = busy && most > Math.max(1, newcomerWillHold);
           const oldest = candidates[0];
-          const allowed = oldest !== undefined && (candidates.length * 2 >= held.length || clock.now - oldest.at >= EVICTION_MIN_AGE_MS);
-          const admission = limiter.admit(`10.0.${id >> 8}.${id & 255}`, o.trusted);
-          if (full && !allowed) {
-            assert.deepEqual(admission, { admitted: false, limit: 'total' });
+          const allowed = crowded || (oldest !== undefined && (!busy || clock.now - oldest.at >= EVICTION_MIN_AGE_MS));
+          const overAddress = !o.trusted && held.filter((h) => !h.trusted && h.address === address).length >= 3;
+          const admission = limiter.admit(address, o.trusted);
+          // As admit() decides: nothing evictable, then the address limit, then whether one may go.
+          const refused = full && candidates.length === 0 ? 'total' : overAddress ? 'address' : full && !allowed ? 'total' : undefined;
+          if (refused !== undefined) {
+            assert.deepEqual(admission, { admitted: false, limit: refused });
             continue;
           }
           assert.ok(admission.admitted);
           if (full) {
-            assert.equal(evictedIds.at(-1), oldest?.id, 'the oldest evictable was closed');
-            held.splice(held.indexOf(oldest!), 1);
+            const gone = held.find((h) => h.id === evictedIds.at(-1));
+            assert.ok(gone !== undefined && candidates.includes(gone), 'an evictable connection was closed');
+            if (crowded) {
+              const crowd = crowds.get(gone.address)!;
+              assert.equal(crowd.length, most, 'of an address holding the most');
+              assert.equal(crowd[0], gone, 'its oldest');
+            } else assert.equal(gone, oldest, 'the oldest evictable was closed');
+            held.splice(held.indexOf(gone), 1);
           }
           admission.lease.evictableBy(() => evictedIds.push(id));
-          held.push({ id, lease: admission.lease, at: clock.now, trusted: o.trusted, state: 'pre' });
+          held.push({ id, lease: admission.lease, at: clock.now, trusted: o.trusted, state: 'pre', address });
         } else {
           const h = held[o.pick % Math.max(1, held.length)];
           if (h === undefined) continue;
