@@ -221,17 +221,18 @@ export class ConnectionLimiter {
   }
 
   /**
-   * On a front mostly of sessions (fewer than half the connections not logged in), a newcomer first evicts the
-   * oldest connection not logged in of the address key that holds the most of them (ties: any of
-   * those keys), whatever its age, when that key holds more than one and more than the newcomer's
-   * key will once it is admitted (a trusted or exempt newcomer's: none). A flood from one address
-   * (or a few) is then what everyone else's newcomers evict (its own are refused: its key would
-   * hold more), and a client whose key holds one connection not logged in (a user) keeps its
-   * EVICTION_MIN_AGE_MS. O(1): the most crowded key is at hand (crowdsOf). The comparison, not a
-   * fixed threshold, is what ends a chain of evictions: each one takes a connection from a key
-   * holding m and gives one to a key left holding fewer than m, so the sum of the squares of the
-   * keys' counts falls at each, and newcomers of one key (an office behind one NAT address arriving
-   * faster than its logins end) are refused rather than evict each other for ever.
+   * On a front mostly of sessions (fewer than half the connections not logged in), a newcomer first
+   * evicts the oldest connection not logged in of the address key that holds the most of them (ties:
+   * any of those keys), whatever its age, when that key holds more than one and more than the
+   * newcomer's key will once it is admitted (a trusted or exempt newcomer's: none; an exempt
+   * network's connections are in no key's count, its NAT's clients being many). A flood from one
+   * address (or a few) is then what everyone else's newcomers evict, its own evicting by this rule
+   * no one (its key would hold more), and a client whose key holds one connection not logged in (a
+   * user) keeps its EVICTION_MIN_AGE_MS. O(1): the most crowded key is at hand (crowdsOf). The
+   * comparison, not a fixed threshold, is what ends a chain of evictions: each takes a connection
+   * from a key holding m and gives one to a key left holding fewer than m, so the sum of the squares
+   * of the keys' counts falls at each, and newcomers of one key (an office behind one NAT address
+   * arriving faster than its logins end) are refused rather than evict each other for ever.
    */
   private evictCrowded(newcomerKey: string | undefined): boolean {
     const newcomerWillHold = newcomerKey === undefined ? 0 : (this.crowds.get(newcomerKey)?.count ?? 0) + 1;
@@ -244,7 +245,11 @@ export class ConnectionLimiter {
     return true;
   }
 
-  /** Puts an evictable lease with an address key among its key's, in its place by admission (from the newest: a newcomer's is at once). */
+  /**
+   * Puts an evictable lease with an address key among its key's, in its place by admission, found
+   * from the newest: a newcomer's at once, one whose login failed past its key's newer ones (at
+   * most max_connections_per_address).
+   */
   private joinCrowd(lease: Lease): void {
     const key = lease.addressKey;
     if (key === undefined || lease.crowd !== undefined || lease.closer === undefined) return;

@@ -191,6 +191,21 @@ test('a lease whose address changes (a forwarded address) is counted with its ne
   assert.equal(a.released, true);
 });
 
+test('connection_limits.exempt_networks (a NAT) holds no address\'s crowd: its young connections keep their minimum age', () => {
+  const clock = { now: 0 };
+  const limiter = new ConnectionLimiter({ maxConnections: 10, maxConnectionsPerAddress: 100, maxSessionsPerUser: 10, exemptNetworks: ['100.64.0.0/10'] }, () => clock.now);
+  const closed: string[] = [];
+  for (let i = 0; i < 6; i++) {
+    const session = connect(limiter, `s${i}`, closed, `198.51.100.${i}`);
+    session.loginStarted();
+    session.loggedIn();
+  }
+  clock.now += 10_000;
+  for (const name of ['n1', 'n2', 'n3', 'n4']) connect(limiter, name, closed, '100.64.0.1');
+  assert.deepEqual(limiter.admit('192.0.2.1', false), { admitted: false, limit: 'total' });
+  assert.deepEqual(closed, []);
+});
+
 test('released leases leave the list; the closer set last is the one called', () => {
   const { limiter } = limiterOf(2);
   const closed: string[] = [];
