@@ -350,9 +350,10 @@ export class MemoryThrottleStore implements ThrottleStore {
 
   forgetSource(key: string, source: string, limit: number): Promise<void> {
     const entry = this.cache.peek(key);
-    const tag = sourceNumber(source);
     const sources = entry?.sources;
-    if (entry === undefined || sources === undefined || tag < 0) return Promise.resolve();
+    if (entry === undefined || sources === undefined) return Promise.resolve();
+    const tag = sourceNumber(source);
+    if (tag < 0) return Promise.resolve();
     let forgotten = 0;
     for (let i = sources.length - 1; i >= 0; i--) {
       if (sources[i] !== tag) continue;
@@ -2189,14 +2190,15 @@ export class Throttle {
   async recordSuccess(attempt: LoginAttempt): Promise<void> {
     const store = this.store;
     if (!this.config.enabled || store === null || attempt.user === null) return;
-    const forget = { source: sourceTag(this.addressKey(attempt.address)), limit: this.config.failuresPerUser };
+    const address = this.addressKey(attempt.address);
+    const forget = { source: sourceTag(address), limit: this.config.failuresPerUser };
     const ms = knownAddressMsOf(this.config);
     try {
       if (ms === 0 || !this.countsAddress(attempt)) {
         await store.forgetSource(userKey(attempt.user), forget.source, forget.limit);
         return;
       }
-      const known: KnownAddress = { user: knownKey(attempt.user), address: this.addressKey(attempt.address), ms };
+      const known: KnownAddress = { user: knownKey(attempt.user), address, ms };
       this.known ??= knownCache(this.config.maxTrackedSubjects, ms);
       this.known.set(known.user, withKnown(this.known.get(known.user), known.address, monotonic() + ms));
       if (store instanceof RedisThrottleStore) await store.succeeded(userKey(attempt.user), forget, known);
