@@ -104,16 +104,20 @@ export function decodePasswordPolicy(value: Uint8Array): PasswordPolicyAnswer | 
 }
 
 /** What the user is told of a password about to expire, unless directory.password_policy.expiring_alert says otherwise. */
-export const DEFAULT_EXPIRING_ALERT = 'Your password expires in {days} day(s), please change it soon.';
+export const DEFAULT_EXPIRING_ALERT = 'Your password expires in {left}, please change it soon.';
 
 /** What the user is told at a grace login, unless directory.password_policy.grace_alert says otherwise. */
-export const DEFAULT_GRACE_ALERT = 'Your password has expired, please change it now: {grace} more login(s) with it are allowed.';
+export const DEFAULT_GRACE_ALERT = 'Your password has expired, please change it now. Logins left with it: {grace}.';
 
 /** How often a user is told that the password expires, unless directory.password_policy.alert_interval_ms says otherwise: once a day. */
 export const DEFAULT_ALERT_INTERVAL_MS = 86_400_000;
 
-/** The placeholders of each alert: whole days and whole hours left (rounded down), grace logins left. */
-export const EXPIRING_ALERT_PLACEHOLDERS = ['{days}', '{hours}'] as const;
+/**
+ * The placeholders of each alert: the time left in words (`{left}`: "9 days", "1 day", "5 hours",
+ * "less than an hour"), whole days and whole hours left (rounded down: 0 on the last day), grace
+ * logins left.
+ */
+export const EXPIRING_ALERT_PLACEHOLDERS = ['{left}', '{days}', '{hours}'] as const;
 export const GRACE_ALERT_PLACEHOLDERS = ['{grace}'] as const;
 
 /** The longest alert text configured (its placeholders written out may add a few characters; the IMAP line is bounded again). */
@@ -131,7 +135,7 @@ export function alertTextProblem(text: string): string | undefined {
 
 /** What directory.password_policy says the user is told (the reader always sets it when the policy is on). */
 export interface PasswordAlertsConfig {
-  /** The text of an expiring password's alert (`{days}`, `{hours}`); '' tells nothing. */
+  /** The text of an expiring password's alert (`{left}`, `{days}`, `{hours}`); '' tells nothing. */
   readonly expiringAlert: string;
   /** The text of a grace login's alert (`{grace}`); '' tells nothing. */
   readonly graceAlert: string;
@@ -182,7 +186,19 @@ export class PasswordAlerts {
     // Rounded down, as the log's expiresInDays: 0 on the last day. A password a cached login's
     // warning said would expire by now has none left.
     const leftMs = Math.max(0, warning.expiresAt - now);
-    const text = config.expiringAlert.replaceAll('{days}', String(Math.floor(leftMs / 86_400_000))).replaceAll('{hours}', String(Math.floor(leftMs / 3_600_000)));
+    const days = Math.floor(leftMs / 86_400_000);
+    const hours = Math.floor(leftMs / 3_600_000);
+    const text = config.expiringAlert.replaceAll('{left}', timeLeftInWords(days, hours)).replaceAll('{days}', String(days)).replaceAll('{hours}', String(hours));
     return { state: 'told', text };
   }
+}
+
+/**
+ * `{left}`: whole days while a day or more is left, then whole hours, then "less than an hour";
+ * so that the last day does not read "0 days".
+ */
+export function timeLeftInWords(days: number, hours: number): string {
+  if (days >= 1) return days === 1 ? '1 day' : `${days} days`;
+  if (hours >= 1) return hours === 1 ? '1 hour' : `${hours} hours`;
+  return 'less than an hour';
 }

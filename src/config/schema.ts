@@ -672,7 +672,7 @@ function readPasswordPolicy(o: Record<string, unknown>, directoryPath: string, i
 function alertText(o: Record<string, unknown>, key: string, path: string, issues: IssueList, placeholders: readonly string[], fallback: string): string {
   const value = o[key];
   if (value === undefined) return fallback;
-  const expected = `a text of printable ASCII (IMAP's response text is 7-bit: no CR, LF, NUL or other control character) of at most ${MAX_ALERT_TEXT_CHARS} characters, whose only placeholders are ${placeholders.join(' and ')}, or "" to tell nothing`;
+  const expected = `a text of printable ASCII (IMAP's response text is 7-bit: no CR, LF, NUL or other control character) of at most ${MAX_ALERT_TEXT_CHARS} characters, whose only ${placeholders.length > 1 ? `placeholders are ${placeholders.slice(0, -1).join(', ')} and ${placeholders.at(-1)}` : `placeholder is ${placeholders.join('')}`}, or "" to tell nothing`;
   if (typeof value !== 'string') {
     issues.add(at(path, key), expected, value);
     return fallback;

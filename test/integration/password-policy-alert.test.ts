@@ -286,7 +286,7 @@ describe('against Cyrus, which has an alert of its own', () => {
     const { lines, client } = await imapLogin(front, 'gus');
     try {
       assert.equal(lines.length, 2, lines.join(' | '));
-      assert.equal(lines[0], '* OK [ALERT] Your password expires in 9 day(s), please change it soon.');
+      assert.equal(lines[0], '* OK [ALERT] Your password expires in 9 days, please change it soon.');
       assert.match(lines[1]!, /^t1 OK /);
       const noop = await client.imap('NOOP');
       assert.equal(noop.status, 'OK');

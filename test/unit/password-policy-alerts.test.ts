@@ -25,8 +25,8 @@ function read(policy?: unknown): { readonly config: Config; readonly issues: str
   return { config, issues: issues.issues.map((i) => `${i.path}: expected ${i.expected}, found ${i.found}`) };
 }
 
-const EXPECTED_EXPIRING = 'a text of printable ASCII (IMAP\'s response text is 7-bit: no CR, LF, NUL or other control character) of at most 300 characters, whose only placeholders are {days} and {hours}, or "" to tell nothing';
-const EXPECTED_GRACE = 'a text of printable ASCII (IMAP\'s response text is 7-bit: no CR, LF, NUL or other control character) of at most 300 characters, whose only placeholders are {grace}, or "" to tell nothing';
+const EXPECTED_EXPIRING = 'a text of printable ASCII (IMAP\'s response text is 7-bit: no CR, LF, NUL or other control character) of at most 300 characters, whose only placeholders are {left}, {days} and {hours}, or "" to tell nothing';
+const EXPECTED_GRACE = 'a text of printable ASCII (IMAP\'s response text is 7-bit: no CR, LF, NUL or other control character) of at most 300 characters, whose only placeholder is {grace}, or "" to tell nothing';
 
 test('directory.password_policy: true (the default) and a mapping are on with alerts; false is off', () => {
   for (const policy of [undefined, true]) {
@@ -101,8 +101,31 @@ test('PasswordAlerts: told again once the interval has passed; the defaults read
   assert.equal(alerts.take(expiring, 'uid=a', config, 100).state, 'interval');
   await new Promise((resolve) => setTimeout(resolve, 80));
   assert.deepEqual(alerts.take(expiring, 'uid=a', config, 100), { state: 'told', text: 'Expires in 9 days (239 hours): 9.' });
-  assert.deepEqual(alerts.take(expiring, 'uid=b', DEFAULT_PASSWORD_ALERTS, 100), { state: 'told', text: DEFAULT_EXPIRING_ALERT.replace('{days}', '9') });
-  assert.deepEqual(alerts.take({ kind: 'grace', graceLeft: 2 }, 'uid=b', DEFAULT_PASSWORD_ALERTS, 100), { state: 'told', text: DEFAULT_GRACE_ALERT.replace('{grace}', '2') });
+  assert.deepEqual(alerts.take(expiring, 'uid=b', DEFAULT_PASSWORD_ALERTS, 100), { state: 'told', text: 'Your password expires in 9 days, please change it soon.' });
+  assert.equal(DEFAULT_EXPIRING_ALERT, 'Your password expires in {left}, please change it soon.');
+  assert.deepEqual(alerts.take({ kind: 'grace', graceLeft: 2 }, 'uid=b', DEFAULT_PASSWORD_ALERTS, 100), { state: 'told', text: 'Your password has expired, please change it now. Logins left with it: 2.' });
+  assert.equal(DEFAULT_GRACE_ALERT, 'Your password has expired, please change it now. Logins left with it: {grace}.');
+});
+
+test('PasswordAlerts: {left} says the time left in words, and the last day does not read "0 days"', () => {
+  const alerts = new PasswordAlerts();
+  const config = { expiringAlert: '{left} ({days} d, {hours} h)', graceAlert: '', alertIntervalMs: 0 };
+  const HOUR_MS = 3_600_000;
+  const cases: [number, string][] = [
+    [10 * DAY_MS, '10 days (10 d, 240 h)'],
+    [2 * DAY_MS + 5, '2 days (2 d, 48 h)'],
+    [DAY_MS + 23 * HOUR_MS, '1 day (1 d, 47 h)'],
+    [DAY_MS, '1 day (1 d, 24 h)'],
+    [DAY_MS - 1, '23 hours (0 d, 23 h)'],
+    [2 * HOUR_MS, '2 hours (0 d, 2 h)'],
+    [HOUR_MS + 59 * 60_000, '1 hour (0 d, 1 h)'],
+    [HOUR_MS - 1, 'less than an hour (0 d, 0 h)'],
+    [0, 'less than an hour (0 d, 0 h)'],
+    [-5 * HOUR_MS, 'less than an hour (0 d, 0 h)'],
+  ];
+  for (const [leftMs, text] of cases) {
+    assert.deepEqual(alerts.take({ kind: 'expiring', expiresAt: 1_000_000_000 + leftMs }, 'uid=a', config, 100, 1_000_000_000), { state: 'told', text }, `${leftMs} ms left`);
+  }
 });
 
 test('PasswordAlerts: bounded by the caches\' size; a user it forgot is told again', () => {
@@ -114,7 +137,7 @@ test('PasswordAlerts: bounded by the caches\' size; a user it forgot is told aga
 });
 
 test('only IMAP has a line to tell it: an untagged OK [ALERT], safe and bounded as a backend\'s', () => {
-  assert.equal(imapAdapter.loginAlert?.('Your password expires in 3 day(s).'), '* OK [ALERT] Your password expires in 3 day(s).\r\n');
+  assert.equal(imapAdapter.loginAlert?.('Your password expires in 3 days.'), '* OK [ALERT] Your password expires in 3 days.\r\n');
   // A text the config could not hold (a control character, too long) still makes one line.
   assert.equal(imapAdapter.loginAlert?.(`a\r\nb${'c'.repeat(500)}`), `* OK [ALERT] a  b${'c'.repeat(396)}...\r\n`);
   assert.equal(pop3Adapter.loginAlert, undefined);
