@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, openSync, writeFileSync, writeSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
 import { stringify } from 'yaml';
 import { loadConfig } from '../../src/config/load.js';
 import { Mailfront } from '../../src/main.js';
@@ -147,9 +148,12 @@ export const ADMIN_TOKEN = 'test-admin-token-0123456789';
 /**
  * The suite-wide secret scan (test/integration/zz-secrets.test.ts): when MAILFRONT_TEST_LOG_DIR is
  * set (scripts/test.sh sets it), every mailfront log line goes to a file there as well, and every
- * secret a test file registers goes to `<pid>-secrets.json` next to it.
+ * secret a test file registers goes to `<process>-secrets.json` next to it. `<process>` is the pid
+ * and a random part: a pid the system reuses within a run must not overwrite another test
+ * process's secrets, nor append to its logs.
  */
 const suiteLogDir = process.env['MAILFRONT_TEST_LOG_DIR'];
+const suiteProcess = `${process.pid}.${randomBytes(6).toString('hex')}`;
 const registeredSecrets = new Set<string>();
 let suiteLogCount = 0;
 
@@ -165,7 +169,7 @@ export function registerSecrets(secrets: readonly string[]): void {
   for (const secret of secrets) registeredSecrets.add(secret);
   if (suiteLogDir === undefined || registeredSecrets.size === before) return;
   mkdirSync(suiteLogDir, { recursive: true });
-  writeFileSync(join(suiteLogDir, `${process.pid}-secrets.json`), `${JSON.stringify([...registeredSecrets].sort(), null, 1)}\n`);
+  writeFileSync(join(suiteLogDir, `${suiteProcess}-secrets.json`), `${JSON.stringify([...registeredSecrets].sort(), null, 1)}\n`);
 }
 
 /**
@@ -227,7 +231,8 @@ function openSuiteLog(): (line: string) => void {
   mkdirSync(suiteLogDir, { recursive: true });
   // Synchronous appends: a line is on disk even if the test process dies right after writing it.
   // The file stays open until the process exits, so that lines logged after stop() count too.
-  const fd = openSync(join(suiteLogDir, `${process.pid}-${++suiteLogCount}.log`), 'a');
+  // 'wx': a file of this name already there is another process's, and fails here, loudly.
+  const fd = openSync(join(suiteLogDir, `${suiteProcess}-${++suiteLogCount}.log`), 'wx');
   return (line) => writeSync(fd, line.endsWith('\n') ? line : `${line}\n`);
 }
 

@@ -20,8 +20,8 @@ test('no secret registered by any test file appears in any mailfront log line of
   assert.ok(logFiles.length > 0, `no log files in ${dir}: the scan would pass on nothing`);
   assert.ok(secretFiles.length > 0, `no registered secrets in ${dir}`);
   for (const log of logFiles) {
-    const pid = log.split('-')[0];
-    assert.ok(secretFiles.includes(`${pid}-secrets.json`), `${log}: its test process registered no secrets`);
+    const owner = log.split('-')[0];
+    assert.ok(secretFiles.includes(`${owner}-secrets.json`), `${log}: its test process registered no secrets`);
   }
 
   const secrets = new Set<string>();
