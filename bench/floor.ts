@@ -7,7 +7,11 @@
  * capability handling or error answers: not a proxy anyone should run, only a measure of what
  * node's sockets and event loop cost for this exchange on this machine.
  *
- * Usage: node dist/bench/floor.js PORT TABLE.json   (TABLE: {"user": backendPort, …})
+ * With POP3_PORT and POP3_TABLE it does the same for POP3 there: greets, answers `USER` itself,
+ * reads `PASS`, connects, and replays `USER` and then `PASS` (no XCLIENT), one round trip each.
+ *
+ * Usage: node dist/bench/floor.js PORT TABLE.json [POP3_PORT POP3_TABLE.json]
+ *        (TABLE: {"user": backendPort, …})
  */
 import { readFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
@@ -15,7 +19,8 @@ import type { Socket } from 'node:net';
 import { splice } from '../src/proxy/splice.js';
 
 const port = Number(process.argv[2]);
-const table = new Map(Object.entries(JSON.parse(readFileSync(process.argv[3] ?? '', 'utf8')) as Record<string, number>));
+const readTable = (file: string | undefined): Map<string, number> => new Map(Object.entries(JSON.parse(readFileSync(file ?? '', 'utf8')) as Record<string, number>));
+const table = readTable(process.argv[3]);
 const LOGIN = /^(\S+) LOGIN "?([^"\s]+)"? /i;
 
 function serve(client: Socket): void {
@@ -55,4 +60,60 @@ function serve(client: Socket): void {
   client.on('data', onLine);
 }
 
+/** Takes the first CRLF-ended line off `buffer`: [line with its CRLF, the rest], or null. */
+function takeLine(buffer: string): [string, string] | null {
+  const end = buffer.indexOf('\r\n');
+  return end < 0 ? null : [buffer.slice(0, end + 2), buffer.slice(end + 2)];
+}
+
+function servePop3(client: Socket, pop3Table: ReadonlyMap<string, number>): void {
+  client.on('error', () => client.destroy());
+  client.write('+OK floor ready\r\n');
+  let input = '';
+  let userLine = '';
+  const onLine = (chunk: Buffer): void => {
+    input += chunk.toString('latin1');
+    const taken = takeLine(input);
+    if (taken === null) return;
+    input = taken[1];
+    if (userLine === '') {
+      userLine = taken[0];
+      client.write('+OK\r\n');
+      return;
+    }
+    client.off('data', onLine);
+    const passLine = taken[0];
+    const backendPort = pop3Table.get(/^USER (\S+)/i.exec(userLine)?.[1] ?? '');
+    if (backendPort === undefined) return void client.destroy();
+    const backend = connect({ host: '127.0.0.1', port: backendPort, noDelay: true });
+    backend.on('error', () => client.destroy());
+    let answer = '';
+    let step: 'greeting' | 'user' | 'pass' = 'greeting';
+    const onBackend = (data: Buffer): void => {
+      answer += data.toString('latin1');
+      for (let line = takeLine(answer); line !== null; line = takeLine(answer)) {
+        answer = line[1];
+        if (step === 'greeting') {
+          step = 'user';
+          backend.write(userLine);
+        } else if (step === 'user') {
+          step = 'pass';
+          backend.write(passLine);
+        } else {
+          backend.off('data', onBackend);
+          client.write(line[0]);
+          splice(client, backend, new Uint8Array(), Buffer.from(answer, 'latin1'), 1_800_000);
+          return;
+        }
+      }
+    };
+    backend.on('data', onBackend);
+  };
+  client.on('data', onLine);
+}
+
 createServer({ noDelay: true }, serve).listen(port, '127.0.0.1');
+if (process.argv[4] !== undefined) {
+  const pop3Table = readTable(process.argv[5]);
+  createServer({ noDelay: true }, (client) => servePop3(client, pop3Table)).listen(Number(process.argv[4]), '127.0.0.1');
+}

@@ -12,7 +12,10 @@
  * password against LDAP before they get here. Each batch of input gets one write of output, as
  * Dovecot corks its answers.
  *
- * Usage: node dist/bench/instant-backend.js PORT
+ * With POP3_PORT it also speaks POP3 there: a greeting that offers XCLIENT as Dovecot's does to a
+ * trusted network, XCLIENT, USER, PASS, STAT, NOOP and QUIT (bench/syscalls.ts logs in over it).
+ *
+ * Usage: node dist/bench/instant-backend.js PORT [POP3_PORT]
  */
 import { createServer, type Socket } from 'node:net';
 
@@ -83,5 +86,43 @@ function serve(socket: Socket): void {
   });
 }
 
+function servePop3(socket: Socket): void {
+  socket.on('error', () => socket.destroy());
+  socket.write('+OK [XCLIENT] instant backend ready.\r\n');
+  let pending = '';
+  socket.on('data', (chunk: Buffer) => {
+    pending += chunk.toString('latin1');
+    if (pending.length > MAX_PENDING) return void socket.destroy();
+    let out = '';
+    let close = false;
+    for (let end = pending.indexOf('\r\n'); end >= 0 && !close; end = pending.indexOf('\r\n')) {
+      const [verb = ''] = pending.slice(0, end).split(' ', 1);
+      pending = pending.slice(end + 2);
+      switch (verb.toUpperCase()) {
+        case 'XCLIENT':
+        case 'USER':
+        case 'NOOP':
+          out += '+OK\r\n';
+          break;
+        case 'PASS':
+          out += '+OK Logged in.\r\n';
+          break;
+        case 'STAT':
+          out += '+OK 0 0\r\n';
+          break;
+        case 'QUIT':
+          out += '+OK Logging out.\r\n';
+          close = true;
+          break;
+        default:
+          out += '-ERR Not supported here\r\n';
+      }
+    }
+    if (close) socket.end(out);
+    else if (out !== '') socket.write(out);
+  });
+}
+
 const port = Number(process.argv[2]);
 createServer({ noDelay: true }, serve).listen(port, '127.0.0.1');
+if (process.argv[3] !== undefined) createServer({ noDelay: true }, servePop3).listen(Number(process.argv[3]), '127.0.0.1');

@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
@@ -137,18 +137,27 @@ export function directPorts(backends: Backends, user: BenchUser): { imap: number
   return { imap: d.imapPort, pop3: d.pop3Port };
 }
 
-/** bench/floor.ts as its own process, routing each user to its store's master (by default the store's Dovecot). */
-export async function startFloor(backends: Backends, stores: Stores = backends.stores): Promise<{ pid: number; port: number; stop(): Promise<void> }> {
+/**
+ * bench/floor.ts as its own process, routing each user to its store's master (by default the
+ * store's Dovecot): IMAP on `port`, POP3 on `pop3Port`.
+ */
+export async function startFloor(backends: Backends, stores: Stores = backends.stores): Promise<{ pid: number; port: number; pop3Port: number; stop(): Promise<void> }> {
   const dir = tmpDir('bench-floor');
-  const port = await freePort();
-  const tableFile = join(dir.path, 'users.json');
-  const imapPortOf = (u: BenchUser): number => {
+  const [port, pop3Port] = [await freePort(), await freePort()];
+  const portsOf = (u: BenchUser): StorePorts => {
     const ports = stores.get(u.store);
     if (ports === undefined) throw new Error(`no master for ${u.store}`);
-    return ports.imapPort;
+    return ports;
   };
-  await writeFile(tableFile, JSON.stringify(Object.fromEntries([...backends.users, backends.fetchUser].map((u) => [u.user, imapPortOf(u)]))));
-  return { port, ...(await spawnScript(dir, 'floor', [String(port), tableFile], port, PROXY_NODE)) };
+  const table = async (name: string, which: keyof StorePorts): Promise<string> => {
+    const file = join(dir.path, name);
+    await writeFile(file, JSON.stringify(Object.fromEntries([...backends.users, backends.fetchUser].map((u) => [u.user, portsOf(u)[which]]))));
+    return file;
+  };
+  const [imapTable, pop3Table] = [await table('users.json', 'imapPort'), await table('users-pop3.json', 'pop3Port')];
+  const script = await spawnScript(dir, 'floor', [String(port), imapTable, String(pop3Port), pop3Table], port, PROXY_NODE);
+  await waitForPort(pop3Port);
+  return { port, pop3Port, ...script };
 }
 
 /**
@@ -181,13 +190,14 @@ async function spawnScript(dir: TmpDir, name: string, args: readonly string[], p
 
 /**
  * bench/instant-backend.ts as its own process, standing in for every store's master: the
- * backend of the `cpu` step. Its POP3 port is one nobody listens on (the step logs in over IMAP).
+ * backend of the `cpu` step. It answers POP3 too (bench/syscalls.ts; the `cpu` step logs in over IMAP).
  */
 export async function startInstantBackend(backends: Backends): Promise<{ pid: number; stores: Stores; stop(): Promise<void> }> {
   const port = await freePort();
-  const unused = await freePort();
-  const script = await spawnScript(tmpDir('bench-instant'), 'instant-backend', [String(port)], port);
-  return { ...script, stores: new Map([...backends.stores.keys()].map((store) => [store, { imapPort: port, pop3Port: unused }])) };
+  const pop3Port = await freePort();
+  const script = await spawnScript(tmpDir('bench-instant'), 'instant-backend', [String(port), String(pop3Port)], port);
+  await waitForPort(pop3Port);
+  return { ...script, stores: new Map([...backends.stores.keys()].map((store) => [store, { imapPort: port, pop3Port }])) };
 }
 
 export interface MailfrontProcess {
@@ -245,7 +255,11 @@ export async function startMailfront(backends: Backends, options: {
   const certificate = { cert: backends.certs.certFile, key: backends.certs.keyFile };
   const storesFile = join(dir.path, 'stores.yaml');
   const configFile = join(dir.path, 'mailfront.yaml');
-  const logFile = join(dir.path, 'mailfront.log');
+  // Not beside the store map: mailfront watches the map's folder, and every batch of log lines
+  // written there was an event it looked into (3 lstat calls and an inotify read, 1.4 system
+  // calls per warm login), which a deployment logging to journald or a log folder does not pay.
+  await mkdir(join(dir.path, 'log'));
+  const logFile = join(dir.path, 'log', 'mailfront.log');
   await writeFile(storesFile, stringify({
     stores: Object.fromEntries([...stores].map(([store, d]) => [store, {
       current_master: `${store}-slot1`,
