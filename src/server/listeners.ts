@@ -136,6 +136,53 @@ function refusedLogOf(limiter: ConnectionLimiter, log: Logger): RefusedConnectio
   return refusedLog;
 }
 
+/**
+ * A TCP server for client connections, whose accepted sockets have TCP_NODELAY and keepalive
+ * (CLIENT_KEEPALIVE_MS). On Linux they are set once, on the listening socket, and every
+ * connection it accepts has them from the kernel (accept copies the listener's socket options;
+ * its keepalive timer runs from the start): node's noDelay and keepAlive server options set them
+ * on each accepted socket instead, five setsockopt calls per connection (TCP_NODELAY,
+ * SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT) of a warm login's 45
+ * (docs/performance.md, "System calls per warm login"). Connections whose handshake completed
+ * before the listening socket had them (between listen() and the 'listening' event) are among
+ * those accepted in the first loop turn that accepts any: those get them set each, as does every
+ * connection elsewhere than on Linux, or where node's listening handle lacks the calls.
+ */
+export function createClientServer(onConnection: (raw: Socket) => void): Server {
+  let setOnEach = true;
+  let inherited = false;
+  let lastTurnAhead = false;
+  const server = createNetServer({ allowHalfOpen: true }, (raw) => {
+    if (setOnEach) {
+      raw.setNoDelay(true);
+      raw.setKeepAlive(true, CLIENT_KEEPALIVE_MS);
+      // libuv accepts all it can in one go, in the poll phase: the check phase after it ends the turn.
+      if (inherited && !lastTurnAhead) {
+        lastTurnAhead = true;
+        setImmediate(() => (setOnEach = false));
+      }
+    }
+    onConnection(raw);
+  });
+  // Before listen()'s own callback: the options are on the socket before anything is accepted.
+  server.once('listening', () => (inherited = optionsOnListeningSocket(server)));
+  return server;
+}
+
+/** node's handle of a listening TCP server: libuv's uv_tcp_nodelay and uv_tcp_keepalive, which a listening socket takes as any other. */
+interface ListeningHandle {
+  setNoDelay?(enable: boolean): number;
+  setKeepAlive?(enable: boolean, initialDelaySeconds: number): number;
+}
+
+/** Sets TCP_NODELAY and keepalive on `server`'s listening socket; true when its connections have them from it. */
+function optionsOnListeningSocket(server: Server): boolean {
+  if (process.platform !== 'linux') return false;
+  const handle = (server as unknown as { _handle?: ListeningHandle | null })._handle;
+  if (typeof handle?.setNoDelay !== 'function' || typeof handle.setKeepAlive !== 'function') return false;
+  return handle.setNoDelay(true) === 0 && handle.setKeepAlive(true, Math.floor(CLIENT_KEEPALIVE_MS / 1000)) === 0;
+}
+
 /** Errors before a session owns its socket end in 'close'; one handler for every connection, not a closure each. */
 function ignoreSocketError(): void {}
 
@@ -409,10 +456,10 @@ export class Listener {
 
   /** Binds the listener; rejects with a config error naming the address when it cannot. */
   listen(): Promise<void> {
-    // allowHalfOpen: a client's FIN is the end of what it sends, not of what it is sent (IMAP
-    // LOGOUT or POP3 QUIT, then shutdown(SHUT_WR), still gets its answers: the session and the
-    // splice close the connection themselves, session/session.ts and proxy/splice.ts).
-    const server = createNetServer({ noDelay: true, allowHalfOpen: true, keepAlive: true, keepAliveInitialDelay: CLIENT_KEEPALIVE_MS }, (raw) => {
+    // allowHalfOpen (createClientServer): a client's FIN is the end of what it sends, not of what
+    // it is sent (IMAP LOGOUT or POP3 QUIT, then shutdown(SHUT_WR), still gets its answers: the
+    // session and the splice close the connection themselves, session/session.ts and proxy/splice.ts).
+    const server = createClientServer((raw) => {
       this.accepting++;
       this.accept(raw)
         .catch((error: unknown) => {
