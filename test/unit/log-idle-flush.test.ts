@@ -1,16 +1,17 @@
-// The stdout logger writes a batch that has not filled within LOG_FLUSH_INTERVAL_MS, and nothing
-// when nothing is pending: SonicBoom's own periodic flush wrote nothing (a 0-byte write through
+// The stdout logger writes a batch of LOG_BATCH_BYTES at once, one that has not filled within
+// LOG_FLUSH_INTERVAL_MS then, and nothing when nothing is pending: SonicBoom's own periodic flush wrote nothing (a 0-byte write through
 // libuv's thread pool, with its hand-offs) five times a second, on an idle process too.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { LOG_FLUSH_INTERVAL_MS, createLogger } from '../../src/log.js';
+import { LOG_BATCH_BYTES, LOG_FLUSH_INTERVAL_MS, createLogger } from '../../src/log.js';
 
-test('an idle logger writes nothing to stdout, and a line waits at most about one flush interval', async () => {
-  // SonicBoom writes through fs.write (looked up at each call): stdout's writes are taken here,
-  // not written (they would land in the test runner's output).
-  const writes: string[] = [];
+/**
+ * Takes stdout's writes for the test's time: SonicBoom writes through fs.write (looked up at each
+ * call), and they would land in the test runner's output. Restored by the returned function.
+ */
+function takeStdoutWrites(writes: string[]): () => void {
   const original = fs.write;
   (fs as unknown as { write: unknown }).write = (fd: number, data: string | Uint8Array, ...rest: unknown[]): void => {
     if (fd !== 1) return void (original as unknown as (...args: unknown[]) => void)(fd, data, ...rest);
@@ -18,6 +19,34 @@ test('an idle logger writes nothing to stdout, and a line waits at most about on
     writes.push(typeof data === 'string' ? data : Buffer.from(data).toString());
     process.nextTick(done, null, typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength);
   };
+  return () => void ((fs as unknown as { write: unknown }).write = original);
+}
+
+test('lines leave in batches of 12 KiB: a full one at once, less waits for the interval', async () => {
+  const writes: string[] = [];
+  const restore = takeStdoutWrites(writes);
+  try {
+    const log = createLogger('info');
+    // About 300 bytes a line, as a login's session.spliced is: 8 KiB of them stay pending.
+    const line = (i: number): void => log.info({ event: 'test.batched', i, padding: 'x'.repeat(200) }, 'a line of a batch');
+    let i = 0;
+    while (i < 28) line(i++);
+    await sleep(LOG_FLUSH_INTERVAL_MS / 4);
+    assert.deepEqual(writes, [], 'a batch of 8 KiB written before the interval');
+    while (i < 50) line(i++);
+    await sleep(10);
+    assert.equal(writes.length, 1, 'the full batch is written at once');
+    assert.ok(Buffer.byteLength(writes[0]!) >= LOG_BATCH_BYTES, `a batch of ${Buffer.byteLength(writes[0]!)} bytes`);
+    await sleep(LOG_FLUSH_INTERVAL_MS * 2.5);
+    assert.equal(writes.join('').split('\n').length - 1, 50, 'every line written');
+  } finally {
+    restore();
+  }
+});
+
+test('an idle logger writes nothing to stdout, and a line waits at most about one flush interval', async () => {
+  const writes: string[] = [];
+  const restore = takeStdoutWrites(writes);
   try {
     const log = createLogger('info');
     await sleep(LOG_FLUSH_INTERVAL_MS * 3.5);
@@ -29,6 +58,6 @@ test('an idle logger writes nothing to stdout, and a line waits at most about on
     await sleep(LOG_FLUSH_INTERVAL_MS * 2.5);
     assert.equal(writes.length, 1, 'nothing written once the line is out');
   } finally {
-    (fs as unknown as { write: unknown }).write = original;
+    restore();
   }
 });
