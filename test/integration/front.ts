@@ -15,8 +15,8 @@ import type { Logger } from '../../src/log.js';
 import type { Directory } from '../../src/auth/directory.js';
 import { MailfrontError } from '../../src/errors.js';
 import { MIN_SECRET_CHARS, secretsIn } from './secrets.js';
-import { makeCerts, freePort, tmpDir } from './servers/index.js';
-import type { Slapd, TestCerts } from './servers/index.js';
+import { makeCerts, freePort, onFreshPorts, tmpDir } from './servers/index.js';
+import type { Slapd, TestCerts, TmpDir } from './servers/index.js';
 
 export interface SlotSpec {
   readonly host?: string;
@@ -236,9 +236,26 @@ function openSuiteLog(): (line: string) => void {
   return (line) => writeSync(fd, line.endsWith('\n') ? line : `${line}\n`);
 }
 
-/** Starts mailfront with listeners for IMAP, IMAPS, POP3, POP3S and trusted plaintext variants. */
-export async function startFront(options: FrontOptions): Promise<Front> {
-  const dir = tmpDir('front');
+/**
+ * Starts mailfront with listeners for IMAP, IMAPS, POP3, POP3S and trusted plaintext variants, on
+ * fresh ports again when one was taken before mailfront bound it (onFreshPorts(), as the daemons):
+ * freePort()'s ports are free when it looks, and until mailfront binds them (after its directory
+ * check and store map) a listener on port 0 may draw one, the other test file's or the HTTP
+ * listener of an instance this file starts at the same time.
+ */
+export function startFront(options: FrontOptions): Promise<Front> {
+  return onFreshPorts('mailfront', async () => {
+    const dir = tmpDir('front');
+    try {
+      return await startFrontIn(dir, options);
+    } catch (error) {
+      await dir.remove();
+      throw error;
+    }
+  });
+}
+
+async function startFrontIn(dir: TmpDir, options: FrontOptions): Promise<Front> {
   const certs = await makeCerts(dir.path);
   const [imapPort, imapsPort, imapTrustedPort, pop3Port, pop3sPort, pop3TrustedPort] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort(), freePort()]);
   const certificate = { cert: certs.certFile, key: certs.keyFile };
