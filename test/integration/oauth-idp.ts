@@ -148,7 +148,17 @@ export class JwksServer {
       }
       response.writeHead(200, { 'content-type': 'application/json' }).end(jwks(idp.keys));
     });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    await withDeadline(
+      new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(0, '127.0.0.1', () => {
+          server.off('error', reject);
+          resolve();
+        });
+      }),
+      'the IdP stand-in listening on 127.0.0.1',
+      () => server.close(),
+    );
     self = new JwksServer(server, keys);
     return self;
   }
@@ -240,10 +250,36 @@ export class JwksServer {
     });
   }
 
+  /** Closes the server and every connection to it; rejects, saying so, if it is not closed within STEP_DEADLINE_MS. */
   stop(): Promise<void> {
-    return new Promise((resolve) => {
-      this.server.closeAllConnections();
-      this.server.close(() => resolve());
-    });
+    // Named before it closes: closed, it has no address (a second stop() is answered as before).
+    const address = this.server.address() as AddressInfo | null;
+    const what = `the IdP stand-in on 127.0.0.1:${address?.port ?? '(closed)'} closing (close() waits for every connection to it to end)`;
+    return withDeadline(
+      new Promise((resolve) => {
+        this.server.closeAllConnections();
+        this.server.close(() => resolve());
+      }),
+      what,
+    );
   }
+}
+
+/**
+ * How long the stand-in's own steps (listening, closing) may take: a few milliseconds on a
+ * loopback, under a second on a busy machine. A step that never ends fails the case in seconds,
+ * naming what it waited for, instead of holding the file until the runner's timeout.
+ */
+const STEP_DEADLINE_MS = 10_000;
+
+/** `work`, or a rejection naming `what` once STEP_DEADLINE_MS have passed (after `onTimeout`). */
+function withDeadline<T>(work: Promise<T>, what: string, onTimeout?: () => void): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      onTimeout?.();
+      reject(new Error(`${what}: not done within ${STEP_DEADLINE_MS} ms`));
+    }, STEP_DEADLINE_MS);
+  });
+  return Promise.race([work, deadline]).finally(() => clearTimeout(timer));
 }
