@@ -26,6 +26,15 @@ const KEY_PREFIX = 'source:';
 const LIMIT_PER_USER = 3;
 const THROTTLE = { enabled: true, base_delay_ms: 0, max_delay_ms: 0, failures_per_user: LIMIT_PER_USER, failures_per_address: 12, refusal_ms: 60_000 };
 
+/**
+ * Deadlines: the set-up takes about 2 s alone (slapd, Dovecot, Redis and three instances started at
+ * once), a case under 1 s (seven logins or fewer); on a busy machine several times that. Each step
+ * has its own deadline and says what it waited for (the daemons' 20 s, a login line's 15 s, the
+ * Redis state's 10 s, whereis's 10 s); these bound the rest, well under the runner's 300 s per file.
+ */
+const SETUP = { timeout: 120_000 };
+const CASE = { timeout: 60_000 };
+
 let slapd: Slapd;
 let dovecot: Dovecot;
 let redis: Redis;
@@ -45,8 +54,13 @@ before(async () => {
   const common = { slapd, stores, session: { auth_failure_delay_ms: 50 } };
   const withRedis = { ...THROTTLE, redis: { url: redis.url, key_prefix: KEY_PREFIX, timeout_ms: 500 } };
   [alone, ...shared] = await Promise.all([startFront({ ...common, throttle: THROTTLE }), startFront({ ...common, throttle: withRedis }), startFront({ ...common, throttle: withRedis })]);
-  for (const f of shared) await waitForLog(f, (l) => l['event'] === 'throttle.redis_state' && l['state'] === 'up', 10_000);
-});
+  for (const [i, f] of shared.entries()) {
+    await waitForLog(f, (l) => l['event'] === 'throttle.redis_state' && l['state'] === 'up', 10_000).catch((error: unknown) => {
+      const states = f.logs.filter((l) => l['event'] === 'throttle.redis_state').map((l) => `${String(l['state'])}${l['reason'] !== undefined ? ` (${String(l['reason'])})` : ''}`);
+      throw new Error(`shared instance ${i + 1}: Redis at ${redis.url} never up (throttle.redis_state up): ${error instanceof Error ? error.message : String(error)}; its states: ${states.join(', ') || 'none logged'}`);
+    });
+  }
+}, SETUP);
 
 after(async () => {
   await Promise.all([alone?.stop(), ...(shared ?? []).map((f) => f?.stop())]);
@@ -72,7 +86,10 @@ async function login(front: Front, localAddress: string, user: string, password:
 /** The user's failures as whereis reads them on `front`. */
 async function failuresOf(front: Front, user: string): Promise<number> {
   const { port } = front.mailfront.httpAddress()!;
-  const response = await fetch(`http://127.0.0.1:${port}/api/whereis/${user}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+  const url = `http://127.0.0.1:${port}/api/whereis/${user}`;
+  const response = await fetch(url, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, signal: AbortSignal.timeout(10_000) }).catch((error: unknown) => {
+    throw new Error(`whereis of ${user} (GET ${url}): ${error instanceof Error ? error.message : String(error)}`);
+  });
   const json = (await response.json()) as { throttle: { users: Array<{ failures: number }> } };
   return json.throttle.users[0]!.failures;
 }
@@ -112,11 +129,11 @@ async function typosAtHome(user: string, typoVia: Front, loginVia: Front, home: 
 }
 
 describe('a success forgets the failures counted from its own address only', { concurrency: true }, () => {
-  test("on an instance counting alone: the guesser's failures outlive the user's login, and his next guess reaches the limit", async () => {
+  test("on an instance counting alone: the guesser's failures outlive the user's login, and his next guess reaches the limit", CASE, async () => {
     await guessAroundTheUser('walt', alone, alone, '127.0.4.1', '127.0.5.1', '127.0.6.1');
   });
 
-  test("on an instance counting alone: the user's own typos, then the user's login from there: the count is back to the guesser's", async () => {
+  test("on an instance counting alone: the user's own typos, then the user's login from there: the count is back to the guesser's", CASE, async () => {
     assert.match(await login(alone, '127.0.5.2', 'xena', 'guess-xena'), WRONG);
     assert.match(await login(alone, '127.0.4.2', 'xena', 'typo-xena'), WRONG);
     assert.equal(await failuresOf(alone, 'xena'), 2);
@@ -124,7 +141,7 @@ describe('a success forgets the failures counted from its own address only', { c
     assert.equal(await failuresOf(alone, 'xena'), 1, "the guesser's one is left");
   });
 
-  test("through Redis: the user's login on one instance, the guesses through the other", async () => {
+  test("through Redis: the user's login on one instance, the guesses through the other", CASE, async () => {
     const [a, b] = shared;
     await guessAroundTheUser('yuri', a, b, '127.0.4.3', '127.0.5.3', '127.0.6.3');
     const raw = createClient({ url: redis.url });
@@ -137,7 +154,7 @@ describe('a success forgets the failures counted from its own address only', { c
     }
   });
 
-  test("through Redis: the user's own typos through one instance, the login through the other: the count is back to the guesser's on both", async () => {
+  test("through Redis: the user's own typos through one instance, the login through the other: the count is back to the guesser's on both", CASE, async () => {
     const [a, b] = shared;
     assert.match(await login(a, '127.0.5.4', 'zoe', 'guess-zoe'), WRONG);
     assert.match(await login(b, '127.0.4.4', 'zoe', 'typo-zoe'), WRONG);
@@ -147,11 +164,11 @@ describe('a success forgets the failures counted from its own address only', { c
     assert.equal(await failuresOf(a, 'zoe'), 1);
   });
 
-  test("on an instance counting alone: a login the known address spared forgets the user's typos from there, and his phone elsewhere is no longer refused", async () => {
+  test("on an instance counting alone: a login the known address spared forgets the user's typos from there, and his phone elsewhere is no longer refused", CASE, async () => {
     await typosAtHome('vera', alone, alone, '127.0.4.5', '127.0.6.5');
   });
 
-  test("through Redis: a login the known address spared on one instance forgets the typos from there counted through the other, which lets his phone in", async () => {
+  test("through Redis: a login the known address spared on one instance forgets the typos from there counted through the other, which lets his phone in", CASE, async () => {
     const [a, b] = shared;
     await typosAtHome('uma', a, b, '127.0.4.6', '127.0.6.6');
   });
@@ -215,7 +232,7 @@ describe('rolling upgrade: instances of the version before sources share Redis w
     return reply.slice(0, 6).map(Number);
   }
 
-  test("a failure the version before wrote has no source: a success leaves it counted; that version counts what this one wrote, each wrong password once", async () => {
+  test("a failure the version before wrote has no source: a success leaves it counted; that version counts what this one wrote, each wrong password once", CASE, async () => {
     const raw = createClient({ url: redis.url });
     raw.on('error', () => undefined);
     await raw.connect();
