@@ -39,9 +39,10 @@ done
 # process alive through the daemons it started and hang the run: once its tests are done, the
 # file's process exits, and the harness's exit hook kills what it started (Node >= 20.14).
 # Its early exit can drop a file's last verdicts on their way through a pipe: a preload makes
-# every test process's stdout blocking (test/blocking-stdout.ts).
+# every test process's stdout blocking (test/blocking-stdout.ts). A file still running at 80 % of
+# the timeout writes on stderr what it waits on (test/stall-report.ts).
 force_exit=()
-if node --test-force-exit -e '' 2>/dev/null; then force_exit=(--test-force-exit --import ./dist/test/blocking-stdout.js); fi
+if node --test-force-exit -e '' 2>/dev/null; then force_exit=(--test-force-exit --import ./dist/test/blocking-stdout.js --import ./dist/test/stall-report.js); fi
 # Two test files at a time (node's default is one fewer than the CPUs: one on a 2-core machine):
 # most files spend their time waiting on servers starting, timers and sockets. Files share
 # nothing: each starts its servers on fresh ports in temp dirs of its own, and a port that must
