@@ -32,6 +32,15 @@ const jwksFile = join(dir, 'jwks.json');
 writeFileSync(jwksFile, jwks([rsa, ec, ed, ps, rs384, es384]));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
+/**
+ * Each case's deadline. The slowest takes about 2 s alone (an RSA key made, a wait of 1.05 s for
+ * the refetch interval); 17 s beside two busy loops and other test files (load 11 on two cores),
+ * 31 s at about 5 % of a CPU (nice 10 beside two busy loops on its CPU). 60 s is twice the worst
+ * and a fifth of the runner's 300 s per file: a case that hangs fails in a minute, by its name,
+ * and the cases after it still run.
+ */
+const CASE = { timeout: 60_000 };
+
 function config(overrides: { [K in keyof OAuthConfig]?: OAuthConfig[K] | undefined } = {}): OAuthConfig {
   return {
     issuers: [ISSUER],
@@ -73,14 +82,14 @@ describe('a JWKS file', () => {
   const verifier = OAuthVerifier.create(config(), log);
   after(() => verifier.close());
 
-  test('RS256, PS256, RS384, ES256, ES384 and EdDSA tokens are verified; the user is the email claim', async () => {
+  test('RS256, PS256, RS384, ES256, ES384 and EdDSA tokens are verified; the user is the email claim', CASE, async () => {
     for (const key of [rsa, ps, rs384, ec, es384, ed]) {
       const verified = await verifier.verify(token(signJwt(key, claimsFor('alice', ISSUER, AUDIENCE))), signal);
       assert.equal(verified.user, 'alice@example.org', key.alg);
     }
   });
 
-  test('each refusal has its own code, and is auth-failed', async () => {
+  test('each refusal has its own code, and is auth-failed', CASE, async () => {
     const cases: Array<[string, string]> = [
       ['not.a-jwt', 'OAUTH_TOKEN_MALFORMED'],
       [signJwt(rsa, claimsFor('alice', ISSUER, AUDIENCE, -120)), 'OAUTH_TOKEN_EXPIRED'],
@@ -110,7 +119,7 @@ describe('a JWKS file', () => {
     }
   });
 
-  test('a signed exp, nbf or iat beyond the range of a date is refused as malformed (it threw a RangeError)', async () => {
+  test('a signed exp, nbf or iat beyond the range of a date is refused as malformed (it threw a RangeError)', CASE, async () => {
     for (const claims of [{ nbf: 1e20 }, { iat: 1e20 }, { exp: -1e20 }, { exp: 1e300 }]) {
       const error = await refusal(verifier, token(signJwt(rsa, claimsFor('alice', ISSUER, AUDIENCE, 300, claims))));
       assert.equal(error.code, 'OAUTH_TOKEN_MALFORMED', `${JSON.stringify(claims)}: ${error.message}`);
@@ -120,12 +129,12 @@ describe('a JWKS file', () => {
     assert.equal((await refusal(verifier, token(signJwt(rsa, claimsFor('alice', ISSUER, AUDIENCE, 300, { exp: -8.64e12 }))))).code, 'OAUTH_TOKEN_EXPIRED');
   });
 
-  test('clock skew: a token expired within oauth2.clock_skew_ms is still taken', async () => {
+  test('clock skew: a token expired within oauth2.clock_skew_ms is still taken', CASE, async () => {
     const verified = await verifier.verify(token(signJwt(rsa, claimsFor('bob', ISSUER, AUDIENCE, -10))), signal);
     assert.equal(verified.user, 'bob@example.org');
   });
 
-  test('another claim names the user (oauth2.user_claim); an aud list naming the audience is taken', async () => {
+  test('another claim names the user (oauth2.user_claim); an aud list naming the audience is taken', CASE, async () => {
     const other = OAuthVerifier.create(config({ userClaim: 'preferred_username', tokenCacheMs: 0 }), log);
     try {
       assert.equal((await other.verify(token(signJwt(ec, claimsFor('carol', ISSUER, ['account', AUDIENCE]))), signal)).user, 'carol');
@@ -137,7 +146,7 @@ describe('a JWKS file', () => {
     }
   });
 
-  test('oauth2.algorithms leaves the others out, whatever the keys', async () => {
+  test('oauth2.algorithms leaves the others out, whatever the keys', CASE, async () => {
     const rsaOnly = OAuthVerifier.create(config({ algorithms: ['RS256'] }), log);
     try {
       assert.equal((await refusal(rsaOnly, token(signJwt(ec, claimsFor('alice', ISSUER, AUDIENCE))))).code, 'OAUTH_ALGORITHM_REFUSED');
@@ -147,7 +156,7 @@ describe('a JWKS file', () => {
     }
   });
 
-  test('a verified token is remembered by its HMAC until min(exp, token_cache_ms); an expired one is not taken from the cache', async () => {
+  test('a verified token is remembered by its HMAC until min(exp, token_cache_ms); an expired one is not taken from the cache', CASE, async () => {
     const fresh = OAuthVerifier.create(config(), log);
     try {
       const jwt = token(signJwt(rsa, claimsFor('dave', ISSUER, AUDIENCE)));
@@ -164,7 +173,7 @@ describe('a JWKS file', () => {
     }
   });
 
-  test('a JWKS file that is no JWKS, or holds only a symmetric key, is a config error naming oauth2.jwks_file', () => {
+  test('a JWKS file that is no JWKS, or holds only a symmetric key, is a config error naming oauth2.jwks_file', CASE, () => {
     const bad = join(dir, 'bad.json');
     writeFileSync(bad, '{"not": "a jwks"}');
     assert.throws(() => OAuthVerifier.create(config({ jwksFile: bad }), log), (e: unknown) => e instanceof MailfrontError && e.kind === 'config' && /oauth2\.jwks_file/.test(e.message));
@@ -174,9 +183,12 @@ describe('a JWKS file', () => {
 });
 
 describe('a JWKS URL', () => {
-  test('fetched at start; an unknown kid fetches again at most once per interval, one fetch for many logins', async () => {
+  test('fetched at start; an unknown kid fetches again at most once per interval, one fetch for many logins', CASE, async () => {
     const first = makeKey('url-1', 'RS256');
     const second = makeKey('url-2', 'ES256');
+    // Made before the interval starts: made within it, fifty keys took more than the 1 s interval on
+    // a busy machine (load 11), and the next made-up kid was rightly fetched for (3 fetches, not 2).
+    const bogus = Array.from({ length: 50 }, (_, i) => token(signJwt(makeKey(`bogus-${i}`, 'ES256'), claimsFor('erin', ISSUER, AUDIENCE))));
     const idp = await JwksServer.start([first]);
     const verifier = OAuthVerifier.create(config({ jwksFile: undefined, jwksUrl: idp.url, jwksUnknownKidRefetchMs: 1_000 }), log);
     try {
@@ -190,10 +202,7 @@ describe('a JWKS URL', () => {
       assert.ok(many.every((v) => v.user === 'erin@example.org'));
       assert.equal(idp.requests, 2, 'twenty logins with a new kid: one fetch');
       // A flood of made-up kids: no fetch within the interval.
-      for (let i = 0; i < 50; i++) {
-        const bogus = token(signJwt(makeKey(`bogus-${i}`, 'ES256'), claimsFor('erin', ISSUER, AUDIENCE)));
-        assert.equal((await refusal(verifier, bogus)).code, 'OAUTH_UNKNOWN_KEY');
-      }
+      for (const jwt of bogus) assert.equal((await refusal(verifier, jwt)).code, 'OAUTH_UNKNOWN_KEY');
       assert.equal(idp.requests, 2, 'made-up kids within the interval: no fetch');
     } finally {
       verifier.close();
@@ -201,7 +210,7 @@ describe('a JWKS URL', () => {
     }
   });
 
-  test('an IdP down from the start: OAUTH_KEYS_UNAVAILABLE, a temporary failure; once it answers, logins go', async () => {
+  test('an IdP down from the start: OAUTH_KEYS_UNAVAILABLE, a temporary failure; once it answers, logins go', CASE, async () => {
     const key = makeKey('late-1', 'RS256');
     const idp = await JwksServer.start([key]);
     idp.failWith = 503;
@@ -221,7 +230,7 @@ describe('a JWKS URL', () => {
     }
   });
 
-  test('a key withdrawn from the URL stops its tokens, cached ones too', async () => {
+  test('a key withdrawn from the URL stops its tokens, cached ones too', CASE, async () => {
     const old = makeKey('old-1', 'RS256');
     const next = makeKey('next-1', 'RS256');
     const idp = await JwksServer.start([old]);
@@ -242,7 +251,7 @@ describe('a JWKS URL', () => {
   });
 });
 
-test('no log line holds a token or its signature', () => {
+test('no log line holds a token or its signature', CASE, () => {
   assert.ok(tokens.length > 20);
   assert.ok(lines.length > 0);
   assertNoRegisteredSecret(lines, 'the verifier\'s log');
