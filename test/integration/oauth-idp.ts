@@ -6,7 +6,7 @@
  * introspection (RFC 7662: HTTP basic client credentials, a form POST, tokens the test issued or
  * revoked), each of which can be made to fail (a status, a delay, a body of its own).
  */
-import { constants, createHmac, generateKeyPairSync, randomBytes, sign } from 'node:crypto';
+import { constants, createHmac, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, sign } from 'node:crypto';
 import type { KeyObject } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
@@ -22,17 +22,27 @@ export interface TestKey {
   readonly publicKey: KeyObject;
 }
 
-/** A key pair for `alg`, named `kid`. */
+/**
+ * A key pair for `alg`, named `kid`. Made as PEM and read back into key objects of their own: the
+ * key objects generateKeyPairSync() returns share a lock with the key generation job that made
+ * them, and Node 20's export of an EC key (as a JWK or PEM) holds that lock while it allocates. A
+ * garbage collection there may free the job, whose destructor takes the same lock: the process
+ * then sleeps for good (its main thread in ~KeyGenJob<EcKeyGenTraits>, under ExportJWKEcKey).
+ * oauth-verify hung so at its start, making its JWKS, until the runner's 300 s timeout, with no
+ * output. Read back from PEM, a key shares its lock with no job.
+ */
 export function makeKey(kid: string, alg: TestAlg): TestKey {
+  const publicKeyEncoding = { type: 'spki', format: 'pem' } as const;
+  const privateKeyEncoding = { type: 'pkcs8', format: 'pem' } as const;
   const pair =
     alg === 'ES256'
-      ? generateKeyPairSync('ec', { namedCurve: 'P-256' })
+      ? generateKeyPairSync('ec', { namedCurve: 'P-256', publicKeyEncoding, privateKeyEncoding })
       : alg === 'ES384'
-        ? generateKeyPairSync('ec', { namedCurve: 'P-384' })
+        ? generateKeyPairSync('ec', { namedCurve: 'P-384', publicKeyEncoding, privateKeyEncoding })
         : alg === 'EdDSA'
-          ? generateKeyPairSync('ed25519')
-          : generateKeyPairSync('rsa', { modulusLength: 2048 });
-  return { kid, alg, privateKey: pair.privateKey, publicKey: pair.publicKey };
+          ? generateKeyPairSync('ed25519', { publicKeyEncoding, privateKeyEncoding })
+          : generateKeyPairSync('rsa', { modulusLength: 2048, publicKeyEncoding, privateKeyEncoding });
+  return { kid, alg, privateKey: createPrivateKey(pair.privateKey), publicKey: createPublicKey(pair.publicKey) };
 }
 
 /** The public JWK of `key` (with kid, alg and use, as Keycloak publishes them). */

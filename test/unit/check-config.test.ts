@@ -22,7 +22,8 @@ before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'mf-check-config-'));
   certs = await makeCerts(dir);
   strangerKey = join(dir, 'stranger.key');
-  await writeFile(strangerKey, generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey.export({ type: 'pkcs8', format: 'pem' }));
+  // Encoded by the key generation itself: an EC key object's export may deadlock on Node 20 (test/integration/oauth-idp.ts, makeKey()).
+  await writeFile(strangerKey, generateKeyPairSync('ec', { namedCurve: 'prime256v1', publicKeyEncoding: { type: 'spki', format: 'pem' }, privateKeyEncoding: { type: 'pkcs8', format: 'pem' } }).privateKey);
   await writeFile(join(dir, 'stores.yaml'), 'stores:\n  store1:\n    current_master: slot1\n    slots:\n      slot1: { host: 127.0.0.1, imap_port: 1430 }\n');
 });
 
