@@ -143,28 +143,27 @@ function refusedLogOf(limiter: ConnectionLimiter, log: Logger): RefusedConnectio
  * its keepalive timer runs from the start): node's noDelay and keepAlive server options set them
  * on each accepted socket instead, five setsockopt calls per connection (TCP_NODELAY,
  * SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT) of a warm login's 45
- * (docs/performance.md, "System calls per warm login"). Connections whose handshake completed
- * before the listening socket had them (between listen() and the 'listening' event) are among
- * those accepted in the first loop turn that accepts any: those get them set each, as does every
- * connection elsewhere than on Linux, or where node's listening handle lacks the calls.
+ * (docs/performance.md, "System calls per warm login"). A connection whose handshake completed
+ * before the listening socket had them (between listen() and the 'listening' event: a restart, or
+ * a reload moving the listener, while clients reconnect) waits in the accept queue without them.
+ * That queue holds at most `backlog` + 1 and is first in, first out, so the first `perSocket`
+ * connections accepted (LISTEN_BACKLOG + 1, the listen() call's backlog and one) get them set
+ * each, whatever the loop turn that accepts them (node accepts one connection per turn, not the
+ * whole queue), as does every connection elsewhere than on Linux, or where node's listening
+ * handle lacks the calls.
  */
-export function createClientServer(onConnection: (raw: Socket) => void): Server {
-  let setOnEach = true;
+export function createClientServer(onConnection: (raw: Socket) => void, perSocket = LISTEN_BACKLOG + 1): Server {
   let inherited = false;
-  let lastTurnAhead = false;
+  let setEach = perSocket;
   const server = createNetServer({ allowHalfOpen: true }, (raw) => {
-    if (setOnEach) {
+    if (!inherited || setEach > 0) {
+      setEach--;
       raw.setNoDelay(true);
       raw.setKeepAlive(true, CLIENT_KEEPALIVE_MS);
-      // libuv accepts all it can in one go, in the poll phase: the check phase after it ends the turn.
-      if (inherited && !lastTurnAhead) {
-        lastTurnAhead = true;
-        setImmediate(() => (setOnEach = false));
-      }
     }
     onConnection(raw);
   });
-  // Before listen()'s own callback: the options are on the socket before anything is accepted.
+  // Before listen()'s own callback, and before anything is accepted (the poll phase comes after it).
   server.once('listening', () => (inherited = optionsOnListeningSocket(server)));
   return server;
 }
