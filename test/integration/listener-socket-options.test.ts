@@ -7,7 +7,6 @@
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import type { Socket } from 'node:net';
 import { after, before, test } from 'node:test';
@@ -15,6 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { refusingPort, startSlapd } from './servers/index.js';
 import type { Slapd } from './servers/index.js';
 import { startFront } from './front.js';
+import { assertKeepaliveTimer } from './tcp-timers.js';
 import type { Front } from './front.js';
 
 let slapd: Slapd;
@@ -41,35 +41,11 @@ async function greeted(port: number): Promise<Socket> {
   return socket;
 }
 
-/** The TCP timer of the connection mailfront accepted on `listenerPort` from `clientPort` (/proc/net/tcp's "tr:tm->when"). */
-function timerOf(listenerPort: number, clientPort: number): string | undefined {
-  const hex = (port: number): string => port.toString(16).toUpperCase().padStart(4, '0');
-  const rows = ['/proc/net/tcp', '/proc/net/tcp6']
-    .flatMap((file) => readFileSync(file, 'utf8').split('\n').slice(1))
-    .map((line) => line.trim().split(/\s+/))
-    .filter((f) => f[1]?.endsWith(`:${hex(listenerPort)}`) && f[2]?.endsWith(`:${hex(clientPort)}`));
-  assert.equal(rows.length, 1, 'the accepted connection is listed');
-  return rows[0]![5];
-}
-
 test('accepted client connections have keepalive, its first probe due within 60 s', { skip: process.platform !== 'linux' }, async () => {
   const ports = [front.imapTrustedPort, front.pop3TrustedPort];
   const sockets: Socket[] = [];
   for (let i = 0; i < 3; i++) for (const port of ports) sockets.push(await greeted(port));
 
-  // The keepalive timer (tr 2, sk_timer) runs on each, its first probe due within 60 s: the
-  // listener's TCP_KEEPIDLE. While the greeting waits for its (delayed) ACK, the retransmission timer (1) shows instead.
-  for (const socket of sockets) {
-    const listenerPort = socket.remotePort!;
-    let field = timerOf(listenerPort, socket.localPort!);
-    for (let i = 0; i < 40 && !field?.startsWith('02:'); i++) {
-      await sleep(50);
-      field = timerOf(listenerPort, socket.localPort!);
-    }
-    const [timer, when] = field!.split(':');
-    assert.equal(timer, '02', `the keepalive timer runs (${field})`);
-    const seconds = Number.parseInt(when!, 16) / 100;
-    assert.ok(seconds > 50 && seconds <= 60, `the first probe is due in ${seconds} s`);
-  }
+  for (const socket of sockets) await assertKeepaliveTimer(socket.remotePort!, socket.localPort!);
   for (const socket of sockets) socket.destroy();
 });

@@ -9,7 +9,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import type { Server, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { LISTEN_BACKLOG, createClientServer } from '../../src/server/listeners.js';
+import { assertKeepaliveTimer } from '../integration/tcp-timers.js';
 
 const linux = process.platform === 'linux';
 
@@ -53,29 +54,9 @@ async function countingOptionCalls<T>(body: (calls: OptionCall[]) => Promise<T>)
   }
 }
 
-/** The kernel's timer of the connection accepted on `listenerPort` from `clientPort` (/proc/net/tcp "tr:tm->when"). */
-function timerOf(listenerPort: number, clientPort: number): string | undefined {
-  const hex = (port: number): string => port.toString(16).toUpperCase().padStart(4, '0');
-  const rows = ['/proc/net/tcp', '/proc/net/tcp6']
-    .flatMap((file) => readFileSync(file, 'utf8').split('\n').slice(1))
-    .map((line) => line.trim().split(/\s+/))
-    .filter((f) => f[1]?.endsWith(`:${hex(listenerPort)}`) && f[2]?.endsWith(`:${hex(clientPort)}`));
-  return rows[0]?.[5];
-}
-
-/** Asserts that the kernel runs the keepalive timer (tr 2) of each accepted socket, its first probe due within 60 s. */
+/** Asserts that the kernel runs the keepalive timer of each accepted socket, its first probe due within 60 s. */
 async function assertKeepalive(accepted: readonly Socket[]): Promise<void> {
-  for (const socket of accepted) {
-    let field = timerOf(socket.localPort!, socket.remotePort!);
-    for (let i = 0; i < 40 && !field?.startsWith('02:'); i++) {
-      await sleep(50);
-      field = timerOf(socket.localPort!, socket.remotePort!);
-    }
-    const [timer, when] = (field ?? '').split(':');
-    assert.equal(timer, '02', `keepalive on the connection from port ${socket.remotePort} (${field})`);
-    const seconds = Number.parseInt(when!, 16) / 100;
-    assert.ok(seconds > 50 && seconds <= 60, `its first probe is due in ${seconds} s`);
-  }
+  for (const socket of accepted) await assertKeepaliveTimer(socket.localPort!, socket.remotePort!);
 }
 
 async function until(what: string, done: () => boolean, ms = 10_000): Promise<void> {
