@@ -78,7 +78,7 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
 
 /** What flushWhenPending() reads and calls of pino's stdout destination (a SonicBoom). */
 interface PendingLines {
-  /** Bytes written to it and not yet to stdout. */
+  /** Bytes written to it and not yet to stdout (SonicBoom 4's own field, as dropPendingLog() and flushLog() read it). */
   readonly _len: number;
   readonly destroyed: boolean;
   flush(): void;
@@ -91,8 +91,11 @@ interface PendingLines {
  * bytes, the eventfd back to the loop), five times a second on an idle process too.
  */
 function flushWhenPending(stream: PendingLines): void {
+  // `_len` is SonicBoom's own: should a release rename it, every interval flushes again, as
+  // periodicFlush did, rather than a quiet process's lines waiting for a batch to fill.
   setInterval(() => {
-    if (stream._len > 0 && !stream.destroyed) stream.flush();
+    if (stream.destroyed) return;
+    if (typeof stream._len !== 'number' || stream._len > 0) stream.flush();
   }, LOG_FLUSH_INTERVAL_MS).unref();
 }
 
