@@ -151,7 +151,7 @@ export const DEFAULT_PASSWORD_ALERTS: PasswordAlertsConfig = Object.freeze({ exp
  * told of the expiring password on this instance within alert_interval_ms (`interval`), or the
  * alert's text is '' (`off`).
  */
-export type PasswordAlert = { readonly state: 'told'; readonly text: string } | { readonly state: 'interval' | 'off' };
+export type PasswordAlert = { readonly state: 'told'; readonly text: string } | { readonly state: 'interval' | 'off' | 'expired' };
 
 /**
  * Whom this instance told of an expiring password, and when: so that a client opening several
@@ -175,6 +175,9 @@ export class PasswordAlerts {
       return config.graceAlert === '' ? { state: 'off' } : { state: 'told', text: config.graceAlert.replaceAll('{grace}', String(warning.graceLeft)) };
     }
     if (config.expiringAlert === '') return { state: 'off' };
+    // A cached login's warning (auth_cache_ttl_ms) whose time ran out meanwhile: "expires in ..."
+    // would be untrue, and the next bind is refused or a grace login, told as such.
+    if (warning.expiresAt <= now) return { state: 'expired' };
     if (config.alertIntervalMs > 0) {
       if (this.told === undefined || this.max !== maxEntries) {
         this.told = new LRUCache({ max: maxEntries });
@@ -183,9 +186,8 @@ export class PasswordAlerts {
       if (this.told.has(dn)) return { state: 'interval' };
       this.told.set(dn, true, { ttl: config.alertIntervalMs });
     }
-    // Rounded down, as the log's expiresInDays: 0 on the last day. A password a cached login's
-    // warning said would expire by now has none left.
-    const leftMs = Math.max(0, warning.expiresAt - now);
+    // Rounded down, as the log's expiresInDays: 0 on the last day.
+    const leftMs = warning.expiresAt - now;
     const days = Math.floor(leftMs / 86_400_000);
     const hours = Math.floor(leftMs / 3_600_000);
     const text = config.expiringAlert.replaceAll('{left}', timeLeftInWords(days, hours)).replaceAll('{days}', String(days)).replaceAll('{hours}', String(hours));

@@ -83,8 +83,8 @@ test('PasswordAlerts: an expiring password is told once per interval per entry, 
   assert.deepEqual(alerts.take(expiring, 'uid=b', CONFIG, 100, at), { state: 'told', text: 'Expires in 3 days (77 hours): 3.' });
   // A grace login is told every time, within the interval too.
   for (const graceLeft of [2, 1, 0]) assert.deepEqual(alerts.take({ kind: 'grace', graceLeft }, 'uid=a', CONFIG, 100, at), { state: 'told', text: `Expired, ${graceLeft} left.` });
-  // An expiry already past (a cached login's, answered late): none left.
-  assert.deepEqual(alerts.take({ kind: 'expiring', expiresAt: at - 5 }, 'uid=c', CONFIG, 100, at), { state: 'told', text: 'Expires in 0 days (0 hours): 0.' });
+  // An expiry already past (a cached login's, answered late): nothing is told (see below).
+  assert.deepEqual(alerts.take({ kind: 'expiring', expiresAt: at - 5 }, 'uid=c', CONFIG, 100, at), { state: 'expired' });
   // '' tells nothing, and does not count as told.
   assert.deepEqual(alerts.take(expiring, 'uid=d', { ...CONFIG, expiringAlert: '' }, 100, at), { state: 'off' });
   assert.deepEqual(alerts.take({ kind: 'grace', graceLeft: 1 }, 'uid=d', { ...CONFIG, graceAlert: '' }, 100, at), { state: 'off' });
@@ -120,12 +120,15 @@ test('PasswordAlerts: {left} says the time left in words, and the last day does 
     [2 * HOUR_MS, '2 hours (0 d, 2 h)'],
     [HOUR_MS + 59 * 60_000, '1 hour (0 d, 1 h)'],
     [HOUR_MS - 1, 'less than an hour (0 d, 0 h)'],
-    [0, 'less than an hour (0 d, 0 h)'],
-    [-5 * HOUR_MS, 'less than an hour (0 d, 0 h)'],
+    [1, 'less than an hour (0 d, 0 h)'],
   ];
   for (const [leftMs, text] of cases) {
     assert.deepEqual(alerts.take({ kind: 'expiring', expiresAt: 1_000_000_000 + leftMs }, 'uid=a', config, 100, 1_000_000_000), { state: 'told', text }, `${leftMs} ms left`);
-  }
+  }  // A cached login's warning whose expiry has passed: "expires in ..." would be untrue; nothing is
+  // told, and the user is not taken as told (the alert comes at the next warning).
+  const interval = { ...config, alertIntervalMs: 60_000 };
+  for (const leftMs of [0, -1, -5 * HOUR_MS]) assert.deepEqual(alerts.take({ kind: 'expiring', expiresAt: 1_000_000_000 + leftMs }, 'uid=b', interval, 100, 1_000_000_000), { state: 'expired' }, `${leftMs} ms left`);
+  assert.equal(alerts.take({ kind: 'expiring', expiresAt: 1_000_000_000 + DAY_MS }, 'uid=b', interval, 100, 1_000_000_000).state, 'told');
 });
 
 test('PasswordAlerts: bounded by the caches\' size; a user it forgot is told again', () => {
