@@ -1,5 +1,5 @@
 /**
- * Two builds of mailfront side by side: CPU per warm IMAP login of this build against another
+ * Two builds of mailfront side by side: CPU per warm IMAP login (cold with COMPARE_CACHE=off) of this build against another
  * (a git ref, built into a temporary worktree), both in front of the instant backend
  * (bench/instant-backend.ts) and the same slapd, loaded at the same time in rounds.
  *
@@ -22,6 +22,9 @@
  * with REF=HEAD it measures what an option costs.
  * COMPARE_NODE: the node binary for this build's mailfront only (the other build runs on the
  * bench's node, or BENCH_PROXY_NODE); with REF=HEAD it measures another Node.js release.
+ * COMPARE_CACHE=off: cold logins instead of warm ones: both builds' mailfront with both caches off
+ * (directory.auth_cache_ttl_ms and entry_cache_ttl_ms 0, as the bench's no-cache mailfront), so
+ * that every timed login is an LDAP search and a bind on slapd; what a change to that path costs.
  */
 import { execFileSync } from 'node:child_process';
 import { resolve } from 'node:path';
@@ -42,7 +45,19 @@ if (ref === undefined || ref.startsWith('-') || !(ROUNDS >= 1 && ROUNDS <= 100) 
   process.stderr.write('usage: node dist/bench/compare.js REF [ROUNDS (1-100)] [SECONDS per round (at most 60)]\n');
   process.exit(2);
 }
-/** Untimed logins per process first, all processes at once: the JIT and the auth cache warm up. */
+const CACHE = process.env['COMPARE_CACHE'] ?? 'on';
+if (CACHE !== 'on' && CACHE !== 'off') {
+  process.stderr.write('compare: COMPARE_CACHE must be on (warm logins, the default) or off (every login a search and a bind)\n');
+  process.exit(2);
+}
+const COLD = CACHE === 'off';
+/** What the timed logins are, in what is printed. */
+const KIND = COLD ? 'cold (no cache: a search and a bind each)' : 'warm';
+/**
+ * Untimed logins per process first, all processes at once: the JIT and the auth cache warm up.
+ * Cold, the same count brings the LDAP path to its steady state (bench/main.ts's no-cache
+ * mailfront needs about 2,500: V8 compiling it).
+ */
 const WARMUP_LOGINS = 6000;
 const PROCESSES = Number(process.env['COMPARE_PROCESSES'] ?? 3);
 if (!(Number.isInteger(PROCESSES) && PROCESSES >= 1 && PROCESSES <= 6)) {
@@ -62,7 +77,9 @@ const instant = await startInstantBackend(backends);
 const started: MailfrontProcess[] = [];
 try {
   // startMailfront's own config keeps the auth cache for 900 s: every timed login is a cache hit.
-  const options = { loginMode: 'replay', extraConfig: {}, stores: instant.stores } as const;
+  // Cold, both caches are off as in bench/main.ts's no-cache mailfront: every login asks slapd.
+  const extraConfig = COLD ? { directory: { auth_cache_ttl_ms: 0, entry_cache_ttl_ms: 0 } } : {};
+  const options = { loginMode: 'replay', extraConfig, stores: instant.stores } as const;
   const start = async (name: string, nodeArgs: readonly string[], main?: string, node?: string): Promise<MailfrontProcess> => {
     const p = await startMailfront(backends, { ...options, name, nodeArgs, ...(main !== undefined ? { main } : {}), ...(node !== undefined ? { node } : {}) });
     started.push(p);
@@ -80,7 +97,7 @@ try {
   const run = (mf: MailfrontProcess, count: number, seconds: number) =>
     loginLoop({ protocol: 'imap', concurrency: CONCURRENCY, maxLogins: count, maxSeconds: seconds, target: (i) => ({ port: mf.imapPort, ...users[i % users.length]! }) });
   await Promise.all(processes.map((p) => run(p.process, WARMUP_LOGINS, 180)));
-  say(`${ROUNDS} rounds of ${ROUND_SECONDS} s of warm IMAP logins, ${PROCESSES} processes of each build at once (${CONCURRENCY} clients each)`);
+  say(`${ROUNDS} rounds of ${ROUND_SECONDS} s of ${KIND} IMAP logins, ${PROCESSES} processes of each build at once (${CONCURRENCY} clients each)`);
   const cpu: number[][] = processes.map(() => []);
   const buildMean = (build: 0 | 1, values: readonly number[]): number => {
     const mine = values.filter((_, i) => processes[i]!.build === build);
@@ -108,7 +125,7 @@ try {
   const [a, b] = [buildMean(0, medians), buildMean(1, medians)];
   const each = (build: 0 | 1): string => medians.filter((_, i) => processes[i]!.build === build).map((m) => m.toFixed(3)).join(', ');
   process.stdout.write(
-    `CPU s per 1,000 warm IMAP logins, mean of ${PROCESSES} processes' medians over ${ROUNDS} rounds: ${labels[0]} ${a.toFixed(3)} (${each(0)}), ${labels[1]} ${b.toFixed(3)} (${each(1)})\n` +
+    `CPU s per 1,000 ${KIND} IMAP logins, mean of ${PROCESSES} processes' medians over ${ROUNDS} rounds: ${labels[0]} ${a.toFixed(3)} (${each(0)}), ${labels[1]} ${b.toFixed(3)} (${each(1)})\n` +
       `${labels[0]} ÷ ${labels[1]}: ${(a / b).toFixed(3)}; ${describeRoundRatios(roundRatios)}\n`,
   );
 } finally {
