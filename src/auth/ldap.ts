@@ -9,7 +9,8 @@ import { berLength } from '../ber.js';
 import { readCaCertificates } from '../ca-file.js';
 import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
-import { Client, FilterParser, InvalidCredentialsError, ResultCodeError, SearchResponse } from 'ldapts';
+import { debuglog } from 'node:util';
+import { Client, FilterParser, InvalidCredentialsError, ResultCodeError, SearchRequest, SearchResponse } from 'ldapts';
 import type { Entry, SearchOptions } from 'ldapts';
 import { PROTOCOLS, filterUsesProtocol, loginAttributeOf } from '../config/schema.js';
 import type { DirectoryConfig, Protocol } from '../config/schema.js';
@@ -423,6 +424,25 @@ interface ClientInternals {
   readonly messageParser?: { buffer?: Buffer };
   _destroySocket(socket: unknown): void;
   _send(message: { readonly messageId: number }): Promise<unknown>;
+}
+
+/**
+ * ldapts (8.2) puts every request it sends in a line of its debug log (NODE_DEBUG=ldapts), and
+ * makes the line, JSON.stringify() of the whole request, whether that log is on or not: for a
+ * search, its filter's tree, its attribute list and its controls, about 1 % of a cold login's CPU
+ * (a user search each). With the debug log off, which it is for the life of the process
+ * (NODE_DEBUG is read at its start), a search request serialises as its messageID alone, for a
+ * line no one writes; with it on, as ldapts wrote it. A bind's line is a copy of the request with
+ * the password redacted, which this does not reach.
+ */
+if (!debuglog('ldapts').enabled) {
+  Object.defineProperty(SearchRequest.prototype, 'toJSON', {
+    value(this: SearchRequest): { readonly messageId: number } {
+      return { messageId: this.messageId };
+    },
+    configurable: true,
+    writable: true,
+  });
 }
 
 /** Bytes received by each bounded client, all its connections and operations together. */
