@@ -26,14 +26,29 @@ import { MAX_LDAP_ANSWER_BYTES } from '../limits.js';
 import { PasswordPolicyRequest } from './password-policy.js';
 import type { PasswordPolicyAnswer } from './password-policy.js';
 
+/** The characters RFC 4515 §3 has escaped in a filter's value. */
+const FILTER_SPECIAL = /[*()\\\0]/;
+
 /** Escapes a value for use inside an LDAP search filter (RFC 4515 §3). */
 export function escapeFilterValue(value: string): string {
+  // Nearly every value has none of them: a test, cheaper than a replace() with a callback even when nothing matches.
+  if (!FILTER_SPECIAL.test(value)) return value;
   return value.replace(/[*()\\\0]/g, (c) => `\\${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
+/** A filter template cut at each `{user}`, once: userFilterOf() puts the escaped name between the parts. */
+export function userFilterParts(template: string): readonly string[] {
+  return template.split('{user}');
+}
+
+/** The user search filter from a template's parts (userFilterParts()). */
+export function userFilterOf(parts: readonly string[], user: string): string {
+  return parts.join(escapeFilterValue(user));
 }
 
 /** Builds the user search filter from the configured template. */
 export function userFilter(template: string, user: string): string {
-  return template.split('{user}').join(escapeFilterValue(user));
+  return userFilterOf(userFilterParts(template), user);
 }
 
 /**
@@ -814,8 +829,10 @@ export class LdapDirectory implements Directory {
   private entries: LRUCache<string, FoundEntry> | null;
   /** directory.user_filter holds {protocol}: whether a user is found depends on the login's protocol. */
   readonly byProtocol: boolean;
-  /** With byProtocol, the user filter template of each protocol, {protocol} replaced once here rather than at every login. */
-  private readonly protocolTemplates: Readonly<Record<Protocol, string>> | null;
+  /** The user filter template cut at each {user} (userFilterParts()), once here rather than at every login; null with byProtocol. */
+  private readonly userFilterParts: readonly string[] | null;
+  /** With byProtocol, the user filter template of each protocol, {protocol} replaced and cut at each {user} once here rather than at every login. */
+  private readonly protocolTemplates: Readonly<Record<Protocol, readonly string[]>> | null;
   /** Counts forget() calls: a search that began before one does not cache its answer. */
   private forgets = 0;
   /** loginAttributeOf(): read with the store attribute in each user search; undefined: none (the name typed). */
@@ -850,7 +867,8 @@ export class LdapDirectory implements Directory {
     this.holdWarned = new LRUCache({ max: 1000, ttl: Math.max(HOLD_WARNING_INTERVAL_MS, config.entryCacheTtlMs) });
     this.entries = entriesFromTakeover ? null : newEntryCache(config);
     this.byProtocol = filterUsesProtocol(config.userFilter);
-    this.protocolTemplates = this.byProtocol ? (Object.fromEntries(PROTOCOLS.map((p) => [p, protocolFilter(config.userFilter, p)])) as Record<Protocol, string>) : null;
+    this.userFilterParts = this.byProtocol ? null : userFilterParts(config.userFilter);
+    this.protocolTemplates = this.byProtocol ? (Object.fromEntries(PROTOCOLS.map((p) => [p, userFilterParts(protocolFilter(config.userFilter, p))])) as Record<Protocol, readonly string[]>) : null;
     this.serviceSlots = Array.from({ length: Math.max(1, config.searchConnections) }, () => ({ opening: null, open: null }));
   }
 
@@ -1038,9 +1056,9 @@ export class LdapDirectory implements Directory {
     return this.byProtocol ? `${user}\0${protocol}` : user;
   }
 
-  /** The user filter template of a search for a login over `protocol`; with byProtocol, there must be one. */
-  private templateFor(protocol: Protocol | undefined): string {
-    if (this.protocolTemplates === null) return this.config.userFilter;
+  /** The user filter template of a search for a login over `protocol`, cut at each {user}; with byProtocol, there must be one. */
+  private templateFor(protocol: Protocol | undefined): readonly string[] {
+    if (this.protocolTemplates === null) return this.userFilterParts!;
     if (protocol === undefined) throw new MailfrontError('DIRECTORY_PROTOCOL_MISSING', 'internal', 'directory.user_filter holds {protocol}, and the search was not given the protocol of a login');
     return this.protocolTemplates[protocol];
   }
@@ -1072,11 +1090,11 @@ export class LdapDirectory implements Directory {
   }
 
   /**
-   * Searches the user on a service connection, with the user filter `template`; `lock`: the lock
+   * Searches the user on a service connection, with the user filter `template` (cut at each {user}); `lock`: the lock
    * attributes too (a bearer login's). `avoid`: a server this login is not to use (its bind
    * failed there), and the failure to give when no other server can be had.
    */
-  private async searchDirectory(user: string, template: string, lock: boolean, avoidFirst?: AvoidedServer): Promise<FoundEntry | null> {
+  private async searchDirectory(user: string, template: readonly string[], lock: boolean, avoidFirst?: AvoidedServer): Promise<FoundEntry | null> {
     let answer: ServiceAnswer;
     try {
       answer = await this.serviceSearch(
@@ -1084,7 +1102,7 @@ export class LdapDirectory implements Directory {
         this.config.baseDn,
         {
           scope: 'sub',
-          filter: userFilter(template, user),
+          filter: userFilterOf(template, user),
           // The login attribute in the same search: the name the login goes on with is the entry's own.
           // A password login's search asks no more: its bind is refused for a lock by the server.
           attributes: lock ? [...this.searchAttributes, ...LOCK_ATTRIBUTES] : this.searchAttributes,
