@@ -10,7 +10,7 @@ import { readCaCertificates } from '../ca-file.js';
 import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { debuglog } from 'node:util';
-import { Client, FilterParser, InvalidCredentialsError, ResultCodeError, SearchRequest, SearchResponse } from 'ldapts';
+import { AbandonRequest, Client, FilterParser, InvalidCredentialsError, ResultCodeError, SearchResponse, UnbindRequest } from 'ldapts';
 import type { Entry, SearchOptions } from 'ldapts';
 import { PROTOCOLS, filterUsesProtocol, loginAttributeOf } from '../config/schema.js';
 import type { DirectoryConfig, Protocol } from '../config/schema.js';
@@ -432,32 +432,91 @@ export class LdapAnswerRefusedError extends Error {
   }
 }
 
-/** What boundAnswers() uses of an ldapts (8.2) Client beyond its API. */
-interface ClientInternals {
-  socketDataHandler: (data: Buffer) => void;
-  readonly messageDetailsByMessageId: Map<string, { readonly socket: unknown; reject(error: Error): void }>;
-  readonly messageParser?: { buffer?: Buffer };
-  _destroySocket(socket: unknown): void;
-  _send(message: { readonly messageId: number }): Promise<unknown>;
+/** An operation under way on an ldapts (8.2) Client, by its messageID (messageDetailsByMessageId). */
+interface MessageDetails {
+  readonly message: LdapRequest;
+  resolve(answer?: unknown): void;
+  reject(error: Error): void;
+  readonly timeoutTimer: NodeJS.Timeout | null;
+  readonly socket: unknown;
 }
 
+/** A request as ldapts (8.2) sends it: its messageID and its BER. */
+interface LdapRequest {
+  readonly messageId: number;
+  /** A bind's password (absent on other requests): its debug line is redacted. */
+  readonly password?: unknown;
+  write(): Buffer;
+}
+
+/** What boundAnswers() and sendRequest() use of an ldapts (8.2) Client beyond its API. */
+interface ClientInternals {
+  socketDataHandler: (data: Buffer) => void;
+  readonly messageDetailsByMessageId: Map<string, MessageDetails>;
+  readonly messageParser?: { buffer?: Buffer };
+  readonly connected: boolean;
+  readonly socket?: { write(bytes: Buffer, written: () => void): unknown };
+  readonly clientOptions: { readonly timeout?: number };
+  _destroySocket(socket: unknown): void;
+  _send(message: LdapRequest): Promise<unknown>;
+}
+
+/** ldapts's debug log (NODE_DEBUG=ldapts): sendRequest() writes its lines as ldapts's _send() did. */
+const ldaptsDebug = debuglog('ldapts');
+
 /**
- * ldapts (8.2) puts every request it sends in a line of its debug log (NODE_DEBUG=ldapts), and
- * makes the line, JSON.stringify() of the whole request, whether that log is on or not: for a
- * search, its filter's tree, its attribute list and its controls, about 1 % of a cold login's CPU
- * (a user search each). With the debug log off, which it is for the life of the process
- * (NODE_DEBUG is read at its start), a search request serialises as its messageID alone, for a
- * line no one writes; with it on, as ldapts wrote it. A bind's line is a copy of the request with
- * the password redacted, which this does not reach.
+ * Sends `message` on `client`'s connection and resolves with the answer: ldapts's (8.2)
+ * Client._send(), which every client openLdapClient() opens uses in its place (boundAnswers()),
+ * the same steps in the same order (the request's BER, its deadline, its entry in
+ * messageDetailsByMessageId, one write), with two differences. ldapts made the request's debug
+ * line, JSON.stringify() of the whole request (of a copy of a bind's, the password redacted),
+ * whether its debug log was on or not: 1.7 % of a cold mailfront's CPU in perf, a user search and
+ * a bind each login. Here the line is made only when the log is on, which it is or is not for the
+ * life of the process (NODE_DEBUG is read at its start). And the deadline's timer is cleared as
+ * the answer settles, not in a finally() of one more promise. `failed` is told of a failure
+ * first, with the error.
  */
-if (!debuglog('ldapts').enabled) {
-  Object.defineProperty(SearchRequest.prototype, 'toJSON', {
-    value(this: SearchRequest): { readonly messageId: number } {
-      return { messageId: this.messageId };
-    },
-    configurable: true,
-    writable: true,
+function sendRequest(client: ClientInternals, key: string, message: LdapRequest, failed: (error: Error) => void): Promise<unknown> {
+  const socket = client.socket;
+  if (!client.connected || socket === undefined) throw new Error('Socket connection not established');
+  const bytes = message.write();
+  const timeoutMs = client.clientOptions.timeout;
+  let timer: NodeJS.Timeout | null = null;
+  let settle!: { resolve(answer: unknown): void; reject(error: unknown): void };
+  const sent = new Promise<unknown>((resolve, reject) => {
+    settle = { resolve, reject };
   });
+  const answered = (answer?: unknown): void => {
+    if (timer !== null) clearTimeout(timer);
+    settle.resolve(answer);
+  };
+  const refused = (error: Error): void => {
+    if (timer !== null) clearTimeout(timer);
+    if (typeof error === 'object' && error !== null) failed(error);
+    settle.reject(error);
+  };
+  if (timeoutMs) {
+    timer = setTimeout(() => {
+      const details = client.messageDetailsByMessageId.get(key);
+      if (details !== undefined) {
+        client._destroySocket(details.socket);
+        refused(new Error(`${message.constructor.name}: Operation timed out`));
+      }
+    }, timeoutMs);
+  }
+  client.messageDetailsByMessageId.set(key, { message, resolve: answered, reject: refused, timeoutTimer: timer, socket });
+  if (ldaptsDebug.enabled) ldaptsDebug(`Sending message: ${JSON.stringify(message.password ? { ...message, password: '__redacted__' } : message)}`);
+  socket.write(bytes, () => {
+    if (message instanceof AbandonRequest) {
+      ldaptsDebug(`Abandoned message: ${message.messageId}`);
+      client.messageDetailsByMessageId.delete(key);
+      answered();
+    } else if (message instanceof UnbindRequest) {
+      ldaptsDebug('Unbind success. Ending socket');
+      if (client.socket !== undefined) client._destroySocket(client.socket);
+    } else ldaptsDebug('Message sent successfully.');
+  });
+  return sent;
 }
 
 /** Bytes received by each bounded client, all its connections and operations together. */
@@ -543,9 +602,9 @@ function gatherSearchAnswers(client: Client): void {
 export function boundAnswers(client: Client, url: string, limitBytes: number): void {
   const internals = client as unknown as ClientInternals;
   const deliver = internals.socketDataHandler;
-  const send = internals._send;
-  if (typeof deliver !== 'function' || !(internals.messageDetailsByMessageId instanceof Map) || typeof internals._destroySocket !== 'function' || typeof send !== 'function') {
-    throw new Error('ldapts no longer has the socketDataHandler, messageDetailsByMessageId, _destroySocket and _send that bound LDAP answers');
+  if (typeof deliver !== 'function' || !(internals.messageDetailsByMessageId instanceof Map) || typeof internals._destroySocket !== 'function' || typeof internals._send !== 'function' || typeof internals.clientOptions?.timeout !== 'number') {
+    // clientOptions.timeout: the operation deadline sendRequest() sets, as ldapts's _send() did (0: none).
+    throw new Error('ldapts no longer has the socketDataHandler, messageDetailsByMessageId, _destroySocket, _send and clientOptions.timeout that bound LDAP answers');
   }
   const counter = { total: 0 };
   receivedBytes.set(client, counter);
@@ -560,21 +619,17 @@ export function boundAnswers(client: Client, url: string, limitBytes: number): v
   /** Bytes of unsolicited notifications (messageID 0) announced on this connection. */
   let unsolicited = 0;
   // Each operation's count begins when it is sent, and a failure carries it (ldapAnswerBytes()).
-  internals._send = function (this: unknown, message: { readonly messageId: number }): Promise<unknown> {
+  // sendRequest() in place of ldapts's own _send(): `this` is the client, as for ldapts's method.
+  internals._send = function (this: ClientInternals, message: LdapRequest): Promise<unknown> {
     const key = String(message.messageId);
     const answer = { bytes: 0 };
     perOperation.set(key, answer);
-    let sent: Promise<unknown>;
     try {
-      sent = send.call(this, message);
+      return sendRequest(this, key, message, (error) => answerBytesOfFailure.set(error, answer.bytes));
     } catch (error) {
       if (perOperation.get(key) === answer) perOperation.delete(key);
       throw error;
     }
-    return sent.catch((error: unknown) => {
-      if (typeof error === 'object' && error !== null) answerBytesOfFailure.set(error, answer.bytes);
-      throw error;
-    });
   };
   /**
    * Closes the connection `from`, which sent `what`. The operation `culprit` names (the one whose

@@ -427,6 +427,7 @@ test("the bytes reach ldapts's handler with the client as `this`, as a method of
   // ldapts (8.2) has an arrow function there; a method on its prototype would read `this`.
   class ClientLike {
     readonly messageDetailsByMessageId = new Map([['1', { socket: null, reject: (): void => undefined }]]);
+    readonly clientOptions = { timeout: 0 };
     readonly read: Buffer[] = [];
     socketDataHandler(data: Buffer): void {
       this.read.push(data);
