@@ -540,6 +540,9 @@ export function ldapAnswerBytes(error: unknown): number {
   return typeof error === 'object' && error !== null ? (answerBytesOfFailure.get(error) ?? 0) : 0;
 }
 
+/** No bytes: the start of a message not yet begun (boundAnswers()), shared rather than allocated per message, and never written to. */
+const NO_BYTES = Buffer.alloc(0);
+
 /** Longest LDAPMessage header read: SEQUENCE tag, a length of up to 1 + 4 bytes, an INTEGER messageID of up to 4 bytes. */
 const MAX_MESSAGE_HEADER_BYTES = 1 + 5 + 2 + 4;
 
@@ -611,7 +614,7 @@ export function boundAnswers(client: Client, url: string, limitBytes: number): v
   /** The connection whose stream is being read (ldapts replaces it on StartTLS and on reconnection). */
   let socket: unknown = null;
   /** The start of a message whose header is not whole yet. */
-  let head = Buffer.alloc(0);
+  let head = NO_BYTES;
   /** Bytes of the current message still to come. */
   let left = 0;
   /** Bytes announced so far in answer to each operation under way, by messageID. */
@@ -656,7 +659,7 @@ export function boundAnswers(client: Client, url: string, limitBytes: number): v
   internals.socketDataHandler = function (this: unknown, data: Buffer): void {
     if (this !== socket) {
       socket = this;
-      head = Buffer.alloc(0);
+      head = NO_BYTES;
       left = 0;
       unsolicited = 0;
     }
@@ -697,7 +700,7 @@ export function boundAnswers(client: Client, url: string, limitBytes: number): v
         else answer.bytes = announced;
         // The header's bytes already read from earlier chunks are part of the message.
         left = header.length - head.length;
-        head = Buffer.alloc(0);
+        head = NO_BYTES;
       }
       const taken = Math.min(left, data.length - offset);
       left -= taken;
