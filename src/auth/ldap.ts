@@ -719,8 +719,16 @@ export function boundAnswers(client: Client, url: string, limitBytes: number): v
  * are passed for ldaps:// only) and that SNI carries host names only (RFC 6066 §3).
  */
 export async function openLdapClient(url: string, options: LdapClientOptions): Promise<Client> {
-  const host = new URL(url).hostname;
-  const tls: ConnectionOptions = isIP(host) === 0 ? { ...options.tls, servername: host } : { ...options.tls };
+  // An IPv6 literal's hostname keeps its brackets in a URL ('[::1]'): the address is without them.
+  const host = new URL(url).hostname.replace(/^\[(.*)\]$/, '$1');
+  const literal = isIP(host) !== 0;
+  const tls: ConnectionOptions = literal ? { ...options.tls } : { ...options.tls, servername: host };
+  // The identity the server's certificate must show is the URL's host (RFC 4513 §3.1.3), an IP
+  // address included. ldaps:// connects to it by name, and node checks that; StartTLS wraps the
+  // socket already open, and without a host or servername node checks the certificate against
+  // 'localhost': a certificate naming only localhost was taken for ldap://127.0.0.1, and one
+  // naming 127.0.0.1 refused.
+  const starttlsOptions: ConnectionOptions = literal ? { ...tls, host } : tls;
   const client = new Client({
     url,
     timeout: options.operationTimeoutMs,
@@ -739,7 +747,7 @@ export async function openLdapClient(url: string, options: LdapClientOptions): P
     let timer: NodeJS.Timeout | undefined;
     try {
       await Promise.race([
-        client.startTLS(tls),
+        client.startTLS(starttlsOptions),
         new Promise<never>((_, reject) => {
           timer = setTimeout(() => reject(new Error(`no StartTLS handshake with ${url} within ${deadlineMs} ms`)), deadlineMs);
         }),
