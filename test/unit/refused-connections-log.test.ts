@@ -1,5 +1,6 @@
 // Connections refused by a connection limit: one line for the first, then at most one line per
-// interval and limit, with how many were refused since the last line.
+// interval and limit, with how many were refused since the last line. Connections closed to make
+// room at max_connections are logged the same way, in session.evicted lines.
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import { afterEach, beforeEach, mock, test } from 'node:test';
@@ -72,4 +73,28 @@ test('a stop logs what no line has told of yet', async () => {
   mock.timers.tick(REFUSED_LOG_INTERVAL_MS);
   refusedLog.flush();
   assert.equal((await said()).length, 2);
+});
+
+/** What the lines so far say, refusals and evictions alike: event, level, count and example address. */
+async function events(): Promise<Array<[unknown, unknown, unknown, unknown]>> {
+  // pino writes to a stream on the next turns.
+  await new Promise((resolve) => setImmediate(resolve));
+  return lines.map((l) => [l['event'], l['level'], l['evicted'] ?? l['refused'], l['client']]);
+}
+
+test('evictions: one line at once, the rest of the interval in one line at its end, apart from the refusals', async () => {
+  refusedLog.evicted('imap', '192.0.2.1');
+  refusedLog.refused('total', 'imap', '192.0.2.50');
+  for (let i = 0; i < 500; i++) refusedLog.evicted(i % 2 === 0 ? 'imap' : 'imaps', `192.0.2.${2 + (i % 200)}`);
+  assert.deepEqual(await events(), [
+    ['session.evicted', 'warn', 1, '192.0.2.1'],
+    ['session.refused', 'warn', 1, '192.0.2.50'],
+  ]);
+  mock.timers.tick(REFUSED_LOG_INTERVAL_MS);
+  assert.deepEqual((await events())[2], ['session.evicted', 'warn', 500, '192.0.2.2']);
+  assert.equal(lines[2]?.['listener'], 'imap');
+  assert.equal(lines.length, 3);
+  mock.timers.tick(2 * REFUSED_LOG_INTERVAL_MS);
+  refusedLog.evicted('pop3', '192.0.2.9');
+  assert.deepEqual((await events())[3], ['session.evicted', 'warn', 1, '192.0.2.9']);
 });
