@@ -62,9 +62,10 @@ let cachedPrefix = '';
 export function createLogger(level: string, destination?: DestinationStream): Logger {
   const stream = destination ?? pino.destination({ dest: 1, sync: false, minLength: LOG_BATCH_BYTES, maxLength: MAX_PENDING_LOG_BYTES });
   if (destination === undefined) {
-    stdoutDestinations.push(stream as unknown as StdoutDestination);
+    const destination = stream as unknown as StdoutDestination;
+    stdoutDestinations.push(destination);
     watchLogLoss(stream as unknown as LossSource);
-    flushWhenPending(stream as unknown as PendingLines);
+    flushWhenPending(destination);
   }
   const options = {
     level,
@@ -76,21 +77,13 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
   return pino(options, stream);
 }
 
-/** What flushWhenPending() reads and calls of pino's stdout destination (a SonicBoom). */
-interface PendingLines {
-  /** Bytes written to it and not yet to stdout (SonicBoom 4's own field, as dropPendingLog() and flushLog() read it). */
-  readonly _len: number;
-  readonly destroyed: boolean;
-  flush(): void;
-}
-
 /**
  * Every LOG_FLUSH_INTERVAL_MS, writes the lines of a batch that has not filled. SonicBoom's own
  * periodicFlush flushed at every interval, lines pending or not, and a flush of nothing is a
  * write of nothing all the same: a job for libuv's thread pool (futex hand-offs, a write(2) of 0
  * bytes, the eventfd back to the loop), five times a second on an idle process too.
  */
-function flushWhenPending(stream: PendingLines): void {
+function flushWhenPending(stream: StdoutDestination): void {
   // `_len` is SonicBoom's own: should a release rename it, every interval flushes again, as
   // periodicFlush did, rather than a quiet process's lines waiting for a batch to fill.
   setInterval(() => {
@@ -166,10 +159,12 @@ export function writeStderr(text: string): void {
   }
 }
 
-/** What dropPendingLog() reads and changes of pino's stdout destination (a SonicBoom). */
+/** What dropPendingLog(), flushLog() and flushWhenPending() read, call and change of pino's stdout destination (a SonicBoom). */
 interface StdoutDestination {
-  /** Bytes written to it and not yet to stdout. */
+  /** Bytes written to it and not yet to stdout (SonicBoom 4's own field). */
   readonly _len: number;
+  readonly destroyed: boolean;
+  flush(done?: () => void): void;
   flushSync(): void;
 }
 
@@ -202,7 +197,7 @@ const LOG_FLUSH_WAIT_MS = 1_000;
  */
 export async function flushLog(): Promise<void> {
   const deadline = performance.now() + LOG_FLUSH_WAIT_MS;
-  for (const destination of stdoutDestinations as unknown as Array<StdoutDestination & { flush(done: () => void): void }>) {
+  for (const destination of stdoutDestinations) {
     // A flush asked while a write is under way ends with that write: asked again for what was
     // left, while each flush writes some (one that fails, stdout closed, writes none).
     for (let pending = Infinity; destination._len > 0 && destination._len < pending && performance.now() < deadline; ) {
