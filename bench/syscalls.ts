@@ -18,7 +18,7 @@
  * Usage: npm run build && node dist/bench/syscalls.js [LOGINS] [imap|pop3|both] [TRACE_DIR]
  */
 import { spawn } from 'node:child_process';
-import { readFileSync, readdirSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loginLoop } from './load.js';
@@ -37,6 +37,8 @@ if (!(LOGINS >= 100 && LOGINS <= 50_000) || !['imap', 'pop3', 'both'].includes(W
   process.stderr.write('usage: node dist/bench/syscalls.js [LOGINS (100-50000)] [imap|pop3|both] [TRACE_DIR]\n');
   process.exit(2);
 }
+// strace writes its file there but does not make the folder.
+if (TRACE_DIR !== undefined) mkdirSync(TRACE_DIR, { recursive: true });
 
 function say(text: string): void {
   process.stderr.write(`syscalls: ${text}\n`);
