@@ -266,10 +266,17 @@ describe('IMAP pre-auth: AUTHENTICATE', () => {
 
   it('refuses malformed SASL responses and unsupported mechanisms', () => {
     assert.deepStrictEqual(
-      preauthTrace({ phases: ['a AUTHENTICATE PLAIN =\r\nb AUTHENTICATE PLAIN\r\nnot base64!\r\nc AUTHENTICATE CRAM-MD5\r\nd NOOP\r\n'] }),
-      [
-        'send a BAD Invalid SASL response\r\n+ \r\nb BAD Invalid SASL response\r\nc NO Unsupported authentication mechanism\r\nd OK NOOP completed.\r\n',
-      ],
+      preauthTrace({ phases: ['b AUTHENTICATE PLAIN\r\nnot base64!\r\nc AUTHENTICATE CRAM-MD5\r\nd NOOP\r\n'] }),
+      ['send + \r\nb BAD Invalid SASL response\r\nc NO Unsupported authentication mechanism\r\nd OK NOOP completed.\r\n'],
+    );
+  });
+
+  it('fails a PLAIN message that is base64 but no PLAIN message with NO, counted as a failed login', () => {
+    // RFC 9051 §6.2.2 keeps BAD for base64 that is not; RFC 4616's message needs two NULs and a
+    // user. "=" is an empty initial response (RFC 4959 §3). As Dovecot answers.
+    assert.deepStrictEqual(
+      preauthTrace({ phases: [`a AUTHENTICATE PLAIN =\r\nb AUTHENTICATE PLAIN ${b64('abc')}\r\nc AUTHENTICATE PLAIN\r\n${b64('alice\0pw')}\r\n`] }),
+      [`send a ${AUTH_FAILED}b ${AUTH_FAILED}+ \r\nc ${AUTH_FAILED}* BYE Too many failed login attempts\r\n`, 'close limit'],
     );
   });
 

@@ -426,9 +426,11 @@ export class ImapPreauthMachine implements PreauthMachine {
     }
     if (sasl.mechanism === 'PLAIN') {
       const decoded = decodePlain(line);
+      // Base64 that is not (RFC 9051 §6.2.2) is BAD; a PLAIN message that is not (no two NULs,
+      // no user: RFC 4616 §2, "=" among them) fails the exchange, NO as any failed login.
       if (!decoded.ok) {
         return this.endSasl(() =>
-          decoded.reason === 'bad-characters' ? this.refuseLocally(sasl.tag, out) : this.bad(out, sasl.tag, 'Invalid SASL response'),
+          decoded.reason === 'bad-base64' ? this.bad(out, sasl.tag, 'Invalid SASL response') : this.refuseLocally(sasl.tag, out),
         );
       }
       const credentials: Credentials =
