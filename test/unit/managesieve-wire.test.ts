@@ -99,6 +99,13 @@ describe('managesieve reader', () => {
     }
   });
 
+  it('keeps a leading U+FEFF in quoted strings and literals, on both sides: part of the string, not a byte-order mark', () => {
+    const input = Buffer.from('NOOP "\ufeffabc" {4+}\r\n\ufeffx\r\n', 'utf8');
+    const tokens = [{ kind: 'atom', value: 'NOOP' }, { kind: 'string', value: '\ufeffabc' }, { kind: 'string', value: '\ufeffx' }];
+    assert.deepEqual(read(input).events, [{ type: 'line', tokens, wireBytes: input.length }]);
+    assert.deepEqual(read(input, { ...CLIENT, strictUtf8: false, rejectForeignProtocols: false }).events, [{ type: 'line', tokens, wireBytes: input.length }]);
+  });
+
   it('reads leniently where asked (backend side): invalid UTF-8 becomes U+FFFD, other protocols are not looked for', () => {
     const backend: SieveReaderOptions = { ...CLIENT, strictUtf8: false, rejectForeignProtocols: false };
     const { events } = read(Buffer.concat([Buffer.from('GET "'), Buffer.from([0xff]), Buffer.from('"\r\n')]), backend);

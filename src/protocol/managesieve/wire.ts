@@ -62,8 +62,10 @@ const BACKSLASH = 0x5c;
 const LBRACE = 0x7b;
 const RBRACE = 0x7d;
 
-const strictDecoder = new TextDecoder('utf-8', { fatal: true });
-const lenientDecoder = new TextDecoder('utf-8');
+// A leading U+FEFF is kept: it is part of the string, not a byte-order mark to drop (the decoder's
+// default), or a NOOP's TAG would come back changed and "<U+FEFF>PLAIN" would name PLAIN.
+const strictDecoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+const lenientDecoder = new TextDecoder('utf-8', { ignoreBOM: true });
 
 /**
  * First words of other protocols' requests. A browser can be made to POST a form to port 4190 and
