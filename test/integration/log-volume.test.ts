@@ -110,9 +110,9 @@ const b64 = (s: string): string => Buffer.from(s).toString('base64');
 describe('a client pipelining logins while the directory is down', () => {
   // Each protocol's way to pipeline 20 logins, and how its answers look.
   const cases = [
-    { listener: 'imap', input: (i: number) => `a${i} LOGIN user${i} pw-${i}-xyz\r\n`, greeted: /^\* OK /, refusal: /^a(\d+) NO \[UNAVAILABLE\] /, last: /^\* BYE Autologout/ },
-    { listener: 'pop3', input: (i: number) => `AUTH PLAIN ${b64(`\0user${i}\0pw-${i}-xyz`)}\r\n`, greeted: /^\+OK /, refusal: /^-ERR \[SYS\/TEMP\] /, last: /^-ERR Autologout/ },
-    { listener: 'sieve', input: (i: number) => `AUTHENTICATE "PLAIN" "${b64(`\0user${i}\0pw-${i}-xyz`)}"\r\n`, greeted: /^OK /, refusal: /^NO \(TRYLATER\) /, last: /^BYE "Disconnected for inactivity\."/ },
+    { listener: 'imap', input: (i: number) => `a${i} LOGIN user${i} pw-${i}-xyz\r\n`, greeted: /^\* OK /, refusal: /^a(\d+) NO \[UNAVAILABLE\] /, last: /^\* BYE No login within the time allowed/ },
+    { listener: 'pop3', input: (i: number) => `AUTH PLAIN ${b64(`\0user${i}\0pw-${i}-xyz`)}\r\n`, greeted: /^\+OK /, refusal: /^-ERR \[SYS\/TEMP\] /, last: /^-ERR No login within the time allowed/ },
+    { listener: 'sieve', input: (i: number) => `AUTHENTICATE "PLAIN" "${b64(`\0user${i}\0pw-${i}-xyz`)}"\r\n`, greeted: /^OK /, refusal: /^NO \(TRYLATER\) /, last: /^BYE "No login within the time allowed\."/ },
   ];
   for (const { listener, input, greeted, refusal, last } of cases) {
     it(`${listener}: each refusal waits the failure delay, so the log gets one error line per delay; the pre-auth deadline ends the session`, async (t) => {

@@ -377,7 +377,7 @@ describe('IMAP pre-auth: timeouts, shutdown, drain', () => {
   it('says goodbye on timeout and shutdown, then ignores input', () => {
     const machine = imapAdapter.createPreauth(TLS_CLIENT);
     assert.deepStrictEqual(machine.timedOut(), [
-      { type: 'send', data: '* BYE Autologout; idle for too long\r\n' },
+      { type: 'send', data: '* BYE No login within the time allowed\r\n' },
       { type: 'close', reason: 'timeout' },
     ]);
     assert.deepStrictEqual(machine.receive(utf8('a LOGIN u p\r\n')), []);

@@ -304,7 +304,7 @@ describe('managesieve preauth: hostile and broken input', () => {
 describe('managesieve preauth: deadlines, shutdown and drain', () => {
   it('timeout and shutdown say BYE and close; after login they do nothing', () => {
     const machine = managesieveAdapter.createPreauth(PLAIN_PORT);
-    assert.deepEqual(machine.timedOut(), [{ type: 'send', data: 'BYE "Disconnected for inactivity."\r\n' }, { type: 'close', reason: 'timeout' }]);
+    assert.deepEqual(machine.timedOut(), [{ type: 'send', data: 'BYE "No login within the time allowed."\r\n' }, { type: 'close', reason: 'timeout' }]);
     assert.deepEqual(machine.shuttingDown(), []);
     const other = managesieveAdapter.createPreauth(PLAIN_PORT);
     assert.deepEqual(other.shuttingDown(), [{ type: 'send', data: 'BYE (TRYLATER) "Server shutting down."\r\n' }, { type: 'close', reason: 'shutdown' }]);

@@ -534,7 +534,7 @@ describe('pop3 preauth: limits and hostile input', () => {
   it('answers a timeout and a shutdown once, then nothing', () => {
     const machine = pop3Adapter.createPreauth(PORT_110);
     assert.deepEqual(machine.timedOut(), [
-      { type: 'send', data: '-ERR Autologout; idle for too long\r\n' },
+      { type: 'send', data: '-ERR No login within the time allowed\r\n' },
       { type: 'close', reason: 'timeout' },
     ]);
     assert.deepEqual(machine.shuttingDown(), []);

@@ -66,7 +66,7 @@ test('a deadline that passes while the throttle answers ends the session; the lo
   await until(() => session.steps.includes('throttle answered'), "the throttle's answer");
   await aTurn();
   assert.equal(session.ended(), 'timeout');
-  assert.match(session.socket.out, /\* BYE Autologout[^\n]*\r\n$/);
+  assert.match(session.socket.out, /\* BYE No login within the time allowed\r\n$/);
   assert.deepEqual(session.steps, ['throttle asked', 'throttle answered'], 'neither the directory nor the store map was asked after the deadline');
   // Counted once, as abandoned; not as whatever a login that went on would have met.
   const { body } = await session.metrics.exposition();
@@ -94,7 +94,7 @@ test('a deadline that cuts a login short at the directory: the login answered as
   const lines = session.socket.out.split('\r\n').filter((l) => l !== '');
   assert.equal(lines.length, 3, `the greeting, the login's answer and the timeout answer only: ${JSON.stringify(lines)}`);
   assert.match(lines[1]!, /^a NO \[UNAVAILABLE\] /);
-  assert.match(lines[2]!, /^\* BYE Autologout/);
+  assert.match(lines[2]!, /^\* BYE No login within the time allowed/);
   assert.deepEqual(session.steps, ['directory bob']);
   assert.equal(session.limiter.sessionsOf('bob'), 0, 'the user claim is released');
 });

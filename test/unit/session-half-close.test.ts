@@ -88,6 +88,6 @@ test('a FIN during a login that never completes: the pre-auth deadline still end
   await sleep(100);
   assert.equal(session.ended(), '', 'the login goes on after the FIN');
   assert.equal(await endedWithin(session, 1_000), 'timeout');
-  assert.match(session.socket.out, /\r\na NO \[UNAVAILABLE\] [^\r\n]*\r\n\* BYE Autologout[^\r\n]*\r\n$/);
+  assert.match(session.socket.out, /\r\na NO \[UNAVAILABLE\] [^\r\n]*\r\n\* BYE No login within the time allowed\r\n$/);
   assert.equal(session.socket.writableEnded, true);
 });

@@ -223,7 +223,8 @@ export class ImapPreauthMachine implements PreauthMachine {
     const out: PreauthAction[] = [];
     // A login still under way is answered first; what the client pipelined behind it is not run.
     if (this.phase === 'login-pending') push(out, this.refusalLine('unavailable'));
-    return this.close(out, '* BYE Autologout; idle for too long\r\n', 'timeout');
+    // The time runs from accept (session.preauth_timeout_ms), not from the last command: no "idle".
+    return this.close(out, '* BYE No login within the time allowed\r\n', 'timeout');
   }
 
   shuttingDown(): PreauthAction[] {

@@ -187,7 +187,7 @@ export class ManageSievePreauth implements PreauthMachine {
     const out: PreauthAction[] = [];
     // A login still under way is answered first; what the client pipelined behind it is not run.
     if (this.#phase === 'login-pending') push(out, refusalLine('unavailable', undefined));
-    return this.#close(out, 'BYE "Disconnected for inactivity."', 'timeout');
+    return this.#close(out, 'BYE "No login within the time allowed."', 'timeout');
   }
 
   shuttingDown(): PreauthAction[] {

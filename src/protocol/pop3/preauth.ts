@@ -191,7 +191,7 @@ export class Pop3Preauth implements PreauthMachine {
   timedOut(): PreauthAction[] {
     // A login still under way is answered first; what the client pipelined behind it is not run.
     const pending = this.#state === 'awaiting-login' ? [send(refusalLine('unavailable', undefined))] : [];
-    const last = this.#finalWords('-ERR Autologout; idle for too long', 'timeout');
+    const last = this.#finalWords('-ERR No login within the time allowed', 'timeout');
     return last.length === 0 ? [] : [...pending, ...last];
   }
 
