@@ -15,17 +15,51 @@
  * With POP3_PORT it also speaks POP3 there: a greeting that offers XCLIENT as Dovecot's does to a
  * trusted network, XCLIENT, USER, PASS, STAT, NOOP and QUIT (bench/syscalls.ts logs in over it).
  *
- * Usage: node dist/bench/instant-backend.js PORT [POP3_PORT]
+ * With DELAY it sends each greeting and answer late, spending no CPU meanwhile: a backend's timing
+ * without its CPU (bench/contention.ts). "8" is 8 ms late; "~8" between 0 and 16 ms, at random.
+ *
+ * Usage: node dist/bench/instant-backend.js PORT [POP3_PORT] [DELAY]
  */
 import { createServer, type Socket } from 'node:net';
 
 const CAPABILITIES = 'IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ AUTH=PLAIN';
 /** Longest command line or literal accepted: the login loop sends a few dozen bytes. */
 const MAX_PENDING = 16 * 1024;
+/** "8": every answer 8 ms late; "~8": between 0 and 16 ms late, at random (in order on each connection). */
+const DELAY = process.argv[4] ?? '0';
+const DELAY_MS = Number(DELAY.replace(/^~/, ''));
+const JITTER = DELAY.startsWith('~');
+/** Each connection's answers still to leave, in order, the first with its timer set. */
+const queues = new WeakMap<Socket, Array<{ at: number; text: string; close: boolean }>>();
+
+/** Writes `text` (and ends the socket if `close`), late as DELAY says; never before an earlier answer. */
+function send(socket: Socket, text: string, close = false): void {
+  if (DELAY_MS <= 0) return write(socket, text, close);
+  const at = performance.now() + (JITTER ? Math.random() * 2 * DELAY_MS : DELAY_MS);
+  let queue = queues.get(socket);
+  if (queue === undefined) queues.set(socket, (queue = []));
+  queue.push({ at, text, close });
+  if (queue.length === 1) leaveInTurn(socket, queue);
+}
+
+/** The first answer of `queue` at its time (timers of different lengths keep no order between them), then the next. */
+function leaveInTurn(socket: Socket, queue: Array<{ at: number; text: string; close: boolean }>): void {
+  setTimeout(() => {
+    const first = queue.shift()!;
+    write(socket, first.text, first.close);
+    if (queue.length > 0) leaveInTurn(socket, queue);
+  }, Math.max(0, queue[0]!.at - performance.now()));
+}
+
+function write(socket: Socket, text: string, close: boolean): void {
+  if (socket.destroyed) return;
+  if (close) socket.end(text);
+  else if (text !== '') socket.write(text);
+}
 
 function serve(socket: Socket): void {
   socket.on('error', () => socket.destroy());
-  socket.write(`* OK [CAPABILITY ${CAPABILITIES}] instant backend ready\r\n`);
+  send(socket, `* OK [CAPABILITY ${CAPABILITIES}] instant backend ready\r\n`);
   let pending = '';
   /** Bytes of a synchronizing literal still to skip. */
   let literal = 0;
@@ -81,14 +115,13 @@ function serve(socket: Socket): void {
       }
       if (close) break;
     }
-    if (close) socket.end(out);
-    else if (out !== '') socket.write(out);
+    send(socket, out, close);
   });
 }
 
 function servePop3(socket: Socket): void {
   socket.on('error', () => socket.destroy());
-  socket.write('+OK [XCLIENT] instant backend ready.\r\n');
+  send(socket, '+OK [XCLIENT] instant backend ready.\r\n');
   let pending = '';
   socket.on('data', (chunk: Buffer) => {
     pending += chunk.toString('latin1');
@@ -118,8 +151,7 @@ function servePop3(socket: Socket): void {
           out += '-ERR Not supported here\r\n';
       }
     }
-    if (close) socket.end(out);
-    else if (out !== '') socket.write(out);
+    send(socket, out, close);
   });
 }
 

@@ -65,6 +65,25 @@ export function treeRssBytes(pid: number): number {
   return rssBytes(pid) + descendantsOf(pid).reduce((n, d) => n + rssBytes(d.pid), 0);
 }
 
+/**
+ * Context switches of every thread of `pid`: voluntary (it slept, in epoll_wait or a futex) and
+ * involuntary (it was preempted).
+ */
+export function contextSwitches(pid: number): { voluntary: number; involuntary: number } {
+  let voluntary = 0;
+  let involuntary = 0;
+  for (const task of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const status = readFileSync(`/proc/${pid}/task/${task}/status`, 'utf8');
+      voluntary += Number(/^voluntary_ctxt_switches:\s+(\d+)/m.exec(status)?.[1] ?? 0);
+      involuntary += Number(/^nonvoluntary_ctxt_switches:\s+(\d+)/m.exec(status)?.[1] ?? 0);
+    } catch {
+      // A thread gone meanwhile.
+    }
+  }
+  return { voluntary, involuntary };
+}
+
 /** Number of open file descriptors of a process. */
 export function openFiles(pid: number): number {
   try {

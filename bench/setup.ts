@@ -191,11 +191,12 @@ async function spawnScript(dir: TmpDir, name: string, args: readonly string[], p
 /**
  * bench/instant-backend.ts as its own process, standing in for every store's master: the
  * backend of the `cpu` step. It answers POP3 too (bench/syscalls.ts; the `cpu` step logs in over IMAP).
+ * With `delay`, every greeting and answer leaves late: "8" ms, or "~8" for 0 to 16 ms at random (bench/contention.ts).
  */
-export async function startInstantBackend(backends: Backends): Promise<{ pid: number; stores: Stores; stop(): Promise<void> }> {
+export async function startInstantBackend(backends: Backends, delay = '0'): Promise<{ pid: number; stores: Stores; stop(): Promise<void> }> {
   const port = await freePort();
   const pop3Port = await freePort();
-  const script = await spawnScript(tmpDir('bench-instant'), 'instant-backend', [String(port), String(pop3Port)], port);
+  const script = await spawnScript(tmpDir('bench-instant'), 'instant-backend', [String(port), String(pop3Port), delay], port);
   await waitForPort(pop3Port);
   return { ...script, stores: new Map([...backends.stores.keys()].map((store) => [store, { imapPort: port, pop3Port }])) };
 }

@@ -18,10 +18,11 @@
  * Usage: npm run build && node dist/bench/syscalls.js [LOGINS] [imap|pop3|both] [TRACE_DIR]
  */
 import { spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, readdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loginLoop } from './load.js';
+import { contextSwitches } from './procstat.js';
 import { startBackends, startFloor, startInstantBackend, startMailfront, type BenchUser } from './setup.js';
 
 const LOGINS = Number(process.argv[2] ?? 2000);
@@ -74,22 +75,6 @@ async function traced(pid: number, args: readonly string[], out: string, body: (
     await exited;
   }
   return readFileSync(out, 'utf8');
-}
-
-/** Voluntary and involuntary context switches of every thread of `pid`. */
-function contextSwitches(pid: number): { voluntary: number; involuntary: number } {
-  let voluntary = 0;
-  let involuntary = 0;
-  for (const task of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      const status = readFileSync(`/proc/${pid}/task/${task}/status`, 'utf8');
-      voluntary += Number(/^voluntary_ctxt_switches:\s+(\d+)/m.exec(status)?.[1] ?? 0);
-      involuntary += Number(/^nonvoluntary_ctxt_switches:\s+(\d+)/m.exec(status)?.[1] ?? 0);
-    } catch {
-      // A thread gone meanwhile.
-    }
-  }
-  return { voluntary, involuntary };
 }
 
 const backends = await startBackends({ userCount: 1000, storeCount: 2, fetchMessageBytes: 1000, dovecotClientLimit: 1 });
