@@ -185,6 +185,35 @@ function optionsOnListeningSocket(server: Server): boolean {
 /** Errors before a session owns its socket end in 'close'; one handler for every connection, not a closure each. */
 function ignoreSocketError(): void {}
 
+/**
+ * Waits for an implicit-TLS connection's handshake on `secure`: null once it is done, else why
+ * it failed ('timeout' after `timeoutMs`; 'error', whose message goes to `onError`; 'closed': the
+ * client closed, or sent its FIN, which on a half-open socket brings no close by itself). Every
+ * listener added here is removed once the wait is over: left on the socket, their closures held
+ * the wait's promise and timer for the session's life (docs/performance.md, "Memory per idle session").
+ */
+function handshake(secure: TLSSocket, timeoutMs: number, onError: (message: string) => void): Promise<TlsHandshakeFailureReason | null> {
+  return new Promise((resolve) => {
+    let settled = false;
+    const settle = (outcome: TlsHandshakeFailureReason | null): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      secure.off('secure', onSecure).off('error', onFailed).off('close', onClosed).off('end', onClosed);
+      resolve(outcome);
+    };
+    const onSecure = (): void => settle(null);
+    const onFailed = (error: Error): void => {
+      if (!settled) onError(error.message);
+      settle('error');
+    };
+    // A client gone during the handshake: nothing is left to wait for (nor to keep alive until the deadline).
+    const onClosed = (): void => settle('closed');
+    const timer = setTimeout(() => settle('timeout'), timeoutMs);
+    secure.once('secure', onSecure).once('error', onFailed).once('close', onClosed).once('end', onClosed);
+  });
+}
+
 /** True when two listener configs need different sockets (anything else can change in place). */
 export function needsRebind(a: ListenerConfig, b: ListenerConfig): boolean {
   return a.host !== b.host || a.port !== b.port || a.protocol !== b.protocol || a.tls !== b.tls;
@@ -371,28 +400,10 @@ export class Listener {
         secure.destroy();
         this.evicted('tls-handshake', config.name, endpoints.client.address);
       });
-      // No session exists yet: a failed handshake is counted and logged here, once (an error is followed by a close).
-      let settled = false;
+      // No session exists yet: a failed handshake is counted and logged here, once (an error is
+      // followed by a close). The handshake spends the session's pre-auth time (it runs from accept).
       let errorMessage = '';
-      const failure = await new Promise<TlsHandshakeFailureReason | null>((resolve) => {
-        const settle = (outcome: TlsHandshakeFailureReason | null): void => {
-          if (settled) return;
-          settled = true;
-          clearTimeout(timer);
-          resolve(outcome);
-        };
-        // The handshake spends the session's pre-auth time (it runs from accept).
-        const timer = setTimeout(() => settle('timeout'), Math.max(0, acceptedAt + timeoutMs - performance.now()));
-        secure.once('secure', () => settle(null));
-        secure.once('error', (error) => {
-          if (!settled) errorMessage = error.message;
-          settle('error');
-        });
-        // A client gone during the handshake: nothing is left to wait for (nor to keep alive until the deadline).
-        secure.once('close', () => settle('closed'));
-        // Its FIN alone: the socket is half-open (allowHalfOpen), so no 'close' follows by itself.
-        secure.once('end', () => settle('closed'));
-      });
+      const failure = await handshake(secure, Math.max(0, acceptedAt + timeoutMs - performance.now()), (message) => (errorMessage = message));
       if (evicted) return;
       if (failure !== null) {
         // Not one byte past the PROXY header (if any): a reset or a close before any TLS byte.

@@ -1,0 +1,180 @@
+/**
+ * What an implicit-TLS session keeps once its handshake is done (docs/performance.md, "Memory
+ * per idle session"), and that what it no longer keeps changes none of the ways it ends.
+ *
+ * - The listeners the handshake wait put on the TLS socket are gone once it is done.
+ * - A reset after the handshake (before login, and spliced), a FIN with the first bytes and a
+ *   client gone before any byte still end the connection once, as they did.
+ *
+ * The first looks inside the process (mailfront runs in it): TLSSocket.prototype._wrapHandle
+ * is watched to see the TLS socket the listener makes.
+ */
+import assert from 'node:assert/strict';
+import { connect as netConnect } from 'node:net';
+import type { Socket } from 'node:net';
+import { after, before, beforeEach, describe, test } from 'node:test';
+import { connect as tlsConnect, TLSSocket } from 'node:tls';
+import { startDovecot, startSlapd } from './servers/index.js';
+import type { Dovecot, Slapd } from './servers/index.js';
+import { registerSecrets, startFront, waitForLog } from './front.js';
+import type { Front } from './front.js';
+
+const PASSWORD = 'Tilda-idle-41c7';
+registerSecrets([PASSWORD]);
+
+/** A TLS socket made on the server side, and how many bytes its socket had read already then. */
+interface Wrapped {
+  readonly secure: TLSSocket;
+  readonly buffered: number;
+}
+const wrapped: Wrapped[] = [];
+type WrapHandle = (this: TLSSocket, wrap: Socket | null, ...rest: unknown[]) => unknown;
+const proto = TLSSocket.prototype as unknown as { _wrapHandle: WrapHandle; _tlsOptions?: { isServer?: boolean } };
+const originalWrapHandle = proto._wrapHandle;
+
+let slapd: Slapd;
+let dovecot: Dovecot;
+let front: Front;
+
+before(async () => {
+  proto._wrapHandle = function (this: TLSSocket, wrap: Socket | null, ...rest: unknown[]): unknown {
+    const options = (this as unknown as { _tlsOptions?: { isServer?: boolean } })._tlsOptions;
+    if (options?.isServer === true) wrapped.push({ secure: this, buffered: wrap?.readableLength ?? 0 });
+    return originalWrapHandle.call(this, wrap, ...rest);
+  };
+  slapd = await startSlapd({ users: [{ uid: 'tilda', password: PASSWORD, store: 'alpha' }] });
+  dovecot = await startDovecot({ name: 'tls-idle-alpha', users: [{ name: 'tilda', password: PASSWORD }] });
+  front = await startFront({ slapd, stores: { alpha: { currentMaster: 'a1', slots: { a1: { imapPort: dovecot.imapPort } } } } });
+});
+
+after(async () => {
+  proto._wrapHandle = originalWrapHandle;
+  await front?.stop();
+  await Promise.all([slapd?.stop(), dovecot?.stop()]);
+});
+
+beforeEach(() => {
+  wrapped.length = 0;
+});
+
+/** A TLS client on a plain socket of its own (which a test can reset), its lines in `lines`. */
+async function client(): Promise<{ raw: Socket; tls: TLSSocket; lines: string[]; next(): Promise<string> }> {
+  const raw = netConnect(front.imapsPort, '127.0.0.1');
+  raw.on('error', () => undefined);
+  await new Promise<void>((resolve) => raw.once('connect', resolve));
+  const tls = tlsConnect({ socket: raw, servername: 'localhost', ca: front.caPem });
+  tls.on('error', () => undefined);
+  await new Promise<void>((resolve, reject) => {
+    tls.once('secureConnect', resolve);
+    tls.once('error', reject);
+  });
+  const lines: string[] = [];
+  let pending = '';
+  let wake: (() => void) | undefined;
+  tls.on('data', (chunk: Buffer) => {
+    pending += chunk.toString('latin1');
+    for (let at = pending.indexOf('\r\n'); at >= 0; at = pending.indexOf('\r\n')) {
+      lines.push(pending.slice(0, at));
+      pending = pending.slice(at + 2);
+    }
+    wake?.();
+  });
+  const next = async (): Promise<string> => {
+    for (let i = 0; i < 100 && lines.length === 0; i++) await new Promise<void>((resolve) => ((wake = resolve), setTimeout(resolve, 100)));
+    return lines.shift() ?? assert.fail('no line from mailfront');
+  };
+  return { raw, tls, lines, next };
+}
+
+/** Logs in and selects INBOX: the session is spliced. Returns its id. */
+async function spliced(c: Awaited<ReturnType<typeof client>>): Promise<string> {
+  const since = front.logs.length;
+  assert.match(await c.next(), /^\* OK/);
+  c.tls.write(`a LOGIN tilda ${PASSWORD}\r\n`);
+  for (let line = await c.next(); !line.startsWith('a '); line = await c.next());
+  const event = await waitForLog(front, (l) => l['event'] === 'session.spliced' && l['user'] === 'tilda', 5_000, since);
+  c.tls.write('b SELECT INBOX\r\n');
+  for (let line = await c.next(); !line.startsWith('b '); line = await c.next());
+  return String(event['session']);
+}
+
+/** The session.finished lines of session `id` within `ms` (waits that long for a second one). */
+async function finishedLines(id: string, ms = 500): Promise<Array<Record<string, unknown>>> {
+  await waitForLog(front, (l) => l['event'] === 'session.finished' && l['session'] === id, 5_000);
+  await new Promise((resolve) => setTimeout(resolve, ms));
+  return front.logs.filter((l) => l['event'] === 'session.finished' && l['session'] === id);
+}
+
+describe('an implicit-TLS session after its handshake', () => {
+  test('no listener of the handshake wait is left on the spliced TLS socket', async () => {
+    const c = await client();
+    await spliced(c);
+    const secure = wrapped[0]?.secure ?? assert.fail('no server TLS socket');
+    // The session and the splice listen with on(); the handshake wait's once() wrappers (a
+    // `listener` property) held its closures, promise and timer for the session's life.
+    for (const event of ['secure', 'error', 'close', 'end']) {
+      const onces = secure.rawListeners(event).filter((l) => 'listener' in l);
+      assert.equal(onces.length, 0, `${onces.length} once() listeners of '${event}' left`);
+    }
+    c.tls.destroy();
+  });
+
+  test('a reset once spliced ends the session once, as a client error, and frees its connection slot', async () => {
+    const open = front.mailfront.limiter.connections;
+    const c = await client();
+    const id = await spliced(c);
+    c.raw.resetAndDestroy();
+    const finished = await finishedLines(id);
+    assert.deepEqual(finished.map((l) => [l['reason'], l['phase']]), [['client-error', 'spliced']]);
+    // (The earlier tests' connections may still be closing: at most as many as before.)
+    for (let i = 0; i < 50 && front.mailfront.limiter.connections > open; i++) await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.ok(front.mailfront.limiter.connections <= open, `${front.mailfront.limiter.connections} connections open, ${open} before`);
+  });
+
+  test('a reset after the handshake, before login, ends the session once', async () => {
+    const since = front.logs.length;
+    const c = await client();
+    assert.match(await c.next(), /^\* OK/);
+    const started = await waitForLog(front, (l) => l['event'] === 'session.started' && l['listener'] === 'imaps', 5_000, since);
+    c.raw.resetAndDestroy();
+    const finished = await finishedLines(String(started['session']));
+    assert.deepEqual(finished.map((l) => [l['reason'], l['phase']]), [['client-error-preauth', 'preauth']]);
+  });
+});
+
+describe('an implicit-TLS connection that ends before its handshake', () => {
+  const failures = (): Array<Record<string, unknown>> => front.logs.filter((l) => l['event'] === 'session.tls_failed');
+
+  test('a client that sends the start of a ClientHello and its FIN at once is closed at once, no session begun', async () => {
+    const before = { failed: failures().length, started: front.logs.filter((l) => l['event'] === 'session.started').length };
+    const raw = netConnect(front.imapsPort, '127.0.0.1');
+    raw.on('error', () => undefined);
+    raw.resume();
+    await new Promise<void>((resolve) => raw.once('connect', resolve));
+    // A TLS record header announcing a 512-byte handshake message, and 5 bytes of it.
+    raw.end(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03]));
+    const closed = await new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), 5_000);
+      raw.once('close', () => (clearTimeout(timer), resolve(true)));
+    });
+    assert.ok(closed, 'mailfront closed the connection (it did not wait for the pre-auth deadline)');
+    assert.equal(failures().length, before.failed, 'a client gone is not logged as a failed handshake');
+    assert.equal(front.logs.filter((l) => l['event'] === 'session.started').length, before.started);
+  });
+
+  test('a client gone before its first byte leaves nothing open', async () => {
+    const open = front.mailfront.limiter.connections;
+    for (const end of ['close', 'reset'] as const) {
+      const raw = netConnect(front.imapsPort, '127.0.0.1');
+      raw.on('error', () => undefined);
+      raw.resume();
+      await new Promise<void>((resolve) => raw.once('connect', resolve));
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      if (end === 'reset') raw.resetAndDestroy();
+      else raw.end();
+      await new Promise<void>((resolve) => (raw.closed ? resolve() : raw.once('close', () => resolve())));
+    }
+    for (let i = 0; i < 100 && front.mailfront.limiter.connections > open; i++) await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.ok(front.mailfront.limiter.connections <= open, `${front.mailfront.limiter.connections} connections open, ${open} before`);
+  });
+});
