@@ -2,12 +2,15 @@
  * What an implicit-TLS session keeps once its handshake is done (docs/performance.md, "Memory
  * per idle session"), and that what it no longer keeps changes none of the ways it ends.
  *
+ * - node's TLS layer sizes its input buffer, kept for the connection's life, by its first read:
+ *   the listener hands it the client's first bytes read already (its ClientHello), so that the
+ *   buffer is the ClientHello's size (at least 1 KiB), not libuv's 64 KiB.
  * - The listeners the handshake wait put on the TLS socket are gone once it is done.
  * - A reset after the handshake (before login, and spliced), a FIN with the first bytes and a
  *   client gone before any byte still end the connection once, as they did.
  *
- * The first looks inside the process (mailfront runs in it): TLSSocket.prototype._wrapHandle
- * is watched to see the TLS socket the listener makes.
+ * The first two look inside the process (mailfront runs in it): TLSSocket.prototype._wrapHandle
+ * is watched to see the socket the TLS layer is made on, and the TLS socket it makes.
  */
 import assert from 'node:assert/strict';
 import { connect as netConnect } from 'node:net';
@@ -106,6 +109,16 @@ async function finishedLines(id: string, ms = 500): Promise<Array<Record<string,
 }
 
 describe('an implicit-TLS session after its handshake', () => {
+  test("the TLS layer is given the client's first bytes read already, which size its input buffer", async () => {
+    const c = await client();
+    await spliced(c);
+    assert.equal(wrapped.length, 1);
+    // A ClientHello of node's client is about 300 to 600 bytes; 0 is the TLS layer reading the
+    // socket itself (its first read, and so its buffer for good, is then 64 KiB).
+    assert.ok(wrapped[0]!.buffered > 0, `the socket had read ${wrapped[0]!.buffered} bytes when it was wrapped`);
+    c.tls.destroy();
+  });
+
   test('no listener of the handshake wait is left on the spliced TLS socket', async () => {
     const c = await client();
     await spliced(c);
