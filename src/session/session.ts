@@ -308,7 +308,13 @@ function delay(ms: number, signal: Cancellation): Promise<void> {
 export class Session {
   readonly id = newSessionId();
   private phase: SessionPhase = 'greeting';
-  private socket: Socket;
+  /** The client's socket as last set: read through `socket`. */
+  private clientSocket: Socket;
+  /**
+   * From a STARTTLS until the client's first bytes (its ClientHello) come: makes the TLS socket
+   * (startTls()).
+   */
+  private wrapOnHello: (() => void) | undefined;
   private machine: PreauthMachine;
   /** Cancels a login in progress; made at the first login and let go once spliced. */
   private canceller: Canceller | undefined;
@@ -419,6 +425,21 @@ export class Session {
     this.finish('client-closed-preauth');
   };
 
+  /**
+   * The client's socket: from STARTTLS on, the TLS one. That one is made when the client's first
+   * bytes come (startTls()), or, when something needs the socket before them (the pre-auth
+   * deadline's answer, an eviction, a shutdown, the session's end), then: the socket is what it
+   * was when STARTTLS wrapped it at once. A socket destroyed meanwhile is left as it is.
+   */
+  private get socket(): Socket {
+    if (this.wrapOnHello !== undefined && !this.clientSocket.destroyed) this.wrapOnHello();
+    return this.clientSocket;
+  }
+
+  private set socket(socket: Socket) {
+    this.clientSocket = socket;
+  }
+
   constructor(
     socket: Socket,
     listener: ListenerConfig,
@@ -431,7 +452,7 @@ export class Session {
   ) {
     this.acceptedAt = acceptedAt;
     this.startedAt = Math.round(Date.now() - (performance.now() - acceptedAt));
-    this.socket = socket;
+    this.clientSocket = socket;
     this.tlsActive = tlsActive;
     this.endpoints = endpoints;
     this.clientAddress = endpoints.client.address;
@@ -554,7 +575,8 @@ export class Session {
     }
     // The client sent its FIN (onPreauthGone()) and what it sent before is answered: a failed
     // login's refusal, and the commands pipelined behind it, were the last of it.
-    if (this.phase === 'preauth' && this.socket.readableEnded && !this.machine.loginPending) this.finish('client-closed-preauth');
+    // (Not while a STARTTLS waits for the client's first bytes: the TLS socket, not made yet, has seen no FIN.)
+    if (this.phase === 'preauth' && this.wrapOnHello === undefined && this.socket.readableEnded && !this.machine.loginPending) this.finish('client-closed-preauth');
     this.readOnlyWhatFits();
   }
 
@@ -664,31 +686,49 @@ export class Session {
       this.finish('tls-failed');
       return;
     }
-    // Wrapping the socket hands every later byte to the TLS layer: plaintext a client queued
-    // behind STARTTLS is never read as a command (the machine dropped what it had already).
-    const SNICallback = this.context.sniCallback?.();
-    const secure = new TLSSocket(plain, { isServer: true, secureContext, ...(SNICallback !== undefined ? { SNICallback } : {}) });
-    this.socket = secure;
-    secure.once('secure', () => {
-      this.tlsActive = true;
-      this.attachPreauth(secure, false);
-      this.perform(this.machine.tlsStarted());
-    });
-    secure.on('error', (error) => {
-      if (!this.tlsActive) {
-        // As the implicit-TLS listener's line says it (the session's own lines before it are debug).
-        this.log.info({ event: 'session.tls_failed', listener: this.listenerName, client: this.clientAddress, reason: 'error', err: error.message }, 'TLS handshake failed');
-        this.finish('tls-failed');
-      }
-    });
+    const failed = (error: Error): void => {
+      if (this.tlsActive) return;
+      // As the implicit-TLS listener's line says it (the session's own lines before it are debug).
+      this.log.info({ event: 'session.tls_failed', listener: this.listenerName, client: this.clientAddress, reason: 'error', err: error.message }, 'TLS handshake failed');
+      this.finish('tls-failed');
+    };
+    // A FIN during the handshake: the socket is half-open, and no 'close' would come until the deadline.
+    const gone = (): void => {
+      if (!this.tlsActive) this.finish('client-closed-preauth');
+    };
+    // The socket is wrapped once the client's first bytes are in its buffer: node's TLS layer
+    // keeps an input buffer the size of its first read for the connection's life, 64 KiB when it
+    // reads the socket itself (server/listeners.ts, handshake()). Until then its end or error is
+    // the handshake's, as the TLS socket's would be.
+    const onHello = (): void => {
+      // 'readable' with nothing to read: the client's FIN, whose 'end' the read emits.
+      if (plain.readableLength === 0) return void plain.read();
+      wrap();
+    };
+    const wrap = (): void => {
+      this.wrapOnHello = undefined;
+      plain.off('readable', onHello).off('error', failed).off('end', gone);
+      // Wrapping the socket hands every later byte to the TLS layer: plaintext a client queued
+      // behind STARTTLS is never read as a command (the machine dropped what it had already).
+      const SNICallback = this.context.sniCallback?.();
+      const secure = new TLSSocket(plain, { isServer: true, secureContext, ...(SNICallback !== undefined ? { SNICallback } : {}) });
+      this.socket = secure;
+      secure.once('secure', () => {
+        // The handshake's listeners go (left on, they were no-ops held for the session's life).
+        secure.off('error', failed).off('end', gone);
+        this.tlsActive = true;
+        this.attachPreauth(secure, false);
+        this.perform(this.machine.tlsStarted());
+      });
+      secure.on('error', failed);
+      secure.once('end', gone);
+    };
     // Before the splice only: once spliced, the splice watches the TLS socket and says why the session ended.
     plain.on('close', () => {
       if (this.phase !== 'spliced') this.finish('client-closed-preauth');
     });
-    // A FIN during the handshake: the socket is half-open, and no 'close' would come until the deadline.
-    secure.once('end', () => {
-      if (!this.tlsActive) this.finish('client-closed-preauth');
-    });
+    this.wrapOnHello = wrap;
+    plain.on('readable', onHello).once('error', failed).once('end', gone);
   }
 
   /**

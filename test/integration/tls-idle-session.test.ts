@@ -1,13 +1,15 @@
 /**
- * What an implicit-TLS session keeps once its handshake is done (docs/performance.md, "Memory
- * per idle session"), and that what it no longer keeps changes none of the ways it ends.
+ * What a TLS session keeps once its handshake is done, implicit or after STARTTLS
+ * (docs/performance.md, "Memory per idle session"), and that what it no longer keeps changes
+ * none of the ways it ends.
  *
  * - node's TLS layer sizes its input buffer, kept for the connection's life, by its first read:
  *   the listener hands it the client's first bytes read already (its ClientHello), so that the
  *   buffer is the ClientHello's size (at least 1 KiB), not libuv's 64 KiB.
  * - The listeners the handshake wait put on the TLS socket are gone once it is done.
  * - A reset after the handshake (before login, and spliced), a FIN with the first bytes and a
- *   client gone before any byte still end the connection once, as they did.
+ *   client gone before any byte still end the connection once, as they did; after a STARTTLS
+ *   answered, a FIN, a reset or the pre-auth deadline before the client's first TLS byte too.
  *
  * The first two look inside the process (mailfront runs in it): TLSSocket.prototype._wrapHandle
  * is watched to see the socket the TLS layer is made on, and the TLS socket it makes.
@@ -89,10 +91,52 @@ async function client(): Promise<{ raw: Socket; tls: TLSSocket; lines: string[];
   return { raw, tls, lines, next };
 }
 
-/** Logs in and selects INBOX: the session is spliced. Returns its id. */
-async function spliced(c: Awaited<ReturnType<typeof client>>): Promise<string> {
+/** A client on the STARTTLS port that has sent STARTTLS and read its answer, before any TLS byte. */
+async function startTlsAnswered(): Promise<{ raw: Socket; received: () => string }> {
+  const raw = netConnect(front.imapPort, '127.0.0.1');
+  raw.on('error', () => undefined);
+  let text = '';
+  raw.on('data', (chunk: Buffer) => (text += chunk.toString('latin1')));
+  const until = async (pattern: RegExp): Promise<void> => {
+    for (let i = 0; i < 100 && !pattern.test(text); i++) await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.match(text, pattern);
+  };
+  await until(/^\* OK.*\r\n/);
+  raw.write('s STARTTLS\r\n');
+  await until(/\r\ns OK[^\r]*\r\n$/);
+  return { raw, received: () => text };
+}
+
+/** The same, then the TLS handshake: a client as client() makes one, greeted over TLS. */
+async function startTlsClient(): Promise<Awaited<ReturnType<typeof client>>> {
+  const { raw } = await startTlsAnswered();
+  raw.removeAllListeners('data');
+  const tls = tlsConnect({ socket: raw, servername: 'localhost', ca: front.caPem });
+  tls.on('error', () => undefined);
+  await new Promise<void>((resolve, reject) => {
+    tls.once('secureConnect', resolve);
+    tls.once('error', reject);
+  });
+  const lines: string[] = [];
+  let pending = '';
+  tls.on('data', (chunk: Buffer) => {
+    pending += chunk.toString('latin1');
+    for (let at = pending.indexOf('\r\n'); at >= 0; at = pending.indexOf('\r\n')) {
+      lines.push(pending.slice(0, at));
+      pending = pending.slice(at + 2);
+    }
+  });
+  const next = async (): Promise<string> => {
+    for (let i = 0; i < 100 && lines.length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 50));
+    return lines.shift() ?? assert.fail('no line from mailfront');
+  };
+  return { raw, tls, lines, next };
+}
+
+/** Logs in and selects INBOX: the session is spliced. Returns its id. `greeted`: the greeting was read already (STARTTLS). */
+async function spliced(c: Awaited<ReturnType<typeof client>>, greeted = false): Promise<string> {
   const since = front.logs.length;
-  assert.match(await c.next(), /^\* OK/);
+  if (!greeted) assert.match(await c.next(), /^\* OK/);
   c.tls.write(`a LOGIN tilda ${PASSWORD}\r\n`);
   for (let line = await c.next(); !line.startsWith('a '); line = await c.next());
   const event = await waitForLog(front, (l) => l['event'] === 'session.spliced' && l['user'] === 'tilda', 5_000, since);
@@ -189,5 +233,57 @@ describe('an implicit-TLS connection that ends before its handshake', () => {
     }
     for (let i = 0; i < 100 && front.mailfront.limiter.connections > open; i++) await new Promise((resolve) => setTimeout(resolve, 20));
     assert.ok(front.mailfront.limiter.connections <= open, `${front.mailfront.limiter.connections} connections open, ${open} before`);
+  });
+});
+
+describe('a session after STARTTLS', () => {
+  test("the TLS layer is given the client's first bytes read already, and no listener of the handshake stays", async () => {
+    const c = await startTlsClient();
+    await spliced(c, true);
+    assert.equal(wrapped.length, 1);
+    assert.ok(wrapped[0]!.buffered > 0, `the socket had read ${wrapped[0]!.buffered} bytes when it was wrapped`);
+    const secure = wrapped[0]!.secure;
+    for (const event of ['secure', 'error', 'close', 'end']) {
+      const onces = secure.rawListeners(event).filter((l) => 'listener' in l);
+      assert.equal(onces.length, 0, `${onces.length} once() listeners of '${event}' left`);
+    }
+    c.tls.destroy();
+  });
+
+  test('a FIN after the STARTTLS answer, before any TLS byte, ends the session at once', async () => {
+    const since = front.logs.length;
+    const { raw } = await startTlsAnswered();
+    const started = await waitForLog(front, (l) => l['event'] === 'session.started' && l['listener'] === 'imap', 5_000, since);
+    raw.end();
+    const finished = await finishedLines(String(started['session']));
+    assert.deepEqual(finished.map((l) => [l['reason'], l['phase']]), [['client-closed-preauth', 'preauth']]);
+    assert.equal(front.logs.slice(since).filter((l) => l['event'] === 'session.tls_failed').length, 0);
+  });
+
+  test('a reset after the STARTTLS answer, before any TLS byte, is a failed handshake, logged once', async () => {
+    const since = front.logs.length;
+    const { raw } = await startTlsAnswered();
+    const started = await waitForLog(front, (l) => l['event'] === 'session.started' && l['listener'] === 'imap', 5_000, since);
+    raw.resetAndDestroy();
+    const finished = await finishedLines(String(started['session']));
+    assert.deepEqual(finished.map((l) => [l['reason'], l['phase']]), [['tls-failed', 'preauth']]);
+    const failed = front.logs.slice(since).filter((l) => l['event'] === 'session.tls_failed');
+    assert.deepEqual(failed.map((l) => [l['reason'], l['listener'], l['err']]), [['error', 'imap', 'read ECONNRESET']]);
+  });
+
+  test('the pre-auth deadline after the STARTTLS answer, before any TLS byte, closes the connection with no plaintext after the answer', async () => {
+    const since = front.logs.length;
+    const { raw, received } = await startTlsAnswered();
+    const answered = received().length;
+    const started = await waitForLog(front, (l) => l['event'] === 'session.started' && l['listener'] === 'imap', 5_000, since);
+    const closed = await new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), 15_000);
+      raw.once('close', () => (clearTimeout(timer), resolve(true)));
+    });
+    assert.ok(closed, 'closed after the pre-auth deadline');
+    assert.equal(received().length, answered, 'nothing in plaintext after the STARTTLS answer');
+    const finished = await finishedLines(String(started['session']), 100);
+    assert.equal(finished.length, 1);
+    assert.equal(finished[0]!['phase'], 'preauth');
   });
 });
