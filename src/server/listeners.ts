@@ -13,6 +13,7 @@ import type { EvictedPhase, TlsHandshakeFailureReason } from '../metrics.js';
 import { MailfrontError, asMailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { CidrSet } from '../net/cidr.js';
+import { endOnLateTlsError } from '../net/tls-late-error.js';
 import { ADDRESS_LIMIT_TEXT, SHUTTING_DOWN_TEXT, TOTAL_LIMIT_TEXT } from '../protocol/rules.js';
 import type { ProtocolAdapter } from '../protocol/types.js';
 import { Session } from '../session/session.js';
@@ -450,6 +451,7 @@ export class Listener {
       }
       // Settled without a failure: the handshake was done, on the socket wrap() made.
       if (secure === undefined) return void raw.destroy();
+      endOnLateTlsError(secure);
       socket = secure;
       // The server began to stop during the handshake: no new session is greeted now.
       if (this.shuttingDown) return this.refuse(secure, false, 'total', SHUTTING_DOWN_TEXT);

@@ -16,6 +16,7 @@ import type { EvictedPhase, LoginResult, Metrics, SessionMetrics } from '../metr
 import { authFailureReason, backendFailureResult } from '../metrics.js';
 import type { CidrSet } from '../net/cidr.js';
 import { readDirect, writeNow } from '../net/direct-io.js';
+import { endOnLateTlsError } from '../net/tls-late-error.js';
 import type { Throttle } from '../auth/throttle.js';
 import type { LeaveAddressGate, LeaveGate, LoginGate } from '../auth/login-gate.js';
 import type { ConnectionLease, ConnectionLimiter } from '../server/connection-limits.js';
@@ -716,6 +717,7 @@ export class Session {
       secure.once('secure', () => {
         // The handshake's listeners go (left on, they were no-ops held for the session's life).
         secure.off('error', failed).off('end', gone);
+        endOnLateTlsError(secure);
         this.tlsActive = true;
         this.attachPreauth(secure, false);
         this.perform(this.machine.tlsStarted());

@@ -10,11 +10,15 @@
  * - A reset after the handshake (before login, and spliced), a FIN with the first bytes and a
  *   client gone before any byte still end the connection once, as they did; after a STARTTLS
  *   answered, a FIN, a reset or the pre-auth deadline before the client's first TLS byte too.
+ * - A TLS record that fails after the handshake (one that does not decrypt) ends the session at
+ *   once, implicit TLS or STARTTLS, spliced or before login: node keeps such an error to itself on
+ *   a TLS socket no tls.Server released (src/net/tls-late-error.ts).
  *
  * The first two look inside the process (mailfront runs in it): TLSSocket.prototype._wrapHandle
  * is watched to see the socket the TLS layer is made on, and the TLS socket it makes.
  */
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { connect as netConnect } from 'node:net';
 import type { Socket } from 'node:net';
 import { after, before, beforeEach, describe, test } from 'node:test';
@@ -285,5 +289,38 @@ describe('a session after STARTTLS', () => {
     const finished = await finishedLines(String(started['session']), 100);
     assert.equal(finished.length, 1);
     assert.equal(finished[0]!['phase'], 'preauth');
+  });
+});
+
+/** A TLS 1.3 application-data record of garbage: OpenSSL cannot decrypt it ("bad record mac"). */
+function badRecord(): Buffer {
+  return Buffer.concat([Buffer.from([0x17, 0x03, 0x03, 0x00, 0x40]), randomBytes(64)]);
+}
+
+describe('a TLS record that fails after the handshake', () => {
+  const ways = [
+    { name: 'implicit TLS', connect: client, greeted: false },
+    { name: 'STARTTLS', connect: startTlsClient, greeted: true },
+  ] as const;
+  for (const way of ways) {
+    test(`${way.name}: spliced, the session ends at once, as a client error`, async () => {
+      const c = await way.connect();
+      const id = await spliced(c, way.greeted);
+      c.raw.write(badRecord());
+      const finished = await finishedLines(id);
+      assert.deepEqual(finished.map((l) => [l['reason'], l['phase']]), [['client-error', 'spliced']]);
+      c.raw.destroy();
+    });
+  }
+
+  test('implicit TLS: before login, the session ends at once, as a client error', async () => {
+    const since = front.logs.length;
+    const c = await client();
+    assert.match(await c.next(), /^\* OK/);
+    const started = await waitForLog(front, (l) => l['event'] === 'session.started' && l['listener'] === 'imaps', 5_000, since);
+    c.raw.write(badRecord());
+    const finished = await finishedLines(String(started['session']));
+    assert.deepEqual(finished.map((l) => [l['reason'], l['phase']]), [['client-error-preauth', 'preauth']]);
+    c.raw.destroy();
   });
 });
