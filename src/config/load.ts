@@ -308,6 +308,8 @@ export interface ParsedStoreMap {
   /** The YAML document, to edit keeping the operator's comments and layout (a failover). */
   readonly yaml: Document.Parsed;
   readonly document: unknown;
+  /** How many secret files (`*_password_file`, …) `document` holds the content of: read anew at each parse. */
+  readonly secretFiles: number;
 }
 
 /**
@@ -318,9 +320,9 @@ export function parseStoreMap(text: string, fileName: string, baseDir?: string):
   const file = resolve(fileName);
   const { doc, value } = parseYaml(text, file, checkStoreMapNames);
   const issues = new IssueList();
-  inlineSecretFiles(value, baseDir === undefined ? resolverFor(file) : resolverIn(baseDir), '', issues);
+  const inlined = inlineSecretFiles(value, baseDir === undefined ? resolverFor(file) : resolverIn(baseDir), '', issues);
   if (issues.issues.length > 0) throw new ConfigError(file, issues.issues);
-  return { yaml: doc, document: value };
+  return { yaml: doc, document: value, secretFiles: inlined.fromFiles.size };
 }
 
 /**
