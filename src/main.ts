@@ -923,7 +923,11 @@ export class Mailfront {
       // Logins connecting or logging in to the old master go on with the new one at once.
       const logins = this.registry.masterMoved(change.store, change.from, change.protocols);
       const sessions = this.registry.splicedToMoved(change.store, change.from, change.protocols);
-      this.log.warn({ event: 'failover.drain', store: change.store, from: change.from, to: change.to, ...(change.protocols !== undefined ? { protocols: change.protocols } : {}), sessions: sessions.length, logins, spreadMs }, 'master changed; draining sessions on the old master');
+      const fields = { event: 'failover.drain', store: change.store, from: change.from, to: change.to, ...(change.protocols !== undefined ? { protocols: change.protocols } : {}), sessions: sessions.length, logins, spreadMs };
+      // A store that left the map is no failover: a warning only when it had sessions or logins
+      // (removing 200 empty stores made 200 "master changed" warnings).
+      if (change.to === null && sessions.length === 0 && logins === 0) this.log.info(fields, 'store left the store map; nothing was on it');
+      else this.log.warn(fields, change.to === null ? 'store left the store map; draining its sessions' : 'master changed; draining sessions on the old master');
       for (const session of sessions) {
         // Already on its way out: another change of the same store in the spread (A → B → A → B).
         if (this.draining.has(session)) continue;

@@ -100,7 +100,7 @@ test('a config reload while the store map is broken rebuilds the map in force wi
 
 test('a store removed by a reload has its sessions drained, but no failover is counted and none of its series comes back', async () => {
   const { imapPort } = dovecot;
-  await front.writeStores({ alpha: { currentMaster: 'a1', slots: { a1: { imapPort }, a2: { imapPort } } }, gone: { currentMaster: 'g1', slots: { g1: { imapPort } } } });
+  await front.writeStores({ alpha: { currentMaster: 'a1', slots: { a1: { imapPort }, a2: { imapPort } } }, gone: { currentMaster: 'g1', slots: { g1: { imapPort } } }, empty: { currentMaster: 'e1', slots: { e1: { imapPort } } } });
   assert.equal((await front.mailfront.reloadStoreMap('test')).ok, true);
   const client = await LineClient.connect(front.imapTrustedPort);
   try {
@@ -114,7 +114,10 @@ test('a store removed by a reload has its sessions drained, but no failover is c
     await front.writeStores({ alpha: { currentMaster: 'a2', slots: { a1: { imapPort }, a2: { imapPort } } } });
     assert.equal((await front.mailfront.reloadStoreMap('test')).ok, true);
     const drained = await waitForLog(front, (l) => l['event'] === 'failover.drain' && l['store'] === 'gone', 5_000, mark);
-    assert.deepEqual([drained['to'], drained['sessions']], [null, 1]);
+    assert.deepEqual([drained['to'], drained['sessions'], drained['level'], drained['msg']], [null, 1, 'warn', 'store left the store map; draining its sessions']);
+    // A store removed with nothing on it is no warning (200 removed stores made 200).
+    const empty = await waitForLog(front, (l) => l['event'] === 'failover.drain' && l['store'] === 'empty', 5_000, mark);
+    assert.deepEqual([empty['to'], empty['sessions'], empty['logins'], empty['level'], empty['msg']], [null, 0, 0, 'info', 'store left the store map; nothing was on it']);
     assert.ok(await client.waitClosed(5_000), "the removed store's session is drained");
     const after = await samples();
     assert.deepEqual([...after.keys()].filter((k) => k.includes('store="gone"')), [], 'no series of the removed store');
