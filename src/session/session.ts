@@ -430,10 +430,13 @@ export class Session {
    * The client's socket: from STARTTLS on, the TLS one. That one is made when the client's first
    * bytes come (startTls()), or, when something needs the socket before them (the pre-auth
    * deadline's answer, an eviction, a shutdown, the session's end), then: the socket is what it
-   * was when STARTTLS wrapped it at once. A socket destroyed meanwhile is left as it is.
+   * was when STARTTLS wrapped it at once. A socket destroyed meanwhile is left as it is, and so
+   * is one whose FIN was read: a TLS socket made on it would hear no end, and the session's end
+   * would wait CLOSE_GRACE_MS to destroy it, holding the connection's slot (and making an SSL
+   * object for a client gone).
    */
   private get socket(): Socket {
-    if (this.wrapOnHello !== undefined && !this.clientSocket.destroyed) this.wrapOnHello();
+    if (this.wrapOnHello !== undefined && !this.clientSocket.destroyed && !this.clientSocket.readableEnded) this.wrapOnHello();
     return this.clientSocket;
   }
 

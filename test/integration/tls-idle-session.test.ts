@@ -254,11 +254,21 @@ describe('a session after STARTTLS', () => {
     c.tls.destroy();
   });
 
-  test('a FIN after the STARTTLS answer, before any TLS byte, ends the session at once', async () => {
+  test('a FIN after the STARTTLS answer, before any TLS byte, ends the session at once and frees its connection slot', async () => {
     const since = front.logs.length;
+    // The earlier tests' connections close first (within their 1 s grace at most).
+    for (let i = 0; i < 300 && front.mailfront.limiter.connections > 0; i++) await new Promise((resolve) => setTimeout(resolve, 10));
     const { raw } = await startTlsAnswered();
     const started = await waitForLog(front, (l) => l['event'] === 'session.started' && l['listener'] === 'imap', 5_000, since);
     raw.end();
+    const ended = performance.now();
+    await waitForLog(front, (l) => l['event'] === 'session.finished' && l['session'] === started['session'], 5_000, since);
+    // No TLS socket made on a socket whose FIN was read: it would hear no end, and the session's
+    // end would wait the 1 s grace to destroy it, its slot held (max_connections_per_address).
+    assert.equal(wrapped.length, 0, 'no TLS socket made for a client gone');
+    for (let i = 0; i < 300 && front.mailfront.limiter.connections > 0; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+    const freedMs = performance.now() - ended;
+    assert.ok(freedMs < 800, `the connection slot was freed ${Math.round(freedMs)} ms after the FIN, not at once`);
     const finished = await finishedLines(String(started['session']));
     assert.deepEqual(finished.map((l) => [l['reason'], l['phase']]), [['client-closed-preauth', 'preauth']]);
     assert.equal(front.logs.slice(since).filter((l) => l['event'] === 'session.tls_failed').length, 0);
