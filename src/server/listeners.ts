@@ -187,30 +187,20 @@ function optionsOnListeningSocket(server: Server): boolean {
 function ignoreSocketError(): void {}
 
 /**
- * Waits for an implicit-TLS connection's handshake: null once it is done, else why it failed
- * ('timeout' after `timeoutMs`; 'error', whose message goes to `onError`; 'closed': the client
- * closed, or sent its FIN, which on a half-open socket brings no close by itself).
- *
- * `wrap` makes the TLS socket only once the client's first bytes (its ClientHello) are read on
- * `raw`. node's TLS layer keeps its input buffer for the connection's life, sized by its first
- * read (crypto_bio.cc, NodeBIO): libuv's suggested 64 KiB when the layer reads the socket itself,
- * the bytes' own size (at least 1 KiB) when it is handed bytes read already, as a socket that
- * holds some is (_tls_wrap.js, initRead). Wrapped at accept, an idle IMAPS session held 6.2 KiB
- * more RSS after a full GC; the price is a TLS upload read 16 KiB at a time instead of 64, about
- * 8 % more CPU to take it in (both in docs/performance.md, "Memory per idle session"). Every
+ * Waits for an implicit-TLS connection's handshake on `secure`: null once it is done, else why
+ * it failed ('timeout' after `timeoutMs`; 'error', whose message goes to `onError`; 'closed': the
+ * client closed, or sent its FIN, which on a half-open socket brings no close by itself). Every
  * listener added here is removed once the wait is over: left on the socket, their closures held
- * the wait's promise and timer for the session's life.
+ * the wait's promise and timer for the session's life (docs/performance.md, "Memory per idle session").
  */
-function handshake(raw: Socket, wrap: () => TLSSocket, timeoutMs: number, onError: (message: string) => void): Promise<TlsHandshakeFailureReason | null> {
-  return new Promise((resolve, reject) => {
-    let secure: TLSSocket | undefined;
+function handshake(secure: TLSSocket, timeoutMs: number, onError: (message: string) => void): Promise<TlsHandshakeFailureReason | null> {
+  return new Promise((resolve) => {
     let settled = false;
     const settle = (outcome: TlsHandshakeFailureReason | null): void => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      stopWaitingForBytes();
-      secure?.off('secure', onSecure).off('error', onFailed).off('close', onClosed).off('end', onClosed);
+      secure.off('secure', onSecure).off('error', onFailed).off('close', onClosed).off('end', onClosed);
       resolve(outcome);
     };
     const onSecure = (): void => settle(null);
@@ -220,26 +210,8 @@ function handshake(raw: Socket, wrap: () => TLSSocket, timeoutMs: number, onErro
     };
     // A client gone during the handshake: nothing is left to wait for (nor to keep alive until the deadline).
     const onClosed = (): void => settle('closed');
-    const onFirstBytes = (): void => {
-      // 'readable' with nothing to read: the client's FIN, whose 'end' the read emits.
-      if (raw.readableLength === 0) return void raw.read();
-      stopWaitingForBytes();
-      try {
-        secure = wrap();
-      } catch (error) {
-        // As when the socket was wrapped in accept(): its caller logs it and closes the connection.
-        settled = true;
-        clearTimeout(timer);
-        return reject(error);
-      }
-      secure.once('secure', onSecure).once('error', onFailed).once('close', onClosed).once('end', onClosed);
-    };
-    const stopWaitingForBytes = (): void => {
-      raw.off('readable', onFirstBytes).off('error', onFailed).off('close', onClosed).off('end', onClosed);
-    };
     const timer = setTimeout(() => settle('timeout'), timeoutMs);
-    // Paused mode: the bytes stay in the socket's buffer, which the TLS socket takes them from.
-    raw.on('readable', onFirstBytes).once('error', onFailed).once('close', onClosed).once('end', onClosed);
+    secure.once('secure', onSecure).once('error', onFailed).once('close', onClosed).once('end', onClosed);
   });
 }
 
@@ -419,38 +391,34 @@ export class Listener {
         return void raw.destroy();
       }
       const SNICallback = this.tls?.sniCallback;
-      // Set up once the client's first bytes (its ClientHello) are here: see handshake().
-      let secure: TLSSocket | undefined;
-      const wrap = (): TLSSocket => (secure = new TLSSocket(raw, { isServer: true, secureContext, ...(SNICallback !== undefined ? { SNICallback } : {}) }));
+      const secure = new TLSSocket(raw, { isServer: true, secureContext, ...(SNICallback !== undefined ? { SNICallback } : {}) });
       // A handshake under way is a connection not logged in like any other (a flood of
       // handshakes holds the slots as idle sessions do): evicted, it is just closed (no line can
       // be sent before TLS), and counted as evicted, not as a failed handshake.
       let evicted = false;
       lease.evictableBy(() => {
         evicted = true;
-        (secure ?? raw).destroy();
+        secure.destroy();
         this.evicted('tls-handshake', config.name, endpoints.client.address);
       });
       // No session exists yet: a failed handshake is counted and logged here, once (an error is
       // followed by a close). The handshake spends the session's pre-auth time (it runs from accept).
       let errorMessage = '';
-      const failure = await handshake(raw, wrap, Math.max(0, acceptedAt + timeoutMs - performance.now()), (message) => (errorMessage = message));
+      const failure = await handshake(secure, Math.max(0, acceptedAt + timeoutMs - performance.now()), (message) => (errorMessage = message));
       if (evicted) return;
       if (failure !== null) {
         // Not one byte past the PROXY header (if any): a reset or a close before any TLS byte.
         if (failure !== 'timeout' && raw.bytesRead <= (endpoints.header?.length ?? 0)) {
           goneBeforeTls();
-          return void (secure ?? raw).destroy();
+          return void secure.destroy();
         }
         metrics.tlsHandshakeFailure(config.name, failure);
         if (failure !== 'closed') {
           const err = failure === 'error' ? errorMessage : `no TLS handshake within the pre-auth time (${timeoutMs} ms from accept)`;
           this.log.info({ event: 'session.tls_failed', listener: config.name, client: endpoints.client.address, reason: failure, err }, failure === 'error' ? 'TLS handshake failed' : 'TLS handshake timed out');
         }
-        return void (secure ?? raw).destroy();
+        return void secure.destroy();
       }
-      // Settled without a failure: the handshake was done, on the socket wrap() made.
-      if (secure === undefined) return void raw.destroy();
       endOnLateTlsError(secure);
       socket = secure;
       // The server began to stop during the handshake: no new session is greeted now.

@@ -702,7 +702,7 @@ export class Session {
     };
     // The socket is wrapped once the client's first bytes are in its buffer: node's TLS layer
     // keeps an input buffer the size of its first read for the connection's life, 64 KiB when it
-    // reads the socket itself (server/listeners.ts, handshake()). Until then its end or error is
+    // reads the socket itself (docs/performance.md, "Memory per idle session"). Until then its end or error is
     // the handshake's, as the TLS socket's would be.
     const onHello = (): void => {
       // 'readable' with nothing to read: the client's FIN, whose 'end' the read emits.
