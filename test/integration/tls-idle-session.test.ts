@@ -68,11 +68,10 @@ beforeEach(() => {
   wrapped.length = 0;
 });
 
-/** A TLS client on a plain socket of its own (which a test can reset), its lines in `lines`. */
-async function client(): Promise<{ raw: Socket; tls: TLSSocket; lines: string[]; next(): Promise<string> }> {
-  const raw = netConnect(front.imapsPort, '127.0.0.1');
-  raw.on('error', () => undefined);
-  await new Promise<void>((resolve) => raw.once('connect', resolve));
+type Client = { raw: Socket; tls: TLSSocket; lines: string[]; next(): Promise<string> };
+
+/** A TLS handshake as a client on `raw` (a plain socket of the test's, which it can reset), the lines it reads in `lines`. */
+async function tlsOn(raw: Socket): Promise<Client> {
   const tls = tlsConnect({ socket: raw, servername: 'localhost', ca: front.caPem });
   tls.on('error', () => undefined);
   await new Promise<void>((resolve, reject) => {
@@ -97,6 +96,14 @@ async function client(): Promise<{ raw: Socket; tls: TLSSocket; lines: string[];
   return { raw, tls, lines, next };
 }
 
+/** A client of the implicit-TLS port. */
+async function client(): Promise<Client> {
+  const raw = netConnect(front.imapsPort, '127.0.0.1');
+  raw.on('error', () => undefined);
+  await new Promise<void>((resolve) => raw.once('connect', resolve));
+  return tlsOn(raw);
+}
+
 /** A client on the STARTTLS port that has sent STARTTLS and read its answer, before any TLS byte. */
 async function startTlsAnswered(): Promise<{ raw: Socket; received: () => string }> {
   const raw = netConnect(front.imapPort, '127.0.0.1');
@@ -114,33 +121,14 @@ async function startTlsAnswered(): Promise<{ raw: Socket; received: () => string
 }
 
 /** The same, then the TLS handshake: a client as client() makes one, greeted over TLS. */
-async function startTlsClient(): Promise<Awaited<ReturnType<typeof client>>> {
+async function startTlsClient(): Promise<Client> {
   const { raw } = await startTlsAnswered();
   raw.removeAllListeners('data');
-  const tls = tlsConnect({ socket: raw, servername: 'localhost', ca: front.caPem });
-  tls.on('error', () => undefined);
-  await new Promise<void>((resolve, reject) => {
-    tls.once('secureConnect', resolve);
-    tls.once('error', reject);
-  });
-  const lines: string[] = [];
-  let pending = '';
-  tls.on('data', (chunk: Buffer) => {
-    pending += chunk.toString('latin1');
-    for (let at = pending.indexOf('\r\n'); at >= 0; at = pending.indexOf('\r\n')) {
-      lines.push(pending.slice(0, at));
-      pending = pending.slice(at + 2);
-    }
-  });
-  const next = async (): Promise<string> => {
-    for (let i = 0; i < 100 && lines.length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 50));
-    return lines.shift() ?? assert.fail('no line from mailfront');
-  };
-  return { raw, tls, lines, next };
+  return tlsOn(raw);
 }
 
 /** Logs in and selects INBOX: the session is spliced. Returns its id. `greeted`: the greeting was read already (STARTTLS). */
-async function spliced(c: Awaited<ReturnType<typeof client>>, greeted = false): Promise<string> {
+async function spliced(c: Client, greeted = false): Promise<string> {
   const since = front.logs.length;
   if (!greeted) assert.match(await c.next(), /^\* OK/);
   c.tls.write(`a LOGIN tilda ${PASSWORD}\r\n`);
