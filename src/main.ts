@@ -1093,6 +1093,8 @@ export class Mailfront {
     }
     for (const timer of spread) clearTimeout(timer);
     for (const session of sessions()) session.shutdown();
+    // Handshakes still under way (one that finished during the drain was told BYE, see Listener.shutDown()).
+    for (const listener of this.listeners) listener.closeHandshakes();
     // Two seconds to close, from the last BYE (the spread's end, or the drain's, whichever came first).
     const closedBy = performance.now() + STOP_CLOSE_MS;
     while (sessions().length > 0 && performance.now() < closedBy) await new Promise((r) => setTimeout(r, 20));

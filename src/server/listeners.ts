@@ -189,20 +189,25 @@ function ignoreSocketError(): void {}
 /**
  * Waits for an implicit-TLS connection's handshake on `secure`: null once it is done, else why
  * it failed ('timeout' after `timeoutMs`; 'error', whose message goes to `onError`; 'closed': the
- * client closed, or sent its FIN, which on a half-open socket brings no close by itself). Every
- * listener added here is removed once the wait is over: left on the socket, their closures held
- * the wait's promise and timer for the session's life (docs/performance.md, "Memory per idle session").
+ * client closed, or sent its FIN, which on a half-open socket brings no close by itself), or
+ * 'stopped' when the server stops first: the wait puts a function in `underWay` that ends it so,
+ * and takes it out when it is over. Every listener added here is removed once the wait is over:
+ * left on the socket, their closures held the wait's promise and timer for the session's life
+ * (docs/performance.md, "Memory per idle session").
  */
-function handshake(secure: TLSSocket, timeoutMs: number, onError: (message: string) => void): Promise<TlsHandshakeFailureReason | null> {
+function handshake(secure: TLSSocket, timeoutMs: number, onError: (message: string) => void, underWay: Set<() => void>): Promise<TlsHandshakeFailureReason | 'stopped' | null> {
   return new Promise((resolve) => {
     let settled = false;
-    const settle = (outcome: TlsHandshakeFailureReason | null): void => {
+    const settle = (outcome: TlsHandshakeFailureReason | 'stopped' | null): void => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
+      underWay.delete(onStopped);
       secure.off('secure', onSecure).off('error', onFailed).off('close', onClosed).off('end', onClosed);
       resolve(outcome);
     };
+    const onStopped = (): void => settle('stopped');
+    underWay.add(onStopped);
     const onSecure = (): void => settle(null);
     const onFailed = (error: Error): void => {
       if (!settled) onError(error.message);
@@ -404,8 +409,10 @@ export class Listener {
       // No session exists yet: a failed handshake is counted and logged here, once (an error is
       // followed by a close). The handshake spends the session's pre-auth time (it runs from accept).
       let errorMessage = '';
-      const failure = await handshake(secure, Math.max(0, acceptedAt + timeoutMs - performance.now()), (message) => (errorMessage = message));
+      const failure = await handshake(secure, Math.max(0, acceptedAt + timeoutMs - performance.now()), (message) => (errorMessage = message), this.handshakes);
       if (evicted) return;
+      // The server is stopping (closeHandshakes()): the client is not at fault, and nothing is counted or logged.
+      if (failure === 'stopped') return void secure.destroy();
       if (failure !== null) {
         // Not one byte past the PROXY header (if any): a reset or a close before any TLS byte.
         if (failure !== 'timeout' && raw.bytesRead <= (endpoints.header?.length ?? 0)) {
@@ -446,6 +453,19 @@ export class Listener {
 
   /** Connections accepted that are not sessions yet (a PROXY header or a TLS handshake under way). */
   private accepting = 0;
+  /** The implicit-TLS handshakes under way, each as the function that ends its wait (closeHandshakes()). */
+  private readonly handshakes = new Set<() => void>();
+
+  /**
+   * The server's stop is at its end (the drain is over, every session told BYE): the connections
+   * still in their TLS handshake are closed (no line can reach them before TLS). One that finished
+   * its handshake during the drain was told BYE as a session (shutDown()); one that never does
+   * waited out the pre-auth deadline after the stop had ended, and logged its timeout after
+   * `server.stopped`.
+   */
+  closeHandshakes(): void {
+    for (const stop of [...this.handshakes]) stop();
+  }
   /** Who hears that this listener, stopped, has nothing left (whenRetired()). */
   private onRetired: (() => void) | null = null;
 

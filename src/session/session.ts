@@ -734,6 +734,10 @@ export class Session {
     });
     this.wrapOnHello = wrap;
     plain.on('readable', onHello).once('error', failed).once('end', gone);
+    // The client's FIN was read already: it came while a login pipelined before the STARTTLS was
+    // under way (onPreauthGone() let the login go on). No ClientHello follows a FIN, and neither
+    // event above comes again: the session would wait for the pre-auth deadline.
+    if (plain.readableEnded) gone();
   }
 
   /**

@@ -55,6 +55,8 @@ export interface FrontOptions {
   readonly usernames?: Record<string, unknown>;
   /** OAuth bearer-token logins (the oauth2 section, as written). */
   readonly oauth2?: Record<string, unknown>;
+  /** Adds an IMAP listener with STARTTLS that also takes plaintext logins (imapStarttlsTrustedPort). */
+  readonly starttlsPlaintext?: boolean;
 }
 
 export interface Front {
@@ -68,6 +70,8 @@ export interface Front {
   readonly pop3Port: number;
   readonly pop3sPort: number;
   readonly pop3TrustedPort: number;
+  /** IMAP with STARTTLS where plaintext credentials are allowed too (when `starttlsPlaintext`). */
+  readonly imapStarttlsTrustedPort?: number;
   /** ManageSieve with STARTTLS; plaintext credentials refused without TLS (when `sieve`). */
   readonly sievePort?: number;
   /** ManageSieve where plaintext credentials are allowed (when `sieve`). */
@@ -267,6 +271,9 @@ async function startFrontIn(dir: TmpDir, options: FrontOptions): Promise<Front> 
           { name: 'sieve-webmail', protocol: 'managesieve', host: '127.0.0.1', port: sieveTrustedPort, tls: 'none', plaintext_without_tls: true },
         ]
       : [];
+  const imapStarttlsTrustedPort = options.starttlsPlaintext ? await freePort() : undefined;
+  const starttlsPlaintextListeners =
+    imapStarttlsTrustedPort !== undefined ? [{ name: 'imap-starttls-webmail', protocol: 'imap', host: '127.0.0.1', port: imapStarttlsTrustedPort, tls: 'starttls', certificate, plaintext_without_tls: true }] : [];
   const storesFile = join(dir.path, 'stores.yaml');
   const configFile = join(dir.path, 'mailfront.yaml');
   const writeStores = (stores: Record<string, StoreSpec>): Promise<void> => writeFile(storesFile, stringify(storesDocument(stores)));
@@ -284,6 +291,7 @@ async function startFrontIn(dir: TmpDir, options: FrontOptions): Promise<Front> 
         { name: 'pop3s', protocol: 'pop3', host: '127.0.0.1', port: pop3sPort, tls: 'implicit', certificate },
         { name: 'pop3-webmail', protocol: 'pop3', host: '127.0.0.1', port: pop3TrustedPort, tls: 'none', plaintext_without_tls: true },
         ...sieveListeners,
+        ...starttlsPlaintextListeners,
       ],
       directory: {
         urls: [options.slapd.url],
@@ -347,6 +355,7 @@ async function startFrontIn(dir: TmpDir, options: FrontOptions): Promise<Front> 
     pop3Port,
     pop3sPort,
     pop3TrustedPort,
+    ...(imapStarttlsTrustedPort !== undefined ? { imapStarttlsTrustedPort } : {}),
     ...(sievePort !== undefined ? { sievePort } : {}),
     ...(sieveTrustedPort !== undefined ? { sieveTrustedPort } : {}),
     certs,
