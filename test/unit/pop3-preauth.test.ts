@@ -312,6 +312,10 @@ describe('pop3 preauth: STLS', () => {
     assert.deepEqual(twice.at(-1), { send: '-ERR STLS not available\r\n' });
   });
 
+  it(`takes "STLS " with a trailing space, as Dovecot's pop3-login does`, () => {
+    assert.deepEqual(preauthEverySplit(PORT_110, ['STLS \r\n']), [GREETING, { send: '+OK Begin TLS negotiation\r\n' }, { starttls: true }]);
+  });
+
   it('ignores tlsStarted when no STLS is pending', () => {
     assert.deepEqual(pop3Adapter.createPreauth(PORT_110).tlsStarted(), []);
   });

@@ -514,7 +514,8 @@ export class Pop3Preauth implements PreauthMachine {
   }
 
   #stls(argument: string | null): PreauthAction[] {
-    if (argument !== null) return this.#bad('Syntax error');
+    // "STLS " (an empty argument after the space) is taken, as Dovecot's pop3-login takes it (it reads no argument).
+    if (argument !== null && argument !== '') return this.#bad('Syntax error');
     if (!this.#stlsOffered()) return this.#bad('STLS not available');
     this.#state = 'tls-pending';
     this.#pendingUser = null;
