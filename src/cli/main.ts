@@ -972,7 +972,8 @@ async function main(argv: string[]): Promise<number> {
         const forgotten = typeof json['forgotten'] === 'number' ? `, forgot ${json['forgotten']} cached item(s) of the user` : '';
         return { text: `closed ${(json['kicked'] as unknown[]).length} session(s)${forgotten}\n`, code: 0 };
       };
-      return runAdmin(command, { method: 'POST', path: '/api/kick', body, render }, values);
+      // A slot's sessions are closed in batches before the answer: tens of thousands take seconds.
+      return runAdmin(command, { method: 'POST', path: '/api/kick', body, underWay: 'the kick may still be closing sessions: see the log (admin.kick, once it is done) or `mailfront sessions`', render }, values);
     }
     case 'unthrottle': {
       const subject = rest[0];

@@ -112,6 +112,11 @@ export class SessionRegistry {
     }
   }
 
+  /** Whether `entry` is still registered (its session has not ended). */
+  holds(entry: SessionEntry): boolean {
+    return this.byId.get(entry.id) === entry;
+  }
+
   /** Sessions spliced to `slot`. */
   onSlot(slot: string): SessionEntry[] {
     return [...(this.bySlot.get(slot) ?? [])];

@@ -109,7 +109,12 @@ function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
 
 function send(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   // Compact: /api/stores for 50,000 stores of 3 slots is 22.3 MB, indented 42.8 MB (the CLI indents for people).
-  const text = `${JSON.stringify(body)}\n`;
+  sendJson(res, status, JSON.stringify(body), headers);
+}
+
+/** Sends `json`, a JSON text already made. */
+function sendJson(res: ServerResponse, status: number, json: string, headers: Record<string, string> = {}): void {
+  const text = `${json}\n`;
   res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store', ...headers });
   res.end(text);
 }
@@ -347,6 +352,57 @@ async function kickUser(context: AdminContext, user: string): Promise<{ sessions
   return { sessions, forgotten };
 }
 
+/**
+ * How many sessions a kick of a slot closes in one turn of the event loop. Each close writes its
+ * client's last line, closes two sockets and logs a line, and the sockets' close callbacks follow
+ * in the same turn: 5,000 closed in one turn held the loop 1.1 to 1.5 s (0.5 s of CPU, on a busy
+ * machine of 2 cores), and a slot holds up to 30,000 sessions, while no login, scrape or other
+ * admin request is served. The longest turn of such a kick measured 13 to 23 ms of CPU with 25 a
+ * turn, 47 to 56 ms with 100 and 110 to 130 ms with 400; it took no longer in all.
+ */
+const KICK_BATCH_SESSIONS = 25;
+
+/** Resolves at the event loop's next turn, once what waits for I/O has run. */
+function nextTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+/**
+ * Closes the `sessions` of a kick KICK_BATCH_SESSIONS at a time, a turn of the event loop
+ * between batches; returns those it closed. One whose session ended before its turn (its client
+ * logged out) is left out: the kick did not close it.
+ */
+async function closeInTurns(registry: SessionRegistry, sessions: readonly SessionEntry[]): Promise<SessionEntry[]> {
+  const closed: SessionEntry[] = [];
+  for (let start = 0; start < sessions.length; start += KICK_BATCH_SESSIONS) {
+    if (start > 0) await nextTurn();
+    for (const s of sessions.slice(start, start + KICK_BATCH_SESSIONS)) {
+      if (!registry.holds(s)) continue;
+      s.close('kicked');
+      closed.push(s);
+    }
+  }
+  return closed;
+}
+
+/**
+ * How many sessions of a kick's answer are shown and put in JSON in one turn of the event loop:
+ * the answer lists every session closed, and building it for a slot's 30,000 at once would hold
+ * the loop as the closing did. A view costs a small fraction of a close.
+ */
+const KICK_ANSWER_BATCH_SESSIONS = 1_000;
+
+/** `sessions` as the API shows them, a JSON array, made KICK_ANSWER_BATCH_SESSIONS at a time with a turn of the event loop between. */
+async function sessionsJson(sessions: readonly SessionEntry[]): Promise<string> {
+  const parts: string[] = [];
+  for (let start = 0; start < sessions.length; start += KICK_ANSWER_BATCH_SESSIONS) {
+    if (start > 0) await nextTurn();
+    // Each batch's array without its brackets: the parts joined make one array.
+    parts.push(JSON.stringify(sessions.slice(start, start + KICK_ANSWER_BATCH_SESSIONS).map(sessionView)).slice(1, -1));
+  }
+  return `[${parts.join(',')}]`;
+}
+
 /** The subject an unthrottle names: `{"user"}` (normalised as a login's name is) or `{"address"}` (an IP address, as the throttle counts it). */
 function throttleSubjectOf(body: Record<string, unknown>, context: AdminContext): { user: string } | { address: string } {
   const { user, address } = body;
@@ -487,13 +543,16 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
       ({ sessions, forgotten } = await kickUser(context, user));
     } else if (typeof body['slot'] === 'string') {
       const slot = body['slot'];
-      sessions = context.registry.onSlot(slot);
+      // The sessions on the slot when the kick came: one spliced to it while the kick runs is
+      // left alone, as before (a kick holds no slot: failover or maintenance keep logins off it).
+      const onSlot = context.registry.onSlot(slot);
       // A slot no store has (a typo) is said so: "closed 0 sessions" would read as done. A slot a
       // reload took out of the store map may still carry sessions: those are closed.
-      if (sessions.length === 0 && ![...context.holder.current.stores.values()].some((store) => store.slots.has(slot))) {
+      if (onSlot.length === 0 && ![...context.holder.current.stores.values()].some((store) => store.slots.has(slot))) {
         throw new MailfrontError('UNKNOWN_SLOT', 'no-route', `no store has a slot "${slot}" (store map version ${context.holder.current.version}), and no session is on one`);
       }
-      for (const s of sessions) s.close('kicked');
+      // In batches, not in one turn (KICK_BATCH_SESSIONS); answered once all are closed.
+      sessions = await closeInTurns(context.registry, onSlot);
     } else if (typeof body['session'] === 'string') {
       const id = body['session'];
       sessions = context.registry.all().filter((s) => s.id === id);
@@ -504,7 +563,7 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
       throw new MailfrontError('ADMIN_BAD_REQUEST', 'client-protocol', 'body must name a "user", a "slot" or a "session"');
     }
     context.log.warn({ event: 'admin.kick', user: body['user'], slot: body['slot'], session: body['session'], sessions: sessions.length, forgotten }, 'kick requested through the admin API');
-    return send(res, 200, { kicked: sessions.map(sessionView), ...(forgotten !== undefined ? { forgotten } : {}) });
+    return sendJson(res, 200, `{"kicked":${await sessionsJson(sessions)}${forgotten !== undefined ? `,"forgotten":${JSON.stringify(forgotten)}` : ''}}`);
   }
   if (method === 'POST' && resource === 'unthrottle' && segments === 2) {
     const body = await readJson(req);

@@ -99,3 +99,47 @@ test('kick --slot with a slot that no store has answers 404 saying so; a known s
     server.close();
   }
 });
+
+test('kick --slot closes its sessions over several turns of the event loop, and answers with those it closed', async () => {
+  const closed: string[] = [];
+  const registry = new SessionRegistry();
+  // More than a slot's kick closes in one turn: a slot may hold 30,000 sessions, and closing
+  // them all in one turn kept every login and scrape waiting for seconds.
+  const count = 3_000;
+  const entries = Array.from({ length: count }, (_, i) => entry(String(i), `u${i}`, `uid=u${i},dc=x`, closed));
+  // What the first close starts: a callback for the event loop's next turn, a session that ends
+  // on its own (its client logged out) before its turn, and a login spliced to the slot during the kick.
+  let closedAtNextTurn: number | undefined;
+  const last = entries[count - 1]!;
+  const first = entries[0]!;
+  const spliced = entry('spliced-during-the-kick', 'bob', 'uid=bob,dc=x', closed);
+  entries[0] = {
+    ...first,
+    close: (reason) => {
+      first.close(reason);
+      setImmediate(() => (closedAtNextTurn = closed.length));
+      registry.remove(last);
+      registry.add(spliced);
+    },
+  };
+  for (const e of entries) registry.add(e);
+  const holder = { current: { version: 1, stores: new Map([['s', { slots: new Map([['a1', {}]]) }]]) } };
+  const context = { token: () => TOKEN, registry, holder, usernames: () => ({ lowercase: true }), log: createLogger('silent') } as unknown as AdminContext;
+  const handler = createAdminHandler(context);
+  const server = createServer((req, res) => void handler(req, res));
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  try {
+    const response = await fetch(`http://127.0.0.1:${(server.address() as AddressInfo).port}/api/kick`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}` }, body: JSON.stringify({ slot: 'a1' }) });
+    assert.equal(response.status, 200);
+    const body = (await response.json()) as { kicked: Array<{ id: string; slot: string }> };
+    assert.ok(closedAtNextTurn !== undefined && closedAtNextTurn < count - 1, `the event loop turned before the last session was closed (at ${closedAtNextTurn} of ${count - 1} closed)`);
+    const expected = entries.slice(0, count - 1).map((e) => e.id);
+    assert.deepEqual(closed, expected, 'every session on the slot when the kick came is closed, once, but the one that ended before its turn and the one spliced since');
+    assert.deepEqual(body.kicked.map((k) => k.id), expected, 'the answer lists the sessions the kick closed');
+    assert.equal(body.kicked[0]?.slot, 'a1');
+  } finally {
+    server.closeAllConnections();
+    server.close();
+  }
+});
