@@ -39,7 +39,7 @@ import type { SessionEntry } from './proxy/registry.js';
 import { Canceller } from './cancel.js';
 import type { Cancellation } from './cancel.js';
 import { StoreMapHolder } from './routing/holder.js';
-import type { MaintenanceChange, MasterChange, ReloadResult } from './routing/holder.js';
+import type { MaintenanceChange, MasterChange, ReloadResult, SourceRead } from './routing/holder.js';
 import { createStoreMapSource, sourceUnreadable } from './routing/sources.js';
 import type { StoreMapSource } from './routing/sources.js';
 import { sameServer } from './routing/storemap.js';
@@ -527,6 +527,8 @@ export class Mailfront {
     // Likewise a changed store_map section: its new source is made first (an LDAP one reads its CA
     // file). And the store map must build with the new config (the backend profiles its stores name).
     let storeMapSource: StoreMapSource | undefined;
+    // Or the source in force as the check read it: the reload puts that in force (holder.read()).
+    let storeMapRead: SourceRead | undefined;
     // oauth2's verifier, its JWKS file read again (one that is no JWKS rejects the config).
     let oauth: OAuthVerifier | undefined;
     // A section changes with its settings, or with the content of the CA file it names.
@@ -538,8 +540,13 @@ export class Mailfront {
       const unusable = await unusableSourceAddresses(configSourceAddresses(next));
       if (unusable.length > 0) throw new ConfigError(next.file, unusable);
       caFiles = readCaFiles(next);
-      if (changed('storeMap')) storeMapSource = createStoreMapSource(next.storeMap, caContent(caFiles.storeMap), this.log);
-      await this.checkStoreMap(next, storeMapSource);
+      if (changed('storeMap')) {
+        storeMapSource = createStoreMapSource(next.storeMap, caContent(caFiles.storeMap), this.log);
+        await this.checkStoreMap(next, { source: storeMapSource });
+      } else {
+        storeMapRead = await this.untilStopped(this.holder.read());
+        await this.checkStoreMap(next, { read: storeMapRead });
+      }
       if (this.ownsDirectory && changed('directory')) {
         directoryChanges = directoryChange(previous.directory, next.directory, caFiles.directory.state !== this.caFilesInForce.directory);
         // Tried before anything is set up: a server refusing them would fail every login here.
@@ -559,7 +566,7 @@ export class Mailfront {
       const message = error instanceof Error ? error.message : String(error);
       this.log.error({ event: 'config.rejected', file: previous.file, err: message }, 'config reload rejected; the running config stays in force');
       this.metrics.configReloaded('failure');
-      return { ok: false, error: message, storeMap: await this.untilStopped(this.holder.reload('signal')).catch(() => this.storeMapWhileStopping()) };
+      return { ok: false, error: message, storeMap: await this.untilStopped(this.holder.reload('signal', storeMapRead)).catch(() => this.storeMapWhileStopping()) };
     }
     if (this.stopping) {
       oauth?.close();
@@ -687,7 +694,7 @@ export class Mailfront {
     for (const p of problems) this.log.error({ event: 'config.partially_applied', err: p }, 'part of the new config could not be applied');
     this.metrics.configReloaded(problems.length === 0 ? 'success' : 'failure');
     this.log.info({ event: 'config.reloaded', file: next.file, listeners: next.listeners.length }, 'config reloaded');
-    const storeMap = await this.untilStopped(this.holder.reload('signal')).catch(() => this.storeMapWhileStopping());
+    const storeMap = await this.untilStopped(this.holder.reload('signal', storeMapRead)).catch(() => this.storeMapWhileStopping());
     // A new source is watched once it has been read. stop() may have run meanwhile: it closed
     // the holder's source; nothing is to be watched.
     if (storeMapSource !== undefined && !this.stopping) this.stopWatching = storeMapSource.watch(() => void this.holder.reload('change'), this.onSourceHealth);
@@ -697,18 +704,19 @@ export class Mailfront {
   /**
    * Throws when the store map would not build with `next` (a store naming a backend profile it
    * drops, say): the store map the reload leaves in force, that is what the source (the new one,
-   * or the one in force, read again) gives now when it can be read, else the map in force.
+   * or the one in force as `read` read it) gives now when it can be read, else the map in force.
    * Committed, such a config would have every later version of the map rejected, and failovers
    * written to the source but never put in force. The source in force is read as it is now, not
    * as its map in force was: a profile renamed in the config and the store map at once builds
    * with the new config only from the new map.
    */
-  private async checkStoreMap(next: Config, source: StoreMapSource | undefined): Promise<void> {
+  private async checkStoreMap(next: Config, from: { readonly source: StoreMapSource } | { readonly read: SourceRead }): Promise<void> {
+    const source = 'source' in from ? from.source : undefined;
     const reading = source ?? this.holder.source;
     let doc: unknown;
     let readable = true;
     try {
-      doc = await this.untilStopped(reading.load());
+      doc = 'read' in from ? from.read.document() : await this.untilStopped(from.source.load());
     } catch (error) {
       if (this.stopping) throw error;
       // A new (or set up anew) source that cannot be read for a reason waiting does not cure is
@@ -729,7 +737,9 @@ export class Mailfront {
     try {
       if (readable) {
         try {
-          buildStoreMap(doc, reading.description, 0, next);
+          // The map built from the source in force is the one its reload puts in force, if `next` is in force by then.
+          if ('read' in from) from.read.build(next);
+          else buildStoreMap(doc, reading.description, 0, next);
           return;
         } catch (error) {
           // The source in force giving a map that builds with no config (one broken on its own)

@@ -53,6 +53,60 @@ export interface ReloadResult {
   readonly error?: string;
 }
 
+/**
+ * The source in force as read for a reload's check of a new config (StoreMapHolder.read()): its
+ * document, or why it gave none. Handed to reload(), it is put in force as the reload's own read
+ * would be, and the map built for the check with the config then in force is taken as built: a
+ * SIGHUP read an LDAP store map whole twice (the check's read, then the reload's), and built the
+ * map twice (at 5,000 stores each build blocked the event loop for a tenth of a second or so).
+ */
+export interface SourceRead {
+  /** The document the source gave; throws what its load threw when it gave none. */
+  document(): unknown;
+  /** The map of the document with `config` (version 0; throws its ConfigError), kept for the reload while `config` is the one in force. */
+  build(config: BuildConfig): StoreMap;
+}
+
+/** What building a store map takes of the config (buildStoreMap). */
+type BuildConfig = Pick<Config, 'backend' | 'backendProfiles'> & { readonly file?: string };
+
+/** A SourceRead as the holder made it. */
+class CheckRead implements SourceRead {
+  /** The map built for the check, and with which config object. */
+  private built: { readonly config: BuildConfig; readonly map: StoreMap } | undefined;
+
+  constructor(
+    private readonly origin: string,
+    private readonly outcome: { readonly document: unknown } | { readonly error: unknown },
+  ) {}
+
+  /** True when the source gave a document. */
+  get ok(): boolean {
+    return 'document' in this.outcome;
+  }
+
+  document(): unknown {
+    if ('error' in this.outcome) throw this.outcome.error;
+    return this.outcome.document;
+  }
+
+  build(config: BuildConfig): StoreMap {
+    this.built = undefined;
+    const map = buildStoreMap(this.document(), this.origin, 0, config);
+    this.built = { config, map };
+    return map;
+  }
+
+  /**
+   * The map built for the check as version `version`, when it was built with `config` itself:
+   * the same object, so the same backend settings, profiles and config file (which relative paths
+   * resolve against). A reload refused keeps another config in force, and builds again with it.
+   */
+  builtWith(config: BuildConfig, version: number): StoreMap | undefined {
+    return this.built?.config === config ? new StoreMap(version, this.built.map.stores) : undefined;
+  }
+}
+
 /** The masters that differ between two store maps. */
 export function masterChanges(before: StoreMap, after: StoreMap): MasterChange[] {
   const changes: MasterChange[] = [];
@@ -127,6 +181,12 @@ export class StoreMapHolder {
   private document: { readonly doc: unknown; readonly origin: string } | null = null;
   /** The changes this instance wrote lately, by `change:store`, until a reload takes one back or CHANGE_UNDONE_WINDOW_MS passes. */
   private readonly written = new Map<string, WrittenChange>();
+  /**
+   * The last read() while nothing has run in the queue after it: only the work right after it may
+   * take it (see reload()). Anything between may have changed the map in force or the source (a
+   * failover written, a reload of the watch's, the source replaced), and the read is then stale.
+   */
+  private lastRead: CheckRead | undefined;
 
   constructor(
     private sourceNow: StoreMapSource,
@@ -153,9 +213,16 @@ export class StoreMapHolder {
     });
   }
 
-  /** Runs `work` after everything queued before it; a failure reaches the caller and holds up nothing after it. */
-  private inTurn<T>(work: () => T | Promise<T>): Promise<T> {
-    const run = this.queue.then(work);
+  /**
+   * Runs `work` after everything queued before it; a failure reaches the caller and holds up
+   * nothing after it. `work` is given the read() that ran just before it, if one did.
+   */
+  private inTurn<T>(work: (lastRead: CheckRead | undefined) => T | Promise<T>): Promise<T> {
+    const run = this.queue.then(() => {
+      const lastRead = this.lastRead;
+      this.lastRead = undefined;
+      return work(lastRead);
+    });
     this.queue = run.catch(() => undefined);
     return run;
   }
@@ -181,19 +248,46 @@ export class StoreMapHolder {
    * be read (which reads itself again: an LDAP source at its next poll, a file on a timer), leaves
    * the map in force.
    */
-  reload(trigger: string): Promise<ReloadResult> {
-    return this.inTurn(() => this.reloadNow(trigger));
+  reload(trigger: string, read?: SourceRead): Promise<ReloadResult> {
+    return this.inTurn((lastRead) => this.reloadNow(trigger, read !== undefined && read === lastRead && lastRead.ok ? lastRead : undefined));
   }
 
-  private async reloadNow(trigger: string): Promise<ReloadResult> {
+  /**
+   * Reads the source in force, in the queue, for a reload to check a new config against what it
+   * gives now (SIGHUP). Given to reload() right after, with nothing queued between, the reload
+   * puts that document in force rather than reading the source again (an LDAP store map read whole
+   * once per SIGHUP), and the map built with the config in force by then (SourceRead.build()).
+   * Otherwise the reload reads the source again: whatever came between (a failover written, a
+   * change the watch saw) is in force after it. A document that was read is always put in force
+   * by the reload (or by the work that came between, which reads the source again): the source
+   * takes every load for one its map follows (an LDAP source's polls report only a map that
+   * differs from the one last loaded).
+   */
+  read(): Promise<SourceRead> {
+    return this.inTurn(async () => {
+      const source = this.sourceNow;
+      let read: CheckRead;
+      try {
+        // No deliberate load: a server behind the map in force is refused here, and read again by the reload.
+        read = new CheckRead(source.description, { document: await source.load('check') });
+      } catch (error) {
+        read = new CheckRead(source.description, { error });
+      }
+      this.lastRead = read;
+      return read;
+    });
+  }
+
+  /** Reloads from the source, or from `read`, the document read() just gave. */
+  private async reloadNow(trigger: string, read?: CheckRead): Promise<ReloadResult> {
     let doc: unknown;
     try {
-      doc = await this.source.load(trigger);
+      doc = read !== undefined ? read.document() : await this.source.load(trigger);
     } catch (caught) {
       return this.loadFailed(caught, trigger);
     }
     // After the load: a writer records its change before its rename, so the map read is in them.
-    return this.put(doc, trigger, await this.recordedWrites());
+    return this.put(doc, trigger, await this.recordedWrites(), read);
   }
 
   /** The changes the source's mailfront writers recorded, while a change this instance wrote may be taken back (see reportUndone). */
@@ -202,12 +296,17 @@ export class StoreMapHolder {
     return this.source.recordedWrites().catch(() => []);
   }
 
-  /** Puts the map of `doc`, a document the source gave, in force, unless it is the one in force (no new version) or makes no map. */
-  private put(doc: unknown, trigger: string, recorded: readonly RecordedWrite[]): ReloadResult {
+  /**
+   * Puts the map of `doc`, a document the source gave, in force, unless it is the one in force (no
+   * new version) or makes no map. `read`: the read() `doc` came from, whose map is taken as built
+   * for the check when it was built with the config in force.
+   */
+  private put(doc: unknown, trigger: string, recorded: readonly RecordedWrite[], read?: CheckRead): ReloadResult {
     const version = this.versionCounter + 1;
     let next: StoreMap;
     try {
-      next = buildStoreMap(doc, this.source.description, version, this.config());
+      const config = this.config();
+      next = read?.builtWith(config, version) ?? buildStoreMap(doc, this.source.description, version, config);
     } catch (caught) {
       return this.loadFailed(caught, trigger);
     }

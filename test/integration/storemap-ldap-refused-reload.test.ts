@@ -1,10 +1,10 @@
 /**
  * A config reload refused because the store map the source gives now does not build with the new
  * config (STOREMAP_CONFLICT: it drops a backend profile that map uses) still puts that map in force
- * with the config in force: the refused reload reads the source again (holder.reload('signal')),
- * though its check read the map with the source's load() and made it the last one loaded (the
- * rv-diff4 review's point 3 took the polls for the only way it could come in force). The polls are
- * held back here, so that only that read can put it in force.
+ * with the config in force: the refused reload puts the map its check read in force
+ * (holder.reload('signal', read)), as the check's load made it the last one loaded (the rv-diff4
+ * review's point 3 took the polls for the only way it could come in force). The polls are held
+ * back here, so that only that read can put it in force.
  */
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -43,7 +43,7 @@ test('a store map read by a refused config reload\'s check is put in force by th
     const refused = await front.mailfront.reload();
     assert.equal(refused.ok, false);
     assert.match(refused.error ?? '', /store map does not build/);
-    // The refused reload reads the source again, as every reload does, and puts that map in force with the config in force: the polls, held back, have no part in it.
+    // The refused reload puts the map its check read in force, as every reload does, with the config in force: the polls, held back, have no part in it.
     assert.equal(front.mailfront.currentStoreMap().stores.get('alpha')?.currentMaster, 'a2', 'the failover on the server is in force once the reload is refused');
     assert.equal(front.mailfront.currentStoreMap().stores.get('alpha')?.backend.loginTimeoutMs, 4000, 'with the profile of the config in force');
     release();
