@@ -4,7 +4,8 @@
  * changed, or every full-read interval (for deletions, which stamp no remaining entry). Every poll
  * read the whole map before: at 5,000 stores 250-330 ms of CPU a second at the default interval.
  * A failover written by another tool is in force within a poll, one written by mailfront at once
- * (and not again), a deletion within the full-read interval.
+ * (and not again), a deletion within the full-read interval. A poll while a load reads the whole
+ * map waits for it: it found nothing to compare with meanwhile, and read the whole map as well.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -110,6 +111,40 @@ test('polls read the entries changed lately, not the whole map; a failover by an
   } finally {
     stop();
     counted.restore();
+    await source.close();
+  }
+});
+
+test('a poll while the map is being loaded (a reload\'s whole read) waits for the load, and reads nothing whole itself', async () => {
+  const source = new LdapStoreMapSource({ kind: 'ldap', urls: [slapd.url], bindDn: slapd.bindDn, bindPassword: slapd.bindPassword, baseDn: LDAP_STORES_DN, pollIntervalMs: POLL_MS, starttls: false, operationTimeoutMs: 2_000 }, undefined, undefined, { fullReadIntervalMs: 60_000 });
+  const holder = new StoreMapHolder(source, config, createLogger('silent'), { changes: () => undefined });
+  // Whole reads (the polls' searches ask for the entries changed since a value: `>=`), slowed
+  // down on demand to last several poll intervals, as a whole read of 5,000 stores lasts about one.
+  const original = Client.prototype.searchPaginated;
+  let whole = 0;
+  let slowMs = 0;
+  Client.prototype.searchPaginated = async function* (this: Client, ...args: Parameters<typeof original>) {
+    if (!String(args[1]?.filter ?? '').includes('>=')) {
+      whole += 1;
+      if (slowMs > 0) await sleep(slowMs);
+    }
+    yield* original.apply(this, args);
+  } as typeof original;
+  let stop = (): void => undefined;
+  try {
+    assert.equal((await holder.reload('start')).ok, true);
+    stop = source.watch(() => void holder.reload('change'));
+    await sleep(1_000);
+    const before = whole;
+    slowMs = 5 * POLL_MS;
+    const reloaded = await holder.reload('signal');
+    assert.equal(reloaded.ok, true, reloaded.error);
+    slowMs = 0;
+    await sleep(3 * POLL_MS);
+    assert.equal(whole - before, 1, 'whole reads of the map during a reload and the polls meanwhile');
+  } finally {
+    stop();
+    Client.prototype.searchPaginated = original;
     await source.close();
   }
 });
