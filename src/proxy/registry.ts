@@ -122,6 +122,11 @@ export class SessionRegistry {
     return [...(this.bySlot.get(slot) ?? [])];
   }
 
+  /** How many sessions are spliced to `slot` (onSlot's length, without the copy). */
+  countOnSlot(slot: string): number {
+    return this.bySlot.get(slot)?.size ?? 0;
+  }
+
   /** Sessions of `user` (a master login's under its staff member's name too). */
   ofUser(user: string): SessionEntry[] {
     return [...(this.byUser.get(user) ?? [])];
