@@ -250,7 +250,11 @@ describe('389 DS with the USN plugin', { concurrency: true }, () => {
       try {
         assert.equal((await holder.reload('start')).ok, true);
         stop = source.watch(() => void holder.reload('change'));
-        await sleep(MARGIN_MS + 1_000);
+        // The ACI's write is recent: the polls read the map whole until a whole read comes a
+        // margin past its second, then ask by modifyTimestamp. Waited for, not slept for: on a
+        // busy machine (the whole suite) the first poll after the window came after a fixed
+        // sleep, so the failover was found by a whole read, whose recent change kept them whole.
+        assert.ok(await until(() => counted.byTime() > 0, 4 * (MARGIN_MS + 1_000)), 'the polls never asked by modifyTimestamp');
         await ds2.modify(failoverLdif('st8', 'sl8b'));
         assert.ok(await until(() => holder.current.stores.get('st8')?.currentMaster === 'sl8b', 3_000), 'the failover was not seen');
         const said = warnings.filter((w) => w['event'] === 'storemap.usn_not_used');
