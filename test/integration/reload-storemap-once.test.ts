@@ -19,8 +19,9 @@ import { loadConfig } from '../../src/config/load.js';
 import { Mailfront } from '../../src/main.js';
 import type { StoreMapSource } from '../../src/routing/sources.js';
 import { registerPasswords, standInDirectory, suiteLogWriter } from './front.js';
-import { LDAP_SERVICE_DN, LDAP_STORES_DN, freePort, tmpDir } from './servers/index.js';
+import { LDAP_STORES_DN, freePort, tmpDir } from './servers/index.js';
 import { startSlapdPair } from './servers/slapd-pair.js';
+import { storeEntries, FAILOVER_ACCESS, failoverLdif } from './store-entries.js';
 
 registerPasswords('reader-pw-unused');
 
@@ -125,16 +126,6 @@ test('a reload with the store-map file unchanged reads and builds the map once; 
   }
 });
 
-function storeEntries(count: number): string {
-  const ldif: string[] = [];
-  for (let s = 1; s <= count; s++) {
-    ldif.push(`dn: cn=st${s},${LDAP_STORES_DN}`, 'objectClass: mailfrontStore', `cn: st${s}`, `mailfrontCurrentMaster: sl${s}a`, `mailfrontPreferredMaster: sl${s}a`, '');
-    for (const x of ['a', 'b']) ldif.push(`dn: cn=sl${s}${x},cn=st${s},${LDAP_STORES_DN}`, 'objectClass: mailfrontSlot', `cn: sl${s}${x}`, 'mailfrontHost: 127.0.0.1', `mailfrontImapPort: ${x === 'a' ? 10143 : 10144}`, '');
-  }
-  return ldif.join('\n');
-}
-const FAILOVER_ACCESS = [`access to dn.subtree="${LDAP_STORES_DN}" attrs=mailfrontCurrentMaster,mailfrontPreferredMaster by dn.exact="${LDAP_SERVICE_DN}" write by * break`];
-const failoverLdif = (store: string, slot: string): string => `dn: cn=${store},${LDAP_STORES_DN}\nchangetype: modify\nreplace: mailfrontCurrentMaster\nmailfrontCurrentMaster: ${slot}\n`;
 
 /** Counts the whole reads of the store map (the polls' searches ask for the entries changed since a value: `>=`). */
 function countingWholeReads(): { readonly count: () => number; readonly restore: () => void } {

@@ -19,6 +19,7 @@ import type { MasterChange } from '../../src/routing/holder.js';
 import { LdapStoreMapSource, generalizedTimeMs } from '../../src/routing/sources.js';
 import { LDAP_SERVICE_DN, LDAP_STORES_DN, startSlapd } from './servers/index.js';
 import type { Slapd } from './servers/index.js';
+import { failoverLdif } from './store-entries.js';
 
 const STORES = 50;
 const POLL_MS = 100;
@@ -150,7 +151,6 @@ test('a poll while the map is being loaded (a reload\'s whole read) waits for th
 });
 
 /** LDIF setting the current master of store `store`. */
-const failoverLdif = (store: string, slot: string): string => `dn: cn=${store},${LDAP_STORES_DN}\nchangetype: modify\nreplace: mailfrontCurrentMaster\nmailfrontCurrentMaster: ${slot}\n`;
 
 /**
  * A failover written by another tool right after a whole read, within the second of the entry's

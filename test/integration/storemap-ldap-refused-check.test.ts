@@ -13,19 +13,11 @@ import { IssueList } from '../../src/config/validate.js';
 import { createLogger } from '../../src/log.js';
 import { StoreMapHolder } from '../../src/routing/holder.js';
 import { LdapStoreMapSource } from '../../src/routing/sources.js';
-import { LDAP_SERVICE_DN, LDAP_STORES_DN } from './servers/index.js';
+import { LDAP_STORES_DN } from './servers/index.js';
 import { startSlapdPair } from './servers/slapd-pair.js';
 import type { PairMember } from './servers/slapd-pair.js';
+import { storeEntries, FAILOVER_ACCESS } from './store-entries.js';
 
-function storeEntries(count: number): string {
-  const ldif: string[] = [];
-  for (let s = 1; s <= count; s++) {
-    ldif.push(`dn: cn=st${s},${LDAP_STORES_DN}`, 'objectClass: mailfrontStore', `cn: st${s}`, `mailfrontCurrentMaster: sl${s}a`, `mailfrontPreferredMaster: sl${s}a`, '');
-    for (const x of ['a', 'b']) ldif.push(`dn: cn=sl${s}${x},cn=st${s},${LDAP_STORES_DN}`, 'objectClass: mailfrontSlot', `cn: sl${s}${x}`, 'mailfrontHost: 127.0.0.1', `mailfrontImapPort: ${x === 'a' ? 10143 : 10144}`, '');
-  }
-  return ldif.join('\n');
-}
-const FAILOVER_ACCESS = [`access to dn.subtree="${LDAP_STORES_DN}" attrs=mailfrontCurrentMaster,mailfrontPreferredMaster by dn.exact="${LDAP_SERVICE_DN}" write by * break`];
 const config = (): ReturnType<ConstructorParameters<typeof StoreMapHolder>[1]> => ({ backend: readBackend(undefined, 'backend', (p) => p, new IssueList()), backendProfiles: new Map() });
 
 async function masterOn(server: PairMember, store: string): Promise<string | undefined> {

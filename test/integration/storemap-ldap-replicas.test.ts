@@ -27,22 +27,14 @@ import type { MasterChange } from '../../src/routing/holder.js';
 import { LdapStoreMapSource, generalizedTimeMs } from '../../src/routing/sources.js';
 import { createAdminHandler } from '../../src/server/admin.js';
 import type { AdminContext } from '../../src/server/admin.js';
-import { LDAP_SERVICE_DN, LDAP_STORES_DN } from './servers/index.js';
+import { LDAP_STORES_DN } from './servers/index.js';
 import { startSlapdPair } from './servers/slapd-pair.js';
 import type { PairMember } from './servers/slapd-pair.js';
+import { storeEntries, FAILOVER_ACCESS, failoverLdif } from './store-entries.js';
 
 /** Stores st1..stN, each with slots slNa (the current master) and slNb. */
-function storeEntries(count: number): string {
-  const ldif: string[] = [];
-  for (let s = 1; s <= count; s++) {
-    ldif.push(`dn: cn=st${s},${LDAP_STORES_DN}`, 'objectClass: mailfrontStore', `cn: st${s}`, `mailfrontCurrentMaster: sl${s}a`, `mailfrontPreferredMaster: sl${s}a`, '');
-    for (const x of ['a', 'b']) ldif.push(`dn: cn=sl${s}${x},cn=st${s},${LDAP_STORES_DN}`, 'objectClass: mailfrontSlot', `cn: sl${s}${x}`, 'mailfrontHost: 127.0.0.1', `mailfrontImapPort: ${x === 'a' ? 10143 : 10144}`, '');
-  }
-  return ldif.join('\n');
-}
 
 /** The service account may fail stores over, as the README has it. */
-const FAILOVER_ACCESS = [`access to dn.subtree="${LDAP_STORES_DN}" attrs=mailfrontCurrentMaster,mailfrontPreferredMaster by dn.exact="${LDAP_SERVICE_DN}" write by * break`];
 
 const config = (): ReturnType<ConstructorParameters<typeof StoreMapHolder>[1]> => ({ backend: readBackend(undefined, 'backend', (p) => p, new IssueList()), backendProfiles: new Map() });
 
@@ -56,7 +48,6 @@ function capturingLogger(lines: Array<Record<string, unknown>>): ReturnType<type
 }
 
 /** LDIF setting the current master of store `store`. */
-const failoverLdif = (store: string, slot: string): string => `dn: cn=${store},${LDAP_STORES_DN}\nchangetype: modify\nreplace: mailfrontCurrentMaster\nmailfrontCurrentMaster: ${slot}\n`;
 
 /** Waits (at most `ms`) until `done`; true if it came. */
 async function until(done: () => boolean | Promise<boolean>, ms: number): Promise<boolean> {

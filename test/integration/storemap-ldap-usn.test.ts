@@ -25,6 +25,7 @@ import { StoreMapHolder } from '../../src/routing/holder.js';
 import { LdapStoreMapSource } from '../../src/routing/sources.js';
 import { LDAP_STORES_DN, startDs389 } from './servers/index.js';
 import type { Ds389 } from './servers/index.js';
+import { failoverLdif } from './store-entries.js';
 
 const STORES = 30;
 const POLL_MS = 100;
@@ -94,7 +95,6 @@ async function until(done: () => boolean, ms: number): Promise<boolean> {
   return done();
 }
 
-const failoverLdif = (store: string, slot: string): string => `dn: cn=${store},${LDAP_STORES_DN}\nchangetype: modify\nreplace: mailfrontCurrentMaster\nmailfrontCurrentMaster: ${slot}\n`;
 
 /** Writes alice's entry on `ds` every 150 ms (each write moves lastusn) until the returned stop. */
 function userWrites(ds: Ds389): () => Promise<void> {
