@@ -1,20 +1,10 @@
 /**
  * DrainSchedule: sessions to close each at its own moment (a failover's or maintenance's drain,
- * the end of a stop), with one timer for the earliest and at most DRAIN_BATCH_SESSIONS closed per
+ * the end of a stop), with one timer for the earliest and at most CLOSE_BATCH_SESSIONS closed per
  * turn of the event loop. It decides when, not how: the caller's `close` does the closing (and any
  * check made at that moment). It holds no socket and knows nothing of sessions but their identity.
  */
-
-/**
- * How many sessions a drain closes in one turn of the event loop, a turn between batches while
- * more are due. A close writes the client's last line, closes two sockets and logs a line: some
- * 0.1 ms of the loop each (the measure of kick --slot, src/server/admin.ts), and a store holds up
- * to 30,000 sessions. With a timer per session, a drain_spread_ms of 0 closed all of them in one
- * timers phase (5,000 held the loop 1 to 2 s), and a loop that fell behind in the window ran every
- * timer then due in one phase. 25 a turn kept a kick's longest turn to 13 to 23 ms of CPU, and the
- * whole kick took no longer.
- */
-export const DRAIN_BATCH_SESSIONS = 25;
+import { CLOSE_BATCH_SESSIONS } from '../limits.js';
 
 /** One session's moment: `at` on the monotonic clock; `order` keeps those of one moment in the order they came. */
 interface Due<T> {
@@ -40,7 +30,7 @@ export class DrainSchedule<T> {
   /** `close` is called once per session at its moment, unless it was deleted or cleared before. */
   constructor(
     private readonly close: (item: T) => void,
-    private readonly batch = DRAIN_BATCH_SESSIONS,
+    private readonly batch = CLOSE_BATCH_SESSIONS,
   ) {}
 
   /** Sessions pending. */

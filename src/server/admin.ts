@@ -18,6 +18,7 @@ import type { SessionEntry, SessionRegistry } from '../proxy/registry.js';
 import type { ReloadResult, StoreMapHolder } from '../routing/holder.js';
 import { StoreMap } from '../routing/storemap.js';
 import { bearerCheck } from './http.js';
+import { CLOSE_BATCH_SESSIONS } from '../limits.js';
 import type { Store } from '../routing/storemap.js';
 
 /** What the admin API works on. */
@@ -425,15 +426,6 @@ async function kickUser(context: AdminContext, user: string): Promise<{ sessions
   return { sessions, forgotten };
 }
 
-/**
- * How many sessions a kick of a slot closes in one turn of the event loop. Each close writes its
- * client's last line, closes two sockets and logs a line, and the sockets' close callbacks follow
- * in the same turn: 5,000 closed in one turn held the loop 1.1 to 1.5 s (0.5 s of CPU, on a busy
- * machine of 2 cores), and a slot holds up to 30,000 sessions, while no login, scrape or other
- * admin request is served. The longest turn of such a kick measured 13 to 23 ms of CPU with 25 a
- * turn, 47 to 56 ms with 100 and 110 to 130 ms with 400; it took no longer in all.
- */
-const KICK_BATCH_SESSIONS = 25;
 
 /** Resolves at the event loop's next turn, once what waits for I/O has run. */
 function nextTurn(): Promise<void> {
@@ -441,15 +433,15 @@ function nextTurn(): Promise<void> {
 }
 
 /**
- * Closes the `sessions` of a kick KICK_BATCH_SESSIONS at a time, a turn of the event loop
+ * Closes the `sessions` of a kick CLOSE_BATCH_SESSIONS at a time, a turn of the event loop
  * between batches; returns those it closed. One whose session ended before its turn (its client
  * logged out) is left out: the kick did not close it.
  */
 async function closeInTurns(registry: SessionRegistry, sessions: readonly SessionEntry[]): Promise<SessionEntry[]> {
   const closed: SessionEntry[] = [];
-  for (let start = 0; start < sessions.length; start += KICK_BATCH_SESSIONS) {
+  for (let start = 0; start < sessions.length; start += CLOSE_BATCH_SESSIONS) {
     if (start > 0) await nextTurn();
-    for (const s of sessions.slice(start, start + KICK_BATCH_SESSIONS)) {
+    for (const s of sessions.slice(start, start + CLOSE_BATCH_SESSIONS)) {
       if (!registry.holds(s)) continue;
       s.close('kicked');
       closed.push(s);
@@ -616,7 +608,7 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
       if (onSlot.length === 0 && ![...context.holder.current.stores.values()].some((store) => store.slots.has(slot))) {
         throw new MailfrontError('UNKNOWN_SLOT', 'no-route', `no store has a slot "${slot}" (store map version ${context.holder.current.version}), and no session is on one`);
       }
-      // In batches, not in one turn (KICK_BATCH_SESSIONS); answered once all are closed.
+      // In batches, not in one turn (CLOSE_BATCH_SESSIONS); answered once all are closed.
       sessions = await closeInTurns(context.registry, onSlot);
     } else if (typeof body['session'] === 'string') {
       const id = body['session'];
