@@ -642,9 +642,8 @@ export class FileStoreMapSource implements StoreMapSource {
   private lastLoaded: string | undefined;
   /**
    * The document of the last text parsed, by the text's digest, when it names no secret file:
-   * an unchanged file is not parsed again at the next load (a SIGHUP's, which the holder reads
-   * once for the new config's check and the reload; at 5,000 stores a parse blocked the event
-   * loop for about 0.5 s). The document is only read (buildStoreMap).
+   * an unchanged file is not parsed again at the next load (each SIGHUP's; at 5,000 stores a
+   * parse blocked the event loop for about 0.5 s). The document is only read (buildStoreMap).
    */
   private lastParsed: { readonly digest: string; readonly document: unknown } | undefined;
   /**

@@ -426,7 +426,6 @@ async function kickUser(context: AdminContext, user: string): Promise<{ sessions
   return { sessions, forgotten };
 }
 
-
 /** Resolves at the event loop's next turn, once what waits for I/O has run. */
 function nextTurn(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
