@@ -9,6 +9,7 @@
 
 import type { ProtocolName } from '../protocol/types.js';
 import type { Slot } from '../routing/storemap.js';
+import { LiveSet } from '../live-set.js';
 
 /** What the registry knows about one spliced session. */
 export interface SessionEntry {
@@ -43,6 +44,66 @@ export interface SessionEntry {
 }
 
 /**
+ * A spliced session's entry as the session makes it: its splice (`traffic`) and its close are let
+ * go when the session ends (letGo()). The registry's Maps and Sets may keep a reference to an entry
+ * past its removal (V8 leaves a rehashed table's entries in the old table, which a young
+ * collection takes as roots while that table is in the old generation; see LiveSet), and that
+ * reference must not hold the session's sockets and buffers alive with it.
+ */
+export class SplicedSessionEntry implements SessionEntry {
+  readonly id: string;
+  readonly protocol: ProtocolName;
+  readonly user: string;
+  readonly dn: string;
+  readonly master?: { readonly user: string; readonly dn: string };
+  readonly kicksAtLogin: number;
+  readonly store: string;
+  readonly slot: string;
+  readonly server: Slot;
+  readonly clientAddress: string;
+  readonly startedAt: number;
+  reportedFromClient = 0;
+  reportedToClient = 0;
+  private splice: SessionEntry['traffic'];
+  private closer: ((reason: 'kicked' | 'drained', hold?: string) => void) | undefined;
+
+  constructor(
+    fields: Omit<SessionEntry, 'traffic' | 'reportedFromClient' | 'reportedToClient' | 'close'>,
+    splice: SessionEntry['traffic'],
+    closer: (reason: 'kicked' | 'drained', hold?: string) => void,
+  ) {
+    this.id = fields.id;
+    this.protocol = fields.protocol;
+    this.user = fields.user;
+    this.dn = fields.dn;
+    if (fields.master !== undefined) this.master = fields.master;
+    this.kicksAtLogin = fields.kicksAtLogin;
+    this.store = fields.store;
+    this.slot = fields.slot;
+    this.server = fields.server;
+    this.clientAddress = fields.clientAddress;
+    this.startedAt = fields.startedAt;
+    // The splice's counts start with the pipelined and leftover bytes: none reported yet.
+    this.splice = splice;
+    this.closer = closer;
+  }
+
+  get traffic(): SessionEntry['traffic'] {
+    return this.splice;
+  }
+
+  close(reason: 'kicked' | 'drained', hold?: string): void {
+    this.closer?.(reason, hold);
+  }
+
+  /** The session ended and its bytes are counted: keep the final counts, let the splice and the session go. */
+  letGo(): void {
+    this.splice = { bytesFromClient: this.splice.bytesFromClient, bytesToClient: this.splice.bytesToClient };
+    this.closer = undefined;
+  }
+}
+
+/**
  * A backend login under way (connecting or logging in to `slot`, or waiting to try again while
  * the master is down): cut short when its store's master moves off that slot, or when an
  * operator kicks its user.
@@ -60,6 +121,8 @@ export interface BackendAttempt {
   readonly kicksAtLogin: number;
   /** Cuts the attempt short: the master moved off its slot (masterMoved), or its user was kicked. Called once at most. */
   stop(why: 'moved' | 'kicked'): void;
+  /** Its place in the registry's set of attempts under way (a LiveSet): -1 until it starts. */
+  attemptPlace: number;
 }
 
 /**
@@ -83,7 +146,7 @@ export class SessionRegistry {
   private readonly kicks = new Map<string, Kick>();
 
   /** Backend logins under way (a few per login in flight; see attemptStarted). */
-  private readonly attempts = new Set<BackendAttempt>();
+  private readonly attempts = new LiveSet<BackendAttempt>('attemptPlace');
 
   get size(): number {
     return this.byId.size;

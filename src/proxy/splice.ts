@@ -40,6 +40,7 @@ import { plainDescriptor, readDirect, readsDirect, writeToDescriptor } from '../
 import type { ResponseBoundaryTracker } from '../protocol/types.js';
 import type { CommandGuard } from './command-guard.js';
 import { CLOSE_GRACE_MS, SPLICE_STALL_TIMEOUT_MS } from '../limits.js';
+import { LiveSet } from '../live-set.js';
 
 /**
  * How long a splice whose client has sent its FIN waits for the backend's close with nothing
@@ -78,7 +79,7 @@ export interface Splice {
 
 /** One sweep per idle timeout value (and stall time) checks every splice's last activity. */
 class IdleSweep {
-  private readonly members = new Set<SpliceSession>();
+  private readonly members = new LiveSet<SpliceSession>('sweepPlace');
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -110,12 +111,13 @@ class IdleSweep {
 
   private sweep(): void {
     const now = performance.now();
-    for (const member of this.members) {
-      if (now - member.lastActivity < this.stallMs) continue;
+    // finish() takes the member it ends out of the set, and no other.
+    this.members.forEachFromLast((member) => {
+      if (now - member.lastActivity < this.stallMs) return;
       // stalled() counts a backend queue that moved as activity, hence the second look.
       if (member.stalled()) member.finish('stalled');
       else if (now - member.lastActivity >= this.timeoutMs) member.finish('idle-timeout');
-    }
+    });
   }
 }
 const idleSweeps = new Map<string, IdleSweep>();
@@ -137,6 +139,8 @@ function idleSweepFor(timeoutMs: number, stallMs: number): IdleSweep {
 class SpliceSession implements Splice {
   readonly ended: Promise<SpliceEndReason>;
   readonly relay: 'direct' | 'stream';
+  /** Its place in its idle sweep's set (LiveSet), -1 while in none. */
+  sweepPlace = -1;
   bytesFromClient: number;
   bytesToClient: number;
   /**

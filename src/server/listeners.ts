@@ -24,6 +24,7 @@ import type { CertificateInfo, ListenerCertificates } from './tls-config.js';
 import type { ConnectionEndpoints } from './proxy-protocol.js';
 import type { ConnectionLimiter } from './connection-limits.js';
 import { CLOSE_GRACE_MS, REFUSED_LOG_INTERVAL_MS } from '../limits.js';
+import { LiveSet } from '../live-set.js';
 
 /**
  * Quiet time after which the kernel probes a client connection (TCP keepalive; node's libuv then
@@ -246,7 +247,7 @@ function certificateFields(certificate: CertificateInfo, of: number): Record<str
 
 /** One bound listener and the sessions it accepted. */
 export class Listener {
-  readonly sessions = new Set<Session>();
+  readonly sessions = new LiveSet<Session>('listenerPlace');
   private server: Server | undefined;
   private tls: TlsContextHolder | undefined;
   private proxyTrusted: CidrSet;

@@ -30,7 +30,8 @@ import type { Config, ListenerConfig } from '../config/schema.js';
 import { MailfrontError, asMailfrontError, isRetryable } from '../errors.js';
 import type { FailureKind } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { BackendAttempt, SessionEntry, SessionRegistry } from '../proxy/registry.js';
+import { SplicedSessionEntry } from '../proxy/registry.js';
+import type { BackendAttempt, SessionRegistry } from '../proxy/registry.js';
 import { splice } from '../proxy/splice.js';
 import type { CommandGuard } from '../proxy/command-guard.js';
 import type { Splice, SpliceEndReason } from '../proxy/splice.js';
@@ -308,6 +309,8 @@ function delay(ms: number, signal: Cancellation): Promise<void> {
 /** Runs one client session on `socket` until it ends. Never rejects. */
 export class Session {
   readonly id = newSessionId();
+  /** Its place in its listener's set of sessions (LiveSet), -1 before and after. */
+  listenerPlace = -1;
   private phase: SessionPhase = 'greeting';
   /** The client's socket as last set: read through `socket`. */
   private clientSocket: Socket;
@@ -374,7 +377,7 @@ export class Session {
   /** The slot as dialled (host and ports), for the registry. */
   private server: Slot | undefined;
   private splice: Splice | undefined;
-  private entry: SessionEntry | undefined;
+  private entry: SplicedSessionEntry | undefined;
   /** What guards the spliced client's commands, if anything (for the log of a refusal). */
   private commandGuard: CommandGuard | undefined;
   private readonly onData = (received: Buffer): void => {
@@ -1177,6 +1180,7 @@ export class Session {
           else moved = true;
           cancel.abort();
         },
+        attemptPlace: -1,
       };
       registry.attemptStarted(watch);
       try {
@@ -1322,23 +1326,22 @@ export class Session {
     this.preauthBytesRead -= success.pipelined.length;
     const running = splice(this.socket, backend.socket, success.pipelined, backend.leftover, this.context.config().session.idleTimeoutMs, this.adapter.createResponseTracker?.() ?? null, guarded?.guard ?? null, guarded?.notice ?? null);
     this.splice = running;
-    const entry: SessionEntry = {
-      id: this.id,
-      protocol: this.adapter.name,
-      user: this.user ?? '',
-      dn,
-      ...(this.master?.dn !== undefined ? { master: { user: this.master.user, dn: this.master.dn } } : {}),
-      kicksAtLogin,
-      store: this.store ?? '',
-      slot: this.slot ?? '',
-      server: this.server!,
-      clientAddress: this.clientAddress,
-      startedAt: this.startedAt,
-      traffic: running,
-      // The splice's counts start with the pipelined and leftover bytes: none reported yet.
-      reportedFromClient: 0,
-      reportedToClient: 0,
-      close: (reason, hold) => {
+    const entry: SplicedSessionEntry = new SplicedSessionEntry(
+      {
+        id: this.id,
+        protocol: this.adapter.name,
+        user: this.user ?? '',
+        dn,
+        ...(this.master?.dn !== undefined ? { master: { user: this.master.user, dn: this.master.dn } } : {}),
+        kicksAtLogin,
+        store: this.store ?? '',
+        slot: this.slot ?? '',
+        server: this.server!,
+        clientAddress: this.clientAddress,
+        startedAt: this.startedAt,
+      },
+      running,
+      (reason, hold) => {
         // Already ending (a kick, then a drain's turn): one line, one close.
         if (running.ending) return;
         // Drained from a store in maintenance: told the store's reason, not that it moved.
@@ -1348,7 +1351,7 @@ export class Session {
         this.log.info({ event: reason === 'kicked' ? 'session.kicked' : 'session.drained', ...userFields(this.user, this.typedUser), ...this.masterFields(), store: this.store, slot: this.slot, ...(maintenance !== null ? { maintenance: true } : {}), ...(held !== undefined ? { held: true } : {}) }, `session closed: ${reason}`);
         running.close(reason, this.adapter.drainNotice(maintenance ?? held ?? (reason === 'drained' ? 'Mailbox moved to another server, please reconnect' : KICKED_TEXT)));
       },
-    };
+    );
     this.entry = entry;
     this.context.registry.add(entry);
     // The one info line of a login (session.started and session.authenticated are debug): who, how, from where, to where.
@@ -1396,6 +1399,7 @@ export class Session {
     if (this.entry) {
       this.context.registry.remove(this.entry);
       this.context.metrics.splicedTraffic(this.entry);
+      this.entry.letGo();
     }
     const spliced = this.splice;
     this.tracker.ended(reason);

@@ -41,6 +41,7 @@ async function kickWith(lookup: Directory['lookup']): Promise<{ closed: Array<[s
       stoppedAt = performance.now();
       stopped = registry.kickHold('amy', 'uid=amy,dc=x', kicksAtLogin) ?? 'Disconnected by an administrator';
     },
+    attemptPlace: -1,
   });
   const directory: Directory = { authenticate: () => Promise.reject(new Error('not used')), lookup, reachable: async () => true, forget: () => 0, cacheEntries: () => ({}), close: async () => undefined };
   const context = { token: () => TOKEN, registry, directory: () => directory, usernames: () => ({ lowercase: true }), log: createLogger('silent') } as unknown as AdminContext;

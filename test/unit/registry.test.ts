@@ -2,7 +2,8 @@
 // the user's directory entry) is kicked, counted without a clock.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { SessionRegistry } from '../../src/proxy/registry.js';
+import { SessionRegistry, SplicedSessionEntry } from '../../src/proxy/registry.js';
+import { PAYLOAD_BYTES, payload, promotedBy } from './young-gc.js';
 import type { BackendAttempt, SessionEntry } from '../../src/proxy/registry.js';
 
 function entry(id: string, user: string, dn: string, kicksAtLogin = 0): SessionEntry {
@@ -52,7 +53,7 @@ test('an entry found after a kick joins that kick, and a later kick of it is not
 test('a failover tells the backend logins under way to the old master of that store, for the protocols it moved', () => {
   const registry = new SessionRegistry();
   const told: string[] = [];
-  const attempt = (name: string, store: string, slot: string, protocol: 'imap' | 'pop3'): BackendAttempt => ({ store, slot, protocol, user: name, dn: `uid=${name}`, kicksAtLogin: 0, stop: (why) => told.push(`${name} ${why}`) });
+  const attempt = (name: string, store: string, slot: string, protocol: 'imap' | 'pop3'): BackendAttempt => ({ store, slot, protocol, user: name, dn: `uid=${name}`, kicksAtLogin: 0, stop: (why) => told.push(`${name} ${why}`), attemptPlace: -1 });
   const imap = attempt('imap-a1', 'alpha', 'a1', 'imap');
   const pop3 = attempt('pop3-a1', 'alpha', 'a1', 'pop3');
   const other = attempt('imap-a2', 'alpha', 'a2', 'imap');
@@ -81,6 +82,7 @@ test("a kick stops the backend logins under way of the user's names and entries 
     dn,
     kicksAtLogin: registry.kicksSoFar,
     stop: (why) => told.push(`${name} ${why}`),
+    attemptPlace: -1,
   });
   const amy = attempt('amy', 'amy', 'uid=amy,dc=x');
   const alias = attempt('alias', 'amy@example.com', 'uid=amy,dc=x');
@@ -100,4 +102,57 @@ test("a kick stops the backend logins under way of the user's names and entries 
   // A failover does not tell a login the kick stopped again.
   assert.equal(registry.masterMoved('alpha', 'a1'), 2);
   assert.deepEqual(told, ['amy kicked', 'alias kicked', 'bob moved', 'later moved']);
+});
+
+test("an ended session's entry, let go, keeps nothing of the session through young collections", () => {
+  const registry = new SessionRegistry();
+  const server = { name: 'a1', store: 's', host: '127.0.0.1', imapPort: 10143 };
+  const spliced = (id: string, user: string, session: { readonly payload: number[] }): SplicedSessionEntry =>
+    new SplicedSessionEntry(
+      { id, protocol: 'imap', user, dn: `uid=${user},dc=x`, kicksAtLogin: 0, store: 's', slot: 'a1', server, clientAddress: '127.0.0.1', startedAt: 0 },
+      // The splice and the close stand for the session's graph: its sockets, buffers and splice.
+      { bytesFromClient: 0, bytesToClient: 0, session } as SessionEntry['traffic'],
+      () => void session.payload.length,
+    );
+  const churned = 300;
+  const promoted = promotedBy(
+    // Sessions that stay: the registry's maps and sets are old after the full collections.
+    () => ['x', 'y', 'z'].forEach((u, i) => registry.add(spliced(`k${i}`, u, { payload: [] }))),
+    () => {
+      for (let i = 0; i < churned; i++) {
+        const session = { payload: payload(i) };
+        const entry = spliced(`s${i}`, `u${i % 7}`, session);
+        registry.add(entry);
+        const around = [0, 1, 2].map((j) => spliced(`s${i}-${j}`, `u${j}`, { payload: [] }));
+        for (const e of around) registry.add(e);
+        for (const e of around) registry.remove(e);
+        registry.remove(entry);
+        entry.letGo();
+      }
+    },
+  );
+  assert.equal(registry.size, 3);
+  // The entries themselves may be moved (about 0.3 KiB each, four per round here): the maps keep
+  // them; their sessions would be all the payloads (9.6 MB), which stay young and are collected.
+  assert.ok(promoted < (churned * PAYLOAD_BYTES) / 4, `${promoted} bytes moved to the old generation for ${churned} sessions of ${PAYLOAD_BYTES} bytes`);
+});
+
+test('an ended backend login keeps nothing of its session through young collections', () => {
+  const registry = new SessionRegistry();
+  const attempt = (session: { readonly payload: number[] }): BackendAttempt => ({ store: 's', slot: 'a1', protocol: 'imap', user: 'amy', dn: 'uid=amy,dc=x', kicksAtLogin: 0, stop: () => void session.payload.length, attemptPlace: -1 });
+  const churned = 300;
+  const promoted = promotedBy(
+    () => [0, 1, 2].forEach(() => registry.attemptStarted(attempt({ payload: [] }))),
+    () => {
+      for (let i = 0; i < churned; i++) {
+        const a = attempt({ payload: payload(i) });
+        registry.attemptStarted(a);
+        const around = [0, 1, 2].map(() => attempt({ payload: [] }));
+        for (const o of around) registry.attemptStarted(o);
+        for (const o of around) registry.attemptEnded(o);
+        registry.attemptEnded(a);
+      }
+    },
+  );
+  assert.ok(promoted < (churned * PAYLOAD_BYTES) / 10, `${promoted} bytes moved to the old generation for ${churned} logins of ${PAYLOAD_BYTES} bytes`);
 });
