@@ -6,6 +6,7 @@
 import { createSocket } from 'node:dgram';
 import { lookup } from 'node:dns';
 import { connect as netConnect, isIP } from 'node:net';
+import { markedSocketOptions } from '../net/socket-options.js';
 import type { Socket } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { checkServerIdentity, connect as tlsConnect } from 'node:tls';
@@ -366,7 +367,7 @@ export function dialSlot(slot: Slot, protocol: Protocol, config: BackendConfig, 
     const open = (host: string, localAddress: string | undefined): void => {
       source = localAddress;
       // Implicit TLS and STARTTLS run over this socket, so the keepalive covers them too.
-      const plain = netConnect({ host, port, ...(localAddress === undefined ? {} : { localAddress }), noDelay: true, keepAlive: true, keepAliveInitialDelay: BACKEND_KEEPALIVE_IDLE_MS });
+      const plain = netConnect(markedSocketOptions({ host, port, ...(localAddress === undefined ? {} : { localAddress }), noDelay: true, keepAlive: true, keepAliveInitialDelay: BACKEND_KEEPALIVE_IDLE_MS }));
       socket = plain;
       plain.once('error', onError);
       plain.once('connect', () => {
