@@ -873,8 +873,6 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'serve': {
-      // Before the server's modules load, so that their functions are created under them.
-      (await import('./v8-flags.js')).applyServeV8Flags();
       // SIGHUP has been counted since the CLI's first module (hangup.ts); a reload that fails
       // unexpectedly is logged: it must never take the process and its spliced sessions down
       // (on Node 20 an unhandled rejection exits).

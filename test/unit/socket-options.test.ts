@@ -35,8 +35,7 @@ async function detachedEmitCloseMaps(marked: boolean): Promise<number> {
   const dir = await mkdtemp(join(tmpdir(), 'mailfront-maps-'));
   try {
     const log = join(dir, 'v8.log');
-    // As serve has it on Node 20 (src/cli/v8-flags.ts): the caches record from the first call.
-    await promisify(execFile)(process.execPath, ['--no-lazy-feedback-allocation', '--log-maps', `--logfile=${log}`, '--no-logfile-per-isolate', '--input-type=module', '-e', script(marked)], { timeout: 60_000 });
+    await promisify(execFile)(process.execPath, ['--log-maps', `--logfile=${log}`, '--no-logfile-per-isolate', '--input-type=module', '-e', script(marked)], { timeout: 60_000 });
     const lines = (await readFile(log, 'utf8')).split('\n');
     return lines.filter((l) => l.startsWith('map,Transition,') && l.endsWith(',prototype,emitClose')).length;
   } finally {
