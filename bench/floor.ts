@@ -5,7 +5,9 @@
  * greeting, replays the `LOGIN`, passes the tagged answer on and splices with mailfront's own
  * relay (src/proxy/splice.ts). No directory, cache, throttle, limits, metrics, logs, timers,
  * capability handling or error answers: not a proxy anyone should run, only a measure of what
- * node's sockets and event loop cost for this exchange on this machine.
+ * node's sockets and event loop cost for this exchange on this machine. Its backend connections'
+ * options are marked as mailfront's are (src/net/socket-options.ts): any relay on Node 20 can
+ * spare itself the maps made per socket, so the floor does too (since e13b199's stop).
  *
  * With POP3_PORT and POP3_TABLE it does the same for POP3 there: greets, answers `USER` itself,
  * reads `PASS`, connects, and replays `USER` and then `PASS` (no XCLIENT), one round trip each.
@@ -16,6 +18,7 @@
 import { readFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import type { Socket } from 'node:net';
+import { markedSocketOptions } from '../src/net/socket-options.js';
 import { splice } from '../src/proxy/splice.js';
 
 const port = Number(process.argv[2]);
@@ -35,7 +38,7 @@ function serve(client: Socket): void {
     const backendPort = login ? table.get(login[2]!) : undefined;
     if (!login || backendPort === undefined) return void client.destroy();
     const tag = login[1]!;
-    const backend = connect({ host: '127.0.0.1', port: backendPort, noDelay: true });
+    const backend = connect(markedSocketOptions({ host: '127.0.0.1', port: backendPort, noDelay: true }));
     backend.on('error', () => client.destroy());
     let answer = '';
     let greeted = false;
@@ -85,7 +88,7 @@ function servePop3(client: Socket, pop3Table: ReadonlyMap<string, number>): void
     const passLine = taken[0];
     const backendPort = pop3Table.get(/^USER (\S+)/i.exec(userLine)?.[1] ?? '');
     if (backendPort === undefined) return void client.destroy();
-    const backend = connect({ host: '127.0.0.1', port: backendPort, noDelay: true });
+    const backend = connect(markedSocketOptions({ host: '127.0.0.1', port: backendPort, noDelay: true }));
     backend.on('error', () => client.destroy());
     let answer = '';
     let step: 'greeting' | 'user' | 'pass' = 'greeting';
