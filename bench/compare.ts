@@ -22,6 +22,8 @@
  * with REF=HEAD it measures what an option costs.
  * COMPARE_NODE: the node binary for this build's mailfront only (the other build runs on the
  * bench's node, or BENCH_PROXY_NODE); with REF=HEAD it measures another Node.js release.
+ * COMPARE_WARMUP_LOGINS: untimed logins per process before the rounds (default 6,000); a few
+ * hundred, with short rounds, shows what a change costs a fresh process while V8 compiles it.
  * COMPARE_CACHE=off: cold logins instead of warm ones: both builds' mailfront with both caches off
  * (directory.auth_cache_ttl_ms and entry_cache_ttl_ms 0, as the bench's no-cache mailfront), so
  * that every timed login is an LDAP search and a bind on slapd; what a change to that path costs.
@@ -58,7 +60,11 @@ const KIND = COLD ? 'cold (no cache: a search and a bind each)' : 'warm';
  * Cold, the same count brings the LDAP path to its steady state (bench/main.ts's no-cache
  * mailfront needs about 2,500: V8 compiling it).
  */
-const WARMUP_LOGINS = 6000;
+const WARMUP_LOGINS = Number(process.env['COMPARE_WARMUP_LOGINS'] ?? 6000);
+if (!(Number.isInteger(WARMUP_LOGINS) && WARMUP_LOGINS >= 0 && WARMUP_LOGINS <= 100_000)) {
+  process.stderr.write('compare: COMPARE_WARMUP_LOGINS must be a whole number from 0 to 100000\n');
+  process.exit(2);
+}
 const PROCESSES = Number(process.env['COMPARE_PROCESSES'] ?? 3);
 if (!(Number.isInteger(PROCESSES) && PROCESSES >= 1 && PROCESSES <= 6)) {
   process.stderr.write('compare: COMPARE_PROCESSES must be a whole number from 1 to 6\n');
