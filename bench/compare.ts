@@ -1,7 +1,8 @@
 /**
  * Two builds of mailfront side by side: CPU per warm IMAP login (cold with COMPARE_CACHE=off) of this build against another
  * (a git ref, built into a temporary worktree), both in front of the instant backend
- * (bench/instant-backend.ts) and the same slapd, loaded at the same time in rounds.
+ * (bench/instant-backend.ts; Dovecot with COMPARE_BACKEND=dovecot) and the same slapd, loaded at
+ * the same time in rounds.
  *
  * Why: the VM's speed drifts by tens of per cent within minutes, more than most single changes
  * save, so a figure from `npm run bench` before a change and one after say little about the
@@ -24,6 +25,9 @@
  * bench's node, or BENCH_PROXY_NODE); with REF=HEAD it measures another Node.js release.
  * COMPARE_WARMUP_LOGINS: untimed logins per process before the rounds (default 6,000); a few
  * hundred, with short rounds, shows what a change costs a fresh process while V8 compiles it.
+ * COMPARE_BACKEND=dovecot: both builds in front of the bench's Dovecot instead of the instant
+ * backend: what a change costs where Dovecot takes most of the two cores (bench/main.ts's login
+ * loops), each login a Dovecot process's.
  * COMPARE_CACHE=off: cold logins instead of warm ones: both builds' mailfront with both caches off
  * (directory.auth_cache_ttl_ms and entry_cache_ttl_ms 0, as the bench's no-cache mailfront), so
  * that every timed login is an LDAP search and a bind on slapd; what a change to that path costs.
@@ -53,6 +57,12 @@ if (CACHE !== 'on' && CACHE !== 'off') {
   process.exit(2);
 }
 const COLD = CACHE === 'off';
+const BACKEND = process.env['COMPARE_BACKEND'] ?? 'instant';
+if (BACKEND !== 'instant' && BACKEND !== 'dovecot') {
+  process.stderr.write('compare: COMPARE_BACKEND must be instant (the default) or dovecot\n');
+  process.exit(2);
+}
+const BEHIND_DOVECOT = BACKEND === 'dovecot';
 /** What the timed logins are, in what is printed. */
 const KIND = COLD ? 'cold (no cache: a search and a bind each)' : 'warm';
 /**
@@ -85,7 +95,7 @@ try {
   // startMailfront's own config keeps the auth cache for 900 s: every timed login is a cache hit.
   // Cold, both caches are off as in bench/main.ts's no-cache mailfront: every login asks slapd.
   const extraConfig = COLD ? { directory: { auth_cache_ttl_ms: 0, entry_cache_ttl_ms: 0 } } : {};
-  const options = { loginMode: 'replay', extraConfig, stores: instant.stores } as const;
+  const options = { loginMode: 'replay', extraConfig, stores: BEHIND_DOVECOT ? backends.stores : instant.stores } as const;
   const start = async (name: string, nodeArgs: readonly string[], main?: string, node?: string): Promise<MailfrontProcess> => {
     const p = await startMailfront(backends, { ...options, name, nodeArgs, ...(main !== undefined ? { main } : {}), ...(node !== undefined ? { node } : {}) });
     started.push(p);
@@ -103,7 +113,7 @@ try {
   const run = (mf: MailfrontProcess, count: number, seconds: number) =>
     loginLoop({ protocol: 'imap', concurrency: CONCURRENCY, maxLogins: count, maxSeconds: seconds, target: (i) => ({ port: mf.imapPort, ...users[i % users.length]! }) });
   await Promise.all(processes.map((p) => run(p.process, WARMUP_LOGINS, 180)));
-  say(`${ROUNDS} rounds of ${ROUND_SECONDS} s of ${KIND} IMAP logins, ${PROCESSES} processes of each build at once (${CONCURRENCY} clients each)`);
+  say(`${ROUNDS} rounds of ${ROUND_SECONDS} s of ${KIND} IMAP logins, ${PROCESSES} processes of each build at once (${CONCURRENCY} clients each), in front of ${BEHIND_DOVECOT ? 'Dovecot' : 'the instant backend'}`);
   const cpu: number[][] = processes.map(() => []);
   const buildMean = (build: 0 | 1, values: readonly number[]): number => {
     const mine = values.filter((_, i) => processes[i]!.build === build);
