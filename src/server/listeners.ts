@@ -196,19 +196,19 @@ function ignoreSocketError(): void {}
  * left on the socket, their closures held the wait's promise and timer for the session's life
  * (docs/performance.md, "Memory per idle session").
  */
-function handshake(secure: TLSSocket, timeoutMs: number, onError: (message: string) => void, underWay: Set<() => void>): Promise<TlsHandshakeFailureReason | 'stopped' | null> {
+function handshake(secure: TLSSocket, timeoutMs: number, onError: (message: string) => void, underWay: LiveSet<HandshakeWait>): Promise<TlsHandshakeFailureReason | 'stopped' | null> {
   return new Promise((resolve) => {
     let settled = false;
     const settle = (outcome: TlsHandshakeFailureReason | 'stopped' | null): void => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      underWay.delete(onStopped);
+      underWay.delete(wait);
       secure.off('secure', onSecure).off('error', onFailed).off('close', onClosed).off('end', onClosed);
       resolve(outcome);
     };
-    const onStopped = (): void => settle('stopped');
-    underWay.add(onStopped);
+    const wait = new HandshakeWait(() => settle('stopped'));
+    underWay.add(wait);
     const onSecure = (): void => settle(null);
     const onFailed = (error: Error): void => {
       if (!settled) onError(error.message);
@@ -219,6 +219,12 @@ function handshake(secure: TLSSocket, timeoutMs: number, onError: (message: stri
     const timer = setTimeout(() => settle('timeout'), timeoutMs);
     secure.once('secure', onSecure).once('error', onFailed).once('close', onClosed).once('end', onClosed);
   });
+}
+
+/** A TLS handshake under way, as closeHandshakes() ends its wait; in the listener's LiveSet. */
+class HandshakeWait {
+  place = -1;
+  constructor(readonly stop: () => void) {}
 }
 
 /** True when two listener configs need different sockets (anything else can change in place). */
@@ -454,8 +460,12 @@ export class Listener {
 
   /** Connections accepted that are not sessions yet (a PROXY header or a TLS handshake under way). */
   private accepting = 0;
-  /** The implicit-TLS handshakes under way, each as the function that ends its wait (closeHandshakes()). */
-  private readonly handshakes = new Set<() => void>();
+  /**
+   * The implicit-TLS handshakes under way, each with the function that ends its wait
+   * (closeHandshakes()). A LiveSet, as the sessions: a Set would keep a TLS session that had been
+   * in it at a rehash alive through young collections (src/live-set.ts).
+   */
+  private readonly handshakes = new LiveSet<HandshakeWait>('place');
 
   /**
    * The server's stop is at its end (the drain is over, every session told BYE): the connections
@@ -465,7 +475,7 @@ export class Listener {
    * `server.stopped`.
    */
   closeHandshakes(): void {
-    for (const stop of [...this.handshakes]) stop();
+    for (const wait of this.handshakes) wait.stop();
   }
   /** Who hears that this listener, stopped, has nothing left (whenRetired()). */
   private onRetired: (() => void) | null = null;
