@@ -39,7 +39,8 @@ import { TLSSocket } from 'node:tls';
 import { plainDescriptor, readDirect, readsDirect, writeToDescriptor } from '../net/direct-io.js';
 import type { ResponseBoundaryTracker } from '../protocol/types.js';
 import type { CommandGuard } from './command-guard.js';
-import { CLOSE_GRACE_MS, SPLICE_STALL_TIMEOUT_MS } from '../limits.js';
+import { SPLICE_STALL_TIMEOUT_MS } from '../limits.js';
+import { destroyAfterGrace } from '../net/close-grace.js';
 import { LiveSet } from '../live-set.js';
 
 /**
@@ -159,14 +160,6 @@ class SpliceSession implements Splice {
   /** A side being ended after its last bytes (a notice, or the other side's close): finish() leaves it to flush, bounded by a timer. */
   private clientEnding = false;
   private backendEnding = false;
-  /**
-   * Those timers (endAfterQueued()), cleared when their side closes: each holds its socket, and
-   * through it the session, for CLOSE_GRACE_MS after a TLS session's graceful end (every TLS
-   * session ends so), into the old generation (docs/performance.md, "What a full collection
-   * left behind").
-   */
-  private clientGrace: NodeJS.Timeout | undefined;
-  private backendGrace: NodeJS.Timeout | undefined;
   private closedCount = 0;
   /** Set once the client has sent its FIN and the splice waits for the backend's close (clientEnded()). */
   private halfClosedTimer: NodeJS.Timeout | undefined;
@@ -194,14 +187,8 @@ class SpliceSession implements Splice {
     client.on('end', () => this.clientEnded());
     // After the client's FIN, the backend's close is the end the client asked for.
     backend.on('end', () => this.peerEnded(client, this.halfClosedTimer === undefined ? 'backend-closed' : 'client-closed'));
-    client.on('close', () => {
-      clearTimeout(this.clientGrace);
-      this.onClose('client-closed');
-    });
-    backend.on('close', () => {
-      clearTimeout(this.backendGrace);
-      this.onClose('backend-closed');
-    });
+    client.on('close', () => this.onClose('client-closed'));
+    backend.on('close', () => this.onClose('backend-closed'));
     this.sweep = idleSweepFor(idleTimeoutMs, Math.min(idleTimeoutMs, stallTimeoutMs));
     this.sweep.add(this);
 
@@ -434,9 +421,7 @@ class SpliceSession implements Splice {
     else this.backendEnding = true;
     if (last === undefined) to.end();
     else to.end(last);
-    const grace = setTimeout(() => to.destroy(), CLOSE_GRACE_MS).unref();
-    if (to === this.client) this.clientGrace = grace;
-    else this.backendGrace = grace;
+    destroyAfterGrace(to);
   }
 
   private onClose(reason: SpliceEndReason): void {

@@ -23,7 +23,8 @@ import { TlsContextHolder } from './tls-config.js';
 import type { CertificateInfo, ListenerCertificates } from './tls-config.js';
 import type { ConnectionEndpoints } from './proxy-protocol.js';
 import type { ConnectionLimiter } from './connection-limits.js';
-import { CLOSE_GRACE_MS, REFUSED_LOG_INTERVAL_MS } from '../limits.js';
+import { REFUSED_LOG_INTERVAL_MS } from '../limits.js';
+import { destroyAfterGrace } from '../net/close-grace.js';
 import { LiveSet } from '../live-set.js';
 
 /**
@@ -551,8 +552,10 @@ export class Listener {
    */
   private refuse(socket: Socket, beforeTls: boolean, limit: AcceptLimit, text: string): void {
     if (beforeTls) socket.destroy();
-    else socket.end(this.adapter.connectionRefusal(limit, text));
-    setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
+    else {
+      socket.end(this.adapter.connectionRefusal(limit, text));
+      destroyAfterGrace(socket);
+    }
   }
 
   /** Stops accepting connections at once; live sessions are left alone (a reload's listener that is replaced). */

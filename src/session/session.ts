@@ -40,7 +40,7 @@ import type { BearerCredentials, Credentials, LoginRefusal, PreauthAction, Preau
 import { sameServer } from '../routing/storemap.js';
 import type { Slot, StoreMap } from '../routing/storemap.js';
 import { Canceller, type Cancellation } from '../cancel.js';
-import { CLOSE_GRACE_MS } from '../limits.js';
+import { destroyAfterGrace } from '../net/close-grace.js';
 // The per-address refusal of an address a trusted webmail forwarded is worded as the listener words it at accept.
 import { ADDRESS_LIMIT_TEXT, SHUTTING_DOWN_PHRASE, TOTAL_LIMIT_TEXT } from '../protocol/rules.js';
 
@@ -1407,7 +1407,7 @@ export class Session {
       // Let a final BYE/-ERR flush, but never wait on a client that does not read.
       if (!this.socket.destroyed) {
         this.socket.end();
-        setTimeout(() => this.socket.destroy(), CLOSE_GRACE_MS).unref();
+        destroyAfterGrace(this.socket);
       }
     }
     if (reason === 'command-refused') {
