@@ -67,11 +67,7 @@ export class LiveSet<T extends object> {
    * only that one): the one moved into its place has been visited already.
    */
   forEachFromLast(visit: (member: T) => void): void {
-    for (let i = this.members.length - 1; i >= 0; i--) {
-      // Removals of the visited member shorten the array: its place may be past the end now.
-      if (i >= this.members.length) continue;
-      visit(this.members[i]!);
-    }
+    for (let i = this.members.length - 1; i >= 0; i--) visit(this.members[i]!);
   }
 
   [Symbol.iterator](): IterableIterator<T> {
