@@ -235,9 +235,10 @@ function idpResultOf(error: unknown): OAuthIdpResult {
 
 /** What fetchText() sends besides a GET's defaults. */
 interface FetchOptions {
+  /** How long the request may take from now. */
   readonly timeoutMs: number;
-  /** The config key the deadline comes from, for the message. */
-  readonly timeoutKey: string;
+  /** The deadline as the message names it: its length and the config key it comes from. */
+  readonly deadline: string;
   readonly maxBytes: number;
   /** A POST's form body (introspection), with its extra headers (HTTP basic). */
   readonly post?: { readonly body: string; readonly headers: Readonly<Record<string, string>> };
@@ -279,7 +280,7 @@ function fetchText(url: string, options: FetchOptions): Promise<string> {
       response.on('error', (error) => settle(error));
       response.on('close', () => settle(new Error('the connection closed before the answer ended')));
     });
-    const timer = setTimeout(() => settle(new IdpRequestError(`no answer within ${Math.round(timeoutMs)} ms (${options.timeoutKey})`, 'timeout')), timeoutMs);
+    const timer = setTimeout(() => settle(new IdpRequestError(`no answer within ${options.deadline}`, 'timeout')), timeoutMs);
     request.on('error', (error) => settle(error));
     request.end(post?.body);
   });
@@ -627,7 +628,10 @@ export class OAuthVerifier {
       const credentials = Buffer.from(`${formEncoded(this.config.clientId ?? '')}:${formEncoded(this.config.clientSecret ?? '')}`).toString('base64');
       text = await fetchText(url, {
         timeoutMs,
-        timeoutKey: queued ? `oauth2.introspection_timeout_ms less ${Math.round(this.config.introspectionTimeoutMs - timeoutMs)} ms spent before sending, waiting for a free request` : 'oauth2.introspection_timeout_ms',
+        // Not queued: the few ms before sending are part of the configured deadline, which the message names.
+        deadline: queued
+          ? `${Math.round(timeoutMs)} ms (oauth2.introspection_timeout_ms less ${Math.round(this.config.introspectionTimeoutMs - timeoutMs)} ms spent before sending, waiting for a free request)`
+          : `${this.config.introspectionTimeoutMs} ms (oauth2.introspection_timeout_ms)`,
         maxBytes: MAX_IDP_ANSWER_BYTES,
         post: { body: new URLSearchParams({ token, token_type_hint: 'access_token' }).toString(), headers: { authorization: `Basic ${credentials}` } },
         agent: this.agentFor(url),
@@ -752,7 +756,7 @@ export class OAuthVerifier {
     // Whether the IdP answered 200: a failure after it is the answer's (bad-answer), not the request's.
     let answered = false;
     try {
-      const text = await fetchText(source, { timeoutMs: this.config.jwksTimeoutMs, timeoutKey: 'oauth2.jwks_timeout_ms', maxBytes: MAX_IDP_ANSWER_BYTES });
+      const text = await fetchText(source, { timeoutMs: this.config.jwksTimeoutMs, deadline: `${this.config.jwksTimeoutMs} ms (oauth2.jwks_timeout_ms)`, maxBytes: MAX_IDP_ANSWER_BYTES });
       answered = true;
       const found = parseDiscovery(text, this.config.discoveryIssuers ?? this.config.issuers);
       if (this.keysNeeded && this.config.jwksUrl === undefined && this.config.jwksFile === undefined && found.jwksUri === undefined) throw new Error('it names no jwks_uri, and oauth2 has no jwks_url nor jwks_file');
@@ -771,7 +775,7 @@ export class OAuthVerifier {
   private async loadKeys(url: string, why: string): Promise<void> {
     let answered = false;
     try {
-      const text = await fetchText(url, { timeoutMs: this.config.jwksTimeoutMs, timeoutKey: 'oauth2.jwks_timeout_ms', maxBytes: MAX_JWKS_BYTES });
+      const text = await fetchText(url, { timeoutMs: this.config.jwksTimeoutMs, deadline: `${this.config.jwksTimeoutMs} ms (oauth2.jwks_timeout_ms)`, maxBytes: MAX_JWKS_BYTES });
       answered = true;
       const set = parseJwks(text);
       if (set.keys.length === 0) throw new Error(`no key mailfront can verify with${set.skipped.length > 0 ? ` (${set.skipped.map((s) => `${s.kid ?? 'a key without kid'}: ${s.reason}`).join('; ')})` : ''}`);
