@@ -1939,6 +1939,41 @@ export class LdapStoreMapSource implements StoreMapSource {
     return new MailfrontError('STOREMAP_LDAP_SEARCH_FAILED', 'config', `store-map search failed: ${this.searchFailure(error)}`, { cause: error });
   }
 
+  /**
+   * The paged searches under way or waiting, by connection: each waits for the one before it. A
+   * server keeps one paged search's state per connection, and a paged search started meanwhile
+   * ends the other's: slapd answers its next page "paged results cookie is invalid". A poll's
+   * search by version met a failover's whole read so, and two failovers asked at once each read
+   * the map whole; on a map of more than one page (100 entries: 25 stores of three slots) one of
+   * them failed.
+   */
+  private readonly pagedTurns = new WeakMap<Client, Promise<void>>();
+
+  /**
+   * Hands each page of a paged search of the store entries under base_dn that match `filter` to
+   * `onPage`, one paged search at a time on `client` (see pagedTurns). False when `onPage` said
+   * to stop (false); the search is left there. Throws what the search or `onPage` threw, and when
+   * the pages came to more than store_map.ldap.max_answer_bytes, `tooMuch()`'s words for it.
+   */
+  private async eachPage(client: Client, filter: string, attributes: readonly string[], onPage: (entries: ReadonlyArray<Record<string, unknown> & { dn: string }>) => boolean, tooMuch: () => string): Promise<boolean> {
+    const before = this.pagedTurns.get(client);
+    let done!: () => void;
+    const mine = new Promise<void>((resolve) => (done = resolve));
+    this.pagedTurns.set(client, mine);
+    try {
+      if (before !== undefined) await before;
+      const heardBefore = ldapBytesReceived(client);
+      for await (const { searchEntries } of client.searchPaginated(this.config.baseDn, { scope: 'sub', filter, attributes: [...attributes], paged: true })) {
+        if (!onPage(searchEntries)) return false;
+        if (ldapBytesReceived(client) - heardBefore > this.maxAnswerBytes) throw new Error(`${tooMuch()}; the search was stopped`);
+      }
+      return true;
+    } finally {
+      if (this.pagedTurns.get(client) === mine) this.pagedTurns.delete(client);
+      done();
+    }
+  }
+
   /** The contextCSN by server id of the entry `dn`, or undefined where it has none the bind account may read. */
   private async contextCsnOf(client: Client, dn: string): Promise<ReadonlyMap<number, string> | undefined> {
     let entry: Record<string, unknown> | undefined;
@@ -2060,12 +2095,8 @@ export class LdapStoreMapSource implements StoreMapSource {
       }
       if (now.values.size !== polls.baseline.size) return false;
       if (from === undefined) return true;
-      const heardBefore = ldapBytesReceived(client);
-      const pages = client.searchPaginated(this.config.baseDn, { scope: 'sub', filter: `(&${STORE_ENTRIES_FILTER}(entryCSN>=${escapeFilterValue(from)}))`, attributes: ['entryCSN'], paged: true });
-      for await (const { searchEntries } of pages) {
-        for (const entry of searchEntries) if (polls.versions.get(lowerDn(entry.dn)) !== operational(entry, 'entryCSN')) return false;
-        if (ldapBytesReceived(client) - heardBefore > this.maxAnswerBytes) throw new Error(`the store entries under ${this.config.baseDn} changed lately came to more than ${this.maxAnswerBytes} bytes (store_map.ldap.max_answer_bytes); the search was stopped`);
-      }
+      const same = await this.eachPage(client, `(&${STORE_ENTRIES_FILTER}(entryCSN>=${escapeFilterValue(from)}))`, ['entryCSN'], (entries) => entries.every((entry) => polls.versions.get(lowerDn(entry.dn)) === operational(entry, 'entryCSN')), () => this.changedLatelyTooMuch());
+      if (!same) return false;
       polls.baseline = now.values;
       return true;
     } catch (error) {
@@ -2137,14 +2168,9 @@ export class LdapStoreMapSource implements StoreMapSource {
       const from = this.noteUsn(client, polls.socket, { at: performance.now(), values });
       if (from === undefined) return false;
       if (from === null) return true;
-      const heardBefore = ldapBytesReceived(client);
-      const pages = client.searchPaginated(this.config.baseDn, { scope: 'sub', filter: `(&${STORE_ENTRIES_FILTER}(entryUSN>=${from}))`, attributes: [...ROUTING_ATTRIBUTES, 'entryUSN'], paged: true });
-      for await (const { searchEntries } of pages) {
-        // The values too, not the entryusn alone (see usnVersion); an entry not known is read whole.
-        for (const entry of searchEntries) if (polls.versions.get(lowerDn(entry.dn)) !== usnVersion(entry)) return false;
-        if (ldapBytesReceived(client) - heardBefore > this.maxAnswerBytes) throw new Error(`the store entries under ${this.config.baseDn} changed lately came to more than ${this.maxAnswerBytes} bytes (store_map.ldap.max_answer_bytes); the search was stopped`);
-      }
-      return socketOf(client) === polls.socket;
+      // The values too, not the entryusn alone (see usnVersion); an entry not known is read whole.
+      const same = await this.eachPage(client, `(&${STORE_ENTRIES_FILTER}(entryUSN>=${from}))`, [...ROUTING_ATTRIBUTES, 'entryUSN'], (entries) => entries.every((entry) => polls.versions.get(lowerDn(entry.dn)) === usnVersion(entry)), () => this.changedLatelyTooMuch());
+      return same && socketOf(client) === polls.socket;
     } catch (error) {
       if (error instanceof SizeLimitExceededError) return false;
       const failure = await this.searchFailed(error);
@@ -2169,15 +2195,13 @@ export class LdapStoreMapSource implements StoreMapSource {
     if (client !== recent.client) return false;
     let found = 0;
     try {
-      const heardBefore = ldapBytesReceived(client);
       // Paged, as the whole read: a server's limit on one answer is no reason to read all.
-      const pages = client.searchPaginated(this.config.baseDn, { scope: 'sub', filter: `(&${STORE_ENTRIES_FILTER}(modifyTimestamp>=${recent.since}))`, attributes: VERSION_ATTRIBUTES, paged: true });
       let same = true;
-      for await (const { searchEntries } of pages) {
-        for (const entry of searchEntries) if (recent.versions.get(lowerDn(entry.dn)) !== entryVersion(entry)) same = false;
-        found += searchEntries.length;
-        if (ldapBytesReceived(client) - heardBefore > this.maxAnswerBytes) throw new Error(`the store entries under ${this.config.baseDn} changed lately came to more than ${this.maxAnswerBytes} bytes (store_map.ldap.max_answer_bytes); the search was stopped`);
-      }
+      await this.eachPage(client, `(&${STORE_ENTRIES_FILTER}(modifyTimestamp>=${recent.since}))`, VERSION_ATTRIBUTES, (entries) => {
+        for (const entry of entries) if (recent.versions.get(lowerDn(entry.dn)) !== entryVersion(entry)) same = false;
+        found += entries.length;
+        return true;
+      }, () => this.changedLatelyTooMuch());
       if (!same || found !== recent.versions.size) return false;
       if (found > 0) this.searchesByTime = client;
       return true;
@@ -2198,26 +2222,22 @@ export class LdapStoreMapSource implements StoreMapSource {
       // connection bounds each page's bytes; the pages together are bounded here, so a server
       // that hands out pages without end cannot hold them all in memory.
       const entries: Array<Record<string, unknown> & { dn: string }> = [];
-      const heardBefore = ldapBytesReceived(client);
-      const pages = client.searchPaginated(this.config.baseDn, {
-        scope: 'sub',
-        filter: STORE_ENTRIES_FILTER,
-        // The versions, for the polls until the next whole read (RecentEntries, ContextPolls, UsnPolls).
-        attributes: [...ROUTING_ATTRIBUTES, ...VERSION_ATTRIBUTES, 'entryUSN'],
-        paged: true,
-      });
-      for await (const { searchEntries } of pages) {
-        // One at a time: push(...searchEntries) passed the page as call arguments, and a server
-        // that ignores paging sends the whole map as one page (200,000 entries overflowed the stack).
-        for (const entry of searchEntries) entries.push(entry);
-        if (ldapBytesReceived(client) - heardBefore > this.maxAnswerBytes) {
-          throw new Error(`the store entries under ${this.config.baseDn} came to more than ${this.maxAnswerBytes} bytes (${entries.length} entries so far; store_map.ldap.max_answer_bytes); the search was stopped`);
-        }
-      }
+      // The versions, for the polls until the next whole read (RecentEntries, ContextPolls, UsnPolls).
+      await this.eachPage(client, STORE_ENTRIES_FILTER, [...ROUTING_ATTRIBUTES, ...VERSION_ATTRIBUTES, 'entryUSN'], (page) => {
+        // One at a time: push(...page) passed the page as call arguments, and a server that
+        // ignores paging sends the whole map as one page (200,000 entries overflowed the stack).
+        for (const entry of page) entries.push(entry);
+        return true;
+      }, () => `the store entries under ${this.config.baseDn} came to more than ${this.maxAnswerBytes} bytes (${entries.length} entries so far; store_map.ldap.max_answer_bytes)`);
       return entries;
     } catch (error) {
       throw await this.searchFailed(error);
     }
+  }
+
+  /** What a poll's search of the entries changed lately says when they came to more than max_answer_bytes. */
+  private changedLatelyTooMuch(): string {
+    return `the store entries under ${this.config.baseDn} changed lately came to more than ${this.maxAnswerBytes} bytes (store_map.ldap.max_answer_bytes)`;
   }
 
   /** Why a search failed, in words that say what to do when a server limit is the reason. */

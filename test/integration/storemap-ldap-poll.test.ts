@@ -150,6 +150,49 @@ test('a poll while the map is being loaded (a reload\'s whole read) waits for th
   }
 });
 
+test('paged searches on the connection wait for each other: two failovers asked at once and the polls meanwhile, on a map of two pages, all read it whole and both are written', async () => {
+  const source = new LdapStoreMapSource({ kind: 'ldap', urls: [slapd.url], bindDn: slapd.bindDn, bindPassword: slapd.bindPassword, baseDn: LDAP_STORES_DN, pollIntervalMs: POLL_MS, starttls: false, operationTimeoutMs: 2_000 }, undefined, undefined, { fullReadIntervalMs: FULL_READ_MS });
+  const holder = new StoreMapHolder(source, config, createLogger('silent'), { changes: () => undefined });
+  // Every search waits 50 ms before asking for its next page (the map is 200 entries, two pages
+  // of 100): a paged search started meanwhile on the same connection would end it, as slapd keeps
+  // one paged search's state per connection ("paged results cookie is invalid").
+  const original = Client.prototype.searchPaginated;
+  let running = 0;
+  let overlapped = 0;
+  let pages = 0;
+  Client.prototype.searchPaginated = async function* (this: Client, ...args: Parameters<typeof original>) {
+    running += 1;
+    if (running > 1) overlapped += 1;
+    try {
+      for await (const page of original.apply(this, args)) {
+        pages += 1;
+        yield page;
+        await sleep(50);
+      }
+    } finally {
+      running -= 1;
+    }
+  } as typeof original;
+  const master = (store: string): string | undefined => holder.current.stores.get(store)?.currentMaster;
+  let stop = (): void => undefined;
+  try {
+    assert.equal((await holder.reload('start')).ok, true);
+    stop = source.watch(() => void holder.reload('change'));
+    await sleep(3 * POLL_MS);
+    const pagesBefore = pages;
+    const results = await Promise.all([holder.failover('st20', 'sl20x1'), holder.failover('st21', 'sl21x2'), holder.failover('st22', 'sl22x1')]);
+    for (const result of results) assert.equal(result.ok, true, result.error);
+    assert.deepEqual([master('st20'), master('st21'), master('st22')], ['sl20x1', 'sl21x2', 'sl22x1']);
+    // Each failover's check read both pages of the map.
+    assert.ok(pages - pagesBefore >= 6, `${pages - pagesBefore} pages read`);
+    assert.equal(overlapped, 0, 'a paged search began while another was under way on the connection');
+  } finally {
+    stop();
+    Client.prototype.searchPaginated = original;
+    await source.close();
+  }
+});
+
 /** LDIF setting the current master of store `store`. */
 
 /**
