@@ -15,7 +15,7 @@ import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startDovecot, startSlapd } from './servers/index.js';
 import type { Dovecot, Slapd } from './servers/index.js';
-import { registerSecrets, startFront, waitForLog } from './front.js';
+import { linesOfSession, registerSecrets, startFront, waitForLog } from './front.js';
 import type { Front } from './front.js';
 
 const PASSWORD = 'Tess-stop-5a93';
@@ -98,8 +98,9 @@ test('LOGIN and STARTTLS pipelined, then a FIN, on a STARTTLS listener that take
     assert.ok(waited !== null, 'the connection is still open past the pre-auth deadline');
     assert.match(text, /\r\na NO \[AUTHENTICATIONFAILED\][^\r\n]*\r\nb OK [^\r\n]*\r\n$/);
     const finished = await waitForLog(front, (l) => l['event'] === 'session.finished');
-    // The session ended on the FIN, not at the pre-auth deadline.
-    assert.equal(finished['reason'], 'client-closed-preauth');
+    // The session ended on the FIN, not at the pre-auth deadline. (Its log lines with the
+    // failure: one fresh run of the suite saw protocol-error here, never reproduced.)
+    assert.equal(finished['reason'], 'client-closed-preauth', linesOfSession(front, String(finished['session'])).map((l) => JSON.stringify(l)).join('\n'));
   } finally {
     await front.stop();
   }
