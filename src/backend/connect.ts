@@ -7,6 +7,7 @@ import { createSocket } from 'node:dgram';
 import { lookup } from 'node:dns';
 import { connect as netConnect, isIP } from 'node:net';
 import { markedSocketOptions } from '../net/socket-options.js';
+import { letGoWhenClosed } from '../net/tls-sockets.js';
 import type { Socket } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { checkServerIdentity, connect as tlsConnect } from 'node:tls';
@@ -375,7 +376,7 @@ export function dialSlot(slot: Slot, protocol: Protocol, config: BackendConfig, 
         if (tlsOptions === undefined) return ready(plain);
         plain.off('error', onError);
         handshaking = true;
-        const secure = tlsConnect({ socket: plain, ...tlsOptions });
+        const secure = letGoWhenClosed(tlsConnect({ socket: plain, ...tlsOptions }), plain);
         socket = secure;
         secure.once('error', onError);
         secure.once('secureConnect', () => ready(secure));
@@ -494,7 +495,7 @@ export function loginToBackend(initial: Socket, slot: Slot, machine: BackendLogi
             detach();
             socket.pause();
             const plain = socket;
-            const secure: TLSSocket = tlsConnect({ socket: plain, ...tlsOptions });
+            const secure: TLSSocket = letGoWhenClosed(tlsConnect({ socket: plain, ...tlsOptions }), plain);
             socket = secure;
             handshaking = true;
             attach(secure);
@@ -630,7 +631,7 @@ async function probeStartTls(socket: Socket, slot: Slot, protocol: Protocol, con
     }
   }
   const tlsOptions = tlsOptionsFor(slot, config);
-  const secure = tlsConnect({ socket, ...tlsOptions });
+  const secure = letGoWhenClosed(tlsConnect({ socket, ...tlsOptions }), socket);
   try {
     await new Promise<void>((resolve, reject) => {
       const onAbort = (): void => reject(new Error('no TLS handshake in time'));

@@ -7,13 +7,14 @@
  */
 import { createServer as createNetServer } from 'node:net';
 import type { Server, Socket } from 'node:net';
-import { TLSSocket } from 'node:tls';
+import type { TLSSocket } from 'node:tls';
 import type { ListenerConfig } from '../config/schema.js';
 import type { EvictedPhase, TlsHandshakeFailureReason } from '../metrics.js';
 import { MailfrontError, asMailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { CidrSet } from '../net/cidr.js';
 import { endOnLateTlsError } from '../net/tls-late-error.js';
+import { serverTlsSocket } from '../net/tls-sockets.js';
 import { ADDRESS_LIMIT_TEXT, SHUTTING_DOWN_TEXT, TOTAL_LIMIT_TEXT } from '../protocol/rules.js';
 import type { ProtocolAdapter } from '../protocol/types.js';
 import { Session } from '../session/session.js';
@@ -404,7 +405,7 @@ export class Listener {
         return void raw.destroy();
       }
       const SNICallback = this.tls?.sniCallback;
-      const secure = new TLSSocket(raw, { isServer: true, secureContext, ...(SNICallback !== undefined ? { SNICallback } : {}) });
+      const secure = serverTlsSocket(raw, { isServer: true, secureContext, ...(SNICallback !== undefined ? { SNICallback } : {}) });
       // A handshake under way is a connection not logged in like any other (a flood of
       // handshakes holds the slots as idle sessions do): evicted, it is just closed (no line can
       // be sent before TLS), and counted as evicted, not as a failed handshake.

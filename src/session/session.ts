@@ -17,6 +17,7 @@ import { authFailureReason, backendFailureResult } from '../metrics.js';
 import type { CidrSet } from '../net/cidr.js';
 import { readDirect, writeNow } from '../net/direct-io.js';
 import { endOnLateTlsError } from '../net/tls-late-error.js';
+import { serverTlsSocket } from '../net/tls-sockets.js';
 import type { Throttle } from '../auth/throttle.js';
 import type { LeaveAddressGate, LeaveGate, LoginGate } from '../auth/login-gate.js';
 import type { ConnectionLease, ConnectionLimiter } from '../server/connection-limits.js';
@@ -718,7 +719,7 @@ export class Session {
       // Wrapping the socket hands every later byte to the TLS layer: plaintext a client queued
       // behind STARTTLS is never read as a command (the machine dropped what it had already).
       const SNICallback = this.context.sniCallback?.();
-      const secure = new TLSSocket(plain, { isServer: true, secureContext, ...(SNICallback !== undefined ? { SNICallback } : {}) });
+      const secure = serverTlsSocket(plain, { isServer: true, secureContext, ...(SNICallback !== undefined ? { SNICallback } : {}) });
       this.socket = secure;
       secure.once('secure', () => {
         // The handshake's listeners go (left on, they were no-ops held for the session's life).
