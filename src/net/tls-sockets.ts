@@ -27,19 +27,28 @@ function dropListeners(socket: Socket): void {
 }
 
 /**
- * `secure`, made over `under`, whose listeners and `under`'s are dropped in the turn after the
- * TLS socket's 'close' (node's own 'close' work, destroying the TLS state, is queued before it).
- * `under` has closed by then: a TLS socket closes after the socket under it.
+ * `secure`, made over `under`, whose listeners and `under`'s are dropped once both have closed,
+ * in the turn after the later 'close' (every 'close' listener of either has run by then, and
+ * node's own work at the TLS socket's close, destroying its TLS state, was queued before).
+ * Usually the TLS socket closes after the socket under it; not when that one was destroyed
+ * first, its 'close' still to come (a listener of it, such as the one that frees the
+ * connection's slot, must still hear it).
  */
 export function letGoWhenClosed(secure: TLSSocket, under: Socket): TLSSocket {
+  let open = under.closed ? 1 : 2;
   // on(), not once(): 'close' comes once, and a once() wrapper would read as a listener left by
   // a wait that was given up (tls-idle-session.test.ts looks for those).
-  secure.on('close', () => {
-    setImmediate(() => {
-      dropListeners(secure);
-      dropListeners(under);
-    });
-  });
+  const closed = (): void => {
+    open -= 1;
+    if (open === 0) {
+      setImmediate(() => {
+        dropListeners(secure);
+        dropListeners(under);
+      });
+    }
+  };
+  secure.on('close', closed);
+  if (open === 2) under.on('close', closed);
   return secure;
 }
 

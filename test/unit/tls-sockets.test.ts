@@ -6,9 +6,15 @@
 // `new TLSSocket()` (which shows the fault is there to be fixed; without it, the test is skipped).
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { once } from 'node:events';
 import { test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { connect as tlsConnect } from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { serverTlsSocket } from '../../src/net/tls-sockets.js';
+import { testCertsPem } from '../integration/servers/certs.js';
+import { tcpPair } from './socket-pairs.js';
 
 const module = (path: string): string => JSON.stringify(fileURLToPath(new URL(path, import.meta.url)));
 const CONNECTIONS = 40;
@@ -77,4 +83,29 @@ test('a closed TLS session is not kept through young collections: its sockets dr
   // What is left either way is node's own (both ends' TLS sockets, kept as they are): the
   // difference is what the sessions held.
   assert.ok(bare - letGo > all * 0.75, `the old generation grew by ${letGo} bytes against ${bare}: closed TLS sessions were kept through young collections`);
+});
+
+test("a TCP socket destroyed before its TLS socket still tells its 'close' listeners (the connection slot's release), and both are let go of after", async () => {
+  const { front: plain, user: plainUser } = await tcpPair(true);
+  const { ca, cert, key } = await testCertsPem();
+  const secure = serverTlsSocket(plain, { isServer: true, cert, key });
+  const user = tlsConnect({ socket: plainUser, ca, servername: 'localhost' });
+  user.on('error', () => undefined);
+  await Promise.all([once(secure, 'secure'), once(user, 'secureConnect')]);
+  const order: string[] = [];
+  plain.once('close', () => order.push('tcp'));
+  secure.once('close', () => order.push('tls'));
+  const held = { data: 0 };
+  secure.on('data', () => (held.data += 1));
+  const closed = once(secure, 'close');
+  // The TCP socket first, the TLS socket in the next turn: it then closes at once, before the
+  // TCP socket's 'close'. (Both in the same turn crash node 20.20.2 and 22.23.5, a bare
+  // TLSSocket too: SIGSEGV. mailfront never destroys the socket under a TLS one.)
+  plain.destroy();
+  setImmediate(() => secure.destroy());
+  await closed;
+  await sleep(50);
+  assert.deepEqual(order, ['tls', 'tcp'], "the TCP socket's 'close' listener was not told, or the order was not the one looked for");
+  assert.deepEqual([secure.eventNames(), plain.eventNames()], [['error'], ['error']]);
+  user.destroy();
 });
