@@ -336,7 +336,11 @@ async function pop3Client(front: Front, index: number, user: string, random: () 
       for (let line = top.startsWith('+OK') ? await raw.readLine() : '.'; line !== '.'; line = await raw.readLine()) {
         if (/^Subject:/i.test(line)) session.slot = slotOfSubject(line);
       }
-      const stat = await raw.pop3('STAT').catch((error: unknown) => describeError(error));
+      // A drain that closes the session as STAT goes is a close (below), not STAT's answer.
+      const stat = await raw.pop3('STAT').catch((error: unknown) => {
+        if (/connection closed/.test(describeError(error))) throw error;
+        return describeError(error);
+      });
       if (!stat.startsWith('+OK')) session.answers.push(stat);
       if (random() < 0.5) {
         // Waits for the drain (POP3 is closed without a word), or the storm's end.
