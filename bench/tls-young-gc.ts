@@ -2,7 +2,8 @@
  * Node's TLS sockets and V8's young collections, without mailfront: what survives each
  * scavenge per connection when each connection holds 16 KiB of small objects (a stand-in for a
  * session), for a server whose sockets are plaintext, TLS sockets made over the accepted ones
- * (`new TLSSocket(socket)`, as mailfront does), or a tls.Server's. The server runs in a child
+ * (`new TLSSocket(socket)`, as mailfront did; `tls-socket-released`: src/net/tls-sockets.ts's
+ * serverTlsSocket(), as mailfront does since), or a tls.Server's. The server runs in a child
  * process under --trace-gc-nvp; 5 clients here connect, read the greeting, send a line and wait
  * for the close, for BENCH_TLS_GC_SECONDS (default 10) after 3 s of warm-up. Prints, per server
  * kind: the connections, the scavenges and mark-compacts, the mean bytes surviving and promoted
@@ -20,6 +21,7 @@ import { connect, createServer } from 'node:net';
 import type { Socket } from 'node:net';
 import { createSecureContext, connect as tlsConnect, createServer as createTlsServer, TLSSocket } from 'node:tls';
 import { fileURLToPath } from 'node:url';
+import { serverTlsSocket } from '../src/net/tls-sockets.js';
 import { testCertsPem } from '../test/integration/servers/certs.js';
 
 type Kind = 'plain' | 'plain-accessor' | 'tls-socket' | 'tls-socket-released' | 'tls-server';
@@ -59,17 +61,12 @@ async function serve(kind: Kind): Promise<void> {
             return session(raw);
           }
           raw.on('error', () => undefined);
-          const secure = new TLSSocket(raw, { isServer: true, secureContext });
+          // tls-socket-released: mailfront's own, whose sockets drop their listeners once closed
+          // (src/net/tls-sockets.ts): what they reach is no longer reached from the sockets.
+          const options = { isServer: true, secureContext };
+          const secure = kind === 'tls-socket-released' ? serverTlsSocket(raw, options) : new TLSSocket(raw, options);
           secure.on('error', () => undefined);
           secure.once('secure', () => session(secure));
-          // Once closed, the sockets' listeners go: what they reach is no longer reached from the sockets.
-          if (kind === 'tls-socket-released') {
-            secure.once('close', () =>
-              setImmediate(() => {
-                for (const socket of [secure, raw]) socket.removeAllListeners().on('error', () => undefined);
-              }),
-            );
-          }
         });
   let connections = 0;
   server.on(kind === 'tls-server' ? 'secureConnection' : 'connection', () => (connections += 1));
