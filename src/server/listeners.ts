@@ -190,23 +190,39 @@ function optionsOnListeningSocket(server: Server): boolean {
 function ignoreSocketError(): void {}
 
 /**
- * Waits for an implicit-TLS connection's handshake on `secure`: null once it is done, else why
- * it failed ('timeout' after `timeoutMs`; 'error', whose message goes to `onError`; 'closed': the
- * client closed, or sent its FIN, which on a half-open socket brings no close by itself), or
- * 'stopped' when the server stops first: the wait puts a function in `underWay` that ends it so,
- * and takes it out when it is over. Every listener added here is removed once the wait is over:
- * left on the socket, their closures held the wait's promise and timer for the session's life
- * (docs/performance.md, "Memory per idle session").
+ * Waits for an implicit-TLS connection's handshake: null once it is done, else why it failed
+ * ('timeout' after `timeoutMs`; 'error', whose message goes to `onError`; 'closed': the client
+ * closed, or sent its FIN, which on a half-open socket brings no close by itself), or 'stopped'
+ * when the server stops first: the wait puts a function in `underWay` that ends it so, and takes
+ * it out when it is over.
+ *
+ * `wrap` makes the TLS socket only once the client's first bytes (its ClientHello) are read on
+ * `raw`. node's TLS layer keeps its input buffer for the connection's life, sized by its first
+ * read (crypto_bio.cc, NodeBIO): libuv's suggested 64 KiB when the layer reads the socket itself,
+ * the bytes' own size (at least 1 KiB) when it is handed bytes read already, as those a socket
+ * holds when it is wrapped (_tls_wrap.js, initRead). Wrapped at accept, an idle IMAPS session
+ * held about 6 KiB more after a full collection; the price is a TLS upload read 16 KiB at a time
+ * instead of 64 (docs/performance.md, "Memory per idle session"). Until the bytes come, the raw
+ * socket's close, FIN or error is the handshake's, as the TLS socket's would be.
+ *
+ * Every listener added here is removed once the wait is over: left on the socket, their
+ * closures held the wait's promise and timer for the session's life. An exception from `wrap`
+ * rejects, as it did thrown in accept(): its caller logs it and closes the connection.
  */
-function handshake(secure: TLSSocket, timeoutMs: number, onError: (message: string) => void, underWay: LiveSet<HandshakeWait>): Promise<TlsHandshakeFailureReason | 'stopped' | null> {
-  return new Promise((resolve) => {
+function handshake(raw: Socket, wrap: () => TLSSocket, timeoutMs: number, onError: (message: string) => void, underWay: LiveSet<HandshakeWait>): Promise<TlsHandshakeFailureReason | 'stopped' | null> {
+  return new Promise((resolve, reject) => {
+    let secure: TLSSocket | undefined;
     let settled = false;
-    const settle = (outcome: TlsHandshakeFailureReason | 'stopped' | null): void => {
-      if (settled) return;
+    const over = (): void => {
       settled = true;
       clearTimeout(timer);
       underWay.delete(wait);
-      secure.off('secure', onSecure).off('error', onFailed).off('close', onClosed).off('end', onClosed);
+      stopWaitingForBytes();
+      secure?.off('secure', onSecure).off('error', onFailed).off('close', onClosed).off('end', onClosed);
+    };
+    const settle = (outcome: TlsHandshakeFailureReason | 'stopped' | null): void => {
+      if (settled) return;
+      over();
       resolve(outcome);
     };
     const wait = new HandshakeWait(() => settle('stopped'));
@@ -218,8 +234,27 @@ function handshake(secure: TLSSocket, timeoutMs: number, onError: (message: stri
     };
     // A client gone during the handshake: nothing is left to wait for (nor to keep alive until the deadline).
     const onClosed = (): void => settle('closed');
+    const onFirstBytes = (): void => {
+      // 'readable' with nothing to read: the client's FIN, whose 'end' the read emits.
+      if (raw.readableLength === 0) return void raw.read();
+      stopWaitingForBytes();
+      try {
+        secure = wrap();
+      } catch (error) {
+        over();
+        return reject(error);
+      }
+      secure.once('secure', onSecure).once('error', onFailed).once('close', onClosed).once('end', onClosed);
+    };
+    const stopWaitingForBytes = (): void => {
+      raw.off('readable', onFirstBytes).off('error', onFailed).off('close', onClosed).off('end', onClosed);
+    };
     const timer = setTimeout(() => settle('timeout'), timeoutMs);
-    secure.once('secure', onSecure).once('error', onFailed).once('close', onClosed).once('end', onClosed);
+    // Paused mode: the bytes stay in the socket's buffer, which the TLS socket takes them from.
+    // Bytes read with a PROXY header are there already, and bring no 'readable' of their own.
+    raw.once('error', onFailed).once('close', onClosed).once('end', onClosed);
+    if (raw.readableLength > 0) onFirstBytes();
+    else raw.on('readable', onFirstBytes);
   });
 }
 
@@ -405,36 +440,40 @@ export class Listener {
         return void raw.destroy();
       }
       const SNICallback = this.tls?.sniCallback;
-      const secure = serverTlsSocket(raw, { isServer: true, secureContext, ...(SNICallback !== undefined ? { SNICallback } : {}) });
+      // Made once the client's first bytes (its ClientHello) are here: see handshake().
+      let secure: TLSSocket | undefined;
+      const wrap = (): TLSSocket => (secure = serverTlsSocket(raw, { isServer: true, secureContext, ...(SNICallback !== undefined ? { SNICallback } : {}) }));
       // A handshake under way is a connection not logged in like any other (a flood of
       // handshakes holds the slots as idle sessions do): evicted, it is just closed (no line can
       // be sent before TLS), and counted as evicted, not as a failed handshake.
       let evicted = false;
       lease.evictableBy(() => {
         evicted = true;
-        secure.destroy();
+        (secure ?? raw).destroy();
         this.evicted('tls-handshake', config.name, endpoints.client.address);
       });
       // No session exists yet: a failed handshake is counted and logged here, once (an error is
       // followed by a close). The handshake spends the session's pre-auth time (it runs from accept).
       let errorMessage = '';
-      const failure = await handshake(secure, Math.max(0, acceptedAt + timeoutMs - performance.now()), (message) => (errorMessage = message), this.handshakes);
+      const failure = await handshake(raw, wrap, Math.max(0, acceptedAt + timeoutMs - performance.now()), (message) => (errorMessage = message), this.handshakes);
       if (evicted) return;
       // The server is stopping (closeHandshakes()): the client is not at fault, and nothing is counted or logged.
-      if (failure === 'stopped') return void secure.destroy();
+      if (failure === 'stopped') return void (secure ?? raw).destroy();
       if (failure !== null) {
         // Not one byte past the PROXY header (if any): a reset or a close before any TLS byte.
         if (failure !== 'timeout' && raw.bytesRead <= (endpoints.header?.length ?? 0)) {
           goneBeforeTls();
-          return void secure.destroy();
+          return void (secure ?? raw).destroy();
         }
         metrics.tlsHandshakeFailure(config.name, failure);
         if (failure !== 'closed') {
           const err = failure === 'error' ? errorMessage : `no TLS handshake within the pre-auth time (${timeoutMs} ms from accept)`;
           this.log.info({ event: 'session.tls_failed', listener: config.name, client: endpoints.client.address, reason: failure, err }, failure === 'error' ? 'TLS handshake failed' : 'TLS handshake timed out');
         }
-        return void secure.destroy();
+        return void (secure ?? raw).destroy();
       }
+      // Settled without a failure: the handshake was done, on the socket wrap() made.
+      if (secure === undefined) return void raw.destroy();
       endOnLateTlsError(secure);
       socket = secure;
       // The server began to stop during the handshake: no new session is greeted now.

@@ -4,10 +4,9 @@
  * none of the ways it ends.
  *
  * - node's TLS layer sizes its input buffer, kept for the connection's life, by its first read:
- *   after STARTTLS the session hands it the client's first bytes read already (its ClientHello),
- *   so that the buffer is the ClientHello's size (at least 1 KiB), not libuv's 64 KiB. (The
- *   implicit-TLS listener wraps at accept: doing the same there cost warm plaintext logins 15 %
- *   more CPU, for a reason not found; docs/performance.md, "Memory per idle session".)
+ *   the listener (implicit TLS) and the session (after STARTTLS) hand it the client's first
+ *   bytes read already (its ClientHello), so that the buffer is the ClientHello's size (at least
+ *   1 KiB), not libuv's 64 KiB.
  * - The listeners the handshake wait put on the TLS socket are gone once it is done.
  * - A reset after the handshake (before login, and spliced), a FIN with the first bytes and a
  *   client gone before any byte still end the connection once, as they did; after a STARTTLS
@@ -147,6 +146,16 @@ async function finishedLines(id: string, ms = 500): Promise<Array<Record<string,
 }
 
 describe('an implicit-TLS session after its handshake', () => {
+  test("the TLS layer is given the client's first bytes read already, which size its input buffer", async () => {
+    const c = await client();
+    await spliced(c);
+    assert.equal(wrapped.length, 1);
+    // A ClientHello of node's client is about 300 to 600 bytes; 0 is the TLS layer reading the
+    // socket itself (its first read, and so its buffer for good, is then 64 KiB).
+    assert.ok(wrapped[0]!.buffered > 0, `the socket had read ${wrapped[0]!.buffered} bytes when it was wrapped`);
+    c.tls.destroy();
+  });
+
   test('no listener of the handshake wait is left on the spliced TLS socket', async () => {
     const c = await client();
     await spliced(c);
