@@ -7,6 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { connect } from 'node:net';
+import { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -197,6 +198,42 @@ s.on('close', () => process.exit(0));`;
     const closed = (await tlsFailures('closed')) - before.closed;
     assert.ok(closed <= (await acceptedHeaders()) - before.accepted, `${closed} closed`);
     assert.equal(tlsFailedLines(), before.lines);
+  });
+
+  it("a ClientHello in the same write as the PROXY header: the handshake completes and the client is greeted, as the header's client", async () => {
+    const accepted = await acceptedHeaders();
+    const raw = await connectFrom(ports.imaps);
+    raw.on('error', () => undefined);
+    // The TLS client writes through this stream: its first write (the ClientHello) leaves with the
+    // header in one write, so that mailfront reads both at once and finds the ClientHello already
+    // in the socket's buffer when the header is parsed.
+    let header: Buffer | null = encodeProxyV2({ address: '192.0.2.9', port: 50002 }, { address: '127.0.0.1', port: ports.imaps });
+    const tunnel = new Duplex({
+      read() {},
+      write(chunk: Buffer, _encoding, done) {
+        raw.write(header === null ? chunk : Buffer.concat([header, chunk]), done);
+        header = null;
+      },
+    });
+    raw.on('data', (chunk: Buffer) => tunnel.push(chunk));
+    raw.on('end', () => tunnel.push(null));
+    const secure = tlsConnect({ socket: tunnel, servername: 'localhost', ca: await readFile(certs.caFile) });
+    secure.on('error', () => undefined);
+    try {
+      let text = '';
+      secure.setEncoding('utf8');
+      secure.on('data', (chunk: string) => (text += chunk));
+      await until(() => text.includes('\r\n'), 'the greeting over TLS');
+      assert.match(text, /^\* OK \[CAPABILITY IMAP4rev1/);
+      assert.equal((await acceptedHeaders()) - accepted, 1);
+      secure.write('a LOGIN amy amy-pw-9f3a\r\n');
+      await until(() => /\r\na /.test(text), 'the answer to LOGIN');
+      assert.match(text, /\r\na NO \[AUTHENTICATIONFAILED\]/);
+      await until(() => logs.some((l) => l['event'] === 'session.login_failed' && l['client'] === '192.0.2.9'), "the failed login logged as the header's client");
+    } finally {
+      secure.destroy();
+      raw.destroy();
+    }
   });
 
   it('a client that reached HAProxy over TLS (send-proxy-v2-ssl) gets a TLS session on a STARTTLS listener: no STARTTLS, no LOGINDISABLED, LOGIN checked; one that did not is still refused', async () => {
