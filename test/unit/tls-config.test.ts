@@ -65,15 +65,17 @@ test('policy: safe defaults, every key, and a cipher list OpenSSL cannot use is 
   assert.deepEqual(readTlsPolicy(undefined, 'tls', issues), TLS_POLICY_DEFAULTS);
   assert.equal(TLS_POLICY_DEFAULTS.minVersion, 'TLSv1.2');
   assert.ok(INTERMEDIATE_CIPHERS.includes('TLS_AES_128_GCM_SHA256') && !/RC4|3DES|CBC|SHA:|NULL/.test(INTERMEDIATE_CIPHERS));
-  assert.deepEqual(readTlsPolicy({ min_version: 'TLSv1.3', ciphers: 'TLS_AES_256_GCM_SHA384', honor_cipher_order: true }, 'tls', issues), {
+  assert.equal(TLS_POLICY_DEFAULTS.sessionTickets, true);
+  assert.deepEqual(readTlsPolicy({ min_version: 'TLSv1.3', ciphers: 'TLS_AES_256_GCM_SHA384', honor_cipher_order: true, session_tickets: false }, 'tls', issues), {
     minVersion: 'TLSv1.3',
     ciphers: 'TLS_AES_256_GCM_SHA384',
     honorCipherOrder: true,
+    sessionTickets: false,
   });
   assert.deepEqual(issues.issues, []);
   const bad = new IssueList();
-  readTlsPolicy({ min_version: 'TLSv1', ciphers: 'NO-SUCH-CIPHER', colour: 1 }, 'listeners[0].tls_policy', bad);
-  assert.deepEqual(bad.issues.map((i) => i.path).sort(), ['listeners[0].tls_policy.ciphers', 'listeners[0].tls_policy.colour', 'listeners[0].tls_policy.min_version']);
+  readTlsPolicy({ min_version: 'TLSv1', ciphers: 'NO-SUCH-CIPHER', colour: 1, session_tickets: 'no' }, 'listeners[0].tls_policy', bad);
+  assert.deepEqual(bad.issues.map((i) => i.path).sort(), ['listeners[0].tls_policy.ciphers', 'listeners[0].tls_policy.colour', 'listeners[0].tls_policy.min_version', 'listeners[0].tls_policy.session_tickets']);
 });
 
 test('the default policy: TLS 1.3 negotiated, TLS 1.1 refused, TLS 1.2 only with forward-secret AEAD suites', async () => {
@@ -96,7 +98,7 @@ test('the default policy: TLS 1.3 negotiated, TLS 1.1 refused, TLS 1.2 only with
 });
 
 test('min_version TLSv1.3 refuses TLS 1.2 clients; honor_cipher_order picks the server order', async () => {
-  const strict = new TlsContextHolder(files, { minVersion: 'TLSv1.3', ciphers: INTERMEDIATE_CIPHERS, honorCipherOrder: false });
+  const strict = new TlsContextHolder(files, { ...TLS_POLICY_DEFAULTS, minVersion: 'TLSv1.3' });
   const a = await serve(strict);
   try {
     assert.equal((await handshake(a.port, { maxVersion: 'TLSv1.2' })).ok, false);
@@ -104,7 +106,7 @@ test('min_version TLSv1.3 refuses TLS 1.2 clients; honor_cipher_order picks the 
   } finally {
     a.server.close();
   }
-  const ordered = new TlsContextHolder(files, { minVersion: 'TLSv1.2', ciphers: 'ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256', honorCipherOrder: true });
+  const ordered = new TlsContextHolder(files, { ...TLS_POLICY_DEFAULTS, ciphers: 'ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256', honorCipherOrder: true });
   const b = await serve(ordered);
   try {
     const result = await handshake(b.port, { maxVersion: 'TLSv1.2', ciphers: 'ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305' });
@@ -210,6 +212,51 @@ test('TLS 1.2 renegotiation is refused, on sockets wrapped with the context (imp
   } finally {
     wrapping.close();
     server.close();
+  }
+});
+
+/** Connects twice to `port`, the second time with the first connection's last session; whether the second resumed it. */
+async function resumes(port: number, maxVersion: SecureVersion): Promise<boolean> {
+  const once = (session?: Buffer): Promise<{ reused: boolean; session?: Buffer }> =>
+    new Promise((resolve, reject) => {
+      let last: Buffer | undefined;
+      const socket = connect({ host: '127.0.0.1', port, rejectUnauthorized: false, maxVersion, ...(session !== undefined ? { session } : {}) });
+      let reused = false;
+      socket.once('secureConnect', () => (reused = socket.isSessionReused()));
+      socket.on('session', (s: Buffer) => (last = s));
+      socket.on('error', reject);
+      // The server ends the connection after its line: every ticket it sent has been read by the close.
+      socket.resume();
+      socket.once('close', () => resolve({ reused, ...(last !== undefined ? { session: last } : {}) }));
+    });
+  const first = await once();
+  assert.equal(first.reused, false);
+  // No session at all (TLS 1.2 without a ticket or an ID): nothing to offer, so nothing resumed.
+  if (first.session === undefined) return false;
+  return (await once(first.session)).reused;
+}
+
+test('session tickets: clients resume by default, on sockets wrapped with the context; with session_tickets false none does, TLS 1.3 or 1.2', async () => {
+  for (const sessionTickets of [true, false]) {
+    const holder = new TlsContextHolder(files, { ...TLS_POLICY_DEFAULTS, sessionTickets });
+    // As listeners.ts and session.ts wrap an accepted socket; the line leaves once the handshake is done.
+    const wrapping = createNetServer((raw) => {
+      const secure = new TLSSocket(raw, { isServer: true, secureContext: holder.context });
+      secure.on('error', () => undefined);
+      secure.once('secure', () => secure.end('* OK\r\n'));
+    });
+    await new Promise<void>((resolve) => wrapping.listen(0, '127.0.0.1', resolve));
+    const port = (wrapping.address() as { port: number }).port;
+    try {
+      for (const version of ['TLSv1.3', 'TLSv1.2'] as const) {
+        assert.equal(await resumes(port, version), sessionTickets, `${version}, session_tickets ${sessionTickets}`);
+      }
+      // A reload keeps the policy: tickets (or none) as before.
+      assert.ok(holder.reload().ok);
+      assert.equal(await resumes(port, 'TLSv1.3'), sessionTickets, `after a reload, session_tickets ${sessionTickets}`);
+    } finally {
+      wrapping.close();
+    }
   }
 });
 
