@@ -421,6 +421,24 @@ export function makeMessage(subject: string, bytes = 200): Buffer {
 }
 
 /**
+ * The config sections of a mailfront in-process that has a stand-in directory (standInDirectory())
+ * and a store map file `stores.yaml` beside its config: a directory section it never dials
+ * (registerPasswords('reader-pw-unused') for its password), no throttle, no health checks, the
+ * HTTP port on any free port, and a stop that closes the listeners at once (no balancer to wait
+ * for; stop-unready.test.ts tests the delay). A test adds its listeners and what it checks.
+ */
+export function standInConfigSections(): Record<string, unknown> {
+  return {
+    directory: { urls: ['ldap://127.0.0.1:1'], bind_dn: 'cn=reader', bind_password: 'reader-pw-unused', base_dn: 'dc=example' },
+    store_map: { file: 'stores.yaml' },
+    throttle: { enabled: false },
+    health: { interval_ms: 0 },
+    http: { host: '127.0.0.1', port: 0 },
+    shutdown: { unready_delay_ms: 0 },
+  };
+}
+
+/**
  * A directory for a mailfront in-process (Mailfront's directory option) that has no server
  * behind it: every login is answered by `authenticate` (by default: the directory is down), the
  * rest by `overrides` or as a reachable directory that knows no one.

@@ -17,7 +17,7 @@ import { loadConfig } from '../../src/config/load.js';
 import { Mailfront } from '../../src/main.js';
 import { MailfrontError } from '../../src/errors.js';
 import { encodeProxyV2, encodeProxyV2Local } from '../../src/server/proxy-protocol.js';
-import { registerPasswords, standInDirectory, parsedSuiteLog } from './front.js';
+import { registerPasswords, standInDirectory, parsedSuiteLog, standInConfigSections } from './front.js';
 import { LineClient, freePort, makeCerts, startHaproxy, tmpDir } from './servers/index.js';
 import type { TestCerts, TmpDir } from './servers/index.js';
 
@@ -70,13 +70,7 @@ describe('implicit TLS behind a PROXY balancer', () => {
           { name: 'imaps', protocol: 'imap', host: '127.0.0.1', port: ports.imaps, tls: 'implicit', certificate: { cert: certs.certFile, key: certs.keyFile }, proxy_protocol: { trusted_networks: ['127.0.0.1'] } },
           { name: 'imap', protocol: 'imap', host: '127.0.0.1', port: ports.imap, tls: 'starttls', certificate: { cert: certs.certFile, key: certs.keyFile }, proxy_protocol: { trusted_networks: ['127.0.0.1'] } },
         ],
-        directory: { urls: ['ldap://127.0.0.1:1'], bind_dn: 'cn=reader', bind_password: 'reader-pw-unused', base_dn: 'dc=example' },
-        store_map: { file: 'stores.yaml' },
-        throttle: { enabled: false },
-        health: { interval_ms: 0 },
-        http: { host: '127.0.0.1', port: 0 },
-        // No balancer to wait for: a stop closes the listeners at once (stop-unready.test.ts tests the delay).
-        shutdown: { unready_delay_ms: 0 },
+        ...standInConfigSections(),
       }),
     );
     mailfront = await Mailfront.start(loadConfig(join(dir.path, 'mailfront.yaml')), { directory, processMetrics: false, logDestination: parsedSuiteLog(logs) });

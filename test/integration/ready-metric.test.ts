@@ -10,7 +10,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { parse, stringify } from 'yaml';
 import { loadConfig } from '../../src/config/load.js';
 import { Mailfront } from '../../src/main.js';
-import { registerPasswords, standInDirectory, suiteLogWriter } from './front.js';
+import { registerPasswords, standInDirectory, suiteLogWriter, standInConfigSections } from './front.js';
 import { freePort, tmpDir } from './servers/index.js';
 import type { TmpDir } from './servers/index.js';
 
@@ -41,13 +41,7 @@ describe('mailfront_ready', () => {
       stringify({
         log: { level: 'info' },
         listeners: [{ name: 'imap', protocol: 'imap', host: '127.0.0.1', port: await freePort(), tls: 'none', plaintext_without_tls: true }],
-        directory: { urls: ['ldap://127.0.0.1:1'], bind_dn: 'cn=reader', bind_password: 'reader-pw-unused', base_dn: 'dc=example' },
-        store_map: { file: 'stores.yaml' },
-        throttle: { enabled: false },
-        health: { interval_ms: 0 },
-        http: { host: '127.0.0.1', port: 0 },
-        // No balancer to wait for: a stop closes the listeners at once (stop-unready.test.ts tests the delay).
-        shutdown: { unready_delay_ms: 0 },
+        ...standInConfigSections(),
       }),
     );
     const writeSuiteLog = suiteLogWriter();

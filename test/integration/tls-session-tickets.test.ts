@@ -10,7 +10,7 @@ import type { SecureVersion } from 'node:tls';
 import { stringify } from 'yaml';
 import { loadConfig } from '../../src/config/load.js';
 import { Mailfront } from '../../src/main.js';
-import { registerPasswords, standInDirectory, parsedSuiteLog } from './front.js';
+import { registerPasswords, standInDirectory, parsedSuiteLog, standInConfigSections } from './front.js';
 import { freePort, makeCerts, tmpDir } from './servers/index.js';
 import type { TestCerts, TmpDir } from './servers/index.js';
 
@@ -30,12 +30,7 @@ describe('TLS session tickets on an IMAPS listener', () => {
       stringify({
         log: { level: 'info' },
         listeners: [{ name: 'imaps', protocol: 'imap', host: '127.0.0.1', port, tls: 'implicit', certificate: { cert: certs.certFile, key: certs.keyFile } }],
-        directory: { urls: ['ldap://127.0.0.1:1'], bind_dn: 'cn=reader', bind_password: 'reader-pw-unused', base_dn: 'dc=example' },
-        store_map: { file: 'stores.yaml' },
-        throttle: { enabled: false },
-        health: { interval_ms: 0 },
-        http: { host: '127.0.0.1', port: 0 },
-        shutdown: { unready_delay_ms: 0 },
+        ...standInConfigSections(),
         tls,
       }),
     );
