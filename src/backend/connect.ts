@@ -7,10 +7,10 @@ import { createSocket } from 'node:dgram';
 import { lookup } from 'node:dns';
 import { connect as netConnect, isIP } from 'node:net';
 import { markedSocketOptions } from '../net/socket-options.js';
-import { letGoWhenClosed } from '../net/tls-sockets.js';
+import { clientTlsSocket } from '../net/tls-sockets.js';
 import type { Socket } from 'node:net';
 import { readFileSync } from 'node:fs';
-import { checkServerIdentity, connect as tlsConnect } from 'node:tls';
+import { checkServerIdentity } from 'node:tls';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import type { BackendConfig, Config, Protocol } from '../config/schema.js';
 import { addressFamily, reservedUsersOf } from '../config/schema.js';
@@ -376,7 +376,7 @@ export function dialSlot(slot: Slot, protocol: Protocol, config: BackendConfig, 
         if (tlsOptions === undefined) return ready(plain);
         plain.off('error', onError);
         handshaking = true;
-        const secure = letGoWhenClosed(tlsConnect({ socket: plain, ...tlsOptions }), plain);
+        const secure = clientTlsSocket(plain, tlsOptions);
         socket = secure;
         secure.once('error', onError);
         secure.once('secureConnect', () => ready(secure));
@@ -495,7 +495,7 @@ export function loginToBackend(initial: Socket, slot: Slot, machine: BackendLogi
             detach();
             socket.pause();
             const plain = socket;
-            const secure: TLSSocket = letGoWhenClosed(tlsConnect({ socket: plain, ...tlsOptions }), plain);
+            const secure: TLSSocket = clientTlsSocket(plain, tlsOptions);
             socket = secure;
             handshaking = true;
             attach(secure);
@@ -631,7 +631,7 @@ async function probeStartTls(socket: Socket, slot: Slot, protocol: Protocol, con
     }
   }
   const tlsOptions = tlsOptionsFor(slot, config);
-  const secure = letGoWhenClosed(tlsConnect({ socket, ...tlsOptions }), socket);
+  const secure = clientTlsSocket(socket, tlsOptions);
   try {
     await new Promise<void>((resolve, reject) => {
       const onAbort = (): void => reject(new Error('no TLS handshake in time'));

@@ -16,8 +16,8 @@
  * node's own objects of the connection, about 1.5 KB.
  */
 import type { Socket } from 'node:net';
-import { TLSSocket } from 'node:tls';
-import type { TLSSocketOptions } from 'node:tls';
+import { TLSSocket, connect as tlsConnect } from 'node:tls';
+import type { ConnectionOptions, TLSSocketOptions } from 'node:tls';
 
 function ignoreError(): void {}
 
@@ -55,4 +55,9 @@ export function letGoWhenClosed(secure: TLSSocket, under: Socket): TLSSocket {
 /** `new TLSSocket(raw, options)`, let go of once closed (letGoWhenClosed()). */
 export function serverTlsSocket(raw: Socket, options: TLSSocketOptions): TLSSocket {
   return letGoWhenClosed(new TLSSocket(raw, options), raw);
+}
+
+/** `tls.connect()` over `under` (a backend connection), let go of once closed (letGoWhenClosed()). */
+export function clientTlsSocket(under: Socket, options: ConnectionOptions): TLSSocket {
+  return letGoWhenClosed(tlsConnect({ ...options, socket: under }), under);
 }
