@@ -82,5 +82,43 @@ if [ "$skipped" -gt 0 ] && [ "$skips_allowed" != "1" ]; then
   grep -hE '^ *(not )?ok [0-9]+ - .* # SKIP' "$main_log" "$scan_log" | sed 's/^ */  /' >&2 || true
   if [ "$status" -eq 0 ]; then status=1; fi
 fi
+# CI keeps only the end of the output: name each failed test there, with where it failed and its
+# error's first lines (a suite failing only because a test in it failed is left out).
+if [ "$failed" -gt 0 ]; then
+  echo "failed:"
+  awk '
+    function flush() {
+      if (name != "" && type != "subtestsFailed") {
+        print "  " name
+        if (where != "") print "    at " where
+        for (i = 1; i <= nerr && i <= 12; i++) print "    " err[i]
+      }
+      name = ""
+    }
+    match($0, /^ *not ok [0-9]+ - /) {
+      flush()
+      name = substr($0, RLENGTH + 1)
+      indent = index($0, "n") - 1
+      where = ""; type = ""; nerr = 0; inerr = 0
+      next
+    }
+    name == "" { next }
+    {
+      line = substr($0, indent + 3)
+      lead = match($0, /[^ ]/) - 1
+      if ($0 ~ /^ *\.\.\.$/ && lead == indent + 2) { flush(); next }
+      if (inerr) {
+        if ($0 ~ /^ *$/) next
+        if (lead > indent + 2) { sub(/^ +/, "", line); if (line != "") err[++nerr] = line; next }
+        inerr = 0
+      }
+      if (line ~ /^location: /) { where = substr(line, 11); gsub(/\047/, "", where) }
+      else if (line ~ /^failureType: /) { type = substr(line, 14); gsub(/\047/, "", type) }
+      else if (line ~ /^error: \|-?$/) inerr = 1
+      else if (line ~ /^error: /) { e = substr(line, 8); gsub(/^\047|\047$/, "", e); err[++nerr] = e }
+    }
+    END { flush() }
+  ' "$main_log" "$scan_log"
+fi
 echo "${passed} passed, ${failed} failed, ${skipped} skipped"
 exit "$status"
