@@ -4,6 +4,7 @@
 // HAProxy, Dovecot) or runs on without the port (Cyrus master).
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, connect } from 'node:net';
 import type { AddressInfo, Server, Socket } from 'node:net';
@@ -41,6 +42,21 @@ async function takenPort(): Promise<number> {
   return port;
 }
 
+/**
+ * What the kernel says of the sockets on local port `port` (/proc/net/tcp: state in hex, 01
+ * established, 0A listening; remote address) and of the connection of ours that holds it.
+ */
+function holderState(port: number): { socket: string; kernel: string[] } {
+  const socket = held.find((s) => s.localPort === port);
+  const local = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  const kernel = readFileSync('/proc/net/tcp', 'utf8')
+    .split('\n')
+    .map((line) => line.trim().split(/\s+/))
+    .filter((cols) => cols.length > 9 && cols[1]!.endsWith(local))
+    .map((cols) => `local ${cols[1]} remote ${cols[2]} state ${cols[3]} inode ${cols[9]}`);
+  return { socket: socket === undefined ? 'none' : socket.destroyed ? 'destroyed' : `open (${socket.readyState})`, kernel };
+}
+
 /** Whether 127.0.0.1:`port` accepts a connection. */
 function accepts(port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -55,7 +71,8 @@ describe('a port taken before the daemon bound it', () => {
     const taken = await takenPort();
     const redis = await startRedis();
     try {
-      assert.notEqual(redis.port, taken);
+      // Seen once in a full run, never alone: Redis listening on the port held. What to look at then.
+      assert.notEqual(redis.port, taken, `the holding connection ${JSON.stringify(holderState(taken))}; redis's log:\n${redis.readLog()}`);
       assert.ok(await accepts(redis.port));
     } finally {
       await redis.stop();
