@@ -434,7 +434,7 @@ export function readConfig(doc: unknown, file: string, resolvePath: (p: string) 
     shutdown: readShutdown(root['shutdown'], issues),
     throttle: readThrottleConfig(root['throttle'], 'throttle', issues, resolvePath),
     connectionLimits: readConnectionLimitsConfig(root['connection_limits'], 'connection_limits', issues),
-    tls: readTlsPolicy(root['tls'], 'tls', issues),
+    tls: readTlsPolicy(root['tls'], 'tls', issues, resolvePath),
     usernames: readUsernames(root['usernames'], issues),
     session: readSessionSettings(root['session'], issues),
     ...(oauth2 !== undefined ? { oauth2 } : {}),

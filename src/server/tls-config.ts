@@ -6,11 +6,11 @@
  * Must not: log, bind sockets, or watch files (the caller decides when to reload and what to say).
  */
 import { readFileSync } from 'node:fs';
-import { X509Certificate, constants, createPrivateKey } from 'node:crypto';
+import { X509Certificate, constants, createPrivateKey, timingSafeEqual } from 'node:crypto';
 import { createSecureContext } from 'node:tls';
 import type { SecureContext, SecureContextOptions, TlsOptions } from 'node:tls';
 import type { TlsFiles } from '../config/schema.js';
-import { IssueList, at, bool, oneOf, readSection, str } from '../config/validate.js';
+import { IssueList, at, bool, oneOf, optStr, readSection, str } from '../config/validate.js';
 import { MailfrontError } from '../errors.js';
 
 /** The lowest TLS version offered; TLS 1.0 and 1.1 are deprecated by RFC 8996. */
@@ -30,6 +30,66 @@ export interface TlsPolicy {
    * makes one per context and never rotates it), but no client resumes.
    */
   readonly sessionTickets: boolean;
+  /**
+   * The key session tickets are sealed with (tls.session_ticket_key_file), the same for every
+   * listener and certificate. Without it node makes one at random for each context, so a ticket
+   * is good only until the next reload and only on the instance that gave it.
+   */
+  readonly ticketKey?: TicketKey;
+}
+
+/** How many bytes a ticket key file holds: what node's ticketKeys takes (16 for the key's name, 16 for HMAC, 16 for AES-128). */
+export const TICKET_KEY_BYTES = 48;
+
+/**
+ * The bytes of tls.session_ticket_key_file, kept out of sight: anyone with them can open every
+ * ticket sealed with them, and so the sessions resumed with those tickets. JSON.stringify, a log
+ * line and util.inspect show the file's name only (the bytes are a private field).
+ */
+export class TicketKey {
+  readonly #bytes: Buffer;
+
+  constructor(
+    /** The file, as the config names it (resolved). */
+    readonly file: string,
+    bytes: Buffer,
+  ) {
+    this.#bytes = Buffer.from(bytes);
+  }
+
+  /** The key as node's ticketKeys option takes it (a copy: the original never leaves). */
+  get bytes(): Buffer {
+    return Buffer.from(this.#bytes);
+  }
+
+  equals(other: TicketKey | undefined): boolean {
+    return other !== undefined && timingSafeEqual(this.#bytes, other.#bytes);
+  }
+
+  toJSON(): { file: string } {
+    return { file: this.file };
+  }
+}
+
+/**
+ * Reads tls.session_ticket_key_file: exactly TICKET_KEY_BYTES bytes, as `openssl rand 48 >
+ * FILE` writes them. Undefined, with an issue, when it cannot be read or holds anything else.
+ */
+function readTicketKey(file: string, keyPath: string, issues: IssueList): TicketKey | undefined {
+  let bytes: Buffer;
+  try {
+    bytes = readFileSync(file);
+  } catch (error) {
+    issues.addFinding(keyPath, `a readable file (${file})`, (error as NodeJS.ErrnoException).code ?? String(error));
+    return undefined;
+  }
+  if (bytes.length !== TICKET_KEY_BYTES) {
+    // `openssl rand -base64 48` and `-hex 48` write text: 65 and 97 bytes with their line break.
+    const text = /^[A-Za-z0-9+/=\s]+$/.test(bytes.toString('latin1')) ? ', text (the key is the random bytes themselves, not their base64 or hex)' : '';
+    issues.addFinding(keyPath, `a file of exactly ${TICKET_KEY_BYTES} random bytes, as \`openssl rand ${TICKET_KEY_BYTES} > FILE\` writes (${file})`, `${bytes.length} bytes${text}`);
+    return undefined;
+  }
+  return new TicketKey(file, bytes);
 }
 
 /**
@@ -51,15 +111,28 @@ export const INTERMEDIATE_CIPHERS = [
 /** Defaults: TLS 1.2 and up, the intermediate list, and the client's order (all listed suites are strong; phones prefer ChaCha20). */
 export const TLS_POLICY_DEFAULTS: TlsPolicy = Object.freeze({ minVersion: 'TLSv1.2', ciphers: INTERMEDIATE_CIPHERS, honorCipherOrder: false, sessionTickets: true });
 
-/** Reads a TLS policy section (absent: defaults); a cipher list OpenSSL cannot use is an issue. */
-export function readTlsPolicy(v: unknown, path: string, issues: IssueList): TlsPolicy {
-  const o = v === undefined ? {} : readSection(v, path, ['min_version', 'ciphers', 'honor_cipher_order', 'session_tickets'], issues) ?? {};
+/**
+ * Reads a TLS policy section (absent: defaults); a cipher list OpenSSL cannot use is an issue, and
+ * so is a ticket key file that cannot be read, holds anything but the key, or is given with
+ * session tickets off. `resolvePath` makes the key file's name absolute.
+ */
+export function readTlsPolicy(v: unknown, path: string, issues: IssueList, resolvePath: (p: string) => string = (p) => p): TlsPolicy {
+  const o = v === undefined ? {} : readSection(v, path, ['min_version', 'ciphers', 'honor_cipher_order', 'session_tickets', 'session_ticket_key_file'], issues) ?? {};
   const d = TLS_POLICY_DEFAULTS;
+  const sessionTickets = bool(o, 'session_tickets', path, issues, d.sessionTickets);
+  const keyPath = at(path, 'session_ticket_key_file');
+  const keyFile = optStr(o, 'session_ticket_key_file', path, issues);
+  let ticketKey: TicketKey | undefined;
+  if (keyFile !== undefined) {
+    if (!sessionTickets) issues.addFinding(keyPath, 'no ticket key file while session_tickets is false (no ticket is made to be sealed with it)', 'a key file');
+    else ticketKey = readTicketKey(resolvePath(keyFile), keyPath, issues);
+  }
   const policy: TlsPolicy = {
     minVersion: oneOf<TlsMinVersion>(o, 'min_version', path, issues, ['TLSv1.2', 'TLSv1.3'], d.minVersion),
     ciphers: str(o, 'ciphers', path, issues, d.ciphers),
     honorCipherOrder: bool(o, 'honor_cipher_order', path, issues, d.honorCipherOrder),
-    sessionTickets: bool(o, 'session_tickets', path, issues, d.sessionTickets),
+    sessionTickets,
+    ...(ticketKey !== undefined ? { ticketKey } : {}),
   };
   try {
     createSecureContext(policyOptions(policy));
@@ -78,7 +151,7 @@ export function readTlsPolicy(v: unknown, path: string, issues: IssueList): TlsP
  */
 function policyOptions(policy: TlsPolicy): SecureContextOptions {
   const secureOptions = constants.SSL_OP_NO_RENEGOTIATION | (policy.sessionTickets ? 0 : constants.SSL_OP_NO_TICKET);
-  return { minVersion: policy.minVersion, ciphers: policy.ciphers, honorCipherOrder: policy.honorCipherOrder, secureOptions };
+  return { minVersion: policy.minVersion, ciphers: policy.ciphers, honorCipherOrder: policy.honorCipherOrder, secureOptions, ...(policy.ticketKey !== undefined ? { ticketKeys: policy.ticketKey.bytes } : {}) };
 }
 
 /** Facts about a certificate in force, for logs and metrics. */
@@ -122,7 +195,8 @@ export class TlsFilesError extends MailfrontError {
 }
 
 function samePolicy(a: TlsPolicy, b: TlsPolicy): boolean {
-  return a.minVersion === b.minVersion && a.ciphers === b.ciphers && a.honorCipherOrder === b.honorCipherOrder && a.sessionTickets === b.sessionTickets;
+  const sameKey = a.ticketKey === undefined ? b.ticketKey === undefined : a.ticketKey.equals(b.ticketKey);
+  return a.minVersion === b.minVersion && a.ciphers === b.ciphers && a.honorCipherOrder === b.honorCipherOrder && a.sessionTickets === b.sessionTickets && sameKey;
 }
 
 /** What reload() did: `certificate` is the default one (the first), `certificates` all of them in config order. */

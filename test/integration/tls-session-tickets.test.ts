@@ -1,20 +1,62 @@
 // TLS session resumption on a running mailfront's IMAPS listener, as the config sets it: by
 // default a client resumes its session with the ticket it was given (TLS 1.3 and 1.2); after a
-// reload with tls.session_tickets false, none does. A stand-in directory: no login is made.
+// reload with tls.session_tickets false, none does. With tls.session_ticket_key_file, two
+// instances take each other's tickets, a reload keeps them good, and a new key (the file rotated,
+// then a reload) ends the old ones; a reload with an unusable key file is refused and changes
+// nothing. A stand-in directory: no login is made.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { connect as tlsConnect } from 'node:tls';
 import type { SecureVersion } from 'node:tls';
 import { stringify } from 'yaml';
 import { loadConfig } from '../../src/config/load.js';
 import { Mailfront } from '../../src/main.js';
-import { registerPasswords, standInDirectory, parsedSuiteLog, standInConfigSections } from './front.js';
+import { registerPasswords, registerSecrets, standInDirectory, parsedSuiteLog, standInConfigSections } from './front.js';
 import { freePort, makeCerts, tmpDir } from './servers/index.js';
 import type { TestCerts, TmpDir } from './servers/index.js';
 
 registerPasswords('reader-pw-unused');
+
+/**
+ * One IMAPS connection to `port` (greeting, LOGOUT, mailfront's close), offering `session`:
+ * whether it was resumed, and the last session the server gave (every ticket is read by the close).
+ */
+function connection(port: number, ca: Buffer, maxVersion: SecureVersion, session?: Buffer): Promise<{ reused: boolean; session?: Buffer }> {
+  return new Promise((resolve, reject) => {
+    let reused = false;
+    let last: Buffer | undefined;
+    let text = '';
+    const socket = tlsConnect({ host: '127.0.0.1', port, servername: 'localhost', ca, maxVersion, ...(session !== undefined ? { session } : {}) });
+    socket.once('secureConnect', () => (reused = socket.isSessionReused()));
+    socket.on('session', (s: Buffer) => (last = s));
+    socket.on('error', reject);
+    socket.setEncoding('latin1');
+    socket.on('data', (chunk: string) => {
+      const greeted = text.includes('\r\n');
+      text += chunk;
+      if (!greeted && text.includes('\r\n')) socket.write('a LOGOUT\r\n');
+    });
+    socket.once('close', () => {
+      assert.match(text, /^\* OK [^\r\n]*\r\n\* BYE [^\r\n]*\r\na OK /);
+      resolve({ reused, ...(last !== undefined ? { session: last } : {}) });
+    });
+  });
+}
+
+/** An IMAPS-only config for `port` with the stand-in directory's sections and `tls`. */
+function imapsConfig(port: number, certs: TestCerts, tls: Record<string, unknown>): string {
+  return stringify({
+    log: { level: 'info' },
+    listeners: [{ name: 'imaps', protocol: 'imap', host: '127.0.0.1', port, tls: 'implicit', certificate: { cert: certs.certFile, key: certs.keyFile } }],
+    ...standInConfigSections(),
+    tls,
+  });
+}
+
+const STORES = stringify({ stores: { alpha: { current_master: 's1', slots: { s1: { host: '127.0.0.1', imap_port: 1 } } } } });
 
 describe('TLS session tickets on an IMAPS listener', () => {
   let dir: TmpDir;
@@ -24,23 +66,14 @@ describe('TLS session tickets on an IMAPS listener', () => {
   let port = 0;
   const logs: Array<Record<string, unknown>> = [];
 
-  const writeConfig = (tls: Record<string, unknown>): Promise<void> =>
-    writeFile(
-      join(dir.path, 'mailfront.yaml'),
-      stringify({
-        log: { level: 'info' },
-        listeners: [{ name: 'imaps', protocol: 'imap', host: '127.0.0.1', port, tls: 'implicit', certificate: { cert: certs.certFile, key: certs.keyFile } }],
-        ...standInConfigSections(),
-        tls,
-      }),
-    );
+  const writeConfig = (tls: Record<string, unknown>): Promise<void> => writeFile(join(dir.path, 'mailfront.yaml'), imapsConfig(port, certs, tls));
 
   before(async () => {
     dir = tmpDir('tls-session-tickets');
     certs = await makeCerts(dir.path);
     ca = await readFile(certs.caFile);
     port = await freePort();
-    await writeFile(join(dir.path, 'stores.yaml'), stringify({ stores: { alpha: { current_master: 's1', slots: { s1: { host: '127.0.0.1', imap_port: 1 } } } } }));
+    await writeFile(join(dir.path, 'stores.yaml'), STORES);
     await writeConfig({});
     mailfront = await Mailfront.start(loadConfig(join(dir.path, 'mailfront.yaml')), { directory: standInDirectory(), processMetrics: false, logDestination: parsedSuiteLog(logs) });
   });
@@ -50,37 +83,12 @@ describe('TLS session tickets on an IMAPS listener', () => {
     await dir?.remove();
   });
 
-  /**
-   * One IMAPS connection (greeting, LOGOUT, mailfront's close), offering `session`: whether it
-   * was resumed, and the last session the server gave (every ticket is read by the close).
-   */
-  const connection = (maxVersion: SecureVersion, session?: Buffer): Promise<{ reused: boolean; session?: Buffer }> =>
-    new Promise((resolve, reject) => {
-      let reused = false;
-      let last: Buffer | undefined;
-      let text = '';
-      const socket = tlsConnect({ host: '127.0.0.1', port, servername: 'localhost', ca, maxVersion, ...(session !== undefined ? { session } : {}) });
-      socket.once('secureConnect', () => (reused = socket.isSessionReused()));
-      socket.on('session', (s: Buffer) => (last = s));
-      socket.on('error', reject);
-      socket.setEncoding('latin1');
-      socket.on('data', (chunk: string) => {
-        const greeted = text.includes('\r\n');
-        text += chunk;
-        if (!greeted && text.includes('\r\n')) socket.write('a LOGOUT\r\n');
-      });
-      socket.once('close', () => {
-        assert.match(text, /^\* OK [^\r\n]*\r\n\* BYE [^\r\n]*\r\na OK /);
-        resolve({ reused, ...(last !== undefined ? { session: last } : {}) });
-      });
-    });
-
   /** Whether a second connection resumes the first one's session. */
   const resumes = async (maxVersion: SecureVersion): Promise<boolean> => {
-    const first = await connection(maxVersion);
+    const first = await connection(port, ca, maxVersion);
     assert.equal(first.reused, false);
     if (first.session === undefined) return false;
-    return (await connection(maxVersion, first.session)).reused;
+    return (await connection(port, ca, maxVersion, first.session)).reused;
   };
 
   it('by default a client resumes its session, over TLS 1.3 and TLS 1.2', async () => {
@@ -89,13 +97,97 @@ describe('TLS session tickets on an IMAPS listener', () => {
   });
 
   it('after a reload with tls.session_tickets false, no client resumes', async () => {
-    const first = await connection('TLSv1.3');
+    const first = await connection(port, ca, 'TLSv1.3');
     await writeConfig({ session_tickets: false });
     const reloaded = await mailfront.reload();
     assert.equal(reloaded.ok, true, reloaded.error);
     // A ticket from before the reload is not taken either: the contexts are new.
-    assert.equal((await connection('TLSv1.3', first.session)).reused, false, 'a ticket from before the reload');
+    assert.equal((await connection(port, ca, 'TLSv1.3', first.session)).reused, false, 'a ticket from before the reload');
     assert.equal(await resumes('TLSv1.3'), false, 'TLS 1.3');
     assert.equal(await resumes('TLSv1.2'), false, 'TLS 1.2');
+  });
+});
+
+describe('a ticket key file shared by two instances', () => {
+  let dir: TmpDir;
+  let certs: TestCerts;
+  let ca: Buffer;
+  const instances: Array<{ mailfront: Mailfront; port: number }> = [];
+  const logs: Array<Record<string, unknown>> = [];
+  let keyFile = '';
+
+  /** A new key in the file, registered as a secret in the forms a log line could show it in. */
+  const writeKey = async (): Promise<void> => {
+    const key = randomBytes(48);
+    registerSecrets([key.toString('hex'), key.toString('base64'), key.toString('base64url')]);
+    await writeFile(keyFile, key);
+  };
+
+  before(async () => {
+    dir = tmpDir('tls-ticket-key');
+    certs = await makeCerts(dir.path);
+    ca = await readFile(certs.caFile);
+    keyFile = join(dir.path, 'ticket.key');
+    await writeKey();
+    await writeFile(join(dir.path, 'stores.yaml'), STORES);
+    for (const name of ['one', 'two']) {
+      const port = await freePort();
+      const config = join(dir.path, `${name}.yaml`);
+      // Named relative to the config file, as an operator's /etc/mailfront would.
+      await writeFile(config, imapsConfig(port, certs, { session_ticket_key_file: 'ticket.key' }));
+      instances.push({ mailfront: await Mailfront.start(loadConfig(config), { directory: standInDirectory(), processMetrics: false, logDestination: parsedSuiteLog(logs) }), port });
+    }
+  });
+
+  after(async () => {
+    await Promise.all(instances.map((i) => i.mailfront.stop(0)));
+    await dir?.remove();
+  });
+
+  const one = (): { mailfront: Mailfront; port: number } => instances[0]!;
+  const two = (): { mailfront: Mailfront; port: number } => instances[1]!;
+
+  /** Whether a connection to `to` resumes a session `from` gave. */
+  const resumesAcross = async (from: number, to: number, maxVersion: SecureVersion): Promise<boolean> => {
+    const first = await connection(from, ca, maxVersion);
+    if (first.session === undefined) return false;
+    return (await connection(to, ca, maxVersion, first.session)).reused;
+  };
+
+  it('a ticket from one instance resumes on the other, over TLS 1.3 and 1.2', async () => {
+    for (const version of ['TLSv1.3', 'TLSv1.2'] as const) {
+      assert.equal(await resumesAcross(one().port, two().port, version), true, `${version}: one to two`);
+      assert.equal(await resumesAcross(two().port, one().port, version), true, `${version}: two to one`);
+    }
+  });
+
+  it('a reload keeps tickets good; a rotated key, once reloaded, ends the old ones on both', async () => {
+    const before = await connection(one().port, ca, 'TLSv1.3');
+    const reloaded = await one().mailfront.reload();
+    assert.equal(reloaded.ok, true, reloaded.error);
+    assert.equal((await connection(one().port, ca, 'TLSv1.3', before.session)).reused, true, 'after a reload with the same key');
+    await writeKey();
+    for (const { mailfront } of instances) {
+      const result = await mailfront.reload();
+      assert.equal(result.ok, true, result.error);
+    }
+    assert.equal((await connection(one().port, ca, 'TLSv1.3', before.session)).reused, false, 'a ticket sealed with the old key');
+    assert.equal((await connection(two().port, ca, 'TLSv1.3', before.session)).reused, false, 'nor on the other');
+    assert.equal(await resumesAcross(two().port, one().port, 'TLSv1.3'), true, 'with the new key');
+  });
+
+  it('a reload with a key file that is not a key is refused, naming the key, and the key in force stays', async () => {
+    const before = await connection(one().port, ca, 'TLSv1.3');
+    const key = await readFile(keyFile);
+    await writeFile(keyFile, `${key.toString('base64')}\n`);
+    try {
+      const refused = await one().mailfront.reload();
+      assert.equal(refused.ok, false);
+      assert.match(String(refused.error), /tls\.session_ticket_key_file: expected a file of exactly 48 random bytes[^]*found 65 bytes, text/);
+      assert.equal((await connection(one().port, ca, 'TLSv1.3', before.session)).reused, true, 'the key in force is kept');
+      assert.equal(await resumesAcross(one().port, two().port, 'TLSv1.3'), true, 'and still shared');
+    } finally {
+      await writeFile(keyFile, key);
+    }
   });
 });

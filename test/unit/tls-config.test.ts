@@ -1,15 +1,17 @@
 import assert from 'node:assert/strict';
-import { X509Certificate } from 'node:crypto';
+import { X509Certificate, randomBytes } from 'node:crypto';
 import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
+import { inspect } from 'node:util';
 import { createServer as createNetServer } from 'node:net';
 import { TLSSocket, connect, createServer } from 'node:tls';
 import type { ConnectionOptions, SecureVersion, Server } from 'node:tls';
 import { IssueList } from '../../src/config/validate.js';
 import { MailfrontError } from '../../src/errors.js';
-import { INTERMEDIATE_CIPHERS, TLS_POLICY_DEFAULTS, TlsContextHolder, readTlsPolicy } from '../../src/server/tls-config.js';
+import { INTERMEDIATE_CIPHERS, TICKET_KEY_BYTES, TLS_POLICY_DEFAULTS, TicketKey, TlsContextHolder, readTlsPolicy } from '../../src/server/tls-config.js';
+import type { TlsPolicy } from '../../src/server/tls-config.js';
 import { makeCerts, run } from '../integration/servers/index.js';
 import type { TestCerts } from '../integration/servers/index.js';
 
@@ -215,38 +217,45 @@ test('TLS 1.2 renegotiation is refused, on sockets wrapped with the context (imp
   }
 });
 
-/** Connects twice to `port`, the second time with the first connection's last session; whether the second resumed it. */
-async function resumes(port: number, maxVersion: SecureVersion): Promise<boolean> {
-  const once = (session?: Buffer): Promise<{ reused: boolean; session?: Buffer }> =>
-    new Promise((resolve, reject) => {
-      let last: Buffer | undefined;
-      const socket = connect({ host: '127.0.0.1', port, rejectUnauthorized: false, maxVersion, ...(session !== undefined ? { session } : {}) });
-      let reused = false;
-      socket.once('secureConnect', () => (reused = socket.isSessionReused()));
-      socket.on('session', (s: Buffer) => (last = s));
-      socket.on('error', reject);
-      // The server ends the connection after its line: every ticket it sent has been read by the close.
-      socket.resume();
-      socket.once('close', () => resolve({ reused, ...(last !== undefined ? { session: last } : {}) }));
-    });
-  const first = await once();
+/** One connection to `port` offering `session`: whether it was resumed, and the last session the server gave. */
+function tlsConnection(port: number, maxVersion: SecureVersion, session?: Buffer): Promise<{ reused: boolean; session?: Buffer }> {
+  return new Promise((resolve, reject) => {
+    let last: Buffer | undefined;
+    const socket = connect({ host: '127.0.0.1', port, rejectUnauthorized: false, maxVersion, ...(session !== undefined ? { session } : {}) });
+    let reused = false;
+    socket.once('secureConnect', () => (reused = socket.isSessionReused()));
+    socket.on('session', (s: Buffer) => (last = s));
+    socket.on('error', reject);
+    // The server ends the connection after its line: every ticket it sent has been read by the close.
+    socket.resume();
+    socket.once('close', () => resolve({ reused, ...(last !== undefined ? { session: last } : {}) }));
+  });
+}
+
+/** Connects to `port`, then to `then` (the same by default) with the first connection's last session; whether the second resumed it. */
+async function resumes(port: number, maxVersion: SecureVersion, then = port): Promise<boolean> {
+  const first = await tlsConnection(port, maxVersion);
   assert.equal(first.reused, false);
   // No session at all (TLS 1.2 without a ticket or an ID): nothing to offer, so nothing resumed.
   if (first.session === undefined) return false;
-  return (await once(first.session)).reused;
+  return (await tlsConnection(then, maxVersion, first.session)).reused;
+}
+
+/** A listener that wraps accepted sockets with `holder`'s context, as listeners.ts and session.ts do; the line leaves once the handshake is done. */
+async function wrappingServer(holder: TlsContextHolder): Promise<{ server: ReturnType<typeof createNetServer>; port: number }> {
+  const server = createNetServer((raw) => {
+    const secure = new TLSSocket(raw, { isServer: true, secureContext: holder.context });
+    secure.on('error', () => undefined);
+    secure.once('secure', () => secure.end('* OK\r\n'));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { server, port: (server.address() as { port: number }).port };
 }
 
 test('session tickets: clients resume by default, on sockets wrapped with the context; with session_tickets false none does, TLS 1.3 or 1.2', async () => {
   for (const sessionTickets of [true, false]) {
     const holder = new TlsContextHolder(files, { ...TLS_POLICY_DEFAULTS, sessionTickets });
-    // As listeners.ts and session.ts wrap an accepted socket; the line leaves once the handshake is done.
-    const wrapping = createNetServer((raw) => {
-      const secure = new TLSSocket(raw, { isServer: true, secureContext: holder.context });
-      secure.on('error', () => undefined);
-      secure.once('secure', () => secure.end('* OK\r\n'));
-    });
-    await new Promise<void>((resolve) => wrapping.listen(0, '127.0.0.1', resolve));
-    const port = (wrapping.address() as { port: number }).port;
+    const { server: wrapping, port } = await wrappingServer(holder);
     try {
       for (const version of ['TLSv1.3', 'TLSv1.2'] as const) {
         assert.equal(await resumes(port, version), sessionTickets, `${version}, session_tickets ${sessionTickets}`);
@@ -257,6 +266,100 @@ test('session tickets: clients resume by default, on sockets wrapped with the co
     } finally {
       wrapping.close();
     }
+  }
+});
+
+/** A policy read from config with `tls.session_ticket_key_file: file` (no issue expected). */
+function policyWithKeyFile(file: string): TlsPolicy {
+  const issues = new IssueList();
+  const policy = readTlsPolicy({ session_ticket_key_file: file }, 'tls', issues);
+  assert.deepEqual(issues.issues, []);
+  return policy;
+}
+
+test('session_ticket_key_file: 48 bytes read, its name resolved, the bytes never shown; anything else is an issue at the key', async () => {
+  const key = randomBytes(TICKET_KEY_BYTES);
+  await writeFile(join(dir, 'ticket.key'), key);
+  const issues = new IssueList();
+  const policy = readTlsPolicy({ session_ticket_key_file: 'ticket.key' }, 'tls', issues, (p) => join(dir, p));
+  assert.deepEqual(issues.issues, []);
+  assert.equal(policy.ticketKey?.file, join(dir, 'ticket.key'));
+  assert.ok(policy.ticketKey.equals(new TicketKey('elsewhere', key)));
+  assert.ok(!policy.ticketKey.equals(new TicketKey(join(dir, 'ticket.key'), randomBytes(TICKET_KEY_BYTES))));
+  // Whatever shows the policy shows the file, not the key.
+  for (const shown of [JSON.stringify(policy), inspect(policy, { depth: null, showHidden: true })]) {
+    assert.ok(shown.includes('ticket.key'), shown);
+    for (const form of [key.toString('hex'), key.toString('base64'), key.subarray(0, 8).toString('hex'), [...key.subarray(0, 4)].join(', ')]) assert.ok(!shown.includes(form), `${form} in ${shown}`);
+  }
+  // A copy goes out: changing it changes nothing.
+  policy.ticketKey.bytes.fill(0);
+  assert.ok(policy.ticketKey.equals(new TicketKey('elsewhere', key)));
+
+  await writeFile(join(dir, 'ticket.b64'), `${key.toString('base64')}\n`);
+  await writeFile(join(dir, 'ticket.short'), key.subarray(0, 32));
+  const cases: Array<[Record<string, unknown>, string, RegExp]> = [
+    [{ session_ticket_key_file: join(dir, 'nope.key') }, 'ENOENT', /^a readable file \(.*nope\.key\)$/],
+    [{ session_ticket_key_file: join(dir, 'ticket.b64') }, '65 bytes, text (the key is the random bytes themselves, not their base64 or hex)', /^a file of exactly 48 random bytes, as `openssl rand 48 > FILE` writes \(.*ticket\.b64\)$/],
+    [{ session_ticket_key_file: join(dir, 'ticket.short') }, '32 bytes', /^a file of exactly 48 random bytes/],
+    [{ session_ticket_key_file: join(dir, 'ticket.key'), session_tickets: false }, 'a key file', /^no ticket key file while session_tickets is false/],
+  ];
+  for (const [section, found, expected] of cases) {
+    const bad = new IssueList();
+    const read = readTlsPolicy(section, 'tls', bad);
+    assert.equal(read.ticketKey, undefined);
+    assert.equal(bad.issues.length, 1, JSON.stringify(bad.issues));
+    assert.equal(bad.issues[0]?.path, 'tls.session_ticket_key_file');
+    assert.equal(bad.issues[0]?.found, found);
+    assert.match(bad.issues[0]?.expected ?? '', expected);
+  }
+});
+
+test('session_ticket_key_file: a ticket is good on every holder with the key (another listener, another instance) and across reloads, until the key changes', async () => {
+  const keyFile = join(dir, 'shared-ticket.key');
+  await writeFile(keyFile, randomBytes(TICKET_KEY_BYTES));
+  const shared = policyWithKeyFile(keyFile);
+  // Two instances with the key, one without (a key of its own, made by node at random).
+  const a = new TlsContextHolder(files, shared);
+  const b = new TlsContextHolder([files, other], policyWithKeyFile(keyFile));
+  const own = new TlsContextHolder(files);
+  const servers = await Promise.all([a, b, own].map(wrappingServer));
+  const [pa, pb, pown] = servers.map((s) => s.port) as [number, number, number];
+  try {
+    for (const version of ['TLSv1.3', 'TLSv1.2'] as const) {
+      assert.equal(await resumes(pa, version, pb), true, `${version}: a ticket from one resumes on the other`);
+      assert.equal(await resumes(pb, version, pa), true, `${version}: and back`);
+      assert.equal(await resumes(pa, version, pown), false, `${version}: not on one without the key`);
+    }
+    // A reload with the same key: tickets from before it are still good.
+    const before = await tlsConnection(pa, 'TLSv1.3');
+    assert.ok(a.reload(policyWithKeyFile(keyFile)).ok);
+    assert.equal((await tlsConnection(pa, 'TLSv1.3', before.session)).reused, true, 'the same key after a reload');
+    // Without a key file node makes a new key at each reload: a ticket from before is not taken.
+    const beforeOwn = await tlsConnection(pown, 'TLSv1.3');
+    assert.ok(own.reload().ok);
+    assert.equal((await tlsConnection(pown, 'TLSv1.3', beforeOwn.session)).reused, false, 'a random key, after a reload');
+    // A new key (the file rotated, then a reload): tickets sealed with the old one are not taken, new ones are.
+    await writeFile(keyFile, randomBytes(TICKET_KEY_BYTES));
+    const rotated = policyWithKeyFile(keyFile);
+    assert.ok(!rotated.ticketKey?.equals(shared.ticketKey));
+    assert.ok(a.reload(rotated).ok);
+    assert.equal((await tlsConnection(pa, 'TLSv1.3', before.session)).reused, false, 'a ticket sealed with the old key');
+    assert.equal(await resumes(pa, 'TLSv1.3'), true, 'tickets sealed with the new key');
+    // The new key reaches the contexts even when the certificate cannot be read again (it stays, under the new policy).
+    await copyFile(files.cert, join(dir, 'kept.crt'));
+    const kept = new TlsContextHolder({ cert: join(dir, 'kept.crt'), key: files.key }, shared);
+    const { server: keptServer, port: pk } = await wrappingServer(kept);
+    try {
+      const old = await tlsConnection(pk, 'TLSv1.3');
+      await rm(join(dir, 'kept.crt'));
+      assert.equal(kept.reload(rotated).ok, false);
+      assert.equal((await tlsConnection(pk, 'TLSv1.3', old.session)).reused, false, 'the old key is gone after a failed re-read');
+      assert.equal(await resumes(pa, 'TLSv1.3', pk), true, 'the new key is in force');
+    } finally {
+      keptServer.close();
+    }
+  } finally {
+    for (const { server } of servers) server.close();
   }
 });
 
