@@ -383,6 +383,7 @@ export class Metrics {
   private readonly proxyHeadersTotal: CounterFamily<'listener' | 'result'>;
   /** Implicit-TLS handshakes that failed, before any session began, by listener and reason. */
   private readonly tlsHandshakeFailuresTotal: CounterFamily<'listener' | 'reason'>;
+  private readonly tlsHandshakesTotal: CounterFamily<'listener' | 'version' | 'resumed'>;
   /** The notAfter of each client-facing certificate in force, by listener and certificate file. */
   private readonly tlsCertificateExpiry: Gauge<'listener' | 'certificate'>;
   /** The certificate files each listener's series are for, so that a listener's change or removal drops its old ones. */
@@ -505,6 +506,7 @@ export class Metrics {
     this.configReloadsTotal = counter('mailfront_config_reloads_total', 'Config reloads, by result.', ['result']);
     this.configLastReloadSuccess = gauge('mailfront_config_last_reload_success', '1 if the last config reload succeeded, 0 if it was rejected or applied in part.', []);
     this.proxyHeadersTotal = hotCounter('mailfront_proxy_headers_total', 'PROXY protocol headers, by listener and result (accepted, local, malformed, timeout, closed: from trusted balancers; untrusted: sent by another peer, connection closed; on an implicit-TLS listener such a header fails the TLS handshake instead).', ['listener', 'result']);
+    this.tlsHandshakesTotal = hotCounter('mailfront_tls_handshakes_total', 'Client-facing TLS handshakes done (implicit TLS and STARTTLS), by listener, protocol version and whether the client resumed a session (resumed: true, with a ticket; false, a full handshake).', ['listener', 'version', 'resumed']);
     this.tlsHandshakeFailuresTotal = hotCounter('mailfront_tls_handshake_failures_total', 'Implicit-TLS handshakes that failed before a session began, by listener and reason (error, timeout, closed).', ['listener', 'reason']);
     this.tlsCertificateExpiry = gauge('mailfront_tls_certificate_expiry_timestamp_seconds', 'Unix time at which a client-facing certificate in force expires (its notAfter), by listener and certificate (its file).', ['listener', 'certificate']);
     this.clientIdAddressesTotal = counter('mailfront_client_id_addresses_total', 'Client addresses offered with IMAP ID before login, by whether they were honoured.', ['result']);
@@ -791,6 +793,7 @@ export class Metrics {
   listenersInForce(names: readonly string[]): void {
     this.proxyHeadersTotal.retain('listener', (name) => names.includes(name));
     this.tlsHandshakeFailuresTotal.retain('listener', (name) => names.includes(name));
+    this.tlsHandshakesTotal.retain('listener', (name) => names.includes(name));
     for (const listener of [...this.certificateSeries.keys()]) if (!names.includes(listener)) this.listenerCertificates(listener, []);
   }
 
@@ -806,6 +809,11 @@ export class Metrics {
   /** Counts what became of a PROXY protocol header (one a trusted balancer owed included, when it sent none). */
   proxyHeader(listener: string, result: ProxyHeaderResult): void {
     this.proxyHeadersTotal.inc({ listener, result });
+  }
+
+  /** Counts a TLS handshake done with a client on `listener`: its version (TLSSocket.getProtocol()) and whether it resumed a session. */
+  tlsHandshake(listener: string, version: string | null, resumed: boolean): void {
+    this.tlsHandshakesTotal.inc({ listener, version: version ?? 'unknown', resumed: resumed ? 'true' : 'false' });
   }
 
   /** Counts an implicit-TLS handshake that failed on `listener` (no session began). */

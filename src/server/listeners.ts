@@ -474,6 +474,7 @@ export class Listener {
       }
       // Settled without a failure: the handshake was done, on the socket wrap() made.
       if (secure === undefined) return void raw.destroy();
+      metrics.tlsHandshake(config.name, secure.getProtocol(), secure.isSessionReused());
       endOnLateTlsError(secure);
       socket = secure;
       // The server began to stop during the handshake: no new session is greeted now.

@@ -724,6 +724,7 @@ export class Session {
       secure.once('secure', () => {
         // The handshake's listeners go (left on, they were no-ops held for the session's life).
         secure.off('error', failed).off('end', gone);
+        this.context.metrics.tlsHandshake(this.listenerName, secure.getProtocol(), secure.isSessionReused());
         endOnLateTlsError(secure);
         this.tlsActive = true;
         this.attachPreauth(secure, false);

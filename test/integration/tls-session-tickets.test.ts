@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
+import { connect as netConnect } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import type { SecureVersion } from 'node:tls';
 import { stringify } from 'yaml';
@@ -46,11 +47,62 @@ function connection(port: number, ca: Buffer, maxVersion: SecureVersion, session
   });
 }
 
-/** An IMAPS-only config for `port` with the stand-in directory's sections and `tls`. */
-function imapsConfig(port: number, certs: TestCerts, tls: Record<string, unknown>): string {
+/**
+ * One STARTTLS connection to `port` (greeting, STARTTLS, then as connection() over TLS),
+ * offering `session`: whether it was resumed, and the last session the server gave.
+ */
+async function starttlsConnection(port: number, ca: Buffer, session?: Buffer): Promise<{ reused: boolean; session?: Buffer }> {
+  const plain = netConnect({ host: '127.0.0.1', port });
+  let text = '';
+  plain.setEncoding('latin1');
+  const lines = (count: number): Promise<void> =>
+    new Promise((resolve, reject) => {
+      const check = (): void => {
+        if (text.split('\r\n').length - 1 < count) return;
+        plain.off('data', onData).off('error', reject);
+        resolve();
+      };
+      const onData = (chunk: string): void => {
+        text += chunk;
+        check();
+      };
+      plain.on('data', onData).once('error', reject);
+      check();
+    });
+  await lines(1);
+  plain.write('s STARTTLS\r\n');
+  await lines(2);
+  assert.match(text, /^\* OK [^\r\n]*\r\ns OK /);
+  plain.pause();
+  return new Promise((resolve, reject) => {
+    let reused = false;
+    let last: Buffer | undefined;
+    let secured = '';
+    const socket = tlsConnect({ socket: plain, servername: 'localhost', ca, ...(session !== undefined ? { session } : {}) });
+    socket.once('secureConnect', () => {
+      reused = socket.isSessionReused();
+      socket.write('a LOGOUT\r\n');
+    });
+    socket.on('session', (s: Buffer) => (last = s));
+    socket.on('error', reject);
+    socket.setEncoding('latin1');
+    socket.on('data', (chunk: string) => (secured += chunk));
+    socket.once('close', () => {
+      assert.match(secured, /^\* BYE [^\r\n]*\r\na OK /);
+      resolve({ reused, ...(last !== undefined ? { session: last } : {}) });
+    });
+  });
+}
+
+/** An IMAPS config for `port` (and an IMAP STARTTLS listener on `starttlsPort`, when given) with the stand-in directory's sections and `tls`. */
+function imapsConfig(port: number, certs: TestCerts, tls: Record<string, unknown>, starttlsPort?: number): string {
+  const certificate = { cert: certs.certFile, key: certs.keyFile };
   return stringify({
     log: { level: 'info' },
-    listeners: [{ name: 'imaps', protocol: 'imap', host: '127.0.0.1', port, tls: 'implicit', certificate: { cert: certs.certFile, key: certs.keyFile } }],
+    listeners: [
+      { name: 'imaps', protocol: 'imap', host: '127.0.0.1', port, tls: 'implicit', certificate },
+      ...(starttlsPort !== undefined ? [{ name: 'imap', protocol: 'imap', host: '127.0.0.1', port: starttlsPort, tls: 'starttls', certificate }] : []),
+    ],
     ...standInConfigSections(),
     tls,
   });
@@ -66,13 +118,29 @@ describe('TLS session tickets on an IMAPS listener', () => {
   let port = 0;
   const logs: Array<Record<string, unknown>> = [];
 
-  const writeConfig = (tls: Record<string, unknown>): Promise<void> => writeFile(join(dir.path, 'mailfront.yaml'), imapsConfig(port, certs, tls));
+  let starttlsPort = 0;
+  const writeConfig = (tls: Record<string, unknown>): Promise<void> => writeFile(join(dir.path, 'mailfront.yaml'), imapsConfig(port, certs, tls, starttlsPort));
+
+  /** mailfront_tls_handshakes_total's series, by their labels as /metrics writes them. */
+  const handshakes = async (): Promise<Map<string, number>> => {
+    const text = await (await fetch(`http://127.0.0.1:${mailfront.httpAddress()!.port}/metrics`)).text();
+    const series = new Map<string, number>();
+    for (const match of text.matchAll(/^mailfront_tls_handshakes_total\{([^}]*)\} (\S+)$/gm)) series.set(match[1]!, Number(match[2]));
+    return series;
+  };
+  /** What each series gained from `before` to now (the series that gained nothing left out). */
+  const gained = async (before: Map<string, number>): Promise<Record<string, number>> => {
+    const out: Record<string, number> = {};
+    for (const [labels, n] of await handshakes()) if (n !== (before.get(labels) ?? 0)) out[labels] = n - (before.get(labels) ?? 0);
+    return out;
+  };
 
   before(async () => {
     dir = tmpDir('tls-session-tickets');
     certs = await makeCerts(dir.path);
     ca = await readFile(certs.caFile);
     port = await freePort();
+    starttlsPort = await freePort();
     await writeFile(join(dir.path, 'stores.yaml'), STORES);
     await writeConfig({});
     mailfront = await Mailfront.start(loadConfig(join(dir.path, 'mailfront.yaml')), { directory: standInDirectory(), processMetrics: false, logDestination: parsedSuiteLog(logs) });
@@ -91,9 +159,24 @@ describe('TLS session tickets on an IMAPS listener', () => {
     return (await connection(port, ca, maxVersion, first.session)).reused;
   };
 
-  it('by default a client resumes its session, over TLS 1.3 and TLS 1.2', async () => {
+  it('by default a client resumes its session, over TLS 1.3 and TLS 1.2; mailfront_tls_handshakes_total counts each handshake by version and resumption', async () => {
+    const before = await handshakes();
     assert.equal(await resumes('TLSv1.3'), true, 'TLS 1.3');
     assert.equal(await resumes('TLSv1.2'), true, 'TLS 1.2');
+    assert.deepEqual(await gained(before), {
+      'listener="imaps",version="TLSv1.3",resumed="false"': 1,
+      'listener="imaps",version="TLSv1.3",resumed="true"': 1,
+      'listener="imaps",version="TLSv1.2",resumed="false"': 1,
+      'listener="imaps",version="TLSv1.2",resumed="true"': 1,
+    });
+  });
+
+  it('STARTTLS: a client resumes its session too, and the handshakes are counted under its listener', async () => {
+    const before = await handshakes();
+    const first = await starttlsConnection(starttlsPort, ca);
+    assert.equal(first.reused, false);
+    assert.equal((await starttlsConnection(starttlsPort, ca, first.session)).reused, true);
+    assert.deepEqual(await gained(before), { 'listener="imap",version="TLSv1.3",resumed="false"': 1, 'listener="imap",version="TLSv1.3",resumed="true"': 1 });
   });
 
   it('after a reload with tls.session_tickets false, no client resumes', async () => {

@@ -241,6 +241,22 @@ describe('metrics', () => {
     assert.equal(await value(metrics, 'mailfront_proxy_headers_total', { listener: 'pop3-old', result: 'malformed' }), undefined);
   });
 
+  it('counts TLS handshakes done by listener, version and resumption, and drops the series of listeners a reload removed', async () => {
+    const metrics = new Metrics({ processMetrics: false });
+    metrics.tlsHandshake('imaps', 'TLSv1.3', false);
+    metrics.tlsHandshake('imaps', 'TLSv1.3', true);
+    metrics.tlsHandshake('imaps', 'TLSv1.3', true);
+    metrics.tlsHandshake('imap', 'TLSv1.2', false);
+    metrics.tlsHandshake('imap', null, false);
+    metrics.tlsHandshake('pop3s-old', 'TLSv1.3', false);
+    metrics.listenersInForce(['imaps', 'imap']);
+    assert.equal(await value(metrics, 'mailfront_tls_handshakes_total', { listener: 'imaps', version: 'TLSv1.3', resumed: 'true' }), 2);
+    assert.equal(await value(metrics, 'mailfront_tls_handshakes_total', { listener: 'imaps', version: 'TLSv1.3', resumed: 'false' }), 1);
+    assert.equal(await value(metrics, 'mailfront_tls_handshakes_total', { listener: 'imap', version: 'TLSv1.2', resumed: 'false' }), 1);
+    assert.equal(await value(metrics, 'mailfront_tls_handshakes_total', { listener: 'imap', version: 'unknown', resumed: 'false' }), 1);
+    assert.equal(await value(metrics, 'mailfront_tls_handshakes_total', { listener: 'pop3s-old', version: 'TLSv1.3', resumed: 'false' }), undefined);
+  });
+
   it('counts failed implicit-TLS handshakes by listener and reason, and drops the series of listeners a reload removed', async () => {
     const metrics = new Metrics({ processMetrics: false });
     metrics.tlsHandshakeFailure('imaps', 'error');
