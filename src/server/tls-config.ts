@@ -1,8 +1,8 @@
 /**
  * TLS for client-facing listeners: the policy (lowest protocol version, cipher list, whose cipher
- * order wins) read from config with safe defaults, and a holder of a listener's certificates and
- * keys as SecureContexts, picked by the server name a client asks for (SNI), that can be reloaded
- * (SIGHUP) without ever giving up working ones.
+ * order wins, session tickets and the key that seals them) read from config with safe defaults,
+ * and a holder of a listener's certificates and keys as SecureContexts, picked by the server name
+ * a client asks for (SNI), that can be reloaded (SIGHUP) without ever giving up working ones.
  * Must not: log, bind sockets, or watch files (the caller decides when to reload and what to say).
  */
 import { readFileSync } from 'node:fs';
