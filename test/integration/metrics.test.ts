@@ -62,6 +62,7 @@ function exerciseEveryHelper(metrics: Metrics): void {
   record('proxyHeader', () => metrics.proxyHeader('imap', 'untrusted'));
   record('listenersInForce', () => metrics.listenersInForce(['imap']));
   record('listenerCertificates', () => metrics.listenerCertificates('imap', [{ file: '/etc/mailfront/tls/example.org.crt', validTo: new Date('2030-01-01T00:00:00Z') }]));
+  record('tlsHandshake', () => metrics.tlsHandshake('imaps', 'TLSv1.3', true));
   record('tlsHandshakeFailure', () => metrics.tlsHandshakeFailure('imaps', 'timeout'));
   record('clientIdAddress', () => metrics.clientIdAddress(true));
   record('directoryCacheLookup', () => metrics.directoryCacheLookup('auth', true));
