@@ -93,8 +93,16 @@ async function imapLogin(front: Front, user: string, password: string): Promise<
   }
 }
 
+/**
+ * The throttle's deadline for a Redis call here. A call past it is Redis down: the instance counts
+ * alone until its next retry, and two instances' counters are not shared. 200 ms was missed on a
+ * machine running two suites at once (an instance let a fifth login through), so it is well above
+ * what a loaded loopback takes; no case here waits on a call that never answers.
+ */
+const REDIS_TIMEOUT_MS = 2_000;
+
 async function startInstance(): Promise<Front> {
-  const throttle = { ...THROTTLE, redis: { sentinel: { master_name: MASTER, nodes: [sentinel.node] }, timeout_ms: 200 } };
+  const throttle = { ...THROTTLE, redis: { sentinel: { master_name: MASTER, nodes: [sentinel.node] }, timeout_ms: REDIS_TIMEOUT_MS } };
   const front = await startFront({ slapd, stores: stores(), throttle, session: { auth_failure_delay_ms: 50 } });
   fronts.push(front);
   return front;
