@@ -115,7 +115,7 @@ if [ "$failed" -gt 0 ]; then
       if (line ~ /^location: /) { where = substr(line, 11); gsub(/\047/, "", where) }
       else if (line ~ /^failureType: /) { type = substr(line, 14); gsub(/\047/, "", type) }
       else if (line ~ /^error: \|-?$/) inerr = 1
-      else if (line ~ /^error: /) { e = substr(line, 8); gsub(/^\047|\047$/, "", e); err[++nerr] = e }
+      else if (line ~ /^error: /) { e = substr(line, 8); gsub(/^\047|\047$/, "", e); if (e != "") err[++nerr] = e }
     }
     END { flush() }
   ' "$main_log" "$scan_log"

@@ -200,7 +200,7 @@ function ownSentinel() {
       failureWindowMs: 600_000,
       refusalMs: 30_000,
       maxTrackedSubjects: 100_000,
-      redis: { sentinel: { masterName: MASTER, nodes: [{ host: '127.0.0.1', port: own.s.port }], ...sentinelUser }, keyPrefix, timeoutMs: 400, ...extra },
+      redis: { sentinel: { masterName: MASTER, nodes: [{ host: '127.0.0.1', port: own.s.port }], ...sentinelUser }, keyPrefix, timeoutMs: REDIS_TIMEOUT_MS, ...extra },
     };
     const lines: Record<string, unknown>[] = [];
     const log = pino({ level: 'debug' }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
@@ -358,7 +358,7 @@ describe('the throttle\'s Redis named by Redis Sentinel', { concurrency: true },
         failureWindowMs: 60_000,
         refusalMs: 30_000,
         maxTrackedSubjects: 1_000,
-        redis: { sentinel: { masterName: MASTER, nodes: [{ host: '127.0.0.1', port: fake.port }] }, keyPrefix: 'fake:', timeoutMs: 400 },
+        redis: { sentinel: { masterName: MASTER, nodes: [{ host: '127.0.0.1', port: fake.port }] }, keyPrefix: 'fake:', timeoutMs: REDIS_TIMEOUT_MS },
       };
       const lines: Record<string, unknown>[] = [];
       const states: RedisState[] = [];
