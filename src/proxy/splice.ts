@@ -224,7 +224,8 @@ class SpliceSession implements Splice {
     const toPlain = plainDescriptor(to) >= 0;
     const resume = this.resumer(from, to);
     const started = readDirect(from, (length, chunk) => {
-      if (this.endReason !== null) return false;
+      // Ended: what a client being ended still sends is read and dropped (see lingerOnClient()).
+      if (this.endReason !== null) return !toClient && this.clientEnding;
       if (!toClient && this.guard?.refuses(chunk, length) === true) {
         this.refuse();
         return false;
@@ -417,11 +418,23 @@ class SpliceSession implements Splice {
    * other side's close), destroying it if that takes longer than CLOSE_GRACE_MS.
    */
   private endAfterQueued(to: Socket, last?: string): void {
-    if (to === this.client) this.clientEnding = true;
+    if (to === this.client) this.lingerOnClient();
     else this.backendEnding = true;
     if (last === undefined) to.end();
     else to.end(last);
     destroyAfterGrace(to);
+  }
+
+  /**
+   * The client is being ended (a FIN after what is queued for it): what it still sends is read
+   * and dropped until its own FIN or CLOSE_GRACE_MS, its socket resumed if the upload was held
+   * back. A socket closed with bytes it never read resets the connection (RFC 1122 4.2.2.13), and a
+   * client whose command was on its way when its session was drained got ECONNRESET, and may
+   * lose what it had not read yet, a notice included, instead of reading the end of the stream.
+   */
+  private lingerOnClient(): void {
+    this.clientEnding = true;
+    this.client.resume();
   }
 
   private onClose(reason: SpliceEndReason): void {
@@ -445,14 +458,13 @@ class SpliceSession implements Splice {
     this.sweep.delete(this);
     clearTimeout(this.halfClosedTimer);
     // A notice is written only between two responses; in the middle of one (a literal, say)
-    // the client would read it as data, so then the connection just closes.
-    if (notice !== null && this.client.writable && (this.tracker?.atBoundary() ?? false)) {
-      // What is queued for the client goes out first, then the notice; the backend's close
-      // (just below) must not cut that short. (A socket error destroys the socket by itself.)
-      this.endAfterQueued(this.client, notice);
-    } else {
-      this.client.destroy();
-    }
+    // the client would read it as data, so then the connection just ends, and so does POP3's
+    // (drainNotice() is null): a line it never asked for could land inside a RETR.
+    // What is queued for the client goes out first, then the notice if any, then the FIN; the
+    // backend's close (just below) must not cut that short. (A socket error destroys the socket
+    // by itself.)
+    if (this.client.writable) this.endAfterQueued(this.client, notice !== null && (this.tracker?.atBoundary() ?? false) ? notice : undefined);
+    else this.client.destroy();
     this.backend.destroy();
   }
 }

@@ -351,3 +351,41 @@ for (const [direction, clientKind, backendKind] of [
     assert.equal(sha(all), sha(want));
   });
 }
+
+/**
+ * How the client's end of a session closed by the splice reads: 'end' (a FIN, after every byte
+ * sent to it) or the error's code (ECONNRESET: a reset, and whatever it had not read is lost).
+ */
+function endOf(socket: Socket): Promise<string> {
+  return new Promise((resolve) => {
+    socket.once('end', () => resolve('end'));
+    socket.once('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message));
+  });
+}
+
+for (const [name, notice] of [
+  ['POP3 (no notice)', null],
+  ['IMAP (a notice)', '* BYE [UNAVAILABLE] moved\r\n'],
+] as const) {
+  test(`a session drained with the client's bytes unread (${name}): the client reads a FIN, not a reset`, async () => {
+    // As mailfront accepts clients: half-open allowed.
+    const client = await tcpPair(true);
+    const backend = await tcpPair();
+    // The backend reads nothing: the upload fills its buffers, and then the splice stops reading
+    // the client, whose next bytes wait unread in mailfront's socket, as a command on its way does
+    // when the drain comes.
+    backend.user.pause();
+    const running = splice(client.front, backend.front, new Uint8Array(), new Uint8Array(), 60_000, notice !== null ? new ImapResponseBoundary() : null);
+    const received: Buffer[] = [];
+    client.user.on('data', (chunk: Buffer) => received.push(chunk));
+    const ended = endOf(client.user);
+    client.user.write(Buffer.alloc(48 * 1024 * 1024, 0x61));
+    await sleep(300);
+    assert.ok(client.user.writableLength > 0, 'the client is held back: bytes wait unread');
+    running.close('drained', notice);
+    assert.equal(await Promise.race([ended, sleep(3_000).then(() => 'nothing within 3 s')]), 'end');
+    assert.equal(Buffer.concat(received).toString('latin1'), notice ?? '');
+    assert.equal(await endedWithin(running), 'drained');
+    client.user.destroy();
+  });
+}
