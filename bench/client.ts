@@ -17,6 +17,8 @@ export interface ConnectOptions {
   readonly tls?: boolean;
   /** Deadline for connect, greeting and each command (default 10 s). */
   readonly timeoutMs?: number;
+  /** With `tls`: a session to offer for resumption (a former connection's lastSession). */
+  readonly session?: Buffer;
 }
 
 /** A response: the status word and, for IMAP, the untagged lines' count and literal bytes. */
@@ -50,13 +52,19 @@ export class MailClient {
   private failure: Error | undefined;
   private tagCounter = 0;
   private greeted = false;
+  /** With TLS: the last session the server gave (a TLS 1.3 ticket), to resume with later; none after some resumptions. */
+  lastSession: Buffer | undefined;
 
   private constructor(
     readonly socket: Socket,
     readonly protocol: Protocol,
     private readonly timeoutMs: number,
   ) {
-    if (socket instanceof TLSSocket) socket.on('data', (chunk: Buffer) => this.receive(chunk));
+    if (socket instanceof TLSSocket) {
+      socket.on('data', (chunk: Buffer) => this.receive(chunk));
+      // Tickets come after the handshake, before or with the greeting: listened for from the start.
+      socket.on('session', (session: Buffer) => (this.lastSession = session));
+    }
     socket.on('error', (error) => this.fail(error));
     socket.on('close', () => this.fail(new Error('connection closed')));
   }
@@ -69,7 +77,7 @@ export class MailClient {
     // Plain sockets read into one shared buffer (receive() copies what it keeps), so thousands of
     // idle clients cost no read buffers and a large FETCH allocates nothing per chunk.
     const socket: Socket = options.tls
-      ? tlsConnect({ host, port: options.port, rejectUnauthorized: false, servername: 'localhost' })
+      ? tlsConnect({ host, port: options.port, rejectUnauthorized: false, servername: 'localhost', ...(options.session !== undefined ? { session: options.session } : {}) })
       : netConnect({ host, port: options.port, onread: { buffer: READ_BUFFER, callback: (n) => {
         client?.receive(READ_BUFFER.subarray(0, n));
         return true;
