@@ -7,7 +7,6 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import type { AddressInfo } from 'node:net';
@@ -16,7 +15,7 @@ import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { ImapFlow } from 'imapflow';
 import type { ImapFlowOptions } from 'imapflow';
-import { LDAP_STORES_DN, LineClient, repoRoot, startDovecot, startSlapd } from './servers/index.js';
+import { LDAP_STORES_DN, LineClient, procNetPort, procNetTcpRows, repoRoot, startDovecot, startSlapd } from './servers/index.js';
 import type { Dovecot, Slapd } from './servers/index.js';
 import { ADMIN_TOKEN, makeMessage, startFront, waitForLog } from './front.js';
 import type { Front, StoreSpec } from './front.js';
@@ -34,14 +33,8 @@ let b1: Dovecot;
 
 /** Connections this host holds ESTABLISHED to 127.0.0.1:`port`: mailfront's side of its connections to that backend. */
 function establishedTo(port: number): number {
-  const remote = `0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`;
-  return readFileSync('/proc/net/tcp', 'utf8')
-    .split('\n')
-    .slice(1)
-    .filter((line) => {
-      const fields = line.trim().split(/\s+/);
-      return fields[2] === remote && fields[3] === '01';
-    }).length;
+  const remote = `0100007F:${procNetPort(port)}`;
+  return procNetTcpRows().filter((fields) => fields[2] === remote && fields[3] === '01').length;
 }
 
 function storesWith(alphaMaster: 'a1' | 'a2'): Record<string, StoreSpec> {

@@ -4,14 +4,13 @@
 // HAProxy, Dovecot) or runs on without the port (Cyrus master).
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, connect } from 'node:net';
 import type { AddressInfo, Server, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { handOutNext, portHeld, startCyrus, startDovecot, startHaproxy, startRedis, startSlapd } from './servers/index.js';
+import { handOutNext, portHeld, procNetPort, procNetTcpRows, startCyrus, startDovecot, startHaproxy, startRedis, startSlapd } from './servers/index.js';
 
 /** Accepts connections; the other end of the connections that hold ports. */
 let server: Server;
@@ -48,11 +47,9 @@ async function takenPort(): Promise<number> {
  */
 function holderState(port: number): { socket: string; kernel: string[] } {
   const socket = held.find((s) => s.localPort === port);
-  const local = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
-  const kernel = readFileSync('/proc/net/tcp', 'utf8')
-    .split('\n')
-    .map((line) => line.trim().split(/\s+/))
-    .filter((cols) => cols.length > 9 && cols[1]!.endsWith(local))
+  const local = `:${procNetPort(port)}`;
+  const kernel = procNetTcpRows()
+    .filter((cols) => cols[1]!.endsWith(local))
     .map((cols) => `local ${cols[1]} remote ${cols[2]} state ${cols[3]} inode ${cols[9]}`);
   return { socket: socket === undefined ? 'none' : socket.destroyed ? 'destroyed' : `open (${socket.readyState})`, kernel };
 }

@@ -3,16 +3,12 @@
  * keepalive runs on a connection a listener accepted, and when its first probe is due.
  */
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { procNetPort, procNetTcpRows } from './servers/ports.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /** The timer of the connection accepted on `listenerPort` from `clientPort` (/proc/net/tcp's "tr:tm->when"), if listed. */
 export function tcpTimerOf(listenerPort: number, clientPort: number): string | undefined {
-  const hex = (port: number): string => port.toString(16).toUpperCase().padStart(4, '0');
-  const rows = ['/proc/net/tcp', '/proc/net/tcp6']
-    .flatMap((file) => readFileSync(file, 'utf8').split('\n').slice(1))
-    .map((line) => line.trim().split(/\s+/))
-    .filter((f) => f[1]?.endsWith(`:${hex(listenerPort)}`) && f[2]?.endsWith(`:${hex(clientPort)}`));
+  const rows = procNetTcpRows(true).filter((f) => f[1]!.endsWith(`:${procNetPort(listenerPort)}`) && f[2]!.endsWith(`:${procNetPort(clientPort)}`));
   return rows[0]?.[5];
 }
 

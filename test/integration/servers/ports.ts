@@ -159,6 +159,23 @@ export async function freePorts(count: number): Promise<number[]> {
   return ports;
 }
 
+/** A port as /proc/net/tcp writes it in an address (`0100007F:1F90`): four hex digits, capitals. */
+export function procNetPort(port: number): string {
+  return port.toString(16).toUpperCase().padStart(4, '0');
+}
+
+/**
+ * The socket rows of /proc/net/tcp (IPv4; with `ipv6`, tcp6's too), each split into its columns:
+ * [1] local address, [2] remote address (`0100007F:1F90`), [3] state in hex (01 established, 0A
+ * listening), [5] timer (`tr:tm->when`), [9] inode.
+ */
+export function procNetTcpRows(ipv6 = false): string[][] {
+  return (ipv6 ? ['/proc/net/tcp', '/proc/net/tcp6'] : ['/proc/net/tcp'])
+    .flatMap((file) => readFileSync(file, 'utf8').split('\n').slice(1))
+    .map((line) => line.trim().split(/\s+/))
+    .filter((cols) => cols.length > 9);
+}
+
 /** Connections of this process established to `port` on the loopback (from /proc: the sockets among its own descriptors). */
 export function connectionsTo(port: number): number {
   const inodes = new Set<string>();
@@ -170,10 +187,6 @@ export function connectionsTo(port: number): number {
       // Closed meanwhile.
     }
   }
-  const remote = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
-  return readFileSync('/proc/net/tcp', 'utf8')
-    .split('\n')
-    .slice(1)
-    .map((line) => line.trim().split(/\s+/))
-    .filter((cols) => cols.length > 9 && cols[2]!.endsWith(remote) && cols[3] === '01' && inodes.has(cols[9]!)).length;
+  const remote = `:${procNetPort(port)}`;
+  return procNetTcpRows().filter((cols) => cols[2]!.endsWith(remote) && cols[3] === '01' && inodes.has(cols[9]!)).length;
 }
