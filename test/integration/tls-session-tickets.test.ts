@@ -9,89 +9,75 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
-import { connect as netConnect } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
-import type { SecureVersion } from 'node:tls';
+import type { ConnectionOptions, SecureVersion } from 'node:tls';
 import { stringify } from 'yaml';
 import { loadConfig } from '../../src/config/load.js';
 import { Mailfront } from '../../src/main.js';
 import { registerPasswords, registerSecrets, standInDirectory, parsedSuiteLog, standInConfigSections } from './front.js';
-import { freePort, makeCerts, tmpDir } from './servers/index.js';
+import { LineClient, freePort, makeCerts, tmpDir } from './servers/index.js';
 import type { TestCerts, TmpDir } from './servers/index.js';
 
 registerPasswords('reader-pw-unused');
 
+/** Whether a connection was resumed, and the last session the server gave it (every ticket is read by the close). */
+interface Resumption {
+  readonly reused: boolean;
+  readonly session?: Buffer;
+}
+
 /**
- * One IMAPS connection to `port` (greeting, LOGOUT, mailfront's close), offering `session`:
- * whether it was resumed, and the last session the server gave (every ticket is read by the close).
+ * IMAP over TLS from the handshake on (`options`: an IMAPS port, or the socket of a STARTTLS
+ * answered), offering `session`: the greeting unless `greeted` (it came before STARTTLS), LOGOUT,
+ * mailfront's close.
  */
-function connection(port: number, ca: Buffer, maxVersion: SecureVersion, session?: Buffer): Promise<{ reused: boolean; session?: Buffer }> {
+function tlsLogout(options: ConnectionOptions, ca: Buffer, session: Buffer | undefined, greeted: boolean): Promise<Resumption> {
   return new Promise((resolve, reject) => {
     let reused = false;
     let last: Buffer | undefined;
     let text = '';
-    const socket = tlsConnect({ host: '127.0.0.1', port, servername: 'localhost', ca, maxVersion, ...(session !== undefined ? { session } : {}) });
-    socket.once('secureConnect', () => (reused = socket.isSessionReused()));
+    const socket = tlsConnect({ ...options, servername: 'localhost', ca, ...(session !== undefined ? { session } : {}) });
+    socket.once('secureConnect', () => {
+      reused = socket.isSessionReused();
+      if (greeted) socket.write('a LOGOUT\r\n');
+    });
     socket.on('session', (s: Buffer) => (last = s));
     socket.on('error', reject);
     socket.setEncoding('latin1');
     socket.on('data', (chunk: string) => {
-      const greeted = text.includes('\r\n');
+      const before = text.includes('\r\n');
       text += chunk;
-      if (!greeted && text.includes('\r\n')) socket.write('a LOGOUT\r\n');
+      if (!greeted && !before && text.includes('\r\n')) socket.write('a LOGOUT\r\n');
     });
     socket.once('close', () => {
-      assert.match(text, /^\* OK [^\r\n]*\r\n\* BYE [^\r\n]*\r\na OK /);
+      assert.match(text, greeted ? /^\* BYE [^\r\n]*\r\na OK / : /^\* OK [^\r\n]*\r\n\* BYE [^\r\n]*\r\na OK /);
       resolve({ reused, ...(last !== undefined ? { session: last } : {}) });
     });
   });
 }
 
-/**
- * One STARTTLS connection to `port` (greeting, STARTTLS, then as connection() over TLS),
- * offering `session`: whether it was resumed, and the last session the server gave.
- */
-async function starttlsConnection(port: number, ca: Buffer, session?: Buffer): Promise<{ reused: boolean; session?: Buffer }> {
-  const plain = netConnect({ host: '127.0.0.1', port });
-  let text = '';
-  plain.setEncoding('latin1');
-  const lines = (count: number): Promise<void> =>
-    new Promise((resolve, reject) => {
-      const check = (): void => {
-        if (text.split('\r\n').length - 1 < count) return;
-        plain.off('data', onData).off('error', reject);
-        resolve();
-      };
-      const onData = (chunk: string): void => {
-        text += chunk;
-        check();
-      };
-      plain.on('data', onData).once('error', reject);
-      check();
-    });
-  await lines(1);
-  plain.write('s STARTTLS\r\n');
-  await lines(2);
-  assert.match(text, /^\* OK [^\r\n]*\r\ns OK /);
-  plain.pause();
-  return new Promise((resolve, reject) => {
-    let reused = false;
-    let last: Buffer | undefined;
-    let secured = '';
-    const socket = tlsConnect({ socket: plain, servername: 'localhost', ca, ...(session !== undefined ? { session } : {}) });
-    socket.once('secureConnect', () => {
-      reused = socket.isSessionReused();
-      socket.write('a LOGOUT\r\n');
-    });
-    socket.on('session', (s: Buffer) => (last = s));
-    socket.on('error', reject);
-    socket.setEncoding('latin1');
-    socket.on('data', (chunk: string) => (secured += chunk));
-    socket.once('close', () => {
-      assert.match(secured, /^\* BYE [^\r\n]*\r\na OK /);
-      resolve({ reused, ...(last !== undefined ? { session: last } : {}) });
-    });
-  });
+/** One IMAPS connection to `port`, offering `session`. */
+function connection(port: number, ca: Buffer, maxVersion: SecureVersion, session?: Buffer): Promise<Resumption> {
+  return tlsLogout({ host: '127.0.0.1', port, maxVersion }, ca, session, false);
+}
+
+/** One STARTTLS connection to `port` (greeting, STARTTLS, then TLS as connection()), offering `session`. */
+async function starttlsConnection(port: number, ca: Buffer, session?: Buffer): Promise<Resumption> {
+  const raw = await LineClient.connect(port);
+  assert.match(await raw.readLine(), /^\* OK /);
+  raw.send('s STARTTLS');
+  assert.match(await raw.readLine(), /^s OK /);
+  // From here the TLS socket reads the connection.
+  raw.socket.removeAllListeners('data');
+  return tlsLogout({ socket: raw.socket }, ca, session, true);
+}
+
+/** Whether a connection to `to` (the same port by default) resumes the session a first one to `from` was given. */
+async function resumes(from: number, ca: Buffer, maxVersion: SecureVersion, to = from): Promise<boolean> {
+  const first = await connection(from, ca, maxVersion);
+  assert.equal(first.reused, false);
+  if (first.session === undefined) return false;
+  return (await connection(to, ca, maxVersion, first.session)).reused;
 }
 
 /** An IMAPS config for `port` (and an IMAP STARTTLS listener on `starttlsPort`, when given) with the stand-in directory's sections and `tls`. */
@@ -151,18 +137,10 @@ describe('TLS session tickets on an IMAPS listener', () => {
     await dir?.remove();
   });
 
-  /** Whether a second connection resumes the first one's session. */
-  const resumes = async (maxVersion: SecureVersion): Promise<boolean> => {
-    const first = await connection(port, ca, maxVersion);
-    assert.equal(first.reused, false);
-    if (first.session === undefined) return false;
-    return (await connection(port, ca, maxVersion, first.session)).reused;
-  };
-
   it('by default a client resumes its session, over TLS 1.3 and TLS 1.2; mailfront_tls_handshakes_total counts each handshake by version and resumption', async () => {
     const before = await handshakes();
-    assert.equal(await resumes('TLSv1.3'), true, 'TLS 1.3');
-    assert.equal(await resumes('TLSv1.2'), true, 'TLS 1.2');
+    assert.equal(await resumes(port, ca, 'TLSv1.3'), true, 'TLS 1.3');
+    assert.equal(await resumes(port, ca, 'TLSv1.2'), true, 'TLS 1.2');
     assert.deepEqual(await gained(before), {
       'listener="imaps",version="TLSv1.3",resumed="false"': 1,
       'listener="imaps",version="TLSv1.3",resumed="true"': 1,
@@ -186,8 +164,8 @@ describe('TLS session tickets on an IMAPS listener', () => {
     assert.equal(reloaded.ok, true, reloaded.error);
     // A ticket from before the reload is not taken either: the contexts are new.
     assert.equal((await connection(port, ca, 'TLSv1.3', first.session)).reused, false, 'a ticket from before the reload');
-    assert.equal(await resumes('TLSv1.3'), false, 'TLS 1.3');
-    assert.equal(await resumes('TLSv1.2'), false, 'TLS 1.2');
+    assert.equal(await resumes(port, ca, 'TLSv1.3'), false, 'TLS 1.3');
+    assert.equal(await resumes(port, ca, 'TLSv1.2'), false, 'TLS 1.2');
   });
 });
 
@@ -230,17 +208,10 @@ describe('a ticket key file shared by two instances', () => {
   const one = (): { mailfront: Mailfront; port: number } => instances[0]!;
   const two = (): { mailfront: Mailfront; port: number } => instances[1]!;
 
-  /** Whether a connection to `to` resumes a session `from` gave. */
-  const resumesAcross = async (from: number, to: number, maxVersion: SecureVersion): Promise<boolean> => {
-    const first = await connection(from, ca, maxVersion);
-    if (first.session === undefined) return false;
-    return (await connection(to, ca, maxVersion, first.session)).reused;
-  };
-
   it('a ticket from one instance resumes on the other, over TLS 1.3 and 1.2', async () => {
     for (const version of ['TLSv1.3', 'TLSv1.2'] as const) {
-      assert.equal(await resumesAcross(one().port, two().port, version), true, `${version}: one to two`);
-      assert.equal(await resumesAcross(two().port, one().port, version), true, `${version}: two to one`);
+      assert.equal(await resumes(one().port, ca, version, two().port), true, `${version}: one to two`);
+      assert.equal(await resumes(two().port, ca, version, one().port), true, `${version}: two to one`);
     }
   });
 
@@ -256,7 +227,7 @@ describe('a ticket key file shared by two instances', () => {
     }
     assert.equal((await connection(one().port, ca, 'TLSv1.3', before.session)).reused, false, 'a ticket sealed with the old key');
     assert.equal((await connection(two().port, ca, 'TLSv1.3', before.session)).reused, false, 'nor on the other');
-    assert.equal(await resumesAcross(two().port, one().port, 'TLSv1.3'), true, 'with the new key');
+    assert.equal(await resumes(two().port, ca, 'TLSv1.3', one().port), true, 'with the new key');
   });
 
   it('a reload with a key file that is not a key is refused, naming the key, and the key in force stays', async () => {
@@ -268,7 +239,7 @@ describe('a ticket key file shared by two instances', () => {
       assert.equal(refused.ok, false);
       assert.match(String(refused.error), /tls\.session_ticket_key_file: expected a file of exactly 48 random bytes[^]*found 65 bytes, text/);
       assert.equal((await connection(one().port, ca, 'TLSv1.3', before.session)).reused, true, 'the key in force is kept');
-      assert.equal(await resumesAcross(one().port, two().port, 'TLSv1.3'), true, 'and still shared');
+      assert.equal(await resumes(one().port, ca, 'TLSv1.3', two().port), true, 'and still shared');
     } finally {
       await writeFile(keyFile, key);
     }
