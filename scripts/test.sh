@@ -73,6 +73,7 @@ fi
 passed=$(count pass "$main_log" "$scan_log")
 failed=$(count fail "$main_log" "$scan_log")
 skipped=$(count skipped "$main_log" "$scan_log")
+cancelled=$(count cancelled "$main_log" "$scan_log")
 skips_allowed=${MAILFRONT_TEST_ALLOW_SKIPS:-0}
 for arg in "$@"; do
   case "$arg" in --test-name-pattern* | --test-skip-pattern* | --test-only) skips_allowed=1 ;; esac
@@ -82,10 +83,12 @@ if [ "$skipped" -gt 0 ] && [ "$skips_allowed" != "1" ]; then
   grep -hE '^ *(not )?ok [0-9]+ - .* # SKIP' "$main_log" "$scan_log" | sed 's/^ */  /' >&2 || true
   if [ "$status" -eq 0 ]; then status=1; fi
 fi
-# CI keeps only the end of the output: name each failed test there, with where it failed and its
-# error's first lines (a suite failing only because a test in it failed is left out).
-if [ "$failed" -gt 0 ]; then
-  echo "failed:"
+# CI keeps only the end of the output: name each failed or cancelled test there, with where it
+# failed and its error's first lines (a suite failing only because a test in it failed is left
+# out). Node counts a test as cancelled, not failed, when its suite's before() hook failed (the
+# suite is listed with the hook's error) or when its file's event loop emptied while it waited.
+if [ "$failed" -gt 0 ] || [ "$cancelled" -gt 0 ]; then
+  echo "failed or cancelled:"
   awk '
     function flush() {
       if (name != "" && type != "subtestsFailed") {
@@ -120,5 +123,5 @@ if [ "$failed" -gt 0 ]; then
     END { flush() }
   ' "$main_log" "$scan_log"
 fi
-echo "${passed} passed, ${failed} failed, ${skipped} skipped"
+echo "${passed} passed, ${failed} failed, ${cancelled} cancelled, ${skipped} skipped"
 exit "$status"
