@@ -15,7 +15,7 @@ import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { ImapFlow } from 'imapflow';
 import type { ImapFlowOptions } from 'imapflow';
-import { LDAP_STORES_DN, LineClient, procNetPort, procNetTcpRows, repoRoot, startDovecot, startSlapd } from './servers/index.js';
+import { LDAP_STORES_DN, LineClient, onHoldingListener, procNetPort, procNetTcpRows, repoRoot, startDovecot, startSlapd } from './servers/index.js';
 import type { Dovecot, Slapd } from './servers/index.js';
 import { ADMIN_TOKEN, makeMessage, startFront, waitForLog } from './front.js';
 import type { Front, StoreSpec } from './front.js';
@@ -34,7 +34,7 @@ let b1: Dovecot;
 /** Connections this host holds ESTABLISHED to 127.0.0.1:`port`: mailfront's side of its connections to that backend. */
 function establishedTo(port: number): number {
   const remote = `0100007F:${procNetPort(port)}`;
-  return procNetTcpRows().filter((fields) => fields[2] === remote && fields[3] === '01').length;
+  return procNetTcpRows().filter((fields) => fields[2] === remote && fields[3] === '01' && !onHoldingListener(fields)).length;
 }
 
 function storesWith(alphaMaster: 'a1' | 'a2'): Record<string, StoreSpec> {

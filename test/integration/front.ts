@@ -242,10 +242,7 @@ function openSuiteLog(): (line: string) => void {
 
 /**
  * Starts mailfront with listeners for IMAP, IMAPS, POP3, POP3S and trusted plaintext variants, on
- * fresh ports again when one was taken before mailfront bound it (onFreshPorts(), as the daemons):
- * freePort()'s ports are free when it looks, and until mailfront binds them (after its directory
- * check and store map) a listener on port 0 may draw one, the other test file's or the HTTP
- * listener of an instance this file starts at the same time.
+ * fresh ports again when one was taken before mailfront bound it (onFreshPorts(), as the daemons).
  */
 export function startFront(options: FrontOptions): Promise<Front> {
   return onFreshPorts('mailfront', async () => {

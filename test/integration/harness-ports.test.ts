@@ -127,8 +127,9 @@ describe('a port taken before the daemon bound it', () => {
 
 /**
  * In a network namespace whose port range is 40000 to 40007: a port refusingPort() holds, and one
- * freePort() found free, then every port that listens on port 0 and connect()s draw from the
- * range, as another test file running at the same time would.
+ * freePort() handed out (held too, for the server it is for), then every port that listens on
+ * port 0 and connect()s draw from the range, as another test file running at the same time would;
+ * then a server binds the port freePort() handed out.
  */
 const DRAWS = `
 import { createServer, connect } from 'node:net';
@@ -140,8 +141,8 @@ const refused = (port) => new Promise((resolve) => {
 });
 const held = await refusingPort();
 const free = await freePort();
-// (Not the free port: in a range this small, the connection that checks may draw it as its own local port.)
 const heldRefused = await refused(held);
+const freeRefused = await refused(free);
 const drawn = [];
 const target = createServer();
 await new Promise((resolve) => target.listen(5000, '127.0.0.1', resolve));
@@ -157,11 +158,12 @@ for (let i = 0; i < 8; i++) {
   const local = await new Promise((resolve) => { socket.once('connect', () => resolve(socket.localPort)); socket.once('error', () => resolve(null)); });
   if (local !== null) drawn.push(local);
 }
-console.log(JSON.stringify({ free, held, heldRefused, drawn }));
+const bound = await new Promise((resolve) => { const server = createServer(); server.once('error', (error) => resolve(error.code)); server.listen(free, '127.0.0.1', () => resolve(server.address().port === free)); });
+console.log(JSON.stringify({ free, held, heldRefused, freeRefused, drawn, bound }));
 process.exit(0);
 `;
 
-it('a port refusingPort() holds refuses, and no listen on port 0 or connect() draws it; a port freePort() let go of is drawn (a network namespace of eight ports)', async (t) => {
+it('ports refusingPort() and freePort() hand out refuse connections, no listen on port 0 or connect() draws them, and a server told the port binds it (a network namespace of eight ports)', async (t) => {
   if (process.getuid?.() !== 0) return t.skip('a network namespace needs root (unshare -n)');
   const dir = await mkdtemp(join(tmpdir(), 'mf-refusing-port-'));
   try {
@@ -172,12 +174,14 @@ it('a port refusingPort() holds refuses, and no listen on port 0 or connect() dr
     const run = await new Promise<{ error: Error | null; stdout: string; stderr: string }>((resolve) => execFile('unshare', ['-n', 'sh', '-c', shell], { timeout: 30_000 }, (error, stdout, stderr) => resolve({ error, stdout, stderr })));
     if (run.error !== null && /unshare|Operation not permitted|ip: not found/.test(run.stderr)) return t.skip(`no network namespace here: ${run.stderr.trim()}`);
     assert.equal(run.error, null, run.stderr);
-    const { free, held, heldRefused, drawn } = JSON.parse(run.stdout) as { free: number; held: number; heldRefused: boolean; drawn: number[] };
-    assert.ok(heldRefused, `a connection to the held port is refused: ${run.stdout}`);
-    assert.ok(drawn.includes(free), `the port freePort() let go of is drawn by another socket: ${run.stdout}`);
+    const { free, held, heldRefused, freeRefused, drawn, bound } = JSON.parse(run.stdout) as { free: number; held: number; heldRefused: boolean; freeRefused: boolean; drawn: number[]; bound: unknown };
+    assert.ok(heldRefused, `a connection to the refusing port is refused: ${run.stdout}`);
+    assert.ok(freeRefused, `a connection to the free port, before its server binds it, is refused: ${run.stdout}`);
     assert.ok(!drawn.includes(held), `the port refusingPort() holds is not drawn: ${run.stdout}`);
-    // Every port of the range but the holding connection's listener's was drawn or held: the held one was passed over, not missed.
-    assert.equal(new Set([...drawn, held]).size, 8 - 1, run.stdout);
+    assert.ok(!drawn.includes(free), `the port freePort() handed out is not drawn: ${run.stdout}`);
+    // Every port of the range but the holding connection's listener's was drawn or held: the held ones were passed over, not missed.
+    assert.equal(new Set([...drawn, held, free]).size, 8 - 1, run.stdout);
+    assert.equal(bound, true, `a server binds the port freePort() handed out: ${run.stdout}`);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -112,7 +112,6 @@ before(async () => {
     () => spawnDaemon({ name: 'slapd', command: '/usr/sbin/slapd', args: ['-F', configDir, '-h', `${url}/ ${ldapiUrl}/`, '-d', '0'], logFile: join(dir.path, 'slapd.log'), cwd: dir.path }),
     (daemon) => waitForPort(port, { daemon }),
     () => dir.remove(),
-    [port],
   );
   slapd = lifecycleOf(life);
 });

@@ -310,7 +310,7 @@ async function startCyrusOnce(options: CyrusOptions): Promise<Cyrus> {
       await waitForPort(pop3Port, { daemon });
       if (sievePort !== undefined) await waitForPort(sievePort, { daemon });
     };
-    const started = await restartable('cyrus', spawn, ready, () => tmp.remove(), [imapPort, pop3Port, ...(sievePort !== undefined ? [sievePort] : [])]);
+    const started = await restartable('cyrus', spawn, ready, () => tmp.remove());
     life = started;
 
     const mailboxId = async (user: string): Promise<string> => {

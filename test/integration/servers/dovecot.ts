@@ -317,7 +317,7 @@ async function startDovecotOnce(options: DovecotOptions): Promise<Dovecot> {
       }
     };
     const spawn = (): Daemon => spawnDaemon({ name: `dovecot ${options.name}`, command: '/usr/sbin/dovecot', args: ['-c', confFile, '-F'], logFile: stderrFile, cwd: dir });
-    const started = await restartable(`dovecot ${options.name}`, spawn, ready, () => tmp.remove(), Object.values(ports));
+    const started = await restartable(`dovecot ${options.name}`, spawn, ready, () => tmp.remove());
     life = started;
 
     const dovecot: Dovecot = {

@@ -217,7 +217,7 @@ async function startDs389Once(options: Ds389Options): Promise<Ds389> {
     };
     const spawn = (): Daemon =>
       spawnDaemon({ name: 'ns-slapd', command: 'setpriv', args: ['--reuid', DS_USER, '--regid', DS_USER, '--clear-groups', '/usr/sbin/ns-slapd', '-D', configDir, '-i', join(root, 'run/dirsrv/slapd-mf.pid'), '-d', '0'], logFile, cwd: dir });
-    const life = await restartable('ns-slapd', spawn, ready, () => tmp.remove(), [port]);
+    const life = await restartable('ns-slapd', spawn, ready, () => tmp.remove());
 
     const ldapmodify = async (text: string, add = false): Promise<void> => {
       await run('ldapmodify', ['-x', ...(add ? ['-a'] : []), '-H', url, '-D', DS389_ROOT_DN, '-w', rootPassword], { input: text, env: { ...process.env, LDAPNOINIT: '1' } });

@@ -31,6 +31,8 @@ function probe(): Promise<number> {
  * it could draw a port handed out and let go of meanwhile (a daemon stopped), and then hold it.
  */
 let holdingListener: Promise<number> | undefined;
+/** Its port, once it listens. */
+let holdingListenerPortNumber = 0;
 
 function holdingListenerPort(): Promise<number> {
   holdingListener ??= new Promise((resolve, reject) => {
@@ -40,12 +42,22 @@ function holdingListenerPort(): Promise<number> {
     });
     server.unref();
     server.once('error', reject);
-    server.listen({ host: '127.0.0.1', port: 0 }, () => resolve((server.address() as { port: number }).port));
+    server.listen({ host: '127.0.0.1', port: 0 }, () => {
+      holdingListenerPortNumber = (server.address() as { port: number }).port;
+      resolve(holdingListenerPortNumber);
+    });
   });
   return holdingListener;
 }
 
-/** A TCP port on 127.0.0.1 that was free a moment ago (listen on port 0, read it, close). */
+/**
+ * A TCP port on 127.0.0.1 for a server to listen on: free when drawn (a listen on port 0), then
+ * held by this process until it exits (holdPort()), so that no other process can draw it meanwhile,
+ * neither for a listen on port 0 nor as a connection's local port: another test file runs at the
+ * same time and makes thousands of connections. The server told the port binds it all the same
+ * (SO_REUSEADDR: node's listeners, slapd, Dovecot, Cyrus master, Redis, HAProxy, 389 DS), and
+ * until it does, and after it stops, a connection to the port is refused.
+ */
 export async function freePort(): Promise<number> {
   await holdingListenerPort();
   const next = handOutFirst.shift();
@@ -55,12 +67,18 @@ export async function freePort(): Promise<number> {
   }
   for (let attempt = 0; attempt < 50; attempt++) {
     const port = await probe();
-    if (port > 0 && !handedOut.has(port)) {
-      handedOut.add(port);
-      return port;
+    if (handedOut.has(port)) continue;
+    try {
+      await holdPort(port);
+    } catch (error) {
+      // Drawn by another socket between probe() and the bind.
+      if (isPortTaken(error)) continue;
+      throw error;
     }
+    handedOut.add(port);
+    return port;
   }
-  throw new Error('freePort: could not find a fresh free port on 127.0.0.1');
+  throw new Error('freePort: could not hold a fresh port on 127.0.0.1');
 }
 
 /**
@@ -90,22 +108,9 @@ export async function holdPort(port: number): Promise<() => void> {
   return () => void socket.resetAndDestroy();
 }
 
-/** A port on 127.0.0.1 that refuses connections for as long as this process runs (holdPort()): a server that is down, a slot nobody serves. */
-export async function refusingPort(): Promise<number> {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const port = await probe();
-    if (handedOut.has(port)) continue;
-    try {
-      await holdPort(port);
-    } catch (error) {
-      // Drawn by another socket between probe() and the bind.
-      if (isPortTaken(error)) continue;
-      throw error;
-    }
-    handedOut.add(port);
-    return port;
-  }
-  throw new Error('refusingPort: could not hold a fresh port on 127.0.0.1');
+/** A port on 127.0.0.1 that refuses connections for as long as this process runs: a freePort() no server is told, for a server that is down, a slot nobody serves. */
+export function refusingPort(): Promise<number> {
+  return freePort();
 }
 
 /** Whether `error` says a port a server was to listen on was taken: its own (EADDRINUSE), or a daemon's exit with its log tail. */
@@ -137,9 +142,10 @@ const PORT_ATTEMPTS = 3;
 
 /**
  * Runs `start`, which takes its ports from freePort(), again while it fails because one of them
- * was taken before the server bound it: freePort()'s port is free when it looks, and any process
- * may take it after, e.g. as the local port of a connection (connect() draws from the range that
- * port 0 does). `start` must leave nothing behind when it fails (no process, no directory).
+ * was taken before the server bound it. freePort() holds its ports, so that is rare: a socket of
+ * another process bound to the port with SO_REUSEADDR, not listening yet, when freePort() held it
+ * (a listen on port 0 is a bind, then a listen), or a port handOutNext() gave. `start` must leave
+ * nothing behind when it fails (no process, no directory).
  */
 export async function onFreshPorts<T>(name: string, start: () => Promise<T>): Promise<T> {
   for (let attempt = 1; ; attempt++) {
@@ -176,6 +182,14 @@ export function procNetTcpRows(ipv6 = false): string[][] {
     .filter((cols) => cols.length > 9);
 }
 
+/**
+ * Whether a row of procNetTcpRows() is the holding listener's side of a connection that holds a
+ * port (holdPort()): its remote port is the port held, and it is no client of the server there.
+ */
+export function onHoldingListener(cols: readonly string[]): boolean {
+  return holdingListenerPortNumber !== 0 && cols[1] === `0100007F:${procNetPort(holdingListenerPortNumber)}`;
+}
+
 /** Connections of this process established to `port` on the loopback (from /proc: the sockets among its own descriptors). */
 export function connectionsTo(port: number): number {
   const inodes = new Set<string>();
@@ -188,5 +202,5 @@ export function connectionsTo(port: number): number {
     }
   }
   const remote = `:${procNetPort(port)}`;
-  return procNetTcpRows().filter((cols) => cols[2]!.endsWith(remote) && cols[3] === '01' && inodes.has(cols[9]!)).length;
+  return procNetTcpRows().filter((cols) => cols[2]!.endsWith(remote) && cols[3] === '01' && inodes.has(cols[9]!) && !onHoldingListener(cols)).length;
 }

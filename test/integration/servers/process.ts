@@ -7,7 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readFileSync, readdirSync } from 'node:fs';
 import { connect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { holdPort, portHeld } from './ports.js';
+import { portHeld } from './ports.js';
 import { removeAllTmpDirsSync } from './tmp.js';
 
 export interface ExitInfo {
@@ -143,7 +143,7 @@ export interface Restartable {
   readonly daemon: Daemon | undefined;
   /** Stops the daemon, then runs the cleanup. Idempotent. */
   stop(): Promise<void>;
-  /** Stops the daemon, keeping its ports (held meanwhile: see restartable()) and files. */
+  /** Stops the daemon, keeping its ports (held meanwhile by freePort()) and files. */
   stopOnly(): Promise<void>;
   /** Launches it again after stopOnly(); does nothing while it runs. */
   startAgain(): Promise<void>;
@@ -170,20 +170,14 @@ export function lifecycleOf(life: Restartable): Pick<Restartable, 'stop' | 'stop
 
 /**
  * Launches `spawn()` and waits for `ready()`. If the first launch fails, the process is stopped,
- * `cleanup()` runs and the error is thrown. While stopOnly() has the daemon down, its `ports` are
- * held (holdPort(): connections to them are refused, as to a port nothing holds) and let go of
- * just before startAgain() launches it: a port merely left free may be drawn meanwhile by another
- * test file running at the same time, and the daemon could not bind it again.
+ * `cleanup()` runs and the error is thrown. While stopOnly() has the daemon down, its ports refuse
+ * connections and no other process can draw them: freePort() holds them for as long as this
+ * process runs, and startAgain() binds them again.
  */
-export async function restartable(name: string, spawn: () => Daemon, ready: (daemon: Daemon) => Promise<void>, cleanup: () => Promise<void>, ports: readonly number[]): Promise<Restartable> {
+export async function restartable(name: string, spawn: () => Daemon, ready: (daemon: Daemon) => Promise<void>, cleanup: () => Promise<void>): Promise<Restartable> {
   let daemon: Daemon | undefined;
   let stopping: Promise<void> | undefined;
   let stopped = false;
-  let held: Array<() => void> = [];
-  const letGo = (): void => {
-    for (const release of held) release();
-    held = [];
-  };
   const launch = async (): Promise<void> => {
     const d = spawn();
     daemon = d;
@@ -206,7 +200,6 @@ export async function restartable(name: string, spawn: () => Daemon, ready: (dae
     stop(): Promise<void> {
       stopping ??= (async () => {
         stopped = true;
-        letGo();
         try {
           await daemon?.stop();
         } finally {
@@ -218,17 +211,10 @@ export async function restartable(name: string, spawn: () => Daemon, ready: (dae
     async stopOnly(): Promise<void> {
       if (stopped) throw new Error(`${name}: stopOnly() after stop()`);
       await daemon?.stop();
-      if (held.length > 0) return;
-      for (const port of ports) {
-        // A port a socket holds still (a descendant of the daemon that outlived it) is left to it.
-        const release = await holdPort(port).catch(() => undefined);
-        if (release !== undefined) held.push(release);
-      }
     },
     async startAgain(): Promise<void> {
       if (stopped) throw new Error(`${name}: startAgain() after stop()`);
       if (daemon && !daemon.hasExited()) return;
-      letGo();
       await launch();
     },
     async pause(): Promise<void> {
@@ -411,8 +397,8 @@ async function heldBySomeoneElse(host: string, port: number): Promise<string> {
 }
 
 /**
- * Waits until host:port accepts TCP connections. A port that another socket took after freePort()
- * gave it fails the wait with EADDRINUSE in the error: when the daemon exits (slapd at -d 0 does
+ * Waits until host:port accepts TCP connections. A port that another socket holds (onFreshPorts())
+ * fails the wait with EADDRINUSE in the error: when the daemon exits (slapd at -d 0 does
  * not say why), or, for one that runs on without it (Cyrus master only logs to syslog), from a
  * second on, rather than at the deadline.
  */

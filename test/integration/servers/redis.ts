@@ -58,7 +58,6 @@ async function startRedisOnce(options: RedisOptions): Promise<Redis> {
       }),
     (daemon) => waitForPort(port, { daemon }),
     () => tmp.remove(),
-    [port],
   );
 
   const redis: Redis = {
@@ -139,7 +138,6 @@ async function startSentinelOnce(options: SentinelOptions): Promise<Sentinel> {
     () => spawnDaemon({ name: 'redis-sentinel', command: '/usr/bin/redis-server', args: [configFile, '--sentinel'], logFile, cwd: tmp.path }),
     (daemon) => waitForPort(port, { daemon }),
     () => tmp.remove(),
-    [port],
   );
   return {
     host: '127.0.0.1',

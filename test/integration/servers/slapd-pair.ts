@@ -213,7 +213,7 @@ export async function startSlapdPair(options: SlapdPairOptions): Promise<SlapdPa
       const port = ports[n - 1]!;
       const url = `ldap://127.0.0.1:${port}`;
       const logFile = join(dir, 'slapd.log');
-      const life = await restartable(`slapd${n}`, () => spawnDaemon({ name: `slapd${n}`, command: '/usr/sbin/slapd', args: ['-f', confs[n - 1]!, '-h', `${url}/`, '-d', '0'], logFile, cwd: dir }), (daemon) => waitForPort(port, { daemon }), async () => undefined, [port]);
+      const life = await restartable(`slapd${n}`, () => spawnDaemon({ name: `slapd${n}`, command: '/usr/sbin/slapd', args: ['-f', confs[n - 1]!, '-h', `${url}/`, '-d', '0'], logFile, cwd: dir }), (daemon) => waitForPort(port, { daemon }), async () => undefined);
       lives.push(life);
       members.push({
         url,

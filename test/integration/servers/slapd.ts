@@ -337,7 +337,7 @@ async function startSlapdOnce(options: SlapdOptions): Promise<Slapd> {
       });
     };
 
-    const life = await restartable('slapd', () => spawnDaemon({ name: 'slapd', command: '/usr/sbin/slapd', args: ['-f', confFile, '-h', listen, '-d', '0'], logFile, cwd: dir }), ready, () => tmp.remove(), [port, ...(ldapsPort !== undefined ? [ldapsPort] : [])]);
+    const life = await restartable('slapd', () => spawnDaemon({ name: 'slapd', command: '/usr/sbin/slapd', args: ['-f', confFile, '-h', listen, '-d', '0'], logFile, cwd: dir }), ready, () => tmp.remove());
 
     const userDn = (uid: string): string => `uid=${escapeDnValue(uid)},${LDAP_PEOPLE_DN}`;
     const passwords = new Set(options.users.map((u) => u.password));
