@@ -155,7 +155,9 @@ test('whereis --all shows each instance and sums up: held on 2 of 3, the one not
     const summary = whereis.stdout.slice(whereis.stdout.indexOf('== summary ==\n'));
     assert.ok(summary.startsWith('== summary ==\n'), whereis.stdout);
     assert.match(summary, new RegExp(`^held on 2 of 3 instances; let in on ${urls[2]}$`, 'm'), summary);
-    assert.match(summary, new RegExp(`^${urls[2]} lets the user in from its cache for (59|60) s more: mailfront kick fred --url ${urls[2]}$`, 'm'), summary);
+    // The login was cached a moment ago for auth_cache_ttl_ms (60 s): a second or two of it gone on a loaded machine.
+    const more = new RegExp(`^${urls[2]} lets the user in from its cache for (\\d+) s more: mailfront kick fred --url ${urls[2]}$`, 'm').exec(summary);
+    assert.ok(more !== null && Number(more[1]) >= 50 && Number(more[1]) <= 60, summary);
     // As it says.
     assert.match(await imapLogin(fronts[2]!, 'fred'), /^t1 OK /);
     assert.equal(await imapLogin(fronts[0]!, 'fred'), `t1 NO [UNAVAILABLE] ${REASON}`);
