@@ -175,9 +175,13 @@ describe('stopping mailfront', { concurrency: true }, () => {
     const reader = spawn('sh', ['-c', `exec 3<"${fifo}"; n=0; while [ ! -e "${go}" ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done; cat <&3 > "${logFile}"`], { stdio: 'ignore' });
     const readerDone = new Promise<void>((resolve) => reader.once('exit', () => resolve()));
     const out = openSync(fifo, 'w');
+    // stderr apart: what mailfront says there (log lines it gave up on) is the failure's reason.
+    const errFile = join(dir.path, 'lagging.stderr');
+    const err = openSync(errFile, 'w');
     const cli = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
-    const child = spawn(process.execPath, [cli, 'serve', '-c', configFile], { stdio: ['ignore', out, out] });
+    const child = spawn(process.execPath, [cli, 'serve', '-c', configFile], { stdio: ['ignore', out, err] });
     closeSync(out);
+    closeSync(err);
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
     const held: LineClient[] = [];
     try {
@@ -196,6 +200,7 @@ describe('stopping mailfront', { concurrency: true }, () => {
       writeFileSync(go, '');
       assert.equal(await exited, 0);
       await readerDone;
+      assert.equal(readFileSync(errFile, 'utf8'), '', 'nothing on stderr');
       const text = readFileSync(logFile, 'utf8');
       assert.ok(text.endsWith('\n'), 'the log ends inside a line');
       const lines = text.split('\n').filter((l) => l !== '');
