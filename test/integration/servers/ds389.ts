@@ -169,6 +169,12 @@ async function startDs389Once(options: Ds389Options): Promise<Ds389> {
   try {
     await chown(dir, uid, gid);
     const port = await freePort();
+    // A name of its own: ns-slapd names a POSIX semaphore after its instance (/dev/shm/
+    // sem.slapd-NAME.stats), shared by every instance of that name on the machine, and at start
+    // it removes one it finds and makes its own, exclusively, exiting if another start made one
+    // meanwhile. Instances of one name started at once (this file's, the other test file's,
+    // dscreate's own start) made a start exit now and then, and dscreate wait out its minute.
+    const instance = `mf${randomBytes(4).toString('hex')}`;
     const root = join(dir, 'root');
     await run('setpriv', asDsUser(dir, ['dscreate', 'ds-root', root, join(dir, 'bin')]));
     // Debian 12's ds-root writes lib_dir and plugin_dir as /usr/lib64, where Debian has nothing.
@@ -184,7 +190,7 @@ async function startDs389Once(options: Ds389Options): Promise<Ds389> {
         'start = False',
         'strict_host_checking = False',
         '[slapd]',
-        'instance_name = mf',
+        `instance_name = ${instance}`,
         `port = ${port}`,
         // No TLS: nothing listens on it, but dscreate wants one.
         `secure_port = ${port + 1}`,
@@ -198,8 +204,17 @@ async function startDs389Once(options: Ds389Options): Promise<Ds389> {
       { mode: 0o600 },
     );
     await chown(setup, uid, gid);
-    await run('setpriv', asDsUser(dir, ['dscreate', 'from-file', setup]), { timeoutMs: 60_000 });
-    const configDir = join(root, 'etc/dirsrv/slapd-mf');
+    const errorsLog = join(root, `var/log/dirsrv/slapd-${instance}/errors`);
+    try {
+      // dscreate starts the instance and waits up to 60 s for it, then says why it did not come up: given longer.
+      await run('setpriv', asDsUser(dir, ['dscreate', 'from-file', setup]), { timeoutMs: 150_000 });
+    } catch (error) {
+      // What ns-slapd wrote of its start, if it got that far, first: a failure's first lines are what a CI log keeps.
+      const errors = await readFile(errorsLog, 'utf8').catch(() => '');
+      const tail = errors === '' ? '' : `${errorsLog} ends:\n${errors.trimEnd().split('\n').slice(-8).join('\n')}\n`;
+      throw new Error(`ds389: dscreate from-file failed\n${tail}${error instanceof Error ? error.message : String(error)}`);
+    }
+    const configDir = join(root, `etc/dirsrv/slapd-${instance}`);
     // Loopback only (ns-slapd listens on every address by default).
     const dseFile = join(configDir, 'dse.ldif');
     const dse = await readFile(dseFile, 'utf8');
@@ -211,12 +226,11 @@ async function startDs389Once(options: Ds389Options): Promise<Ds389> {
 
     const url = `ldap://127.0.0.1:${port}`;
     const logFile = join(dir, 'ns-slapd.log');
-    const errorsLog = join(root, 'var/log/dirsrv/slapd-mf/errors');
     const ready = async (daemon: Daemon): Promise<void> => {
       await waitForPort(port, { daemon, timeoutMs: 30_000 });
     };
     const spawn = (): Daemon =>
-      spawnDaemon({ name: 'ns-slapd', command: 'setpriv', args: ['--reuid', DS_USER, '--regid', DS_USER, '--clear-groups', '/usr/sbin/ns-slapd', '-D', configDir, '-i', join(root, 'run/dirsrv/slapd-mf.pid'), '-d', '0'], logFile, cwd: dir });
+      spawnDaemon({ name: 'ns-slapd', command: 'setpriv', args: ['--reuid', DS_USER, '--regid', DS_USER, '--clear-groups', '/usr/sbin/ns-slapd', '-D', configDir, '-i', join(root, `run/dirsrv/slapd-${instance}.pid`), '-d', '0'], logFile, cwd: dir });
     const life = await restartable('ns-slapd', spawn, ready, () => tmp.remove());
 
     const ldapmodify = async (text: string, add = false): Promise<void> => {
