@@ -65,7 +65,15 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
     const destination = stream as unknown as StdoutDestination;
     stdoutDestinations.push(destination);
     watchLogLoss(stream as unknown as LossSource);
-    flushWhenPending(destination);
+    const flusher = flushWhenPending(destination);
+    // Its reader gone (EPIPE), stdout takes nothing more, for good, and pino writes no more lines
+    // to it; but the batch that failed stays pending, and each flush (every interval, and the
+    // stop's) wrote it again and failed again: five write errors a second, counted, for ever.
+    (stream as unknown as LossSource).on('error', (error) => {
+      if ((error as NodeJS.ErrnoException).code !== 'EPIPE') return;
+      clearInterval(flusher);
+      destination.flush = (done) => done?.();
+    });
   }
   const options = {
     level,
@@ -83,10 +91,10 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
  * write of nothing all the same: a job for libuv's thread pool (futex hand-offs, a write(2) of 0
  * bytes, the eventfd back to the loop), five times a second on an idle process too.
  */
-function flushWhenPending(stream: StdoutDestination): void {
+function flushWhenPending(stream: StdoutDestination): NodeJS.Timeout {
   // `_len` is SonicBoom's own: should a release rename it, every interval flushes again, as
   // periodicFlush did, rather than a quiet process's lines waiting for a batch to fill.
-  setInterval(() => {
+  return setInterval(() => {
     if (stream.destroyed) return;
     if (typeof stream._len !== 'number' || stream._len > 0) stream.flush();
   }, LOG_FLUSH_INTERVAL_MS).unref();

@@ -3,9 +3,10 @@
 // libuv's thread pool, with its hand-offs) five times a second, on an idle process too.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import { syncBuiltinESMExports } from 'node:module';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { LOG_BATCH_BYTES, LOG_FLUSH_INTERVAL_MS, createLogger } from '../../src/log.js';
+import { LOG_BATCH_BYTES, LOG_FLUSH_INTERVAL_MS, createLogger, logLoss } from '../../src/log.js';
 
 /**
  * Takes stdout's writes for the test's time: SonicBoom writes through fs.write (looked up at each
@@ -59,5 +60,42 @@ test('an idle logger writes nothing to stdout, and a line waits at most about on
     assert.equal(writes.length, 1, 'nothing written once the line is out');
   } finally {
     restore();
+  }
+});
+
+test("stdout's reader gone (EPIPE): the failed batch is not written again at each interval, one write error is counted, and a flush answers at once", async () => {
+  const original = { write: fs.write, writeSync: fs.writeSync };
+  let attempts = 0;
+  const said: string[] = [];
+  (fs as unknown as { write: unknown }).write = (fd: number, ...rest: unknown[]): void => {
+    if (fd !== 1) return void (original.write as unknown as (...args: unknown[]) => void)(fd, ...rest);
+    attempts++;
+    const done = rest.at(-1) as (error: Error | null) => void;
+    process.nextTick(done, Object.assign(new Error('EPIPE: broken pipe, write'), { code: 'EPIPE' }));
+  };
+  // What mailfront says on stderr, kept out of the runner's output (src/log.ts imports writeSync by name: synced).
+  (fs as unknown as { writeSync: unknown }).writeSync = (fd: number, ...rest: unknown[]): number => {
+    if (fd === 2) return said.push(String(rest[0]));
+    return (original.writeSync as unknown as (...args: unknown[]) => number)(fd, ...rest);
+  };
+  syncBuiltinESMExports();
+  const closedBefore = logLoss.writeErrors.closed;
+  try {
+    const log = createLogger('info');
+    log.info({ event: 'test.lost' }, 'a line its reader will never read');
+    await sleep(LOG_FLUSH_INTERVAL_MS * 1.5);
+    assert.equal(attempts, 1, 'the line was written once');
+    log.info({ event: 'test.after' }, 'a line after the reader left');
+    await sleep(LOG_FLUSH_INTERVAL_MS * 5.5);
+    assert.equal(attempts, 1, 'no write after EPIPE');
+    assert.equal(logLoss.writeErrors.closed - closedBefore, 1, 'one write error');
+    assert.equal(said.filter((text) => text.includes('EPIPE')).length, 1, said.join(''));
+    const flushed = await new Promise<unknown>((resolve) => log.flush((error?: Error) => resolve(error ?? null)));
+    assert.equal(flushed, null);
+    assert.equal(attempts, 1, 'nor for a flush');
+  } finally {
+    (fs as unknown as { write: unknown }).write = original.write;
+    (fs as unknown as { writeSync: unknown }).writeSync = original.writeSync;
+    syncBuiltinESMExports();
   }
 });
