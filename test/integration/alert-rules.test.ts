@@ -47,7 +47,8 @@ interface RuleFile {
 /** Runs promtool; returns its exit code and everything it printed. */
 async function promtool(args: readonly string[]): Promise<{ ok: boolean; output: string }> {
   try {
-    const { stdout, stderr } = await run(PROMTOOL, args);
+    // `test rules` takes 6 s of CPU: twice run's default 30 s on a loaded machine.
+    const { stdout, stderr } = await run(PROMTOOL, args, { timeoutMs: 180_000 });
     return { ok: true, output: stdout + stderr };
   } catch (error) {
     return { ok: false, output: error instanceof Error ? error.message : String(error) };
