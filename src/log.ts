@@ -220,3 +220,38 @@ export async function flushLog(): Promise<void> {
     }
   }
 }
+
+/**
+ * Resolves once every line logged so far is written, or after `ms` (a log reader that has
+ * stalled), or once stdout refuses them (a write error: ENOSPC, EIO). For the end of a stop:
+ * exiting with a batch still being written by libuv's thread pool loses it, or lets the lines the
+ * exit handler writes at once land before it (`server.stopped` was not always the log's last
+ * line). What is not written by then is given up, so that the exit's own flush does not retry it
+ * for ever (it did, every 100 ms, on a full disk: the stop never ended).
+ */
+export function logWritten(log: Logger, ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    let settled = false;
+    // The exit must not wait for it either (see dropPendingLog()); said where it may be read.
+    const giveUp = (why: string): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      const dropped = dropPendingLog();
+      if (dropped > 0) writeStderr(`mailfront: ${why} while stopping: ${dropped} bytes of log dropped at exit\n`);
+      resolve();
+    };
+    const timer = setTimeout(() => giveUp(`stdout took no log line for ${ms / 1000} s`), ms);
+    log.flush((error?: Error) => {
+      // SonicBoom ends a flush with an fsync of stdout, once its lines are written, and a pipe, a
+      // socket or a terminal refuses that (EINVAL): no write failed. Taken for one, it gave up
+      // the lines logged meanwhile, and said stdout had refused them.
+      const code = (error as NodeJS.ErrnoException | undefined)?.code;
+      if (error !== undefined && error !== null && code !== 'EINVAL') return giveUp(`stdout refused the log lines (${code ?? error.message})`);
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}

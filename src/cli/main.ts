@@ -709,39 +709,6 @@ const COMMAND_OPTIONS: Readonly<Record<string, readonly (keyof typeof OPTIONS)[]
 const MAX_ARGUMENTS: Readonly<Record<string, number>> = { serve: 1, 'check-config': 1, stores: 1, whereis: 1, failover: 2, maintenance: 2, sessions: 0, unthrottle: 1, reload: 0 };
 
 
-/**
- * Resolves once every line logged so far is written, or after `ms` (a log reader that has
- * stalled), or once stdout refuses them (a write error: ENOSPC, EIO). Exiting with a batch still
- * being written by libuv's thread pool loses it, or lets the lines the exit handler writes at once
- * land before it: `server.stopped` was not always the log's last line. What is not written by then
- * is given up, so that the exit's own flush does not retry it for ever (it did, every 100 ms, on a
- * full disk: the stop never ended).
- */
-function logWritten(log: import('../log.js').Logger, ms: number): Promise<void> {
-  return new Promise((resolve) => {
-    let settled = false;
-    // The exit must not wait for it either (see dropPendingLog()); said where it may be read.
-    const giveUp = (why: string): void => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      void import('../log.js').then(({ dropPendingLog, writeStderr }) => {
-        const dropped = dropPendingLog();
-        if (dropped > 0) writeStderr(`mailfront: ${why} while stopping: ${dropped} bytes of log dropped at exit\n`);
-        resolve();
-      });
-    };
-    const timer = setTimeout(() => giveUp(`stdout took no log line for ${ms / 1000} s`), ms);
-    log.flush((error?: Error) => {
-      if (error !== undefined && error !== null) return giveUp(`stdout refused the log lines (${(error as NodeJS.ErrnoException).code ?? error.message})`);
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      resolve();
-    });
-  });
-}
-
 async function main(argv: string[]): Promise<number> {
   let parsed: ReturnType<typeof parseArgs<{ args: string[]; allowPositionals: true; options: typeof OPTIONS }>>;
   try {
@@ -915,7 +882,7 @@ async function main(argv: string[]): Promise<number> {
               return 1;
             },
           )
-          .then((code) => logWritten(mailfront.log, STOP_LOG_FLUSH_MS).then(() => process.exit(code)));
+          .then((code) => import('../log.js').then(({ logWritten }) => logWritten(mailfront.log, STOP_LOG_FLUSH_MS)).then(() => process.exit(code)));
       };
       takeStops(stop);
       return -1;
