@@ -449,7 +449,7 @@ describe('the throttle\'s Redis named by Redis Sentinel', { concurrency: true },
   describe('following a failover when the sentinel user may not subscribe', { concurrency: false }, () => {
     const own = ownSentinel();
 
-    test('a sentinel user without +subscribe: one warning naming +subscribe &+switch-master; a failover is followed all the same within 5 s', async () => {
+    test('a sentinel user without +subscribe: one warning naming +subscribe &+switch-master; a failover is followed all the same within 8 s', async () => {
       await command(own.s.port, ['ACL', 'SETUSER', 'nosub', 'on', '>No-sub-pw-1', '-@all', '+sentinel|get-master-addr-by-name']);
       const { throttle, lines, upOn } = own.throttleOn('nosub:', {}, { username: 'nosub', password: 'No-sub-pw-1' });
       await throttle.ready();
@@ -462,10 +462,11 @@ describe('the throttle\'s Redis named by Redis Sentinel', { concurrency: true },
       assert.equal(warned[0]?.['state'], 'refused');
       assert.equal(warned[0]?.['acl'], '+subscribe &+switch-master');
       const started = await own.failover();
-      assert.ok(await until(() => Promise.resolve(upOn(replica)), 8_000), 'up on the new primary');
+      assert.ok(await until(() => Promise.resolve(upOn(replica)), 10_000), 'up on the new primary');
       const followedMs = Date.now() - started;
-      // About 3 s here: the sentinel's own second, a retry interval of asking, then one of reconnecting (before: about 11 s).
-      assert.ok(followedMs < 5_000, `followed in ${followedMs} ms`);
+      // About 3 s here: the sentinel's own second, a retry interval of asking, then one of
+      // reconnecting (before: about 11 s). Two suites at once on two cores made it 5.5 s.
+      assert.ok(followedMs < 8_000, `followed in ${followedMs} ms`);
       assert.equal(lines.filter((l) => l['event'] === 'throttle.redis_sentinel_listener').length, 1, 'logged once');
       await throttle.close();
     });
