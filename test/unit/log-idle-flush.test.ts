@@ -2,25 +2,19 @@
 // LOG_FLUSH_INTERVAL_MS then, and nothing when nothing is pending: SonicBoom's own periodic flush wrote nothing (a 0-byte write through
 // libuv's thread pool, with its hand-offs) five times a second, on an idle process too.
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import { syncBuiltinESMExports } from 'node:module';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { LOG_BATCH_BYTES, LOG_FLUSH_INTERVAL_MS, createLogger, logLoss } from '../../src/log.js';
+import { standInForStdio } from './stdio-stand-ins.js';
 
-/**
- * Takes stdout's writes for the test's time: SonicBoom writes through fs.write (looked up at each
- * call), and they would land in the test runner's output. Restored by the returned function.
- */
+/** Takes stdout's writes for the test's time, each answered as written in the next tick. */
 function takeStdoutWrites(writes: string[]): () => void {
-  const original = fs.write;
-  (fs as unknown as { write: unknown }).write = (fd: number, data: string | Uint8Array, ...rest: unknown[]): void => {
-    if (fd !== 1) return void (original as unknown as (...args: unknown[]) => void)(fd, data, ...rest);
-    const done = rest.at(-1) as (error: Error | null, written: number) => void;
-    writes.push(typeof data === 'string' ? data : Buffer.from(data).toString());
-    process.nextTick(done, null, typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength);
-  };
-  return () => void ((fs as unknown as { write: unknown }).write = original);
+  return standInForStdio({
+    write: (text, done) => {
+      writes.push(text);
+      process.nextTick(done, null);
+    },
+  });
 }
 
 test('lines leave in batches of 12 KiB: a full one at once, less waits for the interval', async () => {
@@ -64,21 +58,16 @@ test('an idle logger writes nothing to stdout, and a line waits at most about on
 });
 
 test("stdout's reader gone (EPIPE): the failed batch is not written again at each interval, one write error is counted, and a flush answers at once", async () => {
-  const original = { write: fs.write, writeSync: fs.writeSync };
   let attempts = 0;
   const said: string[] = [];
-  (fs as unknown as { write: unknown }).write = (fd: number, ...rest: unknown[]): void => {
-    if (fd !== 1) return void (original.write as unknown as (...args: unknown[]) => void)(fd, ...rest);
-    attempts++;
-    const done = rest.at(-1) as (error: Error | null) => void;
-    process.nextTick(done, Object.assign(new Error('EPIPE: broken pipe, write'), { code: 'EPIPE' }));
-  };
-  // What mailfront says on stderr, kept out of the runner's output (src/log.ts imports writeSync by name: synced).
-  (fs as unknown as { writeSync: unknown }).writeSync = (fd: number, ...rest: unknown[]): number => {
-    if (fd === 2) return said.push(String(rest[0]));
-    return (original.writeSync as unknown as (...args: unknown[]) => number)(fd, ...rest);
-  };
-  syncBuiltinESMExports();
+  const restore = standInForStdio({
+    write: (_text, done) => {
+      attempts++;
+      process.nextTick(done, Object.assign(new Error('EPIPE: broken pipe, write'), { code: 'EPIPE' }));
+    },
+    // What mailfront says on stderr, kept out of the runner's output.
+    writeSync: (_fd, text) => said.push(text),
+  });
   const closedBefore = logLoss.writeErrors.closed;
   try {
     const log = createLogger('info');
@@ -94,8 +83,6 @@ test("stdout's reader gone (EPIPE): the failed batch is not written again at eac
     assert.equal(flushed, null);
     assert.equal(attempts, 1, 'nor for a flush');
   } finally {
-    (fs as unknown as { write: unknown }).write = original.write;
-    (fs as unknown as { writeSync: unknown }).writeSync = original.writeSync;
-    syncBuiltinESMExports();
+    restore();
   }
 });
