@@ -29,7 +29,7 @@ import { createAdminHandler } from '../../src/server/admin.js';
 import type { AdminContext } from '../../src/server/admin.js';
 import { LDAP_STORES_DN } from './servers/index.js';
 import { startSlapdPair } from './servers/slapd-pair.js';
-import type { PairMember } from './servers/slapd-pair.js';
+import type { PairMember, SlapdPair } from './servers/slapd-pair.js';
 import { storeEntries, FAILOVER_ACCESS, failoverLdif } from './store-entries.js';
 
 /** Stores st1..stN, each with slots slNa (the current master) and slNb. */
@@ -68,6 +68,20 @@ async function masterOn(server: PairMember, store: string): Promise<string | und
   } finally {
     await client.unbind().catch(() => undefined);
   }
+}
+
+/**
+ * Waits (at most `ms`) until `server` has each store's master of `masters`; fails with `what`,
+ * what each server of the pair has, and their logs' tails (replication is slapd's).
+ */
+async function replicated(pair: SlapdPair, server: PairMember, masters: Readonly<Record<string, string>>, ms: number, what: string): Promise<void> {
+  const has = async (m: PairMember): Promise<boolean> => {
+    for (const [store, master] of Object.entries(masters)) if ((await masterOn(m, store)) !== master) return false;
+    return true;
+  };
+  if (await until(() => has(server), ms)) return;
+  const states = await Promise.all(pair.servers.map(async (m, i) => `server ${i + 1}: ${(await Promise.all(Object.keys(masters).map(async (store) => `${store}=${await masterOn(m, store)}`))).join(' ')}`));
+  assert.fail(`${what} within ${ms / 1000} s (wanted ${JSON.stringify(masters)}; ${states.join('; ')})\n${await pair.logTails()}`);
 }
 
 /** A holder following `source` as serve's does (its watch reloads on each change), with the master changes it made. */
@@ -198,7 +212,7 @@ describe('the LDAP store-map source against replicated slapd', { concurrency: tr
       // many polls apart (about 1.5 s at 400 bytes/s, measured; 4.5 s at 150, which made this the
       // file's longest case).
       pair.links[0]!.restore({ bytesPerSecond: 400 });
-      assert.ok(await until(async () => (await masterOn(consumer, 'st2')) === 'sl2b' && (await masterOn(consumer, 'st1')) === 'sl1b', 40_000), 'the consumer did not catch up');
+      await replicated(pair, consumer, { st1: 'sl1b', st2: 'sl2b' }, 40_000, 'the consumer did not catch up');
       const arrived = performance.now();
       assert.ok(await until(() => f.master('st1') === 'sl1b' && f.master('st2') === 'sl2b', 10_000), `not followed within 10 s of arriving: st1=${f.master('st1')} st2=${f.master('st2')}`);
       assert.ok(performance.now() - arrived < 10_000);
@@ -282,11 +296,11 @@ describe('the LDAP store-map source against replicated slapd', { concurrency: tr
       // consumer's contextCSN moves at its end: the whole read of the start, between, finds st1
       // newer than that contextCSN.
       pair.links[0]!.restore({ bytesPerSecond: 150 });
-      assert.ok(await until(async () => (await masterOn(consumer, 'st1')) === 'sl1b', 40_000), 'the consumer did not get st1');
+      await replicated(pair, consumer, { st1: 'sl1b' }, 40_000, 'the consumer did not get st1');
       await f.start();
       assert.equal(f.master('st1'), 'sl1b');
       assert.equal(f.master('st2'), 'sl2a', 'the refresh ended before the whole read: nothing of this case was checked');
-      assert.ok(await until(async () => (await masterOn(consumer, 'st2')) === 'sl2b', 40_000), 'the consumer did not catch up');
+      await replicated(pair, consumer, { st2: 'sl2b' }, 40_000, 'the consumer did not catch up');
       const arrived = performance.now();
       // Within a few polls (200 ms each), with room for a loaded machine; the whole read is 30 s away.
       assert.ok(await until(() => f.master('st2') === 'sl2b', 10_000), 'the failover that arrived after the whole read was not followed within 10 s');
@@ -309,9 +323,15 @@ describe('the LDAP store-map source against replicated slapd', { concurrency: tr
       // Each provider has written once (its server id is in both contextCSNs). p1 may have st3 from
       // p2 and not yet server id 2 in its contextCSN (it moves at the refresh's end) when the start
       // reads the map: the polls go by contextCSN once it does (run with the others, this came 2 times in 15).
+      // The two writes are made with the links cut, and reach the other side by a refresh once
+      // restored: made as the servers' replication sessions were starting (slapd retries each
+      // second until the other listens), once in some twenty suite runs p1 still lacked p2's
+      // write 30 s later, the cause not found.
+      for (const link of pair.links) link.cut();
       await p1.modify(failoverLdif('st3', 'sl3b'));
       await p2.modify(failoverLdif('st3', 'sl3a'));
-      assert.ok(await until(async () => (await masterOn(p1, 'st3')) === 'sl3a', 30_000), 'the mirror does not replicate');
+      for (const link of pair.links) link.restore();
+      await replicated(pair, p1, { st3: 'sl3a' }, 30_000, 'the mirror does not replicate');
       await f.start();
       for (const link of pair.links) link.cut();
       await p2.modify(failoverLdif('st2', 'sl2b'));
@@ -320,7 +340,7 @@ describe('the LDAP store-map source against replicated slapd', { concurrency: tr
       assert.ok(await until(() => f.master('st1') === 'sl1b', 5_000), 'the failover on the provider read was not followed');
       assert.equal(f.master('st2'), 'sl2a');
       for (const link of pair.links) link.restore();
-      assert.ok(await until(async () => (await masterOn(p1, 'st2')) === 'sl2b', 15_000), 'the mirror did not heal');
+      await replicated(pair, p1, { st2: 'sl2b' }, 15_000, 'the mirror did not heal');
       const arrived = performance.now();
       // Within a few polls (200 ms each), with room for a loaded machine; the whole read is 30 s away.
       assert.ok(await until(() => f.master('st2') === 'sl2b', 10_000), 'the failover that arrived late was not followed within 10 s');

@@ -40,6 +40,8 @@ export interface SlapdPair {
   readonly servers: readonly [PairMember, PairMember];
   /** consumer mode: the consumer's link to the provider; mirror mode: each server's link to the other ([0]: server 1 pulling from 2, [1]: server 2 pulling from 1). */
   readonly links: readonly ReplicationLink[];
+  /** The last `lines` lines of each server's log (slapd's `sync` level: the replication sessions, what each change did), for a failure's message. */
+  logTails(lines?: number): Promise<string>;
   /** Stops both servers and the relays and removes the directories. Idempotent. */
   stop(): Promise<void>;
 }
@@ -212,8 +214,9 @@ export async function startSlapdPair(options: SlapdPairOptions): Promise<SlapdPa
       const dir = join(tmp.path, `s${n}`);
       const port = ports[n - 1]!;
       const url = `ldap://127.0.0.1:${port}`;
+      // slapd's `sync` level says what the replication sessions do, for a failure's message (logTails()).
       const logFile = join(dir, 'slapd.log');
-      const life = await restartable(`slapd${n}`, () => spawnDaemon({ name: `slapd${n}`, command: '/usr/sbin/slapd', args: ['-f', confs[n - 1]!, '-h', `${url}/`, '-d', '0'], logFile, cwd: dir }), (daemon) => waitForPort(port, { daemon }), async () => undefined);
+      const life = await restartable(`slapd${n}`, () => spawnDaemon({ name: `slapd${n}`, command: '/usr/sbin/slapd', args: ['-f', confs[n - 1]!, '-h', `${url}/`, '-d', 'sync'], logFile, cwd: dir }), (daemon) => waitForPort(port, { daemon }), async () => undefined);
       lives.push(life);
       members.push({
         url,
@@ -233,6 +236,10 @@ export async function startSlapdPair(options: SlapdPairOptions): Promise<SlapdPa
       mode: options.mode,
       servers: [members[0]!, members[1]!],
       links: relays.map((r) => r.link),
+      logTails: async (lines = 100) => {
+        const tails = await Promise.all(members.map(async (m, i) => `server ${i + 1}'s log, last ${lines} lines:\n${(await m.readLog()).split('\n').slice(-lines).join('\n')}`));
+        return tails.join('\n');
+      },
       stop: () =>
         (stopping ??= (async () => {
           for (const r of relays) r.close();
