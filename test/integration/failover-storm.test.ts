@@ -423,6 +423,13 @@ function checkStorm(t: TestContext, front: Front, stampOf: (line: Record<string,
     lags.push(seen.at - change.effectiveAt);
   }
 
+  /** Session `id`'s lines and alpha's moves, in ms from `from`: what a problem about it needs. */
+  const timeline = (id: string, from: number): string =>
+    lines
+      .filter((l) => String(l['session']) === id || (l['event'] === 'failover.drain' && l['store'] === 'alpha'))
+      .map((l) => `${(stampOf(l) - from).toFixed(0)} ${String(l['event'])}${l['event'] === 'failover.drain' ? ` ${String(l['from'])}>${String(l['to'])}` : ''}${l['reason'] !== undefined ? ` (${String(l['reason'])})` : ''}`)
+      .join(', ') + (storm.outage === null ? '' : `; ${storm.outage.slot} stopped ${(storm.outage.downAt - from).toFixed(0)}, up again ${(storm.outage.upAt - from).toFixed(0)}`);
+
   // Invariant 1, mailfront's side (exact): every session spliced to alpha was spliced to the master in force then.
   const spliced = new Map<string, { index: number; at: number; slot: SlotName; clientPort: number | undefined }>();
   const startedPort = new Map<string, number>();
@@ -480,7 +487,7 @@ function checkStorm(t: TestContext, front: Front, stampOf: (line: Record<string,
       const back = drains.find((b) => b.index > d.index && b.to === s.slot);
       if (back !== undefined && back.at <= d.at + SPREAD_MS) continue;
       if (end === undefined || end.at > d.at + SPREAD_MS + slackMs) {
-        problems.push(`session ${id} on ${s.slot} (${end === undefined ? 'still open' : `ended ${end.reason} ${(end.at - d.at).toFixed(0)} ms after`}) outlived the move off its slot at ${d.at.toFixed(0)} by more than the spread`);
+        problems.push(`session ${id} on ${s.slot} (${end === undefined ? 'still open' : `ended ${end.reason} ${(end.at - d.at).toFixed(0)} ms after`}) outlived the move off its slot at ${d.at.toFixed(0)} by more than the spread; its lines, and the moves, in ms from that one: ${timeline(id, d.at)}`);
       }
       break;
     }
