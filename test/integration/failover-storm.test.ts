@@ -423,12 +423,22 @@ function checkStorm(t: TestContext, front: Front, stampOf: (line: Record<string,
     lags.push(seen.at - change.effectiveAt);
   }
 
-  /** Session `id`'s lines and alpha's moves, in ms from `from`: what a problem about it needs. */
-  const timeline = (id: string, from: number): string =>
-    lines
-      .filter((l) => String(l['session']) === id || (l['event'] === 'failover.drain' && l['store'] === 'alpha'))
-      .map((l) => `${(stampOf(l) - from).toFixed(0)} ${String(l['event'])}${l['event'] === 'failover.drain' ? ` ${String(l['from'])}>${String(l['to'])}` : ''}${l['reason'] !== undefined ? ` (${String(l['reason'])})` : ''}`)
-      .join(', ') + (storm.outage === null ? '' : `; ${storm.outage.slot} stopped ${(storm.outage.downAt - from).toFixed(0)}, up again ${(storm.outage.upAt - from).toFixed(0)}`);
+  /**
+   * Session `id`'s lines and alpha's moves, in ms from `from`: what a problem about it needs. A
+   * move says how many sessions mailfront found on the slot it left, and how many the lines have
+   * there (spliced to it before, not yet finished).
+   */
+  const timeline = (id: string, from: number): string => {
+    const on = (k: number, slot: unknown): number => {
+      const ended = new Set(lines.slice(0, k).filter((l) => l['event'] === 'session.finished').map((l) => String(l['session'])));
+      return lines.slice(0, k).filter((l) => l['event'] === 'session.spliced' && l['store'] === 'alpha' && l['slot'] === slot && !ended.has(String(l['session']))).length;
+    };
+    const moves = lines
+      .map((l, k) => ({ l, k }))
+      .filter(({ l }) => String(l['session']) === id || (l['event'] === 'failover.drain' && l['store'] === 'alpha'))
+      .map(({ l, k }) => `${(stampOf(l) - from).toFixed(0)} ${String(l['event'])}${l['event'] === 'failover.drain' ? ` ${String(l['from'])}>${String(l['to'])} (${String(l['sessions'])} sessions, ${on(k, l['from'])} in the lines)` : ''}${l['reason'] !== undefined ? ` (${String(l['reason'])})` : ''}`);
+    return moves.join(', ') + (storm.outage === null ? '' : `; ${storm.outage.slot} stopped ${(storm.outage.downAt - from).toFixed(0)}, up again ${(storm.outage.upAt - from).toFixed(0)}`);
+  };
 
   // Invariant 1, mailfront's side (exact): every session spliced to alpha was spliced to the master in force then.
   const spliced = new Map<string, { index: number; at: number; slot: SlotName; clientPort: number | undefined }>();
