@@ -17,8 +17,8 @@ const STALL_MS = 500;
 const IDLE_MS = 60_000;
 
 /** A splice with the stall time scaled down (and the idle timeout `idleMs`). */
-function stallSplice(client: Socket, backend: Socket, leftover = new Uint8Array(), idleMs = IDLE_MS): Splice {
-  return splice(client, backend, new Uint8Array(), leftover, idleMs, null, null, null, STALL_MS);
+function stallSplice(client: Socket, backend: Socket, leftover = new Uint8Array(), idleMs = IDLE_MS, stallMs = STALL_MS): Splice {
+  return splice(client, backend, new Uint8Array(), leftover, idleMs, null, null, null, stallMs);
 }
 
 /** Writes `total` bytes to `socket` as fast as it takes them, until it stops taking them (or `total` are out). */
@@ -40,12 +40,12 @@ function flood(socket: Socket, total: number): void {
 
 /** The splice's end, or 'not ended' after `ms` (the timer keeps the process up meanwhile). */
 /** A client connection (made by `clientPair`) and a backend one, spliced with the test's stall time; errors on the far ends ignored. */
-async function stallSpliced(clientPair: () => Promise<Pair>): Promise<{ client: Pair; backend: Pair; running: Splice }> {
+async function stallSpliced(clientPair: () => Promise<Pair>, stallMs = STALL_MS): Promise<{ client: Pair; backend: Pair; running: Splice }> {
   const client = await clientPair();
   const backend = await tcpPair();
   client.user.on('error', () => undefined);
   backend.user.on('error', () => undefined);
-  return { client, backend, running: stallSplice(client.front, backend.front) };
+  return { client, backend, running: stallSplice(client.front, backend.front, undefined, IDLE_MS, stallMs) };
 }
 
 function endedWithin(running: Splice, ms: number): Promise<string> {
@@ -89,17 +89,22 @@ describe('the splice\'s stall check', { concurrency: true }, () => {
   }
 
   test('an upload held back is no stall while bytes move the other way', async () => {
-    const { client, backend, running } = await stallSpliced(tcpPair);
+    // A stall time of 2 s, not 500 ms: the answers below go out every 150 ms on this process's
+    // clock, which the flood keeps busy, and two suites at once on two cores once made a gap of
+    // more than 500 ms, a stall by any measure.
+    const stallMs = 4 * STALL_MS;
+    const { client, backend, running } = await stallSpliced(tcpPair, stallMs);
     backend.user.pause();
     flood(client.user, 256 * 1024 * 1024);
     client.user.on('data', () => undefined);
     // The backend still answers (untagged responses), though it reads nothing.
-    for (let i = 0; i < 12; i++) {
+    const until = Date.now() + 1.5 * stallMs;
+    while (Date.now() < until) {
       await sleep(150);
       backend.user.write('* OK still here\r\n');
     }
-    assert.equal(await endedWithin(running, 0), 'not ended', `open after 1.8 s, past its ${STALL_MS} ms stall time`);
-    assert.equal(await endedWithin(running, 10 * STALL_MS), 'stalled', 'stalled once the backend is quiet too');
+    assert.equal(await endedWithin(running, 0), 'not ended', `open after ${1.5 * stallMs} ms, past its ${stallMs} ms stall time`);
+    assert.equal(await endedWithin(running, 10 * stallMs), 'stalled', 'stalled once the backend is quiet too');
     client.user.destroy();
     backend.user.destroy();
   });
