@@ -414,10 +414,15 @@ function checkStorm(t: TestContext, front: Front, stampOf: (line: Record<string,
   // How long each change took to be in force (an LDAP change not followed before the next was asked may be folded into it).
   const lags: number[] = [];
   for (const [k, change] of storm.changes.entries()) {
-    const seen = drains.find((d) => d.at >= change.requestedAt);
+    // Its own move: the one before may be put in force after this one was asked (its lag is
+    // checked as its own, folded into this one), and that move goes the other way.
+    const seen = drains.find((d) => d.at >= change.requestedAt && d.to === change.to);
     const next = storm.changes[k + 1];
-    if (seen === undefined || seen.to !== change.to || (next !== undefined && seen.at >= next.requestedAt)) {
-      if (next === undefined || next.requestedAt > change.effectiveAt + lagMs + slackMs) problems.push(`the change to ${change.to} (effective at ${change.effectiveAt.toFixed(0)}) was not in force within ${lagMs + slackMs} ms`);
+    if (seen === undefined || (next !== undefined && seen.at >= next.requestedAt)) {
+      if (next === undefined || next.requestedAt > change.effectiveAt + lagMs + slackMs) {
+        const after = drains.filter((d) => d.at >= change.requestedAt).slice(0, 3).map((d) => `${(d.at - change.effectiveAt).toFixed(0)} ms ${d.from}>${d.to}`);
+        problems.push(`the change to ${change.to} (effective at ${change.effectiveAt.toFixed(0)}) was not in force within ${lagMs + slackMs} ms (the moves after it was asked, from its effective time: ${after.join(', ') || 'none'}; the next change asked ${next === undefined ? 'never' : `${(next.requestedAt - change.effectiveAt).toFixed(0)} ms`} after)`);
+      }
       continue;
     }
     lags.push(seen.at - change.effectiveAt);
