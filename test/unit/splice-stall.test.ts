@@ -67,6 +67,20 @@ async function readingStopped(front: Socket): Promise<void> {
   }
 }
 
+/**
+ * Waits until the splice's writes towards `front`'s peer are held back, for at most 10 s: the
+ * kernel takes no more, so the peer's receive buffer is full and unread, and the peer's close
+ * resets the connection (a FIN would be read as a close, not a failure). As for readingStopped(),
+ * how long that takes depends on how busy the machine is.
+ */
+async function writeQueued(front: Socket): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (front.writableLength === 0) {
+    assert.ok(Date.now() < deadline, 'nothing queued towards a peer that reads nothing after 10 s of a download');
+    await sleep(20);
+  }
+}
+
 // The cases run at once: each splices socket pairs of its own, and each waits on the splice's
 // clocks (a few stall times, the idle timeout), so together they take about the longest.
 describe('the splice\'s stall check', { concurrency: true }, () => {
@@ -208,7 +222,8 @@ describe('the splice\'s stall check', { concurrency: true }, () => {
     const running = stallSplice(client.front, backend.front, new Uint8Array(), idleMs);
     client.user.pause();
     flood(backend.user, 256 * 1024 * 1024);
-    await sleep(300);
+    await writeQueued(client.front);
+    await readingStopped(backend.front);
     // Unread behind the client, the backend's close is not seen either (as before the stall check).
     backend.user.destroy();
     assert.equal(await endedWithin(running, 4 * STALL_MS), 'not ended', 'open past four stall times');
@@ -227,7 +242,8 @@ describe('the splice\'s stall check', { concurrency: true }, () => {
       backend.user.pause();
       flood(backend.user, 256 * 1024 * 1024);
       flood(client.user, 256 * 1024 * 1024);
-      await sleep(300);
+      await writeQueued(client.front);
+      await readingStopped(client.front);
       client.user.destroy();
       // Within one stall time, so not the stall check: the hang-up is seen without reading the client.
       assert.equal(await endedWithin(running, STALL_MS), 'client-error');
