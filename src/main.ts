@@ -1091,7 +1091,10 @@ export class Mailfront {
     await Promise.all(this.listeners.map((l) => l.shutDown()));
     await this.reloads;
     this.log.info({ event: 'server.stopping', sessions: this.registry.size, drainMs }, 'stopping');
-    this.stopWatching();
+    // The store-map source is still watched while sessions are spliced: a failover written meanwhile
+    // (by another instance, an operator, ldapmodify) drains the demoted master's sessions within the
+    // spread, as it would have before the stop, not at the drain's deadline (up to
+    // shutdown.drain_timeout_ms later).
     this.health.stop();
     this.oauth?.close();
     const sessions = () => this.listeners.flatMap((l) => [...l.sessions]);
@@ -1122,6 +1125,7 @@ export class Mailfront {
     // Two seconds to close, from the last BYE (the spread's end, or the drain's, whichever came first).
     const closedBy = performance.now() + STOP_CLOSE_MS;
     while (sessions().length > 0 && performance.now() < closedBy) await new Promise((r) => setTimeout(r, 20));
+    this.stopWatching();
     this.draining.clear();
     await this.http?.close();
     await this.holder.source.close();

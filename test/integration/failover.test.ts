@@ -471,6 +471,43 @@ describe('failover by file edit and by the admin API (file store map)', () => {
   });
 });
 
+describe('a failover while the server stops', () => {
+  let front: Front;
+  before(async () => {
+    front = await startFront({ slapd, stores: storesWith('a1'), failover: { drain_spread_ms: SPREAD_MS, hold_ms: 5_000 } });
+  });
+  after(async () => {
+    await front?.stop();
+  });
+
+  test('while a stop waits for spliced sessions to end, a failover written to the store map drains the old master\'s sessions within the spread; the other store\'s wait for the stop', async () => {
+    const alpha = await idleSessions(front, ALPHA_USERS, 5);
+    const beta = await idleSessions(front, ['bea'], 2);
+    const mark = front.logs.length;
+    // A stop as at SIGTERM, with a drain long enough that only the failover can end alpha's sessions in time.
+    const stopping = front.mailfront.stop(60_000, 0);
+    try {
+      await waitForLog(front, (l) => l['event'] === 'server.stopping', 5_000, mark);
+      await front.writeStores(storesWith('a2'));
+      const drain = await waitForLog(front, (l) => l['event'] === 'failover.drain' && l['store'] === 'alpha', 5_000, mark);
+      assert.equal(drain['sessions'], alpha.length);
+      await waitAllClosed(alpha, SPREAD_MS + 5_000);
+      const open = alpha.filter((i) => i.closedAt === null).length;
+      assert.equal(open, 0, `${open} of ${alpha.length} sessions on the demoted master are open while the stop drains`);
+      const lastClose = Math.max(...alpha.map((i) => i.closedAt!));
+      assert.ok(lastClose - Date.parse(String(drain['time'])) <= SPREAD_MS + 1_000, `the last session on the demoted master closed ${lastClose - Date.parse(String(drain['time']))} ms after the drain began`);
+      const drained = front.logs.slice(mark).filter((l) => l['event'] === 'session.drained').length;
+      assert.equal(drained, alpha.length, 'sessions closed by the failover');
+      for (const b of beta) assert.equal(b.closedAt, null, 'a session of store beta was closed before the stop\'s deadline');
+    } finally {
+      // A repeated stop signal: the rest are told BYE now.
+      front.mailfront.endDrain('SIGTERM');
+      await stopping;
+      await closeAll([...alpha, ...beta]);
+    }
+  });
+});
+
 describe('changes of a master within the drain spread', () => {
   const SLOW_SPREAD_MS = 1_500;
   let front: Front;
