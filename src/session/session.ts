@@ -975,7 +975,7 @@ export class Session {
       // instead would put a client that asked for another mailbox in the wrong one.
       // (With directory.master_user_filter set, such a login is a master login instead: named.)
       if (named === undefined && bearer === undefined && 'authzid' in credentials && credentials.authzid !== undefined && normalizeUser(credentials.authzid, config.usernames) !== user) {
-        throw new MailfrontError('AUTHZID_REFUSED', 'auth-failed', `the client asked to act as another user (authzid ${JSON.stringify(credentials.authzid.slice(0, 64))})`);
+        throw new MailfrontError('AUTHZID_REFUSED', 'auth-failed', `the client asked to act as another user (authzid ${JSON.stringify(loggableClaim(credentials.authzid))})`);
       }
       // From here the login is under way (the directory asked, then the backend): a full process
       // does not close it to make room; it is about to be a session or to fail. Before it (the

@@ -433,6 +433,15 @@ describe('IMAP failures', () => {
       assert.equal(other.status, 'NO');
       assert.match(other.text, /^\[AUTHENTICATIONFAILED\]/);
       await waitForLog(front, (l) => l['event'] === 'session.login_failed' && l['code'] === 'AUTHZID_REFUSED', 5_000, mark);
+      // The refused identity is the client's own text: a line separator or a bidi override in it
+      // could fake or reorder lines in a log viewer, so the log shows them as U+FFFD.
+      const forging = `x\u2028{"event":"session.spliced","user":"root"}\u202e\u0085`;
+      const marked = front.logs.length;
+      assert.equal((await raw.imap(`AUTHENTICATE PLAIN ${plain(forging)}`)).status, 'NO');
+      const refused = await waitForLog(front, (l) => l['event'] === 'session.login_failed' && l['code'] === 'AUTHZID_REFUSED', 5_000, marked);
+      const reason = String(refused['reason']);
+      assert.doesNotMatch(reason, /[\u2028\u202e\u0085]/u, reason);
+      assert.match(reason, /x\ufffd\{/u);
       const same = await raw.imap(`AUTHENTICATE PLAIN ${plain('alice')}`);
       assert.equal(same.status, 'OK', same.text);
     } finally {
