@@ -261,7 +261,9 @@ export class StoreMapHolder {
    * change the watch saw) is in force after it. A document that was read is always put in force
    * by the reload (or by the work that came between, which reads the source again): the source
    * takes every load for one its map follows (an LDAP source's polls report only a map that
-   * differs from the one last loaded).
+   * differs from the one last loaded). A check's read is not one of them until the reload takes
+   * it (StoreMapSource.took()): the reload puts it in force after its other work, seconds later
+   * with a directory server down, and a failover it read is reported by the watch meanwhile.
    */
   read(): Promise<SourceRead> {
     return this.inTurn(async () => {
@@ -283,6 +285,8 @@ export class StoreMapHolder {
     let doc: unknown;
     try {
       doc = read !== undefined ? read.document() : await this.source.load(trigger);
+      // The check's read, taken as this reload's: the source counts it as loaded from now on.
+      if (read !== undefined) this.source.took?.(doc);
     } catch (caught) {
       return this.loadFailed(caught, trigger);
     }

@@ -28,10 +28,15 @@ export interface StoreMapSource {
   readonly description: string;
   /**
    * Reads the current document. `trigger` says why (the holder's: start, change, signal,
-   * failover): an LDAP source puts a map from a server behind the one in force in force only for
-   * a deliberate reload (signal), see LdapStoreMapSource.
+   * failover, check): an LDAP source puts a map from a server behind the one in force in force
+   * only for a deliberate reload (signal), see LdapStoreMapSource. `check` is a reload's read for
+   * its check of a new config (StoreMapHolder.read()), which is put in force only if the reload
+   * is taken: a source whose watch reports a document that differs from the last one loaded does
+   * not count it as loaded until took() says so.
    */
   load(trigger?: string): Promise<unknown>;
+  /** The holder put in force `document`, which load('check') gave: from now on it is the last one loaded. */
+  took?(document: unknown): void;
   /**
    * Calls `onChange` whenever the source may have changed (debounced); returns a stop function.
    * `onHealth` hears whether the source can be watched and read: null after each good look (an
@@ -1676,6 +1681,8 @@ export class LdapStoreMapSource implements StoreMapSource {
   /** Bytes one read of the map may take, all pages together (store_map.ldap.max_answer_bytes). */
   private readonly maxAnswerBytes: number;
   private lastFingerprint = '';
+  /** What the last load('check') would have made the last one loaded, until took() or the next check (see load()). */
+  private checked: { readonly document: unknown; readonly fingerprint: string; readonly inForce: ReadonlyMap<string, string> | undefined; readonly lastFingerprint: string } | undefined;
   /** The recent entries of the last whole read, for the polls until the next (see RecentEntries), on a server without contextCSN. */
   private recent: RecentEntries | undefined;
   /** What the polls until the next whole read compare with, on a server with contextCSN (see ContextPolls). */
@@ -1807,6 +1814,31 @@ export class LdapStoreMapSource implements StoreMapSource {
    * between the start-up load and the first poll.
    */
   async load(trigger?: string): Promise<unknown> {
+    // A reload's check read is not the last one loaded: a SIGHUP's reload puts it in force only
+    // after its other work (a directory's settings tried on each of its servers, listeners bound
+    // again: seconds, with a server down), and a failover it read would meanwhile be hidden from
+    // the polls, which report only a map that differs from the last one loaded. The reload that
+    // puts it in force says so (took()); a poll that finds it first puts it in force at once.
+    if (trigger === 'check') {
+      const lastFingerprint = this.lastFingerprint;
+      const read = await this.readForCheck(() => this.loadTracked(trigger));
+      this.checked = { ...read, lastFingerprint };
+      return read.document;
+    }
+    return this.loadTracked(trigger);
+  }
+
+  took(document: unknown): void {
+    const checked = this.checked;
+    this.checked = undefined;
+    // Nothing loaded since the check read: otherwise what came after it is the last one loaded.
+    if (checked === undefined || checked.document !== document || this.lastFingerprint !== checked.lastFingerprint) return;
+    this.lastFingerprint = checked.fingerprint;
+    this.inForce = checked.inForce;
+  }
+
+  /** A load (see load()), which the polls wait for. */
+  private async loadTracked(trigger: string | undefined): Promise<unknown> {
     const loading = this.loadNow(trigger);
     this.loading = loading;
     try {
@@ -2276,17 +2308,19 @@ export class LdapStoreMapSource implements StoreMapSource {
         // A server found behind the map in force that still is: down, nothing read.
         const behind = await this.stillBehind();
         if (behind !== undefined) throw behind;
-        let fingerprint = this.lastFingerprint;
+        // Unchanged since the last load, whenever that was (one may have come while this poll
+        // waited on the server): nothing to report.
+        let changed = false;
         if (!(await this.unchanged())) {
           const reading = await this.read();
           const lagging = this.inForce === undefined ? undefined : behindMapInForce(this.inForce, reading.csns, reading.context);
           if (lagging !== undefined) throw this.refuseBehind(reading, lagging);
           // Not behind (another server, or this one caught up): should it fall behind again, that is said again.
           this.behind = undefined;
-          fingerprint = reading.fingerprint;
+          changed = reading.fingerprint !== this.lastFingerprint;
         }
         if (!stopped) onHealth?.(null);
-        if (!stopped && fingerprint !== this.lastFingerprint) onChange();
+        if (!stopped && changed) onChange();
       } catch (error) {
         // Unreachable LDAP: the last good map stays in force.
         if (!stopped) onHealth?.(error instanceof Error ? error : new Error(String(error)));
@@ -2301,16 +2335,19 @@ export class LdapStoreMapSource implements StoreMapSource {
   }
 
   /**
-   * The document, read for a write's check as a load reads it (refused from a server behind the
-   * map in force), without making it the last one loaded: the holder puts no map in force for
-   * it (a write refused after the check, by a read-only replica, say, puts none in force at all).
+   * The document, read for a check (a write's, or a reload's) as a load reads it (refused from a
+   * server behind the map in force), without making it the last one loaded, with what would have
+   * been: the holder puts no map in force for it (a write refused after the check, by a
+   * read-only replica, say, puts none in force at all), or not yet (a reload's, see load()).
    * Made the last loaded, a newer map read here would be the one the polls compare with, and never
    * reported (the rv-diff3 review's lost-change repro); left as it was, the next poll reports it.
+   * `load` is the load that reads it.
    */
-  private async readForCheck(): Promise<unknown> {
+  private async readForCheck(load: () => Promise<unknown>): Promise<{ readonly document: unknown; readonly fingerprint: string; readonly inForce: ReadonlyMap<string, string> | undefined }> {
     const { lastFingerprint, inForce } = this;
     try {
-      return await this.load();
+      const document = await load();
+      return { document, fingerprint: this.lastFingerprint, inForce: this.inForce };
     } finally {
       this.lastFingerprint = lastFingerprint;
       this.inForce = inForce;
@@ -2322,7 +2359,7 @@ export class LdapStoreMapSource implements StoreMapSource {
    * attributes a write needs; `noun` names what is not written when there is no one entry.
    */
   private async storeEntry(store: string, noun: StoreMapWrite, check: ((document: unknown) => void) | undefined): Promise<{ readonly client: Client; readonly entry: Record<string, unknown> & { dn: string } }> {
-    if (check !== undefined) check(await this.readForCheck());
+    if (check !== undefined) check((await this.readForCheck(() => this.load())).document);
     let client: Client;
     let searchEntries: Array<Record<string, unknown> & { dn: string }>;
     try {

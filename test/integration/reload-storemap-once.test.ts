@@ -213,3 +213,70 @@ test('a reload with an LDAP store map reads it whole once; a change made before 
     await pair.stop();
   }
 });
+
+test('a failover written to LDAP just before a reload\'s check read is put in force by the polls while the rest of the reload runs, and stays after it', { timeout: 90_000 }, async () => {
+  const pair = await startSlapdPair({ mode: 'consumer', entries: storeEntries(3), access: FAILOVER_ACCESS });
+  const [provider] = pair.servers;
+  registerPasswords(provider.bindPassword);
+  const dir = tmpDir('reload-storemap-check-read');
+  const configFile = join(dir.path, 'mailfront.yaml');
+  await writeFile(configFile, stringify(await configFor({ ldap: { urls: [provider.url], bind_dn: provider.bindDn, bind_password: provider.bindPassword, base_dn: LDAP_STORES_DN, poll_interval_ms: 100 } })));
+  const writeSuiteLog = suiteLogWriter();
+  const mailfront = await Mailfront.start(loadConfig(configFile), { directory: standInDirectory(), processMetrics: false, logDestination: { write: (line: string) => writeSuiteLog(line) } });
+  const master = (store: string): string | undefined => mailfront.currentStoreMap().stores.get(store)?.currentMaster;
+  try {
+    await sleep(500);
+    // The failover is written right before the check's read, which finds it.
+    const source = mailfront.holder.source;
+    const load = source.load.bind(source);
+    source.load = async (trigger?: string) => {
+      if (trigger === 'check') await provider.modify(failoverLdif('st1', 'sl1b'));
+      return load(trigger);
+    };
+    // The rest of the reload takes its time (a directory's settings tried on a server that does
+    // not answer: seconds), here until the failover is in force, 5 s at most.
+    const read = mailfront.holder.read.bind(mailfront.holder);
+    let inForceDuring = false;
+    mailfront.holder.read = async () => {
+      const checked = await read();
+      inForceDuring = await until(() => master('st1') === 'sl1b', 5_000);
+      return checked;
+    };
+    const reloaded = await mailfront.reload();
+    assert.equal(reloaded.ok, true, reloaded.error);
+    assert.ok(inForceDuring, 'the failover the check read found was not in force within 5 s while the reload ran (the polls every 100 ms did not report it)');
+    assert.equal(master('st1'), 'sl1b', 'the failover is not in force after the reload');
+    await sleep(500);
+    assert.equal(master('st1'), 'sl1b', 'the failover was undone after the reload');
+
+    // With the polls held back, a reload whose check read finds a change puts it in force itself,
+    // and the source counts that read as loaded: the polls, released, read nothing whole for it.
+    source.load = load;
+    mailfront.holder.read = read;
+    const polls = source as unknown as { unchanged: () => Promise<boolean> };
+    const unchangedByPoll = polls.unchanged.bind(polls);
+    let release = (): void => undefined;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    polls.unchanged = async () => {
+      await gate;
+      return unchangedByPoll();
+    };
+    await sleep(300);
+    await provider.modify(failoverLdif('st2', 'sl2b'));
+    const changed = await mailfront.reload();
+    assert.equal(changed.ok, true, changed.error);
+    assert.equal(master('st2'), 'sl2b', 'the change the check read found is not in force after the reload');
+    const whole = countingWholeReads();
+    try {
+      release();
+      await sleep(1_000);
+      assert.equal(whole.count(), 0, 'the polls read the whole map again for the map the reload put in force');
+    } finally {
+      whole.restore();
+    }
+  } finally {
+    await mailfront.stop(0);
+    await dir.remove();
+    await pair.stop();
+  }
+});
