@@ -172,7 +172,7 @@ interface StdoutDestination {
   /** Bytes written to it and not yet to stdout (SonicBoom 4's own field). */
   readonly _len: number;
   readonly destroyed: boolean;
-  flush(done?: () => void): void;
+  flush(done?: (error?: Error | null) => void): void;
   flushSync(): void;
 }
 
@@ -191,6 +191,15 @@ export function dropPendingLog(): number {
     destination.flushSync = () => undefined;
   }
   return dropped;
+}
+
+/**
+ * dropPendingLog(), said on stderr with `why` when there was something to drop: for an exit that
+ * will not wait for the rest of the log (a second signal, a stdout that takes nothing).
+ */
+export function giveUpLog(why: string): void {
+  const dropped = dropPendingLog();
+  if (dropped > 0) writeStderr(`mailfront: ${why}: ${dropped} bytes of log dropped at exit\n`);
 }
 
 /** How long flushLog() waits for stdout to take the lines: a reader that stalls must not hold up what waits on it. */
@@ -221,15 +230,21 @@ export async function flushLog(): Promise<void> {
   }
 }
 
+/** What logWritten() waits on: a logger, or pino's stdout destination itself. */
+export interface FlushableLog {
+  flush(done: (error?: Error | null) => void): void;
+}
+
 /**
  * Resolves once every line logged so far is written, or after `ms` (a log reader that has
- * stalled), or once stdout refuses them (a write error: ENOSPC, EIO). For the end of a stop:
- * exiting with a batch still being written by libuv's thread pool loses it, or lets the lines the
- * exit handler writes at once land before it (`server.stopped` was not always the log's last
- * line). What is not written by then is given up, so that the exit's own flush does not retry it
- * for ever (it did, every 100 ms, on a full disk: the stop never ended).
+ * stalled), or once stdout refuses them (a write error: ENOSPC, EIO, EPIPE). For the end of a
+ * stop (`when` says which on stderr): exiting with a batch still being written by libuv's thread
+ * pool loses it, or lets the lines the exit handler writes at once land before it
+ * (`server.stopped` was not always the log's last line). What is not written by then is given up,
+ * so that the exit's own flush does not retry it for ever (it did, every 100 ms, on a full disk:
+ * the stop never ended; and on a pipe whose reader had gone, after a start that failed).
  */
-export function logWritten(log: Logger, ms: number): Promise<void> {
+export function logWritten(log: FlushableLog, ms: number, when = 'while stopping'): Promise<void> {
   return new Promise((resolve) => {
     let settled = false;
     // The exit must not wait for it either (see dropPendingLog()); said where it may be read.
@@ -237,12 +252,11 @@ export function logWritten(log: Logger, ms: number): Promise<void> {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      const dropped = dropPendingLog();
-      if (dropped > 0) writeStderr(`mailfront: ${why} while stopping: ${dropped} bytes of log dropped at exit\n`);
+      giveUpLog(`${why} ${when}`);
       resolve();
     };
     const timer = setTimeout(() => giveUp(`stdout took no log line for ${ms / 1000} s`), ms);
-    log.flush((error?: Error) => {
+    log.flush((error?: Error | null) => {
       // SonicBoom ends a flush with an fsync of stdout, once its lines are written, and a pipe, a
       // socket or a terminal refuses that (EINVAL): no write failed. Taken for one, it gave up
       // the lines logged meanwhile, and said stdout had refused them.
@@ -254,4 +268,13 @@ export function logWritten(log: Logger, ms: number): Promise<void> {
       resolve();
     });
   });
+}
+
+/**
+ * logWritten() for the stdout log of whatever logger createLogger() made (serve makes one, which
+ * a start that fails does not hand back); at once when there is none (the config could not be
+ * read).
+ */
+export async function stdoutLogWritten(ms: number, when: string): Promise<void> {
+  await Promise.all(stdoutDestinations.map((destination) => logWritten(destination, ms, when)));
 }

@@ -853,10 +853,15 @@ async function main(argv: string[]): Promise<number> {
       // are read, or later during the start, may have missed the operator's edit: it reloads
       // once the server is up.
       const askedBefore = hangupsReceived();
-      const config = await loadConfig(values.config ?? rest[0] ?? DEFAULT_CONFIG);
-      const { Mailfront } = await import('../main.js');
       const { STOP_LOG_FLUSH_MS } = await import('../config/schema.js');
-      const mailfront = await Mailfront.start(config);
+      let mailfront: import('../main.js').Mailfront;
+      try {
+        const config = await loadConfig(values.config ?? rest[0] ?? DEFAULT_CONFIG);
+        const { Mailfront } = await import('../main.js');
+        mailfront = await Mailfront.start(config);
+      } catch (error) {
+        return serveFailed(error, STOP_LOG_FLUSH_MS);
+      }
       // Taken over before the counting stops, so that no SIGHUP meets the default action.
       process.on('SIGHUP', () => reload(mailfront));
       releaseHangups();
@@ -967,14 +972,44 @@ for (const stream of [process.stdout, process.stderr]) {
   });
 }
 
+/** Says on stderr why a command failed; the exit code it fails with. */
+function failed(error: unknown): number {
+  if ((error as { code?: unknown }).code === 'CONFIG_INVALID') process.stderr.write(`mailfront: invalid configuration\n${(error as Error).message}\n`);
+  else process.stderr.write(`mailfront: ${error instanceof Error ? error.message : String(error)}\n`);
+  const exitCode = (error as { exitCode?: unknown }).exitCode;
+  return typeof exitCode === 'number' ? exitCode : 1;
+}
+
+/**
+ * The end of a serve that did not start (a config that cannot be read, a port in use, a store map
+ * or directory that refuses): says why on stderr, then exits as a stop does, once the log lines
+ * are written, waiting for them up to `ms` (what stdout has not taken by then, or refuses, is
+ * given up). The exit's own flush retried lines stdout refused every 100 ms for ever: `serve |
+ * head -c 100`, the reader gone, never exited (and systemd's Restart=on-failure never fired).
+ * SIGTERM and SIGINT, kept for a stop since the CLI's first module (hangup.ts), did nothing
+ * meanwhile: one that comes now ends the wait, the rest of the log given up, as a second signal
+ * ends a stop's drain; one that came during the start (a stop asked for) waits as a stop would.
+ */
+async function serveFailed(error: unknown, ms: number): Promise<never> {
+  const { giveUpLog, stdoutLogWritten } = await import('../log.js');
+  const code = failed(error);
+  // Those received so far are handed over at once, within takeStops(), before the wait begins.
+  let waiting = false;
+  takeStops((signal) => {
+    if (!waiting) return;
+    giveUpLog(`${signal} while the log was written after a failed start`);
+    process.exit(code);
+  });
+  waiting = true;
+  await stdoutLogWritten(ms, 'after a failed start');
+  process.exit(code);
+}
+
 main(process.argv.slice(2)).then(
   (code) => {
     if (code >= 0) process.exitCode = code;
   },
   (error: unknown) => {
-    if ((error as { code?: unknown }).code === 'CONFIG_INVALID') process.stderr.write(`mailfront: invalid configuration\n${(error as Error).message}\n`);
-    else process.stderr.write(`mailfront: ${error instanceof Error ? error.message : String(error)}\n`);
-    const exitCode = (error as { exitCode?: unknown }).exitCode;
-    process.exitCode = typeof exitCode === 'number' ? exitCode : 1;
+    process.exitCode = failed(error);
   },
 );

@@ -3,12 +3,15 @@
  * "SIGTERM / SIGINT" entry says: /readyz answers 503 from the moment the stop begins (a load
  * balancer takes the instance out while spliced sessions drain), a spliced IMAP session is told
  * `* BYE [UNAVAILABLE] Server shutting down` when the drain deadline passes, and the log's last
- * line, `server.stopped`, is on disk when the process has exited.
+ * line, `server.stopped`, is on disk when the process has exited. And how a start that fails ends
+ * as a stop does: exit 1 once the log is written or given up, whatever stdout's reader does.
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
+import { createServer } from 'node:net';
+import type { Server } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -97,6 +100,64 @@ async function logged(file: string, event: string, ms: number): Promise<void> {
     if (Date.now() > deadline) throw new Error(`no ${event} within ${ms} ms: ${readFileSync(file, 'utf8')}`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/** A server on a free loopback port that takes connections and drops them: a port in use. */
+async function squatPort(): Promise<Server> {
+  const squatter = createServer((socket) => socket.destroy());
+  await new Promise<void>((resolve, reject) => {
+    squatter.once('error', reject);
+    squatter.listen(0, '127.0.0.1', resolve);
+  });
+  return squatter;
+}
+
+/**
+ * Runs a `serve` whose start fails (its HTTP port is in use) with `stdout`, and `signal` sent once
+ * stderr has said why: how it ended within 30 s (null: still running, then SIGKILLed) and its stderr.
+ */
+async function failedStart(name: string, stdout: number | 'pipe', signal?: NodeJS.Signals): Promise<{ ended: { code: number | null; signal: NodeJS.Signals | null } | null; stderr: string }> {
+  const [imapPort, squatter] = [await freePort(), await squatPort()];
+  const configFile = writeConfig(`${name}.yaml`, imapPort, { http: { host: '127.0.0.1', port: (squatter.address() as { port: number }).port } });
+  const cli = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+  const child = spawn(process.execPath, [cli, 'serve', '-c', configFile], { stdio: ['ignore', stdout, 'pipe'] });
+  // The log shipper gone before the first line (`serve | head -c 100` once head has had its bytes).
+  child.stdout?.destroy();
+  let stderr = '';
+  child.stderr!.setEncoding('utf8').on('data', (text: string) => (stderr += text));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  try {
+    if (signal !== undefined) {
+      const deadline = Date.now() + 15_000;
+      while (!/EADDRINUSE/.test(stderr) && child.exitCode === null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      child.kill(signal);
+    }
+    const ended = await Promise.race([exited, new Promise<null>((r) => setTimeout(() => r(null), 30_000))]);
+    // stderr's last bytes may come after the exit.
+    await new Promise((r) => setTimeout(r, 200));
+    return { ended, stderr };
+  } finally {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    squatter.close();
+  }
+}
+
+/** The write end of a FIFO whose 64 KiB this process has filled and never reads (a log shipper that hung), non-blocking; close both when done. */
+function stalledFifo(name: string): { out: number; reader: number } {
+  const fifo = join(dir.path, `${name}.fifo`);
+  execFileSync('mkfifo', [fifo]);
+  const reader = openSync(fifo, 'r+');
+  const out = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+  const filler = Buffer.alloc(4096, 'x');
+  for (;;) {
+    try {
+      writeSync(out, filler);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'EAGAIN') break;
+      throw error;
+    }
+  }
+  return { out, reader };
 }
 
 // The cases run at once: each runs a mailfront of its own (its config, port, log and FIFO), and
@@ -380,6 +441,41 @@ describe('stopping mailfront', { concurrency: true }, () => {
       assert.match(stderr, /mailfront: stdout refused the log lines \(ENOSPC\) while stopping: \d+ bytes of log dropped at exit\n/);
     } finally {
       if (child.exitCode === null) child.kill('SIGKILL');
+    }
+  });
+  // `mailfront serve | head -c 100` with a port in use ran on for ever: the exit's synchronous
+  // flush of stdout retried the lines its reader would never take every 100 ms, and SIGTERM, kept
+  // for a stop that never came, did nothing. systemd's Restart=on-failure never fired.
+  test("a start that fails with stdout's reader gone (EPIPE) exits 1, the error on stderr", async () => {
+    const { ended, stderr } = await failedStart('failed-start-epipe', 'pipe');
+    assert.deepEqual(ended, { code: 1, signal: null }, `not ended 30 s after a failed start; stderr: ${stderr}`);
+    assert.match(stderr, /^mailfront: .*EADDRINUSE/m);
+  });
+
+  test('a start that fails with the log reader stalled exits 1 once stdout has taken no line for 5 s, what was not written dropped and said on stderr', async () => {
+    const { out, reader } = stalledFifo('failed-start-stalled');
+    try {
+      const { ended, stderr } = await failedStart('failed-start-stalled', out);
+      assert.deepEqual(ended, { code: 1, signal: null }, `not ended 30 s after a failed start; stderr: ${stderr}`);
+      assert.match(stderr, /^mailfront: .*EADDRINUSE/m);
+      assert.match(stderr, /^mailfront: stdout took no log line for 5 s after a failed start: [1-9]\d* bytes of log dropped at exit$/m);
+    } finally {
+      closeSync(out);
+      closeSync(reader);
+    }
+  });
+
+  test('a SIGTERM while a failed start waits for a stalled log reader ends the wait: exit 1, what was not written dropped and said on stderr', async () => {
+    const { out, reader } = stalledFifo('failed-start-sigterm');
+    try {
+      const { ended, stderr } = await failedStart('failed-start-sigterm', out, 'SIGTERM');
+      assert.deepEqual(ended, { code: 1, signal: null }, `not ended 30 s after SIGTERM; stderr: ${stderr}`);
+      assert.match(stderr, /^mailfront: .*EADDRINUSE/m);
+      assert.match(stderr, /^mailfront: SIGTERM while the log was written after a failed start: [1-9]\d* bytes of log dropped at exit$/m);
+      assert.doesNotMatch(stderr, /took no log line/);
+    } finally {
+      closeSync(out);
+      closeSync(reader);
     }
   });
 });
