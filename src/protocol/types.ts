@@ -133,10 +133,13 @@ export interface PreauthMachine {
   /** The login was refused; `text` is a human sentence (never a secret). Resumes processing buffered input. */
   loginFailed(refusal: LoginRefusal, text?: string): PreauthAction[];
   /**
-   * The pre-auth deadline passed: a BYE/-ERR and a close; a login under way is answered as
-   * unavailable first, and nothing buffered behind it is run.
+   * The pre-auth deadline passed: a BYE/-ERR and a close; a login under way is answered first,
+   * and nothing buffered behind it is run. Answered with `refusal` (and `text`, as loginFailed()
+   * takes them) when the session has decided it already and waits out the failure delay;
+   * otherwise, still undecided (the directory or the backend not answered), as unavailable. A
+   * bearer token refused gets the mechanism's final refusal at once, without its error challenge.
    */
-  timedOut(): PreauthAction[];
+  timedOut(refusal?: LoginRefusal, text?: string): PreauthAction[];
   /** The server is shutting down: a BYE/-ERR and a close. */
   shuttingDown(): PreauthAction[];
 }

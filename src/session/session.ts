@@ -352,6 +352,11 @@ export class Session {
   private readingStopped: Socket | undefined;
   /** The pre-auth deadline cut a login short: the timeout answer ends the session. */
   private loginTimedOut = false;
+  /**
+   * The refusal of a login decided already, while the session waits out the failure delay (and
+   * the throttle's penalty) to answer it: the pre-auth deadline's answer gives it, not unavailable.
+   */
+  private decided: { readonly refusal: LoginRefusal; readonly text: string | undefined } | undefined;
   /** What the login under way waits on, as the kind its failure would have (the directory, a slot), and the last failure it was held for: cutByDeadline() reads them. */
   private loginWaitsOn: FailureKind | undefined;
   private heldFor: MailfrontError | undefined;
@@ -482,14 +487,16 @@ export class Session {
     // implicit-TLS handshake included; a login in progress is no way around it. Such a login is
     // abandoned (its catch runs in the microtasks the abort starts); on the next turn the
     // machine's timeout answer answers it as unavailable and ends the session, without running
-    // what the client pipelined behind it.
+    // what the client pipelined behind it. A login refused already, its answer waiting out the
+    // failure delay, is answered at once with its refusal (a wrong password is no outage), then
+    // the timeout answer: the deadline cuts the delay short.
     this.preauthTimer = setTimeout(() => {
       if (this.phase === 'authenticating' || this.phase === 'backend-login') {
         this.loginTimedOut = true;
         this.canceller?.abort();
         setImmediate(() => this.perform(this.machine.timedOut()));
       } else if (this.phase === 'preauth' || this.phase === 'greeting') {
-        this.perform(this.machine.timedOut());
+        this.perform(this.machine.timedOut(this.decided?.refusal, this.decided?.text));
       }
     }, Math.max(0, acceptedAt + config.session.preauthTimeoutMs - performance.now()));
     // STARTTLS needs the socket's stream as it is: a session that may be offered it reads through 'data'.
@@ -893,6 +900,7 @@ export class Session {
     let user = named === undefined ? (given === undefined ? null : normalizeUser(given, config.usernames)) : named.staff;
     let typed = named === undefined ? user : named.target;
     this.loginWaitsOn = undefined;
+    this.decided = undefined;
     this.heldFor = undefined;
     // What the throttle, the login gate and the failure counts go by (countedUser): the user whose
     // password is tried, the staff member's in a master login.
@@ -1097,6 +1105,9 @@ export class Session {
       this.lease.loginFailed();
       this.slot = undefined;
       const refusal = refusalFor(error.kind);
+      const text = error.clientText ?? (refusal !== 'limit' ? UNAVAILABLE_TEXT[error.kind] : error.code === ADDRESS_CONNECTION_LIMIT ? ADDRESS_LIMIT_TEXT : LIMIT_TEXT);
+      // Decided: the deadline, if it comes during the waits below, answers this refusal.
+      this.decided = { refusal, text };
       // A wrong password for an entry found under an alias: logged by the entry's own name too, as
       // its success would be (in a master login, the staff member's entry).
       if (error instanceof WrongPasswordError && user !== null) {
@@ -1124,7 +1135,7 @@ export class Session {
       // is down gets one answer, and writes one error line, per delay, not one per command.
       await delay(started + config.session.authFailureDelayMs + penaltyMs - performance.now(), this.cancellation);
       this.store = undefined;
-      const text = error.clientText ?? (refusal !== 'limit' ? UNAVAILABLE_TEXT[error.kind] : error.code === ADDRESS_CONNECTION_LIMIT ? ADDRESS_LIMIT_TEXT : LIMIT_TEXT);
+      this.decided = undefined;
       if (this.phase === 'preauth' && !this.socket.destroyed) this.perform(this.machine.loginFailed(refusal, text));
       // Counted once answered (or once its client or session went), the failure delay included: what the client waited.
       this.countLogin(error.kind, started);

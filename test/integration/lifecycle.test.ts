@@ -306,6 +306,48 @@ test('the pre-auth deadline ends a session whose login is still running: the log
   }
 });
 
+test('the pre-auth deadline during the failure delay of a refused login: the refusal decided (a wrong password), then the timeout answer, at the deadline', async () => {
+  // The failure delay (10 s) outlasts the deadline (1.5 s from accept): a wrong password is
+  // refused by the directory at once, and its answer waits for the delay when the deadline comes.
+  const delayed = await startFront({ slapd, sieve: true, stores: { alpha: { currentMaster: 'm', slots: { m: { imapPort: master.imapPort } } } }, session: { preauth_timeout_ms: 1_500, auth_failure_delay_ms: 10_000 } });
+  const plain = Buffer.from(`\0liz\0not-${PASSWORD}`).toString('base64');
+  try {
+    const cases = [
+      { port: delayed.imapTrustedPort, login: ['a LOGIN liz wrong-pw'], refused: /^a NO \[AUTHENTICATIONFAILED\] /, timeout: /^\* BYE No login within the time allowed/ },
+      { port: delayed.pop3TrustedPort, login: ['USER liz', 'PASS wrong-pw'], refused: /^-ERR \[AUTH\] /, timeout: /^-ERR No login within the time allowed/ },
+      { port: delayed.sieveTrustedPort!, login: [`AUTHENTICATE "PLAIN" "${plain}"`], refused: /^NO "Authentication failed\."/, timeout: /^BYE "No login within the time allowed\."/ },
+    ];
+    await Promise.all(
+      cases.map(async ({ port, login, refused, timeout }) => {
+        const raw = await LineClient.connect(port);
+        const accepted = Date.now();
+        // The greeting (ManageSieve's capabilities end with OK); POP3's USER is answered at once.
+        for (let line = await raw.readLine(); !/^(\* OK|\+OK|OK)/.test(line); line = await raw.readLine());
+        for (const [i, line] of login.entries()) {
+          raw.send(line);
+          if (i < login.length - 1) assert.match(await raw.readLine(), /^\+OK/);
+        }
+        // Not NO [UNAVAILABLE], -ERR [SYS/TEMP], NO (TRYLATER): a wrong password is no outage.
+        assert.match(await raw.readLine(5_000), refused);
+        assert.match(await raw.readLine(1_000), timeout);
+        assert.ok(await raw.waitClosed(2_000), 'the session was closed at the deadline');
+        const elapsed = Date.now() - accepted;
+        assert.ok(elapsed >= 1_400 && elapsed < 6_000, `closed ${elapsed} ms after accept: at the deadline, not after the failure delay`);
+        raw.close();
+      }),
+    );
+    // Logged as the refusal it was, each session ended by the deadline.
+    for (const protocol of ['imap', 'pop3', 'managesieve']) {
+      const failed = await waitForLog(delayed, (l) => l['event'] === 'session.login_failed' && l['protocol'] === protocol);
+      assert.equal(failed['code'], 'WRONG_PASSWORD');
+      assert.equal(failed['kind'], 'auth-failed');
+      await waitForLog(delayed, (l) => l['event'] === 'session.finished' && l['protocol'] === protocol && l['reason'] === 'timeout');
+    }
+  } finally {
+    await delayed.stop();
+  }
+});
+
 test('a backend CA file: relative to the config folder, re-read on reload when it changed in place, and an unreadable one refuses logins without harm', async () => {
   const secure = await startDovecot({ name: 'life-tls', tls: true, users: [{ name: 'liz', password: PASSWORD }] });
   const dir = tmpDir('backendca');

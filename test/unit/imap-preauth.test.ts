@@ -3,7 +3,7 @@ import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { MAX_LINE_BYTES, MAX_PIPELINED_BYTES, MAX_PIPELINED_HELD_BYTES } from '../../src/limits.js';
 import { imapAdapter } from '../../src/protocol/imap/index.js';
-import type { PreauthOptions } from '../../src/protocol/types.js';
+import type { LoginRefusal, PreauthOptions } from '../../src/protocol/types.js';
 import { latin1, preauthTrace, runPreauth, TLS, TLS_CLIENT, utf8, type LoginReply } from './imap-testkit.js';
 
 const CAPS_TLS = 'IMAP4rev1 SASL-IR ID LITERAL- AUTH=PLAIN AUTH=LOGIN';
@@ -386,6 +386,23 @@ describe('IMAP pre-auth: timeouts, shutdown, drain', () => {
       { type: 'send', data: '* BYE [UNAVAILABLE] Server shutting down\r\n' },
       { type: 'close', reason: 'shutdown' },
     ]);
+  });
+
+  it('at the deadline, a login pending is answered as the session decided it (unavailable if undecided), then BYE; nothing pipelined behind it runs', () => {
+    const timedOutWith = (refusal?: LoginRefusal, text?: string) => {
+      const machine = imapAdapter.createPreauth(TLS_CLIENT);
+      assert.deepStrictEqual(machine.receive(utf8('a LOGIN u p\r\nb LOGOUT\r\n')).map((action) => action.type), ['login']);
+      const out = machine.timedOut(refusal, text);
+      assert.deepStrictEqual(machine.receive(utf8('c LOGIN u p\r\n')), []);
+      return out;
+    };
+    const answered = (line: string) => [
+      { type: 'send', data: `a ${line}\r\n* BYE No login within the time allowed\r\n` },
+      { type: 'close', reason: 'timeout' },
+    ];
+    assert.deepStrictEqual(timedOutWith('auth-failed'), answered(AUTH_FAILED.trimEnd()));
+    assert.deepStrictEqual(timedOutWith('limit', 'Too many sessions.'), answered('NO [LIMIT] Too many sessions.'));
+    assert.deepStrictEqual(timedOutWith(), answered('NO [UNAVAILABLE] Temporary failure, please try again later.'));
   });
 
   it('buffers input while a login is pending and only then answers', () => {

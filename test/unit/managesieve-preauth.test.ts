@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { MAX_AUTH_ATTEMPTS, MAX_BAD_COMMANDS, MAX_LINE_BYTES, MAX_PIPELINED_HELD_BYTES, MAX_PREAUTH_COMMANDS, MAX_PREAUTH_LITERAL_BYTES } from '../../src/limits.js';
 import { managesieveAdapter, PREAUTH_SIEVE_EXTENSIONS } from '../../src/protocol/managesieve/index.js';
-import type { PreauthOptions } from '../../src/protocol/types.js';
+import type { LoginRefusal, PreauthOptions } from '../../src/protocol/types.js';
 import { PLAIN_PORT, preauthTrace, TLS, wire } from './managesieve-harness.js';
 
 const IMPLICIT_TLS: Partial<PreauthOptions> = { tlsActive: true, starttlsAvailable: false };
@@ -313,6 +313,21 @@ describe('managesieve preauth: deadlines, shutdown and drain', () => {
     loggedIn.loginSucceeded(null);
     assert.deepEqual(loggedIn.timedOut(), []);
     assert.deepEqual(loggedIn.receive(Buffer.from('NOOP\r\n')), []);
+  });
+
+  it('at the deadline, a login pending is answered as the session decided it (TRYLATER if undecided), then BYE; nothing pipelined behind it runs', () => {
+    const timedOutWith = (refusal?: LoginRefusal, text?: string) => {
+      const machine = managesieveAdapter.createPreauth({ ...PLAIN_PORT, ...TRUSTED });
+      machine.greeting();
+      assert.deepEqual(machine.receive(Buffer.from(`AUTHENTICATE "PLAIN" "${plain('alice', 'pw')}"\r\nLOGOUT\r\n`)).map((action) => action.type), ['login']);
+      const out = machine.timedOut(refusal, text);
+      assert.deepEqual(machine.receive(Buffer.from('CAPABILITY\r\n')), []);
+      return out;
+    };
+    const answered = (line: string) => [{ type: 'send', data: `${line}\r\nBYE "No login within the time allowed."\r\n` }, { type: 'close', reason: 'timeout' }];
+    assert.deepEqual(timedOutWith('auth-failed'), answered('NO "Authentication failed."'));
+    assert.deepEqual(timedOutWith('limit', 'Too many sessions.'), answered('NO (TRYLATER) "Too many sessions."'));
+    assert.deepEqual(timedOutWith(), answered('NO (TRYLATER) "Temporary failure, please try again later."'));
   });
 
   it('loginSucceeded outside a pending login is a bug', () => {

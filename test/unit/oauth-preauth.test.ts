@@ -14,6 +14,9 @@ import { TLS_CLIENT, preauthTrace } from './imap-testkit.js';
 import { bytewise, runPreauth, whole } from './pop3-harness.js';
 import type { Event } from './pop3-harness.js';
 import { PLAIN_PORT, preauthTrace as sieveTrace } from './managesieve-harness.js';
+import { imapAdapter } from '../../src/protocol/imap/index.js';
+import { pop3Adapter } from '../../src/protocol/pop3/index.js';
+import { managesieveAdapter } from '../../src/protocol/managesieve/index.js';
 
 const TOKEN = 'eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl';
 const b64 = (text: string): string => Buffer.from(text, 'utf8').toString('base64');
@@ -92,6 +95,12 @@ describe('IMAP', () => {
     assert.equal(trace.at(-1), 'close limit');
   });
 
+  test('a token refused when the pre-auth deadline comes: the refusal at once, no challenge to answer, then the BYE', () => {
+    const machine = imapAdapter.createPreauth({ ...TLS_CLIENT, ...OAUTH });
+    assert.equal(machine.receive(Buffer.from(`a AUTHENTICATE OAUTHBEARER ${oauthbearer('alice')}\r\n`))[0]?.type, 'bearer-login');
+    assert.deepEqual(machine.timedOut('auth-failed'), [{ type: 'send', data: 'a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n* BYE No login within the time allowed\r\n' }, { type: 'close', reason: 'timeout' }]);
+  });
+
   test('a temporary failure is answered at once, without the challenge, and not counted', () => {
     const trace = preauthTrace({ options: OAUTH, phases: [`a AUTHENTICATE OAUTHBEARER ${oauthbearer('alice')}\r\n`, 'b NOOP\r\n'], logins: [{ ok: false, refusal: 'unavailable', text: 'Try later.' }], respond: 'immediately' });
     assert.deepEqual(trace.slice(1), ['send a NO [UNAVAILABLE] Try later.\r\nb OK NOOP completed.\r\n']);
@@ -159,6 +168,16 @@ describe('POP3', () => {
     }
   });
 
+  test('a token refused when the pre-auth deadline comes: the refusal at once, no challenge to answer, then the -ERR', () => {
+    const machine = pop3Adapter.createPreauth(TLS_OAUTH);
+    assert.equal(machine.receive(Buffer.from(`AUTH OAUTHBEARER ${oauthbearer('alice')}\r\n`))[0]?.type, 'bearer-login');
+    assert.deepEqual(machine.timedOut('auth-failed'), [
+      { type: 'send', data: '-ERR [AUTH] Authentication failed.\r\n' },
+      { type: 'send', data: '-ERR No login within the time allowed\r\n' },
+      { type: 'close', reason: 'timeout' },
+    ]);
+  });
+
   test('a temporary failure is answered at once: -ERR [SYS/TEMP]', () => {
     const text = sends(runPreauth(TLS_OAUTH, [`AUTH OAUTHBEARER ${oauthbearer('alice')}\r\n`], whole, [{ refuse: 'unavailable' }]));
     assert.match(text, /-ERR \[SYS\/TEMP\] Temporary failure/);
@@ -197,6 +216,13 @@ describe('ManageSieve', () => {
       const trace = sieveTrace({ options: OAUTH, phases, logins: [{ ok: true }] });
       assert.ok(trace.includes(login), `${phases[0]?.slice(0, 40)}: ${trace.map((l) => l.slice(0, 60)).join(' | ')}`);
     }
+  });
+
+  test('a token refused when the pre-auth deadline comes: the refusal at once, no challenge to answer, then the BYE', () => {
+    const machine = managesieveAdapter.createPreauth({ ...PLAIN_PORT, ...OAUTH });
+    machine.greeting();
+    assert.equal(machine.receive(Buffer.from(`AUTHENTICATE "OAUTHBEARER" "${oauthbearer('alice')}"\r\n`))[0]?.type, 'bearer-login');
+    assert.deepEqual(machine.timedOut('auth-failed'), [{ type: 'send', data: 'NO "Authentication failed."\r\nBYE "No login within the time allowed."\r\n' }, { type: 'close', reason: 'timeout' }]);
   });
 
   test('a temporary failure: NO (TRYLATER) at once', () => {

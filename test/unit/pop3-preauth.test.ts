@@ -10,7 +10,7 @@ import {
   MAX_PREAUTH_COMMANDS,
 } from '../../src/limits.js';
 import { pop3Adapter } from '../../src/protocol/pop3/index.js';
-import type { PreauthOptions } from '../../src/protocol/types.js';
+import type { LoginRefusal, PreauthOptions } from '../../src/protocol/types.js';
 import { bytewise, preauthEverySplit, runPreauth, sent, TLS, whole, type Event } from './pop3-harness.js';
 
 const greetingText = 'mailfront ready';
@@ -548,6 +548,25 @@ describe('pop3 preauth: limits and hostile input', () => {
       { type: 'send', data: '-ERR [SYS/TEMP] Server shutting down, please wait and try again later.\r\n' },
       { type: 'close', reason: 'shutdown' },
     ]);
+  });
+
+  it('at the deadline, a login pending is answered as the session decided it (unavailable if undecided), then -ERR; nothing pipelined behind it runs', () => {
+    const timedOutWith = (refusal?: LoginRefusal, text?: string) => {
+      const machine = pop3Adapter.createPreauth(TRUSTED);
+      machine.receive(Buffer.from('USER alice\r\n'));
+      assert.deepEqual(machine.receive(Buffer.from('PASS secret\r\nQUIT\r\n')).map((action) => action.type), ['login']);
+      const out = machine.timedOut(refusal, text);
+      assert.deepEqual(machine.receive(Buffer.from('CAPA\r\n')), []);
+      return out;
+    };
+    const answered = (line: string) => [
+      { type: 'send', data: `${line}\r\n` },
+      { type: 'send', data: '-ERR No login within the time allowed\r\n' },
+      { type: 'close', reason: 'timeout' },
+    ];
+    assert.deepEqual(timedOutWith('auth-failed'), answered('-ERR [AUTH] Authentication failed.'));
+    assert.deepEqual(timedOutWith('limit', 'Too many sessions.'), answered('-ERR [SYS/TEMP] Too many sessions.'));
+    assert.deepEqual(timedOutWith(), answered('-ERR [SYS/TEMP] Temporary failure, please wait and try again later.'));
   });
 
   it('never throws on random input, split anyhow', () => {

@@ -1,6 +1,7 @@
 // The pre-auth deadline against a login still under way: waiting on the throttle (a Redis round
 // trip), or on a directory that does not answer. The session ends at the deadline, the login goes
-// no further, and nothing the client pipelined behind it is run.
+// no further, and nothing the client pipelined behind it is run. And against a login refused
+// already, its answer waiting out the throttle's penalty: that refusal is the answer, at the deadline.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { SessionContext } from '../../src/session/session.js';
@@ -97,4 +98,38 @@ test('a deadline that cuts a login short at the directory: the login answered as
   assert.match(lines[2]!, /^\* BYE No login within the time allowed/);
   assert.deepEqual(session.steps, ['directory bob']);
   assert.equal(session.limiter.sessionsOf('bob'), 0, 'the user claim is released');
+});
+
+test('a deadline that passes while a refused login waits out the throttle\'s penalty: the refusal decided, then the timeout answer, at the deadline; the failure counted as it was', async () => {
+  // The directory refuses the password at once; the throttle adds 10 s before the answer (the
+  // failure delay is 0 here), far past the 100 ms deadline.
+  const session = startSession((steps) => ({
+    directory: () =>
+      ({
+        authenticate: async () => {
+          steps.push('directory');
+          throw new MailfrontError('WRONG_PASSWORD', 'auth-failed', 'wrong password');
+        },
+      }) as unknown as ReturnType<SessionContext['directory']>,
+    throttle: () =>
+      ({
+        ...throttleThatAllows(),
+        recordFailure: async () => {
+          steps.push('failure recorded');
+          return { refused: false, refusedForMs: 0, delayMs: 10_000 };
+        },
+      }) as unknown as ReturnType<SessionContext['throttle']>,
+  }));
+  const started = performance.now();
+  session.socket.push('a LOGIN bob wrong-pw\r\nb LOGOUT\r\n');
+  await until(() => session.ended() !== '', 'the session to end');
+  await aTurn();
+  assert.ok(performance.now() - started < 5_000, 'ended at the deadline, not after the penalty');
+  assert.equal(session.ended(), 'timeout');
+  const lines = session.socket.out.split('\r\n').filter((l) => l !== '');
+  // Not NO [UNAVAILABLE]: a wrong password is no outage. The LOGOUT pipelined behind it is not run.
+  assert.deepEqual(lines.slice(1), ['a NO [AUTHENTICATIONFAILED] Authentication failed.', '* BYE No login within the time allowed']);
+  assert.deepEqual(session.steps, ['directory', 'failure recorded']);
+  const { body } = await session.metrics.exposition();
+  assert.match(body, /^mailfront_logins_total\{protocol="imap",result="auth-failed"\} 1$/m);
 });

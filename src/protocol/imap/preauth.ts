@@ -218,11 +218,14 @@ export class ImapPreauthMachine implements PreauthMachine {
     return this.run(out);
   }
 
-  timedOut(): PreauthAction[] {
+  timedOut(refusal: LoginRefusal = 'unavailable', text?: string): PreauthAction[] {
     if (this.phase === 'closed' || this.phase === 'logged-in') return [];
     const out: PreauthAction[] = [];
-    // A login still under way is answered first; what the client pipelined behind it is not run.
-    if (this.phase === 'login-pending') push(out, this.refusalLine('unavailable'));
+    // A login still under way is answered first (as decided, if it was); what the client pipelined behind it is not run.
+    if (this.phase === 'login-pending') {
+      this.pendingBearer = null;
+      push(out, this.refusalLine(refusal, text));
+    }
     // The time runs from accept (session.preauth_timeout_ms), not from the last command: no "idle".
     return this.close(out, '* BYE No login within the time allowed\r\n', 'timeout');
   }

@@ -182,11 +182,14 @@ export class ManageSievePreauth implements PreauthMachine {
     return this.#run(out);
   }
 
-  timedOut(): PreauthAction[] {
+  timedOut(refusal: LoginRefusal = 'unavailable', text?: string): PreauthAction[] {
     if (this.#phase === 'closed' || this.#phase === 'logged-in') return [];
     const out: PreauthAction[] = [];
-    // A login still under way is answered first; what the client pipelined behind it is not run.
-    if (this.#phase === 'login-pending') push(out, refusalLine('unavailable', undefined));
+    // A login still under way is answered first (as decided, if it was); what the client pipelined behind it is not run.
+    if (this.#phase === 'login-pending') {
+      this.#pendingBearer = null;
+      push(out, refusalLine(refusal, text));
+    }
     return this.#close(out, 'BYE "No login within the time allowed."', 'timeout');
   }
 

@@ -188,9 +188,9 @@ export class Pop3Preauth implements PreauthMachine {
     return actions;
   }
 
-  timedOut(): PreauthAction[] {
-    // A login still under way is answered first; what the client pipelined behind it is not run.
-    const pending = this.#state === 'awaiting-login' ? [send(refusalLine('unavailable', undefined))] : [];
+  timedOut(refusal: LoginRefusal = 'unavailable', text?: string): PreauthAction[] {
+    // A login still under way is answered first (as decided, if it was); what the client pipelined behind it is not run.
+    const pending = this.#state === 'awaiting-login' ? [send(refusalLine(refusal, text))] : [];
     const last = this.#finalWords('-ERR No login within the time allowed', 'timeout');
     return last.length === 0 ? [] : [...pending, ...last];
   }
