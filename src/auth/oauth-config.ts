@@ -9,7 +9,7 @@
  * connections (auth/oauth.ts reads the file and fetches the URLs; config/load.ts reads
  * client_secret_file).
  */
-import { IssueList, at, bool, int, oneOf, optStr, readSection, str, strList } from '../config/validate.js';
+import { IssueList, at, bool, int, oneOf, optStr, readSection, str, strList, urlShown } from '../config/validate.js';
 
 /** The signature algorithms mailfront verifies (RFC 7518 §3.1, RFC 8037): public keys only, never `none` nor HS*. */
 export const JWT_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'] as const;
@@ -93,7 +93,7 @@ export function readOAuthConfig(v: unknown, path: string, issues: IssueList, res
     const text = optStr(o, key, path, issues);
     if (text === undefined || text === '') return undefined;
     const problem = jwksUrlProblem(text);
-    if (problem !== null) issues.addFinding(at(path, key), 'an https:// URL (http:// only to a loopback address)', `${problem}: ${JSON.stringify(text.slice(0, 80))}`);
+    if (problem !== null) issues.addFinding(at(path, key), 'an https:// URL (http:// only to a loopback address)', `${problem}: ${JSON.stringify(urlShown(text).slice(0, 80))}`);
     return text;
   };
   const jwksUrl = url('jwks_url');
@@ -108,7 +108,7 @@ export function readOAuthConfig(v: unknown, path: string, issues: IssueList, res
   } else if (discovery && issuers[0] !== undefined) {
     openidConfigurationUrl = `${issuers[0].replace(/\/$/, '')}/.well-known/openid-configuration`;
     const problem = jwksUrlProblem(openidConfigurationUrl);
-    if (problem !== null) issues.addFinding(at(path, 'discovery'), 'an issuers[0] that is an https:// URL (http:// only to a loopback address): discovery reads <issuer>/.well-known/openid-configuration', `${problem}: ${JSON.stringify(issuers[0].slice(0, 80))}`);
+    if (problem !== null) issues.addFinding(at(path, 'discovery'), 'an issuers[0] that is an https:// URL (http:// only to a loopback address): discovery reads <issuer>/.well-known/openid-configuration', `${problem}: ${JSON.stringify(urlShown(issuers[0]).slice(0, 80))}`);
     discoveryIssuers = [issuers[0]];
   }
   const introspectionKnown = introspectionUrl !== undefined || openidConfigurationUrl !== undefined;

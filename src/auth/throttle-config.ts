@@ -248,14 +248,13 @@ function readRedis(v: unknown, path: string, issues: IssueList, resolvePath: ((p
     // Sentinel: no URL to check.
   } else if (parsed === undefined || (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') || parsed.hostname === '') {
     // A URL that does not parse may still hold a password: what precedes an "@" is never shown.
-    const credentialsEnd = url.lastIndexOf('@');
-    issues.add(at(path, 'url'), 'a redis:// or rediss:// URL with a host', credentialsEnd < 0 ? url : `[credentials hidden]@${url.slice(credentialsEnd + 1)}`);
+    issues.addUrl(at(path, 'url'), 'a redis:// or rediss:// URL with a host', url);
   } else if (parsed.password !== '') {
     // A password in a URL ends up in process listings, shell histories and error messages.
     issues.addFinding(at(path, 'url'), 'a URL without a password (use auth_password_file)', 'a URL with a password');
   } else if (!/^\/?(?:\d+)?$/.test(parsed.pathname)) {
     // The path is the database number; the client library throws on anything else.
-    issues.add(at(path, 'url'), 'a redis:// or rediss:// URL whose path, if any, is a database number (redis://host:6379/0)', url);
+    issues.addUrl(at(path, 'url'), 'a redis:// or rediss:// URL whose path, if any, is a database number (redis://host:6379/0)', url);
   }
   const username = optStr(o, 'username', path, issues);
   const password = optStr(o, 'auth_password', path, issues);
@@ -300,7 +299,7 @@ function readSentinel(v: unknown, path: string, issues: IssueList): ThrottleSent
   strList(o, 'nodes', path, issues).forEach((name, i) => {
     const m = SENTINEL_NODE.exec(name);
     const port = Number(m?.[3] ?? 0);
-    if (m === null || port < 1 || port > 65535) issues.add(at(at(path, 'nodes'), i), 'a sentinel as host:port (an IPv6 address in brackets: [2001:db8::1]:26379)', name);
+    if (m === null || port < 1 || port > 65535) issues.addUrl(at(at(path, 'nodes'), i), 'a sentinel as host:port (an IPv6 address in brackets: [2001:db8::1]:26379)', name);
     else nodes.push({ host: m[1] ?? m[2] ?? '', port });
   });
   const username = optStr(o, 'username', path, issues);

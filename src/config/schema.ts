@@ -1033,9 +1033,9 @@ export function readAdminInstances(o: Record<string, unknown>, issues: IssueList
   const instances: string[] = [];
   list.forEach((item, i) => {
     const origin = typeof item === 'string' ? adminUrlOrigin(item) : null;
-    if (origin === null) return issues.add(at(path, i), 'an admin API base URL: http:// or https://, a host and an optional port, and nothing after them (http://HOST:PORT)', item);
+    if (origin === null) return issues.addUrl(at(path, i), 'an admin API base URL: http:// or https://, a host and an optional port, and nothing after them (http://HOST:PORT)', item);
     const before = seen.get(origin);
-    if (before !== undefined) return issues.add(at(path, i), `an instance not listed before (admin.instances[${before}] is ${origin} too)`, item);
+    if (before !== undefined) return issues.addUrl(at(path, i), `an instance not listed before (admin.instances[${before}] is ${origin} too)`, item);
     seen.set(origin, i);
     // As the URL reads once parsed: the header of its answers, the key of --json, the --url a hint gives.
     instances.push(origin);

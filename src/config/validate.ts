@@ -24,6 +24,16 @@ export class IssueList {
     this.issues.push({ path, expected, found });
   }
 
+  /**
+   * An issue about a URL-valued setting (or a host:port a URL may have been written in place
+   * of): described as add() does, but a string quoted without its userinfo (urlShown()).
+   */
+  addUrl(path: string, expected: string, value: unknown): void {
+    // Quoted or not as written (describe()); the length told is the value's own.
+    const found = typeof value === 'string' && value.length <= QUOTED_CHARS ? JSON.stringify(urlShown(value)) : describe(value);
+    this.issues.push({ path, expected, found });
+  }
+
   /** An issue whose finding is already words, not a value (printed as is). */
   addFinding(path: string, expected: string, found: string): void {
     this.issues.push({ path, expected, found });
@@ -40,14 +50,33 @@ function describeShape(value: unknown): string {
   return `a ${typeof value} (not shown: a secret)`;
 }
 
+/** The longest string describe() quotes; a longer one is told by its length. */
+const QUOTED_CHARS = 40;
+
 /** Short description of a value for an error message; never prints long strings in full. */
 export function describe(value: unknown): string {
   if (value === undefined) return 'nothing';
   if (value === null) return 'null';
-  if (typeof value === 'string') return value.length > 40 ? `a string of ${value.length} characters` : JSON.stringify(value);
+  if (typeof value === 'string') return value.length > QUOTED_CHARS ? `a string of ${value.length} characters` : JSON.stringify(value);
   if (Array.isArray(value)) return `a list of ${value.length}`;
   if (typeof value === 'object') return 'a mapping';
   return `${typeof value} ${String(value)}`;
+}
+
+/**
+ * A URL-valued setting's value (or a host:port a URL may have been written in place of) as an
+ * issue may show it: what precedes its last "@" is never shown, the scheme kept
+ * (`https://[credentials hidden]@idp.example.org/introspect`). A URL's userinfo is a user and
+ * password (`https://user:pass@host/...`, as Dovecot's oauth2 docs write an introspection URL),
+ * and issues reach check-config's output, the config.rejected log line and the admin API's reload
+ * answer. The last "@" of the whole text, not the URL parser's: a URL that does not parse may
+ * still hold a password, and a password may hold "/", "?" or "#".
+ */
+export function urlShown(text: string): string {
+  const end = text.lastIndexOf('@');
+  if (end < 0) return text;
+  const scheme = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//.exec(text)?.[0] ?? '';
+  return `${scheme.length <= end ? scheme : ''}[credentials hidden]@${text.slice(end + 1)}`;
 }
 
 /** Joins a path and a key the way issues print them (`a.b[2].c`). */
@@ -158,7 +187,7 @@ const LDAP_URL = /^ldaps?:\/\/[^/]+\/?$/;
 export function ldapUrlList(obj: Record<string, unknown>, key: string, path: string, issues: IssueList): string[] {
   const urls = strList(obj, key, path, issues);
   urls.forEach((u, i) => {
-    if (!LDAP_URL.test(u)) issues.add(at(at(path, key), i), 'an ldap:// or ldaps:// URL with host and optional port', u);
+    if (!LDAP_URL.test(u)) issues.addUrl(at(at(path, key), i), 'an ldap:// or ldaps:// URL with host and optional port', u);
   });
   return urls;
 }

@@ -140,7 +140,7 @@ export function readStoreMap(doc: unknown, version: number, globalBackend: Backe
       slotOwners.set(slotName, storeName);
       const s = readSection(slotDoc, slotPath, ['host', 'imap_port', 'imaps_port', 'pop3_port', 'pop3s_port', 'sieve_port'], issues) ?? {};
       const host = str(s, 'host', slotPath, issues);
-      if (host !== '' && isIP(host) === 0 && !/^[A-Za-z0-9.-]+$/.test(host)) issues.add(at(slotPath, 'host'), 'an IP address or host name', host);
+      if (host !== '' && isIP(host) === 0 && !/^[A-Za-z0-9.-]+$/.test(host)) issues.addUrl(at(slotPath, 'host'), 'an IP address or host name', host);
       const ports = {
         imapPort: optPort(s, 'imap_port', slotPath, issues),
         imapsPort: optPort(s, 'imaps_port', slotPath, issues),

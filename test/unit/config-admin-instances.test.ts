@@ -60,6 +60,9 @@ test('admin.instances: http(s) base URLs, each instance once; a problem names ad
   assert.deepEqual(error.issues.map((i) => i.path), ['admin.instances[1]', 'admin.instances[2]', 'admin.instances[3]', 'admin.instances[4]', 'admin.instances[5]', 'admin.instances[6]']);
   assert.match(error.message, /admin\.instances\[1\]: expected an admin API base URL: http:\/\/ or https:\/\/, a host and an optional port, and nothing after them \(http:\/\/HOST:PORT\), found "ftp:\/\/10\.0\.0\.2:9143"/);
   assert.match(error.message, /admin\.instances\[3\]: expected an instance not listed before \(admin\.instances\[0\] is http:\/\/10\.0\.0\.1:9143 too\)/);
+  // A URL's user and password are never shown (check-config's output, config.rejected, a reload's answer): 40 characters or less were quoted in full.
+  assert.ok(!/user|:pw@/.test(error.message), error.message);
+  assert.match(error.message, /admin\.instances\[6\]: expected an admin API base URL[^\n]*, found "http:\/\/\[credentials hidden\]@10\.0\.0\.5:9143"/);
 
   // What the URL parser would let through (spaces and newlines dropped, an empty user, port 0), and
   // what is kept: the origin, as the answers' headers and --json keys show it.

@@ -137,6 +137,32 @@ oauth2:
   assert.ok(!unread.some((i) => i.includes(CLIENT_SECRET)));
 });
 
+test('a URL with a user and password in it (introspection_url, jwks_url, openid_configuration_url, discovery\'s issuers[0]) is refused, naming the path, never showing them', () => {
+  // Dovecot's oauth2 docs write the introspection URL so: https://user:password@host/...
+  const password = 'Url-password-3f9a2c';
+  const found = issues(`
+oauth2:
+  issuers: [https://sso.example.com/realms/mail]
+  audiences: [mail]
+  jwks_url: https://keys:${password}@sso.example.com/realms/mail/protocol/openid-connect/certs
+  introspection_url: https://mailfront:${password}@sso.example.com/realms/mail/protocol/openid-connect/token/introspect
+  openid_configuration_url: https://mailfront:${password}@sso.example.com/realms/mail/.well-known/openid-configuration
+  client_id: mailfront
+  client_secret_file: idp-client.secret
+`);
+  for (const key of ['jwks_url', 'introspection_url', 'openid_configuration_url']) {
+    assert.ok(found.some((i) => i.startsWith(`oauth2.${key}: expected an https:// URL (http:// only to a loopback address), found a URL with credentials in it: "https://[credentials hidden]@sso.example.com/realms/mail/`)), `${key}:\n${found.join('\n')}`);
+  }
+  const discovery = issues(`
+oauth2:
+  issuers: [https://mailfront:${password}@sso.example.com/realms/mail]
+  audiences: [mail]
+  discovery: true
+`);
+  assert.ok(discovery.some((i) => i.startsWith('oauth2.discovery: expected an issuers[0] that is an https:// URL') && i.endsWith('found a URL with credentials in it: "https://[credentials hidden]@sso.example.com/realms/mail"')), discovery.join('\n'));
+  for (const text of [...found, ...discovery]) assert.ok(!text.includes(password) && !text.includes('mailfront:') && !text.includes('keys:'), text);
+});
+
 test('discovery with the client\'s credentials introspects (token_check auto); token_check jwt beside them is refused: they would never be sent', () => {
   const config = load(`
 oauth2:

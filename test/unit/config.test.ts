@@ -297,6 +297,31 @@ throttle: { redis: { url: 'redis://127.0.0.1', auth_password: true } }
   assert.match(error.message, /throttle\.redis\.auth_password: expected [^\n]*, found a boolean \(not shown: a secret\)/);
 });
 
+test('a user and password written into a URL (or a host:port) are never shown in an issue: directory.urls, throttle.redis.url and its sentinels, a slot\'s host', () => {
+  // 40 characters or less, which an issue quoted in full.
+  const secrets = ['Ldap-pw-71c3', 'Redis-user-5d', 'Sentinel-pw-42', 'Slot-pw-93e1'];
+  const dir = writeTemp({
+    'mf.yaml': GOOD.replace('urls: [ldap://127.0.0.1:389]', 'urls: [ldap://127.0.0.1:389, "ldaps://mf:Ldap-pw-71c3@ds1/o=x"]'),
+    'good.yaml': GOOD,
+    'ldap.secret': 'x',
+    'stores.yaml': STORES,
+    'redis.yaml': `${GOOD}throttle: { redis: { url: "redis://Redis-user-5d@h/abc" } }\n`,
+    'sentinel.yaml': `${GOOD}throttle: { redis: { sentinel: { master_name: mf, nodes: ["mf:Sentinel-pw-42@s1:26379"] } } }\n`,
+  });
+  const directory = configErrorOf(() => loadConfig(join(dir, 'mf.yaml')));
+  assert.deepEqual(directory.issues.map((i) => [i.path, i.found]), [['directory.urls[1]', '"ldaps://[credentials hidden]@ds1/o=x"']]);
+  const redis = configErrorOf(() => loadConfig(join(dir, 'redis.yaml')));
+  assert.deepEqual(redis.issues.map((i) => [i.path, i.found]), [['throttle.redis.url', '"redis://[credentials hidden]@h/abc"']]);
+  const sentinel = configErrorOf(() => loadConfig(join(dir, 'sentinel.yaml')));
+  assert.deepEqual(sentinel.issues.map((i) => [i.path, i.found]), [['throttle.redis.sentinel.nodes[0]', '"[credentials hidden]@s1:26379"']]);
+  const config = loadConfig(join(dir, 'good.yaml'));
+  writeFileSync(join(dir, 'slots.yaml'), STORES.replace('slot2: { host: 127.0.0.1', 'slot2: { host: "mf:Slot-pw-93e1@10.0.0.7"'));
+  const slot = configErrorOf(() => loadStoreMap(join(dir, 'slots.yaml'), 1, config));
+  assert.deepEqual(slot.issues.map((i) => [i.path, i.found]), [['stores.store1.slots.slot2.host', '"[credentials hidden]@10.0.0.7"']]);
+  const shown = [directory, redis, sentinel, slot].map((e) => e.message).join('\n');
+  for (const secret of secrets) assert.ok(!shown.includes(secret), `${secret} is in:\n${shown}`);
+});
+
 test('YAML syntax errors name the line', () => {
   const dir = writeTemp({ 'broken.yaml': 'listeners:\n  - protocol: imap\n   port: [\n' });
   const error = configErrorOf(() => loadConfig(join(dir, 'broken.yaml')));
