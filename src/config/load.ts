@@ -184,6 +184,7 @@ function inlineSecretFiles(node: unknown, resolvePath: (p: string) => string, pa
       if (obj[target] !== undefined) {
         issues.addFinding(childPath, `either ${target} or ${key}, not both`, 'both');
       } else if (typeof value !== 'string') {
+        // By its shape only (SECRET_FILE_KEY): a number here may be the secret itself.
         issues.add(childPath, 'a file name', value);
         found.unread.add(targetPath);
       } else {

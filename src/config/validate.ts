@@ -15,12 +15,20 @@ export interface ConfigIssue {
 /** A key whose value is a secret (`bind_password`, `token`, …): its value is never described. */
 export const SECRET_KEY = /(?:^|[._])(?:password|token|secret)$/i;
 
+/**
+ * A key whose value names a secret's file (`bind_password_file`, `token_file`, …): its value is
+ * described by its shape only too, whatever its type. It may be the secret itself, written in
+ * place of its file's name (`token_file: 4242424242424242`, which a number's description showed
+ * in full); a string there is told by config/load.ts (secretFileShown()).
+ */
+export const SECRET_FILE_KEY = /(?:^|[._])(?:password|token|secret)_file$/i;
+
 /** Collects issues while a document is read. */
 export class IssueList {
   readonly issues: ConfigIssue[] = [];
   add(path: string, expected: string, value: unknown): void {
     // Issues reach logs, the CLI and the admin API's answer: a secret's value must not.
-    const found = SECRET_KEY.test(path) ? describeShape(value) : describe(value);
+    const found = SECRET_KEY.test(path) || SECRET_FILE_KEY.test(path) ? describeShape(value) : describe(value);
     this.issues.push({ path, expected, found });
   }
 

@@ -295,6 +295,37 @@ throttle: { redis: { url: 'redis://127.0.0.1', auth_password: true } }
   for (const secret of ['839201746', '557123901', '991827364512']) assert.ok(!error.message.includes(secret), `${secret} is in: ${error.message}`);
   assert.match(error.message, /directory\.bind_password: expected [^\n]*, found a number \(not shown: a secret\)/);
   assert.match(error.message, /throttle\.redis\.auth_password: expected [^\n]*, found a boolean \(not shown: a secret\)/);
+
+  // The secret written in place of its file's name, as a number or a boolean: by its kind only, as a string there is.
+  writeFileSync(
+    join(dir, 'files.yaml'),
+    `
+listeners:
+  - { name: imap, protocol: imap, host: 127.0.0.1, port: 143, tls: none }
+directory:
+  urls: [ldap://127.0.0.1]
+  bind_dn: cn=x
+  bind_password_file: 839201746
+  base_dn: dc=x
+store_map: { file: stores.yaml }
+health: { probe_user: probe, probe_password_file: true }
+admin: { token_file: 4242424242424242 }
+http: { metrics_token_file: 991827364512 }
+oauth2: { issuers: [x], audiences: [mail], jwks_file: j.json, token_check: auto, introspection_url: 'https://idp.example.org/i', client_id: mf, client_secret_file: 557123901 }
+throttle: { redis: { url: 'redis://127.0.0.1', auth_password_file: 0x5a17 } }
+`,
+  );
+  const files = configErrorOf(() => loadConfig(join(dir, 'files.yaml')));
+  const found = Object.fromEntries(files.issues.filter((i) => i.path.endsWith('_file')).map((i) => [i.path, i.found]));
+  assert.deepEqual(found, {
+    'directory.bind_password_file': 'a number (not shown: a secret)',
+    'health.probe_password_file': 'a boolean (not shown: a secret)',
+    'admin.token_file': 'a number (not shown: a secret)',
+    'http.metrics_token_file': 'a number (not shown: a secret)',
+    'oauth2.client_secret_file': 'a number (not shown: a secret)',
+    'throttle.redis.auth_password_file': 'a number (not shown: a secret)',
+  });
+  for (const secret of ['839201746', '4242424242424242', '991827364512', '557123901', '23063']) assert.ok(!files.message.includes(secret), `${secret} is in: ${files.message}`);
 });
 
 test('a user and password written into a URL (or a host:port) are never shown in an issue: directory.urls, throttle.redis.url and its sentinels, a slot\'s host', () => {
