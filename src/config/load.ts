@@ -12,7 +12,7 @@ import { readAdminInstances, readConfig } from './schema.js';
 import { StoreMap, readStoreMap } from '../routing/storemap.js';
 import type { ConfigIssue } from './validate.js';
 import { IssueList, SECRET_KEY, at, deepFreeze, optStr, readMapping, readSection } from './validate.js';
-import { readHttpConfig } from '../server/http.js';
+import { checkBearerToken, readHttpConfig } from '../server/http.js';
 import type { HttpConfig } from '../server/http.js';
 
 export { resolverFor };
@@ -280,7 +280,11 @@ export function loadAdminAccess(fileName: string, withToken: boolean, withInstan
     // The token's file only when the token is wanted.
     const secrets = withToken ? inlineSecretFiles(sections, resolverFor(file), '', issues) : undefined;
     const admin = readSection(sections.admin, 'admin', withToken ? ['token', 'instances'] : ['token', 'token_file', 'instances'], issues) ?? {};
-    if (withToken) token = optStr(admin, 'token', 'admin', issues);
+    if (withToken) {
+      token = optStr(admin, 'token', 'admin', issues);
+      // As serve takes it: a token it would refuse would only get 401s.
+      checkBearerToken(token, 'admin.token', issues);
+    }
     if (withInstances) instances = readAdminInstances(admin, issues);
     if (issues.issues.length > 0) throw new ConfigError(file, secrets !== undefined ? asWritten(issues, secrets) : issues.issues);
   }

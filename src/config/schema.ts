@@ -26,7 +26,7 @@ import { readConnectionLimitsConfig } from '../server/connection-limits.js';
 import type { ConnectionLimitsConfig } from '../server/connection-limits.js';
 import { readTlsPolicy } from '../server/tls-config.js';
 import type { TlsPolicy } from '../server/tls-config.js';
-import { readHttpConfig } from '../server/http.js';
+import { checkBearerToken, readHttpConfig } from '../server/http.js';
 import type { HttpConfig } from '../server/http.js';
 import { BACKEND_PROXY_PROTOCOLS, readProxyConfig } from '../server/proxy-protocol.js';
 import type { BackendProxyProtocol, ProxyListenerConfig } from '../server/proxy-protocol.js';
@@ -1010,7 +1010,7 @@ function readShutdown(v: unknown, issues: IssueList): ShutdownConfig {
 function readAdmin(v: unknown, issues: IssueList): AdminConfig {
   const o = v === undefined ? {} : readSection(v, 'admin', ['token', 'instances'], issues) ?? {};
   const token = optStr(o, 'token', 'admin', issues);
-  if (token !== undefined && token.length < 16) issues.addFinding('admin.token', 'a token of at least 16 characters', `a string of ${token.length} characters`);
+  checkBearerToken(token, 'admin.token', issues);
   const instances = readAdminInstances(o, issues);
   return { ...(token !== undefined ? { token } : {}), ...(instances !== undefined ? { instances } : {}) };
 }

@@ -30,8 +30,57 @@ export interface HttpConfig {
  */
 export const HTTP_KEYS = ['host', 'port', 'metrics_token'] as const;
 
-/** The shortest metrics token taken, as admin.token's. */
-export const MIN_METRICS_TOKEN_CHARS = 16;
+/** The shortest bearer token the config takes (admin.token, http.metrics_token). */
+export const MIN_BEARER_TOKEN_CHARS = 16;
+
+/**
+ * What a bearer token of the config (admin.token, http.metrics_token) must be: what an
+ * `Authorization: Bearer` header carries as written, from any client. Whitespace around a
+ * header's value is stripped on its way (node drops it before bearerCheck() sees it; Prometheus's
+ * credentials_file is trimmed), so a token file holding `abc…z ` passed every check and then
+ * every request got 401; a character beyond ASCII is sent as the client encodes it (curl sends
+ * UTF-8, node reads latin-1), so a latin-1 one matched from mailfront's CLI only. Refused, never
+ * trimmed: a token other than the one the operator wrote would be worse. Any visible ASCII is
+ * taken (RFC 6750's b64token is narrower, but punctuation works from curl and always was taken).
+ */
+const BEARER_TOKEN_EXPECTED = 'a token of visible ASCII characters only (0x21 to 0x7E: letters, digits and punctuation), as an Authorization: Bearer header carries it unchanged: no space, tab or other whitespace (stripped around a header\'s value on its way), and no character beyond ASCII (sent as each client encodes it)';
+
+/** Why `token` cannot be a bearer token (BEARER_TOKEN_EXPECTED), in words that never show it; null when it can. */
+function bearerTokenCharsProblem(token: string): string | null {
+  const chars = Array.from(token);
+  const outside = (c: string): boolean => {
+    const code = c.codePointAt(0) ?? 0;
+    return code < 0x21 || code > 0x7e;
+  };
+  const first = chars.findIndex(outside);
+  if (first < 0) return null;
+  const c = chars[first]!;
+  const code = c.codePointAt(0) ?? 0;
+  const what =
+    c === ' ' ? 'a space'
+    : c === '\t' ? 'a tab'
+    : c === '\r' || c === '\n' ? 'a line break'
+    : c === '\ufeff' ? 'a byte order mark (U+FEFF, an editor\'s)'
+    : /\s/u.test(c) ? 'a whitespace character'
+    : code > 0x7f ? 'a character beyond ASCII'
+    : 'a control character';
+  const where = first === chars.length - 1 ? 'at its end' : first === 0 ? 'at its start' : `at character ${first + 1}`;
+  const more = chars.filter(outside).length - 1;
+  return `a string of ${chars.length} characters with ${what} ${where}${more > 0 ? `, and ${more} more such character${more === 1 ? '' : 's'}` : ''}`;
+}
+
+/**
+ * Checks a bearer token read from the config at `path` (a key, or its `_file`: the loader tells
+ * the issue by the key written): its characters (bearerTokenCharsProblem()), then its length.
+ * Never shows the token; '' is left to the string's own check.
+ */
+export function checkBearerToken(token: string | undefined, path: string, issues: IssueList): void {
+  if (token === undefined || token === '') return;
+  const problem = bearerTokenCharsProblem(token);
+  if (problem !== null) issues.addFinding(path, BEARER_TOKEN_EXPECTED, problem);
+  // Its length as a finding: issues.add would say only "a string (not shown: a secret)".
+  else if (token.length < MIN_BEARER_TOKEN_CHARS) issues.addFinding(path, `a token of at least ${MIN_BEARER_TOKEN_CHARS} characters`, `a string of ${token.length} characters`);
+}
 
 /** Default bind address: metrics and the admin API are not for the Internet. */
 export const DEFAULT_HTTP_HOST = '127.0.0.1';
@@ -176,8 +225,7 @@ export function readHttpConfig(v: unknown, path: string, issues: IssueList, secr
   // Port 0 binds any free port (tests); the address is then logged and available from address().
   const port = int(o, 'port', path, issues, 0, 65535, DEFAULT_HTTP_PORT);
   const metricsToken = optStr(o, 'metrics_token', path, issues);
-  // Its length as a finding: issues.add would say only "a string (not shown: a secret)".
-  if (metricsToken !== undefined && metricsToken !== '' && metricsToken.length < MIN_METRICS_TOKEN_CHARS) issues.addFinding(at(path, 'metrics_token'), `a token of at least ${MIN_METRICS_TOKEN_CHARS} characters`, `a string of ${metricsToken.length} characters`);
+  checkBearerToken(metricsToken, at(path, 'metrics_token'), issues);
   return { host, port, ...(metricsToken !== undefined ? { metricsToken } : {}) };
 }
 

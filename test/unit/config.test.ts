@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { ConfigError, loadConfig, loadStoreMap } from '../../src/config/load.js';
+import { ConfigError, loadAdminAccess, loadConfig, loadStoreMap } from '../../src/config/load.js';
 import { filterLoginAttribute, loginAttributeOf } from '../../src/config/schema.js';
 import { tmpDir } from '../integration/servers/tmp.js';
 
@@ -351,6 +351,33 @@ test('a user and password written into a URL (or a host:port) are never shown in
   assert.deepEqual(slot.issues.map((i) => [i.path, i.found]), [['stores.store1.slots.slot2.host', '"[credentials hidden]@10.0.0.7"']]);
   const shown = [directory, redis, sentinel, slot].map((e) => e.message).join('\n');
   for (const secret of secrets) assert.ok(!shown.includes(secret), `${secret} is in:\n${shown}`);
+});
+
+test('a bearer token (admin.token, http.metrics_token) with whitespace or a character beyond visible ASCII is refused at load, by the key written, never trimmed nor shown', () => {
+  // The file an operator wrote with a space before its line break: check-config and a reload took
+  // it, then every CLI command got 401 (node strips the space around the header's value).
+  const dir = writeTemp({ 'ldap.secret': 'x', 'stores.yaml': STORES, 'admin.token': 'abcdefghijklmnopqrstuvwxyz \n', 'metrics.token': 'Metrics-tokén-0123456789\n' });
+  writeFileSync(join(dir, 'mf.yaml'), `${GOOD}http: { host: 127.0.0.1, port: 9143, metrics_token_file: metrics.token }\nadmin: { token_file: admin.token }\n`);
+  const error = configErrorOf(() => loadConfig(join(dir, 'mf.yaml')));
+  assert.deepEqual(
+    error.issues.map((i) => [i.path, i.found]),
+    [
+      ['http.metrics_token_file', 'a string of 24 characters with a character beyond ASCII at character 12'],
+      ['admin.token_file', 'a string of 27 characters with a space at its end'],
+    ],
+  );
+  assert.match(error.message, new RegExp(`admin\\.token_file: expected a token of visible ASCII characters only \\(0x21 to 0x7E: letters, digits and punctuation\\)[^\\n]* in the file \\(${join(dir, 'admin.token')}\\), found a string of 27 characters with a space at its end$`, 'm'));
+  assert.ok(!error.message.includes('abcdefghijklm') && !error.message.includes('Metrics-tok'), error.message);
+  // The operator commands read the token as serve does: refused there too, not sent to get 401s.
+  const cli = configErrorOf(() => loadAdminAccess(join(dir, 'mf.yaml'), true));
+  assert.deepEqual(cli.issues.map((i) => [i.path, i.found]), [['admin.token_file', 'a string of 27 characters with a space at its end']]);
+  // Punctuation of every kind is a token's, as it always was; the file's line break is not part of it.
+  writeFileSync(join(dir, 'admin.token'), 'Ab1!"#$%&\'()*+,-./:;<=>?@[\\]^_`{|}~\n');
+  writeFileSync(join(dir, 'metrics.token'), 'Metrics-token-0123456789\r\n');
+  const config = loadConfig(join(dir, 'mf.yaml'));
+  assert.equal(config.admin.token, 'Ab1!"#$%&\'()*+,-./:;<=>?@[\\]^_`{|}~');
+  assert.equal(config.http?.metricsToken, 'Metrics-token-0123456789');
+  assert.equal(loadAdminAccess(join(dir, 'mf.yaml'), true).token, config.admin.token);
 });
 
 test('YAML syntax errors name the line', () => {

@@ -13,6 +13,8 @@ import { HttpServer, bearerCheck, readHttpConfig, readinessOf } from '../../src/
 
 const TOKEN = 'metrics-token-0123456789abcdef';
 const NEXT_TOKEN = 'metrics-token-after-the-reload-42';
+/** Every visible ASCII character that is not a letter or a digit: each a token may hold, as curl sends it. */
+const PUNCTUATION_TOKEN = 'Ab1!"#$%&\'()*+,-./:;<=>?@[\\]^_`{|}~';
 
 interface Reply {
   readonly status: number;
@@ -52,6 +54,35 @@ describe('http.metrics_token: the config key', () => {
       assert.equal(issues.issues[0]!.path, 'http.metrics_token');
       assert.equal(issues.issues[0]!.found, found);
       assert.ok(!JSON.stringify(issues.issues).includes(String(value)) || value === '', JSON.stringify(issues.issues));
+    }
+  });
+
+  it('refuses a token with whitespace or a character beyond visible ASCII, saying where and what, never the token; takes any visible ASCII punctuation', () => {
+    // HTTP strips the whitespace around a header's value (node did before bearerCheck saw it): a
+    // token file holding "abc…z " passed, then every request got 401. curl sends UTF-8, node reads latin1.
+    for (const [value, found] of [
+      ['abcdefghijklmnopqrstuvwxyz ', 'a string of 27 characters with a space at its end'],
+      ['\tabcdefghijklmnopqrstuvwxyz', 'a string of 27 characters with a tab at its start'],
+      ['abcdefghijklm nopqrstuvwxyz', 'a string of 27 characters with a space at character 14'],
+      ['abcdefghijklmnopqrstuvwxy\r\nz', 'a string of 28 characters with a line break at character 26, and 1 more such character'],
+      ['abcdéfghijklmnopqrstuvwxyz', 'a string of 26 characters with a character beyond ASCII at character 5'],
+      ['\ufeffabcdefghijklmnopqrstuvwxyz', 'a string of 27 characters with a byte order mark (U+FEFF, an editor\'s) at its start'],
+      ['abcdefghijklm\u00a0nopqrstuvwxyz', 'a string of 27 characters with a whitespace character at character 14'],
+      ['abcdefghijklmnopqrstuvwxyz\x7f', 'a string of 27 characters with a control character at its end'],
+      ['short é', 'a string of 7 characters with a space at character 6, and 1 more such character'],
+    ] as const) {
+      const issues = new IssueList();
+      readHttpConfig({ metrics_token: value }, 'http', issues);
+      assert.equal(issues.issues.length, 1, JSON.stringify(issues.issues));
+      assert.equal(issues.issues[0]!.path, 'http.metrics_token');
+      assert.match(issues.issues[0]!.expected, /^a token of visible ASCII characters only \(0x21 to 0x7E: letters, digits and punctuation\), as an Authorization: Bearer header carries it unchanged: no space, tab or other whitespace/);
+      assert.equal(issues.issues[0]!.found, found, JSON.stringify(value));
+      assert.ok(!JSON.stringify(issues.issues).includes('abcdefghijklm'), JSON.stringify(issues.issues));
+    }
+    for (const value of [PUNCTUATION_TOKEN, 'Zk8s0d9f8g7h6j5k4l3m2n1b0v9c8x7==', 'eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl']) {
+      const issues = new IssueList();
+      assert.equal(readHttpConfig({ metrics_token: value }, 'http', issues)?.metricsToken, value);
+      assert.deepEqual(issues.issues, []);
     }
   });
 
@@ -123,5 +154,14 @@ describe('http listener with http.metrics_token', () => {
     assert.equal((await call(port, 'GET', '/metrics')).status, 200);
     await server.rebind({ host: '127.0.0.1', port, metricsToken: TOKEN });
     assert.equal((await call(port, 'GET', '/metrics')).status, 401);
+  });
+
+  it('matches a token of any visible ASCII punctuation as a client sends it, and never one with a space at its end: the reason the config refuses that', async () => {
+    await server.rebind({ host: '127.0.0.1', port, metricsToken: PUNCTUATION_TOKEN });
+    assert.equal((await call(port, 'GET', '/metrics', `Bearer ${PUNCTUATION_TOKEN}`)).status, 200);
+    const spaced = 'abcdefghijklmnopqrstuvwxyz ';
+    await server.rebind({ host: '127.0.0.1', port, metricsToken: spaced });
+    assert.equal((await call(port, 'GET', '/metrics', `Bearer ${spaced}`)).status, 401, 'the header\'s value arrives without its last space');
+    await server.rebind({ host: '127.0.0.1', port, metricsToken: TOKEN });
   });
 });

@@ -111,7 +111,7 @@ test('serve: /metrics bears the token of http.metrics_token_file; a SIGHUP puts 
   }
 });
 
-test('check-config names http.metrics_token_file and its file when the file cannot be read or holds a token too short, never the token', async () => {
+test('check-config names http.metrics_token_file and its file when the file cannot be read, holds a token too short or one with a space at its end, never the token', async () => {
   const httpPort = await freePort();
   const missing = join(dir, 'missing.token');
   const unreadable = await check(await writeConfig('check-missing', httpPort, `metrics_token_file: ${missing}`));
@@ -124,6 +124,14 @@ test('check-config names http.metrics_token_file and its file when the file cann
   assert.equal(tooShort.code, 1, tooShort.stdout);
   assert.match(tooShort.stderr, new RegExp(`  http\\.metrics_token_file: expected a token of at least 16 characters in the file \\(${short.replaceAll('.', '\\.')}\\), found a string of 14 characters\\n`));
   assert.ok(!tooShort.stderr.includes('short-secret-7'), tooShort.stderr);
+
+  // A space before the line break: not trimmed, refused (every scrape would get 401: Prometheus trims its credentials_file, node the header).
+  const spaced = join(dir, 'spaced.token');
+  await writeFile(spaced, `${TOKEN} \n`);
+  const withSpace = await check(await writeConfig('check-spaced', httpPort, 'metrics_token_file: spaced.token'));
+  assert.equal(withSpace.code, 1, withSpace.stdout);
+  assert.match(withSpace.stderr, new RegExp(`  http\\.metrics_token_file: expected a token of visible ASCII characters only [^\\n]* in the file \\(${spaced.replaceAll('.', '\\.')}\\), found a string of ${TOKEN.length + 1} characters with a space at its end\\n`));
+  assert.ok(!withSpace.stderr.includes(TOKEN), withSpace.stderr);
 
   const both = await check(await writeConfig('check-both', httpPort, `metrics_token: ${TOKEN}, metrics_token_file: short.token`));
   assert.equal(both.code, 1);
