@@ -41,16 +41,18 @@ export const MIN_BEARER_TOKEN_CHARS = 16;
  * every request got 401; a character beyond ASCII is sent as the client encodes it (curl sends
  * UTF-8, node reads latin-1), so a latin-1 one matched from mailfront's CLI only. Refused, never
  * trimmed: a token other than the one the operator wrote would be worse. Any visible ASCII is
- * taken (RFC 6750's b64token is narrower, but punctuation works from curl and always was taken).
+ * taken, and spaces between (RFC 6750's b64token is narrower, but punctuation and inner spaces
+ * work from curl and always were taken: refused now, a token that worked would stop a restart).
  */
-const BEARER_TOKEN_EXPECTED = 'a token of visible ASCII characters only (0x21 to 0x7E: letters, digits and punctuation), as an Authorization: Bearer header carries it unchanged: no space, tab or other whitespace (stripped around a header\'s value on its way), and no character beyond ASCII (sent as each client encodes it)';
+const BEARER_TOKEN_EXPECTED = 'a token of visible ASCII characters (0x21 to 0x7E: letters, digits and punctuation) and spaces between them, as an Authorization: Bearer header carries it unchanged: no whitespace at its start or end (stripped around a header\'s value on its way), no tab, line break or other control, and no character beyond ASCII (sent as each client encodes it)';
 
 /** Why `token` cannot be a bearer token (BEARER_TOKEN_EXPECTED), in words that never show it; null when it can. */
 function bearerTokenCharsProblem(token: string): string | null {
   const chars = Array.from(token);
-  const outside = (c: string): boolean => {
+  // A space between visible characters reaches mailfront as it was written, and always did.
+  const outside = (c: string, i: number): boolean => {
     const code = c.codePointAt(0) ?? 0;
-    return code < 0x21 || code > 0x7e;
+    return code === 0x20 ? i === 0 || chars.slice(i).every((d) => d === ' ') : code < 0x21 || code > 0x7e;
   };
   const first = chars.findIndex(outside);
   if (first < 0) return null;

@@ -366,7 +366,7 @@ test('a bearer token (admin.token, http.metrics_token) with whitespace or a char
       ['admin.token_file', 'a string of 27 characters with a space at its end'],
     ],
   );
-  assert.match(error.message, new RegExp(`admin\\.token_file: expected a token of visible ASCII characters only \\(0x21 to 0x7E: letters, digits and punctuation\\)[^\\n]* in the file \\(${join(dir, 'admin.token')}\\), found a string of 27 characters with a space at its end$`, 'm'));
+  assert.match(error.message, new RegExp(`admin\\.token_file: expected a token of visible ASCII characters \\(0x21 to 0x7E: letters, digits and punctuation\\) and spaces between them[^\\n]* in the file \\(${join(dir, 'admin.token')}\\), found a string of 27 characters with a space at its end$`, 'm'));
   assert.ok(!error.message.includes('abcdefghijklm') && !error.message.includes('Metrics-tok'), error.message);
   // The operator commands read the token as serve does: refused there too, not sent to get 401s.
   const cli = configErrorOf(() => loadAdminAccess(join(dir, 'mf.yaml'), true));

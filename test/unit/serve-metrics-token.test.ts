@@ -130,7 +130,7 @@ test('check-config names http.metrics_token_file and its file when the file cann
   await writeFile(spaced, `${TOKEN} \n`);
   const withSpace = await check(await writeConfig('check-spaced', httpPort, 'metrics_token_file: spaced.token'));
   assert.equal(withSpace.code, 1, withSpace.stdout);
-  assert.match(withSpace.stderr, new RegExp(`  http\\.metrics_token_file: expected a token of visible ASCII characters only [^\\n]* in the file \\(${spaced.replaceAll('.', '\\.')}\\), found a string of ${TOKEN.length + 1} characters with a space at its end\\n`));
+  assert.match(withSpace.stderr, new RegExp(`  http\\.metrics_token_file: expected a token of visible ASCII characters [^\\n]* in the file \\(${spaced.replaceAll('.', '\\.')}\\), found a string of ${TOKEN.length + 1} characters with a space at its end\\n`));
   assert.ok(!withSpace.stderr.includes(TOKEN), withSpace.stderr);
 
   const both = await check(await writeConfig('check-both', httpPort, `metrics_token: ${TOKEN}, metrics_token_file: short.token`));
