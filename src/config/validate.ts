@@ -190,12 +190,19 @@ export function strList(obj: Record<string, unknown>, key: string, path: string,
 
 /** An ldap:// or ldaps:// URL with a host and an optional port, and nothing after it. */
 const LDAP_URL = /^ldaps?:\/\/[^/]+\/?$/;
+/**
+ * A user and password in one (ldap://cn=admin:secret@host): an LDAP URL has none (RFC 4516), the
+ * client ignores them and binds as bind_dn, and the URL is logged as written (each server's
+ * state, the store map's source): refused, shown without them.
+ */
+const LDAP_URL_USERINFO = /^ldaps?:\/\/[^/]*@/;
 
 /** A non-empty list of LDAP server URLs (strList); each that is not one is an issue naming its index. */
 export function ldapUrlList(obj: Record<string, unknown>, key: string, path: string, issues: IssueList): string[] {
   const urls = strList(obj, key, path, issues);
   urls.forEach((u, i) => {
-    if (!LDAP_URL.test(u)) issues.addUrl(at(at(path, key), i), 'an ldap:// or ldaps:// URL with host and optional port', u);
+    if (LDAP_URL_USERINFO.test(u)) issues.addUrl(at(at(path, key), i), 'an ldap:// or ldaps:// URL with host and optional port, and no user or password in it (bind_dn and its password say who binds)', u);
+    else if (!LDAP_URL.test(u)) issues.addUrl(at(at(path, key), i), 'an ldap:// or ldaps:// URL with host and optional port', u);
   });
   return urls;
 }
