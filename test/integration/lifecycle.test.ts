@@ -8,11 +8,11 @@ import { createHash } from 'node:crypto';
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { connect as netConnect, createServer } from 'node:net';
-import type { Server, Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import { connect as tlsConnect } from 'node:tls';
 import { parse, stringify } from 'yaml';
-import { LDAP_STORES_DN, LineClient, connectionsTo, freePort, refusingPort, run, startDovecot, startSlapd, tmpDir } from './servers/index.js';
+import { LDAP_STORES_DN, LineClient, connectionsTo, freePort, refusingPort, run, squatPort, startDovecot, startSlapd, tmpDir } from './servers/index.js';
 import type { Dovecot, Slapd } from './servers/index.js';
 import { ADMIN_TOKEN, registerPasswords, startFront, waitForLog } from './front.js';
 import { loadConfig } from '../../src/config/load.js';
@@ -42,16 +42,6 @@ after(async () => {
   await front?.stop();
   await Promise.all([slapd?.stop(), master?.stop(), replica?.stop()]);
 });
-
-/** A server on a free loopback port that takes connections and drops them: a port in use. */
-async function squatPort(): Promise<Server> {
-  const squatter = createServer((socket) => socket.destroy());
-  await new Promise<void>((resolve, reject) => {
-    squatter.once('error', reject);
-    squatter.listen(0, '127.0.0.1', resolve);
-  });
-  return squatter;
-}
 
 test('a spliced session with no traffic either way is closed at the idle deadline', async () => {
   const raw = await LineClient.connect(front.imapTrustedPort);

@@ -10,13 +10,11 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { closeSync, constants, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
-import { createServer } from 'node:net';
-import type { Server } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
-import { LineClient, freePort, startDovecot, startSlapd, tmpDir } from './servers/index.js';
+import { LineClient, freePort, squatPort, startDovecot, startSlapd, tmpDir } from './servers/index.js';
 import type { Dovecot, Slapd, TmpDir } from './servers/index.js';
 import { makeMessage, registerPasswords, registerSecrets, suiteLogWriter } from './front.js';
 
@@ -100,16 +98,6 @@ async function logged(file: string, event: string, ms: number): Promise<void> {
     if (Date.now() > deadline) throw new Error(`no ${event} within ${ms} ms: ${readFileSync(file, 'utf8')}`);
     await new Promise((r) => setTimeout(r, 50));
   }
-}
-
-/** A server on a free loopback port that takes connections and drops them: a port in use. */
-async function squatPort(): Promise<Server> {
-  const squatter = createServer((socket) => socket.destroy());
-  await new Promise<void>((resolve, reject) => {
-    squatter.once('error', reject);
-    squatter.listen(0, '127.0.0.1', resolve);
-  });
-  return squatter;
 }
 
 /**

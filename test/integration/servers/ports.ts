@@ -1,11 +1,22 @@
 // Free TCP ports on 127.0.0.1, picked at run time, and the connections this process holds to one.
 import { connect, createServer } from 'node:net';
+import type { Server } from 'node:net';
 import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
 
 /** Ports handed out by this process; never hand out the same port twice. */
 const handedOut = new Set<number>();
 /** Ports freePort() hands out before it looks for one (handOutNext()). */
 const handOutFirst: number[] = [];
+
+/** A server on a free loopback port that takes connections and drops them: a port in use. */
+export async function squatPort(): Promise<Server> {
+  const squatter = createServer((socket) => socket.destroy());
+  await new Promise<void>((resolve, reject) => {
+    squatter.once('error', reject);
+    squatter.listen(0, '127.0.0.1', resolve);
+  });
+  return squatter;
+}
 
 /** Makes freePort() hand out `port` next, free or not: for the harness's own test of a port taken. */
 export function handOutNext(port: number): void {
