@@ -1820,9 +1820,9 @@ export class LdapStoreMapSource implements StoreMapSource {
     // the polls, which report only a map that differs from the last one loaded. The reload that
     // puts it in force says so (took()); a poll that finds it first puts it in force at once.
     if (trigger === 'check') {
-      const lastFingerprint = this.lastFingerprint;
       const read = await this.readForCheck(() => this.loadTracked(trigger));
-      this.checked = { ...read, lastFingerprint };
+      // lastFingerprint as readForCheck() left it: the one before the read.
+      this.checked = { ...read, lastFingerprint: this.lastFingerprint };
       return read.document;
     }
     return this.loadTracked(trigger);

@@ -50,9 +50,10 @@ const BEARER_TOKEN_EXPECTED = 'a token of visible ASCII characters (0x21 to 0x7E
 function bearerTokenCharsProblem(token: string): string | null {
   const chars = Array.from(token);
   // A space between visible characters reaches mailfront as it was written, and always did.
+  const lastNotSpace = chars.findLastIndex((c) => c !== ' ');
   const outside = (c: string, i: number): boolean => {
     const code = c.codePointAt(0) ?? 0;
-    return code === 0x20 ? i === 0 || chars.slice(i).every((d) => d === ' ') : code < 0x21 || code > 0x7e;
+    return code === 0x20 ? i === 0 || i > lastNotSpace : code < 0x21 || code > 0x7e;
   };
   const first = chars.findIndex(outside);
   if (first < 0) return null;
