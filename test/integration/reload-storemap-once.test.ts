@@ -21,7 +21,8 @@ import type { StoreMapSource } from '../../src/routing/sources.js';
 import { registerPasswords, standInDirectory, suiteLogWriter } from './front.js';
 import { LDAP_STORES_DN, freePort, tmpDir } from './servers/index.js';
 import { startSlapdPair } from './servers/slapd-pair.js';
-import { storeEntries, FAILOVER_ACCESS, failoverLdif } from './store-entries.js';
+import type { SlapdPair } from './servers/slapd-pair.js';
+import { storeEntries, FAILOVER_ACCESS, failoverLdif, holdPolls } from './store-entries.js';
 
 registerPasswords('reader-pw-unused');
 
@@ -145,32 +146,42 @@ async function until(done: () => boolean, ms: number): Promise<boolean> {
   return done();
 }
 
-test('a reload with an LDAP store map reads it whole once; a change made before it is in force after it, a failover written while it runs stays in force, and the polls by contextCSN go on', { timeout: 90_000 }, async () => {
-  // The provider of a pair: its syncprov overlay keeps the contextCSN the polls go by.
+/**
+ * A mailfront (one plain IMAP listener, a stand-in directory) whose store map is three stores on
+ * the provider of a slapd pair, polled every 100 ms: its syncprov overlay keeps the contextCSN the
+ * polls go by. `stop()` stops mailfront, the pair and the folder.
+ */
+async function startLdapMailfront(name: string): Promise<{ mailfront: Mailfront; provider: SlapdPair['servers'][number]; master: (store: string) => string | undefined; stop: () => Promise<void> }> {
   const pair = await startSlapdPair({ mode: 'consumer', entries: storeEntries(3), access: FAILOVER_ACCESS });
   const [provider] = pair.servers;
   registerPasswords(provider.bindPassword);
-  const dir = tmpDir('reload-storemap-once-ldap');
+  const dir = tmpDir(name);
   const configFile = join(dir.path, 'mailfront.yaml');
   await writeFile(configFile, stringify(await configFor({ ldap: { urls: [provider.url], bind_dn: provider.bindDn, bind_password: provider.bindPassword, base_dn: LDAP_STORES_DN, poll_interval_ms: 100 } })));
   const writeSuiteLog = suiteLogWriter();
   const mailfront = await Mailfront.start(loadConfig(configFile), { directory: standInDirectory(), processMetrics: false, logDestination: { write: (line: string) => writeSuiteLog(line) } });
+  return {
+    mailfront,
+    provider,
+    master: (store) => mailfront.currentStoreMap().stores.get(store)?.currentMaster,
+    async stop() {
+      await mailfront.stop(0);
+      await dir.remove();
+      await pair.stop();
+    },
+  };
+}
+
+test('a reload with an LDAP store map reads it whole once; a change made before it is in force after it, a failover written while it runs stays in force, and the polls by contextCSN go on', { timeout: 90_000 }, async () => {
+  const { mailfront, provider, master, stop } = await startLdapMailfront('reload-storemap-once-ldap');
   const whole = countingWholeReads();
-  const master = (store: string): string | undefined => mailfront.currentStoreMap().stores.get(store)?.currentMaster;
   try {
     const counted = counting(mailfront.holder.source);
     // The polls settle on the contextCSN after the start's whole read; then they are held back,
     // so that they can neither read the map (a poll meets a load under way) nor be what puts a
     // change in force.
     await sleep(500);
-    const source = mailfront.holder.source as unknown as { unchanged: () => Promise<boolean> };
-    const unchangedByPoll = source.unchanged.bind(source);
-    let release = (): void => undefined;
-    const gate = new Promise<void>((resolve) => (release = resolve));
-    source.unchanged = async () => {
-      await gate;
-      return unchangedByPoll();
-    };
+    const release = holdPolls(mailfront.holder.source);
     await sleep(300);
     const before = whole.count();
     const unchanged = await mailfront.reload();
@@ -208,22 +219,12 @@ test('a reload with an LDAP store map reads it whole once; a change made before 
     assert.ok(await until(() => master('st1') === 'sl1b', 5_000), 'the polls did not follow a failover after the reloads');
   } finally {
     whole.restore();
-    await mailfront.stop(0);
-    await dir.remove();
-    await pair.stop();
+    await stop();
   }
 });
 
 test('a failover written to LDAP just before a reload\'s check read is put in force by the polls while the rest of the reload runs, and stays after it', { timeout: 90_000 }, async () => {
-  const pair = await startSlapdPair({ mode: 'consumer', entries: storeEntries(3), access: FAILOVER_ACCESS });
-  const [provider] = pair.servers;
-  registerPasswords(provider.bindPassword);
-  const dir = tmpDir('reload-storemap-check-read');
-  const configFile = join(dir.path, 'mailfront.yaml');
-  await writeFile(configFile, stringify(await configFor({ ldap: { urls: [provider.url], bind_dn: provider.bindDn, bind_password: provider.bindPassword, base_dn: LDAP_STORES_DN, poll_interval_ms: 100 } })));
-  const writeSuiteLog = suiteLogWriter();
-  const mailfront = await Mailfront.start(loadConfig(configFile), { directory: standInDirectory(), processMetrics: false, logDestination: { write: (line: string) => writeSuiteLog(line) } });
-  const master = (store: string): string | undefined => mailfront.currentStoreMap().stores.get(store)?.currentMaster;
+  const { mailfront, provider, master, stop } = await startLdapMailfront('reload-storemap-check-read');
   try {
     await sleep(500);
     // The failover is written right before the check's read, which finds it.
@@ -253,14 +254,7 @@ test('a failover written to LDAP just before a reload\'s check read is put in fo
     // and the source counts that read as loaded: the polls, released, read nothing whole for it.
     source.load = load;
     mailfront.holder.read = read;
-    const polls = source as unknown as { unchanged: () => Promise<boolean> };
-    const unchangedByPoll = polls.unchanged.bind(polls);
-    let release = (): void => undefined;
-    const gate = new Promise<void>((resolve) => (release = resolve));
-    polls.unchanged = async () => {
-      await gate;
-      return unchangedByPoll();
-    };
+    const release = holdPolls(source);
     await sleep(300);
     await provider.modify(failoverLdif('st2', 'sl2b'));
     const changed = await mailfront.reload();
@@ -275,8 +269,6 @@ test('a failover written to LDAP just before a reload\'s check read is put in fo
       whole.restore();
     }
   } finally {
-    await mailfront.stop(0);
-    await dir.remove();
-    await pair.stop();
+    await stop();
   }
 });

@@ -13,6 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parse, stringify } from 'yaml';
 import { LDAP_STORES_DN, startSlapd } from './servers/index.js';
 import { startFront } from './front.js';
+import { holdPolls } from './store-entries.js';
 
 test('a store map read by a refused config reload\'s check is put in force by that reload, with the config in force', { timeout: 60_000 }, async () => {
   const slapd = await startSlapd({ users: [] });
@@ -27,14 +28,7 @@ test('a store map read by a refused config reload\'s check is put in force by th
     const added = await front.mailfront.reload();
     assert.equal(added.ok, true, added.error);
     // The polls wait until the reload below is refused (one in flight ends first): the check is the first to read the new map.
-    const source = front.mailfront.holder.source as unknown as { unchanged: () => Promise<boolean> };
-    const unchanged = source.unchanged.bind(source);
-    let release = (): void => undefined;
-    const gate = new Promise<void>((resolve) => (release = resolve));
-    source.unchanged = async () => {
-      await gate;
-      return unchanged();
-    };
+    const release = holdPolls(front.mailfront.holder.source);
     await sleep(500);
     // Another instance fails alpha over, and has it use the profile.
     await slapd.modify([`dn: cn=alpha,${LDAP_STORES_DN}`, 'changetype: modify', 'replace: mailfrontCurrentMaster', 'mailfrontCurrentMaster: a2', '-', 'add: mailfrontBackendProfile', 'mailfrontBackendProfile: p1', ''].join('\n'));

@@ -38,7 +38,6 @@ function flood(socket: Socket, total: number): void {
   pump();
 }
 
-/** The splice's end, or 'not ended' after `ms` (the timer keeps the process up meanwhile). */
 /** A client connection (made by `clientPair`) and a backend one, spliced with the test's stall time; errors on the far ends ignored. */
 async function stallSpliced(clientPair: () => Promise<Pair>, stallMs = STALL_MS): Promise<{ client: Pair; backend: Pair; running: Splice }> {
   const client = await clientPair();
@@ -48,37 +47,40 @@ async function stallSpliced(clientPair: () => Promise<Pair>, stallMs = STALL_MS)
   return { client, backend, running: stallSplice(client.front, backend.front, undefined, IDLE_MS, stallMs) };
 }
 
+/** The splice's end, or 'not ended' after `ms` (the timer keeps the process up meanwhile). */
 function endedWithin(running: Splice, ms: number): Promise<string> {
   return Promise.race([running.ended, sleep(ms).then(() => 'not ended')]);
 }
 
 /**
- * Waits until `front` is no longer read from the kernel, for at most 10 s: the splice has paused
- * it (the backend takes no more), and a socket read through a stream (TLS) has filled its buffer,
- * so that node stopped reading it too. Until then a close of the client's would be read. How long
- * the upload takes to fill the buffers depends on how busy the machine is (TLS: its encryption),
- * not on a fixed time.
+ * Waits until `done`, for at most 10 s, failing with `notYet`: how long the loopback buffers take
+ * to fill depends on how busy the machine is (TLS: its encryption), not on a fixed time.
  */
-async function readingStopped(front: Socket): Promise<void> {
+async function filled(done: () => boolean, notYet: string): Promise<void> {
   const deadline = Date.now() + 10_000;
-  while (!front.isPaused() || (front instanceof TLSSocket && front.readableLength < front.readableHighWaterMark)) {
-    assert.ok(Date.now() < deadline, 'the splice still reads the client after 10 s of an upload the backend does not read');
+  while (!done()) {
+    assert.ok(Date.now() < deadline, notYet);
     await sleep(20);
   }
 }
 
 /**
- * Waits until the splice's writes towards `front`'s peer are held back, for at most 10 s: the
- * kernel takes no more, so the peer's receive buffer is full and unread, and the peer's close
- * resets the connection (a FIN would be read as a close, not a failure). As for readingStopped(),
- * how long that takes depends on how busy the machine is.
+ * Waits until `front` is no longer read from the kernel: the splice has paused it (the other side
+ * takes no more), and a socket read through a stream (TLS) has filled its buffer, so that node
+ * stopped reading it too. Until then a close of its peer's would be read.
  */
-async function writeQueued(front: Socket): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  while (front.writableLength === 0) {
-    assert.ok(Date.now() < deadline, 'nothing queued towards a peer that reads nothing after 10 s of a download');
-    await sleep(20);
-  }
+function readingStopped(front: Socket): Promise<void> {
+  const stopped = (): boolean => front.isPaused() && !(front instanceof TLSSocket && front.readableLength < front.readableHighWaterMark);
+  return filled(stopped, 'the splice still reads a side after 10 s of bytes the other side does not take');
+}
+
+/**
+ * Waits until the splice's writes towards `front`'s peer are held back: the kernel takes no more,
+ * so the peer's receive buffer is full and unread, and the peer's close resets the connection (a
+ * FIN would be read as a close, not a failure).
+ */
+function writeQueued(front: Socket): Promise<void> {
+  return filled(() => front.writableLength > 0, 'nothing queued towards a peer that reads nothing after 10 s of a download');
 }
 
 // The cases run at once: each splices socket pairs of its own, and each waits on the splice's
