@@ -41,7 +41,7 @@ import { Canceller } from './cancel.js';
 import type { Cancellation } from './cancel.js';
 import { StoreMapHolder } from './routing/holder.js';
 import type { MaintenanceChange, MasterChange, ReloadResult, SourceRead } from './routing/holder.js';
-import { createStoreMapSource, sourceUnreadable } from './routing/sources.js';
+import { ACCEPT_OLDER_TRIGGER, createStoreMapSource, sourceUnreadable } from './routing/sources.js';
 import type { StoreMapSource } from './routing/sources.js';
 import { sameServer } from './routing/storemap.js';
 import type { Slot, StoreMap } from './routing/storemap.js';
@@ -502,14 +502,22 @@ export class Mailfront {
    * Each starts from the event loop: a reload's steps settle without I/O when nothing changed,
    * and a burst of 50 SIGHUPs at 500 stores, each run in turn as microtasks, relayed nothing and
    * answered nothing (signals included) for 18 s.
+   *
+   * `acceptOlderStoreMap` (`mailfront reload --accept-older-store-map`): an LDAP store map read
+   * from a server behind the map in force is put in force all the same (the directory restored
+   * from a backup); otherwise it is refused, as the polls refuse it. A request that joins the
+   * waiting one gives it this too: the operator asked for it, and that reload has not read yet.
    */
-  reload(): Promise<{ ok: boolean; error?: string; storeMap: ReloadResult }> {
+  reload(options: { readonly acceptOlderStoreMap?: boolean } = {}): Promise<{ ok: boolean; error?: string; storeMap: ReloadResult }> {
+    if (options.acceptOlderStoreMap === true) this.waitingAcceptsOlder = true;
     if (this.waitingReload !== null) return this.waitingReload;
     const run = this.reloads
       .then(() => new Promise<void>((resolve) => setImmediate(resolve)))
       .then(() => {
         this.waitingReload = null;
-        return this.reloadNow();
+        const acceptOlder = this.waitingAcceptsOlder;
+        this.waitingAcceptsOlder = false;
+        return this.reloadNow(acceptOlder ? ACCEPT_OLDER_TRIGGER : 'signal');
       });
     this.waitingReload = run;
     this.reloads = run.catch(() => undefined);
@@ -519,11 +527,14 @@ export class Mailfront {
   private reloads: Promise<unknown> = Promise.resolve();
   /** The reload requested and not started yet, which later requests join (see reload()). */
   private waitingReload: Promise<{ ok: boolean; error?: string; storeMap: ReloadResult }> | null = null;
+  /** The waiting reload was asked to put an older LDAP store map in force (see reload()). */
+  private waitingAcceptsOlder = false;
 
   /** Listeners of the config in force the last reload could not bind (readiness reports them, see readiness()). */
   private unboundByReload: ReadonlySet<string> = new Set();
 
-  private async reloadNow(): Promise<{ ok: boolean; error?: string; storeMap: ReloadResult }> {
+  /** `trigger`: the store map's, `signal` or ACCEPT_OLDER_TRIGGER (see reload()). */
+  private async reloadNow(trigger: string): Promise<{ ok: boolean; error?: string; storeMap: ReloadResult }> {
     // A stopping server binds nothing again (a SIGHUP while it drains would reopen every listener).
     if (this.stopping) return this.refuseWhileStopping();
     const previous = this.config;
@@ -576,7 +587,7 @@ export class Mailfront {
       const message = error instanceof Error ? error.message : String(error);
       this.log.error({ event: 'config.rejected', file: previous.file, err: message }, 'config reload rejected; the running config stays in force');
       this.metrics.configReloaded('failure');
-      return { ok: false, error: message, storeMap: await this.untilStopped(this.holder.reload('signal', storeMapRead)).catch(() => this.storeMapWhileStopping()) };
+      return { ok: false, error: message, storeMap: await this.untilStopped(this.holder.reload(trigger, storeMapRead)).catch(() => this.storeMapWhileStopping()) };
     }
     if (this.stopping) {
       oauth?.close();
@@ -704,7 +715,7 @@ export class Mailfront {
     for (const p of problems) this.log.error({ event: 'config.partially_applied', err: p }, 'part of the new config could not be applied');
     this.metrics.configReloaded(problems.length === 0 ? 'success' : 'failure');
     this.log.info({ event: 'config.reloaded', file: next.file, listeners: next.listeners.length }, 'config reloaded');
-    const storeMap = await this.untilStopped(this.holder.reload('signal', storeMapRead)).catch(() => this.storeMapWhileStopping());
+    const storeMap = await this.untilStopped(this.holder.reload(trigger, storeMapRead)).catch(() => this.storeMapWhileStopping());
     // A new source is watched once it has been read. stop() may have run meanwhile: it closed
     // the holder's source; nothing is to be watched.
     if (storeMapSource !== undefined && !this.stopping) this.stopWatching = storeMapSource.watch(() => void this.holder.reload('change'), this.onSourceHealth);
@@ -902,7 +913,7 @@ export class Mailfront {
       usernames: () => this.config.usernames,
       log: this.log,
       throttle: this.throttle,
-      reload: () => this.reload(),
+      reload: (options) => this.reload(options),
     });
     http.route('*', '/api', async (req, res) => {
       if (!(await admin(req, res))) {

@@ -151,12 +151,17 @@ deleted once Redis takes writes again; the output says which. A subject with not
 said so.
 ${FLEET}
 `,
-  reload: `Usage: mailfront reload [-c FILE]
+  reload: `Usage: mailfront reload [-c FILE] [--accept-older-store-map]
 
 Re-reads the config file and the store map now, as SIGHUP does, without dropping a session. A
 broken config or store map is rejected and the one in force stays; the exit status is 1 then.
 Without an answer within 30 s it gives up with exit status 3: the reload may still be running
 and be applied (the log says: config.reloaded, or config.rejected).
+
+An LDAP store map read from a server behind the map in force (a replica that has not got the
+last failovers) is refused, as the polls refuse it: putting it in force would undo those
+failovers. After the directory was restored from a backup, --accept-older-store-map puts what
+the server says in force all the same.
 ${FLEET}
 `,
 };
@@ -677,6 +682,7 @@ const OPTIONS = {
   slot: { type: 'string' },
   session: { type: 'string' },
   reason: { type: 'string' },
+  'accept-older-store-map': { type: 'boolean' },
 } as const;
 
 /** The options of the commands that talk to a running server's admin API. */
@@ -702,7 +708,7 @@ const COMMAND_OPTIONS: Readonly<Record<string, readonly (keyof typeof OPTIONS)[]
   sessions: [...FLEET_OPTIONS, 'user', 'store', 'slot'],
   kick: [...FLEET_OPTIONS, 'slot', 'session'],
   unthrottle: FLEET_OPTIONS,
-  reload: FLEET_OPTIONS,
+  reload: [...FLEET_OPTIONS, 'accept-older-store-map'],
 };
 
 /** How many arguments each command takes after its name (kick checks its own). */
@@ -954,7 +960,8 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'reload': {
       // The exit code says whether the reload took, with --json too (scripts test it).
-      return runAdmin(command, { method: 'POST', path: '/api/reload', underWay: 'the reload may still be running: see the log (config.reloaded, or config.rejected)', render: (json) => ({ text: reloadText(json), code: json['ok'] ? 0 : 1 }) }, values);
+      const body = values['accept-older-store-map'] === true ? { acceptOlderStoreMap: true } : undefined;
+      return runAdmin(command, { method: 'POST', path: '/api/reload', body, underWay: 'the reload may still be running: see the log (config.reloaded, or config.rejected)', render: (json) => ({ text: reloadText(json), code: json['ok'] ? 0 : 1 }) }, values);
     }
     default:
       process.stderr.write(`mailfront: unknown command "${command}"\n\n${HELP['']}`);

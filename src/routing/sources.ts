@@ -28,8 +28,9 @@ export interface StoreMapSource {
   readonly description: string;
   /**
    * Reads the current document. `trigger` says why (the holder's: start, change, signal,
-   * failover, check): an LDAP source puts a map from a server behind the one in force in force
-   * only for a deliberate reload (signal), see LdapStoreMapSource. `check` is a reload's read for
+   * failover, check, accept-older): an LDAP source puts a map from a server behind the one in
+   * force in force only when the reload asked for it (ACCEPT_OLDER_TRIGGER: `mailfront reload
+   * --accept-older-store-map`), see LdapStoreMapSource. `check` is a reload's read for
    * its check of a new config (StoreMapHolder.read()), which is put in force only if the reload
    * is taken: a source whose watch reports a document that differs from the last one loaded does
    * not count it as loaded until took() says so.
@@ -1657,8 +1658,14 @@ function socketOf(client: Client): unknown {
   return (client as unknown as { readonly socket?: unknown }).socket;
 }
 
-/** Triggers of a load that puts in force what the server says, even behind the map in force: a reload asked for (SIGHUP, `mailfront reload`). */
-const DELIBERATE_LOADS: ReadonlySet<string> = new Set(['signal']);
+/**
+ * The trigger of a load that puts in force what the server says, even behind the map in force:
+ * `mailfront reload --accept-older-store-map`, after the directory was restored from a backup.
+ * Not a SIGHUP: one comes from a certificate's renewal or a log rotation as well, and would undo
+ * every failover a lagging replica has not got, draining the new masters' sessions onto the
+ * demoted ones.
+ */
+export const ACCEPT_OLDER_TRIGGER = 'accept-older';
 
 /** A whole read of the store map, with what says whether its server is behind the map in force. */
 type LdapReading = ({ readonly document: unknown } | { readonly rejected: MailfrontError }) & {
@@ -1854,10 +1861,10 @@ export class LdapStoreMapSource implements StoreMapSource {
       reading = await this.read();
       // A server behind the map in force (a lagging replica read after the provider stopped)
       // would undo failovers and drain the sessions on the new masters: refused, the map in force
-      // stays, unless the reload was asked for (a restore from a backup, say).
+      // stays, unless the reload asked for it (a restore from a backup, say).
       const behind = this.inForce === undefined ? undefined : behindMapInForce(this.inForce, reading.csns, reading.context);
-      if (behind !== undefined && !DELIBERATE_LOADS.has(trigger ?? '')) throw this.refuseBehind(reading, behind);
-      if (behind !== undefined) this.log?.error({ event: 'storemap.source_behind_accepted', source: this.description, url: reading.url, dn: behind.dn, csnInForce: behind.inForce, csnServer: behind.server, trigger }, `the store-map server ${reading.url ?? ''} is behind the map in force (${behind.dn}: ${behind.server}, in force ${behind.inForce}); its map is put in force as the reload asked`);
+      if (behind !== undefined && trigger !== ACCEPT_OLDER_TRIGGER) throw this.refuseBehind(reading, behind);
+      if (behind !== undefined) this.log?.error({ event: 'storemap.source_behind_accepted', source: this.description, url: reading.url, dn: behind.dn, csnInForce: behind.inForce, csnServer: behind.server, trigger }, `the store-map server ${reading.url ?? ''} is behind the map in force (${behind.dn}: ${behind.server}, in force ${behind.inForce}); its map is put in force, as the reload asked`);
     } catch (error) {
       // A load that failed (LDAP down) is not the last one loaded: the next poll that reads the
       // same map reports it, and its reload tells that the source is good again (that poll reads
@@ -1880,7 +1887,7 @@ export class LdapStoreMapSource implements StoreMapSource {
    */
   private refuseBehind(reading: LdapReading, behind: { readonly dn: string; readonly inForce: string; readonly server: string }): MailfrontError {
     const url = reading.url ?? '(unknown)';
-    const error = new MailfrontError('STOREMAP_LDAP_BEHIND', 'config', `the store-map server ${url} is behind the map in force (${behind.dn}: ${behind.server} on the server, ${behind.inForce} in force; a replica that has not caught up): the map in force stays, the other servers are tried, and this one is read again until it has caught up (a reload, SIGHUP or mailfront reload, puts its map in force, after a restore from a backup)`);
+    const error = new MailfrontError('STOREMAP_LDAP_BEHIND', 'config', `the store-map server ${url} is behind the map in force (${behind.dn}: ${behind.server} on the server, ${behind.inForce} in force; a replica that has not caught up): the map in force stays, the other servers are tried, and this one is read again until it has caught up (after a restore from a backup, \`mailfront reload --accept-older-store-map\` puts its map in force)`);
     const said = `${url} ${behind.dn} ${behind.server} ${behind.inForce}`;
     if (this.behind?.said !== said) this.log?.warn({ event: 'storemap.source_behind', source: this.description, url, dn: behind.dn, csnInForce: behind.inForce, csnServer: behind.server }, error.message);
     this.behind = { url, at: performance.now(), context: reading.context, error, said };

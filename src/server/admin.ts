@@ -32,8 +32,8 @@ export interface AdminContext {
   readonly log: Logger;
   /** The auth-failure throttle (whereis shows a user's counts, unthrottle clears them); absent in contexts built for tests of other endpoints. */
   readonly throttle?: Throttle;
-  /** Re-reads the config file and the store map now, as SIGHUP does (`mailfront reload`). */
-  readonly reload: () => Promise<{ readonly ok: boolean; readonly error?: string; readonly storeMap: ReloadResult }>;
+  /** Re-reads the config file and the store map now, as SIGHUP does (`mailfront reload`); `acceptOlderStoreMap`, see Mailfront.reload(). */
+  readonly reload: (options?: { readonly acceptOlderStoreMap?: boolean }) => Promise<{ readonly ok: boolean; readonly error?: string; readonly storeMap: ReloadResult }>;
 }
 
 /** Largest request body accepted (a failover or kick request is a few dozen bytes). */
@@ -634,7 +634,14 @@ async function route(context: AdminContext, req: IncomingMessage, res: ServerRes
     return send(res, 200, { ...subject, key, before: { failures, limit, refusedForMs, from }, cleared: release.cleared });
   }
   if (method === 'POST' && resource === 'reload' && segments === 2) {
-    const { ok, error, storeMap } = await context.reload();
+    const body = await readJson(req);
+    const accept = body['acceptOlderStoreMap'];
+    // Checked whole: a misspelt key would reload without what was asked, and say it took.
+    if (Object.keys(body).some((key) => key !== 'acceptOlderStoreMap') || (accept !== undefined && typeof accept !== 'boolean')) {
+      throw new MailfrontError('ADMIN_BAD_REQUEST', 'client-protocol', 'body must be empty, {} or {"acceptOlderStoreMap": true}');
+    }
+    if (accept === true) context.log.warn({ event: 'admin.reload_accept_older' }, 'reload requested through the admin API, putting in force a store map older than the one in force if the LDAP server read is behind it');
+    const { ok, error, storeMap } = await context.reload({ acceptOlderStoreMap: accept === true });
     return send(res, 200, { ok: ok && storeMap.ok, config: { ok, ...(error !== undefined ? { error } : {}) }, storeMap });
   }
   send(res, 404, { error: `no such endpoint: ${req.method ?? method} ${url.pathname}` });

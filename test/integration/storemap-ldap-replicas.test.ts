@@ -7,7 +7,7 @@
  *   its contextCSN not yet moved);
  * - a server behind the map in force (a lagging consumer read once the provider stopped) is
  *   refused, the map in force kept: the failover is not undone and the new master not drained;
- *   a reload asked for puts it in force;
+ *   a SIGHUP's reload refuses it too, and `mailfront reload --accept-older-store-map` puts it in force;
  * - a failover written through an instance that reads a consumer is refused with words that say
  *   why (the consumer answers a write with a referral), not as an internal error.
  */
@@ -24,7 +24,7 @@ import { MailfrontError } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
 import { StoreMapHolder } from '../../src/routing/holder.js';
 import type { MasterChange } from '../../src/routing/holder.js';
-import { LdapStoreMapSource, generalizedTimeMs } from '../../src/routing/sources.js';
+import { ACCEPT_OLDER_TRIGGER, LdapStoreMapSource, generalizedTimeMs } from '../../src/routing/sources.js';
 import { createAdminHandler } from '../../src/server/admin.js';
 import type { AdminContext } from '../../src/server/admin.js';
 import { LDAP_STORES_DN } from './servers/index.js';
@@ -223,7 +223,7 @@ describe('the LDAP store-map source against replicated slapd', { concurrency: tr
     }
   });
 
-  test('urls [provider, consumer]: with the provider stopped, the consumer that has not got the last failover is refused (storemap.source_behind), the map in force kept and the new master not drained; a reload asked for puts its map in force', async () => {
+  test('urls [provider, consumer]: with the provider stopped, the consumer that has not got the last failover is refused (storemap.source_behind), the map in force kept and the new master not drained; a reload (SIGHUP) refuses it too, and only one asked to accept an older map puts it in force', async () => {
     const pair = await startSlapdPair({ mode: 'consumer', entries: storeEntries(2), access: FAILOVER_ACCESS });
     const [provider, consumer] = pair.servers;
     const lines: Array<Record<string, unknown>> = [];
@@ -263,8 +263,15 @@ describe('the LDAP store-map source against replicated slapd', { concurrency: tr
       assert.equal(f.master('st1'), 'sl1b');
       assert.deepEqual(f.changes.map((c) => `${c.store}:${c.from}>${c.to}`), ['st1:sl1a>sl1b']);
 
-      // A reload asked for (SIGHUP, mailfront reload) puts what the server says in force, said at error level.
-      const reloaded = await f.holder.reload('signal');
+      // A reload (SIGHUP, mailfront reload: a certificate's renewal, a log rotation) refuses it as the polls do.
+      const refused = await f.holder.reload('signal');
+      assert.equal(refused.ok, false, 'a SIGHUP put the stale map in force');
+      assert.match(String(refused.error), /behind the map in force.*mailfront reload --accept-older-store-map/);
+      assert.equal(f.master('st1'), 'sl1b');
+      assert.deepEqual(f.changes.map((c) => `${c.store}:${c.from}>${c.to}`), ['st1:sl1a>sl1b'], 'the new master was drained by a reload');
+      assert.ok(!lines.some((l) => l['event'] === 'storemap.source_behind_accepted'));
+      // Asked for (mailfront reload --accept-older-store-map, after a restore from a backup): what the server says is put in force, said at error level.
+      const reloaded = await f.holder.reload(ACCEPT_OLDER_TRIGGER);
       assert.equal(reloaded.ok, true, reloaded.error);
       assert.equal(f.master('st1'), 'sl1a');
       assert.ok(lines.some((l) => l['event'] === 'storemap.source_behind_accepted' && l['level'] === 'error'), 'no storemap.source_behind_accepted');

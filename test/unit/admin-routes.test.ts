@@ -23,6 +23,7 @@ describe('admin API: endpoints', () => {
   const closed: string[] = [];
   const failovers: string[] = [];
   let reloads = 0;
+  const reloadOptions: unknown[] = [];
   let lookups = 0;
   const registry = new SessionRegistry();
   const session: SessionEntry = {
@@ -67,8 +68,9 @@ describe('admin API: endpoints', () => {
     }),
     usernames: () => ({ lowercase: true }),
     log: createLogger('silent'),
-    reload: async () => {
+    reload: async (options?: { acceptOlderStoreMap?: boolean }) => {
       reloads++;
+      reloadOptions.push(options);
       return { ok: true, storeMap: { ok: true, version: 4, changes: [] } };
     },
   } as unknown as AdminContext;
@@ -117,6 +119,22 @@ describe('admin API: endpoints', () => {
     assert.deepEqual(failovers, ['alpha/a1']);
   });
 
+  it('reloads with an empty body or {}, putting an older LDAP store map in force only when {"acceptOlderStoreMap": true} says so; any other body is refused (400) and nothing reloaded', async () => {
+    const before = reloads;
+    reloadOptions.length = 0;
+    for (const body of [undefined, {}, { acceptOlderStoreMap: false }, { acceptOlderStoreMap: true }]) {
+      const reply = await ask('POST', '/api/reload', body);
+      assert.equal(reply.status, 200, reply.text);
+    }
+    assert.deepEqual(reloadOptions, [{ acceptOlderStoreMap: false }, { acceptOlderStoreMap: false }, { acceptOlderStoreMap: false }, { acceptOlderStoreMap: true }]);
+    // A misspelt key, a string for the boolean: a reload without what was asked would say it took.
+    for (const body of [{ acceptOlderStoremap: true }, { acceptOlderStoreMap: 'yes' }, { acceptOlderStoreMap: true, force: true }, []]) {
+      const reply = await ask('POST', '/api/reload', body);
+      assert.equal(reply.status, 400, `${JSON.stringify(body)}: ${reply.text}`);
+    }
+    assert.equal(reloads, before + 4);
+  });
+
   it('answers 409 to a failover the store map would not validate with (nothing written), not 500', async () => {
     const reply = await ask('POST', '/api/stores/alpha/failover', { slot: 'refused' });
     assert.equal(reply.status, 409, reply.text);
@@ -142,8 +160,9 @@ describe('admin API: endpoints', () => {
     }
     assert.equal((await ask('HEAD', '/api/sessions/xyz')).status, 404);
     // HEAD is never a POST endpoint.
+    const reloadsBefore = reloads;
     assert.equal((await ask('HEAD', '/api/reload')).status, 404);
-    assert.equal(reloads, 0);
+    assert.equal(reloads, reloadsBefore);
   });
 
   it('answers 404 to a kick of a session id that is not open, and mailfront kick --session says so with exit 1', async () => {
