@@ -3,9 +3,9 @@
  * connect with a deadline, optional TLS (implicit or STARTTLS, verified against a CA file),
  * and a login that ends with a socket ready to splice. Owns no policy about which slot.
  */
-import { createSocket } from 'node:dgram';
 import { lookup } from 'node:dns';
 import { connect as netConnect, isIP } from 'node:net';
+import { bindProblem } from '../net/local-address.js';
 import { markedSocketOptions } from '../net/socket-options.js';
 import { clientTlsSocket } from '../net/tls-sockets.js';
 import type { Socket } from 'node:net';
@@ -251,25 +251,6 @@ export function sourceAddressFailure(error: NodeJS.ErrnoException, source: strin
 function sourceFamilies(config: Pick<BackendConfig, 'sourceAddresses'>): string {
   const families = [4, 6].filter((f) => config.sourceAddresses?.some((a) => addressFamily(a) === f));
   return families.map((f) => `IPv${f}`).join(' and ');
-}
-
-/** Why the host will not let a socket bind `address` (an errno code), or null when it will. */
-function bindProblem(address: string): Promise<string | null> {
-  return new Promise((resolve) => {
-    // A UDP socket: bound and closed, it sends and holds nothing; the kernel asks of a TCP one's
-    // source address what it asks of this one's (an address of the host, or IP_FREEBIND).
-    const socket = createSocket(addressFamily(address) === 6 ? 'udp6' : 'udp4');
-    const done = (problem: string | null): void => {
-      try {
-        socket.close();
-      } catch {
-        // Closed already.
-      }
-      resolve(problem);
-    };
-    socket.once('error', (error: NodeJS.ErrnoException) => done(error.code ?? error.message));
-    socket.bind({ address, port: 0, exclusive: true }, () => done(null));
-  });
 }
 
 /** The source-address lists of `config` (backend and profiles), by config path. */

@@ -539,6 +539,26 @@ function sessionsTable(sessions: SessionJson[]): string {
 }
 
 /**
+ * The listeners' hosts (and the HTTP listener's) this host does not have: serve would not start
+ * with one (EADDRNOTAVAIL), and a reload would leave it unbound. Each asked once, on port 0 (its
+ * own port may well be held by the instance running now), as backend.source_addresses are; a
+ * host taken with net.ipv4.ip_nonlocal_bind (a VIP on the standby of a pair) binds here as in serve.
+ */
+async function unusableListenAddresses(config: import('../config/schema.js').Config): Promise<import('../config/validate.js').ConfigIssue[]> {
+  const { bindProblem } = await import('../net/local-address.js');
+  const hosts: Array<readonly [path: string, host: string]> = config.listeners.map((listener, i) => [`listeners[${i}].host`, listener.host]);
+  if (config.http !== undefined) hosts.push(['http.host', config.http.host]);
+  const problems = new Map<string, Promise<string | null>>();
+  const issues: import('../config/validate.js').ConfigIssue[] = [];
+  for (const [path, host] of hosts) {
+    if (!problems.has(host)) problems.set(host, bindProblem(host));
+    const problem = await problems.get(host)!;
+    if (problem !== null) issues.push({ path, expected: `an address of this host (the kernel would not bind a socket to it: ${problem})`, found: JSON.stringify(host) });
+  }
+  return issues;
+}
+
+/**
  * Loads each listener's certificates and keys as serve does (a TlsContextHolder with the config's
  * policy: the files read, each key matched to its certificate, a certificate listed where no
  * client would be given it refused; nothing bound), so that check-config finds what would stop
@@ -810,6 +830,7 @@ async function main(argv: string[]): Promise<number> {
       const { configSourceAddresses, unusableSourceAddresses } = await import('../backend/connect.js');
       const sourcesChecked = new Set<string>();
       fileIssues.push(...(await unusableSourceAddresses(configSourceAddresses(config), sourcesChecked)));
+      fileIssues.push(...(await unusableListenAddresses(config)));
       // The store map is read even when the files above are not: every problem at once. (A config
       // whose own values are wrong is reported alone: without it the rest cannot be read.)
       const problems = fileIssues.length > 0 ? [new ConfigError(config.file, fileIssues)] : [];

@@ -2,6 +2,8 @@
 // certificate and key files included, and exit non-zero then.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { createServer as createNetServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { generateKeyPairSync } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -200,4 +202,34 @@ test('a key given twice is told as that, not as a value that needed quotes', asy
   const result = await run(file);
   assert.equal(result.code, 1, result.stdout);
   assert.deepEqual(problemLines(result.stderr), ['  line 2 column 1: expected each key at most once in a mapping, found duplicate key']);
+});
+
+/** check-config on a config with these listeners (YAML flow mappings) and sections. */
+async function checkListeners(name: string, listeners: readonly string[], sections = ''): Promise<{ code: number; stdout: string; stderr: string }> {
+  const file = join(dir, `${name}.yaml`);
+  await writeFile(file, `listeners:\n${listeners.map((l) => `  - ${l}`).join('\n')}\ndirectory: { urls: [ldap://127.0.0.1], bind_dn: cn=x, bind_password: x, base_dn: dc=x }\nstore_map: { file: stores.yaml, watch: false }\n${sections}`);
+  return run(file);
+}
+
+test('check-config names a listener host and an http.host this host does not have (serve would not bind them), each under its path, and passes a host whose port the running instance holds', async () => {
+  // The running instance holds its listeners' port: check-config asks of the address alone.
+  const running = createNetServer();
+  await new Promise<void>((resolve) => running.listen(0, '127.0.0.1', resolve));
+  const port = (running.address() as AddressInfo).port;
+  const plain = (name: string, host: string, listenPort: number): string => `{ name: ${name}, protocol: imap, host: "${host}", port: ${listenPort}, tls: none, plaintext_without_tls: true }`;
+  try {
+    const held = await checkListeners('listen-held', [plain('imap-held', '127.0.0.1', port), plain('imap-lo2', '127.0.0.2', port)], `http: { host: 127.0.0.3, port: ${port} }\n`);
+    assert.equal(held.code, 0, held.stderr);
+    assert.match(held.stdout, /: OK \(2 listeners/);
+  } finally {
+    running.close();
+  }
+  // 192.0.2.0/24 and 198.51.100.0/24 are documentation blocks (RFC 5737): no host has them. Bound on port 0 and let go of; nothing is sent.
+  const foreign = await checkListeners('listen-foreign', [plain('imap-vip', '192.0.2.10', 1143), plain('imap-lo', '127.0.0.1', 1144), plain('pop3-vip', '192.0.2.10', 1110).replace('imap,', 'pop3,')], 'http: { host: 198.51.100.9, port: 9143 }\n');
+  assert.equal(foreign.code, 1, foreign.stdout);
+  const found = (path: string, host: string): RegExp => new RegExp(`${path.replace(/[.[\]]/g, '\\$&')}: expected an address of this host \\(the kernel would not bind a socket to it: EADDRNOTAVAIL\\), found "${host.replace(/\./g, '\\.')}"`);
+  assert.match(foreign.stderr, found('listeners[0].host', '192.0.2.10'));
+  assert.match(foreign.stderr, found('listeners[2].host', '192.0.2.10'));
+  assert.match(foreign.stderr, found('http.host', '198.51.100.9'));
+  assert.ok(!foreign.stderr.includes('listeners[1].host'), foreign.stderr);
 });
