@@ -140,8 +140,12 @@ export interface PreauthMachine {
    * bearer token refused gets the mechanism's final refusal at once, without its error challenge.
    */
   timedOut(refusal?: LoginRefusal, text?: string): PreauthAction[];
-  /** The server is shutting down: a BYE/-ERR and a close. */
-  shuttingDown(): PreauthAction[];
+  /**
+   * The server is shutting down: a BYE/-ERR and a close; nothing buffered behind a login under
+   * way is run. A login the session has decided already, waiting out the failure delay, gets its
+   * `refusal` (and `text`) first, as timedOut() gives it: the stop cuts the delay short.
+   */
+  shuttingDown(refusal?: LoginRefusal, text?: string): PreauthAction[];
 }
 
 /** How mailfront logs in to a backend slot on the user's behalf. */

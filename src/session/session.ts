@@ -354,7 +354,8 @@ export class Session {
   private loginTimedOut = false;
   /**
    * The refusal of a login decided already, while the session waits out the failure delay (and
-   * the throttle's penalty) to answer it: the pre-auth deadline's answer gives it, not unavailable.
+   * the throttle's penalty) to answer it: the pre-auth deadline's answer and the stop's give it,
+   * not unavailable.
    */
   private decided: { readonly refusal: LoginRefusal; readonly text: string | undefined } | undefined;
   /** What the login under way waits on, as the kind its failure would have (the directory, a slot), and the last failure it was held for: cutByDeadline() reads them. */
@@ -524,9 +525,13 @@ export class Session {
     this.tracker.phase(phase);
   }
 
-  /** The server is stopping: sessions before login get a BYE; spliced ones are closed by the registry. */
+  /**
+   * The server is stopping: sessions before login get a BYE; spliced ones are closed by the
+   * registry. A login refused already, its answer waiting out the failure delay, is answered at
+   * once with its refusal, then the BYE (a wrong password is no outage).
+   */
   shutdown(): void {
-    if (this.phase === 'preauth' || this.phase === 'greeting') this.perform(this.machine.shuttingDown());
+    if (this.phase === 'preauth' || this.phase === 'greeting') this.perform(this.machine.shuttingDown(this.decided?.refusal, this.decided?.text));
     else if (this.phase === 'authenticating' || this.phase === 'backend-login') {
       this.canceller?.abort();
       this.perform(this.machine.shuttingDown());
@@ -1106,7 +1111,7 @@ export class Session {
       this.slot = undefined;
       const refusal = refusalFor(error.kind);
       const text = error.clientText ?? (refusal !== 'limit' ? UNAVAILABLE_TEXT[error.kind] : error.code === ADDRESS_CONNECTION_LIMIT ? ADDRESS_LIMIT_TEXT : LIMIT_TEXT);
-      // Decided: the deadline, if it comes during the waits below, answers this refusal.
+      // Decided: the deadline or the stop, if it comes during the waits below, answers this refusal.
       this.decided = { refusal, text };
       // A wrong password for an entry found under an alias: logged by the entry's own name too, as
       // its success would be (in a master login, the staff member's entry).

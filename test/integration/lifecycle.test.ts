@@ -338,6 +338,60 @@ test('the pre-auth deadline during the failure delay of a refused login: the ref
   }
 });
 
+test('a stop during the failure delay of a refused login: the refusal decided (a wrong password), then the stop\'s goodbye, at once', async () => {
+  // The failure delay (10 s) outlasts the test's wait: a wrong password is refused by the
+  // directory at once, and its answer waits for the delay when the stop comes.
+  const delayed = await startFront({ slapd, sieve: true, stores: { alpha: { currentMaster: 'm', slots: { m: { imapPort: master.imapPort } } } }, session: { auth_failure_delay_ms: 10_000 } });
+  const plain = Buffer.from(`\0liz\0not-${PASSWORD}`).toString('base64');
+  const clients: LineClient[] = [];
+  let stopped: Promise<void> | undefined;
+  try {
+    const cases = [
+      { port: delayed.imapTrustedPort, login: ['a LOGIN liz wrong-pw'], answer: /^a NO \[AUTHENTICATIONFAILED\] /, goodbye: /^\* BYE \[UNAVAILABLE\] Server shutting down/ },
+      { port: delayed.pop3TrustedPort, login: ['USER liz', 'PASS wrong-pw'], answer: /^-ERR \[AUTH\] /, goodbye: /^-ERR \[SYS\/TEMP\] Server shutting down/ },
+      { port: delayed.sieveTrustedPort!, login: [`AUTHENTICATE "PLAIN" "${plain}"`], answer: /^NO "Authentication failed\."/, goodbye: /^BYE \(TRYLATER\) "Server shutting down\."/ },
+    ];
+    await Promise.all(
+      cases.map(async ({ port, login }, at) => {
+        const raw = await LineClient.connect(port);
+        clients[at] = raw;
+        // The greeting (ManageSieve's capabilities end with OK); POP3's USER is answered at once.
+        for (let line = await raw.readLine(); !/^(\* OK|\+OK|OK)/.test(line); line = await raw.readLine());
+        for (const [i, line] of login.entries()) {
+          raw.send(line);
+          if (i < login.length - 1) assert.match(await raw.readLine(), /^\+OK/);
+        }
+      }),
+    );
+    // Each wrong password refused (logged before the delay).
+    for (const protocol of ['imap', 'pop3', 'managesieve']) {
+      const failed = await waitForLog(delayed, (l) => l['event'] === 'session.login_failed' && l['protocol'] === protocol);
+      assert.equal(failed['code'], 'WRONG_PASSWORD');
+    }
+    const stopping = Date.now();
+    stopped = delayed.mailfront.stop(500, 0);
+    await Promise.all(
+      cases.map(async ({ answer, goodbye }, at) => {
+        const raw = clients[at]!;
+        // Not -ERR [SYS/TEMP] nor BYE (TRYLATER) alone: a wrong password is no outage.
+        assert.match(await raw.readLine(5_000), answer);
+        assert.match(await raw.readLine(1_000), goodbye);
+        assert.ok(await raw.waitClosed(2_000), 'the session was closed at the stop');
+        const elapsed = Date.now() - stopping;
+        assert.ok(elapsed < 3_000, `closed ${elapsed} ms after the stop: at once, not after the failure delay`);
+      }),
+    );
+    await stopped;
+    for (const protocol of ['imap', 'pop3', 'managesieve']) {
+      await waitForLog(delayed, (l) => l['event'] === 'session.finished' && l['protocol'] === protocol && l['reason'] === 'shutdown');
+    }
+  } finally {
+    for (const raw of clients) raw?.close();
+    await stopped;
+    await delayed.stop();
+  }
+});
+
 test('a backend CA file: relative to the config folder, re-read on reload when it changed in place, and an unreadable one refuses logins without harm', async () => {
   const secure = await startDovecot({ name: 'life-tls', tls: true, users: [{ name: 'liz', password: PASSWORD }] });
   const dir = tmpDir('backendca');

@@ -405,6 +405,23 @@ describe('IMAP pre-auth: timeouts, shutdown, drain', () => {
     assert.deepStrictEqual(timedOutWith(), answered('NO [UNAVAILABLE] Temporary failure, please try again later.'));
   });
 
+  it('at shutdown, a login pending is answered as the session decided it, then BYE; nothing pipelined behind it runs', () => {
+    const shutDownWith = (refusal?: LoginRefusal, text?: string) => {
+      const machine = imapAdapter.createPreauth(TLS_CLIENT);
+      assert.deepStrictEqual(machine.receive(utf8('a LOGIN u p\r\nb LOGOUT\r\n')).map((action) => action.type), ['login']);
+      const out = machine.shuttingDown(refusal, text);
+      assert.deepStrictEqual(machine.receive(utf8('c LOGIN u p\r\n')), []);
+      assert.deepStrictEqual(machine.shuttingDown(), [], 'said once');
+      return out;
+    };
+    const answered = (line: string) => [
+      { type: 'send', data: `a ${line}\r\n* BYE [UNAVAILABLE] Server shutting down\r\n` },
+      { type: 'close', reason: 'shutdown' },
+    ];
+    assert.deepStrictEqual(shutDownWith('auth-failed'), answered(AUTH_FAILED.trimEnd()));
+    assert.deepStrictEqual(shutDownWith('limit', 'Too many sessions.'), answered('NO [LIMIT] Too many sessions.'));
+  });
+
   it('buffers input while a login is pending and only then answers', () => {
     const machine = imapAdapter.createPreauth(TLS_CLIENT);
     const actions = machine.receive(utf8('a LOGIN u p\r\nb NOOP\r\n'));

@@ -330,6 +330,22 @@ describe('managesieve preauth: deadlines, shutdown and drain', () => {
     assert.deepEqual(timedOutWith(), answered('NO (TRYLATER) "Temporary failure, please try again later."'));
   });
 
+  it('at shutdown, a login refused already is answered so, then BYE; one undecided is answered by that BYE alone (RFC 5804 §4: BYE ends a command); nothing pipelined behind it runs', () => {
+    const shutDownWith = (refusal?: LoginRefusal, text?: string) => {
+      const machine = managesieveAdapter.createPreauth({ ...PLAIN_PORT, ...TRUSTED });
+      machine.greeting();
+      assert.deepEqual(machine.receive(Buffer.from(`AUTHENTICATE "PLAIN" "${plain('alice', 'pw')}"\r\nLOGOUT\r\n`)).map((action) => action.type), ['login']);
+      const out = machine.shuttingDown(refusal, text);
+      assert.deepEqual(machine.receive(Buffer.from('CAPABILITY\r\n')), []);
+      assert.deepEqual(machine.shuttingDown(), [], 'said once');
+      return out;
+    };
+    const answered = (line: string) => [{ type: 'send', data: `${line}BYE (TRYLATER) "Server shutting down."\r\n` }, { type: 'close', reason: 'shutdown' }];
+    assert.deepEqual(shutDownWith('auth-failed'), answered('NO "Authentication failed."\r\n'));
+    assert.deepEqual(shutDownWith('limit', 'Too many sessions.'), answered('NO (TRYLATER) "Too many sessions."\r\n'));
+    assert.deepEqual(shutDownWith(), answered(''));
+  });
+
   it('loginSucceeded outside a pending login is a bug', () => {
     assert.throws(() => managesieveAdapter.createPreauth(PLAIN_PORT).loginSucceeded(null));
     assert.deepEqual(managesieveAdapter.createPreauth(PLAIN_PORT).loginFailed('auth-failed'), []);

@@ -101,6 +101,12 @@ describe('IMAP', () => {
     assert.deepEqual(machine.timedOut('auth-failed'), [{ type: 'send', data: 'a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n* BYE No login within the time allowed\r\n' }, { type: 'close', reason: 'timeout' }]);
   });
 
+  test('a token refused when the server stops: the refusal at once, no challenge to answer, then the BYE', () => {
+    const machine = imapAdapter.createPreauth({ ...TLS_CLIENT, ...OAUTH });
+    assert.equal(machine.receive(Buffer.from(`a AUTHENTICATE OAUTHBEARER ${oauthbearer('alice')}\r\n`))[0]?.type, 'bearer-login');
+    assert.deepEqual(machine.shuttingDown('auth-failed'), [{ type: 'send', data: 'a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n* BYE [UNAVAILABLE] Server shutting down\r\n' }, { type: 'close', reason: 'shutdown' }]);
+  });
+
   test('a temporary failure is answered at once, without the challenge, and not counted', () => {
     const trace = preauthTrace({ options: OAUTH, phases: [`a AUTHENTICATE OAUTHBEARER ${oauthbearer('alice')}\r\n`, 'b NOOP\r\n'], logins: [{ ok: false, refusal: 'unavailable', text: 'Try later.' }], respond: 'immediately' });
     assert.deepEqual(trace.slice(1), ['send a NO [UNAVAILABLE] Try later.\r\nb OK NOOP completed.\r\n']);
@@ -178,6 +184,16 @@ describe('POP3', () => {
     ]);
   });
 
+  test('a token refused when the server stops: the refusal at once, no challenge to answer, then the -ERR', () => {
+    const machine = pop3Adapter.createPreauth(TLS_OAUTH);
+    assert.equal(machine.receive(Buffer.from(`AUTH OAUTHBEARER ${oauthbearer('alice')}\r\n`))[0]?.type, 'bearer-login');
+    assert.deepEqual(machine.shuttingDown('auth-failed'), [
+      { type: 'send', data: '-ERR [AUTH] Authentication failed.\r\n' },
+      { type: 'send', data: '-ERR [SYS/TEMP] Server shutting down, please wait and try again later.\r\n' },
+      { type: 'close', reason: 'shutdown' },
+    ]);
+  });
+
   test('a temporary failure is answered at once: -ERR [SYS/TEMP]', () => {
     const text = sends(runPreauth(TLS_OAUTH, [`AUTH OAUTHBEARER ${oauthbearer('alice')}\r\n`], whole, [{ refuse: 'unavailable' }]));
     assert.match(text, /-ERR \[SYS\/TEMP\] Temporary failure/);
@@ -223,6 +239,13 @@ describe('ManageSieve', () => {
     machine.greeting();
     assert.equal(machine.receive(Buffer.from(`AUTHENTICATE "OAUTHBEARER" "${oauthbearer('alice')}"\r\n`))[0]?.type, 'bearer-login');
     assert.deepEqual(machine.timedOut('auth-failed'), [{ type: 'send', data: 'NO "Authentication failed."\r\nBYE "No login within the time allowed."\r\n' }, { type: 'close', reason: 'timeout' }]);
+  });
+
+  test('a token refused when the server stops: the refusal at once, no challenge to answer, then the BYE', () => {
+    const machine = managesieveAdapter.createPreauth({ ...PLAIN_PORT, ...OAUTH });
+    machine.greeting();
+    assert.equal(machine.receive(Buffer.from(`AUTHENTICATE "OAUTHBEARER" "${oauthbearer('alice')}"\r\n`))[0]?.type, 'bearer-login');
+    assert.deepEqual(machine.shuttingDown('auth-failed'), [{ type: 'send', data: 'NO "Authentication failed."\r\nBYE (TRYLATER) "Server shutting down."\r\n' }, { type: 'close', reason: 'shutdown' }]);
   });
 
   test('a temporary failure: NO (TRYLATER) at once', () => {

@@ -569,6 +569,26 @@ describe('pop3 preauth: limits and hostile input', () => {
     assert.deepEqual(timedOutWith(), answered('-ERR [SYS/TEMP] Temporary failure, please wait and try again later.'));
   });
 
+  it('at shutdown, a login refused already is answered so, then -ERR; one undecided is answered by that -ERR alone; nothing pipelined behind it runs', () => {
+    const shutDownWith = (refusal?: LoginRefusal, text?: string) => {
+      const machine = pop3Adapter.createPreauth(TRUSTED);
+      machine.receive(Buffer.from('USER alice\r\n'));
+      assert.deepEqual(machine.receive(Buffer.from('PASS secret\r\nQUIT\r\n')).map((action) => action.type), ['login']);
+      const out = machine.shuttingDown(refusal, text);
+      assert.deepEqual(machine.receive(Buffer.from('CAPA\r\n')), []);
+      assert.deepEqual(machine.shuttingDown(), [], 'said once');
+      return out;
+    };
+    const goodbye = [
+      { type: 'send', data: '-ERR [SYS/TEMP] Server shutting down, please wait and try again later.\r\n' },
+      { type: 'close', reason: 'shutdown' },
+    ];
+    assert.deepEqual(shutDownWith('auth-failed'), [{ type: 'send', data: '-ERR [AUTH] Authentication failed.\r\n' }, ...goodbye]);
+    assert.deepEqual(shutDownWith('limit', 'Too many sessions.'), [{ type: 'send', data: '-ERR [SYS/TEMP] Too many sessions.\r\n' }, ...goodbye]);
+    // One answer to PASS, a temporary one ("wait"): no second -ERR for a command that has one.
+    assert.deepEqual(shutDownWith(), goodbye);
+  });
+
   it('never throws on random input, split anyhow', () => {
     let seed = 42;
     const random = (): number => {

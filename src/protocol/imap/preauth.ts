@@ -230,9 +230,15 @@ export class ImapPreauthMachine implements PreauthMachine {
     return this.close(out, '* BYE No login within the time allowed\r\n', 'timeout');
   }
 
-  shuttingDown(): PreauthAction[] {
+  shuttingDown(refusal?: LoginRefusal, text?: string): PreauthAction[] {
     if (this.phase === 'closed' || this.phase === 'logged-in') return [];
-    return this.close([], `* BYE [UNAVAILABLE] ${SHUTTING_DOWN_PHRASE}\r\n`, 'shutdown');
+    const out: PreauthAction[] = [];
+    // A login refused already gets its tagged answer first, as at the deadline.
+    if (this.phase === 'login-pending' && refusal !== undefined) {
+      this.pendingBearer = null;
+      push(out, this.refusalLine(refusal, text));
+    }
+    return this.close(out, `* BYE [UNAVAILABLE] ${SHUTTING_DOWN_PHRASE}\r\n`, 'shutdown');
   }
 
   /** The tagged answer refusing the pending login; `text` is a human sentence (never a secret). */

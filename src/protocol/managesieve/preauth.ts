@@ -193,9 +193,16 @@ export class ManageSievePreauth implements PreauthMachine {
     return this.#close(out, 'BYE "No login within the time allowed."', 'timeout');
   }
 
-  shuttingDown(): PreauthAction[] {
+  shuttingDown(refusal?: LoginRefusal, text?: string): PreauthAction[] {
     if (this.#phase === 'closed' || this.#phase === 'logged-in') return [];
-    return this.#close([], `BYE (TRYLATER) "${SHUTTING_DOWN_PHRASE}."`, 'shutdown');
+    const out: PreauthAction[] = [];
+    // A login refused already is answered so first; one undecided is answered by the BYE itself
+    // (RFC 5804 §4: BYE ends a command as NO does), TRYLATER.
+    if (this.#phase === 'login-pending' && refusal !== undefined) {
+      this.#pendingBearer = null;
+      push(out, refusalLine(refusal, text));
+    }
+    return this.#close(out, `BYE (TRYLATER) "${SHUTTING_DOWN_PHRASE}."`, 'shutdown');
   }
 
   #plaintextAllowed(): boolean {

@@ -195,9 +195,13 @@ export class Pop3Preauth implements PreauthMachine {
     return last.length === 0 ? [] : [...pending, ...last];
   }
 
-  shuttingDown(): PreauthAction[] {
-    // Worded as the other temporary answers ("wait"): fetchmail reads the words, not the code.
-    return this.#finalWords(`-ERR [SYS/TEMP] ${SHUTTING_DOWN_TEXT}`, 'shutdown');
+  shuttingDown(refusal?: LoginRefusal, text?: string): PreauthAction[] {
+    // A login refused already is answered so first; one undecided is answered by the -ERR itself,
+    // POP3's one answer to its PASS or AUTH. Worded as the other temporary answers ("wait"):
+    // fetchmail reads the words, not the code.
+    const pending = this.#state === 'awaiting-login' && refusal !== undefined ? [send(refusalLine(refusal, text))] : [];
+    const last = this.#finalWords(`-ERR [SYS/TEMP] ${SHUTTING_DOWN_TEXT}`, 'shutdown');
+    return last.length === 0 ? [] : [...pending, ...last];
   }
 
   #finalWords(line: string, reason: PreauthCloseReason): PreauthAction[] {

@@ -1,0 +1,67 @@
+// The stop against a session whose login is refused already and waits out the throttle's penalty:
+// the refusal is the answer, at once, then the BYE. The failure is counted once, as it was before
+// the stop.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { SessionContext } from '../../src/session/session.js';
+import { imapAdapter } from '../../src/protocol/imap/index.js';
+import { MailfrontError } from '../../src/errors.js';
+import { startFakeSession } from './session-harness.js';
+
+/** Waits (polling) until `predicate` holds; fails with `what` after `timeoutMs`. */
+async function until(predicate: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!predicate()) {
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+/** A turn of the event loop: whatever a settled wait set going (microtasks, setImmediate) has run. */
+async function aTurn(): Promise<void> {
+  await new Promise((resolve) => setImmediate(resolve));
+  await new Promise((resolve) => setTimeout(resolve, 0));
+}
+
+const throttleThatAllows = () => ({ check: async () => ({ refused: false, refusedForMs: 0 }), recordSuccess: async () => undefined, recordFailure: async () => ({ delayMs: 0 }), exempts: () => false, addressKey: (address: string) => address });
+
+// A pre-auth deadline far past the test: only the stop ends these sessions.
+const NO_DEADLINE_MS = 60_000;
+
+test("a stop while a refused login waits out the throttle's penalty: the refusal decided, then the BYE, at once; the failure recorded and counted once", async () => {
+  const steps: string[] = [];
+  const session = startFakeSession(imapAdapter, NO_DEADLINE_MS, {
+    directory: () =>
+      ({
+        authenticate: async () => {
+          steps.push('directory');
+          throw new MailfrontError('WRONG_PASSWORD', 'auth-failed', 'wrong password');
+        },
+      }) as unknown as ReturnType<SessionContext['directory']>,
+    throttle: () =>
+      ({
+        ...throttleThatAllows(),
+        recordFailure: async () => {
+          steps.push('failure recorded');
+          return { refused: false, refusedForMs: 0, delayMs: 10_000 };
+        },
+      }) as unknown as ReturnType<SessionContext['throttle']>,
+  });
+  session.socket.push('a LOGIN bob wrong-pw\r\nb LOGOUT\r\n');
+  await until(() => steps.includes('failure recorded'), 'the failure to be recorded');
+  await aTurn();
+  assert.equal(session.ended(), '', 'the answer waits out the penalty');
+  const stopped = performance.now();
+  session.session.shutdown();
+  await until(() => session.ended() !== '', 'the session to end');
+  await aTurn();
+  assert.ok(performance.now() - stopped < 1_000, 'ended at the stop, not after the penalty');
+  assert.equal(session.ended(), 'shutdown');
+  const lines = session.socket.out.split('\r\n').filter((l) => l !== '');
+  // Not the BYE alone, the tag left open: a wrong password is no outage. The LOGOUT pipelined behind it is not run.
+  assert.deepEqual(lines.slice(1), ['a NO [AUTHENTICATIONFAILED] Authentication failed.', '* BYE [UNAVAILABLE] Server shutting down']);
+  assert.deepEqual(steps, ['directory', 'failure recorded']);
+  const { body } = await session.metrics.exposition();
+  assert.match(body, /^mailfront_logins_total\{protocol="imap",result="auth-failed"\} 1$/m);
+  assert.doesNotMatch(body, /mailfront_logins_total\{protocol="imap",result="(?!auth-failed)[^"]*"\} [1-9]/);
+});
