@@ -143,7 +143,10 @@ export interface PreauthMachine {
   /**
    * The server is shutting down: a BYE/-ERR and a close; nothing buffered behind a login under
    * way is run. A login the session has decided already, waiting out the failure delay, gets its
-   * `refusal` (and `text`) first, as timedOut() gives it: the stop cuts the delay short.
+   * `refusal` (and `text`) first, as timedOut() gives it: the stop cuts the delay short. One still
+   * undecided gets an answer only where the goodbye is none: IMAP's untagged BYE leaves the tag
+   * open, so the login is answered as unavailable first; POP3's -ERR and ManageSieve's BYE
+   * (RFC 5804 §4, response-nobye) are the pending command's answer themselves, a temporary one.
    */
   shuttingDown(refusal?: LoginRefusal, text?: string): PreauthAction[];
 }

@@ -528,7 +528,8 @@ export class Session {
   /**
    * The server is stopping: sessions before login get a BYE; spliced ones are closed by the
    * registry. A login refused already, its answer waiting out the failure delay, is answered at
-   * once with its refusal, then the BYE (a wrong password is no outage).
+   * once with its refusal, then the BYE (a wrong password is no outage); one still under way is
+   * abandoned, and answered as the machine's goodbye allows (IMAP's tag as unavailable).
    */
   shutdown(): void {
     if (this.phase === 'preauth' || this.phase === 'greeting') this.perform(this.machine.shuttingDown(this.decided?.refusal, this.decided?.text));

@@ -338,10 +338,16 @@ test('the pre-auth deadline during the failure delay of a refused login: the ref
   }
 });
 
-test('a stop during the failure delay of a refused login: the refusal decided (a wrong password), then the stop\'s goodbye, at once', async () => {
+test('a stop during the failure delay of a refused login: the refusal decided (a wrong password), then the stop\'s goodbye, at once; a login still at its backend gets NO [UNAVAILABLE] first', async () => {
   // The failure delay (10 s) outlasts the test's wait: a wrong password is refused by the
-  // directory at once, and its answer waits for the delay when the stop comes.
-  const delayed = await startFront({ slapd, sieve: true, stores: { alpha: { currentMaster: 'm', slots: { m: { imapPort: master.imapPort } } } }, session: { auth_failure_delay_ms: 10_000 } });
+  // directory at once, and its answer waits for the delay when the stop comes. The store's
+  // backend accepts and never greets: a right password's login is still under way then.
+  const held: Socket[] = [];
+  const silent = createServer((socket) => void held.push(socket));
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+  const address = silent.address();
+  assert.ok(address !== null && typeof address === 'object');
+  const delayed = await startFront({ slapd, sieve: true, stores: { alpha: { currentMaster: 's', slots: { s: { imapPort: address.port } } } }, session: { auth_failure_delay_ms: 10_000 } });
   const plain = Buffer.from(`\0liz\0not-${PASSWORD}`).toString('base64');
   const clients: LineClient[] = [];
   let stopped: Promise<void> | undefined;
@@ -350,6 +356,8 @@ test('a stop during the failure delay of a refused login: the refusal decided (a
       { port: delayed.imapTrustedPort, login: ['a LOGIN liz wrong-pw'], answer: /^a NO \[AUTHENTICATIONFAILED\] /, goodbye: /^\* BYE \[UNAVAILABLE\] Server shutting down/ },
       { port: delayed.pop3TrustedPort, login: ['USER liz', 'PASS wrong-pw'], answer: /^-ERR \[AUTH\] /, goodbye: /^-ERR \[SYS\/TEMP\] Server shutting down/ },
       { port: delayed.sieveTrustedPort!, login: [`AUTHENTICATE "PLAIN" "${plain}"`], answer: /^NO "Authentication failed\."/, goodbye: /^BYE \(TRYLATER\) "Server shutting down\."/ },
+      // Not the BYE alone, its tag never answered.
+      { port: delayed.imapTrustedPort, login: [`b LOGIN liz ${PASSWORD}`], answer: /^b NO \[UNAVAILABLE\] /, goodbye: /^\* BYE \[UNAVAILABLE\] Server shutting down/ },
     ];
     await Promise.all(
       cases.map(async ({ port, login }, at) => {
@@ -363,10 +371,15 @@ test('a stop during the failure delay of a refused login: the refusal decided (a
         }
       }),
     );
-    // Each wrong password refused (logged before the delay).
+    // Each wrong password refused (logged before the delay), and the right one at its backend.
     for (const protocol of ['imap', 'pop3', 'managesieve']) {
       const failed = await waitForLog(delayed, (l) => l['event'] === 'session.login_failed' && l['protocol'] === protocol);
       assert.equal(failed['code'], 'WRONG_PASSWORD');
+    }
+    const deadline = Date.now() + 5_000;
+    while (held.length === 0) {
+      assert.ok(Date.now() < deadline, 'the backend was never dialled');
+      await new Promise((r) => setTimeout(r, 20));
     }
     const stopping = Date.now();
     stopped = delayed.mailfront.stop(500, 0);
@@ -389,6 +402,8 @@ test('a stop during the failure delay of a refused login: the refusal decided (a
     for (const raw of clients) raw?.close();
     await stopped;
     await delayed.stop();
+    for (const socket of held) socket.destroy();
+    silent.close();
   }
 });
 

@@ -405,7 +405,7 @@ describe('IMAP pre-auth: timeouts, shutdown, drain', () => {
     assert.deepStrictEqual(timedOutWith(), answered('NO [UNAVAILABLE] Temporary failure, please try again later.'));
   });
 
-  it('at shutdown, a login pending is answered as the session decided it, then BYE; nothing pipelined behind it runs', () => {
+  it('at shutdown, a login pending is answered as the session decided it (unavailable if undecided), then BYE: the untagged BYE leaves no tag open; nothing pipelined behind it runs', () => {
     const shutDownWith = (refusal?: LoginRefusal, text?: string) => {
       const machine = imapAdapter.createPreauth(TLS_CLIENT);
       assert.deepStrictEqual(machine.receive(utf8('a LOGIN u p\r\nb LOGOUT\r\n')).map((action) => action.type), ['login']);
@@ -420,6 +420,7 @@ describe('IMAP pre-auth: timeouts, shutdown, drain', () => {
     ];
     assert.deepStrictEqual(shutDownWith('auth-failed'), answered(AUTH_FAILED.trimEnd()));
     assert.deepStrictEqual(shutDownWith('limit', 'Too many sessions.'), answered('NO [LIMIT] Too many sessions.'));
+    assert.deepStrictEqual(shutDownWith(), answered('NO [UNAVAILABLE] Temporary failure, please try again later.'));
   });
 
   it('buffers input while a login is pending and only then answers', () => {

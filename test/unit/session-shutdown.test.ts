@@ -1,6 +1,7 @@
-// The stop against a session whose login is refused already and waits out the throttle's penalty:
-// the refusal is the answer, at once, then the BYE. The failure is counted once, as it was before
-// the stop.
+// The stop against a session whose login is not answered yet: refused already and waiting out the
+// throttle's penalty (the refusal is the answer, at once, then the BYE), or still at the directory
+// (abandoned; IMAP's tag answered as unavailable, then the BYE). The failure is counted once, as
+// it was before the stop.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { SessionContext } from '../../src/session/session.js';
@@ -64,4 +65,32 @@ test("a stop while a refused login waits out the throttle's penalty: the refusal
   const { body } = await session.metrics.exposition();
   assert.match(body, /^mailfront_logins_total\{protocol="imap",result="auth-failed"\} 1$/m);
   assert.doesNotMatch(body, /mailfront_logins_total\{protocol="imap",result="(?!auth-failed)[^"]*"\} [1-9]/);
+});
+
+test('a stop while a login waits on the directory: the login abandoned, its tag answered as unavailable, then the BYE; counted as aborted', async () => {
+  const steps: string[] = [];
+  const session = startFakeSession(imapAdapter, NO_DEADLINE_MS, {
+    // A directory that does not answer, and gives up when the login is cancelled (as LDAP does).
+    directory: () =>
+      ({
+        authenticate: (user: string, _password: string, signal: { addEventListener(type: 'abort', listener: () => void): void }) => {
+          steps.push(`directory ${user}`);
+          return new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(new MailfrontError('ABORTED', 'aborted', 'cancelled'))));
+        },
+      }) as unknown as ReturnType<SessionContext['directory']>,
+    throttle: () => throttleThatAllows() as unknown as ReturnType<SessionContext['throttle']>,
+  });
+  session.socket.push('a LOGIN bob secret-pw\r\nb LOGOUT\r\n');
+  await until(() => steps.length > 0, 'the directory to be asked');
+  session.session.shutdown();
+  await until(() => session.ended() !== '', 'the session to end');
+  await aTurn();
+  assert.equal(session.ended(), 'shutdown');
+  const lines = session.socket.out.split('\r\n').filter((l) => l !== '');
+  assert.deepEqual(lines.slice(1), ['a NO [UNAVAILABLE] Temporary failure, please try again later.', '* BYE [UNAVAILABLE] Server shutting down']);
+  assert.deepEqual(steps, ['directory bob']);
+  assert.equal(session.limiter.sessionsOf('bob'), 0, 'the user claim is released');
+  const { body } = await session.metrics.exposition();
+  assert.match(body, /^mailfront_logins_total\{protocol="imap",result="aborted"\} 1$/m);
+  assert.doesNotMatch(body, /mailfront_logins_total\{protocol="imap",result="(?!aborted)[^"]*"\} [1-9]/);
 });

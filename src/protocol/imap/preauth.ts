@@ -230,11 +230,12 @@ export class ImapPreauthMachine implements PreauthMachine {
     return this.close(out, '* BYE No login within the time allowed\r\n', 'timeout');
   }
 
-  shuttingDown(refusal?: LoginRefusal, text?: string): PreauthAction[] {
+  shuttingDown(refusal: LoginRefusal = 'unavailable', text?: string): PreauthAction[] {
     if (this.phase === 'closed' || this.phase === 'logged-in') return [];
     const out: PreauthAction[] = [];
-    // A login refused already gets its tagged answer first, as at the deadline.
-    if (this.phase === 'login-pending' && refusal !== undefined) {
+    // The untagged BYE answers no command (RFC 9051 §7.1.5): a login under way gets its tagged
+    // answer first (as decided, if it was), as at the deadline.
+    if (this.phase === 'login-pending') {
       this.pendingBearer = null;
       push(out, this.refusalLine(refusal, text));
     }
