@@ -532,6 +532,8 @@ export class Mailfront {
 
   /** Listeners of the config in force the last reload could not bind (readiness reports them, see readiness()). */
   private unboundByReload: ReadonlySet<string> = new Set();
+  /** Listeners kept by the last reload whose new certificate files could not be used: they serve the ones they had (readiness reports them). */
+  private certificatesNotReloaded: ReadonlySet<string> = new Set();
 
   /** `trigger`: the store map's, `signal` or ACCEPT_OLDER_TRIGGER (see reload()). */
   private async reloadNow(trigger: string): Promise<{ ok: boolean; error?: string; storeMap: ReloadResult }> {
@@ -609,12 +611,19 @@ export class Mailfront {
     const before = this.listeners.filter((l) => l.listening);
     const kept = new Set<Listener>();
     const unboundByReload = new Set<string>();
+    const filesNotReloaded = new Set<string>();
     for (const [i, listenerConfig] of next.listeners.entries()) {
       const current = before.find((l) => !kept.has(l) && !needsRebind(l.config, listenerConfig));
       try {
         if (current !== undefined) {
           kept.add(current);
-          current.reconfigure(listenerConfig);
+          try {
+            current.reconfigure(listenerConfig);
+          } catch (caught) {
+            // Bound and serving, with the certificates it had: not a listener the reload could not bind.
+            filesNotReloaded.add(listenerConfig.name);
+            throw caught;
+          }
           continue;
         }
         // Its address taken by listeners whose protocol or TLS mode changed, or whose addresses
@@ -639,7 +648,7 @@ export class Mailfront {
           throw error;
         }
       } catch (caught) {
-        unboundByReload.add(listenerConfig.name);
+        if (!filesNotReloaded.has(listenerConfig.name)) unboundByReload.add(listenerConfig.name);
         const error = atListener(caught, i, listenerConfig);
         problems.push(error instanceof Error ? error.message : String(error));
       }
@@ -653,6 +662,7 @@ export class Mailfront {
     }
     for (const listener of before) if (!kept.has(listener)) await listener.stopAccepting();
     this.unboundByReload = unboundByReload;
+    this.certificatesNotReloaded = filesNotReloaded;
     // Stopped listeners are let go of once their last session has ended.
     for (const listener of this.listeners) if (!listener.listening) listener.whenRetired(() => this.forgetListener(listener));
     this.metrics.listenersInForce(this.listeners.filter((l) => l.listening).map((l) => l.config.name));
@@ -861,7 +871,8 @@ export class Mailfront {
    * connections for everyone, cached logins included, where mailfront answers a temporary failure.
    * A listener a reload could not bind (a port in use) is reported too: the instance serves what
    * it served before, and a config pushed to a fleet must not take every instance out of service
-   * for one new port (unless it serves none of a protocol: protocolsNotServed()). `directory:
+   * for one new port (unless it serves none of a protocol: protocolsNotServed()); so is a
+   * listener kept whose new certificate files could not be used (it serves the ones it had). `directory:
    * false` asks the directory nothing and goes by its last check (mailfront_ready at each scrape).
    */
   async readiness(options: { readonly directory?: boolean } = {}): Promise<Readiness> {
@@ -877,6 +888,7 @@ export class Mailfront {
     return readinessOf([
       { name: 'listeners', ok: lost.length === 0 && unserved.length === 0, detail: [bound, ...(lost.length > 0 ? [`not listening: ${lost.join(', ')}`] : []), ...unserved.map((p) => `no ${p} listener bound`)].join('; ') },
       ...(byReload.length > 0 ? [{ name: 'listeners_not_bound_by_reload', ok: false, advisory: true, detail: byReload.join(', ') }] : []),
+      ...(this.certificatesNotReloaded.size > 0 ? [{ name: 'listener_certificates_not_reloaded', ok: false, advisory: true, detail: [...this.certificatesNotReloaded].join(', ') }] : []),
       { name: 'store_map', ok: this.holder.loaded, detail: this.holder.loaded ? `version ${this.holder.current.version}` : 'not loaded' },
       ...(health === undefined ? [] : [directoryReadiness(health)]),
       { name: 'accepting', ok: !this.stopping, detail: this.stopping ? 'stopping' : 'accepting' },

@@ -109,6 +109,17 @@ test('reload re-reads the certificate; an unusable one is reported and the worki
     // Named as check-config names it: the listener's config path, then the files.
     assert.match(broken.error ?? '', /(^|; )listeners\[1\] \("imaps"\)\.certificate: cannot use certificate \S+ with key /);
     assert.equal(await servedFingerprint(front.imapsPort), after);
+    // Readiness says what happened: the listener is bound, serving the certificate it had (advisory, no 503).
+    const readiness = await front.mailfront.readiness({ directory: false });
+    assert.equal(readiness.checks.find((c) => c.name === 'listeners_not_bound_by_reload'), undefined, 'a listener serving its old certificate reported as not bound');
+    // Every listener naming the file: the STARTTLS ones share it with the implicit-TLS ones.
+    assert.deepEqual(readiness.checks.find((c) => c.name === 'listener_certificates_not_reloaded'), { name: 'listener_certificates_not_reloaded', ok: false, advisory: true, detail: 'imap, imaps, pop3, pop3s' });
+    assert.equal(readiness.ready, true);
+    // Usable files again: nothing to report.
+    copyFileSync(cert, front.certs.certFile);
+    const fixed = await front.mailfront.reload();
+    assert.equal(fixed.ok, true, fixed.error);
+    assert.equal((await front.mailfront.readiness({ directory: false })).checks.find((c) => c.name === 'listener_certificates_not_reloaded'), undefined);
   } finally {
     await dir.remove();
   }
