@@ -44,10 +44,13 @@ export const MIN_BEARER_TOKEN_CHARS = 16;
  * taken, and spaces between (RFC 6750's b64token is narrower, but punctuation and inner spaces
  * work from curl and always were taken: refused now, a token that worked would stop a restart).
  */
-const BEARER_TOKEN_EXPECTED = 'a token of visible ASCII characters (0x21 to 0x7E: letters, digits and punctuation) and spaces between them, as an Authorization: Bearer header carries it unchanged: no whitespace at its start or end (stripped around a header\'s value on its way), no tab, line break or other control, and no character beyond ASCII (sent as each client encodes it)';
+export const BEARER_TOKEN_EXPECTED = 'a token of visible ASCII characters (0x21 to 0x7E: letters, digits and punctuation) and spaces between them, as an Authorization: Bearer header carries it unchanged: no whitespace at its start or end (stripped around a header\'s value on its way), no tab, line break or other control, and no character beyond ASCII (sent as each client encodes it)';
 
-/** Why `token` cannot be a bearer token (BEARER_TOKEN_EXPECTED), in words that never show it; null when it can. */
-function bearerTokenCharsProblem(token: string): string | null {
+/**
+ * Why `token` cannot be a bearer token (BEARER_TOKEN_EXPECTED), in words that never show it; null
+ * when it can. The CLI checks a token given by --token or MAILFRONT_ADMIN_TOKEN with it too.
+ */
+export function bearerTokenCharsProblem(token: string): string | null {
   const chars = Array.from(token);
   // A space between visible characters reaches mailfront as it was written, and always did.
   const lastNotSpace = chars.findLastIndex((c) => c !== ' ');

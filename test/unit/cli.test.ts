@@ -45,17 +45,19 @@ test('output to a reader that has gone (| head, | grep -q) ends the command quie
   for (let i = 0; i < 3; i++) assert.equal((await cli(['kick'], { closeStderr: true })).code, 2);
 });
 
-/** An admin API stand-in that answers GET /api/stores and records the tokens it was given. */
-async function fakeAdminApi(): Promise<{ port: number; tokens: string[]; close: () => void }> {
+/** An admin API stand-in that answers GET /api/stores and records the tokens it was given, and how many connections it took. */
+async function fakeAdminApi(): Promise<{ port: number; tokens: string[]; connections: () => number; close: () => void }> {
   const tokens: string[] = [];
+  let connections = 0;
   const server = createServer((req, res) => {
     tokens.push(req.headers.authorization ?? '');
     res.writeHead(200, { 'content-type': 'application/json' });
     res.end(JSON.stringify({ version: 3, stores: [] }));
   });
+  server.on('connection', () => connections++);
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
-  return { port: (server.address() as AddressInfo).port, tokens, close: () => server.close() };
+  return { port: (server.address() as AddressInfo).port, tokens, connections: () => connections, close: () => server.close() };
 }
 
 test('the operator commands read only http and admin of the config: another secret file they cannot read is no error, and with --token no secret file is read', async () => {
@@ -82,6 +84,49 @@ test('the operator commands read only http and admin of the config: another secr
     assert.equal(missing.code, 1);
     assert.match(missing.stderr, /admin\.token_file: expected a readable file.*, found ENOENT/);
     assert.ok(!missing.stderr.includes('directory'), missing.stderr);
+  } finally {
+    api.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('a token of --token or MAILFRONT_ADMIN_TOKEN that no admin API could match is refused before anything is sent, naming where it came from and never showing it', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'mf-cli-token-'));
+  const api = await fakeAdminApi();
+  try {
+    const url = `http://127.0.0.1:${api.port}`;
+    const secret = 'a-token-of-the-admin-api-0123456789';
+    const env: NodeJS.ProcessEnv = { ...process.env };
+    delete env['MAILFRONT_ADMIN_TOKEN'];
+    // The config's token is a good one: a bad token given otherwise must not fall back to it.
+    const config = join(dir, 'mailfront.yaml');
+    await writeFile(config, `http: { host: 127.0.0.1, port: ${api.port} }\nadmin: { token: ${secret} }\n`);
+    const chars = `a string of ${secret.length + 1} characters with`;
+    const cases: Array<{ args: string[]; env: NodeJS.ProcessEnv; source: string; found: string }> = [
+      { args: ['--url', url, '--token', `${secret} `], env, source: '--token', found: `${chars} a space at its end` },
+      { args: ['--url', url], env: { ...env, MAILFRONT_ADMIN_TOKEN: `${secret}\n` }, source: 'MAILFRONT_ADMIN_TOKEN', found: `${chars} a line break at its end` },
+      // A token file written on Windows, read with "$(cat file)": the \n goes, the \r stays.
+      { args: ['-c', config], env: { ...env, MAILFRONT_ADMIN_TOKEN: `${secret}\r` }, source: 'MAILFRONT_ADMIN_TOKEN', found: `${chars} a line break at its end` },
+      { args: ['--url', url, '--token', `${secret.slice(0, 10)}é${secret.slice(10)}`], env, source: '--token', found: `${chars} a character beyond ASCII at character 11` },
+      { args: ['--url', url, '--token', `${secret}€`], env, source: '--token', found: `${chars} a character beyond ASCII at its end` },
+      { args: ['--url', url, '--token', ''], env, source: '--token', found: 'an empty string' },
+      // --token is the one used, and so the one checked and named.
+      { args: ['-c', config, '--token', `\t${secret}`], env: { ...env, MAILFRONT_ADMIN_TOKEN: secret }, source: '--token', found: `${chars} a tab at its start` },
+    ];
+    for (const { args, env: caseEnv, source, found } of cases) {
+      const result = await cli(['stores', ...args], { env: caseEnv });
+      const label = `${source}: ${found}`;
+      assert.equal(result.code, 1, `${label}: ${result.stderr}`);
+      assert.ok(result.stderr.startsWith(`mailfront: the admin token given by ${source} was not sent: found ${found}; expected a token of visible ASCII`), `${label}: ${result.stderr}`);
+      assert.equal(result.stdout, '', label);
+      for (const part of [secret, secret.slice(0, 10), secret.slice(-10)]) assert.ok(!result.stderr.includes(part), `${label}: ${result.stderr}`);
+    }
+    assert.equal(api.connections(), 0);
+    assert.deepEqual(api.tokens, []);
+    // Spaces between its characters are a token admin.token takes: sent as given.
+    const inner = await cli(['stores', '--url', url, '--token', 'a token with inner spaces 0123'], { env });
+    assert.equal(inner.code, 0, inner.stderr);
+    assert.deepEqual(api.tokens, ['Bearer a token with inner spaces 0123']);
   } finally {
     api.close();
     await rm(dir, { recursive: true, force: true });
