@@ -24,6 +24,7 @@ import type { Agent } from 'node:http';
 import { LRUCache } from 'lru-cache';
 import { untilCancelled } from '../cancel.js';
 import type { Cancellation } from '../cancel.js';
+import { urlShown } from '../config/validate.js';
 import { MailfrontError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics, OAuthIdpResult } from '../metrics.js';
@@ -116,8 +117,13 @@ function refuse(code: string, message: string): MailfrontError {
   return new MailfrontError(code, 'auth-failed', `the token was refused: ${message}`);
 }
 
+/**
+ * The introspection endpoint's URL (oauth2.introspection_url, or the OpenID configuration's) is
+ * told as config issues tell it (urlShown()): the message reaches the login's log line, and such
+ * a URL may carry a secret (`?client_secret=`).
+ */
 function introspectionUnavailable(url: string, message: string): MailfrontError {
-  return new MailfrontError(OAUTH_CODES.introspectionUnavailable, 'auth-tempfail', `the token could not be checked: ${url} (oauth2 introspection) ${message}`);
+  return new MailfrontError(OAUTH_CODES.introspectionUnavailable, 'auth-tempfail', `the token could not be checked: ${urlShown(url)} (oauth2 introspection) ${message}`);
 }
 
 /** Whether `key` is of the kind `alg` verifies with (no RSA key for ES256, no EC key for RS256: algorithm confusion). */
@@ -502,7 +508,7 @@ export class OAuthVerifier {
     if (known.length === 0) {
       // The URL not fetched yet (down since start): the key may well be there.
       if (fromUrl && this.urlKeys === undefined) {
-        const source = this.config.jwksUrl !== undefined ? `${this.config.jwksUrl} (oauth2.jwks_url) has` : `${this.jwksUrl ?? this.config.openidConfigurationUrl ?? ''} (oauth2 discovery) has`;
+        const source = this.config.jwksUrl !== undefined ? `${urlShown(this.config.jwksUrl)} (oauth2.jwks_url) has` : `${urlShown(this.jwksUrl ?? this.config.openidConfigurationUrl ?? '')} (oauth2 discovery) has`;
         throw new MailfrontError(OAUTH_CODES.keysUnavailable, 'auth-tempfail', `no signing keys to check the token with: ${source} not answered with a JWKS yet`);
       }
       throw refuse(OAUTH_CODES.unknownKey, kid === undefined ? 'it names no kid, and no key of the JWKS is without one' : `kid ${shown(kid)} is in no JWKS (fetched again at most every ${this.config.jwksUnknownKidRefetchMs} ms)`);
@@ -752,6 +758,7 @@ export class OAuthVerifier {
 
   /** Reads the OpenID configuration document; never rejects (a failure keeps the document read before, and is logged). */
   private async discover(why: string): Promise<void> {
+    // Logged as config issues show it (urlShown()): a configured URL may carry a secret in its query.
     const source = this.config.openidConfigurationUrl ?? '';
     // Whether the IdP answered 200: a failure after it is the answer's (bad-answer), not the request's.
     let answered = false;
@@ -764,15 +771,16 @@ export class OAuthVerifier {
       this.metrics?.oauthIdpFetch('discovery', 'ok');
       const changed = JSON.stringify(found) !== JSON.stringify(this.discovered);
       this.discovered = found;
-      if (changed) this.log.info({ event: 'oauth.discovery_loaded', source, why, issuer: found.issuer, jwksUri: found.jwksUri ?? null, introspectionEndpoint: found.introspectionEndpoint ?? null }, 'OpenID configuration read');
+      if (changed) this.log.info({ event: 'oauth.discovery_loaded', source: urlShown(source), why, issuer: found.issuer, jwksUri: found.jwksUri ?? null, introspectionEndpoint: found.introspectionEndpoint ?? null }, 'OpenID configuration read');
     } catch (error) {
       this.metrics?.oauthIdpFetch('discovery', answered ? 'bad-answer' : idpResultOf(error));
-      this.log.error({ event: 'oauth.discovery_failed', source, why, err: error instanceof Error ? error.message : String(error) }, this.discovered === undefined ? 'the OpenID configuration could not be read: OAuth logins that need its URLs fail until it is' : 'the OpenID configuration could not be read again: what it said before stays in use');
+      this.log.error({ event: 'oauth.discovery_failed', source: urlShown(source), why, err: error instanceof Error ? error.message : String(error) }, this.discovered === undefined ? 'the OpenID configuration could not be read: OAuth logins that need its URLs fail until it is' : 'the OpenID configuration could not be read again: what it said before stays in use');
     }
   }
 
   /** Fetches the keys of `url`; never rejects (a failure keeps the keys held, and is logged). */
   private async loadKeys(url: string, why: string): Promise<void> {
+    // `url` is logged as config issues show it (urlShown()): oauth2.jwks_url may carry a secret in its query.
     let answered = false;
     try {
       const text = await fetchText(url, { timeoutMs: this.config.jwksTimeoutMs, deadline: `${this.config.jwksTimeoutMs} ms (oauth2.jwks_timeout_ms)`, maxBytes: MAX_JWKS_BYTES });
@@ -788,11 +796,11 @@ export class OAuthVerifier {
       if (this.urlKeys !== undefined) this.tokens?.clear();
       this.urlKeys = set;
       this.urlKeysFrom = url;
-      for (const { kid, reason } of set.skipped) this.log.warn({ event: 'oauth.jwks_key_skipped', source: url, kid, reason }, 'a key of the JWKS is not used');
-      this.log.info({ event: 'oauth.jwks_loaded', source: url, why, keys: set.keys.length, kids: set.keys.map((k) => k.kid ?? null) }, 'OAuth signing keys loaded');
+      for (const { kid, reason } of set.skipped) this.log.warn({ event: 'oauth.jwks_key_skipped', source: urlShown(url), kid, reason }, 'a key of the JWKS is not used');
+      this.log.info({ event: 'oauth.jwks_loaded', source: urlShown(url), why, keys: set.keys.length, kids: set.keys.map((k) => k.kid ?? null) }, 'OAuth signing keys loaded');
     } catch (error) {
       this.metrics?.oauthIdpFetch('jwks', answered ? 'bad-answer' : idpResultOf(error));
-      this.log.error({ event: 'oauth.jwks_fetch_failed', source: url, why, keys: this.urlKeys?.keys.length ?? 0, err: error instanceof Error ? error.message : String(error) }, this.urlKeys === undefined ? 'OAuth signing keys could not be fetched: OAuth logins fail until they are' : 'OAuth signing keys could not be fetched again: the keys fetched before stay in use');
+      this.log.error({ event: 'oauth.jwks_fetch_failed', source: urlShown(url), why, keys: this.urlKeys?.keys.length ?? 0, err: error instanceof Error ? error.message : String(error) }, this.urlKeys === undefined ? 'OAuth signing keys could not be fetched: OAuth logins fail until they are' : 'OAuth signing keys could not be fetched again: the keys fetched before stay in use');
     }
   }
 }

@@ -19,6 +19,7 @@ import { createSecureContext } from 'node:tls';
 import type { createClient } from '@redis/client';
 import { LRUCache } from 'lru-cache';
 import { caCertificatesProblem, readCaFile } from '../ca-file.js';
+import { urlShown } from '../config/validate.js';
 import type { ConfigIssue } from '../config/validate.js';
 import type { Logger } from '../log.js';
 import { CidrSet, addressKey } from '../net/cidr.js';
@@ -1812,10 +1813,14 @@ export class RedisThrottleStore implements ThrottleStore {
     if (named.host !== primary.host || named.port !== primary.port) this.markDown(`the sentinels name ${sentinelNodeName(named)} as the primary of ${sentinel.masterName}`, false);
   }
 
-  /** Where this store's Redis is, for log lines: the URL, or the master name and the primary the sentinels named last. */
+  /**
+   * Where this store's Redis is, for log lines: the URL, or the master name and the primary the
+   * sentinels named last. The URL as config issues show it (urlShown()): the client ignores a
+   * query, and one written with `?password=` would have put the password in every state line.
+   */
   private where(): { readonly url: string } | { readonly sentinel: string; readonly primary?: string } {
     const { sentinel } = this.redis;
-    if (sentinel === undefined) return { url: this.redis.url ?? '' };
+    if (sentinel === undefined) return { url: urlShown(this.redis.url ?? '') };
     return { sentinel: sentinel.masterName, ...(this.primary !== undefined ? { primary: sentinelNodeName(this.primary) } : {}) };
   }
 }

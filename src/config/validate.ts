@@ -34,7 +34,8 @@ export class IssueList {
 
   /**
    * An issue about a URL-valued setting (or a host:port a URL may have been written in place
-   * of): described as add() does, but a string quoted without its userinfo (urlShown()).
+   * of): described as add() does, but a string quoted without its userinfo nor its query's
+   * values (urlShown()).
    */
   addUrl(path: string, expected: string, value: unknown): void {
     // Quoted or not as written (describe()); the length told is the value's own.
@@ -79,12 +80,59 @@ export function describe(value: unknown): string {
  * and issues reach check-config's output, the config.rejected log line and the admin API's reload
  * answer. The last "@" of the whole text, not the URL parser's: a URL that does not parse may
  * still hold a password, and a password may hold "/", "?" or "#".
+ *
+ * Nor is a value of its query or its fragment shown (queryHidden()), the parameters' names kept
+ * (`https://idp.example.org/introspect?client_secret=[hidden]`): some IdPs and Redis setups are
+ * written with the secret there (`?client_secret=`, `?access_token=`, `?password=`, `?apikey=`).
+ * Every value, not those of names that look secret: no list of names would be whole (`sig`,
+ * `key`, `code`, ...), and the names are what lets the operator tell the URL.
  */
 export function urlShown(text: string): string {
   const end = text.lastIndexOf('@');
-  if (end < 0) return text;
   const scheme = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//.exec(text)?.[0] ?? '';
-  return `${scheme.length <= end ? scheme : ''}[credentials hidden]@${text.slice(end + 1)}`;
+  const hidden = queryHidden(text, scheme.length);
+  let shown = end < 0 ? '' : `${scheme.length <= end ? scheme : ''}[credentials hidden]@`;
+  for (let i = end + 1; i < text.length; ) {
+    const from = i;
+    while (i < text.length && hidden[i] === hidden[from]) i++;
+    shown += hidden[from] ? '[hidden]' : text.slice(from, i);
+  }
+  return shown;
+}
+
+/**
+ * Which characters of `text` (a URL, or what was written for one) are a value of its query or
+ * its fragment: after the first "=" of each "&"-separated parameter, a parameter without "=" whole
+ * (`?SECRET`), and all after "#". Read from the first "?" or "#" after the scheme (`from`), of the
+ * whole text: where one comes before the last "@", that "@" may be a query value's
+ * (`?password=p@ss`), and what follows it the value's end, which urlShown() would otherwise show
+ * (an "@" of the userinfo, in a password holding "?", hides the host then too: less shown, never
+ * more).
+ */
+function queryHidden(text: string, from: number): boolean[] {
+  const hidden = new Array<boolean>(text.length).fill(false);
+  const start = text.slice(from).search(/[?#]/);
+  if (start < 0) return hidden;
+  let state: 'name' | 'value' | 'fragment' = text[from + start] === '#' ? 'fragment' : 'name';
+  let parameter = from + start + 1;
+  const bare = (to: number): void => {
+    if (state === 'name') hidden.fill(true, parameter, to);
+  };
+  for (let i = parameter; i < text.length; i++) {
+    const c = text[i];
+    if (state === 'fragment') hidden[i] = true;
+    else if (c === '#') {
+      bare(i);
+      state = 'fragment';
+    } else if (c === '&') {
+      bare(i);
+      state = 'name';
+      parameter = i + 1;
+    } else if (c === '=' && state === 'name') state = 'value';
+    else if (state === 'value') hidden[i] = true;
+  }
+  bare(text.length);
+  return hidden;
 }
 
 /** Joins a path and a key the way issues print them (`a.b[2].c`). */

@@ -233,3 +233,15 @@ test('check-config names a listener host and an http.host this host does not hav
   assert.match(foreign.stderr, found('http.host', '198.51.100.9'));
   assert.ok(!foreign.stderr.includes('listeners[1].host'), foreign.stderr);
 });
+
+test('a secret in a URL\'s query (oauth2.introspection_url, throttle.redis.url) is never printed: the values are hidden, the parameters named', async () => {
+  const secrets = ['Idp-query-secret-2b7f', 'Redis-q-pw-4c'];
+  const oauth2 = `oauth2: { issuers: [https://sso.example.com/realms/mail], audiences: [mail], introspection_url: "http://sso.example.com/introspect?client_secret=${secrets[0]}&x=1", client_id: mailfront, client_secret: Client-secret-1 }\n`;
+  const throttle = `throttle: { redis: { url: "redis://h/db?password=${secrets[1]}" } }\n`;
+  const result = await checkConfig('query-secrets', [{ cert: certs.certFile, key: certs.keyFile }], '', 'stores.yaml', oauth2 + throttle);
+  assert.equal(result.code, 1, result.stdout);
+  const problems = problemLines(result.stderr);
+  assert.ok(problems.includes('  oauth2.introspection_url: expected an https:// URL (http:// only to a loopback address), found an http URL to a host that is not a loopback address (keys fetched in the clear could be anyone\'s): "http://sso.example.com/introspect?client_secret=[hidden]&x=[hidden]"'), result.stderr);
+  assert.ok(problems.includes('  throttle.redis.url: expected a redis:// or rediss:// URL whose path, if any, is a database number (redis://host:6379/0), found "redis://h/db?password=[hidden]"'), result.stderr);
+  for (const secret of secrets) assert.ok(!result.stderr.includes(secret) && !result.stdout.includes(secret), `${secret} is in:\n${result.stderr}`);
+});

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { ConfigError, loadAdminAccess, loadConfig, loadStoreMap } from '../../src/config/load.js';
 import { filterLoginAttribute, loginAttributeOf } from '../../src/config/schema.js';
+import { urlShown } from '../../src/config/validate.js';
 import { tmpDir } from '../integration/servers/tmp.js';
 
 /** A directory with `files` in it, removed when the process exits. */
@@ -351,6 +352,48 @@ test('a user and password written into a URL (or a host:port) are never shown in
   assert.deepEqual(slot.issues.map((i) => [i.path, i.found]), [['stores.store1.slots.slot2.host', '"[credentials hidden]@10.0.0.7"']]);
   const shown = [directory, redis, sentinel, slot].map((e) => e.message).join('\n');
   for (const secret of secrets) assert.ok(!shown.includes(secret), `${secret} is in:\n${shown}`);
+});
+
+test('urlShown() hides a URL\'s query values and fragment, the parameters\' names kept, in text that does not parse as a URL too', () => {
+  const cases: Array<[string, string]> = [
+    ['https://idp.example.org/introspect?client_secret=Qs-1', 'https://idp.example.org/introspect?client_secret=[hidden]'],
+    ['https://idp/x?a=1&access_token=Qs-2#Qs-3', 'https://idp/x?a=[hidden]&access_token=[hidden]#[hidden]'],
+    ['https://mf:Pw-1@idp/x?password=Qs-4', 'https://[credentials hidden]@idp/x?password=[hidden]'],
+    // Not a URL (the reason it is quoted): the same.
+    ['htps:/idp x?apikey=Qs-5', 'htps:/idp x?apikey=[hidden]'],
+    ['idp.example.org:443?apikey=Qs-6', 'idp.example.org:443?apikey=[hidden]'],
+    // A parameter that is all value, and an empty one.
+    ['https://idp/x?Qs-7&a=', 'https://idp/x?[hidden]&a='],
+    // An "@" in a query value: what precedes it is hidden as a userinfo would be, and the value's end too.
+    ['https://idp/x?password=Qs-8@Qs-9&b=Qs-10', 'https://[credentials hidden]@[hidden]&b=[hidden]'],
+    // The userinfo as before: the last "@", a password holding "?" and "/" hidden whole.
+    ['https://mf:Pw-4?/Pw-5@idp/x?a=Qs-11', 'https://[credentials hidden]@idp/x?a=[hidden]'],
+    ['ldaps://mf:Pw-2@ds1/o=x', 'ldaps://[credentials hidden]@ds1/o=x'],
+    ['mf:Pw-3@s1:26379', '[credentials hidden]@s1:26379'],
+    // Nothing to hide: as written.
+    ['https://idp.example.org/realms/mail', 'https://idp.example.org/realms/mail'],
+    ['https://idp/x?#', 'https://idp/x?#'],
+  ];
+  for (const [text, shown] of cases) {
+    assert.equal(urlShown(text), shown, text);
+    assert.doesNotMatch(urlShown(text), /(?:Qs|Pw)-\d/, text);
+  }
+});
+
+test('a secret written into a URL\'s query is never shown in an issue: throttle.redis.url, valid or not', () => {
+  const dir = writeTemp({
+    'ldap.secret': 'x',
+    'stores.yaml': STORES,
+    // 40 characters or less, which an issue quotes.
+    'path.yaml': `${GOOD}throttle: { redis: { url: "redis://h/abc?password=Redis-q-pw-5d" } }\n`,
+    'scheme.yaml': `${GOOD}throttle: { redis: { url: "redis//h:6379?password=Redis-q-pw-6e" } }\n`,
+  });
+  const path = configErrorOf(() => loadConfig(join(dir, 'path.yaml')));
+  assert.deepEqual(path.issues.map((i) => [i.path, i.found]), [['throttle.redis.url', '"redis://h/abc?password=[hidden]"']]);
+  const scheme = configErrorOf(() => loadConfig(join(dir, 'scheme.yaml')));
+  assert.deepEqual(scheme.issues.map((i) => [i.path, i.found]), [['throttle.redis.url', '"redis//h:6379?password=[hidden]"']]);
+  const shown = [path, scheme].map((e) => e.message).join('\n');
+  for (const secret of ['Redis-q-pw-5d', 'Redis-q-pw-6e']) assert.ok(!shown.includes(secret), `${secret} is in:\n${shown}`);
 });
 
 test('a bearer token (admin.token, http.metrics_token) with whitespace or a character beyond visible ASCII is refused at load, by the key written, never trimmed nor shown', () => {

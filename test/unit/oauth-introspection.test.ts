@@ -19,6 +19,7 @@ import { Canceller } from '../../src/cancel.js';
 import { MailfrontError } from '../../src/errors.js';
 import { assertNoRegisteredSecret, capturedLogger, registerSecrets } from '../integration/front.js';
 import { JwksServer, claimsFor, makeKey, signJwt } from '../integration/oauth-idp.js';
+import { refusingPort } from '../integration/servers/index.js';
 
 const ISSUER = 'https://idp.example.org/realms/mail';
 const AUDIENCE = 'mail';
@@ -306,6 +307,34 @@ describe('OpenID discovery', () => {
     }
     idp.heal();
   });
+});
+
+test('a secret written into the query of introspection_url or jwks_url is in no error or log line: the values hidden, the parameters named', async () => {
+  const introspectionSecret = 'Query-client-secret-6a1e';
+  const jwksKey = 'Query-jwks-apikey-0b93';
+  registerSecrets([introspectionSecret, jwksKey]);
+  const introspectionUrl = `http://127.0.0.1:${await refusingPort()}/introspect?client_secret=${introspectionSecret}`;
+  const jwksUrl = `http://127.0.0.1:${await refusingPort()}/certs?apikey=${jwksKey}`;
+  const mark = lines.length;
+  const verifier = OAuthVerifier.create(config({ introspectionUrl, jwksUrl }), log);
+  try {
+    const introspection = await refusal(verifier, madeUp());
+    assert.equal(introspection.code, 'OAUTH_INTROSPECTION_UNAVAILABLE', introspection.message);
+    assert.ok(introspection.message.includes(`${introspectionUrl.replace(/\?.*/, '')}?client_secret=[hidden] (oauth2 introspection)`), introspection.message);
+    const jwt = signJwt(key, claimsFor('gina', ISSUER, AUDIENCE));
+    registerSecrets([jwt, jwt.split('.')[2]!]);
+    const noKeys = await refusal(verifier, jwt);
+    assert.equal(noKeys.kind, 'auth-tempfail', noKeys.message);
+    assert.ok(noKeys.message.includes(`${jwksUrl.replace(/\?.*/, '')}?apikey=[hidden] (oauth2.jwks_url)`), noKeys.message);
+    for (const message of [introspection.message, noKeys.message]) assert.ok(!message.includes(introspectionSecret) && !message.includes(jwksKey), message);
+    const failed = lines.slice(mark).map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l['event'] === 'oauth.jwks_fetch_failed');
+    assert.ok(failed.length > 0, lines.slice(mark).join('\n'));
+    for (const line of failed) assert.equal(line['source'], `${jwksUrl.replace(/\?.*/, '')}?apikey=[hidden]`);
+    const text = lines.slice(mark).join('\n');
+    assert.ok(!text.includes(introspectionSecret) && !text.includes(jwksKey), text);
+  } finally {
+    verifier.close();
+  }
 });
 
 test('the log\'s redaction list, the second line of defence, covers the client secret under either name', () => {

@@ -9,6 +9,7 @@ import type { FailurePolicy, LoginAttempt, SubjectLimit, SubjectState, ThrottleS
 import { THROTTLE_DEFAULTS, readThrottleConfig } from '../../src/auth/throttle-config.js';
 import type { ThrottleConfig } from '../../src/auth/throttle-config.js';
 import { IssueList } from '../../src/config/validate.js';
+import { refusingPort } from '../integration/servers/index.js';
 
 const CONFIG: ThrottleConfig = {
   enabled: true,
@@ -427,6 +428,31 @@ test('a Redis URL the client library refuses leaves the throttle on local counte
   } finally {
     await throttle.close();
   }
+});
+
+test('the Redis URL in the throttle\'s log lines hides a secret written into its query (the client ignores a query), and is as written without one', async () => {
+  const port = await refusingPort();
+  const secret = 'Redis-query-pw-81d0';
+  const logged = async (url: string): Promise<Record<string, unknown>[]> => {
+    const lines: Record<string, unknown>[] = [];
+    const log = pino({ level: 'debug' }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
+    const states: string[] = [];
+    const throttle = Throttle.fromConfig({ ...CONFIG, redis: { url, keyPrefix: 'mf:', timeoutMs: 100 } }, log, { onRedisState: (state) => states.push(state) });
+    try {
+      for (let i = 0; i < 100 && !states.includes('down'); i++) await new Promise((r) => setTimeout(r, 20));
+      assert.ok(states.includes('down'), states.join());
+    } finally {
+      await throttle.close();
+    }
+    return lines.filter((l) => l['event'] === 'throttle.redis_state');
+  };
+  const hidden = await logged(`redis://127.0.0.1:${port}/0?password=${secret}`);
+  assert.ok(hidden.length > 0);
+  for (const line of hidden) assert.equal(line['url'], `redis://127.0.0.1:${port}/0?password=[hidden]`);
+  assert.ok(!JSON.stringify(hidden).includes(secret), JSON.stringify(hidden));
+  const plain = await logged(`redis://127.0.0.1:${port}/0`);
+  assert.ok(plain.length > 0);
+  for (const line of plain) assert.equal(line['url'], `redis://127.0.0.1:${port}/0`);
 });
 
 test('a process without throttle.redis never loads the Redis client library', () => {
