@@ -236,8 +236,12 @@ export function strList(obj: Record<string, unknown>, key: string, path: string,
   return [];
 }
 
-/** An ldap:// or ldaps:// URL with a host and an optional port, and nothing after it. */
-const LDAP_URL = /^ldaps?:\/\/[^/]+\/?$/;
+/**
+ * An ldap:// or ldaps:// URL with a host and an optional port, and nothing after it: no path, no
+ * query (RFC 4516's `?attributes?scope?filter`) nor fragment, which the client ignores and the
+ * logs would quote as written (each server's state, the store map's source), a secret included.
+ */
+const LDAP_URL = /^ldaps?:\/\/[^/?#]+\/?$/;
 /**
  * A user and password in one (ldap://cn=admin:secret@host): an LDAP URL has none (RFC 4516), the
  * client ignores them and binds as bind_dn, and the URL is logged as written (each server's

@@ -21,7 +21,7 @@ store_map: { ldap: { urls: ${storeMapUrls}, base_dn: "ou=stores,dc=x" } }
 }
 
 test('store_map.ldap.urls: a URL without a scheme or with a path is an issue naming store_map.ldap.urls[i]; LDAP URLs load', () => {
-  const bad = configWith('["ldap.example.org:389", "ldaps://127.0.0.1:636", "http://127.0.0.1:1/x", "ldap://cn=a:Url-pw-7q@127.0.0.1"]');
+  const bad = configWith('["ldap.example.org:389", "ldaps://127.0.0.1:636", "http://127.0.0.1:1/x", "ldap://cn=a:Url-pw-7q@127.0.0.1", "ldap://127.0.0.1:389?bindpw=Url-q-pw-8r", "ldaps://127.0.0.1#x"]');
   try {
     let caught: unknown;
     try {
@@ -37,6 +37,9 @@ test('store_map.ldap.urls: a URL without a scheme or with a path is an issue nam
         ['store_map.ldap.urls[2]', 'an ldap:// or ldaps:// URL with host and optional port', '"http://127.0.0.1:1/x"'],
         // Ignored by the client, logged as written: refused, and shown without the password.
         ['store_map.ldap.urls[3]', 'an ldap:// or ldaps:// URL with host and optional port, and no user or password in it (bind_dn and its password say who binds)', '"ldap://[credentials hidden]@127.0.0.1"'],
+        // A query or fragment: ignored by the client as well, and logged as written; shown without its values.
+        ['store_map.ldap.urls[4]', 'an ldap:// or ldaps:// URL with host and optional port', '"ldap://127.0.0.1:389?bindpw=[hidden]"'],
+        ['store_map.ldap.urls[5]', 'an ldap:// or ldaps:// URL with host and optional port', '"ldaps://127.0.0.1#[hidden]"'],
       ],
     );
   } finally {
