@@ -8,18 +8,15 @@
  * exits 1; several --url go to those instances the same way.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { promisify } from 'node:util';
 import { stringify } from 'yaml';
-import { LineClient, ldifLine, refusingPort, repoRoot, startDovecot, startSlapd, tmpDir } from './servers/index.js';
+import { LineClient, ldifLine, refusingPort, startDovecot, startSlapd, tmpDir } from './servers/index.js';
 import type { Dovecot, Slapd } from './servers/index.js';
-import { ADMIN_TOKEN, registerPasswords, startFront } from './front.js';
+import { ADMIN_TOKEN, registerPasswords, runCli as cli, startFront } from './front.js';
 import type { Front } from './front.js';
 
-const runFile = promisify(execFile);
 const PASSWORD = 'Cli-fleet-pw-4e1b';
 const REASON = 'Mailbox moving to a new server, please wait and try again later.';
 const HOLD = 'mailfrontHold';
@@ -39,17 +36,6 @@ function operatorConfig(name: string, instances: readonly string[]): string {
   const file = join(dir, name);
   writeFileSync(file, stringify({ admin: { token: ADMIN_TOKEN, instances } }));
   return file;
-}
-
-/** Runs `mailfront ARGS` as a process. */
-async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await runFile(process.execPath, [join(repoRoot(), 'dist/src/cli/main.js'), ...args], { timeout: 60_000 });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    const e = error as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
 }
 
 /** The part of the CLI's output under the header naming `url`, up to the next header. */

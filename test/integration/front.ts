@@ -3,6 +3,7 @@
  * test started (slapd, Dovecot, Cyrus), on free loopback ports, and captures its log lines.
  */
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { mkdirSync, openSync, writeFileSync, writeSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -15,7 +16,7 @@ import type { Logger } from '../../src/log.js';
 import type { Directory } from '../../src/auth/directory.js';
 import { MailfrontError } from '../../src/errors.js';
 import { MIN_SECRET_CHARS, secretsIn } from './secrets.js';
-import { makeCerts, freePort, onFreshPorts, tmpDir } from './servers/index.js';
+import { makeCerts, freePort, onFreshPorts, repoRoot, tmpDir } from './servers/index.js';
 import type { Slapd, TestCerts, TmpDir } from './servers/index.js';
 
 export interface SlotSpec {
@@ -452,4 +453,13 @@ export function standInDirectory(overrides: Partial<Directory> = {}): Directory 
     close: async () => undefined,
     ...overrides,
   };
+}
+
+/** Runs `mailfront ARGS` as the command it is (the built CLI), 60 s at most: its exit code and output. */
+export function runCli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [join(repoRoot(), 'dist/src/cli/main.js'), ...args], { timeout: 60_000 }, (error, stdout, stderr) => {
+      resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : -1, stdout, stderr });
+    });
+  });
 }

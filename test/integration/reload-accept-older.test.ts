@@ -8,34 +8,20 @@
  * directory from a backup, puts it in force, said at error level.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { promisify } from 'node:util';
 import { stringify } from 'yaml';
 import { loadConfig } from '../../src/config/load.js';
 import { Mailfront } from '../../src/main.js';
-import { ADMIN_TOKEN, registerPasswords, standInDirectory, suiteLogWriter } from './front.js';
-import { LDAP_STORES_DN, freePort, repoRoot, tmpDir } from './servers/index.js';
+import { ADMIN_TOKEN, registerPasswords, runCli as cli, standInDirectory, suiteLogWriter } from './front.js';
+import { LDAP_STORES_DN, freePort, tmpDir } from './servers/index.js';
 import { startSlapdPair } from './servers/slapd-pair.js';
 import { storeEntries, FAILOVER_ACCESS, failoverLdif } from './store-entries.js';
 
-const runFile = promisify(execFile);
 
 registerPasswords('reader-pw-unused');
-
-/** Runs `mailfront ARGS` as a process. */
-async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await runFile(process.execPath, [join(repoRoot(), 'dist/src/cli/main.js'), ...args], { timeout: 60_000 });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    const e = error as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
-}
 
 /** Waits (at most `ms`) until `done`; true if it came. */
 async function until(done: () => boolean, ms: number): Promise<boolean> {

@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import type { SessionContext } from '../../src/session/session.js';
 import { imapAdapter } from '../../src/protocol/imap/index.js';
 import { MailfrontError } from '../../src/errors.js';
-import { startFakeSession } from './session-harness.js';
+import { aTurn, startFakeSession, throttleThatAllows, until } from './session-harness.js';
 import type { FakeSession } from './session-harness.js';
 
 interface Harness extends FakeSession {
@@ -23,23 +23,6 @@ function startSession(parts: (steps: string[]) => Pick<SessionContext, 'throttle
   };
   return { ...startFakeSession(imapAdapter, 100, { ...parts(steps), storeMap } as unknown as Pick<SessionContext, 'throttle' | 'directory' | 'storeMap'>), steps };
 }
-
-/** Waits (polling) until `predicate` holds; fails with `what` after `timeoutMs`. */
-async function until(predicate: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!predicate()) {
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
-
-/** A turn of the event loop: whatever a settled wait set going (microtasks, setImmediate) has run. */
-async function aTurn(): Promise<void> {
-  await new Promise((resolve) => setImmediate(resolve));
-  await new Promise((resolve) => setTimeout(resolve, 0));
-}
-
-const throttleThatAllows = () => ({ check: async () => ({ refused: false, refusedForMs: 0 }), recordSuccess: async () => undefined, recordFailure: async () => ({ delayMs: 0 }), exempts: () => false, addressKey: (address: string) => address });
 
 test('a deadline that passes while the throttle answers ends the session; the login goes no further', async () => {
   // The throttle answers once the session has ended (or after 2 s: a session that let its

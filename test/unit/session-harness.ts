@@ -80,3 +80,21 @@ export function startFakeSession(
   const session = new Session(socket as unknown as Socket, listener, adapter, context, false, endpoints, admission.lease);
   return { session, socket, metrics, limiter, ended: () => ended };
 }
+
+/** Waits (polling) until `predicate` holds; fails with `what` after `timeoutMs`. */
+export async function until(predicate: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!predicate()) {
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+/** A turn of the event loop: whatever a settled wait set going (microtasks, setImmediate) has run. */
+export async function aTurn(): Promise<void> {
+  await new Promise((resolve) => setImmediate(resolve));
+  await new Promise((resolve) => setTimeout(resolve, 0));
+}
+
+/** A throttle that refuses nothing and adds no delay. */
+export const throttleThatAllows = () => ({ check: async () => ({ refused: false, refusedForMs: 0 }), recordSuccess: async () => undefined, recordFailure: async () => ({ delayMs: 0 }), exempts: () => false, addressKey: (address: string) => address });

@@ -7,24 +7,7 @@ import { test } from 'node:test';
 import type { SessionContext } from '../../src/session/session.js';
 import { imapAdapter } from '../../src/protocol/imap/index.js';
 import { MailfrontError } from '../../src/errors.js';
-import { startFakeSession } from './session-harness.js';
-
-/** Waits (polling) until `predicate` holds; fails with `what` after `timeoutMs`. */
-async function until(predicate: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!predicate()) {
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
-
-/** A turn of the event loop: whatever a settled wait set going (microtasks, setImmediate) has run. */
-async function aTurn(): Promise<void> {
-  await new Promise((resolve) => setImmediate(resolve));
-  await new Promise((resolve) => setTimeout(resolve, 0));
-}
-
-const throttleThatAllows = () => ({ check: async () => ({ refused: false, refusedForMs: 0 }), recordSuccess: async () => undefined, recordFailure: async () => ({ delayMs: 0 }), exempts: () => false, addressKey: (address: string) => address });
+import { aTurn, startFakeSession, throttleThatAllows, until } from './session-harness.js';
 
 // A pre-auth deadline far past the test: only the stop ends these sessions.
 const NO_DEADLINE_MS = 60_000;
