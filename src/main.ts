@@ -218,6 +218,8 @@ function lastingSourceFailure(error: unknown): string | undefined {
   // A file that cannot be read for now (too many open files, an interrupted read, the disk), as
   // the file source judges it, and reads again until it can be.
   if (error instanceof ConfigError) return sourceUnreadable(error) === undefined ? message : undefined;
+  // A server behind the map in force (a replica that has not caught up): read again until it has.
+  if (error instanceof MailfrontError && error.code === 'STOREMAP_LDAP_BEHIND') return undefined;
   if (error instanceof MailfrontError && (error.code === 'STOREMAP_LDAP_UNREACHABLE' || error.code === 'STOREMAP_LDAP_SEARCH_FAILED' || error.code === 'STOREMAP_SOURCE_CLOSED')) {
     const cause = error.cause as { code?: unknown } | undefined;
     const codes = [...(typeof cause?.code === 'number' ? [cause.code] : []), ...[...message.matchAll(/Code: 0x([0-9a-f]+)/gi)].map((m) => parseInt(m[1]!, 16))];
@@ -565,6 +567,8 @@ export class Mailfront {
       caFiles = readCaFiles(next);
       if (changed('storeMap')) {
         storeMapSource = createStoreMapSource(next.storeMap, caContent(caFiles.storeMap), this.log);
+        // Its check read refuses a server behind the map in force, as the source in force does.
+        storeMapSource.continueFrom?.(this.holder.source);
         await this.checkStoreMap(next, { source: storeMapSource });
       } else {
         storeMapRead = await this.untilStopped(this.holder.read());

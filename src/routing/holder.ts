@@ -208,6 +208,9 @@ export class StoreMapHolder {
   replaceSource(next: StoreMapSource): Promise<StoreMapSource> {
     return this.inTurn(() => {
       const old = this.sourceNow;
+      // What the old source knows of the map in force as it stands now, in turn: nothing of the
+      // old one's is put in force after this.
+      next.continueFrom?.(old);
       this.sourceNow = next;
       return old;
     });

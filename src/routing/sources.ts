@@ -36,6 +36,13 @@ export interface StoreMapSource {
    * not count it as loaded until took() says so.
    */
   load(trigger?: string): Promise<unknown>;
+  /**
+   * Takes over what `previous`, the source this one replaces at a reload (a changed store_map
+   * section), knows of the map in force and its servers, where it applies (see
+   * LdapStoreMapSource.continueFrom()). Called before the new source's first load, and again as
+   * the holder puts it in place.
+   */
+  continueFrom?(previous: StoreMapSource): void;
   /** The holder put in force `document`, which load('check') gave: from now on it is the last one loaded. */
   took?(document: unknown): void;
   /**
@@ -1749,6 +1756,23 @@ export class LdapStoreMapSource implements StoreMapSource {
     this.timing = { ...LDAP_SOURCE_TIMING, ...timing };
     this.maxAnswerBytes = config.maxAnswerBytes ?? MAX_STOREMAP_LDAP_ANSWER_BYTES;
     this.tls = { minVersion: 'TLSv1.2', ...(ca ? { ca } : {}) };
+  }
+
+  /**
+   * Takes over from the LDAP source this one replaces at a reload, when both read the same base
+   * DN (other settings changed: urls, poll_interval_ms, ca_file or its content renewed): the
+   * entryCSNs of the map in force, so that a server behind it is refused as before (compared only
+   * with its own first read, a lagging replica's map was put in force by the reload, undoing the
+   * failovers it has not got); the server that answered last, tried first (a new source would go
+   * back to urls[0], a replica listed first); and the server found behind, tried after the
+   * others. Each only when the new urls list it. Another base DN is another tree: nothing to
+   * compare its entries with.
+   */
+  continueFrom(previous: StoreMapSource): void {
+    if (!(previous instanceof LdapStoreMapSource) || lowerDn(previous.config.baseDn) !== lowerDn(this.config.baseDn)) return;
+    this.inForce = previous.inForce;
+    if (previous.answered !== undefined && this.config.urls.includes(previous.answered)) this.answered = previous.answered;
+    if (previous.behind !== undefined && this.config.urls.includes(previous.behind.url)) this.behind = previous.behind;
   }
 
   /** Connections replaced by one to another server (see tryOthers), let go once what was asked of them is answered. */

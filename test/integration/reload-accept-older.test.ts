@@ -18,8 +18,8 @@ import { Mailfront } from '../../src/main.js';
 import { ADMIN_TOKEN, registerPasswords, runCli as cli, standInDirectory, suiteLogWriter } from './front.js';
 import { LDAP_STORES_DN, freePort, tmpDir } from './servers/index.js';
 import { startSlapdPair } from './servers/slapd-pair.js';
+import type { SlapdPair } from './servers/slapd-pair.js';
 import { storeEntries, FAILOVER_ACCESS, failoverLdif } from './store-entries.js';
-
 
 registerPasswords('reader-pw-unused');
 
@@ -30,27 +30,35 @@ async function until(done: () => boolean, ms: number): Promise<boolean> {
   return done();
 }
 
-test('with the store map read from a consumer behind the map in force, SIGHUP and mailfront reload keep the failover in force (exit 1, the reason and the way to accept it said); mailfront reload --accept-older-store-map puts the consumer\'s map in force, as does a SIGHUP\'s reload that such a request joins', { timeout: 120_000 }, async () => {
+/** The config of the test's mailfront, as written: the store map read from `urls`, polled every `pollIntervalMs`. */
+function configOf(urls: readonly string[], bind: { readonly bindDn: string; readonly bindPassword: string }, ports: { readonly imap: number; readonly http: number }, pollIntervalMs: number): string {
+  return stringify({
+    log: { level: 'info' },
+    listeners: [{ name: 'imap', protocol: 'imap', host: '127.0.0.1', port: ports.imap, tls: 'none', plaintext_without_tls: true }],
+    directory: { urls: ['ldap://127.0.0.1:1'], bind_dn: 'cn=reader', bind_password: 'reader-pw-unused', base_dn: 'dc=example' },
+    store_map: { ldap: { urls, bind_dn: bind.bindDn, bind_password: bind.bindPassword, base_dn: LDAP_STORES_DN, poll_interval_ms: pollIntervalMs } },
+    http: { host: '127.0.0.1', port: ports.http },
+    admin: { token: ADMIN_TOKEN },
+    throttle: { enabled: false },
+    health: { interval_ms: 0 },
+    shutdown: { unready_delay_ms: 0 },
+  });
+}
+
+/**
+ * A mailfront whose store map is read from a provider and its consumer, polled every 100 ms, and
+ * brought to the state of the tests: the consumer cut off, st1 failed over on the provider and
+ * followed, then the provider stopped and the consumer found behind (storemap.source_behind).
+ */
+async function startBehind(name: string): Promise<{ mailfront: Mailfront; pair: SlapdPair; configFile: string; httpPort: number; rewrite: (pollIntervalMs: number) => Promise<void>; lines: Array<Record<string, unknown>>; master: (store: string) => string | undefined; stop: () => Promise<void> }> {
   const pair = await startSlapdPair({ mode: 'consumer', entries: storeEntries(2), access: FAILOVER_ACCESS });
   const [provider, consumer] = pair.servers;
   registerPasswords(provider.bindPassword);
-  const dir = tmpDir('reload-accept-older');
+  const dir = tmpDir(name);
   const configFile = join(dir.path, 'mailfront.yaml');
-  const httpPort = await freePort();
-  await writeFile(
-    configFile,
-    stringify({
-      log: { level: 'info' },
-      listeners: [{ name: 'imap', protocol: 'imap', host: '127.0.0.1', port: await freePort(), tls: 'none', plaintext_without_tls: true }],
-      directory: { urls: ['ldap://127.0.0.1:1'], bind_dn: 'cn=reader', bind_password: 'reader-pw-unused', base_dn: 'dc=example' },
-      store_map: { ldap: { urls: [provider.url, consumer.url], bind_dn: provider.bindDn, bind_password: provider.bindPassword, base_dn: LDAP_STORES_DN, poll_interval_ms: 100 } },
-      http: { host: '127.0.0.1', port: httpPort },
-      admin: { token: ADMIN_TOKEN },
-      throttle: { enabled: false },
-      health: { interval_ms: 0 },
-      shutdown: { unready_delay_ms: 0 },
-    }),
-  );
+  const ports = { imap: await freePort(), http: await freePort() };
+  const rewrite = (pollIntervalMs: number): Promise<void> => writeFile(configFile, configOf([provider.url, consumer.url], provider, ports, pollIntervalMs));
+  await rewrite(100);
   const lines: Array<Record<string, unknown>> = [];
   const writeSuiteLog = suiteLogWriter();
   const mailfront = await Mailfront.start(loadConfig(configFile), {
@@ -64,14 +72,29 @@ test('with the store map read from a consumer behind the map in force, SIGHUP an
     },
   });
   const master = (store: string): string | undefined => mailfront.currentStoreMap().stores.get(store)?.currentMaster;
-  const remote = ['--url', `http://127.0.0.1:${httpPort}`, '--token', ADMIN_TOKEN];
+  const stop = async (): Promise<void> => {
+    await mailfront.stop(0);
+    await dir.remove();
+    await pair.stop();
+  };
   try {
     pair.links[0]!.cut();
     await provider.modify(failoverLdif('st1', 'sl1b'));
     assert.ok(await until(() => master('st1') === 'sl1b', 10_000), 'the failover on the provider was not followed');
     await provider.stopOnly();
     assert.ok(await until(() => lines.some((l) => l['event'] === 'storemap.source_behind'), 15_000), 'the consumer was not found behind');
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return { mailfront, pair, configFile, httpPort: ports.http, rewrite, lines, master, stop };
+}
 
+test('with the store map read from a consumer behind the map in force, SIGHUP and mailfront reload keep the failover in force (exit 1, the reason and the way to accept it said); mailfront reload --accept-older-store-map puts the consumer\'s map in force, as does a SIGHUP\'s reload that such a request joins', { timeout: 120_000 }, async () => {
+  const { mailfront, pair, httpPort, lines, master, stop } = await startBehind('reload-accept-older');
+  const [provider, consumer] = pair.servers;
+  const remote = ['--url', `http://127.0.0.1:${httpPort}`, '--token', ADMIN_TOKEN];
+  try {
     // SIGHUP's reload (serve calls Mailfront.reload()): the config is reloaded, the store map refused.
     const signal = await mailfront.reload();
     assert.equal(signal.storeMap.ok, false, 'a SIGHUP put the consumer\'s map in force');
@@ -128,8 +151,32 @@ test('with the store map read from a consumer behind the map in force, SIGHUP an
     assert.equal(both.storeMap.ok, true, both.storeMap.error);
     assert.equal(master('st2'), 'sl2a');
   } finally {
-    await mailfront.stop(0);
-    await dir.remove();
-    await pair.stop();
+    await stop();
+  }
+});
+
+test('a reload whose store_map section changed but reads the same base DN (poll_interval_ms, a CA file renewed) refuses the consumer behind the map in force as the source in force did: the rest of the config is taken, the failover stays; one asked to accept an older map puts the consumer\'s in force', { timeout: 120_000 }, async () => {
+  const { mailfront, rewrite, lines, master, stop } = await startBehind('reload-accept-older-section');
+  try {
+    await rewrite(150);
+    const changed = await mailfront.reload();
+    assert.equal(changed.ok, true, changed.error);
+    assert.ok(lines.some((l) => l['event'] === 'storemap.source_changed'), 'the source was not set up anew');
+    assert.equal(changed.storeMap.ok, false, 'the new source put the consumer\'s map in force');
+    assert.match(String(changed.storeMap.error), /is behind the map in force/);
+    assert.equal(master('st1'), 'sl1b');
+    // The new source's polls refuse it too.
+    await sleep(1_000);
+    assert.equal(master('st1'), 'sl1b', 'the new source\'s polls put the consumer\'s map in force');
+    assert.ok(!lines.some((l) => l['event'] === 'storemap.source_behind_accepted'));
+
+    await rewrite(200);
+    const accepted = await mailfront.reload({ acceptOlderStoreMap: true });
+    assert.equal(accepted.ok, true, accepted.error);
+    assert.equal(accepted.storeMap.ok, true, accepted.storeMap.error);
+    assert.equal(master('st1'), 'sl1a');
+    assert.equal(lines.find((l) => l['event'] === 'storemap.source_behind_accepted')?.['trigger'], 'accept-older');
+  } finally {
+    await stop();
   }
 });
