@@ -28,8 +28,8 @@ const COMMON = `Options:
 const REMOTE = `${COMMON}
       --url URL       admin API base URL (default: http.host/http.port of the config)
       --token TOKEN   admin API token (default: $MAILFRONT_ADMIN_TOKEN, else admin.token of the
-                      config), sent as given: one with whitespace at an end, a control or a
-                      character beyond ASCII is refused (exit 1), as admin.token is
+                      config), without whitespace at its ends, as HTTP carries it; one with a
+                      control inside or a character beyond ASCII is refused (exit 1)
       --json          print the API's JSON instead of a table`;
 /** The options of a command that can be sent to a fleet. */
 const FLEET = `${REMOTE}
@@ -180,8 +180,8 @@ interface Remote {
  */
 async function remotesFrom(values: RemoteValues): Promise<{ remotes: Remote[]; fleet: boolean }> {
   let urls = values.url !== undefined && values.url.length > 0 ? values.url : undefined;
-  let token = values.token ?? process.env['MAILFRONT_ADMIN_TOKEN'];
-  if (token !== undefined) await checkGivenToken(token, values.token !== undefined ? '--token' : 'MAILFRONT_ADMIN_TOKEN');
+  const given = values.token ?? process.env['MAILFRONT_ADMIN_TOKEN'];
+  let token = given === undefined ? undefined : await givenToken(given, values.token !== undefined ? '--token' : 'MAILFRONT_ADMIN_TOKEN');
   if (urls === undefined || token === undefined) {
     // Only the http and admin sections, and no secret file when the token is given: the whole
     // config would need every secret file serve reads (an LDAP bind password, say).
@@ -203,19 +203,23 @@ async function remotesFrom(values: RemoteValues): Promise<{ remotes: Remote[]; f
 }
 
 /**
- * Refuses a token given by --token or MAILFRONT_ADMIN_TOKEN (`source`) that the admin API could
- * not match, before anything is sent, as the config's admin.token is refused at load: whitespace
- * at an end (`MAILFRONT_ADMIN_TOKEN="$(cat file) "`, a file with CRLF) is stripped from the header
- * on its way and every request got a bare 401; one beyond latin-1 made fetch throw "Cannot
- * convert argument to a ByteString", told as "cannot reach the admin API". Not trimmed: a token
- * other than the one given would be a guess. Its length is the server's to judge (it refuses a
- * short admin.token at load). Exit 1, as "no admin token" and a refused admin.token; the message
- * never shows the token.
+ * The token given by --token or MAILFRONT_ADMIN_TOKEN (`source`) as the request carries it, or
+ * an error before anything is sent when no admin API could match it. Whitespace at its ends
+ * (spaces, tabs, CR, LF: `"$(cat file)"` of a token file written with CRLF keeps the CR) is taken
+ * off, as fetch takes it off a header's value and the admin API's HTTP parser would: such tokens
+ * always worked, and the server strips a token_file's line break too. What is refused is what
+ * could not match: an empty token, a control between its characters, a character beyond ASCII
+ * (fetch threw "Cannot convert argument to a ByteString", told as "cannot reach the admin API",
+ * beyond latin-1; sent otherwise as each client encodes it). Its length is the server's to judge
+ * (it refuses a short admin.token at load). Exit 1, as "no admin token" and a refused
+ * admin.token; the message never shows the token.
  */
-async function checkGivenToken(token: string, source: '--token' | 'MAILFRONT_ADMIN_TOKEN'): Promise<void> {
+async function givenToken(token: string, source: '--token' | 'MAILFRONT_ADMIN_TOKEN'): Promise<string> {
   const { BEARER_TOKEN_EXPECTED, bearerTokenCharsProblem } = await import('../server/http.js');
-  const problem = token === '' ? 'an empty string' : bearerTokenCharsProblem(token);
+  const sent = token.replace(/^[ \t\r\n]+|[ \t\r\n]+$/g, '');
+  const problem = sent === '' ? (token === '' ? 'an empty string' : 'whitespace alone') : bearerTokenCharsProblem(sent);
   if (problem !== null) throw new Error(`the admin token given by ${source} was not sent: found ${problem}; expected ${BEARER_TOKEN_EXPECTED}`);
+  return sent;
 }
 
 /** How long an operator command waits for the admin API's answer. */

@@ -90,7 +90,7 @@ test('the operator commands read only http and admin of the config: another secr
   }
 });
 
-test('a token of --token or MAILFRONT_ADMIN_TOKEN that no admin API could match is refused before anything is sent, naming where it came from and never showing it', async () => {
+test('a token of --token or MAILFRONT_ADMIN_TOKEN is sent without the whitespace at its ends, as it always reached the server; one no admin API could match is refused before anything is sent, naming where it came from and never showing it', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'mf-cli-token-'));
   const api = await fakeAdminApi();
   try {
@@ -103,15 +103,13 @@ test('a token of --token or MAILFRONT_ADMIN_TOKEN that no admin API could match 
     await writeFile(config, `http: { host: 127.0.0.1, port: ${api.port} }\nadmin: { token: ${secret} }\n`);
     const chars = `a string of ${secret.length + 1} characters with`;
     const cases: Array<{ args: string[]; env: NodeJS.ProcessEnv; source: string; found: string }> = [
-      { args: ['--url', url, '--token', `${secret} `], env, source: '--token', found: `${chars} a space at its end` },
-      { args: ['--url', url], env: { ...env, MAILFRONT_ADMIN_TOKEN: `${secret}\n` }, source: 'MAILFRONT_ADMIN_TOKEN', found: `${chars} a line break at its end` },
-      // A token file written on Windows, read with "$(cat file)": the \n goes, the \r stays.
-      { args: ['-c', config], env: { ...env, MAILFRONT_ADMIN_TOKEN: `${secret}\r` }, source: 'MAILFRONT_ADMIN_TOKEN', found: `${chars} a line break at its end` },
       { args: ['--url', url, '--token', `${secret.slice(0, 10)}é${secret.slice(10)}`], env, source: '--token', found: `${chars} a character beyond ASCII at character 11` },
       { args: ['--url', url, '--token', `${secret}€`], env, source: '--token', found: `${chars} a character beyond ASCII at its end` },
+      { args: ['--url', url], env: { ...env, MAILFRONT_ADMIN_TOKEN: `${secret.slice(0, 5)}\t${secret.slice(5)}` }, source: 'MAILFRONT_ADMIN_TOKEN', found: `${chars} a tab at character 6` },
       { args: ['--url', url, '--token', ''], env, source: '--token', found: 'an empty string' },
+      { args: ['--url', url, '--token', ' \r\n'], env, source: '--token', found: 'whitespace alone' },
       // --token is the one used, and so the one checked and named.
-      { args: ['-c', config, '--token', `\t${secret}`], env: { ...env, MAILFRONT_ADMIN_TOKEN: secret }, source: '--token', found: `${chars} a tab at its start` },
+      { args: ['-c', config, '--token', `${secret.slice(0, 5)}\u001b${secret.slice(5)}`], env: { ...env, MAILFRONT_ADMIN_TOKEN: secret }, source: '--token', found: `${chars} a control character at character 6` },
     ];
     for (const { args, env: caseEnv, source, found } of cases) {
       const result = await cli(['stores', ...args], { env: caseEnv });
@@ -123,10 +121,20 @@ test('a token of --token or MAILFRONT_ADMIN_TOKEN that no admin API could match 
     }
     assert.equal(api.connections(), 0);
     assert.deepEqual(api.tokens, []);
-    // Spaces between its characters are a token admin.token takes: sent as given.
-    const inner = await cli(['stores', '--url', url, '--token', 'a token with inner spaces 0123'], { env });
-    assert.equal(inner.code, 0, inner.stderr);
-    assert.deepEqual(api.tokens, ['Bearer a token with inner spaces 0123']);
+    // Whitespace at the ends (a token file written with CRLF read with "$(cat file)" keeps the
+    // CR; a space typed after it): what fetch and the server's parser take off anyway, and what
+    // always worked. Spaces between its characters are a token admin.token takes: sent as given.
+    const sent = [
+      { args: ['--url', url, '--token', `${secret} `], env },
+      { args: ['--url', url], env: { ...env, MAILFRONT_ADMIN_TOKEN: `${secret}\r` } },
+      { args: ['-c', config], env: { ...env, MAILFRONT_ADMIN_TOKEN: `\t${secret}\r\n` } },
+      { args: ['--url', url, '--token', 'a token with inner spaces 0123'], env },
+    ];
+    for (const { args, env: caseEnv } of sent) {
+      const result = await cli(['stores', ...args], { env: caseEnv });
+      assert.equal(result.code, 0, `${JSON.stringify(args)}: ${result.stderr}`);
+    }
+    assert.deepEqual(api.tokens, [`Bearer ${secret}`, `Bearer ${secret}`, `Bearer ${secret}`, 'Bearer a token with inner spaces 0123']);
   } finally {
     api.close();
     await rm(dir, { recursive: true, force: true });
