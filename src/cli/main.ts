@@ -562,23 +562,27 @@ function sessionsTable(sessions: SessionJson[]): string {
 }
 
 /**
- * The listeners' hosts (and the HTTP listener's) this host does not have: serve would not start
- * with one (EADDRNOTAVAIL), and a reload would leave it unbound. Each asked once, on port 0 (its
- * own port may well be held by the instance running now), as backend.source_addresses are; a
- * host taken with net.ipv4.ip_nonlocal_bind (a VIP on the standby of a pair) binds here as in serve.
+ * The listeners' hosts (and the HTTP listener's) this host does not have, as warnings: serve
+ * would not start with one (EADDRNOTAVAIL), and a reload would not bind a listener moved there.
+ * Not errors: check-config cannot tell whether the running instance holds the address already (a
+ * floating address gone to the other host of a pair while its socket stays bound), and an error
+ * would stop `systemctl reload` (check-config, then SIGHUP), which keeps that listener, for a
+ * certificate's renewal too. Each asked once, on port 0 (its own port may well be held by the
+ * instance running now), as backend.source_addresses are; a host taken with
+ * net.ipv4.ip_nonlocal_bind binds here as in serve.
  */
-async function unusableListenAddresses(config: import('../config/schema.js').Config): Promise<import('../config/validate.js').ConfigIssue[]> {
+async function unusableListenAddresses(config: import('../config/schema.js').Config): Promise<string[]> {
   const { bindProblem } = await import('../net/local-address.js');
   const hosts: Array<readonly [path: string, host: string]> = config.listeners.map((listener, i) => [`listeners[${i}].host`, listener.host]);
   if (config.http !== undefined) hosts.push(['http.host', config.http.host]);
   const problems = new Map<string, Promise<string | null>>();
-  const issues: import('../config/validate.js').ConfigIssue[] = [];
+  const warnings: string[] = [];
   for (const [path, host] of hosts) {
     if (!problems.has(host)) problems.set(host, bindProblem(host));
     const problem = await problems.get(host)!;
-    if (problem !== null) issues.push({ path, expected: `an address of this host (the kernel would not bind a socket to it: ${problem})`, found: JSON.stringify(host) });
+    if (problem !== null) warnings.push(`${path}: ${host} is not an address of this host (the kernel would not bind a socket to it: ${problem}): serve would not start with it, and a reload would not bind a listener moved there; an instance running now keeps a socket it bound before`);
   }
-  return issues;
+  return warnings;
 }
 
 /**
@@ -853,7 +857,7 @@ async function main(argv: string[]): Promise<number> {
       const { configSourceAddresses, unusableSourceAddresses } = await import('../backend/connect.js');
       const sourcesChecked = new Set<string>();
       fileIssues.push(...(await unusableSourceAddresses(configSourceAddresses(config), sourcesChecked)));
-      fileIssues.push(...(await unusableListenAddresses(config)));
+      const listenWarnings = await unusableListenAddresses(config);
       // The store map is read even when the files above are not: every problem at once. (A config
       // whose own values are wrong is reported alone: without it the rest cannot be read.)
       const problems = fileIssues.length > 0 ? [new ConfigError(config.file, fileIssues)] : [];
@@ -886,7 +890,7 @@ async function main(argv: string[]): Promise<number> {
       if (problems.length > 0) throw allProblems(problems);
       // Valid, and so OK, but said: serve logs the same lines at start.
       const { configWarnings } = await import('../config/schema.js');
-      out(`${summary}${directory.note}${maintenance}${configWarnings(config, stores).map((w) => `warning: ${w.text}\n`).join('')}`);
+      out(`${summary}${directory.note}${maintenance}${[...listenWarnings, ...configWarnings(config, stores).map((w) => w.text)].map((text) => `warning: ${text}\n`).join('')}`);
       return 0;
     }
     case 'serve': {
