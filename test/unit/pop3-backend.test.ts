@@ -279,6 +279,24 @@ describe('pop3 backend login: no password in clear to a backend that does not ta
     assert.deepEqual(garbled.events, [CAPA, fail('unavailable', 'unexpected CAPA reply: +')]);
   });
 
+  it('reads an -ERR to CAPA with [SYS/TEMP], [SYS/PERM] or [IN-USE] as the backend refusing the session, not as no CAPA', () => {
+    // Cyrus pop3d while its shutdown file is in place: the greeting, then this to CAPA, and a close.
+    const shutdown = '-ERR [SYS/TEMP] Server down for maintenance';
+    for (const options of [AUTHZID, long]) {
+      const run = backendEverySplit(options, [CYRUS_GREETING, `${shutdown}\r\n`]);
+      assert.deepEqual(run.events, [CAPA, fail('unavailable', `CAPA refused: ${shutdown}`)], JSON.stringify(options));
+      assert.equal(run.state, 'failed');
+      noSecret(run.events);
+    }
+    const perm = backendEverySplit(AUTHZID, [CYRUS_GREETING, '-ERR [SYS/PERM] Disk failure\r\n']);
+    assert.deepEqual(perm.events, [CAPA, fail('unavailable', 'CAPA refused: -ERR [SYS/PERM] Disk failure')]);
+    const inUse = backendEverySplit(AUTHZID, [DOVECOT_GREETING, '-ERR [IN-USE] Mailbox is locked\r\n']);
+    assert.deepEqual(inUse.events, [CAPA, fail('in-use', 'CAPA refused: -ERR [IN-USE] Mailbox is locked')]);
+    // A code about credentials says nothing of CAPA: read as a bare -ERR, no CAPA.
+    const auth = backendEverySplit(AUTHZID, [DOVECOT_GREETING, '-ERR [AUTH] Unknown command.\r\n']);
+    assert.deepEqual(auth.events, [CAPA, fail('unavailable', 'capa: login mode sasl-authzid needs SASL PLAIN, and the backend does not answer CAPA (-ERR [AUTH] Unknown command.)')]);
+  });
+
   it('reads CAPA case-insensitively and dot-stuffed, and the login reply after its "."', () => {
     const response = b64('alice\0mailfront\0proxy secret');
     const run = backendEverySplit(AUTHZID, [DOVECOT_GREETING, '+OK\r\n..X-DOTTED\r\nsasl login plain\r\n.\r\n', DOVECOT_LOGGED_IN]);

@@ -162,6 +162,11 @@ export class Pop3BackendLogin implements BackendLoginMachine {
           return [];
         }
         if (kind === 'err') {
+          // A response code says why (RFC 2449 §8, RFC 3206): [SYS/TEMP], [SYS/PERM] or [IN-USE]
+          // is the backend refusing this session, not a server without CAPA (Cyrus pop3d with its
+          // shutdown file greets, then answers CAPA with [SYS/TEMP] and closes).
+          const refusal = sessionRefusal(line);
+          if (refusal !== null) return [this.#fail(refusal, `CAPA refused: ${oneLine(line)}`)];
           // A server without CAPA offers no SASL: RFC 5034 §3 has it listed there.
           this.#capa = { refused: oneLine(line), sasl: [], user: false };
           return this.#sendLogin();
@@ -363,6 +368,18 @@ export function classifyRefusal(line: string): Refusal {
   // [SYS/TEMP] and [SYS/PERM] are the server's own trouble, never the user's password (RFC 3206 §4).
   if (code === 'SYS' || code.startsWith('SYS/')) return 'unavailable';
   return 'auth-failed';
+}
+
+/**
+ * The refusal an -ERR with a response code means when it answers CAPA, which carries no
+ * credentials: whatever classifyRefusal() reads as other than a refused password (the server's
+ * trouble, a held mailbox, a limit). Null for a bare -ERR, how a server without CAPA answers,
+ * and for [AUTH] or an unknown code, which say nothing of this session.
+ */
+function sessionRefusal(line: string): Refusal | null {
+  if (!/^-ERR \[[^\]]*\]/i.test(line)) return null;
+  const refusal = classifyRefusal(line);
+  return refusal === 'auth-failed' ? null : refusal;
 }
 
 /** Dovecot's XCLIENT command, or null when the values cannot be sent safely. */
