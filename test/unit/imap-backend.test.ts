@@ -116,6 +116,24 @@ describe('IMAP backend login: Dovecot 2.3', () => {
     );
   });
 
+  it('passes an [ALERT] in the tagged OK of the login on to the client too, as an untagged OK after the untagged ones', () => {
+    // The client's tagged OK is mailfront's own: the backend's would take its alert with it.
+    assert.deepStrictEqual(
+      backendTrace({}, [
+        DOVECOT_GREETING +
+          '* NO [ALERT] Quota at 95%\r\nmf1 OK [ALERT] Your password expires tomorrow\x07\r\n' +
+          // That OK has no CAPABILITY code (it has ALERT): the machine asks for them.
+          '* CAPABILITY IMAP4rev1 IDLE\r\nmf2 OK Capability completed.\r\n* 3 EXISTS\r\n',
+      ]),
+      [
+        'send mf1 LOGIN {5+}\r\nalice {6+}\r\nsecret\r\nmf2 CAPABILITY\r\n',
+        'done IMAP4rev1 IDLE',
+        'state done',
+        'leftover * NO [ALERT] Quota at 95%\r\n* OK [ALERT] Your password expires tomorrow\r\n* 3 EXISTS\r\n',
+      ],
+    );
+  });
+
   it('replays credentials too long for its 1 KiB LOGIN buffer as AUTHENTICATE PLAIN with SASL-IR, behind the ID', () => {
     const password = 'p'.repeat(3000);
     const trace = backendTrace({ password, forward: { ip: '192.0.2.1', port: 1, sessionId: 'x' } }, [

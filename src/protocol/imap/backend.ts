@@ -174,7 +174,7 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
   /** Parts of the login command still waiting for a "+" continuation. */
   private continuations: Uint8Array[] = [];
   private loginCapabilities: string | null = null;
-  /** Untagged [ALERT] lines the backend sent with its login answer, for the client (RFC 9051 §7.1: presented to the user). */
+  /** [ALERT] lines of the backend's login answer (untagged, or its tagged OK's), for the client (RFC 9051 §7.1: presented to the user). */
   private alerts: string[] = [];
   private loginCommandSent = false;
   /** Responses read so far, of any kind. */
@@ -327,8 +327,8 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
       // "Your password expires soon", "quota almost full": the user must see it. Passed on as
       // the first bytes after the login reply (untagged responses may come at any time); only
       // a few, each one safe line.
-      if ((response.word === 'OK' || response.word === 'NO') && response.codeName === 'ALERT' && this.alerts.length < MAX_ALERTS) {
-        this.alerts.push(`* ${response.word} ${safeText(response.rest, MAX_ALERT_CHARS)}\r\n`);
+      if ((response.word === 'OK' || response.word === 'NO') && response.codeName === 'ALERT') {
+        this.keepAlert(response);
         return;
       }
       return this.onUnexpected(response, line, out);
@@ -342,6 +342,9 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
     if (response.tag !== this.tag) return this.onUnexpected(response, line, out);
     switch (response.word) {
       case 'OK': {
+        // The client gets mailfront's own tagged OK, not this one: an [ALERT] here would be lost,
+        // so it goes on as an untagged alert, after those read before it (RFC 9051 §7.1).
+        if (response.codeName === 'ALERT') this.keepAlert(response);
         if (response.codeName === 'CAPABILITY' && response.codeArgs !== null) {
           this.loginCapabilities = normalCapabilityList(response.codeArgs);
         }
@@ -353,6 +356,11 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
       default:
         return this.fail(out, 'unavailable', `login: ${line}`);
     }
+  }
+
+  /** Keeps an [ALERT] of the login answer for the client, as an untagged line of the same word. */
+  private keepAlert(response: ResponseLine): void {
+    if (this.alerts.length < MAX_ALERTS) this.alerts.push(`* ${response.word} ${safeText(response.rest, MAX_ALERT_CHARS)}\r\n`);
   }
 
   /** Takes the next step once the current one is complete. */
