@@ -1,5 +1,6 @@
 // Dialling a slot over TLS against fake backends on loopback: which failures are an outage to wait
-// for (kind connect) and which a TLS failure that waiting will not fix (kind backend-login).
+// for (kind connect) and which a TLS failure that waiting will not fix (kind backend-login); and
+// when a close counts as an answer to the login.
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -12,6 +13,7 @@ import { after, before, test } from 'node:test';
 import { connectionFailureKind, dialSlot, loginToBackend, probeSlot } from '../../src/backend/connect.js';
 import type { BackendConfig } from '../../src/config/schema.js';
 import { ImapBackendLoginMachine } from '../../src/protocol/imap/backend.js';
+import { ManageSieveBackendLogin } from '../../src/protocol/managesieve/backend.js';
 import type { Slot } from '../../src/routing/storemap.js';
 import { testCertsPem } from '../integration/servers/certs.js';
 import { mailfrontFailure as failureOf } from '../mailfront-failure.js';
@@ -143,6 +145,30 @@ for (const protocol of ['imap', 'pop3', 'managesieve'] as const) {
     }
   });
 }
+
+test('a ManageSieve backend that closes before it answers XCLIENT closed before the login (BACKEND_CLOSED), not in answer to it', async () => {
+  // A Dovecot restart killing managesieve-login between XCLIENT and AUTHENTICATE: an unreachable
+  // slot, held for failover.hold_ms and retried, not BACKEND_CLOSED_AFTER_LOGIN (one more try only).
+  const received: string[] = [];
+  const { server, slot } = await fakeBackend((socket) => {
+    socket.write('"IMPLEMENTATION" "Dovecot Pigeonhole"\r\n"SASL" "PLAIN"\r\n"XCLIENT"\r\nOK "ready"\r\n');
+    socket.once('data', (data) => {
+      received.push(data.toString('latin1'));
+      socket.destroy();
+    });
+  });
+  try {
+    const config = backendConfig('none');
+    const machine = new ManageSieveBackendLogin({ mode: 'replay', user: 'ann', password: 'pw', starttls: false, forward: { ip: '192.0.2.7', port: 4000, sessionId: 'abc' } });
+    const socket = await dialSlot(slot, 'managesieve', config, AbortSignal.timeout(2_000));
+    const failure = await failureOf(loginToBackend(socket, slot, machine, config, AbortSignal.timeout(2_000)));
+    assert.deepEqual(received, ['XCLIENT ADDR=192.0.2.7 PORT=4000 SESSION=abc\r\n']);
+    assert.equal(failure.code, 'BACKEND_CLOSED', failure.message);
+    assert.equal(failure.kind, 'connect');
+  } finally {
+    server.close();
+  }
+});
 
 test('the health probe of a slot with tls none reads the greeting only', async () => {
   const received: string[] = [];

@@ -227,8 +227,6 @@ export class ManageSieveBackendLogin implements BackendLoginMachine {
     }
     const forward = this.#options.forward;
     const command = forward !== undefined && this.#capabilities.xclient ? xclientCommand(forward) : null;
-    // The login starts here: XCLIENT goes out only when AUTHENTICATE follows it.
-    this.#loginSent = true;
     if (command !== null) {
       this.#state = 'xclient';
       out.push(sendLine(command));
@@ -255,6 +253,10 @@ export class ManageSieveBackendLogin implements BackendLoginMachine {
         break;
     }
     this.#state = 'authenticate';
+    // Only now, not at XCLIENT: unlike IMAP's ID and POP3's XCLIENT, which share the login's
+    // write, XCLIENT here waits for its answer alone, and a close meanwhile (a Dovecot restart
+    // taking managesieve-login down) is an unreachable slot to hold for, not this login's answer.
+    this.#loginSent = true;
     // RFC 5804 §2.1: the initial response rides on the command as a string.
     out.push(sendLine(`AUTHENTICATE "PLAIN" ${sieveString(response, 'client')}`));
   }
