@@ -18,7 +18,7 @@ import { MAX_PROBES_IN_FLIGHT, SlotHealthMonitor } from './backend/health.js';
 import { Throttle } from './auth/throttle.js';
 import type { ThrottleChange } from './auth/throttle.js';
 import { ConnectionLimiter } from './server/connection-limits.js';
-import { backendFor, configSourceAddresses, forgetBackendCaFiles, probeSlot, unusableSourceAddresses } from './backend/connect.js';
+import { backendFor, configSourceAddresses, forgetBackendCaFiles, probeProtocol, probeSlot, unusableSourceAddresses } from './backend/connect.js';
 import { ConfigError, buildStoreMap, loadConfig } from './config/load.js';
 import { STOP_CLOSE_MS, configWarnings } from './config/schema.js';
 import type { Config } from './config/schema.js';
@@ -941,11 +941,11 @@ export class Mailfront {
     this.http = http;
   }
 
-  /** Probes a slot with the protocol it serves (IMAP when it has an IMAP port). */
+  /** Probes a slot with the first protocol it has a port for under its store's TLS mode (probeProtocol()). */
   private probe(slot: Slot, signal: Cancellation): Promise<void> {
     const store = this.holder.current.stores.get(slot.store);
     if (store === undefined) return Promise.reject(new Error('store left the map'));
-    const protocol = slot.imapPort !== undefined || slot.imapsPort !== undefined ? 'imap' : slot.pop3Port !== undefined || slot.pop3sPort !== undefined ? 'pop3' : 'managesieve';
+    const protocol = probeProtocol(slot, store.backend);
     const { probeUser, probePassword } = this.config.health;
     const backend = backendFor(protocol, store.backend);
     const login =

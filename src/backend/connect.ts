@@ -40,20 +40,42 @@ export function backendFor(protocol: Protocol, config: BackendConfig): BackendCo
   return protocol === 'managesieve' && config.tls === 'implicit' ? { ...config, tls: 'starttls' } : config;
 }
 
+/** The port `slot` has for `protocol` under the backend TLS mode, if any, and the key that sets it. */
+function slotPortSetting(slot: Slot, protocol: Protocol, tls: BackendConfig['tls']): [number | undefined, string] {
+  const implicit = tls === 'implicit';
+  switch (protocol) {
+    case 'imap':
+      return implicit ? [slot.imapsPort, 'imaps_port'] : [slot.imapPort, 'imap_port'];
+    case 'pop3':
+      return implicit ? [slot.pop3sPort, 'pop3s_port'] : [slot.pop3Port, 'pop3_port'];
+    case 'managesieve':
+      // Under implicit, ManageSieve does STARTTLS on sieve_port (backendFor()).
+      return [slot.sievePort, 'sieve_port'];
+  }
+}
+
 /** The TCP port of `slot` for `protocol` under the backend TLS mode; throws `no-route` if the slot has none. */
 export function slotPort(slot: Slot, protocol: Protocol, tls: BackendConfig['tls']): number {
-  const implicit = tls === 'implicit';
-  const ports: Record<Protocol, [number | undefined, string]> = {
-    imap: implicit ? [slot.imapsPort, 'imaps_port'] : [slot.imapPort, 'imap_port'],
-    pop3: implicit ? [slot.pop3sPort, 'pop3s_port'] : [slot.pop3Port, 'pop3_port'],
-    // Under implicit, ManageSieve does STARTTLS on sieve_port (backendFor()).
-    managesieve: [slot.sievePort, 'sieve_port'],
-  };
-  const [port, key] = ports[protocol];
+  const [port, key] = slotPortSetting(slot, protocol, tls);
   if (port === undefined) {
     throw new MailfrontError('SLOT_NO_PORT', 'no-route', `slot "${slot.name}" of store "${slot.store}" has no ${key}`);
   }
   return port;
+}
+
+/**
+ * The protocol a health probe of `slot` speaks: the first of IMAP, POP3 and ManageSieve the slot
+ * has a port for under the store's `backend` settings. Going by either IMAP port whatever the TLS
+ * mode, a slot with only imaps_port under tls none (or imap_port under implicit) was probed where
+ * it has no port, and shown down for good though its POP3 or ManageSieve answered. A slot with
+ * none: the protocol of the first port it has at all (else ManageSieve), whose probe then fails
+ * naming the key it lacks.
+ */
+export function probeProtocol(slot: Slot, backend: BackendConfig): Protocol {
+  const protocols: readonly Protocol[] = ['imap', 'pop3', 'managesieve'];
+  const served = protocols.find((protocol) => slotPortSetting(slot, protocol, backendFor(protocol, backend).tls)[0] !== undefined);
+  if (served !== undefined) return served;
+  return slot.imapPort !== undefined || slot.imapsPort !== undefined ? 'imap' : slot.pop3Port !== undefined || slot.pop3sPort !== undefined ? 'pop3' : 'managesieve';
 }
 
 /** The code of a login refused because of the identity it would assert to the backend. */

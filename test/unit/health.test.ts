@@ -1,11 +1,22 @@
-// The slot health monitor's loop: new timings mid-round leave one loop, not two.
+// The slot health monitor's loop: new timings mid-round leave one loop, not two. And which of
+// a slot's protocols its probe speaks.
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
+import { probeProtocol } from '../../src/backend/connect.js';
 import { SlotHealthMonitor } from '../../src/backend/health.js';
-import type { StoreMap } from '../../src/routing/storemap.js';
+import type { BackendConfig } from '../../src/config/schema.js';
+import type { Slot, StoreMap } from '../../src/routing/storemap.js';
 import { createLogger } from '../../src/log.js';
+import { freePort } from '../integration/servers/index.js';
+import { serve, stop } from './serve-process.js';
 
 test('new timings while a round of probes runs leave exactly one probe loop', async () => {
   let probes = 0;
@@ -88,4 +99,61 @@ test('probing leaves nothing behind: the heap after 100,000 probes is what it wa
   const grown = (await heap()) - before;
   monitor.stop();
   assert.ok(grown < 2 * 1024 * 1024, `the heap grew by ${(grown / 1024 / 1024).toFixed(1)} MB over 100,000 probes`);
+});
+
+test('a slot is probed over the first of IMAP, POP3 and ManageSieve it has a port for under the TLS mode in force', () => {
+  const slot = (ports: Partial<Pick<Slot, 'imapPort' | 'imapsPort' | 'pop3Port' | 'pop3sPort' | 'sievePort'>>): Slot => ({ name: 'a', store: 's', host: '127.0.0.1', ...ports }) as unknown as Slot;
+  const tls = (mode: BackendConfig['tls']): BackendConfig => ({ tls: mode }) as BackendConfig;
+  const all = slot({ imapPort: 143, imapsPort: 993, pop3Port: 110, pop3sPort: 995, sievePort: 4190 });
+  for (const mode of ['none', 'starttls', 'implicit'] as const) assert.equal(probeProtocol(all, tls(mode)), 'imap', mode);
+  // An IMAP port of the other mode only: IMAP would be probed where the slot has no port.
+  assert.equal(probeProtocol(slot({ imapsPort: 993, pop3Port: 110 }), tls('none')), 'pop3');
+  assert.equal(probeProtocol(slot({ imapsPort: 993, pop3Port: 110 }), tls('starttls')), 'pop3');
+  assert.equal(probeProtocol(slot({ imapsPort: 993, sievePort: 4190 }), tls('none')), 'managesieve');
+  assert.equal(probeProtocol(slot({ imapPort: 143, pop3sPort: 995 }), tls('implicit')), 'pop3');
+  assert.equal(probeProtocol(slot({ imapPort: 143, pop3Port: 110, sievePort: 4190 }), tls('implicit')), 'managesieve');
+  assert.equal(probeProtocol(slot({ imapsPort: 993, pop3Port: 110 }), tls('implicit')), 'imap');
+  // No port for the mode in force: the probe goes where it went before and reports the key missing.
+  assert.equal(probeProtocol(slot({ imapsPort: 993 }), tls('none')), 'imap');
+  assert.equal(probeProtocol(slot({ imapPort: 143, pop3Port: 110 }), tls('implicit')), 'imap');
+  assert.equal(probeProtocol(slot({ pop3sPort: 995 }), tls('starttls')), 'pop3');
+  assert.equal(probeProtocol(slot({}), tls('none')), 'managesieve');
+});
+
+test('serve: a slot with imaps_port and pop3_port under tls none is probed over POP3 and is up; one with imaps_port alone stays down, naming imap_port', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'mf-health-protocol-'));
+  const pop3 = createServer((socket) => {
+    socket.on('error', () => undefined);
+    socket.end('+OK ready\r\n');
+  });
+  let s: ReturnType<typeof serve> | undefined;
+  try {
+    pop3.listen(0, '127.0.0.1');
+    await once(pop3, 'listening');
+    const pop3Port = (pop3.address() as AddressInfo).port;
+    // tls none does not use imaps_port; nothing listens there.
+    const imapsPort = await freePort();
+    await writeFile(
+      join(dir, 'stores.yaml'),
+      'stores:\n' +
+        `  st1:\n    current_master: pop\n    slots:\n      pop: { host: 127.0.0.1, imaps_port: ${imapsPort}, pop3_port: ${pop3Port} }\n` +
+        `  st2:\n    current_master: none\n    slots:\n      none: { host: 127.0.0.1, imaps_port: ${imapsPort} }\n`,
+    );
+    const config = join(dir, 'mailfront.yaml');
+    await writeFile(
+      config,
+      `listeners:\n  - { name: imap, protocol: imap, host: 127.0.0.1, port: ${await freePort()}, tls: none, plaintext_without_tls: true }\n` +
+        'directory: { urls: ["ldap://127.0.0.1:9"], bind_dn: cn=x, bind_password: x, base_dn: dc=x }\n' +
+        'store_map: { file: stores.yaml, watch: false }\nbackend: { tls: none }\nhealth: { interval_ms: 1000, timeout_ms: 1000 }\n',
+    );
+    s = serve(config);
+    await s.logged('slot.health', 2);
+    const health = Object.fromEntries(s.lines().filter((l) => l['event'] === 'slot.health').map((l) => [l['slot'], [l['up'], l['err']]]));
+    assert.deepEqual(health['pop'], [true, undefined]);
+    assert.deepEqual(health['none'], [false, 'slot "none" of store "st2" has no imap_port']);
+  } finally {
+    if (s !== undefined) await stop(s);
+    pop3.close();
+    await rm(dir, { recursive: true, force: true });
+  }
 });
