@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import type { SessionContext } from '../../src/session/session.js';
 import { imapAdapter } from '../../src/protocol/imap/index.js';
 import { MailfrontError } from '../../src/errors.js';
-import { aTurn, startFakeSession, throttleThatAllows, until } from './session-harness.js';
+import { aTurn, refusedWithPenalty, startFakeSession, throttleThatAllows, until } from './session-harness.js';
 import type { FakeSession } from './session-harness.js';
 
 interface Harness extends FakeSession {
@@ -86,23 +86,7 @@ test('a deadline that cuts a login short at the directory: the login answered as
 test('a deadline that passes while a refused login waits out the throttle\'s penalty: the refusal decided, then the timeout answer, at the deadline; the failure counted as it was', async () => {
   // The directory refuses the password at once; the throttle adds 10 s before the answer (the
   // failure delay is 0 here), far past the 100 ms deadline.
-  const session = startSession((steps) => ({
-    directory: () =>
-      ({
-        authenticate: async () => {
-          steps.push('directory');
-          throw new MailfrontError('WRONG_PASSWORD', 'auth-failed', 'wrong password');
-        },
-      }) as unknown as ReturnType<SessionContext['directory']>,
-    throttle: () =>
-      ({
-        ...throttleThatAllows(),
-        recordFailure: async () => {
-          steps.push('failure recorded');
-          return { refused: false, refusedForMs: 0, delayMs: 10_000 };
-        },
-      }) as unknown as ReturnType<SessionContext['throttle']>,
-  }));
+  const session = startSession((steps) => refusedWithPenalty(steps));
   const started = performance.now();
   session.socket.push('a LOGIN bob wrong-pw\r\nb LOGOUT\r\n');
   await until(() => session.ended() !== '', 'the session to end');

@@ -12,6 +12,7 @@ import { SessionRegistry } from '../../src/proxy/registry.js';
 import { CidrSet } from '../../src/net/cidr.js';
 import { createLogger } from '../../src/log.js';
 import { LoginGate } from '../../src/auth/login-gate.js';
+import { MailfrontError } from '../../src/errors.js';
 import type { Config, ListenerConfig } from '../../src/config/schema.js';
 
 /** A client socket whose writes are kept as text. */
@@ -98,3 +99,27 @@ export async function aTurn(): Promise<void> {
 
 /** A throttle that refuses nothing and adds no delay. */
 export const throttleThatAllows = () => ({ check: async () => ({ refused: false, refusedForMs: 0 }), recordSuccess: async () => undefined, recordFailure: async () => ({ delayMs: 0 }), exempts: () => false, addressKey: (address: string) => address });
+
+/**
+ * A directory that refuses every password, and a throttle that adds `penaltyMs` before the
+ * refusal is answered (the failure delay, its penalty); each pushes what it did to `steps`.
+ */
+export function refusedWithPenalty(steps: string[], penaltyMs = 10_000): Pick<SessionContext, 'directory' | 'throttle'> {
+  return {
+    directory: () =>
+      ({
+        authenticate: async () => {
+          steps.push('directory');
+          throw new MailfrontError('WRONG_PASSWORD', 'auth-failed', 'wrong password');
+        },
+      }) as unknown as ReturnType<SessionContext['directory']>,
+    throttle: () =>
+      ({
+        ...throttleThatAllows(),
+        recordFailure: async () => {
+          steps.push('failure recorded');
+          return { refused: false, refusedForMs: 0, delayMs: penaltyMs };
+        },
+      }) as unknown as ReturnType<SessionContext['throttle']>,
+  };
+}

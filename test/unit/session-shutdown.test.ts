@@ -7,30 +7,14 @@ import { test } from 'node:test';
 import type { SessionContext } from '../../src/session/session.js';
 import { imapAdapter } from '../../src/protocol/imap/index.js';
 import { MailfrontError } from '../../src/errors.js';
-import { aTurn, startFakeSession, throttleThatAllows, until } from './session-harness.js';
+import { aTurn, refusedWithPenalty, startFakeSession, throttleThatAllows, until } from './session-harness.js';
 
 // A pre-auth deadline far past the test: only the stop ends these sessions.
 const NO_DEADLINE_MS = 60_000;
 
 test("a stop while a refused login waits out the throttle's penalty: the refusal decided, then the BYE, at once; the failure recorded and counted once", async () => {
   const steps: string[] = [];
-  const session = startFakeSession(imapAdapter, NO_DEADLINE_MS, {
-    directory: () =>
-      ({
-        authenticate: async () => {
-          steps.push('directory');
-          throw new MailfrontError('WRONG_PASSWORD', 'auth-failed', 'wrong password');
-        },
-      }) as unknown as ReturnType<SessionContext['directory']>,
-    throttle: () =>
-      ({
-        ...throttleThatAllows(),
-        recordFailure: async () => {
-          steps.push('failure recorded');
-          return { refused: false, refusedForMs: 0, delayMs: 10_000 };
-        },
-      }) as unknown as ReturnType<SessionContext['throttle']>,
-  });
+  const session = startFakeSession(imapAdapter, NO_DEADLINE_MS, refusedWithPenalty(steps));
   session.socket.push('a LOGIN bob wrong-pw\r\nb LOGOUT\r\n');
   await until(() => steps.includes('failure recorded'), 'the failure to be recorded');
   await aTurn();
