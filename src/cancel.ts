@@ -15,6 +15,9 @@ export interface Cancellation {
   removeEventListener(type: 'abort', listener: () => void): void;
 }
 
+/** A cancellation that never fires: for work that must go on to its end, whoever stops waiting for it. */
+export const NEVER_CANCELLED: Cancellation = { aborted: false, addEventListener: () => undefined, removeEventListener: () => undefined };
+
 /** The owner's side: `abort()` tells every listener once. */
 export class Canceller implements Cancellation {
   private listeners: Array<() => void> = [];

@@ -19,6 +19,7 @@ import { createHmac, randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import { directoryHealth, findForLogin, raceAbort } from './directory.js';
 import type { AccountState, CachedUser, Directory, DirectoryHealth, DirectoryUser } from './directory.js';
+import { NEVER_CANCELLED } from '../cancel.js';
 import type { Cancellation } from '../cancel.js';
 import type { Protocol } from '../config/schema.js';
 import type { Metrics } from '../metrics.js';
@@ -28,9 +29,6 @@ const HELD_FORGOTTEN_MS = 60_000;
 
 /** Held entries remembered as forgotten at once (beyond them, a held login walks the cache again). */
 const HELD_FORGOTTEN_MAX = 10_000;
-
-/** The directory's own wait, which no session's end cuts short (each login waits with its own: raceAbort()). */
-const NEVER_CANCELLED: Cancellation = { aborted: false, addEventListener: () => undefined, removeEventListener: () => undefined };
 
 /** A Directory that remembers successful authentications for `ttlMs`. */
 export class CachingDirectory implements Directory {
@@ -112,6 +110,7 @@ export class CachingDirectory implements Directory {
 
   private async askDirectory(key: string, user: string, password: string, protocol: Protocol | undefined): Promise<DirectoryUser> {
     const forgets = this.forgets;
+    // The directory's own wait, which no session's end cuts short (each login waits with its own: raceAbort()).
     const found = await this.inner.authenticate(user, password, NEVER_CANCELLED, protocol);
     // The store may come from the inner directory's own cache of entries: the route is kept no
     // longer than ttlMs after it was read from the directory, not ttlMs after this login (a user

@@ -9,6 +9,7 @@ import { TLSSocket } from 'node:tls';
 import type { SecureContext, TlsOptions } from 'node:tls';
 import { domainToASCII, domainToUnicode } from 'node:url';
 import type { Directory, DirectoryUser, PasswordWarning } from '../auth/directory.js';
+import type { LoginAttempt } from '../auth/throttle.js';
 import { DEFAULT_PASSWORD_ALERTS } from '../auth/password-policy.js';
 import type { PasswordAlert, PasswordAlerts } from '../auth/password-policy.js';
 import { isIP } from 'node:net';
@@ -40,7 +41,7 @@ import type { OAuthVerifier } from '../auth/oauth.js';
 import type { BearerCredentials, Credentials, LoginRefusal, PreauthAction, PreauthCloseReason, PreauthMachine, ProtocolAdapter } from '../protocol/types.js';
 import { sameServer } from '../routing/storemap.js';
 import type { Slot, StoreMap } from '../routing/storemap.js';
-import { Canceller, type Cancellation } from '../cancel.js';
+import { Canceller, NEVER_CANCELLED, untilCancelled, type Cancellation } from '../cancel.js';
 import { destroyAfterGrace } from '../net/close-grace.js';
 // The per-address refusal of an address a trusted webmail forwarded is worded as the listener words it at accept.
 import { ADDRESS_LIMIT_TEXT, SHUTTING_DOWN_PHRASE, TOTAL_LIMIT_TEXT } from '../protocol/rules.js';
@@ -939,6 +940,10 @@ export class Session {
       leaveUserGate?.();
       leaveAddressGate?.(failureCounted);
     };
+    // The directory's check of the password while the login waits for it (see abandonedCheck()).
+    let checking: Promise<DirectoryUser> | undefined;
+    // The gate's turns went with an abandoned check: left once it is counted, not on the way out.
+    let turnsKept = false;
     try {
       // The name typed, from the start: a login the limits or the throttle refuse names its user in session.finished too.
       this.user = typed ?? undefined;
@@ -1003,7 +1008,11 @@ export class Session {
         typed = user;
       } else {
         if (user === null || typed === null) throw new MailfrontError('INVALID_USERNAME', 'auth-failed', 'the user name is empty, too long, not in a local domain, or has control characters');
-        found = await directory.authenticate(user, secret, cancellation, this.adapter.name);
+        // Asked without the session's cancellation (the directory goes on to the end of its search
+        // and bind anyway): what it answers is counted even when the session stops waiting first.
+        checking = directory.authenticate(user, secret, NEVER_CANCELLED, this.adapter.name);
+        found = await untilCancelled(checking, cancellation, 'the session ended during a directory lookup');
+        checking = undefined;
         if (found.passwordWarning !== undefined) this.passwordWarning = { warning: found.passwordWarning, dn: found.dn };
       }
       throwIfCancelled(cancellation, 'the login was cancelled while the directory answered');
@@ -1084,6 +1093,12 @@ export class Session {
     } catch (caught) {
       const error = asMailfrontError(caught);
       this.lease.releaseUser();
+      // Abandoned while the directory checked the password (the client hung up, the deadline, a
+      // stop): its answer is still counted, and the gate's turns kept until then.
+      if (checking !== undefined && error.kind === 'aborted') {
+        turnsKept = true;
+        this.abandonedCheck(checking, attempt, secret, leaveGate, typed ?? undefined, config);
+      }
       // The session ended while its login was under way (the client hung up, the server is
       // stopping, or the deadline's answer came first): the attempt is counted as abandoned,
       // and nothing more is said or logged.
@@ -1147,8 +1162,44 @@ export class Session {
       this.countLogin(error.kind, started);
     } finally {
       // Every way out (a cancelled login, a kick) leaves the gate; leaving twice does nothing.
-      leaveGate();
+      if (!turnsKept) leaveGate();
     }
+  }
+
+  /**
+   * The directory's answer to the password of a login abandoned before it came (the client hung
+   * up, the pre-auth deadline, a stop), counted as the login would have counted it: a wrong
+   * password is a failure for the throttle (and the auth-failure metric), a right one a success.
+   * The user's and the address's turns at the gate are kept until then. Without this a client
+   * that sent `LOGIN user guess` and reset the connection had every guess checked by the
+   * directory (which goes on to the end of its bind), none counted, and none waiting for a turn:
+   * any number of distinct passwords per user, at once, past `failures_per_user` and unseen but
+   * by the directory's own lockout. The turns are kept at most as long as the directory's
+   * deadlines allow a search and a bind on two servers; the answer is counted whenever it comes.
+   */
+  private abandonedCheck(checking: Promise<DirectoryUser>, attempt: LoginAttempt, secret: string, leaveGate: (failureCounted?: boolean) => void, typed: string | undefined, config: Config): void {
+    const throttle = this.context.throttle();
+    const { connectTimeoutMs, operationTimeoutMs } = config.directory;
+    const timer = setTimeout(() => leaveGate(false), 2 * (connectTimeoutMs + 2 * operationTimeoutMs));
+    timer.unref();
+    const leave = (failureCounted: boolean): void => {
+      clearTimeout(timer);
+      leaveGate(failureCounted);
+    };
+    checking.then(
+      () => {
+        void throttle.recordSuccess(attempt);
+        leave(false);
+      },
+      async (caught: unknown) => {
+        const error = asMailfrontError(caught);
+        if (error.kind !== 'auth-failed') return leave(false);
+        this.context.metrics.authFailure(authFailureReason(error.code));
+        this.log.info({ event: 'session.abandoned_login_failed', protocol: this.adapter.name, ...userFields(typed, typed), code: error.code, ...this.clientFields(), listener: this.listenerName }, 'a login its client abandoned was refused by the directory: counted as a failure');
+        await throttle.recordFailure(attempt, secret).catch(() => undefined);
+        leave(true);
+      },
+    );
   }
 
   /**
