@@ -1765,12 +1765,15 @@ export class LdapStoreMapSource implements StoreMapSource {
    * with its own first read, a lagging replica's map was put in force by the reload, undoing the
    * failovers it has not got); the server that answered last, tried first (a new source would go
    * back to urls[0], a replica listed first); and the server found behind, tried after the
-   * others. Each only when the new urls list it. Another base DN is another tree: nothing to
-   * compare its entries with.
+   * others. Each only when the new urls list it, and the last two only while this source knows
+   * nothing of its own servers: called again as the holder puts it in place, after its check
+   * read connected somewhere, it keeps what that read found (its readings are named by the
+   * server it answered from). Another base DN is another tree: nothing to compare its entries with.
    */
   continueFrom(previous: StoreMapSource): void {
     if (!(previous instanceof LdapStoreMapSource) || lowerDn(previous.config.baseDn) !== lowerDn(this.config.baseDn)) return;
     this.inForce = previous.inForce;
+    if (this.answered !== undefined || this.behind !== undefined) return;
     if (previous.answered !== undefined && this.config.urls.includes(previous.answered)) this.answered = previous.answered;
     if (previous.behind !== undefined && this.config.urls.includes(previous.behind.url)) this.behind = previous.behind;
   }

@@ -1180,7 +1180,8 @@ export class Session {
   private abandonedCheck(checking: Promise<DirectoryUser>, attempt: LoginAttempt, secret: string, leaveGate: (failureCounted?: boolean) => void, typed: string | undefined, config: Config): void {
     const throttle = this.context.throttle();
     const { connectTimeoutMs, operationTimeoutMs } = config.directory;
-    const timer = setTimeout(() => leaveGate(false), 2 * (connectTimeoutMs + 2 * operationTimeoutMs));
+    // Its outcome unknown then: left as a failure would leave it (the address's checks in flight count it).
+    const timer = setTimeout(() => leaveGate(), 2 * (connectTimeoutMs + 2 * operationTimeoutMs));
     timer.unref();
     const leave = (failureCounted: boolean): void => {
       clearTimeout(timer);
@@ -1195,7 +1196,8 @@ export class Session {
         const error = asMailfrontError(caught);
         if (error.kind !== 'auth-failed') return leave(false);
         this.context.metrics.authFailure(authFailureReason(error.code));
-        this.log.info({ event: 'session.abandoned_login_failed', protocol: this.adapter.name, ...userFields(typed, typed), code: error.code, ...this.clientFields(), listener: this.listenerName }, 'a login its client abandoned was refused by the directory: counted as a failure');
+        // As session.login_failed names a master login: the mailbox's user, and the staff member whose password it was.
+        this.log.info({ event: 'session.abandoned_login_failed', protocol: this.adapter.name, ...userFields(typed, typed), ...this.masterFields(), code: error.code, ...this.clientFields(), listener: this.listenerName }, 'a login its client abandoned was refused by the directory: counted as a failure');
         await throttle.recordFailure(attempt, secret).catch(() => undefined);
         leave(true);
       },
