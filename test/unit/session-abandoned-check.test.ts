@@ -10,19 +10,15 @@ import type { AddressInfo, Socket } from 'node:net';
 import { test } from 'node:test';
 import { CachingDirectory } from '../../src/auth/cache.js';
 import type { Directory } from '../../src/auth/directory.js';
-import { LoginGate } from '../../src/auth/login-gate.js';
 import { Throttle } from '../../src/auth/throttle.js';
 import type { Config, ListenerConfig } from '../../src/config/schema.js';
 import { MailfrontError } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
 import { Metrics } from '../../src/metrics.js';
-import { CidrSet } from '../../src/net/cidr.js';
 import { imapAdapter } from '../../src/protocol/imap/index.js';
-import { SessionRegistry } from '../../src/proxy/registry.js';
 import { ConnectionLimiter } from '../../src/server/connection-limits.js';
 import { Session } from '../../src/session/session.js';
-import type { SessionContext } from '../../src/session/session.js';
-import { until } from './session-harness.js';
+import { sessionContext, until } from './session-harness.js';
 
 const FAILURES_PER_USER = 10;
 /** A process checks at most this many passwords of one user at once (README, throttle.failures_per_user). */
@@ -49,22 +45,7 @@ test('a guesser resetting the connection after each LOGIN has its wrong password
   } as unknown as Config;
   const limiter = new ConnectionLimiter({ maxConnections: 1000, maxConnectionsPerAddress: 100, maxSessionsPerUser: 10 });
   const metrics = new Metrics({ version: 'test', processMetrics: false, protocols: ['imap'] });
-  const context = {
-    config: () => config,
-    storeMap: () => {
-      throw new Error('no store map in this test');
-    },
-    metrics,
-    trustedNetworks: () => new CidrSet([]),
-    loginGate: new LoginGate(),
-    limiter,
-    registry: new SessionRegistry(),
-    log: createLogger('silent'),
-    secureContext: () => undefined,
-    onEnd: () => undefined,
-    throttle: () => throttle,
-    directory: () => directory,
-  } as unknown as SessionContext;
+  const context = sessionContext(config, limiter, metrics, { throttle: () => throttle, directory: () => directory });
   const listener = { name: 'imap', tls: 'none', plaintextWithoutTls: true } as unknown as ListenerConfig;
   const server = createServer((socket: Socket) => {
     const admission = limiter.admit(socket.remoteAddress!, false);

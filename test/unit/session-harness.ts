@@ -58,7 +58,26 @@ export function startFakeSession(
   assert.ok(admission.admitted);
   const metrics = new Metrics({ version: 'test', processMetrics: false, protocols: [adapter.name] });
   let ended = '';
-  const context = {
+  const context = sessionContext(config, limiter, metrics, {
+    onEnd: (reason: string) => {
+      ended = reason;
+    },
+    ...parts,
+  });
+  const socket = new FakeSocket();
+  const endpoints = { client: { address: '192.0.2.1', port: 1234 }, peer: { address: '192.0.2.1', port: 1234 }, local: { address: '127.0.0.1', port: 143 } };
+  const listener = { name: adapter.name, tls: 'none', plaintextWithoutTls: true } as unknown as ListenerConfig;
+  const session = new Session(socket as unknown as Socket, listener, adapter, context, false, endpoints, admission.lease);
+  return { session, socket, metrics, limiter, ended: () => ended };
+}
+
+/**
+ * The context of sessions under `config`, with `limiter` and `metrics`: a fresh login gate and
+ * session registry, no trusted network, a silent log, no store map unless `parts` gives one;
+ * `parts` gives the directory and the throttle, and may replace the rest.
+ */
+export function sessionContext(config: Config, limiter: ConnectionLimiter, metrics: Metrics, parts: Partial<SessionContext>): SessionContext {
+  return {
     config: () => config,
     storeMap: () => {
       throw new Error('no store map in this test');
@@ -70,16 +89,9 @@ export function startFakeSession(
     registry: new SessionRegistry(),
     log: createLogger('silent'),
     secureContext: () => undefined,
-    onEnd: (reason: string) => {
-      ended = reason;
-    },
+    onEnd: () => undefined,
     ...parts,
   } as unknown as SessionContext;
-  const socket = new FakeSocket();
-  const endpoints = { client: { address: '192.0.2.1', port: 1234 }, peer: { address: '192.0.2.1', port: 1234 }, local: { address: '127.0.0.1', port: 143 } };
-  const listener = { name: adapter.name, tls: 'none', plaintextWithoutTls: true } as unknown as ListenerConfig;
-  const session = new Session(socket as unknown as Socket, listener, adapter, context, false, endpoints, admission.lease);
-  return { session, socket, metrics, limiter, ended: () => ended };
 }
 
 /** Waits (polling) until `predicate` holds; fails with `what` after `timeoutMs`. */
