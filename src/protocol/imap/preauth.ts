@@ -219,27 +219,28 @@ export class ImapPreauthMachine implements PreauthMachine {
   }
 
   timedOut(refusal: LoginRefusal = 'unavailable', text?: string): PreauthAction[] {
-    if (this.phase === 'closed' || this.phase === 'logged-in') return [];
-    const out: PreauthAction[] = [];
-    // A login still under way is answered first (as decided, if it was); what the client pipelined behind it is not run.
-    if (this.phase === 'login-pending') {
-      this.pendingBearer = null;
-      push(out, this.refusalLine(refusal, text));
-    }
     // The time runs from accept (session.preauth_timeout_ms), not from the last command: no "idle".
-    return this.close(out, '* BYE No login within the time allowed\r\n', 'timeout');
+    return this.lastWords(refusal, text, '* BYE No login within the time allowed\r\n', 'timeout');
   }
 
   shuttingDown(refusal: LoginRefusal = 'unavailable', text?: string): PreauthAction[] {
-    if (this.phase === 'closed' || this.phase === 'logged-in') return [];
-    const out: PreauthAction[] = [];
     // The untagged BYE answers no command (RFC 9051 §7.1.5): a login under way gets its tagged
     // answer first (as decided, if it was), as at the deadline.
+    return this.lastWords(refusal, text, `* BYE [UNAVAILABLE] ${SHUTTING_DOWN_PHRASE}\r\n`, 'shutdown');
+  }
+
+  /**
+   * The session's end before login (the deadline, a stop): a login under way is answered first
+   * with `refusal`, and what the client pipelined behind it is not run; then `bye` and the close.
+   */
+  private lastWords(refusal: LoginRefusal, text: string | undefined, bye: string, reason: PreauthCloseReason): PreauthAction[] {
+    if (this.phase === 'closed' || this.phase === 'logged-in') return [];
+    const out: PreauthAction[] = [];
     if (this.phase === 'login-pending') {
       this.pendingBearer = null;
       push(out, this.refusalLine(refusal, text));
     }
-    return this.close(out, `* BYE [UNAVAILABLE] ${SHUTTING_DOWN_PHRASE}\r\n`, 'shutdown');
+    return this.close(out, bye, reason);
   }
 
   /** The tagged answer refusing the pending login; `text` is a human sentence (never a secret). */

@@ -183,26 +183,28 @@ export class ManageSievePreauth implements PreauthMachine {
   }
 
   timedOut(refusal: LoginRefusal = 'unavailable', text?: string): PreauthAction[] {
-    if (this.#phase === 'closed' || this.#phase === 'logged-in') return [];
-    const out: PreauthAction[] = [];
-    // A login still under way is answered first (as decided, if it was); what the client pipelined behind it is not run.
-    if (this.#phase === 'login-pending') {
-      this.#pendingBearer = null;
-      push(out, refusalLine(refusal, text));
-    }
-    return this.#close(out, 'BYE "No login within the time allowed."', 'timeout');
+    return this.#lastWords(refusal, text, 'BYE "No login within the time allowed."', 'timeout');
   }
 
   shuttingDown(refusal?: LoginRefusal, text?: string): PreauthAction[] {
-    if (this.#phase === 'closed' || this.#phase === 'logged-in') return [];
-    const out: PreauthAction[] = [];
     // A login refused already is answered so first; one undecided is answered by the BYE itself
     // (RFC 5804 §4: BYE ends a command as NO does), TRYLATER.
+    return this.#lastWords(refusal, text, `BYE (TRYLATER) "${SHUTTING_DOWN_PHRASE}."`, 'shutdown');
+  }
+
+  /**
+   * The session's end before login (the deadline, a stop): a login under way is answered first
+   * with `refusal` (none: `bye` answers it), and what the client pipelined behind it is not run;
+   * then `bye` and the close.
+   */
+  #lastWords(refusal: LoginRefusal | undefined, text: string | undefined, bye: string, reason: PreauthCloseReason): PreauthAction[] {
+    if (this.#phase === 'closed' || this.#phase === 'logged-in') return [];
+    const out: PreauthAction[] = [];
     if (this.#phase === 'login-pending' && refusal !== undefined) {
       this.#pendingBearer = null;
       push(out, refusalLine(refusal, text));
     }
-    return this.#close(out, `BYE (TRYLATER) "${SHUTTING_DOWN_PHRASE}."`, 'shutdown');
+    return this.#close(out, bye, reason);
   }
 
   #plaintextAllowed(): boolean {

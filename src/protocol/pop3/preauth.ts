@@ -189,18 +189,24 @@ export class Pop3Preauth implements PreauthMachine {
   }
 
   timedOut(refusal: LoginRefusal = 'unavailable', text?: string): PreauthAction[] {
-    // A login still under way is answered first (as decided, if it was); what the client pipelined behind it is not run.
-    const pending = this.#state === 'awaiting-login' ? [send(refusalLine(refusal, text))] : [];
-    const last = this.#finalWords('-ERR No login within the time allowed', 'timeout');
-    return last.length === 0 ? [] : [...pending, ...last];
+    return this.#lastWords(refusal, text, '-ERR No login within the time allowed', 'timeout');
   }
 
   shuttingDown(refusal?: LoginRefusal, text?: string): PreauthAction[] {
     // A login refused already is answered so first; one undecided is answered by the -ERR itself,
     // POP3's one answer to its PASS or AUTH. Worded as the other temporary answers ("wait"):
     // fetchmail reads the words, not the code.
+    return this.#lastWords(refusal, text, `-ERR [SYS/TEMP] ${SHUTTING_DOWN_TEXT}`, 'shutdown');
+  }
+
+  /**
+   * The session's end before login (the deadline, a stop): a login under way is answered first
+   * with `refusal` (none: `line` answers it), and what the client pipelined behind it is not
+   * run; then `line` and the close (#finalWords()).
+   */
+  #lastWords(refusal: LoginRefusal | undefined, text: string | undefined, line: string, reason: PreauthCloseReason): PreauthAction[] {
     const pending = this.#state === 'awaiting-login' && refusal !== undefined ? [send(refusalLine(refusal, text))] : [];
-    const last = this.#finalWords(`-ERR [SYS/TEMP] ${SHUTTING_DOWN_TEXT}`, 'shutdown');
+    const last = this.#finalWords(line, reason);
     return last.length === 0 ? [] : [...pending, ...last];
   }
 
