@@ -621,13 +621,7 @@ export class Mailfront {
       try {
         if (current !== undefined) {
           kept.add(current);
-          try {
-            current.reconfigure(listenerConfig);
-          } catch (caught) {
-            // Bound and serving, with the certificates it had: not a listener the reload could not bind.
-            filesNotReloaded.add(listenerConfig.name);
-            throw caught;
-          }
+          current.reconfigure(listenerConfig);
           continue;
         }
         // Its address taken by listeners whose protocol or TLS mode changed, or whose addresses
@@ -652,7 +646,9 @@ export class Mailfront {
           throw error;
         }
       } catch (caught) {
-        if (!filesNotReloaded.has(listenerConfig.name)) unboundByReload.add(listenerConfig.name);
+        // A listener kept failed in reconfigure() alone: bound and serving, with the certificates
+        // it had, not one the reload could not bind.
+        (current !== undefined ? filesNotReloaded : unboundByReload).add(listenerConfig.name);
         const error = atListener(caught, i, listenerConfig);
         problems.push(error instanceof Error ? error.message : String(error));
       }
