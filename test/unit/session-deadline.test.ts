@@ -6,8 +6,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { SessionContext } from '../../src/session/session.js';
 import { imapAdapter } from '../../src/protocol/imap/index.js';
-import { MailfrontError } from '../../src/errors.js';
-import { aTurn, refusedWithPenalty, startFakeSession, throttleThatAllows, until } from './session-harness.js';
+import { aTurn, refusedWithPenalty, startFakeSession, throttleThatAllows, unanswered, until } from './session-harness.js';
 import type { FakeSession } from './session-harness.js';
 
 interface Harness extends FakeSession {
@@ -59,17 +58,7 @@ test('a deadline that passes while the throttle answers ends the session; the lo
 });
 
 test('a deadline that cuts a login short at the directory: the login answered as unavailable, the timeout answer, and nothing pipelined behind the login is run', async () => {
-  const session = startSession((steps) => ({
-    // A directory that does not answer, and gives up when the login is cancelled (as LDAP does).
-    directory: () =>
-      ({
-        authenticate: (user: string, _password: string, signal: { addEventListener(type: 'abort', listener: () => void): void }) => {
-          steps.push(`directory ${user}`);
-          return new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(new MailfrontError('ABORTED', 'aborted', 'cancelled'))));
-        },
-      }) as unknown as ReturnType<SessionContext['directory']>,
-    throttle: () => throttleThatAllows() as unknown as ReturnType<SessionContext['throttle']>,
-  }));
+  const session = startSession((steps) => unanswered(steps));
   session.socket.push('a LOGIN bob secret-pw\r\nb LOGIN carl other-pw\r\nc LOGOUT\r\n');
   await until(() => session.ended() !== '', 'the session to end');
   // What was pipelined would run after the login's answer, if it ran at all.

@@ -135,3 +135,21 @@ export function refusedWithPenalty(steps: string[], penaltyMs = 10_000): Pick<Se
       }) as unknown as ReturnType<SessionContext['throttle']>,
   };
 }
+
+/**
+ * A directory that never answers a password (the session stops waiting on its own cancellation:
+ * it asks the directory without it, as the directory's work goes on to its end), and a throttle
+ * that refuses nothing; the directory pushes `directory <user>` to `steps` when asked.
+ */
+export function unanswered(steps: string[]): Pick<SessionContext, 'directory' | 'throttle'> {
+  return {
+    directory: () =>
+      ({
+        authenticate: (user: string) => {
+          steps.push(`directory ${user}`);
+          return new Promise(() => undefined);
+        },
+      }) as unknown as ReturnType<SessionContext['directory']>,
+    throttle: () => throttleThatAllows() as unknown as ReturnType<SessionContext['throttle']>,
+  };
+}

@@ -4,10 +4,8 @@
 // it was before the stop.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { SessionContext } from '../../src/session/session.js';
 import { imapAdapter } from '../../src/protocol/imap/index.js';
-import { MailfrontError } from '../../src/errors.js';
-import { aTurn, refusedWithPenalty, startFakeSession, throttleThatAllows, until } from './session-harness.js';
+import { aTurn, refusedWithPenalty, startFakeSession, unanswered, until } from './session-harness.js';
 
 // A pre-auth deadline far past the test: only the stop ends these sessions.
 const NO_DEADLINE_MS = 60_000;
@@ -36,17 +34,7 @@ test("a stop while a refused login waits out the throttle's penalty: the refusal
 
 test('a stop while a login waits on the directory: the login abandoned, its tag answered as unavailable, then the BYE; counted as aborted', async () => {
   const steps: string[] = [];
-  const session = startFakeSession(imapAdapter, NO_DEADLINE_MS, {
-    // A directory that does not answer, and gives up when the login is cancelled (as LDAP does).
-    directory: () =>
-      ({
-        authenticate: (user: string, _password: string, signal: { addEventListener(type: 'abort', listener: () => void): void }) => {
-          steps.push(`directory ${user}`);
-          return new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(new MailfrontError('ABORTED', 'aborted', 'cancelled'))));
-        },
-      }) as unknown as ReturnType<SessionContext['directory']>,
-    throttle: () => throttleThatAllows() as unknown as ReturnType<SessionContext['throttle']>,
-  });
+  const session = startFakeSession(imapAdapter, NO_DEADLINE_MS, unanswered(steps));
   session.socket.push('a LOGIN bob secret-pw\r\nb LOGOUT\r\n');
   await until(() => steps.length > 0, 'the directory to be asked');
   session.session.shutdown();
