@@ -116,6 +116,33 @@ export interface LossSource {
   on(event: 'drop', listener: (data: string | Uint8Array) => void): unknown;
 }
 
+/**
+ * What mailfront does meanwhile, as watchLogLoss() says it on stderr: it serves (from the start
+ * on), it stops (a signal's stop, its last lines waited for `ms`), or it exits as its start
+ * failed (the same wait). Set by the CLI's serve.
+ */
+export type LogLossPhase = { readonly kind: 'serving' } | { readonly kind: 'stopping' | 'failed-start'; readonly ms: number };
+let lossPhase: LogLossPhase = { kind: 'serving' };
+
+export function setLogLossPhase(phase: LogLossPhase): void {
+  lossPhase = phase;
+}
+
+/** The stderr line for a write error of stdout, in the phase the process is in. */
+function lossText(code: string, closed: boolean): string {
+  const metric = closed ? 'mailfront_log_write_errors_total{kind="closed"}' : 'mailfront_log_write_errors_total{kind="failed"}, mailfront_log_bytes_dropped_total';
+  const what = closed ? `EPIPE: its reader has gone` : code;
+  if (lossPhase.kind === 'serving') {
+    return closed
+      ? `mailfront: log lines cannot be written to stdout (${what}); mailfront goes on serving, and log lines are lost from now on, until a restart (${metric})\n`
+      : `mailfront: log lines cannot be written to stdout (${what}); mailfront goes on serving, and keeps the lines (up to ${MAX_PENDING_LOG_BYTES} bytes) to write them again once stdout takes them; past that they are dropped (${metric})\n`;
+  }
+  const doing = lossPhase.kind === 'stopping' ? 'mailfront goes on with its stop' : 'mailfront exits, as its start failed';
+  return closed
+    ? `mailfront: log lines cannot be written to stdout (${what}); ${doing}, and log lines are lost (${metric})\n`
+    : `mailfront: log lines cannot be written to stdout (${what}); ${doing}, and gives up the lines stdout has not taken within ${lossPhase.ms / 1000} s (${metric})\n`;
+}
+
 /** How often at most stderr is told of lines dropped for a stalled reader (the count goes on). */
 const DROP_NOTICE_INTERVAL_MS = 60_000;
 
@@ -124,7 +151,8 @@ const DROP_NOTICE_INTERVAL_MS = 60_000;
  * code: EPIPE (the pipe's reader has gone; pino then writes nothing more, for good), or another
  * (a full disk: the lines are kept and written again once it takes them, up to
  * MAX_PENDING_LOG_BYTES, then dropped); bytes dropped for a reader that has stalled or a stdout
- * that keeps failing, at most once a minute. Serving goes on: the sessions matter more than their
+ * that keeps failing, at most once a minute; each says what the process does meanwhile
+ * (setLogLossPhase()). Serving goes on: the sessions matter more than their
  * log lines. Without this, a log shipper that exited left mailfront serving with no log line and
  * nothing on stderr.
  */
@@ -141,11 +169,7 @@ export function watchLogLoss(stream: LossSource, stderr: (text: string) => void 
     logLoss.writeErrors[closed ? 'closed' : 'failed']++;
     if (said.has(code)) return;
     said.add(code);
-    stderr(
-      closed
-        ? `mailfront: log lines cannot be written to stdout (EPIPE: its reader has gone); mailfront goes on serving, and log lines are lost from now on, until a restart (mailfront_log_write_errors_total{kind="closed"})\n`
-        : `mailfront: log lines cannot be written to stdout (${code}); mailfront goes on serving, and keeps the lines (up to ${MAX_PENDING_LOG_BYTES} bytes) to write them again once stdout takes them; past that they are dropped (mailfront_log_write_errors_total{kind="failed"}, mailfront_log_bytes_dropped_total)\n`,
-    );
+    stderr(lossText(code, closed));
   });
   stream.on('drop', (data) => {
     logLoss.bytesDropped += typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength;

@@ -908,6 +908,7 @@ async function main(argv: string[]): Promise<number> {
       // once the server is up.
       const askedBefore = hangupsReceived();
       const { STOP_LOG_FLUSH_MS } = await import('../config/schema.js');
+      const { setLogLossPhase } = await import('../log.js');
       let mailfront: import('../main.js').Mailfront;
       try {
         const config = await loadConfig(values.config ?? rest[0] ?? DEFAULT_CONFIG);
@@ -931,6 +932,7 @@ async function main(argv: string[]): Promise<number> {
       const stop = (signal: NodeJS.Signals): void => {
         if (stopping) return mailfront.endDrain(signal);
         stopping = true;
+        setLogLossPhase({ kind: 'stopping', ms: STOP_LOG_FLUSH_MS });
         // A stop that fails is a bug: said in the log, and exit 1 rather than an unhandled rejection's crash.
         void mailfront
           .stop()
@@ -1046,7 +1048,8 @@ function failed(error: unknown): number {
  * ends a stop's drain; one that came during the start (a stop asked for) waits as a stop would.
  */
 async function serveFailed(error: unknown, ms: number): Promise<never> {
-  const { giveUpLog, stdoutLogWritten } = await import('../log.js');
+  const { giveUpLog, setLogLossPhase, stdoutLogWritten } = await import('../log.js');
+  setLogLossPhase({ kind: 'failed-start', ms });
   const code = failed(error);
   // Those received so far are handed over at once, within takeStops(), before the wait begins.
   let waiting = false;

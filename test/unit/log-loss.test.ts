@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { test } from 'node:test';
-import { logLoss, watchLogLoss } from '../../src/log.js';
+import { logLoss, setLogLossPhase, watchLogLoss } from '../../src/log.js';
 import type { LossSource } from '../../src/log.js';
 
 function errno(code: string): Error {
@@ -26,6 +26,28 @@ test('write errors: counted each, said once per code; one error re-emitted count
   assert.deepEqual(said, [
     'mailfront: log lines cannot be written to stdout (EIO); mailfront goes on serving, and keeps the lines (up to 16777216 bytes) to write them again once stdout takes them; past that they are dropped (mailfront_log_write_errors_total{kind="failed"}, mailfront_log_bytes_dropped_total)\n',
     'mailfront: log lines cannot be written to stdout (EPIPE: its reader has gone); mailfront goes on serving, and log lines are lost from now on, until a restart (mailfront_log_write_errors_total{kind="closed"})\n',
+  ]);
+});
+
+// A stop's and a failed start's lost lines are not followed by "goes on serving": neither serves.
+test('write errors during a stop and after a failed start say what the process does meanwhile', () => {
+  const said: string[] = [];
+  try {
+    for (const phase of [{ kind: 'stopping', ms: 5_000 }, { kind: 'failed-start', ms: 5_000 }] as const) {
+      setLogLossPhase(phase);
+      const stream = new EventEmitter();
+      watchLogLoss(stream as unknown as LossSource, (text) => said.push(text));
+      stream.emit('error', errno('ENOSPC'));
+      stream.emit('error', errno('EPIPE'));
+    }
+  } finally {
+    setLogLossPhase({ kind: 'serving' });
+  }
+  assert.deepEqual(said, [
+    'mailfront: log lines cannot be written to stdout (ENOSPC); mailfront goes on with its stop, and gives up the lines stdout has not taken within 5 s (mailfront_log_write_errors_total{kind="failed"}, mailfront_log_bytes_dropped_total)\n',
+    'mailfront: log lines cannot be written to stdout (EPIPE: its reader has gone); mailfront goes on with its stop, and log lines are lost (mailfront_log_write_errors_total{kind="closed"})\n',
+    'mailfront: log lines cannot be written to stdout (ENOSPC); mailfront exits, as its start failed, and gives up the lines stdout has not taken within 5 s (mailfront_log_write_errors_total{kind="failed"}, mailfront_log_bytes_dropped_total)\n',
+    'mailfront: log lines cannot be written to stdout (EPIPE: its reader has gone); mailfront exits, as its start failed, and log lines are lost (mailfront_log_write_errors_total{kind="closed"})\n',
   ]);
 });
 
