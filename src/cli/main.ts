@@ -218,7 +218,9 @@ async function givenToken(token: string, source: '--token' | 'MAILFRONT_ADMIN_TO
   const { BEARER_TOKEN_EXPECTED, bearerTokenCharsProblem } = await import('../server/http.js');
   const sent = token.replace(/^[ \t\r\n]+|[ \t\r\n]+$/g, '');
   const problem = sent === '' ? (token === '' ? 'an empty string' : 'whitespace alone') : bearerTokenCharsProblem(sent);
-  if (problem !== null) throw new Error(`the admin token given by ${source} was not sent: found ${problem}; expected ${BEARER_TOKEN_EXPECTED}`);
+  // The length and the position named are the trimmed token's: said so when it was trimmed.
+  const trimmed = sent !== '' && sent !== token ? ', once the whitespace at its ends is taken off,' : '';
+  if (problem !== null) throw new Error(`the admin token given by ${source} was not sent: found${trimmed} ${problem}; expected ${BEARER_TOKEN_EXPECTED}`);
   return sent;
 }
 
