@@ -1230,6 +1230,11 @@ function lowerDn(dn: string): string {
   return dn.replace(/\s*,\s*/g, ',').toLowerCase();
 }
 
+/** Whether the DN `dn` is `base` or below it, both lowerDn()'s. */
+function withinDn(dn: string, base: string): boolean {
+  return dn === base || dn.endsWith(`,${base}`);
+}
+
 const SLOT_PORTS = [
   ['mailfrontImapPort', 'imap_port'],
   ['mailfrontImapsPort', 'imaps_port'],
@@ -1768,11 +1773,17 @@ export class LdapStoreMapSource implements StoreMapSource {
    * others. Each only when the new urls list it, and the last two only while this source knows
    * nothing of its own servers: called again as the holder puts it in place, after its check
    * read connected somewhere, it keeps what that read found (its readings are named by the
-   * server it answered from). Another base DN is another tree: nothing to compare its entries with.
+   * server it answered from). A base DN above the old one (widened to its parent) reads the
+   * same entries and more: all are compared; one below it (narrowed to a subtree), those of the
+   * map in force within it (the others are left out on purpose, not missing on a lagging
+   * server). Any other base DN is another tree: nothing to compare its entries with.
    */
   continueFrom(previous: StoreMapSource): void {
-    if (!(previous instanceof LdapStoreMapSource) || lowerDn(previous.config.baseDn) !== lowerDn(this.config.baseDn)) return;
-    this.inForce = previous.inForce;
+    if (!(previous instanceof LdapStoreMapSource)) return;
+    const [was, now] = [lowerDn(previous.config.baseDn), lowerDn(this.config.baseDn)];
+    if (!withinDn(was, now) && !withinDn(now, was)) return;
+    const inForce = previous.inForce;
+    this.inForce = inForce === undefined || withinDn(was, now) ? inForce : new Map([...inForce].filter(([dn]) => withinDn(dn, now)));
     if (this.answered !== undefined || this.behind !== undefined) return;
     if (previous.answered !== undefined && this.config.urls.includes(previous.answered)) this.answered = previous.answered;
     if (previous.behind !== undefined && this.config.urls.includes(previous.behind.url)) this.behind = previous.behind;

@@ -31,12 +31,12 @@ async function until(done: () => boolean, ms: number): Promise<boolean> {
 }
 
 /** The config of the test's mailfront, as written: the store map read from `urls`, polled every `pollIntervalMs`. */
-function configOf(urls: readonly string[], bind: { readonly bindDn: string; readonly bindPassword: string }, ports: { readonly imap: number; readonly http: number }, pollIntervalMs: number): string {
+function configOf(urls: readonly string[], bind: { readonly bindDn: string; readonly bindPassword: string }, ports: { readonly imap: number; readonly http: number }, pollIntervalMs: number, baseDn = LDAP_STORES_DN): string {
   return stringify({
     log: { level: 'info' },
     listeners: [{ name: 'imap', protocol: 'imap', host: '127.0.0.1', port: ports.imap, tls: 'none', plaintext_without_tls: true }],
     directory: { urls: ['ldap://127.0.0.1:1'], bind_dn: 'cn=reader', bind_password: 'reader-pw-unused', base_dn: 'dc=example' },
-    store_map: { ldap: { urls, bind_dn: bind.bindDn, bind_password: bind.bindPassword, base_dn: LDAP_STORES_DN, poll_interval_ms: pollIntervalMs } },
+    store_map: { ldap: { urls, bind_dn: bind.bindDn, bind_password: bind.bindPassword, base_dn: baseDn, poll_interval_ms: pollIntervalMs } },
     http: { host: '127.0.0.1', port: ports.http },
     admin: { token: ADMIN_TOKEN },
     throttle: { enabled: false },
@@ -50,14 +50,14 @@ function configOf(urls: readonly string[], bind: { readonly bindDn: string; read
  * brought to the state of the tests: the consumer cut off, st1 failed over on the provider and
  * followed, then the provider stopped and the consumer found behind (storemap.source_behind).
  */
-async function startBehind(name: string): Promise<{ mailfront: Mailfront; pair: SlapdPair; configFile: string; httpPort: number; rewrite: (pollIntervalMs: number) => Promise<void>; lines: Array<Record<string, unknown>>; master: (store: string) => string | undefined; stop: () => Promise<void> }> {
+async function startBehind(name: string): Promise<{ mailfront: Mailfront; pair: SlapdPair; configFile: string; httpPort: number; rewrite: (pollIntervalMs: number, baseDn?: string) => Promise<void>; lines: Array<Record<string, unknown>>; master: (store: string) => string | undefined; stop: () => Promise<void> }> {
   const pair = await startSlapdPair({ mode: 'consumer', entries: storeEntries(2), access: FAILOVER_ACCESS });
   const [provider, consumer] = pair.servers;
   registerPasswords(provider.bindPassword);
   const dir = tmpDir(name);
   const configFile = join(dir.path, 'mailfront.yaml');
   const ports = { imap: await freePort(), http: await freePort() };
-  const rewrite = (pollIntervalMs: number): Promise<void> => writeFile(configFile, configOf([provider.url, consumer.url], provider, ports, pollIntervalMs));
+  const rewrite = (pollIntervalMs: number, baseDn?: string): Promise<void> => writeFile(configFile, configOf([provider.url, consumer.url], provider, ports, pollIntervalMs, baseDn));
   await rewrite(100);
   const lines: Array<Record<string, unknown>> = [];
   const writeSuiteLog = suiteLogWriter();
@@ -176,6 +176,24 @@ test('a reload whose store_map section changed but reads the same base DN (poll_
     assert.equal(accepted.storeMap.ok, true, accepted.storeMap.error);
     assert.equal(master('st1'), 'sl1a');
     assert.equal(lines.find((l) => l['event'] === 'storemap.source_behind_accepted')?.['trigger'], 'accept-older');
+  } finally {
+    await stop();
+  }
+});
+
+test('a reload that widens store_map.ldap.base_dn to its parent reads the same store entries and refuses the consumer behind the map in force as the source in force did', { timeout: 120_000 }, async () => {
+  const { mailfront, rewrite, lines, master, stop } = await startBehind('reload-accept-older-wider');
+  try {
+    const parent = LDAP_STORES_DN.slice(LDAP_STORES_DN.indexOf(',') + 1);
+    await rewrite(100, parent);
+    const widened = await mailfront.reload();
+    assert.equal(widened.ok, true, widened.error);
+    assert.ok(lines.some((l) => l['event'] === 'storemap.source_changed'), 'the source was not set up anew');
+    assert.equal(widened.storeMap.ok, false, 'the new source put the consumer\'s map in force');
+    assert.match(String(widened.storeMap.error), /is behind the map in force/);
+    assert.equal(master('st1'), 'sl1b');
+    await sleep(1_000);
+    assert.equal(master('st1'), 'sl1b', 'the new source\'s polls put the consumer\'s map in force');
   } finally {
     await stop();
   }

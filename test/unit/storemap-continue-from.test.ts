@@ -42,6 +42,22 @@ test('a new source on the same base DN takes over the entryCSNs in force, the se
   assert.equal(fields(fresh).answered, P, 'named by the old source\'s server, not the one it reads');
 });
 
+test('a base DN widened to a parent takes over every entryCSN in force; one narrowed to a subtree, those within it', () => {
+  const old = source();
+  const st1 = 'cn=st1,ou=east,ou=stores,dc=example,dc=org';
+  const st2 = 'cn=st2,ou=west,ou=stores,dc=example,dc=org';
+  const csns = new Map([[st1, '20261207000000.000000Z#000000#000#000000'], [st2, '20261207000001.000000Z#000000#000#000000']]);
+  Object.assign(fields(old), { inForce: csns, answered: C, behind: { url: C } });
+  const wider = source('dc=example, dc=org');
+  wider.continueFrom(old);
+  assert.equal(fields(wider).inForce, csns, 'the same entries read from further up: still compared');
+  assert.equal(fields(wider).answered, C);
+  const narrower = source('OU=East,ou=stores,dc=example,dc=org');
+  narrower.continueFrom(old);
+  assert.deepEqual([...(fields(narrower).inForce ?? [])], [[st1, csns.get(st1)]], 'st2 is left out of the new map on purpose, not missing on a lagging server');
+  assert.equal(fields(narrower).behind?.url, C);
+});
+
 test('a new source on another base DN, or whose urls do not list the servers, takes none of them over', () => {
   const old = source();
   Object.assign(fields(old), { inForce: new Map([['cn=st1,ou=stores,dc=example,dc=org', 'x']]), answered: C, behind: { url: C } });
@@ -49,6 +65,12 @@ test('a new source on another base DN, or whose urls do not list the servers, ta
   other.continueFrom(old);
   assert.equal(fields(other).inForce, undefined);
   assert.equal(fields(other).answered, undefined);
+  // A DN whose text ends as the old one's does is not below it ('co', friendlyCountryName, is another attribute).
+  const top = source('o=example');
+  Object.assign(fields(top), { inForce: new Map([['cn=st1,o=example', 'x']]) });
+  const sibling = source('co=example');
+  sibling.continueFrom(top);
+  assert.equal(fields(sibling).inForce, undefined);
   const moved = source(undefined, ['ldap://127.0.0.1:3893']);
   moved.continueFrom(old);
   assert.equal(fields(moved).inForce, fields(old).inForce, 'the same tree, read elsewhere: still compared');
