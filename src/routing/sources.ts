@@ -365,9 +365,10 @@ function running(pid: number): boolean {
  * When process `pid` of this host started, as `<boot id>:<start time in clock ticks since boot>`
  * (/proc/<pid>/stat's 22nd field): a pid that names another process since (its writer died and
  * the pid was given again) starts at another time. Undefined where /proc cannot tell (not Linux,
- * no such process, a /proc mounted for another pid namespace).
+ * no such process, a /proc mounted for another pid namespace, or with only its process
+ * folders: systemd's ProcSubset=pid hides /proc/sys). Exported for the systemd unit's test.
  */
-function processStart(pid: number): string | undefined {
+export function processStart(pid: number): string | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     // After the command's name, which is in parentheses and may hold spaces and parentheses itself.

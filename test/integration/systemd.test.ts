@@ -156,6 +156,27 @@ describe('deploy/mailfront.service', () => {
     assert.match(values('ExecStart')[0] ?? '', /^\/usr\/bin\/mailfront serve -c \S+$/);
   });
 
+  // ProcSubset=pid hid /proc/sys, and with it the boot id: a store-map file's lock then held no
+  // writer's start, and a lock left by a killed writer whose pid ran another process since kept
+  // failovers refused for 30 s (found by the operator review, reproduced with this mount).
+  it('leaves mailfront the /proc it reads a store-map lock writer\'s start from', (t) => {
+    if (process.getuid?.() !== 0 || !existsSync('/usr/bin/unshare')) {
+      t.skip('needs root and unshare to mount /proc as the unit does');
+      return;
+    }
+    const options = [values('ProtectProc')[0] === 'invisible' ? 'hidepid=invisible' : undefined, values('ProcSubset')[0] === 'pid' ? 'subset=pid' : undefined].filter((o) => o !== undefined);
+    const sources = join(repoRoot(), 'dist/src/routing/sources.js');
+    const script = `import(${JSON.stringify(sources)}).then((m) => console.log(m.processStart(process.pid) ?? 'none'))`;
+    const mount = options.length > 0 ? `mount -t proc -o ${options.join(',')} proc /proc` : 'true';
+    const result = spawnSync('/usr/bin/unshare', ['--mount', '--propagation', 'private', 'sh', '-c', `${mount} && exec "$0" -e "$1"`, process.execPath, script], { encoding: 'utf8' });
+    if (result.status !== 0 && /mount|unshare/.test(result.stderr) && !/processStart/.test(result.stderr)) {
+      t.skip(`cannot mount /proc in a namespace here: ${result.stderr.trim()}`);
+      return;
+    }
+    assert.equal(result.status, 0, result.stderr);
+    assert.match(result.stdout.trim(), /^[0-9a-f-]{36}:\d+$/, `/proc mounted with ${options.join(',') || 'defaults'}`);
+  });
+
   it('runs unprivileged with the hardening settings', () => {
     const expected: Record<string, string> = {
       NoNewPrivileges: 'yes',
