@@ -206,11 +206,11 @@ async function remotesFrom(values: RemoteValues): Promise<{ remotes: Remote[]; f
  * The token given by --token or MAILFRONT_ADMIN_TOKEN (`source`) as the request carries it, or
  * an error before anything is sent when no admin API could match it. Whitespace at its ends
  * (spaces, tabs, CR, LF: `"$(cat file)"` of a token file written with CRLF keeps the CR) is taken
- * off, as fetch takes it off a header's value and the admin API's HTTP parser would: such tokens
- * always worked, and the server strips a token_file's line break too. What is refused is what
- * could not match: an empty token, a control between its characters, a character beyond ASCII
- * (fetch threw "Cannot convert argument to a ByteString", told as "cannot reach the admin API",
- * beyond latin-1; sent otherwise as each client encodes it). Its length is the server's to judge
+ * off, as fetch (which the CLI used before node's HTTP client) took it off a header's value and
+ * the admin API's HTTP parser would: such tokens always worked, and the server strips a
+ * token_file's line break too. What is refused is what could not match: an empty token, a
+ * control between its characters (node's client throws on CR and LF), a character beyond ASCII
+ * (sent as each client encodes it, if at all). Its length is the server's to judge
  * (it refuses a short admin.token at load). Exit 1, as "no admin token" and a refused
  * admin.token; the message never shows the token.
  */
@@ -234,26 +234,64 @@ const ADMIN_API_TIMEOUT_MS = 30_000;
  */
 const EXIT_NO_ANSWER = 3;
 
+/** How long an operator command waits for the admin API's connection (undici's, which the CLI used before). */
+const ADMIN_API_CONNECT_TIMEOUT_MS = 10_000;
+
+/** An answer of the admin API: its status line and its body. */
+interface HttpAnswer {
+  readonly status: number;
+  readonly statusText: string;
+  readonly body: string;
+}
+
+/**
+ * Sends one request with node's own HTTP client, not fetch: fetch refuses the ports browsers
+ * block (WHATWG fetch's "bad ports": 1, 6000, 6665 to 6669, 10080…) with "bad port", and an
+ * http.port there is served, scraped and checked by check-config like any other. Rejects with a
+ * code of ADMIN_API_NO_ANSWER once connected and unanswered after `ms`, and with the connection's
+ * error (ECONNREFUSED…, or ETIMEDOUT after ADMIN_API_CONNECT_TIMEOUT_MS) otherwise.
+ */
+async function httpRequest(target: string, method: 'GET' | 'POST', headers: Record<string, string>, body: string | undefined, ms: number): Promise<HttpAnswer> {
+  const url = new URL(target);
+  const { request } = url.protocol === 'https:' ? await import('node:https') : await import('node:http');
+  return new Promise<HttpAnswer>((resolve, reject) => {
+    const sent = body === undefined ? headers : { ...headers, 'content-length': String(Buffer.byteLength(body)) };
+    const req = request(url, { method, headers: sent, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, statusText: res.statusMessage ?? '', body: Buffer.concat(chunks).toString('utf8') }));
+      res.on('error', reject);
+    });
+    const connecting = setTimeout(() => req.destroy(Object.assign(new Error(`no connection within ${ADMIN_API_CONNECT_TIMEOUT_MS / 1000} s`), { code: 'ETIMEDOUT' })), ADMIN_API_CONNECT_TIMEOUT_MS);
+    // Unref'd: the request's socket keeps the process alive until then, and nothing after it.
+    AbortSignal.timeout(ms).addEventListener('abort', () => req.destroy(Object.assign(new Error('no answer in time'), { code: 'ADMIN_API_NO_ANSWER' })), { once: true });
+    req.on('socket', (socket) => socket.once('connect', () => clearTimeout(connecting)));
+    req.on('close', () => clearTimeout(connecting));
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
 /** `underWay`: what may still be going on when no answer comes in time, and where to see it. */
 async function call(remote: Remote, method: 'GET' | 'POST', path: string, body?: unknown, underWay?: string): Promise<Record<string, unknown>> {
-  let response: Response;
+  let response: HttpAnswer;
   try {
-    response = await fetch(`${remote.url}${path}`, {
-      method,
-      headers: { authorization: `Bearer ${remote.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-      signal: AbortSignal.timeout(ADMIN_API_TIMEOUT_MS),
-    });
+    response = await httpRequest(`${remote.url}${path}`, method, { authorization: `Bearer ${remote.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) }, body !== undefined ? JSON.stringify(body) : undefined, ADMIN_API_TIMEOUT_MS);
   } catch (error) {
-    // Not a server out of reach: connected (undici gives up connecting after 10 s, with an
-    // error of its own), the request sent, and the answer late.
-    if (error instanceof Error && error.name === 'TimeoutError') {
+    // Not a server out of reach: connected, the request sent, and the answer late.
+    if ((error as NodeJS.ErrnoException).code === 'ADMIN_API_NO_ANSWER') {
       throw Object.assign(new Error(`no answer from the admin API at ${remote.url} within ${ADMIN_API_TIMEOUT_MS / 1000} s${underWay !== undefined ? `; ${underWay}` : ''}`), { exitCode: EXIT_NO_ANSWER });
     }
-    throw new Error(`cannot reach the admin API at ${remote.url}: ${error instanceof Error ? (error.cause instanceof Error ? error.cause.message : error.message) : String(error)}`);
+    throw new Error(`cannot reach the admin API at ${remote.url}: ${error instanceof Error ? error.message : String(error)}`);
   }
-  const json = (await response.json().catch(() => ({}))) as Record<string, unknown>;
-  if (!response.ok) throw new Error(`${response.status}: ${String(json['error'] ?? response.statusText)}`);
+  let json: Record<string, unknown> = {};
+  try {
+    const parsed: unknown = JSON.parse(response.body);
+    if (parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed)) json = parsed as Record<string, unknown>;
+  } catch {
+    // Not JSON (a proxy's error page): the status line says what happened.
+  }
+  if (response.status < 200 || response.status > 299) throw new Error(`${response.status}: ${String(json['error'] ?? response.statusText)}`);
   return json;
 }
 

@@ -46,7 +46,7 @@ test('output to a reader that has gone (| head, | grep -q) ends the command quie
 });
 
 /** An admin API stand-in that answers GET /api/stores and records the tokens it was given, and how many connections it took. */
-async function fakeAdminApi(): Promise<{ port: number; tokens: string[]; connections: () => number; close: () => void }> {
+async function fakeAdminApi(at?: { readonly host: string; readonly port: number }): Promise<{ port: number; tokens: string[]; connections: () => number; close: () => void }> {
   const tokens: string[] = [];
   let connections = 0;
   const server = createServer((req, res) => {
@@ -55,10 +55,33 @@ async function fakeAdminApi(): Promise<{ port: number; tokens: string[]; connect
     res.end(JSON.stringify({ version: 3, stores: [] }));
   });
   server.on('connection', () => connections++);
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
+  server.listen(at?.port ?? 0, at?.host ?? '127.0.0.1');
+  await Promise.race([once(server, 'listening'), once(server, 'error').then(([error]) => Promise.reject(error as Error))]);
   return { port: (server.address() as AddressInfo).port, tokens, connections: () => connections, close: () => server.close() };
 }
+
+// fetch, which the CLI used, refuses the ports browsers block ("bad port"): `mailfront stores`
+// failed against an instance whose http.port was 6666, which serve, Prometheus and check-config
+// take (found by the operator review).
+test('an admin API on a port that browsers block (6666, 10080) is reached', async () => {
+  for (const port of [6666, 10080]) {
+    // A fixed port, so on a loopback address of its own: another suite's listener may hold it on 127.0.0.1.
+    let api: Awaited<ReturnType<typeof fakeAdminApi>> | undefined;
+    let host = '';
+    for (let tries = 0; api === undefined && tries < 20; tries++) {
+      host = `127.${1 + Math.floor(Math.random() * 254)}.${Math.floor(Math.random() * 256)}.${1 + Math.floor(Math.random() * 254)}`;
+      api = await fakeAdminApi({ host, port }).catch(() => undefined);
+    }
+    assert.ok(api !== undefined, `no loopback address free on port ${port}`);
+    try {
+      const stores = await cli(['stores', '--url', `http://${host}:${port}`, '--token', 'a-token-of-the-admin-api-0123456789']);
+      assert.equal(stores.code, 0, stores.stderr);
+      assert.match(stores.stdout, /^store map version 3\n/);
+    } finally {
+      api.close();
+    }
+  }
+});
 
 test('the operator commands read only http and admin of the config: another secret file they cannot read is no error, and with --token no secret file is read', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'mf-cli-remote-'));
