@@ -984,10 +984,10 @@ function readHealth(v: unknown, issues: IssueList): HealthConfig {
   };
 }
 
-/** Whether `host` (http.host, an IP address: no name is taken there) is a loopback address: 127.0.0.0/8, ::1. */
+/** Whether `host` (http.host) is a loopback address or name: 127.0.0.0/8, ::1, localhost. */
 function isLoopbackHost(host: string): boolean {
   const bare = host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host;
-  return bare === '::1' || /^127(?:\.\d{1,3}){3}$/.test(bare) || /^::ffff:127(?:\.\d{1,3}){3}$/i.test(bare);
+  return bare === 'localhost' || bare === '::1' || /^127(?:\.\d{1,3}){3}$/.test(bare) || /^::ffff:127(?:\.\d{1,3}){3}$/i.test(bare);
 }
 
 /** The key a long stop is most likely owed to: the largest of the three the operator sets (the unready delay only with an HTTP listener). */
