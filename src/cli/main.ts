@@ -811,7 +811,10 @@ async function main(argv: string[]): Promise<number> {
     // (--json=1): a usage error like a missing argument, with the command's usage.
     if (!String((error as { code?: unknown }).code).startsWith('ERR_PARSE_ARGS_')) throw error;
     const command = parseArgs({ args: argv, allowPositionals: true, options: OPTIONS, strict: false }).positionals[0] ?? '';
-    process.stderr.write(`mailfront: ${(error as Error).message}\n\n${HELP[command] ?? HELP['']!}`);
+    // Node's text for an unknown option adds a hint about '--' whose quotes do not pair.
+    const unknown = (error as { code?: unknown }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' ? /^Unknown option '(.*?)'\./.exec((error as Error).message)?.[1] : undefined;
+    const said = unknown !== undefined ? `unknown option ${unknown}` : (error as Error).message;
+    process.stderr.write(`mailfront${command !== '' && HELP[command] !== undefined ? ` ${command}` : ''}: ${said}\n\n${HELP[command] ?? HELP['']!}`);
     return 2;
   }
   const { values, positionals } = parsed;
@@ -835,8 +838,9 @@ async function main(argv: string[]): Promise<number> {
     out(HELP[topic]);
     return command === '' && !values.help ? 2 : 0;
   }
-  const usage = (): number => {
-    process.stderr.write(HELP[command] ?? HELP['']!);
+  /** The command's usage on stderr, after what was wrong (`reason`) when the caller has not said it: exit 2. */
+  const usage = (reason?: string): number => {
+    process.stderr.write(`${reason !== undefined ? `mailfront ${command}: ${reason}\n\n` : ''}${HELP[command] ?? HELP['']!}`);
     return 2;
   };
   const takes = COMMAND_OPTIONS[command];
@@ -994,18 +998,18 @@ async function main(argv: string[]): Promise<number> {
       return runAdmin(command, { method: 'GET', path, render: (json) => ({ text: storesText(json), code: 0 }) }, values);
     }
     case 'whereis': {
-      if (rest[0] === undefined) return usage();
+      if (rest[0] === undefined) return usage('missing USER');
       return runAdmin(command, { method: 'GET', path: `/api/whereis/${encodeURIComponent(rest[0])}`, render: (json) => ({ text: whereisText(json), code: 0 }), summary: whereisSummary }, values);
     }
     case 'failover': {
       const [store, slot] = rest;
-      if (store === undefined || slot === undefined) return usage();
+      if (store === undefined || slot === undefined) return usage(store === undefined ? 'missing STORE and SLOT' : 'missing SLOT');
       const render = (json: Record<string, unknown>): Rendered => ({ text: `store ${store}: current master is now ${slot} (store map version ${String(json['version'])})\n`, code: 0 });
       return runAdmin(command, { method: 'POST', path: `/api/stores/${encodeURIComponent(store)}/failover`, body: { slot }, underWay: `the failover may still be under way: see the log (storemap.failover_written) or \`mailfront stores\``, render }, values);
     }
     case 'maintenance': {
       const [store, state] = rest;
-      if (store === undefined || (state !== 'on' && state !== 'off')) return usage();
+      if (store === undefined || (state !== 'on' && state !== 'off')) return usage(store === undefined ? 'missing STORE and on or off' : state === undefined ? 'missing on or off' : `expected on or off, found "${state}"`);
       if (state === 'off' && values.reason !== undefined) {
         process.stderr.write('mailfront maintenance: --reason goes with on only\n\n');
         return usage();
@@ -1033,7 +1037,7 @@ async function main(argv: string[]): Promise<number> {
         return usage();
       }
       const body = chosen[0];
-      if (body === undefined) return usage();
+      if (body === undefined) return usage('give USER, --slot SLOT or --session ID');
       const render = (json: Record<string, unknown>): Rendered => {
         const forgotten = typeof json['forgotten'] === 'number' ? `, forgot ${json['forgotten']} cached item(s) of the user` : '';
         return { text: `closed ${(json['kicked'] as unknown[]).length} session(s)${forgotten}\n`, code: 0 };
@@ -1043,7 +1047,7 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'unthrottle': {
       const subject = rest[0];
-      if (subject === undefined) return usage();
+      if (subject === undefined) return usage('missing USER or ADDRESS');
       // A user name is never an IP literal that a client would type: an address is one.
       const body = isIP(subject.trim()) !== 0 ? { address: subject } : { user: subject };
       return runAdmin(command, { method: 'POST', path: '/api/unthrottle', body, render: (json) => ({ text: `${unthrottled(json)}\n`, code: 0 }) }, values);

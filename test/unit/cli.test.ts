@@ -170,7 +170,15 @@ test('unknown or malformed options and extra arguments are usage errors: exit 2 
   // No server is asked: the URL would refuse the connection if it were.
   const remote = ['--url', 'http://127.0.0.1:9', '--token', 'x'];
   const cases: Array<{ args: string[]; command: string; says: RegExp }> = [
-    { args: ['stores', '--bogus', ...remote], command: 'stores', says: /Unknown option '--bogus'/ },
+    { args: ['stores', '--bogus', ...remote], command: 'stores', says: /^mailfront stores: unknown option --bogus\n\n/ },
+    // A missing argument says which (it printed the usage alone).
+    { args: ['whereis', ...remote], command: 'whereis', says: /^mailfront whereis: missing USER\n\n/ },
+    { args: ['failover', ...remote], command: 'failover', says: /^mailfront failover: missing STORE and SLOT\n\n/ },
+    { args: ['failover', 'store1', ...remote], command: 'failover', says: /^mailfront failover: missing SLOT\n\n/ },
+    { args: ['maintenance', 'store2', ...remote], command: 'maintenance', says: /^mailfront maintenance: missing on or off\n\n/ },
+    { args: ['maintenance', 'store2', 'maybe', ...remote], command: 'maintenance', says: /^mailfront maintenance: expected on or off, found "maybe"\n\n/ },
+    { args: ['kick', ...remote], command: 'kick', says: /^mailfront kick: give USER, --slot SLOT or --session ID\n\n/ },
+    { args: ['unthrottle', ...remote], command: 'unthrottle', says: /^mailfront unthrottle: missing USER or ADDRESS\n\n/ },
     { args: ['stores', ...remote, '-c'], command: 'stores', says: /argument missing/ },
     { args: ['stores', '--json=1', ...remote], command: 'stores', says: /--json/ },
     { args: ['whereis', 'alice', 'bob', ...remote], command: 'whereis', says: /unexpected argument "bob"/ },
