@@ -117,12 +117,12 @@ export interface LossSource {
 }
 
 /**
- * What mailfront does meanwhile, as watchLogLoss() says it on stderr: it serves (from the start
- * on), it stops (a signal's stop, its last lines waited for `ms`), or it exits as its start
- * failed (the same wait). Set by the CLI's serve.
+ * What mailfront does meanwhile, as watchLogLoss() says it on stderr: it starts (until the
+ * server is up), it serves, it stops (a signal's stop, its last lines waited for `ms`), or it
+ * exits as its start failed (the same wait). Set by the CLI's serve.
  */
-export type LogLossPhase = { readonly kind: 'serving' } | { readonly kind: 'stopping' | 'failed-start'; readonly ms: number };
-let lossPhase: LogLossPhase = { kind: 'serving' };
+export type LogLossPhase = { readonly kind: 'starting' } | { readonly kind: 'serving' } | { readonly kind: 'stopping'; readonly ms: number } | { readonly kind: 'failed-start'; readonly ms: number };
+let lossPhase: LogLossPhase = { kind: 'starting' };
 
 export function setLogLossPhase(phase: LogLossPhase): void {
   lossPhase = phase;
@@ -130,17 +130,19 @@ export function setLogLossPhase(phase: LogLossPhase): void {
 
 /** The stderr line for a write error of stdout, in the phase the process is in. */
 function lossText(code: string, closed: boolean): string {
+  const phase = lossPhase;
   const metric = closed ? 'mailfront_log_write_errors_total{kind="closed"}' : 'mailfront_log_write_errors_total{kind="failed"}, mailfront_log_bytes_dropped_total';
   const what = closed ? `EPIPE: its reader has gone` : code;
-  if (lossPhase.kind === 'serving') {
+  if (phase.kind === 'serving' || phase.kind === 'starting') {
+    const doing = phase.kind === 'serving' ? 'mailfront goes on serving' : 'mailfront goes on with its start';
     return closed
-      ? `mailfront: log lines cannot be written to stdout (${what}); mailfront goes on serving, and log lines are lost from now on, until a restart (${metric})\n`
-      : `mailfront: log lines cannot be written to stdout (${what}); mailfront goes on serving, and keeps the lines (up to ${MAX_PENDING_LOG_BYTES} bytes) to write them again once stdout takes them; past that they are dropped (${metric})\n`;
+      ? `mailfront: log lines cannot be written to stdout (${what}); ${doing}, and log lines are lost from now on, until a restart (${metric})\n`
+      : `mailfront: log lines cannot be written to stdout (${what}); ${doing}, and keeps the lines (up to ${MAX_PENDING_LOG_BYTES} bytes) to write them again once stdout takes them; past that they are dropped (${metric})\n`;
   }
-  const doing = lossPhase.kind === 'stopping' ? 'mailfront goes on with its stop' : 'mailfront exits, as its start failed';
+  const doing = phase.kind === 'stopping' ? 'mailfront goes on with its stop' : 'mailfront exits, as its start failed';
   return closed
     ? `mailfront: log lines cannot be written to stdout (${what}); ${doing}, and log lines are lost (${metric})\n`
-    : `mailfront: log lines cannot be written to stdout (${what}); ${doing}, and gives up the lines stdout has not taken within ${lossPhase.ms / 1000} s (${metric})\n`;
+    : `mailfront: log lines cannot be written to stdout (${what}); ${doing}, and gives up the lines stdout has not taken within ${phase.ms / 1000} s (${metric})\n`;
 }
 
 /** How often at most stderr is told of lines dropped for a stalled reader (the count goes on). */

@@ -961,6 +961,7 @@ async function main(argv: string[]): Promise<number> {
       } catch (error) {
         return serveFailed(error, STOP_LOG_FLUSH_MS);
       }
+      setLogLossPhase({ kind: 'serving' });
       // Taken over before the counting stops, so that no SIGHUP meets the default action.
       process.on('SIGHUP', () => reload(mailfront));
       releaseHangups();

@@ -15,6 +15,7 @@ test('write errors: counted each, said once per code; one error re-emitted count
   const stream = new EventEmitter();
   const said: string[] = [];
   const before = { ...logLoss.writeErrors };
+  setLogLossPhase({ kind: 'serving' });
   watchLogLoss(stream as unknown as LossSource, (text) => said.push(text));
   const eio = errno('EIO');
   stream.emit('error', eio);
@@ -30,10 +31,10 @@ test('write errors: counted each, said once per code; one error re-emitted count
 });
 
 // A stop's and a failed start's lost lines are not followed by "goes on serving": neither serves.
-test('write errors during a stop and after a failed start say what the process does meanwhile', () => {
+test('write errors during the start, a stop and after a failed start say what the process does meanwhile', () => {
   const said: string[] = [];
   try {
-    for (const phase of [{ kind: 'stopping', ms: 5_000 }, { kind: 'failed-start', ms: 5_000 }] as const) {
+    for (const phase of [{ kind: 'starting' }, { kind: 'stopping', ms: 5_000 }, { kind: 'failed-start', ms: 5_000 }] as const) {
       setLogLossPhase(phase);
       const stream = new EventEmitter();
       watchLogLoss(stream as unknown as LossSource, (text) => said.push(text));
@@ -44,6 +45,8 @@ test('write errors during a stop and after a failed start say what the process d
     setLogLossPhase({ kind: 'serving' });
   }
   assert.deepEqual(said, [
+    'mailfront: log lines cannot be written to stdout (ENOSPC); mailfront goes on with its start, and keeps the lines (up to 16777216 bytes) to write them again once stdout takes them; past that they are dropped (mailfront_log_write_errors_total{kind="failed"}, mailfront_log_bytes_dropped_total)\n',
+    'mailfront: log lines cannot be written to stdout (EPIPE: its reader has gone); mailfront goes on with its start, and log lines are lost from now on, until a restart (mailfront_log_write_errors_total{kind="closed"})\n',
     'mailfront: log lines cannot be written to stdout (ENOSPC); mailfront goes on with its stop, and gives up the lines stdout has not taken within 5 s (mailfront_log_write_errors_total{kind="failed"}, mailfront_log_bytes_dropped_total)\n',
     'mailfront: log lines cannot be written to stdout (EPIPE: its reader has gone); mailfront goes on with its stop, and log lines are lost (mailfront_log_write_errors_total{kind="closed"})\n',
     'mailfront: log lines cannot be written to stdout (ENOSPC); mailfront exits, as its start failed, and gives up the lines stdout has not taken within 5 s (mailfront_log_write_errors_total{kind="failed"}, mailfront_log_bytes_dropped_total)\n',
