@@ -273,25 +273,22 @@ export interface FlushableLog {
 export function logWritten(log: FlushableLog, ms: number, when = 'while stopping'): Promise<void> {
   return new Promise((resolve) => {
     let settled = false;
-    // The exit must not wait for it either (see dropPendingLog()); said where it may be read.
-    const giveUp = (why: string): void => {
+    // Once, by the flush or the timer; `givenUp`: why the lines not written are given up (the
+    // exit must not wait for them either, see dropPendingLog()), said where it may be read.
+    const settle = (givenUp?: string): void => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      giveUpLog(`${why} ${when}`);
+      if (givenUp !== undefined) giveUpLog(`${givenUp} ${when}`);
       resolve();
     };
-    const timer = setTimeout(() => giveUp(`stdout took no log line for ${ms / 1000} s`), ms);
+    const timer = setTimeout(() => settle(`stdout took no log line for ${ms / 1000} s`), ms);
     log.flush((error?: Error | null) => {
       // SonicBoom ends a flush with an fsync of stdout, once its lines are written, and a pipe, a
       // socket or a terminal refuses that (EINVAL): no write failed. Taken for one, it gave up
       // the lines logged meanwhile, and said stdout had refused them.
       const code = (error as NodeJS.ErrnoException | undefined)?.code;
-      if (error !== undefined && error !== null && code !== 'EINVAL') return giveUp(`stdout refused the log lines (${code ?? error.message})`);
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      resolve();
+      settle(error !== undefined && error !== null && code !== 'EINVAL' ? `stdout refused the log lines (${code ?? error.message})` : undefined);
     });
   });
 }
