@@ -19,7 +19,7 @@ import type { SpliceEndReason } from './proxy/splice.js';
 export type SessionPhaseLabel = 'greeting' | 'preauth' | 'authenticating' | 'backend-login' | 'spliced' | 'closing';
 
 /** Why a session ended (the same words as session.ts's SessionEndReason). */
-export type SessionEndReasonLabel = PreauthCloseReason | SpliceEndReason | 'client-closed-preauth' | 'client-error-preauth' | 'tls-failed' | 'evicted';
+export type SessionEndReasonLabel = PreauthCloseReason | SpliceEndReason | 'client-closed-preauth' | 'client-error-preauth' | 'tls-failed';
 
 /** How a login attempt ended: `success` or the failure kind that decided the answer. */
 export type LoginResult = 'success' | FailureKind;

@@ -68,7 +68,8 @@ export type PreauthCloseReason =
   | 'protocol-error' // unknown command before login, garbage, or too many bad commands
   | 'limit' // line, literal or command-count limit exceeded
   | 'timeout'
-  | 'shutdown';
+  | 'shutdown'
+  | 'evicted'; // a full process closed the connection to admit a new one (evicted())
 
 /** Facts about the client connection that change what the adapter offers. */
 export interface PreauthOptions {
@@ -149,6 +150,16 @@ export interface PreauthMachine {
    * (RFC 5804 §4, response-nobye) are the pending command's answer themselves, a temporary one.
    */
   shuttingDown(refusal?: LoginRefusal, text?: string): PreauthAction[];
+  /**
+   * The process is at max_connections and closes this connection, not logged in, to admit a new
+   * one: `goodbye` (the adapter's connectionRefusal('total'), its line ending included) and a
+   * close (`evicted`); nothing buffered behind a login under way is run. A login the session has
+   * decided already, waiting out the failure delay, gets its `refusal` (and `text`) first, as
+   * shuttingDown() gives it: a wrong password is not told as a full server. One still undecided
+   * (waiting on the throttle or its turn) is answered as at a stop: IMAP's tag as unavailable
+   * first; POP3's -ERR and ManageSieve's BYE answer the command themselves.
+   */
+  evicted(goodbye: string, refusal?: LoginRefusal, text?: string): PreauthAction[];
 }
 
 /** How mailfront logs in to a backend slot on the user's behalf. */

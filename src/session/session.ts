@@ -50,7 +50,7 @@ import { ADDRESS_LIMIT_TEXT, SHUTTING_DOWN_PHRASE, TOTAL_LIMIT_TEXT } from '../p
 export type SessionPhase = 'greeting' | 'preauth' | 'authenticating' | 'backend-login' | 'spliced' | 'closing';
 
 /** Why a session ended (a stable word for logs and metrics). */
-export type SessionEndReason = PreauthCloseReason | SpliceEndReason | 'client-closed-preauth' | 'client-error-preauth' | 'tls-failed' | 'evicted';
+export type SessionEndReason = PreauthCloseReason | SpliceEndReason | 'client-closed-preauth' | 'client-error-preauth' | 'tls-failed';
 
 /** What a session needs from the process; read at the moment of use so reloads apply to new logins. */
 export interface SessionContext {
@@ -278,6 +278,7 @@ const SPLICED: PreauthMachine = {
   loginFailed: () => [],
   timedOut: () => [],
   shuttingDown: () => [],
+  evicted: () => [],
 };
 
 let sessionCounter = 0;
@@ -544,10 +545,14 @@ export class Session {
    * The process is at max_connections and this session, not logged in, is the oldest such
    * (server/connection-limits.ts, its lease released already): the client is told so as a
    * connection refused at the limit is (IMAP `* BYE [UNAVAILABLE]`, POP3 `-ERR [SYS/TEMP]`,
-   * ManageSieve `BYE (TRYLATER)`), and the session ends (`evicted`). Never waits on the client:
-   * the line goes out if the socket takes it, and finish() closes within CLOSE_GRACE_MS. A
-   * STARTTLS handshake under way is just closed. Returns the phase it was evicted in; undefined
-   * when it was ending already (its socket is then closed at once).
+   * ManageSieve `BYE (TRYLATER)`), and the session ends (`evicted`). A login refused already,
+   * its answer waiting out the failure delay (and the throttle's penalty), is answered first with
+   * its refusal, as at a stop (a wrong password is no full server: a POP3 client would retry it);
+   * its failure was counted when it was decided, and is not again. One still waiting on the
+   * throttle or its turn is answered as at a stop (IMAP's tag as unavailable). Never waits on the
+   * client: the lines go out if the socket takes them, and finish() closes within
+   * CLOSE_GRACE_MS. A STARTTLS handshake under way is just closed. Returns the phase it was
+   * evicted in; undefined when it was ending already (its socket is then closed at once).
    */
   evict(): EvictedPhase | undefined {
     const phase = this.phase;
@@ -558,7 +563,8 @@ export class Session {
     // Never evictable there: its lease says so (loginStarted(), loggedIn()).
     if (phase !== 'preauth' && phase !== 'authenticating') return undefined;
     if (this.socket instanceof TLSSocket && !this.tlsActive) this.socket.destroy();
-    else if (this.socket.writable) this.preauthBytesWritten += writeNow(this.socket, this.adapter.connectionRefusal('total', TOTAL_LIMIT_TEXT));
+    else if (this.socket.writable) this.perform(this.machine.evicted(this.adapter.connectionRefusal('total', TOTAL_LIMIT_TEXT), this.decided?.refusal, this.decided?.text));
+    // The machine's close ended the session already, unless it had nothing more to say.
     this.finish('evicted');
     return phase;
   }

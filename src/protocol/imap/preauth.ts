@@ -229,9 +229,15 @@ export class ImapPreauthMachine implements PreauthMachine {
     return this.lastWords(refusal, text, `* BYE [UNAVAILABLE] ${SHUTTING_DOWN_PHRASE}\r\n`, 'shutdown');
   }
 
+  evicted(goodbye: string, refusal: LoginRefusal = 'unavailable', text?: string): PreauthAction[] {
+    // As at a stop: the connection limit's untagged BYE answers no command.
+    return this.lastWords(refusal, text, goodbye, 'evicted');
+  }
+
   /**
-   * The session's end before login (the deadline, a stop): a login under way is answered first
-   * with `refusal`, and what the client pipelined behind it is not run; then `bye` and the close.
+   * The session's end before login (the deadline, a stop, an eviction): a login under way is
+   * answered first with `refusal`, and what the client pipelined behind it is not run; then `bye`
+   * and the close.
    */
   private lastWords(refusal: LoginRefusal, text: string | undefined, bye: string, reason: PreauthCloseReason): PreauthAction[] {
     if (this.phase === 'closed' || this.phase === 'logged-in') return [];

@@ -183,28 +183,34 @@ export class ManageSievePreauth implements PreauthMachine {
   }
 
   timedOut(refusal: LoginRefusal = 'unavailable', text?: string): PreauthAction[] {
-    return this.#lastWords(refusal, text, 'BYE "No login within the time allowed."', 'timeout');
+    return this.#lastWords(refusal, text, 'BYE "No login within the time allowed."\r\n', 'timeout');
   }
 
   shuttingDown(refusal?: LoginRefusal, text?: string): PreauthAction[] {
     // A login refused already is answered so first; one undecided is answered by the BYE itself
     // (RFC 5804 §4: BYE ends a command as NO does), TRYLATER.
-    return this.#lastWords(refusal, text, `BYE (TRYLATER) "${SHUTTING_DOWN_PHRASE}."`, 'shutdown');
+    return this.#lastWords(refusal, text, `BYE (TRYLATER) "${SHUTTING_DOWN_PHRASE}."\r\n`, 'shutdown');
+  }
+
+  evicted(goodbye: string, refusal?: LoginRefusal, text?: string): PreauthAction[] {
+    // As at a stop: a login refused already gets its NO first; one undecided, the BYE answers it.
+    return this.#lastWords(refusal, text, goodbye, 'evicted');
   }
 
   /**
-   * The session's end before login (the deadline, a stop): a login under way is answered first
-   * with `refusal` (none: `bye` answers it), and what the client pipelined behind it is not run;
-   * then `bye` and the close.
+   * The session's end before login (the deadline, a stop, an eviction): a login under way is
+   * answered first with `refusal` (none: `goodbye` answers it), and what the client pipelined
+   * behind it is not run; then `goodbye` (whole lines, CRLF included) and the close.
    */
-  #lastWords(refusal: LoginRefusal | undefined, text: string | undefined, bye: string, reason: PreauthCloseReason): PreauthAction[] {
+  #lastWords(refusal: LoginRefusal | undefined, text: string | undefined, goodbye: string, reason: PreauthCloseReason): PreauthAction[] {
     if (this.#phase === 'closed' || this.#phase === 'logged-in') return [];
     const out: PreauthAction[] = [];
     if (this.#phase === 'login-pending' && refusal !== undefined) {
       this.#pendingBearer = null;
       push(out, refusalLine(refusal, text));
     }
-    return this.#close(out, bye, reason);
+    pushBytes(out, goodbye);
+    return this.#close(out, null, reason);
   }
 
   #plaintextAllowed(): boolean {
@@ -494,9 +500,14 @@ function send(data: string): PreauthAction {
 
 /** Appends one response line, merged into a send right before it so that a burst is one write. */
 function push(out: PreauthAction[], line: string): void {
+  pushBytes(out, `${line}\r\n`);
+}
+
+/** Appends bytes as they are (whole lines, CRLF included), merged as push() merges a line. */
+function pushBytes(out: PreauthAction[], data: string): void {
   const last = out[out.length - 1];
-  if (last?.type === 'send') out[out.length - 1] = send(`${last.data}${line}\r\n`);
-  else out.push(send(`${line}\r\n`));
+  if (last?.type === 'send') out[out.length - 1] = send(`${last.data}${data}`);
+  else out.push(send(data));
 }
 
 function textOf(token: SieveToken | undefined): string | null {

@@ -189,30 +189,31 @@ export class Pop3Preauth implements PreauthMachine {
   }
 
   timedOut(refusal: LoginRefusal = 'unavailable', text?: string): PreauthAction[] {
-    return this.#lastWords(refusal, text, '-ERR No login within the time allowed', 'timeout');
+    return this.#lastWords(refusal, text, `-ERR No login within the time allowed${CRLF}`, 'timeout');
   }
 
   shuttingDown(refusal?: LoginRefusal, text?: string): PreauthAction[] {
     // A login refused already is answered so first; one undecided is answered by the -ERR itself,
     // POP3's one answer to its PASS or AUTH. Worded as the other temporary answers ("wait"):
     // fetchmail reads the words, not the code.
-    return this.#lastWords(refusal, text, `-ERR [SYS/TEMP] ${SHUTTING_DOWN_TEXT}`, 'shutdown');
+    return this.#lastWords(refusal, text, `-ERR [SYS/TEMP] ${SHUTTING_DOWN_TEXT}${CRLF}`, 'shutdown');
+  }
+
+  evicted(goodbye: string, refusal?: LoginRefusal, text?: string): PreauthAction[] {
+    // As at a stop: a wrong password's -ERR [AUTH] first (fetchmail would otherwise retry the
+    // same password, the -ERR [SYS/TEMP] taken for an outage); one undecided, the -ERR answers it.
+    return this.#lastWords(refusal, text, goodbye, 'evicted');
   }
 
   /**
-   * The session's end before login (the deadline, a stop): a login under way is answered first
-   * with `refusal` (none: `line` answers it), and what the client pipelined behind it is not
-   * run; then `line` and the close (#finalWords()).
+   * The session's end before login (the deadline, a stop, an eviction): a login under way is
+   * answered first with `refusal` (none: `goodbye` answers it), and what the client pipelined
+   * behind it is not run; then `goodbye` (whole lines, CRLF included) and the close.
    */
-  #lastWords(refusal: LoginRefusal | undefined, text: string | undefined, line: string, reason: PreauthCloseReason): PreauthAction[] {
-    const pending = this.#state === 'awaiting-login' && refusal !== undefined ? [send(refusalLine(refusal, text))] : [];
-    const last = this.#finalWords(line, reason);
-    return last.length === 0 ? [] : [...pending, ...last];
-  }
-
-  #finalWords(line: string, reason: PreauthCloseReason): PreauthAction[] {
+  #lastWords(refusal: LoginRefusal | undefined, text: string | undefined, goodbye: string, reason: PreauthCloseReason): PreauthAction[] {
     if (this.#state === 'closed' || this.#state === 'spliced') return [];
-    return [send(line), ...this.#close(reason)];
+    const pending = this.#state === 'awaiting-login' && refusal !== undefined ? [send(refusalLine(refusal, text))] : [];
+    return [...pending, { type: 'send', data: goodbye }, ...this.#close(reason)];
   }
 
   #close(reason: PreauthCloseReason): PreauthAction[] {
