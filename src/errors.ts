@@ -35,16 +35,23 @@ export class MailfrontError extends Error {
    * the session's fixed text for the kind.
    */
   readonly clientText: string | undefined;
+  /**
+   * What a backend that refused the login told the user with IMAP [ALERT] (BackendAction fail's
+   * `alerts`, made safe and bounded): passed on to the client before mailfront's own refusal,
+   * which keeps its code and text (RFC 9051 §7.1: an alert must be presented to the user).
+   */
+  readonly alerts: readonly string[] | undefined;
   constructor(
     /** Stable, grep-able identifier, e.g. 'LDAP_UNREACHABLE'. */
     readonly code: string,
     readonly kind: FailureKind,
     message: string,
-    options?: { cause?: unknown; clientText?: string },
+    options?: { cause?: unknown; clientText?: string; alerts?: readonly string[] },
   ) {
-    const { clientText, ...errorOptions } = options ?? {};
+    const { clientText, alerts, ...errorOptions } = options ?? {};
     super(message, options === undefined ? undefined : errorOptions);
     this.clientText = clientText;
+    this.alerts = alerts;
   }
 }
 

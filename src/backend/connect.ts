@@ -528,7 +528,7 @@ export function loginToBackend(initial: Socket, slot: Slot, machine: BackendLogi
             // backend's limit of the user's connections (Dovecot's mail_max_userip_connections,
             // kind limit, answered as mailfront's own max_sessions_per_user: no fleet failure).
             const [code, kind] = action.refusal === 'in-use' ? (['BACKEND_MAILBOX_IN_USE', 'in-use'] as const) : action.refusal === 'login-delay' ? (['BACKEND_LOGIN_DELAY', 'login-delay'] as const) : action.refusal === 'limit' ? (['BACKEND_USER_LIMIT', 'limit'] as const) : action.refusal === 'auth-failed' ? (['BACKEND_REFUSED_LOGIN', 'backend-login'] as const) : (['BACKEND_UNAVAILABLE', 'backend-login'] as const);
-            fail(new MailfrontError(code, kind, `slot "${slot.name}": ${action.detail} (state ${machine.state})`));
+            fail(new MailfrontError(code, kind, `slot "${slot.name}": ${action.detail} (state ${machine.state})`, action.alerts !== undefined ? { alerts: action.alerts } : undefined));
             return;
           }
           default: {

@@ -200,9 +200,12 @@ export type BackendAction =
   /**
    * Login failed. `refusal` classifies it (`limit`: the backend's own limit of the user's
    * connections, Dovecot's mail_max_userip_connections); `detail` is the backend's text for the
-   * log (never shown to the client as is).
+   * log (never shown to the client as is). `alerts`: the texts the backend's answer gave with
+   * [ALERT] (IMAP: its tagged NO's, and untagged ones of the login's answer), each made safe for one
+   * line and bounded, which must be presented to the user (RFC 9051 §7.1): the session passes them
+   * on before its own refusal (ProtocolAdapter.loginAlert). Absent when there are none.
    */
-  | { readonly type: 'fail'; readonly refusal: 'auth-failed' | 'unavailable' | 'in-use' | 'login-delay' | 'limit'; readonly detail: string };
+  | { readonly type: 'fail'; readonly refusal: 'auth-failed' | 'unavailable' | 'in-use' | 'login-delay' | 'limit'; readonly detail: string; readonly alerts?: readonly string[] };
 
 /** A backend login dialogue as explicit named states (the state name appears in logs). */
 export interface BackendLoginMachine {

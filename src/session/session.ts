@@ -356,10 +356,11 @@ export class Session {
   private loginTimedOut = false;
   /**
    * The refusal of a login decided already, while the session waits out the failure delay (and
-   * the throttle's penalty) to answer it: the pre-auth deadline's answer and the stop's give it,
-   * not unavailable.
+   * the throttle's penalty) to answer it: the pre-auth deadline's answer, the stop's and an
+   * eviction's give it, not unavailable. `alerts`: what the backend's refusal told the user with [ALERT] (IMAP), sent
+   * just before the refusal whichever way it goes out (alertsFirst()).
    */
-  private decided: { readonly refusal: LoginRefusal; readonly text: string | undefined } | undefined;
+  private decided: { readonly refusal: LoginRefusal; readonly text: string | undefined; readonly alerts: readonly string[] | undefined } | undefined;
   /** What the login under way waits on, as the kind its failure would have (the directory, a slot), and the last failure it was held for: cutByDeadline() reads them. */
   private loginWaitsOn: FailureKind | undefined;
   private heldFor: MailfrontError | undefined;
@@ -499,7 +500,7 @@ export class Session {
         this.canceller?.abort();
         setImmediate(() => this.perform(this.machine.timedOut()));
       } else if (this.phase === 'preauth' || this.phase === 'greeting') {
-        this.perform(this.machine.timedOut(this.decided?.refusal, this.decided?.text));
+        this.perform([...this.alertsFirst(this.decided?.alerts), ...this.machine.timedOut(this.decided?.refusal, this.decided?.text)]);
       }
     }, Math.max(0, acceptedAt + config.session.preauthTimeoutMs - performance.now()));
     // STARTTLS needs the socket's stream as it is: a session that may be offered it reads through 'data'.
@@ -534,7 +535,7 @@ export class Session {
    * abandoned, and answered as the machine's goodbye allows (IMAP's tag as unavailable).
    */
   shutdown(): void {
-    if (this.phase === 'preauth' || this.phase === 'greeting') this.perform(this.machine.shuttingDown(this.decided?.refusal, this.decided?.text));
+    if (this.phase === 'preauth' || this.phase === 'greeting') this.perform([...this.alertsFirst(this.decided?.alerts), ...this.machine.shuttingDown(this.decided?.refusal, this.decided?.text)]);
     else if (this.phase === 'authenticating' || this.phase === 'backend-login') {
       this.canceller?.abort();
       this.perform(this.machine.shuttingDown());
@@ -563,10 +564,22 @@ export class Session {
     // Never evictable there: its lease says so (loginStarted(), loggedIn()).
     if (phase !== 'preauth' && phase !== 'authenticating') return undefined;
     if (this.socket instanceof TLSSocket && !this.tlsActive) this.socket.destroy();
-    else if (this.socket.writable) this.perform(this.machine.evicted(this.adapter.connectionRefusal('total', TOTAL_LIMIT_TEXT), this.decided?.refusal, this.decided?.text));
+    else if (this.socket.writable) this.perform([...this.alertsFirst(this.decided?.alerts), ...this.machine.evicted(this.adapter.connectionRefusal('total', TOTAL_LIMIT_TEXT), this.decided?.refusal, this.decided?.text)]);
     // The machine's close ended the session already, unless it had nothing more to say.
     this.finish('evicted');
     return phase;
+  }
+
+  /**
+   * What a backend's refusal of the login told the user with [ALERT] (`alerts`), as the lines that
+   * go just before the login's answer (IMAP's untagged OK [ALERT], loginAlert(); RFC 9051 §7.1:
+   * presented to the user), in the same write. Asked before the machine answers the login: nothing
+   * when no login waits for its answer, or the protocol has no alert (POP3, ManageSieve).
+   */
+  private alertsFirst(alerts: readonly string[] | undefined): PreauthAction[] {
+    const adapter = this.adapter;
+    if (alerts === undefined || alerts.length === 0 || adapter.loginAlert === undefined || !this.machine.loginPending) return [];
+    return [{ type: 'send', data: alerts.map((text) => adapter.loginAlert!(text)).join('') }];
   }
 
   /** Like shutdown(), but leaves a spliced session running (used while draining). */
@@ -1133,8 +1146,8 @@ export class Session {
       this.slot = undefined;
       const refusal = refusalFor(error.kind);
       const text = error.clientText ?? (refusal !== 'limit' ? UNAVAILABLE_TEXT[error.kind] : error.code === ADDRESS_CONNECTION_LIMIT ? ADDRESS_LIMIT_TEXT : LIMIT_TEXT);
-      // Decided: the deadline or the stop, if it comes during the waits below, answers this refusal.
-      this.decided = { refusal, text };
+      // Decided: the deadline, the stop or an eviction, if it comes during the waits below, answers this refusal.
+      this.decided = { refusal, text, alerts: error.alerts };
       // A wrong password for an entry found under an alias: logged by the entry's own name too, as
       // its success would be (in a master login, the staff member's entry).
       if (error instanceof WrongPasswordError && user !== null) {
@@ -1150,7 +1163,7 @@ export class Session {
       }
       // Counted: the next check of this user may go (not after the answer's delay below).
       leaveGate(error.kind === 'auth-failed');
-      const fields = { event: 'session.login_failed', protocol: this.adapter.name, ...userFields(asserted ?? typed ?? undefined, typed ?? undefined), ...this.masterFields(), store: this.store, code: error.code, kind: error.kind, ...(throttledBy !== undefined ? { by: throttledBy } : {}), ...this.clientFields(), listener: this.listenerName, reason: error.message, loginMs: Math.round(performance.now() - started), ...(penaltyMs > 0 ? { penaltyMs } : {}) };
+      const fields = { event: 'session.login_failed', protocol: this.adapter.name, ...userFields(asserted ?? typed ?? undefined, typed ?? undefined), ...this.masterFields(), store: this.store, code: error.code, kind: error.kind, ...(throttledBy !== undefined ? { by: throttledBy } : {}), ...this.clientFields(), listener: this.listenerName, reason: error.message, loginMs: Math.round(performance.now() - started), ...(penaltyMs > 0 ? { penaltyMs } : {}), ...(error.alerts !== undefined ? { backendAlerts: error.alerts.length } : {}) };
       // A POP3 client polling faster than the backend allows ([LOGIN-DELAY]) is the user's doing,
       // not the fleet's; a store in maintenance, or a user held by the directory, the operator's;
       // a master login refused to someone who is no master, or for a target that does not exist or has no mailbox, the client's.
@@ -1163,7 +1176,7 @@ export class Session {
       await delay(started + config.session.authFailureDelayMs + penaltyMs - performance.now(), this.cancellation);
       this.store = undefined;
       this.decided = undefined;
-      if (this.phase === 'preauth' && !this.socket.destroyed) this.perform(this.machine.loginFailed(refusal, text));
+      if (this.phase === 'preauth' && !this.socket.destroyed) this.perform([...this.alertsFirst(error.alerts), ...this.machine.loginFailed(refusal, text)]);
       // Counted once answered (or once its client or session went), the failure delay included: what the client waited.
       this.countLogin(error.kind, started);
     } finally {

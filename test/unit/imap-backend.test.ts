@@ -134,6 +134,31 @@ describe('IMAP backend login: Dovecot 2.3', () => {
     );
   });
 
+  it('carries the [ALERT] of a refused login (its tagged NO\'s, and untagged ones of its answer) with the refusal, for the client', () => {
+    // The client gets mailfront's own tagged NO: without this the backend's alert never reached the user.
+    assert.deepStrictEqual(backendTrace({}, [DOVECOT_GREETING + 'mf1 NO [ALERT] Your account is locked; call the helpdesk\x07\r\n']), [
+      'send mf1 LOGIN {5+}\r\nalice {6+}\r\nsecret\r\n',
+      'fail auth-failed login: mf1 NO [ALERT] Your account is locked; call the helpdesk',
+      'alert Your account is locked; call the helpdesk',
+      'state failed',
+    ]);
+    assert.deepStrictEqual(backendTrace({}, [DOVECOT_GREETING + '* NO [ALERT] Quota at 95%\r\n* OK unrelated\r\nmf1 BAD [ALERT] Try the other server\r\n']).slice(1, 4), [
+      'fail unavailable login: mf1 BAD [ALERT] Try the other server',
+      'alert Quota at 95%',
+      'alert Try the other server',
+    ]);
+    // Bounded as a login that succeeds bounds them: 400 characters each, four at most.
+    const long = backendTrace({}, [DOVECOT_GREETING + `${'* OK [ALERT] one\r\n'.repeat(4)}mf1 NO [ALERT] ${'x'.repeat(500)}\r\n`]);
+    assert.deepStrictEqual(long.filter((l) => l.startsWith('alert ')), Array(4).fill('alert one'));
+    const one = backendTrace({}, [DOVECOT_GREETING + `mf1 NO [ALERT] ${'x'.repeat(500)}\r\n`]);
+    assert.equal(one[2], `alert ${'x'.repeat(400)}...`);
+    // No [ALERT], or one without text: nothing to tell.
+    assert.deepStrictEqual(backendTrace({}, [DOVECOT_GREETING + 'mf1 NO [ALERT]\r\n']).filter((l) => l.startsWith('alert')), []);
+    // One quoting the proxy account's password is not the user's to see.
+    const proxied = { mode: 'master-user', proxyUser: 'mfproxy', proxyPassword: 'm4ster-secret' } as const;
+    assert.deepStrictEqual(backendTrace(proxied, [DOVECOT_GREETING + 'mf1 NO [ALERT] bad password m4ster-secret for mfproxy\r\n']).filter((l) => l.startsWith('alert')), []);
+  });
+
   it('replays credentials too long for its 1 KiB LOGIN buffer as AUTHENTICATE PLAIN with SASL-IR, behind the ID', () => {
     const password = 'p'.repeat(3000);
     const trace = backendTrace({ password, forward: { ip: '192.0.2.1', port: 1, sessionId: 'x' } }, [

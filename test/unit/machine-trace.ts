@@ -27,7 +27,7 @@ export function mergeSends(trace: readonly string[]): string[] {
 /**
  * Runs a backend login machine over the backend's side of a transcript. The trace (not merged)
  * holds what mailfront sent (`decode`d), 'starttls', 'tls-started in <state>', 'done' with the
- * capabilities, 'fail', and last 'state <state>'. `relayed` is what the session would pass to
+ * capabilities, 'fail' (then 'alert <text>' for each [ALERT] text it carries), and last 'state <state>'. `relayed` is what the session would pass to
  * the client after 'done' (the leftover and every chunk received later), or null if never done.
  */
 export function driveBackend(
@@ -55,6 +55,7 @@ export function driveBackend(
         case 'fail':
           failed = true;
           trace.push(`fail ${action.refusal} ${action.detail}`);
+          for (const alert of action.alerts ?? []) trace.push(`alert ${alert}`);
           break;
       }
     }

@@ -174,8 +174,12 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
   /** Parts of the login command still waiting for a "+" continuation. */
   private continuations: Uint8Array[] = [];
   private loginCapabilities: string | null = null;
-  /** [ALERT] lines of the backend's login answer (untagged, or its tagged OK's), for the client (RFC 9051 §7.1: presented to the user). */
-  private alerts: string[] = [];
+  /**
+   * [ALERT]s of the backend's login answer (untagged, or its tagged answer's), for the client (RFC
+   * 9051 §7.1: presented to the user): each as the untagged line a login that succeeds passes on,
+   * and as its text alone, which a refused login's answer carries (the session words it).
+   */
+  private alerts: { readonly line: string; readonly text: string }[] = [];
   private loginCommandSent = false;
   /** Responses read so far, of any kind. */
   private responses = 0;
@@ -340,11 +344,13 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
       return;
     }
     if (response.tag !== this.tag) return this.onUnexpected(response, line, out);
+    // The client gets mailfront's own tagged answer, not this one: an [ALERT] here would be lost,
+    // so it goes on as an untagged OK [ALERT], after those read before it (RFC 9051 §7.1). A
+    // refusal's too ("your account is locked, call the helpdesk"): the session passes it on before
+    // its own tagged NO, which keeps mailfront's code and text.
+    if (response.codeName === 'ALERT') this.keepAlert(response, 'OK');
     switch (response.word) {
       case 'OK': {
-        // The client gets mailfront's own tagged OK, not this one: an [ALERT] here would be lost,
-        // so it goes on as an untagged alert, after those read before it (RFC 9051 §7.1).
-        if (response.codeName === 'ALERT') this.keepAlert(response);
         if (response.codeName === 'CAPABILITY' && response.codeArgs !== null) {
           this.loginCapabilities = normalCapabilityList(response.codeArgs);
         }
@@ -358,9 +364,15 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
     }
   }
 
-  /** Keeps an [ALERT] of the login answer for the client, as an untagged line of the same word. */
-  private keepAlert(response: ResponseLine): void {
-    if (this.alerts.length < MAX_ALERTS) this.alerts.push(`* ${response.word} ${safeText(response.rest, MAX_ALERT_CHARS)}\r\n`);
+  /**
+   * Keeps an [ALERT] of the login answer for the client, as an untagged line of `word` (an
+   * untagged one's own), made safe and bounded. One that quotes the credentials sent (the proxy
+   * account's password, in master-user or sasl-authzid mode) is not the user's to see: dropped.
+   */
+  private keepAlert(response: ResponseLine, word = response.word): void {
+    if (this.alerts.length >= MAX_ALERTS || redactCredentials(response.rest, this.options) !== response.rest) return;
+    // The text after the code: response.rest begins with it ("[ALERT] ..."), its "]" found by the parser.
+    this.alerts.push({ line: `* ${word} ${safeText(response.rest, MAX_ALERT_CHARS)}\r\n`, text: safeText(response.rest.slice(response.rest.indexOf(']') + 1), MAX_ALERT_CHARS) });
   }
 
   /** Takes the next step once the current one is complete. */
@@ -522,14 +534,16 @@ export class ImapBackendLoginMachine implements BackendLoginMachine {
   private finish(out: BackendAction[], capabilities: string | null): void {
     this.current = 'done';
     const rest = this.reader.takeBuffered();
-    const leftover = this.alerts.length === 0 ? rest : Buffer.concat([Buffer.from(this.alerts.join(''), 'latin1'), rest]);
+    const leftover = this.alerts.length === 0 ? rest : Buffer.concat([Buffer.from(this.alerts.map((alert) => alert.line).join(''), 'latin1'), rest]);
     out.push({ type: 'done', capabilities, leftover });
   }
 
   private fail(out: BackendAction[], refusal: Refusal, detail: string): void {
     this.current = 'failed';
     this.reader.discard();
-    out.push({ type: 'fail', refusal, detail: safeText(redactCredentials(detail, this.options)) });
+    // What the backend told the user with [ALERT] in its answer goes with the refusal (RFC 9051 §7.1).
+    const alerts = this.alerts.map((alert) => alert.text).filter((text) => text !== '');
+    out.push({ type: 'fail', refusal, detail: safeText(redactCredentials(detail, this.options)), ...(alerts.length > 0 ? { alerts } : {}) });
   }
 }
 
