@@ -403,6 +403,53 @@ describe('the wall clock stepped between accept and the session (while the PROXY
   }
 });
 
+// Without a step: a client slow to send its PROXY header or to shake hands gets what is left of
+// preauth_timeout_ms, not the whole of it again from the session's start (the cases above allow
+// seconds of lateness, which a deadline counted from the session's start would pass; found by a
+// review's mutant). The header or handshake comes 3 s into a 4 s deadline: the close is due 1 s
+// after it, and one counted from there would come 4 s after it.
+describe('the pre-auth deadline from accept, a late PROXY header or handshake', () => {
+  const PREAUTH_MS = 4_000;
+  const LATE_MS = 3_000;
+  const assertClosedOnTime = async (client: Client, lateAt: number): Promise<void> => {
+    const closedAt = await client.closedWithin(CAP_MS);
+    assert.ok(closedAt !== undefined, `not closed within ${CAP_MS} ms`);
+    const after = Math.round(closedAt - lateAt);
+    // Due 1,000 ms after the late bytes; 1.5 s more allowed for a loaded machine, 4,000 ms if counted from them.
+    assert.ok(after < PREAUTH_MS - LATE_MS + 1_500, `closed ${after} ms after the late bytes came ${LATE_MS} ms into a pre-auth deadline of ${PREAUTH_MS} ms`);
+  };
+
+  test('a PROXY header sent late leaves the session what is left of the deadline', async () => {
+    const front = await start(directoryOf(), await deadPort(), { session: { preauth_timeout_ms: PREAUTH_MS } });
+    try {
+      const client = await Client.open(front.port);
+      await sleep(LATE_MS);
+      const lateAt = performance.now();
+      client.socket.write(PROXY_HEADER);
+      assert.match((await client.line()) ?? 'closed', /^\* OK /);
+      await assertClosedOnTime(client, lateAt);
+    } finally {
+      await front.stop();
+    }
+  });
+
+  test('an implicit-TLS handshake begun late leaves the session what is left of the deadline', async () => {
+    const front = await start(directoryOf(), await deadPort(), { session: { preauth_timeout_ms: PREAUTH_MS } });
+    try {
+      const ca = await readFile(front.caFile);
+      const raw = await Client.open(front.imapsPort);
+      raw.socket.write(PROXY_HEADER);
+      await sleep(LATE_MS);
+      const lateAt = performance.now();
+      const secure = new Client(tlsConnect({ socket: raw.socket, ca, servername: 'localhost' }));
+      assert.match((await secure.line()) ?? 'closed', /^\* OK /);
+      await assertClosedOnTime(secure, lateAt);
+    } finally {
+      await front.stop();
+    }
+  });
+});
+
 describe('the wall clock stepped during a spliced session', () => {
   for (const stepMs of STEPS) {
     test(`${stepName(stepMs)}: session.finished's durationMs is the time the session lasted`, async () => {

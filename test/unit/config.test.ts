@@ -368,6 +368,8 @@ test('urlShown() hides a URL\'s query values and fragment, the parameters\' name
     ['https://idp/x?password=Qs-8@Qs-9&b=Qs-10', 'https://[credentials hidden]@[hidden]&b=[hidden]'],
     // The userinfo as before: the last "@", a password holding "?" and "/" hidden whole.
     ['https://mf:Pw-4?/Pw-5@idp/x?a=Qs-11', 'https://[credentials hidden]@idp/x?a=[hidden]'],
+    // A password holding an unencoded "@": hidden up to the last one, not the first.
+    ['redis://mf:Pw-6@Pw-7@10.0.0.5:6379', 'redis://[credentials hidden]@10.0.0.5:6379'],
     ['ldaps://mf:Pw-2@ds1/o=x', 'ldaps://[credentials hidden]@ds1/o=x'],
     ['mf:Pw-3@s1:26379', '[credentials hidden]@s1:26379'],
     // Nothing to hide: as written.

@@ -103,7 +103,7 @@ test('a backend login that completes as its store goes into maintenance is dropp
   }
 });
 
-test('a login of a store in maintenance is refused with its reason: no slot dialled, the throttle told of a success, not a failure', { timeout: 15_000 }, async (t) => {
+test('a login of a store in maintenance is refused with its reason: no slot dialled, the throttle told of a success, not a failure, nor a session counted (the user at max_sessions_per_user)', { timeout: 15_000 }, async (t) => {
   let dialled = 0;
   const backend = createServer((socket: Socket) => {
     dialled++;
@@ -115,7 +115,12 @@ test('a login of a store in maintenance is refused with its reason: no slot dial
   const config = readConfig({ failover: { hold_ms: 5_000 }, session: { auth_failure_delay_ms: 0 } }, '/etc/mailfront/mailfront.yaml', (p) => p, new IssueList());
   const map = buildStoreMap({ stores: { alpha: { current_master: 'a1', maintenance: REASON, slots: { a1: { host: '127.0.0.1', imap_port: port } } } } }, 'test', 1, config);
   const throttled = { successes: 0, failures: 0 };
-  const limiter = new ConnectionLimiter({ maxConnections: 100, maxConnectionsPerAddress: 100, maxSessionsPerUser: 10 });
+  // ann is at max_sessions_per_user already (a session the drain spread has not closed yet): the
+  // maintenance is said all the same, not NO [LIMIT], and counts no session of hers.
+  const limiter = new ConnectionLimiter({ maxConnections: 100, maxConnectionsPerAddress: 100, maxSessionsPerUser: 1 });
+  const elsewhere = limiter.admit('127.0.0.2', false);
+  assert.ok(elsewhere.admitted && elsewhere.lease.claimUser('ann'));
+  t.after(() => elsewhere.admitted && elsewhere.lease.release());
   const context = {
     config: () => config,
     storeMap: () => map,
@@ -152,6 +157,7 @@ test('a login of a store in maintenance is refused with its reason: no slot dial
     }
     assert.equal(dialled, 0);
     assert.deepEqual(throttled, { successes: 4, failures: 0 });
+    assert.equal(limiter.sessionsOf('ann'), 1, 'only the session held elsewhere');
     // Not failed logins of the connection either (3 close it): the fourth was answered, and it is open.
     client.send('t5 NOOP');
     assert.match(await client.readLine(5_000), /^t5 OK/);
