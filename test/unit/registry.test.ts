@@ -71,6 +71,17 @@ test('a failover tells the backend logins under way to the old master of that st
   assert.deepEqual(told, ['pop3-a1 moved', 'imap-a1 moved']);
 });
 
+// The failover.drain line's `sessions` is this list's length: a port re-pointed for one protocol
+// counts that protocol's sessions only (those of the others stay, and are not "to close").
+test('a failover drains the sessions spliced to the old master of that store, for the protocols it moved', () => {
+  const registry = new SessionRegistry();
+  const spliced = (id: string, store: string, slot: string, protocol: 'imap' | 'pop3'): SessionEntry => ({ ...entry(id, id, `uid=${id}`), protocol, store, slot, server: { name: slot, store, host: '127.0.0.1', imapPort: 10143, pop3Port: 10110 } });
+  for (const e of [spliced('imap-a1', 'alpha', 'a1', 'imap'), spliced('pop3-a1', 'alpha', 'a1', 'pop3'), spliced('imap-a2', 'alpha', 'a2', 'imap'), spliced('beta-a1', 'beta', 'a1', 'imap')]) registry.add(e);
+  assert.deepEqual(registry.splicedToMoved('alpha', 'a1', ['pop3']).map((e) => e.id), ['pop3-a1']);
+  assert.deepEqual(registry.splicedToMoved('alpha', 'a1', ['imap']).map((e) => e.id), ['imap-a1']);
+  assert.deepEqual(registry.splicedToMoved('alpha', 'a1').map((e) => e.id).sort(), ['imap-a1', 'pop3-a1']);
+});
+
 test("a kick stops the backend logins under way of the user's names and entries that began before it, once each", () => {
   const registry = new SessionRegistry();
   const told: string[] = [];
