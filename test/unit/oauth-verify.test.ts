@@ -110,6 +110,13 @@ describe('a JWKS file', () => {
       [signJwt(rsa, claimsFor('alice', ISSUER, AUDIENCE, 300, { email_verified: 'false' })), 'OAUTH_EMAIL_UNVERIFIED'],
       [signJwt(rsa, claimsFor('alice', ISSUER, AUDIENCE, 300, { email_verified: 'true' })), 'OAUTH_EMAIL_UNVERIFIED'],
       [signJwt(rsa, claimsFor('alice', ISSUER, AUDIENCE), { crit: ['exp'] }), 'OAUTH_TOKEN_MALFORMED'],
+      // A JWT names its issuer and its audience: RFC 7662's client_id stands for a missing aud in
+      // an introspection answer only, and a missing iss is no issuer of oauth2.issuers.
+      [signJwt(rsa, { ...claimsFor('alice', ISSUER, AUDIENCE), iss: undefined }), 'OAUTH_WRONG_ISSUER'],
+      [signJwt(rsa, { ...claimsFor('alice', ISSUER, AUDIENCE), aud: undefined, client_id: AUDIENCE }), 'OAUTH_WRONG_AUDIENCE'],
+      // The key's own alg binds it: rsa-1 is published for RS256, so a PS256 signature by the same
+      // RSA key is refused, though PS256 is allowed and the signature is the key's.
+      [signJwt({ ...rsa, alg: 'PS256' }, claimsFor('alice', ISSUER, AUDIENCE)), 'OAUTH_ALGORITHM_REFUSED'],
     ];
     for (const [jwt, code] of cases) {
       if (jwt.includes('.') && jwt.split('.').length === 3 && (jwt.split('.')[2] ?? '').length > 0) token(jwt);
