@@ -282,4 +282,28 @@ s.on('close', () => process.exit(0));`;
       await lb.stop();
     }
   });
+
+  // Only a header that says the client's TLS (PP2_CLIENT_SSL) makes the session a TLS one: a v1
+  // header, or a v2 one without that TLV (HAProxy's plain send-proxy and send-proxy-v2), says
+  // nothing of it, and the session stays in the clear (a review's mutant that took "not said" for
+  // TLS passed every test: plain HAProxy above sends the TLV with the flag off).
+  it('a header that does not say the client used TLS (v1, or v2 without PP2_CLIENT_SSL) leaves a STARTTLS listener in the clear: STARTTLS offered, LOGIN refused', async () => {
+    const headers = [
+      Buffer.from(`PROXY TCP4 192.0.2.10 127.0.0.1 50010 ${ports.imap}\r\n`),
+      encodeProxyV2({ address: '192.0.2.11', port: 50011 }, { address: '127.0.0.1', port: ports.imap }),
+    ];
+    for (const header of headers) {
+      const client = await LineClient.connect(ports.imap);
+      try {
+        client.socket.write(header);
+        const greeting = await client.readLine();
+        assert.match(greeting, /STARTTLS/, header.toString('latin1', 0, 5));
+        assert.match(greeting, /LOGINDISABLED/);
+        client.send('d LOGIN amy amy-pw-9f3a');
+        assert.match(await client.readLine(), /^d NO \[PRIVACYREQUIRED\]/);
+      } finally {
+        client.close();
+      }
+    }
+  });
 });
