@@ -87,4 +87,27 @@ describe('admin API: authentication and body limit', () => {
     assert.equal(within.status, 404);
     assert.equal(JSON.parse(within.body).code, 'UNKNOWN_SESSION');
   });
+
+  it('takes a body of exactly the limit (4096 bytes) and refuses one byte more, chunked or declared', async () => {
+    const authorization = `Bearer ${TOKEN}`;
+    // Valid JSON padded with spaces to `bytes`: within the limit it is read and the session it
+    // names is looked for (404), over it the body is refused (413) whatever it holds.
+    const padded = (bytes: number): string => '{"session":"none"}'.padEnd(bytes, ' ');
+    const split = (text: string): string[] => [text.slice(0, 1000), text.slice(1000, 3000), text.slice(3000)];
+    const atLimit = padded(4096);
+    const overLimit = padded(4097);
+    assert.equal(Buffer.byteLength(atLimit), 4096);
+    assert.equal(Buffer.byteLength(overLimit), 4097);
+    const chunkedAt = await call(port, 'POST', '/api/kick', { authorization }, { chunks: split(atLimit) });
+    assert.equal(chunkedAt.status, 404, chunkedAt.body);
+    assert.equal(JSON.parse(chunkedAt.body).code, 'UNKNOWN_SESSION');
+    const chunkedOver = await call(port, 'POST', '/api/kick', { authorization }, { chunks: split(overLimit) });
+    assert.equal(chunkedOver.status, 413, chunkedOver.body);
+    assert.equal(JSON.parse(chunkedOver.body).code, 'ADMIN_BODY_TOO_LARGE');
+    const declaredAt = await call(port, 'POST', '/api/kick', { authorization, 'content-type': 'application/json' }, { body: atLimit });
+    assert.equal(declaredAt.status, 404, declaredAt.body);
+    const declaredOver = await call(port, 'POST', '/api/kick', { authorization, 'content-type': 'application/json' }, { body: overLimit });
+    assert.equal(declaredOver.status, 413, declaredOver.body);
+    assert.equal(JSON.parse(declaredOver.body).code, 'ADMIN_BODY_TOO_LARGE');
+  });
 });
