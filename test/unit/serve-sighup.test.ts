@@ -61,3 +61,46 @@ test('a SIGHUP while serve reads its config is a reload once the server is up: t
     await stop(s);
   }
 });
+
+/** The value of the series `series` (name and labels as exposed) in /metrics on `port`, or undefined when it is not there. */
+async function metric(port: number, series: string): Promise<number | undefined> {
+  const response = await fetch(`http://127.0.0.1:${port}/metrics`);
+  assert.equal(response.status, 200);
+  const line = (await response.text()).split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
+
+test('a SIGHUP that is rejected sets mailfront_config_last_reload_success to 0 and counts a failure; a good one after it sets it to 1', async () => {
+  const [port, httpPort] = [await freePort(), await freePort()];
+  const config = join(dir, 'reload-metrics.yaml');
+  const good = `listeners:\n  - { name: imap, protocol: imap, host: 127.0.0.1, port: ${port}, tls: none, plaintext_without_tls: true }\ndirectory: { urls: ["ldap://127.0.0.1:9"], bind_dn: cn=x, bind_password: x, base_dn: dc=x }\nstore_map: { file: stores.yaml, watch: false }\nhealth: { interval_ms: 0 }\nhttp: { host: 127.0.0.1, port: ${httpPort} }\n`;
+  await writeFile(config, good);
+  const s = serve(config);
+  try {
+    await s.logged('http.bound');
+    await s.logged('listener.bound');
+    const gauge = (): Promise<number | undefined> => metric(httpPort, 'mailfront_config_last_reload_success');
+    const reloads = (result: string): Promise<number | undefined> => metric(httpPort, `mailfront_config_reloads_total{result="${result}"}`);
+    assert.equal(await gauge(), 1);
+    const failuresBefore = (await reloads('failure')) ?? 0;
+    const successesBefore = (await reloads('success')) ?? 0;
+
+    // Not YAML: rejected, the running config stays in force.
+    await writeFile(config, `${good}listeners: [ {\n`);
+    s.child.kill('SIGHUP');
+    await s.logged('config.rejected');
+    assert.equal(await gauge(), 0);
+    assert.equal(await reloads('failure'), failuresBefore + 1);
+    assert.equal((await reloads('success')) ?? 0, successesBefore);
+
+    await writeFile(config, good);
+    s.child.kill('SIGHUP');
+    await s.logged('config.reloaded');
+    assert.equal(await gauge(), 1);
+    assert.equal(await reloads('success'), successesBefore + 1);
+    assert.equal(await reloads('failure'), failuresBefore + 1);
+    assert.equal(await stop(s), 0);
+  } finally {
+    await stop(s);
+  }
+});
