@@ -1,7 +1,8 @@
 // A reload of `mailfront serve` that changes the TLS policy while a listener's certificate files
 // cannot be used: the README says the policy applies from the next connection and the listener's
 // other settings still apply, whether the files named are re-read (and fail) or other files are
-// named (and fail). Real TLS handshakes against a real serve process.
+// named (and fail); such a reload, applied in part, counts as a failed one in /metrics. Real TLS
+// handshakes against a real serve process.
 import assert from 'node:assert/strict';
 import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -37,8 +38,16 @@ function handshake(port: number, options: ConnectionOptions = {}): Promise<strin
   });
 }
 
+/** The value of the series `series` (name and labels as exposed) in /metrics on `port`, or undefined when it is not there. */
+async function metric(port: number, series: string): Promise<number | undefined> {
+  const response = await fetch(`http://127.0.0.1:${port}/metrics`);
+  assert.equal(response.status, 200);
+  const line = (await response.text()).split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
+
 test('a reload to tls.min_version TLSv1.3 applies to a listener whose certificate cannot be re-read, and to one whose new files cannot be used', async () => {
-  const [rereadPort, renamedPort] = [await freePort(), await freePort()];
+  const [rereadPort, renamedPort, httpPort] = [await freePort(), await freePort(), await freePort()];
   const reread = { cert: join(dir, 'reread.crt'), key: join(dir, 'reread.key') };
   await copyFile(certs.certFile, reread.cert);
   await copyFile(certs.keyFile, reread.key);
@@ -49,12 +58,15 @@ test('a reload to tls.min_version TLSv1.3 applies to a listener whose certificat
       `listeners:\n` +
         `  - { name: reread, protocol: imap, host: 127.0.0.1, port: ${rereadPort}, tls: implicit, certificate: { cert: ${JSON.stringify(reread.cert)}, key: ${JSON.stringify(reread.key)} } }\n` +
         `  - { name: renamed, protocol: imap, host: 127.0.0.1, port: ${renamedPort}, tls: implicit, certificate: { cert: ${JSON.stringify(renamed.cert)}, key: ${JSON.stringify(renamed.key)} } }\n` +
-        `directory: { urls: ["ldap://127.0.0.1:9"], bind_dn: cn=x, bind_password: x, base_dn: dc=x }\nstore_map: { file: stores.yaml, watch: false }\nhealth: { interval_ms: 0 }\n${tls}`,
+        `directory: { urls: ["ldap://127.0.0.1:9"], bind_dn: cn=x, bind_password: x, base_dn: dc=x }\nstore_map: { file: stores.yaml, watch: false }\nhealth: { interval_ms: 0 }\nhttp: { host: 127.0.0.1, port: ${httpPort} }\n${tls}`,
     );
   await write('', { cert: certs.certFile, key: certs.keyFile });
   const s = serve(config);
   try {
     await s.logged('listener.bound', 2);
+    await s.logged('http.bound');
+    const failuresBefore = (await metric(httpPort, 'mailfront_config_reloads_total{result="failure"}')) ?? 0;
+    const successesBefore = (await metric(httpPort, 'mailfront_config_reloads_total{result="success"}')) ?? 0;
     for (const port of [rereadPort, renamedPort]) assert.equal(await handshake(port, { maxVersion: 'TLSv1.2' }), 'TLSv1.2');
     // The first listener's certificate is gone (a renewal half done); the second names new files
     // that are not there yet.
@@ -69,6 +81,11 @@ test('a reload to tls.min_version TLSv1.3 applies to a listener whose certificat
       assert.equal(await handshake(port), 'TLSv1.3', `listener ${i}: the certificate in force still serves`);
       assert.match(said[i] ?? '', /: ENOENT; the certificate in force stays, with the new TLS policy$/);
     }
+    // Applied in part counts as a failure (README, Metrics: "a reload applied in part,
+    // config.partially_applied, counts as a failure"): the config in force is not all of the file's.
+    assert.equal(await metric(httpPort, 'mailfront_config_last_reload_success'), 0);
+    assert.equal(await metric(httpPort, 'mailfront_config_reloads_total{result="failure"}'), failuresBefore + 1);
+    assert.equal((await metric(httpPort, 'mailfront_config_reloads_total{result="success"}')) ?? 0, successesBefore);
     assert.equal(await stop(s), 0);
   } finally {
     await stop(s);
