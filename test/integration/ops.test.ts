@@ -290,6 +290,10 @@ describe('two mailfront instances behind HAProxy with PROXY v2, Dovecot behind w
     const started = Date.now();
     instance.process.kill('SIGTERM');
     assert.match(await waiting.line('* BYE'), /^\* BYE/);
+    // At once (no unready delay here), not at the drain's end: a client not logged in has no
+    // session to finish (a review's mutant that left it to the stop's end passed this test).
+    const byeAfter = Date.now() - started;
+    assert.ok(byeAfter < 1_000, `the client not logged in was told BYE ${byeAfter} ms after SIGTERM, with a 1.5 s drain deadline and no unready delay`);
     await spliced.waitClosed(5_000);
     const drainedAfter = Date.now() - started;
     assert.ok(drainedAfter >= 1_200, `the spliced session was closed after ${drainedAfter} ms, before the 1.5 s drain deadline`);
