@@ -1,0 +1,84 @@
+import assert from 'node:assert/strict';
+import { createServer } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
+import { test } from 'node:test';
+import { Session } from '../../src/session/session.js';
+import type { SessionContext } from '../../src/session/session.js';
+import { imapAdapter } from '../../src/protocol/imap/index.js';
+import { Metrics } from '../../src/metrics.js';
+import { ConnectionLimiter } from '../../src/server/connection-limits.js';
+import { SessionRegistry } from '../../src/proxy/registry.js';
+import { CidrSet } from '../../src/net/cidr.js';
+import { createLogger } from '../../src/log.js';
+import { LoginGate } from '../../src/auth/login-gate.js';
+import { buildStoreMap } from '../../src/config/load.js';
+import { readConfig } from '../../src/config/schema.js';
+import type { ListenerConfig } from '../../src/config/schema.js';
+import { IssueList } from '../../src/config/validate.js';
+import { LineClient } from '../integration/servers/lineclient.js';
+
+// The login reply of a session whose backend offers UNAUTHENTICATE (RFC 8437): the session gives
+// the client the guarded list (without UNAUTHENTICATE, STARTTLS, COMPRESS=…, which the guard
+// refuses in the splice), not the backend's. The adapter's filter has unit tests of its own; a
+// review's mutant that passed the backend's list to the reply instead passed every test, as no
+// real server offers UNAUTHENTICATE to an ordinary user (Cyrus to its admins only).
+test('a backend offering UNAUTHENTICATE: the login reply lists the capabilities without the words the guard refuses, and the word closes the session', { timeout: 15_000 }, async (t) => {
+  const backend = createServer((socket: Socket) => {
+    socket.on('error', () => undefined);
+    socket.write('* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] b1 ready\r\n');
+    let buffered = '';
+    socket.on('data', (chunk: Buffer) => {
+      buffered += chunk.toString('latin1');
+      for (let nl = buffered.indexOf('\n'); nl >= 0; nl = buffered.indexOf('\n')) {
+        const line = buffered.slice(0, nl).replace(/\r$/, '');
+        buffered = buffered.slice(nl + 1);
+        const [tag, command] = line.split(' ');
+        if (/^CAPABILITY$/i.test(command ?? '')) socket.write(`* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n${tag} OK done\r\n`);
+        else if (/^LOGIN$/i.test(command ?? '')) socket.write(`${tag} OK [CAPABILITY IMAP4rev1 UNAUTHENTICATE STARTTLS COMPRESS=DEFLATE IDLE] logged in\r\n`);
+        else socket.write(`${tag} OK served by b1\r\n`);
+      }
+    });
+  });
+  await new Promise<void>((resolve) => backend.listen(0, '127.0.0.1', resolve));
+  t.after(() => backend.close());
+  const port = (backend.address() as AddressInfo).port;
+  const config = readConfig({ session: { auth_failure_delay_ms: 0 } }, '/etc/mailfront/mailfront.yaml', (p) => p, new IssueList());
+  const map = buildStoreMap({ stores: { beta: { current_master: 'b1', slots: { b1: { host: '127.0.0.1', imap_port: port } } } } }, 'test', 1, config);
+  const logs: Array<Record<string, unknown>> = [];
+  const limiter = new ConnectionLimiter({ maxConnections: 100, maxConnectionsPerAddress: 100, maxSessionsPerUser: 10 });
+  const context = {
+    config: () => config,
+    storeMap: () => map,
+    directory: () => ({ authenticate: async () => ({ user: 'ben', dn: 'uid=ben,ou=people', store: 'beta' }) }),
+    metrics: new Metrics({ version: 'test', processMetrics: false, protocols: ['imap'] }),
+    trustedNetworks: () => new CidrSet([]),
+    throttle: () => ({ check: async () => ({ refused: false, refusedForMs: 0 }), recordSuccess: async () => undefined, recordFailure: async () => ({ delayMs: 0 }), exempts: () => false, addressKey: (address: string) => address }),
+    loginGate: new LoginGate(),
+    limiter,
+    registry: new SessionRegistry(),
+    log: createLogger('debug', { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) }),
+    secureContext: () => undefined,
+  } as unknown as SessionContext;
+  const front = createServer((socket) => {
+    const admission = limiter.admit('127.0.0.1', false);
+    assert.ok(admission.admitted);
+    const endpoints = { client: { address: '127.0.0.1', port: socket.remotePort ?? 0 }, peer: { address: '127.0.0.1', port: socket.remotePort ?? 0 }, local: { address: '127.0.0.1', port: 143 } };
+    new Session(socket, { name: 'imap', tls: 'none', plaintextWithoutTls: true } as unknown as ListenerConfig, imapAdapter, context, false, endpoints, admission.lease);
+  });
+  await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
+  t.after(() => front.close());
+  const client = await LineClient.connect((front.address() as AddressInfo).port);
+  try {
+    assert.match(await client.readLine(), /^\* OK /);
+    client.send('t1 LOGIN ben Capabilities-unit-pw-1');
+    assert.equal(await client.readLine(5_000), 't1 OK [CAPABILITY IMAP4rev1 IDLE] Logged in');
+    client.send('t2 UNAUTHENTICATE');
+    assert.match(await client.readLine(5_000), /^\* BYE /);
+    assert.equal(await client.waitClosed(5_000), true);
+    // Logged as the session ends, after its close.
+    for (let i = 0; i < 100 && !logs.some((l) => l['event'] === 'session.command_refused'); i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(logs.find((l) => l['event'] === 'session.command_refused')?.['command'], 'UNAUTHENTICATE', JSON.stringify(logs.map((l) => l['event'])));
+  } finally {
+    client.close();
+  }
+});
