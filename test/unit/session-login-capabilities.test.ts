@@ -7,15 +7,13 @@ import type { SessionContext } from '../../src/session/session.js';
 import { imapAdapter } from '../../src/protocol/imap/index.js';
 import { Metrics } from '../../src/metrics.js';
 import { ConnectionLimiter } from '../../src/server/connection-limits.js';
-import { SessionRegistry } from '../../src/proxy/registry.js';
-import { CidrSet } from '../../src/net/cidr.js';
 import { createLogger } from '../../src/log.js';
-import { LoginGate } from '../../src/auth/login-gate.js';
 import { buildStoreMap } from '../../src/config/load.js';
 import { readConfig } from '../../src/config/schema.js';
 import type { ListenerConfig } from '../../src/config/schema.js';
 import { IssueList } from '../../src/config/validate.js';
 import { LineClient } from '../integration/servers/lineclient.js';
+import { sessionContext, throttleThatAllows } from './session-harness.js';
 
 // The login reply of a session whose backend offers UNAUTHENTICATE (RFC 8437): the session gives
 // the client the guarded list (without UNAUTHENTICATE, STARTTLS, COMPRESS=…, which the guard
@@ -46,19 +44,12 @@ test('a backend offering UNAUTHENTICATE: the login reply lists the capabilities 
   const map = buildStoreMap({ stores: { beta: { current_master: 'b1', slots: { b1: { host: '127.0.0.1', imap_port: port } } } } }, 'test', 1, config);
   const logs: Array<Record<string, unknown>> = [];
   const limiter = new ConnectionLimiter({ maxConnections: 100, maxConnectionsPerAddress: 100, maxSessionsPerUser: 10 });
-  const context = {
-    config: () => config,
+  const context = sessionContext(config, limiter, new Metrics({ version: 'test', processMetrics: false, protocols: ['imap'] }), {
     storeMap: () => map,
     directory: () => ({ authenticate: async () => ({ user: 'ben', dn: 'uid=ben,ou=people', store: 'beta' }) }),
-    metrics: new Metrics({ version: 'test', processMetrics: false, protocols: ['imap'] }),
-    trustedNetworks: () => new CidrSet([]),
-    throttle: () => ({ check: async () => ({ refused: false, refusedForMs: 0 }), recordSuccess: async () => undefined, recordFailure: async () => ({ delayMs: 0 }), exempts: () => false, addressKey: (address: string) => address }),
-    loginGate: new LoginGate(),
-    limiter,
-    registry: new SessionRegistry(),
+    throttle: throttleThatAllows,
     log: createLogger('debug', { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) }),
-    secureContext: () => undefined,
-  } as unknown as SessionContext;
+  } as unknown as Partial<SessionContext>);
   const front = createServer((socket) => {
     const admission = limiter.admit('127.0.0.1', false);
     assert.ok(admission.admitted);
