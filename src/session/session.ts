@@ -500,7 +500,7 @@ export class Session {
         this.canceller?.abort();
         setImmediate(() => this.perform(this.machine.timedOut()));
       } else if (this.phase === 'preauth' || this.phase === 'greeting') {
-        this.perform([...this.alertsFirst(this.decided?.alerts), ...this.machine.timedOut(this.decided?.refusal, this.decided?.text)]);
+        this.perform(this.lastWords((refusal, text) => this.machine.timedOut(refusal, text)));
       }
     }, Math.max(0, acceptedAt + config.session.preauthTimeoutMs - performance.now()));
     // STARTTLS needs the socket's stream as it is: a session that may be offered it reads through 'data'.
@@ -535,7 +535,7 @@ export class Session {
    * abandoned, and answered as the machine's goodbye allows (IMAP's tag as unavailable).
    */
   shutdown(): void {
-    if (this.phase === 'preauth' || this.phase === 'greeting') this.perform([...this.alertsFirst(this.decided?.alerts), ...this.machine.shuttingDown(this.decided?.refusal, this.decided?.text)]);
+    if (this.phase === 'preauth' || this.phase === 'greeting') this.perform(this.lastWords((refusal, text) => this.machine.shuttingDown(refusal, text)));
     else if (this.phase === 'authenticating' || this.phase === 'backend-login') {
       this.canceller?.abort();
       this.perform(this.machine.shuttingDown());
@@ -564,10 +564,20 @@ export class Session {
     // Never evictable there: its lease says so (loginStarted(), loggedIn()).
     if (phase !== 'preauth' && phase !== 'authenticating') return undefined;
     if (this.socket instanceof TLSSocket && !this.tlsActive) this.socket.destroy();
-    else if (this.socket.writable) this.perform([...this.alertsFirst(this.decided?.alerts), ...this.machine.evicted(this.adapter.connectionRefusal('total', TOTAL_LIMIT_TEXT), this.decided?.refusal, this.decided?.text)]);
+    else if (this.socket.writable) this.perform(this.lastWords((refusal, text) => this.machine.evicted(this.adapter.connectionRefusal('total', TOTAL_LIMIT_TEXT), refusal, text)));
     // The machine's close ended the session already, unless it had nothing more to say.
     this.finish('evicted');
     return phase;
+  }
+
+  /**
+   * The session's end before login, as the machine says it (`say`: timedOut(), shuttingDown() or
+   * evicted()), given the refusal of a login decided already, if any: the backend's alerts of that
+   * refusal first (alertsFirst()), then the machine's answer to the login and its goodbye.
+   */
+  private lastWords(say: (refusal: LoginRefusal | undefined, text: string | undefined) => PreauthAction[]): PreauthAction[] {
+    const decided = this.decided;
+    return [...this.alertsFirst(decided?.alerts), ...say(decided?.refusal, decided?.text)];
   }
 
   /**
