@@ -128,21 +128,29 @@ export function setLogLossPhase(phase: LogLossPhase): void {
   lossPhase = phase;
 }
 
-/** The stderr line for a write error of stdout, in the phase the process is in. */
+/** What the process does meanwhile, by phase, as the stderr line of a write error says it. */
+const LOSS_DOING: Readonly<Record<LogLossPhase['kind'], string>> = {
+  starting: 'mailfront goes on with its start',
+  serving: 'mailfront goes on serving',
+  stopping: 'mailfront goes on with its stop',
+  'failed-start': 'mailfront exits, as its start failed',
+};
+
+/**
+ * The stderr line for a write error of stdout, in the phase the process is in: while it starts or
+ * serves, the lines are lost until a restart (EPIPE) or kept to be written again; while it stops
+ * or exits, what stdout has not taken within the phase's wait is given up.
+ */
 function lossText(code: string, closed: boolean): string {
   const phase = lossPhase;
   const metric = closed ? 'mailfront_log_write_errors_total{kind="closed"}' : 'mailfront_log_write_errors_total{kind="failed"}, mailfront_log_bytes_dropped_total';
-  const what = closed ? `EPIPE: its reader has gone` : code;
-  if (phase.kind === 'serving' || phase.kind === 'starting') {
-    const doing = phase.kind === 'serving' ? 'mailfront goes on serving' : 'mailfront goes on with its start';
-    return closed
-      ? `mailfront: log lines cannot be written to stdout (${what}); ${doing}, and log lines are lost from now on, until a restart (${metric})\n`
-      : `mailfront: log lines cannot be written to stdout (${what}); ${doing}, and keeps the lines (up to ${MAX_PENDING_LOG_BYTES} bytes) to write them again once stdout takes them; past that they are dropped (${metric})\n`;
-  }
-  const doing = phase.kind === 'stopping' ? 'mailfront goes on with its stop' : 'mailfront exits, as its start failed';
-  return closed
-    ? `mailfront: log lines cannot be written to stdout (${what}); ${doing}, and log lines are lost (${metric})\n`
-    : `mailfront: log lines cannot be written to stdout (${what}); ${doing}, and gives up the lines stdout has not taken within ${phase.ms / 1000} s (${metric})\n`;
+  // The wait of a stop or a failed start; none while the process starts or serves.
+  const ms = 'ms' in phase ? phase.ms : undefined;
+  const then =
+    closed ? (ms === undefined ? 'log lines are lost from now on, until a restart' : 'log lines are lost')
+    : ms === undefined ? `keeps the lines (up to ${MAX_PENDING_LOG_BYTES} bytes) to write them again once stdout takes them; past that they are dropped`
+    : `gives up the lines stdout has not taken within ${ms / 1000} s`;
+  return `mailfront: log lines cannot be written to stdout (${closed ? 'EPIPE: its reader has gone' : code}); ${LOSS_DOING[phase.kind]}, and ${then} (${metric})\n`;
 }
 
 /** How often at most stderr is told of lines dropped for a stalled reader (the count goes on). */
