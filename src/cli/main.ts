@@ -838,49 +838,42 @@ async function main(argv: string[]): Promise<number> {
     out(HELP[topic]);
     return command === '' && !values.help ? 2 : 0;
   }
-  /** The command's usage on stderr, after what was wrong (`reason`) when the caller has not said it: exit 2. */
-  const usage = (reason?: string): number => {
-    process.stderr.write(`${reason !== undefined ? `mailfront ${command}: ${reason}\n\n` : ''}${HELP[command] ?? HELP['']!}`);
+  /** What was wrong (`reason`), then the command's usage, on stderr: exit 2. */
+  const usage = (reason: string): number => {
+    process.stderr.write(`mailfront ${command}: ${reason}\n\n${HELP[command] ?? HELP['']!}`);
     return 2;
   };
   const takes = COMMAND_OPTIONS[command];
   const foreign = takes === undefined ? [] : Object.keys(values).filter((key) => key !== 'help' && key !== 'version' && !(takes as readonly string[]).includes(key));
   if (foreign.length > 0) {
-    process.stderr.write(`mailfront ${command}: ${foreign.map((key) => `--${key}`).join(', ')} ${foreign.length === 1 ? 'is not an option' : 'are not options'} of this command\n\n`);
-    return usage();
+    return usage(`${foreign.map((key) => `--${key}`).join(', ')} ${foreign.length === 1 ? 'is not an option' : 'are not options'} of this command`);
   }
   // An argument more than the command takes was ignored: `whereis a b` answered for a alone.
   const allowed = MAX_ARGUMENTS[command];
   if (allowed !== undefined && rest.length > allowed) {
-    process.stderr.write(`mailfront ${command}: unexpected argument "${rest[allowed]}"\n\n`);
-    return usage();
+    return usage(`unexpected argument "${rest[allowed]}"`);
   }
   // --url given twice went to the last one alone; now to each, as --all does, where a fleet makes sense.
   const urls = (values.url ?? []).map((url) => url.replace(/\/$/, ''));
   // A session lives on one instance: the others would each answer 404, and the command fail.
   if (command === 'kick' && values.session !== undefined && (values.all || urls.length > 1)) {
-    process.stderr.write(`mailfront kick: --session names a session of one instance: give its --url, not --all or several\n\n`);
-    return usage();
+    return usage('--session names a session of one instance: give its --url, not --all or several');
   }
   if (values.all && urls.length > 0) {
-    process.stderr.write(`mailfront ${command}: give --all (the instances of admin.instances) or --url, not both\n\n`);
-    return usage();
+    return usage('give --all (the instances of admin.instances) or --url, not both');
   }
   if (urls.length > 1 && !(takes as readonly string[] | undefined)?.includes('all')) {
-    process.stderr.write(`mailfront ${command}: one --url only: it is written to the store map's source, which every instance reads\n\n`);
-    return usage();
+    return usage("one --url only: it is written to the store map's source, which every instance reads");
   }
   // Compared as admin.instances compares them: by origin (http://h:80 is http://h).
   const origins = urls.map((url) => (URL.canParse(url) ? new URL(url).origin : url));
   const twice = urls.find((_url, i) => origins.indexOf(origins[i]!) !== i);
   if (twice !== undefined) {
-    process.stderr.write(`mailfront ${command}: --url ${twice} is given twice\n\n`);
-    return usage();
+    return usage(`--url ${twice} is given twice`);
   }
   // Both named the config file, and -c won without a word.
   if ((command === 'serve' || command === 'check-config') && rest[0] !== undefined && values.config !== undefined) {
-    process.stderr.write(`mailfront ${command}: give the config file as FILE or with -c, not both ("${rest[0]}" and "${values.config}")\n\n`);
-    return usage();
+    return usage(`give the config file as FILE or with -c, not both ("${rest[0]}" and "${values.config}")`);
   }
   switch (command) {
     case 'check-config': {
@@ -1012,8 +1005,7 @@ async function main(argv: string[]): Promise<number> {
       const [store, state] = rest;
       if (store === undefined || (state !== 'on' && state !== 'off')) return usage(store === undefined ? 'missing STORE and on or off' : state === undefined ? 'missing on or off' : `expected on or off, found "${state}"`);
       if (state === 'off' && values.reason !== undefined) {
-        process.stderr.write('mailfront maintenance: --reason goes with on only\n\n');
-        return usage();
+        return usage('--reason goes with on only');
       }
       const body = state === 'on' ? { on: true, ...(values.reason !== undefined ? { reason: values.reason } : {}) } : { on: false };
       const render = (json: Record<string, unknown>): Rendered => ({ text: `store ${store}: maintenance ${state} (store map version ${String(json['version'])})\n`, code: 0 });
@@ -1034,8 +1026,7 @@ async function main(argv: string[]): Promise<number> {
       // every session of alice, not only those on a2.
       const chosen = [...rest.map((user) => ({ user })), ...(values.slot !== undefined ? [{ slot: values.slot }] : []), ...(values.session !== undefined ? [{ session: values.session }] : [])];
       if (chosen.length > 1) {
-        process.stderr.write(`mailfront kick: give one of USER, --slot SLOT or --session ID, not ${chosen.length} (${chosen.map((c) => Object.keys(c)[0]).join(', ')})\n\n`);
-        return usage();
+        return usage(`give one of USER, --slot SLOT or --session ID, not ${chosen.length} (${chosen.map((c) => Object.keys(c)[0]).join(', ')})`);
       }
       const body = chosen[0];
       if (body === undefined) return usage('give USER, --slot SLOT or --session ID');
