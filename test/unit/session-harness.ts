@@ -1,11 +1,15 @@
 // A Session over a fake socket with no network: the config, limits and context a unit test of
-// the session's login needs, with the directory, throttle and store map the test gives.
+// the session's login needs, with the directory, throttle and store map the test gives; and a
+// loopback front of real IMAP sessions for the tests that need a client and a backend (imapFront()).
 import assert from 'node:assert/strict';
 import { Duplex } from 'node:stream';
-import type { Socket } from 'node:net';
+import { createServer } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
+import type { TestContext } from 'node:test';
 import { Session } from '../../src/session/session.js';
 import type { SessionContext } from '../../src/session/session.js';
 import type { ProtocolAdapter } from '../../src/protocol/types.js';
+import { imapAdapter } from '../../src/protocol/imap/index.js';
 import { Metrics } from '../../src/metrics.js';
 import { ConnectionLimiter } from '../../src/server/connection-limits.js';
 import { SessionRegistry } from '../../src/proxy/registry.js';
@@ -92,6 +96,24 @@ export function sessionContext(config: Config, limiter: ConnectionLimiter, metri
     onEnd: () => undefined,
     ...parts,
   } as unknown as SessionContext;
+}
+
+/**
+ * A front on a free loopback port whose every connection becomes an IMAP session of `context` on
+ * a plaintext listener, admitted by `limiter` (from 127.0.0.1); closed when the test `t` ends.
+ * Returns its port.
+ */
+export async function imapFront(t: TestContext, context: SessionContext, limiter: ConnectionLimiter): Promise<number> {
+  const listener = { name: 'imap', tls: 'none', plaintextWithoutTls: true } as unknown as ListenerConfig;
+  const front = createServer((socket) => {
+    const admission = limiter.admit('127.0.0.1', false);
+    assert.ok(admission.admitted);
+    const endpoints = { client: { address: '127.0.0.1', port: socket.remotePort ?? 0 }, peer: { address: '127.0.0.1', port: socket.remotePort ?? 0 }, local: { address: '127.0.0.1', port: 143 } };
+    new Session(socket, listener, imapAdapter, context, false, endpoints, admission.lease);
+  });
+  await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
+  t.after(() => front.close());
+  return (front.address() as AddressInfo).port;
 }
 
 /** Waits (polling) until `predicate` holds; fails with `what` after `timeoutMs`. */

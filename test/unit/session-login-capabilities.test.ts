@@ -2,18 +2,15 @@ import assert from 'node:assert/strict';
 import { createServer } from 'node:net';
 import type { AddressInfo, Socket } from 'node:net';
 import { test } from 'node:test';
-import { Session } from '../../src/session/session.js';
 import type { SessionContext } from '../../src/session/session.js';
-import { imapAdapter } from '../../src/protocol/imap/index.js';
 import { Metrics } from '../../src/metrics.js';
 import { ConnectionLimiter } from '../../src/server/connection-limits.js';
 import { createLogger } from '../../src/log.js';
 import { buildStoreMap } from '../../src/config/load.js';
 import { readConfig } from '../../src/config/schema.js';
-import type { ListenerConfig } from '../../src/config/schema.js';
 import { IssueList } from '../../src/config/validate.js';
 import { LineClient } from '../integration/servers/lineclient.js';
-import { sessionContext, throttleThatAllows } from './session-harness.js';
+import { imapFront, sessionContext, throttleThatAllows } from './session-harness.js';
 
 // The login reply of a session whose backend offers UNAUTHENTICATE (RFC 8437): the session gives
 // the client the guarded list (without UNAUTHENTICATE, STARTTLS, COMPRESS=…, which the guard
@@ -50,15 +47,7 @@ test('a backend offering UNAUTHENTICATE: the login reply lists the capabilities 
     throttle: throttleThatAllows,
     log: createLogger('debug', { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) }),
   } as unknown as Partial<SessionContext>);
-  const front = createServer((socket) => {
-    const admission = limiter.admit('127.0.0.1', false);
-    assert.ok(admission.admitted);
-    const endpoints = { client: { address: '127.0.0.1', port: socket.remotePort ?? 0 }, peer: { address: '127.0.0.1', port: socket.remotePort ?? 0 }, local: { address: '127.0.0.1', port: 143 } };
-    new Session(socket, { name: 'imap', tls: 'none', plaintextWithoutTls: true } as unknown as ListenerConfig, imapAdapter, context, false, endpoints, admission.lease);
-  });
-  await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
-  t.after(() => front.close());
-  const client = await LineClient.connect((front.address() as AddressInfo).port);
+  const client = await LineClient.connect(await imapFront(t, context, limiter));
   try {
     assert.match(await client.readLine(), /^\* OK /);
     client.send('t1 LOGIN ben Capabilities-unit-pw-1');

@@ -8,9 +8,7 @@ import assert from 'node:assert/strict';
 import { createServer } from 'node:net';
 import type { AddressInfo, Socket } from 'node:net';
 import { test } from 'node:test';
-import { Session } from '../../src/session/session.js';
 import type { SessionContext } from '../../src/session/session.js';
-import { imapAdapter } from '../../src/protocol/imap/index.js';
 import { Metrics } from '../../src/metrics.js';
 import { ConnectionLimiter } from '../../src/server/connection-limits.js';
 import { SessionRegistry } from '../../src/proxy/registry.js';
@@ -19,10 +17,10 @@ import { createLogger } from '../../src/log.js';
 import { LoginGate } from '../../src/auth/login-gate.js';
 import { buildStoreMap } from '../../src/config/load.js';
 import { readConfig } from '../../src/config/schema.js';
-import type { ListenerConfig } from '../../src/config/schema.js';
 import { IssueList } from '../../src/config/validate.js';
 import type { StoreMap } from '../../src/routing/storemap.js';
 import { LineClient } from '../integration/servers/lineclient.js';
+import { imapFront } from './session-harness.js';
 
 const REASON = 'Store upgrade, please wait and try again later.';
 
@@ -76,16 +74,7 @@ test('a backend login that completes as its store goes into maintenance is dropp
     secureContext: () => undefined,
   } as unknown as SessionContext;
 
-  const front = createServer((socket) => {
-    const admission = limiter.admit('127.0.0.1', false);
-    assert.ok(admission.admitted);
-    const endpoints = { client: { address: '127.0.0.1', port: socket.remotePort ?? 0 }, peer: { address: '127.0.0.1', port: socket.remotePort ?? 0 }, local: { address: '127.0.0.1', port: 143 } };
-    new Session(socket, { name: 'imap', tls: 'none', plaintextWithoutTls: true } as unknown as ListenerConfig, imapAdapter, context, false, endpoints, admission.lease);
-  });
-  await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
-  t.after(() => front.close());
-
-  const client = await LineClient.connect((front.address() as AddressInfo).port);
+  const client = await LineClient.connect(await imapFront(t, context, limiter));
   try {
     assert.match(await client.readLine(), /^\* OK /);
     client.send('t1 LOGIN ann Maintenance-unit-pw-1');
@@ -140,15 +129,7 @@ test('a login of a store in maintenance is refused with its reason: no slot dial
     log: createLogger('debug', { write: () => undefined }),
     secureContext: () => undefined,
   } as unknown as SessionContext;
-  const front = createServer((socket) => {
-    const admission = limiter.admit('127.0.0.1', false);
-    assert.ok(admission.admitted);
-    const endpoints = { client: { address: '127.0.0.1', port: socket.remotePort ?? 0 }, peer: { address: '127.0.0.1', port: socket.remotePort ?? 0 }, local: { address: '127.0.0.1', port: 143 } };
-    new Session(socket, { name: 'imap', tls: 'none', plaintextWithoutTls: true } as unknown as ListenerConfig, imapAdapter, context, false, endpoints, admission.lease);
-  });
-  await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
-  t.after(() => front.close());
-  const client = await LineClient.connect((front.address() as AddressInfo).port);
+  const client = await LineClient.connect(await imapFront(t, context, limiter));
   try {
     assert.match(await client.readLine(), /^\* OK /);
     for (const tag of ['t1', 't2', 't3', 't4']) {

@@ -6,9 +6,7 @@ import assert from 'node:assert/strict';
 import { createServer } from 'node:net';
 import type { AddressInfo, Server, Socket } from 'node:net';
 import { test } from 'node:test';
-import { Session } from '../../src/session/session.js';
 import type { SessionContext } from '../../src/session/session.js';
-import { imapAdapter } from '../../src/protocol/imap/index.js';
 import { Metrics } from '../../src/metrics.js';
 import { ConnectionLimiter } from '../../src/server/connection-limits.js';
 import { SessionRegistry } from '../../src/proxy/registry.js';
@@ -17,10 +15,10 @@ import { createLogger } from '../../src/log.js';
 import { LoginGate } from '../../src/auth/login-gate.js';
 import { buildStoreMap } from '../../src/config/load.js';
 import { readConfig } from '../../src/config/schema.js';
-import type { ListenerConfig } from '../../src/config/schema.js';
 import { IssueList } from '../../src/config/validate.js';
 import type { StoreMap } from '../../src/routing/storemap.js';
 import { LineClient } from '../integration/servers/lineclient.js';
+import { imapFront } from './session-harness.js';
 
 /**
  * A scripted IMAP backend on loopback: greets, answers CAPABILITY, hands each LOGIN to `onLogin`
@@ -91,17 +89,7 @@ test('a backend login that completes on a master demoted meanwhile is dropped, a
     secureContext: () => undefined,
   } as unknown as SessionContext;
 
-  // The front: each accepted connection becomes a session with the context above.
-  const front = createServer((socket) => {
-    const admission = limiter.admit('127.0.0.1', false);
-    assert.ok(admission.admitted);
-    const endpoints = { client: { address: '127.0.0.1', port: socket.remotePort ?? 0 }, peer: { address: '127.0.0.1', port: socket.remotePort ?? 0 }, local: { address: '127.0.0.1', port: 143 } };
-    new Session(socket, { name: 'imap', tls: 'none', plaintextWithoutTls: true } as unknown as ListenerConfig, imapAdapter, context, false, endpoints, admission.lease);
-  });
-  await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
-  t.after(() => front.close());
-
-  const client = await LineClient.connect((front.address() as AddressInfo).port);
+  const client = await LineClient.connect(await imapFront(t, context, limiter));
   try {
     assert.match(await client.readLine(), /^\* OK /);
     client.send('t1 LOGIN ann Moved-master-pw-1');
