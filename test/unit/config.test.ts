@@ -489,6 +489,43 @@ stores:
   assert.ok(paths.includes('stores.store3.backend.proxy_user'), paths.join(', '));
 });
 
+test('store map: no store, a store without a slot, a slot without a port and a preferred master that is no slot of its store are each refused, naming where', () => {
+  const dir = writeTemp({ 'mf.yaml': GOOD, 'ldap.secret': 'x', 'stores.yaml': STORES });
+  const config = loadConfig(join(dir, 'mf.yaml'));
+  writeFileSync(join(dir, 'stores.yaml'), 'stores: {}\n');
+  const empty = configErrorOf(() => loadStoreMap(join(dir, 'stores.yaml'), 2, config));
+  assert.deepEqual(
+    empty.issues.map((i) => [i.path, i.expected]),
+    [['stores', 'at least one store']],
+  );
+  writeFileSync(
+    join(dir, 'stores.yaml'),
+    `
+stores:
+  store1:
+    current_master: slot1
+    preferred_master: slot9
+    slots:
+      slot1: { host: 127.0.0.1, imap_port: 1430 }
+      slot2: { host: 127.0.0.1, imap_port: 1431 }
+  store2:
+    current_master: slot3
+    slots: {}
+  store3:
+    current_master: slot4
+    slots:
+      slot4: { host: 127.0.0.1 }
+`,
+  );
+  const error = configErrorOf(() => loadStoreMap(join(dir, 'stores.yaml'), 2, config));
+  const issue = (path: string): string | undefined => error.issues.find((i) => i.path === path)?.expected;
+  assert.equal(issue('stores.store1.preferred_master'), "one of this store's slots (slot1, slot2)", JSON.stringify(error.issues));
+  assert.equal(issue('stores.store2.slots'), 'at least one slot', JSON.stringify(error.issues));
+  assert.equal(issue('stores.store3.slots.slot4'), 'at least one of imap_port, imaps_port, pop3_port, pop3s_port, sieve_port', JSON.stringify(error.issues));
+  // Each fault once, where it is: a store without slots has no current master to name besides.
+  assert.equal(error.issues.length, 3, JSON.stringify(error.issues));
+});
+
 test('a store map\'s relative file names resolve against the config file\'s folder, wherever the store map lives', async () => {
   const dir = writeTemp({ 'mf.yaml': GOOD.replace('file: stores.yaml', 'file: state/stores.yaml'), 'ldap.secret': 'x', 'proxy.secret': 'from-config-folder\n' });
   mkdirSync(join(dir, 'state'));
