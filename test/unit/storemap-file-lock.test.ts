@@ -149,3 +149,29 @@ test("a lock whose writer no longer runs is broken at once; a live writer's is w
   assert.equal(existsSync(lock), false);
   assert.deepEqual(readdirSync(dir.path).filter((name) => name.startsWith('.held.yaml') && name !== '.held.yaml.written'), []);
 });
+
+test("a writer whose lock was broken and taken by another writer while it wrote renames nothing, and leaves the other's lock in place", async () => {
+  const file = join(dir.path, 'taken.yaml');
+  const lock = join(dir.path, '.taken.yaml.lock');
+  writeFileSync(file, STORES);
+  const source = new FileStoreMapSource(file, false, undefined, undefined, { lockWaitMs: 400 });
+  // This writer held its lock past 30 s (a hung disk, a stopped process): another writer (the test
+  // runner stands for one, live on this host) broke it and holds the lock now, its turn under way.
+  const other = JSON.stringify({ pid: process.ppid, host: hostname(), since: new Date().toISOString(), id: 'other' });
+  let checks = 0;
+  const takenMeanwhile = (): void => {
+    checks += 1;
+    if (checks === 1) writeFileSync(lock, other);
+  };
+  await assert.rejects(source.setCurrentMaster('alpha', 'a2', takenMeanwhile), (error: unknown) => {
+    assert.ok(error instanceof MailfrontError);
+    // Not written over the other writer's turn; made again, it waits for the other's lock.
+    assert.equal(error.code, 'STOREMAP_LOCKED');
+    assert.ok(error.message.includes(`pid ${process.ppid} on ${hostname()}`), error.message);
+    return true;
+  });
+  assert.equal(checks, 1, 'the change was not made again past the lock');
+  assert.deepEqual(masters(file), ['a1', 'b1'], 'nothing was renamed into place');
+  assert.equal(readFileSync(lock, 'utf8'), other, "the other writer's lock is left alone");
+  assert.deepEqual(readdirSync(dir.path).filter((name) => name.startsWith('.taken.yaml') && name !== '.taken.yaml.lock'), [], 'no temporary file, no record of a change that was not made');
+});
