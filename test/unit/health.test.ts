@@ -79,6 +79,62 @@ test('a probe past its deadline is down, saying so; one in flight at stop() repo
   assert.equal(other.get('c'), undefined);
 });
 
+test('a round probes each slot as the map in force has it at its turn: pointed elsewhere, there; its store gone into maintenance, not at all', async () => {
+  const slot = (name: string, store: string, imapPort: number): Slot => ({ name, store, host: '127.0.0.1', imapPort });
+  const mapOf = (bPort: number, tMaintenance: string | null): StoreMap =>
+    ({
+      stores: new Map([
+        ['s', { maintenance: null, slots: new Map([['a', slot('a', 's', 1)], ['b', slot('b', 's', bPort)]]) }],
+        ['t', { maintenance: tMaintenance, slots: new Map([['c', slot('c', 't', 4)]]) }],
+      ]),
+    }) as unknown as StoreMap;
+  let map = mapOf(2, null);
+  const probed: string[] = [];
+  const monitor = new SlotHealthMonitor(
+    () => map,
+    async (s) => {
+      probed.push(`${s.name}:${String(s.imapPort)}`);
+      // A reload while the round runs: b pointed at another port, store t put in maintenance.
+      if (s.name === 'a') map = mapOf(3, 'Back soon, please wait.');
+    },
+    60_000,
+    1_000,
+    createLogger('silent'),
+  );
+  // Spread over 300 ms: a at once, b 100 ms in, c 200 ms in.
+  await monitor.probeAll(300);
+  assert.deepEqual(probed, ['a:1', 'b:3']);
+  assert.equal(monitor.get('c'), undefined);
+});
+
+test("a slot's up or down is logged when it changes, not at each probe; its failures in a row are counted", async () => {
+  const map = { stores: new Map([['s', { maintenance: null, slots: new Map([['a', { name: 'a', store: 's', host: '127.0.0.1', imapPort: 1 }]]) }]]) } as unknown as StoreMap;
+  const lines: Array<Record<string, unknown>> = [];
+  const log = createLogger('info', { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
+  let down = false;
+  const monitor = new SlotHealthMonitor(
+    () => map,
+    async () => {
+      if (down) throw new Error('connection refused');
+    },
+    60_000,
+    1_000,
+    log,
+  );
+  for (let i = 0; i < 3; i++) await monitor.probeAll();
+  down = true;
+  for (let i = 0; i < 3; i++) await monitor.probeAll();
+  assert.deepEqual(
+    lines.filter((l) => l['event'] === 'slot.health').map((l) => [l['slot'], l['up'], l['msg']]),
+    [
+      ['a', true, 'slot is up'],
+      ['a', false, 'slot is down'],
+    ],
+  );
+  assert.equal(monitor.get('a')?.failures, 3);
+  assert.equal(monitor.get('a')?.error, 'connection refused');
+});
+
 test('probing leaves nothing behind: the heap after 100,000 probes is what it was', async () => {
   // On Node 20, AbortSignal.any() over a signal of the monitor's kept about 70 bytes per probe
   // for the life of the process (40 slots at the default interval: about 50 MB a day).
