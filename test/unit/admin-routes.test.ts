@@ -52,6 +52,9 @@ describe('admin API: endpoints', () => {
       last: undefined,
       failover: async (name: string, slot: string) => {
         if (slot === 'refused') throw new MailfrontError('STOREMAP_FAILOVER_REFUSED', 'config', 'store "beta" does not validate; nothing was written');
+        if (slot === 'behind') throw new MailfrontError('STOREMAP_LDAP_BEHIND', 'config', 'the store-map server ldap://replica is behind the map in force');
+        // Written, and the reload that was to put it in force rejected what the source gave then.
+        if (slot === 'unloaded') return { ok: false, version: 4, changes: [], error: 'the store-map source could not be read' };
         failovers.push(`${name}/${slot}`);
         return { ok: true, version: 5, changes: [] };
       },
@@ -139,6 +142,15 @@ describe('admin API: endpoints', () => {
     const reply = await ask('POST', '/api/stores/alpha/failover', { slot: 'refused' });
     assert.equal(reply.status, 409, reply.text);
     assert.equal(JSON.parse(reply.text).code, 'STOREMAP_FAILOVER_REFUSED');
+  });
+
+  it('answers 503 to a failover refused by a store-map server behind the map in force, and 500 to one written but not put in force, with the reason', async () => {
+    const behind = await ask('POST', '/api/stores/alpha/failover', { slot: 'behind' });
+    assert.equal(behind.status, 503, behind.text);
+    assert.equal(JSON.parse(behind.text).code, 'STOREMAP_LDAP_BEHIND');
+    const unloaded = await ask('POST', '/api/stores/alpha/failover', { slot: 'unloaded' });
+    assert.equal(unloaded.status, 500, unloaded.text);
+    assert.deepEqual(JSON.parse(unloaded.text), { ok: false, version: 4, changes: [], error: 'the store-map source could not be read' });
   });
 
   it('answers 503 to a lookup the directory did not answer in time, in words of its own (not 500, not a session\'s)', async () => {
