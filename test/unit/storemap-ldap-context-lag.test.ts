@@ -11,6 +11,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { MailfrontError } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
 import { LdapStoreMapSource } from '../../src/routing/sources.js';
 
@@ -31,10 +32,10 @@ function slot(storeName: string, name: string): Entry {
 }
 
 /** A directory of st1 and st2 (two slots each) whose suffix entry has the contextCSN `context`, searched as ldapts's Client is. */
-function directory(): { entries: Map<string, Entry>; context: string; client: unknown } {
+function directory(): { entries: Map<string, Entry>; context: string | readonly string[]; client: unknown } {
   const dir = {
     entries: new Map<string, Entry>(),
-    context: csn('100000'),
+    context: csn('100000') as string | readonly string[],
     client: undefined as unknown,
   };
   for (const e of [store('st1', 'sl1a', '090000'), slot('st1', 'sl1a'), slot('st1', 'sl1b'), store('st2', 'sl2a', '090000'), slot('st2', 'sl2a'), slot('st2', 'sl2b')]) dir.entries.set(e.dn, e);
@@ -47,7 +48,7 @@ function directory(): { entries: Map<string, Entry>; context: string; client: un
     search: async (dn: string, options: { attributes?: string[] }) => {
       if (dn === '' && options.attributes?.includes('namingContexts')) return { searchEntries: [{ dn: '', namingContexts: [SUFFIX] }] };
       if (dn === '') return { searchEntries: [{ dn: '' }] };
-      if (dn === SUFFIX) return { searchEntries: [{ dn, contextCSN: [dir.context] }] };
+      if (dn === SUFFIX) return { searchEntries: [{ dn, contextCSN: typeof dir.context === 'string' ? [dir.context] : [...dir.context] }] };
       return { searchEntries: [{ dn }] };
     },
     searchPaginated: async function* (_base: string, options: { filter: string }) {
@@ -192,6 +193,74 @@ test('two whole reads within one refresh that find the contextCSN behind a store
     assert.deepEqual(lines.filter((l) => l['event'] === 'storemap.context_csn_not_used'), []);
   } finally {
     stop();
+    await source.close();
+  }
+});
+
+/** A CSN of server id 1 at `hhmmss`. */
+const csnOfSid1 = (hhmmss: string): string => `20261206${hhmmss}.000000Z#000000#001#000000`;
+
+/** Polls `source` (loaded first, as the holder does), counting the changes it reports and keeping the health it reports. */
+async function watching(source: LdapStoreMapSource): Promise<{ changes: () => number; healths: Array<Error | null>; stop: () => void }> {
+  await source.load();
+  let changes = 0;
+  const healths: Array<Error | null> = [];
+  const stop = source.watch(
+    () => void (changes++, source.load().catch(() => undefined)),
+    (error) => void healths.push(error),
+  );
+  return { changes: () => changes, healths, stop };
+}
+
+test('polls by modifyTimestamp (no contextCSN): a store entry deleted within the full-read interval is followed at the next poll', async () => {
+  const dir = directory();
+  dir.context = [];
+  const source = sourceOn(dir, []);
+  const polls = await watching(source);
+  try {
+    await sleep(200);
+    assert.equal(polls.changes(), 0);
+    // Every entry is recent (stamped within the margin of the newest): one fewer is a deletion.
+    dir.entries.delete(`cn=sl1b,cn=st1,${BASE}`);
+    assert.ok(await until(() => polls.changes() > 0, 1_000), 'the deletion waited for the next whole read');
+  } finally {
+    polls.stop();
+    await source.close();
+  }
+});
+
+test('polls by contextCSN: a contextCSN that went back (a restore from a backup) is read whole, and a server behind the map in force is reported as such', async () => {
+  const dir = directory();
+  const source = sourceOn(dir, []);
+  const polls = await watching(source);
+  try {
+    await sleep(200);
+    assert.deepEqual(polls.healths.filter((h) => h !== null), []);
+    // Restored from a backup taken before st1's failover to sl1a (in force, 09:00:00).
+    dir.context = csn('080000');
+    dir.entries.set(`cn=st1,${BASE}`, store('st1', 'sl1b', '080000'));
+    assert.ok(await until(() => polls.healths.some((h) => h instanceof MailfrontError && h.code === 'STOREMAP_LDAP_BEHIND'), 1_000), `not read again: ${polls.healths.map((h) => h?.message ?? 'up').join('; ')}`);
+    assert.equal(polls.changes(), 0, 'nothing put in force');
+  } finally {
+    polls.stop();
+    await source.close();
+  }
+});
+
+test("polls by contextCSN: a contextCSN that lost a server id's value (another server behind the URL) is read whole, and a change there followed", async () => {
+  const dir = directory();
+  dir.context = [csn('100000'), csnOfSid1('100000')];
+  const source = sourceOn(dir, []);
+  const polls = await watching(source);
+  try {
+    await sleep(200);
+    assert.equal(polls.changes(), 0);
+    // Another server: server id 0's value as before, none of server id 1's, and st1 failed over there.
+    dir.context = [csn('100000')];
+    dir.entries.set(`cn=st1,${BASE}`, store('st1', 'sl1b', '095000'));
+    assert.ok(await until(() => polls.changes() > 0, 1_000), 'the change waited for the next whole read');
+  } finally {
+    polls.stop();
     await source.close();
   }
 });
