@@ -11,8 +11,11 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { readBackend } from '../../src/config/schema.js';
+import { IssueList } from '../../src/config/validate.js';
 import { MailfrontError } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
+import { StoreMapHolder } from '../../src/routing/holder.js';
 import { LdapStoreMapSource } from '../../src/routing/sources.js';
 
 const SUFFIX = 'dc=example,dc=org';
@@ -261,6 +264,31 @@ test("polls by contextCSN: a contextCSN that lost a server id's value (another s
     assert.ok(await until(() => polls.changes() > 0, 1_000), 'the change waited for the next whole read');
   } finally {
     polls.stop();
+    await source.close();
+  }
+});
+
+test('a reload that reads a server behind the map in force: the source could not be read (storemap.read_failed, at warn), no map rejected; the map in force stays', async () => {
+  const dir = directory();
+  const lines: Array<Record<string, unknown>> = [];
+  const source = sourceOn(dir, []);
+  const log = createLogger('info', { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
+  const config = { backend: readBackend(undefined, 'backend', (p) => p, new IssueList()), backendProfiles: new Map() };
+  const holder = new StoreMapHolder(source, () => config, log, { changes: () => undefined });
+  try {
+    assert.equal((await holder.reload('start')).ok, true);
+    // Restored from a backup taken before st1's failover to sl1a (in force, 09:00:00).
+    dir.context = csn('080000');
+    dir.entries.set(`cn=st1,${BASE}`, store('st1', 'sl1b', '080000'));
+    const reloaded = await holder.reload('signal');
+    assert.equal(reloaded.ok, false);
+    assert.match(reloaded.error ?? '', /is behind the map in force/);
+    assert.equal(holder.current.stores.get('st1')!.currentMaster, 'sl1a');
+    assert.deepEqual(
+      lines.filter((l) => l['event'] === 'storemap.read_failed' || l['event'] === 'storemap.rejected').map((l) => [l['event'], l['level']]),
+      [['storemap.read_failed', 'warn']],
+    );
+  } finally {
     await source.close();
   }
 });
