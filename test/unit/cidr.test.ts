@@ -115,3 +115,17 @@ test('bindAddressesOverlap: the same address in any spelling, and wildcards, tak
     assert.equal(bindAddressesOverlap(a!, b!), false, `${a} and ${b}`);
   }
 });
+
+test('host bits just past the prefix are refused, at every bit of a partial byte, and an IPv6 key keeps no bit past its prefix', () => {
+  // The first host bit, not only the last byte's: 10.128.0.0/8 and 192.0.2.128/24 are typos too.
+  for (const bad of ['10.128.0.0/8', '192.0.2.128/24', '192.0.2.64/25', '11.0.0.0/7', '2001:db8:8000::/32', '2001:db8::8000:0:0:0/64']) {
+    assert.equal(parseCidr(bad), null, bad);
+  }
+  for (const good of ['10.0.0.0/8', '192.0.2.0/24', '192.0.2.128/25', '2001:db8::/33', '2001:db8:0:0:8000::/65', '192.0.2.7/32', '::1/128']) {
+    assert.equal(parseCidr(good)?.text, good, good);
+  }
+  // One /56 is one key, whatever the bits after its 56th (the throttle's ipv6_prefix_bits).
+  assert.equal(addressKey('2001:db8:1:2ff:ffff::1', 56), addressKey('2001:db8:1:200::1', 56));
+  assert.equal(addressKey('2001:db8:1:2ff::1', 56), '2001:db8:1:200::/56');
+  assert.notEqual(addressKey('2001:db8:1:300::1', 56), addressKey('2001:db8:1:200::1', 56));
+});
