@@ -129,3 +129,13 @@ test('host bits just past the prefix are refused, at every bit of a partial byte
   assert.equal(addressKey('2001:db8:1:2ff::1', 56), '2001:db8:1:200::/56');
   assert.notEqual(addressKey('2001:db8:1:300::1', 56), addressKey('2001:db8:1:200::1', 56));
 });
+
+test('bindAddressesOverlap: link-local addresses of two interfaces (zone ids) are two addresses; exactly compares no wildcard', async () => {
+  const { bindAddressesOverlap } = await import('../../src/net/cidr.js');
+  assert.equal(bindAddressesOverlap('fe80::1%eth0', 'fe80::1%eth1'), false);
+  assert.equal(bindAddressesOverlap('fe80::1%eth0', 'fe80::1%eth0'), true);
+  assert.equal(bindAddressesOverlap('fe80::1%eth0', 'fe80::1'), false);
+  assert.equal(bindAddressesOverlap('::', 'fe80::1%eth0'), true, 'the wildcard covers every interface');
+  assert.equal(bindAddressesOverlap('::', '127.0.0.1', true), false);
+  assert.equal(bindAddressesOverlap('127.0.0.1', '::ffff:127.0.0.1', true), true);
+});
