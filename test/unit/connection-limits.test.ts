@@ -132,6 +132,21 @@ test('a forwarded address of the trusted networks is not counted: uncountAddress
   assert.deepEqual(limiter.tracked, { addresses: 0, users: 0 });
 });
 
+test('a forward refused at the new address keeps the address counted before: counted once, released once', () => {
+  const limiter = new ConnectionLimiter({ ...LIMITS, maxConnectionsPerAddress: 1 });
+  const there = admitOk(limiter, '192.0.2.1');
+  const lease = admitOk(limiter, '192.0.2.2');
+  assert.equal(lease.countAddress('192.0.2.1'), false, '192.0.2.1 is at its limit');
+  assert.equal(lease.addressKey, '192.0.2.2');
+  assert.equal(limiter.connectionsFrom('192.0.2.2'), 1, 'still counted where it was');
+  assert.deepEqual(limiter.admit('192.0.2.2', false), { admitted: false, limit: 'address' });
+  lease.release();
+  assert.equal(limiter.connectionsFrom('192.0.2.2'), 0);
+  there.release();
+  assert.equal(limiter.connections, 0);
+  assert.deepEqual(limiter.tracked, { addresses: 0, users: 0 });
+});
+
 test('any interleaving of admits, forwarded addresses, claims and releases (released twice or more) keeps exact counts and leaks nothing', () => {
   type Op =
     | { kind: 'admit'; address: number; trusted: boolean }
