@@ -147,6 +147,21 @@ test('a forward refused at the new address keeps the address counted before: cou
   assert.deepEqual(limiter.tracked, { addresses: 0, users: 0 });
 });
 
+test('an address of connection_limits.exempt_networks forwarded by a trusted webmail is not counted, as when it connects itself', () => {
+  const limiter = new ConnectionLimiter({ ...LIMITS, exemptNetworks: ['100.64.0.0/10'] });
+  const direct = [admitOk(limiter, '100.64.0.7'), admitOk(limiter, '100.64.0.7'), admitOk(limiter, '100.64.0.7')];
+  assert.equal(limiter.connectionsFrom('100.64.0.7'), 0, 'its own connections: not counted per address');
+  const forwarded = admitOk(limiter, '192.0.2.5', true);
+  assert.equal(forwarded.countAddress('192.0.2.9'), true);
+  assert.equal(forwarded.countAddress('100.64.0.7'), true);
+  assert.equal(forwarded.addressKey, undefined, 'the address counted before is dropped, the NAT not counted');
+  assert.equal(limiter.connectionsFrom('192.0.2.9'), 0);
+  assert.equal(limiter.connectionsFrom('100.64.0.7'), 0);
+  for (const lease of [...direct, forwarded]) lease.release();
+  assert.equal(limiter.connections, 0);
+  assert.deepEqual(limiter.tracked, { addresses: 0, users: 0 });
+});
+
 test('any interleaving of admits, forwarded addresses, claims and releases (released twice or more) keeps exact counts and leaks nothing', () => {
   type Op =
     | { kind: 'admit'; address: number; trusted: boolean }
