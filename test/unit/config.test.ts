@@ -244,6 +244,16 @@ test('nat64_prefixes: the well-known 64:ff9b::/96 unless set, a list of IPv6 /96
   assert.match(configErrorOf(() => loadConfig(join(dir, 'map.yaml'))).message, /nat64_prefixes: expected a list of translator prefixes, each an IPv6 \/96 prefix/);
 });
 
+test('a list of address blocks written as something else (a mapping, a number) is refused naming its path, never taken as no blocks', () => {
+  const dir = writeTemp({ 'ldap.secret': 's3cret\n', 'stores.yaml': STORES });
+  writeFileSync(join(dir, 'mf.yaml'), `${GOOD}trusted_networks: { webmail: 192.0.2.10/32 }\nconnection_limits: { exempt_networks: 100 }\n`);
+  const error = configErrorOf(() => loadConfig(join(dir, 'mf.yaml')));
+  assert.deepEqual(
+    error.issues.map((i) => `${i.path}: expected ${i.expected}, found ${i.found}`),
+    ['trusted_networks: expected a list of address blocks such as 10.0.0.0/8 or 2001:db8::/32, found a mapping', 'connection_limits.exempt_networks: expected a list of address blocks such as 10.0.0.0/8 or 2001:db8::/32, found number 100'],
+  );
+});
+
 test('a listener without TLS must allow plaintext logins: otherwise no client could log in on it', () => {
   const dir = writeTemp({
     'mf.yaml': `
