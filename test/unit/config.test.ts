@@ -254,6 +254,13 @@ test('a list of address blocks written as something else (a mapping, a number) i
   );
 });
 
+test('an empty list where a non-empty one is needed (directory.urls: []) is refused naming its path', () => {
+  const dir = writeTemp({ 'ldap.secret': 's3cret\n', 'stores.yaml': STORES });
+  writeFileSync(join(dir, 'mf.yaml'), GOOD.replace('urls: [ldap://127.0.0.1:389]', 'urls: []'));
+  const error = configErrorOf(() => loadConfig(join(dir, 'mf.yaml')));
+  assert.deepEqual(error.issues.map((i) => `${i.path}: expected ${i.expected}, found ${i.found}`), ['directory.urls: expected a non-empty list of strings, found a list of 0']);
+});
+
 test('a listener without TLS must allow plaintext logins: otherwise no client could log in on it', () => {
   const dir = writeTemp({
     'mf.yaml': `
