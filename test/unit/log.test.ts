@@ -43,3 +43,23 @@ test('a logged line carries the time of its writing in ISO 8601 UTC', async () =
   const t = Date.parse(time);
   assert.ok(t >= before && t <= after, `${time} between ${new Date(before).toISOString()} and ${new Date(after).toISOString()}`);
 });
+
+test('a secret under any of the keys the log redacts is written as [redacted], never as given', async () => {
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      lines.push(chunk.toString());
+      done();
+    },
+  });
+  const log = createLogger('debug', sink);
+  const keys = ['password', 'bindPassword', 'proxyPassword', 'probePassword', 'bind_password', 'proxy_password', 'auth_password', 'token', 'sasl', 'credentials', 'authorization', 'clientSecret', 'client_secret'];
+  keys.forEach((key, i) => log.info({ event: 'test.redaction', [key]: `Redact-me-${i}-secret` }, 'a line that should never carry a secret'));
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(lines.length, keys.length);
+  keys.forEach((key, i) => {
+    const line = JSON.parse(lines[i]!) as Record<string, unknown>;
+    assert.equal(line[key], '[redacted]', key);
+    assert.ok(!lines[i]!.includes(`Redact-me-${i}-secret`), lines[i]);
+  });
+});
