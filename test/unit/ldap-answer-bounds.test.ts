@@ -348,6 +348,21 @@ test('an answer that arrives a byte at a time is read whole: the bound reads mes
   }
 });
 
+test('a directory server that takes any bind, an empty password\'s too (an unauthenticated bind, RFC 4513 §5.1.2): the empty password is refused all the same', async () => {
+  // This fake server answers every bind with success, as one that allows unauthenticated binds does.
+  const server = await fakeLdap('entry');
+  const d = directory([server.url]);
+  try {
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'fast', 'a password is taken');
+    const error = await failure(d.authenticate('alice', '', signal));
+    assert.equal(error.kind, 'auth-failed');
+    assert.equal(error.code, 'WRONG_PASSWORD');
+  } finally {
+    await d.close();
+    await server.close();
+  }
+});
+
 test('a search whose deadline passed while the server was answering is not asked again of that server', async () => {
   const server = await fakeLdap('stall');
   const d = directory([server.url], 300);
