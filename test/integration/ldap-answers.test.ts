@@ -223,6 +223,41 @@ async function partlyFailingRelay(
   };
 }
 
+test('a uid found twice without any size limit is refused as ambiguous, whichever entry the password is right for', async () => {
+  const twice = await startSlapd({ users: [{ uid: 'dup', password: 'first-dup-pw', store: 'alpha' }] });
+  registerSecrets([twice.bindPassword]);
+  const d = directory(twice);
+  try {
+    await twice.modify(
+      [
+        `dn: ou=other,${LDAP_PEOPLE_DN}`,
+        'changetype: add',
+        'objectClass: organizationalUnit',
+        'ou: other',
+        '',
+        `dn: uid=dup,ou=other,${LDAP_PEOPLE_DN}`,
+        'changetype: add',
+        'objectClass: inetOrgPerson',
+        'objectClass: mailfrontUser',
+        'uid: dup',
+        'cn: dup',
+        'sn: dup',
+        'userPassword: second-dup-pw',
+        'mailStore: beta',
+        '',
+      ].join('\n'),
+    );
+    for (const password of ['first-dup-pw', 'second-dup-pw']) {
+      const error = await failure(d.authenticate('dup', password, signal));
+      assert.equal(error.code, 'LDAP_AMBIGUOUS_USER', `${password}: ${error.message}`);
+      assert.equal(error.kind, 'auth-tempfail');
+    }
+  } finally {
+    await d.close();
+    await twice.stop();
+  }
+});
+
 test('a first server whose searches answer past the deadline: the retry goes to the next server, and later logins start there', async () => {
   const relay = await partlyFailingRelay(slapd.port, { searchAnswerDelayMs: 1_500 });
   const mark = logLines.length;
