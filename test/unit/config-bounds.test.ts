@@ -45,3 +45,22 @@ test('directory.cache_max_entries and throttle.max_tracked: at most 2000000 (eac
     ]);
   }
 });
+
+test('directory.connect_timeout_ms and operation_timeout_ms: 100 to 120000, the defaults 3000 and 5000; 0 (no deadline at all to an LDAP client) is refused', () => {
+  const directory = { urls: ['ldap://127.0.0.1:389'], bind_dn: 'cn=x', bind_password: 'x', base_dn: 'dc=x' };
+  const defaults = read({}).config.directory;
+  assert.equal(defaults.connectTimeoutMs, 3_000);
+  assert.equal(defaults.operationTimeoutMs, 5_000);
+  for (const ok of [100, 120_000]) {
+    const { config, issues } = read({ directory: { ...directory, connect_timeout_ms: ok, operation_timeout_ms: ok } });
+    assert.deepEqual(issues, [], String(ok));
+    assert.equal(config.directory.connectTimeoutMs, ok);
+    assert.equal(config.directory.operationTimeoutMs, ok);
+  }
+  for (const bad of [0, 99, 120_001]) {
+    assert.deepEqual(read({ directory: { ...directory, connect_timeout_ms: bad, operation_timeout_ms: bad } }).issues, [
+      `directory.connect_timeout_ms: expected an integer from 100 to 120000, found number ${bad}`,
+      `directory.operation_timeout_ms: expected an integer from 100 to 120000, found number ${bad}`,
+    ]);
+  }
+});
