@@ -363,6 +363,31 @@ test('a directory server that takes any bind, an empty password\'s too (an unaut
   }
 });
 
+test('the bound is exact: an answer of MAX_LDAP_ANSWER_BYTES in all is read, one a byte longer is refused', async () => {
+  /** The whole answer to search `id`: uid=u1's entry with a description of `pad` bytes, then SearchResultDone. */
+  const answerOf = (id: number, pad: number): Buffer =>
+    Buffer.concat([
+      message(id, tlv(0x64, tlv(0x04, 'uid=u1,ou=people,dc=example,dc=org'), tlv(0x30, tlv(0x30, tlv(0x04, 'mailStore'), tlv(0x31, tlv(0x04, 'fast'))), tlv(0x30, tlv(0x04, 'description'), tlv(0x31, tlv(0x04, Buffer.alloc(pad, 0x61))))))),
+      message(id, success(0x65)),
+    ]);
+  // Every length here past 127 bytes is written in the same five bytes: the answer grows a byte a byte of padding.
+  const exact = MAX_LDAP_ANSWER_BYTES - answerOf(1, 1_000).length + 1_000;
+  assert.equal(answerOf(1, exact).length, MAX_LDAP_ANSWER_BYTES);
+  let extra = 0;
+  const server = await fakeLdap(({ socket, id }) => socket.write(answerOf(id, exact + extra)));
+  const d = directory([server.url]);
+  try {
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'fast', 'at the bound');
+    extra = 1;
+    const error = await failure(d.authenticate('alice', 'alice-pw', signal));
+    assert.equal(error.code, 'LDAP_ANSWER_REFUSED', error.message);
+    assert.match(error.message, new RegExp(`sent more than ${MAX_LDAP_ANSWER_BYTES} bytes in answer to one operation \\(messageID \\d+: ${MAX_LDAP_ANSWER_BYTES + 1} bytes so far\\)`));
+  } finally {
+    await d.close();
+    await server.close();
+  }
+});
+
 test('a search whose deadline passed while the server was answering is not asked again of that server', async () => {
   const server = await fakeLdap('stall');
   const d = directory([server.url], 300);
