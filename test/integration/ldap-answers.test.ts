@@ -455,6 +455,31 @@ test('a user bind refused for the user (19, 48, 50, 53) is a wrong password; the
   }
 });
 
+test('a user bind answered with a result code on a kept connection stands: one bind, not tried again on a new connection', async () => {
+  const how: { refuseBinds?: { readonly dn: string; readonly resultCode: number } } = {};
+  const relay = await partlyFailingRelay(slapd.port, how);
+  // One search connection: each login's search goes on the one opened first.
+  const d = directory(slapd, { urls: [relay.url], searchConnections: 1 });
+  try {
+    // The bind connection this login opens is kept for the next.
+    assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha');
+    for (const resultCode of [51, 80]) {
+      how.refuseBinds = { dn: slapd.userDn('alice'), resultCode };
+      const [binds, connections] = [relay.userBinds, relay.connections];
+      const failed = await failure(d.authenticate('alice', 'alice-pw', signal));
+      assert.equal(failed.code, 'LDAP_BIND_FAILED', `${resultCode}: ${failed.message}`);
+      assert.equal(relay.userBinds - binds, 1, `${resultCode}: one bind, on the kept connection`);
+      assert.equal(relay.connections - connections, 0, `${resultCode}: no new connection`);
+      // The connection that carried the failed bind is closed: the next login opens one, and keeps it.
+      delete how.refuseBinds;
+      assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha');
+    }
+  } finally {
+    await d.close();
+    await relay.close();
+  }
+});
+
 test('a search refused with unwillingToPerform is tried on the next server, but holds no server down', async () => {
   const how = { refuseSearches: { holding: 'alice', resultCode: 53 } };
   const relay = await partlyFailingRelay(slapd.port, how);
