@@ -237,3 +237,25 @@ test('config: defaults, values and mistakes', () => {
   readConnectionLimitsConfig({ max_connections: 0, max_sessions_per_user: 'many', per_ip: 3, exempt_networks: 'a NAT' }, 'connection_limits', bad);
   assert.deepEqual(bad.issues.map((i) => i.path).sort(), ['connection_limits.exempt_networks[0]', 'connection_limits.max_connections', 'connection_limits.max_sessions_per_user', 'connection_limits.per_ip']);
 });
+
+test('config: each limit is 1 at least (0 would refuse every connection or every login), and at most its bound', () => {
+  const ok = new IssueList();
+  assert.deepEqual(readConnectionLimitsConfig({ max_connections: 1, max_connections_per_address: 1, max_sessions_per_user: 1 }, 'connection_limits', ok), { maxConnections: 1, maxConnectionsPerAddress: 1, maxSessionsPerUser: 1, exemptNetworks: [] });
+  assert.deepEqual(readConnectionLimitsConfig({ max_connections: 1_000_000, max_connections_per_address: 1_000_000, max_sessions_per_user: 100_000 }, 'connection_limits', ok), { maxConnections: 1_000_000, maxConnectionsPerAddress: 1_000_000, maxSessionsPerUser: 100_000, exemptNetworks: [] });
+  assert.deepEqual(ok.issues, []);
+  for (const [values, bad] of [
+    [{ max_connections: 0, max_connections_per_address: 0, max_sessions_per_user: 0 }, ['0', '0', '0']],
+    [{ max_connections: 1_000_001, max_connections_per_address: 1_000_001, max_sessions_per_user: 100_001 }, ['1000001', '1000001', '100001']],
+  ] as const) {
+    const issues = new IssueList();
+    readConnectionLimitsConfig(values, 'connection_limits', issues);
+    assert.deepEqual(
+      issues.issues.map((i) => `${i.path}: expected ${i.expected}, found ${i.found}`),
+      [
+        `connection_limits.max_connections: expected an integer from 1 to 1000000, found number ${bad[0]}`,
+        `connection_limits.max_connections_per_address: expected an integer from 1 to 1000000, found number ${bad[1]}`,
+        `connection_limits.max_sessions_per_user: expected an integer from 1 to 100000, found number ${bad[2]}`,
+      ],
+    );
+  }
+});
