@@ -7,7 +7,7 @@ import { createServer, connect as netConnect } from 'node:net';
 import type { AddressInfo, Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import { WrongPasswordError } from '../../src/auth/directory.js';
-import { LdapDirectory } from '../../src/auth/ldap.js';
+import { LdapDirectory, probeDirectory } from '../../src/auth/ldap.js';
 import type { DirectoryConfig } from '../../src/config/schema.js';
 import { assertNoRegisteredSecret, registerPasswords, registerSecrets, capturedLogger } from './front.js';
 import { directoryConfigOf, holdPort, startSlapd } from './servers/index.js';
@@ -474,6 +474,21 @@ test('a user bind answered with a result code on a kept connection stands: one b
       delete how.refuseBinds;
       assert.equal((await d.authenticate('alice', 'alice-pw', signal)).store, 'alpha');
     }
+  } finally {
+    await d.close();
+    await relay.close();
+  }
+});
+
+test('a base search of base_dn refused by an ACL (insufficientAccessRights, 50) is an answer: the settings work, for a reload\'s probe and for readiness', async () => {
+  const config = directoryConfigOf(slapd);
+  const relay = await partlyFailingRelay(slapd.port, { refuseSearches: { holding: config.baseDn, resultCode: 50 } });
+  const withRelay = { ...config, urls: [relay.url] };
+  const d = new LdapDirectory(withRelay, log);
+  try {
+    assert.deepEqual(await probeDirectory(withRelay, undefined), { state: 'answers' });
+    assert.deepEqual(await d.health(signal), { state: 'answers' });
+    assert.equal(relay.searches, 2, 'each asked the server');
   } finally {
     await d.close();
     await relay.close();
