@@ -87,3 +87,16 @@ test('the wall clock set forward an hour: the failed server stays held down for 
     await directory.close();
   }
 });
+
+test('a lone server is never held down: nothing to try first instead, and no line saying the others are', async () => {
+  const lines: string[] = [];
+  const directory = new LdapDirectory({ ...config, urls: [A] }, createLogger('info', { write: (line: string) => void lines.push(line) }));
+  try {
+    (directory['holdDown'] as (url: string, reason: string) => void).call(directory, A, 'no answer within the deadline');
+    assert.deepEqual(order(directory), [A]);
+    assert.equal((directory['isHeldDown'] as (url: string) => boolean).call(directory, A), false);
+    assert.deepEqual(lines.filter((l) => l.includes('"directory.server_held_down"')), []);
+  } finally {
+    await directory.close();
+  }
+});
