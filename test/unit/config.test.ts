@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { ConfigError, loadAdminAccess, loadConfig, loadStoreMap } from '../../src/config/load.js';
 import { filterLoginAttribute, loginAttributeOf } from '../../src/config/schema.js';
-import { urlShown } from '../../src/config/validate.js';
+import { IssueList, describe, urlShown } from '../../src/config/validate.js';
 import { tmpDir } from '../integration/servers/tmp.js';
 
 /** A directory with `files` in it, removed when the process exits. */
@@ -344,6 +344,20 @@ throttle: { redis: { url: 'redis://127.0.0.1', auth_password_file: 0x5a17 } }
     'throttle.redis.auth_password_file': 'a number (not shown: a secret)',
   });
   for (const secret of ['839201746', '4242424242424242', '991827364512', '557123901', '23063']) assert.ok(!files.message.includes(secret), `${secret} is in: ${files.message}`);
+});
+
+test('an issue at a secret\'s path never quotes its string, empty or not; other strings are quoted up to 40 characters, longer ones told by their length', () => {
+  const issues = new IssueList();
+  issues.add('directory.bind_password', 'a password the server takes', 'Kx9-issue-secret');
+  issues.add('backend.proxy_password', 'a non-empty string', '');
+  issues.add('stores.s.slots.a.proxy_password_file', 'a file name', 'Kx9-issue-secret-file');
+  issues.add('admin.token', 'a token', 'Kx9-issue-token');
+  assert.deepEqual(
+    issues.issues.map((i) => i.found),
+    ['a string (not shown: a secret)', 'an empty string', 'a string (not shown: a secret)', 'a string (not shown: a secret)'],
+  );
+  assert.equal(describe('x'.repeat(40)), JSON.stringify('x'.repeat(40)));
+  assert.equal(describe('x'.repeat(41)), 'a string of 41 characters');
 });
 
 test('a user and password written into a URL (or a host:port) are never shown in an issue: directory.urls, throttle.redis.url and its sentinels, a slot\'s host', () => {
