@@ -435,6 +435,24 @@ test('a directory server that answers with bytes that are not LDAP: a temporary 
   }
 });
 
+test('two directory servers that both answer with bytes that are not LDAP: each is asked once, and the failure names the last one', async () => {
+  const first = await fakeLdap('not-ldap');
+  const next = await fakeLdap('not-ldap');
+  const d = directory([first.url, next.url]);
+  try {
+    const error = await failure(d.authenticate('alice', 'alice-pw', signal));
+    assert.equal(error.kind, 'auth-tempfail');
+    assert.equal(error.code, 'LDAP_ANSWER_REFUSED', error.message);
+    assert.match(error.message, new RegExp(`${next.url} sent bytes that are not an LDAP message`));
+    assert.equal(first.searches(), 1);
+    assert.equal(next.searches(), 1);
+  } finally {
+    await d.close();
+    await first.close();
+    await next.close();
+  }
+});
+
 test('the store-map LDAP source: a search answered without end fails at its byte bound and the heap stays small', async () => {
   const server = await fakeLdap('huge');
   const source = new LdapStoreMapSource({
