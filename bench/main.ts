@@ -417,7 +417,7 @@ async function run(): Promise<void> {
     if (want('noop')) {
       placeFor('noop');
       await quietGate('noop');
-      say(`NOOP round trips: ${SETTINGS.noops} NOOPs on one session per mode, one mode after the other in turn (after 200 untimed)`);
+      say(`NOOP round trips: ${SETTINGS.noops} NOOPs on one session per mode, one NOOP per mode a round in an order shuffled every round (after 200 untimed)`);
       // The floor relays through the same splice with nothing else in its process: what is left
       // between it and mailfront is mailfront's own doing (timers, probes, logs, GC).
       const floor = await startFloor(backends);

@@ -2,6 +2,7 @@
  * Measuring in rounds, the modes in turn, and combining a mode's rounds into one figure.
  */
 import { median, type LoginLoopResult } from './load.js';
+import { seededRandom } from './random.js';
 import type { LoginFigure } from './report.js';
 
 /**
@@ -82,15 +83,7 @@ export function combineRounds(figures: readonly LoginFigure[]): LoginFigure {
  */
 export function bootstrapMedianInterval(xs: readonly number[], resamples = 2000, seed = 1): readonly [number, number] {
   if (xs.length === 0) return [NaN, NaN];
-  // mulberry32: small, seeded, good enough to pick indices.
-  let state = seed >>> 0;
-  const random = (): number => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const random = seededRandom(seed);
   const medians: number[] = [];
   for (let i = 0; i < resamples; i++) medians.push(median(xs.map(() => xs[Math.floor(random() * xs.length)]!)));
   medians.sort((a, b) => a - b);

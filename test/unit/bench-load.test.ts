@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { test } from 'node:test';
-import { loginLatency, loginLoop, noopRoundTrips } from '../../bench/load.js';
+import { loginLatency, loginLoop, noopOrders, noopRoundTrips } from '../../bench/load.js';
 
 /**
  * A stand-in IMAP server for the bench's workloads: a greeting, OK to every tagged command, and
@@ -54,6 +54,29 @@ test('the NOOP workload stops at its time bound with the round trips done by the
     for (const s of sockets) s.destroy();
     server.close();
   }
+});
+
+test('the NOOP rounds put each target after each other one about as often, the same orders in every run', () => {
+  const keys = ['direct', 'mailfront', 'nginx', 'floor'] as const;
+  const next = noopOrders(keys);
+  const sequence: string[] = [];
+  const rounds = 6000;
+  for (let i = 0; i < rounds; i++) {
+    const order = next();
+    assert.deepEqual([...order].sort(), [...keys].sort(), 'each round has every target once');
+    sequence.push(...order);
+  }
+  // Who is measured right after whom, across the rounds' ends too: a NOOP after the direct
+  // connection's pays for the work Dovecot is still doing for it.
+  const follows = new Map<string, number>();
+  for (let i = 1; i < sequence.length; i++) follows.set(`${sequence[i - 1]}>${sequence[i]}`, (follows.get(`${sequence[i - 1]}>${sequence[i]}`) ?? 0) + 1);
+  for (const after of keys) {
+    const counts = keys.filter((before) => before !== after).map((before) => follows.get(`${before}>${after}`) ?? 0);
+    const mean = counts.reduce((a, b) => a + b, 0) / counts.length;
+    for (const c of counts) assert.ok(Math.abs(c - mean) < 0.1 * mean, `${after} follows the others ${counts.join(', ')} times: not alike`);
+  }
+  const [run1, run2] = [noopOrders(keys), noopOrders(keys)];
+  assert.deepEqual(Array.from({ length: 50 }, () => run1()), Array.from({ length: 50 }, () => run2()), 'a fixed seed: the same orders in each run');
 });
 
 test('the NOOP workload does the count asked when the bound allows it', { timeout: 20_000 }, async () => {
