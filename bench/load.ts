@@ -6,7 +6,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { MailClient, mustBeOk, quoted, type Protocol } from './client.js';
-import { seededRandom } from './random.js';
+import { seededRandom } from '../test/seeded-random.js';
 
 export interface Account {
   readonly user: string;

@@ -2,7 +2,7 @@
  * Measuring in rounds, the modes in turn, and combining a mode's rounds into one figure.
  */
 import { median, type LoginLoopResult } from './load.js';
-import { seededRandom } from './random.js';
+import { seededRandom } from '../test/seeded-random.js';
 import type { LoginFigure } from './report.js';
 
 /**

@@ -24,6 +24,7 @@ import { ImapFlow } from 'imapflow';
 import type { ImapFlowOptions } from 'imapflow';
 import { LDAP_STORES_DN, LineClient, startDovecot, startSlapd } from './servers/index.js';
 import type { Dovecot, Slapd } from './servers/index.js';
+import { seededRandom } from '../seeded-random.js';
 import { ADMIN_TOKEN, makeMessage, startFront } from './front.js';
 import type { Front, StoreSpec } from './front.js';
 
@@ -66,18 +67,6 @@ const FRONT_TIMES = { failover: { drain_spread_ms: SPREAD_MS, hold_ms: 10_000 },
 
 const now = (): number => performance.now();
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, Math.max(0, ms)));
-
-/** mulberry32: a small seeded generator, so that a failing run's flips and clients can be replayed. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 let slapd: Slapd;
 const slots = new Map<SlotName, Dovecot>();
@@ -202,7 +191,7 @@ interface Storm {
 async function runStorm(t: TestContext, front: Front, flip: (to: SlotName) => Promise<void>, initial: SlotName): Promise<Storm> {
   const seed = Number(process.env['MAILFRONT_STORM_SEED'] ?? Math.floor(Math.random() * 2 ** 31));
   t.diagnostic(`storm seed ${seed} (MAILFRONT_STORM_SEED=${seed} replays the flips and the clients' choices)`);
-  const driverRandom = seeded(seed);
+  const driverRandom = seededRandom(seed);
   const mark = front.logs.length;
   const loop = monitorEventLoopDelay({ resolution: 10 });
   loop.enable();
@@ -239,7 +228,7 @@ async function runStorm(t: TestContext, front: Front, flip: (to: SlotName) => Pr
     }
   })().finally(() => outage);
 
-  const clients = USERS.map((user, i) => (i < POP3_USERS ? pop3Client(front, i, user, seeded(seed + 1 + i), stopAt, sessions) : imapFlowClient(front, i, user, seeded(seed + 1 + i), stopAt, sessions)));
+  const clients = USERS.map((user, i) => (i < POP3_USERS ? pop3Client(front, i, user, seededRandom(seed + 1 + i), stopAt, sessions) : imapFlowClient(front, i, user, seededRandom(seed + 1 + i), stopAt, sessions)));
   await Promise.all([driver, ...clients]);
   loop.disable();
   return { changes, sessions, initial, final: master, startedAt, endedAt: now(), maxLoopDelayMs: loop.max / 1e6, mark, outage: outageRecord };

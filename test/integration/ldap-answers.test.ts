@@ -36,6 +36,29 @@ function directory(server: Slapd, overrides: Partial<DirectoryConfig> = {}): Lda
   return new LdapDirectory(directoryConfigOf(server, overrides), log);
 }
 
+/** A second entry for uid `dup` (password second-dup-pw, store beta), in ou=other under the people. */
+async function addSecondDup(server: Slapd): Promise<void> {
+  await server.modify(
+    [
+      `dn: ou=other,${LDAP_PEOPLE_DN}`,
+      'changetype: add',
+      'objectClass: organizationalUnit',
+      'ou: other',
+      '',
+      `dn: uid=dup,ou=other,${LDAP_PEOPLE_DN}`,
+      'changetype: add',
+      'objectClass: inetOrgPerson',
+      'objectClass: mailfrontUser',
+      'uid: dup',
+      'cn: dup',
+      'sn: dup',
+      'userPassword: second-dup-pw',
+      'mailStore: beta',
+      '',
+    ].join('\n'),
+  );
+}
+
 test('a uid found twice is refused as ambiguous even when the server limits the service account to one entry', async () => {
   // size=1 for the service account: slapd sends one of the two entries and sizeLimitExceeded.
   const limited = await startSlapd({
@@ -48,25 +71,7 @@ test('a uid found twice is refused as ambiguous even when the server limits the 
   registerSecrets([limited.bindPassword]);
   const d = directory(limited);
   try {
-    await limited.modify(
-      [
-        `dn: ou=other,${LDAP_PEOPLE_DN}`,
-        'changetype: add',
-        'objectClass: organizationalUnit',
-        'ou: other',
-        '',
-        `dn: uid=dup,ou=other,${LDAP_PEOPLE_DN}`,
-        'changetype: add',
-        'objectClass: inetOrgPerson',
-        'objectClass: mailfrontUser',
-        'uid: dup',
-        'cn: dup',
-        'sn: dup',
-        'userPassword: second-dup-pw',
-        'mailStore: beta',
-        '',
-      ].join('\n'),
-    );
+    await addSecondDup(limited);
     for (const password of ['first-dup-pw', 'second-dup-pw']) {
       const error = await failure(d.authenticate('dup', password, signal));
       assert.equal(error.code, 'LDAP_AMBIGUOUS_USER', `${password}: ${error.message}`);
@@ -228,25 +233,7 @@ test('a uid found twice without any size limit is refused as ambiguous, whicheve
   registerSecrets([twice.bindPassword]);
   const d = directory(twice);
   try {
-    await twice.modify(
-      [
-        `dn: ou=other,${LDAP_PEOPLE_DN}`,
-        'changetype: add',
-        'objectClass: organizationalUnit',
-        'ou: other',
-        '',
-        `dn: uid=dup,ou=other,${LDAP_PEOPLE_DN}`,
-        'changetype: add',
-        'objectClass: inetOrgPerson',
-        'objectClass: mailfrontUser',
-        'uid: dup',
-        'cn: dup',
-        'sn: dup',
-        'userPassword: second-dup-pw',
-        'mailStore: beta',
-        '',
-      ].join('\n'),
-    );
+    await addSecondDup(twice);
     for (const password of ['first-dup-pw', 'second-dup-pw']) {
       const error = await failure(d.authenticate('dup', password, signal));
       assert.equal(error.code, 'LDAP_AMBIGUOUS_USER', `${password}: ${error.message}`);

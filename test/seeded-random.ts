@@ -1,6 +1,7 @@
 /**
- * mulberry32: a small seeded generator of numbers in [0, 1), good enough to pick indices and
- * orders. The same seed gives the same draws, so a run's choices are the next run's.
+ * mulberry32: a small seeded generator of numbers in [0, 1), good enough to pick indices, orders
+ * and delays. The same seed gives the same draws: a bench run's choices are the next run's, and a
+ * failing test's can be replayed. (The bench's, and the tests'.)
  */
 export function seededRandom(seed: number): () => number {
   let state = seed >>> 0;
