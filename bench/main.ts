@@ -77,6 +77,13 @@ const SETTINGS = {
   /** The `cpu` step: rounds per proxy (the proxies take turns) and logins per round. */
   cpuRounds: envInt('BENCH_CPU_ROUNDS', 4),
   cpuLogins: envInt('BENCH_CPU_LOGINS', 2250),
+  /**
+   * Untimed logins per proxy before the `cpu` step's rounds (at least one per user: the caches,
+   * nginx's auth_http connections, the JIT). After 1,000 (one per user, the step's warm-up until
+   * 2026-12-08) mailfront's first round still cost 1.6 to 1.75 times the others; after 6,000, as
+   * bench/compare.ts warms each process, the rounds are flat (docs/performance.md).
+   */
+  cpuWarmupLogins: envInt('BENCH_CPU_WARMUP', 6000),
   /** A p99 of 10,000 round trips rests on its 100 slowest; one of 2,000 on 20, and moved by ±0.3 ms between runs. */
   noops: envInt('BENCH_NOOPS', 10_000),
   /** The bound on the NOOP step: 10,000 round trips per mode take about 10 s on a quiet machine. */
@@ -541,7 +548,7 @@ async function run(): Promise<void> {
       // contention. The proxies take turns, the order reversed every other round (bench/rounds.ts),
       // so a steady change in the VM's speed evens out over each pair of rounds; each figure is
       // the median of its rounds.
-      say(`CPU per IMAP login against an instant backend (bench/instant-backend.ts): ${SETTINGS.cpuRounds} rounds of ${SETTINGS.cpuLogins} logins per proxy, the proxies in turn`);
+      say(`CPU per IMAP login against an instant backend (bench/instant-backend.ts): ${SETTINGS.cpuRounds} rounds of ${SETTINGS.cpuLogins} logins per proxy, the proxies in turn, after ${Math.max(w.users.length, SETTINGS.cpuWarmupLogins)} untimed each`);
       const instant = await startInstantBackend(backends);
       interface Proxy {
         readonly name: 'mailfront' | 'mailfront-nocache' | 'floor' | 'nginx';
@@ -566,8 +573,9 @@ async function run(): Promise<void> {
           const nx = await startNginx(backends, { workers: SETTINGS.nginxWorkers, fileLimit: limits.soft, proxyBuffer: SETTINGS.nginxProxyBuffer, stores: instant.stores });
           proxies.push({ name: 'nginx', port: nx.imapPort, own: () => treeCpuSeconds(nx.master.pid), sys: () => NaN, auth: () => cpuSeconds(nx.authHttp.pid), stop: () => nx.stop() });
         }
-        // Untimed: one login per user (mailfront's caches, nginx's auth_http connections) and the JIT.
-        for (const p of proxies) await loginLoop({ ...loop('imap', (i) => ({ port: p.port, ...account(userAt(i)) }), n), maxSeconds: 120 });
+        // Untimed: every user at least once (mailfront's caches, nginx's auth_http connections),
+        // then more until the JIT has settled (SETTINGS.cpuWarmupLogins).
+        for (const p of proxies) await loginLoop({ ...loop('imap', (i) => ({ port: p.port, ...account(userAt(i)) }), Math.max(n, SETTINGS.cpuWarmupLogins)), maxSeconds: 120 });
         const rounds = await inTurn(
           proxies.map((p) => [p.name, async () => {
             const s = await sampled({ own: p.own, 'own.sys': p.sys, auth: p.auth, backend: () => cpuSeconds(instant.pid), directory: () => cpuSeconds(backends.slapd.pid) }, () => loginLoop(loop('imap', (i) => ({ port: p.port, ...account(userAt(i)) }), SETTINGS.cpuLogins)));
