@@ -13,7 +13,7 @@ import { after, before, describe, it } from 'node:test';
 import { parse, stringify } from 'yaml';
 import { freePort, run, spawnDaemon, tmpDir, waitForPort } from './servers/index.js';
 import type { Daemon, TmpDir } from './servers/index.js';
-import { serve, stop } from '../unit/serve-process.js';
+import { ONE_SLOT_STORE_MAP, serve, stop } from '../unit/serve-process.js';
 import type { Serve } from '../unit/serve-process.js';
 
 const PROMTOOL = '/usr/bin/promtool';
@@ -65,7 +65,7 @@ describe('the example prometheus.yml with http.metrics_token', () => {
     dir = tmpDir('metrics-token-prometheus');
     await writeFile(join(dir.path, 'token'), `${TOKEN}\n`, { mode: 0o600 });
     await writeFile(join(dir.path, 'wrong-token'), `${WRONG_TOKEN}\n`, { mode: 0o600 });
-    await writeFile(join(dir.path, 'stores.yaml'), 'stores:\n  store1:\n    current_master: slot1\n    slots:\n      slot1: { host: 127.0.0.1, imap_port: 1430 }\n');
+    await writeFile(join(dir.path, 'stores.yaml'), ONE_SLOT_STORE_MAP);
     httpPort = await freePort();
     const imapPort = await freePort();
     await writeFile(

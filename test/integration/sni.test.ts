@@ -20,6 +20,7 @@ import { loadConfig } from '../../src/config/load.js';
 import { Mailfront } from '../../src/main.js';
 import { freePort, run, tmpDir } from './servers/index.js';
 import { parsedSuiteLog, registerSecrets } from './front.js';
+import { ONE_SLOT_STORE_MAP } from '../unit/serve-process.js';
 
 interface Pair {
   readonly cert: string;
@@ -140,7 +141,7 @@ describe('listeners with certificates chosen by SNI', () => {
     ]);
     for (const name of ['imaps', 'imap', 'pop3', 'pop3s', 'sieve']) ports[name] = await freePort();
     httpPort = await freePort();
-    writeFileSync(join(dir.path, 'stores.yaml'), 'stores:\n  store1:\n    current_master: slot1\n    slots:\n      slot1: { host: 127.0.0.1, imap_port: 1430 }\n');
+    writeFileSync(join(dir.path, 'stores.yaml'), ONE_SLOT_STORE_MAP);
     const certificates = [a, b, c];
     listeners = [
       { name: 'imaps', protocol: 'imap', host: '127.0.0.1', port: ports['imaps'], tls: 'implicit', certificates },

@@ -5,13 +5,13 @@ import { execFile } from 'node:child_process';
 import { createServer as createNetServer } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
 import { makeCerts } from '../integration/servers/index.js';
 import type { TestCerts } from '../integration/servers/index.js';
+import { folderWithStoreMap } from './serve-process.js';
 
 const CLI = join(dirname(fileURLToPath(import.meta.url)), '../../src/cli/main.js');
 
@@ -21,12 +21,11 @@ let certs: TestCerts;
 let strangerKey: string;
 
 before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'mf-check-config-'));
+  dir = await folderWithStoreMap('mf-check-config-');
   certs = await makeCerts(dir);
   strangerKey = join(dir, 'stranger.key');
   // Encoded by the key generation itself: an EC key object's export may deadlock on Node 20 (test/integration/oauth-idp.ts, makeKey()).
   await writeFile(strangerKey, generateKeyPairSync('ec', { namedCurve: 'prime256v1', publicKeyEncoding: { type: 'spki', format: 'pem' }, privateKeyEncoding: { type: 'pkcs8', format: 'pem' } }).privateKey);
-  await writeFile(join(dir, 'stores.yaml'), 'stores:\n  store1:\n    current_master: slot1\n    slots:\n      slot1: { host: 127.0.0.1, imap_port: 1430 }\n');
 });
 
 after(async () => {

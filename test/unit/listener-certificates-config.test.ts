@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
 import { ConfigError, loadConfig } from '../../src/config/load.js';
 import { run as runCommand, tmpDir } from '../integration/servers/index.js';
+import { ONE_SLOT_STORE_MAP } from './serve-process.js';
 
 const CLI = join(dirname(fileURLToPath(import.meta.url)), '../../src/cli/main.js');
 const dir = tmpDir('listener-certificates');
@@ -45,7 +46,7 @@ async function selfSigned(name: string, san: string): Promise<void> {
 }
 
 before(async () => {
-  writeFileSync(join(dir.path, 'stores.yaml'), 'stores:\n  store1:\n    current_master: slot1\n    slots:\n      slot1: { host: 127.0.0.1, imap_port: 1430 }\n');
+  writeFileSync(join(dir.path, 'stores.yaml'), ONE_SLOT_STORE_MAP);
   await Promise.all([selfSigned('a', 'DNS:mail.example.com'), selfSigned('b', 'DNS:imap.example.org'), selfSigned('a2', 'DNS:mail.example.com')]);
 });
 

@@ -3,12 +3,11 @@
 // force (the old one then gets 401, invalid_token), and a reload that sets a token to an instance
 // that had none turns the API on (the README: "the API is off without it").
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { freePort } from '../integration/servers/index.js';
-import { serve, stop } from './serve-process.js';
+import { folderWithStoreMap, serve, stop } from './serve-process.js';
 
 const TOKEN = 'serve-admin-token-before-3c9e1a77';
 const NEXT_TOKEN = 'serve-admin-token-after-sighup-b52d';
@@ -16,8 +15,7 @@ const NEXT_TOKEN = 'serve-admin-token-after-sighup-b52d';
 let dir: string;
 
 before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'mf-serve-admin-token-'));
-  await writeFile(join(dir, 'stores.yaml'), 'stores:\n  store1:\n    current_master: slot1\n    slots:\n      slot1: { host: 127.0.0.1, imap_port: 1430 }\n');
+  dir = await folderWithStoreMap('mf-serve-admin-token-');
 });
 
 after(async () => {

@@ -3,18 +3,16 @@
 // another. At the limit libuv closes a new connection as it is accepted (EMFILE), before mailfront
 // sees it, with no log line or metric: the start and each reload warn of it instead.
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { freePort } from '../integration/servers/index.js';
-import { serve, stop } from './serve-process.js';
+import { folderWithStoreMap, serve, stop } from './serve-process.js';
 
 let dir: string;
 
 before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'mf-serve-nofile-'));
-  await writeFile(join(dir, 'stores.yaml'), 'stores:\n  store1:\n    current_master: slot1\n    slots:\n      slot1: { host: 127.0.0.1, imap_port: 1430 }\n');
+  dir = await folderWithStoreMap('mf-serve-nofile-');
 });
 
 after(async () => {

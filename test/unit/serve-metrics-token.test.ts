@@ -6,12 +6,11 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { freePort } from '../integration/servers/index.js';
-import { CLI, serve, stop } from './serve-process.js';
+import { CLI, folderWithStoreMap, serve, stop } from './serve-process.js';
 
 const TOKEN = 'serve-metrics-token-5b1f0c8e2d';
 const NEXT_TOKEN = 'serve-metrics-token-after-sighup-77a3';
@@ -20,8 +19,7 @@ const ADMIN_TOKEN = 'serve-admin-token-0123456789';
 let dir: string;
 
 before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'mf-serve-metrics-token-'));
-  await writeFile(join(dir, 'stores.yaml'), 'stores:\n  store1:\n    current_master: slot1\n    slots:\n      slot1: { host: 127.0.0.1, imap_port: 1430 }\n');
+  dir = await folderWithStoreMap('mf-serve-metrics-token-');
 });
 
 after(async () => {

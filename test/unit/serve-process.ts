@@ -2,12 +2,24 @@
 // handling, a reload by SIGHUP): its log read as it comes, events awaited with a deadline.
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 /** The build's src folder (dist/src). */
 export const DIST_SRC = join(dirname(fileURLToPath(import.meta.url)), '../../src');
 export const CLI = join(DIST_SRC, 'cli/main.js');
+
+/** The store map of the tests' configs that route nowhere in particular: one store, one slot (nothing dials it). */
+export const ONE_SLOT_STORE_MAP = 'stores:\n  store1:\n    current_master: slot1\n    slots:\n      slot1: { host: 127.0.0.1, imap_port: 1430 }\n';
+
+/** A new temporary folder (named from `prefix`) holding `stores.yaml`, ONE_SLOT_STORE_MAP; the caller removes it. */
+export async function folderWithStoreMap(prefix: string): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  await writeFile(join(dir, 'stores.yaml'), ONE_SLOT_STORE_MAP);
+  return dir;
+}
 
 export interface Serve {
   readonly child: ChildProcess;

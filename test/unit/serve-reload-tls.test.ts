@@ -4,23 +4,21 @@
 // named (and fail); such a reload, applied in part, counts as a failed one in /metrics. Real TLS
 // handshakes against a real serve process.
 import assert from 'node:assert/strict';
-import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { copyFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { connect } from 'node:tls';
 import type { ConnectionOptions } from 'node:tls';
 import { freePort, makeCerts } from '../integration/servers/index.js';
 import type { TestCerts } from '../integration/servers/index.js';
-import { serve, stop } from './serve-process.js';
+import { folderWithStoreMap, serve, stop } from './serve-process.js';
 
 let dir: string;
 let certs: TestCerts;
 
 before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'mf-serve-reload-tls-'));
+  dir = await folderWithStoreMap('mf-serve-reload-tls-');
   certs = await makeCerts(dir);
-  await writeFile(join(dir, 'stores.yaml'), 'stores:\n  store1:\n    current_master: slot1\n    slots:\n      slot1: { host: 127.0.0.1, imap_port: 1430 }\n');
 });
 
 after(async () => {

@@ -5,18 +5,16 @@
 // point of its start (a module loader hook adds the kill to a module's code), not after a delay:
 // node's own start-up, before any JS, takes from 40 to over 200 ms on a busy machine.
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { freePort } from '../integration/servers/index.js';
-import { CLI, DIST_SRC, serve, signalAt, stop } from './serve-process.js';
+import { CLI, DIST_SRC, folderWithStoreMap, serve, signalAt, stop } from './serve-process.js';
 
 let dir: string;
 
 before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'mf-serve-sighup-'));
-  await writeFile(join(dir, 'stores.yaml'), 'stores:\n  store1:\n    current_master: slot1\n    slots:\n      slot1: { host: 127.0.0.1, imap_port: 1430 }\n');
+  dir = await folderWithStoreMap('mf-serve-sighup-');
 });
 
 after(async () => {

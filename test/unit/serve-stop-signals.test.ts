@@ -7,18 +7,16 @@
 // module loader hook, see signalAt()), not after a delay.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { freePort } from '../integration/servers/index.js';
-import { CLI, DIST_SRC, serve, signalAt, stop } from './serve-process.js';
+import { CLI, DIST_SRC, folderWithStoreMap, serve, signalAt, stop } from './serve-process.js';
 
 let dir: string;
 
 before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'mf-serve-stop-'));
-  await writeFile(join(dir, 'stores.yaml'), 'stores:\n  store1:\n    current_master: slot1\n    slots:\n      slot1: { host: 127.0.0.1, imap_port: 1430 }\n');
+  dir = await folderWithStoreMap('mf-serve-stop-');
 });
 
 after(async () => {

@@ -14,6 +14,7 @@ import { ConfigError, loadConfig } from '../../src/config/load.js';
 import { filterLoginAttribute, filterUsesProtocol, loginAttributeOf, unknownFilterPlaceholders, USER_FILTER_PLACEHOLDERS } from '../../src/config/schema.js';
 import type { Protocol } from '../../src/config/schema.js';
 import { tmpDir } from '../integration/servers/tmp.js';
+import { ONE_SLOT_STORE_MAP } from './serve-process.js';
 
 const CLI = join(dirname(fileURLToPath(import.meta.url)), '../../src/cli/main.js');
 
@@ -35,7 +36,7 @@ store_map: { file: stores.yaml, watch: false }
 
 function writeConfig(filter: string): string {
   const dir = tmpDir('user-filter').path;
-  writeFileSync(join(dir, 'stores.yaml'), 'stores:\n  store1:\n    current_master: slot1\n    slots:\n      slot1: { host: 127.0.0.1, imap_port: 1430 }\n');
+  writeFileSync(join(dir, 'stores.yaml'), ONE_SLOT_STORE_MAP);
   writeFileSync(join(dir, 'mf.yaml'), configWithFilter(filter));
   return join(dir, 'mf.yaml');
 }
