@@ -116,6 +116,44 @@ export async function imapFront(t: TestContext, context: SessionContext, limiter
   return (front.address() as AddressInfo).port;
 }
 
+/**
+ * A scripted IMAP backend on a free loopback port, closed when the test `t` ends: greets as
+ * `name`, answers CAPABILITY, hands each LOGIN to `onLogin` (which answers it when it likes; by
+ * default at once) with `OK [CAPABILITY <loginCapabilities>]`, and answers every later command
+ * with "served by NAME". `onClose` is told of each connection's close. Returns its port and the
+ * LOGINs it saw.
+ */
+export async function scriptedImapBackend(
+  t: TestContext,
+  name: string,
+  options: { readonly onLogin?: (answer: () => void) => void; readonly loginCapabilities?: string; readonly onClose?: () => void } = {},
+): Promise<{ port: number; logins: () => number }> {
+  const { onLogin = (answer: () => void) => answer(), loginCapabilities = 'IMAP4rev1', onClose } = options;
+  let logins = 0;
+  const server = createServer((socket: Socket) => {
+    socket.on('error', () => undefined);
+    if (onClose !== undefined) socket.on('close', onClose);
+    socket.write(`* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ${name} ready\r\n`);
+    let buffered = '';
+    socket.on('data', (chunk: Buffer) => {
+      buffered += chunk.toString('latin1');
+      for (let nl = buffered.indexOf('\n'); nl >= 0; nl = buffered.indexOf('\n')) {
+        const line = buffered.slice(0, nl).replace(/\r$/, '');
+        buffered = buffered.slice(nl + 1);
+        const [tag, command] = line.split(' ');
+        if (/^CAPABILITY$/i.test(command ?? '')) socket.write(`* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n${tag} OK done\r\n`);
+        else if (/^LOGIN$/i.test(command ?? '')) {
+          logins++;
+          onLogin(() => socket.write(`${tag} OK [CAPABILITY ${loginCapabilities}] logged in\r\n`));
+        } else socket.write(`${tag} OK served by ${name}\r\n`);
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => server.close());
+  return { port: (server.address() as AddressInfo).port, logins: () => logins };
+}
+
 /** Waits (polling) until `predicate` holds; fails with `what` after `timeoutMs`. */
 export async function until(predicate: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
   const deadline = performance.now() + timeoutMs;

@@ -1,6 +1,4 @@
 import assert from 'node:assert/strict';
-import { createServer } from 'node:net';
-import type { AddressInfo, Socket } from 'node:net';
 import { test } from 'node:test';
 import type { SessionContext } from '../../src/session/session.js';
 import { Metrics } from '../../src/metrics.js';
@@ -10,7 +8,7 @@ import { buildStoreMap } from '../../src/config/load.js';
 import { readConfig } from '../../src/config/schema.js';
 import { IssueList } from '../../src/config/validate.js';
 import { LineClient } from '../integration/servers/lineclient.js';
-import { imapFront, sessionContext, throttleThatAllows } from './session-harness.js';
+import { imapFront, scriptedImapBackend, sessionContext, throttleThatAllows } from './session-harness.js';
 
 // The login reply of a session whose backend offers UNAUTHENTICATE (RFC 8437): the session gives
 // the client the guarded list (without UNAUTHENTICATE, STARTTLS, COMPRESS=…, which the guard
@@ -18,25 +16,7 @@ import { imapFront, sessionContext, throttleThatAllows } from './session-harness
 // review's mutant that passed the backend's list to the reply instead passed every test, as no
 // real server offers UNAUTHENTICATE to an ordinary user (Cyrus to its admins only).
 test('a backend offering UNAUTHENTICATE: the login reply lists the capabilities without the words the guard refuses, and the word closes the session', { timeout: 15_000 }, async (t) => {
-  const backend = createServer((socket: Socket) => {
-    socket.on('error', () => undefined);
-    socket.write('* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] b1 ready\r\n');
-    let buffered = '';
-    socket.on('data', (chunk: Buffer) => {
-      buffered += chunk.toString('latin1');
-      for (let nl = buffered.indexOf('\n'); nl >= 0; nl = buffered.indexOf('\n')) {
-        const line = buffered.slice(0, nl).replace(/\r$/, '');
-        buffered = buffered.slice(nl + 1);
-        const [tag, command] = line.split(' ');
-        if (/^CAPABILITY$/i.test(command ?? '')) socket.write(`* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n${tag} OK done\r\n`);
-        else if (/^LOGIN$/i.test(command ?? '')) socket.write(`${tag} OK [CAPABILITY IMAP4rev1 UNAUTHENTICATE STARTTLS COMPRESS=DEFLATE IDLE] logged in\r\n`);
-        else socket.write(`${tag} OK served by b1\r\n`);
-      }
-    });
-  });
-  await new Promise<void>((resolve) => backend.listen(0, '127.0.0.1', resolve));
-  t.after(() => backend.close());
-  const port = (backend.address() as AddressInfo).port;
+  const { port } = await scriptedImapBackend(t, 'b1', { loginCapabilities: 'IMAP4rev1 UNAUTHENTICATE STARTTLS COMPRESS=DEFLATE IDLE' });
   const config = readConfig({ session: { auth_failure_delay_ms: 0 } }, '/etc/mailfront/mailfront.yaml', (p) => p, new IssueList());
   const map = buildStoreMap({ stores: { beta: { current_master: 'b1', slots: { b1: { host: '127.0.0.1', imap_port: port } } } } }, 'test', 1, config);
   const logs: Array<Record<string, unknown>> = [];

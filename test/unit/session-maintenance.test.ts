@@ -20,7 +20,7 @@ import { readConfig } from '../../src/config/schema.js';
 import { IssueList } from '../../src/config/validate.js';
 import type { StoreMap } from '../../src/routing/storemap.js';
 import { LineClient } from '../integration/servers/lineclient.js';
-import { imapFront } from './session-harness.js';
+import { imapFront, scriptedImapBackend } from './session-harness.js';
 
 const REASON = 'Store upgrade, please wait and try again later.';
 
@@ -30,28 +30,13 @@ test('a backend login that completes as its store goes into maintenance is dropp
   const loginHeld = new Promise<void>((resolve) => (sawLogin = resolve));
   let backendClosed: () => void = () => undefined;
   const closed = new Promise<void>((resolve) => (backendClosed = resolve));
-  const backend = createServer((socket: Socket) => {
-    socket.on('error', () => undefined);
-    socket.on('close', () => backendClosed());
-    socket.write('* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] a1 ready\r\n');
-    let buffered = '';
-    socket.on('data', (chunk: Buffer) => {
-      buffered += chunk.toString('latin1');
-      for (let nl = buffered.indexOf('\n'); nl >= 0; nl = buffered.indexOf('\n')) {
-        const line = buffered.slice(0, nl).replace(/\r$/, '');
-        buffered = buffered.slice(nl + 1);
-        const [tag, command] = line.split(' ');
-        if (/^CAPABILITY$/i.test(command ?? '')) socket.write(`* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n${tag} OK done\r\n`);
-        else if (/^LOGIN$/i.test(command ?? '')) {
-          answerLogin = () => socket.write(`${tag} OK [CAPABILITY IMAP4rev1] logged in\r\n`);
-          sawLogin();
-        } else socket.write(`${tag} OK served by a1\r\n`);
-      }
-    });
+  const { port } = await scriptedImapBackend(t, 'a1', {
+    onLogin: (answer) => {
+      answerLogin = answer;
+      sawLogin();
+    },
+    onClose: () => backendClosed(),
   });
-  await new Promise<void>((resolve) => backend.listen(0, '127.0.0.1', resolve));
-  t.after(() => backend.close());
-  const port = (backend.address() as AddressInfo).port;
 
   const config = readConfig({ failover: { hold_ms: 5_000 }, session: { auth_failure_delay_ms: 0 } }, '/etc/mailfront/mailfront.yaml', (p) => p, new IssueList());
   const mapWith = (maintenance: unknown, version: number): StoreMap =>

@@ -3,8 +3,6 @@
 // failover's drain normally cuts such a login short first (registry.masterMoved); this is the
 // session's own check for a map that changed without it (the check after the login's OK).
 import assert from 'node:assert/strict';
-import { createServer } from 'node:net';
-import type { AddressInfo, Server, Socket } from 'node:net';
 import { test } from 'node:test';
 import type { SessionContext } from '../../src/session/session.js';
 import { Metrics } from '../../src/metrics.js';
@@ -18,49 +16,19 @@ import { readConfig } from '../../src/config/schema.js';
 import { IssueList } from '../../src/config/validate.js';
 import type { StoreMap } from '../../src/routing/storemap.js';
 import { LineClient } from '../integration/servers/lineclient.js';
-import { imapFront } from './session-harness.js';
-
-/**
- * A scripted IMAP backend on loopback: greets, answers CAPABILITY, hands each LOGIN to `onLogin`
- * (which answers it when it likes), and answers every later command with "served by NAME".
- */
-async function scriptedBackend(name: string, onLogin: (answer: () => void) => void): Promise<{ server: Server; port: number; logins: () => number }> {
-  let logins = 0;
-  const server = createServer((socket: Socket) => {
-    socket.on('error', () => undefined);
-    socket.write(`* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ${name} ready\r\n`);
-    let buffered = '';
-    socket.on('data', (chunk: Buffer) => {
-      buffered += chunk.toString('latin1');
-      for (let nl = buffered.indexOf('\n'); nl >= 0; nl = buffered.indexOf('\n')) {
-        const line = buffered.slice(0, nl).replace(/\r$/, '');
-        buffered = buffered.slice(nl + 1);
-        const [tag, command] = line.split(' ');
-        if (/^CAPABILITY$/i.test(command ?? '')) socket.write(`* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n${tag} OK done\r\n`);
-        else if (/^LOGIN$/i.test(command ?? '')) {
-          logins++;
-          onLogin(() => socket.write(`${tag} OK [CAPABILITY IMAP4rev1] logged in\r\n`));
-        } else socket.write(`${tag} OK served by ${name}\r\n`);
-      }
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return { server, port: (server.address() as AddressInfo).port, logins: () => logins };
-}
+import { imapFront, scriptedImapBackend } from './session-harness.js';
 
 test('a backend login that completes on a master demoted meanwhile is dropped, and the client is served by the new master', async (t) => {
   let answerOldLogin: (() => void) | undefined;
   let oldMasterSawLogin: () => void = () => undefined;
   const oldLoginHeld = new Promise<void>((resolve) => (oldMasterSawLogin = resolve));
-  const a1 = await scriptedBackend('a1', (answer) => {
-    answerOldLogin = answer;
-    oldMasterSawLogin();
+  const a1 = await scriptedImapBackend(t, 'a1', {
+    onLogin: (answer) => {
+      answerOldLogin = answer;
+      oldMasterSawLogin();
+    },
   });
-  const a2 = await scriptedBackend('a2', (answer) => answer());
-  t.after(() => {
-    a1.server.close();
-    a2.server.close();
-  });
+  const a2 = await scriptedImapBackend(t, 'a2');
 
   const issues = new IssueList();
   const config = readConfig({ failover: { hold_ms: 5_000 }, session: { auth_failure_delay_ms: 0 } }, '/etc/mailfront/mailfront.yaml', (p) => p, issues);
