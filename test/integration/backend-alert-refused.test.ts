@@ -13,7 +13,7 @@ import type { AddressInfo, Server, Socket } from 'node:net';
 import { after, afterEach, before, describe, test } from 'node:test';
 import { LineClient, startSlapd } from './servers/index.js';
 import type { Slapd } from './servers/index.js';
-import { startFront, waitForLog } from './front.js';
+import { connectionsReleased, startFront, waitForLog } from './front.js';
 import type { Front } from './front.js';
 
 const PASSWORD = 'Alertee-pw-3f9b';
@@ -81,8 +81,7 @@ async function linesUntilClosed(client: LineClient): Promise<string[]> {
 describe("a backend's refusal of the login with an [ALERT]", { concurrency: 1 }, () => {
   afterEach(async () => {
     for (const client of opened.splice(0)) client.close();
-    const deadline = Date.now() + 5_000;
-    while (front.mailfront.limiter.connections > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    await connectionsReleased(front);
   });
 
   test("the alerts' texts as untagged OK [ALERT] lines just before mailfront's own tagged NO; logged with backendAlerts", async () => {

@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, test } from 'node:test';
 import { LineClient, refusingPort, startSlapd } from './servers/index.js';
 import type { Slapd } from './servers/index.js';
-import { startFront, waitForLog } from './front.js';
+import { connectionsReleased, startFront, waitForLog } from './front.js';
 import type { Front } from './front.js';
 
 const PASSWORD = 'Evictee-pw-7a2e';
@@ -93,8 +93,7 @@ async function metricReaches(series: string, value: number): Promise<void> {
 describe('a connection evicted while its refused login waits out the failure delay', { concurrency: 1 }, () => {
   afterEach(async () => {
     for (const client of opened.splice(0)) client.close();
-    const deadline = Date.now() + 5_000;
-    while (front.mailfront.limiter.connections > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    await connectionsReleased(front);
   });
 
   test('IMAP: the tagged NO [AUTHENTICATIONFAILED] for its LOGIN, then * BYE [UNAVAILABLE], at once; counted once', async () => {

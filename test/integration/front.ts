@@ -372,6 +372,13 @@ async function startFrontIn(dir: TmpDir, options: FrontOptions): Promise<Front> 
   };
 }
 
+/** Waits until mailfront has let go of every connection the test closed (its limiter counts none); fails after `timeoutMs`. */
+export async function connectionsReleased(front: Front, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (front.mailfront.limiter.connections > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(front.mailfront.limiter.connections, 0, 'connections the test closed are still counted');
+}
+
 /** Waits until `predicate` holds for a log line (from index `since` on), or fails after `timeoutMs`. */
 export async function waitForLog(front: Front, predicate: (line: Record<string, unknown>) => boolean, timeoutMs = 5_000, since = 0): Promise<Record<string, unknown>> {
   const deadline = Date.now() + timeoutMs;

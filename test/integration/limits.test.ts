@@ -11,7 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import { parse, stringify } from 'yaml';
 import { LineClient, freePort, startDovecot, startRedis, startSlapd } from './servers/index.js';
 import type { Dovecot, Redis, Slapd } from './servers/index.js';
-import { ADMIN_TOKEN, registerPasswords, startFront, waitForLog } from './front.js';
+import { ADMIN_TOKEN, connectionsReleased, registerPasswords, startFront, waitForLog } from './front.js';
 import type { Front } from './front.js';
 
 const PASSWORD = 'Limits-pw-3b9e';
@@ -274,15 +274,8 @@ describe('connection limits', () => {
     }
   });
 
-  /** Waits until mailfront has let go of every connection the test closed (and so of their users' sessions). */
-  async function released(): Promise<void> {
-    const deadline = Date.now() + 5_000;
-    while (front.mailfront.limiter.connections > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    assert.equal(front.mailfront.limiter.connections, 0, 'connections the test closed are still counted');
-  }
-
   test('in total, with only sessions held (a connection not logged in would be evicted: eviction.test.ts): BYE [UNAVAILABLE]; per user: a second session gets NO [LIMIT]', async () => {
-    await released();
+    await connectionsReleased(front);
     const held: LineClient[] = [];
     try {
       for (const [i, user] of ['tina', 'tom', 'ted', 'una', 'uwe', 'val'].entries()) {
@@ -298,7 +291,7 @@ describe('connection limits', () => {
     } finally {
       for (const c of held) c.close();
     }
-    await released();
+    await connectionsReleased(front);
     const first = await LineClient.connect(front.imapTrustedPort);
     try {
       await first.readLine();
@@ -308,7 +301,7 @@ describe('connection limits', () => {
     } finally {
       first.close();
     }
-    await released();
+    await connectionsReleased(front);
     assert.equal(front.mailfront.limiter.sessionsOf('wes'), 0);
     assert.match((await imapLogin(front, 'wes', PASSWORD)).line, /^t1 OK /);
   });
@@ -327,13 +320,6 @@ describe('connection limits and trusted webmail servers', () => {
   after(async () => {
     await front?.stop();
   });
-
-  /** Waits until mailfront has let go of every connection the test closed. */
-  async function released(): Promise<void> {
-    const deadline = Date.now() + 5_000;
-    while (front.mailfront.limiter.connections > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    assert.equal(front.mailfront.limiter.connections, 0, 'connections the test closed are still counted');
-  }
 
   test("a trusted IPv6 webmail server's connections do not count against the untrusted addresses of its /64", async () => {
     // A balancer's PROXY listener, to give connections IPv6 client addresses.
@@ -358,11 +344,11 @@ describe('connection limits and trusted webmail servers', () => {
     } finally {
       for (const c of held) c.close();
     }
-    await released();
+    await connectionsReleased(front);
   });
 
   test('an address a trusted webmail server forwards (IMAP ID) counts per address: over the limit its login gets NO [LIMIT], and its direct connections BYE [LIMIT]', async () => {
-    await released();
+    await connectionsReleased(front);
     const held: LineClient[] = [];
     /** A connection from the webmail server 127.0.0.5 that forwards `claimed`, and its login's answer. */
     const forwardedLogin = async (claimed: string, user: string): Promise<[LineClient, string]> => {
@@ -399,6 +385,6 @@ describe('connection limits and trusted webmail servers', () => {
     } finally {
       for (const c of held) c.close();
     }
-    await released();
+    await connectionsReleased(front);
   });
 });

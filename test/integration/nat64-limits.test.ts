@@ -12,7 +12,7 @@ import { parse, stringify } from 'yaml';
 import { encodeProxyV2 } from '../../src/server/proxy-protocol.js';
 import { LineClient, freePort, startDovecot, startSlapd } from './servers/index.js';
 import type { Dovecot, Slapd } from './servers/index.js';
-import { ADMIN_TOKEN, registerPasswords, startFront, waitForLog } from './front.js';
+import { ADMIN_TOKEN, connectionsReleased, registerPasswords, startFront, waitForLog } from './front.js';
 import type { Front } from './front.js';
 
 const PASSWORD = 'Nat64-pw-5c1d';
@@ -65,13 +65,6 @@ async function through(port: number, client: string, held: LineClient[]): Promis
   return c.readLine();
 }
 
-/** Waits until mailfront has let go of every connection the test closed. */
-async function released(): Promise<void> {
-  const deadline = Date.now() + 5_000;
-  while (front.mailfront.limiter.connections > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-  assert.equal(front.mailfront.limiter.connections, 0, 'connections the test closed are still counted');
-}
-
 /** An IMAP login through the balancer as `client`: the tagged answer. */
 async function imapLogin(client: string, user: string, password: string): Promise<string> {
   registerPasswords(password);
@@ -100,7 +93,7 @@ describe('IPv4 clients behind the translator prefix 64:ff9b::/96', () => {
       } finally {
         for (const c of held) c.close();
       }
-      await released();
+      await connectionsReleased(front);
     }
   });
 
@@ -112,7 +105,7 @@ describe('IPv4 clients behind the translator prefix 64:ff9b::/96', () => {
     assert.match(await imapLogin('64:ff9b::c633:6443', 'ned', PASSWORD), /^t1 OK /, 'its neighbour behind the translator is not');
     const failed = await waitForLog(front, (l) => l['event'] === 'session.login_failed', 5_000, mark);
     assert.equal(failed['client'], attacker);
-    await released();
+    await connectionsReleased(front);
   });
 
   test('nat64_prefixes set at a reload replaces the well-known prefix: its addresses are counted per IPv4 client, 64:ff9b:: per /64 again', async () => {
@@ -129,6 +122,6 @@ describe('IPv4 clients behind the translator prefix 64:ff9b::/96', () => {
     } finally {
       for (const c of held) c.close();
     }
-    await released();
+    await connectionsReleased(front);
   });
 });
